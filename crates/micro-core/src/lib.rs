@@ -1,0 +1,26 @@
+//! Contracts of Micro.
+//!
+//! This crate holds what every part of Micro agrees on and what other implementations
+//! build against: the wire [`Status`] with its fixed [`Code`] table, the metadata keys
+//! carried on every call, namespaces, and the service interfaces (starting with the
+//! [`Registry`](registry::Registry)). It has few dependencies and changes rarely.
+//!
+//! ```
+//! use micro_core::{Code, Status};
+//!
+//! let status = Status::not_found("helloworld", "no such user");
+//! assert_eq!(status.code(), Code::NotFound);
+//! assert_eq!(status.http_status(), 404);
+//! let body: serde_json::Value = serde_json::from_slice(&status.to_json()).unwrap();
+//! assert_eq!(body["status"], "Not Found");
+//! ```
+
+pub mod metadata;
+pub mod namespace;
+pub mod registry;
+mod status;
+
+pub use status::{Code, Status, reason};
+
+/// A boxed, sendable stream, as returned by watch and streaming interfaces.
+pub type BoxStream<T> = futures::stream::BoxStream<'static, T>;

@@ -1,0 +1,154 @@
+//! Starting and stopping the whole server.
+
+use crate::config::normalize_address;
+use crate::gateway::Gateway;
+use crate::proxy::Proxy;
+use crate::registry::RegistryService;
+use crate::{Config, Error};
+use micro::registry::{MemoryRegistry, Node, Registry, Service};
+use micro::{Client, RouterBuilder};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The core services registered by the server, all served through the proxy.
+pub const CORE_SERVICES: [&str; 3] = ["api", "proxy", "registry"];
+
+/// A running server.
+pub struct Running {
+    api: SocketAddr,
+    proxy: SocketAddr,
+    registry: Arc<dyn Registry>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn bind(address: &str) -> Result<TcpListener, Error> {
+    let address = normalize_address(address);
+    TcpListener::bind(&address).await.map_err(|source| Error::Bind { address, source })
+}
+
+/// Starts the server: binds its listeners, registers the core services and serves
+/// until [`Running::stop`].
+pub async fn start(config: Config) -> Result<Running, Error> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| Error::DataDir { path: config.data_dir.display().to_string(), source })?;
+    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
+    let api_listener = bind(&config.api_address).await?;
+    let proxy_listener = bind(&config.proxy_address).await?;
+    let api = api_listener.local_addr().map_err(|source| Error::Bind { address: config.api_address.clone(), source })?;
+    let proxy = proxy_listener.local_addr().map_err(|source| Error::Bind { address: config.proxy_address.clone(), source })?;
+
+    let metrics = micro::metrics::Metrics::default();
+    let mut core = RouterBuilder::new("micro")
+        .metrics(metrics.clone())
+        .descriptors(micro::proto::DESCRIPTOR)?
+        .grpc_service(micro::proto::registry::registry_server::RegistryServer::new(RegistryService { registry: registry.clone() }))
+        .standard_services(&[micro::proto::DESCRIPTOR.to_vec()], &["registry.Registry".to_string()])?;
+    for name in CORE_SERVICES {
+        core = core.debug(name, metrics.clone());
+    }
+    let core = core.build();
+
+    // Core services are reached through the proxy, which serves them in-process.
+    let proxy_node = if proxy.ip().is_unspecified() { format!("127.0.0.1:{}", proxy.port()) } else { proxy.to_string() };
+    let mut records = Vec::new();
+    for name in CORE_SERVICES {
+        let mut metadata = std::collections::BTreeMap::new();
+        metadata.insert("core".to_string(), "true".to_string());
+        match name {
+            "api" => metadata.insert("address".to_string(), api.to_string()),
+            "proxy" => metadata.insert("address".to_string(), proxy.to_string()),
+            _ => None,
+        };
+        let svc = Service {
+            name: name.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            metadata,
+            endpoints: core.endpoints(name),
+            nodes: vec![Node {
+                id: format!("{name}-{}", std::process::id()),
+                address: proxy_node.clone(),
+                metadata: [("protocol".to_string(), "grpc".to_string())].into(),
+            }],
+        };
+        registry.register(micro_core::namespace::DEFAULT, &svc, config.core_ttl).await?;
+        records.push(svc);
+    }
+
+    let client = Client::new(registry.clone());
+    let local: HashSet<String> = CORE_SERVICES.iter().map(|s| s.to_string()).collect();
+    let proxy_svc = Proxy::new(core.clone(), local, client.clone());
+    let gateway = Gateway::new(&config, registry.clone(), client, metrics.clone());
+
+    let (tx, rx) = watch::channel(false);
+    let until = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(micro::server::serve(
+        proxy_listener,
+        move |req| {
+            let p = proxy_svc.clone();
+            async move { p.handle(req).await }
+        },
+        until(rx.clone()),
+    )));
+    tasks.push(tokio::spawn(micro::server::serve(
+        api_listener,
+        move |req| {
+            let g = gateway.clone();
+            async move { g.handle(req).await }
+        },
+        until(rx.clone()),
+    )));
+    // Keep the core registrations alive.
+    let reg = registry.clone();
+    let ttl = config.core_ttl;
+    let mut hb_rx = rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(ttl / 3);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = hb_rx.wait_for(|v| *v) => return,
+            }
+            for svc in &records {
+                if let Err(e) = reg.register(micro_core::namespace::DEFAULT, svc, ttl).await {
+                    tracing::warn!(error = %e, "refreshing a core registration failed");
+                }
+            }
+        }
+    }));
+    tracing::info!(api = %api, proxy = %proxy, data_dir = %config.data_dir.display(), "micro server started");
+    Ok(Running { api, proxy, registry, shutdown: tx, tasks })
+}
+
+impl Running {
+    /// The bound address of the HTTP API gateway.
+    pub fn api_address(&self) -> SocketAddr {
+        self.api
+    }
+
+    /// The bound address of the gRPC proxy (what `MICRO_SERVER` points at).
+    pub fn proxy_address(&self) -> SocketAddr {
+        self.proxy
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> Arc<dyn Registry> {
+        self.registry.clone()
+    }
+
+    /// Stops accepting, drains in-flight requests, and returns when done.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        tracing::info!("micro server stopped");
+    }
+}

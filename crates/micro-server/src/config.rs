@@ -1,0 +1,132 @@
+//! The server's typed configuration: defaults, then a TOML file, then environment
+//! variables (passed in as a lookup function, so tests never touch the process
+//! environment), then flags (set by the caller on the returned value).
+
+use crate::Error;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Configuration of `micro server`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// HTTP API gateway address (`MICRO_API_ADDRESS`, default `127.0.0.1:8080`).
+    pub api_address: String,
+    /// gRPC proxy address (`MICRO_PROXY_ADDRESS`, default `127.0.0.1:8081`).
+    pub proxy_address: String,
+    /// Data directory (`MICRO_DATA_DIR`, default `~/.micro/data`).
+    pub data_dir: PathBuf,
+    /// Largest request body the gateway accepts, in bytes (`MICRO_API_BODY_LIMIT`, default 4 MiB).
+    pub body_limit: usize,
+    /// Allowed CORS origins (`MICRO_API_CORS`, comma-separated; default `*`).
+    pub cors_origins: Vec<String>,
+    /// Registration lease of the core services.
+    pub core_ttl: std::time::Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+        Config {
+            api_address: "127.0.0.1:8080".into(),
+            proxy_address: "127.0.0.1:8081".into(),
+            data_dir: home.join(".micro").join("data"),
+            body_limit: 4 * 1024 * 1024,
+            cors_origins: vec!["*".into()],
+            core_ttl: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    api_address: Option<String>,
+    proxy_address: Option<String>,
+    data_dir: Option<PathBuf>,
+    body_limit: Option<usize>,
+    cors_origins: Option<Vec<String>>,
+}
+
+/// `:8080` means every interface; anything else is taken as given.
+pub(crate) fn normalize_address(a: &str) -> String {
+    if a.starts_with(':') { format!("0.0.0.0{a}") } else { a.to_string() }
+}
+
+impl Config {
+    /// Defaults, overlaid with the TOML `file` (if any), then the variables `env` finds
+    /// (`MICRO_CONFIG` names a file when `file` is `None`).
+    pub fn from_env(env: impl Fn(&str) -> Option<String>, file: Option<&Path>) -> Result<Config, Error> {
+        let mut c = Config::default();
+        let file = file.map(Path::to_path_buf).or_else(|| env("MICRO_CONFIG").map(PathBuf::from));
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            let f: File = toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            if let Some(v) = f.api_address {
+                c.api_address = v;
+            }
+            if let Some(v) = f.proxy_address {
+                c.proxy_address = v;
+            }
+            if let Some(v) = f.data_dir {
+                c.data_dir = v;
+            }
+            if let Some(v) = f.body_limit {
+                c.body_limit = v;
+            }
+            if let Some(v) = f.cors_origins {
+                c.cors_origins = v;
+            }
+        }
+        if let Some(v) = env("MICRO_API_ADDRESS") {
+            c.api_address = v;
+        }
+        if let Some(v) = env("MICRO_PROXY_ADDRESS") {
+            c.proxy_address = v;
+        }
+        if let Some(v) = env("MICRO_DATA_DIR") {
+            c.data_dir = PathBuf::from(v);
+        }
+        if let Some(v) = env("MICRO_API_BODY_LIMIT") {
+            c.body_limit = v.parse().map_err(|_| Error::Config(format!("MICRO_API_BODY_LIMIT={v:?} is not a number of bytes")))?;
+        }
+        if let Some(v) = env("MICRO_API_CORS") {
+            c.cors_origins = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        Ok(c)
+    }
+
+    /// A configuration for tests: every port 0, data in `dir`.
+    pub fn ephemeral(dir: &Path) -> Config {
+        Config {
+            api_address: "127.0.0.1:0".into(),
+            proxy_address: "127.0.0.1:0".into(),
+            data_dir: dir.to_path_buf(),
+            ..Config::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn layers_file_then_env() {
+        let dir = std::env::temp_dir().join(format!("micro-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("micro.toml");
+        std::fs::write(&file, "api_address = \"127.0.0.1:9000\"\nproxy_address = \"127.0.0.1:9001\"\n").unwrap();
+        let env: HashMap<&str, &str> = [("MICRO_PROXY_ADDRESS", ":7001")].into();
+        let c = Config::from_env(|k| env.get(k).map(|v| v.to_string()), Some(&file)).unwrap();
+        assert_eq!(c.api_address, "127.0.0.1:9000");
+        assert_eq!(c.proxy_address, ":7001");
+        assert_eq!(normalize_address(&c.proxy_address), "0.0.0.0:7001");
+        std::fs::write(&file, "bogus = 1\n").unwrap();
+        let err = Config::from_env(|_| None, Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+        let err = Config::from_env(|k| (k == "MICRO_API_BODY_LIMIT").then(|| "lots".to_string()), None).unwrap_err();
+        assert!(err.to_string().contains("MICRO_API_BODY_LIMIT"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

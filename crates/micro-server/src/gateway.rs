@@ -1,0 +1,473 @@
+//! The HTTP API gateway (8080): maps paths to service endpoints, turns the body, query
+//! string and path into a JSON request, calls the service and returns JSON.
+//!
+//! | Path | Service | Endpoint |
+//! |---|---|---|
+//! | `/foo` | `foo` | `Foo.Call` |
+//! | `/foo/bar` | `foo` | `Foo.Bar` |
+//! | `/foo/bar/baz` | `foo` | `Bar.Baz` |
+//! | `/foo/get-user` | `foo` | `Foo.GetUser` |
+//! | `/v1/foo/bar` | `v1.foo` | `Foo.Bar` |
+
+use crate::Config;
+use bytes::Bytes;
+use futures::StreamExt;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use micro::metrics::Metrics;
+use micro::registry::{Registry, Service};
+use micro::{CallOptions, Client, Code, Status, json_error};
+use micro_core::metadata::CONTENT_TYPE_GRPC_JSON;
+use serde_json::{Map, Value};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tonic::body::Body;
+
+/// The gateway. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Gateway {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Arc<dyn Registry>,
+    client: Client,
+    http: HttpClient<HttpConnector, Body>,
+    metrics: Metrics,
+    body_limit: usize,
+    cors: Vec<String>,
+    next: AtomicUsize,
+}
+
+/// Metadata forwarded from HTTP headers to the service.
+const FORWARDED: [&str; 4] = ["authorization", "micro-id", "traceparent", "micro-from-service"];
+
+/// Maps a gateway path to `(service, Handler.Method)`; `None` for paths that name none.
+pub fn route(path: &str) -> Option<(String, String)> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segs.is_empty() || segs.iter().any(|s| !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')) {
+        return None;
+    }
+    let versioned = segs.len() >= 2 && is_version(segs[0]);
+    let (service_parts, rest) = if versioned { (segs[..2].to_vec(), &segs[2..]) } else { (segs[..1].to_vec(), &segs[1..]) };
+    let mut service_parts = service_parts;
+    // Longer paths name nested services: the last two segments are Handler/Method.
+    let rest: Vec<&str> = if rest.len() > 2 {
+        service_parts.extend_from_slice(&rest[..rest.len() - 2]);
+        rest[rest.len() - 2..].to_vec()
+    } else {
+        rest.to_vec()
+    };
+    let service = service_parts.join(".");
+    let last = camel(service_parts.last()?);
+    let endpoint = match rest.as_slice() {
+        [] => format!("{last}.Call"),
+        [m] => format!("{last}.{}", camel(m)),
+        [h, m] => format!("{}.{}", camel(h), camel(m)),
+        _ => return None,
+    };
+    Some((service, endpoint))
+}
+
+fn is_version(s: &str) -> bool {
+    s.len() >= 2 && s.starts_with('v') && s[1..].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `get-user` → `GetUser`, `greeter` → `Greeter`.
+fn camel(s: &str) -> String {
+    s.split(['-', '_'])
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let mut c = p.chars();
+            c.next().map(|f| f.to_uppercase().chain(c).collect::<String>()).unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The namespace of a request: `micro-namespace`, else the host's subdomain, else `micro`.
+fn namespace(headers: &http::HeaderMap) -> String {
+    if let Some(ns) = headers.get(micro_core::metadata::NAMESPACE).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) {
+        return ns.to_string();
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let host = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map(|(h, _)| h).unwrap_or(host);
+    let labels: Vec<&str> = host.split('.').collect();
+    if labels.len() >= 3 && host.parse::<std::net::IpAddr>().is_err() && micro_core::namespace::validate(labels[0]).is_ok() && labels[0] != "www" {
+        return labels[0].to_string();
+    }
+    micro_core::namespace::DEFAULT.to_string()
+}
+
+impl Gateway {
+    pub(crate) fn new(config: &Config, registry: Arc<dyn Registry>, client: Client, metrics: Metrics) -> Gateway {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(Duration::from_secs(2)));
+        let http = HttpClient::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(conn);
+        Gateway {
+            inner: Arc::new(Inner {
+                registry,
+                client,
+                http,
+                metrics,
+                body_limit: config.body_limit,
+                cors: config.cors_origins.clone(),
+                next: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let origin = req.headers().get(header::ORIGIN).cloned();
+        let start = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let mut res = if method == Method::OPTIONS {
+            self.preflight(&req)
+        } else {
+            self.route(req).await
+        };
+        self.cors(origin.as_ref(), &mut res);
+        tracing::debug!(target: "micro::access", %method, %path, status = res.status().as_u16(), elapsed_us = start.elapsed().as_micros() as u64, "request");
+        res
+    }
+
+    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path();
+        if req.method() == Method::GET && path == "/" {
+            let v = serde_json::json!({"name": "micro", "version": env!("CARGO_PKG_VERSION"), "api": "ok"});
+            return json(StatusCode::OK, v.to_string().into());
+        }
+        if req.method() == Method::GET && path == "/metrics" {
+            let mut res = Response::new(Body::new(Full::new(Bytes::from(self.inner.metrics.render()))));
+            res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            return res;
+        }
+        let ns = namespace(req.headers());
+        if micro_core::namespace::validate(&ns).is_err() {
+            return json_error(&Status::bad_request("api", format!("invalid namespace {ns:?}")));
+        }
+        let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("").to_string();
+        // Services that registered an HTTP address get the request as it is.
+        if !first.is_empty() && first.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            if let Ok(services) = self.inner.registry.get_service(&ns, &first).await {
+                if let Some(addr) = self.http_node(&services) {
+                    return self.reverse_proxy(req, &first, &addr).await;
+                }
+            }
+        }
+        let Some((service, endpoint)) = route(path) else {
+            return json_error(&Status::not_found("api", format!("no service for path {path}")));
+        };
+        let services = match self.inner.registry.get_service(&ns, &service).await {
+            Ok(s) => s,
+            Err(e) if e.code() == Code::NotFound => return json_error(&Status::not_found("api", format!("service {service} not found"))),
+            Err(e) => return json_error(&e),
+        };
+        let endpoints: Vec<_> = services.iter().flat_map(|s| s.endpoints.iter()).collect();
+        let Some(ep) = endpoints.iter().find(|e| e.name.eq_ignore_ascii_case(&endpoint)).copied() else {
+            let mut names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+            names.sort();
+            names.dedup();
+            return json_error(&Status::not_found(&service, format!("endpoint {endpoint} not found; {service} has: {}", names.join(", "))));
+        };
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, self.inner.body_limit).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return json_error(
+                    &Status::new(Code::ResourceExhausted, "api", format!("request body larger than {} bytes", self.inner.body_limit)).with_http_status(413),
+                );
+            }
+            Err(e) => return json_error(&Status::new(Code::Cancelled, "api", format!("reading the request body: {e}")).with_http_status(400)),
+        };
+        let request = match build_request(&body, parts.uri.query(), &ep.request) {
+            Ok(r) => r,
+            Err(e) => return json_error(&e.or_id(&service)),
+        };
+        let mut opts = CallOptions { namespace: Some(ns), ..Default::default() };
+        for h in FORWARDED {
+            if let Some(v) = parts.headers.get(h).and_then(|v| v.to_str().ok()) {
+                opts.metadata.push((h.to_string(), v.to_string()));
+            }
+        }
+        let ep_name: Arc<str> = Arc::from(ep.name.as_str());
+        let start = Instant::now();
+        if ep.stream().is_some() {
+            return self.sse(&service, &ep.name, request, opts).await;
+        }
+        let result = self.inner.client.call_raw(&service, &ep.name, CONTENT_TYPE_GRPC_JSON, request, &opts).await;
+        let code = result.as_ref().err().map(|e| e.code()).unwrap_or(Code::Ok);
+        self.inner.metrics.observe(&format!("api:{service}"), &ep_name, code, start.elapsed());
+        match result {
+            Ok(b) if is_empty_json(&b) => {
+                let mut res = Response::new(Body::empty());
+                *res.status_mut() = StatusCode::NO_CONTENT;
+                res
+            }
+            Ok(b) => json(StatusCode::OK, b),
+            Err(e) => json_error(&e),
+        }
+    }
+
+    /// Server-sent events for streaming endpoints: one `data:` line per message.
+    async fn sse(&self, service: &str, endpoint: &str, request: Bytes, opts: CallOptions) -> Response<Body> {
+        let stream = match self.inner.client.stream_json(service, endpoint, futures::stream::iter([request]), &opts).await {
+            Ok(s) => s,
+            Err(e) => return json_error(&e),
+        };
+        let events = stream.map(|m| {
+            let chunk = match m {
+                Ok(b) => {
+                    let mut out = Vec::with_capacity(b.len() + 8);
+                    out.extend_from_slice(b"data: ");
+                    out.extend_from_slice(&b);
+                    out.extend_from_slice(b"\n\n");
+                    out
+                }
+                Err(e) => {
+                    let mut out = b"event: error\ndata: ".to_vec();
+                    out.extend_from_slice(&e.to_json());
+                    out.extend_from_slice(b"\n\n");
+                    out
+                }
+            };
+            Ok::<_, Status>(http_body::Frame::data(Bytes::from(chunk)))
+        });
+        let mut res = Response::new(Body::new(StreamBody::new(events)));
+        res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        res
+    }
+
+    fn http_node(&self, services: &[Service]) -> Option<String> {
+        let nodes: Vec<&str> = services
+            .iter()
+            .flat_map(|s| s.nodes.iter())
+            .filter(|n| n.metadata.get("protocol").is_some_and(|p| p == "http"))
+            .map(|n| n.address.as_str())
+            .collect();
+        if nodes.is_empty() {
+            return None;
+        }
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        Some(nodes[i % nodes.len()].to_string())
+    }
+
+    /// Forwards a request to an HTTP service, stripping the `/{service}` prefix.
+    async fn reverse_proxy(&self, req: Request<Incoming>, service: &str, addr: &str) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let rest = pq.strip_prefix('/').and_then(|p| p.strip_prefix(service)).unwrap_or("");
+        let rest = if rest.is_empty() || rest.starts_with('?') { format!("/{rest}") } else { rest.to_string() };
+        let base = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+        parts.uri = match format!("{}{rest}", base.trim_end_matches('/')).parse() {
+            Ok(u) => u,
+            Err(_) => return json_error(&Status::bad_request("api", "bad request path")),
+        };
+        parts.version = http::Version::HTTP_11;
+        for h in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"] {
+            parts.headers.remove(h);
+        }
+        let limited = Limited::new(body, self.inner.body_limit);
+        match self.inner.http.request(Request::from_parts(parts, Body::new(limited))).await {
+            Ok(res) => res.map(Body::new),
+            Err(e) => {
+                let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    if s.is::<http_body_util::LengthLimitError>() {
+                        return json_error(&Status::new(Code::ResourceExhausted, "api", format!("request body larger than {} bytes", self.inner.body_limit)).with_http_status(413));
+                    }
+                    src = s.source();
+                }
+                json_error(&Status::unavailable(service, format!("{service} at {addr} is unreachable: {e}")).with_http_status(502))
+            }
+        }
+    }
+
+    fn preflight(&self, req: &Request<Incoming>) -> Response<Body> {
+        let mut res = Response::new(Body::empty());
+        *res.status_mut() = StatusCode::NO_CONTENT;
+        let h = res.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"));
+        let allow = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("authorization, content-type, micro-namespace"));
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, allow);
+        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        res
+    }
+
+    fn cors(&self, origin: Option<&HeaderValue>, res: &mut Response<Body>) {
+        let Some(origin) = origin else { return };
+        let h = res.headers_mut();
+        if self.inner.cors.iter().any(|o| o == "*") {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        } else if self.inner.cors.iter().any(|o| origin.to_str().is_ok_and(|v| v == o)) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+            h.insert(header::VARY, HeaderValue::from_static("Origin"));
+        }
+    }
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<Body> {
+    let mut res = Response::new(Body::new(Full::new(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    res
+}
+
+fn is_empty_json(b: &[u8]) -> bool {
+    let t: Vec<u8> = b.iter().copied().filter(|c| !c.is_ascii_whitespace()).collect();
+    t == b"{}" || t == b"null" || t.is_empty()
+}
+
+/// The JSON request: the body object, with query values (`a.b=c`, typed by the
+/// endpoint's schema) merged in.
+pub fn build_request(body: &[u8], query: Option<&str>, schema: &Value) -> Result<Bytes, Status> {
+    let mut obj = if body.iter().all(u8::is_ascii_whitespace) {
+        Map::new()
+    } else {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(o)) => o,
+            Ok(_) => return Err(Status::bad_request("api", "the request body must be a JSON object")),
+            Err(e) => return Err(Status::bad_request("api", format!("malformed JSON body: {e}"))),
+        }
+    };
+    if let Some(q) = query {
+        for pair in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let k = decode(k)?;
+            let v = decode(v)?;
+            let path: Vec<&str> = k.split('.').collect();
+            if path.iter().any(|p| p.is_empty()) {
+                return Err(Status::bad_request("api", format!("invalid query parameter {k:?}")));
+            }
+            set_path(&mut obj, &path, &v, schema)?;
+        }
+    }
+    serde_json::to_vec(&Value::Object(obj)).map(Bytes::from).map_err(|e| Status::internal("api", e.to_string()))
+}
+
+fn decode(s: &str) -> Result<String, Status> {
+    percent_decode(&s.replace('+', " ")).ok_or_else(|| Status::bad_request("api", "query string is not valid UTF-8"))
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn field_schema<'a>(schema: &'a Value, name: &str) -> Option<&'a Value> {
+    schema.get("properties")?.get(name)
+}
+
+fn typed(v: &str, schema: Option<&Value>, name: &str) -> Result<Value, Status> {
+    let ty = schema.and_then(|s| s.get("type")).and_then(Value::as_str).unwrap_or("string");
+    let bad = |what: &str| Status::bad_request("api", format!("{name}: {v:?} is not {what}"));
+    Ok(match ty {
+        "integer" => Value::from(v.parse::<i64>().map_err(|_| bad("an integer"))?),
+        "number" => serde_json::Number::from_f64(v.parse::<f64>().map_err(|_| bad("a number"))?).map(Value::Number).ok_or_else(|| bad("a finite number"))?,
+        "boolean" => Value::Bool(match v {
+            "true" | "1" | "" => true,
+            "false" | "0" => false,
+            _ => return Err(bad("a boolean")),
+        }),
+        "object" => serde_json::from_str::<Value>(v).ok().filter(Value::is_object).ok_or_else(|| bad("a JSON object"))?,
+        _ => Value::String(v.to_string()),
+    })
+}
+
+fn set_path(obj: &mut Map<String, Value>, path: &[&str], v: &str, schema: &Value) -> Result<(), Status> {
+    let name = path[0];
+    let fs = field_schema(schema, name);
+    if path.len() == 1 {
+        if fs.and_then(|s| s.get("type")).and_then(Value::as_str) == Some("array") {
+            let item = typed(v, fs.and_then(|s| s.get("items")), name)?;
+            match obj.entry(name.to_string()).or_insert_with(|| Value::Array(vec![])) {
+                Value::Array(a) => a.push(item),
+                other => *other = Value::Array(vec![item]),
+            }
+        } else {
+            obj.insert(name.to_string(), typed(v, fs, name)?);
+        }
+        return Ok(());
+    }
+    let child = obj.entry(name.to_string()).or_insert_with(|| Value::Object(Map::new()));
+    let Value::Object(child) = child else {
+        return Err(Status::bad_request("api", format!("{name} is not an object")));
+    };
+    set_path(child, &path[1..], v, fs.unwrap_or(&Value::Null))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn path_rules() {
+        let r = |p: &str| route(p).map(|(s, e)| format!("{s} {e}"));
+        assert_eq!(r("/foo").as_deref(), Some("foo Foo.Call"));
+        assert_eq!(r("/foo/bar").as_deref(), Some("foo Foo.Bar"));
+        assert_eq!(r("/foo/bar/baz").as_deref(), Some("foo Bar.Baz"));
+        assert_eq!(r("/foo/get-user").as_deref(), Some("foo Foo.GetUser"));
+        assert_eq!(r("/helloworld/greeter/hello").as_deref(), Some("helloworld Greeter.Hello"));
+        assert_eq!(r("/v1/foo/bar").as_deref(), Some("v1.foo Foo.Bar"));
+        assert_eq!(r("/v1/foo").as_deref(), Some("v1.foo Foo.Call"));
+        assert_eq!(r("/a/b/c/d").as_deref(), Some("a.b C.D"));
+        assert_eq!(r("/"), None);
+        assert_eq!(r("/foo/../etc"), None);
+        assert_eq!(r("/foo/%2e%2e"), None);
+    }
+
+    #[test]
+    fn namespaces_from_header_and_host() {
+        let mut h = http::HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("foo.example.com:8080"));
+        assert_eq!(namespace(&h), "foo");
+        h.insert("micro-namespace", HeaderValue::from_static("bar"));
+        assert_eq!(namespace(&h), "bar");
+        let mut h = http::HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("127.0.0.1:8080"));
+        assert_eq!(namespace(&h), "micro");
+        h.insert("host", HeaderValue::from_static("localhost:8080"));
+        assert_eq!(namespace(&h), "micro");
+    }
+
+    #[test]
+    fn request_from_body_and_query() {
+        let schema = json!({"type":"object","properties":{
+            "name":{"type":"string"},"count":{"type":"integer"},"ok":{"type":"boolean"},
+            "tags":{"type":"array","items":{"type":"string"}},
+            "page":{"type":"object","properties":{"size":{"type":"integer"}}}}});
+        let b = build_request(br#"{"name":"Alice"}"#, Some("count=3&ok=false&tags=a&tags=b&page.size=10&x=y%20z"), &schema).unwrap();
+        let v: Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v, json!({"name":"Alice","count":3,"ok":false,"tags":["a","b"],"page":{"size":10},"x":"y z"}));
+        assert!(build_request(b"[1]", None, &schema).is_err());
+        assert!(build_request(b"{bad", None, &schema).is_err());
+        assert!(build_request(b"", Some("count=abc"), &schema).is_err());
+        assert!(build_request(b"", Some("a..b=1"), &schema).is_err());
+        assert!(build_request(b"", Some("name=%ff"), &schema).is_err());
+        assert!(build_request(b"", Some("name=%"), &schema).is_ok());
+    }
+}

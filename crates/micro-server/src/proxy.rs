@@ -1,0 +1,79 @@
+//! The gRPC proxy (8081): routes `/{service}.{Handler}/{Method}` to a node of that
+//! service in the caller's namespace; serves the core services in-process.
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use micro::{Client, Router, Status, split_grpc_path};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::body::Body;
+
+/// The proxy. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Proxy {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    core: Router,
+    local: HashSet<String>,
+    client: Client,
+    http: HttpClient<HttpConnector, Body>,
+}
+
+const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate"];
+
+impl Proxy {
+    pub(crate) fn new(core: Router, local: HashSet<String>, client: Client) -> Proxy {
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(Duration::from_secs(2)));
+        let http = HttpClient::builder(TokioExecutor::new()).http2_only(true).build(conn);
+        Proxy { inner: Arc::new(Inner { core, local, client, http }) }
+    }
+
+    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let path = req.uri().path().to_string();
+        let grpc = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("application/grpc"));
+        let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        let service = match split_grpc_path(&path) {
+            Some((s, _)) if grpc => s.to_string(),
+            _ if !grpc => first.to_string(),
+            _ => first.to_string(),
+        };
+        if first.starts_with("grpc.") || self.inner.local.contains(&service) {
+            return self.inner.core.call(req).await;
+        }
+        let error = |st: Status| if grpc { micro::frame::error_response(&st, "application/grpc") } else { micro::json_error(&st) };
+        if service.is_empty() {
+            return error(Status::not_found("proxy", format!("no service in path {path}")));
+        }
+        let ns = micro::namespace_of(req.headers()).to_string();
+        let node = match self.inner.client.resolve(&service, Some(&ns)).await {
+            Ok(n) => n,
+            Err(e) => return error(e),
+        };
+        let (mut parts, body) = req.into_parts();
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        parts.uri = match format!("http://{node}{pq}").parse() {
+            Ok(u) => u,
+            Err(_) => return error(Status::bad_request("proxy", "bad request path")),
+        };
+        parts.version = http::Version::HTTP_2;
+        for h in HOP_BY_HOP {
+            parts.headers.remove(h);
+        }
+        parts.headers.remove(http::header::HOST);
+        match self.inner.http.request(Request::from_parts(parts, Body::new(body))).await {
+            Ok(res) => res.map(Body::new),
+            Err(e) => {
+                self.inner.client.report_failure(&node);
+                error(Status::unavailable("proxy", format!("{service} at {node} is unreachable: {e}")))
+            }
+        }
+    }
+}

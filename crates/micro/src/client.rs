@@ -1,0 +1,388 @@
+//! The client: call any service by name and endpoint.
+//!
+//! Nodes are found through the registry (cached, invalidated by a registry watch) and
+//! chosen round robin; transport failures are retried on another node with exponential
+//! backoff; every call has a deadline (default 5 s). A client can also send everything
+//! through a server's proxy (as the CLI does).
+
+use crate::frame::{self, FrameReader};
+use crate::router::grpc_path;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use http::{Request, header};
+use http_body_util::{Full, StreamBody};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use micro_core::metadata::{CONTENT_TYPE_GRPC, CONTENT_TYPE_GRPC_JSON};
+use micro_core::registry::{Node, Registry};
+use micro_core::{BoxStream, Code, Status};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+use tonic::body::Body;
+
+/// The default deadline of a call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+const CACHE_TTL: Duration = Duration::from_secs(30);
+const CACHE_TTL_UNWATCHED: Duration = Duration::from_secs(1);
+const NODE_PENALTY: Duration = Duration::from_secs(5);
+
+/// Options of one call.
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    /// Deadline (default: the client's).
+    pub timeout: Option<Duration>,
+    /// Extra metadata.
+    pub metadata: Vec<(String, String)>,
+    /// Namespace (default: the client's).
+    pub namespace: Option<String>,
+}
+
+/// A client of Micro services. Cheap to clone; clones share connections and caches.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+    namespace: String,
+    timeout: Duration,
+    retries: u32,
+}
+
+struct Inner {
+    http: HttpClient<HttpConnector, Body>,
+    route: Route,
+    cache: Mutex<HashMap<(String, String), Entry>>,
+    failed: Mutex<HashMap<String, Instant>>,
+    watching: Mutex<HashMap<String, Arc<AtomicBool>>>,
+}
+
+enum Route {
+    Registry(Arc<dyn Registry>),
+    Proxy(String),
+}
+
+struct Entry {
+    nodes: Arc<Vec<Node>>,
+    next: Arc<AtomicUsize>,
+    fetched: Instant,
+}
+
+fn http_client() -> HttpClient<HttpConnector, Body> {
+    let mut conn = HttpConnector::new();
+    conn.set_nodelay(true);
+    conn.set_connect_timeout(Some(Duration::from_secs(2)));
+    HttpClient::builder(TokioExecutor::new()).http2_only(true).build(conn)
+}
+
+/// A failure before the service could answer: safe to try another node.
+struct Transport(Status);
+
+impl Client {
+    /// A client that finds nodes through `registry`.
+    pub fn new(registry: Arc<dyn Registry>) -> Client {
+        Client::with_route(Route::Registry(registry))
+    }
+
+    /// A client that sends every call through the proxy at `address` (`host:port`).
+    pub fn via_proxy(address: impl Into<String>) -> Client {
+        Client::with_route(Route::Proxy(address.into()))
+    }
+
+    fn with_route(route: Route) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                http: http_client(),
+                route,
+                cache: Mutex::new(HashMap::new()),
+                failed: Mutex::new(HashMap::new()),
+                watching: Mutex::new(HashMap::new()),
+            }),
+            namespace: micro_core::namespace::DEFAULT.to_string(),
+            timeout: DEFAULT_TIMEOUT,
+            retries: 3,
+        }
+    }
+
+    /// The namespace calls act in (default `micro`).
+    pub fn namespace(mut self, ns: impl Into<String>) -> Client {
+        self.namespace = ns.into();
+        self
+    }
+
+    /// The default deadline of calls.
+    pub fn timeout(mut self, t: Duration) -> Client {
+        self.timeout = t;
+        self
+    }
+
+    /// How many times a transport failure is retried on another node (default 3).
+    pub fn retries(mut self, n: u32) -> Client {
+        self.retries = n;
+        self
+    }
+
+    /// Calls `endpoint` of `service` with a JSON value; returns the JSON reply.
+    pub async fn call_json(&self, service: &str, endpoint: &str, req: &serde_json::Value) -> Result<serde_json::Value, Status> {
+        let body = Bytes::from(serde_json::to_vec(req).map_err(|e| Status::bad_request(service, e.to_string()))?);
+        let out = self.call_raw(service, endpoint, CONTENT_TYPE_GRPC_JSON, body, &CallOptions::default()).await?;
+        serde_json::from_slice(&out).map_err(|e| Status::internal(service, format!("reply is not JSON: {e}")))
+    }
+
+    /// Calls with serde types (JSON codec).
+    pub async fn call<Req: Serialize, Res: DeserializeOwned>(&self, service: &str, endpoint: &str, req: &Req) -> Result<Res, Status> {
+        let body = Bytes::from(serde_json::to_vec(req).map_err(|e| Status::bad_request(service, e.to_string()))?);
+        let out = self.call_raw(service, endpoint, CONTENT_TYPE_GRPC_JSON, body, &CallOptions::default()).await?;
+        serde_json::from_slice(&out).map_err(|e| Status::internal(service, format!("unexpected reply: {e}")))
+    }
+
+    /// Calls with prost types (protobuf codec).
+    pub async fn call_proto<Req: prost::Message, Res: prost::Message + Default>(&self, service: &str, endpoint: &str, req: &Req) -> Result<Res, Status> {
+        let out = self.call_raw(service, endpoint, CONTENT_TYPE_GRPC, Bytes::from(req.encode_to_vec()), &CallOptions::default()).await?;
+        Res::decode(out).map_err(|e| Status::internal(service, format!("undecodable reply: {e}")))
+    }
+
+    /// A unary call with an encoded message in `content_type`'s codec.
+    pub async fn call_raw(&self, service: &str, endpoint: &str, content_type: &str, msg: Bytes, opts: &CallOptions) -> Result<Bytes, Status> {
+        let path = grpc_path(service, endpoint)
+            .ok_or_else(|| Status::bad_request(service, format!("invalid endpoint {endpoint:?}: use Handler.Method")))?;
+        let timeout = opts.timeout.unwrap_or(self.timeout);
+        let attempt = async {
+            let mut last = None;
+            for attempt in 0..=self.retries {
+                if attempt > 0 {
+                    let backoff = Duration::from_millis(10u64 << (attempt - 1).min(5));
+                    tokio::time::sleep(backoff).await;
+                }
+                let node = match self.pick(service, opts).await {
+                    Ok(n) => n,
+                    Err(e) if e.code() == Code::NotFound && last.is_some() => return Err(last.unwrap_or(e)),
+                    Err(e) => return Err(e),
+                };
+                let body = Body::new(Full::new(frame::encode(&msg)));
+                match self.send(&node, &path, content_type, body, timeout, opts).await {
+                    Ok(res) => return read_unary(service, res).await,
+                    Err(Transport(e)) => {
+                        self.mark_failed(&node);
+                        tracing::debug!(service, node = %node, error = %e, "transport failure; retrying");
+                        last = Some(e);
+                    }
+                }
+            }
+            Err(last.unwrap_or_else(|| Status::unavailable(service, "no attempt made")))
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(Status::deadline_exceeded(service, format!("call to {service} {endpoint} timed out after {timeout:?}"))),
+        }
+    }
+
+    /// A streaming call with the JSON codec: sends `requests` and returns the replies.
+    /// Serves server streaming (one request), client streaming and bidirectional.
+    pub async fn stream_json<S>(&self, service: &str, endpoint: &str, requests: S, opts: &CallOptions) -> Result<BoxStream<Result<Bytes, Status>>, Status>
+    where
+        S: Stream<Item = Bytes> + Send + 'static,
+    {
+        let path = grpc_path(service, endpoint)
+            .ok_or_else(|| Status::bad_request(service, format!("invalid endpoint {endpoint:?}: use Handler.Method")))?;
+        let node = self.pick(service, opts).await?;
+        let body = Body::new(StreamBody::new(requests.map(|m| Ok::<_, Status>(http_body::Frame::data(frame::encode(&m))))));
+        // Streams have no overall deadline unless one is asked for.
+        let timeout = opts.timeout.unwrap_or(Duration::ZERO);
+        let res = self.send(&node, &path, CONTENT_TYPE_GRPC_JSON, body, timeout, opts).await.map_err(|Transport(e)| e)?;
+        let svc = service.to_string();
+        check_headers(&svc, &res)?;
+        let s = async_stream::stream! {
+            let mut reader = FrameReader::new(res.into_body());
+            loop {
+                match reader.next().await {
+                    Ok(Some(m)) => yield Ok(m),
+                    Ok(None) => {
+                        if let Some(Err(e)) = reader.trailers().and_then(Status::from_grpc_headers) {
+                            yield Err(e.or_id(&svc));
+                        }
+                        break;
+                    }
+                    Err(e) => { yield Err(e); break; }
+                }
+            }
+        };
+        Ok(s.boxed())
+    }
+
+    async fn send(&self, node: &str, path: &str, ct: &str, body: Body, timeout: Duration, opts: &CallOptions) -> Result<http::Response<hyper::body::Incoming>, Transport> {
+        let uri = format!("http://{node}{path}");
+        let mut req = Request::post(uri).body(body).map_err(|e| Transport(Status::bad_request("micro", e.to_string())))?;
+        let h = req.headers_mut();
+        h.insert(header::CONTENT_TYPE, http::HeaderValue::from_str(ct).unwrap_or(http::HeaderValue::from_static(CONTENT_TYPE_GRPC)));
+        h.insert(header::TE, http::HeaderValue::from_static("trailers"));
+        let ns = opts.namespace.as_deref().unwrap_or(&self.namespace);
+        if let Ok(v) = http::HeaderValue::from_str(ns) {
+            h.insert(micro_core::metadata::NAMESPACE, v);
+        }
+        if !timeout.is_zero() {
+            if let Ok(v) = http::HeaderValue::from_str(&micro_core::metadata::format_grpc_timeout(timeout)) {
+                h.insert(micro_core::metadata::GRPC_TIMEOUT, v);
+            }
+        }
+        for (k, v) in &opts.metadata {
+            let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+                .map_err(|_| Transport(Status::bad_request("micro", format!("invalid metadata key {k:?}"))))?;
+            let value = http::HeaderValue::from_str(v).map_err(|_| Transport(Status::bad_request("micro", format!("invalid metadata value for {k}"))))?;
+            h.insert(name, value);
+        }
+        if !h.contains_key(micro_core::metadata::REQUEST_ID) {
+            if let Ok(v) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+                h.insert(micro_core::metadata::REQUEST_ID, v);
+            }
+        }
+        self.inner.http.request(req).await.map_err(|e| {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg = format!("{msg}: {s}");
+                src = s.source();
+            }
+            Transport(Status::unavailable("micro", format!("cannot reach {node}: {msg}")))
+        })
+    }
+
+    /// The address to send a call to: the proxy, or a node of the service.
+    async fn pick(&self, service: &str, opts: &CallOptions) -> Result<String, Status> {
+        let registry = match &self.inner.route {
+            Route::Proxy(addr) => return Ok(addr.clone()),
+            Route::Registry(r) => r.clone(),
+        };
+        let ns = opts.namespace.clone().unwrap_or_else(|| self.namespace.clone());
+        self.ensure_watch(&ns, &registry);
+        let key = (ns.clone(), service.to_string());
+        let watched = self.inner.watching.lock().unwrap_or_else(|e| e.into_inner()).get(&ns).is_some_and(|w| w.load(Ordering::Relaxed));
+        let ttl = if watched { CACHE_TTL } else { CACHE_TTL_UNWATCHED };
+        let cached = {
+            let cache = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.get(&key).filter(|e| e.fetched.elapsed() < ttl).map(|e| (e.nodes.clone(), e.next.clone()))
+        };
+        let (nodes, next) = match cached {
+            Some(c) => c,
+            None => {
+                let services = registry.get_service(&ns, service).await.map_err(|e| {
+                    if e.code() == Code::NotFound { Status::not_found(service, format!("service {service} not found")) } else { e }
+                })?;
+                let nodes: Vec<Node> = services
+                    .into_iter()
+                    .flat_map(|s| s.nodes)
+                    .filter(|n| n.metadata.get("protocol").is_none_or(|p| p == "grpc"))
+                    .collect();
+                let nodes = Arc::new(nodes);
+                let next = Arc::new(AtomicUsize::new(0));
+                self.inner.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    key,
+                    Entry { nodes: nodes.clone(), next: next.clone(), fetched: Instant::now() },
+                );
+                (nodes, next)
+            }
+        };
+        if nodes.is_empty() {
+            return Err(Status::not_found(service, format!("service {service} has no gRPC nodes")));
+        }
+        let failed = {
+            let mut f = self.inner.failed.lock().unwrap_or_else(|e| e.into_inner());
+            f.retain(|_, until| *until > Instant::now());
+            f.clone()
+        };
+        let start = next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..nodes.len() {
+            let n = &nodes[(start + i) % nodes.len()];
+            if !failed.contains_key(&n.address) {
+                return Ok(n.address.clone());
+            }
+        }
+        // Every node failed recently: try one anyway rather than fail without trying.
+        Ok(nodes[start % nodes.len()].address.clone())
+    }
+
+    /// The address of a node of `service` (round robin, skipping recently failed
+    /// nodes), or the proxy's address for a proxy client.
+    pub async fn resolve(&self, service: &str, namespace: Option<&str>) -> Result<String, Status> {
+        let opts = CallOptions { namespace: namespace.map(str::to_string), ..Default::default() };
+        self.pick(service, &opts).await
+    }
+
+    /// Reports that `addr` failed at the transport level, so it is avoided for a while.
+    pub fn report_failure(&self, addr: &str) {
+        self.mark_failed(addr)
+    }
+
+    fn mark_failed(&self, addr: &str) {
+        if matches!(self.inner.route, Route::Registry(_)) {
+            self.inner.failed.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.to_string(), Instant::now() + NODE_PENALTY);
+        }
+    }
+
+    /// Starts (once per namespace) a registry watch that drops cache entries on change.
+    fn ensure_watch(&self, ns: &str, registry: &Arc<dyn Registry>) {
+        let flag = {
+            let mut w = self.inner.watching.lock().unwrap_or_else(|e| e.into_inner());
+            if w.contains_key(ns) {
+                return;
+            }
+            let flag = Arc::new(AtomicBool::new(false));
+            w.insert(ns.to_string(), flag.clone());
+            flag
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let registry = registry.clone();
+        let ns = ns.to_string();
+        tokio::spawn(async move {
+            loop {
+                match registry.watch(&ns, None).await {
+                    Ok(mut events) => {
+                        flag.store(true, Ordering::Relaxed);
+                        while let Some(e) = events.next().await {
+                            let Some(inner) = weak.upgrade() else { return };
+                            let mut cache = inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+                            match e {
+                                Ok(e) => {
+                                    cache.remove(&(ns.clone(), e.service.name.clone()));
+                                }
+                                Err(_) => cache.retain(|k, _| k.0 != ns),
+                            }
+                        }
+                        flag.store(false, Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::debug!(error = %e, "registry watch failed; retrying"),
+                }
+                if weak.strong_count() == 0 {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+}
+
+fn check_headers(service: &str, res: &http::Response<hyper::body::Incoming>) -> Result<(), Status> {
+    if let Some(Err(e)) = Status::from_grpc_headers(res.headers()) {
+        return Err(e.or_id(service));
+    }
+    if res.status() != http::StatusCode::OK {
+        let code = Code::from_http(res.status().as_u16());
+        return Err(Status::new(code, service, format!("HTTP {} from {service}", res.status())));
+    }
+    Ok(())
+}
+
+async fn read_unary(service: &str, res: http::Response<hyper::body::Incoming>) -> Result<Bytes, Status> {
+    check_headers(service, &res)?;
+    let mut reader = FrameReader::new(res.into_body());
+    let first = reader.next().await?;
+    while reader.next().await?.is_some() {}
+    match reader.trailers().and_then(Status::from_grpc_headers) {
+        Some(Err(e)) => Err(e.or_id(service)),
+        Some(Ok(())) => first.ok_or_else(|| Status::internal(service, "no reply message")),
+        None => Err(Status::internal(service, "reply ended without a grpc-status")),
+    }
+}

@@ -1,0 +1,351 @@
+//! The service builder: name it, add handlers, run it.
+
+use crate::handler::{Context, Handler, ServerStream, Unary};
+use crate::metrics::Metrics;
+use crate::registry::{Node, RemoteRegistry};
+use crate::router::{GrpcService, Router, RouterBuilder};
+use crate::Client;
+use futures::Stream;
+use micro_core::registry::Registry;
+use micro_core::{Status, namespace};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::body::Body;
+use tonic::server::NamedService;
+
+/// Default lease of a registration; the service refreshes it every third of it.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
+
+/// A Micro service under construction.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), micro::Status> {
+/// use micro::{Context, Service, Status};
+///
+/// #[derive(serde::Deserialize, schemars::JsonSchema)]
+/// struct Req { name: String }
+/// #[derive(serde::Serialize, schemars::JsonSchema)]
+/// struct Rsp { message: String }
+///
+/// Service::new("greeter")
+///     .handle("Greeter.Hello", |_ctx: Context, req: Req| async move {
+///         Ok::<_, Status>(Rsp { message: format!("Hello {}", req.name) })
+///     })
+///     .run()
+///     .await
+/// # }
+/// ```
+pub struct Service {
+    name: String,
+    version: String,
+    metadata: BTreeMap<String, String>,
+    address: String,
+    advertise: Option<String>,
+    namespace: String,
+    server: Option<String>,
+    registry: Option<Arc<dyn Registry>>,
+    ttl: Duration,
+    grpc: Vec<(String, GrpcService)>,
+    descriptors: Vec<Vec<u8>>,
+    handlers: Vec<(String, Arc<dyn Handler>)>,
+}
+
+impl Service {
+    /// A service called `name` (also the proto package of its gRPC handlers).
+    pub fn new(name: impl Into<String>) -> Service {
+        Service {
+            name: name.into(),
+            version: "latest".into(),
+            metadata: BTreeMap::new(),
+            address: "127.0.0.1:0".into(),
+            advertise: None,
+            namespace: namespace::DEFAULT.into(),
+            server: None,
+            registry: None,
+            ttl: DEFAULT_TTL,
+            grpc: Vec::new(),
+            descriptors: Vec::new(),
+            handlers: Vec::new(),
+        }
+    }
+
+    /// Sets the version (default `latest`).
+    pub fn version(mut self, v: impl Into<String>) -> Self {
+        self.version = v.into();
+        self
+    }
+
+    /// Adds a metadata entry to the registration.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// The address to listen on (default `127.0.0.1:0`, a free port).
+    pub fn address(mut self, addr: impl Into<String>) -> Self {
+        self.address = addr.into();
+        self
+    }
+
+    /// The address registered for callers, when it differs from the bound one.
+    pub fn advertise(mut self, addr: impl Into<String>) -> Self {
+        self.advertise = Some(addr.into());
+        self
+    }
+
+    /// The namespace to register in (default `micro`).
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.namespace = ns.into();
+        self
+    }
+
+    /// The `micro server` to register with (`host:port` of its proxy).
+    pub fn server(mut self, addr: impl Into<String>) -> Self {
+        self.server = Some(addr.into());
+        self
+    }
+
+    /// Registers in this registry instead of a server's.
+    pub fn registry(mut self, r: Arc<dyn Registry>) -> Self {
+        self.registry = Some(r);
+        self
+    }
+
+    /// The registration lease (default 15 s).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Fills what was not set from environment-style variables: `MICRO_SERVER`,
+    /// `MICRO_NAMESPACE`, `MICRO_SERVICE_ADDRESS`, `MICRO_SERVICE_ADVERTISE`,
+    /// `MICRO_REGISTER_TTL` (seconds).
+    pub fn env(mut self, get: impl Fn(&str) -> Option<String>) -> Self {
+        if self.server.is_none() && self.registry.is_none() {
+            self.server = get("MICRO_SERVER");
+        }
+        if let Some(ns) = get("MICRO_NAMESPACE") {
+            self.namespace = ns;
+        }
+        if let Some(a) = get("MICRO_SERVICE_ADDRESS") {
+            self.address = a;
+        }
+        if let Some(a) = get("MICRO_SERVICE_ADVERTISE") {
+            self.advertise = Some(a);
+        }
+        if let Some(t) = get("MICRO_REGISTER_TTL").and_then(|t| t.parse::<f64>().ok()).filter(|t| *t > 0.0) {
+            self.ttl = Duration::from_secs_f64(t);
+        }
+        self
+    }
+
+    /// Adds a gRPC service generated by tonic from a proto (`GreeterServer::new(..)`).
+    /// Its descriptors (see [`Service::descriptors`]) make it callable with JSON too.
+    pub fn grpc<S>(mut self, svc: S) -> Self
+    where
+        S: NamedService
+            + tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.grpc.push((S::NAME.to_string(), GrpcService::new(svc)));
+        self
+    }
+
+    /// Adds an encoded `FileDescriptorSet` of the service's protos
+    /// (`micro::include_descriptor!()`), used for reflection, JSON and schemas.
+    pub fn descriptors(mut self, encoded: &[u8]) -> Self {
+        self.descriptors.push(encoded.to_vec());
+        self
+    }
+
+    /// Adds a unary JSON endpoint (`Handler.Method`) from plain serde types.
+    pub fn handle<Req, Res, F, Fut>(mut self, endpoint: &str, f: F) -> Self
+    where
+        Req: DeserializeOwned + JsonSchema + Send + 'static,
+        Res: Serialize + JsonSchema + Send + 'static,
+        F: Fn(Context, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Res, Status>> + Send + 'static,
+    {
+        let h = Unary { id: self.name.clone(), f, _types: PhantomData };
+        self.handlers.push((endpoint.to_string(), Arc::new(h)));
+        self
+    }
+
+    /// Adds a server-streaming JSON endpoint from plain serde types.
+    pub fn stream<Req, Res, F, S>(mut self, endpoint: &str, f: F) -> Self
+    where
+        Req: DeserializeOwned + JsonSchema + Send + 'static,
+        Res: Serialize + JsonSchema + Send + 'static,
+        F: Fn(Context, Req) -> S + Send + Sync + 'static,
+        S: Stream<Item = Result<Res, Status>> + Send + 'static,
+    {
+        let h = ServerStream { id: self.name.clone(), f, _types: PhantomData };
+        self.handlers.push((endpoint.to_string(), Arc::new(h)));
+        self
+    }
+
+    /// Builds the router: the handlers, `Debug.*`, gRPC health and reflection.
+    fn router(&mut self, metrics: Metrics) -> Result<Router, Status> {
+        let mut b = RouterBuilder::new(&self.name).metrics(metrics.clone());
+        for d in &self.descriptors {
+            b = b.descriptors(d)?;
+        }
+        for (name, _) in &self.grpc {
+            if !name.starts_with(&format!("{}.", self.name)) {
+                tracing::warn!(service = %self.name, grpc = %name, "proto package differs from the service name; stock gRPC clients will not reach it through the proxy");
+            }
+        }
+        let names: Vec<String> = self.grpc.iter().map(|(n, _)| n.clone()).collect();
+        b = b.standard_services(&self.descriptors, &names)?;
+        for (name, svc) in std::mem::take(&mut self.grpc) {
+            b = b.grpc(&name, svc);
+        }
+        for (endpoint, h) in std::mem::take(&mut self.handlers) {
+            b = b.handler(&self.name, &endpoint, h);
+        }
+        b = b.debug(&self.name, metrics);
+        Ok(b.build())
+    }
+
+    /// Binds, registers and starts serving; returns a handle to stop it.
+    pub async fn start(mut self) -> Result<Running, Status> {
+        let name = self.name.clone();
+        micro_core::registry::validate_name(&name)?;
+        namespace::validate(&self.namespace)?;
+        let listener = TcpListener::bind(&self.address)
+            .await
+            .map_err(|e| Status::unavailable(&name, format!("cannot listen on {}: {e}", self.address)))?;
+        let addr = listener.local_addr().map_err(|e| Status::internal(&name, e.to_string()))?;
+        let metrics = Metrics::default();
+        let router = self.router(metrics)?;
+        let registry: Arc<dyn Registry> = match (self.registry.take(), &self.server) {
+            (Some(r), _) => r,
+            (None, server) => Arc::new(RemoteRegistry::new(server.as_deref().unwrap_or(crate::DEFAULT_SERVER))?),
+        };
+        let advertise = self.advertise.clone().unwrap_or_else(|| advertise_address(addr));
+        let record = micro_core::registry::Service {
+            name: name.clone(),
+            version: self.version.clone(),
+            metadata: self.metadata.clone(),
+            endpoints: router.endpoints(&name),
+            nodes: vec![Node {
+                id: format!("{name}-{}", uuid::Uuid::new_v4()),
+                address: advertise,
+                metadata: [("protocol".to_string(), "grpc".to_string())].into(),
+            }],
+        };
+        registry.register(&self.namespace, &record, self.ttl).await.map_err(|e| {
+            let server = self.server.as_deref().unwrap_or(crate::DEFAULT_SERVER);
+            Status::unavailable(&name, format!("cannot register with the registry (server {server}): {}", e.detail()))
+        })?;
+        tracing::info!(service = %name, address = %addr, node = %record.nodes[0].id, "registered");
+        let heartbeat = tokio::spawn(heartbeat(registry.clone(), self.namespace.clone(), record.clone(), self.ttl));
+        let (tx, rx) = oneshot::channel::<()>();
+        let r = router.clone();
+        let serving = tokio::spawn(crate::server::serve(listener, move |req| { let r = r.clone(); async move { r.call(req).await } }, async {
+            let _ = rx.await;
+        }));
+        Ok(Running { addr, namespace: self.namespace, record, registry, heartbeat, shutdown: Some(tx), serving, router })
+    }
+
+    /// Runs until SIGINT/SIGTERM: reads the environment (see [`Service::env`]),
+    /// registers, serves, then deregisters and drains in-flight calls.
+    pub async fn run(self) -> Result<(), Status> {
+        let running = self.env(|k| std::env::var(k).ok()).start().await?;
+        crate::server::signal().await;
+        running.stop().await;
+        Ok(())
+    }
+}
+
+/// The address to register for a bound socket: loopback for an unspecified IP.
+fn advertise_address(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        format!("127.0.0.1:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
+async fn heartbeat(registry: Arc<dyn Registry>, ns: String, record: micro_core::registry::Service, ttl: Duration) {
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = registry.register(&ns, &record, ttl).await {
+            tracing::warn!(service = %record.name, error = %e, "re-registering failed; will retry");
+        }
+    }
+}
+
+/// A running service.
+pub struct Running {
+    addr: SocketAddr,
+    namespace: String,
+    record: micro_core::registry::Service,
+    registry: Arc<dyn Registry>,
+    heartbeat: JoinHandle<()>,
+    shutdown: Option<oneshot::Sender<()>>,
+    serving: JoinHandle<()>,
+    router: Router,
+}
+
+impl Running {
+    /// The bound address.
+    pub fn address(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The registration (with this node).
+    pub fn record(&self) -> &micro_core::registry::Service {
+        &self.record
+    }
+
+    /// A client that finds services through the same registry and namespace.
+    pub fn client(&self) -> Client {
+        Client::new(self.registry.clone()).namespace(&self.namespace)
+    }
+
+    /// The request router (for metrics).
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Deregisters at once, stops accepting, and drains in-flight calls.
+    pub async fn stop(mut self) {
+        self.heartbeat.abort();
+        match tokio::time::timeout(Duration::from_secs(2), self.registry.deregister(&self.namespace, &self.record)).await {
+            Ok(Ok(())) => tracing::info!(service = %self.record.name, "deregistered"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "deregistering failed"),
+            Err(_) => tracing::warn!("deregistering timed out"),
+        }
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.serving).await;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
