@@ -1,1 +1,12 @@
-fn main() {}
+//! The `micro` binary: `micro server` and the command line.
+
+mod cli;
+mod dynamic;
+mod envs;
+mod output;
+
+#[tokio::main]
+async fn main() {
+    let code = cli::run(std::env::args().collect()).await;
+    std::process::exit(code);
+}

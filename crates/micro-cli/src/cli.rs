@@ -1,0 +1,389 @@
+//! Command parsing and the built-in commands.
+
+use crate::envs::{Env, Envs};
+use crate::output;
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use micro::registry::{Registry, RemoteRegistry};
+use micro::{CallOptions, Client};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "micro", version, about = "Micro: build, share and run microservices", disable_help_subcommand = true)]
+pub(crate) struct Cli {
+    /// Server address (host:port of its proxy); default: MICRO_SERVER, else the current environment.
+    #[arg(long, global = true)]
+    pub(crate) server: Option<String>,
+    /// Namespace to act in.
+    #[arg(long, global = true)]
+    pub(crate) namespace: Option<String>,
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    pub(crate) output: Format,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+pub(crate) enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run the server: registry, API gateway and proxy.
+    Server {
+        /// API gateway address [env: MICRO_API_ADDRESS; default 127.0.0.1:8080].
+        #[arg(long)]
+        api_address: Option<String>,
+        /// gRPC proxy address [env: MICRO_PROXY_ADDRESS; default 127.0.0.1:8081].
+        #[arg(long)]
+        proxy_address: Option<String>,
+        /// Data directory [env: MICRO_DATA_DIR; default ~/.micro/data].
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// A TOML config file [env: MICRO_CONFIG].
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
+    /// List the registered services.
+    Services,
+    /// Show a resource.
+    Get {
+        #[command(subcommand)]
+        what: Get,
+    },
+    /// Call an endpoint: micro call helloworld Greeter.Hello '{"name":"Alice"}'
+    Call {
+        service: String,
+        endpoint: String,
+        /// The request as JSON (default {}).
+        request: Option<String>,
+        /// Metadata to send, key=value (repeatable).
+        #[arg(long = "metadata", short = 'm')]
+        metadata: Vec<String>,
+        /// Deadline, like 500ms, 5s or 1m.
+        #[arg(long)]
+        timeout: Option<String>,
+    },
+    /// Call a streaming endpoint and print every reply.
+    Stream {
+        service: String,
+        endpoint: String,
+        /// The request(s) as JSON; several for client/bidi streams.
+        requests: Vec<String>,
+        /// Metadata to send, key=value (repeatable).
+        #[arg(long = "metadata", short = 'm')]
+        metadata: Vec<String>,
+    },
+    /// Check a service's health (Debug.Health on every node).
+    Health { service: String },
+    /// Show a service's stats (Debug.Stats).
+    Stats { service: String },
+    /// Show or change the environment (server address and namespace).
+    Env {
+        #[command(subcommand)]
+        action: Option<EnvAction>,
+    },
+    /// Register an HTTP app (any language) as a service, optionally running it.
+    #[command(name = "service")]
+    HttpService {
+        /// Service name.
+        #[arg(long)]
+        name: String,
+        /// The app's HTTP address, like http://127.0.0.1:9090.
+        #[arg(long)]
+        endpoint: String,
+        /// The command that runs the app (after --).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    #[command(external_subcommand)]
+    Dynamic(Vec<String>),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Get {
+    /// A service with its nodes and endpoints.
+    Service { name: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum EnvAction {
+    /// Switch to an environment.
+    Set { name: String },
+    /// Add an environment.
+    Add {
+        name: String,
+        /// host:port of the server's proxy.
+        address: String,
+        /// Default namespace.
+        #[arg(long, default_value = "micro")]
+        ns: String,
+    },
+    /// Delete an environment.
+    Del { name: String },
+}
+
+/// Runs the CLI; returns the exit code.
+pub(crate) async fn run(args: Vec<String>) -> i32 {
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let verbose_server = matches!(cli.command, Command::Server { .. });
+    init_tracing(verbose_server);
+    match dispatch(cli).await {
+        Ok(()) => 0,
+        Err(e) => {
+            let mut msg = format!("{e}");
+            for cause in e.chain().skip(1) {
+                msg = format!("{msg}: {cause}");
+            }
+            eprintln!("error: {msg}");
+            1
+        }
+    }
+}
+
+fn init_tracing(server: bool) {
+    let default = if server { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let json = std::env::var("MICRO_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json { b.json().try_init() } else { b.try_init() };
+}
+
+pub(crate) struct Ctx {
+    pub(crate) address: String,
+    pub(crate) namespace: String,
+    pub(crate) json: bool,
+}
+
+impl Ctx {
+    pub(crate) fn registry(&self) -> Result<Arc<dyn Registry>> {
+        Ok(Arc::new(RemoteRegistry::new(&self.address).map_err(|e| anyhow!("{}", e.detail()))?))
+    }
+
+    pub(crate) fn client(&self) -> Client {
+        Client::via_proxy(&self.address).namespace(&self.namespace)
+    }
+}
+
+fn ctx(cli: &Cli) -> Result<Ctx> {
+    let env: Env = Envs::load()?.current();
+    let address = cli.server.clone().or_else(|| std::env::var("MICRO_SERVER").ok()).unwrap_or(env.address);
+    let namespace = cli
+        .namespace
+        .clone()
+        .or_else(|| std::env::var("MICRO_NAMESPACE").ok())
+        .unwrap_or(if env.namespace.is_empty() { "micro".into() } else { env.namespace });
+    Ok(Ctx { address, namespace, json: cli.output == Format::Json })
+}
+
+/// Turns a status into a one-line error.
+pub(crate) fn status_err(e: micro::Status) -> anyhow::Error {
+    if e.code() == micro::Code::Unavailable && e.detail().contains("cannot reach") {
+        anyhow!("{} (is `micro server` running? set MICRO_SERVER or --server)", e.detail())
+    } else if e.id().is_empty() {
+        anyhow!("{} ({})", e.detail(), e.http_status())
+    } else {
+        anyhow!("{}: {} ({})", e.id(), e.detail(), e.http_status())
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let c = ctx(&cli)?;
+    match cli.command {
+        Command::Server { api_address, proxy_address, data_dir, config } => {
+            let mut cfg = micro_server::Config::from_env(|k| std::env::var(k).ok(), config.as_deref())?;
+            if let Some(a) = api_address {
+                cfg.api_address = a;
+            }
+            if let Some(a) = proxy_address {
+                cfg.proxy_address = a;
+            }
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            let server = micro_server::start(cfg).await?;
+            println!("micro server: api http://{} proxy {}", server.api_address(), server.proxy_address());
+            micro::server::signal().await;
+            server.stop().await;
+            Ok(())
+        }
+        Command::Services => {
+            let services = c.registry()?.list_services(&c.namespace).await.map_err(status_err)?;
+            if c.json {
+                output::json(&serde_json::to_value(&services)?);
+                return Ok(());
+            }
+            let mut rows: Vec<Vec<String>> = services
+                .iter()
+                .map(|s| vec![s.name.clone(), s.version.clone(), s.nodes.len().to_string(), s.endpoints.len().to_string()])
+                .collect();
+            rows.sort();
+            output::table(&["NAME", "VERSION", "NODES", "ENDPOINTS"], &rows);
+            Ok(())
+        }
+        Command::Get { what: Get::Service { name } } => get_service(&c, &name).await,
+        Command::Call { service, endpoint, request, metadata, timeout } => {
+            let body = parse_json(request.as_deref().unwrap_or("{}"))?;
+            let opts = CallOptions { timeout: timeout.as_deref().map(parse_duration).transpose()?, metadata: parse_metadata(&metadata)?, namespace: None };
+            let out = c
+                .client()
+                .call_raw(&service, &endpoint, micro::metadata::CONTENT_TYPE_GRPC_JSON, body.into(), &opts)
+                .await
+                .map_err(status_err)?;
+            print_reply(&out);
+            Ok(())
+        }
+        Command::Stream { service, endpoint, requests, metadata } => {
+            let reqs: Vec<bytes::Bytes> = if requests.is_empty() { vec![b"{}".to_vec().into()] } else { requests.iter().map(|r| parse_json(r).map(Into::into)).collect::<Result<_>>()? };
+            let opts = CallOptions { metadata: parse_metadata(&metadata)?, ..Default::default() };
+            let mut s = c.client().stream_json(&service, &endpoint, futures::stream::iter(reqs), &opts).await.map_err(status_err)?;
+            while let Some(m) = s.next().await {
+                print_reply(&m.map_err(status_err)?);
+            }
+            Ok(())
+        }
+        Command::Health { service } => health(&c, &service, "Debug.Health").await,
+        Command::Stats { service } => health(&c, &service, "Debug.Stats").await,
+        Command::Env { action } => env_cmd(&c, action),
+        Command::HttpService { name, endpoint, command } => crate::dynamic::http_service(&c, &name, &endpoint, &command).await,
+        Command::Dynamic(args) => crate::dynamic::run(&c, &args).await,
+    }
+}
+
+fn parse_json(s: &str) -> Result<Vec<u8>> {
+    let v: Value = serde_json::from_str(s).map_err(|e| anyhow!("the request is not valid JSON: {e}"))?;
+    if !v.is_object() {
+        bail!("the request must be a JSON object, like '{{\"name\":\"Alice\"}}'");
+    }
+    Ok(serde_json::to_vec(&v)?)
+}
+
+pub(crate) fn print_reply(b: &[u8]) {
+    match serde_json::from_slice::<Value>(b) {
+        Ok(v) => output::json(&v),
+        Err(_) => println!("{}", String::from_utf8_lossy(b)),
+    }
+}
+
+fn parse_metadata(kv: &[String]) -> Result<Vec<(String, String)>> {
+    kv.iter()
+        .map(|s| s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("metadata {s:?} is not key=value")))
+        .collect()
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration> {
+    let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map(|i| s.split_at(i)).unwrap_or((s, "s"));
+    let n: f64 = num.parse().map_err(|_| anyhow!("invalid duration {s:?}: use 500ms, 5s or 1m"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" | "" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => bail!("invalid duration {s:?}: use 500ms, 5s or 1m"),
+    };
+    if !(secs > 0.0 && secs < 86_400.0 * 365.0) {
+        bail!("invalid duration {s:?}: must be positive");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+async fn get_service(c: &Ctx, name: &str) -> Result<()> {
+    let services = c.registry()?.get_service(&c.namespace, name).await.map_err(status_err)?;
+    if c.json {
+        output::json(&serde_json::to_value(&services)?);
+        return Ok(());
+    }
+    for s in &services {
+        println!("service  {}", s.name);
+        println!("version  {}", s.version);
+        for (k, v) in &s.metadata {
+            println!("metadata {k}={v}");
+        }
+        println!();
+        let rows: Vec<Vec<String>> = s.nodes.iter().map(|n| vec![n.id.clone(), n.address.clone(), meta(&n.metadata)]).collect();
+        output::table(&["ID", "ADDRESS", "METADATA"], &rows);
+        println!();
+        for e in &s.endpoints {
+            let stream = e.stream().map(|s| format!(" ({s} stream)")).unwrap_or_default();
+            println!("{}{stream}", e.name);
+            println!("  request:  {}", fields(&e.request));
+            println!("  response: {}", fields(&e.response));
+        }
+    }
+    Ok(())
+}
+
+fn meta(m: &std::collections::BTreeMap<String, String>) -> String {
+    m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+/// `{name string, count integer, page {size integer}}` from a JSON Schema.
+pub(crate) fn fields(schema: &Value) -> String {
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else { return "{}".into() };
+    let parts: Vec<String> = props
+        .iter()
+        .map(|(k, v)| {
+            let ty = v.get("type").and_then(Value::as_str).unwrap_or("any");
+            match ty {
+                "object" if v.get("properties").is_some() => format!("{k} {}", fields(v)),
+                "array" => format!("{k} []{}", v.get("items").and_then(|i| i.get("type")).and_then(Value::as_str).unwrap_or("any")),
+                t => format!("{k} {t}"),
+            }
+        })
+        .collect();
+    format!("{{{}}}", parts.join(", "))
+}
+
+async fn health(c: &Ctx, service: &str, endpoint: &str) -> Result<()> {
+    let out = c.client().call_raw(service, endpoint, micro::metadata::CONTENT_TYPE_GRPC_JSON, b"{}".to_vec().into(), &CallOptions::default()).await.map_err(status_err)?;
+    print_reply(&out);
+    Ok(())
+}
+
+fn env_cmd(c: &Ctx, action: Option<EnvAction>) -> Result<()> {
+    let mut envs = Envs::load().context("loading ~/.micro/config")?;
+    match action {
+        None => {
+            if c.json {
+                output::json(&serde_json::to_value(&envs)?);
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = envs
+                .envs
+                .iter()
+                .map(|(n, e)| vec![if *n == envs.current { format!("* {n}") } else { format!("  {n}") }, e.address.clone(), e.namespace.clone()])
+                .collect();
+            output::table(&["NAME", "ADDRESS", "NAMESPACE"], &rows);
+            return Ok(());
+        }
+        Some(EnvAction::Set { name }) => envs.set(&name)?,
+        Some(EnvAction::Add { name, address, ns }) => {
+            micro_core::namespace::validate(&ns).map_err(|e| anyhow!("{}", e.detail()))?;
+            envs.envs.insert(name, Env { address, namespace: ns });
+        }
+        Some(EnvAction::Del { name }) => {
+            if name == "local" {
+                bail!("the local environment cannot be deleted");
+            }
+            if envs.envs.remove(&name).is_none() {
+                bail!("no environment {name:?}");
+            }
+            if envs.current == name {
+                envs.current = "local".into();
+            }
+        }
+    }
+    envs.save()
+}

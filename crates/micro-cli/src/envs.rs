@@ -1,0 +1,67 @@
+//! Environments: named servers in `~/.micro/config` (mode 0600), `local` by default.
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+#[derive(Serialize, Deserialize, Default)]
+pub(crate) struct Envs {
+    #[serde(default)]
+    pub(crate) current: String,
+    #[serde(default)]
+    pub(crate) envs: BTreeMap<String, Env>,
+}
+
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct Env {
+    pub(crate) address: String,
+    #[serde(default)]
+    pub(crate) namespace: String,
+}
+
+fn path() -> PathBuf {
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".micro").join("config")
+}
+
+impl Envs {
+    pub(crate) fn load() -> Result<Envs> {
+        let p = path();
+        let mut e: Envs = match std::fs::read_to_string(&p) {
+            Ok(t) => serde_json::from_str(&t).with_context(|| format!("{} is not valid", p.display()))?,
+            Err(_) => Envs::default(),
+        };
+        e.envs.entry("local".into()).or_insert(Env { address: micro::DEFAULT_SERVER.into(), namespace: "micro".into() });
+        if e.current.is_empty() {
+            e.current = "local".into();
+        }
+        Ok(e)
+    }
+
+    pub(crate) fn save(&self) -> Result<()> {
+        let p = path();
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&p, serde_json::to_vec_pretty(self)?)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn current(&self) -> Env {
+        self.envs.get(&self.current).cloned().unwrap_or(Env { address: micro::DEFAULT_SERVER.into(), namespace: "micro".into() })
+    }
+
+    pub(crate) fn set(&mut self, name: &str) -> Result<()> {
+        if !self.envs.contains_key(name) {
+            bail!("no environment {name:?}; add it with: micro env add {name} <host:port>");
+        }
+        self.current = name.to_string();
+        Ok(())
+    }
+}
