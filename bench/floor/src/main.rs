@@ -41,9 +41,7 @@ async fn serve(listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         tokio::spawn(async move {
             // A connection closed by the client mid-request is not an error worth reporting.
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service_fn(hello))
-                .await;
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(hello)).await;
         });
     }
 }
@@ -55,14 +53,10 @@ fn main() {
         .unwrap_or(DEFAULT_ADDR)
         .parse()
         .expect("usage: bench-floor [ADDR] with ADDR like 127.0.0.1:9000");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("cannot start the tokio runtime");
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("cannot start the tokio runtime");
     runtime.block_on(async {
-        let listener = TcpListener::bind(addr)
-            .await
-            .expect("cannot bind the listen address");
+        let listener = TcpListener::bind(addr).await.expect("cannot bind the listen address");
         eprintln!("bench-floor: listening on {addr}");
         serve(listener).await;
     });

@@ -5,9 +5,7 @@
 //! In `build.rs`:
 //!
 //! ```no_run
-//! fn main() {
-//!     micro_build::compile(&["proto/helloworld.proto"], &["proto"]).expect("compile protos");
-//! }
+//! micro_build::compile(&["proto/helloworld.proto"], &["proto"]).expect("compile protos");
 //! ```
 //!
 //! In the service: `tonic::include_proto!("helloworld")` for the code and
@@ -59,9 +57,5 @@ pub fn compile_to(protos: &[impl AsRef<Path>], includes: &[impl AsRef<Path>], ou
     }
     let fds = protox::compile(protos, includes).map_err(|e| Error::Proto(Box::new(e)))?;
     std::fs::write(out.join(DESCRIPTOR_FILE), fds.encode_to_vec()).map_err(Error::Io)?;
-    tonic_prost_build::configure()
-        .out_dir(out)
-        .emit_rerun_if_changed(false)
-        .compile_fds(fds)
-        .map_err(Error::Io)
+    tonic_prost_build::configure().out_dir(out).emit_rerun_if_changed(false).compile_fds(fds).map_err(Error::Io)
 }

@@ -155,7 +155,8 @@ pub(crate) async fn run(args: Vec<String>) -> i32 {
 
 fn init_tracing(server: bool) {
     let default = if server { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let json = std::env::var("MICRO_LOG_FORMAT").is_ok_and(|v| v == "json");
     let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = if json { b.json().try_init() } else { b.try_init() };
@@ -227,7 +228,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
             let mut rows: Vec<Vec<String>> = services
                 .iter()
-                .map(|s| vec![s.name.clone(), s.version.clone(), s.nodes.len().to_string(), s.endpoints.len().to_string()])
+                .map(|s| {
+                    vec![s.name.clone(), s.version.clone(), s.nodes.len().to_string(), s.endpoints.len().to_string()]
+                })
                 .collect();
             rows.sort();
             output::table(&["NAME", "VERSION", "NODES", "ENDPOINTS"], &rows);
@@ -236,7 +239,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Get { what: Get::Service { name } } => get_service(&c, &name).await,
         Command::Call { service, endpoint, request, metadata, timeout } => {
             let body = parse_json(request.as_deref().unwrap_or("{}"))?;
-            let opts = CallOptions { timeout: timeout.as_deref().map(parse_duration).transpose()?, metadata: parse_metadata(&metadata)?, namespace: None };
+            let opts = CallOptions {
+                timeout: timeout.as_deref().map(parse_duration).transpose()?,
+                metadata: parse_metadata(&metadata)?,
+                namespace: None,
+            };
             let out = c
                 .client()
                 .call_raw(&service, &endpoint, micro::metadata::CONTENT_TYPE_GRPC_JSON, body.into(), &opts)
@@ -246,9 +253,17 @@ async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Stream { service, endpoint, requests, metadata } => {
-            let reqs: Vec<bytes::Bytes> = if requests.is_empty() { vec![b"{}".to_vec().into()] } else { requests.iter().map(|r| parse_json(r).map(Into::into)).collect::<Result<_>>()? };
+            let reqs: Vec<bytes::Bytes> = if requests.is_empty() {
+                vec![b"{}".to_vec().into()]
+            } else {
+                requests.iter().map(|r| parse_json(r).map(Into::into)).collect::<Result<_>>()?
+            };
             let opts = CallOptions { metadata: parse_metadata(&metadata)?, ..Default::default() };
-            let mut s = c.client().stream_json(&service, &endpoint, futures::stream::iter(reqs), &opts).await.map_err(status_err)?;
+            let mut s = c
+                .client()
+                .stream_json(&service, &endpoint, futures::stream::iter(reqs), &opts)
+                .await
+                .map_err(status_err)?;
             while let Some(m) = s.next().await {
                 print_reply(&m.map_err(status_err)?);
             }
@@ -257,7 +272,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Health { service } => health(&c, &service, "Debug.Health").await,
         Command::Stats { service } => health(&c, &service, "Debug.Stats").await,
         Command::Env { action } => env_cmd(&c, action),
-        Command::HttpService { name, endpoint, command } => crate::dynamic::http_service(&c, &name, &endpoint, &command).await,
+        Command::HttpService { name, endpoint, command } => {
+            crate::dynamic::http_service(&c, &name, &endpoint, &command).await
+        }
         Command::Dynamic(args) => crate::dynamic::run(&c, &args).await,
     }
 }
@@ -279,7 +296,11 @@ pub(crate) fn print_reply(b: &[u8]) {
 
 fn parse_metadata(kv: &[String]) -> Result<Vec<(String, String)>> {
     kv.iter()
-        .map(|s| s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("metadata {s:?} is not key=value")))
+        .map(|s| {
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow!("metadata {s:?} is not key=value"))
+        })
         .collect()
 }
 
@@ -312,7 +333,8 @@ async fn get_service(c: &Ctx, name: &str) -> Result<()> {
             println!("metadata {k}={v}");
         }
         println!();
-        let rows: Vec<Vec<String>> = s.nodes.iter().map(|n| vec![n.id.clone(), n.address.clone(), meta(&n.metadata)]).collect();
+        let rows: Vec<Vec<String>> =
+            s.nodes.iter().map(|n| vec![n.id.clone(), n.address.clone(), meta(&n.metadata)]).collect();
         output::table(&["ID", "ADDRESS", "METADATA"], &rows);
         println!();
         for e in &s.endpoints {
@@ -338,7 +360,10 @@ pub(crate) fn fields(schema: &Value) -> String {
             let ty = v.get("type").and_then(Value::as_str).unwrap_or("any");
             match ty {
                 "object" if v.get("properties").is_some() => format!("{k} {}", fields(v)),
-                "array" => format!("{k} []{}", v.get("items").and_then(|i| i.get("type")).and_then(Value::as_str).unwrap_or("any")),
+                "array" => format!(
+                    "{k} []{}",
+                    v.get("items").and_then(|i| i.get("type")).and_then(Value::as_str).unwrap_or("any")
+                ),
                 t => format!("{k} {t}"),
             }
         })
@@ -347,7 +372,17 @@ pub(crate) fn fields(schema: &Value) -> String {
 }
 
 async fn health(c: &Ctx, service: &str, endpoint: &str) -> Result<()> {
-    let out = c.client().call_raw(service, endpoint, micro::metadata::CONTENT_TYPE_GRPC_JSON, b"{}".to_vec().into(), &CallOptions::default()).await.map_err(status_err)?;
+    let out = c
+        .client()
+        .call_raw(
+            service,
+            endpoint,
+            micro::metadata::CONTENT_TYPE_GRPC_JSON,
+            b"{}".to_vec().into(),
+            &CallOptions::default(),
+        )
+        .await
+        .map_err(status_err)?;
     print_reply(&out);
     Ok(())
 }
@@ -363,7 +398,13 @@ fn env_cmd(c: &Ctx, action: Option<EnvAction>) -> Result<()> {
             let rows: Vec<Vec<String>> = envs
                 .envs
                 .iter()
-                .map(|(n, e)| vec![if *n == envs.current { format!("* {n}") } else { format!("  {n}") }, e.address.clone(), e.namespace.clone()])
+                .map(|(n, e)| {
+                    vec![
+                        if *n == envs.current { format!("* {n}") } else { format!("  {n}") },
+                        e.address.clone(),
+                        e.namespace.clone(),
+                    ]
+                })
                 .collect();
             output::table(&["NAME", "ADDRESS", "NAMESPACE"], &rows);
             return Ok(());

@@ -20,7 +20,9 @@ fn flags(schema: &Value, prefix: &[String], out: &mut Vec<Flag>) {
     for (k, v) in props {
         let mut path = prefix.to_vec();
         path.push(k.clone());
-        if v.get("type").and_then(Value::as_str) == Some("object") && v.get("properties").is_some_and(|p| p.as_object().is_some_and(|o| !o.is_empty())) {
+        if v.get("type").and_then(Value::as_str) == Some("object")
+            && v.get("properties").is_some_and(|p| p.as_object().is_some_and(|o| !o.is_empty()))
+        {
             flags(v, &path, out);
         } else {
             out.push(Flag { name: path.join("_"), path, schema: v.clone() });
@@ -43,7 +45,9 @@ fn typed(flag: &Flag, raw: &str) -> Result<Value> {
     let bad = |what: &str| anyhow!("--{}: {raw:?} is not {what}", flag.name);
     Ok(match ty {
         "integer" => Value::from(raw.parse::<i64>().map_err(|_| bad("an integer"))?),
-        "number" => serde_json::Number::from_f64(raw.parse::<f64>().map_err(|_| bad("a number"))?).map(Value::Number).ok_or_else(|| bad("a finite number"))?,
+        "number" => serde_json::Number::from_f64(raw.parse::<f64>().map_err(|_| bad("a number"))?)
+            .map(Value::Number)
+            .ok_or_else(|| bad("a finite number"))?,
         "boolean" => Value::Bool(match raw {
             "true" | "" => true,
             "false" => false,
@@ -54,13 +58,16 @@ fn typed(flag: &Flag, raw: &str) -> Result<Value> {
             let item = Flag { name: flag.name.clone(), path: vec![], schema: items };
             Value::Array(raw.split(',').map(|p| typed(&item, p)).collect::<Result<_>>()?)
         }
-        "object" => serde_json::from_str::<Value>(raw).ok().filter(Value::is_object).ok_or_else(|| bad("a JSON object"))?,
+        "object" => {
+            serde_json::from_str::<Value>(raw).ok().filter(Value::is_object).ok_or_else(|| bad("a JSON object"))?
+        }
         _ => Value::String(raw.to_string()),
     })
 }
 
 fn usage(service: &Service) -> String {
-    let mut lines = vec![format!("Usage: micro {} <handler> <method> [--flags]\n\nEndpoints of {}:", service.name, service.name)];
+    let mut lines =
+        vec![format!("Usage: micro {} <handler> <method> [--flags]\n\nEndpoints of {}:", service.name, service.name)];
     for e in &service.endpoints {
         let (h, m) = e.name.split_once('.').unwrap_or((&e.name, ""));
         lines.push(format!("  {:28} micro {} {} {}", e.name, service.name, h.to_lowercase(), m.to_lowercase()));
@@ -83,7 +90,9 @@ pub(crate) async fn run(c: &Ctx, args: &[String]) -> Result<()> {
     let name = &args[0];
     let services = match c.registry()?.get_service(&c.namespace, name).await {
         Ok(s) => s,
-        Err(e) if e.code() == micro::Code::NotFound => bail!("unknown command or service {name:?}; run `micro --help` or `micro services`"),
+        Err(e) if e.code() == micro::Code::NotFound => {
+            bail!("unknown command or service {name:?}; run `micro --help` or `micro services`")
+        }
         Err(e) => return Err(status_err(e)),
     };
     let service = services.into_iter().next().ok_or_else(|| anyhow!("service {name} has no nodes"))?;
@@ -113,7 +122,10 @@ pub(crate) async fn run(c: &Ctx, args: &[String]) -> Result<()> {
     }
     let last = camel(service.name.rsplit('.').next().unwrap_or(&service.name));
     let wanted = match positional.as_slice() {
-        [] if help => return Ok(println!("{}", usage(&service))),
+        [] if help => {
+            println!("{}", usage(&service));
+            return Ok(());
+        }
         [] => format!("{last}.Call"),
         [m] => format!("{last}.{}", camel(m)),
         [h, m] => format!("{}.{}", camel(h), camel(m)),
@@ -121,7 +133,8 @@ pub(crate) async fn run(c: &Ctx, args: &[String]) -> Result<()> {
     };
     let Some(ep) = service.endpoints.iter().find(|e| e.name.eq_ignore_ascii_case(&wanted)) else {
         if help && positional.len() == 1 {
-            return Ok(println!("{}", usage(&service)));
+            println!("{}", usage(&service));
+            return Ok(());
         }
         bail!("{} has no endpoint {wanted}\n{}", service.name, usage(&service));
     };
@@ -136,7 +149,12 @@ pub(crate) async fn run(c: &Ctx, args: &[String]) -> Result<()> {
         let key = k.replace('-', "_");
         let Some(flag) = fl.iter().find(|f| f.name == key) else {
             let valid: Vec<String> = fl.iter().map(|f| format!("--{}", f.name)).collect();
-            bail!("unknown flag --{k} for {} {}; valid flags: {}", service.name, ep.name, if valid.is_empty() { "none".into() } else { valid.join(", ") });
+            bail!(
+                "unknown flag --{k} for {} {}; valid flags: {}",
+                service.name,
+                ep.name,
+                if valid.is_empty() { "none".into() } else { valid.join(", ") }
+            );
         };
         let is_bool = flag.schema.get("type").and_then(Value::as_str) == Some("boolean");
         let raw = match v {
@@ -154,7 +172,16 @@ pub(crate) async fn run(c: &Ctx, args: &[String]) -> Result<()> {
     }
     let body = serde_json::to_vec(&Value::Object(req))?;
     if ep.stream().is_some() {
-        let mut s = c.client().stream_json(&service.name, &ep.name, futures::stream::iter([bytes::Bytes::from(body)]), &CallOptions::default()).await.map_err(status_err)?;
+        let mut s = c
+            .client()
+            .stream_json(
+                &service.name,
+                &ep.name,
+                futures::stream::iter([bytes::Bytes::from(body)]),
+                &CallOptions::default(),
+            )
+            .await
+            .map_err(status_err)?;
         while let Some(m) = futures::StreamExt::next(&mut s).await {
             print_reply(&m.map_err(status_err)?);
         }
@@ -162,7 +189,13 @@ pub(crate) async fn run(c: &Ctx, args: &[String]) -> Result<()> {
     }
     let out = c
         .client()
-        .call_raw(&service.name, &ep.name, micro::metadata::CONTENT_TYPE_GRPC_JSON, body.into(), &CallOptions::default())
+        .call_raw(
+            &service.name,
+            &ep.name,
+            micro::metadata::CONTENT_TYPE_GRPC_JSON,
+            body.into(),
+            &CallOptions::default(),
+        )
         .await
         .map_err(status_err)?;
     print_reply(&out);
@@ -193,7 +226,13 @@ pub(crate) async fn http_service(c: &Ctx, name: &str, endpoint: &str, command: &
     registry.register(&c.namespace, &svc, ttl).await.map_err(status_err)?;
     eprintln!("registered {name} -> {endpoint}");
     let mut child = match command.split_first() {
-        Some((prog, args)) => Some(tokio::process::Command::new(prog).args(args).kill_on_drop(true).spawn().map_err(|e| anyhow!("cannot run {prog}: {e}"))?),
+        Some((prog, args)) => Some(
+            tokio::process::Command::new(prog)
+                .args(args)
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| anyhow!("cannot run {prog}: {e}"))?,
+        ),
         None => None,
     };
     let mut tick = tokio::time::interval(ttl / 3);

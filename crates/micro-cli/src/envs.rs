@@ -32,7 +32,9 @@ impl Envs {
             Ok(t) => serde_json::from_str(&t).with_context(|| format!("{} is not valid", p.display()))?,
             Err(_) => Envs::default(),
         };
-        e.envs.entry("local".into()).or_insert(Env { address: micro::DEFAULT_SERVER.into(), namespace: "micro".into() });
+        e.envs
+            .entry("local".into())
+            .or_insert(Env { address: micro::DEFAULT_SERVER.into(), namespace: "micro".into() });
         if e.current.is_empty() {
             e.current = "local".into();
         }
@@ -54,7 +56,10 @@ impl Envs {
     }
 
     pub(crate) fn current(&self) -> Env {
-        self.envs.get(&self.current).cloned().unwrap_or(Env { address: micro::DEFAULT_SERVER.into(), namespace: "micro".into() })
+        self.envs
+            .get(&self.current)
+            .cloned()
+            .unwrap_or(Env { address: micro::DEFAULT_SERVER.into(), namespace: "micro".into() })
     }
 
     pub(crate) fn set(&mut self, name: &str) -> Result<()> {

@@ -48,11 +48,7 @@ pub fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
 /// Formats a duration as a `grpc-timeout` value (milliseconds, rounded up).
 pub fn format_grpc_timeout(d: std::time::Duration) -> String {
     let ms = d.as_millis().max(1);
-    if ms < 100_000_000 {
-        format!("{ms}m")
-    } else {
-        format!("{}S", d.as_secs().min(99_999_999))
-    }
+    if ms < 100_000_000 { format!("{ms}m") } else { format!("{}S", d.as_secs().min(99_999_999)) }
 }
 
 #[cfg(test)]

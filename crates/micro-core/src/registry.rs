@@ -109,9 +109,5 @@ pub fn validate_name(name: &str) -> Result<(), Status> {
         && !name.starts_with('.')
         && !name.ends_with('.')
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::bad_request("registry", format!("invalid service name {name:?}")))
-    }
+    if ok { Ok(()) } else { Err(Status::bad_request("registry", format!("invalid service name {name:?}"))) }
 }

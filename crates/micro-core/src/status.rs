@@ -257,11 +257,7 @@ impl Status {
     /// trailers-only response).
     pub fn write_grpc_headers(&self, headers: &mut http::HeaderMap) {
         headers.insert(crate::metadata::GRPC_STATUS, http::HeaderValue::from(self.code.grpc()));
-        let msg = if self.id.is_empty() {
-            self.detail.clone()
-        } else {
-            format!("{}: {}", self.id, self.detail)
-        };
+        let msg = if self.id.is_empty() { self.detail.clone() } else { format!("{}: {}", self.id, self.detail) };
         let enc = percent_encoding::utf8_percent_encode(&msg, GRPC_MESSAGE_SET).to_string();
         if let Ok(v) = http::HeaderValue::from_str(&enc) {
             headers.insert(crate::metadata::GRPC_MESSAGE, v);
@@ -270,8 +266,7 @@ impl Status {
 }
 
 // The gRPC spec: percent-encode everything outside printable ASCII, plus '%'.
-const GRPC_MESSAGE_SET: &percent_encoding::AsciiSet =
-    &percent_encoding::CONTROLS.add(b'%').add(0x7f);
+const GRPC_MESSAGE_SET: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%').add(0x7f);
 
 /// Splits a `"<id>: <detail>"` gRPC message written by [`Status::write_grpc_headers`]
 /// back into its parts; messages from other servers keep an empty id.

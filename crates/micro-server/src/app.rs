@@ -39,14 +39,18 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     let api_listener = bind(&config.api_address).await?;
     let proxy_listener = bind(&config.proxy_address).await?;
-    let api = api_listener.local_addr().map_err(|source| Error::Bind { address: config.api_address.clone(), source })?;
-    let proxy = proxy_listener.local_addr().map_err(|source| Error::Bind { address: config.proxy_address.clone(), source })?;
+    let api =
+        api_listener.local_addr().map_err(|source| Error::Bind { address: config.api_address.clone(), source })?;
+    let proxy =
+        proxy_listener.local_addr().map_err(|source| Error::Bind { address: config.proxy_address.clone(), source })?;
 
     let metrics = micro::metrics::Metrics::default();
     let mut core = RouterBuilder::new("micro")
         .metrics(metrics.clone())
         .descriptors(micro::proto::DESCRIPTOR)?
-        .grpc_service(micro::proto::registry::registry_server::RegistryServer::new(RegistryService { registry: registry.clone() }))
+        .grpc_service(micro::proto::registry::registry_server::RegistryServer::new(RegistryService {
+            registry: registry.clone(),
+        }))
         .standard_services(&[micro::proto::DESCRIPTOR.to_vec()], &["registry.Registry".to_string()])?;
     for name in CORE_SERVICES {
         core = core.debug(name, metrics.clone());
@@ -54,7 +58,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let core = core.build();
 
     // Core services are reached through the proxy, which serves them in-process.
-    let proxy_node = if proxy.ip().is_unspecified() { format!("127.0.0.1:{}", proxy.port()) } else { proxy.to_string() };
+    let proxy_node =
+        if proxy.ip().is_unspecified() { format!("127.0.0.1:{}", proxy.port()) } else { proxy.to_string() };
     let mut records = Vec::new();
     for name in CORE_SERVICES {
         let mut metadata = std::collections::BTreeMap::new();

@@ -87,7 +87,8 @@ impl Config {
             c.data_dir = PathBuf::from(v);
         }
         if let Some(v) = env("MICRO_API_BODY_LIMIT") {
-            c.body_limit = v.parse().map_err(|_| Error::Config(format!("MICRO_API_BODY_LIMIT={v:?} is not a number of bytes")))?;
+            c.body_limit =
+                v.parse().map_err(|_| Error::Config(format!("MICRO_API_BODY_LIMIT={v:?} is not a number of bytes")))?;
         }
         if let Some(v) = env("MICRO_API_CORS") {
             c.cors_origins = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();

@@ -54,7 +54,8 @@ pub fn route(path: &str) -> Option<(String, String)> {
         return None;
     }
     let versioned = segs.len() >= 2 && is_version(segs[0]);
-    let (service_parts, rest) = if versioned { (segs[..2].to_vec(), &segs[2..]) } else { (segs[..1].to_vec(), &segs[1..]) };
+    let (service_parts, rest) =
+        if versioned { (segs[..2].to_vec(), &segs[2..]) } else { (segs[..1].to_vec(), &segs[1..]) };
     let mut service_parts = service_parts;
     // Longer paths name nested services: the last two segments are Handler/Method.
     let rest: Vec<&str> = if rest.len() > 2 {
@@ -91,13 +92,20 @@ fn camel(s: &str) -> String {
 
 /// The namespace of a request: `micro-namespace`, else the host's subdomain, else `micro`.
 fn namespace(headers: &http::HeaderMap) -> String {
-    if let Some(ns) = headers.get(micro_core::metadata::NAMESPACE).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty()) {
+    if let Some(ns) =
+        headers.get(micro_core::metadata::NAMESPACE).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty())
+    {
         return ns.to_string();
     }
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let host = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map(|(h, _)| h).unwrap_or(host);
+    let host =
+        host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map(|(h, _)| h).unwrap_or(host);
     let labels: Vec<&str> = host.split('.').collect();
-    if labels.len() >= 3 && host.parse::<std::net::IpAddr>().is_err() && micro_core::namespace::validate(labels[0]).is_ok() && labels[0] != "www" {
+    if labels.len() >= 3
+        && host.parse::<std::net::IpAddr>().is_err()
+        && micro_core::namespace::validate(labels[0]).is_ok()
+        && labels[0] != "www"
+    {
         return labels[0].to_string();
     }
     micro_core::namespace::DEFAULT.to_string()
@@ -127,11 +135,7 @@ impl Gateway {
         let start = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let mut res = if method == Method::OPTIONS {
-            self.preflight(&req)
-        } else {
-            self.route(req).await
-        };
+        let mut res = if method == Method::OPTIONS { self.preflight(&req) } else { self.route(req).await };
         self.cors(origin.as_ref(), &mut res);
         tracing::debug!(target: "micro::access", %method, %path, status = res.status().as_u16(), elapsed_us = start.elapsed().as_micros() as u64, "request");
         res
@@ -154,19 +158,23 @@ impl Gateway {
         }
         let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("").to_string();
         // Services that registered an HTTP address get the request as it is.
-        if !first.is_empty() && first.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-            if let Ok(services) = self.inner.registry.get_service(&ns, &first).await {
-                if let Some(addr) = self.http_node(&services) {
-                    return self.reverse_proxy(req, &first, &addr).await;
-                }
-            }
+        let valid = !first.is_empty() && first.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        let first_services = if valid { self.inner.registry.get_service(&ns, &first).await.ok() } else { None };
+        if let Some(addr) = first_services.as_deref().and_then(|s| self.http_node(s)) {
+            return self.reverse_proxy(req, &first, &addr).await;
         }
         let Some((service, endpoint)) = route(path) else {
             return json_error(&Status::not_found("api", format!("no service for path {path}")));
         };
-        let services = match self.inner.registry.get_service(&ns, &service).await {
+        let looked_up = match first_services.filter(|_| service == first) {
+            Some(s) => Ok(s),
+            None => self.inner.registry.get_service(&ns, &service).await,
+        };
+        let services = match looked_up {
             Ok(s) => s,
-            Err(e) if e.code() == Code::NotFound => return json_error(&Status::not_found("api", format!("service {service} not found"))),
+            Err(e) if e.code() == Code::NotFound => {
+                return json_error(&Status::not_found("api", format!("service {service} not found")));
+            }
             Err(e) => return json_error(&e),
         };
         let endpoints: Vec<_> = services.iter().flat_map(|s| s.endpoints.iter()).collect();
@@ -174,17 +182,30 @@ impl Gateway {
             let mut names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
             names.sort();
             names.dedup();
-            return json_error(&Status::not_found(&service, format!("endpoint {endpoint} not found; {service} has: {}", names.join(", "))));
+            return json_error(&Status::not_found(
+                &service,
+                format!("endpoint {endpoint} not found; {service} has: {}", names.join(", ")),
+            ));
         };
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, self.inner.body_limit).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return json_error(
-                    &Status::new(Code::ResourceExhausted, "api", format!("request body larger than {} bytes", self.inner.body_limit)).with_http_status(413),
+                    &Status::new(
+                        Code::ResourceExhausted,
+                        "api",
+                        format!("request body larger than {} bytes", self.inner.body_limit),
+                    )
+                    .with_http_status(413),
                 );
             }
-            Err(e) => return json_error(&Status::new(Code::Cancelled, "api", format!("reading the request body: {e}")).with_http_status(400)),
+            Err(e) => {
+                return json_error(
+                    &Status::new(Code::Cancelled, "api", format!("reading the request body: {e}"))
+                        .with_http_status(400),
+                );
+            }
         };
         let request = match build_request(&body, parts.uri.query(), &ep.request) {
             Ok(r) => r,
@@ -217,10 +238,11 @@ impl Gateway {
 
     /// Server-sent events for streaming endpoints: one `data:` line per message.
     async fn sse(&self, service: &str, endpoint: &str, request: Bytes, opts: CallOptions) -> Response<Body> {
-        let stream = match self.inner.client.stream_json(service, endpoint, futures::stream::iter([request]), &opts).await {
-            Ok(s) => s,
-            Err(e) => return json_error(&e),
-        };
+        let stream =
+            match self.inner.client.stream_json(service, endpoint, futures::stream::iter([request]), &opts).await {
+                Ok(s) => s,
+                Err(e) => return json_error(&e),
+            };
         let events = stream.map(|m| {
             let chunk = match m {
                 Ok(b) => {
@@ -281,11 +303,21 @@ impl Gateway {
                 let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
                 while let Some(s) = src {
                     if s.is::<http_body_util::LengthLimitError>() {
-                        return json_error(&Status::new(Code::ResourceExhausted, "api", format!("request body larger than {} bytes", self.inner.body_limit)).with_http_status(413));
+                        return json_error(
+                            &Status::new(
+                                Code::ResourceExhausted,
+                                "api",
+                                format!("request body larger than {} bytes", self.inner.body_limit),
+                            )
+                            .with_http_status(413),
+                        );
                     }
                     src = s.source();
                 }
-                json_error(&Status::unavailable(service, format!("{service} at {addr} is unreachable: {e}")).with_http_status(502))
+                json_error(
+                    &Status::unavailable(service, format!("{service} at {addr} is unreachable: {e}"))
+                        .with_http_status(502),
+                )
             }
         }
     }
@@ -294,7 +326,10 @@ impl Gateway {
         let mut res = Response::new(Body::empty());
         *res.status_mut() = StatusCode::NO_CONTENT;
         let h = res.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
         let allow = req
             .headers()
             .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
@@ -386,13 +421,17 @@ fn typed(v: &str, schema: Option<&Value>, name: &str) -> Result<Value, Status> {
     let bad = |what: &str| Status::bad_request("api", format!("{name}: {v:?} is not {what}"));
     Ok(match ty {
         "integer" => Value::from(v.parse::<i64>().map_err(|_| bad("an integer"))?),
-        "number" => serde_json::Number::from_f64(v.parse::<f64>().map_err(|_| bad("a number"))?).map(Value::Number).ok_or_else(|| bad("a finite number"))?,
+        "number" => serde_json::Number::from_f64(v.parse::<f64>().map_err(|_| bad("a number"))?)
+            .map(Value::Number)
+            .ok_or_else(|| bad("a finite number"))?,
         "boolean" => Value::Bool(match v {
             "true" | "1" | "" => true,
             "false" | "0" => false,
             _ => return Err(bad("a boolean")),
         }),
-        "object" => serde_json::from_str::<Value>(v).ok().filter(Value::is_object).ok_or_else(|| bad("a JSON object"))?,
+        "object" => {
+            serde_json::from_str::<Value>(v).ok().filter(Value::is_object).ok_or_else(|| bad("a JSON object"))?
+        }
         _ => Value::String(v.to_string()),
     })
 }
@@ -460,7 +499,9 @@ mod tests {
             "name":{"type":"string"},"count":{"type":"integer"},"ok":{"type":"boolean"},
             "tags":{"type":"array","items":{"type":"string"}},
             "page":{"type":"object","properties":{"size":{"type":"integer"}}}}});
-        let b = build_request(br#"{"name":"Alice"}"#, Some("count=3&ok=false&tags=a&tags=b&page.size=10&x=y%20z"), &schema).unwrap();
+        let b =
+            build_request(br#"{"name":"Alice"}"#, Some("count=3&ok=false&tags=a&tags=b&page.size=10&x=y%20z"), &schema)
+                .unwrap();
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v, json!({"name":"Alice","count":3,"ok":false,"tags":["a","b"],"page":{"size":10},"x":"y z"}));
         assert!(build_request(b"[1]", None, &schema).is_err());

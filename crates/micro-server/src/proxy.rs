@@ -25,7 +25,15 @@ struct Inner {
     http: HttpClient<HttpConnector, Body>,
 }
 
-const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "proxy-authorization", "proxy-authenticate"];
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
 
 impl Proxy {
     pub(crate) fn new(core: Router, local: HashSet<String>, client: Client) -> Proxy {
@@ -38,7 +46,11 @@ impl Proxy {
 
     pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
-        let grpc = req.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|c| c.starts_with("application/grpc"));
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.starts_with("application/grpc"));
         let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
         let service = match split_grpc_path(&path) {
             Some((s, _)) if grpc => s.to_string(),
@@ -48,7 +60,9 @@ impl Proxy {
         if first.starts_with("grpc.") || self.inner.local.contains(&service) {
             return self.inner.core.call(req).await;
         }
-        let error = |st: Status| if grpc { micro::frame::error_response(&st, "application/grpc") } else { micro::json_error(&st) };
+        let error = |st: Status| {
+            if grpc { micro::frame::error_response(&st, "application/grpc") } else { micro::json_error(&st) }
+        };
         if service.is_empty() {
             return error(Status::not_found("proxy", format!("no service in path {path}")));
         }

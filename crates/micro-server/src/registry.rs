@@ -22,25 +22,35 @@ impl pb::registry_server::Registry for RegistryService {
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let ns = micro::namespace(&req);
         let r = req.into_inner();
-        let ttl = if r.ttl_seconds <= 0 { micro::DEFAULT_TTL } else { Duration::from_secs(r.ttl_seconds.min(86_400) as u64) };
+        let ttl =
+            if r.ttl_seconds <= 0 { micro::DEFAULT_TTL } else { Duration::from_secs(r.ttl_seconds.min(86_400) as u64) };
         self.registry.register(&ns, &service_of(r.service)?, ttl).await.map_err(|e| to_tonic(&e))?;
         Ok(Response::new(pb::RegisterResponse {}))
     }
 
-    async fn deregister(&self, req: Request<pb::DeregisterRequest>) -> Result<Response<pb::DeregisterResponse>, Status> {
+    async fn deregister(
+        &self,
+        req: Request<pb::DeregisterRequest>,
+    ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let ns = micro::namespace(&req);
         let r = req.into_inner();
         self.registry.deregister(&ns, &service_of(r.service)?).await.map_err(|e| to_tonic(&e))?;
         Ok(Response::new(pb::DeregisterResponse {}))
     }
 
-    async fn get_service(&self, req: Request<pb::GetServiceRequest>) -> Result<Response<pb::GetServiceResponse>, Status> {
+    async fn get_service(
+        &self,
+        req: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::GetServiceResponse>, Status> {
         let ns = micro::namespace(&req);
         let services = self.registry.get_service(&ns, &req.into_inner().name).await.map_err(|e| to_tonic(&e))?;
         Ok(Response::new(pb::GetServiceResponse { services: services.iter().map(Into::into).collect() }))
     }
 
-    async fn list_services(&self, req: Request<pb::ListServicesRequest>) -> Result<Response<pb::ListServicesResponse>, Status> {
+    async fn list_services(
+        &self,
+        req: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
         let ns = micro::namespace(&req);
         let services = self.registry.list_services(&ns).await.map_err(|e| to_tonic(&e))?;
         Ok(Response::new(pb::ListServicesResponse { services: services.iter().map(Into::into).collect() }))

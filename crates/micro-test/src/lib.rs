@@ -1,1 +1,112 @@
-//! placeholder
+//! Test helpers: a `micro server` on `127.0.0.1:0`, a raw HTTP/1.1 client, and
+//! `eventually` for conditions that become true asynchronously.
+
+use std::future::Future;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A server started for a test, with its data directory.
+pub struct TestServer {
+    /// The running server.
+    pub server: micro_server::Running,
+    /// Its data directory (removed on drop).
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    /// Starts a server with every port 0.
+    pub async fn start() -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let server = micro_server::start(micro_server::Config::ephemeral(dir.path())).await.expect("server starts");
+        TestServer { server, dir }
+    }
+
+    /// `host:port` of the proxy (what `MICRO_SERVER` points at).
+    pub fn proxy(&self) -> String {
+        self.server.proxy_address().to_string()
+    }
+
+    /// `host:port` of the API gateway.
+    pub fn api(&self) -> String {
+        self.server.api_address().to_string()
+    }
+}
+
+/// A response read by [`http`].
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Raw head (status line and headers).
+    pub head: String,
+    /// Body (de-chunked).
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The body as JSON (panics with the body when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole response.
+pub async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    s.write_all(body).await.expect("write body");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
+    HttpResponse { status, head: head.to_string(), body }
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Polls `f` every 50 ms until it returns `true`, for at most `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The path of a binary built in the same target directory as the running test.
+pub fn sibling_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is not built; run `cargo build --workspace` first", p.display());
+    p
+}

@@ -126,29 +126,54 @@ impl Client {
     }
 
     /// Calls `endpoint` of `service` with a JSON value; returns the JSON reply.
-    pub async fn call_json(&self, service: &str, endpoint: &str, req: &serde_json::Value) -> Result<serde_json::Value, Status> {
+    pub async fn call_json(
+        &self,
+        service: &str,
+        endpoint: &str,
+        req: &serde_json::Value,
+    ) -> Result<serde_json::Value, Status> {
         let body = Bytes::from(serde_json::to_vec(req).map_err(|e| Status::bad_request(service, e.to_string()))?);
         let out = self.call_raw(service, endpoint, CONTENT_TYPE_GRPC_JSON, body, &CallOptions::default()).await?;
         serde_json::from_slice(&out).map_err(|e| Status::internal(service, format!("reply is not JSON: {e}")))
     }
 
     /// Calls with serde types (JSON codec).
-    pub async fn call<Req: Serialize, Res: DeserializeOwned>(&self, service: &str, endpoint: &str, req: &Req) -> Result<Res, Status> {
+    pub async fn call<Req: Serialize, Res: DeserializeOwned>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        req: &Req,
+    ) -> Result<Res, Status> {
         let body = Bytes::from(serde_json::to_vec(req).map_err(|e| Status::bad_request(service, e.to_string()))?);
         let out = self.call_raw(service, endpoint, CONTENT_TYPE_GRPC_JSON, body, &CallOptions::default()).await?;
         serde_json::from_slice(&out).map_err(|e| Status::internal(service, format!("unexpected reply: {e}")))
     }
 
     /// Calls with prost types (protobuf codec).
-    pub async fn call_proto<Req: prost::Message, Res: prost::Message + Default>(&self, service: &str, endpoint: &str, req: &Req) -> Result<Res, Status> {
-        let out = self.call_raw(service, endpoint, CONTENT_TYPE_GRPC, Bytes::from(req.encode_to_vec()), &CallOptions::default()).await?;
+    pub async fn call_proto<Req: prost::Message, Res: prost::Message + Default>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        req: &Req,
+    ) -> Result<Res, Status> {
+        let out = self
+            .call_raw(service, endpoint, CONTENT_TYPE_GRPC, Bytes::from(req.encode_to_vec()), &CallOptions::default())
+            .await?;
         Res::decode(out).map_err(|e| Status::internal(service, format!("undecodable reply: {e}")))
     }
 
     /// A unary call with an encoded message in `content_type`'s codec.
-    pub async fn call_raw(&self, service: &str, endpoint: &str, content_type: &str, msg: Bytes, opts: &CallOptions) -> Result<Bytes, Status> {
-        let path = grpc_path(service, endpoint)
-            .ok_or_else(|| Status::bad_request(service, format!("invalid endpoint {endpoint:?}: use Handler.Method")))?;
+    pub async fn call_raw(
+        &self,
+        service: &str,
+        endpoint: &str,
+        content_type: &str,
+        msg: Bytes,
+        opts: &CallOptions,
+    ) -> Result<Bytes, Status> {
+        let path = grpc_path(service, endpoint).ok_or_else(|| {
+            Status::bad_request(service, format!("invalid endpoint {endpoint:?}: use Handler.Method"))
+        })?;
         let timeout = opts.timeout.unwrap_or(self.timeout);
         let attempt = async {
             let mut last = None;
@@ -176,23 +201,35 @@ impl Client {
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
-            Err(_) => Err(Status::deadline_exceeded(service, format!("call to {service} {endpoint} timed out after {timeout:?}"))),
+            Err(_) => Err(Status::deadline_exceeded(
+                service,
+                format!("call to {service} {endpoint} timed out after {timeout:?}"),
+            )),
         }
     }
 
     /// A streaming call with the JSON codec: sends `requests` and returns the replies.
     /// Serves server streaming (one request), client streaming and bidirectional.
-    pub async fn stream_json<S>(&self, service: &str, endpoint: &str, requests: S, opts: &CallOptions) -> Result<BoxStream<Result<Bytes, Status>>, Status>
+    pub async fn stream_json<S>(
+        &self,
+        service: &str,
+        endpoint: &str,
+        requests: S,
+        opts: &CallOptions,
+    ) -> Result<BoxStream<Result<Bytes, Status>>, Status>
     where
         S: Stream<Item = Bytes> + Send + 'static,
     {
-        let path = grpc_path(service, endpoint)
-            .ok_or_else(|| Status::bad_request(service, format!("invalid endpoint {endpoint:?}: use Handler.Method")))?;
+        let path = grpc_path(service, endpoint).ok_or_else(|| {
+            Status::bad_request(service, format!("invalid endpoint {endpoint:?}: use Handler.Method"))
+        })?;
         let node = self.pick(service, opts).await?;
-        let body = Body::new(StreamBody::new(requests.map(|m| Ok::<_, Status>(http_body::Frame::data(frame::encode(&m))))));
+        let body =
+            Body::new(StreamBody::new(requests.map(|m| Ok::<_, Status>(http_body::Frame::data(frame::encode(&m))))));
         // Streams have no overall deadline unless one is asked for.
         let timeout = opts.timeout.unwrap_or(Duration::ZERO);
-        let res = self.send(&node, &path, CONTENT_TYPE_GRPC_JSON, body, timeout, opts).await.map_err(|Transport(e)| e)?;
+        let res =
+            self.send(&node, &path, CONTENT_TYPE_GRPC_JSON, body, timeout, opts).await.map_err(|Transport(e)| e)?;
         let svc = service.to_string();
         check_headers(&svc, &res)?;
         let s = async_stream::stream! {
@@ -213,31 +250,44 @@ impl Client {
         Ok(s.boxed())
     }
 
-    async fn send(&self, node: &str, path: &str, ct: &str, body: Body, timeout: Duration, opts: &CallOptions) -> Result<http::Response<hyper::body::Incoming>, Transport> {
+    async fn send(
+        &self,
+        node: &str,
+        path: &str,
+        ct: &str,
+        body: Body,
+        timeout: Duration,
+        opts: &CallOptions,
+    ) -> Result<http::Response<hyper::body::Incoming>, Transport> {
         let uri = format!("http://{node}{path}");
-        let mut req = Request::post(uri).body(body).map_err(|e| Transport(Status::bad_request("micro", e.to_string())))?;
+        let mut req =
+            Request::post(uri).body(body).map_err(|e| Transport(Status::bad_request("micro", e.to_string())))?;
         let h = req.headers_mut();
-        h.insert(header::CONTENT_TYPE, http::HeaderValue::from_str(ct).unwrap_or(http::HeaderValue::from_static(CONTENT_TYPE_GRPC)));
+        h.insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_str(ct).unwrap_or(http::HeaderValue::from_static(CONTENT_TYPE_GRPC)),
+        );
         h.insert(header::TE, http::HeaderValue::from_static("trailers"));
         let ns = opts.namespace.as_deref().unwrap_or(&self.namespace);
         if let Ok(v) = http::HeaderValue::from_str(ns) {
             h.insert(micro_core::metadata::NAMESPACE, v);
         }
-        if !timeout.is_zero() {
-            if let Ok(v) = http::HeaderValue::from_str(&micro_core::metadata::format_grpc_timeout(timeout)) {
-                h.insert(micro_core::metadata::GRPC_TIMEOUT, v);
-            }
+        if !timeout.is_zero()
+            && let Ok(v) = http::HeaderValue::from_str(&micro_core::metadata::format_grpc_timeout(timeout))
+        {
+            h.insert(micro_core::metadata::GRPC_TIMEOUT, v);
         }
         for (k, v) in &opts.metadata {
             let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
                 .map_err(|_| Transport(Status::bad_request("micro", format!("invalid metadata key {k:?}"))))?;
-            let value = http::HeaderValue::from_str(v).map_err(|_| Transport(Status::bad_request("micro", format!("invalid metadata value for {k}"))))?;
+            let value = http::HeaderValue::from_str(v)
+                .map_err(|_| Transport(Status::bad_request("micro", format!("invalid metadata value for {k}"))))?;
             h.insert(name, value);
         }
-        if !h.contains_key(micro_core::metadata::REQUEST_ID) {
-            if let Ok(v) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
-                h.insert(micro_core::metadata::REQUEST_ID, v);
-            }
+        if !h.contains_key(micro_core::metadata::REQUEST_ID)
+            && let Ok(v) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+        {
+            h.insert(micro_core::metadata::REQUEST_ID, v);
         }
         self.inner.http.request(req).await.map_err(|e| {
             let mut msg = e.to_string();
@@ -259,7 +309,13 @@ impl Client {
         let ns = opts.namespace.clone().unwrap_or_else(|| self.namespace.clone());
         self.ensure_watch(&ns, &registry);
         let key = (ns.clone(), service.to_string());
-        let watched = self.inner.watching.lock().unwrap_or_else(|e| e.into_inner()).get(&ns).is_some_and(|w| w.load(Ordering::Relaxed));
+        let watched = self
+            .inner
+            .watching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ns)
+            .is_some_and(|w| w.load(Ordering::Relaxed));
         let ttl = if watched { CACHE_TTL } else { CACHE_TTL_UNWATCHED };
         let cached = {
             let cache = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -269,7 +325,11 @@ impl Client {
             Some(c) => c,
             None => {
                 let services = registry.get_service(&ns, service).await.map_err(|e| {
-                    if e.code() == Code::NotFound { Status::not_found(service, format!("service {service} not found")) } else { e }
+                    if e.code() == Code::NotFound {
+                        Status::not_found(service, format!("service {service} not found"))
+                    } else {
+                        e
+                    }
                 })?;
                 let nodes: Vec<Node> = services
                     .into_iter()
@@ -278,10 +338,11 @@ impl Client {
                     .collect();
                 let nodes = Arc::new(nodes);
                 let next = Arc::new(AtomicUsize::new(0));
-                self.inner.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                    key,
-                    Entry { nodes: nodes.clone(), next: next.clone(), fetched: Instant::now() },
-                );
+                self.inner
+                    .cache
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, Entry { nodes: nodes.clone(), next: next.clone(), fetched: Instant::now() });
                 (nodes, next)
             }
         };
@@ -318,7 +379,11 @@ impl Client {
 
     fn mark_failed(&self, addr: &str) {
         if matches!(self.inner.route, Route::Registry(_)) {
-            self.inner.failed.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.to_string(), Instant::now() + NODE_PENALTY);
+            self.inner
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(addr.to_string(), Instant::now() + NODE_PENALTY);
         }
     }
 

@@ -68,7 +68,9 @@ where
             }
             match self.body.frame().await {
                 None => self.done = true,
-                Some(Err(e)) => return Err(Status::new(micro_core::Code::Cancelled, "micro", format!("reading body: {e}"))),
+                Some(Err(e)) => {
+                    return Err(Status::new(micro_core::Code::Cancelled, "micro", format!("reading body: {e}")));
+                }
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => self.buf.extend_from_slice(&data),
                     Err(frame) => {

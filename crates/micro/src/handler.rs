@@ -153,8 +153,7 @@ where
             name: name.to_string(),
             request: schema_of::<Req>(),
             response: schema_of::<Res>(),
-            metadata: [("codec".to_string(), "json".to_string()), ("stream".to_string(), "server".to_string())]
-                .into(),
+            metadata: [("codec".to_string(), "json".to_string()), ("stream".to_string(), "server".to_string())].into(),
         }
     }
 }

@@ -16,8 +16,11 @@ const BUCKETS: [f64; 10] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
 /// A shared metrics registry. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Metrics {
-    inner: Arc<Mutex<HashMap<(Arc<str>, Arc<str>), Series>>>,
+    inner: Arc<Mutex<SeriesMap>>,
 }
+
+/// Series by (service, endpoint).
+type SeriesMap = HashMap<(Arc<str>, Arc<str>), Series>;
 
 #[derive(Default)]
 struct Series {
@@ -80,7 +83,13 @@ impl Metrics {
             let mut codes: Vec<_> = m[k].by_code.iter().collect();
             codes.sort_by_key(|(c, _)| c.grpc());
             for (code, n) in codes {
-                let _ = writeln!(out, "micro_requests_total{{service=\"{}\",endpoint=\"{}\",code=\"{}\"}} {n}", esc(&k.0), esc(&k.1), code);
+                let _ = writeln!(
+                    out,
+                    "micro_requests_total{{service=\"{}\",endpoint=\"{}\",code=\"{}\"}} {n}",
+                    esc(&k.0),
+                    esc(&k.1),
+                    code
+                );
             }
         }
         out.push_str("# HELP micro_request_duration_seconds Time to the response headers (unary: the whole call).\n");

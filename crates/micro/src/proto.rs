@@ -44,7 +44,9 @@ pub fn value_to_json(v: &prost_types::Value) -> Json {
         }
         Some(Kind::StringValue(s)) => Json::String(s.clone()),
         Some(Kind::ListValue(l)) => Json::Array(l.values.iter().map(value_to_json).collect()),
-        Some(Kind::StructValue(s)) => Json::Object(s.fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect()),
+        Some(Kind::StructValue(s)) => {
+            Json::Object(s.fields.iter().map(|(k, v)| (k.clone(), value_to_json(v))).collect())
+        }
     }
 }
 

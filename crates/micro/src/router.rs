@@ -236,7 +236,11 @@ impl Router {
         } else {
             Mode::HttpJson
         };
-        let path = if mode == Mode::HttpJson { http_to_grpc_path(req.uri().path()) } else { Some(req.uri().path().to_string()) };
+        let path = if mode == Mode::HttpJson {
+            http_to_grpc_path(req.uri().path())
+        } else {
+            Some(req.uri().path().to_string())
+        };
         let Some(path) = path.filter(|_| mode != Mode::HttpJson || req.method() == Method::POST) else {
             let st = if req.method() != Method::POST && http_to_grpc_path(req.uri().path()).is_some() {
                 Status::bad_request(&self.inner.id, "use POST with a JSON body").with_http_status(405)
@@ -256,7 +260,9 @@ impl Router {
         let res = match timeout {
             Some(t) => match tokio::time::timeout(t, fut).await {
                 Ok(r) => r,
-                Err(_) => self.error(mode, &Status::deadline_exceeded(&self.inner.id, format!("deadline of {t:?} exceeded"))),
+                Err(_) => {
+                    self.error(mode, &Status::deadline_exceeded(&self.inner.id, format!("deadline of {t:?} exceeded")))
+                }
             },
             None => fut.await,
         };
@@ -296,7 +302,13 @@ impl Router {
         let id = &self.inner.id;
         if let Some((_, h)) = self.inner.handlers.get(&path) {
             if mode == Mode::GrpcProto {
-                return self.error(mode, &Status::unimplemented(id, format!("{path} speaks JSON only: use content-type {CONTENT_TYPE_GRPC_JSON}")));
+                return self.error(
+                    mode,
+                    &Status::unimplemented(
+                        id,
+                        format!("{path} speaks JSON only: use content-type {CONTENT_TYPE_GRPC_JSON}"),
+                    ),
+                );
             }
             let (parts, body) = req.into_parts();
             let msg = match self.read_message(mode, body).await {
@@ -307,11 +319,18 @@ impl Router {
             return match (mode, out) {
                 (_, Err(e)) => self.error(mode, &e),
                 (Mode::HttpJson, Ok(Output::Unary(b))) => json_response(b),
-                (Mode::HttpJson, Ok(Output::Stream(_))) => self.error(mode, &Status::bad_request(id, "streaming endpoint: call it over gRPC or through the gateway (SSE/WebSocket)")),
+                (Mode::HttpJson, Ok(Output::Stream(_))) => self.error(
+                    mode,
+                    &Status::bad_request(
+                        id,
+                        "streaming endpoint: call it over gRPC or through the gateway (SSE/WebSocket)",
+                    ),
+                ),
                 (_, Ok(Output::Unary(b))) => frame::unary_response(b, CONTENT_TYPE_GRPC_JSON),
                 (_, Ok(Output::Stream(s))) => {
                     let mut res = Response::new(frame::stream_body(s));
-                    res.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(CONTENT_TYPE_GRPC_JSON));
+                    res.headers_mut()
+                        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static(CONTENT_TYPE_GRPC_JSON));
                     res
                 }
             };
@@ -320,13 +339,18 @@ impl Router {
             return self.error(mode, &Status::not_found(id, format!("no route for {path}")));
         };
         let Some(svc) = self.inner.grpc.get(full).cloned() else {
-            let st = if mode == Mode::GrpcProto { Status::unimplemented(id, format!("unknown service {full}")) } else { Status::not_found(id, format!("unknown endpoint {}", path.trim_start_matches('/'))) };
+            let st = if mode == Mode::GrpcProto {
+                Status::unimplemented(id, format!("unknown service {full}"))
+            } else {
+                Status::not_found(id, format!("unknown endpoint {}", path.trim_start_matches('/')))
+            };
             return self.error(mode, &st);
         };
         if mode == Mode::GrpcProto {
             return svc.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {});
         }
-        let Some(md) = self.inner.pool.get_service_by_name(full).and_then(|s| s.methods().find(|m| m.name() == method)) else {
+        let Some(md) = self.inner.pool.get_service_by_name(full).and_then(|s| s.methods().find(|m| m.name() == method))
+        else {
             let st = if self.inner.pool.get_service_by_name(full).is_none() {
                 Status::unimplemented(id, format!("{full} has no descriptors registered, so it cannot speak JSON"))
             } else {
@@ -336,7 +360,13 @@ impl Router {
         };
         if mode == Mode::HttpJson {
             if md.is_client_streaming() || md.is_server_streaming() {
-                return self.error(mode, &Status::bad_request(id, "streaming endpoint: call it over gRPC or through the gateway (SSE/WebSocket)"));
+                return self.error(
+                    mode,
+                    &Status::bad_request(
+                        id,
+                        "streaming endpoint: call it over gRPC or through the gateway (SSE/WebSocket)",
+                    ),
+                );
             }
             let (parts, body) = req.into_parts();
             let json = match self.read_message(mode, body).await {
@@ -360,7 +390,12 @@ impl Router {
         if mode == Mode::HttpJson {
             return match Limited::new(body, self.inner.max_body).collect().await {
                 Ok(c) => Ok(c.to_bytes()),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Status::new(Code::ResourceExhausted, &self.inner.id, format!("body larger than {} bytes", self.inner.max_body)).with_http_status(413)),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Status::new(
+                    Code::ResourceExhausted,
+                    &self.inner.id,
+                    format!("body larger than {} bytes", self.inner.max_body),
+                )
+                .with_http_status(413)),
                 Err(e) => Err(Status::new(Code::Cancelled, &self.inner.id, format!("reading body: {e}"))),
             };
         }
@@ -369,7 +404,14 @@ impl Router {
     }
 
     /// A unary proto method called with a JSON message, answered with JSON.
-    async fn unary_json(&self, svc: GrpcService, md: &MethodDescriptor, path: &str, headers: HeaderMap, json: &[u8]) -> Result<Bytes, Status> {
+    async fn unary_json(
+        &self,
+        svc: GrpcService,
+        md: &MethodDescriptor,
+        path: &str,
+        headers: HeaderMap,
+        json: &[u8],
+    ) -> Result<Bytes, Status> {
         let id = &self.inner.id;
         let msg = crate::transcode::json_to_proto(&md.input(), json, id)?;
         let mut req = Request::new(Body::new(Full::new(frame::encode(&msg))));
@@ -409,10 +451,12 @@ impl Router {
         } else {
             // One message: decode it now so a bad request gets a clean InvalidArgument.
             let mut r = FrameReader::new(body);
-            let msg = match r.next().await.and_then(|m| crate::transcode::json_to_proto(&input, &m.unwrap_or_default(), &id)) {
-                Ok(m) => m,
-                Err(e) => return self.error(Mode::GrpcJson, &e),
-            };
+            let msg =
+                match r.next().await.and_then(|m| crate::transcode::json_to_proto(&input, &m.unwrap_or_default(), &id))
+                {
+                    Ok(m) => m,
+                    Err(e) => return self.error(Mode::GrpcJson, &e),
+                };
             Body::new(Full::new(frame::encode(&msg)))
         };
         let res = svc.oneshot(Request::from_parts(parts, body)).await.unwrap_or_else(|e| match e {});

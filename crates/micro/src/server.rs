@@ -22,7 +22,11 @@ where
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http2().timer(hyper_util::rt::TokioTimer::new()).max_concurrent_streams(1024).keep_alive_interval(Some(Duration::from_secs(30)));
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {

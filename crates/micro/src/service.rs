@@ -1,10 +1,10 @@
 //! The service builder: name it, add handlers, run it.
 
+use crate::Client;
 use crate::handler::{Context, Handler, ServerStream, Unary};
 use crate::metrics::Metrics;
 use crate::registry::{Node, RemoteRegistry};
 use crate::router::{GrpcService, Router, RouterBuilder};
-use crate::Client;
 use futures::Stream;
 use micro_core::registry::Registry;
 use micro_core::{Status, namespace};
@@ -257,10 +257,26 @@ impl Service {
         let heartbeat = tokio::spawn(heartbeat(registry.clone(), self.namespace.clone(), record.clone(), self.ttl));
         let (tx, rx) = oneshot::channel::<()>();
         let r = router.clone();
-        let serving = tokio::spawn(crate::server::serve(listener, move |req| { let r = r.clone(); async move { r.call(req).await } }, async {
-            let _ = rx.await;
-        }));
-        Ok(Running { addr, namespace: self.namespace, record, registry, heartbeat, shutdown: Some(tx), serving, router })
+        let serving = tokio::spawn(crate::server::serve(
+            listener,
+            move |req| {
+                let r = r.clone();
+                async move { r.call(req).await }
+            },
+            async {
+                let _ = rx.await;
+            },
+        ));
+        Ok(Running {
+            addr,
+            namespace: self.namespace,
+            record,
+            registry,
+            heartbeat,
+            shutdown: Some(tx),
+            serving,
+            router,
+        })
     }
 
     /// Runs until SIGINT/SIGTERM: reads the environment (see [`Service::env`]),
@@ -275,11 +291,7 @@ impl Service {
 
 /// The address to register for a bound socket: loopback for an unspecified IP.
 fn advertise_address(addr: SocketAddr) -> String {
-    if addr.ip().is_unspecified() {
-        format!("127.0.0.1:{}", addr.port())
-    } else {
-        addr.to_string()
-    }
+    if addr.ip().is_unspecified() { format!("127.0.0.1:{}", addr.port()) } else { addr.to_string() }
 }
 
 async fn heartbeat(registry: Arc<dyn Registry>, ns: String, record: micro_core::registry::Service, ttl: Duration) {
@@ -329,7 +341,9 @@ impl Running {
     /// Deregisters at once, stops accepting, and drains in-flight calls.
     pub async fn stop(mut self) {
         self.heartbeat.abort();
-        match tokio::time::timeout(Duration::from_secs(2), self.registry.deregister(&self.namespace, &self.record)).await {
+        match tokio::time::timeout(Duration::from_secs(2), self.registry.deregister(&self.namespace, &self.record))
+            .await
+        {
             Ok(Ok(())) => tracing::info!(service = %self.record.name, "deregistered"),
             Ok(Err(e)) => tracing::warn!(error = %e, "deregistering failed"),
             Err(_) => tracing::warn!("deregistering timed out"),

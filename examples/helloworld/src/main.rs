@@ -40,7 +40,8 @@ impl Greeter for Hello {
             return Err(Status::invalid_argument("count must be between 0 and 1000"));
         }
         let name = r.name;
-        let s = tokio_stream::iter(0..r.count).map(move |i| Ok(HelloReply { message: format!("Hello {name} {}", i + 1) }));
+        let s =
+            tokio_stream::iter(0..r.count).map(move |i| Ok(HelloReply { message: format!("Hello {name} {}", i + 1) }));
         Ok(Response::new(Box::pin(s)))
     }
 
@@ -67,6 +68,7 @@ async fn main() {
 }
 
 fn tracing_subscriber_init() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

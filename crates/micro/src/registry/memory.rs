@@ -1,8 +1,8 @@
 //! The in-memory registry with TTL leases.
 
+use futures::StreamExt;
 use micro_core::registry::{Event, EventType, Registry, Service, validate_name};
 use micro_core::{BoxStream, Status, namespace};
-use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -17,9 +17,12 @@ pub struct MemoryRegistry {
 }
 
 struct Inner {
-    state: Mutex<HashMap<String, BTreeMap<String, BTreeMap<String, Record>>>>,
+    state: Mutex<State>,
     events: broadcast::Sender<Event>,
 }
+
+/// Namespace → service name → version → record.
+type State = HashMap<String, BTreeMap<String, BTreeMap<String, Record>>>;
 
 struct Record {
     service: Service,
@@ -64,7 +67,8 @@ async fn sweep(inner: Weak<Inner>) {
             for (ns, services) in state.iter_mut() {
                 for versions in services.values_mut() {
                     for rec in versions.values_mut() {
-                        let gone: Vec<_> = rec.nodes.iter().filter(|(_, (_, exp))| *exp <= now).map(|(id, _)| id.clone()).collect();
+                        let gone: Vec<_> =
+                            rec.nodes.iter().filter(|(_, (_, exp))| *exp <= now).map(|(id, _)| id.clone()).collect();
                         if gone.is_empty() {
                             continue;
                         }
@@ -125,7 +129,13 @@ impl Registry for MemoryRegistry {
                 new |= fresh;
                 rec.nodes.insert(n.id.clone(), (n.clone(), now + ttl));
             }
-            if new { Some(EventType::Create) } else if changed { Some(EventType::Update) } else { None }
+            if new {
+                Some(EventType::Create)
+            } else if changed {
+                Some(EventType::Update)
+            } else {
+                None
+            }
         };
         if let Some(kind) = kind {
             let _ = self.inner.events.send(Event { kind, namespace: ns.to_string(), service: service.clone() });
@@ -189,7 +199,9 @@ impl Registry for MemoryRegistry {
         let state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
         Ok(state
             .get(ns)
-            .map(|s| s.values().flat_map(|v| v.values()).map(|r| r.snapshot(now)).filter(|s| !s.nodes.is_empty()).collect())
+            .map(|s| {
+                s.values().flat_map(|v| v.values()).map(|r| r.snapshot(now)).filter(|s| !s.nodes.is_empty()).collect()
+            })
             .unwrap_or_default())
     }
 
@@ -203,7 +215,11 @@ impl Registry for MemoryRegistry {
                 Ok(e) if e.namespace == ns && service.as_ref().is_none_or(|s| *s == e.service.name) => Some(Ok(e)),
                 Ok(_) => None,
                 // A slow watcher missed events: tell it, so it can resynchronise.
-                Err(_) => Some(Err(Status::new(micro_core::Code::DataLoss, "registry", "watcher fell behind; events were dropped"))),
+                Err(_) => Some(Err(Status::new(
+                    micro_core::Code::DataLoss,
+                    "registry",
+                    "watcher fell behind; events were dropped",
+                ))),
             };
             futures::future::ready(keep)
         });

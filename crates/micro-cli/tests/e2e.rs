@@ -1,0 +1,260 @@
+//! End-to-end tests: a real `micro server` on ephemeral ports, the real helloworld
+//! binary, the real `micro` CLI, and raw HTTP requests to the gateway.
+
+use micro_test::{TestServer, eventually, http, sibling_binary};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn helloworld(server: &str, ttl: &str) -> Proc {
+    let child = Command::new(sibling_binary("helloworld"))
+        .env("MICRO_SERVER", server)
+        .env("MICRO_REGISTER_TTL", ttl)
+        .env("MICRO_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("helloworld starts");
+    Proc(child)
+}
+
+async fn nodes(s: &TestServer, name: &str) -> usize {
+    s.server.registry().get_service("micro", name).await.map(|v| v.iter().map(|s| s.nodes.len()).sum()).unwrap_or(0)
+}
+
+fn micro(server: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_micro"))
+        .arg("--server")
+        .arg(server)
+        .args(args)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .expect("micro runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helloworld_through_cli_gateway_and_dynamic_command() {
+    let s = TestServer::start().await;
+    let server = s.proxy();
+    let (code, out, _) = tokio::task::spawn_blocking({
+        let server = server.clone();
+        move || micro(&server, &["services"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0);
+    for core in ["api", "proxy", "registry"] {
+        assert!(out.contains(core), "{out}");
+    }
+
+    let _hw = helloworld(&server, "15");
+    assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await > 0 }).await);
+
+    let srv = server.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        micro(&srv, &["call", "helloworld", "Greeter.Hello", r#"{"name":"Alice"}"#])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v, serde_json::json!({"message": "Hello Alice"}));
+
+    let r = http(
+        &s.api(),
+        "POST",
+        "/helloworld/greeter/hello",
+        &[("Content-Type", "application/json")],
+        br#"{"name":"Alice"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.json(), serde_json::json!({"message": "Hello Alice"}));
+
+    let srv = server.clone();
+    let (code, out, err) =
+        tokio::task::spawn_blocking(move || micro(&srv, &["helloworld", "greeter", "hello", "--name=Alice"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["message"], "Hello Alice");
+
+    // An unknown flag is one clear line listing the valid ones.
+    let srv = server.clone();
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || micro(&srv, &["helloworld", "greeter", "hello", "--nmae=x"]))
+            .await
+            .unwrap();
+    assert_eq!(code, 1);
+    assert!(err.contains("unknown flag --nmae") && err.contains("--name"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+
+    // Server streaming through the CLI and over SSE.
+    let srv = server.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        micro(&srv, &["stream", "helloworld", "Greeter.Stream", r#"{"name":"Bo","count":3}"#])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Hello Bo 1") && out.contains("Hello Bo 3"), "{out}");
+    let r = http(&s.api(), "GET", "/helloworld/greeter/stream?name=Cy&count=2", &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r.head.contains("text/event-stream"), "{}", r.head);
+    assert!(r.body.contains("data: {\"message\":\"Hello Cy 2\"}"), "{}", r.body);
+
+    // Query string typed by the schema; a wrong type is a 400.
+    let r = http(&s.api(), "GET", "/helloworld/greeter/stream?count=abc", &[], b"").await;
+    assert_eq!(r.status, 400, "{r:?}");
+
+    // Health and the service description.
+    let srv = server.clone();
+    let (code, out, _) = tokio::task::spawn_blocking(move || micro(&srv, &["health", "helloworld"])).await.unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("\"ok\""));
+    let srv = server.clone();
+    let (_, out, _) =
+        tokio::task::spawn_blocking(move || micro(&srv, &["get", "service", "helloworld"])).await.unwrap();
+    assert!(out.contains("Greeter.Hello") && out.contains("{name string}"), "{out}");
+
+    // Prometheus metrics on the gateway count the calls.
+    let m = http(&s.api(), "GET", "/metrics", &[], b"").await;
+    assert!(
+        m.body.contains("micro_requests_total{service=\"api:helloworld\",endpoint=\"Greeter.Hello\",code=\"Ok\"}"),
+        "{}",
+        m.body
+    );
+    let v = http(&s.api(), "GET", "/", &[], b"").await;
+    assert_eq!(v.json()["name"], "micro");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
+    let s = TestServer::start().await;
+    let _hw = helloworld(&s.proxy(), "15");
+    assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await > 0 }).await);
+    let api = s.api();
+    let cases: Vec<(&str, &str, &[u8], u16)> = vec![
+        ("POST", "/helloworld/greeter/hello", b"{not json", 400),
+        ("POST", "/helloworld/greeter/hello", b"[1,2]", 400),
+        ("POST", "/helloworld/greeter/hello", br#"{"name": 42}"#, 400),
+        ("POST", "/helloworld/greeter/hello", br#"{"unknown": "x"}"#, 400),
+        ("POST", "/helloworld/greeter/hello", b"{}", 400),
+        ("POST", "/helloworld/greeter/nope", b"{}", 404),
+        ("POST", "/nosuchservice/x/y", b"{}", 404),
+        ("GET", "/../../etc/passwd", b"", 404),
+        ("GET", "/helloworld/%00/x", b"", 404),
+        ("POST", "/helloworld/greeter/hello?name=%zz", b"", 400),
+    ];
+    for _ in 0..30 {
+        for (method, path, body, want) in &cases {
+            let r = http(&api, method, path, &[("Content-Type", "application/json")], body).await;
+            assert_eq!(r.status, *want, "{method} {path}: {r:?}");
+            let v = r.json();
+            assert_eq!(v["code"], *want, "{v}");
+            assert!(
+                v["detail"].as_str().is_some_and(|d| !d.is_empty()) && v["status"].is_string() && v["id"].is_string(),
+                "{v}"
+            );
+        }
+    }
+    // Oversize body → 413.
+    let big = vec![b' '; 5 * 1024 * 1024];
+    let r = http(&api, "POST", "/helloworld/greeter/hello", &[], &big).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["code"], 413);
+    // A client that disconnects mid-request.
+    for _ in 0..20 {
+        use tokio::io::AsyncWriteExt;
+        let mut c = tokio::net::TcpStream::connect(&api).await.unwrap();
+        c.write_all(b"POST /helloworld/greeter/hello HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"na")
+            .await
+            .unwrap();
+        drop(c);
+    }
+    // Bad gRPC to the proxy: unknown service.
+    let client = micro::Client::via_proxy(s.proxy());
+    let e = client.call_json("nosuch", "Foo.Bar", &serde_json::json!({})).await.unwrap_err();
+    assert_eq!(e.code(), micro::Code::NotFound, "{e}");
+    let e = client.call_json("helloworld", "Greeter.Nope", &serde_json::json!({})).await.unwrap_err();
+    assert_eq!(e.code(), micro::Code::NotFound, "{e}");
+    // And a good request still works.
+    let r = http(&api, "POST", "/helloworld/greeter/hello", &[], br#"{"name":"Alice"}"#).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["message"], "Hello Alice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_expires_within_ttl_and_sigterm_deregisters_at_once() {
+    let s = TestServer::start().await;
+    let mut a = helloworld(&s.proxy(), "1");
+    assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await == 1 }).await);
+    // SIGKILL: no goodbye; the lease runs out.
+    a.0.kill().unwrap();
+    let _ = a.0.wait();
+    let killed = tokio::time::Instant::now();
+    assert!(eventually(Duration::from_secs(5), || async { nodes(&s, "helloworld").await == 0 }).await);
+    assert!(killed.elapsed() < Duration::from_millis(1600), "gone after {:?}", killed.elapsed());
+
+    // SIGTERM: deregisters at once, well before a 30 s lease would run out.
+    let b = helloworld(&s.proxy(), "30");
+    assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await == 1 }).await);
+    let pid = b.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(eventually(Duration::from_secs(3), || async { nodes(&s, "helloworld").await == 0 }).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_calls_and_a_killed_one_causes_no_failure() {
+    let s = TestServer::start().await;
+    let a = helloworld(&s.proxy(), "30");
+    let _b = helloworld(&s.proxy(), "30");
+    assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await == 2 }).await);
+    let services = s.server.registry().get_service("micro", "helloworld").await.unwrap();
+    let addrs: Vec<String> = services[0].nodes.iter().map(|n| n.address.clone()).collect();
+
+    let client = micro::Client::new(s.server.registry());
+    // Both nodes take calls (round robin): ask each node's stats.
+    for _ in 0..20 {
+        let r = client.call_json("helloworld", "Greeter.Hello", &serde_json::json!({"name": "x"})).await.unwrap();
+        assert_eq!(r["message"], "Hello x");
+    }
+    for addr in &addrs {
+        let direct = micro::Client::via_proxy(addr.clone());
+        let stats = direct.call_json("helloworld", "Debug.Stats", &serde_json::json!({})).await.unwrap();
+        assert!(stats["requests"].as_u64().unwrap() >= 5, "{addr}: {stats}");
+    }
+
+    // Continuous load while one instance is SIGKILLed: no call fails.
+    let load = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for i in 0..400 {
+                if let Err(e) =
+                    client.call_json("helloworld", "Greeter.Hello", &serde_json::json!({"name": i.to_string()})).await
+                {
+                    failures.push(e.to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            failures
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(a);
+    let failures = load.await.unwrap();
+    assert!(failures.is_empty(), "{} failed calls: {:?}", failures.len(), &failures[..failures.len().min(3)]);
+}
