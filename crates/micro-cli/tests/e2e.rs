@@ -258,3 +258,28 @@ async fn two_instances_share_calls_and_a_killed_one_causes_no_failure() {
     let failures = load.await.unwrap();
     assert!(failures.is_empty(), "{} failed calls: {:?}", failures.len(), &failures[..failures.len().min(3)]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stock_python_grpc_client_calls_helloworld_through_the_proxy() {
+    let Ok(python) = std::env::var("MICRO_TEST_PYTHON") else {
+        assert!(
+            std::env::var("MICRO_TEST_REQUIRE_BACKENDS").is_err(),
+            "MICRO_TEST_PYTHON is not set but MICRO_TEST_REQUIRE_BACKENDS is: run scripts/test"
+        );
+        eprintln!("notice: skipping the Python stock-client test (MICRO_TEST_PYTHON unset; scripts/test sets it)");
+        return;
+    };
+    let s = TestServer::start().await;
+    let _hw = helloworld(&s.proxy(), "15");
+    assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await > 0 }).await);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/stock_client.py");
+    let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/helloworld/proto");
+    let proxy = s.proxy();
+    let out = tokio::task::spawn_blocking(move || Command::new(python).args([script, &proxy, protos]).output())
+        .await
+        .unwrap()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("python stock client: ok"), "{stdout}");
+}
