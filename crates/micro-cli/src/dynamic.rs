@@ -30,15 +30,7 @@ fn flags(schema: &Value, prefix: &[String], out: &mut Vec<Flag>) {
     }
 }
 
-fn camel(s: &str) -> String {
-    s.split(['-', '_'])
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let mut c = p.chars();
-            c.next().map(|f| f.to_uppercase().chain(c).collect::<String>()).unwrap_or_default()
-        })
-        .collect()
-}
+use micro_server::gateway::camel;
 
 fn typed(flag: &Flag, raw: &str) -> Result<Value> {
     let ty = flag.schema.get("type").and_then(Value::as_str).unwrap_or("string");

@@ -80,7 +80,7 @@ fn is_version(s: &str) -> bool {
 }
 
 /// `get-user` → `GetUser`, `greeter` → `Greeter`.
-fn camel(s: &str) -> String {
+pub fn camel(s: &str) -> String {
     s.split(['-', '_'])
         .filter(|p| !p.is_empty())
         .map(|p| {
