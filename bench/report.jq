@@ -8,6 +8,7 @@
 {
   generated_at: $generated,
   mode: $mode,
+  raw: "bench/results/\($out_name).json",
   method: {
     load: "wrk -t1 -c\($conns) --latency, closed loop",
     warmup_s: $warmup, runs: $runs, duration_s: $duration,

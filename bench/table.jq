@@ -21,7 +21,7 @@ def met($cmp):
 
 . as $r
 | ($r.cases | map({key: .id, value: .}) | from_entries) as $cases
-| "_\($r.mode) run of \($r.generated_at): warm-up \($r.method.warmup_s) s, then \($r.method.runs) × \($r.method.duration_s) s per case, median run kept; `\($r.method.load)`; servers on CPU \($r.method.server_cpu), wrk on CPU \($r.method.load_cpu). \($r.versions.nginx), \($r.versions.wrk), \($r.versions.rustc), micro commit \($r.versions.micro_commit). Machine: \($r.machine.cpu), \($r.machine.cores) cores, load average \($r.machine.loadavg_start) at start. Raw numbers: `bench/results/latest.json` and `latest.csv`._",
+| "_\($r.mode) run of \($r.generated_at): warm-up \($r.method.warmup_s) s, then \($r.method.runs) × \($r.method.duration_s) s per case, median run kept; `\($r.method.load)`; servers on CPU \($r.method.server_cpu), wrk on CPU \($r.method.load_cpu). \($r.versions.nginx), \($r.versions.wrk), \($r.versions.rustc), micro commit \($r.versions.micro_commit). Machine: \($r.machine.cpu), \($r.machine.cores) cores, load average \($r.machine.loadavg_start) at start. Raw numbers: `\($r.raw)` and the CSV beside it._",
   "",
   "| # | Benchmark | Ours | Peer | Ratio (ours/peer req/s) | Target | Met? |",
   "|---|---|---|---|---|---|---|",
