@@ -191,14 +191,7 @@ impl Gateway {
         let body = match Limited::new(body, self.inner.body_limit).collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return json_error(
-                    &Status::new(
-                        Code::ResourceExhausted,
-                        "api",
-                        format!("request body larger than {} bytes", self.inner.body_limit),
-                    )
-                    .with_http_status(413),
-                );
+                return self.too_large();
             }
             Err(e) => {
                 return json_error(
@@ -303,14 +296,7 @@ impl Gateway {
                 let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
                 while let Some(s) = src {
                     if s.is::<http_body_util::LengthLimitError>() {
-                        return json_error(
-                            &Status::new(
-                                Code::ResourceExhausted,
-                                "api",
-                                format!("request body larger than {} bytes", self.inner.body_limit),
-                            )
-                            .with_http_status(413),
-                        );
+                        return self.too_large();
                     }
                     src = s.source();
                 }
@@ -320,6 +306,12 @@ impl Gateway {
                 )
             }
         }
+    }
+
+    /// The 413 answer to a body over the limit.
+    fn too_large(&self) -> Response<Body> {
+        let detail = format!("request body larger than {} bytes", self.inner.body_limit);
+        json_error(&Status::new(Code::ResourceExhausted, "api", detail).with_http_status(413))
     }
 
     fn preflight(&self, req: &Request<Incoming>) -> Response<Body> {
