@@ -1,5 +1,6 @@
 """A stock gRPC client in Python, generated from the helloworld proto with no project
-code, calls helloworld through the micro proxy.
+code, calls helloworld through the micro proxy; then, knowing nothing but the proxy's
+address, discovers the service through server reflection and calls it again.
 
 Usage: python stock_client.py <proxy host:port> <path to helloworld.proto's folder>
 """
@@ -8,6 +9,8 @@ import sys
 import tempfile
 
 import grpc
+from google.protobuf import descriptor_pool, message_factory
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 from grpc_tools import protoc
 
 
@@ -34,6 +37,26 @@ def main() -> int:
             raise AssertionError("empty name accepted")
         except grpc.RpcError as e:
             assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e
+
+        # Reflection: the proxy lists the core services and every registered one, and
+        # describes helloworld well enough to call it without generated code.
+        db = ProtoReflectionDescriptorDatabase(channel)
+        services = set(db.get_services())
+        for expected in ["helloworld.Greeter", "registry.Registry", "grpc.health.v1.Health"]:
+            assert expected in services, services
+        pool = descriptor_pool.DescriptorPool(db)
+        hello = pool.FindServiceByName("helloworld.Greeter").FindMethodByName("Hello")
+        request_class = message_factory.GetMessageClass(hello.input_type)
+        reply_class = message_factory.GetMessageClass(hello.output_type)
+        call = channel.unary_unary("/helloworld.Greeter/Hello", request_serializer=request_class.SerializeToString,
+                                   response_deserializer=reply_class.FromString)
+        reply = call(request_class(name="Reflected"), timeout=5)
+        assert reply.message == "Hello Reflected", reply
+        try:
+            pool.FindServiceByName("nosuch.Service")
+            raise AssertionError("unknown service described")
+        except KeyError:
+            pass
     print("python stock client: ok")
     return 0
 

@@ -283,3 +283,48 @@ async fn stock_python_grpc_client_calls_helloworld_through_the_proxy() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("python stock client: ok"), "{stdout}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_v1_on_the_proxy_covers_registered_services() {
+    use prost::Message;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let s = TestServer::start().await;
+    let _hw = helloworld(&s.proxy(), "15");
+    assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await > 0 }).await);
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", s.proxy())).unwrap().connect().await.unwrap();
+    let mut client = ServerReflectionClient::new(channel);
+    let ask = |m: MessageRequest| ServerReflectionRequest { host: String::new(), message_request: Some(m) };
+    let questions = vec![
+        ask(MessageRequest::ListServices(String::new())),
+        ask(MessageRequest::FileContainingSymbol("helloworld.Greeter".into())),
+        ask(MessageRequest::FileContainingSymbol("helloworld.HelloRequest".into())),
+        ask(MessageRequest::FileContainingSymbol("registry.Registry".into())),
+        ask(MessageRequest::FileContainingSymbol("nosuch.Thing".into())),
+        ask(MessageRequest::FileByFilename("helloworld.proto".into())),
+        ask(MessageRequest::FileByFilename("no/such.proto".into())),
+    ];
+    let mut answers = client.server_reflection_info(futures::stream::iter(questions)).await.unwrap().into_inner();
+    let mut next = async || answers.message().await.unwrap().unwrap().message_response.unwrap();
+    let file_name = |r: MessageResponse| match r {
+        MessageResponse::FileDescriptorResponse(f) => {
+            prost_types::FileDescriptorProto::decode(f.file_descriptor_proto[0].as_slice()).unwrap().name().to_string()
+        }
+        other => panic!("expected a file, got {other:?}"),
+    };
+    let MessageResponse::ListServicesResponse(list) = next().await else { panic!("expected a service list") };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for expected in ["helloworld.Greeter", "registry.Registry", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == expected), "{names:?}");
+    }
+    assert_eq!(file_name(next().await), "helloworld.proto");
+    assert_eq!(file_name(next().await), "helloworld.proto");
+    assert_eq!(file_name(next().await), "registry.proto");
+    assert!(matches!(next().await, MessageResponse::ErrorResponse(e) if e.error_code == tonic::Code::NotFound as i32));
+    assert_eq!(file_name(next().await), "helloworld.proto");
+    assert!(matches!(next().await, MessageResponse::ErrorResponse(e) if e.error_code == tonic::Code::NotFound as i32));
+}

@@ -3,6 +3,7 @@
 use crate::config::normalize_address;
 use crate::gateway::Gateway;
 use crate::proxy::Proxy;
+use crate::reflection::Reflection;
 use crate::registry::RegistryService;
 use crate::{Config, Error};
 use micro::registry::{MemoryRegistry, Node, Registry, Service};
@@ -52,6 +53,17 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             registry: registry.clone(),
         }))
         .standard_services(&[micro::proto::DESCRIPTOR.to_vec()], &["registry.Registry".to_string()])?;
+    // Reflection on the proxy answers for every registered service, not just the core.
+    let reflection = Reflection::new(
+        &[
+            micro::proto::DESCRIPTOR,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+        registry.clone(),
+    )?;
+    core = core.grpc_service(reflection.v1()).grpc_service(reflection.v1alpha());
     for name in CORE_SERVICES {
         core = core.debug(name, metrics.clone());
     }

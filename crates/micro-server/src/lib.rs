@@ -14,6 +14,7 @@ mod app;
 mod config;
 pub mod gateway;
 mod proxy;
+mod reflection;
 mod registry;
 
 pub use app::{CORE_SERVICES, Running, start};
