@@ -328,3 +328,83 @@ async fn reflection_v1_on_the_proxy_covers_registered_services() {
     assert_eq!(file_name(next().await), "helloworld.proto");
     assert!(matches!(next().await, MessageResponse::ErrorResponse(e) if e.error_code == tonic::Code::NotFound as i32));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_endpoints_over_websocket() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+    let s = TestServer::start().await;
+    let _hw = helloworld(&s.proxy(), "15");
+    assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await > 0 }).await);
+    let api = s.api();
+    let connect = |path: &str| {
+        let url = format!("ws://{api}{path}");
+        let api = api.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&api).await.unwrap();
+            tokio_tungstenite::client_async(url, tcp).await
+        }
+    };
+    // Reads text messages until the close frame; returns them and the close code.
+    async fn drain<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> (Vec<String>, Option<CloseCode>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let mut texts = Vec::new();
+        while let Some(m) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("no hang") {
+            match m.unwrap() {
+                Message::Text(t) => texts.push(t.to_string()),
+                Message::Close(f) => return (texts, f.map(|f| f.code)),
+                _ => {}
+            }
+        }
+        (texts, None)
+    }
+
+    // Server streaming with the request in the query string.
+    let (mut ws, _) = connect("/helloworld/greeter/stream?name=Bo&count=3").await.unwrap();
+    let (texts, code) = drain(&mut ws).await;
+    assert_eq!(texts, [r#"{"message":"Hello Bo 1"}"#, r#"{"message":"Hello Bo 2"}"#, r#"{"message":"Hello Bo 3"}"#]);
+    assert_eq!(code, Some(CloseCode::Normal));
+
+    // Server streaming with the request as the first message.
+    let (mut ws, _) = connect("/helloworld/greeter/stream").await.unwrap();
+    ws.send(Message::text(r#"{"name":"Al","count":2}"#)).await.unwrap();
+    let (texts, code) = drain(&mut ws).await;
+    assert_eq!(texts.len(), 2, "{texts:?}");
+    assert_eq!(code, Some(CloseCode::Normal));
+
+    // Bidirectional: one reply per message, in order.
+    let (mut ws, _) = connect("/helloworld/greeter/chat").await.unwrap();
+    for name in ["a", "b", "c"] {
+        ws.send(Message::text(format!(r#"{{"name":"{name}"}}"#))).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(reply, Message::text(format!(r#"{{"message":"Hello {name}"}}"#)));
+    }
+    ws.close(None).await.unwrap();
+
+    // A service error: the JSON error body, then close 1011.
+    let (mut ws, _) = connect("/helloworld/greeter/stream?name=x&count=5000").await.unwrap();
+    let (texts, code) = drain(&mut ws).await;
+    assert_eq!(code, Some(CloseCode::Error));
+    let err: serde_json::Value = serde_json::from_str(&texts[0]).unwrap();
+    assert_eq!(err["code"], 400, "{err}");
+    assert_eq!(err["status"], "Bad Request", "{err}");
+
+    // Bad input is refused before the upgrade, with the JSON error body.
+    for (path, status) in [("/helloworld/greeter/stream?count=abc", 400), ("/helloworld/greeter/nosuch", 404)] {
+        match connect(path).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                assert_eq!(res.status().as_u16(), status, "{path}");
+                let body: serde_json::Value = serde_json::from_slice(res.body().as_deref().unwrap()).unwrap();
+                assert!(body["detail"].is_string(), "{body}");
+            }
+            other => panic!("{path}: expected an HTTP error, got {other:?}"),
+        }
+    }
+    // The gateway keeps serving.
+    let r = http(&api, "POST", "/helloworld/greeter/hello", &[], br#"{"name":"Alice"}"#).await;
+    assert_eq!((r.status, r.body.as_str()), (200, r#"{"message":"Hello Alice"}"#));
+}

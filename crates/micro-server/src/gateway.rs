@@ -187,6 +187,22 @@ impl Gateway {
                 format!("endpoint {endpoint} not found; {service} has: {}", names.join(", ")),
             ));
         };
+        if let Some(kind) = ep.stream().filter(|_| crate::websocket::requested(req.headers())) {
+            let query = req.uri().query().filter(|q| !q.is_empty());
+            let first = match query.map(|q| build_request(b"", Some(q), &ep.request)).transpose() {
+                Ok(f) => f,
+                Err(e) => return json_error(&e.or_id(&service)),
+            };
+            let call = crate::websocket::Call {
+                client: self.inner.client.clone(),
+                service: service.clone(),
+                endpoint: ep.name.clone(),
+                kind: kind.to_string(),
+                first,
+                opts: self.call_options(ns, req.headers()),
+            };
+            return crate::websocket::upgrade(req, call);
+        }
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, self.inner.body_limit).collect().await {
             Ok(c) => c.to_bytes(),
@@ -204,12 +220,7 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => return json_error(&e.or_id(&service)),
         };
-        let mut opts = CallOptions { namespace: Some(ns), ..Default::default() };
-        for h in FORWARDED {
-            if let Some(v) = parts.headers.get(h).and_then(|v| v.to_str().ok()) {
-                opts.metadata.push((h.to_string(), v.to_string()));
-            }
-        }
+        let opts = self.call_options(ns, &parts.headers);
         let ep_name: Arc<str> = Arc::from(ep.name.as_str());
         let start = Instant::now();
         if ep.stream().is_some() {
@@ -227,6 +238,17 @@ impl Gateway {
             Ok(b) => json(StatusCode::OK, b),
             Err(e) => json_error(&e),
         }
+    }
+
+    /// The call options of a request: its namespace and the forwarded headers.
+    fn call_options(&self, ns: String, headers: &http::HeaderMap) -> CallOptions {
+        let mut opts = CallOptions { namespace: Some(ns), ..Default::default() };
+        for h in FORWARDED {
+            if let Some(v) = headers.get(h).and_then(|v| v.to_str().ok()) {
+                opts.metadata.push((h.to_string(), v.to_string()));
+            }
+        }
+        opts
     }
 
     /// Server-sent events for streaming endpoints: one `data:` line per message.

@@ -16,6 +16,7 @@ pub mod gateway;
 mod proxy;
 mod reflection;
 mod registry;
+mod websocket;
 
 pub use app::{CORE_SERVICES, Running, start};
 pub use config::Config;
