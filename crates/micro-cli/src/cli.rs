@@ -102,6 +102,17 @@ pub(crate) enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Create a new service project that builds, runs and has a passing test.
+    New {
+        /// Service name: lowercase letters, digits and '-'.
+        name: String,
+        /// Directory to create (default ./<name>).
+        #[arg(long)]
+        dir: Option<std::path::PathBuf>,
+        /// Path of the micro framework crate to depend on (default: this build's checkout).
+        #[arg(long)]
+        micro_path: Option<std::path::PathBuf>,
+    },
     #[command(external_subcommand)]
     Dynamic(Vec<String>),
 }
@@ -154,12 +165,7 @@ pub(crate) async fn run(args: Vec<String>) -> i32 {
 }
 
 fn init_tracing(server: bool) {
-    let default = if server { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let json = std::env::var("MICRO_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if json { b.json().try_init() } else { b.try_init() };
+    micro::log::init(if server { "info" } else { "warn" });
 }
 
 pub(crate) struct Ctx {
@@ -218,6 +224,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
             println!("micro server: api http://{} proxy {}", server.api_address(), server.proxy_address());
             micro::server::signal().await;
             server.stop().await;
+            Ok(())
+        }
+        Command::New { name, dir, micro_path } => {
+            let dir = crate::new::generate(&name, dir, micro_path.as_deref())?;
+            println!("created {} in {}", name, dir.display());
+            println!("next: cd {} && cargo test && cargo run", dir.display());
             Ok(())
         }
         Command::Services => {

@@ -3,6 +3,7 @@
 mod cli;
 mod dynamic;
 mod envs;
+mod new;
 mod output;
 
 #[tokio::main]

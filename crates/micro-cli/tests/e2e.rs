@@ -408,3 +408,48 @@ async fn streaming_endpoints_over_websocket() {
     let r = http(&api, "POST", "/helloworld/greeter/hello", &[], br#"{"name":"Alice"}"#).await;
     assert_eq!((r.status, r.body.as_str()), (200, r#"{"message":"Hello Alice"}"#));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn micro_new_generates_a_service_that_tests_green_and_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("scaffold-demo");
+    let (code, out, err) = micro("127.0.0.1:1", &["new", "scaffold-demo", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("created scaffold-demo"), "{out}");
+    // Bad names and an existing directory: one clear line, non-zero exit.
+    for args in [vec!["new", "Bad_Name"], vec!["new", "scaffold-demo", "--dir", dir.to_str().unwrap()]] {
+        let (code, _, err) = micro("127.0.0.1:1", &args);
+        assert_eq!(code, 1, "{args:?}");
+        assert!(err.starts_with("error: ") && err.trim().lines().count() == 1, "{err}");
+    }
+
+    // The generated test passes. Reuse this build's target dir, lock file and profile so
+    // only the new crate compiles.
+    let target = sibling_binary("micro").parent().unwrap().parent().unwrap().to_path_buf();
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["test", "--quiet", "--config", r#"profile.dev.debug="line-tables-only""#])
+        .args(["--config", r#"profile.dev.package."*".debug=false"#])
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1 passed"), "{stdout}");
+
+    // And the binary it built registers and answers through the gateway.
+    let s = TestServer::start().await;
+    let child = Command::new(target.join("debug").join("scaffold-demo"))
+        .env("MICRO_SERVER", s.proxy())
+        .env("MICRO_LOG", "warn")
+        .spawn()
+        .unwrap();
+    let _svc = Proc(child);
+    assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "scaffold-demo").await > 0 }).await);
+    let r = http(&s.api(), "POST", "/scaffold-demo/call", &[], br#"{"name":"Alice"}"#).await;
+    assert_eq!((r.status, r.body.as_str()), (200, r#"{"message":"Hello Alice"}"#));
+    let r = http(&s.api(), "POST", "/scaffold-demo/call", &[], br#"{"name":""}"#).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+}

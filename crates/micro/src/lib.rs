@@ -37,6 +37,7 @@ mod client;
 pub mod debug;
 pub mod frame;
 mod handler;
+pub mod log;
 pub mod metrics;
 pub mod proto;
 pub mod registry;

@@ -279,9 +279,11 @@ impl Service {
         })
     }
 
-    /// Runs until SIGINT/SIGTERM: reads the environment (see [`Service::env`]),
-    /// registers, serves, then deregisters and drains in-flight calls.
+    /// Runs until SIGINT/SIGTERM: sets up logging ([`crate::log::init`]), reads the
+    /// environment (see [`Service::env`]), registers, serves, then deregisters and drains
+    /// in-flight calls.
     pub async fn run(self) -> Result<(), Status> {
+        crate::log::init("info");
         let running = self.env(|k| std::env::var(k).ok()).start().await?;
         crate::server::signal().await;
         running.stop().await;

@@ -55,7 +55,6 @@ impl Greeter for Hello {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber_init();
     let result = Service::new("helloworld")
         .grpc(GreeterServer::new(Hello))
         .descriptors(micro::include_descriptor!())
@@ -65,10 +64,4 @@ async fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
-}
-
-fn tracing_subscriber_init() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
