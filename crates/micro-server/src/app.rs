@@ -6,14 +6,19 @@ use crate::proxy::Proxy;
 use crate::reflection::Reflection;
 use crate::registry::RegistryService;
 use crate::{Config, Error};
+use http::Request;
+use hyper::body::Incoming;
+use micro::layer::TraceLayer;
 use micro::registry::{MemoryRegistry, Node, Registry, Service};
 use micro::{Client, RouterBuilder};
 use std::collections::HashSet;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tower::{Layer, ServiceExt};
 
 /// The core services registered by the server, all served through the proxy.
 pub const CORE_SERVICES: [&str; 3] = ["api", "proxy", "registry"];
@@ -98,7 +103,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 
     let client = Client::new(registry.clone());
     let local: HashSet<String> = CORE_SERVICES.iter().map(|s| s.to_string()).collect();
-    let proxy_svc = Proxy::new(core.clone(), local, client.clone());
+    let proxy_svc = Proxy::new(core.layered(None), local, client.clone());
     let gateway = Gateway::new(&config, registry.clone(), client, metrics.clone());
 
     let (tx, rx) = watch::channel(false);
@@ -106,19 +111,28 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut tasks = Vec::new();
+    // The edges give every request its id and trace context before anything else.
+    let proxy_svc = TraceLayer::new("proxy").layer(tower::service_fn(move |req: Request<Incoming>| {
+        let p = proxy_svc.clone();
+        async move { Ok::<_, Infallible>(p.handle(req).await) }
+    }));
+    let api_svc = TraceLayer::new("api").layer(tower::service_fn(move |req: Request<Incoming>| {
+        let g = gateway.clone();
+        async move { Ok::<_, Infallible>(g.handle(req).await) }
+    }));
     tasks.push(tokio::spawn(micro::server::serve(
         proxy_listener,
         move |req| {
-            let p = proxy_svc.clone();
-            async move { p.handle(req).await }
+            let s = proxy_svc.clone();
+            async move { s.oneshot(req).await.unwrap_or_else(|e| match e {}) }
         },
         until(rx.clone()),
     )));
     tasks.push(tokio::spawn(micro::server::serve(
         api_listener,
         move |req| {
-            let g = gateway.clone();
-            async move { g.handle(req).await }
+            let s = api_svc.clone();
+            async move { s.oneshot(req).await.unwrap_or_else(|e| match e {}) }
         },
         until(rx.clone()),
     )));

@@ -6,11 +6,12 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use micro::{Client, Router, Status, split_grpc_path};
+use micro::{Client, LayeredRouter, Status, split_grpc_path};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::body::Body;
+use tower::ServiceExt;
 
 /// The proxy. Cheap to clone.
 #[derive(Clone)]
@@ -19,7 +20,7 @@ pub(crate) struct Proxy {
 }
 
 struct Inner {
-    core: Router,
+    core: LayeredRouter,
     local: HashSet<String>,
     client: Client,
     http: HttpClient<HttpConnector, Body>,
@@ -36,7 +37,7 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 impl Proxy {
-    pub(crate) fn new(core: Router, local: HashSet<String>, client: Client) -> Proxy {
+    pub(crate) fn new(core: LayeredRouter, local: HashSet<String>, client: Client) -> Proxy {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -58,7 +59,7 @@ impl Proxy {
             _ => first.to_string(),
         };
         if first.starts_with("grpc.") || self.inner.local.contains(&service) {
-            return self.inner.core.call(req).await;
+            return self.inner.core.clone().oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {});
         }
         let error = |st: Status| {
             if grpc { micro::frame::error_response(&st, "application/grpc") } else { micro::json_error(&st) }

@@ -6,11 +6,13 @@
 //! through a server's proxy (as the CLI does).
 
 use crate::frame::{self, FrameReader};
+use crate::layer::{AuthLayer, Authorize, DeadlineLayer, TraceLayer};
 use crate::router::grpc_path;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http::{Request, header};
 use http_body_util::{Full, StreamBody};
+use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -25,6 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 use tonic::body::Body;
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
 
 /// The default deadline of a call.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,6 +51,7 @@ pub struct CallOptions {
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    stack: Stack,
     namespace: String,
     timeout: Duration,
     retries: u32,
@@ -78,8 +83,46 @@ fn http_client() -> HttpClient<HttpConnector, Body> {
     HttpClient::builder(TokioExecutor::new()).http2_only(true).build(conn)
 }
 
-/// A failure before the service could answer: safe to try another node.
-struct Transport(Status);
+/// Why a call got no answer from the service.
+pub(crate) enum CallError {
+    /// The node could not be reached: safe to try another node.
+    Transport(Status),
+    /// The call was refused before it was sent (bad metadata, auth hook, deadline).
+    Refused(Status),
+}
+
+impl crate::layer::Reject for Result<http::Response<Incoming>, CallError> {
+    fn reject(status: Status, _content_type: &str) -> Self {
+        Err(CallError::Refused(status))
+    }
+}
+
+/// The client's transport behind the shared layers.
+type Stack = BoxCloneSyncService<Request<Body>, http::Response<Incoming>, CallError>;
+
+fn stack(http: HttpClient<HttpConnector, Body>, auth: Option<Arc<dyn Authorize>>) -> Stack {
+    let transport = tower::service_fn(move |req: Request<Body>| {
+        let http = http.clone();
+        async move {
+            let node = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+            http.request(req).await.map_err(|e| {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg = format!("{msg}: {s}");
+                    src = s.source();
+                }
+                CallError::Transport(Status::unavailable("micro", format!("cannot reach {node}: {msg}")))
+            })
+        }
+    });
+    let stack = tower::ServiceBuilder::new()
+        .layer(TraceLayer::new("client"))
+        .layer(DeadlineLayer::new("client"))
+        .option_layer(auth.map(AuthLayer::new))
+        .service(transport);
+    BoxCloneSyncService::new(stack)
+}
 
 impl Client {
     /// A client that finds nodes through `registry`.
@@ -93,9 +136,11 @@ impl Client {
     }
 
     fn with_route(route: Route) -> Client {
+        let http = http_client();
         Client {
+            stack: stack(http.clone(), None),
             inner: Arc::new(Inner {
-                http: http_client(),
+                http,
                 route,
                 cache: Mutex::new(HashMap::new()),
                 failed: Mutex::new(HashMap::new()),
@@ -110,6 +155,13 @@ impl Client {
     /// The namespace calls act in (default `micro`).
     pub fn namespace(mut self, ns: impl Into<String>) -> Client {
         self.namespace = ns.into();
+        self
+    }
+
+    /// Runs `hook` on every outgoing call, for example to attach credentials (see
+    /// [`crate::layer`]).
+    pub fn auth(mut self, hook: Arc<dyn Authorize>) -> Client {
+        self.stack = stack(self.inner.http.clone(), Some(hook));
         self
     }
 
@@ -190,7 +242,8 @@ impl Client {
                 let body = Body::new(Full::new(frame::encode(&msg)));
                 match self.send(&node, &path, content_type, body, timeout, opts).await {
                     Ok(res) => return read_unary(service, res).await,
-                    Err(Transport(e)) => {
+                    Err(CallError::Refused(e)) => return Err(e.or_id(service)),
+                    Err(CallError::Transport(e)) => {
                         self.mark_failed(&node);
                         tracing::debug!(service, node = %node, error = %e, "transport failure; retrying");
                         last = Some(e);
@@ -228,8 +281,9 @@ impl Client {
             Body::new(StreamBody::new(requests.map(|m| Ok::<_, Status>(http_body::Frame::data(frame::encode(&m))))));
         // Streams have no overall deadline unless one is asked for.
         let timeout = opts.timeout.unwrap_or(Duration::ZERO);
-        let res =
-            self.send(&node, &path, CONTENT_TYPE_GRPC_JSON, body, timeout, opts).await.map_err(|Transport(e)| e)?;
+        let res = self.send(&node, &path, CONTENT_TYPE_GRPC_JSON, body, timeout, opts).await.map_err(|e| match e {
+            CallError::Transport(e) | CallError::Refused(e) => e,
+        })?;
         let svc = service.to_string();
         check_headers(&svc, &res)?;
         let s = async_stream::stream! {
@@ -258,10 +312,11 @@ impl Client {
         body: Body,
         timeout: Duration,
         opts: &CallOptions,
-    ) -> Result<http::Response<hyper::body::Incoming>, Transport> {
+    ) -> Result<http::Response<Incoming>, CallError> {
         let uri = format!("http://{node}{path}");
-        let mut req =
-            Request::post(uri).body(body).map_err(|e| Transport(Status::bad_request("micro", e.to_string())))?;
+        let mut req = Request::post(uri)
+            .body(body)
+            .map_err(|e| CallError::Refused(Status::bad_request("micro", e.to_string())))?;
         let h = req.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -279,25 +334,13 @@ impl Client {
         }
         for (k, v) in &opts.metadata {
             let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
-                .map_err(|_| Transport(Status::bad_request("micro", format!("invalid metadata key {k:?}"))))?;
-            let value = http::HeaderValue::from_str(v)
-                .map_err(|_| Transport(Status::bad_request("micro", format!("invalid metadata value for {k}"))))?;
+                .map_err(|_| CallError::Refused(Status::bad_request("micro", format!("invalid metadata key {k:?}"))))?;
+            let value = http::HeaderValue::from_str(v).map_err(|_| {
+                CallError::Refused(Status::bad_request("micro", format!("invalid metadata value for {k}")))
+            })?;
             h.insert(name, value);
         }
-        if !h.contains_key(micro_core::metadata::REQUEST_ID)
-            && let Ok(v) = http::HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
-        {
-            h.insert(micro_core::metadata::REQUEST_ID, v);
-        }
-        self.inner.http.request(req).await.map_err(|e| {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg = format!("{msg}: {s}");
-                src = s.source();
-            }
-            Transport(Status::unavailable("micro", format!("cannot reach {node}: {msg}")))
-        })
+        self.stack.clone().oneshot(req).await
     }
 
     /// The address to send a call to: the proxy, or a node of the service.

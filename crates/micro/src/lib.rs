@@ -37,6 +37,7 @@ mod client;
 pub mod debug;
 pub mod frame;
 mod handler;
+pub mod layer;
 pub mod log;
 pub mod metrics;
 pub mod proto;
@@ -51,7 +52,7 @@ pub mod transcode;
 pub use client::{CallOptions, Client, DEFAULT_TIMEOUT};
 pub use handler::{Context, namespace, namespace_of};
 pub use micro_core::{Code, Status, metadata};
-pub use router::{Router, RouterBuilder, grpc_path, json_error, json_response, split_grpc_path};
+pub use router::{LayeredRouter, Router, RouterBuilder, grpc_path, json_error, json_response, split_grpc_path};
 pub use service::{DEFAULT_TTL, Running, Service};
 
 /// Where services and the CLI find the server when `MICRO_SERVER` is unset.

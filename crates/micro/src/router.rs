@@ -3,7 +3,8 @@
 
 use crate::frame::{self, FrameReader};
 use crate::handler::{Context, Handler, Output};
-use crate::metrics::{Metrics, ObservedBody};
+use crate::layer::{AuthLayer, Authorize, DeadlineLayer, MetricsLayer, TraceLayer};
+use crate::metrics::Metrics;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, header};
 use http_body::Body as HttpBody;
@@ -15,13 +16,15 @@ use prost_reflect::{DescriptorPool, MethodDescriptor};
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
 use tonic::body::Body;
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
 /// A tonic-generated server (or any gRPC tower service), type-erased.
 pub(crate) type GrpcService = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+/// A router behind the shared layers, ready to serve (see [`Router::layered`]).
+pub type LayeredRouter = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
 /// Routes calls to a server's handlers. Cheap to clone.
 #[derive(Clone)]
@@ -222,7 +225,7 @@ impl Router {
         self.inner.grpc.keys().cloned().collect()
     }
 
-    /// Serves one HTTP request.
+    /// Serves one HTTP request, without the layers (see [`Router::layered`]).
     pub async fn call<B>(&self, req: Request<B>) -> Response<Body>
     where
         B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
@@ -249,40 +252,25 @@ impl Router {
             };
             return self.error(mode, &st);
         };
-        let endpoint = split_grpc_path(&path).map(|(_, e)| e).unwrap_or_else(|| path.clone());
-        let start = Instant::now();
-        let timeout = req
-            .headers()
-            .get(micro_core::metadata::GRPC_TIMEOUT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(micro_core::metadata::parse_grpc_timeout);
-        let fut = self.dispatch(mode, path, req);
-        let res = match timeout {
-            Some(t) => match tokio::time::timeout(t, fut).await {
-                Ok(r) => r,
-                Err(_) => {
-                    self.error(mode, &Status::deadline_exceeded(&self.inner.id, format!("deadline of {t:?} exceeded")))
-                }
-            },
-            None => fut.await,
-        };
-        self.observe(&endpoint, start, mode, res)
+        self.dispatch(mode, path, req).await
     }
 
-    fn observe(&self, endpoint: &str, start: Instant, mode: Mode, res: Response<Body>) -> Response<Body> {
-        let metrics = self.inner.metrics.clone();
-        let ep: Arc<str> = Arc::from(endpoint);
-        if mode == Mode::HttpJson {
-            metrics.observe(&self.inner.id, &ep, Code::from_http(res.status().as_u16()), start.elapsed());
-            return res;
-        }
-        if let Some(r) = micro_core::Status::from_grpc_headers(res.headers()) {
-            let code = r.err().map(|s| s.code()).unwrap_or(Code::Ok);
-            metrics.observe(&self.inner.id, &ep, code, start.elapsed());
-            return res;
-        }
-        let id: Arc<str> = Arc::from(self.inner.id.as_str());
-        res.map(|b| Body::new(ObservedBody::new(b, metrics, id, ep, start)))
+    /// The router behind the shared layers ([`crate::layer`]): trace context, metrics,
+    /// deadlines and, when given, an auth hook. This is what a server serves.
+    pub fn layered(&self, auth: Option<Arc<dyn Authorize>>) -> LayeredRouter {
+        let id = self.inner.id.as_str();
+        let router = self.clone();
+        let inner = tower::service_fn(move |req: Request<Body>| {
+            let r = router.clone();
+            async move { Ok::<_, Infallible>(r.call(req).await) }
+        });
+        let stack = tower::ServiceBuilder::new()
+            .layer(TraceLayer::new(id))
+            .layer(MetricsLayer::new(id, self.inner.metrics.clone()))
+            .layer(DeadlineLayer::new(id))
+            .option_layer(auth.map(AuthLayer::new))
+            .service(inner);
+        LayeredRouter::new(stack)
     }
 
     fn error(&self, mode: Mode, st: &Status) -> Response<Body> {

@@ -2,6 +2,7 @@
 
 use crate::Client;
 use crate::handler::{Context, Handler, ServerStream, Unary};
+use crate::layer::Authorize;
 use crate::metrics::Metrics;
 use crate::registry::{Node, RemoteRegistry};
 use crate::router::{GrpcService, Router, RouterBuilder};
@@ -23,6 +24,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::body::Body;
 use tonic::server::NamedService;
+use tower::ServiceExt;
 
 /// Default lease of a registration; the service refreshes it every third of it.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(15);
@@ -59,6 +61,7 @@ pub struct Service {
     grpc: Vec<(String, GrpcService)>,
     descriptors: Vec<Vec<u8>>,
     handlers: Vec<(String, Arc<dyn Handler>)>,
+    auth: Option<Arc<dyn Authorize>>,
 }
 
 impl Service {
@@ -77,6 +80,7 @@ impl Service {
             grpc: Vec::new(),
             descriptors: Vec::new(),
             handlers: Vec::new(),
+            auth: None,
         }
     }
 
@@ -119,6 +123,12 @@ impl Service {
     /// Registers in this registry instead of a server's.
     pub fn registry(mut self, r: Arc<dyn Registry>) -> Self {
         self.registry = Some(r);
+        self
+    }
+
+    /// Runs `hook` on every incoming call before its handler (see [`crate::layer`]).
+    pub fn auth(mut self, hook: Arc<dyn Authorize>) -> Self {
+        self.auth = Some(hook);
         self
     }
 
@@ -256,12 +266,12 @@ impl Service {
         tracing::info!(service = %name, address = %addr, node = %record.nodes[0].id, "registered");
         let heartbeat = tokio::spawn(heartbeat(registry.clone(), self.namespace.clone(), record.clone(), self.ttl));
         let (tx, rx) = oneshot::channel::<()>();
-        let r = router.clone();
+        let stack = router.layered(self.auth.clone());
         let serving = tokio::spawn(crate::server::serve(
             listener,
-            move |req| {
-                let r = r.clone();
-                async move { r.call(req).await }
+            move |req: http::Request<hyper::body::Incoming>| {
+                let svc = stack.clone();
+                async move { svc.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {}) }
             },
             async {
                 let _ = rx.await;

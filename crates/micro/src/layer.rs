@@ -1,0 +1,478 @@
+//! The layers every call passes through, as tower layers shared by the client, every
+//! service's server, the gateway and the proxy:
+//!
+//! - [`TraceLayer`]: makes sure the call carries a request id (`micro-id`) and a W3C
+//!   `traceparent`, and runs it inside a `tracing` span holding both;
+//! - [`AuthLayer`]: runs an [`Authorize`] hook that may refuse the call or rewrite its
+//!   metadata (a server checks credentials, a client attaches them);
+//! - [`DeadlineLayer`]: enforces `grpc-timeout` (and sets it from a default when absent),
+//!   answering `deadline_exceeded` when it passes;
+//! - [`MetricsLayer`]: records every call by service, endpoint and code.
+//!
+//! A refusal is answered in the caller's protocol: gRPC trailers for gRPC, the JSON error
+//! body for HTTP, or an error value on the client side (see [`Reject`]).
+
+use crate::metrics::{Metrics, ObservedBody};
+use crate::router::{json_error, split_grpc_path};
+use futures::future::BoxFuture;
+use http::{HeaderValue, Request, Response, header};
+use micro_core::metadata::{CONTENT_TYPE_GRPC, CONTENT_TYPE_GRPC_JSON, GRPC_TIMEOUT, REQUEST_ID, TRACEPARENT};
+use micro_core::{Code, Status};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tonic::body::Body;
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+/// How a layer refuses a call: the outcome it returns instead of calling inward.
+pub trait Reject: Sized {
+    /// The outcome for `status`, given the request's content type.
+    fn reject(status: Status, content_type: &str) -> Self;
+}
+
+impl Reject for Result<Response<Body>, Infallible> {
+    fn reject(status: Status, content_type: &str) -> Self {
+        Ok(error_response(&status, content_type))
+    }
+}
+
+/// An error answer in the protocol of `content_type`: gRPC (protobuf or JSON codec) or
+/// the JSON error body with the mapped HTTP status.
+pub fn error_response(status: &Status, content_type: &str) -> Response<Body> {
+    if content_type == CONTENT_TYPE_GRPC_JSON {
+        crate::frame::error_response(status, CONTENT_TYPE_GRPC_JSON)
+    } else if content_type.starts_with(CONTENT_TYPE_GRPC) {
+        crate::frame::error_response(status, CONTENT_TYPE_GRPC)
+    } else {
+        json_error(status)
+    }
+}
+
+fn content_type<B>(req: &Request<B>) -> String {
+    req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+}
+
+/// A hook that checks (server side) or decorates (client side) a call before it runs.
+#[async_trait::async_trait]
+pub trait Authorize: Send + Sync + 'static {
+    /// Returns an error to refuse the call; may change its headers (metadata).
+    async fn authorize(&self, request: &mut http::request::Parts) -> Result<(), Status>;
+}
+
+/// Runs an [`Authorize`] hook before the call.
+#[derive(Clone)]
+pub struct AuthLayer {
+    hook: Arc<dyn Authorize>,
+}
+
+impl AuthLayer {
+    /// A layer running `hook`.
+    pub fn new(hook: Arc<dyn Authorize>) -> AuthLayer {
+        AuthLayer { hook }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth { inner, hook: self.hook.clone() }
+    }
+}
+
+/// The service of [`AuthLayer`].
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    hook: Arc<dyn Authorize>,
+}
+
+impl<S, B> Service<Request<B>> for Auth<S>
+where
+    S: Service<Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    Result<S::Response, S::Error>: Reject,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // The ready service goes with this call; a fresh clone waits for the next.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let hook = self.hook.clone();
+        Box::pin(async move {
+            let ct = content_type(&req);
+            let (mut parts, body) = req.into_parts();
+            match hook.authorize(&mut parts).await {
+                Ok(()) => inner.call(Request::from_parts(parts, body)).await,
+                Err(st) => Reject::reject(st, &ct),
+            }
+        })
+    }
+}
+
+/// Enforces the call's deadline (`grpc-timeout`), setting it from a default when absent.
+#[derive(Clone, Default)]
+pub struct DeadlineLayer {
+    id: Arc<str>,
+    default: Option<Duration>,
+}
+
+impl DeadlineLayer {
+    /// A layer whose errors carry `id` (the service name), with no default deadline.
+    pub fn new(id: &str) -> DeadlineLayer {
+        DeadlineLayer { id: Arc::from(id), default: None }
+    }
+
+    /// Gives calls without a deadline this one.
+    pub fn default_timeout(mut self, timeout: Duration) -> DeadlineLayer {
+        self.default = Some(timeout).filter(|t| !t.is_zero());
+        self
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+    fn layer(&self, inner: S) -> Deadline<S> {
+        Deadline { inner, id: self.id.clone(), default: self.default }
+    }
+}
+
+/// The service of [`DeadlineLayer`].
+#[derive(Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    id: Arc<str>,
+    default: Option<Duration>,
+}
+
+impl<S, B> Service<Request<B>> for Deadline<S>
+where
+    S: Service<Request<B>>,
+    S::Future: Send + 'static,
+    Result<S::Response, S::Error>: Reject,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let given = req
+            .headers()
+            .get(GRPC_TIMEOUT)
+            .and_then(|v| v.to_str().ok())
+            .and_then(micro_core::metadata::parse_grpc_timeout);
+        let timeout = given.or(self.default);
+        if given.is_none()
+            && let Some(t) = timeout
+            && let Ok(v) = HeaderValue::from_str(&micro_core::metadata::format_grpc_timeout(t))
+        {
+            req.headers_mut().insert(GRPC_TIMEOUT, v);
+        }
+        let ct = content_type(&req);
+        let id = self.id.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let Some(t) = timeout else { return fut.await };
+            match tokio::time::timeout(t, fut).await {
+                Ok(r) => r,
+                Err(_) => Reject::reject(Status::deadline_exceeded(&*id, format!("deadline of {t:?} exceeded")), &ct),
+            }
+        })
+    }
+}
+
+/// Gives every call a request id and trace context, and a span carrying them.
+#[derive(Clone)]
+pub struct TraceLayer {
+    id: Arc<str>,
+}
+
+impl TraceLayer {
+    /// A layer naming spans after `id` (the service, or `api`/`proxy`/`client`).
+    pub fn new(id: &str) -> TraceLayer {
+        TraceLayer { id: Arc::from(id) }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+    fn layer(&self, inner: S) -> Trace<S> {
+        Trace { inner, id: self.id.clone() }
+    }
+}
+
+/// The service of [`TraceLayer`].
+#[derive(Clone)]
+pub struct Trace<S> {
+    inner: S,
+    id: Arc<str>,
+}
+
+/// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let ok = parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1].bytes().any(|b| b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].bytes().any(|b| b != b'0')
+        && hex(parts[3], 2);
+    if ok { Some(parts[1]) } else { None }
+}
+
+/// A new sampled `traceparent` with random ids.
+pub fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}
+
+impl<S, B> Service<Request<B>> for Trace<S>
+where
+    S: Service<Request<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = tracing::instrument::Instrumented<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let h = req.headers_mut();
+        if h.get(REQUEST_ID).is_none_or(|v| v.is_empty())
+            && let Ok(v) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+        {
+            h.insert(REQUEST_ID, v);
+        }
+        if h.get(TRACEPARENT).and_then(|v| v.to_str().ok()).is_none_or(|t| trace_id(t).is_none())
+            && let Ok(v) = HeaderValue::from_str(&new_traceparent())
+        {
+            h.insert(TRACEPARENT, v);
+        }
+        let trace = h.get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(trace_id).unwrap_or("").to_string();
+        let request = h.get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let span = tracing::debug_span!("call", service = %self.id, path = %req.uri().path(), trace_id = %trace, request_id = %request);
+        self.inner.call(req).instrument(span)
+    }
+}
+
+/// Records every call in [`Metrics`] by service, endpoint and code; streamed replies are
+/// recorded when their body ends.
+#[derive(Clone)]
+pub struct MetricsLayer {
+    id: Arc<str>,
+    metrics: Metrics,
+}
+
+impl MetricsLayer {
+    /// A layer recording into `metrics` under the service name `id`.
+    pub fn new(id: &str, metrics: Metrics) -> MetricsLayer {
+        MetricsLayer { id: Arc::from(id), metrics }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = Measured<S>;
+    fn layer(&self, inner: S) -> Measured<S> {
+        Measured { inner, id: self.id.clone(), metrics: self.metrics.clone() }
+    }
+}
+
+/// The service of [`MetricsLayer`].
+#[derive(Clone)]
+pub struct Measured<S> {
+    inner: S,
+    id: Arc<str>,
+    metrics: Metrics,
+}
+
+/// The endpoint (`Handler.Method`) a path names, for gRPC and HTTP JSON calls alike.
+fn endpoint_of(path: &str) -> Option<String> {
+    if let Some((_, e)) = split_grpc_path(path) {
+        return Some(e);
+    }
+    let (service, endpoint) = path.strip_prefix('/')?.split_once('/')?;
+    let (h, m) = endpoint.split_once('.')?;
+    (!service.is_empty() && !h.is_empty() && !m.is_empty() && !m.contains(['.', '/'])).then(|| endpoint.to_string())
+}
+
+impl<S, B> Service<Request<B>> for Measured<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let grpc = content_type(&req).starts_with(CONTENT_TYPE_GRPC);
+        let endpoint = endpoint_of(req.uri().path());
+        let (id, metrics) = (self.id.clone(), self.metrics.clone());
+        let start = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await?;
+            // Unknown paths share one series, so junk requests cannot grow the table.
+            let name = |code: Code| -> Arc<str> {
+                match &endpoint {
+                    Some(e) if !matches!(code, Code::NotFound | Code::Unimplemented) => Arc::from(e.as_str()),
+                    _ => Arc::from("_unknown"),
+                }
+            };
+            if !grpc {
+                let code = Code::from_http(res.status().as_u16());
+                metrics.observe(&id, &name(code), code, start.elapsed());
+                return Ok(res);
+            }
+            if let Some(r) = Status::from_grpc_headers(res.headers()) {
+                let code = r.err().map(|s| s.code()).unwrap_or(Code::Ok);
+                metrics.observe(&id, &name(code), code, start.elapsed());
+                return Ok(res);
+            }
+            let ep = name(Code::Ok);
+            Ok(res.map(|b| Body::new(ObservedBody::new(b, metrics, id, ep, start))))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    struct NeedsToken;
+
+    #[async_trait::async_trait]
+    impl Authorize for NeedsToken {
+        async fn authorize(&self, req: &mut http::request::Parts) -> Result<(), Status> {
+            match req.headers.get("authorization") {
+                Some(v) if v == "Bearer ok" => {
+                    req.headers.insert("micro-account", HeaderValue::from_static("alice"));
+                    Ok(())
+                }
+                _ => Err(Status::new(Code::Unauthenticated, "test", "a token is required")),
+            }
+        }
+    }
+
+    fn echo_account(req: Request<Body>) -> std::future::Ready<Result<Response<Body>, Infallible>> {
+        let who = req.headers().get("micro-account").cloned();
+        let mut res = Response::new(Body::empty());
+        if let Some(w) = who {
+            res.headers_mut().insert("micro-account", w);
+        }
+        std::future::ready(Ok(res))
+    }
+
+    fn request(ct: &str, headers: &[(&'static str, &'static str)]) -> Request<Body> {
+        let mut r = Request::post("/test.Handler/Method").header(header::CONTENT_TYPE, ct).body(Body::empty()).unwrap();
+        for (k, v) in headers {
+            r.headers_mut().insert(*k, HeaderValue::from_static(v));
+        }
+        r
+    }
+
+    #[tokio::test]
+    async fn auth_refuses_in_the_callers_protocol_and_may_add_metadata() {
+        let svc = ServiceBuilder::new().layer(AuthLayer::new(Arc::new(NeedsToken))).service_fn(echo_account);
+        let res = svc.clone().oneshot(request("application/json", &[])).await.unwrap();
+        assert_eq!(res.status(), 401);
+        let res = svc.clone().oneshot(request("application/grpc", &[])).await.unwrap();
+        assert_eq!(res.headers()["grpc-status"], "16");
+        let res = svc.oneshot(request("application/json", &[("authorization", "Bearer ok")])).await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["micro-account"], "alice");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_from_the_header_or_the_default() {
+        let slow = tower::service_fn(|_req: Request<Body>| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<_, Infallible>(Response::new(Body::empty()))
+        });
+        let svc =
+            ServiceBuilder::new().layer(DeadlineLayer::new("t").default_timeout(Duration::from_secs(1))).service(slow);
+        let res = svc.clone().oneshot(request("application/grpc", &[("grpc-timeout", "100m")])).await.unwrap();
+        assert_eq!(res.headers()["grpc-status"], "4");
+        let res = svc.oneshot(request("application/json", &[])).await.unwrap();
+        assert_eq!(res.status(), 504);
+        // The default is written into the request for the next hop.
+        let seen = tower::service_fn(|req: Request<Body>| async move {
+            let mut res = Response::new(Body::empty());
+            if let Some(v) = req.headers().get("grpc-timeout") {
+                res.headers_mut().insert("seen", v.clone());
+            }
+            Ok::<_, Infallible>(res)
+        });
+        let svc = DeadlineLayer::new("t").default_timeout(Duration::from_secs(2)).layer(seen);
+        let res = svc.oneshot(request("application/grpc", &[])).await.unwrap();
+        assert_eq!(res.headers()["seen"], "2000m");
+    }
+
+    #[tokio::test]
+    async fn trace_context_is_kept_when_valid_and_made_when_not() {
+        let seen = tower::service_fn(|req: Request<Body>| async move {
+            let mut res = Response::new(Body::empty());
+            for k in [TRACEPARENT, REQUEST_ID] {
+                if let Some(v) = req.headers().get(k) {
+                    res.headers_mut().insert(k, v.clone());
+                }
+            }
+            Ok::<_, Infallible>(res)
+        });
+        let svc = TraceLayer::new("t").layer(seen);
+        let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let res = svc.clone().oneshot(request("application/grpc", &[("traceparent", given)])).await.unwrap();
+        assert_eq!(res.headers()[TRACEPARENT], given);
+        assert!(!res.headers()[REQUEST_ID].is_empty());
+        let res = svc.oneshot(request("application/grpc", &[("traceparent", "junk")])).await.unwrap();
+        let made = res.headers()[TRACEPARENT].to_str().unwrap();
+        assert!(trace_id(made).is_some(), "{made}");
+        assert_ne!(made, "junk");
+    }
+
+    #[tokio::test]
+    async fn metrics_by_endpoint_with_unknown_paths_in_one_series() {
+        let metrics = Metrics::default();
+        let not_found = tower::service_fn(|req: Request<Body>| async move {
+            let st = if req.uri().path().ends_with("Handler.Method") { Code::Ok } else { Code::NotFound };
+            let mut res = Response::new(Body::empty());
+            *res.status_mut() = http::StatusCode::from_u16(st.http()).unwrap();
+            Ok::<_, Infallible>(res)
+        });
+        let svc = MetricsLayer::new("t", metrics.clone()).layer(not_found);
+        for path in ["/t/Handler.Method", "/t/Junk.One", "/t/Junk.Two", "/nothing"] {
+            let req = Request::post(path).header(header::CONTENT_TYPE, "application/json").body(Body::empty()).unwrap();
+            svc.clone().oneshot(req).await.unwrap();
+        }
+        let text = metrics.render();
+        assert!(text.contains(r#"endpoint="Handler.Method""#), "{text}");
+        assert!(!text.contains("Junk"), "{text}");
+        assert_eq!(metrics.totals().requests, 4);
+        assert_eq!(metrics.totals().errors, 3);
+    }
+}
