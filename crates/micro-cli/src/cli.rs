@@ -106,7 +106,7 @@ pub(crate) enum Command {
     New {
         /// Service name: lowercase letters, digits and '-'.
         name: String,
-        /// Directory to create (default ./<name>).
+        /// Directory to create (default: ./NAME).
         #[arg(long)]
         dir: Option<std::path::PathBuf>,
         /// Path of the micro framework crate to depend on (default: this build's checkout).

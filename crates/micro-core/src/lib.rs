@@ -2,8 +2,9 @@
 //!
 //! This crate holds what every part of Micro agrees on and what other implementations
 //! build against: the wire [`Status`] with its fixed [`Code`] table, the metadata keys
-//! carried on every call, namespaces, and the service interfaces (starting with the
-//! [`Registry`](registry::Registry)). It has few dependencies and changes rarely.
+//! carried on every call, namespaces, and the service interfaces: [`Registry`](registry::Registry),
+//! [`Store`](store::Store), [`Events`](events::Events), [`Broker`](broker::Broker),
+//! [`Config`](config::Config), [`Sync`](sync::Sync) and [`Blob`](blob::Blob). It has few dependencies and changes rarely.
 //!
 //! ```
 //! use micro_core::{Code, Status};
@@ -15,9 +16,15 @@
 //! assert_eq!(body["status"], "Not Found");
 //! ```
 
+pub mod blob;
+pub mod broker;
+pub mod config;
+pub mod events;
 pub mod metadata;
 pub mod namespace;
 pub mod registry;
+pub mod store;
+pub mod sync;
 mod status;
 
 pub use status::{Code, Status, reason};

@@ -1,0 +1,142 @@
+//! The store: key-value records scoped by database (a namespace) and table (by default
+//! the calling service).
+
+use crate::Status;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The longest key, in bytes.
+pub const MAX_KEY: usize = 1024;
+/// The largest value, in bytes (use blobs for more).
+pub const MAX_VALUE: usize = 1024 * 1024;
+
+/// One record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The key: 1 to [`MAX_KEY`] bytes of UTF-8 without NUL.
+    pub key: String,
+    /// The value: up to [`MAX_VALUE`] bytes.
+    pub value: Vec<u8>,
+    /// Free-form metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// When the record expires, in Unix milliseconds (`None`: never). Set on reads.
+    #[serde(default)]
+    pub expiry: Option<u64>,
+}
+
+impl Record {
+    /// A record with `key` and `value` and no metadata.
+    pub fn new(key: impl Into<String>, value: impl Into<Vec<u8>>) -> Record {
+        Record { key: key.into(), value: value.into(), ..Default::default() }
+    }
+}
+
+/// Where records live: a database (the namespace) and a table in it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Table {
+    /// The database: a namespace.
+    pub database: String,
+    /// The table: by default the calling service's name.
+    pub table: String,
+}
+
+impl Table {
+    /// The table `table` of database `database`.
+    pub fn new(database: impl Into<String>, table: impl Into<String>) -> Table {
+        Table { database: database.into(), table: table.into() }
+    }
+
+    /// Checks both names (namespace rules for the database; 1–128 of `a-z A-Z 0-9 . _ -`
+    /// for the table).
+    pub fn validate(&self) -> Result<(), Status> {
+        crate::namespace::validate(&self.database)
+            .map_err(|_| Status::bad_request("store", format!("invalid database {:?}", self.database)))?;
+        let t = &self.table;
+        let ok = !t.is_empty() && t.len() <= 128 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if ok { Ok(()) } else { Err(Status::bad_request("store", format!("invalid table {t:?}"))) }
+    }
+}
+
+/// Key order of multi-record reads and lists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// Ascending by key (the default).
+    #[default]
+    Asc,
+    /// Descending by key.
+    Desc,
+}
+
+/// How a read or list matches keys. With neither `prefix` nor `suffix`, a read takes the
+/// exact key (and a list takes every key).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Query {
+    /// The key is a prefix.
+    #[serde(default)]
+    pub prefix: bool,
+    /// The key is a suffix.
+    #[serde(default)]
+    pub suffix: bool,
+    /// At most this many records (0: no limit).
+    #[serde(default)]
+    pub limit: u32,
+    /// Skip this many first.
+    #[serde(default)]
+    pub offset: u32,
+    /// Key order.
+    #[serde(default)]
+    pub order: Order,
+}
+
+/// The store interface.
+///
+/// Expired records are never returned (and are purged in the background).
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Records matching `key` as `query` says. An exact read of a missing key is
+    /// `NotFound`; a prefix or suffix read may return none.
+    async fn read(&self, table: &Table, key: &str, query: &Query) -> Result<Vec<Record>, Status>;
+    /// Writes (creates or replaces) a record, expiring after `ttl` when given (otherwise
+    /// at `record.expiry`, if set).
+    async fn write(&self, table: &Table, record: &Record, ttl: Option<Duration>) -> Result<(), Status>;
+    /// Deletes a record; `NotFound` when there was none.
+    async fn delete(&self, table: &Table, key: &str) -> Result<(), Status>;
+    /// Keys matching `key` as `query` says (an empty key with no flags lists every key).
+    async fn list(&self, table: &Table, key: &str, query: &Query) -> Result<Vec<String>, Status>;
+    /// The databases holding records.
+    async fn databases(&self) -> Result<Vec<String>, Status>;
+    /// The tables of a database holding records.
+    async fn tables(&self, database: &str) -> Result<Vec<String>, Status>;
+}
+
+/// Checks a key: 1 to [`MAX_KEY`] bytes, no NUL.
+pub fn validate_key(key: &str) -> Result<(), Status> {
+    if key.is_empty() {
+        return Err(Status::bad_request("store", "the key is empty"));
+    }
+    if key.len() > MAX_KEY {
+        return Err(Status::bad_request("store", format!("the key is longer than {MAX_KEY} bytes")));
+    }
+    if key.contains('\0') {
+        return Err(Status::bad_request("store", "the key contains NUL"));
+    }
+    Ok(())
+}
+
+/// Checks a record before it is written.
+pub fn validate_record(record: &Record) -> Result<(), Status> {
+    validate_key(&record.key)?;
+    if record.value.len() > MAX_VALUE {
+        let detail = format!("the value is {} bytes; the limit is {MAX_VALUE}", record.value.len());
+        return Err(Status::bad_request("store", detail));
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
