@@ -1,6 +1,8 @@
 //! Test helpers: a `micro server` on `127.0.0.1:0`, a raw HTTP/1.1 client, and
 //! `eventually` for conditions that become true asynchronously.
 
+pub mod conformance;
+
 use std::future::Future;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
