@@ -30,8 +30,14 @@ pub type Chunks = BoxStream<Result<Bytes, Status>>;
 pub trait Blob: Send + Sync + 'static {
     /// Stores an object from a stream of chunks, replacing any with the same key. Fails
     /// (storing nothing) when the stream fails or exceeds the size limit.
-    async fn put(&self, namespace: &str, bucket: &str, key: &str, content_type: &str, data: Chunks)
-    -> Result<BlobInfo, Status>;
+    async fn put(
+        &self,
+        namespace: &str,
+        bucket: &str,
+        key: &str,
+        content_type: &str,
+        data: Chunks,
+    ) -> Result<BlobInfo, Status>;
     /// An object's info and its content as a stream; `NotFound` when absent.
     async fn get(&self, namespace: &str, bucket: &str, key: &str) -> Result<(BlobInfo, Chunks), Status>;
     /// Objects of a bucket whose keys start with `prefix`, by key; `NotFound` for a

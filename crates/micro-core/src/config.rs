@@ -43,7 +43,9 @@ pub fn parse_path(path: &str) -> Result<Vec<&str>, Status> {
     }
     let segs: Vec<&str> = path.split('.').collect();
     let ok = path.len() <= 1024
-        && segs.iter().all(|s| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b)));
+        && segs.iter().all(|s| {
+            !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b))
+        });
     if ok {
         Ok(segs)
     } else {

@@ -23,9 +23,9 @@ pub mod events;
 pub mod metadata;
 pub mod namespace;
 pub mod registry;
+mod status;
 pub mod store;
 pub mod sync;
-mod status;
 
 pub use status::{Code, Status, reason};
 

@@ -28,7 +28,6 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next: AtomicUsize,
-    name: String,
 }
 
 /// A SQLite error as an internal status.
@@ -53,12 +52,11 @@ impl Db {
             c.execute_batch(&format!("PRAGMA synchronous={sync}; PRAGMA foreign_keys=ON;"))?;
             Ok(())
         };
-        let (writer, readers, name) = match path {
+        let (writer, readers) = match path {
             Some(p) => {
                 if let Some(dir) = p.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| {
-                        Status::internal("micro", format!("creating {}: {e}", dir.display()))
-                    })?;
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| Status::internal("micro", format!("creating {}: {e}", dir.display())))?;
                 }
                 let w = Connection::open(p).map_err(internal)?;
                 w.pragma_update(None, "journal_mode", "WAL").map_err(internal)?;
@@ -74,21 +72,21 @@ impl Db {
                     setup(&r).map_err(internal)?;
                     readers.push(Mutex::new(r));
                 }
-                (w, readers, p.display().to_string())
+                (w, readers)
             }
             None => {
                 let w = Connection::open_in_memory().map_err(internal)?;
                 setup(&w).map_err(internal)?;
                 w.execute_batch(schema).map_err(internal)?;
-                (w, Vec::new(), ":memory:".to_string())
+                (w, Vec::new())
             }
         };
-        Ok(Db { inner: Arc::new(Inner { writer: Mutex::new(writer), readers, next: AtomicUsize::new(0), name }) })
+        Ok(Db { inner: Arc::new(Inner { writer: Mutex::new(writer), readers, next: AtomicUsize::new(0) }) })
     }
 
-    /// The file it lives in (or `:memory:`).
-    pub(crate) fn name(&self) -> &str {
-        &self.inner.name
+    /// A handle that does not keep the database open (for background tasks).
+    pub(crate) fn downgrade(&self) -> WeakDb {
+        WeakDb(Arc::downgrade(&self.inner))
     }
 
     /// Runs `f` on the writer connection (inside it, use a transaction for several
@@ -120,6 +118,16 @@ impl Db {
         })
         .await
         .map_err(|e| Status::internal("micro", format!("database task: {e}")))?
+    }
+}
+
+/// A [`Db`] that does not keep it open.
+pub(crate) struct WeakDb(std::sync::Weak<Inner>);
+
+impl WeakDb {
+    /// The database, while some [`Db`] still holds it.
+    pub(crate) fn upgrade(&self) -> Option<Db> {
+        self.0.upgrade().map(|inner| Db { inner })
     }
 }
 
