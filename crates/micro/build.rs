@@ -1,5 +1,6 @@
 //! Compiles the core protos.
 
 fn main() {
-    micro_build::compile(&["../../proto/registry.proto"], &["../../proto"]).expect("compiling the core protos");
+    let protos = ["registry", "store", "events", "broker", "config", "sync"].map(|p| format!("../../proto/{p}.proto"));
+    micro_build::compile(&protos, &["../../proto"]).expect("compiling the core protos");
 }

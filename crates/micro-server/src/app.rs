@@ -1,6 +1,7 @@
 //! Starting and stopping the whole server.
 
 use crate::config::normalize_address;
+use crate::data;
 use crate::gateway::Gateway;
 use crate::proxy::Proxy;
 use crate::reflection::Reflection;
@@ -9,6 +10,7 @@ use crate::{Config, Error};
 use http::Request;
 use hyper::body::Incoming;
 use micro::layer::TraceLayer;
+use micro::proto as pb;
 use micro::registry::{MemoryRegistry, Node, Registry, Service};
 use micro::{Client, RouterBuilder};
 use std::collections::HashSet;
@@ -21,7 +23,7 @@ use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt};
 
 /// The core services registered by the server, all served through the proxy.
-pub const CORE_SERVICES: [&str; 3] = ["api", "proxy", "registry"];
+pub const CORE_SERVICES: [&str; 8] = ["api", "broker", "config", "events", "proxy", "registry", "store", "sync"];
 
 /// A running server.
 pub struct Running {
@@ -50,6 +52,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let proxy =
         proxy_listener.local_addr().map_err(|source| Error::Bind { address: config.proxy_address.clone(), source })?;
 
+    // The data plane: embedded, durable backends in the data directory.
+    let dir = micro_embedded::DataDir::new(&config.data_dir);
+    let store: Arc<dyn micro_core::store::Store> = Arc::new(micro_embedded::store::EmbeddedStore::open(&dir)?);
+    let blob: Arc<dyn micro_core::blob::Blob> = Arc::new(micro_embedded::blob::EmbeddedBlob::open(&dir)?);
+    let events: Arc<dyn micro_core::events::Events> = Arc::new(micro_embedded::events::EmbeddedEvents::open(&dir)?);
+    let broker: Arc<dyn micro_core::broker::Broker> = Arc::new(micro_embedded::broker::EmbeddedBroker::new());
+    let config_backend: Arc<dyn micro_core::config::Config> =
+        Arc::new(micro_embedded::config::EmbeddedConfig::open(&dir)?);
+    let sync: Arc<dyn micro_core::sync::Sync> = Arc::new(micro_embedded::sync::EmbeddedSync::open(&dir)?);
+
     let metrics = micro::metrics::Metrics::default();
     let mut core = RouterBuilder::new("micro")
         .metrics(metrics.clone())
@@ -57,7 +69,25 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .grpc_service(micro::proto::registry::registry_server::RegistryServer::new(RegistryService {
             registry: registry.clone(),
         }))
-        .standard_services(&[micro::proto::DESCRIPTOR.to_vec()], &["registry.Registry".to_string()])?;
+        .grpc_service(pb::store::store_server::StoreServer::new(data::StoreService { store }))
+        .grpc_service(pb::store::blob_server::BlobServer::new(data::BlobService { blob }))
+        .grpc_service(pb::events::events_server::EventsServer::new(data::EventsService { events }))
+        .grpc_service(pb::broker::broker_server::BrokerServer::new(data::BrokerService { broker }))
+        .grpc_service(pb::config::config_server::ConfigServer::new(data::ConfigService { config: config_backend }))
+        .grpc_service(pb::sync::sync_server::SyncServer::new(data::SyncService { sync }))
+        .standard_services(
+            &[micro::proto::DESCRIPTOR.to_vec()],
+            &[
+                "registry.Registry",
+                "store.Store",
+                "store.Blob",
+                "events.Events",
+                "broker.Broker",
+                "config.Config",
+                "sync.Sync",
+            ]
+            .map(String::from),
+        )?;
     // Reflection on the proxy answers for every registered service, not just the core.
     let reflection = Reflection::new(
         &[

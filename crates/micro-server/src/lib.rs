@@ -12,6 +12,7 @@
 
 mod app;
 mod config;
+mod data;
 pub mod gateway;
 mod proxy;
 mod reflection;

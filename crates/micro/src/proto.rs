@@ -10,6 +10,36 @@ pub mod registry {
     tonic::include_proto!("registry");
 }
 
+/// The store service's messages (Store and Blob), client and server.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+pub mod store {
+    tonic::include_proto!("store");
+}
+
+/// The events service's messages, client and server.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+pub mod events {
+    tonic::include_proto!("events");
+}
+
+/// The broker service's messages, client and server.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+pub mod broker {
+    tonic::include_proto!("broker");
+}
+
+/// The config service's messages, client and server.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+pub mod config {
+    tonic::include_proto!("config");
+}
+
+/// The sync service's messages, client and server.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+pub mod sync {
+    tonic::include_proto!("sync");
+}
+
 /// The encoded descriptor set of the core protos.
 pub const DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/micro_descriptor.bin"));
 
@@ -124,5 +154,141 @@ mod tests {
         };
         let p = registry::Service::from(&s);
         assert_eq!(core::Service::from(p), s);
+    }
+}
+
+/// A store record from the wire.
+impl From<store::Record> for micro_core::store::Record {
+    fn from(r: store::Record) -> Self {
+        micro_core::store::Record {
+            key: r.key,
+            value: r.value,
+            metadata: r.metadata.into_iter().collect(),
+            expiry: (r.expiry > 0).then_some(r.expiry as u64),
+        }
+    }
+}
+
+/// A store record for the wire.
+impl From<&micro_core::store::Record> for store::Record {
+    fn from(r: &micro_core::store::Record) -> Self {
+        store::Record {
+            key: r.key.clone(),
+            value: r.value.clone(),
+            metadata: r.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            expiry: r.expiry.unwrap_or(0) as i64,
+        }
+    }
+}
+
+/// The query flags of store options.
+pub fn query_of(o: &store::Options) -> Result<micro_core::store::Query, micro_core::Status> {
+    use micro_core::store::Order;
+    let order = match o.order.to_ascii_lowercase().as_str() {
+        "" | "asc" => Order::Asc,
+        "desc" => Order::Desc,
+        other => {
+            return Err(micro_core::Status::bad_request("store", format!("order {other:?}: use asc or desc")));
+        }
+    };
+    Ok(micro_core::store::Query { prefix: o.prefix, suffix: o.suffix, limit: o.limit, offset: o.offset, order })
+}
+
+/// Store options carrying a query and a table.
+pub fn options_of(q: &micro_core::store::Query, table: &micro_core::store::Table) -> store::Options {
+    store::Options {
+        database: table.database.clone(),
+        table: table.table.clone(),
+        prefix: q.prefix,
+        suffix: q.suffix,
+        limit: q.limit,
+        offset: q.offset,
+        order: match q.order {
+            micro_core::store::Order::Asc => "asc".into(),
+            micro_core::store::Order::Desc => "desc".into(),
+        },
+    }
+}
+
+/// Blob info from the wire.
+impl From<store::BlobInfo> for micro_core::blob::BlobInfo {
+    fn from(b: store::BlobInfo) -> Self {
+        micro_core::blob::BlobInfo {
+            bucket: b.bucket,
+            key: b.key,
+            size: b.size,
+            content_type: b.content_type,
+            modified: b.modified,
+        }
+    }
+}
+
+/// Blob info for the wire.
+impl From<&micro_core::blob::BlobInfo> for store::BlobInfo {
+    fn from(b: &micro_core::blob::BlobInfo) -> Self {
+        store::BlobInfo {
+            bucket: b.bucket.clone(),
+            key: b.key.clone(),
+            size: b.size,
+            content_type: b.content_type.clone(),
+            modified: b.modified,
+        }
+    }
+}
+
+/// An event from the wire.
+impl From<events::Event> for micro_core::events::Event {
+    fn from(e: events::Event) -> Self {
+        micro_core::events::Event {
+            topic: e.topic,
+            seq: e.seq,
+            timestamp: e.timestamp,
+            key: e.key,
+            metadata: e.metadata.into_iter().collect(),
+            payload: e.payload,
+        }
+    }
+}
+
+/// An event for the wire.
+impl From<&micro_core::events::Event> for events::Event {
+    fn from(e: &micro_core::events::Event) -> Self {
+        events::Event {
+            topic: e.topic.clone(),
+            seq: e.seq,
+            timestamp: e.timestamp,
+            key: e.key.clone(),
+            metadata: e.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            payload: e.payload.clone(),
+        }
+    }
+}
+
+/// An events offset from its text form: `new`, `first`, `seq:<n>`, `time:<unix ms>`
+/// (or an RFC 3339-free plain number of milliseconds after `time:`).
+pub fn parse_offset(s: &str) -> Result<micro_core::events::Offset, micro_core::Status> {
+    use micro_core::events::Offset;
+    let bad = || {
+        micro_core::Status::bad_request("events", format!("offset {s:?}: use new, first, seq:<n> or time:<unix ms>"))
+    };
+    Ok(match s {
+        "" | "new" => Offset::New,
+        "first" => Offset::First,
+        _ => match s.split_once(':') {
+            Some(("seq", n)) => Offset::Seq(n.parse().map_err(|_| bad())?),
+            Some(("time", n)) => Offset::Time(n.parse().map_err(|_| bad())?),
+            _ => return Err(bad()),
+        },
+    })
+}
+
+/// The text form of an events offset (see [`parse_offset`]).
+pub fn format_offset(o: &micro_core::events::Offset) -> String {
+    use micro_core::events::Offset;
+    match o {
+        Offset::New => "new".into(),
+        Offset::First => "first".into(),
+        Offset::Seq(n) => format!("seq:{n}"),
+        Offset::Time(t) => format!("time:{t}"),
     }
 }

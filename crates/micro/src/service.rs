@@ -1,6 +1,7 @@
 //! The service builder: name it, add handlers, run it.
 
 use crate::Client;
+use crate::data::{BlobHandle, BrokerHandle, ConfigHandle, Data, EventsHandle, StoreHandle, SyncHandle};
 use crate::handler::{Context, Handler, ServerStream, Unary};
 use crate::layer::Authorize;
 use crate::metrics::Metrics;
@@ -62,6 +63,7 @@ pub struct Service {
     descriptors: Vec<Vec<u8>>,
     handlers: Vec<(String, Arc<dyn Handler>)>,
     auth: Option<Arc<dyn Authorize>>,
+    data: Option<Data>,
 }
 
 impl Service {
@@ -81,6 +83,7 @@ impl Service {
             descriptors: Vec::new(),
             handlers: Vec::new(),
             auth: None,
+            data: None,
         }
     }
 
@@ -130,6 +133,67 @@ impl Service {
     pub fn auth(mut self, hook: Arc<dyn Authorize>) -> Self {
         self.auth = Some(hook);
         self
+    }
+
+    /// Uses these data backends instead of the server's (for example embedded ones in
+    /// tests).
+    pub fn data(mut self, data: Data) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// The namespace this service acts in: as set, else `MICRO_NAMESPACE`, else `micro`.
+    fn effective_namespace(&self) -> String {
+        if self.namespace != namespace::DEFAULT {
+            return self.namespace.clone();
+        }
+        std::env::var("MICRO_NAMESPACE").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| self.namespace.clone())
+    }
+
+    /// The data backends: as set, else the server's (`.server()`, else `MICRO_SERVER`,
+    /// else the default address).
+    fn backends(&self) -> Data {
+        if let Some(d) = &self.data {
+            return d.clone();
+        }
+        let server = self
+            .server
+            .clone()
+            .or_else(|| std::env::var("MICRO_SERVER").ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| crate::DEFAULT_SERVER.to_string());
+        let ns = self.effective_namespace();
+        Data::remote(&server, &ns)
+    }
+
+    /// The store, scoped to this service's table in its namespace.
+    pub fn store(&self) -> StoreHandle {
+        let table = micro_core::store::Table::new(self.effective_namespace(), &self.name);
+        StoreHandle::new(self.backends().store, table)
+    }
+
+    /// Durable events in this service's namespace.
+    pub fn events(&self) -> EventsHandle {
+        EventsHandle::new(self.backends().events, &self.effective_namespace())
+    }
+
+    /// The ephemeral broker in this service's namespace.
+    pub fn broker(&self) -> BrokerHandle {
+        BrokerHandle::new(self.backends().broker, &self.effective_namespace())
+    }
+
+    /// Config of this service's namespace.
+    pub fn config(&self) -> ConfigHandle {
+        ConfigHandle::new(self.backends().config, &self.effective_namespace())
+    }
+
+    /// Locks and leader election in this service's namespace.
+    pub fn sync(&self) -> SyncHandle {
+        SyncHandle::new(self.backends().sync, &self.effective_namespace())
+    }
+
+    /// Objects in this service's namespace.
+    pub fn blob(&self) -> BlobHandle {
+        BlobHandle::new(self.backends().blob, &self.effective_namespace())
     }
 
     /// The registration lease (default 15 s).
