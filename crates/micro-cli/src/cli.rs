@@ -102,6 +102,38 @@ pub(crate) enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Read and write the store: micro store read|write|delete|list|databases|tables
+    Store {
+        #[command(subcommand)]
+        cmd: crate::data::StoreCmd,
+    },
+    /// Read and write config: micro config get|set|del
+    Config {
+        #[command(subcommand)]
+        cmd: crate::data::ConfigCmd,
+    },
+    /// Publish an event: micro publish orders '{"id":1}'
+    Publish {
+        topic: String,
+        /// The payload as JSON.
+        payload: String,
+        /// Ordering key: events with one key are consumed in order.
+        #[arg(long)]
+        key: Option<String>,
+        /// Metadata key=value (repeatable).
+        #[arg(long = "metadata", short = 'm')]
+        metadata: Vec<String>,
+    },
+    /// Consume or read events: micro events consume|read|topics
+    Events {
+        #[command(subcommand)]
+        cmd: crate::data::EventsCmd,
+    },
+    /// Store and fetch objects: micro blob put|get|list|delete
+    Blob {
+        #[command(subcommand)]
+        cmd: crate::data::BlobCmd,
+    },
     /// Create a new service project that builds, runs and has a passing test.
     New {
         /// Service name: lowercase letters, digits and '-'.
@@ -232,6 +264,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
             println!("next: cd {} && cargo test && cargo run", dir.display());
             Ok(())
         }
+        Command::Store { cmd } => crate::data::store(&c, cmd).await,
+        Command::Config { cmd } => crate::data::config(&c, cmd).await,
+        Command::Publish { topic, payload, key, metadata } => {
+            crate::data::publish(&c, &topic, &payload, key, &metadata).await
+        }
+        Command::Events { cmd } => crate::data::events(&c, cmd).await,
+        Command::Blob { cmd } => crate::data::blob(&c, cmd).await,
         Command::Services => {
             let services = c.registry()?.list_services(&c.namespace).await.map_err(status_err)?;
             if c.json {

@@ -1,6 +1,7 @@
 //! The `micro` binary: `micro server` and the command line.
 
 mod cli;
+mod data;
 mod dynamic;
 mod envs;
 mod new;
