@@ -134,28 +134,6 @@ impl From<registry::Service> for core::Service {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn service_round_trips_through_proto() {
-        let s = core::Service {
-            name: "helloworld".into(),
-            version: "1.0".into(),
-            metadata: [("a".to_string(), "b".to_string())].into(),
-            endpoints: vec![core::Endpoint {
-                name: "Greeter.Hello".into(),
-                request: serde_json::json!({"type":"object","properties":{"name":{"type":"string"}},"n":1.5}),
-                response: serde_json::json!({"type":"object"}),
-                metadata: Default::default(),
-            }],
-            nodes: vec![core::Node { id: "n1".into(), address: "127.0.0.1:1".into(), metadata: Default::default() }],
-        };
-        let p = registry::Service::from(&s);
-        assert_eq!(core::Service::from(p), s);
-    }
-}
 
 /// A store record from the wire.
 impl From<store::Record> for micro_core::store::Record {
@@ -290,5 +268,28 @@ pub fn format_offset(o: &micro_core::events::Offset) -> String {
         Offset::First => "first".into(),
         Offset::Seq(n) => format!("seq:{n}"),
         Offset::Time(t) => format!("time:{t}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_round_trips_through_proto() {
+        let s = core::Service {
+            name: "helloworld".into(),
+            version: "1.0".into(),
+            metadata: [("a".to_string(), "b".to_string())].into(),
+            endpoints: vec![core::Endpoint {
+                name: "Greeter.Hello".into(),
+                request: serde_json::json!({"type":"object","properties":{"name":{"type":"string"}},"n":1.5}),
+                response: serde_json::json!({"type":"object"}),
+                metadata: Default::default(),
+            }],
+            nodes: vec![core::Node { id: "n1".into(), address: "127.0.0.1:1".into(), metadata: Default::default() }],
+        };
+        let p = registry::Service::from(&s);
+        assert_eq!(core::Service::from(p), s);
     }
 }
