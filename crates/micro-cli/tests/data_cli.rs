@@ -26,7 +26,7 @@ async fn ok(server: &str, args: &[&str]) -> String {
         micro(&server, &args)
     })
     .await
-    .unwrap();
+    .expect("the command ran");
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     out
 }
@@ -39,7 +39,7 @@ async fn fails(server: &str, args: &[&str]) -> String {
         micro(&server, &args)
     })
     .await
-    .unwrap();
+    .expect("the command ran");
     assert_eq!(code, 1, "expected failure; stdout: {out}\nstderr: {err}");
     assert!(err.starts_with("error: ") && err.trim().lines().count() == 1, "one clear line: {err}");
     err
