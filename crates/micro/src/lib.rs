@@ -41,6 +41,7 @@ mod handler;
 pub mod layer;
 pub mod log;
 pub mod metrics;
+pub mod model;
 pub mod proto;
 pub mod registry;
 mod router;
