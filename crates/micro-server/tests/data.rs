@@ -30,6 +30,12 @@ async fn a_service_uses_its_handles_and_sees_only_its_namespace() {
     assert_eq!(store.scope().table, "inventory", "the table is named after the service");
     config.set("inventory.threshold", &serde_json::json!(5)).await.unwrap();
     assert_eq!(config.get_or("inventory.threshold", 0u32).await.unwrap(), 5);
+    // Local layers (file, env) win over the server's values and merge with them.
+    config.set("inventory.region", &serde_json::json!("eu")).await.unwrap();
+    let layered = micro::data::ConfigHandle::new(Data::remote(&s.proxy(), "shop").config, "shop")
+        .with_overlay(serde_json::json!({"inventory": {"threshold": 9}}));
+    assert_eq!(layered.get_or("inventory.threshold", 0u32).await.unwrap(), 9);
+    assert_eq!(layered.get("inventory").await.unwrap(), Some(serde_json::json!({"threshold": 9, "region": "eu"})));
     let mut deliveries = events
         .consume("stock", &micro_core::events::ConsumeOptions { auto_ack: true, ..Default::default() })
         .await

@@ -593,55 +593,173 @@ impl EventsHandle {
     }
 }
 
-/// Config of one namespace. Cheap to clone.
+/// Config of one namespace, with optional local layers over the server's: a file and
+/// environment variables (see [`ConfigHandle::layered_from_env`]). Cheap to clone.
 #[derive(Clone)]
 pub struct ConfigHandle {
     config: Arc<dyn Config>,
     namespace: String,
+    /// File and environment values, which win over the server's.
+    overlay: Result<Arc<Value>, Status>,
+}
+
+/// The environment prefix of config overrides: `MICRO_CONFIG_APP__DB__URL` sets
+/// `app.db.url` (segments joined by `__`, lowercased).
+pub const CONFIG_ENV_PREFIX: &str = "MICRO_CONFIG_";
+
+/// Deep-merges `top` over `base`: objects merge key by key, anything else replaces.
+pub fn merge(base: Value, top: Value) -> Value {
+    match (base, top) {
+        (Value::Object(mut b), Value::Object(t)) => {
+            for (k, v) in t {
+                let merged = match b.remove(&k) {
+                    Some(old) => merge(old, v),
+                    None => v,
+                };
+                b.insert(k, merged);
+            }
+            Value::Object(b)
+        }
+        (_, top) => top,
+    }
+}
+
+fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    if path.is_empty() {
+        return (!v.is_null()).then_some(v);
+    }
+    path.split('.').try_fold(v, |v, seg| v.get(seg))
+}
+
+fn set_at(root: &mut Value, segs: &[&str], value: Value) {
+    let mut cur = root;
+    for seg in segs {
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        let Value::Object(map) = cur else { return };
+        cur = map.entry(seg.to_string()).or_insert(Value::Null);
+    }
+    *cur = value;
+}
+
+/// The local layers: the file at `file` (JSON, or TOML by its `.toml` extension) with
+/// the `MICRO_CONFIG_*` variables of `vars` over it.
+pub fn overlay(file: Option<&std::path::Path>, vars: impl Iterator<Item = (String, String)>) -> Result<Value, Status> {
+    let mut layer = match file {
+        None => Value::Null,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Status::bad_request("config", format!("reading {}: {e}", path.display())))?;
+            let parsed: Result<Value, String> = if path.extension().is_some_and(|x| x == "toml") {
+                toml::from_str::<toml::Value>(&text)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| serde_json::to_value(t).map_err(|e| e.to_string()))
+            } else {
+                serde_json::from_str(&text).map_err(|e| e.to_string())
+            };
+            let v = parsed.map_err(|e| Status::bad_request("config", format!("{}: {e}", path.display())))?;
+            if !v.is_object() {
+                return Err(Status::bad_request(
+                    "config",
+                    format!("{}: the top level must be an object", path.display()),
+                ));
+            }
+            v
+        }
+    };
+    for (k, v) in vars {
+        let Some(rest) = k.strip_prefix(CONFIG_ENV_PREFIX) else { continue };
+        if rest == "FILE" || rest.is_empty() {
+            continue;
+        }
+        let lower = rest.to_ascii_lowercase();
+        let segs: Vec<&str> = lower.split("__").collect();
+        if segs.iter().any(|s| s.is_empty()) {
+            continue;
+        }
+        let value = serde_json::from_str(&v).unwrap_or(Value::String(v));
+        set_at(&mut layer, &segs, value);
+    }
+    Ok(layer)
 }
 
 impl ConfigHandle {
-    /// `config` in `namespace`.
+    /// `config` in `namespace`, with no local layers.
     pub fn new(config: Arc<dyn Config>, namespace: &str) -> ConfigHandle {
-        ConfigHandle { config, namespace: namespace.to_string() }
+        ConfigHandle { config, namespace: namespace.to_string(), overlay: Ok(Arc::new(Value::Null)) }
     }
 
-    /// The value at `path` (secrets masked).
+    /// Puts `layer` (for example from [`overlay`]) over the server's values.
+    pub fn with_overlay(mut self, layer: Value) -> ConfigHandle {
+        self.overlay = Ok(Arc::new(layer));
+        self
+    }
+
+    /// Layers the file named by `MICRO_CONFIG_FILE` and the `MICRO_CONFIG_*` variables
+    /// over the server's values. A bad file makes every read fail with its error.
+    pub fn layered_from_env(mut self) -> ConfigHandle {
+        let file = std::env::var_os("MICRO_CONFIG_FILE").filter(|f| !f.is_empty()).map(std::path::PathBuf::from);
+        self.overlay = overlay(file.as_deref(), std::env::vars()).map(Arc::new);
+        self
+    }
+
+    async fn layered(&self, path: &str, secrets: bool) -> Result<Option<Value>, Status> {
+        let layer = self.overlay.clone()?;
+        let local = at(&layer, path).cloned();
+        let server = match self.config.get(&self.namespace, path, secrets).await {
+            Ok(v) => v,
+            // Local layers still answer when the server is away.
+            Err(e) if e.code() == micro_core::Code::Unavailable && local.is_some() => {
+                tracing::warn!(error = %e, "config server unreachable; using local config only");
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(match (server, local) {
+            (s, None) => s,
+            (None, l) => l,
+            (Some(s), Some(l)) => Some(merge(s, l)),
+        })
+    }
+
+    /// The value at `path` (secrets masked), local layers over the server's.
     pub async fn get(&self, path: &str) -> Result<Option<Value>, Status> {
-        self.config.get(&self.namespace, path, false).await
+        self.layered(path, false).await
     }
 
     /// The value at `path` with secrets in plain text.
     pub async fn get_secret(&self, path: &str) -> Result<Option<Value>, Status> {
-        self.config.get(&self.namespace, path, true).await
+        self.layered(path, true).await
     }
 
     /// The value at `path` as `T`, or `default` when absent (secrets in plain text);
     /// an error when present but not a `T`.
     pub async fn get_or<T: serde::de::DeserializeOwned>(&self, path: &str, default: T) -> Result<T, Status> {
-        match self.config.get(&self.namespace, path, true).await? {
+        match self.layered(path, true).await? {
             None | Some(Value::Null) => Ok(default),
             Some(v) => serde_json::from_value(v)
                 .map_err(|err| Status::bad_request("config", format!("{path} has the wrong type: {err}"))),
         }
     }
 
-    /// Sets `path` (objects merge).
+    /// Sets `path` on the server (objects merge).
     pub async fn set(&self, path: &str, value: &Value) -> Result<(), Status> {
         self.config.set(&self.namespace, path, value, false).await
     }
 
-    /// Sets `path` to a secret, encrypted at rest.
+    /// Sets `path` on the server to a secret, encrypted at rest.
     pub async fn set_secret(&self, path: &str, value: &Value) -> Result<(), Status> {
         self.config.set(&self.namespace, path, value, true).await
     }
 
-    /// Deletes a leaf or subtree.
+    /// Deletes a leaf or subtree on the server.
     pub async fn delete(&self, path: &str) -> Result<(), Status> {
         self.config.delete(&self.namespace, path).await
     }
 
-    /// The current value, then every change under `path`.
+    /// The current value, then every change under `path` on the server (local layers
+    /// are not watched).
     pub async fn watch(&self, path: &str) -> Result<BoxStream<Result<Change, Status>>, Status> {
         self.config.watch(&self.namespace, path).await
     }
@@ -754,5 +872,39 @@ impl BrokerHandle {
         queue: Option<&str>,
     ) -> Result<BoxStream<Result<BrokerMessage, Status>>, Status> {
         self.broker.subscribe(&self.namespace, topic, queue).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn overlay_from_a_file_and_env_vars() {
+        let dir = std::env::temp_dir().join(format!("micro-overlay-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let toml = dir.join("app.toml");
+        std::fs::write(&toml, "[app.db]\nhost = \"file\"\nport = 1\n").unwrap();
+        let vars = [
+            ("MICRO_CONFIG_APP__DB__PORT".to_string(), "5432".to_string()),
+            ("MICRO_CONFIG_APP__MODE".to_string(), "production".to_string()),
+            ("MICRO_CONFIG_FILE".to_string(), "ignored".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let v = overlay(Some(&toml), vars.into_iter()).unwrap();
+        assert_eq!(v, json!({"app": {"db": {"host": "file", "port": 5432}, "mode": "production"}}));
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, "{nope").unwrap();
+        assert_eq!(overlay(Some(&bad), std::iter::empty()).unwrap_err().code(), micro_core::Code::InvalidArgument);
+        assert!(overlay(Some(&dir.join("missing.json")), std::iter::empty()).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn merge_is_deep() {
+        let m = merge(json!({"a": {"b": 1, "c": 2}, "d": 1}), json!({"a": {"c": 3}, "e": 4}));
+        assert_eq!(m, json!({"a": {"b": 1, "c": 3}, "d": 1, "e": 4}));
+        assert_eq!(merge(json!({"a": 1}), json!(5)), json!(5));
     }
 }

@@ -134,7 +134,6 @@ impl From<registry::Service> for core::Service {
     }
 }
 
-
 /// A store record from the wire.
 impl From<store::Record> for micro_core::store::Record {
     fn from(r: store::Record) -> Self {

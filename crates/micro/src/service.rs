@@ -181,9 +181,10 @@ impl Service {
         BrokerHandle::new(self.backends().broker, &self.effective_namespace())
     }
 
-    /// Config of this service's namespace.
+    /// Config of this service's namespace, with the file named by `MICRO_CONFIG_FILE`
+    /// and `MICRO_CONFIG_*` variables layered over the server's values.
     pub fn config(&self) -> ConfigHandle {
-        ConfigHandle::new(self.backends().config, &self.effective_namespace())
+        ConfigHandle::new(self.backends().config, &self.effective_namespace()).layered_from_env()
     }
 
     /// Locks and leader election in this service's namespace.
