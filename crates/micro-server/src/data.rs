@@ -155,6 +155,7 @@ impl spb::blob_server::Blob for BlobService {
 enum Step {
     Deliver(Delivery),
     Ack(epb::Ack),
+    Pull(u32),
     Fail(Status),
     End,
 }
@@ -209,18 +210,25 @@ impl epb::events_server::Events for EventsService {
         let out = async_stream::try_stream! {
             // Deliveries awaiting an ack from this consumer, by token.
             let mut pending: HashMap<String, Delivery> = HashMap::new();
+            // Deliveries the consumer asked for and has not been sent yet.
+            let mut credit = u64::from(sub.window);
             loop {
                 let step = tokio::select! {
-                    d = deliveries.next() => match d {
+                    d = deliveries.next(), if credit > 0 => match d {
                         Some(Ok(d)) => Step::Deliver(d),
                         Some(Err(e)) => Step::Fail(t(e)),
                         None => Step::End,
                     },
                     m = input.message() => match m {
                         Ok(Some(epb::ConsumeRequest { kind: Some(epb::consume_request::Kind::Ack(a)) })) => Step::Ack(a),
-                        Ok(Some(_)) => Step::Fail(Status::invalid_argument("events: only acks may follow the subscribe")),
-                        // The consumer closed its side or went away: stop delivering.
-                        Ok(None) | Err(_) => Step::End,
+                        Ok(Some(epb::ConsumeRequest { kind: Some(epb::consume_request::Kind::Pull(p)) })) => {
+                            Step::Pull(p.count)
+                        }
+                        Ok(Some(epb::ConsumeRequest { kind: Some(_) })) => {
+                            Step::Fail(Status::invalid_argument("events: only acks may follow the subscribe"))
+                        }
+                        // A close marker, or the consumer closed its side or went away.
+                        Ok(Some(epb::ConsumeRequest { kind: None })) | Ok(None) | Err(_) => Step::End,
                     },
                 };
                 match step {
@@ -234,6 +242,7 @@ impl epb::events_server::Events for EventsService {
                         if !options.auto_ack {
                             pending.insert(d.token.clone(), d);
                         }
+                        credit -= 1;
                         yield wire;
                     }
                     Step::Ack(a) => {
@@ -248,6 +257,7 @@ impl epb::events_server::Events for EventsService {
                         };
                         r.map_err(t)?;
                     }
+                    Step::Pull(n) => credit = credit.saturating_add(u64::from(n)).min(1 << 20),
                     Step::Fail(e) => Err(e)?,
                     Step::End => break,
                 }

@@ -14,7 +14,7 @@ async fn conformance_suites_through_the_server() {
     conformance::sync::sync(data.sync.clone()).await;
     conformance::broker::broker(data.broker.clone()).await;
     conformance::blob::blob(data.blob.clone()).await;
-    // EVENTS-CONFORMANCE
+    conformance::events::events(data.events.clone()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -259,6 +259,23 @@ impl Acker for RemoteAcker {
     }
 }
 
+/// Sends the close marker of a consume stream when dropped.
+struct Leave(mpsc::Sender<epb::ConsumeRequest>);
+
+impl Drop for Leave {
+    fn drop(&mut self) {
+        let close = epb::ConsumeRequest { kind: None };
+        if let Err(mpsc::error::TrySendError::Full(close)) = self.0.try_send(close) {
+            let tx = self.0.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tx.send(close).await;
+                });
+            }
+        }
+    }
+}
+
 impl RemoteAcker {
     async fn send(&self, ack: epb::Ack) -> Result<(), Status> {
         let msg = epb::ConsumeRequest { kind: Some(epb::consume_request::Kind::Ack(ack)) };
@@ -295,25 +312,45 @@ impl Events for RemoteEvents {
             max_deliver: options.max_deliver,
             unlimited: options.max_deliver == 0,
             dead_letter: options.dead_letter.clone().unwrap_or_default(),
+            window: 0,
         };
         tx.send(epb::ConsumeRequest { kind: Some(epb::consume_request::Kind::Subscribe(subscribe)) })
             .await
             .map_err(|_| Status::internal("events", "consume stream closed"))?;
+        // When the caller drops the delivery stream, a close marker (after any acks already
+        // queued) tells the server this member left, even while deliveries holding the
+        // acker live on; the server then redelivers what it had not acked.
         let stream =
             self.client.clone().consume(request(ns, ReceiverStream::new(rx), None)?).await.map_err(e)?.into_inner();
-        let acker: Arc<dyn Acker> = Arc::new(RemoteAcker { tx });
-        Ok(stream
-            .map(move |d| {
-                let d = d.map_err(e)?;
-                Ok(Delivery {
-                    event: d.event.unwrap_or_default().into(),
-                    group: d.group,
-                    attempt: d.attempt,
-                    token: d.token,
-                    acker: acker.clone(),
-                })
-            })
-            .boxed())
+        let leave = Leave(tx.clone());
+        let acker: Arc<dyn Acker> = Arc::new(RemoteAcker { tx: tx.clone() });
+        // Demand-driven: one delivery is asked for each time the caller wants the next,
+        // so nothing sits in flight to a consumer that has stopped reading.
+        let mut stream = stream;
+        let out = async_stream::stream! {
+            let _member = leave;
+            loop {
+                let pull = epb::ConsumeRequest { kind: Some(epb::consume_request::Kind::Pull(epb::Pull { count: 1 })) };
+                if tx.send(pull).await.is_err() {
+                    break;
+                }
+                match stream.message().await {
+                    Ok(Some(d)) => yield Ok(Delivery {
+                        event: d.event.unwrap_or_default().into(),
+                        group: d.group,
+                        attempt: d.attempt,
+                        token: d.token,
+                        acker: acker.clone(),
+                    }),
+                    Ok(None) => break,
+                    Err(err) => {
+                        yield Err(e(err));
+                        break;
+                    }
+                }
+            }
+        };
+        Ok(out.boxed())
     }
 
     async fn read(&self, ns: &str, topic: &str, options: &ReadOptions) -> Result<Vec<Event>, Status> {
