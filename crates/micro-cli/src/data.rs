@@ -124,7 +124,7 @@ pub(crate) enum ConfigCmd {
     Set {
         path: String,
         value: String,
-        /// Encrypt the value at rest; it reads back as "[secret]".
+        /// Encrypt the value at rest; reads show it masked unless --secret is given.
         #[arg(long)]
         secret: bool,
     },
