@@ -453,3 +453,42 @@ async fn micro_new_generates_a_service_that_tests_green_and_serves() {
     let r = http(&s.api(), "POST", "/scaffold-demo/call", &[], br#"{"name":""}"#).await;
     assert_eq!(r.status, 400, "{}", r.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_leader_dies_another_instance_leads() {
+    use std::io::{BufRead, BufReader};
+    let s = TestServer::start().await;
+    // Each instance reports on stdout; a thread per instance forwards its lines.
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, String)>();
+    let mut procs = Vec::new();
+    for i in 0..2 {
+        let mut child = Command::new(sibling_binary("leader"))
+            .env("MICRO_SERVER", s.proxy())
+            .env("LEADER_TTL_MS", "600")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("leader example starts");
+        let out = child.stdout.take().unwrap();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send((i, line));
+            }
+        });
+        procs.push(Some(Proc(child)));
+    }
+    let next = |rx: &std::sync::mpsc::Receiver<(usize, String)>| {
+        rx.recv_timeout(Duration::from_secs(10)).expect("an instance reports")
+    };
+    let (first, line) = next(&rx);
+    assert!(line.starts_with("leader "), "{line}");
+    // Exactly one leader while it lives.
+    assert!(rx.recv_timeout(Duration::from_millis(1500)).is_err(), "a second leader while the first lives");
+    // SIGKILL the leader: it cannot resign, so the lease must run out.
+    let killed = std::time::Instant::now();
+    procs[first] = None;
+    let (second, line) = next(&rx);
+    assert_ne!(second, first);
+    assert!(line.starts_with("leader "), "{line}");
+    assert!(killed.elapsed() < Duration::from_secs(5), "took over within the lease: {:?}", killed.elapsed());
+}
