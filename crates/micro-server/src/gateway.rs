@@ -22,9 +22,11 @@ use micro::metrics::Metrics;
 use micro::registry::{Registry, Service};
 use micro::{CallOptions, Client, Code, Status, json_error};
 use micro_core::metadata::CONTENT_TYPE_GRPC_JSON;
+use micro_core::registry::Endpoint;
 use serde_json::{Map, Value};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::body::Body;
 
@@ -42,7 +44,19 @@ struct Inner {
     body_limit: usize,
     cors: Vec<String>,
     next: AtomicUsize,
+    routes: Mutex<HashMap<String, (Instant, Arc<Vec<DeclaredRoute>>)>>,
 }
+
+/// An endpoint's declared HTTP route.
+struct DeclaredRoute {
+    method: Option<Method>,
+    segs: Vec<String>,
+    service: String,
+    endpoint: Endpoint,
+}
+
+/// How long the declared routes of a namespace are cached.
+const ROUTES_TTL: Duration = Duration::from_secs(1);
 
 /// Metadata forwarded from HTTP headers to the service.
 const FORWARDED: [&str; 4] = ["authorization", "micro-id", "traceparent", "micro-from-service"];
@@ -126,6 +140,7 @@ impl Gateway {
                 body_limit: config.body_limit,
                 cors: config.cors_origins.clone(),
                 next: AtomicUsize::new(0),
+                routes: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -163,35 +178,131 @@ impl Gateway {
         if let Some(addr) = first_services.as_deref().and_then(|s| self.http_node(s)) {
             return self.reverse_proxy(req, &first, &addr).await;
         }
-        let Some((service, endpoint)) = route(path) else {
-            return json_error(&Status::not_found("api", format!("no service for path {path}")));
-        };
-        let looked_up = match first_services.filter(|_| service == first) {
-            Some(s) => Ok(s),
-            None => self.inner.registry.get_service(&ns, &service).await,
-        };
-        let services = match looked_up {
-            Ok(s) => s,
-            Err(e) if e.code() == Code::NotFound => {
-                return json_error(&Status::not_found("api", format!("service {service} not found")));
+        // Path rules first; an endpoint's declared route (like GET /notes/{id}) answers
+        // paths the rules do not resolve.
+        let resolved = match route(path) {
+            Some((service, endpoint)) => {
+                let known = first_services.filter(|_| service == first);
+                self.resolve(&ns, &service, &endpoint, known).await
             }
-            Err(e) => return json_error(&e),
+            None => Err(Status::not_found("api", format!("no service for path {path}"))),
+        };
+        match resolved {
+            Ok((service, ep)) => self.invoke(req, ns, service, &ep, Vec::new()).await,
+            Err(e) if e.code() == Code::NotFound => match self.declared(&ns, req.method(), path).await {
+                Some((service, ep, captures)) => self.invoke(req, ns, service, &ep, captures).await,
+                None => json_error(&e),
+            },
+            Err(e) => json_error(&e),
+        }
+    }
+
+    /// The endpoint `endpoint` of `service` (its registrations, when already looked up).
+    async fn resolve(
+        &self,
+        ns: &str,
+        service: &str,
+        endpoint: &str,
+        known: Option<Vec<Service>>,
+    ) -> Result<(String, Endpoint), Status> {
+        let services = match known {
+            Some(s) => s,
+            None => self.inner.registry.get_service(ns, service).await.map_err(|e| {
+                if e.code() == Code::NotFound {
+                    Status::not_found("api", format!("service {service} not found"))
+                } else {
+                    e
+                }
+            })?,
         };
         let endpoints: Vec<_> = services.iter().flat_map(|s| s.endpoints.iter()).collect();
-        let Some(ep) = endpoints.iter().find(|e| e.name.eq_ignore_ascii_case(&endpoint)).copied() else {
-            let mut names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
-            names.sort();
-            names.dedup();
-            return json_error(&Status::not_found(
-                &service,
-                format!("endpoint {endpoint} not found; {service} has: {}", names.join(", ")),
-            ));
-        };
+        match endpoints.iter().find(|e| e.name.eq_ignore_ascii_case(endpoint)) {
+            Some(ep) => Ok((service.to_string(), (*ep).clone())),
+            None => {
+                let mut names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+                names.sort();
+                names.dedup();
+                Err(Status::not_found(
+                    service,
+                    format!("endpoint {endpoint} not found; {service} has: {}", names.join(", ")),
+                ))
+            }
+        }
+    }
+
+    /// The declared route (`http` metadata of an endpoint, like `GET /users/{id}`) that
+    /// matches a request: the service, the endpoint and the captured segments.
+    async fn declared(
+        &self,
+        ns: &str,
+        method: &Method,
+        path: &str,
+    ) -> Option<(String, Endpoint, Vec<(String, String)>)> {
+        let routes = self.routes(ns).await;
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        routes.iter().find_map(|r| {
+            if r.method.as_ref().is_some_and(|m| m != method) || r.segs.len() != segs.len() {
+                return None;
+            }
+            let mut captures = Vec::new();
+            for (pattern, seg) in r.segs.iter().zip(&segs) {
+                match pattern.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                    Some(name) => captures.push((name.to_string(), percent_decode(seg)?)),
+                    None if pattern == seg => {}
+                    None => return None,
+                }
+            }
+            Some((r.service.clone(), r.endpoint.clone(), captures))
+        })
+    }
+
+    /// The declared routes of a namespace, cached for a second.
+    async fn routes(&self, ns: &str) -> Arc<Vec<DeclaredRoute>> {
+        if let Some((at, r)) = self.inner.routes.lock().unwrap_or_else(|e| e.into_inner()).get(ns)
+            && at.elapsed() < ROUTES_TTL
+        {
+            return r.clone();
+        }
+        let services = self.inner.registry.list_services(ns).await.unwrap_or_default();
+        let mut routes = Vec::new();
+        for s in &services {
+            for ep in &s.endpoints {
+                let Some(spec) = ep.metadata.get("http") else { continue };
+                for one in spec.split(';').map(str::trim).filter(|r| !r.is_empty()) {
+                    let (method, path) = one.split_once(' ').unwrap_or(("*", one));
+                    let method = if method == "*" { None } else { method.parse::<Method>().ok() };
+                    let segs = path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
+                    routes.push(DeclaredRoute { method, segs, service: s.name.clone(), endpoint: ep.clone() });
+                }
+            }
+        }
+        let routes = Arc::new(routes);
+        self.inner
+            .routes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ns.to_string(), (Instant::now(), routes.clone()));
+        routes
+    }
+
+    /// Calls `ep` of `service` with the request's body, query and captured path segments.
+    async fn invoke(
+        &self,
+        req: Request<Incoming>,
+        ns: String,
+        service: String,
+        ep: &Endpoint,
+        captures: Vec<(String, String)>,
+    ) -> Response<Body> {
         if let Some(kind) = ep.stream().filter(|_| crate::websocket::requested(req.headers())) {
             let query = req.uri().query().filter(|q| !q.is_empty());
-            let first = match query.map(|q| build_request(b"", Some(q), &ep.request)).transpose() {
-                Ok(f) => f,
-                Err(e) => return json_error(&e.or_id(&service)),
+            let first = if query.is_none() && captures.is_empty() {
+                None
+            } else {
+                match build_request(b"", query, &captures, &ep.request) {
+                    Ok(f) => Some(f),
+                    Err(e) => return json_error(&e.or_id(&service)),
+                }
             };
             let call = crate::websocket::Call {
                 client: self.inner.client.clone(),
@@ -216,7 +327,7 @@ impl Gateway {
                 );
             }
         };
-        let request = match build_request(&body, parts.uri.query(), &ep.request) {
+        let request = match build_request(&body, parts.uri.query(), &captures, &ep.request) {
             Ok(r) => r,
             Err(e) => return json_error(&e.or_id(&service)),
         };
@@ -380,7 +491,12 @@ fn is_empty_json(b: &[u8]) -> bool {
 
 /// The JSON request: the body object, with query values (`a.b=c`, typed by the
 /// endpoint's schema) merged in.
-pub fn build_request(body: &[u8], query: Option<&str>, schema: &Value) -> Result<Bytes, Status> {
+pub fn build_request(
+    body: &[u8],
+    query: Option<&str>,
+    captures: &[(String, String)],
+    schema: &Value,
+) -> Result<Bytes, Status> {
     let mut obj = if body.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
@@ -401,6 +517,9 @@ pub fn build_request(body: &[u8], query: Option<&str>, schema: &Value) -> Result
             }
             set_path(&mut obj, &path, &v, schema)?;
         }
+    }
+    for (k, v) in captures {
+        set_path(&mut obj, &[k.as_str()], v, schema)?;
     }
     serde_json::to_vec(&Value::Object(obj)).map(Bytes::from).map_err(|e| Status::internal("api", e.to_string()))
 }
@@ -513,16 +632,20 @@ mod tests {
             "name":{"type":"string"},"count":{"type":"integer"},"ok":{"type":"boolean"},
             "tags":{"type":"array","items":{"type":"string"}},
             "page":{"type":"object","properties":{"size":{"type":"integer"}}}}});
-        let b =
-            build_request(br#"{"name":"Alice"}"#, Some("count=3&ok=false&tags=a&tags=b&page.size=10&x=y%20z"), &schema)
-                .unwrap();
+        let b = build_request(
+            br#"{"name":"Alice"}"#,
+            Some("count=3&ok=false&tags=a&tags=b&page.size=10&x=y%20z"),
+            &[],
+            &schema,
+        )
+        .unwrap();
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v, json!({"name":"Alice","count":3,"ok":false,"tags":["a","b"],"page":{"size":10},"x":"y z"}));
-        assert!(build_request(b"[1]", None, &schema).is_err());
-        assert!(build_request(b"{bad", None, &schema).is_err());
-        assert!(build_request(b"", Some("count=abc"), &schema).is_err());
-        assert!(build_request(b"", Some("a..b=1"), &schema).is_err());
-        assert!(build_request(b"", Some("name=%ff"), &schema).is_err());
-        assert!(build_request(b"", Some("name=%"), &schema).is_ok());
+        assert!(build_request(b"[1]", None, &[], &schema).is_err());
+        assert!(build_request(b"{bad", None, &[], &schema).is_err());
+        assert!(build_request(b"", Some("count=abc"), &[], &schema).is_err());
+        assert!(build_request(b"", Some("a..b=1"), &[], &schema).is_err());
+        assert!(build_request(b"", Some("name=%ff"), &[], &schema).is_err());
+        assert!(build_request(b"", Some("name=%"), &[], &schema).is_ok());
     }
 }

@@ -64,6 +64,7 @@ pub struct Service {
     handlers: Vec<(String, Arc<dyn Handler>)>,
     auth: Option<Arc<dyn Authorize>>,
     data: Option<Data>,
+    routes: Vec<(String, String)>,
 }
 
 impl Service {
@@ -84,6 +85,7 @@ impl Service {
             handlers: Vec::new(),
             auth: None,
             data: None,
+            routes: Vec::new(),
         }
     }
 
@@ -132,6 +134,15 @@ impl Service {
     /// Runs `hook` on every incoming call before its handler (see [`crate::layer`]).
     pub fn auth(mut self, hook: Arc<dyn Authorize>) -> Self {
         self.auth = Some(hook);
+        self
+    }
+
+    /// Declares an HTTP route for an endpoint at the gateway, like
+    /// `.route("GET /notes/{id}", "Notes.Get")`: `{name}` segments become request fields.
+    /// The gateway's path rules still apply; a declared route answers the paths they do
+    /// not resolve. Checked at start.
+    pub fn route(mut self, route: &str, endpoint: &str) -> Self {
+        self.routes.push((route.to_string(), endpoint.to_string()));
         self
     }
 
@@ -312,12 +323,27 @@ impl Service {
             (Some(r), _) => r,
             (None, server) => Arc::new(RemoteRegistry::new(server.as_deref().unwrap_or(crate::DEFAULT_SERVER))?),
         };
+        let mut endpoints = router.endpoints(&name);
+        for (route, endpoint) in &self.routes {
+            check_route(route).map_err(|d| Status::bad_request(&name, format!("route {route:?}: {d}")))?;
+            let Some(ep) = endpoints.iter_mut().find(|e| e.name == *endpoint) else {
+                return Err(Status::bad_request(
+                    &name,
+                    format!("route {route:?} names an unknown endpoint {endpoint}"),
+                ));
+            };
+            let joined = match ep.metadata.get("http") {
+                Some(existing) => format!("{existing};{route}"),
+                None => route.clone(),
+            };
+            ep.metadata.insert("http".into(), joined);
+        }
         let advertise = self.advertise.clone().unwrap_or_else(|| advertise_address(addr));
         let record = micro_core::registry::Service {
             name: name.clone(),
             version: self.version.clone(),
             metadata: self.metadata.clone(),
-            endpoints: router.endpoints(&name),
+            endpoints,
             nodes: vec![Node {
                 id: format!("{name}-{}", uuid::Uuid::new_v4()),
                 address: advertise,
@@ -364,6 +390,28 @@ impl Service {
         running.stop().await;
         Ok(())
     }
+}
+
+/// Checks a declared route: `METHOD /path/{field}` (or `* /path`).
+fn check_route(route: &str) -> Result<(), String> {
+    let (method, path) = route.split_once(' ').ok_or("use \"METHOD /path\", like \"GET /notes/{id}\"")?;
+    if !["*", "GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method) {
+        return Err(format!("unknown method {method}"));
+    }
+    if !path.starts_with('/') || path.len() < 2 {
+        return Err("the path must start with / and name something".into());
+    }
+    for seg in path.split('/').skip(1) {
+        let name = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}'));
+        let ok = match name {
+            Some(n) => !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            None => !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+        };
+        if !ok {
+            return Err(format!("bad path segment {seg:?}"));
+        }
+    }
+    Ok(())
 }
 
 /// The address to register for a bound socket: loopback for an unspecified IP.

@@ -80,3 +80,24 @@ async fn auth_trace_and_deadline_layers_on_a_real_service() {
     assert!(started.elapsed() < Duration::from_secs(3));
     running.stop().await;
 }
+
+#[tokio::test]
+async fn bad_routes_are_refused_at_start() {
+    for (route, endpoint) in [
+        ("GET notes", "Guarded.Echo"),
+        ("FETCH /notes", "Guarded.Echo"),
+        ("GET /notes/{}", "Guarded.Echo"),
+        ("GET /notes/{a b}", "Guarded.Echo"),
+        ("GET /notes", "Guarded.Nope"),
+    ] {
+        let err = Service::new("routes")
+            .registry(Arc::new(MemoryRegistry::new()))
+            .handle("Guarded.Echo", |_ctx: Context, _req: Value| async move { Ok::<_, Status>(json!({})) })
+            .route(route, endpoint)
+            .start()
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{route} → {endpoint} was accepted"));
+        assert_eq!(err.code(), Code::InvalidArgument, "{route}: {err}");
+    }
+}

@@ -4,7 +4,8 @@
 //! work exactly as for proto services.
 //!
 //! Endpoints: `Notes.Create`, `Notes.Get`, `Notes.List`, `Notes.Delete` (unary) and
-//! `Notes.Export` (server streaming, one note per message).
+//! `Notes.Export` (server streaming, one note per message), reachable by the gateway's
+//! path rules (`POST /notes/create`) and by declared REST routes (`GET /notes/{id}`).
 
 use micro::{Context, Service, Status};
 use schemars::JsonSchema;
@@ -86,6 +87,11 @@ pub fn service() -> Service {
         (notes.clone(), notes.clone(), notes.clone(), notes.clone(), notes.clone());
     Service::new("notes")
         .version(env!("CARGO_PKG_VERSION"))
+        // REST-style routes beside the path rules (/notes/get, /notes/list, …).
+        .route("GET /notes/{id}", "Notes.Get")
+        .route("DELETE /notes/{id}", "Notes.Delete")
+        .route("POST /notes", "Notes.Create")
+        .route("GET /notes", "Notes.List")
         .handle("Notes.Create", move |_: Context, req: CreateRequest| {
             let notes = create.clone();
             async move {

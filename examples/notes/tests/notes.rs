@@ -46,6 +46,25 @@ async fn notes_through_the_gateway_and_the_client() {
     let err = client.call::<_, Note>("notes", "Notes.Get", &IdRequest { id: 42 }).await.unwrap_err();
     assert_eq!(err.code(), micro::Code::NotFound);
 
+    // Declared REST routes: path segments become fields, typed by the schema.
+    let r = http(&api, "GET", "/notes/2", &[], b"").await;
+    assert_eq!((r.status, r.json()["title"].as_str()), (200, Some("work")), "{}", r.body);
+    let r = http(&api, "GET", "/notes?tag=home", &[], b"").await;
+    assert_eq!(r.json()["notes"].as_array().map(Vec::len), Some(1), "{}", r.body);
+    let r = http(&api, "POST", "/notes", &[], br#"{"title":"via REST"}"#).await;
+    assert_eq!(r.json()["id"], 3, "{}", r.body);
+    let r = http(&api, "GET", "/notes/abc", &[], b"").await;
+    assert_eq!(r.status, 400, "a capture that is not an integer: {}", r.body);
+    let r = http(&api, "GET", "/notes/404", &[], b"").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let r = http(&api, "PUT", "/notes/2", &[], b"").await;
+    assert_eq!(r.status, 404, "no route for PUT: {}", r.body);
+    let r = http(&api, "DELETE", "/notes/3", &[], b"").await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    // Path rules still win where they resolve.
+    let r = http(&api, "GET", "/notes/get?id=2", &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
     let r = http(&api, "POST", "/notes/delete", &[], br#"{"id":1}"#).await;
     assert_eq!(r.status, 204, "{}", r.body);
     let r = http(&api, "GET", "/notes/list", &[], b"").await;
