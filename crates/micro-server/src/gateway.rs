@@ -44,8 +44,11 @@ struct Inner {
     body_limit: usize,
     cors: Vec<String>,
     next: AtomicUsize,
-    routes: Mutex<HashMap<String, (Instant, Arc<Vec<DeclaredRoute>>)>>,
+    routes: Mutex<HashMap<String, (Instant, Routes)>>,
 }
+
+/// The declared routes of one namespace.
+type Routes = Arc<Vec<DeclaredRoute>>;
 
 /// An endpoint's declared HTTP route.
 struct DeclaredRoute {
