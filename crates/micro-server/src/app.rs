@@ -55,8 +55,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // The data plane: embedded, durable backends in the data directory.
     let dir = micro_embedded::DataDir::new(&config.data_dir);
     let store: Arc<dyn micro_core::store::Store> = Arc::new(micro_embedded::store::EmbeddedStore::open(&dir)?);
-    let blob: Arc<dyn micro_core::blob::Blob> = Arc::new(micro_embedded::blob::EmbeddedBlob::open(&dir)?);
-    let events: Arc<dyn micro_core::events::Events> = Arc::new(micro_embedded::events::EmbeddedEvents::open(&dir)?);
+    let blob: Arc<dyn micro_core::blob::Blob> =
+        Arc::new(micro_embedded::blob::EmbeddedBlob::open(&dir)?.max_size(config.blob_max_size));
+    let events: Arc<dyn micro_core::events::Events> = Arc::new(
+        micro_embedded::events::EmbeddedEvents::open(&dir)?.retention(config.events_max_age, config.events_max_events),
+    );
     let broker: Arc<dyn micro_core::broker::Broker> = Arc::new(micro_embedded::broker::EmbeddedBroker::new());
     let config_backend: Arc<dyn micro_core::config::Config> =
         Arc::new(micro_embedded::config::EmbeddedConfig::open(&dir)?);

@@ -21,6 +21,12 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     /// Registration lease of the core services.
     pub core_ttl: std::time::Duration,
+    /// Events older than this are dropped (`MICRO_EVENTS_MAX_AGE` in seconds; default: kept).
+    pub events_max_age: Option<std::time::Duration>,
+    /// At most this many events are kept per topic (`MICRO_EVENTS_MAX_EVENTS`; default: all).
+    pub events_max_events: Option<u64>,
+    /// Largest blob, in bytes (`MICRO_BLOB_MAX_SIZE`, default 64 MiB).
+    pub blob_max_size: u64,
 }
 
 impl Default for Config {
@@ -33,6 +39,9 @@ impl Default for Config {
             body_limit: 4 * 1024 * 1024,
             cors_origins: vec!["*".into()],
             core_ttl: std::time::Duration::from_secs(60),
+            events_max_age: None,
+            events_max_events: None,
+            blob_max_size: micro_core::blob::DEFAULT_MAX_SIZE,
         }
     }
 }
@@ -45,6 +54,13 @@ struct File {
     data_dir: Option<PathBuf>,
     body_limit: Option<usize>,
     cors_origins: Option<Vec<String>>,
+    events_max_age: Option<u64>,
+    events_max_events: Option<u64>,
+    blob_max_size: Option<u64>,
+}
+
+fn number(name: &str, v: &str) -> Result<u64, Error> {
+    v.parse().map_err(|_| Error::Config(format!("{name}={v:?} is not a whole number")))
 }
 
 /// `:8080` means every interface; anything else is taken as given.
@@ -76,6 +92,15 @@ impl Config {
             if let Some(v) = f.cors_origins {
                 c.cors_origins = v;
             }
+            if let Some(v) = f.events_max_age {
+                c.events_max_age = Some(std::time::Duration::from_secs(v));
+            }
+            if let Some(v) = f.events_max_events {
+                c.events_max_events = Some(v);
+            }
+            if let Some(v) = f.blob_max_size {
+                c.blob_max_size = v;
+            }
         }
         if let Some(v) = env("MICRO_API_ADDRESS") {
             c.api_address = v;
@@ -92,6 +117,15 @@ impl Config {
         }
         if let Some(v) = env("MICRO_API_CORS") {
             c.cors_origins = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = env("MICRO_EVENTS_MAX_AGE") {
+            c.events_max_age = Some(std::time::Duration::from_secs(number("MICRO_EVENTS_MAX_AGE", &v)?));
+        }
+        if let Some(v) = env("MICRO_EVENTS_MAX_EVENTS") {
+            c.events_max_events = Some(number("MICRO_EVENTS_MAX_EVENTS", &v)?);
+        }
+        if let Some(v) = env("MICRO_BLOB_MAX_SIZE") {
+            c.blob_max_size = number("MICRO_BLOB_MAX_SIZE", &v)?;
         }
         Ok(c)
     }
@@ -128,6 +162,13 @@ mod tests {
         assert!(err.contains("bogus"), "{err}");
         let err = Config::from_env(|k| (k == "MICRO_API_BODY_LIMIT").then(|| "lots".to_string()), None).unwrap_err();
         assert!(err.to_string().contains("MICRO_API_BODY_LIMIT"));
+        let env: HashMap<&str, &str> =
+            [("MICRO_EVENTS_MAX_AGE", "3600"), ("MICRO_EVENTS_MAX_EVENTS", "1000"), ("MICRO_BLOB_MAX_SIZE", "1024")]
+                .into();
+        let c = Config::from_env(|k| env.get(k).map(|v| v.to_string()), None).unwrap();
+        assert_eq!(c.events_max_age, Some(std::time::Duration::from_secs(3600)));
+        assert_eq!((c.events_max_events, c.blob_max_size), (Some(1000), 1024));
+        assert!(Config::from_env(|k| (k == "MICRO_BLOB_MAX_SIZE").then(|| "-1".to_string()), None).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
