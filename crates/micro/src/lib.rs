@@ -34,6 +34,7 @@
 //! | [`Router`] | the codec-aware request router every server uses |
 
 mod client;
+pub mod auth;
 pub mod data;
 pub mod debug;
 pub mod frame;

@@ -1,0 +1,1 @@
+//! Placeholder: signed access tokens.
