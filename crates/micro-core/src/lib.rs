@@ -16,6 +16,7 @@
 //! assert_eq!(body["status"], "Not Found");
 //! ```
 
+pub mod auth;
 pub mod blob;
 pub mod broker;
 pub mod config;
