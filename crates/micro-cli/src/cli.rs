@@ -134,6 +134,25 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: crate::data::BlobCmd,
     },
+    /// Log in: micro login [--id admin] [--password …] (prompts; the local admin's
+    /// password file is used when present)
+    Login {
+        /// Account id (alias --email).
+        #[arg(long, alias = "email", default_value = "admin")]
+        id: String,
+        /// The secret (default: MICRO_PASSWORD, the local admin password file, or a prompt).
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// Forget this environment's credentials.
+    Logout,
+    /// Show the logged-in account.
+    Whoami,
+    /// Manage accounts and rules: micro auth create|delete|list account|rule
+    Auth {
+        #[command(subcommand)]
+        cmd: crate::auth::AuthCmd,
+    },
     /// Create a new service project that builds, runs and has a passing test.
     New {
         /// Service name: lowercase letters, digits and '-'.
@@ -264,6 +283,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
             println!("next: cd {} && cargo test && cargo run", dir.display());
             Ok(())
         }
+        Command::Login { id, password } => crate::auth::login(&c, &id, password).await,
+        Command::Logout => crate::auth::logout(),
+        Command::Whoami => crate::auth::whoami(&c).await,
+        Command::Auth { cmd } => crate::auth::auth(&c, cmd).await,
         Command::Store { cmd } => crate::data::store(&c, cmd).await,
         Command::Config { cmd } => crate::data::config(&c, cmd).await,
         Command::Publish { topic, payload, key, metadata } => {
@@ -443,7 +466,16 @@ fn env_cmd(c: &Ctx, action: Option<EnvAction>) -> Result<()> {
     match action {
         None => {
             if c.json {
-                output::json(&serde_json::to_value(&envs)?);
+                // Never print credentials.
+                let list: serde_json::Map<String, Value> = envs
+                    .envs
+                    .iter()
+                    .map(|(n, e)| {
+                        let who = e.credentials.as_ref().map(|c| c.account.clone());
+                        (n.clone(), serde_json::json!({"address": e.address, "namespace": e.namespace, "account": who}))
+                    })
+                    .collect();
+                output::json(&serde_json::json!({"current": envs.current, "envs": list}));
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = envs
@@ -463,7 +495,7 @@ fn env_cmd(c: &Ctx, action: Option<EnvAction>) -> Result<()> {
         Some(EnvAction::Set { name }) => envs.set(&name)?,
         Some(EnvAction::Add { name, address, ns }) => {
             micro_core::namespace::validate(&ns).map_err(|e| anyhow!("{}", e.detail()))?;
-            envs.envs.insert(name, Env { address, namespace: ns });
+            envs.envs.insert(name, Env { address, namespace: ns, credentials: None });
         }
         Some(EnvAction::Del { name }) => {
             if name == "local" {

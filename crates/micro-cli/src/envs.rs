@@ -18,6 +18,20 @@ pub(crate) struct Env {
     pub(crate) address: String,
     #[serde(default)]
     pub(crate) namespace: String,
+    /// Credentials after `micro login` (kept in this 0600 file only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) credentials: Option<Credentials>,
+}
+
+/// Tokens of a logged-in account.
+#[derive(Serialize, Deserialize, Clone)]
+pub(crate) struct Credentials {
+    pub(crate) account: String,
+    pub(crate) namespace: String,
+    pub(crate) access_token: String,
+    pub(crate) refresh_token: String,
+    /// Unix seconds when the access token expires.
+    pub(crate) expiry: u64,
 }
 
 fn path() -> PathBuf {
@@ -32,9 +46,11 @@ impl Envs {
             Ok(t) => serde_json::from_str(&t).with_context(|| format!("{} is not valid", p.display()))?,
             Err(_) => Envs::default(),
         };
-        e.envs
-            .entry("local".into())
-            .or_insert(Env { address: micro::DEFAULT_SERVER.into(), namespace: "micro".into() });
+        e.envs.entry("local".into()).or_insert(Env {
+            address: micro::DEFAULT_SERVER.into(),
+            namespace: "micro".into(),
+            credentials: None,
+        });
         if e.current.is_empty() {
             e.current = "local".into();
         }
@@ -56,10 +72,21 @@ impl Envs {
     }
 
     pub(crate) fn current(&self) -> Env {
-        self.envs
-            .get(&self.current)
-            .cloned()
-            .unwrap_or(Env { address: micro::DEFAULT_SERVER.into(), namespace: "micro".into() })
+        self.envs.get(&self.current).cloned().unwrap_or(Env {
+            address: micro::DEFAULT_SERVER.into(),
+            namespace: "micro".into(),
+            credentials: None,
+        })
+    }
+
+    /// The current environment, to change.
+    pub(crate) fn current_mut(&mut self) -> &mut Env {
+        let name = self.current.clone();
+        self.envs.entry(name).or_insert(Env {
+            address: micro::DEFAULT_SERVER.into(),
+            namespace: "micro".into(),
+            credentials: None,
+        })
     }
 
     pub(crate) fn set(&mut self, name: &str) -> Result<()> {

@@ -1,5 +1,6 @@
 //! The `micro` binary: `micro server` and the command line.
 
+mod auth;
 mod cli;
 mod data;
 mod dynamic;

@@ -34,7 +34,13 @@ impl EmbeddedStore {
     /// Opens the store in `dir` and starts purging expired records in the background
     /// (until the last clone is dropped).
     pub fn open(dir: &DataDir) -> Result<EmbeddedStore, Status> {
-        let db = dir.open("store", SCHEMA)?;
+        EmbeddedStore::open_named(dir, "store")
+    }
+
+    /// A separate store in the file `<name>.db` of `dir` (for example for auth data,
+    /// which must not be reachable through the store service).
+    pub fn open_named(dir: &DataDir, name: &str) -> Result<EmbeddedStore, Status> {
+        let db = dir.open(name, SCHEMA)?;
         let store = EmbeddedStore { db };
         let weak = store.db.downgrade();
         tokio::spawn(async move {

@@ -23,7 +23,8 @@ use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt};
 
 /// The core services registered by the server, all served through the proxy.
-pub const CORE_SERVICES: [&str; 8] = ["api", "broker", "config", "events", "proxy", "registry", "store", "sync"];
+pub const CORE_SERVICES: [&str; 9] =
+    ["api", "auth", "broker", "config", "events", "proxy", "registry", "store", "sync"];
 
 /// A running server.
 pub struct Running {
@@ -65,6 +66,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         Arc::new(micro_embedded::config::EmbeddedConfig::open(&dir)?);
     let sync: Arc<dyn micro_core::sync::Sync> = Arc::new(micro_embedded::sync::EmbeddedSync::open(&dir)?);
 
+    // Auth: its own database, signing keys under the data dir, and the first admin.
+    let auth_store: Arc<dyn micro_core::store::Store> =
+        Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "auth")?);
+    let auth = crate::auth::AuthService::open(auth_store, &config.data_dir)?;
+    auth.bootstrap(&config.data_dir, config.admin_password.clone().map(|s| s.0)).await?;
+
     let metrics = micro::metrics::Metrics::default();
     let mut core = RouterBuilder::new("micro")
         .metrics(metrics.clone())
@@ -78,6 +85,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .grpc_service(pb::broker::broker_server::BrokerServer::new(data::BrokerService { broker }))
         .grpc_service(pb::config::config_server::ConfigServer::new(data::ConfigService { config: config_backend }))
         .grpc_service(pb::sync::sync_server::SyncServer::new(data::SyncService { sync }))
+        .grpc_service(pb::auth::auth_server::AuthServer::new(auth.clone()))
         .standard_services(
             &[micro::proto::DESCRIPTOR.to_vec()],
             &[
@@ -88,6 +96,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 "broker.Broker",
                 "config.Config",
                 "sync.Sync",
+                "auth.Auth",
             ]
             .map(String::from),
         )?;
@@ -145,11 +154,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     };
     let mut tasks = Vec::new();
     // The edges give every request its id and trace context before anything else.
-    let proxy_svc = TraceLayer::new("proxy").layer(tower::service_fn(move |req: Request<Incoming>| {
+    let proxy_svc = TraceLayer::new("proxy").layer(tower::service_fn(move |mut req: Request<Incoming>| {
+        micro::server::stamp_client_address(&mut req);
         let p = proxy_svc.clone();
         async move { Ok::<_, Infallible>(p.handle(req).await) }
     }));
-    let api_svc = TraceLayer::new("api").layer(tower::service_fn(move |req: Request<Incoming>| {
+    let api_svc = TraceLayer::new("api").layer(tower::service_fn(move |mut req: Request<Incoming>| {
+        micro::server::stamp_client_address(&mut req);
         let g = gateway.clone();
         async move { Ok::<_, Infallible>(g.handle(req).await) }
     }));

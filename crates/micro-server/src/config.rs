@@ -27,6 +27,19 @@ pub struct Config {
     pub events_max_events: Option<u64>,
     /// Largest blob, in bytes (`MICRO_BLOB_MAX_SIZE`, default 64 MiB).
     pub blob_max_size: u64,
+    /// The first admin's password (`MICRO_ADMIN_PASSWORD`); default: a random one written
+    /// to `admin.password` in the data dir. Never read from the config file.
+    pub admin_password: Option<Secret>,
+}
+
+/// A secret value: shown as `***` by `Debug`, so it never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
 }
 
 impl Default for Config {
@@ -42,6 +55,7 @@ impl Default for Config {
             events_max_age: None,
             events_max_events: None,
             blob_max_size: micro_core::blob::DEFAULT_MAX_SIZE,
+            admin_password: None,
         }
     }
 }
@@ -123,6 +137,9 @@ impl Config {
         }
         if let Some(v) = env("MICRO_EVENTS_MAX_EVENTS") {
             c.events_max_events = Some(number("MICRO_EVENTS_MAX_EVENTS", &v)?);
+        }
+        if let Some(v) = env("MICRO_ADMIN_PASSWORD").filter(|v| !v.is_empty()) {
+            c.admin_password = Some(Secret(v));
         }
         if let Some(v) = env("MICRO_BLOB_MAX_SIZE") {
             c.blob_max_size = number("MICRO_BLOB_MAX_SIZE", &v)?;

@@ -62,7 +62,7 @@ struct DeclaredRoute {
 const ROUTES_TTL: Duration = Duration::from_secs(1);
 
 /// Metadata forwarded from HTTP headers to the service.
-const FORWARDED: [&str; 4] = ["authorization", "micro-id", "traceparent", "micro-from-service"];
+const FORWARDED: [&str; 5] = ["authorization", "micro-id", "traceparent", "micro-from-service", "micro-client-address"];
 
 /// Maps a gateway path to `(service, Handler.Method)`; `None` for paths that name none.
 pub fn route(path: &str) -> Option<(String, String)> {

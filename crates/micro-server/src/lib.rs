@@ -11,6 +11,7 @@
 //! ```
 
 mod app;
+mod auth;
 mod config;
 mod data;
 pub mod gateway;
@@ -20,7 +21,8 @@ mod registry;
 mod websocket;
 
 pub use app::{CORE_SERVICES, Running, start};
-pub use config::Config;
+pub use auth::{ACCESS_TTL, ADMIN_PASSWORD_FILE, REFRESH_TTL};
+pub use config::{Config, Secret};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

@@ -33,8 +33,8 @@
 //! | [`registry`] | in-memory and remote registries |
 //! | [`Router`] | the codec-aware request router every server uses |
 
-mod client;
 pub mod auth;
+mod client;
 pub mod data;
 pub mod debug;
 pub mod frame;

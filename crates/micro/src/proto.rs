@@ -40,6 +40,49 @@ pub mod sync {
     tonic::include_proto!("sync");
 }
 
+/// The auth service's messages, client and server.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+pub mod auth {
+    tonic::include_proto!("auth");
+}
+
+/// An account from the wire.
+impl From<auth::Account> for micro_core::auth::Account {
+    fn from(a: auth::Account) -> Self {
+        micro_core::auth::Account {
+            id: a.id,
+            name: a.name,
+            kind: if a.r#type == "service" {
+                micro_core::auth::AccountType::Service
+            } else {
+                micro_core::auth::AccountType::User
+            },
+            namespace: a.namespace,
+            scopes: a.scopes,
+            metadata: a.metadata.into_iter().collect(),
+            created: a.created,
+        }
+    }
+}
+
+/// An account for the wire.
+impl From<&micro_core::auth::Account> for auth::Account {
+    fn from(a: &micro_core::auth::Account) -> Self {
+        auth::Account {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            r#type: match a.kind {
+                micro_core::auth::AccountType::User => "user".into(),
+                micro_core::auth::AccountType::Service => "service".into(),
+            },
+            namespace: a.namespace.clone(),
+            scopes: a.scopes.clone(),
+            metadata: a.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            created: a.created,
+        }
+    }
+}
+
 /// The encoded descriptor set of the core protos.
 pub const DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/micro_descriptor.bin"));
 

@@ -10,6 +10,24 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::body::Body;
 
+/// The address of the client a request came from (a request extension set by [`serve`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// The header the edges (gateway, proxy) set to the client's IP address, replacing any
+/// value the client sent.
+pub const CLIENT_ADDRESS: &str = "micro-client-address";
+
+/// Sets [`CLIENT_ADDRESS`] from the connection's peer (dropping a client-supplied one).
+pub fn stamp_client_address<B>(req: &mut Request<B>) {
+    req.headers_mut().remove(CLIENT_ADDRESS);
+    if let Some(PeerAddr(a)) = req.extensions().get::<PeerAddr>().copied()
+        && let Ok(v) = http::HeaderValue::from_str(&a.ip().to_string())
+    {
+        req.headers_mut().insert(CLIENT_ADDRESS, v);
+    }
+}
+
 /// How long in-flight calls get to finish after shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -29,7 +47,7 @@ where
         .keep_alive_interval(Some(Duration::from_secs(30)));
     tokio::pin!(shutdown);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
@@ -43,7 +61,8 @@ where
         };
         let _ = stream.set_nodelay(true);
         let svc = svc.clone();
-        let hyper_svc = hyper::service::service_fn(move |req| {
+        let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(PeerAddr(peer));
             let fut = svc(req);
             async move { Ok::<_, Infallible>(fut.await) }
         });

@@ -1,0 +1,256 @@
+//! `micro login`, `logout`, `whoami` and `micro auth …`.
+
+use crate::cli::{Ctx, status_err};
+use crate::envs::{Credentials, Envs};
+use crate::output;
+use anyhow::{Context, Result, anyhow};
+use clap::Subcommand;
+use micro::proto::auth as pb;
+use serde_json::json;
+
+#[derive(Subcommand)]
+pub(crate) enum AuthCmd {
+    /// Create an account or a rule.
+    Create {
+        #[command(subcommand)]
+        what: Create,
+    },
+    /// Delete an account or a rule.
+    Delete {
+        #[command(subcommand)]
+        what: Delete,
+    },
+    /// List accounts or rules.
+    List {
+        #[command(subcommand)]
+        what: List,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Create {
+    /// An account: micro auth create account alice --scopes staff
+    Account {
+        id: String,
+        /// Scopes, comma-separated.
+        #[arg(long, default_value = "")]
+        scopes: String,
+        /// The secret (default: generated and printed once).
+        #[arg(long)]
+        secret: Option<String>,
+        /// user or service.
+        #[arg(long = "type", default_value = "user")]
+        kind: String,
+    },
+    /// A rule: micro auth create rule lock --resource 'service:foo:*' --scope staff --priority 10
+    Rule {
+        id: String,
+        /// type:name:endpoint; parts may be * or end with *.
+        #[arg(long)]
+        resource: String,
+        /// "" public, "*" any account of the namespace, "+" any account, else a scope.
+        #[arg(long, default_value = "")]
+        scope: String,
+        /// granted or denied.
+        #[arg(long, default_value = "granted")]
+        access: String,
+        /// Higher wins.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i32,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Delete {
+    /// An account (and its refresh tokens).
+    Account { id: String },
+    /// A rule.
+    Rule { id: String },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum List {
+    /// Accounts of the namespace.
+    Accounts,
+    /// Rules of the namespace.
+    Rules,
+}
+
+fn client(c: &Ctx) -> Result<pb::auth_client::AuthClient<tonic::transport::Channel>> {
+    let ch = micro::data::channel(&c.address).map_err(status_err)?;
+    Ok(pb::auth_client::AuthClient::new(ch))
+}
+
+fn request<T>(c: &Ctx, msg: T, token: Option<&str>) -> Result<tonic::Request<T>> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("micro-namespace", c.namespace.parse().map_err(|_| anyhow!("invalid namespace"))?);
+    if let Some(t) = token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().map_err(|_| anyhow!("invalid token"))?);
+    }
+    req.set_timeout(std::time::Duration::from_secs(10));
+    Ok(req)
+}
+
+fn tonic_err(e: tonic::Status) -> anyhow::Error {
+    status_err(micro::status::from_tonic(&e))
+}
+
+fn now() -> u64 {
+    micro_core::store::now_ms() / 1000
+}
+
+/// The current environment's access token, refreshed when it is about to expire.
+pub(crate) async fn token(c: &Ctx) -> Result<Option<String>> {
+    let mut envs = Envs::load()?;
+    let Some(creds) = envs.current().credentials else { return Ok(None) };
+    if creds.expiry > now() + 30 {
+        return Ok(Some(creds.access_token));
+    }
+    let req = request(c, pb::TokenRequest { refresh_token: creds.refresh_token.clone(), ..Default::default() }, None)?;
+    let res = client(c)?
+        .token(req)
+        .await
+        .map_err(|e| anyhow!("your session has expired ({}); log in again: micro login", e.message()))?
+        .into_inner();
+    let fresh = Credentials {
+        account: creds.account,
+        namespace: creds.namespace,
+        access_token: res.access_token.clone(),
+        refresh_token: res.refresh_token,
+        expiry: res.expiry,
+    };
+    envs.current_mut().credentials = Some(fresh);
+    envs.save()?;
+    Ok(Some(res.access_token))
+}
+
+/// The local admin password file, when `micro server` runs here with default settings.
+fn local_admin_password() -> Option<String> {
+    let dir = std::env::var_os("MICRO_DATA_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".micro").join("data")))?;
+    std::fs::read_to_string(dir.join(micro_server::ADMIN_PASSWORD_FILE)).ok().map(|s| s.trim().to_string())
+}
+
+pub(crate) async fn login(c: &Ctx, id: &str, password: Option<String>) -> Result<()> {
+    let secret = match password.or_else(|| std::env::var("MICRO_PASSWORD").ok()) {
+        Some(p) => p,
+        None if id == "admin" && local_admin_password().is_some() => local_admin_password().unwrap_or_default(),
+        None => {
+            eprint!("password for {id}: ");
+            let mut line = String::new();
+            std::io::stdin().read_line(&mut line).context("reading the password")?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        }
+    };
+    let req = request(c, pb::TokenRequest { id: id.to_string(), secret, ..Default::default() }, None)?;
+    let res = client(c)?.token(req).await.map_err(tonic_err)?.into_inner();
+    let mut envs = Envs::load()?;
+    envs.current_mut().credentials = Some(Credentials {
+        account: id.to_string(),
+        namespace: c.namespace.clone(),
+        access_token: res.access_token,
+        refresh_token: res.refresh_token,
+        expiry: res.expiry,
+    });
+    envs.save()?;
+    println!("logged in as {id} in {}", c.namespace);
+    Ok(())
+}
+
+pub(crate) fn logout() -> Result<()> {
+    let mut envs = Envs::load()?;
+    envs.current_mut().credentials = None;
+    envs.save()?;
+    println!("logged out");
+    Ok(())
+}
+
+pub(crate) async fn whoami(c: &Ctx) -> Result<()> {
+    let token = token(c).await?.ok_or_else(|| anyhow!("not logged in: micro login"))?;
+    let req = request(c, pb::InspectRequest { token }, None)?;
+    let res = client(c)?.inspect(req).await.map_err(tonic_err)?.into_inner();
+    let a = res.account.unwrap_or_default();
+    if c.json {
+        output::json(
+            &json!({"id": a.id, "namespace": a.namespace, "type": a.r#type, "scopes": a.scopes, "expiry": res.expiry}),
+        );
+    } else {
+        println!("{} ({}) in namespace {}, scopes: {}", a.id, a.r#type, a.namespace, a.scopes.join(","));
+    }
+    Ok(())
+}
+
+pub(crate) async fn auth(c: &Ctx, cmd: AuthCmd) -> Result<()> {
+    let token = token(c).await?;
+    let t = token.as_deref();
+    let mut cl = client(c)?;
+    match cmd {
+        AuthCmd::Create { what: Create::Account { id, scopes, secret, kind } } => {
+            let scopes = scopes.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+            let msg = pb::GenerateRequest {
+                id: id.clone(),
+                r#type: kind,
+                scopes,
+                secret: secret.unwrap_or_default(),
+                ..Default::default()
+            };
+            let res = cl.generate(request(c, msg, t)?).await.map_err(tonic_err)?.into_inner();
+            if res.secret.is_empty() {
+                println!("created account {id}");
+            } else {
+                println!("created account {id}; its secret (shown once): {}", res.secret);
+            }
+        }
+        AuthCmd::Create { what: Create::Rule { id, resource, scope, access, priority } } => {
+            let rule = pb::Rule { id: id.clone(), scope, resource, access, priority };
+            cl.create_rule(request(c, pb::CreateRuleRequest { rule: Some(rule) }, t)?).await.map_err(tonic_err)?;
+            println!("created rule {id}");
+        }
+        AuthCmd::Delete { what: Delete::Account { id } } => {
+            cl.delete_account(request(c, pb::DeleteAccountRequest { id }, t)?).await.map_err(tonic_err)?;
+        }
+        AuthCmd::Delete { what: Delete::Rule { id } } => {
+            cl.delete_rule(request(c, pb::DeleteRuleRequest { id }, t)?).await.map_err(tonic_err)?;
+        }
+        AuthCmd::List { what: List::Accounts } => {
+            let res =
+                cl.list_accounts(request(c, pb::ListAccountsRequest {}, t)?).await.map_err(tonic_err)?.into_inner();
+            if c.json {
+                let v: Vec<_> = res
+                    .accounts
+                    .iter()
+                    .map(|a| json!({"id": a.id, "type": a.r#type, "namespace": a.namespace, "scopes": a.scopes, "created": a.created}))
+                    .collect();
+                output::json(&json!(v));
+            } else {
+                let rows: Vec<Vec<String>> =
+                    res.accounts.iter().map(|a| vec![a.id.clone(), a.r#type.clone(), a.scopes.join(",")]).collect();
+                output::table(&["ID", "TYPE", "SCOPES"], &rows);
+            }
+        }
+        AuthCmd::List { what: List::Rules } => {
+            let res = cl.list_rules(request(c, pb::ListRulesRequest {}, t)?).await.map_err(tonic_err)?.into_inner();
+            if c.json {
+                let v: Vec<_> = res
+                    .rules
+                    .iter()
+                    .map(|r| json!({"id": r.id, "scope": r.scope, "resource": r.resource, "access": r.access, "priority": r.priority}))
+                    .collect();
+                output::json(&json!(v));
+            } else {
+                let rows: Vec<Vec<String>> = res
+                    .rules
+                    .iter()
+                    .map(|r| {
+                        let scope = if r.scope.is_empty() { "(public)".to_string() } else { r.scope.clone() };
+                        vec![r.id.clone(), scope, r.resource.clone(), r.access.clone(), r.priority.to_string()]
+                    })
+                    .collect();
+                output::table(&["ID", "SCOPE", "RESOURCE", "ACCESS", "PRIORITY"], &rows);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,161 @@
+//! Auth through the `micro` CLI against a real server: the bootstrapped admin, login,
+//! whoami, accounts, rules, refresh, and the limit on failed logins.
+
+use micro_test::TestServer;
+use std::process::Command;
+
+struct Cli {
+    server: String,
+    home: tempfile::TempDir,
+}
+
+impl Cli {
+    /// Runs `micro`; returns (exit code, stdout, stderr).
+    async fn run(&self, args: &[&str]) -> (i32, String, String) {
+        let (server, home) = (self.server.clone(), self.home.path().to_path_buf());
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let out = Command::new(env!("CARGO_BIN_EXE_micro"))
+                .arg("--server")
+                .arg(&server)
+                .args(&args)
+                .env("HOME", &home)
+                .env_remove("MICRO_PASSWORD")
+                .env("MICRO_DATA_DIR", home.join("no-local-server"))
+                .output()
+                .expect("micro runs");
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .await
+        .expect("the command ran")
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args).await;
+        assert_eq!(code, 0, "micro {args:?}\nstdout: {out}\nstderr: {err}");
+        out
+    }
+
+    /// Expects one clear error line and exit code 1; returns it.
+    async fn fails(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.run(args).await;
+        assert_eq!(code, 1, "micro {args:?} should fail\nstdout: {out}\nstderr: {err}");
+        assert!(err.starts_with("error: ") && err.trim().lines().count() == 1, "one clear line: {err}");
+        err
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_login_accounts_rules_and_refresh() {
+    let s = TestServer::start().await;
+    let cli = Cli { server: s.proxy(), home: tempfile::tempdir().unwrap() };
+
+    // The first start made the admin, with a random password in a 0600 file.
+    let file = s.dir.path().join(micro_server::ADMIN_PASSWORD_FILE);
+    let password = std::fs::read_to_string(&file).expect("the admin password file exists");
+    assert!(password.trim().len() >= 32, "a long random password");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    // No default password works; a wrong one is one clear line.
+    for guess in ["admin", "password", "micro", ""] {
+        let err = cli.fails(&["login", "--password", guess]).await;
+        assert!(err.contains("wrong account id or secret") || err.contains("8 to 1024"), "{err}");
+    }
+    assert!(cli.fails(&["whoami"]).await.contains("not logged in"));
+
+    cli.ok(&["login", "--password", password.trim()]).await;
+    let me = cli.ok(&["whoami"]).await;
+    assert!(me.contains("admin (user) in namespace micro") && me.contains("admin"), "{me}");
+    let config = std::fs::read_to_string(cli.home.path().join(".micro/config")).unwrap();
+    assert!(config.contains("refresh_token"), "credentials are kept per environment");
+    let env_json = cli.ok(&["env", "-o", "json"]).await;
+    assert!(!env_json.contains("refresh_token") && !env_json.contains("access_token"), "{env_json}");
+
+    // Accounts.
+    let out = cli.ok(&["auth", "create", "account", "alice", "--scopes", "staff"]).await;
+    let secret = out.rsplit(' ').next().unwrap().trim().to_string();
+    assert!(out.contains("shown once") && secret.len() >= 32, "{out}");
+    cli.ok(&["auth", "create", "account", "bob", "--secret", "bobs-secret-1"]).await;
+    assert!(
+        cli.fails(&["auth", "create", "account", "bob", "--secret", "another-one"]).await.contains("already exists")
+    );
+    let accounts = cli.ok(&["auth", "list", "accounts"]).await;
+    assert!(accounts.contains("alice") && accounts.contains("staff") && accounts.contains("bob"), "{accounts}");
+    assert!(!accounts.contains(&secret), "secrets are never listed");
+
+    // Rules: the default public rule, then a lock-down.
+    let rules = cli.ok(&["auth", "list", "rules"]).await;
+    assert!(rules.contains("default") && rules.contains("(public)"), "{rules}");
+    cli.ok(&[
+        "auth",
+        "create",
+        "rule",
+        "lock",
+        "--resource",
+        "service:helloworld:*",
+        "--scope",
+        "staff",
+        "--priority",
+        "10",
+    ])
+    .await;
+    let rules = cli.ok(&["auth", "list", "rules", "-o", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&rules).unwrap();
+    assert_eq!(v[0]["id"], "lock", "highest priority first: {v}");
+    assert!(cli.fails(&["auth", "create", "rule", "bad", "--resource", "service:a*b"]).await.contains("resource"));
+    assert!(
+        cli.fails(&["auth", "create", "rule", "bad", "--resource", "x:y", "--access", "maybe"])
+            .await
+            .contains("access")
+    );
+    cli.ok(&["auth", "delete", "rule", "default"]).await;
+    cli.ok(&["auth", "delete", "rule", "lock"]).await;
+    let rules = cli.ok(&["auth", "list", "rules", "-o", "json"]).await;
+    assert_eq!(rules.trim(), "[]", "every rule can go; the admin still manages the namespace");
+
+    // A plain user is not an admin.
+    let user = Cli { server: s.proxy(), home: tempfile::tempdir().unwrap() };
+    user.ok(&["login", "--id", "bob", "--password", "bobs-secret-1"]).await;
+    assert!(user.ok(&["whoami"]).await.contains("bob (user)"));
+    assert!(user.fails(&["auth", "list", "accounts"]).await.contains("admin scope"));
+
+    // Refresh: an expired access token is refreshed on its own.
+    let path = user.home.path().join(".micro/config");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let old_refresh = cfg["envs"]["local"]["credentials"]["refresh_token"].clone();
+    cfg["envs"]["local"]["credentials"]["expiry"] = serde_json::json!(1);
+    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    assert!(user.ok(&["whoami"]).await.contains("bob"), "refreshed transparently");
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_ne!(cfg["envs"]["local"]["credentials"]["refresh_token"], old_refresh, "the refresh token rotated");
+    assert!(cfg["envs"]["local"]["credentials"]["expiry"].as_u64().unwrap() > 1);
+
+    // A used refresh token cannot be used again.
+    let mut reuse = cfg.clone();
+    reuse["envs"]["local"]["credentials"]["refresh_token"] = old_refresh;
+    reuse["envs"]["local"]["credentials"]["expiry"] = serde_json::json!(1);
+    std::fs::write(&path, serde_json::to_vec(&reuse).unwrap()).unwrap();
+    assert!(user.fails(&["whoami"]).await.contains("log in again"), "a rotated refresh token is used up");
+
+    // A deleted account's refresh token fails.
+    cli.ok(&["auth", "delete", "account", "bob"]).await;
+    let mut cfg = cfg;
+    cfg["envs"]["local"]["credentials"]["expiry"] = serde_json::json!(1);
+    std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    assert!(user.fails(&["whoami"]).await.contains("log in again"));
+
+    // Brute force: the 11th wrong password within a minute is refused with 429.
+    let attacker = Cli { server: s.proxy(), home: tempfile::tempdir().unwrap() };
+    for _ in 0..10 {
+        attacker.fails(&["login", "--id", "alice", "--password", "wrong-guess"]).await;
+    }
+    let err = attacker.fails(&["login", "--id", "alice", "--password", &secret]).await;
+    assert!(err.contains("429") && err.contains("too many failed logins"), "{err}");
+}

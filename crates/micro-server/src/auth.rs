@@ -1,0 +1,550 @@
+//! The `auth` core service: accounts (secrets hashed with argon2id), access tokens
+//! (Ed25519-signed, verified locally by anyone holding the public keys), refresh tokens
+//! (stored hashed, rotated on use, revoked with their account), rules, and the
+//! bootstrap of the first admin.
+//!
+//! Auth data lives in its own database (`auth.db`), never reachable through the store
+//! service.
+
+use argon2::Argon2;
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use base64::Engine;
+use micro::auth::token::{Claims, Signer, Verifier};
+use micro::proto::auth as pb;
+use micro::status::to_tonic;
+use micro_core::auth::{Access, Account, AccountType, Rule, default_rule, parse_resource, validate_rule};
+use micro_core::store::{Query, Record, Store, Table};
+use micro_core::{Code, Status as MicroStatus};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tonic::{Request, Response, Status};
+
+/// How long an access token lives.
+pub const ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long a refresh token lives.
+pub const REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Failed logins allowed per account and per client within [`FAILURE_WINDOW`].
+const MAX_FAILURES: usize = 10;
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// The file the generated admin password is written to, in the data dir.
+pub const ADMIN_PASSWORD_FILE: &str = "admin.password";
+
+fn t(e: MicroStatus) -> Status {
+    to_tonic(&e)
+}
+
+/// What is stored per account.
+#[derive(Serialize, Deserialize)]
+struct StoredAccount {
+    account: Account,
+    hash: String,
+}
+
+/// What is stored per refresh token (keyed by the account id and the token's hash).
+#[derive(Serialize, Deserialize)]
+struct StoredRefresh {
+    expires: u64,
+}
+
+/// The auth service's state. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AuthService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    signer: Signer,
+    verifier: RwLock<Verifier>,
+    failures: Mutex<HashMap<String, Vec<Instant>>>,
+}
+
+fn now() -> u64 {
+    micro_core::store::now_ms() / 1000
+}
+
+fn random_secret() -> String {
+    let mut bytes = uuid::Uuid::new_v4().as_bytes().to_vec();
+    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn hash_secret(secret: &str) -> Result<String, MicroStatus> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| MicroStatus::internal("auth", format!("hashing: {e}")))
+}
+
+fn secret_matches(secret: &str, hash: &str) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(secret.as_bytes(), &h).is_ok())
+}
+
+fn sha256_hex(s: &str) -> String {
+    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn validate_id(id: &str) -> Result<(), MicroStatus> {
+    let ok = !id.is_empty() && id.len() <= 256 && id.chars().all(|c| !c.is_control() && !c.is_whitespace() && c != '/');
+    if ok { Ok(()) } else { Err(MicroStatus::bad_request("auth", format!("invalid account id {id:?}"))) }
+}
+
+fn validate_secret(secret: &str) -> Result<(), MicroStatus> {
+    if secret.len() < 8 || secret.len() > 1024 {
+        return Err(MicroStatus::bad_request("auth", "the secret must be 8 to 1024 characters"));
+    }
+    Ok(())
+}
+
+impl AuthService {
+    /// Opens the auth database and signing keys under `data_dir`.
+    pub(crate) fn open(store: Arc<dyn Store>, data_dir: &Path) -> Result<AuthService, MicroStatus> {
+        let signer = Signer::open(&data_dir.join("keys"))?;
+        let verifier = signer.verifier();
+        Ok(AuthService {
+            inner: Arc::new(Inner {
+                store,
+                signer,
+                verifier: RwLock::new(verifier),
+                failures: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// Verifies an access token; the account it stands for.
+    pub(crate) fn verify(&self, token: &str) -> Result<Claims, MicroStatus> {
+        self.inner.verifier.read().unwrap_or_else(|e| e.into_inner()).verify(token)
+    }
+
+    fn accounts(ns: &str) -> Table {
+        Table::new(ns, "accounts")
+    }
+
+    fn refresh_table(ns: &str) -> Table {
+        Table::new(ns, "refresh")
+    }
+
+    fn rules_table(ns: &str) -> Table {
+        Table::new(ns, "rules")
+    }
+
+    async fn load(&self, ns: &str, id: &str) -> Result<Option<StoredAccount>, MicroStatus> {
+        match self.inner.store.read(&Self::accounts(ns), id, &Query::default()).await {
+            Ok(mut r) => match r.pop() {
+                Some(rec) => serde_json::from_slice(&rec.value)
+                    .map(Some)
+                    .map_err(|e| MicroStatus::internal("auth", format!("stored account: {e}"))),
+                None => Ok(None),
+            },
+            Err(e) if e.code() == Code::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn save(&self, stored: &StoredAccount) -> Result<(), MicroStatus> {
+        let value = serde_json::to_vec(stored).map_err(|e| MicroStatus::internal("auth", e.to_string()))?;
+        let record = Record::new(&stored.account.id, value);
+        self.inner.store.write(&Self::accounts(&stored.account.namespace), &record, None).await
+    }
+
+    /// Creates an account; `secret` empty makes one, returned once.
+    pub(crate) async fn create(&self, mut account: Account, secret: &str) -> Result<(Account, String), MicroStatus> {
+        validate_id(&account.id)?;
+        micro_core::namespace::validate(&account.namespace)?;
+        if self.load(&account.namespace, &account.id).await?.is_some() {
+            return Err(MicroStatus::new(
+                Code::AlreadyExists,
+                "auth",
+                format!("account {} already exists in {}", account.id, account.namespace),
+            ));
+        }
+        let (secret, generated) = if secret.is_empty() { (random_secret(), true) } else { (secret.to_string(), false) };
+        validate_secret(&secret)?;
+        account.created = now();
+        if account.name.is_empty() {
+            account.name = account.id.clone();
+        }
+        self.save(&StoredAccount { account: account.clone(), hash: hash_secret(&secret)? }).await?;
+        Ok((account, if generated { secret } else { String::new() }))
+    }
+
+    /// The first admin: `admin` in `micro` with the given password, or a random one
+    /// written to `<data_dir>/admin.password` (mode 0600). Does nothing when it exists.
+    pub(crate) async fn bootstrap(&self, data_dir: &Path, password: Option<String>) -> Result<(), MicroStatus> {
+        let ns = micro_core::namespace::DEFAULT;
+        if self.load(ns, "admin").await?.is_some() {
+            return Ok(());
+        }
+        let generated = password.is_none();
+        let secret = password.unwrap_or_else(random_secret);
+        let admin = Account {
+            id: "admin".into(),
+            name: "admin".into(),
+            kind: AccountType::User,
+            namespace: ns.into(),
+            scopes: vec![micro_core::auth::ADMIN_SCOPE.into()],
+            ..Default::default()
+        };
+        self.create(admin, &secret).await?;
+        if generated {
+            let path = data_dir.join(ADMIN_PASSWORD_FILE);
+            write_private(&path, secret.as_bytes())
+                .map_err(|e| MicroStatus::internal("auth", format!("writing {}: {e}", path.display())))?;
+            tracing::info!(file = %path.display(), "created the admin account; its password is in this file");
+        } else {
+            tracing::info!("created the admin account with the password from MICRO_ADMIN_PASSWORD");
+        }
+        Ok(())
+    }
+
+    /// Counts a failed login against `keys`; `ResourceExhausted` when one is over the limit.
+    fn check_failures(&self, keys: &[String]) -> Result<(), MicroStatus> {
+        let mut f = self.inner.failures.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            let list = f.entry(k.clone()).or_default();
+            list.retain(|t| t.elapsed() < FAILURE_WINDOW);
+            if list.len() >= MAX_FAILURES {
+                let wait = FAILURE_WINDOW.saturating_sub(list[0].elapsed()).as_secs().max(1);
+                return Err(MicroStatus::new(
+                    Code::ResourceExhausted,
+                    "auth",
+                    format!("too many failed logins; retry in {wait} s"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn record_failure(&self, keys: &[String]) {
+        let mut f = self.inner.failures.lock().unwrap_or_else(|e| e.into_inner());
+        for k in keys {
+            f.entry(k.clone()).or_default().push(Instant::now());
+        }
+        if f.len() > 100_000 {
+            f.retain(|_, v| v.iter().any(|t| t.elapsed() < FAILURE_WINDOW));
+        }
+    }
+
+    /// Issues an access token and a new refresh token for `account`.
+    async fn issue(&self, account: &Account) -> Result<pb::TokenResponse, MicroStatus> {
+        let iat = now();
+        let exp = iat + ACCESS_TTL.as_secs();
+        let claims = Claims {
+            sub: account.id.clone(),
+            name: account.name.clone(),
+            ns: account.namespace.clone(),
+            typ: match account.kind {
+                AccountType::User => "user".into(),
+                AccountType::Service => "service".into(),
+            },
+            scopes: account.scopes.clone(),
+            iat,
+            exp,
+            iss: "micro".into(),
+        };
+        let access_token = self.inner.signer.sign(&claims)?;
+        let random = random_secret();
+        let id64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(account.id.as_bytes());
+        let refresh_token = format!("{id64}.{random}");
+        let stored = StoredRefresh { expires: iat + REFRESH_TTL.as_secs() };
+        let key = format!("{}/{}", account.id, sha256_hex(&random));
+        let value = serde_json::to_vec(&stored).map_err(|e| MicroStatus::internal("auth", e.to_string()))?;
+        self.inner
+            .store
+            .write(&Self::refresh_table(&account.namespace), &Record::new(key, value), Some(REFRESH_TTL))
+            .await?;
+        Ok(pb::TokenResponse { access_token, refresh_token, expiry: exp, account: Some(account.into()) })
+    }
+
+    /// Id and secret → tokens, rate-limited per account and per client.
+    async fn login(
+        &self,
+        ns: &str,
+        id: &str,
+        secret: &str,
+        client: Option<&str>,
+    ) -> Result<pb::TokenResponse, MicroStatus> {
+        let mut keys = vec![format!("a/{ns}/{id}")];
+        if let Some(c) = client {
+            keys.push(format!("c/{c}"));
+        }
+        self.check_failures(&keys)?;
+        let stored = self.load(ns, id).await?;
+        match stored {
+            Some(s) if secret_matches(secret, &s.hash) => self.issue(&s.account).await,
+            _ => {
+                self.record_failure(&keys);
+                Err(MicroStatus::new(Code::Unauthenticated, "auth", "wrong account id or secret"))
+            }
+        }
+    }
+
+    /// Refresh token → new tokens; the old refresh token is used up.
+    async fn refresh(&self, ns: &str, token: &str) -> Result<pb::TokenResponse, MicroStatus> {
+        let bad = || MicroStatus::new(Code::Unauthenticated, "auth", "invalid or expired refresh token");
+        let (id64, random) = token.split_once('.').ok_or_else(bad)?;
+        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(id64)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(bad)?;
+        let key = format!("{id}/{}", sha256_hex(random));
+        let table = Self::refresh_table(ns);
+        match self.inner.store.delete(&table, &key).await {
+            Ok(()) => {}
+            Err(e) if e.code() == Code::NotFound => return Err(bad()),
+            Err(e) => return Err(e),
+        }
+        let account = self.load(ns, &id).await?.ok_or_else(bad)?.account;
+        self.issue(&account).await
+    }
+
+    /// The rules of a namespace (the default public rule until an admin changes them).
+    pub(crate) async fn rules(&self, ns: &str) -> Result<Vec<Rule>, MicroStatus> {
+        let table = Self::rules_table(ns);
+        let q = Query { prefix: true, ..Default::default() };
+        let records = self.inner.store.read(&table, "r/", &q).await?;
+        let initialised = self.inner.store.read(&table, "_init", &Query::default()).await.is_ok();
+        if !initialised {
+            return Ok(vec![default_rule()]);
+        }
+        records
+            .iter()
+            .map(|r| {
+                serde_json::from_slice(&r.value).map_err(|e| MicroStatus::internal("auth", format!("stored rule: {e}")))
+            })
+            .collect()
+    }
+
+    async fn init_rules(&self, ns: &str) -> Result<(), MicroStatus> {
+        let table = Self::rules_table(ns);
+        if self.inner.store.read(&table, "_init", &Query::default()).await.is_ok() {
+            return Ok(());
+        }
+        for r in self.rules(ns).await? {
+            self.put_rule(ns, &r).await?;
+        }
+        self.inner.store.write(&table, &Record::new("_init", b"1".to_vec()), None).await
+    }
+
+    async fn put_rule(&self, ns: &str, rule: &Rule) -> Result<(), MicroStatus> {
+        let value = serde_json::to_vec(rule).map_err(|e| MicroStatus::internal("auth", e.to_string()))?;
+        self.inner.store.write(&Self::rules_table(ns), &Record::new(format!("r/{}", rule.id), value), None).await
+    }
+
+    /// The caller's verified claims, from `authorization: Bearer …`.
+    fn caller<T>(&self, req: &Request<T>) -> Result<Option<Claims>, MicroStatus> {
+        let Some(v) = req.metadata().get("authorization").and_then(|v| v.to_str().ok()) else { return Ok(None) };
+        let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim();
+        self.verify(token).map(Some)
+    }
+
+    /// Requires an admin of `ns`.
+    fn require_admin<T>(&self, req: &Request<T>, ns: &str) -> Result<Claims, MicroStatus> {
+        let claims = self
+            .caller(req)?
+            .ok_or_else(|| MicroStatus::new(Code::Unauthenticated, "auth", "log in as an admin first"))?;
+        if !claims_account(&claims).is_admin_of(ns) {
+            return Err(MicroStatus::new(Code::PermissionDenied, "auth", format!("needs the admin scope of {ns}")));
+        }
+        Ok(claims)
+    }
+}
+
+/// The account claims stand for.
+pub(crate) fn claims_account(c: &Claims) -> Account {
+    Account {
+        id: c.sub.clone(),
+        name: c.name.clone(),
+        kind: if c.typ == "service" { AccountType::Service } else { AccountType::User },
+        namespace: c.ns.clone(),
+        scopes: c.scopes.clone(),
+        ..Default::default()
+    }
+}
+
+/// Writes `bytes` to a new file readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+fn rule_of(r: pb::Rule) -> Result<Rule, MicroStatus> {
+    let access = match r.access.as_str() {
+        "" | "granted" => Access::Granted,
+        "denied" => Access::Denied,
+        other => return Err(MicroStatus::bad_request("auth", format!("access {other:?}: use granted or denied"))),
+    };
+    let rule = Rule { id: r.id, scope: r.scope, resource: parse_resource(&r.resource)?, access, priority: r.priority };
+    validate_rule(&rule)?;
+    Ok(rule)
+}
+
+fn wire_rule(r: &Rule) -> pb::Rule {
+    pb::Rule {
+        id: r.id.clone(),
+        scope: r.scope.clone(),
+        resource: r.resource.to_string(),
+        access: match r.access {
+            Access::Granted => "granted".into(),
+            Access::Denied => "denied".into(),
+        },
+        priority: r.priority,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::auth_server::Auth for AuthService {
+    async fn generate(&self, req: Request<pb::GenerateRequest>) -> Result<Response<pb::GenerateResponse>, Status> {
+        let ns = micro::namespace(&req);
+        self.require_admin(&req, &ns).map_err(t)?;
+        let r = req.into_inner();
+        let kind = match r.r#type.as_str() {
+            "" | "user" => AccountType::User,
+            "service" => AccountType::Service,
+            other => return Err(Status::invalid_argument(format!("auth: type {other:?}: use user or service"))),
+        };
+        let account = Account {
+            id: r.id,
+            name: r.name,
+            kind,
+            namespace: ns,
+            scopes: r.scopes,
+            metadata: r.metadata.into_iter().collect(),
+            created: 0,
+        };
+        let (account, secret) = self.create(account, &r.secret).await.map_err(t)?;
+        Ok(Response::new(pb::GenerateResponse { account: Some((&account).into()), secret }))
+    }
+
+    async fn inspect(&self, req: Request<pb::InspectRequest>) -> Result<Response<pb::InspectResponse>, Status> {
+        let claims = self.verify(&req.into_inner().token).map_err(t)?;
+        Ok(Response::new(pb::InspectResponse { account: Some((&claims_account(&claims)).into()), expiry: claims.exp }))
+    }
+
+    async fn token(&self, req: Request<pb::TokenRequest>) -> Result<Response<pb::TokenResponse>, Status> {
+        let ns = micro::namespace(&req);
+        let client = req
+            .metadata()
+            .get(micro::server::CLIENT_ADDRESS)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| req.remote_addr().map(|a| a.ip().to_string()));
+        let r = req.into_inner();
+        let out = if !r.refresh_token.is_empty() {
+            self.refresh(&ns, &r.refresh_token).await
+        } else {
+            self.login(&ns, &r.id, &r.secret, client.as_deref()).await
+        };
+        Ok(Response::new(out.map_err(t)?))
+    }
+
+    async fn list_accounts(
+        &self,
+        req: Request<pb::ListAccountsRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let ns = micro::namespace(&req);
+        self.require_admin(&req, &ns).map_err(t)?;
+        let q = Query { prefix: false, ..Default::default() };
+        let records = self.inner.store.read(&Self::accounts(&ns), "", &Query { prefix: true, ..q }).await.map_err(t)?;
+        let accounts = records
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<StoredAccount>(&r.value).ok())
+            .map(|s| pb::Account::from(&s.account))
+            .collect();
+        Ok(Response::new(pb::ListAccountsResponse { accounts }))
+    }
+
+    async fn delete_account(
+        &self,
+        req: Request<pb::DeleteAccountRequest>,
+    ) -> Result<Response<pb::DeleteAccountResponse>, Status> {
+        let ns = micro::namespace(&req);
+        self.require_admin(&req, &ns).map_err(t)?;
+        let id = req.into_inner().id;
+        self.inner.store.delete(&Self::accounts(&ns), &id).await.map_err(t)?;
+        // Its refresh tokens go with it.
+        let table = Self::refresh_table(&ns);
+        let q = Query { prefix: true, ..Default::default() };
+        for key in self.inner.store.list(&table, &format!("{id}/"), &q).await.map_err(t)? {
+            let _ = self.inner.store.delete(&table, &key).await;
+        }
+        Ok(Response::new(pb::DeleteAccountResponse {}))
+    }
+
+    async fn change_secret(
+        &self,
+        req: Request<pb::ChangeSecretRequest>,
+    ) -> Result<Response<pb::ChangeSecretResponse>, Status> {
+        let ns = micro::namespace(&req);
+        let admin = self.require_admin(&req, &ns).is_ok();
+        let r = req.into_inner();
+        let mut stored = self
+            .load(&ns, &r.id)
+            .await
+            .map_err(t)?
+            .ok_or_else(|| t(MicroStatus::not_found("auth", format!("no account {}", r.id))))?;
+        if !admin && !secret_matches(&r.old_secret, &stored.hash) {
+            return Err(t(MicroStatus::new(Code::PermissionDenied, "auth", "the old secret is wrong")));
+        }
+        validate_secret(&r.new_secret).map_err(t)?;
+        stored.hash = hash_secret(&r.new_secret).map_err(t)?;
+        self.save(&stored).await.map_err(t)?;
+        Ok(Response::new(pb::ChangeSecretResponse {}))
+    }
+
+    async fn create_rule(
+        &self,
+        req: Request<pb::CreateRuleRequest>,
+    ) -> Result<Response<pb::CreateRuleResponse>, Status> {
+        let ns = micro::namespace(&req);
+        self.require_admin(&req, &ns).map_err(t)?;
+        let rule = rule_of(req.into_inner().rule.unwrap_or_default()).map_err(t)?;
+        self.init_rules(&ns).await.map_err(t)?;
+        self.put_rule(&ns, &rule).await.map_err(t)?;
+        Ok(Response::new(pb::CreateRuleResponse {}))
+    }
+
+    async fn delete_rule(
+        &self,
+        req: Request<pb::DeleteRuleRequest>,
+    ) -> Result<Response<pb::DeleteRuleResponse>, Status> {
+        let ns = micro::namespace(&req);
+        self.require_admin(&req, &ns).map_err(t)?;
+        let id = req.into_inner().id;
+        self.init_rules(&ns).await.map_err(t)?;
+        self.inner.store.delete(&Self::rules_table(&ns), &format!("r/{id}")).await.map_err(t)?;
+        Ok(Response::new(pb::DeleteRuleResponse {}))
+    }
+
+    async fn list_rules(&self, req: Request<pb::ListRulesRequest>) -> Result<Response<pb::ListRulesResponse>, Status> {
+        let ns = micro::namespace(&req);
+        self.require_admin(&req, &ns).map_err(t)?;
+        let mut rules = self.rules(&ns).await.map_err(t)?;
+        rules.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        Ok(Response::new(pb::ListRulesResponse { rules: rules.iter().map(wire_rule).collect() }))
+    }
+
+    async fn public_keys(
+        &self,
+        _req: Request<pb::PublicKeysRequest>,
+    ) -> Result<Response<pb::PublicKeysResponse>, Status> {
+        let json = serde_json::to_string(&self.inner.signer.public_keys())
+            .map_err(|e| Status::internal(format!("auth: {e}")))?;
+        Ok(Response::new(pb::PublicKeysResponse { json }))
+    }
+}
