@@ -976,3 +976,57 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! Randomised token strings (a stable-toolchain complement to `fuzz/`): verification
+    //! never panics and never accepts anything it did not sign.
+    use super::*;
+
+    #[test]
+    fn arbitrary_tokens_are_refused_without_panicking() {
+        let signer = Signer::ephemeral();
+        let verifier = signer.verifier();
+        let claims = Claims {
+            sub: "a".into(),
+            name: "a".into(),
+            ns: "micro".into(),
+            typ: "user".into(),
+            scopes: vec![],
+            iat: now(),
+            exp: now() + 60,
+            iss: "micro".into(),
+        };
+        let good = signer.sign(&claims).expect("signs");
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        const PIECES: [&str; 10] = [".", "e", "yJ", "A", "-", "_", "=", "\u{0}", "é", "eyJhbGciOiJub25lIn0"];
+        for i in 0..3_000 {
+            let token: String = if i % 2 == 0 {
+                // Mutate the good token: flip, cut or splice one place.
+                let mut b = good.clone().into_bytes();
+                let at = (next() % b.len() as u64) as usize;
+                match next() % 3 {
+                    0 => b[at] = b"AQ.-_x"[(next() % 6) as usize],
+                    1 => b.truncate(at),
+                    _ => b.insert(at, b'.'),
+                }
+                String::from_utf8_lossy(&b).into_owned()
+            } else {
+                (0..(next() % 16)).map(|_| PIECES[(next() % PIECES.len() as u64) as usize]).collect()
+            };
+            if token == good {
+                continue;
+            }
+            if let Ok(c) = verifier.verify(&token) {
+                // Only a change that leaves the signed bytes intact may pass.
+                assert_eq!(c, claims, "accepted a different token: {token:?}");
+            }
+        }
+    }
+}
