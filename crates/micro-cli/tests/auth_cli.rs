@@ -158,4 +158,9 @@ async fn admin_login_accounts_rules_and_refresh() {
     }
     let err = attacker.fails(&["login", "--id", "alice", "--password", &secret]).await;
     assert!(err.contains("429") && err.contains("too many failed logins"), "{err}");
+    // Through the gateway too, with Retry-After.
+    let r =
+        micro_test::http(&s.api(), "POST", "/auth/auth/token", &[], br#"{"id":"alice","secret":"nope-nope"}"#).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.head.to_ascii_lowercase().contains("retry-after:"), "{}", r.head);
 }

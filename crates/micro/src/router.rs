@@ -477,6 +477,17 @@ pub fn json_error(st: &Status) -> Response<Body> {
     let mut res = Response::new(Body::new(Full::new(Bytes::from(st.to_json()))));
     *res.status_mut() = http::StatusCode::from_u16(st.http_status()).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     res.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(CONTENT_TYPE_JSON));
+    if st.http_status() == 429 {
+        // "… retry in N s" in the detail sets Retry-After; otherwise a minute.
+        let secs = st
+            .detail()
+            .split("retry in ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(60);
+        res.headers_mut().insert(header::RETRY_AFTER, http::HeaderValue::from(secs));
+    }
     res
 }
 
