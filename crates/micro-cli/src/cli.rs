@@ -248,7 +248,8 @@ fn ctx(cli: &Cli) -> Result<Ctx> {
 
 /// Turns a status into a one-line error.
 pub(crate) fn status_err(e: micro::Status) -> anyhow::Error {
-    if e.code() == micro::Code::Unavailable && e.detail().contains("cannot reach") {
+    let unreachable = e.detail().contains("cannot reach") || e.detail().contains("connect error");
+    if e.code() == micro::Code::Unavailable && unreachable {
         anyhow!("{} (is `micro server` running? set MICRO_SERVER or --server)", e.detail())
     } else if e.id().is_empty() {
         anyhow!("{} ({})", e.detail(), e.http_status())

@@ -63,6 +63,15 @@ async fn admin_login_accounts_rules_and_refresh() {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     }
+    // A data dir the server creates is private to its owner.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = s.dir.path().join("fresh");
+        let server = micro_server::start(micro_server::Config::ephemeral(&dir)).await.unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        server.stop().await;
+    }
     // No default password works; a wrong one is one clear line.
     for guess in ["admin", "password", "micro", ""] {
         let err = cli.fails(&["login", "--password", guess]).await;

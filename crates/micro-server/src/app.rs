@@ -43,8 +43,16 @@ async fn bind(address: &str) -> Result<TcpListener, Error> {
 /// Starts the server: binds its listeners, registers the core services and serves
 /// until [`Running::stop`].
 pub async fn start(config: Config) -> Result<Running, Error> {
+    let fresh = !config.data_dir.exists();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| Error::DataDir { path: config.data_dir.display().to_string(), source })?;
+    // A new data dir is private to its owner: it holds hashes, keys and everyone's data.
+    #[cfg(unix)]
+    if fresh {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|source| Error::DataDir { path: config.data_dir.display().to_string(), source })?;
+    }
     let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     let api_listener = bind(&config.api_address).await?;
     let proxy_listener = bind(&config.proxy_address).await?;
