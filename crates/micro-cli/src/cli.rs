@@ -134,6 +134,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: crate::data::BlobCmd,
     },
+    /// Print a shell completion script: micro completion bash > /etc/bash_completion.d/micro
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Log in: micro login [--id admin] [--password …] (prompts; the local admin's
     /// password file is used when present)
     Login {
@@ -282,6 +287,14 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let dir = crate::new::generate(&name, dir, micro_path.as_deref())?;
             println!("created {} in {}", name, dir.display());
             println!("next: cd {} && cargo test && cargo run", dir.display());
+            Ok(())
+        }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "micro", &mut script);
+            // A closed pipe (`| head`) is not an error worth a message.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
             Ok(())
         }
         Command::Login { id, password } => crate::auth::login(&c, &id, password).await,

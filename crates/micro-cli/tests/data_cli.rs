@@ -110,3 +110,17 @@ async fn store_config_events_and_blob_commands() {
     fails(&p, &["blob", "list", "Bad Bucket"]).await;
     fails(&p, &["blob", "put", "pets", "x", "/no/such/file"]).await;
 }
+
+#[test]
+fn shell_completions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_micro")).args(["completion", shell]).output().expect("micro runs");
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8_lossy(&out.stdout);
+        for sub in ["store", "login", "services", "publish"] {
+            assert!(script.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_micro")).args(["completion", "nosh"]).output().expect("micro runs");
+    assert!(!out.status.success());
+}
