@@ -254,3 +254,50 @@ pub(crate) async fn auth(c: &Ctx, cmd: AuthCmd) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Subcommand)]
+pub(crate) enum NamespaceCmd {
+    /// Every namespace.
+    List,
+    /// A new namespace, with the default public rule.
+    Create { name: String },
+    /// Delete a namespace's accounts, tokens and rules.
+    Delete { name: String },
+}
+
+pub(crate) async fn namespace(c: &Ctx, cmd: NamespaceCmd) -> Result<()> {
+    let token = token(c).await?;
+    let t = token.as_deref();
+    // Namespaces are managed from the micro namespace.
+    let admin = Ctx { address: c.address.clone(), namespace: micro_core::namespace::DEFAULT.into(), json: c.json };
+    let mut cl = client(c)?;
+    match cmd {
+        NamespaceCmd::List => {
+            let res = cl
+                .list_namespaces(request(&admin, pb::ListNamespacesRequest {}, t)?)
+                .await
+                .map_err(tonic_err)?
+                .into_inner();
+            if c.json {
+                output::json(&json!(res.namespaces));
+            } else {
+                for n in res.namespaces {
+                    println!("{n}");
+                }
+            }
+        }
+        NamespaceCmd::Create { name } => {
+            cl.create_namespace(request(&admin, pb::CreateNamespaceRequest { name: name.clone() }, t)?)
+                .await
+                .map_err(tonic_err)?;
+            println!("created namespace {name}");
+        }
+        NamespaceCmd::Delete { name } => {
+            cl.delete_namespace(request(&admin, pb::DeleteNamespaceRequest { name: name.clone() }, t)?)
+                .await
+                .map_err(tonic_err)?;
+            println!("deleted namespace {name}");
+        }
+    }
+    Ok(())
+}

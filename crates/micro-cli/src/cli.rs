@@ -153,6 +153,11 @@ pub(crate) enum Command {
     Logout,
     /// Show the logged-in account.
     Whoami,
+    /// Manage namespaces (admin of micro): micro namespace list|create|delete
+    Namespace {
+        #[command(subcommand)]
+        cmd: crate::auth::NamespaceCmd,
+    },
     /// Manage accounts and rules: micro auth create|delete|list account|rule
     Auth {
         #[command(subcommand)]
@@ -301,6 +306,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Logout => crate::auth::logout(),
         Command::Whoami => crate::auth::whoami(&c).await,
         Command::Auth { cmd } => crate::auth::auth(&c, cmd).await,
+        Command::Namespace { cmd } => crate::auth::namespace(&c, cmd).await,
         Command::Store { cmd } => crate::data::store(&c, cmd).await,
         Command::Config { cmd } => crate::data::config(&c, cmd).await,
         Command::Publish { topic, payload, key, metadata } => {

@@ -129,6 +129,43 @@ async fn admin_login_accounts_rules_and_refresh() {
     let rules = cli.ok(&["auth", "list", "rules", "-o", "json"]).await;
     assert_eq!(rules.trim(), "[]", "every rule can go; the admin still manages the namespace");
 
+    // Namespaces, managed by the admin of micro.
+    cli.ok(&["namespace", "create", "shop"]).await;
+    assert!(cli.fails(&["namespace", "create", "shop"]).await.contains("already exists"));
+    assert!(cli.fails(&["namespace", "create", "Bad Name"]).await.contains("namespace"));
+    assert_eq!(cli.ok(&["namespace", "list"]).await.lines().collect::<Vec<_>>(), ["micro", "shop"]);
+    cli.ok(&[
+        "--namespace",
+        "shop",
+        "auth",
+        "create",
+        "account",
+        "shopkeeper",
+        "--secret",
+        "keeper-secret",
+        "--scopes",
+        "admin",
+    ])
+    .await;
+    let shop_rules = cli.ok(&["--namespace", "shop", "auth", "list", "rules"]).await;
+    assert!(shop_rules.contains("default"), "a new namespace starts with the default rule: {shop_rules}");
+    let keeper = Cli { server: s.proxy(), home: tempfile::tempdir().unwrap() };
+    keeper.ok(&["--namespace", "shop", "login", "--id", "shopkeeper", "--password", "keeper-secret"]).await;
+    assert!(keeper.ok(&["--namespace", "shop", "auth", "list", "accounts"]).await.contains("shopkeeper"));
+    // The admin of shop is not an admin of micro or of namespaces.
+    assert!(keeper.fails(&["auth", "list", "accounts"]).await.contains("admin scope"));
+    assert!(keeper.fails(&["namespace", "list"]).await.contains("admin scope"));
+    // The same account id in another namespace is another account.
+    assert!(keeper.fails(&["login", "--id", "shopkeeper", "--password", "keeper-secret"]).await.contains("wrong"));
+    cli.ok(&["namespace", "delete", "shop"]).await;
+    assert!(
+        keeper
+            .fails(&["--namespace", "shop", "login", "--id", "shopkeeper", "--password", "keeper-secret"])
+            .await
+            .contains("wrong")
+    );
+    assert!(cli.fails(&["namespace", "delete", "micro"]).await.contains("cannot be deleted"));
+
     // A plain user is not an admin.
     let user = Cli { server: s.proxy(), home: tempfile::tempdir().unwrap() };
     user.ok(&["login", "--id", "bob", "--password", "bobs-secret-1"]).await;

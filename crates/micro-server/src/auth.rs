@@ -130,6 +130,10 @@ impl AuthService {
         Table::new(ns, "refresh")
     }
 
+    fn namespaces() -> Table {
+        Table::new(micro_core::namespace::DEFAULT, "namespaces")
+    }
+
     fn rules_table(ns: &str) -> Table {
         Table::new(ns, "rules")
     }
@@ -537,6 +541,55 @@ impl pb::auth_server::Auth for AuthService {
         let mut rules = self.rules(&ns).await.map_err(t)?;
         rules.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
         Ok(Response::new(pb::ListRulesResponse { rules: rules.iter().map(wire_rule).collect() }))
+    }
+
+    async fn create_namespace(
+        &self,
+        req: Request<pb::CreateNamespaceRequest>,
+    ) -> Result<Response<pb::CreateNamespaceResponse>, Status> {
+        self.require_admin(&req, micro_core::namespace::DEFAULT).map_err(t)?;
+        let name = req.into_inner().name;
+        micro_core::namespace::validate(&name).map_err(t)?;
+        let table = Self::namespaces();
+        if name == micro_core::namespace::DEFAULT
+            || self.inner.store.read(&table, &name, &Query::default()).await.is_ok()
+        {
+            return Err(t(MicroStatus::new(Code::AlreadyExists, "auth", format!("namespace {name} already exists"))));
+        }
+        self.init_rules(&name).await.map_err(t)?;
+        let value =
+            serde_json::to_vec(&serde_json::json!({"created": now()})).map_err(|e| Status::internal(e.to_string()))?;
+        self.inner.store.write(&table, &Record::new(&name, value), None).await.map_err(t)?;
+        Ok(Response::new(pb::CreateNamespaceResponse {}))
+    }
+
+    async fn list_namespaces(
+        &self,
+        req: Request<pb::ListNamespacesRequest>,
+    ) -> Result<Response<pb::ListNamespacesResponse>, Status> {
+        self.require_admin(&req, micro_core::namespace::DEFAULT).map_err(t)?;
+        let mut namespaces = vec![micro_core::namespace::DEFAULT.to_string()];
+        namespaces.extend(self.inner.store.list(&Self::namespaces(), "", &Query::default()).await.map_err(t)?);
+        Ok(Response::new(pb::ListNamespacesResponse { namespaces }))
+    }
+
+    async fn delete_namespace(
+        &self,
+        req: Request<pb::DeleteNamespaceRequest>,
+    ) -> Result<Response<pb::DeleteNamespaceResponse>, Status> {
+        self.require_admin(&req, micro_core::namespace::DEFAULT).map_err(t)?;
+        let name = req.into_inner().name;
+        if name == micro_core::namespace::DEFAULT {
+            return Err(Status::invalid_argument("auth: the micro namespace cannot be deleted"));
+        }
+        self.inner.store.delete(&Self::namespaces(), &name).await.map_err(t)?;
+        // Its accounts, refresh tokens and rules go with it.
+        for table in [Self::accounts(&name), Self::refresh_table(&name), Self::rules_table(&name)] {
+            for key in self.inner.store.list(&table, "", &Query::default()).await.map_err(t)? {
+                let _ = self.inner.store.delete(&table, &key).await;
+            }
+        }
+        Ok(Response::new(pb::DeleteNamespaceResponse {}))
     }
 
     async fn public_keys(
