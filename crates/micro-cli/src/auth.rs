@@ -76,7 +76,7 @@ pub(crate) enum List {
     Rules,
 }
 
-fn client(c: &Ctx) -> Result<pb::auth_client::AuthClient<tonic::transport::Channel>> {
+fn client(c: &Ctx) -> Result<pb::auth_client::AuthClient<micro::data::Ch>> {
     let ch = micro::data::channel(&c.address).map_err(status_err)?;
     Ok(pb::auth_client::AuthClient::new(ch))
 }
@@ -269,7 +269,8 @@ pub(crate) async fn namespace(c: &Ctx, cmd: NamespaceCmd) -> Result<()> {
     let token = token(c).await?;
     let t = token.as_deref();
     // Namespaces are managed from the micro namespace.
-    let admin = Ctx { address: c.address.clone(), namespace: micro_core::namespace::DEFAULT.into(), json: c.json };
+    let admin =
+        Ctx { address: c.address.clone(), namespace: micro_core::namespace::DEFAULT.into(), json: c.json, token: None };
     let mut cl = client(c)?;
     match cmd {
         NamespaceCmd::List => {

@@ -233,6 +233,8 @@ pub(crate) struct Ctx {
     pub(crate) address: String,
     pub(crate) namespace: String,
     pub(crate) json: bool,
+    /// The logged-in account's access token, sent with calls.
+    pub(crate) token: Option<String>,
 }
 
 impl Ctx {
@@ -241,7 +243,18 @@ impl Ctx {
     }
 
     pub(crate) fn client(&self) -> Client {
-        Client::via_proxy(&self.address).namespace(&self.namespace)
+        let client = Client::via_proxy(&self.address).namespace(&self.namespace);
+        match &self.token {
+            Some(t) => client.auth(Arc::new(micro::auth::Bearer(Arc::new(micro::data::StaticToken(t.clone()))))),
+            None => client,
+        }
+    }
+
+    /// The data services, sending the token when logged in.
+    pub(crate) fn data(&self) -> micro::data::Data {
+        let source =
+            self.token.clone().map(|t| Arc::new(micro::data::StaticToken(t)) as Arc<dyn micro::data::TokenSource>);
+        micro::data::Data::remote_with(&self.address, &self.namespace, source)
     }
 }
 
@@ -253,7 +266,7 @@ fn ctx(cli: &Cli) -> Result<Ctx> {
         .clone()
         .or_else(|| std::env::var("MICRO_NAMESPACE").ok())
         .unwrap_or(if env.namespace.is_empty() { "micro".into() } else { env.namespace });
-    Ok(Ctx { address, namespace, json: cli.output == Format::Json })
+    Ok(Ctx { address, namespace, json: cli.output == Format::Json, token: None })
 }
 
 /// Turns a status into a one-line error.
@@ -269,7 +282,21 @@ pub(crate) fn status_err(e: micro::Status) -> anyhow::Error {
 }
 
 async fn dispatch(cli: Cli) -> Result<()> {
-    let c = ctx(&cli)?;
+    let mut c = ctx(&cli)?;
+    // Commands that call services send the logged-in account's token (refreshed when it
+    // is about to expire; an expired session just calls anonymously).
+    let local = matches!(
+        cli.command,
+        Command::Server { .. }
+            | Command::New { .. }
+            | Command::Completion { .. }
+            | Command::Env { .. }
+            | Command::Login { .. }
+            | Command::Logout
+    );
+    if !local {
+        c.token = crate::auth::token(&c).await.ok().flatten();
+    }
     match cli.command {
         Command::Server { api_address, proxy_address, data_dir, config } => {
             let mut cfg = micro_server::Config::from_env(|k| std::env::var(k).ok(), config.as_deref())?;

@@ -187,7 +187,7 @@ pub(crate) enum BlobCmd {
 }
 
 fn data(c: &Ctx) -> Data {
-    Data::remote(&c.address, &c.namespace)
+    c.data()
 }
 
 /// The bytes of a value given on the command line: JSON is stored compact, other text as

@@ -87,6 +87,32 @@ async fn admin_login_accounts_rules_and_refresh() {
     let env_json = cli.ok(&["env", "-o", "json"]).await;
     assert!(!env_json.contains("refresh_token") && !env_json.contains("access_token"), "{env_json}");
 
+    // Calls from the CLI carry the logged-in account's token.
+    let signer_keys = {
+        let ch = micro::data::channel(&s.proxy()).unwrap();
+        let mut auth = micro::proto::auth::auth_client::AuthClient::new(ch);
+        auth.public_keys(micro::proto::auth::PublicKeysRequest {}).await.unwrap().into_inner().json
+    };
+    let verifier = micro::auth::token::Verifier::new(&serde_json::from_str(&signer_keys).unwrap()).unwrap();
+    let echo = micro::Service::new("echo")
+        .server(s.proxy())
+        .handle("Echo.Who", move |ctx: micro::Context, _req: serde_json::Value| {
+            let who = ctx
+                .metadata("authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|t| verifier.verify(t).ok())
+                .map(|c| c.sub);
+            async move { Ok::<_, micro::Status>(serde_json::json!({ "who": who })) }
+        })
+        .start()
+        .await
+        .unwrap();
+    let who = cli.ok(&["call", "echo", "Echo.Who"]).await;
+    assert!(who.contains(r#""who": "admin""#), "{who}");
+    let who = cli.ok(&["echo", "who"]).await;
+    assert!(who.contains(r#""who": "admin""#), "the dynamic command too: {who}");
+    echo.stop().await;
+
     // Accounts.
     let out = cli.ok(&["auth", "create", "account", "alice", "--scopes", "staff"]).await;
     let secret = out.rsplit(' ').next().unwrap().trim().to_string();

@@ -23,13 +23,53 @@ use tonic::transport::Channel;
 /// The deadline of a unary data-plane call.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where a client gets the access token it sends (`authorization: Bearer …`).
+pub trait TokenSource: Send + std::marker::Sync + 'static {
+    /// The current token, if any.
+    fn token(&self) -> Option<String>;
+}
+
+/// A fixed token.
+pub struct StaticToken(pub String);
+
+impl TokenSource for StaticToken {
+    fn token(&self) -> Option<String> {
+        Some(self.0.clone())
+    }
+}
+
+/// Adds the token of a [`TokenSource`] to every call on a channel.
+#[derive(Clone, Default)]
+pub struct AuthInterceptor(Option<Arc<dyn TokenSource>>);
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = self.0.as_ref().and_then(|s| s.token())
+            && !req.metadata().contains_key("authorization")
+            && let Ok(v) = format!("Bearer {token}").parse()
+        {
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    }
+}
+
+/// A channel to the server whose calls carry a token when there is one.
+pub type Ch = tonic::service::interceptor::InterceptedService<Channel, AuthInterceptor>;
+
 /// A lazily connecting channel to the server at `address` (`host:port` of its proxy).
-pub fn channel(address: &str) -> Result<Channel, Status> {
-    Ok(Channel::from_shared(format!("http://{address}"))
+pub fn channel(address: &str) -> Result<Ch, Status> {
+    channel_with(address, None)
+}
+
+/// Like [`channel`], sending the tokens of `source`.
+pub fn channel_with(address: &str, source: Option<Arc<dyn TokenSource>>) -> Result<Ch, Status> {
+    let ch = Channel::from_shared(format!("http://{address}"))
         .map_err(|e| Status::bad_request("micro", format!("bad server address {address:?}: {e}")))?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true)
-        .connect_lazy())
+        .connect_lazy();
+    Ok(tonic::service::interceptor::InterceptedService::new(ch, AuthInterceptor(source)))
 }
 
 /// A request in namespace `ns`, with a deadline unless `timeout` is `None`.
@@ -50,14 +90,14 @@ fn e(s: tonic::Status) -> Status {
 /// The `store` service's Store endpoints as a [`Store`]. Cheap to clone.
 #[derive(Clone)]
 pub struct RemoteStore {
-    client: spb::store_client::StoreClient<Channel>,
+    client: spb::store_client::StoreClient<Ch>,
     namespace: String,
 }
 
 impl RemoteStore {
     /// A client over `channel` (see [`channel`]) acting in namespace `namespace` (which
     /// [`Store::databases`] reports on).
-    pub fn new(channel: Channel, namespace: &str) -> RemoteStore {
+    pub fn new(channel: Ch, namespace: &str) -> RemoteStore {
         RemoteStore {
             client: spb::store_client::StoreClient::new(channel).max_decoding_message_size(64 << 20),
             namespace: namespace.to_string(),
@@ -134,12 +174,12 @@ impl Store for RemoteStore {
 /// The `store` service's Blob endpoints as a [`Blob`]. Cheap to clone.
 #[derive(Clone)]
 pub struct RemoteBlob {
-    client: spb::blob_client::BlobClient<Channel>,
+    client: spb::blob_client::BlobClient<Ch>,
 }
 
 impl RemoteBlob {
     /// A client over `channel` (see [`channel`]).
-    pub fn new(channel: Channel) -> RemoteBlob {
+    pub fn new(channel: Ch) -> RemoteBlob {
         RemoteBlob { client: spb::blob_client::BlobClient::new(channel).max_decoding_message_size(8 << 20) }
     }
 }
@@ -232,12 +272,12 @@ impl Blob for RemoteBlob {
 /// The `events` service as [`Events`]. Cheap to clone.
 #[derive(Clone)]
 pub struct RemoteEvents {
-    client: epb::events_client::EventsClient<Channel>,
+    client: epb::events_client::EventsClient<Ch>,
 }
 
 impl RemoteEvents {
     /// A client over `channel` (see [`channel`]).
-    pub fn new(channel: Channel) -> RemoteEvents {
+    pub fn new(channel: Ch) -> RemoteEvents {
         RemoteEvents { client: epb::events_client::EventsClient::new(channel) }
     }
 }
@@ -373,12 +413,12 @@ impl Events for RemoteEvents {
 /// The `broker` service as a [`Broker`]. Cheap to clone.
 #[derive(Clone)]
 pub struct RemoteBroker {
-    client: bpb::broker_client::BrokerClient<Channel>,
+    client: bpb::broker_client::BrokerClient<Ch>,
 }
 
 impl RemoteBroker {
     /// A client over `channel` (see [`channel`]).
-    pub fn new(channel: Channel) -> RemoteBroker {
+    pub fn new(channel: Ch) -> RemoteBroker {
         RemoteBroker { client: bpb::broker_client::BrokerClient::new(channel) }
     }
 }
@@ -416,12 +456,12 @@ impl Broker for RemoteBroker {
 /// The `config` service as [`Config`]. Cheap to clone.
 #[derive(Clone)]
 pub struct RemoteConfig {
-    client: cpb::config_client::ConfigClient<Channel>,
+    client: cpb::config_client::ConfigClient<Ch>,
 }
 
 impl RemoteConfig {
     /// A client over `channel` (see [`channel`]).
-    pub fn new(channel: Channel) -> RemoteConfig {
+    pub fn new(channel: Ch) -> RemoteConfig {
         RemoteConfig { client: cpb::config_client::ConfigClient::new(channel) }
     }
 }
@@ -464,12 +504,12 @@ impl Config for RemoteConfig {
 /// The `sync` service as [`Sync`]. Cheap to clone.
 #[derive(Clone)]
 pub struct RemoteSync {
-    client: ypb::sync_client::SyncClient<Channel>,
+    client: ypb::sync_client::SyncClient<Ch>,
 }
 
 impl RemoteSync {
     /// A client over `channel` (see [`channel`]).
-    pub fn new(channel: Channel) -> RemoteSync {
+    pub fn new(channel: Ch) -> RemoteSync {
         RemoteSync { client: ypb::sync_client::SyncClient::new(channel) }
     }
 }
@@ -520,9 +560,17 @@ impl Data {
     /// The data services of the `micro server` whose proxy is at `address`, for calls in
     /// `namespace`. A malformed address is logged and replaced by the default one.
     pub fn remote(address: &str, namespace: &str) -> Data {
-        let ch = channel(address).unwrap_or_else(|e| {
+        Data::remote_with(address, namespace, None)
+    }
+
+    /// Like [`Data::remote`], every call carrying the tokens of `source`.
+    pub fn remote_with(address: &str, namespace: &str, source: Option<Arc<dyn TokenSource>>) -> Data {
+        let ch = channel_with(address, source.clone()).unwrap_or_else(|e| {
             tracing::warn!(address, error = %e, "bad server address; using {}", crate::DEFAULT_SERVER);
-            Channel::from_static("http://127.0.0.1:8081").connect_lazy()
+            tonic::service::interceptor::InterceptedService::new(
+                Channel::from_static("http://127.0.0.1:8081").connect_lazy(),
+                AuthInterceptor(source),
+            )
         });
         Data {
             store: Arc::new(RemoteStore::new(ch.clone(), namespace)),

@@ -1,6 +1,8 @@
 //! The service builder: name it, add handlers, run it.
 
 use crate::Client;
+use crate::auth::{Bearer, Credentials};
+use crate::data::TokenSource;
 use crate::data::{BlobHandle, BrokerHandle, ConfigHandle, Data, EventsHandle, StoreHandle, SyncHandle};
 use crate::handler::{Context, Handler, ServerStream, Unary};
 use crate::layer::Authorize;
@@ -65,6 +67,7 @@ pub struct Service {
     auth: Option<Arc<dyn Authorize>>,
     data: Option<Data>,
     routes: Vec<(String, String)>,
+    credentials: Option<Arc<Credentials>>,
 }
 
 impl Service {
@@ -86,6 +89,11 @@ impl Service {
             auth: None,
             data: None,
             routes: Vec::new(),
+            // Credentials injected by the runtime (or a deployment) through the environment.
+            credentials: match (std::env::var("MICRO_AUTH_ID"), std::env::var("MICRO_AUTH_SECRET")) {
+                (Ok(id), Ok(secret)) if !id.is_empty() => Some(Credentials::new(id, secret)),
+                _ => None,
+            },
         }
     }
 
@@ -137,6 +145,14 @@ impl Service {
         self
     }
 
+    /// The service's own account (default: `MICRO_AUTH_ID` and `MICRO_AUTH_SECRET`): it
+    /// logs in at start, and its token goes with every call the service makes — its
+    /// client, and the store, events, config, sync, blob and broker handles.
+    pub fn credentials(mut self, id: &str, secret: &str) -> Self {
+        self.credentials = Some(Credentials::new(id, secret));
+        self
+    }
+
     /// Declares an HTTP route for an endpoint at the gateway, like
     /// `.route("GET /notes/{id}", "Notes.Get")`: `{name}` segments become request fields.
     /// The gateway's path rules still apply; a declared route answers the paths they do
@@ -167,13 +183,16 @@ impl Service {
         if let Some(d) = &self.data {
             return d.clone();
         }
-        let server = self
-            .server
+        let source = self.credentials.clone().map(|c| c as Arc<dyn TokenSource>);
+        Data::remote_with(&self.effective_server(), &self.effective_namespace(), source)
+    }
+
+    /// The server: as set, else `MICRO_SERVER`, else the default address.
+    fn effective_server(&self) -> String {
+        self.server
             .clone()
             .or_else(|| std::env::var("MICRO_SERVER").ok().filter(|s| !s.is_empty()))
-            .unwrap_or_else(|| crate::DEFAULT_SERVER.to_string());
-        let ns = self.effective_namespace();
-        Data::remote(&server, &ns)
+            .unwrap_or_else(|| crate::DEFAULT_SERVER.to_string())
     }
 
     /// The store, scoped to this service's table in its namespace.
@@ -317,6 +336,12 @@ impl Service {
             .await
             .map_err(|e| Status::unavailable(&name, format!("cannot listen on {}: {e}", self.address)))?;
         let addr = listener.local_addr().map_err(|e| Status::internal(&name, e.to_string()))?;
+        if let Some(creds) = &self.credentials {
+            creds
+                .login(&self.effective_server(), &self.effective_namespace())
+                .await
+                .map_err(|e| Status::new(e.code(), &name, format!("logging in as {}: {}", creds.id(), e.detail())))?;
+        }
         let metrics = Metrics::default();
         let router = self.router(metrics)?;
         let registry: Arc<dyn Registry> = match (self.registry.take(), &self.server) {
@@ -377,6 +402,7 @@ impl Service {
             shutdown: Some(tx),
             serving,
             router,
+            credentials: self.credentials,
         })
     }
 
@@ -440,6 +466,7 @@ pub struct Running {
     shutdown: Option<oneshot::Sender<()>>,
     serving: JoinHandle<()>,
     router: Router,
+    credentials: Option<Arc<Credentials>>,
 }
 
 impl Running {
@@ -453,9 +480,14 @@ impl Running {
         &self.record
     }
 
-    /// A client that finds services through the same registry and namespace.
+    /// A client that finds services through the same registry and namespace, and sends
+    /// the service's token when it has credentials.
     pub fn client(&self) -> Client {
-        Client::new(self.registry.clone()).namespace(&self.namespace)
+        let client = Client::new(self.registry.clone()).namespace(&self.namespace);
+        match &self.credentials {
+            Some(c) => client.auth(Arc::new(Bearer(c.clone()))),
+            None => client,
+        }
     }
 
     /// The request router (for metrics).
