@@ -112,13 +112,27 @@ where
     (all.0.len() as u64, start.elapsed().as_secs_f64(), all)
 }
 
+/// The admin's token when `MICRO_ADMIN_PASSWORD` is set (the data services need it).
+async fn token_source(addr: &str) -> Result<Option<Arc<dyn micro::data::TokenSource>>, String> {
+    let Ok(password) = std::env::var("MICRO_ADMIN_PASSWORD") else { return Ok(None) };
+    use micro::proto::auth as pb;
+    let mut client = pb::auth_client::AuthClient::new(micro::data::channel(addr).map_err(|e| e.to_string())?);
+    let req = pb::TokenRequest { id: "admin".into(), secret: password, ..Default::default() };
+    let token = client.token(req).await.map_err(|e| e.to_string())?.into_inner().access_token;
+    Ok(Some(Arc::new(micro::data::StaticToken(token))))
+}
+
 async fn store(a: &Args) -> Result<(), String> {
     let value = vec![b'x'; a.size];
     let keys = 10_000u64;
     match a.target.as_str() {
         "micro" => {
+            let source = token_source(&a.addr).await?;
             let stores: Vec<_> = (0..a.conns)
-                .map(|_| micro::data::channel(&a.addr).map(|c| micro::data::RemoteStore::new(c, "micro")))
+                .map(|_| {
+                    micro::data::channel_with(&a.addr, source.clone())
+                        .map(|c| micro::data::RemoteStore::new(c, "micro"))
+                })
                 .collect::<Result<_, _>>()
                 .map_err(|e| e.to_string())?;
             let stores = Arc::new(stores);

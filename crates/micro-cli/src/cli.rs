@@ -261,10 +261,12 @@ impl Ctx {
 fn ctx(cli: &Cli) -> Result<Ctx> {
     let env: Env = Envs::load()?.current();
     let address = cli.server.clone().or_else(|| std::env::var("MICRO_SERVER").ok()).unwrap_or(env.address);
+    // The namespace: the flag, MICRO_NAMESPACE, the logged-in account's, the environment's.
     let namespace = cli
         .namespace
         .clone()
         .or_else(|| std::env::var("MICRO_NAMESPACE").ok())
+        .or_else(|| env.credentials.as_ref().map(|c| c.namespace.clone()))
         .unwrap_or(if env.namespace.is_empty() { "micro".into() } else { env.namespace });
     Ok(Ctx { address, namespace, json: cli.output == Format::Json, token: None })
 }

@@ -178,11 +178,17 @@ async fn admin_login_accounts_rules_and_refresh() {
     let keeper = Cli { server: s.proxy(), home: tempfile::tempdir().unwrap() };
     keeper.ok(&["--namespace", "shop", "login", "--id", "shopkeeper", "--password", "keeper-secret"]).await;
     assert!(keeper.ok(&["--namespace", "shop", "auth", "list", "accounts"]).await.contains("shopkeeper"));
-    // The admin of shop is not an admin of micro or of namespaces.
-    assert!(keeper.fails(&["auth", "list", "accounts"]).await.contains("admin scope"));
-    assert!(keeper.fails(&["namespace", "list"]).await.contains("admin scope"));
+    // Logged in to shop, commands act in shop; the admin of shop is not an admin of micro.
+    assert!(keeper.ok(&["auth", "list", "accounts"]).await.contains("shopkeeper"));
+    let err = keeper.fails(&["--namespace", "micro", "auth", "list", "accounts"]).await;
+    assert!(err.contains("cannot act in namespace micro") && err.contains("403"), "{err}");
+    assert!(keeper.fails(&["namespace", "list"]).await.contains("cannot act in namespace micro"));
+    let err = keeper.fails(&["--namespace", "micro", "store", "list"]).await;
+    assert!(err.contains("cannot act in namespace micro") && err.contains("403"), "{err}");
     // The same account id in another namespace is another account.
-    assert!(keeper.fails(&["login", "--id", "shopkeeper", "--password", "keeper-secret"]).await.contains("wrong"));
+    let err =
+        keeper.fails(&["--namespace", "micro", "login", "--id", "shopkeeper", "--password", "keeper-secret"]).await;
+    assert!(err.contains("wrong"), "{err}");
     cli.ok(&["namespace", "delete", "shop"]).await;
     assert!(
         keeper

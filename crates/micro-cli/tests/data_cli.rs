@@ -8,7 +8,8 @@ fn micro(server: &str, args: &[&str]) -> (i32, String, String) {
         .arg("--server")
         .arg(server)
         .args(args)
-        .env("HOME", std::env::temp_dir())
+        // A HOME of this test binary's own: `micro login` writes credentials there.
+        .env("HOME", std::env::temp_dir().join(format!("micro-data-cli-{}", std::process::id())))
         .output()
         .expect("micro runs");
     (
@@ -49,6 +50,10 @@ async fn fails(server: &str, args: &[&str]) -> String {
 async fn store_config_events_and_blob_commands() {
     let s = TestServer::start().await;
     let p = s.proxy();
+    // The data services need an admin: log in first; without, a clear 401.
+    assert!(fails(&p, &["store", "list"]).await.contains("401"));
+    let password = std::fs::read_to_string(s.dir.path().join(micro_server::ADMIN_PASSWORD_FILE)).unwrap();
+    ok(&p, &["login", "--password", password.trim()]).await;
 
     // Store.
     ok(&p, &["store", "write", "user/1", r#"{"name":"Alice"}"#]).await;

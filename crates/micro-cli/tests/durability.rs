@@ -21,6 +21,14 @@ impl Drop for Server {
     }
 }
 
+const ADMIN_PASSWORD: &str = "durability-admin-password";
+
+/// The data services as the admin.
+async fn admin_data(proxy: &str) -> micro::data::Data {
+    let token = micro_test::login(proxy, "micro", "admin", ADMIN_PASSWORD).await;
+    micro::data::Data::remote_with(proxy, "micro", Some(std::sync::Arc::new(micro::data::StaticToken(token))))
+}
+
 /// Starts `micro server` on free ports over `dir`; returns it with its proxy address.
 fn start(dir: &std::path::Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_micro"))
@@ -29,6 +37,7 @@ fn start(dir: &std::path::Path) -> Server {
         .env("MICRO_API_ADDRESS", "127.0.0.1:0")
         .env("MICRO_PROXY_ADDRESS", "127.0.0.1:0")
         .env("MICRO_LOG", "warn")
+        .env("MICRO_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .stdout(Stdio::piped())
         .spawn()
         .expect("micro server starts");
@@ -43,7 +52,7 @@ fn start(dir: &std::path::Path) -> Server {
 async fn acknowledged_writes_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path());
-    let data = micro::data::Data::remote(&server.proxy, "micro");
+    let data = admin_data(&server.proxy).await;
     let table = Table::new("micro", "durability");
     let acked_keys = Arc::new(Mutex::new(Vec::<String>::new()));
     let acked_events = Arc::new(Mutex::new(Vec::<u64>::new()));
@@ -83,7 +92,7 @@ async fn acknowledged_writes_survive_sigkill() {
     let seqs = acked_events.lock().unwrap().clone();
 
     let server = start(dir.path());
-    let data = micro::data::Data::remote(&server.proxy, "micro");
+    let data = admin_data(&server.proxy).await;
     let stored = data.store.list(&table, "", &Query::default()).await.expect("list after restart");
     let missing: Vec<&String> = keys.iter().filter(|k| stored.binary_search(k).is_err()).collect();
     assert!(

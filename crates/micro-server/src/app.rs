@@ -153,8 +153,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 
     let client = Client::new(registry.clone());
     let local: HashSet<String> = CORE_SERVICES.iter().map(|s| s.to_string()).collect();
-    let proxy_svc = Proxy::new(core.layered(None), local, client.clone());
-    let gateway = Gateway::new(&config, registry.clone(), client, metrics.clone());
+    let guard: Arc<dyn micro::layer::Authorize> = Arc::new(crate::guard::Guard { auth: auth.clone() });
+    let proxy_svc = Proxy::new(core.layered(Some(guard)), local, client.clone());
+    let gateway = Gateway::new(&config, registry.clone(), client, metrics.clone(), auth.clone());
 
     let (tx, rx) = watch::channel(false);
     let until = |mut rx: watch::Receiver<bool>| async move {

@@ -62,7 +62,14 @@ struct Inner {
     signer: Signer,
     verifier: RwLock<Verifier>,
     failures: Mutex<HashMap<String, Vec<Instant>>>,
+    /// Bumped on every rule change, so cached rules are dropped.
+    generation: std::sync::atomic::AtomicU64,
+    /// Rules by namespace, with the generation they were read at.
+    cache: Mutex<HashMap<String, CachedRules>>,
 }
+
+/// Rules of a namespace with the generation they were read at.
+type CachedRules = (u64, Arc<Vec<Rule>>);
 
 fn now() -> u64 {
     micro_core::store::now_ms() / 1000
@@ -113,6 +120,8 @@ impl AuthService {
                 signer,
                 verifier: RwLock::new(verifier),
                 failures: Mutex::new(HashMap::new()),
+                generation: std::sync::atomic::AtomicU64::new(0),
+                cache: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -337,7 +346,30 @@ impl AuthService {
         self.inner.store.write(&table, &Record::new("_init", b"1".to_vec()), None).await
     }
 
+    /// The rules of a namespace, cached until they change.
+    pub(crate) async fn cached_rules(&self, ns: &str) -> Result<Arc<Vec<Rule>>, MicroStatus> {
+        use std::sync::atomic::Ordering;
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        if let Some((g, r)) = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner()).get(ns)
+            && *g == generation
+        {
+            return Ok(r.clone());
+        }
+        let rules = Arc::new(self.rules(ns).await?);
+        let mut cache = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(ns.to_string(), (generation, rules.clone()));
+        Ok(rules)
+    }
+
+    fn rules_changed(&self) {
+        self.inner.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
     async fn put_rule(&self, ns: &str, rule: &Rule) -> Result<(), MicroStatus> {
+        self.rules_changed();
         let value = serde_json::to_vec(rule).map_err(|e| MicroStatus::internal("auth", e.to_string()))?;
         self.inner.store.write(&Self::rules_table(ns), &Record::new(format!("r/{}", rule.id), value), None).await
     }
@@ -532,6 +564,7 @@ impl pb::auth_server::Auth for AuthService {
         let id = req.into_inner().id;
         self.init_rules(&ns).await.map_err(t)?;
         self.inner.store.delete(&Self::rules_table(&ns), &format!("r/{id}")).await.map_err(t)?;
+        self.rules_changed();
         Ok(Response::new(pb::DeleteRuleResponse {}))
     }
 
@@ -589,6 +622,7 @@ impl pb::auth_server::Auth for AuthService {
                 let _ = self.inner.store.delete(&table, &key).await;
             }
         }
+        self.rules_changed();
         Ok(Response::new(pb::DeleteNamespaceResponse {}))
     }
 

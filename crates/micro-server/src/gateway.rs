@@ -45,6 +45,7 @@ struct Inner {
     cors: Vec<String>,
     next: AtomicUsize,
     routes: Mutex<HashMap<String, (Instant, Routes)>>,
+    auth: crate::auth::AuthService,
 }
 
 /// The declared routes of one namespace.
@@ -129,7 +130,13 @@ fn namespace(headers: &http::HeaderMap) -> String {
 }
 
 impl Gateway {
-    pub(crate) fn new(config: &Config, registry: Arc<dyn Registry>, client: Client, metrics: Metrics) -> Gateway {
+    pub(crate) fn new(
+        config: &Config,
+        registry: Arc<dyn Registry>,
+        client: Client,
+        metrics: Metrics,
+        auth: crate::auth::AuthService,
+    ) -> Gateway {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -144,6 +151,7 @@ impl Gateway {
                 cors: config.cors_origins.clone(),
                 next: AtomicUsize::new(0),
                 routes: Mutex::new(HashMap::new()),
+                auth,
             }),
         }
     }
@@ -170,7 +178,17 @@ impl Gateway {
             res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             return res;
         }
-        let ns = namespace(req.headers());
+        // The namespace: the header, else the caller's account, else the subdomain.
+        let ns = if req.headers().get(micro_core::metadata::NAMESPACE).is_none()
+            && let Some(token) = crate::guard::bearer(req.headers())
+        {
+            match self.inner.auth.verify(&token) {
+                Ok(claims) => claims.ns,
+                Err(e) => return json_error(&e),
+            }
+        } else {
+            namespace(req.headers())
+        };
         if micro_core::namespace::validate(&ns).is_err() {
             return json_error(&Status::bad_request("api", format!("invalid namespace {ns:?}")));
         }

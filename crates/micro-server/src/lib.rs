@@ -15,6 +15,7 @@ mod auth;
 mod config;
 mod data;
 pub mod gateway;
+mod guard;
 mod proxy;
 mod reflection;
 mod registry;

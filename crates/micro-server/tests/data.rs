@@ -8,7 +8,8 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_suites_through_the_server() {
     let s = TestServer::start().await;
-    let data = Data::remote(&s.proxy(), "micro");
+    // The data services need the admin of the namespace; the admin of micro acts in all.
+    let data = s.admin_data("micro").await;
     conformance::store::store(data.store.clone()).await;
     conformance::config::config(data.config.clone()).await;
     conformance::sync::sync(data.sync.clone()).await;
@@ -21,7 +22,13 @@ async fn conformance_suites_through_the_server() {
 async fn a_service_uses_its_handles_and_sees_only_its_namespace() {
     use futures::StreamExt;
     let s = TestServer::start().await;
-    let svc = micro::Service::new("inventory").server(s.proxy()).namespace("shop");
+    // Each namespace's service has its own account, admin of its namespace.
+    s.create_account("shop", "inventory", "inventory-secret", "service", &["admin"]).await;
+    s.create_account("rival", "inventory", "rival-secret-1", "service", &["admin"]).await;
+    let svc = micro::Service::new("inventory")
+        .server(s.proxy())
+        .namespace("shop")
+        .credentials("inventory", "inventory-secret");
     let (store, events, config) = (svc.store(), svc.events(), svc.config());
     let running = svc.start().await.expect("the service starts");
 
@@ -32,7 +39,7 @@ async fn a_service_uses_its_handles_and_sees_only_its_namespace() {
     assert_eq!(config.get_or("inventory.threshold", 0u32).await.unwrap(), 5);
     // Local layers (file, env) win over the server's values and merge with them.
     config.set("inventory.region", &serde_json::json!("eu")).await.unwrap();
-    let layered = micro::data::ConfigHandle::new(Data::remote(&s.proxy(), "shop").config, "shop")
+    let layered = micro::data::ConfigHandle::new(s.admin_data("shop").await.config, "shop")
         .with_overlay(serde_json::json!({"inventory": {"threshold": 9}}));
     assert_eq!(layered.get_or("inventory.threshold", 0u32).await.unwrap(), 9);
     assert_eq!(layered.get("inventory").await.unwrap(), Some(serde_json::json!({"threshold": 9, "region": "eu"})));
@@ -46,13 +53,35 @@ async fn a_service_uses_its_handles_and_sees_only_its_namespace() {
     assert_eq!(d.event.payload, br#"{"sku":1}"#);
 
     // Another namespace sees none of it.
-    let other = micro::Service::new("inventory").server(s.proxy()).namespace("rival");
-    assert_eq!(other.store().get("sku/1").await.unwrap_err().code(), micro::Code::NotFound);
-    assert_eq!(other.config().get("inventory").await.unwrap(), None);
-    let err = other.events().read("stock", &Default::default()).await.unwrap_err();
+    let other = micro::Service::new("inventory")
+        .server(s.proxy())
+        .namespace("rival")
+        .credentials("inventory", "rival-secret-1");
+    let other_running = other.start().await.expect("logs in to rival");
+    let rival_token = micro_test::login(&s.proxy(), "rival", "inventory", "rival-secret-1").await;
+    let rival = Data::remote_with(
+        &s.proxy(),
+        "rival",
+        Some(std::sync::Arc::new(micro::data::StaticToken(rival_token.clone()))),
+    );
+    let rival_table = micro_core::store::Table::new("rival", "inventory");
+    let q = micro_core::store::Query::default();
+    assert_eq!(rival.store.read(&rival_table, "sku/1", &q).await.unwrap_err().code(), micro::Code::NotFound);
+    assert_eq!(rival.config.get("rival", "inventory", false).await.unwrap(), None);
+    let err = rival.events.read("rival", "stock", &Default::default()).await.unwrap_err();
     assert_eq!(err.code(), micro::Code::NotFound);
-    // Asking for another namespace's database explicitly is refused.
-    let data = Data::remote(&s.proxy(), "rival");
+    // Reaching into shop with rival's token is refused outright.
+    let shop_table = micro_core::store::Table::new("shop", "inventory");
+    let err = rival.store.read(&shop_table, "sku/1", &q).await.unwrap_err();
+    assert_eq!(err.code(), micro::Code::PermissionDenied, "{err}");
+    let err = rival.config.get("shop", "inventory", false).await.unwrap_err();
+    assert_eq!(err.code(), micro::Code::PermissionDenied, "{err}");
+    // Without a token the data services refuse.
+    let anonymous = Data::remote(&s.proxy(), "shop");
+    let err = anonymous.store.read(&shop_table, "sku/1", &q).await.unwrap_err();
+    assert_eq!(err.code(), micro::Code::Unauthenticated, "{err}");
+    other_running.stop().await;
+    // Asking, in its own namespace, for another namespace's database is refused too.
     let shop = micro_core::store::Table::new("shop", "inventory");
     let mut req_as_rival = micro::proto::store::ReadRequest {
         key: "sku/1".into(),
@@ -63,8 +92,8 @@ async fn a_service_uses_its_handles_and_sees_only_its_namespace() {
     let mut raw = micro::proto::store::store_client::StoreClient::new(channel);
     let mut req = tonic::Request::new(req_as_rival);
     req.metadata_mut().insert("micro-namespace", "rival".parse().unwrap());
+    req.metadata_mut().insert("authorization", format!("Bearer {rival_token}").parse().unwrap());
     let err = raw.read(req).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    drop(data);
     running.stop().await;
 }

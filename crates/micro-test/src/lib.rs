@@ -28,10 +28,53 @@ impl TestServer {
         self.server.proxy_address().to_string()
     }
 
+    /// An access token of the bootstrapped admin (`admin` in `micro`).
+    pub async fn admin_token(&self) -> String {
+        let password = std::fs::read_to_string(self.dir.path().join(micro_server::ADMIN_PASSWORD_FILE))
+            .expect("the admin password file");
+        login(&self.proxy(), "micro", "admin", password.trim()).await
+    }
+
+    /// The data services of this server as the admin (who may act in every namespace).
+    pub async fn admin_data(&self, namespace: &str) -> micro::data::Data {
+        let token = self.admin_token().await;
+        micro::data::Data::remote_with(
+            &self.proxy(),
+            namespace,
+            Some(std::sync::Arc::new(micro::data::StaticToken(token))),
+        )
+    }
+
+    /// Creates account `id` with `secret` in `namespace` (as the admin).
+    pub async fn create_account(&self, namespace: &str, id: &str, secret: &str, kind: &str, scopes: &[&str]) {
+        use micro::proto::auth as pb;
+        let token = self.admin_token().await;
+        let mut client = pb::auth_client::AuthClient::new(micro::data::channel(&self.proxy()).expect("channel"));
+        let mut req = tonic::Request::new(pb::GenerateRequest {
+            id: id.into(),
+            r#type: kind.into(),
+            secret: secret.into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        });
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+        req.metadata_mut().insert("micro-namespace", namespace.parse().expect("namespace"));
+        client.generate(req).await.expect("account created");
+    }
+
     /// `host:port` of the API gateway.
     pub fn api(&self) -> String {
         self.server.api_address().to_string()
     }
+}
+
+/// Logs in to the server at `proxy` and returns the access token.
+pub async fn login(proxy: &str, namespace: &str, id: &str, secret: &str) -> String {
+    use micro::proto::auth as pb;
+    let mut client = pb::auth_client::AuthClient::new(micro::data::channel(proxy).expect("channel"));
+    let mut req = tonic::Request::new(pb::TokenRequest { id: id.into(), secret: secret.into(), ..Default::default() });
+    req.metadata_mut().insert("micro-namespace", namespace.parse().expect("namespace"));
+    client.token(req).await.expect("login").into_inner().access_token
 }
 
 /// A response read by [`http`].

@@ -1,0 +1,152 @@
+//! Enforcement at the server's core services: every call's token is verified, its
+//! namespace resolved (the `micro-namespace` header, else the caller's account, else
+//! `micro`), a foreign namespace refused, and the call decided — by the admin scope for
+//! endpoints that read or change a namespace's state, else by the namespace's rules.
+
+use crate::auth::{AuthService, claims_account};
+use micro::split_grpc_path;
+use micro_core::auth::{Account, Resource, decide};
+use micro_core::metadata::NAMESPACE;
+use micro_core::{Code, Status};
+
+/// The header a verified caller's account id is put in (a client-sent one is dropped).
+pub(crate) const ACCOUNT: &str = "micro-account";
+
+/// How a core endpoint is protected.
+#[derive(Debug, PartialEq, Eq)]
+enum Policy {
+    /// Anyone (health, reflection, debug, token issuance, registry lookups).
+    Public,
+    /// The namespace's admin scope (or the micro namespace's), whatever the rules say.
+    Admin,
+    /// The namespace's rules.
+    Rules,
+}
+
+fn policy(service: &str, endpoint: &str) -> Policy {
+    if service.starts_with("grpc.") || endpoint.starts_with("Debug.") {
+        return Policy::Public;
+    }
+    match service {
+        // The auth service checks admin itself where it matters; registry lookups are public.
+        "auth" | "registry" => Policy::Public,
+        "store" | "config" | "events" => Policy::Admin,
+        _ => Policy::Rules,
+    }
+}
+
+/// The bearer token of a request: `authorization: Bearer …`, else the `micro-token` cookie.
+pub(crate) fn bearer(headers: &http::HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim();
+        return Some(t.to_string()).filter(|t| !t.is_empty());
+    }
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("micro-token=").map(str::to_string))
+        .filter(|t| !t.is_empty())
+}
+
+/// The caller's account (verified) and the namespace the call acts in.
+pub(crate) fn identify(auth: &AuthService, headers: &http::HeaderMap) -> Result<(Option<Account>, String), Status> {
+    let account = match bearer(headers) {
+        Some(t) => Some(claims_account(&auth.verify(&t)?)),
+        None => None,
+    };
+    let asked = headers.get(NAMESPACE).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+    let ns = match (asked, &account) {
+        (Some(ns), _) => ns.to_string(),
+        (None, Some(a)) => a.namespace.clone(),
+        (None, None) => micro_core::namespace::DEFAULT.to_string(),
+    };
+    if let Some(a) = &account
+        && a.namespace != ns
+        && !a.is_admin_of(&ns)
+    {
+        return Err(Status::new(
+            Code::PermissionDenied,
+            "auth",
+            format!("account {} of namespace {} cannot act in namespace {ns}", a.id, a.namespace),
+        ));
+    }
+    Ok((account, ns))
+}
+
+/// The enforcement hook of the core router.
+pub(crate) struct Guard {
+    pub(crate) auth: AuthService,
+}
+
+#[tonic::async_trait]
+impl micro::layer::Authorize for Guard {
+    async fn authorize(&self, req: &mut http::request::Parts) -> Result<(), Status> {
+        req.headers.remove(ACCOUNT);
+        let path = req.uri.path().to_string();
+        let (service, endpoint) = match split_grpc_path(&path) {
+            Some((s, e)) => (s.to_string(), e),
+            None => {
+                // HTTP JSON: /{service}/{Handler.Method}
+                let mut parts = path.trim_start_matches('/').splitn(2, '/');
+                (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string())
+            }
+        };
+        let (account, ns) = identify(&self.auth, &req.headers)?;
+        if let Ok(v) = ns.parse() {
+            req.headers.insert(NAMESPACE, v);
+        }
+        if let Some(a) = &account
+            && let Ok(v) = a.id.parse()
+        {
+            req.headers.insert(ACCOUNT, v);
+        }
+        match policy(&service, &endpoint) {
+            Policy::Public => Ok(()),
+            Policy::Admin => match &account {
+                Some(a) if a.is_admin_of(&ns) => Ok(()),
+                Some(_) => Err(Status::new(
+                    Code::PermissionDenied,
+                    "auth",
+                    format!("{service} {endpoint} needs the admin scope of {ns}"),
+                )),
+                None => Err(Status::new(
+                    Code::Unauthenticated,
+                    "auth",
+                    format!("{service} needs credentials: log in first"),
+                )),
+            },
+            Policy::Rules => {
+                let rules = self.auth.cached_rules(&ns).await?;
+                decide(&rules, account.as_ref(), &ns, &Resource::new("service", &service, &endpoint))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies() {
+        assert_eq!(policy("grpc.health.v1", "Health.Check"), Policy::Public);
+        assert_eq!(policy("registry", "Registry.GetService"), Policy::Public);
+        assert_eq!(policy("store", "Store.Read"), Policy::Admin);
+        assert_eq!(policy("store", "Blob.Put"), Policy::Admin);
+        assert_eq!(policy("config", "Config.Get"), Policy::Admin);
+        assert_eq!(policy("store", "Debug.Health"), Policy::Public);
+        assert_eq!(policy("sync", "Sync.Lock"), Policy::Rules);
+    }
+
+    #[test]
+    fn tokens_from_header_or_cookie() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert("cookie", "a=b; micro-token=xyz".parse().unwrap());
+        assert_eq!(bearer(&h).as_deref(), Some("xyz"));
+        h.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h).as_deref(), Some("abc"));
+    }
+}
