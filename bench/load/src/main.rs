@@ -234,7 +234,7 @@ async fn pubsub(a: &Args) -> Result<(), String> {
             })
         }
         "micro" => {
-            let ch = micro::data::channel(&a.addr).map_err(|e| e.to_string())?;
+            let ch = micro::data::channel_with(&a.addr, token_source(&a.addr).await?).map_err(|e| e.to_string())?;
             let broker = micro::data::RemoteBroker::new(ch);
             use micro_core::broker::Broker;
             for _ in 0..a.subs {
@@ -330,7 +330,7 @@ async fn events(a: &Args) -> Result<(), String> {
         }
         "micro" => {
             use micro_core::events::Events;
-            let ch = micro::data::channel(&a.addr).map_err(|e| e.to_string())?;
+            let ch = micro::data::channel_with(&a.addr, token_source(&a.addr).await?).map_err(|e| e.to_string())?;
             let ev = micro::data::RemoteEvents::new(ch);
             for g in 0..a.subs {
                 let opts = micro_core::events::ConsumeOptions { group: format!("g{g}"), ..Default::default() };

@@ -66,6 +66,8 @@ struct Inner {
     generation: std::sync::atomic::AtomicU64,
     /// Rules by namespace, with the generation they were read at.
     cache: Mutex<HashMap<String, CachedRules>>,
+    /// Tokens already verified, until they expire.
+    verified: Mutex<HashMap<String, Claims>>,
 }
 
 /// Rules of a namespace with the generation they were read at.
@@ -122,13 +124,30 @@ impl AuthService {
                 failures: Mutex::new(HashMap::new()),
                 generation: std::sync::atomic::AtomicU64::new(0),
                 cache: Mutex::new(HashMap::new()),
+                verified: Mutex::new(HashMap::new()),
             }),
         })
     }
 
-    /// Verifies an access token; the account it stands for.
+    /// Verifies an access token; the account it stands for. A verified token is
+    /// remembered until it expires, so repeated calls skip the signature check.
     pub(crate) fn verify(&self, token: &str) -> Result<Claims, MicroStatus> {
-        self.inner.verifier.read().unwrap_or_else(|e| e.into_inner()).verify(token)
+        if let Some(c) = self.inner.verified.lock().unwrap_or_else(|e| e.into_inner()).get(token)
+            && c.exp > now()
+        {
+            return Ok(c.clone());
+        }
+        let claims = self.inner.verifier.read().unwrap_or_else(|e| e.into_inner()).verify(token)?;
+        let mut cache = self.inner.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= 10_000 {
+            let t = now();
+            cache.retain(|_, c| c.exp > t);
+            if cache.len() >= 10_000 {
+                cache.clear();
+            }
+        }
+        cache.insert(token.to_string(), claims.clone());
+        Ok(claims)
     }
 
     fn accounts(ns: &str) -> Table {
