@@ -1,0 +1,113 @@
+//! The isolation matrix at the server's core services: two namespaces, each with an
+//! admin, a plain user and a service, plus anonymous callers, against every data
+//! service in both namespaces. Own namespace per the rules, foreign → 403, anonymous
+//! where credentials are needed → 401, and no cross-namespace read or write.
+
+use futures::StreamExt;
+use micro::data::{Data, StaticToken};
+use micro_core::Code;
+use micro_core::store::{Query, Record, Table};
+use micro_test::TestServer;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Who {
+    Anonymous,
+    Admin(&'static str),
+    User(&'static str),
+    Service(&'static str),
+}
+
+impl Who {
+    fn namespace(self) -> Option<&'static str> {
+        match self {
+            Who::Anonymous => None,
+            Who::Admin(ns) | Who::User(ns) | Who::Service(ns) => Some(ns),
+        }
+    }
+}
+
+/// What a call by `who` into `ns` must give: for admin-only services and for services
+/// under the default (public) rules.
+fn expected(who: Who, ns: &str, admin_only: bool) -> Option<Code> {
+    match who {
+        Who::Anonymous if admin_only => Some(Code::Unauthenticated),
+        Who::Anonymous => None,
+        w if w.namespace() != Some(ns) => Some(Code::PermissionDenied),
+        Who::Admin(_) => None,
+        _ if admin_only => Some(Code::PermissionDenied),
+        _ => None,
+    }
+}
+
+fn code<T>(r: Result<T, micro_core::Status>) -> Option<Code> {
+    r.err().map(|e| e.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_identity_against_every_data_service_in_both_namespaces() {
+    let s = TestServer::start().await;
+    let namespaces = ["alpha", "beta"];
+    let mut identities = vec![Who::Anonymous];
+    let mut tokens = std::collections::HashMap::new();
+    for ns in namespaces {
+        s.create_account(ns, "boss", "boss-secret-1", "user", &["admin"]).await;
+        s.create_account(ns, "pat", "pat-secret-1", "user", &[]).await;
+        s.create_account(ns, "worker", "worker-secret-1", "service", &[]).await;
+        for (who, id, secret) in [
+            (Who::Admin(ns), "boss", "boss-secret-1"),
+            (Who::User(ns), "pat", "pat-secret-1"),
+            (Who::Service(ns), "worker", "worker-secret-1"),
+        ] {
+            tokens.insert(format!("{who:?}"), micro_test::login(&s.proxy(), ns, id, secret).await);
+            identities.push(who);
+        }
+    }
+    let data = |who: Who, ns: &str| {
+        let source = tokens
+            .get(&format!("{who:?}"))
+            .map(|t| Arc::new(StaticToken(t.clone())) as Arc<dyn micro::data::TokenSource>);
+        Data::remote_with(&s.proxy(), ns, source)
+    };
+
+    let mut checked = 0;
+    for who in identities.iter().copied() {
+        for ns in namespaces {
+            let d = data(who, ns);
+            let table = Table::new(ns, "matrix");
+            let tag = format!("{who:?}").replace(['(', ')', '"'], "-");
+            let want = expected(who, ns, true);
+            let write = d.store.write(&table, &Record::new(format!("by/{tag}"), b"x".to_vec()), None).await;
+            assert_eq!(code(write), want, "{who:?} store write in {ns}");
+            assert_eq!(code(d.store.list(&table, "", &Query::default()).await), want, "{who:?} store list in {ns}");
+            let set =
+                d.config.set(ns, &format!("matrix.{}", tag.replace('-', "_")), &serde_json::json!(1), false).await;
+            assert_eq!(code(set), want, "{who:?} config set in {ns}");
+            assert_eq!(code(d.config.get(ns, "", false).await), want, "{who:?} config get in {ns}");
+            let m = micro_core::events::Message { payload: b"{}".to_vec(), ..Default::default() };
+            assert_eq!(code(d.events.publish(ns, "matrix", &m).await), want, "{who:?} events publish in {ns}");
+            let chunks = futures::stream::iter([Ok(bytes::Bytes::from_static(b"x"))]).boxed();
+            let put = d.blob.put(ns, "matrix", &tag, "text/plain", chunks).await;
+            assert_eq!(code(put), want, "{who:?} blob put in {ns}");
+            // Sync and broker follow the rules: public by default, own namespace only.
+            let want = expected(who, ns, false);
+            let lock = d.sync.lock(ns, &format!("matrix-{tag}"), Duration::from_secs(5), Duration::ZERO).await;
+            assert_eq!(code(lock), want, "{who:?} sync lock in {ns}");
+            let bm =
+                micro_core::broker::Message { topic: "matrix".into(), payload: b"{}".to_vec(), ..Default::default() };
+            assert_eq!(code(d.broker.publish(ns, &bm).await), want, "{who:?} broker publish in {ns}");
+            checked += 8;
+        }
+    }
+    assert_eq!(checked, 7 * 2 * 8);
+
+    // Zero cross-namespace data: each namespace holds only its own admin's writes.
+    for ns in namespaces {
+        let admin = data(Who::Admin(if ns == "alpha" { "alpha" } else { "beta" }), ns);
+        let keys = admin.store.list(&Table::new(ns, "matrix"), "", &Query::default()).await.unwrap();
+        assert_eq!(keys, [format!("by/Admin--{ns}--")], "{ns} holds only its own admin's write");
+        let config = admin.config.get(ns, "matrix", false).await.unwrap().unwrap();
+        assert_eq!(config.as_object().map(|o| o.len()), Some(1), "{ns}: {config}");
+    }
+}
