@@ -111,3 +111,42 @@ async fn every_identity_against_every_data_service_in_both_namespaces() {
         assert_eq!(config.as_object().map(|o| o.len()), Some(1), "{ns}: {config}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_service_name_in_two_namespaces_resolves_per_namespace() {
+    let s = TestServer::start().await;
+    let mut running = Vec::new();
+    for ns in ["alpha", "beta"] {
+        let svc = micro::Service::new("greeter").server(s.proxy()).namespace(ns).handle(
+            "Greeter.Where",
+            move |_ctx: micro::Context, _req: serde_json::Value| async move {
+                Ok::<_, micro::Status>(serde_json::json!({ "namespace": ns }))
+            },
+        );
+        running.push(svc.start().await.unwrap());
+    }
+    for ns in ["alpha", "beta"] {
+        // Through the proxy.
+        let client = micro::Client::via_proxy(s.proxy()).namespace(ns);
+        let reply = client.call_json("greeter", "Greeter.Where", &serde_json::json!({})).await.unwrap();
+        assert_eq!(reply["namespace"], ns, "proxy");
+        // Through the gateway, by header.
+        let r = micro_test::http(&s.api(), "POST", "/greeter/where", &[("micro-namespace", ns)], b"{}").await;
+        assert_eq!(r.json()["namespace"], ns, "gateway: {}", r.body);
+    }
+    // Through the gateway, by the caller's account when no header is sent.
+    s.create_account("beta", "pat", "pat-secret-1", "user", &[]).await;
+    let token = micro_test::login(&s.proxy(), "beta", "pat", "pat-secret-1").await;
+    let bearer = format!("Bearer {token}");
+    let r = micro_test::http(&s.api(), "POST", "/greeter/where", &[("authorization", &bearer)], b"{}").await;
+    assert_eq!(r.json()["namespace"], "beta", "{}", r.body);
+    // The default namespace has no greeter.
+    let r = micro_test::http(&s.api(), "POST", "/greeter/where", &[], b"{}").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    // A bad token is refused at the gateway.
+    let r = micro_test::http(&s.api(), "POST", "/greeter/where", &[("authorization", "Bearer nope")], b"{}").await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    for r in running {
+        r.stop().await;
+    }
+}
