@@ -28,8 +28,11 @@ fn policy(service: &str, endpoint: &str) -> Policy {
         return Policy::Public;
     }
     match service {
-        // The auth service checks admin itself where it matters; registry lookups are public.
-        "auth" | "registry" => Policy::Public,
+        // The auth service checks admin itself where it matters.
+        "auth" => Policy::Public,
+        // Registry lookups are always public; registering follows the rules (public by
+        // default, so an admin can require accounts for it).
+        "registry" if !matches!(endpoint, "Registry.Register" | "Registry.Deregister") => Policy::Public,
         "store" | "config" | "events" => Policy::Admin,
         _ => Policy::Rules,
     }
@@ -133,6 +136,8 @@ mod tests {
     fn policies() {
         assert_eq!(policy("grpc.health.v1", "Health.Check"), Policy::Public);
         assert_eq!(policy("registry", "Registry.GetService"), Policy::Public);
+        assert_eq!(policy("registry", "Registry.Watch"), Policy::Public);
+        assert_eq!(policy("registry", "Registry.Register"), Policy::Rules);
         assert_eq!(policy("store", "Store.Read"), Policy::Admin);
         assert_eq!(policy("store", "Blob.Put"), Policy::Admin);
         assert_eq!(policy("config", "Config.Get"), Policy::Admin);

@@ -150,3 +150,37 @@ async fn the_same_service_name_in_two_namespaces_resolves_per_namespace() {
         r.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_can_require_accounts_to_register_and_lookups_stay_public() {
+    use micro::proto::auth as pb;
+    let s = TestServer::start().await;
+    // Default: anyone registers.
+    let open = micro::Service::new("early").server(s.proxy()).start().await.expect("registers without an account");
+    open.stop().await;
+    // The admin requires an account of the namespace to register.
+    let token = s.admin_token().await;
+    let mut auth = pb::auth_client::AuthClient::new(micro::data::channel(&s.proxy()).unwrap());
+    for (id, scope, access, priority) in [("reg-lock", "", "denied", 10), ("reg-accounts", "*", "granted", 20)] {
+        let rule = pb::Rule {
+            id: id.into(),
+            scope: scope.into(),
+            resource: "service:registry:Registry.Register".into(),
+            access: access.into(),
+            priority,
+        };
+        let mut req = tonic::Request::new(pb::CreateRuleRequest { rule: Some(rule) });
+        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+        auth.create_rule(req).await.unwrap();
+    }
+    let err = micro::Service::new("late").server(s.proxy()).start().await.err().expect("refused");
+    assert!(err.detail().contains("log in"), "{err}");
+    s.create_account("micro", "late-svc", "late-secret-1", "service", &[]).await;
+    let late = micro::Service::new("late").server(s.proxy()).credentials("late-svc", "late-secret-1");
+    let late = late.start().await.expect("registers with its account");
+    // Lookups stay public.
+    let registry = micro::registry::RemoteRegistry::new(&s.proxy()).unwrap();
+    use micro_core::registry::Registry;
+    assert_eq!(registry.get_service("micro", "late").await.unwrap()[0].name, "late");
+    late.stop().await;
+}

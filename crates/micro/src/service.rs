@@ -346,7 +346,10 @@ impl Service {
         let router = self.router(metrics)?;
         let registry: Arc<dyn Registry> = match (self.registry.take(), &self.server) {
             (Some(r), _) => r,
-            (None, server) => Arc::new(RemoteRegistry::new(server.as_deref().unwrap_or(crate::DEFAULT_SERVER))?),
+            (None, server) => {
+                let source = self.credentials.clone().map(|c| c as Arc<dyn TokenSource>);
+                Arc::new(RemoteRegistry::with_token(server.as_deref().unwrap_or(crate::DEFAULT_SERVER), source)?)
+            }
         };
         let mut endpoints = router.endpoints(&name);
         for (route, endpoint) in &self.routes {
@@ -377,7 +380,7 @@ impl Service {
         };
         registry.register(&self.namespace, &record, self.ttl).await.map_err(|e| {
             let server = self.server.as_deref().unwrap_or(crate::DEFAULT_SERVER);
-            Status::unavailable(&name, format!("cannot register with the registry (server {server}): {}", e.detail()))
+            Status::new(e.code(), &name, format!("cannot register with the registry (server {server}): {}", e.detail()))
         })?;
         tracing::info!(service = %name, address = %addr, node = %record.nodes[0].id, "registered");
         let heartbeat = tokio::spawn(heartbeat(registry.clone(), self.namespace.clone(), record.clone(), self.ttl));

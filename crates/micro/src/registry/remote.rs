@@ -6,23 +6,28 @@ use futures::StreamExt;
 use micro_core::registry::{Event, EventType, Registry, Service};
 use micro_core::{BoxStream, Status};
 use std::time::Duration;
-use tonic::transport::Channel;
 
 /// The registry of a `micro server`, reached over gRPC (usually through its proxy at
 /// `MICRO_SERVER`). Cheap to clone.
 #[derive(Clone)]
 pub struct RemoteRegistry {
-    client: pb::registry_client::RegistryClient<Channel>,
+    client: pb::registry_client::RegistryClient<crate::data::Ch>,
 }
 
 impl RemoteRegistry {
     /// A client of the registry at `address` (`host:port`); connects lazily.
     pub fn new(address: &str) -> Result<Self, Status> {
-        let channel = Channel::from_shared(format!("http://{address}"))
-            .map_err(|e| Status::bad_request("registry", format!("bad server address {address:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .connect_lazy();
+        RemoteRegistry::with_token(address, None)
+    }
+
+    /// Like [`RemoteRegistry::new`], sending the tokens of `source` (a service's own
+    /// account, when registering needs one).
+    pub fn with_token(
+        address: &str,
+        source: Option<std::sync::Arc<dyn crate::data::TokenSource>>,
+    ) -> Result<Self, Status> {
+        let channel = crate::data::channel_with(address, source)
+            .map_err(|e| Status::bad_request("registry", e.detail().to_string()))?;
         Ok(RemoteRegistry { client: pb::registry_client::RegistryClient::new(channel) })
     }
 
