@@ -137,8 +137,11 @@ pub(crate) async fn login(c: &Ctx, id: &str, password: Option<String>) -> Result
     let secret = match password.or_else(|| std::env::var("MICRO_PASSWORD").ok()) {
         Some(p) => p,
         None if id == "admin" && local_admin_password().is_some() => local_admin_password().unwrap_or_default(),
+        // From a terminal without echo; piped input is read as a line.
+        None if std::io::IsTerminal::is_terminal(&std::io::stdin()) => {
+            rpassword::prompt_password(format!("password for {id}: ")).context("reading the password")?
+        }
         None => {
-            eprint!("password for {id}: ");
             let mut line = String::new();
             std::io::stdin().read_line(&mut line).context("reading the password")?;
             line.trim_end_matches(['\r', '\n']).to_string()

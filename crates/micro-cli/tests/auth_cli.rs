@@ -242,3 +242,30 @@ async fn admin_login_accounts_rules_and_refresh() {
     assert_eq!(r.status, 429, "{}", r.body);
     assert!(r.head.to_ascii_lowercase().contains("retry-after:"), "{}", r.head);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_reads_a_piped_password() {
+    use std::io::Write;
+    let s = TestServer::start().await;
+    let password = std::fs::read_to_string(s.dir.path().join(micro_server::ADMIN_PASSWORD_FILE)).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let (proxy, home_path) = (s.proxy(), home.path().to_path_buf());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_micro"))
+            .args(["--server", &proxy, "login"])
+            .env("HOME", &home_path)
+            .env_remove("MICRO_PASSWORD")
+            .env("MICRO_DATA_DIR", home_path.join("none"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("{}\n", password.trim()).as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("logged in as admin"));
+}
