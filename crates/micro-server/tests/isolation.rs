@@ -184,3 +184,59 @@ async fn rules_can_require_accounts_to_register_and_lookups_stay_public() {
     assert_eq!(registry.get_service("micro", "late").await.unwrap()[0].name, "late");
     late.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_enforce_their_namespaces_rules() {
+    use micro::proto::auth as pb;
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    s.create_account("micro", "sam", "sam-secret-1", "user", &["staff"]).await;
+    s.create_account("micro", "pat", "pat-secret-1", "user", &[]).await;
+    s.create_account("micro", "vault-svc", "vault-secret-1", "service", &[]).await;
+    s.create_account("beta", "bo", "bo-secret-1", "user", &["staff"]).await;
+    // Lock the vault down to the staff scope (the default public rule stays for the rest).
+    let mut auth = pb::auth_client::AuthClient::new(micro::data::channel(&s.proxy()).unwrap());
+    for (id, scope, access, priority) in [("vault-lock", "", "denied", 10), ("vault-staff", "staff", "granted", 20)] {
+        let rule = pb::Rule {
+            id: id.into(),
+            scope: scope.into(),
+            resource: "service:vault:*".into(),
+            access: access.into(),
+            priority,
+        };
+        let mut req = tonic::Request::new(pb::CreateRuleRequest { rule: Some(rule) });
+        req.metadata_mut().insert("authorization", format!("Bearer {admin}").parse().unwrap());
+        auth.create_rule(req).await.unwrap();
+    }
+    let vault = micro::Service::new("vault")
+        .server(s.proxy())
+        .credentials("vault-svc", "vault-secret-1")
+        .handle("Vault.Open", |ctx: micro::Context, _req: serde_json::Value| async move {
+            Ok::<_, micro::Status>(serde_json::json!({ "by": ctx.metadata("micro-account") }))
+        })
+        .start()
+        .await
+        .unwrap();
+    let call = |token: Option<String>| {
+        let proxy = s.proxy();
+        async move {
+            let mut client = micro::Client::via_proxy(proxy);
+            if let Some(t) = token {
+                client = client.auth(Arc::new(micro::auth::Bearer(Arc::new(StaticToken(t)))));
+            }
+            client.call_json("vault", "Vault.Open", &serde_json::json!({})).await
+        }
+    };
+    assert_eq!(code(call(None).await), Some(Code::Unauthenticated), "anonymous");
+    let pat = micro_test::login(&s.proxy(), "micro", "pat", "pat-secret-1").await;
+    assert_eq!(code(call(Some(pat)).await), Some(Code::PermissionDenied), "no staff scope");
+    let sam = micro_test::login(&s.proxy(), "micro", "sam", "sam-secret-1").await;
+    assert_eq!(call(Some(sam)).await.unwrap()["by"], "sam", "staff gets in, named");
+    let bo = micro_test::login(&s.proxy(), "beta", "bo", "bo-secret-1").await;
+    assert_eq!(code(call(Some(bo)).await), Some(Code::PermissionDenied), "staff of another namespace");
+    assert_eq!(code(call(Some("not-a-token".into())).await), Some(Code::Unauthenticated), "a bad token");
+    // Health and Debug stay open.
+    let health = micro::Client::via_proxy(s.proxy()).call_json("vault", "Debug.Health", &serde_json::json!({})).await;
+    assert!(health.is_ok(), "{health:?}");
+    vault.stop().await;
+}

@@ -1,7 +1,7 @@
 //! The service builder: name it, add handlers, run it.
 
 use crate::Client;
-use crate::auth::{Bearer, Credentials};
+use crate::auth::{Bearer, Credentials, Enforcer};
 use crate::data::TokenSource;
 use crate::data::{BlobHandle, BrokerHandle, ConfigHandle, Data, EventsHandle, StoreHandle, SyncHandle};
 use crate::handler::{Context, Handler, ServerStream, Unary};
@@ -344,6 +344,8 @@ impl Service {
         }
         let metrics = Metrics::default();
         let router = self.router(metrics)?;
+        // An in-process registry and no server: nothing to read keys or rules from.
+        let local_only = self.registry.is_some() && self.server.is_none();
         let registry: Arc<dyn Registry> = match (self.registry.take(), &self.server) {
             (Some(r), _) => r,
             (None, server) => {
@@ -385,7 +387,25 @@ impl Service {
         tracing::info!(service = %name, address = %addr, node = %record.nodes[0].id, "registered");
         let heartbeat = tokio::spawn(heartbeat(registry.clone(), self.namespace.clone(), record.clone(), self.ttl));
         let (tx, rx) = oneshot::channel::<()>();
-        let stack = router.layered(self.auth.clone());
+        // Without a hook of its own, a service that talks to a server enforces the
+        // namespace's rules and verifies tokens with the server's keys.
+        let hook = match &self.auth {
+            Some(h) => Some(h.clone()),
+            None if local_only => None,
+            None => {
+                let enforcer = Enforcer::new(
+                    &name,
+                    &self.effective_namespace(),
+                    &self.effective_server(),
+                    self.credentials.clone(),
+                );
+                if let Err(e) = enforcer.refresh_keys().await {
+                    tracing::warn!(service = %name, error = %e, "cannot read the server's public keys yet; tokens are refused until then");
+                }
+                Some(enforcer as Arc<dyn Authorize>)
+            }
+        };
+        let stack = router.layered(hook);
         let serving = tokio::spawn(crate::server::serve(
             listener,
             move |req: http::Request<hyper::body::Incoming>| {

@@ -129,3 +129,195 @@ impl crate::layer::Authorize for Bearer {
         Ok(())
     }
 }
+
+/// The rule enforcement of a service (its default [`crate::layer::Authorize`] hook):
+/// tokens verified locally with the server's public keys, the namespace resolved (the
+/// `micro-namespace` header, else the caller's account, else the service's), a foreign
+/// namespace refused, and the call decided by the namespace's rules, which the service
+/// reads with its own account (the default public rule when it has none).
+pub struct Enforcer {
+    service: String,
+    namespace: String,
+    address: String,
+    credentials: Option<Arc<Credentials>>,
+    keys: RwLock<Option<token::Verifier>>,
+    rules: RwLock<(Option<std::time::Instant>, Arc<Vec<micro_core::auth::Rule>>)>,
+    refreshing: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// How long a service trusts the rules it read.
+const RULES_TTL: Duration = Duration::from_secs(5);
+
+impl Enforcer {
+    /// Enforcement for `service` in `namespace`, reading keys and rules from the server at
+    /// `address` (with `credentials`, when the service has an account).
+    pub fn new(service: &str, namespace: &str, address: &str, credentials: Option<Arc<Credentials>>) -> Arc<Enforcer> {
+        Arc::new(Enforcer {
+            service: service.to_string(),
+            namespace: namespace.to_string(),
+            address: address.to_string(),
+            credentials,
+            keys: RwLock::new(None),
+            rules: RwLock::new((None, Arc::new(vec![micro_core::auth::default_rule()]))),
+            refreshing: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn request<T>(&self, msg: T) -> Result<tonic::Request<T>, Status> {
+        let mut req = tonic::Request::new(msg);
+        req.metadata_mut().insert(
+            micro_core::metadata::NAMESPACE,
+            self.namespace.parse().map_err(|_| Status::bad_request("auth", "bad namespace"))?,
+        );
+        req.set_timeout(Duration::from_secs(5));
+        Ok(req)
+    }
+
+    fn client(&self) -> Result<pb::auth_client::AuthClient<crate::data::Ch>, Status> {
+        let source = self.credentials.clone().map(|c| c as Arc<dyn TokenSource>);
+        Ok(pb::auth_client::AuthClient::new(crate::data::channel_with(&self.address, source)?))
+    }
+
+    /// Reads the server's public keys (at start, and again when a token names a key
+    /// this service does not know).
+    pub async fn refresh_keys(&self) -> Result<(), Status> {
+        let json = self
+            .client()?
+            .public_keys(self.request(pb::PublicKeysRequest {})?)
+            .await
+            .map_err(|e| crate::status::from_tonic(&e))?
+            .into_inner()
+            .json;
+        let keys: token::PublicKeys =
+            serde_json::from_str(&json).map_err(|e| Status::internal("auth", format!("public keys: {e}")))?;
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Some(token::Verifier::new(&keys)?);
+        Ok(())
+    }
+
+    async fn rules(&self) -> Arc<Vec<micro_core::auth::Rule>> {
+        let (at, current) = self.rules.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if at.is_some_and(|t| t.elapsed() < RULES_TTL) || self.credentials.is_none() {
+            return current;
+        }
+        let fetched = async {
+            let res = self.client()?.list_rules(self.request(pb::ListRulesRequest {})?).await;
+            let rules = res.map_err(|e| crate::status::from_tonic(&e))?.into_inner().rules;
+            rules
+                .into_iter()
+                .map(|r| {
+                    Ok(micro_core::auth::Rule {
+                        id: r.id,
+                        scope: r.scope,
+                        resource: micro_core::auth::parse_resource(&r.resource)?,
+                        access: if r.access == "denied" {
+                            micro_core::auth::Access::Denied
+                        } else {
+                            micro_core::auth::Access::Granted
+                        },
+                        priority: r.priority,
+                    })
+                })
+                .collect::<Result<Vec<_>, Status>>()
+        };
+        match fetched.await {
+            Ok(rules) => {
+                let rules = Arc::new(rules);
+                *self.rules.write().unwrap_or_else(|e| e.into_inner()) =
+                    (Some(std::time::Instant::now()), rules.clone());
+                rules
+            }
+            Err(e) => {
+                tracing::warn!(service = %self.service, error = %e, "reading the rules failed; keeping the last ones");
+                current
+            }
+        }
+    }
+
+    fn verify(&self, token: &str) -> Result<token::Claims, Status> {
+        match self.keys.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(v) => v.verify(token),
+            None => Err(Status::new(micro_core::Code::Unauthenticated, "auth", "tokens cannot be verified yet")),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::layer::Authorize for Enforcer {
+    async fn authorize(&self, req: &mut http::request::Parts) -> Result<(), Status> {
+        use micro_core::Code;
+        req.headers.remove("micro-account");
+        let path = req.uri.path().to_string();
+        let endpoint = match crate::split_grpc_path(&path) {
+            Some((_, e)) => e,
+            None => path.trim_start_matches('/').split_once('/').map(|(_, e)| e.to_string()).unwrap_or_default(),
+        };
+        if path.starts_with("/grpc.") || endpoint.starts_with("Debug.") {
+            return Ok(());
+        }
+        let token = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::to_string);
+        let account = match token {
+            Some(t) => {
+                let claims = match self.verify(&t) {
+                    Ok(c) => c,
+                    Err(_) => {
+                        // Perhaps a key this service has not seen: look again (at most every 10 s).
+                        let due = {
+                            let mut last = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+                            let due = last.is_none_or(|l| l.elapsed() > Duration::from_secs(10));
+                            if due {
+                                *last = Some(std::time::Instant::now());
+                            }
+                            due
+                        };
+                        if due {
+                            let _ = self.refresh_keys().await;
+                        }
+                        self.verify(&t)?
+                    }
+                };
+                Some(micro_core::auth::Account {
+                    id: claims.sub,
+                    name: claims.name,
+                    kind: if claims.typ == "service" {
+                        micro_core::auth::AccountType::Service
+                    } else {
+                        micro_core::auth::AccountType::User
+                    },
+                    namespace: claims.ns,
+                    scopes: claims.scopes,
+                    ..Default::default()
+                })
+            }
+            None => None,
+        };
+        let asked =
+            req.headers.get(micro_core::metadata::NAMESPACE).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+        let ns = asked
+            .map(str::to_string)
+            .or_else(|| account.as_ref().map(|a| a.namespace.clone()))
+            .unwrap_or_else(|| self.namespace.clone());
+        if let Some(a) = &account
+            && a.namespace != ns
+            && !a.is_admin_of(&ns)
+        {
+            return Err(Status::new(
+                Code::PermissionDenied,
+                "auth",
+                format!("account {} of namespace {} cannot act in namespace {ns}", a.id, a.namespace),
+            ));
+        }
+        if let Some(a) = &account
+            && let Ok(v) = http::HeaderValue::from_str(&a.id)
+        {
+            req.headers.insert("micro-account", v);
+        }
+        let rules = self.rules().await;
+        let resource = micro_core::auth::Resource::new("service", &self.service, &endpoint);
+        micro_core::auth::decide(&rules, account.as_ref(), &ns, &resource)
+    }
+}
