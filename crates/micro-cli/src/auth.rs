@@ -36,7 +36,7 @@ pub(crate) enum Create {
         #[arg(long, default_value = "")]
         scopes: String,
         /// The secret (default: generated and printed once).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         secret: Option<String>,
         /// user or service.
         #[arg(long = "type", default_value = "user")]

@@ -146,7 +146,7 @@ pub(crate) enum Command {
         #[arg(long, alias = "email", default_value = "admin")]
         id: String,
         /// The secret (default: MICRO_PASSWORD, the local admin password file, or a prompt).
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         password: Option<String>,
     },
     /// Forget this environment's credentials.

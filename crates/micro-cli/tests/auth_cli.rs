@@ -118,6 +118,10 @@ async fn admin_login_accounts_rules_and_refresh() {
     let secret = out.rsplit(' ').next().unwrap().trim().to_string();
     assert!(out.contains("shown once") && secret.len() >= 32, "{out}");
     cli.ok(&["auth", "create", "account", "bob", "--secret", "bobs-secret-1"]).await;
+    // Secrets may start with a dash.
+    cli.ok(&["auth", "create", "account", "dash", "--secret", "-dash-secret-1"]).await;
+    let dash = Cli { server: s.proxy(), home: tempfile::tempdir().unwrap() };
+    dash.ok(&["login", "--id", "dash", "--password", "-dash-secret-1"]).await;
     assert!(
         cli.fails(&["auth", "create", "account", "bob", "--secret", "another-one"]).await.contains("already exists")
     );

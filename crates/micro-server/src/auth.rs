@@ -77,10 +77,12 @@ fn now() -> u64 {
     micro_core::store::now_ms() / 1000
 }
 
+/// 256 random bits, as letters and digits only (so no shell or flag parser trips on a
+/// leading `-`).
 fn random_secret() -> String {
     let mut bytes = uuid::Uuid::new_v4().as_bytes().to_vec();
     bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn hash_secret(secret: &str) -> Result<String, MicroStatus> {
