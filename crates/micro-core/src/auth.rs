@@ -206,12 +206,12 @@ pub fn decide(rules: &[Rule], account: Option<&Account>, ns: &str, resource: &Re
     }
 }
 
-/// The rule every new namespace starts with: its services are public.
+/// The rule every new namespace starts with: its services (RPC and HTTP) are public.
 pub fn default_rule() -> Rule {
     Rule {
         id: "default".into(),
         scope: String::new(),
-        resource: Resource::new("service", "*", "*"),
+        resource: Resource::new("*", "*", "*"),
         access: Access::Granted,
         priority: 0,
     }

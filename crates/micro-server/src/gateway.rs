@@ -197,6 +197,12 @@ impl Gateway {
         let valid = !first.is_empty() && first.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         let first_services = if valid { self.inner.registry.get_service(&ns, &first).await.ok() } else { None };
         if let Some(addr) = first_services.as_deref().and_then(|s| self.http_node(s)) {
+            // HTTP services enforce nothing themselves: the gateway decides `http:name:/path`.
+            let rest = path.strip_prefix('/').and_then(|p| p.strip_prefix(first.as_str())).unwrap_or("");
+            let rest = if rest.is_empty() { "/".to_string() } else { rest.to_string() };
+            if let Err(e) = self.check_http(&req, &ns, &first, &rest).await {
+                return json_error(&e);
+            }
             return self.reverse_proxy(req, &first, &addr).await;
         }
         // Path rules first; an endpoint's declared route (like GET /notes/{id}) answers
@@ -426,6 +432,26 @@ impl Gateway {
         }
         let i = self.inner.next.fetch_add(1, Ordering::Relaxed);
         Some(nodes[i % nodes.len()].to_string())
+    }
+
+    /// Decides a call to the HTTP service `name` at `path` by the namespace's rules.
+    async fn check_http(&self, req: &Request<Incoming>, ns: &str, name: &str, path: &str) -> Result<(), Status> {
+        let account = match crate::guard::bearer(req.headers()) {
+            Some(t) => Some(crate::auth::claims_account(&self.inner.auth.verify(&t)?)),
+            None => None,
+        };
+        if let Some(a) = &account
+            && a.namespace != ns
+            && !a.is_admin_of(ns)
+        {
+            return Err(Status::new(
+                Code::PermissionDenied,
+                "auth",
+                format!("account {} of namespace {} cannot act in namespace {ns}", a.id, a.namespace),
+            ));
+        }
+        let rules = self.inner.auth.cached_rules(ns).await?;
+        micro_core::auth::decide(&rules, account.as_ref(), ns, &micro_core::auth::Resource::new("http", name, path))
     }
 
     /// Forwards a request to an HTTP service, stripping the `/{service}` prefix.

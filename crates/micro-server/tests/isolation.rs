@@ -240,3 +240,71 @@ async fn services_enforce_their_namespaces_rules() {
     assert!(health.is_ok(), "{health:?}");
     vault.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_enforces_rules_for_http_services() {
+    use micro::proto::auth as pb;
+    use micro_core::registry::{Node, Registry, Service as Record};
+    let s = TestServer::start().await;
+    // Any HTTP app: answers with its path.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(micro::server::serve(
+        listener,
+        |req: http::Request<hyper::body::Incoming>| async move {
+            let body = format!("legacy {}", req.uri().path());
+            http::Response::new(tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(body))))
+        },
+        std::future::pending::<()>(),
+    ));
+    let record = Record {
+        name: "legacy".into(),
+        nodes: vec![Node {
+            id: "legacy-1".into(),
+            address: addr.to_string(),
+            metadata: [("protocol".to_string(), "http".to_string())].into(),
+        }],
+        ..Default::default()
+    };
+    s.server.registry().register("micro", &record, Duration::from_secs(60)).await.unwrap();
+    let r = micro_test::http(&s.api(), "GET", "/legacy/admin/users", &[], b"").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "legacy /admin/users"), "public by default");
+
+    // Lock /admin down to the staff scope.
+    let admin = s.admin_token().await;
+    let mut auth = pb::auth_client::AuthClient::new(micro::data::channel(&s.proxy()).unwrap());
+    for (id, scope, access, priority) in [("admin-lock", "", "denied", 10), ("admin-staff", "staff", "granted", 20)] {
+        let rule = pb::Rule {
+            id: id.into(),
+            scope: scope.into(),
+            resource: "http:legacy:/admin*".into(),
+            access: access.into(),
+            priority,
+        };
+        let mut req = tonic::Request::new(pb::CreateRuleRequest { rule: Some(rule) });
+        req.metadata_mut().insert("authorization", format!("Bearer {admin}").parse().unwrap());
+        auth.create_rule(req).await.unwrap();
+    }
+    s.create_account("micro", "sam", "sam-secret-1", "user", &["staff"]).await;
+    s.create_account("micro", "pat", "pat-secret-1", "user", &[]).await;
+    let sam = format!("Bearer {}", micro_test::login(&s.proxy(), "micro", "sam", "sam-secret-1").await);
+    let pat = format!("Bearer {}", micro_test::login(&s.proxy(), "micro", "pat", "pat-secret-1").await);
+    let get = |path: &'static str, auth: Option<String>| {
+        let api = s.api();
+        async move {
+            let headers: Vec<(&str, &str)> = match &auth {
+                Some(a) => vec![("authorization", a.as_str())],
+                None => vec![],
+            };
+            micro_test::http(&api, "GET", path, &headers, b"").await
+        }
+    };
+    assert_eq!(get("/legacy/admin/users", None).await.status, 401);
+    assert_eq!(get("/legacy/admin/users", Some(pat.clone())).await.status, 403);
+    assert_eq!(get("/legacy/admin/users", Some(sam.clone())).await.status, 200);
+    assert_eq!(get("/legacy/public", None).await.status, 200, "the rest stays public");
+    // A cookie works like the header (browsers).
+    let cookie = format!("micro-token={}", sam.trim_start_matches("Bearer "));
+    let r = micro_test::http(&s.api(), "GET", "/legacy/admin/users", &[("cookie", cookie.as_str())], b"").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
