@@ -244,7 +244,7 @@ async fn services_enforce_their_namespaces_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_enforces_rules_for_http_services() {
     use micro::proto::auth as pb;
-    use micro_core::registry::{Node, Registry, Service as Record};
+    use micro_core::registry::{Node, Service as Record};
     let s = TestServer::start().await;
     // Any HTTP app: answers with its path.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
