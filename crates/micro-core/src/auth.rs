@@ -206,6 +206,28 @@ pub fn decide(rules: &[Rule], account: Option<&Account>, ns: &str, resource: &Re
     }
 }
 
+/// Refuses an account acting in a namespace not its own (unless it administers it).
+pub fn check_namespace(account: Option<&Account>, ns: &str) -> Result<(), Status> {
+    match account {
+        Some(a) if a.namespace != ns && !a.is_admin_of(ns) => Err(Status::new(
+            Code::PermissionDenied,
+            "auth",
+            format!("account {} of namespace {} cannot act in namespace {ns}", a.id, a.namespace),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The namespace a call acts in: the one asked for (the `micro-namespace` header), else
+/// the caller's account's, else `fallback`.
+pub fn resolve_namespace(asked: Option<&str>, account: Option<&Account>, fallback: &str) -> String {
+    asked
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .or_else(|| account.map(|a| a.namespace.clone()))
+        .unwrap_or_else(|| fallback.to_string())
+}
+
 /// The rule every new namespace starts with: its services (RPC and HTTP) are public.
 pub fn default_rule() -> Rule {
     Rule {

@@ -440,16 +440,7 @@ impl Gateway {
             Some(t) => Some(crate::auth::claims_account(&self.inner.auth.verify(&t)?)),
             None => None,
         };
-        if let Some(a) = &account
-            && a.namespace != ns
-            && !a.is_admin_of(ns)
-        {
-            return Err(Status::new(
-                Code::PermissionDenied,
-                "auth",
-                format!("account {} of namespace {} cannot act in namespace {ns}", a.id, a.namespace),
-            ));
-        }
+        micro_core::auth::check_namespace(account.as_ref(), ns)?;
         let rules = self.inner.auth.cached_rules(ns).await?;
         micro_core::auth::decide(&rules, account.as_ref(), ns, &micro_core::auth::Resource::new("http", name, path))
     }

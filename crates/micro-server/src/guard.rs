@@ -5,7 +5,7 @@
 
 use crate::auth::{AuthService, claims_account};
 use micro::split_grpc_path;
-use micro_core::auth::{Account, Resource, decide};
+use micro_core::auth::{Account, Resource, check_namespace, decide, resolve_namespace};
 use micro_core::metadata::NAMESPACE;
 use micro_core::{Code, Status};
 
@@ -59,22 +59,9 @@ pub(crate) fn identify(auth: &AuthService, headers: &http::HeaderMap) -> Result<
         Some(t) => Some(claims_account(&auth.verify(&t)?)),
         None => None,
     };
-    let asked = headers.get(NAMESPACE).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
-    let ns = match (asked, &account) {
-        (Some(ns), _) => ns.to_string(),
-        (None, Some(a)) => a.namespace.clone(),
-        (None, None) => micro_core::namespace::DEFAULT.to_string(),
-    };
-    if let Some(a) = &account
-        && a.namespace != ns
-        && !a.is_admin_of(&ns)
-    {
-        return Err(Status::new(
-            Code::PermissionDenied,
-            "auth",
-            format!("account {} of namespace {} cannot act in namespace {ns}", a.id, a.namespace),
-        ));
-    }
+    let asked = headers.get(NAMESPACE).and_then(|v| v.to_str().ok());
+    let ns = resolve_namespace(asked, account.as_ref(), micro_core::namespace::DEFAULT);
+    check_namespace(account.as_ref(), &ns)?;
     Ok((account, ns))
 }
 

@@ -244,7 +244,6 @@ impl Enforcer {
 #[async_trait::async_trait]
 impl crate::layer::Authorize for Enforcer {
     async fn authorize(&self, req: &mut http::request::Parts) -> Result<(), Status> {
-        use micro_core::Code;
         req.headers.remove("micro-account");
         let path = req.uri.path().to_string();
         let endpoint = match crate::split_grpc_path(&path) {
@@ -295,22 +294,9 @@ impl crate::layer::Authorize for Enforcer {
             }
             None => None,
         };
-        let asked =
-            req.headers.get(micro_core::metadata::NAMESPACE).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
-        let ns = asked
-            .map(str::to_string)
-            .or_else(|| account.as_ref().map(|a| a.namespace.clone()))
-            .unwrap_or_else(|| self.namespace.clone());
-        if let Some(a) = &account
-            && a.namespace != ns
-            && !a.is_admin_of(&ns)
-        {
-            return Err(Status::new(
-                Code::PermissionDenied,
-                "auth",
-                format!("account {} of namespace {} cannot act in namespace {ns}", a.id, a.namespace),
-            ));
-        }
+        let asked = req.headers.get(micro_core::metadata::NAMESPACE).and_then(|v| v.to_str().ok());
+        let ns = micro_core::auth::resolve_namespace(asked, account.as_ref(), &self.namespace);
+        micro_core::auth::check_namespace(account.as_ref(), &ns)?;
         if let Some(a) = &account
             && let Ok(v) = http::HeaderValue::from_str(&a.id)
         {
