@@ -5,6 +5,7 @@ use crate::envs::{Credentials, Envs};
 use crate::output;
 use anyhow::{Context, Result, anyhow};
 use clap::Subcommand;
+use micro::auth::token::now;
 use micro::proto::auth as pb;
 use serde_json::json;
 
@@ -94,10 +95,6 @@ fn request<T>(c: &Ctx, msg: T, token: Option<&str>) -> Result<tonic::Request<T>>
 
 fn tonic_err(e: tonic::Status) -> anyhow::Error {
     status_err(micro::status::from_tonic(&e))
-}
-
-fn now() -> u64 {
-    micro_core::store::now_ms() / 1000
 }
 
 /// The current environment's access token, refreshed when it is about to expire.

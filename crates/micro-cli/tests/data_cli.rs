@@ -19,28 +19,27 @@ fn micro(server: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Runs `micro` off the async runtime; asserts success and returns stdout.
-async fn ok(server: &str, args: &[&str]) -> String {
+/// Runs `micro` off the async runtime: (exit code, stdout, stderr).
+async fn run(server: &str, args: &[&str]) -> (i32, String, String) {
     let (server, args) = (server.to_string(), args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         micro(&server, &args)
     })
     .await
-    .expect("the command ran");
+    .expect("the command ran")
+}
+
+/// Runs `micro`, asserting success; returns stdout.
+async fn ok(server: &str, args: &[&str]) -> String {
+    let (code, out, err) = run(server, args).await;
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     out
 }
 
 /// Runs `micro`, expecting one clear error line and exit code 1; returns it.
 async fn fails(server: &str, args: &[&str]) -> String {
-    let (server, args) = (server.to_string(), args.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        micro(&server, &args)
-    })
-    .await
-    .expect("the command ran");
+    let (code, out, err) = run(server, args).await;
     assert_eq!(code, 1, "expected failure; stdout: {out}\nstderr: {err}");
     assert!(err.starts_with("error: ") && err.trim().lines().count() == 1, "one clear line: {err}");
     err

@@ -9,15 +9,17 @@
 
 use crate::DataDir;
 use crate::db::{Db, internal};
+use crate::files::sync_dir;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use micro_core::blob::{Blob, BlobInfo, Chunks, DEFAULT_MAX_SIZE, validate_bucket, validate_key};
+use micro_core::store::now_ms;
 use micro_core::{Code, Status};
 use rusqlite::{OptionalExtension, params};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SCHEMA: &str = "
@@ -384,19 +386,6 @@ fn content_type_or_default(ct: &str) -> Result<String, Status> {
     Ok(ct.to_string())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(dir = %dir.display(), error = %e, "syncing the directory failed");
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-}
-
 /// Removes a temporary file unless disarmed (also when a put is cancelled).
 struct RemoveOnDrop(Option<PathBuf>);
 
@@ -460,6 +449,7 @@ fn sweep_files(root: &Path, referenced: &HashSet<String>) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::SystemTime;
 
     /// A stream of `chunks` followed by an error.
     fn failing(chunks: Vec<&'static [u8]>) -> Chunks {

@@ -14,6 +14,7 @@
 
 use crate::DataDir;
 use crate::db::{Db, internal};
+use crate::files::{sync_dir, write_private};
 use aes_gcm::aead::{Aead, Generate, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key};
 use base64::Engine;
@@ -615,26 +616,6 @@ fn load_or_create_server_key(path: &Path) -> Result<[u8; KEY_LEN], Status> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_server_key(path),
         Err(e) => Err(io("creating", e)),
     }
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
-}
-
-fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::warn!(dir = %dir.display(), error = %e, "syncing the directory failed");
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
 }
 
 fn warn_if_readable(path: &Path) {

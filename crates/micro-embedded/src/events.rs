@@ -29,6 +29,7 @@ use micro_core::events::{
     ConsumeOptions, Delivery, Event, Events, Message, Offset, ReadOptions, validate_group, validate_message,
     validate_topic,
 };
+use micro_core::store::now_ms;
 use micro_core::{BoxStream, Status, namespace};
 use rusqlite::{OptionalExtension, params};
 use sql::{Op, SCHEMA, SELECT_EVENTS, TopicRow, Writer, event_from_row, rowid, seq_at};
@@ -44,13 +45,6 @@ const RECENT_EVENTS: usize = 4096;
 const RECENT_BYTES: usize = 16 << 20;
 /// How often the retention limits are applied to the stored events.
 const PURGE_EVERY: Duration = Duration::from_secs(1);
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)

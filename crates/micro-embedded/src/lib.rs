@@ -11,6 +11,7 @@ pub mod blob;
 pub mod broker;
 pub mod config;
 pub mod events;
+pub mod files;
 pub mod store;
 pub mod sync;
 

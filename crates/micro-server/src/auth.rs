@@ -10,6 +10,7 @@ use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
+use micro::auth::token::now;
 use micro::auth::token::{Claims, Signer, Verifier};
 use micro::proto::auth as pb;
 use micro::status::to_tonic;
@@ -72,10 +73,6 @@ struct Inner {
 
 /// Rules of a namespace with the generation they were read at.
 type CachedRules = (u64, Arc<Vec<Rule>>);
-
-fn now() -> u64 {
-    micro_core::store::now_ms() / 1000
-}
 
 /// 256 random bits, as letters and digits only (so no shell or flag parser trips on a
 /// leading `-`).
@@ -228,7 +225,7 @@ impl AuthService {
         self.create(admin, &secret).await?;
         if generated {
             let path = data_dir.join(ADMIN_PASSWORD_FILE);
-            write_private(&path, secret.as_bytes())
+            micro_embedded::files::write_private(&path, secret.as_bytes())
                 .map_err(|e| MicroStatus::internal("auth", format!("writing {}: {e}", path.display())))?;
             tracing::info!(file = %path.display(), "created the admin account; its password is in this file");
         } else {
@@ -395,11 +392,12 @@ impl AuthService {
         self.inner.store.write(&Self::rules_table(ns), &Record::new(format!("r/{}", rule.id), value), None).await
     }
 
-    /// The caller's verified claims, from `authorization: Bearer …`.
+    /// The caller's verified claims, from its bearer token.
     fn caller<T>(&self, req: &Request<T>) -> Result<Option<Claims>, MicroStatus> {
-        let Some(v) = req.metadata().get("authorization").and_then(|v| v.to_str().ok()) else { return Ok(None) };
-        let token = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim();
-        self.verify(token).map(Some)
+        match micro::auth::bearer(&req.metadata().clone().into_headers()) {
+            Some(token) => self.verify(&token).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Requires an admin of `ns`.
@@ -407,37 +405,11 @@ impl AuthService {
         let claims = self
             .caller(req)?
             .ok_or_else(|| MicroStatus::new(Code::Unauthenticated, "auth", "log in as an admin first"))?;
-        if !claims_account(&claims).is_admin_of(ns) {
+        if !claims.account().is_admin_of(ns) {
             return Err(MicroStatus::new(Code::PermissionDenied, "auth", format!("needs the admin scope of {ns}")));
         }
         Ok(claims)
     }
-}
-
-/// The account claims stand for.
-pub(crate) fn claims_account(c: &Claims) -> Account {
-    Account {
-        id: c.sub.clone(),
-        name: c.name.clone(),
-        kind: if c.typ == "service" { AccountType::Service } else { AccountType::User },
-        namespace: c.ns.clone(),
-        scopes: c.scopes.clone(),
-        ..Default::default()
-    }
-}
-
-/// Writes `bytes` to a new file readable by its owner only.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    opts.mode(0o600);
-    let mut f = opts.open(path)?;
-    f.write_all(bytes)?;
-    f.sync_all()
 }
 
 fn rule_of(r: pb::Rule) -> Result<Rule, MicroStatus> {
@@ -490,7 +462,7 @@ impl pb::auth_server::Auth for AuthService {
 
     async fn inspect(&self, req: Request<pb::InspectRequest>) -> Result<Response<pb::InspectResponse>, Status> {
         let claims = self.verify(&req.into_inner().token).map_err(t)?;
-        Ok(Response::new(pb::InspectResponse { account: Some((&claims_account(&claims)).into()), expiry: claims.exp }))
+        Ok(Response::new(pb::InspectResponse { account: Some((&claims.account()).into()), expiry: claims.exp }))
     }
 
     async fn token(&self, req: Request<pb::TokenRequest>) -> Result<Response<pb::TokenResponse>, Status> {

@@ -180,7 +180,7 @@ impl Gateway {
         }
         // The namespace: the header, else the caller's account, else the subdomain.
         let ns = if req.headers().get(micro_core::metadata::NAMESPACE).is_none()
-            && let Some(token) = crate::guard::bearer(req.headers())
+            && let Some(token) = micro::auth::bearer(req.headers())
         {
             match self.inner.auth.verify(&token) {
                 Ok(claims) => claims.ns,
@@ -436,8 +436,8 @@ impl Gateway {
 
     /// Decides a call to the HTTP service `name` at `path` by the namespace's rules.
     async fn check_http(&self, req: &Request<Incoming>, ns: &str, name: &str, path: &str) -> Result<(), Status> {
-        let account = match crate::guard::bearer(req.headers()) {
-            Some(t) => Some(crate::auth::claims_account(&self.inner.auth.verify(&t)?)),
+        let account = match micro::auth::bearer(req.headers()) {
+            Some(t) => Some(self.inner.auth.verify(&t)?.account()),
             None => None,
         };
         micro_core::auth::check_namespace(account.as_ref(), ns)?;

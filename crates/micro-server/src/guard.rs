@@ -3,7 +3,8 @@
 //! `micro`), a foreign namespace refused, and the call decided — by the admin scope for
 //! endpoints that read or change a namespace's state, else by the namespace's rules.
 
-use crate::auth::{AuthService, claims_account};
+use crate::auth::AuthService;
+use micro::auth::bearer;
 use micro::split_grpc_path;
 use micro_core::auth::{Account, Resource, check_namespace, decide, resolve_namespace};
 use micro_core::metadata::NAMESPACE;
@@ -38,25 +39,10 @@ fn policy(service: &str, endpoint: &str) -> Policy {
     }
 }
 
-/// The bearer token of a request: `authorization: Bearer …`, else the `micro-token` cookie.
-pub(crate) fn bearer(headers: &http::HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim();
-        return Some(t.to_string()).filter(|t| !t.is_empty());
-    }
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix("micro-token=").map(str::to_string))
-        .filter(|t| !t.is_empty())
-}
-
 /// The caller's account (verified) and the namespace the call acts in.
 pub(crate) fn identify(auth: &AuthService, headers: &http::HeaderMap) -> Result<(Option<Account>, String), Status> {
     let account = match bearer(headers) {
-        Some(t) => Some(claims_account(&auth.verify(&t)?)),
+        Some(t) => Some(auth.verify(&t)?.account()),
         None => None,
     };
     let asked = headers.get(NAMESPACE).and_then(|v| v.to_str().ok());

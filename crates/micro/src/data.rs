@@ -73,7 +73,7 @@ pub fn channel_with(address: &str, source: Option<Arc<dyn TokenSource>>) -> Resu
 }
 
 /// A request in namespace `ns`, with a deadline unless `timeout` is `None`.
-fn request<T>(ns: &str, msg: T, timeout: Option<Duration>) -> Result<tonic::Request<T>, Status> {
+pub(crate) fn request<T>(ns: &str, msg: T, timeout: Option<Duration>) -> Result<tonic::Request<T>, Status> {
     let mut req = tonic::Request::new(msg);
     let v = ns.parse().map_err(|_| Status::bad_request("micro", format!("invalid namespace {ns:?}")))?;
     req.metadata_mut().insert(micro_core::metadata::NAMESPACE, v);

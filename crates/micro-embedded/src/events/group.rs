@@ -3,9 +3,10 @@
 //! acks, nacks and dead letters.
 
 use super::sql::Op;
-use super::{ID, Inner, Topic, millis, now_ms};
+use super::{ID, Inner, Topic, millis};
 use futures::StreamExt;
 use micro_core::events::{Acker, ConsumeOptions, DEFAULT_ACK_WAIT, Delivery, Event, Message};
+use micro_core::store::now_ms;
 use micro_core::{BoxStream, Status};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;

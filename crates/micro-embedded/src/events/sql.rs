@@ -6,9 +6,10 @@
 //! then makes new events visible and answers. Concurrent publishers and acks therefore
 //! share commits, and a lone publisher pays one hop to the blocking pool and back.
 
-use super::{ID, Retention, Topic, lock, now_ms};
+use super::{ID, Retention, Topic, lock};
 use crate::db::{Db, internal};
 use micro_core::events::{Event, Message};
+use micro_core::store::now_ms;
 use micro_core::{Code, Status};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use std::collections::{BTreeMap, HashMap, VecDeque};

@@ -7,6 +7,7 @@
 use futures::future::Either;
 use futures::{FutureExt, StreamExt};
 use micro_core::events::{ConsumeOptions, Delivery, Event, Events, MAX_PAYLOAD, Message, Offset, ReadOptions};
+use micro_core::store::now_ms;
 use micro_core::{BoxStream, Code, Status};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -42,10 +43,6 @@ fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     format!("{prefix}-{nanos:x}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn message(key: &str, payload: &str) -> Message {

@@ -4,6 +4,22 @@
 pub mod token;
 
 use crate::data::TokenSource;
+
+/// The bearer token of a request: `authorization: Bearer …`, else the `micro-token`
+/// cookie (browsers).
+pub fn bearer(headers: &http::HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim();
+        return Some(t.to_string()).filter(|t| !t.is_empty());
+    }
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix("micro-token=").map(str::to_string))
+        .filter(|t| !t.is_empty())
+}
 use crate::proto::auth as pb;
 use micro_core::Status;
 use std::sync::{Arc, RwLock, Weak};
@@ -51,12 +67,7 @@ impl Credentials {
 
     async fn ask(address: &str, namespace: &str, req: pb::TokenRequest) -> Result<pb::TokenResponse, Status> {
         let mut client = pb::auth_client::AuthClient::new(crate::data::channel(address)?);
-        let mut request = tonic::Request::new(req);
-        request.metadata_mut().insert(
-            micro_core::metadata::NAMESPACE,
-            namespace.parse().map_err(|_| Status::bad_request("auth", "bad namespace"))?,
-        );
-        request.set_timeout(Duration::from_secs(10));
+        let request = crate::data::request(namespace, req, Some(Duration::from_secs(10)))?;
         client.token(request).await.map(tonic::Response::into_inner).map_err(|e| crate::status::from_tonic(&e))
     }
 
@@ -164,13 +175,7 @@ impl Enforcer {
     }
 
     fn request<T>(&self, msg: T) -> Result<tonic::Request<T>, Status> {
-        let mut req = tonic::Request::new(msg);
-        req.metadata_mut().insert(
-            micro_core::metadata::NAMESPACE,
-            self.namespace.parse().map_err(|_| Status::bad_request("auth", "bad namespace"))?,
-        );
-        req.set_timeout(Duration::from_secs(5));
-        Ok(req)
+        crate::data::request(&self.namespace, msg, Some(Duration::from_secs(5)))
     }
 
     fn client(&self) -> Result<pb::auth_client::AuthClient<crate::data::Ch>, Status> {
@@ -227,7 +232,10 @@ impl Enforcer {
                 rules
             }
             Err(e) => {
+                // Keep the last rules and try again after the TTL, not on every call.
                 tracing::warn!(service = %self.service, error = %e, "reading the rules failed; keeping the last ones");
+                *self.rules.write().unwrap_or_else(|e| e.into_inner()) =
+                    (Some(std::time::Instant::now()), current.clone());
                 current
             }
         }
@@ -253,12 +261,7 @@ impl crate::layer::Authorize for Enforcer {
         if path.starts_with("/grpc.") || endpoint.starts_with("Debug.") {
             return Ok(());
         }
-        let token = req
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .map(str::to_string);
+        let token = bearer(&req.headers);
         let account = match token {
             Some(t) => {
                 let claims = match self.verify(&t) {
@@ -279,18 +282,7 @@ impl crate::layer::Authorize for Enforcer {
                         self.verify(&t)?
                     }
                 };
-                Some(micro_core::auth::Account {
-                    id: claims.sub,
-                    name: claims.name,
-                    kind: if claims.typ == "service" {
-                        micro_core::auth::AccountType::Service
-                    } else {
-                        micro_core::auth::AccountType::User
-                    },
-                    namespace: claims.ns,
-                    scopes: claims.scopes,
-                    ..Default::default()
-                })
+                Some(claims.account())
             }
             None => None,
         };

@@ -76,6 +76,24 @@ pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+impl Claims {
+    /// The account the claims stand for.
+    pub fn account(&self) -> micro_core::auth::Account {
+        micro_core::auth::Account {
+            id: self.sub.clone(),
+            name: self.name.clone(),
+            kind: if self.typ == "service" {
+                micro_core::auth::AccountType::Service
+            } else {
+                micro_core::auth::AccountType::User
+            },
+            namespace: self.ns.clone(),
+            scopes: self.scopes.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 /// Claims of an access token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
