@@ -82,7 +82,7 @@ fn client(c: &Ctx) -> Result<pb::auth_client::AuthClient<micro::data::Ch>> {
     Ok(pb::auth_client::AuthClient::new(ch))
 }
 
-fn request<T>(c: &Ctx, msg: T, token: Option<&str>) -> Result<tonic::Request<T>> {
+pub(crate) fn request<T>(c: &Ctx, msg: T, token: Option<&str>) -> Result<tonic::Request<T>> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert("micro-namespace", c.namespace.parse().map_err(|_| anyhow!("invalid namespace"))?);
     if let Some(t) = token {

@@ -102,6 +102,27 @@ pub(crate) enum Command {
         #[arg(last = true)]
         command: Vec<String>,
     },
+    /// Run a service from source: a local folder, a git URL[@ref] or a service name.
+    Run(crate::runtime::RunArgs),
+    /// Rebuild a service and roll its instances (a new one is ready before an old one stops).
+    Update(crate::runtime::RunArgs),
+    /// Stop a service the runtime runs, and forget it.
+    Kill { name: String },
+    /// The services the runtime runs: NAME VERSION SOURCE STATUS BUILD UPDATED METADATA.
+    Status { name: Option<String> },
+    /// A service's logs (or its build's).
+    Logs {
+        name: String,
+        /// Keep streaming new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines.
+        #[arg(short = 'n', long = "lines", default_value_t = 100)]
+        lines: u32,
+        /// The build's output.
+        #[arg(long)]
+        build: bool,
+    },
     /// Read and write the store: micro store read|write|delete|list|databases|tables
     Store {
         #[command(subcommand)]
@@ -335,6 +356,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Logout => crate::auth::logout(),
         Command::Whoami => crate::auth::whoami(&c).await,
         Command::Auth { cmd } => crate::auth::auth(&c, cmd).await,
+        Command::Run(args) => crate::runtime::run(&c, args, false).await,
+        Command::Update(args) => crate::runtime::run(&c, args, true).await,
+        Command::Kill { name } => crate::runtime::kill(&c, &name).await,
+        Command::Status { name } => crate::runtime::status(&c, name.as_deref()).await,
+        Command::Logs { name, follow, lines, build } => crate::runtime::logs(&c, &name, follow, lines, build).await,
         Command::Namespace { cmd } => crate::auth::namespace(&c, cmd).await,
         Command::Store { cmd } => crate::data::store(&c, cmd).await,
         Command::Config { cmd } => crate::data::config(&c, cmd).await,

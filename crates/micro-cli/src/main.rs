@@ -7,6 +7,7 @@ mod dynamic;
 mod envs;
 mod new;
 mod output;
+mod runtime;
 
 #[tokio::main]
 async fn main() {

@@ -14,6 +14,11 @@ use std::collections::BTreeMap;
 /// The scope that administers a namespace.
 pub const ADMIN_SCOPE: &str = "admin";
 
+/// The scope that lets an account read and write its namespace's data (store, blob,
+/// config, events) without administering it; the runtime gives it to the service
+/// accounts its services run as.
+pub const DATA_SCOPE: &str = "data";
+
 /// What kind of principal an account is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -59,6 +64,12 @@ impl Account {
     /// of the `micro` namespace.
     pub fn is_admin_of(&self, ns: &str) -> bool {
         self.has_scope(ADMIN_SCOPE) && (self.namespace == ns || self.namespace == crate::namespace::DEFAULT)
+    }
+
+    /// Whether the account may read and write namespace `ns`'s data: its admin, or an
+    /// account of `ns` with the `data` scope.
+    pub fn may_use_data_of(&self, ns: &str) -> bool {
+        self.is_admin_of(ns) || (self.namespace == ns && self.has_scope(DATA_SCOPE))
     }
 }
 

@@ -23,14 +23,15 @@ use tokio::task::JoinHandle;
 use tower::{Layer, ServiceExt};
 
 /// The core services registered by the server, all served through the proxy.
-pub const CORE_SERVICES: [&str; 9] =
-    ["api", "auth", "broker", "config", "events", "proxy", "registry", "store", "sync"];
+pub const CORE_SERVICES: [&str; 10] =
+    ["api", "auth", "broker", "config", "events", "proxy", "registry", "runtime", "store", "sync"];
 
 /// A running server.
 pub struct Running {
     api: SocketAddr,
     proxy: SocketAddr,
     registry: Arc<dyn Registry>,
+    runtime: crate::runtime::Runtime,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -80,6 +81,21 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let auth = crate::auth::AuthService::open(auth_store, &config.data_dir)?;
     auth.bootstrap(&config.data_dir, config.admin_password.clone().map(|s| s.0)).await?;
 
+    // The runtime: what it runs is kept in its own database, and brought back now.
+    let proxy_node =
+        if proxy.ip().is_unspecified() { format!("127.0.0.1:{}", proxy.port()) } else { proxy.to_string() };
+    let runtime_db: Arc<dyn micro_core::store::Store> =
+        Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "runtime")?);
+    let runtime = crate::runtime::Runtime::open(
+        &config.data_dir,
+        config.runtime.clone(),
+        proxy_node.clone(),
+        registry.clone(),
+        auth.clone(),
+        runtime_db,
+    )
+    .await?;
+
     let metrics = micro::metrics::Metrics::default();
     let mut core = RouterBuilder::new("micro")
         .metrics(metrics.clone())
@@ -94,6 +110,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .grpc_service(pb::config::config_server::ConfigServer::new(data::ConfigService { config: config_backend }))
         .grpc_service(pb::sync::sync_server::SyncServer::new(data::SyncService { sync }))
         .grpc_service(pb::auth::auth_server::AuthServer::new(auth.clone()))
+        .grpc_service(pb::runtime::runtime_server::RuntimeServer::new(runtime.clone()))
         .standard_services(
             &[micro::proto::DESCRIPTOR.to_vec()],
             &[
@@ -105,6 +122,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
                 "config.Config",
                 "sync.Sync",
                 "auth.Auth",
+                "runtime.Runtime",
             ]
             .map(String::from),
         )?;
@@ -125,8 +143,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let core = core.build();
 
     // Core services are reached through the proxy, which serves them in-process.
-    let proxy_node =
-        if proxy.ip().is_unspecified() { format!("127.0.0.1:{}", proxy.port()) } else { proxy.to_string() };
     let mut records = Vec::new();
     for name in CORE_SERVICES {
         let mut metadata = std::collections::BTreeMap::new();
@@ -208,7 +224,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         }
     }));
     tracing::info!(api = %api, proxy = %proxy, data_dir = %config.data_dir.display(), "micro server started");
-    Ok(Running { api, proxy, registry, shutdown: tx, tasks })
+    Ok(Running { api, proxy, registry, runtime, shutdown: tx, tasks })
 }
 
 impl Running {
@@ -229,6 +245,8 @@ impl Running {
 
     /// Stops accepting, drains in-flight requests, and returns when done.
     pub async fn stop(self) {
+        // The services the runtime runs stop first, while they can still deregister.
+        self.runtime.shutdown().await;
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;

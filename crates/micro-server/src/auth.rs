@@ -205,6 +205,27 @@ impl AuthService {
         Ok((account, if generated { secret } else { String::new() }))
     }
 
+    /// The account a runtime service runs as (type service, scope `data`): made when
+    /// missing, and given a fresh secret, returned (it lives only in the instances'
+    /// environment).
+    pub(crate) async fn service_account(&self, ns: &str, id: &str) -> Result<String, MicroStatus> {
+        let secret = random_secret();
+        let account = match self.load(ns, id).await? {
+            Some(s) => s.account,
+            None => Account {
+                id: id.to_string(),
+                name: id.to_string(),
+                kind: micro_core::auth::AccountType::Service,
+                namespace: ns.to_string(),
+                scopes: vec![micro_core::auth::DATA_SCOPE.to_string()],
+                metadata: [("runtime".to_string(), "true".to_string())].into(),
+                created: now(),
+            },
+        };
+        self.save(&StoredAccount { account, hash: hash_secret(&secret)? }).await?;
+        Ok(secret)
+    }
+
     /// The first admin: `admin` in `micro` with the given password, or a random one
     /// written to `<data_dir>/admin.password` (mode 0600). Does nothing when it exists.
     pub(crate) async fn bootstrap(&self, data_dir: &Path, password: Option<String>) -> Result<(), MicroStatus> {

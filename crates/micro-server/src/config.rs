@@ -30,6 +30,10 @@ pub struct Config {
     /// The first admin's password (`MICRO_ADMIN_PASSWORD`); default: a random one written
     /// to `admin.password` in the data dir. Never read from the config file.
     pub admin_password: Option<Secret>,
+    /// The runtime: `MICRO_RUNTIME_TARGET_DIR` (the cargo target dir builds share),
+    /// `MICRO_RUNTIME_PROFILE` (`release`), `MICRO_RUNTIME_REPO` (where short names are
+    /// looked up), `MICRO_RUNTIME_MAX_SERVICES` (per namespace, 50).
+    pub runtime: crate::RuntimeConfig,
 }
 
 /// A secret value: shown as `***` by `Debug`, so it never reaches a log.
@@ -56,6 +60,7 @@ impl Default for Config {
             events_max_events: None,
             blob_max_size: micro_core::blob::DEFAULT_MAX_SIZE,
             admin_password: None,
+            runtime: crate::RuntimeConfig::default(),
         }
     }
 }
@@ -71,6 +76,10 @@ struct File {
     events_max_age: Option<u64>,
     events_max_events: Option<u64>,
     blob_max_size: Option<u64>,
+    runtime_target_dir: Option<PathBuf>,
+    runtime_profile: Option<String>,
+    runtime_repo: Option<String>,
+    runtime_max_services: Option<usize>,
 }
 
 fn number(name: &str, v: &str) -> Result<u64, Error> {
@@ -115,6 +124,18 @@ impl Config {
             if let Some(v) = f.blob_max_size {
                 c.blob_max_size = v;
             }
+            if let Some(v) = f.runtime_target_dir {
+                c.runtime.target_dir = Some(v);
+            }
+            if let Some(v) = f.runtime_profile {
+                c.runtime.profile = v;
+            }
+            if let Some(v) = f.runtime_repo {
+                c.runtime.repo = Some(v);
+            }
+            if let Some(v) = f.runtime_max_services {
+                c.runtime.max_services = v;
+            }
         }
         if let Some(v) = env("MICRO_API_ADDRESS") {
             c.api_address = v;
@@ -143,6 +164,23 @@ impl Config {
         }
         if let Some(v) = env("MICRO_BLOB_MAX_SIZE") {
             c.blob_max_size = number("MICRO_BLOB_MAX_SIZE", &v)?;
+        }
+        if let Some(v) = env("MICRO_RUNTIME_TARGET_DIR").filter(|v| !v.is_empty()) {
+            c.runtime.target_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("MICRO_RUNTIME_PROFILE").filter(|v| !v.is_empty()) {
+            c.runtime.profile = v;
+        }
+        if let Some(v) = env("MICRO_RUNTIME_REPO").filter(|v| !v.is_empty()) {
+            c.runtime.repo = Some(v);
+        }
+        if let Some(v) = env("MICRO_RUNTIME_MAX_SERVICES") {
+            c.runtime.max_services = number("MICRO_RUNTIME_MAX_SERVICES", &v)? as usize;
+        }
+        if !["release", "dev"].contains(&c.runtime.profile.as_str())
+            && !c.runtime.profile.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(Error::Config(format!("invalid cargo profile {:?}", c.runtime.profile)));
         }
         Ok(c)
     }

@@ -20,6 +20,9 @@ enum Policy {
     Public,
     /// The namespace's admin scope (or the micro namespace's), whatever the rules say.
     Admin,
+    /// Its admin, or an account of the namespace with the `data` scope (the service
+    /// accounts of runtime services).
+    Data,
     /// The namespace's rules.
     Rules,
 }
@@ -34,7 +37,8 @@ fn policy(service: &str, endpoint: &str) -> Policy {
         // Registry lookups are always public; registering follows the rules (public by
         // default, so an admin can require accounts for it).
         "registry" if !matches!(endpoint, "Registry.Register" | "Registry.Deregister") => Policy::Public,
-        "store" | "config" | "events" => Policy::Admin,
+        "store" | "config" | "events" => Policy::Data,
+        "runtime" => Policy::Admin,
         _ => Policy::Rules,
     }
 }
@@ -80,8 +84,8 @@ impl micro::layer::Authorize for Guard {
         }
         match policy(&service, &endpoint) {
             Policy::Public => Ok(()),
-            Policy::Admin => match &account {
-                Some(a) if a.is_admin_of(&ns) => Ok(()),
+            p @ (Policy::Admin | Policy::Data) => match &account {
+                Some(a) if a.is_admin_of(&ns) || (p == Policy::Data && a.may_use_data_of(&ns)) => Ok(()),
                 Some(_) => Err(Status::new(
                     Code::PermissionDenied,
                     "auth",
@@ -111,9 +115,10 @@ mod tests {
         assert_eq!(policy("registry", "Registry.GetService"), Policy::Public);
         assert_eq!(policy("registry", "Registry.Watch"), Policy::Public);
         assert_eq!(policy("registry", "Registry.Register"), Policy::Rules);
-        assert_eq!(policy("store", "Store.Read"), Policy::Admin);
-        assert_eq!(policy("store", "Blob.Put"), Policy::Admin);
-        assert_eq!(policy("config", "Config.Get"), Policy::Admin);
+        assert_eq!(policy("store", "Store.Read"), Policy::Data);
+        assert_eq!(policy("store", "Blob.Put"), Policy::Data);
+        assert_eq!(policy("config", "Config.Get"), Policy::Data);
+        assert_eq!(policy("runtime", "Runtime.Create"), Policy::Admin);
         assert_eq!(policy("store", "Debug.Health"), Policy::Public);
         assert_eq!(policy("sync", "Sync.Lock"), Policy::Rules);
     }

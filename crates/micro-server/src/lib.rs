@@ -19,11 +19,13 @@ mod guard;
 mod proxy;
 mod reflection;
 mod registry;
+mod runtime;
 mod websocket;
 
 pub use app::{CORE_SERVICES, Running, start};
 pub use auth::{ACCESS_TTL, ADMIN_PASSWORD_FILE, REFRESH_TTL};
 pub use config::{Config, Secret};
+pub use runtime::RuntimeConfig;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

@@ -2,11 +2,13 @@
 
 /// Installs the global `tracing` subscriber on stderr: the filter from `MICRO_LOG`
 /// (default `default`, like `info` or `warn,micro=debug`), JSON lines when
-/// `MICRO_LOG_FORMAT=json`. Does nothing when a subscriber is already installed.
+/// `MICRO_LOG_FORMAT=json`, colours only on a terminal. Does nothing when a subscriber is already installed.
 pub fn init(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MICRO_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let json = std::env::var("MICRO_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only for a person at a terminal (not in files the runtime keeps).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = if json { b.json().try_init() } else { b.try_init() };
 }

@@ -46,6 +46,12 @@ pub mod auth {
     tonic::include_proto!("auth");
 }
 
+/// The runtime service's messages, client and server.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+pub mod runtime {
+    tonic::include_proto!("runtime");
+}
+
 /// An account from the wire.
 impl From<auth::Account> for micro_core::auth::Account {
     fn from(a: auth::Account) -> Self {

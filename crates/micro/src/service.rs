@@ -377,7 +377,7 @@ impl Service {
             nodes: vec![Node {
                 id: format!("{name}-{}", uuid::Uuid::new_v4()),
                 address: advertise,
-                metadata: [("protocol".to_string(), "grpc".to_string())].into(),
+                metadata: node_metadata(),
             }],
         };
         registry.register(&self.namespace, &record, self.ttl).await.map_err(|e| {
@@ -461,6 +461,18 @@ fn check_route(route: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A node's metadata: its protocol, and the runtime's instance id (`MICRO_INSTANCE`)
+/// when the runtime started it.
+fn node_metadata() -> BTreeMap<String, String> {
+    let mut m: BTreeMap<String, String> = [("protocol".to_string(), "grpc".to_string())].into();
+    if let Ok(id) = std::env::var("MICRO_INSTANCE")
+        && !id.is_empty()
+    {
+        m.insert("instance".to_string(), id);
+    }
+    m
 }
 
 /// The address to register for a bound socket: loopback for an unspecified IP.

@@ -1,0 +1,486 @@
+//! The runtime as a user drives it: the real `micro server` binary over a temp data
+//! dir, and the `micro` CLI running services from a local folder, a git repository at a
+//! ref, and a manifest in another language (Python); statuses, logs, crashes, memory
+//! limits, replicas, rolling updates under load, restarts after SIGKILL, and a
+//! service's own credentials.
+
+#![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+const ADMIN_PASSWORD: &str = "runtime-admin-password";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// A `micro server` process with a CLI home logged in as its admin.
+struct Server {
+    child: Child,
+    proxy: String,
+    api: String,
+    data: PathBuf,
+    home: tempfile::TempDir,
+    env: Vec<(String, String)>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM first, so its services stop with it.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    async fn start(data: &Path, env: &[(&str, &str)]) -> Server {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut s = Server::spawn(data, env, tempfile::tempdir().unwrap());
+        let out = s.cli(&["login", "--id", "admin", "--password", ADMIN_PASSWORD]).await;
+        assert_eq!(out.0, 0, "login: {out:?}");
+        s.data = data.to_path_buf();
+        s
+    }
+
+    fn spawn(data: &Path, env: Vec<(String, String)>, home: tempfile::TempDir) -> Server {
+        // Builds share one cargo target dir across test runs, in dev profile: the
+        // framework's dependencies are built once, not per test.
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runtime-target");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_micro"))
+            .arg("server")
+            .env("MICRO_DATA_DIR", data)
+            .env("MICRO_API_ADDRESS", "127.0.0.1:0")
+            .env("MICRO_PROXY_ADDRESS", "127.0.0.1:0")
+            .env("MICRO_LOG", "warn")
+            .env("MICRO_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("MICRO_RUNTIME_PROFILE", "dev")
+            .env("MICRO_RUNTIME_TARGET_DIR", target)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("micro server starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("banner");
+        // "micro server: api http://127.0.0.1:X proxy 127.0.0.1:Y"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let proxy = words.last().expect("proxy").to_string();
+        let api = words[3].trim_start_matches("http://").to_string();
+        Server { child, proxy, api, data: data.to_path_buf(), home, env }
+    }
+
+    /// SIGKILLs the server and starts it again over the same data dir.
+    async fn kill_and_restart(mut self) -> Server {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data = self.data.clone();
+        let env = std::mem::take(&mut self.env);
+        let home = std::mem::replace(&mut self.home, tempfile::tempdir().unwrap());
+        std::mem::forget(self); // already dead
+        let s = Server::spawn(&data, env, home);
+        let out = s.cli(&["login", "--id", "admin", "--password", ADMIN_PASSWORD]).await;
+        assert_eq!(out.0, 0, "login: {out:?}");
+        s
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_micro"));
+        c.arg("--server").arg(&self.proxy).args(args).env("HOME", self.home.path()).env_remove("MICRO_SERVER");
+        c
+    }
+
+    /// Runs `micro`; returns (exit code, stdout, stderr).
+    async fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let mut c = self.command(args);
+        tokio::task::spawn_blocking(move || {
+            let out = c.output().expect("micro runs");
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.cli(args).await;
+        assert_eq!(code, 0, "micro {args:?}\nstdout: {out}\nstderr: {err}");
+        out
+    }
+
+    async fn fails(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.cli(args).await;
+        assert_eq!(code, 1, "micro {args:?} should fail\nstdout: {out}\nstderr: {err}");
+        err
+    }
+
+    /// `micro status <name> -o json`.
+    async fn status(&self, name: &str) -> Value {
+        let out = self.ok(&["status", name, "-o", "json"]).await;
+        serde_json::from_str::<Value>(&out).unwrap()[0].clone()
+    }
+
+    /// Waits until `f` holds for the service's status; panics with the last one.
+    async fn wait_status(&self, name: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status(name).await;
+            if f(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{name} never got there: {s:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn get(&self, path: &str) -> micro_test::HttpResponse {
+        micro_test::http(&self.api, "GET", path, &[], b"").await
+    }
+
+    /// Node ids of a service in the registry.
+    async fn nodes(&self, name: &str) -> Vec<String> {
+        let (code, out, _) = self.cli(&["get", "service", name, "-o", "json"]).await;
+        if code != 0 {
+            return Vec::new();
+        }
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let mut nodes: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["nodes"].as_array().cloned().unwrap_or_default())
+            .map(|n| n["id"].as_str().unwrap_or_default().to_string())
+            .collect();
+        nodes.sort();
+        nodes
+    }
+}
+
+fn pid_alive(pid: u64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+/// A folder that is its own repository root, with these files.
+fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join(".git")).unwrap();
+    for (name, text) in files {
+        let p = dir.path().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_service_from_a_local_folder_runs_survives_sigkill_and_is_killed() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), &[]).await;
+    let folder = repo_root().join("examples/helloworld");
+    let folder = folder.to_str().unwrap();
+
+    // It goes through the statuses to running (a cold build takes minutes).
+    let mut run = s.command(&["run", folder, "--timeout", "20m"]);
+    let out = tokio::task::spawn_blocking(move || run.output().unwrap()).await.unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "micro run\nstdout: {stdout}\nstderr: {stderr}");
+    assert!(stderr.contains("helloworld: building"), "{stderr}");
+    assert!(stderr.contains("helloworld: starting"), "{stderr}");
+    assert!(stdout.contains("helloworld running"), "{stdout}");
+    let status = s.status("helloworld").await;
+    assert_eq!(status["status"], "running");
+    assert!(status["build"].as_str().unwrap().starts_with("cargo "), "{status}");
+    let table = s.ok(&["status"]).await;
+    for column in ["NAME", "VERSION", "SOURCE", "STATUS", "BUILD", "UPDATED", "METADATA"] {
+        assert!(table.contains(column), "{table}");
+    }
+
+    // Callable through the CLI and the gateway.
+    let reply = s.ok(&["call", "helloworld", "Greeter.Hello", r#"{"name":"Ada"}"#]).await;
+    assert!(reply.contains("Hello Ada"), "{reply}");
+    let r = micro_test::http(&s.api, "POST", "/helloworld/greeter/hello", &[], br#"{"name":"Bo"}"#).await;
+    assert_eq!(r.json()["message"], "Hello Bo", "{}", r.body);
+    // Its log holds its own lines (and no colour codes); the build's holds cargo's.
+    let logs = s.ok(&["logs", "helloworld"]).await;
+    assert!(logs.contains("registered") && !logs.contains('\x1b'), "{logs}");
+    let build = s.ok(&["logs", "--build", "helloworld"]).await;
+    assert!(build.contains("Compiling helloworld") || build.contains("Finished"), "{build}");
+
+    // SIGKILL the server: the service comes back without a build, the old process gone.
+    let old_pid = status["nodes"][0]["pid"].as_u64().unwrap();
+    let s = s.kill_and_restart().await;
+    let back = s.wait_status("helloworld", Duration::from_secs(60), |v| v["status"] == "running").await;
+    assert_eq!(back["build"], "cached", "{back}");
+    assert_eq!(back["version"], status["version"]);
+    assert!(!pid_alive(old_pid), "the instance of the killed server was stopped");
+    let reply = s.ok(&["call", "helloworld", "Greeter.Hello", r#"{"name":"Cy"}"#]).await;
+    assert!(reply.contains("Hello Cy"), "{reply}");
+
+    // Kill: it stops and leaves the registry.
+    let pid = back["nodes"][0]["pid"].as_u64().unwrap();
+    s.ok(&["kill", "helloworld"]).await;
+    assert!(s.nodes("helloworld").await.is_empty(), "still registered");
+    assert!(!pid_alive(pid), "still running");
+    let err = s.fails(&["status", "helloworld"]).await;
+    assert!(err.contains("no service helloworld"), "{err}");
+    let err = s.fails(&["kill", "helloworld"]).await;
+    assert!(err.contains("no service helloworld"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_service_runs_with_replicas_live_logs_and_a_rolling_update_under_load() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), &[]).await;
+    let folder = repo_root().join("examples/hello-py");
+    let folder = folder.to_str().unwrap();
+    let out = s.ok(&["run", folder, "--instances", "3"]).await;
+    assert!(out.contains("hello-py running"), "{out}");
+
+    // Three registered nodes share the calls.
+    let nodes = s.nodes("hello-py").await;
+    assert_eq!(nodes.len(), 3, "{nodes:?}");
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..60 {
+        let r = s.get("/hello-py/hi").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        seen.insert(r.json()["instance"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 3, "calls reach every instance: {seen:?}");
+    let r = micro_test::http(&s.api, "POST", "/hello-py", &[], br#"{"name":"Ada"}"#).await;
+    assert_eq!(r.json()["message"], "hello Ada", "{}", r.body);
+
+    // `micro logs -f` shows lines as they are written.
+    let mut follow = s.command(&["logs", "-f", "-n", "1", "hello-py"]).stdout(Stdio::piped()).spawn().unwrap();
+    let lines = Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let lines = lines.clone();
+        let stdout = follow.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push_str(&(l + "\n"));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = s.get("/hello-py/live-marker").await;
+    let live = micro_test::eventually(Duration::from_secs(5), || {
+        let lines = lines.clone();
+        async move { lines.lock().unwrap().contains("GET /live-marker") }
+    })
+    .await;
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let _ = reader.join();
+    assert!(live, "the live line: {}", lines.lock().unwrap());
+
+    // A rolling update under a continuous load: no call fails.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (okays, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(std::sync::Mutex::new(Vec::new())));
+    let load = {
+        let (stop, okays, failures, api) = (stop.clone(), okays.clone(), failures.clone(), s.api.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = micro_test::http(&api, "GET", "/hello-py/load", &[], b"").await;
+                if r.status == 200 {
+                    okays.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failures.lock().unwrap().push(format!("{} {}", r.status, r.body));
+                }
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let out = s.ok(&["update", folder, "--env", "GREETING_VERSION=2"]).await;
+    assert!(out.contains("hello-py running"), "{out}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let failures = failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "{} failed calls of {}: {:?}",
+        failures.len(),
+        okays.load(Ordering::Relaxed),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(okays.load(Ordering::Relaxed) > 20, "the load ran");
+    let after = s.nodes("hello-py").await;
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(after.iter().all(|n| !nodes.contains(n)), "every instance was replaced: {nodes:?} → {after:?}");
+    assert_eq!(s.get("/hello-py/v").await.json()["version"], "2");
+
+    // Bad input: one clear line, nothing changes.
+    let err = s.fails(&["run", folder]).await;
+    assert!(err.contains("already runs"), "{err}");
+    let err = s.fails(&["run", "./no/such/folder"]).await;
+    assert!(err.contains("no such file or folder"), "{err}");
+    let err = s.fails(&["run", folder, "--name", "Bad Name"]).await;
+    assert!(err.contains("invalid service name"), "{err}");
+    let err = s.fails(&["run", folder, "--name", "x", "--memory", "lots"]).await;
+    assert!(err.contains("--memory"), "{err}");
+    let err = s.fails(&["run", folder, "--name", "y", "--env", "NOEQUALS"]).await;
+    assert!(err.contains("KEY=VALUE"), "{err}");
+    let err = s.fails(&["logs", "nope"]).await;
+    assert!(err.contains("no service nope"), "{err}");
+    assert_eq!(s.status("hello-py").await["status"], "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn git_sources_build_errors_crashes_and_memory_limits() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), &[("MICRO_RUNTIME_MAX_SERVICES", "5")]).await;
+
+    // A git repository (bare, local) with two tagged versions of a Python app.
+    let git_dir = tempfile::tempdir().unwrap();
+    let work = git_dir.path().join("work");
+    let bare = git_dir.path().join("app.git");
+    let git = |args: &[&str], dir: &Path| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    std::fs::create_dir_all(work.join("svc")).unwrap();
+    git(&["init", "-q"], &work);
+    let app = |v: &str| {
+        format!(
+            "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n\
+             class H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        b = b'{v}'\n        self.send_response(200)\n        \
+             self.send_header('content-length', str(len(b)))\n        self.end_headers()\n        self.wfile.write(b)\n\
+             HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n"
+        )
+    };
+    std::fs::write(work.join("svc/micro.toml"), "run = \"python3 app.py\"\n[http]\n").unwrap();
+    for v in ["v1", "v2"] {
+        std::fs::write(work.join("svc/app.py"), app(v)).unwrap();
+        git(&["add", "."], &work);
+        git(&["commit", "-q", "-m", v], &work);
+        git(&["tag", v], &work);
+    }
+    git(&["clone", "-q", "--bare", work.to_str().unwrap(), bare.to_str().unwrap()], git_dir.path());
+    let url = format!("file://{}//svc@v1", bare.display());
+    let out = s.ok(&["run", &url, "--name", "gitsvc"]).await;
+    assert!(out.contains("gitsvc running"), "{out}");
+    assert_eq!(s.get("/gitsvc/").await.body, "v1", "the tagged ref runs");
+    let out = s.ok(&["update", &format!("file://{}//svc@v2", bare.display()), "--name", "gitsvc"]).await;
+    assert!(out.contains("gitsvc running"), "{out}");
+    assert_eq!(s.get("/gitsvc/").await.body, "v2");
+    let err = s.fails(&["run", &format!("file://{}@nope", bare.display()), "--name", "badref"]).await;
+    assert!(err.contains("nope"), "{err}");
+    s.ok(&["kill", "badref"]).await;
+
+    // A compile error: status error with the compiler's message, also in the build log.
+    let broken = project(&[
+        ("Cargo.toml", "[package]\nname = \"broken\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n"),
+        ("src/main.rs", "fn main() {\n    let x: u32 = \"not a number\";\n}\n"),
+    ]);
+    let err = s.fails(&["run", broken.path().to_str().unwrap()]).await;
+    assert!(err.contains("broken failed") && err.contains("mismatched types"), "{err}");
+    let status = s.ok(&["status", "broken"]).await;
+    assert!(status.contains("error") && status.contains("mismatched types"), "{status}");
+    let build = s.ok(&["logs", "--build", "broken"]).await;
+    assert!(build.contains("error[E0308]: mismatched types"), "{build}");
+    s.ok(&["kill", "broken"]).await;
+
+    // A crashing service is restarted with backoff, its restarts counted.
+    let crash = project(&[("micro.toml", "run = \"echo starting; exit 3\"\n")]);
+    let _ = s.cli(&["run", crash.path().to_str().unwrap(), "--name", "crasher", "--detach"]).await;
+    let v = s.wait_status("crasher", Duration::from_secs(30), |v| v["restarts"].as_u64().unwrap_or(0) >= 3).await;
+    assert!(v["error"].as_str().unwrap().contains("exited with code 3"), "{v}");
+    let logs = s.ok(&["logs", "crasher"]).await;
+    assert!(logs.contains("starting") && logs.contains("restart 2 in 1.0s"), "backoff grows: {logs}");
+    s.ok(&["kill", "crasher"]).await;
+
+    // One that allocates past its memory limit is stopped, and the reason shown.
+    let hog = project(&[(
+        "micro.toml",
+        "run = \"python3 -c 'import time; x = bytearray(200 << 20); x[::4096] = b\\\"x\\\" * len(x[::4096]); time.sleep(60)'\"\n",
+    )]);
+    let out = s.cli(&["run", hog.path().to_str().unwrap(), "--name", "hog", "--memory", "64M", "--detach"]).await;
+    assert_eq!(out.0, 0, "{out:?}");
+    let v =
+        s.wait_status("hog", Duration::from_secs(30), |v| v["error"].as_str().unwrap_or("").contains("memory")).await;
+    assert!(v["error"].as_str().unwrap().contains("over its limit of 64 MiB"), "{v}");
+    assert!(v["limits"].as_str().unwrap().contains("memory"), "{v}");
+
+    // The namespace's quota on services (5 here: gitsvc, hog, and three more).
+    for n in ["q1", "q2", "q3"] {
+        s.ok(&["run", crash.path().to_str().unwrap(), "--name", n, "--detach"]).await;
+    }
+    let err = s.fails(&["run", crash.path().to_str().unwrap(), "--name", "q4", "--detach"]).await;
+    assert!(err.contains("quota"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_uses_its_own_namespace_with_its_own_account_and_is_refused_in_another() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), &[]).await;
+    s.ok(&["namespace", "create", "alpha"]).await;
+    s.ok(&["namespace", "create", "beta"]).await;
+    // The service logs in with the credentials the runtime gave it, then tries the
+    // store, config and events of its namespace and of another, and reports.
+    let micro = env!("CARGO_BIN_EXE_micro");
+    let script = format!(
+        "set -u\n\
+         export HOME=$(mktemp -d)\n\
+         M='{micro} --server '$MICRO_SERVER\n\
+         $M login --namespace $MICRO_NAMESPACE --id $MICRO_AUTH_ID --password $MICRO_AUTH_SECRET >/dev/null 2>&1 || echo LOGIN-FAILED\n\
+         try() {{ if \"$@\" >/dev/null 2>&1; then echo \"OK $*\"; else echo \"REFUSED $*\"; fi; }}\n\
+         try $M store write probe 1\n\
+         try $M config set probe.value 1\n\
+         try $M publish probe '{{\"a\":1}}'\n\
+         try $M --namespace beta store write probe 1\n\
+         try $M --namespace beta config set probe.value 1\n\
+         try $M --namespace beta publish probe '{{\"a\":1}}'\n\
+         echo DONE\n\
+         sleep 60\n"
+    );
+    let svc = project(&[("micro.toml", "run = \"sh probe.sh\"\n"), ("probe.sh", &script)]);
+    let out = s.ok(&["--namespace", "alpha", "run", svc.path().to_str().unwrap(), "--name", "prober"]).await;
+    assert!(out.contains("prober running"), "{out}");
+    let mut logs = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !logs.contains("DONE") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        logs = s.ok(&["--namespace", "alpha", "logs", "prober"]).await;
+    }
+    let logs = logs.replace(micro, "micro");
+    assert!(!logs.contains("LOGIN-FAILED"), "{logs}");
+    for what in ["store write", "config set", "publish"] {
+        assert!(
+            logs.lines().any(|l| l.starts_with("OK ") && l.contains(what) && !l.contains("beta")),
+            "{what}: {logs}"
+        );
+        assert!(
+            logs.lines().any(|l| l.starts_with("REFUSED ") && l.contains(what) && l.contains("--namespace beta")),
+            "{what} in beta: {logs}"
+        );
+    }
+    // The write landed in alpha only.
+    let out = s.ok(&["--namespace", "alpha", "store", "read", "probe", "--table", "default"]).await;
+    assert!(out.contains('1'), "{out}");
+    let (code, out, _) = s.cli(&["--namespace", "beta", "store", "read", "probe"]).await;
+    assert!(code != 0 || !out.contains('1'), "nothing in beta: {out}");
+    // The runtime is for admins: the service's own account cannot run services.
+    let err = s.fails(&["--namespace", "beta", "status", "prober"]).await;
+    assert!(err.contains("no service prober"), "{err}");
+}

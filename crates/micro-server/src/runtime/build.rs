@@ -1,0 +1,262 @@
+//! Turning a source tree into something to run: a cargo build (one shared target
+//! dir, so rebuilds are incremental), the build command of a `micro.toml` manifest, or
+//! a prebuilt executable. The result is kept on disk so restarts never rebuild.
+
+use super::logs::LogSink;
+use micro_core::Status;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const ID: &str = "runtime";
+
+/// The manifest file of a service that is not a cargo package.
+pub(crate) const MANIFEST: &str = "micro.toml";
+
+/// A service folder's `micro.toml`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Manifest {
+    /// The service's name (default: the folder's).
+    #[serde(default)]
+    pub(crate) name: Option<String>,
+    /// A shell command run once per build, in the service's folder.
+    #[serde(default)]
+    pub(crate) build: Option<String>,
+    /// The shell command that runs an instance, in the service's folder.
+    pub(crate) run: String,
+    /// An HTTP app listening on `$PORT`: the runtime registers it for the gateway.
+    #[serde(default)]
+    pub(crate) http: Option<Http>,
+}
+
+/// The HTTP part of a manifest.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Http {
+    /// A path answering 2xx when the app is ready (default `/`).
+    #[serde(default = "root")]
+    pub(crate) health: String,
+}
+
+fn root() -> String {
+    "/".into()
+}
+
+/// How an instance is started, and how the runtime knows it is ready.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+pub(crate) struct Artifact {
+    /// `cargo`, `manifest` or `binary`.
+    pub(crate) kind: String,
+    /// The program and its arguments.
+    pub(crate) command: Vec<String>,
+    /// The working directory.
+    pub(crate) cwd: PathBuf,
+    /// Ready when its health path answers (an HTTP app), else when it registers (a
+    /// Micro service) or, for a manifest without HTTP, when it stays up.
+    pub(crate) http: Option<Http>,
+    /// Whether it registers itself with the registry.
+    pub(crate) registers: bool,
+    /// How long the build took, in milliseconds.
+    pub(crate) build_ms: u64,
+}
+
+/// Where builds go and what they share.
+pub(crate) struct Builder {
+    /// The cargo target dir every cargo build shares.
+    pub(crate) target_dir: PathBuf,
+    /// `release` or `dev`.
+    pub(crate) profile: String,
+}
+
+impl Builder {
+    /// Builds the service in `dir` (inside the unpacked `root`), writing the output to
+    /// `log`. A failed build's error holds the compiler's message.
+    pub(crate) async fn build(&self, dir: &Path, out: &Path, log: &LogSink) -> Result<Artifact, Status> {
+        let start = std::time::Instant::now();
+        if !dir.is_dir() {
+            return Err(Status::bad_request(ID, format!("the source has no folder {}", dir.display())));
+        }
+        let manifest = dir.join(MANIFEST);
+        let mut artifact = if manifest.exists() {
+            let text = std::fs::read_to_string(&manifest)
+                .map_err(|e| Status::bad_request(ID, format!("reading {MANIFEST}: {e}")))?;
+            let m: Manifest = toml::from_str(&text).map_err(|e| {
+                Status::bad_request(ID, format!("{MANIFEST}: {}", e.to_string().lines().next().unwrap_or("")))
+            })?;
+            if m.run.trim().is_empty() {
+                return Err(Status::bad_request(ID, format!("{MANIFEST}: `run` is empty")));
+            }
+            if let Some(b) = &m.build {
+                log.line("build", &format!("$ {b}"));
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(b).current_dir(dir);
+                run_logged(c, log, "build").await?;
+            }
+            Artifact {
+                kind: "manifest".into(),
+                // The whole process group is signalled, so a shell in between is fine.
+                command: vec!["sh".into(), "-c".into(), m.run.clone()],
+                cwd: dir.to_path_buf(),
+                registers: false,
+                http: m.http,
+                build_ms: 0,
+            }
+        } else if dir.join("Cargo.toml").exists() {
+            self.cargo(dir, out, log).await?
+        } else {
+            // A prebuilt executable: the only file of the folder.
+            let files: Vec<PathBuf> = std::fs::read_dir(dir)
+                .map_err(|e| Status::internal(ID, e.to_string()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            match files.as_slice() {
+                [one] if is_executable(one) => Artifact {
+                    kind: "binary".into(),
+                    command: vec![one.to_string_lossy().to_string()],
+                    cwd: dir.to_path_buf(),
+                    registers: true,
+                    http: None,
+                    build_ms: 0,
+                },
+                _ => {
+                    return Err(Status::bad_request(
+                        ID,
+                        format!(
+                            "nothing to build in {}: no {MANIFEST}, no Cargo.toml and not a single executable",
+                            dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+        };
+        artifact.build_ms = start.elapsed().as_millis() as u64;
+        Ok(artifact)
+    }
+
+    async fn cargo(&self, dir: &Path, out: &Path, log: &LogSink) -> Result<Artifact, Status> {
+        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        c.args(["build", "--message-format=json-render-diagnostics", "--color=never"]);
+        if self.profile != "dev" {
+            c.args(["--profile", &self.profile]);
+        }
+        c.current_dir(dir).env("CARGO_TARGET_DIR", &self.target_dir).env_remove("RUSTFLAGS");
+        log.line("build", &format!("$ cargo build ({} profile)", self.profile));
+        let stdout = run_logged(c, log, "build").await?;
+        // The executable of the package in `dir`.
+        let manifest = dir.join("Cargo.toml").canonicalize().unwrap_or_else(|_| dir.join("Cargo.toml"));
+        let mut exe = None;
+        for line in stdout.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+            if v["reason"] != "compiler-artifact" || v["manifest_path"].as_str() != Some(&*manifest.to_string_lossy()) {
+                continue;
+            }
+            if let Some(e) = v["executable"].as_str() {
+                exe = Some(PathBuf::from(e));
+            }
+        }
+        let exe = exe.ok_or_else(|| Status::bad_request(ID, "the cargo package has no binary to run"))?;
+        // Keep the binary with the build, so restarts and replicas run it as built.
+        let bin = out.join("bin");
+        std::fs::create_dir_all(&bin).map_err(|e| Status::internal(ID, e.to_string()))?;
+        let kept = bin.join(exe.file_name().unwrap_or_default());
+        std::fs::copy(&exe, &kept).map_err(|e| Status::internal(ID, format!("keeping the binary: {e}")))?;
+        Ok(Artifact {
+            kind: "cargo".into(),
+            command: vec![kept.to_string_lossy().to_string()],
+            cwd: dir.to_path_buf(),
+            registers: true,
+            http: None,
+            build_ms: 0,
+        })
+    }
+}
+
+/// Runs a build command, sending stderr (and stdout unless it is cargo's JSON) to the
+/// build log; returns stdout. A failure's error carries the output's first error lines.
+async fn run_logged(mut c: Command, log: &LogSink, instance: &str) -> Result<String, Status> {
+    let json = c.as_std().get_args().any(|a| a.to_string_lossy().starts_with("--message-format=json"));
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let program = c.as_std().get_program().to_string_lossy().to_string();
+    let mut child = c.spawn().map_err(|e| Status::unavailable(ID, format!("cannot run {program}: {e}")))?;
+    let stderr = child.stderr.take().map(|s| BufReader::new(s).lines());
+    let stdout = child.stdout.take().map(|s| BufReader::new(s).lines());
+    let errors = {
+        let log = log.clone();
+        let instance = instance.to_string();
+        tokio::spawn(async move {
+            let mut kept = Vec::new();
+            let mut all = Vec::new();
+            if let Some(mut lines) = stderr {
+                while let Ok(Some(l)) = lines.next_line().await {
+                    log.line(&instance, &l);
+                    if kept.len() < 40 && (l.starts_with("error") || !kept.is_empty()) {
+                        kept.push(l.clone());
+                    }
+                    all.push(l);
+                    if all.len() > 20 {
+                        all.remove(0);
+                    }
+                }
+            }
+            if kept.is_empty() { all } else { kept }
+        })
+    };
+    let mut out = String::new();
+    if let Some(mut lines) = stdout {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if !json {
+                log.line(instance, &l);
+            }
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    let status = child.wait().await.map_err(|e| Status::internal(ID, e.to_string()))?;
+    let errors = errors.await.unwrap_or_default();
+    if status.success() {
+        return Ok(out);
+    }
+    let mut msg = errors.join("\n");
+    if msg.is_empty() && !json {
+        msg = out.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+    }
+    if msg.len() > 4000 {
+        let mut cut = 4000;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+    }
+    let code = status.code().map(|c| format!("exit code {c}")).unwrap_or_else(|| "killed".into());
+    Err(Status::bad_request(ID, format!("build failed ({code}):\n{msg}")))
+}
+
+#[cfg(unix)]
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata().is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(not(unix))]
+fn is_executable(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "exe")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests() {
+        let m: Manifest = toml::from_str("run = \"python3 app.py\"\n[http]\nhealth = \"/health\"\n").unwrap();
+        assert_eq!(m.http.unwrap().health, "/health");
+        let m: Manifest = toml::from_str("run = \"./worker\"\n[http]\n").unwrap();
+        assert_eq!(m.http.unwrap().health, "/");
+        assert!(toml::from_str::<Manifest>("runn = \"x\"").is_err());
+        assert!(toml::from_str::<Manifest>("build = \"make\"").is_err(), "run is required");
+    }
+}

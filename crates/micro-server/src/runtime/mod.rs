@@ -1,0 +1,652 @@
+//! The runtime: services run from source. Each service's desired state (source,
+//! instances, env, limits, the build it runs) is kept in `runtime.db`; builds are kept
+//! under `runtime/builds`, so a restart of the server brings every service back without
+//! building it again. Every service runs as its own service account.
+
+mod build;
+mod logs;
+mod process;
+pub(crate) mod rpc;
+mod source;
+
+use crate::auth::AuthService;
+use build::{Artifact, Builder};
+use logs::LogSink;
+use micro::proto::runtime as pb;
+use micro_core::registry::Registry;
+use micro_core::store::{Query, Record, Store, Table};
+use micro_core::{Code, Status};
+use process::{Instance, Launch};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const ID: &str = "runtime";
+
+/// How the runtime is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// The cargo target dir shared by every build (default `<data>/runtime/target`).
+    pub target_dir: Option<PathBuf>,
+    /// The cargo profile of builds (`release` by default).
+    pub profile: String,
+    /// Where short names are looked up (like `github.com/micro/services`).
+    pub repo: Option<String>,
+    /// Services per namespace.
+    pub max_services: usize,
+    /// Size at which a service's log file rotates.
+    pub log_max: u64,
+    /// The largest source upload.
+    pub upload_max: u64,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            target_dir: None,
+            profile: "release".into(),
+            repo: None,
+            max_services: 50,
+            log_max: 8 << 20,
+            upload_max: 512 << 20,
+        }
+    }
+}
+
+/// The runtime. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    config: RuntimeConfig,
+    builder: Builder,
+    server: String,
+    registry: Arc<dyn Registry>,
+    auth: AuthService,
+    db: Arc<dyn Store>,
+    services: Mutex<HashMap<(String, String), Arc<Managed>>>,
+    /// One build at a time: builds are what the machine is slow at.
+    building: tokio::sync::Mutex<()>,
+}
+
+/// A service the runtime manages.
+struct Managed {
+    namespace: String,
+    name: String,
+    /// The desired state, and the build it runs.
+    spec: Mutex<pb::Service>,
+    /// A status of its own while building or rolling (else the instances decide).
+    phase: Mutex<Option<(String, String)>>,
+    instances: Mutex<Vec<Arc<Instance>>>,
+    log: LogSink,
+    build_log: LogSink,
+    /// Serialises deploys and deletes.
+    ops: tokio::sync::Mutex<()>,
+    /// The service account's secret, made when the service first starts here.
+    secret: tokio::sync::Mutex<Option<String>>,
+    deleted: std::sync::atomic::AtomicBool,
+}
+
+impl Runtime {
+    /// Opens the runtime in `data_dir`: stops what a previous server left running and
+    /// brings every service back to its desired state.
+    pub(crate) async fn open(
+        data_dir: &Path,
+        config: RuntimeConfig,
+        server: String,
+        registry: Arc<dyn Registry>,
+        auth: AuthService,
+        db: Arc<dyn Store>,
+    ) -> Result<Runtime, Status> {
+        let dir = data_dir.join("runtime");
+        std::fs::create_dir_all(&dir).map_err(|e| Status::internal(ID, format!("{}: {e}", dir.display())))?;
+        process::reap(&dir.join("run"));
+        let builder = Builder {
+            target_dir: config.target_dir.clone().unwrap_or_else(|| dir.join("target")),
+            profile: config.profile.clone(),
+        };
+        let rt = Runtime {
+            inner: Arc::new(Inner {
+                dir,
+                config,
+                builder,
+                server,
+                registry,
+                auth,
+                db,
+                services: Mutex::new(HashMap::new()),
+                building: tokio::sync::Mutex::new(()),
+            }),
+        };
+        let table = Self::table();
+        for key in rt.inner.db.list(&table, "", &Query::default()).await? {
+            let Some(r) = rt.inner.db.read(&table, &key, &Query::default()).await?.into_iter().next() else { continue };
+            let Ok(spec) = serde_json::from_slice::<Stored>(&r.value) else {
+                tracing::warn!(%key, "skipping an unreadable runtime record");
+                continue;
+            };
+            let spec = spec.into_pb();
+            let ns = key.split_once('/').map(|(ns, _)| ns.to_string()).unwrap_or_default();
+            let m = rt.managed(&ns, &spec.name, spec.clone());
+            tracing::info!(service = %m.name, namespace = %m.namespace, version = %spec.version, "restoring");
+            let rt2 = rt.clone();
+            tokio::spawn(async move { rt2.deploy(m, spec, false).await });
+        }
+        Ok(rt)
+    }
+
+    fn table() -> Table {
+        Table::new("runtime", "services")
+    }
+
+    fn managed(&self, ns: &str, name: &str, spec: pb::Service) -> Arc<Managed> {
+        let logs = self.inner.dir.join("logs").join(ns).join(name);
+        let m = Arc::new(Managed {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+            spec: Mutex::new(spec),
+            phase: Mutex::new(Some(("pending".into(), String::new()))),
+            instances: Mutex::new(Vec::new()),
+            log: LogSink::new(logs.join("service.log"), self.inner.config.log_max),
+            build_log: LogSink::new(logs.join("build.log"), self.inner.config.log_max),
+            ops: tokio::sync::Mutex::new(()),
+            secret: tokio::sync::Mutex::new(None),
+            deleted: Default::default(),
+        });
+        self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).insert((ns.into(), name.into()), m.clone());
+        m
+    }
+
+    fn get(&self, ns: &str, name: &str) -> Result<Arc<Managed>, Status> {
+        self.inner
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
+            .ok_or_else(|| Status::not_found(ID, format!("no service {name} in {ns}: see micro status")))
+    }
+
+    /// Checks a request's service and fills its defaults.
+    fn check(&self, mut spec: pb::Service) -> Result<pb::Service, Status> {
+        spec.entrypoint = source::check_entry(&spec.entrypoint)?.to_string_lossy().to_string();
+        source::parse(&spec.source, &spec.upload, self.inner.config.repo.as_deref())?;
+        if !spec.upload.is_empty() && !self.upload_path(&spec.upload).exists() {
+            return Err(Status::bad_request(ID, format!("no upload {}: upload the source first", spec.upload)));
+        }
+        if spec.name.is_empty() {
+            let from = if spec.entrypoint.is_empty() { spec.source.trim_end_matches('/') } else { &spec.entrypoint };
+            let from = from.rsplit(['/', ':']).next().unwrap_or("");
+            spec.name = from.split('@').next().unwrap_or("").trim_end_matches(".git").to_lowercase();
+        }
+        micro_core::registry::validate_name(&spec.name)
+            .map_err(|_| Status::bad_request(ID, format!("invalid service name {:?}: use --name", spec.name)))?;
+        if spec.instances == 0 {
+            spec.instances = 1;
+        }
+        if spec.instances > 64 {
+            return Err(Status::bad_request(ID, "at most 64 instances"));
+        }
+        for k in spec.env.keys() {
+            if k.is_empty() || k.contains(['=', '\0']) {
+                return Err(Status::bad_request(ID, format!("invalid environment variable name {k:?}")));
+            }
+        }
+        // Status fields are the runtime's.
+        spec.version.clear();
+        spec.status.clear();
+        spec.error.clear();
+        spec.build.clear();
+        spec.nodes.clear();
+        spec.restarts = 0;
+        Ok(spec)
+    }
+
+    /// Starts a new service.
+    pub(crate) async fn create(&self, ns: &str, spec: pb::Service) -> Result<pb::Service, Status> {
+        let spec = self.check(spec)?;
+        let m = {
+            let services = self.inner.services.lock().unwrap_or_else(|e| e.into_inner());
+            if services.contains_key(&(ns.to_string(), spec.name.clone())) {
+                return Err(Status::new(
+                    Code::AlreadyExists,
+                    ID,
+                    format!("{} already runs in {ns}: use micro update, or micro kill first", spec.name),
+                ));
+            }
+            let count = services.keys().filter(|(n, _)| n == ns).count();
+            if count >= self.inner.config.max_services {
+                return Err(Status::new(
+                    Code::ResourceExhausted,
+                    ID,
+                    format!("namespace {ns} runs {count} services, its quota"),
+                ));
+            }
+            drop(services);
+            self.managed(ns, &spec.name, spec.clone())
+        };
+        self.persist(ns, &spec).await?;
+        let rt = self.clone();
+        let m2 = m.clone();
+        let s2 = spec.clone();
+        tokio::spawn(async move { rt.deploy(m2, s2, false).await });
+        Ok(self.describe(&m))
+    }
+
+    /// Rebuilds and rolls a service.
+    pub(crate) async fn update(&self, ns: &str, spec: pb::Service) -> Result<pb::Service, Status> {
+        let mut spec = spec;
+        let m = self.get(ns, &spec.name)?;
+        {
+            // Unset fields keep their values.
+            let old = m.spec.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if spec.source.is_empty() && spec.upload.is_empty() {
+                spec.source = old.source.clone();
+                spec.upload = old.upload.clone();
+                if spec.entrypoint.is_empty() {
+                    spec.entrypoint = old.entrypoint.clone();
+                }
+            }
+            if spec.instances == 0 {
+                spec.instances = old.instances;
+            }
+            if spec.env.is_empty() {
+                spec.env = old.env.clone();
+            }
+            if spec.memory == 0 {
+                spec.memory = old.memory;
+            }
+            if spec.metadata.is_empty() {
+                spec.metadata = old.metadata.clone();
+            }
+        }
+        let spec = self.check(spec)?;
+        self.persist(ns, &spec).await?;
+        let rt = self.clone();
+        let m2 = m.clone();
+        tokio::spawn(async move { rt.deploy(m2, spec, true).await });
+        Ok(self.describe(&m))
+    }
+
+    /// Stops a service and forgets it.
+    pub(crate) async fn delete(&self, ns: &str, name: &str) -> Result<(), Status> {
+        let m = self.get(ns, name)?;
+        m.deleted.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).remove(&(ns.to_string(), name.to_string()));
+        let _ = self.inner.db.delete(&Self::table(), &format!("{ns}/{name}")).await;
+        let _ops = m.ops.lock().await;
+        let instances = std::mem::take(&mut *m.instances.lock().unwrap_or_else(|e| e.into_inner()));
+        futures::future::join_all(instances.iter().map(|i| i.stop())).await;
+        tracing::info!(service = %name, namespace = %ns, "killed");
+        Ok(())
+    }
+
+    /// The services of a namespace (or one).
+    pub(crate) fn read(&self, ns: &str, name: &str) -> Result<Vec<pb::Service>, Status> {
+        if !name.is_empty() {
+            return Ok(vec![self.describe(self.get(ns, name)?.as_ref())]);
+        }
+        let services = self.inner.services.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<_> = services.values().filter(|m| m.namespace == ns).cloned().collect();
+        drop(services);
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(list.iter().map(|m| self.describe(m)).collect())
+    }
+
+    /// A service's log: the last `count` lines, and the live ones with `follow`.
+    pub(crate) fn logs(
+        &self,
+        ns: &str,
+        name: &str,
+        build: bool,
+        count: usize,
+    ) -> Result<(Vec<String>, tokio::sync::broadcast::Receiver<pb::LogRecord>), Status> {
+        let m = self.get(ns, name)?;
+        let log = if build { &m.build_log } else { &m.log };
+        let rx = log.follow();
+        Ok((log.tail(count), rx))
+    }
+
+    /// Stops every instance (the desired state stays, for the next start).
+    pub(crate) async fn shutdown(&self) {
+        let all: Vec<_> = self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut stops = Vec::new();
+        for m in &all {
+            stops.extend(std::mem::take(&mut *m.instances.lock().unwrap_or_else(|e| e.into_inner())));
+        }
+        futures::future::join_all(stops.iter().map(|i| i.stop())).await;
+    }
+
+    fn upload_path(&self, id: &str) -> PathBuf {
+        self.inner.dir.join("uploads").join(format!("{id}.tar.gz"))
+    }
+
+    fn upload_dir(&self) -> PathBuf {
+        self.inner.dir.join("uploads")
+    }
+
+    async fn persist(&self, ns: &str, spec: &pb::Service) -> Result<(), Status> {
+        let stored = Stored::from_pb(ns, spec);
+        let value = serde_json::to_vec(&stored).map_err(|e| Status::internal(ID, e.to_string()))?;
+        self.inner.db.write(&Self::table(), &Record::new(format!("{ns}/{}", spec.name), value), None).await
+    }
+
+    /// The service as `micro status` shows it.
+    fn describe(&self, m: &Managed) -> pb::Service {
+        let mut s = m.spec.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let instances = m.instances.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        s.nodes = instances
+            .iter()
+            .map(|i| pb::Instance { id: i.id.clone(), pid: i.pid(), status: i.state().0, restarts: i.restarts() })
+            .collect();
+        s.restarts = instances.iter().map(|i| i.restarts()).sum();
+        let phase = m.phase.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (status, error) = match phase {
+            Some(p) => p,
+            None => {
+                let states: Vec<(String, String)> = instances.iter().map(|i| i.state()).collect();
+                if states.is_empty() {
+                    ("stopped".into(), String::new())
+                } else if let Some((_, e)) = states.iter().find(|(s, _)| s == "error") {
+                    ("error".into(), e.clone())
+                } else if states.iter().all(|(s, _)| s == "running") {
+                    ("running".into(), String::new())
+                } else {
+                    ("starting".into(), String::new())
+                }
+            }
+        };
+        s.status = status;
+        s.error = error;
+        s.limits = if s.memory > 0 { "memory: rss watchdog (cgroups not used)".into() } else { String::new() };
+        s
+    }
+
+    fn set_phase(m: &Managed, status: &str, error: &str) {
+        *m.phase.lock().unwrap_or_else(|e| e.into_inner()) = Some((status.to_string(), error.to_string()));
+        m.spec.lock().unwrap_or_else(|e| e.into_inner()).updated = micro_core::store::now_ms() as i64;
+    }
+
+    /// Builds `spec` (or finds its build) and brings the instances to it: fresh ones
+    /// for a new service, a rolling replacement for an update.
+    async fn deploy(&self, m: Arc<Managed>, spec: pb::Service, rolling: bool) {
+        let _ops = m.ops.lock().await;
+        if m.deleted.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let built = self.build(&m, &spec).await;
+        let (version, root, artifact, build_note) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                m.build_log.line("build", &format!("[runtime] {}", e.detail()));
+                tracing::warn!(service = %m.name, namespace = %m.namespace, error = %e.detail(), "build failed");
+                Self::set_phase(&m, "error", e.detail());
+                let mut s = m.spec.lock().unwrap_or_else(|e| e.into_inner());
+                s.build = "failed".into();
+                return;
+            }
+        };
+        if m.deleted.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let mut spec = spec;
+        spec.version = version.clone();
+        spec.build = build_note;
+        spec.updated = micro_core::store::now_ms() as i64;
+        let _ = self.persist(&m.namespace, &spec).await;
+        {
+            let mut s = m.spec.lock().unwrap_or_else(|e| e.into_inner());
+            *s = spec.clone();
+        }
+        Self::set_phase(&m, "starting", "");
+        let secret = {
+            let mut guard = m.secret.lock().await;
+            match guard.as_ref() {
+                Some(s) => s.clone(),
+                None => match self.inner.auth.service_account(&m.namespace, &account_id(&m.name)).await {
+                    Ok(s) => {
+                        *guard = Some(s.clone());
+                        s
+                    }
+                    Err(e) => {
+                        Self::set_phase(&m, "error", &format!("creating its service account: {}", e.detail()));
+                        return;
+                    }
+                },
+            }
+        };
+        let mut env: Vec<(String, String)> = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.extend([
+            ("MICRO_SERVER".to_string(), self.inner.server.clone()),
+            ("MICRO_NAMESPACE".to_string(), m.namespace.clone()),
+            ("MICRO_AUTH_ID".to_string(), account_id(&m.name)),
+            ("MICRO_AUTH_SECRET".to_string(), secret),
+        ]);
+        let launch = Arc::new(Launch {
+            namespace: m.namespace.clone(),
+            name: m.name.clone(),
+            version,
+            root,
+            artifact,
+            env,
+            memory: spec.memory,
+            metadata: spec.metadata.clone().into_iter().collect(),
+            registry: self.inner.registry.clone(),
+            log: m.log.clone(),
+            run_dir: self.inner.dir.join("run").join(&m.namespace).join(&m.name),
+        });
+        let old = m.instances.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let want = spec.instances.max(1) as usize;
+        if !rolling || old.is_empty() {
+            let fresh: Vec<_> = (0..want).map(|_| Instance::start(launch.clone())).collect();
+            *m.instances.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+            *m.phase.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            futures::future::join_all(old.iter().map(|i| i.stop())).await;
+            tracing::info!(service = %m.name, namespace = %m.namespace, instances = want, "started");
+            return;
+        }
+        // Rolling: each new instance is ready before an old one goes.
+        Self::set_phase(&m, "updating", "");
+        let mut old = old;
+        for n in 0..want {
+            let new = Instance::start(launch.clone());
+            m.instances.lock().unwrap_or_else(|e| e.into_inner()).push(new.clone());
+            if let Err(reason) = new.wait_ready(Duration::from_secs(120)).await {
+                new.stop().await;
+                m.instances.lock().unwrap_or_else(|e| e.into_inner()).retain(|i| !Arc::ptr_eq(i, &new));
+                Self::set_phase(&m, "error", &format!("update failed, the previous version keeps running: {reason}"));
+                return;
+            }
+            if n < old.len() {
+                let gone = old.remove(0);
+                m.instances.lock().unwrap_or_else(|e| e.into_inner()).retain(|i| !Arc::ptr_eq(i, &gone));
+                gone.stop().await;
+            }
+        }
+        for gone in old {
+            m.instances.lock().unwrap_or_else(|e| e.into_inner()).retain(|i| !Arc::ptr_eq(i, &gone));
+            gone.stop().await;
+        }
+        *m.phase.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        tracing::info!(service = %m.name, namespace = %m.namespace, "updated");
+    }
+
+    /// The build of `spec`: kept from before when there is one, else made now.
+    async fn build(&self, m: &Managed, spec: &pb::Service) -> Result<(String, PathBuf, Artifact, String), Status> {
+        let builds = self.inner.dir.join("builds").join(&m.namespace).join(&m.name);
+        // A known version (a restart) or an upload names its build before any work.
+        let known = if !spec.version.is_empty() {
+            Some(spec.version.clone())
+        } else if !spec.upload.is_empty() {
+            Some(spec.upload[..16].to_string())
+        } else {
+            None
+        };
+        if let Some(v) = &known
+            && let Some(a) = read_artifact(&builds.join(v))
+        {
+            return Ok((v.clone(), builds.join(v), a, "cached".into()));
+        }
+        Self::set_phase(m, "building", "");
+        m.build_log.clear();
+        let _one = self.inner.building.lock().await;
+        let work = self.inner.dir.join("work").join(&m.namespace).join(&m.name);
+        let entry = source::check_entry(&spec.entrypoint)?;
+        let src = work.join("src");
+        let version = match source::parse(&spec.source, &spec.upload, self.inner.config.repo.as_deref())? {
+            source::Source::Upload(id) => {
+                m.build_log.line("build", &format!("[runtime] unpacking {}", spec.source));
+                clear_dir(&src)?;
+                let archive = self.upload_path(&id);
+                let dest = src.clone();
+                tokio::task::spawn_blocking(move || source::unpack(&archive, &dest))
+                    .await
+                    .map_err(|e| Status::internal(ID, e.to_string()))??;
+                id[..16].to_string()
+            }
+            source::Source::Git { url, reference, path } => {
+                m.build_log.line(
+                    "build",
+                    &format!(
+                        "[runtime] cloning {url}{}",
+                        reference.as_deref().map(|r| format!(" at {r}")).unwrap_or_default()
+                    ),
+                );
+                clear_dir(&src)?;
+                let _ = std::fs::remove_dir(&src);
+                let commit = source::clone(&url, reference.as_deref(), &src).await?;
+                if !path.is_empty() && spec.entrypoint.is_empty() {
+                    // The sub-folder named in the URL.
+                    let dir = src.join(source::check_entry(&path)?);
+                    return self.finish_build(m, &builds, &commit[..12], &dir, &work).await;
+                }
+                commit[..12].to_string()
+            }
+        };
+        let dir = src.join(entry);
+        self.finish_build(m, &builds, &version, &dir, &work).await
+    }
+
+    async fn finish_build(
+        &self,
+        m: &Managed,
+        builds: &Path,
+        version: &str,
+        dir: &Path,
+        work: &Path,
+    ) -> Result<(String, PathBuf, Artifact, String), Status> {
+        let out = builds.join(version);
+        if let Some(a) = read_artifact(&out) {
+            return Ok((version.to_string(), out, a, "cached".into()));
+        }
+        let tmp = builds.join(format!(".{version}.tmp"));
+        clear_dir(&tmp)?;
+        std::fs::create_dir_all(&tmp).map_err(|e| Status::internal(ID, e.to_string()))?;
+        let mut artifact = self.inner.builder.build(dir, &tmp, &m.build_log).await?;
+        // Runs from the build: cargo's binary is in bin/; others run in their tree, moved in.
+        let rel_dir = dir.strip_prefix(work).unwrap_or(dir).to_path_buf();
+        if artifact.kind != "cargo" {
+            let moved = tmp.join("src");
+            std::fs::rename(work.join("src"), &moved).map_err(|e| Status::internal(ID, e.to_string()))?;
+            if artifact.kind == "binary" {
+                let file = Path::new(&artifact.command[0]).file_name().unwrap_or_default().to_owned();
+                artifact.command = vec![rel_dir.join(file).to_string_lossy().to_string()];
+            }
+            artifact.cwd = rel_dir;
+        } else {
+            let bin = Path::new(&artifact.command[0]).strip_prefix(&tmp).map(Path::to_path_buf).unwrap_or_default();
+            artifact.command = vec![bin.to_string_lossy().to_string()];
+            artifact.cwd = PathBuf::from(".");
+        }
+        let json = serde_json::to_vec_pretty(&artifact).map_err(|e| Status::internal(ID, e.to_string()))?;
+        std::fs::write(tmp.join("artifact.json"), json).map_err(|e| Status::internal(ID, e.to_string()))?;
+        clear_dir(&out)?;
+        std::fs::rename(&tmp, &out).map_err(|e| Status::internal(ID, e.to_string()))?;
+        let note = format!("{} {:.1}s", artifact.kind, artifact.build_ms as f64 / 1000.0);
+        m.build_log.line("build", &format!("[runtime] built {version} ({note})"));
+        Ok((version.to_string(), out, artifact, note))
+    }
+}
+
+/// The service account a runtime service runs as.
+pub(crate) fn account_id(name: &str) -> String {
+    format!("runtime-{name}")
+}
+
+fn read_artifact(dir: &Path) -> Option<Artifact> {
+    serde_json::from_slice(&std::fs::read(dir.join("artifact.json")).ok()?).ok()
+}
+
+fn clear_dir(p: &Path) -> Result<(), Status> {
+    match std::fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Status::internal(ID, format!("clearing {}: {e}", p.display()))),
+    }
+}
+
+/// What is kept per service in `runtime.db`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Stored {
+    namespace: String,
+    name: String,
+    source: String,
+    #[serde(default)]
+    upload: String,
+    #[serde(default)]
+    entrypoint: String,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    instances: u32,
+    #[serde(default)]
+    memory: u64,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    build: String,
+    #[serde(default)]
+    updated: i64,
+}
+
+impl Stored {
+    fn from_pb(ns: &str, s: &pb::Service) -> Stored {
+        Stored {
+            namespace: ns.to_string(),
+            name: s.name.clone(),
+            source: s.source.clone(),
+            upload: s.upload.clone(),
+            entrypoint: s.entrypoint.clone(),
+            env: s.env.clone().into_iter().collect(),
+            instances: s.instances,
+            memory: s.memory,
+            metadata: s.metadata.clone().into_iter().collect(),
+            version: s.version.clone(),
+            build: s.build.clone(),
+            updated: s.updated,
+        }
+    }
+
+    fn into_pb(self) -> pb::Service {
+        pb::Service {
+            name: self.name,
+            source: self.source,
+            upload: self.upload,
+            entrypoint: self.entrypoint,
+            env: self.env.into_iter().collect(),
+            instances: self.instances,
+            memory: self.memory,
+            metadata: self.metadata.into_iter().collect(),
+            version: self.version,
+            build: self.build,
+            updated: self.updated,
+            ..Default::default()
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! One instance of a service: its process, kept running with exponential backoff,
+//! checked for readiness, held to its memory limit, and logged.
+
+use super::build::Artifact;
+use super::logs::LogSink;
+use micro_core::registry::{Node, Registry, Service};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+/// How long an HTTP app's registration lives without a refresh.
+const HTTP_TTL: Duration = Duration::from_secs(30);
+/// The longest wait between restarts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A run this long resets the backoff.
+const STABLE: Duration = Duration::from_secs(60);
+/// How long a stopping instance gets before it is killed.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// What every instance of one build shares.
+pub(crate) struct Launch {
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) root: PathBuf,
+    pub(crate) artifact: Artifact,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) memory: u64,
+    pub(crate) metadata: BTreeMap<String, String>,
+    pub(crate) registry: Arc<dyn Registry>,
+    pub(crate) log: LogSink,
+    pub(crate) run_dir: PathBuf,
+}
+
+/// An instance and its supervisor.
+pub(crate) struct Instance {
+    pub(crate) id: String,
+    pid: AtomicU32,
+    restarts: AtomicU32,
+    state: Mutex<(String, String)>,
+    ready: watch::Sender<bool>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+enum Outcome {
+    Stopped,
+    Exited(String),
+}
+
+impl Instance {
+    /// Starts an instance of `launch` under supervision.
+    pub(crate) fn start(launch: Arc<Launch>) -> Arc<Instance> {
+        let short = uuid::Uuid::new_v4().simple().to_string();
+        let inst = Arc::new(Instance {
+            id: format!("{}-{}", launch.name, &short[..8]),
+            pid: AtomicU32::new(0),
+            restarts: AtomicU32::new(0),
+            state: Mutex::new(("starting".into(), String::new())),
+            ready: watch::channel(false).0,
+            stop: watch::channel(false).0,
+            task: Mutex::new(None),
+        });
+        let task = tokio::spawn(supervise(launch, inst.clone()));
+        *inst.task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
+        inst
+    }
+
+    /// The status (`starting`, `running`, `error`, `stopped`) and the reason of an error.
+    pub(crate) fn state(&self) -> (String, String) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, status: &str, reason: &str) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (status.to_string(), reason.to_string());
+    }
+
+    /// The process id (0 when none runs).
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+
+    /// Restarts after crashes.
+    pub(crate) fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the instance is ready; `Err` with the reason when it fails first or
+    /// `timeout` passes.
+    pub(crate) async fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let mut rx = self.ready.subscribe();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if *rx.borrow_and_update() {
+                return Ok(());
+            }
+            let (status, reason) = self.state();
+            if status == "error" || status == "stopped" {
+                return Err(reason);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!("not ready after {}s", timeout.as_secs()));
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), rx.changed()).await;
+        }
+    }
+
+    /// Stops the instance: out of the registry first, then SIGTERM, then SIGKILL after
+    /// the grace period. Returns when the process is gone.
+    pub(crate) async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn supervise(launch: Arc<Launch>, inst: Arc<Instance>) {
+    let mut stop = inst.stop.subscribe();
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow_and_update() {
+            break;
+        }
+        inst.set("starting", "");
+        let started = Instant::now();
+        let outcome = run_once(&launch, &inst, &mut stop).await;
+        let _ = inst.ready.send(false);
+        inst.pid.store(0, Ordering::Relaxed);
+        deregister(&launch, &inst.id).await;
+        let reason = match outcome {
+            Outcome::Stopped => break,
+            Outcome::Exited(reason) => reason,
+        };
+        failures = if started.elapsed() > STABLE { 1 } else { failures + 1 };
+        let restarts = inst.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        let backoff =
+            (Duration::from_millis(500) * 2u32.saturating_pow(failures.saturating_sub(1).min(10))).min(MAX_BACKOFF);
+        launch.log.line(&inst.id, &format!("[runtime] {reason}; restart {restarts} in {:.1}s", backoff.as_secs_f64()));
+        tracing::warn!(service = %launch.name, namespace = %launch.namespace, instance = %inst.id, %reason, restarts, "instance failed");
+        inst.set("error", &format!("{reason} (restarts: {restarts})"));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stopped(&mut stop) => break,
+        }
+    }
+    inst.set("stopped", "");
+}
+
+/// Runs the process once, until it exits or the instance is stopped.
+async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<bool>) -> Outcome {
+    let art = &launch.artifact;
+    let program = resolve(&launch.root, &art.command[0]);
+    let mut cmd = Command::new(&program);
+    cmd.args(&art.command[1..]).current_dir(launch.root.join(&art.cwd));
+    // The server's own settings (its admin password among them) stay with the server.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("MICRO_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.envs(launch.env.iter().map(|(k, v)| (k, v))).env("MICRO_INSTANCE", &inst.id);
+    let port = if art.http.is_some() {
+        match free_port().await {
+            Ok(p) => {
+                cmd.env("PORT", p.to_string());
+                Some(p)
+            }
+            Err(e) => return Outcome::Exited(format!("no free port: {e}")),
+        }
+    } else {
+        None
+    };
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => return Outcome::Exited(format!("cannot start {}: {e}", program.display())),
+    };
+    let pid = child.id().unwrap_or(0);
+    inst.pid.store(pid, Ordering::Relaxed);
+    let pidfile = launch.run_dir.join(format!("{}.pid", inst.id));
+    let _ = std::fs::create_dir_all(&launch.run_dir);
+    let _ = std::fs::write(&pidfile, format!("{pid} {}", start_time(pid).unwrap_or(0)));
+    for out in [
+        child.stdout.take().map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        child.stderr.take().map(|o| Box::new(o) as _),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let log = launch.log.clone();
+        let id = inst.id.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(l)) = lines.next_line().await {
+                log.line(&id, &l);
+            }
+        });
+    }
+    let started = Instant::now();
+    let mut ready = false;
+    let mut refreshed = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let outcome = loop {
+        tokio::select! {
+            status = child.wait() => {
+                let reason = match status {
+                    Ok(s) => match (s.code(), signal_of(&s)) {
+                        (Some(c), _) => format!("exited with code {c}"),
+                        (None, Some(sig)) => format!("killed by signal {sig}"),
+                        _ => "exited".to_string(),
+                    },
+                    Err(e) => format!("lost: {e}"),
+                };
+                break Outcome::Exited(reason);
+            }
+            _ = stopped(stop) => {
+                deregister(launch, &inst.id).await;
+                terminate(pid, &mut child).await;
+                break Outcome::Stopped;
+            }
+            _ = tick.tick() => {
+                if launch.memory > 0 {
+                    let rss = group_rss(pid);
+                    if rss > launch.memory {
+                        kill_group(pid, true);
+                        let _ = child.wait().await;
+                        break Outcome::Exited(format!(
+                            "killed: memory {} MiB over its limit of {} MiB",
+                            rss >> 20,
+                            (launch.memory >> 20).max(1)
+                        ));
+                    }
+                }
+                if !ready {
+                    ready = match (&art.http, port) {
+                        (Some(http), Some(port)) => {
+                            let ok = health(port, &http.health).await;
+                            if ok {
+                                register_http(launch, &inst.id, port).await;
+                            }
+                            ok
+                        }
+                        _ if art.registers => registered(launch, &inst.id).await,
+                        _ => started.elapsed() > Duration::from_secs(1),
+                    };
+                    if ready {
+                        inst.set("running", "");
+                        let _ = inst.ready.send(true);
+                        refreshed = Instant::now();
+                    }
+                } else if let Some(port) = port.filter(|_| refreshed.elapsed() > HTTP_TTL / 3) {
+                    register_http(launch, &inst.id, port).await;
+                    refreshed = Instant::now();
+                }
+            }
+        }
+    };
+    let _ = std::fs::remove_file(&pidfile);
+    outcome
+}
+
+/// Waits until the instance is told to stop.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn resolve(root: &Path, program: &str) -> PathBuf {
+    let p = Path::new(program);
+    if p.is_relative() && program.contains('/') { root.join(p) } else { p.to_path_buf() }
+}
+
+#[cfg(unix)]
+fn signal_of(s: &std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    s.signal()
+}
+
+#[cfg(not(unix))]
+fn signal_of(_: &std::process::ExitStatus) -> Option<i32> {
+    None
+}
+
+async fn free_port() -> std::io::Result<u16> {
+    Ok(tokio::net::TcpListener::bind("127.0.0.1:0").await?.local_addr()?.port())
+}
+
+/// Whether `GET path` on the port answers 2xx.
+async fn health(port: u16, path: &str) -> bool {
+    let check = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        // The whole reply (the app closes it), so the app sees a clean exchange.
+        let mut buf = Vec::new();
+        let _ = (&mut s).take(64 << 10).read_to_end(&mut buf).await;
+        let n = buf.len().min(16);
+        let head = std::str::from_utf8(&buf[..n]).ok()?;
+        Some(head.starts_with("HTTP/1.") && head.get(9..10) == Some("2"))
+    };
+    tokio::time::timeout(Duration::from_secs(2), check).await.ok().flatten().unwrap_or(false)
+}
+
+async fn register_http(launch: &Launch, id: &str, port: u16) {
+    let svc = Service {
+        name: launch.name.clone(),
+        version: launch.version.clone(),
+        metadata: launch.metadata.clone(),
+        endpoints: Vec::new(),
+        nodes: vec![Node {
+            id: id.to_string(),
+            address: format!("127.0.0.1:{port}"),
+            metadata: [("protocol".to_string(), "http".to_string()), ("instance".to_string(), id.to_string())].into(),
+        }],
+    };
+    if let Err(e) = launch.registry.register(&launch.namespace, &svc, HTTP_TTL).await {
+        tracing::warn!(service = %launch.name, error = %e, "registering an HTTP instance failed");
+    }
+}
+
+/// Whether the instance has registered itself (its node carries its instance id).
+async fn registered(launch: &Launch, id: &str) -> bool {
+    let services = launch.registry.list_services(&launch.namespace).await.unwrap_or_default();
+    services.iter().any(|s| s.nodes.iter().any(|n| n.metadata.get("instance").is_some_and(|i| i == id)))
+}
+
+/// Takes the instance's nodes out of the registry.
+async fn deregister(launch: &Launch, id: &str) {
+    let services = launch.registry.list_services(&launch.namespace).await.unwrap_or_default();
+    for mut s in services {
+        s.nodes.retain(|n| n.metadata.get("instance").is_some_and(|i| i == id));
+        if !s.nodes.is_empty() {
+            let _ = launch.registry.deregister(&launch.namespace, &s).await;
+        }
+    }
+}
+
+/// SIGTERM to the process group, SIGKILL after the grace period.
+async fn terminate(pid: u32, child: &mut tokio::process::Child) {
+    kill_group(pid, false);
+    if tokio::time::timeout(GRACE, child.wait()).await.is_err() {
+        kill_group(pid, true);
+        let _ = child.wait().await;
+    }
+    // Whatever it left in its group goes too.
+    kill_group(pid, true);
+}
+
+/// Signals a process group (SIGKILL with `hard`, else SIGTERM).
+pub(crate) fn kill_group(pid: u32, hard: bool) {
+    #[cfg(unix)]
+    if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+        let sig = if hard { rustix::process::Signal::KILL } else { rustix::process::Signal::TERM };
+        let _ = rustix::process::kill_process_group(p, sig);
+    }
+}
+
+/// A process's start time (clock ticks since boot), to recognise it after a restart.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    after.split(' ').nth(19)?.parse().ok()
+}
+
+/// The resident memory of a process group, in bytes (Linux; 0 elsewhere).
+fn group_rss(pgid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    let mut total = 0;
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // Fields after the name: state(0) ppid(1) pgrp(2) … rss(21) in pages.
+        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) {
+            total += fields.get(21).and_then(|r| r.parse::<u64>().ok()).unwrap_or(0) * 4096;
+        }
+    }
+    total
+}
+
+/// Kills what a previous server left running (after a crash or SIGKILL): every
+/// process named in a pid file of `run_dir` that is still the same process.
+pub(crate) fn reap(run_dir: &Path) {
+    let Ok(dir) = std::fs::read_dir(run_dir) else { return };
+    for e in dir.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            reap(&path);
+            continue;
+        }
+        if path.extension().is_some_and(|x| x == "pid")
+            && let Ok(text) = std::fs::read_to_string(&path)
+        {
+            let mut parts = text.split_whitespace();
+            let pid = parts.next().and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
+            let started = parts.next().and_then(|p| p.parse::<u64>().ok());
+            if pid > 0 && started.is_some() && start_time(pid) == started {
+                tracing::info!(pid, file = %path.display(), "stopping an instance left by a previous server");
+                kill_group(pid, true);
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_facts() {
+        let me = std::process::id();
+        assert!(start_time(me).is_some());
+        assert_eq!(resolve(Path::new("/b"), "bin/x"), PathBuf::from("/b/bin/x"));
+        assert_eq!(resolve(Path::new("/b"), "sh"), PathBuf::from("sh"));
+    }
+}

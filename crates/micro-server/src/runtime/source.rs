@@ -1,0 +1,193 @@
+//! Where a service's code comes from: an uploaded archive, a git repository at a ref,
+//! or a short name resolved against the services repository.
+
+use micro_core::Status;
+use std::path::{Component, Path, PathBuf};
+use tokio::process::Command;
+
+const ID: &str = "runtime";
+
+/// A source, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// An uploaded tar.gz (by its id).
+    Upload(String),
+    /// A git repository, at a ref (default: its default branch), with the service in
+    /// a sub-folder.
+    Git { url: String, reference: Option<String>, path: String },
+}
+
+/// Parses what the user gave: an upload, a git URL (`https://…`, `ssh://…`,
+/// `git@…`, `file://…`, a path ending in `.git`, or `github.com/org/repo/sub`) with
+/// an optional `@ref`, or a short name looked up in `repo`.
+pub(crate) fn parse(source: &str, upload: &str, repo: Option<&str>) -> Result<Source, Status> {
+    if !upload.is_empty() {
+        if upload.len() != 64 || !upload.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::bad_request(ID, format!("invalid upload id {upload:?}")));
+        }
+        return Ok(Source::Upload(upload.to_string()));
+    }
+    let source = source.trim();
+    if source.is_empty() {
+        return Err(Status::bad_request(ID, "a source is needed: a local folder, a git URL or a service name"));
+    }
+    // The ref: after the last '@' that is not part of user@host.
+    let (spec, reference) = match source.rsplit_once('@') {
+        Some((s, r)) if !s.is_empty() && !r.is_empty() && !r.contains(['/', ':']) => (s, Some(r.to_string())),
+        _ => (source, None),
+    };
+    if let Some(rest) = spec.strip_prefix("github.com/").or_else(|| spec.strip_prefix("gitlab.com/")) {
+        let host = &spec[..spec.len() - rest.len() - 1];
+        let parts: Vec<&str> = rest.split('/').filter(|p| !p.is_empty()).collect();
+        if parts.len() < 2 {
+            return Err(Status::bad_request(ID, format!("{source:?}: use {host}/org/repo[/path][@ref]")));
+        }
+        let url = format!("https://{host}/{}/{}", parts[0], parts[1].trim_end_matches(".git"));
+        return Ok(Source::Git { url, reference, path: parts[2..].join("/") });
+    }
+    let is_url = ["https://", "http://", "ssh://", "git://", "file://", "git@"].iter().any(|p| spec.starts_with(p));
+    if is_url || spec.ends_with(".git") || spec.starts_with('/') {
+        // A sub-folder after "//" past the scheme: file:///srv/repo.git//services/foo
+        let skip = spec.find("://").map(|i| i + 3).unwrap_or(0);
+        let (url, path) = match spec[skip..].find("//") {
+            Some(i) => (&spec[..skip + i], &spec[skip + i + 2..]),
+            None => (spec, ""),
+        };
+        return Ok(Source::Git { url: url.to_string(), reference, path: path.trim_matches('/').to_string() });
+    }
+    // A short name: a folder of the services repository.
+    let valid =
+        spec.split('/').all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)));
+    match repo {
+        Some(repo) if valid && !spec.starts_with('.') => {
+            // github.com/org/repo/name, or any other repository's folder after "//".
+            let repo = repo.trim_end_matches('/');
+            let sep = if repo.starts_with("github.com/") || repo.starts_with("gitlab.com/") { "/" } else { "//" };
+            let at = reference.map(|r| format!("@{r}")).unwrap_or_default();
+            parse(&format!("{repo}{sep}{spec}{at}"), "", None)
+        }
+        Some(_) => Err(Status::bad_request(
+            ID,
+            format!("{source:?} is not a source: use a local folder, a git URL or a service name"),
+        )),
+        None => Err(Status::bad_request(
+            ID,
+            format!(
+                "{source:?} is neither a git URL nor an upload, and no services repository is configured (MICRO_RUNTIME_REPO)"
+            ),
+        )),
+    }
+}
+
+/// Checks a sub-folder: relative, without `..`.
+pub(crate) fn check_entry(entry: &str) -> Result<PathBuf, Status> {
+    let p = Path::new(entry.trim_matches('/'));
+    if p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir)) {
+        Ok(p.to_path_buf())
+    } else {
+        Err(Status::bad_request(ID, format!("invalid entrypoint {entry:?}: a folder inside the source")))
+    }
+}
+
+/// Unpacks a tar.gz into `dest`, refusing entries that would land outside it and
+/// anything but files, folders and symlinks inside the tree.
+pub(crate) fn unpack(archive: &Path, dest: &Path) -> Result<(), Status> {
+    let file = std::fs::File::open(archive).map_err(|e| Status::internal(ID, format!("opening the upload: {e}")))?;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
+    tar.set_preserve_permissions(true);
+    std::fs::create_dir_all(dest).map_err(|e| Status::internal(ID, format!("creating {}: {e}", dest.display())))?;
+    let entries = tar.entries().map_err(|e| Status::bad_request(ID, format!("the upload is not a tar.gz: {e}")))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| Status::bad_request(ID, format!("a damaged archive: {e}")))?;
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
+            continue;
+        }
+        // unpack_in refuses paths escaping dest (.., absolute).
+        let ok = entry.unpack_in(dest).map_err(|e| Status::bad_request(ID, format!("unpacking the archive: {e}")))?;
+        if !ok {
+            return Err(Status::bad_request(ID, "the archive has a path outside its folder"));
+        }
+    }
+    Ok(())
+}
+
+/// Clones `url` at `reference` into `dest` (without its history); returns the commit.
+pub(crate) async fn clone(url: &str, reference: Option<&str>, dest: &Path) -> Result<String, Status> {
+    let git = |args: &[&str], cwd: Option<&Path>| {
+        let mut c = Command::new("git");
+        c.args(args).env("GIT_TERMINAL_PROMPT", "0").stdin(std::process::Stdio::null());
+        if let Some(d) = cwd {
+            c.current_dir(d);
+        }
+        c
+    };
+    let out = |o: std::io::Result<std::process::Output>, what: &str| -> Result<String, Status> {
+        let o = o.map_err(|e| Status::unavailable(ID, format!("running git (is it installed?): {e}")))?;
+        if o.status.success() {
+            Ok(String::from_utf8_lossy(&o.stdout).trim().to_string())
+        } else {
+            let err = String::from_utf8_lossy(&o.stderr);
+            Err(Status::bad_request(ID, format!("{what}: {}", err.trim())))
+        }
+    };
+    let dest_s = dest.to_string_lossy().to_string();
+    out(git(&["clone", "--quiet", "--no-checkout", url, &dest_s], None).output().await, &format!("cloning {url}"))?;
+    let target = reference.unwrap_or("HEAD");
+    out(
+        git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", target], Some(dest)).output().await,
+        &format!("checking out {target} of {url}"),
+    )?;
+    let commit = out(git(&["rev-parse", "HEAD"], Some(dest)).output().await, "reading the commit")?;
+    let _ = std::fs::remove_dir_all(dest.join(".git"));
+    Ok(commit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn git(url: &str, reference: Option<&str>, path: &str) -> Source {
+        Source::Git { url: url.into(), reference: reference.map(String::from), path: path.into() }
+    }
+
+    #[test]
+    fn sources() {
+        let id = "a".repeat(64);
+        assert_eq!(parse("./x", &id, None).unwrap(), Source::Upload(id));
+        assert!(parse("./x", "nope", None).is_err());
+        assert_eq!(parse("file:///srv/repo.git@v1", "", None).unwrap(), git("file:///srv/repo.git", Some("v1"), ""));
+        assert_eq!(
+            parse("file:///srv/repo.git//svc/foo@main", "", None).unwrap(),
+            git("file:///srv/repo.git", Some("main"), "svc/foo")
+        );
+        assert_eq!(parse("/srv/repo.git", "", None).unwrap(), git("/srv/repo.git", None, ""));
+        assert_eq!(
+            parse("github.com/micro/services/helloworld@v2", "", None).unwrap(),
+            git("https://github.com/micro/services", Some("v2"), "helloworld")
+        );
+        assert_eq!(
+            parse("git@github.com:org/repo.git", "", None).unwrap(),
+            git("git@github.com:org/repo.git", None, "")
+        );
+        assert_eq!(
+            parse("helloworld", "", Some("github.com/micro/services")).unwrap(),
+            git("https://github.com/micro/services", None, "helloworld")
+        );
+        assert_eq!(
+            parse("hello@v1", "", Some("file:///srv/services.git")).unwrap(),
+            git("file:///srv/services.git", Some("v1"), "hello")
+        );
+        assert!(parse("helloworld", "", None).unwrap_err().detail().contains("MICRO_RUNTIME_REPO"));
+        assert!(parse("", "", None).is_err());
+        assert!(parse("github.com/org", "", None).is_err());
+    }
+
+    #[test]
+    fn entries() {
+        assert_eq!(check_entry("examples/hello").unwrap(), PathBuf::from("examples/hello"));
+        assert_eq!(check_entry("").unwrap(), PathBuf::from(""));
+        assert!(check_entry("../etc").is_err());
+        assert!(check_entry("a/../../b").is_err());
+    }
+}
