@@ -106,6 +106,11 @@ pub(crate) enum Command {
     Run(crate::runtime::RunArgs),
     /// Rebuild a service and roll its instances (a new one is ready before an old one stops).
     Update(crate::runtime::RunArgs),
+    /// Your own settings: micro user config set git.credentials.HOST TOKEN
+    User {
+        #[command(subcommand)]
+        cmd: crate::runtime::UserCmd,
+    },
     /// Stop a service the runtime runs, and forget it.
     Kill { name: String },
     /// The services the runtime runs: NAME VERSION SOURCE STATUS BUILD UPDATED METADATA.
@@ -358,6 +363,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Auth { cmd } => crate::auth::auth(&c, cmd).await,
         Command::Run(args) => crate::runtime::run(&c, args, false).await,
         Command::Update(args) => crate::runtime::run(&c, args, true).await,
+        Command::User { cmd } => crate::runtime::user(&c, cmd).await,
         Command::Kill { name } => crate::runtime::kill(&c, &name).await,
         Command::Status { name } => crate::runtime::status(&c, name.as_deref()).await,
         Command::Logs { name, follow, lines, build } => crate::runtime::logs(&c, &name, follow, lines, build).await,

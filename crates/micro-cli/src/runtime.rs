@@ -40,6 +40,56 @@ pub(crate) struct RunArgs {
     timeout: String,
 }
 
+/// `micro user config`.
+#[derive(clap::Subcommand)]
+pub(crate) enum UserCmd {
+    /// Your own settings, kept (encrypted) on the server: git.credentials.HOST is a token
+    /// the runtime uses to clone private repositories from HOST for you.
+    Config {
+        #[command(subcommand)]
+        cmd: UserConfigCmd,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum UserConfigCmd {
+    /// Set one: micro user config set git.credentials.github.com TOKEN
+    Set { key: String, value: String },
+    /// Whether one is set (its value is never shown).
+    Get { key: String },
+    /// Delete one.
+    Del { key: String },
+}
+
+/// `micro user config set|get|del`: in the config of the logged-in account's namespace.
+pub(crate) async fn user(c: &Ctx, cmd: UserCmd) -> Result<()> {
+    let UserCmd::Config { cmd } = cmd;
+    let env = crate::envs::Envs::load()?.current();
+    let creds = env.credentials.ok_or_else(|| anyhow!("not logged in: micro login"))?;
+    let key = match &cmd {
+        UserConfigCmd::Set { key, .. } | UserConfigCmd::Get { key } | UserConfigCmd::Del { key } => key.clone(),
+    };
+    let path = micro_core::config::user_setting_path(&creds.account, &key).map_err(status_err)?;
+    let own =
+        Ctx { address: c.address.clone(), namespace: creds.namespace.clone(), json: c.json, token: c.token.clone() };
+    let config = own.data().config;
+    match cmd {
+        UserConfigCmd::Set { value, .. } => {
+            config.set(&own.namespace, &path, &serde_json::Value::String(value), true).await.map_err(status_err)?;
+            println!("set {key}");
+        }
+        UserConfigCmd::Get { .. } => match config.get(&own.namespace, &path, false).await.map_err(status_err)? {
+            Some(_) => println!("{key} is set"),
+            None => bail!("{key} is not set"),
+        },
+        UserConfigCmd::Del { .. } => {
+            config.delete(&own.namespace, &path).await.map_err(status_err)?;
+            println!("deleted {key}");
+        }
+    }
+    Ok(())
+}
+
 fn client(c: &Ctx) -> Result<pb::runtime_client::RuntimeClient<micro::data::Ch>> {
     let ch = micro::data::channel(&c.address).map_err(status_err)?;
     Ok(pb::runtime_client::RuntimeClient::new(ch).max_decoding_message_size(64 << 20))

@@ -388,6 +388,54 @@ async fn git_sources_build_errors_crashes_and_memory_limits() {
     assert!(err.contains("nope"), "{err}");
     s.ok(&["kill", "badref"]).await;
 
+    // A private repository over HTTP: refused without credentials, cloned with the
+    // token the user stored (`micro user config set git.credentials.HOST`).
+    git(&["update-server-info"], &bare);
+    const TOKEN: &str = "s3cret-git-token-123";
+    let auth_server = r#"
+import base64, http.server, sys
+root, token = sys.argv[1], sys.argv[2]
+want = "Basic " + base64.b64encode(("x-access-token:" + token).encode()).decode()
+class H(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *a, **k):
+        super().__init__(*a, directory=root, **k)
+    def do_GET(self):
+        if self.headers.get("Authorization") != want:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="git"')
+            self.send_header("content-length", "0")
+            self.end_headers()
+            return
+        super().do_GET()
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+"#;
+    let mut http_git = Command::new("python3")
+        .args(["-c", auth_server, git_dir.path().to_str().unwrap(), TOKEN])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut port = String::new();
+    BufReader::new(http_git.stdout.take().unwrap()).read_line(&mut port).unwrap();
+    let private = format!("http://127.0.0.1:{}/app.git//svc@v1", port.trim());
+    let err = s.fails(&["run", &private, "--name", "private"]).await;
+    assert!(err.contains("private failed") && err.contains("cloning"), "{err}");
+    s.ok(&["kill", "private"]).await;
+    s.ok(&["user", "config", "set", "git.credentials.127.0.0.1", TOKEN]).await;
+    assert!(s.ok(&["user", "config", "get", "git.credentials.127.0.0.1"]).await.contains("is set"));
+    let err = s.fails(&["user", "config", "set", "git.password", "x"]).await;
+    assert!(err.contains("git.credentials.HOST"), "{err}");
+    let out = s.ok(&["run", &private, "--name", "private"]).await;
+    assert!(out.contains("private running"), "{out}");
+    assert_eq!(s.get("/private/").await.body, "v1");
+    let shown = s.ok(&["status", "-o", "json"]).await + &s.ok(&["logs", "--build", "private"]).await;
+    assert!(!shown.contains(TOKEN), "the token is never shown");
+    let _ = http_git.kill();
+    let _ = http_git.wait();
+
     // A compile error: status error with the compiler's message, also in the build log.
     let broken = project(&[
         ("Cargo.toml", "[package]\nname = \"broken\"\nversion = \"0.1.0\"\nedition = \"2021\"\n[workspace]\n"),
@@ -422,11 +470,11 @@ async fn git_sources_build_errors_crashes_and_memory_limits() {
     assert!(v["error"].as_str().unwrap().contains("over its limit of 64 MiB"), "{v}");
     assert!(v["limits"].as_str().unwrap().contains("memory"), "{v}");
 
-    // The namespace's quota on services (5 here: gitsvc, hog, and three more).
-    for n in ["q1", "q2", "q3"] {
+    // The namespace's quota on services (5 here: gitsvc, private, hog, and two more).
+    for n in ["q1", "q2"] {
         s.ok(&["run", crash.path().to_str().unwrap(), "--name", n, "--detach"]).await;
     }
-    let err = s.fails(&["run", crash.path().to_str().unwrap(), "--name", "q4", "--detach"]).await;
+    let err = s.fails(&["run", crash.path().to_str().unwrap(), "--name", "q3", "--detach"]).await;
     assert!(err.contains("quota"), "{err}");
 }
 

@@ -35,6 +35,29 @@ pub trait Config: Send + Sync + 'static {
     async fn watch(&self, namespace: &str, path: &str) -> Result<BoxStream<Result<Change, Status>>, Status>;
 }
 
+/// Turns any text (an account id, a host name) into one path segment, reversibly:
+/// letters, digits and `-` stay, every other byte becomes `_` and two hex digits.
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    if out.is_empty() { "_".into() } else { out }
+}
+
+/// Where a user's own setting `key` (like `git.credentials.github.com`) is kept in
+/// the config of the user's namespace.
+pub fn user_setting_path(account: &str, key: &str) -> Result<String, Status> {
+    let Some(host) = key.strip_prefix("git.credentials.").filter(|h| !h.is_empty()) else {
+        return Err(Status::bad_request("config", format!("unknown user setting {key:?}: use git.credentials.HOST")));
+    };
+    Ok(format!("micro.users.{}.git.credentials.{}", encode_segment(account), encode_segment(host)))
+}
+
 /// Splits a dot path into its segments; `""` is the root. Segments are 1–128 characters
 /// of `a-z A-Z 0-9 _ -`.
 pub fn parse_path(path: &str) -> Result<Vec<&str>, Status> {
@@ -50,5 +73,19 @@ pub fn parse_path(path: &str) -> Result<Vec<&str>, Status> {
         Ok(segs)
     } else {
         Err(Status::bad_request("config", format!("malformed path {path:?}: use dot-separated names like app.db.url")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_settings() {
+        assert_eq!(encode_segment("a.b_c@d"), "a_2eb_5fc_40d");
+        let p = user_setting_path("alice@example.com", "git.credentials.github.com").unwrap();
+        assert!(parse_path(&p).is_ok(), "{p}");
+        assert!(user_setting_path("a", "git.token").is_err());
+        assert!(user_setting_path("a", "git.credentials.").is_err());
     }
 }

@@ -93,6 +93,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         registry.clone(),
         auth.clone(),
         runtime_db,
+        config_backend.clone(),
     )
     .await?;
 

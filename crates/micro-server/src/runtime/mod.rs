@@ -68,6 +68,8 @@ struct Inner {
     registry: Arc<dyn Registry>,
     auth: AuthService,
     db: Arc<dyn Store>,
+    /// Where users keep their git credentials.
+    settings: Arc<dyn micro_core::config::Config>,
     services: Mutex<HashMap<(String, String), Arc<Managed>>>,
     /// One build at a time: builds are what the machine is slow at.
     building: tokio::sync::Mutex<()>,
@@ -79,6 +81,9 @@ struct Managed {
     name: String,
     /// The desired state, and the build it runs.
     spec: Mutex<pb::Service>,
+    /// Who created or last updated it (namespace, account id): whose git credentials
+    /// its clones use.
+    owner: Mutex<Option<(String, String)>>,
     /// A status of its own while building or rolling (else the instances decide).
     phase: Mutex<Option<(String, String)>>,
     instances: Mutex<Vec<Arc<Instance>>>,
@@ -101,6 +106,7 @@ impl Runtime {
         registry: Arc<dyn Registry>,
         auth: AuthService,
         db: Arc<dyn Store>,
+        settings: Arc<dyn micro_core::config::Config>,
     ) -> Result<Runtime, Status> {
         let dir = data_dir.join("runtime");
         std::fs::create_dir_all(&dir).map_err(|e| Status::internal(ID, format!("{}: {e}", dir.display())))?;
@@ -118,6 +124,7 @@ impl Runtime {
                 registry,
                 auth,
                 db,
+                settings,
                 services: Mutex::new(HashMap::new()),
                 building: tokio::sync::Mutex::new(()),
             }),
@@ -129,9 +136,11 @@ impl Runtime {
                 tracing::warn!(%key, "skipping an unreadable runtime record");
                 continue;
             };
+            let owner = spec.owner.clone();
             let spec = spec.into_pb();
             let ns = key.split_once('/').map(|(ns, _)| ns.to_string()).unwrap_or_default();
             let m = rt.managed(&ns, &spec.name, spec.clone());
+            *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner;
             tracing::info!(service = %m.name, namespace = %m.namespace, version = %spec.version, "restoring");
             let rt2 = rt.clone();
             tokio::spawn(async move { rt2.deploy(m, spec, false).await });
@@ -149,6 +158,7 @@ impl Runtime {
             namespace: ns.to_string(),
             name: name.to_string(),
             spec: Mutex::new(spec),
+            owner: Mutex::new(None),
             phase: Mutex::new(Some(("pending".into(), String::new()))),
             instances: Mutex::new(Vec::new()),
             log: LogSink::new(logs.join("service.log"), self.inner.config.log_max),
@@ -207,7 +217,12 @@ impl Runtime {
     }
 
     /// Starts a new service.
-    pub(crate) async fn create(&self, ns: &str, spec: pb::Service) -> Result<pb::Service, Status> {
+    pub(crate) async fn create(
+        &self,
+        ns: &str,
+        spec: pb::Service,
+        owner: Option<(String, String)>,
+    ) -> Result<pb::Service, Status> {
         let spec = self.check(spec)?;
         let m = {
             let services = self.inner.services.lock().unwrap_or_else(|e| e.into_inner());
@@ -229,7 +244,8 @@ impl Runtime {
             drop(services);
             self.managed(ns, &spec.name, spec.clone())
         };
-        self.persist(ns, &spec).await?;
+        *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner;
+        self.persist(&m, &spec).await?;
         let rt = self.clone();
         let m2 = m.clone();
         let s2 = spec.clone();
@@ -238,9 +254,17 @@ impl Runtime {
     }
 
     /// Rebuilds and rolls a service.
-    pub(crate) async fn update(&self, ns: &str, spec: pb::Service) -> Result<pb::Service, Status> {
+    pub(crate) async fn update(
+        &self,
+        ns: &str,
+        spec: pb::Service,
+        owner: Option<(String, String)>,
+    ) -> Result<pb::Service, Status> {
         let mut spec = spec;
         let m = self.get(ns, &spec.name)?;
+        if owner.is_some() {
+            *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner;
+        }
         {
             // Unset fields keep their values.
             let old = m.spec.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -265,7 +289,7 @@ impl Runtime {
             }
         }
         let spec = self.check(spec)?;
-        self.persist(ns, &spec).await?;
+        self.persist(&m, &spec).await?;
         let rt = self.clone();
         let m2 = m.clone();
         tokio::spawn(async move { rt.deploy(m2, spec, true).await });
@@ -329,8 +353,10 @@ impl Runtime {
         self.inner.dir.join("uploads")
     }
 
-    async fn persist(&self, ns: &str, spec: &pb::Service) -> Result<(), Status> {
-        let stored = Stored::from_pb(ns, spec);
+    async fn persist(&self, m: &Managed, spec: &pb::Service) -> Result<(), Status> {
+        let ns = &m.namespace;
+        let mut stored = Stored::from_pb(ns, spec);
+        stored.owner = m.owner.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let value = serde_json::to_vec(&stored).map_err(|e| Status::internal(ID, e.to_string()))?;
         self.inner.db.write(&Self::table(), &Record::new(format!("{ns}/{}", spec.name), value), None).await
     }
@@ -397,7 +423,7 @@ impl Runtime {
         spec.version = version.clone();
         spec.build = build_note;
         spec.updated = micro_core::store::now_ms() as i64;
-        let _ = self.persist(&m.namespace, &spec).await;
+        let _ = self.persist(&m, &spec).await;
         {
             let mut s = m.spec.lock().unwrap_or_else(|e| e.into_inner());
             *s = spec.clone();
@@ -517,8 +543,8 @@ impl Runtime {
                     ),
                 );
                 clear_dir(&src)?;
-                let _ = std::fs::remove_dir(&src);
-                let commit = source::clone(&url, reference.as_deref(), &src).await?;
+                let token = self.git_token(m, &url).await;
+                let commit = source::clone(&url, reference.as_deref(), &src, token.as_deref()).await?;
                 if !path.is_empty() && spec.entrypoint.is_empty() {
                     // The sub-folder named in the URL.
                     let dir = src.join(source::check_entry(&path)?);
@@ -529,6 +555,17 @@ impl Runtime {
         };
         let dir = src.join(entry);
         self.finish_build(m, &builds, &version, &dir, &work).await
+    }
+
+    /// The owner's stored token for the URL's host, if any.
+    async fn git_token(&self, m: &Managed, url: &str) -> Option<String> {
+        let host = source::http_host(url)?;
+        let (ns, account) = m.owner.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        let path = micro_core::config::user_setting_path(&account, &format!("git.credentials.{host}")).ok()?;
+        match self.inner.settings.get(&ns, &path, true).await {
+            Ok(Some(serde_json::Value::String(t))) => Some(t),
+            _ => None,
+        }
     }
 
     async fn finish_build(
@@ -613,6 +650,8 @@ struct Stored {
     build: String,
     #[serde(default)]
     updated: i64,
+    #[serde(default)]
+    owner: Option<(String, String)>,
 }
 
 impl Stored {
@@ -630,6 +669,7 @@ impl Stored {
             version: s.version.clone(),
             build: s.build.clone(),
             updated: s.updated,
+            owner: None,
         }
     }
 

@@ -15,12 +15,20 @@ fn t(s: MicroStatus) -> Status {
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
+/// The caller's account (namespace, id), from its verified token.
+fn owner<T>(rt: &Runtime, req: &Request<T>) -> Option<(String, String)> {
+    let token = micro::auth::bearer(&req.metadata().clone().into_headers())?;
+    let account = rt.inner.auth.verify(&token).ok()?.account();
+    Some((account.namespace, account.id))
+}
+
 #[tonic::async_trait]
 impl pb::runtime_server::Runtime for Runtime {
     async fn create(&self, req: Request<pb::CreateRequest>) -> Result<Response<pb::CreateResponse>, Status> {
         let ns = micro::namespace(&req);
+        let who = owner(self, &req);
         let spec = req.into_inner().service.unwrap_or_default();
-        let service = self.create(&ns, spec).await.map_err(t)?;
+        let service = self.create(&ns, spec, who).await.map_err(t)?;
         Ok(Response::new(pb::CreateResponse { service: Some(service) }))
     }
 
@@ -32,8 +40,9 @@ impl pb::runtime_server::Runtime for Runtime {
 
     async fn update(&self, req: Request<pb::UpdateRequest>) -> Result<Response<pb::UpdateResponse>, Status> {
         let ns = micro::namespace(&req);
+        let who = owner(self, &req);
         let spec = req.into_inner().service.unwrap_or_default();
-        let service = Runtime::update(self, &ns, spec).await.map_err(t)?;
+        let service = Runtime::update(self, &ns, spec, who).await.map_err(t)?;
         Ok(Response::new(pb::UpdateResponse { service: Some(service) }))
     }
 

@@ -112,11 +112,33 @@ pub(crate) fn unpack(archive: &Path, dest: &Path) -> Result<(), Status> {
     Ok(())
 }
 
+/// The host of an HTTP(S) URL, whose stored credentials a clone may use.
+pub(crate) fn http_host(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
+    let authority = rest.split('/').next()?;
+    let host = authority.rsplit('@').next()?;
+    Some(host.split(':').next().unwrap_or(host)).filter(|h| !h.is_empty())
+}
+
 /// Clones `url` at `reference` into `dest` (without its history); returns the commit.
-pub(crate) async fn clone(url: &str, reference: Option<&str>, dest: &Path) -> Result<String, Status> {
+/// A `token` goes as HTTP basic auth in git's environment, never on its command line.
+pub(crate) async fn clone(
+    url: &str,
+    reference: Option<&str>,
+    dest: &Path,
+    token: Option<&str>,
+) -> Result<String, Status> {
+    use base64::Engine;
+    let header = token.map(|t| {
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{t}"));
+        format!("Authorization: Basic {basic}")
+    });
     let git = |args: &[&str], cwd: Option<&Path>| {
         let mut c = Command::new("git");
         c.args(args).env("GIT_TERMINAL_PROMPT", "0").stdin(std::process::Stdio::null());
+        if let Some(h) = &header {
+            c.env("GIT_CONFIG_COUNT", "1").env("GIT_CONFIG_KEY_0", "http.extraHeader").env("GIT_CONFIG_VALUE_0", h);
+        }
         if let Some(d) = cwd {
             c.current_dir(d);
         }
@@ -181,6 +203,13 @@ mod tests {
         assert!(parse("helloworld", "", None).unwrap_err().detail().contains("MICRO_RUNTIME_REPO"));
         assert!(parse("", "", None).is_err());
         assert!(parse("github.com/org", "", None).is_err());
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(http_host("https://github.com/org/repo"), Some("github.com"));
+        assert_eq!(http_host("http://u@127.0.0.1:8000/a.git"), Some("127.0.0.1"));
+        assert_eq!(http_host("file:///srv/a.git"), None);
     }
 
     #[test]
