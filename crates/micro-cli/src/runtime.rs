@@ -26,6 +26,10 @@ pub(crate) struct RunArgs {
     /// An environment variable of every instance, K=V (repeatable).
     #[arg(long = "env", short = 'e')]
     env: Vec<String>,
+    /// An environment variable read from the namespace's config when an instance starts,
+    /// NAME=config.path (repeatable; secrets are decrypted), like DB_PASSWORD=db.password.
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
     /// Memory limit per instance, like 256M or 1G.
     #[arg(long)]
     memory: Option<String>,
@@ -114,6 +118,7 @@ pub(crate) async fn run(c: &Ctx, args: RunArgs, update: bool) -> Result<()> {
         instances: args.instances,
         env: pairs(&args.env, "--env")?.into_iter().collect(),
         metadata: pairs(&args.metadata, "--metadata")?.into_iter().collect(),
+        secrets: pairs(&args.secrets, "--secret")?.into_iter().collect(),
         memory: args.memory.as_deref().map(parse_size).transpose()?.unwrap_or(0),
         ..Default::default()
     };
@@ -251,6 +256,7 @@ pub(crate) async fn status(c: &Ctx, name: Option<&str>) -> Result<()> {
                     "name": s.name, "version": s.version, "source": s.source, "status": s.status,
                     "error": s.error, "build": s.build, "updated": s.updated, "restarts": s.restarts,
                     "instances": s.instances, "memory": s.memory, "limits": s.limits, "metadata": s.metadata,
+                    "secrets": s.secrets,
                     "nodes": s.nodes.iter().map(|n| serde_json::json!({
                         "id": n.id, "pid": n.pid, "status": n.status, "restarts": n.restarts
                     })).collect::<Vec<_>>(),

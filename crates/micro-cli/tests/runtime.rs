@@ -171,6 +171,41 @@ impl Server {
     }
 }
 
+/// A command whose output is collected as it comes (like `micro logs -f`).
+struct Follow {
+    child: Child,
+    text: Arc<std::sync::Mutex<String>>,
+}
+
+impl Follow {
+    fn start(mut c: Command) -> Follow {
+        let mut child = c.stdout(Stdio::piped()).spawn().unwrap();
+        let text = Arc::new(std::sync::Mutex::new(String::new()));
+        let (t, stdout) = (text.clone(), child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+                t.lock().unwrap().push_str(&(l + "\n"));
+            }
+        });
+        Follow { child, text }
+    }
+
+    fn text(&self) -> String {
+        self.text.lock().unwrap().clone()
+    }
+
+    async fn saw(&self, what: &str, timeout: Duration) -> bool {
+        micro_test::eventually(timeout, || async move { self.text().contains(what) }).await
+    }
+}
+
+impl Drop for Follow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn pid_alive(pid: u64) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
@@ -222,6 +257,20 @@ async fn a_rust_service_from_a_local_folder_runs_survives_sigkill_and_is_killed(
     let build = s.ok(&["logs", "--build", "helloworld"]).await;
     assert!(build.contains("Compiling helloworld") || build.contains("Finished"), "{build}");
 
+    // `micro logs -f` shows its lines live: an update rolls the instance (with the
+    // build kept when the folder is unchanged), and the new one's start appears as it
+    // happens.
+    let before = s.nodes("helloworld").await;
+    let follow = Follow::start(s.command(&["logs", "-f", "-n", "1", "helloworld"]));
+    let out = s.ok(&["update", folder]).await;
+    assert!(out.contains("helloworld running"), "{out}");
+    let after = s.nodes("helloworld").await;
+    assert_eq!(after.len(), 1);
+    assert_ne!(before, after, "a new instance");
+    assert!(follow.saw(&format!("node={}", after[0]), Duration::from_secs(10)).await, "live: {}", follow.text());
+    drop(follow);
+    let status = s.status("helloworld").await;
+
     // SIGKILL the server: the service comes back without a build, the old process gone.
     let old_pid = status["nodes"][0]["pid"].as_u64().unwrap();
     let s = s.kill_and_restart().await;
@@ -266,28 +315,11 @@ async fn a_python_service_runs_with_replicas_live_logs_and_a_rolling_update_unde
     assert_eq!(r.json()["message"], "hello Ada", "{}", r.body);
 
     // `micro logs -f` shows lines as they are written.
-    let mut follow = s.command(&["logs", "-f", "-n", "1", "hello-py"]).stdout(Stdio::piped()).spawn().unwrap();
-    let lines = Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        let lines = lines.clone();
-        let stdout = follow.stdout.take().unwrap();
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push_str(&(l + "\n"));
-            }
-        })
-    };
+    let follow = Follow::start(s.command(&["logs", "-f", "-n", "1", "hello-py"]));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let _ = s.get("/hello-py/live-marker").await;
-    let live = micro_test::eventually(Duration::from_secs(5), || {
-        let lines = lines.clone();
-        async move { lines.lock().unwrap().contains("GET /live-marker") }
-    })
-    .await;
-    let _ = follow.kill();
-    let _ = follow.wait();
-    let _ = reader.join();
-    assert!(live, "the live line: {}", lines.lock().unwrap());
+    assert!(follow.saw("GET /live-marker", Duration::from_secs(5)).await, "live: {}", follow.text());
+    drop(follow);
 
     // A rolling update under a continuous load: no call fails.
     let stop = Arc::new(AtomicBool::new(false));
@@ -493,6 +525,7 @@ async fn a_service_uses_its_own_namespace_with_its_own_account_and_is_refused_in
          M='{micro} --server '$MICRO_SERVER\n\
          $M login --namespace $MICRO_NAMESPACE --id $MICRO_AUTH_ID --password $MICRO_AUTH_SECRET >/dev/null 2>&1 || echo LOGIN-FAILED\n\
          try() {{ if \"$@\" >/dev/null 2>&1; then echo \"OK $*\"; else echo \"REFUSED $*\"; fi; }}\n\
+         [ \"$DB_PASSWORD\" = \"hunter2-secret\" ] && echo SECRET-OK\n\
          try $M store write probe 1\n\
          try $M config set probe.value 1\n\
          try $M publish probe '{{\"a\":1}}'\n\
@@ -503,7 +536,32 @@ async fn a_service_uses_its_own_namespace_with_its_own_account_and_is_refused_in
          sleep 60\n"
     );
     let svc = project(&[("micro.toml", "run = \"sh probe.sh\"\n"), ("probe.sh", &script)]);
-    let out = s.ok(&["--namespace", "alpha", "run", svc.path().to_str().unwrap(), "--name", "prober"]).await;
+    s.ok(&["--namespace", "alpha", "config", "set", "db.password", "\"hunter2-secret\"", "--secret"]).await;
+    let err = s
+        .fails(&[
+            "--namespace",
+            "alpha",
+            "run",
+            svc.path().to_str().unwrap(),
+            "--name",
+            "p",
+            "--secret",
+            "X=not a path",
+        ])
+        .await;
+    assert!(err.contains("malformed path"), "{err}");
+    let out = s
+        .ok(&[
+            "--namespace",
+            "alpha",
+            "run",
+            svc.path().to_str().unwrap(),
+            "--name",
+            "prober",
+            "--secret",
+            "DB_PASSWORD=db.password",
+        ])
+        .await;
     assert!(out.contains("prober running"), "{out}");
     let mut logs = String::new();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -513,6 +571,8 @@ async fn a_service_uses_its_own_namespace_with_its_own_account_and_is_refused_in
     }
     let logs = logs.replace(micro, "micro");
     assert!(!logs.contains("LOGIN-FAILED"), "{logs}");
+    assert!(logs.contains("SECRET-OK"), "the secret from config is in its environment: {logs}");
+    assert!(!logs.contains("hunter2"), "{logs}");
     for what in ["store write", "config set", "publish"] {
         assert!(
             logs.lines().any(|l| l.starts_with("OK ") && l.contains(what) && !l.contains("beta")),

@@ -1,6 +1,8 @@
 //! The runtime service over gRPC: uploads and downloads, bad requests, and who may
 //! use it — the namespace's admins only, never across namespaces.
 
+#![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
+
 use futures::StreamExt;
 use micro::proto::runtime as pb;
 use micro_core::Code;

@@ -201,10 +201,14 @@ impl Runtime {
         if spec.instances > 64 {
             return Err(Status::bad_request(ID, "at most 64 instances"));
         }
-        for k in spec.env.keys() {
+        for k in spec.env.keys().chain(spec.secrets.keys()) {
             if k.is_empty() || k.contains(['=', '\0']) {
                 return Err(Status::bad_request(ID, format!("invalid environment variable name {k:?}")));
             }
+        }
+        for path in spec.secrets.values() {
+            micro_core::config::parse_path(path)
+                .map_err(|e| Status::bad_request(ID, format!("secret: {}", e.detail())))?;
         }
         // Status fields are the runtime's.
         spec.version.clear();
@@ -280,6 +284,9 @@ impl Runtime {
             }
             if spec.env.is_empty() {
                 spec.env = old.env.clone();
+            }
+            if spec.secrets.is_empty() {
+                spec.secrets = old.secrets.clone();
             }
             if spec.memory == 0 {
                 spec.memory = old.memory;
@@ -446,6 +453,24 @@ impl Runtime {
             }
         };
         let mut env: Vec<(String, String)> = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (var, path) in &spec.secrets {
+            match self.inner.settings.get(&m.namespace, path, true).await {
+                Ok(Some(serde_json::Value::String(v))) => env.push((var.clone(), v)),
+                Ok(Some(v)) => env.push((var.clone(), v.to_string())),
+                Ok(None) => {
+                    Self::set_phase(
+                        &m,
+                        "error",
+                        &format!("secret {var}: no config value at {path} in {}", m.namespace),
+                    );
+                    return;
+                }
+                Err(e) => {
+                    Self::set_phase(&m, "error", &format!("secret {var}: {}", e.detail()));
+                    return;
+                }
+            }
+        }
         env.extend([
             ("MICRO_SERVER".to_string(), self.inner.server.clone()),
             ("MICRO_NAMESPACE".to_string(), m.namespace.clone()),
@@ -645,6 +670,8 @@ struct Stored {
     #[serde(default)]
     metadata: std::collections::BTreeMap<String, String>,
     #[serde(default)]
+    secrets: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
     version: String,
     #[serde(default)]
     build: String,
@@ -666,6 +693,7 @@ impl Stored {
             instances: s.instances,
             memory: s.memory,
             metadata: s.metadata.clone().into_iter().collect(),
+            secrets: s.secrets.clone().into_iter().collect(),
             version: s.version.clone(),
             build: s.build.clone(),
             updated: s.updated,
@@ -683,6 +711,7 @@ impl Stored {
             instances: self.instances,
             memory: self.memory,
             metadata: self.metadata.into_iter().collect(),
+            secrets: self.secrets.into_iter().collect(),
             version: self.version,
             build: self.build,
             updated: self.updated,
