@@ -168,11 +168,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         records.push(svc);
     }
 
-    let client = Client::new(registry.clone());
+    // The gateway and the server's client find the core services from every namespace.
+    let routing: Arc<dyn Registry> = Arc::new(crate::registry::CoreRegistry { inner: registry.clone() });
+    let client = Client::new(routing.clone());
     let local: HashSet<String> = CORE_SERVICES.iter().map(|s| s.to_string()).collect();
     let guard: Arc<dyn micro::layer::Authorize> = Arc::new(crate::guard::Guard { auth: auth.clone() });
     let proxy_svc = Proxy::new(core.layered(Some(guard)), local, client.clone());
-    let gateway = Gateway::new(&config, registry.clone(), client, metrics.clone(), auth.clone());
+    let gateway = Gateway::new(&config, routing, client, metrics.clone(), auth.clone());
 
     let (tx, rx) = watch::channel(false);
     let until = |mut rx: watch::Receiver<bool>| async move {

@@ -76,6 +76,15 @@ type CachedRules = (u64, Arc<Vec<Rule>>);
 
 /// 256 random bits, as letters and digits only (so no shell or flag parser trips on a
 /// leading `-`).
+/// The caller's address (as the edge stamped it), for the limit on failed logins.
+fn client_address<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get(micro::server::CLIENT_ADDRESS)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.remote_addr().map(|a| a.ip().to_string()))
+}
+
 fn random_secret() -> String {
     let mut bytes = uuid::Uuid::new_v4().as_bytes().to_vec();
     bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
@@ -203,6 +212,16 @@ impl AuthService {
         }
         self.save(&StoredAccount { account: account.clone(), hash: hash_secret(&secret)? }).await?;
         Ok((account, if generated { secret } else { String::new() }))
+    }
+
+    /// Deletes every refresh token of an account.
+    async fn revoke_refresh_tokens(&self, ns: &str, id: &str) -> Result<(), MicroStatus> {
+        let table = Self::refresh_table(ns);
+        let q = Query { prefix: true, ..Default::default() };
+        for key in self.inner.store.list(&table, &format!("{id}/"), &q).await? {
+            let _ = self.inner.store.delete(&table, &key).await;
+        }
+        Ok(())
     }
 
     /// The account a runtime service runs as (type service, scope `data`): made when
@@ -488,12 +507,7 @@ impl pb::auth_server::Auth for AuthService {
 
     async fn token(&self, req: Request<pb::TokenRequest>) -> Result<Response<pb::TokenResponse>, Status> {
         let ns = micro::namespace(&req);
-        let client = req
-            .metadata()
-            .get(micro::server::CLIENT_ADDRESS)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| req.remote_addr().map(|a| a.ip().to_string()));
+        let client = client_address(&req);
         let r = req.into_inner();
         let out = if !r.refresh_token.is_empty() {
             self.refresh(&ns, &r.refresh_token).await
@@ -528,11 +542,7 @@ impl pb::auth_server::Auth for AuthService {
         let id = req.into_inner().id;
         self.inner.store.delete(&Self::accounts(&ns), &id).await.map_err(t)?;
         // Its refresh tokens go with it.
-        let table = Self::refresh_table(&ns);
-        let q = Query { prefix: true, ..Default::default() };
-        for key in self.inner.store.list(&table, &format!("{id}/"), &q).await.map_err(t)? {
-            let _ = self.inner.store.delete(&table, &key).await;
-        }
+        self.revoke_refresh_tokens(&ns, &id).await.map_err(t)?;
         Ok(Response::new(pb::DeleteAccountResponse {}))
     }
 
@@ -542,18 +552,31 @@ impl pb::auth_server::Auth for AuthService {
     ) -> Result<Response<pb::ChangeSecretResponse>, Status> {
         let ns = micro::namespace(&req);
         let admin = self.require_admin(&req, &ns).is_ok();
+        let client = client_address(&req);
         let r = req.into_inner();
-        let mut stored = self
-            .load(&ns, &r.id)
-            .await
-            .map_err(t)?
-            .ok_or_else(|| t(MicroStatus::not_found("auth", format!("no account {}", r.id))))?;
-        if !admin && !secret_matches(&r.old_secret, &stored.hash) {
-            return Err(t(MicroStatus::new(Code::PermissionDenied, "auth", "the old secret is wrong")));
+        // Without admin rights this is a login by another name: the same limit on failures,
+        // and the same answer for an unknown account as for a wrong secret.
+        let mut keys = vec![format!("a/{ns}/{}", r.id)];
+        if let Some(c) = client {
+            keys.push(format!("c/{c}"));
         }
+        if !admin {
+            self.check_failures(&keys).map_err(t)?;
+        }
+        let stored = self.load(&ns, &r.id).await.map_err(t)?;
+        let mut stored = match stored {
+            Some(s) if admin || secret_matches(&r.old_secret, &s.hash) => s,
+            None if admin => return Err(t(MicroStatus::not_found("auth", format!("no account {}", r.id)))),
+            _ => {
+                self.record_failure(&keys);
+                return Err(t(MicroStatus::new(Code::PermissionDenied, "auth", "wrong account id or old secret")));
+            }
+        };
         validate_secret(&r.new_secret).map_err(t)?;
         stored.hash = hash_secret(&r.new_secret).map_err(t)?;
         self.save(&stored).await.map_err(t)?;
+        // A new secret ends the sessions the old one started.
+        self.revoke_refresh_tokens(&ns, &r.id).await.map_err(t)?;
         Ok(Response::new(pb::ChangeSecretResponse {}))
     }
 

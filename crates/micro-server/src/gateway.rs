@@ -386,6 +386,15 @@ impl Gateway {
                 opts.metadata.push((h.to_string(), v.to_string()));
             }
         }
+        // A browser's `micro-token` cookie stands for the bearer header, but only on a
+        // request a page of another site cannot send without a CORS preflight (JSON, or
+        // a micro-namespace header): cookies alone must not authorise a cross-site form post.
+        if !headers.contains_key(header::AUTHORIZATION)
+            && let Some(token) = micro::auth::bearer(headers)
+            && preflighted(headers)
+        {
+            opts.metadata.push(("authorization".into(), format!("Bearer {token}")));
+        }
         opts
     }
 
@@ -513,6 +522,17 @@ impl Gateway {
             h.insert(header::VARY, HeaderValue::from_static("Origin"));
         }
     }
+}
+
+/// Whether a browser would have preflighted this request had it come from another
+/// origin: a JSON body or a `micro-namespace` header (headers the server adds itself,
+/// like `micro-client-address`, do not count).
+fn preflighted(headers: &http::HeaderMap) -> bool {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    json || headers.contains_key(micro_core::metadata::NAMESPACE)
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<Body> {

@@ -8,6 +8,66 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
+/// The registry as the gateway and the server's client see it: the core services are
+/// the same in every namespace (their records in `micro`), whatever a namespace holds.
+pub(crate) struct CoreRegistry {
+    pub(crate) inner: Arc<dyn Registry>,
+}
+
+fn is_core(name: &str) -> bool {
+    crate::CORE_SERVICES.contains(&name)
+}
+
+#[tonic::async_trait]
+impl Registry for CoreRegistry {
+    async fn register(
+        &self,
+        ns: &str,
+        service: &micro_core::registry::Service,
+        ttl: Duration,
+    ) -> Result<(), micro_core::Status> {
+        self.inner.register(ns, service, ttl).await
+    }
+
+    async fn deregister(&self, ns: &str, service: &micro_core::registry::Service) -> Result<(), micro_core::Status> {
+        self.inner.deregister(ns, service).await
+    }
+
+    async fn get_service(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<Vec<micro_core::registry::Service>, micro_core::Status> {
+        let ns = if is_core(name) { micro_core::namespace::DEFAULT } else { ns };
+        self.inner.get_service(ns, name).await
+    }
+
+    async fn list_services(&self, ns: &str) -> Result<Vec<micro_core::registry::Service>, micro_core::Status> {
+        self.inner.list_services(ns).await
+    }
+
+    async fn watch(
+        &self,
+        ns: &str,
+        service: Option<&str>,
+    ) -> Result<micro_core::BoxStream<Result<micro_core::registry::Event, micro_core::Status>>, micro_core::Status>
+    {
+        self.inner.watch(ns, service).await
+    }
+}
+
+/// Core service names are the server's: nobody registers nodes for them.
+fn not_core(name: &str) -> Result<(), Status> {
+    if is_core(name) {
+        return Err(to_tonic(&micro_core::Status::new(
+            micro_core::Code::PermissionDenied,
+            "registry",
+            format!("{name} is a core service's name"),
+        )));
+    }
+    Ok(())
+}
+
 /// Serves a [`Registry`] as `registry.Registry`.
 pub(crate) struct RegistryService {
     pub(crate) registry: Arc<dyn Registry>,
@@ -24,7 +84,9 @@ impl pb::registry_server::Registry for RegistryService {
         let r = req.into_inner();
         let ttl =
             if r.ttl_seconds <= 0 { micro::DEFAULT_TTL } else { Duration::from_secs(r.ttl_seconds.min(86_400) as u64) };
-        self.registry.register(&ns, &service_of(r.service)?, ttl).await.map_err(|e| to_tonic(&e))?;
+        let service = service_of(r.service)?;
+        not_core(&service.name)?;
+        self.registry.register(&ns, &service, ttl).await.map_err(|e| to_tonic(&e))?;
         Ok(Response::new(pb::RegisterResponse {}))
     }
 
@@ -34,7 +96,9 @@ impl pb::registry_server::Registry for RegistryService {
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let ns = micro::namespace(&req);
         let r = req.into_inner();
-        self.registry.deregister(&ns, &service_of(r.service)?).await.map_err(|e| to_tonic(&e))?;
+        let service = service_of(r.service)?;
+        not_core(&service.name)?;
+        self.registry.deregister(&ns, &service).await.map_err(|e| to_tonic(&e))?;
         Ok(Response::new(pb::DeregisterResponse {}))
     }
 
