@@ -509,7 +509,9 @@ impl pb::auth_server::Auth for AuthService {
         let ns = micro::namespace(&req);
         let client = client_address(&req);
         let r = req.into_inner();
-        let out = if !r.refresh_token.is_empty() {
+        let out = if r.refresh_token.is_empty() && r.id.is_empty() {
+            Err(MicroStatus::bad_request("auth", "log in with an id and a secret, or a refresh token"))
+        } else if !r.refresh_token.is_empty() {
             self.refresh(&ns, &r.refresh_token).await
         } else {
             self.login(&ns, &r.id, &r.secret, client.as_deref()).await

@@ -878,3 +878,25 @@ async fn changing_a_secret_is_limited_like_a_login() {
     assert_eq!(codes[..8], [tonic::Code::PermissionDenied; 8], "{codes:?}");
     assert_eq!(codes[8..], [tonic::Code::ResourceExhausted; 2], "{codes:?}");
 }
+
+/// Nobody registers nodes under a core service's name: calls for `auth` at the gateway
+/// must reach the server's auth, whatever the namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_service_names_are_reserved_in_the_registry() {
+    let s = TestServer::start().await;
+    let registry = micro::registry::RemoteRegistry::new(&s.proxy()).unwrap();
+    for ns in ["micro", "alpha"] {
+        let fake = service("auth", ns);
+        let err = registry.register(ns, &fake, Duration::from_secs(30)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{ns}: {err}");
+        let err = registry.deregister(ns, &fake).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{ns}: {err}");
+    }
+    // The server's own auth still answers, in alpha too.
+    let body = br#"{"id":"nobody","secret":"wrong-secret"}"#;
+    let r = micro_test::http(&s.api(), "POST", "/auth/auth/token", &[("micro-namespace", "alpha")], body).await;
+    assert_eq!((r.status, r.json()["id"].as_str()), (401, Some("auth")), "{}", r.body);
+    // An empty login is a bad request, said by auth.
+    let r = micro_test::http(&s.api(), "POST", "/auth/auth/token", &[], b"{}").await;
+    assert_eq!((r.status, r.json()["id"].as_str()), (400, Some("auth")), "{}", r.body);
+}
