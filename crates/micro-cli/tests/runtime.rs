@@ -501,6 +501,16 @@ s.serve_forever()
     assert!(build.contains("error[E0308]: mismatched types"), "{build}");
     s.ok(&["kill", "broken"]).await;
 
+    // A kill in the middle of a build cancels it, its processes too.
+    let slow = project(&[("micro.toml", "build = \"sleep 300\"\nrun = \"true\"\n")]);
+    s.ok(&["run", slow.path().to_str().unwrap(), "--name", "slow", "--detach"]).await;
+    s.wait_status("slow", Duration::from_secs(10), |v| v["status"] == "building").await;
+    let started = Instant::now();
+    s.ok(&["kill", "slow"]).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "kill waited for the build");
+    let sleeping = Command::new("pgrep").args(["-f", "sleep 300"]).output().unwrap();
+    assert!(sleeping.stdout.is_empty(), "the build's process is gone: {}", String::from_utf8_lossy(&sleeping.stdout));
+
     // A crashing service is restarted with backoff, its restarts counted.
     let crash = project(&[("micro.toml", "run = \"echo starting; exit 3\"\n")]);
     let _ = s.cli(&["run", crash.path().to_str().unwrap(), "--name", "crasher", "--detach"]).await;

@@ -180,8 +180,11 @@ impl Builder {
 async fn run_logged(mut c: Command, log: &LogSink, instance: &str) -> Result<String, Status> {
     let json = c.as_std().get_args().any(|a| a.to_string_lossy().starts_with("--message-format=json"));
     c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    #[cfg(unix)]
+    c.process_group(0);
     let program = c.as_std().get_program().to_string_lossy().to_string();
     let mut child = c.spawn().map_err(|e| Status::unavailable(ID, format!("cannot run {program}: {e}")))?;
+    let _group = super::process::GroupGuard(child.id().unwrap_or(0));
     let stderr = child.stderr.take().map(|s| BufReader::new(s).lines());
     let stdout = child.stdout.take().map(|s| BufReader::new(s).lines());
     let errors = {

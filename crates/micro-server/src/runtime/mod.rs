@@ -89,8 +89,10 @@ struct Managed {
     instances: Mutex<Vec<Arc<Instance>>>,
     log: LogSink,
     build_log: LogSink,
-    /// Serialises deploys and deletes.
+    /// Serialises deploys.
     ops: tokio::sync::Mutex<()>,
+    /// The deploys under way (a kill cancels them, builds included).
+    deploys: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// The service account's secret, made when the service first starts here.
     secret: tokio::sync::Mutex<Option<String>>,
     deleted: std::sync::atomic::AtomicBool,
@@ -142,8 +144,7 @@ impl Runtime {
             let m = rt.managed(&ns, &spec.name, spec.clone());
             *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner;
             tracing::info!(service = %m.name, namespace = %m.namespace, version = %spec.version, "restoring");
-            let rt2 = rt.clone();
-            tokio::spawn(async move { rt2.deploy(m, spec, false).await });
+            rt.spawn_deploy(m, spec, false);
         }
         Ok(rt)
     }
@@ -164,6 +165,7 @@ impl Runtime {
             log: LogSink::new(logs.join("service.log"), self.inner.config.log_max),
             build_log: LogSink::new(logs.join("build.log"), self.inner.config.log_max),
             ops: tokio::sync::Mutex::new(()),
+            deploys: Mutex::new(Vec::new()),
             secret: tokio::sync::Mutex::new(None),
             deleted: Default::default(),
         });
@@ -250,10 +252,7 @@ impl Runtime {
         };
         *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner;
         self.persist(&m, &spec).await?;
-        let rt = self.clone();
-        let m2 = m.clone();
-        let s2 = spec.clone();
-        tokio::spawn(async move { rt.deploy(m2, s2, false).await });
+        self.spawn_deploy(m.clone(), spec, false);
         Ok(self.describe(&m))
     }
 
@@ -297,9 +296,7 @@ impl Runtime {
         }
         let spec = self.check(spec)?;
         self.persist(&m, &spec).await?;
-        let rt = self.clone();
-        let m2 = m.clone();
-        tokio::spawn(async move { rt.deploy(m2, spec, true).await });
+        self.spawn_deploy(m.clone(), spec, true);
         Ok(self.describe(&m))
     }
 
@@ -309,7 +306,12 @@ impl Runtime {
         m.deleted.store(true, std::sync::atomic::Ordering::SeqCst);
         self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).remove(&(ns.to_string(), name.to_string()));
         let _ = self.inner.db.delete(&Self::table(), &format!("{ns}/{name}")).await;
-        let _ops = m.ops.lock().await;
+        // Whatever is being built or rolled stops here (a build's process dies with it).
+        let deploys = std::mem::take(&mut *m.deploys.lock().unwrap_or_else(|e| e.into_inner()));
+        for d in deploys {
+            d.abort();
+            let _ = d.await;
+        }
         let instances = std::mem::take(&mut *m.instances.lock().unwrap_or_else(|e| e.into_inner()));
         futures::future::join_all(instances.iter().map(|i| i.stop())).await;
         tracing::info!(service = %name, namespace = %ns, "killed");
@@ -402,6 +404,15 @@ impl Runtime {
     fn set_phase(m: &Managed, status: &str, error: &str) {
         *m.phase.lock().unwrap_or_else(|e| e.into_inner()) = Some((status.to_string(), error.to_string()));
         m.spec.lock().unwrap_or_else(|e| e.into_inner()).updated = micro_core::store::now_ms() as i64;
+    }
+
+    fn spawn_deploy(&self, m: Arc<Managed>, spec: pb::Service, rolling: bool) {
+        let rt = self.clone();
+        let m2 = m.clone();
+        let task = tokio::spawn(async move { rt.deploy(m2, spec, rolling).await });
+        let mut deploys = m.deploys.lock().unwrap_or_else(|e| e.into_inner());
+        deploys.retain(|d| !d.is_finished());
+        deploys.push(task);
     }
 
     /// Builds `spec` (or finds its build) and brings the instances to it: fresh ones

@@ -356,6 +356,17 @@ async fn terminate(pid: u32, child: &mut tokio::process::Child) {
     kill_group(pid, true);
 }
 
+/// Kills a process group when dropped: a cancelled build takes its compilers with it.
+pub(crate) struct GroupGuard(pub(crate) u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.0 > 0 {
+            kill_group(self.0, true);
+        }
+    }
+}
+
 /// Signals a process group (SIGKILL with `hard`, else SIGTERM).
 pub(crate) fn kill_group(pid: u32, hard: bool) {
     #[cfg(unix)]
