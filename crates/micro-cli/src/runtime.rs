@@ -229,7 +229,9 @@ async fn wait(c: &Ctx, name: &str, update: bool, timeout: Duration) -> Result<()
                 timeout.as_secs()
             );
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Quick polls at first (a kept build starts in well under a second), then calmer.
+        let pause = if start.elapsed() < Duration::from_secs(5) { 50 } else { 300 };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
 }
 
@@ -376,9 +378,10 @@ fn pack(root: &Path) -> Result<Vec<u8>> {
     gz.finish().context("compressing the source")
 }
 
-/// A tar.gz of one file (a prebuilt executable).
+/// A tar.gz of one file (a prebuilt executable), stored rather than compressed: on the
+/// way to running, compressing a big binary costs more than sending it.
 fn pack_file(file: &Path) -> Result<Vec<u8>> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
     let mut tar = tar::Builder::new(gz);
     let name = file.file_name().ok_or_else(|| anyhow!("{} has no file name", file.display()))?;
     tar.append_path_with_name(file, name).with_context(|| format!("packing {}", file.display()))?;

@@ -210,7 +210,7 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
     let started = Instant::now();
     let mut ready = false;
     let mut refreshed = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
     let outcome = loop {
         tokio::select! {
             status = child.wait() => {

@@ -97,16 +97,31 @@ pub(crate) fn unpack(archive: &Path, dest: &Path) -> Result<(), Status> {
     tar.set_preserve_permissions(true);
     std::fs::create_dir_all(dest).map_err(|e| Status::internal(ID, format!("creating {}: {e}", dest.display())))?;
     let entries = tar.entries().map_err(|e| Status::bad_request(ID, format!("the upload is not a tar.gz: {e}")))?;
+    // Folders get their times back last (unpacking into them changes them), so cargo's
+    // change detection sees an unchanged folder as unchanged.
+    let mut folders = Vec::new();
     for entry in entries {
         let mut entry = entry.map_err(|e| Status::bad_request(ID, format!("a damaged archive: {e}")))?;
         let kind = entry.header().entry_type();
         if !(kind.is_file() || kind.is_dir() || kind.is_symlink()) {
             continue;
         }
+        if kind.is_dir()
+            && let (Ok(path), Ok(mtime)) = (entry.path(), entry.header().mtime())
+        {
+            folders.push((dest.join(path), std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime)));
+        }
         // unpack_in refuses paths escaping dest (.., absolute).
         let ok = entry.unpack_in(dest).map_err(|e| Status::bad_request(ID, format!("unpacking the archive: {e}")))?;
         if !ok {
             return Err(Status::bad_request(ID, "the archive has a path outside its folder"));
+        }
+    }
+    for (dir, mtime) in folders.into_iter().rev() {
+        if dir.starts_with(dest)
+            && let Ok(f) = std::fs::File::open(&dir)
+        {
+            let _ = f.set_modified(mtime);
         }
     }
     Ok(())
