@@ -64,7 +64,20 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 
     // The data plane: embedded, durable backends in the data directory.
     let dir = micro_embedded::DataDir::new(&config.data_dir);
-    let store: Arc<dyn micro_core::store::Store> = Arc::new(micro_embedded::store::EmbeddedStore::open(&dir)?);
+    // Records, accounts and the runtime's desired state: shared in PostgreSQL, or embedded.
+    type StoreArc = Arc<dyn micro_core::store::Store>;
+    let (store, auth_store, runtime_db): (StoreArc, StoreArc, StoreArc) = match &config.store {
+        Some(crate::Secret(url)) => (
+            Arc::new(micro_postgres::PostgresStore::connect(url).await?),
+            Arc::new(micro_postgres::PostgresStore::connect_named(url, "auth").await?),
+            Arc::new(micro_postgres::PostgresStore::connect_named(url, "runtime").await?),
+        ),
+        None => (
+            Arc::new(micro_embedded::store::EmbeddedStore::open(&dir)?),
+            Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "auth")?),
+            Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "runtime")?),
+        ),
+    };
     let blob: Arc<dyn micro_core::blob::Blob> =
         Arc::new(micro_embedded::blob::EmbeddedBlob::open(&dir)?.max_size(config.blob_max_size));
     let events: Arc<dyn micro_core::events::Events> = Arc::new(
@@ -76,16 +89,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let sync: Arc<dyn micro_core::sync::Sync> = Arc::new(micro_embedded::sync::EmbeddedSync::open(&dir)?);
 
     // Auth: its own database, signing keys under the data dir, and the first admin.
-    let auth_store: Arc<dyn micro_core::store::Store> =
-        Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "auth")?);
     let auth = crate::auth::AuthService::open(auth_store, &config.data_dir)?;
     auth.bootstrap(&config.data_dir, config.admin_password.clone().map(|s| s.0)).await?;
 
     // The runtime: what it runs is kept in its own database, and brought back now.
     let proxy_node =
         if proxy.ip().is_unspecified() { format!("127.0.0.1:{}", proxy.port()) } else { proxy.to_string() };
-    let runtime_db: Arc<dyn micro_core::store::Store> =
-        Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "runtime")?);
     let runtime = crate::runtime::Runtime::open(
         &config.data_dir,
         config.runtime.clone(),

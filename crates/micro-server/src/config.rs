@@ -30,6 +30,11 @@ pub struct Config {
     /// The first admin's password (`MICRO_ADMIN_PASSWORD`); default: a random one written
     /// to `admin.password` in the data dir. Never read from the config file.
     pub admin_password: Option<Secret>,
+    /// Where the store, the auth data and the runtime's records live (`MICRO_STORE`, or
+    /// the `MICRO_BACKEND` profile): `postgres://…` shares them between server nodes;
+    /// default: embedded SQLite in the data dir. Never read from the config file's
+    /// plain text into logs (it may hold a password).
+    pub store: Option<Secret>,
     /// The runtime: `MICRO_RUNTIME_TARGET_DIR` (the cargo target dir builds share),
     /// `MICRO_RUNTIME_PROFILE` (`release`), `MICRO_RUNTIME_REPO` (where short names are
     /// looked up), `MICRO_RUNTIME_MAX_SERVICES` (per namespace, 50).
@@ -61,6 +66,7 @@ impl Default for Config {
             blob_max_size: micro_core::blob::DEFAULT_MAX_SIZE,
             admin_password: None,
             runtime: crate::RuntimeConfig::default(),
+            store: None,
         }
     }
 }
@@ -164,6 +170,19 @@ impl Config {
         }
         if let Some(v) = env("MICRO_BLOB_MAX_SIZE") {
             c.blob_max_size = number("MICRO_BLOB_MAX_SIZE", &v)?;
+        }
+        if let Some(v) = env("MICRO_BACKEND").filter(|v| !v.is_empty()) {
+            c.store = Some(Secret(v));
+        }
+        if let Some(v) = env("MICRO_STORE").filter(|v| !v.is_empty()) {
+            c.store = Some(Secret(v));
+        }
+        if let Some(Secret(url)) = &c.store
+            && !micro_postgres::is_url(url)
+        {
+            return Err(Error::Config(
+                "MICRO_STORE: only postgres://… is supported so far (leave it unset for the embedded store)".into(),
+            ));
         }
         if let Some(v) = env("MICRO_RUNTIME_TARGET_DIR").filter(|v| !v.is_empty()) {
             c.runtime.target_dir = Some(PathBuf::from(v));

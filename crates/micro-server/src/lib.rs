@@ -50,6 +50,6 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A core service failed to start.
-    #[error("{0}")]
+    #[error(transparent)]
     Service(#[from] micro_core::Status),
 }

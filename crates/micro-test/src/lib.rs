@@ -13,6 +13,8 @@ pub struct TestServer {
     pub server: micro_server::Running,
     /// Its data directory (removed on drop).
     pub dir: tempfile::TempDir,
+    /// The admin's password when it was configured (else it is in the data dir).
+    pub admin_password: Option<String>,
 }
 
 impl TestServer {
@@ -20,7 +22,17 @@ impl TestServer {
     pub async fn start() -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let server = micro_server::start(micro_server::Config::ephemeral(dir.path())).await.expect("server starts");
-        TestServer { server, dir }
+        TestServer { server, dir, admin_password: None }
+    }
+
+    /// Starts a server with every port 0 and the configuration changed by `f`.
+    pub async fn start_with(f: impl FnOnce(&mut micro_server::Config)) -> TestServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut config = micro_server::Config::ephemeral(dir.path());
+        f(&mut config);
+        let admin_password = config.admin_password.clone().map(|s| s.0);
+        let server = micro_server::start(config).await.expect("server starts");
+        TestServer { server, dir, admin_password }
     }
 
     /// `host:port` of the proxy (what `MICRO_SERVER` points at).
@@ -30,8 +42,11 @@ impl TestServer {
 
     /// An access token of the bootstrapped admin (`admin` in `micro`).
     pub async fn admin_token(&self) -> String {
-        let password = std::fs::read_to_string(self.dir.path().join(micro_server::ADMIN_PASSWORD_FILE))
-            .expect("the admin password file");
+        let password = match &self.admin_password {
+            Some(p) => p.clone(),
+            None => std::fs::read_to_string(self.dir.path().join(micro_server::ADMIN_PASSWORD_FILE))
+                .expect("the admin password file"),
+        };
         login(&self.proxy(), "micro", "admin", password.trim()).await
     }
 

@@ -1,0 +1,56 @@
+//! PostgreSQL backends of Micro, for `micro server` nodes that share their state.
+//!
+//! [`PostgresStore`] keeps every record in one keyed table (`micro_store`, primary key
+//! database + table + key, keys in the `C` collation so order is bytewise like the
+//! embedded store's). Connections come from a pool; a call made while the database is
+//! unreachable fails at once with `Unavailable` (503) and the pool reconnects on its own
+//! when the database is back.
+
+mod store;
+
+pub use store::PostgresStore;
+
+use micro_core::{Code, Status};
+
+/// Whether a URL names a PostgreSQL database.
+pub fn is_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// A database error as a status: the database being unreachable is `Unavailable`, a
+/// bad statement is `Internal`.
+pub(crate) fn db_error(id: &str, e: tokio_postgres::Error) -> Status {
+    if e.is_closed() || e.as_db_error().is_none() {
+        Status::new(Code::Unavailable, id, format!("the database is unreachable: {e}"))
+    } else {
+        Status::internal(id, format!("database: {e}"))
+    }
+}
+
+/// A pool error as a status (every one of them means no connection now).
+pub(crate) fn pool_error(id: &str, e: deadpool_postgres::PoolError) -> Status {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => db_error(id, e),
+        e => Status::new(Code::Unavailable, id, format!("the database is unreachable: {e}")),
+    }
+}
+
+/// A pool for `url`: a few connections, short timeouts so an outage fails fast.
+pub(crate) fn pool(id: &str, url: &str) -> Result<deadpool_postgres::Pool, Status> {
+    let config: tokio_postgres::Config =
+        url.parse().map_err(|e| Status::bad_request(id, format!("invalid PostgreSQL URL: {e}")))?;
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+    );
+    let timeout = Some(std::time::Duration::from_secs(5));
+    deadpool_postgres::Pool::builder(manager)
+        .max_size(16)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(timeout)
+        .create_timeout(timeout)
+        .recycle_timeout(timeout)
+        .build()
+        .map_err(|e| Status::internal(id, format!("a PostgreSQL pool: {e}")))
+}

@@ -1,0 +1,298 @@
+//! The store in PostgreSQL: one keyed table for every database and table.
+
+use crate::{db_error, pool, pool_error};
+use micro_core::Status;
+use micro_core::store::{Order, Query, Record, Store, Table, now_ms, validate_key, validate_record};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio_postgres::types::ToSql;
+
+const ID: &str = "store";
+
+/// The table `name` (with its expiry index).
+fn schema(name: &str) -> String {
+    format!(
+        r#"
+CREATE TABLE IF NOT EXISTS {name} (
+    db TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    key TEXT COLLATE "C" NOT NULL,
+    value BYTEA NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{{}}',
+    expiry BIGINT,
+    PRIMARY KEY (db, tbl, key)
+);
+CREATE INDEX IF NOT EXISTS {name}_expiry ON {name} (expiry) WHERE expiry IS NOT NULL;
+"#
+    )
+}
+
+/// How often expired records are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(10);
+
+/// The store in PostgreSQL. Cheap to clone.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: deadpool_postgres::Pool,
+    /// The SQL table: `micro_store`, or `micro_<name>` for a separate store.
+    name: std::sync::Arc<str>,
+}
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://user@host:port/db`), creates the
+    /// table when missing, and purges expired records in the background.
+    pub async fn connect(url: &str) -> Result<PostgresStore, Status> {
+        PostgresStore::connect_named(url, "store").await
+    }
+
+    /// A separate store in the table `micro_<name>` (for example for auth data, which
+    /// must not be reachable through the store service). `name` is lowercase letters,
+    /// digits and `_`.
+    pub async fn connect_named(url: &str, name: &str) -> Result<PostgresStore, Status> {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(Status::bad_request(ID, format!("invalid store name {name:?}")));
+        }
+        let store = PostgresStore { pool: pool(ID, url)?, name: format!("micro_{name}").into() };
+        store.migrate().await?;
+        let weak = store.pool.weak();
+        let name = store.name.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PURGE_EVERY).await;
+                let Some(pool) = weak.upgrade() else { return };
+                if let Err(e) = (PostgresStore { pool, name: name.clone() }).purge().await {
+                    tracing::warn!(error = %e, "purging expired records failed");
+                }
+            }
+        });
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), Status> {
+        let mut c = self.pool.get().await.map_err(|e| pool_error(ID, e))?;
+        // Nodes starting together must not race to create the table.
+        let tx = c.transaction().await.map_err(|e| db_error(ID, e))?;
+        tx.execute("SELECT pg_advisory_xact_lock(7469010)", &[]).await.map_err(|e| db_error(ID, e))?;
+        tx.batch_execute(&schema(&self.name)).await.map_err(|e| db_error(ID, e))?;
+        tx.commit().await.map_err(|e| db_error(ID, e))
+    }
+
+    /// Deletes expired records now; returns how many.
+    pub async fn purge(&self) -> Result<u64, Status> {
+        let c = self.pool.get().await.map_err(|e| pool_error(ID, e))?;
+        let sql = format!("DELETE FROM {} WHERE expiry IS NOT NULL AND expiry <= $1", self.name);
+        c.execute(&sql, &[&(now_ms() as i64)]).await.map_err(|e| db_error(ID, e))
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, Status> {
+        self.pool.get().await.map_err(|e| pool_error(ID, e))
+    }
+}
+
+/// A LIKE pattern matching `s` literally.
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The condition on the key (parameter $3) and its argument.
+fn matcher(key: &str, q: &Query) -> (&'static str, String) {
+    let k = like_escape(key);
+    match (q.prefix, q.suffix) {
+        (false, false) if key.is_empty() => ("($3::text IS NULL OR TRUE)", String::new()),
+        (false, false) => ("key = $3", key.to_string()),
+        (true, false) => ("key LIKE $3", format!("{k}%")),
+        (false, true) => ("key LIKE $3", format!("%{k}")),
+        // Both: the key must start and end with it.
+        (true, true) => ("key LIKE $3", format!("{k}%{k}")),
+    }
+}
+
+fn order_limit(q: &Query) -> String {
+    let order = match q.order {
+        Order::Asc => "ASC",
+        Order::Desc => "DESC",
+    };
+    let limit = if q.limit == 0 { "ALL".to_string() } else { q.limit.to_string() };
+    format!("ORDER BY key {order} LIMIT {limit} OFFSET {}", q.offset)
+}
+
+fn not_found(key: &str, table: &Table) -> Status {
+    Status::not_found(ID, format!("no record {key:?} in {}/{}", table.database, table.table))
+}
+
+#[async_trait::async_trait]
+impl Store for PostgresStore {
+    async fn read(&self, table: &Table, key: &str, query: &Query) -> Result<Vec<Record>, Status> {
+        table.validate()?;
+        let exact = !query.prefix && !query.suffix;
+        if exact || !key.is_empty() {
+            validate_key(key)?;
+        }
+        let (cond, arg) = matcher(key, query);
+        let sql = format!(
+            "SELECT key, value, metadata, expiry FROM {} WHERE db = $1 AND tbl = $2 AND {cond} \
+             AND (expiry IS NULL OR expiry > $4) {}",
+            self.name,
+            order_limit(query)
+        );
+        let now = now_ms() as i64;
+        let params: [&(dyn ToSql + Sync); 4] = [&table.database, &table.table, &arg, &now];
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(&sql).await.map_err(|e| db_error(ID, e))?;
+        let rows = c.query(&stmt, &params).await.map_err(|e| db_error(ID, e))?;
+        let records: Vec<Record> = rows
+            .iter()
+            .map(|r| {
+                let metadata: String = r.get(2);
+                Record {
+                    key: r.get(0),
+                    value: r.get(1),
+                    metadata: serde_json::from_str::<BTreeMap<String, String>>(&metadata).unwrap_or_default(),
+                    expiry: r.get::<_, Option<i64>>(3).map(|e| e as u64),
+                }
+            })
+            .collect();
+        if exact && records.is_empty() {
+            return Err(not_found(key, table));
+        }
+        Ok(records)
+    }
+
+    async fn write(&self, table: &Table, record: &Record, ttl: Option<Duration>) -> Result<(), Status> {
+        table.validate()?;
+        validate_record(record)?;
+        let expiry = match ttl {
+            Some(t) if t.is_zero() => None,
+            Some(t) => Some(now_ms().saturating_add(t.as_millis() as u64)),
+            None => record.expiry,
+        }
+        .map(|e| e as i64);
+        let metadata = serde_json::to_string(&record.metadata).map_err(|e| Status::internal(ID, e.to_string()))?;
+        let c = self.client().await?;
+        let sql = format!(
+            "INSERT INTO {} (db, tbl, key, value, metadata, expiry) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (db, tbl, key) DO UPDATE SET value = excluded.value, \
+             metadata = excluded.metadata, expiry = excluded.expiry",
+            self.name
+        );
+        let stmt = c.prepare_cached(&sql).await.map_err(|e| db_error(ID, e))?;
+        c.execute(&stmt, &[&table.database, &table.table, &record.key, &record.value, &metadata, &expiry])
+            .await
+            .map_err(|e| db_error(ID, e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, table: &Table, key: &str) -> Result<(), Status> {
+        table.validate()?;
+        validate_key(key)?;
+        let c = self.client().await?;
+        // Deleted only counts when the record was live (an expired one is already gone).
+        let sql = format!(
+            "DELETE FROM {} WHERE db = $1 AND tbl = $2 AND key = $3 RETURNING (expiry IS NULL OR expiry > $4)",
+            self.name
+        );
+        let stmt = c.prepare_cached(&sql).await.map_err(|e| db_error(ID, e))?;
+        let now = now_ms() as i64;
+        let rows = c.query(&stmt, &[&table.database, &table.table, &key, &now]).await.map_err(|e| db_error(ID, e))?;
+        if rows.first().is_some_and(|r| r.get::<_, bool>(0)) { Ok(()) } else { Err(not_found(key, table)) }
+    }
+
+    async fn list(&self, table: &Table, key: &str, query: &Query) -> Result<Vec<String>, Status> {
+        table.validate()?;
+        if !key.is_empty() {
+            validate_key(key)?;
+        }
+        let (cond, arg) = matcher(key, query);
+        let sql = format!(
+            "SELECT key FROM {} WHERE db = $1 AND tbl = $2 AND {cond} \
+             AND (expiry IS NULL OR expiry > $4) {}",
+            self.name,
+            order_limit(query)
+        );
+        let now = now_ms() as i64;
+        let params: [&(dyn ToSql + Sync); 4] = [&table.database, &table.table, &arg, &now];
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(&sql).await.map_err(|e| db_error(ID, e))?;
+        let rows = c.query(&stmt, &params).await.map_err(|e| db_error(ID, e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn databases(&self) -> Result<Vec<String>, Status> {
+        let c = self.client().await?;
+        let sql = format!("SELECT DISTINCT db FROM {} WHERE expiry IS NULL OR expiry > $1 ORDER BY db", self.name);
+        let rows = c.query(&sql, &[&(now_ms() as i64)]).await.map_err(|e| db_error(ID, e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn tables(&self, database: &str) -> Result<Vec<String>, Status> {
+        micro_core::namespace::validate(database)
+            .map_err(|_| Status::bad_request(ID, format!("invalid database {database:?}")))?;
+        let c = self.client().await?;
+        let sql = format!(
+            "SELECT DISTINCT tbl FROM {} WHERE db = $1 AND (expiry IS NULL OR expiry > $2) ORDER BY tbl",
+            self.name
+        );
+        let rows = c.query(&sql, &[&database, &(now_ms() as i64)]).await.map_err(|e| db_error(ID, e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// The database for tests (`MICRO_TEST_POSTGRES`); without it the test skips with a
+    /// notice, unless `MICRO_TEST_REQUIRE_BACKENDS` is set (CI), where it fails.
+    fn url() -> Option<String> {
+        match std::env::var("MICRO_TEST_POSTGRES") {
+            Ok(u) if !u.is_empty() => Some(u),
+            _ => {
+                assert!(
+                    std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(),
+                    "MICRO_TEST_POSTGRES is not set but MICRO_TEST_REQUIRE_BACKENDS is"
+                );
+                eprintln!("notice: skipping the PostgreSQL store (set MICRO_TEST_POSTGRES=postgres://…)");
+                None
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn conformance() {
+        let Some(url) = url() else { return };
+        let store = PostgresStore::connect(&url).await.expect("connects");
+        micro_test::conformance::store::store(Arc::new(store.clone())).await;
+        // Two nodes on one database see each other's writes.
+        let other = PostgresStore::connect(&url).await.expect("a second node connects");
+        let t = Table::new("pg-shared", "t");
+        store.write(&t, &Record::new("k", b"from a".to_vec()), None).await.unwrap();
+        assert_eq!(other.read(&t, "k", &Query::default()).await.unwrap()[0].value, b"from a");
+        other.delete(&t, "k").await.unwrap();
+        // A named store is separate.
+        let auth = PostgresStore::connect_named(&url, "test_separate").await.expect("a named store");
+        store.write(&t, &Record::new("k", b"x".to_vec()), None).await.unwrap();
+        assert!(auth.list(&t, "", &Query::default()).await.unwrap().is_empty());
+        assert!(PostgresStore::connect_named(&url, "Bad; DROP").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_unavailable() {
+        let err = PostgresStore::connect("postgres://nobody@127.0.0.1:1/none").await.err().expect("no database there");
+        assert_eq!(err.code(), micro_core::Code::Unavailable, "{err}");
+        let err = PostgresStore::connect("postgres://[bad").await.err().expect("a bad URL");
+        assert_eq!(err.code(), micro_core::Code::InvalidArgument, "{err}");
+    }
+
+    #[test]
+    fn patterns_are_literal() {
+        assert_eq!(like_escape("a%b_c\\"), "a\\%b\\_c\\\\");
+    }
+}

@@ -1,0 +1,84 @@
+//! Two `micro server` nodes sharing PostgreSQL (`MICRO_STORE=postgres://…`): the store
+//! passes its conformance suite through a node, a record written through one node is read
+//! through the other, and an account made on one logs in on the other. Each run gets a
+//! schema of its own, dropped at the end.
+
+#![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
+
+use micro_core::store::{Query, Record, Table};
+use micro_test::{TestServer, conformance};
+
+/// The database for tests (`MICRO_TEST_POSTGRES`); without it the test skips with a
+/// notice, unless `MICRO_TEST_REQUIRE_BACKENDS` is set (CI), where it fails.
+fn url() -> Option<String> {
+    match std::env::var("MICRO_TEST_POSTGRES") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert!(
+                std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(),
+                "MICRO_TEST_POSTGRES is not set but MICRO_TEST_REQUIRE_BACKENDS is"
+            );
+            eprintln!("notice: skipping the PostgreSQL nodes test (set MICRO_TEST_POSTGRES=postgres://…)");
+            None
+        }
+    }
+}
+
+/// A schema of its own for this run; returns the URL that uses it.
+async fn schema(url: &str, name: &str) -> String {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}")).await.unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}options=-csearch_path%3D{name}")
+}
+
+async fn drop_schema(url: &str, name: &str) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_records_and_accounts() {
+    let Some(base) = url() else { return };
+    let name = format!("micro_test_{}", std::process::id());
+    let url = schema(&base, &name).await;
+    let start = || {
+        let url = url.clone();
+        TestServer::start_with(move |c| {
+            c.store = Some(micro_server::Secret(url));
+            c.admin_password = Some(micro_server::Secret("shared-admin-password".into()));
+        })
+    };
+    let (a, b) = (start().await, start().await);
+    let data = |s: &TestServer, token: String| {
+        micro::data::Data::remote_with(&s.proxy(), "micro", Some(std::sync::Arc::new(micro::data::StaticToken(token))))
+    };
+    let (ta, tb) = (
+        micro_test::login(&a.proxy(), "micro", "admin", "shared-admin-password").await,
+        micro_test::login(&b.proxy(), "micro", "admin", "shared-admin-password").await,
+    );
+    let (da, db) = (data(&a, ta), data(&b, tb));
+
+    // The store through node A passes the whole suite.
+    conformance::store::store(da.store.clone()).await;
+
+    // Written through A, read and deleted through B.
+    let t = Table::new("micro", "shared");
+    da.store.write(&t, &Record::new("greeting", b"hello from a".to_vec()), None).await.unwrap();
+    assert_eq!(db.store.read(&t, "greeting", &Query::default()).await.unwrap()[0].value, b"hello from a");
+    db.store.delete(&t, "greeting").await.unwrap();
+    assert!(da.store.read(&t, "greeting", &Query::default()).await.is_err(), "deleted through B, gone on A");
+
+    // An account made on A logs in on B; the auth data is not reachable as store records.
+    a.create_account("alpha", "pat", "pat-secret-1", "user", &[]).await;
+    let token = micro_test::login(&b.proxy(), "alpha", "pat", "pat-secret-1").await;
+    assert!(!token.is_empty());
+    let dbs = da.store.databases().await.unwrap();
+    assert!(!dbs.iter().any(|d| d.contains("auth")), "auth data stays out of the store: {dbs:?}");
+
+    a.server.stop().await;
+    b.server.stop().await;
+    drop_schema(&base, &name).await;
+}
