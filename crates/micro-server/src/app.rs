@@ -91,6 +91,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // Auth: its own database, signing keys under the data dir, and the first admin.
     let auth = crate::auth::AuthService::open(auth_store, &config.data_dir)?;
     auth.bootstrap(&config.data_dir, config.admin_password.clone().map(|s| s.0)).await?;
+    auth.share_keys().await?;
+    auth.keep_sharing_keys();
 
     // The runtime: what it runs is kept in its own database, and brought back now.
     let proxy_node =

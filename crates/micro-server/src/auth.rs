@@ -62,6 +62,8 @@ struct Inner {
     store: Arc<dyn Store>,
     signer: Signer,
     verifier: RwLock<Verifier>,
+    /// Every node's public keys (its own first), as shared through the auth store.
+    trusted: RwLock<micro::auth::token::PublicKeys>,
     failures: Mutex<HashMap<String, Vec<Instant>>>,
     /// Bumped on every rule change, so cached rules are dropped.
     generation: std::sync::atomic::AtomicU64,
@@ -124,11 +126,13 @@ impl AuthService {
     pub(crate) fn open(store: Arc<dyn Store>, data_dir: &Path) -> Result<AuthService, MicroStatus> {
         let signer = Signer::open(&data_dir.join("keys"))?;
         let verifier = signer.verifier();
+        let trusted = signer.public_keys();
         Ok(AuthService {
             inner: Arc::new(Inner {
                 store,
                 signer,
                 verifier: RwLock::new(verifier),
+                trusted: RwLock::new(trusted),
                 failures: Mutex::new(HashMap::new()),
                 generation: std::sync::atomic::AtomicU64::new(0),
                 cache: Mutex::new(HashMap::new()),
@@ -156,6 +160,54 @@ impl AuthService {
         }
         cache.insert(token.to_string(), claims.clone());
         Ok(claims)
+    }
+
+    fn keys_table() -> Table {
+        Table::new(micro_core::namespace::DEFAULT, "keys")
+    }
+
+    /// Publishes this node's public keys to the auth store and trusts every node's:
+    /// nodes sharing the store accept each other's tokens, and no private key leaves
+    /// its node. Done at start, then every few seconds (a new node is trusted soon after
+    /// it starts; a retired key stops being trusted when it expires).
+    pub(crate) async fn share_keys(&self) -> Result<(), MicroStatus> {
+        let table = Self::keys_table();
+        let own = self.inner.signer.public_keys();
+        for k in &own.keys {
+            let value = serde_json::to_vec(k).map_err(|e| MicroStatus::internal("auth", e.to_string()))?;
+            let ttl = k.not_after.map(|t| Duration::from_secs(t.saturating_sub(now()).max(1)));
+            self.inner.store.write(&table, &Record::new(&k.kid, value), ttl).await?;
+        }
+        let mut keys = own.keys.clone();
+        for r in self.inner.store.read(&table, "", &Query { prefix: true, ..Default::default() }).await? {
+            if let Ok(k) = serde_json::from_slice::<micro::auth::token::PublicKey>(&r.value)
+                && !keys.iter().any(|o| o.kid == k.kid)
+                && k.not_after.is_none_or(|t| t > now())
+            {
+                keys.push(k);
+            }
+        }
+        let trusted = micro::auth::token::PublicKeys { keys };
+        if *self.inner.trusted.read().unwrap_or_else(|e| e.into_inner()) != trusted {
+            let verifier = Verifier::new(&trusted)?;
+            *self.inner.verifier.write().unwrap_or_else(|e| e.into_inner()) = verifier;
+            *self.inner.trusted.write().unwrap_or_else(|e| e.into_inner()) = trusted;
+        }
+        Ok(())
+    }
+
+    /// Keeps [`AuthService::share_keys`] going in the background until the service is dropped.
+    pub(crate) fn keep_sharing_keys(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if let Err(e) = (AuthService { inner }).share_keys().await {
+                    tracing::warn!(error = %e, "sharing the token keys failed; will retry");
+                }
+            }
+        });
     }
 
     fn accounts(ns: &str) -> Table {
@@ -673,8 +725,8 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         _req: Request<pb::PublicKeysRequest>,
     ) -> Result<Response<pb::PublicKeysResponse>, Status> {
-        let json = serde_json::to_string(&self.inner.signer.public_keys())
-            .map_err(|e| Status::internal(format!("auth: {e}")))?;
+        let keys = self.inner.trusted.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let json = serde_json::to_string(&keys).map_err(|e| Status::internal(format!("auth: {e}")))?;
         Ok(Response::new(pb::PublicKeysResponse { json }))
     }
 }

@@ -59,7 +59,7 @@ async fn two_nodes_share_records_and_accounts() {
         micro_test::login(&a.proxy(), "micro", "admin", "shared-admin-password").await,
         micro_test::login(&b.proxy(), "micro", "admin", "shared-admin-password").await,
     );
-    let (da, db) = (data(&a, ta), data(&b, tb));
+    let (da, db) = (data(&a, ta.clone()), data(&b, tb.clone()));
 
     // The store through node A passes the whole suite.
     conformance::store::store(da.store.clone()).await;
@@ -70,6 +70,18 @@ async fn two_nodes_share_records_and_accounts() {
     assert_eq!(db.store.read(&t, "greeting", &Query::default()).await.unwrap()[0].value, b"hello from a");
     db.store.delete(&t, "greeting").await.unwrap();
     assert!(da.store.read(&t, "greeting", &Query::default()).await.is_err(), "deleted through B, gone on A");
+
+    // Each node's tokens are good on the other (the nodes share their public keys).
+    let a_token_on_b = data(&b, ta.clone());
+    a_token_on_b.store.write(&t, &Record::new("by-a-token", b"1".to_vec()), None).await.unwrap();
+    let b_token_on_a = data(&a, tb.clone());
+    let ok = micro_test::eventually(std::time::Duration::from_secs(10), || {
+        let d = b_token_on_a.clone();
+        let t = t.clone();
+        async move { d.store.read(&t, "by-a-token", &Query::default()).await.is_ok() }
+    })
+    .await;
+    assert!(ok, "B's token is accepted by A");
 
     // An account made on A logs in on B; the auth data is not reachable as store records.
     a.create_account("alpha", "pat", "pat-secret-1", "user", &[]).await;
