@@ -54,7 +54,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|source| Error::DataDir { path: config.data_dir.display().to_string(), source })?;
     }
-    let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
     let api_listener = bind(&config.api_address).await?;
     let proxy_listener = bind(&config.proxy_address).await?;
     let api =
@@ -64,6 +63,13 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 
     // The data plane: embedded, durable backends in the data directory.
     let dir = micro_embedded::DataDir::new(&config.data_dir);
+    // The registry: shared by every node in PostgreSQL, or in memory.
+    let registry: Arc<dyn Registry> = match &config.store {
+        Some(crate::Secret(url)) => Arc::new(crate::shared_registry::SharedRegistry::new(Arc::new(
+            micro_postgres::PostgresStore::connect_named(url, "registry").await?,
+        ))),
+        None => Arc::new(MemoryRegistry::new()),
+    };
     // Records, accounts and the runtime's desired state: shared in PostgreSQL, or embedded.
     type StoreArc = Arc<dyn micro_core::store::Store>;
     let (store, auth_store, runtime_db): (StoreArc, StoreArc, StoreArc) = match &config.store {
@@ -155,6 +161,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let core = core.build();
 
     // Core services are reached through the proxy, which serves them in-process.
+    let node_id = uuid::Uuid::new_v4().simple().to_string();
     let mut records = Vec::new();
     for name in CORE_SERVICES {
         let mut metadata = std::collections::BTreeMap::new();
@@ -170,7 +177,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             metadata,
             endpoints: core.endpoints(name),
             nodes: vec![Node {
-                id: format!("{name}-{}", std::process::id()),
+                id: format!("{name}-{}", &node_id[..12]),
                 address: proxy_node.clone(),
                 metadata: [("protocol".to_string(), "grpc".to_string())].into(),
             }],
@@ -180,7 +187,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     }
 
     // The gateway and the server's client find the core services from every namespace.
-    let routing: Arc<dyn Registry> = Arc::new(crate::registry::CoreRegistry { inner: registry.clone() });
+    let routing: Arc<dyn Registry> =
+        Arc::new(crate::registry::CoreRegistry { inner: registry.clone(), local: records.clone() });
     let client = Client::new(routing.clone());
     let local: HashSet<String> = CORE_SERVICES.iter().map(|s| s.to_string()).collect();
     let guard: Arc<dyn micro::layer::Authorize> = Arc::new(crate::guard::Guard { auth: auth.clone() });

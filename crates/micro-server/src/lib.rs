@@ -20,6 +20,7 @@ mod proxy;
 mod reflection;
 mod registry;
 mod runtime;
+mod shared_registry;
 mod websocket;
 
 pub use app::{CORE_SERVICES, Running, start};

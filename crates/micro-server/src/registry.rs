@@ -9,9 +9,12 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 /// The registry as the gateway and the server's client see it: the core services are
-/// the same in every namespace (their records in `micro`), whatever a namespace holds.
+/// the same in every namespace, and always this node's own (nodes sharing a registry
+/// never send core calls to each other).
 pub(crate) struct CoreRegistry {
     pub(crate) inner: Arc<dyn Registry>,
+    /// This node's records of the core services.
+    pub(crate) local: Vec<micro_core::registry::Service>,
 }
 
 fn is_core(name: &str) -> bool {
@@ -38,7 +41,9 @@ impl Registry for CoreRegistry {
         ns: &str,
         name: &str,
     ) -> Result<Vec<micro_core::registry::Service>, micro_core::Status> {
-        let ns = if is_core(name) { micro_core::namespace::DEFAULT } else { ns };
+        if let Some(own) = self.local.iter().find(|s| s.name == name) {
+            return Ok(vec![own.clone()]);
+        }
         self.inner.get_service(ns, name).await
     }
 

@@ -90,6 +90,31 @@ async fn two_nodes_share_records_and_accounts() {
     let dbs = da.store.databases().await.unwrap();
     assert!(!dbs.iter().any(|d| d.contains("auth")), "auth data stays out of the store: {dbs:?}");
 
+    // A service registered through A is callable through B's proxy and gateway.
+    let svc = micro::Service::new("greeter")
+        .server(a.proxy())
+        .handle("Greeter.Hello", |_ctx: micro::Context, req: serde_json::Value| async move {
+            Ok::<_, micro::Status>(
+                serde_json::json!({ "message": format!("hello {}", req["name"].as_str().unwrap_or("")) }),
+            )
+        })
+        .start()
+        .await
+        .unwrap();
+    let reply = micro::Client::via_proxy(b.proxy())
+        .call_json("greeter", "Greeter.Hello", &serde_json::json!({"name": "via b"}))
+        .await
+        .unwrap();
+    assert_eq!(reply["message"], "hello via b");
+    let r = micro_test::http(&b.api(), "POST", "/greeter/hello", &[], br#"{"name":"gateway b"}"#).await;
+    assert_eq!(r.json()["message"], "hello gateway b", "{}", r.body);
+    svc.stop().await;
+    let gone = micro_test::eventually(std::time::Duration::from_secs(5), || async {
+        micro_test::http(&b.api(), "POST", "/greeter/hello", &[], b"{}").await.status == 404
+    })
+    .await;
+    assert!(gone, "deregistered through A, gone on B");
+
     a.server.stop().await;
     b.server.stop().await;
     drop_schema(&base, &name).await;
