@@ -1,5 +1,6 @@
 //! PostgreSQL backends of Micro, for `micro server` nodes that share their state.
 //!
+//! [`PostgresSync`] keeps locks as lease rows timed by the database's clock.
 //! [`PostgresStore`] keeps every record in one keyed table (`micro_store`, primary key
 //! database + table + key, keys in the `C` collation so order is bytewise like the
 //! embedded store's). Connections come from a pool; a call made while the database is
@@ -7,8 +8,10 @@
 //! when the database is back.
 
 mod store;
+mod sync;
 
 pub use store::PostgresStore;
+pub use sync::PostgresSync;
 
 use micro_core::{Code, Status};
 
@@ -53,4 +56,21 @@ pub(crate) fn pool(id: &str, url: &str) -> Result<deadpool_postgres::Pool, Statu
         .recycle_timeout(timeout)
         .build()
         .map_err(|e| Status::internal(id, format!("a PostgreSQL pool: {e}")))
+}
+
+/// The database for tests (`MICRO_TEST_POSTGRES`); without it a test skips with a
+/// notice, unless `MICRO_TEST_REQUIRE_BACKENDS` is set (CI), where it fails.
+#[cfg(test)]
+pub(crate) fn test_url() -> Option<String> {
+    match std::env::var("MICRO_TEST_POSTGRES") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert!(
+                std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(),
+                "MICRO_TEST_POSTGRES is not set but MICRO_TEST_REQUIRE_BACKENDS is"
+            );
+            eprintln!("notice: skipping a PostgreSQL test (set MICRO_TEST_POSTGRES=postgres://…)");
+            None
+        }
+    }
 }

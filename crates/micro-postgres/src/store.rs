@@ -249,20 +249,8 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    /// The database for tests (`MICRO_TEST_POSTGRES`); without it the test skips with a
-    /// notice, unless `MICRO_TEST_REQUIRE_BACKENDS` is set (CI), where it fails.
     fn url() -> Option<String> {
-        match std::env::var("MICRO_TEST_POSTGRES") {
-            Ok(u) if !u.is_empty() => Some(u),
-            _ => {
-                assert!(
-                    std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(),
-                    "MICRO_TEST_POSTGRES is not set but MICRO_TEST_REQUIRE_BACKENDS is"
-                );
-                eprintln!("notice: skipping the PostgreSQL store (set MICRO_TEST_POSTGRES=postgres://…)");
-                None
-            }
-        }
+        crate::test_url()
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

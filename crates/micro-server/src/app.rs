@@ -92,7 +92,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let broker: Arc<dyn micro_core::broker::Broker> = Arc::new(micro_embedded::broker::EmbeddedBroker::new());
     let config_backend: Arc<dyn micro_core::config::Config> =
         Arc::new(micro_embedded::config::EmbeddedConfig::open(&dir)?);
-    let sync: Arc<dyn micro_core::sync::Sync> = Arc::new(micro_embedded::sync::EmbeddedSync::open(&dir)?);
+    let sync: Arc<dyn micro_core::sync::Sync> = match &config.store {
+        Some(crate::Secret(url)) => Arc::new(micro_postgres::PostgresSync::connect(url).await?),
+        None => Arc::new(micro_embedded::sync::EmbeddedSync::open(&dir)?),
+    };
 
     // Auth: its own database, signing keys under the data dir, and the first admin.
     let auth = crate::auth::AuthService::open(auth_store, &config.data_dir)?;

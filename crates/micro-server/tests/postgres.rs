@@ -1,6 +1,8 @@
 //! Two `micro server` nodes sharing PostgreSQL (`MICRO_STORE=postgres://…`): the store
 //! passes its conformance suite through a node, a record written through one node is read
-//! through the other, and an account made on one logs in on the other. Each run gets a
+//! through the other, an account made on one logs in on the other, tokens are good on
+//! both, a lock is exclusive across both, and a service registered through one is called
+//! through the other's proxy and gateway. Each run gets a
 //! schema of its own, dropped at the end.
 
 #![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
@@ -89,6 +91,26 @@ async fn two_nodes_share_records_and_accounts() {
     assert!(!token.is_empty());
     let dbs = da.store.databases().await.unwrap();
     assert!(!dbs.iter().any(|d| d.contains("auth")), "auth data stays out of the store: {dbs:?}");
+
+    // A lock taken through A is held for B.
+    let held = da
+        .sync
+        .lock("micro", "nodes-lock", std::time::Duration::from_secs(5), std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    let err = db
+        .sync
+        .lock("micro", "nodes-lock", std::time::Duration::from_secs(5), std::time::Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), micro_core::Code::DeadlineExceeded, "{err}");
+    da.sync.unlock("micro", &held).await.unwrap();
+    let held = db
+        .sync
+        .lock("micro", "nodes-lock", std::time::Duration::from_secs(5), std::time::Duration::from_secs(1))
+        .await
+        .unwrap();
+    db.sync.unlock("micro", &held).await.unwrap();
 
     // A service registered through A is callable through B's proxy and gateway.
     let svc = micro::Service::new("greeter")
