@@ -70,20 +70,21 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         ))),
         None => Arc::new(MemoryRegistry::new()),
     };
-    // Records, accounts and the runtime's desired state: shared in PostgreSQL, or embedded.
+    // Records and accounts: shared in PostgreSQL, or embedded. The runtime's desired state
+    // stays with the node that runs the services (and holds their builds) until the
+    // runtime elects one node to run them.
     type StoreArc = Arc<dyn micro_core::store::Store>;
-    let (store, auth_store, runtime_db): (StoreArc, StoreArc, StoreArc) = match &config.store {
+    let (store, auth_store): (StoreArc, StoreArc) = match &config.store {
         Some(crate::Secret(url)) => (
             Arc::new(micro_postgres::PostgresStore::connect(url).await?),
             Arc::new(micro_postgres::PostgresStore::connect_named(url, "auth").await?),
-            Arc::new(micro_postgres::PostgresStore::connect_named(url, "runtime").await?),
         ),
         None => (
             Arc::new(micro_embedded::store::EmbeddedStore::open(&dir)?),
             Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "auth")?),
-            Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "runtime")?),
         ),
     };
+    let runtime_db: StoreArc = Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "runtime")?);
     let blob: Arc<dyn micro_core::blob::Blob> =
         Arc::new(micro_embedded::blob::EmbeddedBlob::open(&dir)?.max_size(config.blob_max_size));
     let events: Arc<dyn micro_core::events::Events> = Arc::new(
