@@ -1,5 +1,6 @@
 //! PostgreSQL backends of Micro, for `micro server` nodes that share their state.
 //!
+//! [`PostgresBlob`] keeps objects as versioned chunk rows.
 //! [`PostgresSync`] keeps locks as lease rows timed by the database's clock.
 //! [`PostgresStore`] keeps every record in one keyed table (`micro_store`, primary key
 //! database + table + key, keys in the `C` collation so order is bytewise like the
@@ -7,9 +8,11 @@
 //! unreachable fails at once with `Unavailable` (503) and the pool reconnects on its own
 //! when the database is back.
 
+mod blob;
 mod store;
 mod sync;
 
+pub use blob::PostgresBlob;
 pub use store::PostgresStore;
 pub use sync::PostgresSync;
 

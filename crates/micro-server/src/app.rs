@@ -85,8 +85,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         ),
     };
     let runtime_db: StoreArc = Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "runtime")?);
-    let blob: Arc<dyn micro_core::blob::Blob> =
-        Arc::new(micro_embedded::blob::EmbeddedBlob::open(&dir)?.max_size(config.blob_max_size));
+    let blob: Arc<dyn micro_core::blob::Blob> = match &config.store {
+        Some(crate::Secret(url)) => {
+            Arc::new(micro_postgres::PostgresBlob::connect(url).await?.max_size(config.blob_max_size))
+        }
+        None => Arc::new(micro_embedded::blob::EmbeddedBlob::open(&dir)?.max_size(config.blob_max_size)),
+    };
     let events: Arc<dyn micro_core::events::Events> = Arc::new(
         micro_embedded::events::EmbeddedEvents::open(&dir)?.retention(config.events_max_age, config.events_max_events),
     );

@@ -92,6 +92,14 @@ async fn two_nodes_share_records_and_accounts() {
     let dbs = da.store.databases().await.unwrap();
     assert!(!dbs.iter().any(|d| d.contains("auth")), "auth data stays out of the store: {dbs:?}");
 
+    // An object put through A is read through B.
+    let chunks = futures::StreamExt::boxed(futures::stream::iter([Ok(bytes::Bytes::from_static(b"shared object"))]));
+    da.blob.put("micro", "shared", "a.txt", "text/plain", chunks).await.unwrap();
+    let (info, mut body) = db.blob.get("micro", "shared", "a.txt").await.unwrap();
+    assert_eq!(info.size, 13);
+    let first = futures::StreamExt::next(&mut body).await.unwrap().unwrap();
+    assert_eq!(&first[..], b"shared object");
+
     // A lock taken through A is held for B.
     let held = da
         .sync
