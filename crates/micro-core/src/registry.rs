@@ -102,6 +102,24 @@ pub trait Registry: Send + Sync + 'static {
     async fn watch(&self, namespace: &str, service: Option<&str>) -> Result<BoxStream<Result<Event, Status>>, Status>;
 }
 
+/// Checks a registration (namespace, name, nodes with ids and addresses) and returns its
+/// lease clamped to 100 ms – 24 h: what every registry backend accepts.
+pub fn check_registration(
+    namespace: &str,
+    service: &Service,
+    ttl: std::time::Duration,
+) -> Result<std::time::Duration, Status> {
+    crate::namespace::validate(namespace)?;
+    validate_name(&service.name)?;
+    if service.nodes.is_empty() {
+        return Err(Status::bad_request("registry", "a registration needs at least one node"));
+    }
+    if service.nodes.iter().any(|n| n.id.is_empty() || n.address.is_empty()) {
+        return Err(Status::bad_request("registry", "every node needs an id and an address"));
+    }
+    Ok(ttl.clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(24 * 3600)))
+}
+
 /// Checks a service name: 1–128 characters of `a-z A-Z 0-9 . _ -`, not starting with a dot.
 pub fn validate_name(name: &str) -> Result<(), Status> {
     let ok = !name.is_empty()

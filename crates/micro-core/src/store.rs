@@ -91,6 +91,17 @@ pub struct Query {
     pub order: Order,
 }
 
+/// Checks a read or list: the table, and the key unless it is an empty prefix or suffix
+/// (which matches everything). Returns whether the read is exact.
+pub fn check_query(table: &Table, key: &str, query: &Query) -> Result<bool, Status> {
+    table.validate()?;
+    let exact = !query.prefix && !query.suffix;
+    if exact || !key.is_empty() {
+        validate_key(key)?;
+    }
+    Ok(exact)
+}
+
 /// The store interface.
 ///
 /// Expired records are never returned (and are purged in the background).

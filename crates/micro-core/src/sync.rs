@@ -28,6 +28,42 @@ pub trait Sync: Send + std::marker::Sync + 'static {
     async fn unlock(&self, namespace: &str, lock: &Lock) -> Result<(), Status>;
 }
 
+/// Takes lock `id` the way every backend does: checks the request, makes a token, then
+/// calls `attempt(token)` (true when taken) until it succeeds or `wait` runs out, looking
+/// again when `released` is notified or every `poll`.
+pub async fn acquire<F, Fut>(
+    namespace: &str,
+    id: &str,
+    ttl: Duration,
+    wait: Duration,
+    released: &tokio::sync::Notify,
+    poll: Duration,
+    mut attempt: F,
+) -> Result<Lock, Status>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, Status>>,
+{
+    crate::namespace::validate(namespace)?;
+    validate_id(id)?;
+    if ttl.is_zero() || ttl > Duration::from_secs(24 * 3600) {
+        return Err(Status::bad_request("sync", "the lock TTL must be between 1 ms and 24 h"));
+    }
+    let token = uuid::Uuid::new_v4().to_string();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notified = released.notified();
+        if attempt(token.clone()).await? {
+            return Ok(Lock { id: id.to_string(), token, ttl });
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Err(Status::deadline_exceeded("sync", format!("lock {id:?} is held by someone else")));
+        }
+        let _ = tokio::time::timeout(poll.min(deadline - now), notified).await;
+    }
+}
+
 /// Checks a lock id: 1–256 characters of `a-z A-Z 0-9 . _ - /`.
 pub fn validate_id(id: &str) -> Result<(), Status> {
     let ok = !id.is_empty() && id.len() <= 256 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b));

@@ -105,11 +105,7 @@ fn order_limit(q: &Query) -> String {
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn read(&self, table: &Table, key: &str, query: &Query) -> Result<Vec<Record>, Status> {
-        table.validate()?;
-        let exact = !query.prefix && !query.suffix;
-        if exact || !key.is_empty() {
-            validate_key(key)?;
-        }
+        let exact = micro_core::store::check_query(table, key, query)?;
         let (cond, arg) = matcher(key, query);
         let sql = format!(
             "SELECT key, value, metadata, expiry FROM records WHERE db = ?1 AND tbl = ?2 AND {cond} \

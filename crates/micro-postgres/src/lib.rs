@@ -61,19 +61,8 @@ pub(crate) fn pool(id: &str, url: &str) -> Result<deadpool_postgres::Pool, Statu
         .map_err(|e| Status::internal(id, format!("a PostgreSQL pool: {e}")))
 }
 
-/// The database for tests (`MICRO_TEST_POSTGRES`); without it a test skips with a
-/// notice, unless `MICRO_TEST_REQUIRE_BACKENDS` is set (CI), where it fails.
+/// The database for tests (`MICRO_TEST_POSTGRES`), or a notice and `None`.
 #[cfg(test)]
 pub(crate) fn test_url() -> Option<String> {
-    match std::env::var("MICRO_TEST_POSTGRES") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            assert!(
-                std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(),
-                "MICRO_TEST_POSTGRES is not set but MICRO_TEST_REQUIRE_BACKENDS is"
-            );
-            eprintln!("notice: skipping a PostgreSQL test (set MICRO_TEST_POSTGRES=postgres://…)");
-            None
-        }
-    }
+    micro_test::backend_url("MICRO_TEST_POSTGRES")
 }

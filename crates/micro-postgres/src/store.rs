@@ -130,11 +130,7 @@ fn not_found(key: &str, table: &Table) -> Status {
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn read(&self, table: &Table, key: &str, query: &Query) -> Result<Vec<Record>, Status> {
-        table.validate()?;
-        let exact = !query.prefix && !query.suffix;
-        if exact || !key.is_empty() {
-            validate_key(key)?;
-        }
+        let exact = micro_core::store::check_query(table, key, query)?;
         let (cond, arg) = matcher(key, query);
         let sql = format!(
             "SELECT key, value, metadata, expiry FROM {} WHERE db = $1 AND tbl = $2 AND {cond} \

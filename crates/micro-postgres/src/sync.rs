@@ -2,7 +2,7 @@
 //! times are the database's clock, so nodes with skewed clocks still agree.
 
 use crate::{db_error, pool, pool_error};
-use micro_core::sync::{Lock, Sync, validate_id};
+use micro_core::sync::{Lock, Sync};
 use micro_core::{Code, Status};
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,24 +69,10 @@ fn not_held(lock: &Lock) -> Status {
 #[async_trait::async_trait]
 impl Sync for PostgresSync {
     async fn lock(&self, namespace: &str, id: &str, ttl: Duration, wait: Duration) -> Result<Lock, Status> {
-        micro_core::namespace::validate(namespace)?;
-        validate_id(id)?;
-        if ttl.is_zero() || ttl > Duration::from_secs(24 * 3600) {
-            return Err(Status::bad_request(ID, "the lock TTL must be between 1 ms and 24 h"));
-        }
-        let token = uuid::Uuid::new_v4().to_string();
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            let released = self.released.notified();
-            if self.try_lock(namespace, id, &token, ttl).await? {
-                return Ok(Lock { id: id.to_string(), token, ttl });
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Err(Status::deadline_exceeded(ID, format!("lock {id:?} is held by someone else")));
-            }
-            let _ = tokio::time::timeout(POLL.min(deadline - now), released).await;
-        }
+        micro_core::sync::acquire(namespace, id, ttl, wait, &self.released, POLL, |token| async move {
+            self.try_lock(namespace, id, &token, ttl).await
+        })
+        .await
     }
 
     async fn refresh(&self, namespace: &str, lock: &Lock) -> Result<(), Status> {

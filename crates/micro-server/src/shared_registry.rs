@@ -83,15 +83,7 @@ impl SharedRegistry {
 #[tonic::async_trait]
 impl Registry for SharedRegistry {
     async fn register(&self, ns: &str, service: &Service, ttl: Duration) -> Result<(), Status> {
-        namespace::validate(ns)?;
-        validate_name(&service.name)?;
-        if service.nodes.is_empty() {
-            return Err(Status::bad_request("registry", "a registration needs at least one node"));
-        }
-        if service.nodes.iter().any(|n| n.id.is_empty() || n.address.is_empty()) {
-            return Err(Status::bad_request("registry", "every node needs an id and an address"));
-        }
-        let ttl = ttl.clamp(Duration::from_millis(100), Duration::from_secs(24 * 3600));
+        let ttl = micro_core::registry::check_registration(ns, service, ttl)?;
         let mut meta = service.clone();
         meta.nodes.clear();
         meta.version = version(service);

@@ -10,20 +10,9 @@
 use micro_core::store::{Query, Record, Table};
 use micro_test::{TestServer, conformance};
 
-/// The database for tests (`MICRO_TEST_POSTGRES`); without it the test skips with a
-/// notice, unless `MICRO_TEST_REQUIRE_BACKENDS` is set (CI), where it fails.
+/// The database for tests (`MICRO_TEST_POSTGRES`), or a notice and `None`.
 fn url() -> Option<String> {
-    match std::env::var("MICRO_TEST_POSTGRES") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            assert!(
-                std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(),
-                "MICRO_TEST_POSTGRES is not set but MICRO_TEST_REQUIRE_BACKENDS is"
-            );
-            eprintln!("notice: skipping the PostgreSQL nodes test (set MICRO_TEST_POSTGRES=postgres://…)");
-            None
-        }
-    }
+    micro_test::backend_url("MICRO_TEST_POSTGRES")
 }
 
 /// A schema of its own for this run; returns the URL that uses it.

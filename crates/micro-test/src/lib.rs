@@ -150,6 +150,23 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
+/// The URL of an external backend for a test, from the environment variable `var`
+/// (like `MICRO_TEST_POSTGRES`). Without it the test should skip: this prints a notice and
+/// gives `None`, unless `MICRO_TEST_REQUIRE_BACKENDS` is set (CI), where it panics.
+pub fn backend_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            assert!(
+                std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(),
+                "{var} is not set but MICRO_TEST_REQUIRE_BACKENDS is"
+            );
+            eprintln!("notice: skipping a test of an external backend: {var} is not set");
+            None
+        }
+    }
+}
+
 /// Polls `f` every 50 ms until it returns `true`, for at most `timeout`.
 pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
 where
