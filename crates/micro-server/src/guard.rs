@@ -13,6 +13,10 @@ use micro_core::{Code, Status};
 /// The header a verified caller's account id is put in (a client-sent one is dropped).
 pub(crate) const ACCOUNT: &str = "micro-account";
 
+/// Set (to `true`) when the verified caller administers the namespace the call acts in
+/// (a client-sent one is dropped).
+pub(crate) const ADMIN: &str = "micro-account-admin";
+
 /// How a core endpoint is protected.
 #[derive(Debug, PartialEq, Eq)]
 enum Policy {
@@ -64,6 +68,7 @@ pub(crate) struct Guard {
 impl micro::layer::Authorize for Guard {
     async fn authorize(&self, req: &mut http::request::Parts) -> Result<(), Status> {
         req.headers.remove(ACCOUNT);
+        req.headers.remove(ADMIN);
         let path = req.uri.path().to_string();
         let (service, endpoint) = match split_grpc_path(&path) {
             Some((s, e)) => (s.to_string(), e),
@@ -81,6 +86,9 @@ impl micro::layer::Authorize for Guard {
             && let Ok(v) = a.id.parse()
         {
             req.headers.insert(ACCOUNT, v);
+            if a.is_admin_of(&ns) {
+                req.headers.insert(ADMIN, http::HeaderValue::from_static("true"));
+            }
         }
         match policy(&service, &endpoint) {
             Policy::Public => Ok(()),

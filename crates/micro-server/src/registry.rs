@@ -3,6 +3,7 @@
 use micro::proto::registry as pb;
 use micro::status::to_tonic;
 use micro_core::registry::{EventType, Registry};
+use sha2::Digest;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::StreamExt;
@@ -73,6 +74,51 @@ fn not_core(name: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// The node metadata naming who registered a node (a digest of the account, or
+/// `anonymous`), so only they (or an admin) may replace or remove it.
+const OWNER: &str = "registered-by";
+
+/// Who calls, as [`OWNER`] records it, and whether they administer the namespace.
+fn caller<T>(req: &Request<T>, ns: &str) -> (String, bool) {
+    let account = req.metadata().get(crate::guard::ACCOUNT).and_then(|v| v.to_str().ok());
+    let admin = req.metadata().get(crate::guard::ADMIN).is_some();
+    let owner = match account {
+        Some(a) => {
+            let digest = sha2::Sha256::digest(format!("{ns}/{a}").as_bytes());
+            digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+        }
+        None => "anonymous".to_string(),
+    };
+    (owner, admin)
+}
+
+/// Refuses to touch nodes registered by someone else (admins may).
+async fn check_owner(
+    registry: &dyn Registry,
+    ns: &str,
+    service: &micro_core::registry::Service,
+    owner: &str,
+    admin: bool,
+) -> Result<(), Status> {
+    if admin {
+        return Ok(());
+    }
+    let Ok(existing) = registry.get_service(ns, &service.name).await else { return Ok(()) };
+    let ids: Vec<&str> = service.nodes.iter().map(|n| n.id.as_str()).collect();
+    let foreign = existing
+        .iter()
+        .flat_map(|s| &s.nodes)
+        .any(|n| (ids.is_empty() || ids.contains(&n.id.as_str())) && n.metadata.get(OWNER).is_some_and(|o| o != owner));
+    if foreign {
+        return Err(to_tonic(&micro_core::Status::new(
+            micro_core::Code::PermissionDenied,
+            "registry",
+            format!("a node of {} was registered by another account", service.name),
+        )));
+    }
+    Ok(())
+}
+
 /// Serves a [`Registry`] as `registry.Registry`.
 pub(crate) struct RegistryService {
     pub(crate) registry: Arc<dyn Registry>,
@@ -86,11 +132,16 @@ fn service_of(s: Option<pb::Service>) -> Result<micro_core::registry::Service, S
 impl pb::registry_server::Registry for RegistryService {
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let ns = micro::namespace(&req);
+        let (owner, admin) = caller(&req, &ns);
         let r = req.into_inner();
         let ttl =
             if r.ttl_seconds <= 0 { micro::DEFAULT_TTL } else { Duration::from_secs(r.ttl_seconds.min(86_400) as u64) };
-        let service = service_of(r.service)?;
+        let mut service = service_of(r.service)?;
         not_core(&service.name)?;
+        check_owner(self.registry.as_ref(), &ns, &service, &owner, admin).await?;
+        for n in &mut service.nodes {
+            n.metadata.insert(OWNER.to_string(), owner.clone());
+        }
         self.registry.register(&ns, &service, ttl).await.map_err(|e| to_tonic(&e))?;
         Ok(Response::new(pb::RegisterResponse {}))
     }
@@ -100,9 +151,11 @@ impl pb::registry_server::Registry for RegistryService {
         req: Request<pb::DeregisterRequest>,
     ) -> Result<Response<pb::DeregisterResponse>, Status> {
         let ns = micro::namespace(&req);
+        let (owner, admin) = caller(&req, &ns);
         let r = req.into_inner();
         let service = service_of(r.service)?;
         not_core(&service.name)?;
+        check_owner(self.registry.as_ref(), &ns, &service, &owner, admin).await?;
         self.registry.deregister(&ns, &service).await.map_err(|e| to_tonic(&e))?;
         Ok(Response::new(pb::DeregisterResponse {}))
     }

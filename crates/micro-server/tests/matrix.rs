@@ -93,6 +93,8 @@ enum Needs {
     AdminOrOldSecret,
     /// The admin scope of `micro` (creating, listing and deleting namespaces).
     MicroAdmin,
+    /// Nodes registered by another account (here the admin): only an admin removes them.
+    RegisteredByOther,
 }
 
 /// What a call by `who` into `ns` must give.
@@ -103,6 +105,7 @@ fn expected(who: Who, ns: &str, needs: Needs) -> Option<Code> {
         (Who::Anonymous, Needs::MicroAdmin) => Some(Code::Unauthenticated),
         (_, Needs::MicroAdmin) => Some(Code::PermissionDenied),
         (Who::Admin(_), _) | (_, Needs::Rules) | (Who::Service(_), Needs::AdminOrOwnService) => None,
+        (_, Needs::RegisteredByOther) => Some(Code::PermissionDenied),
         (Who::Anonymous, Needs::Admin | Needs::AdminOrOwnService) => Some(Code::Unauthenticated),
         _ => Some(Code::PermissionDenied),
     }
@@ -458,7 +461,7 @@ async fn registry(w: &World, m: &mut Matrix, who: Who, ns: &'static str) {
     let r = client.register(ns, &service(&format!("matrix-{tag}"), ns), Duration::from_secs(120)).await;
     m.check(who, ns, "registry register", code(&r), want);
     let r = client.deregister(ns, &Service { name: format!("victim-{tag}"), ..Default::default() }).await;
-    m.check(who, ns, "registry deregister", code(&r), want);
+    m.check(who, ns, "registry deregister", code(&r), expected(who, ns, Needs::RegisteredByOther));
     let found = client.get_service(ns, "seed").await;
     if m.check(who, ns, "registry get service", code(&found), want) {
         let nodes: Vec<String> = found.iter().flatten().flat_map(|s| s.nodes.iter().map(|n| n.id.clone())).collect();
@@ -570,7 +573,7 @@ async fn leftovers(w: &World, m: &mut Matrix) {
         }
 
         // Registrations: made and removed only by identities allowed to.
-        let mut services = victims(Needs::Rules, false, &|t| format!("victim-{t}"));
+        let mut services = victims(Needs::RegisteredByOther, false, &|t| format!("victim-{t}"));
         services.extend(victims(Needs::Rules, true, &|t| format!("matrix-{t}")));
         services.push("seed".into());
         let registry = w.registry(Who::Admin(ns));
@@ -899,4 +902,42 @@ async fn core_service_names_are_reserved_in_the_registry() {
     // An empty login is a bad request, said by auth.
     let r = micro_test::http(&s.api(), "POST", "/auth/auth/token", &[], b"{}").await;
     assert_eq!((r.status, r.json()["id"].as_str()), (400, Some("auth")), "{}", r.body);
+}
+
+/// A node belongs to the account that registered it: another account (or an anonymous
+/// caller) can neither replace nor remove it; its owner and the namespace's admin can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_belong_to_who_registered_them() {
+    let s = TestServer::start().await;
+    s.create_account("alpha", "owner", "owner-secret-1", "service", &[]).await;
+    s.create_account("alpha", "other", "other-secret-1", "service", &[]).await;
+    s.create_account("alpha", "boss", "boss-secret-1", "user", &["admin"]).await;
+    let as_ = |id: &'static str, secret: &'static str| {
+        let proxy = s.proxy();
+        async move {
+            let token = micro_test::login(&proxy, "alpha", id, secret).await;
+            let source: Arc<dyn TokenSource> = Arc::new(StaticToken(token));
+            micro::registry::RemoteRegistry::with_token(&proxy, Some(source)).unwrap()
+        }
+    };
+    let owner = as_("owner", "owner-secret-1").await;
+    let other = as_("other", "other-secret-1").await;
+    let boss = as_("boss", "boss-secret-1").await;
+    let anonymous = micro::registry::RemoteRegistry::new(&s.proxy()).unwrap();
+    let svc = service("owned", "alpha");
+    owner.register("alpha", &svc, Duration::from_secs(60)).await.unwrap();
+    owner.register("alpha", &svc, Duration::from_secs(60)).await.expect("its owner refreshes it");
+    for (who, r) in [("other", &other), ("anonymous", &anonymous)] {
+        let err = r.register("alpha", &svc, Duration::from_secs(60)).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{who} replaces: {err}");
+        let err = r.deregister("alpha", &svc).await.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{who} removes: {err}");
+        let all = Service { name: "owned".into(), ..Default::default() };
+        assert_eq!(r.deregister("alpha", &all).await.unwrap_err().code(), Code::PermissionDenied, "{who} removes all");
+    }
+    assert_eq!(owner.get_service("alpha", "owned").await.unwrap()[0].nodes.len(), 1, "still there");
+    owner.deregister("alpha", &svc).await.expect("its owner removes it");
+    owner.register("alpha", &svc, Duration::from_secs(60)).await.unwrap();
+    boss.deregister("alpha", &svc).await.expect("the admin removes it");
+    assert_eq!(owner.get_service("alpha", "owned").await.unwrap_err().code(), Code::NotFound);
 }

@@ -320,7 +320,13 @@ async fn register_http(launch: &Launch, id: &str, port: u16) {
         nodes: vec![Node {
             id: id.to_string(),
             address: format!("127.0.0.1:{port}"),
-            metadata: [("protocol".to_string(), "http".to_string()), ("instance".to_string(), id.to_string())].into(),
+            // Registered by the runtime: nobody but an admin may replace or remove it.
+            metadata: [
+                ("protocol".to_string(), "http".to_string()),
+                ("instance".to_string(), id.to_string()),
+                ("registered-by".to_string(), "runtime".to_string()),
+            ]
+            .into(),
         }],
     };
     if let Err(e) = launch.registry.register(&launch.namespace, &svc, HTTP_TTL).await {
