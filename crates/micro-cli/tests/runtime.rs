@@ -429,7 +429,7 @@ async fn git_sources_build_errors_crashes_and_memory_limits() {
         )
     };
     std::fs::write(work.join("svc/micro.toml"), "run = \"python3 app.py\"\n[http]\n").unwrap();
-    for v in ["v1", "v2"] {
+    for v in ["v1", "v2", "v3"] {
         std::fs::write(work.join("svc/app.py"), app(v)).unwrap();
         git(&["add", "."], &work);
         git(&["commit", "-q", "-m", v], &work);
@@ -443,6 +443,12 @@ async fn git_sources_build_errors_crashes_and_memory_limits() {
     let out = s.ok(&["update", &format!("file://{}//svc@v2", bare.display()), "--name", "gitsvc"]).await;
     assert!(out.contains("gitsvc running"), "{out}");
     assert_eq!(s.get("/gitsvc/").await.body, "v2");
+    // A third version: the running build and the one before are kept, older ones go.
+    let out = s.ok(&["update", &format!("file://{}//svc@v3", bare.display()), "--name", "gitsvc"]).await;
+    assert!(out.contains("gitsvc running"), "{out}");
+    assert_eq!(s.get("/gitsvc/").await.body, "v3");
+    let builds = std::fs::read_dir(data.path().join("runtime/builds/micro/gitsvc")).unwrap().count();
+    assert_eq!(builds, 2, "builds kept");
     let err = s.fails(&["run", &format!("file://{}@nope", bare.display()), "--name", "badref"]).await;
     assert!(err.contains("nope"), "{err}");
     s.ok(&["kill", "badref"]).await;

@@ -535,6 +535,7 @@ impl Runtime {
         }
         *m.phase.lock().unwrap_or_else(|e| e.into_inner()) = None;
         tracing::info!(service = %m.name, namespace = %m.namespace, "updated");
+        self.prune_builds(&m, &launch.version);
     }
 
     /// The build of `spec`: kept from before when there is one, else made now.
@@ -601,6 +602,45 @@ impl Runtime {
         match self.inner.settings.get(&ns, &path, true).await {
             Ok(Some(serde_json::Value::String(t))) => Some(t),
             _ => None,
+        }
+    }
+
+    /// Keeps the running build and the newest other one (to go back to); removes older
+    /// builds of the service, and uploads no service uses that are over an hour old.
+    fn prune_builds(&self, m: &Managed, running: &str) {
+        let dir = self.inner.dir.join("builds").join(&m.namespace).join(&m.name);
+        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let mut builds: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.') && e.file_name() != *running)
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        builds.sort();
+        builds.pop(); // the newest other build stays
+        for (_, old) in builds {
+            if let Err(e) = std::fs::remove_dir_all(&old) {
+                tracing::warn!(path = %old.display(), error = %e, "removing an old build failed");
+            }
+        }
+        let used: std::collections::HashSet<String> = self
+            .inner
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|m| m.spec.lock().unwrap_or_else(|e| e.into_inner()).upload.clone())
+            .collect();
+        let Ok(uploads) = std::fs::read_dir(self.upload_dir()) else { return };
+        for e in uploads.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(id) = name.strip_suffix(".tar.gz") else { continue };
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > Duration::from_secs(3600)));
+            if old && !used.contains(id) {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
 
