@@ -82,13 +82,21 @@ fn client(c: &Ctx) -> Result<pb::auth_client::AuthClient<micro::data::Ch>> {
     Ok(pb::auth_client::AuthClient::new(ch))
 }
 
-pub(crate) fn request<T>(c: &Ctx, msg: T, token: Option<&str>) -> Result<tonic::Request<T>> {
+/// A request in the context's namespace, with the token, without a deadline (uploads and
+/// followed streams take as long as they take).
+pub(crate) fn request_unbounded<T>(c: &Ctx, msg: T, token: Option<&str>) -> Result<tonic::Request<T>> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert("micro-namespace", c.namespace.parse().map_err(|_| anyhow!("invalid namespace"))?);
     if let Some(t) = token {
         req.metadata_mut()
             .insert("authorization", format!("Bearer {t}").parse().map_err(|_| anyhow!("invalid token"))?);
     }
+    Ok(req)
+}
+
+/// [`request_unbounded`] with a 10 s deadline.
+pub(crate) fn request<T>(c: &Ctx, msg: T, token: Option<&str>) -> Result<tonic::Request<T>> {
+    let mut req = request_unbounded(c, msg, token)?;
     req.set_timeout(std::time::Duration::from_secs(10));
     Ok(req)
 }

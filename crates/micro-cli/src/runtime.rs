@@ -102,9 +102,7 @@ fn client(c: &Ctx) -> Result<pb::runtime_client::RuntimeClient<micro::data::Ch>>
 /// A request in the context's namespace with its token, without a deadline (uploads
 /// and followed logs take as long as they take).
 fn request<T>(c: &Ctx, msg: T) -> Result<tonic::Request<T>> {
-    let mut r = crate::auth::request(c, msg, c.token.as_deref())?;
-    r.metadata_mut().remove("grpc-timeout");
-    Ok(r)
+    crate::auth::request_unbounded(c, msg, c.token.as_deref())
 }
 
 fn tonic_err(e: tonic::Status) -> anyhow::Error {

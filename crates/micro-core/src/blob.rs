@@ -22,6 +22,9 @@ pub struct BlobInfo {
     pub modified: u64,
 }
 
+/// The content type of an object stored without one.
+pub const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
 /// A stream of chunks.
 pub type Chunks = BoxStream<Result<Bytes, Status>>;
 
@@ -45,6 +48,24 @@ pub trait Blob: Send + Sync + 'static {
     async fn list(&self, namespace: &str, bucket: &str, prefix: &str) -> Result<Vec<BlobInfo>, Status>;
     /// Deletes an object; `NotFound` when absent.
     async fn delete(&self, namespace: &str, bucket: &str, key: &str) -> Result<(), Status>;
+}
+
+/// Checks a content type (printable ASCII, at most 255 bytes); empty means
+/// [`DEFAULT_CONTENT_TYPE`].
+pub fn content_type_or_default(ct: &str) -> Result<String, Status> {
+    if ct.is_empty() {
+        return Ok(DEFAULT_CONTENT_TYPE.to_string());
+    }
+    if ct.len() > 255 || !ct.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return Err(Status::bad_request("blob", format!("invalid content type {ct:?}")));
+    }
+    Ok(ct.to_string())
+}
+
+/// The error of a put over the size limit (413 at the gateway).
+pub fn too_large(max: u64) -> Status {
+    Status::new(crate::Code::ResourceExhausted, "blob", format!("the object exceeds the limit of {max} bytes"))
+        .with_http_status(413)
 }
 
 /// Checks a bucket name: 1–64 of `a-z 0-9 . _ -`, starting with a letter or digit.

@@ -147,6 +147,21 @@ pub fn validate_record(record: &Record) -> Result<(), Status> {
     Ok(())
 }
 
+/// When a record written with `ttl` expires, Unix milliseconds: `ttl` from now, none
+/// for a zero TTL, else the record's own expiry.
+pub fn expiry_of(record: &Record, ttl: Option<std::time::Duration>) -> Option<u64> {
+    match ttl {
+        Some(t) if t.is_zero() => None,
+        Some(t) => Some(now_ms().saturating_add(t.as_millis() as u64)),
+        None => record.expiry,
+    }
+}
+
+/// The error of an exact read or a delete of a key that has no live record.
+pub fn not_found(key: &str, table: &Table) -> Status {
+    Status::not_found("store", format!("no record {key:?} in {}/{}", table.database, table.table))
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)

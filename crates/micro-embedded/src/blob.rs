@@ -12,7 +12,9 @@ use crate::db::{Db, internal};
 use crate::files::sync_dir;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use micro_core::blob::{Blob, BlobInfo, Chunks, DEFAULT_MAX_SIZE, validate_bucket, validate_key};
+use micro_core::blob::{
+    Blob, BlobInfo, Chunks, DEFAULT_MAX_SIZE, content_type_or_default, too_large, validate_bucket, validate_key,
+};
 use micro_core::store::now_ms;
 use micro_core::{Code, Status};
 use rusqlite::{OptionalExtension, params};
@@ -35,8 +37,6 @@ CREATE TABLE IF NOT EXISTS objects (
 ) WITHOUT ROWID;
 ";
 
-/// The content type of objects stored without one.
-const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 /// Bytes per chunk when reading an object.
 const CHUNK: usize = 64 * 1024;
 /// Files unreferenced (or temporary and untouched) for this long are swept at open.
@@ -369,21 +369,6 @@ fn file_path(root: &Path, id: &str) -> PathBuf {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn too_large(max: u64) -> Status {
-    Status::new(Code::ResourceExhausted, "blob", format!("the object exceeds the limit of {max} bytes"))
-        .with_http_status(413)
-}
-
-fn content_type_or_default(ct: &str) -> Result<String, Status> {
-    if ct.is_empty() {
-        return Ok(DEFAULT_CONTENT_TYPE.to_string());
-    }
-    if ct.len() > 255 || !ct.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
-        return Err(Status::bad_request("blob", format!("invalid content type {ct:?}")));
-    }
-    Ok(ct.to_string())
 }
 
 /// Removes a temporary file unless disarmed (also when a put is cancelled).

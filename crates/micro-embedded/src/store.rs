@@ -132,7 +132,7 @@ impl Store for EmbeddedStore {
             })
             .await?;
         if exact && records.is_empty() {
-            return Err(Status::not_found("store", format!("no record {key:?} in {}/{}", table.database, table.table)));
+            return Err(micro_core::store::not_found(key, table));
         }
         Ok(records)
     }
@@ -140,11 +140,7 @@ impl Store for EmbeddedStore {
     async fn write(&self, table: &Table, record: &Record, ttl: Option<Duration>) -> Result<(), Status> {
         table.validate()?;
         validate_record(record)?;
-        let expiry = match ttl {
-            Some(t) if t.is_zero() => None,
-            Some(t) => Some(now_ms().saturating_add(t.as_millis() as u64)),
-            None => record.expiry,
-        };
+        let expiry = micro_core::store::expiry_of(record, ttl);
         let metadata = serde_json::to_string(&record.metadata).map_err(|e| Status::internal("store", e.to_string()))?;
         let (db, tbl, key, value) =
             (table.database.clone(), table.table.clone(), record.key.clone(), record.value.clone());
@@ -184,11 +180,7 @@ impl Store for EmbeddedStore {
                 Ok(matches!(expiry, Some(e) if e.is_none_or(|e| e > now)))
             })
             .await?;
-        if live {
-            Ok(())
-        } else {
-            Err(Status::not_found("store", format!("no record {key:?} in {}/{}", table.database, table.table)))
-        }
+        if live { Ok(()) } else { Err(micro_core::store::not_found(key, table)) }
     }
 
     async fn list(&self, table: &Table, key: &str, query: &Query) -> Result<Vec<String>, Status> {

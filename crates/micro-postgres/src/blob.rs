@@ -3,12 +3,14 @@
 //! transaction, so readers see the old object or the new one, never a mix, and a failed
 //! put leaves nothing behind.
 
-use crate::{db_error, pool, pool_error};
+use crate::{Database, db_error, like_escape};
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
-use micro_core::blob::{Blob, BlobInfo, Chunks, DEFAULT_MAX_SIZE, validate_bucket, validate_key};
+use micro_core::Status;
+use micro_core::blob::{
+    Blob, BlobInfo, Chunks, DEFAULT_MAX_SIZE, content_type_or_default, too_large, validate_bucket, validate_key,
+};
 use micro_core::store::now_ms;
-use micro_core::{Code, Status};
 
 const ID: &str = "blob";
 
@@ -37,20 +39,20 @@ const CHUNK: usize = 1 << 20;
 /// Blobs in PostgreSQL. Cheap to clone.
 #[derive(Clone)]
 pub struct PostgresBlob {
-    pool: deadpool_postgres::Pool,
+    db: Database,
     max_size: u64,
 }
 
 impl PostgresBlob {
     /// Connects to the database at `url` and creates the tables when missing.
     pub async fn connect(url: &str) -> Result<PostgresBlob, Status> {
-        let blob = PostgresBlob { pool: pool(ID, url)?, max_size: DEFAULT_MAX_SIZE };
-        let mut c = blob.client().await?;
-        let tx = c.transaction().await.map_err(|e| db_error(ID, e))?;
-        tx.execute("SELECT pg_advisory_xact_lock(7469012)", &[]).await.map_err(|e| db_error(ID, e))?;
-        tx.batch_execute(SCHEMA).await.map_err(|e| db_error(ID, e))?;
-        tx.commit().await.map_err(|e| db_error(ID, e))?;
-        Ok(blob)
+        PostgresBlob::open(&Database::connect(url)?).await
+    }
+
+    /// Blobs in `db`, creating the tables when missing.
+    pub async fn open(db: &Database) -> Result<PostgresBlob, Status> {
+        db.migrate(ID, SCHEMA).await?;
+        Ok(PostgresBlob { db: db.clone(), max_size: DEFAULT_MAX_SIZE })
     }
 
     /// The largest object (default [`DEFAULT_MAX_SIZE`]).
@@ -60,7 +62,7 @@ impl PostgresBlob {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Status> {
-        self.pool.get().await.map_err(|e| pool_error(ID, e))
+        self.db.client(ID).await
     }
 
     /// Writes the stream as chunks of `version`; its size.
@@ -77,11 +79,7 @@ impl PostgresBlob {
                 let chunk = chunk.as_ref().map_err(Clone::clone)?;
                 size += chunk.len() as u64;
                 if size > self.max_size {
-                    return Err(Status::new(
-                        Code::ResourceExhausted,
-                        ID,
-                        format!("the object exceeds the limit of {} bytes", self.max_size),
-                    ));
+                    return Err(too_large(self.max_size));
                 }
                 buf.extend_from_slice(chunk);
             }
@@ -108,15 +106,7 @@ fn not_found(bucket: &str, key: &str) -> Status {
 }
 
 fn like_prefix(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 1);
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('%');
-    out
+    format!("{}%", like_escape(s))
 }
 
 #[async_trait::async_trait]
@@ -132,7 +122,7 @@ impl Blob for PostgresBlob {
         micro_core::namespace::validate(namespace)?;
         validate_bucket(bucket)?;
         validate_key(key)?;
-        let content_type = if content_type.is_empty() { "application/octet-stream" } else { content_type };
+        let content_type = content_type_or_default(content_type)?;
         let version = uuid::Uuid::new_v4();
         let size = match self.write_chunks(version, data).await {
             Ok(s) => s,
@@ -174,7 +164,7 @@ impl Blob for PostgresBlob {
             self.drop_version(version).await;
             return Err(e);
         }
-        Ok(BlobInfo { bucket: bucket.into(), key: key.into(), size, content_type: content_type.into(), modified })
+        Ok(BlobInfo { bucket: bucket.into(), key: key.into(), size, content_type, modified })
     }
 
     async fn get(&self, namespace: &str, bucket: &str, key: &str) -> Result<(BlobInfo, Chunks), Status> {

@@ -4,7 +4,8 @@
 //! [`PostgresSync`] keeps locks as lease rows timed by the database's clock.
 //! [`PostgresStore`] keeps every record in one keyed table (`micro_store`, primary key
 //! database + table + key, keys in the `C` collation so order is bytewise like the
-//! embedded store's). Connections come from a pool; a call made while the database is
+//! embedded store's). All of them share one [`Database`]: a node keeps one pool of
+//! connections, however many backends use it. A call made while the database is
 //! unreachable fails at once with `Unavailable` (503) and the pool reconnects on its own
 //! when the database is back.
 
@@ -41,24 +42,62 @@ pub(crate) fn pool_error(id: &str, e: deadpool_postgres::PoolError) -> Status {
     }
 }
 
-/// A pool for `url`: a few connections, short timeouts so an outage fails fast.
-pub(crate) fn pool(id: &str, url: &str) -> Result<deadpool_postgres::Pool, Status> {
-    let config: tokio_postgres::Config =
-        url.parse().map_err(|e| Status::bad_request(id, format!("invalid PostgreSQL URL: {e}")))?;
-    let manager = deadpool_postgres::Manager::from_config(
-        config,
-        tokio_postgres::NoTls,
-        deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
-    );
-    let timeout = Some(std::time::Duration::from_secs(5));
-    deadpool_postgres::Pool::builder(manager)
-        .max_size(16)
-        .runtime(deadpool_postgres::Runtime::Tokio1)
-        .wait_timeout(timeout)
-        .create_timeout(timeout)
-        .recycle_timeout(timeout)
-        .build()
-        .map_err(|e| Status::internal(id, format!("a PostgreSQL pool: {e}")))
+/// A PostgreSQL database shared by the backends of a node: one pool (a few connections,
+/// short timeouts so an outage fails fast). Cheap to clone.
+#[derive(Clone)]
+pub struct Database {
+    pool: deadpool_postgres::Pool,
+}
+
+impl Database {
+    /// The database at `url` (`postgres://user@host:port/db`). Connects lazily: the
+    /// backends opened on it connect (and fail clearly when they cannot).
+    pub fn connect(url: &str) -> Result<Database, Status> {
+        let config: tokio_postgres::Config =
+            url.parse().map_err(|e| Status::bad_request("postgres", format!("invalid PostgreSQL URL: {e}")))?;
+        let manager = deadpool_postgres::Manager::from_config(
+            config,
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
+        );
+        let timeout = Some(std::time::Duration::from_secs(5));
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(32)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(timeout)
+            .create_timeout(timeout)
+            .recycle_timeout(timeout)
+            .build()
+            .map_err(|e| Status::internal("postgres", format!("a PostgreSQL pool: {e}")))?;
+        Ok(Database { pool })
+    }
+
+    /// A connection from the pool, for backend `id`'s errors.
+    pub(crate) async fn client(&self, id: &str) -> Result<deadpool_postgres::Object, Status> {
+        self.pool.get().await.map_err(|e| pool_error(id, e))
+    }
+
+    /// Runs `schema` once, under an advisory lock, so nodes starting together do not race
+    /// to create the same tables.
+    pub(crate) async fn migrate(&self, id: &str, schema: &str) -> Result<(), Status> {
+        let mut c = self.client(id).await?;
+        let tx = c.transaction().await.map_err(|e| db_error(id, e))?;
+        tx.execute("SELECT pg_advisory_xact_lock(7469010)", &[]).await.map_err(|e| db_error(id, e))?;
+        tx.batch_execute(schema).await.map_err(|e| db_error(id, e))?;
+        tx.commit().await.map_err(|e| db_error(id, e))
+    }
+}
+
+/// A LIKE pattern matching `s` literally (before any wildcard is added).
+pub(crate) fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// The database for tests (`MICRO_TEST_POSTGRES`), or a notice and `None`.

@@ -1,6 +1,6 @@
 //! The store in PostgreSQL: one keyed table for every database and table.
 
-use crate::{db_error, pool, pool_error};
+use crate::{Database, db_error, like_escape};
 use micro_core::Status;
 use micro_core::store::{Order, Query, Record, Store, Table, now_ms, validate_key, validate_record};
 use std::collections::BTreeMap;
@@ -33,7 +33,7 @@ const PURGE_EVERY: Duration = Duration::from_secs(10);
 /// The store in PostgreSQL. Cheap to clone.
 #[derive(Clone)]
 pub struct PostgresStore {
-    pool: deadpool_postgres::Pool,
+    db: Database,
     /// The SQL table: `micro_store`, or `micro_<name>` for a separate store.
     name: std::sync::Arc<str>,
 }
@@ -42,25 +42,26 @@ impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user@host:port/db`), creates the
     /// table when missing, and purges expired records in the background.
     pub async fn connect(url: &str) -> Result<PostgresStore, Status> {
-        PostgresStore::connect_named(url, "store").await
+        PostgresStore::open(&Database::connect(url)?, "store").await
     }
 
-    /// A separate store in the table `micro_<name>` (for example for auth data, which
-    /// must not be reachable through the store service). `name` is lowercase letters,
-    /// digits and `_`.
-    pub async fn connect_named(url: &str, name: &str) -> Result<PostgresStore, Status> {
+    /// The store in the table `micro_<name>` of `db` (`store` for the store service; a
+    /// separate one for example for auth data, which must not be reachable through the
+    /// store service). `name` is lowercase letters, digits and `_`.
+    pub async fn open(db: &Database, name: &str) -> Result<PostgresStore, Status> {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
             return Err(Status::bad_request(ID, format!("invalid store name {name:?}")));
         }
-        let store = PostgresStore { pool: pool(ID, url)?, name: format!("micro_{name}").into() };
-        store.migrate().await?;
-        let weak = store.pool.weak();
+        let store = PostgresStore { db: db.clone(), name: format!("micro_{name}").into() };
+        db.migrate(ID, &schema(&store.name)).await?;
+        // Purges until the pool is gone.
+        let weak = db.pool.weak();
         let name = store.name.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(PURGE_EVERY).await;
                 let Some(pool) = weak.upgrade() else { return };
-                if let Err(e) = (PostgresStore { pool, name: name.clone() }).purge().await {
+                if let Err(e) = (PostgresStore { db: Database { pool }, name: name.clone() }).purge().await {
                     tracing::warn!(error = %e, "purging expired records failed");
                 }
             }
@@ -68,37 +69,38 @@ impl PostgresStore {
         Ok(store)
     }
 
-    async fn migrate(&self) -> Result<(), Status> {
-        let mut c = self.pool.get().await.map_err(|e| pool_error(ID, e))?;
-        // Nodes starting together must not race to create the table.
-        let tx = c.transaction().await.map_err(|e| db_error(ID, e))?;
-        tx.execute("SELECT pg_advisory_xact_lock(7469010)", &[]).await.map_err(|e| db_error(ID, e))?;
-        tx.batch_execute(&schema(&self.name)).await.map_err(|e| db_error(ID, e))?;
-        tx.commit().await.map_err(|e| db_error(ID, e))
-    }
-
     /// Deletes expired records now; returns how many.
     pub async fn purge(&self) -> Result<u64, Status> {
-        let c = self.pool.get().await.map_err(|e| pool_error(ID, e))?;
+        let c = self.client().await?;
         let sql = format!("DELETE FROM {} WHERE expiry IS NOT NULL AND expiry <= $1", self.name);
         c.execute(&sql, &[&(now_ms() as i64)]).await.map_err(|e| db_error(ID, e))
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Status> {
-        self.pool.get().await.map_err(|e| pool_error(ID, e))
+        self.db.client(ID).await
     }
-}
 
-/// A LIKE pattern matching `s` literally.
-fn like_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
+    /// The live rows of `columns` matching a read or list.
+    async fn select(
+        &self,
+        columns: &str,
+        table: &Table,
+        key: &str,
+        query: &Query,
+    ) -> Result<Vec<tokio_postgres::Row>, Status> {
+        let (cond, arg) = matcher(key, query);
+        let sql = format!(
+            "SELECT {columns} FROM {} WHERE db = $1 AND tbl = $2 AND {cond} \
+             AND (expiry IS NULL OR expiry > $4) {}",
+            self.name,
+            order_limit(query)
+        );
+        let now = now_ms() as i64;
+        let params: [&(dyn ToSql + Sync); 4] = [&table.database, &table.table, &arg, &now];
+        let c = self.client().await?;
+        let stmt = c.prepare_cached(&sql).await.map_err(|e| db_error(ID, e))?;
+        c.query(&stmt, &params).await.map_err(|e| db_error(ID, e))
     }
-    out
 }
 
 /// The condition on the key (parameter $3) and its argument.
@@ -123,26 +125,11 @@ fn order_limit(q: &Query) -> String {
     format!("ORDER BY key {order} LIMIT {limit} OFFSET {}", q.offset)
 }
 
-fn not_found(key: &str, table: &Table) -> Status {
-    Status::not_found(ID, format!("no record {key:?} in {}/{}", table.database, table.table))
-}
-
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn read(&self, table: &Table, key: &str, query: &Query) -> Result<Vec<Record>, Status> {
         let exact = micro_core::store::check_query(table, key, query)?;
-        let (cond, arg) = matcher(key, query);
-        let sql = format!(
-            "SELECT key, value, metadata, expiry FROM {} WHERE db = $1 AND tbl = $2 AND {cond} \
-             AND (expiry IS NULL OR expiry > $4) {}",
-            self.name,
-            order_limit(query)
-        );
-        let now = now_ms() as i64;
-        let params: [&(dyn ToSql + Sync); 4] = [&table.database, &table.table, &arg, &now];
-        let c = self.client().await?;
-        let stmt = c.prepare_cached(&sql).await.map_err(|e| db_error(ID, e))?;
-        let rows = c.query(&stmt, &params).await.map_err(|e| db_error(ID, e))?;
+        let rows = self.select("key, value, metadata, expiry", table, key, query).await?;
         let records: Vec<Record> = rows
             .iter()
             .map(|r| {
@@ -156,7 +143,7 @@ impl Store for PostgresStore {
             })
             .collect();
         if exact && records.is_empty() {
-            return Err(not_found(key, table));
+            return Err(micro_core::store::not_found(key, table));
         }
         Ok(records)
     }
@@ -164,12 +151,7 @@ impl Store for PostgresStore {
     async fn write(&self, table: &Table, record: &Record, ttl: Option<Duration>) -> Result<(), Status> {
         table.validate()?;
         validate_record(record)?;
-        let expiry = match ttl {
-            Some(t) if t.is_zero() => None,
-            Some(t) => Some(now_ms().saturating_add(t.as_millis() as u64)),
-            None => record.expiry,
-        }
-        .map(|e| e as i64);
+        let expiry = micro_core::store::expiry_of(record, ttl).map(|e| e as i64);
         let metadata = serde_json::to_string(&record.metadata).map_err(|e| Status::internal(ID, e.to_string()))?;
         let c = self.client().await?;
         let sql = format!(
@@ -197,7 +179,11 @@ impl Store for PostgresStore {
         let stmt = c.prepare_cached(&sql).await.map_err(|e| db_error(ID, e))?;
         let now = now_ms() as i64;
         let rows = c.query(&stmt, &[&table.database, &table.table, &key, &now]).await.map_err(|e| db_error(ID, e))?;
-        if rows.first().is_some_and(|r| r.get::<_, bool>(0)) { Ok(()) } else { Err(not_found(key, table)) }
+        if rows.first().is_some_and(|r| r.get::<_, bool>(0)) {
+            Ok(())
+        } else {
+            Err(micro_core::store::not_found(key, table))
+        }
     }
 
     async fn list(&self, table: &Table, key: &str, query: &Query) -> Result<Vec<String>, Status> {
@@ -205,18 +191,7 @@ impl Store for PostgresStore {
         if !key.is_empty() {
             validate_key(key)?;
         }
-        let (cond, arg) = matcher(key, query);
-        let sql = format!(
-            "SELECT key FROM {} WHERE db = $1 AND tbl = $2 AND {cond} \
-             AND (expiry IS NULL OR expiry > $4) {}",
-            self.name,
-            order_limit(query)
-        );
-        let now = now_ms() as i64;
-        let params: [&(dyn ToSql + Sync); 4] = [&table.database, &table.table, &arg, &now];
-        let c = self.client().await?;
-        let stmt = c.prepare_cached(&sql).await.map_err(|e| db_error(ID, e))?;
-        let rows = c.query(&stmt, &params).await.map_err(|e| db_error(ID, e))?;
+        let rows = self.select("key", table, key, query).await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
@@ -261,10 +236,11 @@ mod tests {
         assert_eq!(other.read(&t, "k", &Query::default()).await.unwrap()[0].value, b"from a");
         other.delete(&t, "k").await.unwrap();
         // A named store is separate.
-        let auth = PostgresStore::connect_named(&url, "test_separate").await.expect("a named store");
+        let db = Database::connect(&url).unwrap();
+        let auth = PostgresStore::open(&db, "test_separate").await.expect("a named store");
         store.write(&t, &Record::new("k", b"x".to_vec()), None).await.unwrap();
         assert!(auth.list(&t, "", &Query::default()).await.unwrap().is_empty());
-        assert!(PostgresStore::connect_named(&url, "Bad; DROP").await.is_err());
+        assert!(PostgresStore::open(&db, "Bad; DROP").await.is_err());
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! Locks in PostgreSQL: one lease row per lock, taken with a conditional upsert. Lease
 //! times are the database's clock, so nodes with skewed clocks still agree.
 
-use crate::{db_error, pool, pool_error};
+use crate::{Database, db_error};
 use micro_core::sync::{Lock, Sync};
 use micro_core::{Code, Status};
 use std::sync::Arc;
@@ -29,24 +29,24 @@ const POLL: Duration = Duration::from_millis(50);
 /// Locks in PostgreSQL. Cheap to clone.
 #[derive(Clone)]
 pub struct PostgresSync {
-    pool: deadpool_postgres::Pool,
+    db: Database,
     released: Arc<Notify>,
 }
 
 impl PostgresSync {
     /// Connects to the database at `url` and creates the lock table when missing.
     pub async fn connect(url: &str) -> Result<PostgresSync, Status> {
-        let sync = PostgresSync { pool: pool(ID, url)?, released: Arc::new(Notify::new()) };
-        let mut c = sync.client().await?;
-        let tx = c.transaction().await.map_err(|e| db_error(ID, e))?;
-        tx.execute("SELECT pg_advisory_xact_lock(7469011)", &[]).await.map_err(|e| db_error(ID, e))?;
-        tx.batch_execute(SCHEMA).await.map_err(|e| db_error(ID, e))?;
-        tx.commit().await.map_err(|e| db_error(ID, e))?;
-        Ok(sync)
+        PostgresSync::open(&Database::connect(url)?).await
+    }
+
+    /// Locks in `db`, creating the lock table when missing.
+    pub async fn open(db: &Database) -> Result<PostgresSync, Status> {
+        db.migrate(ID, SCHEMA).await?;
+        Ok(PostgresSync { db: db.clone(), released: Arc::new(Notify::new()) })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, Status> {
-        self.pool.get().await.map_err(|e| pool_error(ID, e))
+        self.db.client(ID).await
     }
 
     async fn try_lock(&self, ns: &str, id: &str, token: &str, ttl: Duration) -> Result<bool, Status> {

@@ -61,46 +61,43 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let proxy =
         proxy_listener.local_addr().map_err(|source| Error::Bind { address: config.proxy_address.clone(), source })?;
 
-    // The data plane: embedded, durable backends in the data directory.
+    // The data plane: embedded, durable backends in the data directory; with a shared
+    // PostgreSQL (one pool per node), the registry, records, accounts, blobs and locks
+    // live there instead. The runtime's desired state stays with the node that runs the
+    // services (and holds their builds) until the runtime elects one node to run them.
     let dir = micro_embedded::DataDir::new(&config.data_dir);
-    // The registry: shared by every node in PostgreSQL, or in memory.
-    let registry: Arc<dyn Registry> = match &config.store {
-        Some(crate::Secret(url)) => Arc::new(crate::shared_registry::SharedRegistry::new(Arc::new(
-            micro_postgres::PostgresStore::connect_named(url, "registry").await?,
-        ))),
-        None => Arc::new(MemoryRegistry::new()),
-    };
-    // Records and accounts: shared in PostgreSQL, or embedded. The runtime's desired state
-    // stays with the node that runs the services (and holds their builds) until the
-    // runtime elects one node to run them.
     type StoreArc = Arc<dyn micro_core::store::Store>;
-    let (store, auth_store): (StoreArc, StoreArc) = match &config.store {
-        Some(crate::Secret(url)) => (
-            Arc::new(micro_postgres::PostgresStore::connect(url).await?),
-            Arc::new(micro_postgres::PostgresStore::connect_named(url, "auth").await?),
-        ),
-        None => (
-            Arc::new(micro_embedded::store::EmbeddedStore::open(&dir)?),
-            Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "auth")?),
-        ),
-    };
+    type BlobArc = Arc<dyn micro_core::blob::Blob>;
+    type SyncArc = Arc<dyn micro_core::sync::Sync>;
+    let (registry, store, auth_store, blob, sync): (Arc<dyn Registry>, StoreArc, StoreArc, BlobArc, SyncArc) =
+        match &config.store {
+            Some(crate::Secret(url)) => {
+                use micro_postgres::{Database, PostgresBlob, PostgresStore, PostgresSync};
+                let db = Database::connect(url)?;
+                let registry = PostgresStore::open(&db, "registry").await?;
+                (
+                    Arc::new(crate::shared_registry::SharedRegistry::new(Arc::new(registry))),
+                    Arc::new(PostgresStore::open(&db, "store").await?),
+                    Arc::new(PostgresStore::open(&db, "auth").await?),
+                    Arc::new(PostgresBlob::open(&db).await?.max_size(config.blob_max_size)),
+                    Arc::new(PostgresSync::open(&db).await?),
+                )
+            }
+            None => (
+                Arc::new(MemoryRegistry::new()),
+                Arc::new(micro_embedded::store::EmbeddedStore::open(&dir)?),
+                Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "auth")?),
+                Arc::new(micro_embedded::blob::EmbeddedBlob::open(&dir)?.max_size(config.blob_max_size)),
+                Arc::new(micro_embedded::sync::EmbeddedSync::open(&dir)?),
+            ),
+        };
     let runtime_db: StoreArc = Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "runtime")?);
-    let blob: Arc<dyn micro_core::blob::Blob> = match &config.store {
-        Some(crate::Secret(url)) => {
-            Arc::new(micro_postgres::PostgresBlob::connect(url).await?.max_size(config.blob_max_size))
-        }
-        None => Arc::new(micro_embedded::blob::EmbeddedBlob::open(&dir)?.max_size(config.blob_max_size)),
-    };
     let events: Arc<dyn micro_core::events::Events> = Arc::new(
         micro_embedded::events::EmbeddedEvents::open(&dir)?.retention(config.events_max_age, config.events_max_events),
     );
     let broker: Arc<dyn micro_core::broker::Broker> = Arc::new(micro_embedded::broker::EmbeddedBroker::new());
     let config_backend: Arc<dyn micro_core::config::Config> =
         Arc::new(micro_embedded::config::EmbeddedConfig::open(&dir)?);
-    let sync: Arc<dyn micro_core::sync::Sync> = match &config.store {
-        Some(crate::Secret(url)) => Arc::new(micro_postgres::PostgresSync::connect(url).await?),
-        None => Arc::new(micro_embedded::sync::EmbeddedSync::open(&dir)?),
-    };
 
     // Auth: its own database, signing keys under the data dir, and the first admin.
     let auth = crate::auth::AuthService::open(auth_store, &config.data_dir)?;

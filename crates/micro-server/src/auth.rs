@@ -168,18 +168,23 @@ impl AuthService {
 
     /// Publishes this node's public keys to the auth store and trusts every node's:
     /// nodes sharing the store accept each other's tokens, and no private key leaves
-    /// its node. Done at start, then every few seconds (a new node is trusted soon after
-    /// it starts; a retired key stops being trusted when it expires).
+    /// its node. Done at start; [`AuthService::keep_sharing_keys`] then reloads the others'
+    /// every few seconds (a new node is trusted soon after it starts; a retired key stops
+    /// being trusted when it expires).
     pub(crate) async fn share_keys(&self) -> Result<(), MicroStatus> {
-        let table = Self::keys_table();
-        let own = self.inner.signer.public_keys();
-        for k in &own.keys {
+        for k in &self.inner.signer.public_keys().keys {
             let value = serde_json::to_vec(k).map_err(|e| MicroStatus::internal("auth", e.to_string()))?;
             let ttl = k.not_after.map(|t| Duration::from_secs(t.saturating_sub(now()).max(1)));
-            self.inner.store.write(&table, &Record::new(&k.kid, value), ttl).await?;
+            self.inner.store.write(&Self::keys_table(), &Record::new(&k.kid, value), ttl).await?;
         }
-        let mut keys = own.keys.clone();
-        for r in self.inner.store.read(&table, "", &Query { prefix: true, ..Default::default() }).await? {
+        self.reload_keys().await
+    }
+
+    /// Trusts this node's keys and every other node's in the auth store.
+    async fn reload_keys(&self) -> Result<(), MicroStatus> {
+        let mut keys = self.inner.signer.public_keys().keys;
+        let all = Query { prefix: true, ..Default::default() };
+        for r in self.inner.store.read(&Self::keys_table(), "", &all).await? {
             if let Ok(k) = serde_json::from_slice::<micro::auth::token::PublicKey>(&r.value)
                 && !keys.iter().any(|o| o.kid == k.kid)
                 && k.not_after.is_none_or(|t| t > now())
@@ -196,15 +201,16 @@ impl AuthService {
         Ok(())
     }
 
-    /// Keeps [`AuthService::share_keys`] going in the background until the service is dropped.
+    /// Keeps [`AuthService::reload_keys`] going in the background until the service is
+    /// dropped.
     pub(crate) fn keep_sharing_keys(&self) {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(3)).await;
                 let Some(inner) = weak.upgrade() else { return };
-                if let Err(e) = (AuthService { inner }).share_keys().await {
-                    tracing::warn!(error = %e, "sharing the token keys failed; will retry");
+                if let Err(e) = (AuthService { inner }).reload_keys().await {
+                    tracing::warn!(error = %e, "reading the other nodes' token keys failed; will retry");
                 }
             }
         });

@@ -136,9 +136,9 @@ impl Registry for SharedRegistry {
         let store = self.store.clone();
         let ns = ns.to_string();
         let only = service.filter(|s| !s.is_empty()).map(str::to_string);
-        let first = SharedRegistry::new(store.clone()).entries(&ns, true).await?;
+        let reader = SharedRegistry::new(store);
+        let first = reader.entries(&ns, true).await?;
         let s = async_stream::stream! {
-            let reader = SharedRegistry::new(store);
             let node_key = |e: &Entry| key(&e.service.name, &e.service.version, &e.node.id);
             let mut seen: HashMap<String, Entry> = first.iter().map(|e| (node_key(e), e.clone())).collect();
             loop {

@@ -382,11 +382,16 @@ pub(crate) fn kill_group(pid: u32, hard: bool) {
     }
 }
 
+/// The fields of `/proc/<pid>/stat` after the process's name (state first), on Linux.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.get(stat.rfind(')')? + 2..)?;
+    Some(after.split(' ').map(str::to_string).collect())
+}
+
 /// A process's start time (clock ticks since boot), to recognise it after a restart.
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    after.split(' ').nth(19)?.parse().ok()
+    stat_fields(pid)?.get(19)?.parse().ok()
 }
 
 /// The resident memory of a process group, in bytes (Linux; 0 elsewhere).
@@ -394,12 +399,9 @@ fn group_rss(pgid: u32) -> u64 {
     let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
     let mut total = 0;
     for e in dir.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(close) = stat.rfind(')') else { continue };
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        // Fields after the name: state(0) ppid(1) pgrp(2) … rss(21) in pages.
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Some(fields) = stat_fields(pid) else { continue };
+        // state(0) ppid(1) pgrp(2) … rss(21) in pages.
         if fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) {
             total += fields.get(21).and_then(|r| r.parse::<u64>().ok()).unwrap_or(0) * 4096;
         }
