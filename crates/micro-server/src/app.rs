@@ -61,41 +61,43 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let proxy =
         proxy_listener.local_addr().map_err(|source| Error::Bind { address: config.proxy_address.clone(), source })?;
 
-    // The data plane: embedded, durable backends in the data directory; with a shared
-    // PostgreSQL (one pool per node), the registry, records, accounts, blobs and locks
-    // live there instead. The runtime's desired state stays with the node that runs the
-    // services (and holds their builds) until the runtime elects one node to run them.
+    // The data plane: embedded, durable backends in the data directory by default; the
+    // parts named in `config.backends` live in PostgreSQL (one pool per node and URL),
+    // NATS JetStream or Redis instead, shared with the other nodes. The runtime's desired
+    // state stays with the node that runs the services (and holds their builds).
     let dir = micro_embedded::DataDir::new(&config.data_dir);
+    let shared = crate::backends::Shared::connect(&config.backends).await?;
+    let registry = shared.registry().await?.unwrap_or_else(|| Arc::new(MemoryRegistry::new()));
     type StoreArc = Arc<dyn micro_core::store::Store>;
-    type BlobArc = Arc<dyn micro_core::blob::Blob>;
-    type SyncArc = Arc<dyn micro_core::sync::Sync>;
-    let (registry, store, auth_store, blob, sync): (Arc<dyn Registry>, StoreArc, StoreArc, BlobArc, SyncArc) =
-        match &config.store {
-            Some(crate::Secret(url)) => {
-                use micro_postgres::{Database, PostgresBlob, PostgresStore, PostgresSync};
-                let db = Database::connect(url)?;
-                let registry = PostgresStore::open(&db, "registry").await?;
-                (
-                    Arc::new(crate::shared_registry::SharedRegistry::new(Arc::new(registry))),
-                    Arc::new(PostgresStore::open(&db, "store").await?),
-                    Arc::new(PostgresStore::open(&db, "auth").await?),
-                    Arc::new(PostgresBlob::open(&db).await?.max_size(config.blob_max_size)),
-                    Arc::new(PostgresSync::open(&db).await?),
-                )
-            }
-            None => (
-                Arc::new(MemoryRegistry::new()),
-                Arc::new(micro_embedded::store::EmbeddedStore::open(&dir)?),
-                Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "auth")?),
-                Arc::new(micro_embedded::blob::EmbeddedBlob::open(&dir)?.max_size(config.blob_max_size)),
-                Arc::new(micro_embedded::sync::EmbeddedSync::open(&dir)?),
+    let store = match shared.store().await? {
+        Some(s) => s,
+        None => Arc::new(micro_embedded::store::EmbeddedStore::open(&dir)?),
+    };
+    let auth_store: StoreArc = match shared.named_store("auth").await? {
+        Some(s) => s,
+        None => Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "auth")?),
+    };
+    let blob: Arc<dyn micro_core::blob::Blob> = match shared.blob(config.blob_max_size).await? {
+        Some(b) => b,
+        None => Arc::new(micro_embedded::blob::EmbeddedBlob::open(&dir)?.max_size(config.blob_max_size)),
+    };
+    let sync: Arc<dyn micro_core::sync::Sync> = match shared.sync().await? {
+        Some(s) => s,
+        None => Arc::new(micro_embedded::sync::EmbeddedSync::open(&dir)?),
+    };
+    let runtime_db: StoreArc = Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "runtime")?);
+    let events: Arc<dyn micro_core::events::Events> =
+        match shared.events(config.events_max_age, config.events_max_events).await? {
+            Some(e) => e,
+            None => Arc::new(
+                micro_embedded::events::EmbeddedEvents::open(&dir)?
+                    .retention(config.events_max_age, config.events_max_events),
             ),
         };
-    let runtime_db: StoreArc = Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "runtime")?);
-    let events: Arc<dyn micro_core::events::Events> = Arc::new(
-        micro_embedded::events::EmbeddedEvents::open(&dir)?.retention(config.events_max_age, config.events_max_events),
-    );
-    let broker: Arc<dyn micro_core::broker::Broker> = Arc::new(micro_embedded::broker::EmbeddedBroker::new());
+    let broker: Arc<dyn micro_core::broker::Broker> = match shared.broker().await? {
+        Some(b) => b,
+        None => Arc::new(micro_embedded::broker::EmbeddedBroker::new()),
+    };
     let config_backend: Arc<dyn micro_core::config::Config> =
         Arc::new(micro_embedded::config::EmbeddedConfig::open(&dir)?);
 

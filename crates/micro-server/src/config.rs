@@ -30,11 +30,9 @@ pub struct Config {
     /// The first admin's password (`MICRO_ADMIN_PASSWORD`); default: a random one written
     /// to `admin.password` in the data dir. Never read from the config file.
     pub admin_password: Option<Secret>,
-    /// Where the store, the auth data and the runtime's records live (`MICRO_STORE`, or
-    /// the `MICRO_BACKEND` profile): `postgres://…` shares them between server nodes;
-    /// default: embedded SQLite in the data dir. Never read from the config file's
-    /// plain text into logs (it may hold a password).
-    pub store: Option<Secret>,
+    /// Shared backends that turn nodes into replicas (see [`Backends`]); default: all
+    /// embedded in the data dir. Only from the environment: the URLs may hold passwords.
+    pub backends: Backends,
     /// The runtime: `MICRO_RUNTIME_TARGET_DIR` (the cargo target dir builds share),
     /// `MICRO_RUNTIME_PROFILE` (`release`), `MICRO_RUNTIME_REPO` (where short names are
     /// looked up), `MICRO_RUNTIME_MAX_SERVICES` (per namespace, 50).
@@ -66,8 +64,135 @@ impl Default for Config {
             blob_max_size: micro_core::blob::DEFAULT_MAX_SIZE,
             admin_password: None,
             runtime: crate::RuntimeConfig::default(),
-            store: None,
+            backends: Backends::default(),
         }
+    }
+}
+
+/// Where each part of the data plane lives when nodes share it. Each is a URL; unset
+/// parts stay embedded in the node's data dir.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Backends {
+    /// PostgreSQL for the shared state: the registry, accounts, rules and tokens' keys,
+    /// the store, blobs and locks (`postgres://…` in `MICRO_BACKEND`, or `MICRO_STORE`
+    /// when that is PostgreSQL).
+    pub database: Option<Secret>,
+    /// The store alone (`MICRO_STORE`): `postgres://…` or `redis://…`; default: the database.
+    pub store: Option<Secret>,
+    /// The registry alone (`MICRO_REGISTRY`, `postgres://…`); default: the database.
+    pub registry: Option<Secret>,
+    /// Locks alone (`MICRO_SYNC`): `postgres://…` or `redis://…`; default: Redis when the
+    /// profile names one, else the database.
+    pub sync: Option<Secret>,
+    /// Events (`MICRO_EVENTS`, `nats://…`, JetStream); default: the profile's NATS.
+    pub events: Option<Secret>,
+    /// The broker (`MICRO_BROKER`, `nats://…`); default: the profile's NATS.
+    pub broker: Option<Secret>,
+}
+
+/// Which system a backend URL names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `postgres://` or `postgresql://`.
+    Postgres,
+    /// `nats://` or `tls://`.
+    Nats,
+    /// `redis://` or `rediss://`.
+    Redis,
+}
+
+impl Kind {
+    /// The kind of `url`, if it is one of ours.
+    pub(crate) fn of(url: &str) -> Option<Kind> {
+        if micro_postgres::is_url(url) {
+            Some(Kind::Postgres)
+        } else if micro_nats::is_url(url) {
+            Some(Kind::Nats)
+        } else if micro_redis::is_url(url) {
+            Some(Kind::Redis)
+        } else {
+            None
+        }
+    }
+}
+
+impl Backends {
+    /// Reads `MICRO_BACKEND` (URLs separated by commas or spaces: at most one each of
+    /// PostgreSQL, NATS and Redis) and the per-part variables, which win.
+    fn from_env(env: &impl Fn(&str) -> Option<String>) -> Result<Backends, Error> {
+        let mut b = Backends::default();
+        let mut redis = None;
+        if let Some(profile) = env("MICRO_BACKEND") {
+            for url in profile.split([',', ' ', '\n', '\t']).filter(|u| !u.is_empty()) {
+                let slot = match Kind::of(url) {
+                    Some(Kind::Postgres) => &mut b.database,
+                    Some(Kind::Nats) => &mut b.events,
+                    Some(Kind::Redis) => &mut redis,
+                    None => {
+                        return Err(Error::Config(format!(
+                            "MICRO_BACKEND: {} is not a postgres://, nats:// or redis:// URL",
+                            scheme(url)
+                        )));
+                    }
+                };
+                if slot.is_some() {
+                    return Err(Error::Config("MICRO_BACKEND: give at most one URL of each kind".into()));
+                }
+                *slot = Some(Secret(url.to_string()));
+            }
+        }
+        b.broker = b.events.clone();
+        b.sync = redis.clone();
+        let part = |var: &str, kinds: &[Kind]| -> Result<Option<Secret>, Error> {
+            let Some(url) = env(var).filter(|v| !v.is_empty()) else { return Ok(None) };
+            match Kind::of(&url) {
+                Some(k) if kinds.contains(&k) => Ok(Some(Secret(url))),
+                _ => {
+                    let names: Vec<String> = kinds.iter().map(|k| format!("{k:?}").to_lowercase()).collect();
+                    Err(Error::Config(format!("{var}: {} is not a {} URL", scheme(&url), names.join(" or "))))
+                }
+            }
+        };
+        if let Some(url) = part("MICRO_STORE", &[Kind::Postgres, Kind::Redis])? {
+            if Kind::of(&url.0) == Some(Kind::Postgres) && b.database.is_none() {
+                b.database = Some(url.clone());
+            }
+            b.store = Some(url);
+        }
+        for (var, slot, kinds) in [
+            ("MICRO_REGISTRY", &mut b.registry, &[Kind::Postgres][..]),
+            ("MICRO_SYNC", &mut b.sync, &[Kind::Postgres, Kind::Redis][..]),
+            ("MICRO_EVENTS", &mut b.events, &[Kind::Nats][..]),
+            ("MICRO_BROKER", &mut b.broker, &[Kind::Nats][..]),
+        ] {
+            if let Some(url) = part(var, kinds)? {
+                *slot = Some(url);
+            }
+        }
+        Ok(b)
+    }
+
+    /// The URL each part uses: its own, else the shared database's (NATS parts have no fallback).
+    pub fn store(&self) -> Option<&str> {
+        self.store.as_ref().or(self.database.as_ref()).map(|s| s.0.as_str())
+    }
+
+    /// See [`Backends::store`].
+    pub fn registry(&self) -> Option<&str> {
+        self.registry.as_ref().or(self.database.as_ref()).map(|s| s.0.as_str())
+    }
+
+    /// See [`Backends::store`].
+    pub fn sync(&self) -> Option<&str> {
+        self.sync.as_ref().or(self.database.as_ref()).map(|s| s.0.as_str())
+    }
+}
+
+/// The scheme of a URL, for error messages that must not show a password.
+fn scheme(url: &str) -> String {
+    match url.find("://") {
+        Some(i) => format!("{}://…", &url[..i]),
+        None => "the value".into(),
     }
 }
 
@@ -171,19 +296,7 @@ impl Config {
         if let Some(v) = env("MICRO_BLOB_MAX_SIZE") {
             c.blob_max_size = number("MICRO_BLOB_MAX_SIZE", &v)?;
         }
-        if let Some(v) = env("MICRO_BACKEND").filter(|v| !v.is_empty()) {
-            c.store = Some(Secret(v));
-        }
-        if let Some(v) = env("MICRO_STORE").filter(|v| !v.is_empty()) {
-            c.store = Some(Secret(v));
-        }
-        if let Some(Secret(url)) = &c.store
-            && !micro_postgres::is_url(url)
-        {
-            return Err(Error::Config(
-                "MICRO_STORE: only postgres://… is supported so far (leave it unset for the embedded store)".into(),
-            ));
-        }
+        c.backends = Backends::from_env(&env)?;
         if let Some(v) = env("MICRO_RUNTIME_TARGET_DIR").filter(|v| !v.is_empty()) {
             c.runtime.target_dir = Some(PathBuf::from(v));
         }
@@ -244,5 +357,44 @@ mod tests {
         assert_eq!((c.events_max_events, c.blob_max_size), (Some(1000), 1024));
         assert!(Config::from_env(|k| (k == "MICRO_BLOB_MAX_SIZE").then(|| "-1".to_string()), None).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn backends(vars: &[(&str, &str)]) -> Result<Backends, Error> {
+        let env: HashMap<&str, &str> = vars.iter().copied().collect();
+        Config::from_env(|k| env.get(k).map(|v| v.to_string()), None).map(|c| c.backends)
+    }
+
+    #[test]
+    fn backend_profile_and_parts() {
+        let pg = "postgres://u:pw@db/micro";
+        let b = backends(&[("MICRO_BACKEND", "postgres://u:pw@db/micro, nats://n:4222 redis://r:6379")]).unwrap();
+        assert_eq!(b.database, Some(Secret(pg.into())));
+        assert_eq!((b.store(), b.registry()), (Some(pg), Some(pg)));
+        assert_eq!(b.sync(), Some("redis://r:6379"), "locks go to Redis when the profile has it");
+        assert_eq!(
+            (b.events.clone(), b.broker.clone()),
+            (Some(Secret("nats://n:4222".into())), Some(Secret("nats://n:4222".into())))
+        );
+        // Parts override the profile.
+        let b = backends(&[("MICRO_BACKEND", pg), ("MICRO_STORE", "redis://r"), ("MICRO_SYNC", pg)]).unwrap();
+        assert_eq!(
+            (b.store(), b.sync(), b.database.as_ref().map(|s| s.0.as_str())),
+            (Some("redis://r"), Some(pg), Some(pg))
+        );
+        // MICRO_STORE=postgres alone shares everything stateful, as before.
+        let b = backends(&[("MICRO_STORE", pg)]).unwrap();
+        assert_eq!((b.database.clone(), b.events.clone()), (Some(Secret(pg.into())), None));
+        assert_eq!(backends(&[]).unwrap(), Backends::default());
+        // Bad values: one line naming the variable, never the password.
+        for (var, value) in [
+            ("MICRO_BACKEND", "mysql://u:secretpw@h/db"),
+            ("MICRO_BACKEND", "nats://a:1,nats://b:2"),
+            ("MICRO_EVENTS", "postgres://u:secretpw@h/db"),
+            ("MICRO_STORE", "nats://u:secretpw@h"),
+            ("MICRO_REGISTRY", "redis://u:secretpw@h"),
+        ] {
+            let err = backends(&[(var, value)]).unwrap_err().to_string();
+            assert!(err.contains(var) && !err.contains("secretpw"), "{var}={value}: {err}");
+        }
     }
 }

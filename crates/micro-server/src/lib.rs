@@ -12,6 +12,7 @@
 
 mod app;
 mod auth;
+mod backends;
 mod config;
 mod data;
 pub mod gateway;
@@ -25,7 +26,7 @@ mod websocket;
 
 pub use app::{CORE_SERVICES, Running, start};
 pub use auth::{ACCESS_TTL, ADMIN_PASSWORD_FILE, REFRESH_TTL};
-pub use config::{Config, Secret};
+pub use config::{Backends, Config, Secret};
 pub use runtime::RuntimeConfig;
 
 /// Why the server could not start.

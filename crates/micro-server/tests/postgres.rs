@@ -1,9 +1,10 @@
-//! Two `micro server` nodes sharing PostgreSQL (`MICRO_STORE=postgres://…`): the store
-//! passes its conformance suite through a node, a record written through one node is read
-//! through the other, an account made on one logs in on the other, tokens are good on
-//! both, a lock is exclusive across both, and a service registered through one is called
-//! through the other's proxy and gateway. Each run gets a
-//! schema of its own, dropped at the end.
+//! Two `micro server` nodes sharing PostgreSQL and NATS (`MICRO_BACKEND=postgres://…,nats://…`):
+//! the store passes its conformance suite through a node, a record written through one
+//! node is read through the other, an account made on one logs in on the other, tokens are
+//! good on both, a lock is exclusive across both, an event published on one is consumed by
+//! a group with a member on each, a broker message crosses over, and a service registered
+//! through one is called through the other's proxy and gateway. Then two nodes with the
+//! store and locks in Redis. Each run gets a PostgreSQL schema of its own, dropped at the end.
 
 #![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
 
@@ -35,10 +36,14 @@ async fn two_nodes_share_records_and_accounts() {
     let Some(base) = url() else { return };
     let name = format!("micro_test_{}", std::process::id());
     let url = schema(&base, &name).await;
+    let nats = micro_test::backend_url("MICRO_TEST_NATS");
     let start = || {
         let url = url.clone();
+        let nats = nats.clone().map(micro_server::Secret);
         TestServer::start_with(move |c| {
-            c.store = Some(micro_server::Secret(url));
+            c.backends.database = Some(micro_server::Secret(url));
+            c.backends.events = nats.clone();
+            c.backends.broker = nats;
             c.admin_password = Some(micro_server::Secret("shared-admin-password".into()));
         })
     };
@@ -109,6 +114,10 @@ async fn two_nodes_share_records_and_accounts() {
         .unwrap();
     db.sync.unlock("micro", &held).await.unwrap();
 
+    if nats.is_some() {
+        events_cross_nodes(&da, &db).await;
+    }
+
     // A service registered through A is callable through B's proxy and gateway.
     let svc = micro::Service::new("greeter")
         .server(a.proxy())
@@ -137,4 +146,85 @@ async fn two_nodes_share_records_and_accounts() {
     a.server.stop().await;
     b.server.stop().await;
     drop_schema(&base, &name).await;
+}
+
+/// An event published through A reaches a group with a member on each node (each event
+/// once, both members busy); a broker message published on A reaches B's subscriber.
+async fn events_cross_nodes(da: &micro::data::Data, db: &micro::data::Data) {
+    use futures::StreamExt;
+    use micro_core::events::{ConsumeOptions, Message, Offset};
+    let topic = format!("orders-{}", std::process::id());
+    let options = ConsumeOptions { group: "billing".into(), offset: Offset::First, ..ConsumeOptions::default() };
+    let (mut on_a, mut on_b) = (
+        da.events.consume("micro", &topic, &options).await.unwrap(),
+        db.events.consume("micro", &topic, &options).await.unwrap(),
+    );
+    for n in 0..20 {
+        let m = Message { payload: format!("{{\"n\":{n}}}").into_bytes(), ..Message::default() };
+        da.events.publish("micro", &topic, &m).await.unwrap();
+    }
+    async fn drain(
+        s: &mut micro_core::BoxStream<Result<micro_core::events::Delivery, micro_core::Status>>,
+    ) -> Vec<u64> {
+        let mut got = Vec::new();
+        while let Ok(Some(d)) = tokio::time::timeout(std::time::Duration::from_millis(1500), s.next()).await {
+            let d = d.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            d.ack().await.unwrap();
+            got.push(d.event.seq);
+        }
+        got
+    }
+    let (got_a, got_b) = futures::join!(drain(&mut on_a), drain(&mut on_b));
+    let mut all: Vec<u64> = got_a.iter().chain(&got_b).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=20).collect::<Vec<_>>(), "each event once across the nodes: {got_a:?} + {got_b:?}");
+    assert!(!got_a.is_empty() && !got_b.is_empty(), "both nodes' members work: {got_a:?} / {got_b:?}");
+    let history = db.events.read("micro", &topic, &Default::default()).await.unwrap();
+    assert_eq!(history.len(), 20, "B reads the history published through A");
+
+    let mut sub = db.broker.subscribe("micro", &topic, None).await.unwrap();
+    // The subscription reaches NATS asynchronously: publish until one arrives.
+    let mut published = false;
+    for _ in 0..25 {
+        let m = micro_core::broker::Message { topic: topic.clone(), payload: b"ping".to_vec(), ..Default::default() };
+        da.broker.publish("micro", &m).await.unwrap();
+        if let Ok(Some(Ok(got))) = tokio::time::timeout(std::time::Duration::from_millis(200), sub.next()).await {
+            assert_eq!(got.payload, b"ping");
+            published = true;
+            break;
+        }
+    }
+    assert!(published, "a broker message published on A reaches a subscriber on B");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_a_redis_store_and_locks() {
+    let Some(redis) = micro_test::backend_url("MICRO_TEST_REDIS") else { return };
+    let start = || {
+        let redis = micro_server::Secret(redis.clone());
+        TestServer::start_with(move |c| {
+            c.backends.store = Some(redis.clone());
+            c.backends.sync = Some(redis);
+        })
+    };
+    let (a, b) = (start().await, start().await);
+    let (da, db) = (a.admin_data("micro").await, b.admin_data("micro").await);
+    let t = Table::new("micro", format!("redis-{}", std::process::id()));
+    da.store.write(&t, &Record::new("k", b"from a".to_vec()), Some(std::time::Duration::from_secs(60))).await.unwrap();
+    let r = db.store.read(&t, "k", &Query::default()).await.unwrap();
+    assert_eq!(r[0].value, b"from a", "a record written through A is read through B");
+    assert!(r[0].expiry.is_some(), "with its TTL");
+    db.store.delete(&t, "k").await.unwrap();
+    let id = format!("redis-lock-{}", std::process::id());
+    let held = da.sync.lock("micro", &id, std::time::Duration::from_secs(5), std::time::Duration::ZERO).await.unwrap();
+    let err = db
+        .sync
+        .lock("micro", &id, std::time::Duration::from_secs(5), std::time::Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), micro_core::Code::DeadlineExceeded, "{err}");
+    da.sync.unlock("micro", &held).await.unwrap();
+    a.server.stop().await;
+    b.server.stop().await;
 }

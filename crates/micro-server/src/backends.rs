@@ -1,0 +1,122 @@
+//! The shared backends of a node: one connection (pool) per URL, handed to each part of
+//! the data plane that [`Backends`] places there.
+
+use crate::Error;
+use crate::config::{Backends, Kind};
+use micro::registry::Registry;
+use micro_core::{blob::Blob, broker::Broker, events::Events, store::Store, sync::Sync};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+/// The connections of one node, opened on first use.
+pub(crate) struct Shared {
+    backends: Backends,
+    postgres: Mutex<HashMap<String, micro_postgres::Database>>,
+    nats: Mutex<HashMap<String, micro_nats::Nats>>,
+    redis: Mutex<HashMap<String, micro_redis::Redis>>,
+}
+
+impl Shared {
+    /// Checks the configuration; connections open when a part asks for them.
+    pub(crate) async fn connect(backends: &Backends) -> Result<Shared, Error> {
+        Ok(Shared {
+            backends: backends.clone(),
+            postgres: Mutex::default(),
+            nats: Mutex::default(),
+            redis: Mutex::default(),
+        })
+    }
+
+    async fn database(&self, url: &str) -> Result<micro_postgres::Database, Error> {
+        let mut pools = self.postgres.lock().await;
+        if let Some(db) = pools.get(url) {
+            return Ok(db.clone());
+        }
+        let db = micro_postgres::Database::connect(url)?;
+        pools.insert(url.to_string(), db.clone());
+        Ok(db)
+    }
+
+    async fn nats(&self, url: &str) -> Result<micro_nats::Nats, Error> {
+        let mut conns = self.nats.lock().await;
+        if let Some(n) = conns.get(url) {
+            return Ok(n.clone());
+        }
+        let n = micro_nats::Nats::connect(url).await?;
+        conns.insert(url.to_string(), n.clone());
+        Ok(n)
+    }
+
+    async fn redis(&self, url: &str) -> Result<micro_redis::Redis, Error> {
+        let mut conns = self.redis.lock().await;
+        if let Some(r) = conns.get(url) {
+            return Ok(r.clone());
+        }
+        let r = micro_redis::Redis::connect(url)?;
+        conns.insert(url.to_string(), r.clone());
+        Ok(r)
+    }
+
+    fn database_url(&self) -> Option<&str> {
+        self.backends.database.as_ref().map(|s| s.0.as_str())
+    }
+
+    /// The shared registry (PostgreSQL), if any.
+    pub(crate) async fn registry(&self) -> Result<Option<Arc<dyn Registry>>, Error> {
+        let Some(url) = self.backends.registry() else { return Ok(None) };
+        let store = micro_postgres::PostgresStore::open(&self.database(url).await?, "registry").await?;
+        Ok(Some(Arc::new(crate::shared_registry::SharedRegistry::new(Arc::new(store)))))
+    }
+
+    /// The store (PostgreSQL or Redis), if shared.
+    pub(crate) async fn store(&self) -> Result<Option<Arc<dyn Store>>, Error> {
+        let Some(url) = self.backends.store() else { return Ok(None) };
+        match Kind::of(url) {
+            Some(Kind::Redis) => {
+                Ok(Some(Arc::new(micro_redis::RedisStore::open(&self.redis(url).await?, "store").await?)))
+            }
+            _ => Ok(Some(Arc::new(micro_postgres::PostgresStore::open(&self.database(url).await?, "store").await?))),
+        }
+    }
+
+    /// A named store of the server's own (`auth`), in the shared database if there is one.
+    pub(crate) async fn named_store(&self, name: &str) -> Result<Option<Arc<dyn Store>>, Error> {
+        let Some(url) = self.database_url() else { return Ok(None) };
+        Ok(Some(Arc::new(micro_postgres::PostgresStore::open(&self.database(url).await?, name).await?)))
+    }
+
+    /// Blobs, in the shared database if there is one.
+    pub(crate) async fn blob(&self, max_size: u64) -> Result<Option<Arc<dyn Blob>>, Error> {
+        let Some(url) = self.database_url() else { return Ok(None) };
+        let blob = micro_postgres::PostgresBlob::open(&self.database(url).await?).await?.max_size(max_size);
+        Ok(Some(Arc::new(blob)))
+    }
+
+    /// Locks (PostgreSQL or Redis), if shared.
+    pub(crate) async fn sync(&self) -> Result<Option<Arc<dyn Sync>>, Error> {
+        let Some(url) = self.backends.sync() else { return Ok(None) };
+        match Kind::of(url) {
+            Some(Kind::Redis) => Ok(Some(Arc::new(micro_redis::RedisSync::open(&self.redis(url).await?).await?))),
+            _ => Ok(Some(Arc::new(micro_postgres::PostgresSync::open(&self.database(url).await?).await?))),
+        }
+    }
+
+    /// Events on NATS JetStream, if configured.
+    pub(crate) async fn events(
+        &self,
+        max_age: Option<Duration>,
+        max_events: Option<u64>,
+    ) -> Result<Option<Arc<dyn Events>>, Error> {
+        let Some(url) = &self.backends.events else { return Ok(None) };
+        let nats = self.nats(&url.0).await?;
+        Ok(Some(Arc::new(micro_nats::NatsEvents::new(&nats).retention(max_age, max_events))))
+    }
+
+    /// The broker on NATS, if configured.
+    pub(crate) async fn broker(&self) -> Result<Option<Arc<dyn Broker>>, Error> {
+        let Some(url) = &self.backends.broker else { return Ok(None) };
+        Ok(Some(Arc::new(micro_nats::NatsBroker::new(&self.nats(&url.0).await?))))
+    }
+}
