@@ -635,3 +635,90 @@ async fn a_service_uses_its_own_namespace_with_its_own_account_and_is_refused_in
     let err = s.fails(&["--namespace", "beta", "status", "prober"]).await;
     assert!(err.contains("no service prober"), "{err}");
 }
+
+/// The pids of the instances a server's runtime started (from its pid files).
+fn instance_pids(data: &Path) -> Vec<u32> {
+    fn walk(dir: &Path, out: &mut Vec<u32>) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "pid")
+                && let Some(pid) =
+                    std::fs::read_to_string(&p).ok().and_then(|t| t.split_whitespace().next()?.parse().ok())
+            {
+                out.push(pid);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&data.join("runtime").join("run"), &mut out);
+    out
+}
+
+/// Two servers sharing PostgreSQL and NATS act as one runtime: `micro run` through A runs
+/// the service once (on the elected leader, A), B's CLI and gateway reach it, and when A
+/// dies (SIGKILL, its instances with it, as when its machine goes) B takes over and runs
+/// the service again from the shared upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_run_a_service_once_and_survive_the_leaders_death() {
+    if !have(&["python3"]) {
+        return;
+    }
+    let (Some(pg), Some(nats)) =
+        (micro_test::backend_url("MICRO_TEST_POSTGRES"), micro_test::backend_url("MICRO_TEST_NATS"))
+    else {
+        return;
+    };
+    let schema = micro_test::PgSchema::create(&pg, &format!("micro_cluster_{}", std::process::id())).await;
+    let backend = format!("{},{nats}", schema.url);
+    let env = [("MICRO_BACKEND", backend.as_str())];
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // A starts alone, so it is elected; B joins.
+    let mut a = Server::start(data_a.path(), &env).await;
+    let b = Server::start(data_b.path(), &env).await;
+
+    let folder = repo_root().join("examples/hello-py");
+    let out = a.ok(&["run", folder.to_str().unwrap()]).await;
+    assert!(out.contains("hello-py running"), "{out}");
+    // Through B: the same status, the service routed, its logs.
+    assert_eq!(b.status("hello-py").await["status"], "running");
+    let r = b.get("/hello-py/through-b").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let logs = b.ok(&["logs", "hello-py"]).await;
+    assert!(logs.contains("GET /through-b"), "B shows the leader's logs: {logs}");
+    // Once: one instance, on A; B runs none of it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(b.nodes("hello-py").await.len(), 1);
+    let on_a = instance_pids(data_a.path());
+    assert_eq!(on_a.len(), 1, "A runs one instance: {on_a:?}");
+    assert!(instance_pids(data_b.path()).is_empty(), "B runs nothing while A leads");
+    let err = b.fails(&["run", folder.to_str().unwrap()]).await;
+    assert!(err.contains("already runs"), "the records are shared: {err}");
+
+    // A's machine goes: the server and its instances die at once.
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    for pid in &on_a {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
+    }
+    let started = Instant::now();
+    let mut back = false;
+    while started.elapsed() < Duration::from_secs(90) {
+        let r = b.get("/hello-py/after").await;
+        if r.status == 200 && !instance_pids(data_b.path()).is_empty() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(back, "B runs the service after A died");
+    let (code, out, err) = b.cli(&["status", "hello-py", "-o", "json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["status"], "running");
+    assert_eq!(instance_pids(data_b.path()).len(), 1, "once, on B");
+    eprintln!("failover took {:?}", started.elapsed());
+    b.ok(&["kill", "hello-py"]).await;
+    drop(b);
+    schema.drop().await;
+}

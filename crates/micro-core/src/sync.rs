@@ -123,19 +123,28 @@ pub async fn elect(sync: Arc<dyn Sync>, namespace: &str, election: &str, ttl: Du
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(ttl / 3);
         tick.tick().await;
+        let mut held_until = tokio::time::Instant::now() + ttl;
         loop {
             tokio::select! {
                 _ = &mut stopped => {
                     let _ = sync.unlock(&ns, &lock).await;
                     return;
                 }
-                _ = tick.tick() => {
-                    if let Err(e) = sync.refresh(&ns, &lock).await {
+                _ = tick.tick() => match sync.refresh(&ns, &lock).await {
+                    Ok(()) => held_until = tokio::time::Instant::now() + ttl,
+                    // The backend is unreachable, but the lock may still be ours: keep
+                    // trying while it would not have expired.
+                    Err(e) if e.code() != Code::FailedPrecondition
+                        && tokio::time::Instant::now() + ttl / 3 < held_until =>
+                    {
+                        tracing::warn!(error = %e, lock = %lock.id, "refreshing leadership failed; retrying");
+                    }
+                    Err(e) => {
                         tracing::warn!(error = %e, lock = %lock.id, "leadership lost");
                         let _ = lost_tx.send(true);
                         return;
                     }
-                }
+                },
             }
         }
     });

@@ -85,7 +85,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         Some(s) => s,
         None => Arc::new(micro_embedded::sync::EmbeddedSync::open(&dir)?),
     };
-    let runtime_db: StoreArc = Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "runtime")?);
+    // With a shared database, the runtime's records and uploads are shared, and one
+    // elected node runs the services.
+    let (runtime_db, cluster): (StoreArc, _) = match shared.named_store("runtime").await? {
+        Some(db) => {
+            let uploads =
+                shared.blob(config.runtime.upload_max).await?.ok_or_else(|| Error::Config("no shared blobs".into()))?;
+            (db, Some(crate::runtime::Cluster { sync: sync.clone(), uploads }))
+        }
+        None => (Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "runtime")?), None),
+    };
     let events: Arc<dyn micro_core::events::Events> =
         match shared.events(config.events_max_age, config.events_max_events).await? {
             Some(e) => e,
@@ -118,6 +127,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         auth.clone(),
         runtime_db,
         config_backend.clone(),
+        cluster,
     )
     .await?;
 
@@ -199,7 +209,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let client = Client::new(routing.clone());
     let local: HashSet<String> = CORE_SERVICES.iter().map(|s| s.to_string()).collect();
     let guard: Arc<dyn micro::layer::Authorize> = Arc::new(crate::guard::Guard { auth: auth.clone() });
-    let proxy_svc = Proxy::new(core.layered(Some(guard)), local, client.clone());
+    let proxy_svc = Proxy::new(core.layered(Some(guard)), local, client.clone(), runtime.clone());
     let gateway = Gateway::new(&config, routing, client, metrics.clone(), auth.clone());
 
     let (tx, rx) = watch::channel(false);

@@ -71,6 +71,8 @@ struct Inner {
     cache: Mutex<HashMap<String, CachedRules>>,
     /// Tokens already verified, until they expire.
     verified: Mutex<HashMap<String, Claims>>,
+    /// When the other nodes' keys were last read because a token named an unknown one.
+    looked_up: Mutex<Option<Instant>>,
 }
 
 /// Rules of a namespace with the generation they were read at.
@@ -137,6 +139,7 @@ impl AuthService {
                 generation: std::sync::atomic::AtomicU64::new(0),
                 cache: Mutex::new(HashMap::new()),
                 verified: Mutex::new(HashMap::new()),
+                looked_up: Mutex::new(None),
             }),
         })
     }
@@ -181,6 +184,26 @@ impl AuthService {
     }
 
     /// Trusts this node's keys and every other node's in the auth store.
+    /// Before a token is verified: when it is signed by a key this node does not know
+    /// (a node that started a moment ago), reads the shared keys at once instead of
+    /// waiting for the next reload. At most every 200 ms, so bad tokens cost little.
+    pub(crate) async fn learn_signer_of(&self, token: &str) {
+        let Err(e) = self.verify(token) else { return };
+        if !e.detail().contains("unknown key") {
+            return;
+        }
+        {
+            let mut last = self.inner.looked_up.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        if let Err(e) = self.reload_keys().await {
+            tracing::warn!(error = %e, "reading the other nodes' token keys failed");
+        }
+    }
+
     async fn reload_keys(&self) -> Result<(), MicroStatus> {
         let mut keys = self.inner.signer.public_keys().keys;
         let all = Query { prefix: true, ..Default::default() };

@@ -168,6 +168,9 @@ impl Gateway {
     }
 
     async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+        if let Some(token) = micro::auth::bearer(req.headers()) {
+            self.inner.auth.learn_signer_of(&token).await;
+        }
         let path = req.uri().path();
         if req.method() == Method::GET && path == "/" {
             let v = serde_json::json!({"name": "micro", "version": env!("CARGO_PKG_VERSION"), "api": "ok"});

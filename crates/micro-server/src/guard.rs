@@ -78,6 +78,9 @@ impl micro::layer::Authorize for Guard {
                 (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string())
             }
         };
+        if let Some(t) = bearer(&req.headers) {
+            self.auth.learn_signer_of(&t).await;
+        }
         let (account, ns) = identify(&self.auth, &req.headers)?;
         if let Ok(v) = ns.parse() {
             req.headers.insert(NAMESPACE, v);

@@ -24,6 +24,7 @@ struct Inner {
     local: HashSet<String>,
     client: Client,
     http: HttpClient<HttpConnector, Body>,
+    runtime: crate::runtime::Runtime,
 }
 
 const HOP_BY_HOP: [&str; 7] = [
@@ -37,12 +38,17 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 impl Proxy {
-    pub(crate) fn new(core: LayeredRouter, local: HashSet<String>, client: Client) -> Proxy {
+    pub(crate) fn new(
+        core: LayeredRouter,
+        local: HashSet<String>,
+        client: Client,
+        runtime: crate::runtime::Runtime,
+    ) -> Proxy {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(2)));
         let http = HttpClient::builder(TokioExecutor::new()).http2_only(true).build(conn);
-        Proxy { inner: Arc::new(Inner { core, local, client, http }) }
+        Proxy { inner: Arc::new(Inner { core, local, client, http, runtime }) }
     }
 
     pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
@@ -58,12 +64,27 @@ impl Proxy {
             _ if !grpc => first.to_string(),
             _ => first.to_string(),
         };
-        if first.starts_with("grpc.") || self.inner.local.contains(&service) {
-            return self.inner.core.clone().oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {});
-        }
         let error = |st: Status| {
             if grpc { micro::frame::error_response(&st, "application/grpc") } else { micro::json_error(&st) }
         };
+        // In a cluster, one elected node runs the services: runtime calls go there.
+        if service == "runtime" {
+            match self.inner.runtime.route().await {
+                Ok(crate::runtime::Route::Local) => {}
+                Ok(crate::runtime::Route::Leader(_)) if req.headers().contains_key(crate::runtime::FORWARDED) => {
+                    return error(Status::unavailable("proxy", "the runtime leader is changing; try again"));
+                }
+                Ok(crate::runtime::Route::Leader(leader)) => {
+                    let mut req = req;
+                    req.headers_mut().insert(crate::runtime::FORWARDED, http::HeaderValue::from_static("1"));
+                    return self.forward(req, &leader, &service, grpc, false).await;
+                }
+                Err(e) => return error(e),
+            }
+        }
+        if first.starts_with("grpc.") || self.inner.local.contains(&service) {
+            return self.inner.core.clone().oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {});
+        }
         if service.is_empty() {
             return error(Status::not_found("proxy", format!("no service in path {path}")));
         }
@@ -71,6 +92,22 @@ impl Proxy {
         let node = match self.inner.client.resolve(&service, Some(&ns)).await {
             Ok(n) => n,
             Err(e) => return error(e),
+        };
+        self.forward(req, &node, &service, grpc, true).await
+    }
+
+    /// Sends `req` on to `node`; `resolved`: the node came from the registry (and is
+    /// reported when unreachable).
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        node: &str,
+        service: &str,
+        grpc: bool,
+        resolved: bool,
+    ) -> Response<Body> {
+        let error = |st: Status| {
+            if grpc { micro::frame::error_response(&st, "application/grpc") } else { micro::json_error(&st) }
         };
         let (mut parts, body) = req.into_parts();
         let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -86,7 +123,9 @@ impl Proxy {
         match self.inner.http.request(Request::from_parts(parts, Body::new(body))).await {
             Ok(res) => res.map(Body::new),
             Err(e) => {
-                self.inner.client.report_failure(&node);
+                if resolved {
+                    self.inner.client.report_failure(node);
+                }
                 error(Status::unavailable("proxy", format!("{service} at {node} is unreachable: {e}")))
             }
         }

@@ -16,26 +16,11 @@ fn url() -> Option<String> {
     micro_test::backend_url("MICRO_TEST_POSTGRES")
 }
 
-/// A schema of its own for this run; returns the URL that uses it.
-async fn schema(url: &str, name: &str) -> String {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}")).await.unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}options=-csearch_path%3D{name}")
-}
-
-async fn drop_schema(url: &str, name: &str) {
-    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    client.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await.unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_share_records_and_accounts() {
     let Some(base) = url() else { return };
-    let name = format!("micro_test_{}", std::process::id());
-    let url = schema(&base, &name).await;
+    let schema = micro_test::PgSchema::create(&base, &format!("micro_test_{}", std::process::id())).await;
+    let url = schema.url.clone();
     let nats = micro_test::backend_url("MICRO_TEST_NATS");
     let start = || {
         let url = url.clone();
@@ -145,7 +130,7 @@ async fn two_nodes_share_records_and_accounts() {
 
     a.server.stop().await;
     b.server.stop().await;
-    drop_schema(&base, &name).await;
+    schema.drop().await;
 }
 
 /// An event published through A reaches a group with a member on each node (each event

@@ -193,3 +193,32 @@ pub fn sibling_binary(name: &str) -> std::path::PathBuf {
     assert!(p.exists(), "{} is not built; run `cargo build --workspace` first", p.display());
     p
 }
+
+/// A PostgreSQL schema of a test's own, so runs and tests never see each other's tables.
+pub struct PgSchema {
+    base: String,
+    name: String,
+    /// The URL whose connections use the schema.
+    pub url: String,
+}
+
+impl PgSchema {
+    /// Creates schema `name` (dropping an old one) in the database at `base`.
+    pub async fn create(base: &str, name: &str) -> PgSchema {
+        Self::exec(base, &format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}")).await;
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-csearch_path%3D{name}");
+        PgSchema { base: base.to_string(), name: name.to_string(), url }
+    }
+
+    /// Drops the schema and everything in it.
+    pub async fn drop(self) {
+        Self::exec(&self.base, &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name)).await;
+    }
+
+    async fn exec(url: &str, sql: &str) {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("PostgreSQL answers");
+        tokio::spawn(conn);
+        client.batch_execute(sql).await.expect("the schema statement runs");
+    }
+}

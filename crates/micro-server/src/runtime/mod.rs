@@ -2,6 +2,11 @@
 //! instances, env, limits, the build it runs) is kept in `runtime.db`; builds are kept
 //! under `runtime/builds`, so a restart of the server brings every service back without
 //! building it again. Every service runs as its own service account.
+//!
+//! When nodes share a database ([`Cluster`]), the desired state and the uploaded sources
+//! are shared too, and one node, elected through the shared locks, runs every service:
+//! the others forward runtime calls to it (see [`Runtime::route`]). When the leader dies,
+//! another node is elected within the lock's TTL and brings every service back.
 
 mod build;
 mod logs;
@@ -23,6 +28,38 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const ID: &str = "runtime";
+/// How long a runtime leader's lock lasts without a refresh: the longest a dead leader's
+/// services stay down before another node runs them.
+const LEADER_TTL: Duration = Duration::from_secs(6);
+/// Where the leader's address is kept, for the other nodes.
+const LEADER_KEY: &str = "leader";
+/// The blob bucket (in the `micro` namespace) of shared uploads.
+const UPLOADS_BUCKET: &str = "runtime-uploads";
+/// The header marking a runtime call forwarded to the leader (never forwarded again).
+pub(crate) const FORWARDED: &str = "micro-runtime-forwarded";
+
+/// What nodes sharing a database share for the runtime.
+pub(crate) struct Cluster {
+    /// The locks the leader is elected with.
+    pub(crate) sync: Arc<dyn micro_core::sync::Sync>,
+    /// Where uploaded sources are kept for whichever node builds them.
+    pub(crate) uploads: Arc<dyn micro_core::blob::Blob>,
+}
+
+struct ClusterState {
+    shared: Cluster,
+    leader: std::sync::atomic::AtomicBool,
+    /// The leader's proxy address, and when it was read.
+    known: Mutex<Option<(String, std::time::Instant)>>,
+}
+
+/// Where a runtime call is served.
+pub(crate) enum Route {
+    /// Here.
+    Local,
+    /// At the leader's proxy, at this address.
+    Leader(String),
+}
 
 /// How the runtime is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +110,9 @@ struct Inner {
     services: Mutex<HashMap<(String, String), Arc<Managed>>>,
     /// One build at a time: builds are what the machine is slow at.
     building: tokio::sync::Mutex<()>,
+    cluster: Option<ClusterState>,
+    /// Set when the server stops (ends the campaign for leadership).
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 /// A service the runtime manages.
@@ -109,6 +149,7 @@ impl Runtime {
         auth: AuthService,
         db: Arc<dyn Store>,
         settings: Arc<dyn micro_core::config::Config>,
+        cluster: Option<Cluster>,
     ) -> Result<Runtime, Status> {
         let dir = data_dir.join("runtime");
         std::fs::create_dir_all(&dir).map_err(|e| Status::internal(ID, format!("{}: {e}", dir.display())))?;
@@ -129,11 +170,29 @@ impl Runtime {
                 settings,
                 services: Mutex::new(HashMap::new()),
                 building: tokio::sync::Mutex::new(()),
+                cluster: cluster.map(|shared| ClusterState {
+                    shared,
+                    leader: Default::default(),
+                    known: Mutex::new(None),
+                }),
+                stopping: tokio::sync::watch::channel(false).0,
             }),
         };
+        if rt.inner.cluster.is_some() {
+            rt.campaign();
+        } else {
+            rt.restore().await?;
+        }
+        Ok(rt)
+    }
+
+    /// Brings every recorded service back to its desired state.
+    async fn restore(&self) -> Result<(), Status> {
         let table = Self::table();
-        for key in rt.inner.db.list(&table, "", &Query::default()).await? {
-            let Some(r) = rt.inner.db.read(&table, &key, &Query::default()).await?.into_iter().next() else { continue };
+        for key in self.inner.db.list(&table, "", &Query::default()).await? {
+            let Some(r) = self.inner.db.read(&table, &key, &Query::default()).await?.into_iter().next() else {
+                continue;
+            };
             let Ok(spec) = serde_json::from_slice::<Stored>(&r.value) else {
                 tracing::warn!(%key, "skipping an unreadable runtime record");
                 continue;
@@ -141,12 +200,158 @@ impl Runtime {
             let owner = spec.owner.clone();
             let spec = spec.into_pb();
             let ns = key.split_once('/').map(|(ns, _)| ns.to_string()).unwrap_or_default();
-            let m = rt.managed(&ns, &spec.name, spec.clone());
+            let m = self.managed(&ns, &spec.name, spec.clone());
             *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner;
             tracing::info!(service = %m.name, namespace = %m.namespace, version = %spec.version, "restoring");
-            rt.spawn_deploy(m, spec, false);
+            self.spawn_deploy(m, spec, false);
         }
-        Ok(rt)
+        Ok(())
+    }
+
+    /// Campaigns for leadership until the server stops: while elected, this node runs
+    /// every service; when leadership is lost, it stops them (the new leader runs them).
+    fn campaign(&self) {
+        let rt = self.clone();
+        let mut stopping = self.inner.stopping.subscribe();
+        tokio::spawn(async move {
+            let Some(c) = rt.inner.cluster.as_ref() else { return };
+            loop {
+                let elected = tokio::select! {
+                    r = micro_core::sync::elect(c.shared.sync.clone(), micro_core::namespace::DEFAULT, "runtime", LEADER_TTL) => r,
+                    () = stopped(&mut stopping) => return,
+                };
+                let mut leadership = match elected {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "campaigning for runtime leadership failed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                tracing::info!(node = %rt.inner.server, "elected runtime leader");
+                c.leader.store(true, std::sync::atomic::Ordering::SeqCst);
+                let record = Record::new(LEADER_KEY, rt.inner.server.clone().into_bytes());
+                let announced = async {
+                    while let Err(e) = rt.inner.db.write(&Self::cluster_table(), &record, None).await {
+                        tracing::warn!(error = %e, "announcing the runtime leader failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    if let Err(e) = rt.restore().await {
+                        tracing::warn!(error = %e, "restoring the services failed");
+                    }
+                };
+                tokio::select! {
+                    () = announced => {}
+                    _ = leadership.lost() => {}
+                }
+                tokio::select! {
+                    _ = leadership.lost() => {}
+                    () = stopped(&mut stopping) => {
+                        leadership.resign().await;
+                        return;
+                    }
+                }
+                c.leader.store(false, std::sync::atomic::Ordering::SeqCst);
+                tracing::warn!("runtime leadership lost: stopping the services here");
+                rt.stop_local().await;
+            }
+        });
+    }
+
+    /// Where runtime calls are served: here without a cluster or when this node leads;
+    /// else at the leader; `Unavailable` while no leader is known.
+    pub(crate) async fn route(&self) -> Result<Route, Status> {
+        let Some(c) = &self.inner.cluster else { return Ok(Route::Local) };
+        if c.leader.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(Route::Local);
+        }
+        let cached = c
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|(_, at)| at.elapsed() < Duration::from_secs(1));
+        let address = match cached {
+            Some((a, _)) => Some(a),
+            None => {
+                let read = self.inner.db.read(&Self::cluster_table(), LEADER_KEY, &Query::default()).await;
+                let address = match read {
+                    Ok(r) => r.into_iter().next().map(|r| String::from_utf8_lossy(&r.value).to_string()),
+                    Err(e) if e.code() == Code::NotFound => None,
+                    Err(e) => return Err(e),
+                };
+                if let Some(a) = &address {
+                    *c.known.lock().unwrap_or_else(|e| e.into_inner()) = Some((a.clone(), std::time::Instant::now()));
+                }
+                address
+            }
+        };
+        match address {
+            Some(a) if a != self.inner.server => Ok(Route::Leader(a)),
+            _ => Err(Status::unavailable(ID, "no runtime leader is elected yet; try again in a few seconds")),
+        }
+    }
+
+    /// Stops and forgets every service here (their desired state stays).
+    async fn stop_local(&self) {
+        self.stop_instances().await;
+        let all: Vec<_> =
+            self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).drain().map(|(_, m)| m).collect();
+        for m in all {
+            let deploys = std::mem::take(&mut *m.deploys.lock().unwrap_or_else(|e| e.into_inner()));
+            for d in deploys {
+                d.abort();
+            }
+        }
+    }
+
+    fn cluster_table() -> Table {
+        Table::new("runtime", "cluster")
+    }
+
+    /// Makes sure upload `id` is on this node's disk, fetching it from the shared
+    /// uploads when another node received it.
+    async fn fetch_upload(&self, id: &str) -> Result<(), Status> {
+        let Some(c) = &self.inner.cluster else { return Ok(()) };
+        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) || self.upload_path(id).exists() {
+            return Ok(());
+        }
+        let (_, mut chunks) = match c.shared.uploads.get(micro_core::namespace::DEFAULT, UPLOADS_BUCKET, id).await {
+            Ok(got) => got,
+            Err(e) if e.code() == Code::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let dir = self.upload_dir();
+        tokio::fs::create_dir_all(&dir).await.map_err(|e| Status::internal(ID, e.to_string()))?;
+        let tmp = dir.join(format!(".{}.part", uuid::Uuid::new_v4()));
+        let written = async {
+            use futures::StreamExt;
+            use tokio::io::AsyncWriteExt;
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| Status::internal(ID, e.to_string()))?;
+            while let Some(chunk) = chunks.next().await {
+                file.write_all(&chunk?).await.map_err(|e| Status::internal(ID, e.to_string()))?;
+            }
+            file.sync_all().await.map_err(|e| Status::internal(ID, e.to_string()))?;
+            tokio::fs::rename(&tmp, self.upload_path(id)).await.map_err(|e| Status::internal(ID, e.to_string()))
+        }
+        .await;
+        let _ = tokio::fs::remove_file(&tmp).await;
+        written
+    }
+
+    /// Shares a new upload with the other nodes.
+    async fn share_upload(&self, id: &str) -> Result<(), Status> {
+        let Some(c) = &self.inner.cluster else { return Ok(()) };
+        let data = tokio::fs::read(self.upload_path(id)).await.map_err(|e| Status::internal(ID, e.to_string()))?;
+        let chunks = futures::stream::iter(
+            data.chunks(1 << 20).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect::<Vec<_>>(),
+        );
+        let chunks: micro_core::blob::Chunks = Box::pin(chunks);
+        c.shared
+            .uploads
+            .put(micro_core::namespace::DEFAULT, UPLOADS_BUCKET, id, "application/gzip", chunks)
+            .await
+            .map(drop)
     }
 
     fn table() -> Table {
@@ -229,6 +434,7 @@ impl Runtime {
         spec: pb::Service,
         owner: Option<(String, String)>,
     ) -> Result<pb::Service, Status> {
+        self.fetch_upload(&spec.upload).await?;
         let spec = self.check(spec)?;
         let m = {
             let services = self.inner.services.lock().unwrap_or_else(|e| e.into_inner());
@@ -294,6 +500,7 @@ impl Runtime {
                 spec.metadata = old.metadata.clone();
             }
         }
+        self.fetch_upload(&spec.upload).await?;
         let spec = self.check(spec)?;
         self.persist(&m, &spec).await?;
         self.spawn_deploy(m.clone(), spec, true);
@@ -346,6 +553,11 @@ impl Runtime {
 
     /// Stops every instance (the desired state stays, for the next start).
     pub(crate) async fn shutdown(&self) {
+        self.inner.stopping.send_replace(true);
+        self.stop_instances().await;
+    }
+
+    async fn stop_instances(&self) {
         let all: Vec<_> = self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         let mut stops = Vec::new();
         for m in &all {
@@ -564,6 +776,7 @@ impl Runtime {
             source::Source::Upload(id) => {
                 m.build_log.line("build", &format!("[runtime] unpacking {}", spec.source));
                 clear_dir(&src)?;
+                self.fetch_upload(&id).await?;
                 let archive = self.upload_path(&id);
                 let dest = src.clone();
                 tokio::task::spawn_blocking(move || source::unpack(&archive, &dest))
@@ -686,6 +899,11 @@ impl Runtime {
 }
 
 /// The service account a runtime service runs as.
+/// Resolves once the server is stopping.
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
 pub(crate) fn account_id(name: &str) -> String {
     format!("runtime-{name}")
 }

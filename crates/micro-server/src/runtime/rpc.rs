@@ -110,6 +110,7 @@ impl pb::runtime_server::Runtime for Runtime {
                 return Err(t(MicroStatus::bad_request(ID, "an empty upload")));
             }
             std::fs::rename(&tmp, self.upload_path(&id)).map_err(|e| Status::internal(e.to_string()))?;
+            self.share_upload(&id).await.map_err(t)?;
             Ok(pb::UploadResponse { id, size })
         }
         .await;
@@ -127,6 +128,7 @@ impl pb::runtime_server::Runtime for Runtime {
         if !owned {
             return Err(t(MicroStatus::not_found(ID, format!("no upload {id} in {ns}"))));
         }
+        self.fetch_upload(&id).await.map_err(t)?;
         let data = tokio::fs::read(self.upload_path(&id)).await.map_err(|e| Status::not_found(e.to_string()))?;
         let chunks: Vec<_> =
             data.chunks(1 << 20).map(|c| Ok(pb::DownloadResponse { chunk: c.to_vec() })).collect::<Vec<_>>();
