@@ -1,6 +1,9 @@
 //! Config: one JSON document per namespace, addressed by dot paths
 //! (`helloworld.db.url`). Getting a parent returns its subtree; setting an object merges
 //! it; secrets are encrypted at rest and read back as `"[secret]"` unless asked for.
+//! [`doc`] is the half of a backend that does not depend on its storage.
+
+pub mod doc;
 
 use crate::{BoxStream, Status};
 use serde::{Deserialize, Serialize};

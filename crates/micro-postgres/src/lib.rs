@@ -1,5 +1,8 @@
 //! PostgreSQL backends of Micro, for `micro server` nodes that share their state.
 //!
+//! [`PostgresConfig`] keeps one config document per namespace, its secrets sealed under
+//! the server key every node must share, and tells every node's watchers about changes
+//! through `LISTEN`/`NOTIFY`.
 //! [`PostgresBlob`] keeps objects as versioned chunk rows.
 //! [`PostgresSync`] keeps locks as lease rows timed by the database's clock.
 //! [`PostgresStore`] keeps every record in one keyed table (`micro_store`, primary key
@@ -10,10 +13,12 @@
 //! when the database is back.
 
 mod blob;
+mod config;
 mod store;
 mod sync;
 
 pub use blob::PostgresBlob;
+pub use config::PostgresConfig;
 pub use store::PostgresStore;
 pub use sync::PostgresSync;
 
@@ -24,10 +29,14 @@ pub fn is_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// A database error as a status: the database being unreachable is `Unavailable`, a
-/// bad statement is `Internal`.
+/// A database error as a status: the database being unreachable (or restarting) is
+/// `Unavailable`, a bad statement is `Internal`.
 pub(crate) fn db_error(id: &str, e: tokio_postgres::Error) -> Status {
-    if e.is_closed() || e.as_db_error().is_none() {
+    // Classes 08 (connection exception), 53 (insufficient resources: too many
+    // connections) and 57 (operator intervention: shutting down, starting up) are the
+    // database being away, not a bad statement.
+    let away = e.as_db_error().is_some_and(|d| ["08", "53", "57"].iter().any(|c| d.code().code().starts_with(c)));
+    if away || e.is_closed() || e.as_db_error().is_none() {
         Status::new(Code::Unavailable, id, format!("the database is unreachable: {e}"))
     } else {
         Status::internal(id, format!("database: {e}"))
@@ -47,6 +56,8 @@ pub(crate) fn pool_error(id: &str, e: deadpool_postgres::PoolError) -> Status {
 #[derive(Clone)]
 pub struct Database {
     pool: deadpool_postgres::Pool,
+    /// Where the pool connects, for the connections kept out of it (like a listener).
+    config: std::sync::Arc<tokio_postgres::Config>,
 }
 
 impl Database {
@@ -56,7 +67,7 @@ impl Database {
         let config: tokio_postgres::Config =
             url.parse().map_err(|e| Status::bad_request("postgres", format!("invalid PostgreSQL URL: {e}")))?;
         let manager = deadpool_postgres::Manager::from_config(
-            config,
+            config.clone(),
             tokio_postgres::NoTls,
             deadpool_postgres::ManagerConfig { recycling_method: deadpool_postgres::RecyclingMethod::Fast },
         );
@@ -69,7 +80,7 @@ impl Database {
             .recycle_timeout(timeout)
             .build()
             .map_err(|e| Status::internal("postgres", format!("a PostgreSQL pool: {e}")))?;
-        Ok(Database { pool })
+        Ok(Database { pool, config: std::sync::Arc::new(config) })
     }
 
     /// A connection from the pool, for backend `id`'s errors.

@@ -57,11 +57,14 @@ impl PostgresStore {
         // Purges until the pool is gone.
         let weak = db.pool.weak();
         let name = store.name.clone();
+        let config = db.config.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(PURGE_EVERY).await;
                 let Some(pool) = weak.upgrade() else { return };
-                if let Err(e) = (PostgresStore { db: Database { pool }, name: name.clone() }).purge().await {
+                if let Err(e) =
+                    (PostgresStore { db: Database { pool, config: config.clone() }, name: name.clone() }).purge().await
+                {
                     tracing::warn!(error = %e, "purging expired records failed");
                 }
             }
