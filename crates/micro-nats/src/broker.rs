@@ -45,6 +45,7 @@ impl Broker for NatsBroker {
         if message.payload.len() > MAX_PAYLOAD {
             return Err(Status::bad_request(ID, "the payload is over 1 MiB"));
         }
+        self.nats.connected(ID)?;
         let mut headers = async_nats::HeaderMap::new();
         if !message.metadata.is_empty() {
             let json = serde_json::to_string(&message.metadata).map_err(|e| Status::internal(ID, e.to_string()))?;
@@ -67,6 +68,7 @@ impl Broker for NatsBroker {
         queue: Option<&str>,
     ) -> Result<BoxStream<Result<Message, Status>>, Status> {
         check_topic(namespace, topic)?;
+        self.nats.connected(ID)?;
         let subject = subject(namespace, topic);
         let subscriber = match queue.filter(|q| !q.is_empty()) {
             Some(q) => {

@@ -346,6 +346,7 @@ impl Events for NatsEvents {
     async fn publish(&self, namespace: &str, topic: &str, message: &Message) -> Result<Event, Status> {
         check(namespace, topic)?;
         validate_message(message)?;
+        self.inner.nats.connected(ID)?;
         self.inner.publish_event(namespace, topic, message, None).await
     }
 
@@ -359,6 +360,7 @@ impl Events for NatsEvents {
         validate_group(&options.group)?;
         let dead_letter = options.dead_letter.clone().unwrap_or_else(|| format!("{topic}.dead"));
         validate_topic(&dead_letter)?;
+        self.inner.nats.connected(ID)?;
         let inner = &self.inner;
         let names = names(namespace, topic);
         inner.ensure(namespace, topic, &names).await?;
@@ -429,6 +431,7 @@ impl Events for NatsEvents {
 
     async fn read(&self, namespace: &str, topic: &str, options: &ReadOptions) -> Result<Vec<Event>, Status> {
         check(namespace, topic)?;
+        self.inner.nats.connected(ID)?;
         let inner = &self.inner;
         let names = names(namespace, topic);
         let not_found = || Status::not_found(ID, format!("no topic {topic:?} in namespace {namespace:?}"));
@@ -464,6 +467,7 @@ impl Events for NatsEvents {
 
     async fn topics(&self, namespace: &str) -> Result<Vec<String>, Status> {
         namespace::validate(namespace)?;
+        self.inner.nats.connected(ID)?;
         let mut streams = self.inner.js().streams();
         let mut topics = Vec::new();
         while let Some(info) = streams.next().await {

@@ -16,8 +16,9 @@ pub use events::NatsEvents;
 use micro_core::Status;
 use std::time::Duration;
 
-/// How long a request to NATS may take before it counts as unreachable.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request to NATS may take before it counts as unreachable (well inside a
+/// caller's default 5 s deadline, so the caller sees 503, not a timeout).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A connection to NATS (with JetStream), shared by the backends of one node.
 #[derive(Clone)]
@@ -49,6 +50,17 @@ impl Nats {
             .map_err(|e| Status::unavailable("nats", format!("cannot reach NATS at {}: {e}", redact(url))))?;
         let js = async_nats::jetstream::ContextBuilder::new().timeout(REQUEST_TIMEOUT).build(client.clone());
         Ok(Nats { client, js })
+    }
+}
+
+impl Nats {
+    /// `Unavailable` at once while the connection is down (calls would only queue up
+    /// until it is back, or time out).
+    fn connected(&self, id: &str) -> Result<(), Status> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(Status::unavailable(id, format!("NATS is unreachable (connection {state:?}); retrying"))),
+        }
     }
 }
 

@@ -107,8 +107,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         Some(b) => b,
         None => Arc::new(micro_embedded::broker::EmbeddedBroker::new()),
     };
-    let config_backend: Arc<dyn micro_core::config::Config> =
-        Arc::new(micro_embedded::config::EmbeddedConfig::open(&dir)?);
+    let config_backend: Arc<dyn micro_core::config::Config> = match shared.config().await? {
+        Some(c) => c,
+        None => Arc::new(micro_embedded::config::EmbeddedConfig::open(&dir)?),
+    };
 
     // Auth: its own database, signing keys under the data dir, and the first admin.
     let auth = crate::auth::AuthService::open(auth_store, &config.data_dir)?;
@@ -119,17 +121,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // The runtime: what it runs is kept in its own database, and brought back now.
     let proxy_node =
         if proxy.ip().is_unspecified() { format!("127.0.0.1:{}", proxy.port()) } else { proxy.to_string() };
-    let runtime = crate::runtime::Runtime::open(
-        &config.data_dir,
-        config.runtime.clone(),
-        proxy_node.clone(),
-        registry.clone(),
-        auth.clone(),
-        runtime_db,
-        config_backend.clone(),
+    let wiring = crate::runtime::Wiring {
+        server: proxy_node.clone(),
+        registry: registry.clone(),
+        auth: auth.clone(),
+        db: runtime_db,
+        settings: config_backend.clone(),
         cluster,
-    )
-    .await?;
+    };
+    let runtime = crate::runtime::Runtime::open(&config.data_dir, config.runtime.clone(), wiring).await?;
 
     let metrics = micro::metrics::Metrics::default();
     let mut core = RouterBuilder::new("micro")

@@ -103,6 +103,16 @@ impl Shared {
         }
     }
 
+    /// The config in the shared database, when nodes share a key to seal its secrets.
+    pub(crate) async fn config(&self) -> Result<Option<Arc<dyn micro_core::config::Config>>, Error> {
+        let Some(url) = self.database_url() else { return Ok(None) };
+        let Some(key) = self.backends.config_key else {
+            tracing::warn!("the config is kept per node: set MICRO_CONFIG_KEY (the same on every node) to share it");
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(micro_postgres::PostgresConfig::open(&self.database(url).await?, key).await?)))
+    }
+
     /// Events on NATS JetStream, if configured.
     pub(crate) async fn events(
         &self,

@@ -88,6 +88,10 @@ pub struct Backends {
     pub events: Option<Secret>,
     /// The broker (`MICRO_BROKER`, `nats://…`); default: the profile's NATS.
     pub broker: Option<Secret>,
+    /// The key config secrets are sealed under, the same on every node
+    /// (`MICRO_CONFIG_KEY`: 32 bytes in base64). With it and a database, the config is
+    /// shared; without, each node keeps its own config (and its own key) in its data dir.
+    pub config_key: Option<[u8; 32]>,
 }
 
 /// Which system a backend URL names.
@@ -168,6 +172,14 @@ impl Backends {
             if let Some(url) = part(var, kinds)? {
                 *slot = Some(url);
             }
+        }
+        if let Some(v) = env("MICRO_CONFIG_KEY").filter(|v| !v.is_empty()) {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(v.trim()).ok();
+            let key = bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()).ok_or_else(|| {
+                Error::Config("MICRO_CONFIG_KEY must be 32 bytes in base64 (head -c32 /dev/urandom | base64)".into())
+            })?;
+            b.config_key = Some(key);
         }
         Ok(b)
     }
@@ -385,6 +397,12 @@ mod tests {
         let b = backends(&[("MICRO_STORE", pg)]).unwrap();
         assert_eq!((b.database.clone(), b.events.clone()), (Some(Secret(pg.into())), None));
         assert_eq!(backends(&[]).unwrap(), Backends::default());
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        assert_eq!(backends(&[("MICRO_CONFIG_KEY", key)]).unwrap().config_key.map(|k| k[31]), Some(31));
+        for bad in ["short", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd", "not base64 at all!"] {
+            let err = backends(&[("MICRO_CONFIG_KEY", bad)]).unwrap_err().to_string();
+            assert!(err.contains("MICRO_CONFIG_KEY") && !err.contains(bad), "{err}");
+        }
         // Bad values: one line naming the variable, never the password.
         for (var, value) in [
             ("MICRO_BACKEND", "mysql://u:secretpw@h/db"),

@@ -3,7 +3,8 @@
 //! node is read through the other, an account made on one logs in on the other, tokens are
 //! good on both, a lock is exclusive across both, an event published on one is consumed by
 //! a group with a member on each, a broker message crosses over, and a service registered
-//! through one is called through the other's proxy and gateway. Then two nodes with the
+//! through one is called through the other's proxy and gateway, and config (secrets
+//! included) set through one is read through the other. Then two nodes with the
 //! store and locks in Redis. Each run gets a PostgreSQL schema of its own, dropped at the end.
 
 #![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
@@ -29,6 +30,7 @@ async fn two_nodes_share_records_and_accounts() {
             c.backends.database = Some(micro_server::Secret(url));
             c.backends.events = nats.clone();
             c.backends.broker = nats;
+            c.backends.config_key = Some([7; 32]);
             c.admin_password = Some(micro_server::Secret("shared-admin-password".into()));
         })
     };
@@ -102,6 +104,15 @@ async fn two_nodes_share_records_and_accounts() {
     if nats.is_some() {
         events_cross_nodes(&da, &db).await;
     }
+
+    // Config set through A, secrets included, is read through B.
+    let value = serde_json::json!({"url": "https://example.com", "retries": 3});
+    da.config.set("micro", "shared.app", &value, false).await.unwrap();
+    da.config.set("micro", "shared.app.password", &serde_json::json!("hunter2"), true).await.unwrap();
+    let got = db.config.get("micro", "shared.app", true).await.unwrap().unwrap();
+    assert_eq!((got["url"].clone(), got["password"].clone()), (value["url"].clone(), serde_json::json!("hunter2")));
+    let masked = db.config.get("micro", "shared.app.password", false).await.unwrap().unwrap();
+    assert_ne!(masked, serde_json::json!("hunter2"), "secrets stay masked unless asked for");
 
     // A service registered through A is callable through B's proxy and gateway.
     let svc = micro::Service::new("greeter")

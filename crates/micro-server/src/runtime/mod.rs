@@ -138,19 +138,28 @@ struct Managed {
     deleted: std::sync::atomic::AtomicBool,
 }
 
+/// What the runtime works with, from the rest of the server.
+pub(crate) struct Wiring {
+    /// This node's proxy address (what services are told to use, and the leader's address).
+    pub(crate) server: String,
+    /// Where services are registered.
+    pub(crate) registry: Arc<dyn Registry>,
+    /// Makes the services' accounts.
+    pub(crate) auth: AuthService,
+    /// The desired state of every service.
+    pub(crate) db: Arc<dyn Store>,
+    /// Where users keep their git credentials.
+    pub(crate) settings: Arc<dyn micro_core::config::Config>,
+    /// Set when nodes share the runtime.
+    pub(crate) cluster: Option<Cluster>,
+}
+
 impl Runtime {
     /// Opens the runtime in `data_dir`: stops what a previous server left running and
-    /// brings every service back to its desired state.
-    pub(crate) async fn open(
-        data_dir: &Path,
-        config: RuntimeConfig,
-        server: String,
-        registry: Arc<dyn Registry>,
-        auth: AuthService,
-        db: Arc<dyn Store>,
-        settings: Arc<dyn micro_core::config::Config>,
-        cluster: Option<Cluster>,
-    ) -> Result<Runtime, Status> {
+    /// brings every service back to its desired state (or, in a cluster, campaigns to
+    /// be the node that runs them).
+    pub(crate) async fn open(data_dir: &Path, config: RuntimeConfig, wiring: Wiring) -> Result<Runtime, Status> {
+        let Wiring { server, registry, auth, db, settings, cluster } = wiring;
         let dir = data_dir.join("runtime");
         std::fs::create_dir_all(&dir).map_err(|e| Status::internal(ID, format!("{}: {e}", dir.display())))?;
         process::reap(&dir.join("run"));
