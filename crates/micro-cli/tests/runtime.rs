@@ -47,7 +47,7 @@ struct Server {
 impl Drop for Server {
     fn drop(&mut self) {
         // SIGTERM first, so its services stop with it.
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill").arg(self.child.id().to_string()).stderr(Stdio::null()).status();
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -674,9 +674,11 @@ async fn two_servers_run_a_service_once_and_survive_the_leaders_death() {
     let backend = format!("{},{nats}", schema.url);
     let env = [("MICRO_BACKEND", backend.as_str())];
     let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    // A starts alone, so it is elected; B joins.
+    // A starts alone, so it is elected; B joins. B is reached at another loopback
+    // address, as a node on another machine would be at its own.
     let mut a = Server::start(data_a.path(), &env).await;
-    let b = Server::start(data_b.path(), &env).await;
+    let b_env = [env[0], ("MICRO_ADVERTISE_HOST", "127.0.0.2"), ("MICRO_PROXY_ADDRESS", "127.0.0.2:0")];
+    let b = Server::start(data_b.path(), &b_env).await;
 
     let folder = repo_root().join("examples/hello-py");
     let out = a.ok(&["run", folder.to_str().unwrap()]).await;
@@ -717,6 +719,8 @@ async fn two_servers_run_a_service_once_and_survive_the_leaders_death() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["status"], "running");
     assert_eq!(instance_pids(data_b.path()).len(), 1, "once, on B");
+    let nodes = b.cli(&["get", "service", "hello-py", "-o", "json"]).await.1;
+    assert!(nodes.contains("127.0.0.2:"), "B's instance is registered at B's host: {nodes}");
     eprintln!("failover took {:?}", started.elapsed());
     b.ok(&["kill", "hello-py"]).await;
     drop(b);

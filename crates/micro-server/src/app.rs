@@ -119,8 +119,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     auth.keep_sharing_keys();
 
     // The runtime: what it runs is kept in its own database, and brought back now.
-    let proxy_node =
-        if proxy.ip().is_unspecified() { format!("127.0.0.1:{}", proxy.port()) } else { proxy.to_string() };
+    // How this node's proxy is reached by its services and the other nodes.
+    let proxy_node = if config.runtime.host != "127.0.0.1" {
+        format!("{}:{}", config.runtime.host, proxy.port())
+    } else if proxy.ip().is_unspecified() {
+        format!("127.0.0.1:{}", proxy.port())
+    } else {
+        proxy.to_string()
+    };
     let wiring = crate::runtime::Wiring {
         server: proxy_node.clone(),
         registry: registry.clone(),

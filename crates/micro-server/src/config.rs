@@ -309,6 +309,12 @@ impl Config {
             c.blob_max_size = number("MICRO_BLOB_MAX_SIZE", &v)?;
         }
         c.backends = Backends::from_env(&env)?;
+        if let Some(v) = env("MICRO_ADVERTISE_HOST").filter(|v| !v.is_empty()) {
+            if v.contains([':', '/', ' ']) && !v.starts_with('[') {
+                return Err(Error::Config(format!("MICRO_ADVERTISE_HOST={v:?}: give a host name or IP, no port")));
+            }
+            c.runtime.host = v;
+        }
         if let Some(v) = env("MICRO_RUNTIME_TARGET_DIR").filter(|v| !v.is_empty()) {
             c.runtime.target_dir = Some(PathBuf::from(v));
         }
@@ -397,6 +403,12 @@ mod tests {
         let b = backends(&[("MICRO_STORE", pg)]).unwrap();
         assert_eq!((b.database.clone(), b.events.clone()), (Some(Secret(pg.into())), None));
         assert_eq!(backends(&[]).unwrap(), Backends::default());
+        let host = |v: &str| {
+            let env: HashMap<&str, &str> = [("MICRO_ADVERTISE_HOST", v)].into();
+            Config::from_env(|k| env.get(k).map(|v| v.to_string()), None).map(|c| c.runtime.host)
+        };
+        assert_eq!(host("10.1.2.3").unwrap(), "10.1.2.3");
+        assert!(host("10.1.2.3:8081").unwrap_err().to_string().contains("MICRO_ADVERTISE_HOST"));
         let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
         assert_eq!(backends(&[("MICRO_CONFIG_KEY", key)]).unwrap().config_key.map(|k| k[31]), Some(31));
         for bad in ["short", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd", "not base64 at all!"] {

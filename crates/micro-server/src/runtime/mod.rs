@@ -64,6 +64,9 @@ pub(crate) enum Route {
 /// How the runtime is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfig {
+    /// The host other nodes reach this node's services at (`MICRO_ADVERTISE_HOST`;
+    /// default `127.0.0.1`, for one machine). Instances listen on it and register it.
+    pub host: String,
     /// The cargo target dir shared by every build (default `<data>/runtime/target`).
     pub target_dir: Option<PathBuf>,
     /// The cargo profile of builds (`release` by default).
@@ -81,6 +84,7 @@ pub struct RuntimeConfig {
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
+            host: "127.0.0.1".into(),
             target_dir: None,
             profile: "release".into(),
             repo: None,
@@ -709,6 +713,10 @@ impl Runtime {
             ("MICRO_AUTH_ID".to_string(), account_id(&m.name)),
             ("MICRO_AUTH_SECRET".to_string(), secret),
         ]);
+        if self.inner.config.host != "127.0.0.1" {
+            // Reachable from the other nodes: framework services listen on the host.
+            env.push(("MICRO_SERVICE_ADDRESS".to_string(), format!("{}:0", self.inner.config.host)));
+        }
         let launch = Arc::new(Launch {
             namespace: m.namespace.clone(),
             name: m.name.clone(),
@@ -721,6 +729,7 @@ impl Runtime {
             registry: self.inner.registry.clone(),
             log: m.log.clone(),
             run_dir: self.inner.dir.join("run").join(&m.namespace).join(&m.name),
+            host: self.inner.config.host.clone(),
         });
         let old = m.instances.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let want = spec.instances.max(1) as usize;

@@ -36,6 +36,8 @@ pub(crate) struct Launch {
     pub(crate) registry: Arc<dyn Registry>,
     pub(crate) log: LogSink,
     pub(crate) run_dir: PathBuf,
+    /// The host HTTP apps listen on (`$HOST`) and are registered at.
+    pub(crate) host: String,
 }
 
 /// An instance and its supervisor.
@@ -171,7 +173,7 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
     let port = if art.http.is_some() {
         match free_port().await {
             Ok(p) => {
-                cmd.env("PORT", p.to_string());
+                cmd.env("PORT", p.to_string()).env("HOST", &launch.host);
                 Some(p)
             }
             Err(e) => return Outcome::Exited(format!("no free port: {e}")),
@@ -245,7 +247,7 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
                 if !ready {
                     ready = match (&art.http, port) {
                         (Some(http), Some(port)) => {
-                            let ok = health(port, &http.health).await;
+                            let ok = health(&launch.host, port, &http.health).await;
                             if ok {
                                 register_http(launch, &inst.id, port).await;
                             }
@@ -296,10 +298,10 @@ async fn free_port() -> std::io::Result<u16> {
 }
 
 /// Whether `GET path` on the port answers 2xx.
-async fn health(port: u16, path: &str) -> bool {
+async fn health(host: &str, port: u16, path: &str) -> bool {
     let check = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+        let mut s = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n");
         s.write_all(req.as_bytes()).await.ok()?;
         // The whole reply (the app closes it), so the app sees a clean exchange.
         let mut buf = Vec::new();
@@ -319,7 +321,7 @@ async fn register_http(launch: &Launch, id: &str, port: u16) {
         endpoints: Vec::new(),
         nodes: vec![Node {
             id: id.to_string(),
-            address: format!("127.0.0.1:{port}"),
+            address: format!("{}:{port}", launch.host),
             // Registered by the runtime: nobody but an admin may replace or remove it.
             metadata: [
                 ("protocol".to_string(), "http".to_string()),
