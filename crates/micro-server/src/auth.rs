@@ -73,6 +73,8 @@ struct Inner {
     verified: Mutex<HashMap<String, Claims>>,
     /// When the other nodes' keys were last read because a token named an unknown one.
     looked_up: Mutex<Option<Instant>>,
+    /// The shared rules version this node's cache follows (see [`AuthService::follow_rules`]).
+    rules_version: Mutex<Option<String>>,
 }
 
 /// Rules of a namespace with the generation they were read at.
@@ -140,6 +142,7 @@ impl AuthService {
                 cache: Mutex::new(HashMap::new()),
                 verified: Mutex::new(HashMap::new()),
                 looked_up: Mutex::new(None),
+                rules_version: Mutex::new(None),
             }),
         })
     }
@@ -183,7 +186,6 @@ impl AuthService {
         self.reload_keys().await
     }
 
-    /// Trusts this node's keys and every other node's in the auth store.
     /// Before a token is verified: when it is signed by a key this node does not know
     /// (a node that started a moment ago), reads the shared keys at once instead of
     /// waiting for the next reload. At most every 200 ms, so bad tokens cost little.
@@ -204,6 +206,7 @@ impl AuthService {
         }
     }
 
+    /// Trusts this node's keys and every other node's in the auth store.
     async fn reload_keys(&self) -> Result<(), MicroStatus> {
         let mut keys = self.inner.signer.public_keys().keys;
         let all = Query { prefix: true, ..Default::default() };
@@ -224,15 +227,22 @@ impl AuthService {
         Ok(())
     }
 
-    /// Keeps [`AuthService::reload_keys`] going in the background until the service is
-    /// dropped.
+    /// Follows the other nodes in the background until the service is dropped: their
+    /// rule changes every second ([`AuthService::follow_rules`]), their token keys every
+    /// 3 s ([`AuthService::reload_keys`]).
     pub(crate) fn keep_sharing_keys(&self) {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(3)).await;
+            for tick in 1u64.. {
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 let Some(inner) = weak.upgrade() else { return };
-                if let Err(e) = (AuthService { inner }).reload_keys().await {
+                let auth = AuthService { inner };
+                if let Err(e) = auth.follow_rules().await {
+                    tracing::warn!(error = %e, "reading the shared rules version failed; will retry");
+                }
+                if tick % 3 == 0
+                    && let Err(e) = auth.reload_keys().await
+                {
                     tracing::warn!(error = %e, "reading the other nodes' token keys failed; will retry");
                 }
             }
@@ -503,14 +513,42 @@ impl AuthService {
         Ok(rules)
     }
 
-    fn rules_changed(&self) {
+    fn versions_table() -> Table {
+        Table::new(micro_core::namespace::DEFAULT, "versions")
+    }
+
+    /// Drops the cached rules here, and (through a version record in the auth store,
+    /// which every node follows) on every node sharing it.
+    async fn rules_changed(&self) {
         self.inner.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let version = uuid::Uuid::new_v4().to_string();
+        *self.inner.rules_version.lock().unwrap_or_else(|e| e.into_inner()) = Some(version.clone());
+        let record = Record::new("rules", version.into_bytes());
+        if let Err(e) = self.inner.store.write(&Self::versions_table(), &record, None).await {
+            tracing::warn!(error = %e, "telling the other nodes about a rule change failed");
+        }
+    }
+
+    /// Drops the cached rules when another node changed some (the shared version moved).
+    async fn follow_rules(&self) -> Result<(), MicroStatus> {
+        let seen = match self.inner.store.read(&Self::versions_table(), "rules", &Query::default()).await {
+            Ok(r) => r.into_iter().next().map(|r| String::from_utf8_lossy(&r.value).to_string()),
+            Err(e) if e.code() == Code::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let mut last = self.inner.rules_version.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != seen {
+            *last = seen;
+            self.inner.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     async fn put_rule(&self, ns: &str, rule: &Rule) -> Result<(), MicroStatus> {
-        self.rules_changed();
         let value = serde_json::to_vec(rule).map_err(|e| MicroStatus::internal("auth", e.to_string()))?;
-        self.inner.store.write(&Self::rules_table(ns), &Record::new(format!("r/{}", rule.id), value), None).await
+        self.inner.store.write(&Self::rules_table(ns), &Record::new(format!("r/{}", rule.id), value), None).await?;
+        self.rules_changed().await;
+        Ok(())
     }
 
     /// The caller's verified claims, from its bearer token.
@@ -684,7 +722,7 @@ impl pb::auth_server::Auth for AuthService {
         let id = req.into_inner().id;
         self.init_rules(&ns).await.map_err(t)?;
         self.inner.store.delete(&Self::rules_table(&ns), &format!("r/{id}")).await.map_err(t)?;
-        self.rules_changed();
+        self.rules_changed().await;
         Ok(Response::new(pb::DeleteRuleResponse {}))
     }
 
@@ -746,7 +784,7 @@ impl pb::auth_server::Auth for AuthService {
                 let _ = self.inner.store.delete(&table, &key).await;
             }
         }
-        self.rules_changed();
+        self.rules_changed().await;
         Ok(Response::new(pb::DeleteNamespaceResponse {}))
     }
 

@@ -4,7 +4,8 @@
 //! good on both, a lock is exclusive across both, an event published on one is consumed by
 //! a group with a member on each, a broker message crosses over, and a service registered
 //! through one is called through the other's proxy and gateway, and config (secrets
-//! included) set through one is read through the other. Then two nodes with the
+//! included) set through one is read through the other, and a rule made through one applies
+//! on the other. Then two nodes with the
 //! store and locks in Redis. Each run gets a PostgreSQL schema of its own, dropped at the end.
 
 #![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
@@ -132,6 +133,29 @@ async fn two_nodes_share_records_and_accounts() {
     assert_eq!(reply["message"], "hello via b");
     let r = micro_test::http(&b.api(), "POST", "/greeter/hello", &[], br#"{"name":"gateway b"}"#).await;
     assert_eq!(r.json()["message"], "hello gateway b", "{}", r.body);
+
+    // A rule made through A applies on B at once (B's cached rules are dropped): B had
+    // let anyone register; now only accounts may.
+    let early = micro::Service::new("early").server(b.proxy()).start().await.expect("B lets anyone register");
+    early.stop().await;
+    let mut auth = micro::proto::auth::auth_client::AuthClient::new(micro::data::channel(&a.proxy()).unwrap());
+    for (id, scope, access, priority) in [("reg-lock", "", "denied", 10), ("reg-accounts", "*", "granted", 20)] {
+        let rule = micro::proto::auth::Rule {
+            id: id.into(),
+            scope: scope.into(),
+            resource: "service:registry:Registry.Register".into(),
+            access: access.into(),
+            priority,
+        };
+        let mut req = tonic::Request::new(micro::proto::auth::CreateRuleRequest { rule: Some(rule) });
+        req.metadata_mut().insert("authorization", format!("Bearer {ta}").parse().unwrap());
+        auth.create_rule(req).await.unwrap();
+    }
+    let locked = micro_test::eventually(std::time::Duration::from_secs(5), || async {
+        micro::Service::new("late").server(b.proxy()).start().await.is_err()
+    })
+    .await;
+    assert!(locked, "a rule made through A applies on B");
     svc.stop().await;
     let gone = micro_test::eventually(std::time::Duration::from_secs(5), || async {
         micro_test::http(&b.api(), "POST", "/greeter/hello", &[], b"{}").await.status == 404
