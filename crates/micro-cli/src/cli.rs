@@ -43,6 +43,9 @@ pub(crate) enum Command {
         /// gRPC proxy address [env: MICRO_PROXY_ADDRESS; default 127.0.0.1:8081].
         #[arg(long)]
         proxy_address: Option<String>,
+        /// Web dashboard address, or `off` [env: MICRO_WEB_ADDRESS; default 127.0.0.1:8082].
+        #[arg(long)]
+        web_address: Option<String>,
         /// Data directory [env: MICRO_DATA_DIR; default ~/.micro/data].
         #[arg(long)]
         data_dir: Option<std::path::PathBuf>,
@@ -326,7 +329,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         c.token = crate::auth::token(&c).await.ok().flatten();
     }
     match cli.command {
-        Command::Server { api_address, proxy_address, data_dir, config } => {
+        Command::Server { api_address, proxy_address, web_address, data_dir, config } => {
             let mut cfg = micro_server::Config::from_env(|k| std::env::var(k).ok(), config.as_deref())?;
             if let Some(a) = api_address {
                 cfg.api_address = a;
@@ -334,11 +337,15 @@ async fn dispatch(cli: Cli) -> Result<()> {
             if let Some(a) = proxy_address {
                 cfg.proxy_address = a;
             }
+            if let Some(a) = web_address {
+                cfg.web_address = (a != "off").then_some(a);
+            }
             if let Some(d) = data_dir {
                 cfg.data_dir = d;
             }
             let server = micro_server::start(cfg).await?;
-            println!("micro server: api http://{} proxy {}", server.api_address(), server.proxy_address());
+            let web = server.web_address().map(|a| format!(" web http://{a}")).unwrap_or_default();
+            println!("micro server: api http://{}{web} proxy {}", server.api_address(), server.proxy_address());
             micro::server::signal().await;
             server.stop().await;
             Ok(())

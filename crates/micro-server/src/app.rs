@@ -30,6 +30,7 @@ pub const CORE_SERVICES: [&str; 10] =
 pub struct Running {
     api: SocketAddr,
     proxy: SocketAddr,
+    web: Option<SocketAddr>,
     registry: Arc<dyn Registry>,
     runtime: crate::runtime::Runtime,
     shutdown: watch::Sender<bool>,
@@ -60,6 +61,17 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         api_listener.local_addr().map_err(|source| Error::Bind { address: config.api_address.clone(), source })?;
     let proxy =
         proxy_listener.local_addr().map_err(|source| Error::Bind { address: config.proxy_address.clone(), source })?;
+    let web_listener = match &config.web_address {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let web = match &web_listener {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(|source| Error::Bind { address: config.web_address.clone().unwrap_or_default(), source })?,
+        ),
+        None => None,
+    };
 
     // The data plane: embedded, durable backends in the data directory by default; the
     // parts named in `config.backends` live in PostgreSQL (one pool per node and URL),
@@ -250,6 +262,10 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         },
         until(rx.clone()),
     )));
+    if let Some(listener) = web_listener {
+        let dashboard = crate::web::Web::new(proxy_node.clone(), rx.clone());
+        tasks.push(tokio::spawn(crate::web::serve(listener, dashboard, until(rx.clone()))));
+    }
     // Keep the core registrations alive.
     let reg = registry.clone();
     let ttl = config.core_ttl;
@@ -268,8 +284,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             }
         }
     }));
-    tracing::info!(api = %api, proxy = %proxy, data_dir = %config.data_dir.display(), "micro server started");
-    Ok(Running { api, proxy, registry, runtime, shutdown: tx, tasks })
+    tracing::info!(api = %api, proxy = %proxy, web = ?web, data_dir = %config.data_dir.display(), "micro server started");
+    Ok(Running { api, proxy, web, registry, runtime, shutdown: tx, tasks })
 }
 
 impl Running {
@@ -281,6 +297,11 @@ impl Running {
     /// The bound address of the gRPC proxy (what `MICRO_SERVER` points at).
     pub fn proxy_address(&self) -> SocketAddr {
         self.proxy
+    }
+
+    /// The bound address of the web dashboard, if it is on.
+    pub fn web_address(&self) -> Option<SocketAddr> {
+        self.web
     }
 
     /// The registry.

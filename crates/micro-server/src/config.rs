@@ -13,6 +13,8 @@ pub struct Config {
     pub api_address: String,
     /// gRPC proxy address (`MICRO_PROXY_ADDRESS`, default `127.0.0.1:8081`).
     pub proxy_address: String,
+    /// Web dashboard address (`MICRO_WEB_ADDRESS`, default `127.0.0.1:8082`; `off` turns it off).
+    pub web_address: Option<String>,
     /// Data directory (`MICRO_DATA_DIR`, default `~/.micro/data`).
     pub data_dir: PathBuf,
     /// Largest request body the gateway accepts, in bytes (`MICRO_API_BODY_LIMIT`, default 4 MiB).
@@ -55,6 +57,7 @@ impl Default for Config {
         Config {
             api_address: "127.0.0.1:8080".into(),
             proxy_address: "127.0.0.1:8081".into(),
+            web_address: Some("127.0.0.1:8082".into()),
             data_dir: home.join(".micro").join("data"),
             body_limit: 4 * 1024 * 1024,
             cors_origins: vec!["*".into()],
@@ -213,6 +216,7 @@ fn scheme(url: &str) -> String {
 struct File {
     api_address: Option<String>,
     proxy_address: Option<String>,
+    web_address: Option<String>,
     data_dir: Option<PathBuf>,
     body_limit: Option<usize>,
     cors_origins: Option<Vec<String>>,
@@ -248,6 +252,9 @@ impl Config {
             }
             if let Some(v) = f.proxy_address {
                 c.proxy_address = v;
+            }
+            if let Some(v) = f.web_address {
+                c.web_address = (v != "off").then_some(v);
             }
             if let Some(v) = f.data_dir {
                 c.data_dir = v;
@@ -285,6 +292,9 @@ impl Config {
         }
         if let Some(v) = env("MICRO_PROXY_ADDRESS") {
             c.proxy_address = v;
+        }
+        if let Some(v) = env("MICRO_WEB_ADDRESS") {
+            c.web_address = (v != "off").then_some(v);
         }
         if let Some(v) = env("MICRO_DATA_DIR") {
             c.data_dir = PathBuf::from(v);
@@ -340,6 +350,7 @@ impl Config {
         Config {
             api_address: "127.0.0.1:0".into(),
             proxy_address: "127.0.0.1:0".into(),
+            web_address: Some("127.0.0.1:0".into()),
             data_dir: dir.to_path_buf(),
             ..Config::default()
         }

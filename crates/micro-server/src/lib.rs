@@ -22,6 +22,7 @@ mod reflection;
 mod registry;
 mod runtime;
 mod shared_registry;
+mod web;
 mod websocket;
 
 pub use app::{CORE_SERVICES, Running, start};

@@ -1,0 +1,179 @@
+//! Sessions: in memory, a random id in a cookie, the account's tokens on the server side.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The session cookie.
+pub(crate) const SESSION_COOKIE: &str = "micro_session";
+/// The pre-session cookie of the sign-in form (login CSRF).
+pub(crate) const LOGIN_COOKIE: &str = "micro_login";
+/// At most this many sessions are kept (the oldest go first).
+const MAX_SESSIONS: usize = 10_000;
+
+/// A signed-in browser.
+#[derive(Clone, Debug)]
+pub(crate) struct Session {
+    pub(crate) id: String,
+    /// The namespace the pages show.
+    pub(crate) namespace: String,
+    /// The account's own namespace.
+    pub(crate) home: String,
+    pub(crate) account: String,
+    pub(crate) admin: bool,
+    pub(crate) token: String,
+    pub(crate) refresh: String,
+    /// Unix seconds when the access token expires.
+    pub(crate) expiry: u64,
+    pub(crate) csrf: String,
+    started: u64,
+}
+
+impl Session {
+    /// Whether a submitted CSRF token is this session's (compared in constant time).
+    pub(crate) fn csrf_ok(&self, token: &str) -> bool {
+        let (a, b) = (self.csrf.as_bytes(), token.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// What a new session starts with.
+pub(crate) struct Started {
+    pub(crate) namespace: String,
+    pub(crate) home: String,
+    pub(crate) account: String,
+    pub(crate) admin: bool,
+    pub(crate) token: String,
+    pub(crate) refresh: String,
+    pub(crate) expiry: u64,
+}
+
+/// Every session of this node.
+#[derive(Default)]
+pub(crate) struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+}
+
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// 256 random bits as hex.
+pub(crate) fn random_id() -> String {
+    format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple())
+}
+
+impl Sessions {
+    pub(crate) fn start(&self, s: Started) -> Session {
+        let session = Session {
+            id: random_id(),
+            namespace: s.namespace,
+            home: s.home,
+            account: s.account,
+            admin: s.admin,
+            token: s.token,
+            refresh: s.refresh,
+            expiry: s.expiry,
+            csrf: random_id(),
+            started: now(),
+        };
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_SESSIONS {
+            let t = now();
+            map.retain(|_, s| s.expiry > t);
+            if map.len() >= MAX_SESSIONS
+                && let Some(oldest) = map.values().min_by_key(|s| s.started).map(|s| s.id.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(session.id.clone(), session.clone());
+        session
+    }
+
+    /// The session of a request's cookie, if any.
+    pub(crate) fn of(&self, headers: &http::HeaderMap) -> Option<Session> {
+        let id = cookie(headers, SESSION_COOKIE)?;
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+    }
+
+    /// Replaces a session's tokens after a refresh.
+    pub(crate) fn renew(&self, id: &str, token: String, refresh: String, expiry: u64) -> Option<Session> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let s = map.get_mut(id)?;
+        s.token = token;
+        s.refresh = refresh;
+        s.expiry = expiry;
+        Some(s.clone())
+    }
+
+    pub(crate) fn set_namespace(&self, id: &str, ns: &str) {
+        if let Some(s) = self.map.lock().unwrap_or_else(|e| e.into_inner()).get_mut(id) {
+            s.namespace = ns.to_string();
+        }
+    }
+
+    pub(crate) fn end(&self, id: &str) {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+    }
+}
+
+/// The value of cookie `name`.
+pub(crate) fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+fn set_cookie(name: &str, value: &str, max_age: Option<u64>, secure: bool) -> http::HeaderValue {
+    let age = max_age.map(|a| format!("; Max-Age={a}")).unwrap_or_default();
+    let secure = if secure { "; Secure" } else { "" };
+    let v = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict{age}{secure}");
+    http::HeaderValue::from_str(&v).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+}
+
+pub(crate) fn session_cookie(s: &Session, secure: bool) -> http::HeaderValue {
+    set_cookie(SESSION_COOKIE, &s.id, None, secure)
+}
+
+pub(crate) fn clear_cookie(secure: bool) -> http::HeaderValue {
+    set_cookie(SESSION_COOKIE, "", Some(0), secure)
+}
+
+pub(crate) fn login_cookie(token: &str, secure: bool) -> http::HeaderValue {
+    set_cookie(LOGIN_COOKIE, token, Some(3600), secure)
+}
+
+pub(crate) fn clear_login_cookie(secure: bool) -> http::HeaderValue {
+    set_cookie(LOGIN_COOKIE, "", Some(0), secure)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_and_csrf() {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::header::COOKIE, "a=1; micro_session=abc; b=2".parse().unwrap());
+        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie(&h, "zz"), None);
+        let sessions = Sessions::default();
+        let s = sessions.start(Started {
+            namespace: "micro".into(),
+            home: "micro".into(),
+            account: "admin".into(),
+            admin: true,
+            token: "t".into(),
+            refresh: "r".into(),
+            expiry: now() + 60,
+        });
+        assert!(s.csrf_ok(&s.csrf.clone()) && !s.csrf_ok("nope") && !s.csrf_ok(""));
+        let v = session_cookie(&s, false);
+        assert!(v.to_str().unwrap().contains("HttpOnly; SameSite=Strict"));
+    }
+}
