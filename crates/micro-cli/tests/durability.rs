@@ -36,6 +36,7 @@ fn start(dir: &std::path::Path) -> Server {
         .env("MICRO_DATA_DIR", dir)
         .env("MICRO_API_ADDRESS", "127.0.0.1:0")
         .env("MICRO_PROXY_ADDRESS", "127.0.0.1:0")
+        .env("MICRO_WEB_ADDRESS", "127.0.0.1:0")
         .env("MICRO_LOG", "warn")
         .env("MICRO_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .stdout(Stdio::piped())

@@ -79,6 +79,7 @@ impl Server {
             .env("MICRO_DATA_DIR", data)
             .env("MICRO_API_ADDRESS", "127.0.0.1:0")
             .env("MICRO_PROXY_ADDRESS", "127.0.0.1:0")
+            .env("MICRO_WEB_ADDRESS", "127.0.0.1:0")
             .env("MICRO_LOG", "warn")
             .env("MICRO_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("MICRO_RUNTIME_PROFILE", "dev")

@@ -39,6 +39,7 @@ impl Server {
             .env("MICRO_DATA_DIR", &data)
             .env("MICRO_API_ADDRESS", "127.0.0.1:0")
             .env("MICRO_PROXY_ADDRESS", "127.0.0.1:0")
+            .env("MICRO_WEB_ADDRESS", "127.0.0.1:0")
             // Everything, every crate (hyper, h2, tonic included), at the finest level.
             .env("MICRO_LOG", "trace")
             .env("RUST_LOG", "trace")
