@@ -57,11 +57,11 @@ impl Server {
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
         let mut banner = String::new();
         out.read_line(&mut banner).expect("banner");
-        // "micro server: api http://127.0.0.1:X proxy 127.0.0.1:Y"
+        // "micro server: api http://127.0.0.1:X web http://127.0.0.1:W proxy 127.0.0.1:Y"
         let words: Vec<&str> = banner.split_whitespace().collect();
-        assert!(words.len() == 6 && words[2] == "api", "banner: {banner:?}");
+        assert!(words.len() == 8 && words[2] == "api" && words[6] == "proxy", "banner: {banner:?}");
         let api = words[3].trim_start_matches("http://").to_string();
-        let proxy = words[5].to_string();
+        let proxy = words[7].to_string();
         // The rest of stdout is captured too.
         let mut file = std::fs::File::create(&stdout).expect("stdout file");
         std::io::Write::write_all(&mut file, banner.as_bytes()).expect("write");

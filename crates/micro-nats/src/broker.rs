@@ -56,9 +56,10 @@ impl Broker for NatsBroker {
             .client
             .publish_with_headers(subject, headers, message.payload.clone().into())
             .await
-            .map_err(|e| unavailable(ID, "publish", e))?;
-        // Publishing only queues the message; flushing makes "published" mean "sent".
-        self.nats.client.flush().await.map_err(|e| unavailable(ID, "publish", e))
+            .map_err(|e| unavailable(ID, "publish", e))
+        // No flush per message: the client writes queued messages out at once by itself,
+        // and a broker message is fire-and-forget (a flush is a round trip, a third of the
+        // rate).
     }
 
     async fn subscribe(

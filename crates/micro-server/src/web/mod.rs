@@ -99,7 +99,6 @@ impl Form {
     pub(crate) fn get(&self, name: &str) -> &str {
         self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
     }
-
 }
 
 /// Parses `application/x-www-form-urlencoded` text.

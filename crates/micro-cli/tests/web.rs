@@ -1,0 +1,161 @@
+//! The web dashboard in a real browser: the real `micro server` binary over a temp data
+//! dir, the helloworld example registered with it, and `tests/web/e2e.mjs` driving
+//! Debian's chromium through playwright-core (both installed by `scripts/browser-setup`).
+//! Without them the test skips with a notice, except in CI
+//! (`MICRO_TEST_REQUIRE_BACKENDS`), where it fails.
+//!
+//! `E2E_SCREENSHOTS=dir` (see `scripts/screenshots`) makes the script save every page it
+//! visits; `E2E_ONLY=regex` runs only some of its steps.
+
+#![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
+
+use micro_test::{eventually, http, sibling_binary};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ADMIN_PASSWORD: &str = "web-e2e-admin-password";
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// The whole browser run, at most (it takes about 15 s).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// Where `scripts/browser-setup` installs playwright-core: `$target/web-e2e/node_modules`.
+fn node_modules() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("the target dir").join("web-e2e/node_modules")
+}
+
+/// Whether chromium, node and playwright-core are there; without them the test skips with
+/// a notice, except under `MICRO_TEST_REQUIRE_BACKENDS`, where it fails.
+fn browser_ready() -> bool {
+    let node = Command::new("node").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let missing = if !Path::new(CHROMIUM).exists() {
+        Some(CHROMIUM.to_string())
+    } else if !node.is_ok_and(|s| s.success()) {
+        Some("node".to_string())
+    } else if !node_modules().join("playwright-core/package.json").exists() {
+        Some(format!("playwright-core in {}", node_modules().display()))
+    } else {
+        None
+    };
+    let Some(what) = missing else { return true };
+    assert!(
+        std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(),
+        "{what} is needed by the browser test: run scripts/browser-setup"
+    );
+    eprintln!("notice: skipping the browser test: {what} is missing (run scripts/browser-setup)");
+    false
+}
+
+/// A `micro server` process on free ports, with its addresses from the banner.
+struct Server {
+    child: Child,
+    api: String,
+    web: String,
+    proxy: String,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_micro"))
+            .arg("server")
+            .env("MICRO_DATA_DIR", data.path())
+            .env("MICRO_API_ADDRESS", "127.0.0.1:0")
+            .env("MICRO_PROXY_ADDRESS", "127.0.0.1:0")
+            .env("MICRO_WEB_ADDRESS", "127.0.0.1:0")
+            .env("MICRO_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("MICRO_LOG", "warn")
+            .env_remove("MICRO_SERVER")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("micro server starts");
+        let mut banner = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut banner).expect("banner");
+        // "micro server: api http://A web http://W proxy P"
+        let words: Vec<&str> = banner.split_whitespace().collect();
+        let after = |key: &str| {
+            let i = words.iter().position(|w| *w == key).unwrap_or_else(|| panic!("no {key} in the banner: {banner}"));
+            words[i + 1].trim_start_matches("http://").to_string()
+        };
+        let (api, web, proxy) = (after("api"), after("web"), after("proxy"));
+        Server { child, api, web, proxy, _data: data }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SIGTERM first, so it drains and removes its files.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).stderr(Stdio::null()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_a_real_browser() {
+    if !browser_ready() {
+        return;
+    }
+    let server = Server::start();
+    let _helloworld = Proc(
+        Command::new(sibling_binary("helloworld"))
+            .env("MICRO_SERVER", &server.proxy)
+            .env("MICRO_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("helloworld starts"),
+    );
+    // Registered and answering (the pages list it and call it).
+    let api = server.api.clone();
+    let ready = eventually(Duration::from_secs(20), || {
+        let api = api.clone();
+        async move { http(&api, "POST", "/helloworld/greeter/hello", &[], br#"{"name":"up"}"#).await.status == 200 }
+    })
+    .await;
+    assert!(ready, "helloworld did not come up behind the gateway");
+
+    let started = Instant::now();
+    let mut node = tokio::process::Command::new("node");
+    node.arg(repo_root().join("tests/web/e2e.mjs"))
+        .current_dir(repo_root())
+        .env("NODE_PATH", node_modules())
+        .env("E2E_URL", format!("http://{}", server.web))
+        .env("E2E_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("E2E_CHROMIUM", CHROMIUM)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(SCRIPT_TIMEOUT, node.output())
+        .await
+        .unwrap_or_else(|_| panic!("tests/web/e2e.mjs ran longer than {SCRIPT_TIMEOUT:?}"))
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tests/web/e2e.mjs failed ({}):\n{stdout}\n{stderr}", out.status);
+    eprintln!("tests/web/e2e.mjs ({:.1?}):\n{stdout}", started.elapsed());
+    assert!(stdout.contains(" passed, 0 failed"), "no summary from tests/web/e2e.mjs:\n{stdout}\n{stderr}");
+}
