@@ -10,6 +10,8 @@
 //   E2E_SCREENSHOTS     a folder: every page visited is saved there, full page, at desktop
 //                       (1280×800) and phone (390×844) width, as NAME-desktop.png/NAME-phone.png
 //   E2E_ONLY            a regular expression: only the steps whose names match run
+//   E2E_RUNTIME_SOURCE  a git URL of a service `ticker` printing `tick N` every second, run
+//                       from the runtime page (without it the runtime steps skip)
 //
 // Every step asserts what a person would see (text in cells, the reply JSON, the error in
 // words), not just that a page loaded. It prints one line per step and exits non-zero when
@@ -30,6 +32,9 @@ const NAMESPACE = process.env.E2E_NAMESPACE || "micro";
 const CHROMIUM = process.env.E2E_CHROMIUM || "/usr/bin/chromium";
 const SHOTS = process.env.E2E_SCREENSHOTS ? path.resolve(process.env.E2E_SCREENSHOTS) : null;
 const ONLY = process.env.E2E_ONLY ? new RegExp(process.env.E2E_ONLY) : null;
+const SOURCE = process.env.E2E_RUNTIME_SOURCE || null;
+/** Unique per run, so values found on a page were written by this run. */
+const RUN = Date.now().toString(36);
 
 /** The reply JSON on an endpoint page (not the request schema's, also a `pre.json`). */
 const REPLY = 'main section:has(> h2:text-is("Response")) pre.json';
@@ -78,15 +83,24 @@ function assert(cond, message) {
   if (!cond) throw new Error(message);
 }
 
+/** JSON with every object's keys sorted, so objects compare regardless of key order. */
+function canonical(value) {
+  return JSON.stringify(value, (_, v) =>
+    v && typeof v === "object" && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : v,
+  );
+}
+
 function assertEqual(actual, expected, what) {
-  if (JSON.stringify(actual) !== JSON.stringify(expected)) {
+  if (canonical(actual) !== canonical(expected)) {
     throw new Error(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
   }
 }
 
-/** The path of the page's URL. */
+/** The path of the page's URL, decoded (the pages encode all but letters and digits). */
 function pathOf(page) {
-  return new URL(page.url()).pathname;
+  return decodeURIComponent(new URL(page.url()).pathname);
 }
 
 /** Waits until an element matching `selector` shows `text` (a string or RegExp); returns its text. */
@@ -144,6 +158,105 @@ async function login(page, { id = ADMIN, secret = PASSWORD } = {}) {
   assertEqual(pathOf(page), "/services", "page after signing in");
 }
 
+/** Checks a page as every page must be (see `accessible`; nothing overflows sideways at
+ * phone width) and, given a name, saves it when E2E_SCREENSHOTS is set (a form shown
+ * again with its error is checked, not saved: the PNGs stay few). */
+async function look(page, name = null) {
+  await accessible(page);
+  const before = page.viewportSize();
+  await page.setViewportSize(PHONE);
+  try {
+    await noOverflow(page);
+  } finally {
+    await page.setViewportSize(before);
+  }
+  if (name) await shot(page, name);
+}
+
+/** Does `action`, which opens a confirm dialog, and answers it; returns its message. */
+async function confirmWhile(page, accept, action) {
+  const opened = page.waitForEvent("dialog", { timeout: WAIT_MS });
+  const acting = action();
+  const dialog = await opened;
+  const { type, message } = { type: dialog.type(), message: dialog.message() };
+  await (accept ? dialog.accept() : dialog.dismiss());
+  await acting;
+  assertEqual(type, "confirm", "the kind of dialog");
+  return message;
+}
+
+/** Clicks `target`, accepts the confirm dialog it opens and waits for the page it leads
+ * to; returns the dialog's message. */
+async function followConfirmed(page, target) {
+  const [, message] = await Promise.all([
+    page.waitForNavigation({ timeout: WAIT_MS }),
+    confirmWhile(page, true, () => target.click()),
+  ]);
+  return message;
+}
+
+/** Submits a form the page does not offer (with the session's CSRF token); returns the
+ * response of the page it leads to. */
+async function submitForm(page, action, fields) {
+  const [response] = await Promise.all([
+    page.waitForNavigation({ timeout: WAIT_MS }),
+    page.evaluate(
+      ({ action, fields }) => {
+        const form = document.createElement("form");
+        form.method = "post";
+        form.action = action;
+        const csrf = document.querySelector('input[name="_csrf"]').value;
+        for (const [name, value] of Object.entries({ _csrf: csrf, ...fields })) {
+          const input = document.createElement("input");
+          input.type = "hidden";
+          input.name = name;
+          input.value = value;
+          form.append(input);
+        }
+        document.body.append(form);
+        form.submit();
+      },
+      { action, fields },
+    ),
+  ]);
+  return response;
+}
+
+/** Turns off the browser's own checks of the form holding `locator`, so the server's are seen. */
+async function noBrowserChecks(locator) {
+  await locator.evaluate((el) => {
+    el.closest("form").noValidate = true;
+  });
+}
+
+/** Reloads `p` until `selector` shows `text`, for at most `ms` (or until it shows `fail`);
+ * returns what it shows. */
+async function reloadUntil(page, p, selector, text, { ms = 30_000, fail = null } = {}) {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    await visit(page, p);
+    const el = page.locator(selector).first();
+    const shown = (await el.count()) ? (await el.innerText()).trim() : "(nothing)";
+    if (shown === text) return shown;
+    if (shown === fail || Date.now() > deadline) {
+      const error = (await page.locator(".error").allInnerTexts()).join(" ");
+      const when = shown === fail ? "" : ` after ${ms} ms`;
+      throw new Error(`${selector} on ${p} shows ${JSON.stringify(shown)}${when}${error ? `: ${error}` : ""}`);
+    }
+    await page.waitForTimeout(300);
+  }
+}
+
+/** The row of the table whose header cell (`th`) reads `name` exactly. */
+function rowOf(page, name) {
+  const th = page.locator("th", { hasText: new RegExp(`^${escapeRegExp(name)}$`) });
+  return page.locator("tbody tr").filter({ has: th });
+}
+
+function escapeRegExp(text) {
+  return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
+
 /** What every page must have: one non-empty <h1>, a language, a label for every control
  * and patterns the browser can use. */
 async function accessible(page) {
@@ -179,13 +292,22 @@ async function accessible(page) {
   assert(problems.length === 0, `${pathOf(page)}: ${problems.join("; ")}`);
 }
 
-/** The pages a signed-in admin can open now (the other sections are being written). */
+/** A page of every section, as a signed-in admin sees it (the steps below check the
+ * others, with content, as they open them). */
 const PAGES = [
   "/services",
   "/services/helloworld",
   "/services/helloworld/Greeter.Hello",
   "/services/helloworld/Greeter.Hello?raw=1",
   "/services/store/Store.Read",
+  "/runtime",
+  "/store",
+  `/store/${NAMESPACE}`,
+  "/config",
+  "/events",
+  "/auth",
+  "/auth/rules",
+  "/health",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -360,8 +482,25 @@ step("at phone width the navigation shows and nothing overflows sideways", async
 });
 
 async function noOverflow(page) {
-  const [scroll, inner] = await page.evaluate(() => [document.scrollingElement.scrollWidth, window.innerWidth]);
-  assert(scroll <= inner, `${pathOf(page)} is ${scroll}px wide in a ${inner}px window`);
+  const [scroll, inner, widest] = await page.evaluate(() => {
+    const [scroll, inner] = [document.scrollingElement.scrollWidth, window.innerWidth];
+    if (scroll <= inner) return [scroll, inner, null];
+    // The outermost element sticking out on the right (not inside one that scrolls or
+    // clips it), to name in the failure.
+    const clipped = (el) => {
+      for (let a = el.parentElement; a && a !== document.body; a = a.parentElement) {
+        if (getComputedStyle(a).overflowX !== "visible") return true;
+      }
+      return false;
+    };
+    const out = [...document.querySelectorAll("body *")].find(
+      (el) => el.getBoundingClientRect().right > inner + 0.5 && !clipped(el),
+    );
+    if (!out) return [scroll, inner, "no element found"];
+    const tag = out.tagName.toLowerCase() + (out.id ? `#${out.id}` : "") + (out.className ? `.${out.className}` : "");
+    return [scroll, inner, `<${tag}> ${JSON.stringify(out.textContent.trim().slice(0, 60))}`];
+  });
+  assert(scroll <= inner, `${pathOf(page)} is ${scroll}px wide in a ${inner}px window (${widest})`);
 }
 
 step("every page has an <h1>, every input a label and a valid pattern", async ({ page }) => {
@@ -374,13 +513,463 @@ step("every page has an <h1>, every input a label and a valid pattern", async ({
   }
 });
 
-// TODO steps for the sections being written (crates/micro-server/src/web/*.rs); write
-// each as a step above when its page lands, with a screenshot of every page it opens:
-todo("runtime: run a service, its status turns running; kill it, the status changes");
-todo("runtime: a service's live log shows a line it prints");
-todo("store: write a record, read it back in the table");
-todo("config: a secret value is shown masked");
-todo("auth: create a rule and see it listed");
+// ---------------------------------------------------------------------------------------
+// Runtime: the service `ticker` (E2E_RUNTIME_SOURCE, a git repository web.rs makes) is
+// run from the form, its live log followed, then killed.
+
+const TICKER = "ticker";
+
+/** Opens ticker's runtime page; skips the step when it does not run (the run step failed). */
+async function openTicker(page) {
+  if (!SOURCE) skip("E2E_RUNTIME_SOURCE is not set (web.rs sets it when git is there)");
+  await login(page);
+  const r = await page.goto(`${BASE}/runtime/${TICKER}`);
+  if (r.status() === 404) skip(`${TICKER} does not run: the step running it failed`);
+  assertEqual(r.status(), 200, `status of GET /runtime/${TICKER}`);
+  return r;
+}
+
+step("runtime: a service run from the form turns running; a bad name is refused", async ({ page }) => {
+  if (!SOURCE) skip("E2E_RUNTIME_SOURCE is not set (web.rs sets it when git is there)");
+  await login(page);
+  await visit(page, "/runtime");
+  await see(page, "h1", "Runtime");
+  await see(page, "main p", `Nothing runs in ${NAMESPACE} yet.`);
+  await look(page);
+  // A name the registry would refuse: the form comes back with the reason, and nothing runs.
+  await page.getByLabel("Source", { exact: true }).fill(SOURCE);
+  await page.getByLabel("Name", { exact: true }).fill("no spaces");
+  await follow(page, page.getByRole("button", { name: "Run", exact: true }));
+  await see(page, '.error[role="alert"]', /400 Bad Request.*"no spaces" is not a service name/);
+  await see(page, "main p", `Nothing runs in ${NAMESPACE} yet.`);
+  assertEqual(await page.getByLabel("Source", { exact: true }).inputValue(), SOURCE, "the source, kept");
+  await look(page);
+  // The real run.
+  await page.getByLabel("Name", { exact: true }).fill(TICKER);
+  await page.getByLabel("Environment", { exact: true }).fill("GREETING=hello from e2e");
+  await follow(page, page.getByRole("button", { name: "Run", exact: true }));
+  assertEqual(pathOf(page), `/runtime/${TICKER}`, "page after Run");
+  await see(page, 'p.ok[role="status"]', `${TICKER} is starting`);
+  await see(page, "td code", "GREETING=hello from e2e");
+  await see(page, "td code", SOURCE);
+  // pending → building → starting → running (a shell loop: ready after a second up).
+  const status = 'tr:has(> th:text-is("Status")) .badge';
+  await reloadUntil(page, `/runtime/${TICKER}`, status, "running", { fail: "error" });
+  await see(page, 'tr:has(> th:text-is("Instances")) td', "1/1 running");
+  await see(page, 'h2:text-is("Instances") + table tbody td .badge', "running");
+  // The list shows it too.
+  await visit(page, "/runtime");
+  const cells = await rowOf(page, TICKER).locator("td").allInnerTexts();
+  // Status, Version, Instances, Restarts, Error, Updated.
+  const [state, version, instances, restarts, error] = cells.map((c) => c.trim());
+  assertEqual([state, instances, restarts, error], ["running", "1/1", "0", ""], "ticker's row");
+  assert(/^[0-9a-f]{12}$/.test(version), `ticker's version ${JSON.stringify(version)} (a commit)`);
+  await look(page, "runtime");
+});
+
+step("runtime: the live log shows a line the service prints while the page is open", async ({ page }) => {
+  const r = await openTicker(page);
+  const html = await r.text();
+  const log = page.locator("pre.log[data-stream]");
+  assertEqual(await log.getAttribute("data-stream"), `/runtime/${TICKER}/logs/stream`, "the live log's URL");
+  // The page came with the lines so far (`started`, then ticks) ...
+  const shown = html.match(/<pre[^>]*data-stream[^>]*>([^<]*)<\/pre>/)?.[1] ?? "";
+  assert(shown.split("\n").includes("started"), `the page's log: ${JSON.stringify(shown.slice(0, 200))}`);
+  const known = [...shown.matchAll(/tick (\d+)/g)].map((m) => Number(m[1]));
+  // ... and a line printed later arrives without reloading.
+  const last = known.length ? Math.max(...known) : 0;
+  await page.waitForFunction(
+    (last) => {
+      const text = document.querySelector("pre.log[data-stream]").textContent;
+      return [...text.matchAll(/tick (\d+)/g)].some((m) => Number(m[1]) > last);
+    },
+    last,
+    { timeout: WAIT_MS },
+  );
+  assertEqual(await log.getAttribute("data-state"), "live", "the live log's state");
+  const lines = (await log.textContent()).split("\n").filter((l) => /^tick \d+$/.test(l));
+  const newest = Math.max(...lines.map((l) => Number(l.slice(5))));
+  assert(newest > last, `no tick after ${last}`);
+  // Each line once, in order.
+  const numbers = lines.map((l) => Number(l.slice(5)));
+  assertEqual(numbers, [...new Set(numbers)].sort((a, b) => a - b), "the ticks in the log");
+  await look(page, "runtime-service");
+});
+
+step("runtime: killing a service asks first; then it is gone", async ({ page }) => {
+  await openTicker(page);
+  const kill = page.getByRole("button", { name: `Kill ${TICKER}` });
+  const question = `Kill ${TICKER}? Its instances stop and the runtime forgets it.`;
+  // Cancelled: nothing happens.
+  assertEqual(await confirmWhile(page, false, () => kill.click()), question, "the question");
+  await page.waitForTimeout(300);
+  assertEqual(pathOf(page), `/runtime/${TICKER}`, "page after cancelling");
+  await see(page, 'tr:has(> th:text-is("Status")) .badge', "running");
+  // Confirmed.
+  assertEqual(await followConfirmed(page, kill), question, "the question");
+  assertEqual(pathOf(page), "/runtime", "page after killing");
+  await see(page, 'p.ok[role="status"]', `Killed ${TICKER}.`);
+  assertEqual(await rowOf(page, TICKER).count(), 0, "rows of ticker after the kill");
+  await see(page, "main p", `Nothing runs in ${NAMESPACE} yet.`);
+  await visit(page, `/runtime/${TICKER}`, 404);
+  await see(page, "main p", `No service ${TICKER} runs in ${NAMESPACE}.`);
+});
+
+// ---------------------------------------------------------------------------------------
+// Store.
+
+step("store: a record written from the form reads back; bad input is refused; delete asks", async ({ page }) => {
+  const table = `e2e-orders-${RUN}`;
+  const base = `/store/${NAMESPACE}/${table}`;
+  await login(page);
+  await visit(page, `/store/${NAMESPACE}`);
+  await see(page, "h1", `Store · ${NAMESPACE}`);
+  await page.getByLabel("Table", { exact: true }).fill(table);
+  await follow(page, page.getByRole("button", { name: "Open" }));
+  assertEqual(pathOf(page), base, "page of the table");
+  await see(page, "main p", "No records.");
+  const key = page.getByLabel("Key", { exact: true });
+  const value = page.getByLabel("Value", { exact: true });
+  const write = page.getByRole("button", { name: "Write record" });
+  // Invalid JSON: refused, the text kept, nothing written.
+  await key.fill("order-1");
+  await value.fill('{"item": "teapot", "total": 12.5');
+  await page.getByLabel("The value is", { exact: true }).selectOption("json");
+  await follow(page, write);
+  await see(page, '.error[role="alert"]', /400 Bad Request.*The value is not valid JSON/);
+  await see(page, "main p", "No records.");
+  assertEqual(await value.inputValue(), '{"item": "teapot", "total": 12.5', "the value, kept");
+  await look(page);
+  // An empty key (past the browser's check).
+  await key.fill("");
+  await value.fill("1");
+  await noBrowserChecks(key);
+  await follow(page, write);
+  await see(page, '.error[role="alert"]', /400 Bad Request.*Enter a key\./);
+  await see(page, "main p", "No records.");
+  // The real write.
+  await key.fill("order-1");
+  await value.fill('{"item": "teapot", "total": 12.5}');
+  await page.getByLabel("The value is", { exact: true }).selectOption("json");
+  await page.getByLabel("Metadata", { exact: true }).fill("source=e2e");
+  await follow(page, write);
+  const query = new URL(page.url()).searchParams;
+  assertEqual([pathOf(page), query.get("key"), query.get("saved")], [base, "order-1", "1"], "page after writing");
+  await see(page, 'p.ok[role="status"]', "Saved.");
+  assertEqual(JSON.parse(await see(page, "main pre.json", "teapot")), { item: "teapot", total: 12.5 }, "the value");
+  assertEqual((await rowOf(page, "Key").locator("td").innerText()).trim(), "order-1", "the key");
+  assertEqual((await rowOf(page, "Expires").locator("td").innerText()).trim(), "never", "the expiry");
+  assertEqual((await rowOf(page, "Metadata").locator("td").innerText()).trim(), "source=e2e", "the metadata");
+  await look(page, "store-record");
+  // Listed in its table, the table in its database, the database on /store.
+  await follow(page, page.locator('nav[aria-label="Breadcrumb"] a', { hasText: table }));
+  await see(page, "main li a code", /^order-1$/);
+  await look(page, "store-table");
+  await visit(page, `/store/${NAMESPACE}`);
+  await see(page, "main li a", table);
+  await look(page, "store-database");
+  await visit(page, "/store");
+  await see(page, "main li", new RegExp(`^${NAMESPACE}\\s+this namespace$`));
+  await look(page, "store");
+  // Deleting asks first.
+  await visit(page, `${base}?key=order-1`);
+  const asked = await followConfirmed(page, page.getByRole("button", { name: "Delete this record" }));
+  assertEqual(asked, "Delete the record order-1?", "the question");
+  assertEqual(pathOf(page), base, "page after deleting");
+  await see(page, 'p.ok[role="status"]', "Deleted order-1.");
+  await see(page, "main p", "No records.");
+  await visit(page, `${base}?key=order-1`, 404);
+  await see(page, '.error[role="alert"]', `404 Not Found — no record "order-1" in ${NAMESPACE}/${table}`);
+});
+
+// ---------------------------------------------------------------------------------------
+// Config.
+
+step("config: a secret is masked until revealed; invalid JSON is refused", async ({ page }) => {
+  const secret = `s3cret-${RUN}`;
+  await login(page);
+  await visit(page, "/config");
+  const path = page.locator("#set-path");
+  const value = page.getByLabel("Value", { exact: true });
+  const set = page.getByRole("button", { name: "Set", exact: true });
+  // Invalid JSON: refused, nothing set.
+  await path.fill("e2e.limits");
+  await value.fill('{"max": 3');
+  await follow(page, set);
+  await see(page, '.error[role="alert"]', /400 Bad Request.*The value is not valid JSON/);
+  assertEqual(await page.locator("ul.tree code", { hasText: /^e2e$/ }).count(), 0, "e2e in the tree");
+  assertEqual(await value.inputValue(), '{"max": 3', "the value, kept");
+  await look(page);
+  // A plain value shows as it is.
+  await value.fill('{"max": 3}');
+  await follow(page, set);
+  await see(page, 'p.ok[role="status"]', "Saved e2e.limits.");
+  await see(page, "ul.tree li", /^max: 3\s+Edit$/);
+  // A secret, as text.
+  await page.locator("#set-path").fill("e2e.token");
+  await page.getByLabel("Value", { exact: true }).fill(secret);
+  await page.getByLabel("Text (stored as a string)", { exact: true }).check();
+  await page.getByLabel("Secret (encrypted at rest, shown masked)", { exact: true }).check();
+  await follow(page, page.getByRole("button", { name: "Set", exact: true }));
+  await see(page, 'p.ok[role="status"]', "Saved e2e.token.");
+  const item = page.locator("ul.tree li").filter({ has: page.locator("code", { hasText: /^token$/ }) });
+  await see(page, "ul.tree li .badge", "secret");
+  assertEqual(await item.locator('[aria-label="masked value"]').innerText(), "••••••", "the masked value");
+  assert(!(await page.content()).includes(secret), "the secret is in the page");
+  await look(page, "config");
+  // Reveal shows it (a POST: not in the URL).
+  await follow(page, page.getByRole("button", { name: "Reveal e2e.token" }));
+  await see(page, 'ul.tree span[role="status"]', "Revealed:");
+  assertEqual(JSON.parse(await see(page, "ul.tree pre.json", secret)), secret, "the revealed value");
+  assert(!page.url().includes(secret), "the secret is in the URL");
+  await look(page, "config-revealed");
+  // Deleting the subtree asks first.
+  await page.locator("#del-path").fill("e2e");
+  const asked = await followConfirmed(page, page.getByRole("button", { name: "Delete", exact: true }));
+  assertEqual(asked, "Delete this path and everything under it?", "the question");
+  await see(page, 'p.ok[role="status"]', "Deleted e2e.");
+  assertEqual(await page.locator("ul.tree code", { hasText: /^e2e$/ }).count(), 0, "e2e in the tree after deleting");
+});
+
+// ---------------------------------------------------------------------------------------
+// Events.
+
+step("events: a published event is listed; the live tail shows one published meanwhile", async ({ page, context }) => {
+  const topic = `e2e/orders-${RUN}`;
+  const here = `/events/${encodeURIComponent(topic)}`;
+  await login(page);
+  await visit(page, "/events");
+  await page.getByLabel("Topic", { exact: true }).fill(topic);
+  const payload = page.getByLabel("Payload", { exact: true });
+  // Invalid JSON: refused, nothing published.
+  await payload.fill('{"order": 1');
+  await follow(page, page.getByRole("button", { name: "Publish" }));
+  await see(page, '.error[role="alert"]', /The payload is not valid JSON/);
+  assertEqual(await page.locator("tbody a", { hasText: topic }).count(), 0, "the topic, listed");
+  assertEqual(await payload.inputValue(), '{"order": 1', "the payload, kept");
+  await look(page);
+  // Published.
+  await payload.fill('{"order": 1, "item": "teapot"}');
+  await page.getByLabel("Ordering key", { exact: true }).fill("o-1");
+  await page.getByLabel("Metadata", { exact: true }).fill("source=e2e");
+  await follow(page, page.getByRole("button", { name: "Publish" }));
+  assertEqual(pathOf(page), `/events/${topic}`, "page after publishing");
+  const seq = Number((await see(page, 'p.ok[role="status"]', /^Published event #\d+\.$/)).match(/\d+/)[0]);
+  const row = page.locator(`tr#seq-${seq}`);
+  const cells = await row.locator("td").allInnerTexts();
+  assertEqual(cells.slice(1, 3), ["o-1", "source=e2e"], "the event's key and metadata");
+  assertEqual(JSON.parse(cells[3]), { order: 1, item: "teapot" }, "the event's payload");
+  assertEqual(await row.getAttribute("aria-current"), "true", "the new event highlighted");
+  // The live tail: an event published from another page arrives here.
+  const tail = page.locator("pre.log[data-stream]");
+  await page.waitForFunction(() => document.querySelector("pre.log[data-stream]").dataset.state === "live", null, {
+    timeout: WAIT_MS,
+  });
+  assertEqual(await tail.textContent(), "", "the tail before anything is published");
+  const other = await context.newPage();
+  await visit(other, here);
+  await other.locator('input[name="format"][value="text"]').check();
+  await other.getByLabel("Payload", { exact: true }).fill(`tail check ${RUN}`);
+  await follow(other, other.getByRole("button", { name: "Publish" }));
+  await see(other, 'p.ok[role="status"]', `Published event #${seq + 1}.`);
+  await other.close();
+  await see(page, "pre.log[data-stream]", new RegExp(`^#${seq + 1} \\d\\d:\\d\\d:\\d\\d tail check ${RUN}$`, "m"));
+  await look(page, "events-topic");
+  await visit(page, "/events");
+  await see(page, "tbody td a", topic);
+  await look(page, "events");
+});
+
+// ---------------------------------------------------------------------------------------
+// Auth.
+
+step("auth: a rule is listed with its effect in words; a bad priority is refused", async ({ page }) => {
+  const id = `e2e-vault-${RUN}`;
+  await login(page);
+  await visit(page, "/auth/rules");
+  await see(page, "h1", "Rules");
+  const defaultRule = "This is the rule every namespace starts with: it makes the services public.";
+  await see(page, 'tbody tr:has(> th:text-is("default")) td', defaultRule);
+  await page.getByLabel("Id", { exact: true }).fill(id);
+  await page.getByLabel("Who", { exact: true }).selectOption("scope");
+  await page.getByLabel("Scope", { exact: true }).fill("staff");
+  await page.getByLabel("Resource", { exact: true }).fill("service:vault:*");
+  await page.getByLabel("Access", { exact: true }).selectOption("denied");
+  const priority = page.getByLabel("Priority", { exact: true });
+  await priority.fill("1.5");
+  assert(!(await priority.evaluate((el) => el.checkValidity())), "the browser accepts 1.5 as a priority");
+  await noBrowserChecks(priority);
+  await follow(page, page.getByRole("button", { name: "Save rule" }));
+  await see(page, '.error[role="alert"]', 'The priority "1.5" is not a whole number');
+  assertEqual(await rowOf(page, id).count(), 0, "rows of the refused rule");
+  assertEqual(await page.getByLabel("Resource", { exact: true }).inputValue(), "service:vault:*", "the resource, kept");
+  await look(page);
+  await page.getByLabel("Priority", { exact: true }).fill("10");
+  await follow(page, page.getByRole("button", { name: "Save rule" }));
+  assertEqual(pathOf(page), "/auth/rules", "page after saving");
+  await see(page, 'p.ok[role="status"]', `Saved rule ${id}.`);
+  const cells = (await rowOf(page, id).locator("td").allInnerTexts()).map((c) => c.trim());
+  assertEqual(
+    cells.slice(0, 5),
+    [
+      "staff",
+      "service:vault:*",
+      "denied",
+      "10",
+      `Denies accounts of namespace ${NAMESPACE} holding the scope staff calls to any endpoint of service vault; ` +
+        "priority 10 — matching rules with a higher priority take precedence.",
+    ],
+    "the rule's row",
+  );
+  await look(page, "auth-rules");
+  const asked = await followConfirmed(page, page.getByRole("button", { name: `Delete rule ${id}` }));
+  assertEqual(asked, `Delete rule ${id}?`, "the question");
+  await see(page, 'p.ok[role="status"]', `Deleted rule ${id}.`);
+  assertEqual(await rowOf(page, id).count(), 0, "rows of the deleted rule");
+});
+
+step("auth: an account is created from the form, its generated secret shown once", async ({ page }) => {
+  const id = `e2e-service-${RUN}`;
+  await login(page);
+  await visit(page, "/auth");
+  await see(page, "h1", "Accounts");
+  assertEqual((await rowOf(page, ADMIN).locator("td").last().innerText()).trim(), "you", "the admin's own row");
+  // A bad id: refused, nothing created.
+  await page.getByLabel("Id", { exact: true }).fill("has space");
+  await follow(page, page.getByRole("button", { name: "Create account" }));
+  await see(page, '.error[role="alert"]', "The id must be at most 256 characters, without spaces or /.");
+  assertEqual(await rowOf(page, "has space").count(), 0, "rows of the refused account");
+  await look(page);
+  await page.getByLabel("Id", { exact: true }).fill(id);
+  await page.getByLabel("Type", { exact: true }).selectOption("service");
+  await page.getByLabel("Scopes", { exact: true }).fill("staff, billing");
+  await follow(page, page.getByRole("button", { name: "Create account" }));
+  await see(page, '.card[role="status"]', `Created account ${id}. Its secret is shown only this once`);
+  const generated = await page.locator(".card[role=status] code").innerText();
+  assert(generated.length >= 16, `the generated secret ${JSON.stringify(generated)}`);
+  const cells = (await rowOf(page, id).locator("td").allInnerTexts()).map((c) => c.trim());
+  assertEqual([cells[1], cells[2].split(/\s+/)], ["service", ["staff", "billing"]], "the account's type and scopes");
+  await look(page, "auth-accounts");
+  // The secret is not in the page once reloaded.
+  await visit(page, "/auth");
+  assert(!(await page.content()).includes(generated), "the secret is shown again");
+});
+
+// ---------------------------------------------------------------------------------------
+// Isolation: a non-admin account of the namespace sees its namespace only.
+
+step("isolation: a non-admin account gets 403 on auth, cannot switch, never sees another namespace", async ({
+  page,
+  browser,
+}) => {
+  const user = `e2e-user-${RUN}`;
+  const secret = `user-secret-${RUN}`;
+  const mark = `other-ns-only-${RUN}`;
+  await login(page);
+  // The admin creates the account (scope data: it may use the namespace's store, config
+  // and events).
+  await visit(page, "/auth");
+  await page.getByLabel("Id", { exact: true }).fill(user);
+  await page.getByLabel("Secret", { exact: true }).fill(secret);
+  await page.getByLabel("Scopes", { exact: true }).fill("data");
+  await follow(page, page.getByRole("button", { name: "Create account" }));
+  await see(page, 'p.ok[role="status"]', `Created account ${user}.`);
+  // ... and, in namespace `other`, writes a record, a config value and an event.
+  const switchTo = async (ns) => {
+    await page.getByLabel("Namespace", { exact: true }).fill(ns);
+    await follow(page, page.getByRole("button", { name: "Switch" }));
+    assertEqual(await page.getByLabel("Namespace", { exact: true }).inputValue(), ns, "the namespace switched to");
+  };
+  await switchTo("other");
+  await visit(page, "/store/other/e2e-leak");
+  await page.getByLabel("Key", { exact: true }).fill("plan");
+  await page.getByLabel("Value", { exact: true }).fill(mark);
+  await follow(page, page.getByRole("button", { name: "Write record" }));
+  await see(page, "main pre", mark);
+  await visit(page, "/config");
+  await page.locator("#set-path").fill("leak.marker");
+  await page.getByLabel("Value", { exact: true }).fill(JSON.stringify(mark));
+  await follow(page, page.getByRole("button", { name: "Set", exact: true }));
+  await see(page, "ul.tree li", mark);
+  await visit(page, "/events");
+  await page.getByLabel("Topic", { exact: true }).fill("e2e-leak");
+  await page.getByLabel("Payload", { exact: true }).fill(JSON.stringify(mark));
+  await follow(page, page.getByRole("button", { name: "Publish" }));
+  await see(page, "tbody pre", mark);
+  await switchTo(NAMESPACE);
+
+  const context = await browser.newContext({ viewport: DESKTOP });
+  context.setDefaultTimeout(WAIT_MS);
+  try {
+    const u = await context.newPage();
+    await login(u, { id: user, secret });
+    await see(u, "header .account", user);
+    // No namespace switcher, and posting its form anyway is refused.
+    assertEqual(await u.locator("#ns-switch").count(), 0, "namespace switchers");
+    await see(u, "header .ns", new RegExp(`^${NAMESPACE}$`));
+    const r = await submitForm(u, "/namespace", { namespace: "other" });
+    assertEqual(r.status(), 403, "status of switching to other");
+    await see(u, "h1", "Not your namespace");
+    await see(u, "main p", "Your account can only see its own namespace.");
+    await visit(u, "/services");
+    await see(u, "header .ns", new RegExp(`^${NAMESPACE}$`));
+    // The auth pages refuse in words.
+    for (const p of ["/auth", "/auth/rules"]) {
+      await visit(u, p, 403);
+      await see(
+        u,
+        '.error[role="alert"]',
+        `403 Forbidden — only an admin of namespace ${NAMESPACE} can see and change its accounts and rules.`,
+      );
+      await see(u, "main p", `You are signed in as ${user} of ${NAMESPACE}`);
+    }
+    await look(u, "auth-forbidden");
+    // Its own namespace's pages work and never show the other namespace's data.
+    const own = ["/store", `/store/${NAMESPACE}`, "/config", "/events", "/events/e2e-leak", "/services", "/health"];
+    for (const p of own) {
+      const r = await u.goto(BASE + p);
+      assert(r.status() < 500, `status of GET ${p}: ${r.status()}`);
+      assert(!(await u.content()).includes(mark), `${p} shows the other namespace's ${mark}`);
+    }
+    // Not even the other namespace's name is listed.
+    await visit(u, "/store");
+    assertEqual(await u.locator("main li a", { hasText: /^other$/ }).count(), 0, "links to database other");
+    await visit(u, `/store/${NAMESPACE}`);
+    await see(u, "h1", `Store · ${NAMESPACE}`);
+    // Asked for by URL, the other namespace's data is refused.
+    for (const p of ["/store/other", "/store/other/e2e-leak", "/store/other/e2e-leak?key=plan"]) {
+      await visit(u, p, 403);
+      const refusal = `403 Forbidden — account ${user} of namespace ${NAMESPACE} cannot act in namespace other`;
+      await see(u, '.error[role="alert"]', new RegExp(`^${refusal}$`));
+      assert(!(await u.content()).includes(mark), `${p} shows ${mark}`);
+    }
+  } finally {
+    await context.close();
+  }
+});
+
+// ---------------------------------------------------------------------------------------
+// Health.
+
+step("health: helloworld answers as healthy, with its figures", async ({ page }) => {
+  await login(page);
+  await visit(page, "/health");
+  await see(page, "h1", "Health");
+  await see(page, 'p[role="status"]', new RegExp(`^\\d+ services in ${NAMESPACE}: \\d+ healthy`));
+  const card = page.locator("section.card").filter({ has: page.locator("h2 a", { hasText: /^helloworld$/ }) });
+  assertEqual(await card.locator("h2 .badge").allInnerTexts(), ["healthy"], "helloworld's badges");
+  const figures = Object.fromEntries(
+    await card.locator("dl dt").evaluateAll((dts) => dts.map((dt) => [dt.innerText, dt.nextElementSibling.innerText])),
+  );
+  assertEqual(Object.keys(figures), ["Uptime", "Memory", "Threads", "Requests", "Errors"], "helloworld's figures");
+  assert(/^\d+(s|m \d+s)$/.test(figures.Uptime), `uptime ${figures.Uptime}`);
+  assert(/^\d+(\.\d)? [KMG]iB$/.test(figures.Memory), `memory ${figures.Memory}`);
+  assert(Number(figures.Requests) >= 1, `requests ${figures.Requests}`);
+  // The core services are there, as core.
+  const store = page.locator("section.card").filter({ has: page.locator("h2 a", { hasText: /^store$/ }) });
+  assertEqual(await store.locator("h2 .badge").allInnerTexts(), ["healthy", "core"], "the store's badges");
+  await look(page, "health");
+});
 
 // ---------------------------------------------------------------------------------------
 // The runner.

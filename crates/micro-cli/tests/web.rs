@@ -6,6 +6,10 @@
 //!
 //! `E2E_SCREENSHOTS=dir` (see `scripts/screenshots`) makes the script save every page it
 //! visits; `E2E_ONLY=regex` runs only some of its steps.
+//!
+//! The runtime steps run a service from a small git repository made here (a `micro.toml`
+//! whose shell loop prints a line a second), passed as `E2E_RUNTIME_SOURCE`; without `git`
+//! they skip.
 
 #![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
 
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant};
 
 const ADMIN_PASSWORD: &str = "web-e2e-admin-password";
 const CHROMIUM: &str = "/usr/bin/chromium";
-/// The whole browser run, at most (it takes about 15 s).
+/// The whole browser run, at most (it takes about 30 s).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn repo_root() -> PathBuf {
@@ -104,6 +108,42 @@ impl Drop for Server {
     }
 }
 
+/// A local git repository holding one service, `ticker`: a `micro.toml` whose `run` prints
+/// `started`, then `tick N` every second (no `[http]`: the runtime counts it ready after a
+/// second up). Returns the folder (removed on drop) and its `file://` URL, or `None`
+/// without git.
+fn ticker_repo() -> Option<(tempfile::TempDir, String)> {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("ticker");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(
+        repo.join("micro.toml"),
+        "name = \"ticker\"\nrun = \"sh -c 'echo started; i=0; while true; do i=$((i+1)); echo tick $i; sleep 1; done'\"\n",
+    )
+    .unwrap();
+    for args in [&["init", "-q"][..], &["add", "."], &["commit", "-q", "-m", "ticker"]] {
+        let out = Command::new("git")
+            .args(["-c", "user.name=e2e", "-c", "user.email=e2e@example.com", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(&repo)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => panic!("git {args:?}: {}", String::from_utf8_lossy(&o.stderr)),
+            Err(e) => {
+                assert!(
+                    std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(),
+                    "git is needed by the browser test's runtime steps: {e}"
+                );
+                eprintln!("notice: the runtime steps of the browser test skip: git cannot run ({e})");
+                return None;
+            }
+        }
+    }
+    let url = format!("file://{}", repo.display());
+    Some((dir, url))
+}
+
 /// A child process killed on drop.
 struct Proc(Child);
 
@@ -137,6 +177,8 @@ async fn dashboard_in_a_real_browser() {
     .await;
     assert!(ready, "helloworld did not come up behind the gateway");
 
+    let ticker = ticker_repo();
+
     let started = Instant::now();
     let mut node = tokio::process::Command::new("node");
     node.arg(repo_root().join("tests/web/e2e.mjs"))
@@ -149,6 +191,9 @@ async fn dashboard_in_a_real_browser() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if let Some((_, url)) = &ticker {
+        node.env("E2E_RUNTIME_SOURCE", url);
+    }
     let out = tokio::time::timeout(SCRIPT_TIMEOUT, node.output())
         .await
         .unwrap_or_else(|_| panic!("tests/web/e2e.mjs ran longer than {SCRIPT_TIMEOUT:?}"))

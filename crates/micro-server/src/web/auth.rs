@@ -74,7 +74,8 @@ impl Outcome {
                 Outcome::Generated { id, secret } => {
                     div.card role="status" {
                         p { "Created account " strong { (id) } ". Its secret is shown only this once; copy it now:" }
-                        p { code { (secret) } }
+                        // A <pre>, which wraps: a long secret in a line would widen a phone's page.
+                        pre { code { (secret) } }
                     }
                 },
             }
@@ -549,7 +550,7 @@ fn rule_form(page: &Page<'_>, input: Option<&RuleInput>) -> Markup {
             }
             div.field {
                 label for="rule-priority" { "Priority" }
-                input #rule-priority name="priority" type="number" step="1" inputmode="numeric" value=(if v.priority.is_empty() { "0" } else { &v.priority }) aria-describedby="rule-priority-hint";
+                input #rule-priority name="priority" type="number" min=(i32::MIN) max=(i32::MAX) step="1" inputmode="numeric" value=(if v.priority.is_empty() { "0" } else { &v.priority }) aria-describedby="rule-priority-hint";
                 span.hint #rule-priority-hint { "Higher wins over lower." }
             }
             div.actions { button type="submit" { "Save rule" } }

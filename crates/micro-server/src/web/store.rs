@@ -100,6 +100,12 @@ async fn databases(page: &Page<'_>) -> Response<Body> {
         Ok(d) => d,
         Err(e) => return failed(page, "Store", trail(None, None), &e),
     };
+    // The store lists every database to any account of the default namespace, but only
+    // its admins may open another namespace's (as with the namespace switcher): the
+    // others' names are no business of anyone else, and their links would only be refused.
+    if !(page.session.admin && page.session.home == micro_core::namespace::DEFAULT) {
+        dbs.retain(|d| d == ns);
+    }
     dbs.sort();
     let body = html! {
         @if dbs.is_empty() {
@@ -392,9 +398,11 @@ async fn keys(page: &Page<'_>, db: &str, table: &str, form: &RecordForm, problem
     let body = html! {
         (trail(Some(db), Some(table)))
         (notice(deleted))
-        form.inline method="get" action=(base) role="search" {
-            label for="prefix" { "Keys starting with" }
-            input #prefix name="prefix" value=(prefix) type="search";
+        // Not `form.inline` (a row that never wraps, wider than a phone): inline
+        // elements, which wrap.
+        form method="get" action=(base) role="search" {
+            label for="prefix" { "Keys starting with" } " "
+            input #prefix name="prefix" value=(prefix) type="search"; " "
             button type="submit" { "Search" }
         }
         @if found.is_empty() {
