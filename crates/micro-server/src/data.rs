@@ -90,11 +90,12 @@ impl spb::store_server::Store for StoreService {
     }
 
     async fn databases(&self, req: Request<spb::DatabasesRequest>) -> Result<Response<spb::DatabasesResponse>, Status> {
-        // The default namespace sees every database, any other only its own. (Auth will
-        // replace this with the caller's scopes.)
+        // An admin of the default namespace sees every database; anyone else only the
+        // namespace's own.
         let ns = micro::namespace(&req);
+        let operator = ns == micro_core::namespace::DEFAULT && req.metadata().get(crate::guard::ADMIN).is_some();
         let all = self.store.databases().await.map_err(t)?;
-        let visible = all.into_iter().filter(|d| ns == micro_core::namespace::DEFAULT || *d == ns).collect();
+        let visible = all.into_iter().filter(|d| operator || *d == ns).collect();
         Ok(Response::new(spb::DatabasesResponse { databases: visible }))
     }
 

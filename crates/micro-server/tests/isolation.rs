@@ -308,3 +308,20 @@ async fn the_gateway_enforces_rules_for_http_services() {
     let r = micro_test::http(&s.api(), "GET", "/legacy/admin/users", &[("cookie", cookie.as_str())], b"").await;
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_operator_lists_every_database() {
+    let s = TestServer::start().await;
+    let admin = s.admin_data("micro").await;
+    admin.store.write(&Table::new("micro", "t"), &Record::new("k", b"v".to_vec()), None).await.unwrap();
+    let beta = s.admin_data("beta").await;
+    beta.store.write(&Table::new("beta", "t"), &Record::new("k", b"secret".to_vec()), None).await.unwrap();
+    let mut all = admin.store.databases().await.unwrap();
+    all.sort();
+    assert_eq!(all, ["beta", "micro"], "the default namespace's admin sees every database");
+    // A data-scope account of the default namespace sees only its own.
+    s.create_account("micro", "worker", "worker-secret-1", "user", &["data"]).await;
+    let token = micro_test::login(&s.proxy(), "micro", "worker", "worker-secret-1").await;
+    let worker = Data::remote_with(&s.proxy(), "micro", Some(Arc::new(StaticToken(token))));
+    assert_eq!(worker.store.databases().await.unwrap(), ["micro"]);
+}
