@@ -703,7 +703,8 @@ async fn two_servers_run_a_service_once_and_survive_the_leaders_death() {
     let _ = a.child.kill();
     let _ = a.child.wait();
     for pid in &on_a {
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
+        // Each instance leads its own process group (its shell and the app under it).
+        let _ = Command::new("kill").args(["-9", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
     }
     let started = Instant::now();
     let mut back = false;
