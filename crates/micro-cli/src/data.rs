@@ -159,6 +159,12 @@ pub(crate) enum EventsCmd {
     },
     /// List topics.
     Topics,
+    /// List a topic's consumer groups and their lag: micro events groups orders
+    ///
+    /// DELIVERED is the highest sequence number handed to the group, ACKED the one up to
+    /// which every event is done, PENDING how many are delivered and not acked yet, and
+    /// LAG how many the group has still to finish. Private groups are not listed.
+    Groups { topic: String },
 }
 
 #[derive(Subcommand)]
@@ -367,6 +373,9 @@ pub(crate) async fn events(c: &Ctx, cmd: EventsCmd) -> Result<()> {
                     break;
                 }
             }
+            // The last acks are on their way: let them reach the server before exiting.
+            drop(s);
+            micro::data::settle(std::time::Duration::from_secs(5)).await;
         }
         EventsCmd::Read { topic, offset, limit } => {
             let offset = micro::proto::parse_offset(&offset).map_err(status_err)?;
@@ -383,6 +392,21 @@ pub(crate) async fn events(c: &Ctx, cmd: EventsCmd) -> Result<()> {
             }
         }
         EventsCmd::Topics => print_list(c, &d.events.topics(&c.namespace).await.map_err(status_err)?),
+        EventsCmd::Groups { topic } => {
+            let groups = d.events.groups(&c.namespace, &topic).await.map_err(status_err)?;
+            if c.json {
+                output::json(&serde_json::to_value(&groups)?);
+            } else {
+                let rows: Vec<Vec<String>> = groups
+                    .iter()
+                    .map(|g| {
+                        let n = [g.delivered, g.acked, g.pending, g.lag].map(|n| n.to_string());
+                        std::iter::once(g.name.clone()).chain(n).collect()
+                    })
+                    .collect();
+                output::table(&["NAME", "DELIVERED", "ACKED", "PENDING", "LAG"], &rows);
+            }
+        }
     }
     Ok(())
 }

@@ -95,6 +95,12 @@ async fn store_config_events_and_blob_commands() {
     let consumed = ok(&p, &["events", "consume", "orders", "--offset", "first", "--count", "2"]).await;
     assert_eq!(consumed.lines().count(), 2, "{consumed}");
     assert_eq!(ok(&p, &["events", "topics"]).await.trim(), "orders");
+    // A group's progress; its last ack reaches the server before the CLI exits.
+    ok(&p, &["events", "consume", "orders", "--group", "billing", "--offset", "first", "--count", "1"]).await;
+    let groups = ok(&p, &["events", "groups", "orders"]).await;
+    let rows: Vec<Vec<&str>> = groups.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows, [["NAME", "DELIVERED", "ACKED", "PENDING", "LAG"], ["billing", "1", "1", "0", "1"]], "{groups}");
+    assert!(fails(&p, &["events", "groups", "nosuch"]).await.contains("404"));
     assert!(fails(&p, &["events", "read", "nosuch"]).await.contains("404"));
     fails(&p, &["publish", "orders", "not json"]).await;
     fails(&p, &["publish", "bad topic!", "{}"]).await;

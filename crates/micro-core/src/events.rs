@@ -149,6 +149,34 @@ pub struct ReadOptions {
     pub offset_count: u32,
 }
 
+/// The progress of one durable consumer group through a topic, as reported by
+/// [`Events::groups`]. Sequence numbers are the topic's; positions before the group's
+/// start, and events removed by retention before the group reached them, count as
+/// passed (delivered and acknowledged).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The group's name.
+    pub name: String,
+    /// The highest sequence number the group has been handed (0 before the first
+    /// delivery of a group starting at the beginning). A backend that prefetches
+    /// for its members counts what it fetched.
+    pub delivered: u64,
+    /// The acknowledgement floor: every event up to this sequence number is done for the
+    /// group (acknowledged, dead-lettered or passed).
+    pub acked: u64,
+    /// Events delivered and not yet acknowledged, including those nacked and waiting to
+    /// be redelivered.
+    pub pending: u64,
+    /// Events the group has still to finish: those not delivered yet plus `pending`. When
+    /// acknowledgements arrive in order this is the topic's last sequence number minus
+    /// `acked`; acknowledgements beyond the floor make it smaller.
+    pub lag: u64,
+    /// Members consuming right now; `None` when the backend cannot tell (a pull-based
+    /// broker knows only the requests waiting at this moment).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members: Option<u32>,
+}
+
 /// Durable event streams.
 #[async_trait::async_trait]
 pub trait Events: Send + Sync + 'static {
@@ -165,6 +193,9 @@ pub trait Events: Send + Sync + 'static {
     async fn read(&self, namespace: &str, topic: &str, options: &ReadOptions) -> Result<Vec<Event>, Status>;
     /// The topics of a namespace.
     async fn topics(&self, namespace: &str) -> Result<Vec<String>, Status>;
+    /// The durable (named) consumer groups of `topic` with their progress, sorted by
+    /// name; private groups are not listed. `NotFound` for a topic never published to.
+    async fn groups(&self, namespace: &str, topic: &str) -> Result<Vec<GroupInfo>, Status>;
 }
 
 /// Checks a topic name: 1–256 characters of `a-z A-Z 0-9 . _ - /`, not starting with a dot.

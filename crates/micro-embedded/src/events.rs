@@ -24,9 +24,9 @@ mod sql;
 
 use crate::DataDir;
 use crate::db::{Db, internal};
-use group::{Group, GroupState, Member};
+use group::{Group, GroupState, Member, progress};
 use micro_core::events::{
-    ConsumeOptions, Delivery, Event, Events, Message, Offset, ReadOptions, validate_group, validate_message,
+    ConsumeOptions, Delivery, Event, Events, GroupInfo, Message, Offset, ReadOptions, validate_group, validate_message,
     validate_topic,
 };
 use micro_core::store::now_ms;
@@ -321,6 +321,18 @@ impl Inner {
             .await
     }
 
+    /// The positions of the groups of `ns`/`name` that live in memory, by name.
+    async fn live_groups(&self, ns: &str, name: &str) -> HashMap<String, group::Snapshot> {
+        let Some(topic) = self.cached_topic(ns, name) else { return HashMap::new() };
+        let groups: Vec<(String, Arc<Group>)> =
+            lock(&topic.groups).iter().filter_map(|(n, g)| Some((n.clone(), g.upgrade()?))).collect();
+        let mut live = HashMap::with_capacity(groups.len());
+        for (name, group) in groups {
+            live.insert(name, group.snapshot().await);
+        }
+        live
+    }
+
     /// Event `seq` of `topic`, if it is still stored.
     async fn load(&self, topic: &Arc<Topic>, seq: u64) -> Result<Option<Arc<Event>>, Status> {
         Ok(self.fetch(topic, seq, seq, 1).await?.pop())
@@ -415,6 +427,24 @@ impl Events for EmbeddedEvents {
                 rows.map(|r| r.map_err(internal)).collect()
             })
             .await
+    }
+
+    async fn groups(&self, namespace: &str, topic: &str) -> Result<Vec<GroupInfo>, Status> {
+        validate(namespace, topic)?;
+        // Groups in memory are ahead of what is stored, so they are looked at first. The
+        // stored rows are read through the writer, behind every write queued so far: a
+        // group that has left memory has its last writes committed by then.
+        let mut live = self.inner.live_groups(namespace, topic).await;
+        let (ns, name, retention) = (namespace.to_string(), topic.to_string(), self.inner.retention());
+        let stored = self.inner.writer.call(|reply| Op::Groups { ns, name, retention, reply }).await?;
+        let Some(stored) = stored else {
+            return Err(Status::not_found(ID, format!("no topic {topic:?} in namespace {namespace:?}")));
+        };
+        let groups = stored.groups.into_iter().map(|(name, at)| {
+            let at = live.remove(&name).unwrap_or(at);
+            progress(name, &at, stored.last_seq, stored.floor)
+        });
+        Ok(groups.collect())
     }
 }
 

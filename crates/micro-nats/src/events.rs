@@ -9,7 +9,8 @@
 //! - **Groups**: one durable pull consumer per group (an ephemeral one for a private
 //!   group). A member asks for one event at a time, and only while it is being read, so
 //!   members share a group's events and an idle member holds nothing. Acks and nacks are
-//!   synchronous, so "acked" means the server has it.
+//!   synchronous, so "acked" means the server has it. A group's progress is its
+//!   consumer's: delivered and ack-floor stream sequences, and the pending counts.
 //! - **Retry limit**: the consumer allows one delivery more than the limit; a nack of
 //!   the last attempt, or that extra delivery (after the last attempt's ack wait),
 //!   moves the event to the dead-letter topic (de-duplicated by message id, so two nodes
@@ -23,8 +24,8 @@ use crate::{Nats, unavailable};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::StreamExt;
 use micro_core::events::{
-    Acker, ConsumeOptions, Delivery, Event, Events, Message, Offset, ReadOptions, validate_group, validate_message,
-    validate_topic,
+    Acker, ConsumeOptions, Delivery, Event, Events, GroupInfo, Message, Offset, ReadOptions, validate_group,
+    validate_message, validate_topic,
 };
 use micro_core::store::now_ms;
 use micro_core::{BoxStream, Status, namespace};
@@ -110,6 +111,26 @@ fn digest(parts: &[&str]) -> String {
         h.update([0]);
     }
     crate::broker::hex(&h.finalize()[..16])
+}
+
+/// The durable consumer of group `group`.
+fn durable_name(group: &str) -> String {
+    format!("g{}", digest(&[group]))
+}
+
+/// A group's progress from its consumer's state, in a topic whose last event is `last`.
+fn group_info(name: &str, c: &jetstream::consumer::Info, last: u64) -> GroupInfo {
+    let pending = u64::try_from(c.num_ack_pending).unwrap_or(u64::MAX);
+    GroupInfo {
+        name: name.to_string(),
+        // A start past the end of the stream puts both beyond it.
+        delivered: c.delivered.stream_sequence.min(last),
+        acked: c.ack_floor.stream_sequence.min(last),
+        pending,
+        lag: c.num_pending.saturating_add(pending),
+        // Pull consumers show only the requests waiting at this moment.
+        members: None,
+    }
 }
 
 fn names(namespace: &str, topic: &str) -> Names {
@@ -365,7 +386,7 @@ impl Events for NatsEvents {
         let names = names(namespace, topic);
         inner.ensure(namespace, topic, &names).await?;
         let stream = inner.stream(&names).await?;
-        let durable = (!options.group.is_empty()).then(|| format!("g{}", digest(&[&options.group])));
+        let durable = (!options.group.is_empty()).then(|| durable_name(&options.group));
         let existing = match &durable {
             Some(name) => match stream.consumer_info(name).await {
                 Ok(c) => Some(c),
@@ -483,6 +504,33 @@ impl Events for NatsEvents {
         }
         topics.sort();
         Ok(topics)
+    }
+
+    async fn groups(&self, namespace: &str, topic: &str) -> Result<Vec<GroupInfo>, Status> {
+        check(namespace, topic)?;
+        self.inner.nats.connected(ID)?;
+        let names = names(namespace, topic);
+        let not_found = || Status::not_found(ID, format!("no topic {topic:?} in namespace {namespace:?}"));
+        let info = self.inner.info(&names).await?.ok_or_else(not_found)?;
+        let last = info.state.last_sequence;
+        if last == 0 {
+            return Err(not_found());
+        }
+        let stream = self.inner.stream(&names).await?;
+        let mut consumers = stream.consumers();
+        let mut groups = Vec::new();
+        while let Some(consumer) = consumers.next().await {
+            let consumer = consumer.map_err(|e| unavailable(ID, "list the groups", e))?;
+            // A named group is a durable consumer named after the group in its
+            // description; private groups are ephemeral ("private").
+            let Some(name) = consumer.config.description.as_deref() else { continue };
+            if consumer.config.durable_name.is_none() || consumer.name != durable_name(name) {
+                continue;
+            }
+            groups.push(group_info(name, &consumer, last));
+        }
+        groups.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(groups)
     }
 }
 

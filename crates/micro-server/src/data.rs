@@ -283,6 +283,12 @@ impl epb::events_server::Events for EventsService {
         let ns = micro::namespace(&req);
         Ok(Response::new(epb::TopicsResponse { topics: self.events.topics(&ns).await.map_err(t)? }))
     }
+
+    async fn groups(&self, req: Request<epb::GroupsRequest>) -> Result<Response<epb::GroupsResponse>, Status> {
+        let ns = micro::namespace(&req);
+        let groups = self.events.groups(&ns, &req.into_inner().topic).await.map_err(t)?;
+        Ok(Response::new(epb::GroupsResponse { groups: groups.iter().map(Into::into).collect() }))
+    }
 }
 
 /// Serves a [`Broker`] as `broker.Broker`.

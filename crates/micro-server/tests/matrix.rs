@@ -394,7 +394,7 @@ async fn blob(w: &World, m: &mut Matrix, who: Who, ns: &'static str) {
     m.check(who, ns, "blob delete", code(&delete), want);
 }
 
-/// Events: read, topics, and a consume stream (with an ack).
+/// Events: read, topics, a consume stream (with an ack) and the topic's groups.
 async fn events(w: &World, m: &mut Matrix, who: Who, ns: &'static str) {
     let d = w.data(who, ns);
     let tag = who.tag();
@@ -409,9 +409,17 @@ async fn events(w: &World, m: &mut Matrix, who: Who, ns: &'static str) {
         m.expect(topics.as_deref().ok() == Some(&["matrix".to_string()][..]), || format!("{ns}: {topics:?}"));
     }
     let options = ConsumeOptions { group: format!("matrix-{tag}"), offset: Offset::First, ..Default::default() };
-    let consumed = first(d.events.consume(ns, "matrix", &options).await, Duration::from_secs(5)).await;
-    if m.check(who, ns, "events consume", consumed.0, want) {
-        match consumed.1 {
+    // The stream stays open while the delivery is acked: a member that has left cannot ack.
+    let (got, delivery, _member) = match d.events.consume(ns, "matrix", &options).await {
+        Err(e) => (Some(e.code()), None, None),
+        Ok(mut s) => match tokio::time::timeout(Duration::from_secs(5), s.next()).await {
+            Ok(Some(Ok(d))) => (None, Some(d), Some(s)),
+            Ok(Some(Err(e))) => (Some(e.code()), None, Some(s)),
+            Ok(None) | Err(_) => (None, None, Some(s)),
+        },
+    };
+    if m.check(who, ns, "events consume", got, want) {
+        match delivery {
             Some(delivery) => {
                 let payload = delivery.event.payload.clone();
                 m.expect(payload == format!("event of {ns}").into_bytes(), || format!("consumed {payload:?}"));
@@ -419,6 +427,11 @@ async fn events(w: &World, m: &mut Matrix, who: Who, ns: &'static str) {
             }
             None => m.expect(false, || format!("{who:?} consume in {ns}: no delivery")),
         }
+    }
+    let groups = d.events.groups(ns, "matrix").await;
+    if m.check(who, ns, "events groups", code(&groups), want) {
+        let names: Vec<&str> = groups.iter().flatten().map(|g| g.name.as_str()).collect();
+        m.expect(names.contains(&options.group.as_str()), || format!("groups in {ns}: {names:?}"));
     }
 }
 

@@ -9,12 +9,13 @@ use futures::StreamExt;
 use micro_core::blob::{Blob, BlobInfo, Chunks};
 use micro_core::broker::{Broker, Message as BrokerMessage};
 use micro_core::config::{Change, Config};
-use micro_core::events::{Acker, ConsumeOptions, Delivery, Event, Events, Message, ReadOptions};
+use micro_core::events::{Acker, ConsumeOptions, Delivery, Event, Events, GroupInfo, Message, ReadOptions};
 use micro_core::store::{Query, Record, Store, Table};
 use micro_core::sync::{Lock, Sync};
 use micro_core::{BoxStream, Status};
 use serde_json::Value;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -270,6 +271,10 @@ impl Blob for RemoteBlob {
 }
 
 /// The `events` service as [`Events`]. Cheap to clone.
+///
+/// A consumer acks while its delivery stream is alive: once the stream is dropped the
+/// server learns the member has left, and later acks fail (`FailedPrecondition`; the
+/// event is redelivered after its ack wait). A program about to exit calls [`settle`].
 #[derive(Clone)]
 pub struct RemoteEvents {
     client: epb::events_client::EventsClient<Ch>,
@@ -285,6 +290,8 @@ impl RemoteEvents {
 /// Acks and nacks sent back on a consume stream.
 struct RemoteAcker {
     tx: mpsc::Sender<epb::ConsumeRequest>,
+    /// The delivery stream was dropped: the server reads nothing after the close marker.
+    left: Arc<AtomicBool>,
 }
 
 #[async_trait::async_trait]
@@ -299,25 +306,80 @@ impl Acker for RemoteAcker {
     }
 }
 
-/// Sends the close marker of a consume stream when dropped.
-struct Leave(mpsc::Sender<epb::ConsumeRequest>);
+/// The client's side of a consume call: sends the close marker when dropped and keeps
+/// the call open until the server ends it. Dropping the replies at once would cancel the
+/// call, and with it acks sent just before that the server had not read yet.
+struct Leave {
+    tx: mpsc::Sender<epb::ConsumeRequest>,
+    replies: Option<tonic::Streaming<epb::Delivery>>,
+    left: Arc<AtomicBool>,
+}
+
+/// How many consume calls are closing in the background (see [`settle`]).
+fn closing() -> &'static tokio::sync::watch::Sender<usize> {
+    static CLOSING: std::sync::OnceLock<tokio::sync::watch::Sender<usize>> = std::sync::OnceLock::new();
+    CLOSING.get_or_init(|| tokio::sync::watch::Sender::new(0))
+}
+
+/// Counts one closing call while it lives (also when its runtime drops it unfinished).
+struct Closing;
+
+impl Closing {
+    fn start() -> Closing {
+        closing().send_modify(|n| *n += 1);
+        Closing
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        closing().send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Waits, at most `timeout`, until the consume streams of [`RemoteEvents`] dropped so far
+/// have closed, so the server has read the acks sent on them. A program about to exit
+/// calls it: ending the runtime would cancel the closing, and acks sent last would be
+/// lost (their events redelivered after the ack wait).
+pub async fn settle(timeout: Duration) {
+    let mut rx = closing().subscribe();
+    let _ = tokio::time::timeout(timeout, rx.wait_for(|n| *n == 0)).await;
+}
 
 impl Drop for Leave {
     fn drop(&mut self) {
-        let close = epb::ConsumeRequest { kind: None };
-        if let Err(mpsc::error::TrySendError::Full(close)) = self.0.try_send(close) {
-            let tx = self.0.clone();
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
+        // Acks from now on would follow the close marker, which the server reads last.
+        self.left.store(true, Ordering::SeqCst);
+        let unsent = match self.tx.try_send(epb::ConsumeRequest { kind: None }) {
+            Err(mpsc::error::TrySendError::Full(close)) => Some(close),
+            _ => None,
+        };
+        let (tx, replies) = (self.tx.clone(), self.replies.take());
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let closing = Closing::start();
+            rt.spawn(async move {
+                let _closing = closing;
+                if let Some(close) = unsent {
                     let _ = tx.send(close).await;
-                });
-            }
+                }
+                drop(tx);
+                // Deliveries sent meanwhile are dropped unacked: the server redelivers them.
+                if let Some(mut replies) = replies {
+                    let drained = async { while let Ok(Some(_)) = replies.message().await {} };
+                    let _ = tokio::time::timeout(TIMEOUT, drained).await;
+                }
+            });
         }
     }
 }
 
 impl RemoteAcker {
     async fn send(&self, ack: epb::Ack) -> Result<(), Status> {
+        if self.left.load(Ordering::SeqCst) {
+            let detail =
+                "the consumer has left (its delivery stream was dropped); the event is redelivered after its ack wait";
+            return Err(Status::new(micro_core::Code::FailedPrecondition, "events", detail));
+        }
         let msg = epb::ConsumeRequest { kind: Some(epb::consume_request::Kind::Ack(ack)) };
         self.tx.send(msg).await.map_err(|_| Status::unavailable("events", "the consume stream has ended"))
     }
@@ -359,22 +421,24 @@ impl Events for RemoteEvents {
             .map_err(|_| Status::internal("events", "consume stream closed"))?;
         // When the caller drops the delivery stream, a close marker (after any acks already
         // queued) tells the server this member left, even while deliveries holding the
-        // acker live on; the server then redelivers what it had not acked.
-        let stream =
+        // acker live on; the server then redelivers what it had not acked, and their acks
+        // are refused. The call stays open until the server has read that far (see
+        // [`Leave`]).
+        let replies =
             self.client.clone().consume(request(ns, ReceiverStream::new(rx), None)?).await.map_err(e)?.into_inner();
-        let leave = Leave(tx.clone());
-        let acker: Arc<dyn Acker> = Arc::new(RemoteAcker { tx: tx.clone() });
+        let left = Arc::new(AtomicBool::new(false));
+        let mut member = Leave { tx: tx.clone(), replies: Some(replies), left: left.clone() };
+        let acker: Arc<dyn Acker> = Arc::new(RemoteAcker { tx: tx.clone(), left });
         // Demand-driven: one delivery is asked for each time the caller wants the next,
         // so nothing sits in flight to a consumer that has stopped reading.
-        let mut stream = stream;
         let out = async_stream::stream! {
-            let _member = leave;
             loop {
                 let pull = epb::ConsumeRequest { kind: Some(epb::consume_request::Kind::Pull(epb::Pull { count: 1 })) };
                 if tx.send(pull).await.is_err() {
                     break;
                 }
-                match stream.message().await {
+                let Some(replies) = member.replies.as_mut() else { break };
+                match replies.message().await {
                     Ok(Some(d)) => yield Ok(Delivery {
                         event: d.event.unwrap_or_default().into(),
                         group: d.group,
@@ -407,6 +471,12 @@ impl Events for RemoteEvents {
     async fn topics(&self, ns: &str) -> Result<Vec<String>, Status> {
         let res = self.client.clone().topics(request(ns, epb::TopicsRequest {}, Some(TIMEOUT))?).await.map_err(e)?;
         Ok(res.into_inner().topics)
+    }
+
+    async fn groups(&self, ns: &str, topic: &str) -> Result<Vec<GroupInfo>, Status> {
+        let msg = epb::GroupsRequest { topic: topic.to_string() };
+        let res = self.client.clone().groups(request(ns, msg, Some(TIMEOUT))?).await.map_err(e)?;
+        Ok(res.into_inner().groups.into_iter().map(Into::into).collect())
     }
 }
 

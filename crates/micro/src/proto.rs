@@ -290,6 +290,34 @@ impl From<&micro_core::events::Event> for events::Event {
     }
 }
 
+/// A consumer group's progress from the wire.
+impl From<events::GroupInfo> for micro_core::events::GroupInfo {
+    fn from(g: events::GroupInfo) -> Self {
+        micro_core::events::GroupInfo {
+            name: g.name,
+            delivered: g.delivered,
+            acked: g.acked,
+            pending: g.pending,
+            lag: g.lag,
+            members: g.members,
+        }
+    }
+}
+
+/// A consumer group's progress for the wire.
+impl From<&micro_core::events::GroupInfo> for events::GroupInfo {
+    fn from(g: &micro_core::events::GroupInfo) -> Self {
+        events::GroupInfo {
+            name: g.name.clone(),
+            delivered: g.delivered,
+            acked: g.acked,
+            pending: g.pending,
+            lag: g.lag,
+            members: g.members,
+        }
+    }
+}
+
 /// An events offset from its text form: `new`, `first`, `seq:<n>`, `time:<unix ms>`
 /// (or an RFC 3339-free plain number of milliseconds after `time:`).
 pub fn parse_offset(s: &str) -> Result<micro_core::events::Offset, micro_core::Status> {

@@ -5,11 +5,12 @@
 use super::sql::Op;
 use super::{ID, Inner, Topic, millis};
 use futures::StreamExt;
-use micro_core::events::{Acker, ConsumeOptions, DEFAULT_ACK_WAIT, Delivery, Event, Message};
+use micro_core::events::{Acker, ConsumeOptions, DEFAULT_ACK_WAIT, Delivery, Event, GroupInfo, Message};
 use micro_core::store::now_ms;
 use micro_core::{BoxStream, Status};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -26,11 +27,67 @@ pub(super) struct Group {
     state: tokio::sync::Mutex<GroupState>,
     /// Signalled when an entry is done or rescheduled.
     changed: Notify,
+    /// Members consuming now (their streams are alive).
+    members: AtomicU32,
 }
 
 impl Group {
     pub(super) fn new(topic: Arc<Topic>, id: Option<i64>, name: String, state: GroupState) -> Group {
-        Group { topic, id, name, state: tokio::sync::Mutex::new(state), changed: Notify::new() }
+        let state = tokio::sync::Mutex::new(state);
+        Group { topic, id, name, state, changed: Notify::new(), members: AtomicU32::new(0) }
+    }
+
+    /// The group's position as it stands in memory (ahead of what is stored).
+    pub(super) async fn snapshot(&self) -> Snapshot {
+        let st = self.state.lock().await;
+        Snapshot {
+            cursor: st.cursor,
+            entries: st.entries.iter().map(|(seq, e)| (*seq, e.attempts)).collect(),
+            members: self.members.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A group's position: what [`progress`] reports on.
+#[derive(Debug, Default)]
+pub(super) struct Snapshot {
+    /// The next sequence number to take from the log.
+    pub(super) cursor: u64,
+    /// Taken and not done: (sequence number, deliveries so far), in sequence order.
+    pub(super) entries: Vec<(u64, u32)>,
+    /// Members consuming now.
+    pub(super) members: u32,
+}
+
+/// The progress of group `name` at `at`, in a topic whose last event is `last_seq` and
+/// whose first retained one is `floor` (earlier ones are gone: passed).
+pub(super) fn progress(name: String, at: &Snapshot, last_seq: u64, floor: u64) -> GroupInfo {
+    let floor = floor.max(1);
+    let entries: Vec<(u64, u32)> = at.entries.iter().copied().filter(|(seq, _)| *seq >= floor).collect();
+    // The first event not taken from the log yet (purged ones are skipped when taking).
+    let untaken = at.cursor.max(floor);
+    // Entries all lie below the cursor, so the first of them is the first not done.
+    let first_open = entries.first().map_or(untaken, |(seq, _)| *seq).min(untaken);
+    // Done entries leave the table: the highest taken event that is not an entry is
+    // done (so was delivered), or precedes the group's start.
+    let mut below = untaken - 1;
+    for (seq, _) in entries.iter().rev() {
+        if *seq == below {
+            below -= 1;
+        } else if *seq < below {
+            break;
+        }
+    }
+    let handed = entries.iter().rev().find(|(_, attempts)| *attempts > 0).map_or(0, |(seq, _)| *seq);
+    let pending = entries.iter().filter(|(_, attempts)| *attempts > 0).count() as u64;
+    let not_taken = (last_seq + 1).saturating_sub(untaken);
+    GroupInfo {
+        name,
+        delivered: below.max(handed).min(last_seq),
+        acked: (first_open - 1).min(last_seq),
+        pending,
+        lag: not_taken + entries.len() as u64,
+        members: Some(at.members),
     }
 }
 
@@ -187,6 +244,7 @@ impl Member {
     /// dead-letter topic.
     pub(super) fn new(inner: Arc<Inner>, group: Arc<Group>, options: &ConsumeOptions, dead_letter: String) -> Member {
         let ack_wait = if options.ack_wait.is_zero() { DEFAULT_ACK_WAIT } else { options.ack_wait };
+        group.members.fetch_add(1, Ordering::Relaxed);
         let acker = Arc::new(GroupAcker { inner, group, max_deliver: options.max_deliver, dead_letter });
         Member { acker, auto_ack: options.auto_ack, ack_wait: millis(ack_wait) }
     }
@@ -317,6 +375,12 @@ impl Member {
     }
 }
 
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.acker.group.members.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Acknowledges the deliveries of one member.
 pub(super) struct GroupAcker {
     inner: Arc<Inner>,
@@ -442,5 +506,38 @@ mod tests {
         st.add(7, "k".into(), 2, 500, None, 100);
         st.add(8, "k".into(), 0, 0, None, 100);
         assert!(st.ready.is_empty() && st.timers.contains(&(500, 7)));
+    }
+
+    fn at(cursor: u64, entries: &[(u64, u32)]) -> Snapshot {
+        Snapshot { cursor, entries: entries.to_vec(), members: 1 }
+    }
+
+    fn numbers(info: &GroupInfo) -> (u64, u64, u64, u64) {
+        (info.delivered, info.acked, info.pending, info.lag)
+    }
+
+    #[test]
+    fn progress_from_cursor_and_entries() {
+        // Nothing taken yet, from the start: nothing delivered or acked, all to do.
+        assert_eq!(numbers(&progress("g".into(), &at(1, &[]), 10, 1)), (0, 0, 0, 10));
+        // Started at 6 (offset New after 5 events): 1-5 are passed.
+        assert_eq!(numbers(&progress("g".into(), &at(6, &[]), 8, 1)), (5, 5, 0, 3));
+        // 1-10 taken; 1-3 acked, 4-5 delivered, 6-10 waiting.
+        let entries = [(4, 1), (5, 1), (6, 0), (7, 0), (8, 0), (9, 0), (10, 0)];
+        assert_eq!(numbers(&progress("g".into(), &at(11, &entries), 10, 1)), (5, 3, 2, 7));
+        // 5 acked out of order while 4 is still out: the floor stays, the lag shrinks.
+        let entries = [(4, 1), (6, 0), (7, 0), (8, 0), (9, 0), (10, 0)];
+        assert_eq!(numbers(&progress("g".into(), &at(11, &entries), 10, 1)), (5, 3, 1, 6));
+        // Everything taken was acked; 11-12 are not taken yet.
+        assert_eq!(numbers(&progress("g".into(), &at(11, &[]), 12, 1)), (10, 10, 0, 2));
+        // A nacked entry (attempts kept) still counts as pending; a key-blocked later one
+        // was never delivered, but one past it was.
+        let entries = [(2, 2), (3, 0), (4, 1)];
+        assert_eq!(numbers(&progress("g".into(), &at(5, &entries), 4, 1)), (4, 1, 2, 3));
+        // Retention removed 1-6: entries below the floor are gone, the cursor jumps.
+        let entries = [(2, 1), (3, 0)];
+        assert_eq!(numbers(&progress("g".into(), &at(4, &entries), 10, 7)), (6, 6, 0, 4));
+        // A start past the end of the topic reports the end.
+        assert_eq!(numbers(&progress("g".into(), &at(50, &[]), 10, 1)), (10, 10, 0, 0));
     }
 }

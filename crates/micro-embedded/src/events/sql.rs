@@ -6,6 +6,7 @@
 //! then makes new events visible and answers. Concurrent publishers and acks therefore
 //! share commits, and a lone publisher pays one hop to the blocking pool and back.
 
+use super::group::Snapshot;
 use super::{ID, Retention, Topic, lock};
 use crate::db::{Db, internal};
 use micro_core::events::{Event, Message};
@@ -88,6 +89,9 @@ pub(super) enum Op {
     Done { group: i64, seq: u64, reply: Option<Reply<()>> },
     /// Applies the retention limits.
     Purge { retention: Retention, reply: Option<Reply<()>> },
+    /// Reads the stored groups of a topic. Queued like a write, so it sees everything
+    /// queued before it.
+    Groups { ns: String, name: String, retention: Retention, reply: Reply<Option<TopicGroups>> },
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -102,6 +106,16 @@ pub(super) struct GroupRow {
     pub(super) id: i64,
     pub(super) cursor: u64,
     pub(super) pending: Vec<PendingRow>,
+}
+
+/// A topic's stored groups; see [`Op::Groups`].
+#[derive(Debug)]
+pub(super) struct TopicGroups {
+    pub(super) last_seq: u64,
+    /// The first event the retention limits keep.
+    pub(super) floor: u64,
+    /// Name and position of every group, by name.
+    pub(super) groups: Vec<(String, Snapshot)>,
 }
 
 #[derive(Debug)]
@@ -215,11 +229,13 @@ enum Sql {
     Attempt { group: i64, seq: u64, attempts: u32, not_before: u64 },
     Done { group: i64, seq: u64 },
     Purge(Retention),
+    Groups { ns: String, name: String, retention: Retention },
 }
 
 enum Out {
     Topic(TopicRow),
     Group(GroupRow),
+    Groups(Option<TopicGroups>),
 }
 
 /// Commits one batch, then publishes its events and answers.
@@ -260,6 +276,9 @@ fn apply(conn: &mut Connection, mut ops: Vec<Op>) {
             }
             Op::Done { group, seq, .. } => sql.push(Sql::Done { group: *group, seq: *seq }),
             Op::Purge { retention, .. } => sql.push(Sql::Purge(*retention)),
+            Op::Groups { ns, name, retention, .. } => {
+                sql.push(Sql::Groups { ns: ns.clone(), name: name.clone(), retention: *retention })
+            }
         }
     }
     let mut outs = match execute(conn, sql) {
@@ -278,6 +297,9 @@ fn apply(conn: &mut Connection, mut ops: Vec<Op>) {
                         let _ = reply.send(Err(e.clone()));
                     }
                     Op::Done { reply: Some(reply), .. } | Op::Purge { reply: Some(reply), .. } => {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                    Op::Groups { reply, .. } => {
                         let _ = reply.send(Err(e.clone()));
                     }
                     _ => {}
@@ -326,6 +348,13 @@ fn apply(conn: &mut Connection, mut ops: Vec<Op>) {
             }
             Op::Done { reply: Some(reply), .. } | Op::Purge { reply: Some(reply), .. } => {
                 let _ = reply.send(Ok(()));
+            }
+            Op::Groups { reply, .. } => {
+                let groups = match outs.pop_front() {
+                    Some(Out::Groups(groups)) => Ok(groups),
+                    _ => Err(Status::internal(ID, "writer: missing groups")),
+                };
+                let _ = reply.send(groups);
             }
             _ => {}
         }
@@ -418,6 +447,10 @@ fn execute(conn: &mut Connection, sql: Vec<Sql>) -> Result<Vec<Out>, Status> {
                 flush(&tx, &mut last).map_err(internal)?;
                 purge(&tx, retention).map_err(internal)?;
             }
+            Sql::Groups { ns, name, retention } => {
+                flush(&tx, &mut last).map_err(internal)?;
+                outs.push(Out::Groups(load_groups(&tx, &ns, &name, retention).map_err(internal)?));
+            }
         }
     }
     flush(&tx, &mut last).map_err(internal)?;
@@ -457,6 +490,35 @@ fn load_group(tx: &Connection, topic: i64, name: &str, start: u64) -> rusqlite::
         delete.execute(params![id, seq as i64])?;
     }
     Ok(GroupRow { id, cursor: cursor as u64, pending })
+}
+
+/// The groups of topic `name` in `ns` with their stored positions; `None` when nothing was
+/// ever published to it.
+fn load_groups(tx: &Connection, ns: &str, name: &str, retention: Retention) -> rusqlite::Result<Option<TopicGroups>> {
+    let topic: Option<(i64, i64)> = tx
+        .prepare_cached("SELECT id, last_seq FROM topics WHERE ns = ?1 AND name = ?2")?
+        .query_row(params![ns, name], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((topic, last_seq)) = topic.filter(|t| t.1 > 0).map(|(id, last)| (id, last as u64)) else {
+        return Ok(None);
+    };
+    let (mut floor, min_ts) = retention.floor(last_seq, now_ms());
+    if min_ts > 0 {
+        floor = floor.max(seq_at(tx, topic, last_seq, min_ts)?.unwrap_or(last_seq + 1));
+    }
+    let rows: Vec<(i64, String, u64)> = tx
+        .prepare_cached("SELECT id, name, cursor FROM groups WHERE topic_id = ?1 ORDER BY name")?
+        .query_map(params![topic], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?
+        .collect::<Result<_, _>>()?;
+    let mut pending = tx.prepare_cached("SELECT seq, attempts FROM pending WHERE group_id = ?1 ORDER BY seq")?;
+    let mut groups = Vec::with_capacity(rows.len());
+    for (id, name, cursor) in rows {
+        let entries = pending
+            .query_map(params![id], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        groups.push((name, Snapshot { cursor, entries, members: 0 }));
+    }
+    Ok(Some(TopicGroups { last_seq, floor, groups }))
 }
 
 fn purge(tx: &Connection, retention: Retention) -> rusqlite::Result<()> {

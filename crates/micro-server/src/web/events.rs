@@ -109,6 +109,11 @@ async fn topic_page(page: &Page<'_>, topic: &str, input: Option<&Input>, problem
         Err(e) if e.code() == micro_core::Code::NotFound => (0, Vec::new()),
         Err(e) => return failed(page, topic, &e),
     };
+    // A failure here is shown in its section rather than failing the page.
+    let groups = match events.groups(&ns, topic).await {
+        Err(e) if e.code() == micro_core::Code::NotFound => Ok(Vec::new()),
+        other => other,
+    };
     let published = page.query("published").and_then(|p| p.parse::<u64>().ok());
     let here = format!("/events/{}", encode(topic));
     let body = html! {
@@ -139,10 +144,7 @@ async fn topic_page(page: &Page<'_>, topic: &str, input: Option<&Input>, problem
         p.hint { "Events published from now on, as they arrive (a private consumer group that acknowledges each event, so no other consumer is affected)." }
         pre.log role="log" aria-label={ "Live events of " (topic) } data-stream={ (here) "/stream" } {}
         h2 #groups { "Consumer groups" }
-        p.hint {
-            "Consumer groups and their lag cannot be shown yet: the events API (" code { "events.Events" }
-            ") has no call that lists a topic's groups or their positions."
-        }
+        (group_table(topic, &groups))
         h2 #publish { "Publish to " (topic) }
         (publish_form(page, &here, false, input, problem))
     };
@@ -154,6 +156,41 @@ async fn topic_page(page: &Page<'_>, topic: &str, input: Option<&Input>, problem
         StatusCode::OK
     };
     page_response(status, html::layout(page, topic, "events", body))
+}
+
+/// The topic's durable consumer groups and how far along each is.
+fn group_table(topic: &str, groups: &Result<Vec<micro_core::events::GroupInfo>, Status>) -> Markup {
+    html! {
+        @match groups {
+            Err(e) => (html::error(e)),
+            Ok(groups) if groups.is_empty() => {
+                p { "No consumer group reads " code { (topic) } " yet. Private consumers, like the live tail, are not listed." }
+            }
+            Ok(groups) => {
+                p.hint {
+                    "Delivered: the highest sequence number handed to the group. Acked: every event up to it is done. "
+                    "Pending: delivered, not acknowledged yet. Lag: events the group has still to finish."
+                }
+                table {
+                    caption.hint { "Consumer groups of " (topic) }
+                    thead {
+                        tr {
+                            th scope="col" { "Group" } th scope="col" { "Delivered" } th scope="col" { "Acked" }
+                            th scope="col" { "Pending" } th scope="col" { "Lag" }
+                        }
+                    }
+                    tbody {
+                        @for g in groups {
+                            tr {
+                                th scope="row" { code { (g.name) } }
+                                td { (g.delivered) } td { (g.acked) } td { (g.pending) } td { (g.lag) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn event_table(events: &[Event], highlight: Option<u64>) -> Markup {

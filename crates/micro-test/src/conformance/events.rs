@@ -1,12 +1,14 @@
 //! Conformance of `events` backends: publish and sequence numbers, namespace isolation,
 //! validation, history reads, start offsets, consumer groups, acks and nacks,
-//! redelivery after the ack wait, the retry limit with its dead-letter topic, and
-//! per-key ordering. Topics get unique names, so the suite can run again and again
-//! against the same backend.
+//! redelivery after the ack wait, the retry limit with its dead-letter topic, per-key
+//! ordering and the groups' progress. Topics get unique names, so the suite can run
+//! again and again against the same backend.
 
 use futures::future::Either;
 use futures::{FutureExt, StreamExt};
-use micro_core::events::{ConsumeOptions, Delivery, Event, Events, MAX_PAYLOAD, Message, Offset, ReadOptions};
+use micro_core::events::{
+    ConsumeOptions, Delivery, Event, Events, GroupInfo, MAX_PAYLOAD, Message, Offset, ReadOptions,
+};
 use micro_core::store::now_ms;
 use micro_core::{BoxStream, Code, Status};
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +38,7 @@ pub async fn events(backend: Arc<dyn Events>) {
         dead_letter(b),
         key_order(b),
         key_order_across_members(b),
+        progress(b),
     );
 }
 
@@ -324,21 +327,25 @@ async fn nack_and_ack_wait(b: &dyn Events) {
     // Two members wait; the one that gets the event goes away without acking it.
     let first = consume(b, &topic, &short).await;
     let second = consume(b, &topic, &short).await;
-    let wait = |mut s: Deliveries| async move { s.next().await }.boxed();
+    // Each member's stream comes back with its delivery: the peer stays a member while it
+    // acks (a remote member that has left cannot ack any more).
+    let wait = |mut s: Deliveries| async move { (s.next().await, s) }.boxed();
     let (a, c) = (wait(first), wait(second));
     tokio::time::sleep(Duration::from_millis(50)).await;
     publish(b, NS, &topic, message("", "w")).await;
-    let (got, other) = match futures::future::select(a, c).await {
+    let ((got, gone), other) = match futures::future::select(a, c).await {
         Either::Left(done) | Either::Right(done) => done,
     };
+    drop(gone);
     let d1 = match got {
         Some(Ok(d)) => d,
         other => panic!("events: two waiting members: no delivery ({other:?})"),
     };
     let delivered = std::time::Instant::now();
-    let d2 = match tokio::time::timeout(PATIENCE, other).await {
-        Ok(Some(Ok(d))) => d,
-        other => panic!("events: a dropped member's unacked event is not redelivered to its peer: {other:?}"),
+    let (d2, _peer) = match tokio::time::timeout(PATIENCE, other).await {
+        Ok((Some(Ok(d)), peer)) => (d, peer),
+        Ok((other, _)) => panic!("events: a dropped member's unacked event is not redelivered to its peer: {other:?}"),
+        Err(_) => panic!("events: a dropped member's unacked event is not redelivered to its peer within {PATIENCE:?}"),
     };
     assert_eq!((d2.event.seq, d2.attempt), (d1.event.seq, 2), "events: the peer gets the event as attempt 2");
     assert!(delivered.elapsed() >= Duration::from_millis(250), "events: redelivered before the ack wait");
@@ -462,4 +469,91 @@ async fn key_order_across_members(b: &dyn Events) {
     assert_eq!(text(&d3.event), "a2", "events: a2 follows once a1 is acked");
     ack(&d2, "b1").await;
     ack(&d3, "a2").await;
+}
+
+/// The groups of `topic` once `ready` holds for them, or after [`PATIENCE`] as they are
+/// then (acks may reach a remote backend after `ack` returns).
+async fn groups_when(b: &dyn Events, topic: &str, ready: impl Fn(&[GroupInfo]) -> bool) -> Vec<GroupInfo> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let groups = b.groups(NS, topic).await.unwrap_or_else(|e| panic!("events: groups of {topic} failed: {e}"));
+        if ready(&groups) || tokio::time::Instant::now() >= deadline {
+            return groups;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Checks a group's progress when events `1..=done` and `extra` are acked, the next ones
+/// up to at least `delivered` are out, and `last` events were published. A backend may
+/// deliver ahead of its members (prefetch): `delivered` is then higher, and so is
+/// `pending` by as much.
+fn check_progress(g: &GroupInfo, done: u64, extra: u64, delivered: u64, last: u64, what: &str) {
+    assert_eq!(g.acked, done, "events: {what}: acked is the highest sequence number up to which all are acked: {g:?}");
+    assert!(
+        (delivered..=last).contains(&g.delivered),
+        "events: {what}: delivered is the highest sequence number handed out ({delivered}): {g:?}"
+    );
+    assert_eq!(
+        g.pending,
+        g.delivered - done - extra,
+        "events: {what}: pending counts the delivered events not acked yet: {g:?}"
+    );
+    assert_eq!(g.lag, last - done - extra, "events: {what}: lag counts the events not done yet: {g:?}");
+}
+
+async fn progress(b: &dyn Events) {
+    let topic = unique("progress");
+    expect_code(b.groups(NS, &topic).await, Code::NotFound, "groups of an unknown topic");
+    let base = unique("g");
+    let (first, second) = (format!("{base}-a"), format!("{base}-b"));
+    let mut a = consume(b, &topic, &options(&first)).await;
+    expect_code(b.groups(NS, &topic).await, Code::NotFound, "groups of a topic nothing was published to");
+    for i in 1..=10 {
+        publish(b, NS, &topic, message("", &format!("e{i}"))).await;
+    }
+    // The first group: 1-5 delivered, 1-3 acked, 4 and 5 held.
+    let mut held = Vec::new();
+    for seq in 1..=5 {
+        let d = next(&mut a, "progress, first group").await;
+        assert_eq!(d.event.seq, seq, "events: a group gets the events in order");
+        if seq <= 3 {
+            ack(&d, "progress, first group").await;
+        } else {
+            held.push(d);
+        }
+    }
+    // The second: 1 and 2 delivered and acked, then its member leaves.
+    let mut s = consume(b, &topic, &options(&second)).await;
+    for _ in 0..2 {
+        let d = next(&mut s, "progress, second group").await;
+        ack(&d, "progress, second group").await;
+    }
+    drop(s);
+    // A private group holding an event is not listed.
+    let mut private = consume(b, &topic, &options("")).await;
+    let private_delivery = next(&mut private, "progress, private group").await;
+
+    let settled =
+        |g: &[GroupInfo]| g.len() == 2 && g[0].acked == 3 && g[1].acked == 2 && g[1].members.is_none_or(|m| m == 0);
+    let groups = groups_when(b, &topic, settled).await;
+    let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, [first.as_str(), second.as_str()], "events: groups lists each named group once, by name");
+    check_progress(&groups[0], 3, 0, 5, 10, "the first group");
+    check_progress(&groups[1], 2, 0, 2, 10, "the second group");
+    if let Some(n) = groups[0].members {
+        assert_eq!(n, 1, "events: the first group has one member: {:?}", groups[0]);
+    }
+    if let Some(n) = groups[1].members {
+        assert_eq!(n, 0, "events: the second group's member left: {:?}", groups[1]);
+    }
+
+    // 5 acked before 4: the floor stays at 3, the lag shrinks by one.
+    ack(&held[1], "progress, out of order").await;
+    let groups = groups_when(b, &topic, |g| g.first().is_some_and(|g| g.lag == 6)).await;
+    check_progress(&groups[0], 3, 1, 5, 10, "the first group after an ack out of order");
+    ack(&held[0], "progress, in order again").await;
+    let groups = groups_when(b, &topic, |g| g.first().is_some_and(|g| g.acked == 5)).await;
+    check_progress(&groups[0], 5, 0, 5, 10, "the first group with 1-5 acked");
+    ack(&private_delivery, "progress, private group").await;
 }
