@@ -31,3 +31,26 @@ pub trait Broker: Send + Sync + 'static {
         queue: Option<&str>,
     ) -> Result<BoxStream<Result<Message, Status>>, Status>;
 }
+
+/// Checks a message before it is published, the way every backend does.
+pub fn check_publish(namespace: &str, message: &Message) -> Result<(), Status> {
+    check_topic(namespace, &message.topic)?;
+    if message.payload.len() > crate::events::MAX_PAYLOAD {
+        return Err(Status::bad_request("broker", "the payload is over 1 MiB"));
+    }
+    Ok(())
+}
+
+/// Checks a subscription: the namespace, the topic and the queue group (if any).
+pub fn check_subscribe(namespace: &str, topic: &str, queue: Option<&str>) -> Result<(), Status> {
+    check_topic(namespace, topic)?;
+    if let Some(q) = queue {
+        crate::events::validate_group(q).map_err(|e| Status::bad_request("broker", e.detail()))?;
+    }
+    Ok(())
+}
+
+fn check_topic(namespace: &str, topic: &str) -> Result<(), Status> {
+    crate::namespace::validate(namespace)?;
+    crate::events::validate_topic(topic).map_err(|e| Status::bad_request("broker", e.detail()))
+}

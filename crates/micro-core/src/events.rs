@@ -217,6 +217,17 @@ pub fn validate_group(group: &str) -> Result<(), Status> {
     if ok { Ok(()) } else { Err(Status::bad_request("events", format!("invalid group {group:?}"))) }
 }
 
+/// Checks a consume request the way every backend does; returns its dead-letter topic
+/// (`<topic>.dead` unless the options name one).
+pub fn check_consume(namespace: &str, topic: &str, options: &ConsumeOptions) -> Result<String, Status> {
+    crate::namespace::validate(namespace)?;
+    validate_topic(topic)?;
+    validate_group(&options.group)?;
+    let dead_letter = options.dead_letter.clone().unwrap_or_else(|| format!("{topic}.dead"));
+    validate_topic(&dead_letter)?;
+    Ok(dead_letter)
+}
+
 /// Checks a message before it is published.
 pub fn validate_message(message: &Message) -> Result<(), Status> {
     if message.payload.len() > MAX_PAYLOAD {

@@ -2,7 +2,6 @@
 
 use futures::StreamExt;
 use micro_core::broker::{Broker, Message};
-use micro_core::events::validate_topic;
 use micro_core::{BoxStream, Status};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,11 +46,7 @@ fn deliver(tx: &mpsc::Sender<Message>, m: &Message) -> bool {
 #[async_trait::async_trait]
 impl Broker for EmbeddedBroker {
     async fn publish(&self, namespace: &str, message: &Message) -> Result<(), Status> {
-        micro_core::namespace::validate(namespace)?;
-        validate_topic(&message.topic).map_err(|e| Status::bad_request("broker", e.detail()))?;
-        if message.payload.len() > micro_core::events::MAX_PAYLOAD {
-            return Err(Status::bad_request("broker", "the payload is over 1 MiB"));
-        }
+        micro_core::broker::check_publish(namespace, message)?;
         let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
         let key = (namespace.to_string(), message.topic.clone());
         let Some(t) = topics.get_mut(&key) else { return Ok(()) };
@@ -77,11 +72,7 @@ impl Broker for EmbeddedBroker {
         topic: &str,
         queue: Option<&str>,
     ) -> Result<BoxStream<Result<Message, Status>>, Status> {
-        micro_core::namespace::validate(namespace)?;
-        validate_topic(topic).map_err(|e| Status::bad_request("broker", e.detail()))?;
-        if let Some(q) = queue {
-            micro_core::events::validate_group(q).map_err(|e| Status::bad_request("broker", e.detail()))?;
-        }
+        micro_core::broker::check_subscribe(namespace, topic, queue)?;
         let (tx, rx) = mpsc::channel(BUFFER);
         let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
         let t = topics.entry((namespace.to_string(), topic.to_string())).or_default();

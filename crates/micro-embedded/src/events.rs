@@ -26,8 +26,7 @@ use crate::DataDir;
 use crate::db::{Db, internal};
 use group::{Group, GroupState, Member, progress};
 use micro_core::events::{
-    ConsumeOptions, Delivery, Event, Events, GroupInfo, Message, Offset, ReadOptions, validate_group, validate_message,
-    validate_topic,
+    ConsumeOptions, Delivery, Event, Events, GroupInfo, Message, Offset, ReadOptions, validate_message, validate_topic,
 };
 use micro_core::store::now_ms;
 use micro_core::{BoxStream, Status, namespace};
@@ -362,10 +361,7 @@ impl Events for EmbeddedEvents {
         topic: &str,
         options: &ConsumeOptions,
     ) -> Result<BoxStream<Result<Delivery, Status>>, Status> {
-        validate(namespace, topic)?;
-        validate_group(&options.group)?;
-        let dead_letter = options.dead_letter.clone().unwrap_or_else(|| format!("{topic}.dead"));
-        validate_topic(&dead_letter)?;
+        let dead_letter = micro_core::events::check_consume(namespace, topic, options)?;
         let topic = self.inner.topic(namespace, topic).await?;
         let start = self.inner.start(&topic, options.offset).await?;
         let group = self.inner.group(&topic, &options.group, start).await?;

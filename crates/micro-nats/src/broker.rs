@@ -4,8 +4,7 @@
 use crate::{Nats, unavailable};
 use futures::StreamExt;
 use micro_core::broker::{Broker, Message};
-use micro_core::events::{MAX_PAYLOAD, validate_group, validate_topic};
-use micro_core::{BoxStream, Status, namespace};
+use micro_core::{BoxStream, Status};
 use std::collections::BTreeMap;
 
 const ID: &str = "broker";
@@ -33,18 +32,10 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn check_topic(namespace: &str, topic: &str) -> Result<(), Status> {
-    namespace::validate(namespace)?;
-    validate_topic(topic).map_err(|e| Status::bad_request(ID, e.detail()))
-}
-
 #[async_trait::async_trait]
 impl Broker for NatsBroker {
     async fn publish(&self, namespace: &str, message: &Message) -> Result<(), Status> {
-        check_topic(namespace, &message.topic)?;
-        if message.payload.len() > MAX_PAYLOAD {
-            return Err(Status::bad_request(ID, "the payload is over 1 MiB"));
-        }
+        micro_core::broker::check_publish(namespace, message)?;
         self.nats.connected(ID)?;
         let mut headers = async_nats::HeaderMap::new();
         if !message.metadata.is_empty() {
@@ -68,14 +59,11 @@ impl Broker for NatsBroker {
         topic: &str,
         queue: Option<&str>,
     ) -> Result<BoxStream<Result<Message, Status>>, Status> {
-        check_topic(namespace, topic)?;
+        micro_core::broker::check_subscribe(namespace, topic, queue)?;
         self.nats.connected(ID)?;
         let subject = subject(namespace, topic);
         let subscriber = match queue.filter(|q| !q.is_empty()) {
-            Some(q) => {
-                validate_group(q).map_err(|e| Status::bad_request(ID, e.detail()))?;
-                self.nats.client.queue_subscribe(subject, q.to_string()).await
-            }
+            Some(q) => self.nats.client.queue_subscribe(subject, q.to_string()).await,
             None => self.nats.client.subscribe(subject).await,
         }
         .map_err(|e| unavailable(ID, "subscribe", e))?;

@@ -24,8 +24,8 @@ use crate::{Nats, unavailable};
 use async_nats::jetstream::{self, consumer::pull, stream};
 use futures::StreamExt;
 use micro_core::events::{
-    Acker, ConsumeOptions, Delivery, Event, Events, GroupInfo, Message, Offset, ReadOptions, validate_group,
-    validate_message, validate_topic,
+    Acker, ConsumeOptions, Delivery, Event, Events, GroupInfo, Message, Offset, ReadOptions, validate_message,
+    validate_topic,
 };
 use micro_core::store::now_ms;
 use micro_core::{BoxStream, Status, namespace};
@@ -377,10 +377,7 @@ impl Events for NatsEvents {
         topic: &str,
         options: &ConsumeOptions,
     ) -> Result<BoxStream<Result<Delivery, Status>>, Status> {
-        check(namespace, topic)?;
-        validate_group(&options.group)?;
-        let dead_letter = options.dead_letter.clone().unwrap_or_else(|| format!("{topic}.dead"));
-        validate_topic(&dead_letter)?;
+        let dead_letter = micro_core::events::check_consume(namespace, topic, options)?;
         self.inner.nats.connected(ID)?;
         let inner = &self.inner;
         let names = names(namespace, topic);
