@@ -123,6 +123,15 @@ pub trait Store: Send + Sync + 'static {
     async fn tables(&self, database: &str) -> Result<Vec<String>, Status>;
 }
 
+/// Checks the name of a separate store of a shared backend (`store`, `auth`, …):
+/// lowercase letters, digits and `_`, as it becomes part of a table or key name.
+pub fn validate_store_name(name: &str) -> Result<(), Status> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        return Err(Status::bad_request("store", format!("invalid store name {name:?}")));
+    }
+    Ok(())
+}
+
 /// Checks a key: 1 to [`MAX_KEY`] bytes, no NUL.
 pub fn validate_key(key: &str) -> Result<(), Status> {
     if key.is_empty() {

@@ -49,9 +49,7 @@ impl PostgresStore {
     /// separate one for example for auth data, which must not be reachable through the
     /// store service). `name` is lowercase letters, digits and `_`.
     pub async fn open(db: &Database, name: &str) -> Result<PostgresStore, Status> {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-            return Err(Status::bad_request(ID, format!("invalid store name {name:?}")));
-        }
+        micro_core::store::validate_store_name(name)?;
         let store = PostgresStore { db: db.clone(), name: format!("micro_{name}").into() };
         db.migrate(ID, &schema(&store.name)).await?;
         // Purges until the pool is gone.

@@ -237,9 +237,7 @@ impl RedisStore {
     /// answers (`Unavailable` when it does not) and purges expired index entries in the
     /// background until the last clone is dropped.
     pub async fn open(redis: &Redis, name: &str) -> Result<RedisStore, Status> {
-        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-            return Err(Status::bad_request(ID, format!("invalid store name {name:?}")));
-        }
+        micro_core::store::validate_store_name(name)?;
         redis.ping().await.map_err(|e| Status::new(e.code(), ID, e.detail()))?;
         let store = RedisStore { inner: Arc::new(Inner { redis: redis.clone(), base: format!("micro:{name}:") }) };
         let weak: Weak<Inner> = Arc::downgrade(&store.inner);

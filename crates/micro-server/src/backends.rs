@@ -30,33 +30,15 @@ impl Shared {
     }
 
     async fn database(&self, url: &str) -> Result<micro_postgres::Database, Error> {
-        let mut pools = self.postgres.lock().await;
-        if let Some(db) = pools.get(url) {
-            return Ok(db.clone());
-        }
-        let db = micro_postgres::Database::connect(url)?;
-        pools.insert(url.to_string(), db.clone());
-        Ok(db)
+        cached(&self.postgres, url, || async { Ok(micro_postgres::Database::connect(url)?) }).await
     }
 
     async fn nats(&self, url: &str) -> Result<micro_nats::Nats, Error> {
-        let mut conns = self.nats.lock().await;
-        if let Some(n) = conns.get(url) {
-            return Ok(n.clone());
-        }
-        let n = micro_nats::Nats::connect(url).await?;
-        conns.insert(url.to_string(), n.clone());
-        Ok(n)
+        cached(&self.nats, url, || async { Ok(micro_nats::Nats::connect(url).await?) }).await
     }
 
     async fn redis(&self, url: &str) -> Result<micro_redis::Redis, Error> {
-        let mut conns = self.redis.lock().await;
-        if let Some(r) = conns.get(url) {
-            return Ok(r.clone());
-        }
-        let r = micro_redis::Redis::connect(url)?;
-        conns.insert(url.to_string(), r.clone());
-        Ok(r)
+        cached(&self.redis, url, || async { Ok(micro_redis::Redis::connect(url)?) }).await
     }
 
     fn database_url(&self) -> Option<&str> {
@@ -129,4 +111,20 @@ impl Shared {
         let Some(url) = &self.backends.broker else { return Ok(None) };
         Ok(Some(Arc::new(micro_nats::NatsBroker::new(&self.nats(&url.0).await?))))
     }
+}
+
+/// The connection for `url` in `conns`, made by `connect` the first time.
+async fn cached<T, F, Fut>(conns: &Mutex<HashMap<String, T>>, url: &str, connect: F) -> Result<T, Error>
+where
+    T: Clone,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut conns = conns.lock().await;
+    if let Some(c) = conns.get(url) {
+        return Ok(c.clone());
+    }
+    let c = connect().await?;
+    conns.insert(url.to_string(), c.clone());
+    Ok(c)
 }

@@ -64,9 +64,7 @@ impl Proxy {
             _ if !grpc => first.to_string(),
             _ => first.to_string(),
         };
-        let error = |st: Status| {
-            if grpc { micro::frame::error_response(&st, "application/grpc") } else { micro::json_error(&st) }
-        };
+        let error = |st: Status| error_response(grpc, &st);
         // In a cluster, one elected node runs the services: runtime calls go there.
         if service == "runtime" {
             match self.inner.runtime.route().await {
@@ -106,9 +104,7 @@ impl Proxy {
         grpc: bool,
         resolved: bool,
     ) -> Response<Body> {
-        let error = |st: Status| {
-            if grpc { micro::frame::error_response(&st, "application/grpc") } else { micro::json_error(&st) }
-        };
+        let error = |st: Status| error_response(grpc, &st);
         let (mut parts, body) = req.into_parts();
         let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         parts.uri = match format!("http://{node}{pq}").parse() {
@@ -130,4 +126,9 @@ impl Proxy {
             }
         }
     }
+}
+
+/// An error as the caller expects it: a gRPC status, or the JSON error body.
+fn error_response(grpc: bool, st: &Status) -> Response<Body> {
+    if grpc { micro::frame::error_response(st, "application/grpc") } else { micro::json_error(st) }
 }

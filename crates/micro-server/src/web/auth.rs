@@ -60,7 +60,7 @@ impl Outcome {
         match self {
             Outcome::Shown => StatusCode::OK,
             Outcome::Invalid(_) => StatusCode::BAD_REQUEST,
-            Outcome::Failed(e) => http_status(e),
+            Outcome::Failed(e) => super::status_code(e),
             Outcome::Generated { .. } => StatusCode::CREATED,
         }
     }
@@ -81,10 +81,6 @@ impl Outcome {
             }
         }
     }
-}
-
-fn http_status(e: &Status) -> StatusCode {
-    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY)
 }
 
 fn client(page: &Page<'_>) -> Result<AuthClient<micro::data::Ch>, Status> {
@@ -137,7 +133,7 @@ fn refused(page: &Page<'_>, title: &str, e: &Status) -> Response<Body> {
             _ => { (html::error(e)) }
         }
     };
-    page_response(http_status(e), html::layout(page, title, "auth", body))
+    page_response(super::status_code(e), html::layout(page, title, "auth", body))
 }
 
 fn tabs(active: &str) -> Markup {

@@ -14,10 +14,6 @@ use micro_core::config::{MASK, MAX_VALUE, parse_path};
 use serde_json::Value;
 use tonic::body::Body;
 
-fn http_status(e: &Status) -> StatusCode {
-    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY)
-}
-
 fn bad(detail: impl Into<String>) -> Status {
     Status::bad_request("web", detail)
 }
@@ -255,7 +251,9 @@ async fn render(page: &Page<'_>, mut view: View) -> Response<Body> {
     let ns = &page.session.namespace;
     let doc = match page.data().config.get(ns, "", false).await {
         Ok(d) => d.unwrap_or(Value::Null),
-        Err(e) => return page_response(http_status(&e), html::layout(page, "Config", "config", html::error(&e))),
+        Err(e) => {
+            return page_response(super::status_code(&e), html::layout(page, "Config", "config", html::error(&e)));
+        }
     };
     if view.select {
         match at(&doc, &view.set.path) {
@@ -268,7 +266,7 @@ async fn render(page: &Page<'_>, mut view: View) -> Response<Body> {
         }
     }
     let picked_secret = view.select && at(&doc, &view.set.path).is_some_and(is_masked);
-    let status = view.problem.as_ref().map_or(StatusCode::OK, |(_, e)| http_status(e));
+    let status = view.problem.as_ref().map_or(StatusCode::OK, |(_, e)| super::status_code(e));
     let problem = |part: Part| view.problem.as_ref().filter(|(p, _)| *p == part).map(|(_, e)| html::error(e));
     let notice = page
         .query("saved")

@@ -391,7 +391,7 @@ async fn stream(page: &Page<'_>, topic: &str) -> Response<Body> {
     let mut deliveries = match page.data().events.consume(&page.session.namespace, topic, &options).await {
         Ok(d) => d,
         Err(e) => {
-            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let status = super::status_code(&e);
             return plain(status, e.detail());
         }
     };
@@ -491,7 +491,7 @@ fn civil(days: i64) -> (i64, u32, u32) {
 }
 
 fn failed(page: &Page<'_>, title: &str, e: &Status) -> Response<Body> {
-    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let status = super::status_code(e);
     let hint = match e.code() {
         micro_core::Code::PermissionDenied => {
             "Reading and publishing events needs the admin scope of this namespace, or an account of it with the data scope."

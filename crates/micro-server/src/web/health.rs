@@ -57,7 +57,7 @@ async fn overview(page: &Page<'_>) -> Response<Body> {
     let all = match listed {
         Ok(s) => s,
         Err(e) => {
-            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let status = super::status_code(&e);
             let body = html! { (html::error(&e)) p { "The registry could not list the services; try again shortly." } };
             return page_response(status, html::layout(page, "Health", "health", body));
         }

@@ -140,6 +140,11 @@ pub(crate) fn page_response(status: StatusCode, markup: maud::Markup) -> Respons
     r
 }
 
+/// The HTTP status a page shows for a failed call.
+pub(crate) fn status_code(e: &Status) -> StatusCode {
+    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY)
+}
+
 /// A redirect (303: the browser follows with GET).
 pub(crate) fn redirect(to: &str) -> Response<Body> {
     let mut r = Response::new(Body::empty());

@@ -42,10 +42,6 @@ fn from_tonic(e: tonic::Status) -> Status {
     micro::status::from_tonic(&e)
 }
 
-fn http_status(e: &Status) -> StatusCode {
-    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY)
-}
-
 fn bad(detail: impl Into<String>) -> Status {
     Status::bad_request("web", detail)
 }
@@ -243,13 +239,13 @@ async fn list(page: &Page<'_>, form: &RunForm, problem: Option<Status>) -> Respo
     let services = match read(page, "").await {
         Ok(s) => s,
         Err(e) => {
-            let status = http_status(&e);
+            let status = super::status_code(&e);
             return page_response(status, html::layout(page, "Runtime", "runtime", html::error(&e)));
         }
     };
     let now = now_ms();
     let killed = page.query("killed").map(|n| format!("Killed {n}."));
-    let status = problem.as_ref().map_or(StatusCode::OK, http_status);
+    let status = problem.as_ref().map_or(StatusCode::OK, super::status_code);
     let body = html! {
         (notice(killed))
         @if services.is_empty() {
@@ -349,7 +345,7 @@ async fn one(page: &Page<'_>, name: &str, form: &UpdateForm, problem: Option<Sta
         Ok(mut v) if !v.is_empty() => v.remove(0),
         Ok(_) => return missing(page, name),
         Err(e) if e.code() == Code::NotFound => return missing(page, name),
-        Err(e) => return page_response(http_status(&e), html::layout(page, name, "runtime", html::error(&e))),
+        Err(e) => return page_response(super::status_code(&e), html::layout(page, name, "runtime", html::error(&e))),
     };
     let build = page.query("build").is_some_and(|b| !b.is_empty() && b != "0");
     let log = tail(page, name, build).await;
@@ -375,7 +371,7 @@ async fn one(page: &Page<'_>, name: &str, form: &UpdateForm, problem: Option<Sta
     metadata.sort();
     let mut secrets: Vec<(&String, &String)> = service.secrets.iter().collect();
     secrets.sort();
-    let status = problem.as_ref().map_or(StatusCode::OK, http_status);
+    let status = problem.as_ref().map_or(StatusCode::OK, super::status_code);
     let body = html! {
         p { a href="/runtime" { "← Runtime" } }
         (notice(done))
@@ -516,7 +512,7 @@ async fn live(page: &Page<'_>, name: &str) -> Response<Body> {
                 e.http_status(),
                 e.detail()
             )))));
-            *r.status_mut() = http_status(&e);
+            *r.status_mut() = super::status_code(&e);
             r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
             return r;
         }

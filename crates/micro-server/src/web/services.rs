@@ -117,7 +117,7 @@ fn missing(page: &Page<'_>, name: &str) -> Response<Body> {
 }
 
 fn failed(page: &Page<'_>, title: &str, e: &Status) -> Response<Body> {
-    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let status = super::status_code(e);
     page_response(status, html::layout(page, title, "services", html::error(e)))
 }
 
@@ -151,7 +151,7 @@ async fn endpoint_page(page: &Page<'_>, name: &str, endpoint: &str, form: Option
                     let req = if req.is_null() { Value::Object(Map::new()) } else { req };
                     let reply = page.client().call_json(name, endpoint, &req).await;
                     if let Err(e) = &reply {
-                        status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY);
+                        status = super::status_code(e);
                     }
                     reply.map(|r| (req, r))
                 }

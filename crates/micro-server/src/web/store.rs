@@ -25,17 +25,13 @@ const BASE64_BYTES: usize = 64 << 10;
 /// The longest TTL accepted (100 years), so milliseconds never overflow.
 const MAX_TTL: u64 = 100 * 365 * 86_400;
 
-fn http_status(e: &Status) -> StatusCode {
-    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY)
-}
-
 fn bad(detail: impl Into<String>) -> Status {
     Status::bad_request("web", detail)
 }
 
 fn failed(page: &Page<'_>, title: &str, trail: Markup, e: &Status) -> Response<Body> {
     let body = html! { (trail) (html::error(e)) };
-    page_response(http_status(e), html::layout(page, title, "store", body))
+    page_response(super::status_code(e), html::layout(page, title, "store", body))
 }
 
 /// The table a URL names, checked.
@@ -135,7 +131,7 @@ async fn tables(page: &Page<'_>, db: &str, typed: &str, problem: Option<Status>)
         Err(e) => return failed(page, &title, trail(Some(db), None), &e),
     };
     names.sort();
-    let status = problem.as_ref().map_or(StatusCode::OK, http_status);
+    let status = problem.as_ref().map_or(StatusCode::OK, super::status_code);
     let body = html! {
         (trail(Some(db), None))
         @if names.is_empty() {
@@ -394,7 +390,7 @@ async fn keys(page: &Page<'_>, db: &str, table: &str, form: &RecordForm, problem
         url
     };
     let deleted = page.query("deleted").map(|k| format!("Deleted {k}."));
-    let status = problem.as_ref().map_or(StatusCode::OK, http_status);
+    let status = problem.as_ref().map_or(StatusCode::OK, super::status_code);
     let body = html! {
         (trail(Some(db), Some(table)))
         (notice(deleted))
@@ -448,7 +444,7 @@ async fn record(
     let form = form.unwrap_or(&editing);
     let saved = page.query("saved").map(|_| "Saved.".to_string());
     let base = format!("/store/{}/{}", encode(db), encode(table));
-    let status = problem.as_ref().map_or(StatusCode::OK, http_status);
+    let status = problem.as_ref().map_or(StatusCode::OK, super::status_code);
     let now = micro_core::store::now_ms();
     let body = html! {
         (trail(Some(db), Some(table)))
