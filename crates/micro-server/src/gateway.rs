@@ -198,7 +198,7 @@ impl Gateway {
         let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("").to_string();
         // Services that registered an HTTP address get the request as it is.
         let valid = !first.is_empty() && first.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        let first_services = if valid { self.inner.registry.get_service(&ns, &first).await.ok() } else { None };
+        let first_services = if valid { self.inner.client.services(&first, Some(&ns)).await.ok() } else { None };
         if let Some(addr) = first_services.as_deref().and_then(|s| self.http_node(s)) {
             // HTTP services enforce nothing themselves: the gateway decides `http:name:/path`.
             let rest = path.strip_prefix('/').and_then(|p| p.strip_prefix(first.as_str())).unwrap_or("");
@@ -218,26 +218,33 @@ impl Gateway {
             None => Err(Status::not_found("api", format!("no service for path {path}"))),
         };
         match resolved {
-            Ok((service, ep)) => self.invoke(req, ns, service, &ep, Vec::new()).await,
+            Ok((service, services, (s, e))) => {
+                self.invoke(req, ns, service, &services[s].endpoints[e], Vec::new()).await
+            }
             Err(e) if e.code() == Code::NotFound => match self.declared(&ns, req.method(), path).await {
-                Some((service, ep, captures)) => self.invoke(req, ns, service, &ep, captures).await,
+                Some((routes, i, captures)) => {
+                    let r = &routes[i];
+                    self.invoke(req, ns, r.service.clone(), &r.endpoint, captures).await
+                }
                 None => json_error(&e),
             },
             Err(e) => json_error(&e),
         }
     }
 
-    /// The endpoint `endpoint` of `service` (its registrations, when already looked up).
+    /// The endpoint `endpoint` of `service` (its registrations, when already looked up):
+    /// the service's name, its registrations and where the endpoint is among them (the
+    /// registrations are shared with the client's cache, so nothing is copied per request).
     async fn resolve(
         &self,
         ns: &str,
         service: &str,
         endpoint: &str,
-        known: Option<Vec<Service>>,
-    ) -> Result<(String, Endpoint), Status> {
+        known: Option<Arc<Vec<Service>>>,
+    ) -> Result<(String, Arc<Vec<Service>>, (usize, usize)), Status> {
         let services = match known {
             Some(s) => s,
-            None => self.inner.registry.get_service(ns, service).await.map_err(|e| {
+            None => self.inner.client.services(service, Some(ns)).await.map_err(|e| {
                 if e.code() == Code::NotFound {
                     Status::not_found("api", format!("service {service} not found"))
                 } else {
@@ -245,11 +252,15 @@ impl Gateway {
                 }
             })?,
         };
-        let endpoints: Vec<_> = services.iter().flat_map(|s| s.endpoints.iter()).collect();
-        match endpoints.iter().find(|e| e.name.eq_ignore_ascii_case(endpoint)) {
-            Some(ep) => Ok((service.to_string(), (*ep).clone())),
+        let found = services
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.endpoints.iter().position(|e| e.name.eq_ignore_ascii_case(endpoint)).map(|j| (i, j)));
+        match found {
+            Some(at) => Ok((service.to_string(), services, at)),
             None => {
-                let mut names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+                let mut names: Vec<&str> =
+                    services.iter().flat_map(|s| s.endpoints.iter()).map(|e| e.name.as_str()).collect();
                 names.sort();
                 names.dedup();
                 Err(Status::not_found(
@@ -267,10 +278,10 @@ impl Gateway {
         ns: &str,
         method: &Method,
         path: &str,
-    ) -> Option<(String, Endpoint, Vec<(String, String)>)> {
+    ) -> Option<(Arc<Vec<DeclaredRoute>>, usize, Vec<(String, String)>)> {
         let routes = self.routes(ns).await;
         let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        routes.iter().find_map(|r| {
+        let found = routes.iter().enumerate().find_map(|(i, r)| {
             if r.method.as_ref().is_some_and(|m| m != method) || r.segs.len() != segs.len() {
                 return None;
             }
@@ -282,8 +293,9 @@ impl Gateway {
                     None => return None,
                 }
             }
-            Some((r.service.clone(), r.endpoint.clone(), captures))
-        })
+            Some((i, captures))
+        });
+        found.map(|(i, captures)| (routes, i, captures))
     }
 
     /// The declared routes of a namespace, cached for a second.
@@ -558,6 +570,15 @@ pub fn build_request(
     captures: &[(String, String)],
     schema: &Value,
 ) -> Result<Bytes, Status> {
+    // The common case, a JSON object body and nothing to merge in, goes through as it is
+    // once checked: no tree of values is built and printed again.
+    if query.is_none_or(str::is_empty)
+        && captures.is_empty()
+        && body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok()
+    {
+        return Ok(Bytes::copy_from_slice(body));
+    }
     let mut obj = if body.iter().all(u8::is_ascii_whitespace) {
         Map::new()
     } else {
@@ -702,6 +723,13 @@ mod tests {
         .unwrap();
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v, json!({"name":"Alice","count":3,"ok":false,"tags":["a","b"],"page":{"size":10},"x":"y z"}));
+        // An object body alone passes through unchanged; a broken one still fails.
+        let raw = b" {\"name\": \"Bob\",\n \"x\": [1, {\"y\": null}]}";
+        assert_eq!(&build_request(raw, None, &[], &schema).unwrap()[..], &raw[..]);
+        assert_eq!(&build_request(raw, Some(""), &[], &schema).unwrap()[..], &raw[..]);
+        assert!(build_request(b"{\"a\":1} trailing", None, &[], &schema).is_err());
+        assert!(build_request(b"{\"a\":1}{", None, &[], &schema).is_err());
+        assert!(build_request(b"{\"a\":", None, &[], &schema).is_err());
         assert!(build_request(b"[1]", None, &[], &schema).is_err());
         assert!(build_request(b"{bad", None, &[], &schema).is_err());
         assert!(build_request(b"", Some("count=abc"), &[], &schema).is_err());

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use micro_core::metadata::{CONTENT_TYPE_GRPC, CONTENT_TYPE_GRPC_JSON};
-use micro_core::registry::{Node, Registry};
+use micro_core::registry::{Node, Registry, Service};
 use micro_core::{BoxStream, Code, Status};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -60,7 +60,7 @@ pub struct Client {
 struct Inner {
     http: HttpClient<HttpConnector, Body>,
     route: Route,
-    cache: Mutex<HashMap<(String, String), Entry>>,
+    cache: Mutex<HashMap<(String, String), Arc<Entry>>>,
     failed: Mutex<HashMap<String, Instant>>,
     watching: Mutex<HashMap<String, Arc<AtomicBool>>>,
 }
@@ -71,8 +71,11 @@ enum Route {
 }
 
 struct Entry {
-    nodes: Arc<Vec<Node>>,
-    next: Arc<AtomicUsize>,
+    services: Arc<Vec<Service>>,
+    /// The nodes serving gRPC.
+    nodes: Vec<Node>,
+    /// The round-robin position.
+    next: AtomicUsize,
     fetched: Instant,
 }
 
@@ -345,59 +348,20 @@ impl Client {
 
     /// The address to send a call to: the proxy, or a node of the service.
     async fn pick(&self, service: &str, opts: &CallOptions) -> Result<String, Status> {
-        let registry = match &self.inner.route {
-            Route::Proxy(addr) => return Ok(addr.clone()),
-            Route::Registry(r) => r.clone(),
-        };
-        let ns = opts.namespace.clone().unwrap_or_else(|| self.namespace.clone());
-        self.ensure_watch(&ns, &registry);
-        let key = (ns.clone(), service.to_string());
-        let watched = self
-            .inner
-            .watching
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&ns)
-            .is_some_and(|w| w.load(Ordering::Relaxed));
-        let ttl = if watched { CACHE_TTL } else { CACHE_TTL_UNWATCHED };
-        let cached = {
-            let cache = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache.get(&key).filter(|e| e.fetched.elapsed() < ttl).map(|e| (e.nodes.clone(), e.next.clone()))
-        };
-        let (nodes, next) = match cached {
-            Some(c) => c,
-            None => {
-                let services = registry.get_service(&ns, service).await.map_err(|e| {
-                    if e.code() == Code::NotFound {
-                        Status::not_found(service, format!("service {service} not found"))
-                    } else {
-                        e
-                    }
-                })?;
-                let nodes: Vec<Node> = services
-                    .into_iter()
-                    .flat_map(|s| s.nodes)
-                    .filter(|n| n.metadata.get("protocol").is_none_or(|p| p == "grpc"))
-                    .collect();
-                let nodes = Arc::new(nodes);
-                let next = Arc::new(AtomicUsize::new(0));
-                self.inner
-                    .cache
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, Entry { nodes: nodes.clone(), next: next.clone(), fetched: Instant::now() });
-                (nodes, next)
-            }
-        };
+        if let Route::Proxy(addr) = &self.inner.route {
+            return Ok(addr.clone());
+        }
+        let entry = self.entry(service, opts.namespace.as_deref()).await?;
+        let nodes = &entry.nodes;
         if nodes.is_empty() {
             return Err(Status::not_found(service, format!("service {service} has no gRPC nodes")));
         }
-        let failed = {
-            let mut f = self.inner.failed.lock().unwrap_or_else(|e| e.into_inner());
-            f.retain(|_, until| *until > Instant::now());
-            f.clone()
-        };
-        let start = next.fetch_add(1, Ordering::Relaxed);
+        let start = entry.next.fetch_add(1, Ordering::Relaxed);
+        let mut failed = self.inner.failed.lock().unwrap_or_else(|e| e.into_inner());
+        if !failed.is_empty() {
+            let now = Instant::now();
+            failed.retain(|_, until| *until > now);
+        }
         for i in 0..nodes.len() {
             let n = &nodes[(start + i) % nodes.len()];
             if !failed.contains_key(&n.address) {
@@ -406,6 +370,64 @@ impl Client {
         }
         // Every node failed recently: try one anyway rather than fail without trying.
         Ok(nodes[start % nodes.len()].address.clone())
+    }
+
+    /// The registrations of `service` (every version, every node), from the client's
+    /// cache: what the registry said last, kept until a registry watch reports a change
+    /// to the service (or for a second while no watch is running). `NotFound` when no
+    /// node is registered; an error for a client that goes through a proxy.
+    pub async fn services(&self, service: &str, namespace: Option<&str>) -> Result<Arc<Vec<Service>>, Status> {
+        if matches!(self.inner.route, Route::Proxy(_)) {
+            return Err(Status::new(
+                Code::FailedPrecondition,
+                service,
+                "a proxy client has no registry to look services up in",
+            ));
+        }
+        Ok(self.entry(service, namespace).await?.services.clone())
+    }
+
+    /// The cache entry of `service` in `namespace` (default: the client's), fetched from
+    /// the registry when missing or stale.
+    async fn entry(&self, service: &str, namespace: Option<&str>) -> Result<Arc<Entry>, Status> {
+        let Route::Registry(registry) = &self.inner.route else {
+            return Err(Status::internal(service, "a proxy client has no registry"));
+        };
+        let ns = namespace.unwrap_or(&self.namespace);
+        self.ensure_watch(ns, registry);
+        let watched = self
+            .inner
+            .watching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(ns)
+            .is_some_and(|w| w.load(Ordering::Relaxed));
+        let ttl = if watched { CACHE_TTL } else { CACHE_TTL_UNWATCHED };
+        let key = (ns.to_string(), service.to_string());
+        let cached = {
+            let cache = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.get(&key).filter(|e| e.fetched.elapsed() < ttl).cloned()
+        };
+        if let Some(e) = cached {
+            return Ok(e);
+        }
+        let services = registry.get_service(ns, service).await.map_err(|e| {
+            if e.code() == Code::NotFound {
+                Status::not_found(service, format!("service {service} not found"))
+            } else {
+                e
+            }
+        })?;
+        let nodes: Vec<Node> = services
+            .iter()
+            .flat_map(|s| s.nodes.iter())
+            .filter(|n| n.metadata.get("protocol").is_none_or(|p| p == "grpc"))
+            .cloned()
+            .collect();
+        let entry =
+            Arc::new(Entry { services: Arc::new(services), nodes, next: AtomicUsize::new(0), fetched: Instant::now() });
+        self.inner.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, entry.clone());
+        Ok(entry)
     }
 
     /// The address of a node of `service` (round robin, skipping recently failed
