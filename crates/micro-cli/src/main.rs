@@ -9,12 +9,6 @@ mod new;
 mod output;
 mod runtime;
 
-/// mimalloc instead of the system allocator: the gateway and proxy allocate and free many
-/// small buffers per request, and glibc's malloc/free took ~30% of the gateway's CPU
-/// under load (docs/BENCHMARKS.md, "Optimisations").
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() {
     let code = cli::run(std::env::args().collect()).await;
