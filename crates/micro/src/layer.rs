@@ -223,17 +223,16 @@ pub struct Trace<S> {
 
 /// The trace id of a valid W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
 pub fn trace_id(traceparent: &str) -> Option<&str> {
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let ok = parts.len() == 4
-        && hex(parts[0], 2)
-        && parts[0] != "ff"
-        && hex(parts[1], 32)
-        && parts[1].bytes().any(|b| b != b'0')
-        && hex(parts[2], 16)
-        && parts[2].bytes().any(|b| b != b'0')
-        && hex(parts[3], 2);
-    if ok { Some(parts[1]) } else { None }
+    // Fixed layout: version (2) - trace id (32) - parent id (16) - flags (2), no allocation.
+    let b = traceparent.as_bytes();
+    if b.len() != 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return None;
+    }
+    let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
+    let zero = |r: std::ops::Range<usize>| b[r].iter().all(|&c| c == b'0');
+    let ok =
+        hex(0..2) && &b[0..2] != b"ff" && hex(3..35) && !zero(3..35) && hex(36..52) && !zero(36..52) && hex(53..55);
+    if ok { Some(&traceparent[3..35]) } else { None }
 }
 
 /// A new sampled `traceparent` with random ids.
@@ -511,6 +510,26 @@ mod tests {
         assert!(!text.contains("Junk"), "{text}");
         assert_eq!(metrics.totals().requests, 4);
         assert_eq!(metrics.totals().errors, 3);
+    }
+
+    #[test]
+    fn trace_ids_of_valid_traceparents_only() {
+        let ok = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(trace_id(ok), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        for bad in [
+            "",
+            "junk",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e47é-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
+        ] {
+            assert_eq!(trace_id(bad), None, "{bad}");
+        }
     }
 
     #[test]
