@@ -377,13 +377,6 @@ impl Client {
     /// to the service (or for a second while no watch is running). `NotFound` when no
     /// node is registered; an error for a client that goes through a proxy.
     pub async fn services(&self, service: &str, namespace: Option<&str>) -> Result<Arc<Vec<Service>>, Status> {
-        if matches!(self.inner.route, Route::Proxy(_)) {
-            return Err(Status::new(
-                Code::FailedPrecondition,
-                service,
-                "a proxy client has no registry to look services up in",
-            ));
-        }
         Ok(self.entry(service, namespace).await?.services.clone())
     }
 
@@ -391,7 +384,11 @@ impl Client {
     /// the registry when missing or stale.
     async fn entry(&self, service: &str, namespace: Option<&str>) -> Result<Arc<Entry>, Status> {
         let Route::Registry(registry) = &self.inner.route else {
-            return Err(Status::internal(service, "a proxy client has no registry"));
+            return Err(Status::new(
+                Code::FailedPrecondition,
+                service,
+                "a proxy client has no registry to look services up in",
+            ));
         };
         let ns = namespace.unwrap_or(&self.namespace);
         self.ensure_watch(ns, registry);
