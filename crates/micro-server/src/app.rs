@@ -149,12 +149,17 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     };
     let runtime = crate::runtime::Runtime::open(&config.data_dir, config.runtime.clone(), wiring).await?;
 
+    // Nodes may point neither at this server's listeners nor into the denied networks.
+    let deny = crate::targets::parse_list(&config.node_deny).map_err(Error::Config)?;
+    let targets = crate::targets::Targets::new([Some(api), Some(proxy), web].into_iter().flatten().collect(), deny);
+
     let metrics = micro::metrics::Metrics::default();
     let mut core = RouterBuilder::new("micro")
         .metrics(metrics.clone())
         .descriptors(micro::proto::DESCRIPTOR)?
         .grpc_service(micro::proto::registry::registry_server::RegistryServer::new(RegistryService {
             registry: registry.clone(),
+            targets: targets.clone(),
         }))
         .grpc_service(pb::store::store_server::StoreServer::new(data::StoreService { store }))
         .grpc_service(pb::store::blob_server::BlobServer::new(data::BlobService { blob }))
@@ -227,8 +232,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let client = Client::new(routing.clone());
     let local: HashSet<String> = CORE_SERVICES.iter().map(|s| s.to_string()).collect();
     let guard: Arc<dyn micro::layer::Authorize> = Arc::new(crate::guard::Guard { auth: auth.clone() });
-    let proxy_svc = Proxy::new(core.layered(Some(guard)), local, client.clone(), runtime.clone());
-    let gateway = Gateway::new(&config, routing, client, metrics.clone(), auth.clone());
+    let proxy_svc = Proxy::new(core.layered(Some(guard)), local, client.clone(), runtime.clone(), auth.clone());
+    let gateway = Gateway::new(&config, routing, client, metrics.clone(), auth.clone(), targets);
 
     let (tx, rx) = watch::channel(false);
     let until = |mut rx: watch::Receiver<bool>| async move {

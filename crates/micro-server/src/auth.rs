@@ -75,7 +75,12 @@ struct Inner {
     looked_up: Mutex<Option<Instant>>,
     /// The shared rules version this node's cache follows (see [`AuthService::follow_rules`]).
     rules_version: Mutex<Option<String>>,
+    /// Delegated tokens by `audience token`, with their expiry.
+    delegated: Mutex<HashMap<String, (String, u64)>>,
 }
+
+/// How long a delegated token lives (at most; never past the token it stands for).
+const DELEGATED_TTL: u64 = 300;
 
 /// Rules of a namespace with the generation they were read at.
 type CachedRules = (u64, Arc<Vec<Rule>>);
@@ -143,6 +148,7 @@ impl AuthService {
                 verified: Mutex::new(HashMap::new()),
                 looked_up: Mutex::new(None),
                 rules_version: Mutex::new(None),
+                delegated: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -166,6 +172,49 @@ impl AuthService {
         }
         cache.insert(token.to_string(), claims.clone());
         Ok(claims)
+    }
+
+    /// A token standing for the account of `token` at the service `audience`
+    /// (`<namespace>/<service>`) only: what the proxy, the gateway and services' clients
+    /// send to a service's node instead of the caller's own token, so that a node
+    /// captures nothing it could use at the core or at any other service. Cached until
+    /// shortly before it expires.
+    pub(crate) fn delegate(&self, token: &str, audience: &str) -> Result<String, MicroStatus> {
+        let key = format!("{audience} {token}");
+        let t = now();
+        if let Some((d, exp)) = self.inner.delegated.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && *exp > t + 30
+        {
+            return Ok(d.clone());
+        }
+        let ok = audience.split_once('/').is_some_and(|(ns, svc)| {
+            micro_core::namespace::validate(ns).is_ok()
+                && !svc.is_empty()
+                && svc.len() <= 256
+                && svc.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        });
+        if !ok {
+            return Err(MicroStatus::bad_request("auth", format!("invalid audience {audience:?}: use namespace/service")));
+        }
+        let mut claims = self.verify(token)?;
+        claims.aud = Some(audience.to_string());
+        claims.iat = t;
+        claims.exp = claims.exp.min(t + DELEGATED_TTL);
+        let signed = self.inner.signer.sign(&claims)?;
+        let mut cache = self.inner.delegated.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= 10_000 {
+            cache.retain(|_, (_, exp)| *exp > t + 30);
+            if cache.len() >= 10_000 {
+                cache.clear();
+            }
+        }
+        cache.insert(key, (signed.clone(), claims.exp));
+        Ok(signed)
+    }
+
+    /// [`AuthService::verify`] for the service `audience`: also accepts tokens delegated to it.
+    pub(crate) fn verify_audience(&self, token: &str, audience: &str) -> Result<Claims, MicroStatus> {
+        self.inner.verifier.read().unwrap_or_else(|e| e.into_inner()).verify_for(token, audience)
     }
 
     fn keys_table() -> Table {
@@ -409,6 +458,7 @@ impl AuthService {
             iat,
             exp,
             iss: "micro".into(),
+            aud: None,
         };
         let access_token = self.inner.signer.sign(&claims)?;
         let random = random_secret();
@@ -627,7 +677,16 @@ impl pb::auth_server::Auth for AuthService {
     async fn token(&self, req: Request<pb::TokenRequest>) -> Result<Response<pb::TokenResponse>, Status> {
         let ns = micro::namespace(&req);
         let client = client_address(&req);
+        let bearer = micro::auth::bearer(&req.metadata().clone().into_headers());
         let r = req.into_inner();
+        if !r.audience.is_empty() {
+            // A token for one service, in exchange for the caller's own.
+            let token = bearer
+                .ok_or_else(|| t(MicroStatus::new(Code::Unauthenticated, "auth", "a delegated token needs credentials")))?;
+            let access_token = self.delegate(&token, &r.audience).map_err(t)?;
+            let expiry = self.verify_audience(&access_token, &r.audience).map_err(t)?.exp;
+            return Ok(Response::new(pb::TokenResponse { access_token, expiry, ..Default::default() }));
+        }
         let out = if r.refresh_token.is_empty() && r.id.is_empty() {
             Err(MicroStatus::bad_request("auth", "log in with an id and a secret, or a refresh token"))
         } else if !r.refresh_token.is_empty() {

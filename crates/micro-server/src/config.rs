@@ -21,6 +21,10 @@ pub struct Config {
     pub body_limit: usize,
     /// Allowed CORS origins (`MICRO_API_CORS`, comma-separated; default `*`).
     pub cors_origins: Vec<String>,
+    /// Networks registered nodes may not point into (`MICRO_NODE_DENY`, comma-separated
+    /// CIDRs; default link-local, unspecified and IPv6 unique-local), besides the server's
+    /// own listeners, which they may never point at.
+    pub node_deny: String,
     /// Registration lease of the core services.
     pub core_ttl: std::time::Duration,
     /// Events older than this are dropped (`MICRO_EVENTS_MAX_AGE` in seconds; default: kept).
@@ -61,6 +65,7 @@ impl Default for Config {
             data_dir: home.join(".micro").join("data"),
             body_limit: 4 * 1024 * 1024,
             cors_origins: vec!["*".into()],
+            node_deny: crate::targets::DEFAULT_DENY.to_string(),
             core_ttl: std::time::Duration::from_secs(60),
             events_max_age: None,
             events_max_events: None,
@@ -305,6 +310,10 @@ impl Config {
         }
         if let Some(v) = env("MICRO_API_CORS") {
             c.cors_origins = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = env("MICRO_NODE_DENY") {
+            crate::targets::parse_list(&v).map_err(|e| Error::Config(format!("MICRO_NODE_DENY: {e}")))?;
+            c.node_deny = v;
         }
         if let Some(v) = env("MICRO_EVENTS_MAX_AGE") {
             c.events_max_age = Some(std::time::Duration::from_secs(number("MICRO_EVENTS_MAX_AGE", &v)?));

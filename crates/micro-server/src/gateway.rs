@@ -46,6 +46,7 @@ struct Inner {
     next: AtomicUsize,
     routes: Mutex<HashMap<String, (Instant, Routes)>>,
     auth: crate::auth::AuthService,
+    targets: crate::targets::Targets,
 }
 
 /// The declared routes of one namespace.
@@ -62,8 +63,40 @@ struct DeclaredRoute {
 /// How long the declared routes of a namespace are cached.
 const ROUTES_TTL: Duration = Duration::from_secs(1);
 
-/// Metadata forwarded from HTTP headers to the service.
-const FORWARDED: [&str; 5] = ["authorization", "micro-id", "traceparent", "micro-from-service", "micro-client-address"];
+/// Metadata forwarded from HTTP headers to the service (credentials are not: see
+/// [`Gateway::credentials`]).
+const FORWARDED: [&str; 4] = ["micro-id", "traceparent", "micro-from-service", "micro-client-address"];
+
+/// Whether a cookie is the platform's (`micro-token`, the dashboard's `micro_session`,
+/// and any other `micro-…`/`micro_…`): never sent to a service, never set by one.
+fn platform_cookie(name: &str) -> bool {
+    let n = name.trim().to_ascii_lowercase();
+    n.starts_with("micro-") || n.starts_with("micro_")
+}
+
+/// Removes the platform's cookies from a request's `Cookie` headers.
+fn strip_platform_cookies(headers: &mut http::HeaderMap) {
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|c| !c.is_empty() && !platform_cookie(c.split('=').next().unwrap_or("")))
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+/// The caller's token at the gateway: the bearer header, else the `micro-token` cookie.
+fn token_of(headers: &http::HeaderMap) -> Option<String> {
+    micro::auth::bearer(headers).or_else(|| micro::auth::cookie_token(headers))
+}
 
 /// Maps a gateway path to `(service, Handler.Method)`; `None` for paths that name none.
 pub fn route(path: &str) -> Option<(String, String)> {
@@ -136,6 +169,7 @@ impl Gateway {
         client: Client,
         metrics: Metrics,
         auth: crate::auth::AuthService,
+        targets: crate::targets::Targets,
     ) -> Gateway {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
@@ -152,6 +186,7 @@ impl Gateway {
                 next: AtomicUsize::new(0),
                 routes: Mutex::new(HashMap::new()),
                 auth,
+                targets,
             }),
         }
     }
@@ -168,7 +203,7 @@ impl Gateway {
     }
 
     async fn route(&self, req: Request<Incoming>) -> Response<Body> {
-        if let Some(token) = micro::auth::bearer(req.headers()) {
+        if let Some(token) = token_of(req.headers()) {
             self.inner.auth.learn_signer_of(&token).await;
         }
         let path = req.uri().path();
@@ -183,7 +218,7 @@ impl Gateway {
         }
         // The namespace: the header, else the caller's account, else the subdomain.
         let ns = if req.headers().get(micro_core::metadata::NAMESPACE).is_none()
-            && let Some(token) = micro::auth::bearer(req.headers())
+            && let Some(token) = token_of(req.headers())
         {
             match self.inner.auth.verify(&token) {
                 Ok(claims) => claims.ns,
@@ -206,7 +241,7 @@ impl Gateway {
             if let Err(e) = self.check_http(&req, &ns, &first, &rest).await {
                 return json_error(&e);
             }
-            return self.reverse_proxy(req, &first, &addr).await;
+            return self.reverse_proxy(req, &ns, &first, &addr).await;
         }
         // Path rules first; an endpoint's declared route (like GET /notes/{id}) answers
         // paths the rules do not resolve.
@@ -346,13 +381,17 @@ impl Gateway {
                     Err(e) => return json_error(&e.or_id(&service)),
                 }
             };
+            let opts = match self.call_options(ns, &service, req.headers()) {
+                Ok(o) => o,
+                Err(e) => return json_error(&e),
+            };
             let call = crate::websocket::Call {
                 client: self.inner.client.clone(),
                 service: service.clone(),
                 endpoint: ep.name.clone(),
                 kind: kind.to_string(),
                 first,
-                opts: self.call_options(ns, req.headers()),
+                opts,
             };
             return crate::websocket::upgrade(req, call);
         }
@@ -373,7 +412,10 @@ impl Gateway {
             Ok(r) => r,
             Err(e) => return json_error(&e.or_id(&service)),
         };
-        let opts = self.call_options(ns, &parts.headers);
+        let opts = match self.call_options(ns, &service, &parts.headers) {
+            Ok(o) => o,
+            Err(e) => return json_error(&e),
+        };
         let ep_name: Arc<str> = Arc::from(ep.name.as_str());
         let start = Instant::now();
         if ep.stream().is_some() {
@@ -393,8 +435,9 @@ impl Gateway {
         }
     }
 
-    /// The call options of a request: its namespace and the forwarded headers.
-    fn call_options(&self, ns: String, headers: &http::HeaderMap) -> CallOptions {
+    /// The call options of a request to `service`: its namespace, the forwarded headers
+    /// and the caller's credentials.
+    fn call_options(&self, ns: String, service: &str, headers: &http::HeaderMap) -> Result<CallOptions, Status> {
         let mut opts = CallOptions { namespace: Some(ns), ..Default::default() };
         for h in FORWARDED {
             if let Some(v) = headers.get(h).and_then(|v| v.to_str().ok()) {
@@ -404,13 +447,24 @@ impl Gateway {
         // A browser's `micro-token` cookie stands for the bearer header, but only on a
         // request a page of another site cannot send without a CORS preflight (JSON, or
         // a micro-namespace header): cookies alone must not authorise a cross-site form post.
-        if !headers.contains_key(header::AUTHORIZATION)
-            && let Some(token) = micro::auth::bearer(headers)
-            && preflighted(headers)
-        {
+        let token = micro::auth::bearer(headers)
+            .or_else(|| micro::auth::cookie_token(headers).filter(|_| preflighted(headers)));
+        if let Some(token) = token {
+            let ns = opts.namespace.as_deref().unwrap_or(micro_core::namespace::DEFAULT);
+            let token = self.credentials(&token, ns, service)?;
             opts.metadata.push(("authorization".into(), format!("Bearer {token}")));
         }
-        opts
+        Ok(opts)
+    }
+
+    /// The token a call to `service` carries for the caller's `token`: the caller's own for
+    /// the server's core services (this process), else one delegated to that service
+    /// alone, so a service's node never holds a token it could use anywhere else.
+    fn credentials(&self, token: &str, ns: &str, service: &str) -> Result<String, Status> {
+        if crate::CORE_SERVICES.contains(&service) {
+            return Ok(token.to_string());
+        }
+        self.inner.auth.delegate(token, &format!("{ns}/{service}"))
     }
 
     /// Server-sent events for streaming endpoints: one `data:` line per message.
@@ -460,7 +514,7 @@ impl Gateway {
 
     /// Decides a call to the HTTP service `name` at `path` by the namespace's rules.
     async fn check_http(&self, req: &Request<Incoming>, ns: &str, name: &str, path: &str) -> Result<(), Status> {
-        let account = match micro::auth::bearer(req.headers()) {
+        let account = match token_of(req.headers()) {
             Some(t) => Some(self.inner.auth.verify(&t)?.account()),
             None => None,
         };
@@ -469,9 +523,29 @@ impl Gateway {
         micro_core::auth::decide(&rules, account.as_ref(), ns, &micro_core::auth::Resource::new("http", name, path))
     }
 
-    /// Forwards a request to an HTTP service, stripping the `/{service}` prefix.
-    async fn reverse_proxy(&self, req: Request<Incoming>, service: &str, addr: &str) -> Response<Body> {
+    /// Forwards a request to an HTTP service, stripping the `/{service}` prefix. The
+    /// platform's cookies and the caller's own token stay here (the service gets a token
+    /// delegated to it alone), and the service cannot set the platform's cookies.
+    async fn reverse_proxy(&self, req: Request<Incoming>, ns: &str, service: &str, addr: &str) -> Response<Body> {
+        if let Err(e) = self.inner.targets.check_literal(addr) {
+            return json_error(&e.with_http_status(502));
+        }
         let (mut parts, body) = req.into_parts();
+        let token = token_of(&parts.headers);
+        parts.headers.remove(header::AUTHORIZATION);
+        strip_platform_cookies(&mut parts.headers);
+        for h in ["micro-account", "micro-account-admin"] {
+            parts.headers.remove(h);
+        }
+        if let Some(token) = token {
+            match self.credentials(&token, ns, service).map(|t| HeaderValue::from_str(&format!("Bearer {t}"))) {
+                Ok(Ok(v)) => {
+                    parts.headers.insert(header::AUTHORIZATION, v);
+                }
+                Ok(Err(_)) => return json_error(&Status::internal("api", "a delegated token is not a header value")),
+                Err(e) => return json_error(&e),
+            }
+        }
         let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let rest = pq.strip_prefix('/').and_then(|p| p.strip_prefix(service)).unwrap_or("");
         let rest = if rest.is_empty() || rest.starts_with('?') { format!("/{rest}") } else { rest.to_string() };
@@ -486,7 +560,17 @@ impl Gateway {
         }
         let limited = Limited::new(body, self.inner.body_limit);
         match self.inner.http.request(Request::from_parts(parts, Body::new(limited))).await {
-            Ok(res) => res.map(Body::new),
+            Ok(mut res) => {
+                let set: Vec<HeaderValue> = res.headers().get_all(header::SET_COOKIE).iter().cloned().collect();
+                res.headers_mut().remove(header::SET_COOKIE);
+                for v in set {
+                    let name = v.to_str().ok().and_then(|c| c.split('=').next()).unwrap_or("micro-");
+                    if !platform_cookie(name) {
+                        res.headers_mut().append(header::SET_COOKIE, v);
+                    }
+                }
+                res.map(Body::new)
+            }
             Err(e) => {
                 let mut src: Option<&dyn std::error::Error> = std::error::Error::source(&e);
                 while let Some(s) = src {

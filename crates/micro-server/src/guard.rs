@@ -6,7 +6,7 @@
 use crate::auth::AuthService;
 use micro::auth::bearer;
 use micro::split_grpc_path;
-use micro_core::auth::{Account, Resource, check_namespace, decide, resolve_namespace};
+use micro_core::auth::{Access, Account, Resource, Rule, check_namespace, decide, resolve_namespace};
 use micro_core::metadata::NAMESPACE;
 use micro_core::{Code, Status};
 
@@ -27,6 +27,11 @@ enum Policy {
     /// Its admin, or an account of the namespace with the `data` scope (the service
     /// accounts of runtime services).
     Data,
+    /// Any account of the namespace (or its admin), unless the namespace's rules say
+    /// otherwise in a rule that names the service: registering, locks and the broker
+    /// are not open to the public by default (the catch-all public rule does not open
+    /// them; a rule like `service:registry:*` with scope `""` does).
+    Members,
     /// The namespace's rules.
     Rules,
 }
@@ -38,9 +43,9 @@ fn policy(service: &str, endpoint: &str) -> Policy {
     match service {
         // The auth service checks admin itself where it matters.
         "auth" => Policy::Public,
-        // Registry lookups are always public; registering follows the rules (public by
-        // default, so an admin can require accounts for it).
+        // Registry lookups are always public; registering needs an account.
         "registry" if !matches!(endpoint, "Registry.Register" | "Registry.Deregister") => Policy::Public,
+        "registry" | "sync" | "broker" => Policy::Members,
         "store" | "config" | "events" => Policy::Data,
         "runtime" => Policy::Admin,
         _ => Policy::Rules,
@@ -108,6 +113,19 @@ impl micro::layer::Authorize for Guard {
                     format!("{service} needs credentials: log in first"),
                 )),
             },
+            Policy::Members if account.as_ref().is_some_and(|a| a.is_admin_of(&ns)) => Ok(()),
+            Policy::Members => {
+                let rules = self.auth.cached_rules(&ns).await?;
+                let mut effective = vec![Rule {
+                    id: "members".into(),
+                    scope: "*".into(),
+                    resource: Resource::new("service", &service, "*"),
+                    access: Access::Granted,
+                    priority: 0,
+                }];
+                effective.extend(rules.iter().filter(|r| r.resource.name != "*").cloned());
+                decide(&effective, account.as_ref(), &ns, &Resource::new("service", &service, &endpoint))
+            }
             Policy::Rules => {
                 let rules = self.auth.cached_rules(&ns).await?;
                 decide(&rules, account.as_ref(), &ns, &Resource::new("service", &service, &endpoint))
@@ -125,21 +143,23 @@ mod tests {
         assert_eq!(policy("grpc.health.v1", "Health.Check"), Policy::Public);
         assert_eq!(policy("registry", "Registry.GetService"), Policy::Public);
         assert_eq!(policy("registry", "Registry.Watch"), Policy::Public);
-        assert_eq!(policy("registry", "Registry.Register"), Policy::Rules);
+        assert_eq!(policy("registry", "Registry.Register"), Policy::Members);
+        assert_eq!(policy("broker", "Broker.Subscribe"), Policy::Members);
         assert_eq!(policy("store", "Store.Read"), Policy::Data);
         assert_eq!(policy("store", "Blob.Put"), Policy::Data);
         assert_eq!(policy("config", "Config.Get"), Policy::Data);
         assert_eq!(policy("runtime", "Runtime.Create"), Policy::Admin);
         assert_eq!(policy("store", "Debug.Health"), Policy::Public);
-        assert_eq!(policy("sync", "Sync.Lock"), Policy::Rules);
+        assert_eq!(policy("sync", "Sync.Lock"), Policy::Members);
+        assert_eq!(policy("helloworld", "Greeter.Hello"), Policy::Rules);
     }
 
     #[test]
-    fn tokens_from_header_or_cookie() {
+    fn tokens_from_the_header_never_the_cookie() {
         let mut h = http::HeaderMap::new();
         assert_eq!(bearer(&h), None);
         h.insert("cookie", "a=b; micro-token=xyz".parse().unwrap());
-        assert_eq!(bearer(&h).as_deref(), Some("xyz"));
+        assert_eq!(bearer(&h), None);
         h.insert("authorization", "Bearer abc".parse().unwrap());
         assert_eq!(bearer(&h).as_deref(), Some("abc"));
     }

@@ -22,6 +22,7 @@ mod reflection;
 mod registry;
 mod runtime;
 mod shared_registry;
+mod targets;
 mod web;
 mod websocket;
 

@@ -25,6 +25,7 @@ struct Inner {
     client: Client,
     http: HttpClient<HttpConnector, Body>,
     runtime: crate::runtime::Runtime,
+    auth: crate::auth::AuthService,
 }
 
 const HOP_BY_HOP: [&str; 7] = [
@@ -43,12 +44,13 @@ impl Proxy {
         local: HashSet<String>,
         client: Client,
         runtime: crate::runtime::Runtime,
+        auth: crate::auth::AuthService,
     ) -> Proxy {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(2)));
         let http = HttpClient::builder(TokioExecutor::new()).http2_only(true).build(conn);
-        Proxy { inner: Arc::new(Inner { core, local, client, http, runtime }) }
+        Proxy { inner: Arc::new(Inner { core, local, client, http, runtime, auth }) }
     }
 
     pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
@@ -86,12 +88,44 @@ impl Proxy {
         if service.is_empty() {
             return error(Status::not_found("proxy", format!("no service in path {path}")));
         }
-        let ns = micro::namespace_of(req.headers()).to_string();
+        let mut req = req;
+        let ns = match self.delegate(req.headers_mut(), &service) {
+            Ok(ns) => ns,
+            Err(e) => return error(e),
+        };
         let node = match self.inner.client.resolve(&service, Some(&ns)).await {
             Ok(n) => n,
             Err(e) => return error(e),
         };
         self.forward(req, &node, &service, grpc, true).await
+    }
+
+    /// What a service's node gets of the caller's credentials: never the caller's own
+    /// token (a node is whatever its registrant says it is, and could replay it at the
+    /// core or at any other service), but a token for this one service in this
+    /// namespace, standing for the same account; no cookies. Returns the namespace the
+    /// call acts in (the header's, else the caller's account's, else `micro`), which the
+    /// node is told.
+    fn delegate(&self, headers: &mut http::HeaderMap, service: &str) -> Result<String, Status> {
+        headers.remove(http::header::COOKIE);
+        let asked = headers.get(micro_core::metadata::NAMESPACE).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+        let token = micro::auth::bearer(headers);
+        let ns = match (asked, &token) {
+            (Some(ns), _) => ns.to_string(),
+            (None, Some(t)) => self.inner.auth.verify(t)?.ns,
+            (None, None) => micro_core::namespace::DEFAULT.to_string(),
+        };
+        micro_core::namespace::validate(&ns)?;
+        if let Ok(v) = http::HeaderValue::from_str(&ns) {
+            headers.insert(micro_core::metadata::NAMESPACE, v);
+        }
+        if let Some(token) = token {
+            let delegated = self.inner.auth.delegate(&token, &format!("{ns}/{service}"))?;
+            let v = http::HeaderValue::from_str(&format!("Bearer {delegated}"))
+                .map_err(|_| Status::internal("proxy", "a delegated token is not a header value"))?;
+            headers.insert(http::header::AUTHORIZATION, v);
+        }
+        Ok(ns)
     }
 
     /// Sends `req` on to `node`; `resolved`: the node came from the registry (and is

@@ -92,7 +92,10 @@ fn caller<T>(req: &Request<T>, ns: &str) -> (String, bool) {
     (owner, admin)
 }
 
-/// Refuses to touch nodes registered by someone else (admins may).
+/// A service name belongs to the account that registered its nodes: nobody else adds,
+/// replaces or removes nodes under it while one is registered (the namespace's admins
+/// may). Otherwise anyone could add a node of their own to a service and receive its
+/// callers' requests.
 async fn check_owner(
     registry: &dyn Registry,
     ns: &str,
@@ -104,16 +107,12 @@ async fn check_owner(
         return Ok(());
     }
     let Ok(existing) = registry.get_service(ns, &service.name).await else { return Ok(()) };
-    let ids: Vec<&str> = service.nodes.iter().map(|n| n.id.as_str()).collect();
-    let foreign = existing
-        .iter()
-        .flat_map(|s| &s.nodes)
-        .any(|n| (ids.is_empty() || ids.contains(&n.id.as_str())) && n.metadata.get(OWNER).is_some_and(|o| o != owner));
+    let foreign = existing.iter().flat_map(|s| &s.nodes).any(|n| n.metadata.get(OWNER).is_none_or(|o| o != owner));
     if foreign {
         return Err(to_tonic(&micro_core::Status::new(
             micro_core::Code::PermissionDenied,
             "registry",
-            format!("a node of {} was registered by another account", service.name),
+            format!("service {} belongs to another account", service.name),
         )));
     }
     Ok(())
@@ -122,6 +121,8 @@ async fn check_owner(
 /// Serves a [`Registry`] as `registry.Registry`.
 pub(crate) struct RegistryService {
     pub(crate) registry: Arc<dyn Registry>,
+    /// Where nodes may point.
+    pub(crate) targets: crate::targets::Targets,
 }
 
 fn service_of(s: Option<pb::Service>) -> Result<micro_core::registry::Service, Status> {
@@ -138,6 +139,9 @@ impl pb::registry_server::Registry for RegistryService {
             if r.ttl_seconds <= 0 { micro::DEFAULT_TTL } else { Duration::from_secs(r.ttl_seconds.min(86_400) as u64) };
         let mut service = service_of(r.service)?;
         not_core(&service.name)?;
+        for n in &service.nodes {
+            self.targets.check(&n.address).await.map_err(|e| to_tonic(&e))?;
+        }
         check_owner(self.registry.as_ref(), &ns, &service, &owner, admin).await?;
         for n in &mut service.nodes {
             n.metadata.insert(OWNER.to_string(), owner.clone());

@@ -9,7 +9,8 @@ use micro_test::TestServer;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-/// Lets in callers with a valid service token, naming them in `micro-account`.
+/// Lets in callers with a valid service token (their own, or one delegated to
+/// `micro/ledger`), naming them in `micro-account`.
 struct ServicesOnly(Verifier);
 
 #[async_trait::async_trait]
@@ -21,13 +22,18 @@ impl Authorize for ServicesOnly {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| Status::new(Code::Unauthenticated, "ledger", "a token is required"))?;
-        let claims = self.0.verify(token)?;
+        let claims = self.0.verify_for(token, "micro/ledger")?;
         if claims.typ != "service" {
             return Err(Status::new(Code::PermissionDenied, "ledger", "services only"));
         }
         req.headers.insert("micro-account", claims.sub.parse().map_err(|_| Status::internal("ledger", "id"))?);
         Ok(())
     }
+}
+
+async fn verifier_of(s: &TestServer) -> Verifier {
+    let keys = auth_client(s).await.public_keys(pb::PublicKeysRequest {}).await.unwrap().into_inner().json;
+    Verifier::new(&serde_json::from_str::<PublicKeys>(&keys).unwrap()).unwrap()
 }
 
 async fn auth_client(s: &TestServer) -> pb::auth_client::AuthClient<micro::data::Ch> {
@@ -57,11 +63,16 @@ async fn a_service_calls_with_its_own_token_verified_locally() {
     // The callee verifies tokens locally with the published keys.
     let keys = auth.public_keys(pb::PublicKeysRequest {}).await.unwrap().into_inner().json;
     let verifier = Verifier::new(&serde_json::from_str::<PublicKeys>(&keys).unwrap()).unwrap();
-    let ledger = Service::new("ledger")
-        .server(s.proxy())
+    let ledger = s
+        .service("micro", "ledger")
+        .await
         .auth(Arc::new(ServicesOnly(verifier)))
         .handle("Ledger.Who", |ctx: Context, _req: Value| async move {
             Ok::<_, Status>(json!({ "caller": ctx.metadata("micro-account") }))
+        })
+        .handle("Ledger.Token", |ctx: Context, _req: Value| async move {
+            let token = ctx.metadata("authorization").unwrap_or_default();
+            Ok::<_, Status>(json!({ "token": token.trim_start_matches("Bearer ") }))
         })
         .start()
         .await
@@ -73,9 +84,23 @@ async fn a_service_calls_with_its_own_token_verified_locally() {
     let reply = billing.client().call_json("ledger", "Ledger.Who", &json!({})).await.unwrap();
     assert_eq!(reply["caller"], "billing-svc");
 
+    // The ledger's node got a token delegated to the ledger alone, not billing's own:
+    // the core refuses it.
+    let delegated = billing.client().call_json("ledger", "Ledger.Token", &json!({})).await.unwrap();
+    let delegated = delegated["token"].as_str().expect("the token the ledger got").to_string();
+    let claims = verifier_of(&s).await.verify_for(&delegated, "micro/ledger").expect("for the ledger");
+    assert_eq!((claims.sub.as_str(), claims.aud.as_deref()), ("billing-svc", Some("micro/ledger")));
+    let mut req = tonic::Request::new(pb::ListAccountsRequest {});
+    req.metadata_mut().insert("authorization", format!("Bearer {delegated}").parse().unwrap());
+    let err = auth.list_accounts(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+
     // Without credentials: refused.
-    let anonymous = Service::new("anon").server(s.proxy()).start().await.unwrap();
-    let err = anonymous.client().call_json("ledger", "Ledger.Who", &json!({})).await.unwrap_err();
+    let anonymous = s.service("micro", "anon").await.start().await.unwrap();
+    let err = micro::Client::new(Arc::new(micro::registry::RemoteRegistry::new(&s.proxy()).unwrap()))
+        .call_json("ledger", "Ledger.Who", &json!({}))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err}");
     // Wrong credentials: the service does not start, with a clear error.
     let err = Service::new("bad").server(s.proxy()).credentials("billing-svc", "not-the-secret").start().await.err();

@@ -41,6 +41,16 @@ fn expected(who: Who, ns: &str, admin_only: bool) -> Option<Code> {
     }
 }
 
+/// What a call by `who` into `ns` must give for the services open to any account of
+/// the namespace by default (registering, sync, broker): never to the public.
+fn members_only(who: Who, ns: &str) -> Option<Code> {
+    match who {
+        Who::Anonymous => Some(Code::Unauthenticated),
+        w if w.namespace() != Some(ns) => Some(Code::PermissionDenied),
+        _ => None,
+    }
+}
+
 fn code<T>(r: Result<T, micro_core::Status>) -> Option<Code> {
     r.err().map(|e| e.code())
 }
@@ -90,8 +100,8 @@ async fn every_identity_against_every_data_service_in_both_namespaces() {
             let chunks = futures::stream::iter([Ok(bytes::Bytes::from_static(b"x"))]).boxed();
             let put = d.blob.put(ns, "matrix", &tag, "text/plain", chunks).await;
             assert_eq!(code(put), want, "{who:?} blob put in {ns}");
-            // Sync and broker follow the rules: public by default, own namespace only.
-            let want = expected(who, ns, false);
+            // Sync and broker: any account of the namespace, never the public by default.
+            let want = members_only(who, ns);
             let lock = d.sync.lock(ns, &format!("matrix-{tag}"), Duration::from_secs(5), Duration::ZERO).await;
             assert_eq!(code(lock), want, "{who:?} sync lock in {ns}");
             let bm =
@@ -117,7 +127,7 @@ async fn the_same_service_name_in_two_namespaces_resolves_per_namespace() {
     let s = TestServer::start().await;
     let mut running = Vec::new();
     for ns in ["alpha", "beta"] {
-        let svc = micro::Service::new("greeter").server(s.proxy()).namespace(ns).handle(
+        let svc = s.service(ns, "greeter").await.handle(
             "Greeter.Where",
             move |_ctx: micro::Context, _req: serde_json::Value| async move {
                 Ok::<_, micro::Status>(serde_json::json!({ "namespace": ns }))
@@ -155,12 +165,25 @@ async fn the_same_service_name_in_two_namespaces_resolves_per_namespace() {
 async fn rules_can_require_accounts_to_register_and_lookups_stay_public() {
     use micro::proto::auth as pb;
     let s = TestServer::start().await;
-    // Default: anyone registers.
-    let open = micro::Service::new("early").server(s.proxy()).start().await.expect("registers without an account");
-    open.stop().await;
-    // The admin requires an account of the namespace to register.
+    // Default: registering needs an account of the namespace.
+    let err = micro::Service::new("early").server(s.proxy()).start().await.err().expect("refused");
+    assert!(err.detail().contains("log in"), "{err}");
+    // The admin opens registering to the public, then closes it again with a rule that
+    // requires accounts.
     let token = s.admin_token().await;
     let mut auth = pb::auth_client::AuthClient::new(micro::data::channel(&s.proxy()).unwrap());
+    let open = pb::Rule {
+        id: "reg-open".into(),
+        scope: "".into(),
+        resource: "service:registry:*".into(),
+        access: "granted".into(),
+        priority: 5,
+    };
+    let mut req = tonic::Request::new(pb::CreateRuleRequest { rule: Some(open) });
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    auth.create_rule(req).await.unwrap();
+    let open = micro::Service::new("early").server(s.proxy()).start().await.expect("registers without an account");
+    open.stop().await;
     for (id, scope, access, priority) in [("reg-lock", "", "denied", 10), ("reg-accounts", "*", "granted", 20)] {
         let rule = pb::Rule {
             id: id.into(),

@@ -84,9 +84,12 @@ fn other(ns: &str) -> &'static str {
 enum Needs {
     /// The namespace's admin scope: store, blob, events, config, managing accounts and rules.
     Admin,
-    /// The namespace's rules (public by default): sync, broker, registering. Registry
-    /// lookups are public too; all of them still refuse an account of another namespace.
+    /// The namespace's rules (public by default): registry lookups, logins. They still
+    /// refuse an account of another namespace.
     Rules,
+    /// Any account of the namespace, never the public by default: sync, broker,
+    /// registering.
+    Members,
     /// An admin or a service account of the namespace (auth `ListRules`).
     AdminOrOwnService,
     /// An admin, or the account's old secret (auth `ChangeSecret`, called with a wrong one).
@@ -104,7 +107,11 @@ fn expected(who: Who, ns: &str, needs: Needs) -> Option<Code> {
         _ if foreign => Some(Code::PermissionDenied),
         (Who::Anonymous, Needs::MicroAdmin) => Some(Code::Unauthenticated),
         (_, Needs::MicroAdmin) => Some(Code::PermissionDenied),
-        (Who::Admin(_), _) | (_, Needs::Rules) | (Who::Service(_), Needs::AdminOrOwnService) => None,
+        (Who::Anonymous, Needs::Members) => Some(Code::Unauthenticated),
+        (Who::Admin(_), _)
+        | (_, Needs::Rules | Needs::Members)
+        | (Who::Service(_), Needs::AdminOrOwnService) => None,
+        (Who::Anonymous, Needs::RegisteredByOther) => Some(Code::Unauthenticated),
         (_, Needs::RegisteredByOther) => Some(Code::PermissionDenied),
         (Who::Anonymous, Needs::Admin | Needs::AdminOrOwnService) => Some(Code::Unauthenticated),
         _ => Some(Code::PermissionDenied),
@@ -453,7 +460,7 @@ async fn config(w: &World, m: &mut Matrix, who: Who, ns: &'static str) {
 async fn sync(w: &World, m: &mut Matrix, who: Who, ns: &'static str, locks: &Locks) {
     let d = w.data(who, ns);
     let tag = who.tag();
-    let want = expected(who, ns, Needs::Rules);
+    let want = expected(who, ns, Needs::Members);
     let lock = &locks[ns][&who];
     m.check(who, ns, "sync refresh", code(&d.sync.refresh(ns, lock).await), want);
     m.check(who, ns, "sync unlock", code(&d.sync.unlock(ns, lock).await), want);
@@ -472,7 +479,7 @@ async fn registry(w: &World, m: &mut Matrix, who: Who, ns: &'static str) {
     let want = expected(who, ns, Needs::Rules);
     let client = w.registry(who);
     let r = client.register(ns, &service(&format!("matrix-{tag}"), ns), Duration::from_secs(120)).await;
-    m.check(who, ns, "registry register", code(&r), want);
+    m.check(who, ns, "registry register", code(&r), expected(who, ns, Needs::Members));
     let r = client.deregister(ns, &Service { name: format!("victim-{tag}"), ..Default::default() }).await;
     m.check(who, ns, "registry deregister", code(&r), expected(who, ns, Needs::RegisteredByOther));
     let found = client.get_service(ns, "seed").await;
@@ -581,13 +588,13 @@ async fn leftovers(w: &World, m: &mut Matrix) {
         for who in everyone() {
             let free =
                 admin.sync.lock(ns, &format!("held-{}", who.tag()), Duration::from_secs(1), Duration::ZERO).await;
-            let want = if removed_by(who, Needs::Rules) { None } else { Some(Code::DeadlineExceeded) };
+            let want = if removed_by(who, Needs::Members) { None } else { Some(Code::DeadlineExceeded) };
             m.check(who, ns, "left the lock it tried to release", code(&free), want);
         }
 
         // Registrations: made and removed only by identities allowed to.
         let mut services = victims(Needs::RegisteredByOther, false, &|t| format!("victim-{t}"));
-        services.extend(victims(Needs::Rules, true, &|t| format!("matrix-{t}")));
+        services.extend(victims(Needs::Members, true, &|t| format!("matrix-{t}")));
         services.push("seed".into());
         let registry = w.registry(Who::Admin(ns));
         let listed = registry.list_services(ns).await.expect("read");
@@ -628,11 +635,12 @@ async fn every_identity_against_every_other_core_endpoint_in_both_namespaces() {
     let mut watches = Vec::new();
     for who in everyone() {
         for ns in NAMESPACES {
-            let want = expected(who, ns, Needs::Rules);
+            let want = expected(who, ns, Needs::Members);
             match w.data(who, ns).broker.subscribe(ns, "matrix", None).await {
                 Ok(s) => subscriptions.push((who, ns, s)),
                 Err(e) => _ = m.check(who, ns, "broker subscribe", Some(e.code()), want),
             }
+            let want = expected(who, ns, Needs::Rules);
             match w.registry(who).watch(ns, None).await {
                 Ok(s) => watches.push((who, ns, s)),
                 Err(e) => _ = m.check(who, ns, "registry watch", Some(e.code()), want),
@@ -670,7 +678,7 @@ async fn every_identity_against_every_other_core_endpoint_in_both_namespaces() {
     .await;
     for ((who, ns, _), items) in subscriptions.iter().zip(received) {
         let (who, ns) = (*who, *ns);
-        let want = expected(who, ns, Needs::Rules);
+        let want = expected(who, ns, Needs::Members);
         match items.first() {
             // Refused on the first item rather than the call.
             Some(Err(c)) => _ = m.check(who, ns, "broker subscribe", Some(*c), want),
@@ -900,7 +908,8 @@ async fn changing_a_secret_is_limited_like_a_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_service_names_are_reserved_in_the_registry() {
     let s = TestServer::start().await;
-    let registry = micro::registry::RemoteRegistry::new(&s.proxy()).unwrap();
+    let root: Arc<dyn TokenSource> = Arc::new(StaticToken(s.admin_token().await));
+    let registry = micro::registry::RemoteRegistry::with_token(&s.proxy(), Some(root)).unwrap();
     for ns in ["micro", "alpha"] {
         let fake = service("auth", ns);
         let err = registry.register(ns, &fake, Duration::from_secs(30)).await.unwrap_err();
@@ -940,13 +949,19 @@ async fn nodes_belong_to_who_registered_them() {
     let svc = service("owned", "alpha");
     owner.register("alpha", &svc, Duration::from_secs(60)).await.unwrap();
     owner.register("alpha", &svc, Duration::from_secs(60)).await.expect("its owner refreshes it");
-    for (who, r) in [("other", &other), ("anonymous", &anonymous)] {
+    for (who, r, want) in [("other", &other, Code::PermissionDenied), ("anonymous", &anonymous, Code::Unauthenticated)] {
         let err = r.register("alpha", &svc, Duration::from_secs(60)).await.unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied, "{who} replaces: {err}");
+        assert_eq!(err.code(), want, "{who} replaces: {err}");
+        // A node of its own under the owner's name is refused too.
+        let mut added = svc.clone();
+        added.nodes[0].id = format!("{who}-node");
+        added.nodes[0].address = "127.0.0.1:9".into();
+        let err = r.register("alpha", &added, Duration::from_secs(60)).await.unwrap_err();
+        assert_eq!(err.code(), want, "{who} adds a node: {err}");
         let err = r.deregister("alpha", &svc).await.unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied, "{who} removes: {err}");
+        assert_eq!(err.code(), want, "{who} removes: {err}");
         let all = Service { name: "owned".into(), ..Default::default() };
-        assert_eq!(r.deregister("alpha", &all).await.unwrap_err().code(), Code::PermissionDenied, "{who} removes all");
+        assert_eq!(r.deregister("alpha", &all).await.unwrap_err().code(), want, "{who} removes all");
     }
     assert_eq!(owner.get_service("alpha", "owned").await.unwrap()[0].nodes.len(), 1, "still there");
     owner.deregister("alpha", &svc).await.expect("its owner removes it");

@@ -77,6 +77,15 @@ impl TestServer {
         client.generate(req).await.expect("account created");
     }
 
+    /// A service named `name` in `namespace`, pointed at this server, with a service
+    /// account of its own made now (registering needs an account of the namespace).
+    pub async fn service(&self, namespace: &str, name: &str) -> micro::Service {
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+        let (id, secret) = (format!("{name}-{suffix}"), format!("{name}-secret-{suffix}"));
+        self.create_account(namespace, &id, &secret, "service", &[]).await;
+        micro::Service::new(name).server(self.proxy()).namespace(namespace).credentials(&id, &secret)
+    }
+
     /// `host:port` of the API gateway.
     pub fn api(&self) -> String {
         self.server.api_address().to_string()

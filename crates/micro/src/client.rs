@@ -36,6 +36,21 @@ const CACHE_TTL: Duration = Duration::from_secs(30);
 const CACHE_TTL_UNWATCHED: Duration = Duration::from_secs(1);
 const NODE_PENALTY: Duration = Duration::from_secs(5);
 
+/// Where a call goes, as the client's auth hook sees it (a request extension): the
+/// server's proxy, or a node of `service` found in the registry.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// The server's proxy (or a client that sends everything there).
+    Proxy,
+    /// A node of a service in a namespace.
+    Node {
+        /// The service.
+        service: String,
+        /// The namespace.
+        namespace: String,
+    },
+}
+
 /// Options of one call.
 #[derive(Clone, Debug, Default)]
 pub struct CallOptions {
@@ -335,6 +350,15 @@ impl Client {
         {
             h.insert(micro_core::metadata::GRPC_TIMEOUT, v);
         }
+        let target = match &self.inner.route {
+            Route::Proxy(_) => Target::Proxy,
+            Route::Registry(_) => Target::Node {
+                service: crate::split_grpc_path(path).map(|(s, _)| s.to_string()).unwrap_or_default(),
+                namespace: ns.to_string(),
+            },
+        };
+        req.extensions_mut().insert(target);
+        let h = req.headers_mut();
         for (k, v) in &opts.metadata {
             let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
                 .map_err(|_| CallError::Refused(Status::bad_request("micro", format!("invalid metadata key {k:?}"))))?;

@@ -28,6 +28,12 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub trait TokenSource: Send + std::marker::Sync + 'static {
     /// The current token, if any.
     fn token(&self) -> Option<String>;
+
+    /// The account's credentials, when the source can have tokens delegated to other
+    /// services ([`crate::auth::Credentials::token_for`]); a fixed token cannot.
+    fn credentials(&self) -> Option<&crate::auth::Credentials> {
+        None
+    }
 }
 
 /// A fixed token.

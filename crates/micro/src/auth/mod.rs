@@ -5,13 +5,20 @@ pub mod token;
 
 use crate::data::TokenSource;
 
-/// The bearer token of a request: `authorization: Bearer …`, else the `micro-token`
-/// cookie (browsers).
+/// The bearer token of a request: `authorization: Bearer …`. Cookies never count here:
+/// a browser sends them with requests other sites make it send (see [`cookie_token`]).
 pub fn bearer(headers: &http::HeaderMap) -> Option<String> {
-    if let Some(v) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim();
-        return Some(t.to_string()).filter(|t| !t.is_empty());
-    }
+    let v = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok())?;
+    let t = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v).trim();
+    Some(t.to_string()).filter(|t| !t.is_empty())
+}
+
+/// The name of the cookie a browser keeps its token in.
+pub const TOKEN_COOKIE: &str = "micro-token";
+
+/// The `micro-token` cookie of a request, for the gateway alone, which accepts it only on
+/// requests another site cannot make a browser send (a CORS-preflighted request).
+pub fn cookie_token(headers: &http::HeaderMap) -> Option<String> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -31,6 +38,8 @@ pub struct Credentials {
     id: String,
     secret: String,
     session: RwLock<Option<Session>>,
+    /// Tokens delegated to one service each, by audience, with their expiry.
+    delegated: std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>,
 }
 
 #[derive(Clone)]
@@ -52,12 +61,61 @@ impl TokenSource for Credentials {
     fn token(&self) -> Option<String> {
         self.session.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|s| s.access.clone())
     }
+
+    fn credentials(&self) -> Option<&Credentials> {
+        Some(self)
+    }
 }
 
 impl Credentials {
     /// Credentials of account `id` (not logged in yet).
     pub fn new(id: impl Into<String>, secret: impl Into<String>) -> Arc<Credentials> {
-        Arc::new(Credentials { id: id.into(), secret: secret.into(), session: RwLock::new(None) })
+        Arc::new(Credentials {
+            id: id.into(),
+            secret: secret.into(),
+            session: RwLock::new(None),
+            delegated: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// The server these credentials logged in to (`host:port`), once logged in.
+    pub fn server(&self) -> Option<String> {
+        self.session.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|s| s.address.clone())
+    }
+
+    /// A token standing for this account at the service `audience` (`namespace/service`)
+    /// only, from the server (cached until shortly before it expires): what a client
+    /// sends to another service's node, which must not get a token it could use at the
+    /// core or at any other service.
+    pub async fn token_for(&self, audience: &str) -> Result<String, Status> {
+        if let Some((t, exp)) = self.delegated.lock().unwrap_or_else(|e| e.into_inner()).get(audience)
+            && *exp > token::now() + 30
+        {
+            return Ok(t.clone());
+        }
+        let session = self
+            .session
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| Status::new(micro_core::Code::Unauthenticated, "auth", "the service is not logged in"))?;
+        let mut client = pb::auth_client::AuthClient::new(crate::data::channel(&session.address)?);
+        let mut request = crate::data::request(
+            &session.namespace,
+            pb::TokenRequest { audience: audience.to_string(), ..Default::default() },
+            Some(Duration::from_secs(5)),
+        )?;
+        let bearer = format!("Bearer {}", session.access)
+            .parse()
+            .map_err(|_| Status::internal("auth", "the service's token is not a header value"))?;
+        request.metadata_mut().insert("authorization", bearer);
+        let res = client.token(request).await.map_err(|e| crate::status::from_tonic(&e))?.into_inner();
+        let mut cache = self.delegated.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() > 1_000 {
+            cache.clear();
+        }
+        cache.insert(audience.to_string(), (res.access_token.clone(), res.expiry));
+        Ok(res.access_token)
     }
 
     /// The account id.
@@ -125,14 +183,30 @@ impl Credentials {
 }
 
 /// Attaches the tokens of a [`TokenSource`] to a client's calls (a client-side
-/// [`crate::layer::Authorize`] hook).
+/// [`crate::layer::Authorize`] hook). The source's own token goes only to the server
+/// (through its proxy, or a node at the server's address); a node found in the registry
+/// is whatever its registrant says it is, so it gets a token delegated to its service
+/// alone ([`Credentials::token_for`]), or none when the source cannot delegate.
 pub struct Bearer(pub Arc<dyn TokenSource>);
 
 #[async_trait::async_trait]
 impl crate::layer::Authorize for Bearer {
     async fn authorize(&self, req: &mut http::request::Parts) -> Result<(), Status> {
-        if let Some(t) = self.0.token()
-            && !req.headers.contains_key(http::header::AUTHORIZATION)
+        if req.headers.contains_key(http::header::AUTHORIZATION) {
+            return Ok(());
+        }
+        let token = match req.extensions.get::<crate::client::Target>() {
+            Some(crate::client::Target::Node { service, namespace }) => {
+                let node = req.uri.authority().map(|a| a.as_str().to_string());
+                match self.0.credentials() {
+                    Some(c) if node.is_some() && node == c.server() => self.0.token(),
+                    Some(c) => Some(c.token_for(&format!("{namespace}/{service}")).await?),
+                    None => None,
+                }
+            }
+            _ => self.0.token(),
+        };
+        if let Some(t) = token
             && let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {t}"))
         {
             req.headers.insert(http::header::AUTHORIZATION, v);
@@ -142,10 +216,12 @@ impl crate::layer::Authorize for Bearer {
 }
 
 /// The rule enforcement of a service (its default [`crate::layer::Authorize`] hook):
-/// tokens verified locally with the server's public keys, the namespace resolved (the
-/// `micro-namespace` header, else the caller's account, else the service's), a foreign
-/// namespace refused, and the call decided by the namespace's rules, which the service
-/// reads with its own account (the default public rule when it has none).
+/// tokens verified locally with the server's public keys (an account's own, or one
+/// delegated to this service), and the call decided by the rules of the service's own
+/// namespace, which the service reads with its own account (the default public rule
+/// when it has none). A service acts in its own namespace only: a call asking for
+/// another is refused, and an account of another namespace gets only what those rules
+/// grant to any account (scope `+`) or to the public — the same decision the core makes.
 pub struct Enforcer {
     service: String,
     namespace: String,
@@ -243,7 +319,7 @@ impl Enforcer {
 
     fn verify(&self, token: &str) -> Result<token::Claims, Status> {
         match self.keys.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            Some(v) => v.verify(token),
+            Some(v) => v.verify_for(token, &format!("{}/{}", self.namespace, self.service)),
             None => Err(Status::new(micro_core::Code::Unauthenticated, "auth", "tokens cannot be verified yet")),
         }
     }
@@ -260,6 +336,16 @@ impl crate::layer::Authorize for Enforcer {
         };
         if path.starts_with("/grpc.") || endpoint.starts_with("Debug.") {
             return Ok(());
+        }
+        if let Some(asked) = req.headers.get(micro_core::metadata::NAMESPACE).and_then(|v| v.to_str().ok())
+            && !asked.is_empty()
+            && asked != self.namespace
+        {
+            return Err(Status::new(
+                micro_core::Code::PermissionDenied,
+                "auth",
+                format!("{} serves namespace {}, not {asked}", self.service, self.namespace),
+            ));
         }
         let token = bearer(&req.headers);
         let account = match token {
@@ -286,9 +372,7 @@ impl crate::layer::Authorize for Enforcer {
             }
             None => None,
         };
-        let asked = req.headers.get(micro_core::metadata::NAMESPACE).and_then(|v| v.to_str().ok());
-        let ns = micro_core::auth::resolve_namespace(asked, account.as_ref(), &self.namespace);
-        micro_core::auth::check_namespace(account.as_ref(), &ns)?;
+        let ns = &self.namespace;
         if let Some(a) = &account
             && let Ok(v) = http::HeaderValue::from_str(&a.id)
         {
@@ -296,6 +380,6 @@ impl crate::layer::Authorize for Enforcer {
         }
         let rules = self.rules().await;
         let resource = micro_core::auth::Resource::new("service", &self.service, &endpoint);
-        micro_core::auth::decide(&rules, account.as_ref(), &ns, &resource)
+        micro_core::auth::decide(&rules, account.as_ref(), ns, &resource)
     }
 }

@@ -30,6 +30,7 @@
 //!     iat,
 //!     exp: iat + 300,
 //!     iss: "micro".into(),
+//!     aud: None,
 //! };
 //! let token = signer.sign(&claims)?;
 //! // A service verifies with the published public keys only.
@@ -113,6 +114,11 @@ pub struct Claims {
     pub exp: u64,
     /// Issuer: always [`ISSUER`].
     pub iss: String,
+    /// Audience: set on a token delegated to one service (`<namespace>/<service>`),
+    /// which only that service accepts ([`Verifier::verify_for`]); absent on an
+    /// account's own tokens, which every verifier accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
 }
 
 /// The trusted public keys, as services fetch them to verify tokens locally:
@@ -588,12 +594,35 @@ impl Verifier {
     /// everything else), issuer, and expiry (with at most 30 s leeway); returns the claims.
     /// Errors are Status with Code::Unauthenticated and a short detail that never contains
     /// the token.
+    /// A token delegated to one service ([`Claims::aud`]) is refused here: it stands for
+    /// its account only at that service ([`Verifier::verify_for`]).
     pub fn verify(&self, token: &str) -> Result<Claims, Status> {
         self.verify_at(token, now())
     }
 
+    /// [`Verifier::verify`] for the service `audience` (`<namespace>/<service>`): accepts an
+    /// account's own tokens and tokens delegated to that service, refuses tokens
+    /// delegated to any other.
+    pub fn verify_for(&self, token: &str, audience: &str) -> Result<Claims, Status> {
+        let claims = self.check_at(token, now())?;
+        match claims.aud.as_deref() {
+            None => Ok(claims),
+            Some(a) if a == audience => Ok(claims),
+            Some(_) => Err(Status::new(Code::Unauthenticated, ID, "token delegated to another service")),
+        }
+    }
+
     /// [`Verifier::verify`] as if the time were `now` (unix seconds).
     pub fn verify_at(&self, token: &str, now: u64) -> Result<Claims, Status> {
+        let claims = self.check_at(token, now)?;
+        if claims.aud.is_some() {
+            return Err(Status::new(Code::Unauthenticated, ID, "token delegated to a service"));
+        }
+        Ok(claims)
+    }
+
+    /// Signature, algorithm, issuer and expiry, whatever the audience.
+    fn check_at(&self, token: &str, now: u64) -> Result<Claims, Status> {
         let deny = |detail: &str| Status::new(Code::Unauthenticated, ID, detail);
         if token.is_empty() {
             return Err(deny("missing token"));
@@ -649,6 +678,7 @@ mod tests {
             iat,
             exp: iat + ttl,
             iss: ISSUER.into(),
+            aud: None,
         }
     }
 
@@ -1014,6 +1044,7 @@ mod fuzz {
             iat: now(),
             exp: now() + 60,
             iss: "micro".into(),
+            aud: None,
         };
         let good = signer.sign(&claims).expect("signs");
         let mut state = 0x2545_f491_4f6c_dd1d_u64;
