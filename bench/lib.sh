@@ -52,3 +52,18 @@ rss_kb() { # PID... -> summed VmRSS of the process trees, in kB
     done
     echo "$total"
 }
+
+admin_cli() { # MICRO PROXY DATA_DIR HOME [PASSWORD]: logs the CLI in as that server's admin (PASSWORD, else
+    # the password file in its data dir), keeping the CLI's config in HOME; run the CLI with HOME=that dir to
+    # act as the admin
+    mkdir -p "$4"
+    HOME=$4 MICRO_DATA_DIR=$3 "$1" login --server "$2" ${5:+--password "$5"} >/dev/null
+}
+
+service_account() { # MICRO PROXY HOME NAME -> "MICRO_AUTH_ID=NAME MICRO_AUTH_SECRET=…" for `env`: a service
+    # account made by the admin logged in under HOME (see admin_cli); registering needs an account
+    local secret
+    secret=svc-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+    HOME=$3 "$1" auth create account "$4" --type service --secret "$secret" --server "$2" >/dev/null || return 1
+    echo "MICRO_AUTH_ID=$4 MICRO_AUTH_SECRET=$secret"
+}

@@ -94,13 +94,14 @@ async fn admin_login_accounts_rules_and_refresh() {
         auth.public_keys(micro::proto::auth::PublicKeysRequest {}).await.unwrap().into_inner().json
     };
     let verifier = micro::auth::token::Verifier::new(&serde_json::from_str(&signer_keys).unwrap()).unwrap();
-    let echo = micro::Service::new("echo")
-        .server(s.proxy())
+    let echo = s
+        .service("micro", "echo")
+        .await
         .handle("Echo.Who", move |ctx: micro::Context, _req: serde_json::Value| {
             let who = ctx
                 .metadata("authorization")
                 .and_then(|v| v.strip_prefix("Bearer "))
-                .and_then(|t| verifier.verify(t).ok())
+                .and_then(|t| verifier.verify_for(t, "micro/echo").ok())
                 .map(|c| c.sub);
             async move { Ok::<_, micro::Status>(serde_json::json!({ "who": who })) }
         })

@@ -14,9 +14,16 @@ impl Drop for Proc {
     }
 }
 
-fn helloworld(server: &str, ttl: &str) -> Proc {
+/// The helloworld example, registered with its own service account.
+async fn helloworld(s: &TestServer, ttl: &str) -> Proc {
+    helloworld_as(&s.service_env("micro", "helloworld").await, ttl)
+}
+
+/// The helloworld example with the environment `env` (instances of one service share
+/// its account: a service name belongs to the account that registered it).
+fn helloworld_as(env: &[(String, String)], ttl: &str) -> Proc {
     let child = Command::new(sibling_binary("helloworld"))
-        .env("MICRO_SERVER", server)
+        .envs(env.iter().cloned())
         .env("MICRO_REGISTER_TTL", ttl)
         .env("MICRO_LOG", "warn")
         .stdout(Stdio::null())
@@ -59,7 +66,7 @@ async fn helloworld_through_cli_gateway_and_dynamic_command() {
         assert!(out.contains(core), "{out}");
     }
 
-    let _hw = helloworld(&server, "15");
+    let _hw = helloworld(&s, "15").await;
     assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await > 0 }).await);
 
     let srv = server.clone();
@@ -143,7 +150,7 @@ async fn helloworld_through_cli_gateway_and_dynamic_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
     let s = TestServer::start().await;
-    let _hw = helloworld(&s.proxy(), "15");
+    let _hw = helloworld(&s, "15").await;
     assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await > 0 }).await);
     let api = s.api();
     let cases: Vec<(&str, &str, &[u8], u16)> = vec![
@@ -199,7 +206,7 @@ async fn bad_input_gets_clear_errors_and_the_server_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_expires_within_ttl_and_sigterm_deregisters_at_once() {
     let s = TestServer::start().await;
-    let mut a = helloworld(&s.proxy(), "1");
+    let mut a = helloworld(&s, "1").await;
     assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await == 1 }).await);
     // SIGKILL: no goodbye; the lease runs out.
     a.0.kill().unwrap();
@@ -209,7 +216,7 @@ async fn sigkill_expires_within_ttl_and_sigterm_deregisters_at_once() {
     assert!(killed.elapsed() < Duration::from_millis(1600), "gone after {:?}", killed.elapsed());
 
     // SIGTERM: deregisters at once, well before a 30 s lease would run out.
-    let b = helloworld(&s.proxy(), "30");
+    let b = helloworld(&s, "30").await;
     assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await == 1 }).await);
     let pid = b.0.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -219,8 +226,9 @@ async fn sigkill_expires_within_ttl_and_sigterm_deregisters_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_share_calls_and_a_killed_one_causes_no_failure() {
     let s = TestServer::start().await;
-    let a = helloworld(&s.proxy(), "30");
-    let _b = helloworld(&s.proxy(), "30");
+    let env = s.service_env("micro", "helloworld").await;
+    let a = helloworld_as(&env, "30");
+    let _b = helloworld_as(&env, "30");
     assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await == 2 }).await);
     let services = s.server.registry().get_service("micro", "helloworld").await.unwrap();
     let addrs: Vec<String> = services[0].nodes.iter().map(|n| n.address.clone()).collect();
@@ -270,7 +278,7 @@ async fn stock_python_grpc_client_calls_helloworld_through_the_proxy() {
         return;
     };
     let s = TestServer::start().await;
-    let _hw = helloworld(&s.proxy(), "15");
+    let _hw = helloworld(&s, "15").await;
     assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await > 0 }).await);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/python/stock_client.py");
     let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/helloworld/proto");
@@ -293,7 +301,7 @@ async fn reflection_v1_on_the_proxy_covers_registered_services() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let s = TestServer::start().await;
-    let _hw = helloworld(&s.proxy(), "15");
+    let _hw = helloworld(&s, "15").await;
     assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await > 0 }).await);
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{}", s.proxy())).unwrap().connect().await.unwrap();
@@ -336,7 +344,7 @@ async fn streaming_endpoints_over_websocket() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
     let s = TestServer::start().await;
-    let _hw = helloworld(&s.proxy(), "15");
+    let _hw = helloworld(&s, "15").await;
     assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await > 0 }).await);
     let api = s.api();
     let connect = |path: &str| {
@@ -442,7 +450,7 @@ async fn micro_new_generates_a_service_that_tests_green_and_serves() {
     // And the binary it built registers and answers through the gateway.
     let s = TestServer::start().await;
     let child = Command::new(target.join("debug").join("scaffold-demo"))
-        .env("MICRO_SERVER", s.proxy())
+        .envs(s.service_env("micro", "scaffold-demo").await)
         .env("MICRO_LOG", "warn")
         .spawn()
         .unwrap();
@@ -463,7 +471,7 @@ async fn when_the_leader_dies_another_instance_leads() {
     let mut procs = Vec::new();
     for i in 0..2 {
         let mut child = Command::new(sibling_binary("leader"))
-            .env("MICRO_SERVER", s.proxy())
+            .envs(s.service_env("micro", "leader").await)
             .env("LEADER_TTL_MS", "600")
             .stdout(Stdio::piped())
             .spawn()

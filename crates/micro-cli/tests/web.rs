@@ -160,9 +160,11 @@ async fn dashboard_in_a_real_browser() {
         return;
     }
     let server = Server::start();
+    let admin = micro_test::login(&server.proxy, "micro", "admin", ADMIN_PASSWORD).await;
+    let env = micro_test::service_env(&server.proxy, &admin, "micro", "helloworld").await;
     let _helloworld = Proc(
         Command::new(sibling_binary("helloworld"))
-            .env("MICRO_SERVER", &server.proxy)
+            .envs(env)
             .env("MICRO_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

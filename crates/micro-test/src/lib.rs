@@ -2,6 +2,8 @@
 //! `eventually` for conditions that become true asynchronously.
 
 pub mod conformance;
+pub mod process;
+pub mod recorder;
 
 use std::future::Future;
 use std::time::Duration;
@@ -84,6 +86,13 @@ impl TestServer {
         let (id, secret) = (format!("{name}-{suffix}"), format!("{name}-secret-{suffix}"));
         self.create_account(namespace, &id, &secret, "service", &[]).await;
         micro::Service::new(name).server(self.proxy()).namespace(namespace).credentials(&id, &secret)
+    }
+
+    /// The environment of a service process named `name` in `namespace` with a service
+    /// account of its own made now (`MICRO_SERVER`, `MICRO_NAMESPACE`, `MICRO_AUTH_ID`,
+    /// `MICRO_AUTH_SECRET`).
+    pub async fn service_env(&self, namespace: &str, name: &str) -> Vec<(String, String)> {
+        service_env(&self.proxy(), &self.admin_token().await, namespace, name).await
     }
 
     /// `host:port` of the API gateway.
@@ -230,4 +239,31 @@ impl PgSchema {
         tokio::spawn(conn);
         client.batch_execute(sql).await.expect("the schema statement runs");
     }
+}
+
+/// The environment of a service process named `name` in `namespace` of the server at
+/// `proxy`, with a service account made now by the admin whose token is `admin_token`
+/// (registering needs an account of the namespace).
+pub async fn service_env(proxy: &str, admin_token: &str, namespace: &str, name: &str) -> Vec<(String, String)> {
+    use micro::proto::auth as pb;
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let (id, secret) = (format!("{name}-{suffix}"), format!("{name}-secret-{suffix}"));
+    let mut client = pb::auth_client::AuthClient::new(micro::data::channel(proxy).expect("channel"));
+    let mut req = tonic::Request::new(pb::GenerateRequest {
+        id: id.clone(),
+        r#type: "service".into(),
+        secret: secret.clone(),
+        ..Default::default()
+    });
+    req.metadata_mut().insert("authorization", format!("Bearer {admin_token}").parse().expect("header"));
+    req.metadata_mut().insert("micro-namespace", namespace.parse().expect("namespace"));
+    client.generate(req).await.expect("service account created");
+    [
+        ("MICRO_SERVER", proxy.to_string()),
+        ("MICRO_NAMESPACE", namespace.to_string()),
+        ("MICRO_AUTH_ID", id),
+        ("MICRO_AUTH_SECRET", secret),
+    ]
+    .map(|(k, v)| (k.to_string(), v))
+    .to_vec()
 }

@@ -327,6 +327,18 @@ impl Service {
         Ok(b.build())
     }
 
+    /// Logs in with the service's account (when it has one) and keeps its token fresh, so
+    /// its data handles act as it: [`Service::start`] does this first; a program that only
+    /// uses the handles (locks, events) without serving calls it itself.
+    pub async fn login(&self) -> Result<(), Status> {
+        if let Some(creds) = &self.credentials {
+            creds.login(&self.effective_server(), &self.effective_namespace()).await.map_err(|e| {
+                Status::new(e.code(), &self.name, format!("logging in as {}: {}", creds.id(), e.detail()))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Binds, registers and starts serving; returns a handle to stop it.
     pub async fn start(mut self) -> Result<Running, Status> {
         let name = self.name.clone();
@@ -336,12 +348,7 @@ impl Service {
             .await
             .map_err(|e| Status::unavailable(&name, format!("cannot listen on {}: {e}", self.address)))?;
         let addr = listener.local_addr().map_err(|e| Status::internal(&name, e.to_string()))?;
-        if let Some(creds) = &self.credentials {
-            creds
-                .login(&self.effective_server(), &self.effective_namespace())
-                .await
-                .map_err(|e| Status::new(e.code(), &name, format!("logging in as {}: {}", creds.id(), e.detail())))?;
-        }
+        self.login().await?;
         let metrics = Metrics::default();
         let router = self.router(metrics)?;
         // An in-process registry and no server: nothing to read keys or rules from.
@@ -382,7 +389,16 @@ impl Service {
         };
         registry.register(&self.namespace, &record, self.ttl).await.map_err(|e| {
             let server = self.server.as_deref().unwrap_or(crate::DEFAULT_SERVER);
-            Status::new(e.code(), &name, format!("cannot register with the registry (server {server}): {}", e.detail()))
+            let hint = if e.code() == micro_core::Code::Unauthenticated && self.credentials.is_none() {
+                "; registering needs an account of the namespace: set MICRO_AUTH_ID and MICRO_AUTH_SECRET"
+            } else {
+                ""
+            };
+            Status::new(
+                e.code(),
+                &name,
+                format!("cannot register with the registry (server {server}): {}{hint}", e.detail()),
+            )
         })?;
         tracing::info!(service = %name, address = %addr, node = %record.nodes[0].id, "registered");
         let heartbeat = tokio::spawn(heartbeat(registry.clone(), self.namespace.clone(), record.clone(), self.ttl));

@@ -12,6 +12,11 @@ async fn main() {
     micro::log::init("warn");
     let ttl = std::env::var("LEADER_TTL_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
     let svc = micro::Service::new("leader");
+    // Locks need an account of the namespace: MICRO_AUTH_ID and MICRO_AUTH_SECRET.
+    if let Err(e) = svc.login().await {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     let sync = svc.sync();
     let pid = std::process::id();
     loop {

@@ -1,0 +1,67 @@
+//! Defect 3 (high): the gateway proxied to the server's own listeners (SSRF), forwarded
+//! the browser's platform cookies and the caller's token to HTTP services, and relayed
+//! their `Set-Cookie` (session fixation). Defect 8 (low): the proxy took the
+//! `micro-token` cookie on a cross-site `text/plain` POST.
+
+use super::*;
+use micro::Code;
+use micro_test::process::ServerProcess;
+use micro_test::recorder::Recorder;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_nodes_reach_no_server_listener_and_get_no_platform_credentials() {
+    let s = ServerProcess::start(micro(), &[]);
+    let trap = Recorder::start(&["micro_session=planted; Path=/", "micro-token=planted; Path=/", "theme=dark; Path=/"]).await;
+    let mallory = s.account("blog", "mallory", "user", &[]).await;
+    let web_port = s.web.rsplit(':').next().unwrap_or_default().to_string();
+    // Nodes at the server's own listeners or at link-local/metadata addresses: refused.
+    let targets = [
+        format!("http://{}", s.web),
+        format!("http://{}", s.proxy),
+        format!("http://{}", s.api),
+        format!("http://localhost:{web_port}"),
+        format!("http://0.0.0.0:{web_port}"),
+        "http://169.254.169.254:80".to_string(),
+        "http://[fe80::1]:80".to_string(),
+    ];
+    for (i, target) in targets.iter().enumerate() {
+        let err = register(&s.proxy, Some(&mallory), "blog", "web", &format!("web-{i}"), target, "http").await;
+        assert_eq!(err.map_err(|e| e.code()), Err(Code::PermissionDenied), "a node at {target}");
+    }
+    // A node at her own listener is fine; a browser visits it with the platform's cookies.
+    register(&s.proxy, Some(&mallory), "blog", "site", "site-1", &format!("http://{}", trap.address), "http")
+        .await
+        .unwrap();
+    let admin = s.admin_token().await;
+    let cookie = format!("micro_session=the-session; micro-token={admin}; theme=light");
+    let bearer = format!("Bearer {admin}");
+    let headers = [("micro-namespace", "blog"), ("cookie", cookie.as_str()), ("authorization", bearer.as_str())];
+    let r = micro_test::http(&s.api, "GET", "/site/page", &headers, b"").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // The service got the site's own cookie, none of the platform's, and no usable token.
+    let cookies = trap.header_values("cookie");
+    assert_eq!(cookies, ["theme=light"], "cookies the service got");
+    for got in trap.header_values("authorization") {
+        let token = got.trim_start_matches("Bearer ");
+        assert_ne!(token, admin);
+        assert_eq!(core_codes(&s.proxy, "blog", token).await.0, Some(Code::Unauthenticated));
+    }
+    // And it cannot set the platform's cookies.
+    let head = r.head.to_ascii_lowercase();
+    assert!(!head.contains("micro_session=planted") && !head.contains("micro-token=planted"), "{}", r.head);
+    assert!(head.contains("set-cookie: theme=dark"), "its own cookie passes: {}", r.head);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_takes_no_token_from_a_cookie() {
+    let s = ServerProcess::start(micro(), &[]);
+    let admin = s.admin_token().await;
+    // A page of another site posts a "simple" request: text/plain, the cookie attached.
+    let cookie = format!("micro-token={admin}");
+    let body = br#"{"record":{"key":"csrf","value":"eA=="},"options":{"database":"micro","table":"csrf"}}"#;
+    let headers = [("content-type", "text/plain"), ("cookie", cookie.as_str()), ("origin", "http://evil.example")];
+    let r = micro_test::http(&s.proxy, "POST", "/store/Store.Write", &headers, body).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    let read = data(&s.proxy, "micro", Some(&admin)).store.read(&micro_core::store::Table::new("micro", "csrf"), "csrf").await;
+    assert_eq!(read.map(|r| r.is_some()).map_err(|e| e.code()), Ok(false), "nothing was written");
+}

@@ -1,0 +1,103 @@
+//! Defect 4 (high): a service applied its own namespace's rules to a caller of another
+//! namespace. Defect 6 (medium): anonymous callers took locks, registered services and
+//! subscribed to the broker in any namespace.
+
+use super::*;
+use micro::{Code, Context, Status};
+use micro_test::process::ServerProcess;
+use serde_json::{Value, json};
+
+async fn rule(proxy: &str, token: &str, ns: &str, id: &str, scope: &str, resource: &str, access: &str, priority: i32) {
+    use micro::proto::auth as pb;
+    let mut auth = pb::auth_client::AuthClient::new(micro::data::channel(proxy).unwrap());
+    let rule = pb::Rule { id: id.into(), scope: scope.into(), resource: resource.into(), access: access.into(), priority };
+    let mut req = tonic::Request::new(pb::CreateRuleRequest { rule: Some(rule) });
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req.metadata_mut().insert("micro-namespace", ns.parse().unwrap());
+    auth.create_rule(req).await.expect("rule created");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_refuses_the_staff_of_another_namespace() {
+    let s = ServerProcess::start(micro(), &[]);
+    let blog_admin = s.account("blog", "boss", "user", &["admin"]).await;
+    rule(&s.proxy, &blog_admin, "blog", "hello-lock", "", "service:helloworld:*", "denied", 10).await;
+    rule(&s.proxy, &blog_admin, "blog", "hello-staff", "staff", "service:helloworld:*", "granted", 20).await;
+    let hello = s
+        .service("blog", "helloworld")
+        .await
+        .handle("Greeter.Hello", |_ctx: Context, _req: Value| async move { Ok::<_, Status>(json!({ "msg": "hi" })) })
+        .start()
+        .await
+        .expect("starts");
+    let node = hello.address().to_string();
+    let blog_staff = s.account("blog", "bea", "user", &["staff"]).await;
+    let shop_staff = s.account("shop", "sam", "user", &["staff"]).await;
+    let shop_admin = s.account("shop", "boss", "user", &["admin"]).await;
+
+    // Straight at blog's node: blog's staff in; shop's staff out, whatever namespace it asks for.
+    let call = |token: String, ns: Option<&'static str>| {
+        let node = node.clone();
+        async move {
+            let bearer = format!("Bearer {token}");
+            let mut headers = vec![("authorization", bearer.as_str()), ("content-type", "application/json")];
+            if let Some(ns) = ns {
+                headers.push(("micro-namespace", ns));
+            }
+            micro_test::http(&node, "POST", "/helloworld/Greeter.Hello", &headers, b"{}").await.status
+        }
+    };
+    assert_eq!(call(blog_staff.clone(), None).await, 200, "blog's staff");
+    assert_eq!(call(shop_staff.clone(), None).await, 403, "shop's staff, no namespace asked");
+    assert_eq!(call(shop_staff.clone(), Some("shop")).await, 403, "shop's staff, asking for shop");
+    assert_eq!(call(shop_staff.clone(), Some("blog")).await, 403, "shop's staff, asking for blog");
+
+    // Registered in shop at blog's node (shop's admin may name services in shop) and
+    // called through the proxy and the gateway as shop's staff: refused by the service.
+    register(&s.proxy, Some(&shop_admin), "shop", "helloworld", "copy-1", &node, "grpc").await.expect("registers in shop");
+    let err = client(&s.proxy, "shop", Some(&shop_staff))
+        .call_json("helloworld", "Greeter.Hello", &json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    let bearer = format!("Bearer {shop_staff}");
+    let r = micro_test::http(&s.api, "POST", "/helloworld/greeter/hello", &[("authorization", bearer.as_str())], b"{}").await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    // Blog's staff through the proxy: in.
+    let reply =
+        client(&s.proxy, "blog", Some(&blog_staff)).call_json("helloworld", "Greeter.Hello", &json!({})).await.unwrap();
+    assert_eq!(reply["msg"], "hi");
+    hello.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_callers_get_no_lock_registration_or_broker_anywhere() {
+    let s = ServerProcess::start(micro(), &[]);
+    let blog_admin = s.account("blog", "boss", "user", &["admin"]).await;
+    for ns in ["blog", "micro"] {
+        let anon = data(&s.proxy, ns, None);
+        let lock = anon.sync.lock(ns, "door", Duration::from_secs(5), Duration::ZERO).await;
+        assert_eq!(lock.err().map(|e| e.code()), Some(Code::Unauthenticated), "anonymous lock in {ns}");
+        let reg = register(&s.proxy, None, ns, "sneaky", "sneaky-1", "127.0.0.1:9", "grpc").await;
+        assert_eq!(reg.err().map(|e| e.code()), Some(Code::Unauthenticated), "anonymous registration in {ns}");
+        let published =
+            micro_core::broker::Message { topic: "news".into(), payload: b"{}".to_vec(), ..Default::default() };
+        let publish = anon.broker.publish(ns, &published).await;
+        assert_eq!(publish.err().map(|e| e.code()), Some(Code::Unauthenticated), "anonymous publish in {ns}");
+        let subscribed = match anon.broker.subscribe(ns, "news", None).await {
+            Err(e) => Some(e.code()),
+            Ok(mut stream) => {
+                use futures::StreamExt;
+                // The admin publishes; an anonymous subscriber must get an error, not the message.
+                let admin = data(&s.proxy, "blog", Some(&blog_admin));
+                let m = micro_core::broker::Message { topic: "news".into(), payload: b"secret".to_vec(), ..Default::default() };
+                let _ = admin.broker.publish("blog", &m).await;
+                match tokio::time::timeout(Duration::from_secs(3), stream.next()).await {
+                    Ok(Some(Err(e))) => Some(e.code()),
+                    other => panic!("an anonymous subscriber in {ns} got {other:?}"),
+                }
+            }
+        };
+        assert_eq!(subscribed, Some(Code::Unauthenticated), "anonymous subscription in {ns}");
+    }
+}
