@@ -1,7 +1,10 @@
 //! Acknowledged writes survive SIGKILL: the real `micro server` binary is killed in the
 //! middle of a stream of store writes and event publishes, restarted on the same data
-//! directory, and every acknowledged write is read back.
+//! directory, and every acknowledged write is read back; and consumer groups redeliver
+//! what was unacknowledged at the kill.
 
+use micro::proto::events as epb;
+use micro::proto::events::consume_request::Kind;
 use micro_core::events::{Message, ReadOptions};
 use micro_core::store::{Query, Record, Table};
 use std::io::{BufRead, BufReader};
@@ -116,4 +119,122 @@ async fn acknowledged_writes_survive_sigkill() {
     assert!(lost.is_empty(), "{} of {} acknowledged events lost", lost.len(), seqs.len());
     // And the server serves new writes after the crash.
     data.store.write(&table, &Record::new("after", b"1".to_vec()), None).await.expect("write after restart");
+}
+
+/// A member of an events consumer group speaking the wire protocol, as a consumer with
+/// a window does: it asks for `window` deliveries up front and acks as it goes.
+struct Member {
+    requests: futures::channel::mpsc::UnboundedSender<epb::ConsumeRequest>,
+    deliveries: tonic::Streaming<epb::Delivery>,
+}
+
+impl Member {
+    async fn join(proxy: &str, token: &str, group: &str, window: u32) -> Member {
+        let subscribe = epb::Subscribe {
+            topic: "jobs".into(),
+            group: group.into(),
+            offset: Some(epb::Offset { value: "first".into() }),
+            ack_wait_ms: 600_000,
+            unlimited: true,
+            window,
+            ..Default::default()
+        };
+        let (requests, rx) = futures::channel::mpsc::unbounded();
+        requests.unbounded_send(epb::ConsumeRequest { kind: Some(Kind::Subscribe(subscribe)) }).expect("subscribe");
+        let deliveries = events_client(proxy, token).consume(in_micro(rx)).await.expect("consume").into_inner();
+        Member { requests, deliveries }
+    }
+
+    /// The next delivery, or `None` when none comes within 10 s.
+    async fn next(&mut self) -> Option<epb::Delivery> {
+        let next = tokio::time::timeout(Duration::from_secs(10), self.deliveries.message()).await;
+        next.ok().map(|d| d.expect("the stream goes on").expect("a delivery"))
+    }
+
+    fn send(&self, kind: Kind) {
+        self.requests.unbounded_send(epb::ConsumeRequest { kind: Some(kind) }).expect("the call is open");
+    }
+
+    fn ack(&self, d: &epb::Delivery) {
+        self.send(Kind::Ack(epb::Ack { token: d.token.clone(), ..Default::default() }));
+    }
+}
+
+fn events_client(proxy: &str, token: &str) -> epb::events_client::EventsClient<micro::data::Ch> {
+    let source = Arc::new(micro::data::StaticToken(token.to_string()));
+    epb::events_client::EventsClient::new(micro::data::channel_with(proxy, Some(source)).expect("channel"))
+}
+
+fn in_micro<T>(msg: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    req.metadata_mut().insert("micro-namespace", "micro".parse().expect("namespace"));
+    req
+}
+
+/// `Events.Groups` for the topic, within 5 s; `None` when it does not answer.
+async fn groups(proxy: &str, token: &str) -> Option<Vec<epb::GroupInfo>> {
+    let mut client = events_client(proxy, token);
+    let call = client.groups(in_micro(epb::GroupsRequest { topic: "jobs".into() }));
+    let groups = tokio::time::timeout(Duration::from_secs(5), call).await.ok()?;
+    Some(groups.expect("groups").into_inner().groups)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacked_events_are_redelivered_after_sigkill_with_any_window() {
+    const WINDOWS: [u32; 5] = [1, 2, 16, 64, 400];
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path());
+    let token = micro_test::login(&server.proxy, "micro", "admin", ADMIN_PASSWORD).await;
+    let data = admin_data(&server.proxy).await;
+    for i in 0..500 {
+        let m = Message { payload: format!("{{\"n\":{i}}}").into_bytes(), ..Default::default() };
+        data.events.publish("micro", "jobs", &m).await.expect("publish");
+    }
+    // One group per window to try after the crash: each takes 400 events and acks 300.
+    let mut members = Vec::new();
+    for window in WINDOWS {
+        let mut member = Member::join(&server.proxy, &token, &format!("w{window}"), 400).await;
+        for i in 0..400 {
+            let d = member.next().await.expect("400 deliveries before the crash");
+            if i < 300 {
+                member.ack(&d);
+            }
+        }
+        members.push(member);
+    }
+    let acked = || async {
+        let groups = groups(&server.proxy, &token).await.unwrap_or_default();
+        groups.len() == WINDOWS.len() && groups.iter().all(|g| g.acked == 300 && g.pending == 100)
+    };
+    assert!(micro_test::eventually(Duration::from_secs(20), acked).await, "the acks are applied");
+    // SIGKILL with the members connected and 200 events outstanding per group.
+    drop(server);
+    drop(members);
+
+    let server = start(dir.path());
+    let token = micro_test::login(&server.proxy, "micro", "admin", ADMIN_PASSWORD).await;
+    for window in WINDOWS {
+        let group = format!("w{window}");
+        let mut member = Member::join(&server.proxy, &token, &group, window).await;
+        let mut seen = Vec::new();
+        while seen.len() < 200 {
+            let Some(d) = member.next().await else {
+                panic!("window {window}: {} of the 200 outstanding events redelivered, then nothing", seen.len());
+            };
+            member.ack(&d);
+            member.send(Kind::Pull(epb::Pull { count: 1 }));
+            seen.push(d.event.expect("event").seq);
+            if seen.len() % 50 == 1 {
+                let answered = groups(&server.proxy, &token).await.is_some();
+                assert!(answered, "window {window}: Events.Groups answers while a member is connected");
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (301..=500).collect::<Vec<_>>(), "window {window}: each unacked event once");
+        let done = || async {
+            let groups = groups(&server.proxy, &token).await.unwrap_or_default();
+            groups.iter().any(|g| g.name == group && g.acked == 500 && g.pending == 0 && g.lag == 0)
+        };
+        assert!(micro_test::eventually(Duration::from_secs(10), done).await, "window {window}: the acks are applied");
+    }
 }

@@ -84,8 +84,6 @@ struct Inner {
     writer: Arc<Writer>,
     /// namespace → topic name → topic.
     topics: Mutex<HashMap<String, HashMap<String, Arc<Topic>>>>,
-    /// Serialises topic creation so each topic has one in-memory instance.
-    opening: tokio::sync::Mutex<()>,
     retention: RwLock<Retention>,
 }
 
@@ -224,7 +222,6 @@ impl EmbeddedEvents {
             writer: Writer::new(db.clone(), runtime.clone()),
             db,
             topics: Mutex::new(HashMap::new()),
-            opening: tokio::sync::Mutex::new(()),
             retention: RwLock::new(Retention::default()),
         });
         runtime.spawn(purge_task(Arc::downgrade(&inner)));
@@ -249,19 +246,19 @@ impl Inner {
         lock(&self.topics).get(ns).and_then(|t| t.get(name)).cloned()
     }
 
-    /// The topic, created if needed.
+    /// The topic, created if needed. Callers racing to open it get one instance (the
+    /// first one made), without waiting for each other: a member's delivery stream opens
+    /// its dead-letter topic, and may be left pending while it does.
     async fn topic(&self, ns: &str, name: &str) -> Result<Arc<Topic>, Status> {
         if let Some(t) = self.cached_topic(ns, name) {
             return Ok(t);
         }
-        let _opening = self.opening.lock().await;
-        if let Some(t) = self.cached_topic(ns, name) {
-            return Ok(t);
-        }
         let row = self.writer.call(|reply| Op::Topic { ns: ns.to_string(), name: name.to_string(), reply }).await?;
-        let topic = Arc::new(Topic::new(row, ns, name));
-        lock(&self.topics).entry(ns.to_string()).or_default().insert(name.to_string(), topic.clone());
-        Ok(topic)
+        // Nothing is published through an instance before it is in the map, so a
+        // racing caller's row, read before or after this one, is as good.
+        let mut topics = lock(&self.topics);
+        let topic = topics.entry(ns.to_string()).or_default().entry(name.to_string());
+        Ok(topic.or_insert_with(|| Arc::new(Topic::new(row, ns, name))).clone())
     }
 
     /// Where a new group of `topic` starts.
@@ -320,21 +317,46 @@ impl Inner {
             .await
     }
 
-    /// The positions of the groups of `ns`/`name` that live in memory, by name.
-    async fn live_groups(&self, ns: &str, name: &str) -> HashMap<String, group::Snapshot> {
+    /// The positions of the groups of `ns`/`name` that live in memory, by name. Never
+    /// waits for a member: see [`group`].
+    fn live_groups(&self, ns: &str, name: &str) -> HashMap<String, group::Snapshot> {
         let Some(topic) = self.cached_topic(ns, name) else { return HashMap::new() };
         let groups: Vec<(String, Arc<Group>)> =
             lock(&topic.groups).iter().filter_map(|(n, g)| Some((n.clone(), g.upgrade()?))).collect();
-        let mut live = HashMap::with_capacity(groups.len());
-        for (name, group) in groups {
-            live.insert(name, group.snapshot().await);
-        }
-        live
+        groups.into_iter().map(|(name, group)| (name, group.snapshot())).collect()
     }
 
     /// Event `seq` of `topic`, if it is still stored.
     async fn load(&self, topic: &Arc<Topic>, seq: u64) -> Result<Option<Arc<Event>>, Status> {
         Ok(self.fetch(topic, seq, seq, 1).await?.pop())
+    }
+
+    /// Events `seqs` of `topic`, each with `None` when it is no longer stored; from
+    /// memory when recent, else with one read of SQLite for all.
+    async fn load_many(&self, topic: &Arc<Topic>, seqs: Vec<u64>) -> Result<Vec<(u64, Option<Arc<Event>>)>, Status> {
+        let mut events = Vec::with_capacity(seqs.len());
+        let mut stored = Vec::new();
+        for seq in seqs {
+            match topic.cached(seq, seq, 1) {
+                Some(mut cached) => events.push((seq, cached.pop())),
+                None => stored.push(seq),
+            }
+        }
+        if stored.is_empty() {
+            return Ok(events);
+        }
+        let (id, name) = (topic.id, topic.name.clone());
+        let read = self.db.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!("{SELECT_EVENTS} WHERE id = ?1")).map_err(internal)?;
+            let mut read = Vec::with_capacity(stored.len());
+            for seq in stored {
+                let event = stmt.query_row(params![rowid(id, seq)], |r| event_from_row(&name, r)).optional();
+                read.push((seq, event.map_err(internal)?.map(Arc::new)));
+            }
+            Ok(read)
+        });
+        events.extend(read.await?);
+        Ok(events)
     }
 }
 
@@ -430,7 +452,7 @@ impl Events for EmbeddedEvents {
         // Groups in memory are ahead of what is stored, so they are looked at first. The
         // stored rows are read through the writer, behind every write queued so far: a
         // group that has left memory has its last writes committed by then.
-        let mut live = self.inner.live_groups(namespace, topic).await;
+        let mut live = self.inner.live_groups(namespace, topic);
         let (ns, name, retention) = (namespace.to_string(), topic.to_string(), self.inner.retention());
         let stored = self.inner.writer.call(|reply| Op::Groups { ns, name, retention, reply }).await?;
         let Some(stored) = stored else {
@@ -518,6 +540,80 @@ mod tests {
         assert_eq!(seen, vec![(2, 2), (3, 1), (4, 1), (5, 1)], "unacked redelivered, acked not");
         let none = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
         assert!(none.is_err(), "nothing else is delivered");
+    }
+
+    /// Polls `stream` once; a delivery if one was ready, else `None` with the poll left
+    /// pending (a stream keeps its half-done work for the next poll).
+    fn poll_once(stream: &mut BoxStream<Result<Delivery, Status>>) -> Option<Delivery> {
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        match stream.poll_next_unpin(&mut cx) {
+            std::task::Poll::Ready(d) => Some(d.expect("the stream goes on").expect("a delivery")),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_left_mid_poll_blocks_nobody_after_a_restart() {
+        // After a restart the unacked deliveries are read back from SQLite, so polling a
+        // member's stream goes to the database and is pending for a while. The server
+        // leaves such a poll pending when an ack arrives and answers the ack first (the
+        // consumer's window lets it ask for more before it acks). That poll must hold
+        // up neither the ack, nor other members, nor `groups`: a group once jammed here.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = ConsumeOptions {
+            group: "workers".into(),
+            offset: Offset::First,
+            ack_wait: Duration::from_secs(60),
+            max_deliver: 0,
+            ..ConsumeOptions::default()
+        };
+        {
+            let events = EmbeddedEvents::open(&DataDir::new(dir.path())).expect("open");
+            for i in 1..=500 {
+                events.publish("ns", "orders", &msg("", &format!("e{i}"))).await.expect("publish");
+            }
+            let mut stream = events.consume("ns", "orders", &options).await.expect("consume");
+            let mut taken = Vec::new();
+            for _ in 0..400 {
+                taken.push(next(&mut stream).await);
+            }
+            for d in &taken[..300] {
+                d.ack().await.expect("ack");
+            }
+            let writer = Arc::downgrade(&events.inner.writer);
+            drop((stream, taken, events));
+            let idle = micro_test::eventually(Duration::from_secs(5), || async { writer.upgrade().is_none() });
+            assert!(idle.await, "the writer finishes");
+        }
+        let events = EmbeddedEvents::open(&DataDir::new(dir.path())).expect("reopen");
+        let mut stream = events.consume("ns", "orders", &options).await.expect("consume");
+        let mut seen = Vec::new();
+        let mut suspended = 0;
+        while seen.len() < 200 {
+            let mut taken = vec![next(&mut stream).await];
+            // Poll on until a poll has to wait (for the database, while events remain),
+            // and leave that one pending.
+            while let Some(d) = poll_once(&mut stream) {
+                taken.push(d);
+            }
+            suspended += usize::from(seen.len() + taken.len() < 200);
+            let within = |what: &str| format!("{what} within 5 s while a poll is pending");
+            let groups = tokio::time::timeout(Duration::from_secs(5), events.groups("ns", "orders"));
+            groups.await.unwrap_or_else(|_| panic!("{}", within("groups"))).expect("groups");
+            for d in taken {
+                let ack = tokio::time::timeout(Duration::from_secs(5), d.ack());
+                ack.await.unwrap_or_else(|_| panic!("{}", within("an ack"))).expect("ack");
+                seen.push(d.event.seq);
+            }
+        }
+        assert!(suspended > 0, "some polls had to wait for the database");
+        seen.sort_unstable();
+        assert_eq!(seen, (301..=500).collect::<Vec<_>>(), "every unacked event is redelivered once");
+        let none = tokio::time::timeout(Duration::from_millis(200), stream.next()).await;
+        assert!(none.is_err(), "nothing else is delivered");
+        let groups = events.groups("ns", "orders").await.expect("groups");
+        assert_eq!((groups[0].acked, groups[0].pending, groups[0].lag), (500, 0, 0), "{groups:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,16 +1,25 @@
 //! Consumer groups: which taken events are pending, ready, blocked behind an earlier
 //! event with the same key, or out awaiting their ack; members pulling from them; and
 //! acks, nacks and dead letters.
+//!
+//! A group's state sits behind a plain mutex that is only ever held for synchronous
+//! work, never across an await (its guard is not `Send`, so the compiler refuses code
+//! that would hold it across one in these `Send` futures). Reading events back from
+//! SQLite, taking more from the log and opening the dead-letter topic happen with the
+//! group released, and the state is looked at afresh afterwards. A member's stream may
+//! be left pending in the middle of such a read for as long as its consumer likes (the
+//! server does so while it answers an ack), so nothing of the group may wait on it:
+//! acks, nacks, other members and [`Group::snapshot`] never do.
 
 use super::sql::Op;
-use super::{ID, Inner, Topic, millis};
+use super::{ID, Inner, Topic, lock, millis};
 use futures::StreamExt;
 use micro_core::events::{Acker, ConsumeOptions, DEFAULT_ACK_WAIT, Delivery, Event, GroupInfo, Message};
 use micro_core::store::now_ms;
 use micro_core::{BoxStream, Status};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -18,13 +27,17 @@ use tokio::sync::Notify;
 const WINDOW: usize = 1024;
 /// Events taken from the log at a time.
 const TAKE: usize = 256;
+/// Events read back from SQLite for delivery at a time (after a restart, or when they
+/// have left the topic's memory).
+const LOAD: usize = 32;
 
 pub(super) struct Group {
     topic: Arc<Topic>,
     /// The row id; `None` for a private group, which is not stored.
     id: Option<i64>,
     name: String,
-    state: tokio::sync::Mutex<GroupState>,
+    /// Held for synchronous work only: see the module's documentation.
+    state: Mutex<GroupState>,
     /// Signalled when an entry is done or rescheduled.
     changed: Notify,
     /// Members consuming now (their streams are alive).
@@ -33,13 +46,13 @@ pub(super) struct Group {
 
 impl Group {
     pub(super) fn new(topic: Arc<Topic>, id: Option<i64>, name: String, state: GroupState) -> Group {
-        let state = tokio::sync::Mutex::new(state);
+        let state = Mutex::new(state);
         Group { topic, id, name, state, changed: Notify::new(), members: AtomicU32::new(0) }
     }
 
     /// The group's position as it stands in memory (ahead of what is stored).
-    pub(super) async fn snapshot(&self) -> Snapshot {
-        let st = self.state.lock().await;
+    pub(super) fn snapshot(&self) -> Snapshot {
+        let st = lock(&self.state);
         Snapshot {
             cursor: st.cursor,
             entries: st.entries.iter().map(|(seq, e)| (*seq, e.attempts)).collect(),
@@ -239,13 +252,31 @@ enum Step {
     Wait(Option<u64>),
 }
 
+/// What [`Member::step`] needs done, with the group released, before it can go on.
+enum Work {
+    /// Done: this is the member's next step.
+    Step(Step),
+    /// Read these ready entries' events back (from SQLite).
+    Load(Vec<u64>),
+    /// Take up to `max` events of the log from `from` to `to` (from SQLite).
+    Take { from: u64, to: u64, max: usize },
+    /// Open the dead-letter topic.
+    DeadLetterTopic,
+}
+
 impl Member {
     /// A member of `group` consuming with `options`; `dead_letter` is the resolved
     /// dead-letter topic.
     pub(super) fn new(inner: Arc<Inner>, group: Arc<Group>, options: &ConsumeOptions, dead_letter: String) -> Member {
         let ack_wait = if options.ack_wait.is_zero() { DEFAULT_ACK_WAIT } else { options.ack_wait };
         group.members.fetch_add(1, Ordering::Relaxed);
-        let acker = Arc::new(GroupAcker { inner, group, max_deliver: options.max_deliver, dead_letter });
+        let acker = Arc::new(GroupAcker {
+            inner,
+            group,
+            max_deliver: options.max_deliver,
+            dead_letter,
+            dead_letter_topic: OnceLock::new(),
+        });
         Member { acker, auto_ack: options.auto_ack, ack_wait: millis(ack_wait) }
     }
 
@@ -277,26 +308,61 @@ impl Member {
         .boxed()
     }
 
-    /// The next delivery for this member, if any.
+    /// The next delivery for this member, if any. The group is held only inside
+    /// [`Member::step`]; reads happen between steps, and each step looks afresh.
     async fn next(&self) -> Result<Step, Status> {
         let acker = &self.acker;
         let (inner, group) = (&acker.inner, &acker.group);
         let topic = &group.topic;
-        let mut st = group.state.lock().await;
+        loop {
+            match self.step() {
+                Work::Step(step) => return Ok(step),
+                Work::Load(seqs) => {
+                    let events = inner.load_many(topic, seqs).await?;
+                    self.loaded(events);
+                }
+                Work::Take { from, to, max } => {
+                    let events = inner.fetch(topic, from, to, max).await?;
+                    let mut st = lock(&group.state);
+                    // Another member took these meanwhile: look again.
+                    if st.cursor == from {
+                        self.take(&mut st, from, to, max, events, now_ms());
+                    }
+                }
+                Work::DeadLetterTopic => {
+                    acker.dead_letter_topic().await?;
+                }
+            }
+        }
+    }
+
+    /// Delivers the first ready entry, dead-letters it or takes more from the log, as
+    /// far as that can be done with what is in memory; otherwise says what to read.
+    fn step(&self) -> Work {
+        let acker = &self.acker;
+        let (inner, group) = (&acker.inner, &acker.group);
+        let topic = &group.topic;
+        let mut st = lock(&group.state);
         loop {
             let now = now_ms();
             st.fire(now);
-            if let Some(seq) = st.ready.pop_first() {
-                let Some(attempts) = st.entries.get(&seq).map(|e| e.attempts) else { continue };
-                let cached = st.entries.get(&seq).and_then(|e| e.event.clone());
+            if let Some(&seq) = st.ready.first() {
+                let Some(entry) = st.entries.get(&seq) else {
+                    st.ready.pop_first();
+                    continue;
+                };
+                let attempts = entry.attempts;
+                // Taken with the entry, or still in the topic's memory; else read back.
+                let event = match entry.event.clone() {
+                    Some(e) => e,
+                    None => match topic.cached(seq, seq, 1).and_then(|mut e| e.pop()) {
+                        Some(e) => e,
+                        None => return Work::Load(st.unloaded()),
+                    },
+                };
                 if acker.max_deliver > 0 && attempts >= acker.max_deliver {
-                    let op = match acker.dead_letter(seq, attempts, cached).await {
-                        Ok(op) => op,
-                        Err(e) => {
-                            st.ready.insert(seq);
-                            return Err(e);
-                        }
-                    };
+                    let Some(target) = acker.dead_letter_topic.get() else { return Work::DeadLetterTopic };
+                    let op = acker.dead_letter(seq, attempts, Some((event, target.clone())));
                     st.remove(seq);
                     group.changed.notify_waiters();
                     if let Some(op) = op {
@@ -304,24 +370,13 @@ impl Member {
                     }
                     continue;
                 }
-                let event = match cached {
-                    Some(e) => Some(e),
-                    None => match inner.load(topic, seq).await {
-                        Ok(e) => e,
-                        Err(e) => {
-                            st.ready.insert(seq);
-                            return Err(e);
-                        }
-                    },
-                };
-                let retention = inner.retention();
-                let Some(event) = event.filter(|e| retention.keeps(e, topic.last_seq(), now)) else {
+                if !inner.retention().keeps(&event, topic.last_seq(), now) {
                     // Purged: nothing left to deliver.
                     st.remove(seq);
                     acker.persist(|group| Op::Done { group, seq, reply: None });
                     group.changed.notify_waiters();
                     continue;
-                };
+                }
                 let attempt = attempts + 1;
                 if self.auto_ack {
                     st.remove(seq);
@@ -341,7 +396,7 @@ impl Member {
                     }
                     acker.persist(|group| Op::Attempt { group, seq, attempts: attempt, not_before: 0 });
                 }
-                return Ok(Step::Deliver(Box::new(Delivery {
+                return Work::Step(Step::Deliver(Box::new(Delivery {
                     event: Event::clone(&event),
                     group: group.name.clone(),
                     attempt,
@@ -352,26 +407,68 @@ impl Member {
             // Nothing ready: take more from the log.
             let last = topic.last_seq();
             if st.cursor <= last && st.entries.len() < WINDOW {
-                let max = TAKE.min(WINDOW - st.entries.len());
-                let events = inner.fetch(topic, st.cursor, last, max).await?;
-                st.cursor = match events.last() {
-                    Some(e) if events.len() == max => e.seq + 1,
-                    _ => last + 1,
-                };
-                let retention = inner.retention();
-                let mut seqs = Vec::with_capacity(events.len());
-                for event in events {
-                    if retention.keeps(&event, last, now) {
-                        seqs.push(event.seq);
-                        st.add(event.seq, event.key.clone(), 0, 0, Some(event), now);
-                    }
+                let (from, max) = (st.cursor, TAKE.min(WINDOW - st.entries.len()));
+                match topic.cached(from, last, max) {
+                    Some(events) => self.take(&mut st, from, last, max, events, now),
+                    None => return Work::Take { from, to: last, max },
                 }
-                let cursor = st.cursor;
-                acker.persist(|group| Op::Take { group, cursor, seqs });
                 continue;
             }
-            return Ok(Step::Wait(st.timers.first().map(|t| t.0)));
+            return Work::Step(Step::Wait(st.timers.first().map(|t| t.0)));
         }
+    }
+
+    /// Adds `events`, read from `from` to `to` (at most `max`), to the group, whose
+    /// cursor is still at `from`.
+    fn take(&self, st: &mut GroupState, from: u64, to: u64, max: usize, events: Vec<Arc<Event>>, now: u64) {
+        debug_assert_eq!(st.cursor, from);
+        st.cursor = match events.last() {
+            Some(e) if events.len() == max => e.seq + 1,
+            _ => to + 1,
+        };
+        let retention = self.acker.inner.retention();
+        let mut seqs = Vec::with_capacity(events.len());
+        for event in events {
+            if retention.keeps(&event, to, now) {
+                seqs.push(event.seq);
+                st.add(event.seq, event.key.clone(), 0, 0, Some(event), now);
+            }
+        }
+        let cursor = st.cursor;
+        self.acker.persist(|group| Op::Take { group, cursor, seqs });
+    }
+
+    /// Keeps events read back for ready entries until they are delivered; an entry
+    /// whose event is no longer stored (purged) is done.
+    fn loaded(&self, events: Vec<(u64, Option<Arc<Event>>)>) {
+        let group = &self.acker.group;
+        let mut st = lock(&group.state);
+        let mut gone = false;
+        for (seq, event) in events {
+            let Some(entry) = st.entries.get_mut(&seq) else { continue };
+            if entry.at != At::Ready || entry.event.is_some() {
+                continue;
+            }
+            match event {
+                Some(event) => entry.event = Some(event),
+                None => {
+                    st.remove(seq);
+                    self.acker.persist(|group| Op::Done { group, seq, reply: None });
+                    gone = true;
+                }
+            }
+        }
+        if gone {
+            group.changed.notify_waiters();
+        }
+    }
+}
+
+impl GroupState {
+    /// The first ready entries whose events are not in memory.
+    fn unloaded(&self) -> Vec<u64> {
+        let unloaded = self.ready.iter().filter(|seq| self.entries.get(seq).is_some_and(|e| e.event.is_none()));
+        unloaded.take(LOAD).copied().collect()
     }
 }
 
@@ -387,6 +484,8 @@ pub(super) struct GroupAcker {
     group: Arc<Group>,
     max_deliver: u32,
     dead_letter: String,
+    /// The dead-letter topic, once opened.
+    dead_letter_topic: OnceLock<Arc<Topic>>,
 }
 
 fn parse_token(token: &str) -> Result<(u64, u32), Status> {
@@ -412,17 +511,24 @@ impl GroupAcker {
         }
     }
 
-    /// The write that moves entry `seq` to the dead-letter topic and completes it in
-    /// the same transaction (just completes it when its event was purged).
-    async fn dead_letter(&self, seq: u64, attempts: u32, cached: Option<Arc<Event>>) -> Result<Option<Op>, Status> {
+    /// The dead-letter topic, opened (and created) the first time.
+    async fn dead_letter_topic(&self) -> Result<Arc<Topic>, Status> {
+        if let Some(topic) = self.dead_letter_topic.get() {
+            return Ok(topic.clone());
+        }
+        let topic = self.inner.topic(&self.group.topic.ns, &self.dead_letter).await?;
+        // Racing callers got the same topic.
+        Ok(self.dead_letter_topic.get_or_init(|| topic).clone())
+    }
+
+    /// The write that moves entry `seq` to the dead-letter topic and completes it in the
+    /// same transaction, given its event and the dead-letter topic; just completes it
+    /// when its event was purged (`None`).
+    fn dead_letter(&self, seq: u64, attempts: u32, letter: Option<(Arc<Event>, Arc<Topic>)>) -> Option<Op> {
         let topic = &self.group.topic;
-        let event = match cached {
-            Some(e) => Some(e),
-            None => self.inner.load(topic, seq).await?,
-        };
         let done = self.group.id.map(|g| (g, seq));
-        let Some(event) = event else {
-            return Ok(done.map(|(group, seq)| Op::Done { group, seq, reply: None }));
+        let Some((event, target)) = letter else {
+            return done.map(|(group, seq)| Op::Done { group, seq, reply: None });
         };
         let mut metadata = event.metadata.clone();
         metadata.insert("dead-letter-topic".into(), topic.name.clone());
@@ -430,9 +536,8 @@ impl GroupAcker {
         metadata.insert("dead-letter-group".into(), self.group.name.clone());
         metadata.insert("attempts".into(), attempts.to_string());
         let message = Message { key: event.key.clone(), metadata, payload: event.payload.clone() };
-        let target = self.inner.topic(&topic.ns, &self.dead_letter).await?;
         tracing::debug!(topic = %topic.name, seq, dead_letter = %self.dead_letter, "events: dead letter");
-        Ok(Some(Op::Publish { topic: target, message, done, reply: None }))
+        Some(Op::Publish { topic: target, message, done, reply: None })
     }
 }
 
@@ -440,7 +545,7 @@ impl GroupAcker {
 impl Acker for GroupAcker {
     async fn ack(&self, delivery: &Delivery) -> Result<(), Status> {
         let (seq, _) = parse_token(&delivery.token)?;
-        let removed = self.group.state.lock().await.remove(seq).is_some();
+        let removed = lock(&self.group.state).remove(seq).is_some();
         if !removed {
             return Ok(());
         }
@@ -450,34 +555,47 @@ impl Acker for GroupAcker {
 
     async fn nack(&self, delivery: &Delivery, delay: Duration) -> Result<(), Status> {
         let (seq, attempt) = parse_token(&delivery.token)?;
+        // What a dead letter needs is read before the group is taken.
+        let dead = if self.max_deliver > 0 && attempt >= self.max_deliver {
+            match self.inner.load(&self.group.topic, seq).await? {
+                Some(event) => Some(Some((event, self.dead_letter_topic().await?))),
+                None => Some(None),
+            }
+        } else {
+            None
+        };
         let now = now_ms();
-        let mut st = self.group.state.lock().await;
-        // Only the latest delivery of a pending entry may be nacked.
-        let current = st.entries.get(&seq).is_some_and(|e| e.attempts == attempt && e.at != At::Blocked);
-        if !current {
-            return Ok(());
-        }
-        if self.max_deliver > 0 && attempt >= self.max_deliver {
-            let op = self.dead_letter(seq, attempt, None).await?;
-            st.remove(seq);
-            drop(st);
-            self.group.changed.notify_waiters();
-            return match op {
-                Some(Op::Publish { topic, message, done, .. }) => {
-                    let publish = |reply| Op::Publish { topic, message, done, reply: Some(reply) };
-                    self.inner.writer.call(publish).await.map(drop)
+        let op = {
+            let mut st = lock(&self.group.state);
+            // Only the latest delivery of a pending entry may be nacked.
+            let current = st.entries.get(&seq).is_some_and(|e| e.attempts == attempt && e.at != At::Blocked);
+            if !current {
+                return Ok(());
+            }
+            match dead {
+                Some(letter) => {
+                    st.remove(seq);
+                    self.dead_letter(seq, attempt, letter)
                 }
-                Some(Op::Done { seq, .. }) => self.persist_now(seq).await,
-                _ => Ok(()),
-            };
-        }
-        let due = now.saturating_add(millis(delay));
-        st.schedule(seq, due, now);
-        drop(st);
+                None => {
+                    let due = now.saturating_add(millis(delay));
+                    st.schedule(seq, due, now);
+                    let not_before = if due > now { due } else { 0 };
+                    // Queued under the group, so a redelivery's write comes after it.
+                    self.persist(|group| Op::Attempt { group, seq, attempts: attempt, not_before });
+                    None
+                }
+            }
+        };
         self.group.changed.notify_waiters();
-        let not_before = if due > now { due } else { 0 };
-        self.persist(|group| Op::Attempt { group, seq, attempts: attempt, not_before });
-        Ok(())
+        match op {
+            Some(Op::Publish { topic, message, done, .. }) => {
+                let publish = |reply| Op::Publish { topic, message, done, reply: Some(reply) };
+                self.inner.writer.call(publish).await.map(drop)
+            }
+            Some(Op::Done { seq, .. }) => self.persist_now(seq).await,
+            _ => Ok(()),
+        }
     }
 }
 
