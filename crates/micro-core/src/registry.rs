@@ -102,8 +102,11 @@ pub trait Registry: Send + Sync + 'static {
     async fn watch(&self, namespace: &str, service: Option<&str>) -> Result<BoxStream<Result<Event, Status>>, Status>;
 }
 
-/// Checks a registration (namespace, name, nodes with ids and addresses) and returns its
-/// lease clamped to 100 ms – 24 h: what every registry backend accepts.
+/// The most nodes one registration may carry.
+pub const MAX_NODES: usize = 100;
+
+/// Checks a registration (namespace, name, nodes with ids and addresses of bounded size)
+/// and returns its lease clamped to 100 ms – 24 h: what every registry backend accepts.
 pub fn check_registration(
     namespace: &str,
     service: &Service,
@@ -116,6 +119,25 @@ pub fn check_registration(
     }
     if service.nodes.iter().any(|n| n.id.is_empty() || n.address.is_empty()) {
         return Err(Status::bad_request("registry", "every node needs an id and an address"));
+    }
+    if service.nodes.len() > MAX_NODES {
+        return Err(Status::bad_request("registry", format!("at most {MAX_NODES} nodes in one registration")));
+    }
+    let printable = |s: &str, max: usize| s.len() <= max && s.chars().all(|c| !c.is_control() && !c.is_whitespace());
+    for n in &service.nodes {
+        if !printable(&n.id, 256) || !printable(&n.address, 512) {
+            return Err(Status::bad_request(
+                "registry",
+                "a node's id (at most 256 characters) and address (at most 512) must be printable, without spaces",
+            ));
+        }
+        let metadata_ok = n.metadata.len() <= 64 && n.metadata.iter().all(|(k, v)| k.len() <= 128 && v.len() <= 1024);
+        if !metadata_ok {
+            return Err(Status::bad_request(
+                "registry",
+                "a node's metadata holds at most 64 entries, keys of 128 and values of 1024 bytes",
+            ));
+        }
     }
     Ok(ttl.clamp(std::time::Duration::from_millis(100), std::time::Duration::from_secs(24 * 3600)))
 }

@@ -194,7 +194,10 @@ impl AuthService {
                 && svc.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         });
         if !ok {
-            return Err(MicroStatus::bad_request("auth", format!("invalid audience {audience:?}: use namespace/service")));
+            return Err(MicroStatus::bad_request(
+                "auth",
+                format!("invalid audience {audience:?}: use namespace/service"),
+            ));
         }
         let mut claims = self.verify(token)?;
         claims.aud = Some(audience.to_string());
@@ -681,8 +684,9 @@ impl pb::auth_server::Auth for AuthService {
         let r = req.into_inner();
         if !r.audience.is_empty() {
             // A token for one service, in exchange for the caller's own.
-            let token = bearer
-                .ok_or_else(|| t(MicroStatus::new(Code::Unauthenticated, "auth", "a delegated token needs credentials")))?;
+            let token = bearer.ok_or_else(|| {
+                t(MicroStatus::new(Code::Unauthenticated, "auth", "a delegated token needs credentials"))
+            })?;
             let access_token = self.delegate(&token, &r.audience).map_err(t)?;
             let expiry = self.verify_audience(&access_token, &r.audience).map_err(t)?.exp;
             return Ok(Response::new(pb::TokenResponse { access_token, expiry, ..Default::default() }));

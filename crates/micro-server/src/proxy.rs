@@ -108,7 +108,8 @@ impl Proxy {
     /// node is told.
     fn delegate(&self, headers: &mut http::HeaderMap, service: &str) -> Result<String, Status> {
         headers.remove(http::header::COOKIE);
-        let asked = headers.get(micro_core::metadata::NAMESPACE).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
+        let asked =
+            headers.get(micro_core::metadata::NAMESPACE).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
         let token = micro::auth::bearer(headers);
         let ns = match (asked, &token) {
             (Some(ns), _) => ns.to_string(),

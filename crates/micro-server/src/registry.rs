@@ -139,6 +139,7 @@ impl pb::registry_server::Registry for RegistryService {
             if r.ttl_seconds <= 0 { micro::DEFAULT_TTL } else { Duration::from_secs(r.ttl_seconds.min(86_400) as u64) };
         let mut service = service_of(r.service)?;
         not_core(&service.name)?;
+        micro_core::registry::check_registration(&ns, &service, ttl).map_err(|e| to_tonic(&e))?;
         for n in &service.nodes {
             self.targets.check(&n.address).await.map_err(|e| to_tonic(&e))?;
         }

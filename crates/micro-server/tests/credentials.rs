@@ -32,8 +32,8 @@ impl Authorize for ServicesOnly {
 }
 
 async fn verifier_of(s: &TestServer) -> Verifier {
-    let keys = auth_client(s).await.public_keys(pb::PublicKeysRequest {}).await.unwrap().into_inner().json;
-    Verifier::new(&serde_json::from_str::<PublicKeys>(&keys).unwrap()).unwrap()
+    let keys = auth_client(s).await.public_keys(pb::PublicKeysRequest {}).await.expect("keys").into_inner().json;
+    Verifier::new(&serde_json::from_str::<PublicKeys>(&keys).expect("keys json")).expect("a verifier")
 }
 
 async fn auth_client(s: &TestServer) -> pb::auth_client::AuthClient<micro::data::Ch> {

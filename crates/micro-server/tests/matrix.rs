@@ -108,9 +108,7 @@ fn expected(who: Who, ns: &str, needs: Needs) -> Option<Code> {
         (Who::Anonymous, Needs::MicroAdmin) => Some(Code::Unauthenticated),
         (_, Needs::MicroAdmin) => Some(Code::PermissionDenied),
         (Who::Anonymous, Needs::Members) => Some(Code::Unauthenticated),
-        (Who::Admin(_), _)
-        | (_, Needs::Rules | Needs::Members)
-        | (Who::Service(_), Needs::AdminOrOwnService) => None,
+        (Who::Admin(_), _) | (_, Needs::Rules | Needs::Members) | (Who::Service(_), Needs::AdminOrOwnService) => None,
         (Who::Anonymous, Needs::RegisteredByOther) => Some(Code::Unauthenticated),
         (_, Needs::RegisteredByOther) => Some(Code::PermissionDenied),
         (Who::Anonymous, Needs::Admin | Needs::AdminOrOwnService) => Some(Code::Unauthenticated),
@@ -949,7 +947,8 @@ async fn nodes_belong_to_who_registered_them() {
     let svc = service("owned", "alpha");
     owner.register("alpha", &svc, Duration::from_secs(60)).await.unwrap();
     owner.register("alpha", &svc, Duration::from_secs(60)).await.expect("its owner refreshes it");
-    for (who, r, want) in [("other", &other, Code::PermissionDenied), ("anonymous", &anonymous, Code::Unauthenticated)] {
+    for (who, r, want) in [("other", &other, Code::PermissionDenied), ("anonymous", &anonymous, Code::Unauthenticated)]
+    {
         let err = r.register("alpha", &svc, Duration::from_secs(60)).await.unwrap_err();
         assert_eq!(err.code(), want, "{who} replaces: {err}");
         // A node of its own under the owner's name is refused too.

@@ -44,7 +44,8 @@ impl Recorder {
                         }
                         if grpc {
                             res.headers_mut().insert("grpc-status", http::HeaderValue::from_static("13"));
-                            res.headers_mut().insert("content-type", http::HeaderValue::from_static("application/grpc"));
+                            res.headers_mut()
+                                .insert("content-type", http::HeaderValue::from_static("application/grpc"));
                             *res.body_mut() = Full::new(Bytes::new());
                         }
                         async move { Ok::<_, std::convert::Infallible>(res) }
@@ -67,7 +68,9 @@ impl Recorder {
     pub fn header_values(&self, name: &str) -> Vec<String> {
         self.requests()
             .iter()
-            .flat_map(|p| p.headers.get_all(name).iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect::<Vec<_>>())
+            .flat_map(|p| {
+                p.headers.get_all(name).iter().filter_map(|v| v.to_str().ok().map(str::to_string)).collect::<Vec<_>>()
+            })
             .collect()
     }
 }

@@ -11,13 +11,16 @@ mod registry;
 
 use micro::data::{Data, StaticToken, TokenSource};
 use micro_core::registry::{Node, Registry as _, Service};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The `micro` binary under test.
-fn micro() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_micro"))
+/// The `micro` binary under test: this build's, or `MICRO_TEST_BINARY` (to run the
+/// suite against another build, e.g. one from before a fix).
+fn micro() -> PathBuf {
+    std::env::var_os("MICRO_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_micro")))
 }
 
 fn source(token: Option<&str>) -> Option<Arc<dyn TokenSource>> {
@@ -74,8 +77,5 @@ async fn core_codes(proxy: &str, ns: &str, token: &str) -> (Option<micro::Code>,
     req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
     req.metadata_mut().insert("micro-namespace", ns.parse().expect("namespace"));
     let accounts = auth.list_accounts(req).await;
-    (
-        store.err().map(|e| e.code()),
-        accounts.err().map(|e| micro::status::from_tonic(&e).code()),
-    )
+    (store.err().map(|e| e.code()), accounts.err().map(|e| micro::status::from_tonic(&e).code()))
 }

@@ -7,22 +7,46 @@ use micro::{Code, Context, Status};
 use micro_test::process::ServerProcess;
 use serde_json::{Value, json};
 
-async fn rule(proxy: &str, token: &str, ns: &str, id: &str, scope: &str, resource: &str, access: &str, priority: i32) {
+/// Creates `rule` in `ns` as the holder of `token`.
+async fn rule(proxy: &str, token: &str, ns: &str, rule: micro::proto::auth::Rule) {
     use micro::proto::auth as pb;
-    let mut auth = pb::auth_client::AuthClient::new(micro::data::channel(proxy).unwrap());
-    let rule = pb::Rule { id: id.into(), scope: scope.into(), resource: resource.into(), access: access.into(), priority };
+    let mut auth = pb::auth_client::AuthClient::new(micro::data::channel(proxy).expect("channel"));
     let mut req = tonic::Request::new(pb::CreateRuleRequest { rule: Some(rule) });
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    req.metadata_mut().insert("micro-namespace", ns.parse().unwrap());
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    req.metadata_mut().insert("micro-namespace", ns.parse().expect("namespace"));
     auth.create_rule(req).await.expect("rule created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_refuses_the_staff_of_another_namespace() {
-    let s = ServerProcess::start(micro(), &[]);
+    let s = ServerProcess::start(&micro(), &[]);
     let blog_admin = s.account("blog", "boss", "user", &["admin"]).await;
-    rule(&s.proxy, &blog_admin, "blog", "hello-lock", "", "service:helloworld:*", "denied", 10).await;
-    rule(&s.proxy, &blog_admin, "blog", "hello-staff", "staff", "service:helloworld:*", "granted", 20).await;
+    rule(
+        &s.proxy,
+        &blog_admin,
+        "blog",
+        micro::proto::auth::Rule {
+            id: "hello-lock".into(),
+            scope: "".into(),
+            resource: "service:helloworld:*".into(),
+            access: "denied".into(),
+            priority: 10,
+        },
+    )
+    .await;
+    rule(
+        &s.proxy,
+        &blog_admin,
+        "blog",
+        micro::proto::auth::Rule {
+            id: "hello-staff".into(),
+            scope: "staff".into(),
+            resource: "service:helloworld:*".into(),
+            access: "granted".into(),
+            priority: 20,
+        },
+    )
+    .await;
     let hello = s
         .service("blog", "helloworld")
         .await
@@ -54,14 +78,22 @@ async fn a_service_refuses_the_staff_of_another_namespace() {
 
     // Registered in shop at blog's node (shop's admin may name services in shop) and
     // called through the proxy and the gateway as shop's staff: refused by the service.
-    register(&s.proxy, Some(&shop_admin), "shop", "helloworld", "copy-1", &node, "grpc").await.expect("registers in shop");
+    // (Blog's record, endpoints included, read as anyone may, so the gateway routes it.)
+    let lookup = micro::registry::RemoteRegistry::new(&s.proxy).unwrap();
+    let mut record = lookup.get_service("blog", "helloworld").await.unwrap().remove(0);
+    record.nodes.truncate(1);
+    record.nodes[0].id = "copy-1".into();
+    record.nodes[0].metadata = [("protocol".to_string(), "grpc".to_string())].into();
+    let as_shop = micro::registry::RemoteRegistry::with_token(&s.proxy, source(Some(&shop_admin))).unwrap();
+    as_shop.register("shop", &record, Duration::from_secs(60)).await.expect("registers in shop");
     let err = client(&s.proxy, "shop", Some(&shop_staff))
         .call_json("helloworld", "Greeter.Hello", &json!({}))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
     let bearer = format!("Bearer {shop_staff}");
-    let r = micro_test::http(&s.api, "POST", "/helloworld/greeter/hello", &[("authorization", bearer.as_str())], b"{}").await;
+    let r = micro_test::http(&s.api, "POST", "/helloworld/greeter/hello", &[("authorization", bearer.as_str())], b"{}")
+        .await;
     assert_eq!(r.status, 403, "{}", r.body);
     // Blog's staff through the proxy: in.
     let reply =
@@ -72,7 +104,7 @@ async fn a_service_refuses_the_staff_of_another_namespace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anonymous_callers_get_no_lock_registration_or_broker_anywhere() {
-    let s = ServerProcess::start(micro(), &[]);
+    let s = ServerProcess::start(&micro(), &[]);
     let blog_admin = s.account("blog", "boss", "user", &["admin"]).await;
     for ns in ["blog", "micro"] {
         let anon = data(&s.proxy, ns, None);
@@ -90,7 +122,11 @@ async fn anonymous_callers_get_no_lock_registration_or_broker_anywhere() {
                 use futures::StreamExt;
                 // The admin publishes; an anonymous subscriber must get an error, not the message.
                 let admin = data(&s.proxy, "blog", Some(&blog_admin));
-                let m = micro_core::broker::Message { topic: "news".into(), payload: b"secret".to_vec(), ..Default::default() };
+                let m = micro_core::broker::Message {
+                    topic: "news".into(),
+                    payload: b"secret".to_vec(),
+                    ..Default::default()
+                };
                 let _ = admin.broker.publish("blog", &m).await;
                 match tokio::time::timeout(Duration::from_secs(3), stream.next()).await {
                     Ok(Some(Err(e))) => Some(e.code()),

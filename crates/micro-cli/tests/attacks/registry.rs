@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_adds_a_node_to_anothers_service_and_nodes_capture_no_usable_token() {
-    let s = ServerProcess::start(micro(), &[]);
+    let s = ServerProcess::start(&micro(), &[]);
     let trap = Recorder::start(&[]).await;
     // The victim: blog's vault, registered by its own service account.
     let vault = s
@@ -58,14 +58,13 @@ async fn nobody_adds_a_node_to_anothers_service_and_nodes_capture_no_usable_toke
     register(&s.proxy, Some(&mallory), "blog", "lure-web", "lure-web-1", &format!("http://{}", trap.address), "http")
         .await
         .unwrap();
-    let _ = client(&s.proxy, "blog", Some(&admin)).call_json("lure", "Lure.Get", &json!({})).await;
+    let err = client(&s.proxy, "blog", Some(&admin)).call_json("lure", "Lure.Get", &json!({})).await;
+    assert!(err.is_err(), "the trap's answer is no reply");
     let headers = [("micro-namespace", "blog"), ("authorization", bearer.as_str())];
-    let r = micro_test::http(&s.api, "POST", "/lure/lure/get", &headers, b"{}").await;
-    assert!(r.status >= 400, "the trap's answer is not a gRPC reply: {}", r.body);
     let r = micro_test::http(&s.api, "GET", "/lure-web/page", &headers, b"").await;
     assert_eq!(r.status, 200, "{}", r.body);
     let captured = trap.header_values("authorization");
-    assert_eq!(captured.len(), 3, "one delegated token per call: {captured:?}");
+    assert_eq!(captured.len(), 2, "one delegated token per call: {captured:?}");
     for got in captured {
         let token = got.trim_start_matches("Bearer ");
         assert_ne!(token, admin, "the admin's own token reached a node");
@@ -84,7 +83,7 @@ async fn nobody_adds_a_node_to_anothers_service_and_nodes_capture_no_usable_toke
 /// server keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_malformed_registrations_are_refused() {
-    let s = ServerProcess::start(micro(), &[]);
+    let s = ServerProcess::start(&micro(), &[]);
     let mallory = s.account("blog", "mallory", "user", &[]).await;
     for (what, address) in [
         ("no port", "127.0.0.1".to_string()),

@@ -93,12 +93,10 @@ impl Credentials {
         {
             return Ok(t.clone());
         }
-        let session = self
-            .session
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| Status::new(micro_core::Code::Unauthenticated, "auth", "the service is not logged in"))?;
+        let session =
+            self.session.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| {
+                Status::new(micro_core::Code::Unauthenticated, "auth", "the service is not logged in")
+            })?;
         let mut client = pb::auth_client::AuthClient::new(crate::data::channel(&session.address)?);
         let mut request = crate::data::request(
             &session.namespace,
