@@ -77,6 +77,8 @@ struct Inner {
     rules_version: Mutex<Option<String>>,
     /// Delegated tokens by `audience token`, with their expiry.
     delegated: Mutex<HashMap<String, (String, u64)>>,
+    /// Tokens voided by deleting their account or namespace.
+    revocations: crate::revoke::Revocations,
 }
 
 /// How long a delegated token lives (at most; never past the token it stands for).
@@ -138,7 +140,7 @@ impl AuthService {
         let trusted = signer.public_keys();
         Ok(AuthService {
             inner: Arc::new(Inner {
-                store,
+                store: store.clone(),
                 signer,
                 verifier: RwLock::new(verifier),
                 trusted: RwLock::new(trusted),
@@ -149,6 +151,7 @@ impl AuthService {
                 looked_up: Mutex::new(None),
                 rules_version: Mutex::new(None),
                 delegated: Mutex::new(HashMap::new()),
+                revocations: crate::revoke::Revocations::new(store.clone()),
             }),
         })
     }
@@ -156,12 +159,15 @@ impl AuthService {
     /// Verifies an access token; the account it stands for. A verified token is
     /// remembered until it expires, so repeated calls skip the signature check.
     pub(crate) fn verify(&self, token: &str) -> Result<Claims, MicroStatus> {
-        if let Some(c) = self.inner.verified.lock().unwrap_or_else(|e| e.into_inner()).get(token)
+        let cached = self.inner.verified.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned();
+        if let Some(c) = cached
             && c.exp > now()
         {
-            return Ok(c.clone());
+            self.inner.revocations.check(&c)?;
+            return Ok(c);
         }
         let claims = self.inner.verifier.read().unwrap_or_else(|e| e.into_inner()).verify(token)?;
+        self.inner.revocations.check(&claims)?;
         let mut cache = self.inner.verified.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= 10_000 {
             let t = now();
@@ -180,6 +186,8 @@ impl AuthService {
     /// captures nothing it could use at the core or at any other service. Cached until
     /// shortly before it expires.
     pub(crate) fn delegate(&self, token: &str, audience: &str) -> Result<String, MicroStatus> {
+        // The caller's token is checked every time (a revoked one delegates nothing).
+        let mut claims = self.verify(token)?;
         let key = format!("{audience} {token}");
         let t = now();
         if let Some((d, exp)) = self.inner.delegated.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
@@ -199,7 +207,6 @@ impl AuthService {
                 format!("invalid audience {audience:?}: use namespace/service"),
             ));
         }
-        let mut claims = self.verify(token)?;
         claims.aud = Some(audience.to_string());
         claims.iat = t;
         claims.exp = claims.exp.min(t + DELEGATED_TTL);
@@ -217,7 +224,9 @@ impl AuthService {
 
     /// [`AuthService::verify`] for the service `audience`: also accepts tokens delegated to it.
     pub(crate) fn verify_audience(&self, token: &str, audience: &str) -> Result<Claims, MicroStatus> {
-        self.inner.verifier.read().unwrap_or_else(|e| e.into_inner()).verify_for(token, audience)
+        let claims = self.inner.verifier.read().unwrap_or_else(|e| e.into_inner()).verify_for(token, audience)?;
+        self.inner.revocations.check(&claims)?;
+        Ok(claims)
     }
 
     fn keys_table() -> Table {
@@ -235,6 +244,8 @@ impl AuthService {
             let ttl = k.not_after.map(|t| Duration::from_secs(t.saturating_sub(now()).max(1)));
             self.inner.store.write(&Self::keys_table(), &Record::new(&k.kid, value), ttl).await?;
         }
+        // The revocations in force, before the first token is verified.
+        self.inner.revocations.follow().await?;
         self.reload_keys().await
     }
 
@@ -291,6 +302,9 @@ impl AuthService {
                 let auth = AuthService { inner };
                 if let Err(e) = auth.follow_rules().await {
                     tracing::warn!(error = %e, "reading the shared rules version failed; will retry");
+                }
+                if let Err(e) = auth.inner.revocations.follow().await {
+                    tracing::warn!(error = %e, "reading the shared revocations failed; will retry");
                 }
                 if tick % 3 == 0
                     && let Err(e) = auth.reload_keys().await
@@ -725,8 +739,9 @@ impl pb::auth_server::Auth for AuthService {
         self.require_admin(&req, &ns).map_err(t)?;
         let id = req.into_inner().id;
         self.inner.store.delete(&Self::accounts(&ns), &id).await.map_err(t)?;
-        // Its refresh tokens go with it.
+        // Its tokens go with it: refresh tokens at once, access tokens by revocation.
         self.revoke_refresh_tokens(&ns, &id).await.map_err(t)?;
+        self.inner.revocations.revoke(&ns, Some(&id)).await.map_err(t)?;
         Ok(Response::new(pb::DeleteAccountResponse {}))
     }
 
@@ -841,6 +856,8 @@ impl pb::auth_server::Auth for AuthService {
             return Err(Status::invalid_argument("auth: the micro namespace cannot be deleted"));
         }
         self.inner.store.delete(&Self::namespaces(), &name).await.map_err(t)?;
+        // Every token of its accounts stops working now.
+        self.inner.revocations.revoke(&name, None).await.map_err(t)?;
         // Its accounts, refresh tokens and rules go with it.
         for table in [Self::accounts(&name), Self::refresh_table(&name), Self::rules_table(&name)] {
             for key in self.inner.store.list(&table, "", &Query::default()).await.map_err(t)? {

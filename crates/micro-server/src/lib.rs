@@ -20,6 +20,7 @@ mod guard;
 mod proxy;
 mod reflection;
 mod registry;
+mod revoke;
 mod runtime;
 mod shared_registry;
 mod targets;

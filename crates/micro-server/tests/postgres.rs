@@ -116,8 +116,9 @@ async fn two_nodes_share_records_and_accounts() {
     assert_ne!(masked, serde_json::json!("hunter2"), "secrets stay masked unless asked for");
 
     // A service registered through A is callable through B's proxy and gateway.
-    let svc = micro::Service::new("greeter")
-        .server(a.proxy())
+    let svc = a
+        .service("micro", "greeter")
+        .await
         .handle("Greeter.Hello", |_ctx: micro::Context, req: serde_json::Value| async move {
             Ok::<_, micro::Status>(
                 serde_json::json!({ "message": format!("hello {}", req["name"].as_str().unwrap_or("")) }),
@@ -134,11 +135,32 @@ async fn two_nodes_share_records_and_accounts() {
     let r = micro_test::http(&b.api(), "POST", "/greeter/hello", &[], br#"{"name":"gateway b"}"#).await;
     assert_eq!(r.json()["message"], "hello gateway b", "{}", r.body);
 
-    // A rule made through A applies on B at once (B's cached rules are dropped): B had
-    // let anyone register; now only accounts may.
-    let early = micro::Service::new("early").server(b.proxy()).start().await.expect("B lets anyone register");
-    early.stop().await;
+    // A rule made through A applies on B at once (B's cached rules are dropped): A opens
+    // registering to anyone, and B lets anyone register; then only accounts may again.
     let mut auth = micro::proto::auth::auth_client::AuthClient::new(micro::data::channel(&a.proxy()).unwrap());
+    for (id, scope, access, priority) in [("reg-open", "", "granted", 5)] {
+        let rule = micro::proto::auth::Rule {
+            id: id.into(),
+            scope: scope.into(),
+            resource: "service:registry:*".into(),
+            access: access.into(),
+            priority,
+        };
+        let mut req = tonic::Request::new(micro::proto::auth::CreateRuleRequest { rule: Some(rule) });
+        req.metadata_mut().insert("authorization", format!("Bearer {ta}").parse().unwrap());
+        auth.create_rule(req).await.unwrap();
+    }
+    let opened = micro_test::eventually(std::time::Duration::from_secs(5), || async {
+        match micro::Service::new("early").server(b.proxy()).start().await {
+            Ok(early) => {
+                early.stop().await;
+                true
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(opened, "B lets anyone register once A opened it");
     for (id, scope, access, priority) in [("reg-lock", "", "denied", 10), ("reg-accounts", "*", "granted", 20)] {
         let rule = micro::proto::auth::Rule {
             id: id.into(),
@@ -162,6 +184,30 @@ async fn two_nodes_share_records_and_accounts() {
     })
     .await;
     assert!(gone, "deregistered through A, gone on B");
+
+    // Deleting an account through A voids its tokens on B within about a second.
+    a.create_account("alpha", "rev", "rev-secret-1", "user", &["admin"]).await;
+    let rev = micro_test::login(&a.proxy(), "alpha", "rev", "rev-secret-1").await;
+    let rev_on_b = micro::data::Data::remote_with(
+        &b.proxy(),
+        "alpha",
+        Some(std::sync::Arc::new(micro::data::StaticToken(rev.clone()))),
+    );
+    let alpha = Table::new("alpha", "shared");
+    rev_on_b.store.write(&alpha, &Record::new("k", b"1".to_vec()), None).await.expect("good on B");
+    let mut req = tonic::Request::new(micro::proto::auth::DeleteAccountRequest { id: "rev".into() });
+    req.metadata_mut().insert("authorization", format!("Bearer {ta}").parse().unwrap());
+    req.metadata_mut().insert("micro-namespace", "alpha".parse().unwrap());
+    auth.delete_account(req).await.unwrap();
+    let revoked = micro_test::eventually(std::time::Duration::from_secs(3), || async {
+        rev_on_b
+            .store
+            .read(&alpha, "k", &Query::default())
+            .await
+            .is_err_and(|e| e.code() == micro_core::Code::Unauthenticated)
+    })
+    .await;
+    assert!(revoked, "a deleted account's token still works on B");
 
     a.server.stop().await;
     b.server.stop().await;

@@ -8,6 +8,7 @@
 mod gateway;
 mod namespaces;
 mod registry;
+mod revocation;
 
 use micro::data::{Data, StaticToken, TokenSource};
 use micro_core::registry::{Node, Registry as _, Service};
