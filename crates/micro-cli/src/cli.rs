@@ -343,6 +343,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             if let Some(d) = data_dir {
                 cfg.data_dir = d;
             }
+            micro_server::private_files();
             let server = micro_server::start(cfg).await?;
             let web = server.web_address().map(|a| format!(" web http://{a}")).unwrap_or_default();
             println!("micro server: api http://{}{web} proxy {}", server.api_address(), server.proxy_address());

@@ -45,12 +45,13 @@ async fn bind(address: &str) -> Result<TcpListener, Error> {
 /// Starts the server: binds its listeners, registers the core services and serves
 /// until [`Running::stop`].
 pub async fn start(config: Config) -> Result<Running, Error> {
-    let fresh = !config.data_dir.exists();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| Error::DataDir { path: config.data_dir.display().to_string(), source })?;
-    // A new data dir is private to its owner: it holds hashes, keys and everyone's data.
+    // The data dir is private to its owner, new or not: it holds hashes, keys and
+    // everyone's data, so nobody else may even look inside, whatever its files' modes
+    // (`micro server` also creates them 0600 and its dirs 0700: see its umask).
     #[cfg(unix)]
-    if fresh {
+    {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|source| Error::DataDir { path: config.data_dir.display().to_string(), source })?;

@@ -32,6 +32,15 @@ pub use auth::{ACCESS_TTL, ADMIN_PASSWORD_FILE, REFRESH_TTL};
 pub use config::{Backends, Config, Secret};
 pub use runtime::RuntimeConfig;
 
+/// Makes every file this process creates from now on private to its user (umask 077:
+/// files 0600, directories 0700), whatever the modes of the directories they are made
+/// in. `micro server` calls it first: the data dir holds password hashes, keys, sealed
+/// secrets and every tenant's data. Process-wide, so a library embedding the server
+/// decides for itself.
+pub fn private_files() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

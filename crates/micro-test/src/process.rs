@@ -26,7 +26,11 @@ impl ServerProcess {
     /// Starts `micro server` (the binary at `micro`) on free ports with a new data dir,
     /// plus `env`; returns once it listens.
     pub fn start(micro: &Path, env: &[(&str, &str)]) -> ServerProcess {
-        let data = tempfile::tempdir().expect("a data dir");
+        ServerProcess::start_in(micro, tempfile::tempdir().expect("a data dir"), env)
+    }
+
+    /// [`ServerProcess::start`] with the data dir `data` (made beforehand, as a test needs it).
+    pub fn start_in(micro: &Path, data: tempfile::TempDir, env: &[(&str, &str)]) -> ServerProcess {
         let admin_password = format!("admin-{}", uuid::Uuid::new_v4().simple());
         let mut cmd = Command::new(micro);
         cmd.arg("server")
@@ -94,6 +98,11 @@ impl ServerProcess {
             .server(&self.proxy)
             .namespace(namespace)
             .credentials(&get("MICRO_AUTH_ID"), &get("MICRO_AUTH_SECRET"))
+    }
+
+    /// The process id (of the server, the leader of its process group).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process is still running.

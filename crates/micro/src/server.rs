@@ -31,8 +31,22 @@ pub fn stamp_client_address<B>(req: &mut Request<B>) {
 /// How long in-flight calls get to finish after shutdown starts.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a new connection may stay silent, and an HTTP/1 request's head may take to
+/// arrive, before the connection is closed (idle clients cannot hold descriptors forever).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most connections one listener holds at once: 4096, or a quarter of the process's
+/// descriptor limit when that is lower (a server has several listeners and backends);
+/// connections over it are closed at once.
+pub fn max_connections() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
+    (soft.saturating_sub(64) / 4).clamp(16, 4096) as usize
+}
+
 /// Serves `svc` on `listener` until `shutdown` resolves, then stops accepting and waits
-/// (up to [`DRAIN_TIMEOUT`]) for in-flight requests to finish.
+/// (up to [`DRAIN_TIMEOUT`]) for in-flight requests to finish. A connection that sends
+/// nothing, or an HTTP/1 request head that does not arrive, within [`HEADER_TIMEOUT`] is
+/// closed; at most [`max_connections`] are open at once.
 pub async fn serve<S, F>(listener: TcpListener, svc: S, shutdown: impl Future<Output = ()>)
 where
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
@@ -40,12 +54,17 @@ where
 {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .max_concurrent_streams(1024)
-        .keep_alive_interval(Some(Duration::from_secs(30)));
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(HEADER_TIMEOUT);
+    let builder = std::sync::Arc::new(builder);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections()));
     tokio::pin!(shutdown);
+    let mut refused: u64 = 0;
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -59,17 +78,42 @@ where
             },
             _ = &mut shutdown => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Said once per thousand refusals: a flood must not flood the log too.
+            if refused % 1000 == 0 {
+                tracing::warn!(%peer, refused = refused + 1, "too many connections; closing new ones");
+            }
+            refused += 1;
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let svc = svc.clone();
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let first = asked.clone();
         let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            first.store(true, std::sync::atomic::Ordering::Relaxed);
             req.extensions_mut().insert(PeerAddr(peer));
             let fut = svc(req);
             async move { Ok::<_, Infallible>(fut.await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
-        let conn = graceful.watch(conn.into_owned());
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let _slot = slot;
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
+            let conn = watcher.watch(conn.into_owned());
+            tokio::pin!(conn);
+            // A connection that has not sent a whole request (a head, or an HTTP/2
+            // preface and a stream) within the timeout is dropped, which closes it.
+            let done = tokio::select! {
+                r = &mut conn => Some(r),
+                _ = tokio::time::sleep(HEADER_TIMEOUT) => None,
+            };
+            let result = match done {
+                Some(r) => r,
+                None if !asked.load(std::sync::atomic::Ordering::Relaxed) => return,
+                None => conn.await,
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

@@ -6,13 +6,14 @@
 //! honest callers may do; this shows what dishonest ones cannot.
 
 mod gateway;
+mod listeners;
 mod namespaces;
 mod registry;
 mod revocation;
 
 use micro::data::{Data, StaticToken, TokenSource};
 use micro_core::registry::{Node, Registry as _, Service};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
