@@ -80,7 +80,7 @@ where
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             // Said once per thousand refusals: a flood must not flood the log too.
-            if refused % 1000 == 0 {
+            if refused.is_multiple_of(1000) {
                 tracing::warn!(%peer, refused = refused + 1, "too many connections; closing new ones");
             }
             refused += 1;
