@@ -235,9 +235,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut tasks = Vec::new();
+    // The dashboard vouches for its browsers' addresses with this key (see client_address).
+    let edge_key = crate::client_address::EdgeKey::random();
+    let proxy_key = edge_key.clone();
     // The edges give every request its id and trace context before anything else.
     let proxy_svc = TraceLayer::new("proxy").layer(tower::service_fn(move |mut req: Request<Incoming>| {
-        micro::server::stamp_client_address(&mut req);
+        proxy_key.stamp(&mut req);
         let p = proxy_svc.clone();
         async move { Ok::<_, Infallible>(p.handle(req).await) }
     }));
@@ -263,7 +266,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         until(rx.clone()),
     )));
     if let Some(listener) = web_listener {
-        let dashboard = crate::web::Web::new(proxy_node.clone(), rx.clone());
+        let dashboard = crate::web::Web::new(proxy_node.clone(), rx.clone(), edge_key);
         tasks.push(tokio::spawn(crate::web::serve(listener, dashboard, until(rx.clone()))));
     }
     // Keep the core registrations alive.

@@ -13,6 +13,7 @@
 mod app;
 mod auth;
 mod backends;
+mod client_address;
 mod config;
 mod data;
 pub mod gateway;
