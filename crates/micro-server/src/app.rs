@@ -150,6 +150,18 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let runtime = crate::runtime::Runtime::open(&config.data_dir, config.runtime.clone(), wiring).await?;
 
     let metrics = micro::metrics::Metrics::default();
+    let core_grpc = [
+        "registry.Registry",
+        "store.Store",
+        "store.Blob",
+        "events.Events",
+        "broker.Broker",
+        "config.Config",
+        "sync.Sync",
+        "auth.Auth",
+        "runtime.Runtime",
+    ]
+    .map(String::from);
     let mut core = RouterBuilder::new("micro")
         .metrics(metrics.clone())
         .descriptors(micro::proto::DESCRIPTOR)?
@@ -164,21 +176,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .grpc_service(pb::sync::sync_server::SyncServer::new(data::SyncService { sync }))
         .grpc_service(pb::auth::auth_server::AuthServer::new(auth.clone()))
         .grpc_service(pb::runtime::runtime_server::RuntimeServer::new(runtime.clone()))
-        .standard_services(
-            &[micro::proto::DESCRIPTOR.to_vec()],
-            &[
-                "registry.Registry",
-                "store.Store",
-                "store.Blob",
-                "events.Events",
-                "broker.Broker",
-                "config.Config",
-                "sync.Sync",
-                "auth.Auth",
-                "runtime.Runtime",
-            ]
-            .map(String::from),
-        )?;
+        .standard_services(&[micro::proto::DESCRIPTOR.to_vec()], &core_grpc)?;
     // Reflection on the proxy answers for every registered service, not just the core.
     let reflection = Reflection::new(
         &[
@@ -190,6 +188,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         registry.clone(),
     )?;
     core = core.grpc_service(reflection.v1()).grpc_service(reflection.v1alpha());
+    // Health on the proxy answers for every registered service too.
+    let health = crate::grpc_health::Health::new(&core_grpc, registry.clone()).await;
+    core = core.grpc_service(health.server());
     for name in CORE_SERVICES {
         core = core.debug(name, metrics.clone());
     }

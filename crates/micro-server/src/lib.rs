@@ -17,6 +17,7 @@ mod client_address;
 mod config;
 mod data;
 pub mod gateway;
+mod grpc_health;
 mod guard;
 mod proxy;
 mod reflection;
