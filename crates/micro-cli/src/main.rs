@@ -11,6 +11,7 @@ mod runtime;
 
 #[tokio::main]
 async fn main() {
+    output::exit_quietly_when_stdout_closes();
     let code = cli::run(std::env::args().collect()).await;
     std::process::exit(code);
 }

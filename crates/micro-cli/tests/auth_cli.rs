@@ -234,14 +234,16 @@ async fn admin_login_accounts_rules_and_refresh() {
     std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
     assert!(user.fails(&["whoami"]).await.contains("log in again"));
 
-    // Brute force: the 11th wrong password within a minute is refused with 429.
+    // Brute force: the 11th attempt at an account from one address within a minute is
+    // refused with 429, even with the right password.
     let attacker = Cli { server: s.proxy(), home: tempfile::tempdir().unwrap() };
     for _ in 0..10 {
         attacker.fails(&["login", "--id", "alice", "--password", "wrong-guess"]).await;
     }
     let err = attacker.fails(&["login", "--id", "alice", "--password", &secret]).await;
-    assert!(err.contains("429") && err.contains("too many failed logins"), "{err}");
-    // Through the gateway too, with Retry-After.
+    assert!(err.contains("429") && err.contains("too many attempts, try again in"), "{err}");
+    // Through the gateway too, with Retry-After (the gateway's calls reach the auth
+    // service from this host, the CLI's address here).
     let r =
         micro_test::http(&s.api(), "POST", "/auth/auth/token", &[], br#"{"id":"alice","secret":"nope-nope"}"#).await;
     assert_eq!(r.status, 429, "{}", r.body);

@@ -500,3 +500,34 @@ async fn when_the_leader_dies_another_instance_leads() {
     assert!(line.starts_with("leader "), "{line}");
     assert!(killed.elapsed() < Duration::from_secs(5), "took over within the lease: {:?}", killed.elapsed());
 }
+
+/// `micro services | grep -q x`: the reader goes away before the CLI writes (security
+/// issue, item 14b). The CLI stops quietly, without a panic message, and with status 0
+/// (the reader chose to stop reading; nothing went wrong).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_ends_the_cli_quietly() {
+    let s = TestServer::start().await;
+    let server = s.proxy();
+    for args in [vec!["services"], vec!["--output", "json", "services"]] {
+        let server = server.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            // A pipe whose read end is closed before the CLI starts: its first write fails.
+            let (reader, writer) = std::io::pipe().unwrap();
+            drop(reader);
+            Command::new(env!("CARGO_BIN_EXE_micro"))
+                .arg("--server")
+                .arg(&server)
+                .args(&args)
+                .env("HOME", std::env::temp_dir())
+                .stdout(writer)
+                .stderr(Stdio::piped())
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!((out.status.code(), err.trim()), (Some(0), ""), "{out:?}");
+    }
+}

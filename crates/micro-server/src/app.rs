@@ -155,6 +155,18 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let targets = crate::targets::Targets::new([Some(api), Some(proxy), web].into_iter().flatten().collect(), deny);
 
     let metrics = micro::metrics::Metrics::default();
+    let core_grpc = [
+        "registry.Registry",
+        "store.Store",
+        "store.Blob",
+        "events.Events",
+        "broker.Broker",
+        "config.Config",
+        "sync.Sync",
+        "auth.Auth",
+        "runtime.Runtime",
+    ]
+    .map(String::from);
     let mut core = RouterBuilder::new("micro")
         .metrics(metrics.clone())
         .descriptors(micro::proto::DESCRIPTOR)?
@@ -170,21 +182,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .grpc_service(pb::sync::sync_server::SyncServer::new(data::SyncService { sync }))
         .grpc_service(pb::auth::auth_server::AuthServer::new(auth.clone()))
         .grpc_service(pb::runtime::runtime_server::RuntimeServer::new(runtime.clone()))
-        .standard_services(
-            &[micro::proto::DESCRIPTOR.to_vec()],
-            &[
-                "registry.Registry",
-                "store.Store",
-                "store.Blob",
-                "events.Events",
-                "broker.Broker",
-                "config.Config",
-                "sync.Sync",
-                "auth.Auth",
-                "runtime.Runtime",
-            ]
-            .map(String::from),
-        )?;
+        .standard_services(&[micro::proto::DESCRIPTOR.to_vec()], &core_grpc)?;
     // Reflection on the proxy answers for every registered service, not just the core.
     let reflection = Reflection::new(
         &[
@@ -196,6 +194,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         registry.clone(),
     )?;
     core = core.grpc_service(reflection.v1()).grpc_service(reflection.v1alpha());
+    // Health on the proxy answers for every registered service too.
+    let health = crate::grpc_health::Health::new(&core_grpc, registry.clone()).await;
+    core = core.grpc_service(health.server());
     for name in CORE_SERVICES {
         core = core.debug(name, metrics.clone());
     }
@@ -241,9 +242,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut tasks = Vec::new();
+    // The dashboard vouches for its browsers' addresses with this key (see client_address).
+    let edge_key = crate::client_address::EdgeKey::random();
+    let proxy_key = edge_key.clone();
     // The edges give every request its id and trace context before anything else.
     let proxy_svc = TraceLayer::new("proxy").layer(tower::service_fn(move |mut req: Request<Incoming>| {
-        micro::server::stamp_client_address(&mut req);
+        proxy_key.stamp(&mut req);
         let p = proxy_svc.clone();
         async move { Ok::<_, Infallible>(p.handle(req).await) }
     }));
@@ -269,7 +273,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         until(rx.clone()),
     )));
     if let Some(listener) = web_listener {
-        let dashboard = crate::web::Web::new(proxy_node.clone(), rx.clone());
+        let dashboard = crate::web::Web::new(proxy_node.clone(), rx.clone(), edge_key);
         tasks.push(tokio::spawn(crate::web::serve(listener, dashboard, until(rx.clone()))));
     }
     // Keep the core registrations alive.

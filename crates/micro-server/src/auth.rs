@@ -6,6 +6,8 @@
 //! Auth data lives in its own database (`auth.db`), never reachable through the store
 //! service.
 
+mod limiter;
+
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -29,9 +31,6 @@ use tonic::{Request, Response, Status};
 pub const ACCESS_TTL: Duration = Duration::from_secs(15 * 60);
 /// How long a refresh token lives.
 pub const REFRESH_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-/// Failed logins allowed per account and per client within [`FAILURE_WINDOW`].
-const MAX_FAILURES: usize = 10;
-const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// The file the generated admin password is written to, in the data dir.
 pub const ADMIN_PASSWORD_FILE: &str = "admin.password";
 
@@ -64,7 +63,8 @@ struct Inner {
     verifier: RwLock<Verifier>,
     /// Every node's public keys (its own first), as shared through the auth store.
     trusted: RwLock<micro::auth::token::PublicKeys>,
-    failures: Mutex<HashMap<String, Vec<Instant>>>,
+    /// Failed logins per account and client address, and per client address.
+    failures: limiter::Limiter,
     /// Bumped on every rule change, so cached rules are dropped.
     generation: std::sync::atomic::AtomicU64,
     /// Rules by namespace, with the generation they were read at.
@@ -144,7 +144,7 @@ impl AuthService {
                 signer,
                 verifier: RwLock::new(verifier),
                 trusted: RwLock::new(trusted),
-                failures: Mutex::new(HashMap::new()),
+                failures: limiter::Limiter::default(),
                 generation: std::sync::atomic::AtomicU64::new(0),
                 cache: Mutex::new(HashMap::new()),
                 verified: Mutex::new(HashMap::new()),
@@ -431,34 +431,6 @@ impl AuthService {
         Ok(())
     }
 
-    /// Counts a failed login against `keys`; `ResourceExhausted` when one is over the limit.
-    fn check_failures(&self, keys: &[String]) -> Result<(), MicroStatus> {
-        let mut f = self.inner.failures.lock().unwrap_or_else(|e| e.into_inner());
-        for k in keys {
-            let list = f.entry(k.clone()).or_default();
-            list.retain(|t| t.elapsed() < FAILURE_WINDOW);
-            if list.len() >= MAX_FAILURES {
-                let wait = FAILURE_WINDOW.saturating_sub(list[0].elapsed()).as_secs().max(1);
-                return Err(MicroStatus::new(
-                    Code::ResourceExhausted,
-                    "auth",
-                    format!("too many failed logins; retry in {wait} s"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn record_failure(&self, keys: &[String]) {
-        let mut f = self.inner.failures.lock().unwrap_or_else(|e| e.into_inner());
-        for k in keys {
-            f.entry(k.clone()).or_default().push(Instant::now());
-        }
-        if f.len() > 100_000 {
-            f.retain(|_, v| v.iter().any(|t| t.elapsed() < FAILURE_WINDOW));
-        }
-    }
-
     /// Issues an access token and a new refresh token for `account`.
     async fn issue(&self, account: &Account) -> Result<pb::TokenResponse, MicroStatus> {
         let iat = now();
@@ -491,7 +463,8 @@ impl AuthService {
         Ok(pb::TokenResponse { access_token, refresh_token, expiry: exp, account: Some(account.into()) })
     }
 
-    /// Id and secret → tokens, rate-limited per account and per client.
+    /// Id and secret → tokens, failures limited per account and client address, and per
+    /// client address (see [`limiter`]).
     async fn login(
         &self,
         ns: &str,
@@ -499,18 +472,15 @@ impl AuthService {
         secret: &str,
         client: Option<&str>,
     ) -> Result<pb::TokenResponse, MicroStatus> {
-        let mut keys = vec![format!("a/{ns}/{id}")];
-        if let Some(c) = client {
-            keys.push(format!("c/{c}"));
-        }
-        self.check_failures(&keys)?;
+        let keys = limiter::Keys::new(ns, id, client);
+        let attempt = self.inner.failures.begin(&keys).map_err(limiter::too_many)?;
         let stored = self.load(ns, id).await?;
         match stored {
-            Some(s) if secret_matches(secret, &s.hash) => self.issue(&s.account).await,
-            _ => {
-                self.record_failure(&keys);
-                Err(MicroStatus::new(Code::Unauthenticated, "auth", "wrong account id or secret"))
+            Some(s) if secret_matches(secret, &s.hash) => {
+                self.inner.failures.succeeded(&keys, attempt);
+                self.issue(&s.account).await
             }
+            _ => Err(MicroStatus::new(Code::Unauthenticated, "auth", "wrong account id or secret")),
         }
     }
 
@@ -755,22 +725,20 @@ impl pb::auth_server::Auth for AuthService {
         let r = req.into_inner();
         // Without admin rights this is a login by another name: the same limit on failures,
         // and the same answer for an unknown account as for a wrong secret.
-        let mut keys = vec![format!("a/{ns}/{}", r.id)];
-        if let Some(c) = client {
-            keys.push(format!("c/{c}"));
-        }
-        if !admin {
-            self.check_failures(&keys).map_err(t)?;
-        }
+        let keys = limiter::Keys::new(&ns, &r.id, client.as_deref());
+        let attempt =
+            if admin { None } else { Some(self.inner.failures.begin(&keys).map_err(limiter::too_many).map_err(t)?) };
         let stored = self.load(&ns, &r.id).await.map_err(t)?;
         let mut stored = match stored {
             Some(s) if admin || secret_matches(&r.old_secret, &s.hash) => s,
             None if admin => return Err(t(MicroStatus::not_found("auth", format!("no account {}", r.id)))),
             _ => {
-                self.record_failure(&keys);
                 return Err(t(MicroStatus::new(Code::PermissionDenied, "auth", "wrong account id or old secret")));
             }
         };
+        if let Some(attempt) = attempt {
+            self.inner.failures.succeeded(&keys, attempt);
+        }
         validate_secret(&r.new_secret).map_err(t)?;
         stored.hash = hash_secret(&r.new_secret).map_err(t)?;
         self.save(&stored).await.map_err(t)?;

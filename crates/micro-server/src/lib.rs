@@ -13,9 +13,11 @@
 mod app;
 mod auth;
 mod backends;
+mod client_address;
 mod config;
 mod data;
 pub mod gateway;
+mod grpc_health;
 mod guard;
 mod proxy;
 mod reflection;

@@ -478,11 +478,12 @@ pub fn json_error(st: &Status) -> Response<Body> {
     *res.status_mut() = http::StatusCode::from_u16(st.http_status()).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     res.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static(CONTENT_TYPE_JSON));
     if st.http_status() == 429 {
-        // "… retry in N s" in the detail sets Retry-After; otherwise a minute.
-        let secs = st
-            .detail()
-            .split("retry in ")
-            .nth(1)
+        // "… retry in N s" (or "try again in N s") in the detail sets Retry-After;
+        // otherwise a minute.
+        let detail = st.detail();
+        let secs = ["retry in ", "try again in "]
+            .iter()
+            .find_map(|p| detail.split(p).nth(1))
             .and_then(|r| r.split_whitespace().next())
             .and_then(|n| n.parse::<u64>().ok())
             .unwrap_or(60);
@@ -506,5 +507,16 @@ mod tests {
         assert_eq!(split_grpc_path("/nodot/Bar"), None);
         assert_eq!(http_to_grpc_path("/helloworld/Greeter.Hello").as_deref(), Some("/helloworld.Greeter/Hello"));
         assert_eq!(http_to_grpc_path("/helloworld/Greeter.Hello/x"), None);
+    }
+
+    #[test]
+    fn retry_after_from_the_detail() {
+        let retry_after = |detail: &str| {
+            let st = Status::new(Code::ResourceExhausted, "auth", detail);
+            json_error(&st).headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string)
+        };
+        assert_eq!(retry_after("too many attempts, try again in 42 s").as_deref(), Some("42"));
+        assert_eq!(retry_after("busy; retry in 7 s").as_deref(), Some("7"));
+        assert_eq!(retry_after("full").as_deref(), Some("60"));
     }
 }

@@ -44,6 +44,8 @@ struct Inner {
     sessions: session::Sessions,
     /// Turns true when the server stops: live streams end then.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// Vouches for a browser's address on its sign-in, which failed logins are limited by.
+    edge_key: crate::client_address::EdgeKey,
 }
 
 /// What a page handler gets.
@@ -157,9 +159,13 @@ pub(crate) fn redirect(to: &str) -> Response<Body> {
 
 impl Web {
     /// The dashboard of the node whose proxy is at `proxy`; its live streams end when
-    /// `stopping` turns true.
-    pub(crate) fn new(proxy: String, stopping: tokio::sync::watch::Receiver<bool>) -> Web {
-        Web { inner: Arc::new(Inner { proxy, sessions: session::Sessions::default(), stopping }) }
+    /// `stopping` turns true; `edge_key` is the proxy's, for the browsers' addresses.
+    pub(crate) fn new(
+        proxy: String,
+        stopping: tokio::sync::watch::Receiver<bool>,
+        edge_key: crate::client_address::EdgeKey,
+    ) -> Web {
+        Web { inner: Arc::new(Inner { proxy, sessions: session::Sessions::default(), stopping, edge_key }) }
     }
 
     /// `stream`, ending when the server stops (so a live view never holds up a shutdown).
@@ -269,17 +275,18 @@ impl Web {
 
     async fn login(&self, req: Request<Incoming>, secure: bool) -> Response<Body> {
         let cookie = session::cookie(req.headers(), session::LOGIN_COOKIE);
+        let browser = crate::client_address::peer(&req);
         let form = match read_form(req).await {
             Ok(f) => f,
             Err(r) => return *r,
         };
-        let retry = |error: &str| {
+        let retry_with = |status: StatusCode, error: &str| {
             let token = session::random_id();
-            let mut r =
-                page_response(StatusCode::UNAUTHORIZED, html::login(&token, form.get("namespace"), Some(error)));
+            let mut r = page_response(status, html::login(&token, form.get("namespace"), Some(error)));
             r.headers_mut().insert(header::SET_COOKIE, session::login_cookie(&token, secure));
             r
         };
+        let retry = |error: &str| retry_with(StatusCode::UNAUTHORIZED, error);
         if cookie.is_none() || cookie.as_deref() != Some(form.get("_csrf")) {
             return retry("The sign-in form expired; try again.");
         }
@@ -290,10 +297,17 @@ impl Web {
         if id.is_empty() || secret.is_empty() {
             return retry("Enter the account id and its secret.");
         }
-        let token = match self.token(ns, id, secret).await {
+        let token = match self.token(ns, id, secret, browser).await {
             Ok(t) => t,
             Err(e) if e.code() == micro_core::Code::Unavailable => {
                 return retry("The server is unavailable; try again.");
+            }
+            // "too many attempts, try again in N s", as a sentence.
+            Err(e) if e.code() == micro_core::Code::ResourceExhausted => {
+                let detail = e.detail();
+                let mut chars = detail.chars();
+                let sentence = chars.next().map(|c| c.to_uppercase().chain(chars).collect::<String>());
+                return retry_with(StatusCode::TOO_MANY_REQUESTS, &format!("{}.", sentence.unwrap_or_default()));
             }
             Err(_) => return retry("Wrong account or secret."),
         };
@@ -314,7 +328,14 @@ impl Web {
         r
     }
 
-    async fn token(&self, ns: &str, id: &str, secret: &str) -> Result<pb_auth::TokenResponse, Status> {
+    /// Logs in for the browser at `browser`, whose address the failures count under.
+    async fn token(
+        &self,
+        ns: &str,
+        id: &str,
+        secret: &str,
+        browser: Option<std::net::IpAddr>,
+    ) -> Result<pb_auth::TokenResponse, Status> {
         let ch = micro::data::channel(&self.inner.proxy)?;
         let mut client = pb_auth::auth_client::AuthClient::new(ch);
         let mut req = tonic::Request::new(pb_auth::TokenRequest {
@@ -324,6 +345,9 @@ impl Web {
         });
         if let Ok(v) = ns.parse() {
             req.metadata_mut().insert(micro_core::metadata::NAMESPACE, v);
+        }
+        if let Some(ip) = browser {
+            self.inner.edge_key.vouch(&mut req, ip);
         }
         client.token(req).await.map(|r| r.into_inner()).map_err(|e| micro::status::from_tonic(&e))
     }
