@@ -507,3 +507,124 @@ async fn two_servers_run_a_service_once_and_survive_the_leaders_death() {
     drop(b);
     schema.drop().await;
 }
+
+/// A Python HTTP app (answering `up` on `$PORT`) started by `sh -c` with `marker` on its
+/// command line, so its processes can be found.
+fn wrapped_app(marker: &str) -> tempfile::TempDir {
+    let app = "import os, sys\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n\
+               class H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200)\n        \
+               self.send_header('content-length', '2')\n        self.end_headers()\n        self.wfile.write(b'up')\n\
+               HTTPServer((os.environ['HOST'], int(os.environ['PORT'])), H).serve_forever()\n";
+    // Two commands: the shell stays, as a wrapper, with the app its child.
+    let manifest = format!("run = \"python3 app.py {marker}; echo wrapper-done\"\n[http]\n");
+    project(&[("micro.toml", &manifest), ("app.py", app)])
+}
+
+/// The app's processes: (its wrapper shells, its pythons).
+fn app_processes(marker: &str) -> (Vec<u64>, Vec<u64>) {
+    let all = processes_with(marker);
+    let of = |name: &str| all.iter().filter(|p| p.1.starts_with(name)).map(|p| p.0).collect::<Vec<_>>();
+    (of("sh"), of("python"))
+}
+
+/// Killing an instance's wrapper takes the app under it too (no orphan listening beside
+/// the restarted instance), and what a SIGKILLed server left running is stopped when it
+/// starts again.
+async fn a_killed_wrapper_and_a_killed_server_leave_no_process_behind(env: &[(&str, &str)]) {
+    if !have(&["python3"]) {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), env).await;
+    let marker = format!("leak-probe-{}", uuid_like());
+    let app = wrapped_app(&marker);
+    let out = s.ok(&["run", app.path().to_str().unwrap(), "--name", "leaky"]).await;
+    assert!(out.contains("leaky running"), "{out}");
+    let (shells, pythons) = app_processes(&marker);
+    assert_eq!((shells.len(), pythons.len()), (1, 1), "{:?}", processes_with(&marker));
+    let (shell, python) = (shells[0], pythons[0]);
+
+    // The wrapper dies: its app goes with it, and the instance comes back, once.
+    let _ = Command::new("kill").args(["-9", &shell.to_string()]).status();
+    assert!(
+        until(Duration::from_secs(10), || !pid_alive(python)).await,
+        "the app of the killed wrapper is left running: {:?}",
+        processes_with(&marker)
+    );
+    s.wait_status("leaky", Duration::from_secs(30), |v| v["status"] == "running" && v["restarts"] == 1).await;
+    let alone = || {
+        let (sh, py) = app_processes(&marker);
+        sh.len() == 1 && py.len() == 1 && !py.contains(&python)
+    };
+    assert!(until(Duration::from_secs(10), alone).await, "one instance: {:?}", processes_with(&marker));
+    let (_, pythons) = app_processes(&marker);
+    let second = pythons[0];
+    assert_eq!(s.get("/leaky/").await.body, "up");
+
+    // The server dies by SIGKILL: started again, it stops what the dead one left.
+    let s = s.kill_and_restart().await;
+    s.wait_status("leaky", Duration::from_secs(60), |v| v["status"] == "running").await;
+    assert!(
+        until(Duration::from_secs(10), || !pid_alive(second)).await,
+        "the killed server's instance is left running: {:?}",
+        processes_with(&marker)
+    );
+    let alone = || {
+        let (sh, py) = app_processes(&marker);
+        sh.len() == 1 && py.len() == 1 && !py.contains(&second)
+    };
+    assert!(until(Duration::from_secs(10), alone).await, "one instance: {:?}", processes_with(&marker));
+    s.ok(&["kill", "leaky"]).await;
+    assert!(
+        until(Duration::from_secs(10), || processes_with(&marker).is_empty()).await,
+        "{:?}",
+        processes_with(&marker)
+    );
+}
+
+/// Without a sandbox an instance is its process group: when its first process died while
+/// no server ran, the group's other processes are found by their `MICRO_INSTANCE` and
+/// stopped when the server starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_sandbox_what_an_instance_left_while_no_server_ran_is_stopped() {
+    if !have(&["python3"]) {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), &[("MICRO_RUNTIME_SANDBOX", "none")]).await;
+    let marker = format!("orphan-probe-{}", uuid_like());
+    let app = wrapped_app(&marker);
+    let out = s.ok(&["run", app.path().to_str().unwrap(), "--name", "orphaned"]).await;
+    assert!(out.contains("orphaned running"), "{out}");
+    let (shells, pythons) = app_processes(&marker);
+    assert_eq!((shells.len(), pythons.len()), (1, 1), "{:?}", processes_with(&marker));
+    // The server dies, then the instance's wrapper: its app is an orphan of no server.
+    let killed = s.kill();
+    let _ = Command::new("kill").args(["-9", &shells[0].to_string()]).status();
+    // Gone, not a zombie its new parent has yet to reap (whose start time still matches).
+    let wrapper = format!("/proc/{}", shells[0]);
+    assert!(until(Duration::from_secs(30), || !Path::new(&wrapper).exists()).await, "{wrapper} stays");
+    assert!(pid_alive(pythons[0]), "the app outlives its wrapper");
+    let s = killed.start().await;
+    assert!(
+        until(Duration::from_secs(10), || !pid_alive(pythons[0])).await,
+        "the orphan is left running: {:?}",
+        processes_with(&marker)
+    );
+    s.wait_status("orphaned", Duration::from_secs(30), |v| v["status"] == "running").await;
+    let (_, pythons_now) = app_processes(&marker);
+    assert_eq!(pythons_now.len(), 1, "{:?}", processes_with(&marker));
+    s.ok(&["kill", "orphaned"]).await;
+    assert!(until(Duration::from_secs(10), || processes_with(&marker).is_empty()).await);
+}
+
+/// A marker unique to this run.
+fn uuid_like() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{}-{t}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_sandbox_a_killed_wrapper_and_a_killed_server_leave_no_process_behind() {
+    a_killed_wrapper_and_a_killed_server_leave_no_process_behind(&[("MICRO_RUNTIME_SANDBOX", "none")]).await;
+}

@@ -184,7 +184,7 @@ async fn run_logged(mut c: Command, log: &LogSink, instance: &str) -> Result<Str
     c.process_group(0);
     let program = c.as_std().get_program().to_string_lossy().to_string();
     let mut child = c.spawn().map_err(|e| Status::unavailable(ID, format!("cannot run {program}: {e}")))?;
-    let _group = super::process::GroupGuard(child.id().unwrap_or(0));
+    let _group = super::process::GroupGuard::new(child.id().unwrap_or(0));
     let stderr = child.stderr.take().map(|s| BufReader::new(s).lines());
     let stdout = child.stdout.take().map(|s| BufReader::new(s).lines());
     let errors = {
