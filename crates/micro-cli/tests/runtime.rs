@@ -628,3 +628,11 @@ fn uuid_like() -> String {
 async fn without_a_sandbox_a_killed_wrapper_and_a_killed_server_leave_no_process_behind() {
     a_killed_wrapper_and_a_killed_server_leave_no_process_behind(&[("MICRO_RUNTIME_SANDBOX", "none")]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_the_sandbox_a_killed_wrapper_and_a_killed_server_leave_no_process_behind() {
+    if !sandbox_available() {
+        return;
+    }
+    a_killed_wrapper_and_a_killed_server_leave_no_process_behind(&[("MICRO_RUNTIME_SANDBOX", "bwrap")]).await;
+}

@@ -28,7 +28,7 @@ mod websocket;
 pub use app::{CORE_SERVICES, Running, start};
 pub use auth::{ACCESS_TTL, ADMIN_PASSWORD_FILE, REFRESH_TTL};
 pub use config::{Backends, Config, Secret};
-pub use runtime::RuntimeConfig;
+pub use runtime::{RuntimeConfig, SandboxMode};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

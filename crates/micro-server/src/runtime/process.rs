@@ -3,6 +3,7 @@
 
 use super::build::Artifact;
 use super::logs::LogSink;
+use super::sandbox::{Jail, Sandbox};
 use micro_core::registry::{Node, Registry, Service};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 use tokio::sync::watch;
 
 /// How long an HTTP app's registration lives without a refresh.
@@ -38,6 +38,8 @@ pub(crate) struct Launch {
     pub(crate) run_dir: PathBuf,
     /// The host HTTP apps listen on (`$HOST`) and are registered at.
     pub(crate) host: String,
+    /// Where instances run.
+    pub(crate) sandbox: Arc<Sandbox>,
 }
 
 /// An instance and its supervisor.
@@ -161,19 +163,13 @@ async fn supervise(launch: Arc<Launch>, inst: Arc<Instance>) {
 async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<bool>) -> Outcome {
     let art = &launch.artifact;
     let program = resolve(&launch.root, &art.command[0]);
-    let mut cmd = Command::new(&program);
-    cmd.args(&art.command[1..]).current_dir(launch.root.join(&art.cwd));
-    // The server's own settings (its admin password among them) stay with the server.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("MICRO_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.envs(launch.env.iter().map(|(k, v)| (k, v))).env("MICRO_INSTANCE", &inst.id);
+    // Nothing of the server's environment: what the service is given, and the basics.
+    let mut env = launch.env.clone();
+    env.push(("MICRO_INSTANCE".into(), inst.id.clone()));
     let port = if art.http.is_some() {
         match free_port().await {
             Ok(p) => {
-                cmd.env("PORT", p.to_string()).env("HOST", &launch.host);
+                env.extend([("PORT".into(), p.to_string()), ("HOST".into(), launch.host.clone())]);
                 Some(p)
             }
             Err(e) => return Outcome::Exited(format!("no free port: {e}")),
@@ -181,9 +177,16 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
     } else {
         None
     };
+    // Its own build is all it may change (its description excepted).
+    let jail = Jail {
+        writable: vec![launch.root.clone()],
+        read_only: vec![launch.root.join("artifact.json")],
+        cwd: launch.root.join(&art.cwd),
+        home: None,
+        env,
+    };
+    let mut cmd = launch.sandbox.command(&jail, &program.to_string_lossy(), &art.command[1..]);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    #[cfg(unix)]
-    cmd.process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Outcome::Exited(format!("cannot start {}: {e}", program.display())),
