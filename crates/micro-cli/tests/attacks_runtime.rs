@@ -1,14 +1,20 @@
 //! Attacks on the runtime, as a tenant would make them: an admin of namespace `shop`
 //! runs code on the server (`micro run` of a manifest service) that tries to read the
 //! server's data dir, keys and environment, other services' files and processes, and to
-//! write outside its own dir. The real `micro` binaries, real sockets.
+//! write outside its own dir; and asks the server to fetch sources from its own disk
+//! and network. The real `micro` binaries, real sockets; listeners assert they captured
+//! nothing.
 
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
 mod runtime_harness;
 
 use runtime_harness::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const CANARY_ENV: &str = "canary-env-value-7f3a";
@@ -165,4 +171,140 @@ async fn without_a_sandbox_only_micros_admins_run_code() {
     let status = s.ok(&["--namespace", "shop", "status"]).await;
     assert!(status.contains("isolation: none (the operator turned it off"), "{status}");
     s.ok(&["--namespace", "shop", "kill", "ops"]).await;
+}
+
+/// A listener that records every connection it gets.
+struct Trap {
+    port: u16,
+    hits: Arc<Mutex<Vec<String>>>,
+}
+
+impl Trap {
+    fn start(ip: &str) -> Trap {
+        let l = TcpListener::bind((ip, 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).unwrap_or(0);
+                h.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).to_string());
+                let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+            }
+        });
+        Trap { port, hits }
+    }
+
+    fn hits(&self) -> Vec<String> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+/// A bare git repository served over dumb HTTP on `ip`, with a Python app in `svc/`.
+struct GitServer {
+    _dir: tempfile::TempDir,
+    bare: std::path::PathBuf,
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GitServer {
+    fn start(ip: &str) -> GitServer {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let bare = dir.path().join("app.git");
+        let git = |args: &[&str], cwd: &Path| {
+            let out = Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+                .args(args)
+                .current_dir(cwd)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        std::fs::create_dir_all(work.join("svc")).unwrap();
+        git(&["init", "-q"], &work);
+        let app = "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n\
+                   class H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200)\n        \
+                   self.send_header('content-length', '6')\n        self.end_headers()\n        self.wfile.write(b'cloned')\n\
+                   HTTPServer((os.environ['HOST'], int(os.environ['PORT'])), H).serve_forever()\n";
+        std::fs::write(work.join("svc/app.py"), app).unwrap();
+        std::fs::write(work.join("svc/micro.toml"), "run = \"python3 app.py\"\n[http]\n").unwrap();
+        git(&["add", "."], &work);
+        git(&["commit", "-q", "-m", "v1"], &work);
+        git(&["clone", "-q", "--bare", work.to_str().unwrap(), bare.to_str().unwrap()], dir.path());
+        git(&["update-server-info"], &bare);
+        let serve = "import http.server, sys\n\
+                     class H(http.server.SimpleHTTPRequestHandler):\n    def log_message(self, *a):\n        pass\n\
+                     s = http.server.ThreadingHTTPServer((sys.argv[1], 0), lambda *a, **k: H(*a, directory=sys.argv[2], **k))\n\
+                     print(s.server_address[1], flush=True)\ns.serve_forever()\n";
+        let mut child = Command::new("python3")
+            .args(["-c", serve, ip, dir.path().to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut port = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut port).unwrap();
+        GitServer { _dir: dir, bare, child, port: port.trim().parse().unwrap() }
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_admin_cannot_make_the_server_fetch_from_its_own_disk_or_network() {
+    if !have(&["python3", "git"]) {
+        return;
+    }
+    if !sandbox_available() {
+        return; // without a sandbox tenants run nothing at all (the test above)
+    }
+    // The operator allows one internal host (127.0.0.2), where a git server is.
+    let allowed = GitServer::start("127.0.0.2");
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), &[("MICRO_RUNTIME_ALLOW_HOSTS", "127.0.0.2")]).await;
+    let shop = s.namespace_admin("shop", "keeper", "keeper-secret-1").await;
+    let trap = Trap::start("127.0.0.1");
+    let bare = allowed.bare.display().to_string();
+
+    for (source, why) in [
+        (format!("file://{bare}//svc"), "only for admins of namespace micro"),
+        // (A path the CLI does not find here is the server's.)
+        ("/srv/repositories/app.git".to_string(), "only for admins of namespace micro"),
+        (format!("http://127.0.0.1:{}/app.git//svc", trap.port), "loopback"),
+        (format!("http://localhost:{}/app.git//svc", trap.port), "loopback"),
+        (format!("http://[::ffff:127.0.0.1]:{}/app.git", trap.port), "loopback"),
+        ("http://169.254.169.254/latest/meta-data.git".to_string(), "link-local"),
+        ("http://10.1.2.3/app.git".to_string(), "private"),
+        ("http://0.0.0.0:1/app.git".to_string(), "unspecified"),
+        (format!("ssh://git@127.0.0.1:{}/app.git", trap.port), "https:// or http://"),
+        (format!("git://127.0.0.1:{}/app.git", trap.port), "https:// or http://"),
+    ] {
+        let err = shop.fails(&["run", &source, "--name", "fetched"]).await;
+        assert!(err.contains(why) && !err.contains("fetched failed"), "{source}: {err}");
+        assert!(shop.fails(&["status", "fetched"]).await.contains("no service"), "{source} left a service");
+    }
+    assert!(trap.hits().is_empty(), "the server connected to the internal host: {:?}", trap.hits());
+
+    // An allowed host: cloned in the sandbox, and run.
+    let source = format!("http://127.0.0.2:{}/app.git//svc", allowed.port);
+    let out = shop.ok(&["run", &source, "--name", "fetched"]).await;
+    assert!(out.contains("fetched running"), "{out}");
+    let r = micro_test::http(&s.api, "GET", "/fetched/", &[("micro-namespace", "shop")], b"").await;
+    assert_eq!(r.body, "cloned");
+    // An update of it from the server's disk is refused as well.
+    let err = shop.fails(&["update", &format!("file://{bare}//svc"), "--name", "fetched"]).await;
+    assert!(err.contains("only for admins of namespace micro"), "{err}");
+    // micro's admin may fetch from the server's disk (its own).
+    let out = s.ok(&["--namespace", "shop", "run", &format!("file://{bare}//svc"), "--name", "local"]).await;
+    assert!(out.contains("local running"), "{out}");
+    assert!(trap.hits().is_empty(), "{:?}", trap.hits());
+    shop.ok(&["kill", "fetched"]).await;
+    shop.ok(&["kill", "local"]).await;
 }

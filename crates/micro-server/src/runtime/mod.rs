@@ -11,6 +11,7 @@
 //! another node is elected within the lock's TTL and brings every service back.
 
 mod build;
+mod egress;
 mod logs;
 mod process;
 pub(crate) mod rpc;
@@ -89,6 +90,9 @@ pub struct RuntimeConfig {
     /// The user and group sandboxed code runs as when the server runs as root
     /// (`MICRO_RUNTIME_UID`, `uid[:gid]`; default 65534, nobody).
     pub sandbox_user: (u32, u32),
+    /// Hosts tenants' git sources may come from although they are internal
+    /// (`MICRO_RUNTIME_ALLOW_HOSTS`: host names, addresses and CIDRs, comma-separated).
+    pub allow_hosts: Vec<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -103,6 +107,7 @@ impl Default for RuntimeConfig {
             upload_max: 512 << 20,
             sandbox: SandboxMode::Auto,
             sandbox_user: (65534, 65534),
+            allow_hosts: Vec::new(),
         }
     }
 }
@@ -131,6 +136,8 @@ struct Inner {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Where code runs.
     sandbox: Arc<sandbox::Sandbox>,
+    /// Internal hosts tenants' git sources may come from.
+    allowed: Vec<egress::Allowed>,
 }
 
 /// Who asks the runtime to run something, from the caller's verified token.
@@ -211,6 +218,8 @@ impl Runtime {
         let target_dir = std::fs::create_dir_all(&target_dir)
             .and_then(|()| target_dir.canonicalize())
             .map_err(|e| Status::internal(ID, format!("{}: {e}", target_dir.display())))?;
+        let allowed = egress::parse_allowed(&config.allow_hosts)
+            .map_err(|e| Status::bad_request(ID, format!("MICRO_RUNTIME_ALLOW_HOSTS: {e}")))?;
         let toolchain = sandbox::toolchain().await;
         let layout = sandbox::Layout {
             data_dir: data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf()),
@@ -253,6 +262,7 @@ impl Runtime {
                 }),
                 stopping: tokio::sync::watch::channel(false).0,
                 sandbox,
+                allowed,
             }),
         };
         if rt.inner.cluster.is_some() {
@@ -526,9 +536,17 @@ impl Runtime {
     }
 
     /// Whether the runtime may run `spec` for `caller`: the operator anything; others
-    /// only in a sandbox.
-    async fn admit(&self, _spec: &pb::Service, caller: Option<&Caller>) -> Result<(), Status> {
-        self.admit_unsandboxed(caller)
+    /// only in a sandbox, from an upload, the services repository or a public git host
+    /// over HTTP(S) (never from the server's own disk or network).
+    async fn admit(&self, spec: &pb::Service, caller: Option<&Caller>) -> Result<(), Status> {
+        self.admit_unsandboxed(caller)?;
+        if caller.is_some_and(|c| c.operator) {
+            return Ok(());
+        }
+        match source::parse(&spec.source, &spec.upload, self.inner.config.repo.as_deref())? {
+            source::Source::Upload(_) | source::Source::Git { configured: true, .. } => Ok(()),
+            source::Source::Git { url, .. } => egress::check(&url, &self.inner.allowed).await.map(drop),
+        }
     }
 
     /// Starts a new service.
@@ -893,6 +911,7 @@ impl Runtime {
         let work = self.inner.dir.join("work").join(&m.namespace).join(&m.name);
         let entry = source::check_entry(&spec.entrypoint)?;
         let src = work.join("src");
+        let caller = Caller::of_owner(&m.owner.lock().unwrap_or_else(|e| e.into_inner()).clone());
         // The work dir is the sandbox's to change; no sandboxed process runs now (builds
         // run one at a time and die with their sandbox), so handing it over is safe.
         let hand_over = |dir: &Path| {
@@ -916,7 +935,7 @@ impl Runtime {
                 hand_over(&src)?;
                 id[..16].to_string()
             }
-            source::Source::Git { url, reference, path } => {
+            source::Source::Git { url, reference, path, configured } => {
                 m.build_log.line(
                     "build",
                     &format!(
@@ -925,8 +944,19 @@ impl Runtime {
                     ),
                 );
                 let token = self.git_token(m, &url).await;
-                let commit = source::clone(&url, reference.as_deref(), &src, token.as_deref()).await?;
-                hand_over(&src)?;
+                let commit = if configured || caller.as_ref().is_some_and(|c| c.operator) {
+                    let commit =
+                        source::clone(&url, reference.as_deref(), &src, token.as_deref(), source::Confine::Server)
+                            .await?;
+                    hand_over(&src)?;
+                    commit
+                } else {
+                    // Checked again: the host's addresses may have changed since.
+                    let remote = egress::check(&url, &self.inner.allowed).await?;
+                    let confine =
+                        source::Confine::Sandbox { sandbox: &self.inner.sandbox, remote: &remote, work: &work };
+                    source::clone(&url, reference.as_deref(), &src, token.as_deref(), confine).await?
+                };
                 if !path.is_empty() && spec.entrypoint.is_empty() {
                     // The sub-folder named in the URL.
                     let dir = src.join(source::check_entry(&path)?);
