@@ -181,6 +181,15 @@ struct Trap {
 
 impl Trap {
     fn start(ip: &str) -> Trap {
+        Trap::answering(ip, "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".into())
+    }
+
+    /// One that sends every caller elsewhere.
+    fn redirecting(ip: &str, to: &str) -> Trap {
+        Trap::answering(ip, format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\n\r\n"))
+    }
+
+    fn answering(ip: &str, reply: String) -> Trap {
         let l = TcpListener::bind((ip, 0)).unwrap();
         let port = l.local_addr().unwrap().port();
         let hits = Arc::new(Mutex::new(Vec::new()));
@@ -190,7 +199,7 @@ impl Trap {
                 let mut buf = [0u8; 512];
                 let n = s.read(&mut buf).unwrap_or(0);
                 h.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).to_string());
-                let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+                let _ = s.write_all(reply.as_bytes());
             }
         });
         Trap { port, hits }
@@ -291,6 +300,13 @@ async fn a_namespace_admin_cannot_make_the_server_fetch_from_its_own_disk_or_net
         assert!(shop.fails(&["status", "fetched"]).await.contains("no service"), "{source} left a service");
     }
     assert!(trap.hits().is_empty(), "the server connected to the internal host: {:?}", trap.hits());
+
+    // An allowed host that redirects to a refused one: git does not follow.
+    let redirector = Trap::redirecting("127.0.0.2", &format!("http://127.0.0.1:{}/app.git", trap.port));
+    let err = shop.fails(&["run", &format!("http://127.0.0.2:{}/app.git", redirector.port), "--name", "moved"]).await;
+    assert!(err.contains("moved failed") && err.contains("cloning"), "{err}");
+    assert!(!redirector.hits().is_empty(), "git asked the allowed host");
+    shop.ok(&["kill", "moved"]).await;
 
     // An allowed host: cloned in the sandbox, and run.
     let source = format!("http://127.0.0.2:{}/app.git//svc", allowed.port);
