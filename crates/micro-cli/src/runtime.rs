@@ -256,6 +256,7 @@ pub(crate) async fn status(c: &Ctx, name: Option<&str>) -> Result<()> {
                     "name": s.name, "version": s.version, "source": s.source, "status": s.status,
                     "error": s.error, "build": s.build, "updated": s.updated, "restarts": s.restarts,
                     "instances": s.instances, "memory": s.memory, "limits": s.limits, "metadata": s.metadata,
+                    "isolation": s.isolation,
                     "secrets": s.secrets,
                     "nodes": s.nodes.iter().map(|n| serde_json::json!({
                         "id": n.id, "pid": n.pid, "status": n.status, "restarts": n.restarts
@@ -289,6 +290,9 @@ pub(crate) async fn status(c: &Ctx, name: Option<&str>) -> Result<()> {
     output::table(&["NAME", "VERSION", "SOURCE", "STATUS", "BUILD", "UPDATED", "METADATA"], &rows);
     for s in r.services.iter().filter(|s| !s.error.is_empty()) {
         println!("\n{} {}: {}", s.name, s.status, s.error);
+    }
+    if !r.isolation.is_empty() {
+        println!("\nisolation: {}", r.isolation);
     }
     Ok(())
 }

@@ -6,237 +6,16 @@
 
 #![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
 
+mod runtime_harness;
+
+use runtime_harness::*;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-
-const ADMIN_PASSWORD: &str = "runtime-admin-password";
-
-/// Whether the tools a test needs (`python3`, `git`) are installed; without them the
-/// test skips with a notice, except in CI (`MICRO_TEST_REQUIRE_BACKENDS`), where it fails.
-fn have(tools: &[&str]) -> bool {
-    for tool in tools {
-        let found = Command::new(tool).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
-        if !found.is_ok_and(|s| s.success()) {
-            assert!(std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(), "{tool} is needed by this test");
-            eprintln!("notice: skipping: {tool} is not installed");
-            return false;
-        }
-    }
-    true
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-/// A `micro server` process with a CLI home logged in as its admin.
-struct Server {
-    child: Child,
-    proxy: String,
-    api: String,
-    data: PathBuf,
-    home: tempfile::TempDir,
-    env: Vec<(String, String)>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM first, so its services stop with it.
-        let _ = Command::new("kill").arg(self.child.id().to_string()).stderr(Stdio::null()).status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    async fn start(data: &Path, env: &[(&str, &str)]) -> Server {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut s = Server::spawn(data, env, tempfile::tempdir().unwrap());
-        let out = s.cli(&["login", "--id", "admin", "--password", ADMIN_PASSWORD]).await;
-        assert_eq!(out.0, 0, "login: {out:?}");
-        s.data = data.to_path_buf();
-        s
-    }
-
-    fn spawn(data: &Path, env: Vec<(String, String)>, home: tempfile::TempDir) -> Server {
-        // Builds share one cargo target dir across test runs, in dev profile: the
-        // framework's dependencies are built once, not per test.
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runtime-target");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_micro"))
-            .arg("server")
-            .env("MICRO_DATA_DIR", data)
-            .env("MICRO_API_ADDRESS", "127.0.0.1:0")
-            .env("MICRO_PROXY_ADDRESS", "127.0.0.1:0")
-            .env("MICRO_WEB_ADDRESS", "127.0.0.1:0")
-            .env("MICRO_LOG", "warn")
-            .env("MICRO_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("MICRO_RUNTIME_PROFILE", "dev")
-            .env("MICRO_RUNTIME_TARGET_DIR", target)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("micro server starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("banner");
-        // "micro server: api http://127.0.0.1:X proxy 127.0.0.1:Y"
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let proxy = words.last().expect("proxy").to_string();
-        let api = words[3].trim_start_matches("http://").to_string();
-        Server { child, proxy, api, data: data.to_path_buf(), home, env }
-    }
-
-    /// SIGKILLs the server and starts it again over the same data dir.
-    async fn kill_and_restart(mut self) -> Server {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let data = self.data.clone();
-        let env = std::mem::take(&mut self.env);
-        let home = std::mem::replace(&mut self.home, tempfile::tempdir().unwrap());
-        std::mem::forget(self); // already dead
-        let s = Server::spawn(&data, env, home);
-        let out = s.cli(&["login", "--id", "admin", "--password", ADMIN_PASSWORD]).await;
-        assert_eq!(out.0, 0, "login: {out:?}");
-        s
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_micro"));
-        c.arg("--server").arg(&self.proxy).args(args).env("HOME", self.home.path()).env_remove("MICRO_SERVER");
-        c
-    }
-
-    /// Runs `micro`; returns (exit code, stdout, stderr).
-    async fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let mut c = self.command(args);
-        tokio::task::spawn_blocking(move || {
-            let out = c.output().expect("micro runs");
-            (
-                out.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        })
-        .await
-        .unwrap()
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.cli(args).await;
-        assert_eq!(code, 0, "micro {args:?}\nstdout: {out}\nstderr: {err}");
-        out
-    }
-
-    async fn fails(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.cli(args).await;
-        assert_eq!(code, 1, "micro {args:?} should fail\nstdout: {out}\nstderr: {err}");
-        err
-    }
-
-    /// `micro status <name> -o json`.
-    async fn status(&self, name: &str) -> Value {
-        let out = self.ok(&["status", name, "-o", "json"]).await;
-        serde_json::from_str::<Value>(&out).unwrap()[0].clone()
-    }
-
-    /// Waits until `f` holds for the service's status; panics with the last one.
-    async fn wait_status(&self, name: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let s = self.status(name).await;
-            if f(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "{name} never got there: {s:#}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn get(&self, path: &str) -> micro_test::HttpResponse {
-        micro_test::http(&self.api, "GET", path, &[], b"").await
-    }
-
-    /// Node ids of a service in the registry.
-    async fn nodes(&self, name: &str) -> Vec<String> {
-        let (code, out, _) = self.cli(&["get", "service", name, "-o", "json"]).await;
-        if code != 0 {
-            return Vec::new();
-        }
-        let v: Value = serde_json::from_str(&out).unwrap();
-        let mut nodes: Vec<String> = v
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|r| r["nodes"].as_array().cloned().unwrap_or_default())
-            .map(|n| n["id"].as_str().unwrap_or_default().to_string())
-            .collect();
-        nodes.sort();
-        nodes
-    }
-}
-
-/// A command whose output is collected as it comes (like `micro logs -f`).
-struct Follow {
-    child: Child,
-    text: Arc<std::sync::Mutex<String>>,
-}
-
-impl Follow {
-    fn start(mut c: Command) -> Follow {
-        let mut child = c.stdout(Stdio::piped()).spawn().unwrap();
-        let text = Arc::new(std::sync::Mutex::new(String::new()));
-        let (t, stdout) = (text.clone(), child.stdout.take().unwrap());
-        std::thread::spawn(move || {
-            for l in BufReader::new(stdout).lines().map_while(Result::ok) {
-                t.lock().unwrap().push_str(&(l + "\n"));
-            }
-        });
-        Follow { child, text }
-    }
-
-    fn text(&self) -> String {
-        self.text.lock().unwrap().clone()
-    }
-
-    async fn saw(&self, what: &str, timeout: Duration) -> bool {
-        micro_test::eventually(timeout, || async move { self.text().contains(what) }).await
-    }
-}
-
-impl Drop for Follow {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn pid_alive(pid: u64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
-}
-
-/// A folder that is its own repository root, with these files.
-fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join(".git")).unwrap();
-    for (name, text) in files {
-        let p = dir.path().join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    dir
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rust_service_from_a_local_folder_runs_survives_sigkill_and_is_killed() {
@@ -727,4 +506,133 @@ async fn two_servers_run_a_service_once_and_survive_the_leaders_death() {
     b.ok(&["kill", "hello-py"]).await;
     drop(b);
     schema.drop().await;
+}
+
+/// A Python HTTP app (answering `up` on `$PORT`) started by `sh -c` with `marker` on its
+/// command line, so its processes can be found.
+fn wrapped_app(marker: &str) -> tempfile::TempDir {
+    let app = "import os, sys\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n\
+               class H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200)\n        \
+               self.send_header('content-length', '2')\n        self.end_headers()\n        self.wfile.write(b'up')\n\
+               HTTPServer((os.environ['HOST'], int(os.environ['PORT'])), H).serve_forever()\n";
+    // Two commands: the shell stays, as a wrapper, with the app its child.
+    let manifest = format!("run = \"python3 app.py {marker}; echo wrapper-done\"\n[http]\n");
+    project(&[("micro.toml", &manifest), ("app.py", app)])
+}
+
+/// The app's processes: (its wrapper shells, its pythons).
+fn app_processes(marker: &str) -> (Vec<u64>, Vec<u64>) {
+    let all = processes_with(marker);
+    let of = |name: &str| all.iter().filter(|p| p.1.starts_with(name)).map(|p| p.0).collect::<Vec<_>>();
+    (of("sh"), of("python"))
+}
+
+/// Killing an instance's wrapper takes the app under it too (no orphan listening beside
+/// the restarted instance), and what a SIGKILLed server left running is stopped when it
+/// starts again.
+async fn a_killed_wrapper_and_a_killed_server_leave_no_process_behind(env: &[(&str, &str)]) {
+    if !have(&["python3"]) {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), env).await;
+    let marker = format!("leak-probe-{}", uuid_like());
+    let app = wrapped_app(&marker);
+    let out = s.ok(&["run", app.path().to_str().unwrap(), "--name", "leaky"]).await;
+    assert!(out.contains("leaky running"), "{out}");
+    let (shells, pythons) = app_processes(&marker);
+    assert_eq!((shells.len(), pythons.len()), (1, 1), "{:?}", processes_with(&marker));
+    let (shell, python) = (shells[0], pythons[0]);
+
+    // The wrapper dies: its app goes with it, and the instance comes back, once.
+    let _ = Command::new("kill").args(["-9", &shell.to_string()]).status();
+    assert!(
+        until(Duration::from_secs(10), || !pid_alive(python)).await,
+        "the app of the killed wrapper is left running: {:?}",
+        processes_with(&marker)
+    );
+    s.wait_status("leaky", Duration::from_secs(30), |v| v["status"] == "running" && v["restarts"] == 1).await;
+    let alone = || {
+        let (sh, py) = app_processes(&marker);
+        sh.len() == 1 && py.len() == 1 && !py.contains(&python)
+    };
+    assert!(until(Duration::from_secs(10), alone).await, "one instance: {:?}", processes_with(&marker));
+    let (_, pythons) = app_processes(&marker);
+    let second = pythons[0];
+    assert_eq!(s.get("/leaky/").await.body, "up");
+
+    // The server dies by SIGKILL: started again, it stops what the dead one left.
+    let s = s.kill_and_restart().await;
+    s.wait_status("leaky", Duration::from_secs(60), |v| v["status"] == "running").await;
+    assert!(
+        until(Duration::from_secs(10), || !pid_alive(second)).await,
+        "the killed server's instance is left running: {:?}",
+        processes_with(&marker)
+    );
+    let alone = || {
+        let (sh, py) = app_processes(&marker);
+        sh.len() == 1 && py.len() == 1 && !py.contains(&second)
+    };
+    assert!(until(Duration::from_secs(10), alone).await, "one instance: {:?}", processes_with(&marker));
+    s.ok(&["kill", "leaky"]).await;
+    assert!(
+        until(Duration::from_secs(10), || processes_with(&marker).is_empty()).await,
+        "{:?}",
+        processes_with(&marker)
+    );
+}
+
+/// Without a sandbox an instance is its process group: when its first process died while
+/// no server ran, the group's other processes are found by their `MICRO_INSTANCE` and
+/// stopped when the server starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_sandbox_what_an_instance_left_while_no_server_ran_is_stopped() {
+    if !have(&["python3"]) {
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), &[("MICRO_RUNTIME_SANDBOX", "none")]).await;
+    let marker = format!("orphan-probe-{}", uuid_like());
+    let app = wrapped_app(&marker);
+    let out = s.ok(&["run", app.path().to_str().unwrap(), "--name", "orphaned"]).await;
+    assert!(out.contains("orphaned running"), "{out}");
+    let (shells, pythons) = app_processes(&marker);
+    assert_eq!((shells.len(), pythons.len()), (1, 1), "{:?}", processes_with(&marker));
+    // The server dies, then the instance's wrapper: its app is an orphan of no server.
+    let killed = s.kill();
+    let _ = Command::new("kill").args(["-9", &shells[0].to_string()]).status();
+    // Gone, not a zombie its new parent has yet to reap (whose start time still matches).
+    let wrapper = format!("/proc/{}", shells[0]);
+    assert!(until(Duration::from_secs(30), || !Path::new(&wrapper).exists()).await, "{wrapper} stays");
+    assert!(pid_alive(pythons[0]), "the app outlives its wrapper");
+    let s = killed.start().await;
+    assert!(
+        until(Duration::from_secs(10), || !pid_alive(pythons[0])).await,
+        "the orphan is left running: {:?}",
+        processes_with(&marker)
+    );
+    s.wait_status("orphaned", Duration::from_secs(30), |v| v["status"] == "running").await;
+    let (_, pythons_now) = app_processes(&marker);
+    assert_eq!(pythons_now.len(), 1, "{:?}", processes_with(&marker));
+    s.ok(&["kill", "orphaned"]).await;
+    assert!(until(Duration::from_secs(10), || processes_with(&marker).is_empty()).await);
+}
+
+/// A marker unique to this run.
+fn uuid_like() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{}-{t}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_sandbox_a_killed_wrapper_and_a_killed_server_leave_no_process_behind() {
+    a_killed_wrapper_and_a_killed_server_leave_no_process_behind(&[("MICRO_RUNTIME_SANDBOX", "none")]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_the_sandbox_a_killed_wrapper_and_a_killed_server_leave_no_process_behind() {
+    if !sandbox_available() {
+        return;
+    }
+    a_killed_wrapper_and_a_killed_server_leave_no_process_behind(&[("MICRO_RUNTIME_SANDBOX", "bwrap")]).await;
 }

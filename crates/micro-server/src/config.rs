@@ -39,9 +39,12 @@ pub struct Config {
     /// Shared backends that turn nodes into replicas (see [`Backends`]); default: all
     /// embedded in the data dir. Only from the environment: the URLs may hold passwords.
     pub backends: Backends,
-    /// The runtime: `MICRO_RUNTIME_TARGET_DIR` (the cargo target dir builds share),
-    /// `MICRO_RUNTIME_PROFILE` (`release`), `MICRO_RUNTIME_REPO` (where short names are
-    /// looked up), `MICRO_RUNTIME_MAX_SERVICES` (per namespace, 50).
+    /// The runtime: `MICRO_RUNTIME_TARGET_DIR` (where the namespaces' cargo target dirs
+    /// are), `MICRO_RUNTIME_PROFILE` (`release`), `MICRO_RUNTIME_REPO` (where short names
+    /// are looked up), `MICRO_RUNTIME_MAX_SERVICES` (per namespace, 50),
+    /// `MICRO_RUNTIME_SANDBOX` (`auto`, `bwrap`, `none`), `MICRO_RUNTIME_UID` (`uid[:gid]`
+    /// sandboxed code runs as under a root server, 65534) and `MICRO_RUNTIME_ALLOW_HOSTS`
+    /// (internal git hosts tenants may fetch from).
     pub runtime: crate::RuntimeConfig,
 }
 
@@ -232,6 +235,21 @@ struct File {
     runtime_profile: Option<String>,
     runtime_repo: Option<String>,
     runtime_max_services: Option<usize>,
+    runtime_sandbox: Option<String>,
+    runtime_uid: Option<String>,
+    runtime_allow_hosts: Option<Vec<String>>,
+}
+
+/// `uid` or `uid:gid` (the gid defaults to the uid).
+fn user(name: &str, v: &str) -> Result<(u32, u32), Error> {
+    let bad = || Error::Config(format!("{name}={v:?}: give uid or uid:gid, numbers other than 0"));
+    let (u, g) = v.split_once(':').unwrap_or((v, v));
+    let (u, g) = (u.trim().parse::<u32>().map_err(|_| bad())?, g.trim().parse::<u32>().map_err(|_| bad())?);
+    if u == 0 || g == 0 { Err(bad()) } else { Ok((u, g)) }
+}
+
+fn sandbox_mode(name: &str, v: &str) -> Result<crate::SandboxMode, Error> {
+    v.trim().parse().map_err(|e| Error::Config(format!("{name}: {e}")))
 }
 
 fn number(name: &str, v: &str) -> Result<u64, Error> {
@@ -291,6 +309,15 @@ impl Config {
             if let Some(v) = f.runtime_max_services {
                 c.runtime.max_services = v;
             }
+            if let Some(v) = f.runtime_sandbox {
+                c.runtime.sandbox = sandbox_mode("runtime_sandbox", &v)?;
+            }
+            if let Some(v) = f.runtime_uid {
+                c.runtime.sandbox_user = user("runtime_uid", &v)?;
+            }
+            if let Some(v) = f.runtime_allow_hosts {
+                c.runtime.allow_hosts = v;
+            }
         }
         if let Some(v) = env("MICRO_API_ADDRESS") {
             c.api_address = v;
@@ -346,6 +373,15 @@ impl Config {
         if let Some(v) = env("MICRO_RUNTIME_MAX_SERVICES") {
             c.runtime.max_services = number("MICRO_RUNTIME_MAX_SERVICES", &v)? as usize;
         }
+        if let Some(v) = env("MICRO_RUNTIME_SANDBOX").filter(|v| !v.is_empty()) {
+            c.runtime.sandbox = sandbox_mode("MICRO_RUNTIME_SANDBOX", &v)?;
+        }
+        if let Some(v) = env("MICRO_RUNTIME_UID").filter(|v| !v.is_empty()) {
+            c.runtime.sandbox_user = user("MICRO_RUNTIME_UID", &v)?;
+        }
+        if let Some(v) = env("MICRO_RUNTIME_ALLOW_HOSTS") {
+            c.runtime.allow_hosts = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
         if !["release", "dev"].contains(&c.runtime.profile.as_str())
             && !c.runtime.profile.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
@@ -394,6 +430,20 @@ mod tests {
         assert_eq!(c.events_max_age, Some(std::time::Duration::from_secs(3600)));
         assert_eq!((c.events_max_events, c.blob_max_size), (Some(1000), 1024));
         assert!(Config::from_env(|k| (k == "MICRO_BLOB_MAX_SIZE").then(|| "-1".to_string()), None).is_err());
+        let env: HashMap<&str, &str> = [
+            ("MICRO_RUNTIME_SANDBOX", "none"),
+            ("MICRO_RUNTIME_UID", "1000:1001"),
+            ("MICRO_RUNTIME_ALLOW_HOSTS", "git.internal, 10.0.0.0/8"),
+        ]
+        .into();
+        let c = Config::from_env(|k| env.get(k).map(|v| v.to_string()), None).unwrap();
+        assert_eq!(c.runtime.sandbox, crate::SandboxMode::Off);
+        assert_eq!(c.runtime.sandbox_user, (1000, 1001));
+        assert_eq!(c.runtime.allow_hosts, ["git.internal", "10.0.0.0/8"]);
+        for (k, v) in [("MICRO_RUNTIME_UID", "0"), ("MICRO_RUNTIME_UID", "x"), ("MICRO_RUNTIME_SANDBOX", "maybe")] {
+            let err = Config::from_env(|n| (n == k).then(|| v.to_string()), None).unwrap_err().to_string();
+            assert!(err.contains(k), "{err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

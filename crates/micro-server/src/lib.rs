@@ -32,7 +32,7 @@ mod websocket;
 pub use app::{CORE_SERVICES, Running, start};
 pub use auth::{ACCESS_TTL, ADMIN_PASSWORD_FILE, REFRESH_TTL};
 pub use config::{Backends, Config, Secret};
-pub use runtime::RuntimeConfig;
+pub use runtime::{RuntimeConfig, SandboxMode};
 
 /// Makes every file this process creates from now on private to its user (umask 077:
 /// files 0600, directories 0700), whatever the modes of the directories they are made

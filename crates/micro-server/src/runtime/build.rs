@@ -1,12 +1,17 @@
-//! Turning a source tree into something to run: a cargo build (one shared target
-//! dir, so rebuilds are incremental), the build command of a `micro.toml` manifest, or
-//! a prebuilt executable. The result is kept on disk so restarts never rebuild.
+//! Turning a source tree into something to run: a cargo build (a target dir and a
+//! cargo home per namespace, so rebuilds are incremental and one tenant's build cannot
+//! poison another's), the build command of a `micro.toml` manifest, or a prebuilt
+//! executable. Builds run the tenant's code (build scripts, the manifest's command), so
+//! they run in the sandbox, changing only the service's work dir and the namespace's
+//! cargo dirs. The result is kept on disk so restarts never rebuild.
 
 use super::logs::LogSink;
+use super::sandbox::{Jail, Sandbox};
 use micro_core::Status;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -65,22 +70,53 @@ pub(crate) struct Artifact {
 
 /// Where builds go and what they share.
 pub(crate) struct Builder {
-    /// The cargo target dir every cargo build shares.
+    /// The dir of the namespaces' cargo target dirs (`<target_dir>/<namespace>`).
     pub(crate) target_dir: PathBuf,
+    /// The dir of the namespaces' cargo homes (`<cargo_home>/<namespace>`).
+    pub(crate) cargo_home: PathBuf,
     /// `release` or `dev`.
     pub(crate) profile: String,
+    /// The rust toolchain's sysroot (its `bin/cargo` builds), when there is one.
+    pub(crate) toolchain: Option<PathBuf>,
+    /// Where build commands run.
+    pub(crate) sandbox: Arc<Sandbox>,
+}
+
+/// One build.
+pub(crate) struct Job<'a> {
+    /// The service's namespace (whose cargo dirs the build uses).
+    pub(crate) namespace: &'a str,
+    /// The service's folder, inside `work`.
+    pub(crate) dir: &'a Path,
+    /// The service's work dir: what the build may change, with the namespace's cargo dirs.
+    pub(crate) work: &'a Path,
+    /// Where the build's output goes.
+    pub(crate) out: &'a Path,
+    /// The build log.
+    pub(crate) log: &'a LogSink,
+    /// Where the running build's pid is kept (for a restarted server to stop it).
+    pub(crate) pidfile: PathBuf,
 }
 
 impl Builder {
-    /// Builds the service in `dir` (inside the unpacked `root`), writing the output to
-    /// `log`. A failed build's error holds the compiler's message.
-    pub(crate) async fn build(&self, dir: &Path, out: &Path, log: &LogSink) -> Result<Artifact, Status> {
+    /// Builds the service of `job`. A failed build's error holds the compiler's message.
+    pub(crate) async fn build(&self, job: &Job<'_>) -> Result<Artifact, Status> {
+        let (dir, log) = (job.dir, job.log);
         let start = std::time::Instant::now();
         if !dir.is_dir() {
             return Err(Status::bad_request(ID, format!("the source has no folder {}", dir.display())));
         }
+        // The source is the tenant's: its folders may be symlinks to anywhere. The server
+        // reads nothing through them.
+        let inside = dir.canonicalize().ok().zip(job.work.canonicalize().ok()).is_some_and(|(d, w)| d.starts_with(w));
+        if !inside {
+            return Err(Status::bad_request(ID, "the service's folder is a link out of its source"));
+        }
         let manifest = dir.join(MANIFEST);
-        let mut artifact = if manifest.exists() {
+        let mut artifact = if let Ok(meta) = std::fs::symlink_metadata(&manifest) {
+            if !meta.is_file() {
+                return Err(Status::bad_request(ID, format!("{MANIFEST} is not a file")));
+            }
             let text = std::fs::read_to_string(&manifest)
                 .map_err(|e| Status::bad_request(ID, format!("reading {MANIFEST}: {e}")))?;
             let m: Manifest = toml::from_str(&text).map_err(|e| {
@@ -91,9 +127,9 @@ impl Builder {
             }
             if let Some(b) = &m.build {
                 log.line("build", &format!("$ {b}"));
-                let mut c = Command::new("sh");
-                c.arg("-c").arg(b).current_dir(dir);
-                run_logged(c, log, "build").await?;
+                let jail = self.jail(job, Vec::new(), Vec::new())?;
+                let c = self.sandbox.command(&jail, "sh", &["-c".into(), b.clone()]);
+                run_logged(c, log, "build", &job.pidfile).await?;
             }
             Artifact {
                 kind: "manifest".into(),
@@ -105,7 +141,7 @@ impl Builder {
                 build_ms: 0,
             }
         } else if dir.join("Cargo.toml").exists() {
-            self.cargo(dir, out, log).await?
+            self.cargo(job).await?
         } else {
             // A prebuilt executable: the only file of the folder.
             let files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -137,15 +173,57 @@ impl Builder {
         Ok(artifact)
     }
 
-    async fn cargo(&self, dir: &Path, out: &Path, log: &LogSink) -> Result<Artifact, Status> {
-        let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        c.args(["build", "--message-format=json-render-diagnostics", "--color=never"]);
-        if self.profile != "dev" {
-            c.args(["--profile", &self.profile]);
+    /// The sandbox of a build: the work dir writable (and `extra`), `HOME` and `TMPDIR`
+    /// in it, with `env`.
+    fn jail(&self, job: &Job<'_>, extra: Vec<PathBuf>, env: Vec<(String, String)>) -> Result<Jail, Status> {
+        let (home, tmp) = (job.work.join("home"), job.work.join("tmp"));
+        for d in [&home, &tmp] {
+            std::fs::create_dir_all(d).map_err(|e| Status::internal(ID, format!("{}: {e}", d.display())))?;
         }
-        c.current_dir(dir).env("CARGO_TARGET_DIR", &self.target_dir).env_remove("RUSTFLAGS");
+        self.sandbox
+            .hand_over(&home)
+            .and_then(|()| self.sandbox.hand_over(&tmp))
+            .map_err(|e| Status::internal(ID, format!("handing {} to the sandbox: {e}", job.work.display())))?;
+        let mut env = env;
+        env.push(("TMPDIR".into(), tmp.to_string_lossy().to_string()));
+        let mut writable = vec![job.work.to_path_buf()];
+        writable.extend(extra);
+        Ok(Jail { writable, read_only: Vec::new(), cwd: job.dir.to_path_buf(), home: Some(home), env })
+    }
+
+    async fn cargo(&self, job: &Job<'_>) -> Result<Artifact, Status> {
+        let (dir, out, log) = (job.dir, job.out, job.log);
+        // The namespace's own cargo dirs: its registry cache and its build outputs.
+        let target = self.target_dir.join(job.namespace);
+        let home = self.cargo_home.join(job.namespace);
+        for d in [&target, &home] {
+            std::fs::create_dir_all(d).map_err(|e| Status::internal(ID, format!("{}: {e}", d.display())))?;
+            self.sandbox
+                .hand_over(d)
+                .map_err(|e| Status::internal(ID, format!("handing {} to the sandbox: {e}", d.display())))?;
+        }
+        let mut env = vec![
+            ("CARGO_TARGET_DIR".to_string(), target.to_string_lossy().to_string()),
+            ("CARGO_HOME".to_string(), home.to_string_lossy().to_string()),
+        ];
+        let cargo = match &self.toolchain {
+            Some(root) => {
+                env.push(("RUSTC".into(), root.join("bin/rustc").to_string_lossy().to_string()));
+                root.join("bin/cargo").to_string_lossy().to_string()
+            }
+            None => std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
+        };
+        let mut args: Vec<String> = ["build", "--message-format=json-render-diagnostics", "--color=never"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        if self.profile != "dev" {
+            args.extend(["--profile".into(), self.profile.clone()]);
+        }
+        let jail = self.jail(job, vec![target.clone(), home], env)?;
+        let c = self.sandbox.command(&jail, &cargo, &args);
         log.line("build", &format!("$ cargo build ({} profile)", self.profile));
-        let stdout = run_logged(c, log, "build").await?;
+        let stdout = run_logged(c, log, "build", &job.pidfile).await?;
         // The executable of the package in `dir`.
         let manifest = dir.join("Cargo.toml").canonicalize().unwrap_or_else(|_| dir.join("Cargo.toml"));
         let mut exe = None;
@@ -159,6 +237,13 @@ impl Builder {
             }
         }
         let exe = exe.ok_or_else(|| Status::bad_request(ID, "the cargo package has no binary to run"))?;
+        // The build's output is the tenant's to write: the server copies a file of the
+        // namespace's target dir and nothing else (not a link to the server's files).
+        let exe = exe
+            .canonicalize()
+            .ok()
+            .filter(|e| target.canonicalize().is_ok_and(|t| e.starts_with(t)) && e.is_file())
+            .ok_or_else(|| Status::bad_request(ID, "cargo named an executable outside its target dir"))?;
         // Keep the binary with the build, so restarts and replicas run it as built.
         let bin = out.join("bin");
         std::fs::create_dir_all(&bin).map_err(|e| Status::internal(ID, e.to_string()))?;
@@ -177,14 +262,14 @@ impl Builder {
 
 /// Runs a build command, sending stderr (and stdout unless it is cargo's JSON) to the
 /// build log; returns stdout. A failure's error carries the output's first error lines.
-async fn run_logged(mut c: Command, log: &LogSink, instance: &str) -> Result<String, Status> {
+async fn run_logged(mut c: Command, log: &LogSink, instance: &str, pidfile: &Path) -> Result<String, Status> {
     let json = c.as_std().get_args().any(|a| a.to_string_lossy().starts_with("--message-format=json"));
     c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    #[cfg(unix)]
-    c.process_group(0);
     let program = c.as_std().get_program().to_string_lossy().to_string();
     let mut child = c.spawn().map_err(|e| Status::unavailable(ID, format!("cannot run {program}: {e}")))?;
-    let _group = super::process::GroupGuard(child.id().unwrap_or(0));
+    let pid = child.id().unwrap_or(0);
+    let _group = super::process::GroupGuard::new(pid);
+    let _pidfile = super::process::PidFile::write(pidfile, pid, None);
     let stderr = child.stderr.take().map(|s| BufReader::new(s).lines());
     let stdout = child.stdout.take().map(|s| BufReader::new(s).lines());
     let errors = {

@@ -1,7 +1,9 @@
 //! The runtime: services run from source. Each service's desired state (source,
 //! instances, env, limits, the build it runs) is kept in `runtime.db`; builds are kept
 //! under `runtime/builds`, so a restart of the server brings every service back without
-//! building it again. Every service runs as its own service account.
+//! building it again. Every service runs as its own service account, and its code
+//! (builds included) in a sandbox ([`sandbox`]): without one, the runtime runs code only
+//! for the admins of the default namespace.
 //!
 //! When nodes share a database ([`Cluster`]), the desired state and the uploaded sources
 //! are shared too, and one node, elected through the shared locks, runs every service:
@@ -9,13 +11,17 @@
 //! another node is elected within the lock's TTL and brings every service back.
 
 mod build;
+mod egress;
 mod logs;
 mod process;
 pub(crate) mod rpc;
+mod sandbox;
 mod source;
 
+pub use sandbox::SandboxMode;
+
 use crate::auth::AuthService;
-use build::{Artifact, Builder};
+use build::{Artifact, Builder, Job};
 use logs::LogSink;
 use micro::proto::runtime as pb;
 use micro_core::registry::Registry;
@@ -79,6 +85,14 @@ pub struct RuntimeConfig {
     pub log_max: u64,
     /// The largest source upload.
     pub upload_max: u64,
+    /// How code is isolated (`MICRO_RUNTIME_SANDBOX`: `auto`, `bwrap` or `none`).
+    pub sandbox: SandboxMode,
+    /// The user and group sandboxed code runs as when the server runs as root
+    /// (`MICRO_RUNTIME_UID`, `uid[:gid]`; default 65534, nobody).
+    pub sandbox_user: (u32, u32),
+    /// Hosts tenants' git sources may come from although they are internal
+    /// (`MICRO_RUNTIME_ALLOW_HOSTS`: host names, addresses and CIDRs, comma-separated).
+    pub allow_hosts: Vec<String>,
 }
 
 impl Default for RuntimeConfig {
@@ -91,6 +105,9 @@ impl Default for RuntimeConfig {
             max_services: 50,
             log_max: 8 << 20,
             upload_max: 512 << 20,
+            sandbox: SandboxMode::Auto,
+            sandbox_user: (65534, 65534),
+            allow_hosts: Vec::new(),
         }
     }
 }
@@ -117,6 +134,34 @@ struct Inner {
     cluster: Option<ClusterState>,
     /// Set when the server stops (ends the campaign for leadership).
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Where code runs.
+    sandbox: Arc<sandbox::Sandbox>,
+    /// Internal hosts tenants' git sources may come from.
+    allowed: Vec<egress::Allowed>,
+}
+
+/// Who asks the runtime to run something, from the caller's verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Caller {
+    /// The account's namespace.
+    pub(crate) namespace: String,
+    /// The account's id.
+    pub(crate) id: String,
+    /// An admin of the default namespace: the operator, who may run code without a
+    /// sandbox and from the server's own disk.
+    pub(crate) operator: bool,
+}
+
+impl Caller {
+    /// The caller an owner kept with a service stands for (the runtime's calls need the
+    /// admin scope, so an owner of the default namespace was one of its admins).
+    fn of_owner(owner: &Option<(String, String)>) -> Option<Caller> {
+        owner.as_ref().map(|(ns, id)| Caller {
+            namespace: ns.clone(),
+            id: id.clone(),
+            operator: ns == micro_core::namespace::DEFAULT,
+        })
+    }
 }
 
 /// A service the runtime manages.
@@ -166,10 +211,37 @@ impl Runtime {
         let Wiring { server, registry, auth, db, settings, cluster } = wiring;
         let dir = data_dir.join("runtime");
         std::fs::create_dir_all(&dir).map_err(|e| Status::internal(ID, format!("{}: {e}", dir.display())))?;
+        // Canonical: the sandbox binds these paths as they are.
+        let dir = dir.canonicalize().map_err(|e| Status::internal(ID, format!("{}: {e}", dir.display())))?;
         process::reap(&dir.join("run"));
+        let target_dir = config.target_dir.clone().unwrap_or_else(|| dir.join("target"));
+        let target_dir = std::fs::create_dir_all(&target_dir)
+            .and_then(|()| target_dir.canonicalize())
+            .map_err(|e| Status::internal(ID, format!("{}: {e}", target_dir.display())))?;
+        let allowed = egress::parse_allowed(&config.allow_hosts)
+            .map_err(|e| Status::bad_request(ID, format!("MICRO_RUNTIME_ALLOW_HOSTS: {e}")))?;
+        let toolchain = sandbox::toolchain().await;
+        let layout = sandbox::Layout {
+            data_dir: data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf()),
+            target_dir: target_dir.clone(),
+            toolchain: toolchain.clone(),
+        };
+        let sandbox =
+            Arc::new(sandbox::Sandbox::probe(config.sandbox, config.sandbox_user, &layout).await.map_err(|e| {
+                Status::unavailable(ID, format!("no sandbox for the runtime (MICRO_RUNTIME_SANDBOX=bwrap): {e}"))
+            })?);
+        match sandbox.missing() {
+            None => tracing::info!(isolation = %sandbox.describe(), "runtime"),
+            Some(why) => tracing::warn!(
+                "the runtime has no sandbox ({why}): it runs services only for admins of namespace micro"
+            ),
+        }
         let builder = Builder {
-            target_dir: config.target_dir.clone().unwrap_or_else(|| dir.join("target")),
+            target_dir,
+            cargo_home: dir.join("cargo"),
             profile: config.profile.clone(),
+            toolchain,
+            sandbox: sandbox.clone(),
         };
         let rt = Runtime {
             inner: Arc::new(Inner {
@@ -189,6 +261,8 @@ impl Runtime {
                     known: Mutex::new(None),
                 }),
                 stopping: tokio::sync::watch::channel(false).0,
+                sandbox,
+                allowed,
             }),
         };
         if rt.inner.cluster.is_some() {
@@ -214,7 +288,13 @@ impl Runtime {
             let spec = spec.into_pb();
             let ns = key.split_once('/').map(|(ns, _)| ns.to_string()).unwrap_or_default();
             let m = self.managed(&ns, &spec.name, spec.clone());
-            *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner;
+            *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner.clone();
+            // Admitted when it was asked for; the sandbox may be gone since.
+            if let Err(e) = self.admit_unsandboxed(Caller::of_owner(&owner).as_ref()) {
+                tracing::warn!(service = %m.name, namespace = %m.namespace, error = %e.detail(), "not restoring");
+                Self::set_phase(&m, "error", &format!("not started: {}", e.detail()));
+                continue;
+            }
             tracing::info!(service = %m.name, namespace = %m.namespace, version = %spec.version, "restoring");
             self.spawn_deploy(m, spec, false);
         }
@@ -440,15 +520,46 @@ impl Runtime {
         Ok(spec)
     }
 
+    /// Whether code may run for `caller` without a sandbox: only for the operator.
+    fn admit_unsandboxed(&self, caller: Option<&Caller>) -> Result<(), Status> {
+        match self.inner.sandbox.missing() {
+            Some(why) if !caller.is_some_and(|c| c.operator) => Err(Status::new(
+                Code::PermissionDenied,
+                ID,
+                format!(
+                    "this server's runtime has no sandbox ({why}), so it runs code only for admins of namespace {}",
+                    micro_core::namespace::DEFAULT
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the runtime may run `spec` for `caller`: the operator anything; others
+    /// only in a sandbox, from an upload, the services repository or a public git host
+    /// over HTTP(S) (never from the server's own disk or network).
+    async fn admit(&self, spec: &pb::Service, caller: Option<&Caller>) -> Result<(), Status> {
+        self.admit_unsandboxed(caller)?;
+        if caller.is_some_and(|c| c.operator) {
+            return Ok(());
+        }
+        match source::parse(&spec.source, &spec.upload, self.inner.config.repo.as_deref())? {
+            source::Source::Upload(_) | source::Source::Git { configured: true, .. } => Ok(()),
+            source::Source::Git { url, .. } => egress::check(&url, &self.inner.allowed).await.map(drop),
+        }
+    }
+
     /// Starts a new service.
     pub(crate) async fn create(
         &self,
         ns: &str,
         spec: pb::Service,
-        owner: Option<(String, String)>,
+        caller: Option<Caller>,
     ) -> Result<pb::Service, Status> {
         self.fetch_upload(&spec.upload).await?;
         let spec = self.check(spec)?;
+        self.admit(&spec, caller.as_ref()).await?;
+        let owner = caller.map(|c| (c.namespace, c.id));
         let m = {
             let services = self.inner.services.lock().unwrap_or_else(|e| e.into_inner());
             if services.contains_key(&(ns.to_string(), spec.name.clone())) {
@@ -480,13 +591,10 @@ impl Runtime {
         &self,
         ns: &str,
         spec: pb::Service,
-        owner: Option<(String, String)>,
+        caller: Option<Caller>,
     ) -> Result<pb::Service, Status> {
         let mut spec = spec;
         let m = self.get(ns, &spec.name)?;
-        if owner.is_some() {
-            *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner;
-        }
         {
             // Unset fields keep their values.
             let old = m.spec.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -515,6 +623,11 @@ impl Runtime {
         }
         self.fetch_upload(&spec.upload).await?;
         let spec = self.check(spec)?;
+        // The updater's rights decide, whoever created it.
+        self.admit(&spec, caller.as_ref()).await?;
+        if let Some(c) = caller {
+            *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some((c.namespace, c.id));
+        }
         self.persist(&m, &spec).await?;
         self.spawn_deploy(m.clone(), spec, true);
         Ok(self.describe(&m))
@@ -623,7 +736,13 @@ impl Runtime {
         s.status = status;
         s.error = error;
         s.limits = if s.memory > 0 { "memory: rss watchdog (cgroups not used)".into() } else { String::new() };
+        s.isolation = self.isolation();
         s
+    }
+
+    /// The isolation in force, as `micro status` shows it.
+    pub(crate) fn isolation(&self) -> String {
+        self.inner.sandbox.describe()
     }
 
     fn set_phase(m: &Managed, status: &str, error: &str) {
@@ -730,6 +849,7 @@ impl Runtime {
             log: m.log.clone(),
             run_dir: self.inner.dir.join("run").join(&m.namespace).join(&m.name),
             host: self.inner.config.host.clone(),
+            sandbox: self.inner.sandbox.clone(),
         });
         let old = m.instances.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let want = spec.instances.max(1) as usize;
@@ -782,6 +902,7 @@ impl Runtime {
         if let Some(v) = &known
             && let Some(a) = read_artifact(&builds.join(v))
         {
+            self.adopt(&builds.join(v));
             return Ok((v.clone(), builds.join(v), a, "cached".into()));
         }
         Self::set_phase(m, "building", "");
@@ -790,19 +911,31 @@ impl Runtime {
         let work = self.inner.dir.join("work").join(&m.namespace).join(&m.name);
         let entry = source::check_entry(&spec.entrypoint)?;
         let src = work.join("src");
+        let caller = Caller::of_owner(&m.owner.lock().unwrap_or_else(|e| e.into_inner()).clone());
+        // The work dir is the sandbox's to change; no sandboxed process runs now (builds
+        // run one at a time and die with their sandbox), so handing it over is safe.
+        let hand_over = |dir: &Path| {
+            self.inner
+                .sandbox
+                .hand_over(dir)
+                .map_err(|e| Status::internal(ID, format!("handing {} to the sandbox: {e}", dir.display())))
+        };
+        std::fs::create_dir_all(&work).map_err(|e| Status::internal(ID, format!("{}: {e}", work.display())))?;
+        clear_dir(&src)?;
+        hand_over(&work)?;
         let version = match source::parse(&spec.source, &spec.upload, self.inner.config.repo.as_deref())? {
             source::Source::Upload(id) => {
                 m.build_log.line("build", &format!("[runtime] unpacking {}", spec.source));
-                clear_dir(&src)?;
                 self.fetch_upload(&id).await?;
                 let archive = self.upload_path(&id);
                 let dest = src.clone();
                 tokio::task::spawn_blocking(move || source::unpack(&archive, &dest))
                     .await
                     .map_err(|e| Status::internal(ID, e.to_string()))??;
+                hand_over(&src)?;
                 id[..16].to_string()
             }
-            source::Source::Git { url, reference, path } => {
+            source::Source::Git { url, reference, path, configured } => {
                 m.build_log.line(
                     "build",
                     &format!(
@@ -810,9 +943,20 @@ impl Runtime {
                         reference.as_deref().map(|r| format!(" at {r}")).unwrap_or_default()
                     ),
                 );
-                clear_dir(&src)?;
                 let token = self.git_token(m, &url).await;
-                let commit = source::clone(&url, reference.as_deref(), &src, token.as_deref()).await?;
+                let commit = if configured || caller.as_ref().is_some_and(|c| c.operator) {
+                    let commit =
+                        source::clone(&url, reference.as_deref(), &src, token.as_deref(), source::Confine::Server)
+                            .await?;
+                    hand_over(&src)?;
+                    commit
+                } else {
+                    // Checked again: the host's addresses may have changed since.
+                    let remote = egress::check(&url, &self.inner.allowed).await?;
+                    let confine =
+                        source::Confine::Sandbox { sandbox: &self.inner.sandbox, remote: &remote, work: &work };
+                    source::clone(&url, reference.as_deref(), &src, token.as_deref(), confine).await?
+                };
                 if !path.is_empty() && spec.entrypoint.is_empty() {
                     // The sub-folder named in the URL.
                     let dir = src.join(source::check_entry(&path)?);
@@ -823,6 +967,16 @@ impl Runtime {
         };
         let dir = src.join(entry);
         self.finish_build(m, &builds, &version, &dir, &work).await
+    }
+
+    /// Hands a kept build made before the sandbox (the server's own) to the sandbox user,
+    /// so its instances may write in their folder as new builds' do. Safe while its
+    /// instances run: none can change the tree before the walk has left it (the walk
+    /// hands a folder over after everything in it).
+    fn adopt(&self, build: &Path) {
+        if let Err(e) = sandbox::hand_over_once(&self.inner.sandbox, build) {
+            tracing::warn!(build = %build.display(), error = %e, "handing a kept build to the sandbox failed");
+        }
     }
 
     /// The owner's stored token for the URL's host, if any.
@@ -885,12 +1039,21 @@ impl Runtime {
     ) -> Result<(String, PathBuf, Artifact, String), Status> {
         let out = builds.join(version);
         if let Some(a) = read_artifact(&out) {
+            self.adopt(&out);
             return Ok((version.to_string(), out, a, "cached".into()));
         }
         let tmp = builds.join(format!(".{version}.tmp"));
         clear_dir(&tmp)?;
         std::fs::create_dir_all(&tmp).map_err(|e| Status::internal(ID, e.to_string()))?;
-        let mut artifact = self.inner.builder.build(dir, &tmp, &m.build_log).await?;
+        let job = Job {
+            namespace: &m.namespace,
+            dir,
+            work,
+            out: &tmp,
+            log: &m.build_log,
+            pidfile: self.inner.dir.join("run").join(&m.namespace).join(&m.name).join("build.pid"),
+        };
+        let mut artifact = self.inner.builder.build(&job).await?;
         // Runs from the build: cargo's binary is in bin/; others run in their tree, moved in.
         let rel_dir = dir.strip_prefix(work).unwrap_or(dir).to_path_buf();
         if artifact.kind != "cargo" {
@@ -906,6 +1069,12 @@ impl Runtime {
             artifact.command = vec![bin.to_string_lossy().to_string()];
             artifact.cwd = PathBuf::from(".");
         }
+        // The build is the service's to change when it runs (apps write in their folder),
+        // its description excepted (written after, the server's, shown read-only).
+        self.inner
+            .sandbox
+            .hand_over(&tmp)
+            .map_err(|e| Status::internal(ID, format!("handing {} to the sandbox: {e}", tmp.display())))?;
         let json = serde_json::to_vec_pretty(&artifact).map_err(|e| Status::internal(ID, e.to_string()))?;
         std::fs::write(tmp.join("artifact.json"), json).map_err(|e| Status::internal(ID, e.to_string()))?;
         clear_dir(&out)?;

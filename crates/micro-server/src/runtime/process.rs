@@ -3,6 +3,7 @@
 
 use super::build::Artifact;
 use super::logs::LogSink;
+use super::sandbox::{Jail, Sandbox};
 use micro_core::registry::{Node, Registry, Service};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 use tokio::sync::watch;
 
 /// How long an HTTP app's registration lives without a refresh.
@@ -38,6 +38,8 @@ pub(crate) struct Launch {
     pub(crate) run_dir: PathBuf,
     /// The host HTTP apps listen on (`$HOST`) and are registered at.
     pub(crate) host: String,
+    /// Where instances run.
+    pub(crate) sandbox: Arc<Sandbox>,
 }
 
 /// An instance and its supervisor.
@@ -161,19 +163,13 @@ async fn supervise(launch: Arc<Launch>, inst: Arc<Instance>) {
 async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<bool>) -> Outcome {
     let art = &launch.artifact;
     let program = resolve(&launch.root, &art.command[0]);
-    let mut cmd = Command::new(&program);
-    cmd.args(&art.command[1..]).current_dir(launch.root.join(&art.cwd));
-    // The server's own settings (its admin password among them) stay with the server.
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("MICRO_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.envs(launch.env.iter().map(|(k, v)| (k, v))).env("MICRO_INSTANCE", &inst.id);
+    // Nothing of the server's environment: what the service is given, and the basics.
+    let mut env = launch.env.clone();
+    env.push(("MICRO_INSTANCE".into(), inst.id.clone()));
     let port = if art.http.is_some() {
         match free_port().await {
             Ok(p) => {
-                cmd.env("PORT", p.to_string()).env("HOST", &launch.host);
+                env.extend([("PORT".into(), p.to_string()), ("HOST".into(), launch.host.clone())]);
                 Some(p)
             }
             Err(e) => return Outcome::Exited(format!("no free port: {e}")),
@@ -181,18 +177,27 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
     } else {
         None
     };
+    // Its own build is all it may change (its description excepted).
+    let jail = Jail {
+        writable: vec![launch.root.clone()],
+        read_only: vec![launch.root.join("artifact.json")],
+        cwd: launch.root.join(&art.cwd),
+        home: None,
+        env,
+    };
+    let mut cmd = launch.sandbox.command(&jail, &program.to_string_lossy(), &art.command[1..]);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    #[cfg(unix)]
-    cmd.process_group(0);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => return Outcome::Exited(format!("cannot start {}: {e}", program.display())),
     };
     let pid = child.id().unwrap_or(0);
     inst.pid.store(pid, Ordering::Relaxed);
-    let pidfile = launch.run_dir.join(format!("{}.pid", inst.id));
-    let _ = std::fs::create_dir_all(&launch.run_dir);
-    let _ = std::fs::write(&pidfile, format!("{pid} {}", start_time(pid).unwrap_or(0)));
+    let pidfile = PidFile::write(
+        &launch.run_dir.join(format!("{}.pid", inst.id)),
+        pid,
+        Some(&format!("MICRO_INSTANCE={}", inst.id)),
+    );
     for out in [
         child.stdout.take().map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
         child.stderr.take().map(|o| Box::new(o) as _),
@@ -233,7 +238,7 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
             }
             _ = tick.tick() => {
                 if launch.memory > 0 {
-                    let rss = group_rss(pid);
+                    let rss = family_rss(pid);
                     if rss > launch.memory {
                         kill_group(pid, true);
                         let _ = child.wait().await;
@@ -268,7 +273,11 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
             }
         }
     };
-    let _ = std::fs::remove_file(&pidfile);
+    // Whatever it started goes with it (a killed shell leaves its children behind), so
+    // a restart never runs beside an orphan of the last run. (The leader is reaped: its
+    // group, which keeps its id while it has members, not its pid.)
+    signal(pid, true, true);
+    drop(pidfile);
     outcome
 }
 
@@ -353,34 +362,88 @@ async fn deregister(launch: &Launch, id: &str) {
     }
 }
 
-/// SIGTERM to the process group, SIGKILL after the grace period.
+/// SIGTERM to the instance's processes, SIGKILL to all of them after the grace period.
 async fn terminate(pid: u32, child: &mut tokio::process::Child) {
-    kill_group(pid, false);
+    // Not to bwrap: it would die at once and take the service with it, ungracefully.
+    for p in family(pid) {
+        if comm(p).as_deref() != Some("bwrap") {
+            signal(p, false, false);
+        }
+    }
     if tokio::time::timeout(GRACE, child.wait()).await.is_err() {
         kill_group(pid, true);
         let _ = child.wait().await;
     }
-    // Whatever it left in its group goes too.
-    kill_group(pid, true);
+    // Whatever it left in its group goes too (the leader is reaped: the group only).
+    signal(pid, true, true);
+}
+
+/// A pid file (`pid start-time [tag]`) for a restarted server to find what this one
+/// left running ([`reap`]); removed when dropped.
+pub(crate) struct PidFile(PathBuf);
+
+impl PidFile {
+    /// Records `pid`, tagged with an entry of its environment (`K=V`) that marks its
+    /// processes.
+    pub(crate) fn write(path: &Path, pid: u32, tag: Option<&str>) -> PidFile {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let line = format!("{pid} {} {}", start_time(pid).unwrap_or(0), tag.unwrap_or_default());
+        let _ = std::fs::write(path, line.trim_end());
+        PidFile(path.to_path_buf())
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Kills a process group when dropped: a cancelled build takes its compilers with it.
-pub(crate) struct GroupGuard(pub(crate) u32);
+pub(crate) struct GroupGuard {
+    pid: u32,
+    started: Option<u64>,
+}
+
+impl GroupGuard {
+    /// Guards the group led by `pid` (0: nothing).
+    pub(crate) fn new(pid: u32) -> GroupGuard {
+        GroupGuard { pid, started: start_time(pid) }
+    }
+}
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if self.0 > 0 {
-            kill_group(self.0, true);
+        if self.pid == 0 {
+            return;
+        }
+        if self.started.is_some() && start_time(self.pid) == self.started {
+            kill_group(self.pid, true);
+        } else {
+            // Reaped: its pid may be another process's now; its group is still its own.
+            signal(self.pid, true, true);
         }
     }
 }
 
-/// Signals a process group (SIGKILL with `hard`, else SIGTERM).
+/// Signals a process group and every descendant of its leader (SIGKILL with `hard`,
+/// else SIGTERM): what left the group (`setsid`) but not the tree goes as well. Only
+/// for a leader not reaped yet (its pid is still its own).
 pub(crate) fn kill_group(pid: u32, hard: bool) {
+    let members = family(pid);
+    signal(pid, hard, true);
+    for p in members {
+        signal(p, hard, false);
+    }
+}
+
+fn signal(pid: u32, hard: bool, group: bool) {
     #[cfg(unix)]
     if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
         let sig = if hard { rustix::process::Signal::KILL } else { rustix::process::Signal::TERM };
-        let _ = rustix::process::kill_process_group(p, sig);
+        let _ = if group { rustix::process::kill_process_group(p, sig) } else { rustix::process::kill_process(p, sig) };
     }
 }
 
@@ -391,28 +454,67 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(after.split(' ').map(str::to_string).collect())
 }
 
+/// A process's name.
+fn comm(pid: u32) -> Option<String> {
+    Some(std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?.trim_end().to_string())
+}
+
 /// A process's start time (clock ticks since boot), to recognise it after a restart.
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
 }
 
-/// The resident memory of a process group, in bytes (Linux; 0 elsewhere).
-fn group_rss(pgid: u32) -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
-    let mut total = 0;
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        let Some(fields) = stat_fields(pid) else { continue };
-        // state(0) ppid(1) pgrp(2) … rss(21) in pages.
-        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) {
-            total += fields.get(21).and_then(|r| r.parse::<u64>().ok()).unwrap_or(0) * 4096;
-        }
-    }
-    total
+/// Every process: (pid, parent, group, resident pages).
+fn processes() -> Vec<(u32, u32, u32, u64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let f = stat_fields(pid)?;
+            // state(0) ppid(1) pgrp(2) … rss(21) in pages.
+            Some((pid, f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?, f.get(21)?.parse().ok()?))
+        })
+        .collect()
 }
 
-/// Kills what a previous server left running (after a crash or SIGKILL): every
-/// process named in a pid file of `run_dir` that is still the same process.
+/// `pid`, its descendants and the members of its process group.
+fn family_of(all: &[(u32, u32, u32, u64)], pid: u32) -> Vec<u32> {
+    let mut out: Vec<u32> = all.iter().filter(|p| p.0 == pid || p.2 == pid).map(|p| p.0).collect();
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i];
+        let children: Vec<u32> = all.iter().filter(|p| p.1 == parent && !out.contains(&p.0)).map(|p| p.0).collect();
+        out.extend(children);
+        i += 1;
+    }
+    out
+}
+
+/// `pid`, its descendants and the members of its process group.
+pub(crate) fn family(pid: u32) -> Vec<u32> {
+    if pid == 0 {
+        return Vec::new();
+    }
+    family_of(&processes(), pid)
+}
+
+/// The resident memory of an instance (its group and its descendants: a sandbox's
+/// processes are in a session of their own), in bytes (Linux; 0 elsewhere).
+fn family_rss(pid: u32) -> u64 {
+    let all = processes();
+    let members = family_of(&all, pid);
+    all.iter().filter(|p| members.contains(&p.0)).map(|p| p.3 * 4096).sum()
+}
+
+/// Whether a process's environment holds `entry` (`K=V`).
+fn has_env(pid: u32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
+}
+
+/// Kills what a previous server left running (after a crash or SIGKILL): for every pid
+/// file of `run_dir`, the process group it names while its leader is the same process,
+/// and, when the leader is gone, the members of the group carrying the file's tag in
+/// their environment (an instance's `MICRO_INSTANCE`), so a reused pid is left alone.
 pub(crate) fn reap(run_dir: &Path) {
     let Ok(dir) = std::fs::read_dir(run_dir) else { return };
     for e in dir.flatten() {
@@ -427,9 +529,17 @@ pub(crate) fn reap(run_dir: &Path) {
             let mut parts = text.split_whitespace();
             let pid = parts.next().and_then(|p| p.parse::<u32>().ok()).unwrap_or(0);
             let started = parts.next().and_then(|p| p.parse::<u64>().ok());
+            let tag = parts.next();
             if pid > 0 && started.is_some() && start_time(pid) == started {
                 tracing::info!(pid, file = %path.display(), "stopping an instance left by a previous server");
                 kill_group(pid, true);
+            } else if let Some(tag) = tag.filter(|_| pid > 0) {
+                for (p, ..) in processes().into_iter().filter(|p| p.2 == pid) {
+                    if has_env(p, tag) {
+                        tracing::info!(pid = p, file = %path.display(), "stopping a process left by a previous server");
+                        signal(p, true, false);
+                    }
+                }
             }
             let _ = std::fs::remove_file(&path);
         }

@@ -1,7 +1,7 @@
 //! The runtime's gRPC service. The core guard has already checked that the caller is
 //! an admin of the namespace the call acts in.
 
-use super::{ID, Runtime};
+use super::{Caller, ID, Runtime};
 use futures::{Stream, StreamExt};
 use micro::proto::runtime as pb;
 use micro_core::Status as MicroStatus;
@@ -15,18 +15,19 @@ fn t(s: MicroStatus) -> Status {
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// The caller's account (namespace, id), from its verified token.
-fn owner<T>(rt: &Runtime, req: &Request<T>) -> Option<(String, String)> {
+/// The caller, from its verified token.
+fn caller<T>(rt: &Runtime, req: &Request<T>) -> Option<Caller> {
     let token = micro::auth::bearer(&req.metadata().clone().into_headers())?;
     let account = rt.inner.auth.verify(&token).ok()?.account();
-    Some((account.namespace, account.id))
+    let operator = account.is_admin_of(micro_core::namespace::DEFAULT);
+    Some(Caller { namespace: account.namespace, id: account.id, operator })
 }
 
 #[tonic::async_trait]
 impl pb::runtime_server::Runtime for Runtime {
     async fn create(&self, req: Request<pb::CreateRequest>) -> Result<Response<pb::CreateResponse>, Status> {
         let ns = micro::namespace(&req);
-        let who = owner(self, &req);
+        let who = caller(self, &req);
         let spec = req.into_inner().service.unwrap_or_default();
         let service = self.create(&ns, spec, who).await.map_err(t)?;
         Ok(Response::new(pb::CreateResponse { service: Some(service) }))
@@ -35,12 +36,12 @@ impl pb::runtime_server::Runtime for Runtime {
     async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadResponse>, Status> {
         let ns = micro::namespace(&req);
         let services = Runtime::read(self, &ns, &req.into_inner().name).map_err(t)?;
-        Ok(Response::new(pb::ReadResponse { services }))
+        Ok(Response::new(pb::ReadResponse { services, isolation: self.isolation() }))
     }
 
     async fn update(&self, req: Request<pb::UpdateRequest>) -> Result<Response<pb::UpdateResponse>, Status> {
         let ns = micro::namespace(&req);
-        let who = owner(self, &req);
+        let who = caller(self, &req);
         let spec = req.into_inner().service.unwrap_or_default();
         let service = Runtime::update(self, &ns, spec, who).await.map_err(t)?;
         Ok(Response::new(pb::UpdateResponse { service: Some(service) }))

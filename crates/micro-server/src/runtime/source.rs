@@ -1,6 +1,8 @@
 //! Where a service's code comes from: an uploaded archive, a git repository at a ref,
 //! or a short name resolved against the services repository.
 
+use super::egress::Remote;
+use super::sandbox::{Jail, Sandbox};
 use micro_core::Status;
 use std::path::{Component, Path, PathBuf};
 use tokio::process::Command;
@@ -14,7 +16,13 @@ pub(crate) enum Source {
     Upload(String),
     /// A git repository, at a ref (default: its default branch), with the service in
     /// a sub-folder.
-    Git { url: String, reference: Option<String>, path: String },
+    Git {
+        url: String,
+        reference: Option<String>,
+        path: String,
+        /// Named by a short name: a folder of the operator's services repository.
+        configured: bool,
+    },
 }
 
 /// Parses what the user gave: an upload, a git URL (`https://…`, `ssh://…`,
@@ -43,7 +51,7 @@ pub(crate) fn parse(source: &str, upload: &str, repo: Option<&str>) -> Result<So
             return Err(Status::bad_request(ID, format!("{source:?}: use {host}/org/repo[/path][@ref]")));
         }
         let url = format!("https://{host}/{}/{}", parts[0], parts[1].trim_end_matches(".git"));
-        return Ok(Source::Git { url, reference, path: parts[2..].join("/") });
+        return Ok(Source::Git { url, reference, path: parts[2..].join("/"), configured: false });
     }
     let is_url = ["https://", "http://", "ssh://", "git://", "file://", "git@"].iter().any(|p| spec.starts_with(p));
     if is_url || spec.ends_with(".git") || spec.starts_with('/') {
@@ -53,7 +61,12 @@ pub(crate) fn parse(source: &str, upload: &str, repo: Option<&str>) -> Result<So
             Some(i) => (&spec[..skip + i], &spec[skip + i + 2..]),
             None => (spec, ""),
         };
-        return Ok(Source::Git { url: url.to_string(), reference, path: path.trim_matches('/').to_string() });
+        return Ok(Source::Git {
+            url: url.to_string(),
+            reference,
+            path: path.trim_matches('/').to_string(),
+            configured: false,
+        });
     }
     // A short name: a folder of the services repository.
     let valid =
@@ -64,7 +77,10 @@ pub(crate) fn parse(source: &str, upload: &str, repo: Option<&str>) -> Result<So
             let repo = repo.trim_end_matches('/');
             let sep = if repo.starts_with("github.com/") || repo.starts_with("gitlab.com/") { "/" } else { "//" };
             let at = reference.map(|r| format!("@{r}")).unwrap_or_default();
-            parse(&format!("{repo}{sep}{spec}{at}"), "", None)
+            match parse(&format!("{repo}{sep}{spec}{at}"), "", None)? {
+                Source::Git { url, reference, path, .. } => Ok(Source::Git { url, reference, path, configured: true }),
+                upload => Ok(upload),
+            }
         }
         Some(_) => Err(Status::bad_request(
             ID,
@@ -135,6 +151,16 @@ pub(crate) fn http_host(url: &str) -> Option<&str> {
     Some(host.split(':').next().unwrap_or(host)).filter(|h| !h.is_empty())
 }
 
+/// How a clone is confined: a tenant's runs in the sandbox, to the addresses its host
+/// was checked at, HTTP(S) only and without redirects; the operator's runs as the
+/// server (it may fetch from the server's own disk or with its ssh keys).
+pub(crate) enum Confine<'a> {
+    /// As the server.
+    Server,
+    /// In `sandbox`, changing only `work` (the clone goes into a folder of it).
+    Sandbox { sandbox: &'a Sandbox, remote: &'a Remote, work: &'a Path },
+}
+
 /// Clones `url` at `reference` into `dest` (without its history); returns the commit.
 /// A `token` goes as HTTP basic auth in git's environment, never on its command line.
 pub(crate) async fn clone(
@@ -142,21 +168,52 @@ pub(crate) async fn clone(
     reference: Option<&str>,
     dest: &Path,
     token: Option<&str>,
+    confine: Confine<'_>,
 ) -> Result<String, Status> {
     use base64::Engine;
-    let header = token.map(|t| {
+    let mut env = vec![("GIT_TERMINAL_PROMPT".to_string(), "0".to_string())];
+    if let Some(t) = token {
         let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{t}"));
-        format!("Authorization: Basic {basic}")
-    });
-    let git = |args: &[&str], cwd: Option<&Path>| {
-        let mut c = Command::new("git");
-        c.args(args).env("GIT_TERMINAL_PROMPT", "0").stdin(std::process::Stdio::null());
-        if let Some(h) = &header {
-            c.env("GIT_CONFIG_COUNT", "1").env("GIT_CONFIG_KEY_0", "http.extraHeader").env("GIT_CONFIG_VALUE_0", h);
-        }
-        if let Some(d) = cwd {
-            c.current_dir(d);
-        }
+        env.extend([
+            ("GIT_CONFIG_COUNT".to_string(), "1".to_string()),
+            ("GIT_CONFIG_KEY_0".to_string(), "http.extraHeader".to_string()),
+            ("GIT_CONFIG_VALUE_0".to_string(), format!("Authorization: Basic {basic}")),
+        ]);
+    }
+    let url = match &confine {
+        Confine::Sandbox { remote, .. } => remote.url.as_str(),
+        Confine::Server => url,
+    };
+    let git = |args: &[&str], cwd: &Path| {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let mut c = match &confine {
+            Confine::Server => {
+                let mut c = Command::new("git");
+                c.args(&args).current_dir(cwd).envs(env.iter().map(|(k, v)| (k, v)));
+                c
+            }
+            Confine::Sandbox { sandbox, remote, work } => {
+                let mut pinned = vec![
+                    "-c".to_string(),
+                    "protocol.allow=never".into(),
+                    "-c".into(),
+                    "protocol.https.allow=always".into(),
+                    "-c".into(),
+                    "protocol.http.allow=always".into(),
+                    "-c".into(),
+                    "http.followRedirects=false".into(),
+                ];
+                if let Some(pin) = &remote.pin {
+                    pinned.extend(["-c".into(), format!("http.curloptResolve={pin}")]);
+                }
+                pinned.extend(args);
+                let mut env = env.clone();
+                env.push(("GIT_CONFIG_NOSYSTEM".into(), "1".into()));
+                let jail = Jail { writable: vec![work.to_path_buf()], cwd: cwd.to_path_buf(), env, ..Jail::default() };
+                sandbox.command(&jail, "git", &pinned)
+            }
+        };
+        c.stdin(std::process::Stdio::null()).kill_on_drop(true);
         c
     };
     let out = |o: std::io::Result<std::process::Output>, what: &str| -> Result<String, Status> {
@@ -169,14 +226,18 @@ pub(crate) async fn clone(
         }
     };
     let dest_s = dest.to_string_lossy().to_string();
-    out(git(&["clone", "--quiet", "--no-checkout", url, &dest_s], None).output().await, &format!("cloning {url}"))?;
+    let parent = dest.parent().unwrap_or(Path::new("/"));
+    out(git(&["clone", "--quiet", "--no-checkout", url, &dest_s], parent).output().await, &format!("cloning {url}"))?;
     let target = reference.unwrap_or("HEAD");
     out(
-        git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", target], Some(dest)).output().await,
+        git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", target], dest).output().await,
         &format!("checking out {target} of {url}"),
     )?;
-    let commit = out(git(&["rev-parse", "HEAD"], Some(dest)).output().await, "reading the commit")?;
+    let commit = out(git(&["rev-parse", "HEAD"], dest).output().await, "reading the commit")?;
     let _ = std::fs::remove_dir_all(dest.join(".git"));
+    if commit.len() < 12 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Status::bad_request(ID, format!("git gave {commit:?} as the commit of {url}")));
+    }
     Ok(commit)
 }
 
@@ -185,7 +246,14 @@ mod tests {
     use super::*;
 
     fn git(url: &str, reference: Option<&str>, path: &str) -> Source {
-        Source::Git { url: url.into(), reference: reference.map(String::from), path: path.into() }
+        Source::Git { url: url.into(), reference: reference.map(String::from), path: path.into(), configured: false }
+    }
+
+    fn configured(s: Source) -> Source {
+        match s {
+            Source::Git { url, reference, path, .. } => Source::Git { url, reference, path, configured: true },
+            other => other,
+        }
     }
 
     #[test]
@@ -209,11 +277,11 @@ mod tests {
         );
         assert_eq!(
             parse("helloworld", "", Some("github.com/micro/services")).unwrap(),
-            git("https://github.com/micro/services", None, "helloworld")
+            configured(git("https://github.com/micro/services", None, "helloworld"))
         );
         assert_eq!(
             parse("hello@v1", "", Some("file:///srv/services.git")).unwrap(),
-            git("file:///srv/services.git", Some("v1"), "hello")
+            configured(git("file:///srv/services.git", Some("v1"), "hello"))
         );
         assert!(parse("helloworld", "", None).unwrap_err().detail().contains("MICRO_RUNTIME_REPO"));
         assert!(parse("", "", None).is_err());

@@ -388,6 +388,9 @@ async fn one(page: &Page<'_>, name: &str, form: &UpdateForm, problem: Option<Sta
                 tr { th scope="row" { "Instances" } td { (instances_of(&service)) " running" } }
                 tr { th scope="row" { "Restarts" } td { (service.restarts) } }
                 tr { th scope="row" { "Updated" } td { (ago(service.updated, now)) } }
+                @if !service.isolation.is_empty() {
+                    tr { th scope="row" { "Isolation" } td { (service.isolation) } }
+                }
                 @if service.memory > 0 {
                     tr { th scope="row" { "Memory limit" } td { (service.memory >> 20) " MiB" @if !service.limits.is_empty() { " (" (service.limits) ")" } } }
                 }

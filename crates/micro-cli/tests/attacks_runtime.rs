@@ -1,0 +1,326 @@
+//! Attacks on the runtime, as a tenant would make them: an admin of namespace `shop`
+//! runs code on the server (`micro run` of a manifest service) that tries to read the
+//! server's data dir, keys and environment, other services' files and processes, and to
+//! write outside its own dir; and asks the server to fetch sources from its own disk
+//! and network. The real `micro` binaries, real sockets; listeners assert they captured
+//! nothing.
+
+#![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
+
+mod runtime_harness;
+
+use runtime_harness::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const CANARY_ENV: &str = "canary-env-value-7f3a";
+const CONFIG_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const NEIGHBOUR_SECRET: &str = "neighbour-secret-file-91c2";
+const NEIGHBOUR_ENV: &str = "neighbour-secret-env-44d1";
+
+/// What the server is started with: a generated admin password (in the data dir), a
+/// config key, and a secret of the host's environment.
+fn server_env() -> Vec<(&'static str, &'static str)> {
+    vec![("MICRO_ADMIN_PASSWORD", ""), ("MICRO_CONFIG_KEY", CONFIG_KEY), ("AWS_SECRET_ACCESS_KEY", CANARY_ENV)]
+}
+
+/// The service of micro's admin: an HTTP app with a secret file and a secret variable.
+fn neighbour() -> tempfile::TempDir {
+    let app = "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n\
+               class H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        b = ('uid=%d' % os.getuid()).encode()\n        \
+               self.send_response(200)\n        self.send_header('content-length', str(len(b)))\n        self.end_headers()\n        \
+               self.wfile.write(b)\n\
+               HTTPServer((os.environ['HOST'], int(os.environ['PORT'])), H).serve_forever()\n";
+    project(&[("micro.toml", "run = \"python3 app.py\"\n[http]\n"), ("app.py", app), ("secret.txt", NEIGHBOUR_SECRET)])
+}
+
+/// The attacker's service: it reports what it could read and write (files named with
+/// `nonce`, so what an earlier run left cannot pass for this one's).
+fn attacker(data: &Path, nonce: &str) -> tempfile::TempDir {
+    let data = data.display();
+    let script = format!(
+        r#"echo "UID=$(id -u)"
+for f in {data}/admin.password {data}/keys/* {data}/*.db {data}/runtime/builds/micro/*/*/src/secret.txt /root/.bash_history /etc/shadow; do
+  if [ -r "$f" ]; then echo "READ $f: $(head -c 300 "$f" | tr -cd '[:print:]')"; fi
+done
+ls -la {data} {data}/runtime 2>/dev/null | sed 's/^/LS /'
+for e in /proc/[0-9]*/environ; do
+  tr '\0' '\n' < "$e" 2>/dev/null | sed "s|^|ENV $e |"
+done
+env | sed 's/^/OWNENV /'
+ps -eo pid,user,args 2>/dev/null | sed 's/^/PS /'
+for f in {data}/pwned-{nonce} /etc/pwned-{nonce} /usr/local/bin/pwned-{nonce} /root/pwned-{nonce} /var/tmp/pwned-{nonce}; do
+  if echo pwned > "$f" 2>/dev/null; then echo "WROTE $f"; fi
+done
+echo ATTACK-DONE
+exec sleep 600
+"#
+    );
+    project(&[("micro.toml", "run = \"sh attack.sh\"\n"), ("attack.sh", &script)])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_admins_service_gets_nothing_of_the_server_and_runs_unprivileged() {
+    if !have(&["python3"]) {
+        return;
+    }
+    let sandboxed = sandbox_available();
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), &server_env()).await;
+    let password = s.admin_password();
+    assert_ne!(password, ADMIN_PASSWORD, "a generated password, kept in the data dir");
+
+    // micro's admin runs a service: it runs as before (sandboxed too, unprivileged).
+    let mine = neighbour();
+    let out = s
+        .ok(&["run", mine.path().to_str().unwrap(), "--name", "neighbour", "--env", &format!("N={NEIGHBOUR_ENV}")])
+        .await;
+    assert!(out.contains("neighbour running"), "{out}");
+    let reply = s.get("/neighbour/").await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let status = s.status("neighbour").await;
+    let table = s.ok(&["status"]).await;
+
+    let shop = s.namespace_admin("shop", "keeper", "keeper-secret-1").await;
+    let nonce = data.path().file_name().unwrap().to_string_lossy().trim_start_matches('.').to_string();
+    let evil = attacker(data.path(), &nonce);
+    let run = ["run", evil.path().to_str().unwrap(), "--name", "evil"];
+    if !sandboxed {
+        let err = shop.fails(&run).await;
+        assert!(err.contains("no sandbox") && err.contains("namespace micro"), "{err}");
+        assert!(status["isolation"].as_str().unwrap().starts_with("none"), "{status}");
+        return;
+    }
+    let out = shop.ok(&run).await;
+    assert!(out.contains("evil running"), "{out}");
+    let logs = shop.wait_log(&["logs", "evil", "-n", "10000"], "ATTACK-DONE", Duration::from_secs(30)).await;
+    // Not root, nothing read, nothing written.
+    let uid = logs.lines().find_map(|l| l.split("UID=").nth(1)).unwrap_or_default().trim().to_string();
+    assert!(!uid.is_empty() && uid != "0", "runs as {uid:?}: {logs}");
+    assert!(!logs.contains("READ "), "{logs}");
+    assert!(!logs.contains("WROTE "), "{logs}");
+    let keys: Vec<String> = std::fs::read_dir(data.path().join("keys"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(!keys.is_empty(), "the server has keys to steal");
+    let mut secrets =
+        vec![password.clone(), CONFIG_KEY.into(), CANARY_ENV.into(), NEIGHBOUR_SECRET.into(), NEIGHBOUR_ENV.into()];
+    for k in &keys {
+        secrets.extend(k.lines().filter(|l| l.len() > 20 && !l.starts_with("-----")).map(str::to_string));
+    }
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "the attacker got {secret:?}: {logs}");
+    }
+    assert!(!logs.contains("MICRO_ADMIN_PASSWORD") && !logs.contains("MICRO_CONFIG_KEY"), "{logs}");
+    // Of the data dir it sees the way to its own build, nothing else.
+    for l in logs.lines().filter_map(|l| l.strip_prefix("LS ")) {
+        let last = l.split_whitespace().last().unwrap_or_default();
+        let seen = l.is_empty()
+            || l.ends_with(':')
+            || l.starts_with("total")
+            || [".", "..", "runtime", "builds"].contains(&last);
+        assert!(seen, "the attacker sees {l:?} in the data dir: {logs}");
+    }
+    // It sees its own processes only.
+    assert!(
+        !logs.lines().any(|l| l.starts_with("PS ") && (l.contains("micro server") || l.contains("app.py"))),
+        "{logs}"
+    );
+    for dir in [data.path(), Path::new("/etc"), Path::new("/usr/local/bin"), Path::new("/root"), Path::new("/var/tmp")]
+    {
+        let f = dir.join(format!("pwned-{nonce}"));
+        assert!(!f.exists(), "{} was written", f.display());
+    }
+    // micro's own services run unprivileged too, and as before; the status says how.
+    assert_ne!(reply.body, "uid=0", "{}", reply.body);
+    assert!(reply.body.starts_with("uid="), "{}", reply.body);
+    assert!(status["isolation"].as_str().unwrap().contains("bwrap"), "{status}");
+    assert!(table.contains("isolation: sandbox: bwrap"), "{table}");
+    let evil_status = shop.status("evil").await;
+    assert!(evil_status["isolation"].as_str().unwrap().contains("bwrap"), "{evil_status}");
+    assert_eq!(s.get("/neighbour/").await.status, 200);
+    shop.ok(&["kill", "evil"]).await;
+    s.ok(&["kill", "neighbour"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_sandbox_only_micros_admins_run_code() {
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), &[("MICRO_RUNTIME_SANDBOX", "none")]).await;
+    let shop = s.namespace_admin("shop", "keeper", "keeper-secret-1").await;
+    let svc = project(&[("micro.toml", "run = \"sleep 600\"\n")]);
+    let path = svc.path().to_str().unwrap();
+    let err = shop.fails(&["run", path, "--name", "refused"]).await;
+    assert!(
+        err.contains("no sandbox")
+            && err.contains("admins of namespace micro")
+            && err.contains("MICRO_RUNTIME_SANDBOX=none"),
+        "{err}"
+    );
+    // micro's admin may, in shop too; shop's admin may not update it.
+    let out = s.ok(&["--namespace", "shop", "run", path, "--name", "ops"]).await;
+    assert!(out.contains("ops running"), "{out}");
+    let err = shop.fails(&["update", path, "--name", "ops"]).await;
+    assert!(err.contains("no sandbox"), "{err}");
+    let status = s.ok(&["--namespace", "shop", "status"]).await;
+    assert!(status.contains("isolation: none (the operator turned it off"), "{status}");
+    s.ok(&["--namespace", "shop", "kill", "ops"]).await;
+}
+
+/// A listener that records every connection it gets.
+struct Trap {
+    port: u16,
+    hits: Arc<Mutex<Vec<String>>>,
+}
+
+impl Trap {
+    fn start(ip: &str) -> Trap {
+        Trap::answering(ip, "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".into())
+    }
+
+    /// One that sends every caller elsewhere.
+    fn redirecting(ip: &str, to: &str) -> Trap {
+        Trap::answering(ip, format!("HTTP/1.1 302 Found\r\nlocation: {to}\r\ncontent-length: 0\r\n\r\n"))
+    }
+
+    fn answering(ip: &str, reply: String) -> Trap {
+        let l = TcpListener::bind((ip, 0)).unwrap();
+        let port = l.local_addr().unwrap().port();
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for mut s in l.incoming().flatten() {
+                let mut buf = [0u8; 512];
+                let n = s.read(&mut buf).unwrap_or(0);
+                h.lock().unwrap().push(String::from_utf8_lossy(&buf[..n]).to_string());
+                let _ = s.write_all(reply.as_bytes());
+            }
+        });
+        Trap { port, hits }
+    }
+
+    fn hits(&self) -> Vec<String> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+/// A bare git repository served over dumb HTTP on `ip`, with a Python app in `svc/`.
+struct GitServer {
+    _dir: tempfile::TempDir,
+    bare: std::path::PathBuf,
+    child: std::process::Child,
+    port: u16,
+}
+
+impl GitServer {
+    fn start(ip: &str) -> GitServer {
+        let dir = tempfile::tempdir().unwrap();
+        let work = dir.path().join("work");
+        let bare = dir.path().join("app.git");
+        let git = |args: &[&str], cwd: &Path| {
+            let out = Command::new("git")
+                .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+                .args(args)
+                .current_dir(cwd)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        std::fs::create_dir_all(work.join("svc")).unwrap();
+        git(&["init", "-q"], &work);
+        let app = "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n\
+                   class H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200)\n        \
+                   self.send_header('content-length', '6')\n        self.end_headers()\n        self.wfile.write(b'cloned')\n\
+                   HTTPServer((os.environ['HOST'], int(os.environ['PORT'])), H).serve_forever()\n";
+        std::fs::write(work.join("svc/app.py"), app).unwrap();
+        std::fs::write(work.join("svc/micro.toml"), "run = \"python3 app.py\"\n[http]\n").unwrap();
+        git(&["add", "."], &work);
+        git(&["commit", "-q", "-m", "v1"], &work);
+        git(&["clone", "-q", "--bare", work.to_str().unwrap(), bare.to_str().unwrap()], dir.path());
+        git(&["update-server-info"], &bare);
+        let serve = "import http.server, sys\n\
+                     class H(http.server.SimpleHTTPRequestHandler):\n    def log_message(self, *a):\n        pass\n\
+                     s = http.server.ThreadingHTTPServer((sys.argv[1], 0), lambda *a, **k: H(*a, directory=sys.argv[2], **k))\n\
+                     print(s.server_address[1], flush=True)\ns.serve_forever()\n";
+        let mut child = Command::new("python3")
+            .args(["-c", serve, ip, dir.path().to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut port = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut port).unwrap();
+        GitServer { _dir: dir, bare, child, port: port.trim().parse().unwrap() }
+    }
+}
+
+impl Drop for GitServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_admin_cannot_make_the_server_fetch_from_its_own_disk_or_network() {
+    if !have(&["python3", "git"]) {
+        return;
+    }
+    if !sandbox_available() {
+        return; // without a sandbox tenants run nothing at all (the test above)
+    }
+    // The operator allows one internal host (127.0.0.2), where a git server is.
+    let allowed = GitServer::start("127.0.0.2");
+    let data = tempfile::tempdir().unwrap();
+    let s = Server::start(data.path(), &[("MICRO_RUNTIME_ALLOW_HOSTS", "127.0.0.2")]).await;
+    let shop = s.namespace_admin("shop", "keeper", "keeper-secret-1").await;
+    let trap = Trap::start("127.0.0.1");
+    let bare = allowed.bare.display().to_string();
+
+    for (source, why) in [
+        (format!("file://{bare}//svc"), "only for admins of namespace micro"),
+        // (A path the CLI does not find here is the server's.)
+        ("/srv/repositories/app.git".to_string(), "only for admins of namespace micro"),
+        (format!("http://127.0.0.1:{}/app.git//svc", trap.port), "loopback"),
+        (format!("http://localhost:{}/app.git//svc", trap.port), "loopback"),
+        (format!("http://[::ffff:127.0.0.1]:{}/app.git", trap.port), "loopback"),
+        ("http://169.254.169.254/latest/meta-data.git".to_string(), "link-local"),
+        ("http://10.1.2.3/app.git".to_string(), "private"),
+        ("http://0.0.0.0:1/app.git".to_string(), "unspecified"),
+        (format!("ssh://git@127.0.0.1:{}/app.git", trap.port), "https:// or http://"),
+        (format!("git://127.0.0.1:{}/app.git", trap.port), "https:// or http://"),
+    ] {
+        let err = shop.fails(&["run", &source, "--name", "fetched"]).await;
+        assert!(err.contains(why) && !err.contains("fetched failed"), "{source}: {err}");
+        assert!(shop.fails(&["status", "fetched"]).await.contains("no service"), "{source} left a service");
+    }
+    assert!(trap.hits().is_empty(), "the server connected to the internal host: {:?}", trap.hits());
+
+    // An allowed host that redirects to a refused one: git does not follow.
+    let redirector = Trap::redirecting("127.0.0.2", &format!("http://127.0.0.1:{}/app.git", trap.port));
+    let err = shop.fails(&["run", &format!("http://127.0.0.2:{}/app.git", redirector.port), "--name", "moved"]).await;
+    assert!(err.contains("moved failed") && err.contains("cloning"), "{err}");
+    assert!(!redirector.hits().is_empty(), "git asked the allowed host");
+    shop.ok(&["kill", "moved"]).await;
+
+    // An allowed host: cloned in the sandbox, and run.
+    let source = format!("http://127.0.0.2:{}/app.git//svc", allowed.port);
+    let out = shop.ok(&["run", &source, "--name", "fetched"]).await;
+    assert!(out.contains("fetched running"), "{out}");
+    let r = micro_test::http(&s.api, "GET", "/fetched/", &[("micro-namespace", "shop")], b"").await;
+    assert_eq!(r.body, "cloned");
+    // An update of it from the server's disk is refused as well.
+    let err = shop.fails(&["update", &format!("file://{bare}//svc"), "--name", "fetched"]).await;
+    assert!(err.contains("only for admins of namespace micro"), "{err}");
+    // micro's admin may fetch from the server's disk (its own).
+    let out = s.ok(&["--namespace", "shop", "run", &format!("file://{bare}//svc"), "--name", "local"]).await;
+    assert!(out.contains("local running"), "{out}");
+    assert!(trap.hits().is_empty(), "{:?}", trap.hits());
+    shop.ok(&["kill", "fetched"]).await;
+    shop.ok(&["kill", "local"]).await;
+}

@@ -1,0 +1,436 @@
+//! Where the code the runtime runs is kept: tenants' builds, git fetches and instances
+//! run in bubblewrap (`bwrap`) as an unprivileged user, in mount, pid, ipc and uts
+//! namespaces of their own, seeing the host read-only with the server's data dir,
+//! homes and temporary dirs hidden, and only their own dirs writable. The network is
+//! shared: instances reach the proxy on loopback and listen for the gateway.
+//!
+//! When the server runs as root, `bwrap` runs as root to make the namespaces and
+//! mounts (it can then show toolchains kept under `/root`), and `setpriv` drops to the
+//! sandbox user (65534 unless `MICRO_RUNTIME_UID` says otherwise) with no capabilities
+//! and `no_new_privs` before the service's code starts. A server that is not root runs
+//! `bwrap` as itself, in a user namespace.
+//!
+//! Without a working `bwrap` there is no sandbox: the runtime then runs code only for
+//! the admins of the default namespace (see `Runtime::admit`).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::process::Command;
+
+/// How the operator wants the runtime's code isolated (`MICRO_RUNTIME_SANDBOX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SandboxMode {
+    /// `bwrap` when it works here, else no sandbox (and the runtime only for the admins
+    /// of the default namespace).
+    #[default]
+    Auto,
+    /// `bwrap` or the server does not start.
+    Bwrap,
+    /// No sandbox: the runtime only for the admins of the default namespace.
+    Off,
+}
+
+impl std::str::FromStr for SandboxMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(SandboxMode::Auto),
+            "bwrap" => Ok(SandboxMode::Bwrap),
+            "none" | "off" => Ok(SandboxMode::Off),
+            _ => Err(format!("{s:?}: use auto, bwrap or none")),
+        }
+    }
+}
+
+/// Variables of the server's environment that code run without a sandbox keeps (the
+/// operator's own code: its toolchains may need them). Nothing else is inherited.
+const KEPT_WITHOUT_SANDBOX: [&str; 10] =
+    ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "SSL_CERT_FILE"];
+
+/// PATH inside the sandbox (the toolchain's bin dir goes first).
+const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The isolation in force, shared by builds, fetches and instances.
+#[derive(Debug)]
+pub(crate) struct Sandbox {
+    kind: Kind,
+    /// Trees hidden behind an empty tmpfs.
+    hidden: Vec<PathBuf>,
+    /// Trees shown again, read-only, inside hidden ones (the rust toolchain, the micro
+    /// binary).
+    shown: Vec<PathBuf>,
+    /// PATH inside.
+    path: String,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Bwrap {
+        bwrap: PathBuf,
+        /// Set when the server is root: how to become the sandbox user.
+        drop: Option<Demote>,
+    },
+    /// Why there is none.
+    Off(String),
+}
+
+#[derive(Debug)]
+struct Demote {
+    setpriv: PathBuf,
+    uid: u32,
+    gid: u32,
+}
+
+/// What one sandboxed command may see and change.
+#[derive(Debug, Default)]
+pub(crate) struct Jail {
+    /// Dirs bound writable (they must exist).
+    pub(crate) writable: Vec<PathBuf>,
+    /// Files or dirs inside writable ones kept read-only.
+    pub(crate) read_only: Vec<PathBuf>,
+    /// Where the command starts.
+    pub(crate) cwd: PathBuf,
+    /// `HOME` inside (default `/tmp`, private to the sandbox).
+    pub(crate) home: Option<PathBuf>,
+    /// The command's environment (nothing of the server's is inherited).
+    pub(crate) env: Vec<(String, String)>,
+}
+
+/// Where things are, for [`Sandbox::probe`].
+pub(crate) struct Layout {
+    /// The server's data dir.
+    pub(crate) data_dir: PathBuf,
+    /// The dir the per-namespace cargo target dirs are in.
+    pub(crate) target_dir: PathBuf,
+    /// The rust toolchain's sysroot, when there is one.
+    pub(crate) toolchain: Option<PathBuf>,
+}
+
+impl Sandbox {
+    /// Finds out which isolation works here. `Err` (the server does not start) only
+    /// when `mode` is [`SandboxMode::Bwrap`] and it does not work.
+    pub(crate) async fn probe(mode: SandboxMode, user: (u32, u32), layout: &Layout) -> Result<Sandbox, String> {
+        let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        let (data_dir, target_dir) = (canonical(&layout.data_dir), canonical(&layout.target_dir));
+        let mut hidden: Vec<PathBuf> = ["/root", "/home", "/tmp", "/var/tmp"].iter().map(PathBuf::from).collect();
+        hidden.extend([data_dir.clone(), target_dir.clone()]);
+        hidden.sort();
+        hidden.dedup();
+        let mut outer: Vec<PathBuf> = Vec::new();
+        for h in hidden {
+            if !outer.iter().any(|o| h.starts_with(o)) {
+                outer.push(h);
+            }
+        }
+        let mut shown = Vec::new();
+        let mut path = SYSTEM_PATH.to_string();
+        if let Some(sysroot) = &layout.toolchain {
+            shown.push(sysroot.clone());
+            path = format!("{}:{path}", sysroot.join("bin").display());
+        }
+        // The micro binary itself, so services can use the CLI.
+        if let Ok(exe) = std::env::current_exe().and_then(|e| e.canonicalize()) {
+            shown.push(exe);
+        }
+        // Only what a hidden tree would otherwise hide, and never the data dir's insides.
+        shown.retain(|s| {
+            outer.iter().any(|h| s.starts_with(h) && s != h) && !s.starts_with(&data_dir) && !s.starts_with(&target_dir)
+        });
+        let mut sandbox = Sandbox { kind: Kind::Off(String::new()), hidden: outer, shown, path };
+        if mode == SandboxMode::Off {
+            sandbox.kind = Kind::Off("the operator turned it off: MICRO_RUNTIME_SANDBOX=none".into());
+            return Ok(sandbox);
+        }
+        let fail = |why: String| if mode == SandboxMode::Bwrap { Err(why) } else { Ok(Kind::Off(why)) };
+        sandbox.kind = match find("bwrap") {
+            None => fail("bubblewrap (bwrap) is not installed: scripts/sandbox-setup installs it".into())?,
+            Some(bwrap) if rustix::process::geteuid().is_root() => match find("setpriv") {
+                None => fail("setpriv (util-linux) is not installed: scripts/sandbox-setup installs it".into())?,
+                Some(setpriv) => Kind::Bwrap { bwrap, drop: Some(Demote { setpriv, uid: user.0, gid: user.1 }) },
+            },
+            Some(bwrap) => Kind::Bwrap { bwrap, drop: None },
+        };
+        if sandbox.available()
+            && let Err(why) = sandbox.check().await
+        {
+            sandbox.kind = fail(format!("bwrap does not work here: {why}"))?;
+        }
+        Ok(sandbox)
+    }
+
+    /// Runs `true` in a sandbox: the namespaces and mounts work here.
+    async fn check(&self) -> Result<(), String> {
+        let jail = Jail { cwd: PathBuf::from("/"), ..Jail::default() };
+        let mut c = self.command(&jail, "true", &[]);
+        c.stdin(std::process::Stdio::null()).kill_on_drop(true);
+        match tokio::time::timeout(Duration::from_secs(20), c.output()).await {
+            Err(_) => Err("it did not finish in 20s".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(o)) if o.status.success() => Ok(()),
+            Ok(Ok(o)) => Err(String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or("it failed").to_string()),
+        }
+    }
+
+    /// Whether code runs sandboxed.
+    pub(crate) fn available(&self) -> bool {
+        matches!(self.kind, Kind::Bwrap { .. })
+    }
+
+    /// The user and group sandboxed code runs as, when the server must hand it its
+    /// writable dirs (the server is root); `None` when it runs as the server's user.
+    pub(crate) fn owner(&self) -> Option<(u32, u32)> {
+        match &self.kind {
+            Kind::Bwrap { drop: Some(d), .. } => Some((d.uid, d.gid)),
+            _ => None,
+        }
+    }
+
+    /// The isolation in force, as `micro status` shows it.
+    pub(crate) fn describe(&self) -> String {
+        match &self.kind {
+            Kind::Bwrap { drop: Some(d), .. } => {
+                format!("sandbox: bwrap uid {} (mount, pid, ipc, uts namespaces; no capabilities)", d.uid)
+            }
+            Kind::Bwrap { drop: None, .. } => format!(
+                "sandbox: bwrap uid {} (user, mount, pid, ipc, uts namespaces)",
+                rustix::process::geteuid().as_raw()
+            ),
+            Kind::Off(why) => format!("none ({why}): only admins of namespace micro may run services"),
+        }
+    }
+
+    /// Why there is no sandbox (`None` when there is one).
+    pub(crate) fn missing(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Off(why) => Some(why),
+            Kind::Bwrap { .. } => None,
+        }
+    }
+
+    /// A command running `program` with `args` in `jail`, in a process group of its
+    /// own (killing the group kills the sandbox: its processes die with `bwrap`).
+    pub(crate) fn command(&self, jail: &Jail, program: &str, args: &[String]) -> Command {
+        let mut c;
+        match &self.kind {
+            Kind::Off(_) => {
+                c = Command::new(program);
+                c.args(args).current_dir(&jail.cwd).env_clear();
+                for k in KEPT_WITHOUT_SANDBOX {
+                    if let Some(v) = std::env::var_os(k) {
+                        c.env(k, v);
+                    }
+                }
+            }
+            Kind::Bwrap { bwrap, drop } => {
+                c = Command::new(bwrap);
+                c.args(self.bwrap_args(jail, drop.is_none())).arg("--");
+                if let Some(d) = drop {
+                    c.arg(&d.setpriv).args([
+                        format!("--reuid={}", d.uid),
+                        format!("--regid={}", d.gid),
+                        "--clear-groups".into(),
+                        "--inh-caps=-all".into(),
+                        "--bounding-set=-all".into(),
+                        "--no-new-privs".into(),
+                        "--".into(),
+                    ]);
+                }
+                c.arg(program)
+                    .args(args)
+                    .env_clear()
+                    .env("PATH", &self.path)
+                    .env("HOME", jail.home.as_deref().unwrap_or(Path::new("/tmp")));
+                // bwrap's own cwd: somewhere that exists for it.
+                c.current_dir("/");
+            }
+        }
+        c.envs(jail.env.iter().map(|(k, v)| (k, v)));
+        #[cfg(unix)]
+        c.process_group(0);
+        c
+    }
+
+    fn bwrap_args(&self, jail: &Jail, user_namespace: bool) -> Vec<String> {
+        let mut a: Vec<String> = [
+            "--die-with-parent",
+            "--new-session",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--unshare-cgroup-try",
+            "--hostname",
+            "sandbox",
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--perms",
+            "1777",
+            "--tmpfs",
+            "/dev/shm",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if user_namespace {
+            a.insert(0, "--unshare-user".into());
+        }
+        let s = |p: &Path| p.to_string_lossy().to_string();
+        // What does not exist has nothing to hide (and bwrap could not mount on it).
+        let hidden: Vec<&PathBuf> = self.hidden.iter().filter(|h| h.is_dir()).collect();
+        for h in &hidden {
+            let perms = if h.as_path() == Path::new("/tmp") { "1777" } else { "0755" };
+            a.extend(["--perms".into(), perms.into(), "--tmpfs".into(), s(h)]);
+        }
+        // Bwrap makes the mount points inside a tmpfs readable by root alone: the dirs
+        // on the way are made first, readable by all.
+        let binds: Vec<&PathBuf> = self.shown.iter().chain(&jail.writable).chain(&jail.read_only).collect();
+        let mut dirs = BTreeSet::new();
+        for b in &binds {
+            for h in hidden.iter().filter(|h| b.starts_with(h)) {
+                let mut p = b.parent();
+                while let Some(d) = p.filter(|d| d.starts_with(h) && *d != h.as_path()) {
+                    dirs.insert(d.to_path_buf());
+                    p = d.parent();
+                }
+            }
+        }
+        for d in dirs {
+            a.extend(["--perms".into(), "0755".into(), "--dir".into(), s(&d)]);
+        }
+        for p in self.shown.iter().filter(|p| p.exists()) {
+            a.extend(["--ro-bind".into(), s(p), s(p)]);
+        }
+        for p in &jail.writable {
+            a.extend(["--bind".into(), s(p), s(p)]);
+        }
+        for p in jail.read_only.iter().filter(|p| p.exists()) {
+            a.extend(["--ro-bind".into(), s(p), s(p)]);
+        }
+        for h in hidden.iter().filter(|h| h.as_path() != Path::new("/tmp")) {
+            a.extend(["--remount-ro".into(), s(h)]);
+        }
+        a.extend(["--chdir".into(), s(&jail.cwd)]);
+        a
+    }
+
+    /// Hands `dir` (and everything in it) to the sandbox user, when the server is root;
+    /// symlinks are never followed.
+    pub(crate) fn hand_over(&self, dir: &Path) -> std::io::Result<()> {
+        match self.owner() {
+            Some((uid, gid)) => chown_tree(dir, uid, gid),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `lchown`s a tree, not following symlinks. Only called on trees no sandboxed process
+/// can change meanwhile (builds run one at a time; instances never see these).
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                chown_tree(&e.path(), uid, gid)?;
+            } else {
+                let m = e.metadata()?;
+                if m.uid() != uid || m.gid() != gid {
+                    std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid))?;
+                }
+            }
+        }
+    }
+    if meta.uid() != uid || meta.gid() != gid {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
+}
+
+/// Hands a dir to the sandbox user unless it is the user's already (a kept build made
+/// by an earlier version of the server, before the sandbox, is not).
+pub(crate) fn hand_over_once(sandbox: &Sandbox, dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some((uid, gid)) = sandbox.owner() else { return Ok(()) };
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.uid() == uid && meta.gid() == gid { Ok(()) } else { chown_tree(dir, uid, gid) }
+}
+
+/// `name` in the server's PATH.
+fn find(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+/// The rust toolchain's sysroot (where `bin/cargo` and `bin/rustc` are): from `CARGO`
+/// when it names a toolchain's cargo, else `rustc --print sysroot`.
+pub(crate) async fn toolchain() -> Option<PathBuf> {
+    if let Some(cargo) = std::env::var_os("CARGO").map(PathBuf::from)
+        && let Some(root) = cargo.canonicalize().ok()?.parent().and_then(Path::parent)
+        && root.join("bin/rustc").is_file()
+    {
+        return Some(root.to_path_buf());
+    }
+    let mut c = Command::new("rustc");
+    c.args(["--print", "sysroot"]).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(30), c.output()).await.ok()?.ok()?;
+    let root = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    (out.status.success() && root.join("bin/cargo").is_file()).then_some(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox(drop: bool) -> Sandbox {
+        Sandbox {
+            kind: Kind::Bwrap {
+                bwrap: "/usr/bin/bwrap".into(),
+                drop: drop.then(|| Demote { setpriv: "/usr/bin/setpriv".into(), uid: 65534, gid: 65534 }),
+            },
+            hidden: vec!["/root".into(), "/tmp".into()],
+            shown: vec!["/root/.rustup/toolchains/stable".into()],
+            path: SYSTEM_PATH.into(),
+        }
+    }
+
+    #[test]
+    fn bwrap_arguments() {
+        let jail = Jail {
+            writable: vec!["/tmp/data/runtime/builds/ns/svc/v1".into()],
+            read_only: vec!["/tmp/data/runtime/builds/ns/svc/v1/artifact.json".into()],
+            cwd: "/tmp/data/runtime/builds/ns/svc/v1/src".into(),
+            ..Jail::default()
+        };
+        let a = sandbox(true).bwrap_args(&jail, false).join(" ");
+        assert!(!a.contains("--unshare-user"), "{a}");
+        assert!(a.contains("--perms 0755 --tmpfs /root") && a.contains("--perms 1777 --tmpfs /tmp"), "{a}");
+        for d in ["/root/.rustup", "/root/.rustup/toolchains", "/tmp/data", "/tmp/data/runtime/builds/ns/svc"] {
+            assert!(a.contains(&format!("--dir {d} ")), "{d}: {a}");
+        }
+        let bind = a.find("--bind /tmp/data/runtime/builds/ns/svc/v1 ").unwrap();
+        let ro = a.find("--ro-bind /tmp/data/runtime/builds/ns/svc/v1/artifact.json").unwrap_or(usize::MAX);
+        let tmpfs = a.find("--tmpfs /tmp ").unwrap();
+        assert!(tmpfs < bind, "hidden first, then shown again: {a}");
+        // The artifact does not exist here, so it is left out; the order holds when it does.
+        assert!(ro == usize::MAX || bind < ro, "{a}");
+        assert!(a.contains("--remount-ro /root") && !a.contains("--remount-ro /tmp"), "{a}");
+        assert!(sandbox(false).bwrap_args(&jail, true).join(" ").starts_with("--unshare-user"));
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!("none".parse::<SandboxMode>(), Ok(SandboxMode::Off));
+        assert_eq!("bwrap".parse::<SandboxMode>(), Ok(SandboxMode::Bwrap));
+        assert!("maybe".parse::<SandboxMode>().is_err());
+    }
+}
