@@ -10,6 +10,9 @@ mod listeners;
 mod namespaces;
 mod registry;
 mod revocation;
+mod runtime;
+#[path = "../runtime_harness/mod.rs"]
+mod runtime_harness;
 
 use micro::data::{Data, StaticToken, TokenSource};
 use micro_core::registry::{Node, Registry as _, Service};

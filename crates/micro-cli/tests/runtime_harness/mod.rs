@@ -1,4 +1,4 @@
-//! The harness of the runtime's tests (tests/runtime.rs, tests/attacks_runtime.rs): the
+//! The harness of the runtime's tests (tests/runtime.rs, tests/attacks/runtime.rs): the
 //! real `micro server` binary over a temp data dir, CLI sessions logged in to it, and
 //! helpers to find and reap the processes the runtime started.
 

@@ -1,4 +1,4 @@
-//! Attacks on the runtime, as a tenant would make them: an admin of namespace `shop`
+//! Defects 2 (critical), 10 and 13: attacks on the runtime, as a tenant would make them: an admin of namespace `shop`
 //! runs code on the server (`micro run` of a manifest service) that tries to read the
 //! server's data dir, keys and environment, other services' files and processes, and to
 //! write outside its own dir; and asks the server to fetch sources from its own disk
@@ -7,9 +7,7 @@
 
 #![allow(clippy::unwrap_used)] // a test: a failed unwrap is a failed test
 
-mod runtime_harness;
-
-use runtime_harness::*;
+use crate::runtime_harness::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
