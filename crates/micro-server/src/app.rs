@@ -235,15 +235,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let local: HashSet<String> = CORE_SERVICES.iter().map(|s| s.to_string()).collect();
     let guard: Arc<dyn micro::layer::Authorize> = Arc::new(crate::guard::Guard { auth: auth.clone() });
     let proxy_svc = Proxy::new(core.layered(Some(guard)), local, client.clone(), runtime.clone(), auth.clone());
-    let gateway = Gateway::new(&config, routing, client, metrics.clone(), auth.clone(), targets);
+    // The dashboard and the gateway vouch for their clients' addresses with this key when
+    // they call the core through the proxy (see client_address).
+    let edge_key = crate::client_address::EdgeKey::random();
+    let gateway = Gateway::new(&config, routing, client, metrics.clone(), auth.clone(), targets, edge_key.clone());
 
     let (tx, rx) = watch::channel(false);
     let until = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut tasks = Vec::new();
-    // The dashboard vouches for its browsers' addresses with this key (see client_address).
-    let edge_key = crate::client_address::EdgeKey::random();
     let proxy_key = edge_key.clone();
     // The edges give every request its id and trace context before anything else.
     let proxy_svc = TraceLayer::new("proxy").layer(tower::service_fn(move |mut req: Request<Incoming>| {

@@ -48,6 +48,11 @@ impl EdgeKey {
         req.metadata_mut().insert(CLIENT_ADDRESS, address);
     }
 
+    /// The key, for the metadata of a call to the core (never to a service's node).
+    pub(crate) fn value(&self) -> &str {
+        &self.0
+    }
+
     /// Whether `key` is this key, compared in constant time.
     fn matches(&self, key: &[u8]) -> bool {
         let own = self.0.as_bytes();

@@ -47,6 +47,8 @@ struct Inner {
     routes: Mutex<HashMap<String, (Instant, Routes)>>,
     auth: crate::auth::AuthService,
     targets: crate::targets::Targets,
+    /// Vouches, on calls to the core, for the client address the gateway stamped.
+    edge_key: crate::client_address::EdgeKey,
 }
 
 /// The declared routes of one namespace.
@@ -170,6 +172,7 @@ impl Gateway {
         metrics: Metrics,
         auth: crate::auth::AuthService,
         targets: crate::targets::Targets,
+        edge_key: crate::client_address::EdgeKey,
     ) -> Gateway {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
@@ -187,6 +190,7 @@ impl Gateway {
                 routes: Mutex::new(HashMap::new()),
                 auth,
                 targets,
+                edge_key,
             }),
         }
     }
@@ -443,6 +447,12 @@ impl Gateway {
             if let Some(v) = headers.get(h).and_then(|v| v.to_str().ok()) {
                 opts.metadata.push((h.to_string(), v.to_string()));
             }
+        }
+        // The core (through this server's proxy) counts failed logins by the address the
+        // gateway stamped from the connection; the key vouches for it, and goes nowhere else.
+        if crate::CORE_SERVICES.contains(&service) {
+            let key = self.inner.edge_key.value().to_string();
+            opts.metadata.push((crate::client_address::EDGE_KEY.to_string(), key));
         }
         // A browser's `micro-token` cookie stands for the bearer header, but only on a
         // request a page of another site cannot send without a CORS preflight (JSON, or

@@ -153,3 +153,27 @@ async fn the_dashboard_counts_each_browser_under_its_own_address() {
     let e = login_from(&s, attacker, "erin", "erin-secret-1", &[]).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
 }
+
+/// Logs in through the gateway from `source`; the status.
+async fn gateway_login(s: &TestServer, source: &str, id: &str, secret: &str) -> u16 {
+    let api = s.server.api_address();
+    let body = format!(r#"{{"id":"{id}","secret":"{secret}"}}"#);
+    let request = format!(
+        "POST /auth/auth/token HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    http_from(source, api, &request).await.0
+}
+
+/// Logins through the gateway count under the caller's address too, not the gateway's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_counts_each_caller_under_its_own_address() {
+    let s = TestServer::start().await;
+    s.create_account("micro", "erin", "erin-secret-1", "user", &[]).await;
+    for _ in 0..10 {
+        assert_eq!(gateway_login(&s, "127.0.0.6", "erin", "wrong-guess").await, 401);
+    }
+    assert_eq!(gateway_login(&s, "127.0.0.6", "erin", "erin-secret-1").await, 429, "the guesser is held back");
+    assert_eq!(gateway_login(&s, "127.0.0.7", "erin", "erin-secret-1").await, 200, "erin elsewhere is not");
+}

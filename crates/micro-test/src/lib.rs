@@ -82,9 +82,7 @@ impl TestServer {
     /// A service named `name` in `namespace`, pointed at this server, with a service
     /// account of its own made now (registering needs an account of the namespace).
     pub async fn service(&self, namespace: &str, name: &str) -> micro::Service {
-        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
-        let (id, secret) = (format!("{name}-{suffix}"), format!("{name}-secret-{suffix}"));
-        self.create_account(namespace, &id, &secret, "service", &[]).await;
+        let (id, secret) = service_account(&self.proxy(), &self.admin_token().await, namespace, name).await;
         micro::Service::new(name).server(self.proxy()).namespace(namespace).credentials(&id, &secret)
     }
 
@@ -241,10 +239,10 @@ impl PgSchema {
     }
 }
 
-/// The environment of a service process named `name` in `namespace` of the server at
-/// `proxy`, with a service account made now by the admin whose token is `admin_token`
-/// (registering needs an account of the namespace).
-pub async fn service_env(proxy: &str, admin_token: &str, namespace: &str, name: &str) -> Vec<(String, String)> {
+/// A service account named after `name` (`name-<random>`) made now in `namespace` of the
+/// server at `proxy` by the admin whose token is `admin_token`: `(id, secret)`.
+/// Registering needs an account of the namespace.
+pub async fn service_account(proxy: &str, admin_token: &str, namespace: &str, name: &str) -> (String, String) {
     use micro::proto::auth as pb;
     let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let (id, secret) = (format!("{name}-{suffix}"), format!("{name}-secret-{suffix}"));
@@ -258,6 +256,14 @@ pub async fn service_env(proxy: &str, admin_token: &str, namespace: &str, name: 
     req.metadata_mut().insert("authorization", format!("Bearer {admin_token}").parse().expect("header"));
     req.metadata_mut().insert("micro-namespace", namespace.parse().expect("namespace"));
     client.generate(req).await.expect("service account created");
+    (id, secret)
+}
+
+/// The environment of a service process named `name` in `namespace` of the server at
+/// `proxy`, with a [`service_account`] of its own (`MICRO_SERVER`, `MICRO_NAMESPACE`,
+/// `MICRO_AUTH_ID`, `MICRO_AUTH_SECRET`).
+pub async fn service_env(proxy: &str, admin_token: &str, namespace: &str, name: &str) -> Vec<(String, String)> {
+    let (id, secret) = service_account(proxy, admin_token, namespace, name).await;
     [
         ("MICRO_SERVER", proxy.to_string()),
         ("MICRO_NAMESPACE", namespace.to_string()),

@@ -92,12 +92,8 @@ impl ServerProcess {
     /// A service named `name` in `namespace`, pointed at this server, with a service
     /// account of its own made now.
     pub async fn service(&self, namespace: &str, name: &str) -> micro::Service {
-        let env = crate::service_env(&self.proxy, &self.admin_token().await, namespace, name).await;
-        let get = |k: &str| env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone()).unwrap_or_default();
-        micro::Service::new(name)
-            .server(&self.proxy)
-            .namespace(namespace)
-            .credentials(&get("MICRO_AUTH_ID"), &get("MICRO_AUTH_SECRET"))
+        let (id, secret) = crate::service_account(&self.proxy, &self.admin_token().await, namespace, name).await;
+        micro::Service::new(name).server(&self.proxy).namespace(namespace).credentials(&id, &secret)
     }
 
     /// The process id (of the server, the leader of its process group).

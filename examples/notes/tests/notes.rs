@@ -7,7 +7,9 @@ use notes::{CreateRequest, IdRequest, Note};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notes_through_the_gateway_and_the_client() {
     let s = TestServer::start().await;
-    let running = notes::service().server(s.proxy()).start().await.expect("notes starts");
+    // Registering needs an account of the namespace.
+    let (id, secret) = micro_test::service_account(&s.proxy(), &s.admin_token().await, "micro", "notes").await;
+    let running = notes::service().server(s.proxy()).credentials(&id, &secret).start().await.expect("notes starts");
     let api = s.api();
 
     let r = http(&api, "POST", "/notes/create", &[], br#"{"title":"groceries","tags":["home"]}"#).await;
