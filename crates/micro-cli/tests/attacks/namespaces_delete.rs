@@ -26,7 +26,11 @@ fn auth(proxy: &str) -> pb::auth_client::AuthClient<micro::data::Ch> {
 
 async fn create_namespace(proxy: &str, root: &str, name: &str) -> Result<(), micro::Status> {
     let msg = pb::CreateNamespaceRequest { name: name.into() };
-    auth(proxy).create_namespace(request(msg, root, "micro")).await.map(|_| ()).map_err(|e| micro::status::from_tonic(&e))
+    auth(proxy)
+        .create_namespace(request(msg, root, "micro"))
+        .await
+        .map(|_| ())
+        .map_err(|e| micro::status::from_tonic(&e))
 }
 
 /// The owner of `ns` leaves a record, a config secret, a blob and (with `event`) an event.
