@@ -48,6 +48,9 @@ pub trait Blob: Send + Sync + 'static {
     async fn list(&self, namespace: &str, bucket: &str, prefix: &str) -> Result<Vec<BlobInfo>, Status>;
     /// Deletes an object; `NotFound` when absent.
     async fn delete(&self, namespace: &str, bucket: &str, key: &str) -> Result<(), Status>;
+    /// The buckets of a namespace holding objects, by name (what deleting a namespace
+    /// empties).
+    async fn buckets(&self, namespace: &str) -> Result<Vec<String>, Status>;
 }
 
 /// Checks a content type (printable ASCII, at most 255 bytes); empty means

@@ -254,6 +254,19 @@ impl Blob for EmbeddedBlob {
         self.files.remove(&file).await;
         Ok(())
     }
+
+    async fn buckets(&self, namespace: &str) -> Result<Vec<String>, Status> {
+        let ns = namespace.to_string();
+        self.db
+            .read(move |c| {
+                let mut stmt = c
+                    .prepare_cached("SELECT DISTINCT bucket FROM objects WHERE namespace = ?1 ORDER BY bucket")
+                    .map_err(internal)?;
+                let rows = stmt.query_map(params![ns], |r| r.get::<_, String>(0)).map_err(internal)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(internal)
+            })
+            .await
+    }
 }
 
 impl Files {
@@ -465,6 +478,11 @@ mod tests {
     async fn conformance_in_memory() {
         let blob = EmbeddedBlob::open(&DataDir::memory()).unwrap().max_size(4 * 1024 * 1024);
         micro_test::conformance::blob::blob(Arc::new(blob)).await;
+    }
+
+    #[tokio::test]
+    async fn buckets_in_memory() {
+        micro_test::conformance::blob::buckets(Arc::new(EmbeddedBlob::open(&DataDir::memory()).unwrap())).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -266,6 +266,16 @@ impl Blob for PostgresBlob {
             .map_err(|e| db_error(ID, e))?;
         tx.commit().await.map_err(|e| db_error(ID, e))
     }
+
+    async fn buckets(&self, namespace: &str) -> Result<Vec<String>, Status> {
+        micro_core::namespace::validate(namespace)?;
+        let c = self.client().await?;
+        let rows = c
+            .query("SELECT DISTINCT bucket FROM micro_blobs WHERE ns = $1 ORDER BY bucket", &[&namespace])
+            .await
+            .map_err(|e| db_error(ID, e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
 }
 
 #[cfg(test)]
@@ -277,6 +287,8 @@ mod tests {
     async fn conformance() {
         let Some(url) = crate::test_url() else { return };
         let blob = PostgresBlob::connect(&url).await.expect("connects");
-        micro_test::conformance::blob::blob(Arc::new(blob)).await;
+        let blob = Arc::new(blob);
+        micro_test::conformance::blob::blob(blob.clone()).await;
+        micro_test::conformance::blob::buckets(blob).await;
     }
 }

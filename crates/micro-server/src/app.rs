@@ -149,6 +149,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         cluster,
     };
     let runtime = crate::runtime::Runtime::open(&config.data_dir, config.runtime.clone(), wiring).await?;
+    // Deleting a namespace deletes its data in each of these.
+    auth.hold_namespace_data(crate::namespace_data::NamespaceData {
+        store: store.clone(),
+        config: config_backend.clone(),
+        blob: blob.clone(),
+        events: events.clone(),
+        registry: registry.clone(),
+        runtime: runtime.clone(),
+    });
 
     // Nodes may point neither at this server's listeners nor into the denied networks.
     let deny = crate::targets::parse_list(&config.node_deny).map_err(Error::Config)?;

@@ -79,6 +79,8 @@ struct Inner {
     delegated: Mutex<HashMap<String, (String, u64)>>,
     /// Tokens voided by deleting their account or namespace.
     revocations: crate::revoke::Revocations,
+    /// The other backends, so deleting a namespace deletes its data (set once wired).
+    namespace_data: std::sync::OnceLock<crate::namespace_data::NamespaceData>,
 }
 
 /// How long a delegated token lives (at most; never past the token it stands for).
@@ -152,8 +154,17 @@ impl AuthService {
                 rules_version: Mutex::new(None),
                 delegated: Mutex::new(HashMap::new()),
                 revocations: crate::revoke::Revocations::new(store.clone()),
+                namespace_data: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Gives deleting a namespace the backends holding its data (the server does this
+    /// once, after building them; without it only auth's own records are deleted).
+    pub(crate) fn hold_namespace_data(&self, data: crate::namespace_data::NamespaceData) {
+        if self.inner.namespace_data.set(data).is_err() {
+            tracing::warn!("the namespace data was wired twice; the first wiring stays");
+        }
     }
 
     /// Verifies an access token; the account it stands for. A verified token is
@@ -327,6 +338,30 @@ impl AuthService {
         Table::new(micro_core::namespace::DEFAULT, "namespaces")
     }
 
+    /// Names of deleted namespaces whose data may remain (see [`AuthService::reuse`]).
+    fn deleted_namespaces() -> Table {
+        Table::new(micro_core::namespace::DEFAULT, "deleted_namespaces")
+    }
+
+    /// Lets the name `ns` be used again (a namespace created, an account made in it):
+    /// refused while data of a deleted namespace of that name remains, so nobody new
+    /// inherits it; once it is gone, the name is free and no longer checked.
+    async fn reuse(&self, ns: &str) -> Result<(), MicroStatus> {
+        let table = Self::deleted_namespaces();
+        match self.inner.store.read(&table, ns, &Query::default()).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Code::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        if let Some(data) = self.inner.namespace_data.get() {
+            data.check_empty(ns).await?;
+        }
+        match self.inner.store.delete(&table, ns).await {
+            Err(e) if e.code() != Code::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     fn rules_table(ns: &str) -> Table {
         Table::new(ns, "rules")
     }
@@ -354,6 +389,7 @@ impl AuthService {
     pub(crate) async fn create(&self, mut account: Account, secret: &str) -> Result<(Account, String), MicroStatus> {
         validate_id(&account.id)?;
         micro_core::namespace::validate(&account.namespace)?;
+        self.reuse(&account.namespace).await?;
         if self.load(&account.namespace, &account.id).await?.is_some() {
             return Err(MicroStatus::new(
                 Code::AlreadyExists,
@@ -797,6 +833,8 @@ impl pb::auth_server::Auth for AuthService {
         {
             return Err(t(MicroStatus::new(Code::AlreadyExists, "auth", format!("namespace {name} already exists"))));
         }
+        // A re-created name starts empty: refused while a deleted namespace's data remains.
+        self.reuse(&name).await.map_err(t)?;
         self.init_rules(&name).await.map_err(t)?;
         let value =
             serde_json::to_vec(&serde_json::json!({"created": now()})).map_err(|e| Status::internal(e.to_string()))?;
@@ -823,6 +861,10 @@ impl pb::auth_server::Auth for AuthService {
         if name == micro_core::namespace::DEFAULT {
             return Err(Status::invalid_argument("auth: the micro namespace cannot be deleted"));
         }
+        // Until its data is gone, the name is not handed to anyone else (see `reuse`).
+        let tombstone = serde_json::to_vec(&serde_json::json!({"deleted": now()}))
+            .map_err(|e| Status::internal(format!("auth: {e}")))?;
+        self.inner.store.write(&Self::deleted_namespaces(), &Record::new(&name, tombstone), None).await.map_err(t)?;
         self.inner.store.delete(&Self::namespaces(), &name).await.map_err(t)?;
         // Every token of its accounts stops working now.
         self.inner.revocations.revoke(&name, None).await.map_err(t)?;
@@ -833,6 +875,10 @@ impl pb::auth_server::Auth for AuthService {
             }
         }
         self.rules_changed().await;
+        // And its data: services, registrations, records, config, blobs.
+        if let Some(data) = self.inner.namespace_data.get() {
+            data.delete(&name).await.map_err(t)?;
+        }
         Ok(Response::new(pb::DeleteNamespaceResponse {}))
     }
 

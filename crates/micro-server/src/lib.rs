@@ -19,6 +19,7 @@ mod data;
 pub mod gateway;
 mod grpc_health;
 mod guard;
+mod namespace_data;
 mod proxy;
 mod reflection;
 mod registry;

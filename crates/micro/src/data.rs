@@ -274,6 +274,12 @@ impl Blob for RemoteBlob {
         self.client.clone().delete(request(ns, msg, Some(TIMEOUT))?).await.map_err(e)?;
         Ok(())
     }
+
+    /// Not on the wire: only the server lists a namespace's buckets (to delete them with
+    /// the namespace), so a remote handle answers `Unimplemented`.
+    async fn buckets(&self, _ns: &str) -> Result<Vec<String>, Status> {
+        Err(Status::new(micro_core::Code::Unimplemented, "blob", "listing buckets is not offered by the blob service"))
+    }
 }
 
 /// The `events` service as [`Events`]. Cheap to clone.

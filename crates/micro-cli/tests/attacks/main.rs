@@ -8,6 +8,7 @@
 mod gateway;
 mod listeners;
 mod namespaces;
+mod namespaces_delete;
 mod registry;
 mod revocation;
 mod runtime;

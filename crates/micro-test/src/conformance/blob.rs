@@ -181,3 +181,27 @@ pub async fn blob(blob: Arc<dyn Blob>) {
     expect_code(b.list(&ns, bucket, "").await, &[Code::NotFound], "a bucket whose objects are all deleted");
     b.delete(&other, bucket, "docs/a.txt").await.expect("delete");
 }
+
+/// Checks [`Blob::buckets`] (what the server uses to delete a namespace's blobs; the
+/// remote handle does not offer it, so this is separate from [`blob`]).
+pub async fn buckets(blob: Arc<dyn Blob>) {
+    let b = &*blob;
+    let ns = namespace("buckets");
+    let other = namespace("buckets-other");
+    assert!(b.buckets(&ns).await.expect("buckets").is_empty(), "a namespace without objects has no buckets");
+    put(b, &ns, "photos", "a.jpg", "", one(b"a")).await;
+    put(b, &ns, "photos", "b.jpg", "", one(b"b")).await;
+    put(b, &ns, "docs", "x/y.txt", "", one(b"y")).await;
+    put(b, &other, "secrets", "k", "", one(b"k")).await;
+    assert_eq!(b.buckets(&ns).await.expect("buckets"), ["docs", "photos"], "buckets are listed once each, by name");
+    assert_eq!(b.buckets(&other).await.expect("buckets"), ["secrets"], "another namespace's buckets are its own");
+    // Emptying every bucket (as deleting a namespace does) leaves none.
+    for bucket in b.buckets(&ns).await.expect("buckets") {
+        for info in b.list(&ns, &bucket, "").await.expect("list") {
+            b.delete(&ns, &bucket, &info.key).await.expect("delete");
+        }
+    }
+    assert!(b.buckets(&ns).await.expect("buckets").is_empty(), "emptied buckets are not listed");
+    assert_eq!(b.buckets(&other).await.expect("buckets"), ["secrets"], "emptying one namespace leaves the others");
+    b.delete(&other, "secrets", "k").await.expect("delete");
+}
