@@ -267,8 +267,13 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
+    /// The registry, sending the token when logged in (registering needs an account).
     pub(crate) fn registry(&self) -> Result<Arc<dyn Registry>> {
-        Ok(Arc::new(RemoteRegistry::new(&self.address).map_err(|e| anyhow!("{}", e.detail()))?))
+        Ok(Arc::new(RemoteRegistry::with_token(&self.address, self.token_source()).map_err(|e| anyhow!("{}", e.detail()))?))
+    }
+
+    fn token_source(&self) -> Option<Arc<dyn micro::data::TokenSource>> {
+        self.token.clone().map(|t| Arc::new(micro::data::StaticToken(t)) as Arc<dyn micro::data::TokenSource>)
     }
 
     pub(crate) fn client(&self) -> Client {
@@ -281,9 +286,7 @@ impl Ctx {
 
     /// The data services, sending the token when logged in.
     pub(crate) fn data(&self) -> micro::data::Data {
-        let source =
-            self.token.clone().map(|t| Arc::new(micro::data::StaticToken(t)) as Arc<dyn micro::data::TokenSource>);
-        micro::data::Data::remote_with(&self.address, &self.namespace, source)
+        micro::data::Data::remote_with(&self.address, &self.namespace, self.token_source())
     }
 }
 

@@ -531,3 +531,41 @@ async fn a_closed_stdout_ends_the_cli_quietly() {
         assert_eq!((out.status.code(), err.trim()), (Some(0), ""), "{out:?}");
     }
 }
+
+/// `micro service` registers an HTTP app as the logged-in account (registering needs
+/// one), and says so in one line when nobody is logged in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn micro_service_registers_an_http_app_as_the_logged_in_account() {
+    let s = TestServer::start().await;
+    let app = micro_test::recorder::Recorder::start(&[]).await;
+    let home = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_micro"))
+            .arg("--server")
+            .arg(s.proxy())
+            .args(args)
+            .env("HOME", home.path())
+            .env("MICRO_DATA_DIR", s.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let endpoint = format!("http://{}", app.address);
+    let out = cli(&["service", "--name", "legacy", "--endpoint", &endpoint]).wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "registered without an account");
+    assert!(err.starts_with("error: ") && err.contains("log in"), "{err}");
+
+    let login = cli(&["login"]).wait_with_output().unwrap();
+    assert_eq!(login.status.code(), Some(0), "{}", String::from_utf8_lossy(&login.stderr));
+    let _registered = Proc(cli(&["service", "--name", "legacy", "--endpoint", &endpoint]));
+    let api = s.api();
+    let reached = eventually(Duration::from_secs(10), || {
+        let api = api.clone();
+        async move { http(&api, "GET", "/legacy/page", &[], b"").await.status == 200 }
+    })
+    .await;
+    assert!(reached, "the gateway reaches the app registered by micro service");
+    assert!(app.requests().iter().any(|r| r.uri.path() == "/page"), "{:?}", app.requests());
+}

@@ -218,8 +218,8 @@ impl AuthService {
                 format!("invalid audience {audience:?}: use namespace/service"),
             ));
         }
+        // The issue time stays the account's token's, so revoking it voids this one too.
         claims.aud = Some(audience.to_string());
-        claims.iat = t;
         claims.exp = claims.exp.min(t + DELEGATED_TTL);
         let signed = self.inner.signer.sign(&claims)?;
         let mut cache = self.inner.delegated.lock().unwrap_or_else(|e| e.into_inner());
@@ -469,7 +469,7 @@ impl AuthService {
 
     /// Issues an access token and a new refresh token for `account`.
     async fn issue(&self, account: &Account) -> Result<pb::TokenResponse, MicroStatus> {
-        let iat = now();
+        let iat = now().max(self.inner.revocations.first_valid_iat(&account.namespace, &account.id));
         let exp = iat + ACCESS_TTL.as_secs();
         let claims = Claims {
             sub: account.id.clone(),

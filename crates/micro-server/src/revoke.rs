@@ -55,6 +55,18 @@ impl Revocations {
         Ok(())
     }
 
+    /// The earliest issue time a new token of account `id` of `ns` may have: after any
+    /// revocation of it or its namespace, so a token issued in the same second as a
+    /// deletion (to a re-created account) is not void.
+    pub(crate) fn first_valid_iat(&self, ns: &str, id: &str) -> u64 {
+        let list = self.list.read().unwrap_or_else(|e| e.into_inner());
+        [format!("{ns}/{id}"), format!("{ns}/{EVERYONE}")]
+            .iter()
+            .filter_map(|k| list.get(k).map(|before| before + 1))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Voids every token issued so far to account `id` of `ns` (every account of `ns`
     /// when `id` is `None`), here at once and on the other nodes within a second.
     pub(crate) async fn revoke(&self, ns: &str, id: Option<&str>) -> Result<(), Status> {
