@@ -61,8 +61,13 @@ pub(crate) enum UserConfigCmd {
     Set { key: String, value: String },
     /// Whether one is set (its value is never shown).
     Get { key: String },
-    /// Delete one.
-    Del { key: String },
+    /// Delete one (an admin may delete another account's with --account, never read it).
+    Del {
+        key: String,
+        /// Another account of your namespace (needs its admin scope).
+        #[arg(long)]
+        account: Option<String>,
+    },
 }
 
 /// `micro user config set|get|del`: the logged-in account's own settings, kept sealed by
@@ -101,10 +106,10 @@ pub(crate) async fn user(c: &Ctx, cmd: UserCmd) -> Result<()> {
             }
             println!("{key} is set");
         }
-        UserConfigCmd::Del { key } => {
+        UserConfigCmd::Del { key, account } => {
             auth.delete_setting(settings_request(
                 c,
-                apb::DeleteSettingRequest { key: key.clone(), account: String::new() },
+                apb::DeleteSettingRequest { key: key.clone(), account: account.unwrap_or_default() },
             )?)
             .await
             .map_err(tonic_err)?;
