@@ -269,7 +269,9 @@ pub(crate) struct Ctx {
 impl Ctx {
     /// The registry, sending the token when logged in (registering needs an account).
     pub(crate) fn registry(&self) -> Result<Arc<dyn Registry>> {
-        Ok(Arc::new(RemoteRegistry::with_token(&self.address, self.token_source()).map_err(|e| anyhow!("{}", e.detail()))?))
+        Ok(Arc::new(
+            RemoteRegistry::with_token(&self.address, self.token_source()).map_err(|e| anyhow!("{}", e.detail()))?,
+        ))
     }
 
     fn token_source(&self) -> Option<Arc<dyn micro::data::TokenSource>> {

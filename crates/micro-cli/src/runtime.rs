@@ -61,37 +61,67 @@ pub(crate) enum UserConfigCmd {
     Set { key: String, value: String },
     /// Whether one is set (its value is never shown).
     Get { key: String },
-    /// Delete one.
-    Del { key: String },
+    /// Delete one (an admin may delete another account's with --account, never read it).
+    Del {
+        key: String,
+        /// Another account of your namespace (needs its admin scope).
+        #[arg(long)]
+        account: Option<String>,
+    },
 }
 
-/// `micro user config set|get|del`: in the config of the logged-in account's namespace.
+/// `micro user config set|get|del`: the logged-in account's own settings, kept sealed by
+/// the auth service (any account may keep its own; no one else reads them).
 pub(crate) async fn user(c: &Ctx, cmd: UserCmd) -> Result<()> {
+    use micro::proto::auth as apb;
     let UserCmd::Config { cmd } = cmd;
-    let env = crate::envs::Envs::load()?.current();
-    let creds = env.credentials.ok_or_else(|| anyhow!("not logged in: micro login"))?;
-    let key = match &cmd {
-        UserConfigCmd::Set { key, .. } | UserConfigCmd::Get { key } | UserConfigCmd::Del { key } => key.clone(),
+    if c.token.is_none() {
+        bail!("not logged in: micro login");
+    }
+    // Sent in the account's own namespace (the server acts on the token's account only).
+    let namespace = crate::envs::Envs::load()?.current().credentials.map(|cr| cr.namespace);
+    let c = &Ctx {
+        address: c.address.clone(),
+        namespace: namespace.unwrap_or_else(|| c.namespace.clone()),
+        json: c.json,
+        token: c.token.clone(),
     };
-    let path = micro_core::config::user_setting_path(&creds.account, &key).map_err(status_err)?;
-    let own =
-        Ctx { address: c.address.clone(), namespace: creds.namespace.clone(), json: c.json, token: c.token.clone() };
-    let config = own.data().config;
+    let ch = micro::data::channel(&c.address).map_err(status_err)?;
+    let mut auth = apb::auth_client::AuthClient::new(ch);
     match cmd {
-        UserConfigCmd::Set { value, .. } => {
-            config.set(&own.namespace, &path, &serde_json::Value::String(value), true).await.map_err(status_err)?;
+        UserConfigCmd::Set { key, value } => {
+            auth.set_setting(settings_request(c, apb::SetSettingRequest { key: key.clone(), value })?)
+                .await
+                .map_err(tonic_err)?;
             println!("set {key}");
         }
-        UserConfigCmd::Get { .. } => match config.get(&own.namespace, &path, false).await.map_err(status_err)? {
-            Some(_) => println!("{key} is set"),
-            None => bail!("{key} is not set"),
-        },
-        UserConfigCmd::Del { .. } => {
-            config.delete(&own.namespace, &path).await.map_err(status_err)?;
+        UserConfigCmd::Get { key } => {
+            let r = auth
+                .get_setting(settings_request(c, apb::GetSettingRequest { key: key.clone() })?)
+                .await
+                .map_err(tonic_err)?
+                .into_inner();
+            if !r.set {
+                bail!("{key} is not set");
+            }
+            println!("{key} is set");
+        }
+        UserConfigCmd::Del { key, account } => {
+            auth.delete_setting(settings_request(
+                c,
+                apb::DeleteSettingRequest { key: key.clone(), account: account.unwrap_or_default() },
+            )?)
+            .await
+            .map_err(tonic_err)?;
             println!("deleted {key}");
         }
     }
     Ok(())
+}
+
+/// A settings request, with a deadline.
+fn settings_request<T>(c: &Ctx, msg: T) -> Result<tonic::Request<T>> {
+    crate::auth::request(c, msg, c.token.as_deref())
 }
 
 fn client(c: &Ctx) -> Result<pb::runtime_client::RuntimeClient<micro::data::Ch>> {

@@ -62,10 +62,7 @@ impl EmbeddedConfig {
     /// for [`DataDir::memory`]). Fails if `server.key` exists but is not 32 bytes.
     pub fn open(dir: &DataDir) -> Result<EmbeddedConfig, Status> {
         let db = dir.open("config", SCHEMA)?;
-        let key = match &dir.path {
-            Some(path) => load_or_create_server_key(&path.join(SERVER_KEY_FILE))?,
-            None => random::<KEY_LEN>()?,
-        };
+        let key = server_key(dir)?;
         let (changes, _) = broadcast::channel(WATCH_BUFFER);
         let keys = DataKeys::new(&key, "was server.key replaced?");
         Ok(EmbeddedConfig { inner: Arc::new(Inner { db, keys, changes }) })
@@ -234,6 +231,16 @@ fn save_doc(c: &rusqlite::Connection, ns: &str, doc: &Value) -> Result<(), Statu
     )
     .map_err(internal)?;
     Ok(())
+}
+
+/// The server key of `dir` (`server.key`, created on first use; a random one in memory
+/// for [`DataDir::memory`]): for other parts of a server that seal what they store the
+/// way the config seals secrets.
+pub fn server_key(dir: &DataDir) -> Result<[u8; KEY_LEN], Status> {
+    match &dir.path {
+        Some(path) => load_or_create_server_key(&path.join(SERVER_KEY_FILE)),
+        None => random::<KEY_LEN>(),
+    }
 }
 
 /// Reads the server key at `path`, creating it (32 random bytes, mode 0600) if absent.

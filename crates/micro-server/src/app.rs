@@ -126,7 +126,12 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     };
 
     // Auth: its own database, signing keys under the data dir, and the first admin.
-    let auth = crate::auth::AuthService::open(auth_store, &config.data_dir)?;
+    // What is sealed outside the config is sealed under the config's server key.
+    let server_key = match config.backends.config_key {
+        Some(key) => key,
+        None => micro_embedded::config::server_key(&dir)?,
+    };
+    let auth = crate::auth::AuthService::open(auth_store, &config.data_dir, &server_key)?;
     auth.bootstrap(&config.data_dir, config.admin_password.clone().map(|s| s.0)).await?;
     auth.share_keys().await?;
     auth.keep_sharing_keys();
@@ -144,8 +149,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         server: proxy_node.clone(),
         registry: registry.clone(),
         auth: auth.clone(),
+        env_sealer: crate::sealed::Sealer::new(&server_key, runtime_db.clone(), "env-key", "runtime-env"),
         db: runtime_db,
-        settings: config_backend.clone(),
+        secrets: config_backend.clone(),
         cluster,
     };
     let runtime = crate::runtime::Runtime::open(&config.data_dir, config.runtime.clone(), wiring).await?;

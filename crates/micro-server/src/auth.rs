@@ -7,6 +7,7 @@
 //! service.
 
 mod limiter;
+mod settings;
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
@@ -81,6 +82,8 @@ struct Inner {
     revocations: crate::revoke::Revocations,
     /// The other backends, so deleting a namespace deletes its data (set once wired).
     namespace_data: std::sync::OnceLock<crate::namespace_data::NamespaceData>,
+    /// Seals accounts' own settings.
+    settings: crate::sealed::Sealer,
 }
 
 /// How long a delegated token lives (at most; never past the token it stands for).
@@ -135,8 +138,13 @@ fn validate_secret(secret: &str) -> Result<(), MicroStatus> {
 }
 
 impl AuthService {
-    /// Opens the auth database and signing keys under `data_dir`.
-    pub(crate) fn open(store: Arc<dyn Store>, data_dir: &Path) -> Result<AuthService, MicroStatus> {
+    /// Opens the auth database and signing keys under `data_dir`; accounts' own settings
+    /// are sealed under `server_key`.
+    pub(crate) fn open(
+        store: Arc<dyn Store>,
+        data_dir: &Path,
+        server_key: &micro_core::config::doc::AesKey,
+    ) -> Result<AuthService, MicroStatus> {
         let signer = Signer::open(&data_dir.join("keys"))?;
         let verifier = signer.verifier();
         let trusted = signer.public_keys();
@@ -155,6 +163,7 @@ impl AuthService {
                 delegated: Mutex::new(HashMap::new()),
                 revocations: crate::revoke::Revocations::new(store.clone()),
                 namespace_data: std::sync::OnceLock::new(),
+                settings: crate::sealed::Sealer::new(server_key, store.clone(), "settings-key", "settings"),
             }),
         })
     }
@@ -748,6 +757,7 @@ impl pb::auth_server::Auth for AuthService {
         // Its tokens go with it: refresh tokens at once, access tokens by revocation.
         self.revoke_refresh_tokens(&ns, &id).await.map_err(t)?;
         self.inner.revocations.revoke(&ns, Some(&id)).await.map_err(t)?;
+        self.delete_settings(&ns, &id).await.map_err(t)?;
         Ok(Response::new(pb::DeleteAccountResponse {}))
     }
 
@@ -869,7 +879,9 @@ impl pb::auth_server::Auth for AuthService {
         // Every token of its accounts stops working now.
         self.inner.revocations.revoke(&name, None).await.map_err(t)?;
         // Its accounts, refresh tokens and rules go with it.
-        for table in [Self::accounts(&name), Self::refresh_table(&name), Self::rules_table(&name)] {
+        for table in
+            [Self::accounts(&name), Self::refresh_table(&name), Self::rules_table(&name), Self::settings_table(&name)]
+        {
             for key in self.inner.store.list(&table, "", &Query::default()).await.map_err(t)? {
                 let _ = self.inner.store.delete(&table, &key).await;
             }
@@ -889,5 +901,26 @@ impl pb::auth_server::Auth for AuthService {
         let keys = self.inner.trusted.read().unwrap_or_else(|e| e.into_inner()).clone();
         let json = serde_json::to_string(&keys).map_err(|e| Status::internal(format!("auth: {e}")))?;
         Ok(Response::new(pb::PublicKeysResponse { json }))
+    }
+
+    async fn set_setting(
+        &self,
+        req: Request<pb::SetSettingRequest>,
+    ) -> Result<Response<pb::SetSettingResponse>, Status> {
+        self.handle_set_setting(req).await
+    }
+
+    async fn get_setting(
+        &self,
+        req: Request<pb::GetSettingRequest>,
+    ) -> Result<Response<pb::GetSettingResponse>, Status> {
+        self.handle_get_setting(req).await
+    }
+
+    async fn delete_setting(
+        &self,
+        req: Request<pb::DeleteSettingRequest>,
+    ) -> Result<Response<pb::DeleteSettingResponse>, Status> {
+        self.handle_delete_setting(req).await
     }
 }

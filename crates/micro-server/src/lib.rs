@@ -25,6 +25,7 @@ mod reflection;
 mod registry;
 mod revoke;
 mod runtime;
+mod sealed;
 mod shared_registry;
 mod targets;
 mod web;

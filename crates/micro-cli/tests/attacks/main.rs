@@ -14,6 +14,7 @@ mod revocation;
 mod runtime;
 #[path = "../runtime_harness/mod.rs"]
 mod runtime_harness;
+mod settings;
 
 use micro::data::{Data, StaticToken, TokenSource};
 use micro_core::registry::{Node, Registry as _, Service};

@@ -392,6 +392,13 @@ pub fn seal_secret(data_key: &AesKey, ns: &str, segs: &[String], plain: &[u8]) -
     Ok(Value::Object(m))
 }
 
+/// Decrypts a marker [`seal_secret`] made for `segs` of namespace `ns` under `data_key`:
+/// for stores other than a config document that keep values sealed the same way.
+pub fn open_sealed(data_key: &AesKey, ns: &str, segs: &[String], marker: &Value) -> Result<Value, Status> {
+    let sealed = marker.get(SECRET).and_then(Value::as_str).ok_or_else(|| lost(ns, segs, "not a sealed value"))?;
+    open_secret(&aes(data_key), ns, segs, sealed)
+}
+
 /// Decrypts the secret `sealed` (a marker's content) at `path` of namespace `ns`.
 fn open_secret(cipher: &Aes256Gcm, ns: &str, path: &[String], sealed: &str) -> Result<Value, Status> {
     let sealed = BASE64.decode(sealed).map_err(|_| lost(ns, path, "not base64"))?;

@@ -126,8 +126,10 @@ struct Inner {
     registry: Arc<dyn Registry>,
     auth: AuthService,
     db: Arc<dyn Store>,
-    /// Where users keep their git credentials.
-    settings: Arc<dyn micro_core::config::Config>,
+    /// Seals the services' `--env` values in `db`.
+    env_sealer: crate::sealed::Sealer,
+    /// The namespaces' config, where `--secret` values are read from.
+    secrets: Arc<dyn micro_core::config::Config>,
     services: Mutex<HashMap<(String, String), Arc<Managed>>>,
     /// One build at a time: builds are what the machine is slow at.
     building: tokio::sync::Mutex<()>,
@@ -171,7 +173,7 @@ struct Managed {
     /// The desired state, and the build it runs.
     spec: Mutex<pb::Service>,
     /// Who created or last updated it (namespace, account id): whose git credentials
-    /// its clones use.
+    /// (the account's own settings, kept by the auth service) its clones use.
     owner: Mutex<Option<(String, String)>>,
     /// A status of its own while building or rolling (else the instances decide).
     phase: Mutex<Option<(String, String)>>,
@@ -197,8 +199,10 @@ pub(crate) struct Wiring {
     pub(crate) auth: AuthService,
     /// The desired state of every service.
     pub(crate) db: Arc<dyn Store>,
-    /// Where users keep their git credentials.
-    pub(crate) settings: Arc<dyn micro_core::config::Config>,
+    /// Seals the services' `--env` values in `db`.
+    pub(crate) env_sealer: crate::sealed::Sealer,
+    /// The namespaces' config, where `--secret` values are read from.
+    pub(crate) secrets: Arc<dyn micro_core::config::Config>,
     /// Set when nodes share the runtime.
     pub(crate) cluster: Option<Cluster>,
 }
@@ -208,7 +212,7 @@ impl Runtime {
     /// brings every service back to its desired state (or, in a cluster, campaigns to
     /// be the node that runs them).
     pub(crate) async fn open(data_dir: &Path, config: RuntimeConfig, wiring: Wiring) -> Result<Runtime, Status> {
-        let Wiring { server, registry, auth, db, settings, cluster } = wiring;
+        let Wiring { server, registry, auth, db, env_sealer, secrets, cluster } = wiring;
         let dir = data_dir.join("runtime");
         std::fs::create_dir_all(&dir).map_err(|e| Status::internal(ID, format!("{}: {e}", dir.display())))?;
         // Canonical: the sandbox binds these paths as they are.
@@ -252,7 +256,8 @@ impl Runtime {
                 registry,
                 auth,
                 db,
-                settings,
+                env_sealer,
+                secrets,
                 services: Mutex::new(HashMap::new()),
                 building: tokio::sync::Mutex::new(()),
                 cluster: cluster.map(|shared| ClusterState {
@@ -280,13 +285,17 @@ impl Runtime {
             let Some(r) = self.inner.db.read(&table, &key, &Query::default()).await?.into_iter().next() else {
                 continue;
             };
-            let Ok(spec) = serde_json::from_slice::<Stored>(&r.value) else {
+            let Ok(mut spec) = serde_json::from_slice::<Stored>(&r.value) else {
                 tracing::warn!(%key, "skipping an unreadable runtime record");
                 continue;
             };
+            let ns = key.split_once('/').map(|(ns, _)| ns.to_string()).unwrap_or_default();
+            if let Err(e) = self.open_env(&ns, &mut spec).await {
+                tracing::warn!(%key, error = %e.detail(), "skipping a runtime record whose --env cannot be decrypted");
+                continue;
+            }
             let owner = spec.owner.clone();
             let spec = spec.into_pb();
-            let ns = key.split_once('/').map(|(ns, _)| ns.to_string()).unwrap_or_default();
             let m = self.managed(&ns, &spec.name, spec.clone());
             *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner.clone();
             // Admitted when it was asked for; the sandbox may be gone since.
@@ -704,8 +713,28 @@ impl Runtime {
         let ns = &m.namespace;
         let mut stored = Stored::from_pb(ns, spec);
         stored.owner = m.owner.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        // `--env` values are sealed at rest, like the config's secrets.
+        let env = std::mem::take(&mut stored.env);
+        if !env.is_empty() {
+            let env = serde_json::to_value(env).map_err(|e| Status::internal(ID, e.to_string()))?;
+            stored.sealed_env = Some(self.inner.env_sealer.seal(ns, &Self::env_path(&spec.name), &env).await?);
+        }
         let value = serde_json::to_vec(&stored).map_err(|e| Status::internal(ID, e.to_string()))?;
         self.inner.db.write(&Self::table(), &Record::new(format!("{ns}/{}", spec.name), value), None).await
+    }
+
+    /// What a service's sealed `--env` is bound to.
+    fn env_path(name: &str) -> Vec<String> {
+        vec!["runtime".into(), "env".into(), micro_core::config::encode_segment(name)]
+    }
+
+    /// Decrypts a stored service's `--env` into `stored.env` (a record from before they
+    /// were sealed keeps them in plain text until it is next saved).
+    async fn open_env(&self, ns: &str, stored: &mut Stored) -> Result<(), Status> {
+        let Some(sealed) = stored.sealed_env.take() else { return Ok(()) };
+        let env = self.inner.env_sealer.open(ns, &Self::env_path(&stored.name), &sealed).await?;
+        stored.env = serde_json::from_value(env).map_err(|e| Status::internal(ID, format!("sealed --env: {e}")))?;
+        Ok(())
     }
 
     /// The service as `micro status` shows it.
@@ -809,7 +838,7 @@ impl Runtime {
         };
         let mut env: Vec<(String, String)> = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         for (var, path) in &spec.secrets {
-            match self.inner.settings.get(&m.namespace, path, true).await {
+            match self.inner.secrets.get(&m.namespace, path, true).await {
                 Ok(Some(serde_json::Value::String(v))) => env.push((var.clone(), v)),
                 Ok(Some(v)) => env.push((var.clone(), v.to_string())),
                 Ok(None) => {
@@ -979,14 +1008,18 @@ impl Runtime {
         }
     }
 
-    /// The owner's stored token for the URL's host, if any.
+    /// The owner's own token for the URL's host (`micro user config set
+    /// git.credentials.HOST`), if any: read server-side, from the account that created
+    /// or last updated the service.
     async fn git_token(&self, m: &Managed, url: &str) -> Option<String> {
         let host = source::http_host(url)?;
         let (ns, account) = m.owner.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
-        let path = micro_core::config::user_setting_path(&account, &format!("git.credentials.{host}")).ok()?;
-        match self.inner.settings.get(&ns, &path, true).await {
-            Ok(Some(serde_json::Value::String(t))) => Some(t),
-            _ => None,
+        match self.inner.auth.setting(&ns, &account, &format!("git.credentials.{host}")).await {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::warn!(service = %m.name, namespace = %m.namespace, error = %e.detail(), "reading git credentials");
+                None
+            }
         }
     }
 
@@ -1117,8 +1150,12 @@ struct Stored {
     upload: String,
     #[serde(default)]
     entrypoint: String,
-    #[serde(default)]
+    /// `--env` in plain text: only in records from before they were sealed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     env: std::collections::BTreeMap<String, String>,
+    /// `--env`, sealed (see [`crate::sealed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_env: Option<serde_json::Value>,
     #[serde(default)]
     instances: u32,
     #[serde(default)]
@@ -1154,6 +1191,7 @@ impl Stored {
             build: s.build.clone(),
             updated: s.updated,
             owner: None,
+            sealed_env: None,
         }
     }
 
