@@ -108,7 +108,7 @@ pub async fn login(proxy: &str, namespace: &str, id: &str, secret: &str) -> Stri
     client.token(req).await.expect("login").into_inner().access_token
 }
 
-/// A response read by [`http`].
+/// A response read by [`http`](fn@http).
 #[derive(Debug)]
 pub struct HttpResponse {
     /// Status code.
