@@ -138,18 +138,14 @@ async fn two_nodes_share_records_and_accounts() {
     // A rule made through A applies on B at once (B's cached rules are dropped): A opens
     // registering to anyone, and B lets anyone register; then only accounts may again.
     let mut auth = micro::proto::auth::auth_client::AuthClient::new(micro::data::channel(&a.proxy()).unwrap());
-    for (id, scope, access, priority) in [("reg-open", "", "granted", 5)] {
-        let rule = micro::proto::auth::Rule {
-            id: id.into(),
-            scope: scope.into(),
-            resource: "service:registry:*".into(),
-            access: access.into(),
-            priority,
-        };
-        let mut req = tonic::Request::new(micro::proto::auth::CreateRuleRequest { rule: Some(rule) });
-        req.metadata_mut().insert("authorization", format!("Bearer {ta}").parse().unwrap());
-        auth.create_rule(req).await.unwrap();
-    }
+    let rule = |id: &str, scope: &str, resource: &str, access: &str, priority: i32| micro::proto::auth::Rule {
+        id: id.into(),
+        scope: scope.into(),
+        resource: resource.into(),
+        access: access.into(),
+        priority,
+    };
+    micro_test::create_rule(&a.proxy(), &ta, "micro", rule("reg-open", "", "service:registry:*", "granted", 5)).await;
     let opened = micro_test::eventually(std::time::Duration::from_secs(5), || async {
         match micro::Service::new("early").server(b.proxy()).start().await {
             Ok(early) => {
@@ -162,16 +158,8 @@ async fn two_nodes_share_records_and_accounts() {
     .await;
     assert!(opened, "B lets anyone register once A opened it");
     for (id, scope, access, priority) in [("reg-lock", "", "denied", 10), ("reg-accounts", "*", "granted", 20)] {
-        let rule = micro::proto::auth::Rule {
-            id: id.into(),
-            scope: scope.into(),
-            resource: "service:registry:Registry.Register".into(),
-            access: access.into(),
-            priority,
-        };
-        let mut req = tonic::Request::new(micro::proto::auth::CreateRuleRequest { rule: Some(rule) });
-        req.metadata_mut().insert("authorization", format!("Bearer {ta}").parse().unwrap());
-        auth.create_rule(req).await.unwrap();
+        let rule = rule(id, scope, "service:registry:Registry.Register", access, priority);
+        micro_test::create_rule(&a.proxy(), &ta, "micro", rule).await;
     }
     let locked = micro_test::eventually(std::time::Duration::from_secs(5), || async {
         micro::Service::new("late").server(b.proxy()).start().await.is_err()

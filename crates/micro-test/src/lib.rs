@@ -64,19 +64,7 @@ impl TestServer {
 
     /// Creates account `id` with `secret` in `namespace` (as the admin).
     pub async fn create_account(&self, namespace: &str, id: &str, secret: &str, kind: &str, scopes: &[&str]) {
-        use micro::proto::auth as pb;
-        let token = self.admin_token().await;
-        let mut client = pb::auth_client::AuthClient::new(micro::data::channel(&self.proxy()).expect("channel"));
-        let mut req = tonic::Request::new(pb::GenerateRequest {
-            id: id.into(),
-            r#type: kind.into(),
-            secret: secret.into(),
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        });
-        req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
-        req.metadata_mut().insert("micro-namespace", namespace.parse().expect("namespace"));
-        client.generate(req).await.expect("account created");
+        create_account(&self.proxy(), &self.admin_token().await, namespace, (id, secret), kind, scopes).await;
     }
 
     /// A service named `name` in `namespace`, pointed at this server, with a service
@@ -239,23 +227,48 @@ impl PgSchema {
     }
 }
 
-/// A service account named after `name` (`name-<random>`) made now in `namespace` of the
-/// server at `proxy` by the admin whose token is `admin_token`: `(id, secret)`.
-/// Registering needs an account of the namespace.
-pub async fn service_account(proxy: &str, admin_token: &str, namespace: &str, name: &str) -> (String, String) {
+/// Creates account `id` with `secret` (`account`) of `kind` (`user` or `service`) with
+/// `scopes` in `namespace` of the server at `proxy`, as the admin whose token is
+/// `admin_token`.
+pub async fn create_account(
+    proxy: &str,
+    admin_token: &str,
+    namespace: &str,
+    account: (&str, &str),
+    kind: &str,
+    scopes: &[&str],
+) {
     use micro::proto::auth as pb;
-    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
-    let (id, secret) = (format!("{name}-{suffix}"), format!("{name}-secret-{suffix}"));
     let mut client = pb::auth_client::AuthClient::new(micro::data::channel(proxy).expect("channel"));
     let mut req = tonic::Request::new(pb::GenerateRequest {
-        id: id.clone(),
-        r#type: "service".into(),
-        secret: secret.clone(),
+        id: account.0.into(),
+        r#type: kind.into(),
+        secret: account.1.into(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     });
     req.metadata_mut().insert("authorization", format!("Bearer {admin_token}").parse().expect("header"));
     req.metadata_mut().insert("micro-namespace", namespace.parse().expect("namespace"));
-    client.generate(req).await.expect("service account created");
+    client.generate(req).await.expect("account created");
+}
+
+/// Creates `rule` in `namespace` of the server at `proxy` as the holder of `token`.
+pub async fn create_rule(proxy: &str, token: &str, namespace: &str, rule: micro::proto::auth::Rule) {
+    use micro::proto::auth as pb;
+    let mut auth = pb::auth_client::AuthClient::new(micro::data::channel(proxy).expect("channel"));
+    let mut req = tonic::Request::new(pb::CreateRuleRequest { rule: Some(rule) });
+    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
+    req.metadata_mut().insert("micro-namespace", namespace.parse().expect("namespace"));
+    auth.create_rule(req).await.expect("rule created");
+}
+
+/// A service account named after `name` (`name-<random>`) made now in `namespace` of the
+/// server at `proxy` by the admin whose token is `admin_token`: `(id, secret)`.
+/// Registering needs an account of the namespace.
+pub async fn service_account(proxy: &str, admin_token: &str, namespace: &str, name: &str) -> (String, String) {
+    let suffix = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    let (id, secret) = (format!("{name}-{suffix}"), format!("{name}-secret-{suffix}"));
+    create_account(proxy, admin_token, namespace, (&id, &secret), "service", &[]).await;
     (id, secret)
 }
 

@@ -72,20 +72,8 @@ impl ServerProcess {
 
     /// Creates account `id` in `namespace` (as the admin) and returns its access token.
     pub async fn account(&self, namespace: &str, id: &str, kind: &str, scopes: &[&str]) -> String {
-        use micro::proto::auth as pb;
-        let admin = self.admin_token().await;
         let secret = format!("{id}-secret-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let mut client = pb::auth_client::AuthClient::new(micro::data::channel(&self.proxy).expect("channel"));
-        let mut req = tonic::Request::new(pb::GenerateRequest {
-            id: id.into(),
-            r#type: kind.into(),
-            secret: secret.clone(),
-            scopes: scopes.iter().map(|s| s.to_string()).collect(),
-            ..Default::default()
-        });
-        req.metadata_mut().insert("authorization", format!("Bearer {admin}").parse().expect("header"));
-        req.metadata_mut().insert("micro-namespace", namespace.parse().expect("namespace"));
-        client.generate(req).await.expect("account created");
+        crate::create_account(&self.proxy, &self.admin_token().await, namespace, (id, &secret), kind, scopes).await;
         crate::login(&self.proxy, namespace, id, &secret).await
     }
 

@@ -9,12 +9,7 @@ use serde_json::{Value, json};
 
 /// Creates `rule` in `ns` as the holder of `token`.
 async fn rule(proxy: &str, token: &str, ns: &str, rule: micro::proto::auth::Rule) {
-    use micro::proto::auth as pb;
-    let mut auth = pb::auth_client::AuthClient::new(micro::data::channel(proxy).expect("channel"));
-    let mut req = tonic::Request::new(pb::CreateRuleRequest { rule: Some(rule) });
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
-    req.metadata_mut().insert("micro-namespace", ns.parse().expect("namespace"));
-    auth.create_rule(req).await.expect("rule created");
+    micro_test::create_rule(proxy, token, ns, rule).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
