@@ -349,10 +349,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 cfg.data_dir = d;
             }
             micro_server::private_files();
+            // Listening before the banner: a SIGTERM right after it still drains.
+            let stop = micro::server::signals();
             let server = micro_server::start(cfg).await?;
             let web = server.web_address().map(|a| format!(" web http://{a}")).unwrap_or_default();
             println!("micro server: api http://{}{web} proxy {}", server.api_address(), server.proxy_address());
-            micro::server::signal().await;
+            stop.await;
             server.stop().await;
             Ok(())
         }

@@ -124,25 +124,38 @@ where
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn signal() {
+/// Listens for SIGINT and SIGTERM from now on (the handlers are installed before this
+/// returns, so a signal that arrives before the future is awaited is not lost); the
+/// future resolves on either.
+pub fn signals() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
+}
+
+/// Resolves on SIGINT or SIGTERM (received once this is first awaited; see [`signals`]).
+pub async fn signal() {
+    signals().await
 }

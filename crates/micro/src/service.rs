@@ -450,8 +450,10 @@ impl Service {
     /// in-flight calls.
     pub async fn run(self) -> Result<(), Status> {
         crate::log::init("info");
+        // Listening before registering: a SIGTERM right after registration still deregisters.
+        let stop = crate::server::signals();
         let running = self.env(|k| std::env::var(k).ok()).start().await?;
-        crate::server::signal().await;
+        stop.await;
         running.stop().await;
         Ok(())
     }
