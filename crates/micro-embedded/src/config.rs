@@ -1,4 +1,6 @@
-//! The embedded config: one JSON document per namespace in SQLite (`config.db`).
+//! The embedded config: each namespace's JSON document in SQLite (`config.db`), one row
+//! per top-level key, so a write rewrites only the key it changes (a document stored
+//! whole by an earlier version moves to rows on its namespace's next write).
 //!
 //! Secrets are encrypted with AES-256-GCM under a random key per namespace; those keys
 //! are stored in `config.db` encrypted (AES-256-GCM) under the server key, 32 random
@@ -32,6 +34,12 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS documents (
     namespace TEXT PRIMARY KEY,
     doc TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entries (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (namespace, key)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS keys (
     namespace TEXT PRIMARY KEY,
@@ -77,7 +85,7 @@ impl Config for EmbeddedConfig {
         self.inner
             .db
             .read(move |c| {
-                let doc = load_doc(c, &ns)?;
+                let doc = load_part(c, &ns, &segs)?;
                 doc::read(&doc, &ns, &segs, secrets, || inner.load_key(c, &ns))
             })
             .await
@@ -91,7 +99,9 @@ impl Config for EmbeddedConfig {
             .db
             .write(move |c| {
                 let tx = c.transaction().map_err(internal)?;
-                let mut doc = load_doc(&tx, &ns)?;
+                migrate(&tx, &ns)?;
+                let mut doc = load_part(&tx, &ns, &segs)?;
+                let before = top_keys(&doc);
                 let mut created = None;
                 let value = if secret {
                     let (key, new) = inner.data_key_for_write(&tx, &ns)?;
@@ -101,7 +111,7 @@ impl Config for EmbeddedConfig {
                     value
                 };
                 apply_set(&mut doc, &segs, value, !secret);
-                save_doc(&tx, &ns, &doc)?;
+                save_part(&tx, &ns, &doc, before)?;
                 tx.commit().map_err(internal)?;
                 if let Some(key) = created {
                     inner.keys.remember(&ns, key);
@@ -119,9 +129,11 @@ impl Config for EmbeddedConfig {
             .db
             .write(move |c| {
                 let tx = c.transaction().map_err(internal)?;
-                let mut doc = load_doc(&tx, &ns)?;
+                migrate(&tx, &ns)?;
+                let mut doc = load_part(&tx, &ns, &segs)?;
+                let before = top_keys(&doc);
                 apply_delete(&mut doc, &segs, &path)?;
-                save_doc(&tx, &ns, &doc)?;
+                save_part(&tx, &ns, &doc, before)?;
                 tx.commit().map_err(internal)?;
                 let _ = inner.changes.send(Arc::new(Committed { namespace: ns, path, segs, doc }));
                 Ok(())
@@ -164,6 +176,14 @@ impl Watcher {
     async fn next(&mut self) -> Option<Result<Change, Status>> {
         loop {
             match self.rx.recv().await {
+                // A write under one top-level key carries only that key's part of the
+                // document: a watch of the whole document reads it afresh.
+                Ok(c) if self.segs.is_empty() && !c.segs.is_empty() && c.namespace == self.namespace => {
+                    let inner = self.config.upgrade()?;
+                    let config = EmbeddedConfig { inner };
+                    let value = config.get(&self.namespace, "", false).await;
+                    return Some(value.map(|v| Change { path: c.path.clone(), value: v.unwrap_or(Value::Null) }));
+                }
                 Ok(c) => match c.change_for(&self.namespace, &self.segs) {
                     Some(change) => return Some(Ok(change)),
                     None => continue,
@@ -208,28 +228,84 @@ impl Inner {
 
 // --- Documents -------------------------------------------------------------------
 
-fn load_doc(c: &rusqlite::Connection, ns: &str) -> Result<Value, Status> {
+/// A document of `ns` stored whole by an earlier version, until its next write.
+fn legacy(c: &rusqlite::Connection, ns: &str) -> Result<Option<Value>, Status> {
     let text: Option<String> = c
         .query_row("SELECT doc FROM documents WHERE namespace = ?1", [ns], |r| r.get(0))
         .optional()
         .map_err(internal)?;
-    match text {
-        None => Ok(doc::empty()),
-        Some(t) => doc::parse_doc(ns, &t),
-    }
+    text.map(|t| doc::parse_doc(ns, &t)).transpose()
 }
 
-fn save_doc(c: &rusqlite::Connection, ns: &str, doc: &Value) -> Result<(), Status> {
-    if doc::is_empty(doc) {
-        c.execute("DELETE FROM documents WHERE namespace = ?1", [ns]).map_err(internal)?;
-        return Ok(());
+/// The part of the document of `ns` that a path of `segs` reads or writes: the top-level
+/// key it starts with (as `{key: value}`), or the whole document for the root.
+fn load_part(c: &rusqlite::Connection, ns: &str, segs: &[String]) -> Result<Value, Status> {
+    let mut doc = match legacy(c, ns)? {
+        Some(Value::Object(mut whole)) => match segs.first() {
+            Some(key) => whole.remove(key).map(|v| [(key.clone(), v)].into_iter().collect()).unwrap_or_default(),
+            None => whole,
+        },
+        _ => serde_json::Map::new(),
+    };
+    let rows: Vec<(String, String)> = match segs.first() {
+        Some(key) => c
+            .query_row("SELECT key, value FROM entries WHERE namespace = ?1 AND key = ?2", params![ns, key], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(internal)?
+            .into_iter()
+            .collect(),
+        None => {
+            let mut stmt = c.prepare_cached("SELECT key, value FROM entries WHERE namespace = ?1").map_err(internal)?;
+            let rows = stmt.query_map([ns], |r| Ok((r.get(0)?, r.get(1)?))).map_err(internal)?;
+            rows.collect::<Result<_, _>>().map_err(internal)?
+        }
+    };
+    for (key, text) in rows {
+        doc.insert(key, doc::parse_doc(ns, &text)?);
     }
-    let text = doc::doc_text(doc)?;
-    c.execute(
-        "INSERT INTO documents (namespace, doc) VALUES (?1, ?2) ON CONFLICT (namespace) DO UPDATE SET doc = excluded.doc",
-        params![ns, text],
-    )
-    .map_err(internal)?;
+    Ok(Value::Object(doc))
+}
+
+/// The top-level keys of a part.
+fn top_keys(doc: &Value) -> Vec<String> {
+    doc.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
+
+/// Writes a part of the document of `ns` (its top-level keys, and deletes those of
+/// `before` it no longer has).
+fn save_part(c: &rusqlite::Connection, ns: &str, doc: &Value, before: Vec<String>) -> Result<(), Status> {
+    let empty = serde_json::Map::new();
+    let part = doc.as_object().unwrap_or(&empty);
+    for key in before.iter().filter(|k| !part.contains_key(*k)) {
+        c.execute("DELETE FROM entries WHERE namespace = ?1 AND key = ?2", params![ns, key]).map_err(internal)?;
+    }
+    for (key, value) in part {
+        c.execute(
+            "INSERT INTO entries (namespace, key, value) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (namespace, key) DO UPDATE SET value = excluded.value",
+            params![ns, key, doc::doc_text(value)?],
+        )
+        .map_err(internal)?;
+    }
+    Ok(())
+}
+
+/// Moves a document of `ns` stored whole by an earlier version into rows (in a write).
+fn migrate(c: &rusqlite::Connection, ns: &str) -> Result<(), Status> {
+    let Some(doc) = legacy(c, ns)? else { return Ok(()) };
+    c.execute("DELETE FROM documents WHERE namespace = ?1", [ns]).map_err(internal)?;
+    if let Some(whole) = doc.as_object() {
+        for (key, value) in whole {
+            // Rows written since (none, as every write migrates first) would win.
+            c.execute(
+                "INSERT OR IGNORE INTO entries (namespace, key, value) VALUES (?1, ?2, ?3)",
+                params![ns, key, doc::doc_text(value)?],
+            )
+            .map_err(internal)?;
+        }
+    }
     Ok(())
 }
 
@@ -436,15 +512,78 @@ mod tests {
             .inner
             .db
             .write(move |c| {
-                let mut doc = load_doc(c, &ns)?;
+                let mut doc = load_part(c, &ns, &[])?;
                 let a = doc["a"].clone();
                 doc["b"] = a;
-                save_doc(c, &ns, &doc)
+                save_part(c, &ns, &doc, Vec::new())
             })
             .await
             .unwrap();
         assert_eq!(config.get("n", "a", true).await.unwrap(), Some(json!("secret-a")));
         assert_eq!(config.get("n", "b", true).await.unwrap_err().code(), Code::DataLoss);
+    }
+
+    /// The size of the write-ahead log of `dir`'s config database.
+    fn wal_size(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join("config.db-wal")).map(|m| m.len()).unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn a_set_rewrites_only_the_top_level_key_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EmbeddedConfig::open(&DataDir::new(dir.path())).unwrap();
+        // A namespace of 100 services' settings, 2 KB each: 200 KB in all.
+        let big: serde_json::Map<String, Value> =
+            (0..100).map(|i| (format!("svc{i}"), json!({ "blob": "x".repeat(2048), "n": i }))).collect();
+        config.set("n", "", &Value::Object(big), false).await.unwrap();
+        let before = wal_size(dir.path());
+        // Values of growing length near the document's start (keys are sorted), so a
+        // document written whole would differ from that point on, page after page.
+        for i in 0..5 {
+            config.set("n", "svc0.n", &json!("y".repeat(10 * (i + 1))), false).await.unwrap();
+        }
+        let grown = wal_size(dir.path()).saturating_sub(before);
+        assert!(grown < 100 * 1024, "five small sets wrote {grown} bytes to the log (the whole document is 200 KB)");
+        assert_eq!(config.get("n", "svc0.n", false).await.unwrap(), Some(json!("y".repeat(50))));
+        assert_eq!(config.get("n", "svc8.n", false).await.unwrap(), Some(json!(8)));
+        let whole = config.get("n", "", false).await.unwrap().unwrap();
+        assert_eq!(whole.as_object().map(|o| o.len()), Some(100));
+    }
+
+    #[tokio::test]
+    async fn a_document_stored_whole_reads_and_moves_to_rows_on_its_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EmbeddedConfig::open(&DataDir::new(dir.path())).unwrap();
+        // As an earlier version stored it: one row per namespace.
+        config
+            .inner
+            .db
+            .write(|c| {
+                let text = doc::doc_text(&json!({"app": {"port": 8080}, "db": {"host": "h"}}))?;
+                c.execute("INSERT INTO documents (namespace, doc) VALUES ('n', ?1)", [text]).map_err(internal)?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert_eq!(config.get("n", "app.port", false).await.unwrap(), Some(json!(8080)));
+        assert_eq!(
+            config.get("n", "", false).await.unwrap(),
+            Some(json!({"app": {"port": 8080}, "db": {"host": "h"}}))
+        );
+        config.set("n", "db.host", &json!("h2"), false).await.unwrap();
+        assert_eq!(
+            config.get("n", "", false).await.unwrap(),
+            Some(json!({"app": {"port": 8080}, "db": {"host": "h2"}}))
+        );
+        let left: i64 = config
+            .inner
+            .db
+            .read(|c| c.query_row("SELECT count(*) FROM documents", [], |r| r.get(0)).map_err(internal))
+            .await
+            .unwrap();
+        assert_eq!(left, 0, "moved to rows");
+        config.delete("n", "app").await.unwrap();
+        assert_eq!(config.get("n", "", false).await.unwrap(), Some(json!({"db": {"host": "h2"}})));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

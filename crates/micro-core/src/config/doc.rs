@@ -325,7 +325,8 @@ pub struct Committed {
     pub path: String,
     /// The segments of `path`.
     pub segs: Vec<String>,
-    /// The whole document after the write (secrets sealed).
+    /// The document after the write (secrets sealed): whole, or, for a write under one
+    /// top-level key, at least that key's part (a watch of the root then reads afresh).
     pub doc: Value,
 }
 
