@@ -242,6 +242,13 @@ impl AuthService {
         Ok(signed)
     }
 
+    /// [`AuthService::delegate`] as an `authorization` header value.
+    pub(crate) fn delegated_header(&self, token: &str, audience: &str) -> Result<http::HeaderValue, MicroStatus> {
+        let delegated = self.delegate(token, audience)?;
+        http::HeaderValue::from_str(&format!("Bearer {delegated}"))
+            .map_err(|_| MicroStatus::internal("auth", "a delegated token is not a header value"))
+    }
+
     /// [`AuthService::verify`] for the service `audience`: also accepts tokens delegated to it.
     pub(crate) fn verify_audience(&self, token: &str, audience: &str) -> Result<Claims, MicroStatus> {
         let claims = self.inner.verifier.read().unwrap_or_else(|e| e.into_inner()).verify_for(token, audience)?;

@@ -547,12 +547,12 @@ impl Gateway {
         for h in ["micro-account", "micro-account-admin"] {
             parts.headers.remove(h);
         }
+        // HTTP services are never core services: always a delegated token.
         if let Some(token) = token {
-            match self.credentials(&token, ns, service).map(|t| HeaderValue::from_str(&format!("Bearer {t}"))) {
-                Ok(Ok(v)) => {
+            match self.inner.auth.delegated_header(&token, &format!("{ns}/{service}")) {
+                Ok(v) => {
                     parts.headers.insert(header::AUTHORIZATION, v);
                 }
-                Ok(Err(_)) => return json_error(&Status::internal("api", "a delegated token is not a header value")),
                 Err(e) => return json_error(&e),
             }
         }

@@ -121,9 +121,7 @@ impl Proxy {
             headers.insert(micro_core::metadata::NAMESPACE, v);
         }
         if let Some(token) = token {
-            let delegated = self.inner.auth.delegate(&token, &format!("{ns}/{service}"))?;
-            let v = http::HeaderValue::from_str(&format!("Bearer {delegated}"))
-                .map_err(|_| Status::internal("proxy", "a delegated token is not a header value"))?;
+            let v = self.inner.auth.delegated_header(&token, &format!("{ns}/{service}"))?;
             headers.insert(http::header::AUTHORIZATION, v);
         }
         Ok(ns)

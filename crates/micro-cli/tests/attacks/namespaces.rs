@@ -7,16 +7,11 @@ use micro::{Code, Context, Status};
 use micro_test::process::ServerProcess;
 use serde_json::{Value, json};
 
-/// Creates `rule` in `ns` as the holder of `token`.
-async fn rule(proxy: &str, token: &str, ns: &str, rule: micro::proto::auth::Rule) {
-    micro_test::create_rule(proxy, token, ns, rule).await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_refuses_the_staff_of_another_namespace() {
     let s = ServerProcess::start(&micro(), &[]);
     let blog_admin = s.account("blog", "boss", "user", &["admin"]).await;
-    rule(
+    micro_test::create_rule(
         &s.proxy,
         &blog_admin,
         "blog",
@@ -29,7 +24,7 @@ async fn a_service_refuses_the_staff_of_another_namespace() {
         },
     )
     .await;
-    rule(
+    micro_test::create_rule(
         &s.proxy,
         &blog_admin,
         "blog",
