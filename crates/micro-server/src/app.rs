@@ -33,6 +33,7 @@ pub struct Running {
     web: Option<SocketAddr>,
     registry: Arc<dyn Registry>,
     runtime: crate::runtime::Runtime,
+    products: Vec<micro::Running>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -248,7 +249,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         Arc::new(crate::registry::CoreRegistry { inner: registry.clone(), local: records.clone() });
     let client = Client::new(routing.clone());
     let local: HashSet<String> = CORE_SERVICES.iter().map(|s| s.to_string()).collect();
-    let guard: Arc<dyn micro::layer::Authorize> = Arc::new(crate::guard::Guard { auth: auth.clone() });
+    let guard: Arc<dyn micro::layer::Authorize> = crate::guard::authorizer(&auth);
     let proxy_svc = Proxy::new(core.layered(Some(guard)), local, client.clone(), runtime.clone(), auth.clone());
     // The dashboard and the gateway vouch for their clients' addresses with this key when
     // they call the core through the proxy (see client_address).
@@ -310,8 +311,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             }
         }
     }));
+    // The products, once everything they reach is listening.
+    let products = match crate::products::start(&auth, &proxy_node, &config.services).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = tx.send(true);
+            return Err(e.into());
+        }
+    };
     tracing::info!(api = %api, proxy = %proxy, web = ?web, data_dir = %config.data_dir.display(), "micro server started");
-    Ok(Running { api, proxy, web, registry, runtime, shutdown: tx, tasks })
+    Ok(Running { api, proxy, web, registry, runtime, products, shutdown: tx, tasks })
 }
 
 impl Running {
@@ -337,8 +346,12 @@ impl Running {
 
     /// Stops accepting, drains in-flight requests, and returns when done.
     pub async fn stop(self) {
-        // The services the runtime runs stop first, while they can still deregister.
+        // The services the runtime runs and the products stop first, while they can
+        // still deregister.
         self.runtime.shutdown().await;
+        for p in self.products {
+            p.stop().await;
+        }
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;

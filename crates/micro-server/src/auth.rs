@@ -17,7 +17,7 @@ use micro::auth::token::now;
 use micro::auth::token::{Claims, Signer, Verifier};
 use micro::proto::auth as pb;
 use micro::status::to_tonic;
-use micro_core::auth::{Access, Account, AccountType, Rule, default_rule, parse_resource, validate_rule};
+use micro_core::auth::{Account, AccountType, Rule, default_rule};
 use micro_core::store::{Query, Record, Store, Table};
 use micro_core::{Code, Status as MicroStatus};
 use serde::{Deserialize, Serialize};
@@ -66,8 +66,9 @@ struct Inner {
     trusted: RwLock<micro::auth::token::PublicKeys>,
     /// Failed logins per account and client address, and per client address.
     failures: limiter::Limiter,
-    /// Bumped on every rule change, so cached rules are dropped.
-    generation: std::sync::atomic::AtomicU64,
+    /// Bumped on every rule change (here or, followed, on another node), so cached rules
+    /// are dropped and `WatchRules` streams send the new rules.
+    generation: tokio::sync::watch::Sender<u64>,
     /// Rules by namespace, with the generation they were read at.
     cache: Mutex<HashMap<String, CachedRules>>,
     /// Tokens already verified, until they expire.
@@ -85,6 +86,9 @@ struct Inner {
     /// Seals accounts' own settings.
     settings: crate::sealed::Sealer,
 }
+
+/// The scope of the accounts products run as: they may follow every namespace's rules.
+pub(crate) const PLATFORM_SCOPE: &str = "platform";
 
 /// How long a delegated token lives (at most; never past the token it stands for).
 const DELEGATED_TTL: u64 = 300;
@@ -155,7 +159,7 @@ impl AuthService {
                 verifier: RwLock::new(verifier),
                 trusted: RwLock::new(trusted),
                 failures: limiter::Limiter::default(),
-                generation: std::sync::atomic::AtomicU64::new(0),
+                generation: tokio::sync::watch::channel(0).0,
                 cache: Mutex::new(HashMap::new()),
                 verified: Mutex::new(HashMap::new()),
                 looked_up: Mutex::new(None),
@@ -276,23 +280,28 @@ impl AuthService {
         self.reload_keys().await
     }
 
-    /// Before a token is verified: when it is signed by a key this node does not know
-    /// (a node that started a moment ago), reads the shared keys at once instead of
+    /// After a token failed to verify: when it is signed by a key this node does not
+    /// know (a node that started a moment ago), reads the shared keys at once instead of
     /// waiting for the next reload. At most every 200 ms, so bad tokens cost little.
-    pub(crate) async fn learn_signer_of(&self, token: &str) {
-        let Err(e) = self.verify(token) else { return };
+    /// Returns whether the token may verify now.
+    pub(crate) async fn learn_signer_of(&self, token: &str) -> bool {
+        let Err(e) = self.verify(token) else { return true };
         if !e.detail().contains("unknown key") {
-            return;
+            return false;
         }
         {
             let mut last = self.inner.looked_up.lock().unwrap_or_else(|e| e.into_inner());
             if last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {
-                return;
+                return false;
             }
             *last = Some(Instant::now());
         }
-        if let Err(e) = self.reload_keys().await {
-            tracing::warn!(error = %e, "reading the other nodes' token keys failed");
+        match self.reload_keys().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the other nodes' token keys failed");
+                false
+            }
         }
     }
 
@@ -437,6 +446,28 @@ impl AuthService {
     /// missing, and given a fresh secret, returned (it lives only in the instances'
     /// environment).
     pub(crate) async fn service_account(&self, ns: &str, id: &str) -> Result<String, MicroStatus> {
+        self.fresh_service_account(ns, id, &[micro_core::auth::DATA_SCOPE], ("runtime", "true")).await
+    }
+
+    /// The account a product of `services/` hosted by this server runs as: `product-<name>`
+    /// in `micro`, type service, with the `data` scope (its own data) and the `platform`
+    /// scope (it follows the rules of every namespace it serves); made when missing and
+    /// given a fresh secret at every start, which lives only in this process.
+    pub(crate) async fn product_account(&self, name: &str) -> Result<(String, String), MicroStatus> {
+        let id = format!("product-{name}");
+        let scopes = [micro_core::auth::DATA_SCOPE, PLATFORM_SCOPE];
+        let secret =
+            self.fresh_service_account(micro_core::namespace::DEFAULT, &id, &scopes, ("product", name)).await?;
+        Ok((id, secret))
+    }
+
+    async fn fresh_service_account(
+        &self,
+        ns: &str,
+        id: &str,
+        scopes: &[&str],
+        mark: (&str, &str),
+    ) -> Result<String, MicroStatus> {
         let secret = random_secret();
         let account = match self.load(ns, id).await? {
             Some(s) => s.account,
@@ -445,8 +476,8 @@ impl AuthService {
                 name: id.to_string(),
                 kind: micro_core::auth::AccountType::Service,
                 namespace: ns.to_string(),
-                scopes: vec![micro_core::auth::DATA_SCOPE.to_string()],
-                metadata: [("runtime".to_string(), "true".to_string())].into(),
+                scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                metadata: [(mark.0.to_string(), mark.1.to_string())].into(),
                 created: now(),
             },
         };
@@ -586,8 +617,7 @@ impl AuthService {
 
     /// The rules of a namespace, cached until they change.
     pub(crate) async fn cached_rules(&self, ns: &str) -> Result<Arc<Vec<Rule>>, MicroStatus> {
-        use std::sync::atomic::Ordering;
-        let generation = self.inner.generation.load(Ordering::Acquire);
+        let generation = *self.inner.generation.borrow();
         if let Some((g, r)) = self.inner.cache.lock().unwrap_or_else(|e| e.into_inner()).get(ns)
             && *g == generation
         {
@@ -609,7 +639,7 @@ impl AuthService {
     /// Drops the cached rules here, and (through a version record in the auth store,
     /// which every node follows) on every node sharing it.
     async fn rules_changed(&self) {
-        self.inner.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.inner.generation.send_modify(|g| *g += 1);
         let version = uuid::Uuid::new_v4().to_string();
         *self.inner.rules_version.lock().unwrap_or_else(|e| e.into_inner()) = Some(version.clone());
         let record = Record::new("rules", version.into_bytes());
@@ -628,7 +658,7 @@ impl AuthService {
         let mut last = self.inner.rules_version.lock().unwrap_or_else(|e| e.into_inner());
         if *last != seen {
             *last = seen;
-            self.inner.generation.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            self.inner.generation.send_modify(|g| *g += 1);
         }
         Ok(())
     }
@@ -640,48 +670,28 @@ impl AuthService {
         Ok(())
     }
 
-    /// The caller's verified claims, from its bearer token.
-    fn caller<T>(&self, req: &Request<T>) -> Result<Option<Claims>, MicroStatus> {
-        match micro::auth::bearer(&req.metadata().clone().into_headers()) {
-            Some(token) => self.verify(&token).map(Some),
-            None => Ok(None),
-        }
+    /// The caller's verified account, as the core's authorizer put it on the request.
+    pub(super) fn caller<T>(req: &Request<T>) -> Option<&Account> {
+        micro::auth::Caller::of(req).and_then(|c| c.account.as_ref())
     }
 
     /// Requires an admin of `ns`.
-    fn require_admin<T>(&self, req: &Request<T>, ns: &str) -> Result<Claims, MicroStatus> {
-        let claims = self
-            .caller(req)?
+    fn require_admin<T>(&self, req: &Request<T>, ns: &str) -> Result<(), MicroStatus> {
+        let account = Self::caller(req)
             .ok_or_else(|| MicroStatus::new(Code::Unauthenticated, "auth", "log in as an admin first"))?;
-        if !claims.account().is_admin_of(ns) {
+        if !account.is_admin_of(ns) {
             return Err(MicroStatus::new(Code::PermissionDenied, "auth", format!("needs the admin scope of {ns}")));
         }
-        Ok(claims)
+        Ok(())
     }
 }
 
 fn rule_of(r: pb::Rule) -> Result<Rule, MicroStatus> {
-    let access = match r.access.as_str() {
-        "" | "granted" => Access::Granted,
-        "denied" => Access::Denied,
-        other => return Err(MicroStatus::bad_request("auth", format!("access {other:?}: use granted or denied"))),
-    };
-    let rule = Rule { id: r.id, scope: r.scope, resource: parse_resource(&r.resource)?, access, priority: r.priority };
-    validate_rule(&rule)?;
-    Ok(rule)
+    micro::proto::rule_of(r)
 }
 
 fn wire_rule(r: &Rule) -> pb::Rule {
-    pb::Rule {
-        id: r.id.clone(),
-        scope: r.scope.clone(),
-        resource: r.resource.to_string(),
-        access: match r.access {
-            Access::Granted => "granted".into(),
-            Access::Denied => "denied".into(),
-        },
-        priority: r.priority,
-    }
+    r.into()
 }
 
 #[tonic::async_trait]
@@ -828,13 +838,52 @@ impl pb::auth_server::Auth for AuthService {
     async fn list_rules(&self, req: Request<pb::ListRulesRequest>) -> Result<Response<pb::ListRulesResponse>, Status> {
         let ns = micro::namespace(&req);
         // Admins, and the namespace's services (which enforce the rules themselves).
-        let is_own_service = self.caller(&req).ok().flatten().is_some_and(|c| c.typ == "service" && c.ns == ns);
+        let is_own_service = Self::caller(&req).is_some_and(|a| a.kind == AccountType::Service && a.namespace == ns);
         if !is_own_service {
             self.require_admin(&req, &ns).map_err(t)?;
         }
         let mut rules = self.rules(&ns).await.map_err(t)?;
         rules.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
         Ok(Response::new(pb::ListRulesResponse { rules: rules.iter().map(wire_rule).collect() }))
+    }
+
+    type WatchRulesStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<pb::ListRulesResponse, Status>> + Send>>;
+
+    async fn watch_rules(
+        &self,
+        req: Request<pb::WatchRulesRequest>,
+    ) -> Result<Response<Self::WatchRulesStream>, Status> {
+        let asked = req.get_ref().namespace.clone();
+        let ns = if asked.is_empty() { micro::namespace(&req) } else { asked };
+        micro_core::namespace::validate(&ns).map_err(t)?;
+        // Admins, the namespace's own accounts (a service enforcing the rules runs with
+        // one of them), and the products, which serve every namespace.
+        let product = |a: &Account| {
+            a.namespace == micro_core::namespace::DEFAULT
+                && a.kind == AccountType::Service
+                && a.has_scope(PLATFORM_SCOPE)
+        };
+        if Self::caller(&req).is_none_or(|a| a.namespace != ns && !product(a)) {
+            self.require_admin(&req, &ns).map_err(t)?;
+        }
+        let auth = self.clone();
+        let mut changes = self.inner.generation.subscribe();
+        let stream = async_stream::try_stream! {
+            let mut last: Option<Arc<Vec<Rule>>> = None;
+            loop {
+                changes.mark_unchanged();
+                let rules = auth.cached_rules(&ns).await.map_err(t)?;
+                if last.as_ref() != Some(&rules) {
+                    yield pb::ListRulesResponse { rules: rules.iter().map(wire_rule).collect() };
+                    last = Some(rules);
+                }
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn create_namespace(

@@ -27,6 +27,9 @@ pub struct Config {
     pub node_deny: String,
     /// Registration lease of the core services.
     pub core_ttl: std::time::Duration,
+    /// The products of `services/` this server hosts in-process (`MICRO_SERVICES`:
+    /// `all`, the default; `off` for none; or a comma-separated list of names).
+    pub services: Vec<String>,
     /// Events older than this are dropped (`MICRO_EVENTS_MAX_AGE` in seconds; default: kept).
     pub events_max_age: Option<std::time::Duration>,
     /// At most this many events are kept per topic (`MICRO_EVENTS_MAX_EVENTS`; default: all).
@@ -70,6 +73,7 @@ impl Default for Config {
             cors_origins: vec!["*".into()],
             node_deny: crate::targets::DEFAULT_DENY.to_string(),
             core_ttl: std::time::Duration::from_secs(60),
+            services: crate::products::NAMES.iter().map(|s| s.to_string()).collect(),
             events_max_age: None,
             events_max_events: None,
             blob_max_size: micro_core::blob::DEFAULT_MAX_SIZE,
@@ -337,6 +341,9 @@ impl Config {
         }
         if let Some(v) = env("MICRO_API_CORS") {
             c.cors_origins = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = env("MICRO_SERVICES") {
+            c.services = crate::products::select(&v).map_err(|e| Error::Config(format!("MICRO_SERVICES: {e}")))?;
         }
         if let Some(v) = env("MICRO_NODE_DENY") {
             crate::targets::parse_list(&v).map_err(|e| Error::Config(format!("MICRO_NODE_DENY: {e}")))?;

@@ -93,7 +93,8 @@ impl spb::store_server::Store for StoreService {
         // An admin of the default namespace sees every database; anyone else only the
         // namespace's own.
         let ns = micro::namespace(&req);
-        let operator = ns == micro_core::namespace::DEFAULT && req.metadata().get(crate::guard::ADMIN).is_some();
+        let operator =
+            ns == micro_core::namespace::DEFAULT && micro::auth::Caller::of(&req).is_some_and(|c| c.is_admin());
         let all = self.store.databases().await.map_err(t)?;
         let visible = all.into_iter().filter(|d| operator || *d == ns).collect();
         Ok(Response::new(spb::DatabasesResponse { databases: visible }))

@@ -46,6 +46,8 @@ struct Inner {
     next: AtomicUsize,
     routes: Mutex<HashMap<String, (Instant, Routes)>>,
     auth: crate::auth::AuthService,
+    /// The core's authorizer: who calls, in which namespace, and HTTP services' rules.
+    authorizer: Arc<micro::auth::Authorizer>,
     targets: crate::targets::Targets,
     /// Vouches, on calls to the core, for the client address the gateway stamped.
     edge_key: crate::client_address::EdgeKey,
@@ -188,6 +190,7 @@ impl Gateway {
                 cors: config.cors_origins.clone(),
                 next: AtomicUsize::new(0),
                 routes: Mutex::new(HashMap::new()),
+                authorizer: crate::guard::authorizer(&auth),
                 auth,
                 targets,
                 edge_key,
@@ -207,9 +210,6 @@ impl Gateway {
     }
 
     async fn route(&self, req: Request<Incoming>) -> Response<Body> {
-        if let Some(token) = token_of(req.headers()) {
-            self.inner.auth.learn_signer_of(&token).await;
-        }
         let path = req.uri().path();
         if req.method() == Method::GET && path == "/" {
             let v = serde_json::json!({"name": "micro", "version": env!("CARGO_PKG_VERSION"), "api": "ok"});
@@ -220,20 +220,19 @@ impl Gateway {
             res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             return res;
         }
-        // The namespace: the header, else the caller's account, else the subdomain.
-        let ns = if req.headers().get(micro_core::metadata::NAMESPACE).is_none()
-            && let Some(token) = token_of(req.headers())
+        // The caller, acting in the header's namespace, else its account's, else the
+        // subdomain's.
+        let token = token_of(req.headers());
+        let caller = match self
+            .inner
+            .authorizer
+            .identify(req.headers(), token.as_deref(), Some(&namespace(req.headers())))
+            .await
         {
-            match self.inner.auth.verify(&token) {
-                Ok(claims) => claims.ns,
-                Err(e) => return json_error(&e),
-            }
-        } else {
-            namespace(req.headers())
+            Ok(c) => c,
+            Err(e) => return json_error(&e),
         };
-        if micro_core::namespace::validate(&ns).is_err() {
-            return json_error(&Status::bad_request("api", format!("invalid namespace {ns:?}")));
-        }
+        let ns = caller.namespace.clone();
         let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("").to_string();
         // Services that registered an HTTP address get the request as it is.
         let valid = !first.is_empty() && first.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
@@ -242,7 +241,8 @@ impl Gateway {
             // HTTP services enforce nothing themselves: the gateway decides `http:name:/path`.
             let rest = path.strip_prefix('/').and_then(|p| p.strip_prefix(first.as_str())).unwrap_or("");
             let rest = if rest.is_empty() { "/".to_string() } else { rest.to_string() };
-            if let Err(e) = self.check_http(&req, &ns, &first, &rest).await {
+            let resource = micro_core::auth::Resource::new("http", &first, &rest);
+            if let Err(e) = self.inner.authorizer.decide(&caller, micro::auth::Protection::Rules, &resource).await {
                 return json_error(&e);
             }
             return self.reverse_proxy(req, &ns, &first, &addr).await;
@@ -522,17 +522,6 @@ impl Gateway {
         Some(nodes[i % nodes.len()].to_string())
     }
 
-    /// Decides a call to the HTTP service `name` at `path` by the namespace's rules.
-    async fn check_http(&self, req: &Request<Incoming>, ns: &str, name: &str, path: &str) -> Result<(), Status> {
-        let account = match token_of(req.headers()) {
-            Some(t) => Some(self.inner.auth.verify(&t)?.account()),
-            None => None,
-        };
-        micro_core::auth::check_namespace(account.as_ref(), ns)?;
-        let rules = self.inner.auth.cached_rules(ns).await?;
-        micro_core::auth::decide(&rules, account.as_ref(), ns, &micro_core::auth::Resource::new("http", name, path))
-    }
-
     /// Forwards a request to an HTTP service, stripping the `/{service}` prefix. The
     /// platform's cookies and the caller's own token stay here (the service gets a token
     /// delegated to it alone), and the service cannot set the platform's cookies.
@@ -544,7 +533,7 @@ impl Gateway {
         let token = token_of(&parts.headers);
         parts.headers.remove(header::AUTHORIZATION);
         strip_platform_cookies(&mut parts.headers);
-        for h in ["micro-account", "micro-account-admin"] {
+        for h in micro::auth::authorizer::IDENTITY_HEADERS {
             parts.headers.remove(h);
         }
         // HTTP services are never core services: always a delegated token.

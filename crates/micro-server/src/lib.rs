@@ -20,6 +20,7 @@ pub mod gateway;
 mod grpc_health;
 mod guard;
 mod namespace_data;
+mod products;
 mod proxy;
 mod reflection;
 mod registry;
@@ -34,6 +35,7 @@ mod websocket;
 pub use app::{CORE_SERVICES, Running, start};
 pub use auth::{ACCESS_TTL, ADMIN_PASSWORD_FILE, REFRESH_TTL};
 pub use config::{Backends, Config, Secret};
+pub use products::NAMES as PRODUCTS;
 pub use runtime::{RuntimeConfig, SandboxMode};
 
 /// Makes every file this process creates from now on private to its user (umask 077:

@@ -26,6 +26,7 @@ struct Inner {
     http: HttpClient<HttpConnector, Body>,
     runtime: crate::runtime::Runtime,
     auth: crate::auth::AuthService,
+    authorizer: Arc<micro::auth::Authorizer>,
 }
 
 const HOP_BY_HOP: [&str; 7] = [
@@ -50,7 +51,8 @@ impl Proxy {
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(2)));
         let http = HttpClient::builder(TokioExecutor::new()).http2_only(true).build(conn);
-        Proxy { inner: Arc::new(Inner { core, local, client, http, runtime, auth }) }
+        let authorizer = crate::guard::authorizer(&auth);
+        Proxy { inner: Arc::new(Inner { core, local, client, http, runtime, auth, authorizer }) }
     }
 
     pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
@@ -89,7 +91,7 @@ impl Proxy {
             return error(Status::not_found("proxy", format!("no service in path {path}")));
         }
         let mut req = req;
-        let ns = match self.delegate(req.headers_mut(), &service) {
+        let ns = match self.delegate(req.headers_mut(), &service).await {
             Ok(ns) => ns,
             Err(e) => return error(e),
         };
@@ -106,17 +108,10 @@ impl Proxy {
     /// namespace, standing for the same account; no cookies. Returns the namespace the
     /// call acts in (the header's, else the caller's account's, else `micro`), which the
     /// node is told.
-    fn delegate(&self, headers: &mut http::HeaderMap, service: &str) -> Result<String, Status> {
+    async fn delegate(&self, headers: &mut http::HeaderMap, service: &str) -> Result<String, Status> {
         headers.remove(http::header::COOKIE);
-        let asked =
-            headers.get(micro_core::metadata::NAMESPACE).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty());
         let token = micro::auth::bearer(headers);
-        let ns = match (asked, &token) {
-            (Some(ns), _) => ns.to_string(),
-            (None, Some(t)) => self.inner.auth.verify(t)?.ns,
-            (None, None) => micro_core::namespace::DEFAULT.to_string(),
-        };
-        micro_core::namespace::validate(&ns)?;
+        let ns = self.inner.authorizer.identify(headers, token.as_deref(), None).await?.namespace;
         if let Ok(v) = http::HeaderValue::from_str(&ns) {
             headers.insert(micro_core::metadata::NAMESPACE, v);
         }

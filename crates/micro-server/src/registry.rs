@@ -45,7 +45,27 @@ impl Registry for CoreRegistry {
         if let Some(own) = self.local.iter().find(|s| s.name == name) {
             return Ok(vec![own.clone()]);
         }
-        self.inner.get_service(ns, name).await
+        let found = self.inner.get_service(ns, name).await;
+        if ns == micro_core::namespace::DEFAULT || !crate::products::NAMES.contains(&name) {
+            return found;
+        }
+        // A product: the namespace's own service of that name, else the product's nodes
+        // in micro — those its own account registered, nobody else's.
+        match found {
+            Ok(s) if s.iter().any(|s| !s.nodes.is_empty()) => Ok(s),
+            Ok(_) | Err(_) => {
+                let owner = owner_digest(micro_core::namespace::DEFAULT, &crate::products::account(name));
+                let mut services = self.inner.get_service(micro_core::namespace::DEFAULT, name).await?;
+                for s in &mut services {
+                    s.nodes.retain(|n| n.metadata.get(OWNER) == Some(&owner));
+                }
+                services.retain(|s| !s.nodes.is_empty());
+                if services.is_empty() {
+                    return Err(micro_core::Status::not_found("registry", format!("service {name} not found")));
+                }
+                Ok(services)
+            }
+        }
     }
 
     async fn list_services(&self, ns: &str) -> Result<Vec<micro_core::registry::Service>, micro_core::Status> {
@@ -80,16 +100,20 @@ const OWNER: &str = "registered-by";
 
 /// Who calls, as [`OWNER`] records it, and whether they administer the namespace.
 fn caller<T>(req: &Request<T>, ns: &str) -> (String, bool) {
-    let account = req.metadata().get(crate::guard::ACCOUNT).and_then(|v| v.to_str().ok());
-    let admin = req.metadata().get(crate::guard::ADMIN).is_some();
+    let caller = micro::auth::Caller::of(req);
+    let account = caller.and_then(|c| c.id());
+    let admin = caller.is_some_and(|c| c.is_admin());
     let owner = match account {
-        Some(a) => {
-            let digest = sha2::Sha256::digest(format!("{ns}/{a}").as_bytes());
-            digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
-        }
+        Some(a) => owner_digest(ns, a),
         None => "anonymous".to_string(),
     };
     (owner, admin)
+}
+
+/// [`OWNER`] of the nodes account `account` registers in namespace `ns`.
+fn owner_digest(ns: &str, account: &str) -> String {
+    let digest = sha2::Sha256::digest(format!("{ns}/{account}").as_bytes());
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// A service name belongs to the account that registered its nodes: nobody else adds,

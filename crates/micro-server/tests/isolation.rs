@@ -235,7 +235,7 @@ async fn services_enforce_their_namespaces_rules() {
         .server(s.proxy())
         .credentials("vault-svc", "vault-secret-1")
         .handle("Vault.Open", |ctx: micro::Context, _req: serde_json::Value| async move {
-            Ok::<_, micro::Status>(serde_json::json!({ "by": ctx.metadata("micro-account") }))
+            Ok::<_, micro::Status>(serde_json::json!({ "by": ctx.caller().and_then(|c| c.id()) }))
         })
         .start()
         .await
@@ -262,6 +262,52 @@ async fn services_enforce_their_namespaces_rules() {
     let health = micro::Client::via_proxy(s.proxy()).call_json("vault", "Debug.Health", &serde_json::json!({})).await;
     assert!(health.is_ok(), "{health:?}");
     vault.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_follow_rule_changes_without_polling() {
+    use micro::proto::auth as pb;
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let bell = s
+        .service("micro", "bell")
+        .await
+        .handle("Bell.Ring", |_ctx: micro::Context, _req: serde_json::Value| async move {
+            Ok::<_, micro::Status>(serde_json::json!({ "rung": true }))
+        })
+        .start()
+        .await
+        .unwrap();
+    let ring =
+        || async { micro::Client::via_proxy(s.proxy()).call_json("bell", "Bell.Ring", &serde_json::json!({})).await };
+    // Answered once, so the service holds the rules it read at start.
+    assert_eq!(ring().await.unwrap()["rung"], true);
+    // A rule locking the bell reaches the service within a second (it used to re-read
+    // the rules every 5 s); deleting it opens the bell again as quickly.
+    let lock = pb::Rule {
+        id: "bell-lock".into(),
+        resource: "service:bell:*".into(),
+        access: "denied".into(),
+        priority: 10,
+        ..Default::default()
+    };
+    let changed = std::time::Instant::now();
+    micro_test::create_rule(&s.proxy(), &admin, "micro", lock).await;
+    while ring().await.is_ok() {
+        assert!(changed.elapsed() < Duration::from_secs(1), "the lock took over a second to reach the service");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(code(ring().await), Some(Code::Unauthenticated));
+    let mut auth = pb::auth_client::AuthClient::new(micro::data::channel(&s.proxy()).unwrap());
+    let mut req = tonic::Request::new(pb::DeleteRuleRequest { id: "bell-lock".into() });
+    req.metadata_mut().insert("authorization", format!("Bearer {admin}").parse().unwrap());
+    let changed = std::time::Instant::now();
+    auth.delete_rule(req).await.unwrap();
+    while ring().await.is_err() {
+        assert!(changed.elapsed() < Duration::from_secs(1), "the unlock took over a second to reach the service");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bell.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

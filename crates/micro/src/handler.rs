@@ -11,21 +11,37 @@ use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::marker::PhantomData;
 
-/// What a handler sees of its call besides the request: metadata and namespace.
+/// What a handler sees of its call besides the request: metadata, namespace and caller.
 #[derive(Clone, Debug)]
 pub struct Context {
     headers: http::HeaderMap,
+    caller: Option<crate::auth::Caller>,
 }
 
 impl Context {
     /// A context over request headers.
     pub fn new(headers: http::HeaderMap) -> Context {
-        Context { headers }
+        Context { headers, caller: None }
     }
 
-    /// The namespace of the call (`micro-namespace`, default `micro`).
+    /// The context with the caller the service's authorizer verified.
+    pub fn with_caller(mut self, caller: Option<crate::auth::Caller>) -> Context {
+        self.caller = caller;
+        self
+    }
+
+    /// Who calls, as the service's authorizer verified it ([`crate::auth::Authorizer`]);
+    /// `None` when the service enforces nothing (no server, or its own hook).
+    pub fn caller(&self) -> Option<&crate::auth::Caller> {
+        self.caller.as_ref()
+    }
+
+    /// The namespace of the call: the verified caller's, else `micro-namespace`'s, else `micro`.
     pub fn namespace(&self) -> &str {
-        namespace_of(&self.headers)
+        match &self.caller {
+            Some(c) => &c.namespace,
+            None => namespace_of(&self.headers),
+        }
     }
 
     /// A metadata value by key (header name, case-insensitive).
@@ -48,8 +64,12 @@ pub fn namespace_of(headers: &http::HeaderMap) -> &str {
         .unwrap_or(micro_core::namespace::DEFAULT)
 }
 
-/// The namespace of a tonic request (for handlers generated from protos).
+/// The namespace of a tonic request (for handlers generated from protos): the verified
+/// caller's ([`crate::auth::Caller`]), else the `micro-namespace` header's, else the default.
 pub fn namespace<T>(req: &tonic::Request<T>) -> String {
+    if let Some(c) = crate::auth::Caller::of(req) {
+        return c.namespace.clone();
+    }
     req.metadata()
         .get(micro_core::metadata::NAMESPACE)
         .and_then(|v| v.to_str().ok())

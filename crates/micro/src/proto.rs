@@ -89,6 +89,38 @@ impl From<&micro_core::auth::Account> for auth::Account {
     }
 }
 
+/// A rule from the wire, checked ([`micro_core::auth::validate_rule`]); access `""` is granted.
+pub fn rule_of(r: auth::Rule) -> Result<micro_core::auth::Rule, micro_core::Status> {
+    use micro_core::auth::Access;
+    let access = match r.access.as_str() {
+        "" | "granted" => Access::Granted,
+        "denied" => Access::Denied,
+        other => {
+            return Err(micro_core::Status::bad_request("auth", format!("access {other:?}: use granted or denied")));
+        }
+    };
+    let resource = micro_core::auth::parse_resource(&r.resource)?;
+    let rule = micro_core::auth::Rule { id: r.id, scope: r.scope, resource, access, priority: r.priority };
+    micro_core::auth::validate_rule(&rule)?;
+    Ok(rule)
+}
+
+/// A rule for the wire.
+impl From<&micro_core::auth::Rule> for auth::Rule {
+    fn from(r: &micro_core::auth::Rule) -> Self {
+        auth::Rule {
+            id: r.id.clone(),
+            scope: r.scope.clone(),
+            resource: r.resource.to_string(),
+            access: match r.access {
+                micro_core::auth::Access::Granted => "granted".into(),
+                micro_core::auth::Access::Denied => "denied".into(),
+            },
+            priority: r.priority,
+        }
+    }
+}
+
 /// The encoded descriptor set of the core protos.
 pub const DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/micro_descriptor.bin"));
 

@@ -303,7 +303,8 @@ impl Router {
                 Ok(m) => m,
                 Err(e) => return self.error(mode, &e),
             };
-            let out = h.call(Context::new(parts.headers), msg).await;
+            let caller = parts.extensions.get::<crate::auth::Caller>().cloned();
+            let out = h.call(Context::new(parts.headers).with_caller(caller), msg).await;
             return match (mode, out) {
                 (_, Err(e)) => self.error(mode, &e),
                 (Mode::HttpJson, Ok(Output::Unary(b))) => json_response(b),

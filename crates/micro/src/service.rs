@@ -1,7 +1,7 @@
 //! The service builder: name it, add handlers, run it.
 
 use crate::Client;
-use crate::auth::{Bearer, Credentials, Enforcer};
+use crate::auth::{Bearer, Credentials};
 use crate::data::TokenSource;
 use crate::data::{BlobHandle, BrokerHandle, ConfigHandle, Data, EventsHandle, StoreHandle, SyncHandle};
 use crate::handler::{Context, Handler, ServerStream, Unary};
@@ -68,6 +68,7 @@ pub struct Service {
     data: Option<Data>,
     routes: Vec<(String, String)>,
     credentials: Option<Arc<Credentials>>,
+    platform: bool,
 }
 
 impl Service {
@@ -94,7 +95,21 @@ impl Service {
                 (Ok(id), Ok(secret)) if !id.is_empty() => Some(Credentials::new(id, secret)),
                 _ => None,
             },
+            platform: false,
         }
+    }
+
+    /// Makes this a platform service (a product under `services/`): registered in the
+    /// `micro` namespace and serving every namespace. A call acts in the namespace it
+    /// asks for (else its account's), which the service's authorizer verifies
+    /// ([`crate::auth::Scope::Platform`]); endpoints are for that namespace's accounts
+    /// unless a rule naming the service says otherwise. Handlers read the namespace
+    /// from [`crate::Context::caller`]. The server must know the name as a product to
+    /// route other namespaces' calls to it.
+    pub fn platform(mut self) -> Self {
+        self.platform = true;
+        self.namespace = namespace::DEFAULT.into();
+        self
     }
 
     /// Sets the version (default `latest`).
@@ -171,7 +186,7 @@ impl Service {
 
     /// The namespace this service acts in: as set, else `MICRO_NAMESPACE`, else `micro`.
     fn effective_namespace(&self) -> String {
-        if self.namespace != namespace::DEFAULT {
+        if self.namespace != namespace::DEFAULT || self.platform {
             return self.namespace.clone();
         }
         std::env::var("MICRO_NAMESPACE").ok().filter(|n| !n.is_empty()).unwrap_or_else(|| self.namespace.clone())
@@ -409,16 +424,15 @@ impl Service {
             Some(h) => Some(h.clone()),
             None if local_only => None,
             None => {
-                let enforcer = Enforcer::new(
+                let (authorizer, _) = crate::auth::remote::service_authorizer(
                     &name,
                     &self.effective_namespace(),
+                    self.platform,
                     &self.effective_server(),
                     self.credentials.clone(),
-                );
-                if let Err(e) = enforcer.refresh_keys().await {
-                    tracing::warn!(service = %name, error = %e, "cannot read the server's public keys yet; tokens are refused until then");
-                }
-                Some(enforcer as Arc<dyn Authorize>)
+                )
+                .await;
+                Some(authorizer as Arc<dyn Authorize>)
             }
         };
         let stack = router.layered(hook);

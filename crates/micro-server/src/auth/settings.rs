@@ -86,10 +86,8 @@ impl AuthService {
 
     /// The caller's account (namespace, id), from its verified token only.
     fn own_account<T>(&self, req: &Request<T>) -> Result<(String, String), MicroStatus> {
-        let claims =
-            self.caller(req)?.ok_or_else(|| MicroStatus::new(Code::Unauthenticated, "auth", "log in first"))?;
-        let a = claims.account();
-        Ok((a.namespace, a.id))
+        let a = Self::caller(req).ok_or_else(|| MicroStatus::new(Code::Unauthenticated, "auth", "log in first"))?;
+        Ok((a.namespace.clone(), a.id.clone()))
     }
 
     pub(super) async fn handle_set_setting(

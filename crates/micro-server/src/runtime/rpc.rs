@@ -15,19 +15,19 @@ fn t(s: MicroStatus) -> Status {
 
 type Stream_<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// The caller, from its verified token.
-fn caller<T>(rt: &Runtime, req: &Request<T>) -> Option<Caller> {
-    let token = micro::auth::bearer(&req.metadata().clone().into_headers())?;
-    let account = rt.inner.auth.verify(&token).ok()?.account();
-    let operator = account.is_admin_of(micro_core::namespace::DEFAULT);
-    Some(Caller { namespace: account.namespace, id: account.id, operator })
+/// The caller, as the core's authorizer verified it.
+fn caller<T>(req: &Request<T>) -> Option<Caller> {
+    let verified = micro::auth::Caller::of(req)?;
+    let operator = verified.is_operator();
+    let account = verified.account.as_ref()?;
+    Some(Caller { namespace: account.namespace.clone(), id: account.id.clone(), operator })
 }
 
 #[tonic::async_trait]
 impl pb::runtime_server::Runtime for Runtime {
     async fn create(&self, req: Request<pb::CreateRequest>) -> Result<Response<pb::CreateResponse>, Status> {
         let ns = micro::namespace(&req);
-        let who = caller(self, &req);
+        let who = caller(&req);
         let spec = req.into_inner().service.unwrap_or_default();
         let service = self.create(&ns, spec, who).await.map_err(t)?;
         Ok(Response::new(pb::CreateResponse { service: Some(service) }))
@@ -41,7 +41,7 @@ impl pb::runtime_server::Runtime for Runtime {
 
     async fn update(&self, req: Request<pb::UpdateRequest>) -> Result<Response<pb::UpdateResponse>, Status> {
         let ns = micro::namespace(&req);
-        let who = caller(self, &req);
+        let who = caller(&req);
         let spec = req.into_inner().service.unwrap_or_default();
         let service = Runtime::update(self, &ns, spec, who).await.map_err(t)?;
         Ok(Response::new(pb::UpdateResponse { service: Some(service) }))

@@ -1,0 +1,84 @@
+//! The products of `services/`: services built with the framework like any user's, which
+//! `micro server` hosts in-process (`MICRO_SERVICES` chooses) and which also run on their
+//! own (each crate has a binary). A product registers in the `micro` namespace as a
+//! platform service and serves every namespace: the registry answers other namespaces'
+//! lookups of its name with its nodes (those registered by its account, `product-<name>`),
+//! unless the namespace has a service of that name itself.
+
+use micro::Service;
+
+/// A product: its name and how it adds its handlers to a service configured by its host.
+pub(crate) struct Product {
+    pub(crate) name: &'static str,
+    pub(crate) build: fn(Service) -> Service,
+}
+
+/// Every product, by name.
+pub(crate) const PRODUCTS: [Product; 1] =
+    [Product { name: micro_distributed::NAME, build: micro_distributed::service }];
+
+/// The names of every product.
+pub const NAMES: [&str; 1] = [micro_distributed::NAME];
+
+/// The account a product runs as.
+pub(crate) fn account(name: &str) -> String {
+    format!("product-{name}")
+}
+
+/// The products `MICRO_SERVICES` selects: `all`, `off` (none) or a comma-separated list.
+pub(crate) fn select(v: &str) -> Result<Vec<String>, String> {
+    match v.trim() {
+        "all" | "" => Ok(NAMES.iter().map(|s| s.to_string()).collect()),
+        "off" | "none" => Ok(Vec::new()),
+        list => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                if NAMES.contains(&s) {
+                    Ok(s.to_string())
+                } else {
+                    Err(format!("unknown service {s:?}: use all, off, or some of {}", NAMES.join(", ")))
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Starts the selected products against the server's proxy at `proxy`, each with a fresh
+/// secret for its account.
+pub(crate) async fn start(
+    auth: &crate::auth::AuthService,
+    proxy: &str,
+    selected: &[String],
+) -> Result<Vec<micro::Running>, micro_core::Status> {
+    let mut running = Vec::new();
+    for p in PRODUCTS.iter().filter(|p| selected.iter().any(|s| s == p.name)) {
+        let (id, secret) = auth.product_account(p.name).await?;
+        let service = (p.build)(Service::new(p.name).server(proxy).credentials(&id, &secret));
+        match service.start().await {
+            Ok(r) => running.push(r),
+            Err(e) => {
+                for r in running {
+                    r.stop().await;
+                }
+                return Err(e);
+            }
+        }
+        tracing::info!(service = p.name, "product started");
+    }
+    Ok(running)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selecting() {
+        assert_eq!(select("all").unwrap(), vec!["distributed"]);
+        assert!(select("off").unwrap().is_empty());
+        assert_eq!(select(" distributed ,").unwrap(), vec!["distributed"]);
+        assert!(select("distributed,billing").unwrap_err().contains("unknown service \"billing\""));
+    }
+}
