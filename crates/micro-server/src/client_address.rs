@@ -55,8 +55,8 @@ impl EdgeKey {
 
     /// Whether `key` is this key, compared in constant time.
     fn matches(&self, key: &[u8]) -> bool {
-        let own = self.0.as_bytes();
-        own.len() == key.len() && own.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(key).into()
     }
 }
 

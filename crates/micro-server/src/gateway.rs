@@ -80,14 +80,9 @@ fn platform_cookie(name: &str) -> bool {
 
 /// Removes the platform's cookies from a request's `Cookie` headers.
 fn strip_platform_cookies(headers: &mut http::HeaderMap) {
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|c| !c.is_empty() && !platform_cookie(c.split('=').next().unwrap_or("")))
-        .map(str::to_string)
+    let kept: Vec<String> = micro::auth::cookies(headers)
+        .filter(|c| !platform_cookie(c.name()))
+        .map(|c| format!("{}={}", c.name(), c.value()))
         .collect();
     headers.remove(header::COOKIE);
     if !kept.is_empty()
@@ -217,7 +212,7 @@ impl Gateway {
         }
         if req.method() == Method::GET && path == "/metrics" {
             let mut res = Response::new(Body::new(Full::new(Bytes::from(self.inner.metrics.render()))));
-            res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(micro::metrics::CONTENT_TYPE));
             return res;
         }
         // The caller, acting in the header's namespace, else its account's, else the
@@ -327,7 +322,7 @@ impl Gateway {
             let mut captures = Vec::new();
             for (pattern, seg) in r.segs.iter().zip(&segs) {
                 match pattern.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
-                    Some(name) => captures.push((name.to_string(), percent_decode(seg)?)),
+                    Some(name) => captures.push((name.to_string(), micro::form::unescape(seg).ok()?)),
                     None if pattern == seg => {}
                     None => return None,
                 }
@@ -672,10 +667,7 @@ pub fn build_request(
         }
     };
     if let Some(q) = query {
-        for pair in q.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let k = decode(k)?;
-            let v = decode(v)?;
+        for (k, v) in micro::form::pairs(q)? {
             let path: Vec<&str> = k.split('.').collect();
             if path.iter().any(|p| p.is_empty()) {
                 return Err(Status::bad_request("api", format!("invalid query parameter {k:?}")));
@@ -687,27 +679,6 @@ pub fn build_request(
         set_path(&mut obj, &[k.as_str()], v, schema)?;
     }
     serde_json::to_vec(&Value::Object(obj)).map(Bytes::from).map_err(|e| Status::internal("api", e.to_string()))
-}
-
-fn decode(s: &str) -> Result<String, Status> {
-    percent_decode(&s.replace('+', " ")).ok_or_else(|| Status::bad_request("api", "query string is not valid UTF-8"))
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 fn field_schema<'a>(schema: &'a Value, name: &str) -> Option<&'a Value> {

@@ -45,27 +45,7 @@ impl Registry for CoreRegistry {
         if let Some(own) = self.local.iter().find(|s| s.name == name) {
             return Ok(vec![own.clone()]);
         }
-        let found = self.inner.get_service(ns, name).await;
-        if ns == micro_core::namespace::DEFAULT || !crate::products::NAMES.contains(&name) {
-            return found;
-        }
-        // A product: the namespace's own service of that name, else the product's nodes
-        // in micro — those its own account registered, nobody else's.
-        match found {
-            Ok(s) if s.iter().any(|s| !s.nodes.is_empty()) => Ok(s),
-            Ok(_) | Err(_) => {
-                let owner = owner_digest(micro_core::namespace::DEFAULT, &crate::products::account(name));
-                let mut services = self.inner.get_service(micro_core::namespace::DEFAULT, name).await?;
-                for s in &mut services {
-                    s.nodes.retain(|n| n.metadata.get(OWNER) == Some(&owner));
-                }
-                services.retain(|s| !s.nodes.is_empty());
-                if services.is_empty() {
-                    return Err(micro_core::Status::not_found("registry", format!("service {name} not found")));
-                }
-                Ok(services)
-            }
-        }
+        lookup(self.inner.as_ref(), ns, name).await
     }
 
     async fn list_services(&self, ns: &str) -> Result<Vec<micro_core::registry::Service>, micro_core::Status> {
@@ -82,6 +62,29 @@ impl Registry for CoreRegistry {
     }
 }
 
+/// A service by name in `ns`; a product's from every namespace: its nodes in micro that
+/// its own account registered, nobody else's (product names are reserved: see
+/// `check_product`).
+async fn lookup(
+    registry: &dyn Registry,
+    ns: &str,
+    name: &str,
+) -> Result<Vec<micro_core::registry::Service>, micro_core::Status> {
+    if !crate::products::NAMES.contains(&name) {
+        return registry.get_service(ns, name).await;
+    }
+    let owner = owner_digest(micro_core::namespace::DEFAULT, &crate::products::account(name));
+    let mut services = registry.get_service(micro_core::namespace::DEFAULT, name).await?;
+    for s in &mut services {
+        s.nodes.retain(|n| n.metadata.get(OWNER) == Some(&owner));
+    }
+    services.retain(|s| !s.nodes.is_empty());
+    if services.is_empty() {
+        return Err(micro_core::Status::not_found("registry", format!("service {name} not found")));
+    }
+    Ok(services)
+}
+
 /// Core service names are the server's: nobody registers nodes for them.
 fn not_core(name: &str) -> Result<(), Status> {
     if is_core(name) {
@@ -92,6 +95,24 @@ fn not_core(name: &str) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// A product's name is its own: registered in micro by its account (`product-<name>`) or
+/// micro's admins only, in no other namespace (where the product serves the name).
+fn check_product(caller: Option<&micro::auth::Caller>, ns: &str, name: &str) -> Result<(), Status> {
+    if !crate::products::NAMES.contains(&name) {
+        return Ok(());
+    }
+    let own = ns == micro_core::namespace::DEFAULT
+        && caller.is_some_and(|c| c.is_operator() || c.id() == Some(crate::products::account(name).as_str()));
+    if own {
+        return Ok(());
+    }
+    Err(to_tonic(&micro_core::Status::new(
+        micro_core::Code::PermissionDenied,
+        "registry",
+        format!("{name} is a product's name: only its account registers it, in namespace micro"),
+    )))
 }
 
 /// The node metadata naming who registered a node (a digest of the account, or
@@ -158,11 +179,13 @@ impl pb::registry_server::Registry for RegistryService {
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let ns = micro::namespace(&req);
         let (owner, admin) = caller(&req, &ns);
+        let who = micro::auth::Caller::of(&req).cloned();
         let r = req.into_inner();
         let ttl =
             if r.ttl_seconds <= 0 { micro::DEFAULT_TTL } else { Duration::from_secs(r.ttl_seconds.min(86_400) as u64) };
         let mut service = service_of(r.service)?;
         not_core(&service.name)?;
+        check_product(who.as_ref(), &ns, &service.name)?;
         micro_core::registry::check_registration(&ns, &service, ttl).map_err(|e| to_tonic(&e))?;
         for n in &service.nodes {
             self.targets.check(&n.address).await.map_err(|e| to_tonic(&e))?;
@@ -194,7 +217,7 @@ impl pb::registry_server::Registry for RegistryService {
         req: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::GetServiceResponse>, Status> {
         let ns = micro::namespace(&req);
-        let services = self.registry.get_service(&ns, &req.into_inner().name).await.map_err(|e| to_tonic(&e))?;
+        let services = lookup(self.registry.as_ref(), &ns, &req.into_inner().name).await.map_err(|e| to_tonic(&e))?;
         Ok(Response::new(pb::GetServiceResponse { services: services.iter().map(Into::into).collect() }))
     }
 

@@ -1,33 +1,96 @@
-//! Request metrics: counts, errors and latency per service, endpoint and code, rendered
-//! in the Prometheus text format.
+//! Request metrics: counts, errors and latency per service, endpoint and code, exposed in
+//! the OpenMetrics text format (which Prometheus scrapes) through `prometheus-client`.
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use micro_core::Code;
-use std::collections::HashMap;
-use std::fmt::Write;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 const BUCKETS: [f64; 10] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0];
 
-/// A shared metrics registry. Cheap to clone.
-#[derive(Clone, Default)]
-pub struct Metrics {
-    inner: Arc<Mutex<SeriesMap>>,
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A label value shared without copying.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Label(Arc<str>);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        encoder.write_str(&self.0)
+    }
 }
 
-/// Series by (service, endpoint).
-type SeriesMap = HashMap<(Arc<str>, Arc<str>), Series>;
+/// A status code as a label value (`Ok`, `NotFound`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct CodeLabel(Code);
 
-#[derive(Default)]
-struct Series {
-    by_code: HashMap<Code, u64>,
-    sum: f64,
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
+impl EncodeLabelValue for CodeLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write;
+        write!(encoder, "{}", self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Endpoint {
+    service: Label,
+    endpoint: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    service: Label,
+    endpoint: Label,
+    code: CodeLabel,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: Family<Outcome, Counter>,
+    durations: Family<Endpoint, Histogram, fn() -> Histogram>,
+    total: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// A shared metrics registry. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let requests = Family::<Outcome, Counter>::default();
+        let durations: Family<Endpoint, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(BUCKETS));
+        let mut registry = Registry::default();
+        registry.register("micro_requests", "Requests handled, by service, endpoint and status code", requests.clone());
+        registry.register(
+            "micro_request_duration_seconds",
+            "Time to the response headers (unary: the whole call)",
+            durations.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                durations,
+                total: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+            }),
+        }
+    }
 }
 
 /// Totals across all series.
@@ -42,74 +105,31 @@ pub struct Totals {
 impl Metrics {
     /// Records one finished request.
     pub fn observe(&self, service: &str, endpoint: &Arc<str>, code: Code, elapsed: Duration) {
-        let mut m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (Arc::from(service), endpoint.clone());
-        let s = m.entry(key).or_default();
-        *s.by_code.entry(code).or_default() += 1;
-        let secs = elapsed.as_secs_f64();
-        s.sum += secs;
-        s.count += 1;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if secs <= *b {
-                s.buckets[i] += 1;
-            }
+        let (service, endpoint) = (Label(Arc::from(service)), Label(endpoint.clone()));
+        self.inner
+            .durations
+            .get_or_create(&Endpoint { service: service.clone(), endpoint: endpoint.clone() })
+            .observe(elapsed.as_secs_f64());
+        self.inner.requests.get_or_create(&Outcome { service, endpoint, code: CodeLabel(code) }).inc();
+        self.inner.total.fetch_add(1, Ordering::Relaxed);
+        if code != Code::Ok {
+            self.inner.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Totals across every series.
     pub fn totals(&self) -> Totals {
-        let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut t = Totals::default();
-        for s in m.values() {
-            for (code, n) in &s.by_code {
-                t.requests += n;
-                if *code != Code::Ok {
-                    t.errors += n;
-                }
-            }
-        }
-        t
+        Totals { requests: self.inner.total.load(Ordering::Relaxed), errors: self.inner.errors.load(Ordering::Relaxed) }
     }
 
-    /// The Prometheus text exposition of every series.
+    /// The text exposition of every series ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let m = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let mut keys: Vec<_> = m.keys().cloned().collect();
-        keys.sort();
         let mut out = String::new();
-        out.push_str("# HELP micro_requests_total Requests handled, by service, endpoint and status code.\n");
-        out.push_str("# TYPE micro_requests_total counter\n");
-        for k in &keys {
-            let mut codes: Vec<_> = m[k].by_code.iter().collect();
-            codes.sort_by_key(|(c, _)| c.grpc());
-            for (code, n) in codes {
-                let _ = writeln!(
-                    out,
-                    "micro_requests_total{{service=\"{}\",endpoint=\"{}\",code=\"{}\"}} {n}",
-                    esc(&k.0),
-                    esc(&k.1),
-                    code
-                );
-            }
-        }
-        out.push_str("# HELP micro_request_duration_seconds Time to the response headers (unary: the whole call).\n");
-        out.push_str("# TYPE micro_request_duration_seconds histogram\n");
-        for k in &keys {
-            let s = &m[k];
-            let labels = format!("service=\"{}\",endpoint=\"{}\"", esc(&k.0), esc(&k.1));
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "micro_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}", s.buckets[i]);
-            }
-            let _ = writeln!(out, "micro_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}", s.count);
-            let _ = writeln!(out, "micro_request_duration_seconds_sum{{{labels}}} {}", s.sum);
-            let _ = writeln!(out, "micro_request_duration_seconds_count{{{labels}}} {}", s.count);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry) {
+            tracing::warn!(error = %e, "encoding the metrics failed");
         }
         out
     }
-}
-
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// A response body that records the call when its gRPC trailers (or its end) arrive.

@@ -103,19 +103,10 @@ impl Form {
     }
 }
 
-/// Parses `application/x-www-form-urlencoded` text.
+/// Parses `application/x-www-form-urlencoded` text ([`micro::form::pairs`]); text that
+/// does not decode to UTF-8 has no fields (the page then says what is missing).
 pub(crate) fn parse_form(text: &str) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        let s = s.replace('+', " ");
-        percent_encoding::percent_decode_str(&s).decode_utf8_lossy().into_owned()
-    };
-    text.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| match p.split_once('=') {
-            Some((k, v)) => (decode(k), decode(v)),
-            None => (decode(p), String::new()),
-        })
-        .collect()
+    micro::form::pairs(text).unwrap_or_default()
 }
 
 /// Percent-encodes one path segment or query value.

@@ -31,8 +31,8 @@ pub(crate) struct Session {
 impl Session {
     /// Whether a submitted CSRF token is this session's (compared in constant time).
     pub(crate) fn csrf_ok(&self, token: &str) -> bool {
-        let (a, b) = (self.csrf.as_bytes(), token.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        use subtle::ConstantTimeEq;
+        self.csrf.as_bytes().ct_eq(token.as_bytes()).into()
     }
 }
 
@@ -119,14 +119,7 @@ impl Sessions {
 
 /// The value of cookie `name`.
 pub(crate) fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
+    micro::auth::cookie(headers, name)
 }
 
 fn set_cookie(name: &str, value: &str, max_age: Option<u64>, secure: bool) -> http::HeaderValue {

@@ -135,7 +135,9 @@ pub enum Scope {
     /// A platform service (a product of `services/`): registered in `micro` and serving
     /// every namespace. The namespace is resolved as at the core (fallback `micro`) and
     /// an account of another namespace refused; tokens delegated to the service in the
-    /// namespace asked for (`<namespace>/<service>`) are accepted.
+    /// namespace asked for (`<namespace>/<service>`) are accepted. Anonymous callers are
+    /// refused before any rule is read (a product follows the rules of the namespaces
+    /// its accounts call it from, not of any name a stranger sends).
     Platform {
         /// The service's name.
         service: String,
@@ -149,9 +151,9 @@ impl Scope {
         match self {
             Scope::Core { .. } => None,
             Scope::Service { namespace, service } => Some(format!("{namespace}/{service}")),
-            Scope::Platform { service } => {
-                Some(format!("{}/{service}", asked.unwrap_or(micro_core::namespace::DEFAULT)))
-            }
+            // Without a namespace asked for, an account's own token only: a delegated one
+            // names the namespace it was delegated in, which must be asked for.
+            Scope::Platform { service } => asked.map(|ns| format!("{ns}/{service}")),
         }
     }
 
@@ -239,6 +241,13 @@ impl Authorizer {
         let ns = &caller.namespace;
         if !matches!(self.scope, Scope::Service { .. }) {
             check_namespace(account, ns)?;
+        }
+        if matches!(self.scope, Scope::Platform { .. }) && account.is_none() && protection != Protection::Public {
+            return Err(Status::new(
+                Code::Unauthenticated,
+                "auth",
+                format!("{} needs an account of the namespace: log in first", resource.name),
+            ));
         }
         match protection {
             Protection::Public => Ok(()),

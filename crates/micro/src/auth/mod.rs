@@ -23,14 +23,25 @@ pub const TOKEN_COOKIE: &str = "micro-token";
 /// The `micro-token` cookie of a request, for the gateway alone, which accepts it only on
 /// requests another site cannot make a browser send (a CORS-preflighted request).
 pub fn cookie_token(headers: &http::HeaderMap) -> Option<String> {
+    cookie(headers, TOKEN_COOKIE).filter(|t| !t.is_empty())
+}
+
+/// The cookies of a request's `Cookie` headers, in order (malformed pairs skipped): the
+/// one cookie parser of the project.
+pub fn cookies(headers: &http::HeaderMap) -> impl Iterator<Item = cookie::Cookie<'_>> {
     headers
         .get_all(http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix("micro-token=").map(str::to_string))
-        .filter(|t| !t.is_empty())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
 }
+
+/// The value of the request's cookie `name`, if it sent one.
+pub fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    cookies(headers).find(|c| c.name() == name).map(|c| c.value().to_string())
+}
+
 use crate::proto::auth as pb;
 use micro_core::Status;
 use std::sync::{Arc, RwLock, Weak};
