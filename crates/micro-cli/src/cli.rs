@@ -230,6 +230,10 @@ pub(crate) enum EnvAction {
     Del { name: String },
 }
 
+/// What `micro server` prints, followed by a JSON object (`api`, `web`, `proxy`), once
+/// every listener is up: the line programs that start it wait for.
+const READY_PREFIX: &str = "micro server ready ";
+
 /// Runs the CLI; returns the exit code.
 pub(crate) async fn run(args: Vec<String>) -> i32 {
     let cli = match Cli::try_parse_from(&args) {
@@ -354,6 +358,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let server = micro_server::start(cfg).await?;
             let web = server.web_address().map(|a| format!(" web http://{a}")).unwrap_or_default();
             println!("micro server: api http://{}{web} proxy {}", server.api_address(), server.proxy_address());
+            // For programs that start it (tests, scripts): every listener is up.
+            let ready = serde_json::json!({
+                "api": format!("http://{}", server.api_address()),
+                "web": server.web_address().map(|a| format!("http://{a}")),
+                "proxy": server.proxy_address().to_string(),
+            });
+            println!("{READY_PREFIX}{ready}");
             stop.await;
             server.stop().await;
             Ok(())
