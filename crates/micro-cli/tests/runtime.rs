@@ -9,7 +9,6 @@
 mod runtime_harness;
 
 use runtime_harness::*;
-use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -306,7 +305,7 @@ s.serve_forever()
 
     // A crashing service is restarted with backoff, its restarts counted.
     let crash = project(&[("micro.toml", "run = \"echo starting; exit 3\"\n")]);
-    let _ = s.cli(&["run", crash.path().to_str().unwrap(), "--name", "crasher", "--detach"]).await;
+    let _ = s.run(&["run", crash.path().to_str().unwrap(), "--name", "crasher", "--detach"]).await;
     let v = s.wait_status("crasher", Duration::from_secs(30), |v| v["restarts"].as_u64().unwrap_or(0) >= 3).await;
     assert!(v["error"].as_str().unwrap().contains("exited with code 3"), "{v}");
     let logs = s.ok(&["logs", "crasher"]).await;
@@ -318,8 +317,7 @@ s.serve_forever()
         "micro.toml",
         "run = \"python3 -c 'import time; x = bytearray(200 << 20); x[::4096] = b\\\"x\\\" * len(x[::4096]); time.sleep(60)'\"\n",
     )]);
-    let out = s.cli(&["run", hog.path().to_str().unwrap(), "--name", "hog", "--memory", "64M", "--detach"]).await;
-    assert_eq!(out.0, 0, "{out:?}");
+    s.ok(&["run", hog.path().to_str().unwrap(), "--name", "hog", "--memory", "64M", "--detach"]).await;
     let v =
         s.wait_status("hog", Duration::from_secs(30), |v| v["error"].as_str().unwrap_or("").contains("memory")).await;
     assert!(v["error"].as_str().unwrap().contains("over its limit of 64 MiB"), "{v}");
@@ -409,8 +407,8 @@ async fn a_service_uses_its_own_namespace_with_its_own_account_and_is_refused_in
     // The write landed in alpha only.
     let out = s.ok(&["--namespace", "alpha", "store", "read", "probe", "--table", "default"]).await;
     assert!(out.contains('1'), "{out}");
-    let (code, out, _) = s.cli(&["--namespace", "beta", "store", "read", "probe"]).await;
-    assert!(code != 0 || !out.contains('1'), "nothing in beta: {out}");
+    let out = s.run(&["--namespace", "beta", "store", "read", "probe"]).await;
+    assert!(out.code != 0 || !out.stdout.contains('1'), "nothing in beta: {out:?}");
     // The runtime is for admins: the service's own account cannot run services.
     let err = s.fails(&["--namespace", "beta", "status", "prober"]).await;
     assert!(err.contains("no service prober"), "{err}");
@@ -456,7 +454,7 @@ async fn two_servers_run_a_service_once_and_survive_the_leaders_death() {
     let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // A starts alone, so it is elected; B joins. B is reached at another loopback
     // address, as a node on another machine would be at its own.
-    let mut a = Server::start(data_a.path(), &env).await;
+    let a = Server::start(data_a.path(), &env).await;
     let b_env = [env[0], ("MICRO_ADVERTISE_HOST", "127.0.0.2"), ("MICRO_PROXY_ADDRESS", "127.0.0.2:0")];
     let b = Server::start(data_b.path(), &b_env).await;
 
@@ -479,8 +477,7 @@ async fn two_servers_run_a_service_once_and_survive_the_leaders_death() {
     assert!(err.contains("already runs"), "the records are shared: {err}");
 
     // A's machine goes: the server and its instances die at once.
-    let _ = a.child.kill();
-    let _ = a.child.wait();
+    let _a = a.kill();
     for pid in &on_a {
         // Each instance leads its own process group (its shell and the app under it).
         let _ = Command::new("kill").args(["-9", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
@@ -496,11 +493,9 @@ async fn two_servers_run_a_service_once_and_survive_the_leaders_death() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(back, "B runs the service after A died");
-    let (code, out, err) = b.cli(&["status", "hello-py", "-o", "json"]).await;
-    assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["status"], "running");
+    assert_eq!(b.status("hello-py").await["status"], "running");
     assert_eq!(instance_pids(data_b.path()).len(), 1, "once, on B");
-    let nodes = b.cli(&["get", "service", "hello-py", "-o", "json"]).await.1;
+    let nodes = b.ok(&["get", "service", "hello-py", "-o", "json"]).await;
     assert!(nodes.contains("127.0.0.2:"), "B's instance is registered at B's host: {nodes}");
     eprintln!("failover took {:?}", started.elapsed());
     b.ok(&["kill", "hello-py"]).await;

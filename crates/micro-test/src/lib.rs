@@ -1,6 +1,9 @@
-//! Test helpers: a `micro server` on `127.0.0.1:0`, a raw HTTP/1.1 client, and
-//! `eventually` for conditions that become true asynchronously.
+//! Test helpers: a `micro server` on `127.0.0.1:0` in-process ([`TestServer`]) or as
+//! a process of its own ([`process::ServerProcess`]), the `micro` CLI run against it
+//! ([`cli::Cli`]), a raw HTTP/1.1 client, and `eventually` for conditions that become true
+//! asynchronously.
 
+pub mod cli;
 pub mod conformance;
 pub mod process;
 pub mod recorder;
