@@ -188,15 +188,6 @@ async fn git_sources_build_errors_crashes_and_memory_limits() {
     let git_dir = tempfile::tempdir().unwrap();
     let work = git_dir.path().join("work");
     let bare = git_dir.path().join("app.git");
-    let git = |args: &[&str], dir: &Path| {
-        let out = Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("git runs");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
     std::fs::create_dir_all(work.join("svc")).unwrap();
     git(&["init", "-q"], &work);
     let app = |v: &str| {
@@ -300,8 +291,13 @@ s.serve_forever()
     let started = Instant::now();
     s.ok(&["kill", "slow"]).await;
     assert!(started.elapsed() < Duration::from_secs(5), "kill waited for the build");
-    let sleeping = Command::new("pgrep").args(["-f", "sleep 300"]).output().unwrap();
-    assert!(sleeping.stdout.is_empty(), "the build's process is gone: {}", String::from_utf8_lossy(&sleeping.stdout));
+    // Its process is killed with it (and may take a moment to be gone).
+    let building = || Command::new("pgrep").args(["-f", "sleep 300"]).output().unwrap().stdout;
+    assert!(
+        until(Duration::from_secs(5), || building().is_empty()).await,
+        "the build's process is gone: {}",
+        String::from_utf8_lossy(&building())
+    );
 
     // A crashing service is restarted with backoff, its restarts counted.
     let crash = project(&[("micro.toml", "run = \"echo starting; exit 3\"\n")]);

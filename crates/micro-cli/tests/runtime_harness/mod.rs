@@ -235,6 +235,18 @@ pub(crate) async fn until(timeout: Duration, f: impl Fn() -> bool) -> bool {
     micro_test::eventually(timeout, || std::future::ready(f())).await
 }
 
+/// Runs `git args` in `dir` (as a committer of its own, on branch main); panics with
+/// its stderr when it fails.
+pub(crate) fn git(args: &[&str], dir: &Path) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// A folder that is its own repository root, with these files.
 pub(crate) fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
