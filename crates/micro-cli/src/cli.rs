@@ -371,8 +371,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::New { name, dir, micro_path } => {
             let dir = crate::new::generate(&name, dir, micro_path.as_deref())?;
-            println!("created {} in {}", name, dir.display());
-            println!("next: cd {} && cargo test && cargo run", dir.display());
+            let next = format!("cd {} && cargo test && cargo run", dir.display());
+            output::done(
+                c.json,
+                serde_json::json!({"created": "project", "id": name, "dir": dir, "next": next}),
+                Some(format!("created {} in {}\nnext: {next}", name, dir.display())),
+            );
             Ok(())
         }
         Command::Completion { shell } => {
@@ -384,7 +388,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Login { id, password } => crate::auth::login(&c, &id, password).await,
-        Command::Logout => crate::auth::logout(),
+        Command::Logout => crate::auth::logout(&c),
         Command::Whoami => crate::auth::whoami(&c).await,
         Command::Auth { cmd } => crate::auth::auth(&c, cmd).await,
         Command::Run(args) => crate::runtime::run(&c, args, false).await,
@@ -573,16 +577,7 @@ fn env_cmd(c: &Ctx, action: Option<EnvAction>) -> Result<()> {
     match action {
         None => {
             if c.json {
-                // Never print credentials.
-                let list: serde_json::Map<String, Value> = envs
-                    .envs
-                    .iter()
-                    .map(|(n, e)| {
-                        let who = e.credentials.as_ref().map(|c| c.account.clone());
-                        (n.clone(), serde_json::json!({"address": e.address, "namespace": e.namespace, "account": who}))
-                    })
-                    .collect();
-                output::json(&serde_json::json!({"current": envs.current, "envs": list}));
+                print_envs(&envs);
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = envs
@@ -616,5 +611,23 @@ fn env_cmd(c: &Ctx, action: Option<EnvAction>) -> Result<()> {
             }
         }
     }
-    envs.save()
+    envs.save()?;
+    // A change shows the environments as they are now.
+    if c.json {
+        print_envs(&envs);
+    }
+    Ok(())
+}
+
+/// The environments as JSON, never with their credentials.
+fn print_envs(envs: &Envs) {
+    let list: serde_json::Map<String, Value> = envs
+        .envs
+        .iter()
+        .map(|(n, e)| {
+            let who = e.credentials.as_ref().map(|c| c.account.clone());
+            (n.clone(), serde_json::json!({"address": e.address, "namespace": e.namespace, "account": who}))
+        })
+        .collect();
+    output::json(&serde_json::json!({"current": envs.current, "envs": list}));
 }
