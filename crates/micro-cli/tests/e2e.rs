@@ -194,8 +194,9 @@ async fn two_instances_share_calls_and_a_killed_one_causes_no_failure() {
     }
 
     // Continuous load while one instance is SIGKILLed: no call fails.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let load = {
-        let client = client.clone();
+        let (client, calls) = (client.clone(), calls.clone());
         tokio::spawn(async move {
             let mut failures = Vec::new();
             for i in 0..400 {
@@ -204,12 +205,15 @@ async fn two_instances_share_calls_and_a_killed_one_causes_no_failure() {
                 {
                     failures.push(e.to_string());
                 }
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             failures
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The kill comes while the load runs.
+    let started = || std::future::ready(calls.load(std::sync::atomic::Ordering::Relaxed) >= 50);
+    assert!(eventually(Duration::from_secs(10), started).await, "the load runs");
     drop(a);
     let failures = load.await.unwrap();
     assert!(failures.is_empty(), "{} failed calls: {:?}", failures.len(), &failures[..failures.len().min(3)]);

@@ -119,7 +119,8 @@ async fn a_python_service_runs_with_replicas_live_logs_and_a_rolling_update_unde
 
     // `micro logs -f` shows lines as they are written.
     let follow = Follow::start(s.command(&["logs", "-f", "-n", "1", "hello-py"]));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Following once the last line is shown.
+    assert!(until(Duration::from_secs(10), || !follow.text().is_empty()).await, "micro logs -f shows nothing");
     let _ = s.get("/hello-py/live-marker").await;
     assert!(follow.saw("GET /live-marker", Duration::from_secs(5)).await, "live: {}", follow.text());
     drop(follow);
@@ -140,10 +141,16 @@ async fn a_python_service_runs_with_replicas_live_logs_and_a_rolling_update_unde
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load runs before, during and after the update.
+    let calls = |n: u64| {
+        let okays = okays.clone();
+        until(Duration::from_secs(10), move || okays.load(Ordering::Relaxed) >= n)
+    };
+    assert!(calls(20).await, "the load runs");
     let out = s.ok(&["update", folder, "--env", "GREETING_VERSION=2"]).await;
     assert!(out.contains("hello-py running"), "{out}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = okays.load(Ordering::Relaxed) + 20;
+    assert!(calls(after).await, "the load runs after the update");
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     let failures = failures.lock().unwrap().clone();
@@ -380,12 +387,7 @@ async fn a_service_uses_its_own_namespace_with_its_own_account_and_is_refused_in
         ])
         .await;
     assert!(out.contains("prober running"), "{out}");
-    let mut logs = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !logs.contains("DONE") && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        logs = s.ok(&["--namespace", "alpha", "logs", "prober"]).await;
-    }
+    let logs = s.wait_log(&["--namespace", "alpha", "logs", "prober"], "DONE", Duration::from_secs(30)).await;
     let logs = logs.replace(micro, "micro");
     assert!(!logs.contains("LOGIN-FAILED"), "{logs}");
     assert!(logs.contains("SECRET-OK"), "the secret from config is in its environment: {logs}");
