@@ -4,11 +4,11 @@
 //! so a new command without a case here fails the test.
 
 use micro_test::cli::Cli;
-use micro_test::process::{Reaped, ServerProcess, binary};
-use micro_test::{eventually, http, sibling_binary};
+use micro_test::eventually;
+use micro_test::process::{ServerProcess, binary};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 /// Commands that print no JSON by nature: they run until stopped (`server`, `service`)
@@ -137,19 +137,7 @@ async fn every_command_prints_json_with_o_json() {
     run("blob delete");
 
     // A service: registered, described, called, streamed, checked, through its own command.
-    let _helloworld = Reaped::spawn(
-        Command::new(sibling_binary("helloworld"))
-            .envs(s.service_env("micro", "helloworld").await)
-            .env("MICRO_LOG", "warn")
-            .stdout(Stdio::null()),
-    );
-    let api = s.api.clone();
-    let up = eventually(Duration::from_secs(20), || {
-        let api = api.clone();
-        async move { http(&api, "POST", "/helloworld/greeter/hello", &[], br#"{"name":"up"}"#).await.status == 200 }
-    })
-    .await;
-    assert!(up, "helloworld did not come up");
+    let _helloworld = s.helloworld().await;
     assert!(one(&cli, &["services"]).await.as_array().is_some_and(|a| a.iter().any(|s| s["name"] == "helloworld")));
     run("services");
     assert_eq!(one(&cli, &["get", "service", "helloworld"]).await[0]["name"], "helloworld");

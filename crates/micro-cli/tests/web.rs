@@ -13,8 +13,7 @@
 
 #![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
 
-use micro_test::process::{Reaped, ServerProcess, binary};
-use micro_test::{eventually, http, sibling_binary};
+use micro_test::process::{ServerProcess, binary};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -96,18 +95,8 @@ async fn dashboard_in_a_real_browser() {
         return;
     }
     let server = ServerProcess::start(&binary(env!("CARGO_BIN_EXE_micro")), &[]);
-    let env = server.service_env("micro", "helloworld").await;
-    let _helloworld = Reaped::spawn(
-        Command::new(sibling_binary("helloworld")).envs(env).env("MICRO_LOG", "warn").stdout(Stdio::null()),
-    );
     // Registered and answering (the pages list it and call it).
-    let api = server.api.clone();
-    let ready = eventually(Duration::from_secs(20), || {
-        let api = api.clone();
-        async move { http(&api, "POST", "/helloworld/greeter/hello", &[], br#"{"name":"up"}"#).await.status == 200 }
-    })
-    .await;
-    assert!(ready, "helloworld did not come up behind the gateway");
+    let _helloworld = server.helloworld().await;
 
     let ticker = ticker_repo();
 

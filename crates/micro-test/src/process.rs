@@ -302,6 +302,23 @@ impl ServerProcess {
         crate::service_env(&self.proxy, &self.admin_token().await, namespace, name).await
     }
 
+    /// The helloworld example (built beside the test: [`crate::sibling_binary`]) registered
+    /// in `micro` with a service account of its own; returns once the gateway reaches it.
+    pub async fn helloworld(&self) -> Reaped {
+        let helloworld = Reaped::spawn(
+            Command::new(crate::sibling_binary("helloworld"))
+                .envs(self.service_env("micro", "helloworld").await)
+                .env("MICRO_LOG", "warn")
+                .stdout(Stdio::null()),
+        );
+        let up = crate::eventually(Duration::from_secs(20), || async {
+            crate::http(&self.api, "POST", "/helloworld/greeter/hello", &[], br#"{"name":"up"}"#).await.status == 200
+        })
+        .await;
+        assert!(up, "helloworld did not come up behind the gateway");
+        helloworld
+    }
+
     /// A [`crate::cli::Cli`] of `micro` (the binary this server runs) pointed at this
     /// server, with a home of its own, logged in to nothing.
     pub fn cli(&self) -> crate::cli::Cli {
