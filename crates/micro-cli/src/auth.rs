@@ -163,15 +163,19 @@ pub(crate) async fn login(c: &Ctx, id: &str, password: Option<String>) -> Result
         expiry: res.expiry,
     });
     envs.save()?;
-    println!("logged in as {id} in {}", c.namespace);
+    output::done(
+        c.json,
+        json!({"logged_in": id, "namespace": c.namespace}),
+        Some(format!("logged in as {id} in {}", c.namespace)),
+    );
     Ok(())
 }
 
-pub(crate) fn logout() -> Result<()> {
+pub(crate) fn logout(c: &Ctx) -> Result<()> {
     let mut envs = Envs::load()?;
     envs.current_mut().credentials = None;
     envs.save()?;
-    println!("logged out");
+    output::done(c.json, json!({"logged_out": true}), Some("logged out".into()));
     Ok(())
 }
 
@@ -196,31 +200,40 @@ pub(crate) async fn auth(c: &Ctx, cmd: AuthCmd) -> Result<()> {
     let mut cl = client(c)?;
     match cmd {
         AuthCmd::Create { what: Create::Account { id, scopes, secret, kind } } => {
-            let scopes = scopes.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+            let scopes: Vec<String> =
+                scopes.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
             let msg = pb::GenerateRequest {
                 id: id.clone(),
-                r#type: kind,
-                scopes,
+                r#type: kind.clone(),
+                scopes: scopes.clone(),
                 secret: secret.unwrap_or_default(),
                 ..Default::default()
             };
             let res = cl.generate(request(c, msg, t)?).await.map_err(tonic_err)?.into_inner();
-            if res.secret.is_empty() {
-                println!("created account {id}");
+            let mut v =
+                json!({"created": "account", "id": id, "type": kind, "namespace": c.namespace, "scopes": scopes});
+            let text = if res.secret.is_empty() {
+                format!("created account {id}")
             } else {
-                println!("created account {id}; its secret (shown once): {}", res.secret);
-            }
+                // A generated secret is shown this once.
+                v["secret"] = json!(res.secret);
+                format!("created account {id}; its secret (shown once): {}", res.secret)
+            };
+            output::done(c.json, v, Some(text));
         }
         AuthCmd::Create { what: Create::Rule { id, resource, scope, access, priority } } => {
+            let v = json!({"created": "rule", "id": id, "scope": scope, "resource": resource, "access": access, "priority": priority});
             let rule = pb::Rule { id: id.clone(), scope, resource, access, priority };
             cl.create_rule(request(c, pb::CreateRuleRequest { rule: Some(rule) }, t)?).await.map_err(tonic_err)?;
-            println!("created rule {id}");
+            output::done(c.json, v, Some(format!("created rule {id}")));
         }
         AuthCmd::Delete { what: Delete::Account { id } } => {
-            cl.delete_account(request(c, pb::DeleteAccountRequest { id }, t)?).await.map_err(tonic_err)?;
+            cl.delete_account(request(c, pb::DeleteAccountRequest { id: id.clone() }, t)?).await.map_err(tonic_err)?;
+            output::done(c.json, json!({"deleted": "account", "id": id}), None);
         }
         AuthCmd::Delete { what: Delete::Rule { id } } => {
-            cl.delete_rule(request(c, pb::DeleteRuleRequest { id }, t)?).await.map_err(tonic_err)?;
+            cl.delete_rule(request(c, pb::DeleteRuleRequest { id: id.clone() }, t)?).await.map_err(tonic_err)?;
+            output::done(c.json, json!({"deleted": "rule", "id": id}), None);
         }
         AuthCmd::List { what: List::Accounts } => {
             let res =
@@ -299,13 +312,21 @@ pub(crate) async fn namespace(c: &Ctx, cmd: NamespaceCmd) -> Result<()> {
             cl.create_namespace(request(&admin, pb::CreateNamespaceRequest { name: name.clone() }, t)?)
                 .await
                 .map_err(tonic_err)?;
-            println!("created namespace {name}");
+            output::done(
+                c.json,
+                json!({"created": "namespace", "id": name}),
+                Some(format!("created namespace {name}")),
+            );
         }
         NamespaceCmd::Delete { name } => {
             cl.delete_namespace(request(&admin, pb::DeleteNamespaceRequest { name: name.clone() }, t)?)
                 .await
                 .map_err(tonic_err)?;
-            println!("deleted namespace {name}");
+            output::done(
+                c.json,
+                json!({"deleted": "namespace", "id": name}),
+                Some(format!("deleted namespace {name}")),
+            );
         }
     }
     Ok(())

@@ -230,6 +230,10 @@ pub(crate) enum EnvAction {
     Del { name: String },
 }
 
+/// What `micro server` prints, followed by a JSON object (`api`, `web`, `proxy`), once
+/// every listener is up: the line programs that start it wait for.
+const READY_PREFIX: &str = "micro server ready ";
+
 /// Runs the CLI; returns the exit code.
 pub(crate) async fn run(args: Vec<String>) -> i32 {
     let cli = match Cli::try_parse_from(&args) {
@@ -354,14 +358,25 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let server = micro_server::start(cfg).await?;
             let web = server.web_address().map(|a| format!(" web http://{a}")).unwrap_or_default();
             println!("micro server: api http://{}{web} proxy {}", server.api_address(), server.proxy_address());
+            // For programs that start it (tests, scripts): every listener is up.
+            let ready = serde_json::json!({
+                "api": format!("http://{}", server.api_address()),
+                "web": server.web_address().map(|a| format!("http://{a}")),
+                "proxy": server.proxy_address().to_string(),
+            });
+            println!("{READY_PREFIX}{ready}");
             stop.await;
             server.stop().await;
             Ok(())
         }
         Command::New { name, dir, micro_path } => {
             let dir = crate::new::generate(&name, dir, micro_path.as_deref())?;
-            println!("created {} in {}", name, dir.display());
-            println!("next: cd {} && cargo test && cargo run", dir.display());
+            let next = format!("cd {} && cargo test && cargo run", dir.display());
+            output::done(
+                c.json,
+                serde_json::json!({"created": "project", "id": name, "dir": dir, "next": next}),
+                Some(format!("created {} in {}\nnext: {next}", name, dir.display())),
+            );
             Ok(())
         }
         Command::Completion { shell } => {
@@ -373,7 +388,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Login { id, password } => crate::auth::login(&c, &id, password).await,
-        Command::Logout => crate::auth::logout(),
+        Command::Logout => crate::auth::logout(&c),
         Command::Whoami => crate::auth::whoami(&c).await,
         Command::Auth { cmd } => crate::auth::auth(&c, cmd).await,
         Command::Run(args) => crate::runtime::run(&c, args, false).await,
@@ -562,16 +577,7 @@ fn env_cmd(c: &Ctx, action: Option<EnvAction>) -> Result<()> {
     match action {
         None => {
             if c.json {
-                // Never print credentials.
-                let list: serde_json::Map<String, Value> = envs
-                    .envs
-                    .iter()
-                    .map(|(n, e)| {
-                        let who = e.credentials.as_ref().map(|c| c.account.clone());
-                        (n.clone(), serde_json::json!({"address": e.address, "namespace": e.namespace, "account": who}))
-                    })
-                    .collect();
-                output::json(&serde_json::json!({"current": envs.current, "envs": list}));
+                print_envs(&envs);
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = envs
@@ -605,5 +611,23 @@ fn env_cmd(c: &Ctx, action: Option<EnvAction>) -> Result<()> {
             }
         }
     }
-    envs.save()
+    envs.save()?;
+    // A change shows the environments as they are now.
+    if c.json {
+        print_envs(&envs);
+    }
+    Ok(())
+}
+
+/// The environments as JSON, never with their credentials.
+fn print_envs(envs: &Envs) {
+    let list: serde_json::Map<String, Value> = envs
+        .envs
+        .iter()
+        .map(|(n, e)| {
+            let who = e.credentials.as_ref().map(|c| c.account.clone());
+            (n.clone(), serde_json::json!({"address": e.address, "namespace": e.namespace, "account": who}))
+        })
+        .collect();
+    output::json(&serde_json::json!({"current": envs.current, "envs": list}));
 }

@@ -264,9 +264,19 @@ pub(crate) async fn store(c: &Ctx, cmd: StoreCmd) -> Result<()> {
                 record.metadata.insert(k.to_string(), v.to_string());
             }
             let ttl = ttl.as_deref().map(parse_duration).transpose()?;
-            d.store.write(&scope.table(c), &record, ttl).await.map_err(status_err)?;
+            let table = scope.table(c);
+            d.store.write(&table, &record, ttl).await.map_err(status_err)?;
+            output::done(
+                c.json,
+                json!({"written": record.key, "table": table.table, "database": table.database}),
+                None,
+            );
         }
-        StoreCmd::Delete { key, scope } => d.store.delete(&scope.table(c), &key).await.map_err(status_err)?,
+        StoreCmd::Delete { key, scope } => {
+            let table = scope.table(c);
+            d.store.delete(&table, &key).await.map_err(status_err)?;
+            output::done(c.json, json!({"deleted": key, "table": table.table, "database": table.database}), None);
+        }
         StoreCmd::List { key, query, scope } => {
             let keys = d
                 .store
@@ -318,8 +328,12 @@ pub(crate) async fn config(c: &Ctx, cmd: ConfigCmd) -> Result<()> {
                 })
                 .map_err(|_| anyhow!("config: the value is not valid JSON: {value}"))?;
             d.config.set(&c.namespace, &path, &v, secret).await.map_err(status_err)?;
+            output::done(c.json, json!({"set": path, "secret": secret}), None);
         }
-        ConfigCmd::Del { path } => d.config.delete(&c.namespace, &path).await.map_err(status_err)?,
+        ConfigCmd::Del { path } => {
+            d.config.delete(&c.namespace, &path).await.map_err(status_err)?;
+            output::done(c.json, json!({"deleted": path}), None);
+        }
     }
     Ok(())
 }
@@ -431,7 +445,32 @@ pub(crate) async fn blob(c: &Ctx, cmd: BlobCmd) -> Result<()> {
             }
         }
         BlobCmd::Get { bucket, key, file } => {
-            let (_, mut chunks) = d.blob.get(&c.namespace, &bucket, &key).await.map_err(status_err)?;
+            let (info, mut chunks) = d.blob.get(&c.namespace, &bucket, &key).await.map_err(status_err)?;
+            let to_stdout = matches!(file.as_deref(), None | Some("-"));
+            if c.json {
+                // The object's description, with its content (as `shown`) when it is not
+                // written to a file.
+                let mut bytes = Vec::new();
+                let mut out: Box<dyn Write> = match file.as_deref() {
+                    Some(f) if !to_stdout => {
+                        Box::new(std::fs::File::create(f).with_context(|| format!("creating {f}"))?)
+                    }
+                    _ => Box::new(&mut bytes),
+                };
+                while let Some(chunk) = chunks.next().await {
+                    out.write_all(&chunk.map_err(status_err)?)?;
+                }
+                out.flush()?;
+                drop(out);
+                let mut v = serde_json::to_value(&info)?;
+                if to_stdout {
+                    v["value"] = shown(&bytes);
+                } else {
+                    v["file"] = json!(file);
+                }
+                output::json(&v);
+                return Ok(());
+            }
             let mut out: Box<dyn Write> = match file.as_deref() {
                 None | Some("-") => Box::new(std::io::stdout()),
                 Some(f) => Box::new(std::fs::File::create(f).with_context(|| format!("creating {f}"))?),
@@ -453,7 +492,10 @@ pub(crate) async fn blob(c: &Ctx, cmd: BlobCmd) -> Result<()> {
                 output::table(&["KEY", "SIZE", "CONTENT TYPE", "MODIFIED"], &rows);
             }
         }
-        BlobCmd::Delete { bucket, key } => d.blob.delete(&c.namespace, &bucket, &key).await.map_err(status_err)?,
+        BlobCmd::Delete { bucket, key } => {
+            d.blob.delete(&c.namespace, &bucket, &key).await.map_err(status_err)?;
+            output::done(c.json, json!({"deleted": key, "bucket": bucket}), None);
+        }
     }
     Ok(())
 }

@@ -46,3 +46,14 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
 pub(crate) fn json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string()));
 }
+
+/// What a command that acts (creates, deletes, sets) reports: `json` (one line) with
+/// `-o json`, else `text` for people (nothing when it is `None`). Every command prints
+/// JSON on stdout under `-o json`, so scripts can always parse what it said.
+pub(crate) fn done(json_mode: bool, json: serde_json::Value, text: Option<String>) {
+    if json_mode {
+        println!("{json}");
+    } else if let Some(text) = text {
+        println!("{text}");
+    }
+}

@@ -93,7 +93,7 @@ pub(crate) async fn user(c: &Ctx, cmd: UserCmd) -> Result<()> {
             auth.set_setting(settings_request(c, apb::SetSettingRequest { key: key.clone(), value })?)
                 .await
                 .map_err(tonic_err)?;
-            println!("set {key}");
+            output::done(c.json, serde_json::json!({"set": key}), Some(format!("set {key}")));
         }
         UserConfigCmd::Get { key } => {
             let r = auth
@@ -104,7 +104,7 @@ pub(crate) async fn user(c: &Ctx, cmd: UserCmd) -> Result<()> {
             if !r.set {
                 bail!("{key} is not set");
             }
-            println!("{key} is set");
+            output::done(c.json, serde_json::json!({"key": key, "set": true}), Some(format!("{key} is set")));
         }
         UserConfigCmd::Del { key, account } => {
             auth.delete_setting(settings_request(
@@ -113,7 +113,7 @@ pub(crate) async fn user(c: &Ctx, cmd: UserCmd) -> Result<()> {
             )?)
             .await
             .map_err(tonic_err)?;
-            println!("deleted {key}");
+            output::done(c.json, serde_json::json!({"deleted": key}), Some(format!("deleted {key}")));
         }
     }
     Ok(())
@@ -196,7 +196,9 @@ pub(crate) async fn run(c: &Ctx, args: RunArgs, update: bool) -> Result<()> {
     };
     let service = service.ok_or_else(|| anyhow!("the server did not say which service it runs"))?;
     if args.detach {
-        println!("{} {}", service.name, if update { "updating" } else { "pending" });
+        let status = if update { "updating" } else { "pending" };
+        let v = serde_json::json!({"name": service.name, "status": status});
+        output::done(c.json, v, Some(format!("{} {status}", service.name)));
         return Ok(());
     }
     wait(c, &service.name, update, timeout).await
@@ -223,7 +225,11 @@ async fn wait(c: &Ctx, name: &str, update: bool, timeout: Duration) -> Result<()
             if tty {
                 eprint!("\r\x1b[K");
             }
-            println!("{name} running: version {} ({}), {} instance(s)", s.version, s.build, s.nodes.len());
+            let v = serde_json::json!({
+                "name": name, "status": s.status, "version": s.version, "build": s.build, "instances": s.nodes.len(),
+            });
+            let text = format!("{name} running: version {} ({}), {} instance(s)", s.version, s.build, s.nodes.len());
+            output::done(c.json, v, Some(text));
             return Ok(());
         }
         if s.status == "error" && settled {
@@ -266,7 +272,7 @@ async fn wait(c: &Ctx, name: &str, update: bool, timeout: Duration) -> Result<()
 /// `micro kill`.
 pub(crate) async fn kill(c: &Ctx, name: &str) -> Result<()> {
     client(c)?.delete(request(c, pb::DeleteRequest { name: name.into() })?).await.map_err(tonic_err)?;
-    println!("killed {name}");
+    output::done(c.json, serde_json::json!({"killed": name}), Some(format!("killed {name}")));
     Ok(())
 }
 
@@ -337,7 +343,13 @@ pub(crate) async fn logs(c: &Ctx, name: &str, follow: bool, count: u32, build: b
     let mut out = std::io::stdout();
     while let Some(r) = stream.next().await {
         let r = r.map_err(tonic_err)?;
-        if writeln!(out, "{}", r.line).and_then(|_| out.flush()).is_err() {
+        // One JSON object a line with -o json.
+        let line = if c.json {
+            serde_json::json!({"line": r.line, "timestamp": r.timestamp, "instance": r.instance}).to_string()
+        } else {
+            r.line
+        };
+        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
             return Ok(()); // a closed pipe
         }
     }

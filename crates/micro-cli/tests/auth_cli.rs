@@ -2,57 +2,17 @@
 //! whoami, accounts, rules, refresh, and the limit on failed logins.
 
 use micro_test::TestServer;
-use std::process::Command;
+use micro_test::cli::Cli;
 
-struct Cli {
-    server: String,
-    home: tempfile::TempDir,
-}
-
-impl Cli {
-    /// Runs `micro`; returns (exit code, stdout, stderr).
-    async fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let (server, home) = (self.server.clone(), self.home.path().to_path_buf());
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        tokio::task::spawn_blocking(move || {
-            let out = Command::new(env!("CARGO_BIN_EXE_micro"))
-                .arg("--server")
-                .arg(&server)
-                .args(&args)
-                .env("HOME", &home)
-                .env_remove("MICRO_PASSWORD")
-                .env("MICRO_DATA_DIR", home.join("no-local-server"))
-                .output()
-                .expect("micro runs");
-            (
-                out.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        })
-        .await
-        .expect("the command ran")
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.run(args).await;
-        assert_eq!(code, 0, "micro {args:?}\nstdout: {out}\nstderr: {err}");
-        out
-    }
-
-    /// Expects one clear error line and exit code 1; returns it.
-    async fn fails(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.run(args).await;
-        assert_eq!(code, 1, "micro {args:?} should fail\nstdout: {out}\nstderr: {err}");
-        assert!(err.starts_with("error: ") && err.trim().lines().count() == 1, "one clear line: {err}");
-        err
-    }
+/// The `micro` CLI against `s`, with a home of its own.
+fn new_cli(s: &TestServer) -> Cli {
+    Cli::new(env!("CARGO_BIN_EXE_micro"), &s.proxy())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_login_accounts_rules_and_refresh() {
     let s = TestServer::start().await;
-    let cli = Cli { server: s.proxy(), home: tempfile::tempdir().unwrap() };
+    let cli = new_cli(&s);
 
     // The first start made the admin, with a random password in a 0600 file.
     let file = s.dir.path().join(micro_server::ADMIN_PASSWORD_FILE);
@@ -74,15 +34,15 @@ async fn admin_login_accounts_rules_and_refresh() {
     }
     // No default password works; a wrong one is one clear line.
     for guess in ["admin", "password", "micro", ""] {
-        let err = cli.fails(&["login", "--password", guess]).await;
+        let err = cli.error(&["login", "--password", guess]).await;
         assert!(err.contains("wrong account id or secret") || err.contains("8 to 1024"), "{err}");
     }
-    assert!(cli.fails(&["whoami"]).await.contains("not logged in"));
+    assert!(cli.error(&["whoami"]).await.contains("not logged in"));
 
     cli.ok(&["login", "--password", password.trim()]).await;
     let me = cli.ok(&["whoami"]).await;
     assert!(me.contains("admin (user) in namespace micro") && me.contains("admin"), "{me}");
-    let config = std::fs::read_to_string(cli.home.path().join(".micro/config")).unwrap();
+    let config = std::fs::read_to_string(cli.home().join(".micro/config")).unwrap();
     assert!(config.contains("refresh_token"), "credentials are kept per environment");
     let env_json = cli.ok(&["env", "-o", "json"]).await;
     assert!(!env_json.contains("refresh_token") && !env_json.contains("access_token"), "{env_json}");
@@ -121,10 +81,10 @@ async fn admin_login_accounts_rules_and_refresh() {
     cli.ok(&["auth", "create", "account", "bob", "--secret", "bobs-secret-1"]).await;
     // Secrets may start with a dash.
     cli.ok(&["auth", "create", "account", "dash", "--secret", "-dash-secret-1"]).await;
-    let dash = Cli { server: s.proxy(), home: tempfile::tempdir().unwrap() };
+    let dash = new_cli(&s);
     dash.ok(&["login", "--id", "dash", "--password", "-dash-secret-1"]).await;
     assert!(
-        cli.fails(&["auth", "create", "account", "bob", "--secret", "another-one"]).await.contains("already exists")
+        cli.error(&["auth", "create", "account", "bob", "--secret", "another-one"]).await.contains("already exists")
     );
     let accounts = cli.ok(&["auth", "list", "accounts"]).await;
     assert!(accounts.contains("alice") && accounts.contains("staff") && accounts.contains("bob"), "{accounts}");
@@ -149,9 +109,9 @@ async fn admin_login_accounts_rules_and_refresh() {
     let rules = cli.ok(&["auth", "list", "rules", "-o", "json"]).await;
     let v: serde_json::Value = serde_json::from_str(&rules).unwrap();
     assert_eq!(v[0]["id"], "lock", "highest priority first: {v}");
-    assert!(cli.fails(&["auth", "create", "rule", "bad", "--resource", "service:a*b"]).await.contains("resource"));
+    assert!(cli.error(&["auth", "create", "rule", "bad", "--resource", "service:a*b"]).await.contains("resource"));
     assert!(
-        cli.fails(&["auth", "create", "rule", "bad", "--resource", "x:y", "--access", "maybe"])
+        cli.error(&["auth", "create", "rule", "bad", "--resource", "x:y", "--access", "maybe"])
             .await
             .contains("access")
     );
@@ -162,8 +122,8 @@ async fn admin_login_accounts_rules_and_refresh() {
 
     // Namespaces, managed by the admin of micro.
     cli.ok(&["namespace", "create", "shop"]).await;
-    assert!(cli.fails(&["namespace", "create", "shop"]).await.contains("already exists"));
-    assert!(cli.fails(&["namespace", "create", "Bad Name"]).await.contains("namespace"));
+    assert!(cli.error(&["namespace", "create", "shop"]).await.contains("already exists"));
+    assert!(cli.error(&["namespace", "create", "Bad Name"]).await.contains("namespace"));
     assert_eq!(cli.ok(&["namespace", "list"]).await.lines().collect::<Vec<_>>(), ["micro", "shop"]);
     cli.ok(&[
         "--namespace",
@@ -180,37 +140,37 @@ async fn admin_login_accounts_rules_and_refresh() {
     .await;
     let shop_rules = cli.ok(&["--namespace", "shop", "auth", "list", "rules"]).await;
     assert!(shop_rules.contains("default"), "a new namespace starts with the default rule: {shop_rules}");
-    let keeper = Cli { server: s.proxy(), home: tempfile::tempdir().unwrap() };
+    let keeper = new_cli(&s);
     keeper.ok(&["--namespace", "shop", "login", "--id", "shopkeeper", "--password", "keeper-secret"]).await;
     assert!(keeper.ok(&["--namespace", "shop", "auth", "list", "accounts"]).await.contains("shopkeeper"));
     // Logged in to shop, commands act in shop; the admin of shop is not an admin of micro.
     assert!(keeper.ok(&["auth", "list", "accounts"]).await.contains("shopkeeper"));
-    let err = keeper.fails(&["--namespace", "micro", "auth", "list", "accounts"]).await;
+    let err = keeper.error(&["--namespace", "micro", "auth", "list", "accounts"]).await;
     assert!(err.contains("cannot act in namespace micro") && err.contains("403"), "{err}");
-    assert!(keeper.fails(&["namespace", "list"]).await.contains("cannot act in namespace micro"));
-    let err = keeper.fails(&["--namespace", "micro", "store", "list"]).await;
+    assert!(keeper.error(&["namespace", "list"]).await.contains("cannot act in namespace micro"));
+    let err = keeper.error(&["--namespace", "micro", "store", "list"]).await;
     assert!(err.contains("cannot act in namespace micro") && err.contains("403"), "{err}");
     // The same account id in another namespace is another account.
     let err =
-        keeper.fails(&["--namespace", "micro", "login", "--id", "shopkeeper", "--password", "keeper-secret"]).await;
+        keeper.error(&["--namespace", "micro", "login", "--id", "shopkeeper", "--password", "keeper-secret"]).await;
     assert!(err.contains("wrong"), "{err}");
     cli.ok(&["namespace", "delete", "shop"]).await;
     assert!(
         keeper
-            .fails(&["--namespace", "shop", "login", "--id", "shopkeeper", "--password", "keeper-secret"])
+            .error(&["--namespace", "shop", "login", "--id", "shopkeeper", "--password", "keeper-secret"])
             .await
             .contains("wrong")
     );
-    assert!(cli.fails(&["namespace", "delete", "micro"]).await.contains("cannot be deleted"));
+    assert!(cli.error(&["namespace", "delete", "micro"]).await.contains("cannot be deleted"));
 
     // A plain user is not an admin.
-    let user = Cli { server: s.proxy(), home: tempfile::tempdir().unwrap() };
+    let user = new_cli(&s);
     user.ok(&["login", "--id", "bob", "--password", "bobs-secret-1"]).await;
     assert!(user.ok(&["whoami"]).await.contains("bob (user)"));
-    assert!(user.fails(&["auth", "list", "accounts"]).await.contains("admin scope"));
+    assert!(user.error(&["auth", "list", "accounts"]).await.contains("admin scope"));
 
     // Refresh: an expired access token is refreshed on its own.
-    let path = user.home.path().join(".micro/config");
+    let path = user.home().join(".micro/config");
     let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let old_refresh = cfg["envs"]["local"]["credentials"]["refresh_token"].clone();
     cfg["envs"]["local"]["credentials"]["expiry"] = serde_json::json!(1);
@@ -225,22 +185,22 @@ async fn admin_login_accounts_rules_and_refresh() {
     reuse["envs"]["local"]["credentials"]["refresh_token"] = old_refresh;
     reuse["envs"]["local"]["credentials"]["expiry"] = serde_json::json!(1);
     std::fs::write(&path, serde_json::to_vec(&reuse).unwrap()).unwrap();
-    assert!(user.fails(&["whoami"]).await.contains("log in again"), "a rotated refresh token is used up");
+    assert!(user.error(&["whoami"]).await.contains("log in again"), "a rotated refresh token is used up");
 
     // A deleted account's refresh token fails.
     cli.ok(&["auth", "delete", "account", "bob"]).await;
     let mut cfg = cfg;
     cfg["envs"]["local"]["credentials"]["expiry"] = serde_json::json!(1);
     std::fs::write(&path, serde_json::to_vec(&cfg).unwrap()).unwrap();
-    assert!(user.fails(&["whoami"]).await.contains("log in again"));
+    assert!(user.error(&["whoami"]).await.contains("log in again"));
 
     // Brute force: the 11th attempt at an account from one address within a minute is
     // refused with 429, even with the right password.
-    let attacker = Cli { server: s.proxy(), home: tempfile::tempdir().unwrap() };
+    let attacker = new_cli(&s);
     for _ in 0..10 {
-        attacker.fails(&["login", "--id", "alice", "--password", "wrong-guess"]).await;
+        attacker.error(&["login", "--id", "alice", "--password", "wrong-guess"]).await;
     }
-    let err = attacker.fails(&["login", "--id", "alice", "--password", &secret]).await;
+    let err = attacker.error(&["login", "--id", "alice", "--password", &secret]).await;
     assert!(err.contains("429") && err.contains("too many attempts, try again in"), "{err}");
     // Through the gateway too, with Retry-After (the gateway's calls reach the auth
     // service from this host, the CLI's address here).
@@ -255,14 +215,10 @@ async fn login_reads_a_piped_password() {
     use std::io::Write;
     let s = TestServer::start().await;
     let password = std::fs::read_to_string(s.dir.path().join(micro_server::ADMIN_PASSWORD_FILE)).unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let (proxy, home_path) = (s.proxy(), home.path().to_path_buf());
+    let cli = new_cli(&s);
+    let mut command = cli.command(&["login"]);
     let out = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_micro"))
-            .args(["--server", &proxy, "login"])
-            .env("HOME", &home_path)
-            .env_remove("MICRO_PASSWORD")
-            .env("MICRO_DATA_DIR", home_path.join("none"))
+        let mut child = command
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())

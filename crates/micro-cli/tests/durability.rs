@@ -7,56 +7,25 @@ use micro::proto::events as epb;
 use micro::proto::events::consume_request::Kind;
 use micro_core::events::{Message, ReadOptions};
 use micro_core::store::{Query, Record, Table};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use micro_test::process::{ServerProcess, binary};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-struct Server {
-    child: Child,
-    proxy: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-const ADMIN_PASSWORD: &str = "durability-admin-password";
-
 /// The data services as the admin.
-async fn admin_data(proxy: &str) -> micro::data::Data {
-    let token = micro_test::login(proxy, "micro", "admin", ADMIN_PASSWORD).await;
-    micro::data::Data::remote_with(proxy, "micro", Some(std::sync::Arc::new(micro::data::StaticToken(token))))
+async fn admin_data(server: &ServerProcess) -> micro::data::Data {
+    let token = server.admin_token().await;
+    micro::data::Data::remote_with(&server.proxy, "micro", Some(std::sync::Arc::new(micro::data::StaticToken(token))))
 }
 
-/// Starts `micro server` on free ports over `dir`; returns it with its proxy address.
-fn start(dir: &std::path::Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_micro"))
-        .arg("server")
-        .env("MICRO_DATA_DIR", dir)
-        .env("MICRO_API_ADDRESS", "127.0.0.1:0")
-        .env("MICRO_PROXY_ADDRESS", "127.0.0.1:0")
-        .env("MICRO_WEB_ADDRESS", "127.0.0.1:0")
-        .env("MICRO_LOG", "warn")
-        .env("MICRO_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("micro server starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("banner");
-    // "micro server: api http://127.0.0.1:X proxy 127.0.0.1:Y"
-    let proxy = line.split_whitespace().last().expect("proxy address").to_string();
-    Server { child, proxy }
+/// `micro server` on free ports over a data dir of its own.
+fn start() -> ServerProcess {
+    ServerProcess::builder(binary(env!("CARGO_BIN_EXE_micro"))).start()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
-    let data = admin_data(&server.proxy).await;
+    let server = start();
+    let data = admin_data(&server).await;
     let table = Table::new("micro", "durability");
     let acked_keys = Arc::new(Mutex::new(Vec::<String>::new()));
     let acked_events = Arc::new(Mutex::new(Vec::<u64>::new()));
@@ -88,15 +57,15 @@ async fn acknowledged_writes_survive_sigkill() {
     // Let a good number of writes land, then SIGKILL mid-stream.
     let enough = || acked_keys.lock().unwrap().len() > 300 && acked_events.lock().unwrap().len() > 50;
     assert!(micro_test::eventually(Duration::from_secs(20), || async { enough() }).await, "writes are acknowledged");
-    drop(server);
+    let server = server.kill();
     for w in writers {
         tokio::time::timeout(Duration::from_secs(15), w).await.expect("writers stop").unwrap();
     }
     let keys = acked_keys.lock().unwrap().clone();
     let seqs = acked_events.lock().unwrap().clone();
 
-    let server = start(dir.path());
-    let data = admin_data(&server.proxy).await;
+    let server = server.start();
+    let data = admin_data(&server).await;
     let stored = data.store.list(&table, "", &Query::default()).await.expect("list after restart");
     let missing: Vec<&String> = keys.iter().filter(|k| stored.binary_search(k).is_err()).collect();
     assert!(
@@ -182,10 +151,9 @@ async fn groups(proxy: &str, token: &str) -> Option<Vec<epb::GroupInfo>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_events_are_redelivered_after_sigkill_with_any_window() {
     const WINDOWS: [u32; 5] = [1, 2, 16, 64, 400];
-    let dir = tempfile::tempdir().unwrap();
-    let server = start(dir.path());
-    let token = micro_test::login(&server.proxy, "micro", "admin", ADMIN_PASSWORD).await;
-    let data = admin_data(&server.proxy).await;
+    let server = start();
+    let token = server.admin_token().await;
+    let data = admin_data(&server).await;
     for i in 0..500 {
         let m = Message { payload: format!("{{\"n\":{i}}}").into_bytes(), ..Default::default() };
         data.events.publish("micro", "jobs", &m).await.expect("publish");
@@ -208,11 +176,11 @@ async fn unacked_events_are_redelivered_after_sigkill_with_any_window() {
     };
     assert!(micro_test::eventually(Duration::from_secs(20), acked).await, "the acks are applied");
     // SIGKILL with the members connected and 200 events outstanding per group.
-    drop(server);
+    let server = server.kill();
     drop(members);
 
-    let server = start(dir.path());
-    let token = micro_test::login(&server.proxy, "micro", "admin", ADMIN_PASSWORD).await;
+    let server = server.start();
+    let token = server.admin_token().await;
     for window in WINDOWS {
         let group = format!("w{window}");
         let mut member = Member::join(&server.proxy, &token, &group, window).await;

@@ -1,67 +1,43 @@
 //! End-to-end tests: a real `micro server` on ephemeral ports, the real helloworld
 //! binary, the real `micro` CLI, and raw HTTP requests to the gateway.
 
+use micro_test::cli::Cli;
+use micro_test::process::Reaped;
 use micro_test::{TestServer, eventually, http, sibling_binary};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The helloworld example, registered with its own service account.
-async fn helloworld(s: &TestServer, ttl: &str) -> Proc {
+async fn helloworld(s: &TestServer, ttl: &str) -> Reaped {
     helloworld_as(&s.service_env("micro", "helloworld").await, ttl)
 }
 
 /// The helloworld example with the environment `env` (instances of one service share
 /// its account: a service name belongs to the account that registered it).
-fn helloworld_as(env: &[(String, String)], ttl: &str) -> Proc {
-    let child = Command::new(sibling_binary("helloworld"))
-        .envs(env.iter().cloned())
-        .env("MICRO_REGISTER_TTL", ttl)
-        .env("MICRO_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("helloworld starts");
-    Proc(child)
+fn helloworld_as(env: &[(String, String)], ttl: &str) -> Reaped {
+    Reaped::spawn(
+        Command::new(sibling_binary("helloworld"))
+            .envs(env.iter().cloned())
+            .env("MICRO_REGISTER_TTL", ttl)
+            .env("MICRO_LOG", "warn")
+            .stdout(Stdio::null()),
+    )
 }
 
 async fn nodes(s: &TestServer, name: &str) -> usize {
     s.server.registry().get_service("micro", name).await.map(|v| v.iter().map(|s| s.nodes.len()).sum()).unwrap_or(0)
 }
 
-fn micro(server: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_micro"))
-        .arg("--server")
-        .arg(server)
-        .args(args)
-        .env("HOME", std::env::temp_dir())
-        .output()
-        .expect("micro runs");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+/// The `micro` CLI against the server at `server`, with a home of its own.
+fn cli(server: &str) -> Cli {
+    Cli::new(env!("CARGO_BIN_EXE_micro"), server)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helloworld_through_cli_gateway_and_dynamic_command() {
     let s = TestServer::start().await;
-    let server = s.proxy();
-    let (code, out, _) = tokio::task::spawn_blocking({
-        let server = server.clone();
-        move || micro(&server, &["services"])
-    })
-    .await
-    .unwrap();
-    assert_eq!(code, 0);
+    let cli = cli(&s.proxy());
+    let out = cli.ok(&["services"]).await;
     for core in ["api", "proxy", "registry"] {
         assert!(out.contains(core), "{out}");
     }
@@ -69,14 +45,7 @@ async fn helloworld_through_cli_gateway_and_dynamic_command() {
     let _hw = helloworld(&s, "15").await;
     assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "helloworld").await > 0 }).await);
 
-    let srv = server.clone();
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        micro(&srv, &["call", "helloworld", "Greeter.Hello", r#"{"name":"Alice"}"#])
-    })
-    .await
-    .unwrap();
-    assert_eq!(code, 0, "{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = cli.json(&["call", "helloworld", "Greeter.Hello", r#"{"name":"Alice"}"#]).await;
     assert_eq!(v, serde_json::json!({"message": "Hello Alice"}));
 
     let r = http(
@@ -90,32 +59,15 @@ async fn helloworld_through_cli_gateway_and_dynamic_command() {
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(r.json(), serde_json::json!({"message": "Hello Alice"}));
 
-    let srv = server.clone();
-    let (code, out, err) =
-        tokio::task::spawn_blocking(move || micro(&srv, &["helloworld", "greeter", "hello", "--name=Alice"]))
-            .await
-            .unwrap();
-    assert_eq!(code, 0, "{err}");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["message"], "Hello Alice");
+    let v = cli.json(&["helloworld", "greeter", "hello", "--name=Alice"]).await;
+    assert_eq!(v["message"], "Hello Alice");
 
     // An unknown flag is one clear line listing the valid ones.
-    let srv = server.clone();
-    let (code, _, err) =
-        tokio::task::spawn_blocking(move || micro(&srv, &["helloworld", "greeter", "hello", "--nmae=x"]))
-            .await
-            .unwrap();
-    assert_eq!(code, 1);
+    let err = cli.error(&["helloworld", "greeter", "hello", "--nmae=x"]).await;
     assert!(err.contains("unknown flag --nmae") && err.contains("--name"), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     // Server streaming through the CLI and over SSE.
-    let srv = server.clone();
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        micro(&srv, &["stream", "helloworld", "Greeter.Stream", r#"{"name":"Bo","count":3}"#])
-    })
-    .await
-    .unwrap();
-    assert_eq!(code, 0, "{err}");
+    let out = cli.ok(&["stream", "helloworld", "Greeter.Stream", r#"{"name":"Bo","count":3}"#]).await;
     assert!(out.contains("Hello Bo 1") && out.contains("Hello Bo 3"), "{out}");
     let r = http(&s.api(), "GET", "/helloworld/greeter/stream?name=Cy&count=2", &[], b"").await;
     assert_eq!(r.status, 200);
@@ -127,13 +79,9 @@ async fn helloworld_through_cli_gateway_and_dynamic_command() {
     assert_eq!(r.status, 400, "{r:?}");
 
     // Health and the service description.
-    let srv = server.clone();
-    let (code, out, _) = tokio::task::spawn_blocking(move || micro(&srv, &["health", "helloworld"])).await.unwrap();
-    assert_eq!(code, 0);
+    let out = cli.ok(&["health", "helloworld"]).await;
     assert!(out.contains("\"ok\""));
-    let srv = server.clone();
-    let (_, out, _) =
-        tokio::task::spawn_blocking(move || micro(&srv, &["get", "service", "helloworld"])).await.unwrap();
+    let out = cli.run(&["get", "service", "helloworld"]).await.stdout;
     assert!(out.contains("Greeter.Hello") && out.contains("{name string}"), "{out}");
 
     // Prometheus metrics on the gateway count the calls.
@@ -246,8 +194,9 @@ async fn two_instances_share_calls_and_a_killed_one_causes_no_failure() {
     }
 
     // Continuous load while one instance is SIGKILLed: no call fails.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let load = {
-        let client = client.clone();
+        let (client, calls) = (client.clone(), calls.clone());
         tokio::spawn(async move {
             let mut failures = Vec::new();
             for i in 0..400 {
@@ -256,12 +205,15 @@ async fn two_instances_share_calls_and_a_killed_one_causes_no_failure() {
                 {
                     failures.push(e.to_string());
                 }
+                calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             failures
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The kill comes while the load runs.
+    let started = || std::future::ready(calls.load(std::sync::atomic::Ordering::Relaxed) >= 50);
+    assert!(eventually(Duration::from_secs(10), started).await, "the load runs");
     drop(a);
     let failures = load.await.unwrap();
     assert!(failures.is_empty(), "{} failed calls: {:?}", failures.len(), &failures[..failures.len().min(3)]);
@@ -421,14 +373,12 @@ async fn streaming_endpoints_over_websocket() {
 async fn micro_new_generates_a_service_that_tests_green_and_serves() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("scaffold-demo");
-    let (code, out, err) = micro("127.0.0.1:1", &["new", "scaffold-demo", "--dir", dir.to_str().unwrap()]);
-    assert_eq!(code, 0, "{out}{err}");
+    let cli = cli("127.0.0.1:1");
+    let out = cli.ok(&["new", "scaffold-demo", "--dir", dir.to_str().unwrap()]).await;
     assert!(out.contains("created scaffold-demo"), "{out}");
     // Bad names and an existing directory: one clear line, non-zero exit.
     for args in [vec!["new", "Bad_Name"], vec!["new", "scaffold-demo", "--dir", dir.to_str().unwrap()]] {
-        let (code, _, err) = micro("127.0.0.1:1", &args);
-        assert_eq!(code, 1, "{args:?}");
-        assert!(err.starts_with("error: ") && err.trim().lines().count() == 1, "{err}");
+        cli.error(&args).await;
     }
 
     // The generated test passes. Reuse this build's target dir, lock file and profile so
@@ -449,12 +399,11 @@ async fn micro_new_generates_a_service_that_tests_green_and_serves() {
 
     // And the binary it built registers and answers through the gateway.
     let s = TestServer::start().await;
-    let child = Command::new(target.join("debug").join("scaffold-demo"))
-        .envs(s.service_env("micro", "scaffold-demo").await)
-        .env("MICRO_LOG", "warn")
-        .spawn()
-        .unwrap();
-    let _svc = Proc(child);
+    let _svc = Reaped::spawn(
+        Command::new(target.join("debug").join("scaffold-demo"))
+            .envs(s.service_env("micro", "scaffold-demo").await)
+            .env("MICRO_LOG", "warn"),
+    );
     assert!(eventually(Duration::from_secs(10), || async { nodes(&s, "scaffold-demo").await > 0 }).await);
     let r = http(&s.api(), "POST", "/scaffold-demo/call", &[], br#"{"name":"Alice"}"#).await;
     assert_eq!((r.status, r.body.as_str()), (200, r#"{"message":"Hello Alice"}"#));
@@ -483,7 +432,7 @@ async fn when_the_leader_dies_another_instance_leads() {
                 let _ = tx.send((i, line));
             }
         });
-        procs.push(Some(Proc(child)));
+        procs.push(Some(Reaped(child)));
     }
     let next = |rx: &std::sync::mpsc::Receiver<(usize, String)>| {
         rx.recv_timeout(Duration::from_secs(10)).expect("an instance reports")
@@ -507,22 +456,14 @@ async fn when_the_leader_dies_another_instance_leads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_stdout_ends_the_cli_quietly() {
     let s = TestServer::start().await;
-    let server = s.proxy();
+    let cli = cli(&s.proxy());
     for args in [vec!["services"], vec!["--output", "json", "services"]] {
-        let server = server.clone();
+        let mut command = cli.command(&args);
         let out = tokio::task::spawn_blocking(move || {
             // A pipe whose read end is closed before the CLI starts: its first write fails.
             let (reader, writer) = std::io::pipe().unwrap();
             drop(reader);
-            Command::new(env!("CARGO_BIN_EXE_micro"))
-                .arg("--server")
-                .arg(&server)
-                .args(&args)
-                .env("HOME", std::env::temp_dir())
-                .stdout(writer)
-                .stderr(Stdio::piped())
-                .output()
-                .unwrap()
+            command.stdout(writer).stderr(Stdio::piped()).output().unwrap()
         })
         .await
         .unwrap();
@@ -538,28 +479,16 @@ async fn a_closed_stdout_ends_the_cli_quietly() {
 async fn micro_service_registers_an_http_app_as_the_logged_in_account() {
     let s = TestServer::start().await;
     let app = micro_test::recorder::Recorder::start(&[]).await;
-    let home = tempfile::tempdir().unwrap();
-    let cli = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_micro"))
-            .arg("--server")
-            .arg(s.proxy())
-            .args(args)
-            .env("HOME", home.path())
-            .env("MICRO_DATA_DIR", s.dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    // The local admin's password file is where `micro login` finds it.
+    let cli = cli(&s.proxy()).env("MICRO_DATA_DIR", s.dir.path().to_str().unwrap());
     let endpoint = format!("http://{}", app.address);
-    let out = cli(&["service", "--name", "legacy", "--endpoint", &endpoint]).wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0), "registered without an account");
-    assert!(err.starts_with("error: ") && err.contains("log in"), "{err}");
+    let out = cli.run(&["service", "--name", "legacy", "--endpoint", &endpoint]).await;
+    assert_ne!(out.code, 0, "registered without an account");
+    assert!(out.stderr.starts_with("error: ") && out.stderr.contains("log in"), "{}", out.stderr);
 
-    let login = cli(&["login"]).wait_with_output().unwrap();
-    assert_eq!(login.status.code(), Some(0), "{}", String::from_utf8_lossy(&login.stderr));
-    let _registered = Proc(cli(&["service", "--name", "legacy", "--endpoint", &endpoint]));
+    cli.ok(&["login"]).await;
+    let _registered =
+        Reaped::spawn(cli.command(&["service", "--name", "legacy", "--endpoint", &endpoint]).stdout(Stdio::null()));
     let api = s.api();
     let reached = eventually(Duration::from_secs(10), || {
         let api = api.clone();

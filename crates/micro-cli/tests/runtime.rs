@@ -9,7 +9,6 @@
 mod runtime_harness;
 
 use runtime_harness::*;
-use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -120,7 +119,8 @@ async fn a_python_service_runs_with_replicas_live_logs_and_a_rolling_update_unde
 
     // `micro logs -f` shows lines as they are written.
     let follow = Follow::start(s.command(&["logs", "-f", "-n", "1", "hello-py"]));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Following once the last line is shown.
+    assert!(until(Duration::from_secs(10), || !follow.text().is_empty()).await, "micro logs -f shows nothing");
     let _ = s.get("/hello-py/live-marker").await;
     assert!(follow.saw("GET /live-marker", Duration::from_secs(5)).await, "live: {}", follow.text());
     drop(follow);
@@ -141,10 +141,16 @@ async fn a_python_service_runs_with_replicas_live_logs_and_a_rolling_update_unde
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load runs before, during and after the update.
+    let calls = |n: u64| {
+        let okays = okays.clone();
+        until(Duration::from_secs(10), move || okays.load(Ordering::Relaxed) >= n)
+    };
+    assert!(calls(20).await, "the load runs");
     let out = s.ok(&["update", folder, "--env", "GREETING_VERSION=2"]).await;
     assert!(out.contains("hello-py running"), "{out}");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = okays.load(Ordering::Relaxed) + 20;
+    assert!(calls(after).await, "the load runs after the update");
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     let failures = failures.lock().unwrap().clone();
@@ -189,15 +195,6 @@ async fn git_sources_build_errors_crashes_and_memory_limits() {
     let git_dir = tempfile::tempdir().unwrap();
     let work = git_dir.path().join("work");
     let bare = git_dir.path().join("app.git");
-    let git = |args: &[&str], dir: &Path| {
-        let out = Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("git runs");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
     std::fs::create_dir_all(work.join("svc")).unwrap();
     git(&["init", "-q"], &work);
     let app = |v: &str| {
@@ -301,12 +298,17 @@ s.serve_forever()
     let started = Instant::now();
     s.ok(&["kill", "slow"]).await;
     assert!(started.elapsed() < Duration::from_secs(5), "kill waited for the build");
-    let sleeping = Command::new("pgrep").args(["-f", "sleep 300"]).output().unwrap();
-    assert!(sleeping.stdout.is_empty(), "the build's process is gone: {}", String::from_utf8_lossy(&sleeping.stdout));
+    // Its process is killed with it (and may take a moment to be gone).
+    let building = || Command::new("pgrep").args(["-f", "sleep 300"]).output().unwrap().stdout;
+    assert!(
+        until(Duration::from_secs(5), || building().is_empty()).await,
+        "the build's process is gone: {}",
+        String::from_utf8_lossy(&building())
+    );
 
     // A crashing service is restarted with backoff, its restarts counted.
     let crash = project(&[("micro.toml", "run = \"echo starting; exit 3\"\n")]);
-    let _ = s.cli(&["run", crash.path().to_str().unwrap(), "--name", "crasher", "--detach"]).await;
+    let _ = s.run(&["run", crash.path().to_str().unwrap(), "--name", "crasher", "--detach"]).await;
     let v = s.wait_status("crasher", Duration::from_secs(30), |v| v["restarts"].as_u64().unwrap_or(0) >= 3).await;
     assert!(v["error"].as_str().unwrap().contains("exited with code 3"), "{v}");
     let logs = s.ok(&["logs", "crasher"]).await;
@@ -318,8 +320,7 @@ s.serve_forever()
         "micro.toml",
         "run = \"python3 -c 'import time; x = bytearray(200 << 20); x[::4096] = b\\\"x\\\" * len(x[::4096]); time.sleep(60)'\"\n",
     )]);
-    let out = s.cli(&["run", hog.path().to_str().unwrap(), "--name", "hog", "--memory", "64M", "--detach"]).await;
-    assert_eq!(out.0, 0, "{out:?}");
+    s.ok(&["run", hog.path().to_str().unwrap(), "--name", "hog", "--memory", "64M", "--detach"]).await;
     let v =
         s.wait_status("hog", Duration::from_secs(30), |v| v["error"].as_str().unwrap_or("").contains("memory")).await;
     assert!(v["error"].as_str().unwrap().contains("over its limit of 64 MiB"), "{v}");
@@ -386,12 +387,7 @@ async fn a_service_uses_its_own_namespace_with_its_own_account_and_is_refused_in
         ])
         .await;
     assert!(out.contains("prober running"), "{out}");
-    let mut logs = String::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !logs.contains("DONE") && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        logs = s.ok(&["--namespace", "alpha", "logs", "prober"]).await;
-    }
+    let logs = s.wait_log(&["--namespace", "alpha", "logs", "prober"], "DONE", Duration::from_secs(30)).await;
     let logs = logs.replace(micro, "micro");
     assert!(!logs.contains("LOGIN-FAILED"), "{logs}");
     assert!(logs.contains("SECRET-OK"), "the secret from config is in its environment: {logs}");
@@ -409,8 +405,8 @@ async fn a_service_uses_its_own_namespace_with_its_own_account_and_is_refused_in
     // The write landed in alpha only.
     let out = s.ok(&["--namespace", "alpha", "store", "read", "probe", "--table", "default"]).await;
     assert!(out.contains('1'), "{out}");
-    let (code, out, _) = s.cli(&["--namespace", "beta", "store", "read", "probe"]).await;
-    assert!(code != 0 || !out.contains('1'), "nothing in beta: {out}");
+    let out = s.run(&["--namespace", "beta", "store", "read", "probe"]).await;
+    assert!(out.code != 0 || !out.stdout.contains('1'), "nothing in beta: {out:?}");
     // The runtime is for admins: the service's own account cannot run services.
     let err = s.fails(&["--namespace", "beta", "status", "prober"]).await;
     assert!(err.contains("no service prober"), "{err}");
@@ -456,7 +452,7 @@ async fn two_servers_run_a_service_once_and_survive_the_leaders_death() {
     let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // A starts alone, so it is elected; B joins. B is reached at another loopback
     // address, as a node on another machine would be at its own.
-    let mut a = Server::start(data_a.path(), &env).await;
+    let a = Server::start(data_a.path(), &env).await;
     let b_env = [env[0], ("MICRO_ADVERTISE_HOST", "127.0.0.2"), ("MICRO_PROXY_ADDRESS", "127.0.0.2:0")];
     let b = Server::start(data_b.path(), &b_env).await;
 
@@ -479,8 +475,7 @@ async fn two_servers_run_a_service_once_and_survive_the_leaders_death() {
     assert!(err.contains("already runs"), "the records are shared: {err}");
 
     // A's machine goes: the server and its instances die at once.
-    let _ = a.child.kill();
-    let _ = a.child.wait();
+    let _a = a.kill();
     for pid in &on_a {
         // Each instance leads its own process group (its shell and the app under it).
         let _ = Command::new("kill").args(["-9", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
@@ -496,11 +491,9 @@ async fn two_servers_run_a_service_once_and_survive_the_leaders_death() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(back, "B runs the service after A died");
-    let (code, out, err) = b.cli(&["status", "hello-py", "-o", "json"]).await;
-    assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()[0]["status"], "running");
+    assert_eq!(b.status("hello-py").await["status"], "running");
     assert_eq!(instance_pids(data_b.path()).len(), 1, "once, on B");
-    let nodes = b.cli(&["get", "service", "hello-py", "-o", "json"]).await.1;
+    let nodes = b.ok(&["get", "service", "hello-py", "-o", "json"]).await;
     assert!(nodes.contains("127.0.0.2:"), "B's instance is registered at B's host: {nodes}");
     eprintln!("failover took {:?}", started.elapsed());
     b.ok(&["kill", "hello-py"]).await;

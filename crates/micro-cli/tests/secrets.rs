@@ -6,153 +6,51 @@
 //! passwords, secrets or tokens may appear in what the server printed — and the CLI prints
 //! no password either. A generated admin password is not logged; its file is.
 
+use micro_test::cli::Cli;
+use micro_test::process::{ServerProcess, binary};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 /// A wrong admin password, the secret alice is created with, and the one she changes to.
 const WRONG_PASSWORD: &str = "not-the-admin-password-0";
 const ALICE_SECRET: &str = "alice-secret-Quokka-7431";
 const ALICE_NEW_SECRET: &str = "alice-new-Platypus-2209";
 
-/// A `micro server` subprocess whose output goes to files.
-struct Server {
-    child: Child,
-    proxy: String,
-    api: String,
-    data: PathBuf,
-    stderr: PathBuf,
-    stdout: PathBuf,
-    copier: Option<std::thread::JoinHandle<()>>,
+/// Starts `micro server` on free ports, logging everything, its output kept; `json`
+/// selects the JSON log format; `password` sets `MICRO_ADMIN_PASSWORD` (else the server
+/// generates one).
+fn start(json: bool, password: Option<&str>) -> ServerProcess {
+    let mut server = ServerProcess::builder(binary(env!("CARGO_BIN_EXE_micro")))
+        // Everything, every crate (hyper, h2, tonic included), at the finest level.
+        .env("MICRO_LOG", "trace")
+        .env("RUST_LOG", "trace")
+        .env_remove("MICRO_LOG_FORMAT")
+        .capture_stderr();
+    if json {
+        server = server.env("MICRO_LOG_FORMAT", "json");
+    }
+    match password {
+        Some(p) => server.admin_password(p),
+        None => server.generated_admin_password(),
+    }
+    .start()
 }
 
-impl Server {
-    /// Starts `micro server` on free ports over `dir/data`, logging everything; `json`
-    /// selects the JSON log format; `password` sets `MICRO_ADMIN_PASSWORD`.
-    fn start(dir: &Path, json: bool, password: Option<&str>) -> Server {
-        let data = dir.join("data");
-        let (stderr, stdout) = (dir.join("server.stderr"), dir.join("server.stdout"));
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_micro"));
-        cmd.arg("server")
-            .env("MICRO_DATA_DIR", &data)
-            .env("MICRO_API_ADDRESS", "127.0.0.1:0")
-            .env("MICRO_PROXY_ADDRESS", "127.0.0.1:0")
-            .env("MICRO_WEB_ADDRESS", "127.0.0.1:0")
-            // Everything, every crate (hyper, h2, tonic included), at the finest level.
-            .env("MICRO_LOG", "trace")
-            .env("RUST_LOG", "trace")
-            .env_remove("MICRO_ADMIN_PASSWORD")
-            .env_remove("MICRO_LOG_FORMAT")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&stderr).expect("log file"));
-        if json {
-            cmd.env("MICRO_LOG_FORMAT", "json");
-        }
-        if let Some(p) = password {
-            cmd.env("MICRO_ADMIN_PASSWORD", p);
-        }
-        let mut child = cmd.spawn().expect("micro server starts");
-        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut banner = String::new();
-        out.read_line(&mut banner).expect("banner");
-        // "micro server: api http://127.0.0.1:X web http://127.0.0.1:W proxy 127.0.0.1:Y"
-        let words: Vec<&str> = banner.split_whitespace().collect();
-        assert!(words.len() == 8 && words[2] == "api" && words[6] == "proxy", "banner: {banner:?}");
-        let api = words[3].trim_start_matches("http://").to_string();
-        let proxy = words[7].to_string();
-        // The rest of stdout is captured too.
-        let mut file = std::fs::File::create(&stdout).expect("stdout file");
-        std::io::Write::write_all(&mut file, banner.as_bytes()).expect("write");
-        let copier = std::thread::spawn(move || {
-            let _ = std::io::copy(&mut out, &mut file);
-        });
-        Server { child, proxy, api, data, stderr, stdout, copier: Some(copier) }
-    }
-
-    /// Stops the server with SIGTERM (as an operator would) and returns all it printed.
-    fn stop(mut self) -> String {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-        while self.child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if let Some(c) = self.copier.take() {
-            let _ = c.join();
-        }
-        let mut all = String::new();
-        for path in [&self.stdout, &self.stderr] {
-            std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut all)).expect("read the output");
-        }
-        all
-    }
+/// The credentials a CLI keeps (access and refresh token).
+fn credentials(cli: &Cli) -> (String, String) {
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(cli.home().join(".micro/config")).expect("CLI config"))
+            .expect("JSON");
+    let creds = &cfg["envs"]["local"]["credentials"];
+    let token = |k: &str| creds[k].as_str().unwrap_or_else(|| panic!("{k} in {cfg}")).to_string();
+    (token("access_token"), token("refresh_token"))
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The `micro` CLI with its own home; keeps everything it printed (stdout, stderr).
-struct Cli {
-    server: String,
-    home: PathBuf,
-    printed: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-impl Cli {
-    /// Runs `micro`; returns (exit code, stdout, stderr).
-    async fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let (server, home) = (self.server.clone(), self.home.clone());
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (code, out, err) = tokio::task::spawn_blocking(move || {
-            let out = Command::new(env!("CARGO_BIN_EXE_micro"))
-                .arg("--server")
-                .arg(&server)
-                .args(&args)
-                .env("HOME", &home)
-                .env_remove("MICRO_PASSWORD")
-                .env("MICRO_DATA_DIR", home.join("no-local-server"))
-                .output()
-                .expect("micro runs");
-            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-            (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
-        })
-        .await
-        .expect("the command ran");
-        self.printed.lock().expect("lock").push((out.clone(), err.clone()));
-        (code, out, err)
-    }
-
-    async fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.run(args).await;
-        assert_eq!(code, 0, "micro {args:?}\nstdout: {out}\nstderr: {err}");
-        out
-    }
-
-    /// The credentials the CLI keeps (access and refresh token).
-    fn credentials(&self) -> (String, String) {
-        let cfg: Value =
-            serde_json::from_str(&std::fs::read_to_string(self.home.join(".micro/config")).expect("CLI config"))
-                .expect("JSON");
-        let creds = &cfg["envs"]["local"]["credentials"];
-        let token = |k: &str| creds[k].as_str().unwrap_or_else(|| panic!("{k} in {cfg}")).to_string();
-        (token("access_token"), token("refresh_token"))
-    }
-
-    /// Makes the kept access token look expired, so the next command refreshes it.
-    fn expire(&self) {
-        let path = self.home.join(".micro/config");
-        let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("CLI config")).expect("JSON");
-        cfg["envs"]["local"]["credentials"]["expiry"] = json!(1);
-        std::fs::write(&path, cfg.to_string()).expect("CLI config written");
-    }
+/// Makes the access token a CLI keeps look expired, so its next command refreshes it.
+fn expire(cli: &Cli) {
+    let path = cli.home().join(".micro/config");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("CLI config")).expect("JSON");
+    cfg["envs"]["local"]["credentials"]["expiry"] = json!(1);
+    std::fs::write(&path, cfg.to_string()).expect("CLI config written");
 }
 
 /// `POST path` at the gateway with a JSON body; (status, JSON body or null).
@@ -197,19 +95,19 @@ impl Secrets {
 }
 
 /// The whole story against one server; returns what must not have been logged.
-async fn story(server: &Server, admin_password: &str, home: &Path) -> (Secrets, Vec<(String, String)>) {
+async fn story(server: &ServerProcess) -> (Secrets, Vec<(String, String)>) {
+    let admin_password = server.admin_password.as_str();
     let mut secrets = Secrets::default();
     secrets.add("the admin password", admin_password);
-    let printed = Arc::new(Mutex::new(Vec::new()));
-    let cli = Cli { server: server.proxy.clone(), home: home.to_path_buf(), printed: printed.clone() };
+    let cli = server.cli();
     let api = server.api.as_str();
 
     // Logging in with the CLI: a wrong password, then the right one.
     secrets.add("a wrong admin password", WRONG_PASSWORD);
-    let (code, _, err) = cli.run(&["login", "--password", WRONG_PASSWORD]).await;
-    assert!(code == 1 && err.contains("wrong account id or secret"), "{err}");
+    let err = cli.fails(&["login", "--password", WRONG_PASSWORD]).await;
+    assert!(err.contains("wrong account id or secret"), "{err}");
     cli.ok(&["login", "--password", admin_password]).await;
-    let admin = cli.credentials();
+    let admin = credentials(&cli);
     secrets.token("the admin's", &admin);
 
     // Accounts: one with a given secret, one with a generated one (printed once, by the CLI).
@@ -277,9 +175,9 @@ async fn story(server: &Server, admin_password: &str, home: &Path) -> (Secrets, 
     secrets.token("alice's refreshed", &refreshed);
     let (status, _) = post(api, "/auth/auth/token", &[], json!({"refresh_token": alice.1})).await;
     assert_eq!(status, 401, "a used refresh token");
-    cli.expire();
+    expire(&cli);
     assert!(cli.ok(&["whoami"]).await.contains("admin"));
-    let admin_refreshed = cli.credentials();
+    let admin_refreshed = credentials(&cli);
     assert_ne!(admin_refreshed, admin, "the CLI refreshed");
     secrets.token("the admin's refreshed", &admin_refreshed);
 
@@ -309,7 +207,7 @@ async fn story(server: &Server, admin_password: &str, home: &Path) -> (Secrets, 
     assert!(plain.contains(config_secret), "{plain}");
     cli.ok(&["logout"]).await;
 
-    let printed = printed.lock().expect("lock").clone();
+    let printed = cli.printed().into_iter().map(|o| (o.stdout, o.stderr)).collect();
     (secrets, printed)
 }
 
@@ -337,10 +235,9 @@ fn assert_clean(log: &str, secrets: &Secrets, json: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_password_secret_or_token_in_the_text_logs() {
-    let dir = tempfile::tempdir().unwrap();
     let password = "admin-Password-Narwhal-8812";
-    let server = Server::start(dir.path(), false, Some(password));
-    let (secrets, printed) = story(&server, password, &dir.path().join("home")).await;
+    let server = start(false, Some(password));
+    let (secrets, printed) = story(&server).await;
     let log = server.stop();
     assert_clean(&log, &secrets, false);
     assert!(log.contains("MICRO_ADMIN_PASSWORD"), "the log says where the password came from");
@@ -351,11 +248,11 @@ async fn no_password_secret_or_token_in_the_text_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generated_password_is_not_logged_but_its_file_is_and_json_logs_hold_no_secret() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), true, None);
-    let file = server.data.join(micro_server::ADMIN_PASSWORD_FILE);
+    let server = start(true, None);
+    let file = server.data_dir().join(micro_server::ADMIN_PASSWORD_FILE);
     let password = std::fs::read_to_string(&file).expect("the generated password").trim().to_string();
-    let (secrets, printed) = story(&server, &password, &dir.path().join("home")).await;
+    assert_eq!(password, server.admin_password);
+    let (secrets, printed) = story(&server).await;
     let log = server.stop();
     assert_clean(&log, &secrets, true);
     // The file's path is logged (JSON escapes nothing in it here), its content is not.

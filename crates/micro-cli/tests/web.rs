@@ -13,13 +13,11 @@
 
 #![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
 
-use micro_test::{eventually, http, sibling_binary};
-use std::io::{BufRead, BufReader};
+use micro_test::process::{ServerProcess, binary};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ADMIN_PASSWORD: &str = "web-e2e-admin-password";
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The whole browser run, at most (it takes about 30 s).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -53,59 +51,6 @@ fn browser_ready() -> bool {
     );
     eprintln!("notice: skipping the browser test: {what} is missing (run scripts/browser-setup)");
     false
-}
-
-/// A `micro server` process on free ports, with its addresses from the banner.
-struct Server {
-    child: Child,
-    api: String,
-    web: String,
-    proxy: String,
-    _data: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Server {
-        let data = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_micro"))
-            .arg("server")
-            .env("MICRO_DATA_DIR", data.path())
-            .env("MICRO_API_ADDRESS", "127.0.0.1:0")
-            .env("MICRO_PROXY_ADDRESS", "127.0.0.1:0")
-            .env("MICRO_WEB_ADDRESS", "127.0.0.1:0")
-            .env("MICRO_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("MICRO_LOG", "warn")
-            .env_remove("MICRO_SERVER")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("micro server starts");
-        let mut banner = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut banner).expect("banner");
-        // "micro server: api http://A web http://W proxy P"
-        let words: Vec<&str> = banner.split_whitespace().collect();
-        let after = |key: &str| {
-            let i = words.iter().position(|w| *w == key).unwrap_or_else(|| panic!("no {key} in the banner: {banner}"));
-            words[i + 1].trim_start_matches("http://").to_string()
-        };
-        let (api, web, proxy) = (after("api"), after("web"), after("proxy"));
-        Server { child, api, web, proxy, _data: data }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM first, so it drains and removes its files.
-        let _ = Command::new("kill").arg(self.child.id().to_string()).stderr(Stdio::null()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A local git repository holding one service, `ticker`: a `micro.toml` whose `run` prints
@@ -144,40 +89,14 @@ fn ticker_repo() -> Option<(tempfile::TempDir, String)> {
     Some((dir, url))
 }
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_a_real_browser() {
     if !browser_ready() {
         return;
     }
-    let server = Server::start();
-    let admin = micro_test::login(&server.proxy, "micro", "admin", ADMIN_PASSWORD).await;
-    let env = micro_test::service_env(&server.proxy, &admin, "micro", "helloworld").await;
-    let _helloworld = Proc(
-        Command::new(sibling_binary("helloworld"))
-            .envs(env)
-            .env("MICRO_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("helloworld starts"),
-    );
+    let server = ServerProcess::start(&binary(env!("CARGO_BIN_EXE_micro")), &[]);
     // Registered and answering (the pages list it and call it).
-    let api = server.api.clone();
-    let ready = eventually(Duration::from_secs(20), || {
-        let api = api.clone();
-        async move { http(&api, "POST", "/helloworld/greeter/hello", &[], br#"{"name":"up"}"#).await.status == 200 }
-    })
-    .await;
-    assert!(ready, "helloworld did not come up behind the gateway");
+    let _helloworld = server.helloworld().await;
 
     let ticker = ticker_repo();
 
@@ -187,7 +106,7 @@ async fn dashboard_in_a_real_browser() {
         .current_dir(repo_root())
         .env("NODE_PATH", node_modules())
         .env("E2E_URL", format!("http://{}", server.web))
-        .env("E2E_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("E2E_ADMIN_PASSWORD", &server.admin_password)
         .env("E2E_CHROMIUM", CHROMIUM)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

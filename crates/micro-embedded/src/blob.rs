@@ -477,20 +477,20 @@ mod tests {
     #[tokio::test]
     async fn conformance_in_memory() {
         let blob = EmbeddedBlob::open(&DataDir::memory()).unwrap().max_size(4 * 1024 * 1024);
-        micro_test::conformance::blob::blob(Arc::new(blob)).await;
+        micro_conformance::blob::blob(Arc::new(blob)).await;
     }
 
     #[tokio::test]
     async fn buckets_in_memory() {
-        micro_test::conformance::blob::buckets(Arc::new(EmbeddedBlob::open(&DataDir::memory()).unwrap())).await;
+        micro_conformance::blob::buckets(Arc::new(EmbeddedBlob::open(&DataDir::memory()).unwrap())).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let blob = Arc::new(EmbeddedBlob::open(&DataDir::new(dir.path())).unwrap().max_size(4 * 1024 * 1024));
-        micro_test::conformance::blob::blob(blob.clone()).await;
-        micro_test::conformance::blob::blob(blob).await;
+        micro_conformance::blob::blob(blob.clone()).await;
+        micro_conformance::blob::blob(blob).await;
         let leftovers: Vec<PathBuf> = files(&dir.path().join("blobs/tmp"));
         assert!(leftovers.is_empty(), "temporary files are cleaned up: {leftovers:?}");
     }
@@ -498,7 +498,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance_with_the_default_limit() {
         let dir = tempfile::tempdir().unwrap();
-        micro_test::conformance::blob::blob(Arc::new(EmbeddedBlob::open(&DataDir::new(dir.path())).unwrap())).await;
+        micro_conformance::blob::blob(Arc::new(EmbeddedBlob::open(&DataDir::new(dir.path())).unwrap())).await;
     }
 
     #[tokio::test]

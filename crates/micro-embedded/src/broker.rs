@@ -90,6 +90,6 @@ mod tests {
 
     #[tokio::test]
     async fn conformance() {
-        micro_test::conformance::broker::broker(Arc::new(EmbeddedBroker::new())).await;
+        micro_conformance::broker::broker(Arc::new(EmbeddedBroker::new())).await;
     }
 }

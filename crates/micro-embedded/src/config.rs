@@ -383,16 +383,16 @@ mod tests {
 
     #[tokio::test]
     async fn conformance_in_memory() {
-        micro_test::conformance::config::config(Arc::new(EmbeddedConfig::open(&DataDir::memory()).unwrap())).await;
+        micro_conformance::config::config(Arc::new(EmbeddedConfig::open(&DataDir::memory()).unwrap())).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let config = Arc::new(EmbeddedConfig::open(&DataDir::new(dir.path())).unwrap());
-        micro_test::conformance::config::config(config.clone()).await;
+        micro_conformance::config::config(config.clone()).await;
         // Repeatable against one backend.
-        micro_test::conformance::config::config(config).await;
+        micro_conformance::config::config(config).await;
     }
 
     /// Every file under `dir` (recursively) that contains `needle`.

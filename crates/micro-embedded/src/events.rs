@@ -487,16 +487,16 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn conformance_in_memory() {
         let events = EmbeddedEvents::open(&DataDir::memory()).expect("open");
-        micro_test::conformance::events::events(Arc::new(events)).await;
+        micro_conformance::events::events(Arc::new(events)).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn conformance_on_disk() {
         let dir = tempfile::tempdir().expect("temp dir");
         let events = EmbeddedEvents::open(&DataDir::new(dir.path())).expect("open");
-        micro_test::conformance::events::events(Arc::new(events.clone())).await;
+        micro_conformance::events::events(Arc::new(events.clone())).await;
         // Twice against the same data: the suite must not depend on a fresh backend.
-        micro_test::conformance::events::events(Arc::new(events)).await;
+        micro_conformance::events::events(Arc::new(events)).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -523,7 +523,7 @@ mod tests {
             drop((stream, first, second));
             drop(events);
             // Commits still in flight hold the writer.
-            let idle = micro_test::eventually(Duration::from_secs(5), || async { writer.upgrade().is_none() });
+            let idle = micro_conformance::eventually(Duration::from_secs(5), || async { writer.upgrade().is_none() });
             assert!(idle.await, "the writer finishes");
         }
         let events = EmbeddedEvents::open(&DataDir::new(dir.path())).expect("reopen");
@@ -583,7 +583,7 @@ mod tests {
             }
             let writer = Arc::downgrade(&events.inner.writer);
             drop((stream, taken, events));
-            let idle = micro_test::eventually(Duration::from_secs(5), || async { writer.upgrade().is_none() });
+            let idle = micro_conformance::eventually(Duration::from_secs(5), || async { writer.upgrade().is_none() });
             assert!(idle.await, "the writer finishes");
         }
         let events = EmbeddedEvents::open(&DataDir::new(dir.path())).expect("reopen");
@@ -668,7 +668,7 @@ mod tests {
                     .expect("count")
             }
         };
-        assert!(micro_test::eventually(Duration::from_secs(3), || async { count().await == 3 }).await);
+        assert!(micro_conformance::eventually(Duration::from_secs(3), || async { count().await == 3 }).await);
     }
 
     #[tokio::test]
@@ -707,7 +707,7 @@ mod tests {
         drop(events);
         assert!(inner.upgrade().is_none(), "no task keeps the backend alive");
         assert!(
-            micro_test::eventually(Duration::from_secs(2), || async { writer.upgrade().is_none() }).await,
+            micro_conformance::eventually(Duration::from_secs(2), || async { writer.upgrade().is_none() }).await,
             "the writer goes away with the backend"
         );
     }

@@ -241,7 +241,7 @@ mod tests {
 
     #[tokio::test]
     async fn conformance_in_memory() {
-        micro_test::conformance::store::store(Arc::new(EmbeddedStore::open(&DataDir::memory()).unwrap())).await;
+        micro_conformance::store::store(Arc::new(EmbeddedStore::open(&DataDir::memory()).unwrap())).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,7 +249,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::new(dir.path());
         let store = EmbeddedStore::open(&data).unwrap();
-        micro_test::conformance::store::store(Arc::new(store.clone())).await;
+        micro_conformance::store::store(Arc::new(store.clone())).await;
         let t = Table::new("reopen", "t");
         store.write(&t, &Record::new("k", "v"), None).await.unwrap();
         drop(store);

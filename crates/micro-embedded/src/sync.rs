@@ -110,8 +110,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn conformance_in_memory_and_on_disk() {
-        micro_test::conformance::sync::sync(Arc::new(EmbeddedSync::open(&DataDir::memory()).unwrap())).await;
+        micro_conformance::sync::sync(Arc::new(EmbeddedSync::open(&DataDir::memory()).unwrap())).await;
         let dir = tempfile::tempdir().unwrap();
-        micro_test::conformance::sync::sync(Arc::new(EmbeddedSync::open(&DataDir::new(dir.path())).unwrap())).await;
+        micro_conformance::sync::sync(Arc::new(EmbeddedSync::open(&DataDir::new(dir.path())).unwrap())).await;
     }
 }

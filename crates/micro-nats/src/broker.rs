@@ -93,7 +93,7 @@ mod tests {
     async fn conformance() {
         let Some(url) = crate::test_url() else { return };
         let nats = Nats::connect(&url).await.expect("connects");
-        micro_test::conformance::broker::broker(Arc::new(NatsBroker::new(&nats))).await;
+        micro_conformance::broker::broker(Arc::new(NatsBroker::new(&nats))).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -792,7 +792,7 @@ mod tests {
         let Some(url) = crate::test_url() else { return };
         let nats = Nats::connect(&url).await.expect("connects");
         clean(&nats).await;
-        micro_test::conformance::events::events(Arc::new(NatsEvents::new(&nats))).await;
+        micro_conformance::events::events(Arc::new(NatsEvents::new(&nats))).await;
     }
 
     #[test]

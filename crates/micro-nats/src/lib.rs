@@ -84,7 +84,7 @@ fn unavailable(id: &str, what: &str, e: impl std::fmt::Display) -> Status {
 
 #[cfg(test)]
 fn test_url() -> Option<String> {
-    micro_test::backend_url("MICRO_TEST_NATS")
+    micro_conformance::backend_url("MICRO_TEST_NATS")
 }
 
 #[cfg(test)]

@@ -288,7 +288,7 @@ mod tests {
         let Some(url) = crate::test_url() else { return };
         let blob = PostgresBlob::connect(&url).await.expect("connects");
         let blob = Arc::new(blob);
-        micro_test::conformance::blob::blob(blob.clone()).await;
-        micro_test::conformance::blob::buckets(blob).await;
+        micro_conformance::blob::blob(blob.clone()).await;
+        micro_conformance::blob::buckets(blob).await;
     }
 }

@@ -543,9 +543,9 @@ mod tests {
     async fn conformance() {
         let Some(url) = crate::test_url() else { return };
         let config = Arc::new(open(&url, KEY).await);
-        micro_test::conformance::config::config(config.clone()).await;
+        micro_conformance::config::config(config.clone()).await;
         // Repeatable against one database.
-        micro_test::conformance::config::config(config).await;
+        micro_conformance::config::config(config).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,5 +114,5 @@ pub(crate) fn like_escape(s: &str) -> String {
 /// The database for tests (`MICRO_TEST_POSTGRES`), or a notice and `None`.
 #[cfg(test)]
 pub(crate) fn test_url() -> Option<String> {
-    micro_test::backend_url("MICRO_TEST_POSTGRES")
+    micro_conformance::backend_url("MICRO_TEST_POSTGRES")
 }

@@ -229,7 +229,7 @@ mod tests {
     async fn conformance() {
         let Some(url) = url() else { return };
         let store = PostgresStore::connect(&url).await.expect("connects");
-        micro_test::conformance::store::store(Arc::new(store.clone())).await;
+        micro_conformance::store::store(Arc::new(store.clone())).await;
         // Two nodes on one database see each other's writes.
         let other = PostgresStore::connect(&url).await.expect("a second node connects");
         let t = Table::new("pg-shared", "t");

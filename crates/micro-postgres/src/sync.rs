@@ -102,7 +102,7 @@ mod tests {
     async fn conformance() {
         let Some(url) = crate::test_url() else { return };
         let sync = PostgresSync::connect(&url).await.expect("connects");
-        micro_test::conformance::sync::sync(Arc::new(sync.clone())).await;
+        micro_conformance::sync::sync(Arc::new(sync.clone())).await;
         // Two nodes: a lock held through one is held for the other.
         let other = PostgresSync::connect(&url).await.expect("a second node");
         let ns = format!("pg-sync-{}", std::process::id());

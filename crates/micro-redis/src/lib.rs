@@ -123,7 +123,7 @@ impl Redis {
 /// The server for tests (`MICRO_TEST_REDIS`), or a notice and `None`.
 #[cfg(test)]
 pub(crate) fn test_url() -> Option<String> {
-    micro_test::backend_url("MICRO_TEST_REDIS")
+    micro_conformance::backend_url("MICRO_TEST_REDIS")
 }
 
 #[cfg(test)]
@@ -181,7 +181,7 @@ mod tests {
         if let Err(e) = redis.ping().await {
             assert_eq!(e.code(), Code::Unavailable, "{e}");
         }
-        let back = micro_test::eventually(Duration::from_secs(5), || async { redis.ping().await.is_ok() }).await;
+        let back = micro_conformance::eventually(Duration::from_secs(5), || async { redis.ping().await.is_ok() }).await;
         assert!(back, "the connection manager reconnects on its own");
         let again: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut redis.conn()).await.unwrap();
         assert_ne!(again, id, "a new connection");

@@ -418,7 +418,7 @@ mod tests {
     async fn conformance() {
         let Some(url) = crate::test_url() else { return };
         let store = RedisStore::connect(&url).await.expect("connects");
-        micro_test::conformance::store::store(Arc::new(store.clone())).await;
+        micro_conformance::store::store(Arc::new(store.clone())).await;
         // Two nodes on one server see each other's writes.
         let other = RedisStore::connect(&url).await.expect("a second node connects");
         let t = Table::new(unique("shared"), "t");

@@ -134,7 +134,7 @@ mod tests {
     async fn conformance() {
         let Some(url) = crate::test_url() else { return };
         let sync = RedisSync::connect(&url).await.expect("connects");
-        micro_test::conformance::sync::sync(Arc::new(sync.clone())).await;
+        micro_conformance::sync::sync(Arc::new(sync.clone())).await;
         // Two nodes: a lock held through one is held for the other.
         let other = RedisSync::connect(&url).await.expect("a second node");
         let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();

@@ -2,7 +2,8 @@
 //! against the server-backed clients, and a service outside the server using its handles.
 
 use micro::data::Data;
-use micro_test::{TestServer, conformance};
+use micro_conformance as conformance;
+use micro_test::TestServer;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,6 +100,12 @@ struct Seen {
     last_ok: Option<Instant>,
 }
 
+/// Waits until the load has had some of its calls acknowledged (it runs before the outage).
+async fn running(seen: &Mutex<Seen>) {
+    let acked = || std::future::ready(seen.lock().unwrap().acked.len() >= 20);
+    assert!(micro_test::eventually(Duration::from_secs(10), acked).await, "the load runs");
+}
+
 /// Runs `f` until `stop`, recording what it acknowledged and how it failed.
 fn load<F, Fut>(stop: Arc<AtomicBool>, seen: Arc<Mutex<Seen>>, mut f: F) -> tokio::task::JoinHandle<()>
 where
@@ -168,7 +174,7 @@ async fn backends_restart_under_load_and_nothing_acknowledged_is_lost() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    running(&seen).await;
     let restarted = Instant::now();
     tokio::task::spawn_blocking(restart_postgres).await.unwrap();
     recovered(&seen, restarted + Duration::from_millis(100), "PostgreSQL").await;
@@ -203,7 +209,7 @@ async fn backends_restart_under_load_and_nothing_acknowledged_is_lost() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    running(&seen).await;
     nats.stop();
     let down = Instant::now();
     let (mut during, mut last) = (None, String::new());

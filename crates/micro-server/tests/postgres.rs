@@ -10,8 +10,9 @@
 
 #![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
 
+use micro_conformance as conformance;
 use micro_core::store::{Query, Record, Table};
-use micro_test::{TestServer, conformance};
+use micro_test::TestServer;
 
 /// The database for tests (`MICRO_TEST_POSTGRES`), or a notice and `None`.
 fn url() -> Option<String> {

@@ -1,12 +1,12 @@
-//! Test helpers: a `micro server` on `127.0.0.1:0`, a raw HTTP/1.1 client, and
-//! `eventually` for conditions that become true asynchronously.
+//! Test helpers: a `micro server` on `127.0.0.1:0` in-process ([`TestServer`]) or as
+//! a process of its own ([`process::ServerProcess`]), the `micro` CLI run against it
+//! ([`cli::Cli`]), a raw HTTP/1.1 client, and `eventually` for conditions that become true
+//! asynchronously. The conformance suites of the backends are in `micro-conformance`.
 
-pub mod conformance;
+pub mod cli;
 pub mod process;
 pub mod recorder;
 
-use std::future::Future;
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A server started for a test, with its data directory.
@@ -154,40 +154,7 @@ fn dechunk(mut s: &str) -> String {
     out
 }
 
-/// The URL of an external backend for a test, from the environment variable `var`
-/// (like `MICRO_TEST_POSTGRES`). Without it the test should skip: this prints a notice and
-/// gives `None`, unless `MICRO_TEST_REQUIRE_BACKENDS` is set (CI), where it panics.
-pub fn backend_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            assert!(
-                std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(),
-                "{var} is not set but MICRO_TEST_REQUIRE_BACKENDS is"
-            );
-            eprintln!("notice: skipping a test of an external backend: {var} is not set");
-            None
-        }
-    }
-}
-
-/// Polls `f` every 50 ms until it returns `true`, for at most `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if f().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use micro_conformance::{backend_url, eventually};
 
 /// The path of a binary built in the same target directory as the running test.
 pub fn sibling_binary(name: &str) -> std::path::PathBuf {

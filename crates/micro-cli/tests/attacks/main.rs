@@ -25,9 +25,7 @@ use std::time::Duration;
 /// The `micro` binary under test: this build's, or `MICRO_TEST_BINARY` (to run the
 /// suite against another build, e.g. one from before a fix).
 fn micro() -> PathBuf {
-    std::env::var_os("MICRO_TEST_BINARY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_micro")))
+    micro_test::process::binary(env!("CARGO_BIN_EXE_micro"))
 }
 
 fn source(token: Option<&str>) -> Option<Arc<dyn TokenSource>> {

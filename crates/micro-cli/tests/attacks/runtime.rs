@@ -221,15 +221,6 @@ impl GitServer {
         let dir = tempfile::tempdir().unwrap();
         let work = dir.path().join("work");
         let bare = dir.path().join("app.git");
-        let git = |args: &[&str], cwd: &Path| {
-            let out = Command::new("git")
-                .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
-                .args(args)
-                .current_dir(cwd)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
         std::fs::create_dir_all(work.join("svc")).unwrap();
         git(&["init", "-q"], &work);
         let app = "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n\

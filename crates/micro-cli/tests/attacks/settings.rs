@@ -63,11 +63,11 @@ async fn another_admin_can_neither_read_nor_replace_my_git_credentials() {
 
     // Bob, another admin of shop, reads the namespace's whole config with secrets: no
     // trace of Alice's settings (they are not in the config at all).
-    let (_, out, err) = bob.cli(&["config", "get", "--secret"]).await;
+    let micro_test::cli::Output { stdout: out, stderr: err, .. } = bob.run(&["config", "get", "--secret"]).await;
     assert!(!out.contains(ALICE_TOKEN) && !err.contains(ALICE_TOKEN), "bob read alice's token: {out}{err}");
     assert!(!out.contains("users"), "settings are not kept in the config: {out}");
     // Writing where they used to be reaches nothing of Alice's.
-    let _ = bob.cli(&["config", "set", "micro.users.alice.git.credentials.git_2eexample_2ecom", BOB_TOKEN]).await;
+    let _ = bob.run(&["config", "set", "micro.users.alice.git.credentials.git_2eexample_2ecom", BOB_TOKEN]).await;
     // His own setting is his own: Alice's is still set, and his `get` says nothing of hers.
     bob.ok(&["user", "config", "set", HOST_KEY, BOB_TOKEN]).await;
     bob.ok(&["user", "config", "del", HOST_KEY]).await;
@@ -82,7 +82,7 @@ async fn another_admin_can_neither_read_nor_replace_my_git_credentials() {
     assert!(alice.ok(&["user", "config", "get", HOST_KEY]).await.contains("is set"));
     // An admin of another namespace reaches nothing in shop.
     let mallory = s.namespace_admin("evil", "mallory", "mallory-password-1").await;
-    let _ = mallory.cli(&["user", "config", "del", HOST_KEY, "--account", "alice"]).await;
+    let _ = mallory.run(&["user", "config", "del", HOST_KEY, "--account", "alice"]).await;
     assert!(alice.ok(&["user", "config", "get", HOST_KEY]).await.contains("is set"));
 
     // No file of the server holds a token kept with `user config` in plain text (Bob's

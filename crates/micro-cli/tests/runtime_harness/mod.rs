@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test crate uses a part
 #![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
 
+use micro_test::process::{Builder, ServerProcess, binary};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -33,53 +34,26 @@ pub(crate) fn repo_root() -> PathBuf {
 }
 
 /// A CLI home logged in to a server as one account.
-pub(crate) struct Session {
-    pub(crate) proxy: String,
-    pub(crate) home: tempfile::TempDir,
+pub(crate) type Session = micro_test::cli::Cli;
+
+/// What the runtime's tests ask a [`Session`].
+pub(crate) trait RuntimeCli {
+    /// `micro status <name> -o json`.
+    async fn status(&self, name: &str) -> Value;
+    /// Waits until `f` holds for the service's status; panics with the last one.
+    async fn wait_status(&self, name: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value;
+    /// Waits until the service's log holds `what`; returns the log.
+    async fn wait_log(&self, args: &[&str], what: &str, timeout: Duration) -> String;
+    /// Node ids of a service in the registry.
+    async fn nodes(&self, name: &str) -> Vec<String>;
 }
 
-impl Session {
-    pub(crate) fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_micro"));
-        c.arg("--server").arg(&self.proxy).args(args).env("HOME", self.home.path()).env_remove("MICRO_SERVER");
-        c
+impl RuntimeCli for Session {
+    async fn status(&self, name: &str) -> Value {
+        self.json(&["status", name, "-o", "json"]).await[0].clone()
     }
 
-    /// Runs `micro`; returns (exit code, stdout, stderr).
-    pub(crate) async fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let mut c = self.command(args);
-        tokio::task::spawn_blocking(move || {
-            let out = c.output().expect("micro runs");
-            (
-                out.status.code().unwrap_or(-1),
-                String::from_utf8_lossy(&out.stdout).into_owned(),
-                String::from_utf8_lossy(&out.stderr).into_owned(),
-            )
-        })
-        .await
-        .unwrap()
-    }
-
-    pub(crate) async fn ok(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.cli(args).await;
-        assert_eq!(code, 0, "micro {args:?}\nstdout: {out}\nstderr: {err}");
-        out
-    }
-
-    pub(crate) async fn fails(&self, args: &[&str]) -> String {
-        let (code, out, err) = self.cli(args).await;
-        assert_eq!(code, 1, "micro {args:?} should fail\nstdout: {out}\nstderr: {err}");
-        err
-    }
-
-    /// `micro status <name> -o json`.
-    pub(crate) async fn status(&self, name: &str) -> Value {
-        let out = self.ok(&["status", name, "-o", "json"]).await;
-        serde_json::from_str::<Value>(&out).unwrap()[0].clone()
-    }
-
-    /// Waits until `f` holds for the service's status; panics with the last one.
-    pub(crate) async fn wait_status(&self, name: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
+    async fn wait_status(&self, name: &str, timeout: Duration, f: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.status(name).await;
@@ -91,8 +65,7 @@ impl Session {
         }
     }
 
-    /// Waits until the service's log holds `what`; returns the log.
-    pub(crate) async fn wait_log(&self, args: &[&str], what: &str, timeout: Duration) -> String {
+    async fn wait_log(&self, args: &[&str], what: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let logs = self.ok(args).await;
@@ -104,13 +77,12 @@ impl Session {
         }
     }
 
-    /// Node ids of a service in the registry.
-    pub(crate) async fn nodes(&self, name: &str) -> Vec<String> {
-        let (code, out, _) = self.cli(&["get", "service", name, "-o", "json"]).await;
-        if code != 0 {
+    async fn nodes(&self, name: &str) -> Vec<String> {
+        let out = self.run(&["get", "service", name, "-o", "json"]).await;
+        if out.code != 0 {
             return Vec::new();
         }
-        let v: Value = serde_json::from_str(&out).unwrap();
+        let v: Value = serde_json::from_str(&out.stdout).unwrap();
         let mut nodes: Vec<String> = v
             .as_array()
             .into_iter()
@@ -126,10 +98,8 @@ impl Session {
 /// A `micro server` process with a CLI session logged in as its admin (the methods of
 /// [`Session`] act as the admin).
 pub(crate) struct Server {
-    pub(crate) child: Child,
+    pub(crate) process: ServerProcess,
     pub(crate) api: String,
-    pub(crate) data: PathBuf,
-    pub(crate) env: Vec<(String, String)>,
     pub(crate) admin: Session,
 }
 
@@ -141,70 +111,31 @@ impl std::ops::Deref for Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGTERM first, so its services stop with it.
-        let _ = Command::new("kill").arg(self.child.id().to_string()).stderr(Stdio::null()).status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 impl Server {
     /// Starts a server over `data` with these variables (`MICRO_ADMIN_PASSWORD` empty: the
     /// server makes one and writes it to the data dir, where the admin's login reads it).
     pub(crate) async fn start(data: &Path, env: &[(&str, &str)]) -> Server {
-        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let s = Server::spawn(data, env, tempfile::tempdir().unwrap());
-        s.login_admin().await;
-        s
+        // Builds share one cargo target dir across test runs, in dev profile: the
+        // framework's dependencies are built once, not per test.
+        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runtime-target");
+        let builder = ServerProcess::builder(binary(env!("CARGO_BIN_EXE_micro")))
+            .data_dir(data)
+            .admin_password(ADMIN_PASSWORD)
+            .env("MICRO_RUNTIME_PROFILE", "dev")
+            .env("MICRO_RUNTIME_TARGET_DIR", target)
+            .envs(env);
+        Server::up(builder).await
+    }
+
+    async fn up(builder: Builder) -> Server {
+        let process = builder.start();
+        let admin = process.admin_cli().await;
+        Server { api: process.api.clone(), process, admin }
     }
 
     /// The admin's password.
     pub(crate) fn admin_password(&self) -> String {
-        std::fs::read_to_string(self.data.join("admin.password"))
-            .map(|p| p.trim().to_string())
-            .unwrap_or_else(|_| ADMIN_PASSWORD.to_string())
-    }
-
-    async fn login_admin(&self) {
-        let password = self.admin_password();
-        let out = self.cli(&["login", "--id", "admin", "--password", &password]).await;
-        assert_eq!(out.0, 0, "login: {out:?}");
-    }
-
-    fn spawn(data: &Path, env: Vec<(String, String)>, home: tempfile::TempDir) -> Server {
-        // Builds share one cargo target dir across test runs, in dev profile: the
-        // framework's dependencies are built once, not per test.
-        let target = Path::new(env!("CARGO_TARGET_TMPDIR")).join("runtime-target");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_micro"))
-            .arg("server")
-            .env("MICRO_DATA_DIR", data)
-            .env("MICRO_API_ADDRESS", "127.0.0.1:0")
-            .env("MICRO_PROXY_ADDRESS", "127.0.0.1:0")
-            .env("MICRO_WEB_ADDRESS", "127.0.0.1:0")
-            .env("MICRO_LOG", "warn")
-            .env("MICRO_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("MICRO_RUNTIME_PROFILE", "dev")
-            .env("MICRO_RUNTIME_TARGET_DIR", target)
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("micro server starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("banner");
-        // "micro server: api http://127.0.0.1:X proxy 127.0.0.1:Y"
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let proxy = words.last().expect("proxy").to_string();
-        let api = words[3].trim_start_matches("http://").to_string();
-        Server { child, api, data: data.to_path_buf(), env, admin: Session { proxy, home } }
+        self.process.admin_password.clone()
     }
 
     /// SIGKILLs the server and starts it again over the same data dir.
@@ -213,19 +144,13 @@ impl Server {
     }
 
     /// SIGKILLs the server (what it started is left as it is).
-    pub(crate) fn kill(mut self) -> Killed {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let data = self.data.clone();
-        let env = std::mem::take(&mut self.env);
-        let home = std::mem::replace(&mut self.admin.home, tempfile::tempdir().unwrap());
-        std::mem::forget(self); // already dead
-        Killed { data, env, home }
+    pub(crate) fn kill(self) -> Killed {
+        Killed(self.process.kill())
     }
 
     /// A session logged in as `id` of `namespace`.
     pub(crate) async fn login(&self, namespace: &str, id: &str, password: &str) -> Session {
-        let session = Session { proxy: self.admin.proxy.clone(), home: tempfile::tempdir().unwrap() };
+        let session = self.admin.fresh();
         session.ok(&["--namespace", namespace, "login", "--id", id, "--password", password]).await;
         session
     }
@@ -243,17 +168,11 @@ impl Server {
 }
 
 /// A server killed by SIGKILL, to start again over the same data dir.
-pub(crate) struct Killed {
-    data: PathBuf,
-    env: Vec<(String, String)>,
-    home: tempfile::TempDir,
-}
+pub(crate) struct Killed(Builder);
 
 impl Killed {
     pub(crate) async fn start(self) -> Server {
-        let s = Server::spawn(&self.data, self.env, self.home);
-        s.login_admin().await;
-        s
+        Server::up(self.0).await
     }
 }
 
@@ -313,14 +232,19 @@ pub(crate) fn processes_with(marker: &str) -> Vec<(u64, String)> {
 
 /// Waits until `f` holds, polling every 50 ms; false after `timeout`.
 pub(crate) async fn until(timeout: Duration, f: impl Fn() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    true
+    micro_test::eventually(timeout, || std::future::ready(f())).await
+}
+
+/// Runs `git args` in `dir` (as a committer of its own, on branch main); panics with
+/// its stderr when it fails.
+pub(crate) fn git(args: &[&str], dir: &Path) {
+    let out = Command::new("git")
+        .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git runs");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// A folder that is its own repository root, with these files.
