@@ -867,6 +867,10 @@ impl pb::auth_server::Auth for AuthService {
         if Self::caller(&req).is_none_or(|a| a.namespace != ns && !product(a)) {
             self.require_admin(&req, &ns).map_err(t)?;
         }
+        // The stream ends when the caller's token does (a follower opens it again with a
+        // fresh one), so a deleted account or namespace stops hearing of rule changes.
+        let expires = micro::auth::Caller::of(&req).and_then(|c| c.expires).unwrap_or(0);
+        let until = Duration::from_secs(expires.saturating_sub(now()));
         let auth = self.clone();
         let mut changes = self.inner.generation.subscribe();
         let stream = async_stream::try_stream! {
@@ -883,6 +887,8 @@ impl pb::auth_server::Auth for AuthService {
                 }
             }
         };
+        let deadline = tokio::time::Instant::now() + until;
+        let stream = futures::StreamExt::take_until(stream, tokio::time::sleep_until(deadline));
         Ok(Response::new(Box::pin(stream)))
     }
 

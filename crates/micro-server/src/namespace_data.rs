@@ -2,7 +2,8 @@
 //! what keeps its name from being created again while it remains.
 //!
 //! Deleting a namespace kills its runtime services and drops its registrations, its
-//! store tables, its config document (secrets included) and its blobs. Events have no
+//! store tables, what the products keep for it, its config document (secrets included)
+//! and its blobs. Events have no
 //! delete operation (a topic's log is append-only, its consumer groups live in memory
 //! and in the backend), so they stay until the events retention drops them; until then
 //! creating the name again is refused, and so it is while anything else remains (a
@@ -61,6 +62,11 @@ impl NamespaceData {
                 ignore_absent(self.store.delete(&table, &key).await)?;
             }
         }
+        for (table, prefix) in crate::products::tenant_data(ns) {
+            for key in self.store.list(&table, &prefix, &Query { prefix: true, ..Default::default() }).await? {
+                ignore_absent(self.store.delete(&table, &key).await)?;
+            }
+        }
         ignore_absent(self.config.delete(ns, "").await)?;
         for bucket in self.blob.buckets(ns).await? {
             let objects = match self.blob.list(ns, &bucket, "").await {
@@ -80,6 +86,12 @@ impl NamespaceData {
         let tables = self.store.tables(ns).await?;
         if !tables.is_empty() {
             left.push(format!("store tables {}", tables.join(", ")));
+        }
+        for (table, prefix) in crate::products::tenant_data(ns) {
+            let query = Query { prefix: true, limit: 1, ..Default::default() };
+            if !self.store.list(&table, &prefix, &query).await?.is_empty() {
+                left.push(format!("data in product {}", table.table));
+            }
         }
         let config = self.config.get(ns, "", false).await?;
         if config.is_some_and(|c| !micro_core::config::doc::is_empty(&c)) {

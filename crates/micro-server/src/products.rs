@@ -7,15 +7,29 @@
 
 use micro::Service;
 
-/// A product: its name and how it adds its handlers to a service configured by its host.
+/// A product: its name, how it adds its handlers to a service configured by its host,
+/// and where in its own table (`micro`/`<name>` of the store) it keeps a namespace's data,
+/// which goes with the namespace.
 pub(crate) struct Product {
     pub(crate) name: &'static str,
     pub(crate) build: fn(Service) -> Service,
+    pub(crate) tenant_prefix: fn(&str) -> String,
 }
 
 /// Every product, by name.
-pub(crate) const PRODUCTS: [Product; 1] =
-    [Product { name: micro_distributed::NAME, build: micro_distributed::service }];
+pub(crate) const PRODUCTS: [Product; 1] = [Product {
+    name: micro_distributed::NAME,
+    build: micro_distributed::service,
+    tenant_prefix: micro_distributed::tenant_prefix,
+}];
+
+/// Where every product keeps namespace `ns`'s data: a table and a key prefix.
+pub(crate) fn tenant_data(ns: &str) -> Vec<(micro_core::store::Table, String)> {
+    PRODUCTS
+        .iter()
+        .map(|p| (micro_core::store::Table::new(micro_core::namespace::DEFAULT, p.name), (p.tenant_prefix)(ns)))
+        .collect()
+}
 
 /// The names of every product.
 pub const NAMES: [&str; 1] = [micro_distributed::NAME];

@@ -143,9 +143,15 @@ fn valid_id(id: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Where everything of namespace `ns` is kept in the service's table: the server deletes
+/// it with the namespace.
+pub fn tenant_prefix(ns: &str) -> String {
+    format!("notes/{ns}/")
+}
+
 /// The store key of note `id` of namespace `ns`.
 fn key(ns: &str, id: &str) -> String {
-    format!("notes/{ns}/{id}")
+    format!("{}{id}", tenant_prefix(ns))
 }
 
 fn decode(value: &[u8]) -> Result<Note, Status> {
@@ -197,8 +203,7 @@ pub fn service(service: Service) -> Service {
             let store = list.clone();
             async move {
                 let (ns, _) = caller(&ctx)?;
-                let records =
-                    store.read(&format!("notes/{ns}/"), &Query { prefix: true, ..Default::default() }).await?;
+                let records = store.read(&tenant_prefix(&ns), &Query { prefix: true, ..Default::default() }).await?;
                 let mut notes = records.iter().map(|r| decode(&r.value)).collect::<Result<Vec<_>, _>>()?;
                 notes.retain(|n| req.tag.as_ref().is_none_or(|t| n.tags.contains(t)));
                 notes.sort_by(|a, b| a.created.cmp(&b.created).then(a.id.cmp(&b.id)));

@@ -101,28 +101,67 @@ async fn hosted_in_process_by_default() {
     assert_eq!(err.code(), micro_core::Code::Unauthenticated, "{err}");
 }
 
+/// Calls the auth service as `token`.
+async fn auth(s: &TestServer, token: &str) -> (micro::proto::auth::auth_client::AuthClient<micro::data::Ch>, String) {
+    (
+        micro::proto::auth::auth_client::AuthClient::new(micro::data::channel(&s.proxy()).unwrap()),
+        format!("Bearer {token}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_namespaces_notes_go_with_it() {
+    use micro::proto::auth as pb;
+    let s = TestServer::start().await;
+    let admin = s.admin_token().await;
+    let (mut client, bearer) = auth(&s, &admin).await;
+    let namespace = |name: &str| {
+        let mut req = tonic::Request::new(pb::CreateNamespaceRequest { name: name.into() });
+        req.metadata_mut().insert("authorization", bearer.parse().unwrap());
+        req
+    };
+    client.create_namespace(namespace("team")).await.expect("created");
+    micro_test::create_account(&s.proxy(), &admin, "team", ("tia", "tia-secret-1"), "user", &[]).await;
+    let tia = micro_test::login(&s.proxy(), "team", "tia", "tia-secret-1").await;
+    let (status, _) = call(&s, Some(&tia), None, "/distributed/notes/create", json!({"title": "plans"})).await;
+    assert_eq!(status, 200);
+    let mut req = tonic::Request::new(pb::DeleteNamespaceRequest { name: "team".into() });
+    req.metadata_mut().insert("authorization", bearer.parse().unwrap());
+    client.delete_namespace(req).await.expect("deleted");
+    // Whoever gets the name next starts with no notes.
+    client.create_namespace(namespace("team")).await.expect("created again: nothing of the old one remains");
+    micro_test::create_account(&s.proxy(), &admin, "team", ("ted", "ted-secret-1"), "user", &[]).await;
+    let ted = micro_test::login(&s.proxy(), "team", "ted", "ted-secret-1").await;
+    let (status, listed) = call(&s, Some(&ted), None, "/distributed/notes/list", json!({})).await;
+    assert_eq!((status, listed["notes"].as_array().map(Vec::len)), (200, Some(0)), "{listed}");
+    // The old account's token is void, here as everywhere.
+    let (status, _) = call(&s, Some(&tia), None, "/distributed/notes/list", json!({})).await;
+    assert_eq!(status, 401);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_binary_against_a_server_without_products() {
     let s = TestServer::start_with(|c| c.services = Vec::new()).await;
     // Not hosted: nothing answers.
     let (status, _) = call(&s, None, Some("shop"), "/distributed/notes/list", json!({})).await;
     assert_eq!(status, 404);
-    // Someone else's service of that name in micro gets no other namespace's calls.
+    // The product's name is reserved: no other account registers it, in micro or elsewhere.
     let admin = s.admin_token().await;
-    let impostor = s
-        .service("micro", micro_distributed::NAME)
-        .await
-        .handle("Notes.List", |_ctx: micro::Context, _req: Value| async move {
-            Ok::<_, micro::Status>(json!({"notes": ["stolen"]}))
-        })
-        .start()
-        .await
-        .expect("registers in micro");
+    for ns in ["micro", "shop"] {
+        let err = s
+            .service(ns, micro_distributed::NAME)
+            .await
+            .handle("Notes.List", |_ctx: micro::Context, _req: Value| async move {
+                Ok::<_, micro::Status>(json!({"notes": ["stolen"]}))
+            })
+            .start()
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.code(), micro_core::Code::PermissionDenied, "{ns}: {err}");
+    }
     let tokens = tenants(&s).await;
     let sam = &tokens[0];
-    let (status, body) = call(&s, Some(sam), None, "/distributed/notes/list", json!({})).await;
-    assert_eq!(status, 404, "a micro account's service is not the product: {body}");
-    impostor.stop().await;
     // The product's own account, as an operator would make it for a deployment.
     let secret = "product-distributed-secret-1";
     micro_test::create_account(

@@ -9,6 +9,7 @@ mod gateway;
 mod listeners;
 mod namespaces;
 mod namespaces_delete;
+mod products;
 mod registry;
 mod revocation;
 mod runtime;

@@ -22,12 +22,14 @@ pub struct Caller {
     pub account: Option<Account>,
     /// The namespace the call acts in.
     pub namespace: String,
+    /// When the caller's token expires (Unix seconds); `None` for an anonymous call.
+    pub expires: Option<u64>,
 }
 
 impl Caller {
     /// An anonymous caller acting in `namespace`.
     pub fn anonymous(namespace: impl Into<String>) -> Caller {
-        Caller { account: None, namespace: namespace.into() }
+        Caller { account: None, namespace: namespace.into(), expires: None }
     }
 
     /// The caller of a tonic request, as the authorizer put it there.
@@ -222,17 +224,19 @@ impl Authorizer {
             ));
         }
         let audience = self.scope.audience(asked);
-        let account = match token {
-            Some(t) => Some(self.verify(t, audience.as_deref()).await?.account()),
+        let claims = match token {
+            Some(t) => Some(self.verify(t, audience.as_deref()).await?),
             None => None,
         };
+        let expires = claims.as_ref().map(|c| c.exp);
+        let account = claims.map(|c| c.account());
         let namespace = match &self.scope {
             Scope::Core { fallback: f } => resolve_namespace(asked, account.as_ref(), fallback.unwrap_or(f)),
             Scope::Platform { .. } => resolve_namespace(asked, account.as_ref(), micro_core::namespace::DEFAULT),
             Scope::Service { namespace, .. } => namespace.clone(),
         };
         micro_core::namespace::validate(&namespace)?;
-        Ok(Caller { account, namespace })
+        Ok(Caller { account, namespace, expires })
     }
 
     /// Decides a call by `caller` on `resource`, protected as `protection`.
