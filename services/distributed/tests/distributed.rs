@@ -104,7 +104,7 @@ async fn hosted_in_process_by_default() {
 /// Calls the auth service as `token`.
 async fn auth(s: &TestServer, token: &str) -> (micro::proto::auth::auth_client::AuthClient<micro::data::Ch>, String) {
     (
-        micro::proto::auth::auth_client::AuthClient::new(micro::data::channel(&s.proxy()).unwrap()),
+        micro::proto::auth::auth_client::AuthClient::new(micro::data::channel(&s.proxy()).expect("channel")),
         format!("Bearer {token}"),
     )
 }
