@@ -19,8 +19,20 @@ pub fn decode(s: &str) -> Result<String, Status> {
     unescape(&s.replace('+', " "))
 }
 
-/// `%XX` escapes only (a path segment, where `+` is itself).
+/// `%XX` escapes only (a path segment, where `+` is itself). A `%` not followed by two
+/// hex digits is refused, as are bytes that are not UTF-8.
 pub fn unescape(s: &str) -> Result<String, Status> {
+    let b = s.as_bytes();
+    let malformed = b.iter().enumerate().any(|(i, c)| {
+        *c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        return Err(Status::bad_request(
+            "micro",
+            format!("malformed percent escape in {s:?}: use %XX with two hex digits"),
+        ));
+    }
     percent_encoding::percent_decode_str(s)
         .decode_utf8()
         .map(|c| c.into_owned())
@@ -36,9 +48,10 @@ mod tests {
         let p = pairs("a=1&b=hello+world&c=%26%3D%C3%A9&d&&a=2").unwrap();
         let want = [("a", "1"), ("b", "hello world"), ("c", "&=é"), ("d", ""), ("a", "2")];
         assert_eq!(p, want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>());
-        // A `%` without two hex digits stays as it is; bytes that are not UTF-8 are refused.
-        assert_eq!(decode("100%").unwrap(), "100%");
-        assert_eq!(decode("%zz").unwrap(), "%zz");
+        // A `%` without two hex digits, and bytes that are not UTF-8, are refused.
+        for bad in ["100%", "%zz", "%4", "a%g0"] {
+            assert!(decode(bad).is_err(), "{bad}");
+        }
         assert!(pairs("x=%ff").is_err());
         assert_eq!(unescape("a+b%20c").unwrap(), "a+b c");
     }
