@@ -63,12 +63,17 @@ pub async fn sync(sync: Arc<dyn Sync>) {
     let next = sync.lock(&ns, "ttl", ttl, Duration::from_secs(5)).await.expect("the TTL frees the lock");
     assert!(started.elapsed() >= Duration::from_millis(200), "not before the TTL ran out");
     assert_eq!(sync.refresh(&ns, &dead).await.expect_err("expired").code(), Code::FailedPrecondition);
-    // Refreshing keeps a lock past its TTL.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    sync.refresh(&ns, &next).await.expect("refresh");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let err = sync.lock(&ns, "ttl", ttl, Duration::ZERO).await.expect_err("refreshed lock still held");
+    sync.unlock(&ns, &next).await.expect("unlock");
+    // Refreshing keeps a lock past its TTL (margins of 400 ms either way, so a loaded
+    // machine's slow call does not decide the outcome).
+    let second = Duration::from_secs(1);
+    let kept = sync.lock(&ns, "refreshed", second, Duration::ZERO).await.expect("lock");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    sync.refresh(&ns, &kept).await.expect("refresh");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let err = sync.lock(&ns, "refreshed", second, Duration::ZERO).await.expect_err("refreshed lock still held");
     assert_eq!(err.code(), Code::DeadlineExceeded);
+    sync.unlock(&ns, &kept).await.expect("unlock");
 
     // Namespaces are isolated.
     let other = format!("{ns}-other");

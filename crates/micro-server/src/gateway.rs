@@ -789,6 +789,6 @@ mod tests {
         assert!(build_request(b"", Some("count=abc"), &[], &schema).is_err());
         assert!(build_request(b"", Some("a..b=1"), &[], &schema).is_err());
         assert!(build_request(b"", Some("name=%ff"), &[], &schema).is_err());
-        assert!(build_request(b"", Some("name=%"), &[], &schema).is_ok());
+        assert!(build_request(b"", Some("name=%"), &[], &schema).is_err(), "a lone % is a malformed escape");
     }
 }
