@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use micro::auth::token::Signer;
+use micro_server::Signer;
 use std::sync::OnceLock;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,6 +6,7 @@
 //! Auth data lives in its own database (`auth.db`), never reachable through the store
 //! service.
 
+pub(crate) mod keys;
 mod limiter;
 mod settings;
 
@@ -13,8 +14,9 @@ use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use base64::Engine;
+use keys::Signer;
 use micro::auth::token::now;
-use micro::auth::token::{Claims, Signer, Verifier};
+use micro::auth::token::{Claims, Verifier};
 use micro::proto::auth as pb;
 use micro::status::to_tonic;
 use micro_core::auth::{Account, AccountType, Rule, default_rule};

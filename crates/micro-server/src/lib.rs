@@ -33,6 +33,7 @@ mod web;
 mod websocket;
 
 pub use app::{CORE_SERVICES, Running, start};
+pub use auth::keys::Signer;
 pub use auth::{ACCESS_TTL, ADMIN_PASSWORD_FILE, REFRESH_TTL};
 pub use config::{Backends, Config, Secret};
 pub use products::NAMES as PRODUCTS;
