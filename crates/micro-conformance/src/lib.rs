@@ -17,6 +17,7 @@ pub mod blob;
 pub mod broker;
 pub mod config;
 pub mod events;
+pub mod registry;
 pub mod store;
 pub mod sync;
 

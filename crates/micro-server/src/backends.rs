@@ -49,7 +49,7 @@ impl Shared {
     pub(crate) async fn registry(&self) -> Result<Option<Arc<dyn Registry>>, Error> {
         let Some(url) = self.backends.registry() else { return Ok(None) };
         let store = micro_postgres::PostgresStore::open(&self.database(url).await?, "registry").await?;
-        Ok(Some(Arc::new(crate::shared_registry::SharedRegistry::new(Arc::new(store)))))
+        Ok(Some(Arc::new(micro::registry::SharedRegistry::new(Arc::new(store)))))
     }
 
     /// The store (PostgreSQL or Redis), if shared.

@@ -27,7 +27,6 @@ mod registry;
 mod revoke;
 mod runtime;
 mod sealed;
-mod shared_registry;
 mod targets;
 mod web;
 mod websocket;

@@ -17,6 +17,9 @@ async fn conformance_suites_through_the_server() {
     conformance::broker::broker(data.broker.clone()).await;
     conformance::blob::blob(data.blob.clone()).await;
     conformance::events::events(data.events.clone()).await;
+    let token = micro::data::StaticToken(s.admin_token().await);
+    let registry = micro::registry::RemoteRegistry::with_token(&s.proxy(), Some(std::sync::Arc::new(token))).unwrap();
+    conformance::registry::registry(std::sync::Arc::new(registry)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

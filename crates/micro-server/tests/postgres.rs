@@ -46,8 +46,12 @@ async fn two_nodes_share_records_and_accounts() {
     );
     let (da, db) = (data(&a, ta.clone()), data(&b, tb.clone()));
 
-    // The store through node A passes the whole suite.
+    // The store and the registry (kept in PostgreSQL) through node A pass their suites.
     conformance::store::store(da.store.clone()).await;
+    let token =
+        Some(std::sync::Arc::new(micro::data::StaticToken(ta.clone())) as std::sync::Arc<dyn micro::data::TokenSource>);
+    let registry = micro::registry::RemoteRegistry::with_token(&a.proxy(), token).unwrap();
+    conformance::registry::registry(std::sync::Arc::new(registry)).await;
 
     // Written through A, read and deleted through B.
     let t = Table::new("micro", "shared");

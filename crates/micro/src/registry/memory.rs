@@ -232,6 +232,11 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn conformance() {
+        micro_conformance::registry::registry(Arc::new(MemoryRegistry::new())).await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn nodes_expire_after_ttl_and_watchers_hear_it() {
         let r = MemoryRegistry::new();

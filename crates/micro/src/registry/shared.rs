@@ -17,7 +17,7 @@ const CACHE: Duration = Duration::from_millis(500);
 const POLL: Duration = Duration::from_secs(1);
 
 /// A registry kept in a shared store.
-pub(crate) struct SharedRegistry {
+pub struct SharedRegistry {
     store: Arc<dyn Store>,
     cache: Mutex<HashMap<String, Cached>>,
 }
@@ -56,7 +56,7 @@ fn group(entries: &[Entry], name: Option<&str>) -> Vec<Service> {
 }
 
 impl SharedRegistry {
-    pub(crate) fn new(store: Arc<dyn Store>) -> SharedRegistry {
+    pub fn new(store: Arc<dyn Store>) -> SharedRegistry {
         SharedRegistry { store, cache: Mutex::new(HashMap::new()) }
     }
 
@@ -80,7 +80,7 @@ impl SharedRegistry {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Registry for SharedRegistry {
     async fn register(&self, ns: &str, service: &Service, ttl: Duration) -> Result<(), Status> {
         let ttl = micro_core::registry::check_registration(ns, service, ttl)?;
@@ -194,6 +194,13 @@ mod tests {
             nodes: vec![Node { id: node.into(), address: "127.0.0.1:1".into(), ..Default::default() }],
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn conformance() {
+        let store: Arc<dyn Store> =
+            Arc::new(micro_embedded::store::EmbeddedStore::open(&micro_embedded::DataDir::memory()).unwrap());
+        micro_conformance::registry::registry(Arc::new(SharedRegistry::new(store))).await;
     }
 
     #[tokio::test]
