@@ -13,7 +13,6 @@
 mod app;
 mod auth;
 mod backends;
-mod client_address;
 mod config;
 mod data;
 pub mod gateway;
@@ -29,7 +28,6 @@ mod runtime;
 mod sealed;
 mod shared_registry;
 mod targets;
-mod web;
 mod websocket;
 
 pub use app::{CORE_SERVICES, Running, start};

@@ -1,12 +1,24 @@
-//! The web dashboard (`MICRO_WEB_ADDRESS`, default `127.0.0.1:8082`): server-rendered
+//! The Micro dashboard (`MICRO_WEB_ADDRESS`, default `127.0.0.1:8082`): server-rendered
 //! pages with a little JavaScript for live views, its assets embedded in the binary.
 //!
 //! The dashboard is a client of the server like the CLI: every page calls the core
-//! services through this node's proxy with the signed-in account's token, so it shows and
-//! does exactly what the namespace's rules allow that account, nothing more.
+//! services through a node's proxy with the signed-in account's token, so it shows and
+//! does exactly what the namespace's rules allow that account, nothing more. It knows
+//! nothing of the server's insides: `micro server` hands it the proxy's address, a
+//! shutdown signal and the proxy's [`micro::edge::EdgeKey`].
 //!
 //! Sessions live in memory (a random id in an `HttpOnly`, `SameSite=Strict` cookie); every
 //! form that changes something carries the session's CSRF token, checked on submit.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! let (_stop, stopping) = tokio::sync::watch::channel(false);
+//! let web = micro_web::Web::new("127.0.0.1:8081".into(), stopping, micro::edge::EdgeKey::random());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8082").await?;
+//! micro_web::serve(listener, web, std::future::pending()).await;
+//! # Ok(())
+//! # }
+//! ```
 
 mod assets;
 mod auth;
@@ -34,7 +46,7 @@ const FORM_LIMIT: usize = 1 << 20;
 
 /// The dashboard. Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct Web {
+pub struct Web {
     inner: Arc<Inner>,
 }
 
@@ -45,7 +57,7 @@ struct Inner {
     /// Turns true when the server stops: live streams end then.
     stopping: tokio::sync::watch::Receiver<bool>,
     /// Vouches for a browser's address on its sign-in, which failed logins are limited by.
-    edge_key: crate::client_address::EdgeKey,
+    edge_key: micro::edge::EdgeKey,
 }
 
 /// What a page handler gets.
@@ -151,11 +163,7 @@ pub(crate) fn redirect(to: &str) -> Response<Body> {
 impl Web {
     /// The dashboard of the node whose proxy is at `proxy`; its live streams end when
     /// `stopping` turns true; `edge_key` is the proxy's, for the browsers' addresses.
-    pub(crate) fn new(
-        proxy: String,
-        stopping: tokio::sync::watch::Receiver<bool>,
-        edge_key: crate::client_address::EdgeKey,
-    ) -> Web {
+    pub fn new(proxy: String, stopping: tokio::sync::watch::Receiver<bool>, edge_key: micro::edge::EdgeKey) -> Web {
         Web { inner: Arc::new(Inner { proxy, sessions: session::Sessions::default(), stopping, edge_key }) }
     }
 
@@ -266,7 +274,7 @@ impl Web {
 
     async fn login(&self, req: Request<Incoming>, secure: bool) -> Response<Body> {
         let cookie = session::cookie(req.headers(), session::LOGIN_COOKIE);
-        let browser = crate::client_address::peer(&req);
+        let browser = micro::edge::peer(&req);
         let form = match read_form(req).await {
             Ok(f) => f,
             Err(r) => return *r,
@@ -393,7 +401,7 @@ async fn read_form(req: Request<Incoming>) -> Result<Form, Box<Response<Body>>> 
 }
 
 /// Serves the dashboard on `listener` until `until` resolves.
-pub(crate) async fn serve(
+pub async fn serve(
     listener: tokio::net::TcpListener,
     web: Web,
     until: impl std::future::Future<Output = ()> + Send + 'static,
