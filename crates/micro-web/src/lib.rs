@@ -24,25 +24,24 @@ mod assets;
 mod auth;
 mod config;
 mod events;
+mod extract;
 mod health;
 mod html;
 mod runtime;
 mod services;
 mod session;
+mod signin;
 mod store;
 
-use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
+use axum::Router;
+use axum::body::Body;
+use axum::response::Response;
+use axum::routing::{MethodRouter, any, get, post};
+use extract::{Form, Page, Posted};
+use http::{StatusCode, header};
 use hyper::body::Incoming;
-use micro::proto::auth as pb_auth;
 use micro_core::Status;
-pub(crate) use session::Session;
 use std::sync::Arc;
-use tonic::body::Body;
-
-/// Largest form the dashboard accepts.
-const FORM_LIMIT: usize = 1 << 20;
 
 /// The dashboard. Cheap to clone.
 #[derive(Clone)]
@@ -60,21 +59,7 @@ struct Inner {
     edge_key: micro::edge::EdgeKey,
 }
 
-/// What a page handler gets.
-pub(crate) struct Page<'a> {
-    pub(crate) web: &'a Web,
-    pub(crate) session: Session,
-    /// The path below the section, split at `/`.
-    pub(crate) rest: Vec<String>,
-    pub(crate) query: Vec<(String, String)>,
-}
-
-impl Page<'_> {
-    /// A query parameter.
-    pub(crate) fn query(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
-    }
-
+impl Page {
     /// A gRPC channel to the proxy carrying the account's token.
     pub(crate) fn channel(&self) -> Result<micro::data::Ch, Status> {
         let token: Arc<dyn micro::data::TokenSource> = Arc::new(micro::data::StaticToken(self.session.token.clone()));
@@ -105,30 +90,14 @@ impl Page<'_> {
     }
 }
 
-/// A submitted form.
-pub(crate) struct Form(Vec<(String, String)>);
-
-impl Form {
-    /// The value of field `name` (the last one when repeated); empty when absent.
-    pub(crate) fn get(&self, name: &str) -> &str {
-        self.0.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or("")
-    }
-}
-
-/// Parses `application/x-www-form-urlencoded` text ([`micro::form::pairs`]); text that
-/// does not decode to UTF-8 has no fields (the page then says what is missing).
-pub(crate) fn parse_form(text: &str) -> Vec<(String, String)> {
-    micro::form::pairs(text).unwrap_or_default()
-}
-
 /// Percent-encodes one path segment or query value.
 pub(crate) fn encode(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
 /// An HTML response.
-pub(crate) fn page_response(status: StatusCode, markup: maud::Markup) -> Response<Body> {
-    let mut r = Response::new(Body::new(http_body_util::Full::new(Bytes::from(markup.into_string()))));
+pub(crate) fn page_response(status: StatusCode, markup: maud::Markup) -> Response {
+    let mut r = Response::new(Body::from(markup.into_string()));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
@@ -151,13 +120,17 @@ pub(crate) fn status_code(e: &Status) -> StatusCode {
 }
 
 /// A redirect (303: the browser follows with GET).
-pub(crate) fn redirect(to: &str) -> Response<Body> {
+pub(crate) fn redirect(to: &str) -> Response {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SEE_OTHER;
     if let Ok(v) = http::HeaderValue::from_str(to) {
         r.headers_mut().insert(header::LOCATION, v);
     }
     r
+}
+
+fn not_found(page: &Page) -> Response {
+    page_response(StatusCode::NOT_FOUND, html::message(page, "Not found", "There is no such page."))
 }
 
 impl Web {
@@ -175,229 +148,43 @@ impl Web {
         })
     }
 
-    /// Serves one request.
-    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
-        let path = req.uri().path().to_string();
-        let method = req.method().clone();
-        if let Some(r) = assets::serve(&path) {
-            return r;
-        }
-        let secure = req.headers().get("x-forwarded-proto").is_some_and(|v| v.as_bytes() == b"https");
-        match (method.clone(), path.as_str()) {
-            (Method::GET, "/login") => return self.login_page(&req, None, secure),
-            (Method::POST, "/login") => return self.login(req, secure).await,
-            _ => {}
-        }
-        let Some(mut session) = self.inner.sessions.of(req.headers()) else {
-            return if method == Method::GET { redirect("/login") } else { self.expired() };
-        };
-        if session.expiry <= session::now() + 30 {
-            match self.refresh(&session).await {
-                Some(s) => session = s,
-                None => {
-                    self.inner.sessions.end(&session.id);
-                    return if method == Method::GET { redirect("/login") } else { self.expired() };
-                }
-            }
-        }
-        let query = req.uri().query().map(parse_form).unwrap_or_default();
-        let segments: Vec<String> = path
-            .trim_matches('/')
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned())
-            .collect();
-        let section = segments.first().cloned().unwrap_or_default();
-        let page = Page { web: self, session, rest: segments.into_iter().skip(1).collect(), query };
-        if method == Method::POST {
-            let form = match read_form(req).await {
-                Ok(f) => f,
-                Err(r) => return *r,
-            };
-            if !page.session.csrf_ok(form.get("_csrf")) {
-                let markup = html::message(&page, "The form has expired", "Reload the page and try again.");
-                return page_response(StatusCode::FORBIDDEN, markup);
-            }
-            return match (section.as_str(), page.rest.first().map(String::as_str)) {
-                ("logout", _) => {
-                    self.inner.sessions.end(&page.session.id);
-                    let mut r = redirect("/login");
-                    r.headers_mut().insert(header::SET_COOKIE, session::clear_cookie(secure));
-                    r
-                }
-                ("namespace", _) => self.switch_namespace(&page, &form),
-                ("services", _) => services::post(&page, &form).await,
-                ("runtime", _) => runtime::post(&page, &form).await,
-                ("store", _) => store::post(&page, &form).await,
-                ("config", _) => config::post(&page, &form).await,
-                ("events", _) => events::post(&page, &form).await,
-                ("auth", _) => auth::post(&page, &form).await,
-                ("health", _) => health::post(&page, &form).await,
-                _ => not_found(&page),
+    /// Every page. A section's module routes below its path (`/store/db/table` reaches
+    /// `store::get` with `rest` `[db, table]`); a path or method no route takes gets the
+    /// checks a page would make, then a 404 or 405 page ([`extract::fallback`]).
+    fn router(self) -> Router {
+        macro_rules! section {
+            ($module:ident) => {
+                get(|page: Page| async move { $module::get(&page).await })
+                    .post(|p: Posted| async move { $module::post(&p.page, &p.form).await })
+                    .fallback(extract::fallback)
             };
         }
-        if method != Method::GET && method != Method::HEAD {
-            return page_response(StatusCode::METHOD_NOT_ALLOWED, html::message(&page, "Not allowed", ""));
+        let sections: [(&str, MethodRouter<Web>); 7] = [
+            ("services", section!(services)),
+            ("runtime", section!(runtime)),
+            ("store", section!(store)),
+            ("config", section!(config)),
+            ("events", section!(events)),
+            ("auth", section!(auth)),
+            ("health", section!(health)),
+        ];
+        let mut router = Router::new()
+            .route("/login", get(signin::page).post(signin::login).fallback(extract::fallback))
+            .route("/logout", post(signin::logout).fallback(extract::fallback))
+            .route("/namespace", post(signin::switch_namespace).fallback(extract::fallback))
+            .route("/", get(|_: Page| async { redirect("/services") }).fallback(extract::fallback));
+        for (name, pages) in sections {
+            router = router
+                .route(&format!("/{name}"), pages.clone())
+                .route(&format!("/{name}/"), pages.clone())
+                .route(&format!("/{name}/{{*rest}}"), pages);
         }
-        match section.as_str() {
-            "" => redirect("/services"),
-            "services" => services::get(&page).await,
-            "runtime" => runtime::get(&page).await,
-            "store" => store::get(&page).await,
-            "config" => config::get(&page).await,
-            "events" => events::get(&page).await,
-            "auth" => auth::get(&page).await,
-            "health" => health::get(&page).await,
-            _ => not_found(&page),
+        // Assets need no session, whatever the method (as the pages' links expect).
+        for (path, kind, text) in assets::FILES {
+            router = router.route(path, any(move || async move { assets::response(kind, text) }));
         }
+        router.fallback(extract::fallback).with_state(self)
     }
-
-    fn expired(&self) -> Response<Body> {
-        page_response(StatusCode::UNAUTHORIZED, html::bare("Signed out", "Your session has ended. Sign in again."))
-    }
-
-    fn login_page(&self, req: &Request<Incoming>, error: Option<&str>, secure: bool) -> Response<Body> {
-        // A pre-session token, in a cookie and the form, so another site cannot log a
-        // browser in to an account of its choosing.
-        let token = session::random_id();
-        let ns = req
-            .uri()
-            .query()
-            .map(parse_form)
-            .and_then(|q| q.into_iter().find(|(k, _)| k == "namespace").map(|(_, v)| v))
-            .unwrap_or_else(|| micro_core::namespace::DEFAULT.to_string());
-        let status = if error.is_some() { StatusCode::UNAUTHORIZED } else { StatusCode::OK };
-        let mut r = page_response(status, html::login(&token, &ns, error));
-        r.headers_mut().insert(header::SET_COOKIE, session::login_cookie(&token, secure));
-        r
-    }
-
-    async fn login(&self, req: Request<Incoming>, secure: bool) -> Response<Body> {
-        let cookie = session::cookie(req.headers(), session::LOGIN_COOKIE);
-        let browser = micro::edge::peer(&req);
-        let form = match read_form(req).await {
-            Ok(f) => f,
-            Err(r) => return *r,
-        };
-        let retry_with = |status: StatusCode, error: &str| {
-            let token = session::random_id();
-            let mut r = page_response(status, html::login(&token, form.get("namespace"), Some(error)));
-            r.headers_mut().insert(header::SET_COOKIE, session::login_cookie(&token, secure));
-            r
-        };
-        let retry = |error: &str| retry_with(StatusCode::UNAUTHORIZED, error);
-        if cookie.is_none() || cookie.as_deref() != Some(form.get("_csrf")) {
-            return retry("The sign-in form expired; try again.");
-        }
-        let (ns, id, secret) = (form.get("namespace").trim(), form.get("id").trim(), form.get("secret"));
-        if micro_core::namespace::validate(ns).is_err() {
-            return retry("That is not a namespace name (lowercase letters, digits and -).");
-        }
-        if id.is_empty() || secret.is_empty() {
-            return retry("Enter the account id and its secret.");
-        }
-        let token = match self.token(ns, id, secret, browser).await {
-            Ok(t) => t,
-            Err(e) if e.code() == micro_core::Code::Unavailable => {
-                return retry("The server is unavailable; try again.");
-            }
-            // "too many attempts, try again in N s", as a sentence.
-            Err(e) if e.code() == micro_core::Code::ResourceExhausted => {
-                let detail = e.detail();
-                let mut chars = detail.chars();
-                let sentence = chars.next().map(|c| c.to_uppercase().chain(chars).collect::<String>());
-                return retry_with(StatusCode::TOO_MANY_REQUESTS, &format!("{}.", sentence.unwrap_or_default()));
-            }
-            Err(_) => return retry("Wrong account or secret."),
-        };
-        let account = token.account.unwrap_or_default();
-        let admin = account.scopes.iter().any(|s| s == "admin");
-        let session = self.inner.sessions.start(session::Started {
-            namespace: account.namespace.clone(),
-            home: account.namespace.clone(),
-            account: account.id.clone(),
-            admin,
-            token: token.access_token,
-            refresh: token.refresh_token,
-            expiry: token.expiry,
-        });
-        let mut r = redirect("/services");
-        r.headers_mut().insert(header::SET_COOKIE, session::session_cookie(&session, secure));
-        r.headers_mut().append(header::SET_COOKIE, session::clear_login_cookie(secure));
-        r
-    }
-
-    /// Logs in for the browser at `browser`, whose address the failures count under.
-    async fn token(
-        &self,
-        ns: &str,
-        id: &str,
-        secret: &str,
-        browser: Option<std::net::IpAddr>,
-    ) -> Result<pb_auth::TokenResponse, Status> {
-        let ch = micro::data::channel(&self.inner.proxy)?;
-        let mut client = pb_auth::auth_client::AuthClient::new(ch);
-        let mut req = tonic::Request::new(pb_auth::TokenRequest {
-            id: id.to_string(),
-            secret: secret.to_string(),
-            ..Default::default()
-        });
-        if let Ok(v) = ns.parse() {
-            req.metadata_mut().insert(micro_core::metadata::NAMESPACE, v);
-        }
-        if let Some(ip) = browser {
-            self.inner.edge_key.vouch(&mut req, ip);
-        }
-        client.token(req).await.map(|r| r.into_inner()).map_err(|e| micro::status::from_tonic(&e))
-    }
-
-    /// New tokens for a session whose access token is about to expire.
-    async fn refresh(&self, session: &Session) -> Option<Session> {
-        let ch = micro::data::channel(&self.inner.proxy).ok()?;
-        let mut client = pb_auth::auth_client::AuthClient::new(ch);
-        let mut req =
-            tonic::Request::new(pb_auth::TokenRequest { refresh_token: session.refresh.clone(), ..Default::default() });
-        req.metadata_mut().insert(micro_core::metadata::NAMESPACE, session.home.parse().ok()?);
-        let t = client.token(req).await.ok()?.into_inner();
-        self.inner.sessions.renew(&session.id, t.access_token, t.refresh_token, t.expiry)
-    }
-
-    fn switch_namespace(&self, page: &Page<'_>, form: &Form) -> Response<Body> {
-        let ns = form.get("namespace");
-        // Only an admin of the default namespace acts in others (as with the CLI).
-        let allowed =
-            ns == page.session.home || (page.session.admin && page.session.home == micro_core::namespace::DEFAULT);
-        if micro_core::namespace::validate(ns).is_err() || !allowed {
-            let markup = html::message(page, "Not your namespace", "Your account can only see its own namespace.");
-            return page_response(StatusCode::FORBIDDEN, markup);
-        }
-        self.inner.sessions.set_namespace(&page.session.id, ns);
-        redirect("/services")
-    }
-}
-
-fn not_found(page: &Page<'_>) -> Response<Body> {
-    page_response(StatusCode::NOT_FOUND, html::message(page, "Not found", "There is no such page."))
-}
-
-async fn read_form(req: Request<Incoming>) -> Result<Form, Box<Response<Body>>> {
-    let too_large =
-        || Box::new(page_response(StatusCode::PAYLOAD_TOO_LARGE, html::bare("Too large", "The form is too large.")));
-    if req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n > FORM_LIMIT)
-    {
-        return Err(too_large());
-    }
-    let body = http_body_util::Limited::new(req.into_body(), FORM_LIMIT);
-    let bytes = match body.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => return Err(too_large()),
-    };
-    Ok(Form(parse_form(&String::from_utf8_lossy(&bytes))))
 }
 
 /// Serves the dashboard on `listener` until `until` resolves.
@@ -406,11 +193,17 @@ pub async fn serve(
     web: Web,
     until: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    let router = web.router();
     micro::server::serve(
         listener,
-        move |req| {
-            let web = web.clone();
-            async move { web.handle(req).await }
+        move |req: http::Request<Incoming>| {
+            let router = router.clone();
+            async move {
+                match tower::ServiceExt::oneshot(router, req).await {
+                    Ok(r) => r.map(tonic::body::Body::new),
+                    Err(never) => match never {},
+                }
+            }
         },
         until,
     )
@@ -423,8 +216,117 @@ mod tests {
 
     #[test]
     fn forms_decode() {
-        let f = Form(parse_form("a=1&b=hello+world&c=%26%3D%C3%A9&d&a=2"));
+        let f = Form(extract::parse_form("a=1&b=hello+world&c=%26%3D%C3%A9&d&a=2"));
         assert_eq!((f.get("a"), f.get("b"), f.get("c"), f.get("d"), f.get("zz")), ("2", "hello world", "&=é", "", ""));
         assert_eq!(encode("a b/c"), "a%20b%2Fc");
+    }
+
+    /// A dashboard whose proxy is nowhere (none of these requests gets as far as a call),
+    /// and a session of an account that is not an admin.
+    fn signed_in() -> (Router, Web, session::Session) {
+        let (_, stopping) = tokio::sync::watch::channel(false);
+        let web = Web::new("127.0.0.1:1".into(), stopping, micro::edge::EdgeKey::random());
+        let s = web.inner.sessions.start(session::Started {
+            namespace: "shop".into(),
+            home: "shop".into(),
+            account: "alice".into(),
+            admin: false,
+            token: "t".into(),
+            refresh: "r".into(),
+            expiry: session::now() + 3600,
+        });
+        (web.clone().router(), web, s)
+    }
+
+    async fn send(router: &Router, method: &str, uri: &str, cookie: Option<&str>, body: &str) -> Response {
+        let mut req = http::Request::builder().method(method).uri(uri);
+        if let Some(c) = cookie {
+            req = req.header(header::COOKIE, c);
+        }
+        if !body.is_empty() {
+            req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
+        let req = req.body(Body::from(body.to_string())).unwrap();
+        tower::ServiceExt::oneshot(router.clone(), req).await.unwrap()
+    }
+
+    fn cookies(r: &Response) -> Vec<String> {
+        r.headers().get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap().to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn without_a_session() {
+        let (router, _, _) = signed_in();
+        let r = send(&router, "GET", "/services", None, "").await;
+        assert_eq!((r.status(), r.headers()[header::LOCATION].to_str().unwrap()), (StatusCode::SEE_OTHER, "/login"));
+        for (method, uri) in [("POST", "/services"), ("PUT", "/store"), ("POST", "/logout"), ("DELETE", "/nope")] {
+            assert_eq!(send(&router, method, uri, None, "").await.status(), StatusCode::UNAUTHORIZED, "{method} {uri}");
+        }
+        let stale = send(&router, "GET", "/auth", Some("micro_session=made-up"), "").await;
+        assert_eq!(stale.status(), StatusCode::SEE_OTHER);
+        // Assets need no session.
+        let css = send(&router, "GET", "/assets/app.css", None, "").await;
+        assert_eq!(
+            (css.status(), css.headers()[header::CONTENT_TYPE].to_str().unwrap()),
+            (StatusCode::OK, "text/css; charset=utf-8")
+        );
+        // The sign-in page: a pre-session cookie as strict as the session's, and the headers of every page.
+        let login = send(&router, "GET", "/login?namespace=shop", None, "").await;
+        assert_eq!(login.status(), StatusCode::OK);
+        let set = cookies(&login);
+        assert_eq!(set.len(), 1);
+        assert!(
+            set[0].starts_with("micro_login=") && set[0].ends_with("; HttpOnly; SameSite=Strict; Path=/; Max-Age=3600"),
+            "{set:?}"
+        );
+        for h in ["content-security-policy", "x-frame-options", "x-content-type-options", "referrer-policy"] {
+            assert!(login.headers().contains_key(h), "{h}");
+        }
+        assert_eq!(login.headers().get(header::CACHE_CONTROL).unwrap(), "no-store");
+        let mut req = http::Request::get("/login").header("x-forwarded-proto", "https").body(Body::empty()).unwrap();
+        req.extensions_mut().insert(micro::server::PeerAddr("192.0.2.1:9".parse().unwrap()));
+        let secure = tower::ServiceExt::oneshot(router.clone(), req).await.unwrap();
+        assert!(cookies(&secure)[0].contains("; Secure"));
+        // A sign-in without the pre-session cookie (another site's form) is refused.
+        let forged = send(&router, "POST", "/login", None, "_csrf=x&namespace=shop&id=a&secret=b").await;
+        assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+        let other =
+            send(&router, "POST", "/login", Some("micro_login=y"), "_csrf=x&namespace=shop&id=a&secret=b").await;
+        assert_eq!(other.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn with_a_session() {
+        let (router, web, s) = signed_in();
+        let cookie = format!("micro_session={}", s.id);
+        let c = Some(cookie.as_str());
+        let csrf = format!("_csrf={}", s.csrf);
+        assert_eq!(send(&router, "GET", "/", c, "").await.headers().get(header::LOCATION).unwrap(), "/services");
+        assert_eq!(send(&router, "GET", "/nope", c, "").await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(send(&router, "GET", "/logout", c, "").await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(send(&router, "PUT", "/services", c, "").await.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(send(&router, "GET", "/services/%zz", c, "").await.status(), StatusCode::BAD_REQUEST);
+        // Every form needs the session's CSRF token, checked before anything else.
+        for uri in ["/services/a/b", "/store/db/t", "/auth/accounts", "/namespace", "/logout", "/nope"] {
+            assert_eq!(send(&router, "POST", uri, c, "_csrf=wrong").await.status(), StatusCode::FORBIDDEN, "{uri}");
+            assert_eq!(send(&router, "POST", uri, c, "").await.status(), StatusCode::FORBIDDEN, "{uri}");
+        }
+        assert_eq!(send(&router, "POST", "/nope", c, &csrf).await.status(), StatusCode::NOT_FOUND);
+        let big = format!("{csrf}&x={}", "a".repeat(extract::FORM_LIMIT + 1));
+        assert_eq!(send(&router, "POST", "/store/db/t", c, &big).await.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // Only an admin of the default namespace switches to another.
+        let r = send(&router, "POST", "/namespace", c, &format!("{csrf}&namespace=other")).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = send(&router, "POST", "/namespace", c, &format!("{csrf}&namespace=shop")).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        // Signing out ends the session and clears its cookie.
+        let out = send(&router, "POST", "/logout", c, &csrf).await;
+        assert_eq!(
+            (out.status(), out.headers()[header::LOCATION].to_str().unwrap()),
+            (StatusCode::SEE_OTHER, "/login")
+        );
+        assert_eq!(cookies(&out), ["micro_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"]);
+        assert!(web.inner.sessions.of(&[(header::COOKIE, cookie.parse().unwrap())].into_iter().collect()).is_none());
+        assert_eq!(send(&router, "GET", "/services", c, "").await.status(), StatusCode::SEE_OTHER);
     }
 }
