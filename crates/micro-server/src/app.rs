@@ -252,8 +252,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let guard: Arc<dyn micro::layer::Authorize> = crate::guard::authorizer(&auth);
     let proxy_svc = Proxy::new(core.layered(Some(guard)), local, client.clone(), runtime.clone(), auth.clone());
     // The dashboard and the gateway vouch for their clients' addresses with this key when
-    // they call the core through the proxy (see client_address).
-    let edge_key = crate::client_address::EdgeKey::random();
+    // they call the core through the proxy (see micro::edge).
+    let edge_key = micro::edge::EdgeKey::random();
     let gateway = Gateway::new(&config, routing, client, metrics.clone(), auth.clone(), targets, edge_key.clone());
 
     let (tx, rx) = watch::channel(false);
@@ -290,8 +290,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         until(rx.clone()),
     )));
     if let Some(listener) = web_listener {
-        let dashboard = crate::web::Web::new(proxy_node.clone(), rx.clone(), edge_key);
-        tasks.push(tokio::spawn(crate::web::serve(listener, dashboard, until(rx.clone()))));
+        let dashboard = micro_web::Web::new(proxy_node.clone(), rx.clone(), edge_key);
+        tasks.push(tokio::spawn(micro_web::serve(listener, dashboard, until(rx.clone()))));
     }
     // Keep the core registrations alive.
     let reg = registry.clone();

@@ -50,7 +50,7 @@ struct Inner {
     authorizer: Arc<micro::auth::Authorizer>,
     targets: crate::targets::Targets,
     /// Vouches, on calls to the core, for the client address the gateway stamped.
-    edge_key: crate::client_address::EdgeKey,
+    edge_key: micro::edge::EdgeKey,
 }
 
 /// The declared routes of one namespace.
@@ -169,7 +169,7 @@ impl Gateway {
         metrics: Metrics,
         auth: crate::auth::AuthService,
         targets: crate::targets::Targets,
-        edge_key: crate::client_address::EdgeKey,
+        edge_key: micro::edge::EdgeKey,
     ) -> Gateway {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
@@ -447,7 +447,7 @@ impl Gateway {
         // gateway stamped from the connection; the key vouches for it, and goes nowhere else.
         if crate::CORE_SERVICES.contains(&service) {
             let key = self.inner.edge_key.value().to_string();
-            opts.metadata.push((crate::client_address::EDGE_KEY.to_string(), key));
+            opts.metadata.push((micro::edge::EDGE_KEY.to_string(), key));
         }
         // A browser's `micro-token` cookie stands for the bearer header, but only on a
         // request a page of another site cannot send without a CORS preflight (JSON, or

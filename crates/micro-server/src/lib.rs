@@ -13,7 +13,6 @@
 mod app;
 mod auth;
 mod backends;
-mod client_address;
 mod config;
 mod data;
 pub mod gateway;
@@ -28,7 +27,6 @@ mod revoke;
 mod runtime;
 mod sealed;
 mod targets;
-mod web;
 mod websocket;
 
 pub use app::{CORE_SERVICES, Running, start};

@@ -37,6 +37,7 @@ pub mod auth;
 mod client;
 pub mod data;
 pub mod debug;
+pub mod edge;
 pub mod form;
 pub mod frame;
 mod handler;

@@ -8,13 +8,13 @@
 use super::events::utc;
 use super::html::{self, csrf};
 use super::{Form, Page, encode, page_response, redirect};
+use axum::body::Body;
 use http::{Response, StatusCode};
 use maud::{Markup, html};
 use micro::proto::auth::{self as pb, auth_client::AuthClient};
 use micro_core::auth::{Access, Resource, Rule, parse_resource, validate_rule};
 use micro_core::{Code, Status};
 use std::time::Duration;
-use tonic::body::Body;
 
 /// The deadline of each call to the auth service.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,7 +22,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_SCOPES: usize = 32;
 
 /// `GET /auth` (accounts) and `GET /auth/rules`.
-pub(crate) async fn get(page: &Page<'_>) -> Response<Body> {
+pub(crate) async fn get(page: &Page) -> Response<Body> {
     match page.rest.as_slice() {
         [] => accounts_page(page, None, Outcome::Shown).await,
         [s] if s == "accounts" => redirect("/auth"),
@@ -32,7 +32,7 @@ pub(crate) async fn get(page: &Page<'_>) -> Response<Body> {
 }
 
 /// The forms: create or delete an account or a rule.
-pub(crate) async fn post(page: &Page<'_>, form: &Form) -> Response<Body> {
+pub(crate) async fn post(page: &Page, form: &Form) -> Response<Body> {
     let rest: Vec<&str> = page.rest.iter().map(String::as_str).collect();
     match rest.as_slice() {
         ["accounts"] => create_account(page, form).await,
@@ -83,12 +83,12 @@ impl Outcome {
     }
 }
 
-fn client(page: &Page<'_>) -> Result<AuthClient<micro::data::Ch>, Status> {
+fn client(page: &Page) -> Result<AuthClient<micro::data::Ch>, Status> {
     Ok(AuthClient::new(page.channel()?))
 }
 
 /// A request to the auth service in the page's namespace, with a deadline.
-fn request<T>(page: &Page<'_>, msg: T) -> tonic::Request<T> {
+fn request<T>(page: &Page, msg: T) -> tonic::Request<T> {
     let mut r = page.request(msg);
     r.set_timeout(TIMEOUT);
     r
@@ -98,21 +98,21 @@ fn from_tonic(e: tonic::Status) -> Status {
     micro::status::from_tonic(&e)
 }
 
-async fn list_accounts(page: &Page<'_>) -> Result<Vec<pb::Account>, Status> {
+async fn list_accounts(page: &Page) -> Result<Vec<pb::Account>, Status> {
     let r = client(page)?.list_accounts(request(page, pb::ListAccountsRequest {})).await.map_err(from_tonic)?;
     let mut accounts = r.into_inner().accounts;
     accounts.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(accounts)
 }
 
-async fn list_rules(page: &Page<'_>) -> Result<Vec<pb::Rule>, Status> {
+async fn list_rules(page: &Page) -> Result<Vec<pb::Rule>, Status> {
     let r = client(page)?.list_rules(request(page, pb::ListRulesRequest {})).await.map_err(from_tonic)?;
     Ok(r.into_inner().rules)
 }
 
 /// The page for a list that could not be read: a clear 403 for accounts without the
 /// admin scope, the error otherwise.
-fn refused(page: &Page<'_>, title: &str, e: &Status) -> Response<Body> {
+fn refused(page: &Page, title: &str, e: &Status) -> Response<Body> {
     let ns = &page.session.namespace;
     let body = html! {
         (tabs(title))
@@ -149,7 +149,7 @@ fn tabs(active: &str) -> Markup {
 
 // Accounts.
 
-async fn accounts_page(page: &Page<'_>, input: Option<&AccountInput>, outcome: Outcome) -> Response<Body> {
+async fn accounts_page(page: &Page, input: Option<&AccountInput>, outcome: Outcome) -> Response<Body> {
     let accounts = match list_accounts(page).await {
         Ok(a) => a,
         Err(e) => return refused(page, "Accounts", &e),
@@ -211,7 +211,7 @@ fn created_at(secs: u64) -> String {
     if secs == 0 { "—".into() } else { utc(secs * 1000).get(..16).unwrap_or_default().to_string() }
 }
 
-fn account_form(page: &Page<'_>, input: Option<&AccountInput>) -> Markup {
+fn account_form(page: &Page, input: Option<&AccountInput>) -> Markup {
     let empty = AccountInput::default();
     let v = input.unwrap_or(&empty);
     html! {
@@ -314,7 +314,7 @@ fn parse_scopes(text: &str) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-async fn create_account(page: &Page<'_>, form: &Form) -> Response<Body> {
+async fn create_account(page: &Page, form: &Form) -> Response<Body> {
     let input = AccountInput::from_form(form);
     let msg = match input.parse() {
         Ok(m) => m,
@@ -342,7 +342,7 @@ async fn create_account(page: &Page<'_>, form: &Form) -> Response<Body> {
     }
 }
 
-async fn delete_account(page: &Page<'_>, form: &Form) -> Response<Body> {
+async fn delete_account(page: &Page, form: &Form) -> Response<Body> {
     let id = form.get("id").trim().to_string();
     if id.is_empty() {
         return accounts_page(page, None, Outcome::Invalid("Choose the account to delete.".into())).await;
@@ -375,7 +375,7 @@ async fn delete_account(page: &Page<'_>, form: &Form) -> Response<Body> {
 
 // Rules.
 
-async fn rules_page(page: &Page<'_>, input: Option<&RuleInput>, outcome: Outcome) -> Response<Body> {
+async fn rules_page(page: &Page, input: Option<&RuleInput>, outcome: Outcome) -> Response<Body> {
     let rules = match list_rules(page).await {
         Ok(r) => r,
         Err(e) => return refused(page, "Rules", &e),
@@ -502,7 +502,7 @@ fn words(pattern: &str, any: &str, one: &str, prefixed: &str) -> String {
     }
 }
 
-fn rule_form(page: &Page<'_>, input: Option<&RuleInput>) -> Markup {
+fn rule_form(page: &Page, input: Option<&RuleInput>) -> Markup {
     let empty = RuleInput::default();
     let v = input.unwrap_or(&empty);
     let who = if v.who.is_empty() { "public" } else { v.who.as_str() };
@@ -626,7 +626,7 @@ impl RuleInput {
     }
 }
 
-async fn create_rule(page: &Page<'_>, form: &Form) -> Response<Body> {
+async fn create_rule(page: &Page, form: &Form) -> Response<Body> {
     let input = RuleInput::from_form(form);
     let rule = match input.parse() {
         Ok(r) => r,
@@ -644,7 +644,7 @@ async fn create_rule(page: &Page<'_>, form: &Form) -> Response<Body> {
     }
 }
 
-async fn delete_rule(page: &Page<'_>, form: &Form) -> Response<Body> {
+async fn delete_rule(page: &Page, form: &Form) -> Response<Body> {
     let id = form.get("id").trim().to_string();
     if id.is_empty() {
         return rules_page(page, None, Outcome::Invalid("Choose the rule to delete.".into())).await;

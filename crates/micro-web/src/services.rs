@@ -3,28 +3,28 @@
 
 use super::html::{self, csrf};
 use super::{Form, Page, encode, page_response};
+use axum::body::Body;
 use http::{Response, StatusCode};
 use maud::{Markup, html};
 use micro_core::Status;
 use micro_core::registry::{Registry, Service};
 use serde_json::{Map, Value};
-use tonic::body::Body;
 
 /// How deep a form follows nested messages (schemas may refer to themselves).
 const MAX_DEPTH: usize = 6;
 
-async fn services(page: &Page<'_>) -> Result<Vec<Service>, Status> {
+async fn services(page: &Page) -> Result<Vec<Service>, Status> {
     let registry = micro::registry::RemoteRegistry::new(&page.web.inner.proxy)?;
     registry.list_services(&page.session.namespace).await
 }
 
-async fn service(page: &Page<'_>, name: &str) -> Result<Vec<Service>, Status> {
+async fn service(page: &Page, name: &str) -> Result<Vec<Service>, Status> {
     let registry = micro::registry::RemoteRegistry::new(&page.web.inner.proxy)?;
     registry.get_service(&page.session.namespace, name).await
 }
 
 /// `GET /services[/name[/endpoint]]`.
-pub(crate) async fn get(page: &Page<'_>) -> Response<Body> {
+pub(crate) async fn get(page: &Page) -> Response<Body> {
     match page.rest.as_slice() {
         [] => list(page).await,
         [name] => one(page, name).await,
@@ -34,12 +34,12 @@ pub(crate) async fn get(page: &Page<'_>) -> Response<Body> {
 }
 
 /// `POST /services/name/endpoint`: calls it.
-pub(crate) async fn post(page: &Page<'_>, form: &Form) -> Response<Body> {
+pub(crate) async fn post(page: &Page, form: &Form) -> Response<Body> {
     let [name, endpoint] = page.rest.as_slice() else { return super::not_found(page) };
     endpoint_page(page, name, endpoint, Some(form)).await
 }
 
-async fn list(page: &Page<'_>) -> Response<Body> {
+async fn list(page: &Page) -> Response<Body> {
     let all = match services(page).await {
         Ok(s) => s,
         Err(e) => return failed(page, "Services", &e),
@@ -71,7 +71,7 @@ async fn list(page: &Page<'_>) -> Response<Body> {
     page_response(StatusCode::OK, html::layout(page, "Services", "services", body))
 }
 
-async fn one(page: &Page<'_>, name: &str) -> Response<Body> {
+async fn one(page: &Page, name: &str) -> Response<Body> {
     let versions = match service(page, name).await {
         Ok(v) if !v.is_empty() => v,
         Ok(_) => return missing(page, name),
@@ -111,17 +111,17 @@ async fn one(page: &Page<'_>, name: &str) -> Response<Body> {
     page_response(StatusCode::OK, html::layout(page, name, "services", body))
 }
 
-fn missing(page: &Page<'_>, name: &str) -> Response<Body> {
+fn missing(page: &Page, name: &str) -> Response<Body> {
     let body = html! { p { "No service " code { (name) } " in " code { (page.session.namespace) } "." } };
     page_response(StatusCode::NOT_FOUND, html::layout(page, "Not found", "services", body))
 }
 
-fn failed(page: &Page<'_>, title: &str, e: &Status) -> Response<Body> {
+fn failed(page: &Page, title: &str, e: &Status) -> Response<Body> {
     let status = super::status_code(e);
     page_response(status, html::layout(page, title, "services", html::error(e)))
 }
 
-async fn endpoint_page(page: &Page<'_>, name: &str, endpoint: &str, form: Option<&Form>) -> Response<Body> {
+async fn endpoint_page(page: &Page, name: &str, endpoint: &str, form: Option<&Form>) -> Response<Body> {
     let versions = match service(page, name).await {
         Ok(v) => v,
         Err(e) if e.code() == micro_core::Code::NotFound => return missing(page, name),

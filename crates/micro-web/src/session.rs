@@ -92,7 +92,7 @@ impl Sessions {
 
     /// The session of a request's cookie, if any.
     pub(crate) fn of(&self, headers: &http::HeaderMap) -> Option<Session> {
-        let id = cookie(headers, SESSION_COOKIE)?;
+        let id = micro::auth::cookie(headers, SESSION_COOKIE)?;
         self.map.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
     }
 
@@ -117,16 +117,19 @@ impl Sessions {
     }
 }
 
-/// The value of cookie `name`.
-pub(crate) fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    micro::auth::cookie(headers, name)
-}
-
+/// A `Set-Cookie` value: the cookie is the server's alone (`HttpOnly`), goes only with
+/// requests from the dashboard's own pages (`SameSite=Strict`), and only over HTTPS when
+/// the browser came over HTTPS (`Secure`).
 fn set_cookie(name: &str, value: &str, max_age: Option<u64>, secure: bool) -> http::HeaderValue {
-    let age = max_age.map(|a| format!("; Max-Age={a}")).unwrap_or_default();
-    let secure = if secure { "; Secure" } else { "" };
-    let v = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict{age}{secure}");
-    http::HeaderValue::from_str(&v).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+    let mut c = cookie::Cookie::build((name, value))
+        .path("/")
+        .http_only(true)
+        .same_site(cookie::SameSite::Strict)
+        .secure(secure);
+    if let Some(age) = max_age {
+        c = c.max_age(cookie::time::Duration::seconds(i64::try_from(age).unwrap_or(i64::MAX)));
+    }
+    http::HeaderValue::from_str(&c.to_string()).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
 pub(crate) fn session_cookie(s: &Session, secure: bool) -> http::HeaderValue {
@@ -153,9 +156,8 @@ mod tests {
     fn cookies_and_csrf() {
         let mut h = http::HeaderMap::new();
         h.insert(http::header::COOKIE, "a=1; micro_session=abc; b=2".parse().unwrap());
-        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("abc"));
-        assert_eq!(cookie(&h, "zz"), None);
         let sessions = Sessions::default();
+        assert!(sessions.of(&h).is_none());
         let s = sessions.start(Started {
             namespace: "micro".into(),
             home: "micro".into(),
@@ -166,7 +168,14 @@ mod tests {
             expiry: now() + 60,
         });
         assert!(s.csrf_ok(&s.csrf.clone()) && !s.csrf_ok("nope") && !s.csrf_ok(""));
+        h.insert(http::header::COOKIE, format!("a=1; micro_session={}; b=2", s.id).parse().unwrap());
+        assert_eq!(sessions.of(&h).map(|found| found.id), Some(s.id.clone()));
         let v = session_cookie(&s, false);
-        assert!(v.to_str().unwrap().contains("HttpOnly; SameSite=Strict"));
+        assert_eq!(v.to_str().unwrap(), format!("micro_session={}; HttpOnly; SameSite=Strict; Path=/", s.id));
+        assert_eq!(
+            clear_login_cookie(true).to_str().unwrap(),
+            "micro_login=; HttpOnly; SameSite=Strict; Secure; Path=/; Max-Age=0"
+        );
+        assert!(login_cookie("t", false).to_str().unwrap().ends_with("; Max-Age=3600"));
     }
 }

@@ -7,6 +7,7 @@
 use super::events::utc;
 use super::html;
 use super::{Form, Page, encode, page_response};
+use axum::body::Body;
 use http::{Response, StatusCode};
 use maud::{Markup, html};
 use micro::debug::Stats;
@@ -14,13 +15,12 @@ use micro_core::Status;
 use micro_core::registry::{Registry, Service};
 use serde_json::{Value, json};
 use std::time::Duration;
-use tonic::body::Body;
 
 /// How long a service may take to answer each check.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `GET /health`.
-pub(crate) async fn get(page: &Page<'_>) -> Response<Body> {
+pub(crate) async fn get(page: &Page) -> Response<Body> {
     match page.rest.as_slice() {
         [] => overview(page).await,
         _ => super::not_found(page),
@@ -28,7 +28,7 @@ pub(crate) async fn get(page: &Page<'_>) -> Response<Body> {
 }
 
 /// Nothing to submit here.
-pub(crate) async fn post(page: &Page<'_>, _form: &Form) -> Response<Body> {
+pub(crate) async fn post(page: &Page, _form: &Form) -> Response<Body> {
     super::not_found(page)
 }
 
@@ -48,7 +48,7 @@ impl Checked {
     }
 }
 
-async fn overview(page: &Page<'_>) -> Response<Body> {
+async fn overview(page: &Page) -> Response<Body> {
     let ns = page.session.namespace.clone();
     let listed = match micro::registry::RemoteRegistry::new(&page.web.inner.proxy) {
         Ok(r) => r.list_services(&ns).await,

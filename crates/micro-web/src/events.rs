@@ -7,6 +7,7 @@
 
 use super::html::{self, csrf};
 use super::{Form, Page, encode, page_response};
+use axum::body::Body;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{Response, StatusCode, header};
@@ -17,7 +18,6 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
-use tonic::body::Body;
 
 /// How many events a topic page shows.
 const PAGE: u64 = 50;
@@ -28,7 +28,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const MAX_METADATA: usize = 64;
 
 /// `GET /events`, `/events/{topic}`, `/events/{topic}/stream`.
-pub(crate) async fn get(page: &Page<'_>) -> Response<Body> {
+pub(crate) async fn get(page: &Page) -> Response<Body> {
     match page.rest.as_slice() {
         [] => topics(page, None, None).await,
         [.., last] if last == "stream" && page.rest.len() > 1 => {
@@ -39,7 +39,7 @@ pub(crate) async fn get(page: &Page<'_>) -> Response<Body> {
 }
 
 /// `POST /events` (topic in the form) and `POST /events/{topic}`: publishes.
-pub(crate) async fn post(page: &Page<'_>, form: &Form) -> Response<Body> {
+pub(crate) async fn post(page: &Page, form: &Form) -> Response<Body> {
     let from_topic_page = !page.rest.is_empty();
     let input = Input::from_form(form, from_topic_page.then(|| page.rest.join("/")));
     let (topic, message) = match input.parse() {
@@ -59,7 +59,7 @@ pub(crate) async fn post(page: &Page<'_>, form: &Form) -> Response<Body> {
 }
 
 /// The topics of the namespace, and a publish form.
-async fn topics(page: &Page<'_>, input: Option<&Input>, problem: Option<&str>) -> Response<Body> {
+async fn topics(page: &Page, input: Option<&Input>, problem: Option<&str>) -> Response<Body> {
     let names = match page.data().events.topics(&page.session.namespace).await {
         Ok(t) => t,
         Err(e) => return failed(page, "Events", &e),
@@ -87,7 +87,7 @@ async fn topics(page: &Page<'_>, input: Option<&Input>, problem: Option<&str>) -
 
 /// A topic: its most recent events (or those before `?before=`), the live tail and a
 /// publish form.
-async fn topic_page(page: &Page<'_>, topic: &str, input: Option<&Input>, problem: Option<&str>) -> Response<Body> {
+async fn topic_page(page: &Page, topic: &str, input: Option<&Input>, problem: Option<&str>) -> Response<Body> {
     if let Err(e) = validate_topic(topic) {
         let body = html! { (html::error(&e)) p { a href="/events" { "← Topics" } } };
         return page_response(StatusCode::BAD_REQUEST, html::layout(page, "Events", "events", body));
@@ -217,13 +217,7 @@ fn event_table(events: &[Event], highlight: Option<u64>) -> Markup {
     }
 }
 
-fn publish_form(
-    page: &Page<'_>,
-    action: &str,
-    with_topic: bool,
-    input: Option<&Input>,
-    problem: Option<&str>,
-) -> Markup {
+fn publish_form(page: &Page, action: &str, with_topic: bool, input: Option<&Input>, problem: Option<&str>) -> Markup {
     let empty = Input::default();
     let v = input.unwrap_or(&empty);
     html! {
@@ -383,7 +377,7 @@ where
 }
 
 /// `GET /events/{topic}/stream`: the live tail as Server-Sent Events, one `data:` per line.
-async fn stream(page: &Page<'_>, topic: &str) -> Response<Body> {
+async fn stream(page: &Page, topic: &str) -> Response<Body> {
     if let Err(e) = validate_topic(topic) {
         return plain(StatusCode::BAD_REQUEST, e.detail());
     }
@@ -490,7 +484,7 @@ fn civil(days: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-fn failed(page: &Page<'_>, title: &str, e: &Status) -> Response<Body> {
+fn failed(page: &Page, title: &str, e: &Status) -> Response<Body> {
     let status = super::status_code(e);
     let hint = match e.code() {
         micro_core::Code::PermissionDenied => {

@@ -8,13 +8,13 @@
 
 use super::html::{self, csrf};
 use super::{Form, Page, encode, page_response, redirect};
+use axum::body::Body;
 use base64::Engine;
 use http::{Response, StatusCode};
 use maud::{Markup, html};
 use micro_core::store::{MAX_VALUE, Query, Record, Table};
 use micro_core::{Code, Status};
 use std::time::Duration;
-use tonic::body::Body;
 
 /// Keys listed per page.
 const PAGE: u32 = 100;
@@ -29,7 +29,7 @@ fn bad(detail: impl Into<String>) -> Status {
     Status::bad_request("web", detail)
 }
 
-fn failed(page: &Page<'_>, title: &str, trail: Markup, e: &Status) -> Response<Body> {
+fn failed(page: &Page, title: &str, trail: Markup, e: &Status) -> Response<Body> {
     let body = html! { (trail) (html::error(e)) };
     page_response(super::status_code(e), html::layout(page, title, "store", body))
 }
@@ -62,7 +62,7 @@ fn notice(text: Option<String>) -> Markup {
 
 /// `GET /store`, `/store/{db}[?table=]`, `/store/{db}/{table}[?prefix=&offset=]`,
 /// `/store/{db}/{table}?key=`.
-pub(crate) async fn get(page: &Page<'_>) -> Response<Body> {
+pub(crate) async fn get(page: &Page) -> Response<Body> {
     match page.rest.as_slice() {
         [] => databases(page).await,
         [db] => match page.query("table") {
@@ -81,7 +81,7 @@ pub(crate) async fn get(page: &Page<'_>) -> Response<Body> {
 }
 
 /// `POST /store/{db}/{table}` with `action` write or delete.
-pub(crate) async fn post(page: &Page<'_>, form: &Form) -> Response<Body> {
+pub(crate) async fn post(page: &Page, form: &Form) -> Response<Body> {
     let [db, table] = page.rest.as_slice() else { return super::not_found(page) };
     match form.get("action") {
         "write" => write(page, db, table, form).await,
@@ -90,7 +90,7 @@ pub(crate) async fn post(page: &Page<'_>, form: &Form) -> Response<Body> {
     }
 }
 
-async fn databases(page: &Page<'_>) -> Response<Body> {
+async fn databases(page: &Page) -> Response<Body> {
     let ns = &page.session.namespace;
     let mut dbs = match page.data().store.databases().await {
         Ok(d) => d,
@@ -121,7 +121,7 @@ async fn databases(page: &Page<'_>) -> Response<Body> {
     page_response(StatusCode::OK, html::layout(page, "Store", "store", body))
 }
 
-async fn tables(page: &Page<'_>, db: &str, typed: &str, problem: Option<Status>) -> Response<Body> {
+async fn tables(page: &Page, db: &str, typed: &str, problem: Option<Status>) -> Response<Body> {
     let title = format!("Store · {db}");
     if let Err(e) = micro_core::namespace::validate(db) {
         return failed(page, &title, trail(None, None), &bad(e.detail()));
@@ -315,7 +315,7 @@ fn until(at: u64, now: u64) -> String {
 }
 
 /// The write form: a new record (key editable) or an existing one (key fixed).
-fn record_form(page: &Page<'_>, table: &Table, f: &RecordForm, editing: bool) -> Markup {
+fn record_form(page: &Page, table: &Table, f: &RecordForm, editing: bool) -> Markup {
     let action = format!("/store/{}/{}", encode(&table.database), encode(&table.table));
     let format = if f.format.is_empty() { "text" } else { f.format.as_str() };
     html! {
@@ -359,7 +359,7 @@ fn record_form(page: &Page<'_>, table: &Table, f: &RecordForm, editing: bool) ->
     }
 }
 
-async fn keys(page: &Page<'_>, db: &str, table: &str, form: &RecordForm, problem: Option<Status>) -> Response<Body> {
+async fn keys(page: &Page, db: &str, table: &str, form: &RecordForm, problem: Option<Status>) -> Response<Body> {
     let title = format!("Store · {db} · {table}");
     let t = match table_of(db, table) {
         Ok(t) => t,
@@ -423,7 +423,7 @@ async fn keys(page: &Page<'_>, db: &str, table: &str, form: &RecordForm, problem
 }
 
 async fn record(
-    page: &Page<'_>,
+    page: &Page,
     db: &str,
     table: &str,
     key: &str,
@@ -491,7 +491,7 @@ async fn record(
     page_response(status, html::layout(page, &title, "store", body))
 }
 
-async fn write(page: &Page<'_>, db: &str, table: &str, form: &Form) -> Response<Body> {
+async fn write(page: &Page, db: &str, table: &str, form: &Form) -> Response<Body> {
     let f = RecordForm::of(form);
     // The record page sends its key hidden: a problem shows that page again.
     let editing = form.get("_from") == "record";
@@ -511,7 +511,7 @@ async fn write(page: &Page<'_>, db: &str, table: &str, form: &Form) -> Response<
 
 /// The page a write came from again, with its form as sent and the problem.
 async fn write_again(
-    page: &Page<'_>,
+    page: &Page,
     db: &str,
     table: &str,
     f: &RecordForm,
@@ -525,7 +525,7 @@ async fn write_again(
     }
 }
 
-async fn delete(page: &Page<'_>, db: &str, table: &str, key: &str) -> Response<Body> {
+async fn delete(page: &Page, db: &str, table: &str, key: &str) -> Response<Body> {
     let t = match table_of(db, table) {
         Ok(t) => t,
         Err(e) => return keys(page, db, table, &RecordForm::default(), Some(bad(e.detail()))).await,

@@ -7,6 +7,7 @@
 
 use super::html::{self, csrf};
 use super::{Form, Page, encode, page_response, redirect};
+use axum::body::Body;
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{Response, StatusCode, header};
@@ -14,7 +15,6 @@ use maud::{Markup, html};
 use micro::proto::runtime as pb;
 use micro_core::{Code, Status};
 use std::time::Duration;
-use tonic::body::Body;
 
 /// How many log lines a service page shows.
 const LOG_LINES: u32 = 200;
@@ -27,12 +27,12 @@ const MAX_INSTANCES: u32 = 64;
 
 type Client = pb::runtime_client::RuntimeClient<micro::data::Ch>;
 
-fn client(page: &Page<'_>) -> Result<Client, Status> {
+fn client(page: &Page) -> Result<Client, Status> {
     Ok(pb::runtime_client::RuntimeClient::new(page.channel()?).max_decoding_message_size(16 << 20))
 }
 
 /// A unary request in the session's namespace, with a deadline.
-fn unary<T>(page: &Page<'_>, msg: T) -> tonic::Request<T> {
+fn unary<T>(page: &Page, msg: T) -> tonic::Request<T> {
     let mut r = page.request(msg);
     r.set_timeout(TIMEOUT);
     r
@@ -46,13 +46,13 @@ fn bad(detail: impl Into<String>) -> Status {
     Status::bad_request("web", detail)
 }
 
-async fn read(page: &Page<'_>, name: &str) -> Result<Vec<pb::Service>, Status> {
+async fn read(page: &Page, name: &str) -> Result<Vec<pb::Service>, Status> {
     let r = client(page)?.read(unary(page, pb::ReadRequest { name: name.to_string() })).await.map_err(from_tonic)?;
     Ok(r.into_inner().services)
 }
 
 /// The last lines of a service's log (or its build's).
-async fn tail(page: &Page<'_>, name: &str, build: bool) -> Result<Vec<String>, Status> {
+async fn tail(page: &Page, name: &str, build: bool) -> Result<Vec<String>, Status> {
     let msg = pb::LogsRequest { name: name.to_string(), build, follow: false, count: LOG_LINES };
     let mut stream = client(page)?.logs(unary(page, msg)).await.map_err(from_tonic)?.into_inner();
     let mut lines = Vec::new();
@@ -63,7 +63,7 @@ async fn tail(page: &Page<'_>, name: &str, build: bool) -> Result<Vec<String>, S
 }
 
 /// `GET /runtime`, `/runtime/{name}[?build=1]`, `/runtime/{name}/logs/stream[?build=1]`.
-pub(crate) async fn get(page: &Page<'_>) -> Response<Body> {
+pub(crate) async fn get(page: &Page) -> Response<Body> {
     match page.rest.as_slice() {
         [] => list(page, &RunForm::default(), None).await,
         [name] => one(page, name, &UpdateForm::default(), None).await,
@@ -73,7 +73,7 @@ pub(crate) async fn get(page: &Page<'_>) -> Response<Body> {
 }
 
 /// `POST /runtime` (run) and `/runtime/{name}` (`action` update or kill).
-pub(crate) async fn post(page: &Page<'_>, form: &Form) -> Response<Body> {
+pub(crate) async fn post(page: &Page, form: &Form) -> Response<Body> {
     match page.rest.as_slice() {
         [] => run(page, form).await,
         [name] => match form.get("action") {
@@ -235,7 +235,7 @@ fn notice(text: Option<String>) -> Markup {
     html! { @if let Some(t) = text { p.ok role="status" { (t) } } }
 }
 
-async fn list(page: &Page<'_>, form: &RunForm, problem: Option<Status>) -> Response<Body> {
+async fn list(page: &Page, form: &RunForm, problem: Option<Status>) -> Response<Body> {
     let services = match read(page, "").await {
         Ok(s) => s,
         Err(e) => {
@@ -310,7 +310,7 @@ async fn list(page: &Page<'_>, form: &RunForm, problem: Option<Status>) -> Respo
     page_response(status, html::layout(page, "Runtime", "runtime", body))
 }
 
-async fn run(page: &Page<'_>, form: &Form) -> Response<Body> {
+async fn run(page: &Page, form: &Form) -> Response<Body> {
     let f = RunForm::of(form);
     let spec = match f.spec() {
         Ok(s) => s,
@@ -332,7 +332,7 @@ async fn run(page: &Page<'_>, form: &Form) -> Response<Body> {
     }
 }
 
-fn missing(page: &Page<'_>, name: &str) -> Response<Body> {
+fn missing(page: &Page, name: &str) -> Response<Body> {
     let body = html! {
         p { "No service " code { (name) } " runs in " code { (page.session.namespace) } "." }
         p { a href="/runtime" { "← Runtime" } }
@@ -340,7 +340,7 @@ fn missing(page: &Page<'_>, name: &str) -> Response<Body> {
     page_response(StatusCode::NOT_FOUND, html::layout(page, "Not found", "runtime", body))
 }
 
-async fn one(page: &Page<'_>, name: &str, form: &UpdateForm, problem: Option<Status>) -> Response<Body> {
+async fn one(page: &Page, name: &str, form: &UpdateForm, problem: Option<Status>) -> Response<Body> {
     let service = match read(page, name).await {
         Ok(mut v) if !v.is_empty() => v.remove(0),
         Ok(_) => return missing(page, name),
@@ -463,7 +463,7 @@ async fn one(page: &Page<'_>, name: &str, form: &UpdateForm, problem: Option<Sta
     page_response(status, html::layout(page, name, "runtime", body))
 }
 
-async fn update(page: &Page<'_>, name: &str, form: &Form) -> Response<Body> {
+async fn update(page: &Page, name: &str, form: &Form) -> Response<Body> {
     let f = UpdateForm::of(form);
     let parsed = parse_instances(&f.instances).and_then(|i| parse_pairs(&f.env).map(|e| (i, e)));
     let (instances, env) = match parsed {
@@ -487,7 +487,7 @@ async fn update(page: &Page<'_>, name: &str, form: &Form) -> Response<Body> {
     }
 }
 
-async fn kill(page: &Page<'_>, name: &str) -> Response<Body> {
+async fn kill(page: &Page, name: &str) -> Response<Body> {
     let deleted = async {
         client(page)?.delete(unary(page, pb::DeleteRequest { name: name.to_string() })).await.map_err(from_tonic)
     };
@@ -500,7 +500,7 @@ async fn kill(page: &Page<'_>, name: &str) -> Response<Body> {
 
 /// `GET /runtime/{name}/logs/stream[?build=1][&tail=N]`: the log's new lines as
 /// Server-Sent Events (with `tail`, its last N lines first).
-async fn live(page: &Page<'_>, name: &str) -> Response<Body> {
+async fn live(page: &Page, name: &str) -> Response<Body> {
     let build = page.query("build").is_some_and(|b| !b.is_empty() && b != "0");
     let tail: u32 = page.query("tail").and_then(|t| t.parse().ok()).unwrap_or(0).min(10_000);
     // The page already shows the last lines: ask for as few as the runtime gives (it

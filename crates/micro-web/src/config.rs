@@ -7,19 +7,19 @@
 
 use super::html::{self, csrf};
 use super::{Form, Page, encode, page_response, redirect};
+use axum::body::Body;
 use http::{Response, StatusCode};
 use maud::{Markup, html};
 use micro_core::Status;
 use micro_core::config::{MASK, MAX_VALUE, parse_path};
 use serde_json::Value;
-use tonic::body::Body;
 
 fn bad(detail: impl Into<String>) -> Status {
     Status::bad_request("web", detail)
 }
 
 /// `GET /config[?path=a.b]`.
-pub(crate) async fn get(page: &Page<'_>) -> Response<Body> {
+pub(crate) async fn get(page: &Page) -> Response<Body> {
     if !page.rest.is_empty() {
         return super::not_found(page);
     }
@@ -33,7 +33,7 @@ pub(crate) async fn get(page: &Page<'_>) -> Response<Body> {
 }
 
 /// `POST /config` with `action` set, delete or reveal.
-pub(crate) async fn post(page: &Page<'_>, form: &Form) -> Response<Body> {
+pub(crate) async fn post(page: &Page, form: &Form) -> Response<Body> {
     if !page.rest.is_empty() {
         return super::not_found(page);
     }
@@ -203,7 +203,7 @@ fn editable(v: &Value) -> String {
 
 /// The document as nested lists: objects fold open and shut, leaves show their JSON,
 /// secrets their mask and a Reveal button.
-fn tree(page: &Page<'_>, v: &Value, path: &str, revealed: Option<&(String, Value)>) -> Markup {
+fn tree(page: &Page, v: &Value, path: &str, revealed: Option<&(String, Value)>) -> Markup {
     let Some(obj) = v.as_object() else { return html! { code { (compact(v)) } } };
     html! {
         ul.tree {
@@ -247,7 +247,7 @@ fn tree(page: &Page<'_>, v: &Value, path: &str, revealed: Option<&(String, Value
     }
 }
 
-async fn render(page: &Page<'_>, mut view: View) -> Response<Body> {
+async fn render(page: &Page, mut view: View) -> Response<Body> {
     let ns = &page.session.namespace;
     let doc = match page.data().config.get(ns, "", false).await {
         Ok(d) => d.unwrap_or(Value::Null),

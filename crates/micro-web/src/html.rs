@@ -30,12 +30,12 @@ fn head(title: &str) -> Markup {
 }
 
 /// The hidden CSRF field every changing form carries.
-pub(crate) fn csrf(page: &Page<'_>) -> Markup {
+pub(crate) fn csrf(page: &Page) -> Markup {
     html! { input type="hidden" name="_csrf" value=(page.session.csrf); }
 }
 
 /// A page with the navigation; `active` is the section it belongs to.
-pub(crate) fn layout(page: &Page<'_>, title: &str, active: &str, body: Markup) -> Markup {
+pub(crate) fn layout(page: &Page, title: &str, active: &str, body: Markup) -> Markup {
     let s = &page.session;
     let can_switch = s.admin && s.home == micro_core::namespace::DEFAULT;
     html! {
@@ -87,7 +87,7 @@ pub(crate) fn layout(page: &Page<'_>, title: &str, active: &str, body: Markup) -
 }
 
 /// A page with a title and a sentence (not found, forbidden, …).
-pub(crate) fn message(page: &Page<'_>, title: &str, detail: &str) -> Markup {
+pub(crate) fn message(page: &Page, title: &str, detail: &str) -> Markup {
     layout(page, title, "", html! { p { (detail) } })
 }
 

@@ -1,34 +1,34 @@
-//! The client address the auth service limits failed logins by.
+//! The client address the auth service limits failed logins by, vouched for at an edge.
 //!
 //! The proxy stamps [`CLIENT_ADDRESS`] from the connection, dropping whatever a caller
 //! sent, so nobody picks the address its failures count under. The dashboard calls the
 //! proxy for browsers, though, and its connections all come from this host: it vouches
-//! for the browser's address with this process's [`EdgeKey`], a random secret that never
+//! for the browser's address with its process's [`EdgeKey`], a random secret that never
 //! leaves the process (the proxy strips it from every request before anything else sees
 //! it, and only the dashboard's sign-in calls carry it).
 
-use micro::server::{CLIENT_ADDRESS, PeerAddr};
+use crate::server::{CLIENT_ADDRESS, PeerAddr};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 /// The header carrying the [`EdgeKey`].
-pub(crate) const EDGE_KEY: &str = "micro-edge-key";
+pub const EDGE_KEY: &str = "micro-edge-key";
 
 /// A secret of this process, which lets its dashboard name the client address of a call
 /// it makes for a browser. Cheap to clone.
 #[derive(Clone)]
-pub(crate) struct EdgeKey(Arc<str>);
+pub struct EdgeKey(Arc<str>);
 
 impl EdgeKey {
     /// A new random key (244 random bits).
-    pub(crate) fn random() -> EdgeKey {
+    pub fn random() -> EdgeKey {
         let key = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         EdgeKey(key.into())
     }
 
     /// At the proxy's edge: keeps a client address vouched for with this key, else stamps
     /// the connection's; the key goes no further either way.
-    pub(crate) fn stamp<B>(&self, req: &mut http::Request<B>) {
+    pub fn stamp<B>(&self, req: &mut http::Request<B>) {
         let vouched = req.headers().get(EDGE_KEY).is_some_and(|k| self.matches(k.as_bytes()))
             && req
                 .headers()
@@ -37,19 +37,19 @@ impl EdgeKey {
                 .is_some_and(|a| a.parse::<IpAddr>().is_ok());
         req.headers_mut().remove(EDGE_KEY);
         if !vouched {
-            micro::server::stamp_client_address(req);
+            crate::server::stamp_client_address(req);
         }
     }
 
     /// Vouches for `client` as the address a call of the dashboard is made for.
-    pub(crate) fn vouch<T>(&self, req: &mut tonic::Request<T>, client: IpAddr) {
+    pub fn vouch<T>(&self, req: &mut tonic::Request<T>, client: IpAddr) {
         let (Ok(key), Ok(address)) = (self.0.parse(), client.to_string().parse()) else { return };
         req.metadata_mut().insert(EDGE_KEY, key);
         req.metadata_mut().insert(CLIENT_ADDRESS, address);
     }
 
     /// The key, for the metadata of a call to the core (never to a service's node).
-    pub(crate) fn value(&self) -> &str {
+    pub fn value(&self) -> &str {
         &self.0
     }
 
@@ -60,8 +60,8 @@ impl EdgeKey {
     }
 }
 
-/// The address of the client of a request served by [`micro::server::serve`].
-pub(crate) fn peer<B>(req: &http::Request<B>) -> Option<IpAddr> {
+/// The address of the client of a request served by [`crate::server::serve`].
+pub fn peer<B>(req: &http::Request<B>) -> Option<IpAddr> {
     req.extensions().get::<PeerAddr>().map(|p| p.0.ip())
 }
 

@@ -1,0 +1,332 @@
+//! The Micro dashboard (`MICRO_WEB_ADDRESS`, default `127.0.0.1:8082`): server-rendered
+//! pages with a little JavaScript for live views, its assets embedded in the binary.
+//!
+//! The dashboard is a client of the server like the CLI: every page calls the core
+//! services through a node's proxy with the signed-in account's token, so it shows and
+//! does exactly what the namespace's rules allow that account, nothing more. It knows
+//! nothing of the server's insides: `micro server` hands it the proxy's address, a
+//! shutdown signal and the proxy's [`micro::edge::EdgeKey`].
+//!
+//! Sessions live in memory (a random id in an `HttpOnly`, `SameSite=Strict` cookie); every
+//! form that changes something carries the session's CSRF token, checked on submit.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! let (_stop, stopping) = tokio::sync::watch::channel(false);
+//! let web = micro_web::Web::new("127.0.0.1:8081".into(), stopping, micro::edge::EdgeKey::random());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8082").await?;
+//! micro_web::serve(listener, web, std::future::pending()).await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod assets;
+mod auth;
+mod config;
+mod events;
+mod extract;
+mod health;
+mod html;
+mod runtime;
+mod services;
+mod session;
+mod signin;
+mod store;
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::Response;
+use axum::routing::{MethodRouter, any, get, post};
+use extract::{Form, Page, Posted};
+use http::{StatusCode, header};
+use hyper::body::Incoming;
+use micro_core::Status;
+use std::sync::Arc;
+
+/// The dashboard. Cheap to clone.
+#[derive(Clone)]
+pub struct Web {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// This node's proxy, which every page calls through.
+    proxy: String,
+    sessions: session::Sessions,
+    /// Turns true when the server stops: live streams end then.
+    stopping: tokio::sync::watch::Receiver<bool>,
+    /// Vouches for a browser's address on its sign-in, which failed logins are limited by.
+    edge_key: micro::edge::EdgeKey,
+}
+
+impl Page {
+    /// A gRPC channel to the proxy carrying the account's token.
+    pub(crate) fn channel(&self) -> Result<micro::data::Ch, Status> {
+        let token: Arc<dyn micro::data::TokenSource> = Arc::new(micro::data::StaticToken(self.session.token.clone()));
+        micro::data::channel_with(&self.web.inner.proxy, Some(token))
+    }
+
+    /// A request for a core service, in the session's namespace.
+    pub(crate) fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Ok(ns) = self.session.namespace.parse() {
+            r.metadata_mut().insert(micro_core::metadata::NAMESPACE, ns);
+        }
+        r
+    }
+
+    /// The data clients (store, config, events, …) as the account, in its namespace.
+    pub(crate) fn data(&self) -> micro::data::Data {
+        let token: Arc<dyn micro::data::TokenSource> = Arc::new(micro::data::StaticToken(self.session.token.clone()));
+        micro::data::Data::remote_with(&self.web.inner.proxy, &self.session.namespace, Some(token))
+    }
+
+    /// A client for calling services as the account.
+    pub(crate) fn client(&self) -> micro::Client {
+        let token = Arc::new(micro::data::StaticToken(self.session.token.clone()));
+        micro::Client::via_proxy(self.web.inner.proxy.clone())
+            .namespace(self.session.namespace.clone())
+            .auth(Arc::new(micro::auth::Bearer(token)))
+    }
+}
+
+/// Percent-encodes one path segment or query value.
+pub(crate) fn encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// An HTML response.
+pub(crate) fn page_response(status: StatusCode, markup: maud::Markup) -> Response {
+    let mut r = Response::new(Body::from(markup.into_string()));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    h.insert("x-frame-options", http::HeaderValue::from_static("DENY"));
+    h.insert("x-content-type-options", http::HeaderValue::from_static("nosniff"));
+    h.insert("referrer-policy", http::HeaderValue::from_static("same-origin"));
+    h.insert(
+        "content-security-policy",
+        http::HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'self'",
+        ),
+    );
+    r
+}
+
+/// The HTTP status a page shows for a failed call.
+pub(crate) fn status_code(e: &Status) -> StatusCode {
+    StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_GATEWAY)
+}
+
+/// A redirect (303: the browser follows with GET).
+pub(crate) fn redirect(to: &str) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = http::HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+fn not_found(page: &Page) -> Response {
+    page_response(StatusCode::NOT_FOUND, html::message(page, "Not found", "There is no such page."))
+}
+
+impl Web {
+    /// The dashboard of the node whose proxy is at `proxy`; its live streams end when
+    /// `stopping` turns true; `edge_key` is the proxy's, for the browsers' addresses.
+    pub fn new(proxy: String, stopping: tokio::sync::watch::Receiver<bool>, edge_key: micro::edge::EdgeKey) -> Web {
+        Web { inner: Arc::new(Inner { proxy, sessions: session::Sessions::default(), stopping, edge_key }) }
+    }
+
+    /// `stream`, ending when the server stops (so a live view never holds up a shutdown).
+    pub(crate) fn until_stopped<S: futures::Stream>(&self, stream: S) -> impl futures::Stream<Item = S::Item> + use<S> {
+        let mut stopping = self.inner.stopping.clone();
+        futures::StreamExt::take_until(stream, async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        })
+    }
+
+    /// Every page. A section's module routes below its path (`/store/db/table` reaches
+    /// `store::get` with `rest` `[db, table]`); a path or method no route takes gets the
+    /// checks a page would make, then a 404 or 405 page ([`extract::fallback`]).
+    fn router(self) -> Router {
+        macro_rules! section {
+            ($module:ident) => {
+                get(|page: Page| async move { $module::get(&page).await })
+                    .post(|p: Posted| async move { $module::post(&p.page, &p.form).await })
+                    .fallback(extract::fallback)
+            };
+        }
+        let sections: [(&str, MethodRouter<Web>); 7] = [
+            ("services", section!(services)),
+            ("runtime", section!(runtime)),
+            ("store", section!(store)),
+            ("config", section!(config)),
+            ("events", section!(events)),
+            ("auth", section!(auth)),
+            ("health", section!(health)),
+        ];
+        let mut router = Router::new()
+            .route("/login", get(signin::page).post(signin::login).fallback(extract::fallback))
+            .route("/logout", post(signin::logout).fallback(extract::fallback))
+            .route("/namespace", post(signin::switch_namespace).fallback(extract::fallback))
+            .route("/", get(|_: Page| async { redirect("/services") }).fallback(extract::fallback));
+        for (name, pages) in sections {
+            router = router
+                .route(&format!("/{name}"), pages.clone())
+                .route(&format!("/{name}/"), pages.clone())
+                .route(&format!("/{name}/{{*rest}}"), pages);
+        }
+        // Assets need no session, whatever the method (as the pages' links expect).
+        for (path, kind, text) in assets::FILES {
+            router = router.route(path, any(move || async move { assets::response(kind, text) }));
+        }
+        router.fallback(extract::fallback).with_state(self)
+    }
+}
+
+/// Serves the dashboard on `listener` until `until` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    web: Web,
+    until: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let router = web.router();
+    micro::server::serve(
+        listener,
+        move |req: http::Request<Incoming>| {
+            let router = router.clone();
+            async move {
+                match tower::ServiceExt::oneshot(router, req).await {
+                    Ok(r) => r.map(tonic::body::Body::new),
+                    Err(never) => match never {},
+                }
+            }
+        },
+        until,
+    )
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms_decode() {
+        let f = Form(extract::parse_form("a=1&b=hello+world&c=%26%3D%C3%A9&d&a=2"));
+        assert_eq!((f.get("a"), f.get("b"), f.get("c"), f.get("d"), f.get("zz")), ("2", "hello world", "&=é", "", ""));
+        assert_eq!(encode("a b/c"), "a%20b%2Fc");
+    }
+
+    /// A dashboard whose proxy is nowhere (none of these requests gets as far as a call),
+    /// and a session of an account that is not an admin.
+    fn signed_in() -> (Router, Web, session::Session) {
+        let (_, stopping) = tokio::sync::watch::channel(false);
+        let web = Web::new("127.0.0.1:1".into(), stopping, micro::edge::EdgeKey::random());
+        let s = web.inner.sessions.start(session::Started {
+            namespace: "shop".into(),
+            home: "shop".into(),
+            account: "alice".into(),
+            admin: false,
+            token: "t".into(),
+            refresh: "r".into(),
+            expiry: session::now() + 3600,
+        });
+        (web.clone().router(), web, s)
+    }
+
+    async fn send(router: &Router, method: &str, uri: &str, cookie: Option<&str>, body: &str) -> Response {
+        let mut req = http::Request::builder().method(method).uri(uri);
+        if let Some(c) = cookie {
+            req = req.header(header::COOKIE, c);
+        }
+        if !body.is_empty() {
+            req = req.header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        }
+        let req = req.body(Body::from(body.to_string())).unwrap();
+        tower::ServiceExt::oneshot(router.clone(), req).await.unwrap()
+    }
+
+    fn cookies(r: &Response) -> Vec<String> {
+        r.headers().get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap().to_string()).collect()
+    }
+
+    #[tokio::test]
+    async fn without_a_session() {
+        let (router, _, _) = signed_in();
+        let r = send(&router, "GET", "/services", None, "").await;
+        assert_eq!((r.status(), r.headers()[header::LOCATION].to_str().unwrap()), (StatusCode::SEE_OTHER, "/login"));
+        for (method, uri) in [("POST", "/services"), ("PUT", "/store"), ("POST", "/logout"), ("DELETE", "/nope")] {
+            assert_eq!(send(&router, method, uri, None, "").await.status(), StatusCode::UNAUTHORIZED, "{method} {uri}");
+        }
+        let stale = send(&router, "GET", "/auth", Some("micro_session=made-up"), "").await;
+        assert_eq!(stale.status(), StatusCode::SEE_OTHER);
+        // Assets need no session.
+        let css = send(&router, "GET", "/assets/app.css", None, "").await;
+        assert_eq!(
+            (css.status(), css.headers()[header::CONTENT_TYPE].to_str().unwrap()),
+            (StatusCode::OK, "text/css; charset=utf-8")
+        );
+        // The sign-in page: a pre-session cookie as strict as the session's, and the headers of every page.
+        let login = send(&router, "GET", "/login?namespace=shop", None, "").await;
+        assert_eq!(login.status(), StatusCode::OK);
+        let set = cookies(&login);
+        assert_eq!(set.len(), 1);
+        assert!(
+            set[0].starts_with("micro_login=") && set[0].ends_with("; HttpOnly; SameSite=Strict; Path=/; Max-Age=3600"),
+            "{set:?}"
+        );
+        for h in ["content-security-policy", "x-frame-options", "x-content-type-options", "referrer-policy"] {
+            assert!(login.headers().contains_key(h), "{h}");
+        }
+        assert_eq!(login.headers().get(header::CACHE_CONTROL).unwrap(), "no-store");
+        let mut req = http::Request::get("/login").header("x-forwarded-proto", "https").body(Body::empty()).unwrap();
+        req.extensions_mut().insert(micro::server::PeerAddr("192.0.2.1:9".parse().unwrap()));
+        let secure = tower::ServiceExt::oneshot(router.clone(), req).await.unwrap();
+        assert!(cookies(&secure)[0].contains("; Secure"));
+        // A sign-in without the pre-session cookie (another site's form) is refused.
+        let forged = send(&router, "POST", "/login", None, "_csrf=x&namespace=shop&id=a&secret=b").await;
+        assert_eq!(forged.status(), StatusCode::UNAUTHORIZED);
+        let other =
+            send(&router, "POST", "/login", Some("micro_login=y"), "_csrf=x&namespace=shop&id=a&secret=b").await;
+        assert_eq!(other.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn with_a_session() {
+        let (router, web, s) = signed_in();
+        let cookie = format!("micro_session={}", s.id);
+        let c = Some(cookie.as_str());
+        let csrf = format!("_csrf={}", s.csrf);
+        assert_eq!(send(&router, "GET", "/", c, "").await.headers().get(header::LOCATION).unwrap(), "/services");
+        assert_eq!(send(&router, "GET", "/nope", c, "").await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(send(&router, "GET", "/logout", c, "").await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(send(&router, "PUT", "/services", c, "").await.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(send(&router, "GET", "/services/%zz", c, "").await.status(), StatusCode::BAD_REQUEST);
+        // Every form needs the session's CSRF token, checked before anything else.
+        for uri in ["/services/a/b", "/store/db/t", "/auth/accounts", "/namespace", "/logout", "/nope"] {
+            assert_eq!(send(&router, "POST", uri, c, "_csrf=wrong").await.status(), StatusCode::FORBIDDEN, "{uri}");
+            assert_eq!(send(&router, "POST", uri, c, "").await.status(), StatusCode::FORBIDDEN, "{uri}");
+        }
+        assert_eq!(send(&router, "POST", "/nope", c, &csrf).await.status(), StatusCode::NOT_FOUND);
+        let big = format!("{csrf}&x={}", "a".repeat(extract::FORM_LIMIT + 1));
+        assert_eq!(send(&router, "POST", "/store/db/t", c, &big).await.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        // Only an admin of the default namespace switches to another.
+        let r = send(&router, "POST", "/namespace", c, &format!("{csrf}&namespace=other")).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let r = send(&router, "POST", "/namespace", c, &format!("{csrf}&namespace=shop")).await;
+        assert_eq!(r.status(), StatusCode::SEE_OTHER);
+        // Signing out ends the session and clears its cookie.
+        let out = send(&router, "POST", "/logout", c, &csrf).await;
+        assert_eq!(
+            (out.status(), out.headers()[header::LOCATION].to_str().unwrap()),
+            (StatusCode::SEE_OTHER, "/login")
+        );
+        assert_eq!(cookies(&out), ["micro_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"]);
+        assert!(web.inner.sessions.of(&[(header::COOKIE, cookie.parse().unwrap())].into_iter().collect()).is_none());
+        assert_eq!(send(&router, "GET", "/services", c, "").await.status(), StatusCode::SEE_OTHER);
+    }
+}
