@@ -56,6 +56,7 @@ fn group(entries: &[Entry], name: Option<&str>) -> Vec<Service> {
 }
 
 impl SharedRegistry {
+    /// A registry kept in `store` (every node sharing the store sees the same services).
     pub fn new(store: Arc<dyn Store>) -> SharedRegistry {
         SharedRegistry { store, cache: Mutex::new(HashMap::new()) }
     }
