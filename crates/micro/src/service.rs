@@ -424,7 +424,7 @@ impl Service {
             Some(h) => Some(h.clone()),
             None if local_only => None,
             None => {
-                let (authorizer, _) = crate::auth::remote::service_authorizer(
+                let authorizer = crate::auth::remote::service_authorizer(
                     &name,
                     &self.effective_namespace(),
                     self.platform,

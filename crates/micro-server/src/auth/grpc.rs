@@ -3,14 +3,6 @@
 
 use super::*;
 
-fn rule_of(r: pb::Rule) -> Result<Rule, MicroStatus> {
-    micro::proto::rule_of(r)
-}
-
-fn wire_rule(r: &Rule) -> pb::Rule {
-    r.into()
-}
-
 #[tonic::async_trait]
 impl pb::auth_server::Auth for AuthService {
     async fn generate(&self, req: Request<pb::GenerateRequest>) -> Result<Response<pb::GenerateResponse>, Status> {
@@ -133,7 +125,7 @@ impl pb::auth_server::Auth for AuthService {
     ) -> Result<Response<pb::CreateRuleResponse>, Status> {
         let ns = micro::namespace(&req);
         self.require_admin(&req, &ns).map_err(t)?;
-        let rule = rule_of(req.into_inner().rule.unwrap_or_default()).map_err(t)?;
+        let rule = micro::proto::rule_of(req.into_inner().rule.unwrap_or_default()).map_err(t)?;
         self.init_rules(&ns).await.map_err(t)?;
         self.put_rule(&ns, &rule).await.map_err(t)?;
         Ok(Response::new(pb::CreateRuleResponse {}))
@@ -161,7 +153,7 @@ impl pb::auth_server::Auth for AuthService {
         }
         let mut rules = self.rules(&ns).await.map_err(t)?;
         rules.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
-        Ok(Response::new(pb::ListRulesResponse { rules: rules.iter().map(wire_rule).collect() }))
+        Ok(Response::new(pb::ListRulesResponse { rules: rules.iter().map(pb::Rule::from).collect() }))
     }
 
     type WatchRulesStream =
@@ -196,7 +188,7 @@ impl pb::auth_server::Auth for AuthService {
                 changes.mark_unchanged();
                 let rules = auth.cached_rules(&ns).await.map_err(t)?;
                 if last.as_ref() != Some(&rules) {
-                    yield pb::ListRulesResponse { rules: rules.iter().map(wire_rule).collect() };
+                    yield pb::ListRulesResponse { rules: rules.iter().map(pb::Rule::from).collect() };
                     last = Some(rules);
                 }
                 if changes.changed().await.is_err() {

@@ -27,11 +27,6 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// An anonymous caller acting in `namespace`.
-    pub fn anonymous(namespace: impl Into<String>) -> Caller {
-        Caller { account: None, namespace: namespace.into(), expires: None }
-    }
-
     /// The caller of a tonic request, as the authorizer put it there.
     pub fn of<T>(req: &tonic::Request<T>) -> Option<&Caller> {
         req.extensions().get::<Caller>()
@@ -180,11 +175,6 @@ impl Authorizer {
     /// An authorizer over a key source, a rule source and a policy.
     pub fn new(keys: Arc<dyn KeySource>, rules: Arc<dyn RuleSource>, policy: Arc<dyn Policy>, scope: Scope) -> Self {
         Authorizer { keys, rules, policy, scope }
-    }
-
-    /// The rules this authorizer decides by.
-    pub fn rule_source(&self) -> &Arc<dyn RuleSource> {
-        &self.rules
     }
 
     /// Verifies `token` for `audience` (looking for new keys once when it names one not

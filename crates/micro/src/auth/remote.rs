@@ -164,11 +164,6 @@ impl WatchedRules {
         order.push_back(namespace.to_string());
         f
     }
-
-    /// A receiver that sees a new value each time `namespace`'s rules change.
-    pub fn subscribe(&self, namespace: &str) -> tokio::sync::watch::Receiver<u64> {
-        self.follower(namespace).changed.subscribe()
-    }
 }
 
 /// Follows the namespace's rules: the stream's first message is the rules now, each
@@ -260,7 +255,7 @@ pub async fn service_authorizer(
     platform: bool,
     address: &str,
     credentials: Option<Arc<Credentials>>,
-) -> (Arc<Authorizer>, Arc<WatchedRules>) {
+) -> Arc<Authorizer> {
     let server = Arc::new(Server { address: address.to_string(), namespace: namespace.to_string(), credentials });
     let keys =
         Arc::new(ServerKeys { server: server.clone(), verifier: RwLock::new(None), looked_up: Default::default() });
@@ -273,6 +268,5 @@ pub async fn service_authorizer(
     } else {
         (Scope::Service { namespace: namespace.to_string(), service: service.to_string() }, ServicePolicy::RULES)
     };
-    let authorizer = Authorizer::new(keys, rules.clone(), Arc::new(policy), scope);
-    (Arc::new(authorizer), rules)
+    Arc::new(Authorizer::new(keys, rules, Arc::new(policy), scope))
 }
