@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// The status codes of Micro: the gRPC codes, each with a fixed HTTP status.
 ///
@@ -145,18 +146,37 @@ impl fmt::Display for Code {
 ///
 /// Over HTTP it is the JSON body `{"id","code","detail","status"}` where `code` is the
 /// HTTP status; over gRPC it is `grpc-status` and `grpc-message` with the same detail.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// The error that caused it, when there is one, stays attached as its
+/// [`std::error::Error::source`] (for logs and callers in the same process); only the
+/// code, id and detail cross the wire, and two statuses are equal when those are.
+#[derive(Clone, Debug)]
 pub struct Status {
     code: Code,
     http: u16,
     id: String,
     detail: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
 }
+
+impl PartialEq for Status {
+    fn eq(&self, other: &Status) -> bool {
+        (self.code, self.http, &self.id, &self.detail) == (other.code, other.http, &other.id, &other.detail)
+    }
+}
+
+impl Eq for Status {}
 
 impl Status {
     /// A status with a code, the id of the service that reports it, and a detail.
     pub fn new(code: Code, id: impl Into<String>, detail: impl Into<String>) -> Status {
-        Status { code, http: code.http(), id: id.into(), detail: detail.into() }
+        Status { code, http: code.http(), id: id.into(), detail: detail.into(), source: None }
+    }
+
+    /// Keeps `cause` as the status's source (it is not sent to callers).
+    pub fn with_source(mut self, cause: impl std::error::Error + Send + Sync + 'static) -> Status {
+        self.source = Some(Arc::new(cause));
+        self
     }
 
     /// Overrides the HTTP status (for example 413 for an oversize body, which gRPC
@@ -233,7 +253,7 @@ impl Status {
         if b.code < 400 {
             return None;
         }
-        Some(Status { code: Code::from_http(b.code), http: b.code, id: b.id, detail: b.detail })
+        Some(Status { code: Code::from_http(b.code), http: b.code, id: b.id, detail: b.detail, source: None })
     }
 
     /// The status carried by gRPC `grpc-status`/`grpc-message` headers or trailers,
@@ -293,7 +313,11 @@ impl fmt::Display for Status {
     }
 }
 
-impl std::error::Error for Status {}
+impl std::error::Error for Status {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 #[derive(Serialize, Deserialize)]
 struct ErrorBody {
@@ -336,6 +360,22 @@ mod tests {
             assert_eq!(c.http(), h);
             assert_eq!(Code::from_http(h), c);
         }
+    }
+
+    #[test]
+    fn a_cause_is_kept_as_the_source_and_never_sent() {
+        use std::error::Error;
+        let cause = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let s = Status::unavailable("store", "the database is unreachable").with_source(cause);
+        let source = s.source().expect("a source");
+        assert_eq!(source.to_string(), "refused");
+        assert_eq!(
+            source.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::ConnectionRefused)
+        );
+        assert_eq!(s, Status::unavailable("store", "the database is unreachable"), "equal without the cause");
+        assert!(!String::from_utf8(s.to_json()).unwrap().contains("refused"));
+        assert!(Status::internal("x", "y").source().is_none());
     }
 
     #[test]

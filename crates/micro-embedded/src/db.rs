@@ -32,7 +32,7 @@ struct Inner {
 
 /// A SQLite error as an internal status.
 pub(crate) fn internal(e: rusqlite::Error) -> Status {
-    Status::internal("micro", format!("database: {e}"))
+    Status::internal("micro", format!("database: {e}")).with_source(e)
 }
 
 fn lock(m: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {

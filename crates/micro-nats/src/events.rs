@@ -147,8 +147,8 @@ fn check(namespace: &str, topic: &str) -> Result<(), Status> {
     validate_topic(topic)
 }
 
-fn internal(what: &str, e: impl std::fmt::Display) -> Status {
-    Status::internal(ID, format!("{what}: {e}"))
+fn internal(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Status {
+    Status::internal(ID, format!("{what}: {e}")).with_source(e)
 }
 
 fn decode(topic: &str, seq: u64, headers: Option<&async_nats::HeaderMap>, payload: &[u8]) -> (Event, u64) {
@@ -624,7 +624,7 @@ impl Member {
     async fn accept(self: &Arc<Self>, m: async_nats::Message) -> Result<Option<Held>, Status> {
         let Some(reply) = m.reply.as_ref().map(|r| r.to_string()) else { return Ok(None) };
         let Some((attempt, seq)) = parse_ack_subject(&reply) else {
-            return Err(internal("consume", format!("unexpected ack subject {reply:?}")));
+            return Err(Status::internal(ID, format!("consume: unexpected ack subject {reply:?}")));
         };
         let (event, prev) = decode(&self.topic, seq, m.headers.as_ref(), &m.payload);
         let acker: Arc<dyn Acker> = self.clone();

@@ -78,8 +78,8 @@ fn redact(url: &str) -> String {
 }
 
 /// A failure to talk to NATS: `Unavailable`, so callers see a 503 and may retry.
-fn unavailable(id: &str, what: &str, e: impl std::fmt::Display) -> Status {
-    Status::unavailable(id, format!("{what}: NATS did not answer ({e})"))
+fn unavailable(id: &str, what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Status {
+    Status::unavailable(id, format!("{what}: NATS did not answer ({e})")).with_source(e)
 }
 
 #[cfg(test)]

@@ -37,9 +37,9 @@ pub(crate) fn db_error(id: &str, e: tokio_postgres::Error) -> Status {
     // database being away, not a bad statement.
     let away = e.as_db_error().is_some_and(|d| ["08", "53", "57"].iter().any(|c| d.code().code().starts_with(c)));
     if away || e.is_closed() || e.as_db_error().is_none() {
-        Status::new(Code::Unavailable, id, format!("the database is unreachable: {e}"))
+        Status::new(Code::Unavailable, id, format!("the database is unreachable: {e}")).with_source(e)
     } else {
-        Status::internal(id, format!("database: {e}"))
+        Status::internal(id, format!("database: {e}")).with_source(e)
     }
 }
 
@@ -47,7 +47,7 @@ pub(crate) fn db_error(id: &str, e: tokio_postgres::Error) -> Status {
 pub(crate) fn pool_error(id: &str, e: deadpool_postgres::PoolError) -> Status {
     match e {
         deadpool_postgres::PoolError::Backend(e) => db_error(id, e),
-        e => Status::new(Code::Unavailable, id, format!("the database is unreachable: {e}")),
+        e => Status::new(Code::Unavailable, id, format!("the database is unreachable: {e}")).with_source(e),
     }
 }
 

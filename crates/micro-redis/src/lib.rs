@@ -68,9 +68,9 @@ pub(crate) fn redis_error(id: &str, e: RedisError) -> Status {
             )
         );
     if unreachable {
-        Status::unavailable(id, format!("Redis is unreachable: {e}"))
+        Status::unavailable(id, format!("Redis is unreachable: {e}")).with_source(e)
     } else {
-        Status::internal(id, format!("Redis: {e}"))
+        Status::internal(id, format!("Redis: {e}")).with_source(e)
     }
 }
 
