@@ -503,6 +503,16 @@ impl Gateway {
         res
     }
 
+    /// An HTTP node of `service` other than `failed`, from the registry's latest word.
+    async fn another_http_node(&self, ns: &str, service: &str, failed: &str) -> Option<String> {
+        let services = self.inner.client.services(service, Some(ns)).await.ok()?;
+        let others: Vec<Service> = services
+            .iter()
+            .map(|s| Service { nodes: s.nodes.iter().filter(|n| n.address != failed).cloned().collect(), ..s.clone() })
+            .collect();
+        self.http_node(&others)
+    }
+
     fn http_node(&self, services: &[Service]) -> Option<String> {
         let nodes: Vec<&str> = services
             .iter()
@@ -543,17 +553,34 @@ impl Gateway {
         let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let rest = pq.strip_prefix('/').and_then(|p| p.strip_prefix(service)).unwrap_or("");
         let rest = if rest.is_empty() || rest.starts_with('?') { format!("/{rest}") } else { rest.to_string() };
-        let base = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-        parts.uri = match format!("{}{rest}", base.trim_end_matches('/')).parse() {
-            Ok(u) => u,
-            Err(_) => return json_error(&Status::bad_request("api", "bad request path")),
+        parts.uri = match node_uri(addr, &rest) {
+            Some(u) => u,
+            None => return json_error(&Status::bad_request("api", "bad request path")),
         };
         parts.version = http::Version::HTTP_11;
         for h in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"] {
             parts.headers.remove(h);
         }
+        // A bodiless GET or HEAD that reached no node (one stopping in a rolling update,
+        // say) is sent once more, to another node: it cannot have done anything.
+        let replay = (matches!(parts.method, Method::GET | Method::HEAD)
+            && http_body::Body::size_hint(&body).exact() == Some(0))
+        .then(|| (parts.method.clone(), parts.headers.clone()));
         let limited = Limited::new(body, self.inner.body_limit);
-        match self.inner.http.request(Request::from_parts(parts, Body::new(limited))).await {
+        let mut sent = self.inner.http.request(Request::from_parts(parts, Body::new(limited))).await;
+        if let (Err(e), Some((method, headers))) = (&sent, replay)
+            && let Some(other) = self.another_http_node(ns, service, addr).await
+            && let Some(uri) = node_uri(&other, &rest)
+        {
+            tracing::debug!(service, node = %addr, error = %e, "HTTP node unreachable; sending to {other}");
+            let mut again = Request::new(Body::empty());
+            *again.method_mut() = method;
+            *again.uri_mut() = uri;
+            *again.headers_mut() = headers;
+            *again.version_mut() = http::Version::HTTP_11;
+            sent = self.inner.http.request(again).await;
+        }
+        match sent {
             Ok(mut res) => {
                 let set: Vec<HeaderValue> = res.headers().get_all(header::SET_COOKIE).iter().cloned().collect();
                 res.headers_mut().remove(header::SET_COOKIE);
@@ -725,6 +752,12 @@ fn set_path(obj: &mut Map<String, Value>, path: &[&str], v: &str, schema: &Value
         return Err(Status::bad_request("api", format!("{name} is not an object")));
     };
     set_path(child, &path[1..], v, fs.unwrap_or(&Value::Null))
+}
+
+/// The URI of `rest` (path and query) at the HTTP node `addr` (`host:port` or a base URL).
+fn node_uri(addr: &str, rest: &str) -> Option<http::Uri> {
+    let base = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    format!("{}{rest}", base.trim_end_matches('/')).parse().ok()
 }
 
 #[cfg(test)]

@@ -394,3 +394,40 @@ async fn only_the_operator_lists_every_database() {
     let worker = Data::remote_with(&s.proxy(), "micro", Some(Arc::new(StaticToken(token))));
     assert_eq!(worker.store.databases().await.unwrap(), ["micro"]);
 }
+
+/// A bodiless GET that reaches no node (one stopping in a rolling update, say) goes to
+/// another node of the service; a request with a body is not replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_sends_a_get_that_reached_no_node_to_another() {
+    use micro_core::registry::{Node, Service as Record};
+    let s = TestServer::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let live = listener.local_addr().unwrap();
+    tokio::spawn(micro::server::serve(
+        listener,
+        |req: http::Request<hyper::body::Incoming>| async move {
+            let body = format!("{} {}", req.method(), req.uri().path());
+            http::Response::new(tonic::body::Body::new(http_body_util::Full::new(bytes::Bytes::from(body))))
+        },
+        std::future::pending::<()>(),
+    ));
+    // A port nothing listens on any more.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let node = |id: &str, address: std::net::SocketAddr| Node {
+        id: id.into(),
+        address: address.to_string(),
+        metadata: [("protocol".to_string(), "http".to_string())].into(),
+    };
+    let record =
+        Record { name: "twin".into(), nodes: vec![node("twin-1", dead), node("twin-2", live)], ..Default::default() };
+    s.server.registry().register("micro", &record, Duration::from_secs(60)).await.unwrap();
+    for i in 0..6 {
+        let r = micro_test::http(&s.api(), "GET", "/twin/page", &[], b"").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "GET /page"), "GET {i}");
+    }
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(micro_test::http(&s.api(), "POST", "/twin/form", &[], b"x=1").await.status);
+    }
+    assert!(statuses.contains(&502) && statuses.contains(&200), "POSTs are not replayed: {statuses:?}");
+}

@@ -22,6 +22,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const STABLE: Duration = Duration::from_secs(60);
 /// How long a stopping instance gets before it is killed.
 const GRACE: Duration = Duration::from_secs(10);
+/// How long a stopping instance keeps serving once out of the registry.
+const DRAIN: Duration = Duration::from_millis(300);
 
 /// What every instance of one build shares.
 pub(crate) struct Launch {
@@ -233,6 +235,9 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
             }
             _ = stopped(stop) => {
                 deregister(launch, &inst.id).await;
+                // Callers that picked this node just before it left the registry reach it
+                // still; it is signalled once they had the time to.
+                tokio::time::sleep(DRAIN).await;
                 terminate(pid, &mut child).await;
                 break Outcome::Stopped;
             }
