@@ -8,6 +8,7 @@ use clap::Subcommand;
 use micro::auth::token::now;
 use micro::proto::auth as pb;
 use serde_json::json;
+use std::sync::Arc;
 
 #[derive(Subcommand)]
 pub(crate) enum AuthCmd {
@@ -77,26 +78,24 @@ pub(crate) enum List {
     Rules,
 }
 
-fn client(c: &Ctx) -> Result<pb::auth_client::AuthClient<micro::data::Ch>> {
-    let ch = micro::data::channel(&c.address).map_err(status_err)?;
+/// The auth service, its calls carrying `token` when there is one.
+fn client(c: &Ctx, token: Option<&str>) -> Result<pb::auth_client::AuthClient<micro::Channel>> {
+    let source = token.map(|t| Arc::new(micro::data::StaticToken(t.to_string())) as Arc<dyn micro::data::TokenSource>);
+    let ch = micro::data::channel_with(&c.address, source).map_err(status_err)?;
     Ok(pb::auth_client::AuthClient::new(ch))
 }
 
-/// A request in the context's namespace, with the token, without a deadline (uploads and
-/// followed streams take as long as they take).
-pub(crate) fn request_unbounded<T>(c: &Ctx, msg: T, token: Option<&str>) -> Result<tonic::Request<T>> {
+/// A request in the context's namespace, without a deadline (uploads and followed
+/// streams take as long as they take). The channel adds the token.
+pub(crate) fn request_unbounded<T>(c: &Ctx, msg: T) -> Result<tonic::Request<T>> {
     let mut req = tonic::Request::new(msg);
     req.metadata_mut().insert("micro-namespace", c.namespace.parse().map_err(|_| anyhow!("invalid namespace"))?);
-    if let Some(t) = token {
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {t}").parse().map_err(|_| anyhow!("invalid token"))?);
-    }
     Ok(req)
 }
 
 /// [`request_unbounded`] with a 10 s deadline.
-pub(crate) fn request<T>(c: &Ctx, msg: T, token: Option<&str>) -> Result<tonic::Request<T>> {
-    let mut req = request_unbounded(c, msg, token)?;
+pub(crate) fn request<T>(c: &Ctx, msg: T) -> Result<tonic::Request<T>> {
+    let mut req = request_unbounded(c, msg)?;
     req.set_timeout(std::time::Duration::from_secs(10));
     Ok(req)
 }
@@ -112,8 +111,8 @@ pub(crate) async fn token(c: &Ctx) -> Result<Option<String>> {
     if creds.expiry > now() + 30 {
         return Ok(Some(creds.access_token));
     }
-    let req = request(c, pb::TokenRequest { refresh_token: creds.refresh_token.clone(), ..Default::default() }, None)?;
-    let res = client(c)?
+    let req = request(c, pb::TokenRequest { refresh_token: creds.refresh_token.clone(), ..Default::default() })?;
+    let res = client(c, None)?
         .token(req)
         .await
         .map_err(|e| anyhow!("your session has expired ({}); log in again: micro login", e.message()))?
@@ -152,8 +151,8 @@ pub(crate) async fn login(c: &Ctx, id: &str, password: Option<String>) -> Result
             line.trim_end_matches(['\r', '\n']).to_string()
         }
     };
-    let req = request(c, pb::TokenRequest { id: id.to_string(), secret, ..Default::default() }, None)?;
-    let res = client(c)?.token(req).await.map_err(tonic_err)?.into_inner();
+    let req = request(c, pb::TokenRequest { id: id.to_string(), secret, ..Default::default() })?;
+    let res = client(c, None)?.token(req).await.map_err(tonic_err)?.into_inner();
     let mut envs = Envs::load()?;
     envs.current_mut().credentials = Some(Credentials {
         account: id.to_string(),
@@ -181,8 +180,8 @@ pub(crate) fn logout(c: &Ctx) -> Result<()> {
 
 pub(crate) async fn whoami(c: &Ctx) -> Result<()> {
     let token = token(c).await?.ok_or_else(|| anyhow!("not logged in: micro login"))?;
-    let req = request(c, pb::InspectRequest { token }, None)?;
-    let res = client(c)?.inspect(req).await.map_err(tonic_err)?.into_inner();
+    let req = request(c, pb::InspectRequest { token })?;
+    let res = client(c, None)?.inspect(req).await.map_err(tonic_err)?.into_inner();
     let a = res.account.unwrap_or_default();
     if c.json {
         output::json(
@@ -197,7 +196,7 @@ pub(crate) async fn whoami(c: &Ctx) -> Result<()> {
 pub(crate) async fn auth(c: &Ctx, cmd: AuthCmd) -> Result<()> {
     let token = token(c).await?;
     let t = token.as_deref();
-    let mut cl = client(c)?;
+    let mut cl = client(c, t)?;
     match cmd {
         AuthCmd::Create { what: Create::Account { id, scopes, secret, kind } } => {
             let scopes: Vec<String> =
@@ -209,7 +208,7 @@ pub(crate) async fn auth(c: &Ctx, cmd: AuthCmd) -> Result<()> {
                 secret: secret.unwrap_or_default(),
                 ..Default::default()
             };
-            let res = cl.generate(request(c, msg, t)?).await.map_err(tonic_err)?.into_inner();
+            let res = cl.generate(request(c, msg)?).await.map_err(tonic_err)?.into_inner();
             let mut v =
                 json!({"created": "account", "id": id, "type": kind, "namespace": c.namespace, "scopes": scopes});
             let text = if res.secret.is_empty() {
@@ -224,20 +223,19 @@ pub(crate) async fn auth(c: &Ctx, cmd: AuthCmd) -> Result<()> {
         AuthCmd::Create { what: Create::Rule { id, resource, scope, access, priority } } => {
             let v = json!({"created": "rule", "id": id, "scope": scope, "resource": resource, "access": access, "priority": priority});
             let rule = pb::Rule { id: id.clone(), scope, resource, access, priority };
-            cl.create_rule(request(c, pb::CreateRuleRequest { rule: Some(rule) }, t)?).await.map_err(tonic_err)?;
+            cl.create_rule(request(c, pb::CreateRuleRequest { rule: Some(rule) })?).await.map_err(tonic_err)?;
             output::done(c.json, v, Some(format!("created rule {id}")));
         }
         AuthCmd::Delete { what: Delete::Account { id } } => {
-            cl.delete_account(request(c, pb::DeleteAccountRequest { id: id.clone() }, t)?).await.map_err(tonic_err)?;
+            cl.delete_account(request(c, pb::DeleteAccountRequest { id: id.clone() })?).await.map_err(tonic_err)?;
             output::done(c.json, json!({"deleted": "account", "id": id}), None);
         }
         AuthCmd::Delete { what: Delete::Rule { id } } => {
-            cl.delete_rule(request(c, pb::DeleteRuleRequest { id: id.clone() }, t)?).await.map_err(tonic_err)?;
+            cl.delete_rule(request(c, pb::DeleteRuleRequest { id: id.clone() })?).await.map_err(tonic_err)?;
             output::done(c.json, json!({"deleted": "rule", "id": id}), None);
         }
         AuthCmd::List { what: List::Accounts } => {
-            let res =
-                cl.list_accounts(request(c, pb::ListAccountsRequest {}, t)?).await.map_err(tonic_err)?.into_inner();
+            let res = cl.list_accounts(request(c, pb::ListAccountsRequest {})?).await.map_err(tonic_err)?.into_inner();
             if c.json {
                 let v: Vec<_> = res
                     .accounts
@@ -252,7 +250,7 @@ pub(crate) async fn auth(c: &Ctx, cmd: AuthCmd) -> Result<()> {
             }
         }
         AuthCmd::List { what: List::Rules } => {
-            let res = cl.list_rules(request(c, pb::ListRulesRequest {}, t)?).await.map_err(tonic_err)?.into_inner();
+            let res = cl.list_rules(request(c, pb::ListRulesRequest {})?).await.map_err(tonic_err)?.into_inner();
             if c.json {
                 let v: Vec<_> = res
                     .rules
@@ -292,11 +290,11 @@ pub(crate) async fn namespace(c: &Ctx, cmd: NamespaceCmd) -> Result<()> {
     // Namespaces are managed from the micro namespace.
     let admin =
         Ctx { address: c.address.clone(), namespace: micro_core::namespace::DEFAULT.into(), json: c.json, token: None };
-    let mut cl = client(c)?;
+    let mut cl = client(c, t)?;
     match cmd {
         NamespaceCmd::List => {
             let res = cl
-                .list_namespaces(request(&admin, pb::ListNamespacesRequest {}, t)?)
+                .list_namespaces(request(&admin, pb::ListNamespacesRequest {})?)
                 .await
                 .map_err(tonic_err)?
                 .into_inner();
@@ -309,7 +307,7 @@ pub(crate) async fn namespace(c: &Ctx, cmd: NamespaceCmd) -> Result<()> {
             }
         }
         NamespaceCmd::Create { name } => {
-            cl.create_namespace(request(&admin, pb::CreateNamespaceRequest { name: name.clone() }, t)?)
+            cl.create_namespace(request(&admin, pb::CreateNamespaceRequest { name: name.clone() })?)
                 .await
                 .map_err(tonic_err)?;
             output::done(
@@ -319,7 +317,7 @@ pub(crate) async fn namespace(c: &Ctx, cmd: NamespaceCmd) -> Result<()> {
             );
         }
         NamespaceCmd::Delete { name } => {
-            cl.delete_namespace(request(&admin, pb::DeleteNamespaceRequest { name: name.clone() }, t)?)
+            cl.delete_namespace(request(&admin, pb::DeleteNamespaceRequest { name: name.clone() })?)
                 .await
                 .map_err(tonic_err)?;
             output::done(

@@ -282,10 +282,15 @@ impl Ctx {
         self.token.clone().map(|t| Arc::new(micro::data::StaticToken(t)) as Arc<dyn micro::data::TokenSource>)
     }
 
+    /// A gRPC channel to the server, sending the token when logged in.
+    pub(crate) fn channel(&self) -> Result<micro::Channel> {
+        micro::data::channel_with(&self.address, self.token_source()).map_err(|e| anyhow!("{}", e.detail()))
+    }
+
     pub(crate) fn client(&self) -> Client {
         let client = Client::via_proxy(&self.address).namespace(&self.namespace);
-        match &self.token {
-            Some(t) => client.auth(Arc::new(micro::auth::Bearer(Arc::new(micro::data::StaticToken(t.clone()))))),
+        match self.token_source() {
+            Some(t) => client.auth(Arc::new(micro::auth::Bearer(t))),
             None => client,
         }
     }

@@ -86,8 +86,7 @@ pub(crate) async fn user(c: &Ctx, cmd: UserCmd) -> Result<()> {
         json: c.json,
         token: c.token.clone(),
     };
-    let ch = micro::data::channel(&c.address).map_err(status_err)?;
-    let mut auth = apb::auth_client::AuthClient::new(ch);
+    let mut auth = apb::auth_client::AuthClient::new(c.channel()?);
     match cmd {
         UserConfigCmd::Set { key, value } => {
             auth.set_setting(settings_request(c, apb::SetSettingRequest { key: key.clone(), value })?)
@@ -121,18 +120,17 @@ pub(crate) async fn user(c: &Ctx, cmd: UserCmd) -> Result<()> {
 
 /// A settings request, with a deadline.
 fn settings_request<T>(c: &Ctx, msg: T) -> Result<tonic::Request<T>> {
-    crate::auth::request(c, msg, c.token.as_deref())
+    crate::auth::request(c, msg)
 }
 
-fn client(c: &Ctx) -> Result<pb::runtime_client::RuntimeClient<micro::data::Ch>> {
-    let ch = micro::data::channel(&c.address).map_err(status_err)?;
-    Ok(pb::runtime_client::RuntimeClient::new(ch).max_decoding_message_size(64 << 20))
+fn client(c: &Ctx) -> Result<pb::runtime_client::RuntimeClient<micro::Channel>> {
+    Ok(pb::runtime_client::RuntimeClient::new(c.channel()?).max_decoding_message_size(64 << 20))
 }
 
-/// A request in the context's namespace with its token, without a deadline (uploads
+/// A request in the context's namespace (the channel adds the token), without a deadline (uploads
 /// and followed logs take as long as they take).
 fn request<T>(c: &Ctx, msg: T) -> Result<tonic::Request<T>> {
-    crate::auth::request_unbounded(c, msg, c.token.as_deref())
+    crate::auth::request_unbounded(c, msg)
 }
 
 fn tonic_err(e: tonic::Status) -> anyhow::Error {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tonic::body::Body;
 use tower::{Layer, ServiceExt};
 
 /// The core services registered by the server, all served through the proxy.
@@ -247,13 +248,25 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // The gateway and the server's client find the core services from every namespace.
     let routing: Arc<dyn Registry> =
         Arc::new(crate::registry::CoreRegistry { inner: registry.clone(), local: records.clone() });
-    let client = Client::new(routing.clone());
     let local: HashSet<String> = CORE_SERVICES.iter().map(|s| s.to_string()).collect();
     let guard: Arc<dyn micro::layer::Authorize> = crate::guard::authorizer(&auth);
+    let client = Client::new(routing.clone());
     let proxy_svc = Proxy::new(core.layered(Some(guard)), local, client.clone(), runtime.clone(), auth.clone());
     // The dashboard and the gateway vouch for their clients' addresses with this key when
     // they call the core through the proxy (see micro::edge).
     let edge_key = micro::edge::EdgeKey::random();
+    // The edges give every request its id and trace context before anything else; the
+    // proxy stamps the client's address from the connection (or keeps one vouched for).
+    let proxy_key = edge_key.clone();
+    let proxy_edge = TraceLayer::new("proxy").layer(tower::service_fn(move |mut req: Request<Body>| {
+        proxy_key.stamp(&mut req);
+        let p = proxy_svc.clone();
+        async move { Ok::<_, Infallible>(p.handle(req).await) }
+    }));
+    // This process's own calls to its proxy (the gateway's and the dashboard's) go
+    // straight in: the same layers and checks, no loopback connection.
+    let transport = micro::Transport::new().local(proxy_node.clone(), micro::LocalService::new(proxy_edge.clone()));
+    let client = client.transport(transport.clone());
     let gateway = Gateway::new(&config, routing, client, metrics.clone(), auth.clone(), targets, edge_key.clone());
 
     let (tx, rx) = watch::channel(false);
@@ -261,13 +274,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut tasks = Vec::new();
-    let proxy_key = edge_key.clone();
-    // The edges give every request its id and trace context before anything else.
-    let proxy_svc = TraceLayer::new("proxy").layer(tower::service_fn(move |mut req: Request<Incoming>| {
-        proxy_key.stamp(&mut req);
-        let p = proxy_svc.clone();
-        async move { Ok::<_, Infallible>(p.handle(req).await) }
-    }));
     let api_svc = TraceLayer::new("api").layer(tower::service_fn(move |mut req: Request<Incoming>| {
         micro::server::stamp_client_address(&mut req);
         let g = gateway.clone();
@@ -275,9 +281,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     }));
     tasks.push(tokio::spawn(micro::server::serve(
         proxy_listener,
-        move |req| {
-            let s = proxy_svc.clone();
-            async move { s.oneshot(req).await.unwrap_or_else(|e| match e {}) }
+        move |req: Request<Incoming>| {
+            let s = proxy_edge.clone();
+            async move { s.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {}) }
         },
         until(rx.clone()),
     )));
@@ -290,7 +296,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         until(rx.clone()),
     )));
     if let Some(listener) = web_listener {
-        let dashboard = micro_web::Web::new(proxy_node.clone(), rx.clone(), edge_key);
+        let dashboard = micro_web::Web::new(proxy_node.clone(), transport.clone(), rx.clone(), edge_key);
         tasks.push(tokio::spawn(micro_web::serve(listener, dashboard, until(rx.clone()))));
     }
     // Keep the core registrations alive.

@@ -2,7 +2,6 @@
 //! service in the caller's namespace; serves the core services in-process.
 
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -55,7 +54,7 @@ impl Proxy {
         Proxy { inner: Arc::new(Inner { core, local, client, http, runtime, auth, authorizer }) }
     }
 
-    pub(crate) async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub(crate) async fn handle(&self, req: Request<Body>) -> Response<Body> {
         let path = req.uri().path().to_string();
         let grpc = req
             .headers()
@@ -85,7 +84,7 @@ impl Proxy {
             }
         }
         if first.starts_with("grpc.") || self.inner.local.contains(&service) {
-            return self.inner.core.clone().oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {});
+            return self.inner.core.clone().oneshot(req).await.unwrap_or_else(|e| match e {});
         }
         if service.is_empty() {
             return error(Status::not_found("proxy", format!("no service in path {path}")));
@@ -126,7 +125,7 @@ impl Proxy {
     /// reported when unreachable).
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<Body>,
         node: &str,
         service: &str,
         grpc: bool,
@@ -144,7 +143,7 @@ impl Proxy {
             parts.headers.remove(h);
         }
         parts.headers.remove(http::header::HOST);
-        match self.inner.http.request(Request::from_parts(parts, Body::new(body))).await {
+        match self.inner.http.request(Request::from_parts(parts, body)).await {
             Ok(res) => res.map(Body::new),
             Err(e) => {
                 if resolved {

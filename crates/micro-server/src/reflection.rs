@@ -14,7 +14,6 @@ use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 use tonic_reflection::pb::{v1, v1alpha};
 use v1::server_reflection_request::MessageRequest;
@@ -228,10 +227,8 @@ fn files(file_descriptor_proto: Vec<Vec<u8>>) -> MessageResponse {
 /// Asks the reflection service of the node at `addr` one question.
 async fn forward(addr: &str, ns: &str, req: v1::ServerReflectionRequest) -> Result<MessageResponse, Status> {
     let ask = async {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| Status::internal(format!("bad node address {addr}: {e}")))?;
-        let channel: Channel =
-            endpoint.connect().await.map_err(|e| Status::unavailable(format!("node {addr} is unreachable: {e}")))?;
+        let channel = micro::data::channel(addr)
+            .map_err(|e| Status::internal(format!("bad node address {addr}: {}", e.detail())))?;
         let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel);
         let mut request = Request::new(futures::stream::iter([req]));
         if let Ok(v) = ns.parse() {

@@ -177,3 +177,77 @@ async fn the_gateway_counts_each_caller_under_its_own_address() {
     assert_eq!(gateway_login(&s, "127.0.0.6", "erin", "erin-secret-1").await, 429, "the guesser is held back");
     assert_eq!(gateway_login(&s, "127.0.0.7", "erin", "erin-secret-1").await, 200, "erin elsewhere is not");
 }
+
+/// The established TCP connections of this process to `port` on this host.
+fn connections_to(port: u16) -> usize {
+    let mut n = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local_address rem_address st …: addresses as hex `ip:port`, state 01 = established.
+            let remote = f.get(2).and_then(|a| a.rsplit_once(':')).and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if remote == Some(port) && f.get(3) == Some(&"01") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// The gateway and the dashboard call the core in-process (one client stack, no
+/// loopback hop to the proxy), with the same checks: they sign in, read and write,
+/// and no connection to the proxy's port is ever opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_and_the_dashboard_reach_the_core_in_process() {
+    let password = "in-process-admin-1";
+    let s = TestServer::start_with(|c| {
+        c.admin_password = Some(micro_server::Secret(password.into()));
+        c.services = Vec::new();
+    })
+    .await;
+    let proxy = s.server.proxy_address().port();
+    let api = s.server.api_address();
+    // Through the gateway: a login, a write and a read as the admin, a refused anonymous write.
+    let body = format!(r#"{{"id":"admin","secret":"{password}"}}"#);
+    let login = format!(
+        "POST /auth/auth/token HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, _, reply) = http_from("127.0.0.1", api, &login).await;
+    assert_eq!(status, 200, "{reply}");
+    let token =
+        serde_json::from_str::<serde_json::Value>(&reply).unwrap()["access_token"].as_str().unwrap().to_string();
+    let call = |path: &str, body: &str, auth: bool| {
+        let auth = if auth { format!("Authorization: Bearer {token}\r\n") } else { String::new() };
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let write = r#"{"record":{"key":"k","value":"aGk="}}"#;
+    let (status, _, reply) = http_from("127.0.0.1", api, &call("/store/store/write", write, true)).await;
+    assert_eq!(status, 204, "{reply}");
+    let (status, _, reply) = http_from("127.0.0.1", api, &call("/store/store/read", r#"{"key":"k"}"#, true)).await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.contains("aGk="), "{reply}");
+    let (status, _, reply) = http_from("127.0.0.1", api, &call("/store/store/write", write, false)).await;
+    assert_eq!(status, 401, "{reply}");
+    // Through the dashboard: a sign-in and a page that lists the namespace's services.
+    let (status, head, body) = dashboard_login(&s, "127.0.0.1", "admin", password).await;
+    assert_eq!(status, 303, "{head}\n{body}");
+    let session = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: ").filter(|c| c.starts_with("micro_session=")))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let web = s.server.web_address().unwrap();
+    let page = format!("GET /services HTTP/1.1\r\nHost: {web}\r\nConnection: close\r\nCookie: {session}\r\n\r\n");
+    let (status, _, body) = http_from("127.0.0.1", web, &page).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("registry"), "the core services are listed: {body}");
+    assert_eq!(connections_to(proxy), 0, "nothing in this process connected to the proxy at port {proxy}");
+}

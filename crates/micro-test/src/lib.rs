@@ -206,7 +206,7 @@ pub async fn create_account(
     scopes: &[&str],
 ) {
     use micro::proto::auth as pb;
-    let mut client = pb::auth_client::AuthClient::new(micro::data::channel(proxy).expect("channel"));
+    let mut client = pb::auth_client::AuthClient::new(as_holder(proxy, admin_token));
     let mut req = tonic::Request::new(pb::GenerateRequest {
         id: account.0.into(),
         r#type: kind.into(),
@@ -214,17 +214,21 @@ pub async fn create_account(
         scopes: scopes.iter().map(|s| s.to_string()).collect(),
         ..Default::default()
     });
-    req.metadata_mut().insert("authorization", format!("Bearer {admin_token}").parse().expect("header"));
     req.metadata_mut().insert("micro-namespace", namespace.parse().expect("namespace"));
     client.generate(req).await.expect("account created");
+}
+
+/// A channel to the server at `proxy` whose calls carry `token`.
+pub fn as_holder(proxy: &str, token: &str) -> micro::Channel {
+    let source = std::sync::Arc::new(micro::data::StaticToken(token.to_string()));
+    micro::data::channel_with(proxy, Some(source)).expect("channel")
 }
 
 /// Creates `rule` in `namespace` of the server at `proxy` as the holder of `token`.
 pub async fn create_rule(proxy: &str, token: &str, namespace: &str, rule: micro::proto::auth::Rule) {
     use micro::proto::auth as pb;
-    let mut auth = pb::auth_client::AuthClient::new(micro::data::channel(proxy).expect("channel"));
+    let mut auth = pb::auth_client::AuthClient::new(as_holder(proxy, token));
     let mut req = tonic::Request::new(pb::CreateRuleRequest { rule: Some(rule) });
-    req.metadata_mut().insert("authorization", format!("Bearer {token}").parse().expect("header"));
     req.metadata_mut().insert("micro-namespace", namespace.parse().expect("namespace"));
     auth.create_rule(req).await.expect("rule created");
 }

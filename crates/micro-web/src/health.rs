@@ -50,8 +50,8 @@ impl Checked {
 
 async fn overview(page: &Page) -> Response<Body> {
     let ns = page.session.namespace.clone();
-    let listed = match micro::registry::RemoteRegistry::new(&page.web.inner.proxy) {
-        Ok(r) => r.list_services(&ns).await,
+    let listed = match page.web.channel(None) {
+        Ok(ch) => micro::registry::RemoteRegistry::on(ch).list_services(&ns).await,
         Err(e) => Err(e),
     };
     let all = match listed {

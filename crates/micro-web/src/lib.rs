@@ -5,7 +5,8 @@
 //! services through a node's proxy with the signed-in account's token, so it shows and
 //! does exactly what the namespace's rules allow that account, nothing more. It knows
 //! nothing of the server's insides: `micro server` hands it the proxy's address, a
-//! shutdown signal and the proxy's [`micro::edge::EdgeKey`].
+//! [`micro::Transport`] that reaches that proxy in-process, a shutdown signal and the
+//! proxy's [`micro::edge::EdgeKey`].
 //!
 //! Sessions live in memory (a random id in an `HttpOnly`, `SameSite=Strict` cookie); every
 //! form that changes something carries the session's CSRF token, checked on submit.
@@ -13,7 +14,8 @@
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
 //! let (_stop, stopping) = tokio::sync::watch::channel(false);
-//! let web = micro_web::Web::new("127.0.0.1:8081".into(), stopping, micro::edge::EdgeKey::random());
+//! let key = micro::edge::EdgeKey::random();
+//! let web = micro_web::Web::new("127.0.0.1:8081".into(), micro::Transport::new(), stopping, key);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8082").await?;
 //! micro_web::serve(listener, web, std::future::pending()).await;
 //! # Ok(())
@@ -52,6 +54,8 @@ pub struct Web {
 struct Inner {
     /// This node's proxy, which every page calls through.
     proxy: String,
+    /// How calls reach the proxy (in-process, in `micro server`).
+    transport: micro::Transport,
     sessions: session::Sessions,
     /// Turns true when the server stops: live streams end then.
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -61,9 +65,9 @@ struct Inner {
 
 impl Page {
     /// A gRPC channel to the proxy carrying the account's token.
-    pub(crate) fn channel(&self) -> Result<micro::data::Ch, Status> {
+    pub(crate) fn channel(&self) -> Result<micro::Channel, Status> {
         let token: Arc<dyn micro::data::TokenSource> = Arc::new(micro::data::StaticToken(self.session.token.clone()));
-        micro::data::channel_with(&self.web.inner.proxy, Some(token))
+        self.web.channel(Some(token))
     }
 
     /// A request for a core service, in the session's namespace.
@@ -78,13 +82,15 @@ impl Page {
     /// The data clients (store, config, events, …) as the account, in its namespace.
     pub(crate) fn data(&self) -> micro::data::Data {
         let token: Arc<dyn micro::data::TokenSource> = Arc::new(micro::data::StaticToken(self.session.token.clone()));
-        micro::data::Data::remote_with(&self.web.inner.proxy, &self.session.namespace, Some(token))
+        let inner = &self.web.inner;
+        micro::data::Data::remote_on(&inner.transport, &inner.proxy, &self.session.namespace, Some(token))
     }
 
     /// A client for calling services as the account.
     pub(crate) fn client(&self) -> micro::Client {
         let token = Arc::new(micro::data::StaticToken(self.session.token.clone()));
         micro::Client::via_proxy(self.web.inner.proxy.clone())
+            .transport(self.web.inner.transport.clone())
             .namespace(self.session.namespace.clone())
             .auth(Arc::new(micro::auth::Bearer(token)))
     }
@@ -134,10 +140,22 @@ fn not_found(page: &Page) -> Response {
 }
 
 impl Web {
-    /// The dashboard of the node whose proxy is at `proxy`; its live streams end when
-    /// `stopping` turns true; `edge_key` is the proxy's, for the browsers' addresses.
-    pub fn new(proxy: String, stopping: tokio::sync::watch::Receiver<bool>, edge_key: micro::edge::EdgeKey) -> Web {
-        Web { inner: Arc::new(Inner { proxy, sessions: session::Sessions::default(), stopping, edge_key }) }
+    /// The dashboard of the node whose proxy is at `proxy`, reached on `transport`; its
+    /// live streams end when `stopping` turns true; `edge_key` is the proxy's, for the
+    /// browsers' addresses.
+    pub fn new(
+        proxy: String,
+        transport: micro::Transport,
+        stopping: tokio::sync::watch::Receiver<bool>,
+        edge_key: micro::edge::EdgeKey,
+    ) -> Web {
+        let sessions = session::Sessions::default();
+        Web { inner: Arc::new(Inner { proxy, transport, sessions, stopping, edge_key }) }
+    }
+
+    /// A gRPC channel to the proxy, carrying the tokens of `source`.
+    pub(crate) fn channel(&self, source: Option<Arc<dyn micro::data::TokenSource>>) -> Result<micro::Channel, Status> {
+        micro::Channel::on(&self.inner.transport, &self.inner.proxy, source)
     }
 
     /// `stream`, ending when the server stops (so a live view never holds up a shutdown).
@@ -225,7 +243,7 @@ mod tests {
     /// and a session of an account that is not an admin.
     fn signed_in() -> (Router, Web, session::Session) {
         let (_, stopping) = tokio::sync::watch::channel(false);
-        let web = Web::new("127.0.0.1:1".into(), stopping, micro::edge::EdgeKey::random());
+        let web = Web::new("127.0.0.1:1".into(), micro::Transport::new(), stopping, micro::edge::EdgeKey::random());
         let s = web.inner.sessions.start(session::Started {
             namespace: "shop".into(),
             home: "shop".into(),

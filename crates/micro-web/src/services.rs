@@ -14,12 +14,12 @@ use serde_json::{Map, Value};
 const MAX_DEPTH: usize = 6;
 
 async fn services(page: &Page) -> Result<Vec<Service>, Status> {
-    let registry = micro::registry::RemoteRegistry::new(&page.web.inner.proxy)?;
+    let registry = micro::registry::RemoteRegistry::on(page.web.channel(None)?);
     registry.list_services(&page.session.namespace).await
 }
 
 async fn service(page: &Page, name: &str) -> Result<Vec<Service>, Status> {
-    let registry = micro::registry::RemoteRegistry::new(&page.web.inner.proxy)?;
+    let registry = micro::registry::RemoteRegistry::on(page.web.channel(None)?);
     registry.get_service(&page.session.namespace, name).await
 }
 

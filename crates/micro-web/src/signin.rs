@@ -91,7 +91,7 @@ async fn token(
     secret: &str,
     browser: Option<std::net::IpAddr>,
 ) -> Result<pb_auth::TokenResponse, Status> {
-    let ch = micro::data::channel(&web.inner.proxy)?;
+    let ch = web.channel(None)?;
     let mut client = pb_auth::auth_client::AuthClient::new(ch);
     let mut req = tonic::Request::new(pb_auth::TokenRequest {
         id: id.to_string(),
@@ -109,7 +109,7 @@ async fn token(
 
 /// New tokens for a session whose access token is about to expire.
 pub(crate) async fn refresh(web: &Web, session: &Session) -> Option<Session> {
-    let ch = micro::data::channel(&web.inner.proxy).ok()?;
+    let ch = web.channel(None).ok()?;
     let mut client = pb_auth::auth_client::AuthClient::new(ch);
     let mut req =
         tonic::Request::new(pb_auth::TokenRequest { refresh_token: session.refresh.clone(), ..Default::default() });

@@ -12,7 +12,6 @@ use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use http::{Request, header};
 use http_body_util::{Full, StreamBody};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -22,6 +21,7 @@ use micro_core::{BoxStream, Code, Status};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,13 +67,14 @@ pub struct CallOptions {
 pub struct Client {
     inner: Arc<Inner>,
     stack: Stack,
+    transport: Transport,
+    auth: Option<Arc<dyn Authorize>>,
     namespace: String,
     timeout: Duration,
     retries: u32,
 }
 
 struct Inner {
-    http: HttpClient<HttpConnector, Body>,
     route: Route,
     cache: Mutex<HashMap<(String, String), Arc<Entry>>>,
     failed: Mutex<HashMap<String, Instant>>,
@@ -101,6 +102,58 @@ fn http_client() -> HttpClient<HttpConnector, Body> {
     HttpClient::builder(TokioExecutor::new()).http2_only(true).build(conn)
 }
 
+/// A service of this process that calls can reach without a network hop (a server's
+/// proxy, for its gateway and dashboard): errors are answered in the response.
+pub type LocalService = BoxCloneSyncService<Request<Body>, http::Response<Body>, Infallible>;
+
+/// Where calls leave the process: over HTTP/2 to the address in their URI, or, for an
+/// address this process serves itself ([`Transport::local`]), straight into that
+/// service. Every call passes the client's layers first either way. Cheap to clone;
+/// clones share connections.
+#[derive(Clone)]
+pub struct Transport {
+    http: HttpClient<HttpConnector, Body>,
+    local: Arc<HashMap<String, LocalService>>,
+}
+
+impl Default for Transport {
+    fn default() -> Transport {
+        Transport::new()
+    }
+}
+
+impl Transport {
+    /// A transport that sends every call over the network.
+    pub fn new() -> Transport {
+        Transport { http: http_client(), local: Arc::default() }
+    }
+
+    /// Sends the calls for `address` (`host:port`) to `service`, in this process.
+    pub fn local(mut self, address: impl Into<String>, service: LocalService) -> Transport {
+        Arc::make_mut(&mut self.local).insert(address.into(), service);
+        self
+    }
+
+    async fn send(&self, req: Request<Body>) -> Result<http::Response<Body>, CallError> {
+        let node = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
+        if let Some(local) = self.local.get(&node) {
+            return local.clone().oneshot(req).await.map_err(|e| match e {});
+        }
+        match self.http.request(req).await {
+            Ok(res) => Ok(res.map(Body::new)),
+            Err(e) => {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg = format!("{msg}: {s}");
+                    src = s.source();
+                }
+                Err(CallError::Transport(Status::unavailable("micro", format!("cannot reach {node}: {msg}"))))
+            }
+        }
+    }
+}
+
 /// Why a call got no answer from the service.
 pub(crate) enum CallError {
     /// The node could not be reached: safe to try another node.
@@ -109,30 +162,19 @@ pub(crate) enum CallError {
     Refused(Status),
 }
 
-impl crate::layer::Reject for Result<http::Response<Incoming>, CallError> {
+impl crate::layer::Reject for Result<http::Response<Body>, CallError> {
     fn reject(status: Status, _content_type: &str) -> Self {
         Err(CallError::Refused(status))
     }
 }
 
-/// The client's transport behind the shared layers.
-type Stack = BoxCloneSyncService<Request<Body>, http::Response<Incoming>, CallError>;
+/// The transport behind the shared layers: what every outgoing call goes through.
+type Stack = BoxCloneSyncService<Request<Body>, http::Response<Body>, CallError>;
 
-fn stack(http: HttpClient<HttpConnector, Body>, auth: Option<Arc<dyn Authorize>>) -> Stack {
+fn stack(transport: Transport, auth: Option<Arc<dyn Authorize>>) -> Stack {
     let transport = tower::service_fn(move |req: Request<Body>| {
-        let http = http.clone();
-        async move {
-            let node = req.uri().authority().map(|a| a.to_string()).unwrap_or_default();
-            http.request(req).await.map_err(|e| {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg = format!("{msg}: {s}");
-                    src = s.source();
-                }
-                CallError::Transport(Status::unavailable("micro", format!("cannot reach {node}: {msg}")))
-            })
-        }
+        let t = transport.clone();
+        async move { t.send(req).await }
     });
     let stack = tower::ServiceBuilder::new()
         .layer(TraceLayer::new("client"))
@@ -140,6 +182,80 @@ fn stack(http: HttpClient<HttpConnector, Body>, auth: Option<Arc<dyn Authorize>>
         .option_layer(auth.map(AuthLayer::new))
         .service(transport);
     BoxCloneSyncService::new(stack)
+}
+
+/// A gRPC channel to one address (a server's proxy) for generated clients (tonic's),
+/// whose calls go through the same layers and transport as [`Client`]'s: trace context,
+/// deadlines, and the tokens of a [`crate::data::TokenSource`] ([`crate::auth::Bearer`]).
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Channel {
+    stack: Stack,
+    authority: http::uri::Authority,
+}
+
+impl Channel {
+    /// A channel to `address` (`host:port`) over the network, sending the tokens of `source`.
+    pub fn new(address: &str, source: Option<Arc<dyn crate::data::TokenSource>>) -> Result<Channel, Status> {
+        Channel::on(&Transport::new(), address, source)
+    }
+
+    /// A channel to `address` on `transport` (which may serve it in-process).
+    pub fn on(
+        transport: &Transport,
+        address: &str,
+        source: Option<Arc<dyn crate::data::TokenSource>>,
+    ) -> Result<Channel, Status> {
+        let authority =
+            address.parse::<http::uri::Authority>().ok().filter(|a| a.as_str() == address).ok_or_else(|| {
+                Status::bad_request("micro", format!("bad server address {address:?}: use host:port"))
+            })?;
+        Ok(Channel::to(transport, authority, source))
+    }
+
+    /// A channel to [`crate::DEFAULT_SERVER`].
+    pub(crate) fn default_server(transport: &Transport, source: Option<Arc<dyn crate::data::TokenSource>>) -> Channel {
+        Channel::to(transport, http::uri::Authority::from_static(crate::DEFAULT_SERVER), source)
+    }
+
+    fn to(
+        transport: &Transport,
+        authority: http::uri::Authority,
+        source: Option<Arc<dyn crate::data::TokenSource>>,
+    ) -> Channel {
+        let auth = source.map(|s| Arc::new(crate::auth::Bearer(s)) as Arc<dyn Authorize>);
+        Channel { stack: stack(transport.clone(), auth), authority }
+    }
+}
+
+impl tower::Service<Request<Body>> for Channel {
+    type Response = http::Response<Body>;
+    type Error = tower::BoxError;
+    type Future = futures::future::BoxFuture<'static, Result<http::Response<Body>, tower::BoxError>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let stack = self.stack.clone();
+        let mut uri = std::mem::take(req.uri_mut()).into_parts();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(self.authority.clone());
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        Box::pin(async move {
+            *req.uri_mut() = http::Uri::from_parts(uri)?;
+            req.extensions_mut().insert(Target::Proxy);
+            match stack.oneshot(req).await {
+                Ok(res) => Ok(res),
+                // A refusal is the call's answer, in gRPC, as the server would give it.
+                Err(CallError::Refused(st)) => Ok(frame::error_response(&st, CONTENT_TYPE_GRPC)),
+                Err(CallError::Transport(st)) => Err(Box::new(crate::status::to_tonic(&st)) as tower::BoxError),
+            }
+        })
+    }
 }
 
 impl Client {
@@ -154,11 +270,12 @@ impl Client {
     }
 
     fn with_route(route: Route) -> Client {
-        let http = http_client();
+        let transport = Transport::new();
         Client {
-            stack: stack(http.clone(), None),
+            stack: stack(transport.clone(), None),
+            transport,
+            auth: None,
             inner: Arc::new(Inner {
-                http,
                 route,
                 cache: Mutex::new(HashMap::new()),
                 failed: Mutex::new(HashMap::new()),
@@ -179,7 +296,15 @@ impl Client {
     /// Runs `hook` on every outgoing call, for example to attach credentials (see
     /// [`crate::layer`]).
     pub fn auth(mut self, hook: Arc<dyn Authorize>) -> Client {
-        self.stack = stack(self.inner.http.clone(), Some(hook));
+        self.auth = Some(hook);
+        self.stack = stack(self.transport.clone(), self.auth.clone());
+        self
+    }
+
+    /// Sends calls on `transport` (which may serve some addresses in-process).
+    pub fn transport(mut self, transport: Transport) -> Client {
+        self.transport = transport;
+        self.stack = stack(self.transport.clone(), self.auth.clone());
         self
     }
 
@@ -330,7 +455,7 @@ impl Client {
         body: Body,
         timeout: Duration,
         opts: &CallOptions,
-    ) -> Result<http::Response<Incoming>, CallError> {
+    ) -> Result<http::Response<Body>, CallError> {
         let uri = format!("http://{node}{path}");
         let mut req = Request::post(uri)
             .body(body)
@@ -515,7 +640,7 @@ impl Client {
     }
 }
 
-fn check_headers(service: &str, res: &http::Response<hyper::body::Incoming>) -> Result<(), Status> {
+fn check_headers(service: &str, res: &http::Response<Body>) -> Result<(), Status> {
     if let Some(Err(e)) = Status::from_grpc_headers(res.headers()) {
         return Err(e.or_id(service));
     }
@@ -526,7 +651,7 @@ fn check_headers(service: &str, res: &http::Response<hyper::body::Incoming>) -> 
     Ok(())
 }
 
-async fn read_unary(service: &str, res: http::Response<hyper::body::Incoming>) -> Result<Bytes, Status> {
+async fn read_unary(service: &str, res: http::Response<Body>) -> Result<Bytes, Status> {
     check_headers(service, &res)?;
     let mut reader = FrameReader::new(res.into_body());
     let first = reader.next().await?;

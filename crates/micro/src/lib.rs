@@ -54,7 +54,7 @@ mod service;
 pub mod status;
 pub mod transcode;
 
-pub use client::{CallOptions, Client, DEFAULT_TIMEOUT, Target};
+pub use client::{CallOptions, Channel, Client, DEFAULT_TIMEOUT, LocalService, Target, Transport};
 pub use handler::{Context, namespace, namespace_of};
 pub use micro_core::{Code, Status, metadata};
 pub use router::{LayeredRouter, Router, RouterBuilder, grpc_path, json_error, json_response, split_grpc_path};

@@ -101,3 +101,49 @@ async fn bad_routes_are_refused_at_start() {
         assert_eq!(err.code(), Code::InvalidArgument, "{route}: {err}");
     }
 }
+
+/// Generated (tonic) clients ride the same stack: `micro::Channel` attaches the token of
+/// its source, trace context and the deadline, over the network or, for an address the
+/// transport serves in-process, with no connection at all.
+#[tokio::test]
+async fn generated_clients_share_the_client_stack_and_may_stay_in_process() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    // A real service over the network: health answers through the channel.
+    let registry = Arc::new(MemoryRegistry::new());
+    let running = Service::new("checked").registry(registry).start().await.unwrap();
+    let address = running.address().to_string();
+    let mut health = HealthClient::new(micro::Channel::new(&address, None).unwrap());
+    let reply = health.check(HealthCheckRequest::default()).await.unwrap().into_inner();
+    assert_eq!(reply.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+
+    // An address served in-process (nothing listens on port 1): the service sees what the
+    // layers added, and answers with it.
+    let echo = tower::service_fn(|req: http::Request<tonic::body::Body>| async move {
+        let h = req.headers();
+        let seen = ["authorization", "traceparent", "micro-id", "grpc-timeout"]
+            .map(|k| format!("{k}={}", h.get(k).and_then(|v| v.to_str().ok()).unwrap_or("-")))
+            .join(" ");
+        let st = Status::new(Code::FailedPrecondition, "echo", seen);
+        Ok::<_, std::convert::Infallible>(micro::frame::error_response(&st, "application/grpc"))
+    });
+    let transport = micro::Transport::new().local("127.0.0.1:1", micro::LocalService::new(echo));
+    let token: Arc<dyn micro::data::TokenSource> = Arc::new(micro::data::StaticToken("t0k3n".into()));
+    let mut local = HealthClient::new(micro::Channel::on(&transport, "127.0.0.1:1", Some(token)).unwrap());
+    let mut req = tonic::Request::new(HealthCheckRequest::default());
+    req.set_timeout(Duration::from_secs(3));
+    let e = local.check(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    let seen = e.message();
+    assert!(seen.contains("authorization=Bearer t0k3n"), "{seen}");
+    assert!(!seen.contains("traceparent=-") && !seen.contains("micro-id=-"), "{seen}");
+    assert!(seen.contains("grpc-timeout=3"), "{seen}");
+
+    // A channel's refusal and an unreachable address are statuses, as from a server.
+    let closed = HealthClient::new(micro::Channel::new("127.0.0.1:1", None).unwrap())
+        .check(HealthCheckRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(closed.code(), tonic::Code::Unavailable, "{closed:?}");
+    assert!(micro::Channel::new("not an address", None).is_err());
+    running.stop().await;
+}

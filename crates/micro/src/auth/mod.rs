@@ -112,16 +112,13 @@ impl Credentials {
             self.session.read().unwrap_or_else(|e| e.into_inner()).clone().ok_or_else(|| {
                 Status::new(micro_core::Code::Unauthenticated, "auth", "the service is not logged in")
             })?;
-        let mut client = pb::auth_client::AuthClient::new(crate::data::channel(&session.address)?);
-        let mut request = crate::data::request(
+        let token = Arc::new(crate::data::StaticToken(session.access.clone()));
+        let mut client = pb::auth_client::AuthClient::new(crate::data::channel_with(&session.address, Some(token))?);
+        let request = crate::data::request(
             &session.namespace,
             pb::TokenRequest { audience: audience.to_string(), ..Default::default() },
             Some(Duration::from_secs(5)),
         )?;
-        let bearer = format!("Bearer {}", session.access)
-            .parse()
-            .map_err(|_| Status::internal("auth", "the service's token is not a header value"))?;
-        request.metadata_mut().insert("authorization", bearer);
         let res = client.token(request).await.map_err(|e| crate::status::from_tonic(&e))?.into_inner();
         let mut cache = self.delegated.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() > 1_000 {

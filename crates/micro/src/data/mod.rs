@@ -23,7 +23,6 @@ use micro_core::store::Store;
 use micro_core::sync::Sync;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::Channel;
 
 /// The deadline of a unary data-plane call.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,24 +48,9 @@ impl TokenSource for StaticToken {
     }
 }
 
-/// Adds the token of a [`TokenSource`] to every call on a channel.
-#[derive(Clone, Default)]
-pub struct AuthInterceptor(Option<Arc<dyn TokenSource>>);
-
-impl tonic::service::Interceptor for AuthInterceptor {
-    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(token) = self.0.as_ref().and_then(|s| s.token())
-            && !req.metadata().contains_key("authorization")
-            && let Ok(v) = format!("Bearer {token}").parse()
-        {
-            req.metadata_mut().insert("authorization", v);
-        }
-        Ok(req)
-    }
-}
-
-/// A channel to the server whose calls carry a token when there is one.
-pub type Ch = tonic::service::interceptor::InterceptedService<Channel, AuthInterceptor>;
+/// A channel to the server whose calls carry a token when there is one: the client's
+/// [`crate::client::Channel`], through the same layers as every other call.
+pub type Ch = crate::Channel;
 
 /// A lazily connecting channel to the server at `address` (`host:port` of its proxy).
 pub fn channel(address: &str) -> Result<Ch, Status> {
@@ -75,12 +59,7 @@ pub fn channel(address: &str) -> Result<Ch, Status> {
 
 /// Like [`channel`], sending the tokens of `source`.
 pub fn channel_with(address: &str, source: Option<Arc<dyn TokenSource>>) -> Result<Ch, Status> {
-    let ch = Channel::from_shared(format!("http://{address}"))
-        .map_err(|e| Status::bad_request("micro", format!("bad server address {address:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .connect_lazy();
-    Ok(tonic::service::interceptor::InterceptedService::new(ch, AuthInterceptor(source)))
+    crate::Channel::new(address, source)
 }
 
 /// A request in namespace `ns`, with a deadline unless `timeout` is `None`.
@@ -124,12 +103,19 @@ impl Data {
 
     /// Like [`Data::remote`], every call carrying the tokens of `source`.
     pub fn remote_with(address: &str, namespace: &str, source: Option<Arc<dyn TokenSource>>) -> Data {
-        let ch = channel_with(address, source.clone()).unwrap_or_else(|e| {
+        Data::remote_on(&crate::Transport::new(), address, namespace, source)
+    }
+
+    /// Like [`Data::remote_with`], on `transport` (which may reach the server in-process).
+    pub fn remote_on(
+        transport: &crate::Transport,
+        address: &str,
+        namespace: &str,
+        source: Option<Arc<dyn TokenSource>>,
+    ) -> Data {
+        let ch = crate::Channel::on(transport, address, source.clone()).unwrap_or_else(|e| {
             tracing::warn!(address, error = %e, "bad server address; using {}", crate::DEFAULT_SERVER);
-            tonic::service::interceptor::InterceptedService::new(
-                Channel::from_static("http://127.0.0.1:8081").connect_lazy(),
-                AuthInterceptor(source),
-            )
+            crate::Channel::default_server(transport, source)
         });
         Data {
             store: Arc::new(RemoteStore::new(ch.clone(), namespace)),

@@ -28,7 +28,12 @@ impl RemoteRegistry {
     ) -> Result<Self, Status> {
         let channel = crate::data::channel_with(address, source)
             .map_err(|e| Status::bad_request("registry", e.detail().to_string()))?;
-        Ok(RemoteRegistry { client: pb::registry_client::RegistryClient::new(channel) })
+        Ok(RemoteRegistry::on(channel))
+    }
+
+    /// A client of the registry that `channel` reaches.
+    pub fn on(channel: crate::Channel) -> Self {
+        RemoteRegistry { client: pb::registry_client::RegistryClient::new(channel) }
     }
 
     fn request<T>(ns: &str, msg: T) -> Result<tonic::Request<T>, Status> {
