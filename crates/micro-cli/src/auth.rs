@@ -81,7 +81,7 @@ pub(crate) enum List {
 /// The auth service, its calls carrying `token` when there is one.
 fn client(c: &Ctx, token: Option<&str>) -> Result<pb::auth_client::AuthClient<micro::Channel>> {
     let source = token.map(|t| Arc::new(micro::data::StaticToken(t.to_string())) as Arc<dyn micro::data::TokenSource>);
-    let ch = micro::data::channel_with(&c.address, source).map_err(status_err)?;
+    let ch = micro::Channel::on(&c.transport, &c.address, source).map_err(status_err)?;
     Ok(pb::auth_client::AuthClient::new(ch))
 }
 
@@ -288,8 +288,13 @@ pub(crate) async fn namespace(c: &Ctx, cmd: NamespaceCmd) -> Result<()> {
     let token = token(c).await?;
     let t = token.as_deref();
     // Namespaces are managed from the micro namespace.
-    let admin =
-        Ctx { address: c.address.clone(), namespace: micro_core::namespace::DEFAULT.into(), json: c.json, token: None };
+    let admin = Ctx {
+        address: c.address.clone(),
+        namespace: micro_core::namespace::DEFAULT.into(),
+        json: c.json,
+        token: None,
+        transport: c.transport.clone(),
+    };
     let mut cl = client(c, t)?;
     match cmd {
         NamespaceCmd::List => {

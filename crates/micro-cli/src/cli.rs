@@ -220,11 +220,14 @@ pub(crate) enum EnvAction {
     /// Add an environment.
     Add {
         name: String,
-        /// host:port of the server's proxy.
+        /// host:port of the server's proxy (https://host:port when it speaks TLS).
         address: String,
         /// Default namespace.
         #[arg(long, default_value = "micro")]
         ns: String,
+        /// A CA certificate (PEM file) to trust the server's certificate by.
+        #[arg(long)]
+        ca: Option<String>,
     },
     /// Delete an environment.
     Del { name: String },
@@ -268,14 +271,14 @@ pub(crate) struct Ctx {
     pub(crate) json: bool,
     /// The logged-in account's access token, sent with calls.
     pub(crate) token: Option<String>,
+    /// How calls reach the server (trusting the environment's CA).
+    pub(crate) transport: micro::Transport,
 }
 
 impl Ctx {
     /// The registry, sending the token when logged in (registering needs an account).
     pub(crate) fn registry(&self) -> Result<Arc<dyn Registry>> {
-        Ok(Arc::new(
-            RemoteRegistry::with_token(&self.address, self.token_source()).map_err(|e| anyhow!("{}", e.detail()))?,
-        ))
+        Ok(Arc::new(RemoteRegistry::on(self.channel()?)))
     }
 
     fn token_source(&self) -> Option<Arc<dyn micro::data::TokenSource>> {
@@ -284,11 +287,11 @@ impl Ctx {
 
     /// A gRPC channel to the server, sending the token when logged in.
     pub(crate) fn channel(&self) -> Result<micro::Channel> {
-        micro::data::channel_with(&self.address, self.token_source()).map_err(|e| anyhow!("{}", e.detail()))
+        micro::Channel::on(&self.transport, &self.address, self.token_source()).map_err(|e| anyhow!("{}", e.detail()))
     }
 
     pub(crate) fn client(&self) -> Client {
-        let client = Client::via_proxy(&self.address).namespace(&self.namespace);
+        let client = Client::via_proxy(&self.address).transport(self.transport.clone()).namespace(&self.namespace);
         match self.token_source() {
             Some(t) => client.auth(Arc::new(micro::auth::Bearer(t))),
             None => client,
@@ -297,7 +300,25 @@ impl Ctx {
 
     /// The data services, sending the token when logged in.
     pub(crate) fn data(&self) -> micro::data::Data {
-        micro::data::Data::remote_with(&self.address, &self.namespace, self.token_source())
+        micro::data::Data::remote_on(&self.transport, &self.address, &self.namespace, self.token_source())
+    }
+}
+
+/// Points the CLI's `local` environment at this server over TLS, trusting its CA, when
+/// `local` names this server (the same port on this host).
+fn trust_local(proxy: &str, ca: &str) {
+    let port = |a: &str| a.rsplit_once(':').map(|(_, p)| p.to_string());
+    let Ok(mut envs) = Envs::load() else { return };
+    let Some(local) = envs.envs.get_mut("local") else { return };
+    let host = local.address.split_once("://").map(|(_, a)| a).unwrap_or(&local.address).to_string();
+    let loopback = host.starts_with("127.0.0.1:") || host.starts_with("localhost:") || host.starts_with("[::1]:");
+    if !loopback || port(&host) != port(proxy) {
+        return;
+    }
+    local.address = proxy.to_string();
+    local.ca = Some(ca.to_string());
+    if let Err(e) = envs.save() {
+        eprintln!("micro server: could not make the local environment trust the CA: {e}");
     }
 }
 
@@ -311,7 +332,13 @@ fn ctx(cli: &Cli) -> Result<Ctx> {
         .or_else(|| std::env::var("MICRO_NAMESPACE").ok())
         .or_else(|| env.credentials.as_ref().map(|c| c.namespace.clone()))
         .unwrap_or(if env.namespace.is_empty() { "micro".into() } else { env.namespace });
-    Ok(Ctx { address, namespace, json: cli.output == Format::Json, token: None })
+    // The public roots, MICRO_CA's and the environment's CA.
+    let mut roots = micro::tls::extra_roots_from_env().map_err(|e| anyhow!("{}", e.detail()))?;
+    if let Some(ca) = &env.ca {
+        roots.extend(micro::tls::extra_roots(ca).map_err(|e| anyhow!("the environment's CA: {}", e.detail()))?);
+    }
+    let transport = micro::Transport::trusting(&roots).map_err(|e| anyhow!("{}", e.detail()))?;
+    Ok(Ctx { address, namespace, json: cli.output == Format::Json, token: None, transport })
 }
 
 /// Turns a status into a one-line error.
@@ -361,13 +388,27 @@ async fn dispatch(cli: Cli) -> Result<()> {
             // Listening before the banner: a SIGTERM right after it still drains.
             let stop = micro::server::signals();
             let server = micro_server::start(cfg).await?;
-            let web = server.web_address().map(|a| format!(" web http://{a}")).unwrap_or_default();
-            println!("micro server: api http://{}{web} proxy {}", server.api_address(), server.proxy_address());
+            let scheme = if server.tls() { "https" } else { "http" };
+            let web = server.web_address().map(|a| format!(" web {scheme}://{a}")).unwrap_or_default();
+            let proxy = if server.tls() {
+                format!("https://{}", server.proxy_address())
+            } else {
+                server.proxy_address().to_string()
+            };
+            println!("micro server: api {scheme}://{}{web} proxy {proxy}", server.api_address());
+            let ca = server.ca_path().map(|p| p.display().to_string());
+            if let Some(ca) = &ca {
+                println!(
+                    "micro server: TLS by the local CA {ca} (curl --cacert {ca}; the CLI's local environment trusts it)"
+                );
+                trust_local(&proxy, ca);
+            }
             // For programs that start it (tests, scripts): every listener is up.
             let ready = serde_json::json!({
-                "api": format!("http://{}", server.api_address()),
-                "web": server.web_address().map(|a| format!("http://{a}")),
-                "proxy": server.proxy_address().to_string(),
+                "api": format!("{scheme}://{}", server.api_address()),
+                "web": server.web_address().map(|a| format!("{scheme}://{a}")),
+                "proxy": proxy,
+                "ca": ca,
             });
             println!("{READY_PREFIX}{ready}");
             stop.await;
@@ -600,9 +641,12 @@ fn env_cmd(c: &Ctx, action: Option<EnvAction>) -> Result<()> {
             return Ok(());
         }
         Some(EnvAction::Set { name }) => envs.set(&name)?,
-        Some(EnvAction::Add { name, address, ns }) => {
+        Some(EnvAction::Add { name, address, ns, ca }) => {
             micro_core::namespace::validate(&ns).map_err(|e| anyhow!("{}", e.detail()))?;
-            envs.envs.insert(name, Env { address, namespace: ns, credentials: None });
+            if let Some(ca) = &ca {
+                micro::tls::extra_roots(ca).map_err(|e| anyhow!("--ca: {}", e.detail()))?;
+            }
+            envs.envs.insert(name, Env { address, namespace: ns, credentials: None, ca });
         }
         Some(EnvAction::Del { name }) => {
             if name == "local" {

@@ -21,6 +21,10 @@ pub(crate) struct Env {
     /// Credentials after `micro login` (kept in this 0600 file only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) credentials: Option<Credentials>,
+    /// A CA certificate (PEM file) the server's TLS certificate is trusted by, besides the
+    /// public roots (`micro server` with `MICRO_TLS=auto` sets it for `local`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ca: Option<String>,
 }
 
 /// Tokens of a logged-in account.
@@ -50,6 +54,7 @@ impl Envs {
             address: micro::DEFAULT_SERVER.into(),
             namespace: "micro".into(),
             credentials: None,
+            ca: None,
         });
         if e.current.is_empty() {
             e.current = "local".into();
@@ -76,6 +81,7 @@ impl Envs {
             address: micro::DEFAULT_SERVER.into(),
             namespace: "micro".into(),
             credentials: None,
+            ca: None,
         })
     }
 
@@ -86,6 +92,7 @@ impl Envs {
             address: micro::DEFAULT_SERVER.into(),
             namespace: "micro".into(),
             credentials: None,
+            ca: None,
         })
     }
 

@@ -85,6 +85,7 @@ pub(crate) async fn user(c: &Ctx, cmd: UserCmd) -> Result<()> {
         namespace: namespace.unwrap_or_else(|| c.namespace.clone()),
         json: c.json,
         token: c.token.clone(),
+        transport: c.transport.clone(),
     };
     let mut auth = apb::auth_client::AuthClient::new(c.channel()?);
     match cmd {

@@ -37,6 +37,8 @@ pub struct Running {
     products: Vec<micro::Running>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    tls: bool,
+    ca: Option<std::path::PathBuf>,
 }
 
 async fn bind(address: &str) -> Result<TcpListener, Error> {
@@ -66,6 +68,21 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         proxy_listener.local_addr().map_err(|source| Error::Bind { address: config.proxy_address.clone(), source })?;
     let web_listener = match &config.web_address {
         Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let listen_hosts: Vec<String> =
+        [Some(&config.api_address), Some(&config.proxy_address), config.web_address.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()))
+            .chain([config.runtime.host.clone()])
+            .collect();
+    let tls = crate::tls::setup(&config.tls, &config.data_dir, &listen_hosts)?;
+    let ca_pem = match tls.as_ref().and_then(|t| t.ca.as_ref()) {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| Error::DataDir { path: path.display().to_string(), source })?,
+        ),
         None => None,
     };
     let web = match &web_listener {
@@ -149,6 +166,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     };
     let wiring = crate::runtime::Wiring {
         server: proxy_node.clone(),
+        ca: ca_pem,
         registry: registry.clone(),
         auth: auth.clone(),
         env_sealer: crate::sealed::Sealer::new(&server_key, runtime_db.clone(), "env-key", "runtime-env"),
@@ -279,16 +297,19 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         let g = gateway.clone();
         async move { Ok::<_, Infallible>(g.handle(req).await) }
     }));
-    tasks.push(tokio::spawn(micro::server::serve(
+    let tls_config = tls.as_ref().map(|t| t.config.clone());
+    tasks.push(tokio::spawn(micro::server::serve_tls(
         proxy_listener,
+        tls_config.clone(),
         move |req: Request<Incoming>| {
             let s = proxy_edge.clone();
             async move { s.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {}) }
         },
         until(rx.clone()),
     )));
-    tasks.push(tokio::spawn(micro::server::serve(
+    tasks.push(tokio::spawn(micro::server::serve_tls(
         api_listener,
+        tls_config.clone(),
         move |req| {
             let s = api_svc.clone();
             async move { s.oneshot(req).await.unwrap_or_else(|e| match e {}) }
@@ -297,7 +318,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     )));
     if let Some(listener) = web_listener {
         let dashboard = micro_web::Web::new(proxy_node.clone(), transport.clone(), rx.clone(), edge_key);
-        tasks.push(tokio::spawn(micro_web::serve(listener, dashboard, until(rx.clone()))));
+        tasks.push(tokio::spawn(micro_web::serve_tls(listener, dashboard, tls_config.clone(), until(rx.clone()))));
     }
     // Keep the core registrations alive.
     let reg = registry.clone();
@@ -318,7 +339,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         }
     }));
     // The products, once everything they reach is listening.
-    let products = match crate::products::start(&auth, &proxy_node, &config.services).await {
+    let products = match crate::products::start(&auth, &proxy_node, &transport, &config.services).await {
         Ok(p) => p,
         Err(e) => {
             let _ = tx.send(true);
@@ -326,10 +347,22 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         }
     };
     tracing::info!(api = %api, proxy = %proxy, web = ?web, data_dir = %config.data_dir.display(), "micro server started");
-    Ok(Running { api, proxy, web, registry, runtime, products, shutdown: tx, tasks })
+    let ca = tls.and_then(|t| t.ca);
+    Ok(Running { api, proxy, web, registry, runtime, products, shutdown: tx, tasks, tls: tls_config.is_some(), ca })
 }
 
 impl Running {
+    /// Whether every listener speaks TLS.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The local CA's certificate (PEM file) clients trust the server by, with
+    /// `MICRO_TLS=auto`.
+    pub fn ca_path(&self) -> Option<&std::path::Path> {
+        self.ca.as_deref()
+    }
+
     /// The bound address of the HTTP API gateway.
     pub fn api_address(&self) -> SocketAddr {
         self.api

@@ -49,6 +49,9 @@ pub struct Config {
     /// sandboxed code runs as under a root server, 65534) and `MICRO_RUNTIME_ALLOW_HOSTS`
     /// (internal git hosts tenants may fetch from).
     pub runtime: crate::RuntimeConfig,
+    /// TLS on every listener (`MICRO_TLS`): `off` (the default), `auto` (a local CA in the
+    /// data dir issues the server's certificate) or `cert.pem,key.pem`.
+    pub tls: crate::TlsMode,
 }
 
 /// A secret value: shown as `***` by `Debug`, so it never reaches a log.
@@ -80,6 +83,7 @@ impl Default for Config {
             admin_password: None,
             runtime: crate::RuntimeConfig::default(),
             backends: Backends::default(),
+            tls: crate::TlsMode::Off,
         }
     }
 }
@@ -242,6 +246,7 @@ struct File {
     runtime_sandbox: Option<String>,
     runtime_uid: Option<String>,
     runtime_allow_hosts: Option<Vec<String>>,
+    tls: Option<String>,
 }
 
 /// `uid` or `uid:gid` (the gid defaults to the uid).
@@ -322,6 +327,9 @@ impl Config {
             if let Some(v) = f.runtime_allow_hosts {
                 c.runtime.allow_hosts = v;
             }
+            if let Some(v) = f.tls {
+                c.tls = v.parse().map_err(|e| Error::Config(format!("tls: {e}")))?;
+            }
         }
         if let Some(v) = env("MICRO_API_ADDRESS") {
             c.api_address = v;
@@ -341,6 +349,9 @@ impl Config {
         }
         if let Some(v) = env("MICRO_API_CORS") {
             c.cors_origins = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        if let Some(v) = env("MICRO_TLS") {
+            c.tls = v.parse().map_err(|e| Error::Config(format!("MICRO_TLS: {e}")))?;
         }
         if let Some(v) = env("MICRO_SERVICES") {
             c.services = crate::products::select(&v).map_err(|e| Error::Config(format!("MICRO_SERVICES: {e}")))?;

@@ -27,6 +27,7 @@ mod revoke;
 mod runtime;
 mod sealed;
 mod targets;
+mod tls;
 mod websocket;
 
 pub use app::{CORE_SERVICES, Running, start};
@@ -35,6 +36,7 @@ pub use auth::{ACCESS_TTL, ADMIN_PASSWORD_FILE, REFRESH_TTL};
 pub use config::{Backends, Config, Secret};
 pub use products::NAMES as PRODUCTS;
 pub use runtime::{RuntimeConfig, SandboxMode};
+pub use tls::TlsMode;
 
 /// Makes every file this process creates from now on private to its user (umask 077:
 /// files 0600, directories 0700), whatever the modes of the directories they are made

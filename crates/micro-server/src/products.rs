@@ -64,12 +64,14 @@ pub(crate) fn select(v: &str) -> Result<Vec<String>, String> {
 pub(crate) async fn start(
     auth: &crate::auth::AuthService,
     proxy: &str,
+    transport: &micro::Transport,
     selected: &[String],
 ) -> Result<Vec<micro::Running>, micro_core::Status> {
     let mut running = Vec::new();
     for p in PRODUCTS.iter().filter(|p| selected.iter().any(|s| s == p.name)) {
         let (id, secret) = auth.product_account(p.name).await?;
-        let service = (p.build)(Service::new(p.name).server(proxy).credentials(&id, &secret));
+        let service =
+            (p.build)(Service::new(p.name).server(proxy).transport(transport.clone()).credentials(&id, &secret));
         match service.start().await {
             Ok(r) => running.push(r),
             Err(e) => {

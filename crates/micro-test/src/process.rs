@@ -208,7 +208,8 @@ struct Ready {
 
 fn ready_line(line: &str) -> Option<Ready> {
     let address = |v: &serde_json::Value, key: &str| {
-        v[key].as_str().unwrap_or_default().trim_start_matches("http://").to_string()
+        let v = v[key].as_str().unwrap_or_default();
+        v.trim_start_matches("http://").trim_start_matches("https://").to_string()
     };
     if let Some(json) = line.strip_prefix(READY_PREFIX) {
         let v: serde_json::Value =

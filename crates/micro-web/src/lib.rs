@@ -211,9 +211,20 @@ pub async fn serve(
     web: Web,
     until: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
+    serve_tls(listener, web, None, until).await
+}
+
+/// Like [`serve`], over TLS with `tls` when given.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    web: Web,
+    tls: Option<std::sync::Arc<micro::tls::ServerConfig>>,
+    until: impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let router = web.router();
-    micro::server::serve(
+    micro::server::serve_tls(
         listener,
+        tls,
         move |req: http::Request<Incoming>| {
             let router = router.clone();
             async move {

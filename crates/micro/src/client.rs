@@ -95,11 +95,20 @@ struct Entry {
     fetched: Instant,
 }
 
-fn http_client() -> HttpClient<HttpConnector, Body> {
+/// The connector of every outgoing call: TCP, with TLS for `https://` addresses.
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+fn http_client(tls: rustls::ClientConfig) -> HttpClient<Connector, Body> {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(Duration::from_secs(2)));
-    HttpClient::builder(TokioExecutor::new()).http2_only(true).build(conn)
+    conn.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http2()
+        .wrap_connector(conn);
+    HttpClient::builder(TokioExecutor::new()).http2_only(true).build(https)
 }
 
 /// A service of this process that calls can reach without a network hop (a server's
@@ -112,7 +121,7 @@ pub type LocalService = BoxCloneSyncService<Request<Body>, http::Response<Body>,
 /// clones share connections.
 #[derive(Clone)]
 pub struct Transport {
-    http: HttpClient<HttpConnector, Body>,
+    http: HttpClient<Connector, Body>,
     local: Arc<HashMap<String, LocalService>>,
 }
 
@@ -123,9 +132,26 @@ impl Default for Transport {
 }
 
 impl Transport {
-    /// A transport that sends every call over the network.
+    /// A transport that sends every call over the network; `https://` addresses over TLS,
+    /// trusting the public web roots and the CAs of `MICRO_CA` ([`crate::tls`]).
     pub fn new() -> Transport {
-        Transport { http: http_client(), local: Arc::default() }
+        let extra = crate::tls::extra_roots_from_env().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "{} is unusable; trusting the public roots only", crate::tls::CA_ENV);
+            Vec::new()
+        });
+        Transport::trusting(&extra).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the extra CAs are unusable; trusting the public roots only");
+            Transport::trusting(&[]).expect("ring supports the default protocol versions")
+        })
+    }
+
+    /// A transport trusting the public web roots and the CAs `extra`.
+    pub fn trusting(extra: &[rustls::pki_types::CertificateDer<'static>]) -> Result<Transport, Status> {
+        Ok(Transport::with_tls(crate::tls::client_config(extra)?))
+    }
+
+    fn with_tls(tls: rustls::ClientConfig) -> Transport {
+        Transport { http: http_client(tls), local: Arc::default() }
     }
 
     /// Sends the calls for `address` (`host:port`) to `service`, in this process.
@@ -191,6 +217,7 @@ fn stack(transport: Transport, auth: Option<Arc<dyn Authorize>>) -> Stack {
 #[derive(Clone)]
 pub struct Channel {
     stack: Stack,
+    scheme: http::uri::Scheme,
     authority: http::uri::Authority,
 }
 
@@ -206,25 +233,33 @@ impl Channel {
         address: &str,
         source: Option<Arc<dyn crate::data::TokenSource>>,
     ) -> Result<Channel, Status> {
-        let authority =
-            address.parse::<http::uri::Authority>().ok().filter(|a| a.as_str() == address).ok_or_else(|| {
-                Status::bad_request("micro", format!("bad server address {address:?}: use host:port"))
-            })?;
-        Ok(Channel::to(transport, authority, source))
+        let bad = || {
+            Status::bad_request("micro", format!("bad server address {address:?}: use host:port or https://host:port"))
+        };
+        let (scheme, rest) = match address.split_once("://") {
+            Some(("https", rest)) => (http::uri::Scheme::HTTPS, rest),
+            Some(("http", rest)) => (http::uri::Scheme::HTTP, rest),
+            Some(_) => return Err(bad()),
+            None => (http::uri::Scheme::HTTP, address),
+        };
+        let authority = rest.parse::<http::uri::Authority>().ok().filter(|a| a.as_str() == rest).ok_or_else(bad)?;
+        Ok(Channel::to(transport, scheme, authority, source))
     }
 
     /// A channel to [`crate::DEFAULT_SERVER`].
     pub(crate) fn default_server(transport: &Transport, source: Option<Arc<dyn crate::data::TokenSource>>) -> Channel {
-        Channel::to(transport, http::uri::Authority::from_static(crate::DEFAULT_SERVER), source)
+        let authority = http::uri::Authority::from_static(crate::DEFAULT_SERVER);
+        Channel::to(transport, http::uri::Scheme::HTTP, authority, source)
     }
 
     fn to(
         transport: &Transport,
+        scheme: http::uri::Scheme,
         authority: http::uri::Authority,
         source: Option<Arc<dyn crate::data::TokenSource>>,
     ) -> Channel {
         let auth = source.map(|s| Arc::new(crate::auth::Bearer(s)) as Arc<dyn Authorize>);
-        Channel { stack: stack(transport.clone(), auth), authority }
+        Channel { stack: stack(transport.clone(), auth), scheme, authority }
     }
 }
 
@@ -240,7 +275,7 @@ impl tower::Service<Request<Body>> for Channel {
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let stack = self.stack.clone();
         let mut uri = std::mem::take(req.uri_mut()).into_parts();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.scheme = Some(self.scheme.clone());
         uri.authority = Some(self.authority.clone());
         if uri.path_and_query.is_none() {
             uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
@@ -456,7 +491,7 @@ impl Client {
         timeout: Duration,
         opts: &CallOptions,
     ) -> Result<http::Response<Body>, CallError> {
-        let uri = format!("http://{node}{path}");
+        let uri = if node.contains("://") { format!("{node}{path}") } else { format!("http://{node}{path}") };
         let mut req = Request::post(uri)
             .body(body)
             .map_err(|e| CallError::Refused(Status::bad_request("micro", e.to_string())))?;

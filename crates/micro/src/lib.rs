@@ -52,6 +52,7 @@ pub mod schema;
 pub mod server;
 mod service;
 pub mod status;
+pub mod tls;
 pub mod transcode;
 
 pub use client::{CallOptions, Channel, Client, DEFAULT_TIMEOUT, LocalService, Target, Transport};

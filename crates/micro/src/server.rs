@@ -1,4 +1,5 @@
-//! Serving HTTP/1.1 and HTTP/2 (h2c) on a listener until shutdown, then draining.
+//! Serving HTTP/1.1 and HTTP/2 (h2c, or over TLS with [`serve_tls`]) on a listener until
+//! shutdown, then draining.
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -52,6 +53,22 @@ where
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    serve_tls(listener, None, svc, shutdown).await
+}
+
+/// Like [`serve`], speaking TLS with `tls` when given (HTTP/2 or HTTP/1.1 by ALPN). A
+/// handshake must finish within [`HEADER_TIMEOUT`]; a client that speaks plain HTTP to
+/// the TLS port gets a plain 400 saying so, not a hang.
+pub async fn serve_tls<S, F>(
+    listener: TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    svc: S,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(HEADER_TIMEOUT);
@@ -90,16 +107,34 @@ where
         let svc = svc.clone();
         let asked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let first = asked.clone();
+        let secure = acceptor.is_some();
         let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             first.store(true, std::sync::atomic::Ordering::Relaxed);
             req.extensions_mut().insert(PeerAddr(peer));
+            // Over TLS the scheme is https, whatever the client says (pages mark their
+            // cookies `Secure` by it).
+            if secure {
+                req.headers_mut().insert("x-forwarded-proto", http::HeaderValue::from_static("https"));
+            }
             let fut = svc(req);
             async move { Ok::<_, Infallible>(fut.await) }
         });
         let (builder, watcher) = (builder.clone(), graceful.watcher());
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), hyper_svc);
+            let io: Box<dyn Io> = match acceptor {
+                None => Box::new(stream),
+                Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, handshake(acceptor, stream)).await {
+                    Ok(Some(tls)) => Box::new(tls),
+                    Ok(None) => return,
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), hyper_svc);
             let conn = watcher.watch(conn.into_owned());
             tokio::pin!(conn);
             // A connection that has not sent a whole request (a head, or an HTTP/2
@@ -121,6 +156,45 @@ where
     drop(listener);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
         tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
+    }
+}
+
+/// A connection's byte stream, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
+/// The TLS side of a connection, or `None` when it ended: a client speaking plain HTTP is
+/// told in plain HTTP to use `https://` (a TLS record starts with 0x16, an HTTP request
+/// with a letter), and a failed handshake is logged.
+async fn handshake(
+    acceptor: tokio_rustls::TlsAcceptor,
+    mut stream: tokio::net::TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    use tokio::io::AsyncWriteExt;
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await.ok()? == 0 {
+        return None;
+    }
+    if first[0] != 0x16 {
+        if first[0].is_ascii_alphabetic() {
+            let st = micro_core::Status::bad_request("micro", "this port speaks TLS: use https://");
+            let body = st.to_json();
+            let head = format!(
+                "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(&body).await;
+            let _ = stream.shutdown().await;
+        }
+        return None;
+    }
+    match acceptor.accept(stream).await {
+        Ok(tls) => Some(tls),
+        Err(e) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
     }
 }
 

@@ -69,6 +69,7 @@ pub struct Service {
     routes: Vec<(String, String)>,
     credentials: Option<Arc<Credentials>>,
     platform: bool,
+    transport: Option<crate::Transport>,
 }
 
 impl Service {
@@ -96,6 +97,7 @@ impl Service {
                 _ => None,
             },
             platform: false,
+            transport: None,
         }
     }
 
@@ -142,10 +144,24 @@ impl Service {
         self
     }
 
-    /// The `micro server` to register with (`host:port` of its proxy).
+    /// The `micro server` to register with (`host:port` of its proxy, or
+    /// `https://host:port` when it speaks TLS).
     pub fn server(mut self, addr: impl Into<String>) -> Self {
         self.server = Some(addr.into());
         self
+    }
+
+    /// How the service reaches its server (default: over the network, trusting the CAs
+    /// of `MICRO_CA`); a server hosting a service in its own process hands it a transport
+    /// that reaches its proxy in-process.
+    pub fn transport(mut self, transport: crate::Transport) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// The transport to the server, made on first use.
+    fn net(&mut self) -> crate::Transport {
+        self.transport.get_or_insert_with(crate::Transport::new).clone()
     }
 
     /// Registers in this registry instead of a server's.
@@ -199,7 +215,8 @@ impl Service {
             return d.clone();
         }
         let source = self.credentials.clone().map(|c| c as Arc<dyn TokenSource>);
-        Data::remote_with(&self.effective_server(), &self.effective_namespace(), source)
+        let transport = self.transport.clone().unwrap_or_default();
+        Data::remote_on(&transport, &self.effective_server(), &self.effective_namespace(), source)
     }
 
     /// The server: as set, else `MICRO_SERVER`, else the default address.
@@ -347,7 +364,8 @@ impl Service {
     /// uses the handles (locks, events) without serving calls it itself.
     pub async fn login(&self) -> Result<(), Status> {
         if let Some(creds) = &self.credentials {
-            creds.login(&self.effective_server(), &self.effective_namespace()).await.map_err(|e| {
+            let transport = self.transport.clone().unwrap_or_default();
+            creds.login_on(&transport, &self.effective_server(), &self.effective_namespace()).await.map_err(|e| {
                 Status::new(e.code(), &self.name, format!("logging in as {}: {}", creds.id(), e.detail()))
             })?;
         }
@@ -363,6 +381,7 @@ impl Service {
             .await
             .map_err(|e| Status::unavailable(&name, format!("cannot listen on {}: {e}", self.address)))?;
         let addr = listener.local_addr().map_err(|e| Status::internal(&name, e.to_string()))?;
+        let net = self.net();
         self.login().await?;
         let metrics = Metrics::default();
         let router = self.router(metrics)?;
@@ -372,7 +391,9 @@ impl Service {
             (Some(r), _) => r,
             (None, server) => {
                 let source = self.credentials.clone().map(|c| c as Arc<dyn TokenSource>);
-                Arc::new(RemoteRegistry::with_token(server.as_deref().unwrap_or(crate::DEFAULT_SERVER), source)?)
+                let channel = crate::Channel::on(&net, server.as_deref().unwrap_or(crate::DEFAULT_SERVER), source)
+                    .map_err(|e| Status::bad_request("registry", e.detail().to_string()))?;
+                Arc::new(RemoteRegistry::on(channel))
             }
         };
         let mut endpoints = router.endpoints(&name);
@@ -430,6 +451,7 @@ impl Service {
                     self.platform,
                     &self.effective_server(),
                     self.credentials.clone(),
+                    &net,
                 )
                 .await;
                 Some(authorizer as Arc<dyn Authorize>)

@@ -123,6 +123,7 @@ struct Inner {
     config: RuntimeConfig,
     builder: Builder,
     server: String,
+    ca: Option<String>,
     registry: Arc<dyn Registry>,
     auth: AuthService,
     db: Arc<dyn Store>,
@@ -193,6 +194,8 @@ struct Managed {
 pub(crate) struct Wiring {
     /// This node's proxy address (what services are told to use, and the leader's address).
     pub(crate) server: String,
+    /// The CA services trust the proxy's certificate by (PEM), when it speaks TLS.
+    pub(crate) ca: Option<String>,
     /// Where services are registered.
     pub(crate) registry: Arc<dyn Registry>,
     /// Makes the services' accounts.
@@ -212,7 +215,7 @@ impl Runtime {
     /// brings every service back to its desired state (or, in a cluster, campaigns to
     /// be the node that runs them).
     pub(crate) async fn open(data_dir: &Path, config: RuntimeConfig, wiring: Wiring) -> Result<Runtime, Status> {
-        let Wiring { server, registry, auth, db, env_sealer, secrets, cluster } = wiring;
+        let Wiring { server, ca, registry, auth, db, env_sealer, secrets, cluster } = wiring;
         let dir = data_dir.join("runtime");
         std::fs::create_dir_all(&dir).map_err(|e| Status::internal(ID, format!("{}: {e}", dir.display())))?;
         // Canonical: the sandbox binds these paths as they are.
@@ -253,6 +256,7 @@ impl Runtime {
                 config,
                 builder,
                 server,
+                ca,
                 registry,
                 auth,
                 db,
@@ -855,8 +859,16 @@ impl Runtime {
                 }
             }
         }
+        // Over TLS, services trust the server's CA (the PEM itself: the sandbox hides the data dir).
+        let server = match &self.inner.ca {
+            Some(ca) => {
+                env.push((micro::tls::CA_ENV.to_string(), ca.clone()));
+                format!("https://{}", self.inner.server)
+            }
+            None => self.inner.server.clone(),
+        };
         env.extend([
-            ("MICRO_SERVER".to_string(), self.inner.server.clone()),
+            ("MICRO_SERVER".to_string(), server),
             ("MICRO_NAMESPACE".to_string(), m.namespace.clone()),
             ("MICRO_AUTH_ID".to_string(), account_id(&m.name)),
             ("MICRO_AUTH_SECRET".to_string(), secret),

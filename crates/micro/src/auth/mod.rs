@@ -59,6 +59,7 @@ pub struct Credentials {
 
 #[derive(Clone)]
 struct Session {
+    transport: crate::Transport,
     address: String,
     namespace: String,
     access: String,
@@ -113,7 +114,8 @@ impl Credentials {
                 Status::new(micro_core::Code::Unauthenticated, "auth", "the service is not logged in")
             })?;
         let token = Arc::new(crate::data::StaticToken(session.access.clone()));
-        let mut client = pb::auth_client::AuthClient::new(crate::data::channel_with(&session.address, Some(token))?);
+        let channel = crate::Channel::on(&session.transport, &session.address, Some(token))?;
+        let mut client = pb::auth_client::AuthClient::new(channel);
         let request = crate::data::request(
             &session.namespace,
             pb::TokenRequest { audience: audience.to_string(), ..Default::default() },
@@ -133,8 +135,13 @@ impl Credentials {
         &self.id
     }
 
-    async fn ask(address: &str, namespace: &str, req: pb::TokenRequest) -> Result<pb::TokenResponse, Status> {
-        let mut client = pb::auth_client::AuthClient::new(crate::data::channel(address)?);
+    async fn ask(
+        transport: &crate::Transport,
+        address: &str,
+        namespace: &str,
+        req: pb::TokenRequest,
+    ) -> Result<pb::TokenResponse, Status> {
+        let mut client = pb::auth_client::AuthClient::new(crate::Channel::on(transport, address, None)?);
         let request = crate::data::request(namespace, req, Some(Duration::from_secs(10)))?;
         client.token(request).await.map(tonic::Response::into_inner).map_err(|e| crate::status::from_tonic(&e))
     }
@@ -142,9 +149,19 @@ impl Credentials {
     /// Logs in to the server at `address` in `namespace`, then keeps the token fresh in
     /// the background (until the credentials are dropped).
     pub async fn login(self: &Arc<Self>, address: &str, namespace: &str) -> Result<(), Status> {
+        self.login_on(&crate::Transport::new(), address, namespace).await
+    }
+
+    /// Like [`Credentials::login`], reaching the server on `transport`.
+    pub async fn login_on(
+        self: &Arc<Self>,
+        transport: &crate::Transport,
+        address: &str,
+        namespace: &str,
+    ) -> Result<(), Status> {
         let req = pb::TokenRequest { id: self.id.clone(), secret: self.secret.clone(), ..Default::default() };
-        let res = Self::ask(address, namespace, req).await?;
-        self.store(address, namespace, res);
+        let res = Self::ask(transport, address, namespace, req).await?;
+        self.store(transport, address, namespace, res);
         let weak: Weak<Credentials> = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -156,6 +173,7 @@ impl Credentials {
                 tokio::time::sleep(Duration::from_secs(wait)).await;
                 let Some(me) = weak.upgrade() else { return };
                 let refreshed = Self::ask(
+                    &s.transport,
                     &s.address,
                     &s.namespace,
                     pb::TokenRequest { refresh_token: s.refresh.clone(), ..Default::default() },
@@ -167,11 +185,11 @@ impl Credentials {
                     Err(_) => {
                         let req =
                             pb::TokenRequest { id: me.id.clone(), secret: me.secret.clone(), ..Default::default() };
-                        Self::ask(&s.address, &s.namespace, req).await
+                        Self::ask(&s.transport, &s.address, &s.namespace, req).await
                     }
                 };
                 match res {
-                    Ok(r) => me.store(&s.address, &s.namespace, r),
+                    Ok(r) => me.store(&s.transport, &s.address, &s.namespace, r),
                     Err(e) => {
                         tracing::warn!(account = %me.id, error = %e, "refreshing the service's token failed; retrying")
                     }
@@ -181,8 +199,9 @@ impl Credentials {
         Ok(())
     }
 
-    fn store(&self, address: &str, namespace: &str, res: pb::TokenResponse) {
+    fn store(&self, transport: &crate::Transport, address: &str, namespace: &str, res: pb::TokenResponse) {
         *self.session.write().unwrap_or_else(|e| e.into_inner()) = Some(Session {
+            transport: transport.clone(),
             address: address.to_string(),
             namespace: namespace.to_string(),
             access: res.access_token,
@@ -190,6 +209,11 @@ impl Credentials {
             expiry: res.expiry,
         });
     }
+}
+
+/// The `host:port` of an address given as `host:port` or `scheme://host:port`.
+fn authority(address: &str) -> &str {
+    address.split_once("://").map(|(_, a)| a).unwrap_or(address)
 }
 
 /// Attaches the tokens of a [`TokenSource`] to a client's calls (a client-side
@@ -205,15 +229,17 @@ impl crate::layer::Authorize for Bearer {
         if req.headers.contains_key(http::header::AUTHORIZATION) {
             return Ok(());
         }
+        let node = req.uri.authority().map(|a| a.as_str().to_string());
+        let server = self.0.credentials().and_then(|c| c.server()).map(|s| authority(&s).to_string());
         let token = match req.extensions.get::<crate::client::Target>() {
-            Some(crate::client::Target::Node { service, namespace }) => {
-                let node = req.uri.authority().map(|a| a.as_str().to_string());
-                match self.0.credentials() {
-                    Some(c) if node.is_some() && node == c.server() => self.0.token(),
-                    Some(c) => Some(c.token_for(&format!("{namespace}/{service}")).await?),
-                    None => None,
-                }
-            }
+            Some(crate::client::Target::Node { service, namespace }) => match self.0.credentials() {
+                Some(_) if node.is_some() && node == server => self.0.token(),
+                Some(c) => Some(c.token_for(&format!("{namespace}/{service}")).await?),
+                None => None,
+            },
+            // A channel meant for the server, pointed elsewhere, carries no token of a
+            // logged-in account (a fixed token cannot tell, and goes as given).
+            _ if server.is_some() && node != server => None,
             _ => self.0.token(),
         };
         if let Some(t) = token

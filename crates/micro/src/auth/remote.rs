@@ -17,6 +17,7 @@ const KEY_LOOKUP_EVERY: Duration = Duration::from_secs(10);
 
 /// Where a service reaches the server's auth service.
 struct Server {
+    transport: crate::Transport,
     address: String,
     namespace: String,
     credentials: Option<Arc<Credentials>>,
@@ -25,7 +26,7 @@ struct Server {
 impl Server {
     fn client(&self) -> Result<pb::auth_client::AuthClient<crate::data::Ch>, Status> {
         let source = self.credentials.clone().map(|c| c as Arc<dyn TokenSource>);
-        Ok(pb::auth_client::AuthClient::new(crate::data::channel_with(&self.address, source)?))
+        Ok(pb::auth_client::AuthClient::new(crate::Channel::on(&self.transport, &self.address, source)?))
     }
 
     fn request<T>(&self, msg: T, timeout: Option<Duration>) -> Result<tonic::Request<T>, Status> {
@@ -246,7 +247,8 @@ impl RuleSource for WatchedRules {
 
 /// The authorizer of `service` (a platform service when `platform`, else one of
 /// `namespace`), verifying tokens with the keys of the server at `address` and deciding by
-/// the rules it follows there (read with `credentials`, when the service has an account).
+/// the rules it follows there (read with `credentials`, when the service has an account),
+/// reaching the server on `transport`.
 /// The keys are read before it returns (a failure is logged: tokens are refused until
 /// they can be read).
 pub async fn service_authorizer(
@@ -255,8 +257,14 @@ pub async fn service_authorizer(
     platform: bool,
     address: &str,
     credentials: Option<Arc<Credentials>>,
+    transport: &crate::Transport,
 ) -> Arc<Authorizer> {
-    let server = Arc::new(Server { address: address.to_string(), namespace: namespace.to_string(), credentials });
+    let server = Arc::new(Server {
+        transport: transport.clone(),
+        address: address.to_string(),
+        namespace: namespace.to_string(),
+        credentials,
+    });
     let keys =
         Arc::new(ServerKeys { server: server.clone(), verifier: RwLock::new(None), looked_up: Default::default() });
     if let Err(e) = keys.load().await {

@@ -1,0 +1,150 @@
+//! TLS on every listener (`MICRO_TLS`): off, `auto` (a local CA in the data dir issues the
+//! server's certificate at every start) or a certificate and key from PEM files, reread
+//! when they change ([`micro::tls::Certificates`]).
+
+use crate::Error;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where the server's certificate comes from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum TlsMode {
+    /// Plain HTTP and h2c (the default).
+    #[default]
+    Off,
+    /// A local CA in `<data dir>/tls` issues the server's certificate.
+    Auto,
+    /// A certificate chain and its key, PEM files (reread when they change).
+    Files {
+        /// The certificate chain.
+        cert: PathBuf,
+        /// Its private key.
+        key: PathBuf,
+    },
+}
+
+impl std::str::FromStr for TlsMode {
+    type Err = String;
+    fn from_str(v: &str) -> Result<TlsMode, String> {
+        match v.trim() {
+            "" | "off" => Ok(TlsMode::Off),
+            "auto" => Ok(TlsMode::Auto),
+            files => match files.split_once(',') {
+                Some((c, k)) if !c.trim().is_empty() && !k.trim().is_empty() => {
+                    Ok(TlsMode::Files { cert: c.trim().into(), key: k.trim().into() })
+                }
+                _ => Err(format!("{v:?}: use off, auto, or cert.pem,key.pem")),
+            },
+        }
+    }
+}
+
+/// The TLS a server serves with.
+pub(crate) struct Tls {
+    pub(crate) config: Arc<micro::tls::ServerConfig>,
+    /// The local CA's certificate file (`auto`), for clients to trust.
+    pub(crate) ca: Option<PathBuf>,
+}
+
+/// The CA's subject: also how its issuer is rebuilt from its key alone.
+const CA_NAME: &str = "Micro local CA";
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::DataDir { path: path.display().to_string(), source }
+}
+
+fn cert_error(e: rcgen::Error) -> Error {
+    Error::Config(format!("making the TLS certificate: {e}"))
+}
+
+/// Writes `text` to `path` whole (a reader sees the old file or the new one).
+fn write(path: &Path, text: &str) -> Result<(), Error> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, CA_NAME);
+    p.distinguished_name = dn;
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p
+}
+
+/// The year now (for certificate validity).
+fn this_year() -> i32 {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    1970 + (secs / 31_556_952) as i32
+}
+
+/// `auto`: the local CA (made once) and a server certificate for `hosts` (made at every
+/// start), in `<dir>/tls`; returns (certificate, key, CA) paths.
+fn auto(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf, PathBuf), Error> {
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).map_err(io(&tls))?;
+    let (ca_cert, ca_key) = (tls.join("ca.pem"), tls.join("ca.key"));
+    let key = match std::fs::read_to_string(&ca_key) {
+        Ok(pem) if ca_cert.exists() => KeyPair::from_pem(&pem).map_err(cert_error)?,
+        _ => {
+            let key = KeyPair::generate().map_err(cert_error)?;
+            let cert = ca_params().self_signed(&key).map_err(cert_error)?;
+            write(&ca_key, &key.serialize_pem())?;
+            write(&ca_cert, &cert.pem())?;
+            tracing::info!(ca = %ca_cert.display(), "made a local CA for TLS");
+            key
+        }
+    };
+    let issuer = Issuer::new(ca_params(), key);
+    let mut p = CertificateParams::new(hosts.to_vec()).map_err(cert_error)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, hosts.first().map(String::as_str).unwrap_or("localhost"));
+    p.distinguished_name = dn;
+    let year = this_year();
+    p.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
+    p.not_after = rcgen::date_time_ymd(year + 2, 1, 1);
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    p.use_authority_key_identifier_extension = true;
+    let server_key = KeyPair::generate().map_err(cert_error)?;
+    let cert = p.signed_by(&server_key, &issuer).map_err(cert_error)?;
+    let (cert_path, key_path) = (tls.join("server.pem"), tls.join("server.key"));
+    write(&key_path, &server_key.serialize_pem())?;
+    write(&cert_path, &cert.pem())?;
+    Ok((cert_path, key_path, ca_cert))
+}
+
+/// The names an `auto` certificate is for: this host by every name it is reached by here.
+fn hosts(extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].iter().map(|s| s.to_string()).collect();
+    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+        names.push(h.trim().to_string());
+    }
+    names.extend(extra.iter().cloned());
+    names.retain(|n| !n.is_empty() && n != "0.0.0.0" && n != "::");
+    names.dedup();
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| seen.insert(n.clone()));
+    names
+}
+
+/// The TLS of `mode` (`None` when off); `extra_hosts` are more names for `auto`.
+pub(crate) fn setup(mode: &TlsMode, data_dir: &Path, extra_hosts: &[String]) -> Result<Option<Tls>, Error> {
+    let (cert, key, ca) = match mode {
+        TlsMode::Off => return Ok(None),
+        TlsMode::Auto => {
+            let (c, k, ca) = auto(data_dir, &hosts(extra_hosts))?;
+            (c, k, Some(ca))
+        }
+        TlsMode::Files { cert, key } => (cert.clone(), key.clone(), None),
+    };
+    let certs = micro::tls::Certificates::open(cert, key).map_err(|e| Error::Config(e.detail().to_string()))?;
+    let config = certs.server_config().map_err(|e| Error::Config(e.detail().to_string()))?;
+    Ok(Some(Tls { config, ca }))
+}
