@@ -52,6 +52,10 @@ pub(crate) enum Command {
         /// A TOML config file [env: MICRO_CONFIG].
         #[arg(long)]
         config: Option<std::path::PathBuf>,
+        /// TLS on every port: off, auto (a local CA in the data dir) or cert.pem,key.pem
+        /// [env: MICRO_TLS; default off].
+        #[arg(long)]
+        tls: Option<String>,
     },
     /// List the registered services.
     Services,
@@ -370,7 +374,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         c.token = crate::auth::token(&c).await.ok().flatten();
     }
     match cli.command {
-        Command::Server { api_address, proxy_address, web_address, data_dir, config } => {
+        Command::Server { api_address, proxy_address, web_address, data_dir, config, tls } => {
             let mut cfg = micro_server::Config::from_env(|k| std::env::var(k).ok(), config.as_deref())?;
             if let Some(a) = api_address {
                 cfg.api_address = a;
@@ -383,6 +387,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
             if let Some(d) = data_dir {
                 cfg.data_dir = d;
+            }
+            if let Some(t) = tls {
+                cfg.tls = t.parse().map_err(|e| anyhow!("--tls {e}"))?;
             }
             micro_server::private_files();
             // Listening before the banner: a SIGTERM right after it still drains.

@@ -29,8 +29,10 @@ async fn auto_tls_on_every_port_for_curl_the_cli_python_and_the_dashboard() {
     let config =
         format!(r#"{{"current":"local","envs":{{"local":{{"address":"127.0.0.1:{port}","namespace":"micro"}}}}}}"#);
     std::fs::write(home.path().join(".micro").join("config"), config).expect("the CLI's config");
+    let redirect = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("an address");
     let s = ServerProcess::builder(micro())
         .env("MICRO_TLS", "auto")
+        .env("MICRO_HTTP_REDIRECT_ADDRESS", redirect.to_string())
         .env("MICRO_PROXY_ADDRESS", format!("127.0.0.1:{port}"))
         .env("HOME", &home_dir)
         .admin_password("tls-admin-password-1")
@@ -56,6 +58,16 @@ async fn auto_tls_on_every_port_for_curl_the_cli_python_and_the_dashboard() {
     let plain = micro_test::http(&s.api, "GET", "/", &[], b"").await;
     assert_eq!(plain.status, 400, "{}", plain.body);
     assert!(plain.body.contains("this port speaks TLS: use https://"), "{}", plain.body);
+
+    // The plain port asked for redirects to the gateway over HTTPS, keeping path and query.
+    let (code, head, err) = curl(&["-D", "-", "-o", "/dev/null", &format!("http://{redirect}/helloworld/call?name=x")]);
+    assert_eq!(code, 0, "{err}");
+    assert!(head.starts_with("HTTP/1.1 308"), "{head}");
+    let location = format!(
+        "location: https://127.0.0.1:{port}/helloworld/call?name=x",
+        port = s.api.rsplit_once(':').expect("host:port").1
+    );
+    assert!(head.to_lowercase().contains(&location), "{head}");
 
     // The CLI, trusting the CA by MICRO_CA.
     let proxy = format!("https://{}", s.proxy);

@@ -78,6 +78,11 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             .chain([config.runtime.host.clone()])
             .collect();
     let tls = crate::tls::setup(&config.tls, &config.data_dir, &listen_hosts)?;
+    let redirect_listener = match (&config.redirect_address, &tls) {
+        (Some(a), Some(_)) => Some(bind(a).await?),
+        (Some(_), None) => return Err(Error::Config("a redirect to HTTPS needs TLS on (MICRO_TLS)".into())),
+        (None, _) => None,
+    };
     let ca_pem = match tls.as_ref().and_then(|t| t.ca.as_ref()) {
         Some(path) => Some(
             std::fs::read_to_string(path)
@@ -187,7 +192,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
 
     // Nodes may point neither at this server's listeners nor into the denied networks.
     let deny = crate::targets::parse_list(&config.node_deny).map_err(Error::Config)?;
-    let targets = crate::targets::Targets::new([Some(api), Some(proxy), web].into_iter().flatten().collect(), deny);
+    let targets = crate::targets::Targets::new([Some(api), Some(proxy), web].into_iter().flatten().collect(), deny)
+        .naming(vec![proxy_node.clone()]);
 
     let metrics = micro::metrics::Metrics::default();
     let core_grpc = [
@@ -316,6 +322,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         },
         until(rx.clone()),
     )));
+    if let Some(listener) = redirect_listener {
+        let port = api.port();
+        tasks.push(tokio::spawn(micro::server::serve(
+            listener,
+            move |req: Request<Incoming>| async move { crate::tls::redirect(&req, port) },
+            until(rx.clone()),
+        )));
+    }
     if let Some(listener) = web_listener {
         let dashboard = micro_web::Web::new(proxy_node.clone(), transport.clone(), rx.clone(), edge_key);
         tasks.push(tokio::spawn(micro_web::serve_tls(listener, dashboard, tls_config.clone(), until(rx.clone()))));

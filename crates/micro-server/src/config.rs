@@ -52,6 +52,9 @@ pub struct Config {
     /// TLS on every listener (`MICRO_TLS`): `off` (the default), `auto` (a local CA in the
     /// data dir issues the server's certificate) or `cert.pem,key.pem`.
     pub tls: crate::TlsMode,
+    /// A plain HTTP listener that redirects every request to the gateway over HTTPS
+    /// (`MICRO_HTTP_REDIRECT_ADDRESS`, like `:80`; with TLS on only; default none).
+    pub redirect_address: Option<String>,
 }
 
 /// A secret value: shown as `***` by `Debug`, so it never reaches a log.
@@ -84,6 +87,7 @@ impl Default for Config {
             runtime: crate::RuntimeConfig::default(),
             backends: Backends::default(),
             tls: crate::TlsMode::Off,
+            redirect_address: None,
         }
     }
 }
@@ -353,6 +357,9 @@ impl Config {
         if let Some(v) = env("MICRO_TLS") {
             c.tls = v.parse().map_err(|e| Error::Config(format!("MICRO_TLS: {e}")))?;
         }
+        if let Some(v) = env("MICRO_HTTP_REDIRECT_ADDRESS").filter(|v| !v.is_empty() && v != "off") {
+            c.redirect_address = Some(v);
+        }
         if let Some(v) = env("MICRO_SERVICES") {
             c.services = crate::products::select(&v).map_err(|e| Error::Config(format!("MICRO_SERVICES: {e}")))?;
         }
@@ -399,6 +406,11 @@ impl Config {
         }
         if let Some(v) = env("MICRO_RUNTIME_ALLOW_HOSTS") {
             c.runtime.allow_hosts = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        }
+        if c.redirect_address.is_some() && c.tls == crate::TlsMode::Off {
+            return Err(Error::Config(
+                "MICRO_HTTP_REDIRECT_ADDRESS redirects to HTTPS: turn TLS on (MICRO_TLS)".into(),
+            ));
         }
         if !["release", "dev"].contains(&c.runtime.profile.as_str())
             && !c.runtime.profile.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')

@@ -228,6 +228,9 @@ impl Gateway {
             Err(e) => return json_error(&e),
         };
         let ns = caller.namespace.clone();
+        if req.method() == Method::GET && (path == "/openapi.json" || path.starts_with("/openapi/")) {
+            return self.openapi(&caller, path, req.headers()).await;
+        }
         let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("").to_string();
         // Services that registered an HTTP address get the request as it is.
         let valid = !first.is_empty() && first.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
@@ -501,6 +504,39 @@ impl Gateway {
         res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
         res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         res
+    }
+
+    /// `GET /openapi.json` (every service of the caller's namespace) or
+    /// `GET /openapi/{service}.json`: what the namespace's rules let the caller list.
+    async fn openapi(&self, caller: &micro::auth::Caller, path: &str, headers: &http::HeaderMap) -> Response<Body> {
+        let listing = micro_core::auth::Resource::new("service", "registry", "Registry.ListServices");
+        if let Err(e) = self.inner.authorizer.decide(caller, micro::auth::Protection::Rules, &listing).await {
+            return json_error(&e);
+        }
+        let one = match path.strip_prefix("/openapi/").map(|p| p.strip_suffix(".json")) {
+            None => None,
+            Some(Some(name)) if micro_core::registry::validate_name(name).is_ok() => Some(name.to_string()),
+            Some(_) => return json_error(&Status::not_found("api", format!("no OpenAPI document at {path}"))),
+        };
+        let ns = &caller.namespace;
+        let mut services = match self.inner.registry.list_services(ns).await {
+            Ok(s) => s,
+            Err(e) => return json_error(&e),
+        };
+        if let Some(name) = &one {
+            services.retain(|s| &s.name == name);
+            if services.is_empty() {
+                return json_error(&Status::not_found("api", format!("no service {name} in namespace {ns}")));
+            }
+        }
+        let scheme = if headers.get("x-forwarded-proto").is_some_and(|v| v == "https") { "https" } else { "http" };
+        let server = headers.get(header::HOST).and_then(|h| h.to_str().ok()).map(|h| format!("{scheme}://{h}"));
+        let title = match &one {
+            Some(name) => format!("{name} (namespace {ns})"),
+            None => format!("Namespace {ns}"),
+        };
+        let doc = crate::openapi::document(&title, server.as_deref(), &services);
+        json(StatusCode::OK, Bytes::from(doc.to_string()))
     }
 
     /// An HTTP node of `service` other than `failed`, from the registry's latest word.

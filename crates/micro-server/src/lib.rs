@@ -19,6 +19,7 @@ pub mod gateway;
 mod grpc_health;
 mod guard;
 mod namespace_data;
+mod openapi;
 mod products;
 mod proxy;
 mod reflection;

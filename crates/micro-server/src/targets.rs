@@ -13,6 +13,9 @@ use std::net::{IpAddr, SocketAddr};
 #[derive(Clone, Debug)]
 pub(crate) struct Targets {
     own: Vec<SocketAddr>,
+    /// The names this server's listeners go by (`host:port`, like the proxy's advertised
+    /// address, which this process serves in-process).
+    names: Vec<String>,
     deny: Vec<Net>,
 }
 
@@ -70,7 +73,13 @@ fn refuse(address: &str, why: &str) -> Status {
 impl Targets {
     /// Nodes may point neither at `own` listeners nor into `deny`.
     pub(crate) fn new(own: Vec<SocketAddr>, deny: Vec<Net>) -> Targets {
-        Targets { own, deny }
+        Targets { own, names: Vec::new(), deny }
+    }
+
+    /// Nodes may not have these `host:port` names either (whatever they resolve to).
+    pub(crate) fn naming(mut self, names: Vec<String>) -> Targets {
+        self.names = names.into_iter().map(|n| n.to_ascii_lowercase()).collect();
+        self
     }
 
     /// The host and port of a node address (`host:port`, `[v6]:port` or `http://host:port/…`).
@@ -92,6 +101,9 @@ impl Targets {
         let Some((host, port)) = Self::split(address) else {
             return Err(refuse(address, "is not host:port"));
         };
+        if self.names.iter().any(|n| Self::split(n) == Some((host.clone(), port))) {
+            return Err(refuse(address, "is one of the server's own listeners"));
+        }
         let ip = match host.as_str() {
             "localhost" => IpAddr::from([127, 0, 0, 1]),
             h => match h.parse::<IpAddr>() {
@@ -139,6 +151,16 @@ mod tests {
     fn targets() -> Targets {
         let own = vec!["127.0.0.1:8080".parse().unwrap(), "0.0.0.0:8082".parse().unwrap()];
         Targets::new(own, parse_list(DEFAULT_DENY).unwrap())
+    }
+
+    #[test]
+    fn the_proxys_advertised_name_is_refused_whatever_it_resolves_to() {
+        let t = targets().naming(vec!["node-7.internal:8081".into()]);
+        for bad in ["node-7.internal:8081", "NODE-7.internal:8081", "http://node-7.internal:8081/x"] {
+            assert!(t.check_literal(bad).is_err(), "{bad}");
+        }
+        assert!(t.check_literal("node-7.internal:9000").is_ok());
+        assert!(t.check_literal("node-8.internal:8081").is_ok());
     }
 
     #[test]

@@ -134,6 +134,28 @@ fn hosts(extra: &[String]) -> Vec<String> {
     names
 }
 
+/// The answer of the plain-HTTP redirect listener: `308` to the same host, path and query
+/// on the gateway's HTTPS port `port`.
+pub(crate) fn redirect<B>(req: &http::Request<B>, port: u16) -> http::Response<tonic::body::Body> {
+    let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    // The host without its port (an IPv6 literal keeps its brackets).
+    let host = match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) && (!h.contains(':') || h.ends_with(']')) => h,
+        _ => host,
+    };
+    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let location = if port == 443 { format!("https://{host}{pq}") } else { format!("https://{host}:{port}{pq}") };
+    let mut res = http::Response::new(tonic::body::Body::empty());
+    *res.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
+    match http::HeaderValue::from_str(&location) {
+        Ok(v) => {
+            res.headers_mut().insert(http::header::LOCATION, v);
+        }
+        Err(_) => *res.status_mut() = http::StatusCode::BAD_REQUEST,
+    }
+    res
+}
+
 /// The TLS of `mode` (`None` when off); `extra_hosts` are more names for `auto`.
 pub(crate) fn setup(mode: &TlsMode, data_dir: &Path, extra_hosts: &[String]) -> Result<Option<Tls>, Error> {
     let (cert, key, ca) = match mode {

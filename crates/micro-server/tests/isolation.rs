@@ -431,3 +431,82 @@ async fn the_gateway_sends_a_get_that_reached_no_node_to_another() {
     }
     assert!(statuses.contains(&502) && statuses.contains(&200), "POSTs are not replayed: {statuses:?}");
 }
+
+/// `GET /openapi.json` describes the caller's namespace as the gateway serves it: every
+/// endpoint with its schemas, declared routes, one service alone, nothing of another
+/// namespace; a stock validator accepts it when the test venv has one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_publishes_openapi_per_namespace_and_service() {
+    use serde_json::{Value, json};
+    let s = TestServer::start().await;
+    let shop = s
+        .service("micro", "shop")
+        .await
+        .handle("Cart.Add", |_ctx: micro::Context, req: Value| async move { Ok::<_, micro::Status>(req) })
+        .handle("Cart.Get", |_ctx: micro::Context, req: Value| async move { Ok::<_, micro::Status>(req) })
+        .route("GET /carts/{id}", "Cart.Get")
+        .start()
+        .await
+        .unwrap();
+    let doc = micro_test::http(&s.api(), "GET", "/openapi.json", &[], b"").await;
+    assert_eq!(doc.status, 200, "{}", doc.body);
+    let v = doc.json();
+    assert_eq!(v["openapi"], "3.1.0");
+    let paths = v["paths"].as_object().unwrap();
+    assert!(paths["/shop/cart/add"]["post"]["requestBody"].is_object(), "{v}");
+    let get = &paths["/carts/{id}"]["get"];
+    assert_eq!(get["parameters"][0]["name"], "id", "{get}");
+    // The core's endpoints with the schemas from their protos.
+    let read = &paths["/store/store/read"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert!(read["properties"]["key"].is_object(), "{read}");
+    // Every reference resolves inside the document.
+    fn refs(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(o) => o.iter().for_each(|(k, x)| match (k.as_str(), x) {
+                ("$ref", Value::String(r)) => out.push(r.clone()),
+                _ => refs(x, out),
+            }),
+            Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    refs(&v, &mut all);
+    for r in &all {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("outside ref {r}"));
+        assert!(v["components"]["schemas"][name].is_object(), "{r} resolves");
+    }
+    // The calls it describes work as described.
+    let r =
+        micro_test::http(&s.api(), "POST", "/shop/cart/add", &[("content-type", "application/json")], br#"{"n":1}"#)
+            .await;
+    assert_eq!((r.status, r.json()), (200, json!({"n": 1})));
+
+    // One service alone; unknown and bad names are 404s.
+    let one = micro_test::http(&s.api(), "GET", "/openapi/shop.json", &[], b"").await.json();
+    let names: Vec<&String> = one["paths"].as_object().unwrap().keys().collect();
+    assert!(names.iter().all(|p| p.starts_with("/shop/") || p.starts_with("/carts/")), "{names:?}");
+    for bad in ["/openapi/nosuch.json", "/openapi/bad%20name.json", "/openapi/shop"] {
+        let r = micro_test::http(&s.api(), "GET", bad, &[], b"").await;
+        assert_eq!(r.status, 404, "{bad}: {}", r.body);
+        assert!(r.json()["detail"].is_string(), "{bad}: the JSON error body");
+    }
+    // Another namespace sees nothing of this one.
+    let other = micro_test::http(&s.api(), "GET", "/openapi.json", &[("micro-namespace", "acme")], b"").await;
+    assert!(!other.body.contains("/shop/"), "{}", other.body);
+
+    // A stock validator, when the test venv has it (scripts/test installs it).
+    if let Ok(python) = std::env::var("MICRO_TEST_PYTHON") {
+        let file = s.dir.path().join("openapi.json");
+        std::fs::write(&file, &doc.body).unwrap();
+        let script = "import json,sys; from openapi_spec_validator import validate; validate(json.load(open(sys.argv[1]))); print('valid')";
+        let out = std::process::Command::new(python).args(["-c", script, file.to_str().unwrap()]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    shop.stop().await;
+}
