@@ -298,11 +298,19 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut tasks = Vec::new();
-    let api_svc = TraceLayer::new("api").layer(tower::service_fn(move |mut req: Request<Incoming>| {
-        micro::server::stamp_client_address(&mut req);
-        let g = gateway.clone();
-        async move { Ok::<_, Infallible>(g.handle(req).await) }
-    }));
+    // Replies of 1 KiB and more are compressed for clients that accept it.
+    let compression = tower_http::compression::CompressionLayer::new()
+        .quality(tower_http::CompressionLevel::Fastest)
+        .compress_when(crate::gateway::Compressible(1024));
+    let api_svc = TraceLayer::new("api").layer(
+        compression
+            .layer(tower::service_fn(move |mut req: Request<Incoming>| {
+                micro::server::stamp_client_address(&mut req);
+                let g = gateway.clone();
+                async move { Ok::<_, Infallible>(g.handle(req).await) }
+            }))
+            .map_response(|r: http::Response<_>| r.map(Body::new)),
+    );
     let tls_config = tls.as_ref().map(|t| t.config.clone());
     tasks.push(tokio::spawn(micro::server::serve_tls(
         proxy_listener,

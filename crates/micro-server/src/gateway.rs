@@ -790,6 +790,27 @@ fn set_path(obj: &mut Map<String, Value>, path: &[&str], v: &str, schema: &Value
     set_path(child, &path[1..], v, fs.unwrap_or(&Value::Null))
 }
 
+/// Which gateway answers are compressed (gzip, brotli or zstd, by `Accept-Encoding`):
+/// those of a known size of at least this many bytes that are not gRPC, images or
+/// server-sent events. A reply of unknown size (a streamed one) is passed as it comes,
+/// so nothing a client waits for is held in a compressor's buffer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Compressible(pub(crate) u64);
+
+impl tower_http::compression::Predicate for Compressible {
+    fn should_compress<B: http_body::Body>(&self, response: &Response<B>) -> bool {
+        let size = response.body().size_hint().exact().or_else(|| {
+            response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+        });
+        let ct = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let kind = ct.split(';').next().unwrap_or("").trim();
+        size.is_some_and(|n| n >= self.0)
+            && !kind.starts_with("application/grpc")
+            && !kind.starts_with("image/")
+            && kind != "text/event-stream"
+    }
+}
+
 /// The URI of `rest` (path and query) at the HTTP node `addr` (`host:port` or a base URL).
 fn node_uri(addr: &str, rest: &str) -> Option<http::Uri> {
     let base = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };

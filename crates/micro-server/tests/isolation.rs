@@ -434,7 +434,8 @@ async fn the_gateway_sends_a_get_that_reached_no_node_to_another() {
 
 /// `GET /openapi.json` describes the caller's namespace as the gateway serves it: every
 /// endpoint with its schemas, declared routes, one service alone, nothing of another
-/// namespace; a stock validator accepts it when the test venv has one.
+/// namespace; a stock validator accepts it when the test venv has one. The gateway
+/// compresses it for clients that ask.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_publishes_openapi_per_namespace_and_service() {
     use serde_json::{Value, json};
@@ -494,6 +495,23 @@ async fn the_gateway_publishes_openapi_per_namespace_and_service() {
     // Another namespace sees nothing of this one.
     let other = micro_test::http(&s.api(), "GET", "/openapi.json", &[("micro-namespace", "acme")], b"").await;
     assert!(!other.body.contains("/shop/"), "{}", other.body);
+
+    // Compressed by Accept-Encoding (gzip, brotli, zstd), decoded by curl to the same
+    // document; a small reply is sent as it is.
+    let url = format!("http://{}/openapi.json", s.api());
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).output().unwrap();
+        assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for enc in ["gzip", "br", "zstd"] {
+        let head = curl(&["-D", "-", "-o", "/dev/null", "-H", &format!("accept-encoding: {enc}"), &url]);
+        assert!(head.to_lowercase().contains(&format!("content-encoding: {enc}")), "{enc}: {head}");
+    }
+    let decoded: Value = serde_json::from_str(&curl(&["--compressed", &url])).unwrap();
+    assert_eq!(decoded, v, "the same document");
+    let small = curl(&["-D", "-", "-o", "/dev/null", "-H", "accept-encoding: gzip", &format!("http://{}/", s.api())]);
+    assert!(!small.to_lowercase().contains("content-encoding"), "{small}");
 
     // A stock validator, when the test venv has it (scripts/test installs it).
     if let Ok(python) = std::env::var("MICRO_TEST_PYTHON") {
