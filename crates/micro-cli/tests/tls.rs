@@ -37,6 +37,21 @@ async fn auto_tls_on_every_port_for_curl_the_cli_python_and_the_dashboard() {
         .env("HOME", &home_dir)
         .admin_password("tls-admin-password-1")
         .start();
+    // A client that starts a handshake and never finishes it is dropped (within the 10 s
+    // header timeout), checked alongside the rest.
+    let stalled = {
+        let api = s.api.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut c = std::net::TcpStream::connect(&api).expect("connects");
+            c.set_read_timeout(Some(std::time::Duration::from_secs(20))).expect("a timeout");
+            c.write_all(&[0x16, 0x03, 0x01]).expect("a partial record");
+            let started = std::time::Instant::now();
+            let mut buf = [0u8; 64];
+            let read = c.read(&mut buf);
+            (started.elapsed(), read.map_err(|e| e.kind()))
+        })
+    };
     let ca = s.data_dir().join("tls").join("ca.pem");
     let ca = ca.to_str().expect("a UTF-8 path").to_string();
     assert!(s.output().contains(&format!("TLS by the local CA {ca}")), "{}", s.output());
@@ -116,5 +131,8 @@ async fn auto_tls_on_every_port_for_curl_the_cli_python_and_the_dashboard() {
             eprintln!("notice: skipping the Python TLS client (MICRO_TEST_PYTHON unset; scripts/test sets it)");
         }
     }
+    let (waited, read) = stalled.join().expect("the stalled client");
+    assert!(matches!(read, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)), "closed: {read:?}");
+    assert!(waited < std::time::Duration::from_secs(15), "dropped after {waited:?}");
     s.stop();
 }
