@@ -145,6 +145,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: crate::data::ConfigCmd,
     },
+    /// The gateway's rate limits of the namespace: micro ratelimit set|list|delete
+    Ratelimit {
+        #[command(subcommand)]
+        cmd: crate::ratelimit::RatelimitCmd,
+    },
     /// Publish an event: micro publish orders '{"id":1}'
     Publish {
         topic: String,
@@ -453,6 +458,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Namespace { cmd } => crate::auth::namespace(&c, cmd).await,
         Command::Store { cmd } => crate::data::store(&c, cmd).await,
         Command::Config { cmd } => crate::data::config(&c, cmd).await,
+        Command::Ratelimit { cmd } => crate::ratelimit::ratelimit(&c, cmd).await,
         Command::Publish { topic, payload, key, metadata } => {
             crate::data::publish(&c, &topic, &payload, key, &metadata).await
         }

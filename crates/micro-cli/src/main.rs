@@ -7,6 +7,7 @@ mod dynamic;
 mod envs;
 mod new;
 mod output;
+mod ratelimit;
 mod runtime;
 
 #[tokio::main]

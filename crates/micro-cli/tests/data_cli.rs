@@ -93,3 +93,69 @@ fn shell_completions() {
     let out = Command::new(env!("CARGO_BIN_EXE_micro")).args(["completion", "nosh"]).output().expect("micro runs");
     assert!(!out.status.success());
 }
+
+/// A raw HTTP/1.1 GET from the local address `source`: (status, head, body).
+async fn get_from(source: &str, addr: &str, path: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().expect("a local socket");
+    socket.bind(std::net::SocketAddr::new(source.parse().expect("a local socket"), 0)).expect("a local socket");
+    let mut stream = socket.connect(addr.parse().expect("a local socket")).await.expect("a local socket");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("a local socket");
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).await.expect("a local socket");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// `micro ratelimit`: a rule limits each client address's requests to a service at the
+/// gateway, answering 429 with `Retry-After`, the draft `RateLimit` headers and the JSON
+/// error body; other services and other addresses are not counted; malformed rules are
+/// refused with the reason; a deleted rule stops limiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_set_with_the_cli_hold_at_the_gateway() {
+    let s = TestServer::start().await;
+    let cli = Cli::new(env!("CARGO_BIN_EXE_micro"), &s.proxy());
+    let password = std::fs::read_to_string(s.dir.path().join(micro_server::ADMIN_PASSWORD_FILE)).unwrap();
+    cli.ok(&["login", "--password", password.trim()]).await;
+    for (args, why) in [
+        (vec!["--rate", "ten/s"], "whole number"),
+        (vec!["--rate", "10/d"], "unknown unit"),
+        (vec!["--rate", "10/s", "--per", "planet"], "ip, account or namespace"),
+        (vec!["--rate", "10/s", "--route", "shop"], "starting with /"),
+    ] {
+        let mut all = vec!["ratelimit", "set", "bad"];
+        all.extend(args);
+        assert!(cli.error(&all).await.contains(why), "{why}");
+    }
+    assert!(cli.error(&["ratelimit", "set", "no/slash", "--rate", "1/s"]).await.contains("not a rule name"));
+    cli.ok(&["ratelimit", "set", "shop-slow", "--rate", "3/m", "--service", "shop"]).await;
+    let listed = cli.json(&["ratelimit", "list", "-o", "json"]).await;
+    assert_eq!(listed["shop-slow"]["rate"], "3/m", "{listed}");
+    // Rules are read again within a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let api = s.api();
+    for left in ["2", "1", "0"] {
+        let (status, head, _) = get_from("127.0.0.1", &api, "/shop/items").await;
+        assert_ne!(status, 429, "{head}");
+        assert!(head.contains(&format!("ratelimit: \"shop-slow\";r={left}")), "{head}");
+        assert!(head.contains("ratelimit-policy: \"shop-slow\";q=3;w=60"), "{head}");
+    }
+    let (status, head, body) = get_from("127.0.0.1", &api, "/shop/items").await;
+    assert_eq!(status, 429, "{head}");
+    let retry: u64 = head.lines().find_map(|l| l.strip_prefix("retry-after: ")).unwrap().trim().parse().unwrap();
+    assert!((1..=20).contains(&retry), "one request every 20 s: {retry}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["code"], 429);
+    assert!(e["detail"].as_str().unwrap().contains("rate limit shop-slow exceeded"), "{e}");
+    // Another service, and another client address, are not counted.
+    assert_ne!(get_from("127.0.0.1", &api, "/other/items").await.0, 429);
+    assert_ne!(get_from("127.0.0.2", &api, "/shop/items").await.0, 429);
+    // Deleted: no longer limited (once the rules are read again).
+    cli.ok(&["ratelimit", "delete", "shop-slow"]).await;
+    assert!(cli.error(&["ratelimit", "delete", "shop-slow"]).await.contains("no rule"));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_ne!(get_from("127.0.0.1", &api, "/shop/items").await.0, 429);
+}

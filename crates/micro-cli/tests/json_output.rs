@@ -179,6 +179,14 @@ async fn every_command_prints_json_with_o_json() {
     assert_eq!(one(&cli, &["kill", "ticker"]).await["killed"], "ticker");
     run("kill");
 
+    // The gateway's rate limits.
+    assert_eq!(one(&cli, &["ratelimit", "set", "api", "--rate", "100/s"]).await["rule"]["rate"], "100/s");
+    run("ratelimit set");
+    assert_eq!(one(&cli, &["ratelimit", "list"]).await["api"]["per"], "ip");
+    run("ratelimit list");
+    assert_eq!(one(&cli, &["ratelimit", "delete", "api"]).await["deleted"], "api");
+    run("ratelimit delete");
+
     // The account's own settings.
     one(&cli, &["user", "config", "set", "git.credentials.example.com", "a-token-of-mine"]).await;
     run("user config set");

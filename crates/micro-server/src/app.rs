@@ -219,7 +219,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .grpc_service(pb::store::blob_server::BlobServer::new(data::BlobService { blob }))
         .grpc_service(pb::events::events_server::EventsServer::new(data::EventsService { events }))
         .grpc_service(pb::broker::broker_server::BrokerServer::new(data::BrokerService { broker }))
-        .grpc_service(pb::config::config_server::ConfigServer::new(data::ConfigService { config: config_backend }))
+        .grpc_service(pb::config::config_server::ConfigServer::new(data::ConfigService {
+            config: config_backend.clone(),
+        }))
         .grpc_service(pb::sync::sync_server::SyncServer::new(data::SyncService { sync }))
         .grpc_service(pb::auth::auth_server::AuthServer::new(auth.clone()))
         .grpc_service(pb::runtime::runtime_server::RuntimeServer::new(runtime.clone()))
@@ -291,7 +293,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // straight in: the same layers and checks, no loopback connection.
     let transport = micro::Transport::new().local(proxy_node.clone(), micro::LocalService::new(proxy_edge.clone()));
     let client = client.transport(transport.clone());
-    let gateway = Gateway::new(&config, routing, client, metrics.clone(), auth.clone(), targets, edge_key.clone());
+    let limits = crate::ratelimit::RateLimits::new(config_backend.clone());
+    let gateway =
+        Gateway::new(&config, routing, client, metrics.clone(), auth.clone(), targets, edge_key.clone(), limits);
 
     let (tx, rx) = watch::channel(false);
     let until = |mut rx: watch::Receiver<bool>| async move {

@@ -51,6 +51,8 @@ struct Inner {
     targets: crate::targets::Targets,
     /// Vouches, on calls to the core, for the client address the gateway stamped.
     edge_key: micro::edge::EdgeKey,
+    /// The namespaces' rate limits.
+    limits: crate::ratelimit::RateLimits,
 }
 
 /// The declared routes of one namespace.
@@ -162,6 +164,7 @@ fn namespace(headers: &http::HeaderMap) -> String {
 }
 
 impl Gateway {
+    #[allow(clippy::too_many_arguments)] // the parts of the server the gateway uses, each once
     pub(crate) fn new(
         config: &Config,
         registry: Arc<dyn Registry>,
@@ -170,6 +173,7 @@ impl Gateway {
         auth: crate::auth::AuthService,
         targets: crate::targets::Targets,
         edge_key: micro::edge::EdgeKey,
+        limits: crate::ratelimit::RateLimits,
     ) -> Gateway {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
@@ -189,6 +193,7 @@ impl Gateway {
                 auth,
                 targets,
                 edge_key,
+                limits,
             }),
         }
     }
@@ -227,6 +232,28 @@ impl Gateway {
             Ok(c) => c,
             Err(e) => return json_error(&e),
         };
+        // The namespace's rate limits, before anything is done for the request.
+        let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("");
+        let ip = req.headers().get(micro::server::CLIENT_ADDRESS).and_then(|v| v.to_str().ok());
+        let counted =
+            crate::ratelimit::Request { namespace: &caller.namespace, service: first, path, ip, account: caller.id() };
+        let passed = match self.inner.limits.check(&counted).await {
+            Ok(p) => p,
+            Err(refused) => return limited(refused),
+        };
+        let mut res = self.serve(req, caller).await;
+        if let Some(p) = passed
+            && let (Ok(policy), Ok(state)) = (HeaderValue::from_str(&p.policy), HeaderValue::from_str(&p.state))
+        {
+            res.headers_mut().insert("ratelimit-policy", policy);
+            res.headers_mut().insert("ratelimit", state);
+        }
+        res
+    }
+
+    /// Serves a request of `caller`, once it passed the rate limits.
+    async fn serve(&self, req: Request<Incoming>, caller: micro::auth::Caller) -> Response<Body> {
+        let path = req.uri().path();
         let ns = caller.namespace.clone();
         if req.method() == Method::GET && (path == "/openapi.json" || path.starts_with("/openapi/")) {
             return self.openapi(&caller, path, req.headers()).await;
@@ -788,6 +815,19 @@ fn set_path(obj: &mut Map<String, Value>, path: &[&str], v: &str, schema: &Value
         return Err(Status::bad_request("api", format!("{name} is not an object")));
     };
     set_path(child, &path[1..], v, fs.unwrap_or(&Value::Null))
+}
+
+/// The 429 of a request over a rate limit: the JSON error body, `Retry-After` and the
+/// IETF draft's `RateLimit-Policy` and `RateLimit` headers.
+fn limited(r: crate::ratelimit::Refused) -> Response<Body> {
+    let mut res = json_error(&r.status);
+    let h = res.headers_mut();
+    h.insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after));
+    if let (Ok(policy), Ok(state)) = (HeaderValue::from_str(&r.policy), HeaderValue::from_str(&r.state)) {
+        h.insert("ratelimit-policy", policy);
+        h.insert("ratelimit", state);
+    }
+    res
 }
 
 /// Which gateway answers are compressed (gzip, brotli or zstd, by `Accept-Encoding`):

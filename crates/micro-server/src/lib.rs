@@ -22,6 +22,7 @@ mod namespace_data;
 mod openapi;
 mod products;
 mod proxy;
+pub mod ratelimit;
 mod reflection;
 mod registry;
 mod revoke;

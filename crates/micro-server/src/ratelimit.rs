@@ -1,0 +1,281 @@
+//! Rate limits at the gateway: token buckets (governor's GCRA) from the rules a namespace
+//! keeps in its config under `edge.ratelimits.<name>` (`micro ratelimit set …` writes
+//! them). A rule limits the requests of each client address, each account, or the whole
+//! namespace, to one service or route prefix or to everything; the gateway rereads a
+//! namespace's rules at most once a second, keeping the buckets of unchanged rules.
+//! Buckets are per node: on N nodes behind a balancer a client gets up to N times a rule's
+//! rate (shared counters through Redis are still to come).
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use micro_core::config::Config;
+use micro_core::{Code, Status};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where a namespace keeps its rules, in its config.
+pub const CONFIG_PATH: &str = "edge.ratelimits";
+
+/// How long a namespace's rules are used before they are read again.
+const REREAD: Duration = Duration::from_secs(1);
+
+/// Whose requests a rule counts together.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Per {
+    /// Each client address.
+    Ip,
+    /// Each account (anonymous callers: each address).
+    Account,
+    /// The whole namespace.
+    Namespace,
+}
+
+/// A rate-limit rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    /// Requests per window.
+    pub limit: NonZeroU32,
+    /// The window the limit refills over.
+    pub window: Duration,
+    /// Requests allowed at once (default: the limit).
+    pub burst: NonZeroU32,
+    /// Whose requests count together.
+    pub per: Per,
+    /// Only requests to this service (default: all).
+    pub service: Option<String>,
+    /// Only paths under this prefix (default: all).
+    pub route: Option<String>,
+}
+
+/// Parses a rule as kept in the config: `{"rate": "10/s", "burst": 20, "per": "ip",
+/// "service": "shop", "route": "/shop/cart"}`; the error says what is wrong.
+pub fn parse_rule(v: &Value) -> Result<Rule, String> {
+    let o = v.as_object().ok_or("a rule is an object with a rate, like {\"rate\": \"10/s\"}")?;
+    for k in o.keys() {
+        if !["rate", "burst", "per", "service", "route"].contains(&k.as_str()) {
+            return Err(format!("unknown field {k:?} (rate, burst, per, service, route)"));
+        }
+    }
+    let rate =
+        o.get("rate").and_then(Value::as_str).ok_or("rate is required, like \"10/s\", \"100/m\" or \"1000/h\"")?;
+    let (n, unit) = rate.split_once('/').ok_or_else(|| format!("rate {rate:?}: use N/s, N/m or N/h"))?;
+    let limit = n
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .and_then(NonZeroU32::new)
+        .ok_or_else(|| format!("rate {rate:?}: the count must be a whole number above 0"))?;
+    let window = match unit.trim() {
+        "s" => Duration::from_secs(1),
+        "m" => Duration::from_secs(60),
+        "h" => Duration::from_secs(3600),
+        u => return Err(format!("rate {rate:?}: unknown unit {u:?} (s, m or h)")),
+    };
+    let burst = match o.get("burst") {
+        None | Some(Value::Null) => limit,
+        Some(b) => b
+            .as_u64()
+            .and_then(|b| u32::try_from(b).ok())
+            .and_then(NonZeroU32::new)
+            .ok_or_else(|| format!("burst {b}: a whole number above 0"))?,
+    };
+    let per = match o.get("per").and_then(Value::as_str).unwrap_or("ip") {
+        "ip" => Per::Ip,
+        "account" => Per::Account,
+        "namespace" => Per::Namespace,
+        p => return Err(format!("per {p:?}: ip, account or namespace")),
+    };
+    let text = |k: &str| -> Result<Option<String>, String> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(format!("{k} {other}: a string")),
+        }
+    };
+    let service = text("service")?;
+    if let Some(s) = &service {
+        micro_core::registry::validate_name(s).map_err(|e| format!("service {s:?}: {}", e.detail()))?;
+    }
+    let route = text("route")?;
+    if route.as_deref().is_some_and(|r| !r.starts_with('/')) {
+        return Err("route: a path prefix starting with /".into());
+    }
+    Ok(Rule { limit, window, burst, per, service, route })
+}
+
+/// A namespace's limits, and when they were read.
+type Read = (Instant, Arc<Vec<Arc<Limit>>>);
+
+type Buckets = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+
+struct Limit {
+    name: String,
+    spec: Value,
+    rule: Rule,
+    buckets: Buckets,
+}
+
+impl Limit {
+    fn new(name: String, spec: Value, rule: Rule) -> Limit {
+        // `limit` requests per window: one cell every window/limit, `burst` at once.
+        let period = rule.window / rule.limit.get();
+        let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
+            .unwrap_or_else(|| Quota::per_second(rule.limit))
+            .allow_burst(rule.burst);
+        Limit { name, spec, rule, buckets: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>() }
+    }
+}
+
+/// What a request is limited by.
+pub(crate) struct Request<'a> {
+    pub(crate) namespace: &'a str,
+    pub(crate) service: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) ip: Option<&'a str>,
+    pub(crate) account: Option<&'a str>,
+}
+
+/// The `RateLimit-Policy` and `RateLimit` headers of the tightest rule a request passed.
+pub(crate) struct Passed {
+    pub(crate) policy: String,
+    pub(crate) state: String,
+}
+
+/// A request over a limit: the status (429) and its headers.
+pub(crate) struct Refused {
+    pub(crate) status: Status,
+    pub(crate) retry_after: u64,
+    pub(crate) policy: String,
+    pub(crate) state: String,
+}
+
+/// The rules and buckets of every namespace. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct RateLimits {
+    config: Arc<dyn Config>,
+    rules: Arc<Mutex<HashMap<String, Read>>>,
+}
+
+impl RateLimits {
+    pub(crate) fn new(config: Arc<dyn Config>) -> RateLimits {
+        RateLimits { config, rules: Arc::default() }
+    }
+
+    /// The namespace's limits, read again when a second old.
+    async fn limits(&self, ns: &str) -> Arc<Vec<Arc<Limit>>> {
+        let old = self.rules.lock().unwrap_or_else(|e| e.into_inner()).get(ns).cloned();
+        if let Some((at, limits)) = &old
+            && at.elapsed() < REREAD
+        {
+            return limits.clone();
+        }
+        let specs = match self.config.get(ns, CONFIG_PATH, false).await {
+            Ok(Some(Value::Object(o))) => o,
+            Ok(_) => serde_json::Map::new(),
+            Err(e) => {
+                // The config is away: the last rules hold (none, if never read).
+                tracing::warn!(namespace = ns, error = %e, "cannot read the rate limits; keeping the last ones");
+                return old.map(|(_, l)| l).unwrap_or_default();
+            }
+        };
+        let previous = old.map(|(_, l)| l).unwrap_or_default();
+        let mut limits = Vec::new();
+        for (name, spec) in specs {
+            if let Some(same) = previous.iter().find(|l| l.name == name && l.spec == spec) {
+                same.buckets.retain_recent();
+                limits.push(same.clone());
+                continue;
+            }
+            match parse_rule(&spec) {
+                Ok(rule) => limits.push(Arc::new(Limit::new(name, spec, rule))),
+                Err(e) => tracing::warn!(namespace = ns, rule = %name, error = %e, "ignoring a malformed rate limit"),
+            }
+        }
+        let limits = Arc::new(limits);
+        self.rules.lock().unwrap_or_else(|e| e.into_inner()).insert(ns.to_string(), (Instant::now(), limits.clone()));
+        limits
+    }
+
+    /// Counts `req` against every rule of its namespace that applies; refused when one
+    /// is exhausted (its cell is not taken from the others' buckets after that).
+    pub(crate) async fn check(&self, req: &Request<'_>) -> Result<Option<Passed>, Refused> {
+        let limits = self.limits(req.namespace).await;
+        let mut tightest: Option<(u32, Passed)> = None;
+        for l in limits.iter() {
+            let r = &l.rule;
+            if r.service.as_deref().is_some_and(|s| s != req.service)
+                || r.route.as_deref().is_some_and(|p| !req.path.starts_with(p))
+            {
+                continue;
+            }
+            let key = match (r.per, req.account) {
+                (Per::Namespace, _) => String::new(),
+                (Per::Account, Some(a)) => format!("account:{a}"),
+                (Per::Account, None) | (Per::Ip, _) => format!("ip:{}", req.ip.unwrap_or("")),
+            };
+            let window = r.window.as_secs();
+            let policy = format!("\"{}\";q={};w={window}", l.name, r.limit);
+            match l.buckets.check_key(&key) {
+                Ok(snapshot) => {
+                    let remaining = snapshot.remaining_burst_capacity();
+                    if tightest.as_ref().is_none_or(|(left, _)| remaining < *left) {
+                        let state = format!("\"{}\";r={remaining}", l.name);
+                        tightest = Some((remaining, Passed { policy, state }));
+                    }
+                }
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(DefaultClock::default().now());
+                    let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                    let detail = format!(
+                        "rate limit {} exceeded ({} requests per {window} s); retry in {retry_after} s",
+                        l.name, r.limit
+                    );
+                    return Err(Refused {
+                        status: Status::new(Code::ResourceExhausted, "api", detail),
+                        retry_after,
+                        state: format!("\"{}\";r=0;t={retry_after}", l.name),
+                        policy,
+                    });
+                }
+            }
+        }
+        Ok(tightest.map(|(_, p)| p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rules_parse_and_bad_ones_say_why() {
+        let r =
+            parse_rule(&json!({"rate": "10/s", "burst": 20, "per": "account", "service": "shop", "route": "/shop"}))
+                .unwrap();
+        assert_eq!((r.limit.get(), r.window, r.burst.get(), r.per), (10, Duration::from_secs(1), 20, Per::Account));
+        assert_eq!(parse_rule(&json!({"rate": "5/m"})).unwrap().burst.get(), 5, "burst defaults to the limit");
+        for (bad, why) in [
+            (json!("10/s"), "object"),
+            (json!({}), "rate is required"),
+            (json!({"rate": "ten/s"}), "whole number"),
+            (json!({"rate": "0/s"}), "above 0"),
+            (json!({"rate": "10/d"}), "unknown unit"),
+            (json!({"rate": "10"}), "N/s"),
+            (json!({"rate": "10/s", "burst": 0}), "burst"),
+            (json!({"rate": "10/s", "per": "planet"}), "ip, account or namespace"),
+            (json!({"rate": "10/s", "route": "shop"}), "starting with /"),
+            (json!({"rate": "10/s", "service": "bad name"}), "service"),
+            (json!({"rate": "10/s", "colour": "red"}), "unknown field"),
+        ] {
+            let e = parse_rule(&bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}
