@@ -171,6 +171,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     };
     let wiring = crate::runtime::Wiring {
         server: proxy_node.clone(),
+        tls: tls.is_some(),
         ca: ca_pem,
         registry: registry.clone(),
         auth: auth.clone(),

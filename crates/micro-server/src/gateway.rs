@@ -233,10 +233,13 @@ impl Gateway {
             Err(e) => return json_error(&e),
         };
         // The namespace's rate limits, before anything is done for the request.
-        let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("");
         let ip = req.headers().get(micro::server::CLIENT_ADDRESS).and_then(|v| v.to_str().ok());
-        let counted =
-            crate::ratelimit::Request { namespace: &caller.namespace, service: first, path, ip, account: caller.id() };
+        let counted = crate::ratelimit::Request {
+            namespace: &caller.namespace,
+            path,
+            ip,
+            account: caller.account.as_ref().map(|a| (a.namespace.as_str(), a.id.as_str())),
+        };
         let passed = match self.inner.limits.check(&counted).await {
             Ok(p) => p,
             Err(refused) => return limited(refused),

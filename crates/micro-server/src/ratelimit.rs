@@ -24,6 +24,9 @@ pub const CONFIG_PATH: &str = "edge.ratelimits";
 /// How long a namespace's rules are used before they are read again.
 const REREAD: Duration = Duration::from_secs(1);
 
+/// At most this many namespaces' rules are kept in memory.
+const MAX_NAMESPACES: usize = 10_000;
+
 /// Whose requests a rule counts together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Per {
@@ -118,6 +121,8 @@ struct Limit {
     name: String,
     spec: Value,
     rule: Rule,
+    /// The normalized path prefix the rule applies to (its service's, or its route).
+    prefix: Option<String>,
     buckets: Buckets,
 }
 
@@ -128,17 +133,49 @@ impl Limit {
         let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
             .unwrap_or_else(|| Quota::per_second(rule.limit))
             .allow_burst(rule.burst);
-        Limit { name, spec, rule, buckets: RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>() }
+        // A service's requests are those under its gateway path (`v1.shop` → `/v1/shop`).
+        let prefix = match (&rule.route, &rule.service) {
+            (Some(r), _) => Some(normalize(r)),
+            (None, Some(s)) => Some(normalize(&s.replace('.', "/"))),
+            (None, None) => None,
+        };
+        let buckets = RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>();
+        Limit { name, spec, rule, prefix, buckets }
     }
 }
 
 /// What a request is limited by.
 pub(crate) struct Request<'a> {
     pub(crate) namespace: &'a str,
-    pub(crate) service: &'a str,
     pub(crate) path: &'a str,
     pub(crate) ip: Option<&'a str>,
-    pub(crate) account: Option<&'a str>,
+    /// The caller's account: its namespace and id.
+    pub(crate) account: Option<(&'a str, &'a str)>,
+}
+
+/// A path as rules match it: empty segments dropped, escapes decoded, letters lowercase,
+/// `-` and `_` removed (the gateway routes `/shop//Cart/add` and `/shop/c-art/add` to the
+/// same endpoint, so a rule must see them as one path).
+pub(crate) fn normalize(path: &str) -> String {
+    let mut out = String::new();
+    for seg in path.split('/').filter(|s| !s.is_empty()) {
+        let seg = micro::form::unescape(seg).unwrap_or_else(|_| seg.to_string());
+        out.push('/');
+        out.extend(seg.chars().filter(|c| *c != '-' && *c != '_').flat_map(char::to_lowercase));
+    }
+    if out.is_empty() { "/".into() } else { out }
+}
+
+/// The key a client address counts under: itself, or for IPv6 its /64 (one host gets a
+/// whole /64 to pick addresses from).
+fn ip_key(ip: &str) -> String {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("ip:{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        _ => format!("ip:{ip}"),
+    }
 }
 
 /// The `RateLimit-Policy` and `RateLimit` headers of the tightest rule a request passed.
@@ -179,9 +216,12 @@ impl RateLimits {
             Ok(Some(Value::Object(o))) => o,
             Ok(_) => serde_json::Map::new(),
             Err(e) => {
-                // The config is away: the last rules hold (none, if never read).
+                // The config is away: the last rules hold (none, if never read), and it is
+                // asked again in a second, not on every request.
                 tracing::warn!(namespace = ns, error = %e, "cannot read the rate limits; keeping the last ones");
-                return old.map(|(_, l)| l).unwrap_or_default();
+                let last = old.map(|(_, l)| l).unwrap_or_default();
+                self.remember(ns, last.clone());
+                return last;
             }
         };
         let previous = old.map(|(_, l)| l).unwrap_or_default();
@@ -197,27 +237,47 @@ impl RateLimits {
                 Err(e) => tracing::warn!(namespace = ns, rule = %name, error = %e, "ignoring a malformed rate limit"),
             }
         }
+        // Rules for each client or account first: a client over its own limit must not
+        // spend what the namespace as a whole may use.
+        limits.sort_by_key(|l| l.rule.per == Per::Namespace);
         let limits = Arc::new(limits);
-        self.rules.lock().unwrap_or_else(|e| e.into_inner()).insert(ns.to_string(), (Instant::now(), limits.clone()));
+        self.remember(ns, limits.clone());
         limits
+    }
+
+    fn remember(&self, ns: &str, limits: Arc<Vec<Arc<Limit>>>) {
+        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        // Callers may name any namespace: the cache stays bounded.
+        if rules.len() >= MAX_NAMESPACES && !rules.contains_key(ns) {
+            rules.retain(|_, (at, l)| !l.is_empty() && at.elapsed() < REREAD * 60);
+            if rules.len() >= MAX_NAMESPACES {
+                rules.clear();
+            }
+        }
+        rules.insert(ns.to_string(), (Instant::now(), limits));
     }
 
     /// Counts `req` against every rule of its namespace that applies; refused when one
     /// is exhausted (its cell is not taken from the others' buckets after that).
     pub(crate) async fn check(&self, req: &Request<'_>) -> Result<Option<Passed>, Refused> {
         let limits = self.limits(req.namespace).await;
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let path = normalize(req.path);
         let mut tightest: Option<(u32, Passed)> = None;
         for l in limits.iter() {
             let r = &l.rule;
-            if r.service.as_deref().is_some_and(|s| s != req.service)
-                || r.route.as_deref().is_some_and(|p| !req.path.starts_with(p))
+            if let Some(prefix) = &l.prefix
+                && !(path == *prefix || path.starts_with(&format!("{prefix}/")) || prefix == "/")
             {
                 continue;
             }
+            // Accounts by namespace and id (ids are unique within a namespace only).
             let key = match (r.per, req.account) {
                 (Per::Namespace, _) => String::new(),
-                (Per::Account, Some(a)) => format!("account:{a}"),
-                (Per::Account, None) | (Per::Ip, _) => format!("ip:{}", req.ip.unwrap_or("")),
+                (Per::Account, Some((ns, id))) => format!("account:{ns}/{id}"),
+                (Per::Account, None) | (Per::Ip, _) => ip_key(req.ip.unwrap_or("")),
             };
             let window = r.window.as_secs();
             let policy = format!("\"{}\";q={};w={window}", l.name, r.limit);
@@ -253,6 +313,16 @@ impl RateLimits {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn paths_match_as_the_gateway_routes_them() {
+        for p in ["/shop/cart/add", "//shop/Cart/add", "/shop//c-art/ADD", "/shop/%63art/add", "/SHOP/cart_/add"] {
+            assert_eq!(normalize(p), "/shop/cart/add", "{p}");
+        }
+        assert_eq!(normalize(""), "/");
+        assert_eq!(ip_key("2001:db8:1:2:3:4:5:6"), "ip:2001:db8:1:2::/64");
+        assert_eq!(ip_key("192.0.2.7"), "ip:192.0.2.7");
+    }
 
     #[test]
     fn rules_parse_and_bad_ones_say_why() {

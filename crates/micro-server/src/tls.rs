@@ -61,10 +61,19 @@ fn cert_error(e: rcgen::Error) -> Error {
     Error::Config(format!("making the TLS certificate: {e}"))
 }
 
-/// Writes `text` to `path` whole (a reader sees the old file or the new one).
+/// Writes `text` to `path` whole (a reader sees the old file or the new one), readable by
+/// its owner only.
 fn write(path: &Path, text: &str) -> Result<(), Error> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    use std::io::Write;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(&tmp).map_err(io(&tmp))?;
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
@@ -92,6 +101,8 @@ fn auto(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf, PathBuf), Err
     let (ca_cert, ca_key) = (tls.join("ca.pem"), tls.join("ca.key"));
     let key = match std::fs::read_to_string(&ca_key) {
         Ok(pem) if ca_cert.exists() => KeyPair::from_pem(&pem).map_err(cert_error)?,
+        // Unreadable is not missing: a new CA would strand every client trusting the old.
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&ca_key)(e)),
         _ => {
             let key = KeyPair::generate().map_err(cert_error)?;
             let cert = ca_params().self_signed(&key).map_err(cert_error)?;

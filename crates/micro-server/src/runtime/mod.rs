@@ -123,6 +123,7 @@ struct Inner {
     config: RuntimeConfig,
     builder: Builder,
     server: String,
+    tls: bool,
     ca: Option<String>,
     registry: Arc<dyn Registry>,
     auth: AuthService,
@@ -194,7 +195,9 @@ struct Managed {
 pub(crate) struct Wiring {
     /// This node's proxy address (what services are told to use, and the leader's address).
     pub(crate) server: String,
-    /// The CA services trust the proxy's certificate by (PEM), when it speaks TLS.
+    /// Whether the proxy speaks TLS (services are told `https://…`).
+    pub(crate) tls: bool,
+    /// The local CA services trust the proxy's certificate by (PEM), with `MICRO_TLS=auto`.
     pub(crate) ca: Option<String>,
     /// Where services are registered.
     pub(crate) registry: Arc<dyn Registry>,
@@ -215,7 +218,7 @@ impl Runtime {
     /// brings every service back to its desired state (or, in a cluster, campaigns to
     /// be the node that runs them).
     pub(crate) async fn open(data_dir: &Path, config: RuntimeConfig, wiring: Wiring) -> Result<Runtime, Status> {
-        let Wiring { server, ca, registry, auth, db, env_sealer, secrets, cluster } = wiring;
+        let Wiring { server, tls, ca, registry, auth, db, env_sealer, secrets, cluster } = wiring;
         let dir = data_dir.join("runtime");
         std::fs::create_dir_all(&dir).map_err(|e| Status::internal(ID, format!("{}: {e}", dir.display())))?;
         // Canonical: the sandbox binds these paths as they are.
@@ -256,6 +259,7 @@ impl Runtime {
                 config,
                 builder,
                 server,
+                tls,
                 ca,
                 registry,
                 auth,
@@ -860,12 +864,13 @@ impl Runtime {
             }
         }
         // Over TLS, services trust the server's CA (the PEM itself: the sandbox hides the data dir).
-        let server = match &self.inner.ca {
-            Some(ca) => {
+        let server = if self.inner.tls {
+            if let Some(ca) = &self.inner.ca {
                 env.push((micro::tls::CA_ENV.to_string(), ca.clone()));
-                format!("https://{}", self.inner.server)
             }
-            None => self.inner.server.clone(),
+            format!("https://{}", self.inner.server)
+        } else {
+            self.inner.server.clone()
         };
         env.extend([
             ("MICRO_SERVER".to_string(), server),
