@@ -314,20 +314,24 @@ impl Ctx {
 }
 
 /// Points the CLI's `local` environment at this server over TLS, trusting its CA, when
-/// `local` names this server (the same port on this host).
-fn trust_local(proxy: &str, ca: &str) {
+/// `local` names this server (the same port on this host); whether it does.
+fn trust_local(proxy: &str, ca: &str) -> bool {
     let port = |a: &str| a.rsplit_once(':').map(|(_, p)| p.to_string());
-    let Ok(mut envs) = Envs::load() else { return };
-    let Some(local) = envs.envs.get_mut("local") else { return };
+    let Ok(mut envs) = Envs::load() else { return false };
+    let Some(local) = envs.envs.get_mut("local") else { return false };
     let host = local.address.split_once("://").map(|(_, a)| a).unwrap_or(&local.address).to_string();
     let loopback = host.starts_with("127.0.0.1:") || host.starts_with("localhost:") || host.starts_with("[::1]:");
     if !loopback || port(&host) != port(proxy) {
-        return;
+        return false;
     }
     local.address = proxy.to_string();
     local.ca = Some(ca.to_string());
-    if let Err(e) = envs.save() {
-        eprintln!("micro server: could not make the local environment trust the CA: {e}");
+    match envs.save() {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("micro server: could not make the local environment trust the CA: {e}");
+            false
+        }
     }
 }
 
@@ -353,7 +357,12 @@ fn ctx(cli: &Cli) -> Result<Ctx> {
 /// Turns a status into a one-line error.
 pub(crate) fn status_err(e: micro::Status) -> anyhow::Error {
     let unreachable = e.detail().contains("cannot reach") || e.detail().contains("connect error");
-    if e.code() == micro::Code::Unavailable && unreachable {
+    if e.code() == micro::Code::Unavailable && e.detail().contains("certificate") {
+        anyhow!(
+            "{} (trust the server's CA: MICRO_CA=<ca.pem>, or micro env add <name> https://… --ca <ca.pem>)",
+            e.detail()
+        )
+    } else if e.code() == micro::Code::Unavailable && unreachable {
         anyhow!("{} (is `micro server` running? set MICRO_SERVER or --server)", e.detail())
     } else if e.id().is_empty() {
         anyhow!("{} ({})", e.detail(), e.http_status())
@@ -410,10 +419,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
             println!("micro server: api {scheme}://{}{web} proxy {proxy}", server.api_address());
             let ca = server.ca_path().map(|p| p.display().to_string());
             if let Some(ca) = &ca {
-                println!(
-                    "micro server: TLS by the local CA {ca} (curl --cacert {ca}; the CLI's local environment trusts it)"
-                );
-                trust_local(&proxy, ca);
+                let cli = if trust_local(&proxy, ca) {
+                    "the CLI's local environment trusts it".to_string()
+                } else {
+                    format!("the CLI: MICRO_CA={ca} micro --server {proxy} …")
+                };
+                println!("micro server: TLS by the local CA {ca} (curl --cacert {ca}; {cli})");
             }
             // For programs that start it (tests, scripts): every listener is up.
             let ready = serde_json::json!({
