@@ -269,7 +269,8 @@ impl RateLimits {
         for l in limits.iter() {
             let r = &l.rule;
             if let Some(prefix) = &l.prefix
-                && !(path == *prefix || path.starts_with(&format!("{prefix}/")) || prefix == "/")
+                && prefix != "/"
+                && !path.strip_prefix(prefix.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
             {
                 continue;
             }

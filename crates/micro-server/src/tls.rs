@@ -139,7 +139,6 @@ fn hosts(extra: &[String]) -> Vec<String> {
     }
     names.extend(extra.iter().cloned());
     names.retain(|n| !n.is_empty() && n != "0.0.0.0" && n != "::");
-    names.dedup();
     let mut seen = std::collections::HashSet::new();
     names.retain(|n| seen.insert(n.clone()));
     names

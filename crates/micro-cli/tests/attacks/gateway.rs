@@ -67,3 +67,46 @@ async fn the_proxy_takes_no_token_from_a_cookie() {
     let read = data(&s.proxy, "micro", Some(&admin)).store.read(&table, "csrf", &Default::default()).await;
     assert_eq!(read.map(|r| r.len()).map_err(|e| e.code()), Err(Code::NotFound), "nothing was written");
 }
+
+/// Rate limits (issue 17): a tenant of another namespace with an account of the same id
+/// cannot spend a namespace's per-account budget, and an anonymous caller cannot escape
+/// a service's limit by spelling its path otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_are_neither_drained_across_namespaces_nor_escaped_by_spelling() {
+    let s = ServerProcess::start(&micro(), &[]);
+    let admin = s.admin_cli().await;
+    for rule in [["per-user", "2/m", "account", ""], ["shop-ip", "1/m", "ip", "shop"]] {
+        let mut args = vec!["--namespace", "shop", "ratelimit", "set", rule[0], "--rate", rule[1], "--per", rule[2]];
+        if !rule[3].is_empty() {
+            args.extend(["--service", rule[3]]);
+        }
+        admin.ok(&args).await;
+    }
+    let alice = s.account("shop", "alice", "user", &[]).await;
+    let mallory = s.account("blog", "alice", "user", &[]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let get = |path: &'static str, token: Option<String>| {
+        let api = s.api.clone();
+        async move {
+            let bearer = token.map(|t| format!("Bearer {t}"));
+            let mut headers = vec![("micro-namespace", "shop")];
+            if let Some(b) = &bearer {
+                headers.push(("authorization", b.as_str()));
+            }
+            micro_test::http(&api, "GET", path, &headers, b"").await
+        }
+    };
+    // Blog's alice, naming shop, spends only her own budget.
+    for _ in 0..4 {
+        get("/other/x", Some(mallory.clone())).await;
+    }
+    for i in 0..2 {
+        let r = get("/other/x", Some(alice.clone())).await;
+        assert_ne!(r.status, 429, "shop's alice, request {i}: {}", r.body);
+    }
+    // The service's limit holds however its path is spelled.
+    assert_ne!(get("/shop/a", None).await.status, 429);
+    let r = get("/SHOP//a", None).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.body.contains("shop-ip"), "{}", r.body);
+}
