@@ -150,6 +150,8 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: crate::ratelimit::RatelimitCmd,
     },
+    /// Requests and bytes metered in the namespace: micro usage --since 24h --by service
+    Usage(crate::usage::UsageArgs),
     /// Publish an event: micro publish orders '{"id":1}'
     Publish {
         topic: String,
@@ -470,6 +472,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Store { cmd } => crate::data::store(&c, cmd).await,
         Command::Config { cmd } => crate::data::config(&c, cmd).await,
         Command::Ratelimit { cmd } => crate::ratelimit::ratelimit(&c, cmd).await,
+        Command::Usage(args) => crate::usage::usage(&c, args).await,
         Command::Publish { topic, payload, key, metadata } => {
             crate::data::publish(&c, &topic, &payload, key, &metadata).await
         }

@@ -163,3 +163,109 @@ async fn rate_limits_set_with_the_cli_hold_at_the_gateway() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_ne!(get_from("127.0.0.1", &api, "/shop/items").await.0, 429);
 }
+
+/// A usage row's service, endpoint, account and status class.
+type UsageKey = (String, String, String, String);
+
+/// The rows of `micro usage -o json` as their key → (requests, bytes in, bytes out).
+fn usage_rows(v: &serde_json::Value) -> std::collections::BTreeMap<UsageKey, (u64, u64, u64)> {
+    let s = |r: &serde_json::Value, k: &str| r[k].as_str().unwrap_or("").to_string();
+    v["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|r| {
+            let n = |k: &str| r[k].as_u64().expect("a count");
+            (
+                (s(r, "service"), s(r, "endpoint"), s(r, "account"), s(r, "status")),
+                (n("requests"), n("bytes_in"), n("bytes_out")),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_metered_per_namespace_and_read_with_the_cli() {
+    let s = TestServer::start_with(|c| c.usage_flush = Some(std::time::Duration::from_secs(1))).await;
+    let admin = Cli::new(env!("CARGO_BIN_EXE_micro"), &s.proxy());
+    let password = std::fs::read_to_string(s.dir.path().join(micro_server::ADMIN_PASSWORD_FILE)).unwrap();
+    admin.ok(&["login", "--password", password.trim()]).await;
+    s.create_account("shop", "owner", "owner-secret-1", "user", &["admin"]).await;
+    s.create_account("shop", "bob", "bob-secret-1", "user", &[]).await;
+    let owner_token = micro_test::login(&s.proxy(), "shop", "owner", "owner-secret-1").await;
+
+    // Through the gateway: three API calls of the owner, two anonymous misses.
+    let api = s.api();
+    let bearer = format!("Bearer {owner_token}");
+    for _ in 0..3 {
+        let r = micro_test::http(&api, "POST", "/registry/Registry/ListServices", &[("authorization", &bearer)], b"{}")
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    for _ in 0..2 {
+        let r = micro_test::http(&api, "GET", "/nosuch/thing", &[("micro-namespace", "shop")], b"").await;
+        assert_eq!(r.status, 404, "{}", r.body);
+    }
+    // Through the proxy: two store writes of the owner (gRPC).
+    let data = micro::data::Data::remote_with(
+        &s.proxy(),
+        "shop",
+        Some(std::sync::Arc::new(micro::data::StaticToken(owner_token.clone()))),
+    );
+    let table = micro_core::store::Table::new("shop", "things");
+    for k in ["a", "b"] {
+        data.store.write(&table, &micro_core::store::Record::new(k, b"12345".to_vec()), None).await.unwrap();
+    }
+
+    // Stored within a flush or two; the server's admin reads the shop's.
+    let by = "service,endpoint,account,status";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let rows = loop {
+        let v = admin.json(&["--namespace", "shop", "usage", "--by", by, "-o", "json"]).await;
+        let rows = usage_rows(&v);
+        let writes = rows.get(&("store".into(), "Store.Write".into(), "owner".into(), "2xx".into())).map(|r| r.0);
+        if writes == Some(2) {
+            break rows;
+        }
+        assert!(std::time::Instant::now() < deadline, "the store writes are metered: {rows:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    };
+    let key = |s: &str, e: &str, a: &str, c: &str| (s.to_string(), e.to_string(), a.to_string(), c.to_string());
+    let listed = rows[&key("registry", "Registry.ListServices", "owner", "2xx")];
+    assert_eq!((listed.0, listed.1), (3, 6), "three calls of 2 bytes each: {rows:?}");
+    assert!(listed.2 > 0, "bytes out are counted: {rows:?}");
+    assert_eq!(rows[&key("", "", "", "4xx")].0, 2, "the misses are counted too: {rows:?}");
+    let writes = rows[&key("store", "Store.Write", "owner", "2xx")];
+    assert!(writes.1 >= 10, "the writes' bytes in: {rows:?}");
+    // The server's admin acting in the shop is told apart from the shop's own accounts.
+    assert!(rows.keys().any(|k| k.2 == "micro/admin") && rows.keys().all(|k| k.2 != "admin"), "{rows:?}");
+
+    // The shop's admin reads the same; the table has a total row.
+    let owner = Cli::new(env!("CARGO_BIN_EXE_micro"), &s.proxy());
+    owner.ok(&["--namespace", "shop", "login", "--id", "owner", "--password", "owner-secret-1"]).await;
+    let table_out = owner.ok(&["usage", "--by", "service,status"]).await;
+    assert!(table_out.contains("registry") && table_out.contains("TOTAL"), "{table_out}");
+    let v = owner.json(&["usage", "--by", by, "-o", "json"]).await;
+    assert_eq!(usage_rows(&v)[&key("store", "Store.Write", "owner", "2xx")].0, 2, "{v}");
+    let only = owner.json(&["usage", "--service", "store", "--by", "service", "-o", "json"]).await;
+    assert!(usage_rows(&only).keys().all(|k| k.0 == "store"), "{only}");
+    // But not every namespace's, nor another's.
+    assert!(owner.error(&["usage", "--all"]).await.contains("server's admins"));
+    assert!(owner.error(&["--namespace", "micro", "usage"]).await.contains("403"));
+    // A member without the admin scope, and an anonymous caller, read nothing.
+    let bob = Cli::new(env!("CARGO_BIN_EXE_micro"), &s.proxy());
+    bob.ok(&["--namespace", "shop", "login", "--id", "bob", "--password", "bob-secret-1"]).await;
+    assert!(bob.error(&["usage"]).await.contains("admin scope"));
+    let anonymous = Cli::new(env!("CARGO_BIN_EXE_micro"), &s.proxy());
+    assert!(anonymous.error(&["--namespace", "shop", "usage"]).await.contains("401"));
+    // The server's admin sees every namespace.
+    let all = admin.json(&["usage", "--all", "--by", "namespace", "-o", "json"]).await;
+    let namespaces: Vec<&str> =
+        all["rows"].as_array().unwrap().iter().filter_map(|r| r["namespace"].as_str()).collect();
+    assert!(namespaces.contains(&"shop") && namespaces.contains(&"micro"), "{all}");
+
+    // Bad input: one clear line each.
+    assert!(admin.error(&["usage", "--by", "color"]).await.contains("cannot group by \"color\""));
+    assert!(admin.error(&["usage", "--since", "yesterday"]).await.contains("not a time"));
+    assert!(admin.error(&["usage", "--since", "1h", "--until", "2h"]).await.contains("before"));
+}

@@ -90,6 +90,118 @@ async fn acknowledged_writes_survive_sigkill() {
     data.store.write(&table, &Record::new("after", b"1".to_vec()), None).await.expect("write after restart");
 }
 
+/// One API call through the gateway (`Connection: close`): its status, or `None` when
+/// the connection failed or closed without an answer.
+async fn try_call(api: &str, bearer: &str) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(api).await.ok()?;
+    let req = format!(
+        "POST /registry/Registry/ListServices HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nAuthorization: {bearer}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    s.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    // A whole answer: its head, and its body as long as it says.
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))?
+        .parse()
+        .ok()?;
+    if body.len() < length {
+        return None;
+    }
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The requests `micro usage` counts for `service`/`endpoint` with a 2xx answer.
+async fn metered(cli: &micro_test::cli::Cli, service: &str, endpoint: &str) -> u64 {
+    let v = cli.json(&["usage", "--since", "all", "--by", "service,endpoint,status", "-o", "json"]).await;
+    v["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["service"] == service && r["endpoint"] == endpoint && r["status"] == "2xx")
+        .and_then(|r| r["requests"].as_u64())
+        .unwrap_or(0)
+}
+
+/// SIGKILL during steady traffic through the gateway (HTTP) and the proxy (gRPC) loses
+/// and doubles no metered request: after a restart `micro usage` counts what the clients
+/// saw succeed, plus at most the requests the kill cut off (a request is recorded before
+/// its answer leaves, so one cut off after its record is counted though its client saw
+/// an error) — and no more flushes later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metered_requests_survive_sigkill() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let server = ServerProcess::builder(binary(env!("CARGO_BIN_EXE_micro"))).env("MICRO_USAGE_FLUSH", "1").start();
+    let token = server.admin_token().await;
+    let data = admin_data(&server).await;
+    let counts: Arc<[AtomicU64; 4]> = Arc::new(Default::default());
+    let (http_ok, http_cut, grpc_ok, grpc_cut) = (0, 1, 2, 3);
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (api, bearer, counts) = (server.api.clone(), format!("Bearer {token}"), counts.clone());
+        clients.push(tokio::spawn(async move {
+            loop {
+                match try_call(&api, &bearer).await {
+                    Some(200) => counts[http_ok].fetch_add(1, Ordering::SeqCst),
+                    Some(other) => panic!("the gateway answered {other}"),
+                    None => return counts[http_cut].fetch_add(1, Ordering::SeqCst),
+                };
+            }
+        }));
+    }
+    for w in 0..2 {
+        let (store, counts) = (data.store.clone(), counts.clone());
+        clients.push(tokio::spawn(async move {
+            let table = Table::new("micro", "metered");
+            for i in 0.. {
+                match store.write(&table, &Record::new(format!("w{w}/{i}"), b"x".to_vec()), None).await {
+                    Ok(()) => counts[grpc_ok].fetch_add(1, Ordering::SeqCst),
+                    Err(_) => return counts[grpc_cut].fetch_add(1, Ordering::SeqCst),
+                };
+            }
+            0
+        }));
+    }
+    // Steady traffic over several flushes, then SIGKILL at a moment of no flush's choosing.
+    let busy = || counts[http_ok].load(Ordering::SeqCst) > 150 && counts[grpc_ok].load(Ordering::SeqCst) > 150;
+    assert!(micro_test::eventually(Duration::from_secs(30), || async { busy() }).await, "traffic flows");
+    let jitter = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() % 1000;
+    tokio::time::sleep(Duration::from_millis(1000 + u64::from(jitter))).await;
+    let server = server.kill();
+    for c in clients {
+        tokio::time::timeout(Duration::from_secs(15), c).await.expect("clients stop").expect("a client");
+    }
+    let n = |i: usize| counts[i].load(Ordering::SeqCst);
+    let server = server.start();
+    let cli = server.admin_cli().await;
+    for (service, endpoint, ok, cut) in [
+        ("registry", "Registry.ListServices", n(http_ok), n(http_cut)),
+        ("store", "Store.Write", n(grpc_ok), n(grpc_cut)),
+    ] {
+        // What the killed process left is stored at the restart's first flush.
+        let mut seen = 0;
+        for _ in 0..50 {
+            seen = metered(&cli, service, endpoint).await;
+            if seen >= ok {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(seen >= ok, "{service}: {ok} requests succeeded, {seen} metered: requests were lost");
+        assert!(seen <= ok + cut, "{service}: {ok} succeeded and {cut} were cut off, {seen} metered: counted twice");
+    }
+    // Later flushes add nothing to what the clients sent before the kill.
+    let before =
+        (metered(&cli, "registry", "Registry.ListServices").await, metered(&cli, "store", "Store.Write").await);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = (metered(&cli, "registry", "Registry.ListServices").await, metered(&cli, "store", "Store.Write").await);
+    assert_eq!(before, after);
+}
+
 /// A member of an events consumer group speaking the wire protocol, as a consumer with
 /// a window does: it asks for `window` deliveries up front and acks as it goes.
 struct Member {

@@ -187,6 +187,14 @@ async fn every_command_prints_json_with_o_json() {
     assert_eq!(one(&cli, &["ratelimit", "delete", "api"]).await["deleted"], "api");
     run("ratelimit delete");
 
+    // What was metered (the calls above, stored within a flush or two).
+    let metered = eventually(Duration::from_secs(10), || async {
+        one(&cli, &["usage", "--by", "service"]).await["total"]["requests"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    assert!(metered, "usage counts the calls");
+    run("usage");
+
     // The account's own settings.
     one(&cli, &["user", "config", "set", "git.credentials.example.com", "a-token-of-mine"]).await;
     run("user config set");

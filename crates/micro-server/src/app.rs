@@ -24,8 +24,8 @@ use tonic::body::Body;
 use tower::{Layer, ServiceExt};
 
 /// The core services registered by the server, all served through the proxy.
-pub const CORE_SERVICES: [&str; 10] =
-    ["api", "auth", "broker", "config", "events", "proxy", "registry", "runtime", "store", "sync"];
+pub const CORE_SERVICES: [&str; 11] =
+    ["api", "auth", "broker", "config", "events", "proxy", "registry", "runtime", "store", "sync", "usage"];
 
 /// A running server.
 pub struct Running {
@@ -196,6 +196,19 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let targets = crate::targets::Targets::new([Some(api), Some(proxy), web].into_iter().flatten().collect(), deny)
         .naming(vec![proxy_node.clone()]);
 
+    // The meter: its own store (shared in a cluster), out of the tenants' reach.
+    let (meter, flusher) = match config.usage_flush {
+        Some(interval) => {
+            let usage_store: StoreArc = match shared.named_store("usage").await? {
+                Some(s) => s,
+                None => Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "usage")?),
+            };
+            let (meter, flusher) = crate::usage::Meter::open(&config.data_dir, usage_store, interval)?;
+            (meter, Some(flusher))
+        }
+        None => (crate::usage::Meter::off(), None),
+    };
+
     let metrics = micro::metrics::Metrics::default();
     let core_grpc = [
         "registry.Registry",
@@ -207,6 +220,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         "sync.Sync",
         "auth.Auth",
         "runtime.Runtime",
+        "usage.Usage",
     ]
     .map(String::from);
     let mut core = RouterBuilder::new("micro")
@@ -226,6 +240,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .grpc_service(pb::sync::sync_server::SyncServer::new(data::SyncService { sync }))
         .grpc_service(pb::auth::auth_server::AuthServer::new(auth.clone()))
         .grpc_service(pb::runtime::runtime_server::RuntimeServer::new(runtime.clone()))
+        .grpc_service(pb::usage::usage_server::UsageServer::new(crate::usage::UsageService { meter: meter.clone() }))
         .standard_services(&[micro::proto::DESCRIPTOR.to_vec()], &core_grpc)?;
     // Reflection on the proxy answers for every registered service, not just the core.
     let reflection = Reflection::new(
@@ -278,7 +293,8 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let local: HashSet<String> = CORE_SERVICES.iter().map(|s| s.to_string()).collect();
     let guard: Arc<dyn micro::layer::Authorize> = crate::guard::authorizer(&auth);
     let client = Client::new(routing.clone());
-    let proxy_svc = Proxy::new(core.layered(Some(guard)), local, client.clone(), runtime.clone(), auth.clone());
+    let proxy_svc =
+        Proxy::new(core.layered(Some(guard)), local, client.clone(), runtime.clone(), auth.clone(), meter.clone());
     // The dashboard and the gateway vouch for their clients' addresses with this key when
     // they call the core through the proxy (see micro::edge).
     let edge_key = micro::edge::EdgeKey::random();
@@ -286,9 +302,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     // proxy stamps the client's address from the connection (or keeps one vouched for).
     let proxy_key = edge_key.clone();
     let proxy_edge = TraceLayer::new("proxy").layer(tower::service_fn(move |mut req: Request<Body>| {
-        proxy_key.stamp(&mut req);
+        let vouched = proxy_key.stamp(&mut req);
         let p = proxy_svc.clone();
-        async move { Ok::<_, Infallible>(p.handle(req).await) }
+        async move { Ok::<_, Infallible>(p.handle(req, vouched).await) }
     }));
     // This process's own calls to its proxy (the gateway's and the dashboard's) go
     // straight in: the same layers and checks, no loopback connection.
@@ -296,13 +312,16 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let client = client.transport(transport.clone());
     let limits = crate::ratelimit::RateLimits::new(config_backend.clone());
     let gateway =
-        Gateway::new(&config, routing, client, metrics.clone(), auth.clone(), targets, edge_key.clone(), limits);
+        Gateway::new(&config, routing, client, metrics.clone(), auth.clone(), targets, edge_key.clone(), limits, meter);
 
     let (tx, rx) = watch::channel(false);
     let until = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
     let mut tasks = Vec::new();
+    if let Some(f) = flusher {
+        tasks.push(tokio::spawn(f.run(rx.clone())));
+    }
     // Replies of 1 KiB and more are compressed for clients that accept it.
     let compression = tower_http::compression::CompressionLayer::new()
         .quality(tower_http::CompressionLevel::Fastest)

@@ -55,6 +55,9 @@ pub struct Config {
     /// A plain HTTP listener that redirects every request to the gateway over HTTPS
     /// (`MICRO_HTTP_REDIRECT_ADDRESS`, like `:80`; with TLS on only; default none).
     pub redirect_address: Option<String>,
+    /// How often the meter stores what it counted (`MICRO_USAGE_FLUSH` in seconds,
+    /// default 2); `None` turns metering off (`MICRO_USAGE=off`).
+    pub usage_flush: Option<std::time::Duration>,
 }
 
 /// A secret value: shown as `***` by `Debug`, so it never reaches a log.
@@ -88,6 +91,7 @@ impl Default for Config {
             backends: Backends::default(),
             tls: crate::TlsMode::Off,
             redirect_address: None,
+            usage_flush: Some(std::time::Duration::from_secs(2)),
         }
     }
 }
@@ -375,6 +379,18 @@ impl Config {
         }
         if let Some(v) = env("MICRO_ADMIN_PASSWORD").filter(|v| !v.is_empty()) {
             c.admin_password = Some(Secret(v));
+        }
+        if let Some(v) = env("MICRO_USAGE_FLUSH") {
+            let secs = number("MICRO_USAGE_FLUSH", &v)?;
+            if !(1..=300).contains(&secs) {
+                return Err(Error::Config(format!("MICRO_USAGE_FLUSH={v:?}: give 1 to 300 seconds")));
+            }
+            c.usage_flush = Some(std::time::Duration::from_secs(secs));
+        }
+        match env("MICRO_USAGE").as_deref().map(str::trim) {
+            None | Some("" | "on") => {}
+            Some("off") => c.usage_flush = None,
+            Some(v) => return Err(Error::Config(format!("MICRO_USAGE={v:?}: give on or off"))),
         }
         if let Some(v) = env("MICRO_BLOB_MAX_SIZE") {
             c.blob_max_size = number("MICRO_BLOB_MAX_SIZE", &v)?;

@@ -53,6 +53,15 @@ struct Inner {
     edge_key: micro::edge::EdgeKey,
     /// The namespaces' rate limits.
     limits: crate::ratelimit::RateLimits,
+    /// Counts every request (see [`crate::usage`]).
+    meter: crate::usage::Meter,
+}
+
+/// On an answer: the service and endpoint it is metered under.
+#[derive(Clone)]
+struct Tag {
+    service: String,
+    endpoint: String,
 }
 
 /// The declared routes of one namespace.
@@ -174,6 +183,7 @@ impl Gateway {
         targets: crate::targets::Targets,
         edge_key: micro::edge::EdgeKey,
         limits: crate::ratelimit::RateLimits,
+        meter: crate::usage::Meter,
     ) -> Gateway {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
@@ -194,6 +204,7 @@ impl Gateway {
                 targets,
                 edge_key,
                 limits,
+                meter,
             }),
         }
     }
@@ -209,7 +220,7 @@ impl Gateway {
         res
     }
 
-    async fn route(&self, req: Request<Incoming>) -> Response<Body> {
+    async fn route(&self, mut req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path();
         if req.method() == Method::GET && path == "/" {
             let v = serde_json::json!({"name": "micro", "version": env!("CARGO_PKG_VERSION"), "api": "ok"});
@@ -223,15 +234,24 @@ impl Gateway {
         // The caller, acting in the header's namespace, else its account's, else the
         // subdomain's.
         let token = token_of(req.headers());
-        let caller = match self
-            .inner
-            .authorizer
-            .identify(req.headers(), token.as_deref(), Some(&namespace(req.headers())))
-            .await
-        {
+        let fallback = namespace(req.headers());
+        let caller = match self.inner.authorizer.identify(req.headers(), token.as_deref(), Some(&fallback)).await {
             Ok(c) => c,
-            Err(e) => return json_error(&e),
+            Err(e) => {
+                let labels = crate::usage::Labels { namespace: fallback, ..Default::default() };
+                return self.inner.meter.answer(labels, crate::usage::BytesIn::default(), json_error(&e));
+            }
         };
+        // Metered under the caller and what served the request (its tag), with the bytes
+        // of the body as it is read.
+        let bytes_in = crate::usage::BytesIn::default();
+        req.extensions_mut().insert(bytes_in.clone());
+        let mut labels = crate::usage::Labels {
+            namespace: caller.namespace.clone(),
+            account: crate::usage::Labels::account_of(&caller),
+            ..Default::default()
+        };
+        let path = req.uri().path();
         // The namespace's rate limits, before anything is done for the request.
         let ip = req.headers().get(micro::server::CLIENT_ADDRESS).and_then(|v| v.to_str().ok());
         let counted = crate::ratelimit::Request {
@@ -242,9 +262,14 @@ impl Gateway {
         };
         let passed = match self.inner.limits.check(&counted).await {
             Ok(p) => p,
-            Err(refused) => return limited(refused),
+            Err(refused) => return self.inner.meter.answer(labels, bytes_in, limited(refused)),
         };
         let mut res = self.serve(req, caller).await;
+        if let Some(tag) = res.extensions_mut().remove::<Tag>() {
+            labels.service = tag.service;
+            labels.endpoint = tag.endpoint;
+        }
+        let mut res = self.inner.meter.answer(labels, bytes_in, res);
         if let Some(p) = passed
             && let (Ok(policy), Ok(state)) = (HeaderValue::from_str(&p.policy), HeaderValue::from_str(&p.state))
         {
@@ -262,6 +287,7 @@ impl Gateway {
             return self.openapi(&caller, path, req.headers()).await;
         }
         let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("").to_string();
+        let method = req.method().clone();
         // Services that registered an HTTP address get the request as it is.
         let valid = !first.is_empty() && first.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         let first_services = if valid { self.inner.client.services(&first, Some(&ns)).await.ok() } else { None };
@@ -273,7 +299,10 @@ impl Gateway {
             if let Err(e) = self.inner.authorizer.decide(&caller, micro::auth::Protection::Rules, &resource).await {
                 return json_error(&e);
             }
-            return self.reverse_proxy(req, &ns, &first, &addr).await;
+            let mut res = self.reverse_proxy(req, &ns, &first, &addr).await;
+            // An HTTP service's requests are metered by method (its paths are its own).
+            res.extensions_mut().insert(Tag { service: first, endpoint: method.to_string() });
+            return res;
         }
         // Path rules first; an endpoint's declared route (like GET /notes/{id}) answers
         // paths the rules do not resolve.
@@ -286,12 +315,15 @@ impl Gateway {
         };
         match resolved {
             Ok((service, services, (s, e))) => {
-                self.invoke(req, ns, service, &services[s].endpoints[e], Vec::new()).await
+                let ep = &services[s].endpoints[e];
+                let tag = Tag { service: service.clone(), endpoint: ep.name.clone() };
+                tagged(self.invoke(req, ns, service, ep, Vec::new()).await, tag)
             }
             Err(e) if e.code() == Code::NotFound => match self.declared(&ns, req.method(), path).await {
                 Some((routes, i, captures)) => {
                     let r = &routes[i];
-                    self.invoke(req, ns, r.service.clone(), &r.endpoint, captures).await
+                    let tag = Tag { service: r.service.clone(), endpoint: r.endpoint.name.clone() };
+                    tagged(self.invoke(req, ns, r.service.clone(), &r.endpoint, captures).await, tag)
                 }
                 None => json_error(&e),
             },
@@ -429,7 +461,13 @@ impl Gateway {
         }
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, self.inner.body_limit).collect().await {
-            Ok(c) => c.to_bytes(),
+            Ok(c) => {
+                let body = c.to_bytes();
+                if let Some(b) = parts.extensions.get::<crate::usage::BytesIn>() {
+                    b.0.store(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                body
+            }
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return self.too_large();
             }
@@ -632,8 +670,11 @@ impl Gateway {
         let replay = (matches!(parts.method, Method::GET | Method::HEAD)
             && http_body::Body::size_hint(&body).exact() == Some(0))
         .then(|| (parts.method.clone(), parts.headers.clone()));
-        let limited = Limited::new(body, self.inner.body_limit);
-        let mut sent = self.inner.http.request(Request::from_parts(parts, Body::new(limited))).await;
+        let mut body = Body::new(Limited::new(body, self.inner.body_limit));
+        if let Some(b) = parts.extensions.get::<crate::usage::BytesIn>() {
+            body = b.count(body);
+        }
+        let mut sent = self.inner.http.request(Request::from_parts(parts, body)).await;
         if let (Err(e), Some((method, headers))) = (&sent, replay)
             && let Some(other) = self.another_http_node(ns, service, addr).await
             && let Some(uri) = node_uri(&other, &rest)
@@ -719,6 +760,12 @@ fn preflighted(headers: &http::HeaderMap) -> bool {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("application/json"));
     json || headers.contains_key(micro_core::metadata::NAMESPACE)
+}
+
+/// `res`, metered under `tag`.
+fn tagged(mut res: Response<Body>, tag: Tag) -> Response<Body> {
+    res.extensions_mut().insert(tag);
+    res
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<Body> {

@@ -29,7 +29,7 @@ impl Policy for CorePolicy {
             "registry" if !matches!(endpoint, "Registry.Register" | "Registry.Deregister") => Protection::Public,
             "registry" | "sync" | "broker" => Protection::Members,
             "store" | "config" | "events" => Protection::Data,
-            "runtime" => Protection::Admin,
+            "runtime" | "usage" => Protection::Admin,
             _ => Protection::Rules,
         }
     }

@@ -30,6 +30,7 @@ mod runtime;
 mod sealed;
 mod targets;
 mod tls;
+mod usage;
 mod websocket;
 
 pub use app::{CORE_SERVICES, Running, start};

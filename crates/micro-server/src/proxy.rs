@@ -26,7 +26,12 @@ struct Inner {
     runtime: crate::runtime::Runtime,
     auth: crate::auth::AuthService,
     authorizer: Arc<micro::auth::Authorizer>,
+    meter: crate::usage::Meter,
 }
+
+/// On an answer the proxy forwarded to the runtime's leader, which meters the call.
+#[derive(Clone, Copy)]
+struct Forwarded;
 
 const HOP_BY_HOP: [&str; 7] = [
     "connection",
@@ -45,16 +50,56 @@ impl Proxy {
         client: Client,
         runtime: crate::runtime::Runtime,
         auth: crate::auth::AuthService,
+        meter: crate::usage::Meter,
     ) -> Proxy {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(2)));
         let http = HttpClient::builder(TokioExecutor::new()).http2_only(true).build(conn);
         let authorizer = crate::guard::authorizer(&auth);
-        Proxy { inner: Arc::new(Inner { core, local, client, http, runtime, auth, authorizer }) }
+        Proxy { inner: Arc::new(Inner { core, local, client, http, runtime, auth, authorizer, meter }) }
     }
 
-    pub(crate) async fn handle(&self, req: Request<Body>) -> Response<Body> {
+    /// Serves a call, metering it unless this process's gateway, which meters its own
+    /// calls, `vouched` for it (see [`micro::edge`]).
+    pub(crate) async fn handle(&self, mut req: Request<Body>, vouched: bool) -> Response<Body> {
+        if vouched || !self.inner.meter.is_on() {
+            return self.route(req).await;
+        }
+        // Who called is learnt where the call is authorized (here for a service's node,
+        // in the core's router for the core).
+        let slot = micro::auth::CallerSlot::default();
+        req.extensions_mut().insert(slot.clone());
+        let asked = req
+            .headers()
+            .get(micro_core::metadata::NAMESPACE)
+            .and_then(|v| v.to_str().ok())
+            .filter(|n| micro_core::namespace::validate(n).is_ok())
+            .unwrap_or(micro_core::namespace::DEFAULT)
+            .to_string();
+        let path = req.uri().path();
+        let (service, endpoint) = match split_grpc_path(path) {
+            Some((s, e)) => (s.to_string(), e),
+            None => {
+                let mut segs = path.split('/').filter(|s| !s.is_empty());
+                (segs.next().unwrap_or("").to_string(), segs.next().unwrap_or("").to_string())
+            }
+        };
+        let bytes_in = crate::usage::BytesIn::default();
+        let req = req.map(|b| bytes_in.count(b));
+        let res = self.route(req).await;
+        if res.extensions().get::<Forwarded>().is_some() {
+            return res;
+        }
+        let (namespace, account) = match slot.0.get() {
+            Some(c) => (c.namespace.clone(), crate::usage::Labels::account_of(c)),
+            None => (asked, String::new()),
+        };
+        let labels = crate::usage::Labels { namespace, service, endpoint, account };
+        self.inner.meter.answer(labels, bytes_in, res)
+    }
+
+    async fn route(&self, req: Request<Body>) -> Response<Body> {
         let path = req.uri().path().to_string();
         let grpc = req
             .headers()
@@ -78,7 +123,9 @@ impl Proxy {
                 Ok(crate::runtime::Route::Leader(leader)) => {
                     let mut req = req;
                     req.headers_mut().insert(crate::runtime::FORWARDED, http::HeaderValue::from_static("1"));
-                    return self.forward(req, &leader, &service, grpc, false).await;
+                    let mut res = self.forward(req, &leader, &service, grpc, false).await;
+                    res.extensions_mut().insert(Forwarded);
+                    return res;
                 }
                 Err(e) => return error(e),
             }
@@ -90,7 +137,7 @@ impl Proxy {
             return error(Status::not_found("proxy", format!("no service in path {path}")));
         }
         let mut req = req;
-        let ns = match self.delegate(req.headers_mut(), &service).await {
+        let ns = match self.delegate(&mut req, &service).await {
             Ok(ns) => ns,
             Err(e) => return error(e),
         };
@@ -107,10 +154,16 @@ impl Proxy {
     /// namespace, standing for the same account; no cookies. Returns the namespace the
     /// call acts in (the header's, else the caller's account's, else `micro`), which the
     /// node is told.
-    async fn delegate(&self, headers: &mut http::HeaderMap, service: &str) -> Result<String, Status> {
+    async fn delegate(&self, req: &mut Request<Body>, service: &str) -> Result<String, Status> {
+        let headers = req.headers_mut();
         headers.remove(http::header::COOKIE);
         let token = micro::auth::bearer(headers);
-        let ns = self.inner.authorizer.identify(headers, token.as_deref(), None).await?.namespace;
+        let caller = self.inner.authorizer.identify(headers, token.as_deref(), None).await?;
+        let ns = caller.namespace.clone();
+        if let Some(slot) = req.extensions().get::<micro::auth::CallerSlot>() {
+            let _ = slot.0.set(caller);
+        }
+        let headers = req.headers_mut();
         if let Ok(v) = http::HeaderValue::from_str(&ns) {
             headers.insert(micro_core::metadata::NAMESPACE, v);
         }

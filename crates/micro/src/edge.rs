@@ -27,8 +27,9 @@ impl EdgeKey {
     }
 
     /// At the proxy's edge: keeps a client address vouched for with this key, else stamps
-    /// the connection's; the key goes no further either way.
-    pub fn stamp<B>(&self, req: &mut http::Request<B>) {
+    /// the connection's; the key goes no further either way. Returns whether the call was
+    /// vouched for (it came from this process's gateway or dashboard).
+    pub fn stamp<B>(&self, req: &mut http::Request<B>) -> bool {
         let vouched = req.headers().get(EDGE_KEY).is_some_and(|k| self.matches(k.as_bytes()))
             && req
                 .headers()
@@ -39,6 +40,7 @@ impl EdgeKey {
         if !vouched {
             crate::server::stamp_client_address(req);
         }
+        vouched
     }
 
     /// Vouches for `client` as the address a call of the dashboard is made for.

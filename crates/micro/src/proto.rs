@@ -52,6 +52,12 @@ pub mod runtime {
     tonic::include_proto!("runtime");
 }
 
+/// The usage service's messages, client and server.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+pub mod usage {
+    tonic::include_proto!("usage");
+}
+
 /// An account from the wire.
 impl From<auth::Account> for micro_core::auth::Account {
     fn from(a: auth::Account) -> Self {

@@ -110,3 +110,91 @@ async fn rate_limits_are_neither_drained_across_namespaces_nor_escaped_by_spelli
     assert_eq!(r.status, 429, "{}", r.body);
     assert!(r.body.contains("shop-ip"), "{}", r.body);
 }
+
+/// `Usage.Query` in `ns` as the holder of `token`: the 2xx store writes it counts, or
+/// the refusal's code.
+async fn metered_writes(proxy: &str, ns: &str, token: &str, all: bool) -> Result<u64, Code> {
+    use micro::proto::usage as pb;
+    let channel = micro::data::channel_with(proxy, source(Some(token))).expect("channel");
+    let mut req = tonic::Request::new(pb::QueryRequest {
+        since: 1,
+        group_by: vec!["service".into(), "endpoint".into(), "status".into()],
+        all_namespaces: all,
+        ..Default::default()
+    });
+    req.metadata_mut().insert("micro-namespace", ns.parse().expect("namespace"));
+    let res = pb::usage_client::UsageClient::new(channel)
+        .query(req)
+        .await
+        .map_err(|e| micro::status::from_tonic(&e).code())?
+        .into_inner();
+    Ok(res
+        .rows
+        .iter()
+        .filter(|r| r.service == "store" && r.endpoint == "Store.Write" && r.status == "2xx")
+        .map(|r| r.requests)
+        .sum())
+}
+
+/// The meter, attacked: another namespace's admin cannot read a namespace's usage (nor
+/// every namespace's); records written to a `usage` table of the store are not the
+/// meter's; and a caller that forges the edge key (which spares the gateway's own calls
+/// a second count) is still counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_neither_read_across_namespaces_nor_forged_nor_escaped() {
+    use micro_core::store::{Record, Table};
+    let s = ServerProcess::start(&micro(), &[("MICRO_USAGE_FLUSH", "1")]);
+    let owner = s.account("shop", "owner", "user", &["admin"]).await;
+    let mallory = s.account("blog", "mallory", "user", &["admin"]).await;
+    let things = Table::new("shop", "things");
+    data(&s.proxy, "shop", Some(&owner)).store.write(&things, &Record::new("a", b"1".to_vec()), None).await.unwrap();
+    let counted = || async { metered_writes(&s.proxy, "shop", &owner, false).await.expect("the owner reads") };
+    assert!(micro_test::eventually(Duration::from_secs(10), || async { counted().await == 1 }).await);
+
+    // Blog's admin reads neither the shop's usage nor everyone's.
+    assert_eq!(metered_writes(&s.proxy, "shop", &mallory, false).await, Err(Code::PermissionDenied));
+    assert_eq!(metered_writes(&s.proxy, "blog", &mallory, true).await, Err(Code::PermissionDenied));
+    assert_eq!(metered_writes(&s.proxy, "shop", &owner, true).await, Err(Code::PermissionDenied));
+
+    // Records shaped like the meter's, in the store's `usage` tables, count for nothing.
+    let forged = br#"{"rows":[["store","Store.Write","owner","2xx",1000000,0,0]]}"#.to_vec();
+    let key = format!("shop/{:013}/forged/00000000/0", micro_core::store::now_ms());
+    let in_blog = data(&s.proxy, "blog", Some(&mallory)).store;
+    in_blog.write(&Table::new("blog", "usage"), &Record::new(&key, forged.clone()), None).await.unwrap();
+    let into_micro = in_blog.write(&Table::new("micro", "usage"), &Record::new(&key, forged.clone()), None).await;
+    assert_eq!(into_micro.map_err(|e| e.code()), Err(Code::PermissionDenied));
+    let own = data(&s.proxy, "shop", Some(&owner)).store;
+    own.write(&Table::new("shop", "usage"), &Record::new(&key, forged), None).await.unwrap();
+
+    // Writes claiming to come from the server's own gateway (a guessed edge key) are
+    // counted like any other.
+    let mut store = micro::proto::store::store_client::StoreClient::new(
+        micro::data::channel_with(&s.proxy, source(Some(&owner))).expect("channel"),
+    );
+    for i in 0..3 {
+        let mut req = tonic::Request::new(micro::proto::store::WriteRequest {
+            record: Some(micro::proto::store::Record {
+                key: format!("k{i}"),
+                value: b"v".to_vec(),
+                ..Default::default()
+            }),
+            options: Some(micro::proto::store::Options {
+                database: "shop".into(),
+                table: "things".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        req.metadata_mut().insert("micro-namespace", "shop".parse().unwrap());
+        req.metadata_mut().insert(
+            micro::edge::EDGE_KEY,
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".parse().unwrap(),
+        );
+        req.metadata_mut().insert("micro-client-address", "10.9.8.7".parse().unwrap());
+        store.write(req).await.expect("a write with a forged edge key is served");
+    }
+    // The first write, the one to the shop's `usage` table and the three: a million
+    // forged requests are nowhere.
+    let all_counted = micro_test::eventually(Duration::from_secs(10), || async { counted().await == 5 }).await;
+    assert!(all_counted, "every write is counted once, forged ones included: {}", counted().await);
+}

@@ -48,6 +48,13 @@ impl Caller {
     }
 }
 
+/// Where the [`Authorizer`] leaves the caller it identified, for whoever handed the
+/// request in (the server's proxy meters calls to the core by it): put one in the
+/// request's extensions before the call. Extensions never cross the wire, so only this
+/// process can ask for it.
+#[derive(Clone, Debug, Default)]
+pub struct CallerSlot(pub Arc<std::sync::OnceLock<Caller>>);
+
 /// Verifies tokens.
 #[async_trait::async_trait]
 pub trait KeySource: Send + Sync + 'static {
@@ -304,6 +311,9 @@ impl crate::layer::Authorize for Authorizer {
         }
         let token = super::bearer(&req.headers);
         let caller = self.identify(&req.headers, token.as_deref(), None).await?;
+        if let Some(slot) = req.extensions.get::<CallerSlot>() {
+            let _ = slot.0.set(caller.clone());
+        }
         self.decide(&caller, protection, &Resource::new("service", &service, &endpoint)).await?;
         if let Ok(v) = caller.namespace.parse() {
             req.headers.insert(NAMESPACE, v);

@@ -5,7 +5,7 @@ pub mod authorizer;
 pub mod remote;
 pub mod token;
 
-pub use authorizer::{Authorizer, Caller, KeySource, Policy, Protection, RuleSource, Scope};
+pub use authorizer::{Authorizer, Caller, CallerSlot, KeySource, Policy, Protection, RuleSource, Scope};
 
 use crate::data::TokenSource;
 
