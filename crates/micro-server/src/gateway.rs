@@ -227,9 +227,7 @@ impl Gateway {
             return json(StatusCode::OK, v.to_string().into());
         }
         if req.method() == Method::GET && path == "/metrics" {
-            let mut res = Response::new(Body::new(Full::new(Bytes::from(self.inner.metrics.render()))));
-            res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(micro::metrics::CONTENT_TYPE));
-            return res;
+            return self.inner.metrics.response();
         }
         // The caller, acting in the header's namespace, else its account's, else the
         // subdomain's.

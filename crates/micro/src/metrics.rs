@@ -122,6 +122,14 @@ impl Metrics {
         Totals { requests: self.inner.total.load(Ordering::Relaxed), errors: self.inner.errors.load(Ordering::Relaxed) }
     }
 
+    /// The answer to a scrape (`GET /metrics`): [`Metrics::render`] as [`CONTENT_TYPE`].
+    pub fn response(&self) -> http::Response<tonic::body::Body> {
+        let body = http_body_util::Full::new(Bytes::from(self.render()));
+        let mut res = http::Response::new(tonic::body::Body::new(body));
+        res.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(CONTENT_TYPE));
+        res
+    }
+
     /// The text exposition of every series ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
         let mut out = String::new();

@@ -458,11 +458,21 @@ impl Service {
             }
         };
         let stack = router.layered(hook);
+        let scraped = router.metrics().clone();
         let serving = tokio::spawn(crate::server::serve(
             listener,
             move |req: http::Request<hyper::body::Incoming>| {
                 let svc = stack.clone();
-                async move { svc.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {}) }
+                // Prometheus scrapes the node's own counts (`GET /metrics`, as on the
+                // server's gateway); everything else is a call.
+                let metrics =
+                    (req.method() == http::Method::GET && req.uri().path() == "/metrics").then(|| scraped.clone());
+                async move {
+                    match metrics {
+                        Some(m) => m.response(),
+                        None => svc.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {}),
+                    }
+                }
             },
             async {
                 let _ = rx.await;
