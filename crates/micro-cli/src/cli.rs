@@ -150,6 +150,14 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: crate::ratelimit::RatelimitCmd,
     },
+    /// A trace's spans from the server's and the services' recent ones: micro trace <trace-id>
+    Trace {
+        /// The trace id (32 hex digits) or a whole traceparent.
+        trace_id: String,
+        /// Ask only these services (besides the server); default: every service of the namespace.
+        #[arg(long = "service")]
+        services: Vec<String>,
+    },
     /// Requests and bytes metered in the namespace: micro usage --since 24h --by service
     Usage(crate::usage::UsageArgs),
     /// Publish an event: micro publish orders '{"id":1}'
@@ -273,7 +281,11 @@ pub(crate) async fn run(args: Vec<String>) -> i32 {
 }
 
 fn init_tracing(server: bool) {
-    micro::log::init(if server { "info" } else { "warn" });
+    if server {
+        micro::log::init_with_traces("info", "micro");
+    } else {
+        micro::log::init("warn");
+    }
 }
 
 pub(crate) struct Ctx {
@@ -438,6 +450,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             println!("{READY_PREFIX}{ready}");
             stop.await;
             server.stop().await;
+            micro::telemetry::flush();
             Ok(())
         }
         Command::New { name, dir, micro_path } => {
@@ -473,6 +486,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Config { cmd } => crate::data::config(&c, cmd).await,
         Command::Ratelimit { cmd } => crate::ratelimit::ratelimit(&c, cmd).await,
         Command::Usage(args) => crate::usage::usage(&c, args).await,
+        Command::Trace { trace_id, services } => crate::trace::trace(&c, &trace_id, services).await,
         Command::Publish { topic, payload, key, metadata } => {
             crate::data::publish(&c, &topic, &payload, key, &metadata).await
         }

@@ -9,6 +9,7 @@ mod new;
 mod output;
 mod ratelimit;
 mod runtime;
+mod trace;
 mod usage;
 
 #[tokio::main]

@@ -194,6 +194,9 @@ async fn every_command_prints_json_with_o_json() {
     .await;
     assert!(metered, "usage counts the calls");
     run("usage");
+    let traced = one(&cli, &["trace", "4bf92f3577b34da6a3ce929d0e0e4736"]).await;
+    assert!(traced["spans"].is_array(), "{traced}");
+    run("trace");
 
     // The account's own settings.
     one(&cli, &["user", "config", "set", "git.credentials.example.com", "a-token-of-mine"]).await;

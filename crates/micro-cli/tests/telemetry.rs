@@ -116,3 +116,144 @@ async fn prometheus_scrapes_the_server_and_a_service() {
     let latency = query(&web, "micro_request_duration_seconds_bucket{job=\"helloworld\"}").await;
     assert!(!latency.is_empty(), "latency histograms are scraped");
 }
+
+/// An OTLP/gRPC trace receiver built from the official OpenTelemetry protos: every span
+/// it gets, with the `service.name` of the process that sent it.
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<(String, Span)>>>,
+}
+
+use opentelemetry_proto::tonic::collector::trace::v1 as collector;
+use opentelemetry_proto::tonic::trace::v1::Span;
+
+#[tonic::async_trait]
+impl collector::trace_service_server::TraceService for Receiver {
+    async fn export(
+        &self,
+        req: tonic::Request<collector::ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<collector::ExportTraceServiceResponse>, tonic::Status> {
+        use opentelemetry_proto::tonic::common::v1::any_value::Value;
+        let mut spans = self.spans.lock().unwrap();
+        for rs in req.into_inner().resource_spans {
+            let process = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(Value::StringValue(s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for ss in rs.scope_spans {
+                spans.extend(ss.spans.into_iter().map(|s| (process.clone(), s)));
+            }
+        }
+        Ok(tonic::Response::new(collector::ExportTraceServiceResponse::default()))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A call through the gateway to a service that publishes an event makes one trace:
+/// spans of the gateway, its client, the service, the service's client, the proxy and
+/// the core's events service, each the child of the one before, exported over OTLP by
+/// `micro server` and by the service's process to a receiver; `micro trace` shows the
+/// same spans from the processes' recent ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_links_the_gateway_a_service_and_the_events_it_publishes() {
+    let receiver = Receiver::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let otlp = format!("http://{}", listener.local_addr().unwrap());
+    let server_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(collector::trace_service_server::TraceServiceServer::new(receiver.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    // This process's spans (the service's) go to the receiver too.
+    micro::telemetry::export_to(&otlp);
+    micro::log::init_with_traces("warn", "orders");
+
+    let s = ServerProcess::builder(binary(env!("CARGO_BIN_EXE_micro")))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .start();
+    let events = micro::data::Data::remote_with(
+        &s.proxy,
+        "micro",
+        Some(std::sync::Arc::new(micro::data::StaticToken(s.admin_token().await))),
+    )
+    .events;
+    let service = s
+        .service("micro", "orders")
+        .await
+        .handle("Orders.Place", move |_: micro::Context, order: serde_json::Value| {
+            let events = events.clone();
+            async move {
+                let m = micro_core::events::Message { payload: order.to_string().into_bytes(), ..Default::default() };
+                events.publish("micro", "orders", &m).await?;
+                Ok(serde_json::json!({"placed": true}))
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+    let r = micro_test::http(&s.api, "POST", "/orders/orders/place", &[("traceparent", &parent)], br#"{"id":7}"#).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    micro::telemetry::flush();
+
+    // Both processes export: the trace's spans arrive, linked parent to child.
+    let spans_of_trace = || {
+        receiver.spans.lock().unwrap().iter().filter(|(_, s)| hex(&s.trace_id) == trace_id).cloned().collect::<Vec<_>>()
+    };
+    let linked = micro_test::eventually(Duration::from_secs(20), || async {
+        let spans = spans_of_trace();
+        spans.iter().any(|(_, s)| s.name.starts_with("micro /events.Events/Publish"))
+            && spans.iter().any(|(p, _)| p == "orders")
+    })
+    .await;
+    let spans = spans_of_trace();
+    let names: Vec<String> =
+        spans.iter().map(|(p, s)| format!("{p}: {} ({})", s.name, hex(&s.parent_span_id))).collect();
+    assert!(linked, "the trace's spans are exported: {names:#?}");
+    // From the core's events service up to the gateway, each span's parent is there.
+    let by_id: std::collections::HashMap<String, &Span> = spans.iter().map(|(_, s)| (hex(&s.span_id), s)).collect();
+    let mut chain = Vec::new();
+    let mut at = spans.iter().map(|(_, s)| s).find(|s| s.name.starts_with("micro /events.Events/Publish"));
+    while let Some(s) = at {
+        chain.push(s.name.clone());
+        at = by_id.get(&hex(&s.parent_span_id)).copied();
+    }
+    let root = chain.last().cloned().unwrap_or_default();
+    assert!(chain.len() >= 4, "at least four linked spans: {chain:#?} of {names:#?}");
+    assert!(root.starts_with("api POST /orders/orders/place"), "the gateway's span is the root: {chain:#?}");
+    for hop in ["proxy /events.Events/Publish", "orders /orders.Orders/Place"] {
+        assert!(chain.iter().any(|n| n.starts_with(hop)), "{hop} is in the chain: {chain:#?}");
+    }
+    let root_span = spans.iter().map(|(_, s)| s).find(|s| s.name == root).unwrap();
+    assert_eq!(hex(&root_span.parent_span_id), "00f067aa0ba902b7", "the caller's traceparent is the root's parent");
+
+    // `micro trace` finds the same spans in the server's and the service's rings.
+    let cli = s.admin_cli().await;
+    let shown = cli.json(&["trace", trace_id, "-o", "json"]).await;
+    let shown: Vec<&str> = shown["spans"].as_array().unwrap().iter().filter_map(|s| s["name"].as_str()).collect();
+    for hop in ["api POST /orders/orders/place", "orders /orders.Orders/Place", "micro /events.Events/Publish"] {
+        assert!(shown.iter().any(|n| n.starts_with(hop)), "micro trace shows {hop}: {shown:#?}");
+    }
+    let table = cli.ok(&["trace", &parent]).await;
+    assert!(table.contains("api POST /orders/orders/place") && table.contains("  "), "{table}");
+    assert!(cli.error(&["trace", "not-a-trace"]).await.contains("not a trace id"));
+    // Anonymous callers read none of the server's spans.
+    let anonymous = s.cli();
+    let err = anonymous.error(&["trace", trace_id, "--service", "registry"]).await;
+    assert!(err.contains("no spans"), "{err}");
+
+    service.stop().await;
+    server_task.abort();
+}

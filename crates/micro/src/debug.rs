@@ -1,4 +1,4 @@
-//! `Debug.Health` and `Debug.Stats`, served by every service.
+//! `Debug.Health`, `Debug.Stats` and `Debug.Trace`, served by every service.
 
 use crate::handler::Context;
 use crate::metrics::Metrics;
@@ -33,6 +33,28 @@ pub struct Stats {
     pub requests: u64,
     /// Requests that failed.
     pub errors: u64,
+}
+
+/// The request of `Debug.Trace`.
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+pub struct TraceRequest {
+    /// The trace: 32 hex digits (the second field of a `traceparent`).
+    pub trace_id: String,
+}
+
+/// The reply of `Debug.Trace`: the trace's spans this process recorded lately.
+#[derive(Debug, Default, Deserialize, Serialize, JsonSchema)]
+pub struct TraceReply {
+    /// Oldest first.
+    pub spans: Vec<crate::telemetry::SpanRecord>,
+}
+
+pub(crate) async fn trace(_: Context, req: TraceRequest) -> Result<TraceReply, Status> {
+    let id = req.trace_id.trim();
+    if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Status::bad_request("debug", format!("{id:?} is not a trace id: give 32 hex digits")));
+    }
+    Ok(TraceReply { spans: crate::telemetry::spans_of(id) })
 }
 
 pub(crate) async fn health(_: Context, _: Empty) -> Result<Health, Status> {

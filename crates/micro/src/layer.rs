@@ -274,14 +274,16 @@ fn random_u128() -> u128 {
     if v == 0 { 1 } else { v }
 }
 
-impl<S, B> Service<Request<B>> for Trace<S>
+impl<S, B, RB> Service<Request<B>> for Trace<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<B>, Response = Response<RB>>,
     S::Future: Send + 'static,
+    S::Error: 'static,
+    RB: 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = tracing::instrument::Instrumented<S::Future>;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -294,20 +296,62 @@ where
         {
             h.insert(REQUEST_ID, v);
         }
-        if h.get(TRACEPARENT).and_then(|v| v.to_str().ok()).is_none_or(|t| trace_id(t).is_none())
-            && let Ok(v) = HeaderValue::from_str(&new_traceparent())
-        {
-            h.insert(TRACEPARENT, v);
-        }
-        let span = if tracing::enabled!(tracing::Level::DEBUG) {
-            let h = req.headers();
-            let trace = h.get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(trace_id).unwrap_or("");
-            let request = h.get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-            tracing::debug_span!("call", service = %self.id, path = %req.uri().path(), trace_id = %trace, request_id = %request)
+        let incoming =
+            h.get(TRACEPARENT).and_then(|v| v.to_str().ok()).filter(|t| trace_id(t).is_some()).map(str::to_string);
+        // A client's span is a child of what calls (the current span) unless the call
+        // names its parent; a server's, of the caller's `traceparent` (else a new trace).
+        let client = &*self.id == "client";
+        let path = req.uri().path();
+        // gRPC is always POST; an HTTP request's method says what it does.
+        let grpc =
+            req.headers().get(header::CONTENT_TYPE).is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+        let name = if grpc { format!("{} {path}", self.id) } else { format!("{} {} {path}", self.id, req.method()) };
+        let kind = if client { "client" } else { "server" };
+        let request = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let span = if client {
+            tracing::info_span!(target: crate::telemetry::SPAN_TARGET, "call", otel.name = %name, otel.kind = kind,
+                service = %self.id, path = %path, request_id = %request, http.response.status_code = tracing::field::Empty,
+                rpc.grpc.status_code = tracing::field::Empty, otel.status_code = tracing::field::Empty)
         } else {
-            tracing::Span::none()
+            tracing::info_span!(target: crate::telemetry::SPAN_TARGET, parent: None, "call", otel.name = %name, otel.kind = kind,
+                service = %self.id, path = %path, request_id = %request, http.response.status_code = tracing::field::Empty,
+                rpc.grpc.status_code = tracing::field::Empty, otel.status_code = tracing::field::Empty)
         };
-        self.inner.call(req).instrument(span)
+        if let Some(parent) = &incoming {
+            crate::telemetry::set_parent(&span, parent);
+        }
+        // Everything downstream is a child of this span; without traces, the call keeps
+        // (or gets) a trace context all the same.
+        let own = crate::telemetry::traceparent_of(&span);
+        let context = own.or(incoming).unwrap_or_else(new_traceparent);
+        if let Ok(v) = HeaderValue::from_str(&context) {
+            req.headers_mut().insert(TRACEPARENT, v);
+        }
+        let fut = self.inner.call(req);
+        let recorded = span.clone();
+        Box::pin(
+            async move {
+                let res = fut.await;
+                if let Ok(r) = &res
+                    && !recorded.is_disabled()
+                {
+                    let status = r.status().as_u16();
+                    recorded.record("http.response.status_code", status);
+                    let grpc = r
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok());
+                    if let Some(code) = grpc {
+                        recorded.record("rpc.grpc.status_code", code);
+                    }
+                    let failed = status >= 500 || grpc.is_some_and(|c| Code::from_grpc(c).http() >= 500);
+                    recorded.record("otel.status_code", if failed { "ERROR" } else { "OK" });
+                }
+                res
+            }
+            .instrument(span),
+        )
     }
 }
 

@@ -52,6 +52,7 @@ pub mod schema;
 pub mod server;
 mod service;
 pub mod status;
+pub mod telemetry;
 pub mod tls;
 pub mod transcode;
 

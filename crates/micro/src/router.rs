@@ -129,7 +129,10 @@ impl RouterBuilder {
             },
             _types: PhantomData,
         };
-        self.handler(service, "Debug.Health", Arc::new(health)).handler(service, "Debug.Stats", Arc::new(stats))
+        let trace = Unary { id: service.to_string(), f: crate::debug::trace, _types: PhantomData };
+        self.handler(service, "Debug.Health", Arc::new(health))
+            .handler(service, "Debug.Stats", Arc::new(stats))
+            .handler(service, "Debug.Trace", Arc::new(trace))
     }
 
     /// Adds any gRPC tower service (a tonic-generated server) under its proto name.

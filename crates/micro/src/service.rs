@@ -491,16 +491,18 @@ impl Service {
         })
     }
 
-    /// Runs until SIGINT/SIGTERM: sets up logging ([`crate::log::init`]), reads the
+    /// Runs until SIGINT/SIGTERM: sets up logging and traces
+    /// ([`crate::log::init_with_traces`]), reads the
     /// environment (see [`Service::env`]), registers, serves, then deregisters and drains
     /// in-flight calls.
     pub async fn run(self) -> Result<(), Status> {
-        crate::log::init("info");
+        crate::log::init_with_traces("info", &self.name);
         // Listening before registering: a SIGTERM right after registration still deregisters.
         let stop = crate::server::signals();
         let running = self.env(|k| std::env::var(k).ok()).start().await?;
         stop.await;
         running.stop().await;
+        crate::telemetry::flush();
         Ok(())
     }
 }
