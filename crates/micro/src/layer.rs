@@ -290,6 +290,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        use opentelemetry::trace::{TraceContextExt as _, Tracer as _};
         let h = req.headers_mut();
         if h.get(REQUEST_ID).is_none_or(|v| v.is_empty())
             && let Ok(v) = HeaderValue::from_str(&new_request_id())
@@ -298,59 +299,87 @@ where
         }
         let incoming =
             h.get(TRACEPARENT).and_then(|v| v.to_str().ok()).filter(|t| trace_id(t).is_some()).map(str::to_string);
-        // A client's span is a child of what calls (the current span) unless the call
-        // names its parent; a server's, of the caller's `traceparent` (else a new trace).
-        let client = &*self.id == "client";
         let path = req.uri().path();
-        // gRPC is always POST; an HTTP request's method says what it does.
-        let grpc =
-            req.headers().get(header::CONTENT_TYPE).is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
-        let name = if grpc { format!("{} {path}", self.id) } else { format!("{} {} {path}", self.id, req.method()) };
-        let kind = if client { "client" } else { "server" };
-        let request = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let span = if client {
-            tracing::info_span!(target: crate::telemetry::SPAN_TARGET, "call", otel.name = %name, otel.kind = kind,
-                service = %self.id, path = %path, request_id = %request, http.response.status_code = tracing::field::Empty,
-                rpc.grpc.status_code = tracing::field::Empty, otel.status_code = tracing::field::Empty)
-        } else {
-            tracing::info_span!(target: crate::telemetry::SPAN_TARGET, parent: None, "call", otel.name = %name, otel.kind = kind,
-                service = %self.id, path = %path, request_id = %request, http.response.status_code = tracing::field::Empty,
-                rpc.grpc.status_code = tracing::field::Empty, otel.status_code = tracing::field::Empty)
-        };
-        if let Some(parent) = &incoming {
-            crate::telemetry::set_parent(&span, parent);
-        }
+        // With traces on (crate::telemetry), this hop's span: a client's is the child of
+        // the context the call is made in unless the call names its parent; a server's,
+        // of the caller's `traceparent` (else it starts a trace).
+        let cx = crate::telemetry::tracer().map(|tracer| {
+            let client = &*self.id == "client";
+            let parent = match &incoming {
+                Some(tp) => crate::telemetry::remote_parent(tp),
+                None if client => opentelemetry::Context::current(),
+                None => opentelemetry::Context::new(),
+            };
+            // gRPC is always POST; an HTTP request's method says what it does.
+            let grpc =
+                req.headers().get(header::CONTENT_TYPE).is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+            let name =
+                if grpc { format!("{} {path}", self.id) } else { format!("{} {} {path}", self.id, req.method()) };
+            let request = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+            let kind =
+                if client { opentelemetry::trace::SpanKind::Client } else { opentelemetry::trace::SpanKind::Server };
+            let span = tracer
+                .span_builder(name)
+                .with_kind(kind)
+                .with_attributes([
+                    opentelemetry::KeyValue::new("service", self.id.to_string()),
+                    opentelemetry::KeyValue::new("request_id", request),
+                ])
+                .start_with_context(tracer, &parent);
+            parent.with_span(span)
+        });
         // Everything downstream is a child of this span; without traces, the call keeps
         // (or gets) a trace context all the same.
-        let own = crate::telemetry::traceparent_of(&span);
+        let own = cx.as_ref().and_then(crate::telemetry::traceparent_of);
         let context = own.or(incoming).unwrap_or_else(new_traceparent);
         if let Ok(v) = HeaderValue::from_str(&context) {
             req.headers_mut().insert(TRACEPARENT, v);
         }
-        let fut = self.inner.call(req);
-        let recorded = span.clone();
+        // The log's span of the call, at debug.
+        let log = if tracing::enabled!(tracing::Level::DEBUG) {
+            let request = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let trace = trace_id(&context).unwrap_or("");
+            tracing::debug_span!("call", service = %self.id, path = %req.uri().path(), trace_id = %trace, request_id = %request)
+        } else {
+            tracing::Span::none()
+        };
+        let Some(cx) = cx else { return Box::pin(self.inner.call(req).instrument(log)) };
+        let fut = {
+            let _attached = cx.clone().attach();
+            self.inner.call(req)
+        };
+        let done = cx.clone();
         Box::pin(
-            async move {
-                let res = fut.await;
-                if let Ok(r) = &res
-                    && !recorded.is_disabled()
-                {
-                    let status = r.status().as_u16();
-                    recorded.record("http.response.status_code", status);
-                    let grpc = r
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i32>().ok());
-                    if let Some(code) = grpc {
-                        recorded.record("rpc.grpc.status_code", code);
+            opentelemetry::context::FutureExt::with_context(
+                async move {
+                    let res = fut.await;
+                    let span = done.span();
+                    if let Ok(r) = &res {
+                        let status = r.status().as_u16();
+                        span.set_attribute(opentelemetry::KeyValue::new(
+                            "http.response.status_code",
+                            i64::from(status),
+                        ));
+                        let grpc = r
+                            .headers()
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<i32>().ok());
+                        if let Some(code) = grpc {
+                            span.set_attribute(opentelemetry::KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+                        }
+                        if status >= 500 || grpc.is_some_and(|c| Code::from_grpc(c).http() >= 500) {
+                            span.set_status(opentelemetry::trace::Status::error(format!("status {status}")));
+                        } else {
+                            span.set_status(opentelemetry::trace::Status::Ok);
+                        }
                     }
-                    let failed = status >= 500 || grpc.is_some_and(|c| Code::from_grpc(c).http() >= 500);
-                    recorded.record("otel.status_code", if failed { "ERROR" } else { "OK" });
-                }
-                res
-            }
-            .instrument(span),
+                    span.end();
+                    res
+                },
+                cx,
+            )
+            .instrument(log),
         )
     }
 }

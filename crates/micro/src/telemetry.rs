@@ -3,23 +3,24 @@
 //! ring of this process's recent spans (`Debug.Trace`, `micro trace`) and exported over
 //! OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
 //! is set. The standard variables apply (`OTEL_SERVICE_NAME`, `OTEL_SDK_DISABLED`,
-//! `OTEL_EXPORTER_OTLP_HEADERS`, …).
+//! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_SCHEDULE_DELAY`, …).
 //!
-//! Spans are `tracing` spans of the target [`SPAN_TARGET`] (made by
-//! [`crate::layer::TraceLayer`]), which [`layer`] turns into OpenTelemetry spans; the log
-//! shows them only at `debug`.
+//! [`crate::layer::TraceLayer`] makes the spans with the OpenTelemetry SDK directly (a
+//! span is a few allocations, and the ring keeps what the SDK hands over as it is); a
+//! client's span is the child of the OpenTelemetry context current where the call is
+//! made (the handler's span), a server's of the caller's `traceparent`.
 
-use opentelemetry::trace::{SpanId, SpanKind, Status, TracerProvider as _};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanProcessor};
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, SpanData, SpanProcessor};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, UNIX_EPOCH};
-
-/// The `tracing` target of the spans that become OpenTelemetry spans.
-pub const SPAN_TARGET: &str = "micro::span";
 
 /// How many finished spans a process keeps for `Debug.Trace`.
 pub const RING_SIZE: usize = 20_000;
@@ -57,70 +58,71 @@ pub struct SpanRecord {
 /// The recent spans of this process.
 #[derive(Debug)]
 struct Ring {
-    spans: Mutex<VecDeque<SpanRecord>>,
-    process: Mutex<String>,
+    spans: Mutex<VecDeque<SpanData>>,
+    process: OnceLock<String>,
 }
 
 fn ring() -> &'static Ring {
     static RING: OnceLock<Ring> = OnceLock::new();
-    RING.get_or_init(|| Ring { spans: Mutex::new(VecDeque::new()), process: Mutex::new(String::new()) })
+    RING.get_or_init(|| Ring { spans: Mutex::new(VecDeque::new()), process: OnceLock::new() })
 }
 
 /// The spans of `trace_id` among this process's recent ones, oldest first.
 pub fn spans_of(trace_id: &str) -> Vec<SpanRecord> {
-    let trace_id = trace_id.to_ascii_lowercase();
-    let spans = ring().spans.lock().unwrap_or_else(|e| e.into_inner());
-    let mut found: Vec<SpanRecord> = spans.iter().filter(|s| s.trace_id == trace_id).cloned().collect();
+    let Ok(id) = TraceId::from_hex(trace_id) else { return Vec::new() };
+    let r = ring();
+    let process = r.process.get().cloned().unwrap_or_default();
+    let spans = r.spans.lock().unwrap_or_else(|e| e.into_inner());
+    let mut found: Vec<SpanRecord> =
+        spans.iter().filter(|s| s.span_context.trace_id() == id).map(|s| record(s, &process)).collect();
     found.sort_by_key(|s| s.start_us);
     found
 }
-
-/// Keeps finished spans in the ring.
-#[derive(Debug, Clone, Copy)]
-struct RingProcessor;
 
 fn micros(t: std::time::SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
+/// A span as `Debug.Trace` shows it.
+fn record(span: &SpanData, process: &str) -> SpanRecord {
+    SpanRecord {
+        trace_id: span.span_context.trace_id().to_string(),
+        span_id: span.span_context.span_id().to_string(),
+        parent_id: if span.parent_span_id == SpanId::INVALID { String::new() } else { span.parent_span_id.to_string() },
+        name: span.name.to_string(),
+        process: process.to_string(),
+        kind: match span.span_kind {
+            SpanKind::Server => "server",
+            SpanKind::Client => "client",
+            SpanKind::Producer => "producer",
+            SpanKind::Consumer => "consumer",
+            SpanKind::Internal => "internal",
+        }
+        .to_string(),
+        start_us: micros(span.start_time),
+        duration_us: span.end_time.duration_since(span.start_time).map(|d| d.as_micros() as u64).unwrap_or(0),
+        status: match &span.status {
+            Status::Ok => "ok".to_string(),
+            Status::Error { .. } => "error".to_string(),
+            Status::Unset => "unset".to_string(),
+        },
+        attributes: span.attributes.iter().map(|kv| (kv.key.to_string(), kv.value.to_string())).collect(),
+    }
+}
+
+/// Keeps finished spans in the ring, as the SDK hands them over.
+#[derive(Debug, Clone, Copy)]
+struct RingProcessor;
+
 impl SpanProcessor for RingProcessor {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
 
     fn on_end(&self, span: SpanData) {
-        let r = ring();
-        let process = r.process.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let record = SpanRecord {
-            trace_id: span.span_context.trace_id().to_string(),
-            span_id: span.span_context.span_id().to_string(),
-            parent_id: if span.parent_span_id == SpanId::INVALID {
-                String::new()
-            } else {
-                span.parent_span_id.to_string()
-            },
-            name: span.name.to_string(),
-            process,
-            kind: match span.span_kind {
-                SpanKind::Server => "server",
-                SpanKind::Client => "client",
-                SpanKind::Producer => "producer",
-                SpanKind::Consumer => "consumer",
-                SpanKind::Internal => "internal",
-            }
-            .to_string(),
-            start_us: micros(span.start_time),
-            duration_us: span.end_time.duration_since(span.start_time).map(|d| d.as_micros() as u64).unwrap_or(0),
-            status: match &span.status {
-                Status::Ok => "ok".to_string(),
-                Status::Error { .. } => "error".to_string(),
-                Status::Unset => "unset".to_string(),
-            },
-            attributes: span.attributes.iter().map(|kv| (kv.key.to_string(), kv.value.to_string())).collect(),
-        };
-        let mut spans = r.spans.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spans = ring().spans.lock().unwrap_or_else(|e| e.into_inner());
         if spans.len() >= RING_SIZE {
             spans.pop_front();
         }
-        spans.push_back(record);
+        spans.push_back(span);
     }
 
     fn force_flush(&self) -> OTelSdkResult {
@@ -133,7 +135,7 @@ impl SpanProcessor for RingProcessor {
 
     fn set_resource(&mut self, resource: &Resource) {
         if let Some(name) = resource.get(&opentelemetry::Key::new("service.name")) {
-            *ring().process.lock().unwrap_or_else(|e| e.into_inner()) = name.to_string();
+            let _ = ring().process.set(name.to_string());
         }
     }
 }
@@ -155,16 +157,24 @@ pub fn export_to(endpoint: &str) {
 /// The tracer provider of this process, once [`layer`] made it.
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 
-/// The `tracing` layer that makes this process's spans OpenTelemetry spans (for
-/// `service`, unless `OTEL_SERVICE_NAME` says otherwise): kept in the ring, and exported
-/// over OTLP when an endpoint is set. `None` with `OTEL_SDK_DISABLED=true`. Call it once,
-/// inside a Tokio runtime (the OTLP exporter runs on it).
-pub fn layer<S>(service: &str) -> Option<impl tracing_subscriber::Layer<S> + Send + Sync + 'static>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a> + Send + Sync,
-{
+/// The tracer of this process, once [`init`] made it.
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// The tracer [`crate::layer::TraceLayer`] makes spans with; `None` until [`init`].
+pub(crate) fn tracer() -> Option<&'static SdkTracer> {
+    TRACER.get()
+}
+
+/// Turns traces on for this process, named `service` (unless `OTEL_SERVICE_NAME` says
+/// otherwise): spans kept in the ring, and exported over OTLP when an endpoint is set.
+/// Not with `OTEL_SDK_DISABLED=true`. Only the first call counts; call it inside a Tokio
+/// runtime (the OTLP exporter runs on it). Returns whether traces are on.
+pub fn init(service: &str) -> bool {
     if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
-        return None;
+        return false;
+    }
+    if TRACER.get().is_some() {
+        return true;
     }
     let name = env("OTEL_SERVICE_NAME").unwrap_or_else(|| service.to_string());
     let mut builder = SdkTracerProvider::builder()
@@ -185,11 +195,9 @@ where
         }
     }
     let provider = builder.build();
-    let tracer = provider.tracer("micro");
+    let _ = TRACER.set(provider.tracer("micro"));
     let _ = PROVIDER.set(provider);
-    let filter = tracing_subscriber::filter::Targets::new().with_target(SPAN_TARGET, tracing::Level::TRACE);
-    use tracing_subscriber::Layer as _;
-    Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(filter))
+    true
 }
 
 /// Exports what is left (at exit): the OTLP exporter's last batch.
@@ -199,31 +207,26 @@ pub fn flush() {
     }
 }
 
-/// The W3C `traceparent` of `span`, when it is an OpenTelemetry span.
-pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
-    use opentelemetry::trace::TraceContextExt as _;
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
+/// The W3C `traceparent` of the span of `cx`, when it has a valid one.
+pub fn traceparent_of(cx: &opentelemetry::Context) -> Option<String> {
+    let span = cx.span();
+    let sc = span.span_context();
     sc.is_valid().then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
 }
 
-/// Makes the `traceparent` `parent` (valid, see [`crate::layer::trace_id`]) the parent of
-/// `span`.
-pub fn set_parent(span: &tracing::Span, parent: &str) {
-    use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceFlags, TraceId, TraceState};
-    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
-    let b = parent.as_bytes();
-    if b.len() != 55 {
-        return;
-    }
-    let (Ok(trace), Ok(id), Ok(flags)) =
+/// A context whose (remote) span is the `traceparent` `parent` (valid, see
+/// [`crate::layer::trace_id`]).
+pub fn remote_parent(parent: &str) -> opentelemetry::Context {
+    let ids = (parent.len() == 55).then(|| {
         (TraceId::from_hex(&parent[3..35]), SpanId::from_hex(&parent[36..52]), u8::from_str_radix(&parent[53..55], 16))
-    else {
-        return;
-    };
-    let sc = SpanContext::new(trace, id, TraceFlags::new(flags), true, TraceState::default());
-    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
+    });
+    match ids {
+        Some((Ok(trace), Ok(id), Ok(flags))) => {
+            let sc = SpanContext::new(trace, id, TraceFlags::new(flags), true, TraceState::default());
+            opentelemetry::Context::new().with_remote_span_context(sc)
+        }
+        _ => opentelemetry::Context::new(),
+    }
 }
 
 #[cfg(test)]
@@ -231,26 +234,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_ring_is_bounded_and_found_by_trace() {
-        let span = |trace: &str, start: u64| SpanRecord {
-            trace_id: trace.into(),
-            span_id: format!("{start:016x}"),
-            start_us: start,
-            ..Default::default()
-        };
-        {
-            let mut spans = ring().spans.lock().unwrap();
-            for i in 0..(RING_SIZE as u64 + 5) {
-                spans.push_back(span("ab", i));
-                if spans.len() > RING_SIZE {
-                    spans.pop_front();
-                }
-            }
-            spans.push_back(span("cd", 2));
-            spans.push_back(span("cd", 1));
-        }
-        let found = spans_of("CD");
-        assert_eq!(found.iter().map(|s| s.start_us).collect::<Vec<_>>(), [1, 2]);
-        assert!(ring().spans.lock().unwrap().len() <= RING_SIZE + 2);
+    fn parents_read_back() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(traceparent_of(&remote_parent(tp)).as_deref(), Some(tp));
+        assert_eq!(traceparent_of(&remote_parent("junk")), None);
+        assert!(spans_of("not hex").is_empty());
     }
 }
