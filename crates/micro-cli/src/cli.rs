@@ -158,6 +158,11 @@ pub(crate) enum Command {
         #[arg(long = "service")]
         services: Vec<String>,
     },
+    /// The gateway's response cache rules of the namespace: micro cache set|list|delete|purge
+    Cache {
+        #[command(subcommand)]
+        cmd: crate::cache::CacheCmd,
+    },
     /// Requests and bytes metered in the namespace: micro usage --since 24h --by service
     Usage(crate::usage::UsageArgs),
     /// Publish an event: micro publish orders '{"id":1}'
@@ -486,6 +491,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Config { cmd } => crate::data::config(&c, cmd).await,
         Command::Ratelimit { cmd } => crate::ratelimit::ratelimit(&c, cmd).await,
         Command::Usage(args) => crate::usage::usage(&c, args).await,
+        Command::Cache { cmd } => crate::cache::cache(&c, cmd).await,
         Command::Trace { trace_id, services } => crate::trace::trace(&c, &trace_id, services).await,
         Command::Publish { topic, payload, key, metadata } => {
             crate::data::publish(&c, &topic, &payload, key, &metadata).await

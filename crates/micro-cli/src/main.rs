@@ -1,6 +1,7 @@
 //! The `micro` binary: `micro server` and the command line.
 
 mod auth;
+mod cache;
 mod cli;
 mod data;
 mod dynamic;

@@ -269,3 +269,99 @@ async fn usage_is_metered_per_namespace_and_read_with_the_cli() {
     assert!(admin.error(&["usage", "--since", "yesterday"]).await.contains("not a time"));
     assert!(admin.error(&["usage", "--since", "1h", "--until", "2h"]).await.contains("before"));
 }
+
+/// `micro cache`: a rule keeps a service's GET answers at the gateway (one answer per
+/// caller, per query and per `vary` header); POSTs, cookies and `Cache-Control: no-cache`
+/// go to the service; a purge and a deleted rule take effect within a second; malformed
+/// rules are refused with the reason; answers from the cache are metered like others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_cached_by_rule_and_purged_with_the_cli() {
+    let s = TestServer::start_with(|c| c.usage_flush = Some(std::time::Duration::from_secs(1))).await;
+    let cli = Cli::new(env!("CARGO_BIN_EXE_micro"), &s.proxy());
+    let password = std::fs::read_to_string(s.dir.path().join(micro_server::ADMIN_PASSWORD_FILE)).unwrap();
+    cli.ok(&["login", "--password", password.trim()]).await;
+    // A service that answers with how many times it was called.
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = calls.clone();
+    let counter = s
+        .service("micro", "counter")
+        .await
+        .handle("Counter.Next", move |_: micro::Context, _: serde_json::Value| {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            async move { Ok(serde_json::json!({ "n": n })) }
+        })
+        .start()
+        .await
+        .unwrap();
+
+    for (args, why) in [
+        (vec!["--ttl", "soon", "--service", "counter"], "whole number"),
+        (vec!["--ttl", "2d", "--service", "counter"], "unknown unit"),
+        (vec!["--ttl", "30h", "--service", "counter"], "1s to 24h"),
+        (vec!["--ttl", "30s"], "needs a route"),
+        (vec!["--ttl", "30s", "--route", "counter"], "starting with /"),
+        (vec!["--ttl", "30s", "--route", "/", "--vary", "bad header"], "not a header name"),
+    ] {
+        let mut all = vec!["cache", "set", "bad"];
+        all.extend(args);
+        assert!(cli.error(&all).await.contains(why), "{why}");
+    }
+    cli.ok(&["cache", "set", "next", "--service", "counter", "--ttl", "30s", "--vary", "accept-language"]).await;
+    let listed = cli.json(&["cache", "list", "-o", "json"]).await;
+    assert_eq!(listed["next"]["ttl"], "30s", "{listed}");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
+    let api = s.api();
+    let get = |headers: Vec<(&'static str, String)>, path: &'static str| {
+        let api = api.clone();
+        async move {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = micro_test::http(&api, "GET", path, &h, b"").await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            let cache = r.head.lines().find_map(|l| l.strip_prefix("x-cache: ")).map(str::to_string);
+            (r.json()["n"].as_u64().unwrap(), cache)
+        }
+    };
+    let next = "/counter/counter/next";
+    assert_eq!(get(vec![], next).await, (1, Some("MISS".into())));
+    assert_eq!(get(vec![], next).await, (1, Some("HIT".into())));
+    // Another query, another language: other answers; each kept.
+    assert_eq!(get(vec![], "/counter/counter/next?x=1").await.0, 2);
+    assert_eq!(get(vec![("accept-language", "fr".into())], next).await.0, 3);
+    assert_eq!(get(vec![("accept-language", "fr".into())], next).await, (3, Some("HIT".into())));
+    // A caller that asks for a fresh answer gets one, and it is kept.
+    assert_eq!(get(vec![("cache-control", "no-cache".into())], next).await, (4, Some("MISS".into())));
+    assert_eq!(get(vec![], next).await, (4, Some("HIT".into())));
+    // Cookies are not answered from the cache; POSTs go to the service.
+    assert_eq!(get(vec![("cookie", "theme=dark".into())], next).await, (5, None));
+    let posted = micro_test::http(&api, "POST", next, &[], b"{}").await;
+    assert_eq!(posted.json()["n"], 6);
+    // An account gets its own answers, never the anonymous ones (nor another's).
+    let bearer = format!("Bearer {}", s.admin_token().await);
+    assert_eq!(get(vec![("authorization", bearer.clone())], next).await, (7, Some("MISS".into())));
+    assert_eq!(get(vec![("authorization", bearer.clone())], next).await, (7, Some("HIT".into())));
+    assert_eq!(get(vec![], next).await.0, 4);
+
+    // Purged: the next answer is fresh.
+    cli.ok(&["cache", "purge"]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(get(vec![], next).await, (8, Some("MISS".into())));
+    // Deleted: nothing is answered from the cache.
+    cli.ok(&["cache", "delete", "next"]).await;
+    assert!(cli.error(&["cache", "delete", "next"]).await.contains("no rule"));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(get(vec![], next).await, (9, None));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 9);
+
+    // Every request is metered, those the cache answered too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let v = cli.json(&["usage", "--service", "counter", "--by", "service", "-o", "json"]).await;
+        if v["total"]["requests"].as_u64() == Some(14) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "14 requests metered: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    counter.stop().await;
+}

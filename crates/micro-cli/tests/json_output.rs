@@ -187,6 +187,19 @@ async fn every_command_prints_json_with_o_json() {
     assert_eq!(one(&cli, &["ratelimit", "delete", "api"]).await["deleted"], "api");
     run("ratelimit delete");
 
+    // The gateway's response cache.
+    assert_eq!(
+        one(&cli, &["cache", "set", "items", "--route", "/shop/items", "--ttl", "30s"]).await["rule"]["ttl"],
+        "30s"
+    );
+    run("cache set");
+    assert_eq!(one(&cli, &["cache", "list"]).await["items"]["route"], "/shop/items");
+    run("cache list");
+    assert!(one(&cli, &["cache", "purge"]).await["purged"].is_u64());
+    run("cache purge");
+    assert_eq!(one(&cli, &["cache", "delete", "items"]).await["deleted"], "items");
+    run("cache delete");
+
     // What was metered (the calls above, stored within a flush or two).
     let metered = eventually(Duration::from_secs(10), || async {
         one(&cli, &["usage", "--by", "service"]).await["total"]["requests"].as_u64().unwrap_or(0) > 0

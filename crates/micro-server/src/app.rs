@@ -311,8 +311,19 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let transport = micro::Transport::new().local(proxy_node.clone(), micro::LocalService::new(proxy_edge.clone()));
     let client = client.transport(transport.clone());
     let limits = crate::ratelimit::RateLimits::new(config_backend.clone());
-    let gateway =
-        Gateway::new(&config, routing, client, metrics.clone(), auth.clone(), targets, edge_key.clone(), limits, meter);
+    let cache = crate::cache::Cache::new(config_backend.clone(), config.cache_size);
+    let gateway = Gateway::new(
+        &config,
+        routing,
+        client,
+        metrics.clone(),
+        auth.clone(),
+        targets,
+        edge_key.clone(),
+        limits,
+        meter,
+        cache,
+    );
 
     let (tx, rx) = watch::channel(false);
     let until = |mut rx: watch::Receiver<bool>| async move {

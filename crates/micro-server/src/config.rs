@@ -58,6 +58,9 @@ pub struct Config {
     /// How often the meter stores what it counted (`MICRO_USAGE_FLUSH` in seconds,
     /// default 2); `None` turns metering off (`MICRO_USAGE=off`).
     pub usage_flush: Option<std::time::Duration>,
+    /// The most the gateway's response cache holds, in bytes (`MICRO_CACHE_SIZE`, default
+    /// 64 MiB; 0 turns it off).
+    pub cache_size: usize,
 }
 
 /// A secret value: shown as `***` by `Debug`, so it never reaches a log.
@@ -92,6 +95,7 @@ impl Default for Config {
             tls: crate::TlsMode::Off,
             redirect_address: None,
             usage_flush: Some(std::time::Duration::from_secs(2)),
+            cache_size: 64 << 20,
         }
     }
 }
@@ -391,6 +395,9 @@ impl Config {
             None | Some("" | "on") => {}
             Some("off") => c.usage_flush = None,
             Some(v) => return Err(Error::Config(format!("MICRO_USAGE={v:?}: give on or off"))),
+        }
+        if let Some(v) = env("MICRO_CACHE_SIZE") {
+            c.cache_size = number("MICRO_CACHE_SIZE", &v)? as usize;
         }
         if let Some(v) = env("MICRO_BLOB_MAX_SIZE") {
             c.blob_max_size = number("MICRO_BLOB_MAX_SIZE", &v)?;

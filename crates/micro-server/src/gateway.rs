@@ -55,6 +55,8 @@ struct Inner {
     limits: crate::ratelimit::RateLimits,
     /// Counts every request (see [`crate::usage`]).
     meter: crate::usage::Meter,
+    /// The namespaces' cached answers.
+    cache: crate::cache::Cache,
 }
 
 /// On an answer: the service and endpoint it is metered under.
@@ -184,6 +186,7 @@ impl Gateway {
         edge_key: micro::edge::EdgeKey,
         limits: crate::ratelimit::RateLimits,
         meter: crate::usage::Meter,
+        cache: crate::cache::Cache,
     ) -> Gateway {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
@@ -205,6 +208,7 @@ impl Gateway {
                 edge_key,
                 limits,
                 meter,
+                cache,
             }),
         }
     }
@@ -262,11 +266,27 @@ impl Gateway {
             Ok(p) => p,
             Err(refused) => return self.inner.meter.answer(labels, bytes_in, limited(refused)),
         };
-        let mut res = self.serve(req, caller).await;
-        if let Some(tag) = res.extensions_mut().remove::<Tag>() {
-            labels.service = tag.service;
-            labels.endpoint = tag.endpoint;
-        }
+        // Answered from the cache, or served (and perhaps kept).
+        let res = match self.inner.cache.lookup(&caller.namespace, &labels.account, &req).await {
+            crate::cache::Lookup::Hit(res, service, endpoint) => {
+                labels.service = service;
+                labels.endpoint = endpoint;
+                res
+            }
+            looked => {
+                let mut res = self.serve(req, caller).await;
+                if let Some(tag) = res.extensions_mut().remove::<Tag>() {
+                    labels.service = tag.service;
+                    labels.endpoint = tag.endpoint;
+                }
+                match looked {
+                    crate::cache::Lookup::Miss(miss) => {
+                        self.inner.cache.store(miss, res, &labels.service, &labels.endpoint).await
+                    }
+                    _ => res,
+                }
+            }
+        };
         let mut res = self.inner.meter.answer(labels, bytes_in, res);
         if let Some(p) = passed
             && let (Ok(policy), Ok(state)) = (HeaderValue::from_str(&p.policy), HeaderValue::from_str(&p.state))

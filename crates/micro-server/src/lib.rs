@@ -13,6 +13,7 @@
 mod app;
 mod auth;
 mod backends;
+pub mod cache;
 mod config;
 mod data;
 pub mod gateway;
@@ -28,6 +29,7 @@ mod registry;
 mod revoke;
 mod runtime;
 mod sealed;
+mod settings;
 mod targets;
 mod tls;
 mod usage;

@@ -13,19 +13,12 @@ use governor::{Quota, RateLimiter};
 use micro_core::config::Config;
 use micro_core::{Code, Status};
 use serde_json::Value;
-use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Where a namespace keeps its rules, in its config.
 pub const CONFIG_PATH: &str = "edge.ratelimits";
-
-/// How long a namespace's rules are used before they are read again.
-const REREAD: Duration = Duration::from_secs(1);
-
-/// At most this many namespaces' rules are kept in memory.
-const MAX_NAMESPACES: usize = 10_000;
 
 /// Whose requests a rule counts together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,9 +105,6 @@ pub fn parse_rule(v: &Value) -> Result<Rule, String> {
     Ok(Rule { limit, window, burst, per, service, route })
 }
 
-/// A namespace's limits, and when they were read.
-type Read = (Instant, Arc<Vec<Arc<Limit>>>);
-
 type Buckets = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
 
 struct Limit {
@@ -195,72 +185,39 @@ pub(crate) struct Refused {
 /// The rules and buckets of every namespace. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct RateLimits {
-    config: Arc<dyn Config>,
-    rules: Arc<Mutex<HashMap<String, Read>>>,
+    rules: crate::settings::NamespaceSettings<Vec<Arc<Limit>>>,
+}
+
+/// A namespace's limits from its rules, keeping the buckets of unchanged ones.
+fn limits(ns: &str, specs: Option<&Value>, previous: Option<&Arc<Vec<Arc<Limit>>>>) -> Vec<Arc<Limit>> {
+    let mut limits = Vec::new();
+    let Some(Value::Object(specs)) = specs else { return limits };
+    for (name, spec) in specs {
+        if let Some(same) = previous.and_then(|p| p.iter().find(|l| l.name == *name && l.spec == *spec)) {
+            same.buckets.retain_recent();
+            limits.push(same.clone());
+            continue;
+        }
+        match parse_rule(spec) {
+            Ok(rule) => limits.push(Arc::new(Limit::new(name.clone(), spec.clone(), rule))),
+            Err(e) => tracing::warn!(namespace = ns, rule = %name, error = %e, "ignoring a malformed rate limit"),
+        }
+    }
+    // Rules for each client or account first: a client over its own limit must not
+    // spend what the namespace as a whole may use.
+    limits.sort_by_key(|l| l.rule.per == Per::Namespace);
+    limits
 }
 
 impl RateLimits {
     pub(crate) fn new(config: Arc<dyn Config>) -> RateLimits {
-        RateLimits { config, rules: Arc::default() }
-    }
-
-    /// The namespace's limits, read again when a second old.
-    async fn limits(&self, ns: &str) -> Arc<Vec<Arc<Limit>>> {
-        let old = self.rules.lock().unwrap_or_else(|e| e.into_inner()).get(ns).cloned();
-        if let Some((at, limits)) = &old
-            && at.elapsed() < REREAD
-        {
-            return limits.clone();
-        }
-        let specs = match self.config.get(ns, CONFIG_PATH, false).await {
-            Ok(Some(Value::Object(o))) => o,
-            Ok(_) => serde_json::Map::new(),
-            Err(e) => {
-                // The config is away: the last rules hold (none, if never read), and it is
-                // asked again in a second, not on every request.
-                tracing::warn!(namespace = ns, error = %e, "cannot read the rate limits; keeping the last ones");
-                let last = old.map(|(_, l)| l).unwrap_or_default();
-                self.remember(ns, last.clone());
-                return last;
-            }
-        };
-        let previous = old.map(|(_, l)| l).unwrap_or_default();
-        let mut limits = Vec::new();
-        for (name, spec) in specs {
-            if let Some(same) = previous.iter().find(|l| l.name == name && l.spec == spec) {
-                same.buckets.retain_recent();
-                limits.push(same.clone());
-                continue;
-            }
-            match parse_rule(&spec) {
-                Ok(rule) => limits.push(Arc::new(Limit::new(name, spec, rule))),
-                Err(e) => tracing::warn!(namespace = ns, rule = %name, error = %e, "ignoring a malformed rate limit"),
-            }
-        }
-        // Rules for each client or account first: a client over its own limit must not
-        // spend what the namespace as a whole may use.
-        limits.sort_by_key(|l| l.rule.per == Per::Namespace);
-        let limits = Arc::new(limits);
-        self.remember(ns, limits.clone());
-        limits
-    }
-
-    fn remember(&self, ns: &str, limits: Arc<Vec<Arc<Limit>>>) {
-        let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
-        // Callers may name any namespace: the cache stays bounded.
-        if rules.len() >= MAX_NAMESPACES && !rules.contains_key(ns) {
-            rules.retain(|_, (at, l)| !l.is_empty() && at.elapsed() < REREAD * 60);
-            if rules.len() >= MAX_NAMESPACES {
-                rules.clear();
-            }
-        }
-        rules.insert(ns.to_string(), (Instant::now(), limits));
+        RateLimits { rules: crate::settings::NamespaceSettings::new(config, CONFIG_PATH, limits) }
     }
 
     /// Counts `req` against every rule of its namespace that applies; refused when one
     /// is exhausted (its cell is not taken from the others' buckets after that).
     pub(crate) async fn check(&self, req: &Request<'_>) -> Result<Option<Passed>, Refused> {
-        let limits = self.limits(req.namespace).await;
+        let limits = self.rules.get(req.namespace).await;
         if limits.is_empty() {
             return Ok(None);
         }

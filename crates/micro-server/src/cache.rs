@@ -1,0 +1,341 @@
+//! The gateway's response cache: per-route rules a namespace keeps in its config under
+//! `edge.cache.rules.<name>` (`micro cache set …`), answers kept in memory (least
+//! recently used out first, the whole bounded by `MICRO_CACHE_SIZE`).
+//!
+//! What is kept: a `GET` or `HEAD` answered `200` with a known length up to 1 MiB, no
+//! `Set-Cookie`, and no `Cache-Control: no-store`, `private` or `no-cache`; for the rule's
+//! TTL, or the answer's `s-maxage`/`max-age` when shorter. An answer is kept per caller
+//! (anonymous callers share theirs; an account never gets another's), per query string,
+//! and per value of the rule's `vary` headers. A request with a `Cookie` is never answered
+//! from the cache (a service's own cookies may change the answer), and one with
+//! `Cache-Control: no-cache` or `no-store` skips it. `micro cache purge` drops a
+//! namespace's answers on every node within a second.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::body::Body;
+
+/// Where a namespace keeps its cache settings, in its config: `rules.<name>` and
+/// `purged` (Unix milliseconds).
+pub const CONFIG_PATH: &str = "edge.cache";
+
+/// The longest TTL a rule may give.
+pub const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The largest answer kept.
+pub const MAX_ENTRY: usize = 1 << 20;
+
+/// A cache rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    /// How long an answer is kept.
+    pub ttl: Duration,
+    /// Request headers whose values make different answers (lowercase).
+    pub vary: Vec<String>,
+    /// Only requests to this service.
+    pub service: Option<String>,
+    /// Only paths under this prefix.
+    pub route: Option<String>,
+}
+
+/// Parses a rule as kept in the config: `{"ttl": "30s", "route": "/shop/items",
+/// "service": "shop", "vary": ["accept-language"]}` (a route or a service is required);
+/// the error says what is wrong.
+pub fn parse_rule(v: &Value) -> Result<Rule, String> {
+    let o = v.as_object().ok_or("a rule is an object with a ttl, like {\"ttl\": \"30s\", \"route\": \"/shop\"}")?;
+    for k in o.keys() {
+        if !["ttl", "vary", "service", "route"].contains(&k.as_str()) {
+            return Err(format!("unknown field {k:?} (ttl, vary, service, route)"));
+        }
+    }
+    let ttl = o.get("ttl").and_then(Value::as_str).ok_or("ttl is required, like \"30s\", \"5m\" or \"1h\"")?;
+    let (n, unit) = ttl.trim().split_at(ttl.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(ttl.trim().len()));
+    let n: u64 = n.parse().map_err(|_| format!("ttl {ttl:?}: a whole number and a unit, like 30s, 5m or 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        u => return Err(format!("ttl {ttl:?}: unknown unit {u:?} (s, m or h)")),
+    };
+    let ttl = Duration::from_secs(secs);
+    if ttl.is_zero() || ttl > MAX_TTL {
+        return Err(format!("ttl {:?}: from 1s to 24h", o["ttl"]));
+    }
+    let vary = match o.get("vary") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|h| {
+                let name = h.as_str().ok_or_else(|| format!("vary {h}: header names"))?;
+                header::HeaderName::from_bytes(name.trim().as_bytes())
+                    .map(|n| n.as_str().to_string())
+                    .map_err(|_| format!("vary {name:?}: not a header name"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(format!("vary {other}: a list of header names")),
+    };
+    let text = |k: &str| -> Result<Option<String>, String> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(format!("{k} {other}: a string")),
+        }
+    };
+    let service = text("service")?;
+    if let Some(s) = &service {
+        micro_core::registry::validate_name(s).map_err(|e| format!("service {s:?}: {}", e.detail()))?;
+    }
+    let route = text("route")?;
+    if route.as_deref().is_some_and(|r| !r.starts_with('/')) {
+        return Err("route: a path prefix starting with /".into());
+    }
+    if service.is_none() && route.is_none() {
+        return Err("a rule needs a route (like /shop/items, or / for everything) or a service".into());
+    }
+    Ok(Rule { ttl, vary, service, route })
+}
+
+/// A namespace's cache settings.
+#[derive(Default)]
+pub(crate) struct Settings {
+    /// Its rules, with the normalized path prefix each applies to.
+    rules: Vec<(Rule, String)>,
+    /// Answers kept before this time (Unix ms) are gone.
+    purged: u64,
+}
+
+fn settings(ns: &str, v: Option<&Value>, _previous: Option<&Arc<Settings>>) -> Settings {
+    let mut s = Settings::default();
+    let Some(v) = v else { return s };
+    s.purged = v.get("purged").and_then(Value::as_u64).unwrap_or(0);
+    if let Some(Value::Object(rules)) = v.get("rules") {
+        for (name, spec) in rules {
+            match parse_rule(spec) {
+                Ok(rule) => {
+                    let prefix = match (&rule.route, &rule.service) {
+                        (Some(r), _) => crate::ratelimit::normalize(r),
+                        (None, Some(svc)) => crate::ratelimit::normalize(&svc.replace('.', "/")),
+                        (None, None) => "/".into(),
+                    };
+                    s.rules.push((rule, prefix));
+                }
+                Err(e) => tracing::warn!(namespace = ns, rule = %name, error = %e, "ignoring a malformed cache rule"),
+            }
+        }
+    }
+    s
+}
+
+/// A kept answer.
+struct Entry {
+    headers: HeaderMap,
+    body: Bytes,
+    stored: Instant,
+    stored_ms: u64,
+    ttl: Duration,
+    /// What it is metered under.
+    service: String,
+    endpoint: String,
+}
+
+impl Entry {
+    fn size(&self, key: &str) -> usize {
+        key.len() + self.body.len() + self.headers.iter().map(|(k, v)| k.as_str().len() + v.len()).sum::<usize>()
+    }
+}
+
+struct Store {
+    entries: hashlink::LruCache<String, Arc<Entry>>,
+    bytes: usize,
+}
+
+/// The cache of every namespace on this node. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Cache {
+    settings: crate::settings::NamespaceSettings<Settings>,
+    store: Arc<Mutex<Store>>,
+    max_bytes: usize,
+}
+
+/// A request the cache may answer: its key and the longest the answer may be kept.
+pub(crate) struct Miss {
+    key: String,
+    ttl: Duration,
+}
+
+/// What the cache says of a request.
+pub(crate) enum Lookup {
+    /// No rule applies (or the request is not for the cache).
+    Pass,
+    /// A kept answer, and the service and endpoint it is metered under.
+    Hit(Response<Body>, String, String),
+    /// Not kept (or skipped): the answer may be kept.
+    Miss(Miss),
+}
+
+fn directives(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|d| d.trim().to_ascii_lowercase())
+        .collect()
+}
+
+impl Cache {
+    pub(crate) fn new(config: Arc<dyn micro_core::config::Config>, max_bytes: usize) -> Cache {
+        Cache {
+            settings: crate::settings::NamespaceSettings::new(config, CONFIG_PATH, settings),
+            store: Arc::new(Mutex::new(Store { entries: hashlink::LruCache::new_unbounded(), bytes: 0 })),
+            max_bytes,
+        }
+    }
+
+    /// Looks `req` of `account` (its label, "" when anonymous) in namespace `ns` up.
+    pub(crate) async fn lookup<B>(&self, ns: &str, account: &str, req: &Request<B>) -> Lookup {
+        if self.max_bytes == 0 || !matches!(*req.method(), Method::GET | Method::HEAD) {
+            return Lookup::Pass;
+        }
+        if req.headers().contains_key(header::COOKIE) {
+            return Lookup::Pass;
+        }
+        let settings = self.settings.get(ns).await;
+        if settings.rules.is_empty() {
+            return Lookup::Pass;
+        }
+        let path = crate::ratelimit::normalize(req.uri().path());
+        let under = |prefix: &str| {
+            prefix == "/" || path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        // The most specific rule (the longest prefix) decides.
+        let Some((rule, _)) = settings.rules.iter().filter(|(_, p)| under(p)).max_by_key(|(_, p)| p.len()) else {
+            return Lookup::Pass;
+        };
+        let mut key =
+            format!("{ns}\0{account}\0{}\0{}", req.method(), req.uri().path_and_query().map_or("/", |p| p.as_str()));
+        for h in &rule.vary {
+            key.push('\0');
+            key.push_str(req.headers().get(h).and_then(|v| v.to_str().ok()).unwrap_or(""));
+        }
+        let asked = directives(req.headers());
+        let skip = asked.iter().any(|d| d == "no-cache" || d == "no-store");
+        if !skip {
+            let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            let found = store.entries.get(&key).cloned();
+            if let Some(e) = found {
+                if e.stored.elapsed() < e.ttl && e.stored_ms > settings.purged {
+                    drop(store);
+                    let mut res = Response::new(Body::new(http_body_util::Full::new(e.body.clone())));
+                    *res.headers_mut() = e.headers.clone();
+                    res.headers_mut().insert("x-cache", HeaderValue::from_static("HIT"));
+                    if let Ok(age) = HeaderValue::from_str(&e.stored.elapsed().as_secs().to_string()) {
+                        res.headers_mut().insert(header::AGE, age);
+                    }
+                    return Lookup::Hit(res, e.service.clone(), e.endpoint.clone());
+                }
+                if let Some(gone) = store.entries.remove(&key) {
+                    store.bytes = store.bytes.saturating_sub(gone.size(&key));
+                }
+            }
+        }
+        if asked.iter().any(|d| d == "no-store") {
+            return Lookup::Pass;
+        }
+        Lookup::Miss(Miss { key, ttl: rule.ttl })
+    }
+
+    /// Keeps `res` (metered under `service` and `endpoint`) for the request that missed,
+    /// when it may be kept; returns it either way.
+    pub(crate) async fn store(&self, miss: Miss, res: Response<Body>, service: &str, endpoint: &str) -> Response<Body> {
+        let said = directives(res.headers());
+        let vary_all = res.headers().get_all(header::VARY).iter().any(|v| v.to_str().is_ok_and(|v| v.contains('*')));
+        let size = http_body::Body::size_hint(res.body()).exact();
+        let keep = res.status() == StatusCode::OK
+            && !res.headers().contains_key(header::SET_COOKIE)
+            && !vary_all
+            && !said.iter().any(|d| d == "no-store" || d == "private" || d == "no-cache")
+            && size.is_some_and(|n| n as usize <= MAX_ENTRY);
+        let max_age = said
+            .iter()
+            .filter_map(|d| d.strip_prefix("s-maxage=").or_else(|| d.strip_prefix("max-age=")))
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .min();
+        let ttl = max_age.map_or(miss.ttl, |s| miss.ttl.min(Duration::from_secs(s)));
+        let mut res = res;
+        res.headers_mut().insert("x-cache", HeaderValue::from_static("MISS"));
+        if !keep || ttl.is_zero() {
+            return res;
+        }
+        let (parts, body) = res.into_parts();
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                let st = micro::Status::unavailable("api", format!("reading the answer: {e}")).with_http_status(502);
+                return micro::json_error(&st);
+            }
+        };
+        let mut headers = parts.headers.clone();
+        headers.remove("x-cache");
+        let entry = Arc::new(Entry {
+            headers,
+            body: body.clone(),
+            stored: Instant::now(),
+            stored_ms: micro_core::store::now_ms(),
+            ttl,
+            service: service.to_string(),
+            endpoint: endpoint.to_string(),
+        });
+        let size = entry.size(&miss.key);
+        if size <= self.max_bytes {
+            let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(old) = store.entries.insert(miss.key.clone(), entry) {
+                store.bytes = store.bytes.saturating_sub(old.size(&miss.key));
+            }
+            store.bytes += size;
+            while store.bytes > self.max_bytes {
+                let Some((k, gone)) = store.entries.remove_lru() else { break };
+                store.bytes = store.bytes.saturating_sub(gone.size(&k));
+            }
+        }
+        Response::from_parts(parts, Body::new(http_body_util::Full::new(body)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rules_parse_and_bad_ones_say_why() {
+        let r = parse_rule(&json!({"ttl": "5m", "route": "/shop/items", "vary": ["Accept-Language"]})).unwrap();
+        assert_eq!(
+            (r.ttl, r.vary.clone(), r.route.as_deref()),
+            (Duration::from_secs(300), vec!["accept-language".to_string()], Some("/shop/items"))
+        );
+        assert_eq!(parse_rule(&json!({"ttl": "1h", "service": "shop"})).unwrap().ttl, Duration::from_secs(3600));
+        for (bad, why) in [
+            (json!("30s"), "object"),
+            (json!({"route": "/"}), "ttl is required"),
+            (json!({"ttl": "soon", "route": "/"}), "whole number"),
+            (json!({"ttl": "10d", "route": "/"}), "unknown unit"),
+            (json!({"ttl": "0s", "route": "/"}), "1s to 24h"),
+            (json!({"ttl": "25h", "route": "/"}), "1s to 24h"),
+            (json!({"ttl": "30s"}), "needs a route"),
+            (json!({"ttl": "30s", "route": "shop"}), "starting with /"),
+            (json!({"ttl": "30s", "route": "/", "vary": "accept"}), "list of header names"),
+            (json!({"ttl": "30s", "route": "/", "vary": ["bad header"]}), "not a header name"),
+            (json!({"ttl": "30s", "service": "bad name"}), "service"),
+            (json!({"ttl": "30s", "route": "/", "colour": "red"}), "unknown field"),
+        ] {
+            let e = parse_rule(&bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! A namespace's edge settings (rate limits, cache rules), kept in its config and read
+//! by the gateway at most once a second per namespace: what the rate limits and the
+//! response cache share.
+
+use micro_core::config::Config;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a namespace's settings are used before they are read again.
+pub(crate) const REREAD: Duration = Duration::from_secs(1);
+
+/// At most this many namespaces' settings are kept in memory.
+const MAX_NAMESPACES: usize = 10_000;
+
+/// Makes a namespace's settings from its config value (`None` when unset) and the ones
+/// read before (to keep their state where unchanged).
+type Build<T> = dyn Fn(&str, Option<&Value>, Option<&Arc<T>>) -> T + Send + Sync;
+
+/// Each namespace's settings, and when they were read.
+type Read<T> = Mutex<HashMap<String, (Instant, Arc<T>)>>;
+
+/// The settings at one config path of every namespace. Cheap to clone.
+pub(crate) struct NamespaceSettings<T> {
+    config: Arc<dyn Config>,
+    path: &'static str,
+    read: Arc<Read<T>>,
+    build: Arc<Build<T>>,
+}
+
+impl<T> Clone for NamespaceSettings<T> {
+    fn clone(&self) -> Self {
+        NamespaceSettings {
+            config: self.config.clone(),
+            path: self.path,
+            read: self.read.clone(),
+            build: self.build.clone(),
+        }
+    }
+}
+
+impl<T: Default + Send + Sync + 'static> NamespaceSettings<T> {
+    /// The settings at `path` of each namespace's config, made by `build`.
+    pub(crate) fn new(
+        config: Arc<dyn Config>,
+        path: &'static str,
+        build: impl Fn(&str, Option<&Value>, Option<&Arc<T>>) -> T + Send + Sync + 'static,
+    ) -> Self {
+        NamespaceSettings { config, path, read: Arc::default(), build: Arc::new(build) }
+    }
+
+    /// The namespace's settings, read again when a second old.
+    pub(crate) async fn get(&self, ns: &str) -> Arc<T> {
+        let old = self.read.lock().unwrap_or_else(|e| e.into_inner()).get(ns).cloned();
+        if let Some((at, s)) = &old
+            && at.elapsed() < REREAD
+        {
+            return s.clone();
+        }
+        let previous = old.map(|(_, s)| s);
+        let fresh = match self.config.get(ns, self.path, false).await {
+            Ok(v) => Arc::new((self.build)(ns, v.as_ref(), previous.as_ref())),
+            Err(e) => {
+                // The config is away: the last settings hold (none, if never read), and it
+                // is asked again in a second, not on every request.
+                tracing::warn!(namespace = ns, path = self.path, error = %e, "cannot read the settings; keeping the last ones");
+                previous.unwrap_or_default()
+            }
+        };
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        // Callers may name any namespace: the map stays bounded.
+        if read.len() >= MAX_NAMESPACES && !read.contains_key(ns) {
+            read.retain(|_, (at, _)| at.elapsed() < REREAD * 60);
+            if read.len() >= MAX_NAMESPACES {
+                read.clear();
+            }
+        }
+        read.insert(ns.to_string(), (Instant::now(), fresh.clone()));
+        fresh
+    }
+}
