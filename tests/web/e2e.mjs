@@ -364,10 +364,10 @@ step("signing in as the admin lands on /services, which lists helloworld", async
   const row = page.locator("tbody tr").filter({ has: page.locator("td a", { hasText: /^helloworld$/ }) });
   await row.waitFor({ timeout: WAIT_MS });
   const cells = await row.locator("td").allInnerTexts();
-  // Service, Versions, Nodes, Endpoints: one node, Debug.{Health,Stats} and Greeter.{Hello,Stream,Chat}.
+  // Service, Versions, Nodes, Endpoints: one node, Debug.{Health,Stats,Trace} and Greeter.{Hello,Stream,Chat}.
   assertEqual(cells[0], "helloworld", "service cell");
   assert(Number(cells[2]) >= 1, `helloworld has ${cells[2]} nodes`);
-  assertEqual(Number(cells[3]), 5, "helloworld's endpoints");
+  assertEqual(Number(cells[3]), 6, "helloworld's endpoints");
   // The core services are listed too.
   for (const core of ["auth", "registry", "store"]) await see(page, "tbody td a", new RegExp(`^${core}$`));
   await shot(page, "services");

@@ -158,6 +158,11 @@ pub(crate) enum Command {
         #[arg(long = "service")]
         services: Vec<String>,
     },
+    /// The namespace's custom domains: micro domain add|verify|list|remove
+    Domain {
+        #[command(subcommand)]
+        cmd: crate::domain::DomainCmd,
+    },
     /// The gateway's response cache rules of the namespace: micro cache set|list|delete|purge
     Cache {
         #[command(subcommand)]
@@ -492,6 +497,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Ratelimit { cmd } => crate::ratelimit::ratelimit(&c, cmd).await,
         Command::Usage(args) => crate::usage::usage(&c, args).await,
         Command::Cache { cmd } => crate::cache::cache(&c, cmd).await,
+        Command::Domain { cmd } => crate::domain::domain(&c, cmd).await,
         Command::Trace { trace_id, services } => crate::trace::trace(&c, &trace_id, services).await,
         Command::Publish { topic, payload, key, metadata } => {
             crate::data::publish(&c, &topic, &payload, key, &metadata).await

@@ -4,6 +4,7 @@ mod auth;
 mod cache;
 mod cli;
 mod data;
+mod domain;
 mod dynamic;
 mod envs;
 mod new;

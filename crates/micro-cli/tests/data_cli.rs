@@ -365,3 +365,90 @@ async fn responses_are_cached_by_rule_and_purged_with_the_cli() {
     }
     counter.stop().await;
 }
+
+/// `micro domain`: a namespace claims a domain, proves it with a TXT record (looked up on
+/// the name server `MICRO_DNS` names, here the test's), and the gateway then routes the
+/// domain's requests to the namespace (or to one service), whatever namespace a request
+/// names; another namespace cannot claim, verify or remove it; removed, it is no longer
+/// served. Bad names are refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_domains_are_verified_by_dns_and_routed_by_host() {
+    let dns = micro_test::dns::TxtServer::start().await;
+    let s = TestServer::start_with(|c| c.dns = Some(dns.addr.clone())).await;
+    s.create_account("shop", "owner", "owner-secret-1", "user", &["admin"]).await;
+    s.create_account("blog", "boss", "boss-secret-1", "user", &["admin"]).await;
+    let web = s
+        .service("shop", "web")
+        .await
+        .handle("Web.Home", |_: micro::Context, _: serde_json::Value| async move {
+            Ok(serde_json::json!({"page": "home of shop"}))
+        })
+        .start()
+        .await
+        .unwrap();
+    let owner = Cli::new(env!("CARGO_BIN_EXE_micro"), &s.proxy());
+    owner.ok(&["--namespace", "shop", "login", "--id", "owner", "--password", "owner-secret-1"]).await;
+    let boss = Cli::new(env!("CARGO_BIN_EXE_micro"), &s.proxy());
+    boss.ok(&["--namespace", "blog", "login", "--id", "boss", "--password", "boss-secret-1"]).await;
+
+    for (name, why) in
+        [("localhost", "needs a dot"), ("127.0.0.1", "address"), ("sh_op.test", "labels"), ("a..b", "labels")]
+    {
+        let e = owner.error(&["domain", "add", name]).await;
+        assert!(e.contains(why), "{name}: {e}");
+    }
+    assert!(owner.error(&["domain", "add", "myshop.test", "--service", "bad name"]).await.contains("invalid service"));
+    let claim = owner.json(&["domain", "add", "myshop.test", "-o", "json"]).await;
+    assert_eq!((claim["domain"].as_str(), claim["verified"].as_bool()), (Some("myshop.test"), Some(false)), "{claim}");
+    let txt_name = claim["txt"]["name"].as_str().unwrap().to_string();
+    let txt_value = claim["txt"]["value"].as_str().unwrap().to_string();
+    assert_eq!(txt_name, "_micro-challenge.myshop.test");
+    let text = owner.ok(&["domain", "add", "web.myshop.test", "--service", "web"]).await;
+    assert!(text.contains("TXT _micro-challenge.web.myshop.test"), "{text}");
+
+    // Another namespace can neither take the domain nor touch the claim.
+    assert!(boss.error(&["domain", "add", "MyShop.test."]).await.contains("claimed by another namespace"));
+    assert!(boss.error(&["domain", "verify", "myshop.test"]).await.contains("no domain myshop.test"));
+    assert!(boss.error(&["domain", "remove", "myshop.test"]).await.contains("no domain myshop.test"));
+    assert!(boss.json(&["domain", "list", "-o", "json"]).await.as_array().unwrap().is_empty());
+
+    // Not verified: not served (the gateway answers for itself).
+    let api = s.api();
+    let home = |host: &'static str, path: &'static str| {
+        let api = api.clone();
+        async move { micro_test::http(&api, "GET", path, &[("host", host), ("micro-namespace", "blog")], b"").await }
+    };
+    assert_eq!(home("myshop.test", "/").await.json()["name"], "micro");
+    let err = owner.error(&["domain", "verify", "myshop.test"]).await;
+    assert!(err.contains("no TXT record _micro-challenge.myshop.test"), "{err}");
+    // A wrong token does not do either.
+    dns.set(&txt_name, "micro-verify=guessed");
+    assert!(owner.error(&["domain", "verify", "myshop.test"]).await.contains("no TXT record"));
+    dns.set(&txt_name, &txt_value);
+    let verified = owner.json(&["domain", "verify", "myshop.test", "-o", "json"]).await;
+    assert_eq!(verified["verified"], true, "{verified}");
+    let web_txt = owner.json(&["domain", "list", "-o", "json"]).await;
+    let web_claim = web_txt.as_array().unwrap().iter().find(|d| d["domain"] == "web.myshop.test").unwrap().clone();
+    dns.set(web_claim["txt"]["name"].as_str().unwrap(), web_claim["txt"]["value"].as_str().unwrap());
+    owner.ok(&["domain", "verify", "web.myshop.test"]).await;
+
+    // Served within a second: the domain's requests go to the shop (the request's own
+    // namespace header does not count), and a service's domain to the service.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = home("myshop.test", "/web/web/home").await;
+    assert_eq!((r.status, r.json()["page"].as_str()), (200, Some("home of shop")), "{}", r.body);
+    let r = home("web.myshop.test:8080", "/web/home").await;
+    assert_eq!((r.status, r.json()["page"].as_str()), (200, Some("home of shop")), "{}", r.body);
+    assert_ne!(home("myshop.test", "/").await.status, 200, "the domain's root is the namespace's, not the gateway's");
+    let listed = owner.ok(&["domain", "list"]).await;
+    assert!(listed.contains("myshop.test") && listed.contains("true"), "{listed}");
+
+    // Removed: no longer served.
+    owner.ok(&["domain", "remove", "myshop.test"]).await;
+    assert!(owner.error(&["domain", "remove", "myshop.test"]).await.contains("no domain"));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(home("myshop.test", "/").await.json()["name"], "micro");
+    // Now free for another namespace to claim.
+    assert_eq!(boss.json(&["domain", "add", "myshop.test", "-o", "json"]).await["namespace"], "blog");
+    web.stop().await;
+}

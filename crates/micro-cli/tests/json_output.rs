@@ -57,7 +57,8 @@ async fn one(cli: &Cli, args: &[&str]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_prints_json_with_o_json() {
     let micro = binary(env!("CARGO_BIN_EXE_micro"));
-    let s = ServerProcess::start(&micro, &[("MICRO_RUNTIME_SANDBOX", "none")]);
+    let dns = micro_test::dns::TxtServer::start().await;
+    let s = ServerProcess::start(&micro, &[("MICRO_RUNTIME_SANDBOX", "none"), ("MICRO_DNS", &dns.addr)]);
     let cli = s.cli();
     let mut ran = BTreeSet::new();
     let mut run = |name: &str| ran.insert(name.to_string());
@@ -199,6 +200,18 @@ async fn every_command_prints_json_with_o_json() {
     run("cache purge");
     assert_eq!(one(&cli, &["cache", "delete", "items"]).await["deleted"], "items");
     run("cache delete");
+
+    // Custom domains, proved by a record on the test's name server.
+    let claim = one(&cli, &["domain", "add", "json.example.test"]).await;
+    assert_eq!(claim["verified"], false, "{claim}");
+    run("domain add");
+    dns.set(claim["txt"]["name"].as_str().unwrap(), claim["txt"]["value"].as_str().unwrap());
+    assert_eq!(one(&cli, &["domain", "verify", "json.example.test"]).await["verified"], true);
+    run("domain verify");
+    assert_eq!(one(&cli, &["domain", "list"]).await[0]["domain"], "json.example.test");
+    run("domain list");
+    assert_eq!(one(&cli, &["domain", "remove", "json.example.test"]).await["removed"], "json.example.test");
+    run("domain remove");
 
     // What was metered (the calls above, stored within a flush or two).
     let metered = eventually(Duration::from_secs(10), || async {

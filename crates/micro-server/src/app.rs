@@ -24,8 +24,8 @@ use tonic::body::Body;
 use tower::{Layer, ServiceExt};
 
 /// The core services registered by the server, all served through the proxy.
-pub const CORE_SERVICES: [&str; 11] =
-    ["api", "auth", "broker", "config", "events", "proxy", "registry", "runtime", "store", "sync", "usage"];
+pub const CORE_SERVICES: [&str; 12] =
+    ["api", "auth", "broker", "config", "domains", "events", "proxy", "registry", "runtime", "store", "sync", "usage"];
 
 /// A running server.
 pub struct Running {
@@ -209,6 +209,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         None => (crate::usage::Meter::off(), None),
     };
 
+    // Custom domains: the claims in their own store (shared in a cluster), verified
+    // through the system's resolver or MICRO_DNS.
+    let domains_store: StoreArc = match shared.named_store("domains").await? {
+        Some(s) => s,
+        None => Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "domains")?),
+    };
+    let resolver = Arc::new(crate::domains::DnsResolver::new(config.dns.as_deref())?);
+    let domains = crate::domains::Domains::new(domains_store, resolver);
+
     let metrics = micro::metrics::Metrics::default();
     let core_grpc = [
         "registry.Registry",
@@ -221,6 +230,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         "auth.Auth",
         "runtime.Runtime",
         "usage.Usage",
+        "domains.Domains",
     ]
     .map(String::from);
     let mut core = RouterBuilder::new("micro")
@@ -241,6 +251,9 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .grpc_service(pb::auth::auth_server::AuthServer::new(auth.clone()))
         .grpc_service(pb::runtime::runtime_server::RuntimeServer::new(runtime.clone()))
         .grpc_service(pb::usage::usage_server::UsageServer::new(crate::usage::UsageService { meter: meter.clone() }))
+        .grpc_service(pb::domains::domains_server::DomainsServer::new(crate::domains::DomainsService {
+            domains: domains.clone(),
+        }))
         .standard_services(&[micro::proto::DESCRIPTOR.to_vec()], &core_grpc)?;
     // Reflection on the proxy answers for every registered service, not just the core.
     let reflection = Reflection::new(
@@ -323,6 +336,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         limits,
         meter,
         cache,
+        domains,
     );
 
     let (tx, rx) = watch::channel(false);

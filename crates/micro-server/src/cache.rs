@@ -78,22 +78,7 @@ pub fn parse_rule(v: &Value) -> Result<Rule, String> {
             .collect::<Result<_, _>>()?,
         Some(other) => return Err(format!("vary {other}: a list of header names")),
     };
-    let text = |k: &str| -> Result<Option<String>, String> {
-        match o.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(format!("{k} {other}: a string")),
-        }
-    };
-    let service = text("service")?;
-    if let Some(s) = &service {
-        micro_core::registry::validate_name(s).map_err(|e| format!("service {s:?}: {}", e.detail()))?;
-    }
-    let route = text("route")?;
-    if route.as_deref().is_some_and(|r| !r.starts_with('/')) {
-        return Err("route: a path prefix starting with /".into());
-    }
+    let (service, route) = crate::settings::scope(o)?;
     if service.is_none() && route.is_none() {
         return Err("a rule needs a route (like /shop/items, or / for everything) or a service".into());
     }

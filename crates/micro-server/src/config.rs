@@ -61,6 +61,9 @@ pub struct Config {
     /// The most the gateway's response cache holds, in bytes (`MICRO_CACHE_SIZE`, default
     /// 64 MiB; 0 turns it off).
     pub cache_size: usize,
+    /// The name server custom domains are verified with (`MICRO_DNS`, `ip:port`; default:
+    /// the system's resolver).
+    pub dns: Option<String>,
 }
 
 /// A secret value: shown as `***` by `Debug`, so it never reaches a log.
@@ -96,6 +99,7 @@ impl Default for Config {
             redirect_address: None,
             usage_flush: Some(std::time::Duration::from_secs(2)),
             cache_size: 64 << 20,
+            dns: None,
         }
     }
 }
@@ -395,6 +399,12 @@ impl Config {
             None | Some("" | "on") => {}
             Some("off") => c.usage_flush = None,
             Some(v) => return Err(Error::Config(format!("MICRO_USAGE={v:?}: give on or off"))),
+        }
+        if let Some(v) = env("MICRO_DNS").filter(|v| !v.is_empty()) {
+            if v.parse::<std::net::SocketAddr>().is_err() {
+                return Err(Error::Config(format!("MICRO_DNS={v:?}: give the name server as ip:port")));
+            }
+            c.dns = Some(v);
         }
         if let Some(v) = env("MICRO_CACHE_SIZE") {
             c.cache_size = number("MICRO_CACHE_SIZE", &v)? as usize;

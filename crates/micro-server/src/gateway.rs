@@ -57,6 +57,8 @@ struct Inner {
     meter: crate::usage::Meter,
     /// The namespaces' cached answers.
     cache: crate::cache::Cache,
+    /// The custom domains the gateway serves.
+    domains: crate::domains::Domains,
 }
 
 /// On an answer: the service and endpoint it is metered under.
@@ -187,6 +189,7 @@ impl Gateway {
         limits: crate::ratelimit::RateLimits,
         meter: crate::usage::Meter,
         cache: crate::cache::Cache,
+        domains: crate::domains::Domains,
     ) -> Gateway {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
@@ -209,6 +212,7 @@ impl Gateway {
                 limits,
                 meter,
                 cache,
+                domains,
             }),
         }
     }
@@ -225,12 +229,34 @@ impl Gateway {
     }
 
     async fn route(&self, mut req: Request<Incoming>) -> Response<Body> {
+        // A verified custom domain decides the namespace, whatever the request names (and,
+        // for a service's domain, the path's service), before any path rule.
+        let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let host = host.or_else(|| req.uri().authority().map(|a| a.to_string()));
+        let claimed = match host {
+            Some(h) => self.inner.domains.route(&h).await,
+            None => None,
+        };
+        if let Some(claim) = &claimed {
+            if let Ok(ns) = HeaderValue::from_str(&claim.namespace) {
+                req.headers_mut().insert(micro_core::metadata::NAMESPACE, ns);
+            }
+            if !claim.service.is_empty() {
+                let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                let mut parts = req.uri().clone().into_parts();
+                parts.path_and_query = format!("/{}{pq}", claim.service).parse().ok();
+                match http::Uri::from_parts(parts) {
+                    Ok(uri) => *req.uri_mut() = uri,
+                    Err(_) => return json_error(&Status::bad_request("api", "bad request path")),
+                }
+            }
+        }
         let path = req.uri().path();
-        if req.method() == Method::GET && path == "/" {
+        if claimed.is_none() && req.method() == Method::GET && path == "/" {
             let v = serde_json::json!({"name": "micro", "version": env!("CARGO_PKG_VERSION"), "api": "ok"});
             return json(StatusCode::OK, v.to_string().into());
         }
-        if req.method() == Method::GET && path == "/metrics" {
+        if claimed.is_none() && req.method() == Method::GET && path == "/metrics" {
             return self.inner.metrics.response();
         }
         // The caller, acting in the header's namespace, else its account's, else the

@@ -34,7 +34,7 @@ impl Policy for CorePolicy {
             "registry" if !matches!(endpoint, "Registry.Register" | "Registry.Deregister") => Protection::Public,
             "registry" | "sync" | "broker" => Protection::Members,
             "store" | "config" | "events" => Protection::Data,
-            "runtime" | "usage" => Protection::Admin,
+            "runtime" | "usage" | "domains" => Protection::Admin,
             _ => Protection::Rules,
         }
     }

@@ -16,6 +16,7 @@ mod backends;
 pub mod cache;
 mod config;
 mod data;
+pub mod domains;
 pub mod gateway;
 mod grpc_health;
 mod guard;

@@ -86,22 +86,7 @@ pub fn parse_rule(v: &Value) -> Result<Rule, String> {
         "namespace" => Per::Namespace,
         p => return Err(format!("per {p:?}: ip, account or namespace")),
     };
-    let text = |k: &str| -> Result<Option<String>, String> {
-        match o.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(format!("{k} {other}: a string")),
-        }
-    };
-    let service = text("service")?;
-    if let Some(s) = &service {
-        micro_core::registry::validate_name(s).map_err(|e| format!("service {s:?}: {}", e.detail()))?;
-    }
-    let route = text("route")?;
-    if route.as_deref().is_some_and(|r| !r.starts_with('/')) {
-        return Err("route: a path prefix starting with /".into());
-    }
+    let (service, route) = crate::settings::scope(o)?;
     Ok(Rule { limit, window, burst, per, service, route })
 }
 

@@ -14,6 +14,28 @@ pub(crate) const REREAD: Duration = Duration::from_secs(1);
 /// At most this many namespaces' settings are kept in memory.
 const MAX_NAMESPACES: usize = 10_000;
 
+/// What a rule (a rate limit, a cache rule) applies to: its `service` (a valid service
+/// name) and its `route` (a path prefix), each optional; the error says what is wrong.
+pub(crate) fn scope(rule: &serde_json::Map<String, Value>) -> Result<(Option<String>, Option<String>), String> {
+    let text = |k: &str| -> Result<Option<String>, String> {
+        match rule.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(format!("{k} {other}: a string")),
+        }
+    };
+    let service = text("service")?;
+    if let Some(s) = &service {
+        micro_core::registry::validate_name(s).map_err(|e| format!("service {s:?}: {}", e.detail()))?;
+    }
+    let route = text("route")?;
+    if route.as_deref().is_some_and(|r| !r.starts_with('/')) {
+        return Err("route: a path prefix starting with /".into());
+    }
+    Ok((service, route))
+}
+
 /// Makes a namespace's settings from its config value (`None` when unset) and the ones
 /// read before (to keep their state where unchanged).
 type Build<T> = dyn Fn(&str, Option<&Value>, Option<&Arc<T>>) -> T + Send + Sync;

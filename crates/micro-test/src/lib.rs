@@ -4,6 +4,7 @@
 //! asynchronously. The conformance suites of the backends are in `micro-conformance`.
 
 pub mod cli;
+pub mod dns;
 pub mod process;
 pub mod recorder;
 
@@ -114,12 +115,15 @@ impl HttpResponse {
     }
 }
 
-/// Sends one HTTP/1.1 request (`Connection: close`) and reads the whole response.
+/// Sends one HTTP/1.1 request (`Connection: close`; `Host` is `addr` unless `headers` name
+/// one) and reads the whole response.
 pub async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> HttpResponse {
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // A `host` among `headers` replaces the address.
+    let host = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("host")).map_or(addr, |(_, v)| *v);
     let mut req =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
-    for (k, v) in headers {
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for (k, v) in headers.iter().filter(|(k, _)| !k.eq_ignore_ascii_case("host")) {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");

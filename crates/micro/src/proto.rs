@@ -58,6 +58,12 @@ pub mod usage {
     tonic::include_proto!("usage");
 }
 
+/// The domains service's messages, client and server.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+pub mod domains {
+    tonic::include_proto!("domains");
+}
+
 /// An account from the wire.
 impl From<auth::Account> for micro_core::auth::Account {
     fn from(a: auth::Account) -> Self {

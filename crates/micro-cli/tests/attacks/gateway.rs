@@ -198,3 +198,64 @@ async fn usage_is_neither_read_across_namespaces_nor_forged_nor_escaped() {
     let all_counted = micro_test::eventually(Duration::from_secs(10), || async { counted().await == 5 }).await;
     assert!(all_counted, "every write is counted once, forged ones included: {}", counted().await);
 }
+
+/// Custom domains, attacked: another namespace cannot take a claimed domain (however it
+/// spells it), verify or remove it, nor reach its own namespace through it (the domain
+/// decides the namespace, not the request's header or token); an unverified claim routes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn domains_are_neither_hijacked_nor_a_way_into_another_namespace() {
+    use micro::proto::domains as pb;
+    let dns = micro_test::dns::TxtServer::start().await;
+    let s = ServerProcess::start(&micro(), &[("MICRO_DNS", &dns.addr)]);
+    let owner = s.account("shop", "owner", "user", &["admin"]).await;
+    let mallory = s.account("blog", "mallory", "user", &["admin"]).await;
+    let domains = |token: &str, ns: &'static str| {
+        let channel = micro::data::channel_with(&s.proxy, source(Some(token))).expect("channel");
+        (pb::domains_client::DomainsClient::new(channel), ns)
+    };
+    fn req<T>(msg: T, ns: &str) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut().insert("micro-namespace", ns.parse().expect("namespace"));
+        r
+    }
+    let (mut shop, shop_ns) = domains(&owner, "shop");
+    let claim = shop
+        .add(req(pb::AddRequest { domain: "shop.test".into(), ..Default::default() }, shop_ns))
+        .await
+        .expect("the shop claims its domain")
+        .into_inner();
+    dns.set(&claim.txt_name, &claim.txt_value);
+    shop.verify(req(pb::VerifyRequest { domain: "shop.test".into() }, shop_ns)).await.expect("verified");
+
+    let (mut blog, blog_ns) = domains(&mallory, "blog");
+    for spelling in ["shop.test", "SHOP.test.", " shop.test"] {
+        let taken = blog.add(req(pb::AddRequest { domain: spelling.into(), ..Default::default() }, blog_ns)).await;
+        assert_eq!(taken.map(|_| ()).map_err(|e| e.code()), Err(tonic::Code::AlreadyExists), "{spelling:?}");
+    }
+    let verify = blog.verify(req(pb::VerifyRequest { domain: "shop.test".into() }, blog_ns)).await;
+    assert_eq!(verify.map(|_| ()).map_err(|e| e.code()), Err(tonic::Code::NotFound));
+    let remove = blog.remove(req(pb::RemoveRequest { domain: "shop.test".into() }, blog_ns)).await;
+    assert_eq!(remove.map(|_| ()).map_err(|e| e.code()), Err(tonic::Code::NotFound));
+    // Acting in the shop's namespace with a blog token: refused before anything.
+    let foreign = blog.list(req(pb::ListRequest {}, "shop")).await;
+    assert_eq!(foreign.map(|_| ()).map_err(|e| e.code()), Err(tonic::Code::PermissionDenied));
+
+    // Through the domain, the blog's own data and services are out of reach: the shop's
+    // namespace answers, and a blog token is a foreign one there.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let bearer = format!("Bearer {mallory}");
+    for headers in [
+        vec![("host", "shop.test"), ("micro-namespace", "blog")],
+        vec![("host", "shop.test"), ("authorization", &bearer)],
+    ] {
+        let r = micro_test::http(&s.api, "POST", "/store/store/list", &headers, br#"{"options":{"database":"blog"}}"#)
+            .await;
+        assert!(matches!(r.status, 401 | 403), "{headers:?}: {} {}", r.status, r.body);
+    }
+    // An unverified claim routes nothing.
+    blog.add(req(pb::AddRequest { domain: "pending.test".into(), ..Default::default() }, blog_ns)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let r = micro_test::http(&s.api, "GET", "/", &[("host", "pending.test")], b"").await;
+    assert_eq!(r.json()["name"], "micro", "{}", r.body);
+}

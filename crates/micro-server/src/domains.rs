@@ -1,0 +1,364 @@
+//! Custom domains: a namespace (or one of its services) claims a domain, proves it holds
+//! the domain's DNS with a TXT record, and the gateway then routes requests whose `Host`
+//! is that domain to it, before any path rule.
+//!
+//! A claim is kept in the server's own `domains` store (shared by a cluster's nodes),
+//! keyed by the domain: one namespace per domain, whoever asks. It holds a random token;
+//! the domain is served once `_micro-challenge.<domain>` has a TXT record
+//! `micro-verify=<token>` and `micro domain verify` (Domains.Verify) saw it. The check goes
+//! through a [`TxtResolver`]: the system's resolver, or the name server `MICRO_DNS` names
+//! (tests run one of their own). Every node rereads the verified claims every second.
+
+use micro::proto::domains as pb;
+use micro_core::store::{Query, Record, Store, Table};
+use micro_core::{Code, Status};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the verified claims are used before they are read again.
+const REREAD: Duration = Duration::from_secs(1);
+
+/// The TXT record's name prefix: `_micro-challenge.<domain>`.
+pub const CHALLENGE_PREFIX: &str = "_micro-challenge.";
+
+/// The TXT record's value prefix: `micro-verify=<token>`.
+pub const TOKEN_PREFIX: &str = "micro-verify=";
+
+/// At most this many domains per namespace.
+const MAX_PER_NAMESPACE: usize = 100;
+
+/// Looks TXT records up.
+#[tonic::async_trait]
+pub trait TxtResolver: Send + Sync + 'static {
+    /// The TXT strings at `name` (none when there are none).
+    async fn txt(&self, name: &str) -> Result<Vec<String>, Status>;
+}
+
+/// The system's resolver, or one name server (`host:port`, `MICRO_DNS`).
+pub struct DnsResolver {
+    resolver: hickory_resolver::TokioResolver,
+}
+
+impl DnsResolver {
+    /// The system's resolver (`/etc/resolv.conf`), or the name server at `server`.
+    pub fn new(server: Option<&str>) -> Result<DnsResolver, crate::Error> {
+        use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+        use hickory_resolver::net::runtime::TokioRuntimeProvider;
+        let bad = |e: String| crate::Error::Config(format!("MICRO_DNS: {e}"));
+        let mut builder = match server {
+            Some(s) => {
+                let addr: std::net::SocketAddr =
+                    s.parse().map_err(|_| bad(format!("{s:?}: give the name server as ip:port")))?;
+                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                for c in &mut ns.connections {
+                    c.port = addr.port();
+                }
+                hickory_resolver::Resolver::builder_with_config(
+                    ResolverConfig::from_name_servers(vec![ns]),
+                    TokioRuntimeProvider::new(),
+                )
+            }
+            None => hickory_resolver::Resolver::builder_tokio().map_err(|e| bad(e.to_string()))?,
+        };
+        // Nothing is remembered: a record just added is seen by the next check.
+        builder.options_mut().cache_size = 0;
+        builder.options_mut().negative_max_ttl = Some(Duration::ZERO);
+        let resolver = builder.build().map_err(|e| bad(e.to_string()))?;
+        Ok(DnsResolver { resolver })
+    }
+}
+
+#[tonic::async_trait]
+impl TxtResolver for DnsResolver {
+    async fn txt(&self, name: &str) -> Result<Vec<String>, Status> {
+        use hickory_resolver::proto::rr::RData;
+        let fqdn = if name.ends_with('.') { name.to_string() } else { format!("{name}.") };
+        match self.resolver.txt_lookup(fqdn).await {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => {
+                        Some(txt.txt_data.iter().map(|d| String::from_utf8_lossy(d)).collect::<String>())
+                    }
+                    _ => None,
+                })
+                .collect()),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Ok(Vec::new()),
+            Err(e) => Err(Status::unavailable("domains", format!("looking up TXT {name}: {e}"))),
+        }
+    }
+}
+
+/// A claim of a domain.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Claim {
+    pub(crate) domain: String,
+    pub(crate) namespace: String,
+    /// The service its requests go to ("" for the whole namespace).
+    #[serde(default)]
+    pub(crate) service: String,
+    token: String,
+    #[serde(default)]
+    pub(crate) verified: bool,
+    #[serde(default)]
+    created: u64,
+}
+
+/// Checks a domain name: lowercase letters, digits and `-` in dot-separated labels of 1
+/// to 63 (no `-` at either end), at least two labels, at most 253 in all; not an address,
+/// not `localhost`. Returns it lowercased, without a trailing dot.
+pub fn validate_domain(domain: &str) -> Result<String, Status> {
+    let d = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+    let bad = |why: &str| Status::bad_request("domains", format!("{domain:?} is not a domain name: {why}"));
+    if d.is_empty() || d.len() > 253 {
+        return Err(bad("1 to 253 characters"));
+    }
+    if d.parse::<std::net::IpAddr>().is_ok() || d.trim_matches(['[', ']']).parse::<std::net::Ipv6Addr>().is_ok() {
+        return Err(bad("an address, not a name"));
+    }
+    let labels: Vec<&str> = d.split('.').collect();
+    if labels.len() < 2 {
+        return Err(bad("it needs a dot, like shop.example.com"));
+    }
+    for l in &labels {
+        let ok = !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            return Err(bad("labels of letters, digits and -, 1 to 63 long"));
+        }
+    }
+    if labels.last() == Some(&"localhost") || labels.iter().all(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(bad("not a public name"));
+    }
+    Ok(d)
+}
+
+/// The verified claims, by domain.
+type Verified = Arc<HashMap<String, Arc<Claim>>>;
+
+/// The claims. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Domains {
+    store: Arc<dyn Store>,
+    table: Table,
+    resolver: Arc<dyn TxtResolver>,
+    /// When the verified claims were last read.
+    read_at: Arc<Mutex<Option<Instant>>>,
+    verified: Arc<Mutex<Verified>>,
+}
+
+impl Domains {
+    pub(crate) fn new(store: Arc<dyn Store>, resolver: Arc<dyn TxtResolver>) -> Domains {
+        Domains {
+            store,
+            table: Table::new(micro_core::namespace::DEFAULT, "domains"),
+            resolver,
+            read_at: Arc::default(),
+            verified: Arc::default(),
+        }
+    }
+
+    async fn read(&self, domain: &str) -> Result<Option<Claim>, Status> {
+        match self.store.read(&self.table, domain, &Query::default()).await {
+            Ok(r) => Ok(r.first().and_then(|r| serde_json::from_slice(&r.value).ok())),
+            Err(e) if e.code() == Code::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn write(&self, claim: &Claim) -> Result<(), Status> {
+        let value = serde_json::to_vec(claim).map_err(|e| Status::internal("domains", e.to_string()))?;
+        self.store.write(&self.table, &Record::new(&claim.domain, value), None).await
+    }
+
+    async fn all(&self) -> Result<Vec<Claim>, Status> {
+        let records = self.store.read(&self.table, "", &Query { prefix: true, ..Default::default() }).await?;
+        Ok(records.iter().filter_map(|r| serde_json::from_slice(&r.value).ok()).collect())
+    }
+
+    /// The claim of `domain` by `ns`; not found when it is another namespace's (which
+    /// does not learn whose it is).
+    async fn own(&self, ns: &str, domain: &str) -> Result<Claim, Status> {
+        let domain = validate_domain(domain)?;
+        match self.read(&domain).await? {
+            Some(c) if c.namespace == ns => Ok(c),
+            _ => Err(Status::not_found("domains", format!("namespace {ns} has no domain {domain}"))),
+        }
+    }
+
+    /// The verified claim of the host a request names, if any: from the claims read at
+    /// most about a second ago (one request a second rereads them; whatever `Host` a
+    /// request sends, it costs no read of its own).
+    pub(crate) async fn route(&self, host: &str) -> Option<Arc<Claim>> {
+        let due = {
+            let mut at = self.read_at.lock().unwrap_or_else(|e| e.into_inner());
+            let due = at.is_none_or(|t| t.elapsed() >= REREAD);
+            if due {
+                *at = Some(Instant::now());
+            }
+            due
+        };
+        if due {
+            match self.all().await {
+                Ok(claims) => {
+                    let verified = claims.into_iter().filter(|c| c.verified).map(|c| (c.domain.clone(), Arc::new(c)));
+                    *self.verified.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(verified.collect());
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the domains; keeping the last ones"),
+            }
+        }
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if verified.is_empty() {
+            return None;
+        }
+        let host =
+            host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+        verified.get(&host.trim_end_matches('.').to_ascii_lowercase()).cloned()
+    }
+
+    fn reply(c: &Claim) -> pb::Domain {
+        pb::Domain {
+            domain: c.domain.clone(),
+            namespace: c.namespace.clone(),
+            service: c.service.clone(),
+            verified: c.verified,
+            txt_name: format!("{CHALLENGE_PREFIX}{}", c.domain),
+            txt_value: format!("{TOKEN_PREFIX}{}", c.token),
+            created: c.created as i64,
+        }
+    }
+}
+
+fn t(s: Status) -> tonic::Status {
+    micro::status::to_tonic(&s)
+}
+
+/// The `domains` core service.
+pub(crate) struct DomainsService {
+    pub(crate) domains: Domains,
+}
+
+#[tonic::async_trait]
+impl pb::domains_server::Domains for DomainsService {
+    async fn add(&self, req: tonic::Request<pb::AddRequest>) -> Result<tonic::Response<pb::Domain>, tonic::Status> {
+        let ns = micro::namespace(&req);
+        let r = req.into_inner();
+        let domain = validate_domain(&r.domain).map_err(t)?;
+        if !r.service.is_empty() {
+            micro_core::registry::validate_name(&r.service).map_err(t)?;
+        }
+        let d = &self.domains;
+        if let Some(c) = d.read(&domain).await.map_err(t)? {
+            if c.namespace != ns {
+                return Err(t(Status::new(
+                    Code::AlreadyExists,
+                    "domains",
+                    format!("{domain} is claimed by another namespace"),
+                )));
+            }
+            // Claimed again: the same token; the service may change.
+            let c = Claim { service: r.service, ..c };
+            d.write(&c).await.map_err(t)?;
+            return Ok(tonic::Response::new(Domains::reply(&c)));
+        }
+        let mine = d.all().await.map_err(t)?.into_iter().filter(|c| c.namespace == ns).count();
+        if mine >= MAX_PER_NAMESPACE {
+            return Err(t(Status::new(
+                Code::ResourceExhausted,
+                "domains",
+                format!("namespace {ns} has {mine} domains, the most it may"),
+            )));
+        }
+        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+        let c = Claim {
+            domain,
+            namespace: ns,
+            service: r.service,
+            token,
+            verified: false,
+            created: micro_core::store::now_ms() / 1000,
+        };
+        d.write(&c).await.map_err(t)?;
+        Ok(tonic::Response::new(Domains::reply(&c)))
+    }
+
+    async fn verify(
+        &self,
+        req: tonic::Request<pb::VerifyRequest>,
+    ) -> Result<tonic::Response<pb::Domain>, tonic::Status> {
+        let ns = micro::namespace(&req);
+        let d = &self.domains;
+        let mut c = d.own(&ns, &req.get_ref().domain).await.map_err(t)?;
+        if !c.verified {
+            let name = format!("{CHALLENGE_PREFIX}{}", c.domain);
+            let want = format!("{TOKEN_PREFIX}{}", c.token);
+            let found = d.resolver.txt(&name).await.map_err(t)?;
+            if !found.iter().any(|v| v.trim() == want) {
+                return Err(t(Status::new(
+                    Code::FailedPrecondition,
+                    "domains",
+                    format!(
+                        "no TXT record {name} = {want} yet (found {}): add it at your DNS provider, then verify again",
+                        found.len()
+                    ),
+                )));
+            }
+            c.verified = true;
+            d.write(&c).await.map_err(t)?;
+        }
+        Ok(tonic::Response::new(Domains::reply(&c)))
+    }
+
+    async fn list(
+        &self,
+        req: tonic::Request<pb::ListRequest>,
+    ) -> Result<tonic::Response<pb::ListResponse>, tonic::Status> {
+        let ns = micro::namespace(&req);
+        let mut domains: Vec<pb::Domain> =
+            self.domains.all().await.map_err(t)?.iter().filter(|c| c.namespace == ns).map(Domains::reply).collect();
+        domains.sort_by(|a, b| a.domain.cmp(&b.domain));
+        Ok(tonic::Response::new(pb::ListResponse { domains }))
+    }
+
+    async fn remove(
+        &self,
+        req: tonic::Request<pb::RemoveRequest>,
+    ) -> Result<tonic::Response<pb::RemoveResponse>, tonic::Status> {
+        let ns = micro::namespace(&req);
+        let c = self.domains.own(&ns, &req.get_ref().domain).await.map_err(t)?;
+        self.domains.store.delete(&self.domains.table, &c.domain).await.map_err(t)?;
+        Ok(tonic::Response::new(pb::RemoveResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn domain_names() {
+        assert_eq!(validate_domain("Shop.Example.COM.").unwrap(), "shop.example.com");
+        assert_eq!(validate_domain("a-b.example").unwrap(), "a-b.example");
+        for (bad, why) in [
+            ("", "1 to 253"),
+            ("localhost", "needs a dot"),
+            ("shop.localhost", "not a public name"),
+            ("127.0.0.1", "address"),
+            ("::1", "address"),
+            ("-shop.example.com", "labels"),
+            ("shop..example.com", "labels"),
+            ("sh_op.example.com", "labels"),
+            ("*.example.com", "labels"),
+            ("shop.example.com/x", "labels"),
+        ] {
+            let e = validate_domain(bad).unwrap_err();
+            assert!(e.detail().contains(why), "{bad}: {}", e.detail());
+        }
+    }
+}
