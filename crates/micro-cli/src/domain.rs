@@ -30,6 +30,11 @@ pub(crate) enum DomainCmd {
         /// The domain.
         domain: String,
     },
+    /// Obtain the domain's certificate again now (with ACME on).
+    Renew {
+        /// The domain.
+        domain: String,
+    },
 }
 
 fn as_json(d: &pb::Domain) -> serde_json::Value {
@@ -40,6 +45,7 @@ fn as_json(d: &pb::Domain) -> serde_json::Value {
         "verified": d.verified,
         "txt": {"name": d.txt_name, "value": d.txt_value},
         "created": d.created,
+        "certificate_expires": d.certificate_expires,
     })
 }
 
@@ -87,6 +93,11 @@ pub(crate) async fn domain(c: &Ctx, cmd: DomainCmd) -> Result<()> {
                 })
                 .collect();
             output::table(&["DOMAIN", "SERVICE", "VERIFIED", "TXT"], &rows);
+        }
+        DomainCmd::Renew { domain } => {
+            let d = client.renew(crate::auth::request(c, pb::RenewRequest { domain })?).await.map_err(err)?;
+            let d = d.into_inner();
+            output::done(c.json, as_json(&d), Some(format!("{}'s certificate is being renewed", d.domain)));
         }
         DomainCmd::Remove { domain } => {
             let msg = pb::RemoveRequest { domain: domain.clone() };

@@ -137,3 +137,141 @@ async fn auto_tls_on_every_port_for_curl_the_cli_python_and_the_dashboard() {
     assert!(waited < std::time::Duration::from_secs(15), "dropped after {waited:?}");
     s.stop();
 }
+
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("an address").port()
+}
+
+/// A CA and a certificate for 127.0.0.1 and localhost signed by it, in `dir`: (CA path,
+/// certificate path, key path). Pebble serves its ACME API with them.
+fn test_certificates(dir: &std::path::Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("a key");
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "micro test CA");
+    let ca_cert = ca.clone().self_signed(&ca_key).expect("a CA");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("a key");
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("names");
+    params.distinguished_name.push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &issuer).expect("a certificate");
+    let path = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("written");
+        p.to_str().expect("a UTF-8 path").to_string()
+    };
+    (path("ca.pem", ca_cert.pem()), path("cert.pem", cert.pem()), path("key.pem", key.serialize_pem()))
+}
+
+/// ACME against Debian's `pebble` (installed by scripts/edge-setup; without it the test
+/// skips with a notice, except under MICRO_TEST_REQUIRE_BACKENDS): a verified custom
+/// domain gets a certificate by HTTP-01 (pebble finds the domain on the test's name
+/// server and fetches the challenge from the server's plain HTTP listener), the gateway
+/// serves it by SNI (curl trusts pebble's root and nothing else), and `micro domain renew`
+/// gets a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pebble_issues_a_custom_domains_certificate_and_the_gateway_serves_and_renews_it() {
+    const PEBBLE: &str = "/usr/bin/pebble";
+    if !std::path::Path::new(PEBBLE).exists() {
+        assert!(std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(), "{PEBBLE} is missing (scripts/edge-setup)");
+        eprintln!("notice: skipping the ACME test: {PEBBLE} is missing (run scripts/edge-setup)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("a dir");
+    let (test_ca, cert, key) = test_certificates(dir.path());
+    let dns = micro_test::dns::TxtServer::start().await;
+    let (acme_port, management_port, http_port) = (free_port(), free_port(), free_port());
+    let config = serde_json::json!({"pebble": {
+        "listenAddress": format!("127.0.0.1:{acme_port}"),
+        "managementListenAddress": format!("127.0.0.1:{management_port}"),
+        "certificate": cert, "privateKey": key,
+        "httpPort": http_port, "tlsPort": free_port(),
+        "ocspResponderURL": "", "externalAccountBindingRequired": false,
+    }});
+    let config_path = dir.path().join("pebble.json");
+    std::fs::write(&config_path, config.to_string()).expect("pebble's config");
+    let _pebble = micro_test::process::Reaped::spawn(
+        Command::new(PEBBLE)
+            .arg("-config")
+            .arg(&config_path)
+            .args(["-dnsserver", &dns.addr])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let directory = format!("https://127.0.0.1:{acme_port}/dir");
+    let up = micro_test::eventually(std::time::Duration::from_secs(20), || async {
+        curl(&["--cacert", &test_ca, &directory]).0 == 0
+    })
+    .await;
+    assert!(up, "pebble serves its directory: {:?}", curl(&["--cacert", &test_ca, &directory]));
+
+    let s = ServerProcess::builder(micro())
+        .env("MICRO_TLS", "auto")
+        .env("MICRO_HTTP_REDIRECT_ADDRESS", format!("127.0.0.1:{http_port}"))
+        .env("MICRO_ACME_DIRECTORY", &directory)
+        .env("MICRO_ACME_CA", &test_ca)
+        .env("MICRO_ACME_EMAIL", "ops@acme.test")
+        .env("MICRO_DNS", &dns.addr)
+        .admin_password("acme-admin-password-1")
+        .start();
+    let ca = s.data_dir().join("tls").join("ca.pem");
+    let cli = Cli::new(micro(), &format!("https://{}", s.proxy)).env("MICRO_CA", ca.to_str().expect("a UTF-8 path"));
+    cli.ok(&["login", "--id", "admin", "--password", "acme-admin-password-1"]).await;
+    let domain = "shop.acme.test";
+    let claim = cli.json(&["domain", "add", domain, "-o", "json"]).await;
+    dns.set(claim["txt"]["name"].as_str().expect("a name"), claim["txt"]["value"].as_str().expect("a value"));
+    dns.set_a(domain, std::net::Ipv4Addr::LOCALHOST);
+    cli.ok(&["domain", "verify", domain]).await;
+
+    // Issued within a few checks; curl trusting pebble's root (and only it) reaches the
+    // gateway by the domain's name.
+    let expires = || async {
+        let listed = cli.json(&["domain", "list", "-o", "json"]).await;
+        listed.as_array().and_then(|a| a.first()).and_then(|d| d["certificate_expires"].as_i64()).unwrap_or(0)
+    };
+    let issued = micro_test::eventually(std::time::Duration::from_secs(60), || async { expires().await > 0 }).await;
+    assert!(issued, "a certificate is issued: {}", s.output());
+    let first = expires().await;
+    let (code, root, err) = curl(&["--cacert", &test_ca, &format!("https://127.0.0.1:{management_port}/roots/0")]);
+    assert_eq!(code, 0, "pebble's root: {err}");
+    let root_path = dir.path().join("pebble-root.pem");
+    std::fs::write(&root_path, root).expect("written");
+    let root_path = root_path.to_str().expect("a UTF-8 path").to_string();
+    let api_port = s.api.rsplit(':').next().expect("a port").to_string();
+    let resolve = format!("{domain}:{api_port}:127.0.0.1");
+    let url = format!("https://{domain}:{api_port}/");
+    let served = micro_test::eventually(std::time::Duration::from_secs(10), || async {
+        curl(&["--cacert", &root_path, "--resolve", &resolve, "-o", "/dev/null", &url]).0 == 0
+    })
+    .await;
+    assert!(
+        served,
+        "the gateway serves the domain's certificate: {:?}",
+        curl(&["--cacert", &root_path, "--resolve", &resolve, &url])
+    );
+    // Other names still get the server's own certificate, which pebble's root does not vouch for.
+    let (code, _, _) = curl(&["--cacert", &root_path, &format!("https://127.0.0.1:{api_port}/")]);
+    assert_ne!(code, 0, "the server's own certificate is not pebble's");
+
+    // Renewed on request: a new certificate, served as well.
+    let asked = cli.json(&["domain", "renew", domain, "-o", "json"]).await;
+    assert_eq!(
+        (asked["domain"].as_str(), asked["certificate_expires"].as_i64()),
+        (Some(domain), Some(first)),
+        "{asked}"
+    );
+    let renewed =
+        micro_test::eventually(std::time::Duration::from_secs(60), || async { expires().await > first }).await;
+    assert!(renewed, "a new certificate is issued: {}", s.output());
+    let served = micro_test::eventually(std::time::Duration::from_secs(10), || async {
+        curl(&["--cacert", &root_path, "--resolve", &resolve, "-o", "/dev/null", &url]).0 == 0
+    })
+    .await;
+    assert!(served, "the renewed certificate is served");
+    // Bad input: renewing what is not one's own, or without a domain's claim.
+    assert!(cli.error(&["domain", "renew", "other.acme.test"]).await.contains("no domain"));
+}

@@ -216,7 +216,26 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         None => Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "domains")?),
     };
     let resolver = Arc::new(crate::domains::DnsResolver::new(config.dns.as_deref())?);
-    let domains = crate::domains::Domains::new(domains_store, resolver);
+    let domains = crate::domains::Domains::new(domains_store.clone(), resolver);
+    // ACME: certificates for the verified domains, served by SNI.
+    let domain_certs = crate::acme::DomainCerts::default();
+    let acme = match &config.acme {
+        Some(_) if tls.is_none() => {
+            return Err(Error::Config(
+                "ACME (MICRO_ACME_DIRECTORY) serves certificates over TLS: turn TLS on (MICRO_TLS)".into(),
+            ));
+        }
+        Some(_) if redirect_listener.is_none() => {
+            return Err(Error::Config(
+                "ACME's HTTP-01 challenges need a plain HTTP listener: set MICRO_HTTP_REDIRECT_ADDRESS (like :80)"
+                    .into(),
+            ));
+        }
+        Some(a) => {
+            Some(crate::acme::Acme::new(a.clone(), domains_store, domains.clone(), domain_certs.clone(), sync.clone()))
+        }
+        None => None,
+    };
 
     let metrics = micro::metrics::Metrics::default();
     let core_grpc = [
@@ -253,6 +272,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         .grpc_service(pb::usage::usage_server::UsageServer::new(crate::usage::UsageService { meter: meter.clone() }))
         .grpc_service(pb::domains::domains_server::DomainsServer::new(crate::domains::DomainsService {
             domains: domains.clone(),
+            acme: acme.clone(),
         }))
         .standard_services(&[micro::proto::DESCRIPTOR.to_vec()], &core_grpc)?;
     // Reflection on the proxy answers for every registered service, not just the core.
@@ -360,7 +380,14 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             }))
             .map_response(|r: http::Response<_>| r.map(Body::new)),
     );
-    let tls_config = tls.as_ref().map(|t| t.config.clone());
+    // Every TLS listener serves the custom domains' certificates by SNI, else the server's.
+    let tls_config = match &tls {
+        Some(t) => {
+            let sni = crate::acme::Sni { default: t.certs.clone(), domains: domain_certs.clone() };
+            Some(micro::tls::server_config_with(Arc::new(sni)).map_err(Error::Service)?)
+        }
+        None => None,
+    };
     tasks.push(tokio::spawn(micro::server::serve_tls(
         proxy_listener,
         tls_config.clone(),
@@ -381,11 +408,24 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     )));
     if let Some(listener) = redirect_listener {
         let port = api.port();
+        let acme = acme.clone();
         tasks.push(tokio::spawn(micro::server::serve(
             listener,
-            move |req: Request<Incoming>| async move { crate::tls::redirect(&req, port) },
+            move |req: Request<Incoming>| {
+                let acme = acme.clone();
+                async move {
+                    // ACME's HTTP-01 challenges are answered here; everything else goes to HTTPS.
+                    match (req.uri().path().strip_prefix(crate::acme::CHALLENGE_PATH), &acme) {
+                        (Some(token), Some(acme)) => crate::acme::challenge_response(acme.answer(token).await),
+                        _ => crate::tls::redirect(&req, port),
+                    }
+                }
+            },
             until(rx.clone()),
         )));
+    }
+    if let Some(a) = acme {
+        tasks.push(tokio::spawn(a.run(rx.clone())));
     }
     if let Some(listener) = web_listener {
         let dashboard = micro_web::Web::new(proxy_node.clone(), transport.clone(), rx.clone(), edge_key);

@@ -64,6 +64,10 @@ pub struct Config {
     /// The name server custom domains are verified with (`MICRO_DNS`, `ip:port`; default:
     /// the system's resolver).
     pub dns: Option<String>,
+    /// Certificates for the verified custom domains from an ACME server
+    /// (`MICRO_ACME_DIRECTORY`, `MICRO_ACME_EMAIL`, `MICRO_ACME_CA`,
+    /// `MICRO_ACME_RENEW_DAYS`); needs TLS and `MICRO_HTTP_REDIRECT_ADDRESS`.
+    pub acme: Option<crate::AcmeConfig>,
 }
 
 /// A secret value: shown as `***` by `Debug`, so it never reaches a log.
@@ -100,6 +104,7 @@ impl Default for Config {
             usage_flush: Some(std::time::Duration::from_secs(2)),
             cache_size: 64 << 20,
             dns: None,
+            acme: None,
         }
     }
 }
@@ -405,6 +410,21 @@ impl Config {
                 return Err(Error::Config(format!("MICRO_DNS={v:?}: give the name server as ip:port")));
             }
             c.dns = Some(v);
+        }
+        if let Some(directory) = env("MICRO_ACME_DIRECTORY").filter(|v| !v.is_empty()) {
+            if !directory.starts_with("https://") {
+                return Err(Error::Config(format!("MICRO_ACME_DIRECTORY={directory:?}: an https:// URL")));
+            }
+            let days = match env("MICRO_ACME_RENEW_DAYS") {
+                Some(v) => number("MICRO_ACME_RENEW_DAYS", &v)?,
+                None => 30,
+            };
+            c.acme = Some(crate::AcmeConfig {
+                directory,
+                email: env("MICRO_ACME_EMAIL").filter(|v| !v.is_empty()),
+                ca: env("MICRO_ACME_CA").filter(|v| !v.is_empty()).map(PathBuf::from),
+                renew_before: std::time::Duration::from_secs(days * 86_400),
+            });
         }
         if let Some(v) = env("MICRO_CACHE_SIZE") {
             c.cache_size = number("MICRO_CACHE_SIZE", &v)? as usize;

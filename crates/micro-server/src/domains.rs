@@ -182,6 +182,11 @@ impl Domains {
         Ok(records.iter().filter_map(|r| serde_json::from_slice(&r.value).ok()).collect())
     }
 
+    /// The verified domains, read now.
+    pub(crate) async fn verified(&self) -> Result<std::collections::HashSet<String>, Status> {
+        Ok(self.all().await?.into_iter().filter(|c| c.verified).map(|c| c.domain).collect())
+    }
+
     /// The claim of `domain` by `ns`; not found when it is another namespace's (which
     /// does not learn whose it is).
     async fn own(&self, ns: &str, domain: &str) -> Result<Claim, Status> {
@@ -231,6 +236,7 @@ impl Domains {
             txt_name: format!("{CHALLENGE_PREFIX}{}", c.domain),
             txt_value: format!("{TOKEN_PREFIX}{}", c.token),
             created: c.created as i64,
+            certificate_expires: 0,
         }
     }
 }
@@ -242,6 +248,19 @@ fn t(s: Status) -> tonic::Status {
 /// The `domains` core service.
 pub(crate) struct DomainsService {
     pub(crate) domains: Domains,
+    /// Certificates for the domains, when ACME is on.
+    pub(crate) acme: Option<crate::acme::Acme>,
+}
+
+impl DomainsService {
+    /// A claim as the service answers it, with its certificate's expiry.
+    async fn reply(&self, c: &Claim) -> pb::Domain {
+        let mut d = Domains::reply(c);
+        if let Some(a) = &self.acme {
+            d.certificate_expires = a.expiry(&c.domain).await.unwrap_or(0);
+        }
+        d
+    }
 }
 
 #[tonic::async_trait]
@@ -265,7 +284,7 @@ impl pb::domains_server::Domains for DomainsService {
             // Claimed again: the same token; the service may change.
             let c = Claim { service: r.service, ..c };
             d.write(&c).await.map_err(t)?;
-            return Ok(tonic::Response::new(Domains::reply(&c)));
+            return Ok(tonic::Response::new(self.reply(&c).await));
         }
         let mine = d.all().await.map_err(t)?.into_iter().filter(|c| c.namespace == ns).count();
         if mine >= MAX_PER_NAMESPACE {
@@ -285,7 +304,7 @@ impl pb::domains_server::Domains for DomainsService {
             created: micro_core::store::now_ms() / 1000,
         };
         d.write(&c).await.map_err(t)?;
-        Ok(tonic::Response::new(Domains::reply(&c)))
+        Ok(tonic::Response::new(self.reply(&c).await))
     }
 
     async fn verify(
@@ -312,7 +331,7 @@ impl pb::domains_server::Domains for DomainsService {
             c.verified = true;
             d.write(&c).await.map_err(t)?;
         }
-        Ok(tonic::Response::new(Domains::reply(&c)))
+        Ok(tonic::Response::new(self.reply(&c).await))
     }
 
     async fn list(
@@ -320,9 +339,13 @@ impl pb::domains_server::Domains for DomainsService {
         req: tonic::Request<pb::ListRequest>,
     ) -> Result<tonic::Response<pb::ListResponse>, tonic::Status> {
         let ns = micro::namespace(&req);
-        let mut domains: Vec<pb::Domain> =
-            self.domains.all().await.map_err(t)?.iter().filter(|c| c.namespace == ns).map(Domains::reply).collect();
-        domains.sort_by(|a, b| a.domain.cmp(&b.domain));
+        let mut mine: Vec<Claim> =
+            self.domains.all().await.map_err(t)?.into_iter().filter(|c| c.namespace == ns).collect();
+        mine.sort_by(|a, b| a.domain.cmp(&b.domain));
+        let mut domains = Vec::with_capacity(mine.len());
+        for c in &mine {
+            domains.push(self.reply(c).await);
+        }
         Ok(tonic::Response::new(pb::ListResponse { domains }))
     }
 
@@ -334,6 +357,27 @@ impl pb::domains_server::Domains for DomainsService {
         let c = self.domains.own(&ns, &req.get_ref().domain).await.map_err(t)?;
         self.domains.store.delete(&self.domains.table, &c.domain).await.map_err(t)?;
         Ok(tonic::Response::new(pb::RemoveResponse {}))
+    }
+
+    async fn renew(&self, req: tonic::Request<pb::RenewRequest>) -> Result<tonic::Response<pb::Domain>, tonic::Status> {
+        let ns = micro::namespace(&req);
+        let c = self.domains.own(&ns, &req.get_ref().domain).await.map_err(t)?;
+        let Some(acme) = &self.acme else {
+            return Err(t(Status::new(
+                Code::FailedPrecondition,
+                "domains",
+                "this server obtains no certificates: set MICRO_ACME_DIRECTORY",
+            )));
+        };
+        if !c.verified {
+            return Err(t(Status::new(
+                Code::FailedPrecondition,
+                "domains",
+                format!("{} is not verified yet", c.domain),
+            )));
+        }
+        acme.renew(&c.domain).await.map_err(t)?;
+        Ok(tonic::Response::new(self.reply(&c).await))
     }
 }
 

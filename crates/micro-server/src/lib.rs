@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+mod acme;
 mod app;
 mod auth;
 mod backends;
@@ -36,6 +37,7 @@ mod tls;
 mod usage;
 mod websocket;
 
+pub use acme::AcmeConfig;
 pub use app::{CORE_SERVICES, Running, start};
 pub use auth::keys::Signer;
 pub use auth::{ACCESS_TTL, ADMIN_PASSWORD_FILE, REFRESH_TTL};

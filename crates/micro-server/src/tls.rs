@@ -45,7 +45,8 @@ impl std::str::FromStr for TlsMode {
 
 /// The TLS a server serves with.
 pub(crate) struct Tls {
-    pub(crate) config: Arc<micro::tls::ServerConfig>,
+    /// The server's own certificate (reread when its files change).
+    pub(crate) certs: Arc<micro::tls::Certificates>,
     /// The local CA's certificate file (`auto`), for clients to trust.
     pub(crate) ca: Option<PathBuf>,
 }
@@ -177,6 +178,5 @@ pub(crate) fn setup(mode: &TlsMode, data_dir: &Path, extra_hosts: &[String]) -> 
         TlsMode::Files { cert, key } => (cert.clone(), key.clone(), None),
     };
     let certs = micro::tls::Certificates::open(cert, key).map_err(|e| Error::Config(e.detail().to_string()))?;
-    let config = certs.server_config().map_err(|e| Error::Config(e.detail().to_string()))?;
-    Ok(Some(Tls { config, ca }))
+    Ok(Some(Tls { certs, ca }))
 }

@@ -47,18 +47,35 @@ pub fn certificates_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'st
 /// A certificate chain and its key, from PEM files.
 pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, Status> {
     let read = |p: &Path| std::fs::read(p).map_err(|e| bad(format!("{}: {e}", p.display())).with_source(e));
-    let chain = certificates_pem(&read(cert)?, &cert.display().to_string())?;
-    let key_der = PrivateKeyDer::from_pem_slice(&read(key)?)
-        .map_err(|e| bad(format!("{}: not a PEM private key: {e}", key.display())))?;
+    let names = format!("{} and {}", cert.display(), key.display());
+    certified_pem(&read(cert)?, &read(key)?, &names)
+}
+
+/// A certificate chain and its key, from PEM texts (`what` names them in errors).
+pub fn certified_pem(chain: &[u8], key: &[u8], what: &str) -> Result<CertifiedKey, Status> {
+    let chain = certificates_pem(chain, what)?;
+    let key_der = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad(format!("{what}: not a PEM private key: {e}")))?;
     let signing = provider()
         .key_provider
         .load_private_key(key_der)
-        .map_err(|e| bad(format!("{}: unusable private key: {e}", key.display())))?;
+        .map_err(|e| bad(format!("{what}: unusable private key: {e}")))?;
     let certified = CertifiedKey::new(chain, signing);
     certified
         .keys_match()
-        .map_err(|e| bad(format!("{} and {} do not belong together: {e}", cert.display(), key.display())))?;
+        .map_err(|e| bad(format!("{what}: the certificate and the key do not belong together: {e}")))?;
     Ok(certified)
+}
+
+/// A server config whose certificates `resolver` picks (by SNI, say), offering HTTP/2
+/// and HTTP/1.1 by ALPN.
+pub fn server_config_with(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<rustls::ServerConfig>, Status> {
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Status::internal("tls", e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 /// A server's certificate from PEM files, reread when either file changes (looked at on
@@ -115,13 +132,7 @@ impl Certificates {
 
     /// A server config serving these certificates, offering HTTP/2 and HTTP/1.1 by ALPN.
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>, Status> {
-        let mut config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Status::internal("tls", e.to_string()))?
-            .with_no_client_auth()
-            .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        server_config_with(self.clone())
     }
 }
 
