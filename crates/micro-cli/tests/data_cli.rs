@@ -329,9 +329,10 @@ async fn responses_are_cached_by_rule_and_purged_with_the_cli() {
     assert_eq!(get(vec![], "/counter/counter/next?x=1").await.0, 2);
     assert_eq!(get(vec![("accept-language", "fr".into())], next).await.0, 3);
     assert_eq!(get(vec![("accept-language", "fr".into())], next).await, (3, Some("HIT".into())));
-    // A caller that asks for a fresh answer gets one, and it is kept.
-    assert_eq!(get(vec![("cache-control", "no-cache".into())], next).await, (4, Some("MISS".into())));
-    assert_eq!(get(vec![], next).await, (4, Some("HIT".into())));
+    // A caller that asks for a fresh answer gets one, and it is not kept (nobody replaces
+    // what others are answered at will).
+    assert_eq!(get(vec![("cache-control", "no-cache".into())], next).await, (4, None));
+    assert_eq!(get(vec![], next).await, (1, Some("HIT".into())));
     // Cookies are not answered from the cache; POSTs go to the service.
     assert_eq!(get(vec![("cookie", "theme=dark".into())], next).await, (5, None));
     let posted = micro_test::http(&api, "POST", next, &[], b"{}").await;
@@ -340,27 +341,29 @@ async fn responses_are_cached_by_rule_and_purged_with_the_cli() {
     let bearer = format!("Bearer {}", s.admin_token().await);
     assert_eq!(get(vec![("authorization", bearer.clone())], next).await, (7, Some("MISS".into())));
     assert_eq!(get(vec![("authorization", bearer.clone())], next).await, (7, Some("HIT".into())));
-    assert_eq!(get(vec![], next).await.0, 4);
+    assert_eq!(get(vec![], next).await.0, 1);
+    // Another host name is another key (a service may build its answer from it).
+    assert_eq!(get(vec![("host", "other.example".into())], next).await.0, 8);
 
     // Purged: the next answer is fresh.
     cli.ok(&["cache", "purge"]).await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    assert_eq!(get(vec![], next).await, (8, Some("MISS".into())));
+    assert_eq!(get(vec![], next).await, (9, Some("MISS".into())));
     // Deleted: nothing is answered from the cache.
     cli.ok(&["cache", "delete", "next"]).await;
     assert!(cli.error(&["cache", "delete", "next"]).await.contains("no rule"));
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    assert_eq!(get(vec![], next).await, (9, None));
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 9);
+    assert_eq!(get(vec![], next).await, (10, None));
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 10);
 
     // Every request is metered, those the cache answered too.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     loop {
         let v = cli.json(&["usage", "--service", "counter", "--by", "service", "-o", "json"]).await;
-        if v["total"]["requests"].as_u64() == Some(14) {
+        if v["total"]["requests"].as_u64() == Some(15) {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "14 requests metered: {v}");
+        assert!(std::time::Instant::now() < deadline, "15 requests metered: {v}");
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
     counter.stop().await;
@@ -406,11 +409,11 @@ async fn custom_domains_are_verified_by_dns_and_routed_by_host() {
     let text = owner.ok(&["domain", "add", "web.myshop.test", "--service", "web"]).await;
     assert!(text.contains("TXT _micro-challenge.web.myshop.test"), "{text}");
 
-    // Another namespace can neither take the domain nor touch the claim.
-    assert!(boss.error(&["domain", "add", "MyShop.test."]).await.contains("claimed by another namespace"));
-    assert!(boss.error(&["domain", "verify", "myshop.test"]).await.contains("no domain myshop.test"));
-    assert!(boss.error(&["domain", "remove", "myshop.test"]).await.contains("no domain myshop.test"));
-    assert!(boss.json(&["domain", "list", "-o", "json"]).await.as_array().unwrap().is_empty());
+    // Another namespace may claim it too (a claim nobody proves blocks nobody), but its
+    // claim is its own: it cannot verify the shop's record, nor touch the shop's claim.
+    let rival = boss.json(&["domain", "add", "MyShop.test.", "-o", "json"]).await;
+    assert_eq!((rival["namespace"].as_str(), rival["verified"].as_bool()), (Some("blog"), Some(false)), "{rival}");
+    assert_ne!(rival["txt"]["value"], claim["txt"]["value"], "each claim has its own token");
 
     // Not verified: not served (the gateway answers for itself).
     let api = s.api();
@@ -427,6 +430,12 @@ async fn custom_domains_are_verified_by_dns_and_routed_by_host() {
     dns.set(&txt_name, &txt_value);
     let verified = owner.json(&["domain", "verify", "myshop.test", "-o", "json"]).await;
     assert_eq!(verified["verified"], true, "{verified}");
+    // The first to verify holds the domain: the rival's claim goes nowhere.
+    assert!(boss.error(&["domain", "verify", "myshop.test"]).await.contains("claimed by another namespace"));
+    assert!(boss.error(&["domain", "add", "myshop.test"]).await.contains("claimed by another namespace"));
+    boss.ok(&["domain", "remove", "myshop.test"]).await;
+    assert!(boss.error(&["domain", "remove", "myshop.test"]).await.contains("no domain myshop.test"));
+    assert!(boss.json(&["domain", "list", "-o", "json"]).await.as_array().unwrap().is_empty());
     let web_txt = owner.json(&["domain", "list", "-o", "json"]).await;
     let web_claim = web_txt.as_array().unwrap().iter().find(|d| d["domain"] == "web.myshop.test").unwrap().clone();
     dns.set(web_claim["txt"]["name"].as_str().unwrap(), web_claim["txt"]["value"].as_str().unwrap());

@@ -151,6 +151,8 @@ pub(crate) struct Cache {
 pub(crate) struct Miss {
     key: String,
     ttl: Duration,
+    /// The request headers the key holds (beyond the host).
+    vary: Vec<String>,
 }
 
 /// What the cache says of a request.
@@ -187,7 +189,17 @@ impl Cache {
         if self.max_bytes == 0 || !matches!(*req.method(), Method::GET | Method::HEAD) {
             return Lookup::Pass;
         }
-        if req.headers().contains_key(header::COOKIE) {
+        // Cookies may change the answer; so may a body (the gateway reads a GET's body
+        // into the call): neither is in the key, so neither is answered or kept.
+        let body = req.headers().contains_key(header::TRANSFER_ENCODING)
+            || req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v.as_bytes() != b"0");
+        if req.headers().contains_key(header::COOKIE) || body {
+            return Lookup::Pass;
+        }
+        // A caller asking for a fresh answer gets one, and it is not kept (else anyone
+        // could replace a kept answer at will).
+        let asked = directives(req.headers());
+        if asked.iter().any(|d| d == "no-cache" || d == "no-store") {
             return Lookup::Pass;
         }
         let settings = self.settings.get(ns).await;
@@ -204,13 +216,16 @@ impl Cache {
         };
         let mut key =
             format!("{ns}\0{account}\0{}\0{}", req.method(), req.uri().path_and_query().map_or("/", |p| p.as_str()));
-        for h in &rule.vary {
+        // What the gateway or a service may build the answer from besides the path: the
+        // host (and what a proxy in front says of it), and the rule's headers.
+        for h in [header::HOST.as_str(), "x-forwarded-host", "x-forwarded-proto"]
+            .into_iter()
+            .chain(rule.vary.iter().map(String::as_str))
+        {
             key.push('\0');
             key.push_str(req.headers().get(h).and_then(|v| v.to_str().ok()).unwrap_or(""));
         }
-        let asked = directives(req.headers());
-        let skip = asked.iter().any(|d| d == "no-cache" || d == "no-store");
-        if !skip {
+        {
             let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
             let found = store.entries.get(&key).cloned();
             if let Some(e) = found {
@@ -229,21 +244,28 @@ impl Cache {
                 }
             }
         }
-        if asked.iter().any(|d| d == "no-store") {
-            return Lookup::Pass;
-        }
-        Lookup::Miss(Miss { key, ttl: rule.ttl })
+        Lookup::Miss(Miss { key, ttl: rule.ttl, vary: rule.vary.clone() })
     }
 
     /// Keeps `res` (metered under `service` and `endpoint`) for the request that missed,
     /// when it may be kept; returns it either way.
     pub(crate) async fn store(&self, miss: Miss, res: Response<Body>, service: &str, endpoint: &str) -> Response<Body> {
         let said = directives(res.headers());
-        let vary_all = res.headers().get_all(header::VARY).iter().any(|v| v.to_str().is_ok_and(|v| v.contains('*')));
+        // An answer that varies by a header the key does not hold, or that is already
+        // encoded (the gateway compresses after the cache), is not kept.
+        let unkeyed_vary = res
+            .headers()
+            .get_all(header::VARY)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("*").split(','))
+            .map(|h| h.trim().to_ascii_lowercase())
+            .any(|h| !h.is_empty() && !miss.vary.contains(&h));
+        let encoded = res.headers().get(header::CONTENT_ENCODING).is_some_and(|v| v.as_bytes() != b"identity");
         let size = http_body::Body::size_hint(res.body()).exact();
         let keep = res.status() == StatusCode::OK
             && !res.headers().contains_key(header::SET_COOKIE)
-            && !vary_all
+            && !unkeyed_vary
+            && !encoded
             && !said.iter().any(|d| d == "no-store" || d == "private" || d == "no-cache")
             && size.is_some_and(|n| n as usize <= MAX_ENTRY);
         let max_age = said

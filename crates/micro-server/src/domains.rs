@@ -2,10 +2,12 @@
 //! the domain's DNS with a TXT record, and the gateway then routes requests whose `Host`
 //! is that domain to it, before any path rule.
 //!
-//! A claim is kept in the server's own `domains` store (shared by a cluster's nodes),
-//! keyed by the domain: one namespace per domain, whoever asks. It holds a random token;
-//! the domain is served once `_micro-challenge.<domain>` has a TXT record
-//! `micro-verify=<token>` and `micro domain verify` (Domains.Verify) saw it. The check goes
+//! Claims are kept in the server's own `domains` store (shared by a cluster's nodes). A
+//! claim holds a random token; it is pending (`pending/<domain>/<namespace>`, for a
+//! week) until `_micro-challenge.<domain>` has a TXT record `micro-verify=<token>` and
+//! `micro domain verify` (Domains.Verify) saw it; the first namespace to verify holds the
+//! domain (key `<domain>`) until it removes it. Several namespaces may have pending claims
+//! of a domain, so a claim nobody can prove blocks nobody. The check goes
 //! through a [`TxtResolver`]: the system's resolver, or the name server `MICRO_DNS` names
 //! (tests run one of their own). Every node rereads the verified claims every second.
 
@@ -26,8 +28,11 @@ pub const CHALLENGE_PREFIX: &str = "_micro-challenge.";
 /// The TXT record's value prefix: `micro-verify=<token>`.
 pub const TOKEN_PREFIX: &str = "micro-verify=";
 
-/// At most this many domains per namespace.
+/// At most this many domains (pending or verified) per namespace.
 const MAX_PER_NAMESPACE: usize = 100;
+
+/// How long a pending claim is kept.
+const PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Looks TXT records up.
 #[tonic::async_trait]
@@ -164,17 +169,24 @@ impl Domains {
         }
     }
 
-    async fn read(&self, domain: &str) -> Result<Option<Claim>, Status> {
-        match self.store.read(&self.table, domain, &Query::default()).await {
+    async fn read(&self, key: &str) -> Result<Option<Claim>, Status> {
+        match self.store.read(&self.table, key, &Query::default()).await {
             Ok(r) => Ok(r.first().and_then(|r| serde_json::from_slice(&r.value).ok())),
             Err(e) if e.code() == Code::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
 
+    /// Writes a claim: a verified one under its domain, a pending one under
+    /// `pending/<domain>/<namespace>` for a week.
     async fn write(&self, claim: &Claim) -> Result<(), Status> {
         let value = serde_json::to_vec(claim).map_err(|e| Status::internal("domains", e.to_string()))?;
-        self.store.write(&self.table, &Record::new(&claim.domain, value), None).await
+        let (key, ttl) = if claim.verified {
+            (claim.domain.clone(), None)
+        } else {
+            (pending_key(&claim.domain, &claim.namespace), Some(PENDING_TTL))
+        };
+        self.store.write(&self.table, &Record::new(key, value), ttl).await
     }
 
     async fn all(&self) -> Result<Vec<Claim>, Status> {
@@ -187,13 +199,16 @@ impl Domains {
         Ok(self.all().await?.into_iter().filter(|c| c.verified).map(|c| c.domain).collect())
     }
 
-    /// The claim of `domain` by `ns`; not found when it is another namespace's (which
-    /// does not learn whose it is).
+    /// The claim of `domain` by `ns`, verified or pending; not found when it has none
+    /// (another namespace's claim is not its business).
     async fn own(&self, ns: &str, domain: &str) -> Result<Claim, Status> {
         let domain = validate_domain(domain)?;
-        match self.read(&domain).await? {
-            Some(c) if c.namespace == ns => Ok(c),
-            _ => Err(Status::not_found("domains", format!("namespace {ns} has no domain {domain}"))),
+        if let Some(c) = self.read(&domain).await?.filter(|c| c.namespace == ns) {
+            return Ok(c);
+        }
+        match self.read(&pending_key(&domain, ns)).await? {
+            Some(c) => Ok(c),
+            None => Err(Status::not_found("domains", format!("namespace {ns} has no domain {domain}"))),
         }
     }
 
@@ -245,6 +260,15 @@ fn t(s: Status) -> tonic::Status {
     micro::status::to_tonic(&s)
 }
 
+/// Where `ns`'s pending claim of `domain` is kept.
+fn pending_key(domain: &str, ns: &str) -> String {
+    format!("pending/{domain}/{ns}")
+}
+
+fn taken(domain: &str) -> Status {
+    Status::new(Code::AlreadyExists, "domains", format!("{domain} is claimed by another namespace"))
+}
+
 /// The `domains` core service.
 pub(crate) struct DomainsService {
     pub(crate) domains: Domains,
@@ -273,15 +297,14 @@ impl pb::domains_server::Domains for DomainsService {
             micro_core::registry::validate_name(&r.service).map_err(t)?;
         }
         let d = &self.domains;
-        if let Some(c) = d.read(&domain).await.map_err(t)? {
-            if c.namespace != ns {
-                return Err(t(Status::new(
-                    Code::AlreadyExists,
-                    "domains",
-                    format!("{domain} is claimed by another namespace"),
-                )));
-            }
-            // Claimed again: the same token; the service may change.
+        if let Some(c) = d.read(&domain).await.map_err(t)?
+            && c.namespace != ns
+        {
+            return Err(t(taken(&domain)));
+        }
+        if let Ok(c) = d.own(&ns, &domain).await {
+            // Claimed again: the same token (a pending claim's week starts again); the
+            // service may change.
             let c = Claim { service: r.service, ..c };
             d.write(&c).await.map_err(t)?;
             return Ok(tonic::Response::new(self.reply(&c).await));
@@ -318,6 +341,10 @@ impl pb::domains_server::Domains for DomainsService {
             let name = format!("{CHALLENGE_PREFIX}{}", c.domain);
             let want = format!("{TOKEN_PREFIX}{}", c.token);
             let found = d.resolver.txt(&name).await.map_err(t)?;
+            // The first namespace to prove the claim holds the domain.
+            if d.read(&c.domain).await.map_err(t)?.is_some_and(|v| v.namespace != ns) {
+                return Err(t(taken(&c.domain)));
+            }
             if !found.iter().any(|v| v.trim() == want) {
                 return Err(t(Status::new(
                     Code::FailedPrecondition,
@@ -330,6 +357,7 @@ impl pb::domains_server::Domains for DomainsService {
             }
             c.verified = true;
             d.write(&c).await.map_err(t)?;
+            let _ = d.store.delete(&d.table, &pending_key(&c.domain, &ns)).await;
         }
         Ok(tonic::Response::new(self.reply(&c).await))
     }
@@ -354,8 +382,15 @@ impl pb::domains_server::Domains for DomainsService {
         req: tonic::Request<pb::RemoveRequest>,
     ) -> Result<tonic::Response<pb::RemoveResponse>, tonic::Status> {
         let ns = micro::namespace(&req);
-        let c = self.domains.own(&ns, &req.get_ref().domain).await.map_err(t)?;
-        self.domains.store.delete(&self.domains.table, &c.domain).await.map_err(t)?;
+        let d = &self.domains;
+        let c = d.own(&ns, &req.get_ref().domain).await.map_err(t)?;
+        if c.verified {
+            d.store.delete(&d.table, &c.domain).await.map_err(t)?;
+        }
+        match d.store.delete(&d.table, &pending_key(&c.domain, &ns)).await {
+            Err(e) if e.code() != Code::NotFound => return Err(t(e)),
+            _ => {}
+        }
         Ok(tonic::Response::new(pb::RemoveResponse {}))
     }
 

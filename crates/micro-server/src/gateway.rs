@@ -266,8 +266,22 @@ impl Gateway {
         let caller = match self.inner.authorizer.identify(req.headers(), token.as_deref(), Some(&fallback)).await {
             Ok(c) => c,
             Err(e) => {
-                let labels = crate::usage::Labels { namespace: fallback, ..Default::default() };
-                return self.inner.meter.answer(labels, crate::usage::BytesIn::default(), json_error(&e));
+                // Counted in the namespace asked for (when it is one), and limited there
+                // by client address like anonymous calls: junk tokens are no way around
+                // a namespace's limits.
+                let ns = if micro_core::namespace::validate(&fallback).is_ok() {
+                    fallback
+                } else {
+                    micro_core::namespace::DEFAULT.to_string()
+                };
+                let ip = req.headers().get(micro::server::CLIENT_ADDRESS).and_then(|v| v.to_str().ok());
+                let counted = crate::ratelimit::Request { namespace: &ns, path: req.uri().path(), ip, account: None };
+                let res = match self.inner.limits.check(&counted).await {
+                    Ok(_) => json_error(&e),
+                    Err(refused) => limited(refused),
+                };
+                let labels = crate::usage::Labels { namespace: ns, ..Default::default() };
+                return self.inner.meter.answer(labels, crate::usage::BytesIn::default(), res);
             }
         };
         // Metered under the caller and what served the request (its tag), with the bytes
@@ -345,7 +359,17 @@ impl Gateway {
             }
             let mut res = self.reverse_proxy(req, &ns, &first, &addr).await;
             // An HTTP service's requests are metered by method (its paths are its own).
-            res.extensions_mut().insert(Tag { service: first, endpoint: method.to_string() });
+            let method = match method {
+                Method::GET
+                | Method::HEAD
+                | Method::POST
+                | Method::PUT
+                | Method::PATCH
+                | Method::DELETE
+                | Method::OPTIONS => method.to_string(),
+                _ => "OTHER".to_string(),
+            };
+            res.extensions_mut().insert(Tag { service: first, endpoint: method });
             return res;
         }
         // Path rules first; an endpoint's declared route (like GET /notes/{id}) answers

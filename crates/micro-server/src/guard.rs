@@ -18,10 +18,9 @@ pub(crate) struct CorePolicy;
 
 impl Policy for CorePolicy {
     fn protection(&self, service: &str, endpoint: &str) -> Protection {
-        // The server's recent spans are every namespace's, found by an unguessable
-        // trace id: the admin scope too.
+        // The server's recent spans are every namespace's: its admins' alone.
         if endpoint == "Debug.Trace" {
-            return Protection::Admin;
+            return Protection::Operator;
         }
         if service.starts_with("grpc.") || endpoint.starts_with("Debug.") {
             return Protection::Public;
@@ -86,7 +85,7 @@ mod tests {
         assert_eq!(p("config", "Config.Get"), Protection::Data);
         assert_eq!(p("runtime", "Runtime.Create"), Protection::Admin);
         assert_eq!(p("store", "Debug.Health"), Protection::Public);
-        assert_eq!(p("registry", "Debug.Trace"), Protection::Admin);
+        assert_eq!(p("registry", "Debug.Trace"), Protection::Operator);
         assert_eq!(p("sync", "Sync.Lock"), Protection::Members);
         assert_eq!(p("helloworld", "Greeter.Hello"), Protection::Rules);
     }

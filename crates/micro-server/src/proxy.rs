@@ -33,6 +33,10 @@ struct Inner {
 #[derive(Clone, Copy)]
 struct Forwarded;
 
+/// On an answer for a service the proxy found no node of.
+#[derive(Clone, Copy)]
+struct Unrouted;
+
 const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
@@ -95,6 +99,12 @@ impl Proxy {
             Some(c) => (c.namespace.clone(), crate::usage::Labels::account_of(c)),
             None => (asked, String::new()),
         };
+        // A service or endpoint that does not exist is no label (callers pick paths).
+        let (service, endpoint) = match res.extensions().get::<Unrouted>() {
+            Some(_) => (String::new(), String::new()),
+            None if res.headers().get("grpc-status").is_some_and(|v| v == "12") => (service, String::new()),
+            None => (service, endpoint),
+        };
         let labels = crate::usage::Labels { namespace, service, endpoint, account };
         self.inner.meter.answer(labels, bytes_in, res)
     }
@@ -134,7 +144,9 @@ impl Proxy {
             return self.inner.core.clone().oneshot(req).await.unwrap_or_else(|e| match e {});
         }
         if service.is_empty() {
-            return error(Status::not_found("proxy", format!("no service in path {path}")));
+            let mut res = error(Status::not_found("proxy", format!("no service in path {path}")));
+            res.extensions_mut().insert(Unrouted);
+            return res;
         }
         let mut req = req;
         let ns = match self.delegate(&mut req, &service).await {
@@ -143,7 +155,11 @@ impl Proxy {
         };
         let node = match self.inner.client.resolve(&service, Some(&ns)).await {
             Ok(n) => n,
-            Err(e) => return error(e),
+            Err(e) => {
+                let mut res = error(e);
+                res.extensions_mut().insert(Unrouted);
+                return res;
+            }
         };
         self.forward(req, &node, &service, grpc, true).await
     }

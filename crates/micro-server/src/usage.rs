@@ -227,7 +227,13 @@ impl Meter {
     /// Records `u`, durably (see the module's notes) before it returns.
     pub(crate) fn record(&self, u: &Usage<'_>) {
         let Some(inner) = &self.inner else { return };
-        let key = (cut(u.namespace), cut(u.service), cut(u.endpoint), cut(u.account), class(u.status));
+        // Namespaces become parts of store keys: only valid ones are kept as they are.
+        let namespace = if micro_core::namespace::validate(u.namespace).is_ok() {
+            u.namespace
+        } else {
+            micro_core::namespace::DEFAULT
+        };
+        let key = (cut(namespace), cut(u.service), cut(u.endpoint), cut(u.account), class(u.status));
         let counts = Counts { requests: u.requests, bytes_in: u.bytes_in, bytes_out: u.bytes_out };
         let mut guard = inner.current.lock().unwrap_or_else(|e| e.into_inner());
         let seg = &mut *guard;
@@ -283,8 +289,9 @@ impl Meter {
         let records = inner.store.read(&inner.table, &prefix, &query).await?;
         let mut groups: BTreeMap<Key, Counts> = BTreeMap::new();
         for r in records {
-            let mut parts = r.key.splitn(3, '/');
-            let (Some(ns), Some(start)) = (parts.next(), parts.next()) else { continue };
+            // <namespace>/<start>/<process>/<seq>/<part>, nothing else.
+            let parts: Vec<&str> = r.key.split('/').collect();
+            let [ns, start, _, _, _] = parts[..] else { continue };
             let Ok(start) = start.parse::<u64>() else { continue };
             if start < since_ms || start >= until_ms || namespace.is_some_and(|n| n != ns) {
                 continue;

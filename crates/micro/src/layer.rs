@@ -241,6 +241,23 @@ pub fn new_traceparent() -> String {
     format!("00-{trace:032x}-{:016x}-01", (span as u64) | 1)
 }
 
+/// Whether a caller's request id is kept: 1 to 64 letters, digits, `-`, `_`, `.` or `:`.
+fn request_id_ok(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+}
+
+/// At most `max` bytes of `s` (on a character boundary).
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// A new request id (a version 4 UUID).
 pub fn new_request_id() -> String {
     uuid::Builder::from_random_bytes(random_u128().to_le_bytes()).into_uuid().to_string()
@@ -292,7 +309,9 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use opentelemetry::trace::{TraceContextExt as _, Tracer as _};
         let h = req.headers_mut();
-        if h.get(REQUEST_ID).is_none_or(|v| v.is_empty())
+        // A caller's request id is kept when it is a short token; anything else (a huge
+        // one would sit in every span and log line) is replaced.
+        if h.get(REQUEST_ID).is_none_or(|v| !request_id_ok(v.as_bytes()))
             && let Ok(v) = HeaderValue::from_str(&new_request_id())
         {
             h.insert(REQUEST_ID, v);
@@ -313,6 +332,7 @@ where
             // gRPC is always POST; an HTTP request's method says what it does.
             let grpc =
                 req.headers().get(header::CONTENT_TYPE).is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
+            let path = cut(path, 200);
             let name =
                 if grpc { format!("{} {path}", self.id) } else { format!("{} {} {path}", self.id, req.method()) };
             let request = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
@@ -554,6 +574,15 @@ mod tests {
             Ok::<_, Infallible>(res)
         });
         let svc = TraceLayer::new("t").layer(seen);
+        // A caller's short request id is kept; a huge or odd one is replaced.
+        let res = svc.clone().oneshot(request("application/grpc", &[("micro-id", "req-42")])).await.unwrap();
+        assert_eq!(res.headers()[REQUEST_ID], "req-42");
+        let huge: &'static str = Box::leak("a".repeat(100).into_boxed_str());
+        for bad in [huge, "two words", "a\"b"] {
+            let res = svc.clone().oneshot(request("application/grpc", &[("micro-id", bad)])).await.unwrap();
+            let id = res.headers()[REQUEST_ID].to_str().unwrap();
+            assert!(id != bad && id.len() <= 64, "{bad:?} -> {id}");
+        }
         let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         let res = svc.clone().oneshot(request("application/grpc", &[("traceparent", given)])).await.unwrap();
         assert_eq!(res.headers()[TRACEPARENT], given);

@@ -253,9 +253,75 @@ async fn domains_are_neither_hijacked_nor_a_way_into_another_namespace() {
             .await;
         assert!(matches!(r.status, 401 | 403), "{headers:?}: {} {}", r.status, r.body);
     }
+    // Claiming a domain first squats nothing: the shop proves and holds one the blog
+    // claimed before it.
+    blog.add(req(pb::AddRequest { domain: "shop2.test".into(), ..Default::default() }, blog_ns)).await.unwrap();
+    let second = shop
+        .add(req(pb::AddRequest { domain: "shop2.test".into(), ..Default::default() }, shop_ns))
+        .await
+        .expect("claimed after the blog")
+        .into_inner();
+    dns.set(&second.txt_name, &second.txt_value);
+    let held = shop.verify(req(pb::VerifyRequest { domain: "shop2.test".into() }, shop_ns)).await.expect("verified");
+    assert_eq!(held.into_inner().namespace, "shop");
+    let lost = blog.verify(req(pb::VerifyRequest { domain: "shop2.test".into() }, blog_ns)).await;
+    assert_eq!(lost.map(|_| ()).map_err(|e| e.code()), Err(tonic::Code::AlreadyExists));
     // An unverified claim routes nothing.
     blog.add(req(pb::AddRequest { domain: "pending.test".into(), ..Default::default() }, blog_ns)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let r = micro_test::http(&s.api, "GET", "/", &[("host", "pending.test")], b"").await;
     assert_eq!(r.json()["name"], "micro", "{}", r.body);
+}
+
+/// The edge's accounting and traces, attacked: junk tokens naming a namespace are held to
+/// its rate limits like anonymous calls; a namespace header shaped like a usage key
+/// (`shop/<time>`) bills nobody's window; another namespace's admin reads none of the
+/// server's spans (`Debug.Trace` is for the server's admins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn junk_tokens_forged_usage_keys_and_server_spans_get_nowhere() {
+    use micro::proto::usage as pb;
+    let s = ServerProcess::start(&micro(), &[("MICRO_USAGE_FLUSH", "1")]);
+    let admin = s.admin_cli().await;
+    admin.ok(&["--namespace", "shop", "ratelimit", "set", "tight", "--rate", "2/m", "--per", "ip"]).await;
+    let owner = s.account("shop", "owner", "user", &["admin"]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let junk = [("micro-namespace", "shop"), ("authorization", "Bearer not-a-token")];
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(micro_test::http(&s.api, "GET", "/anything", &junk, b"").await.status);
+        }
+        v
+    };
+    assert_eq!(statuses, [401, 401, 429], "junk tokens are rate limited");
+
+    // Anonymous requests naming `shop/<time>` count in no namespace's window of the shop.
+    for _ in 0..3 {
+        micro_test::http(&s.api, "GET", "/x", &[("micro-namespace", "shop/1000000000000")], b"").await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let channel = micro::data::channel_with(&s.proxy, source(Some(&owner))).expect("channel");
+    let mut usage = pb::usage_client::UsageClient::new(channel);
+    let mut req =
+        tonic::Request::new(pb::QueryRequest { since: 1, group_by: vec!["account".into()], ..Default::default() });
+    req.metadata_mut().insert("micro-namespace", "shop".parse().expect("namespace"));
+    let rows = usage.query(req).await.expect("the owner reads").into_inner().rows;
+    // The shop's anonymous requests: the owner's login and the three junk-token ones; the
+    // forged-key ones are nobody's in the shop.
+    let anonymous: u64 = rows.iter().filter(|r| r.account.is_empty()).map(|r| r.requests).sum();
+    assert_eq!(anonymous, 4, "{rows:?}");
+
+    // The shop's admin reads none of the server's spans.
+    let client = micro::Client::via_proxy(&s.proxy)
+        .namespace("shop")
+        .auth(Arc::new(micro::auth::Bearer(source(Some(&owner)).expect("a token"))));
+    let err = client
+        .call::<_, serde_json::Value>(
+            "registry",
+            "Debug.Trace",
+            &serde_json::json!({"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}),
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 }

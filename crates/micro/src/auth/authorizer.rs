@@ -83,6 +83,8 @@ pub enum Protection {
     Admin,
     /// Its admin, or an account of the namespace with the `data` scope.
     Data,
+    /// The server's admins (the `micro` namespace's), whatever namespace the call names.
+    Operator,
     /// Any account of the namespace (or its admin), unless the namespace's rules say
     /// otherwise in a rule naming the service (the catch-all public rule does not open it).
     Members,
@@ -252,6 +254,19 @@ impl Authorizer {
         }
         match protection {
             Protection::Public => Ok(()),
+            Protection::Operator => match account {
+                Some(a) if a.is_admin_of(micro_core::namespace::DEFAULT) => Ok(()),
+                Some(_) => Err(Status::new(
+                    Code::PermissionDenied,
+                    "auth",
+                    format!("{} {} is for the server's admins", resource.name, resource.endpoint),
+                )),
+                None => Err(Status::new(
+                    Code::Unauthenticated,
+                    "auth",
+                    format!("{} needs credentials: log in first", resource.name),
+                )),
+            },
             Protection::Admin | Protection::Data => match account {
                 Some(a) if a.is_admin_of(ns) || (protection == Protection::Data && a.may_use_data_of(ns)) => Ok(()),
                 Some(_) => Err(Status::new(
