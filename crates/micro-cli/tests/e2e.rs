@@ -344,6 +344,25 @@ async fn streaming_endpoints_over_websocket() {
         assert_eq!(reply, Message::text(format!(r#"{{"message":"Hello {name}"}}"#)));
     }
     ws.close(None).await.unwrap();
+    // The socket's messages are metered (under the upgrade), not just the upgrade.
+    let token = s.admin_token().await;
+    let channel =
+        micro::data::channel_with(&s.proxy(), Some(std::sync::Arc::new(micro::data::StaticToken(token)))).unwrap();
+    let usage = micro::proto::usage::usage_client::UsageClient::new(channel);
+    let metered = eventually(Duration::from_secs(10), || {
+        let mut usage = usage.clone();
+        async move {
+            let group_by = ["service", "endpoint", "status"].map(String::from).to_vec();
+            let mut req =
+                tonic::Request::new(micro::proto::usage::QueryRequest { since: 1, group_by, ..Default::default() });
+            req.metadata_mut().insert("micro-namespace", "micro".parse().unwrap());
+            let rows = usage.query(req).await.unwrap().into_inner().rows;
+            rows.iter()
+                .any(|r| r.endpoint == "Greeter.Chat" && r.status == "1xx" && r.bytes_in >= 36 && r.bytes_out >= 63)
+        }
+    })
+    .await;
+    assert!(metered, "the chat's bytes are metered");
 
     // A service error: the JSON error body, then close 1011.
     let (mut ws, _) = connect("/helloworld/greeter/stream?name=x&count=5000").await.unwrap();

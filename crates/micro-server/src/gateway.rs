@@ -293,6 +293,8 @@ impl Gateway {
             account: crate::usage::Labels::account_of(&caller),
             ..Default::default()
         };
+        // A WebSocket's messages are metered under the caller too.
+        req.extensions_mut().insert(labels.clone());
         let path = req.uri().path();
         // The namespace's rate limits, before anything is done for the request.
         let ip = req.headers().get(micro::server::CLIENT_ADDRESS).and_then(|v| v.to_str().ok());
@@ -517,6 +519,11 @@ impl Gateway {
                 Ok(o) => o,
                 Err(e) => return json_error(&e),
             };
+            let labels = crate::usage::Labels {
+                service: service.clone(),
+                endpoint: ep.name.clone(),
+                ..req.extensions().get::<crate::usage::Labels>().cloned().unwrap_or_default()
+            };
             let call = crate::websocket::Call {
                 client: self.inner.client.clone(),
                 service: service.clone(),
@@ -524,6 +531,8 @@ impl Gateway {
                 kind: kind.to_string(),
                 first,
                 opts,
+                meter: self.inner.meter.clone(),
+                labels,
             };
             return crate::websocket::upgrade(req, call);
         }

@@ -3,7 +3,8 @@
 //! Every text or binary message from the browser is one JSON request message; every
 //! reply is one text message. For a server-streaming endpoint the request is the query
 //! string when it has one, else the first message. The socket closes with 1000 when the
-//! stream ends, or with 1011 after a text message holding the JSON error body.
+//! stream ends, or with 1011 after a text message holding the JSON error body. The
+//! messages' bytes are metered when the socket ends, under the upgrade's request.
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -11,6 +12,8 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use micro::{CallOptions, Client, Status, json_error};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::WebSocketStream;
@@ -43,6 +46,34 @@ pub(crate) struct Call {
     /// The request built from the query string, if it had any parameters.
     pub(crate) first: Option<Bytes>,
     pub(crate) opts: CallOptions,
+    /// Counts the socket's messages (the upgrade itself is counted as a request).
+    pub(crate) meter: crate::usage::Meter,
+    pub(crate) labels: crate::usage::Labels,
+}
+
+/// The bytes a socket carried, metered (under its upgrade's 101) when it ends, however it
+/// ends.
+struct SocketUsage {
+    meter: crate::usage::Meter,
+    labels: crate::usage::Labels,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: u64,
+}
+
+impl Drop for SocketUsage {
+    fn drop(&mut self) {
+        let l = &self.labels;
+        self.meter.record(&crate::usage::Usage {
+            namespace: &l.namespace,
+            service: &l.service,
+            endpoint: &l.endpoint,
+            account: &l.account,
+            status: 101,
+            requests: 0,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out,
+        });
+    }
 }
 
 /// Answers the upgrade with 101 and runs the call on the socket in the background.
@@ -80,6 +111,9 @@ where
 {
     let (mut sink, mut incoming) = ws.split();
     let single = call.kind == "server";
+    let mut usage =
+        SocketUsage { meter: call.meter.clone(), labels: call.labels.clone(), bytes_in: Arc::default(), bytes_out: 0 };
+    let counted = usage.bytes_in.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let preset = call.first.is_some();
     if let Some(first) = call.first.clone() {
@@ -98,6 +132,7 @@ where
                 Ok(Message::Close(_)) | Err(_) => return,
                 Ok(_) => continue,
             };
+            counted.fetch_add(msg.len() as u64, Ordering::Relaxed);
             if tx.send(msg).await.is_err() || single {
                 return;
             }
@@ -115,6 +150,7 @@ where
     while let Some(reply) = replies.next().await {
         match reply {
             Ok(b) => {
+                usage.bytes_out += b.len() as u64;
                 if sink.send(Message::text(String::from_utf8_lossy(&b).into_owned())).await.is_err() {
                     reader.abort();
                     return;
