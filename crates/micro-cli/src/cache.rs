@@ -39,11 +39,7 @@ pub(crate) enum CacheCmd {
 }
 
 fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        bail!("cache: {name:?} is not a rule name (letters, digits, - and _; at most 64)");
-    }
-    Ok(())
+    crate::cli::check_rule_name("cache", name)
 }
 
 pub(crate) async fn cache(c: &Ctx, cmd: CacheCmd) -> Result<()> {

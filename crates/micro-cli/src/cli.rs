@@ -588,6 +588,16 @@ fn parse_metadata(kv: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
+/// Checks the name of a gateway rule (`micro ratelimit`, `micro cache`): letters, digits,
+/// `-` and `_`, at most 64; the error names `command`.
+pub(crate) fn check_rule_name(command: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        bail!("{command}: {name:?} is not a rule name (letters, digits, - and _; at most 64)");
+    }
+    Ok(())
+}
+
 pub(crate) fn parse_duration(s: &str) -> Result<Duration> {
     let (num, unit) = s.find(|c: char| !c.is_ascii_digit() && c != '.').map(|i| s.split_at(i)).unwrap_or((s, "s"));
     let n: f64 = num.parse().map_err(|_| anyhow!("invalid duration {s:?}: use 500ms, 5s or 1m"))?;

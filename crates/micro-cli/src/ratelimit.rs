@@ -40,11 +40,7 @@ pub(crate) enum RatelimitCmd {
 }
 
 fn check_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        bail!("ratelimit: {name:?} is not a rule name (letters, digits, - and _; at most 64)");
-    }
-    Ok(())
+    crate::cli::check_rule_name("ratelimit", name)
 }
 
 pub(crate) async fn ratelimit(c: &Ctx, cmd: RatelimitCmd) -> Result<()> {

@@ -294,7 +294,9 @@ impl Gateway {
             ..Default::default()
         };
         // A WebSocket's messages are metered under the caller too.
-        req.extensions_mut().insert(labels.clone());
+        if crate::websocket::requested(req.headers()) {
+            req.extensions_mut().insert(labels.clone());
+        }
         let path = req.uri().path();
         // The namespace's rate limits, before anything is done for the request.
         let ip = req.headers().get(micro::server::CLIENT_ADDRESS).and_then(|v| v.to_str().ok());
