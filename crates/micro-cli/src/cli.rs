@@ -56,6 +56,13 @@ pub(crate) enum Command {
         /// [env: MICRO_TLS; default off].
         #[arg(long)]
         tls: Option<String>,
+        /// Join a cluster through this node's proxy (host:port), with --join-token
+        /// [env: MICRO_JOIN].
+        #[arg(long)]
+        join: Option<String>,
+        /// The one-time token from `micro cluster token` [env: MICRO_JOIN_TOKEN].
+        #[arg(long)]
+        join_token: Option<String>,
     },
     /// List the registered services.
     Services,
@@ -157,6 +164,11 @@ pub(crate) enum Command {
         /// Ask only these services (besides the server); default: every service of the namespace.
         #[arg(long = "service")]
         services: Vec<String>,
+    },
+    /// The cluster's membership: micro cluster token
+    Cluster {
+        #[command(subcommand)]
+        cmd: crate::cluster::ClusterCmd,
     },
     /// The namespace's custom domains: micro domain add|verify|list|remove
     Domain {
@@ -412,7 +424,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         c.token = crate::auth::token(&c).await.ok().flatten();
     }
     match cli.command {
-        Command::Server { api_address, proxy_address, web_address, data_dir, config, tls } => {
+        Command::Server { api_address, proxy_address, web_address, data_dir, config, tls, join, join_token } => {
             let mut cfg = micro_server::Config::from_env(|k| std::env::var(k).ok(), config.as_deref())?;
             if let Some(a) = api_address {
                 cfg.api_address = a;
@@ -428,6 +440,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
             if let Some(t) = tls {
                 cfg.tls = t.parse().map_err(|e| anyhow!("--tls {e}"))?;
+            }
+            match (join, join_token) {
+                (Some(address), Some(token)) => {
+                    cfg.join = Some(micro_server::Join { address, token: micro_server::Secret(token) })
+                }
+                (None, None) => {}
+                _ => anyhow::bail!("--join and --join-token go together"),
             }
             micro_server::private_files();
             // Listening before the banner: a SIGTERM right after it still drains.
@@ -498,6 +517,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Usage(args) => crate::usage::usage(&c, args).await,
         Command::Cache { cmd } => crate::cache::cache(&c, cmd).await,
         Command::Domain { cmd } => crate::domain::domain(&c, cmd).await,
+        Command::Cluster { cmd } => crate::cluster::cluster(&c, cmd).await,
         Command::Trace { trace_id, services } => crate::trace::trace(&c, &trace_id, services).await,
         Command::Publish { topic, payload, key, metadata } => {
             crate::data::publish(&c, &topic, &payload, key, &metadata).await

@@ -3,6 +3,7 @@
 mod auth;
 mod cache;
 mod cli;
+mod cluster;
 mod data;
 mod domain;
 mod dynamic;

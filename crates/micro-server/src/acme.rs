@@ -77,10 +77,18 @@ pub(crate) struct DomainCerts(Arc<RwLock<HashMap<String, Arc<CertifiedKey>>>>);
 pub(crate) struct Sni {
     pub(crate) default: Arc<dyn ResolvesServerCert>,
     pub(crate) domains: DomainCerts,
+    /// In a cluster: this node's certificate, for the other nodes (who ask for
+    /// [`crate::cluster::NODE_NAME`]).
+    pub(crate) node: Option<Arc<micro::tls::Certificates>>,
 }
 
 impl ResolvesServerCert for Sni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(node) = &self.node
+            && hello.server_name() == Some(crate::cluster::NODE_NAME)
+        {
+            return Some(node.current());
+        }
         if let Some(name) = hello.server_name() {
             let found =
                 self.domains.0.read().unwrap_or_else(|e| e.into_inner()).get(&name.to_ascii_lowercase()).cloned();

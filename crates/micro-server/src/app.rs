@@ -24,8 +24,10 @@ use tonic::body::Body;
 use tower::{Layer, ServiceExt};
 
 /// The core services registered by the server, all served through the proxy.
-pub const CORE_SERVICES: [&str; 12] =
-    ["api", "auth", "broker", "config", "domains", "events", "proxy", "registry", "runtime", "store", "sync", "usage"];
+pub const CORE_SERVICES: [&str; 13] = [
+    "api", "auth", "broker", "cluster", "config", "domains", "events", "proxy", "registry", "runtime", "store", "sync",
+    "usage",
+];
 
 /// A running server.
 pub struct Running {
@@ -48,7 +50,7 @@ async fn bind(address: &str) -> Result<TcpListener, Error> {
 
 /// Starts the server: binds its listeners, registers the core services and serves
 /// until [`Running::stop`].
-pub async fn start(config: Config) -> Result<Running, Error> {
+pub async fn start(mut config: Config) -> Result<Running, Error> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| Error::DataDir { path: config.data_dir.display().to_string(), source })?;
     // The data dir is private to its owner, new or not: it holds hashes, keys and
@@ -59,6 +61,26 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|source| Error::DataDir { path: config.data_dir.display().to_string(), source })?;
+    }
+    // A node that joined a cluster (or joins now, with a token) has the cluster's
+    // backends and config key in its data dir; the environment's win.
+    if config.join.is_some() && config.tls == crate::TlsMode::Off {
+        return Err(Error::Config("joining a cluster needs TLS on (MICRO_TLS=auto or cert.pem,key.pem)".into()));
+    }
+    let joined = match (crate::cluster::joined(&config.data_dir)?, &config.join) {
+        (Some(env), _) => Some(env),
+        (None, Some(j)) => Some(crate::cluster::join(&config.data_dir, &j.address, &j.token.0).await?),
+        (None, None) => None,
+    };
+    if let Some(env) = joined {
+        if config.backends == crate::Backends::default() {
+            config.backends = crate::Backends::from_map(&env)?;
+        } else {
+            tracing::info!(
+                file = crate::cluster::JOINED_FILE,
+                "the environment's backends win over the joined cluster's"
+            );
+        }
     }
     let api_listener = bind(&config.api_address).await?;
     let proxy_listener = bind(&config.proxy_address).await?;
@@ -77,19 +99,6 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             .filter_map(|a| a.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']']).to_string()))
             .chain([config.runtime.host.clone()])
             .collect();
-    let tls = crate::tls::setup(&config.tls, &config.data_dir, &listen_hosts)?;
-    let redirect_listener = match (&config.redirect_address, &tls) {
-        (Some(a), Some(_)) => Some(bind(a).await?),
-        (Some(_), None) => return Err(Error::Config("a redirect to HTTPS needs TLS on (MICRO_TLS)".into())),
-        (None, _) => None,
-    };
-    let ca_pem = match tls.as_ref().and_then(|t| t.ca.as_ref()) {
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|source| Error::DataDir { path: path.display().to_string(), source })?,
-        ),
-        None => None,
-    };
     let web = match &web_listener {
         Some(l) => Some(
             l.local_addr()
@@ -154,6 +163,46 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let server_key = match config.backends.config_key {
         Some(key) => key,
         None => micro_embedded::config::server_key(&dir)?,
+    };
+    // TLS. In a cluster, every node's certificate comes from the cluster's CA, kept in
+    // the shared auth database sealed under the config key.
+    let cluster_ca = match (&config.tls, &cluster, config.backends.config_key) {
+        (crate::TlsMode::Off, _, _) | (_, None, _) => None,
+        (_, Some(_), None) => {
+            return Err(Error::Config(
+                "a cluster with TLS needs MICRO_CONFIG_KEY (the same on every node): its CA is sealed under it".into(),
+            ));
+        }
+        (_, Some(_), Some(_)) => {
+            let sealer = crate::sealed::Sealer::new(&server_key, auth_store.clone(), "cluster-key", "cluster-ca");
+            let local = crate::tls::local_ca(&config.data_dir)?;
+            Some(crate::cluster::ca(&auth_store, &sealer, &sync, local).await?)
+        }
+    };
+    let tls = crate::tls::setup(&config.tls, &config.data_dir, &listen_hosts, cluster_ca.as_ref())?;
+    let redirect_listener = match (&config.redirect_address, &tls) {
+        (Some(a), Some(_)) => Some(bind(a).await?),
+        (Some(_), None) => return Err(Error::Config("a redirect to HTTPS needs TLS on (MICRO_TLS)".into())),
+        (None, _) => None,
+    };
+    let ca_pem = match tls.as_ref().and_then(|t| t.ca.as_ref()) {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|source| Error::DataDir { path: path.display().to_string(), source })?,
+        ),
+        None => None,
+    };
+    let node_tls = tls.as_ref().and_then(|t| t.node.as_ref());
+    let ca_fingerprint = node_tls.map(|n| crate::cluster::fingerprint(&n.ca));
+    let node_transport = match node_tls {
+        Some(n) => Some(crate::cluster::node_transport(n)?),
+        None => None,
+    };
+    let cluster_service = crate::cluster::ClusterService {
+        store: auth_store.clone(),
+        sync: sync.clone(),
+        ca_fingerprint,
+        backends: config.backends.clone(),
     };
     let auth = crate::auth::AuthService::open(auth_store, &config.data_dir, &server_key)?;
     auth.bootstrap(&config.data_dir, config.admin_password.clone().map(|s| s.0)).await?;
@@ -250,6 +299,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
         "runtime.Runtime",
         "usage.Usage",
         "domains.Domains",
+        "cluster.Cluster",
     ]
     .map(String::from);
     let mut core = RouterBuilder::new("micro")
@@ -274,6 +324,7 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             domains: domains.clone(),
             acme: acme.clone(),
         }))
+        .grpc_service(pb::cluster::cluster_server::ClusterServer::new(cluster_service))
         .standard_services(&[micro::proto::DESCRIPTOR.to_vec()], &core_grpc)?;
     // Reflection on the proxy answers for every registered service, not just the core.
     let reflection = Reflection::new(
@@ -326,8 +377,15 @@ pub async fn start(config: Config) -> Result<Running, Error> {
     let local: HashSet<String> = CORE_SERVICES.iter().map(|s| s.to_string()).collect();
     let guard: Arc<dyn micro::layer::Authorize> = crate::guard::authorizer(&auth);
     let client = Client::new(routing.clone());
-    let proxy_svc =
-        Proxy::new(core.layered(Some(guard)), local, client.clone(), runtime.clone(), auth.clone(), meter.clone());
+    let proxy_svc = Proxy::new(
+        core.layered(Some(guard)),
+        local,
+        client.clone(),
+        runtime.clone(),
+        auth.clone(),
+        meter.clone(),
+        node_transport,
+    );
     // The dashboard and the gateway vouch for their clients' addresses with this key when
     // they call the core through the proxy (see micro::edge).
     let edge_key = micro::edge::EdgeKey::random();
@@ -381,16 +439,23 @@ pub async fn start(config: Config) -> Result<Running, Error> {
             .map_response(|r: http::Response<_>| r.map(Body::new)),
     );
     // Every TLS listener serves the custom domains' certificates by SNI, else the server's.
-    let tls_config = match &tls {
+    let (tls_config, proxy_tls) = match &tls {
         Some(t) => {
-            let sni = crate::acme::Sni { default: t.certs.clone(), domains: domain_certs.clone() };
-            Some(micro::tls::server_config_with(Arc::new(sni)).map_err(Error::Service)?)
+            let node = t.node.as_ref().map(|n| n.certs.clone());
+            let sni = Arc::new(crate::acme::Sni { default: t.certs.clone(), domains: domain_certs.clone(), node });
+            let config = micro::tls::server_config_with(sni.clone()).map_err(Error::Service)?;
+            // In a cluster, the proxy lets the other nodes show their certificates.
+            let proxy = match &t.node {
+                Some(n) => micro::tls::server_config_verifying_clients(sni, std::slice::from_ref(&n.ca))?,
+                None => config.clone(),
+            };
+            (Some(config), Some(proxy))
         }
-        None => None,
+        None => (None, None),
     };
     tasks.push(tokio::spawn(micro::server::serve_tls(
         proxy_listener,
-        tls_config.clone(),
+        proxy_tls,
         move |req: Request<Incoming>| {
             let s = proxy_edge.clone();
             async move { s.oneshot(req.map(Body::new)).await.unwrap_or_else(|e| match e {}) }

@@ -68,6 +68,20 @@ pub struct Config {
     /// (`MICRO_ACME_DIRECTORY`, `MICRO_ACME_EMAIL`, `MICRO_ACME_CA`,
     /// `MICRO_ACME_RENEW_DAYS`); needs TLS and `MICRO_HTTP_REDIRECT_ADDRESS`.
     pub acme: Option<crate::AcmeConfig>,
+    /// Join a cluster through one of its nodes (`MICRO_JOIN`, its proxy's `host:port`)
+    /// with a one-time token (`MICRO_JOIN_TOKEN`, from `micro cluster token`); once
+    /// joined, the node keeps the cluster's backends and config key in its data dir and
+    /// needs neither again.
+    pub join: Option<Join>,
+}
+
+/// Where and how a node joins a cluster.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Join {
+    /// A node's proxy address, `host:port`.
+    pub address: String,
+    /// The one-time join token.
+    pub token: Secret,
 }
 
 /// A secret value: shown as `***` by `Debug`, so it never reaches a log.
@@ -105,6 +119,7 @@ impl Default for Config {
             cache_size: 64 << 20,
             dns: None,
             acme: None,
+            join: None,
         }
     }
 }
@@ -222,6 +237,33 @@ impl Backends {
             b.config_key = Some(key);
         }
         Ok(b)
+    }
+
+    /// The variables that make these backends (what a joining node is given).
+    pub(crate) fn to_env(&self) -> std::collections::BTreeMap<String, String> {
+        let mut env = std::collections::BTreeMap::new();
+        for (var, v) in [
+            ("MICRO_BACKEND", &self.database),
+            ("MICRO_STORE", &self.store),
+            ("MICRO_REGISTRY", &self.registry),
+            ("MICRO_SYNC", &self.sync),
+            ("MICRO_EVENTS", &self.events),
+            ("MICRO_BROKER", &self.broker),
+        ] {
+            if let Some(s) = v {
+                env.insert(var.to_string(), s.0.clone());
+            }
+        }
+        if let Some(k) = self.config_key {
+            use base64::Engine;
+            env.insert("MICRO_CONFIG_KEY".to_string(), base64::engine::general_purpose::STANDARD.encode(k));
+        }
+        env
+    }
+
+    /// The backends of variables `env` (as [`Backends::to_env`] makes them).
+    pub(crate) fn from_map(env: &std::collections::BTreeMap<String, String>) -> Result<Backends, Error> {
+        Backends::from_env(&|k: &str| env.get(k).cloned())
     }
 
     /// The URL each part uses: its own, else the shared database's (NATS parts have no fallback).
@@ -433,6 +475,16 @@ impl Config {
             c.blob_max_size = number("MICRO_BLOB_MAX_SIZE", &v)?;
         }
         c.backends = Backends::from_env(&env)?;
+        match (env("MICRO_JOIN").filter(|v| !v.is_empty()), env("MICRO_JOIN_TOKEN").filter(|v| !v.is_empty())) {
+            (Some(address), Some(token)) => c.join = Some(Join { address, token: Secret(token) }),
+            (None, None) => {}
+            _ => {
+                return Err(Error::Config(
+                    "MICRO_JOIN and MICRO_JOIN_TOKEN go together: a node's proxy address and a token from micro cluster token"
+                        .into(),
+                ));
+            }
+        }
         if let Some(v) = env("MICRO_ADVERTISE_HOST").filter(|v| !v.is_empty()) {
             if v.contains([':', '/', ' ']) && !v.starts_with('[') {
                 return Err(Error::Config(format!("MICRO_ADVERTISE_HOST={v:?}: give a host name or IP, no port")));

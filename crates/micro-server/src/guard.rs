@@ -28,6 +28,9 @@ impl Policy for CorePolicy {
         match service {
             // The auth service checks admin itself where it matters.
             "auth" => Protection::Public,
+            // A join token is its own credential; making one is the operators'.
+            "cluster" if endpoint == "Cluster.Join" => Protection::Public,
+            "cluster" => Protection::Operator,
             // Registry lookups are always public; registering needs an account (a rule
             // like `service:registry:*` with scope `""` opens it).
             "registry" if !matches!(endpoint, "Registry.Register" | "Registry.Deregister") => Protection::Public,
@@ -86,6 +89,8 @@ mod tests {
         assert_eq!(p("runtime", "Runtime.Create"), Protection::Admin);
         assert_eq!(p("store", "Debug.Health"), Protection::Public);
         assert_eq!(p("registry", "Debug.Trace"), Protection::Operator);
+        assert_eq!(p("cluster", "Cluster.Join"), Protection::Public);
+        assert_eq!(p("cluster", "Cluster.Token"), Protection::Operator);
         assert_eq!(p("sync", "Sync.Lock"), Protection::Members);
         assert_eq!(p("helloworld", "Greeter.Hello"), Protection::Rules);
     }

@@ -27,6 +27,9 @@ struct Inner {
     auth: crate::auth::AuthService,
     authorizer: Arc<micro::auth::Authorizer>,
     meter: crate::usage::Meter,
+    /// In a cluster with TLS: mutual TLS to the other nodes, which is also how they
+    /// must reach this one to forward runtime calls.
+    nodes: Option<micro::Transport>,
 }
 
 /// On an answer the proxy forwarded to the runtime's leader, which meters the call.
@@ -55,13 +58,14 @@ impl Proxy {
         runtime: crate::runtime::Runtime,
         auth: crate::auth::AuthService,
         meter: crate::usage::Meter,
+        nodes: Option<micro::Transport>,
     ) -> Proxy {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(2)));
         let http = HttpClient::builder(TokioExecutor::new()).http2_only(true).build(conn);
         let authorizer = crate::guard::authorizer(&auth);
-        Proxy { inner: Arc::new(Inner { core, local, client, http, runtime, auth, authorizer, meter }) }
+        Proxy { inner: Arc::new(Inner { core, local, client, http, runtime, auth, authorizer, meter, nodes }) }
     }
 
     /// Serves a call, metering it unless this process's gateway, which meters its own
@@ -125,6 +129,17 @@ impl Proxy {
         let error = |st: Status| error_response(grpc, &st);
         // In a cluster, one elected node runs the services: runtime calls go there.
         if service == "runtime" {
+            // Over mutual TLS, only the cluster's nodes forward runtime calls.
+            if self.inner.nodes.is_some()
+                && req.headers().contains_key(crate::runtime::FORWARDED)
+                && req.extensions().get::<micro::server::ClientCertified>().is_none()
+            {
+                return error(Status::new(
+                    micro_core::Code::PermissionDenied,
+                    "proxy",
+                    "a forwarded runtime call needs a cluster node's certificate",
+                ));
+            }
             match self.inner.runtime.route().await {
                 Ok(crate::runtime::Route::Local) => {}
                 Ok(crate::runtime::Route::Leader(_)) if req.headers().contains_key(crate::runtime::FORWARDED) => {
@@ -202,7 +217,7 @@ impl Proxy {
     ) -> Response<Body> {
         let error = |st: Status| error_response(grpc, &st);
         let (mut parts, body) = req.into_parts();
-        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
         parts.uri = match format!("http://{node}{pq}").parse() {
             Ok(u) => u,
             Err(_) => return error(Status::bad_request("proxy", "bad request path")),
@@ -212,6 +227,19 @@ impl Proxy {
             parts.headers.remove(h);
         }
         parts.headers.remove(http::header::HOST);
+        // To another node of a TLS cluster (the runtime's leader): over mutual TLS.
+        if let (Some(nodes), false) = (&self.inner.nodes, resolved) {
+            parts.uri = match format!("https://{node}{pq}").parse() {
+                Ok(u) => u,
+                Err(_) => return error(Status::bad_request("proxy", "bad request path")),
+            };
+            return match nodes.request(Request::from_parts(parts, body)).await {
+                Ok(res) => res,
+                Err(e) => {
+                    error(Status::unavailable("proxy", format!("{service} at {node} is unreachable: {}", e.detail())))
+                }
+            };
+        }
         match self.inner.http.request(Request::from_parts(parts, body)).await {
             Ok(res) => res.map(Body::new),
             Err(e) => {

@@ -49,6 +49,17 @@ pub(crate) struct Tls {
     pub(crate) certs: Arc<micro::tls::Certificates>,
     /// The local CA's certificate file (`auto`), for clients to trust.
     pub(crate) ca: Option<PathBuf>,
+    /// In a cluster: this node's certificate from the cluster's CA, which it presents to
+    /// the other nodes and serves to those asking for [`crate::cluster::NODE_NAME`].
+    pub(crate) node: Option<NodeTls>,
+}
+
+/// A node's certificate in a cluster, and the cluster's CA.
+pub(crate) struct NodeTls {
+    pub(crate) certs: Arc<micro::tls::Certificates>,
+    pub(crate) ca: rustls::pki_types::CertificateDer<'static>,
+    pub(crate) chain_pem: String,
+    pub(crate) key_pem: String,
 }
 
 /// The CA's subject: also how its issuer is rebuilt from its key alone.
@@ -64,7 +75,7 @@ fn cert_error(e: rcgen::Error) -> Error {
 
 /// Writes `text` to `path` whole (a reader sees the old file or the new one), readable by
 /// its owner only.
-fn write(path: &Path, text: &str) -> Result<(), Error> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), Error> {
     use std::io::Write;
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(".tmp");
@@ -94,41 +105,93 @@ fn this_year() -> i32 {
     1970 + (secs / 31_556_952) as i32
 }
 
-/// `auto`: the local CA (made once) and a server certificate for `hosts` (made at every
-/// start), in `<dir>/tls`; returns (certificate, key, CA) paths.
-fn auto(dir: &Path, hosts: &[String]) -> Result<(PathBuf, PathBuf, PathBuf), Error> {
+/// A CA: its certificate and its key, PEM.
+#[derive(Clone)]
+pub(crate) struct Ca {
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
+}
+
+impl Ca {
+    /// A new CA.
+    pub(crate) fn new() -> Result<Ca, Error> {
+        let key = KeyPair::generate().map_err(cert_error)?;
+        let cert = ca_params().self_signed(&key).map_err(cert_error)?;
+        Ok(Ca { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+
+    /// The CA's certificate, DER.
+    pub(crate) fn der(&self) -> Result<rustls::pki_types::CertificateDer<'static>, Error> {
+        let mut certs = micro::tls::certificates_pem(self.cert_pem.as_bytes(), "the CA certificate")
+            .map_err(|e| Error::Config(e.detail().to_string()))?;
+        Ok(certs.remove(0))
+    }
+
+    /// Issues a certificate for `hosts` (a node's, for server and client use, with
+    /// `node`); returns the chain (the certificate, then the CA's) and the key, PEM.
+    pub(crate) fn issue(&self, hosts: &[String], node: bool) -> Result<(String, String), Error> {
+        let issuer = Issuer::new(ca_params(), KeyPair::from_pem(&self.key_pem).map_err(cert_error)?);
+        let mut p = CertificateParams::new(hosts.to_vec()).map_err(cert_error)?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, hosts.first().map(String::as_str).unwrap_or("localhost"));
+        p.distinguished_name = dn;
+        let year = this_year();
+        p.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
+        p.not_after = rcgen::date_time_ymd(year + 2, 1, 1);
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        if node {
+            p.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+        }
+        p.use_authority_key_identifier_extension = true;
+        let key = KeyPair::generate().map_err(cert_error)?;
+        let cert = p.signed_by(&key, &issuer).map_err(cert_error)?;
+        let chain = if node { format!("{}{}", cert.pem(), self.cert_pem) } else { cert.pem() };
+        Ok((chain, key.serialize_pem()))
+    }
+}
+
+/// This node's local CA in `<dir>/tls`, if it has one.
+pub(crate) fn local_ca(dir: &Path) -> Result<Option<Ca>, Error> {
+    let tls = dir.join("tls");
+    let (ca_cert, ca_key) = (tls.join("ca.pem"), tls.join("ca.key"));
+    match (std::fs::read_to_string(&ca_cert), std::fs::read_to_string(&ca_key)) {
+        (Ok(cert_pem), Ok(key_pem)) => Ok(Some(Ca { cert_pem, key_pem })),
+        // Unreadable is not missing: a new CA would strand every client trusting the old.
+        (Err(e), _) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&ca_cert)(e)),
+        (_, Err(e)) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&ca_key)(e)),
+        _ => Ok(None),
+    }
+}
+
+/// `auto`: the CA (the cluster's, else the local one, made once) and a certificate for
+/// `hosts` (made at every start), in `<dir>/tls`; returns (certificate, key, CA) paths.
+fn auto(dir: &Path, hosts: &[String], cluster: Option<&Ca>) -> Result<(PathBuf, PathBuf, PathBuf), Error> {
     let tls = dir.join("tls");
     std::fs::create_dir_all(&tls).map_err(io(&tls))?;
     let (ca_cert, ca_key) = (tls.join("ca.pem"), tls.join("ca.key"));
-    let key = match std::fs::read_to_string(&ca_key) {
-        Ok(pem) if ca_cert.exists() => KeyPair::from_pem(&pem).map_err(cert_error)?,
-        // Unreadable is not missing: a new CA would strand every client trusting the old.
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&ca_key)(e)),
-        _ => {
-            let key = KeyPair::generate().map_err(cert_error)?;
-            let cert = ca_params().self_signed(&key).map_err(cert_error)?;
-            write(&ca_key, &key.serialize_pem())?;
-            write(&ca_cert, &cert.pem())?;
+    let ca = match (cluster, local_ca(dir)?) {
+        (Some(c), local) => {
+            // In a cluster, the cluster's CA is this node's too: clients trust one CA for all.
+            if local.is_none_or(|l| l.cert_pem != c.cert_pem) {
+                write(&ca_key, &c.key_pem)?;
+                write(&ca_cert, &c.cert_pem)?;
+            }
+            c.clone()
+        }
+        (None, Some(local)) => local,
+        (None, None) => {
+            let ca = Ca::new()?;
+            write(&ca_key, &ca.key_pem)?;
+            write(&ca_cert, &ca.cert_pem)?;
             tracing::info!(ca = %ca_cert.display(), "made a local CA for TLS");
-            key
+            ca
         }
     };
-    let issuer = Issuer::new(ca_params(), key);
-    let mut p = CertificateParams::new(hosts.to_vec()).map_err(cert_error)?;
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, hosts.first().map(String::as_str).unwrap_or("localhost"));
-    p.distinguished_name = dn;
-    let year = this_year();
-    p.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
-    p.not_after = rcgen::date_time_ymd(year + 2, 1, 1);
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    p.use_authority_key_identifier_extension = true;
-    let server_key = KeyPair::generate().map_err(cert_error)?;
-    let cert = p.signed_by(&server_key, &issuer).map_err(cert_error)?;
+    let (chain, key) = ca.issue(hosts, false)?;
     let (cert_path, key_path) = (tls.join("server.pem"), tls.join("server.key"));
-    write(&key_path, &server_key.serialize_pem())?;
-    write(&cert_path, &cert.pem())?;
+    write(&key_path, &key)?;
+    write(&cert_path, &chain)?;
     Ok((cert_path, key_path, ca_cert))
 }
 
@@ -167,16 +230,39 @@ pub(crate) fn redirect<B>(req: &http::Request<B>, port: u16) -> http::Response<t
     res
 }
 
-/// The TLS of `mode` (`None` when off); `extra_hosts` are more names for `auto`.
-pub(crate) fn setup(mode: &TlsMode, data_dir: &Path, extra_hosts: &[String]) -> Result<Option<Tls>, Error> {
+/// The TLS of `mode` (`None` when off); `extra_hosts` are more names for `auto`;
+/// `cluster`: the cluster's CA, which issues this node's certificate.
+pub(crate) fn setup(
+    mode: &TlsMode,
+    data_dir: &Path,
+    extra_hosts: &[String],
+    cluster: Option<&Ca>,
+) -> Result<Option<Tls>, Error> {
+    let names = hosts(extra_hosts);
     let (cert, key, ca) = match mode {
         TlsMode::Off => return Ok(None),
         TlsMode::Auto => {
-            let (c, k, ca) = auto(data_dir, &hosts(extra_hosts))?;
+            let (c, k, ca) = auto(data_dir, &names, cluster)?;
             (c, k, Some(ca))
         }
         TlsMode::Files { cert, key } => (cert.clone(), key.clone(), None),
     };
-    let certs = micro::tls::Certificates::open(cert, key).map_err(|e| Error::Config(e.detail().to_string()))?;
-    Ok(Some(Tls { certs, ca }))
+    let open =
+        |c: &Path, k: &Path| micro::tls::Certificates::open(c, k).map_err(|e| Error::Config(e.detail().to_string()));
+    let certs = open(&cert, &key)?;
+    let node = match cluster {
+        None => None,
+        Some(ca) => {
+            let tls = data_dir.join("tls");
+            std::fs::create_dir_all(&tls).map_err(io(&tls))?;
+            let (cert, key) = (tls.join("node.pem"), tls.join("node.key"));
+            let mut names = names.clone();
+            names.push(crate::cluster::NODE_NAME.to_string());
+            let (chain_pem, key_pem) = ca.issue(&names, true)?;
+            write(&key, &key_pem)?;
+            write(&cert, &chain_pem)?;
+            Some(NodeTls { certs: open(&cert, &key)?, ca: ca.der()?, chain_pem, key_pem })
+        }
+    };
+    Ok(Some(Tls { certs, ca, node }))
 }

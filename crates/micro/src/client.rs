@@ -98,16 +98,19 @@ struct Entry {
 /// The connector of every outgoing call: TCP, with TLS for `https://` addresses.
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
-fn http_client(tls: rustls::ClientConfig) -> HttpClient<Connector, Body> {
+fn http_client(
+    tls: rustls::ClientConfig,
+    server_name: Option<rustls::pki_types::ServerName<'static>>,
+) -> HttpClient<Connector, Body> {
     let mut conn = HttpConnector::new();
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(Duration::from_secs(2)));
     conn.enforce_http(false);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http2()
-        .wrap_connector(conn);
+    let mut builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http();
+    if let Some(name) = server_name {
+        builder = builder.with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+    }
+    let https = builder.enable_http2().wrap_connector(conn);
     HttpClient::builder(TokioExecutor::new()).http2_only(true).build(https)
 }
 
@@ -151,13 +154,35 @@ impl Transport {
     }
 
     fn with_tls(tls: rustls::ClientConfig) -> Transport {
-        Transport { http: http_client(tls), local: Arc::default() }
+        Transport { http: http_client(tls, None), local: Arc::default() }
+    }
+
+    /// A transport whose `https://` connections use `tls` (a cluster's node-to-node
+    /// config, say) and, with `server_name`, ask for (SNI) and check that name whatever
+    /// host the address names.
+    pub fn with_client_config(tls: rustls::ClientConfig, server_name: Option<&str>) -> Result<Transport, Status> {
+        let name = match server_name {
+            Some(n) => Some(
+                rustls::pki_types::ServerName::try_from(n.to_string())
+                    .map_err(|e| Status::bad_request("tls", format!("bad server name {n:?}: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(Transport { http: http_client(tls, name), local: Arc::default() })
     }
 
     /// Sends the calls for `address` (`host:port`) to `service`, in this process.
     pub fn local(mut self, address: impl Into<String>, service: LocalService) -> Transport {
         Arc::make_mut(&mut self.local).insert(address.into(), service);
         self
+    }
+
+    /// Sends `req` as it is, to the node its URI names (for proxies that pass requests
+    /// on); an unreachable node is an `Unavailable` status.
+    pub async fn request(&self, req: Request<Body>) -> Result<http::Response<Body>, Status> {
+        self.send(req).await.map_err(|e| match e {
+            CallError::Transport(s) | CallError::Refused(s) => s,
+        })
     }
 
     async fn send(&self, req: Request<Body>) -> Result<http::Response<Body>, CallError> {

@@ -64,6 +64,12 @@ pub mod domains {
     tonic::include_proto!("domains");
 }
 
+/// The cluster service's messages, client and server.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+pub mod cluster {
+    tonic::include_proto!("cluster");
+}
+
 /// An account from the wire.
 impl From<auth::Account> for micro_core::auth::Account {
     fn from(a: auth::Account) -> Self {

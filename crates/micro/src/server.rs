@@ -15,6 +15,13 @@ use tonic::body::Body;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
+/// The client presented a TLS certificate that the listener's client verifier accepted
+/// (a request extension set by [`serve_tls`]; only a listener configured to verify client
+/// certificates asks for one, such as a cluster node's proxy, where it means the caller
+/// is another node).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClientCertified;
+
 /// The header the edges (gateway, proxy) set to the client's IP address, replacing any
 /// value the client sent.
 pub const CLIENT_ADDRESS: &str = "micro-client-address";
@@ -108,25 +115,19 @@ pub async fn serve_tls<S, F>(
         let asked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let first = asked.clone();
         let secure = acceptor.is_some();
-        let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            first.store(true, std::sync::atomic::Ordering::Relaxed);
-            req.extensions_mut().insert(PeerAddr(peer));
-            // Over TLS the scheme is https, whatever the client says (pages mark their
-            // cookies `Secure` by it).
-            if secure {
-                req.headers_mut().insert("x-forwarded-proto", http::HeaderValue::from_static("https"));
-            }
-            let fut = svc(req);
-            async move { Ok::<_, Infallible>(fut.await) }
-        });
         let (builder, watcher) = (builder.clone(), graceful.watcher());
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let io: Box<dyn Io> = match acceptor {
-                None => Box::new(stream),
+            let (io, certified): (Box<dyn Io>, bool) = match acceptor {
+                None => (Box::new(stream), false),
                 Some(acceptor) => match tokio::time::timeout(HEADER_TIMEOUT, handshake(acceptor, stream)).await {
-                    Ok(Some(tls)) => Box::new(tls),
+                    Ok(Some(tls)) => {
+                        // Only a listener with a client verifier asks for certificates,
+                        // and a presented one that does not verify fails the handshake.
+                        let certified = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                        (Box::new(tls), certified)
+                    }
                     Ok(None) => return,
                     Err(_) => {
                         tracing::debug!(%peer, "TLS handshake timed out");
@@ -134,6 +135,20 @@ pub async fn serve_tls<S, F>(
                     }
                 },
             };
+            let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                first.store(true, std::sync::atomic::Ordering::Relaxed);
+                req.extensions_mut().insert(PeerAddr(peer));
+                if certified {
+                    req.extensions_mut().insert(ClientCertified);
+                }
+                // Over TLS the scheme is https, whatever the client says (pages mark their
+                // cookies `Secure` by it).
+                if secure {
+                    req.headers_mut().insert("x-forwarded-proto", http::HeaderValue::from_static("https"));
+                }
+                let fut = svc(req);
+                async move { Ok::<_, Infallible>(fut.await) }
+            });
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), hyper_svc);
             let conn = watcher.watch(conn.into_owned());
             tokio::pin!(conn);

@@ -78,6 +78,55 @@ pub fn server_config_with(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<r
     Ok(Arc::new(config))
 }
 
+/// Like [`server_config_with`], and besides, clients may present a certificate issued
+/// by one of `client_cas` (a cluster's nodes do); one that presents another fails its
+/// handshake, and one that presents none is served as usual. Requests of a verified
+/// client carry [`crate::server::ClientCertified`].
+pub fn server_config_verifying_clients(
+    resolver: Arc<dyn ResolvesServerCert>,
+    client_cas: &[CertificateDer<'static>],
+) -> Result<Arc<rustls::ServerConfig>, Status> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in client_cas {
+        roots.add(ca.clone()).map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| bad(format!("client verifier: {e}")))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Status::internal("tls", e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client config trusting `cas` alone (no public roots), presenting `identity` (a
+/// certificate chain and its key, PEM) when given: how a cluster's nodes call each other.
+pub fn private_client_config(
+    cas: &[CertificateDer<'static>],
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<rustls::ClientConfig, Status> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca.clone()).map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Status::internal("tls", e.to_string()))?
+        .with_root_certificates(roots);
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((chain, key)) => {
+            let chain = certificates_pem(chain, "the client certificate")?;
+            let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad(format!("the client key: {e}")))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| bad(format!("the client certificate: {e}")))
+        }
+    }
+}
+
 /// A server's certificate from PEM files, reread when either file changes (looked at on
 /// a handshake, at most once a second); a change that does not load is logged and the
 /// last good certificate stays.
