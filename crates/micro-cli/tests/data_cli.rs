@@ -461,3 +461,98 @@ async fn custom_domains_are_verified_by_dns_and_routed_by_host() {
     assert_eq!(boss.json(&["domain", "add", "myshop.test", "-o", "json"]).await["namespace"], "blog");
     web.stop().await;
 }
+
+/// Two nodes sharing PostgreSQL (rules in the shared config) and Redis: an answer kept
+/// through one node is served by the other, a purge reaches both, and a rate limit holds
+/// for the cluster as a whole, whichever node a client's requests reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_answers_and_rate_limits_are_shared_by_nodes_through_redis() {
+    let (Some(pg), Some(redis)) =
+        (micro_test::backend_url("MICRO_TEST_POSTGRES"), micro_test::backend_url("MICRO_TEST_REDIS"))
+    else {
+        return;
+    };
+    let schema = micro_test::PgSchema::create(&pg, &format!("micro_edge_{}", std::process::id())).await;
+    let start = || {
+        let (url, redis) = (schema.url.clone(), redis.clone());
+        TestServer::start_with(move |c| {
+            c.backends.database = Some(micro_server::Secret(url));
+            c.backends.sync = Some(micro_server::Secret(redis));
+            c.backends.config_key = Some([9; 32]);
+            c.admin_password = Some(micro_server::Secret("edge-admin-password".into()));
+        })
+    };
+    let (a, b) = (start().await, start().await);
+    let cli = Cli::new(env!("CARGO_BIN_EXE_micro"), &a.proxy());
+    cli.ok(&["login", "--password", "edge-admin-password"]).await;
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = calls.clone();
+    let name = format!("counter{}", std::process::id());
+    let counter = a
+        .service("micro", &name)
+        .await
+        .handle("Counter.Next", move |_: micro::Context, _: serde_json::Value| {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            async move { Ok(serde_json::json!({ "n": n })) }
+        })
+        .start()
+        .await
+        .unwrap();
+    let path = format!("/{name}/counter/next");
+    // Behind a balancer every node sees the same host.
+    let get = |node: &TestServer| {
+        let (api, path) = (node.api(), path.clone());
+        async move {
+            let r = micro_test::http(&api, "GET", &path, &[("host", "shop.example")], b"").await;
+            let cache = r.head.lines().find_map(|l| l.strip_prefix("x-cache: ")).map(str::to_string);
+            let n = r.json()["n"].as_u64();
+            (r.status, n, cache, r.head)
+        }
+    };
+
+    cli.ok(&["cache", "set", "next", "--service", &name, "--ttl", "30s"]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (status, n, cache, head) = get(&a).await;
+    assert_eq!((status, n, cache.as_deref()), (200, Some(1), Some("MISS")), "{head}");
+    // B has never seen the answer: it comes from Redis (shared a moment after A kept it).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (status, n, cache, head) = get(&b).await;
+        assert_eq!((status, n), (200, Some(1)), "B serves A's answer: {head}");
+        if cache.as_deref() == Some("HIT") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "B serves from the shared cache: {head}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1, "the service answered once");
+    // A purge through A reaches B, and what B keeps then, A serves.
+    cli.ok(&["cache", "purge"]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (_, n, cache, head) = get(&b).await;
+    assert_eq!((n, cache.as_deref()), (Some(2), Some("MISS")), "{head}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (_, n, cache, head) = get(&a).await;
+    assert_eq!((n, cache.as_deref()), (Some(2), Some("HIT")), "{head}");
+    cli.ok(&["cache", "delete", "next"]).await;
+
+    // Four a minute for each client address, wherever its requests land.
+    cli.ok(&["ratelimit", "set", "shared", "--rate", "4/m", "--service", &name]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for (node, left) in [(&a, 3), (&b, 2), (&a, 1), (&b, 0)] {
+        let (status, _, _, head) = get(node).await;
+        assert_eq!(status, 200, "{head}");
+        assert!(head.contains(&format!("ratelimit: \"shared\";r={left}")), "{head}");
+    }
+    for node in [&a, &b] {
+        let (status, _, _, head) = get(node).await;
+        assert_eq!(status, 429, "the cluster's fifth request is refused on either node: {head}");
+        let retry: u64 = head.lines().find_map(|l| l.strip_prefix("retry-after: ")).unwrap().trim().parse().unwrap();
+        assert!((1..=15).contains(&retry), "a request every 15 s: {retry}");
+    }
+    cli.ok(&["ratelimit", "delete", "shared"]).await;
+    counter.stop().await;
+    a.server.stop().await;
+    b.server.stop().await;
+    schema.drop().await;
+}

@@ -30,9 +30,11 @@
 //! # }
 //! ```
 
+mod edge;
 mod store;
 mod sync;
 
+pub use edge::{RedisEdge, Take};
 pub use store::RedisStore;
 pub use sync::RedisSync;
 

@@ -401,8 +401,10 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     // straight in: the same layers and checks, no loopback connection.
     let transport = micro::Transport::new().local(proxy_node.clone(), micro::LocalService::new(proxy_edge.clone()));
     let client = client.transport(transport.clone());
-    let limits = crate::ratelimit::RateLimits::new(config_backend.clone());
-    let cache = crate::cache::Cache::new(config_backend.clone(), config.cache_size);
+    // With Redis, the gateways of a cluster share rate-limit buckets and cached answers.
+    let edge = shared.edge().await?;
+    let limits = crate::ratelimit::RateLimits::new(config_backend.clone(), edge.clone());
+    let cache = crate::cache::Cache::new(config_backend.clone(), config.cache_size, edge);
     let gateway = Gateway::new(
         &config,
         routing,

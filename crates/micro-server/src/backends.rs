@@ -85,6 +85,19 @@ impl Shared {
         }
     }
 
+    /// Rate-limit buckets and cached answers shared by the gateways, on the Redis the
+    /// backends name (for locks, else for the store), if any.
+    pub(crate) async fn edge(&self) -> Result<Option<micro_redis::RedisEdge>, Error> {
+        let redis = [self.backends.sync(), self.backends.store()]
+            .into_iter()
+            .flatten()
+            .find(|u| Kind::of(u) == Some(Kind::Redis));
+        let Some(url) = redis else { return Ok(None) };
+        let redis = self.redis(url).await?;
+        redis.ping().await?;
+        Ok(Some(micro_redis::RedisEdge::new(&redis)))
+    }
+
     /// The config in the shared database, when nodes share a key to seal its secrets.
     pub(crate) async fn config(&self) -> Result<Option<Arc<dyn micro_core::config::Config>>, Error> {
         let Some(url) = self.database_url() else { return Ok(None) };

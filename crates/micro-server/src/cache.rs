@@ -10,6 +10,10 @@
 //! from the cache (a service's own cookies may change the answer), and one with
 //! `Cache-Control: no-cache` or `no-store` skips it. `micro cache purge` drops a
 //! namespace's answers on every node within a second.
+//!
+//! With Redis among the backends, answers are also kept there (`micro:cache:<namespace>:
+//! <hash of the key>`, expiring with their TTL), so an answer kept through one node is
+//! served by every node; each node still keeps what it served in its own memory.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -145,10 +149,74 @@ pub(crate) struct Cache {
     settings: crate::settings::NamespaceSettings<Settings>,
     store: Arc<Mutex<Store>>,
     max_bytes: usize,
+    /// The cluster's shared answers, when it has Redis.
+    shared: Option<micro_redis::RedisEdge>,
+}
+
+/// The shared key of a kept answer: its namespace and its key's hash.
+fn shared_key(ns: &str, key: &str) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(key.as_bytes());
+    format!("{ns}:{}", hash.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// What a kept answer is besides its body, as shared.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Shared {
+    headers: Vec<(String, String)>,
+    stored_ms: u64,
+    ttl_ms: u64,
+    service: String,
+    endpoint: String,
+}
+
+impl Entry {
+    /// The entry as shared: the length of its description, the description (JSON),
+    /// then the body. `None` when a header is not text.
+    fn encode(&self) -> Option<Vec<u8>> {
+        let headers = self
+            .headers
+            .iter()
+            .map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
+            .collect::<Option<Vec<_>>>()?;
+        let meta = Shared {
+            headers,
+            stored_ms: self.stored_ms,
+            ttl_ms: self.ttl.as_millis() as u64,
+            service: self.service.clone(),
+            endpoint: self.endpoint.clone(),
+        };
+        let meta = serde_json::to_vec(&meta).ok()?;
+        let mut out = Vec::with_capacity(4 + meta.len() + self.body.len());
+        out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+        out.extend_from_slice(&meta);
+        out.extend_from_slice(&self.body);
+        Some(out)
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Entry> {
+        let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+        let meta: Shared = serde_json::from_slice(bytes.get(4..4 + len)?).ok()?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in meta.headers {
+            headers.append(header::HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(&v).ok()?);
+        }
+        let age = Duration::from_millis(micro_core::store::now_ms().saturating_sub(meta.stored_ms));
+        Some(Entry {
+            headers,
+            body: Bytes::copy_from_slice(&bytes[4 + len..]),
+            stored: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            stored_ms: meta.stored_ms,
+            ttl: Duration::from_millis(meta.ttl_ms),
+            service: meta.service,
+            endpoint: meta.endpoint,
+        })
+    }
 }
 
 /// A request the cache may answer: its key and the longest the answer may be kept.
 pub(crate) struct Miss {
+    ns: String,
     key: String,
     ttl: Duration,
     /// The request headers the key holds (beyond the host).
@@ -176,12 +244,45 @@ fn directives(headers: &HeaderMap) -> Vec<String> {
 }
 
 impl Cache {
-    pub(crate) fn new(config: Arc<dyn micro_core::config::Config>, max_bytes: usize) -> Cache {
+    pub(crate) fn new(
+        config: Arc<dyn micro_core::config::Config>,
+        max_bytes: usize,
+        shared: Option<micro_redis::RedisEdge>,
+    ) -> Cache {
         Cache {
             settings: crate::settings::NamespaceSettings::new(config, CONFIG_PATH, settings),
             store: Arc::new(Mutex::new(Store { entries: hashlink::LruCache::new_unbounded(), bytes: 0 })),
             max_bytes,
+            shared,
         }
+    }
+
+    /// Keeps `entry` in this node's memory, the least recently used out past the bound.
+    fn keep(&self, key: &str, entry: Arc<Entry>) {
+        let size = entry.size(key);
+        if size > self.max_bytes {
+            return;
+        }
+        let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = store.entries.insert(key.to_string(), entry) {
+            store.bytes = store.bytes.saturating_sub(old.size(key));
+        }
+        store.bytes += size;
+        while store.bytes > self.max_bytes {
+            let Some((k, gone)) = store.entries.remove_lru() else { break };
+            store.bytes = store.bytes.saturating_sub(gone.size(&k));
+        }
+    }
+
+    /// The answer `e` as served from the cache.
+    fn hit(e: &Entry) -> Lookup {
+        let mut res = Response::new(Body::new(http_body_util::Full::new(e.body.clone())));
+        *res.headers_mut() = e.headers.clone();
+        res.headers_mut().insert("x-cache", HeaderValue::from_static("HIT"));
+        if let Ok(age) = HeaderValue::from_str(&e.stored.elapsed().as_secs().to_string()) {
+            res.headers_mut().insert(header::AGE, age);
+        }
+        Lookup::Hit(res, e.service.clone(), e.endpoint.clone())
     }
 
     /// Looks `req` of `account` (its label, "" when anonymous) in namespace `ns` up.
@@ -225,26 +326,36 @@ impl Cache {
             key.push('\0');
             key.push_str(req.headers().get(h).and_then(|v| v.to_str().ok()).unwrap_or(""));
         }
+        let fresh = |e: &Entry| e.stored.elapsed() < e.ttl && e.stored_ms > settings.purged;
         {
             let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
             let found = store.entries.get(&key).cloned();
             if let Some(e) = found {
-                if e.stored.elapsed() < e.ttl && e.stored_ms > settings.purged {
-                    drop(store);
-                    let mut res = Response::new(Body::new(http_body_util::Full::new(e.body.clone())));
-                    *res.headers_mut() = e.headers.clone();
-                    res.headers_mut().insert("x-cache", HeaderValue::from_static("HIT"));
-                    if let Ok(age) = HeaderValue::from_str(&e.stored.elapsed().as_secs().to_string()) {
-                        res.headers_mut().insert(header::AGE, age);
-                    }
-                    return Lookup::Hit(res, e.service.clone(), e.endpoint.clone());
+                if fresh(&e) {
+                    return Cache::hit(&e);
                 }
                 if let Some(gone) = store.entries.remove(&key) {
                     store.bytes = store.bytes.saturating_sub(gone.size(&key));
                 }
             }
         }
-        Lookup::Miss(Miss { key, ttl: rule.ttl, vary: rule.vary.clone() })
+        // Kept through another node?
+        if let Some(edge) = &self.shared {
+            match edge.get(&shared_key(ns, &key)).await {
+                Ok(Some(bytes)) => match Entry::decode(&bytes) {
+                    Some(e) if fresh(&e) => {
+                        let e = Arc::new(e);
+                        self.keep(&key, e.clone());
+                        return Cache::hit(&e);
+                    }
+                    Some(_) => {}
+                    None => tracing::warn!(namespace = ns, "an unreadable answer in the shared cache; ignored"),
+                },
+                Ok(None) => {}
+                Err(e) => tracing::debug!(error = %e, "the shared cache is unreachable"),
+            }
+        }
+        Lookup::Miss(Miss { ns: ns.to_string(), key, ttl: rule.ttl, vary: rule.vary.clone() })
     }
 
     /// Keeps `res` (metered under `service` and `endpoint`) for the request that missed,
@@ -298,18 +409,16 @@ impl Cache {
             service: service.to_string(),
             endpoint: endpoint.to_string(),
         });
-        let size = entry.size(&miss.key);
-        if size <= self.max_bytes {
-            let mut store = self.store.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(old) = store.entries.insert(miss.key.clone(), entry) {
-                store.bytes = store.bytes.saturating_sub(old.size(&miss.key));
-            }
-            store.bytes += size;
-            while store.bytes > self.max_bytes {
-                let Some((k, gone)) = store.entries.remove_lru() else { break };
-                store.bytes = store.bytes.saturating_sub(gone.size(&k));
-            }
+        if let (Some(edge), Some(bytes)) = (&self.shared, entry.encode()) {
+            // Shared without holding the answer back.
+            let (edge, key) = (edge.clone(), shared_key(&miss.ns, &miss.key));
+            tokio::spawn(async move {
+                if let Err(e) = edge.put(&key, &bytes, ttl).await {
+                    tracing::debug!(error = %e, "the shared cache is unreachable");
+                }
+            });
         }
+        self.keep(&miss.key, entry);
         Response::from_parts(parts, Body::new(http_body_util::Full::new(body)))
     }
 }

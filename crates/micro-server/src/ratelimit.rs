@@ -3,8 +3,11 @@
 //! them). A rule limits the requests of each client address, each account, or the whole
 //! namespace, to one service or route prefix or to everything; the gateway rereads a
 //! namespace's rules at most once a second, keeping the buckets of unchanged rules.
-//! Buckets are per node: on N nodes behind a balancer a client gets up to N times a rule's
-//! rate (shared counters through Redis are still to come).
+//! With Redis among the backends, the nodes of a cluster share every bucket there (one
+//! key per bucket, advanced by one script on the server's clock), so a rule holds across
+//! nodes; without it, buckets are per node and on N nodes behind a balancer a client gets
+//! up to N times a rule's rate. A node that cannot reach Redis counts on its own buckets
+//! until it can again.
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -95,6 +98,10 @@ type Buckets = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock,
 struct Limit {
     name: String,
     spec: Value,
+    /// What the rule's shared buckets are named by: a changed rule starts afresh.
+    digest: String,
+    /// One cell every `period`.
+    period: Duration,
     rule: Rule,
     /// The normalized path prefix the rule applies to (its service's, or its route).
     prefix: Option<String>,
@@ -115,7 +122,12 @@ impl Limit {
             (None, None) => None,
         };
         let buckets = RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>();
-        Limit { name, spec, rule, prefix, buckets }
+        let digest = {
+            use sha2::Digest;
+            let hash = sha2::Sha256::digest(spec.to_string().as_bytes());
+            hash[..6].iter().map(|b| format!("{b:02x}")).collect()
+        };
+        Limit { name, spec, digest, period, rule, prefix, buckets }
     }
 }
 
@@ -171,6 +183,24 @@ pub(crate) struct Refused {
 #[derive(Clone)]
 pub(crate) struct RateLimits {
     rules: crate::settings::NamespaceSettings<Vec<Arc<Limit>>>,
+    /// The cluster's shared buckets, when it has Redis.
+    shared: Option<micro_redis::RedisEdge>,
+}
+
+/// When a failure of the shared buckets was last logged (Unix seconds): once in ten
+/// seconds is enough.
+static WARNED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn warn_unshared(e: &Status) {
+    let now = micro_core::store::now_ms() / 1000;
+    let last = WARNED.load(std::sync::atomic::Ordering::Relaxed);
+    if now >= last + 10
+        && WARNED
+            .compare_exchange(last, now, std::sync::atomic::Ordering::Relaxed, std::sync::atomic::Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(error = %e, "the shared rate-limit buckets are unreachable; counting on this node's");
+    }
 }
 
 /// A namespace's limits from its rules, keeping the buckets of unchanged ones.
@@ -195,8 +225,24 @@ fn limits(ns: &str, specs: Option<&Value>, previous: Option<&Arc<Vec<Arc<Limit>>
 }
 
 impl RateLimits {
-    pub(crate) fn new(config: Arc<dyn Config>) -> RateLimits {
-        RateLimits { rules: crate::settings::NamespaceSettings::new(config, CONFIG_PATH, limits) }
+    pub(crate) fn new(config: Arc<dyn Config>, shared: Option<micro_redis::RedisEdge>) -> RateLimits {
+        RateLimits { rules: crate::settings::NamespaceSettings::new(config, CONFIG_PATH, limits), shared }
+    }
+
+    /// Takes a cell for `key` from `l`'s bucket (the cluster's, else this node's):
+    /// whether it passed, the cells left, and the wait for the next.
+    async fn take(&self, ns: &str, l: &Limit, key: &str) -> (bool, u32, Duration) {
+        if let Some(edge) = &self.shared {
+            let bucket = format!("{ns}:{}:{}:{key}", l.name, l.digest);
+            match edge.take(&bucket, l.period, l.rule.burst.get()).await {
+                Ok(t) => return (t.allowed, t.remaining, t.retry_after),
+                Err(e) => warn_unshared(&e),
+            }
+        }
+        match l.buckets.check_key(&key.to_string()) {
+            Ok(snapshot) => (true, snapshot.remaining_burst_capacity(), Duration::ZERO),
+            Err(not_until) => (false, 0, not_until.wait_time_from(DefaultClock::default().now())),
+        }
     }
 
     /// Counts `req` against every rule of its namespace that applies; refused when one
@@ -224,29 +270,25 @@ impl RateLimits {
             };
             let window = r.window.as_secs();
             let policy = format!("\"{}\";q={};w={window}", l.name, r.limit);
-            match l.buckets.check_key(&key) {
-                Ok(snapshot) => {
-                    let remaining = snapshot.remaining_burst_capacity();
-                    if tightest.as_ref().is_none_or(|(left, _)| remaining < *left) {
-                        let state = format!("\"{}\";r={remaining}", l.name);
-                        tightest = Some((remaining, Passed { policy, state }));
-                    }
+            let (allowed, remaining, wait) = self.take(req.namespace, l, &key).await;
+            if allowed {
+                if tightest.as_ref().is_none_or(|(left, _)| remaining < *left) {
+                    let state = format!("\"{}\";r={remaining}", l.name);
+                    tightest = Some((remaining, Passed { policy, state }));
                 }
-                Err(not_until) => {
-                    let wait = not_until.wait_time_from(DefaultClock::default().now());
-                    let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                    let detail = format!(
-                        "rate limit {} exceeded ({} requests per {window} s); retry in {retry_after} s",
-                        l.name, r.limit
-                    );
-                    return Err(Refused {
-                        status: Status::new(Code::ResourceExhausted, "api", detail),
-                        retry_after,
-                        state: format!("\"{}\";r=0;t={retry_after}", l.name),
-                        policy,
-                    });
-                }
+                continue;
             }
+            let retry_after = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let detail = format!(
+                "rate limit {} exceeded ({} requests per {window} s); retry in {retry_after} s",
+                l.name, r.limit
+            );
+            return Err(Refused {
+                status: Status::new(Code::ResourceExhausted, "api", detail),
+                retry_after,
+                state: format!("\"{}\";r=0;t={retry_after}", l.name),
+                policy,
+            });
         }
         Ok(tightest.map(|(_, p)| p))
     }
