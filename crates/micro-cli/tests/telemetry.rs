@@ -202,10 +202,36 @@ async fn one_trace_links_the_gateway_a_service_and_the_events_it_publishes() {
         .await
         .unwrap();
 
+    // A consumer of the event (here, in this process) continues the trace: its span is
+    // the publish's child, and what it calls while handling, its children.
+    let data = micro::data::Data::remote_with(
+        &s.proxy,
+        "micro",
+        Some(std::sync::Arc::new(micro::data::StaticToken(s.admin_token().await))),
+    );
+    let options =
+        micro_core::events::ConsumeOptions { offset: micro_core::events::Offset::First, ..Default::default() };
+    let mut deliveries = data.events.consume("micro", "orders", &options).await.unwrap();
+    let consumer = tokio::spawn(async move {
+        use futures::StreamExt as _;
+        use micro::telemetry::FutureExt as _;
+        let d = deliveries.next().await.expect("a delivery").expect("delivered");
+        let cx = micro::telemetry::consumer("orders consume orders", &d.event.metadata);
+        async {
+            let t = micro_core::store::Table::new("micro", "shipments");
+            let r = micro_core::store::Record::new("7", d.event.payload.clone());
+            data.store.write(&t, &r, None).await.expect("written");
+            d.ack().await.expect("acknowledged");
+        }
+        .with_context(cx)
+        .await;
+    });
+
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     let r = micro_test::http(&s.api, "POST", "/orders/orders/place", &[("traceparent", &parent)], br#"{"id":7}"#).await;
     assert_eq!(r.status, 200, "{}", r.body);
+    tokio::time::timeout(Duration::from_secs(20), consumer).await.expect("consumed in time").unwrap();
     micro::telemetry::flush();
 
     // Both processes export: the trace's spans arrive, linked parent to child.
@@ -216,6 +242,7 @@ async fn one_trace_links_the_gateway_a_service_and_the_events_it_publishes() {
         let spans = spans_of_trace();
         spans.iter().any(|(_, s)| s.name.starts_with("micro /events.Events/Publish"))
             && spans.iter().any(|(p, _)| p == "orders")
+            && spans.iter().any(|(_, s)| s.name.starts_with("micro /store.Store/Write"))
     })
     .await;
     let spans = spans_of_trace();
@@ -236,6 +263,21 @@ async fn one_trace_links_the_gateway_a_service_and_the_events_it_publishes() {
     for hop in ["proxy /events.Events/Publish", "orders /orders.Orders/Place"] {
         assert!(chain.iter().any(|n| n.starts_with(hop)), "{hop} is in the chain: {chain:#?}");
     }
+    // The consumer's write goes up through the consumer's span to the publish, and so to
+    // the gateway: one trace from the HTTP request to the event's handling.
+    let mut chain = Vec::new();
+    let mut at = spans.iter().map(|(_, s)| s).find(|s| s.name.starts_with("micro /store.Store/Write"));
+    while let Some(s) = at {
+        chain.push(s.name.clone());
+        at = by_id.get(&hex(&s.parent_span_id)).copied();
+    }
+    let consumed = chain.iter().position(|n| n == "orders consume orders");
+    let published = chain.iter().position(|n| n.starts_with("micro /events.Events/Publish"));
+    assert!(
+        matches!((consumed, published), (Some(c), Some(p)) if p == c + 1),
+        "the consumer's span is the publish's child: {chain:#?}"
+    );
+    assert!(chain.last().is_some_and(|r| r == &root), "up to the gateway: {chain:#?}");
     let root_span = spans.iter().map(|(_, s)| s).find(|s| s.name == root).unwrap();
     assert_eq!(hex(&root_span.parent_span_id), "00f067aa0ba902b7", "the caller's traceparent is the root's parent");
 

@@ -190,8 +190,9 @@ impl epb::events_server::Events for EventsService {
     async fn publish(&self, req: Request<epb::PublishRequest>) -> Result<Response<epb::PublishResponse>, Status> {
         let ns = micro::namespace(&req);
         let r = req.into_inner();
-        let message =
+        let mut message =
             micro_core::events::Message { key: r.key, metadata: r.metadata.into_iter().collect(), payload: r.payload };
+        stamp_trace(&mut message.metadata);
         let event = self.events.publish(&ns, &r.topic, &message).await.map_err(t)?;
         Ok(Response::new(epb::PublishResponse { event: Some((&event).into()) }))
     }
@@ -302,11 +303,12 @@ impl bpb::broker_server::Broker for BrokerService {
     async fn publish(&self, req: Request<bpb::PublishRequest>) -> Result<Response<bpb::PublishResponse>, Status> {
         let ns = micro::namespace(&req);
         let m = req.into_inner().message.ok_or_else(|| Status::invalid_argument("broker: message is required"))?;
-        let message = micro_core::broker::Message {
+        let mut message = micro_core::broker::Message {
             topic: m.topic,
             metadata: m.metadata.into_iter().collect(),
             payload: m.payload,
         };
+        stamp_trace(&mut message.metadata);
         self.broker.publish(&ns, &message).await.map_err(t)?;
         Ok(Response::new(bpb::PublishResponse {}))
     }
@@ -404,5 +406,16 @@ impl ypb::sync_server::Sync for SyncService {
         let lock = Lock { id: r.id, token: r.token, ttl: Duration::ZERO };
         self.sync.unlock(&ns, &lock).await.map_err(t)?;
         Ok(Response::new(ypb::UnlockResponse {}))
+    }
+}
+
+/// Gives a published message the trace context of its publish (this handler's span),
+/// unless the publisher gave it one: its consumers continue the trace from there
+/// ([`micro::telemetry::consumer`]).
+fn stamp_trace(metadata: &mut std::collections::BTreeMap<String, String>) {
+    if !metadata.contains_key(micro::telemetry::MESSAGE_TRACEPARENT)
+        && let Some(tp) = micro::telemetry::current_traceparent()
+    {
+        metadata.insert(micro::telemetry::MESSAGE_TRACEPARENT.to_string(), tp);
     }
 }

@@ -214,6 +214,43 @@ pub fn traceparent_of(cx: &opentelemetry::Context) -> Option<String> {
     sc.is_valid().then(|| format!("00-{}-{}-{:02x}", sc.trace_id(), sc.span_id(), sc.trace_flags().to_u8()))
 }
 
+pub use opentelemetry::Context;
+pub use opentelemetry::context::FutureExt;
+
+/// The metadata key under which an event or a broker message carries the trace context
+/// of its publish (set by the server's events and broker services).
+pub const MESSAGE_TRACEPARENT: &str = "traceparent";
+
+/// The `traceparent` of the span current here (the handler's, in a handler).
+pub fn current_traceparent() -> Option<String> {
+    traceparent_of(&opentelemetry::Context::current())
+}
+
+/// A consumer's span for a message (event or broker message) with `metadata`: the child
+/// of its publish (its [`MESSAGE_TRACEPARENT`]), else a new trace; `name` like
+/// `orders consume orders.placed`. Run the handling with the returned context current
+/// ([`FutureExt::with_context`], or [`Context::attach`]): the calls it makes
+/// are the span's children. The span ends when the context's last clone is dropped.
+/// Without traces on, the current context.
+///
+/// ```no_run
+/// # async fn handle(d: micro_core::events::Delivery) {
+/// use micro::telemetry::FutureExt as _;
+/// let cx = micro::telemetry::consumer("orders consume orders.placed", &d.event.metadata);
+/// async { /* calls made here are the consumer span's children */ }.with_context(cx).await;
+/// # }
+/// ```
+pub fn consumer(name: &str, metadata: &BTreeMap<String, String>) -> opentelemetry::Context {
+    use opentelemetry::trace::Tracer as _;
+    let Some(tracer) = tracer() else { return opentelemetry::Context::current() };
+    let parent = match metadata.get(MESSAGE_TRACEPARENT) {
+        Some(tp) if crate::layer::trace_id(tp).is_some() => remote_parent(tp),
+        _ => opentelemetry::Context::new(),
+    };
+    let span = tracer.span_builder(name.to_string()).with_kind(SpanKind::Consumer).start_with_context(tracer, &parent);
+    parent.with_span(span)
+}
+
 /// A context whose (remote) span is the `traceparent` `parent` (valid, see
 /// [`crate::layer::trace_id`]).
 pub fn remote_parent(parent: &str) -> opentelemetry::Context {
