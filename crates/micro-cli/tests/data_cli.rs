@@ -551,6 +551,9 @@ async fn cached_answers_and_rate_limits_are_shared_by_nodes_through_redis() {
         assert!((1..=15).contains(&retry), "a request every 15 s: {retry}");
     }
     cli.ok(&["ratelimit", "delete", "shared"]).await;
+    // The nodes' gauges show their database pools.
+    let scraped = micro_test::http(&b.api(), "GET", "/metrics", &[], b"").await;
+    assert!(scraped.body.contains("micro_postgres_connections{state=\"open\"}"), "{}", scraped.body);
     counter.stop().await;
     a.server.stop().await;
     b.server.stop().await;

@@ -115,6 +115,11 @@ async fn prometheus_scrapes_the_server_and_a_service() {
     assert!(service_counts, "the service's series: {:?}", series("helloworld").await);
     let latency = query(&web, "micro_request_duration_seconds_bucket{job=\"helloworld\"}").await;
     assert!(!latency.is_empty(), "latency histograms are scraped");
+    // The server's gauges: its runtime and its response cache.
+    for gauge in ["micro_runtime_services", "micro_runtime_instances", "micro_cache_entries", "micro_cache_bytes"] {
+        let found = query(&web, &format!("{gauge}{{job=\"micro\"}}")).await;
+        assert_eq!(found.len(), 1, "{gauge} is scraped: {found:?}");
+    }
 }
 
 /// An OTLP/gRPC trace receiver built from the official OpenTelemetry protos: every span

@@ -54,6 +54,11 @@ impl Nats {
 }
 
 impl Nats {
+    /// Whether the connection is up now.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.client.connection_state(), async_nats::connection::State::Connected)
+    }
+
     /// `Unavailable` at once while the connection is down (calls would only queue up
     /// until it is back, or time out).
     fn connected(&self, id: &str) -> Result<(), Status> {

@@ -83,6 +83,12 @@ impl Database {
         Ok(Database { pool, config: std::sync::Arc::new(config) })
     }
 
+    /// The pool's connections: (open, idle, callers waiting for one).
+    pub fn pool_status(&self) -> (usize, usize, usize) {
+        let s = self.pool.status();
+        (s.size, s.available, s.waiting)
+    }
+
     /// A connection from the pool, for backend `id`'s errors.
     pub(crate) async fn client(&self, id: &str) -> Result<deadpool_postgres::Object, Status> {
         self.pool.get().await.map_err(|e| pool_error(id, e))

@@ -405,6 +405,23 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     let edge = shared.edge().await?;
     let limits = crate::ratelimit::RateLimits::new(config_backend.clone(), edge.clone());
     let cache = crate::cache::Cache::new(config_backend.clone(), config.cache_size, edge);
+    // Gauges, read at each scrape of the gateway's /metrics.
+    {
+        let (runtime, cache) = (runtime.clone(), cache.clone());
+        let services = metrics.gauges("micro_runtime_services", "Services the runtime keeps on this node");
+        let instances = metrics.gauges("micro_runtime_instances", "Instances of them this node runs");
+        let entries = metrics.gauges("micro_cache_entries", "Answers in this node's response cache");
+        let bytes = metrics.gauges("micro_cache_bytes", "Bytes of the answers in this node's response cache");
+        metrics.on_scrape(move || {
+            let (s, i) = runtime.counts();
+            services.get_or_create(&Vec::new()).set(s as f64);
+            instances.get_or_create(&Vec::new()).set(i as f64);
+            let (e, b) = cache.held();
+            entries.get_or_create(&Vec::new()).set(e as f64);
+            bytes.get_or_create(&Vec::new()).set(b as f64);
+        });
+        shared.gauges(&metrics).await;
+    }
     let gateway = Gateway::new(
         &config,
         routing,

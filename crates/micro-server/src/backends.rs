@@ -85,6 +85,34 @@ impl Shared {
         }
     }
 
+    /// Sets the backends' gauges before every scrape of `metrics`: the PostgreSQL pools'
+    /// connections and whether NATS is connected (the connections opened so far: call it
+    /// once the server has opened what it uses).
+    pub(crate) async fn gauges(&self, metrics: &micro::metrics::Metrics) {
+        let databases: Vec<micro_postgres::Database> = self.postgres.lock().await.values().cloned().collect();
+        let nats: Vec<micro_nats::Nats> = self.nats.lock().await.values().cloned().collect();
+        if !databases.is_empty() {
+            let pools = metrics.gauges("micro_postgres_connections", "PostgreSQL pool connections, by state");
+            metrics.on_scrape(move || {
+                let (mut open, mut idle, mut waiting) = (0, 0, 0);
+                for d in &databases {
+                    let (o, i, w) = d.pool_status();
+                    (open, idle, waiting) = (open + o, idle + i, waiting + w);
+                }
+                for (state, n) in [("open", open), ("idle", idle), ("waiting", waiting)] {
+                    pools.get_or_create(&vec![("state".to_string(), state.to_string())]).set(n as f64);
+                }
+            });
+        }
+        if !nats.is_empty() {
+            let up = metrics.gauges("micro_nats_connected", "Whether the NATS connections are up (1) or not (0)");
+            metrics.on_scrape(move || {
+                let connected = nats.iter().all(micro_nats::Nats::is_connected);
+                up.get_or_create(&Vec::new()).set(if connected { 1.0 } else { 0.0 });
+            });
+        }
+    }
+
     /// Rate-limit buckets and cached answers shared by the gateways, on the Redis the
     /// backends name (for locks, else for the store), if any.
     pub(crate) async fn edge(&self) -> Result<Option<micro_redis::RedisEdge>, Error> {

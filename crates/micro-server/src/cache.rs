@@ -257,6 +257,12 @@ impl Cache {
         }
     }
 
+    /// How many answers this node keeps in memory, and their bytes.
+    pub(crate) fn held(&self) -> (usize, usize) {
+        let store = self.store.lock().unwrap_or_else(|e| e.into_inner());
+        (store.entries.len(), store.bytes)
+    }
+
     /// Keeps `entry` in this node's memory, the least recently used out past the bound.
     fn keep(&self, key: &str, entry: Arc<Entry>) {
         let size = entry.size(key);

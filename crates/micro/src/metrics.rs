@@ -7,6 +7,7 @@ use micro_core::Code;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::pin::Pin;
@@ -55,8 +56,15 @@ struct Outcome {
     code: CodeLabel,
 }
 
+/// A family of gauges labelled by `(name, value)` pairs ([`Metrics::gauges`]).
+pub type Gauges = Family<Vec<(String, String)>, Gauge<f64, AtomicU64>>;
+
+/// What sets gauges before a scrape ([`Metrics::on_scrape`]).
+type Refresh = Box<dyn Fn() + Send + Sync>;
+
 struct Inner {
-    registry: Registry,
+    registry: std::sync::Mutex<Registry>,
+    refresh: std::sync::Mutex<Vec<Refresh>>,
     requests: Family<Outcome, Counter>,
     durations: Family<Endpoint, Histogram, fn() -> Histogram>,
     total: AtomicU64,
@@ -83,7 +91,8 @@ impl Default for Metrics {
         );
         Metrics {
             inner: Arc::new(Inner {
-                registry,
+                registry: std::sync::Mutex::new(registry),
+                refresh: std::sync::Mutex::default(),
                 requests,
                 durations,
                 total: AtomicU64::new(0),
@@ -130,10 +139,28 @@ impl Metrics {
         res
     }
 
+    /// A family of gauges, `name` (prefixed `micro_` by the caller's choice) with `help`;
+    /// set them when they change, or in [`Metrics::on_scrape`].
+    pub fn gauges(&self, name: &str, help: &str) -> Gauges {
+        let family = Gauges::default();
+        self.inner.registry.lock().unwrap_or_else(|e| e.into_inner()).register(name, help, family.clone());
+        family
+    }
+
+    /// Runs `refresh` before every scrape (to set gauges read from elsewhere: keep it
+    /// quick, it holds the scrape up).
+    pub fn on_scrape(&self, refresh: impl Fn() + Send + Sync + 'static) {
+        self.inner.refresh.lock().unwrap_or_else(|e| e.into_inner()).push(Box::new(refresh));
+    }
+
     /// The text exposition of every series ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
+        for refresh in self.inner.refresh.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            refresh();
+        }
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry) {
+        let registry = self.inner.registry.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
             tracing::warn!(error = %e, "encoding the metrics failed");
         }
         out

@@ -668,6 +668,13 @@ impl Runtime {
         Ok(())
     }
 
+    /// How many services this node keeps, and how many of their instances it runs.
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let services = self.inner.services.lock().unwrap_or_else(|e| e.into_inner());
+        let instances = services.values().map(|m| m.instances.lock().unwrap_or_else(|e| e.into_inner()).len()).sum();
+        (services.len(), instances)
+    }
+
     /// The services of a namespace (or one).
     pub(crate) fn read(&self, ns: &str, name: &str) -> Result<Vec<pb::Service>, Status> {
         if !name.is_empty() {
