@@ -173,6 +173,17 @@ fn test_certificates(dir: &std::path::Path) -> (String, String, String) {
 /// gets a new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pebble_issues_a_custom_domains_certificate_and_the_gateway_serves_and_renews_it() {
+    acme_with_pebble(false).await;
+}
+
+/// The same by TLS-ALPN-01: pebble validates on the gateway's TLS port, asking for
+/// `acme-tls/1` (no plain HTTP listener at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pebble_validates_by_tls_alpn_on_the_gateways_tls_port() {
+    acme_with_pebble(true).await;
+}
+
+async fn acme_with_pebble(alpn: bool) {
     const PEBBLE: &str = "/usr/bin/pebble";
     if !std::path::Path::new(PEBBLE).exists() {
         assert!(std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(), "{PEBBLE} is missing (scripts/edge-setup)");
@@ -182,12 +193,12 @@ async fn pebble_issues_a_custom_domains_certificate_and_the_gateway_serves_and_r
     let dir = tempfile::tempdir().expect("a dir");
     let (test_ca, cert, key) = test_certificates(dir.path());
     let dns = micro_test::dns::TxtServer::start().await;
-    let (acme_port, management_port, http_port) = (free_port(), free_port(), free_port());
+    let (acme_port, management_port, http_port, api_port) = (free_port(), free_port(), free_port(), free_port());
     let config = serde_json::json!({"pebble": {
         "listenAddress": format!("127.0.0.1:{acme_port}"),
         "managementListenAddress": format!("127.0.0.1:{management_port}"),
         "certificate": cert, "privateKey": key,
-        "httpPort": http_port, "tlsPort": free_port(),
+        "httpPort": http_port, "tlsPort": api_port,
         "ocspResponderURL": "", "externalAccountBindingRequired": false,
     }});
     let config_path = dir.path().join("pebble.json");
@@ -209,9 +220,13 @@ async fn pebble_issues_a_custom_domains_certificate_and_the_gateway_serves_and_r
     .await;
     assert!(up, "pebble serves its directory: {:?}", curl(&["--cacert", &test_ca, &directory]));
 
-    let s = ServerProcess::builder(micro())
-        .env("MICRO_TLS", "auto")
-        .env("MICRO_HTTP_REDIRECT_ADDRESS", format!("127.0.0.1:{http_port}"))
+    let builder = ServerProcess::builder(micro()).env("MICRO_TLS", "auto");
+    let builder = if alpn {
+        builder.env("MICRO_API_ADDRESS", format!("127.0.0.1:{api_port}")).env("MICRO_ACME_CHALLENGE", "tls-alpn-01")
+    } else {
+        builder.env("MICRO_HTTP_REDIRECT_ADDRESS", format!("127.0.0.1:{http_port}"))
+    };
+    let s = builder
         .env("MICRO_ACME_DIRECTORY", &directory)
         .env("MICRO_ACME_CA", &test_ca)
         .env("MICRO_ACME_EMAIL", "ops@acme.test")
@@ -242,6 +257,10 @@ async fn pebble_issues_a_custom_domains_certificate_and_the_gateway_serves_and_r
     std::fs::write(&root_path, root).expect("written");
     let root_path = root_path.to_str().expect("a UTF-8 path").to_string();
     let api_port = s.api.rsplit(':').next().expect("a port").to_string();
+    if alpn {
+        // Nothing answered on pebble's HTTP-01 port: the certificate came by TLS-ALPN-01.
+        assert!(std::net::TcpStream::connect(("127.0.0.1", http_port)).is_err(), "no plain listener");
+    }
     let resolve = format!("{domain}:{api_port}:127.0.0.1");
     let url = format!("https://{domain}:{api_port}/");
     let served = micro_test::eventually(std::time::Duration::from_secs(10), || async {

@@ -1,11 +1,14 @@
 //! ACME: a certificate for every verified custom domain, obtained and renewed from the
 //! ACME server `MICRO_ACME_DIRECTORY` names (Let's Encrypt, or Debian's `pebble` in the
-//! tests) with HTTP-01 challenges, and served by SNI on every TLS listener.
+//! tests) with HTTP-01 or TLS-ALPN-01 challenges, and served by SNI on every TLS
+//! listener.
 //!
 //! The account, the certificates (chain and key) and the pending challenges live in the
 //! server's `domains` store (table `acme`), so every node serves the certificates and
 //! answers the challenges (`/.well-known/acme-challenge/<token>` on the plain HTTP
-//! listener, `MICRO_HTTP_REDIRECT_ADDRESS`), whichever node the ACME server reaches. Each
+//! listener, `MICRO_HTTP_REDIRECT_ADDRESS`; or, for TLS-ALPN-01, a certificate for the
+//! domain carrying the answer, served on the gateway's TLS port to a client asking for
+//! `acme-tls/1`), whichever node the ACME server reaches. Each
 //! node looks every few seconds for verified domains without a certificate, or with one
 //! due for renewal (less than `MICRO_ACME_RENEW_DAYS` left, default 30, or asked for with
 //! `micro domain renew`), and loads the certificates into its SNI table.
@@ -30,9 +33,26 @@ const CHALLENGE_TTL: Duration = Duration::from_secs(600);
 /// The path prefix of HTTP-01 challenges.
 pub(crate) const CHALLENGE_PATH: &str = "/.well-known/acme-challenge/";
 
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// How a domain's control is proved to the ACME server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    /// HTTP-01: an answer at `/.well-known/acme-challenge/` on port 80 (the plain HTTP
+    /// listener).
+    Http01,
+    /// TLS-ALPN-01: a certificate carrying the answer on port 443 (the gateway's TLS
+    /// port), for clients asking for `acme-tls/1`.
+    TlsAlpn01,
+}
+
 /// ACME settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AcmeConfig {
+    /// The challenge (`MICRO_ACME_CHALLENGE`: `http-01` or `tls-alpn-01`; default HTTP-01
+    /// with a plain HTTP listener, else TLS-ALPN-01).
+    pub challenge: Challenge,
     /// The ACME server's directory URL (`MICRO_ACME_DIRECTORY`).
     pub directory: String,
     /// The account's contact address (`MICRO_ACME_EMAIL`).
@@ -77,6 +97,8 @@ pub(crate) struct DomainCerts(Arc<RwLock<HashMap<String, Arc<CertifiedKey>>>>);
 pub(crate) struct Sni {
     pub(crate) default: Arc<dyn ResolvesServerCert>,
     pub(crate) domains: DomainCerts,
+    /// TLS-ALPN-01 answers, by domain, for clients asking for `acme-tls/1`.
+    pub(crate) challenges: DomainCerts,
     /// In a cluster: this node's certificate, for the other nodes (who ask for
     /// [`crate::cluster::NODE_NAME`]).
     pub(crate) node: Option<Arc<micro::tls::Certificates>>,
@@ -84,6 +106,11 @@ pub(crate) struct Sni {
 
 impl ResolvesServerCert for Sni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // A validation connection gets the challenge's certificate or nothing.
+        if hello.alpn().is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN)) {
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self.challenges.0.read().unwrap_or_else(|e| e.into_inner()).get(&name).cloned();
+        }
         if let Some(node) = &self.node
             && hello.server_name() == Some(crate::cluster::NODE_NAME)
         {
@@ -108,11 +135,36 @@ pub(crate) struct Acme {
     table: Table,
     domains: crate::domains::Domains,
     certs: DomainCerts,
+    challenges: DomainCerts,
     /// One node at a time orders a domain's certificate.
     sync: Arc<dyn micro_core::sync::Sync>,
     /// Domains whose last order failed: when, and how many times in a row (orders back
     /// off, as an ACME server limits failed validations).
     failures: Arc<std::sync::Mutex<HashMap<String, (std::time::Instant, u32)>>>,
+}
+
+/// The self-signed certificate of a TLS-ALPN-01 answer (RFC 8737): for `domain`, with the
+/// key authorization's SHA-256 `digest` in its critical acmeIdentifier extension; (chain,
+/// key) as PEM.
+fn alpn_certificate(domain: &str, digest: &[u8]) -> Result<(String, String), Status> {
+    let bad = |e: rcgen::Error| Status::internal("acme", format!("the TLS-ALPN-01 certificate: {e}"));
+    let mut p = rcgen::CertificateParams::new(vec![domain.to_string()]).map_err(bad)?;
+    p.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest)];
+    let key = rcgen::KeyPair::generate().map_err(bad)?;
+    let cert = p.self_signed(&key).map_err(bad)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A TLS-ALPN-01 answer as served. Not checked the way served certificates are
+/// ([`micro::tls::certified_pem`]): the verifier behind that check refuses the critical
+/// acmeIdentifier extension this certificate must carry.
+fn alpn_key(s: &Stored) -> Result<CertifiedKey, String> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let chain = micro::tls::certificates_pem(s.chain.as_bytes(), "the answer").map_err(|e| e.to_string())?;
+    let key = PrivateKeyDer::from_pem_slice(s.key.as_bytes()).map_err(|e| e.to_string())?;
+    let signing = micro::tls::provider().key_provider.load_private_key(key).map_err(|e| e.to_string())?;
+    Ok(CertifiedKey::new(chain, signing))
 }
 
 /// How long after `failures` failed orders in a row the next is tried: a minute,
@@ -152,10 +204,11 @@ impl Acme {
         store: Arc<dyn Store>,
         domains: crate::domains::Domains,
         certs: DomainCerts,
+        challenges: DomainCerts,
         sync: Arc<dyn micro_core::sync::Sync>,
     ) -> Acme {
         let table = Table::new(micro_core::namespace::DEFAULT, "acme");
-        Acme { config, store, table, domains, certs, sync, failures: Arc::default() }
+        Acme { config, store, table, domains, certs, challenges, sync, failures: Arc::default() }
     }
 
     async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, Status> {
@@ -230,19 +283,41 @@ impl Acme {
             if authz.status == AuthorizationStatus::Valid {
                 continue;
             }
-            let mut challenge = authz
-                .challenge(ChallengeType::Http01)
-                .ok_or_else(|| Status::unavailable("acme", "the ACME server offers no HTTP-01 challenge"))?;
-            let key = format!("challenge/{}", challenge.token);
-            let answer = challenge.key_authorization().as_str().to_string();
-            self.store.write(&self.table, &Record::new(&key, answer.into_bytes()), Some(CHALLENGE_TTL)).await?;
+            let kind = match self.config.challenge {
+                Challenge::Http01 => ChallengeType::Http01,
+                Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+            };
+            let mut challenge = authz.challenge(kind.clone()).ok_or_else(|| {
+                Status::unavailable("acme", format!("the ACME server offers no {kind:?} challenge for {domain}"))
+            })?;
+            let (key, answer) = match self.config.challenge {
+                Challenge::Http01 => (
+                    format!("challenge/{}", challenge.token),
+                    challenge.key_authorization().as_str().as_bytes().to_vec(),
+                ),
+                Challenge::TlsAlpn01 => {
+                    let (chain, key) = alpn_certificate(domain, challenge.key_authorization().digest().as_ref())?;
+                    let stored = Stored { chain, key, not_after: 0, issued: 0 };
+                    let v = serde_json::to_vec(&stored).map_err(|e| Status::internal("acme", e.to_string()))?;
+                    (format!("alpn/{domain}"), v)
+                }
+            };
+            self.store.write(&self.table, &Record::new(&key, answer), Some(CHALLENGE_TTL)).await?;
             tokens.push(key);
+            if self.config.challenge == Challenge::TlsAlpn01 {
+                // Every node serves the answer from its next check on.
+                self.load_challenges().await?;
+                tokio::time::sleep(CHECK + Duration::from_millis(500)).await;
+            }
             challenge.set_ready().await.map_err(|e| acme_err("answering the challenge", e))?;
         }
         let retries = RetryPolicy::default();
         let status = order.poll_ready(&retries).await.map_err(|e| acme_err("waiting for validation", e));
         for key in &tokens {
             let _ = self.store.delete(&self.table, key).await;
+        }
+        if self.config.challenge == Challenge::TlsAlpn01 {
+            let _ = self.load_challenges().await;
         }
         match status? {
             OrderStatus::Ready => {}
@@ -258,9 +333,35 @@ impl Acme {
         Ok(())
     }
 
+    /// Loads the pending TLS-ALPN-01 answers into the SNI table.
+    async fn load_challenges(&self) -> Result<(), Status> {
+        let pending = self.store.read(&self.table, "alpn/", &Query { prefix: true, ..Default::default() }).await;
+        let pending = match pending {
+            Ok(p) => p,
+            Err(e) if e.code() == Code::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut loaded = HashMap::new();
+        for r in pending {
+            let Some(domain) = r.key.strip_prefix("alpn/") else { continue };
+            let k = serde_json::from_slice::<Stored>(&r.value).map_err(|e| e.to_string()).and_then(|s| alpn_key(&s));
+            match k {
+                Ok(k) => {
+                    loaded.insert(domain.to_string(), Arc::new(k));
+                }
+                Err(e) => tracing::warn!(domain, error = %e, "a TLS-ALPN-01 answer does not load"),
+            }
+        }
+        *self.challenges.0.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+        Ok(())
+    }
+
     /// Loads the stored certificates of the verified domains into the SNI table, and
     /// obtains those missing or due.
     async fn check(&self) -> Result<(), Status> {
+        if self.config.challenge == Challenge::TlsAlpn01 {
+            self.load_challenges().await?;
+        }
         let verified = self.domains.verified().await?;
         let stored = self.store.read(&self.table, "cert/", &Query { prefix: true, ..Default::default() }).await?;
         let renew: Vec<String> =

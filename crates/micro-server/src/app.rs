@@ -268,21 +268,27 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     let domains = crate::domains::Domains::new(domains_store.clone(), resolver);
     // ACME: certificates for the verified domains, served by SNI.
     let domain_certs = crate::acme::DomainCerts::default();
+    let challenge_certs = crate::acme::DomainCerts::default();
     let acme = match &config.acme {
         Some(_) if tls.is_none() => {
             return Err(Error::Config(
                 "ACME (MICRO_ACME_DIRECTORY) serves certificates over TLS: turn TLS on (MICRO_TLS)".into(),
             ));
         }
-        Some(_) if redirect_listener.is_none() => {
+        Some(a) if a.challenge == crate::AcmeChallenge::Http01 && redirect_listener.is_none() => {
             return Err(Error::Config(
                 "ACME's HTTP-01 challenges need a plain HTTP listener: set MICRO_HTTP_REDIRECT_ADDRESS (like :80)"
                     .into(),
             ));
         }
-        Some(a) => {
-            Some(crate::acme::Acme::new(a.clone(), domains_store, domains.clone(), domain_certs.clone(), sync.clone()))
-        }
+        Some(a) => Some(crate::acme::Acme::new(
+            a.clone(),
+            domains_store,
+            domains.clone(),
+            domain_certs.clone(),
+            challenge_certs.clone(),
+            sync.clone(),
+        )),
         None => None,
     };
 
@@ -458,11 +464,23 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
             .map_response(|r: http::Response<_>| r.map(Body::new)),
     );
     // Every TLS listener serves the custom domains' certificates by SNI, else the server's.
+    let config_acme_alpn = config.acme.as_ref().is_some_and(|a| a.challenge == crate::AcmeChallenge::TlsAlpn01);
     let (tls_config, proxy_tls) = match &tls {
         Some(t) => {
             let node = t.node.as_ref().map(|n| n.certs.clone());
-            let sni = Arc::new(crate::acme::Sni { default: t.certs.clone(), domains: domain_certs.clone(), node });
-            let config = micro::tls::server_config_with(sni.clone()).map_err(Error::Service)?;
+            let sni = Arc::new(crate::acme::Sni {
+                default: t.certs.clone(),
+                domains: domain_certs.clone(),
+                challenges: challenge_certs.clone(),
+                node,
+            });
+            let mut config = micro::tls::server_config_with(sni.clone()).map_err(Error::Service)?;
+            // TLS-ALPN-01 validation connections ask for acme-tls/1 alone.
+            if config_acme_alpn {
+                let mut c = (*config).clone();
+                c.alpn_protocols.push(crate::acme::ACME_TLS_ALPN.to_vec());
+                config = Arc::new(c);
+            }
             // In a cluster, the proxy lets the other nodes show their certificates.
             let proxy = match &t.node {
                 Some(n) => micro::tls::server_config_verifying_clients(sni, std::slice::from_ref(&n.ca))?,

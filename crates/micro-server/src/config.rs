@@ -461,7 +461,17 @@ impl Config {
                 Some(v) => number("MICRO_ACME_RENEW_DAYS", &v)?,
                 None => 30,
             };
+            let challenge = match env("MICRO_ACME_CHALLENGE").as_deref().map(str::trim) {
+                None | Some("") if c.redirect_address.is_some() => crate::AcmeChallenge::Http01,
+                None | Some("") => crate::AcmeChallenge::TlsAlpn01,
+                Some("http-01") => crate::AcmeChallenge::Http01,
+                Some("tls-alpn-01") => crate::AcmeChallenge::TlsAlpn01,
+                Some(v) => {
+                    return Err(Error::Config(format!("MICRO_ACME_CHALLENGE={v:?}: give http-01 or tls-alpn-01")));
+                }
+            };
             c.acme = Some(crate::AcmeConfig {
+                challenge,
                 directory,
                 email: env("MICRO_ACME_EMAIL").filter(|v| !v.is_empty()),
                 ca: env("MICRO_ACME_CA").filter(|v| !v.is_empty()).map(PathBuf::from),

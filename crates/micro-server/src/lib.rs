@@ -38,7 +38,7 @@ mod tls;
 mod usage;
 mod websocket;
 
-pub use acme::AcmeConfig;
+pub use acme::{AcmeConfig, Challenge as AcmeChallenge};
 pub use app::{CORE_SERVICES, Running, start};
 pub use auth::keys::Signer;
 pub use auth::{ACCESS_TTL, ADMIN_PASSWORD_FILE, REFRESH_TTL};
