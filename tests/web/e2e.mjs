@@ -2,23 +2,32 @@
 // playwright-core (both installed by scripts/browser-setup). Run by
 // crates/micro-cli/tests/web.rs, which starts `micro server` and helloworld and sets:
 //
-//   E2E_URL             the dashboard, e.g. http://127.0.0.1:8082 (required)
+//   E2E_URL             the dashboard, e.g. http://127.0.0.1:8082 (required; https:// for the
+//                       TLS steps)
+//   E2E_API_URL         the API gateway, e.g. http://127.0.0.1:8080 (required): the pages link
+//                       its OpenAPI documents
 //   E2E_ADMIN_PASSWORD  the secret of account `admin` in namespace `micro` (required)
 //   E2E_ADMIN_ID        the admin account (default admin)
 //   E2E_NAMESPACE       its namespace (default micro)
 //   E2E_CHROMIUM        the browser (default /usr/bin/chromium)
+//   E2E_BROWSER_HOME    the browser's HOME, whose NSS database (.pki/nssdb) holds the CAs it
+//                       trusts (the TLS steps: web.rs adds the server's local CA there)
 //   E2E_SCREENSHOTS     a folder: every page visited is saved there, full page, at desktop
 //                       (1280×800) and phone (390×844) width, as NAME-desktop.png/NAME-phone.png
 //   E2E_ONLY            a regular expression: only the steps whose names match run
 //   E2E_RUNTIME_SOURCE  a git URL of a service `ticker` printing `tick N` every second, run
 //                       from the runtime page (without it the runtime steps skip)
 //
+// The steps named `tls: …` need the dashboard over HTTPS (`MICRO_TLS=auto`) and skip
+// otherwise; the others run over either.
+//
 // Every step asserts what a person would see (text in cells, the reply JSON, the error in
 // words), not just that a page loaded. It prints one line per step and exits non-zero when
 // any step fails. To add a step: `step("what it shows", async ({ page }) => { ... })`.
 
 import { createRequire } from "node:module";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 
 // `import` ignores NODE_PATH; require() follows it to the node_modules under the target dir.
@@ -26,6 +35,9 @@ const require = createRequire(import.meta.url);
 const { chromium } = require("playwright-core");
 
 const BASE = need("E2E_URL").replace(/\/$/, "");
+const API = need("E2E_API_URL").replace(/\/$/, "");
+const TLS = BASE.startsWith("https://");
+const BROWSER_HOME = process.env.E2E_BROWSER_HOME || null;
 const PASSWORD = need("E2E_ADMIN_PASSWORD");
 const ADMIN = process.env.E2E_ADMIN_ID || "admin";
 const NAMESPACE = process.env.E2E_NAMESPACE || "micro";
@@ -127,6 +139,16 @@ async function visit(page, p, status = 200) {
   assert(r, `no response for ${p}`);
   assertEqual(r.status(), status, `status of GET ${p}`);
   return r;
+}
+
+/** Follows the link `target`, which must point at `href`, to a JSON document; returns it. */
+async function openLinkedJson(page, target, href) {
+  assertEqual(await target.getAttribute("href"), href, "the link");
+  const [response] = await Promise.all([page.waitForNavigation({ timeout: WAIT_MS }), target.click()]);
+  assertEqual([page.url(), response.status()], [href, 200], "the linked document's URL and status");
+  const type = response.headers()["content-type"];
+  assert(type.startsWith("application/json"), `the linked document's type: ${type}`);
+  return await response.json();
 }
 
 /** Clicks `target` (a locator) and waits for the page it leads to. */
@@ -308,6 +330,7 @@ const PAGES = [
   "/auth",
   "/auth/rules",
   "/health",
+  "/usage",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -370,6 +393,9 @@ step("signing in as the admin lands on /services, which lists helloworld", async
   assertEqual(Number(cells[3]), 6, "helloworld's endpoints");
   // The core services are listed too.
   for (const core of ["auth", "registry", "store"]) await see(page, "tbody td a", new RegExp(`^${core}$`));
+  // The gateway's OpenAPI document of the namespace is linked.
+  const openapi = page.locator("p.openapi a");
+  assertEqual(await openapi.getAttribute("href"), `${API}/openapi.json`, "the namespace's OpenAPI link");
   await shot(page, "services");
 });
 
@@ -383,6 +409,11 @@ step("a service page lists its nodes and endpoints", async ({ page }) => {
   await see(page, "main li", /Greeter\.Stream\s+server stream/);
   await see(page, "main li", /Greeter\.Chat\s+bidi stream/);
   await shot(page, "service");
+  // The gateway's OpenAPI document of the service, linked: it describes helloworld's endpoints.
+  const doc = await openLinkedJson(page, page.locator("p.openapi a"), `${API}/openapi/helloworld.json`);
+  assertEqual(doc.info?.title, `helloworld (namespace ${NAMESPACE})`, "the document's title");
+  const paths = Object.keys(doc.paths ?? {});
+  assert(doc.paths?.["/helloworld/greeter/hello"]?.post, `no POST /helloworld/greeter/hello among ${paths}`);
   await visit(page, "/services/nosuchservice", 404);
   await see(page, "main p", "No service nosuchservice in micro.");
 });
@@ -470,7 +501,7 @@ step("at phone width the navigation shows and nothing overflows sideways", async
   for (const p of PAGES) {
     await visit(page, p);
     const links = page.locator('nav[aria-label="Sections"] a');
-    assertEqual(await links.count(), 7, `section links on ${p}`);
+    assertEqual(await links.count(), 8, `section links on ${p}`);
     for (const link of await links.all()) {
       assert(await link.isVisible(), `${await link.innerText()} is hidden on ${p}`);
       const box = await link.boundingBox();
@@ -757,7 +788,14 @@ step("events: a published event is listed; the live tail shows one published mea
   const seq = Number((await see(page, 'p.ok[role="status"]', /^Published event #\d+\.$/)).match(/\d+/)[0]);
   const row = page.locator(`tr#seq-${seq}`);
   const cells = await row.locator("td").allInnerTexts();
-  assertEqual(cells.slice(1, 3), ["o-1", "source=e2e"], "the event's key and metadata");
+  assertEqual(cells[1], "o-1", "the event's key");
+  // The metadata given, and the trace context the server stamps on every publish.
+  const metadata = cells[2].split(/\s+/).sort();
+  assertEqual(metadata[0], "source=e2e", "the event's metadata");
+  assert(
+    metadata.length === 2 && /^traceparent=00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/.test(metadata[1]),
+    `the event's metadata: ${JSON.stringify(cells[2])}`,
+  );
   assertEqual(JSON.parse(cells[3]), { order: 1, item: "teapot" }, "the event's payload");
   assertEqual(await row.getAttribute("aria-current"), "true", "the new event highlighted");
   // The live tail: an event published from another page arrives here.
@@ -924,6 +962,11 @@ step("isolation: a non-admin account gets 403 on auth, cannot switch, never sees
       await see(u, "main p", `You are signed in as ${user} of ${NAMESPACE}`);
     }
     await look(u, "auth-forbidden");
+    // So does the usage page (reading usage needs the admin scope).
+    await visit(u, "/usage", 403);
+    await see(u, '.error[role="alert"]', `403 Forbidden — only an admin of namespace ${NAMESPACE} can see its usage.`);
+    await see(u, "main p", `You are signed in as ${user} of ${NAMESPACE}`);
+    assertEqual(await u.locator("table").count(), 0, "usage tables shown to a non-admin");
     // Its own namespace's pages work and never show the other namespace's data.
     const own = ["/store", `/store/${NAMESPACE}`, "/config", "/events", "/events/e2e-leak", "/services", "/health"];
     for (const p of own) {
@@ -972,9 +1015,152 @@ step("health: helloworld answers as healthy, with its figures", async ({ page })
 });
 
 // ---------------------------------------------------------------------------------------
+// Usage: what the gateway and the proxy metered in the namespace.
+
+const FIGURES = ["Requests", "Bytes in", "Bytes out"];
+
+/** The usage table: its headings, its rows (cells by heading), its total row (the three
+ * figures by heading, and the label); no rows and no total when the page has no table. */
+async function usageTable(page) {
+  const table = page.locator("table.usage");
+  if ((await table.count()) === 0) return { headings: [], rows: [], total: null, label: null };
+  const read = (rows) => rows.evaluateAll((trs) => trs.map((tr) => [...tr.children].map((c) => c.innerText.trim())));
+  const headings = await table.locator("thead th").allInnerTexts();
+  const rows = (await read(table.locator("tbody tr"))).map((cells) =>
+    Object.fromEntries(headings.map((h, i) => [h, cells[i]])),
+  );
+  // The total's heading spans the grouping's columns: the figures are the last three cells.
+  const [footer] = await read(table.locator("tfoot tr"));
+  const total = Object.fromEntries(FIGURES.map((h, i) => [h, footer[footer.length - FIGURES.length + i]]));
+  return { headings, rows, total, label: footer[0] };
+}
+
+step("usage: a call is counted under its service, endpoint and status, with the total; bad choices are refused", async ({
+  page,
+}) => {
+  await login(page);
+  await visit(page, "/usage");
+  await see(page, "h1", "Usage");
+  // The defaults: the last 24 hours, grouped as `micro usage` groups.
+  assertEqual(await page.getByLabel("Window", { exact: true }).inputValue(), "24h", "the default window");
+  const checked = await page.locator('input[name="by"]:checked').evaluateAll((els) => els.map((e) => e.value));
+  assertEqual(checked, ["service", "endpoint", "status"], "the default grouping");
+  const hello = (t) =>
+    t.rows.find((r) => r.Service === "helloworld" && r.Endpoint === "Greeter.Hello" && r.Status === "2xx");
+  const before = Number(hello(await usageTable(page))?.Requests ?? 0);
+  // A call to count: Greeter.Hello from its form, through the proxy.
+  await visit(page, "/services/helloworld/Greeter.Hello");
+  await page.getByLabel("name", { exact: true }).fill("Usage");
+  await follow(page, page.getByRole("button", { name: "Call Greeter.Hello" }));
+  await see(page, REPLY, "Hello Usage");
+  // Shown once stored (every 2 s by default).
+  const deadline = Date.now() + 30_000;
+  let table;
+  for (;;) {
+    await visit(page, "/usage");
+    table = await usageTable(page);
+    if (Number(hello(table)?.Requests ?? 0) > before) break;
+    assert(Date.now() < deadline, `helloworld Greeter.Hello 2xx still shows ${before} requests after 30 s`);
+    await page.waitForTimeout(300);
+  }
+  assertEqual(table.headings, ["Service", "Endpoint", "Status", ...FIGURES], "the headings");
+  const row = hello(table);
+  assert(Number(row["Bytes in"]) > 0 && Number(row["Bytes out"]) > 0, `helloworld's bytes: ${JSON.stringify(row)}`);
+  assertEqual(table.label, "Total", "the last row");
+  for (const h of FIGURES) {
+    const sum = table.rows.reduce((n, r) => n + Number(r[h]), 0);
+    assertEqual(Number(table.total[h]), sum, `the total of ${h}, the sum of the rows`);
+  }
+  await look(page);
+  // For web.rs, which checks that `micro usage` prints the same figures.
+  const figures = { requests: Number(row.Requests), bytes_in: Number(row["Bytes in"]), bytes_out: Number(row["Bytes out"]) };
+  console.log(`usage row: ${JSON.stringify(figures)}`);
+  // Another window and grouping, from the form: by service, over the last hour.
+  await page.getByLabel("Window", { exact: true }).selectOption("1h");
+  for (const box of await page.locator('input[name="by"]').all()) {
+    await box.setChecked((await box.getAttribute("value")) === "service");
+  }
+  await follow(page, page.getByRole("button", { name: "Show" }));
+  const query = new URL(page.url()).searchParams;
+  assertEqual([query.get("since"), query.getAll("by")], ["1h", ["service"]], "the query");
+  assertEqual(await page.getByLabel("Window", { exact: true }).inputValue(), "1h", "the window, kept");
+  const byService = await usageTable(page);
+  assertEqual(byService.headings, ["Service", ...FIGURES], "the headings grouped by service");
+  const helloworld = byService.rows.find((r) => r.Service === "helloworld");
+  assert(Number(helloworld?.Requests) >= Number(row.Requests), `helloworld's calls: ${JSON.stringify(helloworld)}`);
+  await look(page, "usage");
+  // By account: the admin's calls (the dashboard calls as the signed-in account).
+  await visit(page, "/usage?since=1h&by=account");
+  const byAccount = await usageTable(page);
+  assertEqual(byAccount.headings, ["Account", ...FIGURES], "the headings grouped by account");
+  assert(byAccount.rows.some((r) => r.Account === ADMIN), `no row of ${ADMIN}: ${JSON.stringify(byAccount.rows)}`);
+  // Choices the form does not offer, asked for by URL: refused in words, nothing shown.
+  for (const [q, words] of [
+    ["since=forever", 'There is no window "forever": choose 1h, 24h, 7d or 30d.'],
+    ["by=service&by=namespace", 'Usage cannot be grouped by "namespace": choose service, endpoint, account or status.'],
+  ]) {
+    await visit(page, `/usage?${q}`, 400);
+    await see(page, '.error[role="alert"]', words);
+    assertEqual(await page.locator("table.usage").count(), 0, `usage tables for ${q}`);
+  }
+  await look(page);
+});
+
+// ---------------------------------------------------------------------------------------
+// TLS (`MICRO_TLS=auto`): the browser trusts the server's local CA, which web.rs adds to
+// the NSS database in E2E_BROWSER_HOME, as a user would add it to theirs.
+
+function needTls() {
+  if (!TLS) skip("the dashboard is not served over HTTPS (web.rs runs these steps against MICRO_TLS=auto)");
+}
+
+step("tls: signed in over HTTPS, the session cookie is Secure; the services page and its OpenAPI link load", async ({
+  page,
+  context,
+}) => {
+  needTls();
+  await login(page);
+  await see(page, "h1", "Services");
+  await see(page, "tbody td a", /^registry$/);
+  const cookies = await context.cookies(BASE);
+  const session = cookies.find((c) => c.name === "micro_session");
+  assert(session, `no session cookie among ${JSON.stringify(cookies.map((c) => c.name))}`);
+  const flags = [session.secure, session.httpOnly, session.sameSite];
+  assertEqual(flags, [true, true, "Strict"], "the session cookie's Secure, HttpOnly and SameSite");
+  // The gateway's document, over HTTPS too: its certificate is from the same CA.
+  assert(API.startsWith("https://"), `the gateway ${API} is not over HTTPS`);
+  const doc = await openLinkedJson(page, page.locator("p.openapi a"), `${API}/openapi.json`);
+  assertEqual(doc.info?.title, `Namespace ${NAMESPACE}`, "the document's title");
+});
+
+step("tls: a browser that does not trust the local CA refuses the dashboard", async () => {
+  needTls();
+  // A browser of its own whose HOME has no NSS database: it trusts the system's roots only.
+  const home = mkdtempSync(path.join(os.tmpdir(), "e2e-untrusting-"));
+  const untrusting = await launch(home);
+  try {
+    const page = await untrusting.newPage();
+    const error = await page.goto(BASE + "/login").then(
+      () => null,
+      (e) => e.message,
+    );
+    assert(error?.includes("net::ERR_CERT_AUTHORITY_INVALID"), `loading ${BASE}/login: ${error ?? "it loaded"}`);
+  } finally {
+    await untrusting.close();
+    rmSync(home, { recursive: true, force: true });
+  }
+});
+
+// ---------------------------------------------------------------------------------------
 // The runner.
 
-const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"] });
+/** Chromium, with `home` as its HOME (where it finds the NSS database of the CAs it trusts). */
+function launch(home) {
+  const env = home ? { ...process.env, HOME: home } : process.env;
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: ["--no-sandbox"], env });
+}
+
+const browser = await launch(BROWSER_HOME);
 setTimeout(() => {
   // playwright-core kills the browser on exit.
   console.log(`FAILED  the run: it took longer than ${RUN_TIMEOUT_MS} ms`);
@@ -995,7 +1181,11 @@ for (const { name, fn } of steps) {
     // A refused asset or a CSP violation shows here. So does the status of a page that is
     // an error on purpose (401 sign-in, 400 call): the steps check those themselves.
     const pageStatus = /^Failed to load resource: .*status of [45]\d\d/.test(m.text()) && m.location().url === page.url();
-    if (m.type() === "error" && !pageStatus) errors.push(`console: ${m.text()} (${m.location().url})`);
+    // A document the dashboard links on another origin (the gateway's OpenAPI JSON) makes
+    // the browser ask that origin for /favicon.ico, which it need not have.
+    const at = new URL(m.location().url || BASE);
+    const foreignIcon = at.origin !== new URL(BASE).origin && at.pathname === "/favicon.ico";
+    if (m.type() === "error" && !pageStatus && !foreignIcon) errors.push(`console: ${m.text()} (${m.location().url})`);
   });
   let timer;
   try {

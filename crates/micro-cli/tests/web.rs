@@ -2,7 +2,9 @@
 //! dir, the helloworld example registered with it, and `tests/web/e2e.mjs` driving
 //! Debian's chromium through playwright-core (both installed by `scripts/browser-setup`).
 //! Without them the test skips with a notice, except in CI
-//! (`MICRO_TEST_REQUIRE_BACKENDS`), where it fails.
+//! (`MICRO_TEST_REQUIRE_BACKENDS`), where it fails. A second, short run drives the
+//! dashboard of a server with `MICRO_TLS=auto` over HTTPS, the browser trusting the CA
+//! the server printed (the script's `tls: …` steps).
 //!
 //! `E2E_SCREENSHOTS=dir` (see `scripts/screenshots`) makes the script save every page it
 //! visits; `E2E_ONLY=regex` runs only some of its steps.
@@ -31,16 +33,21 @@ fn node_modules() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("the target dir").join("web-e2e/node_modules")
 }
 
-/// Whether chromium, node and playwright-core are there; without them the test skips with
+/// Whether chromium, node, playwright-core and certutil are there; without them the test skips with
 /// a notice, except under `MICRO_TEST_REQUIRE_BACKENDS`, where it fails.
 fn browser_ready() -> bool {
-    let node = Command::new("node").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let run =
+        |program: &str, arg: &str| Command::new(program).arg(arg).stdout(Stdio::null()).stderr(Stdio::null()).status();
     let missing = if !Path::new(CHROMIUM).exists() {
         Some(CHROMIUM.to_string())
-    } else if !node.is_ok_and(|s| s.success()) {
+    } else if !run("node", "--version").is_ok_and(|s| s.success()) {
         Some("node".to_string())
     } else if !node_modules().join("playwright-core/package.json").exists() {
         Some(format!("playwright-core in {}", node_modules().display()))
+    } else if run("certutil", "-H").is_err() {
+        // Makes the NSS database through which the TLS run's browser trusts the server's CA
+        // (its help exits non-zero: that it starts is enough).
+        Some("certutil (libnss3-tools)".to_string())
     } else {
         None
     };
@@ -89,6 +96,32 @@ fn ticker_repo() -> Option<(tempfile::TempDir, String)> {
     Some((dir, url))
 }
 
+/// Runs `tests/web/e2e.mjs` with `env` (on top of the browser's paths); returns what it
+/// printed, once it passed.
+async fn e2e(env: &[(&str, &str)]) -> String {
+    let started = Instant::now();
+    let mut node = tokio::process::Command::new("node");
+    node.arg(repo_root().join("tests/web/e2e.mjs"))
+        .current_dir(repo_root())
+        .env("NODE_PATH", node_modules())
+        .env("E2E_CHROMIUM", CHROMIUM)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(SCRIPT_TIMEOUT, node.output())
+        .await
+        .unwrap_or_else(|_| panic!("tests/web/e2e.mjs ran longer than {SCRIPT_TIMEOUT:?}"))
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "tests/web/e2e.mjs failed ({}):\n{stdout}\n{stderr}", out.status);
+    eprintln!("tests/web/e2e.mjs ({:.1?}):\n{stdout}", started.elapsed());
+    assert!(stdout.contains(" passed, 0 failed"), "no summary from tests/web/e2e.mjs:\n{stdout}\n{stderr}");
+    stdout
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_in_a_real_browser() {
     if !browser_ready() {
@@ -99,29 +132,69 @@ async fn dashboard_in_a_real_browser() {
     let _helloworld = server.helloworld().await;
 
     let ticker = ticker_repo();
-
-    let started = Instant::now();
-    let mut node = tokio::process::Command::new("node");
-    node.arg(repo_root().join("tests/web/e2e.mjs"))
-        .current_dir(repo_root())
-        .env("NODE_PATH", node_modules())
-        .env("E2E_URL", format!("http://{}", server.web))
-        .env("E2E_ADMIN_PASSWORD", &server.admin_password)
-        .env("E2E_CHROMIUM", CHROMIUM)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let (web, api) = (format!("http://{}", server.web), format!("http://{}", server.api));
+    let mut env = vec![("E2E_URL", web.as_str()), ("E2E_API_URL", api.as_str())];
+    env.push(("E2E_ADMIN_PASSWORD", server.admin_password.as_str()));
     if let Some((_, url)) = &ticker {
-        node.env("E2E_RUNTIME_SOURCE", url);
+        env.push(("E2E_RUNTIME_SOURCE", url.as_str()));
     }
-    let out = tokio::time::timeout(SCRIPT_TIMEOUT, node.output())
-        .await
-        .unwrap_or_else(|_| panic!("tests/web/e2e.mjs ran longer than {SCRIPT_TIMEOUT:?}"))
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "tests/web/e2e.mjs failed ({}):\n{stdout}\n{stderr}", out.status);
-    eprintln!("tests/web/e2e.mjs ({:.1?}):\n{stdout}", started.elapsed());
-    assert!(stdout.contains(" passed, 0 failed"), "no summary from tests/web/e2e.mjs:\n{stdout}\n{stderr}");
+    let stdout = e2e(&env).await;
+
+    // The usage page showed helloworld's Greeter.Hello (2xx) as `micro usage` prints it
+    // (nothing calls it after that step).
+    let Some(shown) = stdout.lines().find_map(|l| l.strip_prefix("usage row: ")) else {
+        assert!(std::env::var_os("E2E_ONLY").is_some(), "the usage step printed no row:\n{stdout}");
+        return;
+    };
+    let shown: serde_json::Value = serde_json::from_str(shown).unwrap();
+    let cli = server.admin_cli().await;
+    let usage = cli.json(&["usage", "--since", "24h", "--by", "service,endpoint,status", "-o", "json"]).await;
+    let row = usage["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["service"] == "helloworld" && r["endpoint"] == "Greeter.Hello" && r["status"] == "2xx")
+        .unwrap_or_else(|| panic!("micro usage has no row of helloworld Greeter.Hello 2xx: {usage}"));
+    let printed = serde_json::json!({
+        "requests": row["requests"], "bytes_in": row["bytes_in"], "bytes_out": row["bytes_out"]
+    });
+    assert_eq!(printed, shown, "micro usage and the usage page");
+}
+
+/// `MICRO_TLS=auto`: the dashboard over HTTPS in a browser that trusts the local CA the
+/// server printed, as its user would make theirs: the CA added to an NSS database (the
+/// store chromium reads on Linux: `$HOME/.pki/nssdb`) of a HOME made for the browser.
+/// Nothing is waived: no `--ignore-certificate-errors`, no pinned key; the script checks
+/// that a browser without the database refuses the certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_over_tls_in_a_real_browser() {
+    if !browser_ready() {
+        return;
+    }
+    let server = ServerProcess::builder(binary(env!("CARGO_BIN_EXE_micro"))).env("MICRO_TLS", "auto").start();
+    let ca = server.data_dir().join("tls").join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    assert!(server.output().contains(&format!("TLS by the local CA {ca}")), "{}", server.output());
+
+    let home = tempfile::tempdir().unwrap();
+    let db = home.path().join(".pki/nssdb");
+    std::fs::create_dir_all(&db).unwrap();
+    let db = format!("sql:{}", db.display());
+    let steps: [&[&str]; 2] =
+        [&["-N", "-d", &db, "--empty-password"], &["-A", "-d", &db, "-n", "micro local CA", "-t", "C,,", "-i", ca]];
+    for args in steps {
+        let out = Command::new("certutil").args(args).output().unwrap();
+        assert!(out.status.success(), "certutil {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    let (web, api) = (format!("https://{}", server.web), format!("https://{}", server.api));
+    let env = [
+        ("E2E_URL", web.as_str()),
+        ("E2E_API_URL", api.as_str()),
+        ("E2E_ADMIN_PASSWORD", server.admin_password.as_str()),
+        ("E2E_BROWSER_HOME", home.path().to_str().unwrap()),
+        ("E2E_ONLY", "^tls: "),
+    ];
+    let stdout = e2e(&env).await;
+    assert!(stdout.contains("e2e: 2 passed, 0 failed, 0 skipped"), "{stdout}");
 }

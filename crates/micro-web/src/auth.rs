@@ -111,28 +111,9 @@ async fn list_rules(page: &Page) -> Result<Vec<pb::Rule>, Status> {
 }
 
 /// The page for a list that could not be read: a clear 403 for accounts without the
-/// admin scope, the error otherwise.
+/// admin scope ([`html::refused`]), the error otherwise.
 fn refused(page: &Page, title: &str, e: &Status) -> Response<Body> {
-    let ns = &page.session.namespace;
-    let body = html! {
-        (tabs(title))
-        @match e.code() {
-            Code::PermissionDenied => {
-                div.error role="alert" {
-                    strong { "403 Forbidden" } " — only an admin of namespace " code { (ns) } " can see and change its accounts and rules."
-                }
-                p {
-                    "You are signed in as " strong { (page.session.account) } " of " code { (page.session.home) }
-                    ", which does not hold the " code { "admin" } " scope here. Ask an admin, or sign in as one."
-                }
-            }
-            Code::Unauthenticated => {
-                (html::error(e))
-                p { "Your sign-in is no longer accepted. " a href="/login" { "Sign in again" } "." }
-            }
-            _ => { (html::error(e)) }
-        }
-    };
+    let body = html! { (tabs(title)) (html::refused(page, e, "see and change its accounts and rules")) };
     page_response(super::status_code(e), html::layout(page, title, "auth", body))
 }
 

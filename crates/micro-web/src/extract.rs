@@ -24,6 +24,11 @@ pub(crate) struct Page {
     /// The path below the section, split at `/`, each segment decoded.
     pub(crate) rest: Vec<String>,
     pub(crate) query: Vec<(String, String)>,
+    /// The host and port the browser reached the dashboard at (HTTP/2's `:authority`, else
+    /// `Host`), as it named them, when they form a valid authority.
+    pub(crate) host: Option<http::uri::Authority>,
+    /// Whether the browser came over HTTPS ([`secure`]).
+    pub(crate) secure: bool,
 }
 
 impl Page {
@@ -51,18 +56,23 @@ impl FromRequestParts<Web> for Page {
             }
         }
         let query = parts.uri.query().map(parse_form).unwrap_or_default();
+        let host = parts.uri.authority().cloned().or_else(|| {
+            let h = parts.headers.get(header::HOST)?;
+            http::uri::Authority::try_from(h.as_bytes()).ok()
+        });
+        let secure = secure(&parts.headers);
         let mut rest = Vec::new();
         for segment in parts.uri.path().split('/').filter(|s| !s.is_empty()).skip(1) {
             match micro::form::unescape(segment) {
                 Ok(s) => rest.push(s),
                 Err(e) => {
-                    let page = Page { web: web.clone(), session, rest: Vec::new(), query };
+                    let page = Page { web: web.clone(), session, rest: Vec::new(), query, host, secure };
                     let markup = html::message(&page, "Bad request", e.detail());
                     return Err(page_response(StatusCode::BAD_REQUEST, markup));
                 }
             }
         }
-        Ok(Page { web: web.clone(), session, rest, query })
+        Ok(Page { web: web.clone(), session, rest, query, host, secure })
     }
 }
 

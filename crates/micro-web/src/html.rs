@@ -12,6 +12,7 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
     ("events", "Events"),
     ("auth", "Auth"),
     ("health", "Health"),
+    ("usage", "Usage"),
 ];
 
 fn head(title: &str) -> Markup {
@@ -143,6 +144,32 @@ pub(crate) fn error(status: &micro_core::Status) -> Markup {
         div.error role="alert" {
             strong { (status.http_status()) " " (micro_core::reason(status.http_status())) }
             " — " (status.detail())
+        }
+    }
+}
+
+/// Why a page only the namespace's admins may see was refused: for an account without
+/// the admin scope, a 403 that says what the admins may do (`what`: "see its usage") and
+/// who the account is; for a token no longer accepted, a way to sign in again; otherwise
+/// the error.
+pub(crate) fn refused(page: &Page, e: &micro_core::Status, what: &str) -> Markup {
+    let s = &page.session;
+    html! {
+        @match e.code() {
+            micro_core::Code::PermissionDenied => {
+                div.error role="alert" {
+                    strong { "403 Forbidden" } " — only an admin of namespace " code { (s.namespace) } " can " (what) "."
+                }
+                p {
+                    "You are signed in as " strong { (s.account) } " of " code { (s.home) }
+                    ", which does not hold the " code { "admin" } " scope here. Ask an admin, or sign in as one."
+                }
+            }
+            micro_core::Code::Unauthenticated => {
+                (error(e))
+                p { "Your sign-in is no longer accepted. " a href="/login" { "Sign in again" } "." }
+            }
+            _ => { (error(e)) }
         }
     }
 }

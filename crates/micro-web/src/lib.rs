@@ -6,7 +6,9 @@
 //! does exactly what the namespace's rules allow that account, nothing more. It knows
 //! nothing of the server's insides: `micro server` hands it the proxy's address, a
 //! [`micro::Transport`] that reaches that proxy in-process, a shutdown signal and the
-//! proxy's [`micro::edge::EdgeKey`].
+//! proxy's [`micro::edge::EdgeKey`]. The gateway, whose OpenAPI documents the services
+//! pages link, it finds as any client would: by the registry's record of the core service
+//! `api`.
 //!
 //! Sessions live in memory (a random id in an `HttpOnly`, `SameSite=Strict` cookie); every
 //! form that changes something carries the session's CSRF token, checked on submit.
@@ -27,6 +29,7 @@ mod auth;
 mod config;
 mod events;
 mod extract;
+mod gateway;
 mod health;
 mod html;
 mod runtime;
@@ -34,6 +37,7 @@ mod services;
 mod session;
 mod signin;
 mod store;
+mod usage;
 
 use axum::Router;
 use axum::body::Body;
@@ -177,7 +181,7 @@ impl Web {
                     .fallback(extract::fallback)
             };
         }
-        let sections: [(&str, MethodRouter<Web>); 7] = [
+        let sections: [(&str, MethodRouter<Web>); 8] = [
             ("services", section!(services)),
             ("runtime", section!(runtime)),
             ("store", section!(store)),
@@ -185,6 +189,7 @@ impl Web {
             ("events", section!(events)),
             ("auth", section!(auth)),
             ("health", section!(health)),
+            ("usage", section!(usage)),
         ];
         let mut router = Router::new()
             .route("/login", get(signin::page).post(signin::login).fallback(extract::fallback))
@@ -335,6 +340,16 @@ mod tests {
         assert_eq!(send(&router, "GET", "/logout", c, "").await.status(), StatusCode::NOT_FOUND);
         assert_eq!(send(&router, "PUT", "/services", c, "").await.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(send(&router, "GET", "/services/%zz", c, "").await.status(), StatusCode::BAD_REQUEST);
+        // A window or a grouping the usage page does not offer is refused in words, before any call.
+        for (uri, words) in [
+            ("/usage?since=2w", "There is no window &quot;2w&quot;"),
+            ("/usage?by=service,%3Cscript%3E", "cannot be grouped by &quot;&lt;script&gt;&quot;"),
+        ] {
+            let r = send(&router, "GET", uri, c, "").await;
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{uri}");
+            let page = String::from_utf8(axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap().to_vec()).unwrap();
+            assert!(page.contains(words) && !page.contains("<script>"), "{uri}: {page}");
+        }
         // Every form needs the session's CSRF token, checked before anything else.
         for uri in ["/services/a/b", "/store/db/t", "/auth/accounts", "/namespace", "/logout", "/nope"] {
             assert_eq!(send(&router, "POST", uri, c, "_csrf=wrong").await.status(), StatusCode::FORBIDDEN, "{uri}");

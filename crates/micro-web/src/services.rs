@@ -1,6 +1,9 @@
 //! Services: the list, one service's nodes and endpoints, and an endpoint page with a
 //! form made from its request schema (or raw JSON) that calls it as the signed-in account.
+//! The list and a service's page link the gateway's OpenAPI document of the namespace and
+//! of the service ([`gateway`]).
 
+use super::gateway::{self, Gateway};
 use super::html::{self, csrf};
 use super::{Form, Page, encode, page_response};
 use axum::body::Body;
@@ -40,7 +43,8 @@ pub(crate) async fn post(page: &Page, form: &Form) -> Response<Body> {
 }
 
 async fn list(page: &Page) -> Response<Body> {
-    let all = match services(page).await {
+    let (all, gateway) = tokio::join!(services(page), Gateway::of(page));
+    let all = match all {
         Ok(s) => s,
         Err(e) => return failed(page, "Services", &e),
     };
@@ -67,18 +71,21 @@ async fn list(page: &Page) -> Response<Body> {
                 }
             }
         }
+        (gateway::openapi(page, gateway.as_ref(), None))
     };
     page_response(StatusCode::OK, html::layout(page, "Services", "services", body))
 }
 
 async fn one(page: &Page, name: &str) -> Response<Body> {
-    let versions = match service(page, name).await {
+    let (versions, gateway) = tokio::join!(service(page, name), Gateway::of(page));
+    let versions = match versions {
         Ok(v) if !v.is_empty() => v,
         Ok(_) => return missing(page, name),
         Err(e) if e.code() == micro_core::Code::NotFound => return missing(page, name),
         Err(e) => return failed(page, name, &e),
     };
     let body = html! {
+        (gateway::openapi(page, gateway.as_ref(), Some(name)))
         @for v in &versions {
             h2 { "Version " (if v.version.is_empty() { "-" } else { &v.version }) }
             @if !v.metadata.is_empty() {

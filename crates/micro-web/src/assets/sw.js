@@ -1,6 +1,6 @@
 // Micro dashboard service worker: caches the static assets so the app shell opens fast
 // and installs; pages and data always come from the server.
-const CACHE = "micro-v1";
+const CACHE = "micro-v2";
 const ASSETS = ["/assets/app.css", "/assets/app.js", "/assets/icon.svg", "/manifest.webmanifest"];
 self.addEventListener("install", (e) => e.waitUntil(caches.open(CACHE).then((c) => c.addAll(ASSETS))));
 self.addEventListener("activate", (e) =>
