@@ -270,6 +270,24 @@ async fn usage_is_metered_per_namespace_and_read_with_the_cli() {
     assert!(admin.error(&["usage", "--since", "1h", "--until", "2h"]).await.contains("before"));
 }
 
+/// A service `name` in `micro` whose `Counter.Next` answers with how many times it was
+/// called: the count, and the running service.
+async fn counter(s: &TestServer, name: &str) -> (std::sync::Arc<std::sync::atomic::AtomicU64>, micro::Running) {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = calls.clone();
+    let running = s
+        .service("micro", name)
+        .await
+        .handle("Counter.Next", move |_: micro::Context, _: serde_json::Value| {
+            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            async move { Ok(serde_json::json!({ "n": n })) }
+        })
+        .start()
+        .await
+        .expect("the counter service starts");
+    (calls, running)
+}
+
 /// `micro cache`: a rule keeps a service's GET answers at the gateway (one answer per
 /// caller, per query and per `vary` header); POSTs, cookies and `Cache-Control: no-cache`
 /// go to the service; a purge and a deleted rule take effect within a second; malformed
@@ -280,19 +298,7 @@ async fn responses_are_cached_by_rule_and_purged_with_the_cli() {
     let cli = Cli::new(env!("CARGO_BIN_EXE_micro"), &s.proxy());
     let password = std::fs::read_to_string(s.dir.path().join(micro_server::ADMIN_PASSWORD_FILE)).unwrap();
     cli.ok(&["login", "--password", password.trim()]).await;
-    // A service that answers with how many times it was called.
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counted = calls.clone();
-    let counter = s
-        .service("micro", "counter")
-        .await
-        .handle("Counter.Next", move |_: micro::Context, _: serde_json::Value| {
-            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            async move { Ok(serde_json::json!({ "n": n })) }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (calls, counter) = counter(&s, "counter").await;
 
     for (args, why) in [
         (vec!["--ttl", "soon", "--service", "counter"], "whole number"),
@@ -485,19 +491,8 @@ async fn cached_answers_and_rate_limits_are_shared_by_nodes_through_redis() {
     let (a, b) = (start().await, start().await);
     let cli = Cli::new(env!("CARGO_BIN_EXE_micro"), &a.proxy());
     cli.ok(&["login", "--password", "edge-admin-password"]).await;
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counted = calls.clone();
     let name = format!("counter{}", std::process::id());
-    let counter = a
-        .service("micro", &name)
-        .await
-        .handle("Counter.Next", move |_: micro::Context, _: serde_json::Value| {
-            let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-            async move { Ok(serde_json::json!({ "n": n })) }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (calls, counter) = counter(&a, &name).await;
     let path = format!("/{name}/counter/next");
     // Behind a balancer every node sees the same host.
     let get = |node: &TestServer| {

@@ -16,8 +16,9 @@ use std::time::Duration;
 const NOT_JSON: [&str; 3] = ["server", "service", "completion"];
 
 /// Commands whose JSON needs a component this test does not run: `domain renew` needs an
-/// ACME server (tests/tls.rs runs it with `-o json` against pebble).
-const ELSEWHERE: [&str; 1] = ["domain renew"];
+/// ACME server (tests/tls.rs runs it with `-o json` against pebble), `cluster token` a
+/// TLS cluster (tests/attacks/cluster.rs runs it with `-o json`).
+const ELSEWHERE: [&str; 2] = ["domain renew", "cluster token"];
 
 /// The leaf commands of `micro` (like `auth create account`), from its help.
 fn commands(micro: &std::path::Path, path: &[String]) -> Vec<String> {

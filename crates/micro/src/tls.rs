@@ -33,6 +33,25 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The servers' provider: [`provider`] with AES-128-GCM first. Servers pick by their own
+/// order, so a handshake's key schedule runs on SHA-256, which CPUs accelerate, instead
+/// of SHA-384 (the ring provider's first choice, and most clients'), which they do not:
+/// about a tenth of a full handshake's CPU on the benchmark machine (docs/BENCHMARKS.md,
+/// E2). AES-128-GCM is what Go's and Caddy's servers prefer as well.
+fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::CipherSuite::{
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS13_AES_128_GCM_SHA256,
+    };
+    let mut p = rustls::crypto::ring::default_provider();
+    let first = |s: &rustls::SupportedCipherSuite| {
+        ![TLS13_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]
+            .contains(&s.suite())
+    };
+    // A stable sort: the preferred ones first, the rest in the provider's order.
+    p.cipher_suites.sort_by_key(first);
+    Arc::new(p)
+}
+
 /// The certificates of a PEM text (`what` names it in errors).
 pub fn certificates_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, Status> {
     let certs: Vec<_> = CertificateDer::pem_slice_iter(pem)
@@ -69,12 +88,13 @@ pub fn certified_pem(chain: &[u8], key: &[u8], what: &str) -> Result<CertifiedKe
 /// A server config whose certificates `resolver` picks (by SNI, say), offering HTTP/2
 /// and HTTP/1.1 by ALPN.
 pub fn server_config_with(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<rustls::ServerConfig>, Status> {
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(server_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Status::internal("tls", e.to_string()))?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
@@ -94,12 +114,13 @@ pub fn server_config_verifying_clients(
         .allow_unauthenticated()
         .build()
         .map_err(|e| bad(format!("client verifier: {e}")))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_provider(server_provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Status::internal("tls", e.to_string()))?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
@@ -247,6 +268,13 @@ mod tests {
         std::fs::write(dir.path().join("cert.pem"), "-----BEGIN CERTIFICATE-----\nAAAA").unwrap();
         std::thread::sleep(RECHECK + Duration::from_millis(100));
         assert_eq!(certs.current().cert[0].as_ref(), second.as_slice(), "kept");
+    }
+
+    #[test]
+    fn servers_prefer_aes_128_gcm() {
+        let p = server_provider();
+        assert_eq!(p.cipher_suites[0].suite(), rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        assert_eq!(p.cipher_suites.len(), provider().cipher_suites.len(), "none dropped");
     }
 
     #[test]
