@@ -56,11 +56,12 @@ pub(crate) enum Command {
         /// [env: MICRO_TLS; default off].
         #[arg(long)]
         tls: Option<String>,
-        /// Join a cluster through this node's proxy (host:port), with --join-token
-        /// [env: MICRO_JOIN].
+        /// Join a cluster through this node's proxy (host:port), with the token of
+        /// MICRO_JOIN_TOKEN (or --join-token) [env: MICRO_JOIN].
         #[arg(long)]
         join: Option<String>,
-        /// The one-time token from `micro cluster token` [env: MICRO_JOIN_TOKEN].
+        /// The one-time token from `micro cluster token` [env: MICRO_JOIN_TOKEN, which
+        /// keeps it off the command line other users can read].
         #[arg(long)]
         join_token: Option<String>,
     },
@@ -425,7 +426,14 @@ async fn dispatch(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Server { api_address, proxy_address, web_address, data_dir, config, tls, join, join_token } => {
-            let mut cfg = micro_server::Config::from_env(|k| std::env::var(k).ok(), config.as_deref())?;
+            // --join and --join-token stand for their variables (so the token may come
+            // from the environment and the address from the flag).
+            let lookup = |k: &str| match k {
+                "MICRO_JOIN" if join.is_some() => join.clone(),
+                "MICRO_JOIN_TOKEN" if join_token.is_some() => join_token.clone(),
+                _ => std::env::var(k).ok(),
+            };
+            let mut cfg = micro_server::Config::from_env(lookup, config.as_deref())?;
             if let Some(a) = api_address {
                 cfg.api_address = a;
             }
@@ -440,13 +448,6 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
             if let Some(t) = tls {
                 cfg.tls = t.parse().map_err(|e| anyhow!("--tls {e}"))?;
-            }
-            match (join, join_token) {
-                (Some(address), Some(token)) => {
-                    cfg.join = Some(micro_server::Join { address, token: micro_server::Secret(token) })
-                }
-                (None, None) => {}
-                _ => anyhow::bail!("--join and --join-token go together"),
             }
             micro_server::private_files();
             // Listening before the banner: a SIGTERM right after it still drains.

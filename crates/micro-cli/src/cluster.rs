@@ -55,7 +55,7 @@ pub(crate) async fn cluster(c: &Ctx, cmd: ClusterCmd) -> Result<()> {
                 .into_inner();
             let address = c.address.strip_prefix("https://").unwrap_or(&c.address);
             let text = format!(
-                "{}\n\nOn the new machine, once, before it expires (Unix time {}):\n  micro server --tls auto --join {address} --join-token {}",
+                "{}\n\nOn the new machine, once, before it expires (Unix time {}):\n  MICRO_JOIN_TOKEN={} micro server --tls auto --join {address}\n(in the environment, not a flag: a command line is visible to every user of the machine)",
                 reply.token, reply.expires, reply.token
             );
             output::done(

@@ -361,6 +361,15 @@ async fn responses_are_cached_by_rule_and_purged_with_the_cli() {
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(get(vec![], next).await, (10, None));
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 10);
+    // The core's answers are never kept, even under a rule for everything.
+    cli.ok(&["cache", "set", "all", "--route", "/", "--ttl", "1m"]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    for _ in 0..2 {
+        let r = micro_test::http(&api, "GET", "/registry/registry/listservices", &[], b"").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(!r.head.to_lowercase().contains("x-cache"), "{}", r.head);
+    }
+    cli.ok(&["cache", "delete", "all"]).await;
 
     // Every request is metered, those the cache answered too.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
@@ -529,6 +538,28 @@ async fn cached_answers_and_rate_limits_are_shared_by_nodes_through_redis() {
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let (_, n, cache, head) = get(&a).await;
     assert_eq!((n, cache.as_deref()), (Some(2), Some("HIT")), "{head}");
+    // Whoever can write to Redis but has not the server key cannot plant an answer: an
+    // answer A shared, altered in Redis, is refused by B, which asks the service.
+    let before = redis_keys(&redis, "micro:cache:micro:*").await;
+    let poison = |node: &TestServer| {
+        let (api, path) = (node.api(), path.clone());
+        async move { micro_test::http(&api, "GET", &path, &[("host", "poison.example")], b"").await.json()["n"].as_u64() }
+    };
+    assert_eq!(poison(&a).await, Some(3));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let key = loop {
+        if let Some(k) = redis_keys(&redis, "micro:cache:micro:*").await.into_iter().find(|k| !before.contains(k)) {
+            break k;
+        }
+        assert!(std::time::Instant::now() < deadline, "A shares the answer");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let mut kept = redis_command(&redis, &[b"GET", key.as_bytes()]).await.expect("the shared answer");
+    assert!(kept.ends_with(b"{\"n\":3}"), "{}", String::from_utf8_lossy(&kept));
+    let len = kept.len();
+    kept[len - 2] = b'7';
+    redis_command(&redis, &[b"SET", key.as_bytes(), &kept, b"PX", b"30000"]).await;
+    assert_eq!(poison(&b).await, Some(4), "the altered answer is not served");
     cli.ok(&["cache", "delete", "next"]).await;
 
     // Four a minute for each client address, wherever its requests land.
@@ -553,4 +584,64 @@ async fn cached_answers_and_rate_limits_are_shared_by_nodes_through_redis() {
     a.server.stop().await;
     b.server.stop().await;
     schema.drop().await;
+}
+
+/// Sends one command to the Redis at `url` (`redis://host:port`) in RESP; returns a bulk
+/// reply's bytes (`None` for a nil or a status reply).
+async fn redis_command(url: &str, args: &[&[u8]]) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("redis://").split('/').next().expect("host:port");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("Redis answers");
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a);
+        req.extend_from_slice(b"\r\n");
+    }
+    conn.write_all(&req).await.expect("sent");
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 65536];
+        let n = conn.read(&mut chunk).await.expect("a reply");
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(2).position(|w| w == b"\r\n") else { continue };
+        match buf[0] {
+            b'$' => {
+                let len: i64 = std::str::from_utf8(&buf[1..end]).expect("a length").parse().expect("a length");
+                if len < 0 {
+                    return None;
+                }
+                let (start, len) = (end + 2, len as usize);
+                if buf.len() >= start + len + 2 {
+                    return Some(buf[start..start + len].to_vec());
+                }
+            }
+            _ => return None,
+        }
+        if n == 0 {
+            return None;
+        }
+    }
+}
+
+/// The keys of the Redis at `url` matching `pattern` (a small listing, for tests).
+async fn redis_keys(url: &str, pattern: &str) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("redis://").split('/').next().expect("host:port");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("Redis answers");
+    let req = format!("*2\r\n$4\r\nKEYS\r\n${}\r\n{pattern}\r\n", pattern.len());
+    conn.write_all(req.as_bytes()).await.expect("sent");
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 65536];
+        let n = conn.read(&mut chunk).await.expect("a reply");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let mut lines = text.split("\r\n");
+        let count: usize = lines.next().and_then(|l| l.strip_prefix('*')).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let keys: Vec<String> = lines.skip(1).step_by(2).take(count).map(str::to_string).collect();
+        if keys.len() == count && text.ends_with("\r\n") || n == 0 {
+            return keys.into_iter().filter(|k| !k.is_empty()).collect();
+        }
+    }
 }

@@ -38,6 +38,24 @@ return {1, math.floor((limit - ahead) / period), 0}
     )
 });
 
+/// Keeps ARGV[1] under KEYS[1] for ARGV[2] ms, unless the bytes kept under the counter
+/// KEYS[2] (reset a day after it starts) would pass ARGV[4] with ARGV[3] more; 1 when kept.
+static PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local size = tonumber(ARGV[3])
+local used = redis.call('INCRBY', KEYS[2], size)
+if used == size then redis.call('PEXPIRE', KEYS[2], 86400000) end
+if used > tonumber(ARGV[4]) then
+  redis.call('DECRBY', KEYS[2], size)
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#,
+    )
+});
+
 /// The outcome of taking a cell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Take {
@@ -89,17 +107,20 @@ impl RedisEdge {
             .map_err(|e| redis_error(ID, e))
     }
 
-    /// Keeps `value` as the cached answer `key` for `ttl`.
-    pub async fn put(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), Status> {
-        let () = redis::cmd("SET")
-            .arg(format!("micro:cache:{key}"))
+    /// Keeps `value` as the cached answer `key` for `ttl`, counted against `budget`
+    /// bytes a day for `owner` (a namespace); whether it was kept (not over budget).
+    pub async fn put(&self, key: &str, value: &[u8], ttl: Duration, owner: &str, budget: u64) -> Result<bool, Status> {
+        let kept: i64 = PUT
+            .key(format!("micro:cache:{key}"))
+            .key(format!("micro:cache-bytes:{owner}"))
             .arg(value)
-            .arg("PX")
             .arg((ttl.as_millis() as u64).max(1))
-            .query_async(&mut self.redis.conn())
+            .arg(value.len())
+            .arg(budget)
+            .invoke_async(&mut self.redis.conn())
             .await
             .map_err(|e| redis_error(ID, e))?;
-        Ok(())
+        Ok(kept == 1)
     }
 }
 
@@ -134,9 +155,12 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(b.take(&fast, Duration::from_millis(50), 1).await.unwrap().allowed);
 
-        a.put(&key, b"answer", Duration::from_millis(200)).await.unwrap();
+        assert!(a.put(&key, b"answer", Duration::from_millis(200), &key, 10).await.unwrap());
         assert_eq!(b.get(&key).await.unwrap().as_deref(), Some(&b"answer"[..]));
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(b.get(&key).await.unwrap(), None);
+        // The owner's budget (10 bytes) is spent: nothing more is kept.
+        assert!(!a.put(&format!("{key}:2"), b"answer", Duration::from_secs(5), &key, 10).await.unwrap());
+        assert_eq!(b.get(&format!("{key}:2")).await.unwrap(), None);
     }
 }

@@ -198,12 +198,8 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         Some(n) => Some(crate::cluster::node_transport(n)?),
         None => None,
     };
-    let cluster_service = crate::cluster::ClusterService {
-        store: auth_store.clone(),
-        sync: sync.clone(),
-        ca_fingerprint,
-        backends: config.backends.clone(),
-    };
+    let cluster_service =
+        crate::cluster::ClusterService { store: auth_store.clone(), ca_fingerprint, backends: config.backends.clone() };
     let auth = crate::auth::AuthService::open(auth_store, &config.data_dir, &server_key)?;
     auth.bootstrap(&config.data_dir, config.admin_password.clone().map(|s| s.0)).await?;
     auth.share_keys().await?;
@@ -410,7 +406,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     // With Redis, the gateways of a cluster share rate-limit buckets and cached answers.
     let edge = shared.edge().await?;
     let limits = crate::ratelimit::RateLimits::new(config_backend.clone(), edge.clone());
-    let cache = crate::cache::Cache::new(config_backend.clone(), config.cache_size, edge);
+    let cache = crate::cache::Cache::new(config_backend.clone(), config.cache_size, edge.map(|e| (e, server_key)));
     // Gauges, read at each scrape of the gateway's /metrics.
     {
         let (runtime, cache) = (runtime.clone(), cache.clone());
@@ -467,23 +463,28 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     let config_acme_alpn = config.acme.as_ref().is_some_and(|a| a.challenge == crate::AcmeChallenge::TlsAlpn01);
     let (tls_config, proxy_tls) = match &tls {
         Some(t) => {
-            let node = t.node.as_ref().map(|n| n.certs.clone());
-            let sni = Arc::new(crate::acme::Sni {
-                default: t.certs.clone(),
-                domains: domain_certs.clone(),
-                challenges: challenge_certs.clone(),
-                node,
-            });
-            let mut config = micro::tls::server_config_with(sni.clone()).map_err(Error::Service)?;
+            let sni = |node: Option<Arc<micro::tls::Certificates>>| {
+                Arc::new(crate::acme::Sni {
+                    default: t.certs.clone(),
+                    domains: domain_certs.clone(),
+                    challenges: challenge_certs.clone(),
+                    node,
+                })
+            };
+            let mut config = micro::tls::server_config_with(sni(None)).map_err(Error::Service)?;
             // TLS-ALPN-01 validation connections ask for acme-tls/1 alone.
             if config_acme_alpn {
                 let mut c = (*config).clone();
                 c.alpn_protocols.push(crate::acme::ACME_TLS_ALPN.to_vec());
                 config = Arc::new(c);
             }
-            // In a cluster, the proxy lets the other nodes show their certificates.
+            // In a cluster, the proxy shows its node certificate to the other nodes (who ask
+            // for the node name) and lets them show theirs; the public listeners never show it.
             let proxy = match &t.node {
-                Some(n) => micro::tls::server_config_verifying_clients(sni, std::slice::from_ref(&n.ca))?,
+                Some(n) => micro::tls::server_config_verifying_clients(
+                    sni(Some(n.certs.clone())),
+                    std::slice::from_ref(&n.ca),
+                )?,
                 None => config.clone(),
             };
             (Some(config), Some(proxy))

@@ -150,8 +150,24 @@ pub(crate) struct Cache {
     store: Arc<Mutex<Store>>,
     max_bytes: usize,
     /// The cluster's shared answers, when it has Redis.
-    shared: Option<micro_redis::RedisEdge>,
+    shared: Option<SharedAnswers>,
 }
+
+/// Answers shared through Redis: each carries an HMAC under a key every node derives from
+/// the server key (`MICRO_CONFIG_KEY` in a cluster), so whoever can write to Redis but
+/// has not that key cannot plant an answer; at most a few writes are under way at once.
+#[derive(Clone)]
+struct SharedAnswers {
+    edge: micro_redis::RedisEdge,
+    key: ring::hmac::Key,
+    writes: Arc<tokio::sync::Semaphore>,
+}
+
+/// How many answers a node shares at once, at most (more are kept in its memory only).
+const SHARED_WRITES: usize = 16;
+
+/// The clock skew tolerated in a shared answer's time.
+const SKEW_MS: u64 = 60_000;
 
 /// The shared key of a kept answer: its namespace and its key's hash.
 fn shared_key(ns: &str, key: &str) -> String {
@@ -162,7 +178,7 @@ fn shared_key(ns: &str, key: &str) -> String {
 
 /// What a kept answer is besides its body, as shared.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Shared {
+struct SharedMeta {
     headers: Vec<(String, String)>,
     stored_ms: u64,
     ttl_ms: u64,
@@ -171,15 +187,16 @@ struct Shared {
 }
 
 impl Entry {
-    /// The entry as shared: the length of its description, the description (JSON),
-    /// then the body. `None` when a header is not text.
-    fn encode(&self) -> Option<Vec<u8>> {
+    /// The entry as shared under `shared_key`: its HMAC (over the shared key and what
+    /// follows), the length of its description, the description (JSON), then the body.
+    /// `None` when a header is not text.
+    fn encode(&self, hmac: &ring::hmac::Key, shared_key: &str) -> Option<Vec<u8>> {
         let headers = self
             .headers
             .iter()
             .map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_string(), v.to_string())))
             .collect::<Option<Vec<_>>>()?;
-        let meta = Shared {
+        let meta = SharedMeta {
             headers,
             stored_ms: self.stored_ms,
             ttl_ms: self.ttl.as_millis() as u64,
@@ -187,16 +204,24 @@ impl Entry {
             endpoint: self.endpoint.clone(),
         };
         let meta = serde_json::to_vec(&meta).ok()?;
-        let mut out = Vec::with_capacity(4 + meta.len() + self.body.len());
-        out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
-        out.extend_from_slice(&meta);
-        out.extend_from_slice(&self.body);
-        Some(out)
+        let mut signed = Vec::with_capacity(4 + meta.len() + self.body.len());
+        signed.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+        signed.extend_from_slice(&meta);
+        signed.extend_from_slice(&self.body);
+        let tag = ring::hmac::sign(hmac, &[shared_key.as_bytes(), b"\0", &signed].concat());
+        Some([tag.as_ref(), &signed].concat())
     }
 
-    fn decode(bytes: &[u8]) -> Option<Entry> {
+    /// A shared entry kept under `shared_key`, if its HMAC holds and its time is not in
+    /// the future.
+    fn decode(bytes: &[u8], hmac: &ring::hmac::Key, shared_key: &str) -> Option<Entry> {
+        let (tag, bytes) = (bytes.get(..32)?, bytes.get(32..)?);
+        ring::hmac::verify(hmac, &[shared_key.as_bytes(), b"\0", bytes].concat(), tag).ok()?;
         let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-        let meta: Shared = serde_json::from_slice(bytes.get(4..4 + len)?).ok()?;
+        let meta: SharedMeta = serde_json::from_slice(bytes.get(4..4 + len)?).ok()?;
+        if meta.stored_ms > micro_core::store::now_ms() + SKEW_MS {
+            return None;
+        }
         let mut headers = HeaderMap::new();
         for (k, v) in meta.headers {
             headers.append(header::HeaderName::from_bytes(k.as_bytes()).ok()?, HeaderValue::from_str(&v).ok()?);
@@ -244,11 +269,22 @@ fn directives(headers: &HeaderMap) -> Vec<String> {
 }
 
 impl Cache {
+    /// A cache of `max_bytes` on this node; with `shared`, answers are also kept in
+    /// Redis, signed with a key derived from `server_key` (the same on every node).
     pub(crate) fn new(
         config: Arc<dyn micro_core::config::Config>,
         max_bytes: usize,
-        shared: Option<micro_redis::RedisEdge>,
+        shared: Option<(micro_redis::RedisEdge, [u8; 32])>,
     ) -> Cache {
+        let shared = shared.map(|(edge, server_key)| {
+            let derive = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &server_key);
+            let key = ring::hmac::sign(&derive, b"micro: the gateway's shared cache, v1");
+            SharedAnswers {
+                edge,
+                key: ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key.as_ref()),
+                writes: Arc::new(tokio::sync::Semaphore::new(SHARED_WRITES)),
+            }
+        });
         Cache {
             settings: crate::settings::NamespaceSettings::new(config, CONFIG_PATH, settings),
             store: Arc::new(Mutex::new(Store { entries: hashlink::LruCache::new_unbounded(), bytes: 0 })),
@@ -314,6 +350,11 @@ impl Cache {
             return Lookup::Pass;
         }
         let path = crate::ratelimit::normalize(req.uri().path());
+        // The core's answers (tokens, join replies, …) are never kept, whatever a rule says.
+        let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        if crate::CORE_SERVICES.contains(&first) {
+            return Lookup::Pass;
+        }
         let under = |prefix: &str| {
             prefix == "/" || path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
         };
@@ -345,17 +386,20 @@ impl Cache {
                 }
             }
         }
-        // Kept through another node?
-        if let Some(edge) = &self.shared {
-            match edge.get(&shared_key(ns, &key)).await {
-                Ok(Some(bytes)) => match Entry::decode(&bytes) {
-                    Some(e) if fresh(&e) => {
+        // Kept through another node? (For no longer than this rule keeps answers now.)
+        if let Some(shared) = &self.shared {
+            let skey = shared_key(ns, &key);
+            match shared.edge.get(&skey).await {
+                Ok(Some(bytes)) => match Entry::decode(&bytes, &shared.key, &skey) {
+                    Some(e) if fresh(&e) && e.ttl <= rule.ttl => {
                         let e = Arc::new(e);
                         self.keep(&key, e.clone());
                         return Cache::hit(&e);
                     }
                     Some(_) => {}
-                    None => tracing::warn!(namespace = ns, "an unreadable answer in the shared cache; ignored"),
+                    None => {
+                        tracing::warn!(namespace = ns, "an unreadable or unsigned answer in the shared cache; ignored")
+                    }
                 },
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "the shared cache is unreachable"),
@@ -415,14 +459,23 @@ impl Cache {
             service: service.to_string(),
             endpoint: endpoint.to_string(),
         });
-        if let (Some(edge), Some(bytes)) = (&self.shared, entry.encode()) {
-            // Shared without holding the answer back.
-            let (edge, key) = (edge.clone(), shared_key(&miss.ns, &miss.key));
-            tokio::spawn(async move {
-                if let Err(e) = edge.put(&key, &bytes, ttl).await {
-                    tracing::debug!(error = %e, "the shared cache is unreachable");
-                }
-            });
+        if let Some(shared) = &self.shared
+            && let Ok(permit) = shared.writes.clone().try_acquire_owned()
+        {
+            // Shared without holding the answer back, within the namespace's budget in
+            // Redis (as much a day as a node keeps in memory).
+            let skey = shared_key(&miss.ns, &miss.key);
+            if let Some(bytes) = entry.encode(&shared.key, &skey) {
+                let (edge, ns, budget) = (shared.edge.clone(), miss.ns.clone(), self.max_bytes as u64);
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match edge.put(&skey, &bytes, ttl, &ns, budget).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::debug!(namespace = %ns, "the namespace's shared cache budget is spent"),
+                        Err(e) => tracing::debug!(error = %e, "the shared cache is unreachable"),
+                    }
+                });
+            }
         }
         self.keep(&miss.key, entry);
         Response::from_parts(parts, Body::new(http_body_util::Full::new(body)))
@@ -433,6 +486,41 @@ impl Cache {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn shared_answers_are_signed_and_bound_to_their_key() {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7; 32]);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let entry = |stored_ms| Entry {
+            headers: headers.clone(),
+            body: Bytes::from_static(b"{\"n\":1}"),
+            stored: Instant::now(),
+            stored_ms,
+            ttl: Duration::from_secs(30),
+            service: "shop".into(),
+            endpoint: "Shop.Items".into(),
+        };
+        let now = micro_core::store::now_ms();
+        let bytes = entry(now).encode(&key, "shop:abc").unwrap();
+        let back = Entry::decode(&bytes, &key, "shop:abc").unwrap();
+        assert_eq!(
+            (back.body.as_ref(), back.ttl, back.service.as_str()),
+            (&b"{\"n\":1}"[..], Duration::from_secs(30), "shop")
+        );
+        assert_eq!(back.headers.get(header::CONTENT_TYPE).unwrap(), "application/json");
+        // Moved under another namespace's key, signed with another key, altered, cut or
+        // dated in the future: refused.
+        assert!(Entry::decode(&bytes, &key, "blog:abc").is_none());
+        let other = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[8; 32]);
+        assert!(Entry::decode(&bytes, &other, "shop:abc").is_none());
+        let mut altered = bytes.clone();
+        *altered.last_mut().unwrap() ^= 1;
+        assert!(Entry::decode(&altered, &key, "shop:abc").is_none());
+        assert!(Entry::decode(&bytes[..20], &key, "shop:abc").is_none());
+        let future = entry(now + 3_600_000).encode(&key, "shop:abc").unwrap();
+        assert!(Entry::decode(&future, &key, "shop:abc").is_none());
+    }
 
     #[test]
     fn rules_parse_and_bad_ones_say_why() {

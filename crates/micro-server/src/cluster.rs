@@ -51,9 +51,9 @@ pub(crate) fn fingerprint(der: &[u8]) -> String {
 
 #[derive(Serialize, Deserialize)]
 struct StoredCa {
-    cert: String,
-    /// The key, sealed.
-    key: serde_json::Value,
+    /// The certificate and the key, sealed together (a database writer without the
+    /// config key can swap neither).
+    sealed: serde_json::Value,
 }
 
 fn sealed_path() -> Vec<String> {
@@ -67,11 +67,14 @@ async fn read_ca(store: &Arc<dyn Store>, sealer: &Sealer) -> Result<Option<crate
         Err(e) => return Err(e),
     };
     let Some(r) = records.into_iter().next() else { return Ok(None) };
-    let stored: StoredCa = serde_json::from_slice(&r.value)
-        .map_err(|e| Status::internal("cluster", format!("the stored cluster CA is unreadable: {e}")))?;
-    let key = sealer.open(micro_core::namespace::DEFAULT, &sealed_path(), &stored.key).await?;
-    let key_pem = key.as_str().ok_or_else(|| Status::internal("cluster", "the cluster CA's key is not text"))?;
-    Ok(Some(crate::tls::Ca { cert_pem: stored.cert, key_pem: key_pem.to_string() }))
+    let unreadable = |e: String| Status::internal("cluster", format!("the stored cluster CA is unreadable: {e}"));
+    let stored: StoredCa = serde_json::from_slice(&r.value).map_err(|e| unreadable(e.to_string()))?;
+    let opened = sealer.open(micro_core::namespace::DEFAULT, &sealed_path(), &stored.sealed).await?;
+    let field = |k: &str| opened.get(k).and_then(|v| v.as_str()).map(str::to_string);
+    match (field("cert"), field("key")) {
+        (Some(cert_pem), Some(key_pem)) => Ok(Some(crate::tls::Ca { cert_pem, key_pem })),
+        _ => Err(unreadable("no certificate or key in it".into())),
+    }
 }
 
 /// The cluster's CA: read from the shared auth database, or, by the first node, made
@@ -95,8 +98,8 @@ pub(crate) async fn ca(
             Some(l) => l,
             None => crate::tls::Ca::new().map_err(|e| Status::internal("cluster", e.to_string()))?,
         };
-        let key = sealer.seal(ns, &sealed_path(), &serde_json::Value::String(ca.key_pem.clone())).await?;
-        let stored = StoredCa { cert: ca.cert_pem.clone(), key };
+        let both = serde_json::json!({"cert": ca.cert_pem, "key": ca.key_pem});
+        let stored = StoredCa { sealed: sealer.seal(ns, &sealed_path(), &both).await? };
         let value = serde_json::to_vec(&stored).map_err(|e| Status::internal("cluster", e.to_string()))?;
         store.write(&table(), &Record::new("ca", value), None).await?;
         tracing::info!("made the cluster's CA");
@@ -139,7 +142,6 @@ impl Token {
 /// The `cluster` core service. `ca` is `None` on a server that is not a cluster with TLS.
 pub(crate) struct ClusterService {
     pub(crate) store: Arc<dyn Store>,
-    pub(crate) sync: Arc<dyn micro_core::sync::Sync>,
     pub(crate) ca_fingerprint: Option<String>,
     pub(crate) backends: crate::Backends,
 }
@@ -195,24 +197,16 @@ impl pb::cluster_server::Cluster for ClusterService {
         if token.fingerprint != fp {
             return Err(refused());
         }
-        // One join per token: taken under a lock, so two racing joins cannot both use it.
-        let ns = micro_core::namespace::DEFAULT;
-        let lock =
-            self.sync.lock(ns, "cluster-join", Duration::from_secs(10), Duration::from_secs(10)).await.map_err(t)?;
-        let taken = async {
-            match self.store.read(&table(), &token.key(), &Query::default()).await {
-                Ok(found) if !found.is_empty() => {}
-                Ok(_) => return Ok(false),
-                Err(e) if e.code() == micro_core::Code::NotFound => return Ok(false),
-                Err(e) => return Err(e),
+        // One join per token: the delete is the redemption (the shared database deletes
+        // a live record once, and says NotFound to a second, racing or later, delete and
+        // for an expired one), so no lock is needed, and none can be held by callers.
+        match self.store.delete(&table(), &token.key()).await {
+            Ok(()) => {}
+            Err(e) if e.code() == micro_core::Code::NotFound => return Err(refused()),
+            Err(e) => {
+                tracing::warn!(error = %e, "redeeming a join token failed");
+                return Err(t(Status::unavailable("cluster", "the join failed; try again (the node's log says why)")));
             }
-            self.store.delete(&table(), &token.key()).await?;
-            Ok::<_, Status>(true)
-        }
-        .await;
-        let _ = self.sync.unlock(ns, &lock).await;
-        if !taken.map_err(t)? {
-            return Err(refused());
         }
         let peer = req.extensions().get::<micro::server::PeerAddr>().map(|p| p.0.to_string()).unwrap_or_default();
         tracing::info!(peer = %peer, "a node joined with a token");

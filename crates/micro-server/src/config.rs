@@ -490,7 +490,7 @@ impl Config {
             (None, None) => {}
             _ => {
                 return Err(Error::Config(
-                    "MICRO_JOIN and MICRO_JOIN_TOKEN go together: a node's proxy address and a token from micro cluster token"
+                    "MICRO_JOIN (--join) and MICRO_JOIN_TOKEN go together: a node's proxy address and a token from micro cluster token"
                         .into(),
                 ));
             }

@@ -88,7 +88,7 @@ async fn a_node_joins_with_a_token_and_outsiders_cannot_act_as_nodes() {
     assert!(err.contains("--ttl"), "{err}");
     let out = cli_a.ok(&["cluster", "token", "--ttl", "10m"]).await;
     let token = out.lines().next().expect("the token").trim().to_string();
-    assert!(token.starts_with("micro-join1.") && out.contains("--join-token"), "{out}");
+    assert!(token.starts_with("micro-join1.") && out.contains("MICRO_JOIN_TOKEN=micro-join1."), "{out}");
     let spare = cli_a.json(&["cluster", "token", "-o", "json"]).await["token"].as_str().expect("a token").to_string();
 
     // B: another machine (127.0.0.2) with nothing but A's address and the token.
@@ -160,6 +160,24 @@ async fn a_node_joins_with_a_token_and_outsiders_cannot_act_as_nodes() {
         forwarded(&["--cert", node_cert.to_str().expect("UTF-8"), "--key", node_key.to_str().expect("UTF-8")]);
     assert_eq!(code, 0, "{err}");
     assert!(body.ends_with("401"), "a node's certificate passes the mark, not the auth: {body}");
+    // Only the proxy shows the node certificate (to whoever asks for the node name); the
+    // public gateway answers that name with its own, which does not carry it.
+    let by_node_name = |addr: &str| {
+        let port = addr.rsplit(':').next().expect("a port").to_string();
+        let name = micro_server_node_name();
+        curl(&[
+            "--cacert",
+            ca.as_str(),
+            "--resolve",
+            &format!("{name}:{port}:127.0.0.1"),
+            "-o",
+            "/dev/null",
+            &format!("https://{name}:{port}/"),
+        ])
+        .0
+    };
+    assert_eq!(by_node_name(&a.proxy), 0, "the proxy shows the node certificate");
+    assert_eq!(by_node_name(&a.api), 60, "the gateway does not");
     // A certificate of another CA fails the handshake.
     let other = tempfile::tempdir().expect("a dir");
     let foreign = rcgen::generate_simple_self_signed(vec![micro_server_node_name()]).expect("a certificate");
