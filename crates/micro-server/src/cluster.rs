@@ -89,7 +89,7 @@ pub(crate) async fn ca(
         return Ok(ca);
     }
     let ns = micro_core::namespace::DEFAULT;
-    let lock = sync.lock(ns, "cluster-ca", Duration::from_secs(30), Duration::from_secs(30)).await?;
+    let lock = sync.lock(ns, "server/cluster-ca", Duration::from_secs(30), Duration::from_secs(30)).await?;
     let made = async {
         if let Some(ca) = read_ca(store, sealer).await? {
             return Ok(ca);

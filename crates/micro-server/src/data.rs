@@ -371,6 +371,13 @@ impl cpb::config_server::Config for ConfigService {
     }
 }
 
+/// Whether lock `id` of `ns` is one the server takes itself (the runtime's election,
+/// `server/…`: ACME orders, the cluster's CA): nobody may take it through the service,
+/// where holding it would stall the server.
+pub(crate) fn reserved_lock(ns: &str, id: &str) -> bool {
+    ns == micro_core::namespace::DEFAULT && (id == "leader/runtime" || id.starts_with("server/"))
+}
+
 /// Serves a [`Sync`] as `sync.Sync`.
 pub(crate) struct SyncService {
     pub(crate) sync: Arc<dyn Sync>,
@@ -385,6 +392,9 @@ impl ypb::sync_server::Sync for SyncService {
     async fn lock(&self, req: Request<ypb::LockRequest>) -> Result<Response<ypb::LockResponse>, Status> {
         let ns = micro::namespace(&req);
         let r = req.into_inner();
+        if reserved_lock(&ns, &r.id) {
+            return Err(Status::permission_denied(format!("sync: lock {:?} is the server's own", r.id)));
+        }
         let lock = self.sync.lock(&ns, &r.id, ms(r.ttl_ms), ms(r.wait_ms)).await.map_err(t)?;
         Ok(Response::new(ypb::LockResponse { id: lock.id, token: lock.token, ttl_ms: r.ttl_ms }))
     }

@@ -127,3 +127,25 @@ async fn anonymous_callers_get_no_lock_registration_or_broker_anywhere() {
         assert_eq!(subscribed, Some(Code::Unauthenticated), "anonymous subscription in {ns}");
     }
 }
+
+/// The server's own locks in its namespace (the runtime's election, ACME orders, the
+/// cluster's CA) cannot be taken through the sync service, not even by its admin: holding
+/// one would stall the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_takes_the_servers_own_locks() {
+    let s = ServerProcess::start(&micro(), &[]);
+    let admin = data(&s.proxy, "micro", Some(&s.admin_token().await));
+    for id in ["leader/runtime", "server/cluster-ca", "server/acme/shop.example.com"] {
+        let taken = admin.sync.lock("micro", id, Duration::from_secs(60), Duration::ZERO).await;
+        let err = taken.err().unwrap_or_else(|| panic!("{id} was taken"));
+        assert_eq!(err.code(), Code::PermissionDenied, "{id}: {err}");
+        assert!(err.detail().contains("the server's own"), "{err}");
+    }
+    // Other ids, and the same ids in another namespace, are the callers' to use.
+    let lock = admin.sync.lock("micro", "leader/reports", Duration::from_secs(5), Duration::ZERO).await.unwrap();
+    admin.sync.unlock("micro", &lock).await.unwrap();
+    let blog_admin = s.account("blog", "boss", "user", &["admin"]).await;
+    let blog = data(&s.proxy, "blog", Some(&blog_admin));
+    let lock = blog.sync.lock("blog", "leader/runtime", Duration::from_secs(5), Duration::ZERO).await.unwrap();
+    blog.sync.unlock("blog", &lock).await.unwrap();
+}
