@@ -231,7 +231,7 @@ impl RateLimits {
 
     /// Takes a cell for `key` from `l`'s bucket (the cluster's, else this node's):
     /// whether it passed, the cells left, and the wait for the next.
-    async fn take(&self, ns: &str, l: &Limit, key: &str) -> (bool, u32, Duration) {
+    async fn take(&self, ns: &str, l: &Limit, key: String) -> (bool, u32, Duration) {
         if let Some(edge) = &self.shared {
             let bucket = format!("{ns}:{}:{}:{key}", l.name, l.digest);
             match edge.take(&bucket, l.period, l.rule.burst.get()).await {
@@ -239,7 +239,7 @@ impl RateLimits {
                 Err(e) => warn_unshared(&e),
             }
         }
-        match l.buckets.check_key(&key.to_string()) {
+        match l.buckets.check_key(&key) {
             Ok(snapshot) => (true, snapshot.remaining_burst_capacity(), Duration::ZERO),
             Err(not_until) => (false, 0, not_until.wait_time_from(DefaultClock::default().now())),
         }
@@ -270,7 +270,7 @@ impl RateLimits {
             };
             let window = r.window.as_secs();
             let policy = format!("\"{}\";q={};w={window}", l.name, r.limit);
-            let (allowed, remaining, wait) = self.take(req.namespace, l, &key).await;
+            let (allowed, remaining, wait) = self.take(req.namespace, l, key).await;
             if allowed {
                 if tightest.as_ref().is_none_or(|(left, _)| remaining < *left) {
                     let state = format!("\"{}\";r={remaining}", l.name);
