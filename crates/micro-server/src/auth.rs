@@ -24,7 +24,6 @@ use micro_core::auth::{Account, AccountType, Rule, default_rule};
 use micro_core::store::{Query, Record, Store, Table};
 use micro_core::{Code, Status as MicroStatus};
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -113,7 +112,7 @@ fn client_address<T>(req: &Request<T>) -> Option<String> {
 fn random_secret() -> String {
     let mut bytes = uuid::Uuid::new_v4().as_bytes().to_vec();
     bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&bytes)
 }
 
 fn hash_secret(secret: &str) -> Result<String, MicroStatus> {
@@ -129,7 +128,7 @@ fn secret_matches(secret: &str, hash: &str) -> bool {
 }
 
 fn sha256_hex(s: &str) -> String {
-    sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    crate::sha256_hex(s.as_bytes())
 }
 
 fn validate_id(id: &str) -> Result<(), MicroStatus> {

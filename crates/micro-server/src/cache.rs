@@ -171,9 +171,7 @@ const SKEW_MS: u64 = 60_000;
 
 /// The shared key of a kept answer: its namespace and its key's hash.
 fn shared_key(ns: &str, key: &str) -> String {
-    use sha2::Digest;
-    let hash = sha2::Sha256::digest(key.as_bytes());
-    format!("{ns}:{}", hash.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!("{ns}:{}", crate::sha256_hex(key.as_bytes()))
 }
 
 /// What a kept answer is besides its body, as shared.

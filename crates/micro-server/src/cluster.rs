@@ -19,7 +19,6 @@ use micro_core::store::{Query, Record, Store, Table};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -40,13 +39,9 @@ const TOKEN_PREFIX: &str = "micro-join1";
 const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 const MAX_TTL: Duration = Duration::from_secs(7 * 86_400);
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The SHA-256 of a certificate (DER), hex.
 pub(crate) fn fingerprint(der: &[u8]) -> String {
-    hex(&Sha256::digest(der))
+    crate::sha256_hex(der)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -135,7 +130,7 @@ impl Token {
 
     /// The key the token is kept under: its secret's hash, never the secret.
     fn key(&self) -> String {
-        format!("token/{}", hex(&Sha256::digest(self.secret.as_bytes())))
+        format!("token/{}", crate::sha256_hex(self.secret.as_bytes()))
     }
 }
 

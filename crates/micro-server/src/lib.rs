@@ -56,6 +56,21 @@ pub fn private_files() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
 }
 
+/// `bytes` in lowercase hex.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+/// The SHA-256 of `data`, in lowercase hex.
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
+    hex(&<sha2::Sha256 as sha2::Digest>::digest(data))
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -122,11 +122,7 @@ impl Limit {
             (None, None) => None,
         };
         let buckets = RateLimiter::keyed(quota).with_middleware::<StateInformationMiddleware>();
-        let digest = {
-            use sha2::Digest;
-            let hash = sha2::Sha256::digest(spec.to_string().as_bytes());
-            hash[..6].iter().map(|b| format!("{b:02x}")).collect()
-        };
+        let digest = crate::sha256_hex(spec.to_string().as_bytes())[..12].to_string();
         Limit { name, spec, digest, period, rule, prefix, buckets }
     }
 }

@@ -3,7 +3,6 @@
 use micro::proto::registry as pb;
 use micro::status::to_tonic;
 use micro_core::registry::{EventType, Registry};
-use sha2::Digest;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::StreamExt;
@@ -133,8 +132,7 @@ fn caller<T>(req: &Request<T>, ns: &str) -> (String, bool) {
 
 /// [`OWNER`] of the nodes account `account` registers in namespace `ns`.
 fn owner_digest(ns: &str, account: &str) -> String {
-    let digest = sha2::Sha256::digest(format!("{ns}/{account}").as_bytes());
-    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    crate::sha256_hex(format!("{ns}/{account}").as_bytes())[..16].to_string()
 }
 
 /// A service name belongs to the account that registered its nodes: nobody else adds,

@@ -77,7 +77,7 @@ fn wipe(bytes: &mut [u8]) {
 
 /// The key id of a public key: the hex of its first 8 bytes (filename- and shell-safe).
 fn kid_of(public: &VerifyingKey) -> String {
-    public.as_bytes()[..8].iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&public.as_bytes()[..8])
 }
 
 /// A key as the signer holds it: the pair plus when it stops being trusted.

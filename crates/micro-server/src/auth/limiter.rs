@@ -10,7 +10,6 @@
 //! An attempt is counted when it starts, and a successful one takes its count back: many
 //! concurrent guesses cannot all pass the check before the first failure is recorded.
 
-use sha2::Digest;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::Mutex;
@@ -77,8 +76,7 @@ impl Keys {
             },
         };
         // The account id is hashed: it is whatever the caller sent, of any length.
-        let digest = sha2::Sha256::digest(format!("{ns}/{id}").as_bytes());
-        let account: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let account = crate::sha256_hex(format!("{ns}/{id}").as_bytes());
         Keys { account: format!("a/{account}/{address}"), address: format!("c/{address}") }
     }
 

@@ -106,7 +106,7 @@ impl pb::runtime_server::Runtime for Runtime {
                 file.write_all(&c.chunk).map_err(|e| Status::internal(e.to_string()))?;
             }
             file.sync_all().map_err(|e| Status::internal(e.to_string()))?;
-            let id: String = sha2::Digest::finalize(hash).iter().map(|b| format!("{b:02x}")).collect();
+            let id = crate::hex(&sha2::Digest::finalize(hash));
             if size == 0 {
                 return Err(t(MicroStatus::bad_request(ID, "an empty upload")));
             }
