@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)] // helpers of a test: a failed unwrap is a failed test
 
 use micro_core::registry::Registry as _;
+use micro_test::free_port;
 use micro_test::process::{Reaped, ServerProcess, binary};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -25,11 +26,6 @@ fn installed(path: &str) -> bool {
     );
     eprintln!("notice: skipping a telemetry test: {path} is missing (run scripts/edge-setup)");
     false
-}
-
-/// A port free now on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Prometheus's answer to an instant query: the label sets of the series it returns.

@@ -5,6 +5,7 @@
 
 use micro_test::cli::Cli;
 use micro_test::process::{ServerProcess, binary};
+use micro_test::{certificates as test_certificates, free_port};
 use std::process::Command;
 
 fn micro() -> std::path::PathBuf {
@@ -136,33 +137,6 @@ async fn auto_tls_on_every_port_for_curl_the_cli_python_and_the_dashboard() {
     assert!(matches!(read, Ok(0) | Err(std::io::ErrorKind::ConnectionReset)), "closed: {read:?}");
     assert!(waited < std::time::Duration::from_secs(15), "dropped after {waited:?}");
     s.stop();
-}
-
-/// A free port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("an address").port()
-}
-
-/// A CA and a certificate for 127.0.0.1 and localhost signed by it, in `dir`: (CA path,
-/// certificate path, key path). Pebble serves its ACME API with them.
-fn test_certificates(dir: &std::path::Path) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().expect("a key");
-    let mut ca = CertificateParams::default();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "micro test CA");
-    let ca_cert = ca.clone().self_signed(&ca_key).expect("a CA");
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().expect("a key");
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("names");
-    params.distinguished_name.push(DnType::CommonName, "localhost");
-    let cert = params.signed_by(&key, &issuer).expect("a certificate");
-    let path = |name: &str, text: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).expect("written");
-        p.to_str().expect("a UTF-8 path").to_string()
-    };
-    (path("ca.pem", ca_cert.pem()), path("cert.pem", cert.pem()), path("key.pem", key.serialize_pem()))
 }
 
 /// ACME against Debian's `pebble` (installed by scripts/edge-setup; without it the test

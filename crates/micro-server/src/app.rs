@@ -553,7 +553,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         }
     }));
     // The products, once everything they reach is listening.
-    let products = match crate::products::start(&auth, &proxy_node, &transport, &config.services).await {
+    let products = match crate::products::start(&auth, &proxy_node, &transport, &config).await {
         Ok(p) => p,
         Err(e) => {
             let _ = tx.send(true);

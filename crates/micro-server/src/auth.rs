@@ -291,6 +291,11 @@ impl AuthService {
         if !e.detail().contains("unknown key") {
             return false;
         }
+        self.reload_keys_at_most_every_200ms().await
+    }
+
+    /// Reads the shared keys now unless that was done in the last 200 ms; whether it was.
+    pub(crate) async fn reload_keys_at_most_every_200ms(&self) -> bool {
         {
             let mut last = self.inner.looked_up.lock().unwrap_or_else(|e| e.into_inner());
             if last.is_some_and(|t| t.elapsed() < Duration::from_millis(200)) {

@@ -30,6 +30,10 @@ pub struct Config {
     /// The products of `services/` this server hosts in-process (`MICRO_SERVICES`:
     /// `all`, the default; `off` for none; or a comma-separated list of names).
     pub services: Vec<String>,
+    /// How the email product sends mail: `MICRO_SMTP`, `MICRO_SMTP_CA`,
+    /// `MICRO_EMAIL_FROM`, `MICRO_EMAIL_DAILY_LIMIT`, `MICRO_EMAIL_RETRY` (see
+    /// [`micro_email::Settings`]); by default it sends none.
+    pub email: micro_email::Settings,
     /// Events older than this are dropped (`MICRO_EVENTS_MAX_AGE` in seconds; default: kept).
     pub events_max_age: Option<std::time::Duration>,
     /// At most this many events are kept per topic (`MICRO_EVENTS_MAX_EVENTS`; default: all).
@@ -107,6 +111,7 @@ impl Default for Config {
             node_deny: crate::targets::DEFAULT_DENY.to_string(),
             core_ttl: std::time::Duration::from_secs(60),
             services: crate::products::NAMES.iter().map(|s| s.to_string()).collect(),
+            email: micro_email::Settings::default(),
             events_max_age: None,
             events_max_events: None,
             blob_max_size: micro_core::blob::DEFAULT_MAX_SIZE,
@@ -419,6 +424,7 @@ impl Config {
         if let Some(v) = env("MICRO_HTTP_REDIRECT_ADDRESS").filter(|v| !v.is_empty() && v != "off") {
             c.redirect_address = Some(v);
         }
+        c.email = micro_email::Settings::from_vars(&env).map_err(Error::Config)?;
         if let Some(v) = env("MICRO_SERVICES") {
             c.services = crate::products::select(&v).map_err(|e| Error::Config(format!("MICRO_SERVICES: {e}")))?;
         }

@@ -12,16 +12,23 @@ use micro::Service;
 /// which goes with the namespace.
 pub(crate) struct Product {
     pub(crate) name: &'static str,
-    pub(crate) build: fn(Service) -> Service,
+    pub(crate) build: fn(Service, &crate::Config) -> Service,
     pub(crate) tenant_prefix: fn(&str) -> String,
 }
 
 /// Every product, by name.
-pub(crate) const PRODUCTS: [Product; 1] = [Product {
-    name: micro_distributed::NAME,
-    build: micro_distributed::service,
-    tenant_prefix: micro_distributed::tenant_prefix,
-}];
+pub(crate) const PRODUCTS: [Product; 2] = [
+    Product {
+        name: micro_distributed::NAME,
+        build: |s, _| micro_distributed::service(s),
+        tenant_prefix: micro_distributed::tenant_prefix,
+    },
+    Product {
+        name: micro_email::NAME,
+        build: |s, c| micro_email::service_with(s, c.email.clone()),
+        tenant_prefix: micro_email::tenant_prefix,
+    },
+];
 
 /// Where every product keeps namespace `ns`'s data: a table and a key prefix.
 pub(crate) fn tenant_data(ns: &str) -> Vec<(micro_core::store::Table, String)> {
@@ -32,7 +39,7 @@ pub(crate) fn tenant_data(ns: &str) -> Vec<(micro_core::store::Table, String)> {
 }
 
 /// The names of every product.
-pub const NAMES: [&str; 1] = [micro_distributed::NAME];
+pub const NAMES: [&str; 2] = [micro_distributed::NAME, micro_email::NAME];
 
 /// The account a product runs as.
 pub(crate) fn account(name: &str) -> String {
@@ -65,13 +72,15 @@ pub(crate) async fn start(
     auth: &crate::auth::AuthService,
     proxy: &str,
     transport: &micro::Transport,
-    selected: &[String],
+    config: &crate::Config,
 ) -> Result<Vec<micro::Running>, micro_core::Status> {
     let mut running = Vec::new();
-    for p in PRODUCTS.iter().filter(|p| selected.iter().any(|s| s == p.name)) {
+    for p in PRODUCTS.iter().filter(|p| config.services.iter().any(|s| s == p.name)) {
         let (id, secret) = auth.product_account(p.name).await?;
-        let service =
-            (p.build)(Service::new(p.name).server(proxy).transport(transport.clone()).credentials(&id, &secret));
+        let service = (p.build)(
+            Service::new(p.name).server(proxy).transport(transport.clone()).credentials(&id, &secret),
+            config,
+        );
         match service.start().await {
             Ok(r) => running.push(r),
             Err(e) => {
@@ -92,7 +101,7 @@ mod tests {
 
     #[test]
     fn selecting() {
-        assert_eq!(select("all").unwrap(), vec!["distributed"]);
+        assert_eq!(select("all").unwrap(), vec!["distributed", "email"]);
         assert!(select("off").unwrap().is_empty());
         assert_eq!(select(" distributed ,").unwrap(), vec!["distributed"]);
         assert!(select("distributed,billing").unwrap_err().contains("unknown service \"billing\""));

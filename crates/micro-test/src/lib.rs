@@ -7,6 +7,7 @@ pub mod cli;
 pub mod dns;
 pub mod process;
 pub mod recorder;
+pub mod smtp;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -260,4 +261,31 @@ pub async fn service_env(proxy: &str, admin_token: &str, namespace: &str, name: 
     ]
     .map(|(k, v)| (k.to_string(), v))
     .to_vec()
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("an address").port()
+}
+
+/// A CA and a certificate for 127.0.0.1 and localhost signed by it, in `dir`: (CA path,
+/// certificate path, key path).
+pub fn certificates(dir: &std::path::Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("a key");
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name.push(DnType::CommonName, "micro test CA");
+    let ca_cert = ca.clone().self_signed(&ca_key).expect("a CA");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("a key");
+    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).expect("names");
+    params.distinguished_name.push(DnType::CommonName, "localhost");
+    let cert = params.signed_by(&key, &issuer).expect("a certificate");
+    let path = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("written");
+        p.to_str().expect("a UTF-8 path").to_string()
+    };
+    (path("ca.pem", ca_cert.pem()), path("cert.pem", cert.pem()), path("key.pem", key.serialize_pem()))
 }

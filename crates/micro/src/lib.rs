@@ -60,7 +60,7 @@ pub use client::{CallOptions, Channel, Client, DEFAULT_TIMEOUT, LocalService, Ta
 pub use handler::{Context, namespace, namespace_of};
 pub use micro_core::{Code, Status, metadata};
 pub use router::{LayeredRouter, Router, RouterBuilder, grpc_path, json_error, json_response, split_grpc_path};
-pub use service::{DEFAULT_TTL, Running, Service};
+pub use service::{DEFAULT_TTL, Running, Service, Stopping};
 
 /// Where services and the CLI find the server when `MICRO_SERVER` is unset.
 pub const DEFAULT_SERVER: &str = "127.0.0.1:8081";

@@ -70,6 +70,29 @@ pub struct Service {
     credentials: Option<Arc<Credentials>>,
     platform: bool,
     transport: Option<crate::Transport>,
+    tasks: Vec<Task>,
+}
+
+/// A background task of a service, started once it is registered.
+type Task = Box<dyn FnOnce(Stopping) -> futures::future::BoxFuture<'static, ()> + Send>;
+
+/// How long [`Running::stop`] waits for background tasks to finish their step.
+const TASK_GRACE: Duration = Duration::from_secs(5);
+
+/// Tells a background task (see [`Service::background`]) that its service is stopping.
+#[derive(Clone, Debug)]
+pub struct Stopping(tokio::sync::watch::Receiver<bool>);
+
+impl Stopping {
+    /// Whether the service is stopping.
+    pub fn is_stopping(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the service is stopping (at once if it already is).
+    pub async fn stopped(&mut self) {
+        let _ = self.0.wait_for(|s| *s).await;
+    }
 }
 
 impl Service {
@@ -98,7 +121,21 @@ impl Service {
             },
             platform: false,
             transport: None,
+            tasks: Vec::new(),
         }
+    }
+
+    /// Runs `task` in the background once the service is registered: a worker (an
+    /// outbox, a scheduler) that lives as long as the service. On [`Running::stop`] its
+    /// [`Stopping`] fires and it has 5 s to finish the step it is in before it is
+    /// aborted; a dropped [`Running`] aborts it at once.
+    pub fn background<F, Fut>(mut self, task: F) -> Self
+    where
+        F: FnOnce(Stopping) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.push(Box::new(move |stopping| Box::pin(task(stopping))));
+        self
     }
 
     /// Makes this a platform service (a product under `services/`): registered in the
@@ -478,6 +515,8 @@ impl Service {
                 let _ = rx.await;
             },
         ));
+        let (stopping, stop_rx) = tokio::sync::watch::channel(false);
+        let tasks = self.tasks.drain(..).map(|t| tokio::spawn(t(Stopping(stop_rx.clone())))).collect();
         Ok(Running {
             addr,
             namespace: self.namespace,
@@ -488,6 +527,8 @@ impl Service {
             serving,
             router,
             credentials: self.credentials,
+            stopping,
+            tasks,
         })
     }
 
@@ -568,6 +609,8 @@ pub struct Running {
     serving: JoinHandle<()>,
     router: Router,
     credentials: Option<Arc<Credentials>>,
+    stopping: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
@@ -596,9 +639,11 @@ impl Running {
         &self.router
     }
 
-    /// Deregisters at once, stops accepting, and drains in-flight calls.
+    /// Deregisters at once, stops accepting, drains in-flight calls and lets background
+    /// tasks finish their step (5 s at most).
     pub async fn stop(mut self) {
         self.heartbeat.abort();
+        let _ = self.stopping.send(true);
         match tokio::time::timeout(Duration::from_secs(2), self.registry.deregister(&self.namespace, &self.record))
             .await
         {
@@ -610,12 +655,21 @@ impl Running {
             let _ = tx.send(());
         }
         let _ = (&mut self.serving).await;
+        for task in std::mem::take(&mut self.tasks) {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(TASK_GRACE, task).await.is_err() {
+                abort.abort();
+            }
+        }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         self.heartbeat.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }

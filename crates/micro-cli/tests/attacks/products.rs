@@ -31,17 +31,18 @@ async fn nobody_takes_a_products_name_or_reaches_another_namespace_through_it() 
         ("shop", &shop_admin, "shop's admin"),
         ("micro", &micro_member, "a member of micro"),
     ];
-    for (ns, token, who) in takers {
-        let err =
-            register(&s.proxy, Some(token), ns, "distributed", "evil-1", &trap.address, "grpc").await.unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied, "{who}: {err}");
-    }
-    // Lookups from any namespace still name the product's own node only.
-    for ns in ["shop", "blog", "micro"] {
-        let found =
-            micro::registry::RemoteRegistry::new(&s.proxy).unwrap().get_service(ns, "distributed").await.unwrap();
-        let nodes: Vec<_> = found.iter().flat_map(|s| &s.nodes).collect();
-        assert!(nodes.iter().all(|n| n.address != trap.address) && !nodes.is_empty(), "{ns}: {nodes:?}");
+    // Every product's: the email service would hand a taker every tenant's mail.
+    for product in micro_server::PRODUCTS {
+        for (ns, token, who) in takers {
+            let err = register(&s.proxy, Some(token), ns, product, "evil-1", &trap.address, "grpc").await.unwrap_err();
+            assert_eq!(err.code(), Code::PermissionDenied, "{who}, {product}: {err}");
+        }
+        // Lookups from any namespace still name the product's own node only.
+        for ns in ["shop", "blog", "micro"] {
+            let found = micro::registry::RemoteRegistry::new(&s.proxy).unwrap().get_service(ns, product).await.unwrap();
+            let nodes: Vec<_> = found.iter().flat_map(|s| &s.nodes).collect();
+            assert!(nodes.iter().all(|n| n.address != trap.address) && !nodes.is_empty(), "{ns}/{product}: {nodes:?}");
+        }
     }
     assert!(trap.requests().is_empty(), "the trap got a call");
 

@@ -269,6 +269,9 @@ impl pb::auth_server::Auth for AuthService {
         &self,
         _req: Request<pb::PublicKeysRequest>,
     ) -> Result<Response<pb::PublicKeysResponse>, Status> {
+        // A service asks when it met a key it does not know: the token may be from a node
+        // that started after this one's last reload, so read the shared keys first.
+        self.reload_keys_at_most_every_200ms().await;
         let keys = self.inner.trusted.read().unwrap_or_else(|e| e.into_inner()).clone();
         let json = serde_json::to_string(&keys).map_err(|e| Status::internal(format!("auth: {e}")))?;
         Ok(Response::new(pb::PublicKeysResponse { json }))

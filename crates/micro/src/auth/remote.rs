@@ -13,7 +13,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// How often a service looks for new keys at most, when a token names one it does not know.
-const KEY_LOOKUP_EVERY: Duration = Duration::from_secs(10);
+const KEY_LOOKUP_EVERY: Duration = Duration::from_secs(1);
 
 /// Where a service reaches the server's auth service.
 struct Server {

@@ -1,0 +1,174 @@
+//! A real SMTP server for tests: Python's `aiosmtpd` (installed by `scripts/test` into
+//! the virtualenv of `MICRO_TEST_PYTHON`) running `smtp_sink.py`, which writes each
+//! message it accepts as JSON to a directory the test reads.
+
+use crate::process::Reaped;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How the sink behaves.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Require STARTTLS with a certificate for 127.0.0.1 from a test CA.
+    pub tls: bool,
+    /// Require AUTH with this user and password.
+    pub login: Option<(String, String)>,
+    /// Answer 550 to recipients containing this.
+    pub reject: Option<String>,
+    /// Answer 451 to the first this many messages.
+    pub tempfail: u32,
+}
+
+/// A message the sink accepted.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The envelope's recipients.
+    pub rcpt_tos: Vec<String>,
+    /// The envelope's sender.
+    pub mail_from: String,
+    /// Header values by lowercase name.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// The plain-text body.
+    pub text: Option<String>,
+    /// The HTML body.
+    pub html: Option<String>,
+    /// Whether the session used TLS.
+    pub tls: bool,
+    /// The user the session logged in as.
+    pub login: Option<String>,
+}
+
+impl Received {
+    /// A header's value (`""` when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str).unwrap_or("")
+    }
+}
+
+/// A running SMTP sink, stopped on drop.
+pub struct SmtpSink {
+    dir: tempfile::TempDir,
+    port: u16,
+    options: Options,
+    ca: Option<String>,
+    _process: Reaped,
+}
+
+/// The Python with aiosmtpd, or `None` (a notice; a panic under `MICRO_TEST_REQUIRE_BACKENDS`).
+fn python() -> Option<String> {
+    let found = std::env::var("MICRO_TEST_PYTHON").ok().filter(|p| {
+        std::process::Command::new(p).args(["-c", "import aiosmtpd"]).output().is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(),
+            "Python with aiosmtpd (MICRO_TEST_PYTHON) is needed by this test: run scripts/test"
+        );
+        eprintln!("notice: skipping an SMTP test (no MICRO_TEST_PYTHON with aiosmtpd; scripts/test sets it up)");
+    }
+    found
+}
+
+impl SmtpSink {
+    /// Starts a sink; `None` (with a notice) where Python with aiosmtpd is missing.
+    pub fn start(options: Options) -> Option<SmtpSink> {
+        let python = python()?;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let mail = dir.path().join("mail");
+        std::fs::create_dir(&mail).expect("a mail dir");
+        let script = dir.path().join("smtp_sink.py");
+        std::fs::write(&script, include_str!("smtp_sink.py")).expect("the sink's script");
+        let port = crate::free_port();
+        let mut cmd = std::process::Command::new(python);
+        cmd.arg(&script).arg(&mail).arg(port.to_string());
+        let mut ca = None;
+        if options.tls {
+            let (c, cert, key) = crate::certificates(dir.path());
+            cmd.args(["--tls", &cert, &key]);
+            ca = Some(c);
+        }
+        if let Some((u, p)) = &options.login {
+            cmd.args(["--login", &format!("{u}:{p}")]);
+        }
+        if let Some(r) = &options.reject {
+            cmd.args(["--reject", r]);
+        }
+        if options.tempfail > 0 {
+            cmd.args(["--tempfail", &options.tempfail.to_string()]);
+        }
+        let process = Reaped::spawn(&mut cmd);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !mail.join("ready").exists() {
+            assert!(Instant::now() < deadline, "the SMTP sink did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(SmtpSink { dir, port, options, ca, _process: process })
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The `MICRO_SMTP` URL that reaches it (with its login, STARTTLS when it requires it).
+    pub fn url(&self) -> String {
+        let login = self.options.login.as_ref().map(|(u, p)| format!("{u}:{p}@")).unwrap_or_default();
+        let tls = if self.options.tls { "" } else { "?tls=none" };
+        format!("smtp://{login}127.0.0.1:{}{tls}", self.port)
+    }
+
+    /// The test CA's certificate (for `MICRO_SMTP_CA`) when it requires TLS.
+    pub fn ca(&self) -> Option<&str> {
+        self.ca.as_deref()
+    }
+
+    fn mail_dir(&self) -> PathBuf {
+        self.dir.path().join("mail")
+    }
+
+    /// Every message accepted so far, oldest first.
+    pub fn messages(&self) -> Vec<Received> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(self.mail_dir())
+            .expect("the mail dir")
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        names.sort();
+        names
+            .iter()
+            .map(|p| {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(p).expect("a message")).expect("the sink's JSON");
+                let s = |k: &str| v[k].as_str().map(str::to_string);
+                Received {
+                    rcpt_tos: v["rcpt_tos"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                        .unwrap_or_default(),
+                    mail_from: s("mail_from").unwrap_or_default(),
+                    headers: v["headers"]
+                        .as_object()
+                        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_string())).collect())
+                        .unwrap_or_default(),
+                    text: s("text"),
+                    html: s("html"),
+                    tls: v["tls"].as_bool().unwrap_or(false),
+                    login: s("login"),
+                }
+            })
+            .collect()
+    }
+
+    /// Waits up to `timeout` for at least `n` messages, and returns them all.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let m = self.messages();
+            if m.len() >= n {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "{} of {n} messages arrived in {timeout:?}: {m:#?}", m.len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
