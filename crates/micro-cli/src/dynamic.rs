@@ -33,7 +33,12 @@ fn flags(schema: &Value, prefix: &[String], out: &mut Vec<Flag>) {
 use micro_server::gateway::camel;
 
 fn typed(flag: &Flag, raw: &str) -> Result<Value> {
-    let ty = flag.schema.get("type").and_then(Value::as_str).unwrap_or("string");
+    // An optional field's type is a list with "null" (`["integer", "null"]`).
+    let ty = match flag.schema.get("type") {
+        Some(Value::Array(types)) => types.iter().filter_map(Value::as_str).find(|t| *t != "null").unwrap_or("string"),
+        Some(t) => t.as_str().unwrap_or("string"),
+        None => "string",
+    };
     let bad = |what: &str| anyhow!("--{}: {raw:?} is not {what}", flag.name);
     Ok(match ty {
         "integer" => Value::from(raw.parse::<i64>().map_err(|_| bad("an integer"))?),

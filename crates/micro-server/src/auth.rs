@@ -460,9 +460,10 @@ impl AuthService {
     /// in `micro`, type service, with the `data` scope (its own data) and the `platform`
     /// scope (it follows the rules of every namespace it serves); made when missing and
     /// given a fresh secret at every start, which lives only in this process.
-    pub(crate) async fn product_account(&self, name: &str) -> Result<(String, String), MicroStatus> {
+    pub(crate) async fn product_account(&self, name: &str, extra: &[&str]) -> Result<(String, String), MicroStatus> {
         let id = format!("product-{name}");
-        let scopes = [micro_core::auth::DATA_SCOPE, PLATFORM_SCOPE];
+        let mut scopes = vec![micro_core::auth::DATA_SCOPE, PLATFORM_SCOPE];
+        scopes.extend_from_slice(extra);
         let secret =
             self.fresh_service_account(micro_core::namespace::DEFAULT, &id, &scopes, ("product", name)).await?;
         Ok((id, secret))
@@ -477,7 +478,8 @@ impl AuthService {
     ) -> Result<String, MicroStatus> {
         let secret = random_secret();
         let account = match self.load(ns, id).await? {
-            Some(s) => s.account,
+            // The server decides what its own accounts may do, whatever was changed.
+            Some(s) => Account { scopes: scopes.iter().map(|s| s.to_string()).collect(), ..s.account },
             None => Account {
                 id: id.to_string(),
                 name: id.to_string(),

@@ -34,6 +34,9 @@ pub struct Config {
     /// `MICRO_EMAIL_FROM`, `MICRO_EMAIL_DAILY_LIMIT`, `MICRO_EMAIL_RETRY` (see
     /// [`micro_email::Settings`]); by default it sends none.
     pub email: micro_email::Settings,
+    /// The dashboard's public address (`MICRO_PLATFORM_URL`, like `https://m3o.example.com`),
+    /// which the platform's mail links to.
+    pub platform_url: Option<String>,
     /// Events older than this are dropped (`MICRO_EVENTS_MAX_AGE` in seconds; default: kept).
     pub events_max_age: Option<std::time::Duration>,
     /// At most this many events are kept per topic (`MICRO_EVENTS_MAX_EVENTS`; default: all).
@@ -112,6 +115,7 @@ impl Default for Config {
             core_ttl: std::time::Duration::from_secs(60),
             services: crate::products::NAMES.iter().map(|s| s.to_string()).collect(),
             email: micro_email::Settings::default(),
+            platform_url: None,
             events_max_age: None,
             events_max_events: None,
             blob_max_size: micro_core::blob::DEFAULT_MAX_SIZE,
@@ -425,6 +429,12 @@ impl Config {
             c.redirect_address = Some(v);
         }
         c.email = micro_email::Settings::from_vars(&env).map_err(Error::Config)?;
+        if let Some(v) = env("MICRO_PLATFORM_URL").filter(|v| !v.is_empty()) {
+            if !(v.starts_with("https://") || v.starts_with("http://")) {
+                return Err(Error::Config(format!("MICRO_PLATFORM_URL: {v:?} is not an http(s):// address")));
+            }
+            c.platform_url = Some(v);
+        }
         if let Some(v) = env("MICRO_SERVICES") {
             c.services = crate::products::select(&v).map_err(|e| Error::Config(format!("MICRO_SERVICES: {e}")))?;
         }

@@ -14,19 +14,30 @@ pub(crate) struct Product {
     pub(crate) name: &'static str,
     pub(crate) build: fn(Service, &crate::Config) -> Service,
     pub(crate) tenant_prefix: fn(&str) -> String,
+    /// Scopes its account holds in `micro` besides `data` and `platform`.
+    pub(crate) scopes: &'static [&'static str],
 }
 
 /// Every product, by name.
-pub(crate) const PRODUCTS: [Product; 2] = [
+pub(crate) const PRODUCTS: [Product; 3] = [
     Product {
         name: micro_distributed::NAME,
         build: |s, _| micro_distributed::service(s),
         tenant_prefix: micro_distributed::tenant_prefix,
+        scopes: &[],
     },
     Product {
         name: micro_email::NAME,
         build: |s, c| micro_email::service_with(s, c.email.clone()),
         tenant_prefix: micro_email::tenant_prefix,
+        scopes: &[],
+    },
+    // It creates namespaces and their owners' accounts: it administers micro.
+    Product {
+        name: micro_platform::NAME,
+        build: |s, c| micro_platform::service_with(s, c.platform_url.clone()),
+        tenant_prefix: micro_platform::tenant_prefix,
+        scopes: &[micro_core::auth::ADMIN_SCOPE],
     },
 ];
 
@@ -39,7 +50,7 @@ pub(crate) fn tenant_data(ns: &str) -> Vec<(micro_core::store::Table, String)> {
 }
 
 /// The names of every product.
-pub const NAMES: [&str; 2] = [micro_distributed::NAME, micro_email::NAME];
+pub const NAMES: [&str; 3] = [micro_distributed::NAME, micro_email::NAME, micro_platform::NAME];
 
 /// The account a product runs as.
 pub(crate) fn account(name: &str) -> String {
@@ -76,7 +87,7 @@ pub(crate) async fn start(
 ) -> Result<Vec<micro::Running>, micro_core::Status> {
     let mut running = Vec::new();
     for p in PRODUCTS.iter().filter(|p| config.services.iter().any(|s| s == p.name)) {
-        let (id, secret) = auth.product_account(p.name).await?;
+        let (id, secret) = auth.product_account(p.name, p.scopes).await?;
         let service = (p.build)(
             Service::new(p.name).server(proxy).transport(transport.clone()).credentials(&id, &secret),
             config,
@@ -101,7 +112,7 @@ mod tests {
 
     #[test]
     fn selecting() {
-        assert_eq!(select("all").unwrap(), vec!["distributed", "email"]);
+        assert_eq!(select("all").unwrap(), vec!["distributed", "email", "platform"]);
         assert!(select("off").unwrap().is_empty());
         assert_eq!(select(" distributed ,").unwrap(), vec!["distributed"]);
         assert!(select("distributed,billing").unwrap_err().contains("unknown service \"billing\""));

@@ -69,6 +69,7 @@ pub struct Service {
     routes: Vec<(String, String)>,
     credentials: Option<Arc<Credentials>>,
     platform: bool,
+    public: Vec<String>,
     transport: Option<crate::Transport>,
     tasks: Vec<Task>,
 }
@@ -120,6 +121,7 @@ impl Service {
                 _ => None,
             },
             platform: false,
+            public: Vec::new(),
             transport: None,
             tasks: Vec::new(),
         }
@@ -149,6 +151,32 @@ impl Service {
         self.platform = true;
         self.namespace = namespace::DEFAULT.into();
         self
+    }
+
+    /// Opens `endpoint` (`Handler.Method`) of a platform service to anyone, without an
+    /// account: a signup form's endpoints. The handler sees no caller, or the one whose
+    /// token came along. (A user's service opens endpoints with its namespace's rules.)
+    pub fn public(mut self, endpoint: &str) -> Self {
+        self.public.push(endpoint.to_string());
+        self
+    }
+
+    /// A client that reaches the other services through the service's server, sending
+    /// the service's token, in its namespace: for calling services from handlers.
+    pub fn client(&self) -> Result<Client, Status> {
+        let channel = self.channel()?;
+        let client = Client::new(Arc::new(RemoteRegistry::on(channel))).namespace(self.effective_namespace());
+        Ok(match &self.credentials {
+            Some(c) => client.auth(Arc::new(Bearer(c.clone()))),
+            None => client,
+        })
+    }
+
+    /// A channel to the service's server that carries the service's token: for the
+    /// server's typed gRPC clients (`micro::proto::auth::auth_client::AuthClient::new(ch)`).
+    pub fn channel(&self) -> Result<crate::Channel, Status> {
+        let source = self.credentials.clone().map(|c| c as Arc<dyn TokenSource>);
+        crate::Channel::on(&self.transport.clone().unwrap_or_default(), &self.effective_server(), source)
     }
 
     /// Sets the version (default `latest`).
@@ -485,7 +513,7 @@ impl Service {
                 let authorizer = crate::auth::remote::service_authorizer(
                     &name,
                     &self.effective_namespace(),
-                    self.platform,
+                    self.platform.then_some(self.public.as_slice()),
                     &self.effective_server(),
                     self.credentials.clone(),
                     &net,

@@ -119,6 +119,23 @@ impl Policy for ServicePolicy {
     }
 }
 
+/// The policy of a platform service: the endpoints it names are public, the others are
+/// for the namespace's members ([`ServicePolicy::MEMBERS`]).
+pub struct PlatformPolicy {
+    /// `Handler.Method`s anyone may call.
+    pub public: Vec<String>,
+}
+
+impl Policy for PlatformPolicy {
+    fn protection(&self, service: &str, endpoint: &str) -> Protection {
+        if self.public.iter().any(|p| p == endpoint) {
+            Protection::Public
+        } else {
+            ServicePolicy::MEMBERS.protection(service, endpoint)
+        }
+    }
+}
+
 /// Where the namespace of a call comes from.
 #[derive(Clone, Debug)]
 pub enum Scope {

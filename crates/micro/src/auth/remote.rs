@@ -245,8 +245,8 @@ impl RuleSource for WatchedRules {
     }
 }
 
-/// The authorizer of `service` (a platform service when `platform`, else one of
-/// `namespace`), verifying tokens with the keys of the server at `address` and deciding by
+/// The authorizer of `service` (a platform service when `platform` is given, with those
+/// endpoints public; else one of `namespace`), verifying tokens with the keys of the server at `address` and deciding by
 /// the rules it follows there (read with `credentials`, when the service has an account),
 /// reaching the server on `transport`.
 /// The keys are read before it returns (a failure is logged: tokens are refused until
@@ -254,7 +254,7 @@ impl RuleSource for WatchedRules {
 pub async fn service_authorizer(
     service: &str,
     namespace: &str,
-    platform: bool,
+    platform: Option<&[String]>,
     address: &str,
     credentials: Option<Arc<Credentials>>,
     transport: &crate::Transport,
@@ -271,10 +271,15 @@ pub async fn service_authorizer(
         tracing::warn!(service = %service, error = %e, "cannot read the server's public keys yet; tokens are refused until then");
     }
     let rules = WatchedRules::new(server);
-    let (scope, policy) = if platform {
-        (Scope::Platform { service: service.to_string() }, ServicePolicy::MEMBERS)
-    } else {
-        (Scope::Service { namespace: namespace.to_string(), service: service.to_string() }, ServicePolicy::RULES)
+    let (scope, policy): (_, Arc<dyn super::authorizer::Policy>) = match platform {
+        Some(public) => (
+            Scope::Platform { service: service.to_string() },
+            Arc::new(super::authorizer::PlatformPolicy { public: public.to_vec() }),
+        ),
+        None => (
+            Scope::Service { namespace: namespace.to_string(), service: service.to_string() },
+            Arc::new(ServicePolicy::RULES),
+        ),
     };
-    Arc::new(Authorizer::new(keys, rules, Arc::new(policy), scope))
+    Arc::new(Authorizer::new(keys, rules, policy, scope))
 }
