@@ -17,6 +17,9 @@
 //   E2E_ONLY            a regular expression: only the steps whose names match run
 //   E2E_RUNTIME_SOURCE  a git URL of a service `ticker` printing `tick N` every second, run
 //                       from the runtime page (without it the runtime steps skip)
+//   E2E_MAIL_DIR        the folder where the test's SMTP server writes each message it gets
+//                       as JSON (crates/micro-test/src/smtp_sink.py): the `signup: …` steps
+//                       read codes and invites there, and skip without it
 //
 // The steps named `tls: …` need the dashboard over HTTPS (`MICRO_TLS=auto`) and skip
 // otherwise; the others run over either.
@@ -26,7 +29,7 @@
 // any step fails. To add a step: `step("what it shows", async ({ page }) => { ... })`.
 
 import { createRequire } from "node:module";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 
@@ -45,6 +48,7 @@ const CHROMIUM = process.env.E2E_CHROMIUM || "/usr/bin/chromium";
 const SHOTS = process.env.E2E_SCREENSHOTS ? path.resolve(process.env.E2E_SCREENSHOTS) : null;
 const ONLY = process.env.E2E_ONLY ? new RegExp(process.env.E2E_ONLY) : null;
 const SOURCE = process.env.E2E_RUNTIME_SOURCE || null;
+const MAIL = process.env.E2E_MAIL_DIR || null;
 /** Unique per run, so values found on a page were written by this run. */
 const RUN = Date.now().toString(36);
 
@@ -331,6 +335,7 @@ const PAGES = [
   "/auth/rules",
   "/health",
   "/usage",
+  "/platform",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -501,7 +506,7 @@ step("at phone width the navigation shows and nothing overflows sideways", async
   for (const p of PAGES) {
     await visit(page, p);
     const links = page.locator('nav[aria-label="Sections"] a');
-    assertEqual(await links.count(), 8, `section links on ${p}`);
+    assertEqual(await links.count(), 9, `section links on ${p} (the operator sees Platform)`);
     for (const link of await links.all()) {
       assert(await link.isVisible(), `${await link.innerText()} is hidden on ${p}`);
       const box = await link.boundingBox();
@@ -1113,6 +1118,118 @@ step("usage: a call is counted under its service, endpoint and status, with the 
 function needTls() {
   if (!TLS) skip("the dashboard is not served over HTTPS (web.rs runs these steps against MICRO_TLS=auto)");
 }
+
+// ---------------------------------------------------------------------------------------
+// Signup to the platform, with the mail the test's SMTP server received.
+
+/** The people of the signup steps: three join, two are invited. */
+const PEOPLE = [`ann.${RUN}@one.example`, `bo.${RUN}@two.example`, `cy.${RUN}@three.example`];
+
+/** The newest message to `to` whose text matches `re`, waiting for it; returns the match. */
+async function mailed(to, re) {
+  const deadline = Date.now() + WAIT_MS;
+  for (;;) {
+    const names = readdirSync(MAIL).filter((n) => n.endsWith(".json")).sort().reverse();
+    for (const n of names) {
+      const m = JSON.parse(readFileSync(path.join(MAIL, n), "utf8"));
+      const found = m.rcpt_tos.includes(to) && (m.text || "").match(re);
+      if (found) return found;
+    }
+    assert(Date.now() < deadline, `no mail to ${to} matching ${re}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+step("signup: three people join the waitlist and confirm the code mailed to them", async ({ page }) => {
+  if (!MAIL) skip("E2E_MAIL_DIR is not set (web.rs sets it for the platform's signup run)");
+  for (const [i, email] of PEOPLE.entries()) {
+    await visit(page, "/signup");
+    await see(page, "h1", "Join the waitlist");
+    if (i === 0) await look(page, "signup");
+    await page.getByLabel("Email", { exact: true }).fill(email);
+    await follow(page, page.getByRole("button", { name: "Join" }));
+    await see(page, "main p", `We mailed a code to ${email}`);
+    const [, code] = await mailed(email, /waitlist is (\d{6})/);
+    if (i === 0) {
+      await look(page, "signup-code");
+      // A wrong code is refused in words, and the form stays.
+      await page.getByLabel("Code", { exact: true }).fill(code === "000000" ? "111111" : "000000");
+      await follow(page, page.getByRole("button", { name: "Confirm" }));
+      await see(page, '.error[role="alert"]', "Wrong code (4 tries left).");
+    }
+    await page.getByLabel("Code", { exact: true }).fill(code);
+    await follow(page, page.getByRole("button", { name: "Confirm" }));
+    await see(page, "h1", "You are on the waitlist");
+    if (i === 0) await look(page, "signup-waiting");
+  }
+});
+
+step("signup: the operator sees the waitlist in order and invites the next 2", async ({ page }) => {
+  if (!MAIL) skip("E2E_MAIL_DIR is not set (web.rs sets it for the platform's signup run)");
+  await login(page);
+  await visit(page, "/platform?state=waiting");
+  const emails = await page.locator("table.waitlist tbody tr td:first-child").allInnerTexts();
+  assertEqual(emails.filter((e) => PEOPLE.includes(e)), PEOPLE, "the waiting, in the order they confirmed");
+  await page.getByLabel("Invite the next", { exact: true }).fill("2");
+  await follow(page, page.getByRole("button", { name: "Invite", exact: true }));
+  await see(page, ".notice", "Invited 2.");
+  await visit(page, "/platform");
+  for (const [email, state] of [[PEOPLE[0], "invited"], [PEOPLE[1], "invited"], [PEOPLE[2], "waiting"]]) {
+    const row = page.locator("table.waitlist tbody tr").filter({ has: page.locator("td", { hasText: email }) });
+    assertEqual(await row.locator("td.state").innerText(), state, `${email}'s state`);
+  }
+  await look(page, "platform");
+});
+
+step("signup: the invited sign up from their invite's link and land in namespaces of their own", async ({ page }) => {
+  if (!MAIL) skip("E2E_MAIL_DIR is not set (web.rs sets it for the platform's signup run)");
+  const namespaces = [];
+  for (const email of PEOPLE.slice(0, 2)) {
+    const [, link] = await mailed(email, /Sign up: (\S+)/);
+    const url = new URL(link);
+    assertEqual(url.pathname, "/signup/accept", "the invite's link");
+    assertEqual(url.searchParams.get("email"), email, "the link's address");
+    await visit(page, url.pathname + url.search);
+    await see(page, "h1", "Sign up");
+    assertEqual(await page.getByLabel("Invite code", { exact: true }).inputValue(), url.searchParams.get("code"), "code filled in");
+    if (namespaces.length === 0) {
+      // Too short a password is refused, and the form keeps the rest.
+      await page.getByLabel("Password", { exact: true }).fill("short");
+      await page.locator("#password").evaluate((el) => el.removeAttribute("minlength"));
+      await follow(page, page.getByRole("button", { name: "Sign up" }));
+      await see(page, '.error[role="alert"]', "10 to 200 characters");
+      await look(page, "signup-accept");
+    }
+    await page.getByLabel("Password", { exact: true }).fill(`${email} password`);
+    await follow(page, page.getByRole("button", { name: "Sign up" }));
+    await see(page, "h1", "Welcome");
+    const ns = await page.locator("#namespace").innerText();
+    namespaces.push(ns);
+    if (namespaces.length === 1) await look(page, "signup-welcome");
+    // Signing in to it: the page leads to the sign-in form for that namespace.
+    await follow(page, page.getByRole("link", { name: `Sign in to ${ns}` }));
+    assertEqual(await page.getByLabel("Namespace", { exact: true }).inputValue(), ns, "the namespace filled in");
+    await page.getByLabel("Account", { exact: true }).fill(email);
+    await page.getByLabel("Secret", { exact: true }).fill(`${email} password`);
+    await follow(page, page.getByRole("button", { name: "Sign in" }));
+    assertEqual(pathOf(page), "/services", "page after signing in");
+    await see(page, "header .ns", ns);
+    // A newcomer is no operator: no platform page for them.
+    assertEqual(await page.locator('nav a[href="/platform"]').count(), 0, "the platform link");
+    await visit(page, "/platform", 403);
+    await see(page, '.error[role="alert"]', "403 Forbidden");
+    await page.context().clearCookies();
+  }
+  assertEqual(namespaces, [`ann-${RUN}`, `bo-${RUN}`], "namespaces named after them");
+});
+
+step("signup: the third person is still waiting", async ({ page }) => {
+  if (!MAIL) skip("E2E_MAIL_DIR is not set (web.rs sets it for the platform's signup run)");
+  await login(page);
+  await visit(page, "/platform?state=waiting");
+  const emails = await page.locator("table.waitlist tbody tr td:first-child").allInnerTexts();
+  assertEqual(emails.filter((e) => PEOPLE.includes(e)), [PEOPLE[2]], "still waiting");
+});
 
 step("tls: signed in over HTTPS, the session cookie is Secure; the services page and its OpenAPI link load", async ({
   page,

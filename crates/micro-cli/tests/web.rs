@@ -161,6 +161,33 @@ async fn dashboard_in_a_real_browser() {
     assert_eq!(printed, shown, "micro usage and the usage page");
 }
 
+/// The platform's signup in a browser, with a real SMTP server: three people join the
+/// waitlist and confirm the codes mailed to them, the operator invites the next two from
+/// the platform page, the invited sign up from their invite's link and sign in to
+/// namespaces of their own; the third still waits (the script's `signup: …` steps).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_signup_in_a_real_browser() {
+    if !browser_ready() {
+        return;
+    }
+    let Some(sink) = micro_test::smtp::SmtpSink::start(Default::default()) else { return };
+    let server = ServerProcess::builder(binary(env!("CARGO_BIN_EXE_micro")))
+        .env("MICRO_SMTP", sink.url())
+        .env("MICRO_PLATFORM_URL", "https://m3o.test")
+        .start();
+    let (web, api) = (format!("http://{}", server.web), format!("http://{}", server.api));
+    let mail = sink.mail_dir();
+    let env = [
+        ("E2E_URL", web.as_str()),
+        ("E2E_API_URL", api.as_str()),
+        ("E2E_ADMIN_PASSWORD", server.admin_password.as_str()),
+        ("E2E_MAIL_DIR", mail.to_str().unwrap()),
+        ("E2E_ONLY", "^signup: "),
+    ];
+    let stdout = e2e(&env).await;
+    assert!(stdout.contains("e2e: 4 passed, 0 failed, 0 skipped"), "{stdout}");
+}
+
 /// `MICRO_TLS=auto`: the dashboard over HTTPS in a browser that trusts the local CA the
 /// server printed, as its user would make theirs: the CA added to an NSS database (the
 /// store chromium reads on Linux: `$HOME/.pki/nssdb`) of a HOME made for the browser.

@@ -122,7 +122,8 @@ impl SmtpSink {
         self.ca.as_deref()
     }
 
-    fn mail_dir(&self) -> PathBuf {
+    /// Where each accepted message is written, as `<time>-<n>.json`.
+    pub fn mail_dir(&self) -> PathBuf {
         self.dir.path().join("mail")
     }
 

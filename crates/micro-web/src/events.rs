@@ -458,7 +458,7 @@ fn payload_text(payload: &[u8], pretty: bool) -> String {
 }
 
 /// Unix milliseconds as `YYYY-MM-DD HH:MM:SS.mmm` (UTC).
-pub(super) fn utc(ms: u64) -> String {
+pub(crate) fn utc(ms: u64) -> String {
     let (secs, millis) = (ms / 1000, ms % 1000);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil(days as i64);

@@ -13,6 +13,7 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
     ("auth", "Auth"),
     ("health", "Health"),
     ("usage", "Usage"),
+    ("platform", "Platform"),
 ];
 
 fn head(title: &str) -> Markup {
@@ -49,7 +50,8 @@ pub(crate) fn layout(page: &Page, title: &str, active: &str, body: Markup) -> Ma
                     a.brand href="/" { "Micro" }
                     nav aria-label="Sections" {
                         ul {
-                            @for (path, label) in SECTIONS {
+                            // The platform's page is for its operators only.
+                            @for (path, label) in SECTIONS.iter().filter(|(p, _)| *p != "platform" || can_switch) {
                                 li {
                                     @if *path == active {
                                         a href={ "/" (path) } aria-current="page" { (label) }

@@ -32,10 +32,12 @@ mod extract;
 mod gateway;
 mod health;
 mod html;
+mod platform;
 mod runtime;
 mod services;
 mod session;
 mod signin;
+mod signup;
 mod store;
 mod usage;
 
@@ -181,7 +183,7 @@ impl Web {
                     .fallback(extract::fallback)
             };
         }
-        let sections: [(&str, MethodRouter<Web>); 8] = [
+        let sections: [(&str, MethodRouter<Web>); 9] = [
             ("services", section!(services)),
             ("runtime", section!(runtime)),
             ("store", section!(store)),
@@ -190,10 +192,14 @@ impl Web {
             ("auth", section!(auth)),
             ("health", section!(health)),
             ("usage", section!(usage)),
+            ("platform", section!(platform)),
         ];
         let mut router = Router::new()
             .route("/login", get(signin::page).post(signin::login).fallback(extract::fallback))
             .route("/logout", post(signin::logout).fallback(extract::fallback))
+            .route("/signup", get(signup::page).post(signup::join).fallback(extract::fallback))
+            .route("/signup/verify", post(signup::verify).fallback(extract::fallback))
+            .route("/signup/accept", get(signup::accept_page).post(signup::accept).fallback(extract::fallback))
             .route("/namespace", post(signin::switch_namespace).fallback(extract::fallback))
             .route("/", get(|_: Page| async { redirect("/services") }).fallback(extract::fallback));
         for (name, pages) in sections {
@@ -327,6 +333,18 @@ mod tests {
         let other =
             send(&router, "POST", "/login", Some("micro_login=y"), "_csrf=x&namespace=shop&id=a&secret=b").await;
         assert_eq!(other.status(), StatusCode::UNAUTHORIZED);
+        // The signup pages need no session; their forms need the pre-session token all the same.
+        for uri in ["/signup", "/signup/accept?email=a%40b.example&code=c"] {
+            let r = send(&router, "GET", uri, None, "").await;
+            assert_eq!(r.status(), StatusCode::OK, "{uri}");
+            assert!(cookies(&r)[0].starts_with("micro_login="), "{uri}");
+        }
+        for uri in ["/signup", "/signup/verify", "/signup/accept"] {
+            let forged = send(&router, "POST", uri, None, "_csrf=x&email=a%40b.example&code=1&password=p").await;
+            assert_eq!(forged.status(), StatusCode::FORBIDDEN, "{uri}");
+            let other = send(&router, "POST", uri, Some("micro_login=y"), "_csrf=x&email=a%40b.example").await;
+            assert_eq!(other.status(), StatusCode::FORBIDDEN, "{uri}");
+        }
     }
 
     #[tokio::test]
