@@ -111,22 +111,39 @@ pub(crate) async fn token(c: &Ctx) -> Result<Option<String>> {
     if creds.expiry > now() + 30 {
         return Ok(Some(creds.access_token));
     }
-    let req = request(c, pb::TokenRequest { refresh_token: creds.refresh_token.clone(), ..Default::default() })?;
-    let res = client(c, None)?
+    let fresh = refreshed(c, creds).await?;
+    let env = envs.current_mut();
+    // The person and a switched-to namespace keep the same tokens as the current ones.
+    if env.person.as_ref().is_some_and(|p| p.namespace == fresh.namespace && p.account == fresh.account) {
+        env.person = Some(fresh.clone());
+    }
+    if let Some(s) = env.switched.get_mut(&fresh.namespace) {
+        *s = fresh.clone();
+    }
+    env.credentials = Some(fresh.clone());
+    envs.save()?;
+    Ok(Some(fresh.access_token))
+}
+
+/// `creds` with new tokens, when the access token is about to expire.
+pub(crate) async fn refreshed(c: &Ctx, creds: Credentials) -> Result<Credentials> {
+    if creds.expiry > now() + 30 {
+        return Ok(creds);
+    }
+    let ns = Ctx { namespace: creds.namespace.clone(), token: None, ..c.clone() };
+    let req = request(&ns, pb::TokenRequest { refresh_token: creds.refresh_token.clone(), ..Default::default() })?;
+    let res = client(&ns, None)?
         .token(req)
         .await
         .map_err(|e| anyhow!("your session has expired ({}); log in again: micro login", e.message()))?
         .into_inner();
-    let fresh = Credentials {
+    Ok(Credentials {
         account: creds.account,
         namespace: creds.namespace,
-        access_token: res.access_token.clone(),
+        access_token: res.access_token,
         refresh_token: res.refresh_token,
         expiry: res.expiry,
-    };
-    envs.current_mut().credentials = Some(fresh);
-    envs.save()?;
-    Ok(Some(res.access_token))
+    })
 }
 
 /// The local admin password file, when `micro server` runs here with default settings.
@@ -154,13 +171,17 @@ pub(crate) async fn login(c: &Ctx, id: &str, password: Option<String>) -> Result
     let req = request(c, pb::TokenRequest { id: id.to_string(), secret, ..Default::default() })?;
     let res = client(c, None)?.token(req).await.map_err(tonic_err)?.into_inner();
     let mut envs = Envs::load()?;
-    envs.current_mut().credentials = Some(Credentials {
+    let creds = Credentials {
         account: id.to_string(),
         namespace: c.namespace.clone(),
         access_token: res.access_token,
         refresh_token: res.refresh_token,
         expiry: res.expiry,
-    });
+    };
+    let env = envs.current_mut();
+    env.credentials = Some(creds.clone());
+    env.person = Some(creds);
+    env.switched.clear();
     envs.save()?;
     output::done(
         c.json,
@@ -172,7 +193,10 @@ pub(crate) async fn login(c: &Ctx, id: &str, password: Option<String>) -> Result
 
 pub(crate) fn logout(c: &Ctx) -> Result<()> {
     let mut envs = Envs::load()?;
-    envs.current_mut().credentials = None;
+    let env = envs.current_mut();
+    env.credentials = None;
+    env.person = None;
+    env.switched.clear();
     envs.save()?;
     output::done(c.json, json!({"logged_out": true}), Some("logged out".into()));
     Ok(())
@@ -282,6 +306,9 @@ pub(crate) enum NamespaceCmd {
     Create { name: String },
     /// Delete a namespace's accounts, tokens and rules.
     Delete { name: String },
+    /// Act in another namespace you are a member of (a team), or back in your own: micro
+    /// namespace switch <name>. Later commands act there with your role's rights.
+    Switch { name: String },
 }
 
 pub(crate) async fn namespace(c: &Ctx, cmd: NamespaceCmd) -> Result<()> {
@@ -297,6 +324,7 @@ pub(crate) async fn namespace(c: &Ctx, cmd: NamespaceCmd) -> Result<()> {
     };
     let mut cl = client(c, t)?;
     match cmd {
+        NamespaceCmd::Switch { name } => return crate::team::switch(c, &name).await,
         NamespaceCmd::List => {
             let res = cl
                 .list_namespaces(request(&admin, pb::ListNamespacesRequest {})?)

@@ -229,6 +229,14 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: crate::auth::NamespaceCmd,
     },
+    /// Teams on the platform, as the person who logged in: micro team create|invite|accept|
+    /// members|set-role|remove|transfer|namespaces [--flags] (in the current namespace)
+    #[command(disable_help_flag = true)]
+    Team {
+        /// The command and its flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Manage accounts and rules: micro auth create|delete|list account|rule
     Auth {
         #[command(subcommand)]
@@ -311,6 +319,7 @@ fn init_tracing(server: bool) {
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct Ctx {
     pub(crate) address: String,
     pub(crate) namespace: String,
@@ -512,6 +521,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Status { name } => crate::runtime::status(&c, name.as_deref()).await,
         Command::Logs { name, follow, lines, build } => crate::runtime::logs(&c, &name, follow, lines, build).await,
         Command::Namespace { cmd } => crate::auth::namespace(&c, cmd).await,
+        Command::Team { args } => crate::team::team(&c, &args).await,
         Command::Store { cmd } => crate::data::store(&c, cmd).await,
         Command::Config { cmd } => crate::data::config(&c, cmd).await,
         Command::Ratelimit { cmd } => crate::ratelimit::ratelimit(&c, cmd).await,
@@ -730,7 +740,7 @@ fn env_cmd(c: &Ctx, action: Option<EnvAction>) -> Result<()> {
             if let Some(ca) = &ca {
                 micro::tls::extra_roots(ca).map_err(|e| anyhow!("--ca: {}", e.detail()))?;
             }
-            envs.envs.insert(name, Env { address, namespace: ns, credentials: None, ca });
+            envs.envs.insert(name, Env { address, namespace: ns, credentials: None, ca, ..Env::default() });
         }
         Some(EnvAction::Del { name }) => {
             if name == "local" {

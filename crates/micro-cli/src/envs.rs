@@ -13,7 +13,7 @@ pub(crate) struct Envs {
     pub(crate) envs: BTreeMap<String, Env>,
 }
 
-#[derive(Serialize, Deserialize, Clone)]
+#[derive(Serialize, Deserialize, Clone, Default)]
 pub(crate) struct Env {
     pub(crate) address: String,
     #[serde(default)]
@@ -25,6 +25,13 @@ pub(crate) struct Env {
     /// public roots (`micro server` with `MICRO_TLS=auto` sets it for `local`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) ca: Option<String>,
+    /// Who logged in (`micro login`): the person `micro team` acts as, whichever
+    /// namespace `micro namespace switch` moved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) person: Option<Credentials>,
+    /// Credentials of the team namespaces switched to, by namespace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) switched: BTreeMap<String, Credentials>,
 }
 
 /// Tokens of a logged-in account.
@@ -55,6 +62,8 @@ impl Envs {
             namespace: "micro".into(),
             credentials: None,
             ca: None,
+            person: None,
+            switched: BTreeMap::new(),
         });
         if e.current.is_empty() {
             e.current = "local".into();
@@ -82,6 +91,8 @@ impl Envs {
             namespace: "micro".into(),
             credentials: None,
             ca: None,
+            person: None,
+            switched: BTreeMap::new(),
         })
     }
 
@@ -93,6 +104,8 @@ impl Envs {
             namespace: "micro".into(),
             credentials: None,
             ca: None,
+            person: None,
+            switched: BTreeMap::new(),
         })
     }
 

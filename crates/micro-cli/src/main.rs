@@ -12,6 +12,7 @@ mod new;
 mod output;
 mod ratelimit;
 mod runtime;
+mod team;
 mod trace;
 mod usage;
 

@@ -19,6 +19,17 @@ pub const ADMIN_SCOPE: &str = "admin";
 /// accounts its services run as.
 pub const DATA_SCOPE: &str = "data";
 
+/// The scope of a namespace's owner (a team's role): with `admin`, what only the owner does.
+pub const OWNER_SCOPE: &str = "owner";
+
+/// The scope of a developer (a team's role): runs, updates and kills the namespace's
+/// services and reads and writes its data, but manages no accounts or rules.
+pub const DEVELOPER_SCOPE: &str = "developer";
+
+/// The scope of a viewer (a team's role): reads the namespace's services, data and logs,
+/// changes nothing.
+pub const VIEWER_SCOPE: &str = "viewer";
+
 /// What kind of principal an account is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -67,9 +78,22 @@ impl Account {
     }
 
     /// Whether the account may read and write namespace `ns`'s data: its admin, or an
-    /// account of `ns` with the `data` scope.
+    /// account of `ns` with the `data` or `developer` scope.
     pub fn may_use_data_of(&self, ns: &str) -> bool {
-        self.is_admin_of(ns) || (self.namespace == ns && self.has_scope(DATA_SCOPE))
+        self.is_admin_of(ns)
+            || (self.namespace == ns && (self.has_scope(DATA_SCOPE) || self.has_scope(DEVELOPER_SCOPE)))
+    }
+
+    /// Whether the account may run, update and kill namespace `ns`'s services: its admin,
+    /// or a developer of it.
+    pub fn may_deploy_in(&self, ns: &str) -> bool {
+        self.is_admin_of(ns) || (self.namespace == ns && self.has_scope(DEVELOPER_SCOPE))
+    }
+
+    /// Whether the account may read namespace `ns`'s data, services and logs: whoever may
+    /// use its data, and its viewers.
+    pub fn may_read_in(&self, ns: &str) -> bool {
+        self.may_use_data_of(ns) || (self.namespace == ns && self.has_scope(VIEWER_SCOPE))
     }
 }
 

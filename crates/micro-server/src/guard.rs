@@ -2,8 +2,9 @@
 //! [`micro::auth::Authorizer`] over this node's keys and rules ([`AuthService`]) with the
 //! core's policy. Every call's token is verified, its namespace resolved (the
 //! `micro-namespace` header, else the caller's account, else `micro`), a foreign
-//! namespace refused, and the call decided — by the admin scope for endpoints that read
-//! or change a namespace's state, else by the namespace's rules. Handlers read the
+//! namespace refused, and the call decided — by the caller's scopes for endpoints that
+//! read or change a namespace's state (admin; developer to deploy and write data; data to
+//! use data; viewer to read), else by the namespace's rules. Handlers read the
 //! verified [`micro::auth::Caller`] from the request.
 
 use crate::auth::AuthService;
@@ -35,8 +36,19 @@ impl Policy for CorePolicy {
             // like `service:registry:*` with scope `""` opens it).
             "registry" if !matches!(endpoint, "Registry.Register" | "Registry.Deregister") => Protection::Public,
             "registry" | "sync" | "broker" => Protection::Members,
+            // Viewers read data; developers (and data accounts) also write it.
+            "store"
+                if matches!(endpoint, "Store.Read" | "Store.List" | "Store.Databases" | "Store.Tables")
+                    || matches!(endpoint, "Blob.Get" | "Blob.List") =>
+            {
+                Protection::Read
+            }
+            "events" if matches!(endpoint, "Events.Read" | "Events.Topics" | "Events.Groups") => Protection::Read,
             "store" | "config" | "events" => Protection::Data,
-            "runtime" | "usage" | "domains" => Protection::Admin,
+            // Viewers see services and their logs; developers run, update and kill them.
+            "runtime" if matches!(endpoint, "Runtime.Read" | "Runtime.Logs") => Protection::Read,
+            "runtime" => Protection::Deploy,
+            "usage" | "domains" => Protection::Admin,
             _ => Protection::Rules,
         }
     }
@@ -86,7 +98,15 @@ mod tests {
         assert_eq!(p("store", "Store.Read"), Protection::Data);
         assert_eq!(p("store", "Blob.Put"), Protection::Data);
         assert_eq!(p("config", "Config.Get"), Protection::Data);
-        assert_eq!(p("runtime", "Runtime.Create"), Protection::Admin);
+        assert_eq!(p("runtime", "Runtime.Create"), Protection::Deploy);
+        assert_eq!(p("runtime", "Runtime.Upload"), Protection::Deploy);
+        assert_eq!(p("runtime", "Runtime.Download"), Protection::Deploy);
+        assert_eq!(p("runtime", "Runtime.Logs"), Protection::Read);
+        assert_eq!(p("store", "Store.Write"), Protection::Data);
+        assert_eq!(p("store", "Blob.Get"), Protection::Read);
+        assert_eq!(p("events", "Events.Publish"), Protection::Data);
+        assert_eq!(p("events", "Events.Read"), Protection::Read);
+        assert_eq!(p("config", "Config.Get"), Protection::Data);
         assert_eq!(p("store", "Debug.Health"), Protection::Public);
         assert_eq!(p("registry", "Debug.Trace"), Protection::Operator);
         assert_eq!(p("cluster", "Cluster.Join"), Protection::Public);

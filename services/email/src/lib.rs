@@ -7,9 +7,9 @@
 //! in the `micro` namespace serves every namespace, each with its own outbox, templates,
 //! bounces and daily limit, kept in the service's table under `<namespace>/`.
 //!
-//! - Mail is always from the platform's address (`MICRO_EMAIL_FROM`); a tenant chooses
-//!   the display name and the Reply-To, so no tenant can send as another or as the
-//!   platform.
+//! - Mail is always from the platform's address (`MICRO_EMAIL_FROM`), named "<name> via
+//!   <platform>" for tenants (their `from_name`, else their namespace); a name with an
+//!   address or the platform's name is refused. A tenant chooses the Reply-To.
 //! - Each recipient gets a mail of their own (no tenant leaks one user's address to
 //!   another), with a Message-ID made of its id.
 //! - Delivery is once: a mail is marked `sending` before it is handed over and `sent`
@@ -17,7 +17,8 @@
 //!   milliseconds) sends it again after the restart, with the same Message-ID.
 //! - A permanent refusal (5xx) bounces the mail and records the address; later mail to
 //!   it is refused until a namespace admin removes the bounce.
-//! - Members see the mail they sent; the namespace's admins see all of it.
+//! - Members see the mail they sent; the namespace's admins see all of it. Mail is kept
+//!   30 days after its last change.
 //!
 //! Endpoints (`micro email send …` on the CLI, `POST /email/send` at the gateway):
 //! `Email.Send`, `Email.Get`, `Email.List`, `Email.SaveTemplate`, `Email.Templates`,
@@ -402,7 +403,9 @@ pub fn service_with(service: Service, settings: Settings) -> Service {
             async move {
                 let (ns, who, admin) = caller(&ctx)?;
                 let limit = req.limit.unwrap_or(MAX_LIST).clamp(1, MAX_LIST) as usize;
-                let q = Query { prefix: true, order: Order::Desc, ..Default::default() };
+                // The newest few thousand at most: a member's own are found among them.
+                let read = if admin { limit as u32 } else { 4 * MAX_LIST };
+                let q = Query { prefix: true, order: Order::Desc, limit: read, ..Default::default() };
                 let mut mails = Vec::new();
                 for r in sh.store.read(&format!("{ns}/mail/"), &q).await? {
                     let m: Mail = decode(&r.value)?;
@@ -498,6 +501,16 @@ impl Shared {
         let reply_to = req.reply_to.as_deref().map(|r| address("reply_to", r)).transpose()?;
         let from_name =
             req.from_name.as_deref().map(|n| line("from_name", n, 64)).transpose()?.filter(|n| !n.is_empty());
+        // A tenant's mail is "<name> via <platform>": a name that passes for the platform
+        // or an address is refused.
+        if let (Some(n), Some(sender)) = (&from_name, &self.sender)
+            && ns != micro_core::namespace::DEFAULT
+        {
+            let platform = sender.platform_name().to_lowercase();
+            if n.contains('@') || n.contains('<') || n.to_lowercase().contains(&platform) {
+                return Err(bad(format!("from_name {n:?} may not contain an address or the platform's name")));
+            }
+        }
         let key = match req.key.as_deref() {
             Some(k) if k.is_empty() || k.len() > MAX_KEY => {
                 return Err(bad(format!("key must be 1 to {MAX_KEY} bytes")));

@@ -39,10 +39,19 @@ fn parse(key: &str) -> Option<(u64, &str, &str)> {
     Some((due, parts.next()?, parts.next()?))
 }
 
+/// How long a mail is kept after its last change.
+const KEEP: Duration = Duration::from_secs(30 * 86_400);
+
+/// Writes `mail` of namespace `ns`, kept for 30 days from now.
+async fn save(store: &micro::data::StoreHandle, ns: &str, mail: &Mail) -> Result<(), Status> {
+    let record = micro_core::store::Record::new(mail_key(ns, &mail.id), encode(mail)?);
+    store.write(&record, Some(KEEP)).await
+}
+
 /// Puts a new mail in namespace `ns`'s outbox: its queue entry first.
 pub(crate) async fn enqueue(store: &micro::data::StoreHandle, ns: &str, mail: &Mail) -> Result<(), Status> {
     store.put(&queue_key(ns, mail), b"1".to_vec()).await?;
-    store.put(&mail_key(ns, &mail.id), encode(mail)?).await
+    save(store, ns, mail).await
 }
 
 /// Sends the outbox while this node leads, until the service stops.
@@ -141,8 +150,8 @@ async fn deliver(sh: &Shared, sender: &Sender, key: &str, ns: &str, id: &str) ->
     }
     mail.state = State::Sending;
     mail.attempts += 1;
-    store.put(&mail_key(ns, id), encode(&mail)?).await?;
-    let outcome = sender.send(&mail).await;
+    save(store, ns, &mail).await?;
+    let outcome = sender.send(ns, &mail).await;
     match outcome {
         Ok(()) => {
             mail.state = State::Sent;
@@ -179,7 +188,7 @@ async fn deliver(sh: &Shared, sender: &Sender, key: &str, ns: &str, id: &str) ->
             store.put(&queue_key(ns, &mail), b"1".to_vec()).await?;
         }
     }
-    store.put(&mail_key(ns, id), encode(&mail)?).await?;
+    save(store, ns, &mail).await?;
     store.delete(key).await
 }
 

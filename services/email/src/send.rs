@@ -41,10 +41,22 @@ impl Sender {
         Ok(Some(Sender { from: settings.from.clone(), smtp }))
     }
 
-    /// The message `mail` becomes: from the platform's address with the tenant's display
-    /// name, with a Message-ID of its own id so a receiver can drop a repeat.
-    pub(crate) fn message(&self, mail: &Mail) -> Result<Message, String> {
-        let from = Mailbox::new(mail.from_name.clone().or(self.from.name.clone()), self.from.email.clone());
+    /// The platform's name in the From line.
+    pub(crate) fn platform_name(&self) -> &str {
+        self.from.name.as_deref().unwrap_or("Micro")
+    }
+
+    /// The message `mail` of namespace `ns` becomes: from the platform's address, named
+    /// "<name> via <platform>" for any namespace but the platform's own (so no tenant's
+    /// mail reads as the platform's), with a Message-ID of its own id so a receiver can
+    /// drop a repeat.
+    pub(crate) fn message(&self, ns: &str, mail: &Mail) -> Result<Message, String> {
+        let name = if ns == micro_core::namespace::DEFAULT {
+            mail.from_name.clone().unwrap_or_else(|| self.platform_name().to_string())
+        } else {
+            format!("{} via {}", mail.from_name.as_deref().unwrap_or(ns), self.platform_name())
+        };
+        let from = Mailbox::new(Some(name), self.from.email.clone());
         let to: Mailbox = mail.to.parse().map_err(|e| format!("recipient {:?}: {e}", mail.to))?;
         let mut b = Message::builder().from(from).to(to).subject(mail.subject.clone()).message_id(Some(format!(
             "<{}@{}>",
@@ -61,9 +73,9 @@ impl Sender {
         m.map_err(|e| e.to_string())
     }
 
-    /// Sends `mail` once.
-    pub(crate) async fn send(&self, mail: &Mail) -> Result<(), Failure> {
-        let message = self.message(mail).map_err(Failure::Invalid)?;
+    /// Sends `mail` of namespace `ns` once.
+    pub(crate) async fn send(&self, ns: &str, mail: &Mail) -> Result<(), Failure> {
+        let message = self.message(ns, mail).map_err(Failure::Invalid)?;
         match &self.smtp {
             None => {
                 tracing::info!(

@@ -1,11 +1,13 @@
-//! Templates: a subject, a text body and an optional HTML body, with `{{ variables }}`
-//! (Jinja syntax). Values are escaped in the HTML body and never in the text; a variable
-//! the call does not give is an error, not an empty string; a template runs on a fuel
-//! budget, so a loop cannot hold the service.
+//! Templates: a subject, a text body and an optional HTML body with `{{ variables }}`.
+//!
+//! Deliberately small: a variable is a name or a dotted path into the call's `vars`
+//! (`{{ name }}`, `{{ order.id }}`) and nothing else — no loops, no expressions, no
+//! filters — so no template can make the service loop or allocate without bound. Values
+//! are escaped in the HTML body and never in the subject or text; a variable the call
+//! does not give is an error, not an empty string; a rendered part is capped in size.
 
 use crate::NAME;
 use micro::Status;
-use minijinja::{Environment, UndefinedBehavior};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -13,8 +15,8 @@ use serde::{Deserialize, Serialize};
 pub(crate) const MAX_PART: usize = 64 * 1024;
 /// The longest subject, in characters (RFC 5322's line limit).
 pub(crate) const MAX_SUBJECT: usize = 998;
-/// How much work one rendering may do.
-const FUEL: u64 = 200_000;
+/// The largest rendered part, in bytes.
+const MAX_RENDERED: usize = 512 * 1024;
 
 /// A saved template.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -44,24 +46,87 @@ fn bad(msg: impl Into<String>) -> Status {
 
 /// Checks a template's name.
 pub(crate) fn check_name(name: &str) -> Result<(), Status> {
-    if name.is_empty()
-        || name.len() > 64
-        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-    {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !ok {
         return Err(bad(format!("invalid template name {name:?}: use 1 to 64 of a-z, 0-9, '-' and '_'")));
     }
     Ok(())
 }
 
-fn env() -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_fuel(Some(FUEL));
-    // Escaping by the part's name: `.html` escapes, `.txt` does not.
-    env.set_auto_escape_callback(|name| {
-        if name.ends_with(".html") { minijinja::AutoEscape::Html } else { minijinja::AutoEscape::None }
-    });
-    env
+/// A piece of a parsed template.
+enum Piece<'a> {
+    Text(&'a str),
+    Var(&'a str),
+}
+
+/// Splits `src` into text and `{{ path }}` variables.
+fn parse(src: &str) -> Result<Vec<Piece<'_>>, String> {
+    let mut out = Vec::new();
+    let mut rest = src;
+    while let Some(start) = rest.find("{{") {
+        out.push(Piece::Text(&rest[..start]));
+        let after = &rest[start + 2..];
+        let end = after.find("}}").ok_or("a {{ is not closed with }}")?;
+        let path = after[..end].trim();
+        let valid = !path.is_empty()
+            && path.split('.').all(|p| {
+                !p.is_empty()
+                    && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && !p.as_bytes()[0].is_ascii_digit()
+            });
+        if !valid {
+            return Err(format!("{{{{ {path} }}}} is not a variable: use {{{{ name }}}} or {{{{ name.field }}}}"));
+        }
+        out.push(Piece::Var(path));
+        rest = &after[end + 2..];
+    }
+    if rest.contains("}}") {
+        return Err("a }} has no {{".into());
+    }
+    out.push(Piece::Text(rest));
+    Ok(out)
+}
+
+fn escape_html(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Renders one part.
+fn render_part(src: &str, vars: &serde_json::Value, html: bool) -> Result<String, String> {
+    let mut out = String::new();
+    for piece in parse(src)? {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Var(path) => {
+                let mut v = vars;
+                for p in path.split('.') {
+                    v = v.get(p).ok_or_else(|| format!("{path} is undefined: give it in vars"))?;
+                }
+                let s = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Number(n) => n.to_string(),
+                    serde_json::Value::Bool(b) => b.to_string(),
+                    _ => return Err(format!("{path} is not a string, number or boolean")),
+                };
+                if html { escape_html(&s, &mut out) } else { out.push_str(&s) }
+            }
+        }
+        if out.len() > MAX_RENDERED {
+            return Err(format!("it renders to more than {MAX_RENDERED} bytes"));
+        }
+    }
+    Ok(out)
 }
 
 /// Checks a template before it is saved: its name, sizes and syntax.
@@ -75,23 +140,20 @@ pub(crate) fn check(t: &Template) -> Result<(), Status> {
         if src.len() > MAX_PART {
             return Err(bad(format!("the template's {part} is larger than {MAX_PART} bytes")));
         }
-        let mut env = env();
-        env.add_template_owned(format!("{part}.check"), src.clone())
-            .map_err(|e| bad(format!("the template's {part} does not parse: {e}")))?;
+        parse(src).map_err(|e| bad(format!("the template's {part} does not parse: {e}")))?;
     }
     Ok(())
 }
 
 /// Renders `t` with `vars` (a JSON object).
 pub(crate) fn render(t: &Template, vars: &serde_json::Value) -> Result<Rendered, Status> {
-    let env = env();
-    let run = |part: &str, name: &str, src: &str| {
-        env.render_named_str(name, src, vars).map_err(|e| bad(format!("template {:?}, {part}: {e}", t.name)))
+    let run = |part: &str, src: &str, html: bool| {
+        render_part(src, vars, html).map_err(|e| bad(format!("template {:?}, {part}: {e}", t.name)))
     };
     Ok(Rendered {
-        subject: run("subject", "subject.txt", &t.subject)?,
-        text: run("text", "body.txt", &t.text)?,
-        html: t.html.as_deref().map(|h| run("html", "body.html", h)).transpose()?,
+        subject: run("subject", &t.subject, false)?,
+        text: run("text", &t.text, false)?,
+        html: t.html.as_deref().map(|h| run("html", h, true)).transpose()?,
     })
 }
 
@@ -107,28 +169,31 @@ mod tests {
     #[test]
     fn renders_and_escapes_html_only() {
         let r = render(
-            &t("Hi {{ name }}", "Hello {{ name }}!", Some("<p>Hello {{ name }}</p>")),
-            &json!({"name": "<b>Bob</b> & co"}),
+            &t("Hi {{ name }}", "Hello {{name}}! Order {{ order.id }}", Some("<p>Hello {{ name }}</p>")),
+            &json!({"name": "<b>Bob</b> & co", "order": {"id": 42}}),
         )
         .unwrap();
         assert_eq!(r.subject, "Hi <b>Bob</b> & co");
-        assert_eq!(r.text, "Hello <b>Bob</b> & co!");
-        assert_eq!(r.html.unwrap(), "<p>Hello &lt;b&gt;Bob&lt;&#x2f;b&gt; &amp; co</p>");
+        assert_eq!(r.text, "Hello <b>Bob</b> & co! Order 42");
+        assert_eq!(r.html.unwrap(), "<p>Hello &lt;b&gt;Bob&lt;/b&gt; &amp; co</p>");
     }
 
     #[test]
     fn refuses_bad_templates() {
         let e = render(&t("Hi {{ name }}", "x", None), &json!({})).err().unwrap();
         assert!(e.detail().contains("undefined"), "{e}");
-        let e = check(&t("Hi {{ name", "x", None)).unwrap_err();
-        assert!(e.detail().contains("does not parse"), "{e}");
-        let e = render(
-            &t("s", "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", None),
-            &json!({}),
-        )
-        .err()
-        .unwrap();
-        assert!(e.detail().contains("fuel"), "a runaway loop is stopped: {e}");
+        for src in
+            ["Hi {{ name", "{{ 'x' * 99999999 }}", "{% for i in range(9) %}x{% endfor %}}}", "{{ a..b }}", "{{ }}"]
+        {
+            let e = check(&t(src, "x", None)).unwrap_err();
+            assert!(e.detail().contains("does not parse"), "{src}: {e}");
+        }
+        let e = render(&t("s", "{{ a }}", None), &json!({"a": {"b": 1}})).err().unwrap();
+        assert!(e.detail().contains("not a string"), "{e}");
+        // A big value repeated many times stops at the cap instead of growing without bound.
+        let many = "{{ a }}".repeat(9000);
+        let e = render(&t("s", &many, None), &json!({"a": "x".repeat(1000)})).err().unwrap();
+        assert!(e.detail().contains("more than"), "{e}");
         assert!(check_name("Bad Name").is_err());
         assert!(check(&t(" ", "x", None)).is_err());
     }

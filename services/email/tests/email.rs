@@ -93,7 +93,10 @@ async fn sends_over_starttls_with_templates_limits_and_namespaces() {
     assert_eq!(m.login.as_deref(), Some("mailer"));
     assert_eq!(m.rcpt_tos, vec!["bob@example.com"]);
     assert_eq!(m.mail_from, "noreply@platform.test", "the platform's address, never the tenant's");
-    assert!(m.header("from").contains("Sam's Shop") && m.header("from").contains("noreply@platform.test"), "{m:?}");
+    assert!(
+        m.header("from").contains("Sam's Shop via Platform") && m.header("from").contains("noreply@platform.test"),
+        "{m:?}"
+    );
     assert_eq!(m.header("reply-to"), "sam@shop.example");
     assert_eq!(m.header("subject"), "Your order");
     assert!(m.header("message-id").contains(&id), "the Message-ID carries the mail's id: {m:?}");
@@ -138,6 +141,12 @@ async fn sends_over_starttls_with_templates_limits_and_namespaces() {
         (json!({"to": ["a@example.com"], "subject": "", "text": "y"}), "subject"),
         (json!({"to": ["a@example.com"], "subject": "x"}), "body"),
         (json!({"to": ["a@example.com"], "subject": "x", "text": "y", "from": "ceo@bank.example"}), "unknown field"),
+        (
+            json!({"to": ["a@example.com"], "subject": "x", "text": "y", "from_name": "Platform Security"}),
+            "platform's name",
+        ),
+        (json!({"to": ["a@example.com"], "subject": "x", "text": "y", "from_name": "ceo@bank.example"}), "address"),
+        (json!({"to": ["a@example.com"], "template": "welcome", "vars": {"name": {"a": 1}}}), "not a string"),
     ] {
         let (status, err) = call(&s.api, Some(&sam), "/email/send", body.clone()).await;
         assert_eq!(status, 400, "{body} → {err}");

@@ -12,14 +12,19 @@
 //!
 //! With invite-only off (`Platform.Settings`), a verified address is invited at once.
 //!
+//! Then **teams** ([`team`]): a person creates team namespaces, invites members with a
+//! role (owner, admin, developer, viewer) and switches into them.
+//!
 //! Codes are random (6 digits for verification, 122 bits for invites), kept only as
 //! hashes, compared in constant time, expire, and allow 5 wrong tries. Joining is limited
 //! per client address, per email domain and per address. The product's account holds
 //! the `admin` scope of `micro`: it creates namespaces and accounts.
 
 pub mod signup;
+pub mod team;
 
 pub use signup::{Entry, EntryState, Settings};
+pub use team::Role;
 
 use micro::{Code, Context, Service, Status};
 use std::sync::Arc;
@@ -27,9 +32,9 @@ use std::sync::Arc;
 /// The service's name.
 pub const NAME: &str = "platform";
 
-/// Where everything of namespace `ns` is kept in the service's table (the invites its
-/// users gave): the server deletes it with the namespace. The waitlist lives under `_`,
-/// which no namespace name starts with.
+/// Where everything of namespace `ns` is kept in the service's table (its members and
+/// team invites): the server deletes it with the namespace. The waitlist and what is a
+/// person's live under `_`, which no namespace name starts with.
 pub fn tenant_prefix(ns: &str) -> String {
     format!("{ns}/")
 }
@@ -65,6 +70,7 @@ pub(crate) fn operator(ctx: &Context) -> Result<(), Status> {
 pub(crate) struct Shared {
     pub(crate) store: micro::data::StoreHandle,
     pub(crate) sync: micro::data::SyncHandle,
+    pub(crate) config: micro::data::ConfigHandle,
     pub(crate) client: Result<micro::Client, Status>,
     pub(crate) channel: Result<micro::Channel, Status>,
     /// Where people sign up (`MICRO_PLATFORM_URL`), for the links in mail.
@@ -85,9 +91,11 @@ pub fn service_with(service: Service, url: Option<String>) -> Service {
     let shared = Arc::new(Shared {
         store: service.store(),
         sync: service.sync(),
+        config: service.config(),
         client: service.client(),
         channel: service.channel(),
         url: url.map(|u| u.trim_end_matches('/').to_string()),
     });
-    signup::handlers(service.version(env!("CARGO_PKG_VERSION")), shared)
+    let service = signup::handlers(service.version(env!("CARGO_PKG_VERSION")), shared.clone());
+    team::handlers(service, shared)
 }

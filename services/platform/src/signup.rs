@@ -47,29 +47,47 @@ const DISPOSABLE: &[&str] = &[
 
 /// Names no newcomer's namespace takes.
 const RESERVED: &[&str] = &[
-    "micro",
+    "account",
+    "accounts",
     "admin",
     "api",
     "app",
     "apps",
     "auth",
+    "billing",
     "dashboard",
     "default",
     "email",
     "help",
     "internal",
+    "login",
+    "logout",
     "m3o",
     "mail",
+    "micro",
+    "oauth",
     "platform",
     "public",
     "root",
+    "secure",
+    "security",
+    "signin",
+    "signup",
+    "sso",
     "static",
     "status",
     "support",
     "system",
+    "team",
+    "teams",
     "web",
     "www",
 ];
+
+/// Whether no newcomer's namespace may take `name`.
+pub(crate) fn reserved(name: &str) -> bool {
+    RESERVED.contains(&name)
+}
 
 /// Where an address is on the way in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -401,7 +419,7 @@ pub(crate) fn namespace_base(email: &str) -> String {
     if name.is_empty() {
         name = "user".into();
     }
-    if RESERVED.contains(&name.as_str()) {
+    if reserved(&name) {
         name.push_str("-user");
     }
     name
@@ -416,7 +434,8 @@ impl Shared {
         }
     }
 
-    async fn entry(&self, email: &str) -> Result<Option<Entry>, Status> {
+    /// The waitlist entry of `email` (canonical).
+    pub(crate) async fn entry_of(&self, email: &str) -> Result<Option<Entry>, Status> {
         match self.store.get(&entry_key(email)).await {
             Ok(r) => Ok(Some(decode(&r.value)?)),
             Err(e) if e.code() == Code::NotFound => Ok(None),
@@ -430,7 +449,7 @@ impl Shared {
 
     /// Runs `f` holding the lock of `id`, so no two calls act on one entry at once.
     async fn locked<T, F: std::future::Future<Output = Result<T, Status>>>(&self, id: &str, f: F) -> Result<T, Status> {
-        let lock = self.sync.lock(&format!("platform/{id}"), Duration::from_secs(30), Duration::from_secs(10)).await?;
+        let lock = self.sync.lock(&format!("platform/{id}"), Duration::from_secs(120), Duration::from_secs(10)).await?;
         let result = f.await;
         let _ = self.sync.unlock(&lock).await;
         result
@@ -470,12 +489,21 @@ impl Shared {
         Ok(())
     }
 
-    async fn mail(&self, to: &str, subject: &str, text: String) -> Result<(), Status> {
+    /// Mails `to`. A failure says no more than that (a bounce's reason is not a stranger's
+    /// business); the log has the rest.
+    pub(crate) async fn send_mail(&self, to: &str, subject: &str, text: String) -> Result<(), Status> {
         let client = self.client.as_ref().map_err(Clone::clone)?;
-        client
-            .call_json("email", "Email.Send", &json!({"to": [to], "subject": subject, "text": text}))
-            .await
-            .map(|_| ())
+        match client.call_json("email", "Email.Send", &json!({"to": [to], "subject": subject, "text": text})).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(service = NAME, error = %e, "mailing a signup message failed");
+                Err(Status::new(
+                    Code::Unavailable,
+                    NAME,
+                    format!("we could not mail {to}: try again later, or another address"),
+                ))
+            }
+        }
     }
 
     /// Gives `e` a new invite code, saves it and mails it.
@@ -496,23 +524,29 @@ impl Shared {
              With the CLI: micro platform signup accept --email {} --code {code} --password '…'\n",
             e.email
         );
-        self.mail(&e.email, "You are invited", text).await
+        self.send_mail(&e.email, "You are invited", text).await
     }
 
     async fn join(&self, ctx: &Context, req: JoinRequest) -> Result<Message, Status> {
         let email = canonical(&req.email)?;
         let settings = self.settings().await?;
-        if let Some(address) = ctx.metadata("micro-client-address") {
-            let ip = address.rsplit_once(':').map(|(h, _)| h).unwrap_or(address);
-            self.count(&format!("address/{}", &digest(ip)[..16]), settings.joins_per_address, "from your address")
-                .await?;
-        }
+        // The gateway and the proxy stamp the client's address; a call without one came
+        // straight to this service's node, past the edges.
+        let address = ctx
+            .metadata(micro::server::CLIENT_ADDRESS)
+            .and_then(|a| a.parse::<std::net::IpAddr>().ok())
+            .ok_or_else(|| Status::new(Code::PermissionDenied, NAME, "sign up through the gateway or the proxy"))?;
+        let per_address = format!("address/{}", &digest(&network(address))[..16]);
+        self.count(&per_address, settings.joins_per_address, "from your address").await?;
         let domain = email.split('@').nth(1).unwrap_or_default().to_string();
-        self.count(&format!("domain/{domain}"), settings.joins_per_domain, &format!("at {domain}")).await?;
+        // Only a new address counts against its domain: sending a code again does not.
+        if self.entry_of(&email).await?.is_none() {
+            self.count(&format!("domain/{domain}"), settings.joins_per_domain, &format!("at {domain}")).await?;
+        }
         let key = entry_key(&email);
         let (to, subject, text) = self
             .locked(&key, async {
-                let mut e = self.entry(&email).await?.unwrap_or(Entry {
+                let mut e = self.entry_of(&email).await?.unwrap_or(Entry {
                     email: email.clone(),
                     state: EntryState::Unverified,
                     joined: now(),
@@ -554,7 +588,7 @@ impl Shared {
                 Ok((email.clone(), mail.0, mail.1))
             })
             .await?;
-        self.mail(&to, &subject, text).await?;
+        self.send_mail(&to, &subject, text).await?;
         // The same answer whatever the address's state: nobody learns who is listed.
         Ok(Message { message: format!("check your mail at {email}: confirm the code with Signup.Verify") })
     }
@@ -563,7 +597,8 @@ impl Shared {
         let email = canonical(&req.email)?;
         let settings = self.settings().await?;
         self.locked(&entry_key(&email), async {
-            let mut e = self.entry(&email).await?.ok_or_else(|| bad("no code waits for this address: join first"))?;
+            let mut e =
+                self.entry_of(&email).await?.ok_or_else(|| bad("no code waits for this address: join first"))?;
             let Some(mut code) = e.code.clone().filter(|_| e.state == EntryState::Unverified) else {
                 return Err(bad("no code waits for this address: join first"));
             };
@@ -597,7 +632,7 @@ impl Shared {
         }
         self.locked(&entry_key(&email), async {
             let refused = || bad("no invite waits for this address");
-            let mut e = self.entry(&email).await?.ok_or_else(refused)?;
+            let mut e = self.entry_of(&email).await?.ok_or_else(refused)?;
             let Some(mut invite) = e.invite.clone().filter(|_| e.state == EntryState::Invited) else {
                 return Err(refused());
             };
@@ -626,25 +661,11 @@ impl Shared {
         let channel = self.channel.as_ref().map_err(Clone::clone)?;
         let mut auth = pb::auth_client::AuthClient::new(channel.clone());
         let base = namespace_base(email);
-        let mut chosen = None;
-        for i in 1..=50u32 {
-            let name = if i == 1 { base.clone() } else { format!("{base}-{i}") };
-            match auth
-                .create_namespace(request(
-                    micro_core::namespace::DEFAULT,
-                    pb::CreateNamespaceRequest { name: name.clone() },
-                )?)
-                .await
-            {
-                Ok(_) => {
-                    chosen = Some(name);
-                    break;
-                }
-                Err(e) if matches!(e.code(), tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition) => continue,
-                Err(e) => return Err(micro::status::from_tonic(&e)),
-            }
-        }
-        let namespace = chosen.ok_or_else(|| Status::internal(NAME, format!("no free namespace name for {base}")))?;
+        // One namespace is made at a time in the cluster, so two newcomers never share one.
+        let lock = self.sync.lock("platform/namespaces", Duration::from_secs(60), Duration::from_secs(30)).await?;
+        let made = self.make_namespace(&mut auth, &base).await;
+        let _ = self.sync.unlock(&lock).await;
+        let namespace = made?;
         let account = pb::GenerateRequest {
             id: email.to_string(),
             name: email.to_string(),
@@ -657,6 +678,29 @@ impl Shared {
         auth.generate(request(&namespace, account)?).await.map_err(|e| micro::status::from_tonic(&e))?;
         tracing::info!(service = NAME, namespace = %namespace, "a newcomer signed up");
         Ok(namespace)
+    }
+
+    /// Creates the first free namespace of `base`, `base-2`, … `base-20`, else `base-` and
+    /// a random suffix (so nobody squats every name of someone's).
+    async fn make_namespace(
+        &self,
+        auth: &mut pb::auth_client::AuthClient<micro::Channel>,
+        base: &str,
+    ) -> Result<String, Status> {
+        for i in 1..=21u32 {
+            let name = match i {
+                1 => base.to_string(),
+                21 => format!("{base}-{}", random(4)?.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+                i => format!("{base}-{i}"),
+            };
+            let req = request(micro_core::namespace::DEFAULT, pb::CreateNamespaceRequest { name: name.clone() })?;
+            match auth.create_namespace(req).await {
+                Ok(_) => return Ok(name),
+                Err(e) if matches!(e.code(), tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition) => continue,
+                Err(e) => return Err(micro::status::from_tonic(&e)),
+            }
+        }
+        Err(Status::internal(NAME, format!("no free namespace name for {base}")))
     }
 
     async fn waitlist(&self, req: WaitlistRequest) -> Result<WaitlistReply, Status> {
@@ -690,7 +734,7 @@ impl Shared {
         for email in emails {
             let outcome = self
                 .locked(&entry_key(&email), async {
-                    let Some(mut e) = self.entry(&email).await? else { return Ok(Some("not on the waitlist")) };
+                    let Some(mut e) = self.entry_of(&email).await? else { return Ok(Some("not on the waitlist")) };
                     match e.state {
                         EntryState::Waiting | EntryState::Invited => {
                             self.invite(&mut e, "operator").await?;
@@ -742,20 +786,12 @@ impl Shared {
     }
 
     async fn invite_friend(&self, ctx: &Context, req: JoinRequest) -> Result<FriendReply, Status> {
-        let caller = ctx.caller().and_then(|c| c.account.as_ref().map(|a| (c.namespace.clone(), a.clone())));
-        let Some((ns, account)) = caller else {
-            return Err(Status::new(Code::Unauthenticated, NAME, "log in to invite someone"));
-        };
-        if account.kind != micro_core::auth::AccountType::User {
-            return Err(Status::new(
-                Code::PermissionDenied,
-                NAME,
-                "people invite people: a service account has no invites",
-            ));
-        }
+        // People invite people: from their own namespace, counted per person (accounts an
+        // admin makes in a namespace hold no invites).
+        let me = self.person(ctx).await?;
         let email = canonical(&req.email)?;
         let per_user = self.settings().await?.invites_per_user;
-        let used_key = format!("{ns}/invites/{}", &digest(&account.id)[..32]);
+        let used_key = format!("_invites/{}", &digest(&me)[..32]);
         self.locked(&used_key, async {
             let used: u32 = match self.store.get(&used_key).await {
                 Ok(r) => decode(&r.value)?,
@@ -769,11 +805,12 @@ impl Shared {
                     format!("you have given all {per_user} of your invites"),
                 ));
             }
+            // Counted first, and the same answer whether or not the address has an
+            // account: nobody tests addresses for free.
+            self.store.put(&used_key, encode(&(used + 1))?).await?;
             self.locked(&entry_key(&email), async {
-                let mut e = match self.entry(&email).await? {
-                    Some(e) if e.state == EntryState::Joined => {
-                        return Err(bad(format!("{email} has an account already")));
-                    }
+                let mut e = match self.entry_of(&email).await? {
+                    Some(e) if e.state == EntryState::Joined => return Ok(()),
                     Some(e) => e,
                     None => Entry {
                         email: email.clone(),
@@ -790,13 +827,24 @@ impl Shared {
                 };
                 Self::may_mail(&mut e)?;
                 e.sent.pop();
-                self.invite(&mut e, &format!("{ns}/{}", account.id)).await
+                self.invite(&mut e, &me).await
             })
             .await?;
-            self.store.put(&used_key, encode(&(used + 1))?).await?;
             Ok(FriendReply { left: per_user - used - 1 })
         })
         .await
+    }
+}
+
+/// The network an address's joins count under: itself for IPv4, its /64 for IPv6 (one
+/// holder of a /64 has all of it).
+fn network(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
     }
 }
 

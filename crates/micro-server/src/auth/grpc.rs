@@ -209,9 +209,13 @@ impl pb::auth_server::Auth for AuthService {
         let name = req.into_inner().name;
         micro_core::namespace::validate(&name).map_err(t)?;
         let table = Self::namespaces();
-        if name == micro_core::namespace::DEFAULT
-            || self.inner.store.read(&table, &name, &Query::default()).await.is_ok()
-        {
+        // Only "not found" means free: a store that cannot answer is no licence to reuse a name.
+        let exists = match self.inner.store.read(&table, &name, &Query::default()).await {
+            Ok(_) => true,
+            Err(e) if e.code() == Code::NotFound => false,
+            Err(e) => return Err(t(e)),
+        };
+        if name == micro_core::namespace::DEFAULT || exists {
             return Err(t(MicroStatus::new(Code::AlreadyExists, "auth", format!("namespace {name} already exists"))));
         }
         // A re-created name starts empty: refused while a deleted namespace's data remains.

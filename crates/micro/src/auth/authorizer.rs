@@ -81,8 +81,13 @@ pub enum Protection {
     Public,
     /// The namespace's admin scope (or the micro namespace's), whatever the rules say.
     Admin,
-    /// Its admin, or an account of the namespace with the `data` scope.
+    /// Its admin, or an account of the namespace with the `data` or `developer` scope.
     Data,
+    /// Reading data, services and logs: whoever [`Protection::Data`] lets in, and the
+    /// namespace's viewers.
+    Read,
+    /// Running, updating and killing services: the namespace's admins and developers.
+    Deploy,
     /// The server's admins (the `micro` namespace's), whatever namespace the call names.
     Operator,
     /// Any account of the namespace (or its admin), unless the namespace's rules say
@@ -284,12 +289,31 @@ impl Authorizer {
                     format!("{} needs credentials: log in first", resource.name),
                 )),
             },
-            Protection::Admin | Protection::Data => match account {
-                Some(a) if a.is_admin_of(ns) || (protection == Protection::Data && a.may_use_data_of(ns)) => Ok(()),
+            Protection::Admin | Protection::Data | Protection::Read | Protection::Deploy => match account {
+                Some(a)
+                    if match protection {
+                        Protection::Data => a.may_use_data_of(ns),
+                        Protection::Read => a.may_read_in(ns),
+                        Protection::Deploy => a.may_deploy_in(ns),
+                        _ => a.is_admin_of(ns),
+                    } =>
+                {
+                    Ok(())
+                }
                 Some(_) => Err(Status::new(
                     Code::PermissionDenied,
                     "auth",
-                    format!("{} {} needs the admin scope of {ns}", resource.name, resource.endpoint),
+                    format!(
+                        "{} {} needs {} of {ns}",
+                        resource.name,
+                        resource.endpoint,
+                        match protection {
+                            Protection::Data => "the data scope (or developer, or admin)",
+                            Protection::Read => "the viewer scope (or data, developer, or admin)",
+                            Protection::Deploy => "the developer scope (or admin)",
+                            _ => "the admin scope",
+                        }
+                    ),
                 )),
                 None => Err(Status::new(
                     Code::Unauthenticated,

@@ -1,0 +1,299 @@
+//! Teams through a real `micro server` and SMTP server: people who signed up make a team
+//! namespace, invite each other with roles, switch into it; and a role matrix — owner,
+//! admin, developer, viewer × every kind of operation × the gateway, gRPC (through the
+//! proxy) and the CLI — shows no role does more than it should.
+
+use micro_test::process::ServerProcess;
+use micro_test::smtp::{Options, SmtpSink};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn micro() -> std::path::PathBuf {
+    micro_test::process::binary(micro_test::sibling_binary("micro"))
+}
+
+/// `POST path` at `addr` with `token` (and `ns` as `micro-namespace` when given).
+async fn call(addr: &str, token: &str, ns: Option<&str>, path: &str, body: Value) -> (u16, Value) {
+    let bearer = format!("Bearer {token}");
+    let mut headers = vec![("content-type", "application/json"), ("authorization", bearer.as_str())];
+    if let Some(ns) = ns {
+        headers.push(("micro-namespace", ns));
+    }
+    let r = micro_test::http(addr, "POST", path, &headers, body.to_string().as_bytes()).await;
+    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+}
+
+async fn anon(api: &str, path: &str, body: Value) -> (u16, Value) {
+    let r =
+        micro_test::http(api, "POST", path, &[("content-type", "application/json")], body.to_string().as_bytes()).await;
+    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+}
+
+/// The newest mail to `to` whose text matches after `marker`: the word that follows it.
+async fn mailed(sink: &SmtpSink, to: &str, marker: &str) -> String {
+    for _ in 0..200 {
+        for m in sink.messages().iter().rev() {
+            let text = m.text.clone().unwrap_or_default();
+            if m.rcpt_tos.iter().any(|r| r == to)
+                && let Some(rest) = text.split(marker).nth(1)
+            {
+                return rest.split_whitespace().next().unwrap_or_default().trim_end_matches('.').to_string();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no mail to {to} with {marker:?}: {:#?}", sink.messages());
+}
+
+/// Signs `email` up (join, confirm, invited by the operator, accept): their home token.
+async fn signup(s: &ServerProcess, sink: &SmtpSink, admin: &str, email: &str) -> (String, String) {
+    let api = &s.api;
+    assert_eq!(anon(api, "/platform/signup/join", json!({"email": email})).await.0, 200);
+    let code = mailed(sink, email, "waitlist is ").await;
+    assert_eq!(anon(api, "/platform/signup/verify", json!({"email": email, "code": code})).await.0, 200);
+    let (status, body) = call(api, admin, None, "/platform/platform/invite", json!({"emails": [email]})).await;
+    assert_eq!(status, 200, "{body}");
+    let code = mailed(sink, email, "invite code: ").await;
+    let password = format!("{email} password");
+    let (status, body) =
+        anon(api, "/platform/signup/accept", json!({"email": email, "code": code, "password": password})).await;
+    assert_eq!(status, 200, "{body}");
+    let ns = body["namespace"].as_str().expect("a namespace").to_string();
+    (ns.clone(), micro_test::login(&s.proxy, &ns, email, &password).await)
+}
+
+/// What each role may do: (operation, the least role allowed).
+const MATRIX: &[(&str, usize)] = &[
+    ("store read", 0),
+    ("store write", 1),
+    ("services and their status", 0),
+    ("kill a service", 1),
+    ("events read", 0),
+    ("events publish", 1),
+    ("accounts", 2),
+];
+const ROLES: [&str; 4] = ["viewer", "developer", "admin", "owner"];
+
+/// Whether an answer is a refusal of the caller's rights (and not some other error).
+fn refused(status: u16) -> bool {
+    status == 403
+}
+
+/// Does `op` through the gateway at `api` as `token` in `ns`: the HTTP status.
+async fn by_gateway(api: &str, token: &str, ns: &str, op: &str) -> u16 {
+    let (path, body) = match op {
+        "store read" => ("/store/store/read", json!({"key": "k"})),
+        "store write" => ("/store/store/write", json!({"record": {"key": "k", "value": "eA=="}})),
+        "services and their status" => ("/runtime/runtime/read", json!({})),
+        "kill a service" => ("/runtime/runtime/delete", json!({"name": "nothing-here"})),
+        "events read" => ("/events/events/read", json!({"topic": "t"})),
+        "events publish" => ("/events/events/publish", json!({"topic": "t", "payload": "eA=="})),
+        "accounts" => ("/auth/auth/list-accounts", json!({})),
+        _ => unreachable!(),
+    };
+    call(api, token, Some(ns), path, body).await.0
+}
+
+/// Does `op` over gRPC through the proxy: the HTTP status of the error (200 when none).
+async fn by_grpc(proxy: &str, token: &str, ns: &str, op: &str) -> u16 {
+    let (service, endpoint, body) = match op {
+        "store read" => ("store", "Store.Read", json!({"key": "k"})),
+        "store write" => ("store", "Store.Write", json!({"record": {"key": "k", "value": "eA=="}})),
+        "services and their status" => ("runtime", "Runtime.Read", json!({})),
+        "kill a service" => ("runtime", "Runtime.Delete", json!({"name": "nothing-here"})),
+        "events read" => ("events", "Events.Read", json!({"topic": "t"})),
+        "events publish" => ("events", "Events.Publish", json!({"topic": "t", "payload": "eA=="})),
+        "accounts" => ("auth", "Auth.ListAccounts", json!({})),
+        _ => unreachable!(),
+    };
+    let source = std::sync::Arc::new(micro::data::StaticToken(token.to_string()));
+    let client = micro::Client::via_proxy(proxy).namespace(ns).auth(std::sync::Arc::new(micro::auth::Bearer(source)));
+    match client.call_json(service, endpoint, &body).await {
+        Ok(_) => 200,
+        Err(e) => e.http_status(),
+    }
+}
+
+/// Does `op` with the CLI switched into `ns`: 403 when it says so, else 0 (done or
+/// another error).
+async fn by_cli(cli: &micro_test::cli::Cli, op: &str) -> u16 {
+    let args: &[&str] = match op {
+        "store read" => &["store", "read", "k"],
+        "store write" => &["store", "write", "k", "x"],
+        "services and their status" => &["status"],
+        "kill a service" => &["kill", "nothing-here"],
+        "events read" => &["events", "read", "t"],
+        "events publish" => &["publish", "t", "{}"],
+        "accounts" => &["auth", "list", "accounts"],
+        _ => unreachable!(),
+    };
+    let out = cli.run(args).await;
+    if out.stderr.contains("(403)") { 403 } else { 0 }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn teams_roles_and_the_role_matrix() {
+    let Some(sink) = SmtpSink::start(Options::default()) else { return };
+    let s = ServerProcess::builder(micro()).env("MICRO_SMTP", sink.url()).start();
+    let admin = s.admin_token().await;
+    let (status, body) =
+        call(&s.api, &admin, None, "/platform/platform/settings", json!({"joins_per_address": 1000})).await;
+    assert_eq!(status, 200, "{body}");
+    let people = ["olga@one.example", "vic@two.example", "dev@three.example", "adm@four.example", "out@five.example"];
+    let mut home = Vec::new();
+    for p in people {
+        home.push(signup(&s, &sink, &admin, p).await);
+    }
+    let token = |i: usize| home[i].1.clone();
+
+    // Olga makes a team; its name must be free and not reserved.
+    let (status, body) = call(&s.api, &token(0), None, "/platform/team/create", json!({"name": "acme"})).await;
+    assert_eq!((status, body["role"].as_str()), (200, Some("owner")), "{body}");
+    let (status, body) = call(&s.api, &token(4), None, "/platform/team/create", json!({"name": "acme"})).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, _) = call(&s.api, &token(4), None, "/platform/team/create", json!({"name": "admin"})).await;
+    assert_eq!(status, 400);
+
+    // She invites Vic as viewer, Dev as developer and Adm as admin; each accepts with the
+    // code mailed to them, from their own namespace.
+    for (i, role) in [(1, "viewer"), (2, "developer"), (3, "admin")] {
+        let (status, body) = call(
+            &s.api,
+            &token(0),
+            None,
+            "/platform/team/invite",
+            json!({"namespace": "acme", "email": people[i], "role": role}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let code = mailed(&sink, people[i], "Your code: ").await;
+        if i == 2 {
+            // Somebody else cannot use Dev's invite, nor guess it.
+            let (status, _) =
+                call(&s.api, &token(4), None, "/platform/team/accept", json!({"namespace": "acme", "code": code}))
+                    .await;
+            assert_eq!(status, 400, "another person's invite");
+            let (status, body) = call(
+                &s.api,
+                &token(2),
+                None,
+                "/platform/team/accept",
+                json!({"namespace": "acme", "code": "0".repeat(32)}),
+            )
+            .await;
+            assert_eq!(status, 400, "{body}");
+        }
+        let (status, body) =
+            call(&s.api, &token(i), None, "/platform/team/accept", json!({"namespace": "acme", "code": code})).await;
+        assert_eq!((status, body["role"].as_str()), (200, Some(role)), "{body}");
+    }
+    // Members see the team; a viewer or developer cannot invite; an outsider sees nothing.
+    let (status, body) = call(&s.api, &token(1), None, "/platform/team/members", json!({"namespace": "acme"})).await;
+    assert_eq!(status, 200, "{body}");
+    let roles: Vec<(&str, &str)> = body["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["email"].as_str().unwrap(), m["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("olga@one.example", "owner"),
+            ("adm@four.example", "admin"),
+            ("dev@three.example", "developer"),
+            ("vic@two.example", "viewer")
+        ]
+    );
+    for i in [1, 2, 4] {
+        let invite = json!({"namespace": "acme", "email": people[4], "role": "viewer"});
+        let (status, body) = call(&s.api, &token(i), None, "/platform/team/invite", invite).await;
+        assert_eq!(status, 403, "{}: {body}", people[i]);
+    }
+    let (status, _) = call(&s.api, &token(4), None, "/platform/team/members", json!({"namespace": "acme"})).await;
+    assert_eq!(status, 403, "an outsider");
+    let (status, body) = call(&s.api, &token(4), None, "/platform/team/switch", json!({"namespace": "acme"})).await;
+    assert_eq!(status, 403, "an outsider gets no token in acme: {body}");
+
+    // Each member switches in: a token of their account in acme.
+    let mut member = Vec::new();
+    for i in [1, 2, 3, 0] {
+        let (status, body) = call(&s.api, &token(i), None, "/platform/team/switch", json!({"namespace": "acme"})).await;
+        assert_eq!((status, body["namespace"].as_str()), (200, Some("acme")), "{body}");
+        member.push(body["access_token"].as_str().unwrap().to_string());
+    }
+    // Team calls are made as the person, from their own namespace: not with a team token.
+    let (status, body) = call(&s.api, &member[3], None, "/platform/team/members", json!({"namespace": "acme"})).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["detail"].as_str().unwrap_or("").contains("your own namespace"), "{body}");
+
+    // The matrix: viewer, developer, admin, owner × operations × gateway and gRPC.
+    let mut clis = Vec::new();
+    for (r, role) in ROLES.iter().enumerate() {
+        for (op, least) in MATRIX {
+            let allowed = r >= *least;
+            let gw = by_gateway(&s.api, &member[r], "acme", op).await;
+            let grpc = by_grpc(&s.proxy, &member[r], "acme", op).await;
+            assert_eq!(!refused(gw), allowed, "{role} {op} at the gateway: {gw}");
+            assert_eq!(!refused(grpc), allowed, "{role} {op} over gRPC: {grpc}");
+            assert!(![401, 500].contains(&gw) && ![401, 500].contains(&grpc), "{role} {op}: {gw} {grpc}");
+        }
+        // And with the CLI, logged in as the person and switched into acme.
+        let i = [1, 2, 3, 0][r];
+        let cli = s.cli();
+        let (ns, password) = (home[i].0.clone(), format!("{} password", people[i]));
+        cli.ok(&["--namespace", &ns, "login", "--id", people[i], "--password", &password]).await;
+        let out = cli.ok(&["namespace", "switch", "acme"]).await;
+        assert!(out.contains("now in acme"), "{out}");
+        for (op, least) in MATRIX {
+            let got = by_cli(&cli, op).await;
+            assert_eq!(got != 403, r >= *least, "{role} {op} with the CLI");
+        }
+        clis.push(cli);
+    }
+    // The CLI's team commands act as the person, for the namespace switched to.
+    let listed = clis[3].json(&["team", "members"]).await;
+    assert_eq!(listed["members"].as_array().map(Vec::len), Some(4), "{listed}");
+    let err = clis[0].fails(&["team", "invite", "--email", people[4], "--role", "viewer"]).await;
+    assert!(err.contains("403"), "a viewer invites nobody: {err}");
+    clis[3].ok(&["namespace", "switch", &home[0].0]).await;
+    let back = clis[3].ok(&["status"]).await;
+    assert!(!back.contains("403"), "back home: {back}");
+
+    // Roles change at once: Dev becomes a viewer and his old token stops.
+    let (status, body) = call(
+        &s.api,
+        &token(0),
+        None,
+        "/platform/team/set-role",
+        json!({"namespace": "acme", "email": people[2], "role": "viewer"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let status = by_gateway(&s.api, &member[1], "acme", "store write").await;
+    assert_eq!(status, 401, "the developer's old token is revoked");
+    let (_, body) = call(&s.api, &token(2), None, "/platform/team/switch", json!({"namespace": "acme"})).await;
+    let dev_now = body["access_token"].as_str().unwrap().to_string();
+    assert_eq!(by_gateway(&s.api, &dev_now, "acme", "store write").await, 403, "now a viewer");
+    // A removed member's token stops at once too; the owner cannot be removed.
+    let (status, _) =
+        call(&s.api, &token(3), None, "/platform/team/remove", json!({"namespace": "acme", "email": people[1]})).await;
+    assert_eq!(status, 204);
+    assert_eq!(by_gateway(&s.api, &member[0], "acme", "store read").await, 401, "removed: the token is dead");
+    let (status, _) =
+        call(&s.api, &token(3), None, "/platform/team/remove", json!({"namespace": "acme", "email": people[0]})).await;
+    assert_eq!(status, 403, "nobody removes the owner");
+    // Ownership moves: Adm owns acme, Olga is an admin.
+    let (status, body) =
+        call(&s.api, &token(0), None, "/platform/team/transfer", json!({"namespace": "acme", "email": people[3]}))
+            .await;
+    assert_eq!(status, 204, "{body}");
+    let (_, body) = call(&s.api, &token(3), None, "/platform/team/namespaces", json!({})).await;
+    assert_eq!(body["teams"], json!([{"namespace": "acme", "role": "owner"}]), "{body}");
+    // Dev leaves.
+    let (status, _) =
+        call(&s.api, &token(2), None, "/platform/team/remove", json!({"namespace": "acme", "email": people[2]})).await;
+    assert_eq!(status, 204);
+    let (_, body) = call(&s.api, &token(2), None, "/platform/team/namespaces", json!({})).await;
+    assert_eq!(body["teams"], json!([]), "{body}");
+}
