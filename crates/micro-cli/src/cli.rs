@@ -237,6 +237,11 @@ pub(crate) enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The namespace's plan and what it allows: micro plan [set community|personal|team|list]
+    Plan {
+        /// `set <plan>` or `list`; nothing shows the current namespace's plan.
+        args: Vec<String>,
+    },
     /// Manage accounts and rules: micro auth create|delete|list account|rule
     Auth {
         #[command(subcommand)]
@@ -522,6 +527,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Logs { name, follow, lines, build } => crate::runtime::logs(&c, &name, follow, lines, build).await,
         Command::Namespace { cmd } => crate::auth::namespace(&c, cmd).await,
         Command::Team { args } => crate::team::team(&c, &args).await,
+        Command::Plan { args } => crate::team::plan(&c, &args).await,
         Command::Store { cmd } => crate::data::store(&c, cmd).await,
         Command::Config { cmd } => crate::data::config(&c, cmd).await,
         Command::Ratelimit { cmd } => crate::ratelimit::ratelimit(&c, cmd).await,

@@ -1,7 +1,8 @@
 //! Teams, as the person who logged in: `micro team …` calls the platform's `Team.*`
 //! endpoints from the person's own namespace (the identity a team's admins cannot forge)
 //! for the current namespace; `micro namespace switch` trades the person's token for their
-//! account in a team's namespace (kept per namespace) or goes back to their own.
+//! account in a team's namespace (kept per namespace) or goes back to their own; `micro
+//! plan` shows and changes the current namespace's plan.
 
 use crate::auth::refreshed;
 use crate::cli::{Ctx, status_err};
@@ -80,5 +81,38 @@ pub(crate) async fn switch(c: &Ctx, name: &str) -> Result<()> {
         json!({"namespace": name, "account": creds.account}),
         Some(format!("now in {name} as {}", creds.account)),
     );
+    Ok(())
+}
+
+/// `micro plan [set <plan> | list]`, for the current namespace.
+pub(crate) async fn plan(c: &Ctx, args: &[String]) -> Result<()> {
+    let p = person(c).await?;
+    let (endpoint, body) = match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        [] => ("Plan.Get", json!({"namespace": c.namespace})),
+        ["set", plan] => ("Plan.Set", json!({"namespace": c.namespace, "plan": plan})),
+        ["list"] => ("Plan.List", json!({})),
+        _ => bail!("usage: micro plan [set community|personal|team | list]"),
+    };
+    let reply = as_person(c, &p).client().call_json("platform", endpoint, &body).await.map_err(status_err)?;
+    if c.json || endpoint == "Plan.List" {
+        crate::output::json(&reply);
+        return Ok(());
+    }
+    let l = &reply["limits"];
+    println!(
+        "namespace {} is on the {} plan",
+        reply["namespace"].as_str().unwrap_or(""),
+        reply["plan"].as_str().unwrap_or("")
+    );
+    for (what, key, unit) in [
+        ("services", "services", ""),
+        ("instances of a service", "instances", ""),
+        ("memory of an instance", "memory_mb", " MiB"),
+        ("requests a month", "requests_per_month", ""),
+        ("storage", "storage_mb", " MiB"),
+        ("build minutes a month", "build_minutes", ""),
+    ] {
+        println!("  {what:<24} {}{unit}", l[key]);
+    }
     Ok(())
 }

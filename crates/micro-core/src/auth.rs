@@ -90,8 +90,14 @@ impl Account {
         self.is_admin_of(ns) || (self.namespace == ns && self.has_scope(DEVELOPER_SCOPE))
     }
 
-    /// Whether the account may read namespace `ns`'s data, services and logs: whoever may
-    /// use its data, and its viewers.
+    /// Whether the account may see namespace `ns`'s services, their status and logs: its
+    /// admins, developers and viewers.
+    pub fn may_observe_in(&self, ns: &str) -> bool {
+        self.may_deploy_in(ns) || (self.namespace == ns && self.has_scope(VIEWER_SCOPE))
+    }
+
+    /// Whether the account may read namespace `ns`'s data: whoever may use it, and its
+    /// viewers.
     pub fn may_read_in(&self, ns: &str) -> bool {
         self.may_use_data_of(ns) || (self.namespace == ns && self.has_scope(VIEWER_SCOPE))
     }

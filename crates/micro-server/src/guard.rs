@@ -46,7 +46,7 @@ impl Policy for CorePolicy {
             "events" if matches!(endpoint, "Events.Read" | "Events.Topics" | "Events.Groups") => Protection::Read,
             "store" | "config" | "events" => Protection::Data,
             // Viewers see services and their logs; developers run, update and kill them.
-            "runtime" if matches!(endpoint, "Runtime.Read" | "Runtime.Logs") => Protection::Read,
+            "runtime" if matches!(endpoint, "Runtime.Read" | "Runtime.Logs") => Protection::Observe,
             "runtime" => Protection::Deploy,
             "usage" | "domains" => Protection::Admin,
             _ => Protection::Rules,
@@ -95,13 +95,14 @@ mod tests {
         assert_eq!(p("registry", "Registry.Watch"), Protection::Public);
         assert_eq!(p("registry", "Registry.Register"), Protection::Members);
         assert_eq!(p("broker", "Broker.Subscribe"), Protection::Members);
-        assert_eq!(p("store", "Store.Read"), Protection::Data);
+        assert_eq!(p("store", "Store.Read"), Protection::Read);
         assert_eq!(p("store", "Blob.Put"), Protection::Data);
         assert_eq!(p("config", "Config.Get"), Protection::Data);
         assert_eq!(p("runtime", "Runtime.Create"), Protection::Deploy);
         assert_eq!(p("runtime", "Runtime.Upload"), Protection::Deploy);
         assert_eq!(p("runtime", "Runtime.Download"), Protection::Deploy);
-        assert_eq!(p("runtime", "Runtime.Logs"), Protection::Read);
+        assert_eq!(p("runtime", "Runtime.Logs"), Protection::Observe);
+        assert_eq!(p("runtime", "Runtime.Read"), Protection::Observe);
         assert_eq!(p("store", "Store.Write"), Protection::Data);
         assert_eq!(p("store", "Blob.Get"), Protection::Read);
         assert_eq!(p("events", "Events.Publish"), Protection::Data);

@@ -13,13 +13,15 @@
 //! With invite-only off (`Platform.Settings`), a verified address is invited at once.
 //!
 //! Then **teams** ([`team`]): a person creates team namespaces, invites members with a
-//! role (owner, admin, developer, viewer) and switches into them.
+//! role (owner, admin, developer, viewer) and switches into them; and **plans**
+//! ([`plans`]): Community, Personal and Team, whose quotas the core enforces.
 //!
 //! Codes are random (6 digits for verification, 122 bits for invites), kept only as
 //! hashes, compared in constant time, expire, and allow 5 wrong tries. Joining is limited
 //! per client address, per email domain and per address. The product's account holds
 //! the `admin` scope of `micro`: it creates namespaces and accounts.
 
+pub mod plans;
 pub mod signup;
 pub mod team;
 
@@ -97,5 +99,6 @@ pub fn service_with(service: Service, url: Option<String>) -> Service {
         url: url.map(|u| u.trim_end_matches('/').to_string()),
     });
     let service = signup::handlers(service.version(env!("CARGO_PKG_VERSION")), shared.clone());
+    let service = plans::handlers(service, shared.clone());
     team::handlers(service, shared)
 }

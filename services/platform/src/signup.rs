@@ -676,6 +676,8 @@ impl Shared {
             secret: password.to_string(),
         };
         auth.generate(request(&namespace, account)?).await.map_err(|e| micro::status::from_tonic(&e))?;
+        // Every newcomer starts on the free plan.
+        self.set_plan(&namespace, "community").await?;
         tracing::info!(service = NAME, namespace = %namespace, "a newcomer signed up");
         Ok(namespace)
     }

@@ -233,7 +233,7 @@ impl Shared {
     }
 
     /// The namespace `email` signed up into.
-    async fn home_of(&self, email: &str) -> Result<Option<String>, Status> {
+    pub(crate) async fn home_of(&self, email: &str) -> Result<Option<String>, Status> {
         Ok(self.entry_of(email).await?.filter(|e| e.state == EntryState::Joined).and_then(|e| e.namespace))
     }
 
@@ -246,7 +246,7 @@ impl Shared {
     }
 
     /// The caller's role in `ns`, at least `least`.
-    async fn role_in(&self, ns: &str, email: &str, least: Role) -> Result<Role, Status> {
+    pub(crate) async fn role_in(&self, ns: &str, email: &str, least: Role) -> Result<Role, Status> {
         micro_core::namespace::validate(ns)?;
         match self.member(ns, email).await? {
             Some(m) if m.role >= least => Ok(m.role),
@@ -341,6 +341,7 @@ impl Shared {
             _ => core(e),
         })?;
         self.seat(&name, &me, Role::Owner).await?;
+        self.set_plan(&name, "community").await?;
         Ok(Membership { namespace: name, role: Role::Owner })
     }
 

@@ -252,11 +252,12 @@ async fn teams_roles_and_the_role_matrix() {
         clis.push(cli);
     }
     // The CLI's team commands act as the person, for the namespace switched to.
-    let listed = clis[3].json(&["team", "members"]).await;
+    let listed = clis[3].json(&["-o", "json", "team", "members"]).await;
     assert_eq!(listed["members"].as_array().map(Vec::len), Some(4), "{listed}");
     let err = clis[0].fails(&["team", "invite", "--email", people[4], "--role", "viewer"]).await;
     assert!(err.contains("403"), "a viewer invites nobody: {err}");
-    clis[3].ok(&["namespace", "switch", &home[0].0]).await;
+    let switched = clis[3].json(&["-o", "json", "namespace", "switch", &home[0].0]).await;
+    assert_eq!(switched, json!({"namespace": home[0].0, "account": people[0]}));
     let back = clis[3].ok(&["status"]).await;
     assert!(!back.contains("403"), "back home: {back}");
 
@@ -296,4 +297,78 @@ async fn teams_roles_and_the_role_matrix() {
     assert_eq!(status, 204);
     let (_, body) = call(&s.api, &token(2), None, "/platform/team/namespaces", json!({})).await;
     assert_eq!(body["teams"], json!([]), "{body}");
+}
+
+/// Whether bubblewrap sandboxes here: the runtime runs a tenant's code only in one.
+fn sandboxed() -> bool {
+    let ok = std::process::Command::new("bwrap")
+        .args(["--ro-bind", "/", "/", "--unshare-pid", "--proc", "/proc", "--dev", "/dev", "true"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(), "bwrap is needed (scripts/sandbox-setup)");
+        eprintln!("notice: skipping the quota test: bwrap does not work here (scripts/sandbox-setup)");
+    }
+    ok
+}
+
+/// A service folder whose manifest runs `sleep`.
+fn sleeper(dir: &std::path::Path, name: &str) -> String {
+    let p = dir.join(name);
+    std::fs::create_dir_all(&p).expect("a folder");
+    std::fs::write(p.join("micro.toml"), format!("name = \"{name}\"\nrun = \"sleep 300\"\n")).expect("a manifest");
+    p.to_str().expect("a UTF-8 path").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plans_hold_namespaces_to_their_quotas() {
+    if !sandboxed() {
+        return;
+    }
+    let Some(sink) = SmtpSink::start(Options::default()) else { return };
+    let s = ServerProcess::builder(micro()).env("MICRO_SMTP", sink.url()).start();
+    let admin = s.admin_token().await;
+    let (status, body) =
+        call(&s.api, &admin, None, "/platform/platform/settings", json!({"joins_per_address": 1000})).await;
+    assert_eq!(status, 200, "{body}");
+    let (ns, _) = signup(&s, &sink, &admin, "pat@one.example").await;
+    let (_, vic) = signup(&s, &sink, &admin, "vic@two.example").await;
+    let cli = s.cli();
+    cli.ok(&["--namespace", &ns, "login", "--id", "pat@one.example", "--password", "pat@one.example password"]).await;
+    let plan = cli.ok(&["plan"]).await;
+    assert!(plan.contains(&format!("namespace {ns} is on the community plan")), "{plan}");
+    let json = cli.json(&["-o", "json", "plan"]).await;
+    assert_eq!((json["plan"].as_str(), json["limits"]["services"].as_u64()), (Some("community"), Some(2)), "{json}");
+
+    // The community plan runs 2 services: the third is refused, naming the quota and the
+    // plan that lifts it; so is a second instance or more memory, at run or update.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for name in ["one", "two"] {
+        cli.ok(&["run", &sleeper(dir.path(), name), "--detach"]).await;
+    }
+    let err = cli.fails(&["run", &sleeper(dir.path(), "three"), "--detach"]).await;
+    assert!(
+        err.contains(&format!("namespace {ns} may run 2 services on the community plan and runs 2"))
+            && err.contains("the personal plan allows 10: micro plan set personal")
+            && err.contains("(429)"),
+        "{err}"
+    );
+    let err = cli.fails(&["update", "one", "--instances", "2"]).await;
+    assert!(err.contains("may run 1 of a service on the community plan"), "{err}");
+    let err = cli.fails(&["update", "one", "--memory", "1G"]).await;
+    assert!(err.contains("may give 256 MiB"), "{err}");
+
+    // Only its owner changes a namespace's plan; then the third runs.
+    let (status, _) = call(&s.api, &vic, None, "/platform/plan/set", json!({"namespace": ns, "plan": "team"})).await;
+    assert_eq!(status, 403, "a stranger changes no plan");
+    let err = cli.fails(&["plan", "set", "gold"]).await;
+    assert!(err.contains("unknown plan"), "{err}");
+    let out = cli.ok(&["plan", "set", "personal"]).await;
+    assert!(out.contains("personal plan"), "{out}");
+    cli.ok(&["run", &sleeper(dir.path(), "three"), "--detach"]).await;
+    cli.ok(&["update", "one", "--instances", "2", "--detach"]).await;
+    for name in ["one", "two", "three"] {
+        cli.ok(&["kill", name]).await;
+    }
 }

@@ -14,6 +14,7 @@ mod build;
 mod egress;
 mod logs;
 mod process;
+mod quota;
 pub(crate) mod rpc;
 mod sandbox;
 mod source;
@@ -469,8 +470,15 @@ impl Runtime {
     }
 
     fn managed(&self, ns: &str, name: &str, spec: pb::Service) -> Arc<Managed> {
+        let m = self.new_managed(ns, name, spec);
+        self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).insert((ns.into(), name.into()), m.clone());
+        m
+    }
+
+    /// A service's state, not yet among the runtime's.
+    fn new_managed(&self, ns: &str, name: &str, spec: pb::Service) -> Arc<Managed> {
         let logs = self.inner.dir.join("logs").join(ns).join(name);
-        let m = Arc::new(Managed {
+        Arc::new(Managed {
             namespace: ns.to_string(),
             name: name.to_string(),
             spec: Mutex::new(spec),
@@ -483,9 +491,7 @@ impl Runtime {
             deploys: Mutex::new(Vec::new()),
             secret: tokio::sync::Mutex::new(None),
             deleted: Default::default(),
-        });
-        self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).insert((ns.into(), name.into()), m.clone());
-        m
+        })
     }
 
     fn get(&self, ns: &str, name: &str) -> Result<Arc<Managed>, Status> {
@@ -574,11 +580,14 @@ impl Runtime {
         caller: Option<Caller>,
     ) -> Result<pb::Service, Status> {
         self.fetch_upload(&spec.upload).await?;
-        let spec = self.check(spec)?;
+        let mut spec = self.check(spec)?;
         self.admit(&spec, caller.as_ref()).await?;
+        let quota = quota::Quota::of(self.inner.secrets.as_ref(), ns).await?;
+        quota.admit(ns, &mut spec)?;
         let owner = caller.map(|c| (c.namespace, c.id));
         let m = {
-            let services = self.inner.services.lock().unwrap_or_else(|e| e.into_inner());
+            // Counted and taken under one lock: parallel runs cannot race past the quota.
+            let mut services = self.inner.services.lock().unwrap_or_else(|e| e.into_inner());
             if services.contains_key(&(ns.to_string(), spec.name.clone())) {
                 return Err(Status::new(
                     Code::AlreadyExists,
@@ -591,11 +600,13 @@ impl Runtime {
                 return Err(Status::new(
                     Code::ResourceExhausted,
                     ID,
-                    format!("namespace {ns} runs {count} services, its quota"),
+                    format!("namespace {ns} runs {count} services, this server's most (MICRO_RUNTIME_MAX_SERVICES)"),
                 ));
             }
-            drop(services);
-            self.managed(ns, &spec.name, spec.clone())
+            quota.admit_another(ns, count)?;
+            let m = self.new_managed(ns, &spec.name, spec.clone());
+            services.insert((ns.to_string(), spec.name.clone()), m.clone());
+            m
         };
         *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner;
         self.persist(&m, &spec).await?;
@@ -639,9 +650,11 @@ impl Runtime {
             }
         }
         self.fetch_upload(&spec.upload).await?;
-        let spec = self.check(spec)?;
-        // The updater's rights decide, whoever created it.
+        let mut spec = self.check(spec)?;
+        // The updater's rights decide, whoever created it; and the namespace's quota now
+        // (more instances or memory through an update is no way round it).
         self.admit(&spec, caller.as_ref()).await?;
+        quota::Quota::of(self.inner.secrets.as_ref(), ns).await?.admit(ns, &mut spec)?;
         if let Some(c) = caller {
             *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some((c.namespace, c.id));
         }

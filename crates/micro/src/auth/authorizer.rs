@@ -88,6 +88,9 @@ pub enum Protection {
     Read,
     /// Running, updating and killing services: the namespace's admins and developers.
     Deploy,
+    /// Seeing the namespace's services, their status and logs: its admins, developers and
+    /// viewers (not accounts that only use data, like the services' own).
+    Observe,
     /// The server's admins (the `micro` namespace's), whatever namespace the call names.
     Operator,
     /// Any account of the namespace (or its admin), unless the namespace's rules say
@@ -289,38 +292,42 @@ impl Authorizer {
                     format!("{} needs credentials: log in first", resource.name),
                 )),
             },
-            Protection::Admin | Protection::Data | Protection::Read | Protection::Deploy => match account {
-                Some(a)
-                    if match protection {
-                        Protection::Data => a.may_use_data_of(ns),
-                        Protection::Read => a.may_read_in(ns),
-                        Protection::Deploy => a.may_deploy_in(ns),
-                        _ => a.is_admin_of(ns),
-                    } =>
-                {
-                    Ok(())
+            Protection::Admin | Protection::Data | Protection::Read | Protection::Deploy | Protection::Observe => {
+                match account {
+                    Some(a)
+                        if match protection {
+                            Protection::Data => a.may_use_data_of(ns),
+                            Protection::Read => a.may_read_in(ns),
+                            Protection::Deploy => a.may_deploy_in(ns),
+                            Protection::Observe => a.may_observe_in(ns),
+                            _ => a.is_admin_of(ns),
+                        } =>
+                    {
+                        Ok(())
+                    }
+                    Some(_) => Err(Status::new(
+                        Code::PermissionDenied,
+                        "auth",
+                        format!(
+                            "{} {} needs {} of {ns}",
+                            resource.name,
+                            resource.endpoint,
+                            match protection {
+                                Protection::Data => "the data scope (or developer, or admin)",
+                                Protection::Read => "the viewer scope (or data, developer, or admin)",
+                                Protection::Deploy => "the developer scope (or admin)",
+                                Protection::Observe => "the viewer scope (or developer, or admin)",
+                                _ => "the admin scope",
+                            }
+                        ),
+                    )),
+                    None => Err(Status::new(
+                        Code::Unauthenticated,
+                        "auth",
+                        format!("{} needs credentials: log in first", resource.name),
+                    )),
                 }
-                Some(_) => Err(Status::new(
-                    Code::PermissionDenied,
-                    "auth",
-                    format!(
-                        "{} {} needs {} of {ns}",
-                        resource.name,
-                        resource.endpoint,
-                        match protection {
-                            Protection::Data => "the data scope (or developer, or admin)",
-                            Protection::Read => "the viewer scope (or data, developer, or admin)",
-                            Protection::Deploy => "the developer scope (or admin)",
-                            _ => "the admin scope",
-                        }
-                    ),
-                )),
-                None => Err(Status::new(
-                    Code::Unauthenticated,
-                    "auth",
-                    format!("{} needs credentials: log in first", resource.name),
-                )),
-            },
+            }
             Protection::Members if caller.is_admin() => Ok(()),
             Protection::Members => {
                 let rules = self.rules.rules(ns).await?;
