@@ -576,6 +576,17 @@ impl AuthService {
         }
     }
 
+    /// Tokens for account `id` of `ns`, for an operator (`by`), without its secret.
+    async fn impersonate(&self, ns: &str, id: &str, by: &str) -> Result<pb::TokenResponse, MicroStatus> {
+        let account = self
+            .load(ns, id)
+            .await?
+            .ok_or_else(|| MicroStatus::not_found("auth", format!("no account {id} in {ns}")))?
+            .account;
+        tracing::info!(namespace = ns, account = id, by, "an operator took tokens for an account");
+        self.issue(&account).await
+    }
+
     /// Refresh token → new tokens; the old refresh token is used up.
     async fn refresh(&self, ns: &str, token: &str) -> Result<pb::TokenResponse, MicroStatus> {
         let bad = || MicroStatus::new(Code::Unauthenticated, "auth", "invalid or expired refresh token");

@@ -448,7 +448,11 @@ impl Shared {
     }
 
     /// Runs `f` holding the lock of `id`, so no two calls act on one entry at once.
-    async fn locked<T, F: std::future::Future<Output = Result<T, Status>>>(&self, id: &str, f: F) -> Result<T, Status> {
+    pub(crate) async fn locked<T, F: std::future::Future<Output = Result<T, Status>>>(
+        &self,
+        id: &str,
+        f: F,
+    ) -> Result<T, Status> {
         let lock = self.sync.lock(&format!("platform/{id}"), Duration::from_secs(120), Duration::from_secs(10)).await?;
         let result = f.await;
         let _ = self.sync.unlock(&lock).await;
@@ -456,7 +460,7 @@ impl Shared {
     }
 
     /// Counts one more event under `key` this hour; refuses past `limit`.
-    async fn count(&self, key: &str, limit: u32, what: &str) -> Result<(), Status> {
+    pub(crate) async fn count(&self, key: &str, limit: u32, what: &str) -> Result<(), Status> {
         let key = format!("_count/{key}/{}", now() / 3600);
         let used: u32 = match self.store.get(&key).await {
             Ok(r) => decode(&r.value)?,
@@ -676,8 +680,10 @@ impl Shared {
             secret: password.to_string(),
         };
         auth.generate(request(&namespace, account)?).await.map_err(|e| micro::status::from_tonic(&e))?;
-        // Every newcomer starts on the free plan.
+        // Every newcomer starts on the free plan; the namespace is marked as theirs (the
+        // mark goes if the namespace is deleted, so a new one of that name is not).
         self.set_plan(&namespace, "community").await?;
+        self.store.put(&crate::team::home_key(&namespace), encode(&email)?).await?;
         tracing::info!(service = NAME, namespace = %namespace, "a newcomer signed up");
         Ok(namespace)
     }

@@ -23,7 +23,6 @@ use micro::{Code, Context, Service, Status};
 use micro_core::store::Query;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sha2::Digest;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +32,10 @@ use subtle::ConstantTimeEq;
 const INVITE_TTL: u64 = 7 * 86_400;
 /// Wrong tries before a team invite is void.
 const MAX_TRIES: u32 = 5;
+/// Teams one person may own.
+const TEAMS_PER_PERSON: usize = 5;
+/// Team invites one person may send an hour.
+const INVITES_PER_HOUR: u32 = 20;
 
 /// A member's role.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
@@ -191,6 +194,11 @@ fn invite_key(ns: &str, email: &str) -> String {
     format!("{ns}/team-invite/{}", digest(email))
 }
 
+/// The mark of the person a namespace is the home of (deleted with the namespace).
+pub(crate) fn home_key(ns: &str) -> String {
+    format!("{ns}/home")
+}
+
 /// Where a person's memberships are listed: `_person/<digest>/<namespace>`.
 fn person_key(email: &str, ns: &str) -> String {
     format!("_person/{}/{ns}", digest(email))
@@ -219,16 +227,32 @@ impl Shared {
     pub(crate) async fn person(&self, ctx: &Context) -> Result<String, Status> {
         let c = ctx.caller().ok_or_else(|| Status::new(Code::Unauthenticated, NAME, "log in first"))?;
         let id = c.id().ok_or_else(|| Status::new(Code::Unauthenticated, NAME, "log in first"))?;
-        let home = match crate::signup::canonical(id) {
-            Ok(email) => self.home_of(&email).await?,
-            Err(_) => None,
+        // The address exactly as signup keeps it (`a+1@x` is not another person), whose
+        // own namespace is still theirs (a deleted one, made again, is somebody else's).
+        let email = crate::signup::canonical(id).ok().filter(|e| e == id);
+        let home = match &email {
+            Some(email) => self.home_of(email).await?,
+            None => None,
         };
-        match home {
-            Some(h) if h == c.namespace => Ok(id.to_ascii_lowercase()),
-            Some(h) => Err(forbidden(format!(
+        match (home, email) {
+            (Some(h), Some(email)) if h == c.namespace && self.owns_home(&h, &email).await? => Ok(email),
+            (Some(h), _) if h == c.namespace => {
+                Err(forbidden("this namespace is no longer the one you signed up with"))
+            }
+            (Some(h), _) => Err(forbidden(format!(
                 "teams are managed from your own namespace: log in to {h} (micro --namespace {h} login --id {id})"
             ))),
-            None => Err(forbidden("teams are for people who signed up to the platform")),
+            (None, _) => Err(forbidden("teams are for people who signed up to the platform")),
+        }
+    }
+
+    /// Whether `home` is still the namespace `email` signed up into: signup marks it, and
+    /// the mark goes with the namespace.
+    pub(crate) async fn owns_home(&self, home: &str, email: &str) -> Result<bool, Status> {
+        match self.store.get(&home_key(home)).await {
+            Ok(r) => Ok(decode::<String>(&r.value)? == email),
+            Err(e) if e.code() == Code::NotFound => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -257,39 +281,19 @@ impl Shared {
         }
     }
 
-    /// The key members' secrets are derived from (made once, kept as a config secret).
-    async fn member_key(&self) -> Result<Vec<u8>, Status> {
-        let config = &self.config;
-        if let Some(v) = config.get_secret("platform.members_key").await?
-            && let Some(k) = v.as_str().filter(|k| k.len() == 64)
-        {
-            return Ok(k.as_bytes().to_vec());
-        }
-        let mut b = [0u8; 32];
-        getrandom::fill(&mut b).map_err(|e| Status::internal(NAME, format!("no randomness: {e}")))?;
-        let key: String = b.iter().map(|x| format!("{x:02x}")).collect();
-        config.set_secret("platform.members_key", &json!(key)).await?;
-        // Two nodes racing: whichever key was stored last is the one.
-        let stored = config.get_secret("platform.members_key").await?;
-        Ok(stored.and_then(|v| v.as_str().map(|s| s.as_bytes().to_vec())).unwrap_or_else(|| key.into_bytes()))
-    }
-
-    /// The secret of `email`'s account in `ns`, which only the platform knows.
-    async fn member_secret(&self, ns: &str, email: &str) -> Result<String, Status> {
-        let key = self.member_key().await?;
-        let mut h = sha2::Sha256::new();
-        h.update(&key);
-        h.update(format!("\nmember\n{ns}\n{email}").as_bytes());
-        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-    }
-
     fn auth(&self) -> Result<pb::auth_client::AuthClient<micro::Channel>, Status> {
         Ok(pb::auth_client::AuthClient::new(self.channel.as_ref().map_err(Clone::clone)?.clone()))
     }
 
-    /// Makes (or remakes) `email`'s account in `ns` with `role`'s scopes; a remade
-    /// account's old tokens stop.
+    /// Makes (or remakes) `email`'s account in `ns` with `role`'s scopes and a secret
+    /// nobody keeps (the person's tokens come from `Team.Switch`); a remade account's old
+    /// tokens stop.
     async fn seat(&self, ns: &str, email: &str, role: Role) -> Result<(), Status> {
+        let key = format!("{}/seat", member_key(ns, email));
+        self.locked(&key, self.seat_now(ns, email, role)).await
+    }
+
+    async fn seat_now(&self, ns: &str, email: &str, role: Role) -> Result<(), Status> {
         let mut auth = self.auth()?;
         match auth.delete_account(request(ns, pb::DeleteAccountRequest { id: email.to_string() })?).await {
             Ok(_) => {}
@@ -302,7 +306,7 @@ impl Shared {
             r#type: "user".into(),
             scopes: role.scopes(),
             metadata: [("role".to_string(), format!("{role:?}").to_lowercase())].into(),
-            secret: self.member_secret(ns, email).await?,
+            secret: String::new(),
         };
         auth.generate(request(ns, account)?).await.map_err(core)?;
         let m = Member { email: email.to_string(), role, since: now() };
@@ -311,6 +315,18 @@ impl Shared {
     }
 
     async fn unseat(&self, ns: &str, email: &str) -> Result<(), Status> {
+        let key = format!("{}/seat", member_key(ns, email));
+        self.locked(&key, self.unseat_now(ns, email)).await
+    }
+
+    async fn unseat_now(&self, ns: &str, email: &str) -> Result<(), Status> {
+        // Invites the member gave and nobody took go with them.
+        let q = Query { prefix: true, ..Default::default() };
+        for r in self.store.read(&format!("{ns}/team-invite/"), &q).await? {
+            if decode::<Invite>(&r.value).is_ok_and(|i| i.by == email) {
+                self.store.delete(&r.key).await?;
+            }
+        }
         let mut auth = self.auth()?;
         match auth.delete_account(request(ns, pb::DeleteAccountRequest { id: email.to_string() })?).await {
             Ok(_) => {}
@@ -328,21 +344,32 @@ impl Shared {
         if crate::signup::reserved(&name) {
             return Err(bad(format!("{name} is reserved: choose another name")));
         }
-        let mut auth = self.auth()?;
-        auth.create_namespace(request(
-            micro_core::namespace::DEFAULT,
-            pb::CreateNamespaceRequest { name: name.clone() },
-        )?)
-        .await
-        .map_err(|e| match e.code() {
+        let owned = self.team_namespaces(ctx).await?.teams.iter().filter(|t| t.role == Role::Owner).count();
+        if owned >= TEAMS_PER_PERSON {
+            return Err(Status::new(
+                Code::ResourceExhausted,
+                NAME,
+                format!("you own {owned} teams, the most one person may: transfer one first"),
+            ));
+        }
+        let lock = self.sync.lock("platform/namespaces", Duration::from_secs(60), Duration::from_secs(30)).await?;
+        let made = self.create_team_namespace(&name).await;
+        let _ = self.sync.unlock(&lock).await;
+        made?;
+        self.seat(&name, &me, Role::Owner).await?;
+        self.set_plan(&name, "community").await?;
+        Ok(Membership { namespace: name, role: Role::Owner })
+    }
+
+    async fn create_team_namespace(&self, name: &str) -> Result<(), Status> {
+        let req = request(micro_core::namespace::DEFAULT, pb::CreateNamespaceRequest { name: name.to_string() })?;
+        self.auth()?.create_namespace(req).await.map_err(|e| match e.code() {
             tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition => {
                 Status::new(Code::AlreadyExists, NAME, format!("the name {name} is taken: choose another"))
             }
             _ => core(e),
         })?;
-        self.seat(&name, &me, Role::Owner).await?;
-        self.set_plan(&name, "community").await?;
-        Ok(Membership { namespace: name, role: Role::Owner })
+        Ok(())
     }
 
     async fn team_invite(&self, ctx: &Context, req: MemberRequest) -> Result<Pending, Status> {
@@ -356,6 +383,10 @@ impl Shared {
             return Err(forbidden("only admins invite admins"));
         }
         let email = canonical(&req.email)?;
+        // Limited per inviter and per invitee: no mail-bombing from the platform's address,
+        // and no free oracle of who has signed up.
+        self.count(&format!("team-invites/{}", digest(&me)), INVITES_PER_HOUR, "by you this hour").await?;
+        self.count(&format!("team-invited/{}", digest(&email)), 3, &format!("to {email} this hour")).await?;
         if self.home_of(&email).await?.is_none() {
             return Err(bad(format!(
                 "{email} has no account on the platform yet: invite them to the platform first (micro platform invite-friend)"
@@ -496,9 +527,9 @@ impl Shared {
     async fn team_switch(&self, ctx: &Context, req: TeamRequest) -> Result<SwitchReply, Status> {
         let me = self.person(ctx).await?;
         self.role_in(&req.namespace, &me, Role::Viewer).await?;
-        let secret = self.member_secret(&req.namespace, &me).await?;
+        // The platform administers micro: it takes tokens for the member's account.
         let mut auth = self.auth()?;
-        let token = pb::TokenRequest { id: me.clone(), secret, ..Default::default() };
+        let token = pb::TokenRequest { id: me.clone(), ..Default::default() };
         let t = auth.token(request(&req.namespace, token)?).await.map_err(core)?.into_inner();
         Ok(SwitchReply {
             namespace: req.namespace,

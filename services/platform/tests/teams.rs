@@ -291,6 +291,56 @@ async fn teams_roles_and_the_role_matrix() {
     assert_eq!(status, 204, "{body}");
     let (_, body) = call(&s.api, &token(3), None, "/platform/team/namespaces", json!({})).await;
     assert_eq!(body["teams"], json!([{"namespace": "acme", "role": "owner"}]), "{body}");
+    // Nobody becomes someone else: an account Olga makes in her own namespace with her
+    // address plus a tag is not a person; a deleted home made again is not its old owner's.
+    let olga_ns = home[0].0.clone();
+    let (status, body) = call(
+        &s.api,
+        &token(0),
+        None,
+        "/auth/auth/generate",
+        json!({"id": "olga+1@one.example", "secret": "another person?", "scopes": ["admin"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let tagged = micro_test::login(&s.proxy, &olga_ns, "olga+1@one.example", "another person?").await;
+    let (status, body) = call(&s.api, &tagged, None, "/platform/team/create", json!({"name": "tagged"})).await;
+    assert_eq!(status, 403, "{body}");
+    let out_ns = home[4].0.clone();
+    let (status, body) = call(
+        &s.api,
+        &token(3),
+        None,
+        "/platform/team/invite",
+        json!({"namespace": "acme", "email": people[4], "role": "viewer"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let code = mailed(&sink, people[4], "Your code: ").await;
+    let (status, _) =
+        call(&s.api, &token(4), None, "/platform/team/accept", json!({"namespace": "acme", "code": code})).await;
+    assert_eq!(status, 200);
+    let (status, body) = call(&s.api, &admin, None, "/auth/auth/delete-namespace", json!({"name": out_ns})).await;
+    assert!(status < 300, "{status} {body}");
+    let mut made = false;
+    for _ in 0..100 {
+        let (status, _) = call(&s.api, &token(0), None, "/platform/team/create", json!({"name": out_ns})).await;
+        if status == 200 {
+            made = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(made, "the deleted name is free again");
+    let (_, body) = call(&s.api, &token(0), None, "/platform/team/switch", json!({"namespace": out_ns})).await;
+    let olga_there = body["access_token"].as_str().expect("a token").to_string();
+    let forged = json!({"id": people[4], "secret": "i am out now", "scopes": ["admin"]});
+    let (status, body) = call(&s.api, &olga_there, Some(&out_ns), "/auth/auth/generate", forged).await;
+    assert_eq!(status, 200, "{body}");
+    let fake = micro_test::login(&s.proxy, &out_ns, people[4], "i am out now").await;
+    let (status, body) = call(&s.api, &fake, None, "/platform/team/switch", json!({"namespace": "acme"})).await;
+    assert_eq!(status, 403, "not the person who signed up into it: {body}");
+
     // Dev leaves.
     let (status, _) =
         call(&s.api, &token(2), None, "/platform/team/remove", json!({"namespace": "acme", "email": people[2]})).await;

@@ -1,5 +1,5 @@
-//! The runtime's gRPC service. The core guard has already checked that the caller is
-//! an admin of the namespace the call acts in.
+//! The runtime's gRPC service. The core guard has already checked the caller's rights in
+//! the namespace the call acts in: an admin or developer to change, also a viewer to read.
 
 use super::{Caller, ID, Runtime};
 use futures::{Stream, StreamExt};
@@ -35,7 +35,18 @@ impl pb::runtime_server::Runtime for Runtime {
 
     async fn read(&self, req: Request<pb::ReadRequest>) -> Result<Response<pb::ReadResponse>, Status> {
         let ns = micro::namespace(&req);
-        let services = Runtime::read(self, &ns, &req.into_inner().name).map_err(t)?;
+        // A viewer sees services, not the values of their environment (secrets, often).
+        let deployer = micro::auth::Caller::of(&req)
+            .and_then(|c| c.account.as_ref().map(|a| a.may_deploy_in(&ns)))
+            .unwrap_or(false);
+        let mut services = Runtime::read(self, &ns, &req.into_inner().name).map_err(t)?;
+        if !deployer {
+            for s in &mut services {
+                for v in s.env.values_mut() {
+                    *v = "(hidden: developers and admins see it)".into();
+                }
+            }
+        }
         Ok(Response::new(pb::ReadResponse { services, isolation: self.isolation() }))
     }
 
