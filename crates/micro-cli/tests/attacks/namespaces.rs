@@ -149,3 +149,45 @@ async fn nobody_takes_the_servers_own_locks() {
     let lock = blog.sync.lock("blog", "leader/runtime", Duration::from_secs(5), Duration::ZERO).await.unwrap();
     blog.sync.unlock("blog", &lock).await.unwrap();
 }
+
+/// Tokens for an account without its secret are the operators' alone (the platform takes
+/// them for a team's members): a namespace's admin, one of its users, a service account
+/// of micro with data and an anonymous caller asking for one get nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_operators_take_tokens_for_an_account_without_its_secret() {
+    use micro::proto::auth as pb;
+    let s = ServerProcess::start(&micro(), &[]);
+    let victim = s.account("shop", "victim", "user", &["admin"]).await;
+    let shop_admin = s.account("shop", "boss", "user", &["admin"]).await;
+    let shop_user = s.account("shop", "sam", "user", &[]).await;
+    let micro_data = s.account("micro", "svc", "service", &["data"]).await;
+    let ask = |token: Option<String>, ns: &'static str, id: &'static str| {
+        let proxy = s.proxy.clone();
+        async move {
+            let ch = match &token {
+                Some(t) => micro_test::as_holder(&proxy, t),
+                None => micro::data::channel(&proxy).expect("a channel"),
+            };
+            let mut auth = pb::auth_client::AuthClient::new(ch);
+            let mut req = tonic::Request::new(pb::TokenRequest { id: id.into(), ..Default::default() });
+            req.metadata_mut().insert("micro-namespace", ns.parse().expect("a namespace"));
+            auth.token(req).await.map(|r| r.into_inner())
+        }
+    };
+    for (who, token) in [
+        ("shop's admin", Some(shop_admin)),
+        ("a user", Some(shop_user)),
+        ("micro data", Some(micro_data)),
+        ("anonymous", None),
+    ] {
+        let err = ask(token, "shop", "victim").await.expect_err(who);
+        assert!(matches!(err.code(), tonic::Code::Unauthenticated | tonic::Code::PermissionDenied), "{who}: {err:?}");
+    }
+    // The victim's own token is no key to its secretless login either.
+    assert!(ask(Some(victim), "shop", "victim").await.is_err());
+    // An operator gets them; the account's own sessions stay.
+    let got = ask(Some(s.admin_token().await), "shop", "victim").await.expect("an operator takes tokens");
+    assert_eq!(got.account.map(|a| a.id), Some("victim".to_string()));
+    let err = ask(Some(s.admin_token().await), "shop", "nobody").await.expect_err("no such account");
+    assert_eq!(err.code(), tonic::Code::NotFound);
+}
