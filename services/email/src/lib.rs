@@ -7,8 +7,8 @@
 //! in the `micro` namespace serves every namespace, each with its own outbox, templates,
 //! bounces and daily limit, kept in the service's table under `<namespace>/`.
 //!
-//! - Mail is always from the platform's address (`MICRO_EMAIL_FROM`), named "<name> via
-//!   <platform>" for tenants (their `from_name`, else their namespace); a name with an
+//! - Mail is always from the platform's address (`MICRO_EMAIL_FROM`), named "`<name> via
+//!   <platform>`" for tenants (their `from_name`, else their namespace); a name with an
 //!   address or the platform's name is refused. A tenant chooses the Reply-To.
 //! - Each recipient gets a mail of their own (no tenant leaks one user's address to
 //!   another), with a Message-ID made of its id.
@@ -501,7 +501,7 @@ impl Shared {
         let reply_to = req.reply_to.as_deref().map(|r| address("reply_to", r)).transpose()?;
         let from_name =
             req.from_name.as_deref().map(|n| line("from_name", n, 64)).transpose()?.filter(|n| !n.is_empty());
-        // A tenant's mail is "<name> via <platform>": a name that passes for the platform
+        // A tenant's mail is "`<name> via <platform>`": a name that passes for the platform
         // or an address is refused.
         if let (Some(n), Some(sender)) = (&from_name, &self.sender)
             && ns != micro_core::namespace::DEFAULT

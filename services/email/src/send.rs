@@ -47,7 +47,7 @@ impl Sender {
     }
 
     /// The message `mail` of namespace `ns` becomes: from the platform's address, named
-    /// "<name> via <platform>" for any namespace but the platform's own (so no tenant's
+    /// "`<name> via <platform>`" for any namespace but the platform's own (so no tenant's
     /// mail reads as the platform's), with a Message-ID of its own id so a receiver can
     /// drop a repeat.
     pub(crate) fn message(&self, ns: &str, mail: &Mail) -> Result<Message, String> {
