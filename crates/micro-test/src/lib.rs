@@ -161,6 +161,28 @@ fn dechunk(mut s: &str) -> String {
 
 pub use micro_conformance::{backend_url, eventually};
 
+/// `POST path` with a JSON `body` at `addr` (a gateway, or a proxy's HTTP JSON), as the
+/// holder of `token` and in namespace `ns` when given: the status and the JSON reply
+/// (`null` when it is not JSON).
+pub async fn post_json(
+    addr: &str,
+    token: Option<&str>,
+    ns: Option<&str>,
+    path: &str,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
+    }
+    if let Some(ns) = ns {
+        headers.push(("micro-namespace", ns));
+    }
+    let r = http(addr, "POST", path, &headers, body.to_string().as_bytes()).await;
+    (r.status, serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null))
+}
+
 /// The path of a binary built in the same target directory as the running test.
 pub fn sibling_binary(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current exe");

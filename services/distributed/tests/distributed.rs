@@ -1,21 +1,12 @@
 //! Distributed through a real `micro server`: hosted in-process (the default) and run on
 //! its own as its binary, serving two namespaces that never see each other's notes.
 
-use micro_test::{TestServer, http};
+use micro_test::TestServer;
 use serde_json::{Value, json};
 
 /// Calls `endpoint` at the gateway with `token`, asking for namespace `ns` when given.
 async fn call(s: &TestServer, token: Option<&str>, ns: Option<&str>, path: &str, body: Value) -> (u16, Value) {
-    let bearer = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("content-type", "application/json")];
-    if let Some(b) = &bearer {
-        headers.push(("authorization", b.as_str()));
-    }
-    if let Some(ns) = ns {
-        headers.push(("micro-namespace", ns));
-    }
-    let r = http(&s.api(), "POST", path, &headers, body.to_string().as_bytes()).await;
-    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+    micro_test::post_json(&s.api(), token, ns, path, &body).await
 }
 
 /// Two namespaces, each with two members, and their tokens.

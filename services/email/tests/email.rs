@@ -31,13 +31,7 @@ fn server(sink: &SmtpSink, env: &[(&str, &str)]) -> ServerProcess {
 
 /// `POST path` at the gateway `api` with `token`: (status, JSON body).
 async fn call(api: &str, token: Option<&str>, path: &str, body: Value) -> (u16, Value) {
-    let bearer = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("content-type", "application/json")];
-    if let Some(b) = &bearer {
-        headers.push(("authorization", b.as_str()));
-    }
-    let r = micro_test::http(api, "POST", path, &headers, body.to_string().as_bytes()).await;
-    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+    micro_test::post_json(api, token, None, path, &body).await
 }
 
 /// The mail `id` as `token` sees it, once it is done (sent, bounced or failed).

@@ -869,7 +869,7 @@ fn urlencode(s: &str) -> String {
 }
 
 /// A request to the core acting in namespace `ns`.
-fn request<T>(ns: &str, msg: T) -> Result<tonic::Request<T>, Status> {
+pub(crate) fn request<T>(ns: &str, msg: T) -> Result<tonic::Request<T>, Status> {
     let mut req = tonic::Request::new(msg);
     let v = ns.parse().map_err(|_| bad(format!("invalid namespace {ns:?}")))?;
     req.metadata_mut().insert(micro_core::metadata::NAMESPACE, v);

@@ -16,7 +16,7 @@
 //! Removing a member deletes their account there (their tokens stop at once); changing
 //! a role re-creates it, so the old role's tokens stop too.
 
-use crate::signup::{EntryState, canonical};
+use crate::signup::{EntryState, canonical, request};
 use crate::{NAME, Shared, bad, decode, encode, now};
 use micro::proto::auth as pb;
 use micro::{Code, Context, Service, Status};
@@ -206,15 +206,6 @@ fn person_key(email: &str, ns: &str) -> String {
 
 fn forbidden(msg: impl Into<String>) -> Status {
     Status::new(Code::PermissionDenied, NAME, msg)
-}
-
-/// A request to the core acting in namespace `ns`.
-fn request<T>(ns: &str, msg: T) -> Result<tonic::Request<T>, Status> {
-    let mut req = tonic::Request::new(msg);
-    let v = ns.parse().map_err(|_| bad(format!("invalid namespace {ns:?}")))?;
-    req.metadata_mut().insert(micro_core::metadata::NAMESPACE, v);
-    req.set_timeout(Duration::from_secs(10));
-    Ok(req)
 }
 
 fn core(e: tonic::Status) -> Status {

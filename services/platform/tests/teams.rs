@@ -14,19 +14,11 @@ fn micro() -> std::path::PathBuf {
 
 /// `POST path` at `addr` with `token` (and `ns` as `micro-namespace` when given).
 async fn call(addr: &str, token: &str, ns: Option<&str>, path: &str, body: Value) -> (u16, Value) {
-    let bearer = format!("Bearer {token}");
-    let mut headers = vec![("content-type", "application/json"), ("authorization", bearer.as_str())];
-    if let Some(ns) = ns {
-        headers.push(("micro-namespace", ns));
-    }
-    let r = micro_test::http(addr, "POST", path, &headers, body.to_string().as_bytes()).await;
-    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+    micro_test::post_json(addr, Some(token), ns, path, &body).await
 }
 
 async fn anon(api: &str, path: &str, body: Value) -> (u16, Value) {
-    let r =
-        micro_test::http(api, "POST", path, &[("content-type", "application/json")], body.to_string().as_bytes()).await;
-    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+    micro_test::post_json(api, None, None, path, &body).await
 }
 
 /// The newest mail to `to` whose text matches after `marker`: the word that follows it.
