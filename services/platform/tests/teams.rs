@@ -413,4 +413,28 @@ async fn plans_hold_namespaces_to_their_quotas() {
     for name in ["one", "two", "three"] {
         cli.ok(&["kill", name]).await;
     }
+
+    // A viewer of a team sees its services, not the values of their environment.
+    let pat = micro_test::login(&s.proxy, &ns, "pat@one.example", "pat@one.example password").await;
+    let (status, body) = call(&s.api, &pat, None, "/platform/team/create", json!({"name": "lab"})).await;
+    assert_eq!(status, 200, "{body}");
+    let invite = json!({"namespace": "lab", "email": "vic@two.example", "role": "viewer"});
+    assert_eq!(call(&s.api, &pat, None, "/platform/team/invite", invite).await.0, 200);
+    let code = mailed(&sink, "vic@two.example", "Your code: ").await;
+    assert_eq!(
+        call(&s.api, &vic, None, "/platform/team/accept", json!({"namespace": "lab", "code": code})).await.0,
+        200
+    );
+    cli.ok(&["namespace", "switch", "lab"]).await;
+    cli.ok(&["run", &sleeper(dir.path(), "labsvc"), "--env", "TOKEN=s3cret-value", "--detach"]).await;
+    let (_, body) = call(&s.api, &vic, None, "/platform/team/switch", json!({"namespace": "lab"})).await;
+    let viewer = body["access_token"].as_str().expect("a token").to_string();
+    let (status, seen) = call(&s.api, &viewer, Some("lab"), "/runtime/runtime/read", json!({})).await;
+    assert_eq!(status, 200, "{seen}");
+    assert!(seen.to_string().contains("labsvc") && !seen.to_string().contains("s3cret-value"), "{seen}");
+    let (_, body) = call(&s.api, &pat, None, "/platform/team/switch", json!({"namespace": "lab"})).await;
+    let owner = body["access_token"].as_str().expect("a token").to_string();
+    let (_, seen) = call(&s.api, &owner, Some("lab"), "/runtime/runtime/read", json!({})).await;
+    assert!(seen.to_string().contains("s3cret-value"), "the owner sees it: {seen}");
+    cli.ok(&["kill", "labsvc"]).await;
 }
