@@ -104,8 +104,8 @@ pub(crate) async fn plan(c: &Ctx, args: &[String]) -> Result<()> {
         reply["namespace"].as_str().unwrap_or(""),
         reply["plan"].as_str().unwrap_or("")
     );
+    println!("  {:<24} {} of {}", "services running", reply["used"]["services"], l["services"]);
     for (what, key, unit) in [
-        ("services", "services", ""),
         ("instances of a service", "instances", ""),
         ("memory of an instance", "memory_mb", " MiB"),
         ("requests a month", "requests_per_month", ""),

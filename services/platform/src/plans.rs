@@ -68,6 +68,15 @@ pub struct PlanReply {
     pub plan: String,
     /// What the plan allows.
     pub limits: Limits,
+    /// What the namespace uses of it now.
+    pub used: Used,
+}
+
+/// What a namespace uses of its plan.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct Used {
+    /// Services the runtime keeps for it.
+    pub services: u32,
 }
 
 /// `Plan.Get` request.
@@ -181,7 +190,17 @@ impl Shared {
         self.may(ctx, &req.namespace, Role::Viewer).await?;
         let plan = self.plan_of(&req.namespace).await?;
         let limits = self.plans().await?.remove(&plan).unwrap_or_else(|| defaults()["community"].clone());
-        Ok(PlanReply { namespace: req.namespace, plan, limits })
+        let used = Used { services: self.services_of(&req.namespace).await? };
+        Ok(PlanReply { namespace: req.namespace, plan, limits, used })
+    }
+
+    /// How many services the runtime keeps for `ns` (asked as an operator).
+    async fn services_of(&self, ns: &str) -> Result<u32, Status> {
+        let channel = self.channel.as_ref().map_err(Clone::clone)?.clone();
+        let mut runtime = micro::proto::runtime::runtime_client::RuntimeClient::new(channel);
+        let req = crate::signup::request(ns, micro::proto::runtime::ReadRequest::default())?;
+        let read = runtime.read(req).await.map_err(|e| micro::status::from_tonic(&e))?;
+        Ok(read.into_inner().services.len() as u32)
     }
 
     async fn plan_set(&self, ctx: &Context, req: SetRequest) -> Result<PlanReply, Status> {

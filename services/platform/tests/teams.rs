@@ -396,6 +396,10 @@ async fn plans_hold_namespaces_to_their_quotas() {
             && err.contains("(429)"),
         "{err}"
     );
+    let usage = cli.ok(&["plan"]).await;
+    assert!(usage.lines().any(|l| l.contains("services running") && l.ends_with("2 of 2")), "{usage}");
+    let json = cli.json(&["-o", "json", "plan"]).await;
+    assert_eq!(json["used"]["services"], 2, "{json}");
     let err = cli.fails(&["update", "one", "--instances", "2"]).await;
     assert!(err.contains("may run 1 of a service on the community plan"), "{err}");
     let err = cli.fails(&["update", "one", "--memory", "1G"]).await;
