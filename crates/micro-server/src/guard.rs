@@ -35,7 +35,9 @@ impl Policy for CorePolicy {
             // Registry lookups are always public; registering needs an account (a rule
             // like `service:registry:*` with scope `""` opens it).
             "registry" if !matches!(endpoint, "Registry.Register" | "Registry.Deregister") => Protection::Public,
-            "registry" | "sync" | "broker" => Protection::Members,
+            // Any account of the namespace; a viewer only listens.
+            "broker" if endpoint == "Broker.Subscribe" => Protection::Members,
+            "registry" | "sync" | "broker" => Protection::Contribute,
             // Viewers read data; developers (and data accounts) also write it.
             "store"
                 if matches!(endpoint, "Store.Read" | "Store.List" | "Store.Databases" | "Store.Tables")
@@ -93,7 +95,8 @@ mod tests {
         assert_eq!(p("grpc.health.v1", "Health.Check"), Protection::Public);
         assert_eq!(p("registry", "Registry.GetService"), Protection::Public);
         assert_eq!(p("registry", "Registry.Watch"), Protection::Public);
-        assert_eq!(p("registry", "Registry.Register"), Protection::Members);
+        assert_eq!(p("registry", "Registry.Register"), Protection::Contribute);
+        assert_eq!(p("broker", "Broker.Publish"), Protection::Contribute);
         assert_eq!(p("broker", "Broker.Subscribe"), Protection::Members);
         assert_eq!(p("store", "Store.Read"), Protection::Read);
         assert_eq!(p("store", "Blob.Put"), Protection::Data);
@@ -112,7 +115,7 @@ mod tests {
         assert_eq!(p("registry", "Debug.Trace"), Protection::Operator);
         assert_eq!(p("cluster", "Cluster.Join"), Protection::Public);
         assert_eq!(p("cluster", "Cluster.Token"), Protection::Operator);
-        assert_eq!(p("sync", "Sync.Lock"), Protection::Members);
+        assert_eq!(p("sync", "Sync.Lock"), Protection::Contribute);
         assert_eq!(p("helloworld", "Greeter.Hello"), Protection::Rules);
     }
 

@@ -91,6 +91,9 @@ pub enum Protection {
     /// Seeing the namespace's services, their status and logs: its admins, developers and
     /// viewers (not accounts that only use data, like the services' own).
     Observe,
+    /// Like [`Protection::Members`], but not for an account that may only read (a
+    /// viewer): registering services, locks, publishing on the broker.
+    Contribute,
     /// The server's admins (the `micro` namespace's), whatever namespace the call names.
     Operator,
     /// Any account of the namespace (or its admin), unless the namespace's rules say
@@ -277,6 +280,18 @@ impl Authorizer {
                 format!("{} needs an account of the namespace: log in first", resource.name),
             ));
         }
+        // A viewer changes nothing, not even what any member may change.
+        let protection = match protection {
+            Protection::Contribute if account.is_some_and(|a| a.may_observe_in(ns) && !a.may_use_data_of(ns)) => {
+                return Err(Status::new(
+                    Code::PermissionDenied,
+                    "auth",
+                    format!("{} {}: a viewer of {ns} changes nothing", resource.name, resource.endpoint),
+                ));
+            }
+            Protection::Contribute => Protection::Members,
+            p => p,
+        };
         match protection {
             Protection::Public => Ok(()),
             Protection::Operator => match account {
@@ -328,8 +343,8 @@ impl Authorizer {
                     )),
                 }
             }
-            Protection::Members if caller.is_admin() => Ok(()),
-            Protection::Members => {
+            Protection::Members | Protection::Contribute if caller.is_admin() => Ok(()),
+            Protection::Members | Protection::Contribute => {
                 let rules = self.rules.rules(ns).await?;
                 let mut effective = vec![Rule {
                     id: "members".into(),
