@@ -141,6 +141,24 @@ pub struct Entry {
     sent: Vec<u64>,
 }
 
+impl Entry {
+    /// A new entry of `email`, joining now in `state`.
+    fn new(email: &str, state: EntryState) -> Entry {
+        Entry {
+            email: email.to_string(),
+            state,
+            joined: now(),
+            verified: None,
+            invited: None,
+            invited_by: None,
+            namespace: None,
+            code: None,
+            invite: None,
+            sent: Vec::new(),
+        }
+    }
+}
+
 /// An entry as operators see it.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct EntryView {
@@ -334,7 +352,8 @@ pub struct FriendReply {
     pub left: u32,
 }
 
-fn digest(s: &str) -> String {
+/// The SHA-256 of `s`, in hex.
+pub(crate) fn digest(s: &str) -> String {
     sha2::Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -550,18 +569,7 @@ impl Shared {
         let key = entry_key(&email);
         let (to, subject, text) = self
             .locked(&key, async {
-                let mut e = self.entry_of(&email).await?.unwrap_or(Entry {
-                    email: email.clone(),
-                    state: EntryState::Unverified,
-                    joined: now(),
-                    verified: None,
-                    invited: None,
-                    invited_by: None,
-                    namespace: None,
-                    code: None,
-                    invite: None,
-                    sent: Vec::new(),
-                });
+                let mut e = self.entry_of(&email).await?.unwrap_or(Entry::new(&email, EntryState::Unverified));
                 Self::may_mail(&mut e)?;
                 let mail = match e.state {
                     EntryState::Unverified => {
@@ -820,18 +828,7 @@ impl Shared {
                 let mut e = match self.entry_of(&email).await? {
                     Some(e) if e.state == EntryState::Joined => return Ok(()),
                     Some(e) => e,
-                    None => Entry {
-                        email: email.clone(),
-                        state: EntryState::Waiting,
-                        joined: now(),
-                        verified: None,
-                        invited: None,
-                        invited_by: None,
-                        namespace: None,
-                        code: None,
-                        invite: None,
-                        sent: Vec::new(),
-                    },
+                    None => Entry::new(&email, EntryState::Waiting),
                 };
                 Self::may_mail(&mut e)?;
                 e.sent.pop();
