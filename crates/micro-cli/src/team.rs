@@ -111,6 +111,8 @@ pub(crate) async fn plan(c: &Ctx, args: &[String]) -> Result<()> {
         ("requests a month", "requests_per_month", ""),
         ("storage", "storage_mb", " MiB"),
         ("build minutes a month", "build_minutes", ""),
+        ("cpu of an instance", "cpu_millis", " thousandths of a core"),
+        ("processes of an instance", "pids", ""),
     ] {
         println!("  {what:<24} {}{unit}", l[key]);
     }

@@ -53,7 +53,7 @@ pub struct Config {
     /// are), `MICRO_RUNTIME_PROFILE` (`release`), `MICRO_RUNTIME_REPO` (where short names
     /// are looked up), `MICRO_RUNTIME_MAX_SERVICES` (per namespace, 50),
     /// `MICRO_RUNTIME_SANDBOX` (`auto`, `bwrap`, `none`), `MICRO_RUNTIME_UID` (`uid[:gid]`
-    /// sandboxed code runs as under a root server, 65534) and `MICRO_RUNTIME_ALLOW_HOSTS`
+    /// all sandboxed code runs as under a root server; by default a user per namespace) and `MICRO_RUNTIME_ALLOW_HOSTS`
     /// (internal git hosts tenants may fetch from).
     pub runtime: crate::RuntimeConfig,
     /// TLS on every listener (`MICRO_TLS`): `off` (the default), `auto` (a local CA in the
@@ -394,7 +394,7 @@ impl Config {
                 c.runtime.sandbox = sandbox_mode("runtime_sandbox", &v)?;
             }
             if let Some(v) = f.runtime_uid {
-                c.runtime.sandbox_user = user("runtime_uid", &v)?;
+                c.runtime.sandbox_user = Some(user("runtime_uid", &v)?);
             }
             if let Some(v) = f.runtime_allow_hosts {
                 c.runtime.allow_hosts = v;
@@ -533,7 +533,7 @@ impl Config {
             c.runtime.sandbox = sandbox_mode("MICRO_RUNTIME_SANDBOX", &v)?;
         }
         if let Some(v) = env("MICRO_RUNTIME_UID").filter(|v| !v.is_empty()) {
-            c.runtime.sandbox_user = user("MICRO_RUNTIME_UID", &v)?;
+            c.runtime.sandbox_user = Some(user("MICRO_RUNTIME_UID", &v)?);
         }
         if let Some(v) = env("MICRO_RUNTIME_ALLOW_HOSTS") {
             c.runtime.allow_hosts = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
@@ -599,7 +599,7 @@ mod tests {
         .into();
         let c = Config::from_env(|k| env.get(k).map(|v| v.to_string()), None).unwrap();
         assert_eq!(c.runtime.sandbox, crate::SandboxMode::Off);
-        assert_eq!(c.runtime.sandbox_user, (1000, 1001));
+        assert_eq!(c.runtime.sandbox_user, Some((1000, 1001)));
         assert_eq!(c.runtime.allow_hosts, ["git.internal", "10.0.0.0/8"]);
         for (k, v) in [("MICRO_RUNTIME_UID", "0"), ("MICRO_RUNTIME_UID", "x"), ("MICRO_RUNTIME_SANDBOX", "maybe")] {
             let err = Config::from_env(|n| (n == k).then(|| v.to_string()), None).unwrap_err().to_string();

@@ -33,22 +33,23 @@ pub struct Limits {
     pub storage_mb: u64,
     /// Build time per calendar month, in minutes.
     pub build_minutes: u64,
+    /// CPU of one instance, in thousandths of a core (0: not limited).
+    #[serde(default)]
+    pub cpu_millis: u64,
+    /// Processes and threads of one instance (0: the runtime's default).
+    #[serde(default)]
+    pub pids: u64,
 }
 
 /// The default limits of each plan.
 pub fn defaults() -> BTreeMap<String, Limits> {
-    let plan = |services, instances, memory_mb, requests_per_month, storage_mb, build_minutes| Limits {
-        services,
-        instances,
-        memory_mb,
-        requests_per_month,
-        storage_mb,
-        build_minutes,
+    let plan = |services, instances, memory_mb, requests_per_month, storage_mb, build_minutes, cpu_millis, pids| {
+        Limits { services, instances, memory_mb, requests_per_month, storage_mb, build_minutes, cpu_millis, pids }
     };
     [
-        ("community".to_string(), plan(2, 1, 256, 100_000, 100, 60)),
-        ("personal".to_string(), plan(10, 3, 1024, 1_000_000, 1024, 300)),
-        ("team".to_string(), plan(50, 10, 4096, 10_000_000, 10_240, 1000)),
+        ("community".to_string(), plan(2, 1, 256, 100_000, 100, 60, 500, 128)),
+        ("personal".to_string(), plan(10, 3, 1024, 1_000_000, 1024, 300, 1000, 512)),
+        ("team".to_string(), plan(50, 10, 4096, 10_000_000, 10_240, 1000, 2000, 2048)),
     ]
     .into()
 }
@@ -117,7 +118,7 @@ pub struct PlansReply {
 /// that lifts it.
 fn quota(plan: &str, plans: &BTreeMap<String, Limits>) -> Value {
     let limits = plans.get(plan).cloned().unwrap_or_else(|| defaults()["community"].clone());
-    let fields = |l: &Limits| -> [(&'static str, u64); 6] {
+    let fields = |l: &Limits| -> [(&'static str, u64); 8] {
         [
             ("services", l.services.into()),
             ("instances", l.instances.into()),
@@ -125,6 +126,8 @@ fn quota(plan: &str, plans: &BTreeMap<String, Limits>) -> Value {
             ("requests_per_month", l.requests_per_month),
             ("storage_mb", l.storage_mb),
             ("build_minutes", l.build_minutes),
+            ("cpu_millis", l.cpu_millis),
+            ("pids", l.pids),
         ]
     };
     let mut q = json!({"plan": plan});

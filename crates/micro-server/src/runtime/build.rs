@@ -128,7 +128,7 @@ impl Builder {
             if let Some(b) = &m.build {
                 log.line("build", &format!("$ {b}"));
                 let jail = self.jail(job, Vec::new(), Vec::new())?;
-                let c = self.sandbox.command(&jail, "sh", &["-c".into(), b.clone()]);
+                let c = self.command(&jail, "sh", &["-c".into(), b.clone()])?;
                 run_logged(c, log, "build", &job.pidfile).await?;
             }
             Artifact {
@@ -181,14 +181,29 @@ impl Builder {
             std::fs::create_dir_all(d).map_err(|e| Status::internal(ID, format!("{}: {e}", d.display())))?;
         }
         self.sandbox
-            .hand_over(&home)
-            .and_then(|()| self.sandbox.hand_over(&tmp))
+            .hand_over(&home, job.namespace)
+            .and_then(|()| self.sandbox.hand_over(&tmp, job.namespace))
             .map_err(|e| Status::internal(ID, format!("handing {} to the sandbox: {e}", job.work.display())))?;
         let mut env = env;
         env.push(("TMPDIR".into(), tmp.to_string_lossy().to_string()));
         let mut writable = vec![job.work.to_path_buf()];
         writable.extend(extra);
-        Ok(Jail { writable, read_only: Vec::new(), cwd: job.dir.to_path_buf(), home: Some(home), env })
+        Ok(Jail {
+            namespace: job.namespace.to_string(),
+            writable,
+            read_only: Vec::new(),
+            cwd: job.dir.to_path_buf(),
+            home: Some(home),
+            env,
+            gated: false,
+        })
+    }
+
+    /// The sandboxed command of a build step.
+    fn command(&self, jail: &Jail, program: &str, args: &[String]) -> Result<tokio::process::Command, Status> {
+        self.sandbox
+            .command(jail, program, args)
+            .map_err(|e| Status::internal(ID, format!("no user for namespace {}'s build: {e}", jail.namespace)))
     }
 
     async fn cargo(&self, job: &Job<'_>) -> Result<Artifact, Status> {
@@ -199,7 +214,7 @@ impl Builder {
         for d in [&target, &home] {
             std::fs::create_dir_all(d).map_err(|e| Status::internal(ID, format!("{}: {e}", d.display())))?;
             self.sandbox
-                .hand_over(d)
+                .hand_over(d, job.namespace)
                 .map_err(|e| Status::internal(ID, format!("handing {} to the sandbox: {e}", d.display())))?;
         }
         let mut env = vec![
@@ -221,7 +236,7 @@ impl Builder {
             args.extend(["--profile".into(), self.profile.clone()]);
         }
         let jail = self.jail(job, vec![target.clone(), home], env)?;
-        let c = self.sandbox.command(&jail, &cargo, &args);
+        let c = self.command(&jail, &cargo, &args)?;
         log.line("build", &format!("$ cargo build ({} profile)", self.profile));
         let stdout = run_logged(c, log, "build", &job.pidfile).await?;
         // The executable of the package in `dir`.

@@ -11,6 +11,7 @@
 //! another node is elected within the lock's TTL and brings every service back.
 
 mod build;
+mod cgroup;
 mod egress;
 mod logs;
 mod process;
@@ -88,9 +89,10 @@ pub struct RuntimeConfig {
     pub upload_max: u64,
     /// How code is isolated (`MICRO_RUNTIME_SANDBOX`: `auto`, `bwrap` or `none`).
     pub sandbox: SandboxMode,
-    /// The user and group sandboxed code runs as when the server runs as root
-    /// (`MICRO_RUNTIME_UID`, `uid[:gid]`; default 65534, nobody).
-    pub sandbox_user: (u32, u32),
+    /// The user and group all sandboxed code runs as when the server runs as root
+    /// (`MICRO_RUNTIME_UID`, `uid[:gid]`); by default each namespace's code runs as a
+    /// user of its own.
+    pub sandbox_user: Option<(u32, u32)>,
     /// Hosts tenants' git sources may come from although they are internal
     /// (`MICRO_RUNTIME_ALLOW_HOSTS`: host names, addresses and CIDRs, comma-separated).
     pub allow_hosts: Vec<String>,
@@ -107,7 +109,7 @@ impl Default for RuntimeConfig {
             log_max: 8 << 20,
             upload_max: 512 << 20,
             sandbox: SandboxMode::Auto,
-            sandbox_user: (65534, 65534),
+            sandbox_user: None,
             allow_hosts: Vec::new(),
         }
     }
@@ -141,6 +143,8 @@ struct Inner {
     stopping: tokio::sync::watch::Sender<bool>,
     /// Where code runs.
     sandbox: Arc<sandbox::Sandbox>,
+    /// How instances' resources are held.
+    cgroups: Arc<cgroup::Cgroups>,
     /// Internal hosts tenants' git sources may come from.
     allowed: Vec<egress::Allowed>,
 }
@@ -190,6 +194,8 @@ struct Managed {
     /// The service account's secret, made when the service first starts here.
     secret: tokio::sync::Mutex<Option<String>>,
     deleted: std::sync::atomic::AtomicBool,
+    /// What each of its instances may use, as of its last start.
+    limits: Mutex<cgroup::Limits>,
 }
 
 /// What the runtime works with, from the rest of the server.
@@ -236,17 +242,25 @@ impl Runtime {
             data_dir: data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf()),
             target_dir: target_dir.clone(),
             toolchain: toolchain.clone(),
+            uids: dir.join("uids.json"),
         };
         let sandbox =
             Arc::new(sandbox::Sandbox::probe(config.sandbox, config.sandbox_user, &layout).await.map_err(|e| {
                 Status::unavailable(ID, format!("no sandbox for the runtime (MICRO_RUNTIME_SANDBOX=bwrap): {e}"))
             })?);
         match sandbox.missing() {
-            None => tracing::info!(isolation = %sandbox.describe(), "runtime"),
+            None => tracing::info!(isolation = %sandbox.describe(micro_core::namespace::DEFAULT), "runtime"),
             Some(why) => tracing::warn!(
                 "the runtime has no sandbox ({why}): it runs services only for admins of namespace micro"
             ),
         }
+        let tag = {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(dir.to_string_lossy().as_bytes());
+            digest[..4].iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        let cgroups = Arc::new(cgroup::Cgroups::probe(&tag));
+        tracing::info!(limits = %cgroups.describe(), "runtime");
         let builder = Builder {
             target_dir,
             cargo_home: dir.join("cargo"),
@@ -276,6 +290,7 @@ impl Runtime {
                 }),
                 stopping: tokio::sync::watch::channel(false).0,
                 sandbox,
+                cgroups,
                 allowed,
             }),
         };
@@ -491,6 +506,7 @@ impl Runtime {
             deploys: Mutex::new(Vec::new()),
             secret: tokio::sync::Mutex::new(None),
             deleted: Default::default(),
+            limits: Default::default(),
         })
     }
 
@@ -792,14 +808,14 @@ impl Runtime {
         };
         s.status = status;
         s.error = error;
-        s.limits = if s.memory > 0 { "memory: rss watchdog (cgroups not used)".into() } else { String::new() };
-        s.isolation = self.isolation();
+        s.limits = m.limits.lock().unwrap_or_else(|e| e.into_inner()).describe(&self.inner.cgroups);
+        s.isolation = self.isolation(&m.namespace);
         s
     }
 
     /// The isolation in force, as `micro status` shows it.
-    pub(crate) fn isolation(&self) -> String {
-        self.inner.sandbox.describe()
+    pub(crate) fn isolation(&self, ns: &str) -> String {
+        format!("{}; limits: {}", self.inner.sandbox.describe(ns), self.inner.cgroups.describe())
     }
 
     fn set_phase(m: &Managed, status: &str, error: &str) {
@@ -902,6 +918,15 @@ impl Runtime {
             // Reachable from the other nodes: framework services listen on the host.
             env.push(("MICRO_SERVICE_ADDRESS".to_string(), format!("{}:0", self.inner.config.host)));
         }
+        // The namespace's quota as it is now (a plan changed since holds from this start).
+        let limits = match quota::Quota::of(self.inner.secrets.as_ref(), &m.namespace).await {
+            Ok(q) => q.limits(spec.memory),
+            Err(e) => {
+                Self::set_phase(&m, "error", e.detail());
+                return;
+            }
+        };
+        *m.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
         let launch = Arc::new(Launch {
             namespace: m.namespace.clone(),
             name: m.name.clone(),
@@ -909,7 +934,8 @@ impl Runtime {
             root,
             artifact,
             env,
-            memory: spec.memory,
+            limits,
+            cgroups: self.inner.cgroups.clone(),
             metadata: spec.metadata.clone().into_iter().collect(),
             registry: self.inner.registry.clone(),
             log: m.log.clone(),
@@ -968,7 +994,7 @@ impl Runtime {
         if let Some(v) = &known
             && let Some(a) = read_artifact(&builds.join(v))
         {
-            self.adopt(&builds.join(v));
+            self.adopt(&builds.join(v), &m.namespace);
             return Ok((v.clone(), builds.join(v), a, "cached".into()));
         }
         Self::set_phase(m, "building", "");
@@ -983,7 +1009,7 @@ impl Runtime {
         let hand_over = |dir: &Path| {
             self.inner
                 .sandbox
-                .hand_over(dir)
+                .hand_over(dir, &m.namespace)
                 .map_err(|e| Status::internal(ID, format!("handing {} to the sandbox: {e}", dir.display())))
         };
         std::fs::create_dir_all(&work).map_err(|e| Status::internal(ID, format!("{}: {e}", work.display())))?;
@@ -1019,8 +1045,12 @@ impl Runtime {
                 } else {
                     // Checked again: the host's addresses may have changed since.
                     let remote = egress::check(&url, &self.inner.allowed).await?;
-                    let confine =
-                        source::Confine::Sandbox { sandbox: &self.inner.sandbox, remote: &remote, work: &work };
+                    let confine = source::Confine::Sandbox {
+                        sandbox: &self.inner.sandbox,
+                        namespace: &m.namespace,
+                        remote: &remote,
+                        work: &work,
+                    };
                     source::clone(&url, reference.as_deref(), &src, token.as_deref(), confine).await?
                 };
                 if !path.is_empty() && spec.entrypoint.is_empty() {
@@ -1039,8 +1069,8 @@ impl Runtime {
     /// so its instances may write in their folder as new builds' do. Safe while its
     /// instances run: none can change the tree before the walk has left it (the walk
     /// hands a folder over after everything in it).
-    fn adopt(&self, build: &Path) {
-        if let Err(e) = sandbox::hand_over_once(&self.inner.sandbox, build) {
+    fn adopt(&self, build: &Path, ns: &str) {
+        if let Err(e) = sandbox::hand_over_once(&self.inner.sandbox, build, ns) {
             tracing::warn!(build = %build.display(), error = %e, "handing a kept build to the sandbox failed");
         }
     }
@@ -1109,7 +1139,7 @@ impl Runtime {
     ) -> Result<(String, PathBuf, Artifact, String), Status> {
         let out = builds.join(version);
         if let Some(a) = read_artifact(&out) {
-            self.adopt(&out);
+            self.adopt(&out, &m.namespace);
             return Ok((version.to_string(), out, a, "cached".into()));
         }
         let tmp = builds.join(format!(".{version}.tmp"));
@@ -1143,7 +1173,7 @@ impl Runtime {
         // its description excepted (written after, the server's, shown read-only).
         self.inner
             .sandbox
-            .hand_over(&tmp)
+            .hand_over(&tmp, &m.namespace)
             .map_err(|e| Status::internal(ID, format!("handing {} to the sandbox: {e}", tmp.display())))?;
         let json = serde_json::to_vec_pretty(&artifact).map_err(|e| Status::internal(ID, e.to_string()))?;
         std::fs::write(tmp.join("artifact.json"), json).map_err(|e| Status::internal(ID, e.to_string()))?;

@@ -1,7 +1,9 @@
 //! One instance of a service: its process, kept running with exponential backoff,
-//! checked for readiness, held to its memory limit, and logged.
+//! checked for readiness, held to its limits (in a cgroup of its own, or its memory
+//! watched where there are none), and logged.
 
 use super::build::Artifact;
+use super::cgroup::{Cgroups, Limits};
 use super::logs::LogSink;
 use super::sandbox::{Jail, Sandbox};
 use micro_core::registry::{Node, Registry, Service};
@@ -33,7 +35,10 @@ pub(crate) struct Launch {
     pub(crate) root: PathBuf,
     pub(crate) artifact: Artifact,
     pub(crate) env: Vec<(String, String)>,
-    pub(crate) memory: u64,
+    /// What each instance may use.
+    pub(crate) limits: Limits,
+    /// How the limits are held.
+    pub(crate) cgroups: Arc<Cgroups>,
     pub(crate) metadata: BTreeMap<String, String>,
     pub(crate) registry: Arc<dyn Registry>,
     pub(crate) log: LogSink,
@@ -181,20 +186,47 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
     };
     // Its own build is all it may change (its description excepted).
     let jail = Jail {
+        namespace: launch.namespace.clone(),
         writable: vec![launch.root.clone()],
         read_only: vec![launch.root.join("artifact.json")],
         cwd: launch.root.join(&art.cwd),
         home: None,
         env,
+        gated: true,
     };
-    let mut cmd = launch.sandbox.command(&jail, &program.to_string_lossy(), &art.command[1..]);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let mut cmd = match launch.sandbox.command(&jail, &program.to_string_lossy(), &art.command[1..]) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Exited(format!("no user for namespace {}: {e}", launch.namespace)),
+    };
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    // A group of its own for each run (the last one's may still be emptying).
+    let name = format!("{}.{}.{}", launch.namespace, inst.id, inst.restarts());
+    let group = match launch.cgroups.group(&name, &launch.limits) {
+        Ok(g) => g,
+        Err(e) => return Outcome::Exited(format!("cannot limit its resources: {e}")),
+    };
     let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return Outcome::Exited(format!("cannot start {}: {e}", program.display())),
+        Err(e) => {
+            tokio::spawn(group.remove());
+            return Outcome::Exited(format!("cannot start {}: {e}", program.display()));
+        }
     };
     let pid = child.id().unwrap_or(0);
     inst.pid.store(pid, Ordering::Relaxed);
+    // Into its group before it starts (it waits for the word): whatever it starts goes
+    // with it. Its stdin is closed then, as if it had none.
+    let held = match (group.add(pid), child.stdin.take()) {
+        (Ok(()), Some(mut stdin)) => stdin.write_all(b"go\n").await.map_err(|e| e.to_string()),
+        (Err(e), _) => Err(e.to_string()),
+        (Ok(()), None) => Err("no stdin".to_string()),
+    };
+    if let Err(e) = held {
+        kill_group(pid, true);
+        let _ = child.wait().await;
+        tokio::spawn(group.remove());
+        return Outcome::Exited(format!("cannot limit its resources: {e}"));
+    }
     let pidfile = PidFile::write(
         &launch.run_dir.join(format!("{}.pid", inst.id)),
         pid,
@@ -220,11 +252,17 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
     let mut ready = false;
     let mut refreshed = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let watch_memory = launch.limits.memory > 0 && !launch.cgroups.holds_memory();
     let outcome = loop {
         tokio::select! {
             status = child.wait() => {
                 let reason = match status {
                     Ok(s) => match (s.code(), signal_of(&s)) {
+                        // (A sandbox's code killed inside: bwrap exits with 128 + 9.)
+                        (Some(137), _) | (_, Some(9)) if group.killed_for_memory() => format!(
+                            "killed: memory over its limit of {} MiB (held by its cgroup)",
+                            (launch.limits.memory >> 20).max(1)
+                        ),
                         (Some(c), _) => format!("exited with code {c}"),
                         (None, Some(sig)) => format!("killed by signal {sig}"),
                         _ => "exited".to_string(),
@@ -242,15 +280,15 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
                 break Outcome::Stopped;
             }
             _ = tick.tick() => {
-                if launch.memory > 0 {
+                if watch_memory {
                     let rss = family_rss(pid);
-                    if rss > launch.memory {
+                    if rss > launch.limits.memory {
                         kill_group(pid, true);
                         let _ = child.wait().await;
                         break Outcome::Exited(format!(
                             "killed: memory {} MiB over its limit of {} MiB",
                             rss >> 20,
-                            (launch.memory >> 20).max(1)
+                            (launch.limits.memory >> 20).max(1)
                         ));
                     }
                 }
@@ -283,6 +321,7 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
     // group, which keeps its id while it has members, not its pid.)
     signal(pid, true, true);
     drop(pidfile);
+    tokio::spawn(group.remove());
     outcome
 }
 

@@ -1,13 +1,16 @@
 //! Per-namespace quotas, as the platform (or an operator) sets them in the `micro`
-//! namespace's config at `quota.<namespace>`: how many services, instances of one service
-//! and memory of one instance. Without one, only the runtime's own limits hold.
+//! namespace's config at `quota.<namespace>`: how many services, instances of one service,
+//! and the memory, CPU (thousandths of a core) and processes of one instance. Without
+//! one, only the runtime's own limits hold ([`DEFAULT_PIDS`] processes an instance).
 //!
 //! ```json
 //! {"plan": "community", "services": 2, "instances": 1, "memory_mb": 256,
+//!  "cpu_millis": 500, "pids": 128,
 //!  "lifts": {"services": "the personal plan allows 10: micro plan set personal"}}
 //! ```
 
 use super::ID;
+use super::cgroup::Limits;
 use micro::proto::runtime as pb;
 use micro_core::{Code, Status};
 use serde::Deserialize;
@@ -28,12 +31,30 @@ pub(crate) struct Quota {
     /// Memory of one instance, in MiB.
     #[serde(default)]
     memory_mb: Option<u64>,
+    /// CPU of one instance, in thousandths of a core.
+    #[serde(default)]
+    cpu_millis: Option<u64>,
+    /// Processes (and threads) of one instance.
+    #[serde(default)]
+    pids: Option<u64>,
     /// For each quota, what lifts it (a sentence).
     #[serde(default)]
     lifts: BTreeMap<String, String>,
 }
 
+/// The processes (and threads) an instance may have without a quota saying otherwise.
+pub(crate) const DEFAULT_PIDS: u64 = 4096;
+
 impl Quota {
+    /// What each instance of a service with `memory` bytes (0: none) may use.
+    pub(crate) fn limits(&self, memory: u64) -> Limits {
+        Limits {
+            memory,
+            cpu_millis: self.cpu_millis.unwrap_or(0),
+            pids: self.pids.filter(|p| *p > 0).unwrap_or(DEFAULT_PIDS),
+        }
+    }
+
     /// Namespace `ns`'s quota, read from `config` now (changes take effect at once).
     pub(crate) async fn of(config: &dyn micro_core::config::Config, ns: &str) -> Result<Quota, Status> {
         match config.get(micro_core::namespace::DEFAULT, &format!("quota.{ns}"), false).await? {

@@ -47,7 +47,7 @@ impl pb::runtime_server::Runtime for Runtime {
                 }
             }
         }
-        Ok(Response::new(pb::ReadResponse { services, isolation: self.isolation() }))
+        Ok(Response::new(pb::ReadResponse { services, isolation: self.isolation(&ns) }))
     }
 
     async fn update(&self, req: Request<pb::UpdateRequest>) -> Result<Response<pb::UpdateResponse>, Status> {

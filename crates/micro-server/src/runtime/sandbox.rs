@@ -6,15 +6,19 @@
 //!
 //! When the server runs as root, `bwrap` runs as root to make the namespaces and
 //! mounts (it can then show toolchains kept under `/root`), and `setpriv` drops to the
-//! sandbox user (65534 unless `MICRO_RUNTIME_UID` says otherwise) with no capabilities
-//! and `no_new_privs` before the service's code starts. A server that is not root runs
-//! `bwrap` as itself, in a user namespace.
+//! namespace's own user with no capabilities and `no_new_privs` before the service's
+//! code starts: each namespace gets a uid of its own, from [`FIRST_UID`] on, kept in
+//! the runtime's `uids.json` (or, when `MICRO_RUNTIME_UID` names one, every namespace
+//! runs as that user). A server that is not root runs `bwrap` as itself, in a user
+//! namespace.
 //!
 //! Without a working `bwrap` there is no sandbox: the runtime then runs code only for
 //! the admins of the default namespace (see `Runtime::admit`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::process::Command;
 
@@ -49,6 +53,10 @@ impl std::str::FromStr for SandboxMode {
 const KEPT_WITHOUT_SANDBOX: [&str; 10] =
     ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "SSL_CERT_FILE"];
 
+/// The uid (and gid) of the first namespace's code when each gets its own: far above
+/// the system's and people's users and the usual subordinate id ranges.
+pub(crate) const FIRST_UID: u32 = 1_000_000_000;
+
 /// PATH inside the sandbox (the toolchain's bin dir goes first).
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -79,13 +87,59 @@ enum Kind {
 #[derive(Debug)]
 struct Demote {
     setpriv: PathBuf,
-    uid: u32,
-    gid: u32,
+    users: Users,
+}
+
+/// Whom sandboxed code runs as under a root server.
+#[derive(Debug)]
+enum Users {
+    /// Everyone as this user and group (`MICRO_RUNTIME_UID`).
+    One(u32, u32),
+    /// Each namespace as its own, uid = gid, allocated in order and kept in `file`.
+    PerNamespace { file: PathBuf, map: Mutex<BTreeMap<String, u32>> },
+}
+
+impl Users {
+    /// The namespace's user and group, allocated on first use.
+    fn of(&self, ns: &str) -> std::io::Result<(u32, u32)> {
+        match self {
+            Users::One(uid, gid) => Ok((*uid, *gid)),
+            Users::PerNamespace { file, map } => {
+                let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(uid) = map.get(ns) {
+                    return Ok((*uid, *uid));
+                }
+                let next = map.values().max().map_or(FIRST_UID, |m| m + 1);
+                if next == u32::MAX {
+                    return Err(std::io::Error::other("no uid left for another namespace"));
+                }
+                map.insert(ns.to_string(), next);
+                let json = serde_json::to_vec_pretty(&*map).map_err(std::io::Error::other)?;
+                let tmp = file.with_extension("tmp");
+                std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, file)).inspect_err(|_| {
+                    map.remove(ns);
+                })?;
+                Ok((next, next))
+            }
+        }
+    }
+
+    /// Loads the namespaces' users kept in `file` (none when there is no file yet).
+    fn per_namespace(file: PathBuf) -> Result<Users, String> {
+        let map = match std::fs::read(&file) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(format!("{}: {e}", file.display())),
+        };
+        Ok(Users::PerNamespace { file, map: Mutex::new(map) })
+    }
 }
 
 /// What one sandboxed command may see and change.
 #[derive(Debug, Default)]
 pub(crate) struct Jail {
+    /// The namespace whose code it is (whose user it runs as).
+    pub(crate) namespace: String,
     /// Dirs bound writable (they must exist).
     pub(crate) writable: Vec<PathBuf>,
     /// Files or dirs inside writable ones kept read-only.
@@ -96,6 +150,10 @@ pub(crate) struct Jail {
     pub(crate) home: Option<PathBuf>,
     /// The command's environment (nothing of the server's is inherited).
     pub(crate) env: Vec<(String, String)>,
+    /// Whether the command waits for a line on its stdin before it starts (so the server
+    /// can put it in its cgroups first: whatever it starts then goes with it). Without
+    /// the line (stdin closed) it never starts.
+    pub(crate) gated: bool,
 }
 
 /// Where things are, for [`Sandbox::probe`].
@@ -106,12 +164,14 @@ pub(crate) struct Layout {
     pub(crate) target_dir: PathBuf,
     /// The rust toolchain's sysroot, when there is one.
     pub(crate) toolchain: Option<PathBuf>,
+    /// Where the namespaces' users are kept (when each gets its own).
+    pub(crate) uids: PathBuf,
 }
 
 impl Sandbox {
     /// Finds out which isolation works here. `Err` (the server does not start) only
     /// when `mode` is [`SandboxMode::Bwrap`] and it does not work.
-    pub(crate) async fn probe(mode: SandboxMode, user: (u32, u32), layout: &Layout) -> Result<Sandbox, String> {
+    pub(crate) async fn probe(mode: SandboxMode, user: Option<(u32, u32)>, layout: &Layout) -> Result<Sandbox, String> {
         let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
         let (data_dir, target_dir) = (canonical(&layout.data_dir), canonical(&layout.target_dir));
         let mut hidden: Vec<PathBuf> = ["/root", "/home", "/tmp", "/var/tmp"].iter().map(PathBuf::from).collect();
@@ -148,7 +208,13 @@ impl Sandbox {
             None => fail("bubblewrap (bwrap) is not installed: scripts/sandbox-setup installs it".into())?,
             Some(bwrap) if rustix::process::geteuid().is_root() => match find("setpriv") {
                 None => fail("setpriv (util-linux) is not installed: scripts/sandbox-setup installs it".into())?,
-                Some(setpriv) => Kind::Bwrap { bwrap, drop: Some(Demote { setpriv, uid: user.0, gid: user.1 }) },
+                Some(setpriv) => {
+                    let users = match user {
+                        Some((uid, gid)) => Users::One(uid, gid),
+                        None => Users::per_namespace(layout.uids.clone())?,
+                    };
+                    Kind::Bwrap { bwrap, drop: Some(Demote { setpriv, users }) }
+                }
             },
             Some(bwrap) => Kind::Bwrap { bwrap, drop: None },
         };
@@ -162,8 +228,9 @@ impl Sandbox {
 
     /// Runs `true` in a sandbox: the namespaces and mounts work here.
     async fn check(&self) -> Result<(), String> {
-        let jail = Jail { cwd: PathBuf::from("/"), ..Jail::default() };
-        let mut c = self.command(&jail, "true", &[]);
+        let jail =
+            Jail { namespace: micro_core::namespace::DEFAULT.into(), cwd: PathBuf::from("/"), ..Jail::default() };
+        let mut c = self.command(&jail, "true", &[]).map_err(|e| e.to_string())?;
         c.stdin(std::process::Stdio::null()).kill_on_drop(true);
         match tokio::time::timeout(Duration::from_secs(20), c.output()).await {
             Err(_) => Err("it did not finish in 20s".into()),
@@ -178,20 +245,28 @@ impl Sandbox {
         matches!(self.kind, Kind::Bwrap { .. })
     }
 
-    /// The user and group sandboxed code runs as, when the server must hand it its
-    /// writable dirs (the server is root); `None` when it runs as the server's user.
-    pub(crate) fn owner(&self) -> Option<(u32, u32)> {
+    /// The user and group namespace `ns`'s sandboxed code runs as, when the server must
+    /// hand it its writable dirs (the server is root); `None` when it runs as the
+    /// server's user.
+    pub(crate) fn owner(&self, ns: &str) -> std::io::Result<Option<(u32, u32)>> {
         match &self.kind {
-            Kind::Bwrap { drop: Some(d), .. } => Some((d.uid, d.gid)),
-            _ => None,
+            Kind::Bwrap { drop: Some(d), .. } => d.users.of(ns).map(Some),
+            _ => Ok(None),
         }
     }
 
-    /// The isolation in force, as `micro status` shows it.
-    pub(crate) fn describe(&self) -> String {
+    /// The isolation in force for namespace `ns`'s code, as `micro status` shows it.
+    pub(crate) fn describe(&self, ns: &str) -> String {
         match &self.kind {
             Kind::Bwrap { drop: Some(d), .. } => {
-                format!("sandbox: bwrap uid {} (mount, pid, ipc, uts namespaces; no capabilities)", d.uid)
+                let who = match &d.users {
+                    Users::One(uid, _) => format!("uid {uid} (MICRO_RUNTIME_UID)"),
+                    Users::PerNamespace { map, .. } => match map.lock().unwrap_or_else(|e| e.into_inner()).get(ns) {
+                        Some(uid) => format!("uid {uid} (namespace {ns}'s own)"),
+                        None => format!("a uid of namespace {ns}'s own (given at its first run)"),
+                    },
+                };
+                format!("sandbox: bwrap {who} (mount, pid, ipc, uts namespaces; no capabilities)")
             }
             Kind::Bwrap { drop: None, .. } => format!(
                 "sandbox: bwrap uid {} (user, mount, pid, ipc, uts namespaces)",
@@ -210,12 +285,20 @@ impl Sandbox {
     }
 
     /// A command running `program` with `args` in `jail`, in a process group of its
-    /// own (killing the group kills the sandbox: its processes die with `bwrap`).
-    pub(crate) fn command(&self, jail: &Jail, program: &str, args: &[String]) -> Command {
+    /// own (killing the group kills the sandbox: its processes die with `bwrap`). `Err`
+    /// when the namespace can get no user of its own.
+    pub(crate) fn command(&self, jail: &Jail, program: &str, args: &[String]) -> std::io::Result<Command> {
+        // Gated: a shell that waits for a line on stdin before it becomes the command.
+        let gate = |program: &OsStr| {
+            let mut c = Command::new("/bin/sh");
+            c.args(["-c", "read -r go && exec \"$@\"", "micro-gate"]).arg(program);
+            c
+        };
+        let start = |program: &OsStr| if jail.gated { gate(program) } else { Command::new(program) };
         let mut c;
         match &self.kind {
             Kind::Off(_) => {
-                c = Command::new(program);
+                c = start(OsStr::new(program));
                 c.args(args).current_dir(&jail.cwd).env_clear();
                 for k in KEPT_WITHOUT_SANDBOX {
                     if let Some(v) = std::env::var_os(k) {
@@ -224,12 +307,13 @@ impl Sandbox {
                 }
             }
             Kind::Bwrap { bwrap, drop } => {
-                c = Command::new(bwrap);
+                c = start(bwrap.as_os_str());
                 c.args(self.bwrap_args(jail, drop.is_none())).arg("--");
                 if let Some(d) = drop {
+                    let (uid, gid) = d.users.of(&jail.namespace)?;
                     c.arg(&d.setpriv).args([
-                        format!("--reuid={}", d.uid),
-                        format!("--regid={}", d.gid),
+                        format!("--reuid={uid}"),
+                        format!("--regid={gid}"),
                         "--clear-groups".into(),
                         "--inh-caps=-all".into(),
                         "--bounding-set=-all".into(),
@@ -249,7 +333,7 @@ impl Sandbox {
         c.envs(jail.env.iter().map(|(k, v)| (k, v)));
         #[cfg(unix)]
         c.process_group(0);
-        c
+        Ok(c)
     }
 
     fn bwrap_args(&self, jail: &Jail, user_namespace: bool) -> Vec<String> {
@@ -319,10 +403,10 @@ impl Sandbox {
         a
     }
 
-    /// Hands `dir` (and everything in it) to the sandbox user, when the server is root;
-    /// symlinks are never followed.
-    pub(crate) fn hand_over(&self, dir: &Path) -> std::io::Result<()> {
-        match self.owner() {
+    /// Hands `dir` (and everything in it) to namespace `ns`'s user, when the server is
+    /// root; symlinks are never followed.
+    pub(crate) fn hand_over(&self, dir: &Path, ns: &str) -> std::io::Result<()> {
+        match self.owner(ns)? {
             Some((uid, gid)) => chown_tree(dir, uid, gid),
             None => Ok(()),
         }
@@ -353,11 +437,12 @@ fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Hands a dir to the sandbox user unless it is the user's already (a kept build made
-/// by an earlier version of the server, before the sandbox, is not).
-pub(crate) fn hand_over_once(sandbox: &Sandbox, dir: &Path) -> std::io::Result<()> {
+/// Hands a dir to namespace `ns`'s user unless it is the user's already (a kept build
+/// made by an earlier version of the server, before the sandbox or with another user,
+/// is not).
+pub(crate) fn hand_over_once(sandbox: &Sandbox, dir: &Path, ns: &str) -> std::io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    let Some((uid, gid)) = sandbox.owner() else { return Ok(()) };
+    let Some((uid, gid)) = sandbox.owner(ns)? else { return Ok(()) };
     let meta = std::fs::symlink_metadata(dir)?;
     if meta.uid() == uid && meta.gid() == gid { Ok(()) } else { chown_tree(dir, uid, gid) }
 }
@@ -395,7 +480,7 @@ mod tests {
         Sandbox {
             kind: Kind::Bwrap {
                 bwrap: "/usr/bin/bwrap".into(),
-                drop: drop.then(|| Demote { setpriv: "/usr/bin/setpriv".into(), uid: 65534, gid: 65534 }),
+                drop: drop.then(|| Demote { setpriv: "/usr/bin/setpriv".into(), users: Users::One(65534, 65534) }),
             },
             hidden: vec!["/root".into(), "/tmp".into()],
             shown: vec!["/root/.rustup/toolchains/stable".into()],
@@ -425,6 +510,22 @@ mod tests {
         assert!(ro == usize::MAX || bind < ro, "{a}");
         assert!(a.contains("--remount-ro /root") && !a.contains("--remount-ro /tmp"), "{a}");
         assert!(sandbox(false).bwrap_args(&jail, true).join(" ").starts_with("--unshare-user"));
+    }
+
+    #[test]
+    fn each_namespace_gets_a_user_of_its_own_kept_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("uids.json");
+        let users = Users::per_namespace(file.clone()).unwrap();
+        let (a, b) = (users.of("alpha").unwrap(), users.of("beta").unwrap());
+        assert_eq!(a, (FIRST_UID, FIRST_UID));
+        assert_eq!(b, (FIRST_UID + 1, FIRST_UID + 1));
+        assert_eq!(users.of("alpha").unwrap(), a, "the same user again");
+        let again = Users::per_namespace(file.clone()).unwrap();
+        assert_eq!((again.of("beta").unwrap(), again.of("gamma").unwrap().0), (b, FIRST_UID + 2));
+        std::fs::write(&file, "not json").unwrap();
+        assert!(Users::per_namespace(file).is_err(), "an unreadable file is an error, not a reuse of uids");
+        assert_eq!(Users::One(7, 8).of("any").unwrap(), (7, 8));
     }
 
     #[test]

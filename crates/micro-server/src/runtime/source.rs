@@ -157,8 +157,9 @@ pub(crate) fn http_host(url: &str) -> Option<&str> {
 pub(crate) enum Confine<'a> {
     /// As the server.
     Server,
-    /// In `sandbox`, changing only `work` (the clone goes into a folder of it).
-    Sandbox { sandbox: &'a Sandbox, remote: &'a Remote, work: &'a Path },
+    /// In `sandbox`, as namespace `namespace`'s user, changing only `work` (the clone
+    /// goes into a folder of it).
+    Sandbox { sandbox: &'a Sandbox, namespace: &'a str, remote: &'a Remote, work: &'a Path },
 }
 
 /// Clones `url` at `reference` into `dest` (without its history); returns the commit.
@@ -192,7 +193,7 @@ pub(crate) async fn clone(
                 c.args(&args).current_dir(cwd).envs(env.iter().map(|(k, v)| (k, v)));
                 c
             }
-            Confine::Sandbox { sandbox, remote, work } => {
+            Confine::Sandbox { sandbox, namespace, remote, work } => {
                 let mut pinned = vec![
                     "-c".to_string(),
                     "protocol.allow=never".into(),
@@ -209,12 +210,24 @@ pub(crate) async fn clone(
                 pinned.extend(args);
                 let mut env = env.clone();
                 env.push(("GIT_CONFIG_NOSYSTEM".into(), "1".into()));
-                let jail = Jail { writable: vec![work.to_path_buf()], cwd: cwd.to_path_buf(), env, ..Jail::default() };
-                sandbox.command(&jail, "git", &pinned)
+                let jail = Jail {
+                    namespace: namespace.to_string(),
+                    writable: vec![work.to_path_buf()],
+                    cwd: cwd.to_path_buf(),
+                    env,
+                    ..Jail::default()
+                };
+                sandbox.command(&jail, "git", &pinned)?
             }
         };
         c.stdin(std::process::Stdio::null()).kill_on_drop(true);
-        c
+        Ok::<_, std::io::Error>(c)
+    };
+    let run = |c: std::io::Result<Command>| async move {
+        match c {
+            Ok(mut c) => c.output().await,
+            Err(e) => Err(e),
+        }
     };
     let out = |o: std::io::Result<std::process::Output>, what: &str| -> Result<String, Status> {
         let o = o.map_err(|e| Status::unavailable(ID, format!("running git (is it installed?): {e}")))?;
@@ -227,13 +240,13 @@ pub(crate) async fn clone(
     };
     let dest_s = dest.to_string_lossy().to_string();
     let parent = dest.parent().unwrap_or(Path::new("/"));
-    out(git(&["clone", "--quiet", "--no-checkout", url, &dest_s], parent).output().await, &format!("cloning {url}"))?;
+    out(run(git(&["clone", "--quiet", "--no-checkout", url, &dest_s], parent)).await, &format!("cloning {url}"))?;
     let target = reference.unwrap_or("HEAD");
     out(
-        git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", target], dest).output().await,
+        run(git(&["-c", "advice.detachedHead=false", "checkout", "--quiet", target], dest)).await,
         &format!("checking out {target} of {url}"),
     )?;
-    let commit = out(git(&["rev-parse", "HEAD"], dest).output().await, "reading the commit")?;
+    let commit = out(run(git(&["rev-parse", "HEAD"], dest)).await, "reading the commit")?;
     let _ = std::fs::remove_dir_all(dest.join(".git"));
     if commit.len() < 12 || !commit.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Status::bad_request(ID, format!("git gave {commit:?} as the commit of {url}")));
