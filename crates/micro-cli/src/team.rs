@@ -105,10 +105,21 @@ pub(crate) async fn plan(c: &Ctx, args: &[String]) -> Result<()> {
         reply["plan"].as_str().unwrap_or("")
     );
     println!("  {:<24} {} of {}", "services running", reply["used"]["services"], l["services"]);
+    if let Some(n) = reply["used"]["requests"].as_u64() {
+        let resets = reply["used"]["resets"].as_u64().unwrap_or(0) * 1000;
+        let date = micro_core::time::utc(resets);
+        println!(
+            "  {:<24} {n} of {} (they start again on {} UTC)",
+            "requests this month",
+            l["requests_per_month"],
+            date.get(..10).unwrap_or_default()
+        );
+    } else {
+        println!("  {:<24} {} (not metered here)", "requests a month", l["requests_per_month"]);
+    }
     for (what, key, unit) in [
         ("instances of a service", "instances", ""),
         ("memory of an instance", "memory_mb", " MiB"),
-        ("requests a month", "requests_per_month", ""),
         ("storage", "storage_mb", " MiB"),
         ("build minutes a month", "build_minutes", ""),
         ("cpu of an instance", "cpu_millis", " thousandths of a core"),

@@ -27,6 +27,7 @@ pub mod registry;
 mod status;
 pub mod store;
 pub mod sync;
+pub mod time;
 
 pub use status::{Code, Status, reason};
 

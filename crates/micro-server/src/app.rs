@@ -405,7 +405,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     let client = client.transport(transport.clone());
     // With Redis, the gateways of a cluster share rate-limit buckets and cached answers.
     let edge = shared.edge().await?;
-    let limits = crate::ratelimit::RateLimits::new(config_backend.clone(), edge.clone());
+    let limits = crate::ratelimit::RateLimits::new(config_backend.clone(), edge.clone(), meter.clone());
     let cache = crate::cache::Cache::new(config_backend.clone(), config.cache_size, edge.map(|e| (e, server_key)));
     // Gauges, read at each scrape of the gateway's /metrics.
     {

@@ -8,6 +8,14 @@
 //! nodes; without it, buckets are per node and on N nodes behind a balancer a client gets
 //! up to N times a rule's rate. A node that cannot reach Redis counts on its own buckets
 //! until it can again.
+//!
+//! A namespace on a plan is also held to its requests a month (`requests_per_month` of
+//! its quota, `quota.<namespace>` in the `micro` namespace's config): once the month's
+//! requests to its own services are spent, they are refused with a 429 until the month
+//! ends or the plan changes (calls to the core and the products still pass, so its
+//! people can sign in and change plan). The count is what the meter stored (it flushes
+//! every couple of seconds, and each gateway rereads it at most every [`MONTH_REREAD`]),
+//! so a namespace may go a few seconds' requests past its quota.
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -22,6 +30,9 @@ use std::time::Duration;
 
 /// Where a namespace keeps its rules, in its config.
 pub const CONFIG_PATH: &str = "edge.ratelimits";
+
+/// How long a namespace's count of the month's requests is used before it is read again.
+pub(crate) const MONTH_REREAD: Duration = Duration::from_secs(2);
 
 /// Whose requests a rule counts together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,6 +192,96 @@ pub(crate) struct RateLimits {
     rules: crate::settings::NamespaceSettings<Vec<Arc<Limit>>>,
     /// The cluster's shared buckets, when it has Redis.
     shared: Option<micro_redis::RedisEdge>,
+    /// Each namespace's requests a month, and what it spent.
+    month: Month,
+}
+
+/// A namespace's quota of requests a month, from its plan.
+#[derive(Debug, Default)]
+struct MonthQuota {
+    limit: Option<u64>,
+    plan: Option<String>,
+    /// What lifts it (a sentence).
+    lift: Option<String>,
+}
+
+fn month_quota(_: &str, v: Option<&Value>, _: Option<&Arc<MonthQuota>>) -> MonthQuota {
+    let Some(v) = v else { return MonthQuota::default() };
+    MonthQuota {
+        limit: v["requests_per_month"].as_u64(),
+        plan: v["plan"].as_str().map(str::to_string),
+        lift: v["lifts"]["requests_per_month"].as_str().map(str::to_string),
+    }
+}
+
+/// The monthly requests quotas.
+#[derive(Clone)]
+struct Month {
+    quotas: crate::settings::NamespaceSettings<MonthQuota>,
+    meter: crate::usage::Meter,
+    /// Each namespace's requests this month, and when they were read.
+    spent: Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>>,
+}
+
+impl Month {
+    /// The namespace's requests this month, read again when [`MONTH_REREAD`] old; `None`
+    /// when they cannot be read (the request then passes).
+    async fn spent(&self, ns: &str, now_ms: u64) -> Option<u64> {
+        let cached = self.spent.lock().unwrap_or_else(|e| e.into_inner()).get(ns).copied();
+        if let Some((at, n)) = cached
+            && at.elapsed() < MONTH_REREAD
+        {
+            return Some(n);
+        }
+        match self.meter.month(ns, now_ms).await {
+            Ok(n) => {
+                let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
+                if spent.len() >= 10_000 && !spent.contains_key(ns) {
+                    spent.retain(|_, (at, _)| at.elapsed() < MONTH_REREAD * 30);
+                }
+                spent.insert(ns.to_string(), (std::time::Instant::now(), n));
+                Some(n)
+            }
+            Err(e) => {
+                tracing::warn!(namespace = ns, error = %e, "cannot read the month's requests; letting requests pass");
+                cached.map(|(_, n)| n)
+            }
+        }
+    }
+
+    /// Refused when `req` goes to the namespace's own services and their month's
+    /// requests are spent.
+    async fn check(&self, req: &Request<'_>) -> Result<(), Refused> {
+        let quota = self.quotas.get(req.namespace).await;
+        let Some(limit) = quota.limit else { return Ok(()) };
+        let path = normalize(req.path);
+        let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("");
+        let service = first.split('.').next().unwrap_or("");
+        let platform = |names: &[&str]| names.iter().any(|n| normalize(n).trim_start_matches('/') == service);
+        if service.is_empty() || platform(&crate::CORE_SERVICES) || platform(&crate::products::NAMES) {
+            return Ok(());
+        }
+        let now = micro_core::store::now_ms();
+        let Some(spent) = self.spent(req.namespace, now).await else { return Ok(()) };
+        if spent < limit {
+            return Ok(());
+        }
+        let next = micro_core::time::next_month(now);
+        let retry_after = next.saturating_sub(now).div_ceil(1000);
+        let plan = quota.plan.as_deref().map(|p| format!(" on the {p} plan")).unwrap_or_default();
+        let lift = quota.lift.as_deref().map(|l| format!("; {l}")).unwrap_or_default();
+        let detail = format!(
+            "namespace {} has made its {limit} requests this month{plan}; they start again on {} UTC{lift}",
+            req.namespace,
+            micro_core::time::utc(next).get(..10).unwrap_or_default()
+        );
+        Err(Refused {
+            status: Status::new(Code::ResourceExhausted, "api", detail),
+            retry_after,
+            policy: format!("\"requests-per-month\";q={limit};w={}", retry_after.max(1)),
+            state: format!("\"requests-per-month\";r=0;t={retry_after}"),
+        })
+    }
 }
 
 /// When a failure of the shared buckets was last logged (Unix seconds): once in ten
@@ -221,8 +322,17 @@ fn limits(ns: &str, specs: Option<&Value>, previous: Option<&Arc<Vec<Arc<Limit>>
 }
 
 impl RateLimits {
-    pub(crate) fn new(config: Arc<dyn Config>, shared: Option<micro_redis::RedisEdge>) -> RateLimits {
-        RateLimits { rules: crate::settings::NamespaceSettings::new(config, CONFIG_PATH, limits), shared }
+    pub(crate) fn new(
+        config: Arc<dyn Config>,
+        shared: Option<micro_redis::RedisEdge>,
+        meter: crate::usage::Meter,
+    ) -> RateLimits {
+        let month = Month {
+            quotas: crate::settings::NamespaceSettings::operators(config.clone(), "quota", month_quota),
+            meter,
+            spent: Arc::default(),
+        };
+        RateLimits { rules: crate::settings::NamespaceSettings::new(config, CONFIG_PATH, limits), shared, month }
     }
 
     /// Takes a cell for `key` from `l`'s bucket (the cluster's, else this node's):
@@ -244,6 +354,9 @@ impl RateLimits {
     /// Counts `req` against every rule of its namespace that applies; refused when one
     /// is exhausted (its cell is not taken from the others' buckets after that).
     pub(crate) async fn check(&self, req: &Request<'_>) -> Result<Option<Passed>, Refused> {
+        if self.month.meter.is_on() {
+            self.month.check(req).await?;
+        }
         let limits = self.rules.get(req.namespace).await;
         if limits.is_empty() {
             return Ok(None);

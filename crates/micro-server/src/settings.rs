@@ -47,6 +47,9 @@ type Read<T> = Mutex<HashMap<String, (Instant, Arc<T>)>>;
 pub(crate) struct NamespaceSettings<T> {
     config: Arc<dyn Config>,
     path: &'static str,
+    /// Kept by the operator, in the `micro` namespace's config at `<path>.<namespace>`
+    /// (a plan's quotas), not in each namespace's own.
+    operators: bool,
     read: Arc<Read<T>>,
     build: Arc<Build<T>>,
 }
@@ -56,6 +59,7 @@ impl<T> Clone for NamespaceSettings<T> {
         NamespaceSettings {
             config: self.config.clone(),
             path: self.path,
+            operators: self.operators,
             read: self.read.clone(),
             build: self.build.clone(),
         }
@@ -69,7 +73,17 @@ impl<T: Default + Send + Sync + 'static> NamespaceSettings<T> {
         path: &'static str,
         build: impl Fn(&str, Option<&Value>, Option<&Arc<T>>) -> T + Send + Sync + 'static,
     ) -> Self {
-        NamespaceSettings { config, path, read: Arc::default(), build: Arc::new(build) }
+        NamespaceSettings { config, path, operators: false, read: Arc::default(), build: Arc::new(build) }
+    }
+
+    /// The settings the operator keeps for each namespace at `<path>.<namespace>` of the
+    /// `micro` namespace's config, made by `build`.
+    pub(crate) fn operators(
+        config: Arc<dyn Config>,
+        path: &'static str,
+        build: impl Fn(&str, Option<&Value>, Option<&Arc<T>>) -> T + Send + Sync + 'static,
+    ) -> Self {
+        NamespaceSettings { operators: true, ..Self::new(config, path, build) }
     }
 
     /// The namespace's settings, read again when a second old.
@@ -81,7 +95,11 @@ impl<T: Default + Send + Sync + 'static> NamespaceSettings<T> {
             return s.clone();
         }
         let previous = old.map(|(_, s)| s);
-        let fresh = match self.config.get(ns, self.path, false).await {
+        let read = match self.operators {
+            true => self.config.get(micro_core::namespace::DEFAULT, &format!("{}.{ns}", self.path), false).await,
+            false => self.config.get(ns, self.path, false).await,
+        };
+        let fresh = match read {
             Ok(v) => Arc::new((self.build)(ns, v.as_ref(), previous.as_ref())),
             Err(e) => {
                 // The config is away: the last settings hold (none, if never read), and it

@@ -15,6 +15,13 @@
 //! (a torn last line is ignored) never got its answer. What remains: a request killed
 //! between its line and its answer is counted though its client saw an error, and lines
 //! of a node whose disk is lost for good are lost with it.
+//!
+//! **The month's requests.** With a segment's sums, the requests it counted to each
+//! namespace's own services (the core's and the products' excepted) are added to that
+//! namespace's total for the calendar month (UTC) the segment started in, one total per
+//! process (`<namespace>/<YYYY-MM>/<process>` in `usage-month`), which remembers the last
+//! segment added: a segment stored again is not added again. What a plan's requests quota
+//! counts is the sum of these totals (see [`Meter::month`]).
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -105,6 +112,8 @@ struct Inner {
     current: Mutex<Segment>,
     store: Arc<dyn Store>,
     table: Table,
+    /// Each namespace's requests by month and process.
+    months: Table,
     interval: Duration,
     /// Whether a failed write was reported (once).
     write_failed: std::sync::atomic::AtomicBool,
@@ -218,6 +227,7 @@ impl Meter {
             current: Mutex::new(Segment::new(0)),
             store,
             table: Table::new(micro_core::namespace::DEFAULT, "usage"),
+            months: Table::new(micro_core::namespace::DEFAULT, "usage-month"),
             interval,
             write_failed: std::sync::atomic::AtomicBool::new(false),
         });
@@ -395,11 +405,68 @@ impl Inner {
                 self.store.write(&self.table, &Record::new(key, value), None).await?;
             }
         }
+        self.add_to_months(c).await?;
         match std::fs::remove_file(&c.file) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Status::internal("usage", format!("deleting {}: {e}", c.file.display()))),
         }
+    }
+}
+
+impl Inner {
+    /// Adds a closed segment's requests to each namespace's own services to the month's
+    /// totals of its process, unless they have it already.
+    async fn add_to_months(&self, c: &Closed) -> Result<(), Status> {
+        let month = micro_core::time::month(c.start_ms);
+        let mut own: BTreeMap<&str, u64> = BTreeMap::new();
+        for ((ns, svc, ..), n) in &c.rows {
+            if counts_against_quota(svc) {
+                *own.entry(ns.as_str()).or_default() += n.requests;
+            }
+        }
+        for (ns, requests) in own.into_iter().filter(|(_, n)| *n > 0) {
+            let key = format!("{ns}/{month}/{}", c.process);
+            let old: Option<MonthTotal> = match self.store.read(&self.months, &key, &Query::default()).await {
+                Ok(r) => r.first().and_then(|r| serde_json::from_slice(&r.value).ok()),
+                Err(e) if e.code() == micro_core::Code::NotFound => None,
+                Err(e) => return Err(e),
+            };
+            if old.as_ref().is_some_and(|o| o.seq >= c.seq) {
+                continue;
+            }
+            let total = MonthTotal { requests: old.map_or(0, |o| o.requests) + requests, seq: c.seq };
+            let value = serde_json::to_vec(&total).map_err(|e| Status::internal("usage", e.to_string()))?;
+            self.store.write(&self.months, &Record::new(key, value), None).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One process's requests to a namespace's own services in a month, up to segment `seq`.
+#[derive(Debug, Serialize, Deserialize)]
+struct MonthTotal {
+    requests: u64,
+    seq: u64,
+}
+
+/// Whether requests to `service` count against a plan's requests quota: those to a
+/// namespace's own services do; to the core's and the products' (signing in, deploying,
+/// changing plan) and to no service at all do not.
+pub(crate) fn counts_against_quota(service: &str) -> bool {
+    !service.is_empty() && !crate::CORE_SERVICES.contains(&service) && !crate::products::NAMES.contains(&service)
+}
+
+impl Meter {
+    /// The requests to namespace `ns`'s own services in the calendar month (UTC) of
+    /// `now_ms`, as stored so far (what this and every other process flushed).
+    pub(crate) async fn month(&self, ns: &str, now_ms: u64) -> Result<u64, Status> {
+        let Some(inner) = &self.inner else {
+            return Err(Status::unavailable("usage", "metering is off on this server (MICRO_USAGE=off)"));
+        };
+        let prefix = format!("{ns}/{}/", micro_core::time::month(now_ms));
+        let records = inner.store.read(&inner.months, &prefix, &Query { prefix: true, ..Default::default() }).await?;
+        Ok(records.iter().filter_map(|r| serde_json::from_slice::<MonthTotal>(&r.value).ok()).map(|t| t.requests).sum())
     }
 }
 
@@ -739,6 +806,20 @@ impl pb::usage_server::Usage for UsageService {
         let (rows, total) = self.meter.query(namespace, since, until, service, &group).await.map_err(t)?;
         Ok(tonic::Response::new(pb::QueryResponse { rows, total: Some(total) }))
     }
+
+    async fn month(
+        &self,
+        req: tonic::Request<pb::MonthRequest>,
+    ) -> Result<tonic::Response<pb::MonthResponse>, tonic::Status> {
+        let ns = micro::namespace(&req);
+        let now = micro_core::store::now_ms();
+        let requests = self.meter.month(&ns, now).await.map_err(t)?;
+        Ok(tonic::Response::new(pb::MonthResponse {
+            month: micro_core::time::month(now),
+            requests,
+            resets: (micro_core::time::next_month(now) / 1000) as i64,
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -832,6 +913,22 @@ mod tests {
         assert_eq!(totals(&meter, None).await, expect);
         assert_eq!(totals(&meter, Some("blog")).await, vec![("blog".to_string(), "4xx".to_string(), 1)]);
         assert!(std::fs::read_dir(data.path().join("usage")).unwrap().next().is_none(), "every file is gone");
+        // The month's requests to each namespace's own services, once however often
+        // segments were stored (the torn line was never answered: not counted).
+        let now = micro_core::store::now_ms();
+        assert_eq!((meter.month("shop", now).await.unwrap(), meter.month("blog", now).await.unwrap()), (4, 1));
+        assert_eq!(meter.month("nobody", now).await.unwrap(), 0);
+        let last_month = micro_core::time::next_month(now) + 1;
+        assert_eq!(meter.month("shop", last_month).await.unwrap(), 0, "a new month starts from nothing");
+        // Calls to the core and the products count for no plan.
+        meter.record(&usage("shop", "store", 200));
+        meter.record(&usage("shop", "platform", 200));
+        meter.record(&usage("shop", "", 404));
+        meter.record(&usage("shop", "web", 200));
+        let closed = flusher.meter.rotate().unwrap();
+        flusher.meter.store(&closed).await.unwrap();
+        assert_eq!(meter.month("shop", now).await.unwrap(), 5);
+        assert!(counts_against_quota("web") && !counts_against_quota("auth") && !counts_against_quota("email"));
     }
 
     #[test]

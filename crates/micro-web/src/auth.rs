@@ -5,7 +5,6 @@
 //! `GET /auth` (accounts), `GET /auth/rules`, `POST /auth/accounts`,
 //! `POST /auth/accounts/delete`, `POST /auth/rules`, `POST /auth/rules/delete`.
 
-use super::events::utc;
 use super::html::{self, csrf};
 use super::{Form, Page, encode, page_response, redirect};
 use axum::body::Body;
@@ -13,6 +12,7 @@ use http::{Response, StatusCode};
 use maud::{Markup, html};
 use micro::proto::auth::{self as pb, auth_client::AuthClient};
 use micro_core::auth::{Access, Resource, Rule, parse_resource, validate_rule};
+use micro_core::time::utc;
 use micro_core::{Code, Status};
 use std::time::Duration;
 

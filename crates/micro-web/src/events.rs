@@ -14,6 +14,7 @@ use http::{Response, StatusCode, header};
 use maud::{Markup, html};
 use micro_core::Status;
 use micro_core::events::{ConsumeOptions, Event, Events, MAX_PAYLOAD, Message, Offset, ReadOptions, validate_topic};
+use micro_core::time::utc;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -457,31 +458,9 @@ fn payload_text(payload: &[u8], pretty: bool) -> String {
     }
 }
 
-/// Unix milliseconds as `YYYY-MM-DD HH:MM:SS.mmm` (UTC).
-pub(crate) fn utc(ms: u64) -> String {
-    let (secs, millis) = (ms / 1000, ms % 1000);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, d) = civil(days as i64);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{millis:03}", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 /// Unix milliseconds as an HTML `datetime` (ISO 8601, UTC).
 fn iso(ms: u64) -> String {
     format!("{}Z", utc(ms).replacen(' ', "T", 1))
-}
-
-/// The date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 fn failed(page: &Page, title: &str, e: &Status) -> Response<Body> {
@@ -559,9 +538,6 @@ mod tests {
 
     #[test]
     fn times_in_utc() {
-        assert_eq!(utc(0), "1970-01-01 00:00:00.000");
-        assert_eq!(utc(1_700_000_000_123), "2023-11-14 22:13:20.123");
-        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00.000");
         assert_eq!(iso(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
     }
 

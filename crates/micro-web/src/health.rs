@@ -4,7 +4,6 @@
 //!
 //! `GET /health`.
 
-use super::events::utc;
 use super::html;
 use super::{Form, Page, encode, page_response};
 use axum::body::Body;
@@ -13,6 +12,7 @@ use maud::{Markup, html};
 use micro::debug::Stats;
 use micro_core::Status;
 use micro_core::registry::{Registry, Service};
+use micro_core::time::utc;
 use serde_json::{Value, json};
 use std::time::Duration;
 

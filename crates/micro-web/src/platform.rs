@@ -82,7 +82,7 @@ async fn bad(page: &Page, why: &str) -> Response<Body> {
 }
 
 fn date(secs: &Value) -> String {
-    secs.as_u64().map(|s| super::events::utc(s * 1000).get(..16).unwrap_or_default().to_string()).unwrap_or_default()
+    secs.as_u64().map(|s| micro_core::time::utc(s * 1000).get(..16).unwrap_or_default().to_string()).unwrap_or_default()
 }
 
 /// The page, with the outcome of an action when there was one.

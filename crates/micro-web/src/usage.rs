@@ -6,7 +6,6 @@
 //!
 //! `GET /usage[?since=24h&by=service&by=endpoint]` (`by` repeated or comma-separated).
 
-use super::events::utc;
 use super::html;
 use super::{Form, Page, page_response};
 use axum::body::Body;
@@ -14,6 +13,7 @@ use http::{Response, StatusCode};
 use maud::{Markup, html};
 use micro::proto::usage::{self as pb, usage_client::UsageClient};
 use micro_core::Status;
+use micro_core::time::utc;
 use std::time::Duration;
 
 /// The deadline of the query.

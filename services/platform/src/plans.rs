@@ -78,6 +78,11 @@ pub struct PlanReply {
 pub struct Used {
     /// Services the runtime keeps for it.
     pub services: u32,
+    /// Requests to its own services this calendar month (UTC), as metered so far
+    /// (none when the server meters nothing).
+    pub requests: Option<u64>,
+    /// When the month's requests start again (Unix seconds).
+    pub resets: i64,
 }
 
 /// `Plan.Get` request.
@@ -193,7 +198,8 @@ impl Shared {
         self.may(ctx, &req.namespace, Role::Viewer).await?;
         let plan = self.plan_of(&req.namespace).await?;
         let limits = self.plans().await?.remove(&plan).unwrap_or_else(|| defaults()["community"].clone());
-        let used = Used { services: self.services_of(&req.namespace).await? };
+        let (requests, resets) = self.requests_of(&req.namespace).await;
+        let used = Used { services: self.services_of(&req.namespace).await?, requests, resets };
         Ok(PlanReply { namespace: req.namespace, plan, limits, used })
     }
 
@@ -204,6 +210,24 @@ impl Shared {
         let req = crate::signup::request(ns, micro::proto::runtime::ReadRequest::default())?;
         let read = runtime.read(req).await.map_err(|e| micro::status::from_tonic(&e))?;
         Ok(read.into_inner().services.len() as u32)
+    }
+
+    /// The requests `ns` made this month, and when they start again (asked as an
+    /// operator); none when metering is off.
+    async fn requests_of(&self, ns: &str) -> (Option<u64>, i64) {
+        let month = async {
+            let channel = self.channel.as_ref().map_err(Clone::clone)?.clone();
+            let mut usage = micro::proto::usage::usage_client::UsageClient::new(channel);
+            let req = crate::signup::request(ns, micro::proto::usage::MonthRequest {})?;
+            usage.month(req).await.map(|r| r.into_inner()).map_err(|e| micro::status::from_tonic(&e))
+        };
+        match month.await {
+            Ok(m) => (Some(m.requests), m.resets),
+            Err(e) => {
+                tracing::warn!(namespace = ns, error = %e, "cannot read the month's requests");
+                (None, 0)
+            }
+        }
     }
 
     async fn plan_set(&self, ctx: &Context, req: SetRequest) -> Result<PlanReply, Status> {

@@ -449,3 +449,93 @@ async fn plans_hold_namespaces_to_their_quotas() {
     assert!(seen.to_string().contains("s3cret-value"), "the owner sees it: {seen}");
     cli.ok(&["kill", "labsvc"]).await;
 }
+
+/// A service folder whose manifest runs a Python HTTP app answering `hello`.
+fn web_app(dir: &std::path::Path, name: &str) -> String {
+    let p = dir.join(name);
+    std::fs::create_dir_all(&p).expect("a folder");
+    let app = "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n\
+               class H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200)\n        \
+               self.send_header('content-length', '5')\n        self.end_headers()\n        self.wfile.write(b'hello')\n    \
+               def log_message(self, *a):\n        pass\n\
+               HTTPServer((os.environ['HOST'], int(os.environ['PORT'])), H).serve_forever()\n";
+    std::fs::write(p.join("app.py"), app).expect("the app");
+    std::fs::write(p.join("micro.toml"), format!("name = \"{name}\"\nrun = \"python3 app.py\"\n[http]\n"))
+        .expect("a manifest");
+    p.to_str().expect("a UTF-8 path").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_month_of_requests_runs_out_at_the_gateway_until_the_plan_changes() {
+    if !sandboxed() {
+        return;
+    }
+    let Some(sink) = SmtpSink::start(Options::default()) else { return };
+    let s = ServerProcess::builder(micro()).env("MICRO_SMTP", sink.url()).env("MICRO_USAGE_FLUSH", "1").start();
+    let admin = s.admin_token().await;
+    // The operator makes the community plan's month 5 requests long.
+    let (status, plans) = call(&s.api, &admin, None, "/platform/platform/plans", json!({})).await;
+    assert_eq!(status, 200, "{plans}");
+    let mut plans = plans["plans"].clone();
+    plans["community"]["requests_per_month"] = json!(5);
+    let (status, body) = call(&s.api, &admin, None, "/platform/platform/plans", json!({"plans": plans})).await;
+    assert_eq!(status, 200, "{body}");
+    let (ns, pat) = signup(&s, &sink, &admin, "pat@one.example").await;
+    let cli = s.cli();
+    cli.ok(&["--namespace", &ns, "login", "--id", "pat@one.example", "--password", "pat@one.example password"]).await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    cli.ok(&["run", &web_app(dir.path(), "hello")]).await;
+
+    let auth = format!("Bearer {pat}");
+    let headers = [("authorization", auth.as_str())];
+    let get = || micro_test::http(&s.api, "GET", "/hello/", &headers, b"");
+    for _ in 0..5 {
+        let r = get().await;
+        assert_eq!((r.status, r.body.as_str()), (200, "hello"), "{}", r.head);
+    }
+    // Counted within seconds (the meter flushes each second here): then refused.
+    let mut refused = None;
+    for _ in 0..100 {
+        let r = get().await;
+        if r.status == 429 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = refused.expect("the month's requests run out");
+    let body = r.json();
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(&format!("namespace {ns} has made its 5 requests this month on the community plan"))
+            && detail.contains("the personal plan allows")
+            && detail.contains("micro plan set personal"),
+        "{body}"
+    );
+    assert_eq!(body["code"], 429, "{body}");
+    let head = r.head.to_ascii_lowercase();
+    assert!(head.contains("retry-after: ") && head.contains("\"requests-per-month\";r=0"), "{}", r.head);
+    // The platform still answers: the plan shows what was spent, and the owner upgrades.
+    let plan = cli.ok(&["plan"]).await;
+    let line = plan.lines().find(|l| l.contains("requests this month")).unwrap_or_default().to_string();
+    let spent: u64 = line.split_whitespace().nth(3).and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(spent >= 5 && line.contains(" of 5 "), "{plan}");
+    let json = cli.json(&["-o", "json", "plan"]).await;
+    assert!(json["used"]["requests"].as_u64().is_some_and(|n| n >= 5), "{json}");
+    // Another namespace's requests are its own.
+    let (_, vic) = signup(&s, &sink, &admin, "vic@two.example").await;
+    let (status, _) = call(&s.api, &vic, None, "/runtime/runtime/read", json!({})).await;
+    assert_eq!(status, 200);
+    cli.ok(&["plan", "set", "personal"]).await;
+    let mut served = false;
+    for _ in 0..50 {
+        if get().await.status == 200 {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "the personal plan's month has room again");
+    cli.ok(&["kill", "hello"]).await;
+}
