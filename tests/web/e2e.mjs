@@ -29,7 +29,8 @@
 // any step fails. To add a step: `step("what it shows", async ({ page }) => { ... })`.
 
 import { createRequire } from "node:module";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 
@@ -49,6 +50,9 @@ const SHOTS = process.env.E2E_SCREENSHOTS ? path.resolve(process.env.E2E_SCREENS
 const ONLY = process.env.E2E_ONLY ? new RegExp(process.env.E2E_ONLY) : null;
 const SOURCE = process.env.E2E_RUNTIME_SOURCE || null;
 const MAIL = process.env.E2E_MAIL_DIR || null;
+/** The `micro` CLI and the proxy it talks to, for the steps that deploy (web.rs sets them). */
+const MICRO = process.env.E2E_MICRO || null;
+const PROXY = process.env.E2E_PROXY || null;
 /** Unique per run, so values found on a page were written by this run. */
 const RUN = Date.now().toString(36);
 
@@ -176,8 +180,8 @@ async function shot(page, name) {
 }
 
 /** Signs in as the admin through the form; ends on /services. */
-async function login(page, { id = ADMIN, secret = PASSWORD } = {}) {
-  await visit(page, `/login?namespace=${encodeURIComponent(NAMESPACE)}`);
+async function login(page, { id = ADMIN, secret = PASSWORD, namespace = NAMESPACE } = {}) {
+  await visit(page, `/login?namespace=${encodeURIComponent(namespace)}`);
   await page.getByLabel("Account", { exact: true }).fill(id);
   await page.getByLabel("Secret", { exact: true }).fill(secret);
   await follow(page, page.getByRole("button", { name: "Sign in" }));
@@ -1216,11 +1220,124 @@ step("signup: the invited sign up from their invite's link and land in namespace
     await see(page, "header .ns", ns);
     // A newcomer is no operator: no platform page for them.
     assertEqual(await page.locator('nav a[href="/platform"]').count(), 0, "the platform link");
+    assertEqual(await page.locator('nav a[href="/team"], nav a[href="/plan"]').count(), 2, "their teams and plan");
     await visit(page, "/platform", 403);
     await see(page, '.error[role="alert"]', "403 Forbidden");
     await page.context().clearCookies();
   }
   assertEqual(namespaces, [`ann-${RUN}`, `bo-${RUN}`], "namespaces named after them");
+});
+
+/** The team the first two make. */
+const TEAM = `crew-${RUN}`;
+
+/** A CLI with a home of its own, for one person: `cli(args)` runs `micro --server … args`. */
+function cliFor() {
+  const home = mkdtempSync(path.join(os.tmpdir(), "e2e-cli-"));
+  const env = { PATH: process.env.PATH, HOME: home, MICRO_DATA_DIR: path.join(home, "no-local-server") };
+  const cli = (args) => {
+    const r = spawnSync(MICRO, ["--server", PROXY, ...args], { env, encoding: "utf8", timeout: 120_000 });
+    return { code: r.status, out: `${r.stdout || ""}${r.stderr || ""}` };
+  };
+  /** A service folder whose manifest sleeps. */
+  cli.service = (name) => {
+    const dir = path.join(home, name);
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(path.join(dir, "micro.toml"), `name = "${name}"\nrun = "sleep 300"\n`);
+    return dir;
+  };
+  cli.done = () => rmSync(home, { recursive: true, force: true });
+  return cli;
+}
+
+step("signup: the first makes a team in the dashboard and invites the second as a developer", async ({ page }) => {
+  if (!MAIL) skip("E2E_MAIL_DIR is not set (web.rs sets it for the platform's signup run)");
+  const [ann, bo] = PEOPLE;
+  await login(page, { namespace: `ann-${RUN}`, id: ann, secret: `${ann} password` });
+  await visit(page, "/team");
+  await see(page, "h2", "Your teams");
+  await page.getByLabel("New team", { exact: true }).fill(TEAM);
+  await follow(page, page.getByRole("button", { name: "Make team" }));
+  await see(page, ".notice", `Made team ${TEAM}: you own it.`);
+  assertEqual(await page.locator("table.members tbody tr td:first-child").allInnerTexts(), [ann], "the members");
+  await page.getByLabel("Invite", { exact: true }).fill(bo);
+  await page.getByLabel("as", { exact: true }).selectOption("developer");
+  await follow(page, page.getByRole("button", { name: "Send invite" }));
+  await see(page, ".notice", `Invited ${bo} as developer`);
+  await see(page, "ul.pending li", `${bo} as developer`);
+  await look(page, "team");
+});
+
+step("signup: the second accepts from the mail, deploys with micro run and meets the community plan's quota", async ({
+  page,
+}) => {
+  if (!MAIL) skip("E2E_MAIL_DIR is not set (web.rs sets it for the platform's signup run)");
+  if (!MICRO || !PROXY) skip("E2E_MICRO and E2E_PROXY are not set (web.rs sets them)");
+  const bo = PEOPLE[1];
+  const [, link] = await mailed(bo, /Accept in the dashboard, signed in to your own namespace: (\S+)/);
+  const url = new URL(link);
+  assertEqual(url.pathname, "/team/accept", "the invite's link");
+  await login(page, { namespace: `bo-${RUN}`, id: bo, secret: `${bo} password` });
+  await visit(page, url.pathname + url.search);
+  assertEqual(await page.getByLabel("Team", { exact: true }).inputValue(), TEAM, "team filled in");
+  await follow(page, page.getByRole("button", { name: "Accept" }));
+  await see(page, ".notice", `You joined ${TEAM} as developer.`);
+  const row = page.locator("table.teams tbody tr").filter({ has: page.locator("td", { hasText: TEAM }) });
+  assertEqual(await row.locator("td.role").innerText(), "developer", "the role shown");
+
+  const cli = cliFor();
+  try {
+    let r = cli(["--namespace", `bo-${RUN}`, "login", "--id", bo, "--password", `${bo} password`]);
+    assertEqual(r.code, 0, `login: ${r.out}`);
+    r = cli(["namespace", "switch", TEAM]);
+    assertEqual(r.code, 0, `switch: ${r.out}`);
+    for (const name of ["one", "two"]) {
+      r = cli(["run", cli.service(name), "--detach"]);
+      assertEqual(r.code, 0, `run ${name}: ${r.out}`);
+    }
+    r = cli(["run", cli.service("three"), "--detach"]);
+    assert(r.code !== 0, `the third service is refused: ${r.out}`);
+    assert(
+      r.out.includes(`namespace ${TEAM} may run 2 services on the community plan and runs 2`) &&
+        r.out.includes("micro plan set personal"),
+      `the refusal names the quota and the plan that lifts it: ${r.out}`,
+    );
+  } finally {
+    cli.done();
+  }
+});
+
+step("signup: the owner sees the team's plan full, upgrades it, and the deploy succeeds", async ({ page }) => {
+  if (!MAIL) skip("E2E_MAIL_DIR is not set (web.rs sets it for the platform's signup run)");
+  if (!MICRO || !PROXY) skip("E2E_MICRO and E2E_PROXY are not set (web.rs sets them)");
+  const [ann, bo] = PEOPLE;
+  await login(page, { namespace: `ann-${RUN}`, id: ann, secret: `${ann} password` });
+  await visit(page, `/team?namespace=${TEAM}`);
+  await follow(page, page.locator("table.teams tbody tr").filter({ hasText: TEAM }).getByRole("link", { name: "Plan" }));
+  await see(page, "#plan-name", "community");
+  const services = page.locator(".usage").filter({ hasText: "Services running" });
+  await see(page, ".usage .figures", "2 of 2");
+  assert(await services.locator("meter.full").count() === 1, "the services bar is full");
+  await look(page, "plan");
+  await page.getByLabel("Plan", { exact: true }).selectOption("personal");
+  await follow(page, page.getByRole("button", { name: "Change plan" }));
+  await see(page, ".notice", `${TEAM} is on the personal plan now.`);
+  await see(page, "#plan-name", "personal");
+
+  const cli = cliFor();
+  try {
+    let r = cli(["--namespace", `bo-${RUN}`, "login", "--id", bo, "--password", `${bo} password`]);
+    assertEqual(r.code, 0, `login: ${r.out}`);
+    assertEqual(cli(["namespace", "switch", TEAM]).code, 0, "switch");
+    r = cli(["run", cli.service("three"), "--detach"]);
+    assertEqual(r.code, 0, `the third runs on the personal plan: ${r.out}`);
+    for (const name of ["one", "two", "three"]) {
+      r = cli(["kill", name]);
+      assertEqual(r.code, 0, `kill ${name}: ${r.out}`);
+    }
+  } finally {
+    cli.done();
+  }
 });
 
 step("signup: the third person is still waiting", async ({ page }) => {

@@ -161,10 +161,13 @@ async fn dashboard_in_a_real_browser() {
     assert_eq!(printed, shown, "micro usage and the usage page");
 }
 
-/// The platform's signup in a browser, with a real SMTP server: three people join the
-/// waitlist and confirm the codes mailed to them, the operator invites the next two from
-/// the platform page, the invited sign up from their invite's link and sign in to
-/// namespaces of their own; the third still waits (the script's `signup: …` steps).
+/// The platform's acceptance run, in a browser with a real SMTP server: three people join
+/// the waitlist and confirm the codes mailed to them, the operator invites the next two
+/// from the platform page, the invited sign up from their invite's link and sign in to
+/// namespaces of their own; the first makes a team and invites the second as a developer,
+/// who accepts from the mail and deploys with `micro run` until the community plan's
+/// quota refuses a service; the owner upgrades the team's plan on its plan page and the
+/// deploy succeeds; the third still waits (the script's `signup: …` steps).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn platform_signup_in_a_real_browser() {
     if !browser_ready() {
@@ -177,15 +180,19 @@ async fn platform_signup_in_a_real_browser() {
         .start();
     let (web, api) = (format!("http://{}", server.web), format!("http://{}", server.api));
     let mail = sink.mail_dir();
+    // The invited deploy with the CLI: the runtime runs their code in its sandbox.
+    let micro = binary(env!("CARGO_BIN_EXE_micro"));
     let env = [
         ("E2E_URL", web.as_str()),
         ("E2E_API_URL", api.as_str()),
         ("E2E_ADMIN_PASSWORD", server.admin_password.as_str()),
         ("E2E_MAIL_DIR", mail.to_str().unwrap()),
+        ("E2E_MICRO", micro.to_str().unwrap()),
+        ("E2E_PROXY", server.proxy.as_str()),
         ("E2E_ONLY", "^signup: "),
     ];
     let stdout = e2e(&env).await;
-    assert!(stdout.contains("e2e: 4 passed, 0 failed, 0 skipped"), "{stdout}");
+    assert!(stdout.contains("e2e: 7 passed, 0 failed, 0 skipped"), "{stdout}");
 }
 
 /// `MICRO_TLS=auto`: the dashboard over HTTPS in a browser that trusts the local CA the

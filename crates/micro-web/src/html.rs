@@ -13,6 +13,8 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
     ("auth", "Auth"),
     ("health", "Health"),
     ("usage", "Usage"),
+    ("team", "Teams"),
+    ("plan", "Plan"),
     ("platform", "Platform"),
 ];
 
@@ -50,8 +52,13 @@ pub(crate) fn layout(page: &Page, title: &str, active: &str, body: Markup) -> Ma
                     a.brand href="/" { "Micro" }
                     nav aria-label="Sections" {
                         ul {
-                            // The platform's page is for its operators only.
-                            @for (path, label) in SECTIONS.iter().filter(|(p, _)| *p != "platform" || can_switch) {
+                            // The platform's page is for its operators only; teams and
+                            // plans are for the people who signed up.
+                            @for (path, label) in SECTIONS.iter().filter(|(p, _)| match *p {
+                                "platform" => can_switch,
+                                "team" | "plan" => !can_switch,
+                                _ => true,
+                            }) {
                                 li {
                                     @if *path == active {
                                         a href={ "/" (path) } aria-current="page" { (label) }

@@ -32,6 +32,7 @@ mod extract;
 mod gateway;
 mod health;
 mod html;
+mod plan;
 mod platform;
 mod runtime;
 mod services;
@@ -39,6 +40,7 @@ mod session;
 mod signin;
 mod signup;
 mod store;
+mod team;
 mod usage;
 
 use axum::Router;
@@ -183,7 +185,7 @@ impl Web {
                     .fallback(extract::fallback)
             };
         }
-        let sections: [(&str, MethodRouter<Web>); 9] = [
+        let sections: [(&str, MethodRouter<Web>); 11] = [
             ("services", section!(services)),
             ("runtime", section!(runtime)),
             ("store", section!(store)),
@@ -192,6 +194,8 @@ impl Web {
             ("auth", section!(auth)),
             ("health", section!(health)),
             ("usage", section!(usage)),
+            ("team", section!(team)),
+            ("plan", section!(plan)),
             ("platform", section!(platform)),
         ];
         let mut router = Router::new()

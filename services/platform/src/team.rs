@@ -403,8 +403,14 @@ impl Shared {
         };
         self.store.put(&invite_key(&req.namespace, &email), encode(&invite)?).await?;
         let ns = &req.namespace;
+        let link = match &self.url {
+            Some(u) => format!(
+                "Accept in the dashboard, signed in to your own namespace: {u}/team/accept?namespace={ns}&code={code}\n\n"
+            ),
+            None => String::new(),
+        };
         let text = format!(
-            "{me} invites you to namespace {ns} as {}.\n\nYour code: {code} (valid 7 days).\n\n\
+            "{me} invites you to namespace {ns} as {}.\n\nYour code: {code} (valid 7 days).\n\n{link}\
              Accept with the CLI, logged in to your own namespace:\n  micro team accept --namespace {ns} --code {code}\n",
             format!("{role:?}").to_lowercase()
         );
