@@ -13,9 +13,12 @@
 //! its quota, `quota.<namespace>` in the `micro` namespace's config): once the month's
 //! requests to its own services are spent, they are refused with a 429 until the month
 //! ends or the plan changes (calls to the core and the products still pass, so its
-//! people can sign in and change plan). The count is what the meter stored (it flushes
-//! every couple of seconds, and each gateway rereads it at most every [`MONTH_REREAD`]),
-//! so a namespace may go a few seconds' requests past its quota.
+//! people can sign in and change plan). The gateway asks once it knows which service a
+//! request goes to, and by the same rule the meter counts by
+//! ([`crate::usage::counts_against_quota`]), so no path counts without being held. The
+//! count is what the meter stored (it flushes every couple of seconds, and each gateway
+//! rereads it at most every [`MONTH_REREAD`]), so a namespace may go a few seconds'
+//! requests past its quota.
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
@@ -219,15 +222,19 @@ fn month_quota(_: &str, v: Option<&Value>, _: Option<&Arc<MonthQuota>>) -> Month
 struct Month {
     quotas: crate::settings::NamespaceSettings<MonthQuota>,
     meter: crate::usage::Meter,
-    /// Each namespace's requests this month, and when they were read.
-    spent: Arc<std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>>,
+    /// Each namespace's requests in a month, and when they were read.
+    spent: Arc<std::sync::Mutex<std::collections::HashMap<NamespaceMonth, (std::time::Instant, u64)>>>,
 }
+
+/// A namespace and a month (`YYYY-MM`).
+type NamespaceMonth = (String, String);
 
 impl Month {
     /// The namespace's requests this month, read again when [`MONTH_REREAD`] old; `None`
     /// when they cannot be read (the request then passes).
     async fn spent(&self, ns: &str, now_ms: u64) -> Option<u64> {
-        let cached = self.spent.lock().unwrap_or_else(|e| e.into_inner()).get(ns).copied();
+        let key = (ns.to_string(), micro_core::time::month(now_ms));
+        let cached = self.spent.lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
         if let Some((at, n)) = cached
             && at.elapsed() < MONTH_REREAD
         {
@@ -236,10 +243,10 @@ impl Month {
         match self.meter.month(ns, now_ms).await {
             Ok(n) => {
                 let mut spent = self.spent.lock().unwrap_or_else(|e| e.into_inner());
-                if spent.len() >= 10_000 && !spent.contains_key(ns) {
+                if spent.len() >= 10_000 && !spent.contains_key(&key) {
                     spent.retain(|_, (at, _)| at.elapsed() < MONTH_REREAD * 30);
                 }
-                spent.insert(ns.to_string(), (std::time::Instant::now(), n));
+                spent.insert(key, (std::time::Instant::now(), n));
                 Some(n)
             }
             Err(e) => {
@@ -249,36 +256,36 @@ impl Month {
         }
     }
 
-    /// Refused when `req` goes to the namespace's own services and their month's
-    /// requests are spent.
-    async fn check(&self, req: &Request<'_>) -> Result<(), Refused> {
-        let quota = self.quotas.get(req.namespace).await;
-        let Some(limit) = quota.limit else { return Ok(()) };
-        let path = normalize(req.path);
-        let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("");
-        let service = first.split('.').next().unwrap_or("");
-        let platform = |names: &[&str]| names.iter().any(|n| normalize(n).trim_start_matches('/') == service);
-        if service.is_empty() || platform(&crate::CORE_SERVICES) || platform(&crate::products::NAMES) {
+    /// Refused when a request to `service` counts against namespace `ns`'s quota and
+    /// its month's requests are spent; the refusal names the plan to `member`s only.
+    async fn check(&self, ns: &str, service: &str, member: bool) -> Result<(), Refused> {
+        if !crate::usage::counts_against_quota(service) {
             return Ok(());
         }
+        let quota = self.quotas.get(ns).await;
+        let Some(limit) = quota.limit else { return Ok(()) };
         let now = micro_core::store::now_ms();
-        let Some(spent) = self.spent(req.namespace, now).await else { return Ok(()) };
+        let Some(spent) = self.spent(ns, now).await else { return Ok(()) };
         if spent < limit {
             return Ok(());
         }
         let next = micro_core::time::next_month(now);
         let retry_after = next.saturating_sub(now).div_ceil(1000);
-        let plan = quota.plan.as_deref().map(|p| format!(" on the {p} plan")).unwrap_or_default();
-        let lift = quota.lift.as_deref().map(|l| format!("; {l}")).unwrap_or_default();
-        let detail = format!(
-            "namespace {} has made its {limit} requests this month{plan}; they start again on {} UTC{lift}",
-            req.namespace,
-            micro_core::time::utc(next).get(..10).unwrap_or_default()
-        );
+        let date = micro_core::time::utc(next);
+        let date = date.get(..10).unwrap_or_default();
+        let detail = if member {
+            let plan = quota.plan.as_deref().map(|p| format!(" on the {p} plan")).unwrap_or_default();
+            let lift = quota.lift.as_deref().map(|l| format!("; {l}")).unwrap_or_default();
+            format!(
+                "namespace {ns} has made its {limit} requests this month{plan}; they start again on {date} UTC{lift}"
+            )
+        } else {
+            format!("namespace {ns} has made its requests for this month; they start again on {date} UTC")
+        };
         Err(Refused {
             status: Status::new(Code::ResourceExhausted, "api", detail),
             retry_after,
-            policy: format!("\"requests-per-month\";q={limit};w={}", retry_after.max(1)),
+            policy: format!("\"requests-per-month\";w={}", retry_after.max(1)),
             state: format!("\"requests-per-month\";r=0;t={retry_after}"),
         })
     }
@@ -353,10 +360,17 @@ impl RateLimits {
 
     /// Counts `req` against every rule of its namespace that applies; refused when one
     /// is exhausted (its cell is not taken from the others' buckets after that).
-    pub(crate) async fn check(&self, req: &Request<'_>) -> Result<Option<Passed>, Refused> {
-        if self.month.meter.is_on() {
-            self.month.check(req).await?;
+    /// Refused when a request of namespace `ns` to `service` (where the gateway routed
+    /// it) counts against its plan's requests a month and they are spent; the refusal
+    /// names the plan only to a `member` of the namespace.
+    pub(crate) async fn month(&self, ns: &str, service: &str, member: bool) -> Result<(), Refused> {
+        if !self.month.meter.is_on() {
+            return Ok(());
         }
+        self.month.check(ns, service, member).await
+    }
+
+    pub(crate) async fn check(&self, req: &Request<'_>) -> Result<Option<Passed>, Refused> {
         let limits = self.rules.get(req.namespace).await;
         if limits.is_empty() {
             return Ok(None);

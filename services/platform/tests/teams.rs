@@ -539,3 +539,134 @@ async fn a_month_of_requests_runs_out_at_the_gateway_until_the_plan_changes() {
     assert!(served, "the personal plan's month has room again");
     cli.ok(&["kill", "hello"]).await;
 }
+
+/// Two servers sharing PostgreSQL act as one platform: a signup begun on one finishes on
+/// the other, a team made on one is joined through the other, a plan set on one holds on
+/// both, and the month's requests are counted across both gateways.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_nodes_sharing_postgres_are_one_platform() {
+    let Some(pg) = micro_test::backend_url("MICRO_TEST_POSTGRES") else { return };
+    if !sandboxed() {
+        return;
+    }
+    let Some(sink) = SmtpSink::start(Options::default()) else { return };
+    let schema = micro_test::PgSchema::create(&pg, &format!("micro_platform_{}", std::process::id())).await;
+    let password = "two-node-admin-password";
+    let node = || {
+        ServerProcess::builder(micro())
+            .env("MICRO_BACKEND", &schema.url)
+            // The nodes share the config (plans' quotas are kept there) under one key.
+            .env("MICRO_CONFIG_KEY", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")
+            .env("MICRO_SMTP", sink.url())
+            .env("MICRO_USAGE_FLUSH", "1")
+            .admin_password(password)
+            .start()
+    };
+    let (a, b) = (node(), node());
+    let admin = a.admin_token().await;
+    let mut plans = call(&b.api, &admin, None, "/platform/platform/plans", json!({})).await.1["plans"].clone();
+    plans["community"]["requests_per_month"] = json!(6);
+    let (status, body) = call(&a.api, &admin, None, "/platform/platform/plans", json!({"plans": plans})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Joined on A, confirmed on B, invited from A, accepted on B: a namespace on both.
+    let email = "pat@one.example";
+    assert_eq!(anon(&a.api, "/platform/signup/join", json!({"email": email})).await.0, 200);
+    let code = mailed(&sink, email, "waitlist is ").await;
+    assert_eq!(anon(&b.api, "/platform/signup/verify", json!({"email": email, "code": code})).await.0, 200);
+    let (status, body) = call(&a.api, &admin, None, "/platform/platform/invite", json!({"emails": [email]})).await;
+    assert_eq!(status, 200, "{body}");
+    let code = mailed(&sink, email, "invite code: ").await;
+    let pw = format!("{email} password");
+    let (status, body) =
+        anon(&b.api, "/platform/signup/accept", json!({"email": email, "code": code, "password": pw})).await;
+    assert_eq!(status, 200, "{body}");
+    let ns = body["namespace"].as_str().expect("a namespace").to_string();
+    let pat = micro_test::login(&a.proxy, &ns, email, &pw).await;
+    let (vic_ns, vic) = signup(&b, &sink, &admin, "vic@two.example").await;
+
+    // A team made on B, its invite sent through A and accepted through B; the member's
+    // token, from A, works on B.
+    let (status, body) = call(&b.api, &pat, None, "/platform/team/create", json!({"name": "duo"})).await;
+    assert_eq!(status, 200, "{body}");
+    let invite = json!({"namespace": "duo", "email": "vic@two.example", "role": "developer"});
+    assert_eq!(call(&a.api, &pat, None, "/platform/team/invite", invite).await.0, 200);
+    let code = mailed(&sink, "vic@two.example", "Your code: ").await;
+    let (status, body) =
+        call(&b.api, &vic, None, "/platform/team/accept", json!({"namespace": "duo", "code": code})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, body) = call(&a.api, &vic, None, "/platform/team/switch", json!({"namespace": "duo"})).await;
+    let dev = body["access_token"].as_str().expect("a member token").to_string();
+    let (status, body) = call(&b.api, &dev, Some("duo"), "/runtime/runtime/read", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, members) = call(&a.api, &pat, None, "/platform/team/members", json!({"namespace": "duo"})).await;
+    assert_eq!(members["members"].as_array().map(Vec::len), Some(2), "{members}");
+
+    // The developer deploys an app through B's CLI; the cluster runs it once.
+    let cli = b.cli();
+    cli.ok(&["--namespace", &vic_ns, "login", "--id", "vic@two.example", "--password", "vic@two.example password"])
+        .await;
+    cli.ok(&["namespace", "switch", "duo"]).await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    cli.ok(&["run", &web_app(dir.path(), "hello")]).await;
+    // Its month of 6 requests is spent through both gateways together.
+    let auth = format!("Bearer {dev}");
+    let headers = [("authorization", auth.as_str()), ("micro-namespace", "duo")];
+    let get = |api: &str| {
+        let (api, headers) = (api.to_string(), headers);
+        async move {
+            let r = micro_test::http(&api, "GET", "/hello/", &headers, b"").await;
+            let body = serde_json::from_str(&r.body).unwrap_or(Value::String(r.body.clone()));
+            (r.status, body)
+        }
+    };
+    let mut served = 0;
+    let mut refused = None;
+    for i in 0..300 {
+        let api = if i % 2 == 0 { &a.api } else { &b.api };
+        let (status, body) = get(api).await;
+        match status {
+            200 => served += 1,
+            429 => {
+                refused = Some((i, body));
+                break;
+            }
+            other => panic!("{other}: {body}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (at, body) = refused.expect("the month runs out across the nodes");
+    // (Counted within seconds: the meter flushes every second, each gateway rereads the
+    // count every two.)
+    assert!((6..100).contains(&served), "{served} served before the refusal at {at}");
+    assert!(body["detail"].as_str().unwrap_or_default().contains("has made its 6 requests this month"), "{body}");
+    for api in [&a.api, &b.api] {
+        let mut status = 0;
+        for _ in 0..100 {
+            status = get(api).await.0;
+            if status == 429 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(status, 429, "refused on both nodes, within seconds");
+    }
+    // The owner upgrades through A; B serves again.
+    let (status, body) =
+        call(&a.api, &pat, None, "/platform/plan/set", json!({"namespace": "duo", "plan": "personal"})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, plan) = call(&b.api, &vic, None, "/platform/plan/get", json!({"namespace": "duo"})).await;
+    assert_eq!(plan["plan"], "personal", "{plan}");
+    let mut ok = false;
+    for _ in 0..50 {
+        if get(&b.api).await.0 == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the personal plan's month has room");
+    cli.ok(&["kill", "hello"]).await;
+    drop((a, b));
+    schema.drop().await;
+}

@@ -370,8 +370,25 @@ async fn each_tenant_runs_as_its_own_user_held_to_its_plans_memory_cpu_and_proce
     // Tenant "other" runs a service with a secret in its build and its environment.
     let other = s.namespace_admin("other", "keeper", "keeper-secret-2").await;
     let mine = neighbour();
-    let out = other.ok(&["run", mine.path().to_str().unwrap(), "--name", "quiet", "--env", "N=NEIGHBOUR"]).await;
+    let mark = format!("mark-{}", std::process::id());
+    let env = format!("N=NEIGHBOUR-{mark}");
+    let preload = format!("LD_PRELOAD=/nonexistent/{mark}.so");
+    let out = other.ok(&["run", mine.path().to_str().unwrap(), "--name", "quiet", "--env", &env, "--env", &preload]).await;
     assert!(out.contains("quiet running"), "{out}");
+    // What a tenant sets reaches its own code only: no process running as root (the
+    // gate, bwrap, setpriv) has it in its environment, and no command line shows it.
+    for proc_dir in std::fs::read_dir("/proc").unwrap().flatten() {
+        let path = proc_dir.path();
+        let environ = std::fs::read(path.join("environ")).unwrap_or_default();
+        let cmdline = std::fs::read(path.join("cmdline")).unwrap_or_default();
+        let has = |b: &[u8]| b.windows(mark.len()).any(|w| w == mark.as_bytes());
+        assert!(!has(&cmdline), "{} shows the value on its command line", path.display());
+        if has(&environ) {
+            use std::os::unix::fs::MetadataExt;
+            let uid = std::fs::metadata(&path).map(|m| m.uid()).unwrap_or(0);
+            assert_ne!(uid, 0, "{} runs as root with the tenant's environment", path.display());
+        }
+    }
     // Tenant "shop" is on a plan: 64 MiB, a fifth of a core and 12 processes an instance.
     let quota = r#"{"plan": "community", "memory_mb": 64, "cpu_millis": 200, "pids": 12}"#;
     s.ok(&["--namespace", "micro", "config", "set", "quota.shop", quota]).await;

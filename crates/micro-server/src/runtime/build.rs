@@ -6,14 +6,13 @@
 //! cargo dirs. The result is kept on disk so restarts never rebuild.
 
 use super::logs::LogSink;
-use super::sandbox::{Jail, Sandbox};
+use super::sandbox::{Jail, Sandbox, Sandboxed};
 use micro_core::Status;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 const ID: &str = "runtime";
 
@@ -129,7 +128,7 @@ impl Builder {
                 log.line("build", &format!("$ {b}"));
                 let jail = self.jail(job, Vec::new(), Vec::new())?;
                 let c = self.command(&jail, "sh", &["-c".into(), b.clone()])?;
-                run_logged(c, log, "build", &job.pidfile).await?;
+                run_logged(c, false, log, "build", &job.pidfile).await?;
             }
             Artifact {
                 kind: "manifest".into(),
@@ -200,7 +199,7 @@ impl Builder {
     }
 
     /// The sandboxed command of a build step.
-    fn command(&self, jail: &Jail, program: &str, args: &[String]) -> Result<tokio::process::Command, Status> {
+    fn command(&self, jail: &Jail, program: &str, args: &[String]) -> Result<Sandboxed, Status> {
         self.sandbox
             .command(jail, program, args)
             .map_err(|e| Status::internal(ID, format!("no user for namespace {}'s build: {e}", jail.namespace)))
@@ -238,7 +237,7 @@ impl Builder {
         let jail = self.jail(job, vec![target.clone(), home], env)?;
         let c = self.command(&jail, &cargo, &args)?;
         log.line("build", &format!("$ cargo build ({} profile)", self.profile));
-        let stdout = run_logged(c, log, "build", &job.pidfile).await?;
+        let stdout = run_logged(c, true, log, "build", &job.pidfile).await?;
         // The executable of the package in `dir`.
         let manifest = dir.join("Cargo.toml").canonicalize().unwrap_or_else(|_| dir.join("Cargo.toml"));
         let mut exe = None;
@@ -277,11 +276,18 @@ impl Builder {
 
 /// Runs a build command, sending stderr (and stdout unless it is cargo's JSON) to the
 /// build log; returns stdout. A failure's error carries the output's first error lines.
-async fn run_logged(mut c: Command, log: &LogSink, instance: &str, pidfile: &Path) -> Result<String, Status> {
-    let json = c.as_std().get_args().any(|a| a.to_string_lossy().starts_with("--message-format=json"));
-    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    let program = c.as_std().get_program().to_string_lossy().to_string();
-    let mut child = c.spawn().map_err(|e| Status::unavailable(ID, format!("cannot run {program}: {e}")))?;
+/// Runs a build step, logging its output (its stdout is cargo's JSON when `json`).
+async fn run_logged(
+    mut c: Sandboxed,
+    json: bool,
+    log: &LogSink,
+    instance: &str,
+    pidfile: &Path,
+) -> Result<String, Status> {
+    c.command_mut().stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let program = c.program();
+    let mut child =
+        c.start(|_| Ok(())).await.map_err(|e| Status::unavailable(ID, format!("cannot run {program}: {e}")))?;
     let pid = child.id().unwrap_or(0);
     let _group = super::process::GroupGuard::new(pid);
     let _pidfile = super::process::PidFile::write(pidfile, pid, None);

@@ -1176,7 +1176,17 @@ impl Runtime {
             .hand_over(&tmp, &m.namespace)
             .map_err(|e| Status::internal(ID, format!("handing {} to the sandbox: {e}", tmp.display())))?;
         let json = serde_json::to_vec_pretty(&artifact).map_err(|e| Status::internal(ID, e.to_string()))?;
-        std::fs::write(tmp.join("artifact.json"), json).map_err(|e| Status::internal(ID, e.to_string()))?;
+        // The folder is the tenant's now: never through a link it may have left there.
+        let description = tmp.join("artifact.json");
+        let written = match std::fs::remove_file(&description) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&description)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &json)),
+        };
+        written.map_err(|e| Status::internal(ID, format!("{}: {e}", description.display())))?;
         clear_dir(&out)?;
         std::fs::rename(&tmp, &out).map_err(|e| Status::internal(ID, e.to_string()))?;
         let note = format!("{} {:.1}s", artifact.kind, artifact.build_ms as f64 / 1000.0);

@@ -198,35 +198,24 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
         Ok(c) => c,
         Err(e) => return Outcome::Exited(format!("no user for namespace {}: {e}", launch.namespace)),
     };
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    cmd.command_mut().stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     // A group of its own for each run (the last one's may still be emptying).
     let name = format!("{}.{}.{}", launch.namespace, inst.id, inst.restarts());
     let group = match launch.cgroups.group(&name, &launch.limits) {
         Ok(g) => g,
         Err(e) => return Outcome::Exited(format!("cannot limit its resources: {e}")),
     };
-    let mut child = match cmd.spawn() {
+    // Into its group before it starts (it waits for the word): whatever it starts goes
+    // with it.
+    let mut child = match cmd.start(|pid| group.add(pid)).await {
         Ok(c) => c,
         Err(e) => {
             tokio::spawn(group.remove());
-            return Outcome::Exited(format!("cannot start {}: {e}", program.display()));
+            return Outcome::Exited(format!("cannot start {} in its cgroups: {e}", program.display()));
         }
     };
     let pid = child.id().unwrap_or(0);
     inst.pid.store(pid, Ordering::Relaxed);
-    // Into its group before it starts (it waits for the word): whatever it starts goes
-    // with it. Its stdin is closed then, as if it had none.
-    let held = match (group.add(pid), child.stdin.take()) {
-        (Ok(()), Some(mut stdin)) => stdin.write_all(b"go\n").await.map_err(|e| e.to_string()),
-        (Err(e), _) => Err(e.to_string()),
-        (Ok(()), None) => Err("no stdin".to_string()),
-    };
-    if let Err(e) = held {
-        kill_group(pid, true);
-        let _ = child.wait().await;
-        tokio::spawn(group.remove());
-        return Outcome::Exited(format!("cannot limit its resources: {e}"));
-    }
     let pidfile = PidFile::write(
         &launch.run_dir.join(format!("{}.pid", inst.id)),
         pid,

@@ -71,6 +71,8 @@ pub(crate) struct Sandbox {
     shown: Vec<PathBuf>,
     /// PATH inside.
     path: String,
+    /// `env`, which starts the command inside with its environment.
+    env: PathBuf,
 }
 
 #[derive(Debug)]
@@ -198,7 +200,8 @@ impl Sandbox {
         shown.retain(|s| {
             outer.iter().any(|h| s.starts_with(h) && s != h) && !s.starts_with(&data_dir) && !s.starts_with(&target_dir)
         });
-        let mut sandbox = Sandbox { kind: Kind::Off(String::new()), hidden: outer, shown, path };
+        let env = find("env").unwrap_or_else(|| PathBuf::from("/usr/bin/env"));
+        let mut sandbox = Sandbox { kind: Kind::Off(String::new()), hidden: outer, shown, path, env };
         if mode == SandboxMode::Off {
             sandbox.kind = Kind::Off("the operator turned it off: MICRO_RUNTIME_SANDBOX=none".into());
             return Ok(sandbox);
@@ -231,7 +234,7 @@ impl Sandbox {
         let jail =
             Jail { namespace: micro_core::namespace::DEFAULT.into(), cwd: PathBuf::from("/"), ..Jail::default() };
         let mut c = self.command(&jail, "true", &[]).map_err(|e| e.to_string())?;
-        c.stdin(std::process::Stdio::null()).kill_on_drop(true);
+        c.command_mut().kill_on_drop(true);
         match tokio::time::timeout(Duration::from_secs(20), c.output()).await {
             Err(_) => Err("it did not finish in 20s".into()),
             Ok(Err(e)) => Err(e.to_string()),
@@ -287,14 +290,26 @@ impl Sandbox {
     /// A command running `program` with `args` in `jail`, in a process group of its
     /// own (killing the group kills the sandbox: its processes die with `bwrap`). `Err`
     /// when the namespace can get no user of its own.
-    pub(crate) fn command(&self, jail: &Jail, program: &str, args: &[String]) -> std::io::Result<Command> {
+    ///
+    /// Nothing of the tenant's reaches what runs as root: `bwrap` (and `setpriv`) get a
+    /// fixed environment and the mounts on their command line; the command itself, with
+    /// its environment, is a script `bwrap` writes into the sandbox from its stdin
+    /// (`--ro-bind-data 0`) and that starts it once `setpriv` has dropped to the
+    /// namespace's user, with `/dev/null` for stdin. So no variable a tenant sets
+    /// (`LD_PRELOAD`, a shell function) is seen by a privileged process, and no value is
+    /// on a command line.
+    pub(crate) fn command(&self, jail: &Jail, program: &str, args: &[String]) -> std::io::Result<Sandboxed> {
         // Gated: a shell that waits for a line on stdin before it becomes the command.
-        let gate = |program: &OsStr| {
-            let mut c = Command::new("/bin/sh");
-            c.args(["-c", "read -r go && exec \"$@\"", "micro-gate"]).arg(program);
-            c
+        let start = |program: &OsStr| {
+            if jail.gated {
+                let mut c = Command::new("/bin/sh");
+                c.args(["-c", "read -r go && exec \"$@\"", "micro-gate"]).arg(program);
+                c
+            } else {
+                Command::new(program)
+            }
         };
-        let start = |program: &OsStr| if jail.gated { gate(program) } else { Command::new(program) };
+        let mut input = if jail.gated { b"go\n".to_vec() } else { Vec::new() };
         let mut c;
         match &self.kind {
             Kind::Off(_) => {
@@ -305,6 +320,7 @@ impl Sandbox {
                         c.env(k, v);
                     }
                 }
+                c.envs(jail.env.iter().map(|(k, v)| (k, v)));
             }
             Kind::Bwrap { bwrap, drop } => {
                 c = start(bwrap.as_os_str());
@@ -321,19 +337,18 @@ impl Sandbox {
                         "--".into(),
                     ]);
                 }
-                c.arg(program)
-                    .args(args)
-                    .env_clear()
-                    .env("PATH", &self.path)
-                    .env("HOME", jail.home.as_deref().unwrap_or(Path::new("/tmp")));
+                c.args(["/bin/sh", START]).env_clear().env("PATH", SYSTEM_PATH);
                 // bwrap's own cwd: somewhere that exists for it.
                 c.current_dir("/");
+                let home = jail.home.as_deref().unwrap_or(Path::new("/tmp")).to_string_lossy().to_string();
+                let mut env = vec![("PATH".to_string(), self.path.clone()), ("HOME".to_string(), home)];
+                env.extend(jail.env.iter().cloned());
+                input.extend(start_script(&self.env, &env, program, args));
             }
         }
-        c.envs(jail.env.iter().map(|(k, v)| (k, v)));
         #[cfg(unix)]
         c.process_group(0);
-        Ok(c)
+        Ok(Sandboxed { command: c, input })
     }
 
     fn bwrap_args(&self, jail: &Jail, user_namespace: bool) -> Vec<String> {
@@ -399,6 +414,11 @@ impl Sandbox {
         for h in hidden.iter().filter(|h| h.as_path() != Path::new("/tmp")) {
             a.extend(["--remount-ro".into(), s(h)]);
         }
+        // The command's start script, from bwrap's stdin, readable by the sandbox user.
+        if !hidden.iter().any(|h| h.as_path() == Path::new("/tmp")) {
+            a.extend(["--perms".into(), "1777".into(), "--tmpfs".into(), "/tmp".into()]);
+        }
+        a.extend(["--perms".into(), "0444".into(), "--ro-bind-data".into(), "0".into(), START.into()]);
         a.extend(["--chdir".into(), s(&jail.cwd)]);
         a
     }
@@ -413,26 +433,150 @@ impl Sandbox {
     }
 }
 
-/// `lchown`s a tree, not following symlinks. Only called on trees no sandboxed process
-/// can change meanwhile (builds run one at a time; instances never see these).
+/// Where the start script of a sandboxed command is, inside the sandbox.
+const START: &str = "/tmp/.micro-start";
+
+/// The script that starts `program` with `args` and exactly `env` (shell-quoted: any
+/// bytes but NUL), stdin `/dev/null`.
+fn start_script(env_bin: &Path, env: &[(String, String)], program: &str, args: &[String]) -> Vec<u8> {
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut line = format!("exec </dev/null\nexec {} -i --", q(&env_bin.to_string_lossy()));
+    for (k, v) in env {
+        line.push(' ');
+        line.push_str(&q(&format!("{k}={v}")));
+    }
+    // `env` takes any argument with `=` for a variable: the program goes through `sh`.
+    line.push_str(" /bin/sh -c 'exec \"$0\" \"$@\"' ");
+    line.push_str(&q(program));
+    for a in args {
+        line.push(' ');
+        line.push_str(&q(a));
+    }
+    line.push('\n');
+    line.into_bytes()
+}
+
+/// A sandboxed command, ready to start: its stdin carries what the sandbox needs (the
+/// gate's word, the start script), then is closed.
+pub(crate) struct Sandboxed {
+    command: Command,
+    input: Vec<u8>,
+}
+
+impl Sandboxed {
+    /// A command run as it is (the server's own, outside any sandbox), stdin closed.
+    pub(crate) fn plain(command: Command) -> Sandboxed {
+        Sandboxed { command, input: Vec::new() }
+    }
+
+    /// The command, to set its stdout and stderr (its stdin is the sandbox's).
+    pub(crate) fn command_mut(&mut self) -> &mut Command {
+        &mut self.command
+    }
+
+    /// What it runs first (for messages).
+    pub(crate) fn program(&self) -> String {
+        self.command.as_std().get_program().to_string_lossy().to_string()
+    }
+
+    /// Starts it: `hold(pid)` runs before a gated command may go on (to put it in its
+    /// cgroups), then its stdin gets its input and is closed.
+    pub(crate) async fn start(
+        mut self,
+        hold: impl FnOnce(u32) -> std::io::Result<()>,
+    ) -> std::io::Result<tokio::process::Child> {
+        use tokio::io::AsyncWriteExt;
+        self.command.stdin(std::process::Stdio::piped());
+        let mut child = self.command.spawn()?;
+        let held = hold(child.id().unwrap_or(0));
+        let fed = match (held, child.stdin.take()) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(mut stdin)) => stdin.write_all(&self.input).await,
+            (Ok(()), None) => Err(std::io::Error::other("no stdin")),
+        };
+        if let Err(e) = fed {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+            return Err(e);
+        }
+        Ok(child)
+    }
+
+    /// Starts it and waits for its output.
+    pub(crate) async fn output(mut self) -> std::io::Result<std::process::Output> {
+        self.command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        self.start(|_| Ok(())).await?.wait_with_output().await
+    }
+}
+
+/// `lchown`s a tree, never following a symlink: each folder is opened from its parent's
+/// descriptor without following links (`O_NOFOLLOW`), so a folder the tenant swaps for a
+/// link while the walk runs (its code may hold a descriptor of it) leads nowhere else;
+/// the top is chowned last, so a walk that fails midway is made again next time.
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for e in std::fs::read_dir(path)? {
-            let e = e?;
-            if e.file_type()?.is_dir() {
-                chown_tree(&e.path(), uid, gid)?;
-            } else {
-                let m = e.metadata()?;
-                if m.uid() != uid || m.gid() != gid {
-                    std::os::unix::fs::lchown(e.path(), Some(uid), Some(gid))?;
+    use rustix::fs::{AtFlags, CWD, Mode};
+    let owner = (Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)));
+    match rustix::fs::openat(CWD, path, DIR_FLAGS, Mode::empty()) {
+        Ok(top) => {
+            chown_dir(&top, uid, gid, 0)?;
+            rustix::fs::fchown(&top, owner.0, owner.1)?;
+        }
+        // A file, or a link: itself.
+        Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
+            rustix::fs::chownat(CWD, path, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW)?;
+        }
+        Err(e) => return Err(std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+    }
+    Ok(())
+}
+
+/// How `chown_tree` opens folders: never through a link.
+const DIR_FLAGS: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY
+    .union(rustix::fs::OFlags::DIRECTORY)
+    .union(rustix::fs::OFlags::NOFOLLOW)
+    .union(rustix::fs::OFlags::CLOEXEC);
+
+fn chown_dir(dir: &rustix::fd::OwnedFd, uid: u32, gid: u32, depth: u32) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, Mode};
+    if depth > 512 {
+        return Err(std::io::Error::other("a tree more than 512 folders deep"));
+    }
+    let owner = (Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)));
+    let mut entries = rustix::fs::Dir::read_from(dir)?;
+    while let Some(entry) = entries.read() {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        let maybe_dir = matches!(entry.file_type(), rustix::fs::FileType::Directory | rustix::fs::FileType::Unknown);
+        if maybe_dir {
+            match rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty()) {
+                Ok(sub) => {
+                    chown_dir(&sub, uid, gid, depth + 1)?;
+                    let st = rustix::fs::fstat(&sub)?;
+                    if st.st_uid != uid || st.st_gid != gid {
+                        rustix::fs::fchown(&sub, owner.0, owner.1)?;
+                    }
+                    continue;
                 }
+                // Not a folder (any more): the entry itself, below.
+                Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {}
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
-    }
-    if meta.uid() != uid || meta.gid() != gid {
-        std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+        let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        if st.st_uid != uid || st.st_gid != gid {
+            match rustix::fs::chownat(dir, name, owner.0, owner.1, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
     Ok(())
 }
@@ -485,7 +629,33 @@ mod tests {
             hidden: vec!["/root".into(), "/tmp".into()],
             shown: vec!["/root/.rustup/toolchains/stable".into()],
             path: SYSTEM_PATH.into(),
+            env: "/usr/bin/env".into(),
         }
+    }
+
+    #[test]
+    fn the_start_script_quotes_everything_and_keeps_it_off_command_lines() {
+        // Run by a shell, the script starts the program with exactly its environment,
+        // whatever the values hold.
+        let nasty = "it's $HOME `x` \"y\"\nnext";
+        let env = vec![("K".to_string(), nasty.to_string()), ("PATH".to_string(), SYSTEM_PATH.to_string())];
+        let args = ["-c".to_string(), "printf '%s|%s|' \"$K\" \"$0\"; env | sort | tr '\\n' ,".into(), "a=b".into()];
+        let script = start_script(Path::new("/usr/bin/env"), &env, "/bin/sh", &args);
+        let out = std::process::Command::new("sh").arg("-c").arg(String::from_utf8(script).unwrap()).output().unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.starts_with(&format!("{nasty}|a=b|")), "{out}");
+        assert!(
+            out.contains("K=it's") && out.contains(&format!("PATH={SYSTEM_PATH}")) && !out.contains("HOME="),
+            "{out}"
+        );
+        // bwrap gets the mounts and a fixed environment; the values go on its stdin.
+        let jail = Jail { namespace: "ns".into(), env, cwd: "/".into(), ..Jail::default() };
+        let c = sandbox(true).command(&jail, "/bin/true", &[]).unwrap();
+        let line: Vec<String> = c.command.as_std().get_args().map(|a| a.to_string_lossy().to_string()).collect();
+        assert!(!line.join(" ").contains("it's") && line.ends_with(&["/bin/sh".into(), START.into()]), "{line:?}");
+        let envs: Vec<_> = c.command.as_std().get_envs().map(|(k, _)| k.to_string_lossy().to_string()).collect();
+        assert_eq!(envs, ["PATH"], "bwrap gets a fixed environment");
+        assert!(String::from_utf8_lossy(&c.input).contains("it'\\''s"));
     }
 
     #[test]
@@ -526,6 +696,32 @@ mod tests {
         std::fs::write(&file, "not json").unwrap();
         assert!(Users::per_namespace(file).is_err(), "an unreadable file is an error, not a reuse of uids");
         assert_eq!(Users::One(7, 8).of("any").unwrap(), (7, 8));
+    }
+
+    #[test]
+    fn handing_over_follows_no_link() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (tree, outside) = (dir.path().join("tree"), dir.path().join("outside"));
+        std::fs::create_dir_all(tree.join("a/b")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(tree.join("a/b/file"), "x").unwrap();
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink(&outside, tree.join("a/to-dir")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), tree.join("to-file")).unwrap();
+        chown_tree(&tree, 4_000_123, 4_000_123).unwrap();
+        for p in [tree.join("a/b/file"), tree.join("a/b"), tree.join("a/to-dir"), tree.join("to-file"), tree.clone()] {
+            assert_eq!(std::fs::symlink_metadata(&p).unwrap().uid(), 4_000_123, "{}", p.display());
+        }
+        for p in [outside.join("secret"), outside.clone()] {
+            assert_eq!(std::fs::symlink_metadata(&p).unwrap().uid(), 0, "{} was not handed over", p.display());
+        }
+        // A link given as the top is handed over itself, not what it names.
+        chown_tree(&tree.join("to-file"), 4_000_124, 4_000_124).unwrap();
+        assert_eq!(std::fs::metadata(outside.join("secret")).unwrap().uid(), 0);
     }
 
     #[test]

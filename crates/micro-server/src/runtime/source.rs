@@ -2,7 +2,7 @@
 //! or a short name resolved against the services repository.
 
 use super::egress::Remote;
-use super::sandbox::{Jail, Sandbox};
+use super::sandbox::{Jail, Sandbox, Sandboxed};
 use micro_core::Status;
 use std::path::{Component, Path, PathBuf};
 use tokio::process::Command;
@@ -191,7 +191,7 @@ pub(crate) async fn clone(
             Confine::Server => {
                 let mut c = Command::new("git");
                 c.args(&args).current_dir(cwd).envs(env.iter().map(|(k, v)| (k, v)));
-                c
+                Sandboxed::plain(c)
             }
             Confine::Sandbox { sandbox, namespace, remote, work } => {
                 let mut pinned = vec![
@@ -220,12 +220,12 @@ pub(crate) async fn clone(
                 sandbox.command(&jail, "git", &pinned)?
             }
         };
-        c.stdin(std::process::Stdio::null()).kill_on_drop(true);
+        c.command_mut().kill_on_drop(true);
         Ok::<_, std::io::Error>(c)
     };
-    let run = |c: std::io::Result<Command>| async move {
+    let run = |c: std::io::Result<Sandboxed>| async move {
         match c {
-            Ok(mut c) => c.output().await,
+            Ok(c) => c.output().await,
             Err(e) => Err(e),
         }
     };
