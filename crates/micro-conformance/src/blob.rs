@@ -195,6 +195,8 @@ pub async fn buckets(blob: Arc<dyn Blob>) {
     put(b, &other, "secrets", "k", "", one(b"k")).await;
     assert_eq!(b.buckets(&ns).await.expect("buckets"), ["docs", "photos"], "buckets are listed once each, by name");
     assert_eq!(b.buckets(&other).await.expect("buckets"), ["secrets"], "another namespace's buckets are its own");
+    assert_eq!(b.size(&ns).await.expect("size"), 3, "a namespace's size: its objects' bytes");
+    assert_eq!(b.size(&other).await.expect("size"), 1, "another namespace's are its own");
     // Emptying every bucket (as deleting a namespace does) leaves none.
     for bucket in b.buckets(&ns).await.expect("buckets") {
         for info in b.list(&ns, &bucket, "").await.expect("list") {
@@ -202,6 +204,7 @@ pub async fn buckets(blob: Arc<dyn Blob>) {
         }
     }
     assert!(b.buckets(&ns).await.expect("buckets").is_empty(), "emptied buckets are not listed");
+    assert_eq!(b.size(&ns).await.expect("size"), 0, "an emptied namespace holds nothing");
     assert_eq!(b.buckets(&other).await.expect("buckets"), ["secrets"], "emptying one namespace leaves the others");
     b.delete(&other, "secrets", "k").await.expect("delete");
 }

@@ -51,6 +51,19 @@ pub trait Blob: Send + Sync + 'static {
     /// The buckets of a namespace holding objects, by name (what deleting a namespace
     /// empties).
     async fn buckets(&self, namespace: &str) -> Result<Vec<String>, Status>;
+    /// The bytes a namespace's objects hold: what a plan's storage quota counts (summed
+    /// from the objects' info, their content unread).
+    async fn size(&self, namespace: &str) -> Result<u64, Status> {
+        let mut total = 0u64;
+        for bucket in self.buckets(namespace).await? {
+            match self.list(namespace, &bucket, "").await {
+                Ok(objects) => total = objects.iter().fold(total, |t, o| t.saturating_add(o.size)),
+                Err(e) if e.code() == crate::Code::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(total)
+    }
 }
 
 /// Checks a content type (printable ASCII, at most 255 bytes); empty means

@@ -121,6 +121,20 @@ pub trait Store: Send + Sync + 'static {
     async fn databases(&self) -> Result<Vec<String>, Status>;
     /// The tables of a database holding records.
     async fn tables(&self, database: &str) -> Result<Vec<String>, Status>;
+    /// The bytes a database's records hold (keys and values, expired ones excepted):
+    /// what a plan's storage quota counts. This default reads every record; a backend
+    /// that can sum where the data is does.
+    async fn size(&self, database: &str) -> Result<u64, Status> {
+        let mut total = 0u64;
+        for name in self.tables(database).await? {
+            let table = Table::new(database, name);
+            let all = Query { prefix: true, ..Default::default() };
+            for r in self.read(&table, "", &all).await? {
+                total = total.saturating_add((r.key.len() + r.value.len()) as u64);
+            }
+        }
+        Ok(total)
+    }
 }
 
 /// Checks the name of a separate store of a shared backend (`store`, `auth`, …):

@@ -216,6 +216,22 @@ impl Store for EmbeddedStore {
             .await
     }
 
+    async fn size(&self, database: &str) -> Result<u64, Status> {
+        let (db, now) = (database.to_string(), now_ms() as i64);
+        self.db
+            .read(move |c| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM records \
+                         WHERE db = ?1 AND (expiry IS NULL OR expiry > ?2)",
+                    )
+                    .map_err(internal)?;
+                let n: i64 = stmt.query_row(params![db, now], |r| r.get(0)).map_err(internal)?;
+                Ok(n.max(0) as u64)
+            })
+            .await
+    }
+
     async fn tables(&self, database: &str) -> Result<Vec<String>, Status> {
         micro_core::namespace::validate(database)
             .map_err(|_| Status::bad_request("store", format!("invalid database {database:?}")))?;

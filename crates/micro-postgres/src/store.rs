@@ -203,6 +203,17 @@ impl Store for PostgresStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    async fn size(&self, database: &str) -> Result<u64, Status> {
+        let c = self.client().await?;
+        let sql = format!(
+            "SELECT COALESCE(SUM(octet_length(key) + octet_length(value)), 0)::BIGINT FROM {} \
+             WHERE db = $1 AND (expiry IS NULL OR expiry > $2)",
+            self.name
+        );
+        let row = c.query_one(&sql, &[&database, &(now_ms() as i64)]).await.map_err(|e| db_error(ID, e))?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
+
     async fn tables(&self, database: &str) -> Result<Vec<String>, Status> {
         micro_core::namespace::validate(database)
             .map_err(|_| Status::bad_request(ID, format!("invalid database {database:?}")))?;

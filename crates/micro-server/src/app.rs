@@ -304,6 +304,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         "cluster.Cluster",
     ]
     .map(String::from);
+    let storage = crate::storage::StorageQuota::new(config_backend.clone(), store.clone(), blob.clone());
     let mut core = RouterBuilder::new("micro")
         .metrics(metrics.clone())
         .descriptors(micro::proto::DESCRIPTOR)?
@@ -311,8 +312,8 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
             registry: registry.clone(),
             targets: targets.clone(),
         }))
-        .grpc_service(pb::store::store_server::StoreServer::new(data::StoreService { store }))
-        .grpc_service(pb::store::blob_server::BlobServer::new(data::BlobService { blob }))
+        .grpc_service(pb::store::store_server::StoreServer::new(data::StoreService { store, storage: storage.clone() }))
+        .grpc_service(pb::store::blob_server::BlobServer::new(data::BlobService { blob, storage }))
         .grpc_service(pb::events::events_server::EventsServer::new(data::EventsService { events }))
         .grpc_service(pb::broker::broker_server::BrokerServer::new(data::BrokerService { broker }))
         .grpc_service(pb::config::config_server::ConfigServer::new(data::ConfigService {

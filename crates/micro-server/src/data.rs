@@ -46,6 +46,8 @@ fn table_of<T>(req: &Request<T>, options: Option<&spb::Options>) -> Result<Table
 /// Serves a [`Store`] as `store.Store`.
 pub(crate) struct StoreService {
     pub(crate) store: Arc<dyn Store>,
+    /// The namespaces' storage quotas.
+    pub(crate) storage: crate::storage::StorageQuota,
 }
 
 #[tonic::async_trait]
@@ -67,6 +69,8 @@ impl spb::store_server::Store for StoreService {
             return Err(Status::invalid_argument("store: ttl_ms must not be negative"));
         }
         let ttl = (r.ttl_ms > 0).then(|| Duration::from_millis(r.ttl_ms as u64));
+        let size = (record.key.len() + record.value.len()) as u64;
+        self.storage.admit(&table.database, size).await.map_err(t)?;
         self.store.write(&table, &record, ttl).await.map_err(t)?;
         Ok(Response::new(spb::WriteResponse {}))
     }
@@ -112,18 +116,23 @@ impl spb::store_server::Store for StoreService {
 /// Serves a [`Blob`] as `store.Blob`.
 pub(crate) struct BlobService {
     pub(crate) blob: Arc<dyn Blob>,
+    /// The namespaces' storage quotas.
+    pub(crate) storage: crate::storage::StorageQuota,
 }
 
 #[tonic::async_trait]
 impl spb::blob_server::Blob for BlobService {
     async fn put(&self, req: Request<Streaming<spb::PutRequest>>) -> Result<Response<spb::PutResponse>, Status> {
         let ns = micro::namespace(&req);
+        // Taken while the namespace is under its quota; counted once its size is known.
+        self.storage.admit(&ns, 0).await.map_err(t)?;
         let mut input = req.into_inner();
         let first = input.message().await?.ok_or_else(|| Status::invalid_argument("blob: empty upload"))?;
         let (bucket, key, ct) = (first.bucket.clone(), first.key.clone(), first.content_type.clone());
         let head = futures::stream::iter([Ok(bytes::Bytes::from(first.data))]);
         let rest = input.map(|m| m.map(|m| bytes::Bytes::from(m.data)).map_err(|e| micro::status::from_tonic(&e)));
         let info = self.blob.put(&ns, &bucket, &key, &ct, head.chain(rest).boxed()).await.map_err(t)?;
+        self.storage.written(&ns, info.size);
         Ok(Response::new(spb::PutResponse { info: Some((&info).into()) }))
     }
 

@@ -33,6 +33,7 @@ mod revoke;
 mod runtime;
 mod sealed;
 mod settings;
+mod storage;
 mod targets;
 mod tls;
 mod usage;

@@ -670,3 +670,74 @@ async fn two_nodes_sharing_postgres_are_one_platform() {
     drop((a, b));
     schema.drop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plans_storage_runs_out_for_writes_not_for_deletes() {
+    let Some(sink) = SmtpSink::start(Options::default()) else { return };
+    let s = ServerProcess::builder(micro()).env("MICRO_SMTP", sink.url()).start();
+    let admin = s.admin_token().await;
+    // The operator makes the community plan keep 1 MiB.
+    let mut plans = call(&s.api, &admin, None, "/platform/platform/plans", json!({})).await.1["plans"].clone();
+    plans["community"]["storage_mb"] = json!(1);
+    let (status, body) = call(&s.api, &admin, None, "/platform/platform/plans", json!({"plans": plans})).await;
+    assert_eq!(status, 200, "{body}");
+    let (ns, _) = signup(&s, &sink, &admin, "pat@one.example").await;
+    let cli = s.cli();
+    cli.ok(&["--namespace", &ns, "login", "--id", "pat@one.example", "--password", "pat@one.example password"]).await;
+    // 120 KiB a record (one command-line argument holds at most 128 KiB).
+    let value = "v".repeat(120 << 10);
+    let mut written = 0;
+    let refused = loop {
+        let out = cli.run(&["store", "write", &format!("k{written}"), &value]).await;
+        if out.code != 0 {
+            break out.stderr;
+        }
+        written += 1;
+        assert!(written < 20, "1 MiB holds fewer than 20 records of 120 KiB");
+    };
+    assert_eq!(written, 8, "8 records of 120 KiB fit in 1 MiB, the 9th does not: {refused}");
+    assert!(
+        refused.contains(&format!(
+            "namespace {ns} keeps 1 MiB of data (store and blobs) and may keep 1 MiB on the community plan"
+        )) && refused.contains("delete some to write more")
+            && refused.contains("micro plan set personal")
+            && refused.contains("429"),
+        "{refused}"
+    );
+    // Blobs count too.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("small.bin");
+    std::fs::write(&file, vec![7u8; 64 << 10]).expect("a file");
+    let file = file.to_str().expect("a UTF-8 path");
+    // (Its size is known once stored: one is taken while there is room, then counted.)
+    cli.ok(&["blob", "put", "files", "a.bin", file]).await;
+    let err = cli.fails(&["blob", "put", "files", "b.bin", file]).await;
+    assert!(err.contains("may keep 1 MiB"), "{err}");
+    // Deletes always pass; once summed again, there is room.
+    for i in 0..3 {
+        cli.ok(&["store", "delete", &format!("k{i}")]).await;
+    }
+    let mut passed = false;
+    for _ in 0..60 {
+        if cli.run(&["blob", "put", "files", "b.bin", file]).await.code == 0 {
+            passed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(passed, "room again after the deletes");
+    // A plan that keeps more lifts it (within the second the quota is read again in).
+    cli.ok(&["plan", "set", "personal"]).await;
+    for i in 0..5 {
+        let mut tries = 0;
+        loop {
+            let out = cli.run(&["store", "write", &format!("more{i}"), &value]).await;
+            if out.code == 0 {
+                break;
+            }
+            tries += 1;
+            assert!(tries < 30, "more{i}: {}", out.stderr);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

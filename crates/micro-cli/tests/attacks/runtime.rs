@@ -373,7 +373,8 @@ async fn each_tenant_runs_as_its_own_user_held_to_its_plans_memory_cpu_and_proce
     let mark = format!("mark-{}", std::process::id());
     let env = format!("N=NEIGHBOUR-{mark}");
     let preload = format!("LD_PRELOAD=/nonexistent/{mark}.so");
-    let out = other.ok(&["run", mine.path().to_str().unwrap(), "--name", "quiet", "--env", &env, "--env", &preload]).await;
+    let out =
+        other.ok(&["run", mine.path().to_str().unwrap(), "--name", "quiet", "--env", &env, "--env", &preload]).await;
     assert!(out.contains("quiet running"), "{out}");
     // What a tenant sets reaches its own code only: no process running as root (the
     // gate, bwrap, setpriv) has it in its environment, and no command line shows it.
