@@ -15,9 +15,9 @@
 //! ends or the plan changes (calls to the core and the products still pass, so its
 //! people can sign in and change plan). The gateway asks once it knows which service a
 //! request goes to, and by the same rule the meter counts by
-//! ([`crate::usage::counts_against_quota`]), so no path counts without being held. The
+//! (`usage::counts_against_quota`), so no path counts without being held. The
 //! count is what the meter stored (it flushes every couple of seconds, and each gateway
-//! rereads it at most every [`MONTH_REREAD`]), so a namespace may go a few seconds'
+//! rereads it at most every 2 s), so a namespace may go a few seconds'
 //! requests past its quota.
 
 use governor::clock::{Clock, DefaultClock};
@@ -199,28 +199,10 @@ pub(crate) struct RateLimits {
     month: Month,
 }
 
-/// A namespace's quota of requests a month, from its plan.
-#[derive(Debug, Default)]
-struct MonthQuota {
-    limit: Option<u64>,
-    plan: Option<String>,
-    /// What lifts it (a sentence).
-    lift: Option<String>,
-}
-
-fn month_quota(_: &str, v: Option<&Value>, _: Option<&Arc<MonthQuota>>) -> MonthQuota {
-    let Some(v) = v else { return MonthQuota::default() };
-    MonthQuota {
-        limit: v["requests_per_month"].as_u64(),
-        plan: v["plan"].as_str().map(str::to_string),
-        lift: v["lifts"]["requests_per_month"].as_str().map(str::to_string),
-    }
-}
-
 /// The monthly requests quotas.
 #[derive(Clone)]
 struct Month {
-    quotas: crate::settings::NamespaceSettings<MonthQuota>,
+    quotas: crate::settings::NamespaceSettings<crate::settings::PlanQuota>,
     meter: crate::usage::Meter,
     /// Each namespace's requests in a month, and when they were read.
     spent: Arc<std::sync::Mutex<std::collections::HashMap<NamespaceMonth, (std::time::Instant, u64)>>>,
@@ -274,8 +256,7 @@ impl Month {
         let date = micro_core::time::utc(next);
         let date = date.get(..10).unwrap_or_default();
         let detail = if member {
-            let plan = quota.plan.as_deref().map(|p| format!(" on the {p} plan")).unwrap_or_default();
-            let lift = quota.lift.as_deref().map(|l| format!("; {l}")).unwrap_or_default();
+            let (plan, lift) = (quota.on_plan(), quota.lifted());
             format!(
                 "namespace {ns} has made its {limit} requests this month{plan}; they start again on {date} UTC{lift}"
             )
@@ -335,7 +316,9 @@ impl RateLimits {
         meter: crate::usage::Meter,
     ) -> RateLimits {
         let month = Month {
-            quotas: crate::settings::NamespaceSettings::operators(config.clone(), "quota", month_quota),
+            quotas: crate::settings::NamespaceSettings::operators(config.clone(), "quota", |_, v, _| {
+                crate::settings::PlanQuota::of("requests_per_month", v)
+            }),
             meter,
             spent: Arc::default(),
         };

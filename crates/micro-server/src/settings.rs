@@ -36,6 +36,40 @@ pub(crate) fn scope(rule: &serde_json::Map<String, Value>) -> Result<(Option<Str
     Ok((service, route))
 }
 
+/// One quota of a namespace's plan (`quota.<namespace>` in the `micro` namespace's
+/// config, as the platform writes it): its limit, the plan, and what lifts it.
+#[derive(Debug, Default)]
+pub(crate) struct PlanQuota {
+    /// The limit (`None`: none).
+    pub(crate) limit: Option<u64>,
+    /// The plan it comes from.
+    pub(crate) plan: Option<String>,
+    /// What lifts it (a sentence).
+    pub(crate) lift: Option<String>,
+}
+
+impl PlanQuota {
+    /// Quota `field` of a namespace's quotas `v` (`None` when it has none).
+    pub(crate) fn of(field: &str, v: Option<&Value>) -> PlanQuota {
+        let Some(v) = v else { return PlanQuota::default() };
+        PlanQuota {
+            limit: v[field].as_u64(),
+            plan: v["plan"].as_str().map(str::to_string),
+            lift: v["lifts"][field].as_str().map(str::to_string),
+        }
+    }
+
+    /// " on the <plan> plan", when it comes from one.
+    pub(crate) fn on_plan(&self) -> String {
+        self.plan.as_deref().map(|p| format!(" on the {p} plan")).unwrap_or_default()
+    }
+
+    /// "; <what lifts it>", when something does.
+    pub(crate) fn lifted(&self) -> String {
+        self.lift.as_deref().map(|l| format!("; {l}")).unwrap_or_default()
+    }
+}
+
 /// Makes a namespace's settings from its config value (`None` when unset) and the ones
 /// read before (to keep their state where unchanged).
 type Build<T> = dyn Fn(&str, Option<&Value>, Option<&Arc<T>>) -> T + Send + Sync;

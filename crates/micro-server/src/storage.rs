@@ -7,12 +7,11 @@
 //! size is known only once stored: an upload is admitted while the namespace is under its
 //! quota, and counted after.
 
-use crate::settings::NamespaceSettings;
+use crate::settings::{NamespaceSettings, PlanQuota};
 use micro_core::blob::Blob;
 use micro_core::config::Config;
 use micro_core::store::Store;
 use micro_core::{Code, Status};
-use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,27 +19,10 @@ use std::time::{Duration, Instant};
 /// How long a namespace's sum is used (with what it wrote since) before it is made again.
 pub(crate) const REREAD: Duration = Duration::from_secs(10);
 
-/// A namespace's storage quota, from its plan.
-#[derive(Debug, Default)]
-struct Limit {
-    bytes: Option<u64>,
-    plan: Option<String>,
-    lift: Option<String>,
-}
-
-fn limit(_: &str, v: Option<&Value>, _: Option<&Arc<Limit>>) -> Limit {
-    let Some(v) = v else { return Limit::default() };
-    Limit {
-        bytes: v["storage_mb"].as_u64().map(|mb| mb.saturating_mul(1 << 20)),
-        plan: v["plan"].as_str().map(str::to_string),
-        lift: v["lifts"]["storage_mb"].as_str().map(str::to_string),
-    }
-}
-
 /// The storage quotas of every namespace. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct StorageQuota {
-    limits: NamespaceSettings<Limit>,
+    limits: NamespaceSettings<PlanQuota>,
     store: Arc<dyn Store>,
     blob: Arc<dyn Blob>,
     /// Each namespace's bytes kept, when they were summed, and what it wrote since.
@@ -50,7 +32,8 @@ pub(crate) struct StorageQuota {
 impl StorageQuota {
     /// The quotas in `config`, of the data in `store` and `blob`.
     pub(crate) fn new(config: Arc<dyn Config>, store: Arc<dyn Store>, blob: Arc<dyn Blob>) -> StorageQuota {
-        StorageQuota { limits: NamespaceSettings::operators(config, "quota", limit), store, blob, kept: Arc::default() }
+        let limits = NamespaceSettings::operators(config, "quota", |_, v, _| PlanQuota::of("storage_mb", v));
+        StorageQuota { limits, store, blob, kept: Arc::default() }
     }
 
     /// What namespace `ns` keeps now (summed again when [`REREAD`] old).
@@ -74,7 +57,7 @@ impl StorageQuota {
     /// allows; else counted as written.
     pub(crate) async fn admit(&self, ns: &str, adding: u64) -> Result<(), Status> {
         let limit = self.limits.get(ns).await;
-        let Some(max) = limit.bytes else { return Ok(()) };
+        let Some(max) = limit.limit.map(|mb| mb.saturating_mul(1 << 20)) else { return Ok(()) };
         let kept = match self.kept(ns).await {
             Ok(n) => n,
             Err(e) => {
@@ -84,8 +67,7 @@ impl StorageQuota {
         };
         if kept.saturating_add(adding) > max {
             let mib = |b: u64| b.div_ceil(1 << 20);
-            let plan = limit.plan.as_deref().map(|p| format!(" on the {p} plan")).unwrap_or_default();
-            let lift = limit.lift.as_deref().map(|l| format!("; {l}")).unwrap_or_default();
+            let (plan, lift) = (limit.on_plan(), limit.lifted());
             return Err(Status::new(
                 Code::ResourceExhausted,
                 "store",

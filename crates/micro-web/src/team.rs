@@ -46,23 +46,18 @@ pub(crate) async fn post(page: &Page, form: &Form) -> Response<Body> {
             let r = call("Team.Create", json!({"name": name})).await;
             (r.map(|_| format!("Made team {name}: you own it.")), name)
         }
-        "invite" => {
+        action @ ("invite" | "role") => {
             let email = form.get("email").trim().to_string();
             let role = form.get("role");
             if !ROLES.contains(&role) {
                 return bad(page, "Pick a role: viewer, developer or admin.").await;
             }
-            let r = call("Team.Invite", json!({"namespace": team, "email": email, "role": role})).await;
-            (r.map(|_| format!("Invited {email} as {role}: the code is on its way.")), team)
-        }
-        "role" => {
-            let email = form.get("email").trim().to_string();
-            let role = form.get("role");
-            if !ROLES.contains(&role) {
-                return bad(page, "Pick a role: viewer, developer or admin.").await;
-            }
-            let r = call("Team.SetRole", json!({"namespace": team, "email": email, "role": role})).await;
-            (r.map(|_| format!("{email} is now {role}.")), team)
+            let (endpoint, note) = match action {
+                "invite" => ("Team.Invite", format!("Invited {email} as {role}: the code is on its way.")),
+                _ => ("Team.SetRole", format!("{email} is now {role}.")),
+            };
+            let r = call(endpoint, json!({"namespace": team, "email": email, "role": role})).await;
+            (r.map(|_| note), team)
         }
         "remove" => {
             let email = form.get("email").trim().to_string();
