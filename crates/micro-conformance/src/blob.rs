@@ -195,8 +195,15 @@ pub async fn buckets(blob: Arc<dyn Blob>) {
     put(b, &other, "secrets", "k", "", one(b"k")).await;
     assert_eq!(b.buckets(&ns).await.expect("buckets"), ["docs", "photos"], "buckets are listed once each, by name");
     assert_eq!(b.buckets(&other).await.expect("buckets"), ["secrets"], "another namespace's buckets are its own");
-    assert_eq!(b.size(&ns).await.expect("size"), 3, "a namespace's size: its objects' bytes");
-    assert_eq!(b.size(&other).await.expect("size"), 1, "another namespace's are its own");
+    let mut expected = 0;
+    for bucket in ["docs", "photos"] {
+        let objects = b.list(&ns, bucket, "").await.expect("list");
+        expected += objects.iter().map(micro_core::blob::object_size).sum::<u64>();
+    }
+    assert_eq!(expected, 3 + ("a.jpg".len() + "b.jpg".len() + "x/y.txt".len()) as u64 + 3 * 24, "{expected}");
+    assert_eq!(b.size(&ns).await.expect("size"), expected, "a namespace's size: its objects, keys and types");
+    let theirs = b.size(&other).await.expect("size");
+    assert_eq!(theirs, 1 + 1 + micro_core::blob::DEFAULT_CONTENT_TYPE.len() as u64, "another namespace's are its own");
     // Emptying every bucket (as deleting a namespace does) leaves none.
     for bucket in b.buckets(&ns).await.expect("buckets") {
         for info in b.list(&ns, &bucket, "").await.expect("list") {

@@ -114,13 +114,13 @@ pub async fn store(store: Arc<dyn Store>) {
     assert!(dbs.contains(&db) && dbs.contains(&format!("{db}-other")), "databases listed: {dbs:?}");
     // The size of a database: its records' keys and values in bytes (the other's apart).
     let other_size = store.size(&format!("{db}-other")).await.expect("size");
-    assert_eq!(other_size, ("user/1".len() + "mallory".len()) as u64, "a database's size");
+    assert_eq!(other_size, ("user/1".len() + "mallory".len() + "{}".len()) as u64, "a database's size");
     let mut expected = 0u64;
     for table in &tables {
         let all = store.read(&Table::new(&db, table), "", &p).await.expect("read all");
-        expected += all.iter().map(|r| (r.key.len() + r.value.len()) as u64).sum::<u64>();
+        expected += all.iter().map(|r| micro_core::store::record_size(&r.key, &r.value, &r.metadata)).sum::<u64>();
     }
-    assert_eq!(store.size(&db).await.expect("size"), expected, "size sums every live record");
+    assert_eq!(store.size(&db).await.expect("size"), expected, "size sums every live record, metadata too");
     assert_eq!(store.size(&format!("{db}-none")).await.expect("size of nothing"), 0);
 
     // Bad input: clear InvalidArgument, nothing stored.

@@ -51,19 +51,26 @@ pub trait Blob: Send + Sync + 'static {
     /// The buckets of a namespace holding objects, by name (what deleting a namespace
     /// empties).
     async fn buckets(&self, namespace: &str) -> Result<Vec<String>, Status>;
-    /// The bytes a namespace's objects hold: what a plan's storage quota counts (summed
-    /// from the objects' info, their content unread).
+    /// The bytes a namespace's objects hold ([`object_size`] each): what a plan's storage
+    /// quota counts. This default sums the objects' info (their content unread); a
+    /// backend that can sum where the data is does.
     async fn size(&self, namespace: &str) -> Result<u64, Status> {
         let mut total = 0u64;
         for bucket in self.buckets(namespace).await? {
             match self.list(namespace, &bucket, "").await {
-                Ok(objects) => total = objects.iter().fold(total, |t, o| t.saturating_add(o.size)),
+                Ok(objects) => total = objects.iter().fold(total, |t, o| t.saturating_add(object_size(o))),
                 Err(e) if e.code() == crate::Code::NotFound => {}
                 Err(e) => return Err(e),
             }
         }
         Ok(total)
     }
+}
+
+/// The bytes an object takes in a storage quota: its content, its key and its content
+/// type (so empty objects are not free).
+pub fn object_size(info: &BlobInfo) -> u64 {
+    info.size.saturating_add((info.key.len() + info.content_type.len()) as u64)
 }
 
 /// Checks a content type (printable ASCII, at most 255 bytes); empty means

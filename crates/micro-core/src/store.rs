@@ -102,6 +102,13 @@ pub fn check_query(table: &Table, key: &str, query: &Query) -> Result<bool, Stat
     Ok(exact)
 }
 
+/// The bytes a record takes in a storage quota: its key, its value and its metadata (as
+/// the JSON it is kept as).
+pub fn record_size(key: &str, value: &[u8], metadata: &BTreeMap<String, String>) -> u64 {
+    let meta = serde_json::to_vec(metadata).map(|m| m.len()).unwrap_or(0);
+    (key.len() + value.len() + meta) as u64
+}
+
 /// The store interface.
 ///
 /// Expired records are never returned (and are purged in the background).
@@ -121,7 +128,7 @@ pub trait Store: Send + Sync + 'static {
     async fn databases(&self) -> Result<Vec<String>, Status>;
     /// The tables of a database holding records.
     async fn tables(&self, database: &str) -> Result<Vec<String>, Status>;
-    /// The bytes a database's records hold (keys and values, expired ones excepted):
+    /// The bytes a database's records hold ([`record_size`] each, expired ones excepted):
     /// what a plan's storage quota counts. This default reads every record; a backend
     /// that can sum where the data is does.
     async fn size(&self, database: &str) -> Result<u64, Status> {
@@ -130,7 +137,7 @@ pub trait Store: Send + Sync + 'static {
             let table = Table::new(database, name);
             let all = Query { prefix: true, ..Default::default() };
             for r in self.read(&table, "", &all).await? {
-                total = total.saturating_add((r.key.len() + r.value.len()) as u64);
+                total = total.saturating_add(record_size(&r.key, &r.value, &r.metadata));
             }
         }
         Ok(total)

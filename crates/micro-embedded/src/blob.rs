@@ -255,6 +255,22 @@ impl Blob for EmbeddedBlob {
         Ok(())
     }
 
+    async fn size(&self, namespace: &str) -> Result<u64, Status> {
+        let ns = namespace.to_string();
+        self.db
+            .read(move |c| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "SELECT COALESCE(SUM(size + length(CAST(key AS BLOB)) + length(CAST(content_type AS BLOB))), 0) \
+                         FROM objects WHERE namespace = ?1",
+                    )
+                    .map_err(internal)?;
+                let n: i64 = stmt.query_row(params![ns], |r| r.get(0)).map_err(internal)?;
+                Ok(n.max(0) as u64)
+            })
+            .await
+    }
+
     async fn buckets(&self, namespace: &str) -> Result<Vec<String>, Status> {
         let ns = namespace.to_string();
         self.db

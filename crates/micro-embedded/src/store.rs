@@ -222,7 +222,8 @@ impl Store for EmbeddedStore {
             .read(move |c| {
                 let mut stmt = c
                     .prepare_cached(
-                        "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value)), 0) FROM records \
+                        "SELECT COALESCE(SUM(length(CAST(key AS BLOB)) + length(value) + length(CAST(metadata AS BLOB))), 0) \
+                         FROM records \
                          WHERE db = ?1 AND (expiry IS NULL OR expiry > ?2)",
                     )
                     .map_err(internal)?;

@@ -267,6 +267,14 @@ impl Blob for PostgresBlob {
         tx.commit().await.map_err(|e| db_error(ID, e))
     }
 
+    async fn size(&self, namespace: &str) -> Result<u64, Status> {
+        let c = self.client().await?;
+        let sql = "SELECT COALESCE(SUM(size + octet_length(key) + octet_length(content_type)), 0)::BIGINT \
+                   FROM micro_blobs WHERE ns = $1";
+        let row = c.query_one(sql, &[&namespace]).await.map_err(|e| db_error(ID, e))?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
+    }
+
     async fn buckets(&self, namespace: &str) -> Result<Vec<String>, Status> {
         micro_core::namespace::validate(namespace)?;
         let c = self.client().await?;

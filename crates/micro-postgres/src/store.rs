@@ -206,7 +206,7 @@ impl Store for PostgresStore {
     async fn size(&self, database: &str) -> Result<u64, Status> {
         let c = self.client().await?;
         let sql = format!(
-            "SELECT COALESCE(SUM(octet_length(key) + octet_length(value)), 0)::BIGINT FROM {} \
+            "SELECT COALESCE(SUM(octet_length(key) + octet_length(value) + octet_length(metadata)), 0)::BIGINT FROM {} \
              WHERE db = $1 AND (expiry IS NULL OR expiry > $2)",
             self.name
         );

@@ -69,7 +69,7 @@ impl spb::store_server::Store for StoreService {
             return Err(Status::invalid_argument("store: ttl_ms must not be negative"));
         }
         let ttl = (r.ttl_ms > 0).then(|| Duration::from_millis(r.ttl_ms as u64));
-        let size = (record.key.len() + record.value.len()) as u64;
+        let size = micro_core::store::record_size(&record.key, &record.value, &record.metadata);
         self.storage.admit(&table.database, size).await.map_err(t)?;
         self.store.write(&table, &record, ttl).await.map_err(t)?;
         Ok(Response::new(spb::WriteResponse {}))
@@ -124,15 +124,16 @@ pub(crate) struct BlobService {
 impl spb::blob_server::Blob for BlobService {
     async fn put(&self, req: Request<Streaming<spb::PutRequest>>) -> Result<Response<spb::PutResponse>, Status> {
         let ns = micro::namespace(&req);
-        // Taken while the namespace is under its quota; counted once its size is known.
-        self.storage.admit(&ns, 0).await.map_err(t)?;
+        // The namespace's storage quota holds as the bytes come (parallel uploads share it).
+        let allowance = self.storage.allowance(&ns).await.map_err(t)?;
         let mut input = req.into_inner();
         let first = input.message().await?.ok_or_else(|| Status::invalid_argument("blob: empty upload"))?;
         let (bucket, key, ct) = (first.bucket.clone(), first.key.clone(), first.content_type.clone());
+        allowance.take((key.len() + ct.len().max(micro_core::blob::DEFAULT_CONTENT_TYPE.len())) as u64).map_err(t)?;
         let head = futures::stream::iter([Ok(bytes::Bytes::from(first.data))]);
         let rest = input.map(|m| m.map(|m| bytes::Bytes::from(m.data)).map_err(|e| micro::status::from_tonic(&e)));
-        let info = self.blob.put(&ns, &bucket, &key, &ct, head.chain(rest).boxed()).await.map_err(t)?;
-        self.storage.written(&ns, info.size);
+        let held = head.chain(rest).map(move |c| c.and_then(|b| allowance.take(b.len() as u64).map(|()| b)));
+        let info = self.blob.put(&ns, &bucket, &key, &ct, held.boxed()).await.map_err(t)?;
         Ok(Response::new(spb::PutResponse { info: Some((&info).into()) }))
     }
 

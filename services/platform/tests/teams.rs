@@ -686,6 +686,10 @@ async fn a_plans_storage_runs_out_for_writes_not_for_deletes() {
     cli.ok(&["--namespace", &ns, "login", "--id", "pat@one.example", "--password", "pat@one.example password"]).await;
     // 120 KiB a record (one command-line argument holds at most 128 KiB).
     let value = "v".repeat(120 << 10);
+    // Metadata counts as much as a value.
+    let meta = format!("big={value}");
+    let out = cli.run(&["store", "write", "meta", "1", "-m", &meta]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
     let mut written = 0;
     let refused = loop {
         let out = cli.run(&["store", "write", &format!("k{written}"), &value]).await;
@@ -695,7 +699,7 @@ async fn a_plans_storage_runs_out_for_writes_not_for_deletes() {
         written += 1;
         assert!(written < 20, "1 MiB holds fewer than 20 records of 120 KiB");
     };
-    assert_eq!(written, 8, "8 records of 120 KiB fit in 1 MiB, the 9th does not: {refused}");
+    assert_eq!(written, 7, "7 records of 120 KiB fit in 1 MiB beside the metadata, the 8th does not: {refused}");
     assert!(
         refused.contains(&format!(
             "namespace {ns} keeps 1 MiB of data (store and blobs) and may keep 1 MiB on the community plan"
@@ -709,10 +713,11 @@ async fn a_plans_storage_runs_out_for_writes_not_for_deletes() {
     let file = dir.path().join("small.bin");
     std::fs::write(&file, vec![7u8; 64 << 10]).expect("a file");
     let file = file.to_str().expect("a UTF-8 path");
-    // (Its size is known once stored: one is taken while there is room, then counted.)
-    cli.ok(&["blob", "put", "files", "a.bin", file]).await;
+    // (Held as its bytes come: 64 KiB do not fit.)
     let err = cli.fails(&["blob", "put", "files", "b.bin", file]).await;
     assert!(err.contains("may keep 1 MiB"), "{err}");
+    let err = cli.fails(&["blob", "get", "files", "b.bin"]).await;
+    assert!(err.contains("(404)"), "nothing stored: {err}");
     // Deletes always pass; once summed again, there is room.
     for i in 0..3 {
         cli.ok(&["store", "delete", &format!("k{i}")]).await;

@@ -394,6 +394,13 @@ async fn each_tenant_runs_as_its_own_user_held_to_its_plans_memory_cpu_and_proce
     let quota = r#"{"plan": "community", "memory_mb": 64, "cpu_millis": 200, "pids": 12}"#;
     s.ok(&["--namespace", "micro", "config", "set", "quota.shop", quota]).await;
     let shop = s.namespace_admin("shop", "keeper", "keeper-secret-1").await;
+    // A NUL in a value would be cut short on its way to the code: refused up front.
+    let token = micro_test::login(&s.process.proxy, "shop", "keeper", "keeper-secret-1").await;
+    let body = serde_json::json!({"service": {"name": "nul", "source": "https://example.com/app.git", "env": {"X": "a\u{0}b"}}});
+    let (status, reply) =
+        micro_test::post_json(&s.api, Some(&token), Some("shop"), "/runtime/runtime/create", &body).await;
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply["detail"].as_str().unwrap_or_default().contains("the value of X holds a NUL byte"), "{reply}");
     let greedy = greedy(data.path(), "other");
     // (It may be killed before it counts as started: `micro run` then says why.)
     let out = shop.run(&["run", greedy.path().to_str().unwrap(), "--name", "greedy"]).await;

@@ -545,6 +545,9 @@ impl Runtime {
                 return Err(Status::bad_request(ID, format!("invalid environment variable name {k:?}")));
             }
         }
+        if let Some((k, _)) = spec.env.iter().find(|(_, v)| v.contains('\0')) {
+            return Err(Status::bad_request(ID, format!("the value of {k} holds a NUL byte")));
+        }
         for path in spec.secrets.values() {
             micro_core::config::parse_path(path)
                 .map_err(|e| Status::bad_request(ID, format!("secret: {}", e.detail())))?;

@@ -196,7 +196,7 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
     };
     let mut cmd = match launch.sandbox.command(&jail, &program.to_string_lossy(), &art.command[1..]) {
         Ok(c) => c,
-        Err(e) => return Outcome::Exited(format!("no user for namespace {}: {e}", launch.namespace)),
+        Err(e) => return Outcome::Exited(format!("cannot start it: {e}")),
     };
     cmd.command_mut().stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     // A group of its own for each run (the last one's may still be emptying).

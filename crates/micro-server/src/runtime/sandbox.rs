@@ -299,6 +299,14 @@ impl Sandbox {
     /// (`LD_PRELOAD`, a shell function) is seen by a privileged process, and no value is
     /// on a command line.
     pub(crate) fn command(&self, jail: &Jail, program: &str, args: &[String]) -> std::io::Result<Sandboxed> {
+        // NUL ends a C string: what holds one would be cut short, so it is refused.
+        let nul = |s: &str| s.contains('\0');
+        if nul(program) || args.iter().any(|a| nul(a)) || jail.env.iter().any(|(k, v)| nul(k) || nul(v)) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a NUL byte in the command, its arguments or its environment",
+            ));
+        }
         // Gated: a shell that waits for a line on stdin before it becomes the command.
         let start = |program: &OsStr| {
             if jail.gated {
@@ -338,6 +346,11 @@ impl Sandbox {
                     ]);
                 }
                 c.args(["/bin/sh", START]).env_clear().env("PATH", SYSTEM_PATH);
+                // The instance's tag (the server's, set last), by which a restarted server
+                // finds what a killed one left.
+                if let Some((_, tag)) = jail.env.iter().rev().find(|(k, _)| k == "MICRO_INSTANCE") {
+                    c.env("MICRO_INSTANCE", tag);
+                }
                 // bwrap's own cwd: somewhere that exists for it.
                 c.current_dir("/");
                 let home = jail.home.as_deref().unwrap_or(Path::new("/tmp")).to_string_lossy().to_string();
@@ -437,7 +450,7 @@ impl Sandbox {
 const START: &str = "/tmp/.micro-start";
 
 /// The script that starts `program` with `args` and exactly `env` (shell-quoted: any
-/// bytes but NUL), stdin `/dev/null`.
+/// bytes but NUL, which [`Sandbox::command`] refuses), stdin `/dev/null`.
 fn start_script(env_bin: &Path, env: &[(String, String)], program: &str, args: &[String]) -> Vec<u8> {
     let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
     let mut line = format!("exec </dev/null\nexec {} -i --", q(&env_bin.to_string_lossy()));
@@ -491,10 +504,21 @@ impl Sandboxed {
         let held = hold(child.id().unwrap_or(0));
         let fed = match (held, child.stdin.take()) {
             (Err(e), _) => Err(e),
-            (Ok(()), Some(mut stdin)) => stdin.write_all(&self.input).await,
+            (Ok(()), Some(mut stdin)) => {
+                match tokio::time::timeout(Duration::from_secs(30), stdin.write_all(&self.input)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the sandbox took no input in 30s"))
+                    }
+                }
+            }
             (Ok(()), None) => Err(std::io::Error::other("no stdin")),
         };
         if let Err(e) = fed {
+            // Its process group (whatever it started), then itself.
+            if let Some(pid) = child.id().and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
             let _ = child.start_kill();
             let _ = child.wait().await;
             return Err(e);
