@@ -52,6 +52,7 @@ pub struct Config {
     /// The runtime: `MICRO_RUNTIME_TARGET_DIR` (where the namespaces' cargo target dirs
     /// are), `MICRO_RUNTIME_PROFILE` (`release`), `MICRO_RUNTIME_REPO` (where short names
     /// are looked up), `MICRO_RUNTIME_MAX_SERVICES` (per namespace, 50),
+    /// `MICRO_RUNTIME_BUILD_TIMEOUT` (the longest a build may take, in seconds: 1800),
     /// `MICRO_RUNTIME_SANDBOX` (`auto`, `bwrap`, `none`), `MICRO_RUNTIME_UID` (`uid[:gid]`
     /// all sandboxed code runs as under a root server; by default a user per namespace) and `MICRO_RUNTIME_ALLOW_HOSTS`
     /// (internal git hosts tenants may fetch from).
@@ -525,6 +526,12 @@ impl Config {
         }
         if let Some(v) = env("MICRO_RUNTIME_REPO").filter(|v| !v.is_empty()) {
             c.runtime.repo = Some(v);
+        }
+        if let Some(v) = env("MICRO_RUNTIME_BUILD_TIMEOUT").filter(|v| !v.is_empty()) {
+            match number("MICRO_RUNTIME_BUILD_TIMEOUT", &v)? {
+                0 => return Err(Error::Config("MICRO_RUNTIME_BUILD_TIMEOUT=0: give seconds, at least 1".into())),
+                secs => c.runtime.build_timeout = std::time::Duration::from_secs(secs),
+            }
         }
         if let Some(v) = env("MICRO_RUNTIME_MAX_SERVICES") {
             c.runtime.max_services = number("MICRO_RUNTIME_MAX_SERVICES", &v)? as usize;

@@ -746,3 +746,53 @@ async fn a_plans_storage_runs_out_for_writes_not_for_deletes() {
         }
     }
 }
+
+/// A service folder whose manifest builds with `build` and then sleeps.
+fn built(dir: &std::path::Path, name: &str, build: &str) -> String {
+    let p = dir.join(name);
+    std::fs::create_dir_all(&p).expect("a folder");
+    let manifest = format!("name = \"{name}\"\nbuild = \"{build}\"\nrun = \"sleep 300\"\n");
+    std::fs::write(p.join("micro.toml"), manifest).expect("a manifest");
+    p.to_str().expect("a UTF-8 path").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn builds_are_held_to_the_plans_minutes_and_the_servers_longest_build() {
+    if !sandboxed() {
+        return;
+    }
+    let Some(sink) = SmtpSink::start(Options::default()) else { return };
+    let s =
+        ServerProcess::builder(micro()).env("MICRO_SMTP", sink.url()).env("MICRO_RUNTIME_BUILD_TIMEOUT", "3").start();
+    let admin = s.admin_token().await;
+    // The operator gives the community plan no build minutes.
+    let mut plans = call(&s.api, &admin, None, "/platform/platform/plans", json!({})).await.1["plans"].clone();
+    plans["community"]["build_minutes"] = json!(0);
+    let (status, body) = call(&s.api, &admin, None, "/platform/platform/plans", json!({"plans": plans})).await;
+    assert_eq!(status, 200, "{body}");
+    let (ns, _) = signup(&s, &sink, &admin, "pat@one.example").await;
+    let cli = s.cli();
+    cli.ok(&["--namespace", &ns, "login", "--id", "pat@one.example", "--password", "pat@one.example password"]).await;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let quick = built(dir.path(), "quick", "true");
+    let err = cli.fails(&["run", &quick]).await;
+    assert!(
+        err.contains(&format!("namespace {ns} has used its 0 build minutes this month on the community plan"))
+            && err.contains("micro plan set personal"),
+        "{err}"
+    );
+    cli.ok(&["kill", "quick"]).await;
+    // The personal plan builds.
+    cli.ok(&["plan", "set", "personal"]).await;
+    let out = cli.ok(&["run", &quick]).await;
+    assert!(out.contains("quick running"), "{out}");
+    // A build longer than the server allows is stopped, its processes with it.
+    let slow = built(dir.path(), "slow", "sleep 120");
+    let started = std::time::Instant::now();
+    let err = cli.fails(&["run", &slow]).await;
+    assert!(err.contains("stopped after 3s") && err.contains("MICRO_RUNTIME_BUILD_TIMEOUT"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    for name in ["quick", "slow"] {
+        cli.ok(&["kill", name]).await;
+    }
+}

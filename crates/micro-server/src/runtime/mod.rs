@@ -87,6 +87,9 @@ pub struct RuntimeConfig {
     pub log_max: u64,
     /// The largest source upload.
     pub upload_max: u64,
+    /// The longest a build may take (`MICRO_RUNTIME_BUILD_TIMEOUT`, in seconds; 30
+    /// minutes): it is stopped then, so no build holds the others up for ever.
+    pub build_timeout: Duration,
     /// How code is isolated (`MICRO_RUNTIME_SANDBOX`: `auto`, `bwrap` or `none`).
     pub sandbox: SandboxMode,
     /// The user and group all sandboxed code runs as when the server runs as root
@@ -108,6 +111,7 @@ impl Default for RuntimeConfig {
             max_services: 50,
             log_max: 8 << 20,
             upload_max: 512 << 20,
+            build_timeout: Duration::from_secs(30 * 60),
             sandbox: SandboxMode::Auto,
             sandbox_user: None,
             allow_hosts: Vec::new(),
@@ -1068,6 +1072,29 @@ impl Runtime {
         self.finish_build(m, &builds, &version, &dir, &work).await
     }
 
+    /// Where each namespace's build time is counted, by month (`<namespace>/<YYYY-MM>`:
+    /// milliseconds).
+    fn builds_table() -> Table {
+        Table::new("runtime", "build-time")
+    }
+
+    /// The build time namespace `ns` used in `month` (none when it cannot be read).
+    async fn build_time(&self, ns: &str, month: &str) -> Duration {
+        let read = self.inner.db.read(&Self::builds_table(), &format!("{ns}/{month}"), &Query::default()).await;
+        let ms = read.ok().and_then(|r| r.first().and_then(|r| std::str::from_utf8(&r.value).ok()?.parse().ok()));
+        Duration::from_millis(ms.unwrap_or(0))
+    }
+
+    /// Counts `spent` more build time of namespace `ns` in `month` (which had `used`).
+    /// Builds run one at a time (on one node of a cluster), so nothing counts in between.
+    async fn add_build_time(&self, ns: &str, month: &str, used: Duration, spent: Duration) {
+        let total = (used + spent).as_millis().to_string();
+        let record = Record::new(format!("{ns}/{month}"), total.into_bytes());
+        if let Err(e) = self.inner.db.write(&Self::builds_table(), &record, None).await {
+            tracing::warn!(namespace = ns, error = %e, "counting build time failed");
+        }
+    }
+
     /// Hands a kept build made before the sandbox (the server's own) to the sandbox user,
     /// so its instances may write in their folder as new builds' do. Safe while its
     /// instances run: none can change the tree before the walk has left it (the walk
@@ -1156,7 +1183,39 @@ impl Runtime {
             log: &m.build_log,
             pidfile: self.inner.dir.join("run").join(&m.namespace).join(&m.name).join("build.pid"),
         };
-        let mut artifact = self.inner.builder.build(&job).await?;
+        // Held to the namespace's build minutes (what is left of them this month) and to
+        // the server's longest build; stopped (its processes killed) past either.
+        let now = micro_core::store::now_ms();
+        let month = micro_core::time::month(now);
+        let used = self.build_time(&m.namespace, &month).await;
+        let quota = quota::Quota::of(self.inner.secrets.as_ref(), &m.namespace).await?;
+        let left = quota.builds_left(&m.namespace, used, now)?;
+        let limit = left.map_or(self.inner.config.build_timeout, |l| l.min(self.inner.config.build_timeout));
+        let started = std::time::Instant::now();
+        let built = tokio::time::timeout(limit, self.inner.builder.build(&job)).await;
+        self.add_build_time(&m.namespace, &month, used, started.elapsed()).await;
+        let mut artifact = match built {
+            Ok(built) => built?,
+            Err(_) if left.is_some_and(|l| l <= self.inner.config.build_timeout) => {
+                let refused = quota.builds_left(&m.namespace, used + limit, now).err();
+                let why = refused.map(|e| e.detail().to_string()).unwrap_or_default();
+                return Err(Status::new(
+                    Code::ResourceExhausted,
+                    ID,
+                    format!("the build was stopped after {}s: {why}", limit.as_secs()),
+                ));
+            }
+            Err(_) => {
+                return Err(Status::new(
+                    Code::DeadlineExceeded,
+                    ID,
+                    format!(
+                        "the build was stopped after {}s, the longest a build may take here (MICRO_RUNTIME_BUILD_TIMEOUT)",
+                        limit.as_secs()
+                    ),
+                ));
+            }
+        };
         // Runs from the build: cargo's binary is in bin/; others run in their tree, moved in.
         let rel_dir = dir.strip_prefix(work).unwrap_or(dir).to_path_buf();
         if artifact.kind != "cargo" {

@@ -1,6 +1,7 @@
 //! Per-namespace quotas, as the platform (or an operator) sets them in the `micro`
 //! namespace's config at `quota.<namespace>`: how many services, instances of one service,
-//! and the memory, CPU (thousandths of a core) and processes of one instance. Without
+//! the memory, CPU (thousandths of a core) and processes of one instance, and build
+//! minutes a month. Without
 //! one, only the runtime's own limits hold ([`DEFAULT_PIDS`] processes an instance).
 //!
 //! ```json
@@ -15,6 +16,7 @@ use micro::proto::runtime as pb;
 use micro_core::{Code, Status};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 /// A namespace's quota.
 #[derive(Debug, Default, Deserialize)]
@@ -37,6 +39,9 @@ pub(crate) struct Quota {
     /// Processes (and threads) of one instance.
     #[serde(default)]
     pids: Option<u64>,
+    /// Build time a calendar month (UTC), in minutes.
+    #[serde(default)]
+    build_minutes: Option<u64>,
     /// For each quota, what lifts it (a sentence).
     #[serde(default)]
     lifts: BTreeMap<String, String>,
@@ -107,6 +112,23 @@ impl Quota {
         Ok(())
     }
 
+    /// The build time namespace `ns` may still use this month, having used `used` (`None`:
+    /// no quota); refused when it used it all.
+    pub(crate) fn builds_left(&self, ns: &str, used: Duration, now_ms: u64) -> Result<Option<Duration>, Status> {
+        let Some(minutes) = self.build_minutes else { return Ok(None) };
+        let max = Duration::from_secs(minutes.saturating_mul(60));
+        if used >= max {
+            let next = micro_core::time::utc(micro_core::time::next_month(now_ms));
+            let what = format!(
+                "namespace {ns} has used its {minutes} build minutes this month{}; they start again on {} UTC",
+                self.on_plan(),
+                next.get(..10).unwrap_or_default()
+            );
+            return Err(self.refuse("build_minutes", what));
+        }
+        Ok(Some(max - used))
+    }
+
     /// Checks one more service in a namespace running `running`.
     pub(crate) fn admit_another(&self, ns: &str, running: usize) -> Result<(), Status> {
         match self.services {
@@ -143,6 +165,13 @@ mod tests {
         spec.instances = 1;
         q.admit("acme", &mut spec).unwrap();
         assert_eq!(spec.memory, 256 << 20, "the quota's memory is the instance's limit");
+        let minutes: Quota =
+            serde_json::from_value(serde_json::json!({"plan": "community", "build_minutes": 2})).unwrap();
+        let now = 1_700_000_000_000;
+        assert_eq!(minutes.builds_left("shop", Duration::from_secs(30), now).unwrap(), Some(Duration::from_secs(90)));
+        let spent = minutes.builds_left("shop", Duration::from_secs(120), now).unwrap_err();
+        assert!(spent.detail().contains("has used its 2 build minutes this month on the community plan"), "{spent:?}");
+        assert_eq!(Quota::default().builds_left("shop", Duration::from_secs(1 << 20), now).unwrap(), None);
         spec.memory = 512 << 20;
         assert!(q.admit("acme", &mut spec).unwrap_err().detail().contains("may give 256 MiB"));
         assert!(Quota::default().admit_another("x", 1000).is_ok());
