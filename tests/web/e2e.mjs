@@ -1318,6 +1318,9 @@ step("signup: the owner sees the team's plan full, upgrades it, and the deploy s
   const services = page.locator(".usage").filter({ hasText: "Services running" });
   await see(page, ".usage .figures", "2 of 2");
   assert(await services.locator("meter.full").count() === 1, "the services bar is full");
+  for (const what of ["Requests this month", "Storage", "Build minutes this month"]) {
+    await see(page, ".usage .what", what);
+  }
   await look(page, "plan");
   await page.getByLabel("Plan", { exact: true }).selectOption("personal");
   await follow(page, page.getByRole("button", { name: "Change plan" }));

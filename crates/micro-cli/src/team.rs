@@ -117,11 +117,18 @@ pub(crate) async fn plan(c: &Ctx, args: &[String]) -> Result<()> {
     } else {
         println!("  {:<24} {} (not metered here)", "requests a month", l["requests_per_month"]);
     }
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    match reply["used"]["storage_bytes"].as_u64() {
+        Some(bytes) => println!("  {:<24} {} MiB of {} MiB", "storage", mib(bytes), l["storage_mb"]),
+        None => println!("  {:<24} {} MiB", "storage", l["storage_mb"]),
+    }
+    match reply["used"]["build_seconds"].as_u64() {
+        Some(secs) => println!("  {:<24} {} of {}", "build minutes this month", secs.div_ceil(60), l["build_minutes"]),
+        None => println!("  {:<24} {}", "build minutes a month", l["build_minutes"]),
+    }
     for (what, key, unit) in [
         ("instances of a service", "instances", ""),
         ("memory of an instance", "memory_mb", " MiB"),
-        ("storage", "storage_mb", " MiB"),
-        ("build minutes a month", "build_minutes", ""),
         ("cpu of an instance", "cpu_millis", " thousandths of a core"),
         ("processes of an instance", "pids", ""),
     ] {

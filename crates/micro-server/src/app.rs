@@ -305,6 +305,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     ]
     .map(String::from);
     let storage = crate::storage::StorageQuota::new(config_backend.clone(), store.clone(), blob.clone());
+    let storage_for_usage = storage.clone();
     let mut core = RouterBuilder::new("micro")
         .metrics(metrics.clone())
         .descriptors(micro::proto::DESCRIPTOR)?
@@ -322,7 +323,11 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         .grpc_service(pb::sync::sync_server::SyncServer::new(data::SyncService { sync }))
         .grpc_service(pb::auth::auth_server::AuthServer::new(auth.clone()))
         .grpc_service(pb::runtime::runtime_server::RuntimeServer::new(runtime.clone()))
-        .grpc_service(pb::usage::usage_server::UsageServer::new(crate::usage::UsageService { meter: meter.clone() }))
+        .grpc_service(pb::usage::usage_server::UsageServer::new(crate::usage::UsageService {
+            meter: meter.clone(),
+            storage: storage_for_usage,
+            runtime: runtime.clone(),
+        }))
         .grpc_service(pb::domains::domains_server::DomainsServer::new(crate::domains::DomainsService {
             domains: domains.clone(),
             acme: acme.clone(),

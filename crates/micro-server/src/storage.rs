@@ -59,7 +59,7 @@ impl StorageQuota {
 
     /// What namespace `ns` keeps now: summed again when [`REREAD`] old, by one caller
     /// while the others use the last sum.
-    async fn kept(&self, ns: &str) -> Result<u64, Status> {
+    pub(crate) async fn kept(&self, ns: &str) -> Result<u64, Status> {
         let last = {
             let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
             match kept.get_mut(ns) {

@@ -765,6 +765,10 @@ impl std::str::FromStr for Dim {
 /// The `usage` core service.
 pub(crate) struct UsageService {
     pub(crate) meter: Meter,
+    /// What namespaces keep (for `Month`).
+    pub(crate) storage: crate::storage::StorageQuota,
+    /// Where builds run and are counted (for `Month`).
+    pub(crate) runtime: crate::runtime::Runtime,
 }
 
 fn t(s: Status) -> tonic::Status {
@@ -813,11 +817,18 @@ impl pb::usage_server::Usage for UsageService {
     ) -> Result<tonic::Response<pb::MonthResponse>, tonic::Status> {
         let ns = micro::namespace(&req);
         let now = micro_core::store::now_ms();
-        let requests = self.meter.month(&ns, now).await.map_err(t)?;
+        let metered = self.meter.is_on();
+        let requests = if metered { self.meter.month(&ns, now).await.map_err(t)? } else { 0 };
+        let month = micro_core::time::month(now);
+        let build = self.runtime.build_time(&ns, &month).await;
+        let storage_bytes = self.storage.kept(&ns).await.map_err(t)?;
         Ok(tonic::Response::new(pb::MonthResponse {
-            month: micro_core::time::month(now),
+            month,
             requests,
             resets: (micro_core::time::next_month(now) / 1000) as i64,
+            metered,
+            build_seconds: build.as_secs(),
+            storage_bytes,
         }))
     }
 }

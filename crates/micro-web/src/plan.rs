@@ -84,7 +84,15 @@ async fn plan(page: &Page, error: Option<Status>, status: StatusCode) -> Respons
             (bar("Services running", n(&used["services"]), n(&l["services"]), ""))
             @if let Some(requests) = used["requests"].as_u64() {
                 (bar("Requests this month", requests, n(&l["requests_per_month"]), ""))
-                p.hint { "They start again on " (resets.get(..10).unwrap_or_default()) " UTC." }
+            }
+            @if let Some(bytes) = used["storage_bytes"].as_u64() {
+                (bar("Storage", bytes.div_ceil(1 << 20), n(&l["storage_mb"]), " MiB"))
+            }
+            @if let Some(secs) = used["build_seconds"].as_u64() {
+                (bar("Build minutes this month", secs.div_ceil(60), n(&l["build_minutes"]), ""))
+            }
+            @if used["resets"].as_u64().is_some_and(|r| r > 0) {
+                p.hint { "Requests and build minutes start again on " (resets.get(..10).unwrap_or_default()) " UTC." }
             }
             table.limits {
                 tbody {

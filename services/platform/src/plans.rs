@@ -83,6 +83,10 @@ pub struct Used {
     pub requests: Option<u64>,
     /// When the month's requests start again (Unix seconds).
     pub resets: i64,
+    /// The time its builds took this month, in seconds.
+    pub build_seconds: Option<u64>,
+    /// What it keeps in the store and blobs, in bytes.
+    pub storage_bytes: Option<u64>,
 }
 
 /// `Plan.Get` request.
@@ -198,8 +202,14 @@ impl Shared {
         self.may(ctx, &req.namespace, Role::Viewer).await?;
         let plan = self.plan_of(&req.namespace).await?;
         let limits = self.plans().await?.remove(&plan).unwrap_or_else(|| defaults()["community"].clone());
-        let (requests, resets) = self.requests_of(&req.namespace).await;
-        let used = Used { services: self.services_of(&req.namespace).await?, requests, resets };
+        let month = self.month_of(&req.namespace).await;
+        let used = Used {
+            services: self.services_of(&req.namespace).await?,
+            requests: month.as_ref().filter(|m| m.metered).map(|m| m.requests),
+            resets: month.as_ref().map_or(0, |m| m.resets),
+            build_seconds: month.as_ref().map(|m| m.build_seconds),
+            storage_bytes: month.as_ref().map(|m| m.storage_bytes),
+        };
         Ok(PlanReply { namespace: req.namespace, plan, limits, used })
     }
 
@@ -212,22 +222,16 @@ impl Shared {
         Ok(read.into_inner().services.len() as u32)
     }
 
-    /// The requests `ns` made this month, and when they start again (asked as an
-    /// operator); none when metering is off.
-    async fn requests_of(&self, ns: &str) -> (Option<u64>, i64) {
+    /// What `ns` used this month of what its plan holds (asked as an operator); none when
+    /// it cannot be read.
+    async fn month_of(&self, ns: &str) -> Option<micro::proto::usage::MonthResponse> {
         let month = async {
             let channel = self.channel.as_ref().map_err(Clone::clone)?.clone();
             let mut usage = micro::proto::usage::usage_client::UsageClient::new(channel);
             let req = crate::signup::request(ns, micro::proto::usage::MonthRequest {})?;
             usage.month(req).await.map(|r| r.into_inner()).map_err(|e| micro::status::from_tonic(&e))
         };
-        match month.await {
-            Ok(m) => (Some(m.requests), m.resets),
-            Err(e) => {
-                tracing::warn!(namespace = ns, error = %e, "cannot read the month's requests");
-                (None, 0)
-            }
-        }
+        month.await.inspect_err(|e| tracing::warn!(namespace = ns, error = %e, "cannot read the month's use")).ok()
     }
 
     async fn plan_set(&self, ctx: &Context, req: SetRequest) -> Result<PlanReply, Status> {

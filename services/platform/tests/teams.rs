@@ -708,6 +708,11 @@ async fn a_plans_storage_runs_out_for_writes_not_for_deletes() {
             && refused.contains("429"),
         "{refused}"
     );
+    // `micro plan` shows what it keeps against the quota.
+    let plan = cli.ok(&["plan"]).await;
+    assert!(plan.lines().any(|l| l.contains("storage") && l.ends_with("1 MiB of 1 MiB")), "{plan}");
+    let json = cli.json(&["-o", "json", "plan"]).await;
+    assert!(json["used"]["storage_bytes"].as_u64().is_some_and(|b| b > 900 << 10), "{json}");
     // Blobs count too.
     let dir = tempfile::tempdir().expect("a temp dir");
     let file = dir.path().join("small.bin");
@@ -792,6 +797,11 @@ async fn builds_are_held_to_the_plans_minutes_and_the_servers_longest_build() {
     let err = cli.fails(&["run", &slow]).await;
     assert!(err.contains("stopped after 3s") && err.contains("MICRO_RUNTIME_BUILD_TIMEOUT"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    // Its time counts: `micro plan` shows the month's build minutes against the quota.
+    let json = cli.json(&["-o", "json", "plan"]).await;
+    assert!(json["used"]["build_seconds"].as_u64().is_some_and(|s| s >= 3), "{json}");
+    let plan = cli.ok(&["plan"]).await;
+    assert!(plan.lines().any(|l| l.contains("build minutes this month") && l.ends_with("1 of 300")), "{plan}");
     for name in ["quick", "slow"] {
         cli.ok(&["kill", name]).await;
     }

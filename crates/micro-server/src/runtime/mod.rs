@@ -1078,8 +1078,9 @@ impl Runtime {
         Table::new("runtime", "build-time")
     }
 
-    /// The build time namespace `ns` used in `month` (none when it cannot be read).
-    async fn build_time(&self, ns: &str, month: &str) -> Duration {
+    /// The build time namespace `ns` used in `month` (`YYYY-MM`; none when it cannot be
+    /// read).
+    pub(crate) async fn build_time(&self, ns: &str, month: &str) -> Duration {
         let read = self.inner.db.read(&Self::builds_table(), &format!("{ns}/{month}"), &Query::default()).await;
         let ms = read.ok().and_then(|r| r.first().and_then(|r| std::str::from_utf8(&r.value).ok()?.parse().ok()));
         Duration::from_millis(ms.unwrap_or(0))
