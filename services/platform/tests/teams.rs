@@ -364,9 +364,16 @@ fn sandboxed() -> bool {
 
 /// A service folder whose manifest runs `sleep`.
 fn sleeper(dir: &std::path::Path, name: &str) -> String {
+    service(dir, name, &[("micro.toml", &format!("name = \"{name}\"\nrun = \"sleep 300\"\n"))])
+}
+
+/// A service folder `name` in `dir` holding `files`; its path.
+fn service(dir: &std::path::Path, name: &str, files: &[(&str, &str)]) -> String {
     let p = dir.join(name);
     std::fs::create_dir_all(&p).expect("a folder");
-    std::fs::write(p.join("micro.toml"), format!("name = \"{name}\"\nrun = \"sleep 300\"\n")).expect("a manifest");
+    for (file, text) in files {
+        std::fs::write(p.join(file), text).expect("a file of the service");
+    }
     p.to_str().expect("a UTF-8 path").to_string()
 }
 
@@ -452,17 +459,13 @@ async fn plans_hold_namespaces_to_their_quotas() {
 
 /// A service folder whose manifest runs a Python HTTP app answering `hello`.
 fn web_app(dir: &std::path::Path, name: &str) -> String {
-    let p = dir.join(name);
-    std::fs::create_dir_all(&p).expect("a folder");
     let app = "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n\
                class H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        self.send_response(200)\n        \
                self.send_header('content-length', '5')\n        self.end_headers()\n        self.wfile.write(b'hello')\n    \
                def log_message(self, *a):\n        pass\n\
                HTTPServer((os.environ['HOST'], int(os.environ['PORT'])), H).serve_forever()\n";
-    std::fs::write(p.join("app.py"), app).expect("the app");
-    std::fs::write(p.join("micro.toml"), format!("name = \"{name}\"\nrun = \"python3 app.py\"\n[http]\n"))
-        .expect("a manifest");
-    p.to_str().expect("a UTF-8 path").to_string()
+    let manifest = format!("name = \"{name}\"\nrun = \"python3 app.py\"\n[http]\n");
+    service(dir, name, &[("app.py", app), ("micro.toml", &manifest)])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -754,11 +757,8 @@ async fn a_plans_storage_runs_out_for_writes_not_for_deletes() {
 
 /// A service folder whose manifest builds with `build` and then sleeps.
 fn built(dir: &std::path::Path, name: &str, build: &str) -> String {
-    let p = dir.join(name);
-    std::fs::create_dir_all(&p).expect("a folder");
     let manifest = format!("name = \"{name}\"\nbuild = \"{build}\"\nrun = \"sleep 300\"\n");
-    std::fs::write(p.join("micro.toml"), manifest).expect("a manifest");
-    p.to_str().expect("a UTF-8 path").to_string()
+    service(dir, name, &[("micro.toml", &manifest)])
 }
 
 #[tokio::test(flavor = "multi_thread")]
