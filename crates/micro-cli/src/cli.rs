@@ -176,6 +176,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: crate::domain::DomainCmd,
     },
+    /// The namespace's public hosting: micro hosting [list|public|private|default]
+    Hosting {
+        #[command(subcommand)]
+        cmd: Option<crate::domain::HostingCmd>,
+    },
     /// The gateway's response cache rules of the namespace: micro cache set|list|delete|purge
     Cache {
         #[command(subcommand)]
@@ -534,6 +539,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Usage(args) => crate::usage::usage(&c, args).await,
         Command::Cache { cmd } => crate::cache::cache(&c, cmd).await,
         Command::Domain { cmd } => crate::domain::domain(&c, cmd).await,
+        Command::Hosting { cmd } => crate::domain::hosting(&c, cmd.unwrap_or(crate::domain::HostingCmd::List)).await,
         Command::Cluster { cmd } => crate::cluster::cluster(&c, cmd).await,
         Command::Trace { trace_id, services } => crate::trace::trace(&c, &trace_id, services).await,
         Command::Publish { topic, payload, key, metadata } => {

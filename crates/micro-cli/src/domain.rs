@@ -1,5 +1,5 @@
 //! `micro domain add|verify|list|remove`: the namespace's custom domains (Domains.*; see
-//! docs/edge.md).
+//! docs/edge.md); `micro hosting`: where its services are public (docs/platform.md).
 
 use crate::cli::{Ctx, status_err};
 use crate::output;
@@ -105,5 +105,92 @@ pub(crate) async fn domain(c: &Ctx, cmd: DomainCmd) -> Result<()> {
             output::done(c.json, json!({"removed": domain}), Some(format!("{domain} removed")));
         }
     }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub(crate) enum HostingCmd {
+    /// The namespace's services, their public addresses and whether each is private.
+    List,
+    /// Make a service public, or (without one) every service not set otherwise.
+    Public {
+        /// The service (default: the namespace's default).
+        service: Option<String>,
+    },
+    /// Make a service private (its namespace's accounts only), or (without one) every
+    /// service not set otherwise.
+    Private {
+        /// The service (default: the namespace's default).
+        service: Option<String>,
+    },
+    /// Let a service follow the namespace's default again.
+    Default {
+        /// The service.
+        service: String,
+    },
+}
+
+fn hosting_json(h: &pb::HostingResponse) -> serde_json::Value {
+    let services: Vec<serde_json::Value> = h
+        .services
+        .iter()
+        .map(|s| {
+            json!({"name": s.name, "private": s.private, "explicit": s.explicit, "url": s.url, "running": s.running})
+        })
+        .collect();
+    json!({"namespace": h.namespace, "domain": h.domain, "private": h.private, "services": services})
+}
+
+fn visibility(private: bool) -> &'static str {
+    if private { "private" } else { "public" }
+}
+
+pub(crate) async fn hosting(c: &Ctx, cmd: HostingCmd) -> Result<()> {
+    let mut client = pb::domains_client::DomainsClient::new(c.channel()?);
+    let (service, set) = match cmd {
+        HostingCmd::List => {
+            let h = client.hosting(crate::auth::request(c, pb::HostingRequest {})?).await.map_err(err)?.into_inner();
+            if c.json {
+                output::json(&hosting_json(&h));
+                return Ok(());
+            }
+            let domain = if h.domain.is_empty() {
+                "this server hosts nothing at names of its own (MICRO_HOSTING_DOMAIN); paths on the gateway only"
+                    .to_string()
+            } else {
+                format!("hosted at *.{}.{}", h.namespace, h.domain)
+            };
+            println!("namespace {}: services are {} unless set otherwise; {domain}", h.namespace, visibility(h.private));
+            let rows: Vec<Vec<String>> = h
+                .services
+                .iter()
+                .map(|s| {
+                    let how = if s.explicit { "" } else { " (default)" };
+                    vec![
+                        s.name.clone(),
+                        format!("{}{how}", visibility(s.private)),
+                        if s.running { "yes".into() } else { "no".into() },
+                        if s.url.is_empty() { "-".into() } else { s.url.clone() },
+                    ]
+                })
+                .collect();
+            output::table(&["SERVICE", "VISIBILITY", "RUNNING", "URL"], &rows);
+            return Ok(());
+        }
+        HostingCmd::Public { service } => (service, "public"),
+        HostingCmd::Private { service } => (service, "private"),
+        HostingCmd::Default { service } => (Some(service), "default"),
+    };
+    let msg = pb::SetHostingRequest { service: service.clone().unwrap_or_default(), visibility: set.to_string() };
+    let h = client.set_hosting(crate::auth::request(c, msg)?).await.map_err(err)?.into_inner();
+    let text = match service {
+        None => format!("namespace {}'s services are now {set} unless set otherwise", h.namespace),
+        Some(s) => {
+            let now = h.services.iter().find(|x| x.name == s).is_some_and(|x| x.private);
+            let how = if set == "default" { " (the namespace's default)" } else { "" };
+            format!("{s} is now {}{how}", visibility(now))
+        }
+    };
+    output::done(c.json, hosting_json(&h), Some(text));
     Ok(())
 }

@@ -261,7 +261,12 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         None => Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "domains")?),
     };
     let resolver = Arc::new(crate::domains::DnsResolver::new(config.dns.as_deref())?);
-    let domains = crate::domains::Domains::new(domains_store.clone(), resolver);
+    let hosting_domain = config.hosting_domain.clone().map(|domain| {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let port = Some(api.port()).filter(|p| *p != if tls.is_some() { 443 } else { 80 });
+        crate::domains::HostingDomain { domain, scheme, port }
+    });
+    let domains = crate::domains::Domains::new(domains_store.clone(), resolver, hosting_domain);
     // ACME: certificates for the verified domains, served by SNI.
     let domain_certs = crate::acme::DomainCerts::default();
     let challenge_certs = crate::acme::DomainCerts::default();
@@ -331,6 +336,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         .grpc_service(pb::domains::domains_server::DomainsServer::new(crate::domains::DomainsService {
             domains: domains.clone(),
             acme: acme.clone(),
+            registry: registry.clone(),
         }))
         .grpc_service(pb::cluster::cluster_server::ClusterServer::new(cluster_service))
         .standard_services(&[micro::proto::DESCRIPTOR.to_vec()], &core_grpc)?;
@@ -393,6 +399,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         auth.clone(),
         meter.clone(),
         node_transport,
+        domains.clone(),
     );
     // The dashboard and the gateway vouch for their clients' addresses with this key when
     // they call the core through the proxy (see micro::edge).

@@ -72,6 +72,9 @@ pub struct Config {
     /// The name server custom domains are verified with (`MICRO_DNS`, `ip:port`; default:
     /// the system's resolver).
     pub dns: Option<String>,
+    /// The platform's hosting domain (`MICRO_HOSTING_DOMAIN`, like `apps.example.com`):
+    /// the gateway serves `<service>.<namespace>.<domain>` and `<namespace>.<domain>`.
+    pub hosting_domain: Option<String>,
     /// Certificates for the verified custom domains from an ACME server
     /// (`MICRO_ACME_DIRECTORY`, `MICRO_ACME_EMAIL`, `MICRO_ACME_CA`,
     /// `MICRO_ACME_RENEW_DAYS`); needs TLS and `MICRO_HTTP_REDIRECT_ADDRESS`.
@@ -128,6 +131,7 @@ impl Default for Config {
             usage_flush: Some(std::time::Duration::from_secs(2)),
             cache_size: 64 << 20,
             dns: None,
+            hosting_domain: None,
             acme: None,
             join: None,
         }
@@ -469,6 +473,11 @@ impl Config {
                 return Err(Error::Config(format!("MICRO_DNS={v:?}: give the name server as ip:port")));
             }
             c.dns = Some(v);
+        }
+        if let Some(v) = env("MICRO_HOSTING_DOMAIN").filter(|v| !v.trim().is_empty()) {
+            let d = crate::domains::validate_domain(&v)
+                .map_err(|e| Error::Config(format!("MICRO_HOSTING_DOMAIN: {}", e.detail())))?;
+            c.hosting_domain = Some(d);
         }
         if let Some(directory) = env("MICRO_ACME_DIRECTORY").filter(|v| !v.is_empty()) {
             if !directory.starts_with("https://") {

@@ -10,6 +10,12 @@
 //! of a domain, so a claim nobody can prove blocks nobody. The check goes
 //! through a [`TxtResolver`]: the system's resolver, or the name server `MICRO_DNS` names
 //! (tests run one of their own). Every node rereads the verified claims every second.
+//!
+//! Public hosting: with a hosting domain (`MICRO_HOSTING_DOMAIN`), every namespace is
+//! reached at `<namespace>.<domain>` and each of its services at
+//! `<service>.<namespace>.<domain>`, like a verified claim; no custom domain may be at or
+//! under it. A namespace makes its services private (by default, or one by one): the
+//! gateway and the proxy then serve them to the namespace's accounts and operators only.
 
 use micro::proto::domains as pb;
 use micro_core::store::{Query, Record, Store, Table};
@@ -30,6 +36,9 @@ pub const TOKEN_PREFIX: &str = "micro-verify=";
 
 /// At most this many domains (pending or verified) per namespace.
 const MAX_PER_NAMESPACE: usize = 100;
+
+/// At most this many services' hosting set per namespace.
+const MAX_HOSTED_SETTINGS: usize = 1000;
 
 /// How long a pending claim is kept.
 const PENDING_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -147,6 +156,68 @@ pub fn validate_domain(domain: &str) -> Result<String, Status> {
 /// The verified claims, by domain.
 type Verified = Arc<HashMap<String, Arc<Claim>>>;
 
+/// Whether a namespace's services are private: its default and its services' own
+/// settings (kept in the `hosting` table under the namespace's name).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct Hosting {
+    /// Services are private unless set public.
+    #[serde(default)]
+    private: bool,
+    /// Services set one way or the other (`true`: private).
+    #[serde(default)]
+    services: std::collections::BTreeMap<String, bool>,
+}
+
+impl Hosting {
+    /// Whether `service` is private.
+    pub(crate) fn is_private(&self, service: &str) -> bool {
+        self.services.get(service).copied().unwrap_or(self.private)
+    }
+}
+
+/// The namespaces' hosting settings, by namespace.
+type Hostings = Arc<HashMap<String, Hosting>>;
+
+/// The platform's own names: `<service>.<namespace>.<domain>` and `<namespace>.<domain>`
+/// (`MICRO_HOSTING_DOMAIN`), and the address they are reached at.
+#[derive(Clone, Debug)]
+pub(crate) struct HostingDomain {
+    /// The domain, validated and lowercased.
+    pub(crate) domain: String,
+    /// `https` with TLS on, else `http`.
+    pub(crate) scheme: &'static str,
+    /// The gateway's port, when not the scheme's own.
+    pub(crate) port: Option<u16>,
+}
+
+impl HostingDomain {
+    /// The namespace and service a host under the domain names (service "" for a
+    /// namespace's name), if it is one.
+    fn route(&self, host: &str) -> Option<(String, String)> {
+        let rest = host.strip_suffix(self.domain.as_str())?.strip_suffix('.')?;
+        let (service, ns) = match rest.split_once('.') {
+            Some((service, ns)) => (service, ns),
+            None => ("", rest),
+        };
+        micro_core::namespace::validate(ns).ok()?;
+        if !service.is_empty() {
+            micro_core::registry::validate_name(service).ok()?;
+        }
+        Some((ns.to_string(), service.to_string()))
+    }
+
+    /// The public address of `service` of `ns`.
+    pub(crate) fn url(&self, ns: &str, service: &str) -> String {
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+        format!("{}://{service}.{ns}.{}{port}", self.scheme, self.domain)
+    }
+
+    /// Whether `domain` is the hosting domain or under it (no custom domain may be).
+    fn covers(&self, domain: &str) -> bool {
+        domain == self.domain || domain.strip_suffix(self.domain.as_str()).is_some_and(|r| r.ends_with('.'))
+    }
+}
+
 /// The claims. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Domains {
@@ -156,17 +227,90 @@ pub(crate) struct Domains {
     /// When the verified claims were last read.
     read_at: Arc<Mutex<Option<Instant>>>,
     verified: Arc<Mutex<Verified>>,
+    /// The platform's hosting domain, if any.
+    hosting_domain: Option<HostingDomain>,
+    hosting_table: Table,
+    hostings: Arc<Mutex<Hostings>>,
 }
 
 impl Domains {
-    pub(crate) fn new(store: Arc<dyn Store>, resolver: Arc<dyn TxtResolver>) -> Domains {
+    pub(crate) fn new(
+        store: Arc<dyn Store>,
+        resolver: Arc<dyn TxtResolver>,
+        hosting_domain: Option<HostingDomain>,
+    ) -> Domains {
         Domains {
             store,
             table: Table::new(micro_core::namespace::DEFAULT, "domains"),
             resolver,
             read_at: Arc::default(),
             verified: Arc::default(),
+            hosting_domain,
+            hosting_table: Table::new(micro_core::namespace::DEFAULT, "hosting"),
+            hostings: Arc::default(),
         }
+    }
+
+    /// `ns`'s hosting settings, read now.
+    async fn hosting(&self, ns: &str) -> Result<Hosting, Status> {
+        match self.store.read(&self.hosting_table, ns, &Query::default()).await {
+            Ok(r) => Ok(r.first().and_then(|r| serde_json::from_slice(&r.value).ok()).unwrap_or_default()),
+            Err(e) if e.code() == Code::NotFound => Ok(Hosting::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Rereads the verified claims and the hosting settings when a second has passed
+    /// since they were last read (one caller a second waits on the read).
+    async fn refresh(&self) {
+        let due = {
+            let mut at = self.read_at.lock().unwrap_or_else(|e| e.into_inner());
+            let due = at.is_none_or(|t| t.elapsed() >= REREAD);
+            if due {
+                *at = Some(Instant::now());
+            }
+            due
+        };
+        if !due {
+            return;
+        }
+        match self.all().await {
+            Ok(claims) => {
+                let verified = claims.into_iter().filter(|c| c.verified).map(|c| (c.domain.clone(), Arc::new(c)));
+                *self.verified.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(verified.collect());
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the domains; keeping the last ones"),
+        }
+        let all = Query { prefix: true, ..Default::default() };
+        match self.store.read(&self.hosting_table, "", &all).await {
+            Ok(records) => {
+                let read = records.iter().filter_map(|r| Some((r.key.clone(), serde_json::from_slice(&r.value).ok()?)));
+                *self.hostings.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(read.collect());
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the hosting settings; keeping the last ones"),
+        }
+    }
+
+    /// Whether `service` of `ns` is private (answers its namespace's accounts and
+    /// operators only): from the settings read at most about a second ago.
+    pub(crate) async fn is_private(&self, ns: &str, service: &str) -> bool {
+        self.refresh().await;
+        let hostings = self.hostings.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        hostings.get(ns).is_some_and(|h| h.is_private(service))
+    }
+
+    /// Refused when `service` of `ns` is private and `caller` is neither an account of
+    /// `ns` nor an operator: 401 for an anonymous caller, 403 for another namespace's.
+    pub(crate) async fn admit(&self, caller: &micro::auth::Caller, ns: &str, service: &str) -> Result<(), Status> {
+        let member = caller.is_operator() || caller.account.as_ref().is_some_and(|a| a.namespace == ns);
+        if member || !self.is_private(ns, service).await {
+            return Ok(());
+        }
+        let (code, who) = match &caller.account {
+            None => (Code::Unauthenticated, "sign in with an account of the namespace"),
+            Some(_) => (Code::PermissionDenied, "it answers the namespace's own accounts only"),
+        };
+        Err(Status::new(code, "api", format!("service {service} of namespace {ns} is private: {who}")))
     }
 
     async fn read(&self, key: &str) -> Result<Option<Claim>, Status> {
@@ -215,31 +359,23 @@ impl Domains {
     /// The verified claim of the host a request names, if any: from the claims read at
     /// most about a second ago (one request a second rereads them; whatever `Host` a
     /// request sends, it costs no read of its own).
+    ///
+    /// A host under the hosting domain is routed as the namespace's (`<namespace>.<domain>`)
+    /// or its service's (`<service>.<namespace>.<domain>`) domain.
     pub(crate) async fn route(&self, host: &str) -> Option<Arc<Claim>> {
-        let due = {
-            let mut at = self.read_at.lock().unwrap_or_else(|e| e.into_inner());
-            let due = at.is_none_or(|t| t.elapsed() >= REREAD);
-            if due {
-                *at = Some(Instant::now());
-            }
-            due
-        };
-        if due {
-            match self.all().await {
-                Ok(claims) => {
-                    let verified = claims.into_iter().filter(|c| c.verified).map(|c| (c.domain.clone(), Arc::new(c)));
-                    *self.verified.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(verified.collect());
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot read the domains; keeping the last ones"),
-            }
+        let host =
+            host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if let Some((namespace, service)) = self.hosting_domain.as_ref().and_then(|d| d.route(&host)) {
+            let claim = Claim { domain: host, namespace, service, token: String::new(), verified: true, created: 0 };
+            return Some(Arc::new(claim));
         }
+        self.refresh().await;
         let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if verified.is_empty() {
             return None;
         }
-        let host =
-            host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
-        verified.get(&host.trim_end_matches('.').to_ascii_lowercase()).cloned()
+        verified.get(&host).cloned()
     }
 
     fn reply(c: &Claim) -> pb::Domain {
@@ -274,9 +410,36 @@ pub(crate) struct DomainsService {
     pub(crate) domains: Domains,
     /// Certificates for the domains, when ACME is on.
     pub(crate) acme: Option<crate::acme::Acme>,
+    /// The namespaces' services, for their hosting.
+    pub(crate) registry: Arc<dyn micro_core::registry::Registry>,
 }
 
 impl DomainsService {
+    /// `ns`'s hosting as the service answers it: every service it runs or has set.
+    async fn hosting_reply(&self, ns: &str, h: &Hosting) -> Result<pb::HostingResponse, tonic::Status> {
+        let running: std::collections::BTreeSet<String> =
+            self.registry.list_services(ns).await.map_err(t)?.into_iter().map(|s| s.name).collect();
+        let names: std::collections::BTreeSet<&String> = running.iter().chain(h.services.keys()).collect();
+        let domain = self.domains.hosting_domain.as_ref();
+        let services = names
+            .into_iter()
+            .map(|name| pb::HostedService {
+                name: name.clone(),
+                private: h.is_private(name),
+                explicit: h.services.contains_key(name),
+                // A name with dots is no host label: it is reached by path only.
+                url: domain.filter(|_| !name.contains('.')).map(|d| d.url(ns, name)).unwrap_or_default(),
+                running: running.contains(name),
+            })
+            .collect();
+        Ok(pb::HostingResponse {
+            namespace: ns.to_string(),
+            domain: domain.map(|d| d.domain.clone()).unwrap_or_default(),
+            private: h.private,
+            services,
+        })
+    }
+
     /// A claim as the service answers it, with its certificate's expiry.
     async fn reply(&self, c: &Claim) -> pb::Domain {
         let mut d = Domains::reply(c);
@@ -297,6 +460,12 @@ impl pb::domains_server::Domains for DomainsService {
             micro_core::registry::validate_name(&r.service).map_err(t)?;
         }
         let d = &self.domains;
+        if let Some(h) = d.hosting_domain.as_ref().filter(|h| h.covers(&domain)) {
+            return Err(t(Status::bad_request(
+                "domains",
+                format!("{domain} is the platform's own ({}): its names are the namespaces'", h.domain),
+            )));
+        }
         if let Some(c) = d.read(&domain).await.map_err(t)?
             && c.namespace != ns
         {
@@ -392,6 +561,61 @@ impl pb::domains_server::Domains for DomainsService {
             _ => {}
         }
         Ok(tonic::Response::new(pb::RemoveResponse {}))
+    }
+
+    async fn hosting(
+        &self,
+        req: tonic::Request<pb::HostingRequest>,
+    ) -> Result<tonic::Response<pb::HostingResponse>, tonic::Status> {
+        let ns = micro::namespace(&req);
+        let h = self.domains.hosting(&ns).await.map_err(t)?;
+        Ok(tonic::Response::new(self.hosting_reply(&ns, &h).await?))
+    }
+
+    async fn set_hosting(
+        &self,
+        req: tonic::Request<pb::SetHostingRequest>,
+    ) -> Result<tonic::Response<pb::HostingResponse>, tonic::Status> {
+        let ns = micro::namespace(&req);
+        let r = req.into_inner();
+        if !r.service.is_empty() {
+            micro_core::registry::validate_name(&r.service).map_err(t)?;
+        }
+        let d = &self.domains;
+        let mut h = d.hosting(&ns).await.map_err(t)?;
+        let private = match (r.visibility.as_str(), r.service.is_empty()) {
+            ("private", _) => Some(true),
+            ("public", _) => Some(false),
+            ("default", false) => None,
+            (v, _) => {
+                let also = if r.service.is_empty() { "" } else { ", or default (the namespace's)" };
+                return Err(t(Status::bad_request(
+                    "domains",
+                    format!("visibility {v:?}: give public or private{also}"),
+                )));
+            }
+        };
+        match (r.service.is_empty(), private) {
+            (true, Some(p)) => h.private = p,
+            (false, Some(p)) => {
+                if !h.services.contains_key(&r.service) && h.services.len() >= MAX_HOSTED_SETTINGS {
+                    return Err(t(Status::new(
+                        Code::ResourceExhausted,
+                        "domains",
+                        format!("namespace {ns} sets {} services' hosting, the most it may", h.services.len()),
+                    )));
+                }
+                h.services.insert(r.service.clone(), p);
+            }
+            (_, None) => {
+                h.services.remove(&r.service);
+            }
+        }
+        let value = serde_json::to_vec(&h).map_err(|e| t(Status::internal("domains", e.to_string())))?;
+        d.store.write(&d.hosting_table, &Record::new(ns.clone(), value), None).await.map_err(t)?;
+        // Read again at the next request on this node (others within a second).
+        *d.read_at.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(tonic::Response::new(self.hosting_reply(&ns, &h).await?))
     }
 
     async fn renew(&self, req: tonic::Request<pb::RenewRequest>) -> Result<tonic::Response<pb::Domain>, tonic::Status> {

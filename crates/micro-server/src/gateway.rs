@@ -313,9 +313,9 @@ impl Gateway {
         // Answered from the cache, or served (and perhaps kept).
         let res = match self.inner.cache.lookup(&caller.namespace, &labels.account, &req).await {
             crate::cache::Lookup::Hit(res, service, endpoint) => {
-                match self.month(&caller, &caller.namespace, &service).await {
-                    // A kept answer is no way past the month's quota either.
-                    Err(refused) => limited(refused),
+                match self.admit(&caller, &caller.namespace, &service).await {
+                    // A kept answer is no way past privacy or the month's quota either.
+                    Err(refused) => refused,
                     Ok(()) => {
                         labels.service = service;
                         labels.endpoint = endpoint;
@@ -367,8 +367,8 @@ impl Gateway {
             if let Err(e) = self.inner.authorizer.decide(&caller, micro::auth::Protection::Rules, &resource).await {
                 return json_error(&e);
             }
-            if let Err(refused) = self.month(&caller, &ns, &first).await {
-                return limited(refused);
+            if let Err(refused) = self.admit(&caller, &ns, &first).await {
+                return refused;
             }
             let mut res = self.reverse_proxy(req, &ns, &first, &addr).await;
             // An HTTP service's requests are metered by method (its paths are its own).
@@ -396,8 +396,8 @@ impl Gateway {
         };
         match resolved {
             Ok((service, services, (s, e))) => {
-                if let Err(refused) = self.month(&caller, &ns, &service).await {
-                    return limited(refused);
+                if let Err(refused) = self.admit(&caller, &ns, &service).await {
+                    return refused;
                 }
                 let ep = &services[s].endpoints[e];
                 let tag = Tag { service: service.clone(), endpoint: ep.name.clone() };
@@ -406,8 +406,8 @@ impl Gateway {
             Err(e) if e.code() == Code::NotFound => match self.declared(&ns, req.method(), path).await {
                 Some((routes, i, captures)) => {
                     let r = &routes[i];
-                    if let Err(refused) = self.month(&caller, &ns, &r.service).await {
-                        return limited(refused);
+                    if let Err(refused) = self.admit(&caller, &ns, &r.service).await {
+                        return refused;
                     }
                     let tag = Tag { service: r.service.clone(), endpoint: r.endpoint.name.clone() };
                     tagged(self.invoke(req, ns, r.service.clone(), &r.endpoint, captures).await, tag)
@@ -418,16 +418,13 @@ impl Gateway {
         }
     }
 
-    /// Refused when the month's requests of namespace `ns` are spent and a request to
-    /// `service` counts against them (the refusal names the plan to its members only).
-    async fn month(
-        &self,
-        caller: &micro::auth::Caller,
-        ns: &str,
-        service: &str,
-    ) -> Result<(), crate::ratelimit::Refused> {
+    /// Refused (the answer) when `service` of namespace `ns` is private and `caller` no
+    /// member, or when the month's requests of `ns` are spent and a request to `service`
+    /// counts against them (the refusal names the plan to its members only).
+    async fn admit(&self, caller: &micro::auth::Caller, ns: &str, service: &str) -> Result<(), Response<Body>> {
+        self.inner.domains.admit(caller, ns, service).await.map_err(|e| json_error(&e))?;
         let member = caller.is_operator() || caller.account.as_ref().is_some_and(|a| a.namespace == ns);
-        self.inner.limits.month(ns, service, member).await
+        self.inner.limits.month(ns, service, member).await.map_err(limited)
     }
 
     /// The endpoint `endpoint` of `service` (its registrations, when already looked up):

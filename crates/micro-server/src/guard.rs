@@ -50,6 +50,8 @@ impl Policy for CorePolicy {
             // Viewers see services and their logs; developers run, update and kill them.
             "runtime" if matches!(endpoint, "Runtime.Read" | "Runtime.Logs") => Protection::Observe,
             "runtime" => Protection::Deploy,
+            // Viewers see where the services are hosted; admins set it.
+            "domains" if endpoint == "Domains.Hosting" => Protection::Observe,
             "usage" | "domains" => Protection::Admin,
             _ => Protection::Rules,
         }

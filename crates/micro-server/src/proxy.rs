@@ -30,6 +30,8 @@ struct Inner {
     /// In a cluster with TLS: mutual TLS to the other nodes, which is also how they
     /// must reach this one to forward runtime calls.
     nodes: Option<micro::Transport>,
+    /// Which services are private.
+    domains: crate::domains::Domains,
 }
 
 /// On an answer the proxy forwarded to the runtime's leader, which meters the call.
@@ -59,13 +61,14 @@ impl Proxy {
         auth: crate::auth::AuthService,
         meter: crate::usage::Meter,
         nodes: Option<micro::Transport>,
+        domains: crate::domains::Domains,
     ) -> Proxy {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(2)));
         let http = HttpClient::builder(TokioExecutor::new()).http2_only(true).build(conn);
         let authorizer = crate::guard::authorizer(&auth);
-        Proxy { inner: Arc::new(Inner { core, local, client, http, runtime, auth, authorizer, meter, nodes }) }
+        Proxy { inner: Arc::new(Inner { core, local, client, http, runtime, auth, authorizer, meter, nodes, domains }) }
     }
 
     /// Serves a call, metering it unless this process's gateway, which meters its own
@@ -191,6 +194,9 @@ impl Proxy {
         let token = micro::auth::bearer(headers);
         let caller = self.inner.authorizer.identify(headers, token.as_deref(), None).await?;
         let ns = caller.namespace.clone();
+        // A private service answers its namespace's accounts (its own services among
+        // them) and operators only.
+        self.inner.domains.admit(&caller, &ns, service).await?;
         if let Some(slot) = req.extensions().get::<micro::auth::CallerSlot>() {
             let _ = slot.0.set(caller);
         }

@@ -7,6 +7,7 @@
 
 mod cluster;
 mod gateway;
+mod hosting;
 mod listeners;
 mod namespaces;
 mod namespaces_delete;
