@@ -1343,6 +1343,76 @@ step("signup: the owner sees the team's plan full, upgrades it, and the deploy s
   }
 });
 
+step("signup: in the dashboard a member works in the team and back, the owner hands it over, a viewer changes nothing", async ({
+  page,
+}) => {
+  if (!MAIL) skip("E2E_MAIL_DIR is not set (web.rs sets it for the platform's signup run)");
+  const [ann, bo] = PEOPLE;
+  const annHome = `ann-${RUN}`;
+  const boHome = `bo-${RUN}`;
+  const notes = `/store/${TEAM}/notes`;
+  /** Switches into the team from /team; the pages are then the team's. */
+  const enter = async (who) => {
+    await visit(page, "/team");
+    await follow(page, page.getByRole("button", { name: `Work in ${TEAM}` }));
+    assertEqual(pathOf(page), "/services", "page after switching");
+    await see(page, "header .ns", TEAM);
+    await see(page, "header .account", who);
+  };
+  const write = async (key) => {
+    await visit(page, notes);
+    await page.getByLabel("Key", { exact: true }).fill(key);
+    await page.getByLabel("Value", { exact: true }).fill(`written by ${key}`);
+    await follow(page, page.getByRole("button", { name: "Write record" }));
+  };
+
+  // The developer works in the team: its store takes a record; then back home.
+  await login(page, { namespace: boHome, id: bo, secret: `${bo} password` });
+  await enter(bo);
+  await write("from-bo");
+  await see(page, 'p.ok[role="status"]', "Saved.");
+  await visit(page, "/team");
+  await see(page, ".notice", `You are working in ${TEAM} as ${bo}.`);
+  await follow(page, page.locator("header").getByRole("button", { name: `Back to ${boHome}` }));
+  await see(page, ".notice", `Back in ${boHome}.`);
+  await see(page, "header .ns", boHome);
+  await page.context().clearCookies();
+
+  // The owner hands the team to the developer and is one of its admins then.
+  await login(page, { namespace: annHome, id: ann, secret: `${ann} password` });
+  await visit(page, `/team?namespace=${TEAM}`);
+  await follow(page, page.getByRole("button", { name: `Make ${bo} the owner` }));
+  await see(page, ".notice", `${bo} owns ${TEAM} now; you are one of its admins.`);
+  const row = page.locator("table.teams tbody tr").filter({ has: page.locator("td", { hasText: TEAM }) });
+  assertEqual(await row.locator("td.role").innerText(), "admin", "her role now");
+  assertEqual(await page.getByRole("button", { name: /^Make .* the owner$/ }).count(), 0, "only an owner hands over");
+  await page.context().clearCookies();
+
+  // The new owner makes her a viewer: in the team she reads, and changes nothing.
+  await login(page, { namespace: boHome, id: bo, secret: `${bo} password` });
+  await visit(page, `/team?namespace=${TEAM}`);
+  const roleOfAnn = page.locator("form").filter({ has: page.getByLabel(`Role of ${ann}`, { exact: true }) });
+  await roleOfAnn.getByLabel(`Role of ${ann}`, { exact: true }).selectOption("viewer");
+  await follow(page, roleOfAnn.getByRole("button", { name: "Change" }));
+  await see(page, ".notice", `${ann} is now viewer.`);
+  await page.context().clearCookies();
+  await login(page, { namespace: annHome, id: ann, secret: `${ann} password` });
+  await enter(ann);
+  await visit(page, `${notes}?key=from-bo`);
+  await see(page, "main pre", "written by from-bo");
+  await write("from-ann");
+  await see(page, '.error[role="alert"]', "403 Forbidden");
+  await visit(page, "/runtime");
+  await page.getByLabel("Source", { exact: true }).fill("examples/helloworld");
+  await page.getByLabel("Name", { exact: true }).fill("by-a-viewer");
+  await follow(page, page.getByRole("button", { name: "Run", exact: true }));
+  await see(page, '.error[role="alert"]', "403 Forbidden");
+  // Team calls are the person's own: not while working in a team.
+  await visit(page, "/team");
+  await follow(page, page.locator("main").getByRole("button", { name: `Back to ${annHome}` }));
+  await see(page, "header .ns", annHome);
+});
+
 step("signup: the third person is still waiting", async ({ page }) => {
   if (!MAIL) skip("E2E_MAIL_DIR is not set (web.rs sets it for the platform's signup run)");
   await login(page);

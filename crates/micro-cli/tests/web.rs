@@ -192,7 +192,7 @@ async fn platform_signup_in_a_real_browser() {
         ("E2E_ONLY", "^signup: "),
     ];
     let stdout = e2e(&env).await;
-    assert!(stdout.contains("e2e: 7 passed, 0 failed, 0 skipped"), "{stdout}");
+    assert!(stdout.contains("e2e: 8 passed, 0 failed, 0 skipped"), "{stdout}");
 }
 
 /// `MICRO_TLS=auto`: the dashboard over HTTPS in a browser that trusts the local CA the

@@ -80,6 +80,13 @@ pub(crate) fn layout(page: &Page, title: &str, active: &str, body: Markup) -> Ma
                         } @else {
                             span.ns title="Namespace" { (s.namespace) }
                         }
+                        @if let Some(own) = &s.away_from {
+                            form.inline method="post" action="/team" {
+                                (csrf(page))
+                                input type="hidden" name="action" value="home";
+                                button type="submit" { "Back to " (own.namespace) }
+                            }
+                        }
                         span.account { (s.account) }
                         form.inline method="post" action="/logout" {
                             (csrf(page))

@@ -26,6 +26,8 @@ pub(crate) struct Session {
     pub(crate) expiry: u64,
     pub(crate) csrf: String,
     started: u64,
+    /// The person's own session while they work in a team's namespace (`Sessions::enter`).
+    pub(crate) away_from: Option<Box<Started>>,
 }
 
 impl Session {
@@ -37,6 +39,7 @@ impl Session {
 }
 
 /// What a new session starts with.
+#[derive(Clone, Debug)]
 pub(crate) struct Started {
     pub(crate) namespace: String,
     pub(crate) home: String,
@@ -75,6 +78,7 @@ impl Sessions {
             expiry: s.expiry,
             csrf: random_id(),
             started: now(),
+            away_from: None,
         };
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_SESSIONS {
@@ -103,6 +107,48 @@ impl Sessions {
         s.token = token;
         s.refresh = refresh;
         s.expiry = expiry;
+        Some(s.clone())
+    }
+
+    /// The session of `id` works as `team` (an account in a team's namespace) until
+    /// [`Sessions::leave`]; the person's own account is kept aside (the first one, when
+    /// they go from one team to another).
+    pub(crate) fn enter(&self, id: &str, team: Started) -> Option<Session> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let s = map.get_mut(id)?;
+        if s.away_from.is_none() {
+            s.away_from = Some(Box::new(Started {
+                namespace: s.namespace.clone(),
+                home: s.home.clone(),
+                account: s.account.clone(),
+                admin: s.admin,
+                token: s.token.clone(),
+                refresh: s.refresh.clone(),
+                expiry: s.expiry,
+            }));
+        }
+        s.namespace = team.namespace;
+        s.home = team.home;
+        s.account = team.account;
+        s.admin = team.admin;
+        s.token = team.token;
+        s.refresh = team.refresh;
+        s.expiry = team.expiry;
+        Some(s.clone())
+    }
+
+    /// Back to the person's own account after [`Sessions::enter`].
+    pub(crate) fn leave(&self, id: &str) -> Option<Session> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let s = map.get_mut(id)?;
+        let own = s.away_from.take()?;
+        s.namespace = own.namespace;
+        s.home = own.home;
+        s.account = own.account;
+        s.admin = own.admin;
+        s.token = own.token;
+        s.refresh = own.refresh;
+        s.expiry = own.expiry;
         Some(s.clone())
     }
 

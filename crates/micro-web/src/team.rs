@@ -6,8 +6,12 @@
 //! own namespace and checks their role in the team (admins manage members; the owner
 //! also its plan).
 //!
+//! "Work in it" switches the session to the person's account in a team's namespace (its
+//! tokens from `Team.Switch`; the person's own are kept aside), and "Back to …" returns;
+//! the owner hands the team to another member ("Make owner", `Team.Transfer`).
+//!
 //! `GET /team[?namespace=<team>]`, `GET /team/accept?namespace=&code=`, `POST /team`
-//! (`action=create|invite|role|remove|accept`).
+//! (`action=create|invite|role|remove|accept|transfer|switch|home`).
 
 use super::html;
 use super::{Form, Page, encode, page_response, redirect};
@@ -17,7 +21,7 @@ use maud::html;
 use micro_core::Status;
 use serde_json::{Value, json};
 
-/// The roles a member can be given here (ownership moves with `micro team transfer`).
+/// The roles a member can be given here (ownership moves with "Make owner").
 const ROLES: [&str; 3] = ["viewer", "developer", "admin"];
 
 /// `GET /team`, `GET /team/accept`.
@@ -40,7 +44,54 @@ pub(crate) async fn post(page: &Page, form: &Form) -> Response<Body> {
         let client = client.clone();
         async move { client.call_json("platform", endpoint, &body).await }
     };
-    let (result, back) = match form.get("action") {
+    let action = form.get("action");
+    if action == "home" {
+        return match page.web.inner.sessions.leave(&page.session.id) {
+            Some(s) => redirect(&format!("/team?done={}", encode(&format!("Back in {}.", s.namespace)))),
+            None => redirect("/team"),
+        };
+    }
+    if page.session.away_from.is_some() {
+        // Team calls are the person's, from their own namespace.
+        return bad(page, "You are working in a team: go back to your own namespace first.").await;
+    }
+    let (result, back) = match action {
+        "switch" => {
+            let role = match call("Team.Namespaces", json!({})).await {
+                Ok(mine) => mine["teams"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|t| t["namespace"] == team.as_str())
+                    .and_then(|t| t["role"].as_str())
+                    .map(str::to_string),
+                Err(e) => return teams(page, Some(e), StatusCode::OK).await,
+            };
+            let Some(role) = role else {
+                return bad(page, "You are not a member of that team.").await;
+            };
+            match call("Team.Switch", json!({"namespace": team})).await {
+                Ok(t) => {
+                    let entered = super::session::Started {
+                        namespace: team.clone(),
+                        home: team.clone(),
+                        account: t["id"].as_str().unwrap_or_default().to_string(),
+                        admin: role == "owner" || role == "admin",
+                        token: t["access_token"].as_str().unwrap_or_default().to_string(),
+                        refresh: t["refresh_token"].as_str().unwrap_or_default().to_string(),
+                        expiry: t["expiry"].as_u64().unwrap_or_default(),
+                    };
+                    page.web.inner.sessions.enter(&page.session.id, entered);
+                    return redirect("/services");
+                }
+                Err(e) => (Err(e), team),
+            }
+        }
+        "transfer" => {
+            let email = form.get("email").trim().to_string();
+            let r = call("Team.Transfer", json!({"namespace": team, "email": email})).await;
+            (r.map(|_| format!("{email} owns {team} now; you are one of its admins.")), team)
+        }
         "create" => {
             let name = form.get("name").trim().to_string();
             let r = call("Team.Create", json!({"name": name})).await;
@@ -114,8 +165,23 @@ fn accept_page(page: &Page, error: Option<&Status>, status: StatusCode) -> Respo
     page_response(status, html::layout(page, "Accept an invite", "team", body))
 }
 
-/// The page: your teams, a new team, and the chosen team's members.
+/// The page: your teams, a new team, and the chosen team's members (while working in a
+/// team: the way back).
 async fn teams(page: &Page, error: Option<Status>, status: StatusCode) -> Response<Body> {
+    if let Some(own) = &page.session.away_from {
+        let body = html! {
+            @if let Some(e) = &error { (html::error(e)) }
+            p.notice role="status" {
+                "You are working in " strong { (page.session.namespace) } " as " (page.session.account) "."
+            }
+            form.inline method="post" action="/team" {
+                (html::csrf(page))
+                input type="hidden" name="action" value="home";
+                button type="submit" { "Back to " (own.namespace) }
+            }
+        };
+        return page_response(status, html::layout(page, "Teams", "team", body));
+    }
     let client = page.client();
     let mine = match client.call_json("platform", "Team.Namespaces", &json!({})).await {
         Ok(v) => v,
@@ -148,7 +214,7 @@ async fn teams(page: &Page, error: Option<Status>, status: StatusCode) -> Respon
                 p { "None yet. Make one below, or accept an invite: " a href="/team/accept" { "accept an invite" } "." }
             } @else {
                 table.teams {
-                    thead { tr { th scope="col" { "Team" } th scope="col" { "Your role" } th scope="col" { "" } } }
+                    thead { tr { th scope="col" { "Team" } th scope="col" { "Your role" } th scope="col" { "" } th scope="col" { "" } } }
                     tbody {
                         @for t in &list {
                             @let ns = t["namespace"].as_str().unwrap_or_default();
@@ -156,11 +222,19 @@ async fn teams(page: &Page, error: Option<Status>, status: StatusCode) -> Respon
                                 td { a href={ "/team?namespace=" (encode(ns)) } { (ns) } }
                                 td.role { (t["role"].as_str().unwrap_or_default()) }
                                 td { a href={ "/plan?namespace=" (encode(ns)) } { "Plan" } }
+                                td {
+                                    form.inline method="post" action="/team" {
+                                        (html::csrf(page))
+                                        input type="hidden" name="action" value="switch";
+                                        input type="hidden" name="namespace" value=(ns);
+                                        button type="submit" aria-label={ "Work in " (ns) } { "Work in it" }
+                                    }
+                                }
                             }
                         }
                     }
                 }
-                p.hint { "Work in a team's namespace with the CLI: " code { "micro namespace switch <team>" } "." }
+                p.hint { "With the CLI: " code { "micro namespace switch <team>" } "." }
             }
             form.inline method="post" action="/team" {
                 (html::csrf(page))
@@ -202,6 +276,15 @@ async fn teams(page: &Page, error: Option<Status>, status: StatusCode) -> Respon
                                         }
                                         td { (date(&p["since"])) }
                                         td {
+                                            @if mine == "owner" && role != "owner" {
+                                                form.inline method="post" action="/team" {
+                                                    (html::csrf(page))
+                                                    input type="hidden" name="action" value="transfer";
+                                                    input type="hidden" name="namespace" value=(ns);
+                                                    input type="hidden" name="email" value=(email);
+                                                    button type="submit" aria-label={ "Make " (email) " the owner" } { "Make owner" }
+                                                }
+                                            }
                                             @if role != "owner" && (manage || email == page.session.account) {
                                                 form.inline method="post" action="/team" {
                                                     (html::csrf(page))
