@@ -1373,6 +1373,7 @@ step("signup: in the dashboard a member works in the team and back, the owner ha
   await see(page, 'p.ok[role="status"]', "Saved.");
   await visit(page, "/team");
   await see(page, ".notice", `You are working in ${TEAM} as ${bo}.`);
+  await look(page, "team-away");
   await follow(page, page.locator("header").getByRole("button", { name: `Back to ${boHome}` }));
   await see(page, ".notice", `Back in ${boHome}.`);
   await see(page, "header .ns", boHome);
