@@ -134,5 +134,10 @@ pub(crate) async fn plan(c: &Ctx, args: &[String]) -> Result<()> {
     ] {
         println!("  {what:<24} {}{unit}", l[key]);
     }
+    let egress = match l["egress"].as_str() {
+        Some("none") => "none (the platform's proxy only)",
+        _ => "internet (public addresses and the platform's proxy)",
+    };
+    println!("  {:<24} {egress}", "network egress");
     Ok(())
 }

@@ -216,6 +216,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     };
     let wiring = crate::runtime::Wiring {
         server: proxy_node.clone(),
+        listeners: vec![proxy, api],
         tls: tls.is_some(),
         ca: ca_pem,
         registry: registry.clone(),

@@ -551,6 +551,10 @@ impl Config {
         if let Some(v) = env("MICRO_RUNTIME_UID").filter(|v| !v.is_empty()) {
             c.runtime.sandbox_user = Some(user("MICRO_RUNTIME_UID", &v)?);
         }
+        if let Some(v) = env("MICRO_RUNTIME_EGRESS").filter(|v| !v.is_empty()) {
+            c.runtime.egress =
+                v.trim().parse().map_err(|e: String| Error::Config(format!("MICRO_RUNTIME_EGRESS: {e}")))?;
+        }
         if let Some(v) = env("MICRO_RUNTIME_ALLOW_HOSTS") {
             c.runtime.allow_hosts = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
         }

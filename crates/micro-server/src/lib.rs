@@ -45,7 +45,7 @@ pub use auth::keys::Signer;
 pub use auth::{ACCESS_TTL, ADMIN_PASSWORD_FILE, REFRESH_TTL};
 pub use config::{Backends, Config, Join, Secret};
 pub use products::NAMES as PRODUCTS;
-pub use runtime::{RuntimeConfig, SandboxMode};
+pub use runtime::{EgressMode, RuntimeConfig, SandboxMode};
 pub use tls::TlsMode;
 
 /// Makes every file this process creates from now on private to its user (umask 077:

@@ -103,6 +103,9 @@ async fn plan(page: &Page, error: Option<Status>, status: StatusCode) -> Respons
                     tr { th scope="row" { "Requests a month" } td { (n(&l["requests_per_month"])) } }
                     tr { th scope="row" { "Storage" } td { (n(&l["storage_mb"])) " MiB" } }
                     tr { th scope="row" { "Build minutes a month" } td { (n(&l["build_minutes"])) } }
+                    tr { th scope="row" { "Network egress" } td {
+                        @if l["egress"] == "none" { "none (the platform only)" } @else { "the internet" }
+                    } }
                 }
             }
         }

@@ -162,10 +162,17 @@ impl Service {
     }
 
     /// A client that reaches the other services through the service's server, sending
-    /// the service's token, in its namespace: for calling services from handlers.
+    /// the service's token, in its namespace: for calling services from handlers. With
+    /// `MICRO_CALLS=proxy` (set by the runtime where tenants' code may connect to the
+    /// server's proxy only) every call goes through the proxy; otherwise straight to a
+    /// node the registry names.
     pub fn client(&self) -> Result<Client, Status> {
-        let channel = self.channel()?;
-        let client = Client::new(Arc::new(RemoteRegistry::on(channel))).namespace(self.effective_namespace());
+        let client = if calls_via_proxy() {
+            Client::via_proxy(self.effective_server()).transport(self.transport.clone().unwrap_or_default())
+        } else {
+            Client::new(Arc::new(RemoteRegistry::on(self.channel()?)))
+        };
+        let client = client.namespace(self.effective_namespace());
         Ok(match &self.credentials {
             Some(c) => client.auth(Arc::new(Bearer(c.clone()))),
             None => client,
@@ -545,8 +552,11 @@ impl Service {
         ));
         let (stopping, stop_rx) = tokio::sync::watch::channel(false);
         let tasks = self.tasks.drain(..).map(|t| tokio::spawn(t(Stopping(stop_rx.clone())))).collect();
+        let via = (calls_via_proxy() && !local_only)
+            .then(|| (self.effective_server(), self.transport.clone().unwrap_or_default()));
         Ok(Running {
             addr,
+            via,
             namespace: self.namespace,
             record,
             registry,
@@ -629,6 +639,8 @@ async fn heartbeat(registry: Arc<dyn Registry>, ns: String, record: micro_core::
 /// A running service.
 pub struct Running {
     addr: SocketAddr,
+    /// The proxy every call goes through (`MICRO_CALLS=proxy`), with its transport.
+    via: Option<(String, crate::Transport)>,
     namespace: String,
     record: micro_core::registry::Service,
     registry: Arc<dyn Registry>,
@@ -655,7 +667,11 @@ impl Running {
     /// A client that finds services through the same registry and namespace, and sends
     /// the service's token when it has credentials.
     pub fn client(&self) -> Client {
-        let client = Client::new(self.registry.clone()).namespace(&self.namespace);
+        let client = match &self.via {
+            Some((proxy, transport)) => Client::via_proxy(proxy.clone()).transport(transport.clone()),
+            None => Client::new(self.registry.clone()),
+        };
+        let client = client.namespace(&self.namespace);
         match &self.credentials {
             Some(c) => client.auth(Arc::new(Bearer(c.clone()))),
             None => client,
@@ -702,4 +718,9 @@ impl Drop for Running {
             let _ = tx.send(());
         }
     }
+}
+
+/// Whether calls to other services go through the server's proxy (`MICRO_CALLS=proxy`).
+fn calls_via_proxy() -> bool {
+    std::env::var("MICRO_CALLS").is_ok_and(|v| v.trim() == "proxy")
 }

@@ -39,12 +39,37 @@ pub struct Limits {
     /// Processes and threads of one instance (0: the runtime's default).
     #[serde(default)]
     pub pids: u64,
+    /// Where its services may connect: `internet` (public addresses and the platform's
+    /// proxy; no host or private address) or `none` (the proxy only).
+    #[serde(default)]
+    pub egress: Egress,
+}
+
+/// Where a plan's services may connect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    /// Public addresses and the platform's proxy.
+    #[default]
+    Internet,
+    /// The platform's proxy only.
+    None,
 }
 
 /// The default limits of each plan.
 pub fn defaults() -> BTreeMap<String, Limits> {
     let plan = |services, instances, memory_mb, requests_per_month, storage_mb, build_minutes, cpu_millis, pids| {
-        Limits { services, instances, memory_mb, requests_per_month, storage_mb, build_minutes, cpu_millis, pids }
+        Limits {
+            services,
+            instances,
+            memory_mb,
+            requests_per_month,
+            storage_mb,
+            build_minutes,
+            cpu_millis,
+            pids,
+            egress: Egress::Internet,
+        }
     };
     [
         ("community".to_string(), plan(2, 1, 256, 100_000, 100, 60, 500, 128)),
@@ -139,7 +164,7 @@ fn quota(plan: &str, plans: &BTreeMap<String, Limits>) -> Value {
             ("pids", l.pids),
         ]
     };
-    let mut q = json!({"plan": plan});
+    let mut q = json!({"plan": plan, "egress": limits.egress});
     let mut lifts = serde_json::Map::new();
     let above = PLANS.iter().skip_while(|p| **p != plan).skip(1);
     for (field, value) in fields(&limits) {
@@ -283,6 +308,7 @@ mod tests {
         let q = quota("community", &defaults());
         assert_eq!((q["plan"].as_str(), q["services"].as_u64()), (Some("community"), Some(2)));
         assert_eq!(q["lifts"]["services"], "the personal plan allows 10: micro plan set personal");
+        assert_eq!(q["egress"], "internet", "every plan reaches the internet unless the operator says otherwise");
         let top = quota("team", &defaults());
         assert!(top["lifts"].as_object().unwrap().is_empty());
     }

@@ -462,3 +462,129 @@ async fn each_tenant_runs_as_its_own_user_held_to_its_plans_memory_cpu_and_proce
         );
     }
 }
+
+/// A tenant's service that tries to connect to each of `TARGETS` (`host:port`, comma
+/// separated) and says which it reached.
+fn prober() -> tempfile::TempDir {
+    let script = r#"import os, socket, time
+print("UID=%d" % os.getuid(), flush=True)
+for t in os.environ["TARGETS"].split(","):
+    host, port = t.rsplit(":", 1)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=3).close()
+        print("OPEN", t, flush=True)
+    except OSError as e:
+        print("SHUT", t, e, flush=True)
+print("PROBED", flush=True)
+time.sleep(600)
+"#;
+    project(&[("micro.toml", "run = \"python3 probe.py\"\n"), ("probe.py", script)])
+}
+
+/// The address this host reaches the internet from (none without a route).
+fn host_address() -> Option<std::net::IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.123:9").ok()?;
+    Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified() && !ip.is_loopback())
+}
+
+/// Counts the connections a listener took.
+struct Counted {
+    address: String,
+    hits: Arc<Mutex<u32>>,
+}
+
+impl Counted {
+    fn start(bind: &str, probe_ip: &str) -> Counted {
+        let l = TcpListener::bind(bind).unwrap();
+        let address = format!("{probe_ip}:{}", l.local_addr().unwrap().port());
+        let hits = Arc::new(Mutex::new(0));
+        let h = hits.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                *h.lock().unwrap() += 1;
+                drop(s);
+            }
+        });
+        Counted { address, hits }
+    }
+
+    fn hits(&self) -> u32 {
+        *self.hits.lock().unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_code_reaches_no_other_tenant_nor_the_hosts_network_only_what_its_plan_allows() {
+    let root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0");
+    if !have(&["python3"]) || !sandbox_available() || !root {
+        return; // per-namespace users (and so the packet filter) need a root server
+    }
+    let data = tempfile::tempdir().unwrap();
+    // The operator allows one internal address (127.0.0.2).
+    let s = Server::start(data.path(), &[("MICRO_RUNTIME_ALLOW_HOSTS", "127.0.0.2"), ("MICRO_RUNTIME_EGRESS", "on")])
+        .await;
+    // Another tenant's HTTP app, and what listens on the host: a database on loopback,
+    // one on every address (reached by the host's own), and the operator's allowed one.
+    let other = s.namespace_admin("other", "keeper", "keeper-secret-2").await;
+    let mine = neighbour();
+    assert!(other.ok(&["run", mine.path().to_str().unwrap(), "--name", "quiet"]).await.contains("quiet running"));
+    let got = other.json(&["get", "service", "quiet", "-o", "json"]).await;
+    let instance = got[0]["nodes"][0]["address"].as_str().unwrap().trim_start_matches("http://").to_string();
+    let database = Counted::start("127.0.0.1:0", "127.0.0.1");
+    let allowed = Counted::start("127.0.0.2:0", "127.0.0.2");
+    let everywhere = host_address().map(|ip| Counted::start("0.0.0.0:0", &ip.to_string()));
+    let proxy = s.process.proxy.clone();
+    let gateway = s.api.clone();
+    let mut targets = vec![instance.clone(), database.address.clone(), allowed.address.clone(), proxy, gateway];
+    targets.extend(everywhere.iter().map(|e| e.address.clone()));
+    let env = format!("TARGETS={}", targets.join(","));
+
+    let shop = s.namespace_admin("shop", "keeper", "keeper-secret-1").await;
+    let probe = prober();
+    let run = |name: &'static str| {
+        let (shop, env, path) = (&shop, env.clone(), probe.path().to_str().unwrap().to_string());
+        async move {
+            shop.ok(&["run", &path, "--name", name, "--env", &env]).await;
+            shop.wait_log(&["logs", name, "-n", "1000"], "PROBED", Duration::from_secs(60)).await
+        }
+    };
+    let reached = |logs: &str, t: &str| logs.lines().any(|l| l == format!("OPEN {t}"));
+    let refused = |logs: &str, t: &str| logs.lines().any(|l| l.starts_with(&format!("SHUT {t} ")));
+
+    // Egress `internet` (every plan's by default): the platform and what the operator
+    // allows; not the other tenant's instance, nor anything else of the host's.
+    let logs = run("probe").await;
+    for t in [&instance, &database.address] {
+        assert!(refused(&logs, t), "{t} reached: {logs}");
+    }
+    if let Some(e) = &everywhere {
+        assert!(refused(&logs, &e.address), "the host's own address reached: {logs}");
+    }
+    assert!(reached(&logs, &allowed.address), "the operator's allowed address: {logs}");
+    for t in [&s.process.proxy, &s.api] {
+        assert!(reached(&logs, t), "the server's {t}: {logs}");
+    }
+    let isolation = shop.status("probe").await["isolation"].as_str().unwrap().to_string();
+    assert!(isolation.contains("egress: internet"), "{isolation}");
+
+    // A plan with egress `none`: the platform only, from the next start.
+    s.ok(&["--namespace", "micro", "config", "set", "quota.shop", r#"{"plan": "community", "egress": "none"}"#]).await;
+    shop.ok(&["kill", "probe"]).await;
+    let logs = run("probe2").await;
+    assert!(refused(&logs, &allowed.address), "egress none reached {}: {logs}", allowed.address);
+    assert!(refused(&logs, &instance) && refused(&logs, &database.address), "{logs}");
+    assert!(reached(&logs, &s.process.proxy), "{logs}");
+    let isolation = shop.status("probe2").await["isolation"].as_str().unwrap().to_string();
+    assert!(isolation.contains("egress: none"), "{isolation}");
+
+    // Nothing got through to the host's listeners (the allowed one took the first run's).
+    assert_eq!(database.hits(), 0);
+    assert!(everywhere.iter().all(|e| e.hits() == 0));
+    assert_eq!(allowed.hits(), 1);
+    // The other tenant's app still answers through the gateway.
+    let r = micro_test::http(&s.api, "GET", "/quiet/", &[("micro-namespace", "other")], b"").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    shop.ok(&["kill", "probe2"]).await;
+    other.ok(&["kill", "quiet"]).await;
+}

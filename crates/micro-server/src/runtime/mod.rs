@@ -13,6 +13,7 @@
 mod build;
 mod cgroup;
 mod egress;
+mod firewall;
 mod logs;
 mod process;
 mod quota;
@@ -20,6 +21,7 @@ pub(crate) mod rpc;
 mod sandbox;
 mod source;
 
+pub use firewall::EgressMode;
 pub use sandbox::SandboxMode;
 
 use crate::auth::AuthService;
@@ -99,6 +101,9 @@ pub struct RuntimeConfig {
     /// Hosts tenants' git sources may come from although they are internal
     /// (`MICRO_RUNTIME_ALLOW_HOSTS`: host names, addresses and CIDRs, comma-separated).
     pub allow_hosts: Vec<String>,
+    /// Whether tenants' connections are filtered by their plan's egress
+    /// (`MICRO_RUNTIME_EGRESS`: `auto`, `on` or `off`).
+    pub egress: EgressMode,
 }
 
 impl Default for RuntimeConfig {
@@ -113,6 +118,7 @@ impl Default for RuntimeConfig {
             upload_max: 512 << 20,
             build_timeout: Duration::from_secs(30 * 60),
             sandbox: SandboxMode::Auto,
+            egress: EgressMode::Auto,
             sandbox_user: None,
             allow_hosts: Vec::new(),
         }
@@ -149,6 +155,8 @@ struct Inner {
     sandbox: Arc<sandbox::Sandbox>,
     /// How instances' resources are held.
     cgroups: Arc<cgroup::Cgroups>,
+    /// Where tenants' code may connect.
+    firewall: Arc<firewall::Firewall>,
     /// Internal hosts tenants' git sources may come from.
     allowed: Vec<egress::Allowed>,
 }
@@ -206,6 +214,9 @@ struct Managed {
 pub(crate) struct Wiring {
     /// This node's proxy address (what services are told to use, and the leader's address).
     pub(crate) server: String,
+    /// The addresses the proxy and the gateway listen on: tenants' code may connect to
+    /// them (and to nothing else of the host's).
+    pub(crate) listeners: Vec<std::net::SocketAddr>,
     /// Whether the proxy speaks TLS (services are told `https://…`).
     pub(crate) tls: bool,
     /// The local CA services trust the proxy's certificate by (PEM), with `MICRO_TLS=auto`.
@@ -229,7 +240,7 @@ impl Runtime {
     /// brings every service back to its desired state (or, in a cluster, campaigns to
     /// be the node that runs them).
     pub(crate) async fn open(data_dir: &Path, config: RuntimeConfig, wiring: Wiring) -> Result<Runtime, Status> {
-        let Wiring { server, tls, ca, registry, auth, db, env_sealer, secrets, cluster } = wiring;
+        let Wiring { server, listeners, tls, ca, registry, auth, db, env_sealer, secrets, cluster } = wiring;
         let dir = data_dir.join("runtime");
         std::fs::create_dir_all(&dir).map_err(|e| Status::internal(ID, format!("{}: {e}", dir.display())))?;
         // Canonical: the sandbox binds these paths as they are.
@@ -265,6 +276,24 @@ impl Runtime {
         };
         let cgroups = Arc::new(cgroup::Cgroups::probe(&tag));
         tracing::info!(limits = %cgroups.describe(), "runtime");
+        let firewall = {
+            // The proxy as services are told it, and the listeners themselves.
+            let bare = server.trim_start_matches("https://").trim_start_matches("http://").to_string();
+            let mut reach: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host(bare.as_str()).await.map(|a| a.collect()).unwrap_or_default();
+            reach.extend(listeners);
+            reach.sort();
+            reach.dedup();
+            let fw = if !sandbox.available() {
+                firewall::Firewall::off("there is no sandbox")
+            } else {
+                firewall::Firewall::setup(config.egress, &tag, &reach, &allowed, sandbox.per_namespace_users())
+                    .await
+                    .map_err(|e| Status::unavailable(ID, format!("no egress filter (MICRO_RUNTIME_EGRESS=on): {e}")))?
+            };
+            tracing::info!(egress = %fw.describe(None), "runtime");
+            Arc::new(fw)
+        };
         let builder = Builder {
             target_dir,
             cargo_home: dir.join("cargo"),
@@ -295,6 +324,7 @@ impl Runtime {
                 stopping: tokio::sync::watch::channel(false).0,
                 sandbox,
                 cgroups,
+                firewall,
                 allowed,
             }),
         };
@@ -822,7 +852,30 @@ impl Runtime {
 
     /// The isolation in force, as `micro status` shows it.
     pub(crate) fn isolation(&self, ns: &str) -> String {
-        format!("{}; limits: {}", self.inner.sandbox.describe(ns), self.inner.cgroups.describe())
+        let egress = if ns == micro_core::namespace::DEFAULT && self.inner.firewall.is_on() {
+            "egress: not filtered (namespace micro's code is the operators')".to_string()
+        } else {
+            self.inner.firewall.describe(self.inner.sandbox.known_uid(ns))
+        };
+        format!("{}; limits: {}; {egress}", self.inner.sandbox.describe(ns), self.inner.cgroups.describe())
+    }
+
+    /// Whether namespace `ns`'s connections are filtered: tenants' are where the filter
+    /// works; the operators' (namespace micro's code, trusted as the server is) never.
+    fn filtered(&self, ns: &str) -> bool {
+        self.inner.firewall.is_on() && ns != micro_core::namespace::DEFAULT
+    }
+
+    /// Gives namespace `ns`'s user egress `egress` (nothing to do without a filter).
+    async fn egress(&self, ns: &str, egress: firewall::Egress) -> Result<(), Status> {
+        if !self.filtered(ns) {
+            return Ok(());
+        }
+        match self.inner.sandbox.owner(ns) {
+            Ok(Some((uid, _))) => self.inner.firewall.apply(uid, egress).await,
+            Ok(None) => Ok(()),
+            Err(e) => Err(Status::internal(ID, format!("no user for namespace {ns}: {e}"))),
+        }
     }
 
     fn set_phase(m: &Managed, status: &str, error: &str) {
@@ -925,14 +978,24 @@ impl Runtime {
             // Reachable from the other nodes: framework services listen on the host.
             env.push(("MICRO_SERVICE_ADDRESS".to_string(), format!("{}:0", self.inner.config.host)));
         }
+        // Calls to other services go through the proxy: the packet filter lets the code
+        // reach nothing else of the host's.
+        if self.filtered(&m.namespace) {
+            env.push(("MICRO_CALLS".to_string(), "proxy".to_string()));
+        }
         // The namespace's quota as it is now (a plan changed since holds from this start).
-        let limits = match quota::Quota::of(self.inner.secrets.as_ref(), &m.namespace).await {
-            Ok(q) => q.limits(spec.memory),
+        let quota = match quota::Quota::of(self.inner.secrets.as_ref(), &m.namespace).await {
+            Ok(q) => q,
             Err(e) => {
                 Self::set_phase(&m, "error", e.detail());
                 return;
             }
         };
+        let limits = quota.limits(spec.memory);
+        if let Err(e) = self.egress(&m.namespace, quota.egress()).await {
+            Self::set_phase(&m, "error", e.detail());
+            return;
+        }
         *m.limits.lock().unwrap_or_else(|e| e.into_inner()) = limits;
         let launch = Arc::new(Launch {
             namespace: m.namespace.clone(),
@@ -1022,6 +1085,9 @@ impl Runtime {
         std::fs::create_dir_all(&work).map_err(|e| Status::internal(ID, format!("{}: {e}", work.display())))?;
         clear_dir(&src)?;
         hand_over(&work)?;
+        // Fetches and builds connect as the namespace's code does.
+        let egress = quota::Quota::of(self.inner.secrets.as_ref(), &m.namespace).await?.egress();
+        self.egress(&m.namespace, egress).await?;
         let version = match source::parse(&spec.source, &spec.upload, self.inner.config.repo.as_deref())? {
             source::Source::Upload(id) => {
                 m.build_log.line("build", &format!("[runtime] unpacking {}", spec.source));

@@ -1,7 +1,7 @@
 //! Per-namespace quotas, as the platform (or an operator) sets them in the `micro`
 //! namespace's config at `quota.<namespace>`: how many services, instances of one service,
 //! the memory, CPU (thousandths of a core) and processes of one instance, and build
-//! minutes a month. Without
+//! minutes a month; where its code may connect (`egress`: `internet` or `none`). Without
 //! one, only the runtime's own limits hold ([`DEFAULT_PIDS`] processes an instance).
 //!
 //! ```json
@@ -42,6 +42,9 @@ pub(crate) struct Quota {
     /// Build time a calendar month (UTC), in minutes.
     #[serde(default)]
     build_minutes: Option<u64>,
+    /// Where its code may connect (default: the public internet).
+    #[serde(default)]
+    egress: super::firewall::Egress,
     /// For each quota, what lifts it (a sentence).
     #[serde(default)]
     lifts: BTreeMap<String, String>,
@@ -58,6 +61,11 @@ impl Quota {
             cpu_millis: self.cpu_millis.unwrap_or(0),
             pids: self.pids.filter(|p| *p > 0).unwrap_or(DEFAULT_PIDS),
         }
+    }
+
+    /// Where the namespace's code may connect.
+    pub(crate) fn egress(&self) -> super::firewall::Egress {
+        self.egress
     }
 
     /// Namespace `ns`'s quota, read from `config` now (changes take effect at once).

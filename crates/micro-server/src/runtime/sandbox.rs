@@ -7,8 +7,8 @@
 //! When the server runs as root, `bwrap` runs as root to make the namespaces and
 //! mounts (it can then show toolchains kept under `/root`), and `setpriv` drops to the
 //! namespace's own user with no capabilities and `no_new_privs` before the service's
-//! code starts: each namespace gets a uid of its own, from [`FIRST_UID`] on, kept in
-//! the runtime's `uids.json` (or, when `MICRO_RUNTIME_UID` names one, every namespace
+//! code starts: each namespace gets a uid of its own, from the server's block on (see
+//! [`first_uid`]), kept in the runtime's `uids.json` (or, when `MICRO_RUNTIME_UID` names one, every namespace
 //! runs as that user). A server that is not root runs `bwrap` as itself, in a user
 //! namespace.
 //!
@@ -53,9 +53,22 @@ impl std::str::FromStr for SandboxMode {
 const KEPT_WITHOUT_SANDBOX: [&str; 10] =
     ["PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "SSL_CERT_FILE"];
 
-/// The uid (and gid) of the first namespace's code when each gets its own: far above
-/// the system's and people's users and the usual subordinate id ranges.
+/// The lowest uid (and gid) of namespaces' code when each gets its own: far above the
+/// system's and people's users and the usual subordinate id ranges.
 pub(crate) const FIRST_UID: u32 = 1_000_000_000;
+
+/// Uids per server: each server (data dir) takes its namespaces' users from a block of
+/// its own, so servers sharing a host do not share users (nor packet filter rules).
+const UID_BLOCK: u32 = 10_000;
+
+/// The first uid of the server whose runtime dir is `dir`: one of 300 000 blocks above
+/// [`FIRST_UID`], chosen by the dir.
+pub(crate) fn first_uid(dir: &Path) -> u32 {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(dir.to_string_lossy().as_bytes());
+    let n = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) % 300_000;
+    FIRST_UID + n * UID_BLOCK
+}
 
 /// PATH inside the sandbox (the toolchain's bin dir goes first).
 const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -97,8 +110,9 @@ struct Demote {
 enum Users {
     /// Everyone as this user and group (`MICRO_RUNTIME_UID`).
     One(u32, u32),
-    /// Each namespace as its own, uid = gid, allocated in order and kept in `file`.
-    PerNamespace { file: PathBuf, map: Mutex<BTreeMap<String, u32>> },
+    /// Each namespace as its own, uid = gid, allocated in order from `first` and kept
+    /// in `file`.
+    PerNamespace { file: PathBuf, first: u32, map: Mutex<BTreeMap<String, u32>> },
 }
 
 impl Users {
@@ -106,12 +120,12 @@ impl Users {
     fn of(&self, ns: &str) -> std::io::Result<(u32, u32)> {
         match self {
             Users::One(uid, gid) => Ok((*uid, *gid)),
-            Users::PerNamespace { file, map } => {
+            Users::PerNamespace { file, first, map } => {
                 let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(uid) = map.get(ns) {
                     return Ok((*uid, *uid));
                 }
-                let next = map.values().max().map_or(FIRST_UID, |m| m + 1);
+                let next = map.values().max().map_or(*first, |m| m + 1);
                 if next == u32::MAX {
                     return Err(std::io::Error::other("no uid left for another namespace"));
                 }
@@ -126,14 +140,15 @@ impl Users {
         }
     }
 
-    /// Loads the namespaces' users kept in `file` (none when there is no file yet).
-    fn per_namespace(file: PathBuf) -> Result<Users, String> {
+    /// Loads the namespaces' users kept in `file` (none when there is no file yet); new
+    /// ones from `first` on.
+    fn per_namespace(file: PathBuf, first: u32) -> Result<Users, String> {
         let map = match std::fs::read(&file) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", file.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(format!("{}: {e}", file.display())),
         };
-        Ok(Users::PerNamespace { file, map: Mutex::new(map) })
+        Ok(Users::PerNamespace { file, first, map: Mutex::new(map) })
     }
 }
 
@@ -214,7 +229,10 @@ impl Sandbox {
                 Some(setpriv) => {
                     let users = match user {
                         Some((uid, gid)) => Users::One(uid, gid),
-                        None => Users::per_namespace(layout.uids.clone())?,
+                        None => {
+                            let dir = layout.uids.parent().unwrap_or(Path::new("/"));
+                            Users::per_namespace(layout.uids.clone(), first_uid(dir))?
+                        }
                     };
                     Kind::Bwrap { bwrap, drop: Some(Demote { setpriv, users }) }
                 }
@@ -277,6 +295,23 @@ impl Sandbox {
             ),
             Kind::Off(why) => format!("none ({why}): only admins of namespace micro may run services"),
         }
+    }
+
+    /// The user namespace `ns`'s code runs as, when it has one already (none is made).
+    pub(crate) fn known_uid(&self, ns: &str) -> Option<u32> {
+        match &self.kind {
+            Kind::Bwrap { drop: Some(Demote { users: Users::One(uid, _), .. }), .. } => Some(*uid),
+            Kind::Bwrap { drop: Some(Demote { users: Users::PerNamespace { map, .. }, .. }), .. } => {
+                map.lock().unwrap_or_else(|e| e.into_inner()).get(ns).copied()
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether each namespace's code runs as a user of its own (a root server without
+    /// `MICRO_RUNTIME_UID`).
+    pub(crate) fn per_namespace_users(&self) -> bool {
+        matches!(&self.kind, Kind::Bwrap { drop: Some(Demote { users: Users::PerNamespace { .. }, .. }), .. })
     }
 
     /// Why there is no sandbox (`None` when there is one).
@@ -710,15 +745,18 @@ mod tests {
     fn each_namespace_gets_a_user_of_its_own_kept_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("uids.json");
-        let users = Users::per_namespace(file.clone()).unwrap();
+        let first = first_uid(dir.path());
+        assert!(first >= FIRST_UID && first % UID_BLOCK == 0 && first < u32::MAX - UID_BLOCK, "{first}");
+        assert_ne!(first, first_uid(&dir.path().join("other")), "another server, another block");
+        let users = Users::per_namespace(file.clone(), first).unwrap();
         let (a, b) = (users.of("alpha").unwrap(), users.of("beta").unwrap());
-        assert_eq!(a, (FIRST_UID, FIRST_UID));
-        assert_eq!(b, (FIRST_UID + 1, FIRST_UID + 1));
+        assert_eq!(a, (first, first));
+        assert_eq!(b, (first + 1, first + 1));
         assert_eq!(users.of("alpha").unwrap(), a, "the same user again");
-        let again = Users::per_namespace(file.clone()).unwrap();
-        assert_eq!((again.of("beta").unwrap(), again.of("gamma").unwrap().0), (b, FIRST_UID + 2));
+        let again = Users::per_namespace(file.clone(), first).unwrap();
+        assert_eq!((again.of("beta").unwrap(), again.of("gamma").unwrap().0), (b, first + 2));
         std::fs::write(&file, "not json").unwrap();
-        assert!(Users::per_namespace(file).is_err(), "an unreadable file is an error, not a reuse of uids");
+        assert!(Users::per_namespace(file, first).is_err(), "an unreadable file is an error, not a reuse of uids");
         assert_eq!(Users::One(7, 8).of("any").unwrap(), (7, 8));
     }
 
