@@ -220,6 +220,23 @@ async fn every_command_prints_json_with_o_json() {
     assert_eq!(one(&cli, &["domain", "remove", "json.example.test"]).await["removed"], "json.example.test");
     run("domain remove");
 
+    // Public hosting (no hosting domain here: gateway paths only).
+    let h = one(&cli, &["hosting"]).await;
+    assert_eq!((h["domain"].as_str(), h["private"].as_bool()), (Some(""), Some(false)), "{h}");
+    run("hosting");
+    assert!(one(&cli, &["hosting", "list"]).await["services"].is_array());
+    run("hosting list");
+    let set = |h: &Value, name: &str| {
+        h["services"].as_array().into_iter().flatten().find(|x| x["name"] == name).map(|x| x["private"].clone())
+    };
+    let h = one(&cli, &["hosting", "private", "items"]).await;
+    assert_eq!(set(&h, "items"), Some(Value::Bool(true)), "{h}");
+    run("hosting private");
+    assert_eq!(one(&cli, &["hosting", "public"]).await["private"], false);
+    run("hosting public");
+    assert_eq!(set(&one(&cli, &["hosting", "default", "items"]).await, "items"), None);
+    run("hosting default");
+
     // What was metered (the calls above, stored within a flush or two).
     let metered = eventually(Duration::from_secs(10), || async {
         one(&cli, &["usage", "--by", "service"]).await["total"]["requests"].as_u64().unwrap_or(0) > 0

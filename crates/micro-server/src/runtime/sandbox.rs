@@ -61,13 +61,13 @@ pub(crate) const FIRST_UID: u32 = 1_000_000_000;
 /// its own, so servers sharing a host do not share users (nor packet filter rules).
 const UID_BLOCK: u32 = 10_000;
 
-/// The first uid of the server whose runtime dir is `dir`: one of 300 000 blocks above
-/// [`FIRST_UID`], chosen by the dir.
+/// The first uid of the tenants of the server whose runtime dir is `dir`: one of 299 999
+/// blocks above [`FIRST_UID`]'s own (namespace micro's), chosen by the dir.
 pub(crate) fn first_uid(dir: &Path) -> u32 {
     use sha2::Digest;
     let d = sha2::Sha256::digest(dir.to_string_lossy().as_bytes());
-    let n = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) % 300_000;
-    FIRST_UID + n * UID_BLOCK
+    let n = u32::from_be_bytes([d[0], d[1], d[2], d[3]]) % 299_999;
+    FIRST_UID + (n + 1) * UID_BLOCK
 }
 
 /// PATH inside the sandbox (the toolchain's bin dir goes first).
@@ -125,9 +125,18 @@ impl Users {
                 if let Some(uid) = map.get(ns) {
                     return Ok((*uid, *uid));
                 }
-                let next = map.values().max().map_or(*first, |m| m + 1);
-                if next == u32::MAX {
-                    return Err(std::io::Error::other("no uid left for another namespace"));
+                // The operators' namespace has the same user on every server of a host
+                // (its code is trusted as the server is, and may share build dirs);
+                // tenants' come from the server's block.
+                let next = if ns == micro_core::namespace::DEFAULT {
+                    FIRST_UID
+                } else {
+                    map.values().filter(|u| **u >= *first).max().map_or(*first, |m| m + 1)
+                };
+                if next >= first.saturating_add(UID_BLOCK) && next != FIRST_UID {
+                    return Err(std::io::Error::other(format!(
+                        "no uid left for another namespace (this server's {UID_BLOCK} are given)"
+                    )));
                 }
                 map.insert(ns.to_string(), next);
                 let json = serde_json::to_vec_pretty(&*map).map_err(std::io::Error::other)?;
@@ -746,9 +755,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("uids.json");
         let first = first_uid(dir.path());
-        assert!(first >= FIRST_UID && first % UID_BLOCK == 0 && first < u32::MAX - UID_BLOCK, "{first}");
+        assert!(first > FIRST_UID && first % UID_BLOCK == 0 && first < u32::MAX - UID_BLOCK, "{first}");
         assert_ne!(first, first_uid(&dir.path().join("other")), "another server, another block");
         let users = Users::per_namespace(file.clone(), first).unwrap();
+        assert_eq!(users.of("micro").unwrap(), (FIRST_UID, FIRST_UID), "the operators' user is every server's");
         let (a, b) = (users.of("alpha").unwrap(), users.of("beta").unwrap());
         assert_eq!(a, (first, first));
         assert_eq!(b, (first + 1, first + 1));
