@@ -214,9 +214,12 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     } else {
         proxy.to_string()
     };
+    // Where on this host tenants' nodes may be (MICRO_NODE_LOCAL).
+    let local_nodes = crate::targets::LocalNodes::new(config.node_local);
     let wiring = crate::runtime::Wiring {
         server: proxy_node.clone(),
         listeners: vec![proxy, api],
+        local_nodes: local_nodes.clone(),
         tls: tls.is_some(),
         ca: ca_pem,
         registry: registry.clone(),
@@ -240,7 +243,8 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     // Nodes may point neither at this server's listeners nor into the denied networks.
     let deny = crate::targets::parse_list(&config.node_deny).map_err(Error::Config)?;
     let targets = crate::targets::Targets::new([Some(api), Some(proxy), web].into_iter().flatten().collect(), deny)
-        .naming(vec![proxy_node.clone()]);
+        .naming(vec![proxy_node.clone()])
+        .local(local_nodes.clone());
 
     // The meter: its own store (shared in a cluster), out of the tenants' reach.
     let (meter, flusher) = match config.usage_flush {
@@ -401,6 +405,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         meter.clone(),
         node_transport,
         domains.clone(),
+        local_nodes.clone(),
     );
     // The dashboard and the gateway vouch for their clients' addresses with this key when
     // they call the core through the proxy (see micro::edge).

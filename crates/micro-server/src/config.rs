@@ -75,6 +75,9 @@ pub struct Config {
     /// The platform's hosting domain (`MICRO_HOSTING_DOMAIN`, like `apps.example.com`):
     /// the gateway serves `<service>.<namespace>.<domain>` and `<namespace>.<domain>`.
     pub hosting_domain: Option<String>,
+    /// Where on this host tenants' nodes may be (`MICRO_NODE_LOCAL`: `any`, the default,
+    /// or `runtime`: only the ports the runtime gave their instances).
+    pub node_local: crate::targets::NodeLocal,
     /// Certificates for the verified custom domains from an ACME server
     /// (`MICRO_ACME_DIRECTORY`, `MICRO_ACME_EMAIL`, `MICRO_ACME_CA`,
     /// `MICRO_ACME_RENEW_DAYS`); needs TLS and `MICRO_HTTP_REDIRECT_ADDRESS`.
@@ -132,6 +135,7 @@ impl Default for Config {
             cache_size: 64 << 20,
             dns: None,
             hosting_domain: None,
+            node_local: crate::targets::NodeLocal::Any,
             acme: None,
             join: None,
         }
@@ -473,6 +477,9 @@ impl Config {
                 return Err(Error::Config(format!("MICRO_DNS={v:?}: give the name server as ip:port")));
             }
             c.dns = Some(v);
+        }
+        if let Some(v) = env("MICRO_NODE_LOCAL").filter(|v| !v.trim().is_empty()) {
+            c.node_local = v.trim().parse().map_err(|e: String| Error::Config(format!("MICRO_NODE_LOCAL: {e}")))?;
         }
         if let Some(v) = env("MICRO_HOSTING_DOMAIN").filter(|v| !v.trim().is_empty()) {
             let d = crate::domains::validate_domain(&v)

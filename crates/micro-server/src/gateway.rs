@@ -738,7 +738,7 @@ impl Gateway {
     /// platform's cookies and the caller's own token stay here (the service gets a token
     /// delegated to it alone), and the service cannot set the platform's cookies.
     async fn reverse_proxy(&self, req: Request<Incoming>, ns: &str, service: &str, addr: &str) -> Response<Body> {
-        if let Err(e) = self.inner.targets.check_literal(addr) {
+        if let Err(e) = self.inner.targets.check_literal(addr).and_then(|()| self.inner.targets.local.admit(ns, addr)) {
             return json_error(&e.with_http_status(502));
         }
         let (mut parts, body) = req.into_parts();

@@ -35,6 +35,7 @@ mod sealed;
 mod settings;
 mod storage;
 mod targets;
+pub use targets::NodeLocal;
 mod tls;
 mod usage;
 mod websocket;

@@ -32,6 +32,8 @@ struct Inner {
     nodes: Option<micro::Transport>,
     /// Which services are private.
     domains: crate::domains::Domains,
+    /// Where on this host tenants' nodes may be.
+    local_nodes: crate::targets::LocalNodes,
 }
 
 /// On an answer the proxy forwarded to the runtime's leader, which meters the call.
@@ -62,13 +64,28 @@ impl Proxy {
         meter: crate::usage::Meter,
         nodes: Option<micro::Transport>,
         domains: crate::domains::Domains,
+        local_nodes: crate::targets::LocalNodes,
     ) -> Proxy {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(2)));
         let http = HttpClient::builder(TokioExecutor::new()).http2_only(true).build(conn);
         let authorizer = crate::guard::authorizer(&auth);
-        Proxy { inner: Arc::new(Inner { core, local, client, http, runtime, auth, authorizer, meter, nodes, domains }) }
+        Proxy {
+            inner: Arc::new(Inner {
+                core,
+                local,
+                client,
+                http,
+                runtime,
+                auth,
+                authorizer,
+                meter,
+                nodes,
+                domains,
+                local_nodes,
+            }),
+        }
     }
 
     /// Serves a call, metering it unless this process's gateway, which meters its own
@@ -179,6 +196,10 @@ impl Proxy {
                 return res;
             }
         };
+        // (A tenant's node on this host must be its own instance, whatever it registered.)
+        if let Err(e) = self.inner.local_nodes.admit(&ns, &node) {
+            return error(e);
+        }
         self.forward(req, &node, &service, grpc, true).await
     }
 

@@ -187,6 +187,7 @@ impl pb::registry_server::Registry for RegistryService {
         micro_core::registry::check_registration(&ns, &service, ttl).map_err(|e| to_tonic(&e))?;
         for n in &service.nodes {
             self.targets.check(&n.address).await.map_err(|e| to_tonic(&e))?;
+            self.targets.local.admit(&ns, &n.address).map_err(|e| to_tonic(&e))?;
         }
         check_owner(self.registry.as_ref(), &ns, &service, &owner, admin).await?;
         for n in &mut service.nodes {

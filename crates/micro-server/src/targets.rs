@@ -5,7 +5,98 @@
 //! (server-side request forgery).
 
 use micro_core::{Code, Status};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+/// Whether tenants' nodes may be anywhere on the server's host (`MICRO_NODE_LOCAL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeLocal {
+    /// Any address of the host (a developer's server, tenants' services run by hand).
+    #[default]
+    Any,
+    /// On the host, only the ports the runtime gave the namespace's instances (a hosted
+    /// platform: a tenant cannot point its service at another's instance, or at what
+    /// listens on the host, and have the gateway or the proxy connect there for it).
+    Runtime,
+}
+
+impl std::str::FromStr for NodeLocal {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "any" => Ok(NodeLocal::Any),
+            "runtime" => Ok(NodeLocal::Runtime),
+            _ => Err(format!("{s:?}: use any or runtime")),
+        }
+    }
+}
+
+/// The ports of this host the runtime gave its instances, by namespace, and whether a
+/// tenant's node on the host must be one of them. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LocalNodes {
+    on: bool,
+    ports: Arc<Mutex<HashMap<u16, String>>>,
+}
+
+impl LocalNodes {
+    pub(crate) fn new(mode: NodeLocal) -> LocalNodes {
+        LocalNodes { on: mode == NodeLocal::Runtime, ports: Arc::default() }
+    }
+
+    /// Whether tenants' nodes on the host are held to the runtime's ports.
+    pub(crate) fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// Port `port` is an instance of namespace `ns` now.
+    pub(crate) fn give(&self, port: u16, ns: &str) {
+        self.ports.lock().unwrap_or_else(|e| e.into_inner()).insert(port, ns.to_string());
+    }
+
+    /// The instance on `port` of namespace `ns` ended.
+    pub(crate) fn take_back(&self, port: u16, ns: &str) {
+        let mut ports = self.ports.lock().unwrap_or_else(|e| e.into_inner());
+        if ports.get(&port).is_some_and(|n| n == ns) {
+            ports.remove(&port);
+        }
+    }
+
+    /// Refused when a node of namespace `ns` (not `micro`) at `address` is on this host
+    /// but not at a port the runtime gave `ns`, or is named (a name could later resolve to
+    /// the host). Checked at registration and before each connection.
+    pub(crate) fn admit(&self, ns: &str, address: &str) -> Result<(), Status> {
+        if !self.on || ns == micro_core::namespace::DEFAULT {
+            return Ok(());
+        }
+        let Some((host, port)) = Targets::split(address) else {
+            return Err(refuse(address, "is not host:port"));
+        };
+        let Ok(ip) = host.parse::<IpAddr>() else {
+            return Err(refuse(address, "is a name: a tenant's node is an address here (MICRO_NODE_LOCAL=runtime)"));
+        };
+        let own = self.ports.lock().unwrap_or_else(|e| e.into_inner()).get(&port).is_some_and(|n| n == ns);
+        if !own && on_this_host(ip) {
+            return Err(refuse(
+                address,
+                &format!("is on the server's host but no instance the runtime runs for namespace {ns}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `ip` is one of this host's addresses (loopback, unspecified, or one a socket
+/// can be bound to here).
+fn on_this_host(ip: IpAddr) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
 
 /// The addresses nodes may not have: the server's own listeners, and a deny list of
 /// networks (by default link-local, which holds the cloud metadata endpoints, and the
@@ -17,6 +108,8 @@ pub(crate) struct Targets {
     /// address, which this process serves in-process).
     names: Vec<String>,
     deny: Vec<Net>,
+    /// Where on this host tenants' nodes may be.
+    pub(crate) local: LocalNodes,
 }
 
 /// A network, `address/prefix`.
@@ -73,7 +166,13 @@ fn refuse(address: &str, why: &str) -> Status {
 impl Targets {
     /// Nodes may point neither at `own` listeners nor into `deny`.
     pub(crate) fn new(own: Vec<SocketAddr>, deny: Vec<Net>) -> Targets {
-        Targets { own, names: Vec::new(), deny }
+        Targets { own, names: Vec::new(), deny, local: LocalNodes::default() }
+    }
+
+    /// Tenants' nodes on this host are held to `local`.
+    pub(crate) fn local(mut self, local: LocalNodes) -> Targets {
+        self.local = local;
+        self
     }
 
     /// Nodes may not have these `host:port` names either (whatever they resolve to).
@@ -151,6 +250,36 @@ mod tests {
     fn targets() -> Targets {
         let own = vec!["127.0.0.1:8080".parse().unwrap(), "0.0.0.0:8082".parse().unwrap()];
         Targets::new(own, parse_list(DEFAULT_DENY).unwrap())
+    }
+
+    #[test]
+    fn on_the_host_a_tenants_node_is_an_instance_the_runtime_gave_it() {
+        let any = LocalNodes::new(NodeLocal::Any);
+        assert!(any.admit("shop", "127.0.0.1:9").is_ok(), "off: anything goes");
+        let l = LocalNodes::new(NodeLocal::Runtime);
+        l.give(40001, "shop");
+        assert!(l.admit("shop", "127.0.0.1:40001").is_ok());
+        assert!(l.admit("shop", "http://127.0.0.1:40001/x").is_ok());
+        for (ns, bad, why) in [
+            ("blog", "127.0.0.1:40001", "no instance the runtime runs for namespace blog"),
+            ("shop", "127.0.0.1:5432", "no instance"),
+            ("shop", "127.0.0.2:40002", "no instance"),
+            ("shop", "[::1]:5432", "no instance"),
+            ("shop", "[::ffff:127.0.0.1]:5432", "no instance"),
+            ("shop", "0.0.0.0:5432", "no instance"),
+            ("shop", "localhost:40001", "is a name"),
+            ("shop", "db.example.com:5432", "is a name"),
+            ("shop", "nonsense", "not host:port"),
+        ] {
+            let e = l.admit(ns, bad).unwrap_err();
+            assert!(e.detail().contains(why), "{ns} {bad}: {e:?}");
+        }
+        assert!(l.admit("micro", "127.0.0.1:5432").is_ok(), "the operators' services are theirs");
+        assert!(l.admit("shop", "203.0.113.9:443").is_ok(), "elsewhere: the deny list decides");
+        l.take_back(40001, "blog");
+        assert!(l.admit("shop", "127.0.0.1:40001").is_ok(), "only its own namespace gives a port back");
+        l.take_back(40001, "shop");
+        assert!(l.admit("shop", "127.0.0.1:40001").is_err());
     }
 
     #[test]

@@ -521,9 +521,10 @@ async fn a_tenants_code_reaches_no_other_tenant_nor_the_hosts_network_only_what_
         return; // per-namespace users (and so the packet filter) need a root server
     }
     let data = tempfile::tempdir().unwrap();
-    // The operator allows one internal address (127.0.0.2).
-    let s = Server::start(data.path(), &[("MICRO_RUNTIME_ALLOW_HOSTS", "127.0.0.2"), ("MICRO_RUNTIME_EGRESS", "on")])
-        .await;
+    // The operator allows one internal address (127.0.0.2), and holds tenants' nodes on
+    // this host to their instances.
+    let env = [("MICRO_RUNTIME_ALLOW_HOSTS", "127.0.0.2"), ("MICRO_RUNTIME_EGRESS", "on"), ("MICRO_NODE_LOCAL", "runtime")];
+    let s = Server::start(data.path(), &env).await;
     // Another tenant's HTTP app, and what listens on the host: a database on loopback,
     // one on every address (reached by the host's own), and the operator's allowed one.
     let other = s.namespace_admin("other", "keeper", "keeper-secret-2").await;
@@ -585,6 +586,37 @@ async fn a_tenants_code_reaches_no_other_tenant_nor_the_hosts_network_only_what_
     // The other tenant's app still answers through the gateway.
     let r = micro_test::http(&s.api, "GET", "/quiet/", &[("micro-namespace", "other")], b"").await;
     assert_eq!(r.status, 200, "{}", r.body);
+
+    // Nor can a tenant point a service of its own at the other's instance, or at what
+    // listens on the host, to have the gateway or the proxy connect there for it.
+    let token = micro_test::login(&s.process.proxy, "shop", "keeper", "keeper-secret-1").await;
+    for (address, protocol) in [
+        (format!("http://{instance}"), "http"),
+        (format!("http://{}", database.address), "http"),
+        (database.address.clone(), "grpc"),
+        ("http://localhost:1".to_string(), "http"),
+    ] {
+        let err = crate::register(&s.process.proxy, Some(&token), "shop", "spy", "spy-1", &address, protocol).await;
+        assert_eq!(err.map_err(|e| e.code()), Err(micro::Code::PermissionDenied), "{address}");
+    }
+    let r = micro_test::http(&s.api, "GET", "/spy/", &[("micro-namespace", "shop")], b"").await;
+    assert_ne!(r.status, 200, "{}", r.body);
+    assert_eq!(database.hits(), 0);
+    // A framework service the runtime runs for the tenant (the helloworld example's
+    // binary, run by a manifest) listens where it is told, registers, and answers through
+    // the gateway.
+    let hello = project(&[("micro.toml", "name = \"helloworld\"\nrun = \"./helloworld\"\n")]);
+    std::fs::copy(micro_test::sibling_binary("helloworld"), hello.path().join("helloworld")).unwrap();
+    let out = shop.ok(&["run", hello.path().to_str().unwrap(), "--name", "helloworld"]).await;
+    assert!(out.contains("helloworld running"), "{out}");
+    let up = micro_test::eventually(Duration::from_secs(20), || async {
+        let headers = [("micro-namespace", "shop"), ("content-type", "application/json")];
+        micro_test::http(&s.api, "POST", "/helloworld/greeter/hello", &headers, br#"{"name":"shop"}"#).await.status
+            == 200
+    })
+    .await;
+    assert!(up, "{}", shop.ok(&["logs", "helloworld", "-n", "50"]).await);
+    shop.ok(&["kill", "helloworld"]).await;
     shop.ok(&["kill", "probe2"]).await;
     other.ok(&["kill", "quiet"]).await;
 }

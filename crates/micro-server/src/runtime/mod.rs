@@ -157,6 +157,8 @@ struct Inner {
     cgroups: Arc<cgroup::Cgroups>,
     /// Where tenants' code may connect.
     firewall: Arc<firewall::Firewall>,
+    /// The host's ports given to instances.
+    local_nodes: crate::targets::LocalNodes,
     /// Internal hosts tenants' git sources may come from.
     allowed: Vec<egress::Allowed>,
 }
@@ -217,6 +219,8 @@ pub(crate) struct Wiring {
     /// The addresses the proxy and the gateway listen on: tenants' code may connect to
     /// them (and to nothing else of the host's).
     pub(crate) listeners: Vec<std::net::SocketAddr>,
+    /// The host's ports given to instances, by namespace.
+    pub(crate) local_nodes: crate::targets::LocalNodes,
     /// Whether the proxy speaks TLS (services are told `https://…`).
     pub(crate) tls: bool,
     /// The local CA services trust the proxy's certificate by (PEM), with `MICRO_TLS=auto`.
@@ -240,7 +244,7 @@ impl Runtime {
     /// brings every service back to its desired state (or, in a cluster, campaigns to
     /// be the node that runs them).
     pub(crate) async fn open(data_dir: &Path, config: RuntimeConfig, wiring: Wiring) -> Result<Runtime, Status> {
-        let Wiring { server, listeners, tls, ca, registry, auth, db, env_sealer, secrets, cluster } = wiring;
+        let Wiring { server, listeners, local_nodes, tls, ca, registry, auth, db, env_sealer, secrets, cluster } = wiring;
         let dir = data_dir.join("runtime");
         std::fs::create_dir_all(&dir).map_err(|e| Status::internal(ID, format!("{}: {e}", dir.display())))?;
         // Canonical: the sandbox binds these paths as they are.
@@ -325,6 +329,7 @@ impl Runtime {
                 sandbox,
                 cgroups,
                 firewall,
+                local_nodes,
                 allowed,
             }),
         };
@@ -1011,6 +1016,7 @@ impl Runtime {
             log: m.log.clone(),
             run_dir: self.inner.dir.join("run").join(&m.namespace).join(&m.name),
             host: self.inner.config.host.clone(),
+            local_nodes: self.inner.local_nodes.clone(),
             sandbox: self.inner.sandbox.clone(),
         });
         let old = m.instances.lock().unwrap_or_else(|e| e.into_inner()).clone();

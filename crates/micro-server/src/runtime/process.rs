@@ -45,6 +45,8 @@ pub(crate) struct Launch {
     pub(crate) run_dir: PathBuf,
     /// The host HTTP apps listen on (`$HOST`) and are registered at.
     pub(crate) host: String,
+    /// The ports of the host given to instances, by namespace.
+    pub(crate) local_nodes: crate::targets::LocalNodes,
     /// Where instances run.
     pub(crate) sandbox: Arc<Sandbox>,
 }
@@ -184,6 +186,22 @@ async fn run_once(launch: &Launch, inst: &Instance, stop: &mut watch::Receiver<b
     } else {
         None
     };
+    // The port it is reached at is its namespace's while it runs (with
+    // MICRO_NODE_LOCAL=runtime, the only port of the host its nodes may name); a
+    // framework service is told to listen there too.
+    let given = match port {
+        Some(p) => Some(p),
+        None if launch.local_nodes.is_on() => match free_port().await {
+            Ok(p) => {
+                env.retain(|(k, _)| k != "MICRO_SERVICE_ADDRESS");
+                env.push(("MICRO_SERVICE_ADDRESS".into(), format!("{}:{p}", launch.host)));
+                Some(p)
+            }
+            Err(e) => return Outcome::Exited(format!("no free port: {e}")),
+        },
+        None => None,
+    };
+    let _given = given.map(|p| GivenPort::new(&launch.local_nodes, p, &launch.namespace));
     // Its own build is all it may change (its description excepted).
     let jail = Jail {
         namespace: launch.namespace.clone(),
@@ -333,6 +351,26 @@ fn signal_of(s: &std::process::ExitStatus) -> Option<i32> {
 #[cfg(not(unix))]
 fn signal_of(_: &std::process::ExitStatus) -> Option<i32> {
     None
+}
+
+/// A port given to a namespace's instance, taken back when the run ends.
+struct GivenPort {
+    nodes: crate::targets::LocalNodes,
+    port: u16,
+    namespace: String,
+}
+
+impl GivenPort {
+    fn new(nodes: &crate::targets::LocalNodes, port: u16, namespace: &str) -> GivenPort {
+        nodes.give(port, namespace);
+        GivenPort { nodes: nodes.clone(), port, namespace: namespace.to_string() }
+    }
+}
+
+impl Drop for GivenPort {
+    fn drop(&mut self) {
+        self.nodes.take_back(self.port, &self.namespace);
+    }
 }
 
 async fn free_port() -> std::io::Result<u16> {
