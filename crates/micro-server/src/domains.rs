@@ -231,6 +231,8 @@ pub(crate) struct Domains {
     hosting_domain: Option<HostingDomain>,
     hosting_table: Table,
     hostings: Arc<Mutex<Hostings>>,
+    /// Whether the hosting settings were read at least once.
+    hostings_read: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Domains {
@@ -248,6 +250,7 @@ impl Domains {
             hosting_domain,
             hosting_table: Table::new(micro_core::namespace::DEFAULT, "hosting"),
             hostings: Arc::default(),
+            hostings_read: Arc::default(),
         }
     }
 
@@ -286,6 +289,7 @@ impl Domains {
             Ok(records) => {
                 let read = records.iter().filter_map(|r| Some((r.key.clone(), serde_json::from_slice(&r.value).ok()?)));
                 *self.hostings.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(read.collect());
+                self.hostings_read.store(true, std::sync::atomic::Ordering::Release);
             }
             Err(e) => tracing::warn!(error = %e, "cannot read the hosting settings; keeping the last ones"),
         }
@@ -295,6 +299,11 @@ impl Domains {
     /// operators only): from the settings read at most about a second ago.
     pub(crate) async fn is_private(&self, ns: &str, service: &str) -> bool {
         self.refresh().await;
+        if !self.hostings_read.load(std::sync::atomic::Ordering::Acquire) {
+            // Not read yet (a node just started, or the store is failing): this
+            // namespace's own, read now; private when it cannot be read.
+            return self.hosting(ns).await.map_or(true, |h| h.is_private(service));
+        }
         let hostings = self.hostings.lock().unwrap_or_else(|e| e.into_inner()).clone();
         hostings.get(ns).is_some_and(|h| h.is_private(service))
     }

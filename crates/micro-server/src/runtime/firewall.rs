@@ -63,18 +63,37 @@ pub(crate) enum Egress {
 }
 
 /// Networks no tenant reaches on egress `internet` (besides the host's own addresses).
-const DENIED_V4: [&str; 9] = [
+const DENIED_V4: [&str; 11] = [
     "0.0.0.0/8",
     "10.0.0.0/8",
     "100.64.0.0/10",
     "127.0.0.0/8",
     "169.254.0.0/16",
     "172.16.0.0/12",
+    "192.0.0.0/24",
     "192.168.0.0/16",
     "198.18.0.0/15",
     "224.0.0.0/4",
+    "240.0.0.0/4",
 ];
-const DENIED_V6: [&str; 5] = ["::1/128", "::/128", "fc00::/7", "fe80::/10", "ff00::/8"];
+/// (With the internal IPv4 networks as NAT64 and 6to4 carry them.)
+const DENIED_V6: [&str; 15] = [
+    "::1/128",
+    "::/128",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
+    "64:ff9b::a00:0/104",
+    "64:ff9b::7f00:0/104",
+    "64:ff9b::a9fe:0/112",
+    "64:ff9b::ac10:0/108",
+    "64:ff9b::c0a8:0/112",
+    "2002:a00::/24",
+    "2002:7f00::/24",
+    "2002:a9fe::/32",
+    "2002:ac10::/28",
+    "2002:c0a8::/32",
+];
 
 /// One family's filter program and its rules.
 #[derive(Debug)]
