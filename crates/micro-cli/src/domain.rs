@@ -160,7 +160,11 @@ pub(crate) async fn hosting(c: &Ctx, cmd: HostingCmd) -> Result<()> {
             } else {
                 format!("hosted at *.{}.{}", h.namespace, h.domain)
             };
-            println!("namespace {}: services are {} unless set otherwise; {domain}", h.namespace, visibility(h.private));
+            println!(
+                "namespace {}: services are {} unless set otherwise; {domain}",
+                h.namespace,
+                visibility(h.private)
+            );
             let rows: Vec<Vec<String>> = h
                 .services
                 .iter()

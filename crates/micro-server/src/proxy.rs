@@ -55,6 +55,7 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 impl Proxy {
+    #[allow(clippy::too_many_arguments)] // the parts of the server the proxy uses, each once
     pub(crate) fn new(
         core: LayeredRouter,
         local: HashSet<String>,

@@ -58,8 +58,8 @@ pub enum Egress {
 
 /// The default limits of each plan.
 pub fn defaults() -> BTreeMap<String, Limits> {
-    let plan = |services, instances, memory_mb, requests_per_month, storage_mb, build_minutes, cpu_millis, pids| {
-        Limits {
+    let plan =
+        |services, instances, memory_mb, requests_per_month, storage_mb, build_minutes, cpu_millis, pids| Limits {
             services,
             instances,
             memory_mb,
@@ -69,8 +69,7 @@ pub fn defaults() -> BTreeMap<String, Limits> {
             cpu_millis,
             pids,
             egress: Egress::Internet,
-        }
-    };
+        };
     [
         ("community".to_string(), plan(2, 1, 256, 100_000, 100, 60, 500, 128)),
         ("personal".to_string(), plan(10, 3, 1024, 1_000_000, 1024, 300, 1000, 512)),

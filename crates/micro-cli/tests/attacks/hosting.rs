@@ -109,7 +109,8 @@ async fn hosted_names_reach_their_namespace_and_private_services_answer_members_
     let r = get(host("greet.shop"), "/hello", Some(owner_token.clone())).await;
     assert_eq!((r.status, r.json()["from"].as_str()), (200, Some("shop")), "{}", r.body);
     assert_eq!(get(host("greet.shop"), "/hello", Some(vera.clone())).await.status, 200, "a viewer is a member");
-    let reply = client(&s.proxy, "shop", Some(&owner_token)).call_json("greet", "Greet.Hello", &json!({})).await.unwrap();
+    let reply =
+        client(&s.proxy, "shop", Some(&owner_token)).call_json("greet", "Greet.Hello", &json!({})).await.unwrap();
     assert_eq!(reply["from"], "shop");
 
     // Private by default: the HTTP app too, until it is made public; `default` follows it.

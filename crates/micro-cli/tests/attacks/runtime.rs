@@ -523,7 +523,8 @@ async fn a_tenants_code_reaches_no_other_tenant_nor_the_hosts_network_only_what_
     let data = tempfile::tempdir().unwrap();
     // The operator allows one internal address (127.0.0.2), and holds tenants' nodes on
     // this host to their instances.
-    let env = [("MICRO_RUNTIME_ALLOW_HOSTS", "127.0.0.2"), ("MICRO_RUNTIME_EGRESS", "on"), ("MICRO_NODE_LOCAL", "runtime")];
+    let env =
+        [("MICRO_RUNTIME_ALLOW_HOSTS", "127.0.0.2"), ("MICRO_RUNTIME_EGRESS", "on"), ("MICRO_NODE_LOCAL", "runtime")];
     let s = Server::start(data.path(), &env).await;
     // Another tenant's HTTP app, and what listens on the host: a database on loopback,
     // one on every address (reached by the host's own), and the operator's allowed one.

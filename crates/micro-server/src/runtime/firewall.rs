@@ -166,7 +166,9 @@ impl Firewall {
             return Ok(Firewall::off("the operator turned it off: MICRO_RUNTIME_EGRESS=off"));
         }
         if !per_user {
-            return fail("namespaces do not run as users of their own (a root server without MICRO_RUNTIME_UID)".into());
+            return fail(
+                "namespaces do not run as users of their own (a root server without MICRO_RUNTIME_UID)".into(),
+            );
         }
         let pick = |legacy: &str, plain: &str| find(legacy).or_else(|| find(plain));
         let (Some(v4), Some(v6)) = (pick("iptables-legacy", "iptables"), pick("ip6tables-legacy", "ip6tables")) else {

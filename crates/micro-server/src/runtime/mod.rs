@@ -244,7 +244,8 @@ impl Runtime {
     /// brings every service back to its desired state (or, in a cluster, campaigns to
     /// be the node that runs them).
     pub(crate) async fn open(data_dir: &Path, config: RuntimeConfig, wiring: Wiring) -> Result<Runtime, Status> {
-        let Wiring { server, listeners, local_nodes, tls, ca, registry, auth, db, env_sealer, secrets, cluster } = wiring;
+        let Wiring { server, listeners, local_nodes, tls, ca, registry, auth, db, env_sealer, secrets, cluster } =
+            wiring;
         let dir = data_dir.join("runtime");
         std::fs::create_dir_all(&dir).map_err(|e| Status::internal(ID, format!("{}: {e}", dir.display())))?;
         // Canonical: the sandbox binds these paths as they are.

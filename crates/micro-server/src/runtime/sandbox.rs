@@ -755,7 +755,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("uids.json");
         let first = first_uid(dir.path());
-        assert!(first > FIRST_UID && first % UID_BLOCK == 0 && first < u32::MAX - UID_BLOCK, "{first}");
+        assert!(first > FIRST_UID && first.is_multiple_of(UID_BLOCK) && first < u32::MAX - UID_BLOCK, "{first}");
         assert_ne!(first, first_uid(&dir.path().join("other")), "another server, another block");
         let users = Users::per_namespace(file.clone(), first).unwrap();
         assert_eq!(users.of("micro").unwrap(), (FIRST_UID, FIRST_UID), "the operators' user is every server's");
