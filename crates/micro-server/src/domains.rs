@@ -426,8 +426,16 @@ pub(crate) struct DomainsService {
 impl DomainsService {
     /// `ns`'s hosting as the service answers it: every service it runs or has set.
     async fn hosting_reply(&self, ns: &str, h: &Hosting) -> Result<pb::HostingResponse, tonic::Status> {
-        let running: std::collections::BTreeSet<String> =
-            self.registry.list_services(ns).await.map_err(t)?.into_iter().map(|s| s.name).collect();
+        // (The core's own services are no one's to host.)
+        let running: std::collections::BTreeSet<String> = self
+            .registry
+            .list_services(ns)
+            .await
+            .map_err(t)?
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|n| !crate::app::CORE_SERVICES.contains(&n.as_str()))
+            .collect();
         let names: std::collections::BTreeSet<&String> = running.iter().chain(h.services.keys()).collect();
         let domain = self.domains.hosting_domain.as_ref();
         let services = names
