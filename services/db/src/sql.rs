@@ -1,0 +1,277 @@
+//! A parsed filter as SQLite's `WHERE` clause over a collection's records: every value
+//! (strings, numbers, field paths, the caller's id) is a parameter, never text of the
+//! query, so no filter can change what the query does.
+//!
+//! Records are rows of `(id, data, created, updated, version)`, `data` the document as
+//! JSON text. `id`, `created`, `updated` and `version` are the columns; any other field is
+//! `json_extract(data, <path>)`.
+
+use crate::filter::{Cmp, Expr, Op, Operand};
+use std::collections::BTreeMap;
+
+/// A parameter of a query.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    /// SQL `NULL`.
+    Null,
+    /// An integer (and booleans: 1 and 0, as `json_extract` gives them).
+    Int(i64),
+    /// A floating-point number.
+    Real(f64),
+    /// Text.
+    Text(String),
+}
+
+/// What a filter's macros stand for in one request.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// `@request.auth.<field>`: the caller's fields (none for an anonymous caller, whose
+    /// fields are all `""`).
+    pub auth: BTreeMap<String, Param>,
+    /// `@now` (an RFC 3339 UTC time, like the records' times are compared as).
+    pub now: String,
+    /// `@todayStart` and `@todayEnd`.
+    pub today: (String, String),
+}
+
+/// A `WHERE` clause and its parameters (`?1`, `?2`, … in order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Clause {
+    /// The SQL text.
+    pub sql: String,
+    /// Its parameters.
+    pub params: Vec<Param>,
+}
+
+/// The columns of a record; every other field is in `data`.
+const COLUMNS: [&str; 4] = ["id", "created", "updated", "version"];
+
+struct Builder<'a> {
+    params: Vec<Param>,
+    request: &'a Request,
+}
+
+impl Builder<'_> {
+    fn param(&mut self, p: Param) -> String {
+        self.params.push(p);
+        format!("?{}", self.params.len())
+    }
+
+    /// A JSON path for `json_extract`: `$."a"."b"` (segments are names, checked by the
+    /// parser; quoted anyway).
+    fn json_path(path: &[String]) -> String {
+        let mut p = String::from("$");
+        for seg in path {
+            p.push_str(&format!(".\"{}\"", seg.replace('"', "")));
+        }
+        p
+    }
+
+    fn operand(&mut self, o: &Operand) -> String {
+        match o {
+            Operand::Field(path) if path.len() == 1 && COLUMNS.contains(&path[0].as_str()) => path[0].clone(),
+            Operand::Field(path) => {
+                let p = self.param(Param::Text(Self::json_path(path)));
+                format!("json_extract(data, {p})")
+            }
+            Operand::Str(s) => self.param(Param::Text(s.clone())),
+            Operand::Num(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => self.param(Param::Int(*n as i64)),
+            Operand::Num(n) => self.param(Param::Real(*n)),
+            Operand::Bool(b) => self.param(Param::Int(i64::from(*b))),
+            Operand::Null => "NULL".into(),
+            Operand::Macro(path) => {
+                let value = match path.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+                    ["now"] => Param::Text(self.request.now.clone()),
+                    ["todayStart"] => Param::Text(self.request.today.0.clone()),
+                    ["todayEnd"] => Param::Text(self.request.today.1.clone()),
+                    // An anonymous caller's fields (and unknown ones) are "", as in PocketBase:
+                    // `owner = @request.auth.id` matches no record without an owner, and
+                    // `@request.auth.id != ""` tells a signed-in caller.
+                    ["request", "auth", field] => {
+                        self.request.auth.get(*field).cloned().unwrap_or(Param::Text(String::new()))
+                    }
+                    _ => Param::Text(String::new()),
+                };
+                self.param(value)
+            }
+        }
+    }
+
+    /// `value LIKE '%…%'`'s pattern for a contains test: `%` and `_` of the value are
+    /// literal.
+    fn contains(&mut self, o: &Operand) -> String {
+        let text = match o {
+            Operand::Str(s) => s.clone(),
+            Operand::Num(n) => n.to_string(),
+            Operand::Bool(b) => b.to_string(),
+            _ => return self.operand(o),
+        };
+        let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        self.param(Param::Text(format!("%{escaped}%")))
+    }
+
+    fn cmp(&mut self, c: &Cmp) -> String {
+        if c.any {
+            // Any item of the left array: each item is `value` of json_each.
+            let Operand::Field(path) = &c.left else {
+                return self.cmp(&Cmp { any: false, ..c.clone() });
+            };
+            let p = self.param(Param::Text(Self::json_path(path)));
+            let test = self.test("value", c.op, &c.right);
+            return format!("EXISTS (SELECT 1 FROM json_each(data, {p}) WHERE {test})");
+        }
+        let left = self.operand(&c.left);
+        self.test(&left, c.op, &c.right)
+    }
+
+    /// `left op right`, null-safe for `=` and `!=`.
+    fn test(&mut self, left: &str, op: Op, right: &Operand) -> String {
+        match op {
+            Op::Like => {
+                let r = self.contains(right);
+                format!("({left} LIKE {r} ESCAPE '\\')")
+            }
+            Op::NotLike => {
+                let r = self.contains(right);
+                format!("({left} IS NULL OR {left} NOT LIKE {r} ESCAPE '\\')")
+            }
+            Op::Eq => {
+                let r = self.operand(right);
+                format!("({left} IS {r})")
+            }
+            Op::Ne => {
+                let r = self.operand(right);
+                format!("({left} IS NOT {r})")
+            }
+            Op::Gt | Op::Ge | Op::Lt | Op::Le => {
+                let r = self.operand(right);
+                format!("({left} {} {r})", op.as_str())
+            }
+        }
+    }
+
+    fn expr(&mut self, e: &Expr) -> String {
+        match e {
+            Expr::Cmp(c) => self.cmp(c),
+            Expr::And(items) => {
+                let parts: Vec<String> = items.iter().map(|i| self.expr(i)).collect();
+                format!("({})", parts.join(" AND "))
+            }
+            Expr::Or(items) => {
+                let parts: Vec<String> = items.iter().map(|i| self.expr(i)).collect();
+                format!("({})", parts.join(" OR "))
+            }
+        }
+    }
+}
+
+/// `e` as SQLite's `WHERE` clause for `request`, parameters from `?1` on.
+pub fn sqlite(e: &Expr, request: &Request) -> Clause {
+    let mut b = Builder { params: Vec::new(), request };
+    let sql = b.expr(e);
+    Clause { sql, params: b.params }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::parse;
+    use rusqlite::types::Value;
+
+    /// A collection of records in memory, queried with filters.
+    fn table() -> rusqlite::Connection {
+        let db = rusqlite::Connection::open_in_memory().unwrap();
+        db.execute_batch(
+            "CREATE TABLE records (id TEXT PRIMARY KEY, data TEXT NOT NULL, created TEXT, updated TEXT, version INTEGER);",
+        )
+        .unwrap();
+        let docs = [
+            (
+                "r1",
+                r#"{"title":"Buy milk","done":false,"owner":"ann","total":12.5,"tags":["home","vip"],"meta":{"prio":1}}"#,
+            ),
+            (
+                "r2",
+                r#"{"title":"100% done_ish","done":true,"owner":"bo","total":100,"tags":["work"],"meta":{"prio":3}}"#,
+            ),
+            ("r3", r#"{"title":"It's a 'quote'","done":false,"owner":"ann","total":0,"tags":[],"meta":{"prio":null}}"#),
+            ("r4", r#"{"title":"no owner","done":false,"total":-3}"#),
+        ];
+        for (i, (id, data)) in docs.iter().enumerate() {
+            let at = format!("2026-12-0{}T10:00:00Z", i + 1);
+            db.execute("INSERT INTO records VALUES (?1, ?2, ?3, ?3, 1)", (id, data, at)).unwrap();
+        }
+        db
+    }
+
+    fn ids(db: &rusqlite::Connection, filter: &str, request: &Request) -> Vec<String> {
+        let clause = sqlite(&parse(filter).unwrap(), request);
+        let params: Vec<Value> = clause
+            .params
+            .iter()
+            .map(|p| match p {
+                Param::Null => Value::Null,
+                Param::Int(i) => Value::Integer(*i),
+                Param::Real(r) => Value::Real(*r),
+                Param::Text(t) => Value::Text(t.clone()),
+            })
+            .collect();
+        let sql = format!("SELECT id FROM records WHERE {} ORDER BY id", clause.sql);
+        let mut stmt = db.prepare(&sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        stmt.query_map(rusqlite::params_from_iter(params), |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn filters_select_the_records_they_say() {
+        let db = table();
+        let ann = Request {
+            auth: [("id".to_string(), Param::Text("ann".into()))].into(),
+            now: "2026-12-03T00:00:00Z".into(),
+            ..Default::default()
+        };
+        let anon = Request::default();
+        for (filter, who, want) in [
+            ("done = false", &anon, vec!["r1", "r3", "r4"]),
+            ("done = true && total >= 100", &anon, vec!["r2"]),
+            ("total > 0 && total < 100", &anon, vec!["r1"]),
+            ("total != 0", &anon, vec!["r1", "r2", "r4"]),
+            ("owner = null", &anon, vec!["r4"]),
+            ("owner != null", &anon, vec!["r1", "r2", "r3"]),
+            ("meta.prio >= 2 || meta.prio = null", &anon, vec!["r2", "r3", "r4"]),
+            ("title ~ 'MILK'", &anon, vec!["r1"]),
+            ("title ~ '100%'", &anon, vec!["r2"]),
+            ("title ~ '%'", &anon, vec!["r2"]),
+            ("title ~ '_'", &anon, vec!["r2"]),
+            ("title !~ 'o'", &anon, vec!["r1"]),
+            ("title = \"It's a 'quote'\"", &anon, vec!["r3"]),
+            ("tags ?= 'vip'", &anon, vec!["r1"]),
+            ("tags ?~ 'or'", &anon, vec!["r2"]),
+            ("tags ?!= 'home'", &anon, vec!["r1", "r2"]),
+            ("owner = @request.auth.id", &ann, vec!["r1", "r3"]),
+            ("owner = @request.auth.id", &anon, vec![]),
+            ("@request.auth.id != ''", &anon, vec![]),
+            ("@request.auth.id != '' && owner = @request.auth.id", &ann, vec!["r1", "r3"]),
+            ("created < @now", &ann, vec!["r1", "r2"]),
+            ("id = 'r4' || (owner = 'bo' && done = true)", &anon, vec!["r2", "r4"]),
+            ("version = 1 && updated = created", &anon, vec!["r1", "r2", "r3", "r4"]),
+        ] {
+            assert_eq!(ids(&db, filter, who), want, "{filter}");
+        }
+    }
+
+    #[test]
+    fn values_are_parameters_never_text() {
+        let db = table();
+        for (filter, want) in [
+            (r#"owner = "' OR 1=1 --""#, vec![]),
+            (r#"owner = '"); DROP TABLE records; --'"#, vec![]),
+            ("title ~ \"') OR 1=1 --\"", vec![]),
+        ] {
+            let clause = sqlite(&parse(filter).unwrap(), &Request::default());
+            assert!(!clause.sql.contains("OR 1=1") && !clause.sql.contains("DROP"), "{}", clause.sql);
+            assert_eq!(ids(&db, filter, &Request::default()), want as Vec<&str>, "{filter}");
+        }
+        let count: i64 = db.query_row("SELECT count(*) FROM records", [], |r| r.get(0)).unwrap();
+        assert_eq!(count, 4, "the table is still there, whole");
+    }
+}
