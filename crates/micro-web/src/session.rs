@@ -31,6 +31,19 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// Takes on `who`'s identity and tokens; returns the ones it had.
+    fn assume(&mut self, who: Started) -> Started {
+        Started {
+            namespace: std::mem::replace(&mut self.namespace, who.namespace),
+            home: std::mem::replace(&mut self.home, who.home),
+            account: std::mem::replace(&mut self.account, who.account),
+            admin: std::mem::replace(&mut self.admin, who.admin),
+            token: std::mem::replace(&mut self.token, who.token),
+            refresh: std::mem::replace(&mut self.refresh, who.refresh),
+            expiry: std::mem::replace(&mut self.expiry, who.expiry),
+        }
+    }
+
     /// Whether a submitted CSRF token is this session's (compared in constant time).
     pub(crate) fn csrf_ok(&self, token: &str) -> bool {
         use subtle::ConstantTimeEq;
@@ -116,24 +129,8 @@ impl Sessions {
     pub(crate) fn enter(&self, id: &str, team: Started) -> Option<Session> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let s = map.get_mut(id)?;
-        if s.away_from.is_none() {
-            s.away_from = Some(Box::new(Started {
-                namespace: s.namespace.clone(),
-                home: s.home.clone(),
-                account: s.account.clone(),
-                admin: s.admin,
-                token: s.token.clone(),
-                refresh: s.refresh.clone(),
-                expiry: s.expiry,
-            }));
-        }
-        s.namespace = team.namespace;
-        s.home = team.home;
-        s.account = team.account;
-        s.admin = team.admin;
-        s.token = team.token;
-        s.refresh = team.refresh;
-        s.expiry = team.expiry;
+        let own = s.assume(team);
+        s.away_from.get_or_insert(Box::new(own));
         Some(s.clone())
     }
 
@@ -142,13 +139,7 @@ impl Sessions {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let s = map.get_mut(id)?;
         let own = s.away_from.take()?;
-        s.namespace = own.namespace;
-        s.home = own.home;
-        s.account = own.account;
-        s.admin = own.admin;
-        s.token = own.token;
-        s.refresh = own.refresh;
-        s.expiry = own.expiry;
+        s.assume(*own);
         Some(s.clone())
     }
 
@@ -197,6 +188,32 @@ pub(crate) fn clear_login_cookie(secure: bool) -> http::HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn working_in_teams_keeps_the_persons_own_session_aside() {
+        let who = |ns: &str, token: &str| Started {
+            namespace: ns.into(),
+            home: ns.into(),
+            account: "ann@example.com".into(),
+            admin: true,
+            token: token.into(),
+            refresh: format!("r-{token}"),
+            expiry: 1,
+        };
+        let sessions = Sessions::default();
+        let s = sessions.start(who("ann", "own"));
+        assert!(sessions.leave(&s.id).is_none(), "not away: nothing to go back to");
+        let a = sessions.enter(&s.id, who("crew", "crew-token")).unwrap();
+        assert_eq!((a.namespace.as_str(), a.token.as_str()), ("crew", "crew-token"));
+        assert_eq!(a.away_from.as_ref().map(|o| o.token.as_str()), Some("own"));
+        // From one team to another: home is still the person's own.
+        let b = sessions.enter(&s.id, who("acme", "acme-token")).unwrap();
+        assert_eq!((b.home.as_str(), b.away_from.as_ref().map(|o| o.namespace.as_str())), ("acme", Some("ann")));
+        let back = sessions.leave(&s.id).unwrap();
+        assert_eq!((back.namespace.as_str(), back.token.as_str(), back.refresh.as_str()), ("ann", "own", "r-own"));
+        assert!(back.away_from.is_none());
+        assert_eq!(back.csrf, s.csrf, "the same session");
+    }
 
     #[test]
     fn cookies_and_csrf() {
