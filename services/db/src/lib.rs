@@ -4,7 +4,10 @@
 //!
 //! - [`filter`]: the filter language, parsed with positions in its errors and limits on
 //!   size, depth and terms;
-//! - [`sql`]: a parsed filter as SQLite's `WHERE` clause, every value a parameter.
+//! - [`sql`]: a parsed filter as SQLite's `WHERE` clause, every value a parameter;
+//! - [`records`]: records of collections in SQLite, listed by filters, sorted and paged,
+//!   written alone or in atomic batches with expected versions.
 
 pub mod filter;
+pub mod records;
 pub mod sql;
