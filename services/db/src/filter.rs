@@ -426,6 +426,10 @@ impl Parser {
 
 /// Parses a filter.
 pub fn parse(filter: &str) -> Result<Expr, FilterError> {
+    // (Bytes first: a huge input is refused before it is copied.)
+    if filter.len() > MAX_LEN * 4 {
+        return Err(err(MAX_LEN, format!("at most {MAX_LEN} characters"), format!("{} bytes", filter.len())));
+    }
     let chars: Vec<char> = filter.chars().collect();
     if chars.len() > MAX_LEN {
         return Err(err(MAX_LEN, format!("at most {MAX_LEN} characters"), format!("{}", chars.len())));

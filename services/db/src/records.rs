@@ -20,6 +20,13 @@ pub const MAX_DOCUMENT: usize = 1 << 20;
 pub const MAX_PER_PAGE: u32 = 500;
 /// The most fields a sort names.
 const MAX_SORT: usize = 8;
+/// The longest sort, in bytes.
+const MAX_SORT_LEN: usize = 512;
+/// The most writes of a batch.
+pub const MAX_BATCH: usize = 1000;
+/// The longest one statement may run (a list's filter over big documents): it is
+/// stopped then, so no query holds the others up.
+pub const MAX_QUERY_TIME: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +68,13 @@ impl std::error::Error for DbError {}
 
 impl From<rusqlite::Error> for DbError {
     fn from(e: rusqlite::Error) -> Self {
-        DbError::Storage(e.to_string())
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::OperationInterrupted) => DbError::Invalid(format!(
+                "the query ran longer than {} s: narrow the filter (an indexed field, fewer contains tests)",
+                MAX_QUERY_TIME.as_secs()
+            )),
+            _ => DbError::Storage(e.to_string()),
+        }
     }
 }
 
@@ -156,6 +169,21 @@ pub enum Write {
 /// The records of every namespace's collections.
 pub struct Records {
     conn: Mutex<rusqlite::Connection>,
+    /// When the running statement must stop (milliseconds since `epoch`; `u64::MAX`:
+    /// none runs).
+    deadline: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    epoch: std::time::Instant,
+    /// The longest a statement may run ([`MAX_QUERY_TIME`] unless set).
+    query_time: std::time::Duration,
+}
+
+/// A statement deadline in force: cleared when dropped.
+struct Deadline<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Deadline<'_> {
+    fn drop(&mut self) {
+        self.0.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn now() -> String {
@@ -266,11 +294,39 @@ impl Records {
                  PRIMARY KEY (namespace, collection, id)
              ) WITHOUT ROWID;",
         )?;
-        Ok(Records { conn: Mutex::new(conn) })
+        let deadline = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let epoch = std::time::Instant::now();
+        // A watchdog stops the running statement past its deadline (and ends with the
+        // records).
+        let (at, interrupt) = (std::sync::Arc::downgrade(&deadline), conn.get_interrupt_handle());
+        std::thread::spawn(move || {
+            while let Some(at) = at.upgrade() {
+                let due = at.load(std::sync::atomic::Ordering::Relaxed);
+                if due != u64::MAX && epoch.elapsed().as_millis() as u64 > due {
+                    interrupt.interrupt();
+                }
+                drop(at);
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        Ok(Records { conn: Mutex::new(conn), deadline, epoch, query_time: MAX_QUERY_TIME })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Statements stop after `limit` instead of [`MAX_QUERY_TIME`] (checked every 50 ms).
+    pub fn query_time(mut self, limit: std::time::Duration) -> Records {
+        self.query_time = limit;
+        self
+    }
+
+    /// Statements from now on stop after the query time until the guard is dropped.
+    fn deadline(&self) -> Deadline<'_> {
+        let at = self.epoch.elapsed() + self.query_time;
+        self.deadline.store(at.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+        Deadline(&self.deadline)
     }
 
     /// Record `id` of `collection` in `ns`.
@@ -324,7 +380,11 @@ impl Records {
         if writes.is_empty() {
             return Err(DbError::Invalid("a batch of no writes".into()));
         }
+        if writes.len() > MAX_BATCH {
+            return Err(DbError::Invalid(format!("a batch of {} writes; at most {MAX_BATCH}", writes.len())));
+        }
         let mut conn = self.conn();
+        let _deadline = self.deadline();
         let tx = conn.transaction()?;
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
@@ -401,6 +461,11 @@ impl Records {
             return Err(DbError::Invalid(format!("at most {MAX_PER_PAGE} records a page")));
         }
         let page = q.page.max(1);
+        if q.sort.len() > MAX_SORT_LEN {
+            return Err(DbError::Invalid(format!("a sort of at most {MAX_SORT_LEN} characters")));
+        }
+        // The sort is checked before anything runs.
+        order_by(&q.sort, &mut Vec::new())?;
         let mut params: Vec<Value> = Vec::new();
         let mut clause = String::from("1");
         if !q.filter.trim().is_empty() {
@@ -415,6 +480,7 @@ impl Records {
         let coll_param = params.len();
         let where_ = format!("namespace = ?{ns_param} AND collection = ?{coll_param} AND ({clause})");
         let conn = self.conn();
+        let _deadline = self.deadline();
         let total = if q.total {
             let n: i64 = conn.query_row(
                 &format!("SELECT count(*) FROM records WHERE {where_}"),
@@ -553,6 +619,37 @@ mod tests {
         let bad_id = vec![Write::Create { id: Some("../x".into()), data: json!({}) }];
         assert!(db.batch("shop", "todos", bad_id).is_err());
         assert!(db.batch("shop", "todos", Vec::new()).is_err());
+    }
+
+    #[test]
+    fn a_slow_query_is_stopped_and_the_next_one_runs() {
+        let db = records().query_time(std::time::Duration::from_millis(100));
+        let long = "a".repeat(100_000);
+        for _ in 0..20 {
+            db.create("shop", "docs", json!({"t": long})).unwrap();
+        }
+        let slow = format!("t ~ '{}b'", "a".repeat(3000));
+        let q = ListQuery { filter: slow, total: true, ..Default::default() };
+        let started = std::time::Instant::now();
+        let e = db.list("shop", "docs", &q, &sql::Request::default()).unwrap_err();
+        assert!(e.to_string().contains("ran longer than"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        let q = ListQuery { filter: "t ~ 'b'".into(), per_page: 5, ..Default::default() };
+        assert_eq!(db.list("shop", "docs", &q, &sql::Request::default()).unwrap().items.len(), 0);
+        let all = db.list("shop", "docs", &ListQuery { per_page: 50, ..Default::default() }, &Default::default());
+        assert_eq!(all.unwrap().items.len(), 20);
+    }
+
+    #[test]
+    fn big_batches_and_sorts_are_refused() {
+        let db = records();
+        let many = (0..=MAX_BATCH).map(|_| Write::Create { id: None, data: json!({}) }).collect();
+        assert!(db.batch("shop", "todos", many).unwrap_err().to_string().contains("at most"));
+        let sort = ["a"; 300].join(",");
+        let q = ListQuery { sort, ..Default::default() };
+        assert!(db.list("shop", "todos", &q, &Default::default()).unwrap_err().to_string().contains("sort"));
+        let q = ListQuery { sort: ["a"; MAX_SORT + 1].join(","), ..Default::default() };
+        assert!(db.list("shop", "todos", &q, &Default::default()).unwrap_err().to_string().contains("at most"));
     }
 
     #[test]

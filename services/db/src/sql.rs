@@ -28,9 +28,10 @@ pub struct Request {
     /// `@request.auth.<field>`: the caller's fields (none for an anonymous caller, whose
     /// fields are all `""`).
     pub auth: BTreeMap<String, Param>,
-    /// `@now` (an RFC 3339 UTC time, like the records' times are compared as).
+    /// `@now`, written as the records' times are (`YYYY-MM-DD HH:MM:SS.mmmZ`, UTC), so
+    /// they compare as text.
     pub now: String,
-    /// `@todayStart` and `@todayEnd`.
+    /// `@todayStart` and `@todayEnd`, written the same way.
     pub today: (String, String),
 }
 
@@ -69,10 +70,13 @@ impl Builder<'_> {
 
     fn operand(&mut self, o: &Operand) -> String {
         match o {
-            Operand::Field(path) if path.len() == 1 && COLUMNS.contains(&path[0].as_str()) => path[0].clone(),
+            // (Qualified: inside a `?` form's json_each, `id` would be its column.)
+            Operand::Field(path) if path.len() == 1 && COLUMNS.contains(&path[0].as_str()) => {
+                format!("records.{}", path[0])
+            }
             Operand::Field(path) => {
                 let p = self.param(Param::Text(Self::json_path(path)));
-                format!("json_extract(data, {p})")
+                format!("json_extract(records.data, {p})")
             }
             Operand::Str(s) => self.param(Param::Text(s.clone())),
             Operand::Num(n) if n.fract() == 0.0 && n.abs() < 9.0e15 => self.param(Param::Int(*n as i64)),
@@ -87,9 +91,10 @@ impl Builder<'_> {
                     // An anonymous caller's fields (and unknown ones) are "", as in PocketBase:
                     // `owner = @request.auth.id` matches no record without an owner, and
                     // `@request.auth.id != ""` tells a signed-in caller.
-                    ["request", "auth", field] => {
-                        self.request.auth.get(*field).cloned().unwrap_or(Param::Text(String::new()))
-                    }
+                    ["request", "auth", field] => match self.request.auth.get(*field) {
+                        Some(Param::Null) | None => Param::Text(String::new()),
+                        Some(v) => v.clone(),
+                    },
                     _ => Param::Text(String::new()),
                 };
                 self.param(value)
@@ -98,13 +103,16 @@ impl Builder<'_> {
     }
 
     /// `value LIKE '%…%'`'s pattern for a contains test: `%` and `_` of the value are
-    /// literal.
+    /// literal, whether the value is written in the filter or is a field's or a macro's.
     fn contains(&mut self, o: &Operand) -> String {
         let text = match o {
             Operand::Str(s) => s.clone(),
             Operand::Num(n) => n.to_string(),
             Operand::Bool(b) => b.to_string(),
-            _ => return self.operand(o),
+            _ => {
+                let v = self.operand(o);
+                return format!("('%' || replace(replace(replace({v}, '\\', '\\\\'), '%', '\\%'), '_', '\\_') || '%')");
+            }
         };
         let escaped = text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
         self.param(Param::Text(format!("%{escaped}%")))
@@ -116,16 +124,27 @@ impl Builder<'_> {
             let Operand::Field(path) = &c.left else {
                 return self.cmp(&Cmp { any: false, ..c.clone() });
             };
+            // Arrays only: json_each would walk an object's or a scalar's too.
             let p = self.param(Param::Text(Self::json_path(path)));
-            let test = self.test("value", c.op, &c.right);
-            return format!("EXISTS (SELECT 1 FROM json_each(data, {p}) WHERE {test})");
+            let test = self.test("value", None, c.op, &c.right);
+            return format!(
+                "EXISTS (SELECT 1 FROM json_each(records.data, {p}) WHERE json_type(records.data, {p}) = 'array' AND {test})"
+            );
         }
+        let kind = match &c.left {
+            Operand::Field(path) if !(path.len() == 1 && COLUMNS.contains(&path[0].as_str())) => {
+                Some(format!("json_type(records.data, {})", self.param(Param::Text(Self::json_path(path)))))
+            }
+            _ => None,
+        };
         let left = self.operand(&c.left);
-        self.test(&left, c.op, &c.right)
+        self.test(&left, kind.as_deref(), c.op, &c.right)
     }
 
-    /// `left op right`, null-safe for `=` and `!=`.
-    fn test(&mut self, left: &str, op: Op, right: &Operand) -> String {
+    /// `left op right`, null-safe for `=` and `!=`; an ordered comparison with a number
+    /// or a string holds only for a field of that JSON type (`kind`: the field's
+    /// `json_type`, or for an array's items json_each's `type`), never across types.
+    fn test(&mut self, left: &str, kind: Option<&str>, op: Op, right: &Operand) -> String {
         match op {
             Op::Like => {
                 let r = self.contains(right);
@@ -144,8 +163,17 @@ impl Builder<'_> {
                 format!("({left} IS NOT {r})")
             }
             Op::Gt | Op::Ge | Op::Lt | Op::Le => {
+                let kind = kind.unwrap_or(if left == "value" { "type" } else { "" });
+                let types = match right {
+                    Operand::Num(_) => Some("('integer', 'real')"),
+                    Operand::Str(_) => Some("('text')"),
+                    _ => None,
+                };
                 let r = self.operand(right);
-                format!("({left} {} {r})", op.as_str())
+                match types.filter(|_| !kind.is_empty()) {
+                    Some(types) => format!("({kind} IN {types} AND {left} {} {r})", op.as_str()),
+                    None => format!("({left} {} {r})", op.as_str()),
+                }
             }
         }
     }
@@ -188,17 +216,23 @@ mod tests {
         let docs = [
             (
                 "r1",
-                r#"{"title":"Buy milk","done":false,"owner":"ann","total":12.5,"tags":["home","vip"],"meta":{"prio":1}}"#,
+                r#"{"title":"Buy milk","done":false,"owner":"ann","total":12.5,"tags":["home","vip","r1"],
+                    "meta":{"prio":1},"score":5,"labels":["x"],"pat":"%"}"#,
             ),
             (
                 "r2",
-                r#"{"title":"100% done_ish","done":true,"owner":"bo","total":100,"tags":["work"],"meta":{"prio":3}}"#,
+                r#"{"title":"100% done_ish","done":true,"owner":"bo","total":100,"tags":["work"],
+                    "meta":{"prio":3},"score":"7","labels":"x","pat":"done"}"#,
             ),
-            ("r3", r#"{"title":"It's a 'quote'","done":false,"owner":"ann","total":0,"tags":[],"meta":{"prio":null}}"#),
+            (
+                "r3",
+                r#"{"title":"It's a 'quote'","done":false,"owner":"ann","total":0,"tags":[],
+                    "meta":{"prio":null},"score":{"a":1},"labels":{"k":"x"},"pat":"_"}"#,
+            ),
             ("r4", r#"{"title":"no owner","done":false,"total":-3}"#),
         ];
         for (i, (id, data)) in docs.iter().enumerate() {
-            let at = format!("2026-12-0{}T10:00:00Z", i + 1);
+            let at = format!("2026-12-0{} 10:00:00.000Z", i + 1);
             db.execute("INSERT INTO records VALUES (?1, ?2, ?3, ?3, 1)", (id, data, at)).unwrap();
         }
         db
@@ -226,10 +260,11 @@ mod tests {
         let db = table();
         let ann = Request {
             auth: [("id".to_string(), Param::Text("ann".into()))].into(),
-            now: "2026-12-03T00:00:00Z".into(),
+            now: "2026-12-03 00:00:00.000Z".into(),
             ..Default::default()
         };
         let anon = Request::default();
+        let null_auth = Request { auth: [("id".to_string(), Param::Null)].into(), ..Default::default() };
         for (filter, who, want) in [
             ("done = false", &anon, vec!["r1", "r3", "r4"]),
             ("done = true && total >= 100", &anon, vec!["r2"]),
@@ -254,6 +289,15 @@ mod tests {
             ("created < @now", &ann, vec!["r1", "r2"]),
             ("id = 'r4' || (owner = 'bo' && done = true)", &anon, vec!["r2", "r4"]),
             ("version = 1 && updated = created", &anon, vec!["r1", "r2", "r3", "r4"]),
+            // Ordered comparisons hold within a JSON type only.
+            ("score > 0", &anon, vec!["r1"]),
+            ("score > ''", &anon, vec!["r2"]),
+            // `?` forms walk arrays only, and `id` there is still the record's.
+            ("labels ?= 'x'", &anon, vec!["r1"]),
+            ("tags ?= id", &anon, vec!["r1"]),
+            // A field's value in `~` is literal text: its % and _ are no wildcards.
+            ("title ~ pat", &anon, vec!["r2"]),
+            ("owner = @request.auth.id", &null_auth, vec![]),
         ] {
             assert_eq!(ids(&db, filter, who), want, "{filter}");
         }
