@@ -311,8 +311,7 @@ impl Domains {
     /// Refused when `service` of `ns` is private and `caller` is neither an account of
     /// `ns` nor an operator: 401 for an anonymous caller, 403 for another namespace's.
     pub(crate) async fn admit(&self, caller: &micro::auth::Caller, ns: &str, service: &str) -> Result<(), Status> {
-        let member = caller.is_operator() || caller.account.as_ref().is_some_and(|a| a.namespace == ns);
-        if member || !self.is_private(ns, service).await {
+        if member(caller, ns) || !self.is_private(ns, service).await {
             return Ok(());
         }
         let (code, who) = match &caller.account {
@@ -403,6 +402,12 @@ impl Domains {
 
 fn t(s: Status) -> tonic::Status {
     micro::status::to_tonic(&s)
+}
+
+/// Whether `caller` acts with an account of namespace `ns`, or is an operator: whom a
+/// private service answers and the month's quota refusal names the plan to.
+pub(crate) fn member(caller: &micro::auth::Caller, ns: &str) -> bool {
+    caller.is_operator() || caller.account.as_ref().is_some_and(|a| a.namespace == ns)
 }
 
 /// Where `ns`'s pending claim of `domain` is kept.

@@ -423,7 +423,7 @@ impl Gateway {
     /// counts against them (the refusal names the plan to its members only).
     async fn admit(&self, caller: &micro::auth::Caller, ns: &str, service: &str) -> Result<(), Response<Body>> {
         self.inner.domains.admit(caller, ns, service).await.map_err(|e| json_error(&e))?;
-        let member = caller.is_operator() || caller.account.as_ref().is_some_and(|a| a.namespace == ns);
+        let member = crate::domains::member(caller, ns);
         self.inner.limits.month(ns, service, member).await.map_err(limited)
     }
 
