@@ -153,7 +153,11 @@ pub(crate) async fn run(c: &Ctx, args: &[String]) -> Result<()> {
                 if valid.is_empty() { "none".into() } else { valid.join(", ") }
             );
         };
-        let is_bool = flag.schema.get("type").and_then(Value::as_str) == Some("boolean");
+        // An optional flag's type is a list with "null" (`["boolean", "null"]`).
+        let is_bool = match flag.schema.get("type") {
+            Some(Value::Array(types)) => types.iter().any(|t| t == "boolean"),
+            t => t.and_then(Value::as_str) == Some("boolean"),
+        };
         let raw = match v {
             Some(v) => v,
             None if is_bool => "true".to_string(),

@@ -230,6 +230,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         cluster,
     };
     let runtime = crate::runtime::Runtime::open(&config.data_dir, config.runtime.clone(), wiring).await?;
+    let hosted = crate::products::Hosted::open(&config).map_err(Error::Config)?;
     // Deleting a namespace deletes its data in each of these.
     auth.hold_namespace_data(crate::namespace_data::NamespaceData {
         store: store.clone(),
@@ -238,6 +239,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         events: events.clone(),
         registry: registry.clone(),
         runtime: runtime.clone(),
+        hosted: hosted.clone(),
     });
 
     // Nodes may point neither at this server's listeners nor into the denied networks.
@@ -572,7 +574,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         }
     }));
     // The products, once everything they reach is listening.
-    let products = match crate::products::start(&auth, &proxy_node, &transport, &config).await {
+    let products = match crate::products::start(&auth, &proxy_node, &transport, &config, &hosted).await {
         Ok(p) => p,
         Err(e) => {
             let _ = tx.send(true);

@@ -34,6 +34,10 @@ pub struct Config {
     /// `MICRO_EMAIL_FROM`, `MICRO_EMAIL_DAILY_LIMIT`, `MICRO_EMAIL_RETRY` (see
     /// [`micro_email::Settings`]); by default it sends none.
     pub email: micro_email::Settings,
+    /// Where the database product keeps its records: `MICRO_DB_PATH` (default `db.sqlite`
+    /// in the data dir; an empty path here means that) and `MICRO_DB_CHANGES_RETENTION`
+    /// (see [`micro_db::Settings`]).
+    pub db: micro_db::Settings,
     /// The dashboard's public address (`MICRO_PLATFORM_URL`, like `https://m3o.example.com`),
     /// which the platform's mail links to.
     pub platform_url: Option<String>,
@@ -122,6 +126,7 @@ impl Default for Config {
             core_ttl: std::time::Duration::from_secs(60),
             services: crate::products::NAMES.iter().map(|s| s.to_string()).collect(),
             email: micro_email::Settings::default(),
+            db: micro_db::Settings { path: PathBuf::new(), retention: std::time::Duration::from_secs(86_400) },
             platform_url: None,
             events_max_age: None,
             events_max_events: None,
@@ -438,6 +443,7 @@ impl Config {
             c.redirect_address = Some(v);
         }
         c.email = micro_email::Settings::from_vars(&env).map_err(Error::Config)?;
+        c.db = micro_db::Settings::from_vars(PathBuf::new(), &env).map_err(Error::Config)?;
         if let Some(v) = env("MICRO_PLATFORM_URL").filter(|v| !v.is_empty()) {
             if !(v.starts_with("https://") || v.starts_with("http://")) {
                 return Err(Error::Config(format!("MICRO_PLATFORM_URL: {v:?} is not an http(s):// address")));

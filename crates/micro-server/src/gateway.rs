@@ -500,7 +500,18 @@ impl Gateway {
         {
             return r.clone();
         }
-        let services = self.inner.registry.list_services(ns).await.unwrap_or_default();
+        let mut services = self.inner.registry.list_services(ns).await.unwrap_or_default();
+        // The products' routes (like the database's `/db/v1/…`) answer in every namespace
+        // that has no service of the product's name itself, after its own.
+        if ns != micro_core::namespace::DEFAULT {
+            let products = self.inner.registry.list_services(micro_core::namespace::DEFAULT).await.unwrap_or_default();
+            let own: Vec<String> = services.iter().map(|s| s.name.clone()).collect();
+            services.extend(
+                products
+                    .into_iter()
+                    .filter(|p| crate::products::NAMES.contains(&p.name.as_str()) && !own.contains(&p.name)),
+            );
+        }
         let mut routes = Vec::new();
         for s in &services {
             for ep in &s.endpoints {
@@ -928,8 +939,17 @@ fn field_schema<'a>(schema: &'a Value, name: &str) -> Option<&'a Value> {
     schema.get("properties")?.get(name)
 }
 
+/// A field's JSON type: its schema's `type`, or the first besides `null` of an optional
+/// field's (`["boolean", "null"]`).
+fn type_of(schema: Option<&Value>) -> Option<&str> {
+    match schema?.get("type")? {
+        Value::Array(types) => types.iter().filter_map(Value::as_str).find(|t| *t != "null"),
+        t => t.as_str(),
+    }
+}
+
 fn typed(v: &str, schema: Option<&Value>, name: &str) -> Result<Value, Status> {
-    let ty = schema.and_then(|s| s.get("type")).and_then(Value::as_str).unwrap_or("string");
+    let ty = type_of(schema).unwrap_or("string");
     let bad = |what: &str| Status::bad_request("api", format!("{name}: {v:?} is not {what}"));
     Ok(match ty {
         "integer" => Value::from(v.parse::<i64>().map_err(|_| bad("an integer"))?),
@@ -952,7 +972,7 @@ fn set_path(obj: &mut Map<String, Value>, path: &[&str], v: &str, schema: &Value
     let name = path[0];
     let fs = field_schema(schema, name);
     if path.len() == 1 {
-        if fs.and_then(|s| s.get("type")).and_then(Value::as_str) == Some("array") {
+        if type_of(fs) == Some("array") {
             let item = typed(v, fs.and_then(|s| s.get("items")), name)?;
             match obj.entry(name.to_string()).or_insert_with(|| Value::Array(vec![])) {
                 Value::Array(a) => a.push(item),
@@ -1060,6 +1080,10 @@ mod tests {
         .unwrap();
         let v: Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v, json!({"name":"Alice","count":3,"ok":false,"tags":["a","b"],"page":{"size":10},"x":"y z"}));
+        // An optional field's type is a list with null.
+        let optional = json!({"properties":{"total":{"type":["boolean","null"]},"page":{"type":["integer","null"]}}});
+        let b = build_request(b"", Some("total=true&page=2"), &[], &optional).unwrap();
+        assert_eq!(serde_json::from_slice::<Value>(&b).unwrap(), json!({"total":true,"page":2}));
         // An object body alone passes through unchanged; a broken one still fails.
         let raw = b" {\"name\": \"Bob\",\n \"x\": [1, {\"y\": null}]}";
         assert_eq!(&build_request(raw, None, &[], &schema).unwrap()[..], &raw[..]);

@@ -2,7 +2,7 @@
 //! what keeps its name from being created again while it remains.
 //!
 //! Deleting a namespace kills its runtime services and drops its registrations, its
-//! store tables, what the products keep for it, its config document (secrets included)
+//! store tables, what the products keep for it (the database's collections too), its config document (secrets included)
 //! and its blobs. Events have no
 //! delete operation (a topic's log is append-only, its consumer groups live in memory
 //! and in the backend), so they stay until the events retention drops them; until then
@@ -35,6 +35,8 @@ pub(crate) struct NamespaceData {
     pub(crate) registry: Arc<dyn Registry>,
     /// The services the runtime runs.
     pub(crate) runtime: Runtime,
+    /// What the hosted products keep outside the store.
+    pub(crate) hosted: crate::products::Hosted,
 }
 
 /// `NotFound` is what an already empty part answers: nothing to delete.
@@ -67,6 +69,9 @@ impl NamespaceData {
                 ignore_absent(self.store.delete(&table, &key).await)?;
             }
         }
+        if let Some(db) = &self.hosted.db {
+            db.delete_namespace(ns).await?;
+        }
         ignore_absent(self.config.delete(ns, "").await)?;
         for bucket in self.blob.buckets(ns).await? {
             let objects = match self.blob.list(ns, &bucket, "").await {
@@ -92,6 +97,11 @@ impl NamespaceData {
             if !self.store.list(&table, &prefix, &query).await?.is_empty() {
                 left.push(format!("data in product {}", table.table));
             }
+        }
+        if let Some(db) = &self.hosted.db
+            && db.holds_namespace(ns).await?
+        {
+            left.push("data in product db".to_string());
         }
         let config = self.config.get(ns, "", false).await?;
         if config.is_some_and(|c| !micro_core::config::doc::is_empty(&c)) {

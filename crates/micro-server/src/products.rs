@@ -12,32 +12,66 @@ use micro::Service;
 /// which goes with the namespace.
 pub(crate) struct Product {
     pub(crate) name: &'static str,
-    pub(crate) build: fn(Service, &crate::Config) -> Service,
-    pub(crate) tenant_prefix: fn(&str) -> String,
+    pub(crate) build: fn(Service, &crate::Config, &Hosted) -> Service,
+    /// Where in the store it keeps a namespace's data (none: not in the store; the
+    /// database keeps its own, see [`Hosted`]).
+    pub(crate) tenant_prefix: Option<fn(&str) -> String>,
     /// Scopes its account holds in `micro` besides `data` and `platform`.
     pub(crate) scopes: &'static [&'static str],
 }
 
+/// What the server opened for the products it hosts: the database's records, which
+/// deleting a namespace deletes too.
+#[derive(Clone, Default)]
+pub(crate) struct Hosted {
+    pub(crate) db: Option<std::sync::Arc<micro_db::Db>>,
+}
+
+impl Hosted {
+    /// Opens what the selected products keep outside the store.
+    pub(crate) fn open(config: &crate::Config) -> Result<Hosted, String> {
+        if !config.services.iter().any(|s| s == micro_db::NAME) {
+            return Ok(Hosted::default());
+        }
+        let mut settings = config.db.clone();
+        if settings.path.as_os_str().is_empty() {
+            settings.path = config.data_dir.join("db.sqlite");
+        }
+        let db =
+            micro_db::Db::open(&settings).map_err(|e| format!("the database ({}): {e}", settings.path.display()))?;
+        Ok(Hosted { db: Some(db) })
+    }
+}
+
 /// Every product, by name.
-pub(crate) const PRODUCTS: [Product; 3] = [
+pub(crate) const PRODUCTS: [Product; 4] = [
     Product {
         name: micro_distributed::NAME,
-        build: |s, _| micro_distributed::service(s),
-        tenant_prefix: micro_distributed::tenant_prefix,
+        build: |s, _, _| micro_distributed::service(s),
+        tenant_prefix: Some(micro_distributed::tenant_prefix),
         scopes: &[],
     },
     Product {
         name: micro_email::NAME,
-        build: |s, c| micro_email::service_with(s, c.email.clone()),
-        tenant_prefix: micro_email::tenant_prefix,
+        build: |s, c, _| micro_email::service_with(s, c.email.clone()),
+        tenant_prefix: Some(micro_email::tenant_prefix),
         scopes: &[],
     },
     // It creates namespaces and their owners' accounts: it administers micro.
     Product {
         name: micro_platform::NAME,
-        build: |s, c| micro_platform::service_with(s, c.platform_url.clone()),
-        tenant_prefix: micro_platform::tenant_prefix,
+        build: |s, c, _| micro_platform::service_with(s, c.platform_url.clone()),
+        tenant_prefix: Some(micro_platform::tenant_prefix),
         scopes: &[micro_core::auth::ADMIN_SCOPE],
+    },
+    Product {
+        name: micro_db::NAME,
+        build: |s, _, h| match &h.db {
+            Some(db) => micro_db::service_with(s, db.clone()),
+            None => s,
+        },
+        tenant_prefix: None,
+        scopes: &[],
     },
 ];
 
@@ -45,12 +79,14 @@ pub(crate) const PRODUCTS: [Product; 3] = [
 pub(crate) fn tenant_data(ns: &str) -> Vec<(micro_core::store::Table, String)> {
     PRODUCTS
         .iter()
-        .map(|p| (micro_core::store::Table::new(micro_core::namespace::DEFAULT, p.name), (p.tenant_prefix)(ns)))
+        .filter_map(|p| {
+            Some((micro_core::store::Table::new(micro_core::namespace::DEFAULT, p.name), (p.tenant_prefix?)(ns)))
+        })
         .collect()
 }
 
 /// The names of every product.
-pub const NAMES: [&str; 3] = [micro_distributed::NAME, micro_email::NAME, micro_platform::NAME];
+pub const NAMES: [&str; 4] = [micro_distributed::NAME, micro_email::NAME, micro_platform::NAME, micro_db::NAME];
 
 /// The account a product runs as.
 pub(crate) fn account(name: &str) -> String {
@@ -84,6 +120,7 @@ pub(crate) async fn start(
     proxy: &str,
     transport: &micro::Transport,
     config: &crate::Config,
+    hosted: &Hosted,
 ) -> Result<Vec<micro::Running>, micro_core::Status> {
     let mut running = Vec::new();
     for p in PRODUCTS.iter().filter(|p| config.services.iter().any(|s| s == p.name)) {
@@ -91,6 +128,7 @@ pub(crate) async fn start(
         let service = (p.build)(
             Service::new(p.name).server(proxy).transport(transport.clone()).credentials(&id, &secret),
             config,
+            hosted,
         );
         match service.start().await {
             Ok(r) => running.push(r),
@@ -112,7 +150,7 @@ mod tests {
 
     #[test]
     fn selecting() {
-        assert_eq!(select("all").unwrap(), vec!["distributed", "email", "platform"]);
+        assert_eq!(select("all").unwrap(), vec!["distributed", "email", "platform", "db"]);
         assert!(select("off").unwrap().is_empty());
         assert_eq!(select(" distributed ,").unwrap(), vec!["distributed"]);
         assert!(select("distributed,billing").unwrap_err().contains("unknown service \"billing\""));

@@ -70,6 +70,7 @@ pub struct Service {
     credentials: Option<Arc<Credentials>>,
     platform: bool,
     public: Vec<String>,
+    open: Vec<String>,
     transport: Option<crate::Transport>,
     tasks: Vec<Task>,
 }
@@ -122,6 +123,7 @@ impl Service {
             },
             platform: false,
             public: Vec::new(),
+            open: Vec::new(),
             transport: None,
             tasks: Vec::new(),
         }
@@ -158,6 +160,15 @@ impl Service {
     /// token came along. (A user's service opens endpoints with its namespace's rules.)
     pub fn public(mut self, endpoint: &str) -> Self {
         self.public.push(endpoint.to_string());
+        self
+    }
+
+    /// Opens `endpoint` of a platform service to anyone, like [`Service::public`], but a
+    /// token that comes along is verified and must be of the namespace the call acts in:
+    /// the handler sees that caller, else an anonymous one in the namespace asked for.
+    /// For products whose own rules decide who may do what (the database's collections).
+    pub fn open(mut self, endpoint: &str) -> Self {
+        self.open.push(endpoint.to_string());
         self
     }
 
@@ -520,7 +531,7 @@ impl Service {
                 let authorizer = crate::auth::remote::service_authorizer(
                     &name,
                     &self.effective_namespace(),
-                    self.platform.then_some(self.public.as_slice()),
+                    self.platform.then_some((self.public.as_slice(), self.open.as_slice())),
                     &self.effective_server(),
                     self.credentials.clone(),
                     &net,

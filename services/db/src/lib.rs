@@ -1,13 +1,37 @@
-//! The database product (issue 19, Backend-as-a-Service I): collections of JSON records
-//! per namespace, queried with PocketBase's filter language, held by per-collection rules,
-//! with realtime subscriptions. Built in parts; here so far:
+//! The database product (Backend-as-a-Service): collections of JSON records per
+//! namespace, queried with PocketBase's filter language, held by per-collection rules,
+//! with realtime subscriptions. Like every product it is a service built with the
+//! framework ([`service_with`]), hosted in-process by `micro server` and runnable on its
+//! own (`micro-db`).
 //!
 //! - [`filter`]: the filter language, parsed with positions in its errors and limits on
 //!   size, depth and terms;
 //! - [`sql`]: a parsed filter as SQLite's `WHERE` clause, every value a parameter;
 //! - [`records`]: records of collections in SQLite, listed by filters, sorted and paged,
-//!   written alone or in atomic batches with expected versions.
+//!   written alone or in atomic batches with expected versions, each write in a change
+//!   log that realtime subscribers read from;
+//! - [`collections`]: a collection's schema and rules;
+//! - [`service`]: the `db` service's endpoints.
+//!
+//! On the gateway (`micro db …` on the CLI, `db.Db` over gRPC):
+//!
+//! | Route | Endpoint |
+//! |---|---|
+//! | `GET /db/v1/collections` | `Db.Collections` |
+//! | `POST /db/v1/collections` | `Db.SaveCollection` |
+//! | `GET`, `DELETE /db/v1/collections/{name}` | `Db.Collection`, `Db.DeleteCollection` |
+//! | `GET /db/v1/{collection}/records` | `Db.List` (`filter`, `sort`, `page`, `per_page`, `total`, `fields`) |
+//! | `POST /db/v1/{collection}/records` | `Db.Create` (`{"data": {…}}`) |
+//! | `GET /db/v1/{collection}/records/{id}` | `Db.Get` |
+//! | `PATCH`, `PUT /db/v1/{collection}/records/{id}` | `Db.Update` (merge), `Db.Replace` |
+//! | `DELETE /db/v1/{collection}/records/{id}` | `Db.Delete` |
+//! | `POST /db/v1/{collection}/batch` | `Db.Batch` (all or none) |
+//! | `GET /db/v1/{collection}/subscribe` | `Db.Subscribe` (server-sent events, or a WebSocket) |
 
+pub mod collections;
 pub mod filter;
 pub mod records;
+pub mod service;
 pub mod sql;
+
+pub use service::{Db, NAME, Settings, service_with};

@@ -7,7 +7,7 @@
 //! One table holds every namespace's collections, keyed by `(namespace, collection,
 //! id)`; a namespace sees only its own rows (every statement names it).
 
-use crate::filter::{self, FilterError};
+use crate::filter::{self, Expr, FilterError};
 use crate::sql::{self, Param};
 use rusqlite::{OptionalExtension, params_from_iter, types::Value};
 use serde_json::{Map, Value as Json};
@@ -46,6 +46,10 @@ pub enum DbError {
         /// Its version (0: none).
         actual: u64,
     },
+    /// A unique field's value is taken.
+    Taken(String),
+    /// The collection's rules do not allow it.
+    Denied(String),
     /// The storage failed.
     Storage(String),
 }
@@ -59,6 +63,7 @@ impl std::fmt::Display for DbError {
             DbError::Conflict { id, expected, actual } => {
                 write!(f, "record {id} is at version {actual}, not {expected}: read it again and retry")
             }
+            DbError::Taken(why) | DbError::Denied(why) => write!(f, "{why}"),
             DbError::Storage(e) => write!(f, "storage: {e}"),
         }
     }
@@ -169,6 +174,9 @@ pub enum Write {
 /// The records of every namespace's collections.
 pub struct Records {
     conn: Mutex<rusqlite::Connection>,
+    /// An empty database in memory where records are tested against rules one at a time
+    /// (realtime deliveries), so they hold up no write.
+    eval: Mutex<rusqlite::Connection>,
     /// When the running statement must stop (milliseconds since `epoch`; `u64::MAX`:
     /// none runs).
     deadline: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -275,6 +283,177 @@ fn decode((id, created, updated, version, data): (String, String, String, i64, S
 
 const COLUMNS: &str = "id, created, updated, version, data";
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A record from its API form ([`Record::to_json`]).
+fn from_json(text: &str) -> Result<Record, DbError> {
+    let bad = || DbError::Storage(format!("a change is unreadable: {text:.80}"));
+    let Json::Object(mut m) = serde_json::from_str(text).map_err(|_| bad())? else { return Err(bad()) };
+    let mut take = |k: &str| m.remove(k);
+    let id = take("id").and_then(|v| v.as_str().map(str::to_string)).ok_or_else(bad)?;
+    let created = take("created").and_then(|v| v.as_str().map(str::to_string)).ok_or_else(bad)?;
+    let updated = take("updated").and_then(|v| v.as_str().map(str::to_string)).ok_or_else(bad)?;
+    let version = take("version").and_then(|v| v.as_u64()).ok_or_else(bad)?;
+    Ok(Record { id, created, updated, version, data: m })
+}
+
+/// Whether `record` holds every one of `exprs` for `request`, tested on `conn` as a row
+/// of its own (the same SQL a list runs, so both agree).
+fn holds(
+    conn: &rusqlite::Connection,
+    record: &Record,
+    exprs: &[&Expr],
+    request: &sql::Request,
+) -> Result<bool, DbError> {
+    if exprs.is_empty() {
+        return Ok(true);
+    }
+    let all = Expr::And(exprs.iter().map(|e| (*e).clone()).collect());
+    let c = sql::sqlite(&all, request);
+    let mut params: Vec<Value> = c.params.iter().map(to_value).collect();
+    let n = params.len();
+    params.push(Value::Text(record.id.clone()));
+    params.push(Value::Text(record.created.clone()));
+    params.push(Value::Text(record.updated.clone()));
+    params.push(Value::Integer(record.version as i64));
+    params.push(Value::Text(Json::Object(record.data.clone()).to_string()));
+    let q = format!(
+        "SELECT 1 FROM (SELECT ?{} AS id, ?{} AS created, ?{} AS updated, ?{} AS version, ?{} AS data) AS records WHERE {}",
+        n + 1,
+        n + 2,
+        n + 3,
+        n + 4,
+        n + 5,
+        c.sql
+    );
+    let found: Option<i64> = conn.query_row(&q, params_from_iter(params.iter()), |r| r.get(0)).optional()?;
+    Ok(found.is_some())
+}
+
+/// What a change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Made a record.
+    Create,
+    /// Changed one.
+    Update,
+    /// Deleted one.
+    Delete,
+}
+
+impl Action {
+    /// `create`, `update` or `delete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Action> {
+        match s {
+            "create" => Some(Action::Create),
+            "update" => Some(Action::Update),
+            "delete" => Some(Action::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// A committed write: its place in the change log, what it did and the record (as it
+/// is after, or as it was before a delete).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Its place in the change log (increasing in commit order).
+    pub seq: u64,
+    /// What it did.
+    pub action: Action,
+    /// The record.
+    pub record: Record,
+}
+
+/// A record's document as a schema sees it (the fields without the record's own).
+pub type Validate<'a> = dyn Fn(&Map<String, Json>) -> Result<(), DbError> + Send + Sync + 'a;
+
+/// What a batch's writes must satisfy, tested inside its transaction: the rules of the
+/// caller (each `None` allows every record) and the collection's schema.
+#[derive(Default)]
+pub struct Guard<'a> {
+    /// The records the caller may see: one it may not is "not found" to it.
+    pub view: Option<Expr>,
+    /// What a new record must hold.
+    pub create: Option<Expr>,
+    /// What a changed record must hold, before and after the change.
+    pub update: Option<Expr>,
+    /// What a deleted record must hold.
+    pub delete: Option<Expr>,
+    /// The caller, for the rules' macros.
+    pub request: sql::Request,
+    /// The schema's check of every document written.
+    pub validate: Option<&'a Validate<'a>>,
+    /// Fields no two records of the collection may share a value of.
+    pub unique: Vec<String>,
+}
+
+impl Guard<'_> {
+    fn visible(&self, conn: &rusqlite::Connection, record: &Record) -> Result<(), DbError> {
+        match &self.view {
+            Some(e) if !holds(conn, record, &[e], &self.request)? => Err(DbError::NotFound(record.id.clone())),
+            _ => Ok(()),
+        }
+    }
+
+    fn admit(
+        &self,
+        conn: &rusqlite::Connection,
+        ns: &str,
+        collection: &str,
+        action: Action,
+        old: Option<&Record>,
+        new: Option<&Record>,
+    ) -> Result<(), DbError> {
+        let rule = match action {
+            Action::Create => &self.create,
+            Action::Update => &self.update,
+            Action::Delete => &self.delete,
+        };
+        // What is malformed is told first (400), then what is not allowed (403).
+        if let (Some(new), Some(validate)) = (new, self.validate) {
+            validate(&new.data)?;
+        }
+        if let Some(rule) = rule {
+            for r in [old, new].into_iter().flatten() {
+                if !holds(conn, r, &[rule], &self.request)? {
+                    return Err(DbError::Denied(format!(
+                        "the {} rule of {collection} does not allow this {}",
+                        action.as_str(),
+                        if Some(r) == old { "record" } else { "write" }
+                    )));
+                }
+            }
+        }
+        let Some(new) = new else { return Ok(()) };
+        for field in &self.unique {
+            let Some(v) = new.data.get(field).filter(|v| !v.is_null()) else { continue };
+            let taken: Option<String> = conn
+                .query_row(
+                    "SELECT id FROM records WHERE namespace = ?1 AND collection = ?2 AND id != ?3
+                     AND json_extract(data, ?4) = json_extract(?5, '$') LIMIT 1",
+                    (ns, collection, &new.id, format!("$.\"{field}\""), v.to_string()),
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if taken.is_some() {
+                return Err(DbError::Taken(format!("{field} {v} is taken: it is unique in {collection}")));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Records {
     /// Opens (or makes) the records' database at `path` (`:memory:` for one in memory).
     pub fn open(path: &Path) -> Result<Records, DbError> {
@@ -292,8 +471,27 @@ impl Records {
                  updated TEXT NOT NULL,
                  version INTEGER NOT NULL,
                  PRIMARY KEY (namespace, collection, id)
-             ) WITHOUT ROWID;",
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS collections (
+                 namespace TEXT NOT NULL,
+                 name TEXT NOT NULL,
+                 spec TEXT NOT NULL,
+                 created TEXT NOT NULL,
+                 updated TEXT NOT NULL,
+                 PRIMARY KEY (namespace, name)
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS changes (
+                 seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                 namespace TEXT NOT NULL,
+                 collection TEXT NOT NULL,
+                 id TEXT NOT NULL,
+                 action TEXT NOT NULL,
+                 record TEXT NOT NULL,
+                 at INTEGER NOT NULL
+             );
+             CREATE INDEX IF NOT EXISTS changes_of ON changes (namespace, collection, seq);",
         )?;
+        let eval = rusqlite::Connection::open_in_memory()?;
         let deadline = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
         let epoch = std::time::Instant::now();
         // A watchdog stops the running statement past its deadline (and ends with the
@@ -309,7 +507,7 @@ impl Records {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         });
-        Ok(Records { conn: Mutex::new(conn), deadline, epoch, query_time: MAX_QUERY_TIME })
+        Ok(Records { conn: Mutex::new(conn), eval: Mutex::new(eval), deadline, epoch, query_time: MAX_QUERY_TIME })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
@@ -336,6 +534,26 @@ impl Records {
         Self::read(&conn, ns, collection, id)?.ok_or_else(|| DbError::NotFound(id.to_string()))
     }
 
+    /// Record `id` of `collection` in `ns` if the caller's `rule` (a view rule) lets it
+    /// see it; else not found.
+    pub fn get_as(
+        &self,
+        ns: &str,
+        collection: &str,
+        id: &str,
+        rule: Option<&Expr>,
+        request: &sql::Request,
+    ) -> Result<Record, DbError> {
+        check_name("collection", collection)?;
+        let conn = self.conn();
+        let _deadline = self.deadline();
+        let record = Self::read(&conn, ns, collection, id)?.ok_or_else(|| DbError::NotFound(id.to_string()))?;
+        match rule {
+            Some(rule) if !holds(&conn, &record, &[rule], request)? => Err(DbError::NotFound(id.to_string())),
+            _ => Ok(record),
+        }
+    }
+
     fn read(conn: &rusqlite::Connection, ns: &str, collection: &str, id: &str) -> Result<Option<Record>, DbError> {
         let row = conn
             .query_row(
@@ -349,8 +567,8 @@ impl Records {
 
     /// Makes a record.
     pub fn create(&self, ns: &str, collection: &str, data: Json) -> Result<Record, DbError> {
-        let mut out = self.batch(ns, collection, vec![Write::Create { id: None, data }])?;
-        out.pop().ok_or_else(|| DbError::Storage("no record made".into()))
+        let mut out = self.batch(ns, collection, vec![Write::Create { id: None, data }], &Guard::default())?;
+        out.pop().map(|c| c.record).ok_or_else(|| DbError::Storage("no record made".into()))
     }
 
     /// Changes a record (see [`Write::Update`]).
@@ -364,18 +582,20 @@ impl Records {
         expected: Option<u64>,
     ) -> Result<Record, DbError> {
         let write = Write::Update { id: id.to_string(), data, merge, expected };
-        let mut out = self.batch(ns, collection, vec![write])?;
-        out.pop().ok_or_else(|| DbError::Storage("no record changed".into()))
+        let mut out = self.batch(ns, collection, vec![write], &Guard::default())?;
+        out.pop().map(|c| c.record).ok_or_else(|| DbError::Storage("no record changed".into()))
     }
 
     /// Deletes a record.
     pub fn delete(&self, ns: &str, collection: &str, id: &str, expected: Option<u64>) -> Result<(), DbError> {
-        self.batch(ns, collection, vec![Write::Delete { id: id.to_string(), expected }]).map(drop)
+        let write = Write::Delete { id: id.to_string(), expected };
+        self.batch(ns, collection, vec![write], &Guard::default()).map(drop)
     }
 
-    /// Writes all of `writes` or none (one transaction): the records made or changed,
-    /// in order (a deleted one as it was).
-    pub fn batch(&self, ns: &str, collection: &str, writes: Vec<Write>) -> Result<Vec<Record>, DbError> {
+    /// Writes all of `writes` or none (one transaction), each allowed by `guard`: the
+    /// changes, in order (a deleted record as it was), each also in the change log that
+    /// realtime subscribers read.
+    pub fn batch(&self, ns: &str, collection: &str, writes: Vec<Write>, guard: &Guard) -> Result<Vec<Change>, DbError> {
         check_name("collection", collection)?;
         if writes.is_empty() {
             return Err(DbError::Invalid("a batch of no writes".into()));
@@ -389,7 +609,7 @@ impl Records {
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
             let at = now();
-            match w {
+            let (action, record) = match w {
                 Write::Create { id, data } => {
                     // A new id sorts by time (UUIDv7, as 32 hex digits).
                     let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
@@ -398,17 +618,21 @@ impl Records {
                     if Self::read(&tx, ns, collection, &id)?.is_some() {
                         return Err(DbError::Conflict { id, expected: 0, actual: 1 });
                     }
-                    let text = Json::Object(data.clone()).to_string();
+                    let record = Record { id, created: at.clone(), updated: at.clone(), version: 1, data };
+                    guard.admit(&tx, ns, collection, Action::Create, None, Some(&record))?;
+                    let text = Json::Object(record.data.clone()).to_string();
                     tx.execute(
                         "INSERT INTO records (namespace, collection, id, data, created, updated, version)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1)",
-                        (ns, collection, &id, &text, &at),
+                        (ns, collection, &record.id, &text, &at),
                     )?;
-                    out.push(Record { id, created: at.clone(), updated: at, version: 1, data });
+                    (Action::Create, record)
                 }
                 Write::Update { id, data, merge, expected } => {
                     check_id(&id)?;
                     let old = Self::read(&tx, ns, collection, &id)?.ok_or_else(|| DbError::NotFound(id.clone()))?;
+                    // Whom the rules hide a record from, it does not exist for.
+                    guard.visible(&tx, &old)?;
                     if let Some(e) = expected.filter(|e| *e != old.version) {
                         return Err(DbError::Conflict { id, expected: e, actual: old.version });
                     }
@@ -427,34 +651,228 @@ impl Records {
                         patch
                     };
                     let version = old.version + 1;
-                    let text = Json::Object(data.clone()).to_string();
+                    let record = Record { id, created: old.created.clone(), updated: at.clone(), version, data };
+                    guard.admit(&tx, ns, collection, Action::Update, Some(&old), Some(&record))?;
+                    let text = Json::Object(record.data.clone()).to_string();
                     tx.execute(
                         "UPDATE records SET data = ?4, updated = ?5, version = ?6
                          WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
-                        (ns, collection, &id, &text, &at, version as i64),
+                        (ns, collection, &record.id, &text, &at, version as i64),
                     )?;
-                    out.push(Record { id, created: old.created, updated: at, version, data });
+                    (Action::Update, record)
                 }
                 Write::Delete { id, expected } => {
                     check_id(&id)?;
                     let old = Self::read(&tx, ns, collection, &id)?.ok_or_else(|| DbError::NotFound(id.clone()))?;
+                    guard.visible(&tx, &old)?;
                     if let Some(e) = expected.filter(|e| *e != old.version) {
                         return Err(DbError::Conflict { id, expected: e, actual: old.version });
                     }
+                    guard.admit(&tx, ns, collection, Action::Delete, Some(&old), None)?;
                     tx.execute(
                         "DELETE FROM records WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
                         (ns, collection, &id),
                     )?;
-                    out.push(old);
+                    (Action::Delete, old)
                 }
-            }
+            };
+            tx.execute(
+                "INSERT INTO changes (namespace, collection, id, action, record, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                (ns, collection, &record.id, action.as_str(), record.to_json().to_string(), now_ms() as i64),
+            )?;
+            out.push(Change { seq: tx.last_insert_rowid().max(0) as u64, action, record });
         }
         tx.commit()?;
         Ok(out)
     }
 
+    /// Whether `record` holds every one of `exprs` for `request` (tested apart from the
+    /// stored records, as realtime deliveries are).
+    pub fn matches(&self, record: &Record, exprs: &[&Expr], request: &sql::Request) -> Result<bool, DbError> {
+        let conn = self.eval.lock().unwrap_or_else(|e| e.into_inner());
+        holds(&conn, record, exprs, request)
+    }
+
+    /// The changes of `collection` in `ns` after `after` (a change's `seq`), oldest first,
+    /// at most `limit`; of record `id` alone when given.
+    pub fn changes(
+        &self,
+        ns: &str,
+        collection: &str,
+        id: Option<&str>,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<Change>, DbError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, action, record FROM changes
+             WHERE namespace = ?1 AND collection = ?2 AND seq > ?3 AND (?4 IS NULL OR id = ?4)
+             ORDER BY seq LIMIT ?5",
+        )?;
+        let rows = stmt.query_map((ns, collection, after as i64, id, i64::from(limit)), |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, action, record) = row?;
+            let action = Action::parse(&action).ok_or_else(|| DbError::Storage(format!("change {seq}: {action}")))?;
+            out.push(Change { seq: seq.max(0) as u64, action, record: from_json(&record)? });
+        }
+        Ok(out)
+    }
+
+    /// The newest change's `seq` (0: none yet) and the oldest one kept (what a cursor
+    /// older than it has lost).
+    pub fn change_bounds(&self) -> Result<(u64, u64), DbError> {
+        let conn = self.conn();
+        let (newest, oldest): (Option<i64>, Option<i64>) =
+            conn.query_row("SELECT max(seq), min(seq) FROM changes", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let newest = match newest {
+            Some(n) => n.max(0) as u64,
+            // An empty log after trimming still counts on from the last seq handed out.
+            None => conn
+                .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'changes'", [], |r| r.get::<_, i64>(0))
+                .optional()?
+                .unwrap_or(0)
+                .max(0) as u64,
+        };
+        Ok((newest, oldest.map_or(newest + 1, |o| o.max(0) as u64)))
+    }
+
+    /// Drops changes older than `age`: cursors before them can no longer resume.
+    pub fn trim_changes(&self, age: std::time::Duration) -> Result<u64, DbError> {
+        let before = now_ms().saturating_sub(age.as_millis() as u64);
+        let n = self.conn().execute("DELETE FROM changes WHERE at < ?1", (before as i64,))?;
+        Ok(n as u64)
+    }
+
+    /// Collection `name` of `ns`: its spec (as its owner saved it), made and changed times.
+    pub fn collection(&self, ns: &str, name: &str) -> Result<Option<(Json, String, String)>, DbError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                "SELECT spec, created, updated FROM collections WHERE namespace = ?1 AND name = ?2",
+                (ns, name),
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
+            )
+            .optional()?;
+        row.map(|(spec, c, u)| Ok((serde_json::from_str(&spec).map_err(|e| DbError::Storage(e.to_string()))?, c, u)))
+            .transpose()
+    }
+
+    /// Every collection of `ns`, by name: name, spec, made and changed times.
+    pub fn collections(&self, ns: &str) -> Result<Vec<(String, Json, String, String)>, DbError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT name, spec, created, updated FROM collections WHERE namespace = ?1 ORDER BY name")?;
+        let rows = stmt.query_map((ns,), |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, spec, c, u) = row?;
+            out.push((name, serde_json::from_str(&spec).map_err(|e| DbError::Storage(e.to_string()))?, c, u));
+        }
+        Ok(out)
+    }
+
+    /// Saves collection `name` of `ns` with `spec` (made or replaced), in the same
+    /// transaction renaming fields of its records (`renames`, from and to) and removing
+    /// others (`drops`): its made and changed times.
+    pub fn save_collection(
+        &self,
+        ns: &str,
+        name: &str,
+        spec: &Json,
+        renames: &[(String, String)],
+        drops: &[String],
+    ) -> Result<(String, String), DbError> {
+        check_name("collection", name)?;
+        for f in renames.iter().flat_map(|(a, b)| [a, b]).chain(drops) {
+            check_name("field", f)?;
+        }
+        let at = now();
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO collections (namespace, name, spec, created, updated) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (namespace, name) DO UPDATE SET spec = excluded.spec, updated = excluded.updated",
+            (ns, name, spec.to_string(), &at),
+        )?;
+        let path = |f: &str| format!("$.\"{f}\"");
+        for (from, to) in renames {
+            tx.execute(
+                "UPDATE records SET data = json_remove(json_set(data, ?4, json_extract(data, ?3)), ?3)
+                 WHERE namespace = ?1 AND collection = ?2 AND json_type(data, ?3) IS NOT NULL",
+                (ns, name, path(from), path(to)),
+            )?;
+        }
+        for f in drops {
+            tx.execute(
+                "UPDATE records SET data = json_remove(data, ?3)
+                 WHERE namespace = ?1 AND collection = ?2 AND json_type(data, ?3) IS NOT NULL",
+                (ns, name, path(f)),
+            )?;
+        }
+        let created: String =
+            tx.query_row("SELECT created FROM collections WHERE namespace = ?1 AND name = ?2", (ns, name), |r| {
+                r.get(0)
+            })?;
+        tx.commit()?;
+        Ok((created, at))
+    }
+
+    /// Deletes collection `name` of `ns` with its records and changes; whether it was there.
+    pub fn delete_collection(&self, ns: &str, name: &str) -> Result<bool, DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute("DELETE FROM collections WHERE namespace = ?1 AND name = ?2", (ns, name))?;
+        tx.execute("DELETE FROM records WHERE namespace = ?1 AND collection = ?2", (ns, name))?;
+        tx.execute("DELETE FROM changes WHERE namespace = ?1 AND collection = ?2", (ns, name))?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    /// Deletes everything of namespace `ns` (it is being deleted).
+    pub fn delete_namespace(&self, ns: &str) -> Result<(), DbError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for table in ["collections", "records", "changes"] {
+            tx.execute(&format!("DELETE FROM {table} WHERE namespace = ?1"), (ns,))?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Whether namespace `ns` has anything here.
+    pub fn holds_namespace(&self, ns: &str) -> Result<bool, DbError> {
+        let conn = self.conn();
+        let any: Option<i64> = conn
+            .query_row(
+                "SELECT 1 FROM collections WHERE namespace = ?1
+                 UNION ALL SELECT 1 FROM records WHERE namespace = ?1 LIMIT 1",
+                (ns,),
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(any.is_some())
+    }
+
     /// A page of `collection`'s records in `ns` that match `q`'s filter for `request`.
     pub fn list(&self, ns: &str, collection: &str, q: &ListQuery, request: &sql::Request) -> Result<Page, DbError> {
+        self.list_as(ns, collection, q, None, request)
+    }
+
+    /// A page of the records of `collection` in `ns` that match `q`'s filter and the
+    /// caller's `rule` (a list rule: what it may see) for `request`.
+    pub fn list_as(
+        &self,
+        ns: &str,
+        collection: &str,
+        q: &ListQuery,
+        rule: Option<&Expr>,
+        request: &sql::Request,
+    ) -> Result<Page, DbError> {
         check_name("collection", collection)?;
         let per_page = if q.per_page == 0 { 30 } else { q.per_page };
         if per_page > MAX_PER_PAGE {
@@ -468,9 +886,13 @@ impl Records {
         order_by(&q.sort, &mut Vec::new())?;
         let mut params: Vec<Value> = Vec::new();
         let mut clause = String::from("1");
+        let mut exprs: Vec<Expr> = rule.into_iter().cloned().collect();
         if !q.filter.trim().is_empty() {
-            let expr = filter::parse(&q.filter).map_err(DbError::Filter)?;
-            let c = sql::sqlite(&expr, request);
+            exprs.push(filter::parse(&q.filter).map_err(DbError::Filter)?);
+        }
+        // The rule and the filter combine as parsed trees, never as text.
+        if !exprs.is_empty() {
+            let c = sql::sqlite(&Expr::And(exprs), request);
             params.extend(c.params.iter().map(to_value));
             clause = c.sql;
         }
@@ -561,11 +983,11 @@ mod tests {
             ]
         };
         // The second write's version is stale: nothing of the batch is written.
-        let e = db.batch("bank", "accounts", transfer(1, 7)).unwrap_err();
+        let e = db.batch("bank", "accounts", transfer(1, 7), &Guard::default()).unwrap_err();
         assert!(matches!(e, DbError::Conflict { expected: 7, actual: 1, .. }), "{e:?}");
         assert_eq!(db.get("bank", "accounts", &a.id).unwrap().data["balance"], 100);
         assert!(db.get("bank", "accounts", "t1").is_err());
-        let done = db.batch("bank", "accounts", transfer(1, 1)).unwrap();
+        let done = db.batch("bank", "accounts", transfer(1, 1), &Guard::default()).unwrap();
         assert_eq!(done.len(), 3);
         assert_eq!(db.get("bank", "accounts", &b.id).unwrap().data["balance"], 30);
         // The same id twice: refused, nothing written.
@@ -573,7 +995,7 @@ mod tests {
             Write::Create { id: Some("t2".into()), data: json!({}) },
             Write::Create { id: Some("t2".into()), data: json!({}) },
         ];
-        assert!(matches!(db.batch("bank", "accounts", twice), Err(DbError::Conflict { .. })));
+        assert!(matches!(db.batch("bank", "accounts", twice, &Guard::default()), Err(DbError::Conflict { .. })));
         assert!(db.get("bank", "accounts", "t2").is_err());
     }
 
@@ -617,8 +1039,8 @@ mod tests {
         let big = "x".repeat(MAX_DOCUMENT);
         assert!(db.create("shop", "todos", json!({"big": big})).unwrap_err().to_string().contains("at most"));
         let bad_id = vec![Write::Create { id: Some("../x".into()), data: json!({}) }];
-        assert!(db.batch("shop", "todos", bad_id).is_err());
-        assert!(db.batch("shop", "todos", Vec::new()).is_err());
+        assert!(db.batch("shop", "todos", bad_id, &Guard::default()).is_err());
+        assert!(db.batch("shop", "todos", Vec::new(), &Guard::default()).is_err());
     }
 
     #[test]
@@ -644,7 +1066,7 @@ mod tests {
     fn big_batches_and_sorts_are_refused() {
         let db = records();
         let many = (0..=MAX_BATCH).map(|_| Write::Create { id: None, data: json!({}) }).collect();
-        assert!(db.batch("shop", "todos", many).unwrap_err().to_string().contains("at most"));
+        assert!(db.batch("shop", "todos", many, &Guard::default()).unwrap_err().to_string().contains("at most"));
         let sort = ["a"; 300].join(",");
         let q = ListQuery { sort, ..Default::default() };
         assert!(db.list("shop", "todos", &q, &Default::default()).unwrap_err().to_string().contains("sort"));

@@ -79,6 +79,11 @@ pub trait RuleSource: Send + Sync + 'static {
 pub enum Protection {
     /// Anyone (health, reflection, debug, …).
     Public,
+    /// Anyone, but a token that comes along is verified and must be of the namespace the
+    /// call acts in (or administer it); the handler then sees that caller, else an
+    /// anonymous one in the namespace asked for. For products whose own rules decide (the
+    /// database's per-collection rules).
+    Open,
     /// The namespace's admin scope (or the micro namespace's), whatever the rules say.
     Admin,
     /// Its admin, or an account of the namespace with the `data` or `developer` scope.
@@ -135,12 +140,17 @@ impl Policy for ServicePolicy {
 pub struct PlatformPolicy {
     /// `Handler.Method`s anyone may call.
     pub public: Vec<String>,
+    /// `Handler.Method`s anyone may call, identified when a token comes along
+    /// ([`Protection::Open`]).
+    pub open: Vec<String>,
 }
 
 impl Policy for PlatformPolicy {
     fn protection(&self, service: &str, endpoint: &str) -> Protection {
         if self.public.iter().any(|p| p == endpoint) {
             Protection::Public
+        } else if self.open.iter().any(|p| p == endpoint) {
+            Protection::Open
         } else {
             ServicePolicy::MEMBERS.protection(service, endpoint)
         }
@@ -273,7 +283,10 @@ impl Authorizer {
         if !matches!(self.scope, Scope::Service { .. }) {
             check_namespace(account, ns)?;
         }
-        if matches!(self.scope, Scope::Platform { .. }) && account.is_none() && protection != Protection::Public {
+        if matches!(self.scope, Scope::Platform { .. })
+            && account.is_none()
+            && !matches!(protection, Protection::Public | Protection::Open)
+        {
             return Err(Status::new(
                 Code::Unauthenticated,
                 "auth",
@@ -293,7 +306,7 @@ impl Authorizer {
             p => p,
         };
         match protection {
-            Protection::Public => Ok(()),
+            Protection::Public | Protection::Open => Ok(()),
             Protection::Operator => match account {
                 Some(a) if a.is_admin_of(micro_core::namespace::DEFAULT) => Ok(()),
                 Some(_) => Err(Status::new(

@@ -246,7 +246,7 @@ impl RuleSource for WatchedRules {
 }
 
 /// The authorizer of `service` (a platform service when `platform` is given, with those
-/// endpoints public; else one of `namespace`), verifying tokens with the keys of the server at `address` and deciding by
+/// endpoints public and open; else one of `namespace`), verifying tokens with the keys of the server at `address` and deciding by
 /// the rules it follows there (read with `credentials`, when the service has an account),
 /// reaching the server on `transport`.
 /// The keys are read before it returns (a failure is logged: tokens are refused until
@@ -254,7 +254,7 @@ impl RuleSource for WatchedRules {
 pub async fn service_authorizer(
     service: &str,
     namespace: &str,
-    platform: Option<&[String]>,
+    platform: Option<(&[String], &[String])>,
     address: &str,
     credentials: Option<Arc<Credentials>>,
     transport: &crate::Transport,
@@ -272,9 +272,9 @@ pub async fn service_authorizer(
     }
     let rules = WatchedRules::new(server);
     let (scope, policy): (_, Arc<dyn super::authorizer::Policy>) = match platform {
-        Some(public) => (
+        Some((public, open)) => (
             Scope::Platform { service: service.to_string() },
-            Arc::new(super::authorizer::PlatformPolicy { public: public.to_vec() }),
+            Arc::new(super::authorizer::PlatformPolicy { public: public.to_vec(), open: open.to_vec() }),
         ),
         None => (
             Scope::Service { namespace: namespace.to_string(), service: service.to_string() },

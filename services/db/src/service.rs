@@ -1,0 +1,819 @@
+//! The `db` service: the endpoints of the database product, on the gateway under
+//! `/db/v1/…` (see the crate's docs), over gRPC and on the CLI (`micro db …`).
+
+use crate::collections::{Rule, Spec};
+use crate::filter::Expr;
+use crate::records::{Change, DbError, Guard, ListQuery, Record, Records, Write};
+use crate::sql::{self, Param};
+use micro::{Code, Context, Service, Status};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value as Json};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The service's name.
+pub const NAME: &str = "db";
+
+/// How the database is kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The SQLite file (`MICRO_DB_PATH`; `micro server` keeps `db.sqlite` in its data dir).
+    pub path: PathBuf,
+    /// How long changes are kept for subscribers resuming from a cursor
+    /// (`MICRO_DB_CHANGES_RETENTION`, seconds, default 86400).
+    pub retention: Duration,
+}
+
+impl Settings {
+    /// The settings from environment-style variables, the file at `path` unless
+    /// `MICRO_DB_PATH` names another.
+    pub fn from_vars(path: PathBuf, get: impl Fn(&str) -> Option<String>) -> Result<Settings, String> {
+        let path = get("MICRO_DB_PATH").filter(|p| !p.trim().is_empty()).map(PathBuf::from).unwrap_or(path);
+        let retention = match get("MICRO_DB_CHANGES_RETENTION").filter(|v| !v.trim().is_empty()) {
+            Some(v) => Duration::from_secs(
+                v.trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|s| *s >= 60)
+                    .ok_or_else(|| format!("MICRO_DB_CHANGES_RETENTION: {v:?} is not a number of seconds ≥ 60"))?,
+            ),
+            None => Duration::from_secs(86_400),
+        };
+        Ok(Settings { path, retention })
+    }
+}
+
+/// The database: its records and a signal that fires at every commit.
+pub struct Db {
+    records: Records,
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Set when the service stops: subscriptions end then.
+    closing: tokio::sync::watch::Sender<bool>,
+    retention: Duration,
+}
+
+impl Db {
+    /// Opens (or makes) the database `settings` name.
+    pub fn open(settings: &Settings) -> Result<Arc<Db>, DbError> {
+        if let Some(dir) = settings.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| DbError::Storage(format!("{}: {e}", dir.display())))?;
+        }
+        let records = Records::open(&settings.path)?;
+        let (newest, _) = records.change_bounds()?;
+        Ok(Arc::new(Db {
+            records,
+            changed: tokio::sync::watch::channel(newest).0,
+            closing: tokio::sync::watch::channel(false).0,
+            retention: settings.retention,
+        }))
+    }
+
+    /// Deletes everything of namespace `ns` (it is being deleted).
+    pub async fn delete_namespace(self: &Arc<Self>, ns: &str) -> Result<(), Status> {
+        let (db, ns) = (self.clone(), ns.to_string());
+        blocking(move || db.records.delete_namespace(&ns)).await
+    }
+
+    /// Whether namespace `ns` keeps anything here.
+    pub async fn holds_namespace(self: &Arc<Self>, ns: &str) -> Result<bool, Status> {
+        let (db, ns) = (self.clone(), ns.to_string());
+        blocking(move || db.records.holds_namespace(&ns)).await
+    }
+
+    fn committed(&self, changes: &[Change]) {
+        if let Some(last) = changes.last() {
+            self.changed.send_if_modified(|seq| {
+                let newer = last.seq > *seq;
+                *seq = (*seq).max(last.seq);
+                newer
+            });
+        }
+    }
+}
+
+/// Runs a call on the records off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, DbError> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(NAME, format!("a database call failed: {e}")))?
+        .map_err(status)
+}
+
+fn status(e: DbError) -> Status {
+    match &e {
+        DbError::Invalid(_) | DbError::Filter(_) => Status::bad_request(NAME, e.to_string()),
+        DbError::NotFound(_) => Status::not_found(NAME, e.to_string()),
+        DbError::Conflict { .. } => Status::new(Code::Aborted, NAME, e.to_string()),
+        DbError::Taken(_) => Status::new(Code::AlreadyExists, NAME, e.to_string()),
+        DbError::Denied(_) => Status::new(Code::PermissionDenied, NAME, e.to_string()),
+        DbError::Storage(_) => {
+            tracing::error!(service = NAME, error = %e, "database failure");
+            Status::internal(NAME, e.to_string())
+        }
+    }
+}
+
+fn bad(msg: impl Into<String>) -> Status {
+    Status::bad_request(NAME, msg)
+}
+
+/// Who calls: the namespace, whether the rules bind them, and the macros' values.
+struct Who {
+    ns: String,
+    /// Admins and accounts with the data or developer scope: every rule lets them.
+    manager: bool,
+    /// Viewers besides: they read everything.
+    reader: bool,
+    request: sql::Request,
+}
+
+fn who(ctx: &Context) -> Result<Who, Status> {
+    let caller = ctx.caller().ok_or_else(|| Status::internal(NAME, "the service runs without an authorizer"))?;
+    let ns = caller.namespace.clone();
+    let mut request = sql::Request { now: now_text(0), today: today(), ..Default::default() };
+    let (mut manager, mut reader) = (false, false);
+    if let Some(a) = &caller.account {
+        manager = a.may_use_data_of(&ns);
+        reader = a.may_read_in(&ns);
+        // Only an account of the namespace is somebody to its rules (an operator acting
+        // in it manages it, but is nobody's `owner`).
+        if a.namespace == ns {
+            request.auth.insert("id".into(), Param::Text(a.id.clone()));
+            request.auth.insert("name".into(), Param::Text(a.name.clone()));
+            let kind = serde_json::to_value(a.kind).ok().and_then(|v| v.as_str().map(str::to_string));
+            request.auth.insert("type".into(), Param::Text(kind.unwrap_or_default()));
+        }
+    }
+    Ok(Who { ns, manager, reader, request })
+}
+
+fn now_text(offset_ms: i64) -> String {
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    format!("{}Z", micro_core::time::utc((ms + offset_ms).max(0) as u64))
+}
+
+fn today() -> (String, String) {
+    let now = now_text(0);
+    let day = &now[..10];
+    (format!("{day} 00:00:00.000Z"), format!("{day} 23:59:59.999Z"))
+}
+
+/// The operations rules decide.
+#[derive(Clone, Copy)]
+enum Op {
+    List,
+    View,
+    Create,
+    Update,
+    Delete,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::List => "list",
+            Op::View => "view",
+            Op::Create => "create",
+            Op::Update => "update",
+            Op::Delete => "delete",
+        }
+    }
+}
+
+/// A collection as the caller meets it: its spec (default for one not made yet).
+struct Collection {
+    name: String,
+    spec: Spec,
+}
+
+impl Collection {
+    /// The rule of `op` for `who`: `None` when it lets every record through.
+    fn rule(&self, who: &Who, op: Op) -> Result<Option<Expr>, Status> {
+        if who.manager || (who.reader && matches!(op, Op::List | Op::View)) {
+            return Ok(None);
+        }
+        let r = &self.spec.rules;
+        let text = match op {
+            Op::List => &r.list,
+            Op::View => &r.view,
+            Op::Create => &r.create,
+            Op::Update => &r.update,
+            Op::Delete => &r.delete,
+        };
+        match Rule::parse(op.name(), text).map_err(status)? {
+            Rule::Public => Ok(None),
+            Rule::Filter(e) => Ok(Some(e)),
+            Rule::Locked => Err(Status::new(
+                Code::PermissionDenied,
+                NAME,
+                format!(
+                    "the {} rule of {} is locked: only the namespace's admins and developers may {} its records",
+                    op.name(),
+                    self.name,
+                    op.name()
+                ),
+            )),
+        }
+    }
+}
+
+/// The collection `name` of `who`'s namespace: managers meet one not made yet (their
+/// first write makes it); others are told it does not exist.
+async fn collection(db: &Arc<Db>, who: &Who, name: &str) -> Result<Collection, Status> {
+    let (d, ns, n) = (db.clone(), who.ns.clone(), name.to_string());
+    match blocking(move || d.records.collection(&ns, &n)).await? {
+        Some((spec, _, _)) => {
+            let spec: Spec = serde_json::from_value(spec)
+                .map_err(|e| Status::internal(NAME, format!("collection {name} is unreadable: {e}")))?;
+            Ok(Collection { name: name.to_string(), spec })
+        }
+        None if who.manager => Ok(Collection { name: name.to_string(), spec: Spec::default() }),
+        None => Err(Status::not_found(NAME, format!("no collection {name}"))),
+    }
+}
+
+/// A collection as the API shows it.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+pub struct CollectionInfo {
+    /// Its name.
+    pub name: String,
+    /// Its schema (`null`: any object).
+    pub schema: Option<Vec<crate::collections::Field>>,
+    /// Its rules.
+    pub rules: crate::collections::Rules,
+    /// Each rule in words.
+    pub explained: Vec<String>,
+    /// When it was made.
+    pub created: String,
+    /// When its spec last changed.
+    pub updated: String,
+}
+
+fn info(name: String, spec: Spec, created: String, updated: String) -> CollectionInfo {
+    let explained = spec
+        .rule_texts()
+        .iter()
+        .map(|(what, text)| {
+            let verb = match *what {
+                "list" => "list records",
+                "view" => "read a record (and receive its changes live)",
+                "create" => "create records",
+                "update" => "change records",
+                _ => "delete records",
+            };
+            format!("{}: {}", what, Rule::explain(verb, text))
+        })
+        .collect();
+    CollectionInfo { name, schema: spec.schema, rules: spec.rules, explained, created, updated }
+}
+
+/// `Db.SaveCollection`: makes or changes a collection.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SaveCollectionRequest {
+    /// Its name: letters, digits and `_`, not starting with a digit, at most 64.
+    pub name: String,
+    /// Its fields (`null` or absent: any JSON object).
+    #[serde(default)]
+    pub schema: Option<Vec<crate::collections::Field>>,
+    /// Its rules (each locked unless given).
+    #[serde(default)]
+    pub rules: crate::collections::Rules,
+    /// Fields to rename in every record, old name to new (the schema names the new).
+    #[serde(default)]
+    pub rename: std::collections::BTreeMap<String, String>,
+    /// Fields to remove from every record.
+    #[serde(default)]
+    pub drop: Vec<String>,
+}
+
+/// A request naming a collection.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NameRequest {
+    /// The collection.
+    pub name: String,
+}
+
+/// `Db.Collections` reply.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct CollectionsReply {
+    /// By name.
+    pub collections: Vec<CollectionInfo>,
+}
+
+/// An empty request or reply.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+/// `Db.Create`: makes a record.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// The collection.
+    pub collection: String,
+    /// Its id (default: a new one, sorting by time).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The record's fields, a JSON object.
+    pub data: Map<String, Json>,
+}
+
+/// A request naming a record.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GetRequest {
+    /// The collection.
+    pub collection: String,
+    /// The record.
+    pub id: String,
+    /// Only these fields (comma separated; the record's own always come).
+    #[serde(default)]
+    pub fields: Option<String>,
+}
+
+/// `Db.Update` (merge: fields not named stay, a `null` removes one) and `Db.Replace`.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRequest {
+    /// The collection.
+    pub collection: String,
+    /// The record.
+    pub id: String,
+    /// The fields, a JSON object.
+    pub data: Map<String, Json>,
+    /// The version the record must be at (compare-and-set).
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// `Db.Delete`.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteRequest {
+    /// The collection.
+    pub collection: String,
+    /// The record.
+    pub id: String,
+    /// The version the record must be at (compare-and-set).
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// `Db.List`.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListRequest {
+    /// The collection.
+    pub collection: String,
+    /// A filter, like `done = false && owner = @request.auth.id`.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// Fields to sort by, comma separated, `-` first for descending (`-created,title`).
+    #[serde(default)]
+    pub sort: Option<String>,
+    /// The page, from 1.
+    #[serde(default)]
+    pub page: Option<u32>,
+    /// Records a page (default 30, at most 500).
+    #[serde(default, alias = "perPage")]
+    pub per_page: Option<u32>,
+    /// Count every match too.
+    #[serde(default)]
+    pub total: Option<bool>,
+    /// Only these fields (comma separated; the record's own always come).
+    #[serde(default)]
+    pub fields: Option<String>,
+}
+
+/// `Db.List` reply.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ListReply {
+    /// The page's records.
+    pub items: Vec<Json>,
+    /// The page.
+    pub page: u32,
+    /// Records a page.
+    pub per_page: u32,
+    /// Every match, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
+}
+
+/// One write of a batch.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchWrite {
+    /// `create`, `update` (merge), `replace` or `delete`.
+    pub action: String,
+    /// The record (for a create: its id, default a new one).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The fields (create, update, replace).
+    #[serde(default)]
+    pub data: Option<Map<String, Json>>,
+    /// The version the record must be at (update, replace, delete).
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
+/// `Db.Batch`: writes all or none.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The collection.
+    pub collection: String,
+    /// The writes, in order (at most 1000).
+    pub writes: Vec<BatchWrite>,
+}
+
+/// `Db.Batch` reply.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct BatchReply {
+    /// Each write's record, in order (a deleted one as it was).
+    pub records: Vec<Json>,
+}
+
+/// `Db.Subscribe`: the changes of a collection (or one record) as they commit.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeRequest {
+    /// The collection.
+    pub collection: String,
+    /// Only this record's changes.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Only records that hold this filter.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// Resume after this cursor (the last event's): nothing between is lost.
+    #[serde(default)]
+    pub cursor: Option<u64>,
+}
+
+/// An event of a subscription.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ChangeEvent {
+    /// `subscribed` first, then `create`, `update` or `delete`.
+    pub action: String,
+    /// Where the subscription is: resume after it.
+    pub cursor: u64,
+    /// The record (as it is after, or as it was before a delete).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record: Option<Json>,
+}
+
+/// The record with only `fields` of its own (and its `id`, `created`, `updated`, `version`).
+fn shown(r: &Record, fields: &Option<String>) -> Json {
+    let mut j = r.to_json();
+    if let (Some(fields), Json::Object(m)) = (fields.as_deref().filter(|f| !f.trim().is_empty()), &mut j) {
+        let keep: Vec<&str> = fields.split(',').map(str::trim).collect();
+        m.retain(|k, _| ["id", "created", "updated", "version"].contains(&k.as_str()) || keep.contains(&k.as_str()));
+    }
+    j
+}
+
+/// Runs `writes` on `collection` for `who`: each held by its rule and the schema, all or
+/// none; makes the collection on a manager's first write.
+async fn write(db: &Arc<Db>, who: Who, collection: &str, writes: Vec<(Op, Write)>) -> Result<Vec<Change>, Status> {
+    let c = self::collection(db, &who, collection).await?;
+    let mut guard = Guard { request: who.request.clone(), unique: c.spec.unique(), ..Default::default() };
+    for (op, _) in &writes {
+        match op {
+            Op::Create => guard.create = c.rule(&who, Op::Create)?,
+            Op::Update => guard.update = c.rule(&who, Op::Update)?,
+            _ => guard.delete = c.rule(&who, Op::Delete)?,
+        }
+    }
+    if writes.iter().any(|(op, _)| !matches!(op, Op::Create)) {
+        // A record the caller may not see does not exist for it.
+        guard.view = c.rule(&who, Op::View).unwrap_or(Some(Expr::Or(Vec::new())));
+    }
+    let (d, ns, name, spec, manager) = (db.clone(), who.ns.clone(), c.name.clone(), c.spec, who.manager);
+    let changes = blocking(move || {
+        if manager && d.records.collection(&ns, &name)?.is_none() {
+            d.records.save_collection(&ns, &name, &serde_json::to_value(&spec).unwrap_or_default(), &[], &[])?;
+        }
+        let validate = |doc: &Map<String, Json>| spec.validate(doc);
+        let Guard { view, create, update, delete, request, unique, .. } = guard;
+        let guard = Guard { view, create, update, delete, request, unique, validate: Some(&validate) };
+        d.records.batch(&ns, &name, writes.into_iter().map(|(_, w)| w).collect(), &guard)
+    })
+    .await?;
+    db.committed(&changes);
+    Ok(changes)
+}
+
+fn one(mut changes: Vec<Change>) -> Result<Json, Status> {
+    changes.pop().map(|c| c.record.to_json()).ok_or_else(|| Status::internal(NAME, "no record written"))
+}
+
+/// The changes of a subscription, checked against the subscriber's view rule and filter
+/// as each is delivered.
+fn subscription(
+    db: Arc<Db>,
+    ctx: Context,
+    req: SubscribeRequest,
+) -> impl futures::Stream<Item = Result<ChangeEvent, Status>> + Send {
+    async_stream::try_stream! {
+        let who = who(&ctx)?;
+        // Refused up front when the caller may see nothing of it.
+        let mut c = collection(&db, &who, &req.collection).await?;
+        c.rule(&who, Op::View)?;
+        let filter = match req.filter.as_deref().filter(|f| !f.trim().is_empty()) {
+            Some(f) => Some(crate::filter::parse(f).map_err(|e| status(DbError::Filter(e)))?),
+            None => None,
+        };
+        if let Some(id) = &req.id && (id.is_empty() || id.len() > 64) {
+            Err(bad(format!("invalid record id {id:?}")))?;
+        }
+        let d = db.clone();
+        let (newest, oldest) = blocking(move || d.records.change_bounds()).await?;
+        let mut cursor = match req.cursor {
+            Some(c) if c > newest => Err(bad(format!("cursor {c} is ahead of the newest change ({newest})")))?,
+            Some(c) if c + 1 < oldest => Err(Status::new(
+                Code::FailedPrecondition,
+                NAME,
+                format!("cursor {c} is older than the changes kept: read the collection again and subscribe anew"),
+            ))?,
+            Some(c) => c,
+            None => newest,
+        };
+        yield ChangeEvent { action: "subscribed".into(), cursor, record: None };
+        let mut changed = db.changed.subscribe();
+        let mut closing = db.closing.subscribe();
+        loop {
+            if *closing.borrow_and_update() {
+                break;
+            }
+            let (d, ns, name, id) = (db.clone(), who.ns.clone(), c.name.clone(), req.id.clone());
+            let changes = blocking(move || d.records.changes(&ns, &name, id.as_deref(), cursor, 500)).await?;
+            if changes.is_empty() {
+                // Woken by a commit here; another node's commits are found within a second.
+                tokio::select! {
+                    _ = changed.changed() => {}
+                    _ = closing.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            // The rules as they are now: a rule changed (or the collection deleted) since
+            // the subscription began holds for what is delivered from now on.
+            c = collection(&db, &who, &req.collection).await?;
+            let view = c.rule(&who, Op::View)?;
+            let exprs: Vec<Expr> = view.into_iter().chain(filter.clone()).collect();
+            for ch in changes {
+                cursor = ch.seq;
+                let d = db.clone();
+                let (record, exprs2, request) = (ch.record.clone(), exprs.clone(), who.request.clone());
+                let visible = blocking(move || {
+                    let refs: Vec<&Expr> = exprs2.iter().collect();
+                    d.records.matches(&record, &refs, &request)
+                })
+                .await?;
+                if visible {
+                    yield ChangeEvent { action: ch.action.as_str().into(), cursor, record: Some(ch.record.to_json()) };
+                }
+            }
+        }
+    }
+}
+
+/// The database's handlers on `service` (named [`NAME`], configured by its host), as a
+/// platform service keeping its records in `db`. Record endpoints are open to anyone
+/// (the collections' rules decide); collections are managed by the namespace's admins
+/// and developers.
+pub fn service_with(service: Service, db: Arc<Db>) -> Service {
+    let s = |d: &Arc<Db>| d.clone();
+    let (save, list_c, get_c, del_c, create, get, update, replace, delete, list, batch, sub, trim) =
+        (s(&db), s(&db), s(&db), s(&db), s(&db), s(&db), s(&db), s(&db), s(&db), s(&db), s(&db), s(&db), s(&db));
+    let manager_only = |who: &Who| {
+        if who.manager {
+            Ok(())
+        } else {
+            Err(Status::new(
+                Code::PermissionDenied,
+                NAME,
+                "collections are managed by the namespace's admins and developers",
+            ))
+        }
+    };
+    service
+        .platform()
+        .version(env!("CARGO_PKG_VERSION"))
+        .handle("Db.SaveCollection", move |ctx: Context, req: SaveCollectionRequest| {
+            let db = save.clone();
+            async move {
+                let who = who(&ctx)?;
+                manager_only(&who)?;
+                let spec = Spec { schema: req.schema, rules: req.rules };
+                spec.check().map_err(status)?;
+                if req.name == "collections" {
+                    return Err(bad("collections is the name of the collections' route: choose another"));
+                }
+                let renames: Vec<(String, String)> = req.rename.into_iter().collect();
+                let value = serde_json::to_value(&spec).map_err(|e| Status::internal(NAME, e.to_string()))?;
+                let (ns, name) = (who.ns.clone(), req.name.clone());
+                let (created, updated) =
+                    blocking(move || db.records.save_collection(&ns, &name, &value, &renames, &req.drop)).await?;
+                Ok(info(req.name, spec, created, updated))
+            }
+        })
+        .handle("Db.Collections", move |ctx: Context, _: Empty| {
+            let db = list_c.clone();
+            async move {
+                let who = who(&ctx)?;
+                if !who.reader {
+                    return Err(Status::new(
+                        Code::PermissionDenied,
+                        NAME,
+                        "the namespace's collections are for its members to see",
+                    ));
+                }
+                let ns = who.ns.clone();
+                let all = blocking(move || db.records.collections(&ns)).await?;
+                let collections = all
+                    .into_iter()
+                    .map(|(name, spec, c, u)| info(name, serde_json::from_value(spec).unwrap_or_default(), c, u))
+                    .collect();
+                Ok(CollectionsReply { collections })
+            }
+        })
+        .handle("Db.Collection", move |ctx: Context, req: NameRequest| {
+            let db = get_c.clone();
+            async move {
+                let who = who(&ctx)?;
+                if !who.reader {
+                    return Err(Status::new(
+                        Code::PermissionDenied,
+                        NAME,
+                        "the namespace's collections are for its members to see",
+                    ));
+                }
+                let (ns, name) = (who.ns.clone(), req.name.clone());
+                match blocking(move || db.records.collection(&ns, &name)).await? {
+                    Some((spec, c, u)) => Ok(info(req.name, serde_json::from_value(spec).unwrap_or_default(), c, u)),
+                    None => Err(Status::not_found(NAME, format!("no collection {}", req.name))),
+                }
+            }
+        })
+        .handle("Db.DeleteCollection", move |ctx: Context, req: NameRequest| {
+            let db = del_c.clone();
+            async move {
+                let who = who(&ctx)?;
+                manager_only(&who)?;
+                let (ns, name) = (who.ns.clone(), req.name.clone());
+                if blocking(move || db.records.delete_collection(&ns, &name)).await? {
+                    Ok(Empty {})
+                } else {
+                    Err(Status::not_found(NAME, format!("no collection {}", req.name)))
+                }
+            }
+        })
+        .handle("Db.Create", move |ctx: Context, req: CreateRequest| {
+            let db = create.clone();
+            async move {
+                let w = Write::Create { id: req.id, data: Json::Object(req.data) };
+                one(write(&db, who(&ctx)?, &req.collection, vec![(Op::Create, w)]).await?)
+            }
+        })
+        .handle("Db.Get", move |ctx: Context, req: GetRequest| {
+            let db = get.clone();
+            async move {
+                let who = who(&ctx)?;
+                let c = collection(&db, &who, &req.collection).await?;
+                let rule = c.rule(&who, Op::View)?;
+                let (ns, name, id, request) = (who.ns, c.name, req.id, who.request);
+                let r = blocking(move || db.records.get_as(&ns, &name, &id, rule.as_ref(), &request)).await?;
+                Ok(shown(&r, &req.fields))
+            }
+        })
+        .handle("Db.Update", move |ctx: Context, req: UpdateRequest| {
+            let db = update.clone();
+            async move {
+                let w = Write::Update { id: req.id, data: Json::Object(req.data), merge: true, expected: req.version };
+                one(write(&db, who(&ctx)?, &req.collection, vec![(Op::Update, w)]).await?)
+            }
+        })
+        .handle("Db.Replace", move |ctx: Context, req: UpdateRequest| {
+            let db = replace.clone();
+            async move {
+                let w = Write::Update { id: req.id, data: Json::Object(req.data), merge: false, expected: req.version };
+                one(write(&db, who(&ctx)?, &req.collection, vec![(Op::Update, w)]).await?)
+            }
+        })
+        .handle("Db.Delete", move |ctx: Context, req: DeleteRequest| {
+            let db = delete.clone();
+            async move {
+                let w = Write::Delete { id: req.id, expected: req.version };
+                write(&db, who(&ctx)?, &req.collection, vec![(Op::Delete, w)]).await?;
+                Ok(Empty {})
+            }
+        })
+        .handle("Db.List", move |ctx: Context, req: ListRequest| {
+            let db = list.clone();
+            async move {
+                let who = who(&ctx)?;
+                let c = collection(&db, &who, &req.collection).await?;
+                let rule = c.rule(&who, Op::List)?;
+                let q = ListQuery {
+                    filter: req.filter.unwrap_or_default(),
+                    sort: req.sort.unwrap_or_default(),
+                    page: req.page.unwrap_or(1),
+                    per_page: req.per_page.unwrap_or(0),
+                    total: req.total.unwrap_or(false),
+                };
+                let (ns, name, request) = (who.ns, c.name, who.request);
+                let page = blocking(move || db.records.list_as(&ns, &name, &q, rule.as_ref(), &request)).await?;
+                Ok(ListReply {
+                    items: page.items.iter().map(|r| shown(r, &req.fields)).collect(),
+                    page: page.page,
+                    per_page: page.per_page,
+                    total: page.total,
+                })
+            }
+        })
+        .handle("Db.Batch", move |ctx: Context, req: BatchRequest| {
+            let db = batch.clone();
+            async move {
+                if req.writes.len() > crate::records::MAX_BATCH {
+                    return Err(bad(format!(
+                        "a batch of {} writes; at most {}",
+                        req.writes.len(),
+                        crate::records::MAX_BATCH
+                    )));
+                }
+                let mut writes = Vec::with_capacity(req.writes.len());
+                for (i, w) in req.writes.into_iter().enumerate() {
+                    let need_id = || w.id.clone().ok_or_else(|| bad(format!("write {i}: {} needs an id", w.action)));
+                    let data = || {
+                        w.data
+                            .clone()
+                            .map(Json::Object)
+                            .ok_or_else(|| bad(format!("write {i}: {} needs data", w.action)))
+                    };
+                    writes.push(match w.action.as_str() {
+                        "create" => (Op::Create, Write::Create { id: w.id.clone(), data: data()? }),
+                        "update" | "replace" => (
+                            Op::Update,
+                            Write::Update {
+                                id: need_id()?,
+                                data: data()?,
+                                merge: w.action == "update",
+                                expected: w.version,
+                            },
+                        ),
+                        "delete" => (Op::Delete, Write::Delete { id: need_id()?, expected: w.version }),
+                        other => {
+                            return Err(bad(format!(
+                                "write {i}: unknown action {other:?}: create, update, replace or delete"
+                            )));
+                        }
+                    });
+                }
+                let changes = write(&db, who(&ctx)?, &req.collection, writes).await?;
+                Ok(BatchReply { records: changes.into_iter().map(|c| c.record.to_json()).collect() })
+            }
+        })
+        .stream("Db.Subscribe", move |ctx: Context, req: SubscribeRequest| subscription(sub.clone(), ctx, req))
+        .open("Db.Create")
+        .open("Db.Get")
+        .open("Db.Update")
+        .open("Db.Replace")
+        .open("Db.Delete")
+        .open("Db.List")
+        .open("Db.Batch")
+        .open("Db.Subscribe")
+        .route("GET /db/v1/collections", "Db.Collections")
+        .route("POST /db/v1/collections", "Db.SaveCollection")
+        .route("GET /db/v1/collections/{name}", "Db.Collection")
+        .route("DELETE /db/v1/collections/{name}", "Db.DeleteCollection")
+        .route("GET /db/v1/{collection}/records", "Db.List")
+        .route("POST /db/v1/{collection}/records", "Db.Create")
+        .route("GET /db/v1/{collection}/records/{id}", "Db.Get")
+        .route("PATCH /db/v1/{collection}/records/{id}", "Db.Update")
+        .route("PUT /db/v1/{collection}/records/{id}", "Db.Replace")
+        .route("DELETE /db/v1/{collection}/records/{id}", "Db.Delete")
+        .route("POST /db/v1/{collection}/batch", "Db.Batch")
+        .route("GET /db/v1/{collection}/subscribe", "Db.Subscribe")
+        .background(move |mut stopping| async move {
+            // Changes past the retention are dropped hourly.
+            let d = trim;
+            loop {
+                let (t, age) = (d.clone(), d.retention);
+                if let Err(e) = blocking(move || t.records.trim_changes(age)).await {
+                    tracing::warn!(service = NAME, error = %e, "cannot trim the change log");
+                }
+                tokio::select! {
+                    _ = stopping.stopped() => {
+                        d.closing.send_replace(true);
+                        return;
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                }
+            }
+        })
+}

@@ -1,0 +1,447 @@
+//! The database through a real `micro server` (the binary, hosting the product
+//! in-process): collections, records, filters, rules, batches, realtime over server-sent
+//! events, the CLI, namespaces that never see each other's records, and writes that
+//! survive a SIGKILL.
+
+use micro_test::process::ServerProcess;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn micro() -> std::path::PathBuf {
+    micro_test::process::binary(micro_test::sibling_binary("micro"))
+}
+
+/// `method path` at the gateway `api` as `token` in namespace `ns`: (status, JSON body).
+async fn call(api: &str, method: &str, path: &str, token: Option<&str>, ns: &str, body: Option<Value>) -> (u16, Value) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json"), ("micro-namespace", ns)];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let r = micro_test::http(api, method, path, &headers, body.as_bytes()).await;
+    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+}
+
+/// Percent-encodes a query value.
+fn q(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// The titles of a list reply, in order.
+fn titles(v: &Value) -> Vec<String> {
+    v["items"].as_array().unwrap_or(&vec![]).iter().map(|r| r["title"].as_str().unwrap_or("").to_string()).collect()
+}
+
+/// A server-sent events subscription: each `data:` line's JSON, as it comes.
+struct Events {
+    rx: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Events {
+    async fn open(api: &str, path: &str, token: Option<&str>, ns: &str) -> Events {
+        let mut s = tokio::net::TcpStream::connect(api).await.expect("connect");
+        let mut req =
+            format!("GET {path} HTTP/1.1\r\nHost: {api}\r\nAccept: text/event-stream\r\nMicro-Namespace: {ns}\r\n");
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&chunk[..n]);
+                while let Some(at) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=at).collect();
+                    let line = String::from_utf8_lossy(&line).trim().to_string();
+                    if let Some(data) = line.strip_prefix("data: ") {
+                        let _ = tx.send(serde_json::from_str(data).unwrap_or(Value::String(data.to_string())));
+                    } else if line.starts_with("event: error") {
+                        let _ = tx.send(json!({"action": "error"}));
+                    }
+                }
+            }
+        });
+        Events { rx, task }
+    }
+
+    /// The next event (within 10 s).
+    async fn next(&mut self) -> Value {
+        tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("the stream is open")
+    }
+
+    /// Whether nothing comes within `wait`.
+    async fn quiet(&mut self, wait: Duration) -> Result<(), Value> {
+        match tokio::time::timeout(wait, self.rx.recv()).await {
+            Ok(Some(v)) => Err(v),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The todo app's collection: each person sees and changes only their own todos.
+fn todos_spec() -> Value {
+    json!({
+        "name": "todos",
+        "schema": [
+            {"name": "title", "type": "text", "required": true, "max": 200},
+            {"name": "owner", "type": "text", "required": true},
+            {"name": "done", "type": "bool"},
+            {"name": "prio", "type": "number", "min": 0, "max": 9},
+            {"name": "tags", "type": "array"},
+            {"name": "code", "type": "text", "unique": true}
+        ],
+        "rules": {
+            "list": "owner = @request.auth.id",
+            "view": "owner = @request.auth.id",
+            "create": "@request.auth.id != '' && owner = @request.auth.id",
+            "update": "owner = @request.auth.id",
+            "delete": "owner = @request.auth.id && done = true"
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn collections_records_rules_and_batches_over_http() {
+    let s = ServerProcess::start(&micro(), &[]);
+    let api = s.api.clone();
+    let ann = s.account("shop", "ann", "user", &["admin"]).await;
+    let sam = s.account("shop", "sam", "user", &[]).await;
+    let bo = s.account("shop", "bo", "user", &[]).await;
+    let blog = s.account("blog", "sam", "user", &["admin"]).await;
+
+    // Only the namespace's admins and developers make collections.
+    let (st, v) = call(&api, "POST", "/db/v1/collections", Some(&sam), "shop", Some(todos_spec())).await;
+    assert_eq!(st, 403, "{v}");
+    let (st, v) = call(&api, "POST", "/db/v1/collections", Some(&ann), "shop", Some(todos_spec())).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["explained"][0].as_str().unwrap().contains("where owner = @request.auth.id"), "{v}");
+    // A spec that makes no sense is refused with the reason.
+    let mut broken = todos_spec();
+    broken["rules"]["list"] = json!("owner = ");
+    let (st, v) = call(&api, "POST", "/db/v1/collections", Some(&ann), "shop", Some(broken)).await;
+    assert_eq!((st, v["detail"].as_str().unwrap().contains("list rule: at 8")), (400, true), "{v}");
+
+    // sam and bo make their todos; the rules keep each to their own.
+    let mut ids = Vec::new();
+    for (who, title, prio) in [(&sam, "milk", 3), (&sam, "eggs", 1), (&sam, "bread", 2), (&bo, "nails", 5)] {
+        let owner = if who == &sam { "sam" } else { "bo" };
+        let body = json!({"data": {"title": title, "owner": owner, "done": false, "prio": prio, "tags": ["home"]}});
+        let (st, v) = call(&api, "POST", "/db/v1/todos/records", Some(who), "shop", Some(body)).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!((v["version"].as_u64(), v["id"].as_str().map(str::len)), (Some(1), Some(32)), "{v}");
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    // Making a record for someone else, or without an account, is refused.
+    let forged = json!({"data": {"title": "x", "owner": "sam"}});
+    let (st, v) = call(&api, "POST", "/db/v1/todos/records", Some(&bo), "shop", Some(forged.clone())).await;
+    assert_eq!(st, 403, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("create rule of todos"), "{v}");
+    let (st, _) = call(&api, "POST", "/db/v1/todos/records", None, "shop", Some(forged)).await;
+    assert_eq!(st, 403);
+
+    let list = |token: Option<String>, query: &str| {
+        let (api, query) = (api.clone(), query.to_string());
+        async move { call(&api, "GET", &format!("/db/v1/todos/records?{query}"), token.as_deref(), "shop", None).await }
+    };
+    let (st, v) = list(Some(sam.clone()), "sort=-prio&total=true").await;
+    assert_eq!(
+        (st, titles(&v), v["total"].as_u64()),
+        (200, vec!["milk".into(), "bread".into(), "eggs".into()], Some(3))
+    );
+    let (_, v) = list(Some(bo.clone()), "").await;
+    assert_eq!(titles(&v), vec!["nails".to_string()]);
+    let (_, v) = list(None, "").await;
+    assert_eq!(titles(&v), Vec::<String>::new(), "anonymous callers own nothing");
+    // The admin sees every record; the filter, sort and pages apply.
+    let f = q("prio >= 2 && tags ?= 'home'");
+    let (_, v) = list(Some(ann.clone()), &format!("filter={f}&sort=prio&per_page=2&page=1&total=true")).await;
+    assert_eq!((titles(&v), v["total"].as_u64()), (vec!["bread".into(), "milk".into()], Some(3)));
+    let (_, v) = list(Some(ann.clone()), &format!("filter={f}&sort=prio&per_page=2&page=2&fields=title")).await;
+    assert_eq!(titles(&v), vec!["nails".to_string()]);
+    assert!(v["items"][0].get("owner").is_none() && v["items"][0]["id"].is_string(), "{v}");
+
+    // Bad filters and sorts: 400 with where and what; injections are literals.
+    let (st, v) = list(Some(sam.clone()), &format!("filter={}", q("prio >"))).await;
+    assert_eq!(st, 400);
+    assert!(v["detail"].as_str().unwrap().contains("at 6: expected a field or a value"), "{v}");
+    for attack in ["title = '' OR 1=1 --'", "title = \"\\\"); DROP TABLE records; --\"", "title = 'milk\u{202e}'"] {
+        let (st, v) = list(Some(ann.clone()), &format!("filter={}", q(attack))).await;
+        assert!(st == 400 || (st == 200 && titles(&v).is_empty()), "refused or a literal: {attack}: {v}");
+    }
+    let (st, v) = list(Some(sam.clone()), "sort=prio;DROP").await;
+    assert_eq!(st, 400, "{v}");
+    let (st, _) = list(Some(sam.clone()), "per_page=100000").await;
+    assert_eq!(st, 400);
+    let (_, v) = list(Some(ann.clone()), "total=true").await;
+    assert_eq!(v["total"], 4, "nothing was written or dropped: {v}");
+
+    // One record: another's is not there for bo; schema and size are checked.
+    let path = format!("/db/v1/todos/records/{}", ids[0]);
+    let (st, v) = call(&api, "GET", &path, Some(&sam), "shop", None).await;
+    assert_eq!((st, v["title"].as_str()), (200, Some("milk")));
+    let (st, _) = call(&api, "GET", &path, Some(&bo), "shop", None).await;
+    assert_eq!(st, 404);
+    let (st, _) = call(&api, "PATCH", &path, Some(&bo), "shop", Some(json!({"data": {"title": "mine"}}))).await;
+    assert_eq!(st, 404, "a record bo may not see does not exist for bo");
+    for (bad, why) in [
+        (json!({"data": {"prio": 10}}), "at most 9"),
+        (json!({"data": {"done": "yes"}}), "true or false"),
+        (json!({"data": {"nope": 1}}), "unknown field nope"),
+        (json!({"data": {"owner": "bo"}}), "update rule of todos"),
+    ] {
+        let (st, v) = call(&api, "PATCH", &path, Some(&sam), "shop", Some(bad.clone())).await;
+        assert!(st == 400 || st == 403, "{bad}: {st} {v}");
+        assert!(v["detail"].as_str().unwrap_or("").contains(why), "{bad}: {v}");
+    }
+    let (st, v) =
+        call(&api, "PATCH", &path, Some(&sam), "shop", Some(json!({"data": {"done": true}, "version": 1}))).await;
+    assert_eq!((st, v["version"].as_u64(), v["title"].as_str()), (200, Some(2), Some("milk")), "{v}");
+    // A stale version is a conflict.
+    let (st, v) =
+        call(&api, "PATCH", &path, Some(&sam), "shop", Some(json!({"data": {"prio": 0}, "version": 1}))).await;
+    assert_eq!(st, 409, "{v}");
+    // Replace keeps only what it is given (and the schema still holds).
+    let (st, v) = call(&api, "PUT", &path, Some(&sam), "shop", Some(json!({"data": {"title": "oat milk"}}))).await;
+    assert_eq!(st, 400, "owner is required: {v}");
+
+    // Unique fields.
+    let (st, _) = call(&api, "PATCH", &path, Some(&sam), "shop", Some(json!({"data": {"code": "A1"}}))).await;
+    assert_eq!(st, 200);
+    let other = format!("/db/v1/todos/records/{}", ids[1]);
+    let (st, v) = call(&api, "PATCH", &other, Some(&sam), "shop", Some(json!({"data": {"code": "A1"}}))).await;
+    assert_eq!(st, 409, "{v}");
+
+    // The delete rule: only done todos.
+    let (st, _) = call(&api, "DELETE", &other, Some(&sam), "shop", None).await;
+    assert_eq!(st, 403);
+    let (st, _) = call(&api, "DELETE", &path, Some(&sam), "shop", None).await;
+    assert_eq!(st, 204);
+    let (st, _) = call(&api, "GET", &path, Some(&sam), "shop", None).await;
+    assert_eq!(st, 404);
+
+    // A batch is all or none: the last write's version is stale, so nothing is written.
+    let batch = |v2: u64| {
+        json!({"writes": [
+            {"action": "update", "id": ids[1], "data": {"prio": 7}},
+            {"action": "create", "data": {"title": "jam", "owner": "sam"}},
+            {"action": "update", "id": ids[2], "data": {"done": true}, "version": v2},
+        ]})
+    };
+    let (st, v) = call(&api, "POST", "/db/v1/todos/batch", Some(&sam), "shop", Some(batch(5))).await;
+    assert_eq!(st, 409, "{v}");
+    let (_, v) = list(Some(sam.clone()), "sort=title").await;
+    assert_eq!(titles(&v), vec!["bread".to_string(), "eggs".into()], "{v}");
+    assert_eq!(v["items"][1]["prio"], 1, "the first write of the refused batch is not there");
+    let (st, v) = call(&api, "POST", "/db/v1/todos/batch", Some(&sam), "shop", Some(batch(1))).await;
+    assert_eq!((st, v["records"].as_array().map(Vec::len)), (200, Some(3)), "{v}");
+    // A batch that touches another's record is refused whole.
+    let mixed = json!({"writes": [
+        {"action": "create", "data": {"title": "x", "owner": "sam"}},
+        {"action": "delete", "id": ids[3]},
+    ]});
+    let (st, _) = call(&api, "POST", "/db/v1/todos/batch", Some(&sam), "shop", Some(mixed)).await;
+    assert_eq!(st, 404);
+    let (_, v) = list(Some(ann.clone()), "total=true").await;
+    assert_eq!(v["total"], 4, "{v}");
+    let (st, v) = call(&api, "POST", "/db/v1/todos/batch", Some(&sam), "shop", Some(json!({"writes": []}))).await;
+    assert_eq!(st, 400, "{v}");
+
+    // Another namespace sees none of it, even with an account named sam; a token of
+    // another namespace is refused in this one.
+    let (st, v) = call(&api, "GET", "/db/v1/todos/records", Some(&blog), "blog", None).await;
+    assert_eq!((st, titles(&v)), (200, Vec::<String>::new()), "{v}");
+    let (st, _) = call(&api, "GET", "/db/v1/todos/records", Some(&blog), "shop", None).await;
+    assert_eq!(st, 403);
+    let (st, _) = call(&api, "GET", "/db/v1/collections", Some(&blog), "shop", None).await;
+    assert_eq!(st, 403);
+    let (st, v) = call(&api, "GET", "/db/v1/collections", Some(&ann), "shop", None).await;
+    assert_eq!((st, v["collections"][0]["name"].as_str()), (200, Some("todos")), "{v}");
+    let (st, _) = call(&api, "GET", "/db/v1/collections", Some(&sam), "shop", None).await;
+    assert_eq!(st, 403, "a plain account does not see the specs");
+
+    // A collection nobody made: locked to everyone but its managers, whose first write
+    // makes it.
+    let (st, _) = call(&api, "GET", "/db/v1/notes/records", Some(&sam), "shop", None).await;
+    assert_eq!(st, 404);
+    let (st, v) = call(&api, "POST", "/db/v1/notes/records", Some(&ann), "shop", Some(json!({"data": {"t": 1}}))).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = call(&api, "GET", "/db/v1/notes/records", Some(&sam), "shop", None).await;
+    assert_eq!(st, 403, "locked by default: {v}");
+
+    // Schema evolution: rename a field in every record without downtime.
+    let mut spec = todos_spec();
+    spec["schema"][3]["name"] = json!("priority");
+    spec["rename"] = json!({"prio": "priority"});
+    let (st, v) = call(&api, "POST", "/db/v1/collections", Some(&ann), "shop", Some(spec)).await;
+    assert_eq!(st, 200, "{v}");
+    let (_, v) = list(Some(sam.clone()), "sort=priority").await;
+    assert_eq!(titles(&v), vec!["jam".to_string(), "bread".into(), "eggs".into()], "a missing field first: {v}");
+    assert!(v["items"][2].get("prio").is_none() && v["items"][2]["priority"] == 7, "{v}");
+
+    // Deleting the collection deletes its records.
+    let (st, _) = call(&api, "DELETE", "/db/v1/collections/todos", Some(&ann), "shop", None).await;
+    assert_eq!(st, 204);
+    let (st, _) = call(&api, "GET", "/db/v1/todos/records", Some(&sam), "shop", None).await;
+    assert_eq!(st, 404);
+    let _ = s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn realtime_delivers_what_the_rules_let_each_subscriber_see() {
+    let s = ServerProcess::start(&micro(), &[]);
+    let api = s.api.clone();
+    let ann = s.account("shop", "ann", "user", &["admin"]).await;
+    let sam = s.account("shop", "sam", "user", &[]).await;
+    let bo = s.account("shop", "bo", "user", &[]).await;
+    let (st, v) = call(&api, "POST", "/db/v1/collections", Some(&ann), "shop", Some(todos_spec())).await;
+    assert_eq!(st, 200, "{v}");
+
+    let mut sams = Events::open(&api, "/db/v1/todos/subscribe", Some(&sam), "shop").await;
+    let first = sams.next().await;
+    assert_eq!(first["action"], "subscribed", "{first}");
+    let mut bos = Events::open(&api, "/db/v1/todos/subscribe", Some(&bo), "shop").await;
+    assert_eq!(bos.next().await["action"], "subscribed");
+    let mut admins =
+        Events::open(&api, &format!("/db/v1/todos/subscribe?filter={}", q("done = true")), Some(&ann), "shop").await;
+    assert_eq!(admins.next().await["action"], "subscribed");
+    // Anonymous callers may not subscribe to what they could not read.
+    let mut anon = Events::open(&api, "/db/v1/todos/subscribe", None, "shop").await;
+    let a = anon.next().await;
+    assert!(a["action"] == "subscribed" || a["action"] == "error", "{a}");
+
+    let new = |title: &str, owner: &str| json!({"data": {"title": title, "owner": owner, "done": false}});
+    let (_, r1) = call(&api, "POST", "/db/v1/todos/records", Some(&sam), "shop", Some(new("milk", "sam"))).await;
+    let (_, r2) = call(&api, "POST", "/db/v1/todos/records", Some(&bo), "shop", Some(new("nails", "bo"))).await;
+    let path = format!("/db/v1/todos/records/{}", r1["id"].as_str().unwrap());
+    call(&api, "PATCH", &path, Some(&sam), "shop", Some(json!({"data": {"done": true}}))).await;
+    call(&api, "DELETE", &path, Some(&sam), "shop", None).await;
+
+    // sam gets his record's changes in commit order, bo only his, the admin's filter
+    // only done ones.
+    let got: Vec<Value> = vec![sams.next().await, sams.next().await, sams.next().await];
+    let actions: Vec<&str> = got.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, ["create", "update", "delete"], "{got:?}");
+    assert!(got.iter().all(|e| e["record"]["owner"] == "sam"), "{got:?}");
+    assert!(got.windows(2).all(|w| w[0]["cursor"].as_u64() < w[1]["cursor"].as_u64()), "{got:?}");
+    sams.quiet(Duration::from_millis(500)).await.expect("nothing of bo's reaches sam");
+    let b = bos.next().await;
+    assert_eq!((b["action"].as_str(), b["record"]["id"].clone()), (Some("create"), r2["id"].clone()), "{b}");
+    bos.quiet(Duration::from_millis(500)).await.expect("nothing of sam's reaches bo");
+    let a = admins.next().await;
+    assert_eq!((a["action"].as_str(), a["record"]["done"].as_bool()), (Some("update"), Some(true)), "{a}");
+    let a = admins.next().await;
+    assert_eq!(a["action"], "delete", "{a}");
+    anon.quiet(Duration::from_millis(300)).await.expect("an anonymous subscriber owns nothing");
+
+    // Resume: sam goes away, changes happen, and he picks up from his cursor without
+    // losing any.
+    let cursor = got[2]["cursor"].as_u64().unwrap();
+    drop(sams);
+    let (_, r3) = call(&api, "POST", "/db/v1/todos/records", Some(&sam), "shop", Some(new("eggs", "sam"))).await;
+    call(&api, "POST", "/db/v1/todos/records", Some(&bo), "shop", Some(new("screws", "bo"))).await;
+    let mut again = Events::open(&api, &format!("/db/v1/todos/subscribe?cursor={cursor}"), Some(&sam), "shop").await;
+    assert_eq!(again.next().await["action"], "subscribed");
+    let e = again.next().await;
+    assert_eq!((e["action"].as_str(), e["record"]["id"].clone()), (Some("create"), r3["id"].clone()), "{e}");
+    again.quiet(Duration::from_millis(500)).await.expect("only sam's");
+
+    // A rule changed while subscribed holds for what is delivered next: the view rule
+    // is locked, so sam gets nothing more.
+    let mut locked = todos_spec();
+    locked["rules"]["view"] = Value::Null;
+    call(&api, "POST", "/db/v1/collections", Some(&ann), "shop", Some(locked)).await;
+    call(&api, "POST", "/db/v1/todos/records", Some(&sam), "shop", Some(new("late", "sam"))).await;
+    match again.quiet(Duration::from_millis(1500)).await {
+        Ok(()) => {}
+        Err(e) => assert_eq!(e["action"], "error", "a locked rule delivers nothing: {e}"),
+    }
+    // A cursor from the future is refused.
+    let mut bad = Events::open(&api, "/db/v1/todos/subscribe?cursor=999999", Some(&ann), "shop").await;
+    assert_eq!(bad.next().await["action"], "error");
+    let _ = s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_and_crashes_and_deleted_namespaces() {
+    let s = ServerProcess::start(&micro(), &[]);
+    let api = s.api.clone();
+    s.admin_cli().await.ok(&["namespace", "create", "shop"]).await;
+    let admin = s.admin_token().await;
+    micro_test::create_account(&s.proxy, &admin, "shop", ("ann", "ann-secret-1"), "user", &["admin"]).await;
+    let cli = s.cli();
+    cli.ok(&["--namespace", "shop", "login", "--id", "ann", "--password", "ann-secret-1"]).await;
+    let made = cli.json(&["db", "create", "--collection", "notes", "--data", r#"{"text":"hello","n":1}"#]).await;
+    let id = made["id"].as_str().expect("an id").to_string();
+    let got = cli.json(&["db", "get", "--collection", "notes", "--id", &id]).await;
+    assert_eq!(got["text"], "hello");
+    let listed = cli.json(&["db", "list", "--collection", "notes", "--filter", "n = 1", "--total"]).await;
+    assert_eq!(listed["total"], 1, "{listed}");
+    let err = cli.error(&["db", "list", "--collection", "notes", "--filter", "n = = 1"]).await;
+    assert!(err.contains("at 4"), "{err}");
+
+    // Acknowledged writes survive a SIGKILL; a batch is whole or absent.
+    let ann = micro_test::login(&s.proxy, "shop", "ann", "ann-secret-1").await;
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let (st, v) =
+            call(&api, "POST", "/db/v1/notes/records", Some(&ann), "shop", Some(json!({"data": {"n": i}}))).await;
+        assert_eq!(st, 200, "{v}");
+        acked.push(v["id"].as_str().unwrap().to_string());
+    }
+    let writes: Vec<Value> = (0..200).map(|i| json!({"action": "create", "data": {"batch": i}})).collect();
+    let (api2, ann2) = (api.clone(), ann.clone());
+    let racing = tokio::spawn(async move {
+        call(&api2, "POST", "/db/v1/notes/batch", Some(&ann2), "shop", Some(json!({"writes": writes}))).await
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let restart = s.kill();
+    let _ = racing.await;
+    let s = restart.start();
+    let api = s.api.clone();
+    let ann = micro_test::login(&s.proxy, "shop", "ann", "ann-secret-1").await;
+    for id in &acked {
+        let (st, _) = call(&api, "GET", &format!("/db/v1/notes/records/{id}"), Some(&ann), "shop", None).await;
+        assert_eq!(st, 200, "acknowledged record {id} is lost");
+    }
+    let (_, v) =
+        call(&api, "GET", "/db/v1/notes/records?filter=batch%20!%3D%20null&total=true", Some(&ann), "shop", None).await;
+    let n = v["total"].as_u64().unwrap();
+    assert!(n == 0 || n == 200, "a batch is all or nothing across a crash, found {n}");
+
+    // Deleting the namespace deletes its collections and records.
+    let root = s.admin_cli().await;
+    root.ok(&["namespace", "delete", "shop"]).await;
+    // It could not be made again while anything of it remained.
+    root.ok(&["namespace", "create", "shop"]).await;
+    let admin = s.admin_token().await;
+    let (st, v) = call(&api, "GET", "/db/v1/notes/records", Some(&admin), "shop", None).await;
+    assert_eq!((st, v["items"].as_array().map(Vec::len)), (200, Some(0)), "{v}");
+    let _ = s.stop();
+}
