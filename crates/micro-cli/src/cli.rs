@@ -602,7 +602,14 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::HttpService { name, endpoint, command } => {
             crate::dynamic::http_service(&c, &name, &endpoint, &command).await
         }
-        Command::Dynamic(args) => crate::dynamic::run(&c, &args).await,
+        Command::Dynamic(args) => {
+            if args.first().is_some_and(|a| a == "db")
+                && let Some(done) = crate::db::run(&c, &args[1..]).await
+            {
+                return done;
+            }
+            crate::dynamic::run(&c, &args).await
+        }
     }
 }
 

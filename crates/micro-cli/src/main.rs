@@ -5,6 +5,7 @@ mod cache;
 mod cli;
 mod cluster;
 mod data;
+mod db;
 mod domain;
 mod dynamic;
 mod envs;

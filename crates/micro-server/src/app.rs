@@ -141,6 +141,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         }
         None => (Arc::new(micro_embedded::store::EmbeddedStore::open_named(&dir, "runtime")?), None),
     };
+    let clustered = cluster.is_some();
     let events: Arc<dyn micro_core::events::Events> =
         match shared.events(config.events_max_age, config.events_max_events).await? {
             Some(e) => e,
@@ -230,7 +231,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         cluster,
     };
     let runtime = crate::runtime::Runtime::open(&config.data_dir, config.runtime.clone(), wiring).await?;
-    let hosted = crate::products::Hosted::open(&config).map_err(Error::Config)?;
+    let hosted = crate::products::Hosted::open(&config, clustered).map_err(Error::Config)?;
     // Deleting a namespace deletes its data in each of these.
     auth.hold_namespace_data(crate::namespace_data::NamespaceData {
         store: store.clone(),

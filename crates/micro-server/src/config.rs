@@ -126,7 +126,11 @@ impl Default for Config {
             core_ttl: std::time::Duration::from_secs(60),
             services: crate::products::NAMES.iter().map(|s| s.to_string()).collect(),
             email: micro_email::Settings::default(),
-            db: micro_db::Settings { path: PathBuf::new(), retention: std::time::Duration::from_secs(86_400) },
+            db: micro_db::Settings {
+                path: PathBuf::new(),
+                retention: std::time::Duration::from_secs(86_400),
+                max_subscriptions: 20_000,
+            },
             platform_url: None,
             events_max_age: None,
             events_max_events: None,

@@ -79,6 +79,9 @@ struct DeclaredRoute {
     endpoint: Endpoint,
 }
 
+/// The most namespaces whose declared routes are cached at once.
+const MAX_ROUTE_NAMESPACES: usize = 4096;
+
 /// How long the declared routes of a namespace are cached.
 const ROUTES_TTL: Duration = Duration::from_secs(1);
 
@@ -525,11 +528,16 @@ impl Gateway {
             }
         }
         let routes = Arc::new(routes);
-        self.inner
-            .routes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ns.to_string(), (Instant::now(), routes.clone()));
+        let mut cache = self.inner.routes.lock().unwrap_or_else(|e| e.into_inner());
+        // Names anyone may send (a header, a host) fill it no further than this.
+        if cache.len() >= MAX_ROUTE_NAMESPACES {
+            cache.retain(|_, (at, _)| at.elapsed() < ROUTES_TTL);
+            if cache.len() >= MAX_ROUTE_NAMESPACES {
+                cache.clear();
+            }
+        }
+        cache.insert(ns.to_string(), (Instant::now(), routes.clone()));
+        drop(cache);
         routes
     }
 

@@ -28,9 +28,17 @@ pub(crate) struct Hosted {
 }
 
 impl Hosted {
-    /// Opens what the selected products keep outside the store.
-    pub(crate) fn open(config: &crate::Config) -> Result<Hosted, String> {
+    /// Opens what the selected products keep outside the store. The database keeps its
+    /// records in a file of this node, so nodes sharing a database (a cluster) do not
+    /// host it: each would hold records of its own.
+    pub(crate) fn open(config: &crate::Config, clustered: bool) -> Result<Hosted, String> {
         if !config.services.iter().any(|s| s == micro_db::NAME) {
+            return Ok(Hosted::default());
+        }
+        if clustered {
+            tracing::warn!(
+                "the database product (db) is not hosted on nodes sharing a database: its records are in one node's file"
+            );
             return Ok(Hosted::default());
         }
         let mut settings = config.db.clone();
@@ -123,7 +131,8 @@ pub(crate) async fn start(
     hosted: &Hosted,
 ) -> Result<Vec<micro::Running>, micro_core::Status> {
     let mut running = Vec::new();
-    for p in PRODUCTS.iter().filter(|p| config.services.iter().any(|s| s == p.name)) {
+    let hosts = |p: &&Product| p.name != micro_db::NAME || hosted.db.is_some();
+    for p in PRODUCTS.iter().filter(|p| config.services.iter().any(|s| s == p.name)).filter(hosts) {
         let (id, secret) = auth.product_account(p.name, p.scopes).await?;
         let service = (p.build)(
             Service::new(p.name).server(proxy).transport(transport.clone()).credentials(&id, &secret),

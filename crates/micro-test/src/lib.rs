@@ -8,6 +8,7 @@ pub mod dns;
 pub mod process;
 pub mod recorder;
 pub mod smtp;
+pub mod sse;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -181,6 +182,39 @@ pub async fn post_json(
     }
     let r = http(addr, "POST", path, &headers, body.to_string().as_bytes()).await;
     (r.status, serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null))
+}
+
+/// `method path` with an optional JSON `body` at `addr`, as the holder of `token` in
+/// namespace `ns`: the status and the JSON reply (`null` when it is not JSON).
+pub async fn call_json(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    ns: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json"), ("micro-namespace", ns)];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b.as_str()));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let r = http(addr, method, path, &headers, body.as_bytes()).await;
+    (r.status, serde_json::from_str(&r.body).unwrap_or(serde_json::Value::Null))
+}
+
+/// Percent-encodes a query value.
+pub fn query_value(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// The path of a binary built in the same target directory as the running test.

@@ -134,6 +134,24 @@ pub struct Spec {
     /// Who may do what; every rule locked unless given.
     #[serde(default)]
     pub rules: Rules,
+    /// Indexes the queries of the collection use (a unique field of the schema has one
+    /// without being named here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<Index>,
+    /// The fields full-text search covers (text, numbers and lists of them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub search: Vec<String>,
+}
+
+/// An index: fields (in order) whose values lists find records by and sort on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Index {
+    /// The fields (`a.b` for a nested one; `created` and the other own fields too).
+    pub fields: Vec<String>,
+    /// No two records share these fields' values.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unique: bool,
 }
 
 fn bad(msg: impl Into<String>) -> DbError {
@@ -205,6 +223,22 @@ impl Spec {
     pub fn rule_texts(&self) -> [(&'static str, &Option<String>); 5] {
         let r = &self.rules;
         [("list", &r.list), ("view", &r.view), ("create", &r.create), ("update", &r.update), ("delete", &r.delete)]
+    }
+
+    /// Every index the collection has: those declared, and one for each unique field.
+    pub fn index_specs(&self) -> Vec<crate::records::IndexSpec> {
+        let mut out: Vec<crate::records::IndexSpec> = self
+            .indexes
+            .iter()
+            .map(|i| crate::records::IndexSpec { fields: i.fields.clone(), unique: i.unique })
+            .collect();
+        for f in self.unique() {
+            let spec = crate::records::IndexSpec { fields: vec![f], unique: true };
+            if !out.contains(&spec) {
+                out.push(spec);
+            }
+        }
+        out
     }
 
     /// The fields no two records may share.

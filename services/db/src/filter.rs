@@ -133,6 +133,9 @@ impl std::error::Error for FilterError {}
 
 /// The macros a filter may name.
 const MACROS: [&str; 3] = ["now", "todayStart", "todayEnd"];
+/// The caller's fields a filter may name (`@request.auth.id`): any other would be `""`
+/// for everyone, so a rule naming one would not mean what it says.
+pub const AUTH_FIELDS: [&str; 3] = ["id", "name", "type"];
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -407,11 +410,11 @@ impl Parser {
             Tok::Num(n) => Operand::Num(*n),
             Tok::Macro(p) => {
                 let known = (p.len() == 1 && MACROS.contains(&p[0].as_str()))
-                    || (p.len() >= 3 && p[0] == "request" && p[1] == "auth");
+                    || (p.len() == 3 && p[0] == "request" && p[1] == "auth" && AUTH_FIELDS.contains(&p[2].as_str()));
                 if !known {
                     return Err(err(
                         self.pos,
-                        "a macro: @request.auth.<field>, @now, @todayStart or @todayEnd",
+                        "a macro: @request.auth.id, @request.auth.name, @request.auth.type, @now, @todayStart or @todayEnd",
                         format!("@{}", p.join(".")),
                     ));
                 }

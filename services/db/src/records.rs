@@ -37,6 +37,8 @@ pub enum DbError {
     Filter(FilterError),
     /// No such record.
     NotFound(String),
+    /// The collection's spec changed since the batch's rules were read: read them again.
+    Stale,
     /// The record's version is not the one expected.
     Conflict {
         /// The record.
@@ -64,6 +66,7 @@ impl std::fmt::Display for DbError {
                 write!(f, "record {id} is at version {actual}, not {expected}: read it again and retry")
             }
             DbError::Taken(why) | DbError::Denied(why) => write!(f, "{why}"),
+            DbError::Stale => write!(f, "the collection changed meanwhile: try again"),
             DbError::Storage(e) => write!(f, "storage: {e}"),
         }
     }
@@ -78,6 +81,9 @@ impl From<rusqlite::Error> for DbError {
                 "the query ran longer than {} s: narrow the filter (an indexed field, fewer contains tests)",
                 MAX_QUERY_TIME.as_secs()
             )),
+            Some(rusqlite::ErrorCode::ConstraintViolation) => {
+                DbError::Taken("another record has these values of a unique index".into())
+            }
             _ => DbError::Storage(e.to_string()),
         }
     }
@@ -180,6 +186,8 @@ pub struct Records {
     /// When the running statement must stop (milliseconds since `epoch`; `u64::MAX`:
     /// none runs).
     deadline: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The same for the rules' connection.
+    eval_deadline: std::sync::Arc<std::sync::atomic::AtomicU64>,
     epoch: std::time::Instant,
     /// The longest a statement may run ([`MAX_QUERY_TIME`] unless set).
     query_time: std::time::Duration,
@@ -200,6 +208,9 @@ fn now() -> String {
 }
 
 fn check_name(what: &str, name: &str) -> Result<(), DbError> {
+    if what == "collection" && name.eq_ignore_ascii_case("collections") {
+        return Err(DbError::Invalid("collections is the name of the collections' route: choose another".into()));
+    }
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
@@ -241,32 +252,83 @@ fn to_value(p: &Param) -> Value {
 }
 
 /// `ORDER BY` of a sort: each field a column or a JSON path parameter.
-fn order_by(sort: &str, params: &mut Vec<Value>) -> Result<String, DbError> {
+fn order_by(sort: &str) -> Result<String, DbError> {
     let mut parts = Vec::new();
     for item in sort.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (desc, field) = match item.strip_prefix('-') {
             Some(f) => (true, f),
             None => (false, item.strip_prefix('+').unwrap_or(item)),
         };
-        let path: Vec<&str> = field.split('.').collect();
-        for seg in &path {
-            check_name("sort field", seg)?;
-        }
-        let expr = match path.as_slice() {
-            [c] if ["id", "created", "updated", "version"].contains(c) => (*c).to_string(),
-            _ => {
-                let json_path: String = path.iter().map(|s| format!(".\"{s}\"")).collect();
-                params.push(Value::Text(format!("${json_path}")));
-                format!("json_extract(data, ?{})", params.len())
-            }
-        };
-        parts.push(format!("{expr} {}", if desc { "DESC" } else { "ASC" }));
+        let path = field_path("sort field", field)?;
+        parts.push(format!("{} {}", sql::field_expr(&path), if desc { "DESC" } else { "ASC" }));
         if parts.len() > MAX_SORT {
             return Err(DbError::Invalid(format!("sort by at most {MAX_SORT} fields")));
         }
     }
-    parts.push("id ASC".into());
+    parts.push("records.id ASC".into());
     Ok(parts.join(", "))
+}
+
+/// A field's path (`a.b.c`), each part a name.
+fn field_path(what: &str, field: &str) -> Result<Vec<String>, DbError> {
+    let path: Vec<String> = field.split('.').map(str::to_string).collect();
+    if path.len() > crate::filter::MAX_PATH {
+        return Err(DbError::Invalid(format!("{what} {field:?}: at most {} parts", crate::filter::MAX_PATH)));
+    }
+    for seg in &path {
+        check_name(what, seg)?;
+    }
+    Ok(path)
+}
+
+/// The rows of `collection` in `ns` as SQL text: both written into the query (checked
+/// names only) so that the collection's indexes, partial on them, are used.
+fn scope(ns: &str, collection: &str) -> Result<String, DbError> {
+    check_name("collection", collection)?;
+    if ns.is_empty() || ns.len() > 63 || !ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(DbError::Invalid(format!("invalid namespace {ns:?}")));
+    }
+    Ok(format!("records.namespace = '{ns}' AND records.collection = '{collection}'"))
+}
+
+/// An index of a collection: its fields, in order, and whether no two records may share
+/// their values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexSpec {
+    /// The fields (paths like `a.b`; `id`, `created`, `updated` and `version` too).
+    pub fields: Vec<String>,
+    /// No two records share the fields' values.
+    pub unique: bool,
+}
+
+/// The most indexes of a collection, and fields of one index.
+pub const MAX_INDEXES: usize = 16;
+const MAX_INDEX_FIELDS: usize = 8;
+
+impl IndexSpec {
+    /// Its SQLite name: the namespace, the collection and a digest of the definition.
+    pub fn name(&self, ns: &str, collection: &str) -> String {
+        // The collection's exact name is in the digest too: SQLite's names ignore case,
+        // collections' do not (`Todos` and `todos` are two).
+        let definition = format!("{collection}\n{}\n{}", self.fields.join(","), self.unique);
+        format!("ix_{ns}_{collection}_{:016x}", fnv(definition.as_bytes()))
+    }
+
+    fn create_sql(&self, ns: &str, collection: &str) -> Result<String, DbError> {
+        let mut exprs = Vec::new();
+        for f in &self.fields {
+            exprs.push(sql::field_expr(&field_path("index field", f)?).replace("records.", ""));
+        }
+        // The namespace and the collection lead, so that SQLite's planner (which does not
+        // count the partial index's own terms) prefers it to the primary key.
+        Ok(format!(
+            "CREATE {}INDEX IF NOT EXISTS \"{}\" ON records (namespace, collection, {}) WHERE {}",
+            if self.unique { "UNIQUE " } else { "" },
+            self.name(ns, collection),
+            exprs.join(", "),
+            scope(ns, collection)?.replace("records.", "")
+        ))
+    }
 }
 
 fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, i64, String)> {
@@ -281,7 +343,134 @@ fn decode((id, created, updated, version, data): (String, String, String, i64, S
     Ok(Record { id, created, updated, version: version.max(0) as u64, data })
 }
 
-const COLUMNS: &str = "id, created, updated, version, data";
+/// Replaces SQLite's `LIKE … ESCAPE …` on `conn` with a contains-test in time linear in
+/// the text: the filters' `~` is `x LIKE '%text%' ESCAPE '\'` (the text's `%`, `_` and `\`
+/// escaped), which SQLite's own LIKE matches in time of the text times the pattern, and
+/// no interrupt stops one call of it (a 1 MiB record and a long pattern would hold the
+/// connection for seconds). ASCII letters match either case, as SQLite's do.
+fn contains_as_like(conn: &rusqlite::Connection) -> Result<(), DbError> {
+    use rusqlite::functions::FunctionFlags;
+    use rusqlite::types::ValueRef;
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("like", 3, flags, |ctx| {
+        let text = |i: usize| -> rusqlite::Result<Option<Vec<u8>>> {
+            Ok(match ctx.get_raw(i) {
+                ValueRef::Null => None,
+                ValueRef::Integer(n) => Some(n.to_string().into_bytes()),
+                ValueRef::Real(r) => Some(r.to_string().into_bytes()),
+                ValueRef::Text(t) | ValueRef::Blob(t) => Some(t.to_vec()),
+            })
+        };
+        let (Some(pattern), Some(haystack)) = (text(0)?, text(1)?) else { return Ok(None) };
+        let inner = pattern
+            .strip_prefix(b"%")
+            .and_then(|p| p.strip_suffix(b"%"))
+            .ok_or_else(|| rusqlite::Error::UserFunctionError("a contains pattern is %text%".into()))?;
+        let mut needle = Vec::with_capacity(inner.len());
+        let mut bytes = inner.iter();
+        while let Some(b) = bytes.next() {
+            match b {
+                b'\\' => needle.push(*bytes.next().unwrap_or(&b'\\')),
+                b'%' | b'_' => {
+                    return Err(rusqlite::Error::UserFunctionError(
+                        "a contains pattern has no wildcards inside".into(),
+                    ));
+                }
+                b => needle.push(*b),
+            }
+        }
+        needle.make_ascii_lowercase();
+        let haystack = haystack.to_ascii_lowercase();
+        Ok(Some(memchr::memmem::find(&haystack, &needle).is_some()))
+    })?;
+    Ok(())
+}
+
+/// FNV-1a of `bytes`: stable across builds and platforms.
+fn fnv(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// The full-text index of `collection` in `ns`, as SQL text (checked names only).
+fn fts_table(ns: &str, collection: &str) -> Result<String, DbError> {
+    scope(ns, collection)?;
+    Ok(format!("\"fts_{ns}_{collection}_{:08x}\"", fnv(collection.as_bytes()) as u32))
+}
+
+/// The text of `fields` of a document, for its full-text index: strings, numbers and
+/// lists of them.
+fn text_of(data: &Map<String, Json>, fields: &[String]) -> String {
+    fn add(v: &Json, out: &mut String) {
+        match v {
+            Json::String(s) => {
+                out.push_str(s);
+                out.push('\n');
+            }
+            Json::Number(n) => {
+                out.push_str(&n.to_string());
+                out.push('\n');
+            }
+            Json::Array(a) => a.iter().for_each(|v| add(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = String::new();
+    for f in fields {
+        let mut v = data.get(f.split('.').next().unwrap_or_default());
+        for seg in f.split('.').skip(1) {
+            v = v.and_then(|v| v.get(seg));
+        }
+        if let Some(v) = v {
+            add(v, &mut out);
+        }
+    }
+    out
+}
+
+/// An aggregate of [`Records::aggregate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AggregateOp {
+    /// How many records (of a field: how many have it).
+    Count,
+    /// The sum of a field.
+    Sum,
+    /// The average of a field.
+    Avg,
+    /// The least value of a field.
+    Min,
+    /// The greatest value of a field.
+    Max,
+}
+
+impl AggregateOp {
+    fn sql(self) -> &'static str {
+        match self {
+            AggregateOp::Count => "count",
+            AggregateOp::Sum => "sum",
+            AggregateOp::Avg => "avg",
+            AggregateOp::Min => "min",
+            AggregateOp::Max => "max",
+        }
+    }
+
+    /// `count`, `sum`, `avg`, `min` or `max`.
+    pub fn parse(s: &str) -> Option<AggregateOp> {
+        match s {
+            "count" => Some(AggregateOp::Count),
+            "sum" => Some(AggregateOp::Sum),
+            "avg" => Some(AggregateOp::Avg),
+            "min" => Some(AggregateOp::Min),
+            "max" => Some(AggregateOp::Max),
+            _ => None,
+        }
+    }
+}
+
+const COLUMNS: &str = "records.id, records.created, records.updated, records.version, records.data";
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -341,6 +530,8 @@ pub enum Action {
     Update,
     /// Deleted one.
     Delete,
+    /// Deleted the collection (and every record of it).
+    Reset,
 }
 
 impl Action {
@@ -350,6 +541,7 @@ impl Action {
             Action::Create => "create",
             Action::Update => "update",
             Action::Delete => "delete",
+            Action::Reset => "reset",
         }
     }
 
@@ -358,6 +550,7 @@ impl Action {
             "create" => Some(Action::Create),
             "update" => Some(Action::Update),
             "delete" => Some(Action::Delete),
+            "reset" => Some(Action::Reset),
             _ => None,
         }
     }
@@ -396,6 +589,17 @@ pub struct Guard<'a> {
     pub validate: Option<&'a Validate<'a>>,
     /// Fields no two records of the collection may share a value of.
     pub unique: Vec<String>,
+    /// What the collection's spec must be: the rules and schema above are of it.
+    pub expect: Option<Expect>,
+}
+
+/// The collection's spec a batch's guard was made of, checked in its transaction.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    /// It last changed at this time.
+    Updated(String),
+    /// There is none: the batch makes it with this spec (no indexes, no search).
+    Make(Json),
 }
 
 impl Guard<'_> {
@@ -418,7 +622,7 @@ impl Guard<'_> {
         let rule = match action {
             Action::Create => &self.create,
             Action::Update => &self.update,
-            Action::Delete => &self.delete,
+            Action::Delete | Action::Reset => &self.delete,
         };
         // What is malformed is told first (400), then what is not allowed (403).
         if let (Some(new), Some(validate)) = (new, self.validate) {
@@ -462,6 +666,7 @@ impl Records {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA busy_timeout = 5000;
+             PRAGMA analysis_limit = 1000;
              CREATE TABLE IF NOT EXISTS records (
                  namespace TEXT NOT NULL,
                  collection TEXT NOT NULL,
@@ -489,25 +694,74 @@ impl Records {
                  record TEXT NOT NULL,
                  at INTEGER NOT NULL
              );
-             CREATE INDEX IF NOT EXISTS changes_of ON changes (namespace, collection, seq);",
+             CREATE INDEX IF NOT EXISTS changes_of ON changes (namespace, collection, seq);
+             CREATE INDEX IF NOT EXISTS changes_at ON changes (at);
+             CREATE TABLE IF NOT EXISTS tombstones (
+                 namespace TEXT NOT NULL,
+                 collection TEXT NOT NULL,
+                 id TEXT NOT NULL,
+                 version INTEGER NOT NULL,
+                 at INTEGER NOT NULL,
+                 PRIMARY KEY (namespace, collection, id)
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS floors (
+                 namespace TEXT NOT NULL,
+                 collection TEXT NOT NULL,
+                 seq INTEGER NOT NULL,
+                 PRIMARY KEY (namespace, collection)
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS searches (
+                 namespace TEXT NOT NULL,
+                 collection TEXT NOT NULL,
+                 fields TEXT NOT NULL,
+                 PRIMARY KEY (namespace, collection)
+             ) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS search_ids (
+                 rid INTEGER PRIMARY KEY AUTOINCREMENT,
+                 namespace TEXT NOT NULL,
+                 collection TEXT NOT NULL,
+                 id TEXT NOT NULL,
+                 UNIQUE (namespace, collection, id)
+             );
+             CREATE TABLE IF NOT EXISTS indexes (
+                 namespace TEXT NOT NULL,
+                 collection TEXT NOT NULL,
+                 name TEXT NOT NULL,
+                 PRIMARY KEY (namespace, collection, name)
+             ) WITHOUT ROWID;",
         )?;
         let eval = rusqlite::Connection::open_in_memory()?;
+        contains_as_like(&conn)?;
+        contains_as_like(&eval)?;
         let deadline = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
+        let eval_deadline = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX));
         let epoch = std::time::Instant::now();
-        // A watchdog stops the running statement past its deadline (and ends with the
-        // records).
-        let (at, interrupt) = (std::sync::Arc::downgrade(&deadline), conn.get_interrupt_handle());
+        // A watchdog stops the running statement of either connection past its deadline
+        // (and ends with the records).
+        let watched = [
+            (std::sync::Arc::downgrade(&deadline), conn.get_interrupt_handle()),
+            (std::sync::Arc::downgrade(&eval_deadline), eval.get_interrupt_handle()),
+        ];
         std::thread::spawn(move || {
-            while let Some(at) = at.upgrade() {
-                let due = at.load(std::sync::atomic::Ordering::Relaxed);
-                if due != u64::MAX && epoch.elapsed().as_millis() as u64 > due {
-                    interrupt.interrupt();
+            loop {
+                for (at, interrupt) in &watched {
+                    let Some(at) = at.upgrade() else { return };
+                    let due = at.load(std::sync::atomic::Ordering::Relaxed);
+                    if due != u64::MAX && epoch.elapsed().as_millis() as u64 > due {
+                        interrupt.interrupt();
+                    }
                 }
-                drop(at);
                 std::thread::sleep(std::time::Duration::from_millis(50));
             }
         });
-        Ok(Records { conn: Mutex::new(conn), eval: Mutex::new(eval), deadline, epoch, query_time: MAX_QUERY_TIME })
+        Ok(Records {
+            conn: Mutex::new(conn),
+            eval: Mutex::new(eval),
+            deadline,
+            eval_deadline,
+            epoch,
+            query_time: MAX_QUERY_TIME,
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, rusqlite::Connection> {
@@ -525,6 +779,14 @@ impl Records {
         let at = self.epoch.elapsed() + self.query_time;
         self.deadline.store(at.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
         Deadline(&self.deadline)
+    }
+
+    /// The same for the rules' connection (a tenth of the query time: a delivery's test
+    /// is of one record).
+    fn eval_deadline(&self) -> Deadline<'_> {
+        let at = self.epoch.elapsed() + self.query_time / 10;
+        self.eval_deadline.store(at.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+        Deadline(&self.eval_deadline)
     }
 
     /// Record `id` of `collection` in `ns`.
@@ -606,6 +868,32 @@ impl Records {
         let mut conn = self.conn();
         let _deadline = self.deadline();
         let tx = conn.transaction()?;
+        match &guard.expect {
+            Some(Expect::Updated(when)) => {
+                let now: Option<String> = tx
+                    .query_row(
+                        "SELECT updated FROM collections WHERE namespace = ?1 AND name = ?2",
+                        (ns, collection),
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if now.as_deref() != Some(when.as_str()) {
+                    return Err(DbError::Stale);
+                }
+            }
+            Some(Expect::Make(spec)) => {
+                let made = tx.execute(
+                    "INSERT INTO collections (namespace, name, spec, created, updated) VALUES (?1, ?2, ?3, ?4, ?4)
+                     ON CONFLICT (namespace, name) DO NOTHING",
+                    (ns, collection, spec.to_string(), now()),
+                )?;
+                if made == 0 {
+                    return Err(DbError::Stale);
+                }
+            }
+            None => {}
+        }
+        let search = Self::search_fields(&tx, ns, collection)?;
         let mut out = Vec::with_capacity(writes.len());
         for w in writes {
             let at = now();
@@ -615,17 +903,35 @@ impl Records {
                     let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
                     check_id(&id)?;
                     let data = document(data)?;
-                    if Self::read(&tx, ns, collection, &id)?.is_some() {
-                        return Err(DbError::Conflict { id, expected: 0, actual: 1 });
-                    }
-                    let record = Record { id, created: at.clone(), updated: at.clone(), version: 1, data };
+                    // A record made again after a delete goes on from the deleted one's
+                    // version, so no stale compare-and-set matches it.
+                    let buried: Option<i64> = tx
+                        .query_row(
+                            "SELECT version FROM tombstones WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
+                            (ns, collection, &id),
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    let version = buried.map_or(1, |v| v.max(0) as u64 + 1);
+                    let record = Record { id, created: at.clone(), updated: at.clone(), version, data };
+                    // The rule first: whether a hidden record has an id is not told to
+                    // whom the rule refuses.
                     guard.admit(&tx, ns, collection, Action::Create, None, Some(&record))?;
+                    if Self::read(&tx, ns, collection, &record.id)?.is_some() {
+                        return Err(DbError::Conflict { id: record.id, expected: 0, actual: 1 });
+                    }
                     let text = Json::Object(record.data.clone()).to_string();
                     tx.execute(
                         "INSERT INTO records (namespace, collection, id, data, created, updated, version)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1)",
-                        (ns, collection, &record.id, &text, &at),
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
+                        (ns, collection, &record.id, &text, &at, version as i64),
                     )?;
+                    if buried.is_some() {
+                        tx.execute(
+                            "DELETE FROM tombstones WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
+                            (ns, collection, &record.id),
+                        )?;
+                    }
                     (Action::Create, record)
                 }
                 Write::Update { id, data, merge, expected } => {
@@ -673,6 +979,11 @@ impl Records {
                         "DELETE FROM records WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
                         (ns, collection, &id),
                     )?;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO tombstones (namespace, collection, id, version, at)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                        (ns, collection, &id, old.version as i64, now_ms() as i64),
+                    )?;
                     (Action::Delete, old)
                 }
             };
@@ -680,7 +991,12 @@ impl Records {
                 "INSERT INTO changes (namespace, collection, id, action, record, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 (ns, collection, &record.id, action.as_str(), record.to_json().to_string(), now_ms() as i64),
             )?;
-            out.push(Change { seq: tx.last_insert_rowid().max(0) as u64, action, record });
+            let seq = tx.last_insert_rowid().max(0) as u64;
+            if let Some(fields) = &search {
+                let now = (action != Action::Delete).then_some(&record);
+                Self::index_text(&tx, ns, collection, fields, &record.id, now)?;
+            }
+            out.push(Change { seq, action, record });
         }
         tx.commit()?;
         Ok(out)
@@ -689,7 +1005,11 @@ impl Records {
     /// Whether `record` holds every one of `exprs` for `request` (tested apart from the
     /// stored records, as realtime deliveries are).
     pub fn matches(&self, record: &Record, exprs: &[&Expr], request: &sql::Request) -> Result<bool, DbError> {
+        if exprs.is_empty() {
+            return Ok(true);
+        }
         let conn = self.eval.lock().unwrap_or_else(|e| e.into_inner());
+        let _deadline = self.eval_deadline();
         holds(&conn, record, exprs, request)
     }
 
@@ -706,7 +1026,7 @@ impl Records {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT seq, action, record FROM changes
-             WHERE namespace = ?1 AND collection = ?2 AND seq > ?3 AND (?4 IS NULL OR id = ?4)
+             WHERE namespace = ?1 AND collection = ?2 AND seq > ?3 AND (?4 IS NULL OR id = ?4 OR action = 'reset')
              ORDER BY seq LIMIT ?5",
         )?;
         let rows = stmt.query_map((ns, collection, after as i64, id, i64::from(limit)), |r| {
@@ -742,7 +1062,11 @@ impl Records {
     /// Drops changes older than `age`: cursors before them can no longer resume.
     pub fn trim_changes(&self, age: std::time::Duration) -> Result<u64, DbError> {
         let before = now_ms().saturating_sub(age.as_millis() as u64);
-        let n = self.conn().execute("DELETE FROM changes WHERE at < ?1", (before as i64,))?;
+        let conn = self.conn();
+        let n = conn.execute("DELETE FROM changes WHERE at < ?1", (before as i64,))?;
+        conn.execute("DELETE FROM tombstones WHERE at < ?1", (before as i64,))?;
+        // The planner's figures, kept current as collections grow.
+        conn.execute_batch("PRAGMA optimize")?;
         Ok(n as u64)
     }
 
@@ -779,6 +1103,8 @@ impl Records {
     /// Saves collection `name` of `ns` with `spec` (made or replaced), in the same
     /// transaction renaming fields of its records (`renames`, from and to) and removing
     /// others (`drops`): its made and changed times.
+    // The collection, the caller and what is asked: each a different thing.
+    #[allow(clippy::too_many_arguments)]
     pub fn save_collection(
         &self,
         ns: &str,
@@ -786,8 +1112,20 @@ impl Records {
         spec: &Json,
         renames: &[(String, String)],
         drops: &[String],
+        indexes: &[IndexSpec],
+        search: &[String],
     ) -> Result<(String, String), DbError> {
-        check_name("collection", name)?;
+        scope(ns, name)?;
+        if indexes.len() > MAX_INDEXES {
+            return Err(DbError::Invalid(format!("at most {MAX_INDEXES} indexes a collection")));
+        }
+        let mut wanted = Vec::new();
+        for ix in indexes {
+            if ix.fields.is_empty() || ix.fields.len() > MAX_INDEX_FIELDS {
+                return Err(DbError::Invalid(format!("an index of 1 to {MAX_INDEX_FIELDS} fields")));
+            }
+            wanted.push((ix.name(ns, name), ix.create_sql(ns, name)?, ix));
+        }
         for f in renames.iter().flat_map(|(a, b)| [a, b]).chain(drops) {
             check_name("field", f)?;
         }
@@ -799,20 +1137,44 @@ impl Records {
              ON CONFLICT (namespace, name) DO UPDATE SET spec = excluded.spec, updated = excluded.updated",
             (ns, name, spec.to_string(), &at),
         )?;
-        let path = |f: &str| format!("$.\"{f}\"");
-        for (from, to) in renames {
-            tx.execute(
-                "UPDATE records SET data = json_remove(json_set(data, ?4, json_extract(data, ?3)), ?3)
-                 WHERE namespace = ?1 AND collection = ?2 AND json_type(data, ?3) IS NOT NULL",
-                (ns, name, path(from), path(to)),
-            )?;
+        if !renames.is_empty() || !drops.is_empty() {
+            Self::reshape(&tx, ns, name, renames, drops, &at)?;
+            // The searched text moves with the fields: index it all again.
+            Self::set_search(&tx, ns, name, &[])?;
         }
-        for f in drops {
-            tx.execute(
-                "UPDATE records SET data = json_remove(data, ?3)
-                 WHERE namespace = ?1 AND collection = ?2 AND json_type(data, ?3) IS NOT NULL",
-                (ns, name, path(f)),
+        Self::set_search(&tx, ns, name, search)?;
+        // The indexes: those no longer declared dropped, the new ones built (a unique one
+        // over values already shared is refused, and nothing of the save is kept).
+        let had: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT name FROM indexes WHERE namespace = ?1 AND collection = ?2")?;
+            let rows = stmt.query_map((ns, name), |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for old in had.iter().filter(|h| !wanted.iter().any(|(n, _, _)| n == *h)) {
+            tx.execute(&format!("DROP INDEX IF EXISTS \"{old}\""), [])?;
+            tx.execute("DELETE FROM indexes WHERE namespace = ?1 AND collection = ?2 AND name = ?3", (ns, name, old))?;
+        }
+        let mut analyze = false;
+        for (index, create, ix) in &wanted {
+            if let Err(e) = tx.execute(create, []) {
+                return Err(match e.sqlite_error_code() {
+                    Some(rusqlite::ErrorCode::ConstraintViolation) => DbError::Taken(format!(
+                        "records of {name} share values of {}: a unique index cannot be made until they do not",
+                        ix.fields.join(", ")
+                    )),
+                    _ => e.into(),
+                });
+            }
+            let made = tx.execute(
+                "INSERT OR IGNORE INTO indexes (namespace, collection, name) VALUES (?1, ?2, ?3)",
+                (ns, name, index),
             )?;
+            analyze |= made > 0;
+        }
+        if analyze {
+            // Figures of the table and its indexes for the planner (sampled: see
+            // `analysis_limit` at open), without which it prefers the primary key.
+            tx.execute("ANALYZE records", [])?;
         }
         let created: String =
             tx.query_row("SELECT created FROM collections WHERE namespace = ?1 AND name = ?2", (ns, name), |r| {
@@ -822,23 +1184,321 @@ impl Records {
         Ok((created, at))
     }
 
+    /// Renames and removes fields of every record of `collection` in `ns`, each such
+    /// record a write of its own (a new version, in the change log). After a removal the
+    /// older changes (which still hold the removed fields) are dropped, and cursors from
+    /// before it cannot resume.
+    fn reshape(
+        tx: &rusqlite::Connection,
+        ns: &str,
+        collection: &str,
+        renames: &[(String, String)],
+        drops: &[String],
+        at: &str,
+    ) -> Result<(), DbError> {
+        let mut targets = std::collections::BTreeSet::new();
+        for (from, to) in renames {
+            if from == to || !targets.insert(to.as_str()) || renames.iter().any(|(f, _)| f == to) || drops.contains(to)
+            {
+                return Err(DbError::Invalid(format!("renaming {from} to {to}: each field once, to a new name")));
+            }
+        }
+        let before = Self::newest(tx)?;
+        let scope = scope(ns, collection)?;
+        let all: Vec<(String, String, String, i64, String)> = {
+            let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM records WHERE {scope}"))?;
+            let rows = stmt.query_map([], record)?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for row in all {
+            let mut r = decode(row)?;
+            let mut changed = false;
+            for (from, to) in renames {
+                if let Some(v) = r.data.remove(from) {
+                    if r.data.contains_key(to) {
+                        return Err(DbError::Invalid(format!(
+                            "record {} has both {from} and {to}: renaming would lose one",
+                            r.id
+                        )));
+                    }
+                    r.data.insert(to.clone(), v);
+                    changed = true;
+                }
+            }
+            for f in drops {
+                changed |= r.data.remove(f).is_some();
+            }
+            if !changed {
+                continue;
+            }
+            r.version += 1;
+            r.updated = at.to_string();
+            tx.execute(
+                "UPDATE records SET data = ?4, updated = ?5, version = ?6
+                 WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
+                (ns, collection, &r.id, Json::Object(r.data.clone()).to_string(), at, r.version as i64),
+            )?;
+            tx.execute(
+                "INSERT INTO changes (namespace, collection, id, action, record, at) VALUES (?1, ?2, ?3, 'update', ?4, ?5)",
+                (ns, collection, &r.id, r.to_json().to_string(), now_ms() as i64),
+            )?;
+        }
+        if !drops.is_empty() {
+            tx.execute(
+                "DELETE FROM changes WHERE namespace = ?1 AND collection = ?2 AND seq <= ?3",
+                (ns, collection, before as i64),
+            )?;
+            Self::set_floor(tx, ns, collection, before)?;
+        }
+        Ok(())
+    }
+
+    /// Ends the change log of `collection` in `ns` (it is deleted): its changes are
+    /// dropped (they hold its records), cursors before now cannot resume, and a `reset`
+    /// tells subscribers at the newest change that everything they hold is gone.
+    fn reset(tx: &rusqlite::Connection, ns: &str, collection: &str) -> Result<(), DbError> {
+        tx.execute("DELETE FROM changes WHERE namespace = ?1 AND collection = ?2", (ns, collection))?;
+        Self::set_floor(tx, ns, collection, Self::newest(tx)?)?;
+        let empty = Record { id: String::new(), created: now(), updated: now(), version: 0, data: Map::new() };
+        tx.execute(
+            "INSERT INTO changes (namespace, collection, id, action, record, at) VALUES (?1, ?2, '', 'reset', ?3, ?4)",
+            (ns, collection, empty.to_json().to_string(), now_ms() as i64),
+        )?;
+        Ok(())
+    }
+
+    /// The newest change's `seq` handed out (0: none yet).
+    fn newest(conn: &rusqlite::Connection) -> Result<u64, DbError> {
+        let n: Option<i64> =
+            conn.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'changes'", [], |r| r.get(0)).optional()?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Cursors of `collection` in `ns` at or before `seq` can no longer resume.
+    fn set_floor(tx: &rusqlite::Connection, ns: &str, collection: &str, seq: u64) -> Result<(), DbError> {
+        tx.execute(
+            "INSERT INTO floors (namespace, collection, seq) VALUES (?1, ?2, ?3)
+             ON CONFLICT (namespace, collection) DO UPDATE SET seq = max(seq, excluded.seq)",
+            (ns, collection, seq as i64),
+        )?;
+        Ok(())
+    }
+
+    /// The cursor of `collection` in `ns` below which a subscription cannot resume: the
+    /// last change before the collection was deleted, or fields of it removed.
+    pub fn floor(&self, ns: &str, collection: &str) -> Result<u64, DbError> {
+        let n: Option<i64> = self
+            .conn()
+            .query_row("SELECT seq FROM floors WHERE namespace = ?1 AND collection = ?2", (ns, collection), |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(n.unwrap_or(0).max(0) as u64)
+    }
+
     /// Deletes collection `name` of `ns` with its records and changes; whether it was there.
     pub fn delete_collection(&self, ns: &str, name: &str) -> Result<bool, DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        Self::drop_indexes(&tx, ns, Some(name))?;
+        Self::set_search(&tx, ns, name, &[])?;
         let n = tx.execute("DELETE FROM collections WHERE namespace = ?1 AND name = ?2", (ns, name))?;
         tx.execute("DELETE FROM records WHERE namespace = ?1 AND collection = ?2", (ns, name))?;
-        tx.execute("DELETE FROM changes WHERE namespace = ?1 AND collection = ?2", (ns, name))?;
+        tx.execute("DELETE FROM tombstones WHERE namespace = ?1 AND collection = ?2", (ns, name))?;
+        Self::reset(&tx, ns, name)?;
         tx.commit()?;
         Ok(n > 0)
+    }
+
+    /// The fields of `collection` in `ns` its full-text search covers (none: no search).
+    fn search_fields(tx: &rusqlite::Connection, ns: &str, collection: &str) -> Result<Option<Vec<String>>, DbError> {
+        let text: Option<String> = tx
+            .query_row("SELECT fields FROM searches WHERE namespace = ?1 AND collection = ?2", (ns, collection), |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    }
+
+    /// Puts record `id`'s text (the `fields` of `record`; none: it is gone) in the
+    /// collection's full-text index.
+    fn index_text(
+        tx: &rusqlite::Connection,
+        ns: &str,
+        collection: &str,
+        fields: &[String],
+        id: &str,
+        record: Option<&Record>,
+    ) -> Result<(), DbError> {
+        let table = fts_table(ns, collection)?;
+        let rid: Option<i64> = tx
+            .query_row(
+                "SELECT rid FROM search_ids WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
+                (ns, collection, id),
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(rid) = rid {
+            tx.execute(&format!("DELETE FROM {table} WHERE rowid = ?1"), (rid,))?;
+        }
+        let Some(record) = record else {
+            tx.execute("DELETE FROM search_ids WHERE rid = ?1", (rid,))?;
+            return Ok(());
+        };
+        let rid = match rid {
+            Some(r) => r,
+            None => {
+                tx.execute(
+                    "INSERT INTO search_ids (namespace, collection, id) VALUES (?1, ?2, ?3)",
+                    (ns, collection, id),
+                )?;
+                tx.last_insert_rowid()
+            }
+        };
+        tx.execute(
+            &format!("INSERT INTO {table} (rowid, body) VALUES (?1, ?2)"),
+            (rid, text_of(&record.data, fields)),
+        )?;
+        Ok(())
+    }
+
+    /// Makes the full-text index of `collection` in `ns` cover `fields` (none: drops
+    /// it), indexing every record again when they changed.
+    fn set_search(tx: &rusqlite::Connection, ns: &str, collection: &str, fields: &[String]) -> Result<(), DbError> {
+        for f in fields {
+            field_path("search field", f)?;
+        }
+        if fields.len() > 32 {
+            return Err(DbError::Invalid("search at most 32 fields".into()));
+        }
+        let had = Self::search_fields(tx, ns, collection)?;
+        if had.as_deref() == Some(fields) || (had.is_none() && fields.is_empty()) {
+            return Ok(());
+        }
+        let table = fts_table(ns, collection)?;
+        tx.execute(&format!("DROP TABLE IF EXISTS {table}"), [])?;
+        tx.execute("DELETE FROM search_ids WHERE namespace = ?1 AND collection = ?2", (ns, collection))?;
+        tx.execute("DELETE FROM searches WHERE namespace = ?1 AND collection = ?2", (ns, collection))?;
+        if fields.is_empty() {
+            return Ok(());
+        }
+        tx.execute(
+            &format!("CREATE VIRTUAL TABLE {table} USING fts5(body, tokenize = 'unicode61 remove_diacritics 2')"),
+            [],
+        )?;
+        let text = serde_json::to_string(fields).map_err(|e| DbError::Storage(e.to_string()))?;
+        tx.execute("INSERT INTO searches (namespace, collection, fields) VALUES (?1, ?2, ?3)", (ns, collection, text))?;
+        let all: Vec<(String, String, String, i64, String)> = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {COLUMNS} FROM records WHERE records.namespace = ?1 AND records.collection = ?2"
+            ))?;
+            let rows = stmt.query_map((ns, collection), record)?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for row in all {
+            let r = decode(row)?;
+            Self::index_text(tx, ns, collection, fields, &r.id, Some(&r))?;
+        }
+        Ok(())
+    }
+
+    /// The records of `collection` in `ns` whose searched fields hold the words of
+    /// `text` (each word a prefix with `prefix`), best first, that match `q`'s filter
+    /// and `rule`.
+    // The collection, the caller and what is asked: each a different thing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn search(
+        &self,
+        ns: &str,
+        collection: &str,
+        text: &str,
+        prefix: bool,
+        q: &ListQuery,
+        rule: Option<&Expr>,
+        request: &sql::Request,
+    ) -> Result<Page, DbError> {
+        let (where_, mut params, per_page, page) = Self::query(ns, collection, q, rule, request)?;
+        let words: Vec<String> = text
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(|w| format!("\"{w}\"{}", if prefix { "*" } else { "" }))
+            .collect();
+        if words.is_empty() || words.len() > 32 || text.len() > 1024 {
+            return Err(DbError::Invalid(
+                "search for 1 to 32 words (letters and digits), at most 1024 characters".into(),
+            ));
+        }
+        let conn = self.conn();
+        if Self::search_fields(&conn, ns, collection)?.is_none() {
+            return Err(DbError::Invalid(format!(
+                "{collection} has no full-text search: name the fields to search in its spec (search)"
+            )));
+        }
+        let table = fts_table(ns, collection)?;
+        let _deadline = self.deadline();
+        params.push(Value::Text(words.join(" ")));
+        let matching = params.len();
+        params.push(Value::Integer(i64::from(per_page)));
+        let limit = params.len();
+        params.push(Value::Integer(i64::from(page - 1) * i64::from(per_page)));
+        let offset = params.len();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM {table} AS f
+             JOIN search_ids AS s ON s.rid = f.rowid
+             JOIN records ON records.namespace = s.namespace AND records.collection = s.collection AND records.id = s.id
+             WHERE {table} MATCH ?{matching} AND {where_}
+             ORDER BY f.rank, records.id LIMIT ?{limit} OFFSET ?{offset}"
+        ))?;
+        let rows = stmt.query_map(params_from_iter(params.iter()), record)?;
+        let mut items = Vec::new();
+        for r in rows {
+            items.push(decode(r?)?);
+        }
+        Ok(Page { items, page, per_page, total: None })
+    }
+
+    /// Drops the indexes of `collection` in `ns` (of all its collections without one).
+    fn drop_indexes(tx: &rusqlite::Transaction<'_>, ns: &str, collection: Option<&str>) -> Result<(), DbError> {
+        let names: Vec<String> = {
+            let mut stmt =
+                tx.prepare("SELECT name FROM indexes WHERE namespace = ?1 AND (?2 IS NULL OR collection = ?2)")?;
+            let rows = stmt.query_map((ns, collection), |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for n in names {
+            tx.execute(&format!("DROP INDEX IF EXISTS \"{n}\""), [])?;
+        }
+        tx.execute("DELETE FROM indexes WHERE namespace = ?1 AND (?2 IS NULL OR collection = ?2)", (ns, collection))?;
+        Ok(())
     }
 
     /// Deletes everything of namespace `ns` (it is being deleted).
     pub fn delete_namespace(&self, ns: &str) -> Result<(), DbError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
-        for table in ["collections", "records", "changes"] {
+        Self::drop_indexes(&tx, ns, None)?;
+        let searched: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT collection FROM searches WHERE namespace = ?1")?;
+            let rows = stmt.query_map((ns,), |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for c in searched {
+            Self::set_search(&tx, ns, &c, &[])?;
+        }
+        // Cursors into the namespace's collections cannot resume (should its name be
+        // taken again).
+        let names: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "SELECT name FROM collections WHERE namespace = ?1 UNION SELECT collection FROM changes WHERE namespace = ?1",
+            )?;
+            let rows = stmt.query_map((ns,), |r| r.get::<_, String>(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for table in ["collections", "records", "tombstones"] {
             tx.execute(&format!("DELETE FROM {table} WHERE namespace = ?1"), (ns,))?;
+        }
+        for c in names {
+            Self::reset(&tx, ns, &c)?;
         }
         tx.commit()?;
         Ok(())
@@ -858,6 +1518,130 @@ impl Records {
         Ok(any.is_some())
     }
 
+    /// The `WHERE` clause of a list and its parameters, with the page size and page:
+    /// everything checked before anything runs.
+    fn query(
+        ns: &str,
+        collection: &str,
+        q: &ListQuery,
+        rule: Option<&Expr>,
+        request: &sql::Request,
+    ) -> Result<(String, Vec<Value>, u32, u32), DbError> {
+        let scope = scope(ns, collection)?;
+        let per_page = if q.per_page == 0 { 30 } else { q.per_page };
+        if per_page > MAX_PER_PAGE {
+            return Err(DbError::Invalid(format!("at most {MAX_PER_PAGE} records a page")));
+        }
+        let page = q.page.max(1);
+        if q.sort.len() > MAX_SORT_LEN {
+            return Err(DbError::Invalid(format!("a sort of at most {MAX_SORT_LEN} characters")));
+        }
+        order_by(&q.sort)?;
+        let mut exprs: Vec<Expr> = rule.into_iter().cloned().collect();
+        if !q.filter.trim().is_empty() {
+            exprs.push(filter::parse(&q.filter).map_err(DbError::Filter)?);
+        }
+        // The rule and the filter combine as parsed trees, never as text.
+        let (clause, params) = if exprs.is_empty() {
+            ("1".to_string(), Vec::new())
+        } else {
+            let c = sql::sqlite(&Expr::And(exprs), request);
+            (c.sql, c.params.iter().map(to_value).collect())
+        };
+        Ok((format!("{scope} AND ({clause})"), params, per_page, page))
+    }
+
+    /// How SQLite would run a list: the steps of its plan, one a line (`SEARCH records
+    /// USING INDEX …` when an index serves the filter or the sort).
+    pub fn explain(
+        &self,
+        ns: &str,
+        collection: &str,
+        q: &ListQuery,
+        rule: Option<&Expr>,
+        request: &sql::Request,
+    ) -> Result<Vec<String>, DbError> {
+        let (where_, params, _, _) = Self::query(ns, collection, q, rule, request)?;
+        let order = order_by(&q.sort)?;
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "EXPLAIN QUERY PLAN SELECT {COLUMNS} FROM records WHERE {where_} ORDER BY {order} LIMIT 30"
+        ))?;
+        let rows = stmt.query_map(params_from_iter(params.iter()), |r| r.get::<_, String>(3))?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
+    /// Counts, sums, averages, minimums and maximums of the records of `collection` in
+    /// `ns` that match `q`'s filter and `rule`, in groups of the `group` fields' values:
+    /// each row the group's values, then each of `ops`' result, at most `limit` groups,
+    /// the largest count first.
+    // The collection, the caller and what is asked: each a different thing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn aggregate(
+        &self,
+        ns: &str,
+        collection: &str,
+        q: &ListQuery,
+        rule: Option<&Expr>,
+        request: &sql::Request,
+        group: &[String],
+        ops: &[(AggregateOp, Option<String>)],
+        limit: u32,
+    ) -> Result<Vec<Vec<Json>>, DbError> {
+        let (where_, mut params, _, _) = Self::query(ns, collection, q, rule, request)?;
+        if group.len() > MAX_INDEX_FIELDS || ops.is_empty() || ops.len() > 16 {
+            return Err(DbError::Invalid(format!(
+                "group by at most {MAX_INDEX_FIELDS} fields, with 1 to 16 aggregates"
+            )));
+        }
+        let mut cols = Vec::new();
+        for g in group {
+            cols.push(sql::field_expr(&field_path("group field", g)?));
+        }
+        let groups = cols.clone();
+        for (op, field) in ops {
+            let expr = match (op, field) {
+                (AggregateOp::Count, None) => "count(*)".to_string(),
+                (op, Some(f)) => format!("{}({})", op.sql(), sql::field_expr(&field_path("aggregate field", f)?)),
+                (op, None) => return Err(DbError::Invalid(format!("{} needs a field", op.sql()))),
+            };
+            cols.push(expr);
+        }
+        params.push(Value::Integer(i64::from(limit.clamp(1, 1000))));
+        let limit_param = params.len();
+        let group_by = if groups.is_empty() { String::new() } else { format!(" GROUP BY {}", groups.join(", ")) };
+        let order = if groups.is_empty() { String::new() } else { " ORDER BY count(*) DESC".to_string() };
+        let conn = self.conn();
+        let _deadline = self.deadline();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {} FROM records WHERE {where_}{group_by}{order} LIMIT ?{limit_param}",
+            cols.join(", ")
+        ))?;
+        let n = cols.len();
+        let rows = stmt.query_map(params_from_iter(params.iter()), |r| {
+            let mut row = Vec::with_capacity(n);
+            for i in 0..n {
+                row.push(match r.get::<_, Value>(i)? {
+                    Value::Null => Json::Null,
+                    Value::Integer(i) => Json::from(i),
+                    Value::Real(f) => serde_json::Number::from_f64(f).map_or(Json::Null, Json::Number),
+                    Value::Text(t) => Json::String(t),
+                    Value::Blob(_) => Json::Null,
+                });
+            }
+            Ok(row)
+        })?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r?);
+        }
+        Ok(out)
+    }
+
     /// A page of `collection`'s records in `ns` that match `q`'s filter for `request`.
     pub fn list(&self, ns: &str, collection: &str, q: &ListQuery, request: &sql::Request) -> Result<Page, DbError> {
         self.list_as(ns, collection, q, None, request)
@@ -873,34 +1657,8 @@ impl Records {
         rule: Option<&Expr>,
         request: &sql::Request,
     ) -> Result<Page, DbError> {
-        check_name("collection", collection)?;
-        let per_page = if q.per_page == 0 { 30 } else { q.per_page };
-        if per_page > MAX_PER_PAGE {
-            return Err(DbError::Invalid(format!("at most {MAX_PER_PAGE} records a page")));
-        }
-        let page = q.page.max(1);
-        if q.sort.len() > MAX_SORT_LEN {
-            return Err(DbError::Invalid(format!("a sort of at most {MAX_SORT_LEN} characters")));
-        }
-        // The sort is checked before anything runs.
-        order_by(&q.sort, &mut Vec::new())?;
-        let mut params: Vec<Value> = Vec::new();
-        let mut clause = String::from("1");
-        let mut exprs: Vec<Expr> = rule.into_iter().cloned().collect();
-        if !q.filter.trim().is_empty() {
-            exprs.push(filter::parse(&q.filter).map_err(DbError::Filter)?);
-        }
-        // The rule and the filter combine as parsed trees, never as text.
-        if !exprs.is_empty() {
-            let c = sql::sqlite(&Expr::And(exprs), request);
-            params.extend(c.params.iter().map(to_value));
-            clause = c.sql;
-        }
-        params.push(Value::Text(ns.to_string()));
-        let ns_param = params.len();
-        params.push(Value::Text(collection.to_string()));
-        let coll_param = params.len();
-        let where_ = format!("namespace = ?{ns_param} AND collection = ?{coll_param} AND ({clause})");
+        let (where_, mut params, per_page, page) = Self::query(ns, collection, q, rule, request)?;
+        let order = order_by(&q.sort)?;
         let conn = self.conn();
         let _deadline = self.deadline();
         let total = if q.total {
@@ -913,12 +1671,11 @@ impl Records {
         } else {
             None
         };
-        let order = order_by(&q.sort, &mut params)?;
         params.push(Value::Integer(i64::from(per_page)));
         let limit = params.len();
         params.push(Value::Integer(i64::from(page - 1) * i64::from(per_page)));
         let offset = params.len();
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM records WHERE {where_} ORDER BY {order} LIMIT ?{limit} OFFSET ?{offset}"
         ))?;
         let rows = stmt.query_map(params_from_iter(params.iter()), record)?;
@@ -1047,10 +1804,17 @@ mod tests {
     fn a_slow_query_is_stopped_and_the_next_one_runs() {
         let db = records().query_time(std::time::Duration::from_millis(100));
         let long = "a".repeat(100_000);
+        let many: Vec<String> = (0..20_000).map(|i| format!("tag{i}")).collect();
         for _ in 0..20 {
-            db.create("shop", "docs", json!({"t": long})).unwrap();
+            db.create("shop", "docs", json!({"t": long, "tags": many})).unwrap();
         }
-        let slow = format!("t ~ '{}b'", "a".repeat(3000));
+        // A contains-test over a big text is linear (not text times pattern) …
+        let started = std::time::Instant::now();
+        let q = ListQuery { filter: format!("t ~ '{}b'", "a".repeat(3000)), total: true, ..Default::default() };
+        assert_eq!(db.list("shop", "docs", &q, &sql::Request::default()).unwrap().total, Some(0));
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        // … and a filter over many list items is stopped at the query time.
+        let slow = ["tags ?~ 'zz'"; 40].join(" || ");
         let q = ListQuery { filter: slow, total: true, ..Default::default() };
         let started = std::time::Instant::now();
         let e = db.list("shop", "docs", &q, &sql::Request::default()).unwrap_err();
@@ -1072,6 +1836,111 @@ mod tests {
         assert!(db.list("shop", "todos", &q, &Default::default()).unwrap_err().to_string().contains("sort"));
         let q = ListQuery { sort: ["a"; MAX_SORT + 1].join(","), ..Default::default() };
         assert!(db.list("shop", "todos", &q, &Default::default()).unwrap_err().to_string().contains("at most"));
+    }
+
+    #[test]
+    fn indexes_serve_lists_and_unique_ones_hold() {
+        let db = records();
+        for i in 0..50 {
+            db.create("shop", "todos", json!({"owner": format!("u{}", i % 5), "prio": i, "code": format!("c{i}")}))
+                .unwrap();
+        }
+        db.create("blog", "todos", json!({"owner": "u1", "code": "c1"})).unwrap();
+        let q = ListQuery { filter: "owner = 'u1'".into(), sort: "-prio".into(), ..Default::default() };
+        let plan = db.explain("shop", "todos", &q, None, &Default::default()).unwrap();
+        assert!(!plan.iter().any(|p| p.contains("ix_")), "{plan:?}");
+        let owner = IndexSpec { fields: vec!["owner".into(), "prio".into()], unique: false };
+        let code = IndexSpec { fields: vec!["code".into()], unique: true };
+        db.save_collection("shop", "todos", &json!({}), &[], &[], &[owner.clone(), code.clone()], &[]).unwrap();
+        let plan = db.explain("shop", "todos", &q, None, &Default::default()).unwrap();
+        assert!(plan.iter().any(|p| p.contains(&owner.name("shop", "todos"))), "{plan:?}");
+        let page = db.list("shop", "todos", &ListQuery { per_page: 3, ..q.clone() }, &Default::default()).unwrap();
+        let prios: Vec<i64> = page.items.iter().map(|r| r.data["prio"].as_i64().unwrap()).collect();
+        assert_eq!(prios, vec![46, 41, 36]);
+        // The unique index holds in this collection only.
+        let dup = db.create("shop", "todos", json!({"code": "c3"})).unwrap_err();
+        assert!(matches!(dup, DbError::Taken(_)), "{dup:?}");
+        db.create("shop", "other", json!({"code": "c3"})).unwrap();
+        // Shared values keep a unique index from being made, and the save changes nothing.
+        let prio_unique = IndexSpec { fields: vec!["owner".into()], unique: true };
+        let e = db.save_collection("shop", "todos", &json!({"v": 2}), &[], &[], &[prio_unique], &[]).unwrap_err();
+        assert!(matches!(e, DbError::Taken(_)), "{e:?}");
+        assert_eq!(db.collection("shop", "todos").unwrap().unwrap().0, json!({}));
+        // Dropped from the spec, dropped from the database; and with the namespace.
+        db.save_collection("shop", "todos", &json!({}), &[], &[], std::slice::from_ref(&code), &[]).unwrap();
+        let plan = db.explain("shop", "todos", &q, None, &Default::default()).unwrap();
+        assert!(!plan.iter().any(|p| p.contains("ix_")), "{plan:?}");
+        db.delete_namespace("shop").unwrap();
+        let left: i64 = db
+            .conn()
+            .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'ix_shop_%'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(left, 0);
+        // Bad index fields are refused before anything changes.
+        let bad = IndexSpec { fields: vec!["a\"); DROP TABLE records; --".into()], unique: false };
+        assert!(db.save_collection("shop", "x", &json!({}), &[], &[], &[bad], &[]).is_err());
+        assert!(db.save_collection("bad'ns", "x", &json!({}), &[], &[], &[], &[]).is_err());
+    }
+
+    #[test]
+    fn full_text_search_ranks_and_follows_filters() {
+        let db = records();
+        for (title, body, owner) in [
+            ("Rust databases", "embedded SQLite and PostgreSQL", "ann"),
+            ("Gardening", "tomatoes and basil", "ann"),
+            ("Databases at scale", "PostgreSQL replicas, databases everywhere", "bo"),
+        ] {
+            db.create("shop", "posts", json!({"title": title, "body": body, "owner": owner})).unwrap();
+        }
+        let q = ListQuery::default();
+        let e = db.search("shop", "posts", "databases", false, &q, None, &Default::default()).unwrap_err();
+        assert!(e.to_string().contains("no full-text search"), "{e}");
+        let fields = ["title".to_string(), "body".to_string()];
+        db.save_collection("shop", "posts", &json!({}), &[], &[], &[], &fields).unwrap();
+        let hits = |text: &str, prefix, filter: &str| {
+            let q = ListQuery { filter: filter.into(), ..Default::default() };
+            let p = db.search("shop", "posts", text, prefix, &q, None, &Default::default()).unwrap();
+            p.items.iter().map(|r| r.data["title"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(hits("databases", false, ""), ["Databases at scale", "Rust databases"], "more mentions first");
+        assert_eq!(hits("postgre", true, "owner = 'ann'"), ["Rust databases"]);
+        assert!(hits("postgre", false, "").is_empty(), "whole words without prefix");
+        assert_eq!(hits("TOMATO", true, ""), ["Gardening"]);
+        // Writes keep the index current; quotes and operators are words, not syntax.
+        let r = db.create("shop", "posts", json!({"title": "Basil pesto", "body": "\" OR title:* NEAR("})).unwrap();
+        let mut both = hits("basil", false, "");
+        both.sort();
+        assert_eq!(both, ["Basil pesto", "Gardening"]);
+        assert_eq!(hits("\" OR *", false, ""), ["Basil pesto"], "OR is a word it holds, not an operator");
+        assert!(db.search("shop", "posts", "* ( ) : \"", false, &q, None, &Default::default()).is_err(), "no words");
+        db.delete("shop", "posts", &r.id, None).unwrap();
+        assert_eq!(hits("basil", false, ""), ["Gardening"]);
+        // Another namespace's collection of the same name has its own index.
+        db.create("blog", "posts", json!({"title": "basil"})).unwrap();
+        assert_eq!(hits("basil", false, ""), ["Gardening"]);
+        db.delete_namespace("shop").unwrap();
+        assert!(db.search("shop", "posts", "basil", false, &q, None, &Default::default()).is_err());
+    }
+
+    #[test]
+    fn aggregates_group_and_follow_the_rule() {
+        let db = records();
+        for (owner, total) in [("ann", 10.0), ("ann", 5.5), ("bo", 2.0), ("cy", 1.0)] {
+            db.create("shop", "orders", json!({"owner": owner, "total": total})).unwrap();
+        }
+        let q = ListQuery::default();
+        let ops = [(AggregateOp::Count, None), (AggregateOp::Sum, Some("total".to_string()))];
+        let rows = db.aggregate("shop", "orders", &q, None, &Default::default(), &["owner".into()], &ops, 10).unwrap();
+        assert_eq!(rows[0], vec![json!("ann"), json!(2), json!(15.5)]);
+        assert_eq!(rows.len(), 3);
+        let rule = filter::parse("owner != 'ann'").unwrap();
+        let ops = [(AggregateOp::Max, Some("total".to_string())), (AggregateOp::Avg, Some("total".to_string()))];
+        let rows = db.aggregate("shop", "orders", &q, Some(&rule), &Default::default(), &[], &ops, 10).unwrap();
+        assert_eq!(rows, vec![vec![json!(2.0), json!(1.5)]]);
+        let none: [(AggregateOp, Option<String>); 1] = [(AggregateOp::Sum, None)];
+        assert!(db.aggregate("shop", "orders", &q, None, &Default::default(), &[], &none, 10).is_err());
     }
 
     #[test]

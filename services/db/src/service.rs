@@ -3,7 +3,7 @@
 
 use crate::collections::{Rule, Spec};
 use crate::filter::Expr;
-use crate::records::{Change, DbError, Guard, ListQuery, Record, Records, Write};
+use crate::records::{Change, DbError, Expect, Guard, ListQuery, Record, Records, Write};
 use crate::sql::{self, Param};
 use micro::{Code, Context, Service, Status};
 use schemars::JsonSchema;
@@ -24,6 +24,9 @@ pub struct Settings {
     /// How long changes are kept for subscribers resuming from a cursor
     /// (`MICRO_DB_CHANGES_RETENTION`, seconds, default 86400).
     pub retention: Duration,
+    /// The most subscriptions a namespace may have open (`MICRO_DB_MAX_SUBSCRIPTIONS`,
+    /// default 20000).
+    pub max_subscriptions: usize,
 }
 
 impl Settings {
@@ -41,7 +44,16 @@ impl Settings {
             ),
             None => Duration::from_secs(86_400),
         };
-        Ok(Settings { path, retention })
+        let max_subscriptions = match get("MICRO_DB_MAX_SUBSCRIPTIONS").filter(|v| !v.trim().is_empty()) {
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("MICRO_DB_MAX_SUBSCRIPTIONS: {v:?} is not a whole number above 0"))?,
+            None => 20_000,
+        };
+        Ok(Settings { path, retention, max_subscriptions })
     }
 }
 
@@ -51,6 +63,10 @@ pub struct Db {
     changed: tokio::sync::watch::Sender<u64>,
     /// Set when the service stops: subscriptions end then.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Open subscriptions per namespace.
+    subscriptions: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// The most a namespace may have open.
+    max_subscriptions: usize,
     retention: Duration,
 }
 
@@ -66,6 +82,8 @@ impl Db {
             records,
             changed: tokio::sync::watch::channel(newest).0,
             closing: tokio::sync::watch::channel(false).0,
+            subscriptions: Default::default(),
+            max_subscriptions: settings.max_subscriptions,
             retention: settings.retention,
         }))
     }
@@ -105,7 +123,7 @@ fn status(e: DbError) -> Status {
     match &e {
         DbError::Invalid(_) | DbError::Filter(_) => Status::bad_request(NAME, e.to_string()),
         DbError::NotFound(_) => Status::not_found(NAME, e.to_string()),
-        DbError::Conflict { .. } => Status::new(Code::Aborted, NAME, e.to_string()),
+        DbError::Conflict { .. } | DbError::Stale => Status::new(Code::Aborted, NAME, e.to_string()),
         DbError::Taken(_) => Status::new(Code::AlreadyExists, NAME, e.to_string()),
         DbError::Denied(_) => Status::new(Code::PermissionDenied, NAME, e.to_string()),
         DbError::Storage(_) => {
@@ -186,6 +204,8 @@ impl Op {
 struct Collection {
     name: String,
     spec: Spec,
+    /// When its spec last changed (none: it is not made yet).
+    updated: Option<String>,
 }
 
 impl Collection {
@@ -224,12 +244,12 @@ impl Collection {
 async fn collection(db: &Arc<Db>, who: &Who, name: &str) -> Result<Collection, Status> {
     let (d, ns, n) = (db.clone(), who.ns.clone(), name.to_string());
     match blocking(move || d.records.collection(&ns, &n)).await? {
-        Some((spec, _, _)) => {
+        Some((spec, _, updated)) => {
             let spec: Spec = serde_json::from_value(spec)
                 .map_err(|e| Status::internal(NAME, format!("collection {name} is unreadable: {e}")))?;
-            Ok(Collection { name: name.to_string(), spec })
+            Ok(Collection { name: name.to_string(), spec, updated: Some(updated) })
         }
-        None if who.manager => Ok(Collection { name: name.to_string(), spec: Spec::default() }),
+        None if who.manager => Ok(Collection { name: name.to_string(), spec: Spec::default(), updated: None }),
         None => Err(Status::not_found(NAME, format!("no collection {name}"))),
     }
 }
@@ -243,6 +263,10 @@ pub struct CollectionInfo {
     pub schema: Option<Vec<crate::collections::Field>>,
     /// Its rules.
     pub rules: crate::collections::Rules,
+    /// Its indexes.
+    pub indexes: Vec<crate::collections::Index>,
+    /// The fields full-text search covers.
+    pub search: Vec<String>,
     /// Each rule in words.
     pub explained: Vec<String>,
     /// When it was made.
@@ -266,7 +290,16 @@ fn info(name: String, spec: Spec, created: String, updated: String) -> Collectio
             format!("{}: {}", what, Rule::explain(verb, text))
         })
         .collect();
-    CollectionInfo { name, schema: spec.schema, rules: spec.rules, explained, created, updated }
+    CollectionInfo {
+        name,
+        schema: spec.schema,
+        rules: spec.rules,
+        indexes: spec.indexes,
+        search: spec.search,
+        explained,
+        created,
+        updated,
+    }
 }
 
 /// `Db.SaveCollection`: makes or changes a collection.
@@ -287,6 +320,12 @@ pub struct SaveCollectionRequest {
     /// Fields to remove from every record.
     #[serde(default)]
     pub drop: Vec<String>,
+    /// Indexes for the collection's queries (those no longer named are dropped).
+    #[serde(default)]
+    pub indexes: Vec<crate::collections::Index>,
+    /// The fields full-text search covers (none: no search).
+    #[serde(default)]
+    pub search: Vec<String>,
 }
 
 /// A request naming a collection.
@@ -333,6 +372,9 @@ pub struct GetRequest {
     /// Only these fields (comma separated; the record's own always come).
     #[serde(default)]
     pub fields: Option<String>,
+    /// Relations to expand (`author,comments.post`), under the record's `expand`.
+    #[serde(default)]
+    pub expand: Option<String>,
 }
 
 /// `Db.Update` (merge: fields not named stay, a `null` removes one) and `Db.Replace`.
@@ -387,6 +429,9 @@ pub struct ListRequest {
     /// Only these fields (comma separated; the record's own always come).
     #[serde(default)]
     pub fields: Option<String>,
+    /// Relations to expand (`author,comments.post`), under each record's `expand`.
+    #[serde(default)]
+    pub expand: Option<String>,
 }
 
 /// `Db.List` reply.
@@ -401,6 +446,95 @@ pub struct ListReply {
     /// Every match, when asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
+}
+
+/// `Db.Search`: records whose searched fields hold words, best first.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchRequest {
+    /// The collection.
+    pub collection: String,
+    /// The words (each record has all of them).
+    pub text: String,
+    /// Each word may begin a longer one (`data` finds `database`).
+    #[serde(default)]
+    pub prefix: Option<bool>,
+    /// Only records that hold this filter too.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// The page, from 1.
+    #[serde(default)]
+    pub page: Option<u32>,
+    /// Records a page (default 30, at most 500).
+    #[serde(default, alias = "perPage")]
+    pub per_page: Option<u32>,
+    /// Only these fields (comma separated; the record's own always come).
+    #[serde(default)]
+    pub fields: Option<String>,
+}
+
+/// `Db.Explain`: how a list would run.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplainRequest {
+    /// The collection.
+    pub collection: String,
+    /// The list's filter.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// The list's sort.
+    #[serde(default)]
+    pub sort: Option<String>,
+}
+
+/// `Db.Explain` reply.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ExplainReply {
+    /// The database's plan, a step a line.
+    pub plan: Vec<String>,
+    /// The collection's indexes the plan uses (their fields).
+    pub indexes: Vec<Vec<String>>,
+    /// Whether it reads the whole collection (no index narrows the filter).
+    pub scan: bool,
+}
+
+/// An aggregate of `Db.Aggregate`.
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Aggregate {
+    /// `count`, `sum`, `avg`, `min` or `max`.
+    pub op: String,
+    /// The field (none for `count`: the records).
+    #[serde(default)]
+    pub field: Option<String>,
+}
+
+/// `Db.Aggregate`: figures over the records a filter (and the list rule) selects.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateRequest {
+    /// The collection.
+    pub collection: String,
+    /// Only records that hold this filter.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// Fields to group by (none: one row over every record).
+    #[serde(default)]
+    pub group_by: Vec<String>,
+    /// The figures (default: a count).
+    #[serde(default)]
+    pub aggregates: Vec<Aggregate>,
+    /// At most this many groups, the largest first (default 100, at most 1000).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// `Db.Aggregate` reply.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct AggregateReply {
+    /// A row a group: the group's fields, then each figure named `op` or `op_field`
+    /// (`sum_price`).
+    pub rows: Vec<Map<String, Json>>,
 }
 
 /// One write of a batch.
@@ -457,7 +591,8 @@ pub struct SubscribeRequest {
 /// An event of a subscription.
 #[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ChangeEvent {
-    /// `subscribed` first, then `create`, `update` or `delete`.
+    /// `subscribed` first, then `create`, `update` or `delete`; `reset` (the last) when
+    /// the collection is deleted.
     pub action: String,
     /// Where the subscription is: resume after it.
     pub cursor: u64,
@@ -476,30 +611,134 @@ fn shown(r: &Record, fields: &Option<String>) -> Json {
     j
 }
 
+/// The most relations one request expands, and how deep.
+const MAX_EXPAND: usize = 10;
+const MAX_EXPAND_DEPTH: usize = 3;
+
+/// Puts the records that `items`' relation fields name under their `expand` (`expand`
+/// is `author,comments.post`: a path goes a relation further at each dot), each as its
+/// collection's view rule lets `who` see it (one it may not is left out).
+fn expand<'a>(
+    db: &'a Arc<Db>,
+    who: &'a Who,
+    spec: &'a Spec,
+    items: &'a mut [Json],
+    paths: &'a [Vec<String>],
+    depth: usize,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Status>> + Send + 'a>> {
+    Box::pin(async move {
+        if paths.is_empty() || items.is_empty() {
+            return Ok(());
+        }
+        if depth >= MAX_EXPAND_DEPTH {
+            return Err(bad(format!("expand at most {MAX_EXPAND_DEPTH} relations deep")));
+        }
+        let mut firsts: Vec<&str> = paths.iter().filter_map(|p| p.first().map(String::as_str)).collect();
+        firsts.sort();
+        firsts.dedup();
+        for field in firsts {
+            let Some(target) = spec
+                .schema
+                .iter()
+                .flatten()
+                .find(|f| f.name == field && f.kind == Some(crate::collections::FieldType::Relation))
+                .and_then(|f| f.collection.clone())
+            else {
+                return Err(bad(format!("expand {field}: it is not a relation of the collection's schema")));
+            };
+            let rest: Vec<Vec<String>> = paths
+                .iter()
+                .filter(|p| p.first().map(String::as_str) == Some(field) && p.len() > 1)
+                .map(|p| p[1..].to_vec())
+                .collect();
+            // What the caller may not see of the related collection stays out.
+            let Ok(related) = collection(db, who, &target).await else { continue };
+            let Ok(rule) = related.rule(who, Op::View) else { continue };
+            for item in items.iter_mut() {
+                let ids: Vec<String> = match item.get(field) {
+                    Some(Json::String(id)) => vec![id.clone()],
+                    Some(Json::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).take(100).collect(),
+                    _ => continue,
+                };
+                let many = matches!(item.get(field), Some(Json::Array(_)));
+                let mut found = Vec::new();
+                for id in ids {
+                    let (d, ns, name, rule, request) =
+                        (db.clone(), who.ns.clone(), target.clone(), rule.clone(), who.request.clone());
+                    match blocking(move || d.records.get_as(&ns, &name, &id, rule.as_ref(), &request)).await {
+                        Ok(r) => found.push(r.to_json()),
+                        Err(e) if e.code() == Code::NotFound || e.code() == Code::InvalidArgument => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                expand(db, who, &related.spec, &mut found, &rest, depth + 1).await?;
+                let value = if many { Json::Array(found) } else { found.pop().unwrap_or(Json::Null) };
+                if let Json::Object(m) = item {
+                    let slot = m.entry("expand").or_insert_with(|| Json::Object(Map::new()));
+                    if let Json::Object(e) = slot {
+                        e.insert(field.to_string(), value);
+                    }
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The paths of an `expand` parameter, checked.
+fn expand_paths(expand: &Option<String>) -> Result<Vec<Vec<String>>, Status> {
+    let Some(text) = expand.as_deref().filter(|t| !t.trim().is_empty()) else { return Ok(Vec::new()) };
+    let paths: Vec<Vec<String>> = text.split(',').map(|p| p.trim().split('.').map(str::to_string).collect()).collect();
+    if paths.len() > MAX_EXPAND {
+        return Err(bad(format!("expand at most {MAX_EXPAND} relations")));
+    }
+    Ok(paths)
+}
+
 /// Runs `writes` on `collection` for `who`: each held by its rule and the schema, all or
 /// none; makes the collection on a manager's first write.
 async fn write(db: &Arc<Db>, who: Who, collection: &str, writes: Vec<(Op, Write)>) -> Result<Vec<Change>, Status> {
-    let c = self::collection(db, &who, collection).await?;
-    let mut guard = Guard { request: who.request.clone(), unique: c.spec.unique(), ..Default::default() };
+    // The rules are read, then the batch checks in its transaction that the spec is still
+    // the one read: a save in between makes it read them again.
+    let mut tries = 0;
+    loop {
+        match write_once(db, &who, collection, writes.clone()).await {
+            Err(e) if e.code() == Code::Aborted && e.detail().contains("changed meanwhile") && tries < 3 => tries += 1,
+            done => return done,
+        }
+    }
+}
+
+async fn write_once(
+    db: &Arc<Db>,
+    who: &Who,
+    collection: &str,
+    writes: Vec<(Op, Write)>,
+) -> Result<Vec<Change>, Status> {
+    let c = self::collection(db, who, collection).await?;
+    let expect = match &c.updated {
+        Some(when) => Expect::Updated(when.clone()),
+        // A manager's first write makes the collection, locked and schemaless.
+        None => Expect::Make(serde_json::to_value(&c.spec).map_err(|e| Status::internal(NAME, e.to_string()))?),
+    };
+    let mut guard =
+        Guard { request: who.request.clone(), unique: c.spec.unique(), expect: Some(expect), ..Default::default() };
     for (op, _) in &writes {
         match op {
-            Op::Create => guard.create = c.rule(&who, Op::Create)?,
-            Op::Update => guard.update = c.rule(&who, Op::Update)?,
-            _ => guard.delete = c.rule(&who, Op::Delete)?,
+            Op::Create => guard.create = c.rule(who, Op::Create)?,
+            Op::Update => guard.update = c.rule(who, Op::Update)?,
+            _ => guard.delete = c.rule(who, Op::Delete)?,
         }
     }
     if writes.iter().any(|(op, _)| !matches!(op, Op::Create)) {
         // A record the caller may not see does not exist for it.
-        guard.view = c.rule(&who, Op::View).unwrap_or(Some(Expr::Or(Vec::new())));
+        guard.view = c.rule(who, Op::View).unwrap_or(Some(Expr::Or(Vec::new())));
     }
-    let (d, ns, name, spec, manager) = (db.clone(), who.ns.clone(), c.name.clone(), c.spec, who.manager);
+    let (d, ns, name, spec) = (db.clone(), who.ns.clone(), c.name.clone(), c.spec);
     let changes = blocking(move || {
-        if manager && d.records.collection(&ns, &name)?.is_none() {
-            d.records.save_collection(&ns, &name, &serde_json::to_value(&spec).unwrap_or_default(), &[], &[])?;
-        }
         let validate = |doc: &Map<String, Json>| spec.validate(doc);
-        let Guard { view, create, update, delete, request, unique, .. } = guard;
-        let guard = Guard { view, create, update, delete, request, unique, validate: Some(&validate) };
+        let Guard { view, create, update, delete, request, unique, expect, .. } = guard;
+        let guard = Guard { view, create, update, delete, request, unique, expect, validate: Some(&validate) };
         d.records.batch(&ns, &name, writes.into_iter().map(|(_, w)| w).collect(), &guard)
     })
     .await?;
@@ -511,8 +750,66 @@ fn one(mut changes: Vec<Change>) -> Result<Json, Status> {
     changes.pop().map(|c| c.record.to_json()).ok_or_else(|| Status::internal(NAME, "no record written"))
 }
 
-/// The changes of a subscription, checked against the subscriber's view rule and filter
-/// as each is delivered.
+/// Counts a namespace's open subscriptions while held.
+struct Subscribed {
+    db: Arc<Db>,
+    ns: String,
+}
+
+impl Subscribed {
+    fn new(db: &Arc<Db>, ns: &str) -> Result<Subscribed, Status> {
+        let mut open = db.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ns.to_string()).or_insert(0);
+        if *n >= db.max_subscriptions {
+            return Err(Status::new(
+                Code::ResourceExhausted,
+                NAME,
+                format!("namespace {ns} has {} open subscriptions, the most it may have", db.max_subscriptions),
+            ));
+        }
+        *n += 1;
+        Ok(Subscribed { db: db.clone(), ns: ns.to_string() })
+    }
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        let mut open = self.db.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ns) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.ns);
+            }
+        }
+    }
+}
+
+/// The collection `name` as a subscriber meets it now, and the rules of what it is
+/// delivered: the view rule (and for a whole collection the list rule too) and its
+/// filter. Ends the subscription when the collection is gone or the rules lock it out.
+async fn delivering(
+    db: &Arc<Db>,
+    who: &Who,
+    name: &str,
+    one: bool,
+    filter: &Option<Expr>,
+) -> Result<Vec<Expr>, Status> {
+    let c = collection(db, who, name).await?;
+    if c.updated.is_none() {
+        return Err(Status::not_found(NAME, format!("no collection {name}")));
+    }
+    let mut exprs: Vec<Expr> = c.rule(who, Op::View)?.into_iter().collect();
+    if !one {
+        exprs.extend(c.rule(who, Op::List)?);
+    }
+    exprs.extend(filter.clone());
+    Ok(exprs)
+}
+
+/// The changes of a subscription, each checked as it is delivered against the
+/// subscriber's rules and filter as they are then. It ends when the subscriber's token
+/// expires (subscribe again with a fresh one, from the last cursor), when the collection
+/// is deleted, and when a cursor it holds can no longer resume.
 fn subscription(
     db: Arc<Db>,
     ctx: Context,
@@ -520,9 +817,8 @@ fn subscription(
 ) -> impl futures::Stream<Item = Result<ChangeEvent, Status>> + Send {
     async_stream::try_stream! {
         let who = who(&ctx)?;
-        // Refused up front when the caller may see nothing of it.
-        let mut c = collection(&db, &who, &req.collection).await?;
-        c.rule(&who, Op::View)?;
+        let expires = ctx.caller().and_then(|c| c.expires);
+        let _open = Subscribed::new(&db, &who.ns)?;
         let filter = match req.filter.as_deref().filter(|f| !f.trim().is_empty()) {
             Some(f) => Some(crate::filter::parse(f).map_err(|e| status(DbError::Filter(e)))?),
             None => None,
@@ -530,45 +826,81 @@ fn subscription(
         if let Some(id) = &req.id && (id.is_empty() || id.len() > 64) {
             Err(bad(format!("invalid record id {id:?}")))?;
         }
-        let d = db.clone();
-        let (newest, oldest) = blocking(move || d.records.change_bounds()).await?;
+        let one = req.id.is_some();
+        // Refused up front when the caller may see nothing of it.
+        delivering(&db, &who, &req.collection, one, &filter).await?;
+        let (d, ns, name) = (db.clone(), who.ns.clone(), req.collection.clone());
+        let (newest, oldest, floor) = blocking(move || {
+            let (newest, oldest) = d.records.change_bounds()?;
+            Ok((newest, oldest, d.records.floor(&ns, &name)?))
+        })
+        .await?;
+        let gone = |c: u64| Status::new(
+            Code::FailedPrecondition,
+            NAME,
+            format!("cursor {c} can no longer resume (the changes after it are gone): read the collection again and subscribe anew"),
+        );
         let mut cursor = match req.cursor {
-            Some(c) if c > newest => Err(bad(format!("cursor {c} is ahead of the newest change ({newest})")))?,
-            Some(c) if c + 1 < oldest => Err(Status::new(
-                Code::FailedPrecondition,
-                NAME,
-                format!("cursor {c} is older than the changes kept: read the collection again and subscribe anew"),
-            ))?,
+            Some(c) if c > newest => Err(bad(format!("cursor {c} is ahead of the newest change")))?,
+            Some(c) if c + 1 < oldest || c < floor => Err(gone(c))?,
             Some(c) => c,
             None => newest,
         };
         yield ChangeEvent { action: "subscribed".into(), cursor, record: None };
         let mut changed = db.changed.subscribe();
         let mut closing = db.closing.subscribe();
+        let mut idle = 0u32;
         loop {
             if *closing.borrow_and_update() {
                 break;
             }
-            let (d, ns, name, id) = (db.clone(), who.ns.clone(), c.name.clone(), req.id.clone());
-            let changes = blocking(move || d.records.changes(&ns, &name, id.as_deref(), cursor, 500)).await?;
+            if expires.is_some_and(|at| at <= now_secs()) {
+                Err(Status::new(Code::Unauthenticated, NAME, "the token expired: subscribe again with a fresh one, from the last cursor"))?;
+            }
+            let (d, ns, name, id) = (db.clone(), who.ns.clone(), req.collection.clone(), req.id.clone());
+            let (changes, floor) = blocking(move || {
+                Ok((d.records.changes(&ns, &name, id.as_deref(), cursor, 500)?, d.records.floor(&ns, &name)?))
+            })
+            .await?;
+            if cursor < floor {
+                Err(gone(cursor))?;
+            }
             if changes.is_empty() {
-                // Woken by a commit here; another node's commits are found within a second.
-                tokio::select! {
-                    _ = changed.changed() => {}
-                    _ = closing.changed() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                // Woken by a commit here; another node's commits are found within a
+                // second. The collection and its rules are looked at again every few
+                // seconds even when nothing changes.
+                let ticked = tokio::select! {
+                    _ = changed.changed() => false,
+                    _ = closing.changed() => false,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => true,
+                };
+                idle += u32::from(ticked);
+                if ticked && idle.is_multiple_of(5) {
+                    delivering(&db, &who, &req.collection, one, &filter).await?;
                 }
                 continue;
             }
-            // The rules as they are now: a rule changed (or the collection deleted) since
-            // the subscription began holds for what is delivered from now on.
-            c = collection(&db, &who, &req.collection).await?;
-            let view = c.rule(&who, Op::View)?;
-            let exprs: Vec<Expr> = view.into_iter().chain(filter.clone()).collect();
+            // The rules as they are now (read at the first change to deliver): a rule
+            // changed since the subscription began holds for what is delivered next.
+            let mut rules: Option<Vec<Expr>> = None;
             for ch in changes {
                 cursor = ch.seq;
+                if ch.action == crate::records::Action::Reset {
+                    // The collection is gone (perhaps with its namespace): so is what the
+                    // subscriber holds, and the subscription ends.
+                    yield ChangeEvent { action: "reset".into(), cursor, record: None };
+                    return;
+                }
+                let exprs = match &rules {
+                    Some(r) => r.clone(),
+                    None => {
+                        let r = delivering(&db, &who, &req.collection, one, &filter).await?;
+                        rules = Some(r.clone());
+                        r
+                    }
+                };
                 let d = db.clone();
-                let (record, exprs2, request) = (ch.record.clone(), exprs.clone(), who.request.clone());
+                let (record, exprs2, request) = (ch.record.clone(), exprs, who.request.clone());
                 let visible = blocking(move || {
                     let refs: Vec<&Expr> = exprs2.iter().collect();
                     d.records.matches(&record, &refs, &request)
@@ -582,12 +914,17 @@ fn subscription(
     }
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// The database's handlers on `service` (named [`NAME`], configured by its host), as a
 /// platform service keeping its records in `db`. Record endpoints are open to anyone
 /// (the collections' rules decide); collections are managed by the namespace's admins
 /// and developers.
 pub fn service_with(service: Service, db: Arc<Db>) -> Service {
     let s = |d: &Arc<Db>| d.clone();
+    let (explain, aggregate, search) = (db.clone(), db.clone(), db.clone());
     let (save, list_c, get_c, del_c, create, get, update, replace, delete, list, batch, sub, trim) =
         (s(&db), s(&db), s(&db), s(&db), s(&db), s(&db), s(&db), s(&db), s(&db), s(&db), s(&db), s(&db), s(&db));
     let manager_only = |who: &Who| {
@@ -609,7 +946,7 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
             async move {
                 let who = who(&ctx)?;
                 manager_only(&who)?;
-                let spec = Spec { schema: req.schema, rules: req.rules };
+                let spec = Spec { schema: req.schema, rules: req.rules, indexes: req.indexes, search: req.search };
                 spec.check().map_err(status)?;
                 if req.name == "collections" {
                     return Err(bad("collections is the name of the collections' route: choose another"));
@@ -617,8 +954,11 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
                 let renames: Vec<(String, String)> = req.rename.into_iter().collect();
                 let value = serde_json::to_value(&spec).map_err(|e| Status::internal(NAME, e.to_string()))?;
                 let (ns, name) = (who.ns.clone(), req.name.clone());
-                let (created, updated) =
-                    blocking(move || db.records.save_collection(&ns, &name, &value, &renames, &req.drop)).await?;
+                let (indexes, search) = (spec.index_specs(), spec.search.clone());
+                let (created, updated) = blocking(move || {
+                    db.records.save_collection(&ns, &name, &value, &renames, &req.drop, &indexes, &search)
+                })
+                .await?;
                 Ok(info(req.name, spec, created, updated))
             }
         })
@@ -686,9 +1026,14 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
                 let who = who(&ctx)?;
                 let c = collection(&db, &who, &req.collection).await?;
                 let rule = c.rule(&who, Op::View)?;
-                let (ns, name, id, request) = (who.ns, c.name, req.id, who.request);
-                let r = blocking(move || db.records.get_as(&ns, &name, &id, rule.as_ref(), &request)).await?;
-                Ok(shown(&r, &req.fields))
+                let paths = expand_paths(&req.expand)?;
+                let (d, ns, name, id, request) =
+                    (db.clone(), who.ns.clone(), c.name.clone(), req.id, who.request.clone());
+                let r = blocking(move || d.records.get_as(&ns, &name, &id, rule.as_ref(), &request)).await?;
+                let mut items = [shown(&r, &req.fields)];
+                expand(&db, &who, &c.spec, &mut items, &paths, 0).await?;
+                let [item] = items;
+                Ok(item)
             }
         })
         .handle("Db.Update", move |ctx: Context, req: UpdateRequest| {
@@ -726,14 +1071,12 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
                     per_page: req.per_page.unwrap_or(0),
                     total: req.total.unwrap_or(false),
                 };
-                let (ns, name, request) = (who.ns, c.name, who.request);
-                let page = blocking(move || db.records.list_as(&ns, &name, &q, rule.as_ref(), &request)).await?;
-                Ok(ListReply {
-                    items: page.items.iter().map(|r| shown(r, &req.fields)).collect(),
-                    page: page.page,
-                    per_page: page.per_page,
-                    total: page.total,
-                })
+                let paths = expand_paths(&req.expand)?;
+                let (d, ns, name, request) = (db.clone(), who.ns.clone(), c.name.clone(), who.request.clone());
+                let page = blocking(move || d.records.list_as(&ns, &name, &q, rule.as_ref(), &request)).await?;
+                let mut items: Vec<Json> = page.items.iter().map(|r| shown(r, &req.fields)).collect();
+                expand(&db, &who, &c.spec, &mut items, &paths, 0).await?;
+                Ok(ListReply { items, page: page.page, per_page: page.per_page, total: page.total })
             }
         })
         .handle("Db.Batch", move |ctx: Context, req: BatchRequest| {
@@ -778,6 +1121,97 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
                 Ok(BatchReply { records: changes.into_iter().map(|c| c.record.to_json()).collect() })
             }
         })
+        .handle("Db.Explain", move |ctx: Context, req: ExplainRequest| {
+            let db = explain.clone();
+            async move {
+                let who = who(&ctx)?;
+                if !who.reader {
+                    return Err(Status::new(
+                        Code::PermissionDenied,
+                        NAME,
+                        "query plans are for the namespace's members",
+                    ));
+                }
+                let c = collection(&db, &who, &req.collection).await?;
+                let q = ListQuery {
+                    filter: req.filter.unwrap_or_default(),
+                    sort: req.sort.unwrap_or_default(),
+                    ..Default::default()
+                };
+                let (ns, name, request) = (who.ns.clone(), c.name.clone(), who.request);
+                let plan = blocking(move || db.records.explain(&ns, &name, &q, None, &request)).await?;
+                let indexes = c
+                    .spec
+                    .index_specs()
+                    .into_iter()
+                    .filter(|ix| plan.iter().any(|p| p.contains(&ix.name(&who.ns, &c.name))))
+                    .map(|ix| ix.fields)
+                    .collect();
+                let scan = plan.iter().any(|p| p.starts_with("SCAN records"))
+                    || plan.iter().any(|p| p.contains("USING PRIMARY KEY") || p.contains("sqlite_autoindex"));
+                Ok(ExplainReply { plan, indexes, scan })
+            }
+        })
+        .handle("Db.Search", move |ctx: Context, req: SearchRequest| {
+            let db = search.clone();
+            async move {
+                let who = who(&ctx)?;
+                let c = collection(&db, &who, &req.collection).await?;
+                let rule = c.rule(&who, Op::List)?;
+                let q = ListQuery {
+                    filter: req.filter.unwrap_or_default(),
+                    page: req.page.unwrap_or(1),
+                    per_page: req.per_page.unwrap_or(0),
+                    ..Default::default()
+                };
+                let (ns, name, request, prefix) = (who.ns, c.name, who.request, req.prefix.unwrap_or(false));
+                let text = req.text;
+                let page =
+                    blocking(move || db.records.search(&ns, &name, &text, prefix, &q, rule.as_ref(), &request)).await?;
+                Ok(ListReply {
+                    items: page.items.iter().map(|r| shown(r, &req.fields)).collect(),
+                    page: page.page,
+                    per_page: page.per_page,
+                    total: None,
+                })
+            }
+        })
+        .handle("Db.Aggregate", move |ctx: Context, req: AggregateRequest| {
+            let db = aggregate.clone();
+            async move {
+                let who = who(&ctx)?;
+                let c = collection(&db, &who, &req.collection).await?;
+                let rule = c.rule(&who, Op::List)?;
+                let mut ops = Vec::new();
+                let mut names = Vec::new();
+                let aggregates = if req.aggregates.is_empty() {
+                    vec![Aggregate { op: "count".into(), field: None }]
+                } else {
+                    req.aggregates
+                };
+                for a in aggregates {
+                    let op = crate::records::AggregateOp::parse(&a.op)
+                        .ok_or_else(|| bad(format!("unknown aggregate {:?}: count, sum, avg, min or max", a.op)))?;
+                    names.push(match &a.field {
+                        Some(f) => format!("{}_{}", a.op, f.replace('.', "_")),
+                        None => a.op.clone(),
+                    });
+                    ops.push((op, a.field));
+                }
+                let q = ListQuery { filter: req.filter.unwrap_or_default(), ..Default::default() };
+                let (ns, name, request, group) = (who.ns, c.name, who.request, req.group_by.clone());
+                let limit = req.limit.unwrap_or(100);
+                let rows = blocking(move || {
+                    db.records.aggregate(&ns, &name, &q, rule.as_ref(), &request, &group, &ops, limit)
+                })
+                .await?;
+                let rows = rows
+                    .into_iter()
+                    .map(|row| req.group_by.iter().chain(names.iter()).cloned().zip(row).collect())
+                    .collect();
+                Ok(AggregateReply { rows })
+            }
+        })
         .stream("Db.Subscribe", move |ctx: Context, req: SubscribeRequest| subscription(sub.clone(), ctx, req))
         .open("Db.Create")
         .open("Db.Get")
@@ -787,6 +1221,8 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
         .open("Db.List")
         .open("Db.Batch")
         .open("Db.Subscribe")
+        .open("Db.Aggregate")
+        .open("Db.Search")
         .route("GET /db/v1/collections", "Db.Collections")
         .route("POST /db/v1/collections", "Db.SaveCollection")
         .route("GET /db/v1/collections/{name}", "Db.Collection")
@@ -799,6 +1235,9 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
         .route("DELETE /db/v1/{collection}/records/{id}", "Db.Delete")
         .route("POST /db/v1/{collection}/batch", "Db.Batch")
         .route("GET /db/v1/{collection}/subscribe", "Db.Subscribe")
+        .route("GET /db/v1/{collection}/explain", "Db.Explain")
+        .route("GET /db/v1/{collection}/search", "Db.Search")
+        .route("POST /db/v1/{collection}/aggregate", "Db.Aggregate")
         .background(move |mut stopping| async move {
             // Changes past the retention are dropped hourly.
             let d = trim;

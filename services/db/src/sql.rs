@@ -58,14 +58,14 @@ impl Builder<'_> {
         format!("?{}", self.params.len())
     }
 
-    /// A JSON path for `json_extract`: `$."a"."b"` (segments are names, checked by the
-    /// parser; quoted anyway).
-    fn json_path(path: &[String]) -> String {
-        let mut p = String::from("$");
-        for seg in path {
-            p.push_str(&format!(".\"{}\"", seg.replace('"', "")));
-        }
-        p
+    /// A field's JSON path as SQL text (`'$."a"."b"'`): written into the query, not a
+    /// parameter, so that an index on the same expression is used. Only names are
+    /// written (letters, digits and `_`, as the parser reads them); anything else in a
+    /// segment is dropped.
+    fn path_literal(path: &[String]) -> String {
+        let clean: Vec<String> =
+            path.iter().map(|s| s.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').collect()).collect();
+        format!("'{}'", json_path(&clean))
     }
 
     fn operand(&mut self, o: &Operand) -> String {
@@ -75,7 +75,7 @@ impl Builder<'_> {
                 format!("records.{}", path[0])
             }
             Operand::Field(path) => {
-                let p = self.param(Param::Text(Self::json_path(path)));
+                let p = Self::path_literal(path);
                 format!("json_extract(records.data, {p})")
             }
             Operand::Str(s) => self.param(Param::Text(s.clone())),
@@ -125,7 +125,7 @@ impl Builder<'_> {
                 return self.cmp(&Cmp { any: false, ..c.clone() });
             };
             // Arrays only: json_each would walk an object's or a scalar's too.
-            let p = self.param(Param::Text(Self::json_path(path)));
+            let p = Self::path_literal(path);
             let test = self.test("value", None, c.op, &c.right);
             return format!(
                 "EXISTS (SELECT 1 FROM json_each(records.data, {p}) WHERE json_type(records.data, {p}) = 'array' AND {test})"
@@ -133,7 +133,7 @@ impl Builder<'_> {
         }
         let kind = match &c.left {
             Operand::Field(path) if !(path.len() == 1 && COLUMNS.contains(&path[0].as_str())) => {
-                Some(format!("json_type(records.data, {})", self.param(Param::Text(Self::json_path(path)))))
+                Some(format!("json_type(records.data, {})", Self::path_literal(path)))
             }
             _ => None,
         };
@@ -181,6 +181,9 @@ impl Builder<'_> {
     fn expr(&mut self, e: &Expr) -> String {
         match e {
             Expr::Cmp(c) => self.cmp(c),
+            // No terms: true for all of none, false for any of none.
+            Expr::And(items) if items.is_empty() => "1".into(),
+            Expr::Or(items) if items.is_empty() => "0".into(),
             Expr::And(items) => {
                 let parts: Vec<String> = items.iter().map(|i| self.expr(i)).collect();
                 format!("({})", parts.join(" AND "))
@@ -190,6 +193,25 @@ impl Builder<'_> {
                 format!("({})", parts.join(" OR "))
             }
         }
+    }
+}
+
+/// A JSON path for `json_extract`: `$."a"."b"` (segments are names, checked by the
+/// parser and the sort; quoted anyway).
+pub fn json_path(path: &[String]) -> String {
+    let mut p = String::from("$");
+    for seg in path {
+        p.push_str(&format!(".\"{}\"", seg.replace('"', "")));
+    }
+    p
+}
+
+/// A field's expression over a record (`records.`-qualified): a column of its own, else
+/// `json_extract` of its path, written as an index on it is.
+pub fn field_expr(path: &[String]) -> String {
+    match path {
+        [c] if COLUMNS.contains(&c.as_str()) => format!("records.{c}"),
+        _ => format!("json_extract(records.data, {})", Builder::path_literal(path)),
     }
 }
 

@@ -4,9 +4,9 @@
 //! survive a SIGKILL.
 
 use micro_test::process::ServerProcess;
+use micro_test::sse::Events;
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn micro() -> std::path::PathBuf {
     micro_test::process::binary(micro_test::sibling_binary("micro"))
@@ -14,95 +14,14 @@ fn micro() -> std::path::PathBuf {
 
 /// `method path` at the gateway `api` as `token` in namespace `ns`: (status, JSON body).
 async fn call(api: &str, method: &str, path: &str, token: Option<&str>, ns: &str, body: Option<Value>) -> (u16, Value) {
-    let bearer = token.map(|t| format!("Bearer {t}"));
-    let mut headers = vec![("content-type", "application/json"), ("micro-namespace", ns)];
-    if let Some(b) = &bearer {
-        headers.push(("authorization", b.as_str()));
-    }
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let r = micro_test::http(api, method, path, &headers, body.as_bytes()).await;
-    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+    micro_test::call_json(api, method, path, token, ns, body).await
 }
 
-/// Percent-encodes a query value.
-fn q(v: &str) -> String {
-    v.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
+use micro_test::query_value as q;
 
 /// The titles of a list reply, in order.
 fn titles(v: &Value) -> Vec<String> {
     v["items"].as_array().unwrap_or(&vec![]).iter().map(|r| r["title"].as_str().unwrap_or("").to_string()).collect()
-}
-
-/// A server-sent events subscription: each `data:` line's JSON, as it comes.
-struct Events {
-    rx: tokio::sync::mpsc::UnboundedReceiver<Value>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Events {
-    async fn open(api: &str, path: &str, token: Option<&str>, ns: &str) -> Events {
-        let mut s = tokio::net::TcpStream::connect(api).await.expect("connect");
-        let mut req =
-            format!("GET {path} HTTP/1.1\r\nHost: {api}\r\nAccept: text/event-stream\r\nMicro-Namespace: {ns}\r\n");
-        if let Some(t) = token {
-            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes()).await.expect("write");
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            loop {
-                let n = match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                buf.extend_from_slice(&chunk[..n]);
-                while let Some(at) = buf.iter().position(|b| *b == b'\n') {
-                    let line: Vec<u8> = buf.drain(..=at).collect();
-                    let line = String::from_utf8_lossy(&line).trim().to_string();
-                    if let Some(data) = line.strip_prefix("data: ") {
-                        let _ = tx.send(serde_json::from_str(data).unwrap_or(Value::String(data.to_string())));
-                    } else if line.starts_with("event: error") {
-                        let _ = tx.send(json!({"action": "error"}));
-                    }
-                }
-            }
-        });
-        Events { rx, task }
-    }
-
-    /// The next event (within 10 s).
-    async fn next(&mut self) -> Value {
-        tokio::time::timeout(Duration::from_secs(10), self.rx.recv())
-            .await
-            .expect("an event within 10 s")
-            .expect("the stream is open")
-    }
-
-    /// Whether nothing comes within `wait`.
-    async fn quiet(&mut self, wait: Duration) -> Result<(), Value> {
-        match tokio::time::timeout(wait, self.rx.recv()).await {
-            Ok(Some(v)) => Err(v),
-            _ => Ok(()),
-        }
-    }
-}
-
-impl Drop for Events {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// The todo app's collection: each person sees and changes only their own todos.
@@ -314,6 +233,146 @@ async fn collections_records_rules_and_batches_over_http() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn indexes_plans_and_aggregates() {
+    let s = ServerProcess::start(&micro(), &[]);
+    let api = s.api.clone();
+    let ann = s.account("shop", "ann", "user", &["admin"]).await;
+    let sam = s.account("shop", "sam", "user", &[]).await;
+    let spec = json!({"name": "orders", "rules": {"list": "owner = @request.auth.id"}});
+    call(&api, "POST", "/db/v1/collections", Some(&ann), "shop", Some(spec.clone())).await;
+    let writes: Vec<Value> = (0..300)
+        .map(|i| {
+            let (owner, status) = (["sam", "bo", "cy"][i % 3], ["new", "paid"][i % 2]);
+            json!({"action": "create", "data": {"owner": owner, "status": status, "total": i}})
+        })
+        .collect();
+    let (st, v) = call(&api, "POST", "/db/v1/orders/batch", Some(&ann), "shop", Some(json!({"writes": writes}))).await;
+    assert_eq!(st, 200, "{v}");
+
+    // Without an index the plan reads the whole collection; with one it searches it.
+    let explain = format!("/db/v1/orders/explain?filter={}&sort=-total", q("owner = 'sam' && total > 100"));
+    let (st, v) = call(&api, "GET", &explain, Some(&ann), "shop", None).await;
+    assert_eq!((st, v["scan"].as_bool(), v["indexes"].as_array().map(Vec::len)), (200, Some(true), Some(0)), "{v}");
+    let mut indexed = spec.clone();
+    indexed["indexes"] = json!([{"fields": ["owner", "total"]}]);
+    let (st, v) = call(&api, "POST", "/db/v1/collections", Some(&ann), "shop", Some(indexed)).await;
+    assert_eq!((st, v["indexes"][0]["fields"][0].as_str()), (200, Some("owner")), "{v}");
+    let (_, v) = call(&api, "GET", &explain, Some(&ann), "shop", None).await;
+    assert_eq!((v["scan"].as_bool(), v["indexes"][0].clone()), (Some(false), json!(["owner", "total"])), "{v}");
+    let (st, _) = call(&api, "GET", &explain, Some(&sam), "shop", None).await;
+    assert_eq!(st, 403, "plans are for the namespace's members");
+    // A unique index over shared values is refused, and the spec stays as it was.
+    let mut clash = spec.clone();
+    clash["indexes"] = json!([{"fields": ["owner"], "unique": true}]);
+    let (st, v) = call(&api, "POST", "/db/v1/collections", Some(&ann), "shop", Some(clash)).await;
+    assert_eq!(st, 409, "{v}");
+    let (_, v) = call(&api, "GET", "/db/v1/collections/orders", Some(&ann), "shop", None).await;
+    assert_eq!(v["indexes"].as_array().map(Vec::len), Some(1), "{v}");
+
+    // Aggregates: grouped, filtered, and only over what the list rule shows.
+    let body = json!({"group_by": ["status"], "aggregates": [{"op": "count"}, {"op": "sum", "field": "total"}]});
+    let (st, v) = call(&api, "POST", "/db/v1/orders/aggregate", Some(&ann), "shop", Some(body.clone())).await;
+    assert_eq!(st, 200, "{v}");
+    let rows = v["rows"].as_array().unwrap();
+    let sum: i64 = rows.iter().map(|r| r["sum_total"].as_i64().unwrap()).sum();
+    assert_eq!((rows.len(), sum, rows[0]["count"].as_i64()), (2, (0..300).sum::<i64>(), Some(150)), "{v}");
+    let (_, v) = call(&api, "POST", "/db/v1/orders/aggregate", Some(&sam), "shop", Some(body)).await;
+    let counts: i64 = v["rows"].as_array().unwrap().iter().map(|r| r["count"].as_i64().unwrap()).sum();
+    assert_eq!(counts, 100, "sam's orders only: {v}");
+    let (st, v) = call(
+        &api,
+        "POST",
+        "/db/v1/orders/aggregate",
+        Some(&ann),
+        "shop",
+        Some(json!({"aggregates": [{"op": "median", "field": "total"}]})),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = call(
+        &api,
+        "POST",
+        "/db/v1/orders/aggregate",
+        Some(&ann),
+        "shop",
+        Some(json!({"group_by": ["a); DROP TABLE records; --"]})),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    let _ = s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn search_and_expanded_relations_follow_the_rules() {
+    let s = ServerProcess::start(&micro(), &[]);
+    let api = s.api.clone();
+    let ann = s.account("shop", "ann", "user", &["admin"]).await;
+    let sam = s.account("shop", "sam", "user", &[]).await;
+    // Authors are public; their private notes are for their owner only.
+    let authors = json!({"name": "authors", "rules": {"list": "", "view": ""}});
+    let notes =
+        json!({"name": "notes", "rules": {"list": "owner = @request.auth.id", "view": "owner = @request.auth.id"}});
+    let posts = json!({
+        "name": "posts",
+        "schema": [
+            {"name": "title", "type": "text"}, {"name": "body", "type": "text"},
+            {"name": "author", "type": "relation", "collection": "authors"},
+            {"name": "note", "type": "relation", "collection": "notes"}
+        ],
+        "search": ["title", "body"],
+        "rules": {"list": "", "view": ""}
+    });
+    for spec in [authors, notes, posts] {
+        let (st, v) = call(&api, "POST", "/db/v1/collections", Some(&ann), "shop", Some(spec)).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let (_, author) =
+        call(&api, "POST", "/db/v1/authors/records", Some(&ann), "shop", Some(json!({"data": {"name": "Ann"}}))).await;
+    let (_, note) = call(
+        &api,
+        "POST",
+        "/db/v1/notes/records",
+        Some(&ann),
+        "shop",
+        Some(json!({"data": {"owner": "ann", "secret": "s3"}})),
+    )
+    .await;
+    for (title, body) in [
+        ("Rust databases", "SQLite and PostgreSQL"),
+        ("Gardening", "basil"),
+        ("Databases at scale", "databases, databases"),
+    ] {
+        let data = json!({"title": title, "body": body, "author": author["id"], "note": note["id"]});
+        let (st, v) = call(&api, "POST", "/db/v1/posts/records", Some(&ann), "shop", Some(json!({"data": data}))).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    // Full-text search, ranked, with prefixes, for anyone the list rule lets in.
+    let (st, v) = call(&api, "GET", "/db/v1/posts/search?text=databases", None, "shop", None).await;
+    assert_eq!((st, titles(&v)), (200, vec!["Databases at scale".to_string(), "Rust databases".into()]), "{v}");
+    let (_, v) = call(&api, "GET", "/db/v1/posts/search?text=postgre&prefix=true", None, "shop", None).await;
+    assert_eq!(titles(&v), vec!["Rust databases".to_string()]);
+    let (st, v) = call(&api, "GET", &format!("/db/v1/posts/search?text={}", q("* ( ) : \"")), None, "shop", None).await;
+    assert_eq!(st, 400, "no words: {v}");
+    let (st, _) = call(&api, "GET", "/db/v1/authors/search?text=ann", None, "shop", None).await;
+    assert_eq!(st, 400, "a collection without search says so");
+
+    // Expand: the public author comes along; the note only for its owner.
+    let (st, v) =
+        call(&api, "GET", "/db/v1/posts/records?expand=author,note&sort=title", Some(&sam), "shop", None).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["items"][0]["expand"]["author"]["name"], "Ann", "{v}");
+    assert!(v["items"][0]["expand"].get("note").is_none_or(Value::is_null), "sam may not see ann's note: {v}");
+    let (_, v) = call(&api, "GET", "/db/v1/posts/records?expand=author,note", None, "shop", None).await;
+    assert!(v["items"][0]["expand"].get("note").is_none_or(Value::is_null), "{v}");
+    let id = v["items"][0]["id"].as_str().unwrap().to_string();
+    let (st, v) = call(&api, "GET", &format!("/db/v1/posts/records/{id}?expand=note"), Some(&ann), "shop", None).await;
+    assert_eq!((st, v["expand"]["note"]["secret"].as_str()), (200, Some("s3")), "{v}");
+    let (st, v) = call(&api, "GET", "/db/v1/posts/records?expand=title", Some(&ann), "shop", None).await;
+    assert_eq!(st, 400, "{v}");
+    let _ = s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn realtime_delivers_what_the_rules_let_each_subscriber_see() {
     let s = ServerProcess::start(&micro(), &[]);
     let api = s.api.clone();
@@ -406,8 +465,39 @@ async fn the_cli_and_crashes_and_deleted_namespaces() {
     let err = cli.error(&["db", "list", "--collection", "notes", "--filter", "n = = 1"]).await;
     assert!(err.contains("at 4"), "{err}");
 
-    // Acknowledged writes survive a SIGKILL; a batch is whole or absent.
+    // Export and import, as JSON lines and as CSV, with ids kept.
     let ann = micro_test::login(&s.proxy, "shop", "ann", "ann-secret-1").await;
+    let writes: Vec<Value> =
+        (0..600).map(|i| json!({"action": "create", "data": {"n": i + 10, "t": "a, \"b\"\nc"}})).collect();
+    let (st, v) = call(&api, "POST", "/db/v1/notes/batch", Some(&ann), "shop", Some(json!({"writes": writes}))).await;
+    assert_eq!(st, 200, "{v}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (jsonl, csv) = (dir.path().join("notes.jsonl"), dir.path().join("notes.csv"));
+    let (jsonl, csv) = (jsonl.to_str().unwrap(), csv.to_str().unwrap());
+    cli.ok(&["db", "export", "--collection", "notes", "--output", jsonl]).await;
+    assert_eq!(std::fs::read_to_string(jsonl).unwrap().lines().count(), 601, "every record, across pages");
+    cli.ok(&["db", "export", "--collection", "notes", "--output", csv]).await;
+    let out = cli.ok(&["db", "import", "--collection", "copy", "--file", jsonl]).await;
+    assert!(out.contains("imported 601 records"), "{out}");
+    let copied = cli.json(&["db", "get", "--collection", "copy", "--id", &id]).await;
+    assert_eq!(copied["text"], "hello", "ids are kept: {copied}");
+    let out = cli.ok(&["db", "import", "--collection", "fromcsv", "--file", csv]).await;
+    assert!(out.contains("imported 601 records"), "{out}");
+    let got = cli.json(&["db", "get", "--collection", "fromcsv", "--id", &id]).await;
+    assert_eq!((got["text"].as_str(), got["n"].as_i64()), (Some("hello"), Some(1)), "{got}");
+    // Importing the same ids again is refused, naming the lines; a broken file writes nothing.
+    let err = cli.error(&["db", "import", "--collection", "copy", "--file", jsonl]).await;
+    assert!(err.contains("lines 1-500 were not imported") && err.contains("0 records before"), "{err}");
+    let broken = dir.path().join("broken.jsonl");
+    std::fs::write(&broken, "{\"a\": 1}\n{\"a\": 2\n").unwrap();
+    let err = cli.error(&["db", "import", "--collection", "broken", "--file", broken.to_str().unwrap()]).await;
+    assert!(err.contains("line 2: not JSON"), "{err}");
+    let err = cli.error(&["db", "export", "--collection", "notes", "--format", "xml"]).await;
+    assert!(err.contains("unknown format"), "{err}");
+
+    // Acknowledged writes survive a SIGKILL; a batch is whole or absent.
+    let (_, v) = call(&api, "GET", "/db/v1/broken/records", Some(&ann), "shop", None).await;
+    assert_eq!(v["items"].as_array().map(Vec::len), Some(0), "nothing of the broken file: {v}");
     let mut acked = Vec::new();
     for i in 0..20 {
         let (st, v) =

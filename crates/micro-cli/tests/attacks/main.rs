@@ -6,6 +6,7 @@
 //! honest callers may do; this shows what dishonest ones cannot.
 
 mod cluster;
+mod db;
 mod gateway;
 mod hosting;
 mod listeners;

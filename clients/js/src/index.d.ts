@@ -1,0 +1,377 @@
+// Types of @micro/client.
+
+/** The fields every record has, whatever its collection. */
+export interface RecordMeta {
+  /** Its id (new ones sort by time). */
+  id: string;
+  /** When it was made, like `2026-12-06 00:32:18.628Z`. */
+  created: string;
+  /** When it last changed. */
+  updated: string;
+  /** 1 when made, +1 at each write. */
+  version: number;
+}
+
+/** A record of a collection whose fields are `T`. */
+export type RecordModel<T extends object = Record<string, unknown>> = T & RecordMeta;
+
+/** The fields of a create or replace. */
+export type CreateData<T extends object> = T;
+
+/** The fields of a merge update: those named change, a `null` removes one. */
+export type UpdateData<T extends object> = { [K in keyof T]?: T[K] | null };
+
+/** The names of `T`'s own fields. */
+export type FieldName<T extends object> = Extract<keyof T, string>;
+
+/** A record with only the fields `K` of its own (and its `id`, `created`, `updated`, `version`). */
+export type PickRecord<T extends object, K extends FieldName<T>> = Pick<T, K> & RecordMeta;
+
+export interface RequestOptions {
+  /** Aborts the request: it rejects with the signal's AbortError. */
+  signal?: AbortSignal;
+}
+
+export interface FieldsOptions<T extends object, K extends FieldName<T>> extends RequestOptions {
+  /** Only these fields (`['title', 'done']` or `"title,done"`); the record's own always come. */
+  fields?: readonly K[] | string;
+}
+
+export interface ListOptions<T extends object, K extends FieldName<T>> extends FieldsOptions<T, K> {
+  /** A filter, like `done = false && owner = @request.auth.id` (build one with `filter()`). */
+  filter?: string;
+  /** Fields to sort by, `-` first for descending: `"-created,title"` or `['-created', 'title']`. */
+  sort?: string | readonly string[];
+  /** The page, from 1. */
+  page?: number;
+  /** Records a page (default 30, at most 500). */
+  perPage?: number;
+  /** Count every match too (`total`). */
+  total?: boolean;
+}
+
+export interface ListResult<R> {
+  items: R[];
+  page: number;
+  perPage: number;
+  /** Every match, when `total` was asked for. */
+  total?: number;
+}
+
+export interface CreateOptions extends RequestOptions {
+  /** The record's id (default: a new one). */
+  id?: string;
+}
+
+export interface VersionOptions extends RequestOptions {
+  /** Write only if the record is still at this version, else a 409 MicroError. */
+  version?: number;
+}
+
+/** One change of a subscription. */
+export interface ChangeEvent<T extends object = Record<string, unknown>> {
+  action: 'create' | 'update' | 'delete';
+  /** Where the subscription is: resume after it. */
+  cursor: number;
+  /** The record as it is after the change (as it was, for a delete). */
+  record: RecordModel<T>;
+}
+
+export interface SubscribeErrorInfo {
+  /** Whether the subscription goes on (reconnecting after `delay`) or has ended. */
+  retrying: boolean;
+  /** Reconnections tried since the last confirmed one. */
+  attempt: number;
+  /** Milliseconds until the next try. */
+  delay: number;
+}
+
+export interface SubscribeOptions {
+  /** Only this record's changes. */
+  id?: string;
+  /** Only changes of records that hold this filter. */
+  filter?: string;
+  /** Resume after this cursor (an event's `cursor`, or `subscription.cursor`). */
+  cursor?: number;
+  /** Each error; a transient one (network, 5xx, 408, 429) is retried with backoff. */
+  onError?: (error: MicroError, info: SubscribeErrorInfo) => void;
+  /** Each time the server confirms the subscription (first and after each reconnection). */
+  onSubscribed?: (cursor: number) => void;
+  /** Reconnection delays in ms: `initial` (250) doubling up to `max` (10000), with jitter. */
+  backoff?: { initial?: number; max?: number };
+}
+
+/** A live subscription. */
+export declare class Subscription {
+  private constructor();
+  /** The cursor of the last event delivered (or where the subscription started). */
+  readonly cursor: number | undefined;
+  /** Whether it has ended (unsubscribed, or a fatal error). */
+  readonly closed: boolean;
+  /** Resolves with the cursor when the server first confirms it; rejects if it ends before. */
+  readonly ready: Promise<number>;
+  /** Ends it: the connection closes, no more callbacks. */
+  unsubscribe(): void;
+}
+
+export type WriteAction = 'create' | 'update' | 'replace' | 'delete';
+
+export interface BatchWrite {
+  action: WriteAction;
+  id?: string;
+  data?: object;
+  version?: number;
+}
+
+/** Writes to one collection, sent together and applied all or none. */
+export declare class Batch<T extends object = Record<string, unknown>> {
+  private constructor();
+  /** The writes so far, in order. */
+  readonly writes: BatchWrite[];
+  create(data: CreateData<T>, options?: { id?: string }): this;
+  update(id: string, data: UpdateData<T>, options?: { version?: number }): this;
+  replace(id: string, data: CreateData<T>, options?: { version?: number }): this;
+  delete(id: string, options?: { version?: number }): this;
+  /** Every record written, in order (a deleted one as it was); or a MicroError and nothing written. */
+  send(options?: RequestOptions): Promise<RecordModel<T>[]>;
+}
+
+/** The records of one collection. */
+export declare class RecordService<T extends object = Record<string, unknown>> {
+  private constructor();
+  /** The collection's name. */
+  readonly name: string;
+  /** A page of the records the caller may list. */
+  list<K extends FieldName<T> = FieldName<T>>(options?: ListOptions<T, K>): Promise<ListResult<PickRecord<T, K>>>;
+  /** One record (404 MicroError when it does not exist or the caller may not see it). */
+  getOne<K extends FieldName<T> = FieldName<T>>(id: string, options?: FieldsOptions<T, K>): Promise<PickRecord<T, K>>;
+  /** Makes a record. */
+  create(data: CreateData<T>, options?: CreateOptions): Promise<RecordModel<T>>;
+  /** Changes some fields (merge; a `null` removes one). */
+  update(id: string, data: UpdateData<T>, options?: VersionOptions): Promise<RecordModel<T>>;
+  /** Replaces every field. */
+  replace(id: string, data: CreateData<T>, options?: VersionOptions): Promise<RecordModel<T>>;
+  /** Deletes a record. */
+  delete(id: string, options?: VersionOptions): Promise<void>;
+  /** A batch of writes, all or none. */
+  batch(): Batch<T>;
+  /**
+   * The collection's changes as they commit, in order and each once, reconnecting with
+   * backoff and resuming after the last cursor. If the callback returns a promise, the
+   * next event waits for it.
+   */
+  subscribe(callback: (event: ChangeEvent<T>) => void | Promise<void>, options?: SubscribeOptions): Subscription;
+}
+
+export type FieldType = 'text' | 'number' | 'bool' | 'date' | 'array' | 'object' | 'json' | 'relation';
+
+export interface FieldSpec {
+  /** Letters, digits and `_`, not one of `id`, `created`, `updated`, `version`. */
+  name: string;
+  /** Default `json` (anything). */
+  type?: FieldType;
+  required?: boolean;
+  unique?: boolean;
+  /** The least number, or the shortest text or list. */
+  min?: number;
+  /** The greatest number, or the longest text or list. */
+  max?: number;
+  /** The only values it may take. */
+  enum?: unknown[];
+  /** For a relation: the collection its ids are of. */
+  collection?: string;
+}
+
+/** A rule: `null` (locked: the namespace's admins and developers only), `""` (anyone) or a filter. */
+export type Rule = string | null;
+
+export interface Rules {
+  list?: Rule;
+  view?: Rule;
+  create?: Rule;
+  update?: Rule;
+  delete?: Rule;
+}
+
+export interface CollectionSpec {
+  /** Letters, digits and `_`, not starting with a digit, at most 64. */
+  name: string;
+  /** The fields every record is checked against; null or absent: any JSON object. */
+  schema?: FieldSpec[] | null;
+  /** Who may do what; each rule locked unless given. */
+  rules?: Rules;
+  /** Fields to rename in every record, old name to new. */
+  rename?: Record<string, string>;
+  /** Fields to remove from every record. */
+  drop?: string[];
+}
+
+export interface CollectionInfo {
+  name: string;
+  schema: FieldSpec[] | null;
+  rules: { list: Rule; view: Rule; create: Rule; update: Rule; delete: Rule };
+  /** Each rule in words. */
+  explained: string[];
+  created: string;
+  updated: string;
+}
+
+/** The namespace's collections (managed by its admins and developers). */
+export declare class CollectionService {
+  private constructor();
+  list(options?: RequestOptions): Promise<CollectionInfo[]>;
+  get(name: string, options?: RequestOptions): Promise<CollectionInfo>;
+  /** Makes or changes a collection. */
+  save(spec: CollectionSpec, options?: RequestOptions): Promise<CollectionInfo>;
+  /** Deletes a collection and its records. */
+  delete(name: string, options?: RequestOptions): Promise<void>;
+}
+
+/** An account, as the auth service shows it. */
+export interface Account {
+  id: string;
+  name: string;
+  type: 'user' | 'service' | (string & {});
+  namespace: string;
+  scopes: string[];
+  metadata: Record<string, string>;
+  /** Unix seconds, as text. */
+  created: string;
+}
+
+export interface Session {
+  /** The access token ("" when signed out). */
+  token: string;
+  /** The refresh token ("" when none); each works once. */
+  refreshToken: string;
+  /** When the access token expires, Unix seconds. */
+  expiry: number | null;
+  account: Account | null;
+}
+
+/** The signed-in account and its tokens. */
+export declare class Auth {
+  private constructor();
+  readonly token: string;
+  readonly refreshToken: string;
+  readonly expiry: number | null;
+  readonly account: Account | null;
+  /** Whether there is a token that has not expired (or that can be refreshed). */
+  readonly isValid: boolean;
+  /** Signs in (`POST /auth/token`); the token is then sent with every request and refreshed before it expires. */
+  login(id: string, password: string, options?: RequestOptions): Promise<Session>;
+  /** Exchanges the refresh token for new tokens now (concurrent calls share one request). */
+  refresh(options?: RequestOptions): Promise<Session>;
+  /** Forgets the tokens. */
+  logout(): void;
+  /** Sets the session, e.g. one kept in storage. */
+  set(session: { token: string; refreshToken?: string; expiry?: number | null; account?: Account | null }): void;
+  /** Calls `listener` at each change of the session; returns a function that removes it. */
+  onChange(listener: (session: Session) => void): () => void;
+}
+
+export interface MicroOptions {
+  /** The API gateway, like `http://127.0.0.1:8080`. */
+  url: string;
+  /** The namespace (tenant app) to act in, sent as `Micro-Namespace`. */
+  namespace?: string;
+  /** An access token to start with. */
+  token?: string;
+  /** A refresh token to start with. */
+  refreshToken?: string;
+  /** The fetch to use (default: the global one). */
+  fetch?: typeof fetch;
+  /** Seconds before its expiry that the access token is refreshed (default 60). */
+  refreshMargin?: number;
+}
+
+export interface RawRequestOptions extends RequestOptions {
+  method?: string;
+  query?: Record<string, string | number | boolean | null | undefined>;
+  body?: unknown;
+  /** Send the token (default true). */
+  auth?: boolean;
+  accept?: string;
+  headers?: Record<string, string>;
+}
+
+export declare class Micro {
+  constructor(options: MicroOptions);
+  /** The API gateway's URL, without a trailing slash. */
+  readonly url: string;
+  /** The namespace acted in ("" for the server's default). */
+  namespace: string;
+  /** Seconds before its expiry that the access token is refreshed. */
+  refreshMargin: number;
+  readonly auth: Auth;
+  readonly collections: CollectionService;
+  /** The records of collection `name`, typed by `T` (its fields, without the record's own). */
+  collection<T extends object = Record<string, unknown>>(name: string): RecordService<T>;
+  /** A filter from a template and values, safely quoted (see `filter`). */
+  filter(template: string, params?: FilterParams): string;
+  /** A request to the gateway: the response when it succeeds, else a MicroError. */
+  request(path: string, options?: RawRequestOptions): Promise<Response>;
+  /** A JSON request: the reply's JSON (undefined for a 204), else a MicroError. */
+  send<R = any>(path: string, options?: RawRequestOptions): Promise<R>;
+}
+
+export default Micro;
+
+/** An error of the API, or of reaching it. */
+export declare class MicroError extends Error {
+  constructor(init: {
+    status: number;
+    code?: number;
+    detail: string;
+    id?: string;
+    statusText?: string;
+    data?: unknown;
+    cause?: unknown;
+  });
+  name: 'MicroError';
+  /** The HTTP status; 0 when the server could not be reached or the stream broke. */
+  readonly status: number;
+  /** The code of the error body. */
+  readonly code: number;
+  /** What went wrong, in words. */
+  readonly detail: string;
+  /** The service that answered with the error (`db`, `auth`); `client` for this client's own; "" when unknown. */
+  readonly id: string;
+  /** The status in words (`Bad Request`). */
+  readonly statusText: string;
+  /** The error body as it came. */
+  readonly data: unknown;
+  /** Where a filter or rule went wrong, in characters from 0, when it did. */
+  readonly position: number | undefined;
+  /** Whether trying again later may succeed (network failures, 408, 429, 5xx). */
+  readonly transient: boolean;
+}
+
+/** A value `filter` can put in a filter. */
+export type FilterValue = string | number | bigint | boolean | null | Date | object;
+
+export type FilterParams = Record<string, FilterValue>;
+
+/**
+ * A filter from a template and values: each `{:name}` replaced by its value as a safe
+ * literal (strings quoted and escaped, numbers, booleans, null, Dates as
+ * `'YYYY-MM-DD HH:MM:SS.mmmZ'`, anything else as quoted JSON).
+ */
+export declare function filter(template: string, params?: FilterParams): string;
+
+/** A date as the server writes times: `YYYY-MM-DD HH:MM:SS.mmmZ` (UTC). */
+export declare function formatDate(date: Date): string;
+
+/** The fields every record has. */
+export declare const RECORD_FIELDS: readonly ['id', 'created', 'updated', 'version'];
+
+/** One server-sent event. */
+export interface ServerSentEvent {
+  event: string;
+  data: string;
+  id: string;
+  retry?: number;
+}
+
+/** The events of a `text/event-stream` body, in order, as they arrive. */
+export declare function readEventStream(body: ReadableStream<Uint8Array>): AsyncGenerator<ServerSentEvent, void, undefined>;

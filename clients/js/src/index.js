@@ -1,0 +1,979 @@
+// @micro/client: the JavaScript client of Micro's database product (Backend-as-a-Service).
+// No dependencies: only the platform's fetch, ReadableStream, TextDecoder and
+// AbortController (browsers, Node.js 18+, Deno, Bun).
+
+import { readEventStream } from './sse.js';
+
+export { readEventStream };
+
+/**
+ * @typedef {{ id: string, created: string, updated: string, version: number }} RecordMeta
+ * @typedef {{ [field: string]: unknown }} Data
+ */
+
+/** The fields every record has, whatever its collection. */
+export const RECORD_FIELDS = Object.freeze(['id', 'created', 'updated', 'version']);
+
+// ---------------------------------------------------------------------------------------
+// Errors
+
+/**
+ * An error of the API (or of reaching it). `status` is the HTTP status (0 when the server
+ * could not be reached or the connection broke), `code`, `detail` and `id` come from the
+ * server's JSON error body (`{"id":"db","code":400,"detail":"…","status":"Bad Request"}`);
+ * `position` is where a filter (or a rule) went wrong, in characters from 0, when the
+ * detail says so (`filter at 6: expected …`).
+ */
+export class MicroError extends Error {
+  /**
+   * @param {{ status: number, code?: number, detail: string, id?: string,
+   *   statusText?: string, data?: unknown, cause?: unknown }} init
+   */
+  constructor(init) {
+    super(init.detail || init.statusText || `request failed with status ${init.status}`, init.cause === undefined ? undefined : { cause: init.cause });
+    this.name = 'MicroError';
+    /** The HTTP status; 0 when the server could not be reached or the stream broke. */
+    this.status = init.status;
+    /** The code of the error body (the HTTP status the error maps to). */
+    this.code = init.code ?? init.status;
+    /** What went wrong, in words. */
+    this.detail = init.detail;
+    /** Which service answered with the error (`db`, `auth`), "" when none did. */
+    this.id = init.id ?? '';
+    /** The status in words (`Bad Request`). */
+    this.statusText = init.statusText ?? '';
+    /** The error body as it came. */
+    this.data = init.data;
+    const m = /(?:^|\s)at (\d+): expected /.exec(init.detail ?? '');
+    /** Where the filter or rule went wrong (characters from 0), when it did. */
+    this.position = m ? Number(m[1]) : undefined;
+  }
+
+  /** Whether trying again later may succeed (network failures, 408, 429, 5xx). */
+  get transient() {
+    return this.status === 0 || this.status === 408 || this.status === 429 || this.status >= 500;
+  }
+}
+
+/**
+ * The MicroError of an error body (or of the response when it is not one).
+ * @param {number} status
+ * @param {string} statusText
+ * @param {string} text
+ */
+function errorOf(status, statusText, text) {
+  /** @type {any} */
+  let body;
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = undefined;
+  }
+  if (body && typeof body === 'object' && typeof body.detail === 'string') {
+    return new MicroError({
+      status,
+      code: typeof body.code === 'number' ? body.code : status,
+      detail: body.detail,
+      id: typeof body.id === 'string' ? body.id : '',
+      statusText: typeof body.status === 'string' ? body.status : statusText,
+      data: body,
+    });
+  }
+  const detail = text.trim().slice(0, 500) || statusText || `status ${status}`;
+  return new MicroError({ status, detail, statusText, data: body ?? text });
+}
+
+/** @param {unknown} e */
+function isAbort(e) {
+  return typeof e === 'object' && e !== null && /** @type {any} */ (e).name === 'AbortError';
+}
+
+// ---------------------------------------------------------------------------------------
+// Filters
+
+/**
+ * A date as the server writes times: `YYYY-MM-DD HH:MM:SS.mmmZ` (UTC).
+ * @param {Date} date
+ */
+export function formatDate(date) {
+  if (!(date instanceof Date) || Number.isNaN(date.getTime())) {
+    throw new TypeError('formatDate: not a valid Date');
+  }
+  return date.toISOString().replace('T', ' ');
+}
+
+/**
+ * A finite number as the filter language writes it: digits, an optional `-` and `.`
+ * (no exponent, which the language does not read).
+ * @param {number} n
+ */
+function formatNumber(n) {
+  if (!Number.isFinite(n)) throw new TypeError(`filter: ${n} is not a finite number`);
+  if (Object.is(n, -0)) return '0';
+  const s = String(n);
+  const e = s.indexOf('e');
+  if (e < 0) return s;
+  const neg = s[0] === '-';
+  const mantissa = s.slice(neg ? 1 : 0, e);
+  const exp = Number(s.slice(e + 1));
+  const dot = mantissa.indexOf('.');
+  const digits = mantissa.replace('.', '');
+  const point = (dot < 0 ? mantissa.length : dot) + exp;
+  let out;
+  if (point <= 0) out = '0.' + '0'.repeat(-point) + digits;
+  else if (point >= digits.length) out = digits + '0'.repeat(point - digits.length);
+  else out = digits.slice(0, point) + '.' + digits.slice(point);
+  return (neg ? '-' : '') + out;
+}
+
+/**
+ * A string as a filter literal: single-quoted, with `\` and `'` escaped by `\` (the only
+ * escapes the language has; every other character, newlines included, stands for itself).
+ * @param {string} s
+ */
+function quote(s) {
+  return "'" + s.replace(/\\/g, '\\\\').replace(/'/g, "\\'") + "'";
+}
+
+/**
+ * A value as a literal of the filter language.
+ * @param {unknown} v
+ * @param {string} name the placeholder, for errors
+ * @returns {string}
+ */
+function literal(v, name) {
+  if (v === null) return 'null';
+  switch (typeof v) {
+    case 'string':
+      return quote(v);
+    case 'number':
+      return formatNumber(v);
+    case 'bigint':
+      return v.toString();
+    case 'boolean':
+      return v ? 'true' : 'false';
+    case 'undefined':
+      throw new TypeError(`filter: no value for {:${name}}`);
+    case 'object':
+      if (v instanceof Date) return quote(formatDate(v));
+      return quote(JSON.stringify(v));
+    default:
+      throw new TypeError(`filter: {:${name}} is a ${typeof v}, which has no filter literal`);
+  }
+}
+
+/**
+ * A filter from a template and values, each `{:name}` replaced by its value as a safe
+ * literal: strings quoted and escaped (so `' || 1=1 || '` is only text), numbers,
+ * booleans, `null`, Dates (as `'YYYY-MM-DD HH:MM:SS.mmmZ'`), anything else as its quoted
+ * JSON. Values are put in once: a value containing `{:x}` stays as it is.
+ *
+ * @example filter('title = {:t} && n > {:n}', { t: "x'y", n: 1 }) // "title = 'x\\'y' && n > 1"
+ * @param {string} template
+ * @param {Record<string, unknown>} [params]
+ * @returns {string}
+ */
+export function filter(template, params = {}) {
+  return template.replace(/\{:([A-Za-z0-9_]+)\}/g, (_, name) => {
+    if (!Object.prototype.hasOwnProperty.call(params, name)) {
+      throw new TypeError(`filter: no value for {:${name}}`);
+    }
+    return literal(params[name], name);
+  });
+}
+
+/**
+ * JSON with Dates in the server's time format (`YYYY-MM-DD HH:MM:SS.mmmZ`), so they
+ * compare with `created`, `updated` and `@now` as text does.
+ * @param {unknown} value
+ */
+function toJSON(value) {
+  return JSON.stringify(value, function (key, v) {
+    const original = /** @type {any} */ (this)[key];
+    return original instanceof Date ? formatDate(original) : v;
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// Auth
+
+/**
+ * The Unix second a JWT expires at, from its payload (not verified: only to know when to
+ * refresh).
+ * @param {string} token
+ * @returns {number | null}
+ */
+function jwtExpiry(token) {
+  try {
+    const part = token.split('.')[1];
+    if (!part) return null;
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const json = JSON.parse(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)));
+    return typeof json.exp === 'number' ? json.exp : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The signed-in account and its tokens: `POST /auth/token` with an id and secret, or
+ * with the refresh token (each refresh token works once: a refresh gives a new one).
+ */
+export class Auth {
+  /** @param {Micro} client @param {{ token?: string, refreshToken?: string }} init */
+  constructor(client, init) {
+    /** @private */
+    this._client = client;
+    /** @private @type {string} */
+    this._token = init.token ?? '';
+    /** @private @type {string} */
+    this._refreshToken = init.refreshToken ?? '';
+    /** @private @type {number | null} */
+    this._expiry = init.token ? jwtExpiry(init.token) : null;
+    /** @private @type {any} */
+    this._account = null;
+    /** @private @type {Promise<any> | null} */
+    this._refreshing = null;
+    /** @private @type {Set<Function>} */
+    this._listeners = new Set();
+  }
+
+  /** The access token ("" when signed out). */
+  get token() {
+    return this._token;
+  }
+
+  /** The refresh token ("" when none). */
+  get refreshToken() {
+    return this._refreshToken;
+  }
+
+  /** When the access token expires, Unix seconds (null when unknown). */
+  get expiry() {
+    return this._expiry;
+  }
+
+  /** The signed-in account, as the last login or refresh gave it (null when unknown). */
+  get account() {
+    return this._account;
+  }
+
+  /** Whether there is an access token that has not expired (or that can be refreshed). */
+  get isValid() {
+    if (!this._token) return false;
+    if (this._refreshToken) return true;
+    return this._expiry === null || this._expiry > Date.now() / 1000;
+  }
+
+  /**
+   * Signs in with an account's id and password (its secret) in the client's namespace.
+   * @param {string} id
+   * @param {string} password
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  async login(id, password, options = {}) {
+    const reply = await this._client.send('/auth/token', {
+      method: 'POST',
+      body: { id, secret: password },
+      auth: false,
+      signal: options.signal,
+    });
+    return this._took(reply);
+  }
+
+  /**
+   * Exchanges the refresh token for new tokens now. Concurrent calls share one request
+   * (a refresh token works once). When the server refuses it (401) the session is over:
+   * the tokens are cleared.
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  refresh(options = {}) {
+    if (this._refreshing) return this._refreshing;
+    const refreshToken = this._refreshToken;
+    if (!refreshToken) {
+      return Promise.reject(
+        new MicroError({ status: 401, detail: 'no refresh token: log in first', id: 'client' }),
+      );
+    }
+    const p = this._client
+      .send('/auth/token', {
+        method: 'POST',
+        body: { refresh_token: refreshToken },
+        auth: false,
+        signal: options.signal,
+      })
+      .then(
+        (reply) => {
+          // Logged out (or in again) meanwhile: that session stands.
+          if (this._refreshToken !== refreshToken) throw new MicroError({ status: 401, detail: 'the session changed during the refresh', id: 'client' });
+          return this._took(reply);
+        },
+        (e) => {
+          if (e instanceof MicroError && e.status === 401 && this._refreshToken === refreshToken) this.logout();
+          throw e;
+        },
+      )
+      .finally(() => {
+        if (this._refreshing === p) this._refreshing = null;
+      });
+    this._refreshing = p;
+    return p;
+  }
+
+  /** Forgets the tokens and the account (the client is anonymous again). */
+  logout() {
+    this._set('', '', null, null);
+  }
+
+  /**
+   * Sets the session, e.g. one kept in storage (see `onChange`).
+   * @param {{ token: string, refreshToken?: string, expiry?: number | null, account?: unknown }} session
+   */
+  set(session) {
+    const expiry = session.expiry ?? (session.token ? jwtExpiry(session.token) : null);
+    this._set(session.token ?? '', session.refreshToken ?? '', expiry, session.account ?? null);
+  }
+
+  /**
+   * Calls `listener` with the session each time it changes (login, refresh, logout).
+   * @param {(session: { token: string, refreshToken: string, expiry: number | null, account: any }) => void} listener
+   * @returns {() => void} removes the listener
+   */
+  onChange(listener) {
+    this._listeners.add(listener);
+    return () => this._listeners.delete(listener);
+  }
+
+  /** @private @param {any} reply */
+  _took(reply) {
+    const expiry = reply.expiry !== undefined && reply.expiry !== '' ? Number(reply.expiry) : jwtExpiry(reply.access_token);
+    this._set(reply.access_token ?? '', reply.refresh_token ?? '', Number.isFinite(expiry) ? expiry : null, reply.account ?? null);
+    return {
+      token: this._token,
+      refreshToken: this._refreshToken,
+      expiry: this._expiry,
+      account: this._account,
+    };
+  }
+
+  /**
+   * @private
+   * @param {string} token @param {string} refreshToken @param {number | null} expiry @param {any} account
+   */
+  _set(token, refreshToken, expiry, account) {
+    this._token = token;
+    this._refreshToken = refreshToken;
+    this._expiry = expiry;
+    this._account = account;
+    const session = { token, refreshToken, expiry, account };
+    for (const l of this._listeners) {
+      try {
+        l(session);
+      } catch (e) {
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    }
+  }
+
+  /**
+   * The token to send: refreshed first when it expires within the client's margin.
+   * @internal
+   * @param {AbortSignal} [signal]
+   * @returns {Promise<string>}
+   */
+  async _fresh(signal) {
+    if (this._token && this._refreshToken && this._expiry !== null) {
+      if (Date.now() / 1000 >= this._expiry - this._client.refreshMargin) {
+        try {
+          await this.refresh({ signal });
+        } catch (e) {
+          // Still usable until it expires: a failed early refresh is not fatal.
+          if (!(e instanceof MicroError && e.transient && this._expiry > Date.now() / 1000)) throw e;
+        }
+      }
+    }
+    return this._token;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Records
+
+/**
+ * @param {string | readonly string[] | undefined} v
+ */
+function commaList(v) {
+  if (v === undefined || v === null) return undefined;
+  return typeof v === 'string' ? v : v.join(',');
+}
+
+/** @param {unknown} v */
+function checkData(v) {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) {
+    throw new TypeError('record data must be an object');
+  }
+  return v;
+}
+
+/**
+ * The records of one collection.
+ * @template {object} T
+ */
+export class RecordService {
+  /** @param {Micro} client @param {string} name */
+  constructor(client, name) {
+    /** @private */
+    this._client = client;
+    /** The collection's name. */
+    this.name = name;
+  }
+
+  /** @internal @param {string} [rest] */
+  _path(rest = '') {
+    return `/db/v1/${encodeURIComponent(this.name)}${rest}`;
+  }
+
+  /**
+   * A page of the records the caller may list.
+   * @param {{ filter?: string, sort?: string | readonly string[], page?: number, perPage?: number,
+   *   total?: boolean, fields?: string | readonly string[], signal?: AbortSignal }} [options]
+   */
+  async list(options = {}) {
+    const reply = await this._client.send(this._path('/records'), {
+      query: {
+        filter: options.filter || undefined,
+        sort: commaList(options.sort) || undefined,
+        page: options.page,
+        per_page: options.perPage,
+        total: options.total ? true : undefined,
+        fields: commaList(options.fields) || undefined,
+      },
+      signal: options.signal,
+    });
+    /** @type {{ items: any[], page: number, perPage: number, total?: number }} */
+    const out = { items: reply.items ?? [], page: reply.page, perPage: reply.per_page };
+    if (reply.total !== undefined) out.total = reply.total;
+    return out;
+  }
+
+  /**
+   * One record.
+   * @param {string} id
+   * @param {{ fields?: string | readonly string[], signal?: AbortSignal }} [options]
+   */
+  async getOne(id, options = {}) {
+    return this._client.send(this._path(`/records/${encodeURIComponent(id)}`), {
+      query: { fields: commaList(options.fields) || undefined },
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * Makes a record (with a new id, or `options.id`).
+   * @param {object} data
+   * @param {{ id?: string, signal?: AbortSignal }} [options]
+   */
+  async create(data, options = {}) {
+    return this._client.send(this._path('/records'), {
+      method: 'POST',
+      body: { data: checkData(data), id: options.id },
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * Changes some fields of a record (a `null` removes one); with `version`, only if the
+   * record is still at it (else a 409 MicroError).
+   * @param {string} id
+   * @param {object} data
+   * @param {{ version?: number, signal?: AbortSignal }} [options]
+   */
+  async update(id, data, options = {}) {
+    return this._client.send(this._path(`/records/${encodeURIComponent(id)}`), {
+      method: 'PATCH',
+      body: { data: checkData(data), version: options.version },
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * Replaces a record's fields; with `version`, only if it is still at it.
+   * @param {string} id
+   * @param {object} data
+   * @param {{ version?: number, signal?: AbortSignal }} [options]
+   */
+  async replace(id, data, options = {}) {
+    return this._client.send(this._path(`/records/${encodeURIComponent(id)}`), {
+      method: 'PUT',
+      body: { data: checkData(data), version: options.version },
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * Deletes a record; with `version`, only if it is still at it.
+   * @param {string} id
+   * @param {{ version?: number, signal?: AbortSignal }} [options]
+   * @returns {Promise<void>}
+   */
+  async delete(id, options = {}) {
+    await this._client.send(this._path(`/records/${encodeURIComponent(id)}`), {
+      method: 'DELETE',
+      query: { version: options.version },
+      signal: options.signal,
+    });
+  }
+
+  /** Writes to send together, all or none: `.create() .update() .replace() .delete()`, then `.send()`. */
+  batch() {
+    return new Batch(this);
+  }
+
+  /**
+   * Receives the collection's changes as they commit (those the view rule lets the caller
+   * see, and `filter` and `id` select), in order, each once: the subscription reconnects
+   * by itself with backoff and resumes after the last cursor it delivered.
+   * @param {(event: { action: 'create' | 'update' | 'delete', cursor: number, record: any }) => void | Promise<void>} callback
+   * @param {SubscribeOptions} [options]
+   */
+  subscribe(callback, options = {}) {
+    return new Subscription(this._client, this, callback, options);
+  }
+
+  /**
+   * @internal
+   * @param {{ action: string, id?: string, data?: object, version?: number }[]} writes
+   * @param {AbortSignal} [signal]
+   */
+  async _batch(writes, signal) {
+    const reply = await this._client.send(this._path('/batch'), { method: 'POST', body: { writes }, signal });
+    return reply.records ?? [];
+  }
+}
+
+/** Writes to one collection, sent together and applied all or none. */
+export class Batch {
+  /** @param {RecordService<any>} service */
+  constructor(service) {
+    /** @private */
+    this._service = service;
+    /** The writes so far, in order. @type {{ action: string, id?: string, data?: object, version?: number }[]} */
+    this.writes = [];
+  }
+
+  /** @param {object} data @param {{ id?: string }} [options] */
+  create(data, options = {}) {
+    this.writes.push({ action: 'create', id: options.id, data: checkData(data) });
+    return this;
+  }
+
+  /** @param {string} id @param {object} data @param {{ version?: number }} [options] */
+  update(id, data, options = {}) {
+    this.writes.push({ action: 'update', id, data: checkData(data), version: options.version });
+    return this;
+  }
+
+  /** @param {string} id @param {object} data @param {{ version?: number }} [options] */
+  replace(id, data, options = {}) {
+    this.writes.push({ action: 'replace', id, data: checkData(data), version: options.version });
+    return this;
+  }
+
+  /** @param {string} id @param {{ version?: number }} [options] */
+  delete(id, options = {}) {
+    this.writes.push({ action: 'delete', id, version: options.version });
+    return this;
+  }
+
+  /**
+   * Sends the writes: every record written, in order (a deleted one as it was), or a
+   * MicroError and nothing written.
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  send(options = {}) {
+    return this._service._batch(this.writes, options.signal);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Realtime
+
+/**
+ * @typedef {object} SubscribeOptions
+ * @property {string} [id] Only this record's changes.
+ * @property {string} [filter] Only changes of records that hold this filter.
+ * @property {number} [cursor] Resume after this cursor (the last event's).
+ * @property {(error: MicroError, info: { retrying: boolean, attempt: number, delay: number }) => void} [onError]
+ *   Each error: `retrying` tells whether the subscription goes on (after `delay` ms) or has ended.
+ * @property {(cursor: number) => void} [onSubscribed] Each time the server confirms the subscription.
+ * @property {{ initial?: number, max?: number }} [backoff] Reconnection delays, ms (default 250 doubling to 10000).
+ */
+
+/** A live subscription: `unsubscribe()` ends it; `cursor` is where to resume. */
+export class Subscription {
+  /**
+   * @param {Micro} client
+   * @param {RecordService<any>} service
+   * @param {(event: any) => void | Promise<void>} callback
+   * @param {SubscribeOptions} options
+   */
+  constructor(client, service, callback, options) {
+    if (typeof callback !== 'function') throw new TypeError('subscribe: the callback must be a function');
+    /** @private */
+    this._client = client;
+    /** @private */
+    this._service = service;
+    /** @private */
+    this._callback = callback;
+    /** @private */
+    this._options = options;
+    /** The cursor of the last event delivered (or of the subscription's start). @type {number | undefined} */
+    this.cursor = options.cursor;
+    /** Whether it has ended (unsubscribed, or a fatal error). */
+    this.closed = false;
+    /** @private @type {AbortController | null} */
+    this._abort = null;
+    /** @private @type {(() => void) | null} */
+    this._wake = null;
+    /** @private @type {ReturnType<typeof setTimeout> | null} */
+    this._timer = null;
+    /** @private */
+    this._attempt = 0;
+    /** @private: whether the token was refreshed for a 401 since the last confirmation */
+    this._refreshed = false;
+    /** @private @type {(cursor: number) => void} */
+    this._resolve = () => {};
+    /** @private @type {(e: unknown) => void} */
+    this._reject = () => {};
+    /**
+     * Settles when the server first confirms the subscription (with its cursor), or
+     * rejects when it ends before that.
+     * @type {Promise<number>}
+     */
+    this.ready = new Promise((resolve, reject) => {
+      this._resolve = resolve;
+      this._reject = reject;
+    });
+    this.ready.catch(() => {}); // not an unhandled rejection when nobody waits on it
+    this.unsubscribe = this.unsubscribe.bind(this);
+    this._run();
+  }
+
+  /** Ends the subscription (the connection closes; no more callbacks). */
+  unsubscribe() {
+    if (this.closed) return;
+    this.closed = true;
+    this._abort?.abort();
+    if (this._timer) clearTimeout(this._timer);
+    this._wake?.();
+    this._reject(new MicroError({ status: 0, detail: 'unsubscribed', id: 'client' }));
+  }
+
+  /** @private */
+  async _run() {
+    while (!this.closed) {
+      /** @type {MicroError} */
+      let error;
+      try {
+        await this._connect();
+        if (this.closed) return;
+        error = new MicroError({ status: 0, detail: 'the subscription stream ended', id: 'client' });
+      } catch (e) {
+        if (this.closed) return;
+        error =
+          e instanceof MicroError
+            ? e
+            : new MicroError({ status: 0, detail: `the subscription broke: ${/** @type {any} */ (e)?.message ?? e}`, id: 'client', cause: e });
+      }
+      let retrying = error.transient;
+      let delay = retrying ? this._delay() : 0;
+      if (error.status === 401 && !this._refreshed && this._client.auth.refreshToken) {
+        // An expired token: refresh once, then try at once.
+        this._refreshed = true;
+        try {
+          await this._client.auth.refresh();
+          retrying = true;
+          delay = 0;
+        } catch {
+          retrying = false;
+        }
+      }
+      this._options.onError?.(error, { retrying, attempt: this._attempt, delay });
+      if (!retrying) {
+        this.closed = true;
+        this._reject(error);
+        return;
+      }
+      this._attempt++;
+      if (delay > 0) await this._sleep(delay);
+    }
+  }
+
+  /** @private */
+  _delay() {
+    const initial = this._options.backoff?.initial ?? 250;
+    const max = this._options.backoff?.max ?? 10_000;
+    const base = Math.min(max, initial * 2 ** Math.min(this._attempt, 30));
+    return Math.round(base * (0.75 + Math.random() * 0.5));
+  }
+
+  /** @private @param {number} ms */
+  _sleep(ms) {
+    return new Promise((resolve) => {
+      this._wake = () => {
+        this._wake = null;
+        if (this._timer) clearTimeout(this._timer);
+        this._timer = null;
+        resolve(undefined);
+      };
+      this._timer = setTimeout(() => this._wake?.(), ms);
+    });
+  }
+
+  /** @private: one connection, until it ends or breaks. */
+  async _connect() {
+    const abort = new AbortController();
+    this._abort = abort;
+    const o = this._options;
+    const res = await this._client.request(this._service._path('/subscribe'), {
+      query: { filter: o.filter || undefined, id: o.id, cursor: this.cursor },
+      signal: abort.signal,
+      accept: 'text/event-stream',
+    });
+    if (!res.body) throw new MicroError({ status: 0, detail: 'the subscription has no body', id: 'client' });
+    for await (const ev of readEventStream(res.body)) {
+      if (this.closed) return;
+      /** @type {any} */
+      let msg;
+      if (ev.event === 'error') {
+        throw errorOf(Number(safeJSON(ev.data)?.code) || 500, '', ev.data);
+      }
+      if (ev.event !== 'message') continue;
+      msg = safeJSON(ev.data);
+      if (!msg || typeof msg.action !== 'string') continue;
+      if (msg.action === 'subscribed') {
+        this._attempt = 0;
+        this._refreshed = false;
+        if (typeof msg.cursor === 'number' && (this.cursor === undefined || msg.cursor > this.cursor)) {
+          this.cursor = msg.cursor;
+        }
+        this._resolve(/** @type {number} */ (this.cursor));
+        o.onSubscribed?.(/** @type {number} */ (this.cursor));
+        continue;
+      }
+      // Each change once: one at or before the cursor was delivered already.
+      if (typeof msg.cursor === 'number') {
+        if (this.cursor !== undefined && msg.cursor <= this.cursor) continue;
+        this.cursor = msg.cursor;
+      }
+      try {
+        await this._callback(msg);
+      } catch (e) {
+        // The callback's error is its own: reported, the subscription goes on.
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    }
+  }
+}
+
+/** @param {string} text */
+function safeJSON(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Collections
+
+/** The namespace's collections (managed by its admins and developers). */
+export class CollectionService {
+  /** @param {Micro} client */
+  constructor(client) {
+    /** @private */
+    this._client = client;
+  }
+
+  /** Every collection, by name. @param {{ signal?: AbortSignal }} [options] */
+  async list(options = {}) {
+    const reply = await this._client.send('/db/v1/collections', { signal: options.signal });
+    return reply.collections ?? [];
+  }
+
+  /** One collection. @param {string} name @param {{ signal?: AbortSignal }} [options] */
+  async get(name, options = {}) {
+    return this._client.send(`/db/v1/collections/${encodeURIComponent(name)}`, { signal: options.signal });
+  }
+
+  /**
+   * Makes or changes a collection: its schema (null: any object), rules (each null:
+   * locked, "": anyone, or a filter), fields to rename and to drop.
+   * @param {{ name: string, schema?: object[] | null, rules?: object, rename?: Record<string, string>, drop?: string[] }} spec
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  async save(spec, options = {}) {
+    return this._client.send('/db/v1/collections', { method: 'POST', body: spec, signal: options.signal });
+  }
+
+  /** Deletes a collection and its records. @param {string} name @param {{ signal?: AbortSignal }} [options] */
+  async delete(name, options = {}) {
+    await this._client.send(`/db/v1/collections/${encodeURIComponent(name)}`, {
+      method: 'DELETE',
+      signal: options.signal,
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// The client
+
+/**
+ * A client of a Micro server's API gateway, acting in one namespace (a tenant app).
+ *
+ * @example
+ * const micro = new Micro({ url: 'http://127.0.0.1:8080', namespace: 'shop' });
+ * await micro.auth.login('alice', 'secret');
+ * const todos = micro.collection('todos');
+ * await todos.create({ title: 'milk', done: false, owner: micro.auth.account.id });
+ */
+export class Micro {
+  /**
+   * @param {{ url: string, namespace?: string, token?: string, refreshToken?: string,
+   *   fetch?: typeof fetch, refreshMargin?: number }} options
+   */
+  constructor(options) {
+    if (!options || typeof options.url !== 'string' || !options.url) {
+      throw new TypeError('Micro: options.url (the API gateway, like http://127.0.0.1:8080) is required');
+    }
+    /** The API gateway's URL, without a trailing slash. */
+    this.url = options.url.replace(/\/+$/, '');
+    /** The namespace acted in (the `Micro-Namespace` header), "" for the server's default. */
+    this.namespace = options.namespace ?? '';
+    /** Seconds before its expiry that the access token is refreshed. */
+    this.refreshMargin = options.refreshMargin ?? 60;
+    const f = options.fetch ?? globalThis.fetch;
+    if (typeof f !== 'function') throw new TypeError('Micro: no fetch: pass options.fetch');
+    /** @private */
+    this._fetch = options.fetch ? f : (/** @type {Parameters<typeof fetch>} */ ...a) => globalThis.fetch(...a);
+    /** The signed-in account and its tokens. */
+    this.auth = new Auth(this, { token: options.token, refreshToken: options.refreshToken });
+    /** The namespace's collections. */
+    this.collections = new CollectionService(this);
+    /** @private @type {Map<string, RecordService<any>>} */
+    this._records = new Map();
+  }
+
+  /**
+   * The records of collection `name`.
+   * @param {string} name
+   */
+  collection(name) {
+    let s = this._records.get(name);
+    if (!s) {
+      s = new RecordService(this, name);
+      this._records.set(name, s);
+    }
+    return s;
+  }
+
+  /**
+   * A filter from a template and values (see the exported `filter`).
+   * @param {string} template
+   * @param {Record<string, unknown>} [params]
+   */
+  filter(template, params) {
+    return filter(template, params);
+  }
+
+  /**
+   * A request to the gateway with the client's namespace and token (refreshed first when
+   * about to expire, and once more on a 401): the response when it is a success, else a
+   * MicroError. An abort rejects with the signal's AbortError.
+   * @param {string} path
+   * @param {{ method?: string, query?: Record<string, unknown>, body?: unknown, signal?: AbortSignal,
+   *   auth?: boolean, accept?: string, headers?: Record<string, string> }} [options]
+   * @returns {Promise<Response>}
+   */
+  async request(path, options = {}) {
+    const { method = 'GET', query, body, signal, auth = true, accept = 'application/json' } = options;
+    let url = this.url + (path.startsWith('/') ? path : '/' + path);
+    if (query) {
+      const q = new URLSearchParams();
+      for (const [k, v] of Object.entries(query)) {
+        if (v !== undefined && v !== null) q.set(k, String(v));
+      }
+      const s = q.toString();
+      if (s) url += (url.includes('?') ? '&' : '?') + s;
+    }
+    const payload = body === undefined ? undefined : toJSON(body);
+    let retried = false;
+    for (;;) {
+      const token = auth ? await this.auth._fresh(signal) : '';
+      /** @type {Record<string, string>} */
+      const headers = { Accept: accept, ...options.headers };
+      if (payload !== undefined) headers['Content-Type'] = 'application/json';
+      if (this.namespace) headers['Micro-Namespace'] = this.namespace;
+      if (token) headers.Authorization = `Bearer ${token}`;
+      /** @type {Response} */
+      let res;
+      try {
+        res = await this._fetch(url, { method, headers, body: payload, signal });
+      } catch (e) {
+        if (isAbort(e) || signal?.aborted) throw e;
+        throw new MicroError({
+          status: 0,
+          detail: `cannot reach ${this.url}: ${/** @type {any} */ (e)?.cause?.message ?? /** @type {any} */ (e)?.message ?? e}`,
+          id: 'client',
+          cause: e,
+        });
+      }
+      if (res.ok) return res;
+      const err = errorOf(res.status, res.statusText, await res.text().catch(() => ''));
+      if (res.status === 401 && token && !retried && this.auth.refreshToken) {
+        retried = true;
+        // Another request may have refreshed it meanwhile; else refresh now.
+        if (this.auth.token === token) {
+          try {
+            await this.auth.refresh({ signal });
+          } catch {
+            throw err;
+          }
+        }
+        continue;
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * A JSON request (see `request`): the reply's JSON, or undefined for a 204.
+   * @param {string} path
+   * @param {{ method?: string, query?: Record<string, unknown>, body?: unknown, signal?: AbortSignal,
+   *   auth?: boolean, headers?: Record<string, string> }} [options]
+   * @returns {Promise<any>}
+   */
+  async send(path, options = {}) {
+    const res = await this.request(path, options);
+    if (res.status === 204) return undefined;
+    const text = await res.text();
+    if (!text) return undefined;
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      throw new MicroError({
+        status: res.status,
+        detail: `the reply is not JSON: ${text.slice(0, 200)}`,
+        id: 'client',
+        cause: e,
+      });
+    }
+  }
+}
+
+export default Micro;
