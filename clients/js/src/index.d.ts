@@ -69,13 +69,21 @@ export interface VersionOptions extends RequestOptions {
 }
 
 /** One change of a subscription. */
-export interface ChangeEvent<T extends object = Record<string, unknown>> {
-  action: 'create' | 'update' | 'delete';
-  /** Where the subscription is: resume after it. */
-  cursor: number;
-  /** The record as it is after the change (as it was, for a delete). */
-  record: RecordModel<T>;
-}
+export type ChangeEvent<T extends object = Record<string, unknown>> =
+  | {
+      action: 'create' | 'update' | 'delete';
+      /** Where the subscription is: resume after it. */
+      cursor: number;
+      /** The record as it is after the change (as it was, for a delete). */
+      record: RecordModel<T>;
+    }
+  | {
+      /** The collection was deleted (perhaps with its namespace): every record the
+       * subscriber holds is gone, and the subscription has ended. */
+      action: 'reset';
+      cursor: number;
+      record?: undefined;
+    };
 
 export interface SubscribeErrorInfo {
   /** Whether the subscription goes on (reconnecting after `delay`) or has ended. */

@@ -535,7 +535,7 @@ export class RecordService {
    * Receives the collection's changes as they commit (those the view rule lets the caller
    * see, and `filter` and `id` select), in order, each once: the subscription reconnects
    * by itself with backoff and resumes after the last cursor it delivered.
-   * @param {(event: { action: 'create' | 'update' | 'delete', cursor: number, record: any }) => void | Promise<void>} callback
+   * @param {(event: { action: 'create' | 'update' | 'delete' | 'reset', cursor: number, record?: any }) => void | Promise<void>} callback
    * @param {SubscribeOptions} [options]
    */
   subscribe(callback, options = {}) {
@@ -775,6 +775,12 @@ export class Subscription {
         queueMicrotask(() => {
           throw e;
         });
+      }
+      // The collection was deleted: what the subscriber holds is gone, and so is the
+      // subscription.
+      if (msg.action === 'reset') {
+        this.unsubscribe();
+        return;
       }
     }
   }
