@@ -510,7 +510,7 @@ step("at phone width the navigation shows and nothing overflows sideways", async
   for (const p of PAGES) {
     await visit(page, p);
     const links = page.locator('nav[aria-label="Sections"] a');
-    assertEqual(await links.count(), 9, `section links on ${p} (the operator sees Platform)`);
+    assertEqual(await links.count(), 10, `section links on ${p} (the operator sees Platform)`);
     for (const link of await links.all()) {
       assert(await link.isVisible(), `${await link.innerText()} is hidden on ${p}`);
       const box = await link.boundingBox();
@@ -720,6 +720,79 @@ step("store: a record written from the form reads back; bad input is refused; de
   await see(page, "main p", "No records.");
   await visit(page, `${base}?key=order-1`, 404);
   await see(page, '.error[role="alert"]', `404 Not Found — no record "order-1" in ${NAMESPACE}/${table}`);
+});
+
+// ---------------------------------------------------------------------------------------
+// Database.
+
+step("database: a collection made from the form; records written, filtered, seen live; rules in words", async ({
+  page,
+  context,
+}) => {
+  const name = `todos_${RUN}`;
+  const here = `/db/${name}`;
+  await login(page);
+  await visit(page, "/db");
+  await look(page);
+  await page.getByLabel("Name", { exact: true }).fill(name);
+  await page
+    .getByLabel("Schema (optional): a JSON list of fields", { exact: true })
+    .fill('[{"name": "title", "type": "text", "required": true}, {"name": "done", "type": "bool"}]');
+  await page.getByLabel("Who may list", { exact: true }).selectOption("filter");
+  await page.locator("#new-list").fill("done = false");
+  await page.getByLabel("Who may view", { exact: true }).selectOption("anyone");
+  await follow(page, page.getByRole("button", { name: "Create collection" }));
+  assertEqual(pathOf(page), here, "page after making the collection");
+  await see(page, "ul.explained li", "list: Allowed where done = false");
+  await see(page, "ul.explained li", "view: Anyone may read a record");
+  await see(page, "ul.explained li", "create: Only the namespace's admins and developers may");
+  // A record the schema refuses: the reason, nothing written.
+  await page.getByLabel("New record (JSON)", { exact: true }).fill('{"done": true}');
+  await follow(page, page.getByRole("button", { name: "Create record" }));
+  await see(page, '.error[role="alert"]', /400 Bad Request.*field title is required/);
+  await see(page, "#db-count", "0 records.");
+  // The live view shows a record made from another page.
+  await page.waitForFunction(() => document.querySelector("pre.log[data-stream]").dataset.state === "live", null, {
+    timeout: WAIT_MS,
+  });
+  const other = await context.newPage();
+  await visit(other, here);
+  await other.getByLabel("New record (JSON)", { exact: true }).fill('{"title": "teapot", "done": false}');
+  await follow(other, other.getByRole("button", { name: "Create record" }));
+  await see(other, 'p.notice[role="status"]', /^Record [0-9a-f]{32} created\.$/);
+  await other.getByLabel("New record (JSON)", { exact: true }).fill('{"title": "kettle", "done": true}');
+  await follow(other, other.getByRole("button", { name: "Create record" }));
+  await other.close();
+  await see(page, "pre.log[data-stream]", /^create [0-9a-f]{32} .*"title":"teapot"/m);
+  await see(page, "pre.log[data-stream]", /^create [0-9a-f]{32} .*"title":"kettle"/m);
+  // Filters: a match, a bad one with where it went wrong, and whether an index serves it.
+  await visit(page, here);
+  await see(page, "#db-count", "2 records.");
+  await page.getByLabel("Filter", { exact: true }).fill("title ~ 'tea'");
+  await follow(page, page.getByRole("button", { name: "Apply" }));
+  await see(page, "#db-count", "1 record match.");
+  await see(page, "table.records", "teapot");
+  await see(page, "#db-plan", "reads the whole collection");
+  await look(page, "db-collection");
+  await page.getByLabel("Filter", { exact: true }).fill("title ~");
+  await page.getByRole("button", { name: "Apply" }).click();
+  await see(page, '.error[role="alert"]', /400 Bad Request.*filter at 7: expected/);
+  // The rules' editor: updates opened to anyone, and said so.
+  await visit(page, here);
+  await page.getByLabel("Who may update", { exact: true }).selectOption("anyone");
+  await follow(page, page.getByRole("button", { name: "Save rules" }));
+  await see(page, 'p.notice[role="status"]', "The rules are saved.");
+  await see(page, "ul.explained li", "update: Anyone may change records");
+  await see(page, "ul.explained li", "list: Allowed where done = false");
+  await visit(page, "/db");
+  await see(page, "table.collections a", name);
+  await look(page, "db");
+  // Deleting the collection asks first.
+  await visit(page, here);
+  const asked = await followConfirmed(page, page.getByRole("button", { name: `Delete ${name} and every record of it` }));
+  assertEqual(asked, `Delete the collection ${name} and every record of it?`, "the question");
+  assertEqual(pathOf(page), "/db", "page after deleting");
+  await see(page, 'p.notice[role="status"]', `Collection ${name} deleted.`);
 });
 
 // ---------------------------------------------------------------------------------------

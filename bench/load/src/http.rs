@@ -1,26 +1,39 @@
 //! The `http` case: HTTP/1.1 keep-alive load, closed loop or at a fixed rate.
 //!
 //! One task per connection. Two clients: `raw`, a minimal HTTP/1.1 client (the request is
-//! encoded once; answers are parsed with `httparse`, bodies by `content-length` or chunked
-//! encoding, then dropped), and `hyper` (`hyper::client::conn::http1`, whose connection
-//! runs as a task of its own). Both set `TCP_NODELAY`.
+//! encoded once when every request is the same, else per request; answers are parsed with
+//! `httparse`, bodies by `content-length` or chunked encoding, then dropped), and `hyper`
+//! (`hyper::client::conn::http1`, whose connection runs as a task of its own). Both set
+//! `TCP_NODELAY`.
+//!
+//! Requests may differ: `--paths FILE` gives one path a line, taken in turns by a counter
+//! shared by every connection, and `{n}` in `--body` is replaced by `--seq` plus that
+//! counter (a unique number a request). `--header 'Name: value'` adds headers.
 
 use crate::{Args, Lat, report};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use std::borrow::Cow;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// What every request of a run sends.
-struct Template {
-    addr: String,
-    post: bool,
-    path: String,
-    body: Bytes,
-    /// The whole request, encoded once (for the raw client).
-    encoded: Bytes,
+/// What the requests of a run send.
+pub(crate) struct Template {
+    pub(crate) addr: String,
+    method: http::Method,
+    /// Taken in turns (one path unless `--paths`).
+    paths: Vec<String>,
+    headers: Vec<(String, String)>,
+    /// The body; `{n}` in it (when `templated`) is the request's number.
+    body: String,
+    templated: bool,
+    /// The whole request, encoded once, when every request is the same (the raw client).
+    fixed: Option<Bytes>,
+    next: AtomicU64,
+    seq: u64,
 }
 
 /// `{"name":"xxx…"}`, padded with `x` so the whole body is `size` bytes (at least
@@ -32,21 +45,97 @@ fn json_body(size: usize) -> Bytes {
 }
 
 impl Template {
-    fn new(a: &Args) -> Result<Template, String> {
-        let post = match a.method.as_str() {
-            "GET" => false,
-            "POST" => true,
-            m => return Err(format!("--method {m}: use GET or POST")),
+    pub(crate) fn new(a: &Args) -> Result<Template, String> {
+        let paths = match &a.paths {
+            Some(f) => {
+                let text = std::fs::read_to_string(f).map_err(|e| format!("--paths {f}: {e}"))?;
+                let paths: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+                if let Some(p) = paths.iter().find(|p| !p.starts_with('/')) {
+                    return Err(format!("--paths {f}: a path must start with /: {p}"));
+                }
+                if paths.is_empty() {
+                    return Err(format!("--paths {f}: no paths"));
+                }
+                paths
+            }
+            None => vec![a.path.clone()],
         };
-        let body = if post { json_body(a.size) } else { Bytes::new() };
-        let mut head = format!("{} {} HTTP/1.1\r\nhost: {}\r\n", a.method, a.path, a.addr);
-        if post {
+        Template::with(a, &a.method, paths, a.body.clone())
+    }
+
+    /// A template for `method` on `paths` with `body` (default: for POST, PUT and PATCH
+    /// `{"name":"xxx…"}` of `--size` bytes) and `--header`s, `--seq` of `a`.
+    pub(crate) fn with(a: &Args, method: &str, paths: Vec<String>, body: Option<String>) -> Result<Template, String> {
+        let method = match method {
+            "GET" | "POST" | "PUT" | "PATCH" | "DELETE" => http::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?,
+            m => return Err(format!("--method {m}: use GET, POST, PUT, PATCH or DELETE")),
+        };
+        let has_body = matches!(method, http::Method::POST | http::Method::PUT | http::Method::PATCH);
+        let body = match body {
+            Some(b) => b,
+            None if has_body => String::from_utf8_lossy(&json_body(a.size)).into_owned(),
+            None => String::new(),
+        };
+        let mut headers = Vec::new();
+        for h in &a.headers {
+            let (name, value) = h.split_once(':').ok_or(format!("--header must be 'Name: value': {h}"))?;
+            headers.push((name.trim().to_string(), value.trim().to_string()));
+        }
+        let templated = body.contains("{n}");
+        let mut t = Template {
+            addr: a.addr.clone(),
+            method,
+            paths,
+            headers,
+            body,
+            templated,
+            fixed: None,
+            next: AtomicU64::new(0),
+            seq: a.seq,
+        };
+        if !t.templated && t.paths.len() == 1 {
+            t.fixed = Some(t.encode(&t.paths[0], &t.body));
+        }
+        Ok(t)
+    }
+
+    /// The next request's path and body.
+    pub(crate) fn next(&self) -> (&str, Cow<'_, str>) {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        let path = &self.paths[(i % self.paths.len() as u64) as usize];
+        let body = if self.templated {
+            Cow::Owned(self.body.replace("{n}", &(self.seq + i).to_string()))
+        } else {
+            Cow::Borrowed(self.body.as_str())
+        };
+        (path, body)
+    }
+
+    /// The next request, encoded.
+    pub(crate) fn next_encoded(&self) -> Bytes {
+        if let Some(b) = &self.fixed {
+            return b.clone();
+        }
+        let (path, body) = self.next();
+        self.encode(path, &body)
+    }
+
+    fn encode(&self, path: &str, body: &str) -> Bytes {
+        let mut head = format!("{} {} HTTP/1.1\r\nhost: {}\r\n", self.method, path, self.addr);
+        for (k, v) in &self.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() {
             head.push_str(&format!("content-type: application/json\r\ncontent-length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");
         let mut encoded = head.into_bytes();
-        encoded.extend_from_slice(&body);
-        Ok(Template { addr: a.addr.clone(), post, path: a.path.clone(), body, encoded: Bytes::from(encoded) })
+        encoded.extend_from_slice(body.as_bytes());
+        Bytes::from(encoded)
+    }
+
+    fn describe(&self) -> String {
+        format!("{} {}", self.method, self.paths[0])
     }
 }
 
@@ -61,7 +150,7 @@ fn bad(msg: impl Into<String>) -> io::Error {
 }
 
 /// A minimal HTTP/1.1 client connection: one request at a time, no pipelining.
-struct RawConn {
+pub(crate) struct RawConn {
     stream: TcpStream,
     buf: Vec<u8>,
     /// Unconsumed bytes are `buf[start..end]`.
@@ -72,7 +161,7 @@ struct RawConn {
 }
 
 impl RawConn {
-    async fn connect(addr: &str) -> io::Result<RawConn> {
+    pub(crate) async fn connect(addr: &str) -> io::Result<RawConn> {
         Ok(RawConn { stream: connect(addr).await?, buf: vec![0; 16 * 1024], start: 0, end: 0, closed: false })
     }
 
@@ -118,8 +207,8 @@ impl RawConn {
     }
 
     /// Sends the request and reads the whole answer; returns its status.
-    async fn request(&mut self, t: &Template) -> io::Result<u16> {
-        self.stream.write_all(&t.encoded).await?;
+    pub(crate) async fn request(&mut self, req: &[u8]) -> io::Result<u16> {
+        self.stream.write_all(req).await?;
         // The head.
         let (status, head_len, length, chunked, close) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -218,14 +307,19 @@ impl HyperConn {
 
     async fn request(&mut self, t: &Template) -> io::Result<u16> {
         self.tx.ready().await.map_err(io::Error::other)?;
+        let (path, body) = t.next();
         let mut req = http::Request::builder()
-            .method(if t.post { http::Method::POST } else { http::Method::GET })
-            .uri(t.path.as_str())
+            .method(t.method.clone())
+            .uri(path)
             .header(http::header::HOST, t.addr.as_str());
-        if t.post {
+        for (k, v) in &t.headers {
+            req = req.header(k.as_str(), v.as_str());
+        }
+        if !body.is_empty() {
             req = req.header(http::header::CONTENT_TYPE, "application/json");
         }
-        let req = req.body(Full::new(t.body.clone())).map_err(|e| bad(e.to_string()))?;
+        let body = Bytes::from(body.into_owned());
+        let req = req.body(Full::new(body)).map_err(|e| bad(e.to_string()))?;
         let res = self.tx.send_request(req).await.map_err(io::Error::other)?;
         let status = res.status().as_u16();
         res.into_body().collect().await.map_err(io::Error::other)?;
@@ -251,7 +345,7 @@ impl Conn {
 
     async fn request(&mut self, t: &Template) -> io::Result<u16> {
         match self {
-            Conn::Raw(c) => c.request(t).await,
+            Conn::Raw(c) => c.request(&t.next_encoded()).await,
             Conn::Hyper(c) => c.request(t).await,
         }
     }
@@ -435,7 +529,7 @@ async fn worker(
             Ok(status) if (200..300).contains(&status) => out.lat.add(due),
             Ok(status) => {
                 if out.errors == 0 {
-                    eprintln!("bench-load: {} {} answered {status}", if t.post { "POST" } else { "GET" }, t.path);
+                    eprintln!("bench-load: {} answered {status}", t.describe());
                 }
                 out.errors += 1;
             }
@@ -491,7 +585,7 @@ pub(crate) async fn run(a: &Args) -> Result<(), String> {
     let secs = start.elapsed().as_secs_f64();
     let ops = lat.0.len() as u64;
     let mut extra = serde_json::json!({
-        "rate_target": a.rate, "method": a.method, "path": a.path, "client": a.client,
+        "rate_target": a.rate, "method": a.method, "path": t.paths[0], "paths": t.paths.len(), "client": a.client,
     });
     if a.rate > 0.0 {
         // How late requests left after their scheduled time (the generator's own timing,

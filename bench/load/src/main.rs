@@ -58,6 +58,7 @@
 
 mod http;
 mod rpc;
+mod sse;
 
 use futures::StreamExt;
 use micro_core::store::{Query, Record, Store, Table};
@@ -65,6 +66,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[derive(Clone)]
 struct Args {
     case: String,
     target: String,
@@ -80,10 +82,25 @@ struct Args {
     client: String,
     codec: String,
     threads: usize,
+    /// `--header 'Name: value'`, repeatable (http, sse).
+    headers: Vec<String>,
+    /// `--body TEMPLATE` (http, sse): the request body; `{n}` is the request's sequence number.
+    body: Option<String>,
+    /// `--paths FILE` (http): one path a line, taken in turns.
+    paths: Option<String>,
+    /// `--seq N` (http, sse): the first `{n}`.
+    seq: u64,
+    /// `--write-path P` (sse): where the writer sends its records.
+    write_path: String,
+    /// `--topic T` (sse, pocketbase): the subscription.
+    topic: String,
+    /// `--drain S` (sse): how long to wait for late deliveries after the last write.
+    drain: f64,
 }
 
 const USAGE: &str = "usage: bench-load <case> <target> <address> [--conns N] [--secs S] [--size B] [--subs N] \
-[--inflight N] [--path P] [--method GET|POST] [--rate R] [--client raw|hyper] [--codec proto|json] [--threads N]\n\
+[--inflight N] [--path P] [--method GET|POST|PATCH|PUT|DELETE] [--rate R] [--client raw|hyper] [--codec proto|json] \
+[--threads N] [--header 'Name: value']... [--body TEMPLATE] [--paths FILE] [--seq N] [--write-path P] [--topic T] [--drain S]\n\
        bench-load tonic-server <address>";
 
 fn args(argv: Vec<String>) -> Result<Args, String> {
@@ -107,6 +124,13 @@ fn args(argv: Vec<String>) -> Result<Args, String> {
         client: "raw".into(),
         codec: "proto".into(),
         threads: 0,
+        headers: Vec::new(),
+        body: None,
+        paths: None,
+        seq: 0,
+        write_path: "/".into(),
+        topic: String::new(),
+        drain: 5.0,
     };
     while let Some(flag) = it.next() {
         let v = it.next().ok_or(format!("{flag} needs a value"))?;
@@ -127,6 +151,15 @@ fn args(argv: Vec<String>) -> Result<Args, String> {
             "--method" => a.method = v.to_ascii_uppercase(),
             "--client" => a.client = v,
             "--codec" => a.codec = v,
+            "--header" if v.contains(':') => a.headers.push(v),
+            "--header" => return Err(format!("--header must be 'Name: value': {v}")),
+            "--body" => a.body = Some(v),
+            "--paths" => a.paths = Some(v),
+            "--seq" => a.seq = v.parse::<u64>().map_err(|_| format!("--seq: not a number: {v}"))?,
+            "--write-path" if v.starts_with('/') => a.write_path = v,
+            "--write-path" => return Err(format!("--write-path must start with /: {v}")),
+            "--topic" => a.topic = v,
+            "--drain" => a.drain = f(&v)?,
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -506,6 +539,7 @@ async fn run(a: Args) -> Result<(), String> {
         "pubsub" => pubsub(&a).await,
         "events" => events(&a).await,
         "http" => http::run(&a).await,
+        "sse" => sse::run(&a).await,
         "rpc" => rpc::run(&a).await,
         c => Err(format!("unknown case {c}")),
     }

@@ -37,7 +37,32 @@ export interface FieldsOptions<T extends object, K extends FieldName<T>> extends
   fields?: readonly K[] | string;
 }
 
-export interface ListOptions<T extends object, K extends FieldName<T>> extends FieldsOptions<T, K> {
+export interface ExpandOptions {
+  /** Relations to expand (`"author,comments.post"`), under each record's `expand`, as
+   * the related collection's view rule lets the caller see them. */
+  expand?: string | readonly string[];
+}
+
+export interface SearchOptions<T extends object, K extends FieldName<T>> extends FieldsOptions<T, K> {
+  /** Each word may begin a longer one (`data` finds `database`). */
+  prefix?: boolean;
+  /** Only records that hold this filter too. */
+  filter?: string;
+  page?: number;
+  perPage?: number;
+}
+
+export interface AggregateOptions extends RequestOptions {
+  filter?: string;
+  /** Fields to group by (none: one row over every record). */
+  groupBy?: string | readonly string[];
+  /** The figures (default: a count), each named `op` or `op_field` in the rows. */
+  aggregates?: { op: 'count' | 'sum' | 'avg' | 'min' | 'max'; field?: string }[];
+  /** At most this many groups, the largest first (default 100). */
+  limit?: number;
+}
+
+export interface ListOptions<T extends object, K extends FieldName<T>> extends FieldsOptions<T, K>, ExpandOptions {
   /** A filter, like `done = false && owner = @request.auth.id` (build one with `filter()`). */
   filter?: string;
   /** Fields to sort by, `-` first for descending: `"-created,title"` or `['-created', 'title']`. */
@@ -152,7 +177,11 @@ export declare class RecordService<T extends object = Record<string, unknown>> {
   /** A page of the records the caller may list. */
   list<K extends FieldName<T> = FieldName<T>>(options?: ListOptions<T, K>): Promise<ListResult<PickRecord<T, K>>>;
   /** One record (404 MicroError when it does not exist or the caller may not see it). */
-  getOne<K extends FieldName<T> = FieldName<T>>(id: string, options?: FieldsOptions<T, K>): Promise<PickRecord<T, K>>;
+  getOne<K extends FieldName<T> = FieldName<T>>(id: string, options?: FieldsOptions<T, K> & ExpandOptions): Promise<PickRecord<T, K>>;
+  /** Full-text search: records holding every word, best first (400 when the collection has no `search` fields). */
+  search<K extends FieldName<T> = FieldName<T>>(text: string, options?: SearchOptions<T, K>): Promise<Omit<ListResult<PickRecord<T, K>>, 'total'>>;
+  /** Figures over what the caller may list, in groups. */
+  aggregate(options?: AggregateOptions): Promise<Record<string, unknown>[]>;
   /** Makes a record. */
   create(data: CreateData<T>, options?: CreateOptions): Promise<RecordModel<T>>;
   /** Changes some fields (merge; a `null` removes one). */

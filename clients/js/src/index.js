@@ -438,7 +438,8 @@ export class RecordService {
   /**
    * A page of the records the caller may list.
    * @param {{ filter?: string, sort?: string | readonly string[], page?: number, perPage?: number,
-   *   total?: boolean, fields?: string | readonly string[], signal?: AbortSignal }} [options]
+   *   total?: boolean, fields?: string | readonly string[], expand?: string | readonly string[],
+   *   signal?: AbortSignal }} [options]
    */
   async list(options = {}) {
     const reply = await this._client.send(this._path('/records'), {
@@ -449,6 +450,7 @@ export class RecordService {
         per_page: options.perPage,
         total: options.total ? true : undefined,
         fields: commaList(options.fields) || undefined,
+        expand: commaList(options.expand) || undefined,
       },
       signal: options.signal,
     });
@@ -461,13 +463,52 @@ export class RecordService {
   /**
    * One record.
    * @param {string} id
-   * @param {{ fields?: string | readonly string[], signal?: AbortSignal }} [options]
+   * @param {{ fields?: string | readonly string[], expand?: string | readonly string[], signal?: AbortSignal }} [options]
    */
   async getOne(id, options = {}) {
     return this._client.send(this._path(`/records/${encodeURIComponent(id)}`), {
-      query: { fields: commaList(options.fields) || undefined },
+      query: { fields: commaList(options.fields) || undefined, expand: commaList(options.expand) || undefined },
       signal: options.signal,
     });
+  }
+
+  /**
+   * Records whose searched fields hold every word of `text`, best first (the
+   * collection's spec names the fields: `search`).
+   * @param {string} text
+   * @param {{ prefix?: boolean, filter?: string, page?: number, perPage?: number,
+   *   fields?: string | readonly string[], signal?: AbortSignal }} [options]
+   */
+  async search(text, options = {}) {
+    const reply = await this._client.send(this._path('/search'), {
+      query: {
+        text,
+        prefix: options.prefix ? true : undefined,
+        filter: options.filter || undefined,
+        page: options.page,
+        per_page: options.perPage,
+        fields: commaList(options.fields) || undefined,
+      },
+      signal: options.signal,
+    });
+    return { items: reply.items ?? [], page: reply.page, perPage: reply.per_page };
+  }
+
+  /**
+   * Counts, sums, averages, minimums and maximums over the records the caller may list,
+   * in groups: each row the group's fields, then each figure as `op` or `op_field`.
+   * @param {{ filter?: string, groupBy?: string | readonly string[],
+   *   aggregates?: { op: 'count' | 'sum' | 'avg' | 'min' | 'max', field?: string }[], limit?: number,
+   *   signal?: AbortSignal }} [options]
+   */
+  async aggregate(options = {}) {
+    const groupBy = options.groupBy === undefined ? [] : typeof options.groupBy === 'string' ? [options.groupBy] : [...options.groupBy];
+    const reply = await this._client.send(this._path('/aggregate'), {
+      method: 'POST',
+      body: { filter: options.filter || undefined, group_by: groupBy, aggregates: options.aggregates, limit: options.limit },
+      signal: options.signal,
+    });
+    return reply.rows ?? [];
   }
 
   /**

@@ -455,4 +455,44 @@ function suite() {
       assert.equal(user.filter('n > {:n}', { n: -0.5 }), 'n > -0.5');
     });
   });
+
+  describe('search, aggregates and relations', () => {
+    test('full-text search ranks, prefixes and follows the list rule; aggregates group; relations expand', async () => {
+      const posts = `posts_${Date.now().toString(36)}`;
+      const authors = `${posts}_authors`;
+      await admin.collections.save({ name: authors, rules: { list: '', view: '' } });
+      await admin.collections.save({
+        name: posts,
+        schema: [
+          { name: 'title', type: 'text' },
+          { name: 'stars', type: 'number' },
+          { name: 'author', type: 'relation', collection: authors },
+        ],
+        search: ['title'],
+        rules: { list: 'stars > 0', view: '' },
+      });
+      try {
+        const ann = await admin.collection(authors).create({ name: 'Ann' });
+        const p = admin.collection(posts);
+        await p.batch()
+          .create({ title: 'Databases at scale, databases', stars: 5, author: ann.id })
+          .create({ title: 'Rust databases', stars: 3, author: ann.id })
+          .create({ title: 'Hidden databases', stars: 0, author: ann.id })
+          .send();
+        const mine = user.collection(posts);
+        const found = await mine.search('databases');
+        assert.deepEqual(found.items.map((r) => r.title), ['Databases at scale, databases', 'Rust databases'], 'the list rule hides one');
+        assert.deepEqual((await mine.search('rus', { prefix: true })).items.map((r) => r.title), ['Rust databases']);
+        const rows = await mine.aggregate({ aggregates: [{ op: 'count' }, { op: 'sum', field: 'stars' }] });
+        assert.deepEqual(rows, [{ count: 2, sum_stars: 8 }]);
+        const listed = await mine.list({ expand: 'author', sort: 'title' });
+        assert.equal(listed.items[0].expand.author.name, 'Ann');
+        const e = await user.collection(authors).search('ann').catch((e) => e);
+        assert.ok(e instanceof MicroError && e.status === 400, String(e));
+      } finally {
+        await admin.collections.delete(posts).catch(() => {});
+        await admin.collections.delete(authors).catch(() => {});
+      }
+    });
+  });
 }

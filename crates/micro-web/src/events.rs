@@ -419,7 +419,7 @@ async fn stream(page: &Page, topic: &str) -> Response<Body> {
     r
 }
 
-fn plain(status: StatusCode, text: &str) -> Response<Body> {
+pub(crate) fn plain(status: StatusCode, text: &str) -> Response<Body> {
     let mut r = Response::new(Body::new(http_body_util::Full::new(Bytes::from(format!("{text}\n")))));
     *r.status_mut() = status;
     r.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -435,7 +435,7 @@ fn tail_line(e: &Event) -> String {
 }
 
 /// `text` as one Server-Sent Event: a `data:` field per line (any of `\r\n`, `\n`, `\r`).
-fn sse_data(text: &str) -> String {
+pub(crate) fn sse_data(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 16);
     for line in text.split("\r\n").flat_map(|l| l.split(['\n', '\r'])) {
         out.push_str("data: ");

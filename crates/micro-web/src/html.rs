@@ -8,6 +8,7 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
     ("services", "Services"),
     ("runtime", "Runtime"),
     ("store", "Store"),
+    ("db", "Database"),
     ("config", "Config"),
     ("events", "Events"),
     ("auth", "Auth"),

@@ -27,6 +27,7 @@
 mod assets;
 mod auth;
 mod config;
+mod db;
 mod events;
 mod extract;
 mod gateway;
@@ -185,10 +186,11 @@ impl Web {
                     .fallback(extract::fallback)
             };
         }
-        let sections: [(&str, MethodRouter<Web>); 11] = [
+        let sections: [(&str, MethodRouter<Web>); 12] = [
             ("services", section!(services)),
             ("runtime", section!(runtime)),
             ("store", section!(store)),
+            ("db", section!(db)),
             ("config", section!(config)),
             ("events", section!(events)),
             ("auth", section!(auth)),

@@ -114,12 +114,12 @@ impl Rule {
         }
     }
 
-    /// The rule in words, for a person reading it.
+    /// The rule in words, for a person reading it (`what` the operation: "list records").
     pub fn explain(what: &str, text: &Option<String>) -> String {
         match text.as_deref().map(str::trim) {
             None => format!("Only the namespace's admins and developers may {what}."),
             Some("") => format!("Anyone may {what}, even without an account."),
-            Some(f) => format!("Anyone may {what} where {f}."),
+            Some(f) => format!("Allowed where {f} (of each record, with the caller as @request.auth)."),
         }
     }
 }
