@@ -364,9 +364,24 @@ async fn subscriber(
     seen
 }
 
+/// What the writer did.
+struct Written {
+    ok: u64,
+    errors: u64,
+    /// Each successful write's latency.
+    lat: Lat,
+    /// How late each write left after its scheduled time.
+    lag: Lat,
+    /// From the first scheduled send to the last answer.
+    secs: f64,
+    /// From the first scheduled send to one interval after the last send: the writes
+    /// a second are `ok` over it.
+    send_secs: f64,
+}
+
 /// The writer: `rate` records a second for `secs`, over `conns` connections, each write
 /// at its scheduled time (a connection still waiting for its previous answer sends late).
-async fn writer(a: Rc<Args>, conns: usize) -> Result<(u64, u64, Lat, f64), String> {
+async fn writer(a: Rc<Args>, conns: usize) -> Result<Written, String> {
     let body = a.body.clone().unwrap_or_else(|| r#"{"ts":{ts}}"#.into());
     let interval = Duration::from_secs_f64(1.0 / a.rate.max(0.001));
     let total = (a.secs * a.rate).round() as u64;
@@ -376,10 +391,14 @@ async fn writer(a: Rc<Args>, conns: usize) -> Result<(u64, u64, Lat, f64), Strin
         let (a, body) = (a.clone(), body.clone());
         let mut c = crate::http::RawConn::connect(&a.addr).await.map_err(|e| format!("writer: connect: {e}"))?;
         tasks.push(tokio::task::spawn_local(async move {
-            let (mut ok, mut errors, mut lat) = (0u64, 0u64, Lat::default());
+            let (mut ok, mut errors, mut lat, mut lag) = (0u64, 0u64, Lat::default(), Lat::default());
+            let mut last_send = start;
             let mut k = w;
             while k < total {
-                tokio::time::sleep_until((start + interval * k as u32).into()).await;
+                let due = start + interval * k as u32;
+                tokio::time::sleep_until(due.into()).await;
+                lag.add(due);
+                last_send = Instant::now();
                 let ts = now_us();
                 let b = body.replace("{n}", &(a.seq + k).to_string()).replace("{ts}", &ts.to_string());
                 let req = encode("POST", &a.addr, &a.write_path, &a.headers, &b);
@@ -408,17 +427,22 @@ async fn writer(a: Rc<Args>, conns: usize) -> Result<(u64, u64, Lat, f64), Strin
                 }
                 k += conns as u64;
             }
-            (ok, errors, lat)
+            (ok, errors, lat, lag, last_send)
         }));
     }
-    let (mut ok, mut errors, mut lat) = (0, 0, Lat::default());
+    let mut out = Written { ok: 0, errors: 0, lat: Lat::default(), lag: Lat::default(), secs: 0.0, send_secs: 0.0 };
+    let mut last = start;
     for t in tasks {
-        let (o, e, l) = t.await.map_err(|e| format!("writer failed: {e}"))?;
-        ok += o;
-        errors += e;
-        lat.merge(l);
+        let (o, e, l, g, s) = t.await.map_err(|e| format!("writer failed: {e}"))?;
+        out.ok += o;
+        out.errors += e;
+        out.lat.merge(l);
+        out.lag.merge(g);
+        last = last.max(s);
     }
-    Ok((ok, errors, lat, start.elapsed().as_secs_f64()))
+    out.secs = start.elapsed().as_secs_f64();
+    out.send_secs = (last - start + interval).as_secs_f64();
+    Ok(out)
 }
 
 /// Raises the soft limit of open files to the hard one (a connection each subscriber).
@@ -486,7 +510,8 @@ pub(crate) async fn run(a: &Args) -> Result<(), String> {
             // Let the servers settle after the setup burst.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let delivered_before = counters.delivered.load(Ordering::Relaxed);
-            let (writes, write_errors, write_lat, secs) = writer(a.clone(), 16).await?;
+            let w = writer(a.clone(), 16).await?;
+            let (writes, write_errors, secs) = (w.ok, w.errors, w.secs);
             let expected = writes * ready as u64;
             let drain_start = Instant::now();
             let drain_end = drain_start + Duration::from_secs_f64(a.drain);
@@ -512,12 +537,14 @@ pub(crate) async fn run(a: &Args) -> Result<(), String> {
                 }
                 lat.merge(seen.lat);
             }
-            let ws = write_lat.summary();
+            let ws = w.lat.summary();
+            let lag = w.lag.summary();
             let extra = serde_json::json!({
                 "subs_ready": ready, "subs_failed": counters.failed.load(Ordering::Relaxed),
                 "first_error": first_error, "setup_secs": setup_secs,
                 "writes": writes, "write_errors": write_errors,
-                "write_rate": if secs > 0.0 { writes as f64 / secs } else { 0.0 },
+                "write_rate": if w.send_secs > 0.0 { writes as f64 / w.send_secs } else { 0.0 },
+                "write_secs": w.send_secs, "send_lag_p50_us": lag["p50_us"], "send_lag_p99_us": lag["p99_us"],
                 "rate_target": a.rate,
                 "write_p50_us": ws["p50_us"], "write_p99_us": ws["p99_us"],
                 "expected": expected, "delivered": delivered,

@@ -498,32 +498,48 @@ async fn the_cli_and_crashes_and_deleted_namespaces() {
     // Acknowledged writes survive a SIGKILL; a batch is whole or absent.
     let (_, v) = call(&api, "GET", "/db/v1/broken/records", Some(&ann), "shop", None).await;
     assert_eq!(v["items"].as_array().map(Vec::len), Some(0), "nothing of the broken file: {v}");
-    let mut acked = Vec::new();
-    for i in 0..20 {
-        let (st, v) =
-            call(&api, "POST", "/db/v1/notes/records", Some(&ann), "shop", Some(json!({"data": {"n": i}}))).await;
-        assert_eq!(st, 200, "{v}");
-        acked.push(v["id"].as_str().unwrap().to_string());
+    // Three crashes at different moments: each batch (its own marker) is whole or absent,
+    // every acknowledged write is there, and nothing is doubled.
+    let mut s = s;
+    let mut acked: Vec<String> = Vec::new();
+    for (round, delay) in [(0u64, 1u64), (1, 6), (2, 15)] {
+        let api = s.api.clone();
+        let ann = micro_test::login(&s.proxy, "shop", "ann", "ann-secret-1").await;
+        for i in 0..10 {
+            let data = json!({"data": {"n": i, "round": round}});
+            let (st, v) = call(&api, "POST", "/db/v1/notes/records", Some(&ann), "shop", Some(data)).await;
+            assert_eq!(st, 200, "{v}");
+            acked.push(v["id"].as_str().unwrap().to_string());
+        }
+        let writes: Vec<Value> =
+            (0..200).map(|i| json!({"action": "create", "data": {"batch": round, "i": i}})).collect();
+        let (api2, ann2) = (api.clone(), ann.clone());
+        let racing = tokio::spawn(async move {
+            call(&api2, "POST", "/db/v1/notes/batch", Some(&ann2), "shop", Some(json!({"writes": writes}))).await
+        });
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let restart = s.kill();
+        let (st, _) = racing.await.expect("the batch's call");
+        s = restart.start();
+        let api = s.api.clone();
+        let ann = micro_test::login(&s.proxy, "shop", "ann", "ann-secret-1").await;
+        for id in &acked {
+            let (st, _) = call(&api, "GET", &format!("/db/v1/notes/records/{id}"), Some(&ann), "shop", None).await;
+            assert_eq!(st, 200, "acknowledged record {id} is lost");
+        }
+        let filter = micro_test::query_value(&format!("batch = {round}"));
+        let (_, v) =
+            call(&api, "GET", &format!("/db/v1/notes/records?filter={filter}&total=true"), Some(&ann), "shop", None)
+                .await;
+        let n = v["total"].as_u64().unwrap();
+        assert!(n == 0 || n == 200, "round {round}: a batch is all or nothing across a crash, found {n}");
+        assert!(st != 200 || n == 200, "round {round}: the batch was acknowledged, so it is all there ({n})");
+        let (_, v) =
+            call(&api, "GET", "/db/v1/notes/records?filter=round%20!%3D%20null&total=true", Some(&ann), "shop", None)
+                .await;
+        assert_eq!(v["total"].as_u64(), Some(acked.len() as u64), "nothing doubled");
     }
-    let writes: Vec<Value> = (0..200).map(|i| json!({"action": "create", "data": {"batch": i}})).collect();
-    let (api2, ann2) = (api.clone(), ann.clone());
-    let racing = tokio::spawn(async move {
-        call(&api2, "POST", "/db/v1/notes/batch", Some(&ann2), "shop", Some(json!({"writes": writes}))).await
-    });
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let restart = s.kill();
-    let _ = racing.await;
-    let s = restart.start();
     let api = s.api.clone();
-    let ann = micro_test::login(&s.proxy, "shop", "ann", "ann-secret-1").await;
-    for id in &acked {
-        let (st, _) = call(&api, "GET", &format!("/db/v1/notes/records/{id}"), Some(&ann), "shop", None).await;
-        assert_eq!(st, 200, "acknowledged record {id} is lost");
-    }
-    let (_, v) =
-        call(&api, "GET", "/db/v1/notes/records?filter=batch%20!%3D%20null&total=true", Some(&ann), "shop", None).await;
-    let n = v["total"].as_u64().unwrap();
-    assert!(n == 0 || n == 200, "a batch is all or nothing across a crash, found {n}");
 
     // Deleting the namespace deletes its collections and records.
     let root = s.admin_cli().await;
