@@ -519,7 +519,8 @@ async fn the_cli_and_crashes_and_deleted_namespaces() {
         });
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let restart = s.kill();
-        let (st, _) = racing.await.expect("the batch's call");
+        // Cut off by the kill (its connection reset): not acknowledged.
+        let st = racing.await.map_or(0, |(st, _)| st);
         s = restart.start();
         let api = s.api.clone();
         let ann = micro_test::login(&s.proxy, "shop", "ann", "ann-secret-1").await;
