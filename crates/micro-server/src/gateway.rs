@@ -389,8 +389,24 @@ impl Gateway {
             return res;
         }
         // Path rules first; an endpoint's declared route (like GET /notes/{id}) answers
-        // paths the rules do not resolve.
-        let resolved = match route(path) {
+        // paths the rules do not resolve. When the rules name another service than the
+        // path's first segment, which is one (`/db/v1/todos/records` names `db.v1`, and
+        // `db` is the database), that service's declared routes are looked at first:
+        // they are what such a path is for, and the rules' service seldom exists.
+        let routed = route(path);
+        if first_services.is_some()
+            && routed.as_ref().is_some_and(|(service, _)| *service != first)
+            && let Some((routes, i, captures)) = self.declared(&ns, req.method(), path).await
+            && routes[i].service == first
+        {
+            let r = &routes[i];
+            if let Err(refused) = self.admit(&caller, &ns, &r.service).await {
+                return refused;
+            }
+            let tag = Tag { service: r.service.clone(), endpoint: r.endpoint.name.clone() };
+            return tagged(self.invoke(req, ns, r.service.clone(), &r.endpoint, captures).await, tag);
+        }
+        let resolved = match routed {
             Some((service, endpoint)) => {
                 let known = first_services.filter(|_| service == first);
                 self.resolve(&ns, &service, &endpoint, known).await
