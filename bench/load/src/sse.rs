@@ -17,17 +17,22 @@
 //!   shared connections); ready when that answers 2xx.
 //!
 //! `--header`s go with every request (the subscriptions, PocketBase's subscribe call and the
-//! writes). Adds `subs_ready`, `subs_failed`, `first_error`, `setup_secs`, `writes`,
-//! `write_errors`, `write_rate`, `write_p50_us`, `write_p99_us`, `expected` (writes ×
-//! ready subscribers), `delivered`, `delivered_pct`, `complete_subs` (subscribers that got
-//! every write), `drain_secs`; `ops` is `delivered` and `rate` deliveries per second of the
-//! writing phase.
+//! writes). The setup waits for every subscriber (at most 60 s plus 10 ms each), but gives
+//! up after 15 s in which none got ready or failed: those still waiting are `subs_pending`
+//! and take no part. The writer (16 connections) sends no write after the phase's end, and
+//! gives a write 30 s. Adds `subs_ready`, `subs_failed`, `subs_pending`, `first_error`,
+//! `setup_secs`, `writes` (successful), `write_errors`, `write_rate` (writes over
+//! `write_secs`: from the first scheduled send to one interval after the last send),
+//! `rate_target`, `write_p50_us`, `write_p99_us`, `send_lag_p50_us`, `send_lag_p99_us` (how
+//! late writes left), `expected` (writes × ready subscribers), `delivered`, `delivered_pct`,
+//! `complete_subs` (subscribers that got every write), `drain_secs`; `ops` is `delivered`
+//! and `rate` deliveries per second of the writing phase.
 
 use crate::{Args, Lat, report};
 use std::cell::RefCell;
 use std::io;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -258,7 +263,13 @@ struct Counters {
     ready: AtomicUsize,
     failed: AtomicUsize,
     delivered: AtomicU64,
+    /// The setup is over: a subscriber ready later does not take part.
+    closed: AtomicBool,
 }
+
+/// How long the setup waits without a subscriber getting ready (or failing) before it
+/// gives up on the rest: they count as `subs_pending`.
+const SETUP_STALL: Duration = Duration::from_secs(15);
 
 /// PocketBase's subscribe calls go over a few shared connections.
 struct Pool {
@@ -322,7 +333,16 @@ async fn subscriber(
         }
         Ok::<_, io::Error>(s)
     };
-    let mut s = match setup.await {
+    let setup = tokio::select! {
+        r = setup => r,
+        // Still not ready at the end: it took no part.
+        _ = stop.changed() => return seen,
+    };
+    let mut s = match setup {
+        Ok(s) if counters.closed.load(Ordering::Relaxed) => {
+            s.close();
+            return seen;
+        }
         Ok(s) => s,
         Err(e) => {
             counters.failed.fetch_add(1, Ordering::Relaxed);
@@ -364,6 +384,9 @@ async fn subscriber(
     seen
 }
 
+/// How long a write may take before it counts as failed (and its connection is opened anew).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What the writer did.
 struct Written {
     ok: u64,
@@ -386,6 +409,7 @@ async fn writer(a: Rc<Args>, conns: usize) -> Result<Written, String> {
     let interval = Duration::from_secs_f64(1.0 / a.rate.max(0.001));
     let total = (a.secs * a.rate).round() as u64;
     let start = Instant::now();
+    let end = start + Duration::from_secs_f64(a.secs) + interval;
     let mut tasks = Vec::new();
     for w in 0..conns as u64 {
         let (a, body) = (a.clone(), body.clone());
@@ -396,6 +420,10 @@ async fn writer(a: Rc<Args>, conns: usize) -> Result<Written, String> {
             let mut k = w;
             while k < total {
                 let due = start + interval * k as u32;
+                // Writes not sent by the end of the phase are not sent: the rate shows it.
+                if Instant::now() > end {
+                    break;
+                }
                 tokio::time::sleep_until(due.into()).await;
                 lag.add(due);
                 last_send = Instant::now();
@@ -403,7 +431,9 @@ async fn writer(a: Rc<Args>, conns: usize) -> Result<Written, String> {
                 let b = body.replace("{n}", &(a.seq + k).to_string()).replace("{ts}", &ts.to_string());
                 let req = encode("POST", &a.addr, &a.write_path, &a.headers, &b);
                 let t = Instant::now();
-                match c.request(&req).await {
+                let answer = tokio::time::timeout(WRITE_TIMEOUT, c.request(&req)).await
+                    .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer within 30 s")));
+                match answer {
                     Ok(s) if (200..300).contains(&s) => {
                         ok += 1;
                         lat.add(t);
@@ -493,17 +523,23 @@ pub(crate) async fn run(a: &Args) -> Result<(), String> {
                     ))
                 })
                 .collect();
-            // Every subscriber ready (or failed), for at most 60 s plus 10 ms each.
+            // Every subscriber ready (or failed), for at most 60 s plus 10 ms each, and
+            // while some get ready or fail: not one in 15 s ends the setup.
             let setup_deadline = setup_start + Duration::from_secs(60) + Duration::from_millis(10) * a.subs as u32;
-            while counters.ready.load(Ordering::Relaxed) + counters.failed.load(Ordering::Relaxed) < a.subs
-                && Instant::now() < setup_deadline
-            {
+            let (mut done, mut progress) = (0, Instant::now());
+            while done < a.subs && Instant::now() < setup_deadline && progress.elapsed() < SETUP_STALL {
                 tokio::time::sleep(Duration::from_millis(20)).await;
+                let now_done = counters.ready.load(Ordering::Relaxed) + counters.failed.load(Ordering::Relaxed);
+                if now_done > done {
+                    (done, progress) = (now_done, Instant::now());
+                }
             }
+            counters.closed.store(true, Ordering::Relaxed);
             let setup_secs = setup_start.elapsed().as_secs_f64();
             let ready = counters.ready.load(Ordering::Relaxed);
+            let pending = a.subs - ready - counters.failed.load(Ordering::Relaxed);
             eprintln!(
-                "bench-load: {ready} of {} subscribers ready in {setup_secs:.2} s ({} failed)",
+                "bench-load: {ready} of {} subscribers ready in {setup_secs:.2} s ({} failed, {pending} still waiting)",
                 a.subs,
                 counters.failed.load(Ordering::Relaxed)
             );
@@ -540,7 +576,7 @@ pub(crate) async fn run(a: &Args) -> Result<(), String> {
             let ws = w.lat.summary();
             let lag = w.lag.summary();
             let extra = serde_json::json!({
-                "subs_ready": ready, "subs_failed": counters.failed.load(Ordering::Relaxed),
+                "subs_ready": ready, "subs_failed": counters.failed.load(Ordering::Relaxed), "subs_pending": pending,
                 "first_error": first_error, "setup_secs": setup_secs,
                 "writes": writes, "write_errors": write_errors,
                 "write_rate": if w.send_secs > 0.0 { writes as f64 / w.send_secs } else { 0.0 },

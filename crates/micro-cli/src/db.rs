@@ -104,8 +104,15 @@ async fn export(c: &Ctx, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Whether a text cell would be a formula to a spreadsheet (`=`, `+`, `-`, `@`, a tab
+/// or a carriage return first): such cells are written with a `'` first, which import
+/// takes off again, so opening an export runs nothing a record's author wrote.
+fn formula(cell: &str) -> bool {
+    cell.starts_with(['=', '+', '-', '@', '\t', '\r'])
+}
+
 /// The records as CSV: a header of every field (the record's own first), a row each;
-/// text as it is, everything else as JSON.
+/// text as it is (see [`formula`]), everything else as JSON.
 fn write_csv(out: &mut dyn Write, records: &[Value]) -> Result<()> {
     let mut columns: Vec<String> = ["id", "created", "updated", "version"].map(String::from).to_vec();
     for r in records {
@@ -122,6 +129,7 @@ fn write_csv(out: &mut dyn Write, records: &[Value]) -> Result<()> {
             .iter()
             .map(|k| match r.get(k) {
                 None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) if formula(s) => format!("'{s}"),
                 Some(Value::String(s)) => s.clone(),
                 Some(v) => v.to_string(),
             })
@@ -189,6 +197,15 @@ fn csv_record(header: &[String], row: Vec<String>, line: usize) -> Result<Map<St
     let mut m = Map::new();
     for (k, v) in header.iter().zip(row) {
         if v.is_empty() {
+            continue;
+        }
+        if let Some(text) = v.strip_prefix('\'').filter(|t| formula(t)) {
+            m.insert(k.clone(), Value::String(text.to_string()));
+            continue;
+        }
+        // An id is text, whatever it looks like.
+        if k == "id" {
+            m.insert(k.clone(), Value::String(v));
             continue;
         }
         let value = match serde_json::from_str::<Value>(&v) {
@@ -281,7 +298,7 @@ mod tests {
     fn csv_round_trips() {
         let records = vec![
             json!({"id": "a", "title": "milk, 2 l", "n": 3, "tags": ["x", "y"], "note": "say \"hi\"\nbye"}),
-            json!({"id": "b", "title": " padded ", "done": true}),
+            json!({"id": "42", "title": " padded ", "done": true, "f": "=HYPERLINK(\"http://x\")", "g": "-1 apples"}),
         ];
         let mut out = Vec::new();
         write_csv(&mut out, &records).unwrap();
@@ -291,6 +308,10 @@ mod tests {
         let back: Vec<Map<String, Value>> = rows.enumerate().map(|(i, r)| csv_record(&header, r, i).unwrap()).collect();
         assert_eq!(Value::Object(back[0].clone()), records[0]);
         assert_eq!(Value::Object(back[1].clone()), records[1]);
+        assert!(
+            text.contains(",'-1 apples") && text.contains("\"'=HYPERLINK"),
+            "formulas are not cells that run: {text}"
+        );
         assert!(parse_csv("a,\"b\n").unwrap_err().to_string().contains("not closed"));
         assert!(parse_csv("a,b\"c\n").unwrap_err().to_string().contains("quote inside"));
         assert!(csv_record(&["a".into()], vec!["1".into(), "2".into()], 3).is_err());

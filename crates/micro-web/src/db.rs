@@ -56,7 +56,7 @@ pub(crate) async fn post(page: &Page, form: &Form) -> Response<Body> {
                     }
                 },
             };
-            let body = json!({"name": name, "schema": schema, "rules": rules_of(form)});
+            let body = json!({"name": name, "schema": schema, "rules": rules_of(form), "create_only": true});
             match client.call_json(DB, "Db.SaveCollection", &body).await {
                 Ok(_) => redirect(&format!("/db/{}", encode(&name))),
                 Err(e) => collections(page, Some(e), Some(form)).await,
@@ -279,7 +279,10 @@ async fn collection(page: &Page, c: &str, error: Option<Status>, status: StatusC
                 p.hint #db-count { (total) " record" @if total != 1 { "s" } @if !filter.is_empty() { " match" } "." }
                 @match &plan {
                     Ok(p) if p["scan"] == true => p.hint #db-plan { "This list reads the whole collection: an index on the filtered fields would help." },
-                    Ok(p) => p.hint #db-plan { "Served by the index on " (p["indexes"].as_array().and_then(|i| i.first()).and_then(Value::as_array).map(|f| f.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")).unwrap_or_default()) "." },
+                    Ok(p) => @match p["indexes"].as_array().and_then(|i| i.first()).and_then(Value::as_array) {
+                        Some(fields) => p.hint #db-plan { "Served by the index on " (fields.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", ")) "." },
+                        None => p.hint #db-plan { "Served by the records' ids." },
+                    },
                     Err(_) => {},
                 }
                 @if !items.is_empty() {

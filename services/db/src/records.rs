@@ -22,6 +22,13 @@ pub const MAX_PER_PAGE: u32 = 500;
 const MAX_SORT: usize = 8;
 /// The longest sort, in bytes.
 const MAX_SORT_LEN: usize = 512;
+/// The most bytes of records one read of the change log returns (at least one change).
+const MAX_CHANGES_BYTES: usize = 4 << 20;
+/// The most collections a namespace may have.
+pub const MAX_COLLECTIONS: usize = 500;
+/// How long maintenance (saving a collection's spec, deleting one or a namespace,
+/// trimming the change log) may hold the writer.
+const MAINTENANCE_TIME: std::time::Duration = std::time::Duration::from_secs(120);
 /// The most writes of a batch.
 pub const MAX_BATCH: usize = 1000;
 /// The longest one statement may run (a list's filter over big documents): it is
@@ -629,8 +636,6 @@ pub struct Guard<'a> {
     pub request: sql::Request,
     /// The schema's check of every document written.
     pub validate: Option<&'a Validate<'a>>,
-    /// Fields no two records of the collection may share a value of.
-    pub unique: Vec<String>,
     /// What the collection's spec must be: the rules and schema above are of it.
     pub expect: Option<Expect>,
 }
@@ -655,7 +660,6 @@ impl Guard<'_> {
     fn admit(
         &self,
         conn: &rusqlite::Connection,
-        ns: &str,
         collection: &str,
         action: Action,
         old: Option<&Record>,
@@ -679,21 +683,6 @@ impl Guard<'_> {
                         if Some(r) == old { "record" } else { "write" }
                     )));
                 }
-            }
-        }
-        let Some(new) = new else { return Ok(()) };
-        for field in &self.unique {
-            let Some(v) = new.data.get(field).filter(|v| !v.is_null()) else { continue };
-            let taken: Option<String> = conn
-                .query_row(
-                    "SELECT id FROM records WHERE namespace = ?1 AND collection = ?2 AND id != ?3
-                     AND json_extract(data, ?4) = json_extract(?5, '$') LIMIT 1",
-                    (ns, collection, &new.id, format!("$.\"{field}\""), v.to_string()),
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if taken.is_some() {
-                return Err(DbError::Taken(format!("{field} {v} is taken: it is unique in {collection}")));
             }
         }
         Ok(())
@@ -833,8 +822,13 @@ impl Records {
 
     /// The writer.
     fn write(&self) -> Held<'_> {
+        self.write_for(self.query_time)
+    }
+
+    /// The writer, its statements stopping after `limit`.
+    fn write_for(&self, limit: std::time::Duration) -> Held<'_> {
         let conn = self.writer.conn.lock().unwrap_or_else(|e| e.into_inner());
-        self.hold(&self.writer, conn, self.query_time)
+        self.hold(&self.writer, conn, limit.max(self.query_time))
     }
 
     /// A reader: the first one free from the next in turn, else the next in turn once free
@@ -1001,7 +995,7 @@ impl Records {
                     let record = Record { id, created: at.clone(), updated: at.clone(), version, data };
                     // The rule first: whether a hidden record has an id is not told to
                     // whom the rule refuses.
-                    guard.admit(&tx, ns, collection, Action::Create, None, Some(&record))?;
+                    guard.admit(&tx, collection, Action::Create, None, Some(&record))?;
                     if Self::read(&tx, ns, collection, &record.id)?.is_some() {
                         return Err(DbError::Conflict { id: record.id, expected: 0, actual: 1 });
                     }
@@ -1043,7 +1037,7 @@ impl Records {
                     };
                     let version = old.version + 1;
                     let record = Record { id, created: old.created.clone(), updated: at.clone(), version, data };
-                    guard.admit(&tx, ns, collection, Action::Update, Some(&old), Some(&record))?;
+                    guard.admit(&tx, collection, Action::Update, Some(&old), Some(&record))?;
                     let text = Json::Object(record.data.clone()).to_string();
                     tx.execute(
                         "UPDATE records SET data = ?4, updated = ?5, version = ?6
@@ -1059,7 +1053,7 @@ impl Records {
                     if let Some(e) = expected.filter(|e| *e != old.version) {
                         return Err(DbError::Conflict { id, expected: e, actual: old.version });
                     }
-                    guard.admit(&tx, ns, collection, Action::Delete, Some(&old), None)?;
+                    guard.admit(&tx, collection, Action::Delete, Some(&old), None)?;
                     tx.execute(
                         "DELETE FROM records WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
                         (ns, collection, &id),
@@ -1117,8 +1111,14 @@ impl Records {
             Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
         })?;
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for row in rows {
             let (seq, action, record) = row?;
+            // A reader of big records gets them a few at a time.
+            bytes += record.len();
+            if bytes > MAX_CHANGES_BYTES && !out.is_empty() {
+                break;
+            }
             let action = Action::parse(&action).ok_or_else(|| DbError::Storage(format!("change {seq}: {action}")))?;
             out.push(Change { seq: seq.max(0) as u64, action, record: from_json(&record)? });
         }
@@ -1146,7 +1146,7 @@ impl Records {
     /// Drops changes older than `age`: cursors before them can no longer resume.
     pub fn trim_changes(&self, age: std::time::Duration) -> Result<u64, DbError> {
         let before = now_ms().saturating_sub(age.as_millis() as u64);
-        let conn = self.write();
+        let conn = self.write_for(MAINTENANCE_TIME);
         let n = conn.execute("DELETE FROM changes WHERE at < ?1", (before as i64,))?;
         conn.execute("DELETE FROM tombstones WHERE at < ?1", (before as i64,))?;
         // The planner's figures, kept current as collections grow.
@@ -1209,14 +1209,29 @@ impl Records {
             if ix.fields.is_empty() || ix.fields.len() > MAX_INDEX_FIELDS {
                 return Err(DbError::Invalid(format!("an index of 1 to {MAX_INDEX_FIELDS} fields")));
             }
+            let mut seen = std::collections::BTreeSet::new();
+            if !ix.fields.iter().all(|f| seen.insert(f)) {
+                return Err(DbError::Invalid(format!("index ({}) names a field twice", ix.fields.join(", "))));
+            }
+            if wanted.iter().any(|(_, _, other): &(String, String, &IndexSpec)| other.fields == ix.fields) {
+                return Err(DbError::Invalid(format!("two indexes of ({})", ix.fields.join(", "))));
+            }
             wanted.push((ix.name(ns, name), ix.create_sql(ns, name)?, ix));
         }
         for f in renames.iter().flat_map(|(a, b)| [a, b]).chain(drops) {
             check_name("field", f)?;
         }
         let at = now();
-        let mut conn = self.write();
+        let mut conn = self.write_for(MAINTENANCE_TIME);
         let tx = conn.transaction()?;
+        let (count, exists): (i64, bool) = tx.query_row(
+            "SELECT count(*), coalesce(sum(name = ?2), 0) > 0 FROM collections WHERE namespace = ?1",
+            (ns, name),
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        if !exists && count as usize >= MAX_COLLECTIONS {
+            return Err(DbError::Invalid(format!("namespace {ns} has {count} collections, the most it may have")));
+        }
         tx.execute(
             "INSERT INTO collections (namespace, name, spec, created, updated) VALUES (?1, ?2, ?3, ?4, ?4)
              ON CONFLICT (namespace, name) DO UPDATE SET spec = excluded.spec, updated = excluded.updated",
@@ -1291,7 +1306,7 @@ impl Records {
                 return Err(DbError::Invalid(format!("renaming {from} to {to}: each field once, to a new name")));
             }
         }
-        let before = Self::newest(tx)?;
+        let before = Self::last_change(tx, ns, collection)?;
         let scope = scope(ns, collection)?;
         let all: Vec<(String, String, String, i64, String)> = {
             let mut stmt = tx.prepare(&format!("SELECT {COLUMNS} FROM records WHERE {scope}"))?;
@@ -1345,8 +1360,9 @@ impl Records {
     /// dropped (they hold its records), cursors before now cannot resume, and a `reset`
     /// tells subscribers at the newest change that everything they hold is gone.
     fn reset(tx: &rusqlite::Connection, ns: &str, collection: &str) -> Result<(), DbError> {
+        let last = Self::last_change(tx, ns, collection)?;
         tx.execute("DELETE FROM changes WHERE namespace = ?1 AND collection = ?2", (ns, collection))?;
-        Self::set_floor(tx, ns, collection, Self::newest(tx)?)?;
+        Self::set_floor(tx, ns, collection, last)?;
         let empty = Record { id: String::new(), created: now(), updated: now(), version: 0, data: Map::new() };
         tx.execute(
             "INSERT INTO changes (namespace, collection, id, action, record, at) VALUES (?1, ?2, '', 'reset', ?3, ?4)",
@@ -1355,11 +1371,20 @@ impl Records {
         Ok(())
     }
 
-    /// The newest change's `seq` handed out (0: none yet).
-    fn newest(conn: &rusqlite::Connection) -> Result<u64, DbError> {
-        let n: Option<i64> =
-            conn.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'changes'", [], |r| r.get(0)).optional()?;
-        Ok(n.unwrap_or(0).max(0) as u64)
+    /// The last change of `collection` in `ns` (its floor when it has none left): a
+    /// subscriber at it has seen everything of the collection so far.
+    fn last_change(tx: &rusqlite::Connection, ns: &str, collection: &str) -> Result<u64, DbError> {
+        let last: Option<i64> = tx.query_row(
+            "SELECT max(seq) FROM changes WHERE namespace = ?1 AND collection = ?2",
+            (ns, collection),
+            |r| r.get(0),
+        )?;
+        let floor: Option<i64> = tx
+            .query_row("SELECT seq FROM floors WHERE namespace = ?1 AND collection = ?2", (ns, collection), |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(last.or(floor).unwrap_or(0).max(0) as u64)
     }
 
     /// Cursors of `collection` in `ns` at or before `seq` can no longer resume.
@@ -1386,7 +1411,7 @@ impl Records {
 
     /// Deletes collection `name` of `ns` with its records and changes; whether it was there.
     pub fn delete_collection(&self, ns: &str, name: &str) -> Result<bool, DbError> {
-        let mut conn = self.write();
+        let mut conn = self.write_for(MAINTENANCE_TIME);
         let tx = conn.transaction()?;
         Self::drop_indexes(&tx, ns, Some(name))?;
         Self::set_search(&tx, ns, name, &[])?;
@@ -1561,7 +1586,7 @@ impl Records {
 
     /// Deletes everything of namespace `ns` (it is being deleted).
     pub fn delete_namespace(&self, ns: &str) -> Result<(), DbError> {
-        let mut conn = self.write();
+        let mut conn = self.write_for(MAINTENANCE_TIME);
         let tx = conn.transaction()?;
         Self::drop_indexes(&tx, ns, None)?;
         let searched: Vec<String> = {
@@ -1687,7 +1712,11 @@ impl Records {
         }
         let mut cols = Vec::new();
         for g in group {
-            cols.push(sql::field_expr(&field_path("group field", g)?));
+            let col = sql::field_expr(&field_path("group field", g)?);
+            if cols.contains(&col) {
+                return Err(DbError::Invalid(format!("group by {g} twice")));
+            }
+            cols.push(col);
         }
         let groups = cols.clone();
         for (op, field) in ops {

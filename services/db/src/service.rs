@@ -326,6 +326,9 @@ pub struct SaveCollectionRequest {
     /// The fields full-text search covers (none: no search).
     #[serde(default)]
     pub search: Vec<String>,
+    /// Only make it: refused (409) when it exists already.
+    #[serde(default)]
+    pub create_only: bool,
 }
 
 /// A request naming a collection.
@@ -614,6 +617,8 @@ fn shown(r: &Record, fields: &Option<String>) -> Json {
 /// The most relations one request expands, and how deep.
 const MAX_EXPAND: usize = 10;
 const MAX_EXPAND_DEPTH: usize = 3;
+/// The most bytes of expanded records one reply holds.
+const MAX_EXPAND_BYTES: usize = 16 << 20;
 
 /// Puts the records that `items`' relation fields name under their `expand` (`expand`
 /// is `author,comments.post`: a path goes a relation further at each dot), each as its
@@ -625,6 +630,7 @@ fn expand<'a>(
     items: &'a mut [Json],
     paths: &'a [Vec<String>],
     depth: usize,
+    budget: &'a std::sync::atomic::AtomicUsize,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Status>> + Send + 'a>> {
     Box::pin(async move {
         if paths.is_empty() || items.is_empty() {
@@ -654,6 +660,8 @@ fn expand<'a>(
             // What the caller may not see of the related collection stays out.
             let Ok(related) = collection(db, who, &target).await else { continue };
             let Ok(rule) = related.rule(who, Op::View) else { continue };
+            // Each related record is read once a reply, however many point at it.
+            let mut seen: std::collections::HashMap<String, Option<Json>> = std::collections::HashMap::new();
             for item in items.iter_mut() {
                 let ids: Vec<String> = match item.get(field) {
                     Some(Json::String(id)) => vec![id.clone()],
@@ -663,15 +671,29 @@ fn expand<'a>(
                 let many = matches!(item.get(field), Some(Json::Array(_)));
                 let mut found = Vec::new();
                 for id in ids {
+                    if let Some(known) = seen.get(&id) {
+                        found.extend(known.clone());
+                        continue;
+                    }
                     let (d, ns, name, rule, request) =
                         (db.clone(), who.ns.clone(), target.clone(), rule.clone(), who.request.clone());
-                    match blocking(move || d.records.get_as(&ns, &name, &id, rule.as_ref(), &request)).await {
-                        Ok(r) => found.push(r.to_json()),
-                        Err(e) if e.code() == Code::NotFound || e.code() == Code::InvalidArgument => {}
+                    let key = id.clone();
+                    let got = match blocking(move || d.records.get_as(&ns, &name, &id, rule.as_ref(), &request)).await {
+                        Ok(r) => Some(r.to_json()),
+                        Err(e) if e.code() == Code::NotFound || e.code() == Code::InvalidArgument => None,
                         Err(e) => return Err(e),
-                    }
+                    };
+                    seen.insert(key, got.clone());
+                    found.extend(got);
                 }
-                expand(db, who, &related.spec, &mut found, &rest, depth + 1).await?;
+                let size: usize = found.iter().map(|r| r.to_string().len()).sum();
+                if budget.fetch_add(size, std::sync::atomic::Ordering::Relaxed) + size > MAX_EXPAND_BYTES {
+                    return Err(bad(format!(
+                        "the expanded records are more than {} MiB: ask for fewer records a page",
+                        MAX_EXPAND_BYTES >> 20
+                    )));
+                }
+                expand(db, who, &related.spec, &mut found, &rest, depth + 1, budget).await?;
                 let value = if many { Json::Array(found) } else { found.pop().unwrap_or(Json::Null) };
                 if let Json::Object(m) = item {
                     let slot = m.entry("expand").or_insert_with(|| Json::Object(Map::new()));
@@ -721,8 +743,7 @@ async fn write_once(
         // A manager's first write makes the collection, locked and schemaless.
         None => Expect::Make(serde_json::to_value(&c.spec).map_err(|e| Status::internal(NAME, e.to_string()))?),
     };
-    let mut guard =
-        Guard { request: who.request.clone(), unique: c.spec.unique(), expect: Some(expect), ..Default::default() };
+    let mut guard = Guard { request: who.request.clone(), expect: Some(expect), ..Default::default() };
     for (op, _) in &writes {
         match op {
             Op::Create => guard.create = c.rule(who, Op::Create)?,
@@ -737,8 +758,8 @@ async fn write_once(
     let (d, ns, name, spec) = (db.clone(), who.ns.clone(), c.name.clone(), c.spec);
     let changes = blocking(move || {
         let validate = |doc: &Map<String, Json>| spec.validate(doc);
-        let Guard { view, create, update, delete, request, unique, expect, .. } = guard;
-        let guard = Guard { view, create, update, delete, request, unique, expect, validate: Some(&validate) };
+        let Guard { view, create, update, delete, request, expect, .. } = guard;
+        let guard = Guard { view, create, update, delete, request, expect, validate: Some(&validate) };
         d.records.batch(&ns, &name, writes.into_iter().map(|(_, w)| w).collect(), &guard)
     })
     .await?;
@@ -854,8 +875,10 @@ fn subscription(
             if *closing.borrow_and_update() {
                 break;
             }
+            // At the token's expiry the subscription ends (cleanly: the client subscribes
+            // again from its cursor, with its token, refreshed if need be).
             if expires.is_some_and(|at| at <= now_secs()) {
-                Err(Status::new(Code::Unauthenticated, NAME, "the token expired: subscribe again with a fresh one, from the last cursor"))?;
+                break;
             }
             let (d, ns, name, id) = (db.clone(), who.ns.clone(), req.collection.clone(), req.id.clone());
             let (changes, floor) = blocking(move || {
@@ -901,11 +924,17 @@ fn subscription(
                 };
                 let d = db.clone();
                 let (record, exprs2, request) = (ch.record.clone(), exprs, who.request.clone());
+                // A change the rules cannot be tested on in time is not delivered (and
+                // does not end the subscription).
                 let visible = blocking(move || {
                     let refs: Vec<&Expr> = exprs2.iter().collect();
                     d.records.matches(&record, &refs, &request)
                 })
-                .await?;
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(service = NAME, error = %e, "a change was not delivered: its rules could not be tested");
+                    false
+                });
                 if visible {
                     yield ChangeEvent { action: ch.action.as_str().into(), cursor, record: Some(ch.record.to_json()) };
                 }
@@ -950,6 +979,16 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
                 spec.check().map_err(status)?;
                 if req.name == "collections" {
                     return Err(bad("collections is the name of the collections' route: choose another"));
+                }
+                if req.create_only {
+                    let (d, ns, name) = (db.clone(), who.ns.clone(), req.name.clone());
+                    if blocking(move || d.records.collection(&ns, &name)).await?.is_some() {
+                        return Err(Status::new(
+                            Code::AlreadyExists,
+                            NAME,
+                            format!("collection {} exists already", req.name),
+                        ));
+                    }
                 }
                 let renames: Vec<(String, String)> = req.rename.into_iter().collect();
                 let value = serde_json::to_value(&spec).map_err(|e| Status::internal(NAME, e.to_string()))?;
@@ -1031,7 +1070,7 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
                     (db.clone(), who.ns.clone(), c.name.clone(), req.id, who.request.clone());
                 let r = blocking(move || d.records.get_as(&ns, &name, &id, rule.as_ref(), &request)).await?;
                 let mut items = [shown(&r, &req.fields)];
-                expand(&db, &who, &c.spec, &mut items, &paths, 0).await?;
+                expand(&db, &who, &c.spec, &mut items, &paths, 0, &Default::default()).await?;
                 let [item] = items;
                 Ok(item)
             }
@@ -1075,7 +1114,7 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
                 let (d, ns, name, request) = (db.clone(), who.ns.clone(), c.name.clone(), who.request.clone());
                 let page = blocking(move || d.records.list_as(&ns, &name, &q, rule.as_ref(), &request)).await?;
                 let mut items: Vec<Json> = page.items.iter().map(|r| shown(r, &req.fields)).collect();
-                expand(&db, &who, &c.spec, &mut items, &paths, 0).await?;
+                expand(&db, &who, &c.spec, &mut items, &paths, 0, &Default::default()).await?;
                 Ok(ListReply { items, page: page.page, per_page: page.per_page, total: page.total })
             }
         })
@@ -1147,8 +1186,13 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
                     .filter(|ix| plan.iter().any(|p| p.contains(&ix.name(&who.ns, &c.name))))
                     .map(|ix| ix.fields)
                     .collect();
-                let scan = plan.iter().any(|p| p.starts_with("SCAN records"))
-                    || plan.iter().any(|p| p.contains("USING PRIMARY KEY") || p.contains("sqlite_autoindex"));
+                // A search by the primary key reads the whole collection unless it names
+                // the record's id.
+                let scan = plan.iter().any(|p| {
+                    p.starts_with("SCAN records")
+                        || (p.contains("USING PRIMARY KEY") && !p.contains("id="))
+                        || p.contains("sqlite_autoindex")
+                });
                 Ok(ExplainReply { plan, indexes, scan })
             }
         })

@@ -268,6 +268,21 @@ async fn indexes_plans_and_aggregates() {
     assert_eq!(st, 409, "{v}");
     let (_, v) = call(&api, "GET", "/db/v1/collections/orders", Some(&ann), "shop", None).await;
     assert_eq!(v["indexes"].as_array().map(Vec::len), Some(1), "{v}");
+    // An index naming a field twice, or two alike, are refused; so is making a collection
+    // that exists when only making is asked for.
+    for indexes in [json!([{"fields": ["owner", "owner"]}]), json!([{"fields": ["owner"]}, {"fields": ["owner"]}])] {
+        let mut twice = spec.clone();
+        twice["indexes"] = indexes;
+        let (st, v) = call(&api, "POST", "/db/v1/collections", Some(&ann), "shop", Some(twice)).await;
+        assert_eq!(st, 400, "{v}");
+    }
+    let mut again = spec.clone();
+    again["create_only"] = json!(true);
+    let (st, v) = call(&api, "POST", "/db/v1/collections", Some(&ann), "shop", Some(again)).await;
+    assert_eq!(st, 409, "{v}");
+    // A lookup by id is not a scan.
+    let (_, v) = call(&api, "GET", "/db/v1/orders/explain?filter=id%3D'x'", Some(&ann), "shop", None).await;
+    assert_eq!(v["scan"], false, "{v}");
 
     // Aggregates: grouped, filtered, and only over what the list rule shows.
     let body = json!({"group_by": ["status"], "aggregates": [{"op": "count"}, {"op": "sum", "field": "total"}]});
@@ -298,6 +313,9 @@ async fn indexes_plans_and_aggregates() {
         Some(json!({"group_by": ["a); DROP TABLE records; --"]})),
     )
     .await;
+    assert_eq!(st, 400, "{v}");
+    let twice = json!({"group_by": ["status", "status"]});
+    let (st, v) = call(&api, "POST", "/db/v1/orders/aggregate", Some(&ann), "shop", Some(twice)).await;
     assert_eq!(st, 400, "{v}");
     let _ = s.stop();
 }

@@ -141,6 +141,11 @@ async fn no_subscription_outlives_its_collection_its_namespace_or_removed_fields
     let mut live = Events::open(&api, "/db/v1/board/subscribe", None, "shop").await;
     let sub = live.next().await;
     assert_eq!(sub["action"], "subscribed");
+    // Another tenant writes meanwhile: the subscriber still gets the reset.
+    let stranger = s.account("blog", "bea", "user", &["admin"]).await;
+    let (st, _) =
+        call(&api, "POST", "/db/v1/notes/records", Some(&stranger), "blog", Some(json!({"data": {"x": 1}}))).await;
+    assert_eq!(st, 200);
     let (st, _) = call(&api, "DELETE", "/db/v1/collections/board", Some(&boss), "shop", None).await;
     assert_eq!(st, 204);
     assert_eq!(live.next().await["action"], "reset", "the collection is gone, and what the subscriber holds with it");
