@@ -49,7 +49,8 @@ impl Template {
         let paths = match &a.paths {
             Some(f) => {
                 let text = std::fs::read_to_string(f).map_err(|e| format!("--paths {f}: {e}"))?;
-                let paths: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+                let paths: Vec<String> =
+                    text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
                 if let Some(p) = paths.iter().find(|p| !p.starts_with('/')) {
                     return Err(format!("--paths {f}: a path must start with /: {p}"));
                 }
@@ -67,7 +68,9 @@ impl Template {
     /// `{"name":"xxx…"}` of `--size` bytes) and `--header`s, `--seq` of `a`.
     pub(crate) fn with(a: &Args, method: &str, paths: Vec<String>, body: Option<String>) -> Result<Template, String> {
         let method = match method {
-            "GET" | "POST" | "PUT" | "PATCH" | "DELETE" => http::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?,
+            "GET" | "POST" | "PUT" | "PATCH" | "DELETE" => {
+                http::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?
+            }
             m => return Err(format!("--method {m}: use GET, POST, PUT, PATCH or DELETE")),
         };
         let has_body = matches!(method, http::Method::POST | http::Method::PUT | http::Method::PATCH);
@@ -308,10 +311,8 @@ impl HyperConn {
     async fn request(&mut self, t: &Template) -> io::Result<u16> {
         self.tx.ready().await.map_err(io::Error::other)?;
         let (path, body) = t.next();
-        let mut req = http::Request::builder()
-            .method(t.method.clone())
-            .uri(path)
-            .header(http::header::HOST, t.addr.as_str());
+        let mut req =
+            http::Request::builder().method(t.method.clone()).uri(path).header(http::header::HOST, t.addr.as_str());
         for (k, v) in &t.headers {
             req = req.header(k.as_str(), v.as_str());
         }

@@ -32,7 +32,11 @@
 //!   `errors` (a connection that failed is reopened). `--client raw` (default: a minimal
 //!   hand-rolled HTTP/1.1 client, one task per connection; it costs about what wrk does per
 //!   request) or `--client hyper` (`hyper::client::conn::http1`, about 1.5× the CPU per
-//!   request). Adds `rate_target`, `method`, `path`, `client`; with `--rate`, also
+//!   request). Requests may differ (B6): `--method GET|POST|PUT|PATCH|DELETE`, `--header
+//!   'Name: value'` (repeatable), `--body TEMPLATE` (instead of the padded `{"name":…}`;
+//!   `{n}` in it is `--seq` plus a counter shared by every connection: a number unique to
+//!   the request), `--paths FILE` (one path a line, taken in turns by that counter). Adds
+//!   `rate_target`, `method`, `path` (the first), `paths` (how many), `client`; with `--rate`, also
 //!   `send_lag_p50_us` and `send_lag_p99_us`: how late requests left after their scheduled
 //!   time (a timerfd paces them to the microsecond; a large lag means the generator or its
 //!   CPU was busy, or connections were still waiting for earlier answers).
@@ -48,13 +52,22 @@
 //!   - `tonic`: a bare tonic client (`tonic::client::Grpc` over a `Channel`, prost codec)
 //!     calling `<address>` where `bench-load tonic-server` runs. Adds `codec`.
 //!
+//! - `sse` (B7): realtime fan-out over server-sent events, `micro` (`--path
+//!   /db/v1/{c}/subscribe`) or `pocketbase` (`--path /api/realtime`, `--topic` the
+//!   collection): `--subs N` subscribers on a connection each, then one writer creating
+//!   records (`POST --write-path`, `--body` with `{n}` and `{ts}`, the send time in µs) at
+//!   `--rate R` a second for `--secs`; latencies are each delivery's arrival minus its `ts`;
+//!   `--drain S` (5) to wait for the last deliveries. See `sse.rs` for the fields it adds.
+//!
 //! `bench-load tonic-server <address>` serves the same `helloworld.Greeter/Hello` (replies
 //! `Hello <name>`) with bare tonic on a current-thread runtime, the peer of `rpc tonic`.
 //!
 //! Options: `--conns N` (50), `--secs S` (10), `--size B` (100), `--subs N` (1),
 //! `--inflight N` (64), `--path P` (`/`), `--method M` (GET), `--rate R` (0), `--client C`
 //! (raw), `--codec C` (proto), `--threads N` (runtime worker threads; default the CPUs this
-//! process may run on, and 1 — e.g. under `taskset -c 1` — means a current-thread runtime).
+//! process may run on, and 1 — e.g. under `taskset -c 1` — means a current-thread runtime),
+//! `--header H`, `--body B`, `--paths F`, `--seq N` (0), `--write-path P`, `--topic T`,
+//! `--drain S`.
 
 mod http;
 mod rpc;

@@ -21,7 +21,7 @@
 //! up after 15 s in which none got ready or failed: those still waiting are `subs_pending`
 //! and take no part. The writer (16 connections) sends no write after the phase's end, and
 //! gives a write 30 s. Adds `subs_ready`, `subs_failed`, `subs_pending`, `first_error`,
-//! `setup_secs`, `writes` (successful), `write_errors`, `write_rate` (writes over
+//! `setup_secs`, `writes` (successful), `write_errors`, `first_write_error`, `write_rate` (writes over
 //! `write_secs`: from the first scheduled send to one interval after the last send),
 //! `rate_target`, `write_p50_us`, `write_p99_us`, `send_lag_p50_us`, `send_lag_p99_us` (how
 //! late writes left), `expected` (writes × ready subscribers), `delivered`, `delivered_pct`,
@@ -116,9 +116,7 @@ fn event(block: &[u8]) -> Event<'_> {
     let (mut name, mut data): (&[u8], &[u8]) = (b"", b"");
     for line in block.split(|b| *b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let field = |prefix: &[u8]| {
-            line.strip_prefix(prefix).map(|v| v.strip_prefix(b" ").unwrap_or(v))
-        };
+        let field = |prefix: &[u8]| line.strip_prefix(prefix).map(|v| v.strip_prefix(b" ").unwrap_or(v));
         if let Some(v) = field(b"data:") {
             data = v;
         } else if let Some(v) = field(b"event:") {
@@ -397,6 +395,8 @@ struct Written {
     lag: Lat,
     /// From the first scheduled send to the last answer.
     secs: f64,
+    /// The first failure's text.
+    first_error: Option<String>,
     /// From the first scheduled send to one interval after the last send: the writes
     /// a second are `ok` over it.
     send_secs: f64,
@@ -416,6 +416,7 @@ async fn writer(a: Rc<Args>, conns: usize) -> Result<Written, String> {
         let mut c = crate::http::RawConn::connect(&a.addr).await.map_err(|e| format!("writer: connect: {e}"))?;
         tasks.push(tokio::task::spawn_local(async move {
             let (mut ok, mut errors, mut lat, mut lag) = (0u64, 0u64, Lat::default(), Lat::default());
+            let mut first_error = None::<String>;
             let mut last_send = start;
             let mut k = w;
             while k < total {
@@ -431,7 +432,8 @@ async fn writer(a: Rc<Args>, conns: usize) -> Result<Written, String> {
                 let b = body.replace("{n}", &(a.seq + k).to_string()).replace("{ts}", &ts.to_string());
                 let req = encode("POST", &a.addr, &a.write_path, &a.headers, &b);
                 let t = Instant::now();
-                let answer = tokio::time::timeout(WRITE_TIMEOUT, c.request(&req)).await
+                let answer = tokio::time::timeout(WRITE_TIMEOUT, c.request(&req))
+                    .await
                     .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "no answer within 30 s")));
                 match answer {
                     Ok(s) if (200..300).contains(&s) => {
@@ -442,12 +444,14 @@ async fn writer(a: Rc<Args>, conns: usize) -> Result<Written, String> {
                         if errors == 0 {
                             eprintln!("bench-load: writer: POST {} answered {s}", a.write_path);
                         }
+                        first_error.get_or_insert(format!("POST {} answered {s}", a.write_path));
                         errors += 1;
                     }
                     Err(e) => {
                         if errors == 0 {
                             eprintln!("bench-load: writer: {e}");
                         }
+                        first_error.get_or_insert(e.to_string());
                         errors += 1;
                         match crate::http::RawConn::connect(&a.addr).await {
                             Ok(n) => c = n,
@@ -457,13 +461,24 @@ async fn writer(a: Rc<Args>, conns: usize) -> Result<Written, String> {
                 }
                 k += conns as u64;
             }
-            (ok, errors, lat, lag, last_send)
+            (ok, errors, lat, lag, last_send, first_error)
         }));
     }
-    let mut out = Written { ok: 0, errors: 0, lat: Lat::default(), lag: Lat::default(), secs: 0.0, send_secs: 0.0 };
+    let mut out = Written {
+        ok: 0,
+        errors: 0,
+        lat: Lat::default(),
+        lag: Lat::default(),
+        secs: 0.0,
+        send_secs: 0.0,
+        first_error: None,
+    };
     let mut last = start;
     for t in tasks {
-        let (o, e, l, g, s) = t.await.map_err(|e| format!("writer failed: {e}"))?;
+        let (o, e, l, g, s, f) = t.await.map_err(|e| format!("writer failed: {e}"))?;
+        if out.first_error.is_none() {
+            out.first_error = f;
+        }
         out.ok += o;
         out.errors += e;
         out.lat.merge(l);
@@ -551,8 +566,7 @@ pub(crate) async fn run(a: &Args) -> Result<(), String> {
             let expected = writes * ready as u64;
             let drain_start = Instant::now();
             let drain_end = drain_start + Duration::from_secs_f64(a.drain);
-            while counters.delivered.load(Ordering::Relaxed) - delivered_before < expected
-                && Instant::now() < drain_end
+            while counters.delivered.load(Ordering::Relaxed) - delivered_before < expected && Instant::now() < drain_end
             {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -578,7 +592,7 @@ pub(crate) async fn run(a: &Args) -> Result<(), String> {
             let extra = serde_json::json!({
                 "subs_ready": ready, "subs_failed": counters.failed.load(Ordering::Relaxed), "subs_pending": pending,
                 "first_error": first_error, "setup_secs": setup_secs,
-                "writes": writes, "write_errors": write_errors,
+                "writes": writes, "write_errors": write_errors, "first_write_error": w.first_error,
                 "write_rate": if w.send_secs > 0.0 { writes as f64 / w.send_secs } else { 0.0 },
                 "write_secs": w.send_secs, "send_lag_p50_us": lag["p50_us"], "send_lag_p99_us": lag["p99_us"],
                 "rate_target": a.rate,

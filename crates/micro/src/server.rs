@@ -75,6 +75,25 @@ pub async fn serve_tls<S, F>(
     S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
+    serve_streams(listener, tls, svc, shutdown, MAX_STREAMS).await
+}
+
+/// Streams an HTTP/2 connection may have open at once, unless a server says otherwise.
+pub const MAX_STREAMS: u32 = 1024;
+
+/// Like [`serve_tls`], with at most `streams` streams open on one HTTP/2 connection (a
+/// service whose callers hold many long streams through one connection, like the
+/// gateway's subscribers to the database, needs more than [`MAX_STREAMS`]).
+pub async fn serve_streams<S, F>(
+    listener: TcpListener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    svc: S,
+    shutdown: impl Future<Output = ()>,
+    streams: u32,
+) where
+    S: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -82,7 +101,7 @@ pub async fn serve_tls<S, F>(
     builder
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
-        .max_concurrent_streams(1024)
+        .max_concurrent_streams(streams)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(HEADER_TIMEOUT);
     let builder = std::sync::Arc::new(builder);

@@ -71,6 +71,7 @@ pub struct Service {
     platform: bool,
     public: Vec<String>,
     open: Vec<String>,
+    streams: u32,
     transport: Option<crate::Transport>,
     tasks: Vec<Task>,
 }
@@ -124,6 +125,7 @@ impl Service {
             platform: false,
             public: Vec::new(),
             open: Vec::new(),
+            streams: crate::server::MAX_STREAMS,
             transport: None,
             tasks: Vec::new(),
         }
@@ -169,6 +171,14 @@ impl Service {
     /// For products whose own rules decide who may do what (the database's collections).
     pub fn open(mut self, endpoint: &str) -> Self {
         self.open.push(endpoint.to_string());
+        self
+    }
+
+    /// At most `n` streams open at once on one HTTP/2 connection to the service (default
+    /// [`crate::server::MAX_STREAMS`]): for a service whose callers hold many long streams
+    /// through one connection (the gateway's realtime subscribers).
+    pub fn max_streams(mut self, n: u32) -> Self {
+        self.streams = n.max(1);
         self
     }
 
@@ -542,8 +552,9 @@ impl Service {
         };
         let stack = router.layered(hook);
         let scraped = router.metrics().clone();
-        let serving = tokio::spawn(crate::server::serve(
+        let serving = tokio::spawn(crate::server::serve_streams(
             listener,
+            None,
             move |req: http::Request<hyper::body::Incoming>| {
                 let svc = stack.clone();
                 // Prometheus scrapes the node's own counts (`GET /metrics`, as on the
@@ -560,6 +571,7 @@ impl Service {
             async {
                 let _ = rx.await;
             },
+            self.streams,
         ));
         let (stopping, stop_rx) = tokio::sync::watch::channel(false);
         let tasks = self.tasks.drain(..).map(|t| tokio::spawn(t(Stopping(stop_rx.clone())))).collect();

@@ -1555,9 +1555,11 @@ impl Records {
         params.push(Value::Integer(i64::from(page - 1) * i64::from(per_page)));
         let offset = params.len();
         let mut stmt = conn.prepare_cached(&format!(
+            // The words first (CROSS JOIN keeps SQLite to this order): the matches are
+            // looked up, not every record of the collection tested.
             "SELECT {COLUMNS} FROM {table} AS f
-             JOIN search_ids AS s ON s.rid = f.rowid
-             JOIN records ON records.namespace = s.namespace AND records.collection = s.collection AND records.id = s.id
+             CROSS JOIN search_ids AS s ON s.rid = f.rowid
+             CROSS JOIN records ON records.namespace = s.namespace AND records.collection = s.collection AND records.id = s.id
              WHERE {table} MATCH ?{matching} AND {where_}
              ORDER BY f.rank, records.id LIMIT ?{limit} OFFSET ?{offset}"
         ))?;

@@ -771,6 +771,13 @@ fn one(mut changes: Vec<Change>) -> Result<Json, Status> {
     changes.pop().map(|c| c.record.to_json()).ok_or_else(|| Status::internal(NAME, "no record written"))
 }
 
+/// Streams one connection to the service may hold: the subscriptions of every namespace
+/// (at most [`MAX_OPEN`] of them) and room for every other call beside them.
+const MAX_STREAMS: u32 = 65_536;
+/// Subscriptions open at once, every namespace's together: below the streams of one
+/// connection, so calls still pass beside them.
+const MAX_OPEN: usize = 60_000;
+
 /// Counts a namespace's open subscriptions while held.
 struct Subscribed {
     db: Arc<Db>,
@@ -780,6 +787,14 @@ struct Subscribed {
 impl Subscribed {
     fn new(db: &Arc<Db>, ns: &str) -> Result<Subscribed, Status> {
         let mut open = db.subscriptions.lock().unwrap_or_else(|e| e.into_inner());
+        let total: usize = open.values().sum();
+        if total >= MAX_OPEN {
+            return Err(Status::new(
+                Code::ResourceExhausted,
+                NAME,
+                "the server has as many subscriptions open as it may: try again later",
+            ));
+        }
         let n = open.entry(ns.to_string()).or_insert(0);
         if *n >= db.max_subscriptions {
             return Err(Status::new(
@@ -969,6 +984,8 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
     };
     service
         .platform()
+        // Every subscriber through the gateway is a stream of its connection to here.
+        .max_streams(MAX_STREAMS)
         .version(env!("CARGO_PKG_VERSION"))
         .handle("Db.SaveCollection", move |ctx: Context, req: SaveCollectionRequest| {
             let db = save.clone();

@@ -197,3 +197,34 @@ async fn a_slow_filter_holds_up_no_other_subscriber() {
     assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
     let _ = s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_subscriptions_block_no_other_call() {
+    let s = ServerProcess::start(&micro(), &[]);
+    let api = s.api.clone();
+    let boss = s.account("shop", "boss", "user", &["admin"]).await;
+    save(&api, &boss, json!({"name": "feed", "rules": {"list": "", "view": ""}})).await;
+    let bea = s.account("blog", "bea", "user", &["admin"]).await;
+    // More subscriptions than one HTTP/2 connection used to carry (1024): each is a
+    // stream of the gateway's connection to the product.
+    let mut open = Vec::new();
+    for _ in 0..1100 {
+        open.push(Events::open(&api, "/db/v1/feed/subscribe", None, "shop").await);
+    }
+    let mut subscribed = 0;
+    for e in &mut open {
+        if e.next().await["action"] == "subscribed" {
+            subscribed += 1;
+        }
+    }
+    assert_eq!(subscribed, 1100);
+    // Another tenant's calls go through beside them, at once.
+    let started = std::time::Instant::now();
+    let (st, v) = call(&api, "POST", "/db/v1/notes/records", Some(&bea), "blog", Some(json!({"data": {"x": 1}}))).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, _) = call(&api, "GET", "/db/v1/notes/records", Some(&bea), "blog", None).await;
+    assert_eq!(st, 200);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+    drop(open);
+    let _ = s.stop();
+}
