@@ -13,12 +13,10 @@ use super::{Form, Page, encode, page_response, redirect};
 use axum::body::Body;
 use bytes::Bytes;
 use futures::StreamExt;
-use http::{Response, StatusCode, header};
+use http::{Response, StatusCode};
 use maud::{Markup, html};
 use micro_core::Status;
 use serde_json::{Map, Value, json};
-use std::convert::Infallible;
-use std::time::Duration;
 
 /// The product's service name.
 const DB: &str = "db";
@@ -411,7 +409,8 @@ async fn stream(page: &Page, c: &str) -> Response<Body> {
     };
     let body = async_stream::stream! {
         yield Bytes::from_static(b"retry: 3000\n\n");
-        let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+        let keep = super::events::KEEP_ALIVE;
+        let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + keep, keep);
         loop {
             tokio::select! {
                 m = changes.next() => match m {
@@ -437,15 +436,5 @@ async fn stream(page: &Page, c: &str) -> Response<Body> {
             }
         }
     };
-    let frames = page.web.until_stopped(body).map(|b| Ok::<_, Infallible>(http_body::Frame::data(b)));
-    let mut r = Response::new(Body::new(http_body_util::StreamBody::new(frames)));
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
-    h.insert("x-accel-buffering", http::HeaderValue::from_static("no"));
-    h.insert("x-content-type-options", http::HeaderValue::from_static("nosniff"));
-    r
+    super::events::sse_response(page, body)
 }
-
-/// How often an idle live view sends a comment, so proxies keep it open.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);

@@ -24,7 +24,7 @@ use std::time::Duration;
 const PAGE: u64 = 50;
 /// A comment line sent this often keeps proxies from closing an idle tail and lets the
 /// server notice a client that has gone away.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
+pub(crate) const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Most metadata entries a published event may carry.
 const MAX_METADATA: usize = 64;
 
@@ -409,6 +409,15 @@ async fn stream(page: &Page, topic: &str) -> Response<Body> {
             }
         }
     };
+    sse_response(page, body)
+}
+
+/// A live view's answer: `body`'s chunks as Server-Sent Events, ending when the server
+/// stops.
+pub(crate) fn sse_response<S>(page: &Page, body: S) -> Response<Body>
+where
+    S: futures::Stream<Item = Bytes> + Send + 'static,
+{
     let frames = page.web.until_stopped(body).map(|b| Ok::<_, Infallible>(http_body::Frame::data(b)));
     let mut r = Response::new(Body::new(http_body_util::StreamBody::new(frames)));
     let h = r.headers_mut();
