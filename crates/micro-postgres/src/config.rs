@@ -25,7 +25,7 @@ use micro_core::config::doc::{
     self, AesKey, Committed, DataKeys, apply_delete, apply_set, check_set, seal_secret, segments,
 };
 use micro_core::config::{Change, Config};
-use micro_core::{BoxStream, Code, Status};
+use micro_core::{BoxStream, Status};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -385,38 +385,8 @@ type Listening = (tokio_postgres::Client, BoxStream<Result<AsyncMessage, tokio_p
 /// Opens a connection outside the pool and listens to [`CHANNEL`] on it; records its
 /// backend process in `pid`.
 async fn listen(db: &Database, pid: &AtomicI32) -> Result<Listening, Status> {
-    let mut config = (*db.config).clone();
-    // Fail fast, and notice a peer that vanished without closing the connection.
-    config
-        .application_name("micro-config-listener")
-        .connect_timeout(Duration::from_secs(5))
-        .keepalives_idle(Duration::from_secs(30))
-        .keepalives_interval(Duration::from_secs(5))
-        .keepalives_retries(3);
-    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| db_error(ID, e))?;
-    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx)).boxed();
-    let sql = format!("LISTEN {CHANNEL}; SELECT pg_backend_pid()");
-    let answer = {
-        let listening = client.simple_query(&sql);
-        tokio::pin!(listening);
-        // The connection makes progress only while its messages are polled.
-        loop {
-            tokio::select! {
-                answer = &mut listening => break answer.map_err(|e| db_error(ID, e))?,
-                message = messages.next() => match message {
-                    // A notice that came before the answer; the caller reads everything afresh.
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(db_error(ID, e)),
-                    None => return Err(Status::new(Code::Unavailable, ID, "the listening connection closed")),
-                },
-            }
-        }
-    };
-    let backend = answer.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|p| p.parse().ok()),
-        _ => None,
-    });
-    pid.store(backend.unwrap_or(0), Ordering::Relaxed);
+    let (client, messages, backend) = db.listen(CHANNEL, "micro-config-listener").await?;
+    pid.store(backend, Ordering::Relaxed);
     Ok((client, messages))
 }
 
@@ -518,6 +488,7 @@ impl Listener {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use micro_core::Code;
     use micro_core::config::MASK;
 
     async fn open(url: &str, key: [u8; 32]) -> PostgresConfig {

@@ -24,6 +24,9 @@ pub use sync::PostgresSync;
 
 use micro_core::{Code, Status};
 
+/// The messages of a connection listening to a channel ([`Database::listen`]).
+pub type Messages = micro_core::BoxStream<Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>;
+
 /// Whether a URL names a PostgreSQL database.
 pub fn is_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
@@ -31,7 +34,7 @@ pub fn is_url(url: &str) -> bool {
 
 /// A database error as a status: the database being unreachable (or restarting) is
 /// `Unavailable`, a bad statement is `Internal`.
-pub(crate) fn db_error(id: &str, e: tokio_postgres::Error) -> Status {
+pub fn db_error(id: &str, e: tokio_postgres::Error) -> Status {
     // Classes 08 (connection exception), 53 (insufficient resources: too many
     // connections) and 57 (operator intervention: shutting down, starting up) are the
     // database being away, not a bad statement.
@@ -66,6 +69,21 @@ impl Database {
     pub fn connect(url: &str) -> Result<Database, Status> {
         let config: tokio_postgres::Config =
             url.parse().map_err(|e| Status::bad_request("postgres", format!("invalid PostgreSQL URL: {e}")))?;
+        Self::with_config(config)
+    }
+
+    /// The database at `url`, in a pool of its own whose statements stop after `limit`
+    /// (PostgreSQL's `statement_timeout`; a transaction may set another with `SET LOCAL`).
+    pub fn connect_limited(url: &str, limit: std::time::Duration) -> Result<Database, Status> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| Status::bad_request("postgres", format!("invalid PostgreSQL URL: {e}")))?;
+        let options =
+            format!("{} -c statement_timeout={}", config.get_options().unwrap_or_default(), limit.as_millis());
+        config.options(options.trim());
+        Self::with_config(config)
+    }
+
+    fn with_config(config: tokio_postgres::Config) -> Result<Database, Status> {
         let manager = deadpool_postgres::Manager::from_config(
             config.clone(),
             tokio_postgres::NoTls,
@@ -89,14 +107,62 @@ impl Database {
         (s.size, s.available, s.waiting)
     }
 
+    /// Opens a connection outside the pool (as `application`) and listens to `channel`
+    /// on it (a name: letters, digits and `_`): the client (keep it, or the connection
+    /// closes), the connection's messages (notifications among them; they come only
+    /// while it is polled) and the connection's backend process id.
+    pub async fn listen(
+        &self,
+        channel: &str,
+        application: &str,
+    ) -> Result<(tokio_postgres::Client, Messages, i32), Status> {
+        use futures::StreamExt;
+        const ID: &str = "postgres";
+        if channel.is_empty() || !channel.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(Status::bad_request(ID, format!("invalid channel {channel:?}")));
+        }
+        let mut config = (*self.config).clone();
+        // Fail fast, and notice a peer that vanished without closing the connection.
+        config
+            .application_name(application)
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .keepalives_idle(std::time::Duration::from_secs(30))
+            .keepalives_interval(std::time::Duration::from_secs(5))
+            .keepalives_retries(3);
+        let (client, mut connection) = config.connect(tokio_postgres::NoTls).await.map_err(|e| db_error(ID, e))?;
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx)).boxed();
+        let sql = format!("LISTEN {channel}; SELECT pg_backend_pid()");
+        let answer = {
+            let listening = client.simple_query(&sql);
+            tokio::pin!(listening);
+            // The connection makes progress only while its messages are polled.
+            loop {
+                tokio::select! {
+                    answer = &mut listening => break answer.map_err(|e| db_error(ID, e))?,
+                    message = messages.next() => match message {
+                        // A notice that came before the answer; the caller reads everything afresh.
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => return Err(db_error(ID, e)),
+                        None => return Err(Status::new(Code::Unavailable, ID, "the listening connection closed")),
+                    },
+                }
+            }
+        };
+        let backend = answer.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(|p| p.parse().ok()),
+            _ => None,
+        });
+        Ok((client, messages, backend.unwrap_or(0)))
+    }
+
     /// A connection from the pool, for backend `id`'s errors.
-    pub(crate) async fn client(&self, id: &str) -> Result<deadpool_postgres::Object, Status> {
+    pub async fn client(&self, id: &str) -> Result<deadpool_postgres::Object, Status> {
         self.pool.get().await.map_err(|e| pool_error(id, e))
     }
 
     /// Runs `schema` once, under an advisory lock, so nodes starting together do not race
     /// to create the same tables.
-    pub(crate) async fn migrate(&self, id: &str, schema: &str) -> Result<(), Status> {
+    pub async fn migrate(&self, id: &str, schema: &str) -> Result<(), Status> {
         let mut c = self.client(id).await?;
         let tx = c.transaction().await.map_err(|e| db_error(id, e))?;
         tx.execute("SELECT pg_advisory_xact_lock(7469010)", &[]).await.map_err(|e| db_error(id, e))?;

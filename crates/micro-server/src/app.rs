@@ -231,7 +231,8 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         cluster,
     };
     let runtime = crate::runtime::Runtime::open(&config.data_dir, config.runtime.clone(), wiring).await?;
-    let hosted = crate::products::Hosted::open(&config, clustered).map_err(Error::Config)?;
+    let shared_db = if clustered { config.backends.database.as_ref().map(|s| s.0.clone()) } else { None };
+    let hosted = crate::products::Hosted::open(&config, shared_db.as_deref()).await.map_err(Error::Config)?;
     // Deleting a namespace deletes its data in each of these.
     auth.hold_namespace_data(crate::namespace_data::NamespaceData {
         store: store.clone(),

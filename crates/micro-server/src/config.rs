@@ -130,6 +130,7 @@ impl Default for Config {
                 path: PathBuf::new(),
                 retention: std::time::Duration::from_secs(86_400),
                 max_subscriptions: 20_000,
+                url: None,
             },
             platform_url: None,
             events_max_age: None,

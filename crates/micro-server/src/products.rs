@@ -29,24 +29,21 @@ pub(crate) struct Hosted {
 
 impl Hosted {
     /// Opens what the selected products keep outside the store. The database keeps its
-    /// records in a file of this node, so nodes sharing a database (a cluster) do not
-    /// host it: each would hold records of its own.
-    pub(crate) fn open(config: &crate::Config, clustered: bool) -> Result<Hosted, String> {
+    /// records in a file of this node, or in PostgreSQL when `MICRO_DB_URL` names one or
+    /// the node shares a database with others (`shared`: the cluster's): nodes sharing
+    /// it then share the records.
+    pub(crate) async fn open(config: &crate::Config, shared: Option<&str>) -> Result<Hosted, String> {
         if !config.services.iter().any(|s| s == micro_db::NAME) {
-            return Ok(Hosted::default());
-        }
-        if clustered {
-            tracing::warn!(
-                "the database product (db) is not hosted on nodes sharing a database: its records are in one node's file"
-            );
             return Ok(Hosted::default());
         }
         let mut settings = config.db.clone();
         if settings.path.as_os_str().is_empty() {
             settings.path = config.data_dir.join("db.sqlite");
         }
-        let db =
-            micro_db::Db::open(&settings).map_err(|e| format!("the database ({}): {e}", settings.path.display()))?;
+        let db = micro_db::Db::connect(&settings, shared).await.map_err(|e| match (&settings.url, shared) {
+            (None, None) => format!("the database ({}): {e}", settings.path.display()),
+            _ => format!("the database (PostgreSQL): {e}"),
+        })?;
         Ok(Hosted { db: Some(db) })
     }
 }

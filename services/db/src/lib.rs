@@ -10,6 +10,8 @@
 //! - [`records`]: records of collections in SQLite, listed by filters, sorted and paged,
 //!   written alone or in atomic batches with expected versions, each write in a change
 //!   log that realtime subscribers read from;
+//! - [`pgsql`] and [`pg`]: the same in PostgreSQL, for nodes sharing a database;
+//! - [`store`]: whichever of the two holds the records;
 //! - [`collections`]: a collection's schema and rules;
 //! - [`service`]: the `db` service's endpoints.
 //!
@@ -30,8 +32,11 @@
 
 pub mod collections;
 pub mod filter;
+pub mod pg;
+pub mod pgsql;
 pub mod records;
 pub mod service;
 pub mod sql;
+pub mod store;
 
 pub use service::{Db, NAME, Settings, service_with};

@@ -21,14 +21,14 @@ pub const MAX_PER_PAGE: u32 = 500;
 /// The most fields a sort names.
 const MAX_SORT: usize = 8;
 /// The longest sort, in bytes.
-const MAX_SORT_LEN: usize = 512;
+pub(crate) const MAX_SORT_LEN: usize = 512;
 /// The most bytes of records one read of the change log returns (at least one change).
-const MAX_CHANGES_BYTES: usize = 4 << 20;
+pub(crate) const MAX_CHANGES_BYTES: usize = 4 << 20;
 /// The most collections a namespace may have.
 pub const MAX_COLLECTIONS: usize = 500;
 /// How long maintenance (saving a collection's spec, deleting one or a namespace,
 /// trimming the change log) may hold the writer.
-const MAINTENANCE_TIME: std::time::Duration = std::time::Duration::from_secs(120);
+pub(crate) const MAINTENANCE_TIME: std::time::Duration = std::time::Duration::from_secs(120);
 /// The most writes of a batch.
 pub const MAX_BATCH: usize = 1000;
 /// The longest one statement may run (a list's filter over big documents): it is
@@ -251,12 +251,12 @@ impl Drop for Held<'_> {
 /// Connections that only read, besides the writer.
 const READERS: usize = 4;
 
-fn now() -> String {
+pub(crate) fn now() -> String {
     let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     format!("{}Z", micro_core::time::utc(ms))
 }
 
-fn check_name(what: &str, name: &str) -> Result<(), DbError> {
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), DbError> {
     if what == "collection" && name.eq_ignore_ascii_case("collections") {
         return Err(DbError::Invalid("collections is the name of the collections' route: choose another".into()));
     }
@@ -271,13 +271,13 @@ fn check_name(what: &str, name: &str) -> Result<(), DbError> {
     }
 }
 
-fn check_id(id: &str) -> Result<(), DbError> {
+pub(crate) fn check_id(id: &str) -> Result<(), DbError> {
     let ok = !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
     if ok { Ok(()) } else { Err(DbError::Invalid(format!("id {id:?}: letters, digits, _ and -, at most 64"))) }
 }
 
 /// A document to store: an object without the record's own fields, within the size.
-fn document(data: Json) -> Result<Map<String, Json>, DbError> {
+pub(crate) fn document(data: Json) -> Result<Map<String, Json>, DbError> {
     let Json::Object(mut m) = data else {
         return Err(DbError::Invalid("a record's data is a JSON object".into()));
     };
@@ -300,26 +300,37 @@ fn to_value(p: &Param) -> Value {
     }
 }
 
-/// `ORDER BY` of a sort: each field a column or a JSON path parameter.
-fn order_by(sort: &str) -> Result<String, DbError> {
-    let mut parts = Vec::new();
+/// The fields of a sort (`-created,title`), in order: each path and whether descending.
+pub(crate) fn sort_fields(sort: &str) -> Result<Vec<(Vec<String>, bool)>, DbError> {
+    if sort.len() > MAX_SORT_LEN {
+        return Err(DbError::Invalid(format!("a sort of at most {MAX_SORT_LEN} characters")));
+    }
+    let mut out = Vec::new();
     for item in sort.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (desc, field) = match item.strip_prefix('-') {
             Some(f) => (true, f),
             None => (false, item.strip_prefix('+').unwrap_or(item)),
         };
-        let path = field_path("sort field", field)?;
-        parts.push(format!("{} {}", sql::field_expr(&path), if desc { "DESC" } else { "ASC" }));
-        if parts.len() > MAX_SORT {
+        out.push((field_path("sort field", field)?, desc));
+        if out.len() > MAX_SORT {
             return Err(DbError::Invalid(format!("sort by at most {MAX_SORT} fields")));
         }
     }
+    Ok(out)
+}
+
+/// `ORDER BY` of a sort: each field a column or a JSON path; ties by id.
+pub(crate) fn order_by(sort: &str) -> Result<String, DbError> {
+    let mut parts: Vec<String> = sort_fields(sort)?
+        .iter()
+        .map(|(path, desc)| format!("{} {}", sql::field_expr(path), if *desc { "DESC" } else { "ASC" }))
+        .collect();
     parts.push("records.id ASC".into());
     Ok(parts.join(", "))
 }
 
 /// A field's path (`a.b.c`), each part a name.
-fn field_path(what: &str, field: &str) -> Result<Vec<String>, DbError> {
+pub(crate) fn field_path(what: &str, field: &str) -> Result<Vec<String>, DbError> {
     let path: Vec<String> = field.split('.').map(str::to_string).collect();
     if path.len() > crate::filter::MAX_PATH {
         return Err(DbError::Invalid(format!("{what} {field:?}: at most {} parts", crate::filter::MAX_PATH)));
@@ -332,7 +343,7 @@ fn field_path(what: &str, field: &str) -> Result<Vec<String>, DbError> {
 
 /// The rows of `collection` in `ns` as SQL text: both written into the query (checked
 /// names only) so that the collection's indexes, partial on them, are used.
-fn scope(ns: &str, collection: &str) -> Result<String, DbError> {
+pub(crate) fn scope(ns: &str, collection: &str) -> Result<String, DbError> {
     check_name("collection", collection)?;
     if ns.is_empty() || ns.len() > 63 || !ns.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return Err(DbError::Invalid(format!("invalid namespace {ns:?}")));
@@ -352,7 +363,7 @@ pub struct IndexSpec {
 
 /// The most indexes of a collection, and fields of one index.
 pub const MAX_INDEXES: usize = 16;
-const MAX_INDEX_FIELDS: usize = 8;
+pub(crate) const MAX_INDEX_FIELDS: usize = 8;
 
 impl IndexSpec {
     /// Its SQLite name: the namespace, the collection and a digest of the definition.
@@ -361,6 +372,21 @@ impl IndexSpec {
         // collections' do not (`Todos` and `todos` are two).
         let definition = format!("{collection}\n{}\n{}", self.fields.join(","), self.unique);
         format!("ix_{ns}_{collection}_{:016x}", fnv(definition.as_bytes()))
+    }
+
+    /// Checks the fields: how many, none twice.
+    pub(crate) fn check(&self) -> Result<(), DbError> {
+        if self.fields.is_empty() || self.fields.len() > MAX_INDEX_FIELDS {
+            return Err(DbError::Invalid(format!("an index of 1 to {MAX_INDEX_FIELDS} fields")));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if !self.fields.iter().all(|f| seen.insert(f)) {
+            return Err(DbError::Invalid(format!("index ({}) names a field twice", self.fields.join(", "))));
+        }
+        for f in &self.fields {
+            field_path("index field", f)?;
+        }
+        Ok(())
     }
 
     fn create_sql(&self, ns: &str, collection: &str) -> Result<String, DbError> {
@@ -384,7 +410,9 @@ fn record(row: &rusqlite::Row<'_>) -> rusqlite::Result<(String, String, String, 
     Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
 }
 
-fn decode((id, created, updated, version, data): (String, String, String, i64, String)) -> Result<Record, DbError> {
+pub(crate) fn decode(
+    (id, created, updated, version, data): (String, String, String, i64, String),
+) -> Result<Record, DbError> {
     let data = match serde_json::from_str(&data) {
         Ok(Json::Object(m)) => m,
         _ => return Err(DbError::Storage(format!("record {id} is not a JSON object"))),
@@ -436,7 +464,7 @@ fn contains_as_like(conn: &rusqlite::Connection) -> Result<(), DbError> {
 }
 
 /// FNV-1a of `bytes`: stable across builds and platforms.
-fn fnv(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in bytes {
         h = (h ^ u64::from(*b)).wrapping_mul(0x100000001b3);
@@ -452,7 +480,7 @@ fn fts_table(ns: &str, collection: &str) -> Result<String, DbError> {
 
 /// The text of `fields` of a document, for its full-text index: strings, numbers and
 /// lists of them.
-fn text_of(data: &Map<String, Json>, fields: &[String]) -> String {
+pub(crate) fn text_of(data: &Map<String, Json>, fields: &[String]) -> String {
     fn add(v: &Json, out: &mut String) {
         match v {
             Json::String(s) => {
@@ -496,7 +524,7 @@ pub enum AggregateOp {
 }
 
 impl AggregateOp {
-    fn sql(self) -> &'static str {
+    pub(crate) fn sql(self) -> &'static str {
         match self {
             AggregateOp::Count => "count",
             AggregateOp::Sum => "sum",
@@ -521,12 +549,12 @@ impl AggregateOp {
 
 const COLUMNS: &str = "records.id, records.created, records.updated, records.version, records.data";
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A record from its API form ([`Record::to_json`]).
-fn from_json(text: &str) -> Result<Record, DbError> {
+pub(crate) fn from_json(text: &str) -> Result<Record, DbError> {
     let bad = || DbError::Storage(format!("a change is unreadable: {text:.80}"));
     let Json::Object(mut m) = serde_json::from_str(text).map_err(|_| bad())? else { return Err(bad()) };
     let mut take = |k: &str| m.remove(k);
@@ -594,7 +622,7 @@ impl Action {
         }
     }
 
-    fn parse(s: &str) -> Option<Action> {
+    pub(crate) fn parse(s: &str) -> Option<Action> {
         match s {
             "create" => Some(Action::Create),
             "update" => Some(Action::Update),
@@ -650,16 +678,16 @@ pub enum Expect {
 }
 
 impl Guard<'_> {
-    fn visible(&self, conn: &rusqlite::Connection, record: &Record) -> Result<(), DbError> {
+    fn visible(&self, tx: &dyn Txn, record: &Record) -> Result<(), DbError> {
         match &self.view {
-            Some(e) if !holds(conn, record, &[e], &self.request)? => Err(DbError::NotFound(record.id.clone())),
+            Some(e) if !tx.holds(record, &[e], &self.request)? => Err(DbError::NotFound(record.id.clone())),
             _ => Ok(()),
         }
     }
 
     fn admit(
         &self,
-        conn: &rusqlite::Connection,
+        tx: &dyn Txn,
         collection: &str,
         action: Action,
         old: Option<&Record>,
@@ -676,7 +704,7 @@ impl Guard<'_> {
         }
         if let Some(rule) = rule {
             for r in [old, new].into_iter().flatten() {
-                if !holds(conn, r, &[rule], &self.request)? {
+                if !tx.holds(r, &[rule], &self.request)? {
                     return Err(DbError::Denied(format!(
                         "the {} rule of {collection} does not allow this {}",
                         action.as_str(),
@@ -686,6 +714,253 @@ impl Guard<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// One transaction of a backend, as a batch writes through it ([`apply`]): whatever the
+/// storage, a batch checks and writes the same way.
+pub(crate) trait Txn {
+    /// When collection `collection` of `ns` last changed (none: there is none).
+    fn spec_updated(&self, ns: &str, collection: &str) -> Result<Option<String>, DbError>;
+    /// Makes the collection with `spec` unless it exists: whether it made it.
+    fn make_collection(&self, ns: &str, collection: &str, spec: &Json, at: &str) -> Result<bool, DbError>;
+    /// The fields its full-text search covers (none: no search).
+    fn search_fields(&self, ns: &str, collection: &str) -> Result<Option<Vec<String>>, DbError>;
+    /// Record `id`.
+    fn read(&self, ns: &str, collection: &str, id: &str) -> Result<Option<Record>, DbError>;
+    /// The version a deleted record `id` had (none: no such deleted record).
+    fn buried(&self, ns: &str, collection: &str, id: &str) -> Result<Option<u64>, DbError>;
+    /// Stores a new record (forgetting its deleted namesake when `buried`).
+    fn insert(&self, ns: &str, collection: &str, record: &Record, buried: bool) -> Result<(), DbError>;
+    /// Stores a record's new version.
+    fn put(&self, ns: &str, collection: &str, record: &Record) -> Result<(), DbError>;
+    /// Deletes a record, remembering its version.
+    fn remove(&self, ns: &str, collection: &str, old: &Record) -> Result<(), DbError>;
+    /// Appends a change to the change log: its `seq`.
+    fn log(&self, ns: &str, collection: &str, action: Action, record: &Record) -> Result<u64, DbError>;
+    /// Puts record `id`'s text (the `fields` of `record`; none: it is gone) in the
+    /// collection's full-text index.
+    fn index_text(
+        &self,
+        ns: &str,
+        collection: &str,
+        fields: &[String],
+        id: &str,
+        record: Option<&Record>,
+    ) -> Result<(), DbError>;
+    /// Whether `record` holds every one of `exprs` for `request`.
+    fn holds(&self, record: &Record, exprs: &[&Expr], request: &sql::Request) -> Result<bool, DbError>;
+}
+
+/// What every batch must be, checked before any storage is touched.
+pub(crate) fn check_batch(collection: &str, writes: &[Write]) -> Result<(), DbError> {
+    check_name("collection", collection)?;
+    if writes.is_empty() {
+        return Err(DbError::Invalid("a batch of no writes".into()));
+    }
+    if writes.len() > MAX_BATCH {
+        return Err(DbError::Invalid(format!("a batch of {} writes; at most {MAX_BATCH}", writes.len())));
+    }
+    Ok(())
+}
+
+/// Writes `writes` through `tx`, each allowed by `guard`: the changes, in order (a
+/// deleted record as it was), each also in the change log. The caller commits.
+pub(crate) fn apply(
+    tx: &dyn Txn,
+    ns: &str,
+    collection: &str,
+    writes: Vec<Write>,
+    guard: &Guard,
+) -> Result<Vec<Change>, DbError> {
+    match &guard.expect {
+        Some(Expect::Updated(when)) => {
+            if tx.spec_updated(ns, collection)?.as_deref() != Some(when.as_str()) {
+                return Err(DbError::Stale);
+            }
+        }
+        Some(Expect::Make(spec)) => {
+            if !tx.make_collection(ns, collection, spec, &now())? {
+                return Err(DbError::Stale);
+            }
+        }
+        None => {}
+    }
+    let search = tx.search_fields(ns, collection)?;
+    let mut out = Vec::with_capacity(writes.len());
+    for w in writes {
+        let at = now();
+        let (action, record) = match w {
+            Write::Create { id, data } => {
+                // A new id sorts by time (UUIDv7, as 32 hex digits).
+                let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+                check_id(&id)?;
+                let data = document(data)?;
+                // A record made again after a delete goes on from the deleted one's
+                // version, so no stale compare-and-set matches it.
+                let buried = tx.buried(ns, collection, &id)?;
+                let version = buried.map_or(1, |v| v + 1);
+                let record = Record { id, created: at.clone(), updated: at.clone(), version, data };
+                // The rule first: whether a hidden record has an id is not told to
+                // whom the rule refuses.
+                guard.admit(tx, collection, Action::Create, None, Some(&record))?;
+                if tx.read(ns, collection, &record.id)?.is_some() {
+                    return Err(DbError::Conflict { id: record.id, expected: 0, actual: 1 });
+                }
+                tx.insert(ns, collection, &record, buried.is_some())?;
+                (Action::Create, record)
+            }
+            Write::Update { id, data, merge, expected } => {
+                check_id(&id)?;
+                let old = tx.read(ns, collection, &id)?.ok_or_else(|| DbError::NotFound(id.clone()))?;
+                // Whom the rules hide a record from, it does not exist for.
+                guard.visible(tx, &old)?;
+                if let Some(e) = expected.filter(|e| *e != old.version) {
+                    return Err(DbError::Conflict { id, expected: e, actual: old.version });
+                }
+                let patch = document(data)?;
+                let data = if merge {
+                    let mut m = old.data.clone();
+                    for (k, v) in patch {
+                        if v.is_null() {
+                            m.remove(&k);
+                        } else {
+                            m.insert(k, v);
+                        }
+                    }
+                    document(Json::Object(m))?
+                } else {
+                    patch
+                };
+                let version = old.version + 1;
+                let record = Record { id, created: old.created.clone(), updated: at.clone(), version, data };
+                guard.admit(tx, collection, Action::Update, Some(&old), Some(&record))?;
+                tx.put(ns, collection, &record)?;
+                (Action::Update, record)
+            }
+            Write::Delete { id, expected } => {
+                check_id(&id)?;
+                let old = tx.read(ns, collection, &id)?.ok_or_else(|| DbError::NotFound(id.clone()))?;
+                guard.visible(tx, &old)?;
+                if let Some(e) = expected.filter(|e| *e != old.version) {
+                    return Err(DbError::Conflict { id, expected: e, actual: old.version });
+                }
+                guard.admit(tx, collection, Action::Delete, Some(&old), None)?;
+                tx.remove(ns, collection, &old)?;
+                (Action::Delete, old)
+            }
+        };
+        let seq = tx.log(ns, collection, action, &record)?;
+        if let Some(fields) = &search {
+            let now = (action != Action::Delete).then_some(&record);
+            tx.index_text(ns, collection, fields, &record.id, now)?;
+        }
+        out.push(Change { seq, action, record });
+    }
+    Ok(out)
+}
+
+/// A transaction of the SQLite records.
+struct Lite<'a>(&'a rusqlite::Connection);
+
+impl Txn for Lite<'_> {
+    fn spec_updated(&self, ns: &str, collection: &str) -> Result<Option<String>, DbError> {
+        Ok(self
+            .0
+            .query_row("SELECT updated FROM collections WHERE namespace = ?1 AND name = ?2", (ns, collection), |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    fn make_collection(&self, ns: &str, collection: &str, spec: &Json, at: &str) -> Result<bool, DbError> {
+        let made = self.0.execute(
+            "INSERT INTO collections (namespace, name, spec, created, updated) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (namespace, name) DO NOTHING",
+            (ns, collection, spec.to_string(), at),
+        )?;
+        Ok(made > 0)
+    }
+
+    fn search_fields(&self, ns: &str, collection: &str) -> Result<Option<Vec<String>>, DbError> {
+        Records::search_fields(self.0, ns, collection)
+    }
+
+    fn read(&self, ns: &str, collection: &str, id: &str) -> Result<Option<Record>, DbError> {
+        Records::read(self.0, ns, collection, id)
+    }
+
+    fn buried(&self, ns: &str, collection: &str, id: &str) -> Result<Option<u64>, DbError> {
+        let v: Option<i64> = self
+            .0
+            .query_row(
+                "SELECT version FROM tombstones WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
+                (ns, collection, id),
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.map(|v| v.max(0) as u64))
+    }
+
+    fn insert(&self, ns: &str, collection: &str, record: &Record, buried: bool) -> Result<(), DbError> {
+        let text = Json::Object(record.data.clone()).to_string();
+        self.0.execute(
+            "INSERT INTO records (namespace, collection, id, data, created, updated, version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            (ns, collection, &record.id, &text, &record.created, &record.updated, record.version as i64),
+        )?;
+        if buried {
+            self.0.execute(
+                "DELETE FROM tombstones WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
+                (ns, collection, &record.id),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn put(&self, ns: &str, collection: &str, record: &Record) -> Result<(), DbError> {
+        let text = Json::Object(record.data.clone()).to_string();
+        self.0.execute(
+            "UPDATE records SET data = ?4, updated = ?5, version = ?6
+             WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
+            (ns, collection, &record.id, &text, &record.updated, record.version as i64),
+        )?;
+        Ok(())
+    }
+
+    fn remove(&self, ns: &str, collection: &str, old: &Record) -> Result<(), DbError> {
+        self.0.execute(
+            "DELETE FROM records WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
+            (ns, collection, &old.id),
+        )?;
+        self.0.execute(
+            "INSERT OR REPLACE INTO tombstones (namespace, collection, id, version, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            (ns, collection, &old.id, old.version as i64, now_ms() as i64),
+        )?;
+        Ok(())
+    }
+
+    fn log(&self, ns: &str, collection: &str, action: Action, record: &Record) -> Result<u64, DbError> {
+        self.0.execute(
+            "INSERT INTO changes (namespace, collection, id, action, record, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            (ns, collection, &record.id, action.as_str(), record.to_json().to_string(), now_ms() as i64),
+        )?;
+        Ok(self.0.last_insert_rowid().max(0) as u64)
+    }
+
+    fn index_text(
+        &self,
+        ns: &str,
+        collection: &str,
+        fields: &[String],
+        id: &str,
+        record: Option<&Record>,
+    ) -> Result<(), DbError> {
+        Records::index_text(self.0, ns, collection, fields, id, record)
+    }
+
+    fn holds(&self, record: &Record, exprs: &[&Expr], request: &sql::Request) -> Result<bool, DbError> {
+        holds(self.0, record, exprs, request)
     }
 }
 
@@ -938,145 +1213,10 @@ impl Records {
     /// changes, in order (a deleted record as it was), each also in the change log that
     /// realtime subscribers read.
     pub fn batch(&self, ns: &str, collection: &str, writes: Vec<Write>, guard: &Guard) -> Result<Vec<Change>, DbError> {
-        check_name("collection", collection)?;
-        if writes.is_empty() {
-            return Err(DbError::Invalid("a batch of no writes".into()));
-        }
-        if writes.len() > MAX_BATCH {
-            return Err(DbError::Invalid(format!("a batch of {} writes; at most {MAX_BATCH}", writes.len())));
-        }
+        check_batch(collection, &writes)?;
         let mut conn = self.write();
         let tx = conn.transaction()?;
-        match &guard.expect {
-            Some(Expect::Updated(when)) => {
-                let now: Option<String> = tx
-                    .query_row(
-                        "SELECT updated FROM collections WHERE namespace = ?1 AND name = ?2",
-                        (ns, collection),
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if now.as_deref() != Some(when.as_str()) {
-                    return Err(DbError::Stale);
-                }
-            }
-            Some(Expect::Make(spec)) => {
-                let made = tx.execute(
-                    "INSERT INTO collections (namespace, name, spec, created, updated) VALUES (?1, ?2, ?3, ?4, ?4)
-                     ON CONFLICT (namespace, name) DO NOTHING",
-                    (ns, collection, spec.to_string(), now()),
-                )?;
-                if made == 0 {
-                    return Err(DbError::Stale);
-                }
-            }
-            None => {}
-        }
-        let search = Self::search_fields(&tx, ns, collection)?;
-        let mut out = Vec::with_capacity(writes.len());
-        for w in writes {
-            let at = now();
-            let (action, record) = match w {
-                Write::Create { id, data } => {
-                    // A new id sorts by time (UUIDv7, as 32 hex digits).
-                    let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
-                    check_id(&id)?;
-                    let data = document(data)?;
-                    // A record made again after a delete goes on from the deleted one's
-                    // version, so no stale compare-and-set matches it.
-                    let buried: Option<i64> = tx
-                        .query_row(
-                            "SELECT version FROM tombstones WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
-                            (ns, collection, &id),
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                    let version = buried.map_or(1, |v| v.max(0) as u64 + 1);
-                    let record = Record { id, created: at.clone(), updated: at.clone(), version, data };
-                    // The rule first: whether a hidden record has an id is not told to
-                    // whom the rule refuses.
-                    guard.admit(&tx, collection, Action::Create, None, Some(&record))?;
-                    if Self::read(&tx, ns, collection, &record.id)?.is_some() {
-                        return Err(DbError::Conflict { id: record.id, expected: 0, actual: 1 });
-                    }
-                    let text = Json::Object(record.data.clone()).to_string();
-                    tx.execute(
-                        "INSERT INTO records (namespace, collection, id, data, created, updated, version)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6)",
-                        (ns, collection, &record.id, &text, &at, version as i64),
-                    )?;
-                    if buried.is_some() {
-                        tx.execute(
-                            "DELETE FROM tombstones WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
-                            (ns, collection, &record.id),
-                        )?;
-                    }
-                    (Action::Create, record)
-                }
-                Write::Update { id, data, merge, expected } => {
-                    check_id(&id)?;
-                    let old = Self::read(&tx, ns, collection, &id)?.ok_or_else(|| DbError::NotFound(id.clone()))?;
-                    // Whom the rules hide a record from, it does not exist for.
-                    guard.visible(&tx, &old)?;
-                    if let Some(e) = expected.filter(|e| *e != old.version) {
-                        return Err(DbError::Conflict { id, expected: e, actual: old.version });
-                    }
-                    let patch = document(data)?;
-                    let data = if merge {
-                        let mut m = old.data.clone();
-                        for (k, v) in patch {
-                            if v.is_null() {
-                                m.remove(&k);
-                            } else {
-                                m.insert(k, v);
-                            }
-                        }
-                        document(Json::Object(m))?
-                    } else {
-                        patch
-                    };
-                    let version = old.version + 1;
-                    let record = Record { id, created: old.created.clone(), updated: at.clone(), version, data };
-                    guard.admit(&tx, collection, Action::Update, Some(&old), Some(&record))?;
-                    let text = Json::Object(record.data.clone()).to_string();
-                    tx.execute(
-                        "UPDATE records SET data = ?4, updated = ?5, version = ?6
-                         WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
-                        (ns, collection, &record.id, &text, &at, version as i64),
-                    )?;
-                    (Action::Update, record)
-                }
-                Write::Delete { id, expected } => {
-                    check_id(&id)?;
-                    let old = Self::read(&tx, ns, collection, &id)?.ok_or_else(|| DbError::NotFound(id.clone()))?;
-                    guard.visible(&tx, &old)?;
-                    if let Some(e) = expected.filter(|e| *e != old.version) {
-                        return Err(DbError::Conflict { id, expected: e, actual: old.version });
-                    }
-                    guard.admit(&tx, collection, Action::Delete, Some(&old), None)?;
-                    tx.execute(
-                        "DELETE FROM records WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
-                        (ns, collection, &id),
-                    )?;
-                    tx.execute(
-                        "INSERT OR REPLACE INTO tombstones (namespace, collection, id, version, at)
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
-                        (ns, collection, &id, old.version as i64, now_ms() as i64),
-                    )?;
-                    (Action::Delete, old)
-                }
-            };
-            tx.execute(
-                "INSERT INTO changes (namespace, collection, id, action, record, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                (ns, collection, &record.id, action.as_str(), record.to_json().to_string(), now_ms() as i64),
-            )?;
-            let seq = tx.last_insert_rowid().max(0) as u64;
-            if let Some(fields) = &search {
-                let now = (action != Action::Delete).then_some(&record);
-                Self::index_text(&tx, ns, collection, fields, &record.id, now)?;
-            }
-            out.push(Change { seq, action, record });
-        }
+        let out = apply(&Lite(&tx), ns, collection, writes, guard)?;
         tx.commit()?;
         Ok(out)
     }
@@ -1143,6 +1283,14 @@ impl Records {
         Ok((newest, oldest.map_or(newest + 1, |o| o.max(0) as u64)))
     }
 
+    /// Where a subscription to `collection` of `ns` starts: the newest change's `seq`,
+    /// the oldest kept (a cursor older than it has lost changes) and the collection's
+    /// floor ([`Records::floor`]).
+    pub fn start(&self, ns: &str, collection: &str) -> Result<(u64, u64, u64), DbError> {
+        let (newest, oldest) = self.change_bounds()?;
+        Ok((newest, oldest, self.floor(ns, collection)?))
+    }
+
     /// Drops changes older than `age`: cursors before them can no longer resume.
     pub fn trim_changes(&self, age: std::time::Duration) -> Result<u64, DbError> {
         let before = now_ms().saturating_sub(age.as_millis() as u64);
@@ -1206,13 +1354,7 @@ impl Records {
         }
         let mut wanted = Vec::new();
         for ix in indexes {
-            if ix.fields.is_empty() || ix.fields.len() > MAX_INDEX_FIELDS {
-                return Err(DbError::Invalid(format!("an index of 1 to {MAX_INDEX_FIELDS} fields")));
-            }
-            let mut seen = std::collections::BTreeSet::new();
-            if !ix.fields.iter().all(|f| seen.insert(f)) {
-                return Err(DbError::Invalid(format!("index ({}) names a field twice", ix.fields.join(", "))));
-            }
+            ix.check()?;
             if wanted.iter().any(|(_, _, other): &(String, String, &IndexSpec)| other.fields == ix.fields) {
                 return Err(DbError::Invalid(format!("two indexes of ({})", ix.fields.join(", "))));
             }
@@ -1647,9 +1789,6 @@ impl Records {
             return Err(DbError::Invalid(format!("at most {MAX_PER_PAGE} records a page")));
         }
         let page = q.page.max(1);
-        if q.sort.len() > MAX_SORT_LEN {
-            return Err(DbError::Invalid(format!("a sort of at most {MAX_SORT_LEN} characters")));
-        }
         order_by(&q.sort)?;
         let mut exprs: Vec<Expr> = rule.into_iter().cloned().collect();
         if !q.filter.trim().is_empty() {

@@ -5,6 +5,7 @@ use crate::collections::{Rule, Spec};
 use crate::filter::Expr;
 use crate::records::{Change, DbError, Expect, Guard, ListQuery, Record, Records, Write};
 use crate::sql::{self, Param};
+use crate::store::Store;
 use micro::{Code, Context, Service, Status};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,10 @@ pub struct Settings {
     /// The most subscriptions a namespace may have open (`MICRO_DB_MAX_SUBSCRIPTIONS`,
     /// default 20000).
     pub max_subscriptions: usize,
+    /// A PostgreSQL database to keep the records in instead (`MICRO_DB_URL`,
+    /// `postgres://…`): nodes sharing it share the records. `micro server` in a cluster
+    /// uses the cluster's database (`MICRO_DATABASE`) unless this names another.
+    pub url: Option<String>,
 }
 
 impl Settings {
@@ -53,13 +58,20 @@ impl Settings {
                 .ok_or_else(|| format!("MICRO_DB_MAX_SUBSCRIPTIONS: {v:?} is not a whole number above 0"))?,
             None => 20_000,
         };
-        Ok(Settings { path, retention, max_subscriptions })
+        let url = get("MICRO_DB_URL").map(|u| u.trim().to_string()).filter(|u| !u.is_empty());
+        if let Some(u) = &url
+            && !micro_postgres::is_url(u)
+        {
+            return Err("MICRO_DB_URL: not a PostgreSQL URL (postgres://user@host:port/database)".into());
+        }
+        Ok(Settings { path, retention, max_subscriptions, url })
     }
 }
 
-/// The database: its records and a signal that fires at every commit.
+/// The database: its records and a signal that fires at every commit (of any node
+/// sharing the records).
 pub struct Db {
-    records: Records,
+    records: Store,
     changed: tokio::sync::watch::Sender<u64>,
     /// Set when the service stops: subscriptions end then.
     closing: tokio::sync::watch::Sender<bool>,
@@ -76,8 +88,30 @@ impl Db {
         if let Some(dir) = settings.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| DbError::Storage(format!("{}: {e}", dir.display())))?;
         }
-        let records = Records::open(&settings.path)?;
-        let (newest, _) = records.change_bounds()?;
+        Self::with(Store::Sqlite(Records::open(&settings.path)?), settings)
+    }
+
+    /// Opens the database `settings` name: in PostgreSQL when they give a URL (or
+    /// `shared`, the node's shared database, is given), else in the SQLite file. Call it
+    /// in the runtime the service will run in.
+    pub async fn connect(settings: &Settings, shared: Option<&str>) -> Result<Arc<Db>, DbError> {
+        let Some(url) = settings.url.as_deref().or(shared) else { return Self::open(settings) };
+        // A pool of its own, each statement stopped after the longest a query may run.
+        let database = micro_postgres::Database::connect_limited(url, crate::records::MAX_QUERY_TIME)
+            .map_err(|e| DbError::Storage(e.detail().to_string()))?;
+        let records = crate::pg::PgRecords::open(database.clone()).await?;
+        let db = Self::with(Store::Postgres(records), settings)?;
+        // Every node's commits wake this node's subscribers.
+        tokio::spawn(listen(Arc::downgrade(&db), database));
+        Ok(db)
+    }
+
+    fn with(records: Store, settings: &Settings) -> Result<Arc<Db>, DbError> {
+        // (The signal's value only grows: subscribers look at the log when it does.)
+        let (newest, _) = match &records {
+            Store::Sqlite(r) => r.change_bounds()?,
+            Store::Postgres(_) => (0, 0),
+        };
         Ok(Arc::new(Db {
             records,
             changed: tokio::sync::watch::channel(newest).0,
@@ -86,6 +120,11 @@ impl Db {
             max_subscriptions: settings.max_subscriptions,
             retention: settings.retention,
         }))
+    }
+
+    /// Whether the records are in a database other nodes share.
+    pub fn shared(&self) -> bool {
+        self.records.shared()
     }
 
     /// Deletes everything of namespace `ns` (it is being deleted).
@@ -108,6 +147,54 @@ impl Db {
                 newer
             });
         }
+    }
+}
+
+/// Listens for the commits of every node sharing the records (their notifications on
+/// [`crate::pg::CHANNEL`]) and wakes the subscribers; connects again when the connection
+/// is lost (waking everyone then, as commits may have been missed). Ends with the
+/// database.
+async fn listen(db: std::sync::Weak<Db>, database: micro_postgres::Database) {
+    use futures::StreamExt;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match database.listen(crate::pg::CHANNEL, "micro-db-listener").await {
+            Ok((_client, mut messages, _)) => {
+                backoff = Duration::from_millis(200);
+                let Some(d) = db.upgrade() else { return };
+                d.changed.send_modify(|n| *n += 1);
+                drop(d);
+                loop {
+                    let message = tokio::select! {
+                        m = messages.next() => m,
+                        // Checks now and then whether the database is still open.
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                            if db.strong_count() == 0 { return }
+                            continue;
+                        }
+                    };
+                    match message {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                            let Some(d) = db.upgrade() else { return };
+                            let seq = n.payload().parse::<u64>().unwrap_or(0);
+                            d.changed.send_modify(|now| *now = (*now).max(seq).max(*now + 1));
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(e)) => {
+                            tracing::warn!(service = NAME, error = %e, "the database's notifications stopped; listening again");
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(service = NAME, error = %e.detail(), "cannot listen for the database's commits"),
+        }
+        if db.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
     }
 }
 
@@ -866,11 +953,7 @@ fn subscription(
         // Refused up front when the caller may see nothing of it.
         delivering(&db, &who, &req.collection, one, &filter).await?;
         let (d, ns, name) = (db.clone(), who.ns.clone(), req.collection.clone());
-        let (newest, oldest, floor) = blocking(move || {
-            let (newest, oldest) = d.records.change_bounds()?;
-            Ok((newest, oldest, d.records.floor(&ns, &name)?))
-        })
-        .await?;
+        let (newest, oldest, floor) = blocking(move || d.records.start(&ns, &name)).await?;
         let gone = |c: u64| Status::new(
             Code::FailedPrecondition,
             NAME,
@@ -1195,21 +1278,17 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
                     ..Default::default()
                 };
                 let (ns, name, request) = (who.ns.clone(), c.name.clone(), who.request);
+                let explained = db.clone();
                 let plan = blocking(move || db.records.explain(&ns, &name, &q, None, &request)).await?;
+                let explained = &explained.records;
                 let indexes = c
                     .spec
                     .index_specs()
                     .into_iter()
-                    .filter(|ix| plan.iter().any(|p| p.contains(&ix.name(&who.ns, &c.name))))
+                    .filter(|ix| plan.iter().any(|p| p.contains(&explained.index_name(ix, &who.ns, &c.name))))
                     .map(|ix| ix.fields)
                     .collect();
-                // A search by the primary key reads the whole collection unless it names
-                // the record's id.
-                let scan = plan.iter().any(|p| {
-                    p.starts_with("SCAN records")
-                        || (p.contains("USING PRIMARY KEY") && !p.contains("id="))
-                        || p.contains("sqlite_autoindex")
-                });
+                let scan = explained.scans(&plan);
                 Ok(ExplainReply { plan, indexes, scan })
             }
         })

@@ -3,14 +3,22 @@
 //! events, the CLI, namespaces that never see each other's records, and writes that
 //! survive a SIGKILL.
 
-use micro_test::process::ServerProcess;
 use micro_test::sse::Events;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-fn micro() -> std::path::PathBuf {
-    micro_test::process::binary(micro_test::sibling_binary("micro"))
-}
+#[macro_use]
+mod common;
+
+use common::Backend;
+
+on_both_backends!(
+    collections_records_rules_and_batches_over_http,
+    indexes_plans_and_aggregates,
+    search_and_expanded_relations_follow_the_rules,
+    realtime_delivers_what_the_rules_let_each_subscriber_see,
+    the_cli_and_crashes_and_deleted_namespaces
+);
 
 /// `method path` at the gateway `api` as `token` in namespace `ns`: (status, JSON body).
 async fn call(api: &str, method: &str, path: &str, token: Option<&str>, ns: &str, body: Option<Value>) -> (u16, Value) {
@@ -46,9 +54,11 @@ fn todos_spec() -> Value {
     })
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn collections_records_rules_and_batches_over_http() {
-    let s = ServerProcess::start(&micro(), &[]);
+async fn collections_records_rules_and_batches_over_http(backend: Backend) {
+    let Some((s, _schema)) = common::server(backend, "collections_records_rules_and_batches_over_http", &[]).await
+    else {
+        return;
+    };
     let api = s.api.clone();
     let ann = s.account("shop", "ann", "user", &["admin"]).await;
     let sam = s.account("shop", "sam", "user", &[]).await;
@@ -232,9 +242,8 @@ async fn collections_records_rules_and_batches_over_http() {
     let _ = s.stop();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn indexes_plans_and_aggregates() {
-    let s = ServerProcess::start(&micro(), &[]);
+async fn indexes_plans_and_aggregates(backend: Backend) {
+    let Some((s, _schema)) = common::server(backend, "indexes_plans_and_aggregates", &[]).await else { return };
     let api = s.api.clone();
     let ann = s.account("shop", "ann", "user", &["admin"]).await;
     let sam = s.account("shop", "sam", "user", &[]).await;
@@ -320,9 +329,11 @@ async fn indexes_plans_and_aggregates() {
     let _ = s.stop();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn search_and_expanded_relations_follow_the_rules() {
-    let s = ServerProcess::start(&micro(), &[]);
+async fn search_and_expanded_relations_follow_the_rules(backend: Backend) {
+    let Some((s, _schema)) = common::server(backend, "search_and_expanded_relations_follow_the_rules", &[]).await
+    else {
+        return;
+    };
     let api = s.api.clone();
     let ann = s.account("shop", "ann", "user", &["admin"]).await;
     let sam = s.account("shop", "sam", "user", &[]).await;
@@ -390,9 +401,12 @@ async fn search_and_expanded_relations_follow_the_rules() {
     let _ = s.stop();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn realtime_delivers_what_the_rules_let_each_subscriber_see() {
-    let s = ServerProcess::start(&micro(), &[]);
+async fn realtime_delivers_what_the_rules_let_each_subscriber_see(backend: Backend) {
+    let Some((s, _schema)) =
+        common::server(backend, "realtime_delivers_what_the_rules_let_each_subscriber_see", &[]).await
+    else {
+        return;
+    };
     let api = s.api.clone();
     let ann = s.account("shop", "ann", "user", &["admin"]).await;
     let sam = s.account("shop", "sam", "user", &[]).await;
@@ -465,9 +479,10 @@ async fn realtime_delivers_what_the_rules_let_each_subscriber_see() {
     let _ = s.stop();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_cli_and_crashes_and_deleted_namespaces() {
-    let s = ServerProcess::start(&micro(), &[]);
+async fn the_cli_and_crashes_and_deleted_namespaces(backend: Backend) {
+    let Some((s, _schema)) = common::server(backend, "the_cli_and_crashes_and_deleted_namespaces", &[]).await else {
+        return;
+    };
     let api = s.api.clone();
     s.admin_cli().await.ok(&["namespace", "create", "shop"]).await;
     let admin = s.admin_token().await;

@@ -6,14 +6,16 @@
 
 use futures::StreamExt;
 use micro_test::call_json as call;
-use micro_test::process::ServerProcess;
 use micro_test::sse::Events;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-fn micro() -> std::path::PathBuf {
-    micro_test::process::binary(micro_test::sibling_binary("micro"))
-}
+#[macro_use]
+mod common;
+
+use common::Backend;
+
+on_both_backends!(every_caller_gets_what_each_rule_says_and_nothing_more, realtime_over_websocket_and_a_grpc_stream);
 
 /// A kind of rule, as a collection's rules for every operation.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -60,9 +62,12 @@ impl Caller {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_caller_gets_what_each_rule_says_and_nothing_more() {
-    let s = ServerProcess::start(&micro(), &[]);
+async fn every_caller_gets_what_each_rule_says_and_nothing_more(backend: Backend) {
+    let Some((s, _schema)) =
+        common::server(backend, "every_caller_gets_what_each_rule_says_and_nothing_more", &[]).await
+    else {
+        return;
+    };
     let api = s.api.clone();
     let ann = s.account("shop", "ann", "user", &["admin"]).await;
     let callers = [
@@ -186,11 +191,12 @@ async fn every_caller_gets_what_each_rule_says_and_nothing_more() {
     let _ = s.stop();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn realtime_over_websocket_and_a_grpc_stream() {
+async fn realtime_over_websocket_and_a_grpc_stream(backend: Backend) {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-    let s = ServerProcess::start(&micro(), &[]);
+    let Some((s, _schema)) = common::server(backend, "realtime_over_websocket_and_a_grpc_stream", &[]).await else {
+        return;
+    };
     let api = s.api.clone();
     let ann = s.account("shop", "ann", "user", &["admin"]).await;
     let spec = json!({"name": "feed", "rules": {"list": "", "view": ""}});
