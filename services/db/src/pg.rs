@@ -115,6 +115,9 @@ fn status(e: micro_core::Status) -> DbError {
 
 type Row5 = (String, String, String, i64, String);
 
+/// A list's `WHERE` clause, its parameters, the page size and the page.
+type Where = (String, Vec<Option<String>>, u32, u32);
+
 fn row5(r: &tokio_postgres::Row) -> Row5 {
     (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4))
 }
@@ -835,7 +838,7 @@ impl PgRecords {
         q: &ListQuery,
         rule: Option<&Expr>,
         request: &sql::Request,
-    ) -> Result<(String, Vec<Option<String>>, u32, u32), DbError> {
+    ) -> Result<Where, DbError> {
         let scope = records::scope(ns, collection)?;
         let per_page = if q.per_page == 0 { 30 } else { q.per_page };
         if per_page > MAX_PER_PAGE {

@@ -773,18 +773,13 @@ pub(crate) fn apply(
     writes: Vec<Write>,
     guard: &Guard,
 ) -> Result<Vec<Change>, DbError> {
-    match &guard.expect {
-        Some(Expect::Updated(when)) => {
-            if tx.spec_updated(ns, collection)?.as_deref() != Some(when.as_str()) {
-                return Err(DbError::Stale);
-            }
-        }
-        Some(Expect::Make(spec)) => {
-            if !tx.make_collection(ns, collection, spec, &now())? {
-                return Err(DbError::Stale);
-            }
-        }
-        None => {}
+    let fresh = match &guard.expect {
+        Some(Expect::Updated(when)) => tx.spec_updated(ns, collection)?.as_deref() == Some(when.as_str()),
+        Some(Expect::Make(spec)) => tx.make_collection(ns, collection, spec, &now())?,
+        None => true,
+    };
+    if !fresh {
+        return Err(DbError::Stale);
     }
     let search = tx.search_fields(ns, collection)?;
     let mut out = Vec::with_capacity(writes.len());

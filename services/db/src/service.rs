@@ -30,7 +30,7 @@ pub struct Settings {
     pub max_subscriptions: usize,
     /// A PostgreSQL database to keep the records in instead (`MICRO_DB_URL`,
     /// `postgres://…`): nodes sharing it share the records. `micro server` in a cluster
-    /// uses the cluster's database (`MICRO_DATABASE`) unless this names another.
+    /// uses the cluster's database (its PostgreSQL in `MICRO_BACKEND`) unless this names another.
     pub url: Option<String>,
 }
 

@@ -3,6 +3,8 @@
 //! delivery, expansion from another collection) × every kind of rule (locked, anyone,
 //! the owner's only), through the real server; and realtime over each transport
 //! (server-sent events, WebSocket, a gRPC server stream).
+// The tests are `async fn(Backend)`s that `on_both_backends!` makes into two tests each.
+#![allow(clippy::unwrap_used)]
 
 use futures::StreamExt;
 use micro_test::call_json as call;
