@@ -131,6 +131,7 @@ impl Default for Config {
                 retention: std::time::Duration::from_secs(86_400),
                 max_subscriptions: 20_000,
                 url: None,
+                scan_limit: micro_db::service::DEFAULT_SCAN_LIMIT,
             },
             platform_url: None,
             events_max_age: None,

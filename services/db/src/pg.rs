@@ -642,6 +642,15 @@ impl PgRecords {
         Ok(row.map_or(0, |r| r.get::<_, i64>(0)).max(0) as u64)
     }
 
+    /// How many records `collection` of `ns` has, counting no further than `most`.
+    pub fn count_upto(&self, ns: &str, collection: &str, most: u64) -> Result<u64, DbError> {
+        let row = self.one(
+            "SELECT count(*) FROM (SELECT 1 FROM db_records WHERE namespace = $1 AND collection = $2 LIMIT $3) AS n",
+            &[&ns, &collection, &(most.min(i64::MAX as u64) as i64)],
+        )?;
+        Ok(row.map_or(0, |r| r.get::<_, i64>(0)).max(0) as u64)
+    }
+
     /// Drops changes older than `age`.
     pub fn trim_changes(&self, age: std::time::Duration) -> Result<u64, DbError> {
         let before = records::now_ms().saturating_sub(age.as_millis() as u64) as i64;
@@ -906,6 +915,28 @@ impl PgRecords {
             format!("EXPLAIN SELECT {COLUMNS} FROM db_records AS records WHERE {where_} ORDER BY {order} LIMIT 30");
         let rows = self.query(&sql, &refs(&params))?;
         Ok(rows.iter().map(|r| r.get::<_, String>(0).trim().to_string()).collect())
+    }
+
+    /// The plan PostgreSQL would choose for a list were the collection big: reading the
+    /// table whole is priced out (`enable_seqscan` off), so the plan reads the whole
+    /// collection only when no index can serve.
+    pub fn explain_big(
+        &self,
+        ns: &str,
+        collection: &str,
+        q: &ListQuery,
+        rule: Option<&Expr>,
+        request: &sql::Request,
+    ) -> Result<Vec<String>, DbError> {
+        let (where_, params, _, _) = Self::query_of(ns, collection, q, rule, request)?;
+        let order = order_by(&q.sort)?;
+        let sql =
+            format!("EXPLAIN SELECT {COLUMNS} FROM db_records AS records WHERE {where_} ORDER BY {order} LIMIT 30");
+        self.transact(None, |tx| {
+            tx.exec("SET LOCAL enable_seqscan = off", &[])?;
+            let rows = tx.query(&sql, &refs(&params))?;
+            Ok(rows.iter().map(|r| r.get::<_, String>(0).trim().to_string()).collect())
+        })
     }
 
     /// The records whose searched fields hold the words of `text` (see

@@ -1286,6 +1286,16 @@ impl Records {
         Ok((newest, oldest, self.floor(ns, collection)?))
     }
 
+    /// How many records `collection` of `ns` has, counting no further than `most`.
+    pub fn count_upto(&self, ns: &str, collection: &str, most: u64) -> Result<u64, DbError> {
+        let n: i64 = self.reader().query_row(
+            "SELECT count(*) FROM (SELECT 1 FROM records WHERE namespace = ?1 AND collection = ?2 LIMIT ?3)",
+            (ns, collection, most.min(i64::MAX as u64) as i64),
+            |r| r.get(0),
+        )?;
+        Ok(n.max(0) as u64)
+    }
+
     /// Drops changes older than `age`: cursors before them can no longer resume.
     pub fn trim_changes(&self, age: std::time::Duration) -> Result<u64, DbError> {
         let before = now_ms().saturating_sub(age.as_millis() as u64);

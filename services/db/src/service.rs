@@ -17,6 +17,9 @@ use std::time::Duration;
 /// The service's name.
 pub const NAME: &str = "db";
 
+/// The most records an unindexed list may read ([`Settings::scan_limit`]).
+pub const DEFAULT_SCAN_LIMIT: u64 = 100_000;
+
 /// How the database is kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -32,6 +35,10 @@ pub struct Settings {
     /// `postgres://…`): nodes sharing it share the records. `micro server` in a cluster
     /// uses the cluster's database (its PostgreSQL in `MICRO_BACKEND`) unless this names another.
     pub url: Option<String>,
+    /// The most records a list or an aggregate may read when no index serves its filter,
+    /// rule or sort (`MICRO_DB_SCAN_LIMIT`, default 100000; 0: no limit): past it, the
+    /// call is refused with a hint to add an index.
+    pub scan_limit: u64,
 }
 
 impl Settings {
@@ -64,7 +71,14 @@ impl Settings {
         {
             return Err("MICRO_DB_URL: not a PostgreSQL URL (postgres://user@host:port/database)".into());
         }
-        Ok(Settings { path, retention, max_subscriptions, url })
+        let scan_limit = match get("MICRO_DB_SCAN_LIMIT").filter(|v| !v.trim().is_empty()) {
+            Some(v) => v
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| format!("MICRO_DB_SCAN_LIMIT: {v:?} is not a whole number (0: no limit)"))?,
+            None => DEFAULT_SCAN_LIMIT,
+        };
+        Ok(Settings { path, retention, max_subscriptions, url, scan_limit })
     }
 }
 
@@ -80,6 +94,7 @@ pub struct Db {
     /// The most a namespace may have open.
     max_subscriptions: usize,
     retention: Duration,
+    scan_limit: u64,
 }
 
 impl Db {
@@ -119,6 +134,7 @@ impl Db {
             subscriptions: Default::default(),
             max_subscriptions: settings.max_subscriptions,
             retention: settings.retention,
+            scan_limit: settings.scan_limit,
         }))
     }
 
@@ -1212,7 +1228,11 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
                 };
                 let paths = expand_paths(&req.expand)?;
                 let (d, ns, name, request) = (db.clone(), who.ns.clone(), c.name.clone(), who.request.clone());
-                let page = blocking(move || d.records.list_as(&ns, &name, &q, rule.as_ref(), &request)).await?;
+                let page = blocking(move || {
+                    d.records.refuse_scan(&ns, &name, &q, rule.as_ref(), &request, d.scan_limit)?;
+                    d.records.list_as(&ns, &name, &q, rule.as_ref(), &request)
+                })
+                .await?;
                 let mut items: Vec<Json> = page.items.iter().map(|r| shown(r, &req.fields)).collect();
                 expand(&db, &who, &c.spec, &mut items, &paths, 0, &Default::default()).await?;
                 Ok(ListReply { items, page: page.page, per_page: page.per_page, total: page.total })
@@ -1342,6 +1362,9 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
                 let (ns, name, request, group) = (who.ns, c.name, who.request, req.group_by.clone());
                 let limit = req.limit.unwrap_or(100);
                 let rows = blocking(move || {
+                    // Grouping reads every record unless an index serves the filter.
+                    let whole = ListQuery { sort: group.join(","), ..q.clone() };
+                    db.records.refuse_scan(&ns, &name, &whole, rule.as_ref(), &request, db.scan_limit)?;
                     db.records.aggregate(&ns, &name, &q, rule.as_ref(), &request, &group, &ops, limit)
                 })
                 .await?;

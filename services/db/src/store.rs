@@ -171,6 +171,41 @@ impl Store {
         }
     }
 
+    /// Refuses a list (or an aggregate) that would read more than `limit` records of
+    /// `collection` because no index serves its filter, rule or sort (0: no limit). A
+    /// list of everything in id order (an export) is never refused.
+    pub fn refuse_scan(
+        &self,
+        ns: &str,
+        collection: &str,
+        q: &ListQuery,
+        rule: Option<&Expr>,
+        request: &Request,
+        limit: u64,
+    ) -> Result<(), DbError> {
+        let by_id =
+            q.sort.split(',').map(|s| s.trim().trim_start_matches(['-', '+'])).all(|s| s.is_empty() || s == "id");
+        if limit == 0 || (q.filter.trim().is_empty() && rule.is_none() && by_id) {
+            return Ok(());
+        }
+        let plan = match self {
+            Store::Sqlite(r) => r.explain(ns, collection, q, rule, request)?,
+            // PostgreSQL reads a small table whole even when an index would serve.
+            Store::Postgres(r) => r.explain_big(ns, collection, q, rule, request)?,
+        };
+        if !self.scans(&plan) {
+            return Ok(());
+        }
+        let n = either!(self, r => r.count_upto(ns, collection, limit + 1))?;
+        if n > limit {
+            return Err(DbError::Invalid(format!(
+                "this would read all of {collection}'s more than {limit} records: no index serves its filter, rule or \
+                 sort. Add an index on the fields it filters or sorts by (see its explain), or narrow it"
+            )));
+        }
+        Ok(())
+    }
+
     /// See [`Records::search`].
     // The collection, the caller and what is asked: each a different thing.
     #[allow(clippy::too_many_arguments)]

@@ -16,6 +16,7 @@ use common::Backend;
 
 on_both_backends!(
     filters_and_sorts_mean_the_same_on_every_backend,
+    unindexed_reads_past_the_limit_are_refused,
     collections_records_rules_and_batches_over_http,
     indexes_plans_and_aggregates,
     search_and_expanded_relations_follow_the_rules,
@@ -143,6 +144,51 @@ async fn filters_and_sorts_mean_the_same_on_every_backend(backend: Backend) {
     }
     let (_, v) = call(&api, "GET", "/db/v1/docs/records?total=true", None, "shop", None).await;
     assert_eq!(v["total"], 4, "all there after the injection attempts: {v}");
+    let _ = s.stop();
+}
+
+/// A list or aggregate that would read more records than `MICRO_DB_SCAN_LIMIT` with no
+/// index to narrow it is refused with a hint; an index, a small collection or a plain
+/// export in id order is not.
+async fn unindexed_reads_past_the_limit_are_refused(backend: Backend) {
+    let env = [("MICRO_DB_SCAN_LIMIT", "50")];
+    let Some((s, _schema)) = common::server(backend, "unindexed_reads_past_the_limit", &env).await else { return };
+    let api = s.api.clone();
+    let ann = s.account("shop", "ann", "user", &["admin"]).await;
+    let spec = json!({"name": "big", "rules": {"list": "owner = @request.auth.id"}});
+    call(&api, "POST", "/db/v1/collections", Some(&ann), "shop", Some(spec.clone())).await;
+    let small = json!({"name": "small", "rules": {"list": "owner = @request.auth.id"}});
+    call(&api, "POST", "/db/v1/collections", Some(&ann), "shop", Some(small)).await;
+    let writes: Vec<Value> =
+        (0..80).map(|i| json!({"action": "create", "data": {"owner": format!("u{}", i % 4), "n": i}})).collect();
+    let (st, v) = call(&api, "POST", "/db/v1/big/batch", Some(&ann), "shop", Some(json!({"writes": writes}))).await;
+    assert_eq!(st, 200, "{v}");
+    let few: Vec<Value> = (0..10).map(|i| json!({"action": "create", "data": {"owner": "u1", "n": i}})).collect();
+    call(&api, "POST", "/db/v1/small/batch", Some(&ann), "shop", Some(json!({"writes": few}))).await;
+
+    let filtered = format!("/db/v1/big/records?filter={}", q("n > 70"));
+    let (st, v) = call(&api, "GET", &filtered, Some(&ann), "shop", None).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("more than 50 records: no index serves"), "{v}");
+    let (st, _) = call(&api, "GET", "/db/v1/big/records?sort=-n", Some(&ann), "shop", None).await;
+    assert_eq!(st, 400, "an unindexed sort reads everything too");
+    let group = json!({"group_by": ["owner"], "aggregates": [{"op": "count"}]});
+    let (st, _) = call(&api, "POST", "/db/v1/big/aggregate", Some(&ann), "shop", Some(group.clone())).await;
+    assert_eq!(st, 400, "so does grouping");
+    // An export (everything, in id order) and a small collection are fine.
+    let (st, v) = call(&api, "GET", "/db/v1/big/records?per_page=100", Some(&ann), "shop", None).await;
+    assert_eq!((st, v["items"].as_array().map(Vec::len)), (200, Some(80)), "{v}");
+    let (st, _) = call(&api, "GET", &filtered.replace("/big/", "/small/"), Some(&ann), "shop", None).await;
+    assert_eq!(st, 200);
+    // With indexes the same calls are served.
+    let mut indexed = spec.clone();
+    indexed["indexes"] = json!([{"fields": ["n"]}, {"fields": ["owner", "n"]}]);
+    let (st, v) = call(&api, "POST", "/db/v1/collections", Some(&ann), "shop", Some(indexed)).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = call(&api, "GET", &format!("{filtered}&sort=n"), Some(&ann), "shop", None).await;
+    assert_eq!((st, v["items"].as_array().map(Vec::len)), (200, Some(9)), "{v}");
+    let (st, v) = call(&api, "POST", "/db/v1/big/aggregate", Some(&ann), "shop", Some(group)).await;
+    assert_eq!((st, v["rows"].as_array().map(Vec::len)), (200, Some(4)), "{v}");
     let _ = s.stop();
 }
 
