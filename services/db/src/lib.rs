@@ -12,6 +12,7 @@
 //!   log that realtime subscribers read from;
 //! - [`pgsql`] and [`pg`]: the same in PostgreSQL, for nodes sharing a database;
 //! - [`store`]: whichever of the two holds the records;
+//! - [`tail`]: the recent changes of a collection, read once for all its subscribers;
 //! - [`collections`]: a collection's schema and rules;
 //! - [`service`]: the `db` service's endpoints.
 //!
@@ -38,5 +39,6 @@ pub mod records;
 pub mod service;
 pub mod sql;
 pub mod store;
+pub mod tail;
 
 pub use service::{Db, NAME, Settings, service_with};

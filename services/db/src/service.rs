@@ -85,7 +85,9 @@ impl Settings {
 /// The database: its records and a signal that fires at every commit (of any node
 /// sharing the records).
 pub struct Db {
-    records: Store,
+    records: Arc<Store>,
+    /// The recent changes of collections with subscribers.
+    tails: crate::tail::Tails,
     changed: tokio::sync::watch::Sender<u64>,
     /// Set when the service stops: subscriptions end then.
     closing: tokio::sync::watch::Sender<bool>,
@@ -128,7 +130,8 @@ impl Db {
             Store::Postgres(_) => (0, 0),
         };
         Ok(Arc::new(Db {
-            records,
+            records: Arc::new(records),
+            tails: Default::default(),
             changed: tokio::sync::watch::channel(newest).0,
             closing: tokio::sync::watch::channel(false).0,
             subscriptions: Default::default(),
@@ -945,6 +948,29 @@ async fn delivering(
     Ok(exprs)
 }
 
+/// [`delivering`] under a spec already read (`spec` and when it changed; none: no such
+/// collection).
+fn delivering_under(
+    who: &Who,
+    name: &str,
+    spec: Option<(Json, String)>,
+    one: bool,
+    filter: &Option<Expr>,
+) -> Result<Vec<Expr>, Status> {
+    let Some((spec, updated)) = spec else {
+        return Err(Status::not_found(NAME, format!("no collection {name}")));
+    };
+    let spec: Spec = serde_json::from_value(spec)
+        .map_err(|e| Status::internal(NAME, format!("collection {name} is unreadable: {e}")))?;
+    let c = Collection { name: name.to_string(), spec, updated: Some(updated) };
+    let mut exprs: Vec<Expr> = c.rule(who, Op::View)?.into_iter().collect();
+    if !one {
+        exprs.extend(c.rule(who, Op::List)?);
+    }
+    exprs.extend(filter.clone());
+    Ok(exprs)
+}
+
 /// The changes of a subscription, each checked as it is delivered against the
 /// subscriber's rules and filter as they are then. It ends when the subscriber's token
 /// expires (subscribe again with a fresh one, from the last cursor), when the collection
@@ -984,6 +1010,8 @@ fn subscription(
         yield ChangeEvent { action: "subscribed".into(), cursor, record: None };
         let mut changed = db.changed.subscribe();
         let mut closing = db.closing.subscribe();
+        // The collection's recent changes, read once for all its subscribers.
+        let tail = db.tails.of(&who.ns, &req.collection, newest);
         let mut idle = 0u32;
         loop {
             if *closing.borrow_and_update() {
@@ -994,14 +1022,23 @@ fn subscription(
             if expires.is_some_and(|at| at <= now_secs()) {
                 break;
             }
-            let (d, ns, name, id) = (db.clone(), who.ns.clone(), req.collection.clone(), req.id.clone());
-            let (changes, floor) = blocking(move || {
-                Ok((d.records.changes(&ns, &name, id.as_deref(), cursor, 500)?, d.records.floor(&ns, &name)?))
-            })
-            .await?;
-            if cursor < floor {
+            let signal = *changed.borrow_and_update();
+            let view = tail.after(&db.records, cursor, req.id.as_deref(), signal).await.map_err(status)?;
+            if cursor < view.floor {
                 Err(gone(cursor))?;
             }
+            let changes: Vec<Arc<Change>> = match view.changes {
+                Some(c) => c,
+                // Behind what the tail holds: caught up from the log.
+                None => {
+                    let (d, ns, name, id) = (db.clone(), who.ns.clone(), req.collection.clone(), req.id.clone());
+                    blocking(move || d.records.changes(&ns, &name, id.as_deref(), cursor, 500))
+                        .await?
+                        .into_iter()
+                        .map(Arc::new)
+                        .collect()
+                }
+            };
             if changes.is_empty() {
                 // Woken by a commit here; another node's commits are found within a
                 // second. The collection and its rules are looked at again every few
@@ -1013,45 +1050,29 @@ fn subscription(
                 };
                 idle += u32::from(ticked);
                 if ticked && idle.is_multiple_of(5) {
-                    delivering(&db, &who, &req.collection, one, &filter).await?;
+                    delivering_under(&who, &req.collection, view.spec, one, &filter)?;
                 }
                 continue;
             }
-            // The rules as they are now (read at the first change to deliver): a rule
-            // changed since the subscription began holds for what is delivered next.
-            let mut rules: Option<Vec<Expr>> = None;
-            for ch in changes {
-                cursor = ch.seq;
-                if ch.action == crate::records::Action::Reset {
-                    // The collection is gone (perhaps with its namespace): so is what the
-                    // subscriber holds, and the subscription ends.
-                    yield ChangeEvent { action: "reset".into(), cursor, record: None };
-                    return;
-                }
-                let exprs = match &rules {
-                    Some(r) => r.clone(),
-                    None => {
-                        let r = delivering(&db, &who, &req.collection, one, &filter).await?;
-                        rules = Some(r.clone());
-                        r
+            // The rules as they are now (as of the tail's last read): a rule changed since
+            // the subscription began holds for what is delivered next.
+            let reset = changes.iter().position(|c| c.action == crate::records::Action::Reset);
+            let before = &changes[..reset.unwrap_or(changes.len())];
+            if !before.is_empty() {
+                let exprs = delivering_under(&who, &req.collection, view.spec, one, &filter)?;
+                let verdicts = tail.verdicts(&db.records, &exprs, &who.request, before).await;
+                for (ch, visible) in before.iter().zip(verdicts) {
+                    cursor = ch.seq;
+                    if visible {
+                        yield ChangeEvent { action: ch.action.as_str().into(), cursor, record: Some(ch.record.to_json()) };
                     }
-                };
-                let d = db.clone();
-                let (record, exprs2, request) = (ch.record.clone(), exprs, who.request.clone());
-                // A change the rules cannot be tested on in time is not delivered (and
-                // does not end the subscription).
-                let visible = blocking(move || {
-                    let refs: Vec<&Expr> = exprs2.iter().collect();
-                    d.records.matches(&record, &refs, &request)
-                })
-                .await
-                .unwrap_or_else(|e| {
-                    tracing::warn!(service = NAME, error = %e, "a change was not delivered: its rules could not be tested");
-                    false
-                });
-                if visible {
-                    yield ChangeEvent { action: ch.action.as_str().into(), cursor, record: Some(ch.record.to_json()) };
                 }
+            }
+            if let Some(i) = reset {
+                // The collection is gone (perhaps with its namespace): so is what the
+                // subscriber holds, and the subscription ends.
+                yield ChangeEvent { action: "reset".into(), cursor: changes[i].seq, record: None };
+                return;
             }
         }
     }
