@@ -51,6 +51,8 @@ async fn bind(address: &str) -> Result<TcpListener, Error> {
 /// Starts the server: binds its listeners, registers the core services and serves
 /// until [`Running::stop`].
 pub async fn start(mut config: Config) -> Result<Running, Error> {
+    // As many connections (live subscribers among them) as the system allows.
+    micro::server::raise_descriptor_limit();
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|source| Error::DataDir { path: config.data_dir.display().to_string(), source })?;
     // The data dir is private to its owner, new or not: it holds hashes, keys and

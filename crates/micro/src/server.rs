@@ -43,12 +43,31 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// arrive, before the connection is closed (idle clients cannot hold descriptors forever).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The most connections one listener holds at once: 4096, or a quarter of the process's
-/// descriptor limit when that is lower (a server has several listeners and backends);
-/// connections over it are closed at once.
+/// The most connections one listener holds at once: `MICRO_MAX_CONNECTIONS` when set
+/// (at most the process's descriptor limit less 256 kept for everything else), else 4096
+/// or a quarter of the descriptor limit when that is lower (a server has several
+/// listeners and backends); connections over it are closed at once.
 pub fn max_connections() -> usize {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile).current.unwrap_or(u64::MAX);
-    (soft.saturating_sub(64) / 4).clamp(16, 4096) as usize
+    let asked = std::env::var("MICRO_MAX_CONNECTIONS").ok().and_then(|v| v.trim().parse::<u64>().ok());
+    match asked {
+        Some(n) => n.clamp(16, soft.saturating_sub(256).max(16)) as usize,
+        None => (soft.saturating_sub(64) / 4).clamp(16, 4096) as usize,
+    }
+}
+
+/// Raises the process's soft limit of open descriptors to its hard limit (as Go's runtime
+/// does for its programs), so that as many connections fit as the system allows. A server
+/// calls it once as it starts.
+pub fn raise_descriptor_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(error = %e, "the descriptor limit stays as it was");
+        }
+    }
 }
 
 /// Serves `svc` on `listener` until `shutdown` resolves, then stops accepting and waits

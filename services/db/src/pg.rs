@@ -105,7 +105,11 @@ fn pg(e: tokio_postgres::Error) -> DbError {
             "the query ran longer than {} s: narrow the filter (an indexed field, fewer contains tests)",
             records::MAX_QUERY_TIME.as_secs()
         )),
-        _ => DbError::Storage(micro_postgres::db_error("db", e).detail().to_string()),
+        // (The database's own words, for the log: the service does not show them.)
+        _ => match e.as_db_error() {
+            Some(d) => DbError::Storage(format!("PostgreSQL {}: {}", d.code().code(), d.message())),
+            None => DbError::Storage(micro_postgres::db_error("db", e).detail().to_string()),
+        },
     }
 }
 

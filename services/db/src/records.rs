@@ -594,7 +594,9 @@ fn holds(
         n + 5,
         c.sql
     );
-    let found: Option<i64> = conn.query_row(&q, params_from_iter(params.iter()), |r| r.get(0)).optional()?;
+    // (The text depends on the rules' shape only: the statement is kept between calls.)
+    let found: Option<i64> =
+        conn.prepare_cached(&q)?.query_row(params_from_iter(params.iter()), |r| r.get(0)).optional()?;
     Ok(found.is_some())
 }
 

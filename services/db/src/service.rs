@@ -232,9 +232,10 @@ fn status(e: DbError) -> Status {
         DbError::Conflict { .. } | DbError::Stale => Status::new(Code::Aborted, NAME, e.to_string()),
         DbError::Taken(_) => Status::new(Code::AlreadyExists, NAME, e.to_string()),
         DbError::Denied(_) => Status::new(Code::PermissionDenied, NAME, e.to_string()),
+        // Its words may quote a record (a value a cast refused): they go to the log only.
         DbError::Storage(_) => {
             tracing::error!(service = NAME, error = %e, "database failure");
-            Status::internal(NAME, e.to_string())
+            Status::internal(NAME, "the database failed: the server's log says why")
         }
     }
 }
