@@ -71,10 +71,10 @@ fn operand(rng: &mut Rng) -> String {
 }
 
 fn comparison(rng: &mut Rng) -> String {
-    let any = rng.next() % 5 == 0;
+    let any = rng.next().is_multiple_of(5);
     let left = if any { rng.pick(&["tags", "a", "b"]).to_string() } else { operand(rng) };
     let op = rng.pick(&OPS);
-    let right = if rng.next() % 4 == 0 { operand(rng) } else { rng.pick(&LITERALS).to_string() };
+    let right = if rng.next().is_multiple_of(4) { operand(rng) } else { rng.pick(&LITERALS).to_string() };
     format!("{left} {}{op} {right}", if any { "?" } else { "" })
 }
 
@@ -100,11 +100,11 @@ async fn postgres_lists_no_record_the_rules_evaluator_rejects() {
         for i in 0..80 {
             let mut doc = serde_json::Map::new();
             for f in ["a", "b", "t", "tags"] {
-                if rng.next() % 6 != 0 {
+                if !rng.next().is_multiple_of(6) {
                     doc.insert(f.into(), rng.pick(&pool).clone());
                 }
             }
-            if rng.next() % 2 == 0 {
+            if rng.next().is_multiple_of(2) {
                 doc.insert("m".into(), json!({"k": rng.pick(&pool).clone(), "null": rng.pick(&pool).clone()}));
             }
             writes.push(Write::Create { id: Some(format!("r{i:02}")), data: Value::Object(doc) });
