@@ -29,9 +29,6 @@ use tokio_postgres::types::ToSql;
 /// The channel a commit notifies (its payload: the newest change's `seq`).
 pub const CHANNEL: &str = "micro_db_changes";
 
-/// The first key of the collections' advisory locks (the second is the collection's).
-const LOCK_CLASS: i32 = 0x6d64_6230;
-
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS db_records (
     namespace text COLLATE "C" NOT NULL,
@@ -84,6 +81,11 @@ CREATE TABLE IF NOT EXISTS db_searches (
     fields text NOT NULL,
     PRIMARY KEY (namespace, collection)
 );
+CREATE TABLE IF NOT EXISTS db_locks (
+    namespace text COLLATE "C" NOT NULL,
+    collection text COLLATE "C" NOT NULL,
+    PRIMARY KEY (namespace, collection)
+);
 CREATE TABLE IF NOT EXISTS db_indexes (
     namespace text COLLATE "C" NOT NULL,
     collection text COLLATE "C" NOT NULL,
@@ -131,11 +133,6 @@ fn refs(params: &[Option<String>]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn ToSql + Sync)).collect()
 }
 
-/// The collection's advisory lock key.
-fn lock_key(ns: &str, collection: &str) -> i32 {
-    records::fnv(format!("{ns}/{collection}").as_bytes()) as u32 as i32
-}
-
 /// `ORDER BY` of a sort (`NULL`s first ascending, as SQLite's); ties by id.
 fn order_by(sort: &str) -> Result<String, DbError> {
     let mut parts: Vec<String> = records::sort_fields(sort)?
@@ -148,11 +145,10 @@ fn order_by(sort: &str) -> Result<String, DbError> {
     Ok(parts.join(", "))
 }
 
-/// An index's PostgreSQL name (at most 63 bytes): a digest of the namespace, the
-/// collection and the definition.
+/// An index's PostgreSQL name (at most 63 bytes): a digest (SHA-256, 128 bits) of the
+/// namespace, the collection and the definition, so that no tenant can make another's.
 pub(crate) fn index_name(ix: &IndexSpec, ns: &str, collection: &str) -> String {
-    let definition = format!("{ns}\n{collection}\n{}\n{}", ix.fields.join(","), ix.unique);
-    format!("ix_{:016x}", records::fnv(definition.as_bytes()))
+    format!("ix_{}", ix.digest(ns, collection))
 }
 
 fn index_sql(ix: &IndexSpec, ns: &str, collection: &str) -> Result<String, DbError> {
@@ -211,14 +207,22 @@ impl PgTxn<'_, '_> {
         self.rt.block_on(self.tx.execute(sql, params)).map_err(pg)
     }
 
-    /// Takes the advisory lock of `collection` in `ns` until the transaction ends.
+    /// Takes the lock of `collection` in `ns` (its row of `db_locks`) until the
+    /// transaction ends: writers of a collection go one at a time, so its changes are
+    /// numbered in commit order.
     fn lock(&self, ns: &str, collection: &str) -> Result<(), DbError> {
-        self.exec("SELECT pg_advisory_xact_lock($1, $2)", &[&LOCK_CLASS, &lock_key(ns, collection)]).map(drop)
+        self.exec(
+            "INSERT INTO db_locks (namespace, collection) VALUES ($1, $2)
+             ON CONFLICT (namespace, collection) DO UPDATE SET namespace = excluded.namespace",
+            &[&ns, &collection],
+        )
+        .map(drop)
     }
 
-    /// Wakes every node's subscribers at commit.
-    fn notify(&self, seq: u64) -> Result<(), DbError> {
-        self.exec("SELECT pg_notify($1, $2)", &[&CHANNEL, &seq.to_string()]).map(drop)
+    /// Wakes every node's subscribers of `collection` at commit (the payload: the
+    /// change's `seq`, the namespace and the collection).
+    fn notify(&self, seq: u64, ns: &str, collection: &str) -> Result<(), DbError> {
+        self.exec("SELECT pg_notify($1, $2)", &[&CHANNEL, &format!("{seq} {ns} {collection}")]).map(drop)
     }
 
     fn last_change(&self, ns: &str, collection: &str) -> Result<u64, DbError> {
@@ -249,20 +253,14 @@ impl PgTxn<'_, '_> {
         self.log(ns, collection, Action::Reset, &empty)
     }
 
-    fn drop_indexes(&self, ns: &str, collection: Option<&str>) -> Result<(), DbError> {
+    /// Forgets the indexes of `collection` in `ns` (of all its collections without one):
+    /// their names, to drop once the transaction commits.
+    fn forget_indexes(&self, ns: &str, collection: Option<&str>) -> Result<Vec<String>, DbError> {
         let rows = self.query(
-            "SELECT name FROM db_indexes WHERE namespace = $1 AND ($2::text IS NULL OR collection = $2)",
+            "DELETE FROM db_indexes WHERE namespace = $1 AND ($2::text IS NULL OR collection = $2) RETURNING name",
             &[&ns, &collection],
         )?;
-        for r in rows {
-            let name: String = r.get(0);
-            self.exec(&format!("DROP INDEX IF EXISTS \"{}\"", name.replace('"', "")), &[])?;
-        }
-        self.exec(
-            "DELETE FROM db_indexes WHERE namespace = $1 AND ($2::text IS NULL OR collection = $2)",
-            &[&ns, &collection],
-        )
-        .map(drop)
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Makes the search of `collection` cover `fields` (none: no search), indexing
@@ -506,6 +504,8 @@ impl PgRecords {
     ) -> Result<T, DbError> {
         let mut client = self.rt.block_on(self.db.client("db")).map_err(status)?;
         let tx = self.rt.block_on(client.transaction()).map_err(pg)?;
+        // A transaction left waiting (its caller stuck) ends, and its locks with it.
+        self.rt.block_on(tx.batch_execute("SET LOCAL idle_in_transaction_session_timeout = 30000")).map_err(pg)?;
         if let Some(limit) = limit {
             self.rt
                 .block_on(tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", limit.as_millis())))
@@ -570,7 +570,7 @@ impl PgRecords {
             tx.lock(ns, collection)?;
             let out = records::apply(tx, ns, collection, writes, guard)?;
             if let Some(last) = out.last() {
-                tx.notify(last.seq)?;
+                tx.notify(last.seq, ns, collection)?;
             }
             Ok(out)
         })
@@ -590,11 +590,15 @@ impl PgRecords {
         after: u64,
         limit: u32,
     ) -> Result<Vec<Change>, DbError> {
+        // The byte budget is kept by the database: past it, no record is sent.
         let rows = self.query(
-            "SELECT seq, action, record FROM db_changes
-             WHERE namespace = $1 AND collection = $2 AND seq > $3 AND ($4::text IS NULL OR id = $4 OR action = 'reset')
-             ORDER BY seq LIMIT $5",
-            &[&ns, &collection, &(after as i64), &id, &i64::from(limit)],
+            "SELECT seq, action, record FROM (
+                 SELECT seq, action, record, sum(octet_length(record)) OVER (ORDER BY seq) - octet_length(record) AS before
+                 FROM db_changes
+                 WHERE namespace = $1 AND collection = $2 AND seq > $3 AND ($4::text IS NULL OR id = $4 OR action = 'reset')
+                 ORDER BY seq LIMIT $5) AS page
+             WHERE before < $6 ORDER BY seq",
+            &[&ns, &collection, &(after as i64), &id, &i64::from(limit), &(MAX_CHANGES_BYTES as i64)],
         )?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -629,7 +633,8 @@ impl PgRecords {
         let row = self.one(
             "SELECT coalesce((SELECT max(seq) FROM db_changes WHERE namespace = $1 AND collection = $2),
                              (SELECT seq FROM db_floors WHERE namespace = $1 AND collection = $2), 0),
-                    (SELECT min(seq) FROM db_changes),
+                    greatest((SELECT min(seq) FROM db_changes),
+                             (SELECT seq + 1 FROM db_floors WHERE namespace = '' AND collection = '')),
                     coalesce((SELECT seq FROM db_floors WHERE namespace = $1 AND collection = $2), 0)",
             &[&ns, &collection],
         )?;
@@ -659,9 +664,18 @@ impl PgRecords {
     pub fn trim_changes(&self, age: std::time::Duration) -> Result<u64, DbError> {
         let before = records::now_ms().saturating_sub(age.as_millis() as u64) as i64;
         self.transact(Some(MAINTENANCE_TIME), |tx| {
-            let n = tx.exec("DELETE FROM db_changes WHERE at < $1", &[&before])?;
+            // Nodes' clocks differ: the highest change trimmed is kept, and no cursor below
+            // it resumes (as though everything below it were gone).
+            let row = tx.one(
+                "WITH gone AS (DELETE FROM db_changes WHERE at < $1 RETURNING seq) SELECT count(*), max(seq) FROM gone",
+                &[&before],
+            )?;
+            let (n, last): (i64, Option<i64>) = row.map_or((0, None), |r| (r.get(0), r.get(1)));
+            if let Some(last) = last {
+                tx.set_floor("", "", last.max(0) as u64)?;
+            }
             tx.exec("DELETE FROM db_tombstones WHERE at < $1", &[&before])?;
-            Ok(n)
+            Ok(n.max(0) as u64)
         })
     }
 
@@ -697,7 +711,43 @@ impl PgRecords {
         Ok(out)
     }
 
-    /// Saves collection `name` of `ns` (see [`Records::save_collection`]).
+    /// Runs maintenance statements that may not run in a transaction (`CREATE INDEX
+    /// CONCURRENTLY`, which takes no lock that stops other tenants' reads or writes),
+    /// each stopping after [`MAINTENANCE_TIME`].
+    fn maintain(&self, statements: &[String]) -> Result<(), DbError> {
+        if statements.is_empty() {
+            return Ok(());
+        }
+        self.rt.block_on(async {
+            let client = self.db.client("db").await.map_err(status)?;
+            let limit = format!("SET statement_timeout = {}", MAINTENANCE_TIME.as_millis());
+            client.batch_execute(&limit).await.map_err(pg)?;
+            let mut out = Ok(());
+            for sql in statements {
+                if let Err(e) = client.execute(sql.as_str(), &[]).await {
+                    out = Err(pg(e));
+                    break;
+                }
+            }
+            // The pool's connections keep the pool's limit.
+            client.batch_execute("RESET statement_timeout").await.map_err(pg)?;
+            out
+        })
+    }
+
+    /// Drops indexes no collection declares any more (after the transaction that forgot
+    /// them), without stopping other tenants' reads or writes.
+    fn drop_indexes(&self, names: &[String]) {
+        let drops: Vec<String> =
+            names.iter().map(|n| format!("DROP INDEX CONCURRENTLY IF EXISTS \"{}\"", n.replace('"', ""))).collect();
+        if let Err(e) = self.maintain(&drops) {
+            tracing::warn!(service = crate::NAME, error = %e, "an index no longer declared was not dropped");
+        }
+    }
+
+    /// Saves collection `name` of `ns` (see [`Records::save_collection`]). New indexes are
+    /// built first, concurrently (a unique one over shared values is refused, and nothing
+    /// of the save is kept); indexes no longer declared are dropped after the save.
     // The collection, the caller and what is asked: each a different thing.
     #[allow(clippy::too_many_arguments)]
     pub fn save_collection(
@@ -725,8 +775,41 @@ impl PgRecords {
         for f in renames.iter().flat_map(|(a, b)| [a, b]).chain(drops) {
             records::check_name("field", f)?;
         }
+        let had: Vec<String> = self
+            .query("SELECT name FROM db_indexes WHERE namespace = $1 AND collection = $2", &[&ns, &name])?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let others = self
+            .one("SELECT count(*) FROM db_indexes WHERE namespace = $1 AND collection != $2", &[&ns, &name])?
+            .map_or(0, |r| r.get::<_, i64>(0));
+        records::check_namespace_indexes(ns, others as usize + wanted.len())?;
+        // The new indexes, built before anything else changes. One left invalid by an
+        // earlier failed build is dropped first.
+        let mut made = Vec::new();
+        for (index, create, ix) in wanted.iter().filter(|(n, _, _)| !had.contains(n)) {
+            let invalid = self
+                .one("SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = $1 AND NOT i.indisvalid", &[index])?
+                .is_some();
+            if invalid {
+                self.drop_indexes(std::slice::from_ref(index));
+            }
+            let concurrent = create.replacen("INDEX IF NOT EXISTS", "INDEX CONCURRENTLY IF NOT EXISTS", 1);
+            if let Err(e) = self.maintain(&[concurrent]) {
+                self.drop_indexes(std::slice::from_ref(index));
+                self.drop_indexes(&made);
+                return Err(match e {
+                    DbError::Taken(_) => DbError::Taken(format!(
+                        "records of {name} share values of {}: a unique index cannot be made until they do not",
+                        ix.fields.join(", ")
+                    )),
+                    e => e,
+                });
+            }
+            made.push(index.clone());
+        }
         let at = records::now();
-        self.transact(Some(MAINTENANCE_TIME), |tx| {
+        let saved = self.transact(Some(MAINTENANCE_TIME), |tx| {
             tx.lock(ns, name)?;
             let row = tx.one(
                 "SELECT count(*), coalesce(bool_or(name = $2), false) FROM db_collections WHERE namespace = $1",
@@ -746,67 +829,60 @@ impl PgRecords {
                 tx.set_search(ns, name, &[])?;
             }
             tx.set_search(ns, name, search)?;
-            let had: Vec<String> = tx
-                .query("SELECT name FROM db_indexes WHERE namespace = $1 AND collection = $2", &[&ns, &name])?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            for old in had.iter().filter(|h| !wanted.iter().any(|(n, _, _)| n == *h)) {
-                tx.exec(&format!("DROP INDEX IF EXISTS \"{}\"", old.replace('"', "")), &[])?;
+            let gone = tx.forget_indexes(ns, Some(name))?;
+            for (index, _, _) in &wanted {
                 tx.exec(
-                    "DELETE FROM db_indexes WHERE namespace = $1 AND collection = $2 AND name = $3",
-                    &[&ns, &name, old],
-                )?;
-            }
-            let mut analyze = false;
-            for (index, create, ix) in &wanted {
-                if let Err(e) = tx.exec(create, &[]) {
-                    return Err(match e {
-                        DbError::Taken(_) => DbError::Taken(format!(
-                            "records of {name} share values of {}: a unique index cannot be made until they do not",
-                            ix.fields.join(", ")
-                        )),
-                        e => e,
-                    });
-                }
-                let made = tx.exec(
-                    "INSERT INTO db_indexes (namespace, collection, name) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    "INSERT INTO db_indexes (namespace, collection, name) VALUES ($1, $2, $3)",
                     &[&ns, &name, index],
                 )?;
-                analyze |= made > 0;
-            }
-            if analyze {
-                tx.exec("ANALYZE db_records", &[])?;
             }
             let created: String = tx
                 .one("SELECT created FROM db_collections WHERE namespace = $1 AND name = $2", &[&ns, &name])?
                 .map(|r| r.get(0))
                 .unwrap_or_else(|| at.clone());
             let last = tx.last_change(ns, name)?;
-            tx.notify(last)?;
-            Ok((created, at.clone()))
-        })
+            tx.notify(last, ns, name)?;
+            Ok((created, gone))
+        });
+        let (created, gone) = match saved {
+            Ok(s) => s,
+            Err(e) => {
+                self.drop_indexes(&made);
+                return Err(e);
+            }
+        };
+        let unwanted: Vec<String> = gone.into_iter().filter(|g| !wanted.iter().any(|(n, _, _)| n == g)).collect();
+        self.drop_indexes(&unwanted);
+        if !made.is_empty() {
+            // Figures for the planner (sampled; no lock that stops reads or writes).
+            if let Err(e) = self.maintain(&["ANALYZE db_records".to_string()]) {
+                tracing::warn!(service = crate::NAME, error = %e, "the planner's figures were not gathered");
+            }
+        }
+        Ok((created, at))
     }
 
     /// Deletes collection `name` of `ns` with its records and changes; whether it was there.
     pub fn delete_collection(&self, ns: &str, name: &str) -> Result<bool, DbError> {
         records::scope(ns, name)?;
-        self.transact(Some(MAINTENANCE_TIME), |tx| {
+        let (found, gone) = self.transact(Some(MAINTENANCE_TIME), |tx| {
             tx.lock(ns, name)?;
-            tx.drop_indexes(ns, Some(name))?;
+            let gone = tx.forget_indexes(ns, Some(name))?;
             tx.exec("DELETE FROM db_searches WHERE namespace = $1 AND collection = $2", &[&ns, &name])?;
             let n = tx.exec("DELETE FROM db_collections WHERE namespace = $1 AND name = $2", &[&ns, &name])?;
             tx.exec("DELETE FROM db_records WHERE namespace = $1 AND collection = $2", &[&ns, &name])?;
             tx.exec("DELETE FROM db_tombstones WHERE namespace = $1 AND collection = $2", &[&ns, &name])?;
             let seq = tx.reset(ns, name)?;
-            tx.notify(seq)?;
-            Ok(n > 0)
-        })
+            tx.notify(seq, ns, name)?;
+            Ok((n > 0, gone))
+        })?;
+        self.drop_indexes(&gone);
+        Ok(found)
     }
 
     /// Deletes everything of namespace `ns` (it is being deleted).
     pub fn delete_namespace(&self, ns: &str) -> Result<(), DbError> {
-        self.transact(Some(MAINTENANCE_TIME), |tx| {
+        let gone = self.transact(Some(MAINTENANCE_TIME), |tx| {
             let mut names: Vec<String> = tx
                 .query(
                     "SELECT name FROM db_collections WHERE namespace = $1
@@ -821,17 +897,20 @@ impl PgRecords {
             for c in &names {
                 tx.lock(ns, c)?;
             }
-            tx.drop_indexes(ns, None)?;
+            let gone = tx.forget_indexes(ns, None)?;
             for table in ["db_searches", "db_collections", "db_records", "db_tombstones"] {
                 tx.exec(&format!("DELETE FROM {table} WHERE namespace = $1"), &[&ns])?;
             }
-            let mut last = 0;
             for c in &names {
-                last = tx.reset(ns, c)?;
+                let seq = tx.reset(ns, c)?;
+                tx.notify(seq, ns, c)?;
             }
-            tx.notify(last)?;
-            Ok(())
-        })
+            // Its names leave with it (its floors stay, so old cursors cannot resume).
+            tx.exec("DELETE FROM db_locks WHERE namespace = $1", &[&ns])?;
+            Ok(gone)
+        })?;
+        self.drop_indexes(&gone);
+        Ok(())
     }
 
     /// Whether namespace `ns` has anything here.

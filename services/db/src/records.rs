@@ -31,6 +31,8 @@ pub const MAX_COLLECTIONS: usize = 500;
 pub(crate) const MAINTENANCE_TIME: std::time::Duration = std::time::Duration::from_secs(120);
 /// The most writes of a batch.
 pub const MAX_BATCH: usize = 1000;
+/// The longest a batch may take before it is given up (nothing of it written).
+pub const MAX_BATCH_TIME: std::time::Duration = std::time::Duration::from_secs(10);
 /// The longest one statement may run (a list's filter over big documents): it is
 /// stopped then, so no query holds the others up.
 pub const MAX_QUERY_TIME: std::time::Duration = std::time::Duration::from_secs(2);
@@ -363,15 +365,35 @@ pub struct IndexSpec {
 
 /// The most indexes of a collection, and fields of one index.
 pub const MAX_INDEXES: usize = 16;
+/// The most indexes of all a namespace's collections: every index is a partial index of
+/// the one records table all namespaces share, which every write and plan looks at.
+pub const MAX_NAMESPACE_INDEXES: usize = 64;
+
+/// Refuses a namespace `n` indexes in all.
+pub(crate) fn check_namespace_indexes(ns: &str, n: usize) -> Result<(), DbError> {
+    if n > MAX_NAMESPACE_INDEXES {
+        return Err(DbError::Invalid(format!(
+            "namespace {ns} would have {n} indexes over its collections; at most {MAX_NAMESPACE_INDEXES}"
+        )));
+    }
+    Ok(())
+}
 pub(crate) const MAX_INDEX_FIELDS: usize = 8;
 
 impl IndexSpec {
     /// Its SQLite name: the namespace, the collection and a digest of the definition.
     pub fn name(&self, ns: &str, collection: &str) -> String {
-        // The collection's exact name is in the digest too: SQLite's names ignore case,
-        // collections' do not (`Todos` and `todos` are two).
-        let definition = format!("{collection}\n{}\n{}", self.fields.join(","), self.unique);
-        format!("ix_{ns}_{collection}_{:016x}", fnv(definition.as_bytes()))
+        format!("ix_{ns}_{collection}_{}", self.digest(ns, collection))
+    }
+
+    /// A digest of the index with its namespace and collection (SHA-256, 128 bits in
+    /// hex): the exact names are in it (SQLite's names ignore case, collections' do not),
+    /// and no tenant can choose a definition whose digest is another's.
+    pub fn digest(&self, ns: &str, collection: &str) -> String {
+        use sha2::Digest;
+        let definition = format!("{ns}\n{collection}\n{}\n{}", self.fields.join(","), self.unique);
+        let hash = sha2::Sha256::digest(definition.as_bytes());
+        hash[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Checks the fields: how many, none twice.
@@ -785,7 +807,15 @@ pub(crate) fn apply(
     }
     let search = tx.search_fields(ns, collection)?;
     let mut out = Vec::with_capacity(writes.len());
+    let started = std::time::Instant::now();
     for w in writes {
+        // The collection's writers wait for this one: it may not take long.
+        if started.elapsed() > MAX_BATCH_TIME {
+            return Err(DbError::Invalid(format!(
+                "the batch took longer than {} s (its rules, its size): write fewer records at once",
+                MAX_BATCH_TIME.as_secs()
+            )));
+        }
         let at = now();
         let (action, record) = match w {
             Write::Create { id, data } => {
@@ -1381,6 +1411,11 @@ impl Records {
         if !exists && count as usize >= MAX_COLLECTIONS {
             return Err(DbError::Invalid(format!("namespace {ns} has {count} collections, the most it may have")));
         }
+        let others: i64 =
+            tx.query_row("SELECT count(*) FROM indexes WHERE namespace = ?1 AND collection != ?2", (ns, name), |r| {
+                r.get(0)
+            })?;
+        check_namespace_indexes(ns, others as usize + wanted.len())?;
         tx.execute(
             "INSERT INTO collections (namespace, name, spec, created, updated) VALUES (?1, ?2, ?3, ?4, ?4)
              ON CONFLICT (namespace, name) DO UPDATE SET spec = excluded.spec, updated = excluded.updated",

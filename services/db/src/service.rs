@@ -149,7 +149,19 @@ impl Db {
     /// Deletes everything of namespace `ns` (it is being deleted).
     pub async fn delete_namespace(self: &Arc<Self>, ns: &str) -> Result<(), Status> {
         let (db, ns) = (self.clone(), ns.to_string());
-        blocking(move || db.records.delete_namespace(&ns)).await
+        blocking(move || db.records.delete_namespace(&ns)).await?;
+        self.touched(None);
+        Ok(())
+    }
+
+    /// Wakes the subscribers of `collection` (of every collection without one): its spec
+    /// or its log changed.
+    fn touched(&self, collection: Option<(&str, &str)>) {
+        match collection {
+            Some((ns, name)) => self.tails.bump(ns, name),
+            None => self.tails.bump_all(),
+        }
+        self.changed.send_modify(|n| *n += 1);
     }
 
     /// Whether namespace `ns` keeps anything here.
@@ -158,7 +170,8 @@ impl Db {
         blocking(move || db.records.holds_namespace(&ns)).await
     }
 
-    fn committed(&self, changes: &[Change]) {
+    fn committed(&self, ns: &str, collection: &str, changes: &[Change]) {
+        self.tails.bump(ns, collection);
         if let Some(last) = changes.last() {
             self.changed.send_if_modified(|seq| {
                 let newer = last.seq > *seq;
@@ -181,6 +194,8 @@ async fn listen(db: std::sync::Weak<Db>, database: micro_postgres::Database) {
             Ok((_client, mut messages, _)) => {
                 backoff = Duration::from_millis(200);
                 let Some(d) = db.upgrade() else { return };
+                // What was committed while no one listened: every tail reads on.
+                d.tails.bump_all();
                 d.changed.send_modify(|n| *n += 1);
                 drop(d);
                 loop {
@@ -195,7 +210,12 @@ async fn listen(db: std::sync::Weak<Db>, database: micro_postgres::Database) {
                     match message {
                         Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
                             let Some(d) = db.upgrade() else { return };
-                            let seq = n.payload().parse::<u64>().unwrap_or(0);
+                            // `seq namespace collection`: that collection's tail reads on.
+                            let mut parts = n.payload().splitn(3, ' ');
+                            let seq = parts.next().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+                            if let (Some(ns), Some(collection)) = (parts.next(), parts.next()) {
+                                d.tails.bump(ns, collection);
+                            }
                             d.changed.send_modify(|now| *now = (*now).max(seq).max(*now + 1));
                         }
                         Some(Ok(_)) => {}
@@ -862,7 +882,7 @@ async fn write_once(
         // A record the caller may not see does not exist for it.
         guard.view = c.rule(who, Op::View).unwrap_or(Some(Expr::Or(Vec::new())));
     }
-    let (d, ns, name, spec) = (db.clone(), who.ns.clone(), c.name.clone(), c.spec);
+    let (d, ns, name, spec) = (db.clone(), who.ns.clone(), c.name.clone(), c.spec.clone());
     let changes = blocking(move || {
         let validate = |doc: &Map<String, Json>| spec.validate(doc);
         let Guard { view, create, update, delete, request, expect, .. } = guard;
@@ -870,7 +890,7 @@ async fn write_once(
         d.records.batch(&ns, &name, writes.into_iter().map(|(_, w)| w).collect(), &guard)
     })
     .await?;
-    db.committed(&changes);
+    db.committed(&who.ns, &c.name, &changes);
     Ok(changes)
 }
 
@@ -1023,8 +1043,8 @@ fn subscription(
             if expires.is_some_and(|at| at <= now_secs()) {
                 break;
             }
-            let signal = *changed.borrow_and_update();
-            let view = tail.after(&db.records, cursor, req.id.as_deref(), signal).await.map_err(status)?;
+            changed.borrow_and_update();
+            let view = tail.after(&db.records, cursor, req.id.as_deref()).await.map_err(status)?;
             if cursor < view.floor {
                 Err(gone(cursor))?;
             }
@@ -1132,10 +1152,12 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
                 let value = serde_json::to_value(&spec).map_err(|e| Status::internal(NAME, e.to_string()))?;
                 let (ns, name) = (who.ns.clone(), req.name.clone());
                 let (indexes, search) = (spec.index_specs(), spec.search.clone());
+                let d = db.clone();
                 let (created, updated) = blocking(move || {
-                    db.records.save_collection(&ns, &name, &value, &renames, &req.drop, &indexes, &search)
+                    d.records.save_collection(&ns, &name, &value, &renames, &req.drop, &indexes, &search)
                 })
                 .await?;
+                db.touched(Some((&who.ns, &req.name)));
                 Ok(info(req.name, spec, created, updated))
             }
         })
@@ -1183,7 +1205,9 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
                 let who = who(&ctx)?;
                 manager_only(&who)?;
                 let (ns, name) = (who.ns.clone(), req.name.clone());
-                if blocking(move || db.records.delete_collection(&ns, &name)).await? {
+                let d = db.clone();
+                if blocking(move || d.records.delete_collection(&ns, &name)).await? {
+                    db.touched(Some((&who.ns, &req.name)));
                     Ok(Empty {})
                 } else {
                     Err(Status::not_found(NAME, format!("no collection {}", req.name)))

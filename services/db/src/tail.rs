@@ -21,9 +21,9 @@ const KEEP: usize = 4096;
 const KEEP_BYTES: usize = 16 << 20;
 /// The most remembered verdicts of a tail before they are forgotten.
 const VERDICTS: usize = 100_000;
-/// How stale what a tail holds may be when nothing woke it (another node's commits,
-/// a spec saved).
-const FRESH: Duration = Duration::from_secs(1);
+/// How stale what a tail holds may be when nothing woke it (a lost notification, a spec
+/// saved).
+const FRESH: Duration = Duration::from_secs(2);
 
 /// The tails of the collections with subscribers.
 #[derive(Default)]
@@ -32,6 +32,23 @@ pub struct Tails {
 }
 
 impl Tails {
+    /// Marks the tail of `collection` in `ns` (if it has one) as behind the log: a commit
+    /// wrote to it.
+    pub fn bump(&self, ns: &str, collection: &str) {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = open.get(&(ns.to_string(), collection.to_string())).and_then(Weak::upgrade) {
+            t.behind.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Marks every tail as behind the log (commits may have been missed).
+    pub fn bump_all(&self) {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        for t in open.values().filter_map(Weak::upgrade) {
+            t.behind.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+    }
+
     /// The tail of `collection` in `ns`, made at `newest` (the log's newest change of it)
     /// when it has none.
     pub fn of(&self, ns: &str, collection: &str, newest: u64) -> Arc<Tail> {
@@ -42,6 +59,7 @@ impl Tails {
         }
         open.retain(|_, t| t.strong_count() > 0);
         let tail = Arc::new(Tail {
+            behind: Default::default(),
             ns: key.0.clone(),
             collection: key.1.clone(),
             state: tokio::sync::Mutex::new(State {
@@ -64,13 +82,16 @@ impl Tails {
 
 /// The recent changes of one collection.
 pub struct Tail {
+    /// Raised at every commit to the collection (of any node): the tail reads on when it
+    /// is above what it read at.
+    behind: std::sync::atomic::AtomicU64,
     ns: String,
     collection: String,
     state: tokio::sync::Mutex<State>,
 }
 
 struct State {
-    /// The commit signal's value at the last read (none: never read).
+    /// `behind` at the last read (none: never read).
     signal: Option<u64>,
     /// When the last read was.
     at: Instant,
@@ -103,9 +124,10 @@ pub struct View {
 
 impl Tail {
     /// What is after `cursor` (of record `id` alone when given), reading the log first if
-    /// a commit was signalled (`signal`, the commit signal's value) or what is held is
-    /// older than a second.
-    pub async fn after(&self, store: &Arc<Store>, cursor: u64, id: Option<&str>, signal: u64) -> Result<View, DbError> {
+    /// a commit to the collection was signalled or what is held is older than
+    /// [`FRESH`].
+    pub async fn after(&self, store: &Arc<Store>, cursor: u64, id: Option<&str>) -> Result<View, DbError> {
+        let signal = self.behind.load(std::sync::atomic::Ordering::Acquire);
         let mut s = self.state.lock().await;
         if s.signal != Some(signal) || s.at.elapsed() >= FRESH {
             self.read(store, &mut s).await?;

@@ -228,3 +228,57 @@ async fn a_thousand_subscriptions_block_no_other_call() {
     drop(open);
     let _ = s.stop();
 }
+
+/// A tenant cannot pile up indexes on the records table every namespace shares (each one
+/// is looked at by every write and plan), nor name one so that it lands on another's, on
+/// either backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cannot_pile_up_or_take_over_indexes() {
+    let pg = micro_test::backend_url("MICRO_TEST_POSTGRES");
+    let schema = match &pg {
+        Some(base) => Some(micro_test::PgSchema::create(base, "micro_attack_db_indexes").await),
+        None => None,
+    };
+    let mut servers = vec![ServerProcess::start(&micro(), &[])];
+    if let Some(schema) = &schema {
+        servers.push(ServerProcess::start(&micro(), &[("MICRO_DB_URL", schema.url.as_str())]));
+    }
+    for s in &servers {
+        let api = s.api.clone();
+        let admin = s.account("shop", "ann", "user", &["admin"]).await;
+        let victim = s.account("acme", "vic", "user", &["admin"]).await;
+        // The victim's unique index on its users' names.
+        let users = json!({"name": "users", "indexes": [{"fields": ["name"], "unique": true}]});
+        let (st, v) = call(&api, "POST", "/db/v1/collections", Some(&victim), "acme", Some(users)).await;
+        assert_eq!(st, 200, "{v}");
+        // The attacker's namespace: 16 indexes a collection, 4 collections, then a fifth.
+        let fields: Vec<Value> = (0..16).map(|i| json!({"fields": [format!("f{i}")]})).collect();
+        for c in 0..4 {
+            let spec = json!({"name": format!("c{c}"), "indexes": fields});
+            let (st, v) = call(&api, "POST", "/db/v1/collections", Some(&admin), "shop", Some(spec)).await;
+            assert_eq!(st, 200, "{v}");
+        }
+        let spec = json!({"name": "c4", "indexes": [{"fields": ["x"]}]});
+        let (st, v) = call(&api, "POST", "/db/v1/collections", Some(&admin), "shop", Some(spec)).await;
+        assert_eq!(st, 400, "{v}");
+        assert!(v["detail"].as_str().unwrap_or("").contains("at most 64"), "{v}");
+        // Dropping the attacker's indexes (and its namespace) leaves the victim's holding.
+        for c in 0..4 {
+            let (st, _) = call(&api, "DELETE", &format!("/db/v1/collections/c{c}"), Some(&admin), "shop", None).await;
+            assert_eq!(st, 204);
+        }
+        let spec = json!({"name": "users", "indexes": [{"fields": ["name"], "unique": true}]});
+        let (st, _) = call(&api, "POST", "/db/v1/collections", Some(&admin), "shop", Some(spec)).await;
+        assert_eq!(st, 200, "the same definition in another namespace is an index of its own");
+        call(&api, "DELETE", "/db/v1/collections/users", Some(&admin), "shop", None).await;
+        let add = |n: &str| json!({"data": {"name": n}});
+        let (st, _) = call(&api, "POST", "/db/v1/users/records", Some(&victim), "acme", Some(add("vic"))).await;
+        assert_eq!(st, 200);
+        let (st, v) = call(&api, "POST", "/db/v1/users/records", Some(&victim), "acme", Some(add("vic"))).await;
+        assert_eq!(st, 409, "the victim's unique index still holds: {v}");
+    }
+    drop(servers);
+    if let Some(schema) = schema {
+        schema.drop().await;
+    }
+}
