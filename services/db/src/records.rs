@@ -1200,11 +1200,10 @@ impl Records {
 
     fn read(conn: &rusqlite::Connection, ns: &str, collection: &str, id: &str) -> Result<Option<Record>, DbError> {
         let row = conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM records WHERE namespace = ?1 AND collection = ?2 AND id = ?3"),
-                (ns, collection, id),
-                record,
-            )
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM records WHERE namespace = ?1 AND collection = ?2 AND id = ?3"
+            ))?
+            .query_row((ns, collection, id), record)
             .optional()?;
         row.map(decode).transpose()
     }
@@ -1344,11 +1343,8 @@ impl Records {
     pub fn collection(&self, ns: &str, name: &str) -> Result<Option<(Json, String, String)>, DbError> {
         let conn = self.reader();
         let row = conn
-            .query_row(
-                "SELECT spec, created, updated FROM collections WHERE namespace = ?1 AND name = ?2",
-                (ns, name),
-                |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
-            )
+            .prepare_cached("SELECT spec, created, updated FROM collections WHERE namespace = ?1 AND name = ?2")?
+            .query_row((ns, name), |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))
             .optional()?;
         row.map(|(spec, c, u)| Ok((serde_json::from_str(&spec).map_err(|e| DbError::Storage(e.to_string()))?, c, u)))
             .transpose()

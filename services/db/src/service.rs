@@ -86,6 +86,12 @@ impl Settings {
 /// sharing the records).
 pub struct Db {
     records: Arc<Store>,
+    /// Collections' specs (and when each changed; none: no such collection) as last read,
+    /// by namespace and name.
+    #[allow(clippy::type_complexity)]
+    specs: std::sync::Mutex<
+        std::collections::HashMap<(String, String), (std::time::Instant, Option<Arc<(Spec, String)>>)>,
+    >,
     /// The recent changes of collections with subscribers.
     tails: crate::tail::Tails,
     changed: tokio::sync::watch::Sender<u64>,
@@ -131,6 +137,7 @@ impl Db {
         };
         Ok(Arc::new(Db {
             records: Arc::new(records),
+            specs: Default::default(),
             tails: Default::default(),
             changed: tokio::sync::watch::channel(newest).0,
             closing: tokio::sync::watch::channel(false).0,
@@ -157,6 +164,7 @@ impl Db {
     /// Wakes the subscribers of `collection` (of every collection without one): its spec
     /// or its log changed.
     fn touched(&self, collection: Option<(&str, &str)>) {
+        self.forget_spec(collection);
         match collection {
             Some((ns, name)) => self.tails.bump(ns, name),
             None => self.tails.bump_all(),
@@ -168,6 +176,17 @@ impl Db {
     pub async fn holds_namespace(self: &Arc<Self>, ns: &str) -> Result<bool, Status> {
         let (db, ns) = (self.clone(), ns.to_string());
         blocking(move || db.records.holds_namespace(&ns)).await
+    }
+
+    /// Forgets the spec of `collection` (every spec without one) read before.
+    fn forget_spec(&self, collection: Option<(&str, &str)>) {
+        let mut specs = self.specs.lock().unwrap_or_else(|e| e.into_inner());
+        match collection {
+            Some((ns, name)) => {
+                specs.remove(&(ns.to_string(), name.to_string()));
+            }
+            None => specs.clear(),
+        }
     }
 
     fn committed(&self, ns: &str, collection: &str, changes: &[Change]) {
@@ -195,6 +214,7 @@ async fn listen(db: std::sync::Weak<Db>, database: micro_postgres::Database) {
                 backoff = Duration::from_millis(200);
                 let Some(d) = db.upgrade() else { return };
                 // What was committed while no one listened: every tail reads on.
+                d.forget_spec(None);
                 d.tails.bump_all();
                 d.changed.send_modify(|n| *n += 1);
                 drop(d);
@@ -214,6 +234,8 @@ async fn listen(db: std::sync::Weak<Db>, database: micro_postgres::Database) {
                             let mut parts = n.payload().splitn(3, ' ');
                             let seq = parts.next().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
                             if let (Some(ns), Some(collection)) = (parts.next(), parts.next()) {
+                                // (A spec saved there is read again here.)
+                                d.forget_spec(Some((ns, collection)));
                                 d.tails.bump(ns, collection);
                             }
                             d.changed.send_modify(|now| *now = (*now).max(seq).max(*now + 1));
@@ -369,17 +391,44 @@ impl Collection {
 /// The collection `name` of `who`'s namespace: managers meet one not made yet (their
 /// first write makes it); others are told it does not exist.
 async fn collection(db: &Arc<Db>, who: &Who, name: &str) -> Result<Collection, Status> {
-    let (d, ns, n) = (db.clone(), who.ns.clone(), name.to_string());
-    match blocking(move || d.records.collection(&ns, &n)).await? {
-        Some((spec, _, updated)) => {
-            let spec: Spec = serde_json::from_value(spec)
-                .map_err(|e| Status::internal(NAME, format!("collection {name} is unreadable: {e}")))?;
-            Ok(Collection { name: name.to_string(), spec, updated: Some(updated) })
+    let key = (who.ns.clone(), name.to_string());
+    let cached = {
+        let specs = db.specs.lock().unwrap_or_else(|e| e.into_inner());
+        specs.get(&key).filter(|(at, _)| at.elapsed() < SPEC_FRESH).map(|(_, found)| found.clone())
+    };
+    let found = match cached {
+        Some(found) => found,
+        None => {
+            let (d, ns, n) = (db.clone(), who.ns.clone(), name.to_string());
+            let found = match blocking(move || d.records.collection(&ns, &n)).await? {
+                Some((spec, _, updated)) => {
+                    let spec: Spec = serde_json::from_value(spec)
+                        .map_err(|e| Status::internal(NAME, format!("collection {name} is unreadable: {e}")))?;
+                    Some(Arc::new((spec, updated)))
+                }
+                None => None,
+            };
+            let mut specs = db.specs.lock().unwrap_or_else(|e| e.into_inner());
+            if specs.len() >= MAX_SPECS {
+                specs.clear();
+            }
+            specs.insert(key, (std::time::Instant::now(), found.clone()));
+            found
         }
+    };
+    match found {
+        Some(f) => Ok(Collection { name: name.to_string(), spec: f.0.clone(), updated: Some(f.1.clone()) }),
         None if who.manager => Ok(Collection { name: name.to_string(), spec: Spec::default(), updated: None }),
         None => Err(Status::not_found(NAME, format!("no collection {name}"))),
     }
 }
+
+/// How long a collection's spec read is used before it is read again (a save on this
+/// node, and on another sharing PostgreSQL when its notification arrives, forgets it
+/// at once; a batch checks the spec it was given in its transaction anyway).
+const SPEC_FRESH: Duration = Duration::from_secs(2);
+/// The most specs remembered.
+const MAX_SPECS: usize = 10_000;
 
 /// A collection as the API shows it.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
@@ -852,7 +901,10 @@ async fn write(db: &Arc<Db>, who: Who, collection: &str, writes: Vec<(Op, Write)
     let mut tries = 0;
     loop {
         match write_once(db, &who, collection, writes.clone()).await {
-            Err(e) if e.code() == Code::Aborted && e.detail().contains("changed meanwhile") && tries < 3 => tries += 1,
+            Err(e) if e.code() == Code::Aborted && e.detail().contains("changed meanwhile") && tries < 3 => {
+                db.forget_spec(Some((&who.ns, collection)));
+                tries += 1
+            }
             done => return done,
         }
     }
@@ -890,6 +942,10 @@ async fn write_once(
         d.records.batch(&ns, &name, writes.into_iter().map(|(_, w)| w).collect(), &guard)
     })
     .await?;
+    if c.updated.is_none() {
+        // The write made the collection.
+        db.forget_spec(Some((&who.ns, &c.name)));
+    }
     db.committed(&who.ns, &c.name, &changes);
     Ok(changes)
 }
