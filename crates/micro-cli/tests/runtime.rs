@@ -294,7 +294,8 @@ s.serve_forever()
     s.ok(&["kill", "broken"]).await;
 
     // A kill in the middle of a build cancels it, its processes too.
-    let slow = project(&[("micro.toml", "build = \"sleep 300\"\nrun = \"true\"\n")]);
+    // (A length no other test's process has: pgrep sees every test's processes.)
+    let slow = project(&[("micro.toml", "build = \"sleep 313\"\nrun = \"true\"\n")]);
     s.ok(&["run", slow.path().to_str().unwrap(), "--name", "slow", "--detach"]).await;
     s.wait_status("slow", Duration::from_secs(10), |v| v["status"] == "building").await;
     let started = Instant::now();
@@ -302,7 +303,7 @@ s.serve_forever()
     assert!(started.elapsed() < Duration::from_secs(5), "kill waited for the build");
     // Its process is killed with it (and may take a moment to be gone: seconds on a
     // loaded 2-core machine, where 5 s was once not enough).
-    let building = || Command::new("pgrep").args(["-f", "sleep 300"]).output().unwrap().stdout;
+    let building = || Command::new("pgrep").args(["-f", "sleep 313"]).output().unwrap().stdout;
     assert!(
         until(Duration::from_secs(20), || building().is_empty()).await,
         "the build's process is gone: {}",
