@@ -1296,7 +1296,10 @@ impl Records {
     pub fn change_bounds(&self) -> Result<(u64, u64), DbError> {
         let conn = self.reader();
         let (newest, oldest): (Option<i64>, Option<i64>) =
-            conn.query_row("SELECT max(seq), min(seq) FROM changes", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            // (Two subqueries: SQLite reads a min or a max off the key only when it is alone.)
+            conn.query_row("SELECT (SELECT max(seq) FROM changes), (SELECT min(seq) FROM changes)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
         let newest = match newest {
             Some(n) => n.max(0) as u64,
             // An empty log after trimming still counts on from the last seq handed out.
