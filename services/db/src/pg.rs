@@ -311,13 +311,7 @@ impl PgTxn<'_, '_> {
         drops: &[String],
         at: &str,
     ) -> Result<(), DbError> {
-        let mut targets = std::collections::BTreeSet::new();
-        for (from, to) in renames {
-            if from == to || !targets.insert(to.as_str()) || renames.iter().any(|(f, _)| f == to) || drops.contains(to)
-            {
-                return Err(DbError::Invalid(format!("renaming {from} to {to}: each field once, to a new name")));
-            }
-        }
+        records::check_renames(renames, drops)?;
         let before = self.last_change(ns, collection)?;
         let rows = self.query(
             &format!(
@@ -327,27 +321,9 @@ impl PgTxn<'_, '_> {
         )?;
         for row in rows {
             let mut r = records::decode(row5(&row))?;
-            let mut changed = false;
-            for (from, to) in renames {
-                if let Some(v) = r.data.remove(from) {
-                    if r.data.contains_key(to) {
-                        return Err(DbError::Invalid(format!(
-                            "record {} has both {from} and {to}: renaming would lose one",
-                            r.id
-                        )));
-                    }
-                    r.data.insert(to.clone(), v);
-                    changed = true;
-                }
-            }
-            for f in drops {
-                changed |= r.data.remove(f).is_some();
-            }
-            if !changed {
+            if !records::reshape_record(&mut r, renames, drops, at)? {
                 continue;
             }
-            r.version += 1;
-            r.updated = at.to_string();
             self.put(ns, collection, &r)?;
             self.log(ns, collection, Action::Update, &r)?;
         }
@@ -992,12 +968,7 @@ impl PgRecords {
         rule: Option<&Expr>,
         request: &sql::Request,
     ) -> Result<Vec<String>, DbError> {
-        let (where_, params, _, _) = Self::query_of(ns, collection, q, rule, request)?;
-        let order = order_by(&q.sort)?;
-        let sql =
-            format!("EXPLAIN SELECT {COLUMNS} FROM db_records AS records WHERE {where_} ORDER BY {order} LIMIT 30");
-        let rows = self.query(&sql, &refs(&params))?;
-        Ok(rows.iter().map(|r| r.get::<_, String>(0).trim().to_string()).collect())
+        self.plan(ns, collection, q, rule, request, false)
     }
 
     /// The plan PostgreSQL would choose for a list were the collection big: reading the
@@ -1011,12 +982,26 @@ impl PgRecords {
         rule: Option<&Expr>,
         request: &sql::Request,
     ) -> Result<Vec<String>, DbError> {
+        self.plan(ns, collection, q, rule, request, true)
+    }
+
+    fn plan(
+        &self,
+        ns: &str,
+        collection: &str,
+        q: &ListQuery,
+        rule: Option<&Expr>,
+        request: &sql::Request,
+        big: bool,
+    ) -> Result<Vec<String>, DbError> {
         let (where_, params, _, _) = Self::query_of(ns, collection, q, rule, request)?;
         let order = order_by(&q.sort)?;
         let sql =
             format!("EXPLAIN SELECT {COLUMNS} FROM db_records AS records WHERE {where_} ORDER BY {order} LIMIT 30");
         self.transact(None, |tx| {
-            tx.exec("SET LOCAL enable_seqscan = off", &[])?;
+            if big {
+                tx.exec("SET LOCAL enable_seqscan = off", &[])?;
+            }
             let rows = tx.query(&sql, &refs(&params))?;
             Ok(rows.iter().map(|r| r.get::<_, String>(0).trim().to_string()).collect())
         })

@@ -887,6 +887,47 @@ pub(crate) fn apply(
     Ok(out)
 }
 
+/// Refuses renames that would lose a field: each field once, each to a new name.
+pub(crate) fn check_renames(renames: &[(String, String)], drops: &[String]) -> Result<(), DbError> {
+    let mut targets = std::collections::BTreeSet::new();
+    for (from, to) in renames {
+        if from == to || !targets.insert(to.as_str()) || renames.iter().any(|(f, _)| f == to) || drops.contains(to) {
+            return Err(DbError::Invalid(format!("renaming {from} to {to}: each field once, to a new name")));
+        }
+    }
+    Ok(())
+}
+
+/// Renames and removes fields of `r` (a new version, changed at `at`): whether it changed.
+pub(crate) fn reshape_record(
+    r: &mut Record,
+    renames: &[(String, String)],
+    drops: &[String],
+    at: &str,
+) -> Result<bool, DbError> {
+    let mut changed = false;
+    for (from, to) in renames {
+        if let Some(v) = r.data.remove(from) {
+            if r.data.contains_key(to) {
+                return Err(DbError::Invalid(format!(
+                    "record {} has both {from} and {to}: renaming would lose one",
+                    r.id
+                )));
+            }
+            r.data.insert(to.clone(), v);
+            changed = true;
+        }
+    }
+    for f in drops {
+        changed |= r.data.remove(f).is_some();
+    }
+    if changed {
+        r.version += 1;
+        r.updated = at.to_string();
+    }
+    Ok(changed)
+}
+
 /// A transaction of the SQLite records.
 struct Lite<'a>(&'a rusqlite::Connection);
 
@@ -1482,13 +1523,7 @@ impl Records {
         drops: &[String],
         at: &str,
     ) -> Result<(), DbError> {
-        let mut targets = std::collections::BTreeSet::new();
-        for (from, to) in renames {
-            if from == to || !targets.insert(to.as_str()) || renames.iter().any(|(f, _)| f == to) || drops.contains(to)
-            {
-                return Err(DbError::Invalid(format!("renaming {from} to {to}: each field once, to a new name")));
-            }
-        }
+        check_renames(renames, drops)?;
         let before = Self::last_change(tx, ns, collection)?;
         let scope = scope(ns, collection)?;
         let all: Vec<(String, String, String, i64, String)> = {
@@ -1498,36 +1533,12 @@ impl Records {
         };
         for row in all {
             let mut r = decode(row)?;
-            let mut changed = false;
-            for (from, to) in renames {
-                if let Some(v) = r.data.remove(from) {
-                    if r.data.contains_key(to) {
-                        return Err(DbError::Invalid(format!(
-                            "record {} has both {from} and {to}: renaming would lose one",
-                            r.id
-                        )));
-                    }
-                    r.data.insert(to.clone(), v);
-                    changed = true;
-                }
-            }
-            for f in drops {
-                changed |= r.data.remove(f).is_some();
-            }
-            if !changed {
+            if !reshape_record(&mut r, renames, drops, at)? {
                 continue;
             }
-            r.version += 1;
-            r.updated = at.to_string();
-            tx.execute(
-                "UPDATE records SET data = ?4, updated = ?5, version = ?6
-                 WHERE namespace = ?1 AND collection = ?2 AND id = ?3",
-                (ns, collection, &r.id, Json::Object(r.data.clone()).to_string(), at, r.version as i64),
-            )?;
-            tx.execute(
-                "INSERT INTO changes (namespace, collection, id, action, record, at) VALUES (?1, ?2, ?3, 'update', ?4, ?5)",
-                (ns, collection, &r.id, r.to_json().to_string(), now_ms() as i64),
-            )?;
+            let lite = Lite(tx);
+            lite.put(ns, collection, &r)?;
+            lite.log(ns, collection, Action::Update, &r)?;
         }
         if !drops.is_empty() {
             tx.execute(

@@ -124,8 +124,7 @@ pub struct View {
 
 impl Tail {
     /// What is after `cursor` (of record `id` alone when given), reading the log first if
-    /// a commit to the collection was signalled or what is held is older than
-    /// [`FRESH`].
+    /// a commit to the collection was signalled or what is held is older than 2 s.
     pub async fn after(&self, store: &Arc<Store>, cursor: u64, id: Option<&str>) -> Result<View, DbError> {
         let signal = self.behind.load(std::sync::atomic::Ordering::Acquire);
         let mut s = self.state.lock().await;
