@@ -457,9 +457,15 @@ mod tests {
         let mut c = claims(0);
         c.exp = now() - 10;
         let token = signer.sign(&c).unwrap();
-        // Within the leeway it passes; past it, not.
-        assert!(signer.verifier().verify(&token).is_ok());
-        assert_denied(signer.verifier().verify_at(&token, c.exp + LEEWAY + 1), "token expired");
+        // Within the leeway it passes; past it, not (also once the verifier has seen it).
+        let v = signer.verifier();
+        assert!(v.verify(&token).is_ok());
+        assert_denied(v.verify_at(&token, c.exp + LEEWAY + 1), "token expired");
+        // A token it has seen, altered, is checked whole again.
+        let mut altered = token.clone();
+        let last = altered.pop().unwrap();
+        altered.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(v.verify(&altered).is_err());
         c.exp = now() - LEEWAY - 1;
         assert_denied(signer.verifier().verify(&signer.sign(&c).unwrap()), "token expired");
     }

@@ -141,7 +141,14 @@ struct RawHeader {
 pub struct Verifier {
     keys: Arc<HashMap<String, Trusted>>,
     validation: Arc<Validation>,
+    /// Tokens whose signature was checked, with their claims and key: a token seen again
+    /// (a client's every request) has only its expiry and key checked again. A verifier
+    /// made for new keys starts empty.
+    checked: Arc<std::sync::Mutex<HashMap<String, (Claims, String)>>>,
 }
+
+/// The most tokens a verifier remembers (it forgets them all when full).
+const CHECKED: usize = 1024;
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -188,7 +195,7 @@ impl Verifier {
         validation.validate_aud = false;
         validation.required_spec_claims.clear();
         validation.leeway = 0;
-        Verifier { keys: Arc::new(keys), validation: Arc::new(validation) }
+        Verifier { keys: Arc::new(keys), validation: Arc::new(validation), checked: Default::default() }
     }
 
     /// Checks signature (kid must be a trusted key; alg must be EdDSA — refuse "none" and
@@ -225,6 +232,30 @@ impl Verifier {
     /// Signature, algorithm, issuer and expiry, whatever the audience.
     fn check_at(&self, token: &str, now: u64) -> Result<Claims, Status> {
         let deny = |detail: &str| Status::new(Code::Unauthenticated, ID, detail);
+        let seen = self.checked.lock().unwrap_or_else(|e| e.into_inner()).get(token).cloned();
+        if let Some((claims, kid)) = seen {
+            // Its signature held; what time changes is checked again.
+            let trusted = self.keys.get(&kid).ok_or_else(|| deny("token signed by an unknown key"))?;
+            if trusted.not_after.is_some_and(|t| now > t) {
+                return Err(deny("token signed by a retired key"));
+            }
+            if claims.exp.saturating_add(LEEWAY) < now {
+                return Err(deny("token expired"));
+            }
+            return Ok(claims);
+        }
+        let (claims, kid) = self.check_signed_at(token, now)?;
+        let mut checked = self.checked.lock().unwrap_or_else(|e| e.into_inner());
+        if checked.len() >= CHECKED {
+            checked.clear();
+        }
+        checked.insert(token.to_string(), (claims.clone(), kid));
+        Ok(claims)
+    }
+
+    /// [`Verifier::check_at`] without what was remembered: the claims and the key's id.
+    fn check_signed_at(&self, token: &str, now: u64) -> Result<(Claims, String), Status> {
+        let deny = |detail: &str| Status::new(Code::Unauthenticated, ID, detail);
         if token.is_empty() {
             return Err(deny("missing token"));
         }
@@ -260,7 +291,7 @@ impl Verifier {
         if claims.exp.saturating_add(LEEWAY) < now {
             return Err(deny("token expired"));
         }
-        Ok(claims)
+        Ok((claims, kid))
     }
 }
 
