@@ -17,10 +17,10 @@
 //! The calls are blocking, like [`crate::records::Records`]' (the service runs them off
 //! its async threads): each waits on the runtime it was opened in.
 
-use crate::filter::{self, Expr};
+use crate::filter::Expr;
 use crate::records::{
     self, Action, AggregateOp, Change, DbError, Guard, IndexSpec, ListQuery, MAINTENANCE_TIME, MAX_CHANGES_BYTES,
-    MAX_COLLECTIONS, MAX_INDEXES, MAX_PER_PAGE, Page, Record, Records, Txn, Write,
+    MAX_COLLECTIONS, MAX_INDEXES, Page, Record, Records, Txn, Write,
 };
 use crate::{pgsql, sql};
 use serde_json::{Map, Value as Json};
@@ -95,6 +95,14 @@ CREATE TABLE IF NOT EXISTS db_indexes (
 "#;
 
 const COLUMNS: &str = "records.id, records.created, records.updated, records.version, records.data::text";
+
+/// Record `$3` of collection `$2` in namespace `$1`.
+const ONE: &str = "SELECT records.id, records.created, records.updated, records.version, records.data::text
+     FROM db_records AS records WHERE records.namespace = $1 AND records.collection = $2 AND records.id = $3";
+
+/// Every record of collection `$2` in namespace `$1`.
+const ALL: &str = "SELECT records.id, records.created, records.updated, records.version, records.data::text
+     FROM db_records AS records WHERE records.namespace = $1 AND records.collection = $2";
 
 /// A statement's failure as the API tells it.
 fn pg(e: tokio_postgres::Error) -> DbError {
@@ -289,12 +297,7 @@ impl PgTxn<'_, '_> {
             "INSERT INTO db_searches (namespace, collection, fields) VALUES ($1, $2, $3)",
             &[&ns, &collection, &text],
         )?;
-        let rows = self.query(
-            &format!(
-                "SELECT {COLUMNS} FROM db_records AS records WHERE records.namespace = $1 AND records.collection = $2"
-            ),
-            &[&ns, &collection],
-        )?;
+        let rows = self.query(ALL, &[&ns, &collection])?;
         for row in rows {
             let r = records::decode(row5(&row))?;
             self.index_text(ns, collection, fields, &r.id, Some(&r))?;
@@ -313,12 +316,7 @@ impl PgTxn<'_, '_> {
     ) -> Result<(), DbError> {
         records::check_renames(renames, drops)?;
         let before = self.last_change(ns, collection)?;
-        let rows = self.query(
-            &format!(
-                "SELECT {COLUMNS} FROM db_records AS records WHERE records.namespace = $1 AND records.collection = $2"
-            ),
-            &[&ns, &collection],
-        )?;
+        let rows = self.query(ALL, &[&ns, &collection])?;
         for row in rows {
             let mut r = records::decode(row5(&row))?;
             if !records::reshape_record(&mut r, renames, drops, at)? {
@@ -361,13 +359,7 @@ impl Txn for PgTxn<'_, '_> {
     }
 
     fn read(&self, ns: &str, collection: &str, id: &str) -> Result<Option<Record>, DbError> {
-        let row = self.one(
-            &format!(
-                "SELECT {COLUMNS} FROM db_records AS records
-                 WHERE records.namespace = $1 AND records.collection = $2 AND records.id = $3"
-            ),
-            &[&ns, &collection, &id],
-        )?;
+        let row = self.one(ONE, &[&ns, &collection, &id])?;
         row.map(|r| records::decode(row5(&r))).transpose()
     }
 
@@ -509,13 +501,7 @@ impl PgRecords {
     fn read(&self, ns: &str, collection: &str, id: &str) -> Result<Option<Record>, DbError> {
         let row = self.rt.block_on(async {
             let client = self.db.client("db").await.map_err(status)?;
-            let stmt = client
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM db_records AS records
-                     WHERE records.namespace = $1 AND records.collection = $2 AND records.id = $3"
-                ))
-                .await
-                .map_err(pg)?;
+            let stmt = client.prepare_cached(ONE).await.map_err(pg)?;
             client.query_opt(&stmt, &[&ns, &collection, &id]).await.map_err(pg)
         })?;
         row.map(|r| records::decode(row5(&r))).transpose()
@@ -588,18 +574,6 @@ impl PgRecords {
             out.push(Change { seq: seq.max(0) as u64, action, record: records::from_json(&record)? });
         }
         Ok(out)
-    }
-
-    /// The newest change's `seq` (0: none yet) and the oldest one kept.
-    pub fn change_bounds(&self) -> Result<(u64, u64), DbError> {
-        let row = self.one(
-            "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM db_changes_seq_seq),
-                    (SELECT min(seq) FROM db_changes)",
-            &[],
-        )?;
-        let (newest, oldest): (i64, Option<i64>) = row.map_or((0, None), |r| (r.get(0), r.get(1)));
-        let newest = newest.max(0) as u64;
-        Ok((newest, oldest.map_or(newest + 1, |o| o.max(0) as u64)))
     }
 
     /// Where a subscription to `collection` of `ns` starts (see [`Records::start`]): the
@@ -907,22 +881,13 @@ impl PgRecords {
         rule: Option<&Expr>,
         request: &sql::Request,
     ) -> Result<Where, DbError> {
-        let scope = records::scope(ns, collection)?;
-        let per_page = if q.per_page == 0 { 30 } else { q.per_page };
-        if per_page > MAX_PER_PAGE {
-            return Err(DbError::Invalid(format!("at most {MAX_PER_PAGE} records a page")));
-        }
-        let page = q.page.max(1);
-        order_by(&q.sort)?;
-        let mut exprs: Vec<Expr> = rule.into_iter().cloned().collect();
-        if !q.filter.trim().is_empty() {
-            exprs.push(filter::parse(&q.filter).map_err(DbError::Filter)?);
-        }
-        let (clause, params) = if exprs.is_empty() {
-            ("TRUE".to_string(), Vec::new())
-        } else {
-            let c = pgsql::postgres(&Expr::And(exprs), request, 1);
-            (c.sql, c.params)
+        let (scope, all, per_page, page) = records::list_terms(ns, collection, q, rule)?;
+        let (clause, params) = match all {
+            None => ("TRUE".to_string(), Vec::new()),
+            Some(e) => {
+                let c = pgsql::postgres(&e, request, 1);
+                (c.sql, c.params)
+            }
         };
         Ok((format!("{scope} AND ({clause})"), params, per_page, page))
     }

@@ -331,6 +331,29 @@ pub(crate) fn order_by(sort: &str) -> Result<String, DbError> {
     Ok(parts.join(", "))
 }
 
+/// What every list checks before anything runs, on either backend: the collection's rows
+/// (as [`scope`]), the rule and the filter as one parsed tree (none: every record), the
+/// page size and the page; the sort is checked too.
+pub(crate) fn list_terms(
+    ns: &str,
+    collection: &str,
+    q: &ListQuery,
+    rule: Option<&Expr>,
+) -> Result<(String, Option<Expr>, u32, u32), DbError> {
+    let scope = scope(ns, collection)?;
+    let per_page = if q.per_page == 0 { 30 } else { q.per_page };
+    if per_page > MAX_PER_PAGE {
+        return Err(DbError::Invalid(format!("at most {MAX_PER_PAGE} records a page")));
+    }
+    sort_fields(&q.sort)?;
+    let mut exprs: Vec<Expr> = rule.into_iter().cloned().collect();
+    if !q.filter.trim().is_empty() {
+        exprs.push(filter::parse(&q.filter).map_err(DbError::Filter)?);
+    }
+    let all = (!exprs.is_empty()).then_some(Expr::And(exprs));
+    Ok((scope, all, per_page, q.page.max(1)))
+}
+
 /// A field's path (`a.b.c`), each part a name.
 pub(crate) fn field_path(what: &str, field: &str) -> Result<Vec<String>, DbError> {
     let path: Vec<String> = field.split('.').map(str::to_string).collect();
@@ -1835,23 +1858,14 @@ impl Records {
         rule: Option<&Expr>,
         request: &sql::Request,
     ) -> Result<(String, Vec<Value>, u32, u32), DbError> {
-        let scope = scope(ns, collection)?;
-        let per_page = if q.per_page == 0 { 30 } else { q.per_page };
-        if per_page > MAX_PER_PAGE {
-            return Err(DbError::Invalid(format!("at most {MAX_PER_PAGE} records a page")));
-        }
-        let page = q.page.max(1);
-        order_by(&q.sort)?;
-        let mut exprs: Vec<Expr> = rule.into_iter().cloned().collect();
-        if !q.filter.trim().is_empty() {
-            exprs.push(filter::parse(&q.filter).map_err(DbError::Filter)?);
-        }
+        let (scope, all, per_page, page) = list_terms(ns, collection, q, rule)?;
         // The rule and the filter combine as parsed trees, never as text.
-        let (clause, params) = if exprs.is_empty() {
-            ("1".to_string(), Vec::new())
-        } else {
-            let c = sql::sqlite(&Expr::And(exprs), request);
-            (c.sql, c.params.iter().map(to_value).collect())
+        let (clause, params) = match all {
+            None => ("1".to_string(), Vec::new()),
+            Some(e) => {
+                let c = sql::sqlite(&e, request);
+                (c.sql, c.params.iter().map(to_value).collect())
+            }
         };
         Ok((format!("{scope} AND ({clause})"), params, per_page, page))
     }

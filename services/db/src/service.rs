@@ -111,7 +111,7 @@ impl Db {
         if let Some(dir) = settings.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| DbError::Storage(format!("{}: {e}", dir.display())))?;
         }
-        Self::with(Store::Sqlite(Records::open(&settings.path)?), settings)
+        Ok(Self::with(Store::Sqlite(Records::open(&settings.path)?), settings))
     }
 
     /// Opens the database `settings` name: in PostgreSQL when they give a URL (or
@@ -123,29 +123,29 @@ impl Db {
         let database = micro_postgres::Database::connect_limited(url, crate::records::MAX_QUERY_TIME)
             .map_err(|e| DbError::Storage(e.detail().to_string()))?;
         let records = crate::pg::PgRecords::open(database.clone()).await?;
-        let db = Self::with(Store::Postgres(records), settings)?;
+        let db = Self::with(Store::Postgres(records), settings);
         // Every node's commits wake this node's subscribers.
         tokio::spawn(listen(Arc::downgrade(&db), database));
         Ok(db)
     }
 
-    fn with(records: Store, settings: &Settings) -> Result<Arc<Db>, DbError> {
-        // (The signal's value only grows: subscribers look at the log when it does.)
-        let (newest, _) = match &records {
-            Store::Sqlite(r) => r.change_bounds()?,
-            Store::Postgres(_) => (0, 0),
-        };
-        Ok(Arc::new(Db {
+    fn with(records: Store, settings: &Settings) -> Arc<Db> {
+        Arc::new(Db {
             records: Arc::new(records),
             specs: Default::default(),
             tails: Default::default(),
-            changed: tokio::sync::watch::channel(newest).0,
+            changed: tokio::sync::watch::channel(0).0,
             closing: tokio::sync::watch::channel(false).0,
             subscriptions: Default::default(),
             max_subscriptions: settings.max_subscriptions,
             retention: settings.retention,
             scan_limit: settings.scan_limit,
-        }))
+        })
+    }
+
+    /// Wakes every subscriber: each looks at its collection's tail.
+    fn wake(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Whether the records are in a database other nodes share.
@@ -169,7 +169,7 @@ impl Db {
             Some((ns, name)) => self.tails.bump(ns, name),
             None => self.tails.bump_all(),
         }
-        self.changed.send_modify(|n| *n += 1);
+        self.wake();
     }
 
     /// Whether namespace `ns` keeps anything here.
@@ -189,15 +189,9 @@ impl Db {
         }
     }
 
-    fn committed(&self, ns: &str, collection: &str, changes: &[Change]) {
+    fn committed(&self, ns: &str, collection: &str) {
         self.tails.bump(ns, collection);
-        if let Some(last) = changes.last() {
-            self.changed.send_if_modified(|seq| {
-                let newer = last.seq > *seq;
-                *seq = (*seq).max(last.seq);
-                newer
-            });
-        }
+        self.wake();
     }
 }
 
@@ -216,7 +210,7 @@ async fn listen(db: std::sync::Weak<Db>, database: micro_postgres::Database) {
                 // What was committed while no one listened: every tail reads on.
                 d.forget_spec(None);
                 d.tails.bump_all();
-                d.changed.send_modify(|n| *n += 1);
+                d.wake();
                 drop(d);
                 loop {
                     let message = tokio::select! {
@@ -231,14 +225,13 @@ async fn listen(db: std::sync::Weak<Db>, database: micro_postgres::Database) {
                         Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
                             let Some(d) = db.upgrade() else { return };
                             // `seq namespace collection`: that collection's tail reads on.
-                            let mut parts = n.payload().splitn(3, ' ');
-                            let seq = parts.next().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+                            let mut parts = n.payload().splitn(3, ' ').skip(1);
                             if let (Some(ns), Some(collection)) = (parts.next(), parts.next()) {
                                 // (A spec saved there is read again here.)
                                 d.forget_spec(Some((ns, collection)));
                                 d.tails.bump(ns, collection);
                             }
-                            d.changed.send_modify(|now| *now = (*now).max(seq).max(*now + 1));
+                            d.wake();
                         }
                         Some(Ok(_)) => {}
                         Some(Err(e)) => {
@@ -946,7 +939,7 @@ async fn write_once(
         // The write made the collection.
         db.forget_spec(Some((&who.ns, &c.name)));
     }
-    db.committed(&who.ns, &c.name, &changes);
+    db.committed(&who.ns, &c.name);
     Ok(changes)
 }
 
@@ -1014,15 +1007,7 @@ async fn delivering(
     filter: &Option<Expr>,
 ) -> Result<Vec<Expr>, Status> {
     let c = collection(db, who, name).await?;
-    if c.updated.is_none() {
-        return Err(Status::not_found(NAME, format!("no collection {name}")));
-    }
-    let mut exprs: Vec<Expr> = c.rule(who, Op::View)?.into_iter().collect();
-    if !one {
-        exprs.extend(c.rule(who, Op::List)?);
-    }
-    exprs.extend(filter.clone());
-    Ok(exprs)
+    delivered_under(&c, who, one, filter)
 }
 
 /// [`delivering`] under a spec already read (`spec` and when it changed; none: no such
@@ -1039,7 +1024,15 @@ fn delivering_under(
     };
     let spec: Spec = serde_json::from_value(spec)
         .map_err(|e| Status::internal(NAME, format!("collection {name} is unreadable: {e}")))?;
-    let c = Collection { name: name.to_string(), spec, updated: Some(updated) };
+    delivered_under(&Collection { name: name.to_string(), spec, updated: Some(updated) }, who, one, filter)
+}
+
+/// The rules a change must hold for `who` to be delivered it (the view rule, the list
+/// rule unless one record is followed, the subscriber's filter).
+fn delivered_under(c: &Collection, who: &Who, one: bool, filter: &Option<Expr>) -> Result<Vec<Expr>, Status> {
+    if c.updated.is_none() {
+        return Err(Status::not_found(NAME, format!("no collection {}", c.name)));
+    }
     let mut exprs: Vec<Expr> = c.rule(who, Op::View)?.into_iter().collect();
     if !one {
         exprs.extend(c.rule(who, Op::List)?);

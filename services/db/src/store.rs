@@ -95,11 +95,6 @@ impl Store {
         either!(self, r => r.start(ns, collection))
     }
 
-    /// See [`Records::change_bounds`].
-    pub fn change_bounds(&self) -> Result<(u64, u64), DbError> {
-        either!(self, r => r.change_bounds())
-    }
-
     /// See [`Records::floor`].
     pub fn floor(&self, ns: &str, collection: &str) -> Result<u64, DbError> {
         either!(self, r => r.floor(ns, collection))
