@@ -30,6 +30,18 @@ pub const DEVELOPER_SCOPE: &str = "developer";
 /// changes nothing.
 pub const VIEWER_SCOPE: &str = "viewer";
 
+/// The scope every app user holds (and only they): a namespace's rules name it to let
+/// the end users of its apps call something. No platform account may hold it.
+pub const APP_SCOPE: &str = "app";
+
+/// The scope of the products' accounts (of the `micro` namespace): they serve every
+/// namespace, so they may act in any (with no more rights there than its rules give).
+pub const PLATFORM_SCOPE: &str = "platform";
+
+/// The scope that lets an account of the `micro` namespace have the auth service sign
+/// tokens for the app users of any namespace (the users product's account).
+pub const ISSUER_SCOPE: &str = "issuer";
+
 /// What kind of principal an account is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,6 +51,29 @@ pub enum AccountType {
     User,
     /// A service (its own credentials, injected by the runtime).
     Service,
+    /// An end user of a namespace's apps, signed in through the users product: somebody
+    /// to the namespace's database rules and to rules naming [`APP_SCOPE`], nobody else.
+    App,
+}
+
+impl AccountType {
+    /// How tokens and the wire name it: `user`, `service` or `app`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountType::User => "user",
+            AccountType::Service => "service",
+            AccountType::App => "app",
+        }
+    }
+
+    /// The type a token or the wire names (anything unknown is a user).
+    pub fn from_name(name: &str) -> AccountType {
+        match name {
+            "service" => AccountType::Service,
+            "app" => AccountType::App,
+            _ => AccountType::User,
+        }
+    }
 }
 
 /// An account. Secrets are never part of it.
@@ -63,12 +98,27 @@ pub struct Account {
     /// Creation time, Unix seconds.
     #[serde(default)]
     pub created: u64,
+    /// Whether an app user confirmed their email address (always false for the others).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verified: bool,
 }
 
 impl Account {
-    /// Whether the account holds `scope`.
+    /// Whether the account holds `scope`. An app user holds [`APP_SCOPE`] alone, whatever
+    /// its token says.
     pub fn has_scope(&self, scope: &str) -> bool {
+        if self.kind == AccountType::App {
+            return scope == APP_SCOPE;
+        }
         self.scopes.iter().any(|s| s == scope)
+    }
+
+    /// Whether the account is a product's (a platform service of the `micro` namespace),
+    /// which may act in any namespace.
+    pub fn is_product(&self) -> bool {
+        self.namespace == crate::namespace::DEFAULT
+            && self.kind == AccountType::Service
+            && self.has_scope(PLATFORM_SCOPE)
     }
 
     /// Whether the account may administer namespace `ns`: `admin` of `ns`, or `admin`
@@ -202,8 +252,9 @@ impl Rule {
     pub fn admits(&self, account: Option<&Account>, ns: &str) -> bool {
         match self.scope.as_str() {
             "" => true,
-            "*" => account.is_some_and(|a| a.namespace == ns),
-            "+" => account.is_some(),
+            // App users are somebody only to rules that name them.
+            "*" => account.is_some_and(|a| a.namespace == ns && a.kind != AccountType::App),
+            "+" => account.is_some_and(|a| a.kind != AccountType::App),
             scope => account.is_some_and(|a| a.namespace == ns && a.has_scope(scope)),
         }
     }
@@ -247,10 +298,11 @@ pub fn decide(rules: &[Rule], account: Option<&Account>, ns: &str, resource: &Re
     }
 }
 
-/// Refuses an account acting in a namespace not its own (unless it administers it).
+/// Refuses an account acting in a namespace not its own (unless it administers it, or is
+/// a product's, which serves every namespace and has there only what the rules give anyone).
 pub fn check_namespace(account: Option<&Account>, ns: &str) -> Result<(), Status> {
     match account {
-        Some(a) if a.namespace != ns && !a.is_admin_of(ns) => Err(Status::new(
+        Some(a) if a.namespace != ns && !a.is_admin_of(ns) && !a.is_product() => Err(Status::new(
             Code::PermissionDenied,
             "auth",
             format!("account {} of namespace {} cannot act in namespace {ns}", a.id, a.namespace),

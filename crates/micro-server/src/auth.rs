@@ -89,8 +89,7 @@ struct Inner {
     settings: crate::sealed::Sealer,
 }
 
-/// The scope of the accounts products run as: they may follow every namespace's rules.
-pub(crate) const PLATFORM_SCOPE: &str = "platform";
+pub(crate) use micro_core::auth::PLATFORM_SCOPE;
 
 /// How long a delegated token lives (at most; never past the token it stands for).
 const DELEGATED_TTL: u64 = 300;
@@ -488,6 +487,7 @@ impl AuthService {
                 scopes: scopes.iter().map(|s| s.to_string()).collect(),
                 metadata: [(mark.0.to_string(), mark.1.to_string())].into(),
                 created: now(),
+                verified: false,
             },
         };
         self.save(&StoredAccount { account, hash: hash_secret(&secret)? }).await?;
@@ -523,25 +523,29 @@ impl AuthService {
         Ok(())
     }
 
-    /// Issues an access token and a new refresh token for `account`.
-    async fn issue(&self, account: &Account) -> Result<pb::TokenResponse, MicroStatus> {
+    /// Signs an access token for `account`: the token and when it expires.
+    fn sign(&self, account: &Account) -> Result<(String, u64), MicroStatus> {
         let iat = now().max(self.inner.revocations.first_valid_iat(&account.namespace, &account.id));
         let exp = iat + ACCESS_TTL.as_secs();
         let claims = Claims {
             sub: account.id.clone(),
             name: account.name.clone(),
             ns: account.namespace.clone(),
-            typ: match account.kind {
-                AccountType::User => "user".into(),
-                AccountType::Service => "service".into(),
-            },
+            typ: account.kind.as_str().into(),
             scopes: account.scopes.clone(),
             iat,
             exp,
             iss: "micro".into(),
             aud: None,
+            verified: account.verified,
         };
-        let access_token = self.inner.signer.sign(&claims)?;
+        Ok((self.inner.signer.sign(&claims)?, exp))
+    }
+
+    /// Issues an access token and a new refresh token for `account`.
+    async fn issue(&self, account: &Account) -> Result<pb::TokenResponse, MicroStatus> {
+        let (access_token, exp) = self.sign(account)?;
+        let iat = now();
         let random = random_secret();
         let id64 = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(account.id.as_bytes());
         let refresh_token = format!("{id64}.{random}");

@@ -404,10 +404,12 @@ fn t(s: Status) -> tonic::Status {
     micro::status::to_tonic(&s)
 }
 
-/// Whether `caller` acts with an account of namespace `ns`, or is an operator: whom a
-/// private service answers and the month's quota refusal names the plan to.
+/// Whether `caller` acts with an account of namespace `ns` (not an app user's: they are
+/// the public of its apps), or is an operator: whom a private service answers and the
+/// month's quota refusal names the plan to.
 pub(crate) fn member(caller: &micro::auth::Caller, ns: &str) -> bool {
-    caller.is_operator() || caller.account.as_ref().is_some_and(|a| a.namespace == ns)
+    caller.is_operator()
+        || caller.account.as_ref().is_some_and(|a| a.namespace == ns && a.kind != micro_core::auth::AccountType::App)
 }
 
 /// Where `ns`'s pending claim of `domain` is kept.

@@ -49,7 +49,7 @@ impl Hosted {
 }
 
 /// Every product, by name.
-pub(crate) const PRODUCTS: [Product; 4] = [
+pub(crate) const PRODUCTS: [Product; 5] = [
     Product {
         name: micro_distributed::NAME,
         build: |s, _, _| micro_distributed::service(s),
@@ -78,6 +78,13 @@ pub(crate) const PRODUCTS: [Product; 4] = [
         tenant_prefix: None,
         scopes: &[],
     },
+    // It signs its users' tokens through the auth service.
+    Product {
+        name: micro_users::NAME,
+        build: |s, _, _| micro_users::service_with(s),
+        tenant_prefix: Some(micro_users::tenant_prefix),
+        scopes: &[micro_core::auth::ISSUER_SCOPE],
+    },
 ];
 
 /// Where every product keeps namespace `ns`'s data: a table and a key prefix.
@@ -91,7 +98,8 @@ pub(crate) fn tenant_data(ns: &str) -> Vec<(micro_core::store::Table, String)> {
 }
 
 /// The names of every product.
-pub const NAMES: [&str; 4] = [micro_distributed::NAME, micro_email::NAME, micro_platform::NAME, micro_db::NAME];
+pub const NAMES: [&str; 5] =
+    [micro_distributed::NAME, micro_email::NAME, micro_platform::NAME, micro_db::NAME, micro_users::NAME];
 
 /// The account a product runs as.
 pub(crate) fn account(name: &str) -> String {
@@ -156,7 +164,7 @@ mod tests {
 
     #[test]
     fn selecting() {
-        assert_eq!(select("all").unwrap(), vec!["distributed", "email", "platform", "db"]);
+        assert_eq!(select("all").unwrap(), vec!["distributed", "email", "platform", "db", "users"]);
         assert!(select("off").unwrap().is_empty());
         assert_eq!(select(" distributed ,").unwrap(), vec!["distributed"]);
         assert!(select("distributed,billing").unwrap_err().contains("unknown service \"billing\""));

@@ -76,15 +76,12 @@ impl From<auth::Account> for micro_core::auth::Account {
         micro_core::auth::Account {
             id: a.id,
             name: a.name,
-            kind: if a.r#type == "service" {
-                micro_core::auth::AccountType::Service
-            } else {
-                micro_core::auth::AccountType::User
-            },
+            kind: micro_core::auth::AccountType::from_name(&a.r#type),
             namespace: a.namespace,
             scopes: a.scopes,
             metadata: a.metadata.into_iter().collect(),
             created: a.created,
+            verified: false,
         }
     }
 }
@@ -95,10 +92,7 @@ impl From<&micro_core::auth::Account> for auth::Account {
         auth::Account {
             id: a.id.clone(),
             name: a.name.clone(),
-            r#type: match a.kind {
-                micro_core::auth::AccountType::User => "user".into(),
-                micro_core::auth::AccountType::Service => "service".into(),
-            },
+            r#type: a.kind.as_str().into(),
             namespace: a.namespace.clone(),
             scopes: a.scopes.clone(),
             metadata: a.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),

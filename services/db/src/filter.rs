@@ -135,7 +135,7 @@ impl std::error::Error for FilterError {}
 const MACROS: [&str; 3] = ["now", "todayStart", "todayEnd"];
 /// The caller's fields a filter may name (`@request.auth.id`): any other would be `""`
 /// for everyone, so a rule naming one would not mean what it says.
-pub const AUTH_FIELDS: [&str; 3] = ["id", "name", "type"];
+pub const AUTH_FIELDS: [&str; 4] = ["id", "name", "type", "verified"];
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -414,7 +414,7 @@ impl Parser {
                 if !known {
                     return Err(err(
                         self.pos,
-                        "a macro: @request.auth.id, @request.auth.name, @request.auth.type, @now, @todayStart or @todayEnd",
+                        "a macro: @request.auth.id, @request.auth.name, @request.auth.type, @request.auth.verified, @now, @todayStart or @todayEnd",
                         format!("@{}", p.join(".")),
                     ));
                 }

@@ -302,8 +302,9 @@ fn who(ctx: &Context) -> Result<Who, Status> {
         if a.namespace == ns {
             request.auth.insert("id".into(), Param::Text(a.id.clone()));
             request.auth.insert("name".into(), Param::Text(a.name.clone()));
-            let kind = serde_json::to_value(a.kind).ok().and_then(|v| v.as_str().map(str::to_string));
-            request.auth.insert("type".into(), Param::Text(kind.unwrap_or_default()));
+            request.auth.insert("type".into(), Param::Text(a.kind.as_str().into()));
+            // An app user who confirmed their email address (`@request.auth.verified = true`).
+            request.auth.insert("verified".into(), Param::Int(i64::from(a.verified)));
         }
     }
     Ok(Who { ns, manager, reader, request })

@@ -14,6 +14,11 @@ impl pb::auth_server::Auth for AuthService {
             "service" => AccountType::Service,
             other => return Err(Status::invalid_argument(format!("auth: type {other:?}: use user or service"))),
         };
+        if r.scopes.iter().any(|s| s == micro_core::auth::APP_SCOPE) {
+            return Err(Status::invalid_argument(
+                "auth: the app scope is the app users' (the users product signs them in)",
+            ));
+        }
         let account = Account {
             id: r.id,
             name: r.name,
@@ -22,6 +27,7 @@ impl pb::auth_server::Auth for AuthService {
             scopes: r.scopes,
             metadata: r.metadata.into_iter().collect(),
             created: 0,
+            verified: false,
         };
         let (account, secret) = self.create(account, &r.secret).await.map_err(t)?;
         Ok(Response::new(pb::GenerateResponse { account: Some((&account).into()), secret }))
@@ -308,5 +314,46 @@ impl pb::auth_server::Auth for AuthService {
         req: Request<pb::DeleteSettingRequest>,
     ) -> Result<Response<pb::DeleteSettingResponse>, Status> {
         self.handle_delete_setting(req).await
+    }
+
+    async fn mint(&self, req: Request<pb::MintRequest>) -> Result<Response<pb::TokenResponse>, Status> {
+        let issuer = Self::caller(&req).is_some_and(|a| {
+            a.namespace == micro_core::namespace::DEFAULT
+                && a.kind == AccountType::Service
+                && a.has_scope(micro_core::auth::ISSUER_SCOPE)
+        });
+        if !issuer {
+            return Err(t(MicroStatus::new(
+                Code::PermissionDenied,
+                "auth",
+                "only the users product signs app users' tokens",
+            )));
+        }
+        let r = req.into_inner();
+        micro_core::namespace::validate(&r.namespace).map_err(t)?;
+        validate_id(&r.id).map_err(t)?;
+        if r.revoke {
+            self.inner.revocations.revoke(&r.namespace, Some(&r.id)).await.map_err(t)?;
+            return Ok(Response::new(pb::TokenResponse::default()));
+        }
+        if r.name.chars().count() > 200 || r.name.chars().any(char::is_control) {
+            return Err(t(MicroStatus::bad_request("auth", "a name is one line of at most 200 characters")));
+        }
+        let account = Account {
+            id: r.id,
+            name: r.name,
+            kind: AccountType::App,
+            namespace: r.namespace,
+            scopes: vec![micro_core::auth::APP_SCOPE.into()],
+            verified: r.verified,
+            ..Default::default()
+        };
+        let (access_token, expiry) = self.sign(&account).map_err(t)?;
+        Ok(Response::new(pb::TokenResponse {
+            access_token,
+            expiry,
+            account: Some((&account).into()),
+            ..Default::default()
+        }))
     }
 }

@@ -423,6 +423,7 @@ mod tests {
             exp: iat + ttl,
             iss: ISSUER.into(),
             aud: None,
+            verified: false,
         }
     }
 
@@ -795,6 +796,7 @@ mod fuzz {
             exp: now() + 60,
             iss: "micro".into(),
             aud: None,
+            verified: false,
         };
         let good = signer.sign(&claims).expect("signs");
         let mut state = 0x2545_f491_4f6c_dd1d_u64;

@@ -357,6 +357,13 @@ impl Authorizer {
                 }
             }
             Protection::Members | Protection::Contribute if caller.is_admin() => Ok(()),
+            // A product calls another for a namespace it serves (the users product mails
+            // their codes): a member of every namespace to the products, not to the core.
+            Protection::Members | Protection::Contribute
+                if matches!(self.scope, Scope::Platform { .. }) && account.is_some_and(Account::is_product) =>
+            {
+                Ok(())
+            }
             Protection::Members | Protection::Contribute => {
                 let rules = self.rules.rules(ns).await?;
                 let mut effective = vec![Rule {

@@ -51,13 +51,10 @@ impl Claims {
         micro_core::auth::Account {
             id: self.sub.clone(),
             name: self.name.clone(),
-            kind: if self.typ == "service" {
-                micro_core::auth::AccountType::Service
-            } else {
-                micro_core::auth::AccountType::User
-            },
+            kind: micro_core::auth::AccountType::from_name(&self.typ),
             namespace: self.ns.clone(),
             scopes: self.scopes.clone(),
+            verified: self.verified,
             ..Default::default()
         }
     }
@@ -72,7 +69,7 @@ pub struct Claims {
     pub name: String,
     /// Account namespace.
     pub ns: String,
-    /// Account type: `"user"` or `"service"`.
+    /// Account type: `"user"`, `"service"` or `"app"` (an app user).
     pub typ: String,
     /// Scopes of the account.
     pub scopes: Vec<String>,
@@ -87,6 +84,9 @@ pub struct Claims {
     /// account's own tokens, which every verifier accepts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<String>,
+    /// An app user's email address is confirmed (absent: not, or not an app user).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verified: bool,
 }
 
 /// The trusted public keys, as services fetch them to verify tokens locally:

@@ -1,0 +1,304 @@
+//! App users through a real `micro server` (the binary, hosting the product in-process)
+//! and a real SMTP server (aiosmtpd, started by the test) that the codes arrive at:
+//! signup, confirmation, sessions, refresh-token rotation, resets, sign-in codes,
+//! deletion, and tokens that the database's rules and the gateway honour — and nothing
+//! more. Each runs on the embedded defaults and on two nodes sharing PostgreSQL.
+
+use micro_test::call_json as call;
+use micro_test::process::ServerProcess;
+use micro_test::smtp::{Options, SmtpSink};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn micro() -> std::path::PathBuf {
+    micro_test::process::binary(micro_test::sibling_binary("micro"))
+}
+
+fn server(sink: &SmtpSink, env: &[(&str, &str)]) -> ServerProcess {
+    ServerProcess::builder(micro())
+        .env("MICRO_SMTP", sink.url())
+        .env("MICRO_EMAIL_FROM", "Platform <noreply@platform.test>")
+        .envs(env)
+        .start()
+}
+
+/// The newest mail to `to` whose subject contains `subject`, waiting for it; with the
+/// number of such mails.
+async fn mail(sink: &SmtpSink, to: &str, subject: &str, count: usize) -> micro_test::smtp::Received {
+    for _ in 0..300 {
+        let all: Vec<_> = sink
+            .messages()
+            .into_iter()
+            .filter(|m| m.rcpt_tos.iter().any(|r| r == to) && m.header("subject").contains(subject))
+            .collect();
+        if all.len() >= count {
+            return all[count - 1].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "no mail #{count} to {to} about {subject:?}: {:?}",
+        sink.messages().iter().map(|m| m.header("subject").to_string()).collect::<Vec<_>>()
+    );
+}
+
+/// The 6-digit code of a mail.
+fn code(m: &micro_test::smtp::Received) -> String {
+    let text = m.text.clone().unwrap_or_default();
+    let at = text.find(" is ").expect("a code in the mail") + 4;
+    let code: String = text[at..].chars().take(6).collect();
+    assert!(code.bytes().all(|b| b.is_ascii_digit()), "{text}");
+    code
+}
+
+async fn post(api: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    call(api, "POST", path, token, "shop", Some(body)).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn embedded_an_app_user_signs_up_confirms_and_owns_their_records() {
+    let Some(sink) = SmtpSink::start(Options::default()) else { return };
+    let s = server(&sink, &[]);
+    signs_up_confirms_and_owns_records(&sink, &s, &s).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_an_app_user_signs_up_on_one_node_and_signs_in_on_the_other() {
+    let Some(pg) = micro_test::backend_url("MICRO_TEST_POSTGRES") else { return };
+    let Some(sink) = SmtpSink::start(Options::default()) else { return };
+    let schema = micro_test::PgSchema::create(&pg, &format!("micro_users_cluster_{}", std::process::id())).await;
+    let env = [("MICRO_BACKEND", schema.url.as_str())];
+    let a = server(&sink, &env);
+    let b = server(&sink, &env);
+    signs_up_confirms_and_owns_records(&sink, &a, &b).await;
+}
+
+/// The app's whole life with its users, through node `a` and node `b` (the same server
+/// on the embedded defaults).
+async fn signs_up_confirms_and_owns_records(sink: &SmtpSink, a: &ServerProcess, b: &ServerProcess) {
+    let ann = a.account("shop", "ann", "user", &["admin"]).await;
+    let (api, bpi) = (a.api.clone(), b.api.clone());
+
+    // Off until the namespace turns app users on.
+    let signup = json!({"email": "Zoe@Example.com", "password": "correct horse battery", "name": "Zoe"});
+    let (st, v) = post(&api, "/users/v1/signup", None, signup.clone()).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["detail"].as_str().unwrap().contains("app users are off"), "{v}");
+    // (This test makes more attempts from one address than a person would.)
+    let settings = json!({"app_name": "Shop", "link_url": "https://shop.example/signin", "attempts_per_minute": 1000});
+    let (st, v) = post(&api, "/users/v1/settings", Some(&ann), settings).await;
+    assert_eq!(st, 200, "{v}");
+    // Settings are the managers': not the public's.
+    let (st, _) = post(&api, "/users/v1/settings", None, json!({"signups": true})).await;
+    assert_eq!(st, 401);
+
+    // Bad input: a clear 400 each, and nothing made.
+    for (body, says) in [
+        (json!({"email": "zoe", "password": "correct horse battery"}), "not an email address"),
+        (json!({"email": "zoe@example.com", "password": "short"}), "too short"),
+        (json!({"email": "zoe@example.com", "password": "password123"}), "too common"),
+        (json!({"email": "zoe@example.com", "password": "zoe@example.com"}), "too common"),
+        (json!({"email": "zoe@example.com", "password": "correct horse battery", "admin": true}), "unknown field"),
+        (json!({"email": "zoe@example.com", "password": "x".repeat(300)}), "too long"),
+    ] {
+        let (st, v) = post(&api, "/users/v1/signup", None, body).await;
+        assert_eq!(st, 400, "{v}");
+        assert!(v["detail"].as_str().unwrap().contains(says), "{says}: {v}");
+    }
+
+    let (st, v) = post(&api, "/users/v1/signup", None, signup.clone()).await;
+    assert_eq!(st, 200, "{v}");
+    let first = mail(sink, "zoe@example.com", "Confirm your email for Shop", 1).await;
+    assert!(first.header("from").contains("Shop via"), "{:?}", first.headers);
+    let text = first.text.clone().unwrap();
+    assert!(text.contains("https://shop.example/signin?purpose=verify&email=zoe%40example.com&code="), "{text}");
+
+    // Signing up again with the address: the same answer, no new user, the owner told.
+    let again = json!({"email": "zoe@example.com", "password": "another good one"});
+    let (st, v2) = post(&bpi, "/users/v1/signup", None, again).await;
+    assert_eq!((st, &v2), (200, &v), "the same answer whether or not the address has a user");
+    mail(sink, "zoe@example.com", "Someone signed up for Shop", 1).await;
+
+    // A password sign-in works before the address is confirmed (the setting's default),
+    // on either node; the token says unverified.
+    let (st, zoe) =
+        post(&bpi, "/users/v1/login", None, json!({"email": "zoe@example.com", "password": "correct horse battery"}))
+            .await;
+    assert_eq!(st, 200, "{zoe}");
+    assert_eq!(zoe["user"]["verified"], false);
+    let uid = zoe["user"]["id"].as_str().unwrap().to_string();
+    let (st, _) =
+        post(&api, "/users/v1/login", None, json!({"email": "zoe@example.com", "password": "another good one"})).await;
+    assert_eq!(st, 401, "the second signup changed nothing");
+
+    // Confirming: a wrong code is refused, the right one signs in verified, once.
+    let (st, v) = post(&api, "/users/v1/verify", None, json!({"email": "zoe@example.com", "code": "000000x"})).await;
+    assert_eq!(st, 400, "{v}");
+    let right = code(&first);
+    let wrong = if right == "123456" { "654321" } else { "123456" };
+    let (st, _) = post(&api, "/users/v1/verify", None, json!({"email": "zoe@example.com", "code": wrong})).await;
+    assert_eq!(st, 400);
+    let (st, zoe) = post(&bpi, "/users/v1/verify", None, json!({"email": "zoe@example.com", "code": right})).await;
+    assert_eq!(st, 200, "{zoe}");
+    assert_eq!(zoe["user"]["verified"], true);
+    let (st, _) = post(&api, "/users/v1/verify", None, json!({"email": "zoe@example.com", "code": right})).await;
+    assert_eq!(st, 400, "a code is used once");
+    let token = zoe["token"].as_str().unwrap().to_string();
+    let (st, me) = call(&api, "GET", "/users/v1/me", Some(&token), "shop", None).await;
+    assert_eq!((st, me["email"].as_str()), (200, Some("zoe@example.com")), "{me}");
+    let (st, me) =
+        call(&bpi, "PATCH", "/users/v1/me", Some(&token), "shop", Some(json!({"data": {"plan": "gold"}}))).await;
+    assert_eq!((st, &me["data"]["plan"]), (200, &json!("gold")), "{me}");
+
+    // The database's rules see the app user: verified users write their own records,
+    // and see only theirs.
+    let spec = json!({
+        "name": "notes",
+        "rules": {"list": "owner = @request.auth.id", "view": "owner = @request.auth.id",
+                  "create": "@request.auth.verified = true && owner = @request.auth.id"}
+    });
+    let (st, v) = post(&api, "/db/v1/collections", Some(&ann), spec).await;
+    assert_eq!(st, 200, "{v}");
+    let note = json!({"data": {"owner": uid, "text": "mine"}});
+    let (st, v) = post(&bpi, "/db/v1/notes/records", Some(&token), note.clone()).await;
+    assert_eq!(st, 200, "{v}");
+    let unverified =
+        post(&api, "/users/v1/signup", None, json!({"email": "yan@example.com", "password": "yan's good password"}))
+            .await;
+    assert_eq!(unverified.0, 200);
+    let (st, yan) =
+        post(&api, "/users/v1/login", None, json!({"email": "yan@example.com", "password": "yan's good password"}))
+            .await;
+    assert_eq!(st, 200, "{yan}");
+    let yan_token = yan["token"].as_str().unwrap().to_string();
+    let yan_id = yan["user"]["id"].as_str().unwrap();
+    let (st, _) = post(&api, "/db/v1/notes/records", Some(&yan_token), json!({"data": {"owner": yan_id}})).await;
+    assert_eq!(st, 403, "an unconfirmed user cannot create");
+    let (st, v) = call(&api, "GET", "/db/v1/notes/records", Some(&yan_token), "shop", None).await;
+    assert_eq!((st, v["items"].as_array().map(Vec::len)), (200, Some(0)), "{v}");
+    let (st, v) = call(&api, "GET", "/db/v1/notes/records", Some(&token), "shop", None).await;
+    assert_eq!((st, v["items"].as_array().map(Vec::len)), (200, Some(1)), "{v}");
+
+    // An app user is nobody on the team: no mail, no store, no users list, no settings.
+    let (st, _) =
+        post(&api, "/email/send", Some(&token), json!({"to": ["x@example.com"], "subject": "s", "text": "t"})).await;
+    assert_eq!(st, 403);
+    let (st, _) = call(&api, "GET", "/users/v1/users", Some(&token), "shop", None).await;
+    assert_eq!(st, 403);
+    let (st, _) = post(&api, "/users/v1/settings", Some(&token), json!({})).await;
+    assert_eq!(st, 403);
+    let (st, _) = call(&api, "GET", "/db/v1/collections", Some(&token), "shop", None).await;
+    assert_eq!(st, 403);
+    // … and nobody in another namespace.
+    let (st, _) = call(&api, "GET", "/users/v1/me", Some(&token), "blog", None).await;
+    assert_eq!(st, 403);
+
+    // Managers see the users (without their hashes).
+    let (st, v) = call(&api, "GET", "/users/v1/users", Some(&ann), "shop", None).await;
+    assert_eq!((st, v["users"].as_array().map(Vec::len)), (200, Some(2)), "{v}");
+    assert!(!v.to_string().contains("argon2"), "{v}");
+
+    // Refresh tokens are used up by a refresh; a used one coming back ends the session.
+    let r1 = zoe["refresh_token"].as_str().unwrap().to_string();
+    let (st, z2) = post(&bpi, "/users/v1/refresh", None, json!({"refresh_token": r1})).await;
+    assert_eq!(st, 200, "{z2}");
+    let r2 = z2["refresh_token"].as_str().unwrap().to_string();
+    let (st, _) = post(&api, "/users/v1/refresh", None, json!({"refresh_token": r1})).await;
+    assert_eq!(st, 401, "a used refresh token");
+    let (st, _) = post(&api, "/users/v1/refresh", None, json!({"refresh_token": r2})).await;
+    assert_eq!(st, 401, "the replay ended the session");
+    for junk in ["", "a.b.c", "..", &"x".repeat(5000)] {
+        let (st, _) = post(&api, "/users/v1/refresh", None, json!({"refresh_token": junk})).await;
+        assert_eq!(st, 401, "{junk}");
+    }
+
+    // Sessions: listed; ending one voids its access token at once.
+    let (_, s1) =
+        post(&api, "/users/v1/login", None, json!({"email": "zoe@example.com", "password": "correct horse battery"}))
+            .await;
+    let (_, s2) =
+        post(&bpi, "/users/v1/login", None, json!({"email": "zoe@example.com", "password": "correct horse battery"}))
+            .await;
+    let t1 = s1["token"].as_str().unwrap().to_string();
+    let (st, v) = call(&api, "GET", "/users/v1/me/sessions", Some(&t1), "shop", None).await;
+    assert_eq!(st, 200, "{v}");
+    let ids: Vec<&str> = v["sessions"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    let sid2 = s2["refresh_token"].as_str().unwrap().split('.').nth(1).unwrap();
+    assert!(ids.contains(&sid2), "{v}");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (st, _) = call(&api, "DELETE", &format!("/users/v1/me/sessions/{sid2}"), Some(&t1), "shop", None).await;
+    assert_eq!(st, 204);
+    let voided = micro_test::eventually(Duration::from_secs(5), || async {
+        call(&bpi, "GET", "/users/v1/me", Some(&t1), "shop", None).await.0 == 401
+    })
+    .await;
+    assert!(voided, "ending a session voids the access tokens");
+    let (st, _) = post(&api, "/users/v1/refresh", None, json!({"refresh_token": s2["refresh_token"]})).await;
+    assert_eq!(st, 401, "the ended session");
+    let (st, s1) = post(&api, "/users/v1/refresh", None, json!({"refresh_token": s1["refresh_token"]})).await;
+    assert_eq!(st, 200, "the other session goes on: {s1}");
+
+    // A forgotten password: the same answer for any address; the mailed code resets it
+    // and ends every session.
+    let (st, v) = post(&api, "/users/v1/reset", None, json!({"email": "nobody@example.com"})).await;
+    let (st2, v2) = post(&api, "/users/v1/reset", None, json!({"email": "zoe@example.com"})).await;
+    assert_eq!((st, &v), (st2, &v2), "{v} {v2}");
+    let reset = mail(sink, "zoe@example.com", "Reset your Shop password", 1).await;
+    let weak = json!({"email": "zoe@example.com", "code": code(&reset), "password": "12345678"});
+    let (st, _) = post(&api, "/users/v1/reset/confirm", None, weak).await;
+    assert_eq!(st, 400, "the policy holds on a reset");
+    let ok = json!({"email": "zoe@example.com", "code": code(&reset), "password": "a brand new secret"});
+    let (st, z3) = post(&bpi, "/users/v1/reset/confirm", None, ok.clone()).await;
+    assert_eq!(st, 200, "{z3}");
+    let (st, _) = post(&api, "/users/v1/reset/confirm", None, ok).await;
+    assert_eq!(st, 400, "a reset code is used once");
+    let (st, _) = post(&api, "/users/v1/refresh", None, json!({"refresh_token": s1["refresh_token"]})).await;
+    assert_eq!(st, 401, "a reset ends the sessions");
+    let (st, _) =
+        post(&api, "/users/v1/login", None, json!({"email": "zoe@example.com", "password": "correct horse battery"}))
+            .await;
+    assert_eq!(st, 401);
+
+    // A mailed sign-in code (a magic link when the app gave its URL).
+    let (st, _) = post(&api, "/users/v1/code", None, json!({"email": "zoe@example.com"})).await;
+    assert_eq!(st, 200);
+    let signin = mail(sink, "zoe@example.com", "Your Shop sign-in code", 1).await;
+    assert!(signin.text.clone().unwrap().contains("purpose=login"));
+    let (st, z4) =
+        post(&bpi, "/users/v1/code/login", None, json!({"email": "zoe@example.com", "code": code(&signin)})).await;
+    assert_eq!(st, 200, "{z4}");
+    let t4 = z4["token"].as_str().unwrap().to_string();
+
+    // Brute force: 10 failures lock an address for 15 minutes, known or not alike.
+    for who in ["zoe@example.com", "ghost@example.com"] {
+        let mut last = 0;
+        for _ in 0..11 {
+            last = post(&bpi, "/users/v1/login", None, json!({"email": who, "password": "wrong guess 123"})).await.0;
+            if last == 429 {
+                break;
+            }
+        }
+        assert_eq!(last, 429, "{who}");
+    }
+    let (st, v) =
+        post(&api, "/users/v1/login", None, json!({"email": "zoe@example.com", "password": "a brand new secret"}))
+            .await;
+    assert_eq!(st, 429, "locked even with the right password: {v}");
+
+    // GDPR: everything kept about her, then erased; her tokens stop.
+    let (st, export) = call(&api, "GET", "/users/v1/me/export", Some(&t4), "shop", None).await;
+    assert_eq!(st, 200, "{export}");
+    assert_eq!(export["user"]["email"], "zoe@example.com");
+    assert!(!export.to_string().contains("argon2"));
+    let (st, _) = post(&api, "/users/v1/me/delete", Some(&t4), json!({"password": "wrong"})).await;
+    assert_eq!(st, 401);
+    let (st, v) = post(&api, "/users/v1/me/delete", Some(&t4), json!({"password": "a brand new secret"})).await;
+    assert_eq!(st, 204, "{v}");
+    let voided = micro_test::eventually(Duration::from_secs(5), || async {
+        call(&bpi, "GET", "/db/v1/notes/records", Some(&t4), "shop", None).await.0 == 401
+    })
+    .await;
+    assert!(voided, "a deleted user's token stops at the database too");
+    let (st, v) = call(&api, "GET", "/users/v1/users", Some(&ann), "shop", None).await;
+    assert_eq!((st, v["users"].as_array().map(Vec::len)), (200, Some(1)), "{v}");
+}
