@@ -336,7 +336,7 @@ pub fn default_rule() -> Rule {
 mod tests {
     use super::*;
 
-    fn account(ns: &str, scopes: &[&str]) -> Account {
+    pub(super) fn account(ns: &str, scopes: &[&str]) -> Account {
         Account {
             id: "a".into(),
             namespace: ns.into(),
@@ -345,7 +345,7 @@ mod tests {
         }
     }
 
-    fn rule(id: &str, scope: &str, res: &str, access: Access, priority: i32) -> Rule {
+    pub(super) fn rule(id: &str, scope: &str, res: &str, access: Access, priority: i32) -> Rule {
         Rule { id: id.into(), scope: scope.into(), resource: parse_resource(res).unwrap(), access, priority }
     }
 
@@ -441,6 +441,43 @@ mod fuzz {
             let n = (self.next() % 12) as usize;
             (0..n).map(|_| PIECES[(self.next() % PIECES.len() as u64) as usize]).collect()
         }
+    }
+
+    #[test]
+    fn app_users_are_somebody_only_to_rules_naming_them() {
+        let app = Account {
+            id: "u1".into(),
+            kind: AccountType::App,
+            namespace: "shop".into(),
+            // Whatever a token says, an app user holds the app scope alone.
+            scopes: vec![ADMIN_SCOPE.into(), DATA_SCOPE.into(), APP_SCOPE.into()],
+            ..Default::default()
+        };
+        assert!(app.has_scope(APP_SCOPE) && !app.has_scope(ADMIN_SCOPE) && !app.has_scope(DATA_SCOPE));
+        assert!(!app.is_admin_of("shop") && !app.may_use_data_of("shop") && !app.may_read_in("shop"));
+        let res = Resource::new("service", "orders", "Orders.List");
+        for scope in ["*", "+"] {
+            let r = super::tests::rule("r", scope, "service:orders", Access::Granted, 0);
+            assert!(decide(&[r], Some(&app), "shop", &res).is_err(), "{scope}");
+        }
+        let named = super::tests::rule("r", APP_SCOPE, "service:orders", Access::Granted, 0);
+        assert!(decide(std::slice::from_ref(&named), Some(&app), "shop", &res).is_ok());
+        assert!(
+            decide(&[named], Some(&super::tests::account("shop", &[])), "shop", &res).is_err(),
+            "a team member is no app user"
+        );
+        assert!(check_namespace(Some(&app), "blog").is_err());
+        // A product acts in any namespace; a service of micro without the scope does not.
+        let product = Account {
+            kind: AccountType::Service,
+            scopes: vec![PLATFORM_SCOPE.into()],
+            ..super::tests::account(crate::namespace::DEFAULT, &[])
+        };
+        assert!(product.is_product() && check_namespace(Some(&product), "shop").is_ok());
+        let plain = Account { kind: AccountType::Service, ..super::tests::account(crate::namespace::DEFAULT, &[]) };
+        assert!(!plain.is_product() && check_namespace(Some(&plain), "shop").is_err());
+        assert_eq!(AccountType::from_name("app"), AccountType::App);
+        assert_eq!(AccountType::from_name("anything"), AccountType::User);
     }
 
     #[test]

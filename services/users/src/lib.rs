@@ -47,6 +47,7 @@
 //! | `GET`, `POST /users/v1/settings` | `Users.Settings`, `Users.SaveSettings` | managers |
 
 mod limit;
+pub mod oidc;
 pub mod password;
 
 use micro::proto::auth as pb;
@@ -108,8 +109,12 @@ pub struct User {
 #[derive(Serialize, Deserialize)]
 struct Stored {
     user: User,
-    /// The password's argon2id hash.
+    /// The password's argon2id hash (of a random secret nobody knows for a user who
+    /// signed up through a provider, until they reset it).
     hash: String,
+    /// The providers' subjects linked to the user (`<provider>/<digest of the subject>`).
+    #[serde(default)]
+    links: Vec<String>,
 }
 
 /// A signed-in device or browser: one refresh token's life.
@@ -181,6 +186,8 @@ pub struct Settings {
     pub attempts_per_minute: u32,
     /// What passwords must be.
     pub password: password::Policy,
+    /// OpenID Connect providers the users may sign in with.
+    pub providers: Vec<oidc::Provider>,
 }
 
 impl Default for Settings {
@@ -193,12 +200,42 @@ impl Default for Settings {
             signups_per_hour: 20,
             attempts_per_minute: 60,
             password: password::Policy::default(),
+            providers: Vec::new(),
         }
     }
 }
 
 impl Settings {
-    fn validate(&self) -> Result<(), Status> {
+    /// The settings as shown: the providers' secrets hidden.
+    fn shown(mut self) -> Settings {
+        for p in &mut self.providers {
+            if !p.client_secret.is_empty() {
+                p.client_secret = oidc::HIDDEN.into();
+            }
+        }
+        self
+    }
+
+    fn validate(&mut self, private: bool, before: Option<&Settings>) -> Result<(), Status> {
+        if self.providers.len() > 20 {
+            return Err(bad("at most 20 providers"));
+        }
+        for p in &mut self.providers {
+            p.normalize(private)?;
+            if p.client_secret == oidc::HIDDEN {
+                // Saved as shown: the secret stays what it was.
+                p.client_secret = before
+                    .and_then(|b| b.providers.iter().find(|o| o.name == p.name))
+                    .map(|o| o.client_secret.clone())
+                    .unwrap_or_default();
+            }
+        }
+        let mut names: Vec<&str> = self.providers.iter().map(|p| p.name.as_str()).collect();
+        names.sort();
+        names.dedup();
+        if names.len() != self.providers.len() {
+            return Err(bad("two providers have the same name"));
+        }
         self.password.validate().map_err(bad)?;
         line("app_name", &self.app_name, 80)?;
         if self.app_name.contains(['@', '<', '>', '"']) {
@@ -334,6 +371,36 @@ pub struct ListRequest {
     pub per_page: Option<u32>,
 }
 
+/// `Users.OAuthStart` request.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthStartRequest {
+    /// The provider's name in the settings.
+    pub provider: String,
+    /// Where the provider sends the browser back: one of the provider's `redirect_urls`,
+    /// exactly.
+    pub redirect_url: String,
+}
+
+/// `Users.OAuthStart` reply.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+pub struct OAuthStartReply {
+    /// Send the browser here.
+    pub url: String,
+    /// The flow's state: the provider hands it back with the code (good for 10 minutes).
+    pub state: String,
+}
+
+/// `Users.OAuthFinish` request: what the provider handed back.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthFinishRequest {
+    /// The `state` query parameter.
+    pub state: String,
+    /// The `code` query parameter.
+    pub code: String,
+}
+
 /// A signed-in user's tokens.
 #[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 pub struct SignedIn {
@@ -416,6 +483,14 @@ fn failures_key(ns: &str, email: &str) -> String {
     format!("{ns}/failures/{}", digest(email))
 }
 
+fn flow_key(ns: &str, state: &str) -> String {
+    format!("{ns}/oauth/{}", digest(state))
+}
+
+fn link_key(ns: &str, link: &str) -> String {
+    format!("{ns}/link/{link}")
+}
+
 fn mailed_key(ns: &str, email: &str) -> String {
     format!("{ns}/mailed/{}", digest(email))
 }
@@ -428,7 +503,7 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn bad(msg: impl Into<String>) -> Status {
+pub(crate) fn bad(msg: impl Into<String>) -> Status {
     Status::bad_request(NAME, msg)
 }
 
@@ -475,14 +550,14 @@ fn random_code() -> Result<String, Status> {
 }
 
 /// A secret of 256 random bits, base64url.
-fn random_secret() -> Result<String, Status> {
+pub(crate) fn random_secret() -> Result<String, Status> {
     use base64::Engine as _;
     let mut b = [0u8; 32];
     getrandom::fill(&mut b).map_err(|e| Status::internal(NAME, format!("no randomness: {e}")))?;
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
 
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
@@ -539,6 +614,8 @@ struct Shared {
     signups: limit::Window,
     /// Attempts (logins, codes, resets) per client address.
     attempts: limit::Window,
+    /// Sign-ins through OpenID Connect providers.
+    oidc: oidc::Oidc,
 }
 
 /// The namespace an end user's call acts in: any but the platform's own.
@@ -844,7 +921,7 @@ impl Shared {
                     created: t,
                     updated: t,
                 };
-                self.save(&ns, &Stored { user: user.clone(), hash }).await?;
+                self.save(&ns, &Stored { user: user.clone(), hash, links: Vec::new() }).await?;
                 self.store.put(&email_key(&ns, &address), user.id.clone().into_bytes()).await?;
                 self.mail_code(&ns, &settings, &user, Purpose::Verify).await?;
                 tracing::info!(service = NAME, namespace = %ns, "an app user signed up");
@@ -1049,6 +1126,101 @@ impl Shared {
         self.sign_in(&ns, stored.user, &client_address(ctx)).await
     }
 
+    async fn oauth_start(&self, ctx: &Context, req: OAuthStartRequest) -> Result<OAuthStartReply, Status> {
+        let ns = app_namespace(ctx)?;
+        self.attempt(&ns, ctx).await?;
+        let settings = self.enabled(&ns).await?;
+        let p = settings
+            .providers
+            .iter()
+            .find(|p| p.name == req.provider)
+            .ok_or_else(|| Status::not_found(NAME, format!("no provider {:?} in {ns}", req.provider)))?;
+        if !p.redirect_urls.iter().any(|u| u == &req.redirect_url) {
+            return Err(bad("redirect_url is not one of the provider's redirect URLs (they must match exactly)"));
+        }
+        let state = random_secret()?;
+        let (url, flow) = self.oidc.start(p, &req.redirect_url, &state).await?;
+        self.store.write(&Record::new(flow_key(&ns, &state), encode(&flow)?), Some(Duration::from_secs(600))).await?;
+        Ok(OAuthStartReply { url, state })
+    }
+
+    async fn oauth_finish(&self, ctx: &Context, req: OAuthFinishRequest) -> Result<SignedIn, Status> {
+        let ns = app_namespace(ctx)?;
+        self.attempt(&ns, ctx).await?;
+        if req.state.len() > 100 || req.code.is_empty() || req.code.len() > 2000 {
+            return Err(bad("state and code are what the provider handed back"));
+        }
+        let key = flow_key(&ns, &req.state);
+        // The state is used once, whatever happens next.
+        let flow: oidc::Flow = self
+            .locked(&format!("{ns}/oauth/{}", digest(&req.state)), async {
+                let r = match self.store.get(&key).await {
+                    Ok(r) => r,
+                    Err(e) if e.code() == Code::NotFound => {
+                        return Err(bad("unknown, used or expired sign-in: start again"));
+                    }
+                    Err(e) => return Err(e),
+                };
+                self.store.delete(&key).await.or_else(gone)?;
+                decode(&r.value)
+            })
+            .await?;
+        let settings = self.enabled(&ns).await?;
+        let p = settings
+            .providers
+            .iter()
+            .find(|p| p.name == flow.provider)
+            .ok_or_else(|| bad(format!("the provider {:?} is gone from the settings", flow.provider)))?;
+        let id = self.oidc.finish(p, &flow, &req.code).await?;
+        let link = format!("{}/{}", p.name, digest(&id.subject));
+        let linked = match self.store.get(&link_key(&ns, &link)).await {
+            Ok(r) => self.load(&ns, &String::from_utf8_lossy(&r.value)).await?,
+            Err(e) if e.code() == Code::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(stored) = linked {
+            return self.sign_in(&ns, stored.user, &client_address(ctx)).await;
+        }
+        let address = match (&id.email, id.email_verified) {
+            (Some(e), true) => email(e).map_err(|_| bad("the provider's email address is not one we can use"))?,
+            _ => return Err(bad("the provider did not confirm an email address: sign in another way")),
+        };
+        let random = password::hash(&random_secret()?).await?;
+        let user = self
+            .locked(&format!("{ns}/email/{}", digest(&address)), async {
+                let mut stored = match self.find(&ns, &address).await? {
+                    // The provider confirmed the address: the same person.
+                    Some(s) => s,
+                    None if !settings.signups => return Err(Status::new(Code::PermissionDenied, NAME, "signups are closed")),
+                    None => {
+                        let t = now();
+                        let user = User {
+                            id: random_id(15)?,
+                            email: address.clone(),
+                            name: id.name.clone(),
+                            verified: true,
+                            data: Map::new(),
+                            created: t,
+                            updated: t,
+                        };
+                        self.store.put(&email_key(&ns, &address), user.id.clone().into_bytes()).await?;
+                        tracing::info!(service = NAME, namespace = %ns, provider = %p.name, "an app user signed up through a provider");
+                        Stored { user, hash: random, links: Vec::new() }
+                    }
+                };
+                stored.user.verified = true;
+                if !stored.links.contains(&link) {
+                    stored.links.push(link.clone());
+                }
+                stored.user.updated = now();
+                self.save(&ns, &stored).await?;
+                self.store.put(&link_key(&ns, &link), stored.user.id.clone().into_bytes()).await?;
+                Ok(stored.user)
+            })
+            .await?;
+        self.sign_in(&ns, user, &client_address(ctx)).await
+    }
+
     /// Deletes user `uid` of `ns` and everything kept about them; their tokens stop.
     async fn erase(&self, ns: &str, uid: &str) -> Result<(), Status> {
         let Some(stored) = self.load(ns, uid).await? else {
@@ -1060,6 +1232,9 @@ impl Shared {
             self.end_sessions(ns, uid).await?;
             for p in [Purpose::Verify, Purpose::Reset, Purpose::Login] {
                 self.store.delete(&code_key(ns, p, uid)).await.or_else(gone)?;
+            }
+            for link in &stored.links {
+                self.store.delete(&link_key(ns, link)).await.or_else(gone)?;
             }
             self.store.delete(&user_key(ns, uid)).await.or_else(gone)?;
             if let Ok(r) = self.store.get(&email_key(ns, &address)).await
@@ -1090,6 +1265,7 @@ pub fn service_with(service: Service) -> Service {
         client: service.client(),
         signups: Default::default(),
         attempts: Default::default(),
+        oidc: oidc::Oidc::new(std::env::var("MICRO_USERS_OIDC_PRIVATE").is_ok_and(|v| v == "1" || v == "true")),
     });
     macro_rules! handle {
         ($service:expr, $endpoint:literal, |$sh:ident, $ctx:ident, $req:ident: $ty:ty| $body:expr) => {{
@@ -1116,6 +1292,8 @@ pub fn service_with(service: Service) -> Service {
         handle!(s, "Users.RequestCode", |sh, ctx, req: EmailRequest| sh.request_code(&ctx, req, Purpose::Login).await);
     let s =
         handle!(s, "Users.LoginWithCode", |sh, ctx, req: CodeRequest| sh.with_code(&ctx, req, Purpose::Login).await);
+    let s = handle!(s, "Users.OAuthStart", |sh, ctx, req: OAuthStartRequest| sh.oauth_start(&ctx, req).await);
+    let s = handle!(s, "Users.OAuthFinish", |sh, ctx, req: OAuthFinishRequest| sh.oauth_finish(&ctx, req).await);
     let s = handle!(s, "Users.Me", |sh, ctx, _req: Empty| sh.me(&ctx).await.map(|(_, s)| s.user));
     let s = handle!(s, "Users.UpdateMe", |sh, ctx, req: UpdateRequest| {
         let (ns, mut stored) = sh.me(&ctx).await?;
@@ -1197,16 +1375,18 @@ pub fn service_with(service: Service) -> Service {
     });
     let s = handle!(s, "Users.Settings", |sh, ctx, _req: Empty| {
         let ns = manager(&ctx)?;
-        Ok::<_, Status>(sh.settings(&ns).await?.unwrap_or_default())
+        Ok::<_, Status>(sh.settings(&ns).await?.unwrap_or_default().shown())
     });
     let s = handle!(s, "Users.SaveSettings", |sh, ctx, req: Settings| {
         let ns = manager(&ctx)?;
         if ns == micro_core::namespace::DEFAULT {
             return Err(bad("the platform's own namespace has no app users"));
         }
-        req.validate()?;
+        let mut req = req;
+        let before = sh.settings(&ns).await?;
+        req.validate(sh.oidc.private, before.as_ref())?;
         sh.store.put(&settings_key(&ns), encode(&req)?).await?;
-        Ok(req)
+        Ok(req.shown())
     });
     let open = [
         "Users.Signup",
@@ -1219,6 +1399,8 @@ pub fn service_with(service: Service) -> Service {
         "Users.Reset",
         "Users.RequestCode",
         "Users.LoginWithCode",
+        "Users.OAuthStart",
+        "Users.OAuthFinish",
         "Users.Me",
         "Users.UpdateMe",
         "Users.ChangePassword",
@@ -1239,6 +1421,8 @@ pub fn service_with(service: Service) -> Service {
         ("POST /users/v1/reset/confirm", "Users.Reset"),
         ("POST /users/v1/code", "Users.RequestCode"),
         ("POST /users/v1/code/login", "Users.LoginWithCode"),
+        ("POST /users/v1/oauth/start", "Users.OAuthStart"),
+        ("POST /users/v1/oauth/finish", "Users.OAuthFinish"),
         ("GET /users/v1/me", "Users.Me"),
         ("PATCH /users/v1/me", "Users.UpdateMe"),
         ("POST /users/v1/me/password", "Users.ChangePassword"),
@@ -1292,11 +1476,32 @@ mod tests {
 
     #[test]
     fn settings_are_validated() {
-        assert!(Settings::default().validate().is_ok());
-        let bad_url = Settings { link_url: "javascript:alert(1)".into(), ..Default::default() };
-        assert!(bad_url.validate().is_err());
-        let bad_name = Settings { app_name: "Shop <evil@x.com>".into(), ..Default::default() };
-        assert!(bad_name.validate().is_err());
-        assert!(Settings { signups_per_hour: 0, ..Default::default() }.validate().is_err());
+        assert!(Settings::default().validate(false, None).is_ok());
+        let mut bad_url = Settings { link_url: "javascript:alert(1)".into(), ..Default::default() };
+        assert!(bad_url.validate(false, None).is_err());
+        let mut bad_name = Settings { app_name: "Shop <evil@x.com>".into(), ..Default::default() };
+        assert!(bad_name.validate(false, None).is_err());
+        assert!(Settings { signups_per_hour: 0, ..Default::default() }.validate(false, None).is_err());
+        // A secret saved as shown stays what it was; settings never show it.
+        let provider = oidc::Provider {
+            name: "corp".into(),
+            preset: None,
+            issuer: "https://id.example.com".into(),
+            client_id: "app".into(),
+            client_secret: "s3cret".into(),
+            scopes: vec![],
+            redirect_urls: vec!["https://shop.example/auth".into()],
+        };
+        let mut before = Settings { providers: vec![provider], ..Default::default() };
+        before.validate(false, None).unwrap();
+        let mut shown = before.clone().shown();
+        assert_eq!(shown.providers[0].client_secret, oidc::HIDDEN);
+        shown.validate(false, Some(&before)).unwrap();
+        assert_eq!(shown.providers[0].client_secret, "s3cret");
+        let mut twice = Settings {
+            providers: vec![before.providers[0].clone(), before.providers[0].clone()],
+            ..Default::default()
+        };
+        assert!(twice.validate(false, None).is_err());
     }
 }

@@ -3,6 +3,7 @@
 //! signup, confirmation, sessions, refresh-token rotation, resets, sign-in codes,
 //! deletion, and tokens that the database's rules and the gateway honour — and nothing
 //! more. Each runs on the embedded defaults and on two nodes sharing PostgreSQL.
+#![allow(clippy::unwrap_used)]
 
 use micro_test::call_json as call;
 use micro_test::process::ServerProcess;
