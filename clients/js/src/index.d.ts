@@ -276,6 +276,12 @@ export interface Account {
   created: string;
 }
 
+/**
+ * What a session is: `account` (a platform account, `POST /auth/token`), `user` (an app
+ * user of the namespace, `micro.users`), `""` when signed out.
+ */
+export type SessionKind = 'account' | 'user' | '';
+
 export interface Session {
   /** The access token ("" when signed out). */
   token: string;
@@ -283,28 +289,168 @@ export interface Session {
   refreshToken: string;
   /** When the access token expires, Unix seconds. */
   expiry: number | null;
-  account: Account | null;
+  /** The platform account, or the app user (`kind: 'user'`). */
+  account: Account | AppUser | null;
+  /** Where the session refreshes: `/auth/token` (`account`) or `/users/v1/refresh` (`user`). */
+  kind: SessionKind;
 }
 
-/** The signed-in account and its tokens. */
+/** The session an app user's sign-in gives. */
+export interface AppSession extends Session {
+  account: AppUser;
+  kind: 'user';
+  /** The signed-in app user. */
+  user: AppUser;
+}
+
+/** The signed-in account (or app user) and its tokens. */
 export declare class Auth {
   private constructor();
   readonly token: string;
   readonly refreshToken: string;
   readonly expiry: number | null;
-  readonly account: Account | null;
+  /** The platform account, or the app user, as the last sign-in or refresh gave it. */
+  readonly account: Account | AppUser | null;
+  /** The signed-in app user (null when the session is not an app user's). */
+  readonly user: AppUser | null;
+  /** What the session is (and where it refreshes). */
+  readonly kind: SessionKind;
   /** Whether there is a token that has not expired (or that can be refreshed). */
   readonly isValid: boolean;
-  /** Signs in (`POST /auth/token`); the token is then sent with every request and refreshed before it expires. */
+  /** Signs in a platform account (`POST /auth/token`); the token is then sent with every request and refreshed before it expires. */
   login(id: string, password: string, options?: RequestOptions): Promise<Session>;
-  /** Exchanges the refresh token for new tokens now (concurrent calls share one request). */
+  /** Exchanges the refresh token for new tokens now, where the session signed in (concurrent calls share one request). */
   refresh(options?: RequestOptions): Promise<Session>;
-  /** Forgets the tokens. */
-  logout(): void;
-  /** Sets the session, e.g. one kept in storage. */
-  set(session: { token: string; refreshToken?: string; expiry?: number | null; account?: Account | null }): void;
+  /**
+   * Forgets the tokens; an app user's session is also ended on the server, in the
+   * background (the promise never rejects; `micro.users.logout()` reports a failure).
+   */
+  logout(): Promise<void>;
+  /** Sets the session, e.g. one kept in storage (`kind` from `onChange`; else the token tells). */
+  set(session: {
+    token: string;
+    refreshToken?: string;
+    expiry?: number | null;
+    account?: Account | AppUser | null;
+    kind?: SessionKind;
+  }): void;
   /** Calls `listener` at each change of the session; returns a function that removes it. */
   onChange(listener: (session: Session) => void): () => void;
+}
+
+/** An end user of the namespace's apps. */
+export interface AppUser {
+  /** 15 letters and digits: what records name as their owner (`@request.auth.id`). */
+  id: string;
+  /** The email address, lowercased. */
+  email: string;
+  name: string;
+  /** Whether the address is confirmed (`@request.auth.verified`). */
+  verified: boolean;
+  /** Profile fields of the app's choosing (a JSON object of at most 16 KiB). */
+  data: Record<string, unknown>;
+  /** Signed up, Unix seconds. */
+  created: number;
+  /** Last changed, Unix seconds. */
+  updated: number;
+}
+
+/** A signed-in device or browser of an app user. */
+export interface UserSession {
+  /** 16 letters and digits (`micro.users.sessionId` is the client's own). */
+  id: string;
+  /** Signed in, Unix seconds. */
+  created: number;
+  /** Last refreshed, Unix seconds. */
+  used: number;
+  /** Ends unless refreshed before, Unix seconds. */
+  expires: number;
+  /** The client address that signed in. */
+  address: string;
+}
+
+/** What a namespace asks of its app users' passwords. */
+export interface PasswordPolicy {
+  /** The fewest characters, 6 to 128 (default 8). */
+  min_length?: number;
+  /** How many kinds of character (lowercase, uppercase, digits, others) a password mixes, 1 to 4 (default 1). */
+  classes?: number;
+  /** Whether the most common passwords (and the user's own address) are refused (default true). */
+  forbid_common?: boolean;
+}
+
+/** A namespace's settings for its app users (each left out takes its default). */
+export interface UsersSettings {
+  /** Whether anyone may sign up (default true). */
+  signups?: boolean;
+  /** The app's name, in the mails' sender and subjects (default: the namespace). */
+  app_name?: string;
+  /** The app's page a mailed code links to (`https://…`; the link adds `purpose`, `email` and `code`). */
+  link_url?: string;
+  /** Whether a user must confirm the address before signing in with a password. */
+  verify_before_login?: boolean;
+  /** Signups per client address per hour (default 20). */
+  signups_per_hour?: number;
+  /** Logins, codes and resets per client address per minute (default 60). */
+  attempts_per_minute?: number;
+  password?: PasswordPolicy;
+}
+
+/** The answer to a request whose outcome is mailed (the same whoever asks). */
+export interface Accepted {
+  message: string;
+}
+
+/**
+ * The namespace's app users (`/users/v1/…`). The sign-ins put the app user's session in
+ * `micro.auth` (`kind: 'user'`), refreshed through `/users/v1/refresh`.
+ */
+export declare class Users {
+  private constructor();
+  /** The signed-in session's id, as `sessions()` lists it ("" when no app user is signed in). */
+  readonly sessionId: string;
+  /** Signs up (does not sign in): a code to confirm the address is mailed. */
+  signup(user: { email: string; password: string; name?: string; data?: Record<string, unknown> }, options?: RequestOptions): Promise<Accepted>;
+  /** Signs in with the address and password. */
+  login(email: string, password: string, options?: RequestOptions): Promise<AppSession>;
+  /** Confirms the address with the mailed code: verified and signed in. */
+  verify(email: string, code: string, options?: RequestOptions): Promise<AppSession>;
+  /** Mails a new code to confirm the address. */
+  requestVerification(email: string, options?: RequestOptions): Promise<Accepted>;
+  /** Mails a code to reset the password. */
+  requestReset(email: string, options?: RequestOptions): Promise<Accepted>;
+  /** Sets a new password with the mailed code: the other sessions end; signed in. */
+  reset(email: string, code: string, password: string, options?: RequestOptions): Promise<AppSession>;
+  /** Mails a one-time sign-in code (a magic link when the settings give `link_url`). */
+  requestCode(email: string, options?: RequestOptions): Promise<Accepted>;
+  /** Signs in with a mailed code. */
+  loginWithCode(email: string, code: string, options?: RequestOptions): Promise<AppSession>;
+  /** The signed-in user. */
+  me(options?: RequestOptions): Promise<AppUser>;
+  /** Changes the name and profile fields (`data` replaced whole). */
+  update(changes: { name?: string; data?: Record<string, unknown> }, options?: RequestOptions): Promise<AppUser>;
+  /** Changes the password: every session ends and a new one is signed in. */
+  changePassword(password: string, newPassword: string, options?: RequestOptions): Promise<AppSession>;
+  /** The user's sessions, newest first. */
+  sessions(options?: RequestOptions): Promise<UserSession[]>;
+  /** Ends a session (and voids the user's access tokens: the other sessions refresh); this one's signs out. */
+  endSession(id: string, options?: RequestOptions): Promise<void>;
+  /** Everything kept about the user. */
+  export(options?: RequestOptions): Promise<{ user: AppUser; sessions: UserSession[] }>;
+  /** Deletes the user (the password proves it is them) and signs out. */
+  deleteMe(password: string, options?: RequestOptions): Promise<void>;
+  /** Ends the session on the server and forgets the tokens (forgotten even when this rejects). */
+  logout(options?: RequestOptions): Promise<void>;
+  /** Managers: a page of the namespace's app users, by id. */
+  list(options?: RequestOptions & { page?: number; perPage?: number }): Promise<{ items: AppUser[]; page: number; perPage: number }>;
+  /** Managers: one app user. */
+  get(id: string, options?: RequestOptions): Promise<AppUser>;
+  /** Managers: deletes an app user; their tokens stop. */
+  delete(id: string, options?: RequestOptions): Promise<void>;
+  /** Managers: the namespace's settings (the defaults while app users are off). */
+  settings(options?: RequestOptions): Promise<Required<UsersSettings>>;
+  /** Managers: saves the settings, whole (turning app users on); the settings as saved. */
+  saveSettings(settings: UsersSettings, options?: RequestOptions): Promise<Required<UsersSettings>>;
 }
 
 export interface MicroOptions {
@@ -342,6 +488,8 @@ export declare class Micro {
   refreshMargin: number;
   readonly auth: Auth;
   readonly collections: CollectionService;
+  /** The namespace's app users: sign-up, sign-in, profiles, sessions (and their managers' calls). */
+  readonly users: Users;
   /** The records of collection `name`, typed by `T` (its fields, without the record's own). */
   collection<T extends object = Record<string, unknown>>(name: string): RecordService<T>;
   /** A filter from a template and values, safely quoted (see `filter`). */

@@ -1,4 +1,5 @@
-// @micro/client: the JavaScript client of Micro's database product (Backend-as-a-Service).
+// @micro/client: the JavaScript client of Micro's Backend-as-a-Service products: the
+// database, and the app users who sign in to it.
 // No dependencies: only the platform's fetch, ReadableStream, TextDecoder and
 // AbortController (browsers, Node.js 18+, Deno, Bun).
 
@@ -198,26 +199,52 @@ function toJSON(value) {
 // Auth
 
 /**
- * The Unix second a JWT expires at, from its payload (not verified: only to know when to
- * refresh).
+ * The payload of a JWT (not verified: only to know when to refresh and what it is).
  * @param {string} token
- * @returns {number | null}
+ * @returns {any}
  */
-function jwtExpiry(token) {
+function jwtPayload(token) {
   try {
     const part = token.split('.')[1];
     if (!part) return null;
     const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
     const json = JSON.parse(atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4)));
-    return typeof json.exp === 'number' ? json.exp : null;
+    return json && typeof json === 'object' ? json : null;
   } catch {
     return null;
   }
 }
 
 /**
- * The signed-in account and its tokens: `POST /auth/token` with an id and secret, or
- * with the refresh token (each refresh token works once: a refresh gives a new one).
+ * The Unix second a JWT expires at, from its payload (not verified).
+ * @param {string} token
+ * @returns {number | null}
+ */
+function jwtExpiry(token) {
+  const exp = jwtPayload(token)?.exp;
+  return typeof exp === 'number' ? exp : null;
+}
+
+/**
+ * What a token is a session of: `user` for an app user's (type `app`), else `account`.
+ * @param {string} token
+ * @returns {'account' | 'user'}
+ */
+function kindOf(token) {
+  return jwtPayload(token)?.typ === 'app' ? 'user' : 'account';
+}
+
+/**
+ * The kind of session an Auth holds: `account` (a platform account: `POST /auth/token`),
+ * `user` (an app user of the namespace: `/users/v1/…`), or `""` when signed out.
+ * @typedef {'account' | 'user' | ''} SessionKind
+ */
+
+/**
+ * The signed-in account (or app user) and its tokens: a platform account signs in with
+ * `POST /auth/token` (an id and secret), an app user through `micro.users`; either
+ * refreshes with its refresh token where it signed in (each refresh token works once: a
+ * refresh gives a new one).
  */
 export class Auth {
   /** @param {Micro} client @param {{ token?: string, refreshToken?: string }} init */
@@ -232,6 +259,8 @@ export class Auth {
     this._expiry = init.token ? jwtExpiry(init.token) : null;
     /** @private @type {any} */
     this._account = null;
+    /** @private @type {SessionKind} */
+    this._kind = init.token ? kindOf(init.token) : init.refreshToken ? 'account' : '';
     /** @private @type {Promise<any> | null} */
     this._refreshing = null;
     /** @private @type {Set<Function>} */
@@ -253,9 +282,26 @@ export class Auth {
     return this._expiry;
   }
 
-  /** The signed-in account, as the last login or refresh gave it (null when unknown). */
+  /**
+   * The signed-in account, as the last sign-in or refresh gave it (null when unknown):
+   * a platform account, or the app user (then also `user`).
+   */
   get account() {
     return this._account;
+  }
+
+  /** The signed-in app user (`micro.users`), null when the session is not an app user's. */
+  get user() {
+    return this._kind === 'user' ? this._account : null;
+  }
+
+  /**
+   * What the session is: `account` (a platform account, refreshed through `/auth/token`),
+   * `user` (an app user, refreshed through `/users/v1/refresh`), `""` when signed out.
+   * @returns {SessionKind}
+   */
+  get kind() {
+    return this._kind;
   }
 
   /** Whether there is an access token that has not expired (or that can be refreshed). */
@@ -282,9 +328,10 @@ export class Auth {
   }
 
   /**
-   * Exchanges the refresh token for new tokens now. Concurrent calls share one request
-   * (a refresh token works once). When the server refuses it (401) the session is over:
-   * the tokens are cleared.
+   * Exchanges the refresh token for new tokens now, where the session signed in
+   * (`/auth/token` for an account, `/users/v1/refresh` for an app user). Concurrent calls
+   * share one request (a refresh token works once). When the server refuses it (401) the
+   * session is over: the tokens are cleared.
    * @param {{ signal?: AbortSignal }} [options]
    */
   refresh(options = {}) {
@@ -295,8 +342,9 @@ export class Auth {
         new MicroError({ status: 401, detail: 'no refresh token: log in first', id: 'client' }),
       );
     }
+    const app = this._kind === 'user';
     const p = this._client
-      .send('/auth/token', {
+      .send(app ? '/users/v1/refresh' : '/auth/token', {
         method: 'POST',
         body: { refresh_token: refreshToken },
         auth: false,
@@ -306,10 +354,10 @@ export class Auth {
         (reply) => {
           // Logged out (or in again) meanwhile: that session stands.
           if (this._refreshToken !== refreshToken) throw new MicroError({ status: 401, detail: 'the session changed during the refresh', id: 'client' });
-          return this._took(reply);
+          return app ? this._tookUser(reply) : this._took(reply);
         },
         (e) => {
-          if (e instanceof MicroError && e.status === 401 && this._refreshToken === refreshToken) this.logout();
+          if (e instanceof MicroError && e.status === 401 && this._refreshToken === refreshToken) this._clear();
           throw e;
         },
       )
@@ -320,23 +368,38 @@ export class Auth {
     return p;
   }
 
-  /** Forgets the tokens and the account (the client is anonymous again). */
+  /**
+   * Forgets the tokens and the account (the client is anonymous again). An app user's
+   * session is also ended on the server (`POST /users/v1/logout`, in the background: the
+   * promise settles when it is done, and never rejects; `micro.users.logout()` waits for
+   * it and reports its failure).
+   * @returns {Promise<void>}
+   */
   logout() {
-    this._set('', '', null, null);
+    const kind = this._kind;
+    const refreshToken = this._refreshToken;
+    this._clear();
+    if (kind !== 'user' || !refreshToken) return Promise.resolve();
+    return this._endUserSession(refreshToken).catch(() => {});
   }
 
   /**
-   * Sets the session, e.g. one kept in storage (see `onChange`).
-   * @param {{ token: string, refreshToken?: string, expiry?: number | null, account?: unknown }} session
+   * Sets the session, e.g. one kept in storage (see `onChange`). `kind` (what `onChange`
+   * gave) says where it refreshes; without it, the token tells (an app user's is of type
+   * `app`).
+   * @param {{ token: string, refreshToken?: string, expiry?: number | null, account?: unknown, kind?: SessionKind }} session
    */
   set(session) {
-    const expiry = session.expiry ?? (session.token ? jwtExpiry(session.token) : null);
-    this._set(session.token ?? '', session.refreshToken ?? '', expiry, session.account ?? null);
+    const token = session.token ?? '';
+    const refreshToken = session.refreshToken ?? '';
+    const expiry = session.expiry ?? (token ? jwtExpiry(token) : null);
+    const kind = session.kind || (token ? kindOf(token) : refreshToken ? 'account' : '');
+    this._set(token, refreshToken, expiry, session.account ?? null, token || refreshToken ? kind : '');
   }
 
   /**
-   * Calls `listener` with the session each time it changes (login, refresh, logout).
-   * @param {(session: { token: string, refreshToken: string, expiry: number | null, account: any }) => void} listener
+   * Calls `listener` with the session each time it changes (sign-in, refresh, logout).
+   * @param {(session: { token: string, refreshToken: string, expiry: number | null, account: any, kind: SessionKind }) => void} listener
    * @returns {() => void} removes the listener
    */
   onChange(listener) {
@@ -347,25 +410,78 @@ export class Auth {
   /** @private @param {any} reply */
   _took(reply) {
     const expiry = reply.expiry !== undefined && reply.expiry !== '' ? Number(reply.expiry) : jwtExpiry(reply.access_token);
-    this._set(reply.access_token ?? '', reply.refresh_token ?? '', Number.isFinite(expiry) ? expiry : null, reply.account ?? null);
+    this._set(reply.access_token ?? '', reply.refresh_token ?? '', Number.isFinite(expiry) ? expiry : null, reply.account ?? null, reply.access_token ? 'account' : '');
+    return this._session();
+  }
+
+  /**
+   * Takes an app user's sign-in (`{ token, refresh_token, expiry, user }`).
+   * @internal
+   * @param {any} reply
+   */
+  _tookUser(reply) {
+    const token = typeof reply?.token === 'string' ? reply.token : '';
+    if (!token) throw new MicroError({ status: 0, detail: 'the sign-in reply has no token', id: 'client', data: reply });
+    const expiry = reply.expiry !== undefined && reply.expiry !== '' ? Number(reply.expiry) : jwtExpiry(token);
+    this._set(token, reply.refresh_token ?? '', Number.isFinite(expiry) ? expiry : null, reply.user ?? null, 'user');
+    return { ...this._session(), user: this._account };
+  }
+
+  /**
+   * The app user as the server gave it again (`me`, `update`): kept when it is the
+   * signed-in one.
+   * @internal
+   * @param {any} user
+   */
+  _userChanged(user) {
+    if (this._kind !== 'user' || !user || typeof user !== 'object') return;
+    if (this._account && this._account.id !== user.id) return;
+    this._set(this._token, this._refreshToken, this._expiry, user, 'user');
+  }
+
+  /**
+   * Ends an app user's session on the server.
+   * @internal
+   * @param {string} refreshToken
+   * @param {AbortSignal} [signal]
+   */
+  async _endUserSession(refreshToken, signal) {
+    await this._client.send('/users/v1/logout', {
+      method: 'POST',
+      body: { refresh_token: refreshToken },
+      auth: false,
+      signal,
+    });
+  }
+
+  /** Forgets the session here (the server is not told). @internal */
+  _clear() {
+    this._set('', '', null, null, '');
+  }
+
+  /** @private */
+  _session() {
     return {
       token: this._token,
       refreshToken: this._refreshToken,
       expiry: this._expiry,
       account: this._account,
+      kind: this._kind,
     };
   }
 
   /**
    * @private
    * @param {string} token @param {string} refreshToken @param {number | null} expiry @param {any} account
+   * @param {SessionKind} kind
    */
-  _set(token, refreshToken, expiry, account) {
+  _set(token, refreshToken, expiry, account, kind) {
     this._token = token;
     this._refreshToken = refreshToken;
     this._expiry = expiry;
     this._account = account;
-    const session = { token, refreshToken, expiry, account };
+    this._kind = kind;
+    const session = { token, refreshToken, expiry, account, kind };
     for (const l of this._listeners) {
       try {
         l(session);
@@ -878,6 +994,310 @@ export class CollectionService {
 }
 
 // ---------------------------------------------------------------------------------------
+// App users
+
+/**
+ * @typedef {{ id: string, email: string, name: string, verified: boolean,
+ *   data: Record<string, unknown>, created: number, updated: number }} AppUser
+ * @typedef {{ id: string, created: number, used: number, expires: number, address: string }} UserSession
+ */
+
+/** A 401 of the users service itself (a wrong password) is its answer: no refresh cures it. */
+const notUsers401 = (/** @type {MicroError} */ e) => e.id !== 'users';
+
+/**
+ * The namespace's app users (`/users/v1/…`): the end users of the app sign up, confirm
+ * their email with a mailed code, sign in (with a password or a mailed code), keep a
+ * profile and sessions; the namespace's managers list and delete them and keep the
+ * settings. The calls that sign in (`login`, `verify`, `loginWithCode`, `reset`,
+ * `changePassword`) put the app user's session in `micro.auth` (`auth.kind === 'user'`,
+ * `auth.user`), which then refreshes through `/users/v1/refresh`.
+ */
+export class Users {
+  /** @param {Micro} client */
+  constructor(client) {
+    /** @private */
+    this._client = client;
+  }
+
+  /**
+   * The signed-in session's id (as `sessions()` lists it), "" when no app user is signed in.
+   * @returns {string}
+   */
+  get sessionId() {
+    const auth = this._client.auth;
+    if (auth.kind !== 'user') return '';
+    return auth.refreshToken.split('.')[1] ?? '';
+  }
+
+  /**
+   * A public call (no token: the namespace is the app's).
+   * @private @param {string} path @param {object} body @param {AbortSignal} [signal]
+   */
+  _public(path, body, signal) {
+    return this._client.send(path, { method: 'POST', body, auth: false, signal });
+  }
+
+  /**
+   * A call of the signed-in app user (or manager); with `password`, one whose own 401 (a
+   * wrong password) is final: only the gateway's (a stale token) refreshes and retries.
+   * @private @param {string} path
+   * @param {{ method?: string, body?: unknown, query?: Record<string, unknown>, signal?: AbortSignal,
+   *   password?: boolean }} [options]
+   */
+  _own(path, options = {}) {
+    const { password, ...rest } = options;
+    return this._client.send(path, password ? { ...rest, refreshOn401: notUsers401 } : rest);
+  }
+
+  /**
+   * Signs up: a code to confirm the address is mailed (then `verify`). It does not sign
+   * in, and answers the same whether or not the address had a user.
+   * @param {{ email: string, password: string, name?: string, data?: Record<string, unknown> }} user
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<{ message: string }>}
+   */
+  async signup(user, options = {}) {
+    const { email, password, name, data } = user ?? {};
+    return this._public('/users/v1/signup', { email, password, name, data }, options.signal);
+  }
+
+  /**
+   * Signs in with the email address and password.
+   * @param {string} email
+   * @param {string} password
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  async login(email, password, options = {}) {
+    return this._client.auth._tookUser(await this._public('/users/v1/login', { email, password }, options.signal));
+  }
+
+  /**
+   * Confirms the address with the mailed code: the user is verified and signed in.
+   * @param {string} email
+   * @param {string} code
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  async verify(email, code, options = {}) {
+    return this._client.auth._tookUser(await this._public('/users/v1/verify', { email, code }, options.signal));
+  }
+
+  /**
+   * Mails a new code to confirm the address (when it has an unconfirmed user).
+   * @param {string} email
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<{ message: string }>}
+   */
+  async requestVerification(email, options = {}) {
+    return this._public('/users/v1/verification', { email }, options.signal);
+  }
+
+  /**
+   * Mails a code to reset a forgotten password (then `reset`).
+   * @param {string} email
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<{ message: string }>}
+   */
+  async requestReset(email, options = {}) {
+    return this._public('/users/v1/reset', { email }, options.signal);
+  }
+
+  /**
+   * Sets a new password with the mailed code: every other session ends, and the user is
+   * signed in (and verified: the code proves the address).
+   * @param {string} email
+   * @param {string} code
+   * @param {string} password the new password
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  async reset(email, code, password, options = {}) {
+    const reply = await this._public('/users/v1/reset/confirm', { email, code, password }, options.signal);
+    return this._client.auth._tookUser(reply);
+  }
+
+  /**
+   * Mails a one-time sign-in code (then `loginWithCode`; a magic link when the
+   * namespace's settings give the app's `link_url`).
+   * @param {string} email
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<{ message: string }>}
+   */
+  async requestCode(email, options = {}) {
+    return this._public('/users/v1/code', { email }, options.signal);
+  }
+
+  /**
+   * Signs in with a mailed code (which also confirms the address).
+   * @param {string} email
+   * @param {string} code
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  async loginWithCode(email, code, options = {}) {
+    return this._client.auth._tookUser(await this._public('/users/v1/code/login', { email, code }, options.signal));
+  }
+
+  /**
+   * The signed-in user, as kept now.
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<AppUser>}
+   */
+  async me(options = {}) {
+    const user = await this._own('/users/v1/me', { signal: options.signal });
+    this._client.auth._userChanged(user);
+    return user;
+  }
+
+  /**
+   * Changes the signed-in user's name and profile fields (`data` is replaced whole);
+   * what is not given stays.
+   * @param {{ name?: string, data?: Record<string, unknown> }} changes
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<AppUser>}
+   */
+  async update(changes, options = {}) {
+    const { name, data } = changes ?? {};
+    const user = await this._own('/users/v1/me', { method: 'PATCH', body: { name, data }, signal: options.signal });
+    this._client.auth._userChanged(user);
+    return user;
+  }
+
+  /**
+   * Changes the password: every session ends (this one too) and a new one is signed in.
+   * @param {string} password the current password
+   * @param {string} newPassword
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  async changePassword(password, newPassword, options = {}) {
+    const reply = await this._own('/users/v1/me/password', {
+      method: 'POST',
+      body: { password, new_password: newPassword },
+      signal: options.signal,
+      password: true,
+    });
+    return this._client.auth._tookUser(reply);
+  }
+
+  /**
+   * The signed-in user's sessions (signed-in devices and browsers), newest first; this
+   * one's id is `sessionId`.
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<UserSession[]>}
+   */
+  async sessions(options = {}) {
+    const reply = await this._own('/users/v1/me/sessions', { signal: options.signal });
+    return reply?.sessions ?? [];
+  }
+
+  /**
+   * Ends one of the user's sessions: its refresh token stops, and the user's access
+   * tokens are voided (the other sessions refresh by themselves). Ending this one signs
+   * the client out.
+   * @param {string} id
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<void>}
+   */
+  async endSession(id, options = {}) {
+    const current = this.sessionId;
+    await this._own(`/users/v1/me/sessions/${encodeURIComponent(id)}`, { method: 'DELETE', signal: options.signal });
+    if (current && id === current && this.sessionId === current) this._client.auth._clear();
+  }
+
+  /**
+   * Everything kept about the signed-in user: the user and their sessions.
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<{ user: AppUser, sessions: UserSession[] }>}
+   */
+  async export(options = {}) {
+    const reply = await this._own('/users/v1/me/export', { signal: options.signal });
+    return { user: reply?.user ?? null, sessions: reply?.sessions ?? [] };
+  }
+
+  /**
+   * Deletes the signed-in user and everything kept about them (their password again
+   * proves it is them); the client is signed out.
+   * @param {string} password
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<void>}
+   */
+  async deleteMe(password, options = {}) {
+    const id = this._client.auth.user?.id;
+    await this._own('/users/v1/me/delete', { method: 'POST', body: { password }, signal: options.signal, password: true });
+    const auth = this._client.auth;
+    if (auth.kind === 'user' && (!id || auth.user?.id === id)) auth._clear();
+  }
+
+  /**
+   * Signs out: the session ends on the server (`POST /users/v1/logout` with its refresh
+   * token) and the client forgets the tokens (at once, even when the server cannot be
+   * told: then this rejects). A platform account's session is only forgotten.
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<void>}
+   */
+  async logout(options = {}) {
+    const auth = this._client.auth;
+    const kind = auth.kind;
+    const refreshToken = auth.refreshToken;
+    auth._clear();
+    if (kind === 'user' && refreshToken) await auth._endUserSession(refreshToken, options.signal);
+  }
+
+  // Managers: the namespace's admins, developers and data accounts (signed in with
+  // `micro.auth.login`).
+
+  /**
+   * A page of the namespace's app users, by id (managers).
+   * @param {{ page?: number, perPage?: number, signal?: AbortSignal }} [options]
+   * @returns {Promise<{ items: AppUser[], page: number, perPage: number }>}
+   */
+  async list(options = {}) {
+    const reply = await this._own('/users/v1/users', {
+      query: { page: options.page, per_page: options.perPage },
+      signal: options.signal,
+    });
+    return { items: reply?.users ?? [], page: reply?.page, perPage: reply?.per_page };
+  }
+
+  /**
+   * One app user (managers).
+   * @param {string} id
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<AppUser>}
+   */
+  async get(id, options = {}) {
+    return this._own(`/users/v1/users/${encodeURIComponent(id)}`, { signal: options.signal });
+  }
+
+  /**
+   * Deletes an app user and everything kept about them; their tokens stop (managers).
+   * @param {string} id
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<void>}
+   */
+  async delete(id, options = {}) {
+    await this._own(`/users/v1/users/${encodeURIComponent(id)}`, { method: 'DELETE', signal: options.signal });
+  }
+
+  /**
+   * The namespace's settings for its app users (the defaults while app users are off)
+   * (managers).
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  async settings(options = {}) {
+    return this._own('/users/v1/settings', { signal: options.signal });
+  }
+
+  /**
+   * Saves the namespace's settings, whole (what is left out takes its default): saving
+   * them turns app users on (managers). The settings as saved.
+   * @param {object} settings
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  async saveSettings(settings, options = {}) {
+    return this._own('/users/v1/settings', { method: 'POST', body: settings ?? {}, signal: options.signal });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // The client
 
 /**
@@ -885,7 +1305,8 @@ export class CollectionService {
  *
  * @example
  * const micro = new Micro({ url: 'http://127.0.0.1:8080', namespace: 'shop' });
- * await micro.auth.login('alice', 'secret');
+ * await micro.auth.login('alice', 'secret');           // a platform account, or
+ * await micro.users.login('ann@example.com', 'her pw');  // an app user of the namespace
  * const todos = micro.collection('todos');
  * await todos.create({ title: 'milk', done: false, owner: micro.auth.account.id });
  */
@@ -912,6 +1333,8 @@ export class Micro {
     this.auth = new Auth(this, { token: options.token, refreshToken: options.refreshToken });
     /** The namespace's collections. */
     this.collections = new CollectionService(this);
+    /** The namespace's app users: sign-up, sign-in, profiles and sessions (and their managers' calls). */
+    this.users = new Users(this);
     /** @private @type {Map<string, RecordService<any>>} */
     this._records = new Map();
   }
@@ -944,7 +1367,9 @@ export class Micro {
    * MicroError. An abort rejects with the signal's AbortError.
    * @param {string} path
    * @param {{ method?: string, query?: Record<string, unknown>, body?: unknown, signal?: AbortSignal,
-   *   auth?: boolean, accept?: string, headers?: Record<string, string> }} [options]
+   *   auth?: boolean, accept?: string, headers?: Record<string, string>,
+   *   refreshOn401?: (error: MicroError) => boolean }} [options] `refreshOn401` tells
+   *   which 401s a refreshed token may cure (default: every one; not a wrong password)
    * @returns {Promise<Response>}
    */
   async request(path, options = {}) {
@@ -982,7 +1407,7 @@ export class Micro {
       }
       if (res.ok) return res;
       const err = errorOf(res.status, res.statusText, await res.text().catch(() => ''));
-      if (res.status === 401 && token && !retried && this.auth.refreshToken) {
+      if (res.status === 401 && token && !retried && this.auth.refreshToken && (options.refreshOn401?.(err) ?? true)) {
         retried = true;
         // Another request may have refreshed it meanwhile; else refresh now.
         if (this.auth.token === token) {
@@ -1002,7 +1427,7 @@ export class Micro {
    * A JSON request (see `request`): the reply's JSON, or undefined for a 204.
    * @param {string} path
    * @param {{ method?: string, query?: Record<string, unknown>, body?: unknown, signal?: AbortSignal,
-   *   auth?: boolean, headers?: Record<string, string> }} [options]
+   *   auth?: boolean, headers?: Record<string, string>, refreshOn401?: (error: MicroError) => boolean }} [options]
    * @returns {Promise<any>}
    */
   async send(path, options = {}) {

@@ -1,5 +1,6 @@
 // Tests of the client without a server: the event-stream parser, the filter helper,
-// errors, token refresh and the subscription's reconnection (with a fake fetch).
+// errors, token refresh, app users' sessions and the subscription's reconnection (with a
+// fake fetch).
 
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
@@ -160,7 +161,9 @@ describe('auth', () => {
     );
     const m = new Micro({ url: 'http://x/', namespace: 'shop', fetch });
     const s = await m.auth.login('alice', 'pw');
-    assert.deepEqual(s, { token: 'A', refreshToken: 'R', expiry: now + 900, account: { id: 'alice' } });
+    assert.deepEqual(s, { token: 'A', refreshToken: 'R', expiry: now + 900, account: { id: 'alice' }, kind: 'account' });
+    assert.equal(m.auth.kind, 'account');
+    assert.equal(m.auth.user, null);
     assert.deepEqual(calls[0].body, { id: 'alice', secret: 'pw' });
     assert.equal(calls[0].init.headers['Micro-Namespace'], 'shop');
     assert.equal(calls[0].init.headers.Authorization, undefined);
@@ -248,6 +251,133 @@ describe('auth', () => {
     assert.equal(e.status, 401);
     assert.equal(e.detail, 'token expired');
     assert.equal(m.auth.token, '', 'the session ended with the refused refresh');
+  });
+});
+
+/** A JWT-shaped token (unsigned: the client only reads it) with this payload. */
+const jwt = (payload) => `x.${Buffer.from(JSON.stringify(payload)).toString('base64url')}.y`;
+
+describe('app users', () => {
+  const zoe = { id: 'u1', email: 'zoe@example.com', name: 'Zoe', verified: true, data: {}, created: 1, updated: 1 };
+  const signedIn = (n, expiry) => ({ token: `T${n}`, refresh_token: `u1.sess00000000000${n}.secret${n}`, expiry, user: zoe });
+  const inAnHour = () => Math.floor(Date.now() / 1000) + 3600;
+
+  test('a sign-in holds an app session, refreshed through /users/v1/refresh, never /auth/token', async () => {
+    let n = 0;
+    const { calls, fetch } = fake((c) => {
+      switch (c.url.pathname) {
+        case '/users/v1/login':
+        case '/users/v1/refresh':
+          n++;
+          // The first token expires within the margin; the refreshed one does not.
+          return json(signedIn(n, n === 1 ? Math.floor(Date.now() / 1000) + 30 : inAnHour()));
+        default:
+          return json({ auth: c.init.headers.Authorization });
+      }
+    });
+    const m = new Micro({ url: 'http://x', namespace: 'shop', fetch });
+    const kinds = [];
+    m.auth.onChange((s) => kinds.push(s.kind));
+    const s = await m.users.login('zoe@example.com', 'pw');
+    assert.equal(s.token, 'T1');
+    assert.deepEqual(s.user, zoe);
+    assert.equal(s.kind, 'user');
+    assert.deepEqual(calls[0].body, { email: 'zoe@example.com', password: 'pw' });
+    assert.equal(calls[0].init.headers['Micro-Namespace'], 'shop');
+    assert.equal(calls[0].init.headers.Authorization, undefined);
+    assert.deepEqual([m.auth.kind, m.auth.user, m.auth.account], ['user', zoe, zoe]);
+    assert.equal(m.users.sessionId, 'sess000000000001');
+    const replies = await Promise.all([1, 2].map(() => m.send('/p')));
+    assert.deepEqual(replies.map((r) => r.auth), ['Bearer T2', 'Bearer T2']);
+    assert.deepEqual(calls.map((c) => c.url.pathname), ['/users/v1/login', '/users/v1/refresh', '/p', '/p']);
+    assert.deepEqual(calls[1].body, { refresh_token: 'u1.sess000000000001.secret1' });
+    assert.equal(calls[1].init.headers.Authorization, undefined);
+    assert.deepEqual(kinds, ['user', 'user']);
+  });
+
+  test('a 401 refreshes the app session; a wrong password is final, not refreshed', async () => {
+    let valid = 'T1';
+    const { calls, fetch } = fake((c) => {
+      if (c.url.pathname === '/users/v1/refresh') return json(signedIn(2, inAnHour()));
+      if (c.init.headers.Authorization !== `Bearer ${valid}`) return json({ id: 'auth', code: 401, detail: 'token revoked' }, 401);
+      if (c.url.pathname === '/users/v1/me/password') return json({ id: 'users', code: 401, detail: 'the current password is wrong' }, 401);
+      return json(zoe);
+    });
+    const m = new Micro({ url: 'http://x', namespace: 'shop', fetch });
+    m.auth.set({ token: 'T1', refreshToken: 'u1.sess000000000001.secret1', expiry: inAnHour(), kind: 'user' });
+    const e = await m.users.changePassword('wrong', 'new one').catch((e) => e);
+    assert.ok(e instanceof MicroError);
+    assert.deepEqual([e.status, e.id], [401, 'users']);
+    assert.equal(m.auth.token, 'T1', 'a wrong password neither refreshes nor ends the session');
+    valid = 'T2';
+    assert.deepEqual(await m.users.me(), zoe);
+    assert.deepEqual(calls.map((c) => c.url.pathname), ['/users/v1/me/password', '/users/v1/me', '/users/v1/refresh', '/users/v1/me']);
+    assert.equal(m.auth.token, 'T2');
+  });
+
+  test('logout ends the session on the server; the token tells a stored session its kind', async () => {
+    const { calls, fetch } = fake(() => new Response(null, { status: 204 }));
+    const m = new Micro({ url: 'http://x', namespace: 'shop', fetch });
+    const token = jwt({ sub: 'u1', typ: 'app', exp: inAnHour() });
+    m.auth.set({ token, refreshToken: 'u1.sess000000000001.secret1' });
+    assert.equal(m.auth.kind, 'user');
+    await m.users.logout();
+    assert.deepEqual([m.auth.token, m.auth.refreshToken, m.auth.kind, m.auth.user], ['', '', '', null]);
+    assert.equal(calls[0].url.pathname, '/users/v1/logout');
+    assert.deepEqual(calls[0].body, { refresh_token: 'u1.sess000000000001.secret1' });
+    assert.equal(calls[0].init.headers.Authorization, undefined);
+    // auth.logout() of an app session tells the server too; of an account's, nobody.
+    m.auth.set({ token, refreshToken: 'R2' });
+    await m.auth.logout();
+    assert.deepEqual(calls[1].body, { refresh_token: 'R2' });
+    m.auth.set({ token: jwt({ sub: 'alice', typ: 'user', exp: inAnHour() }), refreshToken: 'R3' });
+    assert.equal(m.auth.kind, 'account');
+    await m.auth.logout();
+    assert.equal(calls.length, 2);
+  });
+
+  test('routes, methods and bodies of the other calls', async () => {
+    const { calls, fetch } = fake((c) => {
+      if (c.init.method === 'DELETE') return new Response(null, { status: 204 });
+      if (c.url.pathname === '/users/v1/users') return json({ users: [zoe], page: 2, per_page: 5 });
+      if (c.url.pathname === '/users/v1/me/sessions') return json({ sessions: [{ id: 's' }] });
+      return json({ message: 'ok' });
+    });
+    const m = new Micro({ url: 'http://x', namespace: 'shop', fetch });
+    m.auth.set({ token: 'T', refreshToken: 'u1.sess000000000001.s', expiry: inAnHour(), kind: 'user' });
+    await m.users.signup({ email: 'a@b.co', password: 'p', name: 'A' });
+    await m.users.requestVerification('a@b.co');
+    await m.users.requestReset('a@b.co');
+    await m.users.requestCode('a@b.co');
+    await m.users.update({ data: { plan: 'gold' } });
+    assert.deepEqual(await m.users.sessions(), [{ id: 's' }]);
+    await m.users.endSession('other/1');
+    assert.equal(m.auth.token, 'T', 'another session ended: this one goes on');
+    assert.deepEqual(await m.users.list({ page: 2, perPage: 5 }), { items: [zoe], page: 2, perPage: 5 });
+    await m.users.get('u 1');
+    await m.users.delete('u1');
+    await m.users.saveSettings({ app_name: 'Shop' });
+    await m.users.endSession('sess000000000001');
+    assert.equal(m.auth.token, '', 'this session ended: signed out');
+    assert.deepEqual(
+      calls.map((c) => `${c.init.method} ${c.url.pathname}${c.url.search} ${c.body ? JSON.stringify(c.body) : ''}`.trim()),
+      [
+        'POST /users/v1/signup {"email":"a@b.co","password":"p","name":"A"}',
+        'POST /users/v1/verification {"email":"a@b.co"}',
+        'POST /users/v1/reset {"email":"a@b.co"}',
+        'POST /users/v1/code {"email":"a@b.co"}',
+        'PATCH /users/v1/me {"data":{"plan":"gold"}}',
+        'GET /users/v1/me/sessions',
+        'DELETE /users/v1/me/sessions/other%2F1',
+        'GET /users/v1/users?page=2&per_page=5',
+        'GET /users/v1/users/u%201',
+        'DELETE /users/v1/users/u1',
+        'POST /users/v1/settings {"app_name":"Shop"}',
+        'DELETE /users/v1/me/sessions/sess000000000001',
+      ],
+    );
+    assert.equal(calls[0].init.headers.Authorization, undefined, 'public calls carry no token');
+    assert.equal(calls[4].init.headers.Authorization, 'Bearer T');
   });
 });
 

@@ -31,8 +31,9 @@ pub const DEVELOPER_SCOPE: &str = "developer";
 pub const VIEWER_SCOPE: &str = "viewer";
 
 /// The scope every app user holds (and only they): a namespace's rules name it to let
-/// the end users of its apps call something. No platform account may hold it.
-pub const APP_SCOPE: &str = "app";
+/// the end users of its apps call something. No platform account may hold it (nor any
+/// scope starting `micro:`, the platform's own).
+pub const APP_SCOPE: &str = "micro:app";
 
 /// The scope of the products' accounts (of the `micro` namespace): they serve every
 /// namespace, so they may act in any (with no more rights there than its rules give).
@@ -114,7 +115,7 @@ impl Account {
     }
 
     /// Whether the account is a product's (a platform service of the `micro` namespace),
-    /// which may act in any namespace.
+    /// which may call the endpoints other products open to the products for any namespace.
     pub fn is_product(&self) -> bool {
         self.namespace == crate::namespace::DEFAULT
             && self.kind == AccountType::Service
@@ -298,11 +299,10 @@ pub fn decide(rules: &[Rule], account: Option<&Account>, ns: &str, resource: &Re
     }
 }
 
-/// Refuses an account acting in a namespace not its own (unless it administers it, or is
-/// a product's, which serves every namespace and has there only what the rules give anyone).
+/// Refuses an account acting in a namespace not its own (unless it administers it).
 pub fn check_namespace(account: Option<&Account>, ns: &str) -> Result<(), Status> {
     match account {
-        Some(a) if a.namespace != ns && !a.is_admin_of(ns) && !a.is_product() => Err(Status::new(
+        Some(a) if a.namespace != ns && !a.is_admin_of(ns) => Err(Status::new(
             Code::PermissionDenied,
             "auth",
             format!("account {} of namespace {} cannot act in namespace {ns}", a.id, a.namespace),
@@ -467,15 +467,16 @@ mod fuzz {
             "a team member is no app user"
         );
         assert!(check_namespace(Some(&app), "blog").is_err());
-        // A product acts in any namespace; a service of micro without the scope does not.
+        // A product is told apart (it acts for any namespace only where a product's endpoint
+        // lets it, see the framework's authorizer); a service of micro without the scope is not one.
         let product = Account {
             kind: AccountType::Service,
             scopes: vec![PLATFORM_SCOPE.into()],
             ..super::tests::account(crate::namespace::DEFAULT, &[])
         };
-        assert!(product.is_product() && check_namespace(Some(&product), "shop").is_ok());
+        assert!(product.is_product() && check_namespace(Some(&product), "shop").is_err());
         let plain = Account { kind: AccountType::Service, ..super::tests::account(crate::namespace::DEFAULT, &[]) };
-        assert!(!plain.is_product() && check_namespace(Some(&plain), "shop").is_err());
+        assert!(!plain.is_product());
         assert_eq!(AccountType::from_name("app"), AccountType::App);
         assert_eq!(AccountType::from_name("anything"), AccountType::User);
     }

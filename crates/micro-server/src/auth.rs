@@ -535,7 +535,12 @@ impl AuthService {
             scopes: account.scopes.clone(),
             iat,
             exp,
-            iss: "micro".into(),
+            iss: if account.kind == AccountType::App {
+                micro::auth::token::APP_ISSUER
+            } else {
+                micro::auth::token::ISSUER
+            }
+            .into(),
             aud: None,
             verified: account.verified,
         };

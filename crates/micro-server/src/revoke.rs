@@ -71,7 +71,11 @@ impl Revocations {
     /// when `id` is `None`), here at once and on the other nodes within a second.
     pub(crate) async fn revoke(&self, ns: &str, id: Option<&str>) -> Result<(), Status> {
         let key = format!("{ns}/{}", id.unwrap_or(EVERYONE));
-        let before = now();
+        // Tokens issued since an earlier revocation in this second carry the next second
+        // (see `first_valid_iat`): this one voids them too, whichever node made it.
+        self.follow().await?;
+        let earlier = self.list.read().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
+        let before = now().max(earlier.map_or(0, |t| t + 1));
         // Kept until every token it voids has expired.
         let keep = crate::ACCESS_TTL + Duration::from_secs(LEEWAY + 60);
         self.store.write(&table(), &Record::new(key.clone(), before.to_string().into_bytes()), Some(keep)).await?;

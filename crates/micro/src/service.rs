@@ -71,6 +71,7 @@ pub struct Service {
     platform: bool,
     public: Vec<String>,
     open: Vec<String>,
+    for_products: Vec<String>,
     streams: u32,
     transport: Option<crate::Transport>,
     tasks: Vec<Task>,
@@ -125,6 +126,7 @@ impl Service {
             platform: false,
             public: Vec::new(),
             open: Vec::new(),
+            for_products: Vec::new(),
             streams: crate::server::MAX_STREAMS,
             transport: None,
             tasks: Vec::new(),
@@ -171,6 +173,15 @@ impl Service {
     /// For products whose own rules decide who may do what (the database's collections).
     pub fn open(mut self, endpoint: &str) -> Self {
         self.open.push(endpoint.to_string());
+        self
+    }
+
+    /// Lets the other products call `endpoint` of a platform service for any namespace
+    /// (besides the namespace's members): for a product that serves the others (email
+    /// sends the users product's mails). The handler sees the product's account, acting
+    /// in the namespace asked for, with no more rights there than the handler gives it.
+    pub fn for_products(mut self, endpoint: &str) -> Self {
+        self.for_products.push(endpoint.to_string());
         self
     }
 
@@ -541,7 +552,11 @@ impl Service {
                 let authorizer = crate::auth::remote::service_authorizer(
                     &name,
                     &self.effective_namespace(),
-                    self.platform.then_some((self.public.as_slice(), self.open.as_slice())),
+                    self.platform.then(|| crate::auth::authorizer::PlatformPolicy {
+                        public: self.public.clone(),
+                        open: self.open.clone(),
+                        products: self.for_products.clone(),
+                    }),
                     &self.effective_server(),
                     self.credentials.clone(),
                     &net,

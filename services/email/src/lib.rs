@@ -117,7 +117,14 @@ pub struct Mail {
     /// When it was sent (or bounced, or failed), Unix seconds.
     #[serde(default)]
     pub done: Option<u64>,
+    /// It holds a secret (a sign-in code): its bodies are shown to nobody and dropped
+    /// once it is done.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sensitive: bool,
 }
+
+/// What a sensitive mail's bodies read as.
+pub const WITHHELD: &str = "(withheld: the mail holds a secret, such as a sign-in code)";
 
 /// `Email.Send` request: give `subject` and `text` (and `html`), or a `template` and its `vars`.
 #[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
@@ -150,6 +157,10 @@ pub struct SendRequest {
     /// the first call's ids (remembered for 7 days).
     #[serde(default)]
     pub key: Option<String>,
+    /// The mail holds a secret (a sign-in code): `Email.Get` never shows its bodies, and
+    /// they are dropped once it is sent.
+    #[serde(default)]
+    pub sensitive: Option<bool>,
 }
 
 /// `Email.Send` reply.
@@ -380,6 +391,8 @@ pub fn service_with(service: Service, settings: Settings) -> Service {
         (s(&shared), s(&shared), s(&shared), s(&shared), s(&shared), s(&shared), s(&shared), s(&shared), s(&shared));
     service
         .version(env!("CARGO_PKG_VERSION"))
+        // The users product mails its users' codes for the namespaces it serves.
+        .for_products("Email.Send")
         .handle("Email.Send", move |ctx: Context, req: SendRequest| {
             let sh = send.clone();
             async move { sh.send(&ctx, req).await }
@@ -391,9 +404,13 @@ pub fn service_with(service: Service, settings: Settings) -> Service {
                 if req.id.is_empty() || req.id.len() > 64 || !req.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
                     return Err(bad(format!("invalid mail id {:?}", req.id)));
                 }
-                let mail: Mail = decode(&sh.store.get(&mail_key(&ns, &req.id)).await?.value)?;
+                let mut mail: Mail = decode(&sh.store.get(&mail_key(&ns, &req.id)).await?.value)?;
                 if !admin && mail.by != who {
                     return Err(Status::not_found(NAME, format!("no mail {}", req.id)));
+                }
+                if mail.sensitive {
+                    mail.text = WITHHELD.into();
+                    mail.html = None;
                 }
                 Ok(mail)
             }
@@ -605,6 +622,7 @@ impl Shared {
                 created: t,
                 due,
                 done: None,
+                sensitive: req.sensitive.unwrap_or(false),
             };
             outbox::enqueue(&self.store, &ns, &mail).await?;
         }

@@ -188,6 +188,11 @@ async fn deliver(sh: &Shared, sender: &Sender, key: &str, ns: &str, id: &str) ->
             store.put(&queue_key(ns, &mail), b"1".to_vec()).await?;
         }
     }
+    if mail.state.done() && mail.sensitive {
+        // Its secret is nobody's business once it went (or never will).
+        mail.text = crate::WITHHELD.into();
+        mail.html = None;
+    }
     save(store, ns, &mail).await?;
     store.delete(key).await
 }

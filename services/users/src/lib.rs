@@ -6,10 +6,10 @@
 //! about them and erase it.
 //!
 //! A signed-in user holds an access token signed by the server's auth service (type
-//! `app`, scope `app`, with whether the address is confirmed), which every service
+//! `app`, scope `micro:app`, with whether the address is confirmed), which every service
 //! verifies like any other: the database's rules see `@request.auth.id` and
 //! `@request.auth.verified`, the gateway lets it call what the namespace's rules open
-//! to scope `app` (and what they open to everyone), and nothing else — an app user is
+//! to scope `micro:app` (and what they open to everyone), and nothing else — an app user is
 //! no member of the namespace's team. A refresh token (one per session, used up by each
 //! refresh) gives new access tokens; ending a session, changing or resetting the
 //! password and deleting the user void the access tokens at once.
@@ -115,6 +115,10 @@ struct Stored {
     /// The providers' subjects linked to the user (`<provider>/<digest of the subject>`).
     #[serde(default)]
     links: Vec<String>,
+    /// Rises each time all sessions end (a new password, a reset): a session of an
+    /// earlier epoch is over, whatever raced with the ending.
+    #[serde(default)]
+    epoch: u64,
 }
 
 /// A signed-in device or browser: one refresh token's life.
@@ -138,6 +142,9 @@ struct StoredSession {
     session: Session,
     /// The SHA-256 of the refresh token's secret, hex.
     secret: String,
+    /// The user's epoch when it began.
+    #[serde(default)]
+    epoch: u64,
 }
 
 /// A mailed code, kept as its digest.
@@ -178,7 +185,9 @@ pub struct Settings {
     /// The app's page a mailed code links to (`https://…`): the link adds `email` and
     /// `code` (and `purpose`) to its query, for the app to finish with (a magic link).
     pub link_url: String,
-    /// Whether a user must confirm the address before signing in with a password.
+    /// Whether a user must confirm the address before signing in with a password
+    /// (default true: else whoever signs up first with somebody's address holds a session
+    /// of the account that person may later confirm).
     pub verify_before_login: bool,
     /// Signups per client address per hour (default 20).
     pub signups_per_hour: u32,
@@ -196,7 +205,7 @@ impl Default for Settings {
             signups: true,
             app_name: String::new(),
             link_url: String::new(),
-            verify_before_login: false,
+            verify_before_login: true,
             signups_per_hour: 20,
             attempts_per_minute: 60,
             password: password::Policy::default(),
@@ -657,6 +666,19 @@ fn client_address(ctx: &Context) -> String {
     ctx.metadata(micro::server::CLIENT_ADDRESS).unwrap_or("").to_string()
 }
 
+/// What limits count a client by: its address, an IPv6 one by its /64 (a host gets a
+/// whole /64 to pick addresses from).
+fn client_key(ctx: &Context) -> String {
+    let address = client_address(ctx);
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(v6)) if v6.to_ipv4_mapped().is_none() => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+        _ => address,
+    }
+}
+
 const ACCEPTED: &str = "If the address can have one, a mail with a code is on its way: it is good for 15 minutes.";
 
 impl Shared {
@@ -742,12 +764,13 @@ impl Shared {
     }
 
     /// A new session for `user`, and its tokens.
-    async fn sign_in(&self, ns: &str, user: User, address: &str) -> Result<SignedIn, Status> {
+    async fn sign_in(&self, ns: &str, signed: Stored, address: &str) -> Result<SignedIn, Status> {
+        let (user, epoch) = (signed.user, signed.epoch);
         let t = now();
         let (sid, secret) = (random_id(16)?, random_secret()?);
         let session =
             Session { id: sid.clone(), created: t, used: t, expires: t + SESSION_TTL, address: address.into() };
-        let stored = StoredSession { session, secret: digest(&secret) };
+        let stored = StoredSession { session, secret: digest(&secret), epoch };
         self.store
             .write(
                 &Record::new(session_key(ns, &user.id, &sid), encode(&stored)?),
@@ -763,7 +786,19 @@ impl Shared {
             }
         }
         let (token, expiry) = self.mint(ns, &user).await?;
+        self.still_current(ns, &user.id, epoch, &sid).await?;
         Ok(SignedIn { token, refresh_token: format!("{}.{sid}.{secret}", user.id), expiry, user: Some(user) })
+    }
+
+    /// Refuses a session whose user's sessions all ended (or who was deleted) while it
+    /// began or was refreshed: checked after its token is signed, so the ending's
+    /// revocation (which comes after the epoch rises) voids the token, or this does.
+    async fn still_current(&self, ns: &str, uid: &str, epoch: u64, sid: &str) -> Result<(), Status> {
+        if self.load(ns, uid).await?.is_some_and(|s| s.epoch == epoch) {
+            return Ok(());
+        }
+        self.store.delete(&session_key(ns, uid, sid)).await.or_else(gone)?;
+        Err(unauthenticated("the sessions ended meanwhile: sign in again"))
     }
 
     async fn sessions(&self, ns: &str, uid: &str) -> Result<Vec<Session>, Status> {
@@ -777,7 +812,16 @@ impl Shared {
         Ok(out)
     }
 
-    /// Ends every session of `uid` and voids their access tokens.
+    /// Ends every session of `stored`'s user (saving it with a new epoch, which voids any
+    /// session that races with the ending) and voids their access tokens.
+    async fn end_all(&self, ns: &str, stored: &mut Stored) -> Result<(), Status> {
+        stored.epoch += 1;
+        stored.user.updated = now();
+        self.save(ns, stored).await?;
+        self.end_sessions(ns, &stored.user.id).await
+    }
+
+    /// Deletes every session of `uid` and voids their access tokens.
     async fn end_sessions(&self, ns: &str, uid: &str) -> Result<(), Status> {
         let q = Query { prefix: true, ..Default::default() };
         for key in self.store.list(&format!("{ns}/session/{uid}/"), &q).await? {
@@ -824,12 +868,15 @@ impl Shared {
     /// Whether another mail may go to `email` this hour (and counts it).
     async fn may_mail(&self, ns: &str, email: &str) -> Result<bool, Status> {
         let key = mailed_key(ns, email);
-        let t = now();
-        if limit::read(&self.store, &key, 3600, t).await?.n >= MAILS_PER_HOUR {
-            return Ok(false);
-        }
-        limit::add(&self.store, &key, 3600, t).await?;
-        Ok(true)
+        self.locked(&format!("{ns}/mailed/{}", digest(email)), async {
+            let t = now();
+            if limit::read(&self.store, &key, 3600, t).await?.n >= MAILS_PER_HOUR {
+                return Ok(false);
+            }
+            limit::add(&self.store, &key, 3600, t).await?;
+            Ok(true)
+        })
+        .await
     }
 
     /// Mails `to` in the background (the answer never waits for, or tells of, the mail).
@@ -842,7 +889,10 @@ impl Shared {
             }
         };
         let app = if settings.app_name.is_empty() { ns.to_string() } else { settings.app_name.clone() };
-        let body = serde_json::json!({"to": [to], "subject": subject, "text": text, "from_name": app});
+        // Every mail of theirs may hold a code or point at an account: its body is shown
+        // to nobody (not the namespace's admins reading its outbox).
+        let body =
+            serde_json::json!({"to": [to], "subject": subject, "text": text, "from_name": app, "sensitive": true});
         tokio::spawn(async move {
             if let Err(e) = client.call_json("email", "Email.Send", &body).await {
                 tracing::warn!(service = NAME, error = %e, "mailing an app user failed");
@@ -877,14 +927,22 @@ impl Shared {
         Ok(())
     }
 
-    /// Refuses a client address past its attempts this minute.
-    async fn attempt(&self, ns: &str, ctx: &Context) -> Result<(), Status> {
-        let max = self.settings(ns).await?.unwrap_or_default().attempts_per_minute;
-        let key = format!("{ns}\u{1}{}", client_address(ctx));
+    /// Refuses a namespace without app users, and a client address past its attempts
+    /// this minute.
+    async fn attempt(&self, ns: &str, ctx: &Context) -> Result<Settings, Status> {
+        self.attempt_with(ns, ctx, 1).await
+    }
+
+    /// [`Shared::attempt`], with `times` the namespace's attempts a minute (refreshes are
+    /// many more than sign-ins).
+    async fn attempt_with(&self, ns: &str, ctx: &Context, times: u32) -> Result<Settings, Status> {
+        let settings = self.enabled(ns).await?;
+        let max = settings.attempts_per_minute.saturating_mul(times);
+        let key = format!("{ns}\u{1}{times}\u{1}{}", client_key(ctx));
         if !self.attempts.hit(&key, max, 60, now()) {
             return Err(too_many("too many attempts from your address: wait a minute"));
         }
-        Ok(())
+        Ok(settings)
     }
 
     async fn signup(&self, ctx: &Context, req: SignupRequest) -> Result<Accepted, Status> {
@@ -899,7 +957,7 @@ impl Shared {
         }
         let name = line("name", req.name.as_deref().unwrap_or(""), 100)?;
         let data = profile(req.data)?.unwrap_or_default();
-        let key = format!("{ns}\u{1}{}", client_address(ctx));
+        let key = format!("{ns}\u{1}{}", client_key(ctx));
         if !self.signups.hit(&key, settings.signups_per_hour, 3600, now()) {
             return Err(too_many("too many signups from your address: try again later"));
         }
@@ -908,8 +966,20 @@ impl Shared {
         let hash = password::hash(&req.password).await?;
         let existing = self
             .locked(&format!("{ns}/email/{}", digest(&address)), async {
-                if let Some(s) = self.find(&ns, &address).await? {
-                    return Ok(Some(s.user));
+                if let Some(mut s) = self.find(&ns, &address).await? {
+                    if s.user.verified {
+                        return Ok(Some(s.user));
+                    }
+                    // Nobody proved the address yet: the latest signup's password stands
+                    // (so one made first with somebody's address cannot wait for its
+                    // owner to confirm it), every session of the earlier ones ends, and
+                    // a new code goes to the address.
+                    s.hash = hash;
+                    s.user.name = name;
+                    s.user.data = data;
+                    self.end_all(&ns, &mut s).await?;
+                    self.mail_code(&ns, &settings, &s.user, Purpose::Verify).await?;
+                    return Ok(None);
                 }
                 let t = now();
                 let user = User {
@@ -921,7 +991,7 @@ impl Shared {
                     created: t,
                     updated: t,
                 };
-                self.save(&ns, &Stored { user: user.clone(), hash, links: Vec::new() }).await?;
+                self.save(&ns, &Stored { user: user.clone(), hash, links: Vec::new(), epoch: 0 }).await?;
                 self.store.put(&email_key(&ns, &address), user.id.clone().into_bytes()).await?;
                 self.mail_code(&ns, &settings, &user, Purpose::Verify).await?;
                 tracing::info!(service = NAME, namespace = %ns, "an app user signed up");
@@ -946,27 +1016,37 @@ impl Shared {
         Ok(Accepted { message: "Check your email: a code to confirm the address is on its way.".into() })
     }
 
+    /// Counts a password attempt for `address`, refused past the most: counted before
+    /// the password is checked (a success forgets the count), one at a time per address
+    /// in the cluster, so concurrent guesses cannot slip past the limit.
+    async fn password_attempt(&self, ns: &str, address: &str) -> Result<(), Status> {
+        let fkey = failures_key(ns, address);
+        self.locked(&format!("{ns}/failures/{}", digest(address)), async {
+            let t = now();
+            if limit::read(&self.store, &fkey, LOCK, t).await?.n >= FAILURES {
+                return Err(too_many(
+                    "too many failed logins for this address: try again in 15 minutes, or reset the password",
+                ));
+            }
+            limit::add(&self.store, &fkey, LOCK, t).await.map(|_| ())
+        })
+        .await
+    }
+
     async fn login(&self, ctx: &Context, req: LoginRequest) -> Result<SignedIn, Status> {
         let ns = app_namespace(ctx)?;
-        self.attempt(&ns, ctx).await?;
+        let settings = self.attempt(&ns, ctx).await?;
         let address = email(&req.email)?;
         if req.password.len() > password::MAX_LEN {
             return Err(unauthenticated("wrong email or password"));
         }
-        let t = now();
-        let fkey = failures_key(&ns, &address);
-        if limit::read(&self.store, &fkey, LOCK, t).await?.n >= FAILURES {
-            return Err(too_many(
-                "too many failed logins for this address: try again in 15 minutes, or reset the password",
-            ));
-        }
+        self.password_attempt(&ns, &address).await?;
         let found = self.find(&ns, &address).await?;
         let ok = password::verify(&req.password, found.as_ref().map(|s| s.hash.as_str())).await?;
         let Some(stored) = found.filter(|_| ok) else {
-            limit::add(&self.store, &fkey, LOCK, t).await?;
             return Err(unauthenticated("wrong email or password"));
         };
-        let settings = self.settings(&ns).await?.unwrap_or_default();
+        let fkey = failures_key(&ns, &address);
         if settings.verify_before_login && !stored.user.verified {
             return Err(Status::new(
                 Code::FailedPrecondition,
@@ -975,19 +1055,13 @@ impl Shared {
             ));
         }
         let _ = self.store.delete(&fkey).await;
-        self.sign_in(&ns, stored.user, &client_address(ctx)).await
+        self.sign_in(&ns, stored, &client_address(ctx)).await
     }
 
     /// The session a refresh token names, if the token is its current one; a token that
     /// was its once (used up: stolen, or replayed) ends the session.
     async fn session_of(&self, ns: &str, token: &str) -> Result<Option<(String, StoredSession)>, Status> {
-        let mut parts = token.trim().splitn(3, '.');
-        let (Some(uid), Some(sid), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
-            return Ok(None);
-        };
-        if !valid_id(uid, 15) || !valid_id(sid, 16) || secret.len() > 64 {
-            return Ok(None);
-        }
+        let Some((uid, sid, secret)) = parse_refresh(token) else { return Ok(None) };
         let key = session_key(ns, uid, sid);
         let stored: StoredSession = match self.store.get(&key).await {
             Ok(r) => decode(&r.value)?,
@@ -1009,29 +1083,45 @@ impl Shared {
     async fn refresh(&self, ctx: &Context, req: RefreshRequest) -> Result<SignedIn, Status> {
         let ns = app_namespace(ctx)?;
         let invalid = || unauthenticated("invalid or expired refresh token: sign in again");
-        let (uid, mut stored) = self
-            .locked(
-                &format!("{ns}/refresh/{}", digest(req.refresh_token.trim())),
-                self.session_of(&ns, &req.refresh_token),
-            )
-            .await?
-            .ok_or_else(invalid)?;
-        let user = self.load(&ns, &uid).await?.ok_or_else(invalid)?.user;
-        let secret = random_secret()?;
-        let t = now();
-        stored.secret = digest(&secret);
-        stored.session.used = t;
-        stored.session.expires = t + SESSION_TTL;
-        let sid = stored.session.id.clone();
-        self.store
-            .write(&Record::new(session_key(&ns, &uid, &sid), encode(&stored)?), Some(Duration::from_secs(SESSION_TTL)))
+        let Some((uid, sid, _)) = parse_refresh(&req.refresh_token) else { return Err(invalid()) };
+        self.attempt_with(&ns, ctx, 10).await?;
+        // One refresh of a session at a time: its read, rotation and write.
+        let (uid, sid) = (uid.to_string(), sid.to_string());
+        let (user, epoch, secret) = self
+            .locked(&format!("{ns}/session/{uid}/{sid}"), async {
+                let Some((_, mut stored)) = self.session_of(&ns, &req.refresh_token).await? else {
+                    return Err(invalid());
+                };
+                let user = self.load(&ns, &uid).await?.ok_or_else(invalid)?;
+                if user.epoch != stored.epoch {
+                    self.store.delete(&session_key(&ns, &uid, &sid)).await.or_else(gone)?;
+                    return Err(invalid());
+                }
+                let secret = random_secret()?;
+                let t = now();
+                stored.secret = digest(&secret);
+                stored.session.used = t;
+                stored.session.expires = t + SESSION_TTL;
+                self.store
+                    .write(
+                        &Record::new(session_key(&ns, &uid, &sid), encode(&stored)?),
+                        Some(Duration::from_secs(SESSION_TTL)),
+                    )
+                    .await?;
+                Ok((user.user, stored.epoch, secret))
+            })
             .await?;
         let (token, expiry) = self.mint(&ns, &user).await?;
+        self.still_current(&ns, &uid, epoch, &sid).await?;
         Ok(SignedIn { token, refresh_token: format!("{uid}.{sid}.{secret}"), expiry, user: Some(user) })
     }
 
     async fn logout(&self, ctx: &Context, req: RefreshRequest) -> Result<Empty, Status> {
         let ns = app_namespace(ctx)?;
+        if parse_refresh(&req.refresh_token).is_none() {
+            return Ok(Empty {});
+        }
+        self.attempt_with(&ns, ctx, 10).await?;
         if let Some((uid, stored)) = self.session_of(&ns, &req.refresh_token).await? {
             self.store.delete(&session_key(&ns, &uid, &stored.session.id)).await?;
             self.revoke(&ns, &uid).await?;
@@ -1061,7 +1151,13 @@ impl Shared {
         if code.trim().len() != 6 || !code.trim().bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad("a code is 6 digits"));
         }
-        let stored = self.find(ns, address).await?.ok_or_else(invalid)?;
+        let Some(stored) = self.find(ns, address).await? else {
+            // The same steps for an address without a user (a code of nobody's), so the
+            // time taken tells nothing.
+            let decoy = &digest(address)[..15];
+            let _ = self.take_code(ns, purpose, decoy, code).await?;
+            return Err(invalid());
+        };
         if !self.take_code(ns, purpose, &stored.user.id, code).await? {
             return Err(invalid());
         }
@@ -1075,12 +1171,17 @@ impl Shared {
         let address = email(&req.email)?;
         let mut stored = self.by_code(&ns, &address, &req.code, purpose).await?;
         if !stored.user.verified {
+            // The address's owner, at last: whoever held a session before did not prove it.
             stored.user.verified = true;
-            stored.user.updated = now();
-            self.save(&ns, &stored).await?;
+            if matches!(purpose, Purpose::Login) {
+                // Nor the password (the signup's code did not confirm it: this one came
+                // to the owner who never signed up): it no longer works.
+                stored.hash = password::hash(&random_secret()?).await?;
+            }
+            self.end_all(&ns, &mut stored).await?;
         }
         let _ = self.store.delete(&failures_key(&ns, &address)).await;
-        self.sign_in(&ns, stored.user, &client_address(ctx)).await
+        self.sign_in(&ns, stored, &client_address(ctx)).await
     }
 
     async fn reset(&self, ctx: &Context, req: ResetRequest) -> Result<SignedIn, Status> {
@@ -1095,11 +1196,9 @@ impl Shared {
         stored.hash = password::hash(&req.password).await?;
         // The mailed code proves the address.
         stored.user.verified = true;
-        stored.user.updated = now();
-        self.save(&ns, &stored).await?;
-        self.end_sessions(&ns, &stored.user.id).await?;
+        self.end_all(&ns, &mut stored).await?;
         let _ = self.store.delete(&failures_key(&ns, &address)).await;
-        self.sign_in(&ns, stored.user, &client_address(ctx)).await
+        self.sign_in(&ns, stored, &client_address(ctx)).await
     }
 
     /// The calling user's stored record.
@@ -1111,19 +1210,25 @@ impl Shared {
 
     async fn change_password(&self, ctx: &Context, req: ChangePasswordRequest) -> Result<SignedIn, Status> {
         let (ns, mut stored) = self.me(ctx).await?;
-        self.attempt(&ns, ctx).await?;
-        if req.password.len() > password::MAX_LEN || !password::verify(&req.password, Some(&stored.hash)).await? {
-            return Err(unauthenticated("the current password is wrong"));
-        }
-        let settings = self.settings(&ns).await?.unwrap_or_default();
+        let settings = self.attempt(&ns, ctx).await?;
+        self.check_password(&ns, &stored, &req.password).await?;
         if let Some(why) = settings.password.refuse(&req.new_password, &stored.user.email) {
             return Err(bad(why));
         }
         stored.hash = password::hash(&req.new_password).await?;
-        stored.user.updated = now();
-        self.save(&ns, &stored).await?;
-        self.end_sessions(&ns, &stored.user.id).await?;
-        self.sign_in(&ns, stored.user, &client_address(ctx)).await
+        self.end_all(&ns, &mut stored).await?;
+        self.sign_in(&ns, stored, &client_address(ctx)).await
+    }
+
+    /// Checks a signed-in user's current password, counted like a login's.
+    async fn check_password(&self, ns: &str, stored: &Stored, password: &str) -> Result<(), Status> {
+        self.password_attempt(ns, &stored.user.email).await?;
+        if password.len() > password::MAX_LEN || !password::verify(password, Some(&stored.hash)).await? {
+            // Not 401: the caller's token is fine (a client would refresh and try again).
+            return Err(Status::new(Code::PermissionDenied, NAME, "the current password is wrong"));
+        }
+        let _ = self.store.delete(&failures_key(ns, &stored.user.email)).await;
+        Ok(())
     }
 
     async fn oauth_start(&self, ctx: &Context, req: OAuthStartRequest) -> Result<OAuthStartReply, Status> {
@@ -1179,7 +1284,7 @@ impl Shared {
             Err(e) => return Err(e),
         };
         if let Some(stored) = linked {
-            return self.sign_in(&ns, stored.user, &client_address(ctx)).await;
+            return self.sign_in(&ns, stored, &client_address(ctx)).await;
         }
         let address = match (&id.email, id.email_verified) {
             (Some(e), true) => email(e).map_err(|_| bad("the provider's email address is not one we can use"))?,
@@ -1205,17 +1310,24 @@ impl Shared {
                         };
                         self.store.put(&email_key(&ns, &address), user.id.clone().into_bytes()).await?;
                         tracing::info!(service = NAME, namespace = %ns, provider = %p.name, "an app user signed up through a provider");
-                        Stored { user, hash: random, links: Vec::new() }
+                        Stored { user, hash: random.clone(), links: Vec::new(), epoch: 0 }
                     }
                 };
-                stored.user.verified = true;
                 if !stored.links.contains(&link) {
                     stored.links.push(link.clone());
                 }
-                stored.user.updated = now();
-                self.save(&ns, &stored).await?;
+                if stored.user.verified {
+                    stored.user.updated = now();
+                    self.save(&ns, &stored).await?;
+                } else {
+                    // The address's owner, at last: sessions of whoever signed up with it
+                    // end, and the password they chose no longer works.
+                    stored.user.verified = true;
+                    stored.hash = random.clone();
+                    self.end_all(&ns, &mut stored).await?;
+                }
                 self.store.put(&link_key(&ns, &link), stored.user.id.clone().into_bytes()).await?;
-                Ok(stored.user)
+                Ok(stored)
             })
             .await?;
         self.sign_in(&ns, user, &client_address(ctx)).await
@@ -1248,6 +1360,13 @@ impl Shared {
         tracing::info!(service = NAME, namespace = %ns, "an app user was erased");
         Ok(())
     }
+}
+
+/// A refresh token's parts: user id, session id, secret.
+fn parse_refresh(token: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = token.trim().splitn(3, '.');
+    let (uid, sid, secret) = (parts.next()?, parts.next()?, parts.next()?);
+    (valid_id(uid, 15) && valid_id(sid, 16) && !secret.is_empty() && secret.len() <= 64).then_some((uid, sid, secret))
 }
 
 fn gone(e: Status) -> Result<(), Status> {
@@ -1312,9 +1431,7 @@ pub fn service_with(service: Service) -> Service {
     let s = handle!(s, "Users.DeleteMe", |sh, ctx, req: DeleteMeRequest| {
         let (ns, stored) = sh.me(&ctx).await?;
         sh.attempt(&ns, &ctx).await?;
-        if req.password.len() > password::MAX_LEN || !password::verify(&req.password, Some(&stored.hash)).await? {
-            return Err(unauthenticated("the password is wrong"));
-        }
+        sh.check_password(&ns, &stored, &req.password).await?;
         sh.erase(&ns, &stored.user.id).await?;
         Ok(Empty {})
     });

@@ -8,8 +8,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// Keys remembered at most; past it, the expired ones are forgotten (and if that is not
-/// enough, all: a flood of addresses cannot grow the map without bound).
+/// Keys remembered at most; past it, the expired ones are forgotten, and if that is not
+/// enough the tenth hit least recently (a flood of addresses cannot grow the map without
+/// bound, nor empty it to reset a key it wants reset: the busiest keys stay).
 const MAX_KEYS: usize = 100_000;
 
 /// Hits per key within a sliding window, in this node's memory.
@@ -26,7 +27,11 @@ impl Window {
         if hits.len() >= MAX_KEYS && !hits.contains_key(key) {
             hits.retain(|_, q| q.back().is_some_and(|t| now.saturating_sub(*t) < per));
             if hits.len() >= MAX_KEYS {
-                hits.clear();
+                let mut last: Vec<u64> = hits.values().filter_map(|q| q.back().copied()).collect();
+                let cut = MAX_KEYS / 10;
+                last.select_nth_unstable(cut);
+                let before = last[cut];
+                hits.retain(|_, q| q.back().is_some_and(|t| *t > before));
             }
         }
         let q = hits.entry(key.to_string()).or_default();
@@ -86,5 +91,15 @@ mod tests {
         assert!(w.hit("b", 2, 60, 120));
         assert!(w.hit("a", 2, 60, 161));
         assert!(!w.hit("a", 2, 60, 162));
+    }
+
+    #[test]
+    fn a_flood_of_keys_does_not_forget_the_recent_ones() {
+        let w = Window::default();
+        assert!(w.hit("target", 1, 600, 1000));
+        for i in 0..MAX_KEYS + 10 {
+            w.hit(&format!("k{i}"), 1, 600, 500 + (i as u64 % 400));
+        }
+        assert!(!w.hit("target", 1, 600, 1001), "the target's recent hit is remembered");
     }
 }

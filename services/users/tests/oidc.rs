@@ -183,17 +183,22 @@ async fn a_user_signs_in_through_a_real_openid_connect_provider_in_a_browser() {
     assert_eq!(st, 200, "{again}");
     assert_eq!(again["user"]["id"], zed["user"]["id"]);
 
-    // A password user whose address the provider confirms: linked, not duplicated.
-    let (st, v) =
-        post(&api, "/users/v1/signup", None, json!({"email": "kim@idp.test", "password": "kim's own password"})).await;
+    // A user who signed up with the address the provider confirms, unconfirmed: linked,
+    // not duplicated; the password chosen at that signup (by whoever it was) stops working.
+    let kim = json!({"email": "kim@idp.test", "password": "kim's own password"});
+    let (st, v) = post(&api, "/users/v1/signup", None, kim.clone()).await;
     assert_eq!(st, 200, "{v}");
-    let (st, kim) =
-        post(&api, "/users/v1/login", None, json!({"email": "kim@idp.test", "password": "kim's own password"})).await;
-    assert_eq!((st, &kim["user"]["verified"]), (200, &json!(false)), "{kim}");
+    let (st, v) = post(&api, "/users/v1/login", None, kim.clone()).await;
+    assert_eq!(st, 400, "unconfirmed: {v}");
+    let (_, listed) = call(&api, "GET", "/users/v1/users", Some(&ann), "shop", None).await;
+    let kim_id =
+        listed["users"].as_array().unwrap().iter().find(|u| u["email"] == "kim@idp.test").unwrap()["id"].clone();
     let (st, linked, _) = sign_in(&api, &redirect, "kim").await;
     assert_eq!(st, 200, "{linked}");
-    assert_eq!(linked["user"]["id"], kim["user"]["id"]);
+    assert_eq!(linked["user"]["id"], kim_id);
     assert_eq!(linked["user"]["verified"], true);
+    let (st, v) = post(&api, "/users/v1/login", None, kim).await;
+    assert_eq!(st, 401, "the unproven password is gone: {v}");
     let (st, v) = call(&api, "GET", "/users/v1/users", Some(&ann), "shop", None).await;
     assert_eq!((st, v["users"].as_array().map(Vec::len)), (200, Some(2)), "{v}");
 

@@ -14,9 +14,9 @@ impl pb::auth_server::Auth for AuthService {
             "service" => AccountType::Service,
             other => return Err(Status::invalid_argument(format!("auth: type {other:?}: use user or service"))),
         };
-        if r.scopes.iter().any(|s| s == micro_core::auth::APP_SCOPE) {
+        if r.scopes.iter().any(|s| s.starts_with("micro:")) {
             return Err(Status::invalid_argument(
-                "auth: the app scope is the app users' (the users product signs them in)",
+                "auth: scopes starting with micro: are the platform's (micro:app is the app users')",
             ));
         }
         let account = Account {
@@ -187,7 +187,8 @@ impl pb::auth_server::Auth for AuthService {
                 && a.kind == AccountType::Service
                 && a.has_scope(PLATFORM_SCOPE)
         };
-        if Self::caller(&req).is_none_or(|a| a.namespace != ns && !product(a)) {
+        // (An app user is no account of the namespace to its rules.)
+        if Self::caller(&req).is_none_or(|a| (a.namespace != ns || a.kind == AccountType::App) && !product(a)) {
             self.require_admin(&req, &ns).map_err(t)?;
         }
         // The stream ends when the caller's token does (a follower opens it again with a
@@ -331,7 +332,14 @@ impl pb::auth_server::Auth for AuthService {
         }
         let r = req.into_inner();
         micro_core::namespace::validate(&r.namespace).map_err(t)?;
-        validate_id(&r.id).map_err(t)?;
+        if r.namespace == micro_core::namespace::DEFAULT {
+            return Err(t(MicroStatus::bad_request("auth", "the platform's own namespace has no app users")));
+        }
+        // An app user's id: what the users product makes (never `*`, which stands for a
+        // whole namespace in revocations, nor an id of the platform's own).
+        if r.id.is_empty() || r.id.len() > 64 || !r.id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            return Err(t(MicroStatus::bad_request("auth", "an app user's id is 1-64 lowercase letters and digits")));
+        }
         if r.revoke {
             self.inner.revocations.revoke(&r.namespace, Some(&r.id)).await.map_err(t)?;
             return Ok(Response::new(pb::TokenResponse::default()));
@@ -348,6 +356,10 @@ impl pb::auth_server::Auth for AuthService {
             verified: r.verified,
             ..Default::default()
         };
+        // App users' sessions end often (a new password, a session ended on another
+        // node): the revocations are read afresh, so no token is signed that another
+        // node's revocation voids.
+        self.inner.revocations.follow().await.map_err(t)?;
         let (access_token, expiry) = self.sign(&account).map_err(t)?;
         Ok(Response::new(pb::TokenResponse {
             access_token,

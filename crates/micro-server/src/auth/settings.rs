@@ -87,6 +87,10 @@ impl AuthService {
     /// The caller's account (namespace, id), from its verified token only.
     fn own_account<T>(&self, req: &Request<T>) -> Result<(String, String), MicroStatus> {
         let a = Self::caller(req).ok_or_else(|| MicroStatus::new(Code::Unauthenticated, "auth", "log in first"))?;
+        // Settings are the team's (credentials for building its services), not its app users'.
+        if a.kind == micro_core::auth::AccountType::App {
+            return Err(MicroStatus::new(Code::PermissionDenied, "auth", "app users have no settings here"));
+        }
         Ok((a.namespace.clone(), a.id.clone()))
     }
 

@@ -104,6 +104,10 @@ pub enum Protection {
     /// Any account of the namespace (or its admin), unless the namespace's rules say
     /// otherwise in a rule naming the service (the catch-all public rule does not open it).
     Members,
+    /// Like [`Protection::Members`], and the products' accounts too, acting for any
+    /// namespace: an endpoint of a product that other products call for the namespaces
+    /// they serve (the users product mails its users' codes with `Email.Send`).
+    Products,
     /// The namespace's rules.
     Rules,
 }
@@ -143,6 +147,9 @@ pub struct PlatformPolicy {
     /// `Handler.Method`s anyone may call, identified when a token comes along
     /// ([`Protection::Open`]).
     pub open: Vec<String>,
+    /// `Handler.Method`s the other products may call for any namespace
+    /// ([`Protection::Products`]).
+    pub products: Vec<String>,
 }
 
 impl Policy for PlatformPolicy {
@@ -151,6 +158,8 @@ impl Policy for PlatformPolicy {
             Protection::Public
         } else if self.open.iter().any(|p| p == endpoint) {
             Protection::Open
+        } else if self.products.iter().any(|p| p == endpoint) {
+            Protection::Products
         } else {
             ServicePolicy::MEMBERS.protection(service, endpoint)
         }
@@ -280,7 +289,21 @@ impl Authorizer {
     pub async fn decide(&self, caller: &Caller, protection: Protection, resource: &Resource) -> Result<(), Status> {
         let account = caller.account.as_ref();
         let ns = &caller.namespace;
-        if !matches!(self.scope, Scope::Service { .. }) {
+        // A product calling a product's endpoint open to the products, for a namespace.
+        let product_call = protection == Protection::Products
+            && matches!(self.scope, Scope::Platform { .. })
+            && account.is_some_and(Account::is_product);
+        if product_call {
+            return Ok(());
+        }
+        // The core passes a product's call for a namespace on to the service it names
+        // (whose own authorizer decides: a product's endpoint open to the products), and
+        // answers its public lookups there (the registry's), but lets no product act in
+        // another namespace at the core itself.
+        let passing_on = matches!(protection, Protection::Rules | Protection::Public)
+            && matches!(self.scope, Scope::Core { .. })
+            && account.is_some_and(Account::is_product);
+        if !matches!(self.scope, Scope::Service { .. }) && !passing_on {
             check_namespace(account, ns)?;
         }
         if matches!(self.scope, Scope::Platform { .. })
@@ -302,7 +325,7 @@ impl Authorizer {
                     format!("{} {}: a viewer of {ns} changes nothing", resource.name, resource.endpoint),
                 ));
             }
-            Protection::Contribute => Protection::Members,
+            Protection::Contribute | Protection::Products => Protection::Members,
             p => p,
         };
         match protection {
@@ -356,15 +379,8 @@ impl Authorizer {
                     )),
                 }
             }
-            Protection::Members | Protection::Contribute if caller.is_admin() => Ok(()),
-            // A product calls another for a namespace it serves (the users product mails
-            // their codes): a member of every namespace to the products, not to the core.
-            Protection::Members | Protection::Contribute
-                if matches!(self.scope, Scope::Platform { .. }) && account.is_some_and(Account::is_product) =>
-            {
-                Ok(())
-            }
-            Protection::Members | Protection::Contribute => {
+            Protection::Members | Protection::Contribute | Protection::Products if caller.is_admin() => Ok(()),
+            Protection::Members | Protection::Contribute | Protection::Products => {
                 let rules = self.rules.rules(ns).await?;
                 let mut effective = vec![Rule {
                     id: "members".into(),

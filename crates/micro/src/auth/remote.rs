@@ -245,8 +245,8 @@ impl RuleSource for WatchedRules {
     }
 }
 
-/// The authorizer of `service` (a platform service when `platform` is given, with those
-/// endpoints public and open; else one of `namespace`), verifying tokens with the keys of the server at `address` and deciding by
+/// The authorizer of `service` (a platform service when `platform` is given, its
+/// endpoints protected as that says; else one of `namespace`), verifying tokens with the keys of the server at `address` and deciding by
 /// the rules it follows there (read with `credentials`, when the service has an account),
 /// reaching the server on `transport`.
 /// The keys are read before it returns (a failure is logged: tokens are refused until
@@ -254,7 +254,7 @@ impl RuleSource for WatchedRules {
 pub async fn service_authorizer(
     service: &str,
     namespace: &str,
-    platform: Option<(&[String], &[String])>,
+    platform: Option<super::authorizer::PlatformPolicy>,
     address: &str,
     credentials: Option<Arc<Credentials>>,
     transport: &crate::Transport,
@@ -272,10 +272,7 @@ pub async fn service_authorizer(
     }
     let rules = WatchedRules::new(server);
     let (scope, policy): (_, Arc<dyn super::authorizer::Policy>) = match platform {
-        Some((public, open)) => (
-            Scope::Platform { service: service.to_string() },
-            Arc::new(super::authorizer::PlatformPolicy { public: public.to_vec(), open: open.to_vec() }),
-        ),
+        Some(policy) => (Scope::Platform { service: service.to_string() }, Arc::new(policy)),
         None => (
             Scope::Service { namespace: namespace.to_string(), service: service.to_string() },
             Arc::new(ServicePolicy::RULES),

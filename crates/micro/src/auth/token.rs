@@ -28,8 +28,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The issuer (`iss`) of every token, the only one a [`Verifier`] accepts.
+/// The issuer (`iss`) of every token but app users'.
 pub const ISSUER: &str = "micro";
+
+/// The issuer of app users' tokens (type `app`): a verifier that predates app users
+/// refuses them instead of taking them for team members' tokens.
+pub const APP_ISSUER: &str = "micro/app";
 
 /// How far past `exp` a token is still accepted, for clock skew between machines (seconds).
 pub const LEEWAY: u64 = 30;
@@ -77,7 +81,7 @@ pub struct Claims {
     pub iat: u64,
     /// Expires at, unix seconds.
     pub exp: u64,
-    /// Issuer: always [`ISSUER`].
+    /// Issuer: [`ISSUER`], or [`APP_ISSUER`] for an app user's.
     pub iss: String,
     /// Audience: set on a token delegated to one service (`<namespace>/<service>`),
     /// which only that service accepts ([`Verifier::verify_for`]); absent on an
@@ -285,7 +289,9 @@ impl Verifier {
             })
         })?;
         let claims = data.claims;
-        if claims.iss != ISSUER {
+        // An app user's token has its own issuer, and only theirs has it.
+        let expected = if claims.typ == "app" { APP_ISSUER } else { ISSUER };
+        if claims.iss != expected {
             return Err(deny("token from another issuer"));
         }
         if claims.exp.saturating_add(LEEWAY) < now {
