@@ -340,6 +340,7 @@ const PAGES = [
   "/health",
   "/usage",
   "/platform",
+  "/users",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -510,7 +511,7 @@ step("at phone width the navigation shows and nothing overflows sideways", async
   for (const p of PAGES) {
     await visit(page, p);
     const links = page.locator('nav[aria-label="Sections"] a');
-    assertEqual(await links.count(), 10, `section links on ${p} (the operator sees Platform)`);
+    assertEqual(await links.count(), 11, `section links on ${p} (the operator sees Platform)`);
     for (const link of await links.all()) {
       assert(await link.isVisible(), `${await link.innerText()} is hidden on ${p}`);
       const box = await link.boundingBox();
@@ -793,6 +794,46 @@ step("database: a collection made from the form; records written, filtered, seen
   assertEqual(asked, `Delete the collection ${name} and every record of it?`, "the question");
   assertEqual(pathOf(page), "/db", "page after deleting");
   await see(page, 'p.notice[role="status"]', `Collection ${name} deleted.`);
+});
+
+step("app users: turned on from the form; a user who signed up is listed, then erased after a question", async ({
+  page,
+}) => {
+  const ns = `apps-${RUN}`;
+  const email = `zoe.${RUN}@example.com`;
+  await login(page);
+  await page.getByLabel("Namespace", { exact: true }).fill(ns);
+  await follow(page, page.getByRole("button", { name: "Switch" }));
+  await visit(page, "/users");
+  await look(page);
+  // Off until saved: a signup is refused in words.
+  const signup = () =>
+    fetch(`${API}/users/v1/signup`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "micro-namespace": ns },
+      body: JSON.stringify({ email, password: "correct horse battery", name: "Zoe" }),
+    });
+  assertEqual((await signup()).status, 400, "a signup before app users are on");
+  await page.getByLabel("App name (in the mails)", { exact: true }).fill("Shop");
+  await page.getByLabel("Page the mailed codes link to (optional)", { exact: true }).fill("notaurl");
+  await noBrowserChecks(page.getByLabel("Page the mailed codes link to (optional)", { exact: true }));
+  await follow(page, page.getByRole("button", { name: "Save settings" }));
+  await see(page, '.error[role="alert"]', /400 Bad Request.*link_url/);
+  await visit(page, "/users");
+  await page.getByLabel("App name (in the mails)", { exact: true }).fill("Shop");
+  await follow(page, page.getByRole("button", { name: "Save settings" }));
+  await see(page, 'p.notice[role="status"]', "The settings are saved: app users are on.");
+  assertEqual((await signup()).status, 200, "a signup once they are on");
+  await visit(page, "/users");
+  await see(page, "table.users", email);
+  await see(page, "#users-count", "1 user on page 1.");
+  await look(page, "users");
+  const asked = await followConfirmed(page, page.getByRole("button", { name: `Erase ${email}` }));
+  assertEqual(asked, `Erase ${email} and everything kept about them?`, "the question");
+  await see(page, 'p.notice[role="status"]', /^User [a-z0-9]{15} erased\.$/);
+  await see(page, "#users-count", "No users on this page.");
+  await page.getByLabel("Namespace", { exact: true }).fill(NAMESPACE);
+  await follow(page, page.getByRole("button", { name: "Switch" }));
 });
 
 // ---------------------------------------------------------------------------------------

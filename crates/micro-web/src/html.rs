@@ -9,6 +9,7 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
     ("runtime", "Runtime"),
     ("store", "Store"),
     ("db", "Database"),
+    ("users", "App users"),
     ("config", "Config"),
     ("events", "Events"),
     ("auth", "Auth"),

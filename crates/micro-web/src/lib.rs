@@ -43,6 +43,7 @@ mod signup;
 mod store;
 mod team;
 mod usage;
+mod users;
 
 use axum::Router;
 use axum::body::Body;
@@ -186,11 +187,12 @@ impl Web {
                     .fallback(extract::fallback)
             };
         }
-        let sections: [(&str, MethodRouter<Web>); 12] = [
+        let sections: [(&str, MethodRouter<Web>); 13] = [
             ("services", section!(services)),
             ("runtime", section!(runtime)),
             ("store", section!(store)),
             ("db", section!(db)),
+            ("users", section!(users)),
             ("config", section!(config)),
             ("events", section!(events)),
             ("auth", section!(auth)),

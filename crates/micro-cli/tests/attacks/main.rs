@@ -5,6 +5,7 @@
 //! attacker's listener captured nothing it could use. The isolation matrix shows what
 //! honest callers may do; this shows what dishonest ones cannot.
 
+mod app_users;
 mod cluster;
 mod db;
 mod gateway;
