@@ -67,8 +67,7 @@ async fn an_app_user_is_nobody_on_the_team_nor_anywhere_else() {
         Ok(r) => r.into_inner().message().await.is_err(),
     };
     assert!(refused, "an app user follows the namespace's rules");
-    let setting =
-        pb::SetSettingRequest { key: "git.credentials.example.com".into(), value: "x".into(), ..Default::default() };
+    let setting = pb::SetSettingRequest { key: "git.credentials.example.com".into(), value: "x".into() };
     let err = auth(&s.proxy).set_setting(request(setting, &token, "shop")).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
     for (method, path) in [("GET", "/runtime/read"), ("GET", "/db/v1/collections"), ("GET", "/users/v1/users")] {
