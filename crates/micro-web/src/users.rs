@@ -88,7 +88,7 @@ async fn users(page: &Page, error: Option<Status>) -> Response<Body> {
             h2 { "Settings" }
             p { "Your app's own users (not your team) sign up, confirm their address and sign in at "
                 code { "/users/v1/…" } " in namespace " strong { (ns) } ". Saving turns them on." }
-            form method="post" action="/users" {
+            form.stack method="post" action="/users" {
                 (html::csrf(page))
                 input type="hidden" name="action" value="settings";
                 label for="app_name" { "App name (in the mails)" }
