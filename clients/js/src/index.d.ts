@@ -425,6 +425,8 @@ export declare class Users {
   requestCode(email: string, options?: RequestOptions): Promise<Accepted>;
   /** Signs in with a mailed code. */
   loginWithCode(email: string, code: string, options?: RequestOptions): Promise<AppSession>;
+  oauthStart(provider: string, redirectUrl: string, options?: RequestOptions): Promise<{ url: string; state: string }>;
+  oauthFinish(from: string | { state: string; code: string }, options?: RequestOptions): Promise<AppSession>;
   /** The signed-in user. */
   me(options?: RequestOptions): Promise<AppUser>;
   /** Changes the name and profile fields (`data` replaced whole). */

@@ -1137,6 +1137,39 @@ export class Users {
   }
 
   /**
+   * Starts signing in through an OpenID Connect provider of the namespace's settings:
+   * returns the provider's URL to send the browser to (`location.assign(url)`) and the
+   * flow's `state`. `redirectUrl` must be exactly one of the provider's `redirect_urls`
+   * (the page that calls `oauthFinish`).
+   * @param {string} provider
+   * @param {string} redirectUrl
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<{ url: string, state: string }>}
+   */
+  async oauthStart(provider, redirectUrl, options = {}) {
+    return this._public('/users/v1/oauth/start', { provider, redirect_url: redirectUrl }, options.signal);
+  }
+
+  /**
+   * Finishes a provider's sign-in on the page it sent the browser back to, with the
+   * `state` and `code` of that page's query (a URL, its search string, or both given).
+   * @param {string | { state: string, code: string }} from `location.href`, or the two values
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  async oauthFinish(from, options = {}) {
+    let state;
+    let code;
+    if (typeof from === 'string') {
+      const q = new URL(from, 'http://localhost').searchParams;
+      state = q.get('state') ?? '';
+      code = q.get('code') ?? '';
+    } else {
+      ({ state, code } = from);
+    }
+    return this._client.auth._tookUser(await this._public('/users/v1/oauth/finish', { state, code }, options.signal));
+  }
+
+  /**
    * The signed-in user, as kept now.
    * @param {{ signal?: AbortSignal }} [options]
    * @returns {Promise<AppUser>}

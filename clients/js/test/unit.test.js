@@ -336,6 +336,28 @@ describe('app users', () => {
     assert.equal(calls.length, 2);
   });
 
+  test('a provider sign-in: the URL to go to, then the state and code of the redirect page sign in', async () => {
+    const { calls, fetch } = fake((c) => {
+      if (c.url.pathname === '/users/v1/oauth/start') return json({ url: 'https://idp.example/auth?x=1', state: 'st' });
+      return json(signedIn(1, inAnHour()));
+    });
+    const m = new Micro({ url: 'http://x', namespace: 'shop', fetch });
+    const started = await m.users.oauthStart('corp', 'https://shop.example/cb');
+    assert.deepEqual(started, { url: 'https://idp.example/auth?x=1', state: 'st' });
+    const s = await m.users.oauthFinish('https://shop.example/cb?code=c%2B1&state=st');
+    assert.deepEqual([s.kind, m.auth.kind, m.auth.token], ['user', 'user', 'T1']);
+    await m.users.oauthFinish({ state: 's2', code: 'c2' });
+    assert.deepEqual(
+      calls.map((c) => `${c.url.pathname} ${JSON.stringify(c.body)}`),
+      [
+        '/users/v1/oauth/start {"provider":"corp","redirect_url":"https://shop.example/cb"}',
+        '/users/v1/oauth/finish {"state":"st","code":"c+1"}',
+        '/users/v1/oauth/finish {"state":"s2","code":"c2"}',
+      ],
+    );
+    assert.equal(calls[0].init.headers.Authorization, undefined, 'no token goes to the provider flow');
+  });
+
   test('routes, methods and bodies of the other calls', async () => {
     const { calls, fetch } = fake((c) => {
       if (c.init.method === 'DELETE') return new Response(null, { status: 204 });
