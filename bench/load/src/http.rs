@@ -27,13 +27,15 @@ pub(crate) struct Template {
     /// Taken in turns (one path unless `--paths`).
     paths: Vec<String>,
     headers: Vec<(String, String)>,
-    /// The body; `{n}` in it (when `templated`) is the request's number.
+    /// The body; `{n}` in it (when `templated`) is the request's number, `{k}` that number
+    /// modulo `--keys` (one of K users, say).
     body: String,
     templated: bool,
     /// The whole request, encoded once, when every request is the same (the raw client).
     fixed: Option<Bytes>,
     next: AtomicU64,
     seq: u64,
+    keys: u64,
 }
 
 /// `{"name":"xxx…"}`, padded with `x` so the whole body is `size` bytes (at least
@@ -84,7 +86,7 @@ impl Template {
             let (name, value) = h.split_once(':').ok_or(format!("--header must be 'Name: value': {h}"))?;
             headers.push((name.trim().to_string(), value.trim().to_string()));
         }
-        let templated = body.contains("{n}");
+        let templated = body.contains("{n}") || body.contains("{k}");
         let mut t = Template {
             addr: a.addr.clone(),
             method,
@@ -95,6 +97,7 @@ impl Template {
             fixed: None,
             next: AtomicU64::new(0),
             seq: a.seq,
+            keys: a.keys.max(1),
         };
         if !t.templated && t.paths.len() == 1 {
             t.fixed = Some(t.encode(&t.paths[0], &t.body));
@@ -107,7 +110,8 @@ impl Template {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         let path = &self.paths[(i % self.paths.len() as u64) as usize];
         let body = if self.templated {
-            Cow::Owned(self.body.replace("{n}", &(self.seq + i).to_string()))
+            let n = self.seq + i;
+            Cow::Owned(self.body.replace("{n}", &n.to_string()).replace("{k}", &(n % self.keys).to_string()))
         } else {
             Cow::Borrowed(self.body.as_str())
         };

@@ -35,7 +35,7 @@
 //!   request). Requests may differ (B6): `--method GET|POST|PUT|PATCH|DELETE`, `--header
 //!   'Name: value'` (repeatable), `--body TEMPLATE` (instead of the padded `{"name":…}`;
 //!   `{n}` in it is `--seq` plus a counter shared by every connection: a number unique to
-//!   the request), `--paths FILE` (one path a line, taken in turns by that counter). Adds
+//!   the request; `{k}` is that number modulo `--keys K`, one of K users), `--paths FILE` (one path a line, taken in turns by that counter). Adds
 //!   `rate_target`, `method`, `path` (the first), `paths` (how many), `client`; with `--rate`, also
 //!   `send_lag_p50_us` and `send_lag_p99_us`: how late requests left after their scheduled
 //!   time (a timerfd paces them to the microsecond; a large lag means the generator or its
@@ -103,6 +103,8 @@ struct Args {
     paths: Option<String>,
     /// `--seq N` (http, sse): the first `{n}`.
     seq: u64,
+    /// `--keys K` (http): `{k}` in `--body` is the request's number modulo K (default 1).
+    keys: u64,
     /// `--write-path P` (sse): where the writer sends its records.
     write_path: String,
     /// `--topic T` (sse, pocketbase): the subscription.
@@ -113,7 +115,7 @@ struct Args {
 
 const USAGE: &str = "usage: bench-load <case> <target> <address> [--conns N] [--secs S] [--size B] [--subs N] \
 [--inflight N] [--path P] [--method GET|POST|PATCH|PUT|DELETE] [--rate R] [--client raw|hyper] [--codec proto|json] \
-[--threads N] [--header 'Name: value']... [--body TEMPLATE] [--paths FILE] [--seq N] [--write-path P] [--topic T] [--drain S]\n\
+[--threads N] [--header 'Name: value']... [--body TEMPLATE] [--paths FILE] [--seq N] [--keys K] [--write-path P] [--topic T] [--drain S]\n\
        bench-load tonic-server <address>";
 
 fn args(argv: Vec<String>) -> Result<Args, String> {
@@ -141,6 +143,7 @@ fn args(argv: Vec<String>) -> Result<Args, String> {
         body: None,
         paths: None,
         seq: 0,
+        keys: 1,
         write_path: "/".into(),
         topic: String::new(),
         drain: 5.0,
@@ -169,6 +172,7 @@ fn args(argv: Vec<String>) -> Result<Args, String> {
             "--body" => a.body = Some(v),
             "--paths" => a.paths = Some(v),
             "--seq" => a.seq = v.parse::<u64>().map_err(|_| format!("--seq: not a number: {v}"))?,
+            "--keys" => a.keys = v.parse::<u64>().map_err(|_| format!("--keys: not a number: {v}"))?,
             "--write-path" if v.starts_with('/') => a.write_path = v,
             "--write-path" => return Err(format!("--write-path must start with /: {v}")),
             "--topic" => a.topic = v,

@@ -1017,8 +1017,9 @@ impl Shared {
     }
 
     /// Counts a password attempt for `address`, refused past the most: counted before
-    /// the password is checked (a success forgets the count), one at a time per address
-    /// in the cluster, so concurrent guesses cannot slip past the limit.
+    /// the password is checked (a success takes its own back, [`Shared::attempt_succeeded`]),
+    /// one at a time per address in the cluster, so concurrent guesses cannot slip past
+    /// the limit: failures and attempts under way together stay within it.
     async fn password_attempt(&self, ns: &str, address: &str) -> Result<(), Status> {
         let fkey = failures_key(ns, address);
         self.locked(&format!("{ns}/failures/{}", digest(address)), async {
@@ -1031,6 +1032,12 @@ impl Shared {
             limit::add(&self.store, &fkey, LOCK, t).await.map(|_| ())
         })
         .await
+    }
+
+    /// Takes back the count of a password attempt that succeeded.
+    async fn attempt_succeeded(&self, ns: &str, address: &str) -> Result<(), Status> {
+        let fkey = failures_key(ns, address);
+        self.locked(&format!("{ns}/failures/{}", digest(address)), limit::sub(&self.store, &fkey, LOCK, now())).await
     }
 
     async fn login(&self, ctx: &Context, req: LoginRequest) -> Result<SignedIn, Status> {
@@ -1046,7 +1053,7 @@ impl Shared {
         let Some(stored) = found.filter(|_| ok) else {
             return Err(unauthenticated("wrong email or password"));
         };
-        let fkey = failures_key(&ns, &address);
+        self.attempt_succeeded(&ns, &address).await?;
         if settings.verify_before_login && !stored.user.verified {
             return Err(Status::new(
                 Code::FailedPrecondition,
@@ -1054,7 +1061,6 @@ impl Shared {
                 "confirm your email address first (the mailed code)",
             ));
         }
-        let _ = self.store.delete(&fkey).await;
         self.sign_in(&ns, stored, &client_address(ctx)).await
     }
 
@@ -1227,8 +1233,7 @@ impl Shared {
             // Not 401: the caller's token is fine (a client would refresh and try again).
             return Err(Status::new(Code::PermissionDenied, NAME, "the current password is wrong"));
         }
-        let _ = self.store.delete(&failures_key(ns, &stored.user.email)).await;
-        Ok(())
+        self.attempt_succeeded(ns, &stored.user.email).await
     }
 
     async fn oauth_start(&self, ctx: &Context, req: OAuthStartRequest) -> Result<OAuthStartReply, Status> {

@@ -78,6 +78,18 @@ pub(crate) async fn add(store: &micro::data::StoreHandle, key: &str, per: u64, n
     Ok(c)
 }
 
+/// Takes one back from the count at `key` (an attempt that succeeded), keeping its window.
+pub(crate) async fn sub(store: &micro::data::StoreHandle, key: &str, per: u64, now: u64) -> Result<(), Status> {
+    let mut c = read(store, key, per, now).await?;
+    if c.n == 0 {
+        return Ok(());
+    }
+    c.n -= 1;
+    let value = serde_json::to_vec(&c).map_err(|e| Status::internal(crate::NAME, e.to_string()))?;
+    let left = per.saturating_sub(now.saturating_sub(c.since)).max(1);
+    store.write(&micro_core::store::Record::new(key, value), Some(Duration::from_secs(left))).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
