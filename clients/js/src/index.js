@@ -1013,6 +1013,18 @@ const notUsers401 = (/** @type {MicroError} */ e) => e.id !== 'users';
  * `changePassword`) put the app user's session in `micro.auth` (`auth.kind === 'user'`,
  * `auth.user`), which then refreshes through `/users/v1/refresh`.
  */
+/** Where a browser tab keeps the state of the provider sign-in it started. */
+const OAUTH_STATE = 'micro.users.oauth.state';
+
+/** The tab's session storage, where there is one (browsers; not Node.js). */
+function oauthStates() {
+  try {
+    return globalThis.sessionStorage ?? null;
+  } catch {
+    return null;
+  }
+}
+
 export class Users {
   /** @param {Micro} client */
   constructor(client) {
@@ -1147,7 +1159,11 @@ export class Users {
    * @returns {Promise<{ url: string, state: string }>}
    */
   async oauthStart(provider, redirectUrl, options = {}) {
-    return this._public('/users/v1/oauth/start', { provider, redirect_url: redirectUrl }, options.signal);
+    const started = await this._public('/users/v1/oauth/start', { provider, redirect_url: redirectUrl }, options.signal);
+    // The state stays with this browser tab: `oauthFinish` refuses a callback whose state
+    // this tab did not start (someone else's sign-in handed over in a link).
+    oauthStates()?.setItem(OAUTH_STATE, started.state);
+    return started;
   }
 
   /**
@@ -1165,6 +1181,14 @@ export class Users {
       code = q.get('code') ?? '';
     } else {
       ({ state, code } = from);
+    }
+    const states = oauthStates();
+    if (states) {
+      const started = states.getItem(OAUTH_STATE);
+      states.removeItem(OAUTH_STATE);
+      if (started !== state) {
+        throw new MicroError({ status: 400, detail: 'this sign-in was not started in this browser tab: start again', id: 'client' });
+      }
     }
     return this._client.auth._tookUser(await this._public('/users/v1/oauth/finish', { state, code }, options.signal));
   }

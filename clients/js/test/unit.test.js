@@ -358,6 +358,31 @@ describe('app users', () => {
     assert.equal(calls[0].init.headers.Authorization, undefined, 'no token goes to the provider flow');
   });
 
+  test('in a browser tab, a callback whose state the tab did not start is refused (login CSRF)', async () => {
+    const kept = new Map();
+    globalThis.sessionStorage = {
+      getItem: (k) => kept.get(k) ?? null,
+      setItem: (k, v) => kept.set(k, v),
+      removeItem: (k) => kept.delete(k),
+    };
+    try {
+      const { calls, fetch } = fake((c) => {
+        if (c.url.pathname === '/users/v1/oauth/start') return json({ url: 'https://idp.example/auth', state: 'mine' });
+        return json(signedIn(1, inAnHour()));
+      });
+      const m = new Micro({ url: 'http://x', namespace: 'shop', fetch });
+      await m.users.oauthStart('corp', 'https://shop.example/cb');
+      await assert.rejects(m.users.oauthFinish('https://shop.example/cb?code=c&state=theirs'), (e) => e.status === 400 && /not started/.test(e.detail));
+      assert.equal(calls.length, 1, 'nothing sent for a foreign state');
+      await m.users.oauthStart('corp', 'https://shop.example/cb');
+      const s = await m.users.oauthFinish('https://shop.example/cb?code=c&state=mine');
+      assert.equal(s.kind, 'user');
+      await assert.rejects(m.users.oauthFinish('https://shop.example/cb?code=c&state=mine'), /not started/, 'used once');
+    } finally {
+      delete globalThis.sessionStorage;
+    }
+  });
+
   test('routes, methods and bodies of the other calls', async () => {
     const { calls, fetch } = fake((c) => {
       if (c.init.method === 'DELETE') return new Response(null, { status: 204 });

@@ -77,7 +77,8 @@ impl Revocations {
         let earlier = self.list.read().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
         let before = now().max(earlier.map_or(0, |t| t + 1));
         // Kept until every token it voids has expired.
-        let keep = crate::ACCESS_TTL + Duration::from_secs(LEEWAY + 60);
+        // (`before` may be a second or more ahead: tokens dated up to it must expire first.)
+        let keep = crate::ACCESS_TTL + Duration::from_secs(LEEWAY + 60 + before.saturating_sub(now()));
         self.store.write(&table(), &Record::new(key.clone(), before.to_string().into_bytes()), Some(keep)).await?;
         self.list.write().unwrap_or_else(|e| e.into_inner()).insert(key, before);
         let version = uuid::Uuid::new_v4().to_string();

@@ -888,11 +888,14 @@ impl Shared {
                 return;
             }
         };
-        let app = if settings.app_name.is_empty() { ns.to_string() } else { settings.app_name.clone() };
         // Every mail of theirs may hold a code or point at an account: its body is shown
-        // to nobody (not the namespace's admins reading its outbox).
-        let body =
-            serde_json::json!({"to": [to], "subject": subject, "text": text, "from_name": app, "sensitive": true});
+        // to nobody (not the namespace's admins reading its outbox). The sender is named
+        // after the app when it has a name (else the email product names the namespace:
+        // a namespace's name is not checked against the platform's as a sender name is).
+        let mut body = serde_json::json!({"to": [to], "subject": subject, "text": text, "sensitive": true});
+        if !settings.app_name.is_empty() {
+            body["from_name"] = serde_json::json!(settings.app_name);
+        }
         tokio::spawn(async move {
             if let Err(e) = client.call_json("email", "Email.Send", &body).await {
                 tracing::warn!(service = NAME, error = %e, "mailing an app user failed");

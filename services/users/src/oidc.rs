@@ -48,8 +48,9 @@ const KEEP: Duration = Duration::from_secs(600);
 pub struct Provider {
     /// What the app names it by (`google`, `corp`): 1–32 lowercase letters, digits, `-`.
     pub name: String,
-    /// A well-known provider whose issuer is filled in: `google`, `gitlab`, `microsoft`
-    /// (accounts of any organisation, personal ones too) or `apple`.
+    /// A well-known provider whose issuer is filled in: `google`, `gitlab` or `apple`.
+    /// (Microsoft's multi-tenant endpoint names each tenant's issuer in its tokens, which
+    /// the issuer check refuses: give a tenant's own issuer instead.)
     #[serde(default)]
     pub preset: Option<String>,
     /// The issuer (`https://accounts.example.com`): its discovery document is at
@@ -85,9 +86,8 @@ impl Provider {
             let issuer = match p.as_str() {
                 "google" => "https://accounts.google.com",
                 "gitlab" => "https://gitlab.com",
-                "microsoft" => "https://login.microsoftonline.com/common/v2.0",
                 "apple" => "https://appleid.apple.com",
-                other => return Err(bad(format!("unknown preset {other:?}: google, gitlab, microsoft or apple"))),
+                other => return Err(bad(format!("unknown preset {other:?}: google, gitlab or apple"))),
             };
             if self.issuer.is_empty() {
                 self.issuer = issuer.into();
