@@ -812,13 +812,32 @@ impl Shared {
         Ok(out)
     }
 
-    /// Ends every session of `stored`'s user (saving it with a new epoch, which voids any
-    /// session that races with the ending) and voids their access tokens.
-    async fn end_all(&self, ns: &str, stored: &mut Stored) -> Result<(), Status> {
-        stored.epoch += 1;
-        stored.user.updated = now();
-        self.save(ns, stored).await?;
-        self.end_sessions(ns, &stored.user.id).await
+    /// Changes user `uid` as `change` says and ends every session of theirs (saving the
+    /// user with a new epoch, which voids any session that races with the ending), voiding
+    /// their access tokens.
+    async fn end_all(&self, ns: &str, uid: &str, change: impl FnOnce(&mut Stored) + Send) -> Result<Stored, Status> {
+        let stored = self
+            .update(ns, uid, |s| {
+                change(s);
+                s.epoch += 1;
+            })
+            .await?;
+        self.end_sessions(ns, uid).await?;
+        Ok(stored)
+    }
+
+    /// Changes user `uid` of `ns` as `change` says, on the record as it is at that moment,
+    /// one change of a user at a time in the cluster: a change never writes back what
+    /// another changed meanwhile (a profile edit racing a new password).
+    async fn update(&self, ns: &str, uid: &str, change: impl FnOnce(&mut Stored) + Send) -> Result<Stored, Status> {
+        self.locked(&format!("{ns}/user/{uid}"), async {
+            let mut s = self.load(ns, uid).await?.ok_or_else(|| unauthenticated("the user is gone: sign in again"))?;
+            change(&mut s);
+            s.user.updated = now();
+            self.save(ns, &s).await?;
+            Ok(s)
+        })
+        .await
     }
 
     /// Deletes every session of `uid` and voids their access tokens.
@@ -969,7 +988,7 @@ impl Shared {
         let hash = password::hash(&req.password).await?;
         let existing = self
             .locked(&format!("{ns}/email/{}", digest(&address)), async {
-                if let Some(mut s) = self.find(&ns, &address).await? {
+                if let Some(s) = self.find(&ns, &address).await? {
                     if s.user.verified {
                         return Ok(Some(s.user));
                     }
@@ -977,10 +996,13 @@ impl Shared {
                     // (so one made first with somebody's address cannot wait for its
                     // owner to confirm it), every session of the earlier ones ends, and
                     // a new code goes to the address.
-                    s.hash = hash;
-                    s.user.name = name;
-                    s.user.data = data;
-                    self.end_all(&ns, &mut s).await?;
+                    let s = self
+                        .end_all(&ns, &s.user.id, move |s| {
+                            s.hash = hash;
+                            s.user.name = name;
+                            s.user.data = data;
+                        })
+                        .await?;
                     self.mail_code(&ns, &settings, &s.user, Purpose::Verify).await?;
                     return Ok(None);
                 }
@@ -1180,14 +1202,21 @@ impl Shared {
         let address = email(&req.email)?;
         let mut stored = self.by_code(&ns, &address, &req.code, purpose).await?;
         if !stored.user.verified {
-            // The address's owner, at last: whoever held a session before did not prove it.
-            stored.user.verified = true;
-            if matches!(purpose, Purpose::Login) {
-                // Nor the password (the signup's code did not confirm it: this one came
-                // to the owner who never signed up): it no longer works.
-                stored.hash = password::hash(&random_secret()?).await?;
-            }
-            self.end_all(&ns, &mut stored).await?;
+            // The address's owner, at last: whoever held a session before did not prove it,
+            // nor (for a sign-in code, which came to an owner who may never have signed up)
+            // the password: it no longer works.
+            let random = match purpose {
+                Purpose::Login => Some(password::hash(&random_secret()?).await?),
+                _ => None,
+            };
+            stored = self
+                .end_all(&ns, &stored.user.id, move |s| {
+                    s.user.verified = true;
+                    if let Some(h) = random {
+                        s.hash = h;
+                    }
+                })
+                .await?;
         }
         let _ = self.store.delete(&failures_key(&ns, &address)).await;
         self.sign_in(&ns, stored, &client_address(ctx)).await
@@ -1201,11 +1230,15 @@ impl Shared {
         if let Some(why) = settings.password.refuse(&req.password, &address) {
             return Err(bad(why));
         }
-        let mut stored = self.by_code(&ns, &address, &req.code, Purpose::Reset).await?;
-        stored.hash = password::hash(&req.password).await?;
+        let stored = self.by_code(&ns, &address, &req.code, Purpose::Reset).await?;
+        let hash = password::hash(&req.password).await?;
         // The mailed code proves the address.
-        stored.user.verified = true;
-        self.end_all(&ns, &mut stored).await?;
+        let stored = self
+            .end_all(&ns, &stored.user.id, move |s| {
+                s.hash = hash;
+                s.user.verified = true;
+            })
+            .await?;
         let _ = self.store.delete(&failures_key(&ns, &address)).await;
         self.sign_in(&ns, stored, &client_address(ctx)).await
     }
@@ -1218,14 +1251,14 @@ impl Shared {
     }
 
     async fn change_password(&self, ctx: &Context, req: ChangePasswordRequest) -> Result<SignedIn, Status> {
-        let (ns, mut stored) = self.me(ctx).await?;
+        let (ns, stored) = self.me(ctx).await?;
         let settings = self.attempt(&ns, ctx).await?;
         self.check_password(&ns, &stored, &req.password).await?;
         if let Some(why) = settings.password.refuse(&req.new_password, &stored.user.email) {
             return Err(bad(why));
         }
-        stored.hash = password::hash(&req.new_password).await?;
-        self.end_all(&ns, &mut stored).await?;
+        let hash = password::hash(&req.new_password).await?;
+        let stored = self.end_all(&ns, &stored.user.id, move |s| s.hash = hash).await?;
         self.sign_in(&ns, stored, &client_address(ctx)).await
     }
 
@@ -1301,9 +1334,9 @@ impl Shared {
         let random = password::hash(&random_secret()?).await?;
         let user = self
             .locked(&format!("{ns}/email/{}", digest(&address)), async {
-                let mut stored = match self.find(&ns, &address).await? {
+                let (mut stored, fresh) = match self.find(&ns, &address).await? {
                     // The provider confirmed the address: the same person.
-                    Some(s) => s,
+                    Some(s) => (s, false),
                     None if !settings.signups => return Err(Status::new(Code::PermissionDenied, NAME, "signups are closed")),
                     None => {
                         let t = now();
@@ -1318,22 +1351,35 @@ impl Shared {
                         };
                         self.store.put(&email_key(&ns, &address), user.id.clone().into_bytes()).await?;
                         tracing::info!(service = NAME, namespace = %ns, provider = %p.name, "an app user signed up through a provider");
-                        Stored { user, hash: random.clone(), links: Vec::new(), epoch: 0 }
+                        (Stored { user, hash: random.clone(), links: Vec::new(), epoch: 0 }, true)
                     }
                 };
-                if !stored.links.contains(&link) {
-                    stored.links.push(link.clone());
-                }
-                if stored.user.verified {
-                    stored.user.updated = now();
+                let linked = {
+                    let link = link.clone();
+                    move |s: &mut Stored| {
+                        if !s.links.contains(&link) {
+                            s.links.push(link);
+                        }
+                    }
+                };
+                let stored = if fresh {
+                    // A newcomer: nobody else knows the record yet.
+                    linked(&mut stored);
                     self.save(&ns, &stored).await?;
+                    stored
+                } else if stored.user.verified {
+                    self.update(&ns, &stored.user.id, linked).await?
                 } else {
                     // The address's owner, at last: sessions of whoever signed up with it
                     // end, and the password they chose no longer works.
-                    stored.user.verified = true;
-                    stored.hash = random.clone();
-                    self.end_all(&ns, &mut stored).await?;
-                }
+                    let random = random.clone();
+                    self.end_all(&ns, &stored.user.id, move |s| {
+                        linked(s);
+                        s.user.verified = true;
+                        s.hash = random;
+                    })
+                    .await?
+                };
                 self.store.put(&link_key(&ns, &link), stored.user.id.clone().into_bytes()).await?;
                 Ok(stored)
             })
@@ -1356,7 +1402,11 @@ impl Shared {
             for link in &stored.links {
                 self.store.delete(&link_key(ns, link)).await.or_else(gone)?;
             }
-            self.store.delete(&user_key(ns, uid)).await.or_else(gone)?;
+            // (Under the user's lock: a change racing the erasure does not bring it back.)
+            self.locked(&format!("{ns}/user/{uid}"), async {
+                self.store.delete(&user_key(ns, uid)).await.or_else(gone)
+            })
+            .await?;
             if let Ok(r) = self.store.get(&email_key(ns, &address)).await
                 && r.value == uid.as_bytes()
             {
@@ -1423,15 +1473,19 @@ pub fn service_with(service: Service) -> Service {
     let s = handle!(s, "Users.OAuthFinish", |sh, ctx, req: OAuthFinishRequest| sh.oauth_finish(&ctx, req).await);
     let s = handle!(s, "Users.Me", |sh, ctx, _req: Empty| sh.me(&ctx).await.map(|(_, s)| s.user));
     let s = handle!(s, "Users.UpdateMe", |sh, ctx, req: UpdateRequest| {
-        let (ns, mut stored) = sh.me(&ctx).await?;
-        if let Some(name) = &req.name {
-            stored.user.name = line("name", name, 100)?;
-        }
-        if let Some(data) = profile(req.data)? {
-            stored.user.data = data;
-        }
-        stored.user.updated = now();
-        sh.save(&ns, &stored).await?;
+        let (ns, uid) = app_user(&ctx)?;
+        let name = req.name.as_deref().map(|n| line("name", n, 100)).transpose()?;
+        let data = profile(req.data)?;
+        let stored = sh
+            .update(&ns, &uid, move |s| {
+                if let Some(n) = name {
+                    s.user.name = n;
+                }
+                if let Some(d) = data {
+                    s.user.data = d;
+                }
+            })
+            .await?;
         Ok::<_, Status>(stored.user)
     });
     let s =

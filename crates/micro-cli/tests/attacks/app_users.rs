@@ -152,6 +152,29 @@ async fn nobody_keeps_a_session_of_an_address_they_do_not_own_nor_of_a_stolen_re
     assert_eq!(st, 401);
     let (st, _) = post(&s.api, "/users/v1/refresh", None, json!({"refresh_token": thief["refresh_token"]})).await;
     assert_eq!(st, 401, "the replay ended the thief's session too");
+    // A thief with the access token edits the profile over and over while the owner
+    // changes the password: no edit writes the old password back.
+    let owner = app_user(&s.api, "vic3@example.com", "vic's third one").await;
+    let stolen = owner["token"].as_str().unwrap().to_string();
+    let edits: Vec<_> = (0..20)
+        .map(|i| {
+            let (api, token) = (s.api.clone(), stolen.clone());
+            tokio::spawn(async move {
+                call(&api, "PATCH", "/users/v1/me", Some(&token), "shop", Some(json!({"data": {"i": i}}))).await.0
+            })
+        })
+        .collect();
+    let change = json!({"password": "vic's third one", "new_password": "vic's brand new one"});
+    let (st, v) = post(&s.api, "/users/v1/me/password", owner["token"].as_str(), change).await;
+    assert_eq!(st, 200, "{v}");
+    for e in edits {
+        let _ = e.await;
+    }
+    let old = json!({"email": "vic3@example.com", "password": "vic's third one"});
+    assert_eq!(post(&s.api, "/users/v1/login", None, old).await.0, 401, "the old password stays gone");
+    let new = json!({"email": "vic3@example.com", "password": "vic's brand new one"});
+    assert_eq!(post(&s.api, "/users/v1/login", None, new).await.0, 200);
+
     // Forged refresh tokens find nothing.
     let uid = vic["user"]["id"].as_str().unwrap();
     for forged in [format!("{uid}.aaaaaaaaaaaaaaaa.x"), format!("{uid}.*.x"), format!("../{uid}.b.c"), "a.b".into()] {
