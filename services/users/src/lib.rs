@@ -1163,11 +1163,8 @@ impl Shared {
     /// Mails a code for `purpose` to the user of `req.email`, if there is one.
     async fn request_code(&self, ctx: &Context, req: EmailRequest, purpose: Purpose) -> Result<Accepted, Status> {
         let ns = app_namespace(ctx)?;
-        self.attempt(&ns, ctx).await?;
+        let settings = self.attempt(&ns, ctx).await?;
         let address = email(&req.email)?;
-        let Some(settings) = self.settings(&ns).await? else {
-            return Ok(Accepted { message: ACCEPTED.into() });
-        };
         if let Some(stored) = self.find(&ns, &address).await?
             && !(matches!(purpose, Purpose::Verify) && stored.user.verified)
         {
@@ -1224,9 +1221,8 @@ impl Shared {
 
     async fn reset(&self, ctx: &Context, req: ResetRequest) -> Result<SignedIn, Status> {
         let ns = app_namespace(ctx)?;
-        self.attempt(&ns, ctx).await?;
+        let settings = self.attempt(&ns, ctx).await?;
         let address = email(&req.email)?;
-        let settings = self.settings(&ns).await?.unwrap_or_default();
         if let Some(why) = settings.password.refuse(&req.password, &address) {
             return Err(bad(why));
         }
@@ -1274,8 +1270,7 @@ impl Shared {
 
     async fn oauth_start(&self, ctx: &Context, req: OAuthStartRequest) -> Result<OAuthStartReply, Status> {
         let ns = app_namespace(ctx)?;
-        self.attempt(&ns, ctx).await?;
-        let settings = self.enabled(&ns).await?;
+        let settings = self.attempt(&ns, ctx).await?;
         let p = settings
             .providers
             .iter()
@@ -1292,7 +1287,7 @@ impl Shared {
 
     async fn oauth_finish(&self, ctx: &Context, req: OAuthFinishRequest) -> Result<SignedIn, Status> {
         let ns = app_namespace(ctx)?;
-        self.attempt(&ns, ctx).await?;
+        let settings = self.attempt(&ns, ctx).await?;
         if req.state.len() > 100 || req.code.is_empty() || req.code.len() > 2000 {
             return Err(bad("state and code are what the provider handed back"));
         }
@@ -1311,7 +1306,6 @@ impl Shared {
                 decode(&r.value)
             })
             .await?;
-        let settings = self.enabled(&ns).await?;
         let p = settings
             .providers
             .iter()
