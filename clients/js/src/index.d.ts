@@ -414,7 +414,7 @@ export declare class Users {
   /** Signs in with the address and password. */
   login(email: string, password: string, options?: RequestOptions): Promise<AppSession>;
   /** Confirms the address with the mailed code: verified and signed in. */
-  verify(email: string, code: string, options?: RequestOptions): Promise<AppSession>;
+  verify(email: string, code: string, options?: RequestOptions & { password?: string }): Promise<AppSession>;
   /** Mails a new code to confirm the address. */
   requestVerification(email: string, options?: RequestOptions): Promise<Accepted>;
   /** Mails a code to reset the password. */

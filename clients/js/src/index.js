@@ -1086,12 +1086,17 @@ export class Users {
 
   /**
    * Confirms the address with the mailed code: the user is verified and signed in.
+   * Pass the password chosen at signup to keep it; without it the address is confirmed
+   * but no password works until a reset (the code proves the mailbox, not who chose
+   * the password).
    * @param {string} email
    * @param {string} code
-   * @param {{ signal?: AbortSignal }} [options]
+   * @param {{ password?: string, signal?: AbortSignal }} [options]
    */
   async verify(email, code, options = {}) {
-    return this._client.auth._tookUser(await this._public('/users/v1/verify', { email, code }, options.signal));
+    const body = { email, code };
+    if (options.password !== undefined) body.password = options.password;
+    return this._client.auth._tookUser(await this._public('/users/v1/verify', body, options.signal));
   }
 
   /**

@@ -128,7 +128,8 @@ function suite() {
       const code = await mailedCode(email, 'Confirm your email for JS Shop');
       const kinds = [];
       const off = app.auth.onChange((s) => kinds.push(s.kind));
-      const s = await app.users.verify(email, code);
+      await refused(app.users.verify(email, code, { password: 'not the one chosen' }), 400, /not the password/, 'users');
+      const s = await app.users.verify(email, code, { password: passwords[0] });
       off();
       assert.deepEqual(kinds, ['user']);
       assert.equal(s.kind, 'user');

@@ -43,6 +43,15 @@ impl Received {
     pub fn header(&self, name: &str) -> &str {
         self.headers.get(&name.to_ascii_lowercase()).map(String::as_str).unwrap_or("")
     }
+
+    /// The 6-digit code of a mail that says "… is 123456" (the users product's codes).
+    pub fn code(&self) -> String {
+        let text = self.text.clone().unwrap_or_default();
+        let at = text.find(" is ").expect("a code in the mail") + 4;
+        let code: String = text[at..].chars().take(6).collect();
+        assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()), "{text}");
+        code
+    }
 }
 
 /// A running SMTP sink, stopped on drop.
@@ -158,6 +167,28 @@ impl SmtpSink {
                 }
             })
             .collect()
+    }
+
+    /// The `count`th mail (from 1) to `to` whose subject contains `subject`, waiting
+    /// up to 30 s for it.
+    pub async fn mail_to(&self, to: &str, subject: &str, count: usize) -> Received {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut all: Vec<_> = self
+                .messages()
+                .into_iter()
+                .filter(|m| m.rcpt_tos.iter().any(|r| r == to) && m.header("subject").contains(subject))
+                .collect();
+            if all.len() >= count {
+                return all.swap_remove(count - 1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no mail #{count} to {to} about {subject:?}: {:?}",
+                self.messages().iter().map(|m| m.header("subject").to_string()).collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits up to `timeout` for at least `n` messages, and returns them all.

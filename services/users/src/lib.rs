@@ -316,6 +316,11 @@ pub struct CodeRequest {
     pub email: String,
     /// The 6-digit code from the mail.
     pub code: String,
+    /// Confirming an address: the password chosen at signup, which then stays the
+    /// user's. Without it the address is confirmed, but no password works until a
+    /// reset sets one (the code proves the mailbox, not who chose the password).
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 /// `Users.Reset` request.
@@ -989,7 +994,10 @@ impl Shared {
         let existing = self
             .locked(&format!("{ns}/email/{}", digest(&address)), async {
                 if let Some(s) = self.find(&ns, &address).await? {
-                    if s.user.verified {
+                    // A confirmed user, or (when the app lets unconfirmed users sign in)
+                    // one who may be using the app already: nothing changes; the owner
+                    // is told.
+                    if s.user.verified || !settings.verify_before_login {
                         return Ok(Some(s.user));
                     }
                     // Nobody proved the address yet: the latest signup's password stands
@@ -1197,20 +1205,39 @@ impl Shared {
         let ns = app_namespace(ctx)?;
         self.attempt(&ns, ctx).await?;
         let address = email(&req.email)?;
+        // A password given to keep is checked before the code is used up (a typo costs a
+        // try, not the code), counted like a login's.
+        let kept = match (&req.password, purpose) {
+            (Some(p), Purpose::Verify) => {
+                if p.len() > password::MAX_LEN {
+                    return Err(bad("that is not the password this address signed up with"));
+                }
+                self.password_attempt(&ns, &address).await?;
+                let found = self.find(&ns, &address).await?;
+                if !password::verify(p, found.as_ref().map(|s| s.hash.as_str())).await? {
+                    return Err(bad(
+                        "that is not the password of this address's latest signup: type it again, or confirm without it and reset the password",
+                    ));
+                }
+                self.attempt_succeeded(&ns, &address).await?;
+                found.map(|s| s.hash)
+            }
+            (Some(_), _) => return Err(bad("a password goes only with a code that confirms an address")),
+            _ => None,
+        };
         let mut stored = self.by_code(&ns, &address, &req.code, purpose).await?;
         if !stored.user.verified {
             // The address's owner, at last: whoever held a session before did not prove it,
-            // nor (for a sign-in code, which came to an owner who may never have signed up)
-            // the password: it no longer works.
-            let random = match purpose {
-                Purpose::Login => Some(password::hash(&random_secret()?).await?),
-                _ => None,
-            };
+            // nor the password (whoever chose it may not own the address: signing up first
+            // with somebody's address must not leave a way in once they confirm it), so it
+            // no longer works, unless the confirmer proved it just now and nobody changed
+            // it since.
+            let random = password::hash(&random_secret()?).await?;
             stored = self
                 .end_all(&ns, &stored.user.id, move |s| {
                     s.user.verified = true;
-                    if let Some(h) = random {
-                        s.hash = h;
+                    if kept.as_deref() != Some(s.hash.as_str()) {
+                        s.hash = random;
                     }
                 })
                 .await?;

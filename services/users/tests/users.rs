@@ -23,33 +23,14 @@ fn server(sink: &SmtpSink, env: &[(&str, &str)]) -> ServerProcess {
         .start()
 }
 
-/// The newest mail to `to` whose subject contains `subject`, waiting for it; with the
-/// number of such mails.
+/// The `count`th mail to `to` about `subject`.
 async fn mail(sink: &SmtpSink, to: &str, subject: &str, count: usize) -> micro_test::smtp::Received {
-    for _ in 0..300 {
-        let all: Vec<_> = sink
-            .messages()
-            .into_iter()
-            .filter(|m| m.rcpt_tos.iter().any(|r| r == to) && m.header("subject").contains(subject))
-            .collect();
-        if all.len() >= count {
-            return all[count - 1].clone();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "no mail #{count} to {to} about {subject:?}: {:?}",
-        sink.messages().iter().map(|m| m.header("subject").to_string()).collect::<Vec<_>>()
-    );
+    sink.mail_to(to, subject, count).await
 }
 
 /// The 6-digit code of a mail.
 fn code(m: &micro_test::smtp::Received) -> String {
-    let text = m.text.clone().unwrap_or_default();
-    let at = text.find(" is ").expect("a code in the mail") + 4;
-    let code: String = text[at..].chars().take(6).collect();
-    assert!(code.bytes().all(|b| b.is_ascii_digit()), "{text}");
-    code
+    m.code()
 }
 
 async fn post(api: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
@@ -137,7 +118,19 @@ async fn signs_up_confirms_and_owns_records(sink: &SmtpSink, a: &ServerProcess, 
         let (st, _) = post(&api, "/users/v1/verify", None, old).await;
         assert_eq!(st, 400, "the first code died with the second signup");
     }
-    let (st, zoe) = post(&bpi, "/users/v1/verify", None, json!({"email": "zoe@example.com", "code": right})).await;
+    // Keeping the password takes the latest signup's: the first one's is refused, and
+    // the refusal leaves the code alive.
+    let (st, v1) = post(
+        &bpi,
+        "/users/v1/verify",
+        None,
+        json!({"email": "zoe@example.com", "code": right, "password": "an early bird's guess"}),
+    )
+    .await;
+    assert_eq!(st, 400, "{v1}");
+    assert!(v1["detail"].as_str().unwrap().contains("not the password"), "{v1}");
+    let confirm = json!({"email": "zoe@example.com", "code": right, "password": "correct horse battery"});
+    let (st, zoe) = post(&bpi, "/users/v1/verify", None, confirm).await;
     assert_eq!(st, 200, "{zoe}");
     assert_eq!(zoe["user"]["verified"], true);
     let uid = zoe["user"]["id"].as_str().unwrap().to_string();
@@ -194,9 +187,19 @@ async fn signs_up_confirms_and_owns_records(sink: &SmtpSink, a: &ServerProcess, 
     assert_eq!(st, 403, "an unconfirmed user cannot create");
     let (st, v) = call(&api, "GET", "/db/v1/notes/records", Some(&yan_token), "shop", None).await;
     assert_eq!((st, v["items"].as_array().map(Vec::len)), (200, Some(0)), "{v}");
-    // The address's owner signs up too: the early sessions end.
-    let owner = json!({"email": "yan@example.com", "password": "the real yan's password"});
-    assert_eq!(post(&api, "/users/v1/signup", None, owner).await.0, 200);
+    // Somebody signs up again with the address: with unconfirmed users signed in,
+    // nothing changes (it might be their account in use); the address is told.
+    let other = json!({"email": "yan@example.com", "password": "someone else's password"});
+    assert_eq!(post(&api, "/users/v1/signup", None, other.clone()).await.0, 200);
+    mail(sink, "yan@example.com", "Someone signed up for Shop", 1).await;
+    assert_eq!(post(&api, "/users/v1/login", None, other).await.0, 401, "the password stands");
+    // The address's owner confirms it with the mailed code, without the password they
+    // never chose: the early sessions end, and so does that password.
+    let yan_code = code(&mail(sink, "yan@example.com", "Confirm your email for Shop", 1).await);
+    let (st, v) = post(&bpi, "/users/v1/verify", None, json!({"email": "yan@example.com", "code": yan_code})).await;
+    assert_eq!((st, &v["user"]["verified"]), (200, &json!(true)), "{v}");
+    let early = json!({"email": "yan@example.com", "password": "yan's good password"});
+    assert_eq!(post(&api, "/users/v1/login", None, early).await.0, 401, "the unproven password is gone");
     let (st, _) = post(&bpi, "/users/v1/refresh", None, json!({"refresh_token": yan["refresh_token"]})).await;
     assert_eq!(st, 401, "the early session ended");
     let voided = micro_test::eventually(Duration::from_secs(5), || async {

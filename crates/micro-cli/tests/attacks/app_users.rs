@@ -6,6 +6,7 @@
 use micro::proto::auth as pb;
 use micro_test::call_json as call;
 use micro_test::process::ServerProcess;
+use micro_test::smtp::{Options, SmtpSink};
 use serde_json::{Value, json};
 
 use super::*;
@@ -125,23 +126,37 @@ async fn only_the_users_product_has_tokens_signed_and_only_for_app_users() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nobody_keeps_a_session_of_an_address_they_do_not_own_nor_of_a_stolen_refresh_token() {
     let (s, _ann) = lax_shop().await;
-    // Mallory signs up first with Vic's address and signs in (the lax setting allows it).
-    let early = app_user(&s.api, "vic@example.com", "mallory's guess 1").await;
-    // Vic signs up too: Mallory's session and password are gone.
+    // Vic signs up and uses the app unconfirmed (the lax setting allows it); Mallory
+    // signs up again with Vic's address: nothing changes, Mallory's password opens
+    // nothing, and Vic's session goes on.
+    let vic = app_user(&s.api, "vic@example.com", "vic's real one").await;
     let (st, _) =
-        post(&s.api, "/users/v1/signup", None, json!({"email": "vic@example.com", "password": "vic's real one"})).await;
+        post(&s.api, "/users/v1/signup", None, json!({"email": "vic@example.com", "password": "mallory's guess 1"}))
+            .await;
     assert_eq!(st, 200);
-    let (st, _) = post(&s.api, "/users/v1/refresh", None, json!({"refresh_token": early["refresh_token"]})).await;
-    assert_eq!(st, 401, "the early session ended");
     let (st, _) =
         post(&s.api, "/users/v1/login", None, json!({"email": "vic@example.com", "password": "mallory's guess 1"}))
             .await;
-    assert_eq!(st, 401, "the early password is gone");
-    let ok = micro_test::eventually(Duration::from_secs(5), || async {
-        call(&s.api, "GET", "/users/v1/me", early["token"].as_str(), "shop", None).await.0 == 401
-    })
+    assert_eq!(st, 401, "the re-signup's password opens nothing");
+    let (st, v) = post(&s.api, "/users/v1/refresh", None, json!({"refresh_token": vic["refresh_token"]})).await;
+    assert_eq!(st, 200, "Vic's session goes on: {v}");
+    // Nor does a code confirm anything with a password that is not the address's.
+    let (st, v) = post(
+        &s.api,
+        "/users/v1/verify",
+        None,
+        json!({"email": "vic@example.com", "code": "123456", "password": "mallory's guess 1"}),
+    )
     .await;
-    assert!(ok, "the early access token is void");
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = post(
+        &s.api,
+        "/users/v1/code/login",
+        None,
+        json!({"email": "vic@example.com", "code": "123456", "password": "vic's real one"}),
+    )
+    .await;
+    assert_eq!(st, 400, "a password goes only with a confirmation: {v}");
 
     // A stolen refresh token: the thief refreshes first; when the owner's (now used-up)
     // copy comes back, the session ends for both.
@@ -207,5 +222,40 @@ async fn a_flood_from_one_address_is_limited_and_guessing_passwords_locks_the_ad
         call(&s.api, "POST", "/users/v1/login", None, "ghost", Some(json!({"email": "a@b.co", "password": "x"}))).await;
     assert_eq!(st, 400, "{v}");
     assert!(v["detail"].as_str().unwrap().contains("app users are off"), "{v}");
+    let _ = s.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_up_first_with_somebodys_address_leaves_no_way_in_once_they_confirm_it() {
+    let Some(sink) = SmtpSink::start(Options::default()) else { return };
+    let s = ServerProcess::start(&micro(), &[("MICRO_SMTP", &sink.url())]);
+    let ann = s.account("shop", "ann", "user", &["admin"]).await;
+    let (st, v) = post(&s.api, "/users/v1/settings", Some(&ann), json!({"attempts_per_minute": 1000})).await;
+    assert_eq!(st, 200, "{v}");
+
+    // Mallory signs up first with Vic's address; Vic confirms it from the mail (the
+    // code is Vic's: it came to Vic's mailbox) without knowing Mallory's password.
+    let mallory = json!({"email": "vic@example.com", "password": "mallory's pre-set one"});
+    assert_eq!(post(&s.api, "/users/v1/signup", None, mallory.clone()).await.0, 200);
+    let code = sink.mail_to("vic@example.com", "Confirm your email", 1).await.code();
+    let (st, v) = post(&s.api, "/users/v1/verify", None, json!({"email": "vic@example.com", "code": code})).await;
+    assert_eq!((st, &v["user"]["verified"]), (200, &json!(true)), "{v}");
+    assert_eq!(post(&s.api, "/users/v1/login", None, mallory).await.0, 401, "Mallory's password opens nothing");
+
+    // Vic signs up first; Mallory signs up again right after (the latest signup's
+    // password stands until the address is confirmed); Vic confirms with Vic's own
+    // password: refused, and confirming without it leaves Mallory's password dead.
+    let vic = json!({"email": "vic2@example.com", "password": "vic's own password"});
+    assert_eq!(post(&s.api, "/users/v1/signup", None, vic.clone()).await.0, 200);
+    let mallory = json!({"email": "vic2@example.com", "password": "mallory's late one"});
+    assert_eq!(post(&s.api, "/users/v1/signup", None, mallory.clone()).await.0, 200);
+    let code = sink.mail_to("vic2@example.com", "Confirm your email", 2).await.code();
+    let with = json!({"email": "vic2@example.com", "code": code, "password": "vic's own password"});
+    let (st, v) = post(&s.api, "/users/v1/verify", None, with).await;
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = post(&s.api, "/users/v1/verify", None, json!({"email": "vic2@example.com", "code": code})).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(post(&s.api, "/users/v1/login", None, mallory).await.0, 401, "Mallory's password opens nothing");
+    assert_eq!(post(&s.api, "/users/v1/login", None, vic).await.0, 401, "nor the replaced one");
     let _ = s.stop();
 }
