@@ -234,7 +234,16 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     };
     let runtime = crate::runtime::Runtime::open(&config.data_dir, config.runtime.clone(), wiring).await?;
     let shared_db = if clustered { config.backends.database.as_ref().map(|s| s.0.clone()) } else { None };
-    let hosted = crate::products::Hosted::open(&config, shared_db.as_deref()).await.map_err(Error::Config)?;
+    let mut hosted = crate::products::Hosted::open(&config, shared_db.as_deref()).await.map_err(Error::Config)?;
+    if config.services.iter().any(|s| s == micro_files::NAME) {
+        let files = micro_files::Files::new(store.clone(), blob.clone());
+        // Files attach to the database's records, and go with them.
+        let files = match &hosted.db {
+            Some(db) => files.with_db(db.clone()),
+            None => files,
+        };
+        hosted.files = Some(Arc::new(files));
+    }
     // Deleting a namespace deletes its data in each of these.
     auth.hold_namespace_data(crate::namespace_data::NamespaceData {
         store: store.clone(),
@@ -461,6 +470,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         meter,
         cache,
         domains,
+        hosted.files.clone(),
     );
 
     let (tx, rx) = watch::channel(false);

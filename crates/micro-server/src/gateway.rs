@@ -59,6 +59,8 @@ struct Inner {
     cache: crate::cache::Cache,
     /// The custom domains the gateway serves.
     domains: crate::domains::Domains,
+    /// The files product (`/files/v1/…`), when the server hosts it.
+    files: Option<Arc<micro_files::Files>>,
 }
 
 /// On an answer: the service and endpoint it is metered under.
@@ -193,6 +195,7 @@ impl Gateway {
         meter: crate::usage::Meter,
         cache: crate::cache::Cache,
         domains: crate::domains::Domains,
+        files: Option<Arc<micro_files::Files>>,
     ) -> Gateway {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
@@ -216,6 +219,7 @@ impl Gateway {
                 meter,
                 cache,
                 domains,
+                files,
             }),
         }
     }
@@ -253,6 +257,17 @@ impl Gateway {
                     Err(_) => return json_error(&Status::bad_request("api", "bad request path")),
                 }
             }
+        }
+        let path = req.uri().path();
+        // A file's address names its namespace (an `<img>` sends no header): the request
+        // is counted and limited there.
+        if claimed.is_none()
+            && !req.headers().contains_key(micro_core::metadata::NAMESPACE)
+            && let Some(ns) = path.strip_prefix("/files/v1/content/").and_then(|r| r.split('/').next())
+            && micro_core::namespace::validate(ns).is_ok()
+            && let Ok(v) = HeaderValue::from_str(ns)
+        {
+            req.headers_mut().insert(micro_core::metadata::NAMESPACE, v);
         }
         let path = req.uri().path();
         if claimed.is_none() && req.method() == Method::GET && path == "/" {
@@ -356,6 +371,17 @@ impl Gateway {
         let ns = caller.namespace.clone();
         if req.method() == Method::GET && (path == "/openapi.json" || path.starts_with("/openapi/")) {
             return self.openapi(&caller, path, req.headers()).await;
+        }
+        if path.starts_with("/files/v1/")
+            && let Some(files) = &self.inner.files
+        {
+            if let Err(refused) = self.admit(&caller, &ns, micro_files::NAME).await {
+                return refused;
+            }
+            let method = req.method().to_string();
+            let mut res = files.serve(req, &caller).await;
+            res.extensions_mut().insert(Tag { service: micro_files::NAME.to_string(), endpoint: method });
+            return res;
         }
         let first = path.split('/').find(|s| !s.is_empty()).unwrap_or("").to_string();
         let method = req.method().clone();

@@ -18,6 +18,8 @@ pub(crate) struct Product {
     pub(crate) tenant_prefix: Option<fn(&str) -> String>,
     /// Scopes its account holds in `micro` besides `data` and `platform`.
     pub(crate) scopes: &'static [&'static str],
+    /// Served by the gateway itself (HTTP as it comes, no service of its own).
+    pub(crate) in_gateway: bool,
 }
 
 /// What the server opened for the products it hosts: the database's records, which
@@ -25,6 +27,8 @@ pub(crate) struct Product {
 #[derive(Clone, Default)]
 pub(crate) struct Hosted {
     pub(crate) db: Option<std::sync::Arc<micro_db::Db>>,
+    /// The files product, which the gateway serves (set once the store and blobs are).
+    pub(crate) files: Option<std::sync::Arc<micro_files::Files>>,
 }
 
 impl Hosted {
@@ -44,23 +48,25 @@ impl Hosted {
             (None, None) => format!("the database ({}): {e}", settings.path.display()),
             _ => format!("the database (PostgreSQL): {e}"),
         })?;
-        Ok(Hosted { db: Some(db) })
+        Ok(Hosted { db: Some(db), files: None })
     }
 }
 
 /// Every product, by name.
-pub(crate) const PRODUCTS: [Product; 5] = [
+pub(crate) const PRODUCTS: [Product; 6] = [
     Product {
         name: micro_distributed::NAME,
         build: |s, _, _| micro_distributed::service(s),
         tenant_prefix: Some(micro_distributed::tenant_prefix),
         scopes: &[],
+        in_gateway: false,
     },
     Product {
         name: micro_email::NAME,
         build: |s, c, _| micro_email::service_with(s, c.email.clone()),
         tenant_prefix: Some(micro_email::tenant_prefix),
         scopes: &[],
+        in_gateway: false,
     },
     // It creates namespaces and their owners' accounts: it administers micro.
     Product {
@@ -68,6 +74,7 @@ pub(crate) const PRODUCTS: [Product; 5] = [
         build: |s, c, _| micro_platform::service_with(s, c.platform_url.clone()),
         tenant_prefix: Some(micro_platform::tenant_prefix),
         scopes: &[micro_core::auth::ADMIN_SCOPE],
+        in_gateway: false,
     },
     Product {
         name: micro_db::NAME,
@@ -77,6 +84,7 @@ pub(crate) const PRODUCTS: [Product; 5] = [
         },
         tenant_prefix: None,
         scopes: &[],
+        in_gateway: false,
     },
     // It signs its users' tokens through the auth service.
     Product {
@@ -84,6 +92,15 @@ pub(crate) const PRODUCTS: [Product; 5] = [
         build: |s, _, _| micro_users::service_with(s),
         tenant_prefix: Some(micro_users::tenant_prefix),
         scopes: &[micro_core::auth::ISSUER_SCOPE],
+        in_gateway: false,
+    },
+    // Files come and go as HTTP (ranges, multipart forms): the gateway serves them.
+    Product {
+        name: micro_files::NAME,
+        build: |s, _, _| s,
+        tenant_prefix: Some(micro_files::tenant_prefix),
+        scopes: &[],
+        in_gateway: true,
     },
 ];
 
@@ -98,8 +115,14 @@ pub(crate) fn tenant_data(ns: &str) -> Vec<(micro_core::store::Table, String)> {
 }
 
 /// The names of every product.
-pub const NAMES: [&str; 5] =
-    [micro_distributed::NAME, micro_email::NAME, micro_platform::NAME, micro_db::NAME, micro_users::NAME];
+pub const NAMES: [&str; 6] = [
+    micro_distributed::NAME,
+    micro_email::NAME,
+    micro_platform::NAME,
+    micro_db::NAME,
+    micro_users::NAME,
+    micro_files::NAME,
+];
 
 /// The account a product runs as.
 pub(crate) fn account(name: &str) -> String {
@@ -137,7 +160,8 @@ pub(crate) async fn start(
 ) -> Result<Vec<micro::Running>, micro_core::Status> {
     let mut running = Vec::new();
     let hosts = |p: &&Product| p.name != micro_db::NAME || hosted.db.is_some();
-    for p in PRODUCTS.iter().filter(|p| config.services.iter().any(|s| s == p.name)).filter(hosts) {
+    let selected = PRODUCTS.iter().filter(|p| !p.in_gateway && config.services.iter().any(|s| s == p.name));
+    for p in selected.filter(hosts) {
         let (id, secret) = auth.product_account(p.name, p.scopes).await?;
         let service = (p.build)(
             Service::new(p.name).server(proxy).transport(transport.clone()).credentials(&id, &secret),
@@ -164,7 +188,7 @@ mod tests {
 
     #[test]
     fn selecting() {
-        assert_eq!(select("all").unwrap(), vec!["distributed", "email", "platform", "db", "users"]);
+        assert_eq!(select("all").unwrap(), vec!["distributed", "email", "platform", "db", "users", "files"]);
         assert!(select("off").unwrap().is_empty());
         assert_eq!(select(" distributed ,").unwrap(), vec!["distributed"]);
         assert!(select("distributed,billing").unwrap_err().contains("unknown service \"billing\""));

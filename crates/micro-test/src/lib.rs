@@ -106,11 +106,21 @@ pub struct HttpResponse {
     pub status: u16,
     /// Raw head (status line and headers).
     pub head: String,
-    /// Body (de-chunked).
+    /// Body (de-chunked), as text (invalid UTF-8 replaced).
     pub body: String,
+    /// Body (de-chunked), as sent.
+    pub bytes: Vec<u8>,
 }
 
 impl HttpResponse {
+    /// A header's value (the first, case-insensitive name), if the response has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
     /// The body as JSON (panics with the body when it is not).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
@@ -139,23 +149,31 @@ pub async fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)]
         sent.expect("write body");
         read.expect("read");
     }
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    let (head, rest) = match end {
+        Some(i) => (String::from_utf8_lossy(&buf[..i]).to_string(), &buf[i + 4..]),
+        None => (String::from_utf8_lossy(&buf).to_string(), &[][..]),
+    };
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body =
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_string() };
-    HttpResponse { status, head: head.to_string(), body }
+    let bytes =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(rest) } else { rest.to_vec() };
+    HttpResponse { status, head, body: String::from_utf8_lossy(&bytes).to_string(), bytes }
 }
 
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
+fn dechunk(mut s: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = s.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&s[..i]);
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        let rest = &s[i + 2..];
         if n == 0 || rest.len() < n {
             break;
         }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
+        out.extend_from_slice(&rest[..n]);
+        s = &rest[n..];
+        if s.starts_with(b"\r\n") {
+            s = &s[2..];
+        }
     }
     out
 }

@@ -41,4 +41,4 @@ pub mod sql;
 pub mod store;
 pub mod tail;
 
-pub use service::{Db, NAME, Settings, service_with};
+pub use service::{Access, Db, DeleteHook, NAME, Settings, service_with};

@@ -103,9 +103,74 @@ pub struct Db {
     max_subscriptions: usize,
     retention: Duration,
     scan_limit: u64,
+    /// Called with each record deleted (namespace, collection, id; no id: the whole
+    /// collection) once the delete is committed: what is attached to records goes too.
+    on_delete: std::sync::OnceLock<DeleteHook>,
+}
+
+/// What [`Db::on_delete`] calls.
+pub type DeleteHook = Arc<dyn Fn(&str, &str, Option<&str>) + Send + Sync>;
+
+/// An operation on a record that the collection's rules decide, for [`Db::allows`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Seeing it (the view rule).
+    View,
+    /// Changing it (the update rule).
+    Update,
 }
 
 impl Db {
+    /// Sets what is called with each record deleted, once it is committed (one hook; a
+    /// second call changes nothing).
+    pub fn on_delete(&self, hook: DeleteHook) {
+        let _ = self.on_delete.set(hook);
+    }
+
+    /// Whether `caller` (acting in its namespace) may do `access` to record `id` of
+    /// `collection` by the collection's rules: `false` for a record that does not exist
+    /// or that the caller may not see.
+    pub async fn allows(
+        self: &Arc<Self>,
+        caller: &micro::auth::Caller,
+        collection: &str,
+        id: &str,
+        access: Access,
+    ) -> Result<bool, Status> {
+        let who = who_of(caller);
+        let c = match self::collection(self, &who, collection).await {
+            Ok(c) if c.updated.is_some() => c,
+            Ok(_) => return Ok(false),
+            Err(e) if e.code() == Code::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let mut rules = Vec::new();
+        for op in [Some(Op::View), (access == Access::Update).then_some(Op::Update)].into_iter().flatten() {
+            match c.rule(&who, op) {
+                Ok(r) => rules.extend(r),
+                Err(e) if e.code() == Code::PermissionDenied => return Ok(false),
+                Err(e) => return Err(e),
+            }
+        }
+        let rule = match rules.len() {
+            0 => None,
+            1 => rules.pop(),
+            _ => Some(Expr::And(rules)),
+        };
+        let (d, ns, name, id, request) = (self.clone(), who.ns.clone(), c.name.clone(), id.to_string(), who.request);
+        match blocking(move || d.records.get_as(&ns, &name, &id, rule.as_ref(), &request)).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Code::NotFound || e.code() == Code::InvalidArgument => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn deleted(&self, ns: &str, collection: &str, id: Option<&str>) {
+        if let Some(hook) = self.on_delete.get() {
+            hook(ns, collection, id);
+        }
+    }
+
     /// Opens (or makes) the database `settings` name.
     pub fn open(settings: &Settings) -> Result<Arc<Db>, DbError> {
         if let Some(dir) = settings.path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -140,6 +205,7 @@ impl Db {
             max_subscriptions: settings.max_subscriptions,
             retention: settings.retention,
             scan_limit: settings.scan_limit,
+            on_delete: std::sync::OnceLock::new(),
         })
     }
 
@@ -291,6 +357,10 @@ struct Who {
 
 fn who(ctx: &Context) -> Result<Who, Status> {
     let caller = ctx.caller().ok_or_else(|| Status::internal(NAME, "the service runs without an authorizer"))?;
+    Ok(who_of(caller))
+}
+
+fn who_of(caller: &micro::auth::Caller) -> Who {
     let ns = caller.namespace.clone();
     let mut request = sql::Request { now: now_text(0), today: today(), ..Default::default() };
     let (mut manager, mut reader) = (false, false);
@@ -307,7 +377,7 @@ fn who(ctx: &Context) -> Result<Who, Status> {
             request.auth.insert("verified".into(), Param::Int(i64::from(a.verified)));
         }
     }
-    Ok(Who { ns, manager, reader, request })
+    Who { ns, manager, reader, request }
 }
 
 fn now_text(offset_ms: i64) -> String {
@@ -941,6 +1011,9 @@ async fn write_once(
         db.forget_spec(Some((&who.ns, &c.name)));
     }
     db.committed(&who.ns, &c.name);
+    for ch in changes.iter().filter(|ch| ch.action == crate::records::Action::Delete) {
+        db.deleted(&who.ns, &c.name, Some(&ch.record.id));
+    }
     Ok(changes)
 }
 
@@ -1258,6 +1331,7 @@ pub fn service_with(service: Service, db: Arc<Db>) -> Service {
                 let d = db.clone();
                 if blocking(move || d.records.delete_collection(&ns, &name)).await? {
                     db.touched(Some((&who.ns, &req.name)));
+                    db.deleted(&who.ns, &req.name, None);
                     Ok(Empty {})
                 } else {
                     Err(Status::not_found(NAME, format!("no collection {}", req.name)))

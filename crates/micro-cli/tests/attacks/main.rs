@@ -8,6 +8,7 @@
 mod app_users;
 mod cluster;
 mod db;
+mod files;
 mod gateway;
 mod hosting;
 mod listeners;
