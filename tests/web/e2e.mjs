@@ -341,6 +341,7 @@ const PAGES = [
   "/usage",
   "/platform",
   "/users",
+  "/files",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -832,6 +833,58 @@ step("app users: turned on from the form; a user who signed up is listed, then e
   assertEqual(asked, `Erase ${email} and everything kept about them?`, "the question");
   await see(page, 'p.notice[role="status"]', /^User [a-z0-9]{15} erased\.$/);
   await see(page, "#users-count", "No users on this page.");
+  await page.getByLabel("Namespace", { exact: true }).fill(NAMESPACE);
+  await follow(page, page.getByRole("button", { name: "Switch" }));
+});
+
+step("files: the settings are saved from the form; an uploaded file is listed, then deleted after a question", async ({
+  page,
+}) => {
+  const ns = `files-${RUN}`;
+  await login(page);
+  await page.getByLabel("Namespace", { exact: true }).fill(ns);
+  await follow(page, page.getByRole("button", { name: "Switch" }));
+  await visit(page, "/files");
+  await see(page, "#files-count", "No files yet.");
+  await page.getByLabel("Largest file (MB)", { exact: true }).fill("none");
+  await follow(page, page.getByRole("button", { name: "Save settings" }));
+  await see(page, '.error[role="alert"]', /400 Bad Request.*max_file_size/);
+  await visit(page, "/files");
+  await page.getByLabel("Largest file (MB)", { exact: true }).fill("2");
+  await page.getByLabel("Types allowed (empty: any; image/ for every image)", { exact: true }).fill("image/, text/plain");
+  await follow(page, page.getByRole("button", { name: "Save settings" }));
+  await see(page, 'p.notice[role="status"]', "The settings are saved.");
+  // A file uploaded at the gateway, as the admin.
+  const signin = await fetch(`${API}/auth/token`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "micro-namespace": "micro" },
+    body: JSON.stringify({ id: ADMIN, secret: PASSWORD }),
+  });
+  const { access_token } = await signin.json();
+  const png = Buffer.from(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==",
+    "base64",
+  );
+  const up = await fetch(`${API}/files/v1/files?name=logo.png`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${access_token}`, "micro-namespace": ns, "content-type": "image/png" },
+    body: png,
+  });
+  assertEqual(up.status, 200, `upload: ${await up.clone().text()}`);
+  const refused = await fetch(`${API}/files/v1/files?name=notes.pdf`, {
+    method: "POST",
+    headers: { authorization: `Bearer ${access_token}`, "micro-namespace": ns, "content-type": "application/pdf" },
+    body: "%PDF-1.4\n%\xe2\xe3\n1 0 obj<<>>endobj\n",
+  });
+  assertEqual(refused.status, 415, "a type the settings do not allow");
+  await visit(page, "/files");
+  await see(page, "table.files", "logo.png");
+  await see(page, "#files-count", /^1 file, \d+ B\.$/);
+  await look(page, "files");
+  const asked = await followConfirmed(page, page.getByRole("button", { name: "Delete logo.png" }));
+  assertEqual(asked, "Delete logo.png? Its links stop working.", "the question");
+  await see(page, 'p.notice[role="status"]', /^File [a-z0-9]{20} deleted\.$/);
+  await see(page, "#files-count", "No files yet.");
   await page.getByLabel("Namespace", { exact: true }).fill(NAMESPACE);
   await follow(page, page.getByRole("button", { name: "Switch" }));
 });

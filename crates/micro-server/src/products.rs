@@ -18,8 +18,6 @@ pub(crate) struct Product {
     pub(crate) tenant_prefix: Option<fn(&str) -> String>,
     /// Scopes its account holds in `micro` besides `data` and `platform`.
     pub(crate) scopes: &'static [&'static str],
-    /// Served by the gateway itself (HTTP as it comes, no service of its own).
-    pub(crate) in_gateway: bool,
 }
 
 /// What the server opened for the products it hosts: the database's records, which
@@ -59,14 +57,12 @@ pub(crate) const PRODUCTS: [Product; 6] = [
         build: |s, _, _| micro_distributed::service(s),
         tenant_prefix: Some(micro_distributed::tenant_prefix),
         scopes: &[],
-        in_gateway: false,
     },
     Product {
         name: micro_email::NAME,
         build: |s, c, _| micro_email::service_with(s, c.email.clone()),
         tenant_prefix: Some(micro_email::tenant_prefix),
         scopes: &[],
-        in_gateway: false,
     },
     // It creates namespaces and their owners' accounts: it administers micro.
     Product {
@@ -74,7 +70,6 @@ pub(crate) const PRODUCTS: [Product; 6] = [
         build: |s, c, _| micro_platform::service_with(s, c.platform_url.clone()),
         tenant_prefix: Some(micro_platform::tenant_prefix),
         scopes: &[micro_core::auth::ADMIN_SCOPE],
-        in_gateway: false,
     },
     Product {
         name: micro_db::NAME,
@@ -84,7 +79,6 @@ pub(crate) const PRODUCTS: [Product; 6] = [
         },
         tenant_prefix: None,
         scopes: &[],
-        in_gateway: false,
     },
     // It signs its users' tokens through the auth service.
     Product {
@@ -92,15 +86,17 @@ pub(crate) const PRODUCTS: [Product; 6] = [
         build: |s, _, _| micro_users::service_with(s),
         tenant_prefix: Some(micro_users::tenant_prefix),
         scopes: &[micro_core::auth::ISSUER_SCOPE],
-        in_gateway: false,
     },
-    // Files come and go as HTTP (ranges, multipart forms): the gateway serves them.
+    // Files come and go as HTTP (ranges, multipart forms), which the gateway serves; the
+    // service manages them (the dashboard's, the CLI's calls).
     Product {
         name: micro_files::NAME,
-        build: |s, _, _| s,
+        build: |s, _, h| match &h.files {
+            Some(files) => micro_files::service_with(s, files.clone()),
+            None => s,
+        },
         tenant_prefix: Some(micro_files::tenant_prefix),
         scopes: &[],
-        in_gateway: true,
     },
 ];
 
@@ -159,9 +155,10 @@ pub(crate) async fn start(
     hosted: &Hosted,
 ) -> Result<Vec<micro::Running>, micro_core::Status> {
     let mut running = Vec::new();
-    let hosts = |p: &&Product| p.name != micro_db::NAME || hosted.db.is_some();
-    let selected = PRODUCTS.iter().filter(|p| !p.in_gateway && config.services.iter().any(|s| s == p.name));
-    for p in selected.filter(hosts) {
+    let hosts = |p: &&Product| {
+        (p.name != micro_db::NAME || hosted.db.is_some()) && (p.name != micro_files::NAME || hosted.files.is_some())
+    };
+    for p in PRODUCTS.iter().filter(|p| config.services.iter().any(|s| s == p.name)).filter(hosts) {
         let (id, secret) = auth.product_account(p.name, p.scopes).await?;
         let service = (p.build)(
             Service::new(p.name).server(proxy).transport(transport.clone()).credentials(&id, &secret),

@@ -10,6 +10,7 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
     ("store", "Store"),
     ("db", "Database"),
     ("users", "App users"),
+    ("files", "Files"),
     ("config", "Config"),
     ("events", "Events"),
     ("auth", "Auth"),

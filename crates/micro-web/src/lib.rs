@@ -30,6 +30,7 @@ mod config;
 mod db;
 mod events;
 mod extract;
+mod files;
 mod gateway;
 mod health;
 mod html;
@@ -187,12 +188,13 @@ impl Web {
                     .fallback(extract::fallback)
             };
         }
-        let sections: [(&str, MethodRouter<Web>); 13] = [
+        let sections: [(&str, MethodRouter<Web>); 14] = [
             ("services", section!(services)),
             ("runtime", section!(runtime)),
             ("store", section!(store)),
             ("db", section!(db)),
             ("users", section!(users)),
+            ("files", section!(files)),
             ("config", section!(config)),
             ("events", section!(events)),
             ("auth", section!(auth)),

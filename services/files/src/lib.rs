@@ -14,6 +14,7 @@
 //! public file, and a private one with a signed URL its owner or the team asked for.
 
 mod http_util;
+mod service;
 mod thumb;
 
 use bytes::Bytes;
@@ -31,6 +32,7 @@ use std::time::Duration;
 
 pub use http_util::Body;
 use http_util::{error, reply};
+pub use service::{Empty, IdRequest, ListReply, ListRequest, service_with};
 
 /// The product's name: its table, and the first segment of its paths.
 pub const NAME: &str = "files";
@@ -59,7 +61,7 @@ const MAX_EXPIRY: u64 = 7 * 24 * 3600;
 const SNIFF: usize = 8192;
 
 /// A namespace's settings.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Whether the namespace's app users may upload (their own files).
@@ -112,7 +114,7 @@ impl Settings {
 }
 
 /// What is known about a file.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct File {
     /// Its id.
     pub id: String,
@@ -411,7 +413,13 @@ impl Files {
                 self.content(&req, caller, &cns, &id).await
             }
             (&Method::POST, ["files"]) => self.upload(req, &who).await,
-            (&Method::GET, ["files"]) => self.list(&who, req.uri().query()).await,
+            (&Method::GET, ["files"]) => {
+                let query = req.uri().query();
+                let (owner, record) = (http_util::query_param(query, "owner"), http_util::query_param(query, "record"));
+                let files = self.list(&who, owner, record).await?;
+                let items: Vec<Value> = files.iter().map(|f| f.to_json(&ns)).collect();
+                Ok(reply(StatusCode::OK, &json!({"files": items})))
+            }
             (&Method::GET, ["files", id]) => {
                 let f = self.readable(&who, id).await?;
                 Ok(reply(StatusCode::OK, &f.to_json(&ns)))
@@ -444,24 +452,35 @@ impl Files {
                 Ok(http_util::empty(StatusCode::NO_CONTENT))
             }
             (&Method::GET, ["settings"]) => {
-                if !who.team() {
-                    return Err(denied("the files settings are the namespace team's"));
-                }
-                Ok(reply(StatusCode::OK, &serde_json::to_value(self.settings(&ns).await?).unwrap_or_default()))
+                let settings = self.team_settings(&who).await?;
+                Ok(reply(StatusCode::OK, &serde_json::to_value(settings).unwrap_or_default()))
             }
             (&Method::POST | &Method::PUT, ["settings"]) => {
-                if !caller.account.as_ref().is_some_and(|a| a.kind != AccountType::App && a.is_admin_of(&ns)) {
-                    return Err(denied("the namespace's admins change its files settings"));
-                }
                 let body = http_util::json_body(req.into_body(), 16 * 1024).await?;
                 let settings: Settings = serde_json::from_value(body).map_err(|e| bad(format!("bad settings: {e}")))?;
-                settings.check()?;
-                let value = serde_json::to_vec(&settings).map_err(|e| Status::internal(NAME, e.to_string()))?;
-                self.store.write(&self.table, &Record::new(format!("{ns}/settings"), value), None).await?;
-                Ok(reply(StatusCode::OK, &serde_json::to_value(&settings).unwrap_or_default()))
+                let saved = self.save_settings(&who, settings).await?;
+                Ok(reply(StatusCode::OK, &serde_json::to_value(saved).unwrap_or_default()))
             }
             _ => Err(Status::new(Code::NotFound, NAME, format!("no route {method} {path}"))),
         }
+    }
+
+    /// The namespace's settings, for its team.
+    async fn team_settings(&self, who: &Who<'_>) -> Result<Settings, Status> {
+        if !who.team() {
+            return Err(denied("the files settings are the namespace team's"));
+        }
+        self.settings(who.ns).await
+    }
+
+    /// Saves the namespace's settings, for its admins.
+    async fn save_settings(&self, who: &Who<'_>, settings: Settings) -> Result<Settings, Status> {
+        if !who.caller.account.as_ref().is_some_and(|a| a.kind != AccountType::App && a.is_admin_of(who.ns)) {
+            return Err(denied("the namespace's admins change its files settings"));
+        }
+        settings.check()?;
+        self.write_json(format!("{}/settings", who.ns), &settings, None).await?;
+        Ok(settings)
     }
 
     async fn settings(&self, ns: &str) -> Result<Settings, Status> {
@@ -547,8 +566,10 @@ impl Files {
         Err(not_found())
     }
 
-    async fn list(&self, who: &Who<'_>, query: Option<&str>) -> Result<Response<Body>, Status> {
-        if let Some(record) = http_util::query_param(query, "record") {
+    /// The files the caller may list: a record's (for who may see it), else the team's
+    /// every file and an app user's own, newest first.
+    async fn list(&self, who: &Who<'_>, owner: Option<String>, record: Option<String>) -> Result<Vec<File>, Status> {
+        if let Some(record) = record {
             // A record's files: for whoever may see the record.
             if !self.record_allows(who.caller, who.ns, &record, micro_db::Access::View).await? {
                 return Err(Status::new(Code::NotFound, NAME, format!("no record {record}")));
@@ -559,10 +580,10 @@ impl Files {
             for key in keys {
                 let Some(id) = key.rsplit('/').next() else { continue };
                 if let Some(f) = self.read_json::<File>(&format!("{}/file/{id}", who.ns)).await? {
-                    files.push(f.to_json(who.ns));
+                    files.push(f);
                 }
             }
-            return Ok(reply(StatusCode::OK, &json!({"files": files})));
+            return Ok(files);
         }
         let team = who.team();
         let own = who.app_user();
@@ -572,7 +593,6 @@ impl Files {
                 Some(_) => denied("no files of this namespace to list"),
             });
         }
-        let owner = http_util::query_param(query, "owner");
         let keys = self
             .store
             .list(&self.table, &format!("{}/file/", who.ns), &Query { prefix: true, ..Default::default() })
@@ -586,8 +606,7 @@ impl Files {
             }
         }
         files.sort_by(|a, b| b.created.cmp(&a.created).then_with(|| a.id.cmp(&b.id)));
-        let items: Vec<Value> = files.iter().map(|f| f.to_json(who.ns)).collect();
-        Ok(reply(StatusCode::OK, &json!({"files": items})))
+        Ok(files)
     }
 
     /// The bytes the namespace's files hold.
