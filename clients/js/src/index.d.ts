@@ -455,6 +455,106 @@ export declare class Users {
   saveSettings(settings: UsersSettings, options?: RequestOptions): Promise<Required<UsersSettings>>;
 }
 
+/** A file, as the files product keeps it. */
+export interface FileInfo {
+  /** 20 lowercase letters and digits. */
+  id: string;
+  /** Its name (no path). */
+  name: string;
+  /** Its size in bytes. */
+  size: number;
+  /** Its content type, as its content tells (`image/png`, `text/plain; charset=utf-8`). */
+  type: string;
+  /** Whether anybody may read it. */
+  public: boolean;
+  /** Who uploaded it: an app user's id, or an account's. */
+  owner: string;
+  /** Whether the owner is an app user or an account of the team. */
+  owner_kind: 'user' | 'account';
+  /** The SHA-256 of its content, hex. */
+  sha256: string;
+  /** Uploaded, Unix seconds. */
+  created: number;
+  /** The database record it is attached to (`collection/id`). */
+  record?: string;
+  /** Where its content is, relative to the API (`/files/v1/content/{ns}/{id}/{name}`): `micro.files.url(file)` makes it absolute. */
+  url: string;
+}
+
+/** A namespace's files settings. */
+export interface FilesSettings {
+  /** Whether its app users may upload (their own files). */
+  app_uploads: boolean;
+  /** The largest file, in bytes (default 10 MiB, at most 1 GiB). */
+  max_file_size: number;
+  /** The most bytes its files may hold together (default 1 GiB). */
+  max_total: number;
+  /** The content types allowed (`image/png`, or `image/` for every image); empty: any. */
+  types: string[];
+}
+
+/** How far an upload is. */
+export interface UploadProgress {
+  /** Bytes the server has. */
+  loaded: number;
+  /** The file's size. */
+  total: number;
+}
+
+export interface UploadOptions extends RequestOptions {
+  /** The file's name (default: the File's, else `file`); no paths. */
+  name?: string;
+  /** The content type to declare (default: the Blob's); trusted only for text, and an image must be one. */
+  type?: string;
+  /** Whether anybody may read it (default false). */
+  public?: boolean;
+  /** The database record (`collection/id`, one the caller may change) it is attached to: seen by whoever may see it, deleted with it. */
+  record?: string;
+  /** The bytes sent so far (a file of up to 8 MiB: only at its start and end; a larger one: at each chunk). */
+  onProgress?: (progress: UploadProgress) => void;
+}
+
+export interface FileUrlOptions {
+  /** A thumbnail of an image: `'200x150'` (a box it fits in, its aspect kept), or `200` for a square. */
+  thumb?: string | number;
+}
+
+export interface FetchFileOptions extends RequestOptions, FileUrlOptions {
+  /** A part: `[first, last]` (inclusive), `[first]` (to the end), `[-n]` (the last n bytes), or `'bytes=0-99'`. */
+  range?: string | readonly [number, number?];
+}
+
+/**
+ * The namespace's files (`/files/v1/…`): uploaded by its team, and by its app users when
+ * the settings let them; private ones are read by their owner, the team, whoever may see
+ * their record, or with a signed URL.
+ */
+export declare class Files {
+  private constructor();
+  /**
+   * Uploads a Blob, File or bytes: up to 8 MiB as a multipart form, a larger one in
+   * resumable 4 MiB chunks (tried again from the server's offset after a 409 or a
+   * network or server failure); the file as stored.
+   */
+  upload(file: Blob | ArrayBuffer | ArrayBufferView, options?: UploadOptions): Promise<FileInfo>;
+  /** The caller's files (an app user's own; the team every one), newest first; or a record's. */
+  list(options?: RequestOptions & { record?: string; owner?: string }): Promise<FileInfo[]>;
+  /** One file (404 when none, or the caller may not see it). */
+  get(id: string, options?: RequestOptions): Promise<FileInfo>;
+  /** Deletes a file, its thumbnails and its signed URLs (its owner or the team). */
+  remove(id: string, options?: RequestOptions): Promise<void>;
+  /** An absolute URL anybody may read the file at until it expires (`expiresIn` seconds, default 3600, at most 7 days). */
+  signedUrl(id: string, expiresIn?: number, options?: RequestOptions): Promise<string>;
+  /** The absolute URL of a file's content (or thumbnail): anybody's for a public file. */
+  url(file: FileInfo | string, options?: FileUrlOptions): string;
+  /** Downloads the content with the client's token: the response (200, or 206 for a range); else a MicroError. */
+  fetch(file: FileInfo | string, options?: FetchFileOptions): Promise<Response>;
+  /** The namespace's files settings (its team). */
+  settings(options?: RequestOptions): Promise<FilesSettings>;
+  /** Saves the settings, whole: what is left out takes its default (its admins). */
+  saveSettings(settings: Partial<FilesSettings>, options?: RequestOptions): Promise<FilesSettings>;
+}
+
 export interface MicroOptions {
   /** The API gateway, like `http://127.0.0.1:8080`. */
   url: string;
@@ -473,7 +573,10 @@ export interface MicroOptions {
 export interface RawRequestOptions extends RequestOptions {
   method?: string;
   query?: Record<string, string | number | boolean | null | undefined>;
+  /** Sent as JSON. */
   body?: unknown;
+  /** Sent as it is, without `body` (a FormData, Blob or bytes), of the `Content-Type` of `headers` or fetch's. */
+  raw?: BodyInit;
   /** Send the token (default true). */
   auth?: boolean;
   accept?: string;
@@ -492,6 +595,8 @@ export declare class Micro {
   readonly collections: CollectionService;
   /** The namespace's app users: sign-up, sign-in, profiles, sessions (and their managers' calls). */
   readonly users: Users;
+  /** The namespace's files: uploads (whole or resumable), downloads, signed URLs, thumbnails. */
+  readonly files: Files;
   /** The records of collection `name`, typed by `T` (its fields, without the record's own). */
   collection<T extends object = Record<string, unknown>>(name: string): RecordService<T>;
   /** A filter from a template and values, safely quoted (see `filter`). */

@@ -1,7 +1,7 @@
 // @micro/client: the JavaScript client of Micro's Backend-as-a-Service products: the
-// database, and the app users who sign in to it.
-// No dependencies: only the platform's fetch, ReadableStream, TextDecoder and
-// AbortController (browsers, Node.js 18+, Deno, Bun).
+// database, the app users who sign in to it, and files.
+// No dependencies: only the platform's fetch, ReadableStream, TextDecoder,
+// AbortController, Blob and FormData (browsers, Node.js 18+, Deno, Bun).
 
 import { readEventStream } from './sse.js';
 
@@ -1360,6 +1360,348 @@ export class Users {
 }
 
 // ---------------------------------------------------------------------------------------
+// Files
+
+/**
+ * @typedef {{ id: string, name: string, size: number, type: string, public: boolean,
+ *   owner: string, owner_kind: 'user' | 'account', sha256: string, created: number,
+ *   record?: string, url: string }} FileInfo
+ * @typedef {{ app_uploads: boolean, max_file_size: number, max_total: number, types: string[] }} FilesSettings
+ * @typedef {{ loaded: number, total: number }} UploadProgress
+ */
+
+/** The largest file uploaded in one request (a multipart form); larger ones go in chunks. */
+const FORM_MAX = 8 << 20;
+
+/** The size of a resumable upload's chunks (at most the server's `chunk`). */
+const CHUNK = 4 << 20;
+
+/** How many times a chunk (or the lookup of where the upload is) is tried again. */
+const CHUNK_RETRIES = 5;
+
+/**
+ * What to upload as a Blob: a Blob or File as it is (of `type` when given), bytes as a
+ * Blob of `type`.
+ * @param {Blob | ArrayBuffer | ArrayBufferView} file
+ * @param {string} [type]
+ * @returns {Blob}
+ */
+function blobOf(file, type) {
+  if (typeof Blob !== 'undefined' && file instanceof Blob) {
+    return type === undefined || type === file.type ? file : file.slice(0, file.size, type);
+  }
+  if (file instanceof ArrayBuffer || ArrayBuffer.isView(file)) {
+    return new Blob([/** @type {BlobPart} */ (file)], type === undefined ? undefined : { type });
+  }
+  throw new TypeError('files.upload: the file is a Blob, a File or bytes (an ArrayBuffer or a Uint8Array)');
+}
+
+/**
+ * `?thumb=` of a thumbnail's size: `'200x150'`, or `200` for a square.
+ * @param {string | number | undefined} thumb
+ */
+function thumbOf(thumb) {
+  if (thumb === undefined || thumb === null || thumb === '') return '';
+  if (typeof thumb === 'number') return `${thumb}x${thumb}`;
+  return String(thumb);
+}
+
+/**
+ * A `Range` header: `'bytes=0-99'` (or `'0-99'`), `[first, last]` (inclusive), `[first]`
+ * (to the end), or `[-n]` (the last n bytes).
+ * @param {string | readonly number[] | undefined} range
+ */
+function rangeOf(range) {
+  if (range === undefined || range === null) return '';
+  if (typeof range === 'string') return range.startsWith('bytes=') ? range : `bytes=${range}`;
+  const [first, last] = range;
+  if (!Number.isInteger(first) || (last !== undefined && !Number.isInteger(last))) {
+    throw new TypeError('files.fetch: range is [first, last?] (whole numbers), [-n], or a string');
+  }
+  if (first < 0) return `bytes=${first}`;
+  return `bytes=${first}-${last ?? ''}`;
+}
+
+/**
+ * Waits `ms`, or rejects with the signal's reason when it aborts first.
+ * @param {number} ms
+ * @param {AbortSignal} [signal]
+ * @returns {Promise<void>}
+ */
+function pause(ms, signal) {
+  return new Promise((resolve, reject) => {
+    const aborted = () => signal?.reason ?? new DOMException('the operation was aborted', 'AbortError');
+    if (signal?.aborted) return reject(aborted());
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(aborted());
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/**
+ * The namespace's files (`/files/v1/…`): uploaded by its team, and by its app users when
+ * its settings let them (`app_uploads`); served with range requests, as thumbnails of
+ * images, and (a private file) to its owner, the team, whoever may see the record it is
+ * attached to, or anybody holding a signed URL. A file as the server gives it
+ * (`FileInfo`) has `url`, where its content is, relative to the API: `url(file)` makes it
+ * absolute, `fetch(file)` downloads it with the client's token.
+ */
+export class Files {
+  /** @param {Micro} client */
+  constructor(client) {
+    /** @private */
+    this._client = client;
+  }
+
+  /**
+   * Uploads a file: up to 8 MiB in one request (a multipart form), a larger one in
+   * resumable chunks of 4 MiB (`/files/v1/uploads`), each tried again from where the
+   * server is after a conflict (409) or a failure of the network or the server (up to 5
+   * times in a row). Resolves to the file as stored: its type is what its content tells
+   * (a declared type is trusted only for text, and an image must be one). An upload that
+   * fails (or is aborted) midway is cancelled.
+   * @param {Blob | ArrayBuffer | ArrayBufferView} file a Blob or File (browsers), a Blob or bytes (Node.js)
+   * @param {{ name?: string, type?: string, public?: boolean, record?: string, signal?: AbortSignal,
+   *   onProgress?: (progress: UploadProgress) => void }} [options] `name`: the file's (default:
+   *   the File's name, else `file`); `type`: the content type to declare (default: the
+   *   Blob's); `public`: anybody may read it; `record`: the database record
+   *   (`collection/id`) it is attached to (the caller may change it; the file is seen by
+   *   whoever may see it and deleted with it); `onProgress`: the bytes sent so far (for a
+   *   form, only at its start and end)
+   * @returns {Promise<FileInfo>}
+   */
+  async upload(file, options = {}) {
+    const blob = blobOf(file, options.type);
+    const given = /** @type {any} */ (file)?.name;
+    const name = options.name ?? (typeof given === 'string' ? given : '');
+    if (blob.size > FORM_MAX) return this._resumable(blob, name, options);
+    const total = blob.size;
+    options.onProgress?.({ loaded: 0, total });
+    // The server reads the fields before the file.
+    const form = new FormData();
+    if (name) form.append('name', name);
+    if (options.public) form.append('public', 'true');
+    if (options.record) form.append('record', options.record);
+    form.append('file', blob, name || 'file');
+    // Sent whole, not streamed: a server that refuses the upload before reading it (a bad
+    // name, no right to upload) answers and closes, and a client still writing a streamed
+    // form then meets a broken pipe instead of the answer.
+    const encoded = new Response(form);
+    const type = encoded.headers.get('content-type') ?? '';
+    const stored = await this._client.send('/files/v1/files', {
+      method: 'POST',
+      raw: await encoded.blob(),
+      headers: type ? { 'Content-Type': type } : undefined,
+      signal: options.signal,
+    });
+    options.onProgress?.({ loaded: total, total });
+    return stored;
+  }
+
+  /**
+   * A resumable upload of `blob`, chunk by chunk.
+   * @private
+   * @param {Blob} blob
+   * @param {string} name
+   * @param {{ public?: boolean, record?: string, signal?: AbortSignal,
+   *   onProgress?: (progress: UploadProgress) => void }} options
+   * @returns {Promise<FileInfo>}
+   */
+  async _resumable(blob, name, options) {
+    const { signal } = options;
+    const total = blob.size;
+    const started = await this._client.send('/files/v1/uploads', {
+      method: 'POST',
+      body: {
+        name: name || undefined,
+        size: total,
+        type: blob.type || undefined,
+        public: options.public ? true : undefined,
+        record: options.record || undefined,
+      },
+      signal,
+    });
+    const path = `/files/v1/uploads/${encodeURIComponent(started.id)}`;
+    const chunk = Math.max(1, Math.min(CHUNK, Number(started.chunk) || CHUNK));
+    /** Where the server is: null when it is to be asked (after a failure). @type {number | null} */
+    let offset = Number(started.offset) || 0;
+    let failures = 0;
+    let reported = -1;
+    /** @param {number} loaded */
+    const progress = (loaded) => {
+      if (loaded !== reported) options.onProgress?.({ loaded, total });
+      reported = loaded;
+    };
+    try {
+      for (;;) {
+        try {
+          if (offset === null) {
+            const at = await this._client.send(path, { signal });
+            // Finished already (the last chunk arrived, its answer was lost): its file.
+            if (at?.file) {
+              progress(total);
+              return at.file;
+            }
+            offset = Number(at?.offset);
+          }
+          if (!Number.isInteger(offset) || offset < 0 || offset >= total) {
+            throw new MicroError({ status: 0, detail: `the upload is at offset ${offset} of ${total}: not one to send from`, id: 'client' });
+          }
+          progress(offset);
+          const last = Math.min(offset + chunk, total) - 1;
+          const reply = await this._client.send(path, {
+            method: 'PUT',
+            raw: blob.slice(offset, last + 1),
+            headers: { 'Content-Type': 'application/octet-stream', 'Content-Range': `bytes ${offset}-${last}/${total}` },
+            signal,
+          });
+          failures = 0;
+          if (reply?.file) {
+            progress(total);
+            return reply.file;
+          }
+          offset = Number(reply?.offset);
+        } catch (e) {
+          const again = e instanceof MicroError && (e.status === 409 || e.transient) && !signal?.aborted;
+          if (!again || ++failures > CHUNK_RETRIES) throw e;
+          // A conflict: the server is elsewhere (a chunk arrived whose answer was lost): at
+          // once. A failure: after a while.
+          if (e.status !== 409) await pause(Math.min(4000, 250 * 2 ** (failures - 1)), signal);
+          offset = null;
+        }
+      }
+    } catch (e) {
+      this._client.send(path, { method: 'DELETE' }).catch(() => {});
+      throw e;
+    }
+  }
+
+  /**
+   * The files the caller may see: an app user their own, the team every file of the
+   * namespace (newest first); or those attached to a record, for whoever may see it.
+   * @param {{ record?: string, owner?: string, signal?: AbortSignal }} [options] `record`:
+   *   `collection/id`; `owner`: only this owner's (an app user's id or an account's)
+   * @returns {Promise<FileInfo[]>}
+   */
+  async list(options = {}) {
+    const reply = await this._client.send('/files/v1/files', {
+      query: { record: options.record || undefined, owner: options.owner || undefined },
+      signal: options.signal,
+    });
+    return reply?.files ?? [];
+  }
+
+  /**
+   * One file (a 404 MicroError when there is none or the caller may not see it).
+   * @param {string} id
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<FileInfo>}
+   */
+  async get(id, options = {}) {
+    return this._client.send(`/files/v1/files/${encodeURIComponent(id)}`, { signal: options.signal });
+  }
+
+  /**
+   * Deletes a file: its content, its thumbnails and its signed URLs go (its owner or the
+   * team).
+   * @param {string} id
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<void>}
+   */
+  async remove(id, options = {}) {
+    await this._client.send(`/files/v1/files/${encodeURIComponent(id)}`, { method: 'DELETE', signal: options.signal });
+  }
+
+  /**
+   * A URL that lets anybody read the file (a private one too) until it expires, absolute
+   * (its owner or the team ask for it).
+   * @param {string} id
+   * @param {number} [expiresIn] seconds, 1 to 7 days' (default: an hour)
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<string>}
+   */
+  async signedUrl(id, expiresIn, options = {}) {
+    const reply = await this._client.send(`/files/v1/files/${encodeURIComponent(id)}/url`, {
+      method: 'POST',
+      body: { expires_in: expiresIn },
+      signal: options.signal,
+    });
+    return this.url(reply.url);
+  }
+
+  /**
+   * The absolute URL of a file's content (or of its thumbnail, `thumb: '200x150'` or
+   * `200`: an image fitting that box, its aspect kept): for a public file, anybody's
+   * (an `<img src>`); a private one needs the token (`fetch`) or a signed URL.
+   * @param {FileInfo | string} file a file, or its `url`
+   * @param {{ thumb?: string | number }} [options]
+   * @returns {string}
+   */
+  url(file, options = {}) {
+    const path = typeof file === 'string' ? file : file?.url;
+    if (typeof path !== 'string' || !path) {
+      throw new TypeError('files.url: a file (as upload, get or list give it) or its url');
+    }
+    let url = /^https?:\/\//i.test(path) ? path : this._client.url + (path.startsWith('/') ? path : '/' + path);
+    const thumb = thumbOf(options.thumb);
+    if (thumb) url += (url.includes('?') ? '&' : '?') + 'thumb=' + encodeURIComponent(thumb);
+    return url;
+  }
+
+  /**
+   * Downloads a file's content with the client's token (so a private file of the caller
+   * works too): the response (`await res.blob()`, `res.arrayBuffer()`, its
+   * `Content-Type`), 206 with `Content-Range` for a range; a MicroError otherwise (404
+   * when there is no such file or the caller may not read it, 416 for a range past its
+   * end).
+   * @param {FileInfo | string} file a file, or its `url` (a signed one too)
+   * @param {{ range?: string | readonly number[], thumb?: string | number, signal?: AbortSignal }} [options]
+   *   `range`: `[first, last]` (inclusive), `[first]` (to the end), `[-n]` (the last n
+   *   bytes) or `'bytes=0-99'`; `thumb`: a thumbnail of an image (see `url`)
+   * @returns {Promise<Response>}
+   */
+  async fetch(file, options = {}) {
+    const url = this.url(file, { thumb: options.thumb });
+    const base = this._client.url;
+    if (!url.startsWith(base + '/')) {
+      throw new TypeError(`files.fetch: ${url} is not of this client's server (${base})`);
+    }
+    /** @type {Record<string, string>} */
+    const headers = {};
+    const range = rangeOf(options.range);
+    if (range) headers.Range = range;
+    return this._client.request(url.slice(base.length), { accept: '*/*', headers, signal: options.signal });
+  }
+
+  /**
+   * The namespace's files settings (its team).
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<FilesSettings>}
+   */
+  async settings(options = {}) {
+    return this._client.send('/files/v1/settings', { signal: options.signal });
+  }
+
+  /**
+   * Saves the namespace's files settings, whole (what is left out takes its default:
+   * app users may not upload, 10 MiB a file, 1 GiB in all, any type) (its admins). The
+   * settings as saved.
+   * @param {Partial<FilesSettings>} settings
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<FilesSettings>}
+   */
+  async saveSettings(settings, options = {}) {
+    return this._client.send('/files/v1/settings', { method: 'POST', body: settings ?? {}, signal: options.signal });
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // The client
 
 /**
@@ -1397,6 +1739,8 @@ export class Micro {
     this.collections = new CollectionService(this);
     /** The namespace's app users: sign-up, sign-in, profiles and sessions (and their managers' calls). */
     this.users = new Users(this);
+    /** The namespace's files: uploads (whole or resumable), downloads, signed URLs, thumbnails. */
+    this.files = new Files(this);
     /** @private @type {Map<string, RecordService<any>>} */
     this._records = new Map();
   }
@@ -1428,14 +1772,16 @@ export class Micro {
    * about to expire, and once more on a 401): the response when it is a success, else a
    * MicroError. An abort rejects with the signal's AbortError.
    * @param {string} path
-   * @param {{ method?: string, query?: Record<string, unknown>, body?: unknown, signal?: AbortSignal,
-   *   auth?: boolean, accept?: string, headers?: Record<string, string>,
-   *   refreshOn401?: (error: MicroError) => boolean }} [options] `refreshOn401` tells
-   *   which 401s a refreshed token may cure (default: every one; not a wrong password)
+   * @param {{ method?: string, query?: Record<string, unknown>, body?: unknown, raw?: BodyInit,
+   *   signal?: AbortSignal, auth?: boolean, accept?: string, headers?: Record<string, string>,
+   *   refreshOn401?: (error: MicroError) => boolean }} [options] `body` is sent as JSON;
+   *   `raw` (without `body`) as it is: a FormData, Blob or bytes, of the `Content-Type` of
+   *   `headers` or the one fetch gives it (a form's, with its boundary). `refreshOn401`
+   *   tells which 401s a refreshed token may cure (default: every one; not a wrong password)
    * @returns {Promise<Response>}
    */
   async request(path, options = {}) {
-    const { method = 'GET', query, body, signal, auth = true, accept = 'application/json' } = options;
+    const { method = 'GET', query, body, raw, signal, auth = true, accept = 'application/json' } = options;
     let url = this.url + (path.startsWith('/') ? path : '/' + path);
     if (query) {
       const q = new URLSearchParams();
@@ -1445,13 +1791,15 @@ export class Micro {
       const s = q.toString();
       if (s) url += (url.includes('?') ? '&' : '?') + s;
     }
-    const payload = body === undefined ? undefined : toJSON(body);
+    const json = body === undefined ? undefined : toJSON(body);
+    // (A raw body is a FormData, Blob or bytes: sent again as it is after a refresh.)
+    const payload = json ?? raw;
     let retried = false;
     for (;;) {
       const token = auth ? await this.auth._fresh(signal) : '';
       /** @type {Record<string, string>} */
       const headers = { Accept: accept, ...options.headers };
-      if (payload !== undefined) headers['Content-Type'] = 'application/json';
+      if (json !== undefined) headers['Content-Type'] = 'application/json';
       if (this.namespace) headers['Micro-Namespace'] = this.namespace;
       if (token) headers.Authorization = `Bearer ${token}`;
       /** @type {Response} */
@@ -1488,8 +1836,9 @@ export class Micro {
   /**
    * A JSON request (see `request`): the reply's JSON, or undefined for a 204.
    * @param {string} path
-   * @param {{ method?: string, query?: Record<string, unknown>, body?: unknown, signal?: AbortSignal,
-   *   auth?: boolean, headers?: Record<string, string>, refreshOn401?: (error: MicroError) => boolean }} [options]
+   * @param {{ method?: string, query?: Record<string, unknown>, body?: unknown, raw?: BodyInit,
+   *   signal?: AbortSignal, auth?: boolean, headers?: Record<string, string>,
+   *   refreshOn401?: (error: MicroError) => boolean }} [options]
    * @returns {Promise<any>}
    */
   async send(path, options = {}) {

@@ -55,6 +55,7 @@ pub mod status;
 pub mod telemetry;
 pub mod tls;
 pub mod transcode;
+pub mod web;
 
 pub use client::{CallOptions, Channel, Client, DEFAULT_TIMEOUT, LocalService, Target, Transport};
 pub use handler::{Context, namespace, namespace_of};

@@ -1,39 +1,44 @@
 //! The HTTP parts of serving files: replies, bodies, headers and ranges.
 
-use super::{NAME, bad};
+use super::NAME;
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, StreamBody};
-use micro_core::{Code, Status};
-use serde_json::Value;
+use futures::StreamExt;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, header};
+use http_body_util::{BodyExt, StreamBody};
+use micro_core::Status;
 
-/// The body of the product's answers (the gateway's).
-pub type Body = tonic::body::Body;
+pub(crate) use micro::web::{Body, empty, empty_body, query_param, reply};
 
 /// The JSON error answer of `st`.
 pub(crate) fn error(st: &Status) -> Response<Body> {
     micro::json_error(st)
 }
 
-/// A JSON answer.
-pub(crate) fn reply(status: StatusCode, v: &Value) -> Response<Body> {
-    let mut res = Response::new(Body::new(Full::new(Bytes::from(v.to_string()))));
-    *res.status_mut() = status;
-    res.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+/// A request body as a stream of its data.
+pub(crate) fn body_stream<B>(body: B) -> impl futures::Stream<Item = Result<Bytes, Status>> + Send + Unpin + 'static
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send + Sync + 'static,
+{
+    micro::web::body_stream(body, NAME)
 }
 
-/// An answer without a body.
-pub(crate) fn empty(status: StatusCode) -> Response<Body> {
-    let mut res = Response::new(empty_body());
-    *res.status_mut() = status;
-    res
+/// A request body of at most `most` bytes.
+pub(crate) async fn collect_limited<B>(body: B, most: u64) -> Result<Bytes, Status>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send + Sync + 'static,
+{
+    micro::web::collect_limited(body, most, NAME).await
 }
 
-pub(crate) fn empty_body() -> Body {
-    Body::new(Full::new(Bytes::new()))
+/// A JSON request body of at most `most` bytes (empty: `{}`).
+pub(crate) async fn json_body<B>(body: B, most: u64) -> Result<serde_json::Value, Status>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: std::fmt::Display + Send + Sync + 'static,
+{
+    micro::web::json_body(body, most, NAME).await
 }
 
 /// A header's value as text.
@@ -43,63 +48,6 @@ pub(crate) fn header_str(headers: &HeaderMap, name: HeaderName) -> Option<&str> 
 
 pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.trim().parse().ok())
-}
-
-/// A query parameter, percent-decoded.
-pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| percent_encoding::percent_decode_str(&v.replace('+', " ")).decode_utf8_lossy().to_string())
-    })
-}
-
-/// A request body as a stream of its data.
-pub(crate) fn body_stream<B>(body: B) -> impl Stream<Item = Result<Bytes, Status>> + Send + Unpin + 'static
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display + Send + Sync + 'static,
-{
-    http_body_util::BodyStream::new(body).filter_map(|frame| {
-        futures::future::ready(match frame {
-            Ok(f) => f.into_data().ok().map(Ok),
-            Err(e) => Some(Err(Status::new(Code::InvalidArgument, NAME, format!("reading the request body: {e}")))),
-        })
-    })
-}
-
-/// A request body of at most `most` bytes.
-pub(crate) async fn collect_limited<B>(body: B, most: u64) -> Result<Bytes, Status>
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display + Send + Sync + 'static,
-{
-    let mut stream = body_stream(body);
-    let mut out = Vec::new();
-    while let Some(b) = stream.next().await {
-        let b = b?;
-        if out.len() as u64 + b.len() as u64 > most {
-            return Err(Status::new(Code::InvalidArgument, NAME, format!("the body has more than {most} bytes")));
-        }
-        out.extend_from_slice(&b);
-    }
-    Ok(Bytes::from(out))
-}
-
-/// A JSON request body of at most `most` bytes (empty: `{}`).
-pub(crate) async fn json_body<B>(body: B, most: u64) -> Result<Value, Status>
-where
-    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-    B::Error: std::fmt::Display + Send + Sync + 'static,
-{
-    let bytes = collect_limited(body, most).await?;
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Object(Default::default()));
-    }
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
-    if !v.is_object() {
-        return Err(bad("the body is a JSON object"));
-    }
-    Ok(v)
 }
 
 /// Types shown in the page that links them; every other one is downloaded.

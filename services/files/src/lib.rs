@@ -30,8 +30,8 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use http_util::Body;
 use http_util::{error, reply};
+pub use micro::web::Body;
 pub use service::{Empty, IdRequest, ListReply, ListRequest, service_with};
 
 /// The product's name: its table, and the first segment of its paths.
@@ -53,6 +53,9 @@ pub const MAX_CHUNK: u64 = 16 << 20;
 
 /// How long an unfinished resumable upload is kept.
 const UPLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// How long a finished upload's record is kept.
+const FINISHED_TTL: Duration = Duration::from_secs(3600);
 
 /// The longest a signed URL lasts.
 const MAX_EXPIRY: u64 = 7 * 24 * 3600;
@@ -163,6 +166,10 @@ struct Upload {
     created: u64,
     #[serde(default)]
     record: Option<String>,
+    /// The file it made, once finished (kept an hour, so a client whose last answer was
+    /// lost learns it).
+    #[serde(default)]
+    file: Option<String>,
 }
 
 /// What a file's name keeps as it is in a URL or a header's `filename*`.
@@ -394,13 +401,8 @@ impl Files {
                 format!("no route {path}: the files API is under /files/v1/"),
             ));
         };
-        // One value a parameter: which of two a cache or a proxy would take is anybody's guess.
-        if let Some(q) = req.uri().query() {
-            let mut names: Vec<&str> = q.split('&').map(|p| p.split('=').next().unwrap_or("")).collect();
-            names.sort_unstable();
-            if let Some(w) = names.windows(2).find(|w| w[0] == w[1] && !w[0].is_empty()) {
-                return Err(bad(format!("the query gives {} twice", w[0])));
-            }
+        if let Some(name) = micro::web::repeated_param(req.uri().query()) {
+            return Err(bad(format!("the query gives {name} twice")));
         }
         let segs: Vec<&str> = rest.split('/').collect();
         let method = req.method().clone();
@@ -440,7 +442,7 @@ impl Files {
             }
             (&Method::GET, ["uploads", id]) => {
                 let u = self.upload_of(&who, id).await?;
-                Ok(reply(StatusCode::OK, &json!({"id": u.id, "offset": u.received, "size": u.size})))
+                Ok(reply(StatusCode::OK, &self.upload_state(&ns, &u).await?))
             }
             (&Method::PUT | &Method::PATCH, ["uploads", id]) => {
                 let id = id.to_string();
@@ -638,24 +640,101 @@ impl Files {
         B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
         B::Error: std::fmt::Display + Send + Sync + 'static,
     {
-        let settings = self.settings(who.ns).await?;
-        let (owner, owner_kind) = who.uploader(&settings)?;
-        let room = self.room(who.ns, &settings).await?;
         let (parts, body) = req.into_parts();
-        if let Some(len) = http_util::content_length(&parts.headers)
-            && len > room.saturating_add(64 * 1024)
-        {
-            return Err(too_large(room));
-        }
-        let declared = http_util::header_str(&parts.headers, header::CONTENT_TYPE).unwrap_or("").to_string();
-        let stream = http_util::body_stream(body);
         let query = parts.uri.query();
-        let mut name = http_util::query_param(query, "name").unwrap_or_default();
-        let mut public = http_util::query_param(query, "public").is_some_and(|v| v == "true" || v == "1");
-        let mut record = http_util::query_param(query, "record");
-        let f = if declared.to_ascii_lowercase().starts_with("multipart/form-data") {
-            let boundary = multer::parse_boundary(&declared).map_err(|e| bad(format!("a multipart form: {e}")))?;
-            let mut form = multer::Multipart::new(stream, boundary);
+        let name = http_util::query_param(query, "name").unwrap_or_default();
+        let public = http_util::query_param(query, "public").is_some_and(|v| v == "true" || v == "1");
+        let record = http_util::query_param(query, "record");
+        let declared = http_util::header_str(&parts.headers, header::CONTENT_TYPE).unwrap_or("").to_string();
+        let multipart = declared.to_ascii_lowercase().starts_with("multipart/form-data");
+        // What can be refused before the body is read is; the body is then read and
+        // dropped, so a client still sending it reads the answer.
+        let checked = async {
+            let settings = self.settings(who.ns).await?;
+            let (owner, owner_kind) = who.uploader(&settings)?;
+            let room = self.room(who.ns, &settings).await?;
+            if let Some(len) = http_util::content_length(&parts.headers)
+                && len > room.saturating_add(64 * 1024)
+            {
+                return Err(too_large(room));
+            }
+            let raw =
+                if multipart { None } else { Some((file_name(&name)?, self.attach_to(who, record.clone()).await?)) };
+            let boundary = if multipart {
+                Some(multer::parse_boundary(&declared).map_err(|e| bad(format!("a multipart form: {e}")))?)
+            } else {
+                None
+            };
+            Ok((settings, owner, owner_kind, room, raw, boundary))
+        }
+        .await;
+        let (settings, owner, owner_kind, room, raw, boundary) = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                micro::web::drain(body, 16 << 20).await;
+                return Err(e);
+            }
+        };
+        let stream = http_util::body_stream(body);
+        let f = if let Some(boundary) = boundary {
+            // The form's stream is shared: what is left of it after a refusal is drained.
+            let shared = Shared(Arc::new(std::sync::Mutex::new(Box::pin(stream))));
+            let rest = shared.clone();
+            let parsed = self
+                .upload_form(
+                    who,
+                    multer::Multipart::new(shared, boundary),
+                    &settings,
+                    (name, public, record),
+                    (owner, owner_kind),
+                    room,
+                )
+                .await;
+            if parsed.is_err() {
+                let drained = async {
+                    let mut rest = rest;
+                    let mut n = 0usize;
+                    while let Some(Ok(b)) = rest.next().await {
+                        n += b.len();
+                        if n > 16 << 20 {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), drained).await;
+            }
+            parsed?
+        } else {
+            let (name, record) = raw.ok_or_else(|| Status::internal(NAME, "a raw upload was not checked"))?;
+            let file = File {
+                id: random_id()?,
+                name,
+                size: 0,
+                content_type: String::new(),
+                public,
+                owner,
+                owner_kind: owner_kind.to_string(),
+                sha256: String::new(),
+                created: now(),
+                record,
+            };
+            self.store_file(who.ns, &settings, file, &declared, room, Box::pin(stream)).await?
+        };
+        tracing::info!(service = NAME, namespace = %who.ns, size = f.size, "a file was uploaded");
+        Ok(reply(StatusCode::OK, &f.to_json(who.ns)))
+    }
+
+    /// The file of a multipart form (its fields before it).
+    async fn upload_form(
+        &self,
+        who: &Who<'_>,
+        mut form: multer::Multipart<'static>,
+        settings: &Settings,
+        (mut name, mut public, mut record): (String, bool, Option<String>),
+        (owner, owner_kind): (String, &'static str),
+        room: u64,
+    ) -> Result<File, Status> {
+        {
             let mut stored = None;
             while let Some(field) = form.next_field().await.map_err(multipart_error)? {
                 match field.name().unwrap_or("") {
@@ -678,7 +757,7 @@ impl Files {
                             record: record.clone(),
                         };
                         stored =
-                            Some(self.store_file(who.ns, &settings, file, &declared, room, Box::pin(chunks)).await?);
+                            Some(self.store_file(who.ns, settings, file, &declared, room, Box::pin(chunks)).await?);
                     }
                     "file" => return Err(bad("one file per upload")),
                     _ if stored.is_some() => {
@@ -698,26 +777,8 @@ impl Files {
                     }
                 }
             }
-            stored.ok_or_else(|| bad("the form has no file field"))?
-        } else {
-            let name = file_name(&name)?;
-            let record = self.attach_to(who, record).await?;
-            let file = File {
-                id: random_id()?,
-                name,
-                size: 0,
-                content_type: String::new(),
-                public,
-                owner,
-                owner_kind: owner_kind.to_string(),
-                sha256: String::new(),
-                created: now(),
-                record,
-            };
-            self.store_file(who.ns, &settings, file, &declared, room, Box::pin(stream)).await?
-        };
-        tracing::info!(service = NAME, namespace = %who.ns, size = f.size, "a file was uploaded");
-        Ok(reply(StatusCode::OK, &f.to_json(who.ns)))
+            stored.ok_or_else(|| bad("the form has no file field"))
+        }
     }
 
     /// Stores `file`'s content from `chunks` (at most `room` bytes), its type told by the
@@ -1013,6 +1074,7 @@ impl Files {
             received: 0,
             created: now(),
             record: self.attach_to(who, start.record).await?,
+            file: None,
         };
         self.write_json(format!("{}/upload/{}", who.ns, u.id), &u, Some(UPLOAD_TTL)).await?;
         Ok(reply(StatusCode::OK, &json!({"id": u.id, "offset": 0, "size": u.size, "chunk": MAX_CHUNK})))
@@ -1055,6 +1117,11 @@ impl Files {
     {
         let mut u = self.upload_of(who, id).await?;
         let (parts, body) = req.into_parts();
+        if u.file.is_some() {
+            // Finished: the last chunk again (its answer was lost) gets the same answer.
+            micro::web::drain(body, MAX_CHUNK).await;
+            return Ok(reply(StatusCode::OK, &self.upload_state(who.ns, &u).await?));
+        }
         let Some((first, last, total)) =
             http_util::header_str(&parts.headers, header::CONTENT_RANGE).and_then(http_util::content_range)
         else {
@@ -1123,7 +1190,38 @@ impl Files {
         let stored = self.store_file(who.ns, &settings, file, &u.declared, room, Box::pin(parts_stream)).await;
         self.drop_upload(who.ns, &u.id).await?;
         let f = stored?;
+        u.file = Some(f.id.clone());
+        self.write_json(format!("{}/upload/{}", who.ns, u.id), &u, Some(FINISHED_TTL)).await?;
         Ok(reply(StatusCode::OK, &json!({"id": u.id, "offset": u.size, "size": u.size, "file": f.to_json(who.ns)})))
+    }
+
+    /// Where an upload is: its offset, and its file once finished.
+    async fn upload_state(&self, ns: &str, u: &Upload) -> Result<Value, Status> {
+        let mut v = json!({"id": u.id, "offset": u.received, "size": u.size});
+        if let Some(id) = &u.file {
+            let f = self.file(ns, id).await?;
+            v["offset"] = json!(u.size);
+            v["file"] = f.to_json(ns);
+        }
+        Ok(v)
+    }
+}
+
+/// A stream two hold: the form parser reads it, and the upload drains what is left.
+#[derive(Clone)]
+struct Shared(Arc<std::sync::Mutex<BodyChunks>>);
+
+/// A request body's chunks.
+type BodyChunks = std::pin::Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send>>;
+
+impl Stream for Shared {
+    type Item = Result<Bytes, Status>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).as_mut().poll_next(cx)
     }
 }
 

@@ -310,8 +310,12 @@ async fn files_end_to_end(a: &ServerProcess, b: &ServerProcess) {
     assert_eq!(done["file"]["size"], blob.len());
     let whole = raw(&bpi, "GET", done["file"]["url"].as_str().unwrap(), Some(&zoe), &[], b"").await;
     assert_eq!(whole.bytes, blob, "the chunks make the file");
-    let (st, _) = call(&api, "GET", &upload, Some(&zoe), "shop", None).await;
-    assert_eq!(st, 404, "a finished upload is gone");
+    // A finished upload tells its file (a client whose last answer was lost learns it),
+    // and the last chunk sent again gets the same answer, not a second file.
+    let (st, at) = call(&bpi, "GET", &upload, Some(&zoe), "shop", None).await;
+    assert_eq!((st, &at["offset"], &at["file"]["id"]), (200, &json!(blob.len()), &done["file"]["id"]), "{at}");
+    let again = raw(&api, "PUT", &upload, Some(&zoe), &[("content-range", &range)], &data).await;
+    assert_eq!((again.status, &again.json()["file"]["id"]), (200, &done["file"]["id"]), "{}", again.body);
     let (st, v) = call(&api, "POST", "/files/v1/uploads", Some(&zoe), "shop", Some(json!({"size": 2_000_000}))).await;
     assert_eq!(st, 413, "{v}");
 
