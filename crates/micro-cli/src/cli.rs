@@ -171,6 +171,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: crate::cluster::ClusterCmd,
     },
+    /// The namespace's static sites: micro app deploy|list|deploys|rollback|delete
+    App {
+        #[command(subcommand)]
+        cmd: crate::app::AppCmd,
+    },
     /// The namespace's custom domains: micro domain add|verify|list|remove
     Domain {
         #[command(subcommand)]
@@ -538,6 +543,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Ratelimit { cmd } => crate::ratelimit::ratelimit(&c, cmd).await,
         Command::Usage(args) => crate::usage::usage(&c, args).await,
         Command::Cache { cmd } => crate::cache::cache(&c, cmd).await,
+        Command::App { cmd } => crate::app::app(&c, cmd).await,
         Command::Domain { cmd } => crate::domain::domain(&c, cmd).await,
         Command::Hosting { cmd } => crate::domain::hosting(&c, cmd.unwrap_or(crate::domain::HostingCmd::List)).await,
         Command::Cluster { cmd } => crate::cluster::cluster(&c, cmd).await,

@@ -1,5 +1,6 @@
 //! The `micro` binary: `micro server` and the command line.
 
+mod app;
 mod auth;
 mod cache;
 mod cli;

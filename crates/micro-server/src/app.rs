@@ -244,6 +244,9 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         };
         hosted.files = Some(Arc::new(files));
     }
+    if config.services.iter().any(|s| s == micro_apps::NAME) {
+        hosted.apps = Some(Arc::new(micro_apps::Apps::new(store.clone(), blob.clone())));
+    }
     // Deleting a namespace deletes its data in each of these.
     auth.hold_namespace_data(crate::namespace_data::NamespaceData {
         store: store.clone(),
@@ -471,6 +474,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         cache,
         domains,
         hosted.files.clone(),
+        hosted.apps.clone(),
     );
 
     let (tx, rx) = watch::channel(false);

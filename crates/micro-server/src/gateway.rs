@@ -61,6 +61,17 @@ struct Inner {
     domains: crate::domains::Domains,
     /// The files product (`/files/v1/…`), when the server hosts it.
     files: Option<Arc<micro_files::Files>>,
+    /// The apps product (its API at `/apps/v1/…`, its sites on their hosts and under
+    /// `/apps/<name>/`), when the server hosts it.
+    apps: Option<Arc<micro_apps::Apps>>,
+}
+
+/// Marks a request that came to an app's own host (the hosting domain's
+/// `<app>.<namespace>.…`, or a custom domain claimed for it), rewritten to
+/// `/apps/<app>/…`: its site is served in its own origin, unsandboxed.
+#[derive(Clone)]
+struct OwnHost {
+    namespace: String,
 }
 
 /// On an answer: the service and endpoint it is metered under.
@@ -196,6 +207,7 @@ impl Gateway {
         cache: crate::cache::Cache,
         domains: crate::domains::Domains,
         files: Option<Arc<micro_files::Files>>,
+        apps: Option<Arc<micro_apps::Apps>>,
     ) -> Gateway {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
@@ -220,6 +232,7 @@ impl Gateway {
                 cache,
                 domains,
                 files,
+                apps,
             }),
         }
     }
@@ -249,9 +262,20 @@ impl Gateway {
                 req.headers_mut().insert(micro_core::metadata::NAMESPACE, ns);
             }
             if !claim.service.is_empty() {
-                let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                let pq = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
                 let mut parts = req.uri().clone().into_parts();
-                parts.path_and_query = format!("/{}{pq}", claim.service).parse().ok();
+                // An app's host serves its site.
+                let app = match &self.inner.apps {
+                    Some(apps) => apps.hosts(&claim.namespace, &claim.service).await,
+                    None => false,
+                };
+                let prefix = if app {
+                    req.extensions_mut().insert(OwnHost { namespace: claim.namespace.clone() });
+                    format!("/apps/{}", claim.service)
+                } else {
+                    format!("/{}", claim.service)
+                };
+                parts.path_and_query = format!("{prefix}{pq}").parse().ok();
                 match http::Uri::from_parts(parts) {
                     Ok(uri) => *req.uri_mut() = uri,
                     Err(_) => return json_error(&Status::bad_request("api", "bad request path")),
@@ -371,6 +395,37 @@ impl Gateway {
         let ns = caller.namespace.clone();
         if req.method() == Method::GET && (path == "/openapi.json" || path.starts_with("/openapi/")) {
             return self.openapi(&caller, path, req.headers()).await;
+        }
+        if let Some(apps) = &self.inner.apps
+            && let Some(rest) = path.strip_prefix("/apps/")
+        {
+            if let Err(refused) = self.admit(&caller, &ns, micro_apps::NAME).await {
+                return refused;
+            }
+            let endpoint = req.method().to_string();
+            let mut res = if rest.starts_with("v1/") {
+                apps.serve_api(req, &caller).await
+            } else {
+                let (label, file) = rest.split_once('/').unwrap_or((rest, ""));
+                let own = req.extensions().get::<OwnHost>().cloned();
+                if file.is_empty() && !rest.ends_with('/') {
+                    // The site's root with its slash, so its relative links resolve.
+                    let mut r = micro::web::empty(StatusCode::PERMANENT_REDIRECT);
+                    let to = if own.is_some() { "/".to_string() } else { format!("/apps/{label}/") };
+                    if let Ok(v) = HeaderValue::from_str(&to) {
+                        r.headers_mut().insert(header::LOCATION, v);
+                    }
+                    r
+                } else {
+                    let (site_ns, sandboxed) = match &own {
+                        Some(o) => (o.namespace.as_str(), false),
+                        None => (ns.as_str(), true),
+                    };
+                    apps.serve_site(site_ns, label, file, req.method(), req.headers(), sandboxed).await
+                }
+            };
+            res.extensions_mut().insert(Tag { service: micro_apps::NAME.to_string(), endpoint });
+            return res;
         }
         if path.starts_with("/files/v1/")
             && let Some(files) = &self.inner.files

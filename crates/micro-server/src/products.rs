@@ -27,6 +27,8 @@ pub(crate) struct Hosted {
     pub(crate) db: Option<std::sync::Arc<micro_db::Db>>,
     /// The files product, which the gateway serves (set once the store and blobs are).
     pub(crate) files: Option<std::sync::Arc<micro_files::Files>>,
+    /// The apps product, whose sites the gateway serves (set once the store and blobs are).
+    pub(crate) apps: Option<std::sync::Arc<micro_apps::Apps>>,
 }
 
 impl Hosted {
@@ -46,12 +48,12 @@ impl Hosted {
             (None, None) => format!("the database ({}): {e}", settings.path.display()),
             _ => format!("the database (PostgreSQL): {e}"),
         })?;
-        Ok(Hosted { db: Some(db), files: None })
+        Ok(Hosted { db: Some(db), ..Default::default() })
     }
 }
 
 /// Every product, by name.
-pub(crate) const PRODUCTS: [Product; 6] = [
+pub(crate) const PRODUCTS: [Product; 7] = [
     Product {
         name: micro_distributed::NAME,
         build: |s, _, _| micro_distributed::service(s),
@@ -98,6 +100,16 @@ pub(crate) const PRODUCTS: [Product; 6] = [
         tenant_prefix: Some(micro_files::tenant_prefix),
         scopes: &[],
     },
+    // Sites are served by the gateway; the service deploys and rolls them back.
+    Product {
+        name: micro_apps::NAME,
+        build: |s, _, h| match &h.apps {
+            Some(apps) => micro_apps::service_with(s, apps.clone()),
+            None => s,
+        },
+        tenant_prefix: Some(micro_apps::tenant_prefix),
+        scopes: &[],
+    },
 ];
 
 /// Where every product keeps namespace `ns`'s data: a table and a key prefix.
@@ -111,13 +123,14 @@ pub(crate) fn tenant_data(ns: &str) -> Vec<(micro_core::store::Table, String)> {
 }
 
 /// The names of every product.
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 7] = [
     micro_distributed::NAME,
     micro_email::NAME,
     micro_platform::NAME,
     micro_db::NAME,
     micro_users::NAME,
     micro_files::NAME,
+    micro_apps::NAME,
 ];
 
 /// The account a product runs as.
@@ -156,7 +169,9 @@ pub(crate) async fn start(
 ) -> Result<Vec<micro::Running>, micro_core::Status> {
     let mut running = Vec::new();
     let hosts = |p: &&Product| {
-        (p.name != micro_db::NAME || hosted.db.is_some()) && (p.name != micro_files::NAME || hosted.files.is_some())
+        (p.name != micro_db::NAME || hosted.db.is_some())
+            && (p.name != micro_files::NAME || hosted.files.is_some())
+            && (p.name != micro_apps::NAME || hosted.apps.is_some())
     };
     for p in PRODUCTS.iter().filter(|p| config.services.iter().any(|s| s == p.name)).filter(hosts) {
         let (id, secret) = auth.product_account(p.name, p.scopes).await?;
@@ -185,7 +200,7 @@ mod tests {
 
     #[test]
     fn selecting() {
-        assert_eq!(select("all").unwrap(), vec!["distributed", "email", "platform", "db", "users", "files"]);
+        assert_eq!(select("all").unwrap(), vec!["distributed", "email", "platform", "db", "users", "files", "apps"]);
         assert!(select("off").unwrap().is_empty());
         assert_eq!(select(" distributed ,").unwrap(), vec!["distributed"]);
         assert!(select("distributed,billing").unwrap_err().contains("unknown service \"billing\""));
