@@ -342,6 +342,7 @@ const PAGES = [
   "/platform",
   "/users",
   "/files",
+  "/apps",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -512,7 +513,7 @@ step("at phone width the navigation shows and nothing overflows sideways", async
   for (const p of PAGES) {
     await visit(page, p);
     const links = page.locator('nav[aria-label="Sections"] a');
-    assertEqual(await links.count(), 11, `section links on ${p} (the operator sees Platform)`);
+    assertEqual(await links.count(), 13, `section links on ${p} (the operator sees Platform)`);
     for (const link of await links.all()) {
       assert(await link.isVisible(), `${await link.innerText()} is hidden on ${p}`);
       const box = await link.boundingBox();
@@ -885,6 +886,74 @@ step("files: the settings are saved from the form; an uploaded file is listed, t
   assertEqual(asked, "Delete logo.png? Its links stop working.", "the question");
   await see(page, 'p.notice[role="status"]', /^File [a-z0-9]{20} deleted\.$/);
   await see(page, "#files-count", "No files yet.");
+  await page.getByLabel("Namespace", { exact: true }).fill(NAMESPACE);
+  await follow(page, page.getByRole("button", { name: "Switch" }));
+});
+
+/** A tar archive of one file `name` holding `text` (what `micro app deploy` sends). */
+function tarOf(name, text) {
+  const data = Buffer.from(text);
+  const header = Buffer.alloc(512);
+  header.write(name, 0);
+  header.write("0000644\0", 100);
+  header.write("0000000\0", 108);
+  header.write("0000000\0", 116);
+  header.write(data.length.toString(8).padStart(11, "0") + "\0", 124);
+  header.write("00000000000\0", 136);
+  header.write("        ", 148);
+  header.write("0", 156);
+  header.write("ustar\0", 257);
+  header.write("00", 263);
+  let sum = 0;
+  for (const b of header) sum += b;
+  header.write(sum.toString(8).padStart(6, "0") + "\0 ", 148);
+  const pad = Buffer.alloc((512 - (data.length % 512)) % 512);
+  return Buffer.concat([header, data, pad, Buffer.alloc(1024)]);
+}
+
+step("apps: two deploys are listed, the first is served again with a button, then the app is deleted after a question", async ({
+  page,
+}) => {
+  const ns = `sites-${RUN}`;
+  const signin = await fetch(`${API}/auth/token`, {
+    method: "POST",
+    headers: { "content-type": "application/json", "micro-namespace": "micro" },
+    body: JSON.stringify({ id: ADMIN, secret: PASSWORD }),
+  });
+  const { access_token } = await signin.json();
+  const deploy = async (v) => {
+    const r = await fetch(`${API}/apps/v1/apps/site/deploys`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${access_token}`, "micro-namespace": ns, "content-type": "application/x-tar" },
+      body: tarOf("index.html", `<h1>version ${v}</h1>`),
+    });
+    assertEqual(r.status, 200, `deploy ${v}: ${await r.clone().text()}`);
+    return (await r.json()).deploy.id;
+  };
+  const first = await deploy(1);
+  await deploy(2);
+  const served = async () => (await (await fetch(`${API}/apps/site/`, { headers: { "micro-namespace": ns } })).text());
+  assertEqual(await served(), "<h1>version 2</h1>", "the second deploy is served");
+  await login(page);
+  await page.getByLabel("Namespace", { exact: true }).fill(ns);
+  await follow(page, page.getByRole("button", { name: "Switch" }));
+  await visit(page, "/apps");
+  await see(page, "#apps-count", "1 app.");
+  await see(page, "section.app h2", "site");
+  await see(page, "table.deploys", "(serving)");
+  await look(page, "apps");
+  await follow(page, page.getByRole("button", { name: `Serve ${first}` }));
+  await see(page, 'p.notice[role="status"]', `site serves deploy ${first}.`);
+  let back = "";
+  for (let i = 0; i < 30 && back !== "<h1>version 1</h1>"; i++) {
+    back = await served();
+    if (back !== "<h1>version 1</h1>") await new Promise((r) => setTimeout(r, 100));
+  }
+  assertEqual(back, "<h1>version 1</h1>", "the first deploy is served again");
+  const asked = await followConfirmed(page, page.getByRole("button", { name: "Delete site" }));
+  assertEqual(asked, "Delete site and every deploy of it?", "the question");
+  await see(page, 'p.notice[role="status"]', "App site deleted.");
+  await see(page, "#apps-count", "No apps yet.");
   await page.getByLabel("Namespace", { exact: true }).fill(NAMESPACE);
   await follow(page, page.getByRole("button", { name: "Switch" }));
 });

@@ -491,6 +491,8 @@ export interface FilesSettings {
   max_total: number;
   /** The content types allowed (`image/png`, or `image/` for every image); empty: any. */
   types: string[];
+  /** The thumbnail sizes `?thumb=` may ask for (`WxH`; default 100x100, 200x200, 400x400). */
+  thumbs: string[];
 }
 
 /** How far an upload is. */

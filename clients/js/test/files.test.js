@@ -135,16 +135,20 @@ function suite() {
   describe('files', () => {
     test('the admins keep the settings; app users upload only when they let them', async () => {
       settings = await admin.files.settings();
-      assert.deepEqual(Object.keys(settings).sort(), ['app_uploads', 'max_file_size', 'max_total', 'types']);
+      assert.deepEqual(Object.keys(settings).sort(), ['app_uploads', 'max_file_size', 'max_total', 'thumbs', 'types']);
       const closed = await admin.files.saveSettings({ app_uploads: false });
-      assert.deepEqual(closed, { app_uploads: false, max_file_size: 10 * MiB, max_total: 1024 * MiB, types: [] }, 'what is left out takes its default');
+      assert.deepEqual(
+        closed,
+        { app_uploads: false, max_file_size: 10 * MiB, max_total: 1024 * MiB, types: [], thumbs: ['100x100', '200x200', '400x400'] },
+        'what is left out takes its default',
+      );
       await refused(app.files.upload(PNG, { name: 'me.png' }), 403, /may not upload/, 'files');
       await refused(anon.files.upload(PNG, { name: 'me.png' }), 401, /sign in/);
       await refused(app.files.saveSettings({ app_uploads: true }), 403, /admins/);
       await refused(app.files.settings(), 403);
       await refused(admin.files.saveSettings({ max_file_size: 0 }), 400, /max_file_size/, 'files');
       await refused(admin.files.saveSettings({ app_uploads: true, admin: true }), 400, /unknown field/);
-      const open = { app_uploads: true, max_file_size: 20 * MiB, max_total: 200 * MiB, types: [] };
+      const open = { app_uploads: true, max_file_size: 20 * MiB, max_total: 200 * MiB, types: [], thumbs: ['32x32', '40x10'] };
       assert.deepEqual(await admin.files.saveSettings(open), open);
       assert.deepEqual(await admin.files.settings(), open);
     });
@@ -216,6 +220,7 @@ function suite() {
       const [w, h] = pngSize(await bytes(wide));
       assert.ok(h === 10 && (w === 13 || w === 14), `${w}×${h}`);
       await refused(app.files.fetch(pic, { thumb: 'abc' }), 400, undefined, 'files');
+      await refused(app.files.fetch(pic, { thumb: 64 }), 400, /one of the namespace's sizes/, 'files');
     });
 
     test('a signed URL lets anybody read a private file, with the global fetch', async () => {

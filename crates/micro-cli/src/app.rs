@@ -60,10 +60,11 @@ fn default_name(dir: &Path) -> Option<String> {
     micro_apps::valid_name(&name).then_some(name)
 }
 
-/// A tar archive of `dir`'s regular files; a link is refused.
+/// A tar archive of `dir`'s regular files, hidden ones left out; a link is refused.
 fn pack(dir: &Path) -> Result<(Vec<u8>, usize)> {
     let mut tar = tar::Builder::new(Vec::new());
     let mut files = 0usize;
+    let mut skipped = 0usize;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         let mut entries: Vec<_> = std::fs::read_dir(&d)
@@ -75,6 +76,12 @@ fn pack(dir: &Path) -> Result<(Vec<u8>, usize)> {
             let path = e.path();
             let kind = e.file_type().with_context(|| format!("reading {}", path.display()))?;
             let rel = path.strip_prefix(dir).unwrap_or(&path);
+            // Hidden files (.env, .git) stay home; .well-known is a site's.
+            let hidden = e.file_name().to_str().is_some_and(|n| n.starts_with('.') && n != ".well-known");
+            if hidden {
+                skipped += 1;
+                continue;
+            }
             if kind.is_symlink() {
                 bail!(
                     "{} is a symbolic link: a site's files are regular files (copy what it points to)",
@@ -90,6 +97,9 @@ fn pack(dir: &Path) -> Result<(Vec<u8>, usize)> {
     }
     if files == 0 {
         bail!("{} has no files to deploy", dir.display());
+    }
+    if skipped > 0 {
+        eprintln!("left out {skipped} hidden file(s) or folder(s) (names starting with a dot)");
     }
     Ok((tar.into_inner().context("packing the site")?, files))
 }
@@ -217,7 +227,9 @@ pub(crate) async fn app(c: &Ctx, cmd: AppCmd) -> Result<()> {
         }
         AppCmd::Delete { name } => {
             client.call_json(micro_apps::NAME, "Apps.Delete", &json!({"name": name})).await.map_err(status_err)?;
-            if !c.json {
+            if c.json {
+                output::json(&json!({"deleted": name}));
+            } else {
                 println!("deleted app {name}");
             }
         }

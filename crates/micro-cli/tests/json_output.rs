@@ -220,6 +220,26 @@ async fn every_command_prints_json_with_o_json() {
     assert_eq!(one(&cli, &["domain", "remove", "json.example.test"]).await["removed"], "json.example.test");
     run("domain remove");
 
+    // Static sites.
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "<h1>json</h1>").unwrap();
+    let folder = site.path().to_str().unwrap();
+    let d1 = one(&cli, &["app", "deploy", folder, "--name", "jsonsite"]).await;
+    assert_eq!(d1["deploy"]["files"], 1, "{d1}");
+    run("app deploy");
+    assert_eq!(
+        one(&cli, &["app", "deploy", folder, "--name", "jsonsite"]).await["app"]["history"][0],
+        d1["deploy"]["id"]
+    );
+    assert_eq!(one(&cli, &["app", "list"]).await["apps"][0]["name"], "jsonsite");
+    run("app list");
+    assert_eq!(one(&cli, &["app", "deploys", "jsonsite"]).await["deploys"].as_array().map(Vec::len), Some(2));
+    run("app deploys");
+    assert_eq!(one(&cli, &["app", "rollback", "jsonsite"]).await["current"], d1["deploy"]["id"]);
+    run("app rollback");
+    assert_eq!(one(&cli, &["app", "delete", "jsonsite"]).await["deleted"], "jsonsite");
+    run("app delete");
+
     // Public hosting (no hosting domain here: gateway paths only).
     let h = one(&cli, &["hosting"]).await;
     assert_eq!((h["domain"].as_str(), h["private"].as_bool()), (Some(""), Some(false)), "{h}");

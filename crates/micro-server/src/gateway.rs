@@ -283,10 +283,9 @@ impl Gateway {
             }
         }
         let path = req.uri().path();
-        // A file's address names its namespace (an `<img>` sends no header): the request
-        // is counted and limited there.
+        // A file's address names its namespace (an `<img>` sends no header), whatever the
+        // request says: the request is admitted, counted and limited there.
         if claimed.is_none()
-            && !req.headers().contains_key(micro_core::metadata::NAMESPACE)
             && let Some(ns) = path.strip_prefix("/files/v1/content/").and_then(|r| r.split('/').next())
             && micro_core::namespace::validate(ns).is_ok()
             && let Ok(v) = HeaderValue::from_str(ns)
@@ -393,6 +392,19 @@ impl Gateway {
     async fn serve(&self, req: Request<Incoming>, caller: micro::auth::Caller) -> Response<Body> {
         let path = req.uri().path();
         let ns = caller.namespace.clone();
+        // The products served here see the caller as identified, a cookie's too: a cookie
+        // alone authorises only what a browser would have asked the server about first
+        // (reads, and requests no other site's page can send unasked).
+        let product = path.starts_with("/files/v1/") || path.starts_with("/apps/v1/");
+        if product
+            && !matches!(*req.method(), Method::GET | Method::HEAD)
+            && micro::auth::bearer(req.headers()).is_none()
+            && micro::auth::cookie_token(req.headers()).is_some()
+            && !preflighted(req.headers())
+        {
+            let detail = "a cookie alone does not authorise this request: send the token in Authorization, or the micro-namespace header";
+            return json_error(&Status::new(Code::PermissionDenied, "api", detail));
+        }
         if req.method() == Method::GET && (path == "/openapi.json" || path.starts_with("/openapi/")) {
             return self.openapi(&caller, path, req.headers()).await;
         }

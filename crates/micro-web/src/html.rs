@@ -11,6 +11,7 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
     ("db", "Database"),
     ("users", "App users"),
     ("files", "Files"),
+    ("apps", "Apps"),
     ("config", "Config"),
     ("events", "Events"),
     ("auth", "Auth"),

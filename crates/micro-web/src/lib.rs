@@ -24,6 +24,7 @@
 //! # }
 //! ```
 
+mod apps;
 mod assets;
 mod auth;
 mod config;
@@ -188,13 +189,14 @@ impl Web {
                     .fallback(extract::fallback)
             };
         }
-        let sections: [(&str, MethodRouter<Web>); 14] = [
+        let sections: [(&str, MethodRouter<Web>); 15] = [
             ("services", section!(services)),
             ("runtime", section!(runtime)),
             ("store", section!(store)),
             ("db", section!(db)),
             ("users", section!(users)),
             ("files", section!(files)),
+            ("apps", section!(apps)),
             ("config", section!(config)),
             ("events", section!(events)),
             ("auth", section!(auth)),

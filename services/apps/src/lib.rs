@@ -298,6 +298,8 @@ pub struct Apps {
     apps: Arc<Mutex<AppCache>>,
     /// Deploys' manifests (they never change), by namespace, app and deploy.
     manifests: Arc<Mutex<ManifestCache>>,
+    /// Deploys under way on this node at once (each holds its archive and files).
+    deploying: Arc<tokio::sync::Semaphore>,
 }
 
 impl Apps {
@@ -310,6 +312,7 @@ impl Apps {
             table: Table::new(micro_core::namespace::DEFAULT, NAME),
             apps: Default::default(),
             manifests: Default::default(),
+            deploying: Arc::new(tokio::sync::Semaphore::new(2)),
         }
     }
 
@@ -410,15 +413,10 @@ impl Apps {
 
     /// Deploys a site from a tar archive to app `name` of the caller's namespace: made
     /// current unless `preview`.
-    async fn deploy(
-        &self,
-        who: &Who<'_>,
-        name: &str,
-        archive: Vec<u8>,
-        preview: bool,
-    ) -> Result<(Deploy, App), Status> {
+    async fn deploy(&self, who: &Who<'_>, name: &str, archive: Bytes, preview: bool) -> Result<(Deploy, App), Status> {
         check_name(name)?;
         let by = who.deployer()?;
+        let _turn = self.deploying.acquire().await.map_err(|e| Status::internal(NAME, e.to_string()))?;
         let files = tokio::task::spawn_blocking(move || unpack(&archive))
             .await
             .map_err(|e| Status::internal(NAME, e.to_string()))??;
@@ -599,7 +597,7 @@ impl Apps {
                     http_util::query_param(req.uri().query(), "preview").is_some_and(|v| v == "true" || v == "1");
                 who.deployer()?;
                 let archive = http_util::collect_limited(req.into_body(), MAX_SITE + (MAX_FILES as u64) * 1024).await?;
-                let (deploy, app) = self.deploy(&who, &name, archive.to_vec(), preview).await?;
+                let (deploy, app) = self.deploy(&who, &name, archive, preview).await?;
                 Ok(to_json(&json!({"deploy": deploy, "app": app})))
             }
             (&Method::POST, ["apps", name, "rollback"]) => {
@@ -724,6 +722,9 @@ impl Apps {
         h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
         h.insert(header::REFERRER_POLICY, HeaderValue::from_static("strict-origin-when-cross-origin"));
         if sandboxed {
+            // Which namespace's site this is depends on the request, not the address:
+            // a shared cache must tell them apart.
+            h.insert(header::VARY, HeaderValue::from_static("micro-namespace, authorization, cookie"));
             // Under the gateway's origin the page gets one of its own: it reads none of the
             // origin's storage and sends none of its cookies.
             h.insert(

@@ -116,7 +116,8 @@ pub fn service_with(service: Service, apps: Arc<Apps>) -> Service {
                 let parts: Vec<bytes::Bytes> =
                     chunks.collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>()?;
                 let _ = apps.blob.delete(&c.namespace, UPLOADS, &req.archive).await;
-                let (deploy, app) = apps.deploy(&who, &req.name, parts.concat(), req.preview).await?;
+                let (deploy, app) =
+                    apps.deploy(&who, &req.name, bytes::Bytes::from(parts.concat()), req.preview).await?;
                 Ok(DeployReply { deploy, app })
             }
         })

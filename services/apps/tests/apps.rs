@@ -93,6 +93,7 @@ async fn hosting(a: &ServerProcess, b: &ServerProcess) {
     let dir = tempfile::tempdir().unwrap();
     let dist = dir.path().join("shop").join("dist");
     site(&dist, "1");
+    std::fs::write(dist.join(".env"), "SECRET_KEY=do-not-publish").unwrap();
     let host = format!("shop.shop.{DOMAIN}");
 
     // Nothing yet.
@@ -133,6 +134,8 @@ async fn hosting(a: &ServerProcess, b: &ServerProcess) {
     assert_eq!(route.status, 200);
     assert!(route.body.contains("<h1>1</h1>"), "a route of the app is its page: {}", route.body);
     assert_eq!(on_host(&a.api, &host, "/assets/missing.js").await.status, 404);
+    let env = on_host(&a.api, &host, "/.env").await;
+    assert!(env.status == 404 && !env.body.contains("SECRET_KEY"), "hidden files stay home: {}", env.body);
     for bad in ["/../../etc/passwd", "/%2e%2e/x", "/assets/..%2f..%2findex.html"] {
         let r = on_host(&a.api, &host, bad).await;
         assert!(r.status == 400 || r.status == 404 || r.body.contains("<h1>1</h1>"), "{bad}: {}", r.status);
@@ -159,11 +162,11 @@ async fn hosting(a: &ServerProcess, b: &ServerProcess) {
     })
     .await;
     assert!(served, "the second deploy is served on the other node");
-    assert_eq!(
-        on_host(&a.api, &host, "/assets/index-Ab12Cd31.js").await.status,
-        404,
-        "the old asset is gone with its deploy"
-    );
+    let old_gone = micro_test::eventually(Duration::from_secs(5), || async {
+        on_host(&a.api, &host, "/assets/index-Ab12Cd31.js").await.status == 404
+    })
+    .await;
+    assert!(old_gone, "the old asset is gone with its deploy (within a second on every node)");
 
     // Rolled back on node b: node a serves the first again within a second.
     let cli_b = Cli::new(micro(), &b.proxy);

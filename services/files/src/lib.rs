@@ -75,11 +75,20 @@ pub struct Settings {
     pub max_total: u64,
     /// The content types allowed (`image/png`, or `image/` for every image); empty: any.
     pub types: Vec<String>,
+    /// The thumbnail sizes asked for with `?thumb=WxH` (others are refused: each is made
+    /// once and kept, in the namespace's storage).
+    pub thumbs: Vec<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { app_uploads: false, max_file_size: 10 << 20, max_total: 1 << 30, types: Vec::new() }
+        Settings {
+            app_uploads: false,
+            max_file_size: 10 << 20,
+            max_total: 1 << 30,
+            types: Vec::new(),
+            thumbs: ["100x100", "200x200", "400x400"].map(String::from).to_vec(),
+        }
     }
 }
 
@@ -93,6 +102,12 @@ impl Settings {
         }
         if self.types.len() > 50 {
             return Err(bad("at most 50 types"));
+        }
+        if self.thumbs.len() > 10 {
+            return Err(bad("at most 10 thumbnail sizes"));
+        }
+        for t in &self.thumbs {
+            thumb::size(t)?;
         }
         for t in &self.types {
             let ok = t.len() <= 100
@@ -145,6 +160,17 @@ pub struct File {
 }
 
 impl File {
+    /// What a caller who is neither its owner nor the team sees of it: not who uploaded
+    /// it, nor the record it is attached to.
+    fn for_viewer(mut self, full: bool) -> File {
+        if !full {
+            self.owner.clear();
+            self.owner_kind.clear();
+            self.record = None;
+        }
+        self
+    }
+
     fn to_json(&self, ns: &str) -> Value {
         let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
         v["url"] = json!(content_path(ns, &self.id, &self.name));
@@ -251,6 +277,12 @@ impl Who<'_> {
             .map(|a| a.id.as_str())
     }
 
+    /// `f` as the caller may see it.
+    fn shown(&self, f: File) -> File {
+        let full = self.team() || self.owns(&f);
+        f.for_viewer(full)
+    }
+
     fn owns(&self, f: &File) -> bool {
         match self.caller.account.as_ref() {
             Some(a) if a.namespace == self.ns => {
@@ -289,13 +321,21 @@ pub struct Files {
     table: Table,
     /// The database whose records files are attached to, when the server hosts it.
     db: Option<Arc<micro_db::Db>>,
+    /// Thumbnails being made on this node at once.
+    thumbnailing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Files {
     /// Files kept in `store` (the product's table of the `micro` namespace) and `blob`
     /// (each namespace's `files` bucket).
     pub fn new(store: Arc<dyn Store>, blob: Arc<dyn Blob>) -> Files {
-        Files { store, blob, table: Table::new(micro_core::namespace::DEFAULT, NAME), db: None }
+        Files {
+            store,
+            blob,
+            table: Table::new(micro_core::namespace::DEFAULT, NAME),
+            db: None,
+            thumbnailing: Arc::new(tokio::sync::Semaphore::new(2)),
+        }
     }
 
     /// Files attached to the records of `db` (by its rules), deleted with them: the hook
@@ -419,12 +459,12 @@ impl Files {
                 let query = req.uri().query();
                 let (owner, record) = (http_util::query_param(query, "owner"), http_util::query_param(query, "record"));
                 let files = self.list(&who, owner, record).await?;
-                let items: Vec<Value> = files.iter().map(|f| f.to_json(&ns)).collect();
+                let items: Vec<Value> = files.into_iter().map(|f| who.shown(f).to_json(&ns)).collect();
                 Ok(reply(StatusCode::OK, &json!({"files": items})))
             }
             (&Method::GET, ["files", id]) => {
                 let f = self.readable(&who, id).await?;
-                Ok(reply(StatusCode::OK, &f.to_json(&ns)))
+                Ok(reply(StatusCode::OK, &who.shown(f).to_json(&ns)))
             }
             (&Method::DELETE, ["files", id]) => {
                 let f = self.managed(&who, id).await?;
@@ -680,16 +720,15 @@ impl Files {
             // The form's stream is shared: what is left of it after a refusal is drained.
             let shared = Shared(Arc::new(std::sync::Mutex::new(Box::pin(stream))));
             let rest = shared.clone();
-            let parsed = self
-                .upload_form(
-                    who,
-                    multer::Multipart::new(shared, boundary),
-                    &settings,
-                    (name, public, record),
-                    (owner, owner_kind),
-                    room,
-                )
-                .await;
+            // Each text field a few kB, the file what there is room for.
+            let limits = multer::SizeLimit::new()
+                .whole_stream(room.saturating_add(64 * 1024))
+                .per_field(4096)
+                .for_field("file", room.saturating_add(1));
+            let form =
+                multer::Multipart::with_constraints(shared, boundary, multer::Constraints::new().size_limit(limits));
+            let parsed =
+                self.upload_form(who, form, &settings, (name, public, record), (owner, owner_kind), room).await;
             if parsed.is_err() {
                 let drained = async {
                     let mut rest = rest;
@@ -957,7 +996,14 @@ impl Files {
             return Err(not_found());
         }
         let thumb = match http_util::query_param(query, "thumb") {
-            Some(t) => Some(thumb::size(&t)?),
+            Some(t) => {
+                let size = thumb::size(&t)?;
+                let allowed = self.settings(ns).await?.thumbs;
+                if !allowed.contains(&t) {
+                    return Err(bad(format!("thumb is one of the namespace's sizes: {}", allowed.join(", "))));
+                }
+                Some(size)
+            }
             None => None,
         };
         let (key, content_type, etag) = match thumb {
@@ -1028,12 +1074,19 @@ impl Files {
             Err(e) if e.code() == Code::NotFound => {}
             Err(e) => return Err(e),
         }
+        // A few at a time on a node: each decodes a whole image.
+        let _turn = self.thumbnailing.acquire().await.map_err(|e| Status::internal(NAME, e.to_string()))?;
         let (_, chunks) = self.blob.get(ns, BUCKET, &f.id).await?;
         let source: Vec<Bytes> = chunks.collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>()?;
         let source = source.concat();
         let made = tokio::task::spawn_blocking(move || thumb::make(&source, format, w, h))
             .await
             .map_err(|e| Status::internal(NAME, e.to_string()))??;
+        // Kept thumbnails count in the namespace's files.
+        let settings = self.settings(ns).await?;
+        if self.room(ns, &settings).await? < made.len() as u64 {
+            return Err(no_room());
+        }
         self.blob
             .put(ns, BUCKET, &key, out_type, Box::pin(futures::stream::once(async { Ok(Bytes::from(made)) })))
             .await?;
@@ -1056,6 +1109,7 @@ impl Files {
         let start: Start = serde_json::from_value(body).map_err(|e| bad(format!("an upload: {e}")))?;
         let settings = self.settings(who.ns).await?;
         let (owner, owner_kind) = who.uploader(&settings)?;
+        self.sweep_parts(who.ns).await?;
         let room = self.room(who.ns, &settings).await?;
         if start.size == 0 {
             return Err(bad("an upload has a size of at least 1 byte"));
@@ -1078,6 +1132,24 @@ impl Files {
         };
         self.write_json(format!("{}/upload/{}", who.ns, u.id), &u, Some(UPLOAD_TTL)).await?;
         Ok(reply(StatusCode::OK, &json!({"id": u.id, "offset": 0, "size": u.size, "chunk": MAX_CHUNK})))
+    }
+
+    /// Deletes the parts of uploads nobody finished (their records expired).
+    async fn sweep_parts(&self, ns: &str) -> Result<(), Status> {
+        let objects = match self.blob.list(ns, BUCKET, "").await {
+            Ok(o) => o,
+            Err(e) if e.code() == Code::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut uploads: Vec<&str> =
+            objects.iter().filter_map(|o| o.key.split_once(".part.").map(|(u, _)| u)).collect();
+        uploads.dedup();
+        for id in uploads {
+            if self.read_json::<Upload>(&format!("{ns}/upload/{id}")).await?.is_none() {
+                self.drop_upload(ns, id).await?;
+            }
+        }
+        Ok(())
     }
 
     async fn upload_of(&self, who: &Who<'_>, id: &str) -> Result<Upload, Status> {
@@ -1122,24 +1194,45 @@ impl Files {
             micro::web::drain(body, MAX_CHUNK).await;
             return Ok(reply(StatusCode::OK, &self.upload_state(who.ns, &u).await?));
         }
-        let Some((first, last, total)) =
-            http_util::header_str(&parts.headers, header::CONTENT_RANGE).and_then(http_util::content_range)
-        else {
-            return Err(bad("a chunk has a Content-Range: bytes {first}-{last}/{size}"));
+        // What is refused before the chunk is read, its body is read and dropped for.
+        let checked = async {
+            let Some((first, last, total)) =
+                http_util::header_str(&parts.headers, header::CONTENT_RANGE).and_then(http_util::content_range)
+            else {
+                return Err(bad("a chunk has a Content-Range: bytes {first}-{last}/{size}"));
+            };
+            if total != u.size {
+                return Err(bad(format!("the upload has {} bytes, not {total}", u.size)));
+            }
+            if first != u.received {
+                let detail = format!("the upload is at offset {}: send from there", u.received);
+                return Err(Status::new(Code::FailedPrecondition, NAME, detail).with_http_status(409));
+            }
+            let len = last + 1 - first;
+            if last >= total || len > MAX_CHUNK {
+                return Err(bad(format!("a chunk is at most {MAX_CHUNK} bytes, within the upload")));
+            }
+            // The parts so far count in the namespace's files: unfinished uploads cannot
+            // hold more than it may.
+            let settings = self.settings(who.ns).await?;
+            if self.room(who.ns, &settings).await? < len {
+                return Err(no_room());
+            }
+            Ok((first, last, len))
+        }
+        .await;
+        let (first, last, len) = match checked {
+            Ok(c) => c,
+            Err(e) => {
+                micro::web::drain(body, MAX_CHUNK).await;
+                if e.http_status() == 409 {
+                    let mut res = error(&e);
+                    res.headers_mut().insert("upload-offset", HeaderValue::from(u.received));
+                    return Ok(res);
+                }
+                return Err(e);
+            }
         };
-        if total != u.size {
-            return Err(bad(format!("the upload has {} bytes, not {total}", u.size)));
-        }
-        if first != u.received {
-            let detail = format!("the upload is at offset {}: send from there", u.received);
-            let mut res = error(&Status::new(Code::FailedPrecondition, NAME, detail).with_http_status(409));
-            res.headers_mut().insert("upload-offset", HeaderValue::from(u.received));
-            return Ok(res);
-        }
-        let len = last + 1 - first;
-        if last >= total || len > MAX_CHUNK {
-            return Err(bad(format!("a chunk is at most {MAX_CHUNK} bytes, within the upload")));
-        }
         let data = http_util::collect_limited(body, len).await?;
         if data.len() as u64 != len {
             return Err(bad(format!("the chunk has {} bytes, not the {len} its range says", data.len())));
@@ -1225,13 +1318,27 @@ impl Stream for Shared {
     }
 }
 
+fn no_room() -> Status {
+    Status::new(Code::ResourceExhausted, NAME, "the namespace's files hold their most (max_total): delete some first")
+        .with_http_status(413)
+}
+
 fn too_large(room: u64) -> Status {
     Status::new(Code::ResourceExhausted, NAME, format!("the file is larger than the {room} bytes allowed"))
         .with_http_status(413)
 }
 
 fn multipart_error(e: multer::Error) -> Status {
-    bad(format!("a multipart form: {e}"))
+    match e {
+        multer::Error::FieldSizeExceeded { limit, field_name } if field_name.as_deref() == Some("file") => {
+            too_large(limit.saturating_sub(1))
+        }
+        multer::Error::StreamSizeExceeded { limit } => {
+            Status::new(Code::ResourceExhausted, NAME, format!("the form is larger than the {limit} bytes allowed"))
+                .with_http_status(413)
+        }
+        e => bad(format!("a multipart form: {e}")),
+    }
 }
 
 /// The type of a file by its first bytes (`declared` trusted only for text that is

@@ -53,14 +53,17 @@ pub fn service_with(service: Service, files: Arc<Files>) -> Service {
             async move {
                 let c = caller(&ctx)?;
                 let who = Who { caller: c, ns: &c.namespace };
-                Ok::<_, Status>(ListReply { files: files.list(&who, req.owner, req.record).await? })
+                let listed = files.list(&who, req.owner, req.record).await?;
+                Ok::<_, Status>(ListReply { files: listed.into_iter().map(|f| who.shown(f)).collect() })
             }
         })
         .handle("Files.Get", move |ctx: Context, req: IdRequest| {
             let files = get.clone();
             async move {
                 let c = caller(&ctx)?;
-                files.readable(&Who { caller: c, ns: &c.namespace }, &req.id).await
+                let who = Who { caller: c, ns: &c.namespace };
+                let f = files.readable(&who, &req.id).await?;
+                Ok::<_, Status>(who.shown(f))
             }
         })
         .handle("Files.Delete", move |ctx: Context, req: IdRequest| {

@@ -143,7 +143,7 @@ async fn files_end_to_end(a: &ServerProcess, b: &ServerProcess) {
         assert!(v["detail"].as_str().unwrap().contains(says), "{says}: {v}");
     }
     let settings = json!({"app_uploads": true, "max_file_size": 1_000_000, "max_total": 5_000_000,
-                          "types": ["image/", "text/plain", "application/octet-stream"]});
+                          "types": ["image/", "text/plain", "application/octet-stream"], "thumbs": ["200x200", "10x10"]});
     let (st, v) = call(&api, "POST", "/files/v1/settings", Some(&ann), "shop", Some(settings.clone())).await;
     assert_eq!((st, &v), (200, &settings));
     let (st, v) = call(&bpi, "GET", "/files/v1/settings", Some(&viewer), "shop", None).await;
@@ -195,7 +195,7 @@ async fn files_end_to_end(a: &ServerProcess, b: &ServerProcess) {
     assert_eq!((small.width(), small.height()), (200, 150));
     let cached = raw(&bpi, "GET", &format!("{url}?thumb=200x200"), Some(&zoe), &[], b"").await;
     assert_eq!(cached.bytes, thumb.bytes);
-    for bad in ["0x0", "abc", "5000x10", "200"] {
+    for bad in ["0x0", "abc", "5000x10", "200", "300x300"] {
         let r = raw(&api, "GET", &format!("{url}?thumb={bad}"), Some(&zoe), &[], b"").await;
         assert_eq!(r.status, 400, "{bad}: {}", r.body);
     }

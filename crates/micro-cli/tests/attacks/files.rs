@@ -226,3 +226,108 @@ async fn an_uploaded_page_runs_nothing_at_the_platforms_origin_and_a_bomb_takes_
     assert_eq!(st, 200, "the server goes on");
     let _ = s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_alone_writes_nothing_and_floods_of_fields_thumbnails_and_parts_are_held() {
+    let s = ServerProcess::start(&micro(), &[("MICRO_SMTP", "log")]);
+    let ann = s.account("shop", "ann", "user", &["admin"]).await;
+    let zoe = signed_up(&s.api, &ann, "shop", "zoe@example.com").await;
+    let cookie = format!("micro-token={ann}");
+
+    // Another site's page makes the admin's browser send requests with its cookie, as
+    // simple requests (no namespace header, no JSON type): nothing is written.
+    let settings = br#"{"app_uploads": true, "max_total": 1073741824}"#;
+    for (method, path, ct, body) in [
+        ("POST", "/files/v1/settings", "text/plain", &settings[..]),
+        ("POST", "/files/v1/files?name=x.txt", "text/plain", &b"planted"[..]),
+        ("POST", "/apps/v1/apps/shop/deploys", "text/plain", &b"x"[..]),
+        ("DELETE", "/files/v1/files/aaaaaaaaaaaaaaaaaaaa", "text/plain", &b""[..]),
+    ] {
+        let r = micro_test::http(&s.api, method, path, &[("cookie", &cookie), ("content-type", ct)], body).await;
+        assert_eq!(r.status, 403, "{method} {path}: {}", r.body);
+        assert!(r.body.contains("cookie alone"), "{}", r.body);
+    }
+    let (st, v) = call(&s.api, "GET", "/files/v1/settings", Some(&ann), "shop", None).await;
+    assert_eq!((st, &v["app_uploads"]), (200, &json!(false)), "{v}");
+
+    let (st, _) = call(
+        &s.api,
+        "POST",
+        "/files/v1/settings",
+        Some(&ann),
+        "shop",
+        Some(json!({"app_uploads": true, "max_file_size": 200_000, "max_total": 600_000})),
+    )
+    .await;
+    assert_eq!(st, 200);
+    // A form field of 100 kB (a file name, say; the whole form within the upload's room):
+    // refused at its 4 kB, not held in memory.
+    let boundary = "xyzzy";
+    let mut body = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\n").into_bytes();
+    body.extend(std::iter::repeat_n(b'a', 100_000));
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let ct = format!("multipart/form-data; boundary={boundary}");
+    let r = send(&s.api, "POST", "/files/v1/files", Some(&zoe), "shop", &[("content-type", &ct)], &body).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("size limit"), "{}", r.body);
+
+    // Thumbnails only of the namespace's sizes (each is kept): a sweep of sizes is refused.
+    // A real 1×1 PNG.
+    let png: &[u8] = &[
+        137, 80, 78, 71, 13, 10, 26, 10, 0, 0, 0, 13, 73, 72, 68, 82, 0, 0, 0, 1, 0, 0, 0, 1, 8, 6, 0, 0, 0, 31, 21,
+        196, 137, 0, 0, 0, 13, 73, 68, 65, 84, 120, 218, 99, 100, 96, 248, 95, 15, 0, 2, 135, 1, 128, 235, 71, 186,
+        146, 0, 0, 0, 0, 73, 69, 78, 68, 174, 66, 96, 130,
+    ];
+    let path = "/files/v1/files?name=pic.png&public=true";
+    let r = send(&s.api, "POST", path, Some(&ann), "shop", &[("content-type", "image/png")], png).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let f = r.json();
+    let url = f["url"].as_str().expect("a url").to_string();
+    for size in ["101x101", "1x1", "2000x2000", "200x199"] {
+        let r = micro_test::http(&s.api, "GET", &format!("{url}?thumb={size}"), &[], b"").await;
+        assert_eq!(r.status, 400, "{size}: {}", r.body);
+    }
+    assert_eq!(micro_test::http(&s.api, "GET", &format!("{url}?thumb=100x100"), &[], b"").await.status, 200);
+    // Who uploaded a public file is the team's to know, not the public's.
+    let r = micro_test::http(
+        &s.api,
+        "GET",
+        &format!("/files/v1/files/{}", f["id"].as_str().expect("an id")),
+        &[("micro-namespace", "shop")],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let seen = r.json();
+    assert!(seen["owner"].as_str().unwrap_or("").is_empty() && seen["record"].is_null(), "{seen}");
+
+    // Unfinished resumable uploads hold no more than the namespace may: the parts count.
+    let mut refused = false;
+    for i in 0..5 {
+        let (st, up) = call(
+            &s.api,
+            "POST",
+            "/files/v1/uploads",
+            Some(&zoe),
+            "shop",
+            Some(json!({"size": 200_000, "name": format!("p{i}.bin")})),
+        )
+        .await;
+        if st == 413 {
+            refused = true;
+            break;
+        }
+        assert_eq!(st, 200, "{up}");
+        let upload = format!("/files/v1/uploads/{}", up["id"].as_str().expect("an id"));
+        let chunk = vec![7u8; 199_999];
+        let r = send(&s.api, "PUT", &upload, Some(&zoe), "shop", &[("content-range", "bytes 0-199998/200000")], &chunk)
+            .await;
+        if r.status == 413 {
+            refused = true;
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert!(refused, "five unfinished uploads of 200 kB in a namespace of 600 kB");
+    let _ = s.stop();
+}

@@ -6,6 +6,7 @@
 //! honest callers may do; this shows what dishonest ones cannot.
 
 mod app_users;
+mod apps;
 mod cluster;
 mod db;
 mod files;
