@@ -247,6 +247,12 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     if config.services.iter().any(|s| s == micro_apps::NAME) {
         hosted.apps = Some(Arc::new(micro_apps::Apps::new(store.clone(), blob.clone())));
     }
+    if config.services.iter().any(|s| s == micro_subscribe::NAME) {
+        // Its mails link to the gateway: its public address, else its listener's.
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = config.api_url.clone().unwrap_or_else(|| format!("{scheme}://{api}"));
+        hosted.subscribe = Some(Arc::new(micro_subscribe::Subscribe::new(store.clone(), url)));
+    }
     // Deleting a namespace deletes its data in each of these.
     auth.hold_namespace_data(crate::namespace_data::NamespaceData {
         store: store.clone(),
@@ -475,6 +481,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         domains,
         hosted.files.clone(),
         hosted.apps.clone(),
+        hosted.subscribe.clone(),
     );
 
     let (tx, rx) = watch::channel(false);

@@ -41,6 +41,10 @@ pub struct Config {
     /// The dashboard's public address (`MICRO_PLATFORM_URL`, like `https://m3o.example.com`),
     /// which the platform's mail links to.
     pub platform_url: Option<String>,
+    /// The API gateway's public address (`MICRO_API_URL`, like `https://api.example.com`),
+    /// which products' mails link to (a subscription's confirmation); default: its
+    /// listener's address.
+    pub api_url: Option<String>,
     /// Events older than this are dropped (`MICRO_EVENTS_MAX_AGE` in seconds; default: kept).
     pub events_max_age: Option<std::time::Duration>,
     /// At most this many events are kept per topic (`MICRO_EVENTS_MAX_EVENTS`; default: all).
@@ -134,6 +138,7 @@ impl Default for Config {
                 scan_limit: micro_db::service::DEFAULT_SCAN_LIMIT,
             },
             platform_url: None,
+            api_url: None,
             events_max_age: None,
             events_max_events: None,
             blob_max_size: micro_core::blob::DEFAULT_MAX_SIZE,
@@ -455,6 +460,12 @@ impl Config {
                 return Err(Error::Config(format!("MICRO_PLATFORM_URL: {v:?} is not an http(s):// address")));
             }
             c.platform_url = Some(v);
+        }
+        if let Some(v) = env("MICRO_API_URL").filter(|v| !v.is_empty()) {
+            if !(v.starts_with("https://") || v.starts_with("http://")) || v.contains(char::is_whitespace) {
+                return Err(Error::Config(format!("MICRO_API_URL: {v:?} is not an http(s):// address")));
+            }
+            c.api_url = Some(v.trim_end_matches('/').to_string());
         }
         if let Some(v) = env("MICRO_SERVICES") {
             c.services = crate::products::select(&v).map_err(|e| Error::Config(format!("MICRO_SERVICES: {e}")))?;

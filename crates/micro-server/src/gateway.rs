@@ -64,6 +64,8 @@ struct Inner {
     /// The apps product (its API at `/apps/v1/…`, its sites on their hosts and under
     /// `/apps/<name>/`), when the server hosts it.
     apps: Option<Arc<micro_apps::Apps>>,
+    /// The subscribe product's public pages (`/subscribe/v1/…`), when the server hosts it.
+    subscribe: Option<Arc<micro_subscribe::Subscribe>>,
 }
 
 /// Marks a request that came to an app's own host (the hosting domain's
@@ -208,6 +210,7 @@ impl Gateway {
         domains: crate::domains::Domains,
         files: Option<Arc<micro_files::Files>>,
         apps: Option<Arc<micro_apps::Apps>>,
+        subscribe: Option<Arc<micro_subscribe::Subscribe>>,
     ) -> Gateway {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
@@ -233,6 +236,7 @@ impl Gateway {
                 domains,
                 files,
                 apps,
+                subscribe,
             }),
         }
     }
@@ -395,7 +399,8 @@ impl Gateway {
         // The products served here see the caller as identified, a cookie's too: a cookie
         // alone authorises only what a browser would have asked the server about first
         // (reads, and requests no other site's page can send unasked).
-        let product = path.starts_with("/files/v1/") || path.starts_with("/apps/v1/");
+        let product =
+            path.starts_with("/files/v1/") || path.starts_with("/apps/v1/") || path.starts_with("/subscribe/v1/lists/");
         if product
             && !matches!(*req.method(), Method::GET | Method::HEAD)
             && micro::auth::bearer(req.headers()).is_none()
@@ -437,6 +442,17 @@ impl Gateway {
                 }
             };
             res.extensions_mut().insert(Tag { service: micro_apps::NAME.to_string(), endpoint });
+            return res;
+        }
+        if path.starts_with("/subscribe/v1/")
+            && let Some(sub) = &self.inner.subscribe
+        {
+            if let Err(refused) = self.admit(&caller, &ns, micro_subscribe::NAME).await {
+                return refused;
+            }
+            let method = req.method().to_string();
+            let mut res = sub.serve(req, &caller).await;
+            res.extensions_mut().insert(Tag { service: micro_subscribe::NAME.to_string(), endpoint: method });
             return res;
         }
         if path.starts_with("/files/v1/")

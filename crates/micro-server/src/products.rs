@@ -29,6 +29,8 @@ pub(crate) struct Hosted {
     pub(crate) files: Option<std::sync::Arc<micro_files::Files>>,
     /// The apps product, whose sites the gateway serves (set once the store and blobs are).
     pub(crate) apps: Option<std::sync::Arc<micro_apps::Apps>>,
+    /// The subscribe product, whose public pages the gateway serves.
+    pub(crate) subscribe: Option<std::sync::Arc<micro_subscribe::Subscribe>>,
 }
 
 impl Hosted {
@@ -53,7 +55,7 @@ impl Hosted {
 }
 
 /// Every product, by name.
-pub(crate) const PRODUCTS: [Product; 7] = [
+pub(crate) const PRODUCTS: [Product; 8] = [
     Product {
         name: micro_distributed::NAME,
         build: |s, _, _| micro_distributed::service(s),
@@ -110,6 +112,16 @@ pub(crate) const PRODUCTS: [Product; 7] = [
         tenant_prefix: Some(micro_apps::tenant_prefix),
         scopes: &[],
     },
+    // Mailing lists: the gateway serves the public pages; the service, the lists.
+    Product {
+        name: micro_subscribe::NAME,
+        build: |s, _, h| match &h.subscribe {
+            Some(sub) => micro_subscribe::service_with(s, sub.clone()),
+            None => s,
+        },
+        tenant_prefix: Some(micro_subscribe::tenant_prefix),
+        scopes: &[],
+    },
 ];
 
 /// Where every product keeps namespace `ns`'s data: a table and a key prefix.
@@ -123,7 +135,7 @@ pub(crate) fn tenant_data(ns: &str) -> Vec<(micro_core::store::Table, String)> {
 }
 
 /// The names of every product.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
     micro_distributed::NAME,
     micro_email::NAME,
     micro_platform::NAME,
@@ -131,6 +143,7 @@ pub const NAMES: [&str; 7] = [
     micro_users::NAME,
     micro_files::NAME,
     micro_apps::NAME,
+    micro_subscribe::NAME,
 ];
 
 /// The account a product runs as.
@@ -172,6 +185,7 @@ pub(crate) async fn start(
         (p.name != micro_db::NAME || hosted.db.is_some())
             && (p.name != micro_files::NAME || hosted.files.is_some())
             && (p.name != micro_apps::NAME || hosted.apps.is_some())
+            && (p.name != micro_subscribe::NAME || hosted.subscribe.is_some())
     };
     for p in PRODUCTS.iter().filter(|p| config.services.iter().any(|s| s == p.name)).filter(hosts) {
         let (id, secret) = auth.product_account(p.name, p.scopes).await?;
@@ -200,7 +214,10 @@ mod tests {
 
     #[test]
     fn selecting() {
-        assert_eq!(select("all").unwrap(), vec!["distributed", "email", "platform", "db", "users", "files", "apps"]);
+        assert_eq!(
+            select("all").unwrap(),
+            vec!["distributed", "email", "platform", "db", "users", "files", "apps", "subscribe"]
+        );
         assert!(select("off").unwrap().is_empty());
         assert_eq!(select(" distributed ,").unwrap(), vec!["distributed"]);
         assert!(select("distributed,billing").unwrap_err().contains("unknown service \"billing\""));

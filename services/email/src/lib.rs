@@ -121,6 +121,9 @@ pub struct Mail {
     /// once it is done.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sensitive: bool,
+    /// Where its recipient unsubscribes in one click (`List-Unsubscribe`, RFC 8058).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsubscribe: Option<String>,
 }
 
 /// What a sensitive mail's bodies read as.
@@ -161,6 +164,11 @@ pub struct SendRequest {
     /// they are dropped once it is sent.
     #[serde(default)]
     pub sensitive: Option<bool>,
+    /// A mailing list's one-click unsubscribe address (an `https://` or `http://` URL):
+    /// the mail carries `List-Unsubscribe` and `List-Unsubscribe-Post:
+    /// List-Unsubscribe=One-Click` (RFC 8058), which mail clients show as "Unsubscribe".
+    #[serde(default)]
+    pub unsubscribe: Option<String>,
 }
 
 /// `Email.Send` reply.
@@ -516,6 +524,14 @@ impl Shared {
         }
         let to = req.to.iter().map(|t| address("recipient", t)).collect::<Result<Vec<_>, _>>()?;
         let reply_to = req.reply_to.as_deref().map(|r| address("reply_to", r)).transpose()?;
+        if let Some(u) = &req.unsubscribe {
+            let ok = (u.starts_with("https://") || u.starts_with("http://"))
+                && u.len() <= 2000
+                && !u.chars().any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>');
+            if !ok {
+                return Err(Status::bad_request(NAME, "unsubscribe is an http(s):// URL of at most 2000 characters"));
+            }
+        }
         let from_name =
             req.from_name.as_deref().map(|n| line("from_name", n, 64)).transpose()?.filter(|n| !n.is_empty());
         // A tenant's mail is "`<name> via <platform>`": a name that passes for the platform
@@ -623,6 +639,7 @@ impl Shared {
                 due,
                 done: None,
                 sensitive: req.sensitive.unwrap_or(false),
+                unsubscribe: req.unsubscribe.clone(),
             };
             outbox::enqueue(&self.store, &ns, &mail).await?;
         }

@@ -66,6 +66,9 @@ impl Sender {
         if let Some(r) = &mail.reply_to {
             b = b.reply_to(r.parse().map_err(|e| format!("reply-to {r:?}: {e}"))?);
         }
+        if let Some(u) = &mail.unsubscribe {
+            b = b.header(ListUnsubscribe(format!("<{u}>"))).header(ListUnsubscribePost);
+        }
         let m = match &mail.html {
             Some(html) => b.multipart(MultiPart::alternative_plain_html(mail.text.clone(), html.clone())),
             None => b.singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(mail.text.clone())),
@@ -126,4 +129,40 @@ pub(crate) fn off() -> Status {
         NAME,
         "this platform sends no mail: its operator sets MICRO_SMTP (see docs/email.md)",
     )
+}
+
+/// `List-Unsubscribe: <url>` (RFC 2369).
+#[derive(Clone)]
+struct ListUnsubscribe(String);
+
+impl lettre::message::header::Header for ListUnsubscribe {
+    fn name() -> lettre::message::header::HeaderName {
+        lettre::message::header::HeaderName::new_from_ascii_str("List-Unsubscribe")
+    }
+
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribe(s.to_string()))
+    }
+
+    fn display(&self) -> lettre::message::header::HeaderValue {
+        lettre::message::header::HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+#[derive(Clone)]
+struct ListUnsubscribePost;
+
+impl lettre::message::header::Header for ListUnsubscribePost {
+    fn name() -> lettre::message::header::HeaderName {
+        lettre::message::header::HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribePost)
+    }
+
+    fn display(&self) -> lettre::message::header::HeaderValue {
+        lettre::message::header::HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".to_string())
+    }
 }

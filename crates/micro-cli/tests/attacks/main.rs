@@ -22,6 +22,7 @@ mod runtime;
 #[path = "../runtime_harness/mod.rs"]
 mod runtime_harness;
 mod settings;
+mod subscribe;
 
 use micro::data::{Data, StaticToken, TokenSource};
 use micro_core::registry::{Node, Registry as _, Service};
