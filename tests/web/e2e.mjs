@@ -343,6 +343,7 @@ const PAGES = [
   "/users",
   "/files",
   "/apps",
+  "/lists",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -513,7 +514,7 @@ step("at phone width the navigation shows and nothing overflows sideways", async
   for (const p of PAGES) {
     await visit(page, p);
     const links = page.locator('nav[aria-label="Sections"] a');
-    assertEqual(await links.count(), 13, `section links on ${p} (the operator sees Platform)`);
+    assertEqual(await links.count(), 14, `section links on ${p} (the operator sees Platform)`);
     for (const link of await links.all()) {
       assert(await link.isVisible(), `${await link.innerText()} is hidden on ${p}`);
       const box = await link.boundingBox();
@@ -954,6 +955,42 @@ step("apps: two deploys are listed, the first is served again with a button, the
   assertEqual(asked, "Delete site and every deploy of it?", "the question");
   await see(page, 'p.notice[role="status"]', "App site deleted.");
   await see(page, "#apps-count", "No apps yet.");
+  await page.getByLabel("Namespace", { exact: true }).fill(NAMESPACE);
+  await follow(page, page.getByRole("button", { name: "Switch" }));
+});
+
+step("mailing lists: a list is made from the form, a subscription is counted, then the list is deleted after a question", async ({
+  page,
+}) => {
+  const ns = `lists-${RUN}`;
+  await login(page);
+  await page.getByLabel("Namespace", { exact: true }).fill(ns);
+  await follow(page, page.getByRole("button", { name: "Switch" }));
+  await visit(page, "/lists");
+  await see(page, "#lists-count", "No lists yet.");
+  await page.getByLabel("Name (lowercase letters, digits, - and _)", { exact: true }).fill("News!");
+  await noBrowserChecks(page.getByLabel("Name (lowercase letters, digits, - and _)", { exact: true }));
+  await follow(page, page.getByRole("button", { name: "Save list" }));
+  await see(page, '.error[role="alert"]', /400 Bad Request.*not a list name/);
+  await visit(page, "/lists");
+  await page.getByLabel("Name (lowercase letters, digits, - and _)", { exact: true }).fill("news");
+  await page.getByLabel("Title (in the mails and pages)", { exact: true }).fill("Shop News");
+  await follow(page, page.getByRole("button", { name: "Save list" }));
+  await see(page, 'p.notice[role="status"]', "List news saved.");
+  const r = await fetch(`${API}/subscribe/v1/${ns}/lists/news/subscribe`, {
+    method: "POST",
+    headers: { "content-type": "application/x-www-form-urlencoded" },
+    body: "email=zoe%40example.com",
+  });
+  assertEqual(r.status, 200, `subscribe: ${await r.clone().text()}`);
+  await visit(page, "/lists");
+  await see(page, "#lists-count", "1 list.");
+  await see(page, "table.lists", "Shop News");
+  await look(page, "lists");
+  const asked = await followConfirmed(page, page.getByRole("button", { name: "Delete news" }));
+  assertEqual(asked, "Delete news and its subscribers?", "the question");
+  await see(page, 'p.notice[role="status"]', "List news deleted.");
+  await see(page, "#lists-count", "No lists yet.");
   await page.getByLabel("Namespace", { exact: true }).fill(NAMESPACE);
   await follow(page, page.getByRole("button", { name: "Switch" }));
 });

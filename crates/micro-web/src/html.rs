@@ -12,6 +12,7 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
     ("users", "App users"),
     ("files", "Files"),
     ("apps", "Apps"),
+    ("lists", "Lists"),
     ("config", "Config"),
     ("events", "Events"),
     ("auth", "Auth"),

@@ -35,6 +35,7 @@ mod files;
 mod gateway;
 mod health;
 mod html;
+mod lists;
 mod plan;
 mod platform;
 mod runtime;
@@ -189,7 +190,7 @@ impl Web {
                     .fallback(extract::fallback)
             };
         }
-        let sections: [(&str, MethodRouter<Web>); 15] = [
+        let sections: [(&str, MethodRouter<Web>); 16] = [
             ("services", section!(services)),
             ("runtime", section!(runtime)),
             ("store", section!(store)),
@@ -197,6 +198,7 @@ impl Web {
             ("users", section!(users)),
             ("files", section!(files)),
             ("apps", section!(apps)),
+            ("lists", section!(lists)),
             ("config", section!(config)),
             ("events", section!(events)),
             ("auth", section!(auth)),
