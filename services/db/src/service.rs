@@ -127,28 +127,29 @@ impl Db {
         let _ = self.on_delete.set(hook);
     }
 
-    /// Whether `caller` (acting in its namespace) may do `access` to record `id` of
-    /// `collection` by the collection's rules: `false` for a record that does not exist
-    /// or that the caller may not see.
+    /// When record `id` of `collection` was made, if `caller` (acting in its namespace)
+    /// may do `access` to it by the collection's rules: `None` for a record that does not
+    /// exist or that the caller may not see. (The time tells a record from a later one
+    /// made with the same id.)
     pub async fn allows(
         self: &Arc<Self>,
         caller: &micro::auth::Caller,
         collection: &str,
         id: &str,
         access: Access,
-    ) -> Result<bool, Status> {
+    ) -> Result<Option<String>, Status> {
         let who = who_of(caller);
         let c = match self::collection(self, &who, collection).await {
             Ok(c) if c.updated.is_some() => c,
-            Ok(_) => return Ok(false),
-            Err(e) if e.code() == Code::NotFound => return Ok(false),
+            Ok(_) => return Ok(None),
+            Err(e) if e.code() == Code::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
         let mut rules = Vec::new();
         for op in [Some(Op::View), (access == Access::Update).then_some(Op::Update)].into_iter().flatten() {
             match c.rule(&who, op) {
                 Ok(r) => rules.extend(r),
-                Err(e) if e.code() == Code::PermissionDenied => return Ok(false),
+                Err(e) if e.code() == Code::PermissionDenied => return Ok(None),
                 Err(e) => return Err(e),
             }
         }
@@ -159,8 +160,8 @@ impl Db {
         };
         let (d, ns, name, id, request) = (self.clone(), who.ns.clone(), c.name.clone(), id.to_string(), who.request);
         match blocking(move || d.records.get_as(&ns, &name, &id, rule.as_ref(), &request)).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.code() == Code::NotFound || e.code() == Code::InvalidArgument => Ok(false),
+            Ok(r) => Ok(Some(r.created)),
+            Err(e) if e.code() == Code::NotFound || e.code() == Code::InvalidArgument => Ok(None),
             Err(e) => Err(e),
         }
     }

@@ -157,6 +157,9 @@ pub struct File {
     /// may see it, and it is deleted with the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,
+    /// When that record was made: a record made later with the same id is another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_created: Option<String>,
 }
 
 impl File {
@@ -167,6 +170,7 @@ impl File {
             self.owner.clear();
             self.owner_kind.clear();
             self.record = None;
+            self.record_created = None;
         }
         self
     }
@@ -382,9 +386,9 @@ impl Files {
         ns: &str,
         record: &str,
         access: micro_db::Access,
-    ) -> Result<bool, Status> {
-        let Some(db) = &self.db else { return Ok(false) };
-        let Some((collection, id)) = record.split_once('/') else { return Ok(false) };
+    ) -> Result<Option<String>, Status> {
+        let Some(db) = &self.db else { return Ok(None) };
+        let Some((collection, id)) = record.split_once('/') else { return Ok(None) };
         let mut acting = caller.clone();
         acting.namespace = ns.to_string();
         db.allows(&acting, collection, id, access).await
@@ -410,7 +414,7 @@ impl Files {
                 "the database is not hosted here: files attach to no record",
             ));
         }
-        if !self.record_allows(who.caller, who.ns, &record, micro_db::Access::Update).await? {
+        if self.record_allows(who.caller, who.ns, &record, micro_db::Access::Update).await?.is_none() {
             return Err(denied(format!("no record {record} that you may change")));
         }
         Ok(Some(record))
@@ -578,13 +582,16 @@ impl Files {
             return Ok(true);
         }
         match &f.record {
-            Some(record) => self.record_allows(who.caller, who.ns, record, micro_db::Access::View).await,
+            Some(record) => {
+                let made = self.record_allows(who.caller, who.ns, record, micro_db::Access::View).await?;
+                Ok(made.is_some_and(|m| same_record(f, &m)))
+            }
             None => Ok(false),
         }
     }
 
-    /// Whether record `record` (`collection/id`) of `ns` exists.
-    async fn record_exists(&self, ns: &str, record: &str) -> Result<bool, Status> {
+    /// When record `record` (`collection/id`) of `ns` was made, if it exists.
+    async fn record_made(&self, ns: &str, record: &str) -> Result<Option<String>, Status> {
         // The product itself, as an operator acting in the namespace, sees every record.
         let operator = micro_core::auth::Account {
             id: format!("product-{NAME}"),
@@ -613,15 +620,17 @@ impl Files {
     async fn list(&self, who: &Who<'_>, owner: Option<String>, record: Option<String>) -> Result<Vec<File>, Status> {
         if let Some(record) = record {
             // A record's files: for whoever may see the record.
-            if !self.record_allows(who.caller, who.ns, &record, micro_db::Access::View).await? {
+            let Some(made) = self.record_allows(who.caller, who.ns, &record, micro_db::Access::View).await? else {
                 return Err(Status::new(Code::NotFound, NAME, format!("no record {record}")));
-            }
+            };
             let prefix = format!("{}/record/{record}/", who.ns);
             let keys = self.store.list(&self.table, &prefix, &Query { prefix: true, ..Default::default() }).await?;
             let mut files = Vec::new();
             for key in keys {
                 let Some(id) = key.rsplit('/').next() else { continue };
-                if let Some(f) = self.read_json::<File>(&format!("{}/file/{id}", who.ns)).await? {
+                if let Some(f) = self.read_json::<File>(&format!("{}/file/{id}", who.ns)).await?
+                    && same_record(&f, &made)
+                {
                     files.push(f);
                 }
             }
@@ -756,6 +765,7 @@ impl Files {
                 sha256: String::new(),
                 created: now(),
                 record,
+                record_created: None,
             };
             self.store_file(who.ns, &settings, file, &declared, room, Box::pin(stream)).await?
         };
@@ -794,6 +804,7 @@ impl Files {
                             sha256: String::new(),
                             created: now(),
                             record: record.clone(),
+                            record_created: None,
                         };
                         stored =
                             Some(self.store_file(who.ns, settings, file, &declared, room, Box::pin(chunks)).await?);
@@ -872,6 +883,12 @@ impl Files {
         let digest = sha2::Digest::finalize(std::mem::take(&mut *hasher.lock().unwrap_or_else(|e| e.into_inner())));
         file.sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
         if let Some(record) = &file.record {
+            // Which record it is: a later one made with the same id is another.
+            file.record_created = self.record_made(ns, record).await?;
+            if file.record_created.is_none() {
+                let _ = self.blob.delete(ns, BUCKET, &file.id).await;
+                return Err(Status::new(Code::NotFound, NAME, format!("record {record} was deleted meanwhile")));
+            }
             // The record's index first: a file whose record is deleted meanwhile is found.
             let key = format!("{ns}/record/{record}/{}", file.id);
             if let Err(e) = self.store.write(&self.table, &Record::new(key, Vec::new()), None).await {
@@ -884,7 +901,7 @@ impl Files {
             return Err(e);
         }
         if let Some(record) = &file.record
-            && !self.record_exists(ns, record).await?
+            && self.record_made(ns, record).await? != file.record_created
         {
             // Deleted while the file came: it goes too.
             self.delete(ns, &file.id).await?;
@@ -1279,6 +1296,7 @@ impl Files {
             sha256: String::new(),
             created: now(),
             record: u.record.clone(),
+            record_created: None,
         };
         let stored = self.store_file(who.ns, &settings, file, &u.declared, room, Box::pin(parts_stream)).await;
         self.drop_upload(who.ns, &u.id).await?;
@@ -1316,6 +1334,12 @@ impl Stream for Shared {
     ) -> std::task::Poll<Option<Self::Item>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).as_mut().poll_next(cx)
     }
+}
+
+/// Whether `f` is attached to the record made at `made` (a file from before the time was
+/// kept is taken as the record's).
+fn same_record(f: &File, made: &str) -> bool {
+    f.record_created.as_deref().is_none_or(|c| c == made)
 }
 
 fn no_room() -> Status {
@@ -1376,4 +1400,48 @@ fn sniff(head: &[u8], declared: &str) -> Result<String, Status> {
 fn wrong_type(declared: &str, found: &str) -> Status {
     Status::new(Code::InvalidArgument, NAME, format!("the content is {found}, not the {declared} it was sent as"))
         .with_http_status(415)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attached(created: Option<&str>) -> File {
+        File {
+            id: "a".repeat(20),
+            name: "x.png".into(),
+            size: 1,
+            content_type: "image/png".into(),
+            public: false,
+            owner: "zoe".into(),
+            owner_kind: "user".into(),
+            sha256: String::new(),
+            created: 0,
+            record: Some("posts/p1".into()),
+            record_created: created.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_record_made_again_with_the_same_id_is_another_record() {
+        let f = attached(Some("2026-12-06 10:00:00.000Z"));
+        assert!(same_record(&f, "2026-12-06 10:00:00.000Z"));
+        assert!(!same_record(&f, "2026-12-06 10:05:00.000Z"), "a later record of the same id");
+        assert!(same_record(&attached(None), "2026-12-06 10:05:00.000Z"), "a file from before the time was kept");
+        let shown = attached(Some("t")).for_viewer(false);
+        assert!(shown.owner.is_empty() && shown.record.is_none() && shown.record_created.is_none());
+    }
+
+    #[test]
+    fn names_and_types() {
+        assert_eq!(file_name("  ").unwrap(), "file");
+        for bad in ["../x", "a/b", "a\\b", ".", "..", "a\u{0}b", "a\nb"] {
+            assert!(file_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(sniff(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR", "image/png").unwrap(), "image/png");
+        assert!(sniff(b"hello", "image/png").is_err());
+        assert_eq!(sniff(b"hello", "text/csv").unwrap(), "text/csv; charset=utf-8");
+        assert_eq!(sniff(b"hello", "").unwrap(), "text/plain; charset=utf-8");
+        assert_eq!(sniff(&[0, 1, 2, 3], "").unwrap(), "application/octet-stream");
+    }
 }
