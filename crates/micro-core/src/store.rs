@@ -196,3 +196,52 @@ pub fn not_found(key: &str, table: &Table) -> Status {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// The value of record `key` of `table` as JSON (`None` when there is none): how a
+/// product reads its own records.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    table: &Table,
+    key: &str,
+) -> Result<Option<T>, Status> {
+    match store.read(table, key, &Query::default()).await {
+        Ok(r) => match r.first() {
+            Some(r) => serde_json::from_slice(&r.value).map(Some).map_err(|e| {
+                Status::internal(
+                    "store",
+                    format!("record {key} of {}/{} is unreadable: {e}", table.database, table.table),
+                )
+            }),
+            None => Ok(None),
+        },
+        Err(e) if e.code() == crate::Code::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `value` as JSON at `key` of `table`, expiring after `ttl` when given.
+pub async fn write_json<T: Serialize>(
+    store: &dyn Store,
+    table: &Table,
+    key: &str,
+    value: &T,
+    ttl: Option<Duration>,
+) -> Result<(), Status> {
+    let bytes = serde_json::to_vec(value).map_err(|e| Status::internal("store", e.to_string()))?;
+    store.write(table, &Record::new(key, bytes), ttl).await
+}
+
+/// A secret of 30 random bytes kept at `key` of `table` (a signing key), made on first
+/// use. Two nodes making one at the same time both use the one kept.
+pub async fn secret(store: &dyn Store, table: &Table, key: &str) -> Result<Vec<u8>, Status> {
+    if let Ok(r) = store.read(table, key, &Query::default()).await
+        && let Some(r) = r.first()
+    {
+        return Ok(r.value.clone());
+    }
+    // Two version-4 UUIDs: 244 random bits from the system's generator.
+    let fresh: Vec<u8> = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()].iter().flat_map(|u| u.into_bytes()).collect();
+    store.write(table, &Record::new(key, fresh), None).await?;
+    let r = store.read(table, key, &Query::default()).await?;
+    r.first().map(|r| r.value.clone()).ok_or_else(|| Status::internal("store", format!("the secret {key} vanished")))
+}

@@ -18,7 +18,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use micro::auth::Caller;
 use micro_core::auth::AccountType;
 use micro_core::blob::Blob;
-use micro_core::store::{Query, Record, Store, Table};
+use micro_core::store::{Query, Store, Table};
 use micro_core::{Code, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -317,21 +317,11 @@ impl Apps {
     }
 
     async fn read_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Status> {
-        match self.store.read(&self.table, key, &Query::default()).await {
-            Ok(r) => match r.first() {
-                Some(r) => {
-                    serde_json::from_slice(&r.value).map(Some).map_err(|e| Status::internal(NAME, e.to_string()))
-                }
-                None => Ok(None),
-            },
-            Err(e) if e.code() == Code::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        micro_core::store::read_json(self.store.as_ref(), &self.table, key).await
     }
 
     async fn write_json<T: Serialize>(&self, key: String, v: &T) -> Result<(), Status> {
-        let value = serde_json::to_vec(v).map_err(|e| Status::internal(NAME, e.to_string()))?;
-        self.store.write(&self.table, &Record::new(key, value), None).await
+        micro_core::store::write_json(self.store.as_ref(), &self.table, &key, v, None).await
     }
 
     async fn app(&self, ns: &str, name: &str) -> Result<Option<App>, Status> {

@@ -530,32 +530,15 @@ impl Files {
     }
 
     async fn settings(&self, ns: &str) -> Result<Settings, Status> {
-        match self.store.read(&self.table, &format!("{ns}/settings"), &Query::default()).await {
-            Ok(r) => match r.first() {
-                Some(r) => serde_json::from_slice(&r.value).map_err(|e| Status::internal(NAME, e.to_string())),
-                None => Ok(Settings::default()),
-            },
-            Err(e) if e.code() == Code::NotFound => Ok(Settings::default()),
-            Err(e) => Err(e),
-        }
+        Ok(self.read_json(&format!("{ns}/settings")).await?.unwrap_or_default())
     }
 
     async fn read_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Status> {
-        match self.store.read(&self.table, key, &Query::default()).await {
-            Ok(r) => match r.first() {
-                Some(r) => {
-                    serde_json::from_slice(&r.value).map(Some).map_err(|e| Status::internal(NAME, e.to_string()))
-                }
-                None => Ok(None),
-            },
-            Err(e) if e.code() == Code::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        micro_core::store::read_json(self.store.as_ref(), &self.table, key).await
     }
 
     async fn write_json<T: Serialize>(&self, key: String, v: &T, ttl: Option<Duration>) -> Result<(), Status> {
-        let value = serde_json::to_vec(v).map_err(|e| Status::internal(NAME, e.to_string()))?;
-        self.store.write(&self.table, &Record::new(key, value), ttl).await
+        micro_core::store::write_json(self.store.as_ref(), &self.table, &key, v, ttl).await
     }
 
     async fn file(&self, ns: &str, id: &str) -> Result<File, Status> {
@@ -940,18 +923,7 @@ impl Files {
 
     /// The namespace's key that signs URLs (made on first use).
     async fn key(&self, ns: &str) -> Result<Vec<u8>, Status> {
-        let k = format!("{ns}/key");
-        if let Ok(r) = self.store.read(&self.table, &k, &Query::default()).await
-            && let Some(r) = r.first()
-        {
-            return Ok(r.value.clone());
-        }
-        let mut fresh = vec![0u8; 32];
-        getrandom::fill(&mut fresh).map_err(|e| Status::internal(NAME, format!("randomness: {e}")))?;
-        self.store.write(&self.table, &Record::new(k.clone(), fresh), None).await?;
-        // Another node may have made one at the same time: the one kept is the one used.
-        let r = self.store.read(&self.table, &k, &Query::default()).await?;
-        r.first().map(|r| r.value.clone()).ok_or_else(|| Status::internal(NAME, "the signing key vanished"))
+        micro_core::store::secret(self.store.as_ref(), &self.table, &format!("{ns}/key")).await
     }
 
     fn signature(key: &[u8], ns: &str, id: &str, expires: u64) -> String {

@@ -17,7 +17,7 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use micro::auth::Caller;
 use micro::web::{Body, reply};
 use micro_core::auth::AccountType;
-use micro_core::store::{Query, Record, Store, Table};
+use micro_core::store::{Query, Store, Table};
 use micro_core::{Code, Status};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -183,21 +183,11 @@ impl Subscribe {
     }
 
     pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, Status> {
-        match self.store.read(&self.table, key, &Query::default()).await {
-            Ok(r) => match r.first() {
-                Some(r) => {
-                    serde_json::from_slice(&r.value).map(Some).map_err(|e| Status::internal(NAME, e.to_string()))
-                }
-                None => Ok(None),
-            },
-            Err(e) if e.code() == Code::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+        micro_core::store::read_json(self.store.as_ref(), &self.table, key).await
     }
 
     pub(crate) async fn write_json<T: Serialize>(&self, key: String, v: &T) -> Result<(), Status> {
-        let value = serde_json::to_vec(v).map_err(|e| Status::internal(NAME, e.to_string()))?;
-        self.store.write(&self.table, &Record::new(key, value), None).await
+        micro_core::store::write_json(self.store.as_ref(), &self.table, &key, v, None).await
     }
 
     pub(crate) async fn list(&self, ns: &str, name: &str) -> Result<Option<List>, Status> {
@@ -306,17 +296,7 @@ impl Subscribe {
 
     /// The namespace's key that signs links (made on first use).
     async fn key(&self, ns: &str) -> Result<Vec<u8>, Status> {
-        let k = format!("{ns}/key");
-        if let Ok(r) = self.store.read(&self.table, &k, &Query::default()).await
-            && let Some(r) = r.first()
-        {
-            return Ok(r.value.clone());
-        }
-        let mut fresh = vec![0u8; 32];
-        getrandom::fill(&mut fresh).map_err(|e| Status::internal(NAME, format!("randomness: {e}")))?;
-        self.store.write(&self.table, &Record::new(k.clone(), fresh), None).await?;
-        let r = self.store.read(&self.table, &k, &Query::default()).await?;
-        r.first().map(|r| r.value.clone()).ok_or_else(|| Status::internal(NAME, "the signing key vanished"))
+        micro_core::store::secret(self.store.as_ref(), &self.table, &format!("{ns}/key")).await
     }
 
     fn sign(key: &[u8], what: &str) -> String {
