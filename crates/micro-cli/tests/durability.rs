@@ -96,7 +96,7 @@ async fn try_call(api: &str, bearer: &str) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(api).await.ok()?;
     let req = format!(
-        "POST /registry/Registry/ListServices HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nAuthorization: {bearer}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+        "POST /registry/Registry/GetService HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\nAuthorization: {bearer}\r\nContent-Type: application/json\r\nContent-Length: 16\r\n\r\n{{\"name\":\"proxy\"}}"
     );
     s.write_all(req.as_bytes()).await.ok()?;
     let mut buf = Vec::new();
@@ -179,7 +179,7 @@ async fn metered_requests_survive_sigkill() {
     let server = server.start();
     let cli = server.admin_cli().await;
     for (service, endpoint, ok, cut) in [
-        ("registry", "Registry.ListServices", n(http_ok), n(http_cut)),
+        ("registry", "Registry.GetService", n(http_ok), n(http_cut)),
         ("store", "Store.Write", n(grpc_ok), n(grpc_cut)),
     ] {
         // What the killed process left is stored at the restart's first flush.
@@ -195,10 +195,9 @@ async fn metered_requests_survive_sigkill() {
         assert!(seen <= ok + cut, "{service}: {ok} succeeded and {cut} were cut off, {seen} metered: counted twice");
     }
     // Later flushes add nothing to what the clients sent before the kill.
-    let before =
-        (metered(&cli, "registry", "Registry.ListServices").await, metered(&cli, "store", "Store.Write").await);
+    let before = (metered(&cli, "registry", "Registry.GetService").await, metered(&cli, "store", "Store.Write").await);
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let after = (metered(&cli, "registry", "Registry.ListServices").await, metered(&cli, "store", "Store.Write").await);
+    let after = (metered(&cli, "registry", "Registry.GetService").await, metered(&cli, "store", "Store.Write").await);
     assert_eq!(before, after);
 }
 
