@@ -48,14 +48,6 @@ pub(crate) async fn post(page: &Page, form: &Form) -> Response<Body> {
     }
 }
 
-fn size(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1_000_000 => format!("{:.1} MB", b as f64 / 1e6),
-        b if b >= 1000 => format!("{:.1} kB", b as f64 / 1e3),
-        b => format!("{b} B"),
-    }
-}
-
 fn when(secs: &Value) -> String {
     micro_core::time::utc(secs.as_u64().unwrap_or(0) * 1000).get(..16).unwrap_or_default().to_string()
 }
@@ -103,7 +95,7 @@ async fn apps(page: &Page, error: Option<Status>) -> Response<Body> {
                             tr {
                                 td { code { (id) } @if id == current { " (serving)" } @if d["preview"] == Value::Bool(true) { " (preview)" } }
                                 td { (d["files"]) }
-                                td { (size(d["size"].as_u64().unwrap_or(0))) }
+                                td { (html::bytes(d["size"].as_u64().unwrap_or(0))) }
                                 td { (d["by"].as_str().unwrap_or_default()) }
                                 td { (when(&d["created"])) }
                                 td {

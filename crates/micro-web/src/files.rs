@@ -72,15 +72,6 @@ pub(crate) async fn post(page: &Page, form: &Form) -> Response<Body> {
     }
 }
 
-/// A size for people.
-fn size(bytes: u64) -> String {
-    match bytes {
-        b if b >= MB => format!("{:.1} MB", b as f64 / MB as f64),
-        b if b >= 1000 => format!("{:.1} kB", b as f64 / 1000.0),
-        b => format!("{b} B"),
-    }
-}
-
 /// The page: the settings, then the files.
 async fn files(page: &Page, error: Option<Status>) -> Response<Body> {
     let client = page.client();
@@ -129,7 +120,7 @@ async fn files(page: &Page, error: Option<Status>) -> Response<Body> {
             @if list.is_empty() {
                 p #files-count { "No files yet." }
             } @else {
-                p #files-count { (list.len()) @if list.len() == 1 { " file, " } @else { " files, " } (size(total)) "." }
+                p #files-count { (list.len()) @if list.len() == 1 { " file, " } @else { " files, " } (html::bytes(total)) "." }
                 table.files {
                     thead { tr { th scope="col" { "Name" } th scope="col" { "Type" } th scope="col" { "Size" } th scope="col" { "Owner" } th scope="col" { "Public" } th scope="col" { "Uploaded" } th scope="col" { "Delete" } } }
                     tbody {
@@ -139,7 +130,7 @@ async fn files(page: &Page, error: Option<Status>) -> Response<Body> {
                             tr {
                                 td { (name) @if let Some(r) = f["record"].as_str() { br; small { "on " (r) } } }
                                 td { (f["type"].as_str().unwrap_or_default().split(';').next().unwrap_or_default()) }
-                                td { (size(f["size"].as_u64().unwrap_or(0))) }
+                                td { (html::bytes(f["size"].as_u64().unwrap_or(0))) }
                                 td { (f["owner"].as_str().unwrap_or_default()) @if f["owner_kind"] == "user" { " (app user)" } }
                                 td { @if f["public"] == Value::Bool(true) { "yes" } @else { "no" } }
                                 td { (micro_core::time::utc(f["created"].as_u64().unwrap_or(0) * 1000).get(..16).unwrap_or_default()) }

@@ -193,22 +193,12 @@ fn uptime(secs: u64) -> String {
     }
 }
 
-/// Bytes in binary units: `512 B`, `1.5 KiB`, `12.3 MiB`, `2.0 GiB`.
+/// A node's memory ([`html::bytes`]), `unknown` when it was not read.
 fn bytes(n: u64) -> String {
     if n == 0 {
         return "unknown".into();
     }
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
+    html::bytes(n)
 }
 
 /// Failed requests as a share of all, when there were any.

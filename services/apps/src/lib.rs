@@ -9,7 +9,6 @@
 //! current: it is served at `<name>--<deploy>` (host or path) until deleted. The last
 //! [`KEEP`] deploys of an app are kept.
 
-mod http_util;
 mod service;
 
 use bytes::Bytes;
@@ -26,8 +25,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http_util::{error, reply};
+use micro::json_error as error;
 pub use micro::web::Body;
+use micro::web::reply;
 pub use service::{
     DeployReply, DeployRequest, Empty, GetReply, ListReply, NameRequest, RollbackRequest, UPLOADS, service_with,
 };
@@ -579,20 +579,21 @@ impl Apps {
             }
             (&Method::DELETE, ["apps", name]) => {
                 self.delete(&who, name).await?;
-                Ok(http_util::empty(StatusCode::NO_CONTENT))
+                Ok(micro::web::empty(StatusCode::NO_CONTENT))
             }
             (&Method::POST, ["apps", name, "deploys"]) => {
                 let name = name.to_string();
                 let preview =
-                    http_util::query_param(req.uri().query(), "preview").is_some_and(|v| v == "true" || v == "1");
+                    micro::web::query_param(req.uri().query(), "preview").is_some_and(|v| v == "true" || v == "1");
                 who.deployer()?;
-                let archive = http_util::collect_limited(req.into_body(), MAX_SITE + (MAX_FILES as u64) * 1024).await?;
+                let archive =
+                    micro::web::collect_limited(req.into_body(), MAX_SITE + (MAX_FILES as u64) * 1024, NAME).await?;
                 let (deploy, app) = self.deploy(&who, &name, archive, preview).await?;
                 Ok(to_json(&json!({"deploy": deploy, "app": app})))
             }
             (&Method::POST, ["apps", name, "rollback"]) => {
                 let name = name.to_string();
-                let body = http_util::json_body(req.into_body(), 4096).await?;
+                let body = micro::web::json_body(req.into_body(), 4096, NAME).await?;
                 let to = body.get("to").and_then(|v| v.as_str()).map(str::to_string);
                 if let Some(k) = body.as_object().and_then(|o| o.keys().find(|k| *k != "to")) {
                     return Err(bad(format!("unknown field {k:?}: to is")));
@@ -687,14 +688,14 @@ impl Apps {
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
         {
-            http_util::empty(StatusCode::NOT_MODIFIED)
+            micro::web::empty(StatusCode::NOT_MODIFIED)
         } else if method == Method::HEAD {
-            let mut r = http_util::empty(status);
+            let mut r = micro::web::empty(status);
             r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(entry.size));
             r
         } else {
             let (_, chunks) = self.blob.get(ns, BUCKET, &format!("{name}/{deploy}/{file}")).await?;
-            let mut r = Response::new(http_util::stream_body(chunks));
+            let mut r = Response::new(micro::web::stream_body(chunks));
             *r.status_mut() = status;
             r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(entry.size));
             r
