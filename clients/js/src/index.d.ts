@@ -557,6 +557,112 @@ export declare class Files {
   saveSettings(settings: Partial<FilesSettings>, options?: RequestOptions): Promise<FilesSettings>;
 }
 
+/** A notification as the server sends it (to a service worker, and to `push.listen`). */
+export interface PushNotification {
+  /** The message's id (for `push.receipt`). */
+  id: string;
+  title: string;
+  body: string;
+  /** Where a click leads. */
+  url?: string;
+  /** Anything else the sender gave. */
+  data?: unknown;
+}
+
+/** A browser's subscription as the server keeps it (its push service's origin, no keys). */
+export interface PushSubscriptionInfo {
+  id: string;
+  user: string;
+  app_user: boolean;
+  endpoint: string;
+  topics: string[];
+  created: number;
+  last_ok?: number | null;
+  failures: number;
+}
+
+export interface PushMessage {
+  /** An app user's id; or `topic`; or `all: true`. */
+  user?: string;
+  topic?: string;
+  all?: boolean;
+  /** One line, 1–200 bytes. */
+  title: string;
+  body?: string;
+  /** An http(s) URL or a path of the app (`/…`). */
+  url?: string;
+  data?: unknown;
+  /** Seconds a push service keeps it for an offline browser (default 86400, at most 28 days). */
+  ttl?: number;
+  urgency?: 'very-low' | 'low' | 'normal' | 'high';
+  /** A newer message under this name replaces an undelivered older one. */
+  replace?: string;
+}
+
+/** What became of a message sent. */
+export interface PushReport {
+  id: string;
+  created: number;
+  by: string;
+  /** `user:<id>`, `topic:<name>` or `all`. */
+  target: string;
+  title: string;
+  subscriptions: number;
+  accepted: number;
+  expired: number;
+  failed: number;
+  errors: string[];
+  /** Users who reported `delivered` and `clicked` (once each). */
+  receipts: { delivered?: number; clicked?: number };
+}
+
+export interface ListenOptions {
+  /** Topics to hear besides those the user's subscriptions follow. */
+  topics?: string[];
+  /** Report `delivered` for each notification (default true). */
+  receipts?: boolean;
+  onError?: (error: MicroError, info: SubscribeErrorInfo) => void;
+  /** Reconnection delays in ms: `initial` (250) doubling up to `max` (10000), with jitter. */
+  backoff?: { initial?: number; max?: number };
+}
+
+/** The signed-in user's realtime notifications. */
+export declare class PushListener {
+  private constructor();
+  /** Whether it has ended (closed, or refused for good: the user signed out or was deleted). */
+  readonly closed: boolean;
+  /** Resolves when the server first confirms it; rejects if it ends before. */
+  readonly ready: Promise<void>;
+  /** Ends it: the connection closes, no more callbacks. */
+  close(): void;
+}
+
+/** The namespace's push notifications (`/push/v1/…`). */
+export declare class Push {
+  private constructor();
+  /** The namespace's VAPID public key (base64url): `applicationServerKey`. */
+  publicKey(options?: RequestOptions): Promise<string>;
+  /** Subscribes this browser (a service worker's registration asks the browser) for the signed-in user. */
+  subscribe(
+    target: ServiceWorkerRegistration | PushSubscription | { endpoint: string; keys: { p256dh: string; auth: string } },
+    options?: RequestOptions & { topics?: string[] },
+  ): Promise<PushSubscriptionInfo>;
+  /** The signed-in user's subscriptions (the team: everyone's, or `user`'s). */
+  subscriptions(options?: RequestOptions & { user?: string }): Promise<PushSubscriptionInfo[]>;
+  /** Ends a subscription. */
+  unsubscribe(sub: string | { id: string }, options?: RequestOptions): Promise<void>;
+  /** Sends a notification (the namespace's team). */
+  send(message: PushMessage, options?: RequestOptions): Promise<PushReport>;
+  /** The latest messages, newest first (the team). */
+  messages(options?: RequestOptions & { limit?: number }): Promise<PushReport[]>;
+  /** One message's report (the team). */
+  message(id: string, options?: RequestOptions): Promise<PushReport>;
+  /** Reports what became of a notification for the signed-in user. */
+  receipt(id: string, event: 'delivered' | 'clicked', options?: RequestOptions): Promise<void>;
+  /** The signed-in user's notifications as they are sent, while online. */
+  listen(callback: (n: PushNotification) => void | Promise<void>, options?: ListenOptions): PushListener;
+}
+
 export interface MicroOptions {
   /** The API gateway, like `http://127.0.0.1:8080`. */
   url: string;
@@ -599,6 +705,8 @@ export declare class Micro {
   readonly users: Users;
   /** The namespace's files: uploads (whole or resumable), downloads, signed URLs, thumbnails. */
   readonly files: Files;
+  /** The namespace's push notifications: browser subscriptions, sending, realtime listening. */
+  readonly push: Push;
   /** The records of collection `name`, typed by `T` (its fields, without the record's own). */
   collection<T extends object = Record<string, unknown>>(name: string): RecordService<T>;
   /** A filter from a template and values, safely quoted (see `filter`). */

@@ -768,29 +768,26 @@ export class Batch {
  * @property {{ initial?: number, max?: number }} [backoff] Reconnection delays, ms (default 250 doubling to 10000).
  */
 
-/** A live subscription: `unsubscribe()` ends it; `cursor` is where to resume. */
-export class Subscription {
+/**
+ * A stream of server-sent events that reconnects (with backoff) until it is closed or
+ * the server refuses it for good; a 401 refreshes the token once. Its kinds implement
+ * `_connect()` (one connection, until it ends or breaks) and call `_confirmed(value)`
+ * when the server confirms it.
+ */
+class Reconnecting {
   /**
    * @param {Micro} client
-   * @param {RecordService<any>} service
-   * @param {(event: any) => void | Promise<void>} callback
-   * @param {SubscribeOptions} options
+   * @param {{ onError?: (error: MicroError, info: { retrying: boolean, attempt: number, delay: number }) => void,
+   *   backoff?: { initial?: number, max?: number } }} options
    */
-  constructor(client, service, callback, options) {
-    if (typeof callback !== 'function') throw new TypeError('subscribe: the callback must be a function');
-    /** @private */
+  constructor(client, options) {
+    /** @protected */
     this._client = client;
-    /** @private */
-    this._service = service;
-    /** @private */
-    this._callback = callback;
-    /** @private */
+    /** @protected */
     this._options = options;
-    /** The cursor of the last event delivered (or of the subscription's start). @type {number | undefined} */
-    this.cursor = options.cursor;
-    /** Whether it has ended (unsubscribed, or a fatal error). */
+    /** Whether it has ended (closed, or a fatal error). */
     this.closed = false;
-    /** @private @type {AbortController | null} */
+    /** @protected @type {AbortController | null} */
     this._abort = null;
     /** @private @type {(() => void) | null} */
     this._wake = null;
@@ -800,33 +797,45 @@ export class Subscription {
     this._attempt = 0;
     /** @private: whether the token was refreshed for a 401 since the last confirmation */
     this._refreshed = false;
-    /** @private @type {(cursor: number) => void} */
+    /** @private @type {(value: any) => void} */
     this._resolve = () => {};
     /** @private @type {(e: unknown) => void} */
     this._reject = () => {};
     /**
-     * Settles when the server first confirms the subscription (with its cursor), or
-     * rejects when it ends before that.
-     * @type {Promise<number>}
+     * Settles when the server first confirms the stream, or rejects when it ends before.
+     * @type {Promise<any>}
      */
     this.ready = new Promise((resolve, reject) => {
       this._resolve = resolve;
       this._reject = reject;
     });
     this.ready.catch(() => {}); // not an unhandled rejection when nobody waits on it
-    this.unsubscribe = this.unsubscribe.bind(this);
+  }
+
+  /** @protected: starts the loop (once the subclass is set up). */
+  _start() {
     this._run();
   }
 
-  /** Ends the subscription (the connection closes; no more callbacks). */
-  unsubscribe() {
+  /** Ends the stream (the connection closes; no more callbacks). */
+  close() {
     if (this.closed) return;
     this.closed = true;
     this._abort?.abort();
     if (this._timer) clearTimeout(this._timer);
     this._wake?.();
-    this._reject(new MicroError({ status: 0, detail: 'unsubscribed', id: 'client' }));
+    this._reject(new MicroError({ status: 0, detail: 'closed', id: 'client' }));
   }
+
+  /** @protected @param {any} value: the server confirmed the stream. */
+  _confirmed(value) {
+    this._attempt = 0;
+    this._refreshed = false;
+    this._resolve(value);
+  }
+
+  /** @protected: one connection, until it ends or breaks. */
+  async _connect() {}
 
   /** @private */
   async _run() {
@@ -836,13 +845,13 @@ export class Subscription {
       try {
         await this._connect();
         if (this.closed) return;
-        error = new MicroError({ status: 0, detail: 'the subscription stream ended', id: 'client' });
+        error = new MicroError({ status: 0, detail: 'the stream ended', id: 'client' });
       } catch (e) {
         if (this.closed) return;
         error =
           e instanceof MicroError
             ? e
-            : new MicroError({ status: 0, detail: `the subscription broke: ${/** @type {any} */ (e)?.message ?? e}`, id: 'client', cause: e });
+            : new MicroError({ status: 0, detail: `the stream broke: ${/** @type {any} */ (e)?.message ?? e}`, id: 'client', cause: e });
       }
       let retrying = error.transient;
       let delay = retrying ? this._delay() : 0;
@@ -888,6 +897,36 @@ export class Subscription {
       this._timer = setTimeout(() => this._wake?.(), ms);
     });
   }
+}
+
+/** A live subscription: `unsubscribe()` ends it; `cursor` is where to resume. */
+export class Subscription extends Reconnecting {
+  /**
+   * @param {Micro} client
+   * @param {RecordService<any>} service
+   * @param {(event: any) => void | Promise<void>} callback
+   * @param {SubscribeOptions} options
+   */
+  constructor(client, service, callback, options) {
+    if (typeof callback !== 'function') throw new TypeError('subscribe: the callback must be a function');
+    super(client, options);
+    /** @private */
+    this._service = service;
+    /** @private */
+    this._callback = callback;
+    /** The cursor of the last event delivered (or of the subscription's start). @type {number | undefined} */
+    this.cursor = options.cursor;
+    /** @type {Promise<number>} */
+    this.ready;
+    this.unsubscribe = this.unsubscribe.bind(this);
+    this._start();
+  }
+
+  /** Ends the subscription (the connection closes; no more callbacks). */
+  unsubscribe() {
+    if (this.closed) return;
+    this.close();
+  }
 
   /** @private: one connection, until it ends or breaks. */
   async _connect() {
@@ -911,12 +950,10 @@ export class Subscription {
       msg = safeJSON(ev.data);
       if (!msg || typeof msg.action !== 'string') continue;
       if (msg.action === 'subscribed') {
-        this._attempt = 0;
-        this._refreshed = false;
         if (typeof msg.cursor === 'number' && (this.cursor === undefined || msg.cursor > this.cursor)) {
           this.cursor = msg.cursor;
         }
-        this._resolve(/** @type {number} */ (this.cursor));
+        this._confirmed(/** @type {number} */ (this.cursor));
         o.onSubscribed?.(/** @type {number} */ (this.cursor));
         continue;
       }
@@ -1704,6 +1741,222 @@ export class Files {
 // ---------------------------------------------------------------------------------------
 // The client
 
+// ---------------------------------------------------------------------------------------
+// Push notifications
+
+/**
+ * A notification as the server sends it (to a browser's service worker, encrypted, and
+ * to `push.listen`).
+ * @typedef {object} Notification
+ * @property {string} id The message's id (for `push.receipt`).
+ * @property {string} title
+ * @property {string} body
+ * @property {string} [url] Where a click leads.
+ * @property {any} [data] Anything else the sender gave.
+ */
+
+/**
+ * What `push.listen` takes.
+ * @typedef {object} ListenOptions
+ * @property {string[]} [topics] Topics to hear besides those the user's subscriptions follow.
+ * @property {boolean} [receipts] Report `delivered` for each notification (default true).
+ * @property {(error: MicroError, info: { retrying: boolean, attempt: number, delay: number }) => void} [onError]
+ *   Each error: `retrying` tells whether the stream goes on (after `delay` ms) or has ended.
+ * @property {{ initial?: number, max?: number }} [backoff] Reconnection delays, ms (default 250 doubling to 10000).
+ */
+
+/** The realtime notifications of the signed-in user: `close()` ends them. */
+export class PushListener extends Reconnecting {
+  /**
+   * @param {Micro} client
+   * @param {(n: Notification) => void | Promise<void>} callback
+   * @param {ListenOptions} options
+   */
+  constructor(client, callback, options) {
+    if (typeof callback !== 'function') throw new TypeError('push.listen: the callback must be a function');
+    super(client, options);
+    /** @private */
+    this._callback = callback;
+    /** @type {Promise<void>} */
+    this.ready;
+    this.close = this.close.bind(this);
+    this._start();
+  }
+
+  /** @protected */
+  async _connect() {
+    const abort = new AbortController();
+    this._abort = abort;
+    const topics = this._options.topics ?? [];
+    const res = await this._client.request('/push/v1/events', {
+      query: { topics: topics.length ? topics.join(',') : undefined },
+      signal: abort.signal,
+      accept: 'text/event-stream',
+    });
+    if (!res.body) throw new MicroError({ status: 0, detail: 'the stream has no body', id: 'client' });
+    for await (const ev of readEventStream(res.body)) {
+      if (this.closed) return;
+      if (ev.event === 'error') throw errorOf(401, '', ev.data);
+      if (ev.event === 'ready') {
+        this._confirmed(undefined);
+        continue;
+      }
+      if (ev.event !== 'push') continue;
+      const n = safeJSON(ev.data);
+      if (!n || typeof n.id !== 'string') continue;
+      if (this._options.receipts !== false) {
+        this._client.push.receipt(n.id, 'delivered').catch(() => {});
+      }
+      try {
+        await this._callback(n);
+      } catch (e) {
+        // The callback's error is its own: reported, the stream goes on.
+        queueMicrotask(() => {
+          throw e;
+        });
+      }
+    }
+  }
+}
+
+/** @param {string} b64 base64url @returns {Uint8Array} */
+function fromBase64Url(b64) {
+  const s = b64.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (b64.length % 4)) % 4);
+  const bin = atob(s);
+  return Uint8Array.from(bin, (c) => c.charCodeAt(0));
+}
+
+/**
+ * The namespace's push notifications (`/push/v1/…`): browsers subscribe for their signed-in
+ * user; the namespace's team sends to a user, a topic or everyone; users online hear them
+ * at once with `listen`.
+ */
+export class Push {
+  /** @param {Micro} client */
+  constructor(client) {
+    /** @private */
+    this._client = client;
+    /** @private @type {string | undefined} */
+    this._key = undefined;
+  }
+
+  /**
+   * The namespace's VAPID public key (base64url): `applicationServerKey` for
+   * `pushManager.subscribe`.
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<string>}
+   */
+  async publicKey(options = {}) {
+    if (!this._key) {
+      const reply = await this._client.send('/push/v1/key', { auth: false, signal: options.signal });
+      this._key = reply.public_key;
+    }
+    return /** @type {string} */ (this._key);
+  }
+
+  /**
+   * Subscribes this browser for the signed-in user: with a service worker's registration,
+   * asks the browser for a push subscription (the user is asked for permission) and hands
+   * it to the server; a `PushSubscription` (or its JSON) is handed over as it is.
+   * @param {ServiceWorkerRegistration | PushSubscription | { endpoint: string, keys: { p256dh: string, auth: string } }} target
+   * @param {{ topics?: string[], signal?: AbortSignal }} [options]
+   * @returns {Promise<any>} The subscription as the server keeps it (its `id`, `topics`).
+   */
+  async subscribe(target, options = {}) {
+    /** @type {any} */
+    let sub = target;
+    if (target && typeof target === 'object' && 'pushManager' in target) {
+      const key = await this.publicKey(options);
+      sub = await target.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: fromBase64Url(key) });
+    }
+    const json = typeof sub?.toJSON === 'function' ? sub.toJSON() : sub;
+    if (!json || typeof json.endpoint !== 'string') {
+      throw new TypeError('push.subscribe: a ServiceWorkerRegistration, a PushSubscription or its JSON');
+    }
+    return this._client.send('/push/v1/subscriptions', {
+      method: 'POST',
+      body: { endpoint: json.endpoint, keys: json.keys, topics: options.topics ?? [] },
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * The signed-in user's subscriptions (the team: everyone's, or `user`'s).
+   * @param {{ user?: string, signal?: AbortSignal }} [options]
+   * @returns {Promise<any[]>}
+   */
+  async subscriptions(options = {}) {
+    const reply = await this._client.send('/push/v1/subscriptions', { query: { user: options.user }, signal: options.signal });
+    return reply?.subscriptions ?? [];
+  }
+
+  /**
+   * Ends a subscription (by its id, or as `subscribe` or `subscriptions` gave it).
+   * @param {string | { id: string }} sub
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  async unsubscribe(sub, options = {}) {
+    const id = typeof sub === 'string' ? sub : sub?.id;
+    if (!id) throw new TypeError('push.unsubscribe: a subscription or its id');
+    await this._client.send(`/push/v1/subscriptions/${encodeURIComponent(id)}`, { method: 'DELETE', signal: options.signal });
+  }
+
+  /**
+   * Sends a notification (the namespace's team): to `user`, `topic`, or `all: true`.
+   * @param {{ user?: string, topic?: string, all?: boolean, title: string, body?: string, url?: string,
+   *   data?: any, ttl?: number, urgency?: 'very-low' | 'low' | 'normal' | 'high', replace?: string }} message
+   * @param {{ signal?: AbortSignal }} [options]
+   * @returns {Promise<any>} Its report: `id`, `subscriptions`, `accepted`, `expired`, `failed`, `errors`.
+   */
+  send(message, options = {}) {
+    return this._client.send('/push/v1/messages', { method: 'POST', body: message, signal: options.signal });
+  }
+
+  /**
+   * The latest messages with their reports and receipts, newest first (the team).
+   * @param {{ limit?: number, signal?: AbortSignal }} [options]
+   * @returns {Promise<any[]>}
+   */
+  async messages(options = {}) {
+    const reply = await this._client.send('/push/v1/messages', { query: { limit: options.limit }, signal: options.signal });
+    return reply?.messages ?? [];
+  }
+
+  /**
+   * One message's report and receipts (the team).
+   * @param {string} id
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  message(id, options = {}) {
+    return this._client.send(`/push/v1/messages/${encodeURIComponent(id)}`, { signal: options.signal });
+  }
+
+  /**
+   * Reports what became of a notification for the signed-in user (counted once per user).
+   * @param {string} id
+   * @param {'delivered' | 'clicked'} event
+   * @param {{ signal?: AbortSignal }} [options]
+   */
+  async receipt(id, event, options = {}) {
+    await this._client.send(`/push/v1/messages/${encodeURIComponent(id)}/receipts`, {
+      method: 'POST',
+      body: { event },
+      signal: options.signal,
+    });
+  }
+
+  /**
+   * The signed-in user's notifications as they are sent, while online (reconnecting).
+   * Each is reported `delivered` unless `receipts: false`.
+   * @param {(n: Notification) => void | Promise<void>} callback
+   * @param {ListenOptions} [options]
+   * @returns {PushListener}
+   */
+  listen(callback, options = {}) {
+    return new PushListener(this._client, callback, options);
+  }
+}
+
 /**
  * A client of a Micro server's API gateway, acting in one namespace (a tenant app).
  *
@@ -1741,6 +1994,8 @@ export class Micro {
     this.users = new Users(this);
     /** The namespace's files: uploads (whole or resumable), downloads, signed URLs, thumbnails. */
     this.files = new Files(this);
+    /** The namespace's push notifications: browser subscriptions, sending, realtime listening. */
+    this.push = new Push(this);
     /** @private @type {Map<string, RecordService<any>>} */
     this._records = new Map();
   }

@@ -96,9 +96,9 @@ fn ticker_repo() -> Option<(tempfile::TempDir, String)> {
     Some((dir, url))
 }
 
-/// Runs `tests/web/e2e.mjs` with `env` (on top of the browser's paths); returns what it
-/// printed, once it passed.
-async fn e2e(env: &[(&str, &str)]) -> String {
+/// Runs `tests/web/e2e.mjs` with `env` (on top of the browser's paths) against `server`;
+/// returns what it printed, once it passed (else fails with the server's warnings too).
+async fn e2e(env: &[(&str, &str)], server: &ServerProcess) -> String {
     let started = Instant::now();
     let mut node = tokio::process::Command::new("node");
     node.arg(repo_root().join("tests/web/e2e.mjs"))
@@ -116,7 +116,19 @@ async fn e2e(env: &[(&str, &str)]) -> String {
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "tests/web/e2e.mjs failed ({}):\n{stdout}\n{stderr}", out.status);
+    if !out.status.success() {
+        // What the server said went wrong, for a failure seen only in CI.
+        let log = server.output();
+        let warnings: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("service=\"email\""))
+            .collect();
+        let warnings = warnings[warnings.len().saturating_sub(60)..].join("\n");
+        panic!(
+            "tests/web/e2e.mjs failed ({}):\n{stdout}\n{stderr}\nthe server's last warnings (and mail):\n{warnings}",
+            out.status
+        );
+    }
     eprintln!("tests/web/e2e.mjs ({:.1?}):\n{stdout}", started.elapsed());
     assert!(stdout.contains(" passed, 0 failed"), "no summary from tests/web/e2e.mjs:\n{stdout}\n{stderr}");
     stdout
@@ -138,7 +150,7 @@ async fn dashboard_in_a_real_browser() {
     if let Some((_, url)) = &ticker {
         env.push(("E2E_RUNTIME_SOURCE", url.as_str()));
     }
-    let stdout = e2e(&env).await;
+    let stdout = e2e(&env, &server).await;
 
     // The usage page showed helloworld's Greeter.Hello (2xx) as `micro usage` prints it
     // (nothing calls it after that step).
@@ -191,7 +203,7 @@ async fn platform_signup_in_a_real_browser() {
         ("E2E_PROXY", server.proxy.as_str()),
         ("E2E_ONLY", "^signup: "),
     ];
-    let stdout = e2e(&env).await;
+    let stdout = e2e(&env, &server).await;
     assert!(stdout.contains("e2e: 8 passed, 0 failed, 0 skipped"), "{stdout}");
 }
 
@@ -229,6 +241,6 @@ async fn dashboard_over_tls_in_a_real_browser() {
         ("E2E_BROWSER_HOME", home.path().to_str().unwrap()),
         ("E2E_ONLY", "^tls: "),
     ];
-    let stdout = e2e(&env).await;
+    let stdout = e2e(&env, &server).await;
     assert!(stdout.contains("e2e: 2 passed, 0 failed, 0 skipped"), "{stdout}");
 }

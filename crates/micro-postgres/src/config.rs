@@ -19,7 +19,7 @@
 //! connection drops, it reconnects with backoff (100 ms doubling to 5 s), and every
 //! watcher then reads its value again and reports it if it changed meanwhile.
 
-use crate::{Database, db_error};
+use crate::{Database, Heard, Listening, db_error};
 use futures::StreamExt;
 use micro_core::config::doc::{
     self, AesKey, Committed, DataKeys, apply_delete, apply_set, check_set, seal_secret, segments,
@@ -28,11 +28,8 @@ use micro_core::config::{Change, Config};
 use micro_core::{BoxStream, Status};
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 use tokio::sync::broadcast;
-use tokio_postgres::AsyncMessage;
 
 const ID: &str = "config";
 
@@ -58,8 +55,6 @@ const WRONG_KEY: &str =
     "was it sealed under another server key? Every node sharing the database needs the same server key";
 /// Changes a slow watcher may fall behind before it is resynchronised.
 const WATCH_BUFFER: usize = 1024;
-/// The first and the longest wait before listening again.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
 
 /// The config in PostgreSQL. Cheap to clone; the listening connection closes when the
 /// last clone is dropped, and the watch streams then end.
@@ -78,7 +73,7 @@ struct Inner {
     listener: tokio::task::AbortHandle,
     /// The backend process of the listening connection (0 while there is none).
     #[cfg(test)]
-    listener_pid: Arc<AtomicI32>,
+    listener_pid: Arc<std::sync::atomic::AtomicI32>,
 }
 
 impl Drop for Inner {
@@ -106,11 +101,12 @@ impl PostgresConfig {
     /// unreachable).
     pub async fn open(db: &Database, server_key: [u8; 32]) -> Result<PostgresConfig, Status> {
         db.migrate(ID, SCHEMA).await?;
-        let pid = Arc::new(AtomicI32::new(0));
-        let listening = listen(db, &pid).await?;
+        let listening = Listening::open(db, CHANNEL, "micro-config-listener").await?;
+        #[cfg(test)]
+        let pid = listening.pid();
         let (events, _) = broadcast::channel(WATCH_BUFFER);
         let watched = Arc::new(Watched::default());
-        let listener = Listener { db: db.clone(), events: events.clone(), watched: watched.clone(), pid: pid.clone() };
+        let listener = Listener { db: db.clone(), events: events.clone(), watched: watched.clone() };
         let task = tokio::spawn(listener.run(listening));
         let inner = Inner {
             db: db.clone(),
@@ -378,73 +374,27 @@ impl Watcher {
 
 // --- Listening -------------------------------------------------------------------
 
-/// A connection listening to [`CHANNEL`]: the client (which must be kept for the
-/// connection to stay open) and the connection's messages.
-type Listening = (tokio_postgres::Client, BoxStream<Result<AsyncMessage, tokio_postgres::Error>>);
-
-/// Opens a connection outside the pool and listens to [`CHANNEL`] on it; records its
-/// backend process in `pid`.
-async fn listen(db: &Database, pid: &AtomicI32) -> Result<Listening, Status> {
-    let (client, messages, backend) = db.listen(CHANNEL, "micro-config-listener").await?;
-    pid.store(backend, Ordering::Relaxed);
-    Ok((client, messages))
-}
-
 /// The task that listens for the writes of every node and tells the watchers.
 struct Listener {
     db: Database,
     events: broadcast::Sender<Event>,
     watched: Arc<Watched>,
-    pid: Arc<AtomicI32>,
 }
 
 impl Listener {
-    /// Listens on `first`, then on new connections whenever one is lost, until aborted.
-    async fn run(self, first: Listening) {
-        let mut next = Some(first);
-        let mut backoff = BACKOFF.0;
+    /// Listens (again and again whenever the connection is lost) until aborted.
+    async fn run(self, mut listening: Listening) {
+        // The last document read: a burst of writes to one namespace is read once.
+        let mut last: Option<(String, i64, Value)> = None;
         loop {
-            let (client, mut messages) = match next.take() {
-                Some(listening) => listening,
-                None => {
-                    tokio::time::sleep(backoff).await;
-                    match listen(&self.db, &self.pid).await {
-                        Ok(listening) => {
-                            let pid = self.pid.load(Ordering::Relaxed);
-                            tracing::info!(pid, "config: listening for changes again");
-                            // Whatever was written while no one listened, watchers read afresh.
-                            let _ = self.events.send(Event::Resync);
-                            listening
-                        }
-                        Err(e) => {
-                            backoff = (backoff * 2).min(BACKOFF.1);
-                            tracing::warn!(error = %e, retry_in = ?backoff, "config: cannot listen for changes");
-                            continue;
-                        }
-                    }
-                }
-            };
-            let since = tokio::time::Instant::now();
-            // The last document read: a burst of writes to one namespace is read once.
-            let mut last: Option<(String, i64, Value)> = None;
-            loop {
-                match messages.next().await {
-                    Some(Ok(AsyncMessage::Notification(n))) => self.notified(n.payload(), &mut last).await,
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "config: lost the listening connection");
-                        break;
-                    }
-                    None => {
-                        tracing::warn!("config: the listening connection closed");
-                        break;
-                    }
+            match listening.next().await {
+                Heard::Notification(n) => self.notified(n.payload(), &mut last).await,
+                Heard::Reconnected => {
+                    last = None;
+                    // Whatever was written while no one listened, watchers read afresh.
+                    let _ = self.events.send(Event::Resync);
                 }
             }
-            self.pid.store(0, Ordering::Relaxed);
-            drop(client);
-            // A connection that keeps dropping at once is retried ever more slowly.
-            backoff = if since.elapsed() > BACKOFF.1 { BACKOFF.0 } else { (backoff * 2).min(BACKOFF.1) };
         }
     }
 
@@ -490,6 +440,8 @@ mod tests {
     use super::*;
     use micro_core::Code;
     use micro_core::config::MASK;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
 
     async fn open(url: &str, key: [u8; 32]) -> PostgresConfig {
         // A pool of its own, as on another node.

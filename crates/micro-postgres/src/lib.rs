@@ -7,22 +7,32 @@
 //! [`PostgresSync`] keeps locks as lease rows timed by the database's clock.
 //! [`PostgresStore`] keeps every record in one keyed table (`micro_store`, primary key
 //! database + table + key, keys in the `C` collation so order is bytewise like the
-//! embedded store's). All of them share one [`Database`]: a node keeps one pool of
+//! embedded store's).
+//! [`PostgresBroker`] carries the ephemeral publish/subscribe broker between nodes that
+//! share no NATS: messages in a short-lived table, announced with `NOTIFY`, queue groups
+//! decided by claim rows. All of them share one [`Database`]: a node keeps one pool of
 //! connections, however many backends use it. A call made while the database is
 //! unreachable fails at once with `Unavailable` (503) and the pool reconnects on its own
 //! when the database is back.
 
 mod blob;
+mod broker;
 mod config;
 mod store;
 mod sync;
 
 pub use blob::PostgresBlob;
+pub use broker::PostgresBroker;
 pub use config::PostgresConfig;
 pub use store::PostgresStore;
 pub use sync::PostgresSync;
 
+use futures::StreamExt;
 use micro_core::{Code, Status};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::Duration;
+use tokio_postgres::{AsyncMessage, Notification};
 
 /// The messages of a connection listening to a channel ([`Database::listen`]).
 pub type Messages = micro_core::BoxStream<Result<tokio_postgres::AsyncMessage, tokio_postgres::Error>>;
@@ -116,7 +126,6 @@ impl Database {
         channel: &str,
         application: &str,
     ) -> Result<(tokio_postgres::Client, Messages, i32), Status> {
-        use futures::StreamExt;
         const ID: &str = "postgres";
         if channel.is_empty() || !channel.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
             return Err(Status::bad_request(ID, format!("invalid channel {channel:?}")));
@@ -168,6 +177,130 @@ impl Database {
         tx.execute("SELECT pg_advisory_xact_lock(7469010)", &[]).await.map_err(|e| db_error(id, e))?;
         tx.batch_execute(schema).await.map_err(|e| db_error(id, e))?;
         tx.commit().await.map_err(|e| db_error(id, e))
+    }
+}
+
+/// The first and the longest wait before a lost listening connection is opened again.
+const LISTEN_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
+/// What a [`Listening`] connection heard.
+pub(crate) enum Heard {
+    /// A notification on its channel.
+    Notification(Notification),
+    /// The connection was lost and is back: the notifications sent meanwhile are gone.
+    Reconnected,
+}
+
+/// A connection outside the pool listening to one channel ([`Database::listen`]), opened
+/// again with backoff (100 ms doubling to 5 s) whenever it is lost. Its notifications
+/// come only while [`Listening::next`] is awaited.
+pub(crate) struct Listening {
+    db: Database,
+    channel: String,
+    application: &'static str,
+    /// The client (kept, or the connection closes) and the connection's messages; `None`
+    /// while the connection is lost.
+    connection: Option<(tokio_postgres::Client, Messages)>,
+    /// The wait before the next attempt to listen again.
+    backoff: Duration,
+    /// When the current connection was opened.
+    since: tokio::time::Instant,
+    /// The backend process of the connection (0 while there is none).
+    pid: Arc<AtomicI32>,
+}
+
+impl Listening {
+    /// Listens to `channel` on a new connection named `application`, failing when the
+    /// database is unreachable.
+    pub(crate) async fn open(db: &Database, channel: &str, application: &'static str) -> Result<Listening, Status> {
+        let mut listening = Listening {
+            db: db.clone(),
+            channel: channel.to_string(),
+            application,
+            connection: None,
+            backoff: LISTEN_BACKOFF.0,
+            since: tokio::time::Instant::now(),
+            pid: Arc::new(AtomicI32::new(0)),
+        };
+        listening.connect().await?;
+        Ok(listening)
+    }
+
+    /// The backend process of the connection, kept up to date (0 while there is none).
+    #[cfg(test)]
+    pub(crate) fn pid(&self) -> Arc<AtomicI32> {
+        self.pid.clone()
+    }
+
+    async fn connect(&mut self) -> Result<(), Status> {
+        let (client, messages, backend) = self.db.listen(&self.channel, self.application).await?;
+        self.pid.store(backend, Ordering::Relaxed);
+        self.connection = Some((client, messages));
+        self.since = tokio::time::Instant::now();
+        Ok(())
+    }
+
+    /// The next notification, or [`Heard::Reconnected`] once a lost connection is back.
+    /// Waits (for ever, while the database is away) until there is one.
+    pub(crate) async fn next(&mut self) -> Heard {
+        loop {
+            if let Some((_, messages)) = &mut self.connection {
+                match messages.next().await {
+                    Some(Ok(AsyncMessage::Notification(n))) => return Heard::Notification(n),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => self.lost(Some(e)),
+                    None => self.lost(None),
+                }
+                continue;
+            }
+            tokio::time::sleep(self.backoff).await;
+            match self.connect().await {
+                Ok(()) => {
+                    let pid = self.pid.load(Ordering::Relaxed);
+                    tracing::info!(channel = %self.channel, pid, "listening again");
+                    return Heard::Reconnected;
+                }
+                Err(e) => {
+                    self.backoff = (self.backoff * 2).min(LISTEN_BACKOFF.1);
+                    tracing::warn!(channel = %self.channel, error = %e, retry_in = ?self.backoff, "cannot listen");
+                }
+            }
+        }
+    }
+
+    /// A notification already received, without waiting (to handle a burst at once).
+    pub(crate) fn ready(&mut self) -> Option<Notification> {
+        use futures::FutureExt;
+        loop {
+            let (_, messages) = self.connection.as_mut()?;
+            match messages.next().now_or_never()? {
+                Some(Ok(AsyncMessage::Notification(n))) => return Some(n),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    self.lost(Some(e));
+                    return None;
+                }
+                None => {
+                    self.lost(None);
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn lost(&mut self, error: Option<tokio_postgres::Error>) {
+        match error {
+            Some(e) => tracing::warn!(channel = %self.channel, error = %e, "lost the listening connection"),
+            None => tracing::warn!(channel = %self.channel, "the listening connection closed"),
+        }
+        self.connection = None;
+        self.pid.store(0, Ordering::Relaxed);
+        // A connection that keeps dropping at once is opened again ever more slowly.
+        self.backoff = if self.since.elapsed() > LISTEN_BACKOFF.1 {
+            LISTEN_BACKOFF.0
+        } else {
+            (self.backoff * 2).min(LISTEN_BACKOFF.1)
+        };
     }
 }
 

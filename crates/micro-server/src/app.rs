@@ -253,6 +253,12 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         let url = config.api_url.clone().unwrap_or_else(|| format!("{scheme}://{api}"));
         hosted.subscribe = Some(Arc::new(micro_subscribe::Subscribe::new(store.clone(), url)));
     }
+    if config.services.iter().any(|s| s == micro_push::NAME) {
+        let contact =
+            config.push_contact.clone().or_else(|| config.api_url.clone().filter(|u| u.starts_with("https://")));
+        hosted.push =
+            Some(Arc::new(micro_push::Push::new(store.clone(), broker.clone(), config.push_private, contact)));
+    }
     // Deleting a namespace deletes its data in each of these.
     auth.hold_namespace_data(crate::namespace_data::NamespaceData {
         store: store.clone(),
@@ -479,9 +485,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         meter,
         cache,
         domains,
-        hosted.files.clone(),
-        hosted.apps.clone(),
-        hosted.subscribe.clone(),
+        &hosted,
     );
 
     let (tx, rx) = watch::channel(false);

@@ -147,10 +147,13 @@ impl Shared {
         Ok(Some(Arc::new(micro_nats::NatsEvents::new(&nats).retention(max_age, max_events))))
     }
 
-    /// The broker on NATS, if configured.
+    /// The broker on NATS if configured, else in the shared database if there is one.
     pub(crate) async fn broker(&self) -> Result<Option<Arc<dyn Broker>>, Error> {
-        let Some(url) = &self.backends.broker else { return Ok(None) };
-        Ok(Some(Arc::new(micro_nats::NatsBroker::new(&self.nats(&url.0).await?))))
+        if let Some(url) = &self.backends.broker {
+            return Ok(Some(Arc::new(micro_nats::NatsBroker::new(&self.nats(&url.0).await?))));
+        }
+        let Some(url) = self.database_url() else { return Ok(None) };
+        Ok(Some(Arc::new(micro_postgres::PostgresBroker::open(&self.database(url).await?).await?)))
     }
 }
 

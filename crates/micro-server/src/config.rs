@@ -45,6 +45,12 @@ pub struct Config {
     /// which products' mails link to (a subscription's confirmation); default: its
     /// listener's address.
     pub api_url: Option<String>,
+    /// Whether the push product may reach push services on private networks and over
+    /// plain HTTP (`MICRO_PUSH_PRIVATE=1`; default: public HTTPS ones only).
+    pub push_private: bool,
+    /// Who sends the notifications, as push services are told (the VAPID `sub`:
+    /// `MICRO_PUSH_CONTACT`, a `mailto:` or `https:` URL; default: `MICRO_API_URL`).
+    pub push_contact: Option<String>,
     /// Events older than this are dropped (`MICRO_EVENTS_MAX_AGE` in seconds; default: kept).
     pub events_max_age: Option<std::time::Duration>,
     /// At most this many events are kept per topic (`MICRO_EVENTS_MAX_EVENTS`; default: all).
@@ -139,6 +145,8 @@ impl Default for Config {
             },
             platform_url: None,
             api_url: None,
+            push_private: false,
+            push_contact: None,
             events_max_age: None,
             events_max_events: None,
             blob_max_size: micro_core::blob::DEFAULT_MAX_SIZE,
@@ -466,6 +474,19 @@ impl Config {
                 return Err(Error::Config(format!("MICRO_API_URL: {v:?} is not an http(s):// address")));
             }
             c.api_url = Some(v.trim_end_matches('/').to_string());
+        }
+        if let Some(v) = env("MICRO_PUSH_PRIVATE") {
+            c.push_private = match v.as_str() {
+                "1" | "true" => true,
+                "" | "0" | "false" => false,
+                _ => return Err(Error::Config(format!("MICRO_PUSH_PRIVATE: {v:?} is not 1 or 0"))),
+            };
+        }
+        if let Some(v) = env("MICRO_PUSH_CONTACT").filter(|v| !v.is_empty()) {
+            if !(v.starts_with("mailto:") || v.starts_with("https://")) || v.contains(char::is_whitespace) {
+                return Err(Error::Config(format!("MICRO_PUSH_CONTACT: {v:?} is not a mailto: or https:// URL")));
+            }
+            c.push_contact = Some(v);
         }
         if let Some(v) = env("MICRO_SERVICES") {
             c.services = crate::products::select(&v).map_err(|e| Error::Config(format!("MICRO_SERVICES: {e}")))?;

@@ -66,6 +66,8 @@ struct Inner {
     apps: Option<Arc<micro_apps::Apps>>,
     /// The subscribe product's public pages (`/subscribe/v1/…`), when the server hosts it.
     subscribe: Option<Arc<micro_subscribe::Subscribe>>,
+    /// The push product's API and realtime streams (`/push/v1/…`), when the server hosts it.
+    push: Option<Arc<micro_push::Push>>,
 }
 
 /// Marks a request that came to an app's own host (the hosting domain's
@@ -208,9 +210,7 @@ impl Gateway {
         meter: crate::usage::Meter,
         cache: crate::cache::Cache,
         domains: crate::domains::Domains,
-        files: Option<Arc<micro_files::Files>>,
-        apps: Option<Arc<micro_apps::Apps>>,
-        subscribe: Option<Arc<micro_subscribe::Subscribe>>,
+        hosted: &crate::products::Hosted,
     ) -> Gateway {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
@@ -234,9 +234,10 @@ impl Gateway {
                 meter,
                 cache,
                 domains,
-                files,
-                apps,
-                subscribe,
+                files: hosted.files.clone(),
+                apps: hosted.apps.clone(),
+                subscribe: hosted.subscribe.clone(),
+                push: hosted.push.clone(),
             }),
         }
     }
@@ -399,8 +400,10 @@ impl Gateway {
         // The products served here see the caller as identified, a cookie's too: a cookie
         // alone authorises only what a browser would have asked the server about first
         // (reads, and requests no other site's page can send unasked).
-        let product =
-            path.starts_with("/files/v1/") || path.starts_with("/apps/v1/") || path.starts_with("/subscribe/v1/lists/");
+        let product = path.starts_with("/files/v1/")
+            || path.starts_with("/apps/v1/")
+            || path.starts_with("/subscribe/v1/lists/")
+            || path.starts_with("/push/v1/");
         if product
             && !matches!(*req.method(), Method::GET | Method::HEAD)
             && micro::auth::bearer(req.headers()).is_none()
@@ -453,6 +456,22 @@ impl Gateway {
             let method = req.method().to_string();
             let mut res = sub.serve(req, &caller).await;
             res.extensions_mut().insert(Tag { service: micro_subscribe::NAME.to_string(), endpoint: method });
+            return res;
+        }
+        if path.starts_with("/push/v1/")
+            && let Some(push) = &self.inner.push
+        {
+            if let Err(refused) = self.admit(&caller, &ns, micro_push::NAME).await {
+                return refused;
+            }
+            let method = req.method().to_string();
+            // A realtime stream ends once its token is revoked.
+            let token = micro::auth::bearer(req.headers()).or_else(|| micro::auth::cookie_token(req.headers()));
+            let auth = self.inner.auth.clone();
+            let valid: micro_push::StillValid =
+                Arc::new(move || token.as_deref().is_none_or(|t| auth.verify(t).is_ok()));
+            let mut res = push.serve(req, &caller, valid).await;
+            res.extensions_mut().insert(Tag { service: micro_push::NAME.to_string(), endpoint: method });
             return res;
         }
         if path.starts_with("/files/v1/")

@@ -31,6 +31,8 @@ pub(crate) struct Hosted {
     pub(crate) apps: Option<std::sync::Arc<micro_apps::Apps>>,
     /// The subscribe product, whose public pages the gateway serves.
     pub(crate) subscribe: Option<std::sync::Arc<micro_subscribe::Subscribe>>,
+    /// The push product, whose API (and realtime streams) the gateway serves.
+    pub(crate) push: Option<std::sync::Arc<micro_push::Push>>,
 }
 
 impl Hosted {
@@ -55,7 +57,7 @@ impl Hosted {
 }
 
 /// Every product, by name.
-pub(crate) const PRODUCTS: [Product; 8] = [
+pub(crate) const PRODUCTS: [Product; 9] = [
     Product {
         name: micro_distributed::NAME,
         build: |s, _, _| micro_distributed::service(s),
@@ -122,6 +124,17 @@ pub(crate) const PRODUCTS: [Product; 8] = [
         tenant_prefix: Some(micro_subscribe::tenant_prefix),
         scopes: &[],
     },
+    // Notifications: the gateway serves the apps' API and realtime streams; the service,
+    // the team's sends.
+    Product {
+        name: micro_push::NAME,
+        build: |s, _, h| match &h.push {
+            Some(push) => micro_push::service_with(s, push.clone()),
+            None => s,
+        },
+        tenant_prefix: Some(micro_push::tenant_prefix),
+        scopes: &[],
+    },
 ];
 
 /// Where every product keeps namespace `ns`'s data: a table and a key prefix.
@@ -135,7 +148,7 @@ pub(crate) fn tenant_data(ns: &str) -> Vec<(micro_core::store::Table, String)> {
 }
 
 /// The names of every product.
-pub const NAMES: [&str; 8] = [
+pub const NAMES: [&str; 9] = [
     micro_distributed::NAME,
     micro_email::NAME,
     micro_platform::NAME,
@@ -144,6 +157,7 @@ pub const NAMES: [&str; 8] = [
     micro_files::NAME,
     micro_apps::NAME,
     micro_subscribe::NAME,
+    micro_push::NAME,
 ];
 
 /// The account a product runs as.
@@ -186,6 +200,7 @@ pub(crate) async fn start(
             && (p.name != micro_files::NAME || hosted.files.is_some())
             && (p.name != micro_apps::NAME || hosted.apps.is_some())
             && (p.name != micro_subscribe::NAME || hosted.subscribe.is_some())
+            && (p.name != micro_push::NAME || hosted.push.is_some())
     };
     for p in PRODUCTS.iter().filter(|p| config.services.iter().any(|s| s == p.name)).filter(hosts) {
         let (id, secret) = auth.product_account(p.name, p.scopes).await?;
@@ -216,7 +231,7 @@ mod tests {
     fn selecting() {
         assert_eq!(
             select("all").unwrap(),
-            vec!["distributed", "email", "platform", "db", "users", "files", "apps", "subscribe"]
+            vec!["distributed", "email", "platform", "db", "users", "files", "apps", "subscribe", "push"]
         );
         assert!(select("off").unwrap().is_empty());
         assert_eq!(select(" distributed ,").unwrap(), vec!["distributed"]);

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod dns;
 pub mod process;
+pub mod push;
 pub mod recorder;
 pub mod smtp;
 pub mod sse;

@@ -63,17 +63,23 @@ pub struct SmtpSink {
     _process: Reaped,
 }
 
-/// The Python with aiosmtpd, or `None` (a notice; a panic under `MICRO_TEST_REQUIRE_BACKENDS`).
-fn python() -> Option<String> {
-    let found = std::env::var("MICRO_TEST_PYTHON").ok().filter(|p| {
-        std::process::Command::new(p).args(["-c", "import aiosmtpd"]).output().is_ok_and(|o| o.status.success())
-    });
+/// The Python with `modules`, or `None` (a notice naming `what` skips; a panic under
+/// `MICRO_TEST_REQUIRE_BACKENDS`).
+pub fn python(modules: &[&str], what: &str) -> Option<String> {
+    let import = format!("import {}", modules.join(", "));
+    let found = std::env::var("MICRO_TEST_PYTHON")
+        .ok()
+        .filter(|p| std::process::Command::new(p).args(["-c", &import]).output().is_ok_and(|o| o.status.success()));
     if found.is_none() {
         assert!(
             std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(),
-            "Python with aiosmtpd (MICRO_TEST_PYTHON) is needed by this test: run scripts/test"
+            "Python with {} (MICRO_TEST_PYTHON) is needed by this test: run scripts/test",
+            modules.join(", ")
         );
-        eprintln!("notice: skipping an SMTP test (no MICRO_TEST_PYTHON with aiosmtpd; scripts/test sets it up)");
+        eprintln!(
+            "notice: skipping {what} (no MICRO_TEST_PYTHON with {}; scripts/test sets it up)",
+            modules.join(", ")
+        );
     }
     found
 }
@@ -81,7 +87,7 @@ fn python() -> Option<String> {
 impl SmtpSink {
     /// Starts a sink; `None` (with a notice) where Python with aiosmtpd is missing.
     pub fn start(options: Options) -> Option<SmtpSink> {
-        let python = python()?;
+        let python = python(&["aiosmtpd"], "an SMTP test")?;
         let dir = tempfile::tempdir().expect("a temp dir");
         let mail = dir.path().join("mail");
         std::fs::create_dir(&mail).expect("a mail dir");

@@ -45,6 +45,7 @@ pub mod layer;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod outbound;
 pub mod proto;
 pub mod registry;
 mod router;

@@ -16,6 +16,7 @@ mod listeners;
 mod namespaces;
 mod namespaces_delete;
 mod products;
+mod push;
 mod registry;
 mod revocation;
 mod runtime;
