@@ -10,9 +10,13 @@
 //! version survive.
 //!
 //! Watching uses `LISTEN`/`NOTIFY` rather than polling: a write notifies the channel
-//! `micro_config` with its namespace, path and version in the same transaction (so the
-//! notice goes out on commit, in commit order), and every `PostgresConfig` keeps one
-//! connection outside the pool listening to it. On a notice for a namespace someone
+//! with its namespace, path and version in the same transaction (so the notice goes out
+//! on commit, in commit order), and every `PostgresConfig` keeps one connection outside
+//! the pool listening to it. Notifications reach the whole database, whatever the
+//! schema, so the channel is named after the table's OID (`micro_config_<oid>`):
+//! clusters in separate schemas of one database do not hear each other (a notice of
+//! another cluster's write would make a watcher read its own document needlessly, and
+//! its higher version would make the watcher skip its own cluster's later writes). On a notice for a namespace someone
 //! watches, the listener reads the document once and hands it to the watchers, which
 //! is the document at that version or a later one: a watcher may see a burst of writes
 //! merged into their last value, but always ends on the latest one. When the listening
@@ -45,8 +49,8 @@ CREATE TABLE IF NOT EXISTS micro_config_keys (
 );
 ";
 
-/// The notification channel of config writes.
-const CHANNEL: &str = "micro_config";
+/// The table whose OID names the notification channel of config writes.
+const TABLE: &str = "micro_config";
 /// The largest `NOTIFY` payload PostgreSQL takes; a longer notice is sent empty,
 /// which tells listeners to look at everything again.
 const MAX_PAYLOAD: usize = 7999;
@@ -65,6 +69,8 @@ pub struct PostgresConfig {
 
 struct Inner {
     db: Database,
+    /// The notification channel of config writes (`micro_config_<oid>`).
+    channel: String,
     /// The per-namespace data keys, sealed under the server key.
     keys: DataKeys,
     /// Only subscribed to here; the listener and this are the senders.
@@ -101,7 +107,8 @@ impl PostgresConfig {
     /// unreachable).
     pub async fn open(db: &Database, server_key: [u8; 32]) -> Result<PostgresConfig, Status> {
         db.migrate(ID, SCHEMA).await?;
-        let listening = Listening::open(db, CHANNEL, "micro-config-listener").await?;
+        let channel = db.table_channel(ID, TABLE).await?;
+        let listening = Listening::open(db, &channel, "micro-config-listener").await?;
         #[cfg(test)]
         let pid = listening.pid();
         let (events, _) = broadcast::channel(WATCH_BUFFER);
@@ -110,6 +117,7 @@ impl PostgresConfig {
         let task = tokio::spawn(listener.run(listening));
         let inner = Inner {
             db: db.clone(),
+            channel,
             keys: DataKeys::new(&server_key, WRONG_KEY),
             events,
             watched,
@@ -204,8 +212,14 @@ async fn lock_doc(tx: &deadpool_postgres::Transaction<'_>, ns: &str, create: boo
 }
 
 /// Stores `doc` as the document of `ns` (locked by [`lock_doc`]) and notifies the
-/// listeners of the write of `path` when `tx` commits.
-async fn save_doc(tx: &deadpool_postgres::Transaction<'_>, ns: &str, path: &str, doc: &Value) -> Result<(), Status> {
+/// listeners on `channel` of the write of `path` when `tx` commits.
+async fn save_doc(
+    tx: &deadpool_postgres::Transaction<'_>,
+    channel: &str,
+    ns: &str,
+    path: &str,
+    doc: &Value,
+) -> Result<(), Status> {
     let text = doc::doc_text(doc)?;
     let update = tx
         .prepare_cached(
@@ -220,7 +234,7 @@ async fn save_doc(tx: &deadpool_postgres::Transaction<'_>, ns: &str, path: &str,
         notice.clear();
     }
     let notify = tx.prepare_cached("SELECT pg_notify($1, $2)").await.map_err(|e| db_error(ID, e))?;
-    tx.execute(&notify, &[&CHANNEL, &notice]).await.map_err(|e| db_error(ID, e))?;
+    tx.execute(&notify, &[&channel, &notice]).await.map_err(|e| db_error(ID, e))?;
     Ok(())
 }
 
@@ -251,7 +265,7 @@ impl Config for PostgresConfig {
             value.clone()
         };
         apply_set(&mut doc, &segs, value, !secret);
-        save_doc(&tx, namespace, path, &doc).await?;
+        save_doc(&tx, &self.inner.channel, namespace, path, &doc).await?;
         tx.commit().await.map_err(|e| db_error(ID, e))?;
         if let Some(key) = created {
             self.inner.keys.remember(namespace, key);
@@ -265,7 +279,7 @@ impl Config for PostgresConfig {
         let tx = c.transaction().await.map_err(|e| db_error(ID, e))?;
         let mut doc = lock_doc(&tx, namespace, false).await?.unwrap_or_else(doc::empty);
         apply_delete(&mut doc, &segs, path)?;
-        save_doc(&tx, namespace, path, &doc).await?;
+        save_doc(&tx, &self.inner.channel, namespace, path, &doc).await?;
         tx.commit().await.map_err(|e| db_error(ID, e))
     }
 
@@ -568,6 +582,57 @@ mod tests {
         }
         b.set(&ns, "x", &json!(2), false).await.unwrap();
         assert_eq!(next_change(&mut watch).await, Change { path: "x".into(), value: json!(2) });
+    }
+
+    /// Schema `name` created afresh in the database at `url`, and a URL whose
+    /// connections use it (as a cluster kept in a schema of its own does).
+    async fn schema(url: &str, name: &str) -> String {
+        let c = Database::connect(url).unwrap().client(ID).await.unwrap();
+        c.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}")).await.unwrap();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}options=-csearch_path%3D{name}")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clusters_in_separate_schemas_do_not_hear_each_other() {
+        let Some(url) = crate::test_url() else { return };
+        let id = uuid::Uuid::new_v4().simple();
+        let names = [format!("micro_cfg_a_{id}"), format!("micro_cfg_b_{id}")];
+        let a = open(&schema(&url, &names[0]).await, KEY).await;
+        let b = open(&schema(&url, &names[1]).await, KEY).await;
+        assert_ne!(a.inner.channel, b.inner.channel, "each schema's table has a channel of its own");
+        assert!(a.inner.channel.starts_with("micro_config_"), "{}", a.inner.channel);
+        // The same namespace in both clusters: only the schema tells them apart.
+        let ns = namespace("schemas");
+        let mut watch_a = a.watch(&ns, "x").await.unwrap();
+        assert_eq!(next_change(&mut watch_a).await.value, Value::Null);
+        let mut watch_b = b.watch(&ns, "x").await.unwrap();
+        assert_eq!(next_change(&mut watch_b).await.value, Value::Null);
+
+        // B's writes push B's version well past A's.
+        for i in 1..=5 {
+            b.set(&ns, "x", &json!(format!("b{i}")), false).await.unwrap();
+        }
+        let mut last = Value::Null;
+        while last != json!("b5") {
+            last = next_change(&mut watch_b).await.value;
+        }
+        assert_eq!(a.get(&ns, "x", false).await.unwrap(), None, "B's writes stay in B's schema");
+        let heard = tokio::time::timeout(Duration::from_millis(500), watch_a.next()).await;
+        assert!(heard.is_err(), "a watcher in A hears nothing of B's writes: {heard:?}");
+
+        // A's own later write (its version 1, below B's 5) still reaches A's watcher.
+        a.set(&ns, "x", &json!("a1"), false).await.unwrap();
+        assert_eq!(next_change(&mut watch_a).await, Change { path: "x".into(), value: json!("a1") });
+        let heard = tokio::time::timeout(Duration::from_millis(500), watch_b.next()).await;
+        assert!(heard.is_err(), "a watcher in B hears nothing of A's write: {heard:?}");
+        assert_eq!(b.get(&ns, "x", false).await.unwrap(), Some(json!("b5")));
+
+        drop((watch_a, watch_b, a, b));
+        let c = Database::connect(&url).unwrap().client(ID).await.unwrap();
+        for name in &names {
+            c.batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE")).await.unwrap();
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

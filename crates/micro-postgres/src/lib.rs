@@ -169,6 +169,17 @@ impl Database {
         self.pool.get().await.map_err(|e| pool_error(id, e))
     }
 
+    /// The notification channel of table `table` (as the search path finds it), for
+    /// backend `id`: `<table>_<oid>`. `NOTIFY` reaches the whole database whatever the
+    /// schema, so a channel named after the table's OID keeps clusters in separate
+    /// schemas of one database from hearing each other.
+    pub(crate) async fn table_channel(&self, id: &str, table: &str) -> Result<String, Status> {
+        let c = self.client(id).await?;
+        let row = c.query_one("SELECT $1::text::regclass::oid", &[&table]).await.map_err(|e| db_error(id, e))?;
+        let oid: u32 = row.get(0);
+        Ok(format!("{table}_{oid}"))
+    }
+
     /// Runs `schema` once, under an advisory lock, so nodes starting together do not race
     /// to create the same tables.
     pub async fn migrate(&self, id: &str, schema: &str) -> Result<(), Status> {
