@@ -567,6 +567,8 @@ export interface PushNotification {
   url?: string;
   /** Anything else the sender gave. */
   data?: unknown;
+  /** The user's token for `push.receipt`. */
+  receipt: string;
 }
 
 /** A browser's subscription as the server keeps it (its push service's origin, no keys). */
@@ -640,7 +642,7 @@ export declare class PushListener {
 /** The namespace's push notifications (`/push/v1/…`). */
 export declare class Push {
   private constructor();
-  /** The namespace's VAPID public key (base64url): `applicationServerKey`. */
+  /** The namespace's VAPID public key (base64url): `applicationServerKey` (signed-in accounts of the namespace). */
   publicKey(options?: RequestOptions): Promise<string>;
   /** Subscribes this browser (a service worker's registration asks the browser) for the signed-in user. */
   subscribe(
@@ -657,8 +659,8 @@ export declare class Push {
   messages(options?: RequestOptions & { limit?: number }): Promise<PushReport[]>;
   /** One message's report (the team). */
   message(id: string, options?: RequestOptions): Promise<PushReport>;
-  /** Reports what became of a notification for the signed-in user. */
-  receipt(id: string, event: 'delivered' | 'clicked', options?: RequestOptions): Promise<void>;
+  /** Reports what became of a notification for the signed-in user: the notification as it came. */
+  receipt(notification: { id: string; receipt: string }, event: 'delivered' | 'clicked', options?: RequestOptions): Promise<void>;
   /** The signed-in user's notifications as they are sent, while online. */
   listen(callback: (n: PushNotification) => void | Promise<void>, options?: ListenOptions): PushListener;
 }

@@ -1753,6 +1753,7 @@ export class Files {
  * @property {string} body
  * @property {string} [url] Where a click leads.
  * @property {any} [data] Anything else the sender gave.
+ * @property {string} receipt The user's token for `push.receipt`.
  */
 
 /**
@@ -1805,7 +1806,7 @@ export class PushListener extends Reconnecting {
       const n = safeJSON(ev.data);
       if (!n || typeof n.id !== 'string') continue;
       if (this._options.receipts !== false) {
-        this._client.push.receipt(n.id, 'delivered').catch(() => {});
+        this._client.push.receipt(n, 'delivered').catch(() => {});
       }
       try {
         await this._callback(n);
@@ -1842,13 +1843,13 @@ export class Push {
 
   /**
    * The namespace's VAPID public key (base64url): `applicationServerKey` for
-   * `pushManager.subscribe`.
+   * `pushManager.subscribe` (for the namespace's signed-in accounts).
    * @param {{ signal?: AbortSignal }} [options]
    * @returns {Promise<string>}
    */
   async publicKey(options = {}) {
     if (!this._key) {
-      const reply = await this._client.send('/push/v1/key', { auth: false, signal: options.signal });
+      const reply = await this._client.send('/push/v1/key', { signal: options.signal });
       this._key = reply.public_key;
     }
     return /** @type {string} */ (this._key);
@@ -1932,18 +1933,24 @@ export class Push {
   }
 
   /**
-   * Reports what became of a notification for the signed-in user (counted once per user).
-   * @param {string} id
+   * Reports what became of a notification for the signed-in user (counted once per user):
+   * the notification as it came (to `listen`, or to a service worker), whose `receipt`
+   * token proves it came to them.
+   * @param {{ id: string, receipt: string }} notification
    * @param {'delivered' | 'clicked'} event
    * @param {{ signal?: AbortSignal }} [options]
    */
-  async receipt(id, event, options = {}) {
-    await this._client.send(`/push/v1/messages/${encodeURIComponent(id)}/receipts`, {
+  async receipt(notification, event, options = {}) {
+    if (!notification || typeof notification.id !== 'string' || typeof notification.receipt !== 'string') {
+      throw new TypeError('push.receipt: the notification as it came (its id and receipt)');
+    }
+    await this._client.send(`/push/v1/messages/${encodeURIComponent(notification.id)}/receipts`, {
       method: 'POST',
-      body: { event },
+      body: { event, receipt: notification.receipt },
       signal: options.signal,
     });
   }
+
 
   /**
    * The signed-in user's notifications as they are sent, while online (reconnecting).

@@ -81,10 +81,11 @@ function suite() {
 
   after(() => listener?.close());
 
-  test('the namespace key is a P-256 public key, for anybody', async () => {
-    const key = await client().push.publicKey();
+  test('the namespace key is a P-256 public key, for its signed-in accounts', async () => {
+    const key = await app.push.publicKey();
     assert.equal(key.length, 87);
-    assert.equal(await app.push.publicKey(), key);
+    assert.equal(await admin.push.publicKey(), key);
+    await refused(client().push.publicKey(), 401);
   });
 
   test('a browser subscribes for its user, with topics; the keys stay with the server', async () => {
@@ -105,15 +106,19 @@ function suite() {
     const report = await admin.push.send({ user: uid, title: `Hello ${tag}`, body: 'b', url: '/inbox', data: { n: 1 } });
     assert.equal(report.accepted, 1, JSON.stringify(report));
     const n = await waitFor(() => heard.find((h) => h.id === report.id), 'the realtime notification');
-    assert.deepEqual(n, { id: report.id, title: `Hello ${tag}`, body: 'b', url: '/inbox', data: { n: 1 } });
+    const { receipt, ...rest } = n;
+    assert.deepEqual(rest, { id: report.id, title: `Hello ${tag}`, body: 'b', url: '/inbox', data: { n: 1 } });
+    assert.equal(typeof receipt, 'string');
     const got = await waitFor(async () => {
       const all = await (await fetch(env.MICRO_PUSH_RECEIVED)).json();
       return all.find((r) => r.message?.id === report.id);
     }, 'the push service to get it');
     assert.equal(got.error, undefined, got.error);
     assert.equal(got.message.title, `Hello ${tag}`);
-    await app.push.receipt(report.id, 'clicked');
-    await app.push.receipt(report.id, 'clicked');
+    await app.push.receipt(n, 'clicked');
+    await app.push.receipt(n, 'clicked');
+    await refused(app.push.receipt({ id: report.id, receipt: 'forged' }, 'clicked'), 404);
+    await assert.rejects(app.push.receipt(/** @type {any} */ (report.id), 'clicked'), TypeError);
     const r = await waitFor(async () => {
       const m = await admin.push.message(report.id);
       return m.receipts.delivered === 1 && m.receipts.clicked === 1 && m;

@@ -239,12 +239,7 @@ impl PostgresBroker {
     /// messages (failing when the database is unreachable).
     pub async fn open(db: &Database) -> Result<PostgresBroker, Status> {
         db.migrate(ID, SCHEMA).await?;
-        let oid: u32 = {
-            let c = db.client(ID).await?;
-            let row = c.query_one("SELECT 'micro_broker'::regclass::oid", &[]).await.map_err(|e| db_error(ID, e))?;
-            row.get(0)
-        };
-        let channel = format!("micro_broker_{oid}");
+        let channel = db.table_channel(ID, "micro_broker").await?;
         let listening = Listening::open(db, &channel, "micro-broker-listener").await?;
         #[cfg(test)]
         let listener_pid = listening.pid();

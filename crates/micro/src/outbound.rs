@@ -96,12 +96,16 @@ pub fn public(ip: IpAddr) -> bool {
             }
             let s = v6.segments();
             let embedded = |hi: u16, lo: u16| IpAddr::V4(std::net::Ipv4Addr::from(((hi as u32) << 16) | lo as u32));
-            // NAT64 (the well-known prefix) and 6to4 carry an IPv4 address: judge that.
+            // NAT64 (the well-known prefix), 6to4, SIIT (`::ffff:0:a.b.c.d`) and the old
+            // IPv4-compatible form (`::a.b.c.d`) carry an IPv4 address: judge that.
             if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
                 return public(embedded(s[6], s[7]));
             }
             if s[0] == 0x2002 {
                 return public(embedded(s[1], s[2]));
+            }
+            if s[0..4] == [0, 0, 0, 0] && ((s[4] == 0xffff && s[5] == 0) || s[4..6] == [0, 0]) {
+                return public(embedded(s[6], s[7]));
             }
             !(v6.is_loopback()
                 || v6.is_unspecified()
@@ -109,6 +113,8 @@ pub fn public(ip: IpAddr) -> bool {
                 || (s[0] & 0xfe00) == 0xfc00
                 || (s[0] & 0xffc0) == 0xfe80
                 || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1)
+                || (s[0] & 0xffc0) == 0xfec0
                 || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]))
         }
     }
@@ -178,7 +184,12 @@ impl Outbound {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        Outbound { client: Client::builder(TokioExecutor::new()).build(https), private, timeout }
+        // Few idle connections per host, not kept long: the hosts are the tenants' choice.
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(4)
+            .build(https);
+        Outbound { client, private, timeout }
     }
 
     /// Whether private addresses and plain HTTP are allowed.
@@ -234,10 +245,15 @@ mod tests {
             "2002:7f00:1::1",
             "2002:a00:1::",
             "100::1",
+            "::7f00:1",
+            "::a00:1",
+            "::ffff:0:7f00:1",
+            "64:ff9b:1::a00:1",
+            "fec0::1",
         ] {
             assert!(!public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "64:ff9b::808:808", "2002:808:808::1"] {
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111", "64:ff9b::808:808", "2002:808:808::1", "::808:808"] {
             assert!(public(ip.parse().unwrap()), "{ip}");
         }
         assert!(check_url("issuer", "http://accounts.example.com", false).is_err());

@@ -147,7 +147,8 @@ pub struct SendRequest {
     /// A saved template of the namespace.
     #[serde(default)]
     pub template: Option<String>,
-    /// The template's variables, a JSON object.
+    /// The variables of the template, or of the subject and bodies given (then templates
+    /// themselves), a JSON object.
     #[serde(default)]
     pub vars: Option<serde_json::Map<String, serde_json::Value>>,
     /// Where replies go.
@@ -399,8 +400,10 @@ pub fn service_with(service: Service, settings: Settings) -> Service {
         (s(&shared), s(&shared), s(&shared), s(&shared), s(&shared), s(&shared), s(&shared), s(&shared), s(&shared));
     service
         .version(env!("CARGO_PKG_VERSION"))
-        // The users product mails its users' codes for the namespaces it serves.
+        // The users product mails its users' codes for the namespaces it serves; the
+        // subscribe product composes campaigns from a namespace's templates.
         .for_products("Email.Send")
+        .for_products("Email.Templates")
         .handle("Email.Send", move |ctx: Context, req: SendRequest| {
             let sh = send.clone();
             async move { sh.send(&ctx, req).await }
@@ -569,11 +572,19 @@ impl Shared {
                 let r = template::render(&t, &vars)?;
                 (r.subject, r.text, r.html)
             }
+            // The parts given, rendered with `vars` when there are some (a campaign's mail,
+            // one per subscriber).
             None => {
-                if req.vars.is_some() {
-                    return Err(bad("vars are for a template: name one with template"));
+                let (subject, text, html) =
+                    (req.subject.clone().unwrap_or_default(), req.text.clone().unwrap_or_default(), req.html.clone());
+                match &req.vars {
+                    Some(vars) => {
+                        let t = Template { name: "inline".into(), subject, text, html };
+                        let r = template::render(&t, &serde_json::Value::Object(vars.clone()))?;
+                        (r.subject, r.text, r.html)
+                    }
+                    None => (subject, text, html),
                 }
-                (req.subject.clone().unwrap_or_default(), req.text.clone().unwrap_or_default(), req.html.clone())
             }
         };
         let subject = line("subject", &subject, template::MAX_SUBJECT)?;

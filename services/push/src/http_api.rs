@@ -2,7 +2,7 @@
 //! pages call with the JS client (the key, the browser's subscription, receipts, the
 //! realtime stream) and what its team's servers call to send.
 
-use crate::{Live, NAME, Push, SendRequest, Who, bad, live_topic, user_key, valid_topic};
+use crate::{Live, NAME, Push, SendRequest, Who, bad, user_key, valid_topic};
 use bytes::Bytes;
 use futures::StreamExt;
 use http::{HeaderValue, Method, Response, StatusCode, header};
@@ -58,7 +58,12 @@ impl Push {
         let who = Who { caller, ns: &ns };
         let method = req.method().clone();
         match (&method, segs.as_slice()) {
+            // For the namespace's own accounts (so nobody makes keys for names that are no
+            // namespace's).
             (&Method::GET, ["key"]) => {
+                if who.sender().is_err() {
+                    who.member()?;
+                }
                 let vapid = self.vapid(&ns).await?;
                 Ok(reply(StatusCode::OK, &json!({"public_key": vapid.public})))
             }
@@ -95,7 +100,8 @@ impl Push {
                 let id = id.to_string();
                 let body = micro::web::json_body(req.into_body(), 1024, NAME).await?;
                 let event = body.get("event").and_then(|e| e.as_str()).unwrap_or_default();
-                self.receipt(&who, &id, event).await?;
+                let token = body.get("receipt").and_then(|e| e.as_str()).unwrap_or_default();
+                self.receipt(&who, &id, event, token).await?;
                 Ok(micro::web::empty(StatusCode::NO_CONTENT))
             }
             (&Method::GET, ["events"]) => self.events(&who, query.as_deref(), valid).await,
@@ -125,13 +131,21 @@ impl Push {
             topics.extend(s.topics);
         }
         let slot = self.stream_slot(who.ns, &ukey).ok_or_else(|| {
-            Status::new(Code::ResourceExhausted, NAME, "too many realtime streams open for this user: close one")
+            Status::new(Code::ResourceExhausted, NAME, "too many realtime streams open: close one")
+                .with_http_status(429)
         })?;
-        let mut live = self.broker.subscribe(micro_core::namespace::DEFAULT, &live_topic(who.ns), None).await?;
-        let mine = format!("user:{ukey}");
-        let wanted = move |to: &str| {
-            to == "all" || to == mine || to.strip_prefix("topic:").is_some_and(|t| topics.iter().any(|x| x == t))
-        };
+        topics.sort();
+        topics.dedup();
+        // What is the caller's: everyone's, their own, their topics' (each a topic of the
+        // broker, so nothing of anybody else's is even buffered here).
+        let mut wanted = vec![Live::All, Live::User(ukey.clone())];
+        wanted.extend(topics.into_iter().map(Live::Topic));
+        let mut streams = Vec::new();
+        for w in &wanted {
+            streams.push(self.broker.subscribe(micro_core::namespace::DEFAULT, &w.topic(who.ns), None).await?);
+        }
+        let mut live = futures::stream::select_all(streams);
+        let receipts = self.receipt_key(who.ns).await?;
         // The stream ends when the caller's token does: a user deleted, or signed out
         // everywhere, stops hearing within its lifetime.
         let until = who.caller.expires.map(|e| e.saturating_sub(crate::now())).unwrap_or(3600);
@@ -149,10 +163,11 @@ impl Push {
             loop {
                 let chunk = tokio::select! {
                     m = live.next() => match m {
-                        Some(Ok(m)) => match serde_json::from_slice::<Live>(&m.payload) {
-                            Ok(l) if wanted(&l.to) => {
-                                let id = l.notification.get("id").and_then(|i| i.as_str()).unwrap_or_default().to_string();
-                                Bytes::from(format!("id: {id}\nevent: push\ndata: {}\n\n", l.notification))
+                        Some(Ok(m)) => match serde_json::from_slice::<serde_json::Value>(&m.payload) {
+                            Ok(n) => {
+                                let n = Push::for_user(&n, &receipts, &ukey);
+                                let id = n.get("id").and_then(|i| i.as_str()).unwrap_or_default().to_string();
+                                Bytes::from(format!("id: {id}\nevent: push\ndata: {n}\n\n"))
                             }
                             _ => continue,
                         },

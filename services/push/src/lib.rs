@@ -63,14 +63,20 @@ pub const MAX_FAILURES: u32 = 10;
 /// The most a notification's JSON may be: what one `aes128gcm` record of 4096 bytes
 /// holds after its header (86), tag (16) and delimiter (1).
 pub const MAX_PAYLOAD: usize = 3993;
+/// What a user's receipt token adds to a notification's JSON (`,"receipt":"<24>"`).
+const RECEIPT_ROOM: usize = 38;
 /// The longest a push service is asked to keep an undelivered notification (28 days).
 pub const MAX_TTL: u64 = 28 * 86_400;
 /// Realtime connections one user may hold on a node.
 const MAX_STREAMS_PER_USER: u32 = 8;
+/// Realtime connections a node holds in all.
+const MAX_STREAMS: u32 = 20_000;
 /// Deliveries made at once.
 const PARALLEL: usize = 16;
 /// How long a push service has to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one send may take in all: what is not tried by then fails.
+const SEND_DEADLINE: Duration = Duration::from_secs(120);
 /// How long a message's report is kept.
 const KEEP: Duration = Duration::from_secs(30 * 86_400);
 
@@ -258,12 +264,27 @@ pub(crate) struct Vapid {
     pub(crate) public: String,
 }
 
-/// What goes through the broker to the nodes' realtime connections.
-#[derive(Serialize, Deserialize)]
-struct Live {
-    /// `user:<key>`, `topic:<name>` or `all`.
-    to: String,
-    notification: Value,
+/// Who a realtime notification is for: each is a broker topic of its own (in the
+/// `micro` namespace, which tenants cannot publish to), so a connection hears only what
+/// is its own.
+pub(crate) enum Live {
+    /// Everyone of the namespace.
+    All,
+    /// A user (by key).
+    User(String),
+    /// A topic's followers.
+    Topic(String),
+}
+
+impl Live {
+    /// Its broker topic in namespace `ns`.
+    pub(crate) fn topic(&self, ns: &str) -> String {
+        match self {
+            Live::All => format!("push.{ns}.all"),
+            Live::User(k) => format!("push.{ns}.u.{k}"),
+            Live::Topic(t) => format!("push.{ns}.t.{t}"),
+        }
+    }
 }
 
 /// The push product.
@@ -275,7 +296,6 @@ pub struct Push {
     outbound: micro::outbound::Outbound,
     /// The VAPID `sub` claim: how a push service reaches the operator.
     contact: Option<String>,
-    vapid: Arc<Mutex<HashMap<String, Vapid>>>,
     /// Realtime connections on this node, per (namespace, user key).
     streams: Arc<Mutex<HashMap<(String, String), u32>>>,
 }
@@ -292,7 +312,6 @@ impl Push {
             broker,
             outbound: micro::outbound::Outbound::new(private, TIMEOUT),
             contact,
-            vapid: Default::default(),
             streams: Default::default(),
         }
     }
@@ -309,11 +328,9 @@ impl Push {
         self.store.list(&self.table, prefix, &Query { prefix: true, ..Default::default() }).await
     }
 
-    /// Namespace `ns`'s VAPID keys (made on first use from its secret).
+    /// Namespace `ns`'s VAPID keys (made on first use from its secret; derived again each
+    /// time, so a namespace deleted and made again gets keys of its own on every node).
     pub(crate) async fn vapid(&self, ns: &str) -> Result<Vapid, Status> {
-        if let Some(v) = self.vapid.lock().unwrap_or_else(|e| e.into_inner()).get(ns) {
-            return Ok(v.clone());
-        }
         let secret = micro_core::store::secret(self.store.as_ref(), &self.table, &format!("{ns}/vapid")).await?;
         // A scalar from the secret: hashed with a counter until it is one (almost always
         // the first time), so every node derives the same key.
@@ -332,7 +349,6 @@ impl Push {
             key: Arc::new(jsonwebtoken::EncodingKey::from_ec_der(der.as_bytes())),
             public: B64.encode(key.public_key().to_encoded_point(false).as_bytes()),
         };
-        self.vapid.lock().unwrap_or_else(|e| e.into_inner()).insert(ns.to_string(), vapid.clone());
         Ok(vapid)
     }
 
@@ -534,13 +550,15 @@ impl Push {
             notification["data"] = d.clone();
         }
         let payload = serde_json::to_vec(&notification).map_err(|e| Status::internal(NAME, e.to_string()))?;
-        if payload.len() > MAX_PAYLOAD {
+        // Each user's copy carries its receipt token too.
+        if payload.len() + RECEIPT_ROOM > MAX_PAYLOAD {
             return Err(Status::new(
                 Code::InvalidArgument,
                 NAME,
                 format!(
-                    "the notification is {} bytes as JSON: at most {MAX_PAYLOAD} fit a push message",
-                    payload.len()
+                    "the notification is {} bytes as JSON: at most {} fit a push message",
+                    payload.len(),
+                    MAX_PAYLOAD - RECEIPT_ROOM
                 ),
             ));
         }
@@ -562,23 +580,30 @@ impl Push {
         self.write_json(&format!("{ns}/msg/{id}"), &report, Some(KEEP)).await?;
         // Users online, on every node.
         let to = match (&req.user, &req.topic) {
-            (Some(u), _) => format!("user:{}", user_key(u, true)),
-            (_, Some(t)) => format!("topic:{t}"),
-            _ => "all".into(),
+            (Some(u), _) => Live::User(user_key(u, true)),
+            (_, Some(t)) => Live::Topic(t.clone()),
+            _ => Live::All,
         };
-        let live = serde_json::to_vec(&Live { to, notification }).map_err(|e| Status::internal(NAME, e.to_string()))?;
-        let message = micro_core::broker::Message { topic: live_topic(ns), payload: live, ..Default::default() };
+        let live = serde_json::to_vec(&notification).map_err(|e| Status::internal(NAME, e.to_string()))?;
+        let message = micro_core::broker::Message { topic: to.topic(ns), payload: live, ..Default::default() };
         if let Err(e) = self.broker.publish(micro_core::namespace::DEFAULT, &message).await {
             tracing::warn!(service = NAME, namespace = ns, error = %e, "publishing a realtime notification failed");
         }
         if !subs.is_empty() {
             let vapid = self.vapid(ns).await?;
-            let delivery = Delivery { ttl, urgency, replace: req.replace.clone(), payload: Bytes::from(payload) };
+            let delivery = Delivery { ttl, urgency, replace: req.replace.clone(), notification: notification.clone() };
+            let receipts = self.receipt_key(ns).await?;
+            let deadline = tokio::time::Instant::now() + SEND_DEADLINE;
             let outcomes: Vec<(Subscription, Outcome)> = futures::stream::iter(subs)
                 .map(|s| {
-                    let (vapid, delivery) = (&vapid, &delivery);
+                    let (vapid, delivery, receipts) = (&vapid, &delivery, &receipts);
                     async move {
-                        let o = self.deliver(vapid, delivery, &s).await;
+                        let o = match tokio::time::timeout_at(deadline, self.deliver(vapid, delivery, receipts, &s))
+                            .await
+                        {
+                            Ok(o) => o,
+                            Err(_) => Outcome::Failed("not tried: the send ran out of time".into()),
+                        };
                         (s, o)
                     }
                 })
@@ -631,15 +656,41 @@ impl Push {
         Ok(report)
     }
 
+    /// The namespace's key that signs receipt tokens.
+    async fn receipt_key(&self, ns: &str) -> Result<Vec<u8>, Status> {
+        micro_core::store::secret(self.store.as_ref(), &self.table, &format!("{ns}/receipts")).await
+    }
+
+    /// The token with which user `ukey` reports receipts of message `id`: proof that the
+    /// notification came to them.
+    pub(crate) fn receipt_token(key: &[u8], id: &str, ukey: &str) -> String {
+        let mut h = <sha2::Sha256 as sha2::Digest>::new();
+        sha2::Digest::update(&mut h, key);
+        sha2::Digest::update(&mut h, format!("\nreceipt\n{id}\n{ukey}").as_bytes());
+        B64.encode(&sha2::Digest::finalize(h)[..18])
+    }
+
+    /// `notification` as user `ukey` gets it: with their receipt token.
+    pub(crate) fn for_user(notification: &Value, key: &[u8], ukey: &str) -> Value {
+        let mut n = notification.clone();
+        let id = n.get("id").and_then(|i| i.as_str()).unwrap_or_default().to_string();
+        n["receipt"] = json!(Self::receipt_token(key, &id, ukey));
+        n
+    }
+
     /// One subscription's delivery.
-    async fn deliver(&self, vapid: &Vapid, d: &Delivery, s: &Subscription) -> Outcome {
+    async fn deliver(&self, vapid: &Vapid, d: &Delivery, receipts: &[u8], s: &Subscription) -> Outcome {
         let keys = B64.decode(&s.p256dh).ok().and_then(|k| p256::PublicKey::from_sec1_bytes(&k).ok());
         let auth = B64.decode(&s.auth).ok().and_then(|a| <[u8; 16]>::try_from(a.as_slice()).ok());
         let (Some(public), Some(auth)) = (keys, auth) else {
             return Outcome::Gone;
         };
         let auth = web_push_native::Auth::from(auth);
-        let body = match web_push_native::encrypt(d.payload.to_vec(), &public, &auth) {
+        let n = Self::for_user(&d.notification, receipts, &user_key(&s.user, s.app_user));
+        let Ok(payload) = serde_json::to_vec(&n) else {
+            return Outcome::Failed("the notification is not JSON".into());
+        };
+        let body = match web_push_native::encrypt(payload, &public, &auth) {
             Ok(b) => b,
             Err(e) => return Outcome::Failed(format!("encrypting: {e}")),
         };
@@ -659,14 +710,24 @@ impl Push {
         }
         let req = match req.body(http_body_util::Full::new(Bytes::from(body))) {
             Ok(r) => r,
-            Err(e) => return Outcome::Failed(format!("the endpoint: {e}")),
+            Err(_) => return Outcome::Failed("the endpoint is not an URL".into()),
         };
         match self.outbound.send(req, 4096).await {
             Ok(a) if a.status.is_success() => Outcome::Accepted,
             Ok(a) if a.status == http::StatusCode::NOT_FOUND || a.status == http::StatusCode::GONE => Outcome::Gone,
             Ok(a) => Outcome::Failed(format!("the push service answered {}", a.status)),
-            Err(micro::outbound::OutboundError::Refused(why)) => Outcome::Failed(why),
-            Err(e) => Outcome::Failed(e.to_string()),
+            // In words without the endpoint's URL (the team sees origins only).
+            Err(micro::outbound::OutboundError::Refused(_)) => Outcome::Failed("the endpoint is refused".into()),
+            Err(micro::outbound::OutboundError::Timeout(_)) => Outcome::Failed("the push service timed out".into()),
+            Err(micro::outbound::OutboundError::Unreachable(_, why)) if why.contains("no public address") => {
+                Outcome::Failed("the push service's address is not public".into())
+            }
+            Err(micro::outbound::OutboundError::Unreachable(..)) => {
+                Outcome::Failed("the push service cannot be reached".into())
+            }
+            Err(micro::outbound::OutboundError::Unreadable(..)) => {
+                Outcome::Failed("the push service's answer is unreadable".into())
+            }
         }
     }
 
@@ -709,8 +770,9 @@ impl Push {
         Ok(r)
     }
 
-    /// A receipt from a user of the namespace: `event` became of message `id`.
-    pub(crate) async fn receipt(&self, who: &Who<'_>, id: &str, event: &str) -> Result<(), Status> {
+    /// A receipt from a user of the namespace: `event` became of message `id`, which came
+    /// to them with `token`.
+    pub(crate) async fn receipt(&self, who: &Who<'_>, id: &str, event: &str, token: &str) -> Result<(), Status> {
         let (me, app_user) = who.member()?;
         if !EVENTS.contains(&event) {
             return Err(bad(format!("{event:?} is not an event: delivered or clicked")));
@@ -719,34 +781,30 @@ impl Push {
         if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(gone());
         }
-        let report = self.read_json::<Report>(&format!("{}/msg/{id}", who.ns)).await?.ok_or_else(gone)?;
-        // A message to one user takes that user's receipts alone.
-        if let Some(u) = report.target.strip_prefix("user:")
-            && !(app_user && u == me)
-        {
+        self.read_json::<Report>(&format!("{}/msg/{id}", who.ns)).await?.ok_or_else(gone)?;
+        // Only a user the notification came to holds its token for them.
+        let ukey = user_key(&me, app_user);
+        let want = Self::receipt_token(&self.receipt_key(who.ns).await?, id, &ukey);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(want.as_bytes(), token.as_bytes())) {
             return Err(gone());
         }
-        let key = format!("{}/receipt/{id}/{event}/{}", who.ns, user_key(&me, app_user));
+        let key = format!("{}/receipt/{id}/{event}/{ukey}", who.ns);
         self.write_json(&key, &now(), Some(KEEP)).await
     }
 
-    /// Whether a realtime connection of user `ukey` may open on this node; it counts
-    /// until the guard drops.
+    /// Whether a realtime connection of user `ukey` may open on this node (at most
+    /// [`MAX_STREAMS_PER_USER`] of theirs, [`MAX_STREAMS`] in all); it counts until the
+    /// guard drops.
     fn stream_slot(&self, ns: &str, ukey: &str) -> Option<StreamSlot> {
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let total: u32 = streams.values().sum();
         let n = streams.entry((ns.to_string(), ukey.to_string())).or_insert(0);
-        if *n >= MAX_STREAMS_PER_USER {
+        if *n >= MAX_STREAMS_PER_USER || total >= MAX_STREAMS {
             return None;
         }
         *n += 1;
         Some(StreamSlot { streams: self.streams.clone(), key: (ns.to_string(), ukey.to_string()) })
     }
-}
-
-/// The broker topic of namespace `ns`'s realtime notifications (in the `micro`
-/// namespace, which tenants cannot publish to).
-fn live_topic(ns: &str) -> String {
-    format!("push.{ns}")
 }
 
 /// A realtime connection's place in the count.
@@ -772,7 +830,7 @@ struct Delivery {
     ttl: u64,
     urgency: String,
     replace: Option<String>,
-    payload: Bytes,
+    notification: Value,
 }
 
 enum Outcome {

@@ -76,15 +76,17 @@ async fn push_end_to_end(a: &ServerProcess, b: &ServerProcess, endpoint: &PushEn
     let (zoe, zoe_id) = app_user(&api, "zoe@example.com").await;
     let (yan, _) = app_user(&api, "yan@example.com").await;
 
-    // The namespace's VAPID key, for anybody, the same on both nodes.
-    let (st, key) = call(&api, "GET", "/push/v1/key", None, "shop", None).await;
+    // The namespace's VAPID key, for its accounts, the same on both nodes.
+    let (st, key) = call(&api, "GET", "/push/v1/key", Some(&zoe), "shop", None).await;
     assert_eq!(st, 200, "{key}");
     let public = key["public_key"].as_str().unwrap().to_string();
     assert_eq!(public.len(), 87, "65 bytes, base64url: {public}");
-    let (_, key_b) = call(&bpi, "GET", "/push/v1/key", None, "shop", None).await;
+    let (_, key_b) = call(&bpi, "GET", "/push/v1/key", Some(&ann), "shop", None).await;
     assert_eq!(key_b["public_key"], public.as_str());
-    a.account("other", "olga", "user", &["admin"]).await;
-    let (_, other) = call(&api, "GET", "/push/v1/key", None, "other", None).await;
+    let (st, _) = call(&api, "GET", "/push/v1/key", None, "shop", None).await;
+    assert_eq!(st, 401, "nobody makes keys for names that are no namespace's");
+    let olga = a.account("other", "olga", "user", &["admin"]).await;
+    let (_, other) = call(&api, "GET", "/push/v1/key", Some(&olga), "other", None).await;
     assert_eq!(other["public_key"].as_str().map(str::len), Some(87), "{other}");
     assert_ne!(other["public_key"], public.as_str(), "each namespace has its own key");
 
@@ -128,8 +130,10 @@ async fn push_end_to_end(a: &ServerProcess, b: &ServerProcess, endpoint: &PushEn
     assert_eq!(got.len(), 1, "{got:?}");
     let g = &got[0];
     assert!(g.get("error").is_none(), "the push service could not check or decrypt it: {g}");
+    let mut message = g["message"].clone();
+    let browser_receipt = message.as_object_mut().unwrap().remove("receipt").unwrap();
     assert_eq!(
-        g["message"],
+        message,
         json!({"id": id, "title": "Hello Zoe", "body": "Your order shipped", "url": "/orders/7", "data": {"order": 7}})
     );
     assert_eq!(
@@ -141,6 +145,7 @@ async fn push_end_to_end(a: &ServerProcess, b: &ServerProcess, endpoint: &PushEn
     let live = next_push(&mut zoe_live).await;
     assert_eq!(live["id"], id.as_str());
     assert_eq!(live["title"], "Hello Zoe");
+    assert_eq!(live["receipt"], browser_receipt, "zoe's token, on the stream as in the browser");
     assert!(yan_live.quiet(Duration::from_millis(500)).await.is_ok(), "yan hears nothing of zoe's");
 
     // To the topic: zoe's subscription follows it; yan's stream follows another.
@@ -168,18 +173,24 @@ async fn push_end_to_end(a: &ServerProcess, b: &ServerProcess, endpoint: &PushEn
         assert!(g.get("error").is_none(), "{g}");
     }
 
-    // Receipts: each user counts once per event; a message to zoe takes hers alone.
+    // Receipts: each user counts once per event, with the token their copy came with; a
+    // message to zoe takes hers alone.
     for _ in 0..2 {
         for event in ["delivered", "clicked"] {
             let path = format!("/push/v1/messages/{id}/receipts");
-            let (st, v) = call(&bpi, "POST", &path, Some(&zoe), "shop", Some(json!({"event": event}))).await;
+            let body = json!({"event": event, "receipt": browser_receipt});
+            let (st, v) = call(&bpi, "POST", &path, Some(&zoe), "shop", Some(body)).await;
             assert_eq!(st, 204, "{v}");
         }
     }
     let path = format!("/push/v1/messages/{id}/receipts");
-    let (st, _) = call(&api, "POST", &path, Some(&yan), "shop", Some(json!({"event": "delivered"}))).await;
-    assert_eq!(st, 404, "yan has no receipt to give for zoe's message");
-    let (st, v) = call(&api, "POST", &path, Some(&zoe), "shop", Some(json!({"event": "opened"}))).await;
+    for token in [json!("forged"), browser_receipt.clone(), json!(null)] {
+        let body = json!({"event": "delivered", "receipt": token});
+        let (st, _) = call(&api, "POST", &path, Some(&yan), "shop", Some(body)).await;
+        assert_eq!(st, 404, "yan has no receipt to give for zoe's message, even with hers");
+    }
+    let body = json!({"event": "opened", "receipt": browser_receipt});
+    let (st, v) = call(&api, "POST", &path, Some(&zoe), "shop", Some(body)).await;
     assert_eq!(st, 400, "{v}");
     let (st, v) = call(&api, "GET", &format!("/push/v1/messages/{id}"), Some(&ann), "shop", None).await;
     assert_eq!(st, 200, "{v}");
@@ -239,7 +250,7 @@ async fn push_end_to_end(a: &ServerProcess, b: &ServerProcess, endpoint: &PushEn
         assert_eq!(st, 400, "{body} → {v}");
     }
     let (st, v) =
-        send(&api, &ann, json!({"all": true, "title": "t", "body": "b".repeat(1990), "data": "d".repeat(1990)})).await;
+        send(&api, &ann, json!({"all": true, "title": "t", "body": "b".repeat(1990), "data": "d".repeat(1950)})).await;
     assert_eq!(st, 400, "{v}");
     assert!(v["detail"].as_str().unwrap().contains("fit a push message"), "{v}");
     let (st, _) = call(&api, "GET", "/push/v1/events?topics=Bad!", Some(&zoe), "shop", None).await;

@@ -9,6 +9,7 @@
 //! request). The lists and their subscribers are the `subscribe` service's (`Lists.*`,
 //! `Subscribers.*`), for the namespace's team.
 
+mod campaigns;
 mod pages;
 mod service;
 
@@ -24,7 +25,11 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub use service::{Empty, ExportReply, ListReply, NameRequest, SubscribersReply, SubscribersRequest, service_with};
+pub use campaigns::{Campaign, CampaignReport, CampaignState};
+pub use service::{
+    AddRequest, CampaignsReply, Empty, ExportReply, ListReply, NameRequest, SendCampaignRequest, SubscribersReply,
+    SubscribersRequest, service_with,
+};
 
 /// The product's name: its table, its service, and the first segment of its paths.
 pub const NAME: &str = "subscribe";
@@ -264,6 +269,53 @@ impl Subscribe {
         }
         out.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.email.cmp(&b.email)));
         Ok(out)
+    }
+
+    /// Adds `address` to `list` as subscribed, without mail (the team's managers importing
+    /// people who agreed elsewhere); an address that unsubscribed stays so.
+    pub(crate) async fn add_subscriber(
+        &self,
+        who: &Who<'_>,
+        list: &str,
+        address: &str,
+        name: &str,
+    ) -> Result<Subscriber, Status> {
+        who.manager()?;
+        if self.list(who.ns, list).await?.is_none() {
+            return Err(Status::new(Code::NotFound, NAME, format!("no list {list}")));
+        }
+        let address = email(address)?;
+        let name = name.trim();
+        if name.len() > 100 || name.chars().any(char::is_control) {
+            return Err(bad("a name is one line of at most 100 bytes"));
+        }
+        let key = format!("{}/sub/{list}/{}", who.ns, digest(&address));
+        let t = now();
+        let mut s = self.read_json::<Subscriber>(&key).await?.unwrap_or(Subscriber {
+            email: address.clone(),
+            name: String::new(),
+            state: State::Pending,
+            created: t,
+            confirmed: None,
+            unsubscribed: None,
+            mailed: 0,
+        });
+        if s.state == State::Unsubscribed {
+            return Err(Status::new(
+                Code::FailedPrecondition,
+                NAME,
+                format!("{address} unsubscribed from {list}: only they subscribe again"),
+            ));
+        }
+        if !name.is_empty() {
+            s.name = name.to_string();
+        }
+        if s.state != State::Subscribed {
+            s.state = State::Subscribed;
+            s.confirmed = Some(t);
+        }
+        self.write_json(key, &s).await?;
+        Ok(s)
     }
 
     /// A list's subscribers as CSV (`email,name,state,created,confirmed,unsubscribed`;
@@ -593,6 +645,26 @@ impl Subscribe {
                     .ok_or_else(|| Status::new(Code::NotFound, NAME, format!("no list {list}")))?;
                 Ok(pages::script(ns, &l))
             }
+            // A tracked campaign's open (an image) and click (a redirect to the signed link).
+            (&Method::GET, [ns, what @ ("o" | "c"), campaign]) => {
+                let to = self.track(ns, what, campaign, q).await?;
+                let mut res = match to {
+                    Some(url) => {
+                        let mut r = micro::web::empty(StatusCode::FOUND);
+                        let v = HeaderValue::from_str(&url).map_err(|_| bad("the link is not an URL"))?;
+                        r.headers_mut().insert(header::LOCATION, v);
+                        r
+                    }
+                    None => {
+                        let mut r = Response::new(Body::new(http_body_util::Full::new(Bytes::from_static(PIXEL))));
+                        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("image/gif"));
+                        r
+                    }
+                };
+                res.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                res.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+                Ok(res)
+            }
             (&Method::GET, [ns, what @ ("confirm" | "unsubscribe")]) => {
                 let (l, address) = self.verify(ns, what, q).await?;
                 Ok(pages::ask(&l, what, &address, &path, q.unwrap_or("")))
@@ -622,6 +694,13 @@ impl Subscribe {
         }
     }
 }
+
+/// A transparent 1×1 GIF.
+const PIXEL: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
+    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02,
+    0x02, 0x44, 0x01, 0x00, 0x3b,
+];
 
 /// A query string of `pairs`, percent-encoded.
 fn query(pairs: &[(&str, &str)]) -> String {
