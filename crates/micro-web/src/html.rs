@@ -13,6 +13,7 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
     ("files", "Files"),
     ("apps", "Apps"),
     ("lists", "Lists"),
+    ("push", "Push"),
     ("config", "Config"),
     ("events", "Events"),
     ("auth", "Auth"),

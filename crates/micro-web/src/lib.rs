@@ -38,6 +38,7 @@ mod html;
 mod lists;
 mod plan;
 mod platform;
+mod push;
 mod runtime;
 mod services;
 mod session;
@@ -190,7 +191,7 @@ impl Web {
                     .fallback(extract::fallback)
             };
         }
-        let sections: [(&str, MethodRouter<Web>); 16] = [
+        let sections: [(&str, MethodRouter<Web>); 17] = [
             ("services", section!(services)),
             ("runtime", section!(runtime)),
             ("store", section!(store)),
@@ -199,6 +200,7 @@ impl Web {
             ("files", section!(files)),
             ("apps", section!(apps)),
             ("lists", section!(lists)),
+            ("push", section!(push)),
             ("config", section!(config)),
             ("events", section!(events)),
             ("auth", section!(auth)),

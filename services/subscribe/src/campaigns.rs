@@ -29,6 +29,8 @@ const DUE: &str = "_campaigns/";
 const LEADER_TTL: Duration = Duration::from_secs(10);
 /// How often the worker looks for campaigns due.
 const POLL: Duration = Duration::from_secs(1);
+/// How long one campaign sends before the others due get their turn.
+const STEP: Duration = Duration::from_secs(5);
 /// How long a campaign pauses when the namespace's daily mail is spent.
 const PAUSE: u64 = 3600;
 /// The default and the largest rate, mails per minute.
@@ -423,10 +425,9 @@ impl Subscribe {
         Ok(body)
     }
 
-    /// Sends what is due of one campaign for at most `budget`; returns whether it is done
-    /// with (sent, cancelled, gone, or paused).
-    async fn step(&self, ns: &str, name: &str, budget: Duration) -> Result<bool, Status> {
-        let Some(mut c) = self.read_json::<Campaign>(&campaign_key(ns, name)).await? else { return Ok(true) };
+    /// Sends what is due of one campaign for at most `budget`.
+    async fn step(&self, ns: &str, name: &str, budget: Duration) -> Result<Step, Status> {
+        let Some(mut c) = self.read_json::<Campaign>(&campaign_key(ns, name)).await? else { return Ok(Step::Done) };
         let t = now();
         match c.state {
             CampaignState::Scheduled if c.send_at.is_some_and(|at| at <= t) => {
@@ -435,19 +436,19 @@ impl Subscribe {
                 self.write_json(campaign_key(ns, name), &c).await?;
                 tracing::info!(service = super::NAME, namespace = ns, campaign = name, "campaign started");
             }
-            CampaignState::Scheduled => return Ok(false),
+            CampaignState::Scheduled => return Ok(Step::Waiting),
             CampaignState::Sending => {}
-            _ => return Ok(true),
+            _ => return Ok(Step::Done),
         }
         if c.paused_until.is_some_and(|p| p > t) {
-            return Ok(false);
+            return Ok(Step::Waiting);
         }
         let Some(list) = self.list(ns, &c.list).await? else {
             c.state = CampaignState::Cancelled;
             c.errors.push(format!("the list {} was deleted", c.list));
             c.finished = Some(now());
             self.write_json(campaign_key(ns, name), &c).await?;
-            return Ok(true);
+            return Ok(Step::Done);
         };
         let key = self.key(ns).await?;
         let client = self.email(ns)?;
@@ -479,7 +480,7 @@ impl Subscribe {
                         c.errors.truncate(9);
                         c.errors.push(format!("paused: {}", e.detail()));
                         self.write_json(campaign_key(ns, name), &c).await?;
-                        return Ok(false);
+                        return Ok(Step::Waiting);
                     }
                     Err(e) if e.code() == Code::Unavailable || e.code() == Code::Internal => return Err(e),
                     Err(e) => {
@@ -515,11 +516,21 @@ impl Subscribe {
         if let Some(now_is) = self.read_json::<Campaign>(&campaign_key(ns, name)).await?
             && now_is.state == CampaignState::Cancelled
         {
-            return Ok(true);
+            return Ok(Step::Done);
         }
         self.write_json(campaign_key(ns, name), &c).await?;
-        Ok(done)
+        Ok(if done { Step::Done } else { Step::More })
     }
+}
+
+/// What became of a campaign's turn.
+enum Step {
+    /// Nothing more to do for it (sent, cancelled, gone).
+    Done,
+    /// Its time ran out with more to send.
+    More,
+    /// Not now (scheduled later, or paused).
+    Waiting,
 }
 
 fn state_word(s: CampaignState) -> &'static str {
@@ -584,8 +595,11 @@ pub(crate) async fn run(sub: Subscribe, sync: micro::data::SyncHandle, mut stopp
             }
         };
         while !leadership.is_lost() && !stopping.is_stopping() {
-            if let Err(e) = tick(&sub, &stopping).await {
-                tracing::warn!(service = super::NAME, error = %e, "sending campaigns failed; retrying");
+            match tick(&sub, &stopping).await {
+                // More to send at once: no pause.
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(service = super::NAME, error = %e, "sending campaigns failed; retrying"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
@@ -600,19 +614,23 @@ pub(crate) async fn run(sub: Subscribe, sync: micro::data::SyncHandle, mut stopp
     }
 }
 
-/// One look at the campaigns due: each gets a few seconds in turn.
-async fn tick(sub: &Subscribe, stopping: &micro::Stopping) -> Result<(), Status> {
+/// One look at the campaigns due: each gets a few seconds in turn. Returns whether one
+/// ran out of its time with more to send (the next look comes at once).
+async fn tick(sub: &Subscribe, stopping: &micro::Stopping) -> Result<bool, Status> {
     let due = sub.store.list(&sub.table, DUE, &Query { prefix: true, ..Default::default() }).await?;
+    let mut more = false;
     for entry in due {
         if stopping.is_stopping() {
-            return Ok(());
+            return Ok(false);
         }
         let Some((ns, name)) = entry.strip_prefix(DUE).and_then(|r| r.split_once('/')) else { continue };
-        if sub.step(ns, name, Duration::from_secs(5)).await? {
-            sub.store.delete(&sub.table, &entry).await?;
+        match sub.step(ns, name, STEP).await? {
+            Step::Done => sub.store.delete(&sub.table, &entry).await?,
+            Step::More => more = true,
+            Step::Waiting => {}
         }
     }
-    Ok(())
+    Ok(more)
 }
 
 #[cfg(test)]

@@ -108,3 +108,70 @@ async fn nobody_but_the_team_reads_or_changes_a_namespaces_lists() {
     assert_eq!((st, v["subscribers"].as_array().map(Vec::len)), (200, Some(1)), "{v}");
     let _ = s.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_but_the_team_runs_a_namespaces_campaigns_or_bends_their_links() {
+    let Some(sink) = micro_test::smtp::SmtpSink::start(Default::default()) else { return };
+    let s = ServerProcess::builder(micro()).env("MICRO_SMTP", sink.url()).env("MICRO_EMAIL_DAILY_LIMIT", "0").start();
+    let ann = s.account("shop", "ann", "user", &["admin"]).await;
+    let mallet = s.account("blog", "mallet", "user", &["admin"]).await;
+    let viewer = s.account("shop", "vera", "user", &["viewer"]).await;
+    for (ns, token) in [("shop", &ann), ("blog", &mallet)] {
+        let (st, v) = call(&s.api, "POST", "/subscribe/lists/save", Some(token), ns, Some(json!({"name": "news"}))).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    let add = json!({"list": "news", "email": "sub@example.com", "name": "Sub"});
+    assert_eq!(call(&s.api, "POST", "/subscribe/subscribers/add", Some(&ann), "shop", Some(add)).await.0, 200);
+    let html = r#"<a href="https://shop.example/p">p</a> <a href="javascript:alert(1)">x</a>"#;
+    let draft = json!({"name": "c1", "list": "news", "subject": "Hi", "text": "t", "html": html, "track": true});
+    let (st, v) = call(&s.api, "POST", "/subscribe/campaigns/save", Some(&ann), "shop", Some(draft.clone())).await;
+    assert_eq!(st, 200, "{v}");
+
+    // Another namespace's admin (in shop's name, and in their own with shop's names), a
+    // viewer of shop, and anybody: no campaign of shop is made, sent, read or stopped.
+    for (who, token, ns) in [
+        ("blog's admin in shop", Some(mallet.as_str()), "shop"),
+        ("shop's viewer", Some(viewer.as_str()), "shop"),
+        ("anybody", None, "shop"),
+    ] {
+        for (path, body) in [
+            ("/subscribe/campaigns/save", draft.clone()),
+            ("/subscribe/campaigns/send", json!({"name": "c1"})),
+            ("/subscribe/campaigns/cancel", json!({"name": "c1"})),
+            ("/subscribe/campaigns/delete", json!({"name": "c1"})),
+            ("/subscribe/campaigns/report", json!({"name": "c1"})),
+            ("/subscribe/campaigns/list", json!({})),
+            ("/subscribe/subscribers/add", json!({"list": "news", "email": "spam@example.com"})),
+        ] {
+            let (st, v) = call(&s.api, "POST", path, token, ns, Some(body)).await;
+            assert!(st == 401 || st == 403, "{who}: {path}: {st} {v}");
+        }
+    }
+    let (st, _) = call(&s.api, "POST", "/subscribe/campaigns/send", Some(&mallet), "blog", Some(json!({"name": "c1"}))).await;
+    assert_eq!(st, 404, "blog has no campaign c1");
+    let (_, list) = call(&s.api, "POST", "/subscribe/campaigns/list", Some(&ann), "shop", Some(json!({}))).await;
+    assert_eq!(list["campaigns"][0]["state"], "draft", "still a draft: {list}");
+
+    // Sent, the mail's tracked link works for shop alone, and only to where it was signed.
+    assert_eq!(call(&s.api, "POST", "/subscribe/campaigns/send", Some(&ann), "shop", Some(json!({"name": "c1"}))).await.0, 200);
+    let m = sink.mail_to("sub@example.com", "Hi", 1).await;
+    let h = m.html.expect("an html body");
+    assert!(h.contains(r#"href="javascript:alert(1)""#), "only http(s) links are tracked: {h}");
+    let at = h.find("/subscribe/v1/shop/c/c1?").expect("a tracked link");
+    let link = h[at..].split('"').next().expect("its end").replace("&amp;", "&");
+    assert_eq!(micro_test::http(&s.api, "GET", &link, &[], b"").await.status, 302);
+    for bent in [
+        link.replace("/v1/shop/", "/v1/blog/"),
+        link.replace("/c/c1?", "/c/c2?"),
+        link.replace("shop%2Eexample", "evil%2Eexample"),
+        format!("{link}&u=https%3A%2F%2Fevil%2Eexample"),
+        link.replace("u=https", "u=javascript"),
+    ] {
+        let r = micro_test::http(&s.api, "GET", &bent, &[], b"").await;
+        assert!(r.status == 403 || r.status == 400, "{bent}: {} {}", r.status, r.body);
+        assert!(r.header("location").is_none(), "{bent}: no redirect");
+    }
+    let (_, report) = call(&s.api, "POST", "/subscribe/campaigns/report", Some(&ann), "shop", Some(json!({"name": "c1"}))).await;
+    assert_eq!(report["clicks"], 1, "{report}");
+    let _ = s.stop();
+}
