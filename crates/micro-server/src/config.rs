@@ -526,9 +526,14 @@ impl Config {
             c.node_local = v.trim().parse().map_err(|e: String| Error::Config(format!("MICRO_NODE_LOCAL: {e}")))?;
         }
         if let Some(v) = env("MICRO_HOSTING_DOMAIN").filter(|v| !v.trim().is_empty()) {
-            let d = crate::domains::validate_domain(&v)
+            // `localhost` (and names under it) for a developer's machine: browsers send
+            // `<app>.<namespace>.localhost` to it. A tenant never claims such a name.
+            let name = v.trim().trim_end_matches('.').to_ascii_lowercase();
+            let local = name == "localhost" || name.ends_with(".localhost");
+            let checked = if local { format!("{name}.test") } else { v.clone() };
+            let d = crate::domains::validate_domain(&checked)
                 .map_err(|e| Error::Config(format!("MICRO_HOSTING_DOMAIN: {}", e.detail())))?;
-            c.hosting_domain = Some(d);
+            c.hosting_domain = Some(if local { name } else { d });
         }
         if let Some(directory) = env("MICRO_ACME_DIRECTORY").filter(|v| !v.is_empty()) {
             if !directory.starts_with("https://") {
