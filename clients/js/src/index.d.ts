@@ -639,6 +639,13 @@ export declare class PushListener {
   close(): void;
 }
 
+/** The namespace's mailing lists, as a visitor meets them. */
+export declare class Lists {
+  private constructor();
+  /** Subscribes an address (a mail asks it to confirm, unless the list has no double opt-in); what to tell the visitor. */
+  subscribe(list: string, who: { email: string; name?: string; signal?: AbortSignal }): Promise<string>;
+}
+
 /** The namespace's push notifications (`/push/v1/…`). */
 export declare class Push {
   private constructor();
@@ -709,6 +716,8 @@ export declare class Micro {
   readonly files: Files;
   /** The namespace's push notifications: browser subscriptions, sending, realtime listening. */
   readonly push: Push;
+  /** The namespace's mailing lists: a visitor's subscription (double opt-in). */
+  readonly lists: Lists;
   /** The records of collection `name`, typed by `T` (its fields, without the record's own). */
   collection<T extends object = Record<string, unknown>>(name: string): RecordService<T>;
   /** A filter from a template and values, safely quoted (see `filter`). */

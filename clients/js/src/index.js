@@ -1742,6 +1742,38 @@ export class Files {
 // The client
 
 // ---------------------------------------------------------------------------------------
+// Mailing lists
+
+/**
+ * The namespace's mailing lists, as a visitor meets them: a subscription with double
+ * opt-in (the list's team manages lists and campaigns with the CLI or the dashboard).
+ */
+export class Lists {
+  /** @param {Micro} client */
+  constructor(client) {
+    /** @private */
+    this._client = client;
+  }
+
+  /**
+   * Subscribes `email` to `list`: the address gets a mail with a link to confirm it
+   * (unless the list has no double opt-in). Answers the same whatever the address's state.
+   * @param {string} list
+   * @param {{ email: string, name?: string, signal?: AbortSignal }} who
+   * @returns {Promise<string>} What to tell the visitor.
+   */
+  async subscribe(list, who) {
+    if (!this._client.namespace) throw new TypeError('lists.subscribe: the client needs its namespace');
+    if (!who || typeof who.email !== 'string') throw new TypeError('lists.subscribe: an email');
+    const path = `/subscribe/v1/${encodeURIComponent(this._client.namespace)}/lists/${encodeURIComponent(list)}/subscribe`;
+    const body = { email: who.email };
+    if (who.name) body.name = who.name;
+    const reply = await this._client.send(path, { method: 'POST', body, auth: false, signal: who.signal });
+    return reply?.message ?? '';
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Push notifications
 
 /**
@@ -2003,6 +2035,8 @@ export class Micro {
     this.files = new Files(this);
     /** The namespace's push notifications: browser subscriptions, sending, realtime listening. */
     this.push = new Push(this);
+    /** The namespace's mailing lists: a visitor's subscription (double opt-in). */
+    this.lists = new Lists(this);
     /** @private @type {Map<string, RecordService<any>>} */
     this._records = new Map();
   }

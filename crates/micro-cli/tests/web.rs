@@ -308,8 +308,9 @@ async fn backend_app_in_a_real_browser() {
         for f in ["index.js", "sse.js"] {
             std::fs::copy(repo_root().join("clients/js/src").join(f), d.join("micro").join(f)).unwrap();
         }
-        let config =
-            format!("export const API = {api:?};\nexport const NAMESPACE = 'acme';\nexport const VERSION = '{version}';\n");
+        let config = format!(
+            "export const API = {api:?};\nexport const NAMESPACE = 'acme';\nexport const VERSION = '{version}';\n"
+        );
         std::fs::write(d.join("config.js"), config).unwrap();
         d
     };

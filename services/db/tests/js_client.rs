@@ -60,7 +60,7 @@ async fn the_clients_own_tests_pass_in_node_against_a_real_server() {
     namespace(&s, "jsclient").await;
     let out = tokio::process::Command::new("node")
         // (test/users.test.js is the users product's: services/users/tests/js_client.rs.)
-        .args(["--test", "test/unit.test.js", "test/db.test.js"])
+        .args(["--test", "test/unit.test.js", "test/db.test.js", "test/lists.test.js"])
         .current_dir(js_dir())
         .env("MICRO_API", format!("http://{}", s.api))
         .env("MICRO_NAMESPACE", "jsclient")

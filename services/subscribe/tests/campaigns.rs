@@ -2,8 +2,9 @@
 //! a campaign composed inline and one from an email template, each subscriber's own mail
 //! (their name, their one-click unsubscribe link), the rate it goes at, scheduling and
 //! cancelling, opt-in open and click tracking through the links in the delivered mails,
-//! the report, bad input, and a sending node SIGKILLed half-way: its restart sends each
-//! subscriber exactly one mail.
+//! the report, bad input, a sending node SIGKILLed half-way (its restart sends each
+//! subscriber exactly one mail), and two nodes sharing PostgreSQL (made on one, sent once
+//! by the cluster).
 #![allow(clippy::unwrap_used)]
 
 use micro_test::call_json as call;
@@ -279,4 +280,37 @@ async fn a_node_killed_while_sending_a_campaign_sends_each_subscriber_exactly_on
         assert!(Instant::now() < deadline, "{} of {n} delivered; report {report}", to.len());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_a_campaign_made_on_one_node_is_sent_once_by_the_cluster() {
+    let Some(pg) = micro_test::backend_url("MICRO_TEST_POSTGRES") else { return };
+    let Some(sink) = SmtpSink::start(Options::default()) else { return };
+    let schema = micro_test::PgSchema::create(&pg, &format!("micro_campaigns_cluster_{}", std::process::id())).await;
+    let node = || {
+        ServerProcess::builder(micro())
+            .env("MICRO_SMTP", sink.url())
+            .env("MICRO_EMAIL_DAILY_LIMIT", "0")
+            .env("MICRO_BACKEND", schema.url.as_str())
+            .start()
+    };
+    let (a, b) = (node(), node());
+    let ann = list_of(&a, 5).await;
+    let draft =
+        json!({"name": "both", "list": "news", "subject": "Both nodes", "text": "Hello {{name}}", "track": true});
+    let (st, v) = campaign(&b.api, &ann, "save", draft).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = campaign(&a.api, &ann, "send", json!({"name": "both"})).await;
+    assert_eq!(st, 200, "{v}");
+    let report = until_state(&b.api, &ann, "both", "sent").await;
+    assert_eq!(report["campaign"]["sent"], 5, "{report}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mails(&sink, "Both nodes").len() < 5 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut to: Vec<String> = mails(&sink, "Both nodes").iter().flat_map(|m| m.rcpt_tos.clone()).collect();
+    to.sort();
+    let expected: Vec<String> = (0..5).map(|i| format!("s{i}@example.com")).collect();
+    assert_eq!(to, expected, "each subscriber once, whichever node sent");
 }

@@ -117,7 +117,8 @@ async fn nobody_but_the_team_runs_a_namespaces_campaigns_or_bends_their_links() 
     let mallet = s.account("blog", "mallet", "user", &["admin"]).await;
     let viewer = s.account("shop", "vera", "user", &["viewer"]).await;
     for (ns, token) in [("shop", &ann), ("blog", &mallet)] {
-        let (st, v) = call(&s.api, "POST", "/subscribe/lists/save", Some(token), ns, Some(json!({"name": "news"}))).await;
+        let (st, v) =
+            call(&s.api, "POST", "/subscribe/lists/save", Some(token), ns, Some(json!({"name": "news"}))).await;
         assert_eq!(st, 200, "{v}");
     }
     let add = json!({"list": "news", "email": "sub@example.com", "name": "Sub"});
@@ -147,13 +148,17 @@ async fn nobody_but_the_team_runs_a_namespaces_campaigns_or_bends_their_links() 
             assert!(st == 401 || st == 403, "{who}: {path}: {st} {v}");
         }
     }
-    let (st, _) = call(&s.api, "POST", "/subscribe/campaigns/send", Some(&mallet), "blog", Some(json!({"name": "c1"}))).await;
+    let (st, _) =
+        call(&s.api, "POST", "/subscribe/campaigns/send", Some(&mallet), "blog", Some(json!({"name": "c1"}))).await;
     assert_eq!(st, 404, "blog has no campaign c1");
     let (_, list) = call(&s.api, "POST", "/subscribe/campaigns/list", Some(&ann), "shop", Some(json!({}))).await;
     assert_eq!(list["campaigns"][0]["state"], "draft", "still a draft: {list}");
 
     // Sent, the mail's tracked link works for shop alone, and only to where it was signed.
-    assert_eq!(call(&s.api, "POST", "/subscribe/campaigns/send", Some(&ann), "shop", Some(json!({"name": "c1"}))).await.0, 200);
+    assert_eq!(
+        call(&s.api, "POST", "/subscribe/campaigns/send", Some(&ann), "shop", Some(json!({"name": "c1"}))).await.0,
+        200
+    );
     let m = sink.mail_to("sub@example.com", "Hi", 1).await;
     let h = m.html.expect("an html body");
     assert!(h.contains(r#"href="javascript:alert(1)""#), "only http(s) links are tracked: {h}");
@@ -171,7 +176,8 @@ async fn nobody_but_the_team_runs_a_namespaces_campaigns_or_bends_their_links() 
         assert!(r.status == 403 || r.status == 400, "{bent}: {} {}", r.status, r.body);
         assert!(r.header("location").is_none(), "{bent}: no redirect");
     }
-    let (_, report) = call(&s.api, "POST", "/subscribe/campaigns/report", Some(&ann), "shop", Some(json!({"name": "c1"}))).await;
+    let (_, report) =
+        call(&s.api, "POST", "/subscribe/campaigns/report", Some(&ann), "shop", Some(json!({"name": "c1"}))).await;
     assert_eq!(report["clicks"], 1, "{report}");
     let _ = s.stop();
 }
