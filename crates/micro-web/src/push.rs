@@ -181,7 +181,7 @@ async fn push(page: &Page, error: Option<Status>, message: &Message) -> Response
                 }
             }
             p.hint { "An app's pages subscribe their user's browser with " code { "micro.push.subscribe(registration, {topics})" }
-                ", signed with namespace " strong { (ns) } "'s key (" code { "GET <API>/push/v1/key" } ")." }
+                ", which hands the browser namespace " strong { (ns) } "'s key (" code { "GET <API>/push/v1/key" } ")." }
         }
         section {
             h2 { "Latest notifications" }
