@@ -109,6 +109,18 @@ type AppCache = HashMap<(String, String), (Instant, Option<App>)>;
 /// Deploys' manifests, by namespace, app and deploy.
 type ManifestCache = HashMap<(String, String, String), Arc<Manifest>>;
 
+/// Small files of deploys (they never change), by namespace, app, deploy and path; and
+/// how many bytes they hold.
+#[derive(Default)]
+struct ContentCache {
+    files: HashMap<(String, String, String, String), Bytes>,
+    bytes: usize,
+}
+
+/// The largest file kept in memory, and the most bytes kept in all.
+const CACHED_FILE: u64 = 256 * 1024;
+const CACHED_BYTES: usize = 64 * 1024 * 1024;
+
 fn bad(detail: impl Into<String>) -> Status {
     Status::new(Code::InvalidArgument, NAME, detail)
 }
@@ -298,6 +310,8 @@ pub struct Apps {
     apps: Arc<Mutex<AppCache>>,
     /// Deploys' manifests (they never change), by namespace, app and deploy.
     manifests: Arc<Mutex<ManifestCache>>,
+    /// Deploys' small files, served from memory.
+    contents: Arc<Mutex<ContentCache>>,
     /// Deploys under way on this node at once (each holds its archive and files).
     deploying: Arc<tokio::sync::Semaphore>,
 }
@@ -312,6 +326,7 @@ impl Apps {
             table: Table::new(micro_core::namespace::DEFAULT, NAME),
             apps: Default::default(),
             manifests: Default::default(),
+            contents: Default::default(),
             deploying: Arc::new(tokio::sync::Semaphore::new(2)),
         }
     }
@@ -691,6 +706,30 @@ impl Apps {
             micro::web::empty(StatusCode::NOT_MODIFIED)
         } else if method == Method::HEAD {
             let mut r = micro::web::empty(status);
+            r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(entry.size));
+            r
+        } else if entry.size <= CACHED_FILE {
+            // A small file from memory: a deploy's files never change, and its id is new
+            // for every deploy (a namespace made again never meets another's).
+            let key = (ns.to_string(), name.to_string(), deploy.clone(), file.clone());
+            let cached = self.contents.lock().unwrap_or_else(|e| e.into_inner()).files.get(&key).cloned();
+            let body = match cached {
+                Some(b) => b,
+                None => {
+                    let (_, chunks) = self.blob.get(ns, BUCKET, &format!("{name}/{deploy}/{file}")).await?;
+                    let parts: Vec<Bytes> = chunks.collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>()?;
+                    let b = Bytes::from(parts.concat());
+                    let mut cache = self.contents.lock().unwrap_or_else(|e| e.into_inner());
+                    if cache.bytes + b.len() > CACHED_BYTES {
+                        *cache = ContentCache::default();
+                    }
+                    cache.bytes += b.len();
+                    cache.files.insert(key, b.clone());
+                    b
+                }
+            };
+            let mut r = Response::new(Body::new(http_body_util::Full::new(body)));
+            *r.status_mut() = status;
             r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(entry.size));
             r
         } else {
