@@ -15,6 +15,7 @@ import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { Micro, MicroError } from '../src/index.js';
+import { refused, waitFor } from './support.js';
 
 const VARS = ['MICRO_API', 'MICRO_NAMESPACE', 'MICRO_ADMIN_ID', 'MICRO_ADMIN_PASSWORD', 'MICRO_LAX_APP_USERS'];
 const env = process.env;
@@ -65,29 +66,7 @@ function bytesOf(n, seed = 1) {
 /** A response's body as bytes. */
 const bytes = async (res) => new Uint8Array(await res.arrayBuffer());
 
-/** Resolves with `check()`'s first truthy value (polled), or fails after `ms`. */
-async function waitFor(check, what, ms = 10_000) {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await check();
-    if (v) return v;
-    if (Date.now() > until) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
-/** Rejects with a MicroError of `status` (and `id`), its detail matching `detail`. */
-async function refused(promise, status, detail, id) {
-  const e = await promise.then(
-    (v) => assert.fail(`expected a ${status} MicroError, got ${JSON.stringify(v)}`),
-    (e) => e,
-  );
-  assert.ok(e instanceof MicroError, `a MicroError: ${e}`);
-  assert.equal(e.status, status, e.detail);
-  if (detail) assert.match(e.detail, detail);
-  if (id) assert.equal(e.id, id, e.detail);
-  return e;
-}
 
 function suite() {
   const tag = Date.now().toString(36) + Math.random().toString(36).slice(2, 6);

@@ -14,7 +14,8 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { Micro, MicroError } from '../src/index.js';
+import { Micro } from '../src/index.js';
+import { refused, waitFor } from './support.js';
 
 const VARS = [
   'MICRO_API',
@@ -38,28 +39,7 @@ if (!env.MICRO_PUSH_SUBSCRIPTION) {
   suite();
 }
 
-/** Resolves with `check()`'s first truthy value (polled), or fails after `ms`. */
-async function waitFor(check, what, ms = 10_000) {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await check();
-    if (v) return v;
-    if (Date.now() > until) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
-/** Rejects with a MicroError of `status`, its detail matching `detail`. */
-async function refused(promise, status, detail) {
-  const e = await promise.then(
-    (v) => assert.fail(`expected a ${status} MicroError, got ${JSON.stringify(v)}`),
-    (e) => e,
-  );
-  assert.ok(e instanceof MicroError, `a MicroError: ${e}`);
-  assert.equal(e.status, status, e.detail);
-  if (detail) assert.match(e.detail, detail);
-  return e;
-}
 
 function suite() {
   const tag = Date.now().toString(36) + Math.random().toString(36).slice(2, 6);

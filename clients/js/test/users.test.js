@@ -14,6 +14,7 @@ import assert from 'node:assert/strict';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Micro, MicroError } from '../src/index.js';
+import { refused, waitFor } from './support.js';
 
 const VARS = ['MICRO_API', 'MICRO_NAMESPACE', 'MICRO_ADMIN_ID', 'MICRO_ADMIN_PASSWORD', 'MICRO_MAIL_DIR'];
 const env = process.env;
@@ -29,16 +30,6 @@ if (!env.MICRO_MAIL_DIR) {
   suite();
 }
 
-/** Resolves with `check()`'s first truthy value (polled), or fails after `ms`. */
-async function waitFor(check, what, ms = 10_000) {
-  const until = Date.now() + ms;
-  for (;;) {
-    const v = await check();
-    if (v) return v;
-    if (Date.now() > until) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 /** The mails to `to` whose subject contains `subject`, oldest first. */
 async function mails(to, subject) {
@@ -63,18 +54,6 @@ async function mailedCode(to, subject, count = 1) {
   return code;
 }
 
-/** Rejects with a MicroError of `status` (and `id`), its detail matching `detail`. */
-async function refused(promise, status, detail, id) {
-  const e = await promise.then(
-    (v) => assert.fail(`expected a ${status} MicroError, got ${JSON.stringify(v)}`),
-    (e) => e,
-  );
-  assert.ok(e instanceof MicroError, `a MicroError: ${e}`);
-  assert.equal(e.status, status, e.detail);
-  if (detail) assert.match(e.detail, detail);
-  if (id) assert.equal(e.id, id, e.detail);
-  return e;
-}
 
 /** The payload of a JWT (not verified). */
 const claims = (token) => JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString());

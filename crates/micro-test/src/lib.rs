@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod dns;
+pub mod js;
 pub mod process;
 pub mod push;
 pub mod recorder;

@@ -283,6 +283,20 @@ impl ServerProcess {
         crate::login(&self.proxy, "micro", "admin", &self.admin_password).await
     }
 
+    /// Signs app user `email` of `namespace` up (password `<email>'s long password`) and
+    /// in: their token and id. (The namespace's settings let them in unconfirmed.)
+    pub async fn app_user(&self, namespace: &str, email: &str) -> (String, String) {
+        let password = format!("{email}'s long password");
+        let creds = serde_json::json!({"email": email, "password": password});
+        let (st, v) =
+            crate::call_json(&self.api, "POST", "/users/v1/signup", None, namespace, Some(creds.clone())).await;
+        assert_eq!(st, 200, "signup of {email}: {v}");
+        let (st, v) = crate::call_json(&self.api, "POST", "/users/v1/login", None, namespace, Some(creds)).await;
+        assert_eq!(st, 200, "login of {email}: {v}");
+        let token = v["token"].as_str().expect("a token").to_string();
+        (token, v["user"]["id"].as_str().expect("an id").to_string())
+    }
+
     /// Creates account `id` in `namespace` (as the admin) and returns its access token.
     pub async fn account(&self, namespace: &str, id: &str, kind: &str, scopes: &[&str]) -> String {
         let secret = format!("{id}-secret-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);

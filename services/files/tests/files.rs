@@ -80,18 +80,6 @@ async fn anonymous(api: &str, url: &str, extra: &[(&str, &str)]) -> micro_test::
     micro_test::http(api, "GET", url, extra, b"").await
 }
 
-/// An app user of `shop` signed in (the lax settings let them sign in unconfirmed).
-async fn app_user(api: &str, email: &str) -> (String, String) {
-    let password = format!("{email}'s long password");
-    let (st, v) =
-        call(api, "POST", "/users/v1/signup", None, "shop", Some(json!({"email": email, "password": password}))).await;
-    assert_eq!(st, 200, "{v}");
-    let (st, v) =
-        call(api, "POST", "/users/v1/login", None, "shop", Some(json!({"email": email, "password": password}))).await;
-    assert_eq!(st, 200, "{v}");
-    (v["token"].as_str().unwrap().to_string(), v["user"]["id"].as_str().unwrap().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn embedded_files_are_uploaded_served_and_kept_to_their_owners() {
     let s = ServerProcess::start(&micro(), &[("MICRO_SMTP", "log")]);
@@ -116,8 +104,8 @@ async fn files_end_to_end(a: &ServerProcess, b: &ServerProcess) {
     let lax = json!({"verify_before_login": false, "attempts_per_minute": 1000, "signups_per_hour": 1000});
     let (st, v) = call(&api, "POST", "/users/v1/settings", Some(&ann), "shop", Some(lax)).await;
     assert_eq!(st, 200, "{v}");
-    let (zoe, zoe_id) = app_user(&api, "zoe@example.com").await;
-    let (yan, _) = app_user(&api, "yan@example.com").await;
+    let (zoe, zoe_id) = a.app_user("shop", "zoe@example.com").await;
+    let (yan, _) = a.app_user("shop", "yan@example.com").await;
     let picture = png(640, 480);
 
     // App users upload only when the namespace lets them; nobody anonymous; viewers not.

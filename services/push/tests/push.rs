@@ -19,18 +19,6 @@ fn micro() -> std::path::PathBuf {
 
 const ENV: [(&str, &str); 2] = [("MICRO_SMTP", "log"), ("MICRO_PUSH_PRIVATE", "1")];
 
-/// An app user of `shop` signed in (the lax settings let them sign in unconfirmed).
-async fn app_user(api: &str, email: &str) -> (String, String) {
-    let password = format!("{email}'s long password");
-    let (st, v) =
-        call(api, "POST", "/users/v1/signup", None, "shop", Some(json!({"email": email, "password": password}))).await;
-    assert_eq!(st, 200, "{v}");
-    let (st, v) =
-        call(api, "POST", "/users/v1/login", None, "shop", Some(json!({"email": email, "password": password}))).await;
-    assert_eq!(st, 200, "{v}");
-    (v["token"].as_str().unwrap().to_string(), v["user"]["id"].as_str().unwrap().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn embedded_notifications_reach_browsers_and_streams() {
     let Some(endpoint) = PushEndpoint::start() else { return };
@@ -73,8 +61,8 @@ async fn push_end_to_end(a: &ServerProcess, b: &ServerProcess, endpoint: &PushEn
     let lax = json!({"verify_before_login": false, "attempts_per_minute": 1000, "signups_per_hour": 1000});
     let (st, v) = call(&api, "POST", "/users/v1/settings", Some(&ann), "shop", Some(lax)).await;
     assert_eq!(st, 200, "{v}");
-    let (zoe, zoe_id) = app_user(&api, "zoe@example.com").await;
-    let (yan, _) = app_user(&api, "yan@example.com").await;
+    let (zoe, zoe_id) = a.app_user("shop", "zoe@example.com").await;
+    let (yan, _) = a.app_user("shop", "yan@example.com").await;
 
     // The namespace's VAPID key, for its accounts, the same on both nodes.
     let (st, key) = call(&api, "GET", "/push/v1/key", Some(&zoe), "shop", None).await;

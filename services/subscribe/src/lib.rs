@@ -271,6 +271,19 @@ impl Subscribe {
         Ok(out)
     }
 
+    /// The subscriber kept under `key`, or a new pending one of `address` (made at `t`).
+    async fn subscriber(&self, key: &str, address: &str, t: u64) -> Result<Subscriber, Status> {
+        Ok(self.read_json::<Subscriber>(key).await?.unwrap_or(Subscriber {
+            email: address.to_string(),
+            name: String::new(),
+            state: State::Pending,
+            created: t,
+            confirmed: None,
+            unsubscribed: None,
+            mailed: 0,
+        }))
+    }
+
     /// Adds `address` to `list` as subscribed, without mail (the team's managers importing
     /// people who agreed elsewhere); an address that unsubscribed stays so.
     pub(crate) async fn add_subscriber(
@@ -291,15 +304,7 @@ impl Subscribe {
         }
         let key = format!("{}/sub/{list}/{}", who.ns, digest(&address));
         let t = now();
-        let mut s = self.read_json::<Subscriber>(&key).await?.unwrap_or(Subscriber {
-            email: address.clone(),
-            name: String::new(),
-            state: State::Pending,
-            created: t,
-            confirmed: None,
-            unsubscribed: None,
-            mailed: 0,
-        });
+        let mut s = self.subscriber(&key, &address, t).await?;
         if s.state == State::Unsubscribed {
             return Err(Status::new(
                 Code::FailedPrecondition,
@@ -450,15 +455,7 @@ impl Subscribe {
     async fn subscribe(&self, ns: &str, list: &List, address: &str, name: &str) -> Result<(), Status> {
         let key = format!("{ns}/sub/{}/{}", list.name, digest(address));
         let t = now();
-        let mut s = self.read_json::<Subscriber>(&key).await?.unwrap_or(Subscriber {
-            email: address.to_string(),
-            name: String::new(),
-            state: State::Pending,
-            created: t,
-            confirmed: None,
-            unsubscribed: None,
-            mailed: 0,
-        });
+        let mut s = self.subscriber(&key, address, t).await?;
         if s.state == State::Subscribed {
             return Ok(());
         }

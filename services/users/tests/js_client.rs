@@ -7,37 +7,14 @@
 use micro_test::process::ServerProcess;
 use micro_test::smtp::{Options, SmtpSink};
 use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::Duration;
 
-fn micro() -> PathBuf {
+fn micro() -> std::path::PathBuf {
     micro_test::process::binary(micro_test::sibling_binary("micro"))
-}
-
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/js").canonicalize().expect("clients/js")
-}
-
-/// Whether node runs (missing: the test skips with a notice, and fails under
-/// `MICRO_TEST_REQUIRE_BACKENDS`).
-fn node() -> bool {
-    let ok = std::process::Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(), "node is needed by this test");
-        eprintln!("notice: skipping: node is missing");
-    }
-    ok
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_clients_app_user_tests_pass_in_node_against_a_real_server_and_smtp() {
-    if !node() {
+    if !micro_test::js::node() {
         return;
     }
     let Some(sink) = SmtpSink::start(Options::default()) else { return };
@@ -57,19 +34,15 @@ async fn the_clients_app_user_tests_pass_in_node_against_a_real_server_and_smtp(
     let (st, v) = micro_test::call_json(&s.api, "POST", "/users/v1/settings", Some(&owner), ns, Some(settings)).await;
     assert_eq!(st, 200, "{v}");
 
-    let out = tokio::process::Command::new("node")
-        .args(["--test", "test/users.test.js"])
-        .current_dir(js_dir())
-        .env("MICRO_API", format!("http://{}", s.api))
-        .env("MICRO_NAMESPACE", ns)
-        .envs([("MICRO_ADMIN_ID", "owner"), ("MICRO_ADMIN_PASSWORD", "owner-pass-1")])
-        .env("MICRO_MAIL_DIR", sink.mail_dir())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), out).await.expect("node's tests end").expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "node --test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("# fail 0") && stdout.contains("# skipped 0") && !stdout.contains("# pass 0"), "{stdout}");
+    let api = format!("http://{}", s.api);
+    let mail = sink.mail_dir();
+    let env = [
+        ("MICRO_API", api.as_str()),
+        ("MICRO_NAMESPACE", ns),
+        ("MICRO_ADMIN_ID", "owner"),
+        ("MICRO_ADMIN_PASSWORD", "owner-pass-1"),
+        ("MICRO_MAIL_DIR", mail.to_str().expect("a UTF-8 path")),
+    ];
+    micro_test::js::run(&["test/users.test.js"], &env).await;
     let _ = s.stop();
 }

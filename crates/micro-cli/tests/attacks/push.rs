@@ -17,11 +17,7 @@ use super::*;
 async fn app_user(s: &ServerProcess, ns: &str, admin: &str, email: &str) -> (String, String) {
     let lax = json!({"verify_before_login": false, "attempts_per_minute": 1000, "signups_per_hour": 1000});
     assert_eq!(call(&s.api, "POST", "/users/v1/settings", Some(admin), ns, Some(lax)).await.0, 200);
-    let creds = json!({"email": email, "password": "a long enough password"});
-    let (st, v) = call(&s.api, "POST", "/users/v1/signup", None, ns, Some(creds.clone())).await;
-    assert_eq!(st, 200, "{v}");
-    let (_, v) = call(&s.api, "POST", "/users/v1/login", None, ns, Some(creds)).await;
-    (v["token"].as_str().expect("a token").to_string(), v["user"]["id"].as_str().expect("an id").to_string())
+    s.app_user(ns, email).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
