@@ -5,15 +5,20 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-/// Whether node runs (missing: a notice, and the test skips; a panic under
-/// `MICRO_TEST_REQUIRE_BACKENDS`).
-pub fn node() -> bool {
-    let ok = std::process::Command::new("node")
+/// Whether `node --version` runs.
+pub fn node_runs() -> bool {
+    std::process::Command::new("node")
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
+        .is_ok_and(|s| s.success())
+}
+
+/// Whether node runs (missing: a notice, and the test skips; a panic under
+/// `MICRO_TEST_REQUIRE_BACKENDS`).
+pub fn node() -> bool {
+    let ok = node_runs();
     if !ok {
         assert!(std::env::var_os("MICRO_TEST_REQUIRE_BACKENDS").is_none(), "node is needed by this test");
         eprintln!("notice: skipping: node is missing");

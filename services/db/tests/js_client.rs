@@ -14,10 +14,6 @@ fn micro() -> PathBuf {
     micro_test::process::binary(micro_test::sibling_binary("micro"))
 }
 
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../clients/js").canonicalize().expect("clients/js")
-}
-
 /// Where `scripts/browser-setup` installs playwright-core.
 fn node_modules() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).parent().expect("the target dir").join("web-e2e/node_modules")
@@ -33,13 +29,7 @@ fn ready(missing: Option<String>) -> bool {
 }
 
 fn node_missing() -> Option<String> {
-    let ok = std::process::Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    (!ok).then(|| "node".to_string())
+    (!micro_test::js::node_runs()).then(|| "node".to_string())
 }
 
 /// A namespace `ns` with an admin `owner` and users `alice` and `bob` (secrets `<id>-pass-1`).
@@ -61,7 +51,7 @@ async fn the_clients_own_tests_pass_in_node_against_a_real_server() {
     let out = tokio::process::Command::new("node")
         // (test/users.test.js is the users product's: services/users/tests/js_client.rs.)
         .args(["--test", "test/unit.test.js", "test/db.test.js", "test/lists.test.js"])
-        .current_dir(js_dir())
+        .current_dir(micro_test::js::client_dir())
         .env("MICRO_API", format!("http://{}", s.api))
         .env("MICRO_NAMESPACE", "jsclient")
         .envs([("MICRO_ADMIN_ID", "owner"), ("MICRO_ADMIN_PASSWORD", "owner-pass-1")])
@@ -141,14 +131,14 @@ async fn the_client_works_in_a_real_browser_from_a_page_the_gateway_serves() {
         micro_test::call_json(&s.api, "POST", "/db/v1/collections", Some(&owner), "webapp", Some(todos)).await;
     assert_eq!(st, 200, "{v}");
     // The app: the client's files, registered as the namespace's HTTP service `app`.
-    let files = static_files(js_dir()).await;
+    let files = static_files(micro_test::js::client_dir()).await;
     let node = json!({"service": {"name": "app", "nodes": [{"id": "app-1", "address": files, "metadata": {"protocol": "http"}}]}});
     let (st, v) = micro_test::call_json(&s.api, "POST", "/registry/register", Some(&owner), "webapp", Some(node)).await;
     assert!(st == 200 || st == 204, "{st} {v}");
     let port = s.api.rsplit(':').next().expect("a port");
     let url = format!("http://webapp.apps.test:{port}/app/browser/page.html#ns=webapp&id=alice&password=alice-pass-1");
     let out = tokio::process::Command::new("node")
-        .arg(js_dir().join("browser/run.mjs"))
+        .arg(micro_test::js::client_dir().join("browser/run.mjs"))
         .env("NODE_PATH", node_modules())
         .env("PAGE_URL", &url)
         .env("CHROMIUM", chromium)
