@@ -1,8 +1,10 @@
 //! Compiles the core protos.
 
 fn main() {
-    let protos =
-        ["registry", "store", "events", "broker", "config", "sync", "auth", "runtime", "usage", "domains", "cluster"]
-            .map(|p| format!("../../proto/{p}.proto"));
+    let protos = [
+        "registry", "store", "events", "broker", "config", "sync", "auth", "runtime", "usage", "domains", "cluster",
+        "license",
+    ]
+    .map(|p| format!("../../proto/{p}.proto"));
     micro_build::compile(&protos, &["../../proto"]).expect("compiling the core protos");
 }

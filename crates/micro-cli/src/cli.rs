@@ -171,6 +171,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: crate::cluster::ClusterCmd,
     },
+    /// The self-hosted platform's licence: micro license keygen|issue|show|install
+    License {
+        #[command(subcommand)]
+        cmd: crate::licence::LicenseCmd,
+    },
     /// The namespace's static sites: micro app deploy|list|deploys|rollback|delete
     App {
         #[command(subcommand)]
@@ -444,7 +449,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             | Command::Env { .. }
             | Command::Login { .. }
             | Command::Logout
-    );
+    ) || matches!(&cli.command, Command::License { cmd } if cmd.offline());
     if !local {
         c.token = crate::auth::token(&c).await.ok().flatten();
     }
@@ -547,6 +552,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Domain { cmd } => crate::domain::domain(&c, cmd).await,
         Command::Hosting { cmd } => crate::domain::hosting(&c, cmd.unwrap_or(crate::domain::HostingCmd::List)).await,
         Command::Cluster { cmd } => crate::cluster::cluster(&c, cmd).await,
+        Command::License { cmd } => crate::licence::license(&c, cmd).await,
         Command::Trace { trace_id, services } => crate::trace::trace(&c, &trace_id, services).await,
         Command::Publish { topic, payload, key, metadata } => {
             crate::data::publish(&c, &topic, &payload, key, &metadata).await

@@ -10,6 +10,7 @@ mod db;
 mod domain;
 mod dynamic;
 mod envs;
+mod licence;
 mod new;
 mod output;
 mod ratelimit;

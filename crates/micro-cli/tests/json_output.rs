@@ -65,8 +65,16 @@ async fn one(cli: &Cli, args: &[&str]) -> Value {
 async fn every_command_prints_json_with_o_json() {
     let micro = binary(env!("CARGO_BIN_EXE_micro"));
     let dns = micro_test::dns::TxtServer::start().await;
-    let s = ServerProcess::start(&micro, &[("MICRO_RUNTIME_SANDBOX", "none"), ("MICRO_DNS", &dns.addr)]);
-    let cli = s.cli();
+    // An issuer key the server trusts, for `license issue` and `license install`.
+    let licences = tempfile::tempdir().unwrap();
+    let (private, public) = micro_core::licence::generate_key().unwrap();
+    let issuer_key = licences.path().join("issuer.key");
+    std::fs::write(&issuer_key, &private).unwrap();
+    let s = ServerProcess::start(
+        &micro,
+        &[("MICRO_RUNTIME_SANDBOX", "none"), ("MICRO_DNS", &dns.addr), ("MICRO_LICENSE_KEYS", &public)],
+    );
+    let cli = s.cli().env("MICRO_LICENSE_KEYS", &public);
     let mut ran = BTreeSet::new();
     let mut run = |name: &str| ran.insert(name.to_string());
 
@@ -290,6 +298,34 @@ async fn every_command_prints_json_with_o_json() {
     let dir = project.path().join("demo");
     assert_eq!(one(&cli, &["new", "demo", "--dir", dir.to_str().unwrap()]).await["id"], "demo");
     run("new");
+    // The licence: an issuer key, a licence issued, shown offline, installed, shown.
+    let path = |name: &str| licences.path().join(name).to_str().unwrap().to_string();
+    assert!(one(&cli, &["license", "keygen", "--out", &path("new.key")]).await["public_key"].is_string());
+    run("license keygen");
+    let issue = [
+        "license",
+        "issue",
+        "--key",
+        issuer_key.to_str().unwrap(),
+        "--customer",
+        "Acme",
+        "--email",
+        "ops@acme.example",
+        "--features",
+        "team",
+        "--days",
+        "30",
+    ];
+    let file = path("acme.license");
+    assert_eq!(one(&cli, &[&issue[..], &["--out", &file]].concat()).await["licence"]["customer"], "Acme");
+    assert_eq!(one(&cli, &issue).await["format"], "micro-licence-1", "the licence itself is JSON");
+    run("license issue");
+    assert_eq!(one(&cli, &["license", "show", &file]).await["state"], "valid");
+    assert_eq!(one(&cli, &["license", "show"]).await["state"], "unlicensed");
+    run("license show");
+    assert_eq!(one(&cli, &["license", "install", &file]).await["state"], "valid");
+    run("license install");
+
     assert_eq!(one(&cli, &["logout"]).await["logged_out"], true);
     run("logout");
 

@@ -34,6 +34,60 @@ pub fn next_month(ms: u64) -> u64 {
     days_from_civil(y, m, 1).max(0) as u64 * 86_400_000
 }
 
+/// The environment variable naming a file that holds the time billing counts by.
+pub const CLOCK_FILE: &str = "MICRO_CLOCK_FILE";
+
+/// Now, in Unix seconds, as billing counts it (service-hours, billing periods, dunning):
+/// the system's clock, or, when `MICRO_CLOCK_FILE` names a file, the Unix seconds written
+/// in it (read at each call). That file is a clock tests and drills move by hand (a month
+/// in a minute); a production server never sets it. An unreadable file is the system's
+/// clock.
+pub fn clock() -> u64 {
+    let system = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    match std::env::var_os(CLOCK_FILE) {
+        Some(path) if !path.is_empty() => {
+            std::fs::read_to_string(path).ok().and_then(|s| s.trim().parse().ok()).unwrap_or_else(system)
+        }
+        _ => system(),
+    }
+}
+
+/// The calendar month (UTC) of Unix seconds `secs`: its first second and the first of the
+/// next, and its name `YYYY-MM`.
+///
+/// ```
+/// // 2000-02-10 → February 2000, 29 days.
+/// assert_eq!(micro_core::time::month_span(950_140_800), (949_363_200, 951_868_800, "2000-02".to_string()));
+/// ```
+pub fn month_span(secs: u64) -> (u64, u64, String) {
+    let start_days = {
+        let (y, m, _) = civil((secs / 86_400) as i64);
+        days_from_civil(y, m, 1).max(0) as u64
+    };
+    let start = start_days * 86_400;
+    (start, next_month(start * 1000) / 1000, month(start * 1000))
+}
+
+/// The month `YYYY-MM` as its first second and the first of the next; none when it is
+/// not a month.
+///
+/// ```
+/// assert_eq!(micro_core::time::parse_month("2000-02"), Some((949_363_200, 951_868_800)));
+/// assert_eq!(micro_core::time::parse_month("2000-13"), None);
+/// ```
+pub fn parse_month(name: &str) -> Option<(u64, u64)> {
+    let (y, m) = name.split_once('-')?;
+    if y.len() != 4 || m.len() != 2 {
+        return None;
+    }
+    let (y, m): (i64, u32) = (y.parse().ok()?, m.parse().ok()?);
+    if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) {
+        return None;
+    }
+    let start = days_from_civil(y, m, 1) as u64 * 86_400;
+    Some((start, next_month(start * 1000) / 1000))
+}
+
 /// The date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
 pub fn civil(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;

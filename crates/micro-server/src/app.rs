@@ -24,9 +24,9 @@ use tonic::body::Body;
 use tower::{Layer, ServiceExt};
 
 /// The core services registered by the server, all served through the proxy.
-pub const CORE_SERVICES: [&str; 13] = [
+pub const CORE_SERVICES: [&str; 14] = [
     "api", "auth", "broker", "cluster", "config", "domains", "events", "proxy", "registry", "runtime", "store", "sync",
-    "usage",
+    "usage", "license",
 ];
 
 /// A running server.
@@ -228,13 +228,16 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         registry: registry.clone(),
         auth: auth.clone(),
         env_sealer: crate::sealed::Sealer::new(&server_key, runtime_db.clone(), "env-key", "runtime-env"),
-        db: runtime_db,
+        db: runtime_db.clone(),
         secrets: config_backend.clone(),
         cluster,
     };
     let runtime = crate::runtime::Runtime::open(&config.data_dir, config.runtime.clone(), wiring).await?;
     let shared_db = if clustered { config.backends.database.as_ref().map(|s| s.0.clone()) } else { None };
     let mut hosted = crate::products::Hosted::open(&config, shared_db.as_deref()).await.map_err(Error::Config)?;
+    // The licence, verified offline: the products check their paid features with its gate.
+    let licensing = crate::licence::Licensing::load(&config);
+    hosted.licence = licensing.gate();
     if config.services.iter().any(|s| s == micro_files::NAME) {
         let files = micro_files::Files::new(store.clone(), blob.clone());
         // Files attach to the database's records, and go with them.
@@ -258,6 +261,21 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
             config.push_contact.clone().or_else(|| config.api_url.clone().filter(|u| u.starts_with("https://")));
         hosted.push =
             Some(Arc::new(micro_push::Push::new(store.clone(), broker.clone(), config.push_private, contact)));
+    }
+    if config.services.iter().any(|s| s == micro_billing::NAME) {
+        let provider: Arc<dyn micro_billing::provider::PaymentProvider> = match &config.stripe {
+            Some(stripe) => {
+                Arc::new(micro_billing::stripe::Stripe::new(stripe.clone()).map_err(|e| Error::Config(e.to_string()))?)
+            }
+            None => Arc::new(micro_billing::provider::Manual),
+        };
+        hosted.billing = Some(Arc::new(micro_billing::Billing::new(
+            store.clone(),
+            runtime_db,
+            sync.clone(),
+            provider,
+            hosted.licence.clone(),
+        )));
     }
     // Deleting a namespace deletes its data in each of these.
     auth.hold_namespace_data(crate::namespace_data::NamespaceData {
@@ -342,6 +360,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         "usage.Usage",
         "domains.Domains",
         "cluster.Cluster",
+        "license.License",
     ]
     .map(String::from);
     let storage = crate::storage::StorageQuota::new(config_backend.clone(), store.clone(), blob.clone());
@@ -374,6 +393,9 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
             registry: registry.clone(),
         }))
         .grpc_service(pb::cluster::cluster_server::ClusterServer::new(cluster_service))
+        .grpc_service(pb::license::license_server::LicenseServer::new(crate::licence::LicenseService {
+            licensing: licensing.clone(),
+        }))
         .standard_services(&[micro::proto::DESCRIPTOR.to_vec()], &core_grpc)?;
     // Reflection on the proxy answers for every registered service, not just the core.
     let reflection = Reflection::new(
@@ -496,6 +518,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     if let Some(f) = flusher {
         tasks.push(tokio::spawn(f.run(rx.clone())));
     }
+    tasks.push(tokio::spawn(licensing.watch(rx.clone())));
     // Replies of 1 KiB and more are compressed for clients that accept it.
     let compression = tower_http::compression::CompressionLayer::new()
         .quality(tower_http::CompressionLevel::Fastest)

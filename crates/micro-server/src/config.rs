@@ -51,6 +51,10 @@ pub struct Config {
     /// Who sends the notifications, as push services are told (the VAPID `sub`:
     /// `MICRO_PUSH_CONTACT`, a `mailto:` or `https:` URL; default: `MICRO_API_URL`).
     pub push_contact: Option<String>,
+    /// Stripe, the payment provider of the billing product (`MICRO_STRIPE_KEY`,
+    /// `MICRO_STRIPE_WEBHOOK_SECRET`, `MICRO_STRIPE_URL`); none: the built-in manual
+    /// provider (prepaid credit, transfers an operator marks paid).
+    pub stripe: Option<micro_billing::stripe::StripeSettings>,
     /// Events older than this are dropped (`MICRO_EVENTS_MAX_AGE` in seconds; default: kept).
     pub events_max_age: Option<std::time::Duration>,
     /// At most this many events are kept per topic (`MICRO_EVENTS_MAX_EVENTS`; default: all).
@@ -101,6 +105,10 @@ pub struct Config {
     /// joined, the node keeps the cluster's backends and config key in its data dir and
     /// needs neither again.
     pub join: Option<Join>,
+    /// The licence of the self-hosted platform: `MICRO_LICENSE` (its file; default
+    /// `license` in the data dir) and `MICRO_LICENSE_KEYS` (issuer keys trusted besides
+    /// the vendor's). See docs/licence.md.
+    pub licence: crate::LicenceSettings,
 }
 
 /// Where and how a node joins a cluster.
@@ -147,6 +155,7 @@ impl Default for Config {
             api_url: None,
             push_private: false,
             push_contact: None,
+            stripe: None,
             events_max_age: None,
             events_max_events: None,
             blob_max_size: micro_core::blob::DEFAULT_MAX_SIZE,
@@ -162,6 +171,7 @@ impl Default for Config {
             node_local: crate::targets::NodeLocal::Any,
             acme: None,
             join: None,
+            licence: crate::LicenceSettings::default(),
         }
     }
 }
@@ -488,6 +498,10 @@ impl Config {
             }
             c.push_contact = Some(v);
         }
+        if let Some(stripe) = micro_billing::stripe::StripeSettings::from_vars(&env) {
+            micro_billing::stripe::Stripe::new(stripe.clone()).map_err(|e| Error::Config(e.to_string()))?;
+            c.stripe = Some(stripe);
+        }
         if let Some(v) = env("MICRO_SERVICES") {
             c.services = crate::products::select(&v).map_err(|e| Error::Config(format!("MICRO_SERVICES: {e}")))?;
         }
@@ -567,6 +581,7 @@ impl Config {
             c.blob_max_size = number("MICRO_BLOB_MAX_SIZE", &v)?;
         }
         c.backends = Backends::from_env(&env)?;
+        c.licence = crate::LicenceSettings::from_env(&env)?;
         match (env("MICRO_JOIN").filter(|v| !v.is_empty()), env("MICRO_JOIN_TOKEN").filter(|v| !v.is_empty())) {
             (Some(address), Some(token)) => c.join = Some(Join { address, token: Secret(token) }),
             (None, None) => {}

@@ -68,6 +68,8 @@ struct Inner {
     subscribe: Option<Arc<micro_subscribe::Subscribe>>,
     /// The push product's API and realtime streams (`/push/v1/…`), when the server hosts it.
     push: Option<Arc<micro_push::Push>>,
+    /// The billing product's webhooks (`/billing/v1/webhook/<provider>`).
+    billing: Option<Arc<micro_billing::Billing>>,
 }
 
 /// Marks a request that came to an app's own host (the hosting domain's
@@ -238,6 +240,7 @@ impl Gateway {
                 apps: hosted.apps.clone(),
                 subscribe: hosted.subscribe.clone(),
                 push: hosted.push.clone(),
+                billing: hosted.billing.clone(),
             }),
         }
     }
@@ -456,6 +459,36 @@ impl Gateway {
             let method = req.method().to_string();
             let mut res = sub.serve(req, &caller).await;
             res.extensions_mut().insert(Tag { service: micro_subscribe::NAME.to_string(), endpoint: method });
+            return res;
+        }
+        if let Some(rest) = path.strip_prefix("/billing/v1/invoices/")
+            && let Some(billing) = &self.inner.billing
+            && req.method() == Method::GET
+        {
+            let mut res = billing.serve_document(&caller, rest).await;
+            res.extensions_mut().insert(Tag { service: micro_billing::NAME.to_string(), endpoint: "GET".into() });
+            return res;
+        }
+        if let Some(provider) = path.strip_prefix("/billing/v1/webhook/")
+            && let Some(billing) = &self.inner.billing
+        {
+            // The payment provider calls, signing what it sends: no account, no namespace.
+            let res = if req.method() != Method::POST {
+                json_error(&Status::new(Code::InvalidArgument, micro_billing::NAME, "webhooks are POSTed"))
+            } else if provider != billing.provider() {
+                json_error(&Status::new(Code::NotFound, micro_billing::NAME, format!("no {provider:?} provider here")))
+            } else {
+                let (parts, body) = req.into_parts();
+                match micro::web::collect_limited(body, 1 << 20, micro_billing::NAME).await {
+                    Ok(body) => match billing.webhook(&parts.headers, &body).await {
+                        Ok(()) => micro::web::reply(StatusCode::OK, &serde_json::json!({"received": true})),
+                        Err(e) => json_error(&e),
+                    },
+                    Err(e) => json_error(&e),
+                }
+            };
+            let mut res = res;
+            res.extensions_mut().insert(Tag { service: micro_billing::NAME.to_string(), endpoint: "webhook".into() });
             return res;
         }
         if path.starts_with("/push/v1/")

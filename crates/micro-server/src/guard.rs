@@ -32,6 +32,8 @@ impl Policy for CorePolicy {
             // A join token is its own credential; making one is the operators'.
             "cluster" if endpoint == "Cluster.Join" => Protection::Public,
             "cluster" => Protection::Operator,
+            // The server's licence: its admins see and install it.
+            "license" => Protection::Operator,
             // Registry lookups are always public; registering needs an account (a rule
             // like `service:registry:*` with scope `""` opens it).
             "registry" if !matches!(endpoint, "Registry.Register" | "Registry.Deregister") => Protection::Public,
@@ -117,6 +119,8 @@ mod tests {
         assert_eq!(p("registry", "Debug.Trace"), Protection::Operator);
         assert_eq!(p("cluster", "Cluster.Join"), Protection::Public);
         assert_eq!(p("cluster", "Cluster.Token"), Protection::Operator);
+        assert_eq!(p("license", "License.Show"), Protection::Operator);
+        assert_eq!(p("license", "License.Install"), Protection::Operator);
         assert_eq!(p("sync", "Sync.Lock"), Protection::Contribute);
         assert_eq!(p("helloworld", "Greeter.Hello"), Protection::Rules);
     }

@@ -33,6 +33,11 @@ pub(crate) struct Hosted {
     pub(crate) subscribe: Option<std::sync::Arc<micro_subscribe::Subscribe>>,
     /// The push product, whose API (and realtime streams) the gateway serves.
     pub(crate) push: Option<std::sync::Arc<micro_push::Push>>,
+    /// The billing product (set once the store and the runtime's database are open).
+    pub(crate) billing: Option<std::sync::Arc<micro_billing::Billing>>,
+    /// What the installed licence allows: products check their paid features with it
+    /// (`licence.check("team")`); installing a licence updates it for all at once.
+    pub(crate) licence: micro_core::licence::Gate,
 }
 
 impl Hosted {
@@ -57,7 +62,7 @@ impl Hosted {
 }
 
 /// Every product, by name.
-pub(crate) const PRODUCTS: [Product; 9] = [
+pub(crate) const PRODUCTS: [Product; 10] = [
     Product {
         name: micro_distributed::NAME,
         build: |s, _, _| micro_distributed::service(s),
@@ -73,7 +78,7 @@ pub(crate) const PRODUCTS: [Product; 9] = [
     // It creates namespaces and their owners' accounts: it administers micro.
     Product {
         name: micro_platform::NAME,
-        build: |s, c, _| micro_platform::service_with(s, c.platform_url.clone()),
+        build: |s, c, h| micro_platform::service_with(s, c.platform_url.clone(), h.licence.clone()),
         tenant_prefix: Some(micro_platform::tenant_prefix),
         scopes: &[micro_core::auth::ADMIN_SCOPE],
     },
@@ -135,6 +140,16 @@ pub(crate) const PRODUCTS: [Product; 9] = [
         tenant_prefix: Some(micro_push::tenant_prefix),
         scopes: &[],
     },
+    // Invoices and payments: it reads every namespace's usage, so it administers micro.
+    Product {
+        name: micro_billing::NAME,
+        build: |s, _, h| match &h.billing {
+            Some(billing) => micro_billing::service_with(s, billing.clone()),
+            None => s,
+        },
+        tenant_prefix: Some(micro_billing::tenant_prefix),
+        scopes: &[micro_core::auth::ADMIN_SCOPE],
+    },
 ];
 
 /// Where every product keeps namespace `ns`'s data: a table and a key prefix.
@@ -148,7 +163,7 @@ pub(crate) fn tenant_data(ns: &str) -> Vec<(micro_core::store::Table, String)> {
 }
 
 /// The names of every product.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 10] = [
     micro_distributed::NAME,
     micro_email::NAME,
     micro_platform::NAME,
@@ -158,6 +173,7 @@ pub const NAMES: [&str; 9] = [
     micro_apps::NAME,
     micro_subscribe::NAME,
     micro_push::NAME,
+    micro_billing::NAME,
 ];
 
 /// The account a product runs as.
@@ -201,6 +217,7 @@ pub(crate) async fn start(
             && (p.name != micro_apps::NAME || hosted.apps.is_some())
             && (p.name != micro_subscribe::NAME || hosted.subscribe.is_some())
             && (p.name != micro_push::NAME || hosted.push.is_some())
+            && (p.name != micro_billing::NAME || hosted.billing.is_some())
     };
     for p in PRODUCTS.iter().filter(|p| config.services.iter().any(|s| s == p.name)).filter(hosts) {
         let (id, secret) = auth.product_account(p.name, p.scopes).await?;
@@ -231,10 +248,10 @@ mod tests {
     fn selecting() {
         assert_eq!(
             select("all").unwrap(),
-            vec!["distributed", "email", "platform", "db", "users", "files", "apps", "subscribe", "push"]
+            vec!["distributed", "email", "platform", "db", "users", "files", "apps", "subscribe", "push", "billing"]
         );
         assert!(select("off").unwrap().is_empty());
         assert_eq!(select(" distributed ,").unwrap(), vec!["distributed"]);
-        assert!(select("distributed,billing").unwrap_err().contains("unknown service \"billing\""));
+        assert!(select("distributed,bills").unwrap_err().contains("unknown service \"bills\""));
     }
 }

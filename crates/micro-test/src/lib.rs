@@ -11,6 +11,7 @@ pub mod push;
 pub mod recorder;
 pub mod smtp;
 pub mod sse;
+pub mod stripe;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

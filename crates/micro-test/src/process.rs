@@ -53,9 +53,30 @@ pub struct Builder {
     env: Vec<(OsString, Option<OsString>)>,
     admin_password: Option<String>,
     capture_stderr: bool,
+    /// A licence file's text, written to the data dir before the server starts.
+    licence: Option<String>,
+}
+
+/// A licence for `features`, good for a year, signed by a new issuer key: (the public key
+/// for `MICRO_LICENSE_KEYS`, the licence file's text).
+pub fn test_licence(features: &[&str]) -> (String, String) {
+    use micro_core::licence;
+    let (private, public) = licence::generate_key().expect("an issuer key");
+    let now = licence::now();
+    let l = licence::Licence::new("Tests", "tests@example.com", features, now, now + 365 * 86_400);
+    (public, licence::issue(&private, &l).expect("a licence"))
 }
 
 impl Builder {
+    /// Starts licensed for `features` (`team`, `billing`, …): a licence from a new issuer
+    /// key in the data dir (`license`), the key in `MICRO_LICENSE_KEYS`. Without it the
+    /// server is unlicensed and refuses the platform's paid features.
+    pub fn licensed(mut self, features: &[&str]) -> Builder {
+        let (public, text) = test_licence(features);
+        self.licence = Some(text);
+        self.env(micro_core::licence::KEYS_ENV, public)
+    }
+
     /// Sets `key` to `value` in the server's environment (after the defaults, so it may
     /// override them, like `MICRO_LOG`). `MICRO_ADMIN_PASSWORD` is
     /// [`Builder::admin_password`], or [`Builder::generated_admin_password`] when empty.
@@ -122,6 +143,9 @@ impl Builder {
             Some(d) => d,
             None => DataDir::Owned(tempfile::tempdir().expect("a data dir")),
         };
+        if let Some(text) = &self.licence {
+            std::fs::write(data.path().join(micro_server::LICENSE_FILE), text).expect("writing the licence");
+        }
         let mut cmd = Command::new(&self.micro);
         cmd.arg("server")
             .env("MICRO_DATA_DIR", data.path())
@@ -259,6 +283,7 @@ impl ServerProcess {
             env: Vec::new(),
             admin_password: Some(admin_password),
             capture_stderr: false,
+            licence: None,
         }
     }
 
@@ -375,6 +400,8 @@ impl ServerProcess {
             env: std::mem::take(&mut self.env),
             admin_password: Some(self.admin_password.clone()).filter(|_| self.given_password.is_some()),
             capture_stderr: self.capture_stderr,
+            // Its licence is in its data dir already.
+            licence: None,
         }
     }
 

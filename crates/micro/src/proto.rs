@@ -70,6 +70,12 @@ pub mod cluster {
     tonic::include_proto!("cluster");
 }
 
+/// The license service's messages, client and server.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+pub mod license {
+    tonic::include_proto!("license");
+}
+
 /// An account from the wire.
 impl From<auth::Account> for micro_core::auth::Account {
     fn from(a: auth::Account) -> Self {

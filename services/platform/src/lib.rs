@@ -29,6 +29,7 @@ pub use signup::{Entry, EntryState, Settings};
 pub use team::Role;
 
 use micro::{Code, Context, Service, Status};
+use micro_core::licence::Gate;
 use std::sync::Arc;
 
 /// The service's name.
@@ -77,18 +78,41 @@ pub(crate) struct Shared {
     pub(crate) channel: Result<micro::Channel, Status>,
     /// Where people sign up (`MICRO_PLATFORM_URL`), for the links in mail.
     pub(crate) url: Option<String>,
+    /// What the licence allows: the team plan is a paid feature.
+    pub(crate) licence: Gate,
 }
 
 /// The platform's handlers on `service` (named [`NAME`], configured by the host), with
 /// the signup page's address from `MICRO_PLATFORM_URL`.
 pub fn service(service: Service) -> Service {
     let url = std::env::var("MICRO_PLATFORM_URL").ok().filter(|u| !u.is_empty());
-    service_with(service, url)
+    service_with(service, url, licence_from_env())
+}
+
+/// The licence of a platform run on its own: the file `MICRO_LICENSE` names, verified
+/// against the vendor's key and `MICRO_LICENSE_KEYS` (none, or one that does not hold:
+/// unlicensed, its paid features refused).
+fn licence_from_env() -> Gate {
+    use micro_core::licence;
+    let Some(path) = std::env::var_os(licence::FILE_ENV).filter(|p| !p.is_empty()) else {
+        return Gate::unlicensed();
+    };
+    let verified = licence::trusted_keys(std::env::var(licence::KEYS_ENV).ok().as_deref())
+        .and_then(|keys| licence::load(std::path::Path::new(&path), &keys, licence::now()));
+    match verified {
+        Ok(Some(v)) => Gate::licensed(v),
+        Ok(None) => Gate::unlicensed(),
+        Err(e) => {
+            tracing::warn!(error = %e, "the licence is refused: running unlicensed, the paid features are off");
+            Gate::unlicensed()
+        }
+    }
 }
 
 /// The platform's handlers on `service`; `url` is the public address of the dashboard
-/// (`https://m3o.example.com`), which mail links to.
-pub fn service_with(service: Service, url: Option<String>) -> Service {
+/// (`https://m3o.example.com`), which mail links to; `licence` says which paid features
+/// (the team plan) the installed licence allows ([`Gate::open`] in tests).
+pub fn service_with(service: Service, url: Option<String>, licence: Gate) -> Service {
     let service = service.platform();
     let shared = Arc::new(Shared {
         store: service.store(),
@@ -97,6 +121,7 @@ pub fn service_with(service: Service, url: Option<String>) -> Service {
         client: service.client(),
         channel: service.channel(),
         url: url.map(|u| u.trim_end_matches('/').to_string()),
+        licence,
     });
     let service = signup::handlers(service.version(env!("CARGO_PKG_VERSION")), shared.clone());
     let service = plans::handlers(service, shared.clone());

@@ -205,6 +205,10 @@ impl Shared {
         if !plans.contains_key(plan) {
             return Err(bad(format!("unknown plan {plan:?}: choose {}", PLANS.join(", "))));
         }
+        // The team plan is a paid feature of the self-hosted platform.
+        if plan == "team" {
+            self.licence.check("team")?;
+        }
         self.store.put(&plan_key(ns), encode(&plan)?).await?;
         self.config.set(&format!("quota.{ns}"), &quota(plan, &plans)).await
     }

@@ -7,11 +7,13 @@
 
 mod app_users;
 mod apps;
+mod billing;
 mod cluster;
 mod db;
 mod files;
 mod gateway;
 mod hosting;
+mod licence;
 mod listeners;
 mod namespaces;
 mod namespaces_delete;

@@ -210,6 +210,8 @@ struct Managed {
     deleted: std::sync::atomic::AtomicBool,
     /// What each of its instances may use, as of its last start.
     limits: Mutex<cgroup::Limits>,
+    /// When its current run began (clock seconds), as billing counts service-hours.
+    since: std::sync::atomic::AtomicU64,
 }
 
 /// What the runtime works with, from the rest of the server.
@@ -359,8 +361,20 @@ impl Runtime {
                 continue;
             }
             let owner = spec.owner.clone();
+            if let Some(reason) = self.suspended(&ns).await? {
+                let spec = spec.into_pb();
+                let name = spec.name.clone();
+                let m = self.managed(&ns, &name, spec);
+                *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner;
+                Self::set_phase(&m, "suspended", &reason);
+                continue;
+            }
+            // A service kept from before runs were recorded starts its run now.
+            let since = if spec.since == 0 { micro_core::time::clock() } else { spec.since };
             let spec = spec.into_pb();
             let m = self.managed(&ns, &spec.name, spec.clone());
+            m.since.store(since, std::sync::atomic::Ordering::SeqCst);
+            self.run_started(&ns, &spec.name, since).await;
             *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner.clone();
             // Admitted when it was asked for; the sandbox may be gone since.
             if let Err(e) = self.admit_unsandboxed(Caller::of_owner(&owner).as_ref()) {
@@ -547,6 +561,7 @@ impl Runtime {
             secret: tokio::sync::Mutex::new(None),
             deleted: Default::default(),
             limits: Default::default(),
+            since: Default::default(),
         })
     }
 
@@ -638,6 +653,7 @@ impl Runtime {
         spec: pb::Service,
         caller: Option<Caller>,
     ) -> Result<pb::Service, Status> {
+        self.not_suspended(ns).await?;
         self.fetch_upload(&spec.upload).await?;
         let mut spec = self.check(spec)?;
         self.admit(&spec, caller.as_ref()).await?;
@@ -668,7 +684,10 @@ impl Runtime {
             m
         };
         *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner;
+        let since = micro_core::time::clock();
+        m.since.store(since, std::sync::atomic::Ordering::SeqCst);
         self.persist(&m, &spec).await?;
+        self.run_started(ns, &spec.name, since).await;
         self.spawn_deploy(m.clone(), spec, false);
         Ok(self.describe(&m))
     }
@@ -682,6 +701,7 @@ impl Runtime {
     ) -> Result<pb::Service, Status> {
         let mut spec = spec;
         let m = self.get(ns, &spec.name)?;
+        self.not_suspended(ns).await?;
         {
             // Unset fields keep their values.
             let old = m.spec.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -727,6 +747,9 @@ impl Runtime {
         let m = self.get(ns, name)?;
         m.deleted.store(true, std::sync::atomic::Ordering::SeqCst);
         self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).remove(&(ns.to_string(), name.to_string()));
+        // The run ends before the record goes: killed in between, the service is still
+        // there when the server comes back, and its run is opened again (the same one).
+        self.run_ended(ns, name, micro_core::time::clock()).await;
         let _ = self.inner.db.delete(&Self::table(), &format!("{ns}/{name}")).await;
         // Whatever is being built or rolled stops here (a build's process dies with it).
         let deploys = std::mem::take(&mut *m.deploys.lock().unwrap_or_else(|e| e.into_inner()));
@@ -800,6 +823,7 @@ impl Runtime {
         let ns = &m.namespace;
         let mut stored = Stored::from_pb(ns, spec);
         stored.owner = m.owner.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        stored.since = m.since.load(std::sync::atomic::Ordering::SeqCst);
         // `--env` values are sealed at rest, like the config's secrets.
         let env = std::mem::take(&mut stored.env);
         if !env.is_empty() {
@@ -1147,6 +1171,117 @@ impl Runtime {
 
     /// Where each namespace's build time is counted, by month (`<namespace>/<YYYY-MM>`:
     /// milliseconds).
+    fn suspended_table() -> Table {
+        Table::new("runtime", "suspended")
+    }
+
+    /// Why namespace `ns` is suspended, if it is.
+    async fn suspended(&self, ns: &str) -> Result<Option<String>, Status> {
+        match self.inner.db.read(&Self::suspended_table(), ns, &Query::default()).await {
+            Ok(r) => Ok(r.first().map(|r| String::from_utf8_lossy(&r.value).into_owned())),
+            Err(e) if e.code() == Code::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Refuses to start anything in a suspended namespace.
+    async fn not_suspended(&self, ns: &str) -> Result<(), Status> {
+        match self.suspended(ns).await? {
+            Some(reason) => Err(Status::new(
+                Code::FailedPrecondition,
+                ID,
+                format!("namespace {ns} is suspended ({reason}): its services start again once that is settled"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops every service of `ns` without forgetting them (`on`), or brings them back:
+    /// a namespace whose bill is unpaid. Their runs end and begin again with it. Returns
+    /// the services.
+    pub(crate) async fn suspend(&self, ns: &str, on: bool, reason: &str) -> Result<Vec<String>, Status> {
+        micro_core::namespace::validate(ns)?;
+        let list: Vec<Arc<Managed>> = {
+            let services = self.inner.services.lock().unwrap_or_else(|e| e.into_inner());
+            services.values().filter(|m| m.namespace == ns).cloned().collect()
+        };
+        let was = self.suspended(ns).await?;
+        if on {
+            let reason = if reason.is_empty() { "suspended by the platform's operators" } else { reason };
+            // Kept first: a restart in between keeps them stopped.
+            let record = Record::new(ns, reason.as_bytes().to_vec());
+            self.inner.db.write(&Self::suspended_table(), &record, None).await?;
+            for m in &list {
+                let deploys = std::mem::take(&mut *m.deploys.lock().unwrap_or_else(|e| e.into_inner()));
+                for d in deploys {
+                    d.abort();
+                    let _ = d.await;
+                }
+                let instances = std::mem::take(&mut *m.instances.lock().unwrap_or_else(|e| e.into_inner()));
+                futures::future::join_all(instances.iter().map(|i| i.stop())).await;
+                self.run_ended(ns, &m.name, micro_core::time::clock()).await;
+                Self::set_phase(m, "suspended", reason);
+            }
+            tracing::warn!(namespace = ns, reason, services = list.len(), "namespace suspended");
+        } else if was.is_some() {
+            for m in &list {
+                let since = micro_core::time::clock();
+                m.since.store(since, std::sync::atomic::Ordering::SeqCst);
+                let spec = m.spec.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                self.persist(m, &spec).await?;
+                self.run_started(ns, &m.name, since).await;
+                Self::set_phase(m, "pending", "");
+                self.spawn_deploy(m.clone(), spec, false);
+            }
+            self.inner.db.delete(&Self::suspended_table(), ns).await?;
+            tracing::info!(namespace = ns, services = list.len(), "namespace brought back");
+        }
+        let mut names: Vec<String> = list.iter().map(|m| m.name.clone()).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Records that service `name` of `ns` runs since `from` (billing's service-hours);
+    /// the same run recorded again is the same record.
+    async fn run_started(&self, ns: &str, name: &str, from: u64) {
+        let run = micro_core::meter::ServiceRun { service: name.to_string(), from, to: None };
+        let key = micro_core::meter::run_key(ns, name, from);
+        let write = match serde_json::to_vec(&run) {
+            Ok(v) => self.inner.db.write(&micro_core::meter::runs_table(), &Record::new(key, v), None).await,
+            Err(e) => Err(Status::internal(ID, e.to_string())),
+        };
+        if let Err(e) = write {
+            tracing::error!(service = name, namespace = ns, error = %e, "recording the start of a run failed");
+        }
+    }
+
+    /// Ends every open run of service `name` of `ns` at `at`.
+    async fn run_ended(&self, ns: &str, name: &str, at: u64) {
+        let table = micro_core::meter::runs_table();
+        let prefix = micro_core::meter::runs_prefix(ns, Some(name));
+        let runs = match self.inner.db.read(&table, &prefix, &Query { prefix: true, ..Query::default() }).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(service = name, namespace = ns, error = %e, "reading the runs to end failed");
+                return;
+            }
+        };
+        for r in runs {
+            let Ok(mut run) = serde_json::from_slice::<micro_core::meter::ServiceRun>(&r.value) else { continue };
+            if run.to.is_some() {
+                continue;
+            }
+            run.to = Some(at.max(run.from));
+            let write = match serde_json::to_vec(&run) {
+                Ok(v) => self.inner.db.write(&table, &Record::new(r.key, v), None).await,
+                Err(e) => Err(Status::internal(ID, e.to_string())),
+            };
+            if let Err(e) = write {
+                tracing::error!(service = name, namespace = ns, error = %e, "recording the end of a run failed");
+            }
+        }
+    }
+
     fn builds_table() -> Table {
         Table::new("runtime", "build-time")
     }
@@ -1385,6 +1520,9 @@ struct Stored {
     updated: i64,
     #[serde(default)]
     owner: Option<(String, String)>,
+    /// When its current run began (clock seconds; see [`micro_core::meter`]).
+    #[serde(default)]
+    since: u64,
 }
 
 impl Stored {
@@ -1405,6 +1543,7 @@ impl Stored {
             updated: s.updated,
             owner: None,
             sealed_env: None,
+            since: 0,
         }
     }
 

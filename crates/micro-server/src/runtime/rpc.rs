@@ -130,6 +130,20 @@ impl pb::runtime_server::Runtime for Runtime {
         Ok(Response::new(result?))
     }
 
+    async fn suspend(&self, req: Request<pb::SuspendRequest>) -> Result<Response<pb::SuspendResponse>, Status> {
+        let ns = micro::namespace(&req);
+        if !micro::auth::Caller::of(&req).is_some_and(|c| c.is_operator()) {
+            return Err(t(MicroStatus::new(
+                micro_core::Code::PermissionDenied,
+                ID,
+                "suspending a namespace is for the platform's operators",
+            )));
+        }
+        let r = req.into_inner();
+        let services = Runtime::suspend(self, &ns, r.suspended, &r.reason).await.map_err(t)?;
+        Ok(Response::new(pb::SuspendResponse { services }))
+    }
+
     type DownloadStream = Stream_<pb::DownloadResponse>;
 
     async fn download(&self, req: Request<pb::DownloadRequest>) -> Result<Response<Self::DownloadStream>, Status> {
