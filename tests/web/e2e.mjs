@@ -345,6 +345,8 @@ const PAGES = [
   "/apps",
   "/lists",
   "/push",
+  "/billing",
+  "/billing/admin",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -515,7 +517,7 @@ step("at phone width the navigation shows and nothing overflows sideways", async
   for (const p of PAGES) {
     await visit(page, p);
     const links = page.locator('nav[aria-label="Sections"] a');
-    assertEqual(await links.count(), 15, `section links on ${p} (the operator sees Platform)`);
+    assertEqual(await links.count(), 16, `section links on ${p} (the operator sees Platform and Billing)`);
     for (const link of await links.all()) {
       assert(await link.isVisible(), `${await link.innerText()} is hidden on ${p}`);
       const box = await link.boundingBox();
@@ -1811,6 +1813,264 @@ step("signup: the third person is still waiting", async ({ page }) => {
   await visit(page, "/platform?state=waiting");
   const emails = await page.locator("table.waitlist tbody tr td:first-child").allInnerTexts();
   assertEqual(emails.filter((e) => PEOPLE.includes(e)), [PEOPLE[2]], "still waiting");
+});
+
+// ---------------------------------------------------------------------------------------
+// Billing. web.rs (`billing_in_a_real_browser`) prepares the books through the API on a
+// server licensed for billing whose billing clock (MICRO_CLOCK_FILE) it moves: namespace
+// acme on the personal plan ($20 a service a month, 19% tax in DE), service api running
+// since 2027-01-01 and worker from the 11th to the 21st of January; January closed, so
+// INV-000001 (api 744 h $20.00, worker 240 h $6.45: $26.45) is open; the clock then stands
+// at 2027-02-15 00:00, half of February. Accounts ann (admin) and dev (no admin) of acme
+// and eve (admin) of evil sign in with E2E_BILLING_SECRET.
+
+const BILLING_SECRET = process.env.E2E_BILLING_SECRET || null;
+/** January's invoice of acme: its id (the page's path) and number. */
+const ACME_INVOICE = "2027-01-acme";
+
+function needBilling() {
+  if (!BILLING_SECRET) skip("E2E_BILLING_SECRET is not set (web.rs sets it for the billing run)");
+}
+
+/** Signs in as account `id` of `namespace` made by web.rs for the billing steps. */
+async function tenant(page, id, namespace) {
+  await login(page, { id, namespace, secret: BILLING_SECRET });
+}
+
+/** The text of each cell (th and td) of each row of `selector`'s `section` (tbody, tfoot). */
+async function cells(page, selector, section = "tbody") {
+  return page
+    .locator(`${selector} ${section} tr`)
+    .evaluateAll((rows) => rows.map((r) => [...r.children].map((c) => c.innerText.trim())));
+}
+
+async function textOf(page, selector) {
+  return (await page.locator(selector).innerText()).trim();
+}
+
+step("billing: a tenant's admin sees the plan, the usage, the upcoming invoice and the invoices", async ({ page }) => {
+  needBilling();
+  await tenant(page, "ann", "acme");
+  await follow(page, page.locator('nav[aria-label="Sections"] a', { hasText: "Billing" }));
+  assertEqual(pathOf(page), "/billing", "the nav's Billing link");
+  await see(page, "h1", "Billing");
+  const summary = {
+    plan: await textOf(page, "#billing-plan"),
+    credit: await textOf(page, "#billing-credit"),
+    owed: await textOf(page, "#billing-owed"),
+    provider: await textOf(page, "#billing-provider"),
+  };
+  assertEqual(
+    summary,
+    { plan: "personal", credit: "$0.00", owed: "$26.45", provider: "Bank transfer or prepaid credit" },
+    "the summary",
+  );
+  // This period: api ran 14 of February's 28 days, shown in hours with two decimals.
+  assertEqual(await textOf(page, "#billing-period"), "2027-02", "the period");
+  const usage = (await cells(page, "#billing-usage")).map((r) => r.slice(0, 2));
+  assertEqual(usage, [["api", "336.00"]], "the usage");
+  await see(page, "#billing-meters .hint", "Storage");
+  // The upcoming invoice: half of $20 so far, all of it projected; no tax without a country.
+  const [line] = await cells(page, "#billing-upcoming");
+  assert(line[0].startsWith("Service api: 336.00 h of 672.00 h"), `the upcoming line: ${line[0]}`);
+  assertEqual(line.slice(1), ["$10.00", "$20.00"], "the line to date and projected");
+  const sums = await cells(page, "#billing-upcoming", "tfoot");
+  const untaxed = [["Subtotal", "$10.00", "$20.00"], ["Tax", "$0.00", "$0.00"], ["Total", "$10.00", "$20.00"]];
+  assertEqual(sums, untaxed, "the sums");
+  assertEqual(
+    await cells(page, "#billing-invoices"),
+    [["INV-000001", "2027-01", "2027-02-01", "2027-02-15", "$26.45", "open", "$26.45"]],
+    "the invoices",
+  );
+  // ann is no operator: the books are not linked.
+  assertEqual(await page.locator('a[href="/billing/admin"]').count(), 0, "a link to the books");
+  await look(page, "billing");
+});
+
+step("billing: the admin saves the billing details and the upcoming invoice is taxed", async ({ page }) => {
+  needBilling();
+  await tenant(page, "ann", "acme");
+  await visit(page, "/billing");
+  const email = page.getByLabel(/^Email/);
+  const country = page.getByLabel(/^Country/);
+  await email.fill("billing@acme.example");
+  await country.fill("de");
+  await follow(page, page.getByRole("button", { name: "Save billing details" }));
+  await see(page, ".notice", "Billing details saved.");
+  assertEqual([await email.inputValue(), await country.inputValue()], ["billing@acme.example", "DE"], "saved");
+  const sums = await cells(page, "#billing-upcoming", "tfoot");
+  assertEqual(sums.slice(1), [["Tax (19.00%)", "$1.90", "$3.80"], ["Total", "$11.90", "$23.80"]], "taxed in DE");
+  // A country that is no ISO code is refused in words; the form keeps what was typed.
+  await country.fill("D1");
+  await noBrowserChecks(country);
+  await follow(page, page.getByRole("button", { name: "Save billing details" }));
+  await see(page, '.error[role="alert"]', "give an ISO 3166 code, like DE");
+  assertEqual(await country.inputValue(), "D1", "the typed country");
+  await visit(page, "/billing");
+  assertEqual(await country.inputValue(), "DE", "the country unchanged");
+});
+
+step("billing: with the manual provider, Add a payment method says how payments are made", async ({ page }) => {
+  needBilling();
+  await tenant(page, "ann", "acme");
+  await visit(page, "/billing");
+  await follow(page, page.getByRole("button", { name: "Add a payment method" }));
+  assertEqual(pathOf(page), "/billing", "where the button leads");
+  await see(page, '#billing-note[role="status"]', "Payments here are by bank transfer or prepaid credit");
+  assertEqual(await page.locator(".error").count(), 0, "an error shown");
+});
+
+step("billing: an invoice's page shows its lines; Pay now says to pay by transfer", async ({ page }) => {
+  needBilling();
+  await tenant(page, "ann", "acme");
+  await visit(page, "/billing");
+  await follow(page, page.locator("#billing-invoices a", { hasText: "INV-000001" }));
+  assertEqual(pathOf(page), `/billing/invoices/${ACME_INVOICE}`, "the invoice's page");
+  await see(page, "h1", "Invoice INV-000001");
+  assertEqual(
+    await cells(page, "#invoice-lines"),
+    [
+      ["Service api: 744.00 h of 744.00 h at $20.00 a month", "$20.00", "0.00%", "$0.00"],
+      ["Service worker: 240.00 h of 744.00 h at $20.00 a month", "$6.45", "0.00%", "$0.00"],
+    ],
+    "the lines",
+  );
+  assertEqual(
+    await cells(page, "#invoice-lines", "tfoot"),
+    [["Subtotal", "$26.45", "", "$0.00"], ["Total", "$26.45"], ["Amount due", "$26.45"]],
+    "the sums",
+  );
+  const status = [await textOf(page, "#invoice-status"), await textOf(page, "#invoice-owed")];
+  assertEqual(status, ["open", "$26.45"], "status and owed");
+  await look(page, "billing-invoice");
+  // The invoice as mailed: billing's own document, sandboxed.
+  const href = await page.getByRole("link", { name: "The invoice as mailed" }).getAttribute("href");
+  const doc = await page.request.get(BASE + href);
+  assertEqual(doc.status(), 200, "status of the invoice's document");
+  assert(doc.headers()["content-security-policy"].startsWith("sandbox;"), "the document is sandboxed");
+  const text = await doc.text();
+  assert(text.includes("<h1>Invoice INV-000001</h1>") && text.includes("Service worker: 240.00 h of 744.00 h"), text);
+  // Nothing to charge with the manual provider: the page says how to pay.
+  await follow(page, page.getByRole("button", { name: "Pay now" }));
+  assertEqual(pathOf(page), `/billing/invoices/${ACME_INVOICE}`, "page after Pay now");
+  await see(
+    page,
+    ".notice",
+    "Nothing was charged: payments here are by bank transfer or prepaid credit. Transfer $26.45 quoting INV-000001",
+  );
+  assertEqual(await textOf(page, "#invoice-status"), "open", "still open");
+});
+
+step("billing: a member who is no admin sees the billing and no Pay, settings or payment forms", async ({ page }) => {
+  needBilling();
+  await tenant(page, "dev", "acme");
+  await visit(page, "/billing");
+  assertEqual(await textOf(page, "#billing-owed"), "$26.45", "what is owed");
+  assertEqual(await cells(page, "#billing-details"), [["Email", "billing@acme.example"], ["Country", "DE"]], "details");
+  for (const name of ["Save billing details", "Add a payment method"]) {
+    assertEqual(await page.getByRole("button", { name }).count(), 0, `a ${name} button`);
+  }
+  assertEqual(await page.locator("main input:not([type=hidden])").count(), 0, "fields to fill");
+  await visit(page, `/billing/invoices/${ACME_INVOICE}`);
+  await see(page, "#invoice-status", "open");
+  assertEqual(await page.getByRole("button", { name: "Pay now" }).count(), 0, "a Pay now button");
+  // A form the page does not offer is refused by billing itself.
+  await visit(page, "/billing");
+  await submitForm(page, "/billing", { action: "settings", email: "", country: "FR" });
+  await see(page, '.error[role="alert"]', "the billing of namespace acme is changed by its admins");
+  await visit(page, "/billing/admin", 403);
+  await see(page, '.error[role="alert"]', "the platform's books are for its operators");
+});
+
+step("billing: a tenant of another namespace cannot open acme's invoice", async ({ page }) => {
+  needBilling();
+  await tenant(page, "eve", "evil");
+  await visit(page, "/billing");
+  await see(page, "#billing-invoices-none", "No invoices yet");
+  for (const id of [ACME_INVOICE, "INV-000001"]) {
+    await visit(page, `/billing/invoices/${id}`, 404);
+    await see(page, '.error[role="alert"]', `no invoice ${id}`);
+    assertEqual(await page.locator("#invoice-lines").count(), 0, "the lines shown");
+  }
+  const doc = await page.request.get(`${BASE}/billing/invoices/${ACME_INVOICE}/document`);
+  assertEqual(doc.status(), 404, "status of acme's invoice document");
+  assert(!(await doc.text()).includes("Service worker"), "the document leaks");
+  await visit(page, "/billing");
+  const paying = await submitForm(page, `/billing/invoices/${ACME_INVOICE}`, { action: "pay" });
+  assertEqual(paying.status(), 404, "paying acme's invoice");
+  await visit(page, "/billing/admin", 403);
+});
+
+step("billing: the operator sees the books, marks the invoice paid and adds credit", async ({ page }) => {
+  needBilling();
+  await login(page);
+  await follow(page, page.locator('nav[aria-label="Sections"] a', { hasText: "Billing" }));
+  await follow(page, page.getByRole("link", { name: "The platform's books" }));
+  assertEqual(pathOf(page), "/billing/admin", "the books");
+  await see(page, "h1", "The platform's books");
+  const figures = async () => ({
+    revenue: await textOf(page, "#books-revenue"),
+    received: await textOf(page, "#books-received"),
+    credit: await textOf(page, "#books-credit"),
+    receivable: await textOf(page, "#books-receivable"),
+  });
+  const before = { revenue: "$26.45", received: "$0.00", credit: "$0.00", receivable: "$26.45" };
+  assertEqual(await figures(), before, "the figures");
+  const unpaid = (await cells(page, "#books-unpaid")).map((r) => r.slice(0, 5));
+  assertEqual(unpaid, [["INV-000001", "acme", "2027-01", "2027-02-15", "$26.45"]], "the unpaid invoices");
+  await see(page, "#books-balanced", "Balanced");
+  await look(page, "billing-admin");
+
+  // The transfer arrived: marked paid (asked first), the invoice is paid.
+  const row = page.locator("#books-unpaid tbody tr").filter({ hasText: "INV-000001" });
+  await row.getByLabel("Transfer reference for INV-000001").fill(`wire-${RUN}`);
+  const asked = await followConfirmed(page, row.getByRole("button", { name: "Mark INV-000001 paid" }));
+  assertEqual(asked, "Mark INV-000001 paid in full?", "the question");
+  await see(page, ".notice", `INV-000001 is paid (reference wire-${RUN}).`);
+  await see(page, "#books-unpaid-none", "Every invoice is paid.");
+  const after = { revenue: "$26.45", received: "$26.45 (manual)", credit: "$0.00", receivable: "$0.00" };
+  assertEqual(await figures(), after, "the figures once paid");
+  await see(page, "#books-balanced", "Balanced");
+  assertEqual(
+    await cells(page, "#books-balances"),
+    [["cash:manual", "$26.45"], ["receivable:acme", "$0.00"], ["revenue", "-$26.45"]],
+    "balances",
+  );
+
+  // Credit: an amount typed as a decimal, converted exactly; a bad one refused in words.
+  const credit = async (amount) => {
+    await page.locator("#credit-namespace").fill("acme");
+    await page.locator("#credit-amount").fill(amount);
+    await page.locator("#credit-reference").fill(`voucher-${RUN}`);
+    await noBrowserChecks(page.locator("#credit-amount"));
+    return await Promise.all([
+      page.waitForNavigation({ timeout: WAIT_MS }),
+      page.getByRole("button", { name: "Add credit" }).click(),
+    ]).then(([r]) => r);
+  };
+  const refused = await credit("12.505");
+  assertEqual(refused.status(), 400, "status of a bad amount");
+  await see(page, '.error[role="alert"]', '"12.505" is not an amount: give it like 12.50');
+  await credit("12.50");
+  await see(page, ".notice", "acme holds $12.50 of prepaid credit now.");
+  assertEqual(await textOf(page, "#books-credit"), "$12.50", "credit held");
+
+  // Closing January again issues nothing twice.
+  await page.locator("#books-period").fill("2027-01");
+  const question = await followConfirmed(page, page.getByRole("button", { name: "Close period" }));
+  assertEqual(question, "Close the period and issue its invoices?", "the question");
+  await see(page, ".notice", "2027-01 is closed: nothing more to issue.");
+
+  // In acme's namespace the operator sees its billing: paid, with the credit.
+  await page.locator("#ns-switch").fill("acme");
+  await follow(page, page.getByRole("button", { name: "Switch" }));
+  await visit(page, "/billing");
+  const acme = [await textOf(page, "#billing-credit"), await textOf(page, "#billing-owed")];
+  assertEqual(acme, ["$12.50", "$0.00"], "acme's credit and what it owes");
+  assertEqual((await cells(page, "#billing-invoices"))[0][5], "paid", "the invoice's status");
+  await visit(page, `/billing/invoices/${ACME_INVOICE}`);
+  assertEqual(await textOf(page, "#invoice-status"), "paid", "the invoice's page");
+  assertEqual(await page.getByRole("button", { name: "Pay now" }).count(), 0, "Pay now on a paid invoice");
 });
 
 step("tls: signed in over HTTPS, the session cookie is Secure; the services page and its OpenAPI link load", async ({

@@ -215,6 +215,70 @@ async fn platform_signup_in_a_real_browser() {
     assert!(stdout.contains("e2e: 8 passed, 0 failed, 0 skipped"), "{stdout}");
 }
 
+/// The billing page in a browser (the script's `billing: …` steps): a server licensed for
+/// billing, whose billing clock (`MICRO_CLOCK_FILE`) the test moves, with books prepared
+/// through the API as the operator: namespace acme on the personal plan with 19% tax in
+/// DE, service api running from 2027-01-01 and worker from the 11th to the 21st of January
+/// (runs recorded with `Billing.Record`, no runtime), January closed (its invoice
+/// INV-000001, $26.45), and the clock at 2027-02-15 00:00. The script signs in as acme's
+/// admin and a member who is not, as a tenant of another namespace, and as the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_in_a_real_browser() {
+    if !browser_ready() {
+        return;
+    }
+    /// 2027-01-01 00:00:00 UTC (January has 744 hours, February 672).
+    const JAN: u64 = 1_798_761_600;
+    const DAY: u64 = 86_400;
+    const SECRET: &str = "billing steps' long secret";
+    let clock = tempfile::NamedTempFile::new().unwrap();
+    let set_clock = |t: u64| std::fs::write(clock.path(), t.to_string()).unwrap();
+    set_clock(JAN);
+    let server = ServerProcess::builder(binary(env!("CARGO_BIN_EXE_micro")))
+        .licensed(&["billing"])
+        .env("MICRO_CLOCK_FILE", clock.path())
+        .env("MICRO_BILLING_INTERVAL", "1")
+        .start();
+    let op = server.admin_token().await;
+    for (ns, id, scopes) in [("acme", "ann", &["admin"][..]), ("acme", "dev", &[]), ("evil", "eve", &["admin"])] {
+        micro_test::create_account(&server.proxy, &op, ns, (id, SECRET), "user", scopes).await;
+    }
+    let call = |path: &'static str, body: serde_json::Value| {
+        let (api, op) = (server.api.clone(), op.clone());
+        async move {
+            let (status, reply) = micro_test::call_json(&api, "POST", path, Some(&op), "micro", Some(body)).await;
+            assert_eq!(status, 200, "{path}: {reply}");
+            reply
+        }
+    };
+    use serde_json::json;
+    call("/platform/plan/set", json!({"namespace": "acme", "plan": "personal"})).await;
+    let mut prices = call("/billing/billing/prices", json!({})).await;
+    prices["tax"] = json!({"DE": 1900});
+    call("/billing/billing/prices", json!({"prices": prices})).await;
+    call("/billing/billing/record", json!({"namespace": "acme", "service": "api", "from": JAN})).await;
+    let worker = json!({"namespace": "acme", "service": "worker", "from": JAN + 10 * DAY, "to": JAN + 20 * DAY});
+    call("/billing/billing/record", worker).await;
+    // January ends; its invoices are issued (here, or by billing's own tick meanwhile).
+    set_clock(JAN + 31 * DAY + 600);
+    call("/billing/billing/close", json!({"period": "2027-01"})).await;
+    let invoices = call("/billing/billing/invoices", json!({"all": true})).await;
+    assert_eq!(invoices["invoices"][0]["number"], "INV-000001", "{invoices}");
+    assert_eq!(invoices["invoices"][0]["total"], 2645, "{invoices}");
+    set_clock(JAN + 45 * DAY);
+
+    let (web, api) = (format!("http://{}", server.web), format!("http://{}", server.api));
+    let env = [
+        ("E2E_URL", web.as_str()),
+        ("E2E_API_URL", api.as_str()),
+        ("E2E_ADMIN_PASSWORD", server.admin_password.as_str()),
+        ("E2E_BILLING_SECRET", SECRET),
+        ("E2E_ONLY", "^billing: "),
+    ];
+    let stdout = e2e(&env, &server).await;
+    assert!(stdout.contains("e2e: 7 passed, 0 failed, 0 skipped"), "{stdout}");
+}
+
 /// `MICRO_TLS=auto`: the dashboard over HTTPS in a browser that trusts the local CA the
 /// server printed, as its user would make theirs: the CA added to an NSS database (the
 /// store chromium reads on Linux: `$HOME/.pki/nssdb`) of a HOME made for the browser.

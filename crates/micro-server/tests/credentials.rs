@@ -79,7 +79,7 @@ async fn a_service_calls_with_its_own_token_verified_locally() {
         .unwrap();
 
     // A service with credentials: logged in at start, its client sends the token.
-    let billing = Service::new("billing").server(s.proxy()).credentials("billing-svc", "billing-secret-1");
+    let billing = Service::new("invoicer").server(s.proxy()).credentials("billing-svc", "billing-secret-1");
     let billing = billing.start().await.expect("logs in and starts");
     let reply = billing.client().call_json("ledger", "Ledger.Who", &json!({})).await.unwrap();
     assert_eq!(reply["caller"], "billing-svc");

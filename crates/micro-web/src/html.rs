@@ -21,6 +21,7 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
     ("usage", "Usage"),
     ("team", "Teams"),
     ("plan", "Plan"),
+    ("billing", "Billing"),
     ("platform", "Platform"),
 ];
 

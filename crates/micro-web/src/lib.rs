@@ -27,6 +27,7 @@
 mod apps;
 mod assets;
 mod auth;
+mod billing;
 mod config;
 mod db;
 mod events;
@@ -191,7 +192,7 @@ impl Web {
                     .fallback(extract::fallback)
             };
         }
-        let sections: [(&str, MethodRouter<Web>); 17] = [
+        let sections: [(&str, MethodRouter<Web>); 18] = [
             ("services", section!(services)),
             ("runtime", section!(runtime)),
             ("store", section!(store)),
@@ -208,6 +209,7 @@ impl Web {
             ("usage", section!(usage)),
             ("team", section!(team)),
             ("plan", section!(plan)),
+            ("billing", section!(billing)),
             ("platform", section!(platform)),
         ];
         let mut router = Router::new()
