@@ -55,6 +55,8 @@ impl NamespaceData {
         for service in self.runtime.read(ns, "")? {
             ignore_absent(self.runtime.delete(ns, &service.name).await)?;
         }
+        // A suspension goes with the namespace (billing keeps its books).
+        ignore_absent(self.runtime.suspend(ns, false, "").await.map(drop))?;
         for service in self.registry.list_services(ns).await? {
             ignore_absent(self.registry.deregister(ns, &service).await)?;
         }
@@ -117,6 +119,13 @@ impl NamespaceData {
         }
         if !self.runtime.read(ns, "")?.is_empty() {
             left.push("runtime services".to_string());
+        }
+        if let Some(billing) = &self.hosted.billing
+            && billing.holds_namespace(ns).await?
+        {
+            left.push(
+                "billing's books (invoices, payments, service-hours): a name with books is not used again".to_string(),
+            );
         }
         Ok(left)
     }

@@ -32,6 +32,9 @@ pub(crate) struct Dunning {
     /// The last failure, as the provider put it.
     #[serde(default)]
     pub(crate) failure: Option<String>,
+    /// When the provider last said a payment was under way (a webhook will tell).
+    #[serde(default)]
+    pub(crate) pending_since: Option<u64>,
 }
 
 /// What the runtime is asked to do with a namespace's services.
@@ -57,6 +60,18 @@ impl Billing {
             return Ok((state, None));
         }
         let mut d: Dunning = self.get(&Self::dun_key(id)).await?.unwrap_or_default();
+        // A payment under way is not doubled by another attempt (for the day Stripe keeps
+        // its idempotency keys; after that the charge is taken for lost).
+        if d.pending_since.is_some_and(|t| now < t + 86_400) && d.asking.is_none() {
+            return Err(Status::new(
+                Code::FailedPrecondition,
+                NAME,
+                format!(
+                    "a payment of invoice {} is under way: its result comes from the provider",
+                    state.invoice.number
+                ),
+            ));
+        }
         let attempt = match d.asking {
             Some(n) => n,
             None => {
@@ -66,9 +81,17 @@ impl Billing {
                 d.attempts
             }
         };
-        let (state, outcome) = self.charge(id, attempt, now).await?;
         let book = self.prices().await?;
+        let (state, outcome) = match self.charge(id, attempt, now).await {
+            Ok(answer) => answer,
+            // Unreachable: the same attempt is asked again next round (the same key).
+            Err(e) if e.code() == Code::Unavailable => return Err(e),
+            // Refused for good (a bad address, an amount it takes not): a failed attempt,
+            // so dunning goes on rather than asking the same forever.
+            Err(e) => (state, Outcome::Failed { payment: None, reason: e.detail().to_string() }),
+        };
         d.asking = None;
+        d.pending_since = None;
         match &outcome {
             Outcome::Failed { reason, .. } => {
                 let days = book.retry_days.get(attempt as usize - 1).copied();
@@ -91,7 +114,10 @@ impl Billing {
                 self.mail_about(&state.invoice, &subject, &text, &format!("failed-{}-{attempt}", state.invoice.number))
                     .await;
             }
-            Outcome::Pending { .. } => d.next_at = u64::MAX,
+            Outcome::Pending { .. } => {
+                d.next_at = u64::MAX;
+                d.pending_since = Some(now);
+            }
             Outcome::Succeeded { .. } => {}
         }
         self.put(&Self::dun_key(id), &d).await?;
@@ -148,12 +174,18 @@ impl Billing {
                 continue;
             }
             let d: Dunning = self.get(&Self::dun_key(id)).await.ok().flatten().unwrap_or_default();
-            if charges && (d.asking.is_some() || (d.attempts < MAX_ATTEMPTS && now >= d.next_at)) {
-                if let Err(e) = self.collect(id, now).await {
-                    tracing::warn!(invoice = %state.invoice.number, error = %e, "charging an invoice failed; tried again");
+            let pending = d.pending_since.is_some_and(|t| now < t + 86_400);
+            if charges && !pending && (d.asking.is_some() || (d.attempts < MAX_ATTEMPTS && now >= d.next_at)) {
+                match self.collect(id, now).await {
+                    Ok((paid, _)) if paid.owed <= 0 => continue,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(invoice = %state.invoice.number, error = %e, "charging an invoice failed; tried again")
+                    }
                 }
-                continue;
             }
+            // Whatever became of the charges, the due date and the grace hold.
+            let d: Dunning = self.get(&Self::dun_key(id)).await.ok().flatten().unwrap_or_default();
             if now >= state.invoice.due && !d.reminded {
                 let text = format!(
                     "Invoice {} ({}) was due on {}. Please pay it: services stop {} days after the due date.\n",
@@ -174,7 +206,7 @@ impl Billing {
 
     /// Stops the services of `ns` over unpaid invoice `inv` (once).
     async fn stop(&self, ns: &str, inv: &Invoice, now: u64) {
-        let key = format!("stopped/{ns}");
+        let key = format!("ns/{ns}/stopped");
         if matches!(self.get::<String>(&key).await, Ok(Some(_))) {
             return;
         }
@@ -205,7 +237,7 @@ impl Billing {
 
     /// Brings back the services of `ns` if they were stopped and nothing is overdue now.
     pub(crate) async fn settle(&self, ns: &str, now: u64) {
-        let key = format!("stopped/{ns}");
+        let key = format!("ns/{ns}/stopped");
         let Ok(Some(inv_id)) = self.get::<String>(&key).await else { return };
         let grace = self.prices().await.map(|b| u64::from(b.grace_days) * 86_400).unwrap_or(0);
         let Ok(open) = self.invoices(Some(ns)).await else { return };
@@ -264,6 +296,7 @@ impl Billing {
                 if let Ok(state) = self.invoice(invoice).await {
                     let mut d: Dunning = self.get(&Self::dun_key(invoice)).await?.unwrap_or_default();
                     d.failure = Some(reason.clone());
+                    d.pending_since = None;
                     if d.next_at == u64::MAX {
                         d.next_at = now + 3 * 86_400;
                     }
@@ -282,8 +315,10 @@ impl Billing {
                     for inv in self.invoices(Some(&ns)).await? {
                         if inv.owed > 0 {
                             let mut d: Dunning = self.get(&Self::dun_key(&inv.invoice.id)).await?.unwrap_or_default();
-                            d.next_at = 0;
-                            d.attempts = d.attempts.min(MAX_ATTEMPTS - 1);
+                            if d.pending_since.is_none() {
+                                d.next_at = 0;
+                                d.attempts = d.attempts.min(MAX_ATTEMPTS - 1);
+                            }
                             self.put(&Self::dun_key(&inv.invoice.id), &d).await?;
                         }
                     }

@@ -114,6 +114,9 @@ pub struct Draft {
     pub amount_due: i64,
 }
 
+/// Service lines an invoice has at most (the last sums the rest).
+pub const MAX_SERVICE_LINES: usize = 100;
+
 fn hours(seconds: u64) -> String {
     format!("{}.{:02} h", seconds / 3600, seconds % 3600 * 100 / 3600)
 }
@@ -143,23 +146,54 @@ pub fn draft(i: &Inputs<'_>) -> Draft {
         lines.push((line, prorated(price.base, period, period)));
     }
     if price.per_service > 0 {
-        for (service, secs) in i.seconds {
+        // The services that ran longest get a line each; the rest (a namespace that made
+        // hundreds) share one, so an invoice stays a readable, bounded size.
+        let mut services: Vec<(&String, u64)> = i.seconds.iter().map(|(s, t)| (s, *t)).collect();
+        let rest = if services.len() > MAX_SERVICE_LINES {
+            services.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            let rest = services.split_off(MAX_SERVICE_LINES - 1);
+            services.sort_by(|a, b| a.0.cmp(b.0));
+            rest
+        } else {
+            Vec::new()
+        };
+        for (service, secs) in services {
             let line = Line {
                 kind: LineKind::Service,
                 description: format!(
                     "Service {service}: {} of {} at {} a month",
-                    hours(*secs),
+                    hours(secs),
                     hours(period),
                     format(price.per_service, &i.book.currency)
                 ),
                 service: Some(service.clone()),
-                quantity: *secs,
+                quantity: secs,
                 unit_price: price.per_service,
                 amount: 0,
                 tax_rate: rate,
                 tax: 0,
             };
-            lines.push((line, prorated(price.per_service, *secs, period)));
+            lines.push((line, prorated(price.per_service, secs, period)));
+        }
+        if !rest.is_empty() {
+            let secs: u64 = rest.iter().map(|(_, t)| *t).sum();
+            let line = Line {
+                kind: LineKind::Service,
+                description: format!(
+                    "{} other services: {} in all at {} a month each",
+                    rest.len(),
+                    hours(secs),
+                    format(price.per_service, &i.book.currency)
+                ),
+                service: None,
+                quantity: secs,
+                unit_price: price.per_service,
+                amount: 0,
+                tax_rate: rate,
+                tax: 0,
+            };
+            let num = u128::from(price.per_service.unsigned_abs()) * u128::from(secs);
+            lines.push((line, num));
         }
     }
     let over = i.requests.saturating_sub(price.included_requests);
@@ -415,6 +449,33 @@ mod tests {
         });
         assert_eq!(d.lines.len(), 1);
         assert_eq!((d.lines[0].quantity, d.lines[0].amount), (2_500_000, 250));
+    }
+
+    #[test]
+    fn hundreds_of_services_share_a_line_and_the_total_holds() {
+        let (start, end) = JAN;
+        let book = PriceBook::default();
+        let seconds: BTreeMap<String, u64> = (0..2500).map(|n| (format!("svc-{n:04}"), 3600 + n as u64)).collect();
+        let d = draft(&Inputs {
+            book: &book,
+            plan: "personal",
+            country: "",
+            start,
+            end,
+            seconds: &seconds,
+            requests: 0,
+            credit: 0,
+        });
+        assert_eq!(d.lines.len(), MAX_SERVICE_LINES);
+        assert!(
+            d.lines.last().unwrap().description.starts_with("2401 other services"),
+            "{}",
+            d.lines.last().unwrap().description
+        );
+        let total: u128 = seconds.values().map(|s| 2000 * u128::from(*s)).sum();
+        let exact = total as f64 / (end - start) as f64;
+        assert!((d.subtotal as f64 - exact).abs() <= 1.0, "{} vs {exact}", d.subtotal);
+        assert!(serde_json::to_vec(&d).unwrap().len() < 100_000);
     }
 
     #[test]

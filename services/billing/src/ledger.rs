@@ -103,7 +103,8 @@ pub fn balances<'a>(txs: impl IntoIterator<Item = &'a Tx>) -> BTreeMap<String, i
     let mut out: BTreeMap<String, i64> = BTreeMap::new();
     for tx in txs {
         for leg in &tx.legs {
-            *out.entry(leg.account.clone()).or_default() += leg.amount;
+            let balance = out.entry(leg.account.clone()).or_default();
+            *balance = balance.saturating_add(leg.amount);
         }
     }
     out

@@ -23,6 +23,7 @@
 //! Times are [`micro_core::time::clock`] seconds: `MICRO_CLOCK_FILE` lets a test move
 //! through a month in seconds.
 
+pub mod credit_note;
 mod dunning;
 pub mod invoice;
 pub mod ledger;
@@ -60,10 +61,14 @@ pub fn tenant_prefix(ns: &str) -> String {
 /// How long after a period ends its invoices are issued (the meters' last records
 /// arrive within it).
 pub const SETTLE: u64 = 300;
+/// The most one payment, credit or credit note may be (minor units): $10 billion, far
+/// within the sums' range.
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
+
 /// The licence feature that issuing invoices and taking payments need.
 pub const FEATURE: &str = "billing";
 /// How long the lock of an issuing run lasts without a refresh.
-const LOCK_TTL: Duration = Duration::from_secs(5);
+const LOCK_TTL: Duration = Duration::from_secs(6);
 /// The lock every issuing run and every payment takes.
 const LOCK: &str = "billing";
 
@@ -176,6 +181,9 @@ pub struct InvoiceState {
     pub owed: i64,
     /// `open` or `paid`.
     pub status: String,
+    /// The credit notes correcting it.
+    #[serde(default)]
+    pub credit_notes: Vec<credit_note::CreditNote>,
 }
 
 impl Billing {
@@ -266,6 +274,42 @@ impl Billing {
         }
     }
 
+    /// The plan namespace `ns` is billed on for `[start, end)`: the dearest of those it
+    /// held in it (the one in force at its start, and each it was put on during it), so
+    /// that a plan dropped just before the bill saves nothing.
+    pub async fn plan_for(&self, ns: &str, start: u64, end: u64, book: &PriceBook) -> Result<String, Status> {
+        let table = Table::new(micro_core::namespace::DEFAULT, "platform");
+        let prefix = micro_platform::plans::plan_history_prefix(ns);
+        let records = self.store.read(&table, &prefix, &Query { prefix: true, ..Query::default() }).await?;
+        let mut held: Vec<String> = Vec::new();
+        let mut before: Option<String> = None;
+        for r in &records {
+            let (Some(at), Ok(plan)) = (
+                r.key.strip_prefix(&prefix).and_then(|t| t.parse::<u64>().ok()),
+                serde_json::from_slice::<String>(&r.value),
+            ) else {
+                continue;
+            };
+            if at < start {
+                before = Some(plan);
+            } else if at < end {
+                held.push(plan);
+            }
+        }
+        match before {
+            Some(p) => held.push(p),
+            // Nothing before the period: community then (or, with no history at all, the
+            // plan it is on now).
+            None if records.is_empty() => held.push(self.plan_of(ns).await?),
+            None => held.push("community".into()),
+        }
+        let dearness = |p: &String| {
+            let price = book.plan(p);
+            (price.per_service.max(0), price.base.max(0))
+        };
+        Ok(held.into_iter().max_by_key(dearness).unwrap_or_else(|| "community".into()))
+    }
+
     /// Every run of namespace `ns`'s services.
     pub async fn runs(&self, ns: &str) -> Result<Vec<ServiceRun>, Status> {
         let prefix = micro_core::meter::runs_prefix(ns, None);
@@ -309,7 +353,7 @@ impl Billing {
 
     async fn draft_for(&self, ns: &str, start: u64, end: u64, now: u64) -> Result<(Draft, Settings, u64), Status> {
         let book = self.prices().await?;
-        let plan = self.plan_of(ns).await?;
+        let plan = self.plan_for(ns, start, end.min(now.max(start + 1)), &book).await?;
         let settings = self.settings(ns).await?;
         let seconds = invoice::service_seconds(&self.runs(ns).await?, start, end, now);
         let requests: u64 = self.meters().requests(ns, start, end.min(now)).await.map_or(0, |r| r.values().sum());
@@ -360,6 +404,20 @@ impl Billing {
         }
     }
 
+    /// Keeps `lock` held (refreshed every third of its TTL) until the task is aborted or
+    /// the lock is lost.
+    fn heartbeat(&self, lock: &micro_core::sync::Lock) -> tokio::task::JoinHandle<()> {
+        let (sync, lock) = (self.sync.clone(), lock.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LOCK_TTL / 3).await;
+                if sync.refresh(micro_core::namespace::DEFAULT, &lock).await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
     async fn unlock(&self, lock: &micro_core::sync::Lock) {
         if let Err(e) = self.sync.unlock(micro_core::namespace::DEFAULT, lock).await {
             tracing::warn!(error = %e, "billing's lock was lost before its run ended");
@@ -380,7 +438,9 @@ impl Billing {
             ));
         }
         let lock = self.lock().await?;
+        let beat = self.heartbeat(&lock);
         let result = self.close_locked(period, start, end, now, &lock).await;
+        beat.abort();
         self.unlock(&lock).await;
         let issued = result?;
         self.send_mail().await;
@@ -401,43 +461,81 @@ impl Billing {
         }
         let book = self.prices().await?;
         let mut issued = Vec::new();
+        let mut failed = 0;
         for ns in self.billable().await? {
-            self.sync.refresh(micro_core::namespace::DEFAULT, lock).await?;
-            let id = Invoice::id_of(period, &ns);
-            if self.get::<Invoice>(&format!("inv/{id}")).await?.is_some() {
-                continue;
+            match self.issue(period, start, end, now, &ns, &book, lock).await {
+                Ok(Some(inv)) => issued.push(inv),
+                Ok(None) => {}
+                // The lock is gone: another node goes on; this one stops here.
+                Err(e) if e.code() == Code::Aborted => return Err(e),
+                Err(e) => {
+                    // One namespace's trouble holds up no other's invoice: it is tried
+                    // again on the next round, and the period stays open until it passes.
+                    failed += 1;
+                    tracing::error!(namespace = %ns, period, error = %e, "issuing an invoice failed");
+                }
             }
-            let (draft, settings, requests) = self.draft_for(&ns, start, end, end).await?;
-            if draft.total <= 0 {
-                continue;
-            }
-            let mut seq: Seq = self.get("_seq").await?.unwrap_or_default();
-            let n = seq.next.max(1);
-            let inv = Invoice {
-                id,
-                number: format!("INV-{n:06}"),
-                seq: n,
-                namespace: ns.clone(),
-                period: period.to_string(),
-                start,
-                end,
-                issued: now,
-                due: now + u64::from(book.terms_days) * 86_400,
-                email: settings.email.clone(),
-                country: settings.country.to_ascii_uppercase(),
-                requests,
-                draft,
-            };
-            // The claim: the number and the whole invoice, in one record.
-            seq.next = n;
-            seq.pending = Some(inv.clone());
-            self.put("_seq", &seq).await?;
-            self.finish_pending().await?;
-            tracing::info!(invoice = %inv.number, namespace = %ns, total = inv.draft.total, "invoice issued");
-            issued.push(inv);
         }
-        self.put(&format!("closed/{period}"), &now).await?;
+        if failed == 0 {
+            self.put(&format!("closed/{period}"), &now).await?;
+        }
         Ok(issued)
+    }
+
+    /// Issues namespace `ns`'s invoice of `period` unless it has one or owes nothing.
+    #[allow(clippy::too_many_arguments)]
+    async fn issue(
+        &self,
+        period: &str,
+        start: u64,
+        end: u64,
+        now: u64,
+        ns: &str,
+        book: &PriceBook,
+        lock: &micro_core::sync::Lock,
+    ) -> Result<Option<Invoice>, Status> {
+        let id = Invoice::id_of(period, ns);
+        if self.get::<Invoice>(&format!("inv/{id}")).await?.is_some() {
+            return Ok(None);
+        }
+        let (draft, settings, requests) = self.draft_for(ns, start, end, end).await?;
+        if draft.total <= 0 {
+            return Ok(None);
+        }
+        // Still ours, and still not issued (by a node that held the lock while this one
+        // drafted): only then is a number claimed.
+        self.sync
+            .refresh(micro_core::namespace::DEFAULT, lock)
+            .await
+            .map_err(|e| Status::new(Code::Aborted, NAME, format!("billing's lock was lost: {}", e.detail())))?;
+        if self.get::<Invoice>(&format!("inv/{id}")).await?.is_some() {
+            return Ok(None);
+        }
+        self.finish_pending().await?;
+        let mut seq: Seq = self.get("_seq").await?.unwrap_or_default();
+        let n = seq.next.max(1);
+        let inv = Invoice {
+            id,
+            number: format!("INV-{n:06}"),
+            seq: n,
+            namespace: ns.to_string(),
+            period: period.to_string(),
+            start,
+            end,
+            issued: now,
+            due: now + u64::from(book.terms_days) * 86_400,
+            email: settings.email.clone(),
+            country: settings.country.to_ascii_uppercase(),
+            requests,
+            draft,
+        };
+        // The claim: the number and the whole invoice, in one record.
+        seq.next = n;
+        seq.pending = Some(inv.clone());
+        self.put("_seq", &seq).await?;
+        self.finish_pending().await?;
+        tracing::info!(invoice = %inv.number, namespace = %ns, total = inv.draft.total, "invoice issued");
+        Ok(Some(inv))
     }
 
     /// Writes what a claimed invoice needs (each write the same when repeated), then
@@ -447,6 +545,7 @@ impl Billing {
         let Some(inv) = seq.pending else { return Ok(()) };
         self.put(&format!("inv/{}", inv.id), &inv).await?;
         self.put(&format!("num/{:012}", inv.seq), &inv.id).await?;
+        self.put(&format!("nsinv/{}/{:012}", inv.namespace, inv.seq), &inv.id).await?;
         let tx = ledger::invoice_tx(&inv);
         self.put(&tx.key(), &tx).await?;
         self.put(&format!("outbox/{}", inv.id), &inv.id).await?;
@@ -493,21 +592,33 @@ impl Billing {
             .ok_or_else(|| Status::new(Code::NotFound, NAME, format!("no invoice {id}")))?;
         let txs: Vec<Tx> = self.all(&format!("tx/{}/{}/", inv.namespace, inv.id)).await?;
         let owed = ledger::owed(&inv.namespace, &txs);
-        Ok(InvoiceState { status: if owed <= 0 { "paid" } else { "open" }.into(), invoice: inv, owed })
+        let credit_notes = self.credit_notes(&inv.id).await?;
+        Ok(InvoiceState { status: if owed <= 0 { "paid" } else { "open" }.into(), invoice: inv, owed, credit_notes })
     }
 
     /// The invoices of namespace `ns` (every namespace's with none), newest first.
     pub async fn invoices(&self, ns: Option<&str>) -> Result<Vec<InvoiceState>, Status> {
-        let ids: Vec<String> = self.all("num/").await?;
+        let ids: Vec<String> = match ns {
+            Some(ns) => self.all(&format!("nsinv/{ns}/")).await?,
+            None => self.all("num/").await?,
+        };
         let mut out = Vec::new();
         for id in ids.iter().rev() {
-            // An id is `YYYY-MM-<namespace>`.
-            if ns.is_some_and(|ns| id.get(8..) != Some(ns)) {
-                continue;
-            }
             out.push(self.invoice(id).await?);
         }
         Ok(out)
+    }
+
+    /// Whether billing keeps books (invoices, transactions) or service-hours of namespace
+    /// `ns`: a namespace of that name, once deleted, is not made again.
+    pub async fn holds_namespace(&self, ns: &str) -> Result<bool, Status> {
+        let one = Query { prefix: true, limit: 1, ..Query::default() };
+        Ok(!self.store.list(&self.table, &format!("tx/{ns}/"), &one).await?.is_empty()
+            || !self
+                .runs
+                .list(&micro_core::meter::runs_table(), &micro_core::meter::runs_prefix(ns, None), &one)
+                .await?
+                .is_empty())
     }
 
     /// Every transaction of namespace `ns` (every namespace's with none).
@@ -539,6 +650,9 @@ impl Billing {
             let tx_id = format!("payment-{provider}-{payment}");
             // A payment told again is the one applied before, whatever it says now.
             if self.get::<Tx>(&ledger::key(&ns, Some(id), &tx_id)).await?.is_none() {
+                if amount > MAX_AMOUNT {
+                    return Err(bad(format!("a payment is at most {MAX_AMOUNT} minor units")));
+                }
                 if amount <= 0 {
                     return Err(bad(if state.owed <= 0 {
                         "the invoice is paid: nothing to apply".to_string()
@@ -558,15 +672,21 @@ impl Billing {
         }
         .await;
         self.unlock(&lock).await;
-        result
+        let state = result?;
+        // Paid: services stopped over it run again (whoever told us: a webhook, a
+        // transfer marked paid, a charge).
+        if state.owed <= 0 {
+            self.settle(&state.invoice.namespace, now).await;
+        }
+        Ok(state)
     }
 
     /// Adds prepaid credit to namespace `ns` (a bank transfer, a voucher; `reference`
     /// names it: the same reference given again adds nothing).
     pub async fn top_up(&self, ns: &str, amount: i64, reference: &str, now: u64) -> Result<i64, Status> {
         micro_core::namespace::validate(ns)?;
-        if amount <= 0 {
-            return Err(bad("credit must be positive (minor units)"));
+        if amount <= 0 || amount > MAX_AMOUNT {
+            return Err(bad(format!("credit must be positive (minor units), at most {MAX_AMOUNT}")));
         }
         if reference.is_empty() || reference.len() > 200 || reference.contains('/') {
             return Err(bad("give the credit's reference (no /, at most 200 bytes)"));

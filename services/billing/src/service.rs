@@ -190,6 +190,20 @@ pub struct MarkPaidRequest {
     pub amount: Option<i64>,
 }
 
+/// `Billing.CreditNote` request: a correction of an issued invoice.
+#[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditNoteRequest {
+    /// The invoice's id or number.
+    pub id: String,
+    /// What to credit, tax included, in minor units.
+    pub amount: i64,
+    /// Why, as the customer reads it.
+    pub reason: String,
+    /// Its reference: the same reference again issues nothing more.
+    pub reference: String,
+}
+
 /// `Billing.AddCredit` request.
 #[derive(Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -293,6 +307,18 @@ impl Who<'_> {
     }
 }
 
+/// `local@domain.tld`: one `@`, printable ASCII without spaces, a domain of dotted labels.
+fn plausible_email(e: &str) -> bool {
+    let Some((local, domain)) = e.split_once('@') else { return false };
+    e.len() <= 254
+        && !local.is_empty()
+        && local.len() <= 64
+        && e.bytes().all(|b| b.is_ascii_graphic())
+        && !domain.contains('@')
+        && domain.contains('.')
+        && domain.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
 fn who(ctx: &Context) -> Result<Who<'_>, Status> {
     Ok(Who { caller: ctx.caller().ok_or_else(|| Status::internal(NAME, "the service runs without an authorizer"))? })
 }
@@ -342,7 +368,7 @@ impl Billing {
         let mut s = self.settings(ns).await?;
         if let Some(email) = req.email {
             let email = email.trim().to_string();
-            if !email.is_empty() && (email.len() > 254 || !email.contains('@') || email.contains(char::is_whitespace)) {
+            if !email.is_empty() && !plausible_email(&email) {
                 return Err(bad(format!("{email:?} is not an email address")));
             }
             s.email = email;
@@ -530,6 +556,12 @@ fn interval() -> Duration {
 /// The billing product's service over `billing`; it closes each period when it is due.
 pub fn service_with(service: Service, billing: Arc<Billing>) -> Service {
     let service = service.platform().version(env!("CARGO_PKG_VERSION"));
+    if let Some(file) = std::env::var_os(micro_core::time::CLOCK_FILE).filter(|f| !f.is_empty()) {
+        tracing::warn!(
+            file = %std::path::Path::new(&file).display(),
+            "MICRO_CLOCK_FILE is set: billing counts time by that file, not the system clock (for tests and drills only)"
+        );
+    }
     if let Ok(client) = service.client() {
         let _ = billing.mailer.set(Arc::new(EmailProduct(client)));
     }
@@ -553,6 +585,7 @@ pub fn service_with(service: Service, billing: Arc<Billing>) -> Service {
     let s = || billing.clone();
     let (usage, preview, account, invoices, invoice, settings, pay) = (s(), s(), s(), s(), s(), s(), s());
     let (close, record, paid, credit, prices, ledger, revenue, setup) = (s(), s(), s(), s(), s(), s(), s(), s());
+    let note = s();
     service
         .handle("Billing.Usage", move |ctx: Context, req: UsageRequest| {
             let b = usage.clone();
@@ -671,6 +704,14 @@ pub fn service_with(service: Service, billing: Arc<Billing>) -> Service {
                 let state = b.find(&req.id).await?;
                 let amount = req.amount.unwrap_or(state.owed);
                 b.apply_payment(&state.invoice.id, "manual", &req.reference, amount, now()).await
+            }
+        })
+        .handle("Billing.CreditNote", move |ctx: Context, req: CreditNoteRequest| {
+            let b = note.clone();
+            async move {
+                who(&ctx)?.operator()?;
+                let state = b.find(&req.id).await?;
+                b.credit_note(&state.invoice.id, req.amount, &req.reason, &req.reference, now()).await
             }
         })
         .handle("Billing.AddCredit", move |ctx: Context, req: CreditRequest| {

@@ -299,6 +299,45 @@ async fn a_month_of_two_services_is_invoiced_mailed_and_paid() {
     assert_eq!((account["credit"].as_i64(), account["owed"].as_i64()), (Some(5000 - 2380), Some(0)), "{account}");
     let ledger = ok(&s, &op, "micro", "/billing/billing/ledger", json!({})).await;
     assert_eq!(ledger["balanced"], true, "{ledger}");
+
+    // A correction: a credit note against the paid January invoice ($5.00 of its $31.48,
+    // 19% of it tax), asked twice under one reference; it becomes acme's credit.
+    let body = json!({"id": "INV-000001", "amount": 500, "reason": "worker was down a day", "reference": "cn-1"});
+    for _ in 0..2 {
+        let note = ok(&s, &op, "micro", "/billing/billing/creditnote", body.clone()).await;
+        assert_eq!(
+            (note["number"].as_str(), note["net"].as_i64(), note["tax"].as_i64()),
+            (Some("CN-000001"), Some(420), Some(80)),
+            "{note}"
+        );
+    }
+    let (st, v) = call(
+        &s.api,
+        "POST",
+        "/billing/billing/creditnote",
+        Some(&op),
+        "micro",
+        Some(json!({"id": "INV-000001", "amount": 3000, "reason": "too much", "reference": "cn-2"})),
+    )
+    .await;
+    assert_eq!(st, 400, "more than the invoice's total less what was credited: {v}");
+    assert!(v["detail"].as_str().unwrap().contains("at most $26.48"), "{v}");
+    let (st, v) = call(&s.api, "POST", "/billing/billing/creditnote", Some(&ann), "acme", Some(body)).await;
+    assert_eq!(st, 403, "operators only: {v}");
+    let inv = ok(&s, &ann, "acme", "/billing/billing/invoice", json!({"id": "INV-000001"})).await;
+    assert_eq!(
+        (inv["total"].as_i64(), inv["credit_notes"][0]["number"].as_str()),
+        (Some(3148), Some("CN-000001")),
+        "the invoice is unchanged, its note listed: {inv}"
+    );
+    let account = ok(&s, &ann, "acme", "/billing/billing/account", json!({})).await;
+    assert_eq!(account["credit"].as_i64(), Some(5000 - 2380 + 500), "{account}");
+    let ledger = ok(&s, &op, "micro", "/billing/billing/ledger", json!({})).await;
+    assert_eq!(
+        (ledger["balanced"].as_bool(), ledger["balances"]["revenue"].as_i64(), ledger["balances"]["tax"].as_i64()),
+        (Some(true), Some(-2645 - 2000 + 420), Some(-503 - 380 + 80)),
+        "{ledger}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -84,6 +84,12 @@ fn plan_key(ns: &str) -> String {
     format!("{ns}/plan")
 }
 
+/// Where the plans namespace `ns` was put on are kept (in the platform's table), each
+/// under the time (clock seconds, 20 digits) it took effect.
+pub fn plan_history_prefix(ns: &str) -> String {
+    format!("{ns}/plan-history/")
+}
+
 /// A namespace's plan.
 #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 pub struct PlanReply {
@@ -210,6 +216,10 @@ impl Shared {
             self.licence.check("team")?;
         }
         self.store.put(&plan_key(ns), encode(&plan)?).await?;
+        // Kept with the time it took effect: billing charges the dearest plan a namespace
+        // held in a period, so a plan dropped just before the bill is no way round it.
+        let at = micro_core::time::clock();
+        self.store.put(&format!("{}{at:020}", plan_history_prefix(ns)), encode(&plan)?).await?;
         self.config.set(&format!("quota.{ns}"), &quota(plan, &plans)).await
     }
 

@@ -17,7 +17,8 @@ const DAY: u64 = 86_400;
 async fn nobody_but_operators_touches_the_books_and_no_tenant_escapes_a_suspension() {
     let stripe = micro_test::stripe::StripeServer::start().await;
     let clock = tempfile::NamedTempFile::new().expect("a clock file");
-    std::fs::write(clock.path(), (JAN + 40 * DAY).to_string()).expect("the clock is set");
+    // Mid-January while acme is set up (the tick closes nothing yet), then past its end.
+    std::fs::write(clock.path(), (JAN + 15 * DAY).to_string()).expect("the clock is set");
     let s = ServerProcess::builder(micro())
         .licensed(&["billing"])
         .env("MICRO_CLOCK_FILE", clock.path())
@@ -28,6 +29,7 @@ async fn nobody_but_operators_touches_the_books_and_no_tenant_escapes_a_suspensi
         .env("MICRO_STRIPE_URL", stripe.url())
         .start();
     let op = s.admin_token().await;
+    s.admin_cli().await.ok(&["namespace", "create", "acme"]).await;
     let ann = s.account("acme", "ann", "user", &["admin"]).await;
     let dev = s.account("acme", "dev", "user", &["developer"]).await;
     let bot = s.account("acme", "bot", "service", &["data"]).await;
@@ -55,9 +57,19 @@ async fn nobody_but_operators_touches_the_books_and_no_tenant_escapes_a_suspensi
     )
     .await;
     assert_eq!(st, 200, "{v}");
+    // The month is over; before it is closed the plan is dropped to the free one (here by
+    // the operator, as an owner would): the month is still billed at the plan it ran on.
+    std::fs::write(clock.path(), (JAN + 31 * DAY + 60).to_string()).expect("the clock is set");
+    operator("/platform/plan/set", json!({"namespace": "acme", "plan": "community"})).await;
+    std::fs::write(clock.path(), (JAN + 40 * DAY).to_string()).expect("the clock is set");
     operator("/billing/billing/close", json!({"period": "2027-01"})).await;
     let inv = operator("/billing/billing/invoice", json!({"id": "INV-000001"})).await;
-    assert_eq!(inv["namespace"], "acme", "{inv}");
+    assert_eq!((inv["namespace"].as_str(), inv["plan"].as_str(), inv["total"].as_i64()), (Some("acme"), Some("personal"), Some(2000)), "{inv}");
+    // A billing address that is none is refused (a provider would refuse it for ever).
+    for email in ["a@@b", "a@b", "a b@c.d", "@c.d"] {
+        let (st, v) = call(&s.api, "POST", "/billing/billing/settings", Some(&ann), "acme", Some(json!({"email": email}))).await;
+        assert_eq!(st, 400, "{email}: {v}");
+    }
 
     // Everyone but acme's admin (and the operators): nothing of acme's bills, in acme's
     // name or their own.
@@ -221,6 +233,28 @@ async fn nobody_but_operators_touches_the_books_and_no_tenant_escapes_a_suspensi
         assert!(err.contains("suspended"), "{args:?}: {err}");
     }
     assert!(admin.ok(&["--namespace", "acme", "status"]).await.contains("suspended"));
+
+    // Paid by transfer (the operator marks it): acme runs again, without anyone touching
+    // the runtime.
+    let open = operator("/billing/billing/invoices", json!({"namespace": "acme"})).await;
+    for inv in open["invoices"].as_array().expect("invoices") {
+        let id = inv["number"].as_str().expect("a number");
+        operator("/billing/billing/markpaid", json!({"id": id, "reference": format!("wire-{id}")})).await;
+    }
+    let mut back = String::new();
+    for _ in 0..100 {
+        back = admin.ok(&["--namespace", "acme", "status"]).await;
+        if back.contains("running") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(back.contains("running") && !back.contains("suspended"), "{back}");
+
+    // Deleted, acme's name is not given to anyone else: its books stay with it.
+    admin.ok(&["namespace", "delete", "acme"]).await;
+    let err = admin.error(&["namespace", "create", "acme"]).await;
+    assert!(err.contains("billing's books"), "{err}");
 }
 
 /// Stripe's signature of `body` at `t` with `secret`, computed the adapter's way.

@@ -684,6 +684,11 @@ impl Runtime {
             m
         };
         *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = owner;
+        // Asked again after the awaits above: a suspension may have landed meanwhile.
+        if let Err(e) = self.not_suspended(ns).await {
+            self.inner.services.lock().unwrap_or_else(|e| e.into_inner()).remove(&(ns.to_string(), spec.name.clone()));
+            return Err(e);
+        }
         let since = micro_core::time::clock();
         m.since.store(since, std::sync::atomic::Ordering::SeqCst);
         self.persist(&m, &spec).await?;
@@ -737,6 +742,7 @@ impl Runtime {
         if let Some(c) = caller {
             *m.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some((c.namespace, c.id));
         }
+        self.not_suspended(ns).await?;
         self.persist(&m, &spec).await?;
         self.spawn_deploy(m.clone(), spec, true);
         Ok(self.describe(&m))
@@ -952,6 +958,11 @@ impl Runtime {
         {
             let mut s = m.spec.lock().unwrap_or_else(|e| e.into_inner());
             *s = spec.clone();
+        }
+        // A deploy begun before its namespace was suspended starts nothing after.
+        if let Ok(Some(reason)) = self.suspended(&m.namespace).await {
+            Self::set_phase(&m, "suspended", &reason);
+            return;
         }
         Self::set_phase(&m, "starting", "");
         let secret = {
