@@ -64,10 +64,15 @@ async fn nobody_but_operators_touches_the_books_and_no_tenant_escapes_a_suspensi
     std::fs::write(clock.path(), (JAN + 40 * DAY).to_string()).expect("the clock is set");
     operator("/billing/billing/close", json!({"period": "2027-01"})).await;
     let inv = operator("/billing/billing/invoice", json!({"id": "INV-000001"})).await;
-    assert_eq!((inv["namespace"].as_str(), inv["plan"].as_str(), inv["total"].as_i64()), (Some("acme"), Some("personal"), Some(2000)), "{inv}");
+    assert_eq!(
+        (inv["namespace"].as_str(), inv["plan"].as_str(), inv["total"].as_i64()),
+        (Some("acme"), Some("personal"), Some(2000)),
+        "{inv}"
+    );
     // A billing address that is none is refused (a provider would refuse it for ever).
     for email in ["a@@b", "a@b", "a b@c.d", "@c.d"] {
-        let (st, v) = call(&s.api, "POST", "/billing/billing/settings", Some(&ann), "acme", Some(json!({"email": email}))).await;
+        let (st, v) =
+            call(&s.api, "POST", "/billing/billing/settings", Some(&ann), "acme", Some(json!({"email": email}))).await;
         assert_eq!(st, 400, "{email}: {v}");
     }
 
