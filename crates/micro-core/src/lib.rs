@@ -24,6 +24,7 @@ pub mod events;
 pub mod licence;
 pub mod metadata;
 pub mod meter;
+pub mod money;
 pub mod namespace;
 pub mod registry;
 mod status;

@@ -126,15 +126,7 @@ fn int(v: &Value) -> i64 {
 
 /// Minor units as billing writes money: `$12.34`, `-€0.50`, `12.00 CHF`.
 fn money(amount: i64, currency: &str) -> String {
-    let sign = if amount < 0 { "-" } else { "" };
-    let a = amount.unsigned_abs();
-    let number = format!("{}.{:02}", a / 100, a % 100);
-    match currency {
-        "usd" => format!("{sign}${number}"),
-        "eur" => format!("{sign}€{number}"),
-        "gbp" => format!("{sign}£{number}"),
-        other => format!("{sign}{number} {}", other.to_ascii_uppercase()),
-    }
+    micro_core::money::format(amount, currency)
 }
 
 /// Seconds as hours with two decimals, cut as the invoices cut them (`1.99` for 7199 s).

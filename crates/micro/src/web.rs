@@ -21,6 +21,27 @@ pub fn reply(status: StatusCode, v: &Value) -> Response<Body> {
     res
 }
 
+/// `s` as HTML text or an attribute's value: `& < > " '` escaped.
+///
+/// ```
+/// assert_eq!(micro::web::escape_html(r#"<a href="x">O'Neil & co</a>"#),
+///            "&lt;a href=&quot;x&quot;&gt;O&#39;Neil &amp; co&lt;/a&gt;");
+/// ```
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// An answer without a body.
 pub fn empty(status: StatusCode) -> Response<Body> {
     let mut res = Response::new(empty_body());

@@ -348,21 +348,7 @@ table{{width:100%;border-collapse:collapse}}td,th{{padding:.4rem;border-bottom:1
     }
 }
 
-/// `s` with HTML's special characters escaped.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+pub use micro::web::escape_html as esc;
 
 #[cfg(test)]
 mod tests {

@@ -170,18 +170,7 @@ pub fn prorated(monthly: i64, seconds: u64, period_seconds: u64) -> u128 {
     u128::from(monthly.max(0).unsigned_abs()) * u128::from(seconds.min(period_seconds))
 }
 
-/// Formats minor units of `currency` for people: `$20.00`, `-€1.50`, `12.00 CHF`.
-pub fn format(amount: i64, currency: &str) -> String {
-    let sign = if amount < 0 { "-" } else { "" };
-    let a = amount.unsigned_abs();
-    let number = format!("{}.{:02}", a / 100, a % 100);
-    match currency {
-        "usd" => format!("{sign}${number}"),
-        "eur" => format!("{sign}€{number}"),
-        "gbp" => format!("{sign}£{number}"),
-        other => format!("{sign}{number} {}", other.to_ascii_uppercase()),
-    }
-}
+pub use micro_core::money::format;
 
 #[cfg(test)]
 mod tests {
@@ -197,13 +186,6 @@ mod tests {
         assert_eq!(lines, vec![2000, 1355]);
         assert_eq!(apportion(&[], 7), Vec::<i64>::new());
         assert_eq!(apportion(&[5], 0), vec![0]);
-    }
-
-    #[test]
-    fn money_is_formatted() {
-        assert_eq!(format(2000, "usd"), "$20.00");
-        assert_eq!(format(-150, "eur"), "-€1.50");
-        assert_eq!(format(1205, "chf"), "12.05 CHF");
     }
 
     #[test]

@@ -89,19 +89,6 @@ fn parse(src: &str) -> Result<Vec<Piece<'_>>, String> {
     Ok(out)
 }
 
-fn escape_html(s: &str, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-}
-
 /// Renders one part.
 fn render_part(src: &str, vars: &serde_json::Value, html: bool) -> Result<String, String> {
     let mut out = String::new();
@@ -119,7 +106,7 @@ fn render_part(src: &str, vars: &serde_json::Value, html: bool) -> Result<String
                     serde_json::Value::Bool(b) => b.to_string(),
                     _ => return Err(format!("{path} is not a string, number or boolean")),
                 };
-                if html { escape_html(&s, &mut out) } else { out.push_str(&s) }
+                if html { out.push_str(&micro::web::escape_html(&s)) } else { out.push_str(&s) }
             }
         }
         if out.len() > MAX_RENDERED {

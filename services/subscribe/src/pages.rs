@@ -9,10 +9,7 @@ use http_body_util::Full;
 use micro::web::Body;
 use micro_core::Status;
 
-/// `s` as HTML text or an attribute's value.
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
-}
+use micro::web::escape_html as esc;
 
 fn title(list: &List) -> &str {
     if list.title.is_empty() { &list.name } else { &list.title }
