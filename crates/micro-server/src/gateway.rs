@@ -68,7 +68,8 @@ struct Inner {
     subscribe: Option<Arc<micro_subscribe::Subscribe>>,
     /// The push product's API and realtime streams (`/push/v1/…`), when the server hosts it.
     push: Option<Arc<micro_push::Push>>,
-    /// The billing product's webhooks (`/billing/v1/webhook/<provider>`).
+    /// The billing product's webhooks (`/billing/v1/webhook/<provider>`) and invoice
+    /// documents (`/billing/v1/invoices/<id>.pdf|.html`).
     billing: Option<Arc<micro_billing::Billing>>,
 }
 

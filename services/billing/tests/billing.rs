@@ -402,11 +402,20 @@ async fn stripe_pays_by_signed_webhook_and_dunning_stops_and_brings_back_service
     assert_eq!(account["settings"]["payment_method"], true, "{account}");
     let customer = account["settings"]["customer"].as_str().unwrap().to_string();
 
-    // A service all January; its bank debit stays processing until Stripe's webhook.
-    let api = sleeper();
+    // Two services: api all January, worker from the 11th to the 21st; the bank debit of
+    // their invoice stays processing until Stripe's webhook.
+    let (api, worker) = (sleeper(), sleeper());
     let out =
         cli.command(&["--namespace", "acme", "run", api.path().to_str().unwrap(), "--name", "api"]).output().unwrap();
     assert!(out.status.success(), "{out:?}");
+    clock.set(JAN + 10 * DAY);
+    let out = cli
+        .command(&["--namespace", "acme", "run", worker.path().to_str().unwrap(), "--name", "worker"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    clock.set(JAN + 20 * DAY);
+    cli.ok(&["--namespace", "acme", "kill", "worker"]).await;
     stripe.set_charges(&customer, micro_test::stripe::Charges::Process);
     clock.set(JAN + 31 * DAY + 600);
     let mut intents = Vec::new();
@@ -419,9 +428,18 @@ async fn stripe_pays_by_signed_webhook_and_dunning_stops_and_brings_back_service
     }
     assert_eq!(intents.len(), 1, "charged once at issue: {intents:?}");
     let mut pi = intents[0].clone();
-    assert_eq!((pi["amount"].as_i64(), pi["metadata"]["invoice"].as_str()), (Some(2000), Some("2027-01-acme")), "{pi}");
+    // $20.00 for api's 744 h and $6.45 for worker's 240 h, mailed.
+    assert_eq!((pi["amount"].as_i64(), pi["metadata"]["invoice"].as_str()), (Some(2645), Some("2027-01-acme")), "{pi}");
     let inv = ok(&s, &ann, "acme", "/billing/billing/invoice", json!({"id": "INV-000001"})).await;
     assert_eq!(inv["status"], "open", "processing is not paid: {inv}");
+    let amounts: Vec<(&str, i64)> = inv["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["service"].as_str().unwrap(), l["amount"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(amounts, vec![("api", 2000), ("worker", 645)], "{inv}");
+    assert!(mail(&sink, "billing@acme.example", "Invoice INV-000001").await.contains("$26.45"));
 
     // A forged or altered webhook is refused and changes nothing.
     pi["status"] = json!("succeeded");
@@ -458,7 +476,7 @@ async fn stripe_pays_by_signed_webhook_and_dunning_stops_and_brings_back_service
     let ledger = ok(&s, &op, "micro", "/billing/billing/ledger", json!({})).await;
     assert_eq!(
         (ledger["balanced"].as_bool(), ledger["balances"]["cash:stripe"].as_i64()),
-        (Some(true), Some(2000)),
+        (Some(true), Some(2645)),
         "{ledger}"
     );
 
