@@ -757,7 +757,14 @@ impl Runtime {
         // there when the server comes back, and its run is opened again (the same one).
         self.run_ended(ns, name, micro_core::time::clock()).await;
         let _ = self.inner.db.delete(&Self::table(), &format!("{ns}/{name}")).await;
-        // Whatever is being built or rolled stops here (a build's process dies with it).
+        Self::halt(&m).await;
+        tracing::info!(service = %name, namespace = %ns, "killed");
+        Ok(())
+    }
+
+    /// Stops whatever of `m` is being built or rolled (a build's process dies with it) and
+    /// every instance it runs.
+    async fn halt(m: &Managed) {
         let deploys = std::mem::take(&mut *m.deploys.lock().unwrap_or_else(|e| e.into_inner()));
         for d in deploys {
             d.abort();
@@ -765,8 +772,6 @@ impl Runtime {
         }
         let instances = std::mem::take(&mut *m.instances.lock().unwrap_or_else(|e| e.into_inner()));
         futures::future::join_all(instances.iter().map(|i| i.stop())).await;
-        tracing::info!(service = %name, namespace = %ns, "killed");
-        Ok(())
     }
 
     /// How many services this node keeps, and how many of their instances it runs.
@@ -1223,13 +1228,7 @@ impl Runtime {
             let record = Record::new(ns, reason.as_bytes().to_vec());
             self.inner.db.write(&Self::suspended_table(), &record, None).await?;
             for m in &list {
-                let deploys = std::mem::take(&mut *m.deploys.lock().unwrap_or_else(|e| e.into_inner()));
-                for d in deploys {
-                    d.abort();
-                    let _ = d.await;
-                }
-                let instances = std::mem::take(&mut *m.instances.lock().unwrap_or_else(|e| e.into_inner()));
-                futures::future::join_all(instances.iter().map(|i| i.stop())).await;
+                Self::halt(m).await;
                 self.run_ended(ns, &m.name, micro_core::time::clock()).await;
                 Self::set_phase(m, "suspended", reason);
             }
