@@ -3,7 +3,7 @@
 fn main() {
     let protos = [
         "registry", "store", "events", "broker", "config", "sync", "auth", "runtime", "usage", "domains", "cluster",
-        "license",
+        "license", "network",
     ]
     .map(|p| format!("../../proto/{p}.proto"));
     micro_build::compile(&protos, &["../../proto"]).expect("compiling the core protos");

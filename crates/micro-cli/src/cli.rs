@@ -171,6 +171,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: crate::cluster::ClusterCmd,
     },
+    /// The network of clusters this one peers with: micro network token|join|nodes|routes|services|graph
+    Network {
+        #[command(subcommand)]
+        cmd: crate::network::NetworkCmd,
+    },
     /// The self-hosted platform's licence: micro license keygen|issue|show|install
     License {
         #[command(subcommand)]
@@ -505,6 +510,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                 "web": server.web_address().map(|a| format!("{scheme}://{a}")),
                 "proxy": proxy,
                 "ca": ca,
+                "network": server.network_address().map(|a| a.to_string()),
             });
             println!("{READY_PREFIX}{ready}");
             stop.await;
@@ -552,6 +558,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Domain { cmd } => crate::domain::domain(&c, cmd).await,
         Command::Hosting { cmd } => crate::domain::hosting(&c, cmd.unwrap_or(crate::domain::HostingCmd::List)).await,
         Command::Cluster { cmd } => crate::cluster::cluster(&c, cmd).await,
+        Command::Network { cmd } => crate::network::network(&c, cmd).await,
         Command::License { cmd } => crate::licence::license(&c, cmd).await,
         Command::Trace { trace_id, services } => crate::trace::trace(&c, &trace_id, services).await,
         Command::Publish { topic, payload, key, metadata } => {

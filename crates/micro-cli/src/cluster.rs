@@ -19,7 +19,7 @@ pub(crate) enum ClusterCmd {
 }
 
 /// Seconds of `90s`, `30m`, `1h`, `2d` or a bare number of seconds.
-fn seconds(v: &str) -> Result<i64> {
+pub(crate) fn seconds(v: &str) -> Result<i64> {
     let v = v.trim();
     let (n, unit) = match v.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
         Some((i, _)) => (&v[..i], &v[i..]),

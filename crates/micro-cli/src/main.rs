@@ -11,6 +11,7 @@ mod domain;
 mod dynamic;
 mod envs;
 mod licence;
+mod network;
 mod new;
 mod output;
 mod ratelimit;

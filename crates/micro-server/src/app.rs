@@ -24,9 +24,9 @@ use tonic::body::Body;
 use tower::{Layer, ServiceExt};
 
 /// The core services registered by the server, all served through the proxy.
-pub const CORE_SERVICES: [&str; 14] = [
+pub const CORE_SERVICES: [&str; 15] = [
     "api", "auth", "broker", "cluster", "config", "domains", "events", "proxy", "registry", "runtime", "store", "sync",
-    "usage", "license",
+    "usage", "license", "network",
 ];
 
 /// A running server.
@@ -34,6 +34,7 @@ pub struct Running {
     api: SocketAddr,
     proxy: SocketAddr,
     web: Option<SocketAddr>,
+    network: Option<SocketAddr>,
     registry: Arc<dyn Registry>,
     runtime: crate::runtime::Runtime,
     products: Vec<micro::Running>,
@@ -203,6 +204,28 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     };
     let cluster_service =
         crate::cluster::ClusterService { store: auth_store.clone(), ca_fingerprint, backends: config.backends.clone() };
+    // The network of clusters: its identity and peers are kept in the auth database.
+    let network_listener = match &config.network.address {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let network_address =
+        match &network_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| Error::Bind {
+                address: config.network.address.clone().unwrap_or_default(),
+                source,
+            })?),
+            None => None,
+        };
+    let network = crate::network::Network::open(
+        &crate::NetworkConfig { address: network_address.map(|a| a.to_string()), ..config.network.clone() },
+        &config.data_dir,
+        auth_store.clone(),
+        &crate::sealed::Sealer::new(&server_key, auth_store.clone(), "network-key", "network-ca"),
+        &sync,
+        registry.clone(),
+    )
+    .await?;
     let auth = crate::auth::AuthService::open(auth_store, &config.data_dir, &server_key)?;
     auth.bootstrap(&config.data_dir, config.admin_password.clone().map(|s| s.0)).await?;
     auth.share_keys().await?;
@@ -361,6 +384,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         "domains.Domains",
         "cluster.Cluster",
         "license.License",
+        "network.Network",
     ]
     .map(String::from);
     let storage = crate::storage::StorageQuota::new(config_backend.clone(), store.clone(), blob.clone());
@@ -395,6 +419,9 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         .grpc_service(pb::cluster::cluster_server::ClusterServer::new(cluster_service))
         .grpc_service(pb::license::license_server::LicenseServer::new(crate::licence::LicenseService {
             licensing: licensing.clone(),
+        }))
+        .grpc_service(pb::network::network_server::NetworkServer::new(crate::network::NetworkService {
+            network: network.clone(),
         }))
         .standard_services(&[micro::proto::DESCRIPTOR.to_vec()], &core_grpc)?;
     // Reflection on the proxy answers for every registered service, not just the core.
@@ -443,8 +470,12 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     }
 
     // The gateway and the server's client find the core services from every namespace.
-    let routing: Arc<dyn Registry> =
-        Arc::new(crate::registry::CoreRegistry { inner: registry.clone(), local: records.clone() });
+    // ... and the services of other clusters this one reaches through the network.
+    let routing: Arc<dyn Registry> = Arc::new(crate::registry::CoreRegistry {
+        inner: registry.clone(),
+        local: records.clone(),
+        network: Some(network.clone()),
+    });
     let local: HashSet<String> = CORE_SERVICES.iter().map(|s| s.to_string()).collect();
     let guard: Arc<dyn micro::layer::Authorize> = crate::guard::authorizer(&auth);
     let client = Client::new(routing.clone());
@@ -458,6 +489,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         node_transport,
         domains.clone(),
         local_nodes.clone(),
+        network.clone(),
     );
     // The dashboard and the gateway vouch for their clients' addresses with this key when
     // they call the core through the proxy (see micro::edge).
@@ -474,6 +506,9 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     // straight in: the same layers and checks, no loopback connection.
     let transport = micro::Transport::new().local(proxy_node.clone(), micro::LocalService::new(proxy_edge.clone()));
     let client = client.transport(transport.clone());
+    // Calls from other clusters go in through the proxy too.
+    network.set_proxy(transport.clone(), proxy_node.clone());
+    network.gauges(&metrics);
     // With Redis, the gateways of a cluster share rate-limit buckets and cached answers.
     let edge = shared.edge().await?;
     let limits = crate::ratelimit::RateLimits::new(config_backend.clone(), edge.clone(), meter.clone());
@@ -519,6 +554,10 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         tasks.push(tokio::spawn(f.run(rx.clone())));
     }
     tasks.push(tokio::spawn(licensing.watch(rx.clone())));
+    tasks.push(tokio::spawn(network.clone().run(rx.clone())));
+    if let Some(listener) = network_listener {
+        tasks.push(tokio::spawn(crate::network::serve(network.clone(), listener, rx.clone())));
+    }
     // Replies of 1 KiB and more are compressed for clients that accept it.
     let compression = tower_http::compression::CompressionLayer::new()
         .quality(tower_http::CompressionLevel::Fastest)
@@ -635,7 +674,19 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
     };
     tracing::info!(api = %api, proxy = %proxy, web = ?web, data_dir = %config.data_dir.display(), "micro server started");
     let ca = tls.and_then(|t| t.ca);
-    Ok(Running { api, proxy, web, registry, runtime, products, shutdown: tx, tasks, tls: tls_config.is_some(), ca })
+    Ok(Running {
+        api,
+        proxy,
+        web,
+        network: network_address,
+        registry,
+        runtime,
+        products,
+        shutdown: tx,
+        tasks,
+        tls: tls_config.is_some(),
+        ca,
+    })
 }
 
 impl Running {
@@ -663,6 +714,12 @@ impl Running {
     /// The bound address of the web dashboard, if it is on.
     pub fn web_address(&self) -> Option<SocketAddr> {
         self.web
+    }
+
+    /// The bound address of the network listener, where other clusters' links arrive,
+    /// if it is on (`MICRO_NETWORK_ADDRESS`).
+    pub fn network_address(&self) -> Option<SocketAddr> {
+        self.network
     }
 
     /// The registry.

@@ -247,6 +247,32 @@ impl AuthService {
         Ok(signed)
     }
 
+    /// A token for `account`, a caller another cluster of the network vouches for, to
+    /// the service `audience` alone (`namespace/service`), briefly, without scopes: an
+    /// `authorization` header value.
+    pub(crate) fn imported_header(
+        &self,
+        account: &micro_core::auth::Account,
+        audience: &str,
+    ) -> Result<http::HeaderValue, MicroStatus> {
+        let t = now();
+        let claims = Claims {
+            sub: account.id.clone(),
+            name: account.name.clone(),
+            ns: account.namespace.clone(),
+            typ: account.kind.as_str().to_string(),
+            scopes: Vec::new(),
+            iat: t,
+            exp: t + DELEGATED_TTL,
+            iss: micro::auth::token::ISSUER.to_string(),
+            aud: Some(audience.to_string()),
+            verified: false,
+        };
+        let signed = self.inner.signer.sign(&claims)?;
+        http::HeaderValue::from_str(&format!("Bearer {signed}"))
+            .map_err(|_| MicroStatus::internal("auth", "a token is not a header value"))
+    }
+
     /// [`AuthService::delegate`] as an `authorization` header value.
     pub(crate) fn delegated_header(&self, token: &str, audience: &str) -> Result<http::HeaderValue, MicroStatus> {
         let delegated = self.delegate(token, audience)?;

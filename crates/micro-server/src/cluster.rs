@@ -55,8 +55,8 @@ fn sealed_path() -> Vec<String> {
     vec!["ca".to_string()]
 }
 
-async fn read_ca(store: &Arc<dyn Store>, sealer: &Sealer) -> Result<Option<crate::tls::Ca>, Status> {
-    let records = match store.read(&table(), "ca", &Query::default()).await {
+async fn read_ca(store: &Arc<dyn Store>, table: &Table, sealer: &Sealer) -> Result<Option<crate::tls::Ca>, Status> {
+    let records = match store.read(table, "ca", &Query::default()).await {
         Ok(r) => r,
         Err(e) if e.code() == micro_core::Code::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -80,13 +80,36 @@ pub(crate) async fn ca(
     sync: &Arc<dyn micro_core::sync::Sync>,
     local: Option<crate::tls::Ca>,
 ) -> Result<crate::tls::Ca, Error> {
-    if let Some(ca) = read_ca(store, sealer).await? {
+    Ok(stored_ca(store, sealer, sync, &table(), "server/cluster-ca", local).await?)
+}
+
+/// A CA kept sealed in `table` of `store` (record `ca`): read, or made by the first
+/// node to look (under the lock `lock`), adopting `local` when given.
+pub(crate) async fn sealed_ca(
+    store: &Arc<dyn Store>,
+    sealer: &Sealer,
+    sync: &Arc<dyn micro_core::sync::Sync>,
+    table: &Table,
+    lock: &str,
+) -> Result<crate::tls::Ca, Status> {
+    stored_ca(store, sealer, sync, table, lock, None).await
+}
+
+async fn stored_ca(
+    store: &Arc<dyn Store>,
+    sealer: &Sealer,
+    sync: &Arc<dyn micro_core::sync::Sync>,
+    table: &Table,
+    lock: &str,
+    local: Option<crate::tls::Ca>,
+) -> Result<crate::tls::Ca, Status> {
+    if let Some(ca) = read_ca(store, table, sealer).await? {
         return Ok(ca);
     }
     let ns = micro_core::namespace::DEFAULT;
-    let lock = sync.lock(ns, "server/cluster-ca", Duration::from_secs(30), Duration::from_secs(30)).await?;
+    let held = sync.lock(ns, lock, Duration::from_secs(30), Duration::from_secs(30)).await?;
     let made = async {
-        if let Some(ca) = read_ca(store, sealer).await? {
+        if let Some(ca) = read_ca(store, table, sealer).await? {
             return Ok(ca);
         }
         let ca = match local {
@@ -96,13 +119,13 @@ pub(crate) async fn ca(
         let both = serde_json::json!({"cert": ca.cert_pem, "key": ca.key_pem});
         let stored = StoredCa { sealed: sealer.seal(ns, &sealed_path(), &both).await? };
         let value = serde_json::to_vec(&stored).map_err(|e| Status::internal("cluster", e.to_string()))?;
-        store.write(&table(), &Record::new("ca", value), None).await?;
-        tracing::info!("made the cluster's CA");
+        store.write(table, &Record::new("ca", value), None).await?;
+        tracing::info!(table = %table.table, "made a CA");
         Ok::<_, Status>(ca)
     }
     .await;
-    let _ = sync.unlock(ns, &lock).await;
-    Ok(made?)
+    let _ = sync.unlock(ns, &held).await;
+    made
 }
 
 /// A join token's parts.
@@ -213,9 +236,11 @@ impl pb::cluster_server::Cluster for ClusterService {
 /// that CA issued for [`NODE_NAME`]: how a joining machine, which has no CA yet, checks
 /// the node it joins through.
 #[derive(Debug)]
-struct Pinned {
-    fingerprint: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
+pub(crate) struct Pinned {
+    pub(crate) fingerprint: String,
+    pub(crate) provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The name the server's certificate must be for.
+    pub(crate) name: &'static str,
 }
 
 impl ServerCertVerifier for Pinned {
@@ -235,7 +260,7 @@ impl ServerCertVerifier for Pinned {
         let inner = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let name = ServerName::try_from(NODE_NAME).map_err(|e| rustls::Error::General(e.to_string()))?;
+        let name = ServerName::try_from(self.name).map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], &name, ocsp, now)
     }
 
@@ -281,7 +306,7 @@ pub(crate) async fn join(data_dir: &Path, address: &str, token: &str) -> Result<
     let failed = |detail: String| Error::Config(format!("joining the cluster through {address}: {detail}"));
     let parsed = Token::parse(token).map_err(|e| failed(e.detail().to_string()))?;
     let provider = micro::tls::provider();
-    let verifier = Pinned { fingerprint: parsed.fingerprint, provider: provider.clone() };
+    let verifier = Pinned { fingerprint: parsed.fingerprint, provider: provider.clone(), name: NODE_NAME };
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| failed(e.to_string()))?

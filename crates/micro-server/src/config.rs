@@ -109,6 +109,22 @@ pub struct Config {
     /// `license` in the data dir) and `MICRO_LICENSE_KEYS` (issuer keys trusted besides
     /// the vendor's). See docs/licence.md.
     pub licence: crate::LicenceSettings,
+    /// The network of clusters (docs/network.md): `MICRO_NETWORK_ADDRESS` (where other
+    /// clusters' links arrive; unset: this cluster only dials out), `MICRO_NETWORK_NAME`
+    /// (its name among them) and `MICRO_NETWORK_EXPORT` (the namespaces whose services
+    /// it offers them, comma-separated; none by default).
+    pub network: NetworkConfig,
+}
+
+/// How this cluster takes part in the network of clusters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NetworkConfig {
+    /// Where links from other clusters arrive, `host:port`.
+    pub address: Option<String>,
+    /// This cluster's name in the network (default: kept in the data dir, made once).
+    pub name: Option<String>,
+    /// The namespaces whose services other clusters may call.
+    pub export: Vec<String>,
 }
 
 /// Where and how a node joins a cluster.
@@ -172,6 +188,7 @@ impl Default for Config {
             acme: None,
             join: None,
             licence: crate::LicenceSettings::default(),
+            network: NetworkConfig::default(),
         }
     }
 }
@@ -535,6 +552,21 @@ impl Config {
                 return Err(Error::Config(format!("MICRO_DNS={v:?}: give the name server as ip:port")));
             }
             c.dns = Some(v);
+        }
+        if let Some(v) = env("MICRO_NETWORK_ADDRESS").filter(|v| !v.trim().is_empty()) {
+            c.network.address = Some(v.trim().to_string());
+        }
+        if let Some(v) = env("MICRO_NETWORK_NAME").filter(|v| !v.trim().is_empty()) {
+            let name = v.trim().to_string();
+            crate::network::validate_name(&name).map_err(|e| Error::Config(format!("MICRO_NETWORK_NAME: {e}")))?;
+            c.network.name = Some(name);
+        }
+        if let Some(v) = env("MICRO_NETWORK_EXPORT") {
+            for ns in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                micro_core::namespace::validate(ns)
+                    .map_err(|e| Error::Config(format!("MICRO_NETWORK_EXPORT: {ns:?}: {}", e.detail())))?;
+                c.network.export.push(ns.to_string());
+            }
         }
         if let Some(v) = env("MICRO_NODE_LOCAL").filter(|v| !v.trim().is_empty()) {
             c.node_local = v.trim().parse().map_err(|e: String| Error::Config(format!("MICRO_NODE_LOCAL: {e}")))?;

@@ -34,6 +34,9 @@ impl Policy for CorePolicy {
             "cluster" => Protection::Operator,
             // The server's licence: its admins see and install it.
             "license" => Protection::Operator,
+            // Links, peers and routes are the operators' (the links themselves are not
+            // served here: see the network listener).
+            "network" => Protection::Operator,
             // Registry lookups are always public; registering needs an account (a rule
             // like `service:registry:*` with scope `""` opens it).
             "registry" if !matches!(endpoint, "Registry.Register" | "Registry.Deregister") => Protection::Public,
@@ -106,6 +109,8 @@ mod tests {
         assert_eq!(p("store", "Blob.Put"), Protection::Data);
         assert_eq!(p("config", "Config.Get"), Protection::Data);
         assert_eq!(p("runtime", "Runtime.Create"), Protection::Deploy);
+        assert_eq!(p("network", "Network.Token"), Protection::Operator);
+        assert_eq!(p("network", "Network.Routes"), Protection::Operator);
         assert_eq!(p("runtime", "Runtime.Upload"), Protection::Deploy);
         assert_eq!(p("runtime", "Runtime.Download"), Protection::Deploy);
         assert_eq!(p("runtime", "Runtime.Logs"), Protection::Observe);

@@ -34,6 +34,8 @@ struct Inner {
     domains: crate::domains::Domains,
     /// Where on this host tenants' nodes may be.
     local_nodes: crate::targets::LocalNodes,
+    /// Other clusters, for the services this one does not run.
+    network: crate::network::Network,
 }
 
 /// On an answer the proxy forwarded to the runtime's leader, which meters the call.
@@ -66,6 +68,7 @@ impl Proxy {
         nodes: Option<micro::Transport>,
         domains: crate::domains::Domains,
         local_nodes: crate::targets::LocalNodes,
+        network: crate::network::Network,
     ) -> Proxy {
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
@@ -85,6 +88,7 @@ impl Proxy {
                 nodes,
                 domains,
                 local_nodes,
+                network,
             }),
         }
     }
@@ -92,6 +96,15 @@ impl Proxy {
     /// Serves a call, metering it unless this process's gateway, which meters its own
     /// calls, `vouched` for it (see [`micro::edge`]).
     pub(crate) async fn handle(&self, mut req: Request<Body>, vouched: bool) -> Response<Body> {
+        // What the network says about a call is said by the network alone (in an
+        // extension), never by a caller's headers.
+        if req.extensions().get::<crate::network::FromNetwork>().is_none() {
+            let forged: Vec<http::HeaderName> =
+                req.headers().keys().filter(|k| k.as_str().starts_with("micro-network-")).cloned().collect();
+            for k in forged {
+                req.headers_mut().remove(k);
+            }
+        }
         if vouched || !self.inner.meter.is_on() {
             return self.route(req).await;
         }
@@ -182,21 +195,40 @@ impl Proxy {
         if service.is_empty() {
             let mut res = error(Status::not_found("proxy", format!("no service in path {path}")));
             res.extensions_mut().insert(Unrouted);
+            res.extensions_mut().insert(crate::network::Undelivered);
             return res;
         }
         let mut req = req;
-        let ns = match self.delegate(&mut req, &service).await {
-            Ok(ns) => ns,
+        let (ns, caller) = match self.delegate(&mut req, &service).await {
+            Ok(d) => d,
             Err(e) => return error(e),
         };
+        // A call from another cluster for a namespace this one does not export only
+        // passes through, to a cluster that does.
+        let from = req.extensions().get::<crate::network::FromNetwork>().map(|f| (f.visited.clone(), f.local));
+        let (visited, local) = from.unwrap_or((Vec::new(), true));
+        let network = &self.inner.network;
+        if !local {
+            return network.call(req, &ns, &service, &caller, &visited, grpc).await;
+        }
         let node = match self.inner.client.resolve(&service, Some(&ns)).await {
             Ok(n) => n,
+            Err(e) if e.code() == micro_core::Code::NotFound && network.reaches(&ns, &service) => {
+                return network.call(req, &ns, &service, &caller, &visited, grpc).await;
+            }
             Err(e) => {
                 let mut res = error(e);
                 res.extensions_mut().insert(Unrouted);
+                res.extensions_mut().insert(crate::network::Undelivered);
                 return res;
             }
         };
+        // Another cluster's service (its registration points here), or this cluster's
+        // with every node failing while another cluster has it.
+        let failing = || self.inner.client.failed_recently(&node) || network.unhealthy(&ns, &service);
+        if network.is_virtual(&node) || (failing() && network.reaches(&ns, &service)) {
+            return network.call(req, &ns, &service, &caller, &visited, grpc).await;
+        }
         // (A tenant's node on this host must be its own instance, whatever it registered.)
         if let Err(e) = self.inner.local_nodes.admit(&ns, &node) {
             return error(e);
@@ -210,27 +242,44 @@ impl Proxy {
     /// namespace, standing for the same account; no cookies. Returns the namespace the
     /// call acts in (the header's, else the caller's account's, else `micro`), which the
     /// node is told.
-    async fn delegate(&self, req: &mut Request<Body>, service: &str) -> Result<String, Status> {
+    async fn delegate(&self, req: &mut Request<Body>, service: &str) -> Result<(String, micro::auth::Caller), Status> {
+        let imported = req.extensions().get::<crate::network::FromNetwork>().map(|f| f.caller.clone());
         let headers = req.headers_mut();
         headers.remove(http::header::COOKIE);
-        let token = micro::auth::bearer(headers);
-        let caller = self.inner.authorizer.identify(headers, token.as_deref(), None).await?;
+        // A caller from another cluster is who that cluster vouches for, as checked and
+        // mapped by the network (it brings no token).
+        let (token, caller) = match imported {
+            Some(caller) => {
+                headers.remove(http::header::AUTHORIZATION);
+                (None, caller)
+            }
+            None => {
+                let token = micro::auth::bearer(headers);
+                let caller = self.inner.authorizer.identify(headers, token.as_deref(), None).await?;
+                (token, caller)
+            }
+        };
         let ns = caller.namespace.clone();
         // A private service answers its namespace's accounts (its own services among
         // them) and operators only.
         self.inner.domains.admit(&caller, &ns, service).await?;
         if let Some(slot) = req.extensions().get::<micro::auth::CallerSlot>() {
-            let _ = slot.0.set(caller);
+            let _ = slot.0.set(caller.clone());
         }
         let headers = req.headers_mut();
         if let Ok(v) = http::HeaderValue::from_str(&ns) {
             headers.insert(micro_core::metadata::NAMESPACE, v);
         }
+        let audience = format!("{ns}/{service}");
         if let Some(token) = token {
-            let v = self.inner.auth.delegated_header(&token, &format!("{ns}/{service}"))?;
-            headers.insert(http::header::AUTHORIZATION, v);
+            headers.insert(http::header::AUTHORIZATION, self.inner.auth.delegated_header(&token, &audience)?);
+        } else if let (Some(account), true) =
+            (&caller.account, req.extensions().get::<crate::network::FromNetwork>().is_some())
+        {
+            let v = self.inner.auth.imported_header(account, &audience)?;
+            req.headers_mut().insert(http::header::AUTHORIZATION, v);
         }
-        Ok(ns)
+        Ok((ns, caller))
     }
 
     /// Sends `req` on to `node`; `resolved`: the node came from the registry (and is
@@ -274,7 +323,12 @@ impl Proxy {
                 if resolved {
                     self.inner.client.report_failure(node);
                 }
-                error(Status::unavailable("proxy", format!("{service} at {node} is unreachable: {e}")))
+                let mut res = error(Status::unavailable("proxy", format!("{service} at {node} is unreachable: {e}")));
+                // Not connected, so not delivered: another cluster may take it.
+                if e.is_connect() {
+                    res.extensions_mut().insert(crate::network::Undelivered);
+                }
+                res
             }
         }
     }

@@ -15,6 +15,9 @@ pub(crate) struct CoreRegistry {
     pub(crate) inner: Arc<dyn Registry>,
     /// This node's records of the core services.
     pub(crate) local: Vec<micro_core::registry::Service>,
+    /// The network: a service no node of which is registered here is another
+    /// cluster's, when the network has a route to it.
+    pub(crate) network: Option<crate::network::Network>,
 }
 
 fn is_core(name: &str) -> bool {
@@ -44,7 +47,15 @@ impl Registry for CoreRegistry {
         if let Some(own) = self.local.iter().find(|s| s.name == name) {
             return Ok(vec![own.clone()]);
         }
-        lookup(self.inner.as_ref(), ns, name).await
+        match lookup(self.inner.as_ref(), ns, name).await {
+            Err(e) if e.code() == micro_core::Code::NotFound => {
+                match self.network.as_ref().and_then(|n| n.imported(ns, name)) {
+                    Some(found) => Ok(found),
+                    None => Err(e),
+                }
+            }
+            other => other,
+        }
     }
 
     async fn list_services(&self, ns: &str) -> Result<Vec<micro_core::registry::Service>, micro_core::Status> {

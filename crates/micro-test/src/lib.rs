@@ -9,6 +9,7 @@ pub mod js;
 pub mod process;
 pub mod push;
 pub mod recorder;
+pub mod relay;
 pub mod smtp;
 pub mod sse;
 pub mod stripe;

@@ -210,6 +210,7 @@ impl Builder {
             api: ready.api,
             proxy: ready.proxy,
             web: ready.web,
+            network: ready.network,
             admin_password,
             data: Some(data),
             micro: self.micro,
@@ -228,6 +229,7 @@ struct Ready {
     api: String,
     proxy: String,
     web: String,
+    network: String,
 }
 
 fn ready_line(line: &str) -> Option<Ready> {
@@ -238,7 +240,12 @@ fn ready_line(line: &str) -> Option<Ready> {
     if let Some(json) = line.strip_prefix(READY_PREFIX) {
         let v: serde_json::Value =
             serde_json::from_str(json).unwrap_or_else(|e| panic!("the ready line is not JSON ({e}): {line}"));
-        return Some(Ready { api: address(&v, "api"), proxy: address(&v, "proxy"), web: address(&v, "web") });
+        return Some(Ready {
+            api: address(&v, "api"),
+            proxy: address(&v, "proxy"),
+            web: address(&v, "web"),
+            network: address(&v, "network"),
+        });
     }
     // A build from before the ready line (`MICRO_TEST_BINARY`) has only its banner:
     // "micro server: api http://A web http://W proxy P".
@@ -247,8 +254,13 @@ fn ready_line(line: &str) -> Option<Ready> {
         let i = words.iter().position(|w| *w == key)?;
         Some(words.get(i + 1)?.trim_start_matches("http://").to_string())
     };
-    Some(Ready { api: after("api")?, proxy: after("proxy")?, web: after("web").unwrap_or_default() })
-        .filter(|_| std::env::var_os("MICRO_TEST_BINARY").is_some())
+    Some(Ready {
+        api: after("api")?,
+        proxy: after("proxy")?,
+        web: after("web").unwrap_or_default(),
+        network: String::new(),
+    })
+    .filter(|_| std::env::var_os("MICRO_TEST_BINARY").is_some())
 }
 
 /// A `micro server` process.
@@ -260,6 +272,8 @@ pub struct ServerProcess {
     pub proxy: String,
     /// `host:port` of the dashboard (empty when it is off).
     pub web: String,
+    /// `host:port` of the network listener (empty when it is off).
+    pub network: String,
     /// The admin's password (given, or read from the data dir when generated).
     pub admin_password: String,
     data: Option<DataDir>,

@@ -643,6 +643,12 @@ impl Client {
         self.pick(service, &opts).await
     }
 
+    /// Whether `addr` failed at the transport level lately (and is being avoided).
+    pub fn failed_recently(&self, addr: &str) -> bool {
+        let failed = self.inner.failed.lock().unwrap_or_else(|e| e.into_inner());
+        failed.get(addr).is_some_and(|until| *until > Instant::now())
+    }
+
     /// Reports that `addr` failed at the transport level, so it is avoided for a while.
     pub fn report_failure(&self, addr: &str) {
         self.mark_failed(addr)

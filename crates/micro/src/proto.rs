@@ -76,6 +76,12 @@ pub mod license {
     tonic::include_proto!("license");
 }
 
+/// The network service's messages, client and server.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::unwrap_used)]
+pub mod network {
+    tonic::include_proto!("network");
+}
+
 /// An account from the wire.
 impl From<auth::Account> for micro_core::auth::Account {
     fn from(a: auth::Account) -> Self {

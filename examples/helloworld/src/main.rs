@@ -18,7 +18,11 @@ pub mod pb {
 use pb::greeter_server::{Greeter, GreeterServer};
 use pb::{HelloReply, HelloRequest, StreamRequest};
 
-struct Hello;
+/// `HELLOWORLD_REGION`, when set, ends every greeting with ` from <region>` (so a
+/// caller sees which of several instances answered).
+struct Hello {
+    from: String,
+}
 
 type ReplyStream = Pin<Box<dyn Stream<Item = Result<HelloReply, Status>> + Send>>;
 
@@ -29,7 +33,7 @@ impl Greeter for Hello {
         if name.is_empty() {
             return Err(Status::invalid_argument("name is required"));
         }
-        Ok(Response::new(HelloReply { message: format!("Hello {name}") }))
+        Ok(Response::new(HelloReply { message: format!("Hello {name}{}", self.from) }))
     }
 
     type StreamStream = ReplyStream;
@@ -48,7 +52,8 @@ impl Greeter for Hello {
     type ChatStream = ReplyStream;
 
     async fn chat(&self, req: Request<Streaming<HelloRequest>>) -> Result<Response<ReplyStream>, Status> {
-        let s = req.into_inner().map(|m| m.map(|m| HelloReply { message: format!("Hello {}", m.name) }));
+        let from = self.from.clone();
+        let s = req.into_inner().map(move |m| m.map(|m| HelloReply { message: format!("Hello {}{from}", m.name) }));
         Ok(Response::new(Box::pin(s)))
     }
 }
@@ -56,7 +61,9 @@ impl Greeter for Hello {
 #[tokio::main]
 async fn main() {
     let result = Service::new("helloworld")
-        .grpc(GreeterServer::new(Hello))
+        .grpc(GreeterServer::new(Hello {
+            from: std::env::var("HELLOWORLD_REGION").map(|r| format!(" from {r}")).unwrap_or_default(),
+        }))
         .descriptors(micro::include_descriptor!())
         .run()
         .await;
