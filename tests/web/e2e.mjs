@@ -340,6 +340,7 @@ const PAGES = [
   "/health",
   "/usage",
   "/platform",
+  "/network",
   "/users",
   "/files",
   "/apps",
@@ -1414,6 +1415,16 @@ step("health: helloworld answers as healthy, with its figures", async ({ page })
   const store = page.locator("section.card").filter({ has: page.locator("h2 a", { hasText: /^store$/ }) });
   assertEqual(await store.locator("h2 .badge").allInnerTexts(), ["healthy", "core"], "the store's badges");
   await look(page, "health");
+});
+
+step("network: the operator sees this cluster in the graph, no peers yet, and how to add one", async ({ page }) => {
+  await login(page);
+  await visit(page, "/network");
+  await see(page, "h1", "Network");
+  await see(page, 'p[role="status"]', /^This cluster is cluster-[0-9a-f]{8}, linked to 0 of 0 peers\./);
+  assertEqual(await page.locator("figure.network svg circle").count(), 1, "clusters in the graph");
+  await see(page, "main", /micro network token/);
+  await look(page, "network");
 });
 
 // ---------------------------------------------------------------------------------------

@@ -19,8 +19,23 @@ const NOT_JSON: [&str; 3] = ["server", "service", "completion"];
 /// ACME server (tests/tls.rs runs it with `-o json` against pebble), `cluster token` a
 /// TLS cluster (tests/attacks/cluster.rs runs it with `-o json`), `team` and `namespace
 /// switch` and `plan` people who signed up to the platform, and its mail (services/
-/// platform/tests/teams.rs runs them with `-o json`).
-const ELSEWHERE: [&str; 5] = ["domain renew", "cluster token", "team", "namespace switch", "plan"];
+/// platform/tests/teams.rs runs them with `-o json`), `network` other clusters
+/// (tests/network.rs runs each with `-o json`).
+const ELSEWHERE: [&str; 13] = [
+    "domain renew",
+    "cluster token",
+    "team",
+    "namespace switch",
+    "plan",
+    "network token",
+    "network revoke-token",
+    "network join",
+    "network remove",
+    "network nodes",
+    "network routes",
+    "network services",
+    "network graph",
+];
 
 /// The leaf commands of `micro` (like `auth create account`), from its help.
 fn commands(micro: &std::path::Path, path: &[String]) -> Vec<String> {

@@ -69,7 +69,8 @@ async fn hello(s: &ServerProcess) -> Result<String, String> {
 async fn join(joiner: &micro_test::cli::Cli, to: &micro_test::cli::Cli, address: &str) -> String {
     let t = to.json(&["network", "token", "--ttl", "10m", "-o", "json"]).await;
     let token = t["token"].as_str().unwrap().to_string();
-    joiner.ok(&["network", "join", address, &token]).await
+    let joined = joiner.json(&["network", "join", address, &token, "-o", "json"]).await;
+    joined["peer"].as_str().unwrap().to_string()
 }
 
 /// The region C's helloworld calls reach now.
@@ -95,7 +96,7 @@ async fn three_regions_fail_over_and_back() {
 
     let (ca, cb, cc) = (a.admin_cli().await, b.admin_cli().await, c.admin_cli().await);
     let joined = join(&cc, &ca, &near.addr().to_string()).await;
-    assert!(joined.contains("region-a"), "{joined}");
+    assert_eq!(joined, "region-a");
     join(&cc, &cb, &far.addr().to_string()).await;
 
     // Both routes arrive; calls take the near one once the round trips are measured.
@@ -121,6 +122,12 @@ async fn three_regions_fail_over_and_back() {
     // gRPC through C's proxy too, as the CLI calls.
     let v = cc.json(&["call", "helloworld", "Greeter.Hello", r#"{"name":"grpc"}"#, "-o", "json"]).await;
     assert_eq!(v["message"], "Hello grpc from a");
+    // The caller crossed as who it is at C (its token did not): A meters it as C's admin.
+    let seen = eventually(Duration::from_secs(15), || async {
+        ca.ok(&["usage", "--by", "account", "-o", "json"]).await.contains("admin@region-c")
+    })
+    .await;
+    assert!(seen, "A does not know the call as C's admin's: {}", ca.ok(&["usage", "--by", "account"]).await);
 
     // A's instance dies: calls go to B at once, without an error.
     drop(hw_a.take());
@@ -200,6 +207,23 @@ async fn three_regions_fail_over_and_back() {
     // A and B see C as a peer that dials them.
     let nodes = ca.json(&["network", "nodes", "-o", "json"]).await;
     assert!(nodes.to_string().contains("region-c"), "{nodes}");
+
+    let graph = cc.json(&["network", "graph", "-o", "json"]).await;
+    assert!(graph["svg"].as_str().unwrap().starts_with("<svg"), "{graph}");
+    assert_eq!(graph["name"], "region-c");
+    // A token not used yet can be revoked (and then is no more).
+    let t = ca.json(&["network", "token", "-o", "json"]).await;
+    let id = t["id"].as_str().unwrap();
+    assert_eq!(ca.json(&["network", "revoke-token", id, "-o", "json"]).await["revoked"], id);
+    let again = ca.fails(&["network", "revoke-token", id]).await;
+    assert!(again.contains("no unused join token"), "{again}");
+    let refused = cc.fails(&["network", "join", &near.addr().to_string(), t["token"].as_str().unwrap()]).await;
+    assert!(refused.contains("refused the join"), "{refused}");
+
+    // B leaves C's network: removed, its routes go at once.
+    assert_eq!(cc.json(&["network", "remove", "region-b", "-o", "json"]).await["removed"], "region-b");
+    let routes = cc.json(&["network", "routes", "-o", "json"]).await;
+    assert!(!routes.to_string().contains("region-b"), "{routes}");
 
     // C restarts: it remembers its peers and links again.
     let c = c.kill().start();

@@ -23,6 +23,7 @@ pub(crate) const SECTIONS: &[(&str, &str)] = &[
     ("plan", "Plan"),
     ("billing", "Billing"),
     ("platform", "Platform"),
+    ("network", "Network"),
 ];
 
 fn head(title: &str) -> Markup {
@@ -62,7 +63,7 @@ pub(crate) fn layout(page: &Page, title: &str, active: &str, body: Markup) -> Ma
                             // The platform's page is for its operators only; teams and
                             // plans are for the people who signed up.
                             @for (path, label) in SECTIONS.iter().filter(|(p, _)| match *p {
-                                "platform" => can_switch,
+                                "platform" | "network" => can_switch,
                                 "team" | "plan" => !can_switch,
                                 _ => true,
                             }) {

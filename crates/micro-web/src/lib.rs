@@ -37,6 +37,7 @@ mod gateway;
 mod health;
 mod html;
 mod lists;
+mod network;
 mod plan;
 mod platform;
 mod push;
@@ -192,7 +193,7 @@ impl Web {
                     .fallback(extract::fallback)
             };
         }
-        let sections: [(&str, MethodRouter<Web>); 18] = [
+        let sections: [(&str, MethodRouter<Web>); 19] = [
             ("services", section!(services)),
             ("runtime", section!(runtime)),
             ("store", section!(store)),
@@ -211,6 +212,7 @@ impl Web {
             ("plan", section!(plan)),
             ("billing", section!(billing)),
             ("platform", section!(platform)),
+            ("network", section!(network)),
         ];
         let mut router = Router::new()
             .route("/login", get(signin::page).post(signin::login).fallback(extract::fallback))

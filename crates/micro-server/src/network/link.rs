@@ -444,10 +444,34 @@ pub(super) fn dial(net: Network, peer: String) -> futures::future::BoxFuture<'st
 }
 
 async fn dial_forever(net: Network, peer: String) {
+    // In a cluster of several nodes, one of them dials (the peer keeps one link per
+    // cluster); another takes over when it dies.
+    let election = format!("network-dial-{peer}");
+    loop {
+        let ns = micro_core::namespace::DEFAULT;
+        let mut leadership = match micro_core::sync::elect(net.inner.sync.clone(), ns, &election, DIALLER_TTL).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(peer, error = %e, "campaigning to dial a network peer failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        tokio::select! {
+            _ = leadership.lost() => tracing::warn!(peer, "this node no longer dials the network peer"),
+            _ = dial_while_elected(&net, &peer) => {}
+        }
+    }
+}
+
+/// How long the node that dials a peer may be gone before another dials it.
+const DIALLER_TTL: Duration = Duration::from_secs(6);
+
+async fn dial_while_elected(net: &Network, peer: &str) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let began = Instant::now();
-        if let Err(e) = dial_once(&net, &peer).await {
+        if let Err(e) = dial_once(net, peer).await {
             tracing::debug!(peer, error = %e, "dialling a network peer failed");
         }
         if began.elapsed() > Duration::from_secs(10) {
@@ -729,11 +753,14 @@ pub(super) async fn join(net: &Network, address: &str, token: &str) -> Result<St
 /// Who called, as a cluster asserts it to the next.
 #[derive(Serialize, Deserialize)]
 struct Asserted {
+    /// The account's id at its own cluster (the first on the call's path).
     id: String,
     #[serde(default)]
     name: String,
     #[serde(default)]
     typ: String,
+    /// The account's namespace (which need not be the call's).
+    ns: String,
 }
 
 /// The remaining time of a call from its `grpc-timeout` header.
@@ -822,7 +849,13 @@ impl Network {
             }
         }
         if let Some(a) = &caller.account {
-            let asserted = Asserted { id: a.id.clone(), name: a.name.clone(), typ: a.kind.as_str().to_string() };
+            // A caller imported already keeps the id it has at its own cluster.
+            let id = match visited.first() {
+                Some(origin) => a.id.strip_suffix(&format!("@{origin}")).unwrap_or(&a.id).to_string(),
+                None => a.id.clone(),
+            };
+            let asserted =
+                Asserted { id, name: a.name.clone(), typ: a.kind.as_str().to_string(), ns: a.namespace.clone() };
             if let Some(v) = serde_json::to_string(&asserted).ok().and_then(|s| http::HeaderValue::from_str(&s).ok()) {
                 headers.insert(HDR_CALLER, v);
             }
@@ -953,7 +986,10 @@ impl Network {
             Some((s, _)) => s.to_string(),
             None => path.trim_start_matches('/').split('/').next().unwrap_or("").to_string(),
         };
-        if !offerable(&service) {
+        // Both ways of naming the service a path has (gRPC's and the first segment) must
+        // be offered: the proxy routes by either.
+        let first = path.trim_start_matches('/').split('/').next().unwrap_or("");
+        if !offerable(&service) || !offerable(first) {
             return refuse(micro_core::Code::PermissionDenied, format!("{service} is not offered to the network"));
         }
         let asserted: Option<Asserted> = req
@@ -962,7 +998,9 @@ impl Network {
             .filter(|v| v.len() <= 2048)
             .and_then(|v| serde_json::from_slice(v.as_bytes()).ok());
         let origin = visited.first().cloned().unwrap_or_else(|| peer.clone());
-        let account = asserted.filter(|a| !a.id.is_empty() && a.id.len() <= 256).map(|a| micro_core::auth::Account {
+        let valid =
+            |a: &Asserted| !a.id.is_empty() && a.id.len() <= 256 && micro_core::namespace::validate(&a.ns).is_ok();
+        let account = asserted.filter(valid).map(|a| micro_core::auth::Account {
             id: format!("{}@{origin}", a.id),
             name: a.name.chars().take(256).collect(),
             // Imported callers are users or services (never an app user of this cluster's).
@@ -971,7 +1009,8 @@ impl Network {
             } else {
                 micro_core::auth::AccountType::User
             },
-            namespace: ns.clone(),
+            // Its own namespace: a member of the call's only when it is the same.
+            namespace: a.ns,
             ..Default::default()
         });
         let caller = micro::auth::Caller { account, namespace: ns.clone(), expires: Some(now() + 300) };

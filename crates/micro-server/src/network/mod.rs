@@ -47,6 +47,10 @@ pub(crate) const MAX_HOPS: usize = 4;
 const MAX_ROUTES_PER_PEER: usize = 10_000;
 /// The most endpoints one advertised service may have.
 const MAX_ENDPOINTS: usize = 256;
+/// The largest advertised route (its endpoints' schemas, mostly), in bytes.
+const MAX_ROUTE_BYTES: usize = 256 << 10;
+/// The most bytes of routes kept from one peer.
+const MAX_PEER_BYTES: usize = 64 << 20;
 /// The largest unary request that is kept to be sent again on another route.
 const REPLAY_LIMIT: usize = 4 << 20;
 
@@ -149,6 +153,8 @@ struct PeerState {
     /// The connections this side holds with the peer, cut when it is removed.
     conns: Vec<(u64, tokio::task::AbortHandle)>,
     learned: HashMap<Key, Advert>,
+    /// The size of each learnt route, and their sum.
+    learned_bytes: (HashMap<Key, usize>, usize),
     sent: HashMap<Key, Advert>,
     /// Since when the link is up or down, Unix seconds.
     since: u64,
@@ -218,6 +224,8 @@ struct Inner {
     address: Option<String>,
     identity: Identity,
     store: Arc<dyn Store>,
+    /// Which node of the cluster dials each outbound peer (one at a time).
+    sync: Arc<dyn micro_core::sync::Sync>,
     registry: Arc<dyn micro_core::registry::Registry>,
     state: Mutex<State>,
     changed: Notify,
@@ -261,6 +269,7 @@ impl Network {
                 address: config.address.clone(),
                 identity,
                 store,
+                sync: sync.clone(),
                 registry,
                 state: Mutex::default(),
                 changed: Notify::new(),
@@ -353,6 +362,7 @@ impl Network {
                         send: None,
                         conns: Vec::new(),
                         learned: HashMap::new(),
+                        learned_bytes: Default::default(),
                         sent: HashMap::new(),
                         since: now(),
                         stats: Arc::default(),
@@ -633,6 +643,7 @@ impl Network {
         p.link = Some(LinkHandle { id, out, rtt_us, stop: stop.clone() });
         p.sent.clear();
         p.learned.clear();
+        p.learned_bytes = Default::default();
         p.since = now();
         tracing::info!(peer, "network link up");
         self.inner.changed.notify_one();
@@ -648,6 +659,7 @@ impl Network {
         }
         p.link = None;
         p.learned.clear();
+        p.learned_bytes = Default::default();
         p.sent.clear();
         p.since = now();
         // Its connections go too: calls in flight on them end now, with an error,
@@ -698,6 +710,15 @@ impl Network {
                         );
                         continue;
                     }
+                    let size = serde_json::to_vec(&a).map(|v| v.len()).unwrap_or(usize::MAX);
+                    let (sizes, total) = &mut p.learned_bytes;
+                    let before = sizes.get(&key).copied().unwrap_or(0);
+                    if size > MAX_ROUTE_BYTES || *total - before + size > MAX_PEER_BYTES {
+                        tracing::warn!(peer, ns = %a.ns, svc = %a.svc, size, "a network route too large to keep; ignored");
+                        continue;
+                    }
+                    *total = *total - before + size;
+                    sizes.insert(key.clone(), size);
                     p.learned.insert(key, a);
                 }
                 self.inner.changed.notify_one();
@@ -708,6 +729,8 @@ impl Network {
                 let Some(p) = state.peers.get_mut(peer) else { return Err("not a peer".into()) };
                 for k in keys {
                     p.learned.remove(&k);
+                    let (sizes, total) = &mut p.learned_bytes;
+                    *total -= sizes.remove(&k).unwrap_or(0);
                 }
                 self.inner.changed.notify_one();
                 Ok(None)

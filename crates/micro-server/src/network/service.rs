@@ -58,8 +58,10 @@ fn svg(me: &str, nodes: &BTreeSet<String>, edges: &Edges) -> String {
         (w / 2.0 + r * a.cos(), h / 2.0 + r * a.sin())
     };
     let pos: BTreeMap<&str, (f64, f64)> = order.iter().enumerate().map(|(i, n)| (n.as_str(), at(i))).collect();
+    let links = edges.values().filter(|(_, up)| *up).count();
     let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\" role=\"img\" aria-label=\"The network seen from {me}: {} clusters, {links} links up\"><title>The network seen from {me}</title>",
+        order.len()
     );
     for ((a, b), (rtt, up)) in edges {
         let (Some(p), Some(q)) = (pos.get(a.as_str()), pos.get(b.as_str())) else { continue };
