@@ -26,6 +26,7 @@ fn cluster(name: &str, ip: Option<&str>) -> ServerProcess {
     let b = ServerProcess::builder(micro())
         .env("MICRO_NETWORK_NAME", name)
         .env("MICRO_NETWORK_EXPORT", "micro")
+        .env("MICRO_NETWORK_EVENTS", "micro/orders")
         .env("MICRO_LOG", "warn,micro_server::network=info");
     match ip {
         Some(ip) => b.env("MICRO_NETWORK_ADDRESS", format!("{ip}:0")).start(),
@@ -119,6 +120,17 @@ async fn three_regions_fail_over_and_back() {
         let port = addr.rsplit(':').next().unwrap();
         assert!(!text.contains(&format!(":{port}")), "{addr} leaked: {text}");
     }
+    // Events of the shared topic published in C reach A (and B).
+    cc.ok(&["publish", "orders", r#"{"id":"order-1"}"#]).await;
+    let arrived = |cli: &'static str, id: &'static str| {
+        let cli = if cli == "a" { &ca } else { &cb };
+        async move { cli.ok(&["events", "read", "orders", "-o", "json"]).await.contains(id) }
+    };
+    assert!(eventually(Duration::from_secs(10), || arrived("a", "order-1")).await, "order-1 did not reach A");
+    assert!(eventually(Duration::from_secs(10), || arrived("b", "order-1")).await, "order-1 did not reach B");
+    let read = ca.ok(&["events", "read", "orders", "-o", "json"]).await;
+    assert!(read.contains("region-c"), "the event says where it came from: {read}");
+
     // gRPC through C's proxy too, as the CLI calls.
     let v = cc.json(&["call", "helloworld", "Greeter.Hello", r#"{"name":"grpc"}"#, "-o", "json"]).await;
     assert_eq!(v["message"], "Hello grpc from a");
@@ -176,6 +188,8 @@ async fn three_regions_fail_over_and_back() {
     };
     assert!(cut.elapsed() < Duration::from_secs(5), "the error came after {:?}", cut.elapsed());
     assert!(err.detail().contains("link"), "{err}");
+    // An event published while the link is cut...
+    cc.ok(&["publish", "orders", r#"{"id":"order-2"}"#]).await;
     // Meanwhile calls go to B...
     let to_b = eventually(Duration::from_secs(5), || async { reached(&c).await.as_deref() == Some("b") }).await;
     assert!(to_b, "calls did not move to B when A's link was cut");
@@ -183,6 +197,8 @@ async fn three_regions_fail_over_and_back() {
     near.restore();
     let healed = eventually(Duration::from_secs(15), || async { reached(&c).await.as_deref() == Some("a") }).await;
     assert!(healed, "the link did not heal: {}", cc.ok(&["network", "nodes"]).await);
+    // ... and the event published meanwhile arrives then (at least once).
+    assert!(eventually(Duration::from_secs(20), || arrived("a", "order-2")).await, "order-2 never reached A");
 
     // What C sees of the network.
     let nodes = cc.json(&["network", "nodes", "-o", "json"]).await;
@@ -225,8 +241,11 @@ async fn three_regions_fail_over_and_back() {
     let routes = cc.json(&["network", "routes", "-o", "json"]).await;
     assert!(!routes.to_string().contains("region-b"), "{routes}");
 
-    // C restarts: it remembers its peers and links again.
+    // C is killed right after an event is published: it remembers its peers, links again
+    // on its restart, and the event still goes.
+    cc.ok(&["publish", "orders", r#"{"id":"order-3"}"#]).await;
     let c = c.kill().start();
     let again = eventually(Duration::from_secs(15), || async { reached(&c).await.as_deref() == Some("a") }).await;
     assert!(again, "C did not link again after a restart");
+    assert!(eventually(Duration::from_secs(20), || arrived("a", "order-3")).await, "order-3 was lost with C");
 }

@@ -224,6 +224,7 @@ pub async fn start(mut config: Config) -> Result<Running, Error> {
         &crate::sealed::Sealer::new(&server_key, auth_store.clone(), "network-key", "network-ca"),
         &sync,
         registry.clone(),
+        events.clone(),
     )
     .await?;
     let auth = crate::auth::AuthService::open(auth_store, &config.data_dir, &server_key)?;

@@ -125,6 +125,10 @@ pub struct NetworkConfig {
     pub name: Option<String>,
     /// The namespaces whose services other clusters may call.
     pub export: Vec<String>,
+    /// The event topics shared with the peers (`MICRO_NETWORK_EVENTS`: `namespace/topic`,
+    /// comma-separated): each event published here goes to every peer that shares the
+    /// topic too, at least once.
+    pub events: Vec<(String, String)>,
 }
 
 /// Where and how a node joins a cluster.
@@ -566,6 +570,15 @@ impl Config {
                 micro_core::namespace::validate(ns)
                     .map_err(|e| Error::Config(format!("MICRO_NETWORK_EXPORT: {ns:?}: {}", e.detail())))?;
                 c.network.export.push(ns.to_string());
+            }
+        }
+        if let Some(v) = env("MICRO_NETWORK_EVENTS") {
+            for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let bad = |why: String| Error::Config(format!("MICRO_NETWORK_EVENTS: {item:?}: {why}"));
+                let (ns, topic) = item.split_once('/').ok_or_else(|| bad("give namespace/topic".into()))?;
+                micro_core::namespace::validate(ns).map_err(|e| bad(e.detail().to_string()))?;
+                micro_core::events::validate_topic(topic).map_err(|e| bad(e.detail().to_string()))?;
+                c.network.events.push((ns.to_string(), topic.to_string()));
             }
         }
         if let Some(v) = env("MICRO_NODE_LOCAL").filter(|v| !v.trim().is_empty()) {

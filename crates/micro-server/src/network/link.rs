@@ -347,6 +347,16 @@ async fn handle(
             Ok(v) => json_reply(http::StatusCode::OK, &v),
             Err(e) => micro::json_error(&e),
         },
+        ("/network/v1/events", Some(peer)) => {
+            let body = match http_body_util::Limited::new(req.into_body(), 8 << 20).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return micro::json_error(&Status::bad_request("network", "an event is at most 8 MiB")),
+            };
+            match super::events::receive(&net, &peer, body).await {
+                Ok(v) => json_reply(http::StatusCode::OK, &v),
+                Err(e) => micro::json_error(&e),
+            }
+        }
         ("/network/v1/sync", Some(peer)) => {
             let (tx, rx) = mpsc::channel::<Bytes>(1024);
             tokio::spawn(run_link(net, peer, req.into_body(), tx));

@@ -19,6 +19,7 @@
 //! next cluster checks against the link it came by, and maps to an account of its own
 //! (`<id>@<cluster>`, without scopes); the caller's token never leaves its cluster.
 
+mod events;
 mod link;
 mod service;
 
@@ -161,6 +162,8 @@ struct PeerState {
     stats: Arc<Stats>,
     /// The dialler of an outbound peer.
     dialler: Option<tokio::task::AbortHandle>,
+    /// What sends the shared topics' events to it, while its link is up.
+    forwarders: Vec<tokio::task::AbortHandle>,
 }
 
 /// A local service the network offers.
@@ -226,6 +229,9 @@ struct Inner {
     store: Arc<dyn Store>,
     /// Which node of the cluster dials each outbound peer (one at a time).
     sync: Arc<dyn micro_core::sync::Sync>,
+    /// The events, and the topics shared with the peers.
+    events: Arc<dyn micro_core::events::Events>,
+    shared: Vec<(String, String)>,
     registry: Arc<dyn micro_core::registry::Registry>,
     state: Mutex<State>,
     changed: Notify,
@@ -255,6 +261,7 @@ impl Network {
         sealer: &crate::sealed::Sealer,
         sync: &Arc<dyn micro_core::sync::Sync>,
         registry: Arc<dyn micro_core::registry::Registry>,
+        events: Arc<dyn micro_core::events::Events>,
     ) -> Result<Network, crate::Error> {
         let name = match &config.name {
             Some(n) => n.clone(),
@@ -270,6 +277,8 @@ impl Network {
                 identity,
                 store,
                 sync: sync.clone(),
+                events,
+                shared: config.events.clone(),
                 registry,
                 state: Mutex::default(),
                 changed: Notify::new(),
@@ -367,6 +376,7 @@ impl Network {
                         since: now(),
                         stats: Arc::default(),
                         dialler: None,
+                        forwarders: Vec::new(),
                     },
                 );
             }
@@ -641,6 +651,10 @@ impl Network {
             old.stop.notify_one();
         }
         p.link = Some(LinkHandle { id, out, rtt_us, stop: stop.clone() });
+        for f in p.forwarders.drain(..) {
+            f.abort();
+        }
+        p.forwarders = events::start(self, peer);
         p.sent.clear();
         p.learned.clear();
         p.learned_bytes = Default::default();
@@ -667,6 +681,9 @@ impl Network {
         p.send = None;
         for (_, c) in p.conns.drain(..) {
             c.abort();
+        }
+        for f in p.forwarders.drain(..) {
+            f.abort();
         }
         tracing::info!(peer, "network link down: its routes are withdrawn");
         self.inner.changed.notify_one();
@@ -868,6 +885,9 @@ fn cut(p: PeerState) {
     }
     if let Some(d) = p.dialler {
         d.abort();
+    }
+    for f in p.forwarders {
+        f.abort();
     }
     for (_, c) in p.conns {
         c.abort();
