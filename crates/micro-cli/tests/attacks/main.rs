@@ -17,6 +17,7 @@ mod licence;
 mod listeners;
 mod namespaces;
 mod namespaces_delete;
+mod network;
 mod products;
 mod push;
 mod registry;

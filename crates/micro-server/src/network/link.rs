@@ -130,11 +130,25 @@ impl ClientCertVerifier for AnyClient {
     }
 }
 
+/// A peer's CA: exactly one certificate, a CA's (a bundle would let one peer be
+/// trusted for another's certificates). Returns it, DER.
+pub(super) fn one_ca(ca_pem: &str) -> Result<CertificateDer<'static>, Status> {
+    let bad = |why: &str| Status::bad_request("network", format!("a peer's CA certificate: {why}"));
+    let mut certs = micro::tls::certificates_pem(ca_pem.as_bytes(), "a peer's CA certificate")?;
+    if certs.len() != 1 {
+        return Err(bad("give exactly one certificate"));
+    }
+    let der = certs.remove(0);
+    let (_, parsed) = x509_parser::parse_x509_certificate(&der).map_err(|_| bad("unreadable"))?;
+    if !parsed.is_ca() {
+        return Err(bad("not a CA's"));
+    }
+    Ok(der)
+}
+
 fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, Status> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in micro::tls::certificates_pem(ca_pem.as_bytes(), "a peer's CA certificate")? {
-        roots.add(c).map_err(|e| Status::bad_request("network", format!("a peer's CA certificate: {e}")))?;
-    }
+    roots.add(one_ca(ca_pem)?).map_err(|e| Status::bad_request("network", format!("a peer's CA certificate: {e}")))?;
     Ok(roots)
 }
 
@@ -658,9 +672,7 @@ async fn join_answer(
             ),
         ));
     }
-    let ders = micro::tls::certificates_pem(hello.ca.as_bytes(), "the joining cluster's CA")?;
-    let fingerprint =
-        crate::cluster::fingerprint(ders.first().ok_or_else(|| Status::bad_request("network", "no CA certificate"))?);
+    let fingerprint = crate::cluster::fingerprint(&one_ca(&hello.ca)?);
     if fingerprint == net.inner.identity.fingerprint {
         return Err(Status::bad_request("network", "a cluster cannot join itself"));
     }
@@ -736,8 +748,7 @@ pub(super) async fn join(net: &Network, address: &str, token: &str) -> Result<St
     }
     let welcome: Welcome = serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;
     validate_name(&welcome.name).map_err(|e| failed(format!("its name {e}")))?;
-    let ders = micro::tls::certificates_pem(welcome.ca.as_bytes(), "the joined cluster's CA")?;
-    let fingerprint = ders.first().map(|d| crate::cluster::fingerprint(d)).unwrap_or_default();
+    let fingerprint = crate::cluster::fingerprint(&one_ca(&welcome.ca)?);
     if fingerprint != parsed.fingerprint {
         return Err(failed("its CA is not the token's".into()));
     }
@@ -861,7 +872,7 @@ impl Network {
         if let Some(a) = &caller.account {
             // A caller imported already keeps the id it has at its own cluster.
             let id = match visited.first() {
-                Some(origin) => a.id.strip_suffix(&format!("@{origin}")).unwrap_or(&a.id).to_string(),
+                Some(_) => a.id.strip_suffix(&format!("@{}", visited.join("/"))).unwrap_or(&a.id).to_string(),
                 None => a.id.clone(),
             };
             let asserted =
@@ -960,7 +971,7 @@ impl Network {
     }
 
     /// Serves a call from `peer`: checked, then handed to this cluster's proxy as the
-    /// caller the peer vouches for (as `<id>@<origin cluster>`, without scopes).
+    /// caller the peer vouches for (as `<id>@<clusters on the way>`, without scopes).
     pub(super) async fn serve_call(&self, peer: String, req: Request<Incoming>, grpc: bool) -> Response<Body> {
         let refuse = |code: micro_core::Code, detail: String| refusal(grpc, &Status::new(code, "network", detail));
         let Some((transport, proxy_node)) = self.inner.proxy.get() else {
@@ -1007,7 +1018,9 @@ impl Network {
             .get(HDR_CALLER)
             .filter(|v| v.len() <= 2048)
             .and_then(|v| serde_json::from_slice(v.as_bytes()).ok());
-        let origin = visited.first().cloned().unwrap_or_else(|| peer.clone());
+        // Named after the whole way it came (`alice@region-c/region-a`): the last is the
+        // peer that vouches, so no peer can speak for another's own callers.
+        let origin = visited.join("/");
         let valid =
             |a: &Asserted| !a.id.is_empty() && a.id.len() <= 256 && micro_core::namespace::validate(&a.ns).is_ok();
         let account = asserted.filter(valid).map(|a| micro_core::auth::Account {

@@ -706,6 +706,7 @@ impl Network {
             Message::Add { routes } => {
                 let mut state = self.lock();
                 let Some(p) = state.peers.get_mut(peer) else { return Err("not a peer".into()) };
+                let mut ignored = 0usize;
                 for a in routes {
                     // The sender is authenticated: it can only speak for the first hop.
                     let valid = a.path.first().map(String::as_str) == Some(peer)
@@ -721,22 +722,26 @@ impl Network {
                     }
                     let key = (a.ns.clone(), a.svc.clone());
                     if !p.learned.contains_key(&key) && p.learned.len() >= MAX_ROUTES_PER_PEER {
-                        tracing::warn!(
-                            peer,
-                            "a network peer advertises more than {MAX_ROUTES_PER_PEER} routes; the rest are ignored"
-                        );
+                        ignored += 1;
                         continue;
                     }
                     let size = serde_json::to_vec(&a).map(|v| v.len()).unwrap_or(usize::MAX);
                     let (sizes, total) = &mut p.learned_bytes;
                     let before = sizes.get(&key).copied().unwrap_or(0);
                     if size > MAX_ROUTE_BYTES || *total - before + size > MAX_PEER_BYTES {
-                        tracing::warn!(peer, ns = %a.ns, svc = %a.svc, size, "a network route too large to keep; ignored");
+                        ignored += 1;
                         continue;
                     }
                     *total = *total - before + size;
                     sizes.insert(key.clone(), size);
                     p.learned.insert(key, a);
+                }
+                if ignored > 0 {
+                    tracing::warn!(
+                        peer,
+                        ignored,
+                        "a network peer advertises more than {MAX_ROUTES_PER_PEER} routes or {MAX_PEER_BYTES} bytes of them (or a route over {MAX_ROUTE_BYTES}); the rest are ignored"
+                    );
                 }
                 self.inner.changed.notify_one();
                 Ok(None)
