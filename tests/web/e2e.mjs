@@ -518,7 +518,7 @@ step("at phone width the navigation shows and nothing overflows sideways", async
   for (const p of PAGES) {
     await visit(page, p);
     const links = page.locator('nav[aria-label="Sections"] a');
-    assertEqual(await links.count(), 16, `section links on ${p} (the operator sees Platform and Billing)`);
+    assertEqual(await links.count(), 17, `section links on ${p} (the operator sees Platform, Billing and Network)`);
     for (const link of await links.all()) {
       assert(await link.isVisible(), `${await link.innerText()} is hidden on ${p}`);
       const box = await link.boundingBox();
@@ -1417,13 +1417,18 @@ step("health: helloworld answers as healthy, with its figures", async ({ page })
   await look(page, "health");
 });
 
-step("network: the operator sees this cluster in the graph, no peers yet, and how to add one", async ({ page }) => {
+step("network: the operator sees the cluster that joined this one, the link in the graph, and the routes", async ({ page }) => {
   await login(page);
   await visit(page, "/network");
   await see(page, "h1", "Network");
-  await see(page, 'p[role="status"]', /^This cluster is cluster-[0-9a-f]{8}, linked to 0 of 0 peers\./);
-  assertEqual(await page.locator("figure.network svg circle").count(), 1, "clusters in the graph");
-  await see(page, "main", /micro network token/);
+  await see(page, 'p[role="status"]', /^This cluster is hq, linked to 1 of 1 peers\. It offers the services of micro\./);
+  assertEqual(await page.locator("figure.network svg g.cluster").count(), 2, "clusters in the graph");
+  assertEqual(await page.locator("figure.network svg line").count(), 1, "links in the graph");
+  const peer = page.locator("table").first().locator("tbody tr");
+  assertEqual(await peer.count(), 1, "peers");
+  const cells = await peer.locator("td").allInnerTexts();
+  assertEqual(cells.slice(0, 3), ["edge", "dials this cluster", "up"], "the peer's row");
+  await see(page, "table tbody tr", /helloworld/);
   await look(page, "network");
 });
 

@@ -147,9 +147,21 @@ async fn dashboard_in_a_real_browser() {
     if !browser_ready() {
         return;
     }
-    let server = ServerProcess::start(&binary(env!("CARGO_BIN_EXE_micro")), &[]);
+    let network =
+        [("MICRO_NETWORK_NAME", "hq"), ("MICRO_NETWORK_ADDRESS", "127.0.0.1:0"), ("MICRO_NETWORK_EXPORT", "micro")];
+    let server = ServerProcess::start(&binary(env!("CARGO_BIN_EXE_micro")), &network);
     // Registered and answering (the pages list it and call it).
     let _helloworld = server.helloworld().await;
+    // A second cluster joined to it, for the network page.
+    let edge = ServerProcess::start(&binary(env!("CARGO_BIN_EXE_micro")), &[("MICRO_NETWORK_NAME", "edge")]);
+    let hq = server.admin_cli().await;
+    let token = hq.json(&["network", "token", "-o", "json"]).await["token"].as_str().unwrap().to_string();
+    edge.admin_cli().await.ok(&["network", "join", &server.network, &token]).await;
+    let linked = micro_test::eventually(std::time::Duration::from_secs(10), || async {
+        hq.json(&["network", "nodes", "-o", "json"]).await["nodes"][1]["connected"] == true
+    })
+    .await;
+    assert!(linked, "edge did not link to hq");
 
     let ticker = ticker_repo();
     let (web, api) = (format!("http://{}", server.web), format!("http://{}", server.api));

@@ -52,9 +52,18 @@ fn edges(net: &Network) -> (BTreeSet<String>, Edges) {
 fn svg(me: &str, nodes: &BTreeSet<String>, edges: &Edges) -> String {
     let order: Vec<&String> =
         std::iter::once(nodes.iter().find(|n| *n == me)).flatten().chain(nodes.iter().filter(|n| *n != me)).collect();
-    let (w, h, r) = (480.0_f64, 360.0_f64, 130.0_f64);
+    // Two or fewer clusters need no height.
+    let (w, h, r) = (480.0_f64, if order.len() <= 2 { 120.0_f64 } else { 360.0 }, 130.0_f64);
     let at = |i: usize| {
-        let a = -std::f64::consts::FRAC_PI_2 + (i as f64) * std::f64::consts::TAU / order.len().max(1) as f64;
+        if order.len() == 1 {
+            return (w / 2.0, h / 2.0);
+        }
+        // Two face each other across the middle; more go round a circle, this one on top.
+        let a = if order.len() == 2 {
+            std::f64::consts::PI * (i as f64 + 1.0)
+        } else {
+            -std::f64::consts::FRAC_PI_2 + (i as f64) * std::f64::consts::TAU / order.len() as f64
+        };
         (w / 2.0 + r * a.cos(), h / 2.0 + r * a.sin())
     };
     let pos: BTreeMap<&str, (f64, f64)> = order.iter().enumerate().map(|(i, n)| (n.as_str(), at(i))).collect();
@@ -82,8 +91,12 @@ fn svg(me: &str, nodes: &BTreeSet<String>, edges: &Edges) -> String {
         let fill = if *n == me { "#2563eb" } else { "#e5e7eb" };
         let text = if *n == me { "#ffffff" } else { "#111827" };
         // Names are a-z, 0-9 and - (validated), nothing to escape.
+        // A box as wide as the name (about 7 px a character at 12 px).
+        let bw = 24.0 + 7.0 * n.len() as f64;
         out.push_str(&format!(
-            "<g><circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"34\" fill=\"{fill}\" stroke=\"#1f2937\"/><text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"{text}\">{n}</text></g>",
+            "<g class=\"cluster\"><rect x=\"{:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"28\" rx=\"14\" fill=\"{fill}\" stroke=\"#1f2937\"/><text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"{text}\">{n}</text></g>",
+            x - bw / 2.0,
+            y - 14.0,
             y + 4.0
         ));
     }
