@@ -236,15 +236,20 @@ impl AuthService {
         claims.aud = Some(audience.to_string());
         claims.exp = claims.exp.min(t + DELEGATED_TTL);
         let signed = self.inner.signer.sign(&claims)?;
+        self.remember(key, &signed, claims.exp, t);
+        Ok(signed)
+    }
+
+    /// Keeps a token signed for `key` until `exp` (at most 10,000, the expiring first out).
+    fn remember(&self, key: String, token: &str, exp: u64, now: u64) {
         let mut cache = self.inner.delegated.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= 10_000 {
-            cache.retain(|_, (_, exp)| *exp > t + 30);
+            cache.retain(|_, (_, exp)| *exp > now + 30);
             if cache.len() >= 10_000 {
                 cache.clear();
             }
         }
-        cache.insert(key, (signed.clone(), claims.exp));
-        Ok(signed)
+        cache.insert(key, (token.to_string(), exp));
     }
 
     /// A token for `account`, a caller another cluster of the network vouches for, to
@@ -256,6 +261,14 @@ impl AuthService {
         audience: &str,
     ) -> Result<http::HeaderValue, MicroStatus> {
         let t = now();
+        // Signed once a while per caller and service, like delegated tokens.
+        let key = format!("imported {audience} {} {} {}", account.namespace, account.kind.as_str(), account.id);
+        if let Some((token, exp)) = self.inner.delegated.lock().unwrap_or_else(|e| e.into_inner()).get(&key)
+            && *exp > t + 30
+            && let Ok(v) = http::HeaderValue::from_str(&format!("Bearer {token}"))
+        {
+            return Ok(v);
+        }
         let claims = Claims {
             sub: account.id.clone(),
             name: account.name.clone(),
@@ -269,6 +282,7 @@ impl AuthService {
             verified: false,
         };
         let signed = self.inner.signer.sign(&claims)?;
+        self.remember(key, &signed, claims.exp, t);
         http::HeaderValue::from_str(&format!("Bearer {signed}"))
             .map_err(|_| MicroStatus::internal("auth", "a token is not a header value"))
     }

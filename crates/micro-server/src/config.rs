@@ -129,6 +129,10 @@ pub struct NetworkConfig {
     /// comma-separated): each event published here goes to every peer that shares the
     /// topic too, at least once.
     pub events: Vec<(String, String)>,
+    /// The namespaces that are the same tenant's in every peer (`MICRO_NETWORK_TRUST`,
+    /// comma-separated): a caller of one of them at a peer counts as a member of it here.
+    /// Elsewhere an imported caller belongs to `<namespace>@<its clusters>`, nobody's.
+    pub trust: Vec<String>,
 }
 
 /// Where and how a node joins a cluster.
@@ -570,6 +574,13 @@ impl Config {
                 micro_core::namespace::validate(ns)
                     .map_err(|e| Error::Config(format!("MICRO_NETWORK_EXPORT: {ns:?}: {}", e.detail())))?;
                 c.network.export.push(ns.to_string());
+            }
+        }
+        if let Some(v) = env("MICRO_NETWORK_TRUST") {
+            for ns in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                micro_core::namespace::validate(ns)
+                    .map_err(|e| Error::Config(format!("MICRO_NETWORK_TRUST: {ns:?}: {}", e.detail())))?;
+                c.network.trust.push(ns.to_string());
             }
         }
         if let Some(v) = env("MICRO_NETWORK_EVENTS") {

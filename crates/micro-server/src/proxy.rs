@@ -294,6 +294,8 @@ impl Proxy {
     ) -> Response<Body> {
         let error = |st: Status| error_response(grpc, &st);
         let (mut parts, body) = req.into_parts();
+        // Another cluster's caller learns no address of this one's.
+        let shown = if parts.extensions.get::<crate::network::FromNetwork>().is_some() { "its node" } else { node };
         let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
         parts.uri = match format!("http://{node}{pq}").parse() {
             Ok(u) => u,
@@ -323,7 +325,12 @@ impl Proxy {
                 if resolved {
                     self.inner.client.report_failure(node);
                 }
-                let mut res = error(Status::unavailable("proxy", format!("{service} at {node} is unreachable: {e}")));
+                let detail = if shown == node {
+                    format!("{service} at {node} is unreachable: {e}")
+                } else {
+                    format!("{service} at {shown} is unreachable")
+                };
+                let mut res = error(Status::unavailable("proxy", detail));
                 // Not connected, so not delivered: another cluster may take it.
                 if e.is_connect() {
                     res.extensions_mut().insert(crate::network::Undelivered);

@@ -496,6 +496,14 @@ async fn an_admitted_peer_reaches_exported_services_alone_as_nobody_special_and_
     assert!(a.grpc_status().is_some_and(|c| c != "0"), "{a:?}");
     assert!(private.requests().is_empty(), "shop's service was reached: {:?}", private.requests());
 
+    // A node that is gone: the refusal names no address of the victim's.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("its address");
+    register(&v.proxy, Some(&admin), "micro", "ghost", "ghost-1", &gone.to_string(), "grpc").await.expect("registered");
+    let a = grpc(&mut s, "/ghost.G/Get", Some("rogue"), "micro", None, &[0, 0, 0, 0, 0]).await;
+    assert_eq!(a.grpc_status(), Some("14"), "{a:?}");
+    let said = format!("{a:?}");
+    assert!(!said.contains(&gone.port().to_string()), "the node's address leaked: {said}");
+
     // (c) Forged paths: not ending with the rogue, through the victim, too long, none.
     for route in [Some("elsewhere"), Some("hq,rogue"), Some("rogue,hq,rogue"), Some("a,b,c,d,rogue")]
         .into_iter()
@@ -522,6 +530,21 @@ async fn an_admitted_peer_reaches_exported_services_alone_as_nobody_special_and_
     assert_eq!(claims["sub"], "admin@rogue", "{claims}");
     assert_eq!(claims["aud"], "micro/spy", "{claims}");
     assert!(claims["scopes"].as_array().is_none_or(|s| s.is_empty()), "{claims}");
+    // The victim trusts no peer's namespace names (no MICRO_NETWORK_TRUST): the caller is
+    // of `micro@rogue`, nobody's, so no member of micro (its private services, `*` rules).
+    assert_eq!(claims["ns"], "micro@rogue", "{claims}");
+    // An app user stays an app user (not a user, whom `+` and `*` rules admit).
+    let app_caller = r#"{"id":"someone","typ":"app","ns":"micro"}"#;
+    let a = grpc(&mut s, "/spy.Spy/Get", Some("rogue"), "micro", Some(app_caller), &[0, 0, 0, 0, 0]).await;
+    assert!(a.grpc_status().is_some(), "{a:?}");
+    let auth = exported.header_values("authorization");
+    let token = auth.last().and_then(|t| t.strip_prefix("Bearer ")).expect("a delegated token");
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let app: Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).expect("base64url"))
+            .expect("JSON claims");
+    assert_eq!((&app["sub"], &app["typ"]), (&json!("someone@rogue"), &json!("app")), "{app}");
+    let token = auth.first().and_then(|t| t.strip_prefix("Bearer ")).expect("a delegated token");
     for ns in ["micro", "shop"] {
         let (store, accounts) = core_codes(&v.proxy, ns, token).await;
         assert_eq!(store, Some(micro::Code::Unauthenticated), "the asserted admin's token read {ns}'s store");

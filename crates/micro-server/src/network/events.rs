@@ -142,7 +142,10 @@ async fn try_send(
     let mut send = net.lock().peers.get(peer).and_then(|p| p.send.as_ref().map(|(_, s)| s.clone())).ok_or("no link")?;
     let mut metadata = event.metadata.clone();
     metadata.remove(META_PATH);
-    metadata.entry(META_ID.to_string()).or_insert_with(|| format!("{}:{}", net.name(), event.seq));
+    // Its id is made where it was published (whatever a publisher put there).
+    if path.is_empty() {
+        metadata.insert(META_ID.to_string(), format!("{}:{}", net.name(), event.seq));
+    }
     path.push(net.name().to_string());
     let shared = Shared {
         ns: ns.to_string(),
@@ -202,6 +205,11 @@ pub(super) async fn receive(net: &Network, peer: &str, body: Bytes) -> Result<se
         .decode(&shared.payload)
         .map_err(|_| Status::bad_request("network", "an event's payload is base64"))?;
     let mut metadata = shared.metadata;
+    // An event's id names the cluster it came from first, which no peer speaks for.
+    let origin = shared.path.first().map(String::as_str).unwrap_or_default();
+    if metadata.get(META_ID).is_some_and(|id| id.split_once(':').is_none_or(|(o, _)| o != origin)) {
+        return Err(Status::bad_request("network", "an event's id must name the cluster it came from"));
+    }
     metadata.insert(META_PATH.to_string(), shared.path.join(","));
     let message = Message { key: shared.key, metadata, payload };
     micro_core::events::validate_message(&message)?;

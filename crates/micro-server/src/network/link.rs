@@ -292,21 +292,19 @@ pub(crate) async fn serve(
                     net.drop_send(&peer, id);
                 }
                 (true, None) => tracing::info!(from = %from, "a network connection from no peer refused"),
-                (false, peer) => {
-                    let known = peer.clone();
-                    let task = tokio::spawn(serve_conn(net.clone(), peer, certs, tls));
-                    match known {
-                        Some(p) => net.hold(&p, net.id(), task.abort_handle()),
-                        // No peer yet: a join, which takes one request and little time.
-                        None => {
-                            let abort = task.abort_handle();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(Duration::from_secs(30)).await;
-                                abort.abort();
-                            });
-                        }
-                    }
+                (false, Some(p)) => {
+                    let task = tokio::spawn(serve_conn(net.clone(), Some(p.clone()), certs, tls));
+                    net.hold(&p, net.id(), task.abort_handle());
                     let _ = task.await;
+                }
+                // No peer yet: a join, which takes one request and little time; few at once.
+                (false, None) => {
+                    let Ok(_slot) = net.inner.strangers.clone().try_acquire_owned() else {
+                        tracing::info!(from = %from, "too many network connections of no peer; refused");
+                        return;
+                    };
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(30), serve_conn(net.clone(), None, certs, tls)).await;
                 }
             }
         });
@@ -318,6 +316,7 @@ async fn serve_conn<T>(net: Network, peer: Option<String>, certs: Option<Vec<Cer
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + std::marker::Send + 'static,
 {
+    let known = peer.is_some();
     let certs = Arc::new(certs);
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         let (net, peer, certs) = (net.clone(), peer.clone(), certs.clone());
@@ -325,7 +324,8 @@ where
     });
     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .max_concurrent_streams(1024)
+        // A connection of no peer is a join: one request at a time.
+        .max_concurrent_streams(if known { 1024 } else { 1 })
         .keep_alive_interval(KEEP_ALIVE)
         .keep_alive_timeout(KEEP_ALIVE)
         .serve_connection(TokioIo::new(io), svc)
@@ -362,6 +362,9 @@ async fn handle(
             Err(e) => micro::json_error(&e),
         },
         ("/network/v1/events", Some(peer)) => {
+            let Ok(_slot) = net.inner.event_slots.clone().try_acquire_owned() else {
+                return micro::json_error(&Status::unavailable("network", "too many events at once; again soon"));
+            };
             let body = match http_body_util::Limited::new(req.into_body(), 8 << 20).collect().await {
                 Ok(b) => b.to_bytes(),
                 Err(_) => return micro::json_error(&Status::bad_request("network", "an event is at most 8 MiB")),
@@ -389,14 +392,16 @@ async fn run_link(net: Network, peer: String, mut incoming: Incoming, out: mpsc:
     let rtt = Arc::new(AtomicU64::new(0));
     let Some((id, stop)) = net.link_up(&peer, out.clone(), rtt) else { return };
     let pinger = {
-        let (out, net) = (out.clone(), net.clone());
+        let (out, net, peer_name) = (out.clone(), net.clone(), peer.clone());
         tokio::spawn(async move {
             let mut n = 0;
             let mut tick = tokio::time::interval(PING_EVERY);
             loop {
                 tick.tick().await;
                 n += 1;
-                if !send(&out, &Message::Ping { n, at: net.clock() }) && out.is_closed() {
+                let at = net.clock();
+                net.pinged(&peer_name, at);
+                if !send(&out, &Message::Ping { n, at }) && out.is_closed() {
                     return;
                 }
             }
@@ -503,7 +508,7 @@ async fn dial_while_elected(net: &Network, peer: &str) {
         }
         let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 50);
         tokio::time::sleep(backoff + jitter).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 
@@ -1026,14 +1031,12 @@ impl Network {
         let account = asserted.filter(valid).map(|a| micro_core::auth::Account {
             id: format!("{}@{origin}", a.id),
             name: a.name.chars().take(256).collect(),
-            // Imported callers are users or services (never an app user of this cluster's).
-            kind: if a.typ == "service" {
-                micro_core::auth::AccountType::Service
-            } else {
-                micro_core::auth::AccountType::User
-            },
-            // Its own namespace: a member of the call's only when it is the same.
-            namespace: a.ns,
+            // An app user stays one (somebody to no rule but its namespace's app rules).
+            kind: micro_core::auth::AccountType::from_name(&a.typ),
+            // Its own namespace, when the operator says that name means the same tenant
+            // in every peer (a member of the call's only when it is the same); else one
+            // of nobody's (a namespace's name at a peer may be anyone's).
+            namespace: if self.inner.trusted.contains(&a.ns) { a.ns } else { format!("{}@{origin}", a.ns) },
             ..Default::default()
         });
         let caller = micro::auth::Caller { account, namespace: ns.clone(), expires: Some(now() + 300) };
@@ -1057,6 +1060,13 @@ impl Network {
             Ok(r) => r,
             Err(e) => undelivered(error_response(grpc, &e)),
         };
+        // What the network says about an answer is said by the network alone, never by
+        // the service's headers.
+        let forged: Vec<http::HeaderName> =
+            res.headers().keys().filter(|k| k.as_str().starts_with("micro-network-")).cloned().collect();
+        for k in forged {
+            res.headers_mut().remove(k);
+        }
         if res.extensions().get::<Undelivered>().is_some() {
             res.headers_mut().insert(HDR_UNDELIVERED, http::HeaderValue::from_static("1"));
         }

@@ -44,6 +44,8 @@ const DEAD_AFTER: Duration = Duration::from_millis(1500);
 const SCAN_EVERY: Duration = Duration::from_millis(500);
 /// The most clusters a call or a route passes through.
 pub(crate) const MAX_HOPS: usize = 4;
+/// The most connections one peer may hold at once.
+const MAX_PEER_CONNS: usize = 16;
 /// The most routes one peer may advertise.
 const MAX_ROUTES_PER_PEER: usize = 10_000;
 /// The most endpoints one advertised service may have.
@@ -52,6 +54,8 @@ const MAX_ENDPOINTS: usize = 256;
 const MAX_ROUTE_BYTES: usize = 256 << 10;
 /// The most bytes of routes kept from one peer.
 const MAX_PEER_BYTES: usize = 64 << 20;
+/// The most bytes of routes sent in one line (well under the longest line a peer takes).
+const BATCH_BYTES: usize = 1 << 20;
 /// The largest unary request that is kept to be sent again on another route.
 const REPLAY_LIMIT: usize = 4 << 20;
 
@@ -142,8 +146,16 @@ struct LinkHandle {
     id: u64,
     out: mpsc::Sender<bytes::Bytes>,
     rtt_us: Arc<AtomicU64>,
+    /// The last round trips measured; the link's is their least (queueing behind calls
+    /// makes a sample longer, never shorter, than the path).
+    samples: Mutex<std::collections::VecDeque<u64>>,
+    /// When the pings not answered yet left (a pong must answer one of them).
+    pings: Mutex<std::collections::VecDeque<u64>>,
     stop: Arc<Notify>,
 }
+
+/// How many round trips the link's is the least of (one a ping, every 500 ms).
+const RTT_SAMPLES: usize = 10;
 
 struct PeerState {
     record: PeerRecord,
@@ -232,6 +244,8 @@ struct Inner {
     /// The events, and the topics shared with the peers.
     events: Arc<dyn micro_core::events::Events>,
     shared: Vec<(String, String)>,
+    /// The namespaces whose callers at peers are members here.
+    trusted: Vec<String>,
     registry: Arc<dyn micro_core::registry::Registry>,
     state: Mutex<State>,
     changed: Notify,
@@ -241,6 +255,12 @@ struct Inner {
     started: Instant,
     /// Calls from links being served.
     inflight: AtomicU64,
+    /// Connections of no peer (joins) at once, at most.
+    strangers: Arc<tokio::sync::Semaphore>,
+    /// Events from peers being published at once, at most.
+    event_slots: Arc<tokio::sync::Semaphore>,
+    /// Reloads and changes of the peers, one at a time.
+    changing: tokio::sync::Mutex<()>,
 }
 
 fn table() -> Table {
@@ -279,6 +299,7 @@ impl Network {
                 sync: sync.clone(),
                 events,
                 shared: config.events.clone(),
+                trusted: config.trust.clone(),
                 registry,
                 state: Mutex::default(),
                 changed: Notify::new(),
@@ -286,6 +307,9 @@ impl Network {
                 proxy: OnceLock::new(),
                 started: Instant::now(),
                 inflight: AtomicU64::new(0),
+                strangers: Arc::new(tokio::sync::Semaphore::new(64)),
+                event_slots: Arc::new(tokio::sync::Semaphore::new(64)),
+                changing: tokio::sync::Mutex::new(()),
             }),
         };
         net.reload().await?;
@@ -318,6 +342,12 @@ impl Network {
     /// Reads the peers from the auth database: new ones are added (and dialled, when
     /// this cluster dials them), removed ones cut.
     async fn reload(&self) -> Result<(), Status> {
+        let _changing = self.inner.changing.lock().await;
+        self.reload_locked().await
+    }
+
+    /// [`Network::reload`], with `changing` held.
+    async fn reload_locked(&self) -> Result<(), Status> {
         let records =
             match self.inner.store.read(&table(), "peer/", &Query { prefix: true, ..Default::default() }).await {
                 Ok(r) => r,
@@ -449,11 +479,11 @@ impl Network {
                 if !offerable(&name) {
                     continue;
                 }
-                let Ok(records) = self.inner.registry.get_service(ns, &name).await else { continue };
                 let mut versions = Vec::new();
                 let mut endpoints: Vec<Endpoint> = Vec::new();
                 let mut nodes = Vec::new();
-                for s in &records {
+                // (The listing has every record whole: no lookup per service.)
+                for s in services.iter().filter(|s| s.name == name) {
                     if s.metadata.get("core").is_some_and(|v| v == "true") {
                         continue;
                     }
@@ -475,6 +505,11 @@ impl Network {
                 versions.sort();
                 versions.dedup();
                 let key = (ns.clone(), name);
+                let size = serde_json::to_vec(&endpoints).map(|v| v.len()).unwrap_or(usize::MAX);
+                if size > MAX_ROUTE_BYTES - 4096 {
+                    tracing::warn!(ns = %key.0, service = %key.1, size, "a service's endpoints are too large to offer to the network; not offered");
+                    continue;
+                }
                 if alive(&nodes).await {
                     local.insert(key, Local { versions, endpoints });
                 } else {
@@ -550,8 +585,20 @@ impl Network {
             }
             let del: Vec<Key> = p.sent.keys().filter(|k| !want.contains_key(*k)).cloned().collect();
             let mut ok = true;
-            for chunk in add.chunks(200) {
-                ok &= send(&link.out, &Message::Add { routes: chunk.to_vec() });
+            // Lines of at most about 1 MiB (a route is at most MAX_ROUTE_BYTES).
+            let mut batch: Vec<Advert> = Vec::new();
+            let mut bytes = 0;
+            for a in &add {
+                let size = serde_json::to_vec(a).map(|v| v.len()).unwrap_or(MAX_ROUTE_BYTES);
+                if !batch.is_empty() && bytes + size > BATCH_BYTES {
+                    ok &= send(&link.out, &Message::Add { routes: std::mem::take(&mut batch) });
+                    bytes = 0;
+                }
+                bytes += size;
+                batch.push(a.clone());
+            }
+            if !batch.is_empty() {
+                ok &= send(&link.out, &Message::Add { routes: batch });
             }
             if !del.is_empty() {
                 ok &= send(&link.out, &Message::Del { keys: del.clone() });
@@ -650,7 +697,14 @@ impl Network {
         if let Some(old) = p.link.take() {
             old.stop.notify_one();
         }
-        p.link = Some(LinkHandle { id, out, rtt_us, stop: stop.clone() });
+        p.link = Some(LinkHandle {
+            id,
+            out,
+            rtt_us,
+            samples: Mutex::default(),
+            pings: Mutex::default(),
+            stop: stop.clone(),
+        });
         for f in p.forwarders.drain(..) {
             f.abort();
         }
@@ -694,12 +748,21 @@ impl Network {
         match msg {
             Message::Ping { n, at } => Ok(Some(Message::Pong { n, at })),
             Message::Pong { at, .. } => {
-                let rtt = self.clock().saturating_sub(at).max(1);
+                let now = self.clock();
+                let rtt = now.saturating_sub(at).max(1);
                 let state = self.lock();
                 if let Some(l) = state.peers.get(peer).and_then(|p| p.link.as_ref()) {
-                    let old = l.rtt_us.load(Ordering::Relaxed);
-                    let new = if old == 0 { rtt } else { (old * 4 + rtt) / 5 };
-                    l.rtt_us.store(new, Ordering::Relaxed);
+                    // Only this side's own pings come back: a made-up pong measures nothing.
+                    let mut pings = l.pings.lock().unwrap_or_else(|e| e.into_inner());
+                    let Some(i) = pings.iter().position(|p| *p == at) else { return Ok(None) };
+                    pings.drain(..=i);
+                    drop(pings);
+                    let mut samples = l.samples.lock().unwrap_or_else(|e| e.into_inner());
+                    if samples.len() == RTT_SAMPLES {
+                        samples.pop_front();
+                    }
+                    samples.push_back(rtt);
+                    l.rtt_us.store(samples.iter().copied().min().unwrap_or(rtt), Ordering::Relaxed);
                 }
                 Ok(None)
             }
@@ -760,6 +823,18 @@ impl Network {
         }
     }
 
+    /// A ping left for `peer` at `at` (kept until answered; the last few).
+    fn pinged(&self, peer: &str, at: u64) {
+        let state = self.lock();
+        if let Some(l) = state.peers.get(peer).and_then(|p| p.link.as_ref()) {
+            let mut pings = l.pings.lock().unwrap_or_else(|e| e.into_inner());
+            if pings.len() == RTT_SAMPLES {
+                pings.pop_front();
+            }
+            pings.push_back(at);
+        }
+    }
+
     /// Microseconds since this network started (what pings carry).
     fn clock(&self) -> u64 {
         self.inner.started.elapsed().as_micros() as u64
@@ -779,6 +854,12 @@ impl Network {
         match state.peers.get_mut(peer) {
             Some(p) => {
                 p.conns.retain(|(_, t)| !t.is_finished());
+                // A peer needs two; a few more while it reconnects.
+                if p.conns.len() >= MAX_PEER_CONNS {
+                    tracing::info!(peer, "too many connections of a network peer; the new one is cut");
+                    task.abort();
+                    return;
+                }
                 p.conns.push((id, task));
             }
             None => task.abort(),
@@ -805,13 +886,15 @@ impl Network {
 
     /// Adds a peer (after a join, either side) and keeps it in the auth database.
     async fn add_peer(&self, record: PeerRecord) -> Result<(), Status> {
+        let _changing = self.inner.changing.lock().await;
         let value = serde_json::to_vec(&record).map_err(|e| Status::internal("network", e.to_string()))?;
         self.inner.store.write(&table(), &Record::new(format!("peer/{}", record.name), value), None).await?;
-        self.reload().await
+        self.reload_locked().await
     }
 
     /// Removes a peer: forgotten, its links cut.
     async fn remove_peer(&self, name: &str) -> Result<(), Status> {
+        let _changing = self.inner.changing.lock().await;
         match self.inner.store.delete(&table(), &format!("peer/{name}")).await {
             Ok(()) => {}
             Err(e) if e.code() == micro_core::Code::NotFound => {
