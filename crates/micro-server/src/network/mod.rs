@@ -287,7 +287,20 @@ impl Network {
             Some(n) => n.clone(),
             None => default_name(data_dir)?,
         };
-        let ca = crate::cluster::sealed_ca(&store, sealer, sync, &table(), "server/network-ca").await?;
+        // Sealed under the config key: nodes sharing the auth database without sharing
+        // MICRO_CONFIG_KEY cannot open each other's. Such a node starts all the same, with
+        // a CA of its own for this run, which the cluster's peers do not know.
+        let ca = match crate::cluster::sealed_ca(&store, sealer, sync, &table(), "server/network-ca").await {
+            Ok(ca) => ca,
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "the network's CA is sealed under another node's key: this node's links will be refused \
+                     until every node has the same MICRO_CONFIG_KEY"
+                );
+                crate::tls::Ca::new()?
+            }
+        };
         let identity = link::identity(&ca)?;
         let net = Network {
             inner: Arc::new(Inner {
