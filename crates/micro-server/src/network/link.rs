@@ -851,7 +851,8 @@ impl Network {
         visited: &[String],
         grpc: bool,
     ) -> Response<Body> {
-        let candidates = self.candidates(ns, service, visited);
+        let endpoint = micro::split_grpc_path(req.uri().path()).map(|(_, ep)| ep);
+        let candidates = self.candidates(ns, service, visited, endpoint.as_deref());
         if candidates.is_empty() {
             let st = Status::not_found(service, format!("service {service} not found here or in the network"));
             return undelivered(error_response(grpc, &st));
@@ -863,8 +864,7 @@ impl Network {
         let budget = grpc_timeout(req.headers()).unwrap_or(Duration::from_secs(30)).min(Duration::from_secs(3600));
         let deadline = Instant::now() + budget;
         let (parts, body) = req.into_parts();
-        let unary = micro::split_grpc_path(parts.uri.path())
-            .is_some_and(|(_, ep)| candidates[0].endpoints.iter().any(|e| e.name == ep && e.stream().is_none()));
+        let unary = candidates[0].unary;
         let mut headers = stripped(&parts.headers);
         let mut path: Vec<String> = visited.to_vec();
         path.push(self.inner.name.clone());

@@ -201,7 +201,8 @@ struct Candidate {
     path: Vec<String>,
     send: hyper::client::conn::http2::SendRequest<tonic::body::Body>,
     stats: Arc<Stats>,
-    endpoints: Vec<Endpoint>,
+    /// Whether the call's endpoint is unary, as the route says.
+    unary: bool,
 }
 
 /// On a request the network hands to this cluster's proxy: the call came over a link.
@@ -631,9 +632,9 @@ impl Network {
         }
     }
 
-    /// The routes to `service` in `ns` that a call may take, best first (none through
-    /// the clusters it already passed).
-    fn candidates(&self, ns: &str, service: &str, visited: &[String]) -> Vec<Candidate> {
+    /// The routes to `service` in `ns` that a call of `endpoint` may take, best first
+    /// (none through the clusters it already passed).
+    fn candidates(&self, ns: &str, service: &str, visited: &[String], endpoint: Option<&str>) -> Vec<Candidate> {
         let key = (ns.to_string(), service.to_string());
         let state = self.lock();
         let mut out: Vec<Candidate> = state
@@ -653,7 +654,7 @@ impl Network {
                     path: a.path.clone(),
                     send: send.clone(),
                     stats: p.stats.clone(),
-                    endpoints: a.endpoints.clone(),
+                    unary: endpoint.is_some_and(|ep| a.endpoints.iter().any(|e| e.name == ep && e.stream().is_none())),
                 })
             })
             .collect();
@@ -676,11 +677,12 @@ impl Network {
     /// when it has no route): its endpoints, and one node, this proxy, which routes it.
     pub(crate) fn imported(&self, ns: &str, service: &str) -> Option<Vec<Service>> {
         let (_, proxy_node) = self.inner.proxy.get()?;
-        let c = self.candidates(ns, service, &[]).into_iter().next()?;
-        let versions = {
+        let c = self.candidates(ns, service, &[], None).into_iter().next()?;
+        let (versions, endpoints) = {
             let key = (ns.to_string(), service.to_string());
             let state = self.lock();
-            state.peers.get(&c.via).and_then(|p| p.learned.get(&key)).map(|a| a.versions.clone()).unwrap_or_default()
+            let a = state.peers.get(&c.via).and_then(|p| p.learned.get(&key))?;
+            (a.versions.clone(), a.endpoints.clone())
         };
         let node = micro_core::registry::Node {
             id: format!("network-{}", c.via),
@@ -691,7 +693,7 @@ impl Network {
             name: service.to_string(),
             version: versions.last().cloned().unwrap_or_default(),
             metadata: [("network".to_string(), c.path.last().cloned().unwrap_or_default())].into(),
-            endpoints: c.endpoints,
+            endpoints,
             nodes: vec![node],
         }])
     }
